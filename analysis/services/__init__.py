@@ -1,0 +1,5 @@
+"""Writes and orchestration of the machine side, one module per domain.
+
+Importing this package registers every job kind (each domain module registers its own).
+"""
+from . import runs, selfcheck  # noqa: F401

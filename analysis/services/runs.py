@@ -1,0 +1,196 @@
+"""The job system (DESIGN.md §4): create runs, enqueue them after commit, claim, report, finish.
+
+Every job is a :class:`~analysis.models.Run` row created before its task is queued. The task receives
+the run id only, claims the run with a conditional UPDATE (queued → running), calls the kind's
+executor with a progress reporter, and always leaves a final state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from celery import current_app
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from analysis.jobs import JobKind, job_kind
+from analysis.models import ACTIVE_RUN_STATUSES, Run, RunStatus
+
+logger = logging.getLogger(__name__)
+
+
+class RunCancelled(Exception):
+    """Raised inside a running job when someone cancelled it; the run is already marked cancelled."""
+
+
+class RunInputError(Exception):
+    """An expected user error (bad parameters, missing input). Fails the run at once with this message."""
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """A stable hash of JSON parameters (key order does not matter)."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def resolve_device(requested: str | None = None) -> str:
+    """The torch device a worker uses: ``UNITSCOPE_DEVICE`` (auto/cpu/cuda[:N]); auto prefers CUDA."""
+    import torch
+
+    requested = requested or settings.UNITSCOPE_DEVICE
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RunInputError(f"UNITSCOPE_DEVICE={requested} but this worker sees no CUDA device")
+    return requested
+
+
+def run_start(*, kind: str, params: dict[str, Any], created_by=None, inline: bool = False,
+              reuse: bool = True) -> tuple[Run, bool]:
+    """Create a run of ``kind`` and enqueue it once the transaction commits.
+
+    With ``reuse``, an identical run that succeeded (for kinds that allow reuse) or is still queued or
+    running is returned instead of a new one; the bool says whether a new run was created. With
+    ``inline`` the run executes here, synchronously (for ``build_demo``, scripts and tests).
+    """
+    kind_spec = job_kind(kind)
+    digest = params_hash(params)
+    if reuse:
+        existing = Run.objects.of_kind(kind).filter(params_hash=digest)
+        reusable_statuses = list(ACTIVE_RUN_STATUSES) + ([RunStatus.SUCCEEDED] if kind_spec.reuse_finished else [])
+        found = existing.filter(status__in=reusable_statuses).order_by("-created_at").first()
+        if found is not None and not (inline and found.is_active):
+            return found, False
+    run = Run.objects.create(kind=kind, params=params, params_hash=digest, queue=kind_spec.queue,
+                             created_by=created_by, phase="Waiting for a worker")
+    if inline:
+        run_execute(run_id=run.pk)
+        run.refresh_from_db()
+    else:
+        transaction.on_commit(lambda: run_enqueue(run=run, kind_spec=kind_spec))
+    return run, True
+
+
+def run_enqueue(*, run: Run, kind_spec: JobKind) -> None:
+    current_app.send_task(kind_spec.task_name, args=[run.pk], queue=kind_spec.queue)
+
+
+def run_claim(*, run_id: int) -> bool:
+    """Move a queued run to running. False when another worker has it, or it was cancelled."""
+    now = timezone.now()
+    claimed = Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+        status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, worker=socket.gethostname()[:200],
+        phase="Starting",
+    )
+    return claimed == 1
+
+
+class RunProgress:
+    """Progress callback handed to the engine: ``progress(done, total)``; ``progress.phase(name, total)``.
+
+    Writes are throttled to one per ``min_interval`` seconds (always the last step). Each write is a
+    conditional UPDATE on a running run, so it also notices a cancellation and raises
+    :class:`RunCancelled` in the job.
+    """
+
+    def __init__(self, run_id: int, *, min_interval: float = 0.5):
+        self.run_id = run_id
+        self.min_interval = min_interval
+        self._last_write = 0.0
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        now = time.monotonic()
+        last_step = total is not None and done >= total
+        if not last_step and now - self._last_write < self.min_interval:
+            return
+        fields: dict[str, Any] = {"progress_done": done, "heartbeat_at": timezone.now()}
+        if total is not None:
+            fields["progress_total"] = total
+        self._write(fields)
+        self._last_write = now
+
+    def phase(self, name: str, total: int = 0) -> None:
+        self._write({"phase": name[:200], "progress_done": 0, "progress_total": total,
+                     "heartbeat_at": timezone.now()})
+        self._last_write = time.monotonic()
+
+    def _write(self, fields: dict[str, Any]) -> None:
+        updated = Run.objects.filter(pk=self.run_id, status=RunStatus.RUNNING).update(**fields)
+        if updated == 0:
+            raise RunCancelled(f"run {self.run_id} is no longer running")
+
+
+def _finish(run_id: int, status: RunStatus, **fields: Any) -> None:
+    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
+        status=status, finished_at=timezone.now(), **fields)
+
+
+def run_execute(*, run_id: int, execute: Callable[..., dict[str, Any]] | None = None) -> None:
+    """Claim run ``run_id`` and execute it, always leaving a final state. Safe to call twice."""
+    if not run_claim(run_id=run_id):
+        logger.info("run %s was not claimed (taken by another worker, cancelled or finished)", run_id)
+        return
+    run = Run.objects.get(pk=run_id)
+    kind_spec = job_kind(run.kind)
+    execute = execute or kind_spec.execute
+    progress = RunProgress(run_id)
+    try:
+        device = resolve_device() if kind_spec.queue == "gpu" else "cpu"
+        Run.objects.filter(pk=run_id).update(device=device)
+        result = execute(run=run, progress=progress, device=device)
+    except RunCancelled:
+        Run.objects.filter(pk=run_id, status=RunStatus.CANCELLED, finished_at__isnull=True).update(
+            finished_at=timezone.now())
+        logger.info("run %s stopped after cancellation", run_id)
+    except SoftTimeLimitExceeded:
+        _finish(run_id, RunStatus.FAILED, phase="Stopped",
+                error=f"The run exceeded its time limit of {kind_spec.soft_time_limit} s and was stopped.")
+    except RunInputError as error:
+        _finish(run_id, RunStatus.FAILED, phase="Stopped", error=str(error))
+    except Exception as error:  # any other failure must still leave a readable final state
+        logger.exception("run %s failed", run_id)
+        _finish(run_id, RunStatus.FAILED, phase="Stopped",
+                error=f"{type(error).__name__}: {error}"[:2000], error_detail=traceback.format_exc())
+    else:
+        _finish(run_id, RunStatus.SUCCEEDED, phase="Done", result=result or {},
+                progress_done=F("progress_total"))
+
+
+def run_cancel(*, run: Run) -> bool:
+    """Cancel a queued or running run. A running job stops at its next progress report."""
+    updated = Run.objects.filter(pk=run.pk, status__in=ACTIVE_RUN_STATUSES).update(
+        status=RunStatus.CANCELLED, phase="Cancelled")
+    Run.objects.filter(pk=run.pk, status=RunStatus.CANCELLED, started_at__isnull=True).update(
+        finished_at=timezone.now())
+    return updated == 1
+
+
+def run_fail_stale(*, now=None) -> int:
+    """Mark failed the running runs whose worker stopped reporting for longer than the kind's time limit.
+
+    A worker that is killed cannot write a final state; this makes the loss visible instead of leaving a
+    run "running" for ever. Returns the number of runs marked.
+    """
+    now = now or timezone.now()
+    marked = 0
+    for run in Run.objects.filter(status=RunStatus.RUNNING).only("pk", "kind", "heartbeat_at"):
+        try:
+            limit = job_kind(run.kind).time_limit
+        except KeyError:
+            continue
+        if run.heartbeat_at is not None and now - run.heartbeat_at > timedelta(seconds=limit + 60):
+            marked += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+                status=RunStatus.FAILED, finished_at=now, phase="Stopped",
+                error=f"The worker stopped reporting progress for more than {limit + 60} s "
+                      "(it was probably killed); the run's results, if any, were not saved.")
+    return marked

@@ -1,0 +1,92 @@
+"""Researcher pages of the machine side. Thin: reads through selectors, writes through services."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views import View
+from django.views.generic import DetailView, FormView, ListView, TemplateView
+
+from accounts.permissions import ResearcherRequiredMixin
+from analysis import selectors
+from analysis.forms import SelfcheckForm
+from analysis.jobs import job_kinds
+from analysis.models import Run, RunStatus
+from analysis.services.runs import run_cancel, run_fail_stale
+from analysis.services.selfcheck import selfcheck_run_start
+
+
+class DashboardView(ResearcherRequiredMixin, TemplateView):
+    template_name = "analysis/dashboard.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["run_counts"] = selectors.run_counts()
+        context["recent_runs"] = selectors.runs_for_list()[:8]
+        return context
+
+
+class RunListView(ResearcherRequiredMixin, ListView):
+    template_name = "analysis/runs/list.html"
+    context_object_name = "runs"
+    paginate_by = 50
+
+    def get_queryset(self):
+        run_fail_stale()
+        return selectors.runs_for_list(kind=self.request.GET.get("kind") or None,
+                                       status=self.request.GET.get("status") or None)
+
+    def get_template_names(self):
+        if self.request.htmx:
+            return ["analysis/runs/_table.html"]
+        return [self.template_name]
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["kinds"] = job_kinds()
+        context["statuses"] = RunStatus.choices
+        context["selected_kind"] = self.request.GET.get("kind", "")
+        context["selected_status"] = self.request.GET.get("status", "")
+        context["any_active"] = any(run.is_active for run in context["runs"])
+        return context
+
+
+class RunDetailView(ResearcherRequiredMixin, DetailView):
+    model = Run
+    template_name = "analysis/runs/detail.html"
+    context_object_name = "run"
+
+
+class RunStatusView(ResearcherRequiredMixin, DetailView):
+    """The status panel of a run, polled by htmx while the run is active."""
+
+    model = Run
+    template_name = "analysis/runs/_status.html"
+    context_object_name = "run"
+
+
+class RunCancelView(ResearcherRequiredMixin, View):
+    def post(self, request, pk: int):
+        run = get_object_or_404(Run, pk=pk)
+        if run_cancel(run=run):
+            messages.info(request, f"Run {run.pk} was cancelled.")
+        else:
+            messages.warning(request, f"Run {run.pk} had already finished ({run.get_status_display().lower()}).")
+        if request.htmx:
+            run.refresh_from_db()
+            return render(request, "analysis/runs/_status.html", {"run": run})
+        return redirect(run)
+
+
+class SelfcheckStartView(ResearcherRequiredMixin, FormView):
+    template_name = "analysis/selfcheck.html"
+    form_class = SelfcheckForm
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["previous_runs"] = selectors.runs_for_list(kind="selfcheck")[:10]
+        return context
+
+    def form_valid(self, form):
+        run = selfcheck_run_start(created_by=self.request.user, **form.cleaned_data)
+        messages.success(self.request, f"Self-check run {run.pk} queued.")
+        return redirect(run)

@@ -1,0 +1,1 @@
+"""The human side's data: studies, tasks, assignments and judgments (built by the study issues)."""

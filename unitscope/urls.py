@@ -1,0 +1,16 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+from django.views.static import serve
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("research/", include("analysis.urls")),
+    path("", include("annotation.urls")),
+    path("", include("accounts.urls")),
+]
+
+if settings.DEBUG:
+    # Rendered grids and dataset images under MEDIA_ROOT; a web server serves them in production.
+    urlpatterns.append(path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", serve,
+                            {"document_root": settings.MEDIA_ROOT}))
