@@ -1,6 +1,15 @@
-"""Settings for the test suite: the embedded defaults unless DATABASE_URL/CELERY_BROKER_URL say otherwise."""
-from .base import *  # noqa: F401,F403
-from .base import env
+"""Settings for the test suite: the embedded defaults unless DATABASE_URL/CELERY_BROKER_URL say otherwise.
+
+Every test session gets its own data directory (SQLite file, filesystem broker folders, generated
+data), shared with the worker processes the tests start through the environment.
+"""
+import os
+import tempfile
+
+os.environ.setdefault("UNITSCOPE_DATA_DIR", tempfile.mkdtemp(prefix="unitscope-test-"))
+
+from .base import *  # noqa: E402,F401,F403
+from .base import DATABASES, UNITSCOPE_DATA_DIR, env  # noqa: E402
 
 DEBUG = False
 SECRET_KEY = env("SECRET_KEY", "unitscope-test-key")
@@ -9,3 +18,9 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory, so that worker and server processes started by tests share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(UNITSCOPE_DATA_DIR / "test.sqlite3")}
+# Serve static files straight from the app and project folders: tests never run collectstatic.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

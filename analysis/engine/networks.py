@@ -1,0 +1,659 @@
+"""Loading networks and finding their layers.
+
+A network is described by a :class:`NetworkSpec` (what to build, which weights, how inputs are
+normalised) and built by :func:`load_network`. Layers are addressed by their *dotted module name*
+as ``model.named_modules()`` spells it (``features.10``, ``layer3.1.conv2``, ``layer4``, ``conv5``);
+:func:`discover_layers` lists the ones whose output is a feature map, and :func:`capture_layers` /
+:func:`capture_forward` record their outputs during a forward pass.
+
+Conventions:
+
+* Images enter as ``uint8`` ``[B, 3, H, W]`` (or float in ``[0, 1]``) and are normalised with the
+  spec's per-channel ``mean`` / ``std``, both on the ``[0, 1]`` scale (:func:`normalize_images`).
+* Nothing here picks a device: every function that allocates takes ``device``.
+* TorchScript modules load and run, but PyTorch does not call forward hooks on them
+  (``register_forward_hook is not supported on ScriptModules``), so layer discovery and capture
+  raise :class:`UnsupportedNetworkError` for them. Save such networks as an eager module
+  (``"pkg.mod:callable"``) plus a state dict to study their units.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import enum
+import importlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LayerCapture",
+    "LayerInfo",
+    "LayerKind",
+    "NetworkError",
+    "NetworkKind",
+    "NetworkLoadError",
+    "NetworkSpec",
+    "UnknownLayerError",
+    "UnsupportedNetworkError",
+    "capture_forward",
+    "capture_layers",
+    "discover_layers",
+    "get_module",
+    "is_torchscript",
+    "load_network",
+    "load_state_dict_file",
+    "normalize_images",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class NetworkError(Exception):
+    """Base class of the errors raised here; ``str(error)`` is a message for people."""
+
+
+class NetworkLoadError(NetworkError):
+    """A network could not be built or its weights could not be applied."""
+
+
+class UnknownLayerError(NetworkError, LookupError):
+    """A dotted layer name does not name a module of the network."""
+
+
+class UnsupportedNetworkError(NetworkError):
+    """The operation is not possible for this kind of network (e.g. hooks on TorchScript)."""
+
+
+def _suggest(name: str, candidates: Sequence[str], n: int = 5) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+
+
+class NetworkKind(enum.StrEnum):
+    """Where a network's structure comes from."""
+
+    TORCHVISION = "torchvision"  # target: architecture name, e.g. "alexnet"
+    TORCHSCRIPT = "torchscript"  # target: path of a TorchScript archive
+    CALLABLE = "callable"  # target: "pkg.mod:callable" returning an nn.Module
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What to build, which weights to load, and how inputs are prepared.
+
+    Attributes:
+        kind: :class:`NetworkKind`.
+        target: torchvision architecture name, TorchScript file path, or ``"pkg.mod:callable"``
+            (the callable may be a dotted attribute path: ``"pkg.mod:Class.build"``).
+        weights: optional path of a state dict (torchvision and callable kinds only); a checkpoint
+            dict holding the state dict under ``"state_dict"`` or ``"model"`` is accepted, and a
+            ``"module."`` prefix (DataParallel) is stripped.
+        kwargs: keyword arguments for the architecture builder or callable
+            (e.g. ``{"num_classes": 16}``); JSON-compatible values only if the spec is stored.
+        input_size: ``(H, W)`` the network expects.
+        mean, std: per-channel normalisation on the ``[0, 1]`` scale (default: ImageNet's).
+        class_names: optional names of the output classes, index-aligned with the logits.
+    """
+
+    kind: NetworkKind
+    target: str
+    weights: str | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", NetworkKind(self.kind))
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if not self.target:
+            raise ValueError("NetworkSpec.target must not be empty")
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ValueError(f"input_size must be two positive ints (H, W), got {self.input_size}")
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError("mean and std must be non-empty and of equal length")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.kind is NetworkKind.TORCHSCRIPT and self.weights is not None:
+            raise ValueError("a TorchScript archive carries its own weights; weights must be None")
+        if self.kind is NetworkKind.CALLABLE and ":" not in self.target:
+            raise ValueError(f"callable target must look like 'pkg.mod:callable', got {self.target!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict (inverse of :meth:`from_dict`)."""
+        data = asdict(self)
+        data["kind"] = str(self.kind)
+        data["kwargs"] = dict(self.kwargs)
+        data["input_size"] = list(self.input_size)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        data["class_names"] = None if self.class_names is None else list(self.class_names)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetworkSpec:
+        """Rebuild a spec from :meth:`to_dict` output."""
+        data = dict(data)
+        for key in ("input_size", "mean", "std"):
+            if key in data:
+                data[key] = tuple(data[key])
+        if data.get("class_names") is not None:
+            data["class_names"] = tuple(data["class_names"])
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a state dict with ``torch.load(weights_only=True, map_location="cpu")``.
+
+    Accepts a plain state dict or a checkpoint dict with the state dict under ``"state_dict"`` or
+    ``"model"``; strips a leading ``"module."`` from keys. Returns CPU tensors.
+
+    Raises:
+        NetworkLoadError: file missing, unreadable as weights, or not a mapping of tensors.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise NetworkLoadError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
+        raise NetworkLoadError(
+            f"could not read {path} as a state dict (torch.load with weights_only=True): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise NetworkLoadError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    state: dict[str, Tensor] = {}
+    bad: list[str] = []
+    for key, value in obj.items():
+        if not isinstance(value, Tensor):
+            bad.append(str(key))
+            continue
+        key = str(key)
+        state[key[len("module.") :] if key.startswith("module.") else key] = value
+    if bad:
+        raise NetworkLoadError(
+            f"{path} is not a state dict: {len(bad)} entries are not tensors (e.g. {', '.join(bad[:5])})"
+        )
+    return state
+
+
+def _apply_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` strictly, explaining any mismatch in plain words."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+        if keys:
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            problems.append(f"{len(keys)} {label} key(s): {', '.join(keys[:5])}{more}")
+    if problems:
+        raise NetworkLoadError(
+            f"weights in {source} do not match the network: " + "; ".join(problems)
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise NetworkLoadError(f"weights in {source} do not match the network: {exc}") from exc
+
+
+def _resolve_callable(target: str) -> Any:
+    module_name, _, attr_path = target.partition(":")
+    if not module_name or not attr_path:
+        raise NetworkLoadError(f"callable target must look like 'pkg.mod:callable', got {target!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise NetworkLoadError(f"cannot import module {module_name!r} for {target!r}: {exc}") from exc
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise NetworkLoadError(f"callable not found: {target!r} ({part!r} is not defined)")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise NetworkLoadError(f"{target!r} is not callable")
+    return obj
+
+
+def _build_torchvision(spec: NetworkSpec) -> nn.Module:
+    names = torchvision.models.list_models()
+    if spec.target not in names:
+        raise NetworkLoadError(
+            f"unknown torchvision architecture {spec.target!r}." + _suggest(spec.target, names)
+        )
+    kwargs = dict(spec.kwargs)
+    if "weights" in kwargs:
+        raise NetworkLoadError("pass a local weights file in NetworkSpec.weights; downloads are disabled")
+    try:
+        return torchvision.models.get_model(spec.target, weights=None, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise NetworkLoadError(f"cannot build torchvision {spec.target!r} with {kwargs}: {exc}") from exc
+
+
+def load_network(spec: NetworkSpec, *, device: torch.device | str) -> nn.Module:
+    """Build the network a spec describes, load its weights, move it to ``device``, eval mode.
+
+    torchvision architectures are built with ``weights=None`` (never downloaded) and then get the
+    local ``spec.weights`` if given; without weights they keep their random initialisation.
+
+    Raises:
+        NetworkLoadError: unknown architecture, missing file, unreadable or mismatched weights,
+            callable not found or not returning an ``nn.Module``.
+    """
+    if spec.kind is NetworkKind.TORCHVISION:
+        model = _build_torchvision(spec)
+    elif spec.kind is NetworkKind.TORCHSCRIPT:
+        if not os.path.isfile(spec.target):
+            raise NetworkLoadError(f"TorchScript file not found: {spec.target}")
+        try:
+            model = torch.jit.load(spec.target, map_location="cpu")
+        except Exception as exc:  # torch.jit.load raises RuntimeError/ValueError variants
+            raise NetworkLoadError(f"cannot load TorchScript archive {spec.target}: {exc}") from exc
+    else:
+        factory = _resolve_callable(spec.target)
+        try:
+            model = factory(**spec.kwargs)
+        except Exception as exc:  # the callable is user code: report whatever it raised
+            raise NetworkLoadError(f"calling {spec.target!r} failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise NetworkLoadError(f"{spec.target!r} returned {type(model).__name__}, not an nn.Module")
+    if spec.weights is not None:
+        _apply_state_dict(model, load_state_dict_file(spec.weights), spec.weights)
+    return model.to(device).eval()
+
+
+def normalize_images(
+    images: Tensor, mean: Sequence[float], std: Sequence[float]
+) -> Tensor:
+    """Turn images into network input.
+
+    Args:
+        images: ``uint8 [B, C, H, W]`` (0..255) or floating ``[B, C, H, W]`` in ``[0, 1]``.
+        mean, std: ``C`` values on the ``[0, 1]`` scale.
+
+    Returns:
+        ``float32 [B, C, H, W]`` on ``images.device``: ``(images / 255 - mean) / std``.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    if images.shape[1] != len(mean) or len(mean) != len(std):
+        raise ValueError(f"{images.shape[1]} channels but mean/std have {len(mean)}/{len(std)} values")
+    x = images.to(torch.float32)
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+class LayerKind(enum.StrEnum):
+    """What a named module is, for listing layers to people."""
+
+    CONV = "conv"
+    POOL = "pool"
+    ACTIVATION = "activation"  # ReLU and the other nn activation modules
+    NORM = "norm"
+    BLOCK = "block"  # a module with children: Sequential, ResNet block, DemoNet conv stage
+    OTHER = "other"  # leaf modules of no listed kind (Dropout, Identity, LocalResponseNorm, ...)
+
+
+DEFAULT_LAYER_KINDS: frozenset[LayerKind] = frozenset(
+    {LayerKind.CONV, LayerKind.POOL, LayerKind.ACTIVATION, LayerKind.BLOCK}
+)
+
+_POOL_TYPES = (
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.LPPool2d,
+    nn.FractionalMaxPool2d,
+)
+_NORM_TYPES = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def layer_kind(module: nn.Module) -> LayerKind:
+    """Classify a module (see :class:`LayerKind`)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return LayerKind.CONV
+    if isinstance(module, _POOL_TYPES):
+        return LayerKind.POOL
+    if isinstance(module, nn.LocalResponseNorm):
+        return LayerKind.NORM
+    if type(module).__module__ == nn.modules.activation.__name__:
+        return LayerKind.ACTIVATION
+    if isinstance(module, _NORM_TYPES):
+        return LayerKind.NORM
+    if next(iter(module.children()), None) is not None:
+        return LayerKind.BLOCK
+    return LayerKind.OTHER
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A module whose output is a feature map ``[B, channels, height, width]``.
+
+    ``calls`` is how many times the module runs per forward pass; modules reused within one
+    forward (torchvision's ``BasicBlock.relu`` runs twice) have an ambiguous output.
+    """
+
+    name: str
+    kind: LayerKind
+    module_type: str
+    channels: int
+    height: int
+    width: int
+    calls: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = str(self.kind)
+        return data
+
+
+def is_torchscript(model: nn.Module) -> bool:
+    """True for TorchScript (scripted or traced) modules."""
+    return isinstance(model, torch.jit.ScriptModule)
+
+
+def _require_eager(model: nn.Module, what: str) -> None:
+    if is_torchscript(model):
+        raise UnsupportedNetworkError(
+            f"{what} needs forward hooks, which PyTorch does not run on TorchScript modules; "
+            "load the network as 'pkg.mod:callable' with a state dict instead"
+        )
+
+
+def get_module(model: nn.Module, dotted_name: str) -> nn.Module:
+    """Return the submodule called ``dotted_name`` (``"features.10"``, ``"layer3.1.conv2"``).
+
+    Raises:
+        UnknownLayerError: no such submodule (the message suggests close names).
+    """
+    if not dotted_name:
+        raise UnknownLayerError("a layer name must not be empty")
+    try:
+        return model.get_submodule(dotted_name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise UnknownLayerError(
+            f"the network has no layer {dotted_name!r}." + _suggest(dotted_name, names)
+        ) from None
+
+
+def _example_input(model: nn.Module, input_size: Sequence[int], device: torch.device | str,
+                   in_channels: int) -> Tensor:
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    h, w = (int(v) for v in input_size)
+    return torch.zeros(1, in_channels, h, w, dtype=dtype, device=device)
+
+
+@torch.no_grad()
+def discover_layers(
+    model: nn.Module,
+    input_size: Sequence[int],
+    device: torch.device | str,
+    *,
+    kinds: frozenset[LayerKind] | set[LayerKind] = DEFAULT_LAYER_KINDS,
+    include_reused: bool = False,
+    in_channels: int = 3,
+) -> list[LayerInfo]:
+    """List the named modules whose output is a 4-D feature map, in forward-pass order.
+
+    Runs one forward pass of a zero input ``[1, in_channels, H, W]`` (the model's parameter dtype)
+    on ``device`` with forward hooks on every named module. The model must already be on
+    ``device``. Modules whose output is not a single 4-D tensor (classifier layers, tuples) are
+    left out, as are modules run more than once per forward unless ``include_reused`` (their output
+    is ambiguous and :func:`capture_layers` refuses them).
+
+    Args:
+        model: an eager ``nn.Module`` (TorchScript raises :class:`UnsupportedNetworkError`).
+        input_size: ``(H, W)``.
+        kinds: which :class:`LayerKind` values to list (default: conv, pool, activation, block).
+
+    Returns:
+        ``list[LayerInfo]`` ordered by the first time each module finished in the forward pass.
+    """
+    _require_eager(model, "discover_layers")
+    seen: dict[str, list[Any]] = {}  # name -> [shape, calls]
+    order: list[str] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else None
+            if name in seen:
+                seen[name][1] += 1
+                seen[name][0] = shape
+            else:
+                seen[name] = [shape, 1]
+                order.append(name)
+
+        return hook
+
+    modules = dict(model.named_modules())
+    try:
+        for name, module in modules.items():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        was_training = model.training
+        model.eval()
+        try:
+            model(_example_input(model, input_size, device, in_channels))
+        finally:
+            model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    layers = []
+    for name in order:
+        shape, calls = seen[name]
+        if shape is None or len(shape) != 4:
+            continue
+        if calls > 1 and not include_reused:
+            continue
+        kind = layer_kind(modules[name])
+        if kind not in kinds:
+            continue
+        layers.append(
+            LayerInfo(name, kind, type(modules[name]).__name__, shape[1], shape[2], shape[3], calls)
+        )
+    return layers
+
+
+class LayerCapture(Mapping[str, Tensor]):
+    """Read-only mapping ``layer name -> output tensor`` filled during forward passes.
+
+    Each forward pass overwrites the previous outputs. A tensor is present once its layer has run.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names: tuple[str, ...] = tuple(names)
+        self._outputs: dict[str, Tensor] = {}
+        self._seen_this_pass: set[str] = set()
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._outputs:
+            if name in self.names:
+                raise KeyError(f"layer {name!r} has not run yet in this capture")
+            raise KeyError(f"layer {name!r} is not captured (captured: {', '.join(self.names)})")
+        return self._outputs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._outputs)
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def complete(self) -> bool:
+        """True when every requested layer has an output."""
+        return len(self._outputs) == len(self.names)
+
+    def clear(self) -> None:
+        """Forget outputs (call between forward passes when reusing one capture)."""
+        self._outputs.clear()
+        self._seen_this_pass.clear()
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once every requested layer has run."""
+
+
+@contextlib.contextmanager
+def capture_layers(
+    model: nn.Module,
+    names: Sequence[str],
+    *,
+    detach: bool = True,
+    clone: bool = True,
+    _stop_when_complete: bool = False,
+) -> Iterator[LayerCapture]:
+    """Record the outputs of the named layers during forward passes inside the ``with`` block.
+
+    ``with capture_layers(model, ["conv5", "pool5"]) as out: model(x); out["conv5"]``
+
+    Args:
+        model: an eager ``nn.Module`` (TorchScript raises :class:`UnsupportedNetworkError`).
+        names: dotted module names; unknown ones raise :class:`UnknownLayerError` before anything
+            runs. Each must run at most once per forward pass (a second call raises
+            :class:`NetworkError`), see :func:`discover_layers`.
+        detach: store ``output.detach()`` (default); ``False`` keeps the graph for gradients.
+        clone: store a copy (default), so a following in-place op (``ReLU(inplace=True)`` after a
+            conv in torchvision's AlexNet/VGG) cannot change the stored map. Turning it off saves
+            a copy per layer when no in-place op follows.
+
+    Yields:
+        :class:`LayerCapture`, the tensors as the modules returned them (``[B, C, h, w]`` for
+        feature maps, same device and dtype). Each call of ``model`` itself starts a new record;
+        calling submodules directly does not.
+    """
+    _require_eager(model, "capture_layers")
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError("capture_layers needs at least one layer name")
+    modules = [get_module(model, name) for name in names]
+    capture = LayerCapture(names)
+
+    def pre_hook(_module: nn.Module, _args: Any) -> None:
+        capture.clear()  # every call of the root module is a new forward pass
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if not isinstance(output, Tensor):
+                raise NetworkError(
+                    f"layer {name!r} returns {type(output).__name__}, not a tensor; capture a "
+                    "module that returns a feature map"
+                )
+            if name in capture._seen_this_pass:
+                raise NetworkError(
+                    f"layer {name!r} runs more than once per forward pass, so its output is "
+                    "ambiguous; capture the enclosing block or another module"
+                )
+            capture._seen_this_pass.add(name)
+            value = output.detach() if detach else output
+            capture._outputs[name] = value.clone() if clone else value
+            if _stop_when_complete and capture.complete():
+                raise _StopForward
+
+        return hook
+
+    handles = [model.register_forward_pre_hook(pre_hook)]
+    try:
+        for name, module in zip(names, modules, strict=True):
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield capture
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def capture_forward(
+    model: nn.Module,
+    inputs: Tensor,
+    names: Sequence[str],
+    *,
+    stop_early: bool = True,
+    detach: bool = True,
+    clone: bool = True,
+) -> dict[str, Tensor]:
+    """Run ``model(inputs)`` and return the outputs of the named layers.
+
+    With ``stop_early`` (default) the forward pass is abandoned as soon as every requested layer
+    has run, so extracting ``conv2`` does not pay for ``conv5`` or the classifier. Gradients are
+    not disabled here: wrap in ``torch.no_grad()`` for extraction, or pass ``detach=False`` to
+    backpropagate from the outputs.
+
+    Args:
+        inputs: ``[B, C, H, W]`` already normalised, on the model's device.
+
+    Returns:
+        ``{name: Tensor}`` in the order of ``names``; shapes as the modules return them.
+
+    Raises:
+        UnknownLayerError, NetworkError: as :func:`capture_layers`; NetworkError also if a
+            requested layer did not run.
+    """
+    names = list(dict.fromkeys(names))
+    with capture_layers(
+        model, names, detach=detach, clone=clone, _stop_when_complete=stop_early
+    ) as capture:
+        try:
+            model(inputs)
+        except _StopForward:
+            pass
+        missing = [n for n in names if n not in capture]
+        if missing:
+            raise NetworkError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
+        return {name: capture[name] for name in names}

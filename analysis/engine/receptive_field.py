@@ -1,0 +1,715 @@
+"""Receptive-field geometry of a network's layers.
+
+Coordinates (the convention every other module uses):
+
+* Input pixel ``p`` (row or column index) covers the interval ``[p, p + 1)`` of a continuous
+  coordinate axis, so its centre is at ``p + 0.5`` — the convention of
+  ``F.interpolate(align_corners=False)`` and ``torchvision.ops.roi_align(aligned=True)``.
+* A layer's geometry per axis is ``size`` (receptive-field extent in input pixels, counting
+  padding, i.e. the *theoretical* receptive field), ``stride`` (the jump: input pixels between
+  neighbouring units) and ``offset`` (the continuous coordinate of the centre of unit 0's
+  receptive field).
+* Unit ``i`` of the layer has its receptive-field centre at ``offset + i * stride`` and covers
+  ``[centre - size / 2, centre + size / 2)``; these box edges are whole numbers, i.e. pixel edges.
+  Boxes of border units extend outside the image (padding) unless clipped.
+* Everything is given per axis as ``(y, x)`` pairs.
+
+Two independent ways to get it:
+
+* :func:`receptive_fields` (analytic): traces the model with ``torch.fx`` and propagates
+  ``(size, jump, centre)`` through the graph: through conv / pooling / padding with the usual
+  formulas (kernel, stride, padding, dilation; ``ceil_mode`` does not move unit 0), through
+  spatially pointwise ops unchanged, through ``add`` / ``mul`` / channel ``cat`` as the union of the
+  inputs' fields (the jumps must agree). It works for sequential and non-sequential models
+  (ResNet) alike. Norm layers are treated as pointwise, also instance/group/layer norm whose
+  statistics span the whole map (my choice: the usual convention).
+* :func:`probe_receptive_field` (numeric check): backpropagates from single units of a
+  "flattened" copy of the model to the input and reads the extent of the non-zero gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from .networks import NetworkError, capture_forward, get_module, is_torchscript
+
+__all__ = [
+    "LayerGeometry",
+    "ReceptiveFieldError",
+    "probe_receptive_field",
+    "receptive_field",
+    "receptive_fields",
+    "unit_boxes",
+    "unit_centers",
+]
+
+
+class ReceptiveFieldError(NetworkError):
+    """The geometry of a layer cannot be computed (unsupported op, untraceable model, ...)."""
+
+
+class _ProbeNotDense(ReceptiveFieldError):
+    """The probe copy produced an empty map or a zero gradient."""
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Receptive-field geometry of one layer, per axis ``(y, x)``; see the module docstring.
+
+    Attributes:
+        size: receptive-field extent in input pixels.
+        stride: input pixels between the centres of neighbouring units.
+        offset: continuous input coordinate of the centre of unit 0's receptive field
+            (pixel ``p`` spans ``[p, p + 1)``).
+    """
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    offset: tuple[float, float]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"size": list(self.size), "stride": list(self.stride), "offset": list(self.offset)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Sequence[float]]) -> LayerGeometry:
+        return cls(
+            size=(int(data["size"][0]), int(data["size"][1])),
+            stride=(int(data["stride"][0]), int(data["stride"][1])),
+            offset=(float(data["offset"][0]), float(data["offset"][1])),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Unit centres and boxes
+# --------------------------------------------------------------------------------------------
+
+
+def unit_centers(
+    geometry: LayerGeometry, out_h: int, out_w: int, *, device: torch.device | str
+) -> tuple[Tensor, Tensor]:
+    """Receptive-field centres of the units of an ``out_h x out_w`` map.
+
+    Returns:
+        ``(cy, cx)``: ``float32 [out_h]`` and ``float32 [out_w]`` on ``device``, continuous input
+        coordinates (pixel ``p`` spans ``[p, p + 1)``): ``cy[i] = offset_y + i * stride_y``.
+    """
+    cy = geometry.offset[0] + geometry.stride[0] * torch.arange(out_h, dtype=torch.float32, device=device)
+    cx = geometry.offset[1] + geometry.stride[1] * torch.arange(out_w, dtype=torch.float32, device=device)
+    return cy, cx
+
+
+def unit_boxes(
+    geometry: LayerGeometry,
+    out_h: int,
+    out_w: int,
+    *,
+    device: torch.device | str,
+    clip_to: tuple[int, int] | None = None,
+) -> Tensor:
+    """Receptive-field boxes of all units of an ``out_h x out_w`` map.
+
+    Args:
+        clip_to: optional input ``(H, W)``; boxes are then clipped to ``[0, W] x [0, H]``.
+
+    Returns:
+        ``float32 [out_h * out_w, 4]`` on ``device`` as ``(x1, y1, x2, y2)`` in continuous input
+        coordinates (pixel edges; a box covers pixels ``x1 <= p < x2``), row-major: row
+        ``i * out_w + j`` is unit ``(i, j)``. Unclipped boxes are ``size`` wide and may extend
+        past the image.
+    """
+    cy, cx = unit_centers(geometry, out_h, out_w, device=device)
+    yy, xx = torch.meshgrid(cy, cx, indexing="ij")
+    hy, hx = geometry.size[0] / 2.0, geometry.size[1] / 2.0
+    boxes = torch.stack([xx - hx, yy - hy, xx + hx, yy + hy], dim=-1).reshape(-1, 4)
+    if clip_to is not None:
+        h, w = clip_to
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    return boxes
+
+
+# --------------------------------------------------------------------------------------------
+# Analytic propagation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Axis:
+    size: float
+    jump: float
+    center: float  # of unit 0
+
+    def conv(self, kernel: int, stride: int, pad_before: int, dilation: int = 1) -> _Axis:
+        k_eff = dilation * (kernel - 1) + 1
+        return _Axis(
+            size=self.size + (k_eff - 1) * self.jump,
+            jump=self.jump * stride,
+            center=self.center + (-pad_before + (k_eff - 1) / 2.0) * self.jump,
+        )
+
+
+_Geo = tuple[_Axis, _Axis]  # (y, x)
+
+
+@dataclass(frozen=True)
+class _Unsupported:
+    reason: str
+
+
+class _Flat:
+    """A value derived from the image that is not a feature map (flattened, pooled to a vector)."""
+
+
+_FLAT = _Flat()
+
+_POINTWISE_NAMES = frozenset(
+    """add iadd __add__ __iadd__ __radd__ mul imul __mul__ __imul__ __rmul__ sub isub __sub__
+    __rsub__ truediv itruediv __truediv__ div div_ add_ mul_ sub_ neg abs relu relu_ relu6
+    leaky_relu leaky_relu_ gelu silu mish sigmoid sigmoid_ tanh tanh_ hardswish hardsigmoid
+    hardtanh hardtanh_ elu elu_ selu celu softplus dropout dropout2d feature_dropout alpha_dropout
+    clamp clamp_ clip contiguous clone float half double to type_as batch_norm instance_norm
+    group_norm layer_norm local_response_norm cat concat concatenate""".split()
+)
+_POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+)
+_PAD_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) == 1:
+            return int(value[0]), int(value[0])
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _conv_geo(
+    geo: _Geo, kernel: Any, stride: Any, padding: Any, dilation: Any = 1
+) -> _Geo:
+    k, s, d = _pair(kernel), _pair(stride), _pair(dilation)
+    if isinstance(padding, str):
+        if padding == "valid":
+            p = (0, 0)
+        elif padding == "same":  # PyTorch puts the smaller half first
+            p = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
+        else:
+            raise ValueError(f"padding {padding!r}")
+    else:
+        p = _pair(padding)
+    return (geo[0].conv(k[0], s[0], p[0], d[0]), geo[1].conv(k[1], s[1], p[1], d[1]))
+
+
+class _RecordingTracer(fx.Tracer):
+    """fx tracer that remembers which graph node is the output of every module call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module_nodes: dict[str, fx.Node] = {}
+        self.module_calls: Counter[str] = Counter()
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        name = self.path_of_module(m)
+        out = super().call_module(m, forward, args, kwargs)
+        self.module_calls[name] += 1
+        if isinstance(out, fx.Proxy):
+            self.module_nodes[name] = out.node
+        else:
+            self.module_nodes.pop(name, None)
+        return out
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, Tensor):
+            self.shapes[n] = tuple(out.shape)
+        return out
+
+
+def _target_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
+class _Propagator:
+    """Walks a traced graph once and assigns each node a geometry, ``_FLAT``, ``None`` or
+    ``_Unsupported``."""
+
+    def __init__(self, gm: fx.GraphModule, shapes: dict[fx.Node, tuple[int, ...]]) -> None:
+        self.gm = gm
+        self.shapes = shapes
+        self.values: dict[fx.Node, Any] = {}
+
+    def run(self) -> dict[fx.Node, Any]:
+        image_seen = False
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if not image_seen:
+                    image_seen = True
+                    self.values[node] = (_Axis(1.0, 1.0, 0.5), _Axis(1.0, 1.0, 0.5))
+                else:
+                    self.values[node] = None
+            elif node.op in ("get_attr", "output"):
+                self.values[node] = None
+            else:
+                self.values[node] = self._visit(node)
+        return self.values
+
+    def _is_map(self, node: fx.Node) -> bool:
+        shape = self.shapes.get(node)
+        return shape is not None and len(shape) == 4
+
+    def _visit(self, node: fx.Node) -> Any:
+        inputs = [a for a in node.all_input_nodes if self.values.get(a) is not None]
+        if not inputs:
+            return None  # does not depend on the image
+        for a in inputs:
+            if isinstance(self.values[a], _Unsupported):
+                return self.values[a]
+        if not self._is_map(node):
+            return _FLAT
+        try:
+            return self._map_rule(node, inputs)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            return _Unsupported(f"cannot read the parameters of {node.format_node()}: {exc}")
+
+    def _describe(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return f"module {node.target} ({type(self.gm.get_submodule(str(node.target))).__name__})"
+        return f"{node.op} {_target_name(node)}"
+
+    def _map_rule(self, node: fx.Node, inputs: list[fx.Node]) -> Any:
+        if node.op == "call_module":
+            module = self.gm.get_submodule(str(node.target))
+            src = node.args[0] if node.args else None
+            geo = self.values.get(src) if isinstance(src, fx.Node) else None
+            if isinstance(module, nn.Conv2d):
+                return self._need(geo, node) or _conv_geo(
+                    geo, module.kernel_size, module.stride, module.padding, module.dilation
+                )
+            if isinstance(module, nn.MaxPool2d):
+                return self._need(geo, node) or _conv_geo(
+                    geo, module.kernel_size, module.stride or module.kernel_size, module.padding,
+                    module.dilation,
+                )
+            if isinstance(module, nn.AvgPool2d):
+                return self._need(geo, node) or _conv_geo(
+                    geo, module.kernel_size, module.stride or module.kernel_size, module.padding
+                )
+            if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                return self._need(geo, node) or self._adaptive(geo, src, node)
+            if isinstance(module, _PAD_MODULES):
+                left, _right, top, _bottom = module.padding
+                return self._need(geo, node) or _conv_geo(geo, 1, 1, (top, left))
+            if isinstance(module, _POINTWISE_MODULES) or (
+                type(module).__module__ == nn.modules.activation.__name__
+            ):
+                return self._combine(node, inputs)
+            return _Unsupported(f"no receptive-field rule for {self._describe(node)}")
+        name = _target_name(node).lstrip("_") if node.op == "call_function" else _target_name(node)
+        if name in ("conv2d",):
+            kw = self._kwargs(node)
+            weight = kw["weight"]
+            k = self.shapes[weight][2:] if isinstance(weight, fx.Node) else tuple(weight.shape[2:])
+            geo = self.values.get(kw["input"])
+            return self._need(geo, node) or _conv_geo(
+                geo, k, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1)
+            )
+        if name in ("max_pool2d", "max_pool2d_with_indices", "avg_pool2d"):
+            kw = self._kwargs(node)
+            geo = self.values.get(kw["input"])
+            stride = kw.get("stride") or kw["kernel_size"]
+            return self._need(geo, node) or _conv_geo(
+                geo, kw["kernel_size"], stride, kw.get("padding", 0), kw.get("dilation", 1)
+            )
+        if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
+            src = node.args[0] if node.args else node.kwargs.get("input")
+            return self._need(self.values.get(src), node) or self._adaptive(self.values[src], src, node)
+        if name in ("cat", "concat", "concatenate"):
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if dim not in (1, -3):
+                return _Unsupported(f"concatenation along dim {dim} ({node.format_node()})")
+        if name in _POINTWISE_NAMES:
+            return self._combine(node, inputs)
+        return _Unsupported(f"no receptive-field rule for {self._describe(node)}")
+
+    def _kwargs(self, node: fx.Node) -> dict[str, Any]:
+        pair = node.normalized_arguments(self.gm, normalize_to_only_use_kwargs=True)
+        if pair is None:
+            raise ValueError("arguments could not be normalised")
+        return dict(pair.kwargs)
+
+    def _need(self, geo: Any, node: fx.Node) -> Any:
+        """None if ``geo`` is a geometry; otherwise the value to return for ``node``."""
+        if isinstance(geo, tuple):
+            return None
+        if isinstance(geo, _Unsupported):
+            return geo
+        return _Unsupported(f"{self._describe(node)} reads a tensor that is not a feature map")
+
+    def _adaptive(self, geo: _Geo, src: fx.Node, node: fx.Node) -> Any:
+        in_hw = self.shapes[src][2:]
+        out_hw = self.shapes[node][2:]
+        if any(i % o for i, o in zip(in_hw, out_hw, strict=True)):
+            return _Unsupported(
+                f"{self._describe(node)} pools {tuple(in_hw)} to {tuple(out_hw)}: non-uniform bins"
+            )
+        k = tuple(i // o for i, o in zip(in_hw, out_hw, strict=True))
+        return _conv_geo(geo, k, k, 0)
+
+    def _combine(self, node: fx.Node, inputs: list[fx.Node]) -> Any:
+        out_hw = self.shapes[node][2:]
+        geos: list[_Geo] = []
+        for a in inputs:
+            value = self.values[a]
+            if value is _FLAT or not self._is_map(a):
+                return _Unsupported(f"{self._describe(node)} mixes in a value that is not a feature map")
+            if self.shapes[a][2:] != out_hw:
+                return _Unsupported(
+                    f"{self._describe(node)} broadcasts a {tuple(self.shapes[a][2:])} map over "
+                    f"{tuple(out_hw)} (e.g. squeeze-excitation): the receptive field is global"
+                )
+            geos.append(value)
+        if len(geos) == 1:
+            return geos[0]
+        out = []
+        for axis in range(2):
+            jumps = {g[axis].jump for g in geos}
+            if len(jumps) != 1:
+                return _Unsupported(f"{self._describe(node)} combines maps of different strides {sorted(jumps)}")
+            left = min(g[axis].center - g[axis].size / 2 for g in geos)
+            right = max(g[axis].center + g[axis].size / 2 for g in geos)
+            out.append(_Axis(right - left, geos[0][axis].jump, (left + right) / 2))
+        return (out[0], out[1])
+
+
+def _as_geometry(geo: _Geo, name: str) -> LayerGeometry:
+    vals = [geo[0].size, geo[1].size, geo[0].jump, geo[1].jump]
+    if any(abs(v - round(v)) > 1e-6 for v in vals):
+        raise ReceptiveFieldError(f"layer {name!r} has a fractional receptive-field size or stride {vals}")
+    return LayerGeometry(
+        size=(round(geo[0].size), round(geo[1].size)),
+        stride=(round(geo[0].jump), round(geo[1].jump)),
+        offset=(float(geo[0].center), float(geo[1].center)),
+    )
+
+
+def receptive_fields(
+    model: nn.Module,
+    input_size: Sequence[int],
+    device: torch.device | str,
+    *,
+    layers: Sequence[str] | None = None,
+    in_channels: int = 3,
+) -> dict[str, LayerGeometry]:
+    """Analytic receptive-field geometry of named layers.
+
+    Traces ``model`` with ``torch.fx`` (custom modules are traced through; ``torch.nn`` modules
+    are leaves), runs one forward pass of zeros ``[1, in_channels, H, W]`` on ``device`` (the
+    model must be there) to learn shapes (adaptive pooling depends on them), then propagates the
+    geometry (module docstring).
+
+    Args:
+        input_size: ``(H, W)``; geometry does not depend on it except through adaptive pooling.
+        layers: dotted names to return; ``None`` returns every named module whose output is a
+            feature map with a known geometry (modules run more than once per forward excluded).
+
+    Returns:
+        ``{name: LayerGeometry}`` in forward order.
+
+    Raises:
+        ReceptiveFieldError: the model cannot be traced, or a requested layer's geometry is
+            unknown (the message gives the op that stopped the propagation).
+        UnknownLayerError: a requested name is not a module.
+    """
+    if is_torchscript(model):
+        raise ReceptiveFieldError("TorchScript modules cannot be traced with torch.fx")
+    if layers is not None:
+        for name in layers:
+            get_module(model, name)
+    tracer = _RecordingTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
+        raise ReceptiveFieldError(
+            f"torch.fx cannot trace this model ({type(exc).__name__}: {exc}); "
+            "use probe_receptive_field on a given layer instead"
+        ) from exc
+    gm = fx.GraphModule(tracer.root, graph)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    h, w = (int(v) for v in input_size)
+    recorder = _ShapeRecorder(gm)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            recorder.run(torch.zeros(1, in_channels, h, w, dtype=dtype, device=device))
+    finally:
+        model.train(was_training)
+    values = _Propagator(gm, recorder.shapes).run()
+
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    wanted = list(layers) if layers is not None else sorted(
+        tracer.module_nodes, key=lambda n: order[tracer.module_nodes[n]]
+    )
+    result: dict[str, LayerGeometry] = {}
+    for name in wanted:
+        node = tracer.module_nodes.get(name)
+        value = values.get(node) if node is not None else None
+        calls = tracer.module_calls.get(name, 0)
+        problem = None
+        if node is None:
+            problem = "it does not run in the forward pass or returns no single tensor"
+        elif calls > 1:
+            problem = f"it runs {calls} times per forward pass"
+        elif isinstance(value, _Unsupported):
+            problem = value.reason
+        elif not isinstance(value, tuple):
+            problem = "its output is not a feature map"
+        if problem is not None:
+            if layers is not None:
+                raise ReceptiveFieldError(f"no receptive field for layer {name!r}: {problem}")
+            continue
+        result[name] = _as_geometry(value, name)
+    return result
+
+
+def receptive_field(
+    model: nn.Module, layer: str, input_size: Sequence[int], device: torch.device | str
+) -> LayerGeometry:
+    """Analytic geometry of one layer (see :func:`receptive_fields`)."""
+    return receptive_fields(model, input_size, device, layers=[layer])[layer]
+
+
+# --------------------------------------------------------------------------------------------
+# Numeric probe
+# --------------------------------------------------------------------------------------------
+
+
+class _ChannelMeanConv(nn.Module):
+    """Stand-in for a conv in a collapsed probe copy: mean over input channels, then one
+    ``1 -> 1`` averaging kernel with the original kernel size, stride, padding and dilation."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.padding_mode = conv.padding_mode
+        self.reversed_padding = conv._reversed_padding_repeated_twice
+        kh, kw = conv.kernel_size
+        self.weight = nn.Parameter(torch.full((1, 1, kh, kw), 1.0 / (kh * kw)), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.mean(dim=1, keepdim=True)
+        if self.padding_mode != "zeros":
+            x = nn.functional.pad(x, self.reversed_padding, mode=self.padding_mode)
+            return nn.functional.conv2d(x, self.weight, None, self.stride, 0, self.dilation)
+        return nn.functional.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
+
+
+def _probe_copy(
+    model: nn.Module, device: torch.device | str, dtype: torch.dtype, collapse: bool
+) -> nn.Module:
+    """A copy of ``model`` whose input gradients are dense and positive.
+
+    Convs average (weight ``1 / fan_in``, no bias), max pools become average pools with the same
+    window, batch norms become identities. With ``collapse`` every conv also reduces its input to
+    one channel (:class:`_ChannelMeanConv`), all norms become identities, and the other weights are
+    not copied at all (the forward pass must stop before any layer that needs them).
+    """
+    memo: dict[int, Any] = {}
+    if collapse:  # do not copy weights that the collapsed copy never uses
+        for t in list(model.parameters()) + list(model.buffers()):
+            memo[id(t)] = (
+                nn.Parameter(t.new_empty(0), requires_grad=False) if isinstance(t, nn.Parameter)
+                else t.new_empty(0)
+            )
+    probe = copy.deepcopy(model, memo)
+    for name, module in list(probe.named_modules()):
+        replacement: nn.Module | None = None
+        if isinstance(module, nn.MaxPool2d):
+            if _pair(module.dilation) != (1, 1):
+                raise ReceptiveFieldError(f"cannot probe dilated max pooling {name!r}")
+            replacement = nn.AvgPool2d(
+                module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode,
+                count_include_pad=True,
+            )
+        elif isinstance(module, nn.AdaptiveMaxPool2d):
+            replacement = nn.AdaptiveAvgPool2d(module.output_size)
+        elif collapse and isinstance(module, nn.Conv2d):
+            replacement = _ChannelMeanConv(module)
+        elif collapse and isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+            replacement = nn.Identity()
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            with torch.no_grad():
+                module.weight.fill_(1.0 / module.weight[0].numel())
+                if module.bias is not None:
+                    module.bias.zero_()
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                if module.affine:
+                    module.weight.fill_(1.0)
+                    module.bias.zero_()
+                if module.track_running_stats:
+                    module.running_mean.zero_()
+                    module.running_var.fill_(1.0 - module.eps)
+        if replacement is not None:
+            probe.set_submodule(name, replacement)
+    probe = probe.to(device=device, dtype=dtype).eval()
+    for p in probe.parameters():
+        p.requires_grad_(False)
+    return probe
+
+
+def _unit_gradient_extents(
+    probe: nn.Module, layer: str, input_size: Sequence[int], in_channels: int,
+    device: torch.device | str, dtype: torch.dtype,
+) -> tuple[list[int], list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Rows/cols of units ``0, 1, n-2, n-1`` and the (first, last) input row/col where each
+    unit's gradient is non-zero."""
+    h, w = (int(v) for v in input_size)
+    with torch.enable_grad():
+        x = torch.ones(4, in_channels, h, w, dtype=dtype, device=device, requires_grad=True)
+        out = capture_forward(probe, x, [layer], stop_early=True, detach=False, clone=False)[layer]
+        if out.ndim != 4:
+            raise ReceptiveFieldError(f"layer {layer!r} output {tuple(out.shape)} is not a feature map")
+        if out.shape[1] == 0:
+            raise _ProbeNotDense(f"layer {layer!r} has no channels in the probe copy")
+        oh, ow = out.shape[2:]
+        if oh < 2 or ow < 2:
+            raise ReceptiveFieldError(
+                f"layer {layer!r} gives a {oh}x{ow} map at input {h}x{w}; probe at a larger input_size"
+            )
+        ys = [0, 1, oh - 2, oh - 1]
+        xs = [0, 1, ow - 2, ow - 1]
+        grad_out = torch.zeros_like(out)
+        for k in range(4):
+            grad_out[k, :, ys[k], xs[k]] = 1.0
+        (grad,) = torch.autograd.grad(out, x, grad_out)
+    support = grad.abs().sum(dim=1) > 0  # [4, H, W]
+    extents_y, extents_x = [], []
+    for k in range(4):
+        rows = torch.nonzero(support[k].any(dim=1)).flatten()
+        cols = torch.nonzero(support[k].any(dim=0)).flatten()
+        if rows.numel() == 0:
+            raise _ProbeNotDense(f"zero gradient probing layer {layer!r}: the probe copy is not dense")
+        extents_y.append((int(rows[0]), int(rows[-1])))
+        extents_x.append((int(cols[0]), int(cols[-1])))
+    return ys, xs, extents_y, extents_x
+
+
+def _solve_axis(
+    indices: Sequence[int], extents: Sequence[tuple[int, int]], n_pixels: int, layer: str, axis: str
+) -> tuple[int, int, float]:
+    """(size, stride, offset) of one axis from the non-zero gradient extents of several units.
+
+    An extent's left edge is trusted when it is > 0 and its right edge when it is < n_pixels - 1
+    (otherwise the image border may have cut it).
+    """
+    lows = [(i, lo) for i, (lo, _hi) in zip(indices, extents, strict=True) if lo > 0]
+    highs = [(i, hi) for i, (_lo, hi) in zip(indices, extents, strict=True) if hi < n_pixels - 1]
+    jumps = set()
+    for edges in (lows, highs):
+        for (i1, e1) in edges:
+            for (i2, e2) in edges:
+                if i2 > i1:
+                    jumps.add((e2 - e1) / (i2 - i1))
+    too_small = (
+        f"the input is too small to probe layer {layer!r} along {axis}: no two units with an "
+        "unclipped receptive-field edge; probe at a larger input_size"
+    )
+    if not jumps or not lows or not highs:
+        raise ReceptiveFieldError(too_small)
+    if len(jumps) != 1:
+        raise ReceptiveFieldError(f"inconsistent strides {sorted(jumps)} probing {layer!r} along {axis}")
+    jump = jumps.pop()
+    starts = {lo - i * jump for i, lo in lows}
+    ends = {hi - i * jump for i, hi in highs}
+    if len(starts) != 1 or len(ends) != 1 or jump != int(jump):
+        raise ReceptiveFieldError(f"irregular receptive fields probing {layer!r} along {axis}")
+    start, end = starts.pop(), ends.pop()
+    return int(end - start + 1), int(jump), (start + end + 1) / 2.0
+
+
+def probe_receptive_field(
+    model: nn.Module,
+    layer: str,
+    input_size: Sequence[int],
+    device: torch.device | str,
+    *,
+    in_channels: int = 3,
+    dtype: torch.dtype = torch.float64,
+    collapse_channels: bool = True,
+) -> LayerGeometry:
+    """Measure a layer's receptive-field geometry by backpropagation (a check of the analytic one).
+
+    Method (my choice): on a copy of the model, every conv becomes an average (weight
+    ``1 / fan_in``, zero bias), max pooling becomes average pooling with the same window, and
+    batch norm becomes the identity; with an all-ones input every ReLU is then active and every
+    path from an input pixel to a unit has a positive gradient. For units ``0, 1, n-2, n-1`` of
+    the layer (along the diagonal, one batch item each) the gradient of the unit's channel sum
+    w.r.t. the input is non-zero exactly on its receptive field, cut at the image border. Edges
+    away from the border give the stride (difference between units) and the start and end of
+    unit 0's field, so the input may be smaller than the field itself, but it must leave two
+    units per axis with an uncut left edge and two with an uncut right edge. The forward pass
+    stops at ``layer``. ``float64`` by default so tiny gradients of deep nets do not underflow.
+
+    ``collapse_channels`` (default, my choice for speed): as all channels of such a copy carry the
+    same values, each conv is replaced by a channel mean followed by a single-channel kernel of the
+    same size, stride, padding and dilation; the model's own forward code still runs, so the
+    spatial bookkeeping is checked while the cost drops by orders of magnitude. If the collapsed
+    copy fails to run (code that depends on channel counts), the full copy is used.
+
+    Limits: ``F.max_pool2d`` called functionally is not replaced (its gradient is sparse), and
+    non-zero padding modes (reflect, circular) fold the field at the border.
+
+    Args:
+        input_size: ``(H, W)`` of the probe input ``float [4, in_channels, H, W]`` (on ``device``).
+
+    Returns:
+        :class:`LayerGeometry` (``size`` counts padding like the analytic one).
+
+    Raises:
+        ReceptiveFieldError: input too small, map smaller than 2x2, or irregular results.
+    """
+    if is_torchscript(model):
+        raise ReceptiveFieldError("TorchScript modules cannot be probed (modules cannot be replaced)")
+    get_module(model, layer)
+    extents = None
+    if collapse_channels:
+        try:
+            probe = _probe_copy(model, device, dtype, collapse=True)
+            extents = _unit_gradient_extents(probe, layer, input_size, in_channels, device, dtype)
+        except (RuntimeError, ValueError, IndexError, _ProbeNotDense):
+            extents = None  # code that depends on channel counts: fall back to the full copy
+    if extents is None:
+        probe = _probe_copy(model, device, dtype, collapse=False)
+        extents = _unit_gradient_extents(probe, layer, input_size, in_channels, device, dtype)
+    ys, xs, extents_y, extents_x = extents
+    h, w = (int(v) for v in input_size)
+    sy, jy, oy = _solve_axis(ys, extents_y, h, layer, "y")
+    sx, jx, ox = _solve_axis(xs, extents_x, w, layer, "x")
+    return LayerGeometry(size=(sy, sx), stride=(jy, jx), offset=(oy, ox))

@@ -1,0 +1,102 @@
+"""Shared fixtures: users per role, a real Celery worker process, Playwright on Debian's Chromium."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# Playwright's sync API runs an event loop in the test thread; the ORM calls the tests make around it
+# are still synchronous and safe.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+PASSWORD = "a-test-password-9"
+
+
+@pytest.fixture
+def make_user(db):
+    from accounts.roles import Role
+    from accounts.services import user_create
+
+    def make(username: str, role: str | Role) -> object:
+        return user_create(username=username, password=PASSWORD, role=Role(role))
+
+    return make
+
+
+@pytest.fixture
+def researcher(make_user):
+    return make_user("rita", "researcher")
+
+
+@pytest.fixture
+def expert(make_user):
+    return make_user("ed", "expert")
+
+
+@pytest.fixture
+def crowd_worker(make_user):
+    return make_user("cora", "crowd")
+
+
+@pytest.fixture
+def researcher_client(client, researcher):
+    client.force_login(researcher)
+    return client
+
+
+def _database_url_for_subprocess() -> str:
+    """A DATABASE_URL that points a child process at the test database pytest-django created."""
+    from django.db import connection
+
+    settings = connection.settings_dict
+    if settings["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{settings['NAME']}"
+    user = settings.get("USER") or ""
+    password = f":{settings['PASSWORD']}" if settings.get("PASSWORD") else ""
+    credentials = f"{user}{password}@" if user else ""
+    host = settings.get("HOST") or "localhost"
+    port = f":{settings['PORT']}" if settings.get("PORT") else ""
+    return f"postgres://{credentials}{host}{port}/{settings['NAME']}"
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db):
+    """A real ``celery worker`` process (not eager, not a thread) on the configured broker and the test DB."""
+    from unitscope.celery import app
+
+    if not app.conf.broker_url.startswith("filesystem"):
+        app.control.purge()  # messages of earlier sessions name runs this database does not have
+    env = dict(os.environ, DATABASE_URL=_database_url_for_subprocess(),
+               DJANGO_SETTINGS_MODULE="unitscope.settings.test")
+    log_path = Path(os.environ["UNITSCOPE_DATA_DIR"]) / f"worker-{time.monotonic_ns()}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "unitscope", "worker", "-Q", "default,gpu", "-c", "1",
+             "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-n", f"test-{os.getpid()}@%h"],
+            cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while "ready." not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the Celery worker did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Drive Debian's Chromium package; Playwright never downloads a browser here."""
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
