@@ -459,6 +459,16 @@ class UpperQuantile:
             )
         self.count += values.shape[1]
         self._has_nan |= torch.isnan(values).any(dim=1)
+        if self._top.shape[1] == self.capacity:
+            # Once the buffer is full, only values above a unit's smallest kept value can enter (an
+            # equal value would replace an equal one). Pre-select the batch's top ``r`` values, ``r``
+            # the largest such count over units, so the merge topk stays ~``m + r`` wide.
+            floor = self._top.min(dim=1, keepdim=True).values
+            r = int((values > floor).sum(dim=1).max())
+            if r == 0:
+                return
+            if r < values.shape[1]:
+                values = torch.topk(values, r, dim=1, largest=True, sorted=False).values
         self._top = self._keep(torch.cat((self._top, values), dim=1))
 
     @torch.no_grad()

@@ -325,15 +325,20 @@ def _require_fields(path: Path, array: np.ndarray, fields: Iterable[str], what: 
     names = array.dtype.names or ()
     missing = [name for name in fields if name not in names]
     if missing:
-        raise PascalPartFormatError(path, f"{what} lacks field(s) {', '.join(missing)} (has {', '.join(names) or 'none'})")
+        present = ", ".join(names) or "none"
+        raise PascalPartFormatError(path, f"{what} lacks field(s) {', '.join(missing)} (has {present})")
 
 
 def _mask(path: Path, value: object, shape: tuple[int, int] | None, what: str) -> np.ndarray:
     array = np.asarray(value)
     if array.ndim != 2 or array.dtype.kind not in "uibf" or array.size == 0:
-        raise PascalPartFormatError(path, f"{what}: mask is not a 2-D numeric array (shape {array.shape}, dtype {array.dtype})")
+        raise PascalPartFormatError(
+            path, f"{what}: mask is not a 2-D numeric array (shape {array.shape}, dtype {array.dtype})"
+        )
     if shape is not None and array.shape != shape:
-        raise PascalPartFormatError(path, f"{what}: mask is {array.shape[0]}x{array.shape[1]}, expected {shape[0]}x{shape[1]}")
+        raise PascalPartFormatError(
+            path, f"{what}: mask is {array.shape[0]}x{array.shape[1]}, expected {shape[0]}x{shape[1]}"
+        )
     return array > 0
 
 
@@ -352,7 +357,8 @@ def read_annotation(path: str | os.PathLike[str], *, merge_subparts: bool = True
     try:
         data = scipy.io.loadmat(path, squeeze_me=False, struct_as_record=True)
     except Exception as error:  # scipy raises ValueError, TypeError, OSError... on corrupt files
-        raise PascalPartFormatError(path, f"unreadable .mat file ({type(error).__name__}: {error})") from None
+        message = f"unreadable .mat file ({type(error).__name__}: {error})"
+        raise PascalPartFormatError(path, message) from None
     if "anno" not in data:
         raise PascalPartFormatError(path, "no variable 'anno'")
     anno = np.asarray(data["anno"])
@@ -375,7 +381,9 @@ def read_annotation(path: str | os.PathLike[str], *, merge_subparts: bool = True
             class_name = _text(item["class"])
             class_index = _scalar_int(item["class_ind"])
             if class_index is None or not 1 <= class_index <= len(VOC_CLASSES):
-                raise PascalPartFormatError(path, f"{what}: class_ind {item['class_ind']!r} is not in 1..20")
+                raise PascalPartFormatError(
+                    path, f"{what}: class_ind {item['class_ind']!r} is not in 1..20"
+                )
             if class_name != VOC_CLASSES[class_index - 1]:
                 raise PascalPartFormatError(
                     path,
@@ -405,7 +413,9 @@ def _read_parts(
     for part_number, part in enumerate(parts_array.reshape(-1, order="F"), start=1):
         raw_name = _text(part["part_name"])
         if not raw_name:
-            raise PascalPartFormatError(path, f"{what}, part {part_number}: part_name is not a string")
+            raise PascalPartFormatError(
+                path, f"{what}, part {part_number}: part_name is not a string"
+            )
         mask = _mask(path, part["mask"], shape, f"{what}, part {part_number} ({raw_name})")
         group = part_instance_key(raw_name) if merge_subparts else None
         key = f"group:{group}" if group is not None else f"entry:{part_number}"
@@ -414,7 +424,8 @@ def _read_parts(
     for members in groups.values():  # dict keeps first-appearance order
         mask = np.logical_or.reduce([m for _, m in members])
         raw_names = tuple(name for name, _ in members)
-        instances.append(PartInstance(normalise_part_name(raw_names[0]), raw_names, mask, mask_to_box(mask)))
+        name = normalise_part_name(raw_names[0])
+        instances.append(PartInstance(name, raw_names, mask, mask_to_box(mask)))
     return tuple(instances)
 
 

@@ -37,7 +37,9 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .networks import NetworkError, capture_forward, get_module, is_torchscript
 
@@ -510,6 +512,10 @@ def receptive_field(
 # --------------------------------------------------------------------------------------------
 
 
+# Small, so that residual sums stay below saturating activations (ReLU6 in MobileNet).
+_PROBE_INPUT = 1e-3
+
+
 class _ChannelMeanConv(nn.Module):
     """Stand-in for a conv in a collapsed probe copy: mean over input channels, then one
     ``1 -> 1`` averaging kernel with the original kernel size, stride, padding and dilation."""
@@ -530,13 +536,42 @@ class _ChannelMeanConv(nn.Module):
         return nn.functional.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
 
 
+def _max_pool_args(
+    input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+    ceil_mode: bool = False, return_indices: bool = False,
+) -> tuple[Tensor, Any, Any, Any, Any, bool, bool]:
+    return input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
+
+
+class _MaxPoolAsAvgPool(TorchFunctionMode):
+    """Within this mode every 2-D max pooling (module or functional) is an average pooling with
+    the same window, so gradients reach every pixel of the window."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in (F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices):
+            x, k, stride, padding, dilation, ceil_mode, return_indices = _max_pool_args(*args, **kwargs)
+            if return_indices or func is F.max_pool2d_with_indices:
+                raise ReceptiveFieldError("cannot probe max pooling that returns indices")
+            if _pair(dilation) != (1, 1):
+                raise ReceptiveFieldError("cannot probe dilated max pooling")
+            return F.avg_pool2d(x, k, stride if stride else k, padding, ceil_mode=ceil_mode,
+                                count_include_pad=True)
+        if func in (F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices):
+            if kwargs.pop("return_indices", False) or func is F.adaptive_max_pool2d_with_indices:
+                raise ReceptiveFieldError("cannot probe adaptive max pooling that returns indices")
+            return F.adaptive_avg_pool2d(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
 def _probe_copy(
     model: nn.Module, device: torch.device | str, dtype: torch.dtype, collapse: bool
 ) -> nn.Module:
     """A copy of ``model`` whose input gradients are dense and positive.
 
-    Convs average (weight ``1 / fan_in``, no bias), max pools become average pools with the same
-    window, batch norms become identities. With ``collapse`` every conv also reduces its input to
+    Convs average (weight ``1 / fan_in``, no bias), batch norms become identities (max pooling is
+    handled at run time by :class:`_MaxPoolAsAvgPool`). With ``collapse`` every conv also reduces its input to
     one channel (:class:`_ChannelMeanConv`), all norms become identities, and the other weights are
     not copied at all (the forward pass must stop before any layer that needs them).
     """
@@ -550,16 +585,7 @@ def _probe_copy(
     probe = copy.deepcopy(model, memo)
     for name, module in list(probe.named_modules()):
         replacement: nn.Module | None = None
-        if isinstance(module, nn.MaxPool2d):
-            if _pair(module.dilation) != (1, 1):
-                raise ReceptiveFieldError(f"cannot probe dilated max pooling {name!r}")
-            replacement = nn.AvgPool2d(
-                module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode,
-                count_include_pad=True,
-            )
-        elif isinstance(module, nn.AdaptiveMaxPool2d):
-            replacement = nn.AdaptiveAvgPool2d(module.output_size)
-        elif collapse and isinstance(module, nn.Conv2d):
+        if collapse and isinstance(module, nn.Conv2d):
             replacement = _ChannelMeanConv(module)
         elif collapse and isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
             replacement = nn.Identity()
@@ -592,8 +618,9 @@ def _unit_gradient_extents(
     unit's gradient is non-zero."""
     h, w = (int(v) for v in input_size)
     with torch.enable_grad():
-        x = torch.ones(4, in_channels, h, w, dtype=dtype, device=device, requires_grad=True)
-        out = capture_forward(probe, x, [layer], stop_early=True, detach=False, clone=False)[layer]
+        x = torch.full((4, in_channels, h, w), _PROBE_INPUT, dtype=dtype, device=device, requires_grad=True)
+        with _MaxPoolAsAvgPool():
+            out = capture_forward(probe, x, [layer], stop_early=True, detach=False, clone=False)[layer]
         if out.ndim != 4:
             raise ReceptiveFieldError(f"layer {layer!r} output {tuple(out.shape)} is not a feature map")
         if out.shape[1] == 0:
@@ -622,15 +649,19 @@ def _unit_gradient_extents(
 
 
 def _solve_axis(
-    indices: Sequence[int], extents: Sequence[tuple[int, int]], n_pixels: int, layer: str, axis: str
+    indices: Sequence[int], extents: Sequence[tuple[int, int]], layer: str, axis: str
 ) -> tuple[int, int, float]:
     """(size, stride, offset) of one axis from the non-zero gradient extents of several units.
 
-    An extent's left edge is trusted when it is > 0 and its right edge when it is < n_pixels - 1
-    (otherwise the image border may have cut it).
+    Observed extents are the true fields cut to the pixels the network reads: ``[0, last]``, where
+    ``last`` may be before the image's last pixel (a stride that does not divide the size). So a
+    left edge is trusted only if it is greater than the smallest observed left edge, a right edge
+    only if it is less than the largest observed right edge.
     """
-    lows = [(i, lo) for i, (lo, _hi) in zip(indices, extents, strict=True) if lo > 0]
-    highs = [(i, hi) for i, (_lo, hi) in zip(indices, extents, strict=True) if hi < n_pixels - 1]
+    min_lo = min(lo for lo, _hi in extents)
+    max_hi = max(hi for _lo, hi in extents)
+    lows = [(i, lo) for i, (lo, _hi) in zip(indices, extents, strict=True) if lo > min_lo]
+    highs = [(i, hi) for i, (_lo, hi) in zip(indices, extents, strict=True) if hi < max_hi]
     jumps = set()
     for edges in (lows, highs):
         for (i1, e1) in edges:
@@ -667,8 +698,9 @@ def probe_receptive_field(
     """Measure a layer's receptive-field geometry by backpropagation (a check of the analytic one).
 
     Method (my choice): on a copy of the model, every conv becomes an average (weight
-    ``1 / fan_in``, zero bias), max pooling becomes average pooling with the same window, and
-    batch norm becomes the identity; with an all-ones input every ReLU is then active and every
+    ``1 / fan_in``, zero bias), max pooling (module or functional, through a
+    ``TorchFunctionMode``) becomes average pooling with the same window, and batch norm becomes
+    the identity; with a small constant positive input every ReLU is then active and every
     path from an input pixel to a unit has a positive gradient. For units ``0, 1, n-2, n-1`` of
     the layer (along the diagonal, one batch item each) the gradient of the unit's channel sum
     w.r.t. the input is non-zero exactly on its receptive field, cut at the image border. Edges
@@ -683,8 +715,10 @@ def probe_receptive_field(
     spatial bookkeeping is checked while the cost drops by orders of magnitude. If the collapsed
     copy fails to run (code that depends on channel counts), the full copy is used.
 
-    Limits: ``F.max_pool2d`` called functionally is not replaced (its gradient is sparse), and
-    non-zero padding modes (reflect, circular) fold the field at the border.
+    Limits: non-zero padding modes (reflect, circular) fold the field at the border; other
+    parametric modules (PReLU, LayerNorm in the full copy) keep their weights and may break the
+    positivity the method needs (the result is then an error, not a wrong number, as long as a
+    zero gradient or irregular edges result).
 
     Args:
         input_size: ``(H, W)`` of the probe input ``float [4, in_channels, H, W]`` (on ``device``).
@@ -709,7 +743,6 @@ def probe_receptive_field(
         probe = _probe_copy(model, device, dtype, collapse=False)
         extents = _unit_gradient_extents(probe, layer, input_size, in_channels, device, dtype)
     ys, xs, extents_y, extents_x = extents
-    h, w = (int(v) for v in input_size)
-    sy, jy, oy = _solve_axis(ys, extents_y, h, layer, "y")
-    sx, jx, ox = _solve_axis(xs, extents_x, w, layer, "x")
+    sy, jy, oy = _solve_axis(ys, extents_y, layer, "y")
+    sx, jx, ox = _solve_axis(xs, extents_x, layer, "x")
     return LayerGeometry(size=(sy, sx), stride=(jy, jx), offset=(oy, ox))

@@ -81,10 +81,12 @@ def assert_counts_equal(tally: DissectionTally, ref: dict[str, np.ndarray]) -> N
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("chunk_elements", [1, 70, 1 << 22])
-def test_matches_reference(seed, strict, chunk_elements, device):
+@pytest.mark.parametrize("method", ["sparse", "dense", "auto"])
+def test_matches_reference(seed, strict, chunk_elements, method, device):
     acts, thr, pixel, whole, cats, n_cat = random_probe(seed)
     a, t, labels, lc = to_torch(acts, thr, pixel, whole, cats, device)
-    tally = DissectionTally(t, lc, n_cat, strict_threshold=strict, chunk_elements=chunk_elements)
+    tally = DissectionTally(t, lc, n_cat, strict_threshold=strict, chunk_elements=chunk_elements,
+                            method=method)
     tally.add(a, labels)
     ref = reference_tally(acts, thr, pixel, whole, cats, n_cat, strict=strict)
     assert_counts_equal(tally, ref)
