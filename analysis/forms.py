@@ -1,6 +1,10 @@
 from django import forms
 
+from analysis.services.datasets import PROBE_WORLD_DEFAULTS
+from analysis.services.networks import DEMO_TRAINING_DEFAULTS
 from analysis.services.selfcheck import SELFCHECK_DEFAULTS, SELFCHECK_LIMITS
+
+slug_help = "Letters, digits, '-' and '_'."
 
 
 class SelfcheckForm(forms.Form):
@@ -17,3 +21,33 @@ class SelfcheckForm(forms.Form):
     repeats = forms.IntegerField(label="Repeats", initial=SELFCHECK_DEFAULTS["repeats"],
                                  min_value=SELFCHECK_LIMITS["repeats"][0], max_value=SELFCHECK_LIMITS["repeats"][1],
                                  help_text="How many timed products and forward passes.")
+
+
+class ProbeWorldForm(forms.Form):
+    name = forms.SlugField(initial="probe-world", max_length=100, help_text=slug_help)
+    n_images = forms.IntegerField(label="Images", initial=PROBE_WORLD_DEFAULTS["n_images"], min_value=10,
+                                  max_value=1_000_000)
+    size = forms.IntegerField(label="Image size (px)", initial=PROBE_WORLD_DEFAULTS["size"], min_value=32,
+                              max_value=1024)
+    seed = forms.IntegerField(initial=PROBE_WORLD_DEFAULTS["seed"], min_value=0)
+
+
+class BrodenImportForm(forms.Form):
+    path = forms.CharField(label="Directory on the server", max_length=500,
+                           help_text="A Broden-format directory: index.csv, category.csv, label.csv, images/.")
+    name = forms.SlugField(max_length=100, help_text=slug_help)
+
+
+class PascalPartImportForm(forms.Form):
+    path = forms.CharField(label="Annotations_Part directory on the server", max_length=500)
+    images = forms.CharField(label="VOC JPEGImages directory", max_length=500, required=False,
+                             help_text="Leave empty when JPEGImages/ sits beside the annotations.")
+    name = forms.SlugField(max_length=100, help_text=slug_help)
+
+
+class DemoTrainingForm(forms.Form):
+    dataset = forms.SlugField(initial=DEMO_TRAINING_DEFAULTS["dataset"],
+                              help_text="A dataset with one object class per image, such as the probe world.")
+    name = forms.SlugField(label="Network name", initial=DEMO_TRAINING_DEFAULTS["name"], help_text=slug_help)
+    epochs = forms.IntegerField(initial=DEMO_TRAINING_DEFAULTS["epochs"], min_value=1, max_value=500)
+    seed = forms.IntegerField(initial=DEMO_TRAINING_DEFAULTS["seed"], min_value=0)

@@ -99,3 +99,176 @@ class Run(models.Model):
             return job_kind(self.kind).label
         except KeyError:
             return self.kind
+
+
+class DatasetKind(models.TextChoices):
+    BRODEN = "broden", "Broden format"
+    PASCAL_PART = "pascal_part", "PASCAL-Part"
+    PROBE_WORLD = "probe_world", "Generated probe world"
+
+
+class Dataset(models.Model):
+    """A probe dataset in the Broden on-disk format (PASCAL-Part is converted to it on import)."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=16, choices=DatasetKind.choices)
+    root_dir = models.CharField(max_length=500, help_text="Absolute path of the Broden-format directory.")
+    source_dir = models.CharField(max_length=500, blank=True, help_text="Where it was imported from.")
+    description = models.TextField(blank=True)
+    image_count = models.PositiveIntegerField(default=0)
+    train_count = models.PositiveIntegerField(default=0)
+    val_count = models.PositiveIntegerField(default=0)
+    categories = models.JSONField(default=list, blank=True, help_text="Category names in index.csv order.")
+    has_boxes = models.BooleanField(default=False)
+    has_image_classes = models.BooleanField(default=False, help_text="One object class per image (classification).")
+    params = models.JSONField(default=dict, blank=True)
+    import_run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("analysis:dataset_detail", args=[self.name])
+
+
+class Concept(models.Model):
+    """A label of a dataset (Broden's unified numbering), with its primary category and statistics."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="concepts")
+    number = models.PositiveIntegerField(help_text="The unified label id (label.csv).")
+    name = models.CharField(max_length=200)
+    category = models.CharField(max_length=64, db_index=True, help_text="Primary category.")
+    categories = models.JSONField(default=dict, blank=True, help_text="Every category with its image count.")
+    image_count = models.PositiveIntegerField(default=0)
+    pixel_count = models.BigIntegerField(default=0)
+    coverage = models.FloatField(default=0.0, help_text="Mean fraction of an image's pixels, over its images.")
+
+    class Meta:
+        ordering = ["category", "name"]
+        constraints = [models.UniqueConstraint(fields=["dataset", "number"], name="unique_concept_number")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.category})"
+
+
+class DatasetImage(models.Model):
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="images")
+    index = models.PositiveIntegerField(help_text="Row number in index.csv, 0-based.")
+    path = models.CharField(max_length=500, help_text="Relative to the dataset's images/ folder.")
+    split = models.CharField(max_length=16, db_index=True)
+    height = models.PositiveIntegerField()
+    width = models.PositiveIntegerField()
+    seg_height = models.PositiveIntegerField()
+    seg_width = models.PositiveIntegerField()
+    object_class = models.ForeignKey(Concept, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["dataset", "index"]
+        constraints = [models.UniqueConstraint(fields=["dataset", "index"], name="unique_image_index")]
+
+    def __str__(self) -> str:
+        return self.path
+
+
+class AnnotatedBox(models.Model):
+    """An object or part instance box, in image pixels, (x1, y1, x2, y2) continuous coordinates."""
+
+    class Kind(models.TextChoices):
+        OBJECT = "object"
+        PART = "part"
+
+    image = models.ForeignKey(DatasetImage, on_delete=models.CASCADE, related_name="boxes")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    concept = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="boxes")
+    instance = models.PositiveIntegerField(default=0)
+    object_index = models.PositiveIntegerField(default=0, help_text="The object instance the box belongs to.")
+    x1 = models.FloatField()
+    y1 = models.FloatField()
+    x2 = models.FloatField()
+    y2 = models.FloatField()
+
+    class Meta:
+        indexes = [models.Index(fields=["concept", "kind"])]
+
+    @property
+    def area(self) -> float:
+        return (self.x2 - self.x1) * (self.y2 - self.y1)
+
+
+class NetworkSource(models.TextChoices):
+    TORCHVISION = "torchvision", "torchvision architecture + weights file"
+    TORCHSCRIPT = "torchscript", "TorchScript file"
+    MODULE = "module", "Python callable (module:callable)"
+
+
+class Network(models.Model):
+    name = models.SlugField(max_length=100, unique=True)
+    source = models.CharField(max_length=16, choices=NetworkSource.choices)
+    arch = models.CharField(max_length=200, blank=True, help_text="torchvision name or module:callable.")
+    weights_path = models.CharField(max_length=500, blank=True)
+    weights_sha256 = models.CharField(max_length=64, blank=True)
+    input_height = models.PositiveIntegerField(default=224)
+    input_width = models.PositiveIntegerField(default=224)
+    mean = models.JSONField(default=list)
+    std = models.JSONField(default=list)
+    class_names = models.JSONField(default=list, blank=True)
+    callable_kwargs = models.JSONField(default=dict, blank=True)
+    trained_on = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    training_run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    training_report = models.JSONField(default=dict, blank=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("analysis:network_detail", args=[self.name])
+
+
+class Layer(models.Model):
+    """A layer by dotted module name, with its units and receptive-field geometry (input pixels)."""
+
+    network = models.ForeignKey(Network, on_delete=models.CASCADE, related_name="layers")
+    name = models.CharField(max_length=200)
+    order = models.PositiveIntegerField()
+    module_type = models.CharField(max_length=100, blank=True)
+    units = models.PositiveIntegerField()
+    out_height = models.PositiveIntegerField()
+    out_width = models.PositiveIntegerField()
+    rf_size_y = models.FloatField(null=True, blank=True)
+    rf_size_x = models.FloatField(null=True, blank=True)
+    rf_stride_y = models.FloatField(null=True, blank=True)
+    rf_stride_x = models.FloatField(null=True, blank=True)
+    rf_offset_y = models.FloatField(null=True, blank=True)
+    rf_offset_x = models.FloatField(null=True, blank=True)
+    rf_verified = models.BooleanField(default=False, help_text="Analytic geometry equals the numeric probe.")
+
+    class Meta:
+        ordering = ["network", "order"]
+        constraints = [models.UniqueConstraint(fields=["network", "name"], name="unique_layer_name")]
+
+    def __str__(self) -> str:
+        return f"{self.network.name}/{self.name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("analysis:layer_detail", args=[self.network.name, self.name])
+
+
+class Unit(models.Model):
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="unit_set")
+    index = models.PositiveIntegerField(help_text="0-based channel index.")
+
+    class Meta:
+        ordering = ["layer", "index"]
+        constraints = [models.UniqueConstraint(fields=["layer", "index"], name="unique_unit_index")]
+
+    def __str__(self) -> str:
+        return f"{self.layer}#{self.index}"

@@ -1,13 +1,26 @@
 from django.urls import path
 
-from . import views
+from .views import datasets, networks, runs
 
 app_name = "analysis"
 urlpatterns = [
-    path("", views.DashboardView.as_view(), name="dashboard"),
-    path("runs/", views.RunListView.as_view(), name="run_list"),
-    path("runs/<int:pk>/", views.RunDetailView.as_view(), name="run_detail"),
-    path("runs/<int:pk>/status/", views.RunStatusView.as_view(), name="run_status"),
-    path("runs/<int:pk>/cancel/", views.RunCancelView.as_view(), name="run_cancel"),
-    path("selfcheck/", views.SelfcheckStartView.as_view(), name="selfcheck"),
+    path("", runs.DashboardView.as_view(), name="dashboard"),
+    path("runs/", runs.RunListView.as_view(), name="run_list"),
+    path("runs/<int:pk>/", runs.RunDetailView.as_view(), name="run_detail"),
+    path("runs/<int:pk>/status/", runs.RunStatusView.as_view(), name="run_status"),
+    path("runs/<int:pk>/cancel/", runs.RunCancelView.as_view(), name="run_cancel"),
+    path("selfcheck/", runs.SelfcheckStartView.as_view(), name="selfcheck"),
+    path("datasets/", datasets.DatasetListView.as_view(), name="dataset_list"),
+    path("datasets/generate/", datasets.ProbeWorldStartView.as_view(), name="probe_world_start"),
+    path("datasets/import-broden/", datasets.BrodenImportStartView.as_view(), name="broden_import_start"),
+    path("datasets/import-pascal-part/", datasets.PascalPartImportStartView.as_view(), name="pascal_import_start"),
+    path("datasets/<slug:name>/", datasets.DatasetDetailView.as_view(), name="dataset_detail"),
+    path("datasets/<slug:name>/images/", datasets.DatasetImagesView.as_view(), name="dataset_images"),
+    path("datasets/<slug:name>/images/<int:index>/", datasets.DatasetImageView.as_view(), name="dataset_image"),
+    path("datasets/<slug:name>/images/<int:index>/file.png", datasets.DatasetImageFileView.as_view(),
+         name="dataset_image_file"),
+    path("networks/", networks.NetworkListView.as_view(), name="network_list"),
+    path("networks/train-demo/", networks.DemoTrainingStartView.as_view(), name="demo_training_start"),
+    path("networks/<slug:name>/", networks.NetworkDetailView.as_view(), name="network_detail"),
+    path("networks/<slug:name>/layers/<str:layer>/", networks.LayerDetailView.as_view(), name="layer_detail"),
 ]

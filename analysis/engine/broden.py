@@ -31,7 +31,9 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -101,7 +103,7 @@ class BrodenFormatError(ValueError):
         return (type(self), (self.path, self.line, self.message))
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Dataclasses
 
 
@@ -234,7 +236,7 @@ class LabelStatistics:
         return float(sum(self.category_coverage.values()))
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Label PNG encoding
 
 
@@ -271,6 +273,11 @@ def label_pixel_counts(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         layers = layers[None]
     if layers.shape[0] == 0 or layers.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if layers.shape[0] == 1:  # common case: a histogram is cheaper than sorting
+        counts = np.bincount(layers.reshape(-1).astype(np.intp, copy=False))
+        counts[UNLABELED] = 0
+        ids = np.flatnonzero(counts)
+        return ids.astype(np.int64), counts[ids].astype(np.int64)
     per_pixel = np.sort(layers.reshape(layers.shape[0], -1), axis=0)
     # After sorting each pixel's labels over layers, a repeat sits right under its first occurrence.
     first_occurrence = np.ones(per_pixel.shape, dtype=bool)
@@ -280,7 +287,7 @@ def label_pixel_counts(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int64), counts.astype(np.int64)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # CSV parsing helpers
 
 
@@ -313,7 +320,9 @@ def _check_width(path: Path, line: int, row: list[str], width: int) -> None:
 def _parse_int(path: Path, line: int, column: str, text: str, *, minimum: int = 0) -> int:
     text = text.strip()
     if not _DECIMAL.match(text):
-        raise BrodenFormatError(path, line, f"column {column}: {text!r} is not a non-negative integer")
+        raise BrodenFormatError(
+            path, line, f"column {column}: {text!r} is not a non-negative integer"
+        )
     value = int(text)
     if value < minimum:
         raise BrodenFormatError(path, line, f"column {column}: {value} is smaller than {minimum}")
@@ -330,7 +339,9 @@ def _parse_float(path: Path, line: int, column: str, text: str) -> float:
     except ValueError:
         raise BrodenFormatError(path, line, f"column {column}: {text!r} is not a number") from None
     if not np.isfinite(value) or value < 0:
-        raise BrodenFormatError(path, line, f"column {column}: {text!r} is not a non-negative number")
+        raise BrodenFormatError(
+            path, line, f"column {column}: {text!r} is not a non-negative number"
+        )
     return value
 
 
@@ -372,10 +383,14 @@ def _parse_category_counts(
             continue
         match = _CATEGORY_COUNT.match(item)
         if match is None:
-            raise BrodenFormatError(path, line, f"column category: {item!r} is not of the form cat(n)")
+            raise BrodenFormatError(
+                path, line, f"column category: {item!r} is not of the form cat(n)"
+            )
         category, count = match.group(1).strip(), int(match.group(2))
         if known_categories is not None and category not in known_categories:
-            raise BrodenFormatError(path, line, f"column category: {category!r} is not in category.csv")
+            raise BrodenFormatError(
+                path, line, f"column category: {category!r} is not in category.csv"
+            )
         pairs.append((category, count))
     return tuple(pairs)
 
@@ -398,7 +413,9 @@ def read_labels(
             _check_width(path, line, row, len(columns))
             number = _parse_int(path, line, "number", row[columns["number"]], minimum=1)
             if number > MAX_LABEL_ID:
-                raise BrodenFormatError(path, line, f"column number: {number} exceeds {MAX_LABEL_ID}")
+                raise BrodenFormatError(
+                    path, line, f"column number: {number} exceeds {MAX_LABEL_ID}"
+                )
             if number in labels:
                 raise BrodenFormatError(path, line, f"label number {number} listed twice")
             syns = tuple(s for s in (p.strip() for p in row[columns["syns"]].split(";")) if s)
@@ -416,7 +433,9 @@ def read_labels(
 
 
 def read_category_codes(
-    path: str | os.PathLike[str], category: str, known_labels: Mapping[int, BrodenLabel] | None = None
+    path: str | os.PathLike[str],
+    category: str,
+    known_labels: Mapping[int, BrodenLabel] | None = None,
 ) -> tuple[CategoryCode, ...]:
     """Parse ``c_<category>.csv``; codes must be unique and positive, numbers known when given."""
     path = Path(path)
@@ -461,7 +480,7 @@ def _parse_cell(text: str) -> CellEntries:
     return CellEntries(mask_files=tuple(masks), image_labels=tuple(image_labels))
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Reader
 
 
@@ -488,6 +507,11 @@ class BrodenReader:
         }
         self.index_categories: tuple[str, ...] = self._read_index_header(category_names)
         self._known_ids = np.array(sorted(self.labels), dtype=np.int64)
+        self._category_order = {c.name: position for position, c in enumerate(self.categories)}
+        self._code_coverage: dict[int, dict[str, float]] = {}
+        for codes in self.codes.values():
+            for code in codes:
+                self._code_coverage.setdefault(code.number, {})[code.category] = code.coverage
 
     # -- metadata -----------------------------------------------------------------------------------
 
@@ -524,13 +548,8 @@ class BrodenReader:
         label = self.labels[number]
         if not label.category_counts:
             return None
-        order = {category.name: position for position, category in enumerate(self.categories)}
-        coverage = {
-            code.category: code.coverage
-            for codes in self.codes.values()
-            for code in codes
-            if code.number == number
-        }
+        coverage = self._code_coverage.get(number, {})
+        order = self._category_order
         return max(
             label.category_counts,
             key=lambda pair: (coverage.get(pair[0], -1.0), pair[1], -order.get(pair[0], 0)),
@@ -600,7 +619,9 @@ class BrodenReader:
             with Image.open(path) as image:
                 array = np.asarray(image.convert("RGB"))
         except FileNotFoundError:
-            raise BrodenFormatError(self.index_path, row.line, f"image file {path} does not exist") from None
+            raise BrodenFormatError(
+                self.index_path, row.line, f"image file {path} does not exist"
+            ) from None
         except OSError as error:
             raise BrodenFormatError(
                 self.index_path, row.line, f"image file {path} is unreadable ({error})"
@@ -628,7 +649,9 @@ class BrodenReader:
                     )
                 rgb = np.asarray(image)
         except FileNotFoundError:
-            raise BrodenFormatError(self.index_path, row.line, f"mask file {path} does not exist") from None
+            raise BrodenFormatError(
+                self.index_path, row.line, f"mask file {path} does not exist"
+            ) from None
         except BrodenFormatError:
             raise
         except OSError as error:
@@ -684,10 +707,14 @@ class BrodenReader:
                 for number, count in counts.items():
                     if number not in stats:
                         raise BrodenFormatError(
-                            self.index_path, row.line, f"label id {number} ({category}) is not in label.csv"
+                            self.index_path,
+                            row.line,
+                            f"label id {number} ({category}) is not in label.csv",
                         )
                     item = stats[number]
-                    item.category_image_counts[category] = item.category_image_counts.get(category, 0) + 1
+                    item.category_image_counts[category] = (
+                        item.category_image_counts.get(category, 0) + 1
+                    )
                     item.category_coverage[category] = (
                         item.category_coverage.get(category, 0.0) + count / pixels
                     )
@@ -703,7 +730,9 @@ class BrodenReader:
 
     # -- validation ---------------------------------------------------------------------------------
 
-    def validate(self, progress: ProgressCallback | None = None, *, decode_masks: bool = True) -> int:
+    def validate(
+        self, progress: ProgressCallback | None = None, *, decode_masks: bool = True
+    ) -> int:
         """Check every row, its image and its masks; stop at the first problem. Returns the row count.
 
         Detects rows of the wrong width, non-integer or zero sizes, missing/unreadable images or
@@ -725,7 +754,9 @@ class BrodenReader:
     def _validate_row(self, row: BrodenIndexRow, decode_masks: bool) -> None:
         image_path = self.image_path(row)
         if not image_path.is_file():
-            raise BrodenFormatError(self.index_path, row.line, f"image file {image_path} does not exist")
+            raise BrodenFormatError(
+                self.index_path, row.line, f"image file {image_path} does not exist"
+            )
         try:
             with Image.open(image_path) as image:  # reads the header only
                 width, height = image.size
@@ -752,7 +783,9 @@ class BrodenReader:
                 if not decode_masks:
                     if not self.mask_path(mask_file).is_file():
                         raise BrodenFormatError(
-                            self.index_path, row.line, f"mask file {self.mask_path(mask_file)} does not exist"
+                            self.index_path,
+                            row.line,
+                            f"mask file {self.mask_path(mask_file)} does not exist",
                         )
                     continue
                 ids = np.unique(self.load_mask(row, mask_file))
@@ -782,8 +815,13 @@ def validate(
     return BrodenReader(root).validate(progress, decode_masks=decode_masks)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Writer
+
+
+def _write_png(path: Path, array: np.ndarray, compress_level: int) -> None:
+    """Deterministic PNG: Pillow, fixed compression level, no metadata chunks."""
+    Image.fromarray(array).save(path, format="PNG", compress_level=compress_level)
 
 
 @dataclass
@@ -817,6 +855,10 @@ class BrodenWriter:
       ``%f`` (Broden's format); csv lines end in ``\\n``. Same inputs → identical bytes.
     * ``category.csv`` lists categories in constructor order; ``c_<cat>.csv`` orders codes by
       decreasing frequency, then coverage, then label number (Broden's order, made total).
+    * With ``write_threads > 0``, PNG encoding and file writing run in that many background
+      threads (Pillow and file I/O release the GIL), overlapping with the caller's work; at most
+      ``16 * write_threads`` files are in flight. File contents do not depend on it; the first
+      write error is raised by the next ``add_image`` or by ``close``.
     """
 
     def __init__(
@@ -824,11 +866,14 @@ class BrodenWriter:
         root: str | os.PathLike[str],
         categories: Sequence[str],
         *,
-        compress_level: int = 6,
+        compress_level: int = 1,
+        write_threads: int = 0,
     ) -> None:
         self.root = Path(root)
         if (self.root / "index.csv").exists():
-            raise FileExistsError(f"{self.root / 'index.csv'} already exists; refusing to overwrite")
+            raise FileExistsError(
+                f"{self.root / 'index.csv'} already exists; refusing to overwrite"
+            )
         categories = tuple(categories)
         if len(set(categories)) != len(categories):
             raise ValueError(f"duplicate categories in {categories}")
@@ -843,6 +888,12 @@ class BrodenWriter:
         self._tallies: dict[tuple[int, str], _LabelTally] = {}
         self._image_names: set[str] = set()
         self._closed = False
+        self._pool = (
+            ThreadPoolExecutor(write_threads, "broden-writer") if write_threads > 0 else None
+        )
+        self._pending: deque[Future[None]] = deque()
+        self._max_pending = 16 * max(write_threads, 1)
+        self._made_dirs: set[Path] = set()
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         self._index_handle = open(self.root / "index.csv", "w", newline="", encoding="utf-8")
         self._index = csv.writer(self._index_handle, lineterminator="\n")
@@ -870,9 +921,21 @@ class BrodenWriter:
     # -- images -------------------------------------------------------------------------------------
 
     def _save_png(self, array: np.ndarray, relative: str) -> None:
+        """Write ``array`` (uint8[H, W, 3], not modified afterwards) as ``images/<relative>``."""
         path = self.root / "images" / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(path, format="PNG", compress_level=self.compress_level)
+        if path.parent not in self._made_dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(path.parent)
+        if self._pool is None:
+            _write_png(path, array, self.compress_level)
+            return
+        self._pending.append(self._pool.submit(_write_png, path, array, self.compress_level))
+        while len(self._pending) > self._max_pending or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()  # re-raises a failed write
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
 
     def add_image(
         self,
@@ -915,15 +978,21 @@ class BrodenWriter:
                 layers = layers[None]
             if layers.ndim != 3 or not np.issubdtype(layers.dtype, np.integer):
                 raise ValueError(f"{category}: layers must be int[H, W] or int[L, H, W]")
+            if layers.size and (layers.min() < UNLABELED or layers.max() > MAX_LABEL_ID):
+                raise ValueError(f"{category}: label ids must lie in 0..{MAX_LABEL_ID}")
             if seg_size is None:
                 seg_size = (int(layers.shape[1]), int(layers.shape[2]))
             elif layers.shape[1:] != seg_size:
-                raise ValueError(f"{category}: layer size {layers.shape[1:]} differs from {seg_size}")
+                raise ValueError(
+                    f"{category}: layer size {layers.shape[1:]} differs from {seg_size}"
+                )
             layers_by_category[category] = layers
         if seg_size is None:
             seg_size = segmentation_size or (ih, iw)
         elif segmentation_size is not None and tuple(segmentation_size) != seg_size:
-            raise ValueError(f"segmentation_size {segmentation_size} differs from layers {seg_size}")
+            raise ValueError(
+                f"segmentation_size {segmentation_size} differs from layers {seg_size}"
+            )
         pixels = seg_size[0] * seg_size[1]
 
         cells: list[str] = []
@@ -949,9 +1018,11 @@ class BrodenWriter:
                 coverage[int(number)] = 1.0  # a whole-image label applies to every pixel
                 entries.append(str(int(number)))
             cells.append(";".join(entries))
-            image_tallies.extend((number, category, value) for number, value in sorted(coverage.items()))
+            image_tallies.extend(
+                (number, category, value) for number, value in sorted(coverage.items())
+            )
 
-        self._save_png(np.ascontiguousarray(image), relative)
+        self._save_png(np.array(image, dtype=np.uint8, order="C", copy=True), relative)
         for number, category, value in image_tallies:
             tally = self._tallies.setdefault((number, category), _LabelTally())
             tally.frequency += 1
@@ -964,7 +1035,9 @@ class BrodenWriter:
         ids = np.asarray(ids, dtype=np.int64)
         bad = ids[(ids <= UNLABELED) | (ids >= len(self._label_names))]
         if bad.size:
-            raise ValueError(f"{category}: label id(s) {bad[:5].tolist()} were not added with add_label")
+            raise ValueError(
+                f"{category}: label id(s) {bad[:5].tolist()} were not added with add_label"
+            )
 
     # -- finishing ----------------------------------------------------------------------------------
 
@@ -973,7 +1046,12 @@ class BrodenWriter:
         if self._closed:
             return
         self._closed = True
-        self._index_handle.close()
+        try:
+            self._drain()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._index_handle.close()
         self._write_label_csv()
         self._write_category_csvs()
 
@@ -981,6 +1059,9 @@ class BrodenWriter:
         """Close files without writing the summary csvs (the directory is left invalid)."""
         if not self._closed:
             self._closed = True
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pending.clear()
             self._index_handle.close()
 
     def __enter__(self) -> BrodenWriter:
@@ -1015,7 +1096,7 @@ class BrodenWriter:
                         self._label_names[number],
                         ";".join(f"{category}({tally.frequency})" for category, tally in pairs),
                         sum(tally.frequency for _, tally in pairs),
-                        "%f" % sum(tally.coverage for _, tally in pairs),
+                        f"{sum(tally.coverage for _, tally in pairs):f}",
                         ";".join(self._label_syns[number]),
                     ]
                 )
@@ -1050,5 +1131,11 @@ class BrodenWriter:
                 for code, number in enumerate(numbers, start=1):
                     tally = self._tallies[(number, category)]
                     writer.writerow(
-                        [code, number, self._label_names[number], tally.frequency, "%f" % tally.coverage]
+                        [
+                            code,
+                            number,
+                            self._label_names[number],
+                            tally.frequency,
+                            f"{tally.coverage:f}",
+                        ]
                     )

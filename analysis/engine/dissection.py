@@ -42,9 +42,23 @@ Conventions.
   (see :mod:`analysis.engine.upsample`); all images of one batch share the mask size, batches may
   differ. The comparison with the thresholds happens after type promotion (float16 maps are compared
   with float32 thresholds without rounding the thresholds).
+* Ties at the threshold: the paper's ``>=`` by default; ``strict_threshold=True`` gives the ``>`` of
+  the published NetDissect code. With ``>=`` a unit whose threshold equals its floor (a ReLU unit that
+  is zero on more than 99.5% of positions has ``T_k = 0``) is active on *every* pixel and can score
+  like a detector of large concepts; check ``activation`` / the thresholds for such units.
 * Devices: the tally lives on the thresholds' device; ``add`` refuses inputs on another device.
-  Nothing here picks a device. Everything is integer counting (``nonzero`` + ``bincount``, and float64
-  matmuls of integers below 2**53), so results are exact and deterministic on every device.
+  Nothing here picks a device. All counting is integer-exact (``nonzero`` + ``bincount``; the dense
+  path adds 0/1 in float32 below 2**24 per chunk; float64 matmuls of integers below 2**53), so results
+  are identical on every device and for every chunking. (On CUDA the dense path's ``index_add_`` is
+  flagged by ``torch.use_deterministic_algorithms``; its result is exact anyway, or use
+  ``method="sparse"``.)
+
+Vectorisation: per group of images, the unit masks are compared in one op; intersections are counted
+either by enumerating the active (image, unit, pixel) triples and ``bincount``-ing ``unit * C + label``
+for every label layer (sparse masks, the usual case at a 0.005 quantile) or by scatter-adding each
+pixel's unit-mask row into its labels' rows (dense masks); the per-category activation and the
+whole-image labels are small matmuls over ``[B, U] x [B, C or G]``. No Python loop runs over units,
+pixels or concepts; loops run over groups of images (memory bound) and label layers only.
 """
 
 from __future__ import annotations
@@ -185,12 +199,15 @@ class BatchLabels:
         """
         indices = indices.to(device=self.pixel.device, dtype=torch.int64)
         pixel = self.pixel.index_select(0, indices)
-        b = self.batch_size
-        # new row j takes image indices[j]'s whole-image labels
-        member = torch.zeros((b, indices.numel()), dtype=torch.bool, device=indices.device)
-        member[indices, torch.arange(indices.numel(), device=indices.device)] = True
-        rows, new_img = member[self.image[:, 0].to(indices.device)].nonzero(as_tuple=True)
-        image = torch.stack([new_img, self.image[rows, 1].to(indices.device)], dim=1)
+        # new row j takes image indices[j]'s whole-image labels (an image may be chosen repeatedly)
+        ranked, order = torch.sort(indices, stable=True)
+        src = self.image[:, 0].to(indices.device).contiguous()
+        lo = torch.searchsorted(ranked, src)
+        hits = torch.searchsorted(ranked, src, right=True) - lo
+        row = torch.repeat_interleave(torch.arange(src.numel(), device=src.device), hits)
+        start = torch.repeat_interleave(lo - (torch.cumsum(hits, 0) - hits), hits)
+        new_img = order[start + torch.arange(row.numel(), device=src.device)]
+        image = torch.stack([new_img, self.image[row, 1].to(indices.device)], dim=1)
         return BatchLabels(pixel, image)
 
 

@@ -402,7 +402,9 @@ class UpperQuantile:
     How: with ``p = floor((N-1) q)``, only the order statistics at ascending positions ``p`` and
     ``p + 1`` are needed, and both lie in the top ``m = N - p`` values (``~ N (1 - q)``, 0.5% of the
     data at the default). ``add`` keeps the top ``m`` values per unit with a running ``torch.topk`` over
-    the kept buffer concatenated with the new batch. ``N`` must therefore be known up front
+    the kept buffer concatenated with the new batch (once the buffer is full, the batch is first cut
+    to its top ``r`` values, ``r`` = the most values of any unit above that unit's smallest kept
+    value; values equal to it cannot change the result). ``N`` must therefore be known up front
     (``total_count``: images in the WHOLE dataset — all shards — times ``h * w``); ``result()`` refuses
     to answer until exactly ``N`` values were added, so it is never silently approximate.
 

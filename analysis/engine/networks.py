@@ -24,6 +24,7 @@ import difflib
 import enum
 import importlib
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -90,11 +91,17 @@ def _suggest(name: str, candidates: Sequence[str], n: int = 5) -> str:
 
 
 class NetworkKind(enum.StrEnum):
-    """Where a network's structure comes from."""
+    """Where a network's structure comes from (stored values: ``torchvision``, ``torchscript``,
+    ``module``; ``"callable"`` is accepted as another spelling of ``module``)."""
 
     TORCHVISION = "torchvision"  # target: architecture name, e.g. "alexnet"
     TORCHSCRIPT = "torchscript"  # target: path of a TorchScript archive
-    CALLABLE = "callable"  # target: "pkg.mod:callable" returning an nn.Module
+    MODULE = "module"  # target: "pkg.mod:callable" returning an nn.Module
+    CALLABLE = "module"  # alias of MODULE
+
+    @classmethod
+    def _missing_(cls, value: object) -> NetworkKind | None:
+        return cls.MODULE if value == "callable" else None
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class NetworkSpec:
     """What to build, which weights to load, and how inputs are prepared.
 
     Attributes:
-        kind: :class:`NetworkKind`.
+        kind: :class:`NetworkKind` (or its value).
         target: torchvision architecture name, TorchScript file path, or ``"pkg.mod:callable"``
             (the callable may be a dotted attribute path: ``"pkg.mod:Class.build"``).
         weights: optional path of a state dict (torchvision and callable kinds only); a checkpoint
@@ -142,7 +149,7 @@ class NetworkSpec:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.kind is NetworkKind.TORCHSCRIPT and self.weights is not None:
             raise ValueError("a TorchScript archive carries its own weights; weights must be None")
-        if self.kind is NetworkKind.CALLABLE and ":" not in self.target:
+        if self.kind is NetworkKind.MODULE and ":" not in self.target:
             raise ValueError(f"callable target must look like 'pkg.mod:callable', got {self.target!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,7 +294,9 @@ def load_network(spec: NetworkSpec, *, device: torch.device | str) -> nn.Module:
         if not os.path.isfile(spec.target):
             raise NetworkLoadError(f"TorchScript file not found: {spec.target}")
         try:
-            model = torch.jit.load(spec.target, map_location="cpu")
+            with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(spec.target, map_location="cpu")
         except Exception as exc:  # torch.jit.load raises RuntimeError/ValueError variants
             raise NetworkLoadError(f"cannot load TorchScript archive {spec.target}: {exc}") from exc
     else:

@@ -91,11 +91,35 @@ def _build_part_name_table() -> dict[str, str]:
     """Raw PASCAL-Part short names (instance number removed) → normalised part names."""
     table = {
         # Unchanged single parts.
-        **{name: name for name in (
-            "head", "nose", "mouth", "hair", "torso", "neck", "muzzle", "tail", "beak", "body",
-            "stern", "engine", "wheel", "saddle", "handlebar", "chainwheel", "headlight", "door",
-            "window", "cap", "pot", "plant", "screen", "coach",
-        )},  # fmt: skip
+        **{
+            name: name
+            for name in (
+                "head",
+                "nose",
+                "mouth",
+                "hair",
+                "torso",
+                "neck",
+                "muzzle",
+                "tail",
+                "beak",
+                "body",
+                "stern",
+                "engine",
+                "wheel",
+                "saddle",
+                "handlebar",
+                "chainwheel",
+                "headlight",
+                "door",
+                "window",
+                "cap",
+                "pot",
+                "plant",
+                "screen",
+                "coach",
+            )
+        },  # fmt: skip
         "fwheel": "wheel",
         "bwheel": "wheel",
         "artifact_wing": "artifact wing",
@@ -183,7 +207,7 @@ def part_instance_key(raw_name: str) -> str | None:
     return SUBPART_GROUP_TABLE.get(raw_name.strip().lower())
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Boxes
 
 
@@ -211,10 +235,12 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
 def mask_to_box(mask: np.ndarray) -> Box | None:
     """Tight box of a ``bool[H, W]`` mask (see :func:`masks_to_boxes`), ``None`` if empty."""
     box = masks_to_boxes(np.asarray(mask)[None])[0]
-    return None if np.isnan(box[0]) else (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+    return (
+        None if np.isnan(box[0]) else (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+    )
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Annotations
 
 
@@ -326,23 +352,29 @@ def _require_fields(path: Path, array: np.ndarray, fields: Iterable[str], what: 
     missing = [name for name in fields if name not in names]
     if missing:
         present = ", ".join(names) or "none"
-        raise PascalPartFormatError(path, f"{what} lacks field(s) {', '.join(missing)} (has {present})")
+        raise PascalPartFormatError(
+            path, f"{what} lacks field(s) {', '.join(missing)} (has {present})"
+        )
 
 
 def _mask(path: Path, value: object, shape: tuple[int, int] | None, what: str) -> np.ndarray:
     array = np.asarray(value)
     if array.ndim != 2 or array.dtype.kind not in "uibf" or array.size == 0:
         raise PascalPartFormatError(
-            path, f"{what}: mask is not a 2-D numeric array (shape {array.shape}, dtype {array.dtype})"
+            path,
+            f"{what}: mask is not a 2-D numeric array (shape {array.shape}, dtype {array.dtype})",
         )
     if shape is not None and array.shape != shape:
         raise PascalPartFormatError(
-            path, f"{what}: mask is {array.shape[0]}x{array.shape[1]}, expected {shape[0]}x{shape[1]}"
+            path,
+            f"{what}: mask is {array.shape[0]}x{array.shape[1]}, expected {shape[0]}x{shape[1]}",
         )
     return array > 0
 
 
-def read_annotation(path: str | os.PathLike[str], *, merge_subparts: bool = True) -> PascalPartAnnotation:
+def read_annotation(
+    path: str | os.PathLike[str], *, merge_subparts: bool = True
+) -> PascalPartAnnotation:
     """Read one ``Annotations_Part/<id>.mat`` file.
 
     ``merge_subparts`` (default True, GG'18's choice): parts of one object sharing a
@@ -375,7 +407,9 @@ def read_annotation(path: str | os.PathLike[str], *, merge_subparts: bool = True
     if objects_array.size:
         if objects_array.dtype.names is None:
             raise PascalPartFormatError(path, "anno.objects is not a struct array")
-        _require_fields(path, objects_array, ("class", "class_ind", "mask", "parts"), "anno.objects")
+        _require_fields(
+            path, objects_array, ("class", "class_ind", "mask", "parts"), "anno.objects"
+        )
         for index, item in enumerate(objects_array.reshape(-1, order="F")):
             what = f"object {index + 1}"
             class_name = _text(item["class"])
@@ -449,7 +483,7 @@ def iter_annotations(
         yield read_annotation(path, merge_subparts=merge_subparts)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # GG'18 part filters
 
 

@@ -76,7 +76,15 @@ SHARED_PARTS: dict[str, tuple[str, ...]] = {
 """Parts that occur in several classes, like wheels in PASCAL-Part: wheel, window, door, head,
 leg, eye, torso, body."""
 
-BACKGROUND_MATERIALS: tuple[str, ...] = ("sky", "grass", "asphalt", "water", "sand", "brick", "snow")
+BACKGROUND_MATERIALS: tuple[str, ...] = (
+    "sky",
+    "grass",
+    "asphalt",
+    "water",
+    "sand",
+    "brick",
+    "snow",
+)
 OBJECT_MATERIALS: tuple[str, ...] = (
     "metal", "rubber", "glass", "leather", "feather", "fabric", "skin", "paint", "tile", "wood",
     "foliage",
@@ -127,7 +135,12 @@ _PAINT: dict[str, tuple[int, int, int]] = {
     "tan": (200, 160, 110), "darkgreen": (35, 95, 40),
 }  # fmt: skip
 
-_SKIN: tuple[tuple[int, int, int], ...] = ((240, 200, 170), (205, 150, 110), (150, 100, 70), (95, 65, 45))
+_SKIN: tuple[tuple[int, int, int], ...] = (
+    (240, 200, 170),
+    (205, 150, 110),
+    (150, 100, 70),
+    (95, 65, 45),
+)
 
 _CLASS_FRAME: dict[str, tuple[float, float]] = {
     "bicycle": (1.0, 0.62),
@@ -141,7 +154,7 @@ _CLASS_FRAME: dict[str, tuple[float, float]] = {
 """Width and height of each class's drawing frame in object units (longest side 1)."""
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Public dataclasses
 
 
@@ -154,7 +167,7 @@ class ProbeImage:
     parts (eyes, windows, doors, headlights, fruit). ``part_boxes``: ``float64[P, 4]`` tight boxes
     of each instance's mask in its layer (NaN if fully hidden). ``object_mask``: ``bool[H, W]``,
     the union of the parts. ``material``: ``int16[H, W]`` 1-based index into ``materials``
-    (0 = none). ``part_names[k]`` and ``part_materials[k]`` describe instance ``k + 1``.
+    (0 = none: a part without a material, e.g. an eye). ``part_names[k]`` names instance ``k + 1``.
     """
 
     object_class: str
@@ -183,7 +196,7 @@ class ProbeWorldSummary:
     seconds: float = 0.0
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Noise and colour helpers
 
 
@@ -206,51 +219,75 @@ def _value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     return top * (1 - w)[:, None] + bottom * w[:, None]
 
 
-def _jitter_colour(rng: np.random.Generator, rgb: tuple[int, int, int], spread: float = 12.0) -> np.ndarray:
-    return np.clip(np.asarray(rgb, np.float32) + rng.normal(0.0, spread, 3), 0, 255).astype(np.float32)
+def _jitter_colour(
+    rng: np.random.Generator, rgb: tuple[int, int, int], spread: float = 12.0
+) -> np.ndarray:
+    return np.clip(np.asarray(rgb, np.float32) + rng.normal(0.0, spread, 3), 0, 255).astype(
+        np.float32
+    )
 
 
 def _paint(rng: np.random.Generator, choices: tuple[str, ...], spread: float = 12.0) -> np.ndarray:
     return _jitter_colour(rng, _PAINT[choices[rng.integers(len(choices))]], spread)
 
 
+_RGB_TO_XYZ = np.array(
+    [[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]], np.float32
+) / np.array([0.95047, 1.0, 1.08883], np.float32)  # columns scaled by the D65 white point
+
+
+def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+_LINEAR_LUT = _srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
+
+
 def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """sRGB ``[..., 3]`` in 0..255 → CIELAB (D65) ``float32[..., 3]``."""
-    c = np.asarray(rgb, np.float32) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ np.array(
-        [[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]], np.float32
+    """sRGB ``[..., 3]`` in 0..255 → CIELAB (D65) ``float32[..., 3]``.
+
+    uint8 input is linearised through an exact 256-entry table (the per-pixel power is the cost).
+    """
+    rgb = np.asarray(rgb)
+    linear = (
+        _LINEAR_LUT[rgb]
+        if rgb.dtype == np.uint8
+        else _srgb_to_linear(rgb.astype(np.float32) / 255.0)
     )
-    xyz = xyz / np.array([0.95047, 1.0, 1.08883], np.float32)
+    xyz = linear @ _RGB_TO_XYZ
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
-    return np.stack(
-        [116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])],
-        axis=-1,
-    ).astype(np.float32)
+    lab = np.empty(f.shape, np.float32)
+    lab[..., 0] = 116.0 * f[..., 1] - 16.0
+    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
+    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
+    return lab
 
 
 @lru_cache(maxsize=1)
-def _prototype_table() -> tuple[np.ndarray, np.ndarray]:
+def _prototype_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prototype Lab values ``float32[P, 3]``, their squared norms and colour-name indices."""
     rgb, names = [], []
     for index, name in enumerate(COLOR_NAMES):
         for prototype in COLOR_PROTOTYPES[name]:
             rgb.append(prototype)
             names.append(index)
-    return _srgb_to_lab(np.array(rgb, np.float32)), np.array(names, np.intp)
+    lab = _srgb_to_lab(np.array(rgb, np.uint8))
+    return lab, (lab.astype(np.float64) ** 2).sum(axis=1), np.array(names, np.intp)
 
 
 def name_colors(rgb: np.ndarray) -> np.ndarray:
-    """Colour name of every pixel: ``uint8[H, W, 3]`` → ``int64[H, W]`` indices into COLOR_NAMES.
+    """Colour name of every pixel: ``uint8[H, W, 3]`` → ``intp[H, W]`` indices into COLOR_NAMES.
 
-    Nearest prototype of :data:`COLOR_PROTOTYPES` in CIELAB (Euclidean, i.e. ΔE*76).
+    Nearest prototype of :data:`COLOR_PROTOTYPES` in CIELAB (Euclidean, i.e. ΔE*76). The distance
+    is expanded as ``|p|^2 - 2 x.p`` (the pixel's own ``|x|^2`` does not change the argmin).
     """
-    lab = _srgb_to_lab(rgb)
-    prototypes, names = _prototype_table()
-    distances = ((lab[..., None, :] - prototypes) ** 2).sum(axis=-1)
-    return names[distances.argmin(axis=-1)]
+    lab = _srgb_to_lab(rgb).astype(np.float64)
+    prototypes, norms, names = _prototype_table()
+    scores = norms - 2.0 * (lab @ prototypes.T.astype(np.float64))
+    return names[scores.argmin(axis=-1)]
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Shapes in object coordinates
 
 
@@ -319,7 +356,7 @@ def _u(rng: np.random.Generator, low: float, high: float) -> float:
     return float(rng.uniform(low, high))
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Object classes (object units: frame centred on 0, longest side 1, facing +u)
 
 
@@ -338,7 +375,9 @@ def _draw_car(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     hub = _paint(rng, ("grey", "white"), 10)
     for x in (-_u(rng, 0.27, 0.34), _u(rng, 0.27, 0.34)):
         wheel = s.circle(x, bottom, radius)
-        parts.append(_Part("wheel", 0, wheel, tyre, "rubber", s.circle(x, bottom, radius * 0.5), hub))
+        parts.append(
+            _Part("wheel", 0, wheel, tyre, "rubber", s.circle(x, bottom, radius * 0.5), hub)
+        )
     glass = _paint(rng, ("lightblue", "grey", "black"), 10)
     inset = 0.025
     window_region = s.polygon(
@@ -360,7 +399,9 @@ def _draw_car(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
 
 
 def _draw_bicycle(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
-    frame_colour = _paint(rng, ("red", "blue", "green", "black", "orange", "purple", "pink", "yellow"))
+    frame_colour = _paint(
+        rng, ("red", "blue", "green", "black", "orange", "purple", "pink", "yellow")
+    )
     r_out = _u(rng, 0.19, 0.23)
     tyre_width = _u(rng, 0.025, 0.04)
     hub_y = _u(rng, 0.09, 0.13)
@@ -381,7 +422,14 @@ def _draw_bicycle(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     head = (front[0] - _u(rng, 0.07, 0.12), _u(rng, -0.21, -0.15))
     tube = _u(rng, 0.016, 0.022)
     frame = np.zeros_like(s.u, dtype=bool)
-    for p0, p1 in ((rear, seat), (rear, crank), (crank, seat), (seat, head), (crank, head), (head, front)):
+    for p0, p1 in (
+        (rear, seat),
+        (rear, crank),
+        (crank, seat),
+        (seat, head),
+        (crank, head),
+        (head, front),
+    ):
         frame |= s.capsule(p0, p1, tube)
     parts.append(_Part("frame", 0, frame, frame_colour, "metal"))
     saddle_centre = (seat[0] - 0.01, seat[1] - _u(rng, 0.035, 0.05))
@@ -413,7 +461,9 @@ def _draw_bird(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     tail = s.polygon([(-0.2, -0.02), (-0.46, _u(rng, -0.1, 0.0)), (-0.46, _u(rng, 0.06, 0.14)),
                       (-0.2, 0.1)])  # fmt: skip
     parts.append(_Part("torso", 0, s.ellipse(-0.04, 0.02, rx, ry, tilt) | tail, plumage, "feather"))
-    wing = s.ellipse(-0.08, 0.0, rx * _u(rng, 0.6, 0.8), ry * _u(rng, 0.45, 0.6), tilt + _u(rng, -0.2, 0.1))
+    wing = s.ellipse(
+        -0.08, 0.0, rx * _u(rng, 0.6, 0.8), ry * _u(rng, 0.45, 0.6), tilt + _u(rng, -0.2, 0.1)
+    )
     parts.append(_Part("wing", 0, wing, wing_colour, "feather"))
     hx, hy, hr = _u(rng, 0.2, 0.27), _u(rng, -0.2, -0.13), _u(rng, 0.095, 0.125)
     head_colour = plumage if rng.random() < 0.6 else _paint(rng, ("black", "red", "white", "grey"))
@@ -429,7 +479,11 @@ def _draw_bird(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
 
 def _draw_fish(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     colour = _paint(rng, ("orange", "yellow", "blue", "purple", "grey", "pink", "green", "red"))
-    fin_colour = colour * np.float32(0.75) if rng.random() < 0.5 else _paint(rng, ("orange", "yellow", "red", "blue"))
+    fin_colour = (
+        colour * np.float32(0.75)
+        if rng.random() < 0.5
+        else _paint(rng, ("orange", "yellow", "red", "blue"))
+    )
     rx, ry = _u(rng, 0.32, 0.38), _u(rng, 0.14, 0.2)
     spread = _u(rng, 0.15, 0.23)
     if rng.random() < 0.4:  # forked tail
@@ -442,7 +496,9 @@ def _draw_fish(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     dorsal = s.polygon([(-0.14, -ry * 0.6), (0.1, -ry * 0.7), (-0.16, -ry - _u(rng, 0.07, 0.12))])
     parts.append(_Part("fin", 0, dorsal, fin_colour))
     if rng.random() < 0.6:
-        ventral = s.polygon([(-0.05, ry * 0.6), (0.08, ry * 0.6), (-0.06, ry + _u(rng, 0.05, 0.09))])
+        ventral = s.polygon(
+            [(-0.05, ry * 0.6), (0.08, ry * 0.6), (-0.06, ry + _u(rng, 0.05, 0.09))]
+        )
         parts.append(_Part("fin", 0, ventral, fin_colour))
     body = s.ellipse(0.03, 0.0, rx, ry)
     stripes = None
@@ -459,21 +515,31 @@ def _draw_fish(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
 
 def _draw_person(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     skin = _jitter_colour(rng, _SKIN[rng.integers(len(_SKIN))], 8)
-    shirt = _paint(rng, ("red", "blue", "green", "yellow", "white", "purple", "pink", "orange", "grey"))
+    shirt = _paint(
+        rng, ("red", "blue", "green", "yellow", "white", "purple", "pink", "orange", "grey")
+    )
     trousers = _paint(rng, ("blue", "black", "brown", "grey", "tan"))
     parts = []
     for side in (-1, 1):
         hip = (side * _u(rng, 0.04, 0.06), 0.08)
         foot = (side * _u(rng, 0.05, 0.11), _u(rng, 0.44, 0.48))
-        parts.append(_Part("leg", 0, s.capsule(hip, foot, _u(rng, 0.04, 0.052)), trousers, "fabric"))
+        parts.append(
+            _Part("leg", 0, s.capsule(hip, foot, _u(rng, 0.04, 0.052)), trousers, "fabric")
+        )
     half_width = _u(rng, 0.1, 0.14)
-    parts.append(_Part("torso", 0, s.round_rect(-half_width, -0.22, half_width, 0.12, 0.05), shirt, "fabric"))
+    parts.append(
+        _Part("torso", 0, s.round_rect(-half_width, -0.22, half_width, 0.12, 0.05), shirt, "fabric")
+    )
     long_sleeves = rng.random() < 0.5
     for side in (-1, 1):
         shoulder = (side * (half_width - 0.01), -0.18)
         hand = (side * (half_width + _u(rng, 0.03, 0.1)), _u(rng, 0.0, 0.1))
         arm = s.capsule(shoulder, hand, 0.034)
-        parts.append(_Part("arm", 0, arm, shirt if long_sleeves else skin, "fabric" if long_sleeves else "skin"))
+        parts.append(
+            _Part(
+                "arm", 0, arm, shirt if long_sleeves else skin, "fabric" if long_sleeves else "skin"
+            )
+        )
     hr = _u(rng, 0.095, 0.12)
     hy = -0.22 - hr * 0.85
     head = s.circle(0.0, hy, hr)
@@ -493,43 +559,61 @@ def _draw_house(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     eave = _u(rng, -0.12, -0.05)
     chimney_x = _u(rng, 0.08, half_width - 0.14) * (1 if rng.random() < 0.5 else -1)
     parts = [
-        _Part("chimney", 0, s.rect(chimney_x, -0.42, chimney_x + 0.08, eave), _paint(rng, ("red", "grey", "brown")), "brick")
+        _Part(
+            "chimney",
+            0,
+            s.rect(chimney_x, -0.42, chimney_x + 0.08, eave),
+            _paint(rng, ("red", "grey", "brown")),
+            "brick",
+        )
     ]
     overhang = _u(rng, 0.03, 0.08)
     roof = s.polygon([(-half_width - overhang, eave + 0.02), (0.0, -_u(rng, 0.42, 0.5)),
                       (half_width + overhang, eave + 0.02)])  # fmt: skip
     parts.append(_Part("roof", 0, roof, roof_colour, "tile"))
-    parts.append(_Part("wall", 0, s.rect(-half_width, eave, half_width, 0.46), wall_colour, "paint"))
+    parts.append(
+        _Part("wall", 0, s.rect(-half_width, eave, half_width, 0.46), wall_colour, "paint")
+    )
     glass = _paint(rng, ("lightblue", "yellow", "blue"), 10)
     frame_colour = _paint(rng, ("white", "brown"), 6)
-    side = _u(rng, 0.1, 0.14)
-    door_x = _u(rng, -0.08, 0.08)
-    window_y = _u(rng, eave + 0.06, 0.1)
-    slots = [(-half_width + 0.05, door_x - 0.1 - side), (door_x + 0.1, half_width - 0.05 - side)]
-    for low, high in slots:
-        n_windows = 1 if high - low < side * 2.3 or rng.random() < 0.5 else 2
-        for k in range(n_windows):
-            x0 = low + (k * (high - low) / max(n_windows - 1, 1) if n_windows > 1 else max(high - low, 0) / 2)
+    side = _u(rng, 0.09, 0.12)
+    window_y = eave + _u(rng, 0.04, 0.1)  # windows end above the door's top (>= 0.2)
+    for sign in (-1, 1):
+        wide = half_width > 0.36 and rng.random() < 0.5
+        for centre in (0.33, 0.75) if wide else (0.55,):
+            x0 = sign * centre * half_width - side / 2
             window = s.rect(x0, window_y, x0 + side, window_y + side)
-            cross = window & ((np.abs(s.u - (x0 + side / 2)) < 0.01) | (np.abs(s.v - (window_y + side / 2)) < 0.01))
-            parts.append(_Part("window", 1, window, glass, "glass", cross, frame_colour))
+            bars = (np.abs(s.u - (x0 + side / 2)) < 0.01) | (
+                np.abs(s.v - (window_y + side / 2)) < 0.01
+            )
+            parts.append(_Part("window", 1, window, glass, "glass", window & bars, frame_colour))
+    door_x = _u(rng, -0.08, 0.08)
     door_colour = _paint(rng, ("brown", "red", "green", "blue", "purple"))
-    parts.append(_Part("door", 1, s.rect(door_x - 0.07, _u(rng, 0.18, 0.24), door_x + 0.07, 0.46), door_colour, "wood"))
+    door = s.rect(door_x - 0.07, _u(rng, 0.2, 0.26), door_x + 0.07, 0.46)
+    parts.append(_Part("door", 1, door, door_colour, "wood"))
     return parts
 
 
-def _draw_tree(rng: np.random.Generator, s: _Shapes, leaves: np.ndarray) -> list[_Part]:
+def _draw_tree(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     autumn = rng.random() < 0.2
-    crown_colour = _paint(rng, ("orange", "yellow", "red") if autumn else ("green", "darkgreen"), 10)
+    crown_colour = _paint(
+        rng, ("orange", "yellow", "red") if autumn else ("green", "darkgreen"), 10
+    )
     trunk_half = _u(rng, 0.045, 0.075)
-    trunk = s.polygon([(-trunk_half, 0.5), (trunk_half, 0.5), (trunk_half * 0.6, -0.1), (-trunk_half * 0.6, -0.1)])
+    trunk = s.polygon(
+        [(-trunk_half, 0.5), (trunk_half, 0.5), (trunk_half * 0.6, -0.1), (-trunk_half * 0.6, -0.1)]
+    )
     parts = [_Part("trunk", 0, trunk, _paint(rng, ("brown",), 10), "wood")]
     cy, rx, ry = _u(rng, -0.25, -0.15), _u(rng, 0.26, 0.34), _u(rng, 0.22, 0.28)
     crown = s.ellipse(0.0, cy, rx, ry)
     for _ in range(int(rng.integers(2, 4))):
         crown |= s.circle(_u(rng, -rx, rx) * 0.8, cy + _u(rng, -ry, ry) * 0.6, _u(rng, 0.1, 0.16))
-    dark = crown & leaves
-    parts.append(_Part("crown", 0, crown, crown_colour, "foliage", dark, crown_colour * np.float32(0.7)))
+    # Leaf clusters: a darker interference pattern of two random plane waves.
+    k1, k2, phase = _u(rng, 30, 45), _u(rng, 30, 45), _u(rng, 0, 6.3)
+    dark = crown & (np.sin(s.u * k1 + phase) * np.sin(s.v * k2 + s.u * 10) > 0.35)
+    parts.append(
+        _Part("crown", 0, crown, crown_colour, "foliage", dark, crown_colour * np.float32(0.7))
+    )
     fruit_colour = _paint(rng, ("red", "orange", "yellow") if not autumn else ("red",), 10)
     for _ in range(int(rng.integers(2, 6))):
         angle, radius = _u(rng, 0, 2 * math.pi), math.sqrt(_u(rng, 0, 1)) * 0.75
@@ -545,33 +629,54 @@ _DRAWERS: dict[str, Callable[..., list[_Part]]] = {
     "fish": _draw_fish,
     "house": _draw_house,
     "person": _draw_person,
+    "tree": _draw_tree,
 }
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Background materials
 
 
 def _sky(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
     kind = rng.random()
     if kind < 0.65:  # clear blue
-        top, horizon = _jitter_colour(rng, (70, 130, 215), 15), _jitter_colour(rng, (165, 200, 235), 12)
+        top, horizon = (
+            _jitter_colour(rng, (70, 130, 215), 15),
+            _jitter_colour(rng, (165, 200, 235), 12),
+        )
     elif kind < 0.85:  # overcast
-        top, horizon = _jitter_colour(rng, (150, 155, 165), 12), _jitter_colour(rng, (205, 205, 210), 10)
+        top, horizon = (
+            _jitter_colour(rng, (150, 155, 165), 12),
+            _jitter_colour(rng, (205, 205, 210), 10),
+        )
     else:  # dusk
-        top, horizon = _jitter_colour(rng, (90, 80, 160), 15), _jitter_colour(rng, (240, 160, 120), 15)
+        top, horizon = (
+            _jitter_colour(rng, (90, 80, 160), 15),
+            _jitter_colour(rng, (240, 160, 120), 15),
+        )
     t = (y / size)[..., None]
     sky = top * (1 - t) + horizon * t
-    clouds = np.clip((_value_noise(rng, size, int(rng.integers(3, 6))) - _u(rng, 0.5, 0.75)) * 4.0, 0, 1)
+    clouds = np.clip(
+        (_value_noise(rng, size, int(rng.integers(3, 6))) - _u(rng, 0.5, 0.75)) * 4.0, 0, 1
+    )
     return sky * (1 - clouds[..., None]) + np.float32(245.0) * clouds[..., None]
 
 
 def _grass(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
     base = _jitter_colour(rng, (70, 145, 55), 15)
-    blades = rng.random((max(size // 6, 2), size), dtype=np.float32).repeat(6, axis=0)[:size]
-    blades = np.vstack([blades, np.zeros((size - blades.shape[0], size), np.float32)])
-    shade = 0.65 + 0.3 * blades + 0.25 * _value_noise(rng, size, 4) + 0.1 * rng.random((size, size), dtype=np.float32)
-    dry = _value_noise(rng, size, 3)[..., None] * np.array([0.35, 0.05, -0.1], np.float32) * _u(rng, 0, 1)
+    # Vertical streaks: one random value per 6-pixel run of a column.
+    blades = rng.random((-(-size // 6), size), dtype=np.float32).repeat(6, axis=0)[:size]
+    shade = (
+        0.65
+        + 0.3 * blades
+        + 0.25 * _value_noise(rng, size, 4)
+        + 0.1 * rng.random((size, size), dtype=np.float32)
+    )
+    dry = (
+        _value_noise(rng, size, 3)[..., None]
+        * np.array([0.35, 0.05, -0.1], np.float32)
+        * _u(rng, 0, 1)
+    )
     return base * shade[..., None] * (1 + dry)
 
 
@@ -601,7 +706,9 @@ def _water(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
 def _sand(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
     base = _jitter_colour(rng, (215, 185, 130), 12)
     x = np.arange(size, dtype=np.float32)[None, :]
-    dunes = np.sin((y * _u(rng, 0.15, 0.3) + x * _u(rng, -0.05, 0.05)) + 4 * _value_noise(rng, size, 3))
+    dunes = np.sin(
+        (y * _u(rng, 0.15, 0.3) + x * _u(rng, -0.05, 0.05)) + 4 * _value_noise(rng, size, 3)
+    )
     grain = rng.normal(0.0, 0.05, (size, size)).astype(np.float32)
     return base * (0.9 + 0.07 * dunes + grain)[..., None]
 
@@ -624,7 +731,9 @@ def _brick(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
 
 def _snow(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
     base = _jitter_colour(rng, (238, 240, 246), 5)
-    shade = 1.0 - 0.1 * _value_noise(rng, size, 4) - 0.03 * rng.random((size, size), dtype=np.float32)
+    shade = (
+        1.0 - 0.1 * _value_noise(rng, size, 4) - 0.03 * rng.random((size, size), dtype=np.float32)
+    )
     return base * shade[..., None] * np.array([0.98, 0.99, 1.0], np.float32)
 
 
@@ -658,7 +767,7 @@ def _band_map(rng: np.random.Generator, size: int, n_bands: int) -> np.ndarray:
     return bands
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Rendering one image
 
 
@@ -669,7 +778,9 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return centres[:, None], centres[None, :]
 
 
-def render_probe_image(object_class: str, scene: str, size: int, rng: np.random.Generator) -> ProbeImage:
+def render_probe_image(
+    object_class: str, scene: str, size: int, rng: np.random.Generator
+) -> ProbeImage:
     """Render one probe image of ``object_class`` on the background of ``scene``.
 
     The object is placed at a random scale (its frame's longest side 55–88% of the image),
@@ -690,7 +801,11 @@ def render_probe_image(object_class: str, scene: str, size: int, rng: np.random.
     rgb = np.zeros((size, size, 3), np.float32)
     for index, material in enumerate(band_materials):
         texture = _MATERIAL_TEXTURES[material](rng, size, y_full)
-        rgb = np.where((bands == index)[..., None], texture, rgb) if len(band_materials) > 1 else texture
+        rgb = (
+            np.where((bands == index)[..., None], texture, rgb)
+            if len(band_materials) > 1
+            else texture
+        )
     materials = BACKGROUND_MATERIALS + OBJECT_MATERIALS
     material_index = {name: k + 1 for k, name in enumerate(materials)}
     band_lut = np.array([material_index[m] for m in band_materials], np.int16)
@@ -702,8 +817,16 @@ def render_probe_image(object_class: str, scene: str, size: int, rng: np.random.
     angle = _u(rng, -0.15, 0.15)
     flip = rng.random() < 0.5
     half_w, half_h = frame_w * scale / 2, frame_h * scale / 2
-    cx = _u(rng, max(half_w, 0.35 * size), min(size - half_w, 0.65 * size)) if half_w < 0.5 * size else size / 2
-    cy = _u(rng, max(half_h, 0.35 * size), min(size - half_h, 0.65 * size)) if half_h < 0.5 * size else size / 2
+    cx = (
+        _u(rng, max(half_w, 0.35 * size), min(size - half_w, 0.65 * size))
+        if half_w < 0.5 * size
+        else size / 2
+    )
+    cy = (
+        _u(rng, max(half_h, 0.35 * size), min(size - half_h, 0.65 * size))
+        if half_h < 0.5 * size
+        else size / 2
+    )
     dx, dy = xs - np.float32(cx), ys - np.float32(cy)
     cos_a, sin_a = np.float32(math.cos(angle) / scale), np.float32(math.sin(angle) / scale)
     u = cos_a * dx + sin_a * dy
@@ -711,11 +834,7 @@ def render_probe_image(object_class: str, scene: str, size: int, rng: np.random.
     if flip:
         u = -u
     shapes = _Shapes(u, v)
-    if object_class == "tree":
-        leaves = _value_noise(rng, size, 12) > 0.6
-        parts = _draw_tree(rng, shapes, leaves)
-    else:
-        parts = _DRAWERS[object_class](rng, shapes)
+    parts = _DRAWERS[object_class](rng, shapes)
 
     # Paint: layer-0 parts, then layer-1 parts clipped to the layer-0 silhouette.
     parts = [p for p in parts if p.layer == 0] + [p for p in parts if p.layer == 1]
@@ -762,7 +881,7 @@ def render_probe_image(object_class: str, scene: str, size: int, rng: np.random.
     )
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The dataset
 
 
@@ -811,16 +930,18 @@ def generate_probe_world(
     part_vocabulary = tuple(sorted({p for parts in CLASS_PARTS.values() for p in parts}))
     sample = _centre_indices(size, seg_size)
 
-    with BrodenWriter(root, CATEGORIES) as writer:
+    # Two writer threads overlap PNG encoding and file creation with rendering.
+    with BrodenWriter(root, CATEGORIES, write_threads=2) as writer:
         object_ids = np.array([writer.add_label(name) for name in OBJECT_CLASSES], np.int32)
         part_ids = {name: writer.add_label(name) for name in part_vocabulary}
         materials = BACKGROUND_MATERIALS + OBJECT_MATERIALS
         material_lut = np.array([0] + [writer.add_label(name) for name in materials], np.int32)
         color_lut = np.array([writer.add_label(f"{name}-c") for name in COLOR_NAMES], np.int32)
         scene_ids = {name: writer.add_label(name) for name in scene_names}
-        with open(root / "boxes.csv", "w", newline="", encoding="utf-8") as boxes_handle, open(
-            root / "classes.csv", "w", newline="", encoding="utf-8"
-        ) as classes_handle:
+        with (
+            open(root / "boxes.csv", "w", newline="", encoding="utf-8") as boxes_handle,
+            open(root / "classes.csv", "w", newline="", encoding="utf-8") as classes_handle,
+        ):
             boxes = csv.writer(boxes_handle, lineterminator="\n")
             boxes.writerow(["image", "kind", "label", "instance", "x1", "y1", "x2", "y2"])
             class_rows = csv.writer(classes_handle, lineterminator="\n")
@@ -838,7 +959,9 @@ def generate_probe_world(
                     image.rgb,
                     split="val" if is_val[index] else "train",
                     segmentations={
-                        "object": np.where(image.object_mask, object_ids[classes[index]], 0)[sample][:, sample],
+                        "object": np.where(image.object_mask, object_ids[classes[index]], 0)[
+                            sample
+                        ][:, sample],
                         "part": part_lut[image.part_layers[:, sample][:, :, sample]],
                         "material": material_lut[image.material[sample][:, sample]],
                         "color": color_lut[name_colors(seg_rgb)],

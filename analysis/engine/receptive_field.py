@@ -220,6 +220,26 @@ def _conv_geo(
     return (geo[0].conv(k[0], s[0], p[0], d[0]), geo[1].conv(k[1], s[1], p[1], d[1]))
 
 
+def _conv2d_params(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                   dilation: Any = 1, groups: Any = 1) -> dict[str, Any]:
+    """``F.conv2d``'s signature, to read a traced call's arguments."""
+    return {"input": input, "weight": weight, "stride": stride, "padding": padding, "dilation": dilation}
+
+
+def _max_pool_params(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                     dilation: Any = 1, ceil_mode: Any = False, return_indices: Any = False) -> dict[str, Any]:
+    """``F.max_pool2d``'s signature."""
+    return {"input": input, "kernel_size": kernel_size, "stride": stride, "padding": padding,
+            "dilation": dilation}
+
+
+def _avg_pool_params(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                     ceil_mode: Any = False, count_include_pad: Any = True,
+                     divisor_override: Any = None) -> dict[str, Any]:
+    """``F.avg_pool2d``'s signature (no dilation)."""
+    return {"input": input, "kernel_size": kernel_size, "stride": stride, "padding": padding}
+
+
 class _RecordingTracer(fx.Tracer):
     """fx tracer that remembers which graph node is the output of every module call."""
 
@@ -240,30 +260,45 @@ class _RecordingTracer(fx.Tracer):
 
 
 class _ShapeRecorder(fx.Interpreter):
+    """Runs the traced graph once and records the shape of every tensor (or tuple of tensors)."""
+
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
         self.shapes: dict[fx.Node, tuple[int, ...]] = {}
+        self.seq_shapes: dict[fx.Node, list[tuple[int, ...]]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         if isinstance(out, Tensor):
             self.shapes[n] = tuple(out.shape)
+        elif isinstance(out, (tuple, list)) and out and all(isinstance(t, Tensor) for t in out):
+            self.seq_shapes[n] = [tuple(t.shape) for t in out]
         return out
 
 
 def _target_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return str(node.target)
-    return getattr(node.target, "__name__", str(node.target))
+    return getattr(node.target, "__name__", str(node.target)).lstrip("_")
+
+
+# Ops that move tensor elements around without mixing positions; they keep a geometry when the
+# last two dimensions (the spatial ones) come out unchanged (channel indexing, chunk, channel
+# shuffle by view + transpose, unsqueeze).
+_LAYOUT_NAMES = frozenset(
+    """getitem unsqueeze squeeze view reshape transpose permute chunk split contiguous""".split()
+)
 
 
 class _Propagator:
-    """Walks a traced graph once and assigns each node a geometry, ``_FLAT``, ``None`` or
-    ``_Unsupported``."""
+    """Walks a traced graph once and gives each node a value: a geometry ``(y, x)`` for spatial
+    tensors, ``None`` for values that do not depend on the image, ``_FLAT`` for image-dependent
+    values without a spatial layout (flattened tensors, sizes), or ``_Unsupported(reason)``."""
 
-    def __init__(self, gm: fx.GraphModule, shapes: dict[fx.Node, tuple[int, ...]]) -> None:
+    def __init__(self, gm: fx.GraphModule, recorder: _ShapeRecorder) -> None:
         self.gm = gm
-        self.shapes = shapes
+        self.shapes = recorder.shapes
+        self.seq_shapes = recorder.seq_shapes
         self.values: dict[fx.Node, Any] = {}
 
     def run(self) -> dict[fx.Node, Any]:
@@ -281,21 +316,33 @@ class _Propagator:
                 self.values[node] = self._visit(node)
         return self.values
 
+    def _spatial(self, node: fx.Node) -> tuple[int, ...] | None:
+        """The last two dimensions of a tensor (or of all tensors of a tuple) with >= 3 dims."""
+        if node in self.shapes:
+            shape = self.shapes[node]
+            return shape[-2:] if len(shape) >= 3 else None
+        shapes = self.seq_shapes.get(node)
+        if shapes and all(len(sh) >= 3 for sh in shapes) and len({sh[-2:] for sh in shapes}) == 1:
+            return shapes[0][-2:]
+        return None
+
     def _is_map(self, node: fx.Node) -> bool:
         shape = self.shapes.get(node)
         return shape is not None and len(shape) == 4
 
     def _visit(self, node: fx.Node) -> Any:
-        inputs = [a for a in node.all_input_nodes if self.values.get(a) is not None]
-        if not inputs:
+        deps = [a for a in node.all_input_nodes if self.values.get(a) is not None]
+        if not deps:
             return None  # does not depend on the image
-        for a in inputs:
+        for a in deps:
             if isinstance(self.values[a], _Unsupported):
                 return self.values[a]
-        if not self._is_map(node):
-            return _FLAT
         try:
-            return self._map_rule(node, inputs)
+            if node.op != "call_module" and _target_name(node) in _LAYOUT_NAMES:
+                return self._layout(node, deps)
+            if self._spatial(node) is None:
+                return _FLAT
+            return self._map_rule(node, deps)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
             return _Unsupported(f"cannot read the parameters of {node.format_node()}: {exc}")
 
@@ -303,6 +350,35 @@ class _Propagator:
         if node.op == "call_module":
             return f"module {node.target} ({type(self.gm.get_submodule(str(node.target))).__name__})"
         return f"{node.op} {_target_name(node)}"
+
+    def _layout(self, node: fx.Node, deps: list[fx.Node]) -> Any:
+        geo_inputs = [a for a in deps if isinstance(self.values[a], tuple)]
+        tensor_flat = [a for a in deps if self.values[a] is _FLAT and a in self.shapes]
+        out_hw = self._spatial(node)
+        if len(geo_inputs) != 1 or tensor_flat:
+            if out_hw is None and not geo_inputs:
+                return _FLAT
+            if geo_inputs or out_hw is not None:
+                return _Unsupported(f"{self._describe(node)} rebuilds a map whose spatial layout was lost")
+            return _FLAT
+        src = geo_inputs[0]
+        if out_hw is None or out_hw != self._spatial(src):
+            return _FLAT if out_hw is None else _Unsupported(
+                f"{self._describe(node)} changes the spatial size {self._spatial(src)} -> {out_hw} "
+                "(cropping or reshaping)"
+            )
+        name = _target_name(node)
+        if name in ("transpose", "permute"):
+            ndim = len(self.shapes[src])
+            dims = [d for d in (*node.args[1:], *node.kwargs.values()) if isinstance(d, int)]
+            if name == "permute":
+                dims = list(node.args[1]) if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else dims
+                moved = dims[-2:] != [ndim - 2, ndim - 1]
+            else:
+                moved = any(d % ndim >= ndim - 2 for d in dims)
+            if moved:
+                return _Unsupported(f"{self._describe(node)} moves the spatial dimensions")
+        return self.values[src]
 
     def _map_rule(self, node: fx.Node, inputs: list[fx.Node]) -> Any:
         if node.op == "call_module":
@@ -332,38 +408,32 @@ class _Propagator:
             ):
                 return self._combine(node, inputs)
             return _Unsupported(f"no receptive-field rule for {self._describe(node)}")
-        name = _target_name(node).lstrip("_") if node.op == "call_function" else _target_name(node)
-        if name in ("conv2d",):
-            kw = self._kwargs(node)
+        name = _target_name(node)
+        if name == "conv2d":
+            kw = _conv2d_params(*node.args, **node.kwargs)
             weight = kw["weight"]
             k = self.shapes[weight][2:] if isinstance(weight, fx.Node) else tuple(weight.shape[2:])
             geo = self.values.get(kw["input"])
-            return self._need(geo, node) or _conv_geo(
-                geo, k, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1)
-            )
+            return self._need(geo, node) or _conv_geo(geo, k, kw["stride"], kw["padding"], kw["dilation"])
         if name in ("max_pool2d", "max_pool2d_with_indices", "avg_pool2d"):
-            kw = self._kwargs(node)
+            params = _avg_pool_params if name == "avg_pool2d" else _max_pool_params
+            kw = params(*node.args, **node.kwargs)
             geo = self.values.get(kw["input"])
-            stride = kw.get("stride") or kw["kernel_size"]
+            stride = kw["stride"] or kw["kernel_size"]
             return self._need(geo, node) or _conv_geo(
-                geo, kw["kernel_size"], stride, kw.get("padding", 0), kw.get("dilation", 1)
+                geo, kw["kernel_size"], stride, kw["padding"], kw.get("dilation", 1)
             )
         if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
             src = node.args[0] if node.args else node.kwargs.get("input")
             return self._need(self.values.get(src), node) or self._adaptive(self.values[src], src, node)
         if name in ("cat", "concat", "concatenate"):
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            if dim not in (1, -3):
+            ndim = len(self.shapes[node])
+            if not isinstance(dim, int) or dim % ndim >= ndim - 2:
                 return _Unsupported(f"concatenation along dim {dim} ({node.format_node()})")
         if name in _POINTWISE_NAMES:
             return self._combine(node, inputs)
         return _Unsupported(f"no receptive-field rule for {self._describe(node)}")
-
-    def _kwargs(self, node: fx.Node) -> dict[str, Any]:
-        pair = node.normalized_arguments(self.gm, normalize_to_only_use_kwargs=True)
-        if pair is None:
-            raise ValueError("arguments could not be normalised")
-        return dict(pair.kwargs)
 
     def _need(self, geo: Any, node: fx.Node) -> Any:
         """None if ``geo`` is a geometry; otherwise the value to return for ``node``."""
@@ -384,18 +454,25 @@ class _Propagator:
         return _conv_geo(geo, k, k, 0)
 
     def _combine(self, node: fx.Node, inputs: list[fx.Node]) -> Any:
-        out_hw = self.shapes[node][2:]
+        """Spatially pointwise op: the union of the inputs' fields (equal strides required).
+        Sizes and other non-tensor values among the inputs are ignored."""
+        out_hw = self._spatial(node)
         geos: list[_Geo] = []
         for a in inputs:
             value = self.values[a]
-            if value is _FLAT or not self._is_map(a):
-                return _Unsupported(f"{self._describe(node)} mixes in a value that is not a feature map")
-            if self.shapes[a][2:] != out_hw:
+            if value is _FLAT:
+                if a in self.shapes or a in self.seq_shapes:
+                    return _Unsupported(f"{self._describe(node)} mixes in a value that is not a feature map")
+                continue
+            in_hw = self._spatial(a)
+            if in_hw != out_hw:
                 return _Unsupported(
-                    f"{self._describe(node)} broadcasts a {tuple(self.shapes[a][2:])} map over "
-                    f"{tuple(out_hw)} (e.g. squeeze-excitation): the receptive field is global"
+                    f"{self._describe(node)} broadcasts a {in_hw} map over {out_hw} "
+                    "(e.g. squeeze-excitation): the receptive field is global"
                 )
             geos.append(value)
+        if not geos:
+            return _Unsupported(f"{self._describe(node)} builds a map from values that are not feature maps")
         if len(geos) == 1:
             return geos[0]
         out = []
@@ -472,7 +549,7 @@ def receptive_fields(
             recorder.run(torch.zeros(1, in_channels, h, w, dtype=dtype, device=device))
     finally:
         model.train(was_training)
-    values = _Propagator(gm, recorder.shapes).run()
+    values = _Propagator(gm, recorder).run()
 
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
     wanted = list(layers) if layers is not None else sorted(
@@ -490,7 +567,7 @@ def receptive_fields(
             problem = f"it runs {calls} times per forward pass"
         elif isinstance(value, _Unsupported):
             problem = value.reason
-        elif not isinstance(value, tuple):
+        elif not isinstance(value, tuple) or len(recorder.shapes.get(node, ())) != 4:
             problem = "its output is not a feature map"
         if problem is not None:
             if layers is not None:
@@ -512,8 +589,9 @@ def receptive_field(
 # --------------------------------------------------------------------------------------------
 
 
-# Small, so that residual sums stay below saturating activations (ReLU6 in MobileNet).
-_PROBE_INPUT = 1e-3
+# Constant probe inputs, tried in turn: small, so residual sums stay below saturating activations
+# (ReLU6 in MobileNet); then 1, for models that shift their input (GoogLeNet's transform_input).
+_PROBE_INPUTS = (1e-3, 1.0)
 
 
 class _ChannelMeanConv(nn.Module):
@@ -573,15 +651,14 @@ def _probe_copy(
     Convs average (weight ``1 / fan_in``, no bias), batch norms become identities (max pooling is
     handled at run time by :class:`_MaxPoolAsAvgPool`). With ``collapse`` every conv also reduces its input to
     one channel (:class:`_ChannelMeanConv`), all norms become identities, and the other weights are
-    not copied at all (the forward pass must stop before any layer that needs them).
+    not copied at all (the forward pass must stop before any layer that needs them); so a model
+    built on the ``meta`` device (no weights in memory) can be probed this way.
     """
     memo: dict[int, Any] = {}
     if collapse:  # do not copy weights that the collapsed copy never uses
         for t in list(model.parameters()) + list(model.buffers()):
-            memo[id(t)] = (
-                nn.Parameter(t.new_empty(0), requires_grad=False) if isinstance(t, nn.Parameter)
-                else t.new_empty(0)
-            )
+            empty = torch.empty(0, dtype=dtype if t.is_floating_point() else t.dtype, device=device)
+            memo[id(t)] = nn.Parameter(empty, requires_grad=False) if isinstance(t, nn.Parameter) else empty
     probe = copy.deepcopy(model, memo)
     for name, module in list(probe.named_modules()):
         replacement: nn.Module | None = None
@@ -612,13 +689,13 @@ def _probe_copy(
 
 def _unit_gradient_extents(
     probe: nn.Module, layer: str, input_size: Sequence[int], in_channels: int,
-    device: torch.device | str, dtype: torch.dtype,
+    device: torch.device | str, dtype: torch.dtype, value: float,
 ) -> tuple[list[int], list[int], list[tuple[int, int]], list[tuple[int, int]]]:
     """Rows/cols of units ``0, 1, n-2, n-1`` and the (first, last) input row/col where each
     unit's gradient is non-zero."""
     h, w = (int(v) for v in input_size)
     with torch.enable_grad():
-        x = torch.full((4, in_channels, h, w), _PROBE_INPUT, dtype=dtype, device=device, requires_grad=True)
+        x = torch.full((4, in_channels, h, w), value, dtype=dtype, device=device, requires_grad=True)
         with _MaxPoolAsAvgPool():
             out = capture_forward(probe, x, [layer], stop_early=True, detach=False, clone=False)[layer]
         if out.ndim != 4:
@@ -700,7 +777,7 @@ def probe_receptive_field(
     Method (my choice): on a copy of the model, every conv becomes an average (weight
     ``1 / fan_in``, zero bias), max pooling (module or functional, through a
     ``TorchFunctionMode``) becomes average pooling with the same window, and batch norm becomes
-    the identity; with a small constant positive input every ReLU is then active and every
+    the identity; with a constant positive input (1e-3, else 1) every ReLU is then active and every
     path from an input pixel to a unit has a positive gradient. For units ``0, 1, n-2, n-1`` of
     the layer (along the diagonal, one batch item each) the gradient of the unit's channel sum
     w.r.t. the input is non-zero exactly on its receptive field, cut at the image border. Edges
@@ -733,15 +810,25 @@ def probe_receptive_field(
         raise ReceptiveFieldError("TorchScript modules cannot be probed (modules cannot be replaced)")
     get_module(model, layer)
     extents = None
-    if collapse_channels:
-        try:
-            probe = _probe_copy(model, device, dtype, collapse=True)
-            extents = _unit_gradient_extents(probe, layer, input_size, in_channels, device, dtype)
-        except (RuntimeError, ValueError, IndexError, _ProbeNotDense):
-            extents = None  # code that depends on channel counts: fall back to the full copy
+    failure: ReceptiveFieldError | None = None
+    for collapse in (True, False) if collapse_channels else (False,):
+        probe = _probe_copy(model, device, dtype, collapse=collapse)
+        for value in _PROBE_INPUTS:
+            try:
+                extents = _unit_gradient_extents(probe, layer, input_size, in_channels, device, dtype, value)
+                break
+            except _ProbeNotDense as exc:
+                failure = exc  # a saturated or dead activation: try the next input value
+            except (RuntimeError, ValueError, IndexError) as exc:
+                if not collapse:
+                    raise
+                failure = _ProbeNotDense(f"collapsed copy failed: {exc}")
+                break  # code that depends on channel counts: use the full copy
+        if extents is not None:
+            break
     if extents is None:
-        probe = _probe_copy(model, device, dtype, collapse=False)
-        extents = _unit_gradient_extents(probe, layer, input_size, in_channels, device, dtype)
+        assert failure is not None
+        raise ReceptiveFieldError(str(failure))
     ys, xs, extents_y, extents_x = extents
     sy, jy, oy = _solve_axis(ys, extents_y, layer, "y")
     sx, jx, ox = _solve_axis(xs, extents_x, layer, "x")

@@ -114,7 +114,9 @@ def rotation_power(q: Tensor, alpha: float) -> Tensor:
 
 @torch.no_grad()
 def rotate_activations(acts: Tensor, rotation: Tensor) -> Tensor:
-    """Change of basis across units at every position: ``out[b, i, y, x] = sum_j R[i, j] acts[b, j, y, x]``.
+    """Change of basis across units at every position.
+
+    ``out[b, i, y, x] = sum_j R[i, j] * acts[b, j, y, x]``, i.e. ``r = R f(x)`` per position.
 
     Args:
         acts: ``Tensor[B, U, h, w]`` (or ``[B, U]``), floating point.

@@ -3,7 +3,8 @@
 Pixel-coordinate convention (continuous coordinates, used by every function here): pixel ``k`` of an
 image or mask covers ``[k, k + 1)`` and its centre is ``k + 0.5``. The receptive-field helper gives
 the centre of unit ``i`` (map row ``i``) at ``offset_y + i * stride_y`` in these continuous input
-pixel coordinates (likewise for columns), which is what ``rf_offset`` / ``rf_stride`` mean below.
+pixel coordinates (likewise for columns), which is what ``rf_offset`` / ``rf_stride`` mean below:
+the ``offset`` and ``stride`` of :class:`analysis.engine.receptive_field.LayerGeometry`.
 
 Two methods (DESIGN §8):
 

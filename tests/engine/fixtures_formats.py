@@ -13,8 +13,7 @@ import scipy.io
 
 from analysis.engine.broden import BrodenWriter, encode_label_png
 
-
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Broden
 
 
@@ -33,17 +32,20 @@ def _filler_labels(writer: BrodenWriter, up_to: int) -> None:
         writer.add_label(f"filler-{len(writer._label_names)}")
 
 
-def write_small_broden(root: Path) -> SmallBroden:
+def write_small_broden(root: Path, write_threads: int = 0) -> SmallBroden:
     """A valid 3-image Broden directory exercising every feature of the format.
 
     Categories object, part, color, scene. Image size 8x8, segmentation 4x4 (sh != ih). Label
     numbers include 300 and 1000 (two-byte ids). Image 0 has two part layers; image 1 has a
     whole-image scene label and an object mask only; image 2 has only a whole-image scene label.
+    ``write_threads`` is passed to :class:`BrodenWriter`.
     """
     rng = np.random.default_rng(0)
     labels: dict[str, int] = {}
     images: list[dict] = []
-    with BrodenWriter(root, ["object", "part", "color", "scene"]) as writer:
+    with BrodenWriter(
+        root, ["object", "part", "color", "scene"], write_threads=write_threads
+    ) as writer:
         for name in ["car", "wheel", "window", "red-c", "street-s"]:
             labels[name] = writer.add_label(name)
         _filler_labels(writer, 300)
@@ -117,7 +119,7 @@ def write_label_png(path: Path, labels: np.ndarray) -> None:
     Image.fromarray(encode_label_png(labels)).save(path, format="PNG")
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # PASCAL-Part
 
 PART_DTYPE = [("part_name", "O"), ("mask", "O")]

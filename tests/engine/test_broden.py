@@ -20,7 +20,12 @@ from analysis.engine.broden import (
     label_pixel_counts,
     validate,
 )
-from tests.engine.fixtures_formats import read_line, replace_line, write_label_png, write_small_broden
+from tests.engine.fixtures_formats import (
+    read_line,
+    replace_line,
+    write_label_png,
+    write_small_broden,
+)
 
 
 @pytest.fixture()
@@ -33,7 +38,7 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Label PNG encoding
 
 
@@ -70,7 +75,7 @@ def test_label_pixel_counts_counts_overlapping_layers_once():
     assert ids.size == 0 and counts.size == 0
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Round trip
 
 
@@ -157,6 +162,23 @@ def test_statistics_written_and_streamed_agree_with_hand_counts(small):
     assert [c.code for c in reader.codes["scene"]] == [1, 2]
 
 
+def test_primary_category_is_the_one_with_largest_coverage(tmp_path):
+    with BrodenWriter(tmp_path / "w", ["object", "material"]) as writer:
+        wood = writer.add_label("wood")
+        small_patch = np.zeros((2, 2), np.int32)
+        small_patch[0, 0] = wood
+        image = np.zeros((2, 2, 3), np.uint8)
+        for name in ("a", "b"):  # object: 2 images, coverage 0.25 + 0.25
+            writer.add_image(name, image, split="train", segmentations={"object": small_patch})
+        writer.add_image(  # material: 1 image, coverage 1.0
+            "c", image, split="train", segmentations={"material": np.full((2, 2), wood)}
+        )
+    reader = BrodenReader(tmp_path / "w")
+    assert reader.labels[wood].category_counts == (("object", 2), ("material", 1))
+    assert reader.labels[wood].frequency == 3 and reader.labels[wood].coverage == 1.5
+    assert reader.primary_category(wood) == "material"
+
+
 def test_statistics_progress_and_validate_progress(small):
     calls = []
     BrodenReader(small.root).label_statistics(lambda done, total: calls.append((done, total)))
@@ -166,9 +188,10 @@ def test_statistics_progress_and_validate_progress(small):
     assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
 
-def test_writer_bytes_are_deterministic(tmp_path):
+@pytest.mark.parametrize("write_threads", [0, 2])
+def test_writer_bytes_are_deterministic(tmp_path, write_threads):
     a = write_small_broden(tmp_path / "a").root
-    b = write_small_broden(tmp_path / "b").root
+    b = write_small_broden(tmp_path / "b", write_threads=write_threads).root
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert files_a == files_b and len(files_a) > 10
@@ -182,7 +205,9 @@ def test_writer_rejects_bad_input(tmp_path):
         assert writer.add_label("car") == car
         image = np.zeros((4, 4, 3), np.uint8)
         with pytest.raises(ValueError, match="add_label"):
-            writer.add_image("x", image, split="train", segmentations={"object": np.full((2, 2), 9)})
+            writer.add_image(
+                "x", image, split="train", segmentations={"object": np.full((2, 2), 9)}
+            )
         with pytest.raises(ValueError, match="unknown category"):
             writer.add_image("x", image, split="train", image_labels={"scene": [car]})
         writer.add_image("x", image, split="train", segmentations={"object": np.full((2, 2), car)})
@@ -192,17 +217,35 @@ def test_writer_rejects_bad_input(tmp_path):
         BrodenWriter(tmp_path / "w", ["object"])
 
 
+def test_threaded_writer_copies_the_image_and_reports_write_errors(tmp_path):
+    image = np.full((4, 4, 3), 7, np.uint8)
+    with BrodenWriter(tmp_path / "w", ["object"], write_threads=1) as writer:
+        writer.add_image("x", image, split="train")
+        image[:] = 99  # the caller may reuse its buffer at once
+    row = next(BrodenReader(tmp_path / "w").rows())
+    assert (BrodenReader(tmp_path / "w").load_image(row) == 7).all()
+
+    writer = BrodenWriter(tmp_path / "v", ["object"], write_threads=1)
+    (tmp_path / "v" / "images" / "x.png").mkdir()  # writing the image file will fail
+    with pytest.raises(IsADirectoryError):  # raised by add_image or close, whichever sees it
+        writer.add_image("x", image, split="train")
+        writer.close()
+    writer.abort()
+
+
 def test_writer_drops_empty_layers(tmp_path):
     with BrodenWriter(tmp_path / "w", ["part"]) as writer:
         wheel = writer.add_label("wheel")
         layers = np.zeros((3, 2, 2), np.int32)
         layers[1, 0, 0] = wheel
-        writer.add_image("x", np.zeros((4, 4, 3), np.uint8), split="train", segmentations={"part": layers})
+        writer.add_image(
+            "x", np.zeros((4, 4, 3), np.uint8), split="train", segmentations={"part": layers}
+        )
     row = next(BrodenReader(tmp_path / "w").rows())
     assert row.cells["part"].mask_files == ("x_part.png",)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Validation: one malformed directory per failure kind
 
 
@@ -282,7 +325,10 @@ MALFORMATIONS = {
     "missing index.csv": (_break_missing("index.csv"), "does not exist"),
     "missing c_part.csv": (_break_missing("c_part.csv"), "does not exist"),
     "missing image": (_remove_referenced("set/img1.png", 3), "set/img1.png does not exist"),
-    "missing mask": (_remove_referenced("set/img0_part_1.png", 2), "set/img0_part_1.png does not exist"),
+    "missing mask": (
+        _remove_referenced("set/img0_part_1.png", 2),
+        "set/img0_part_1.png does not exist",
+    ),
     "index column missing": (
         _break_index_line(1, lambda t: t.replace("sh,", "")),
         "missing column(s) sh",

@@ -23,7 +23,7 @@ from analysis.engine.extraction import (
 
 torch.set_num_threads(1)
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
@@ -178,6 +178,18 @@ def test_upper_quantile_keeps_a_small_buffer_and_interpolates(device):
     flat = acts.transpose(0, 1).reshape(2, -1).numpy()
     assert acc.result().cpu().tolist() == [np.quantile(flat[0], 0.995), np.quantile(flat[1], 0.995)]
     assert acc.result()[0].item() == pytest.approx(1989.005, abs=1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_upper_quantile_batches_below_or_at_the_kept_floor(device):
+    # after the first batch fills the buffer, later batches hold only values <= its smallest kept value
+    first = torch.arange(100.0).reshape(4, 1, 5, 5)
+    later = [torch.full((4, 1, 5, 5), 97.0), torch.zeros(4, 1, 5, 5), torch.full((4, 1, 5, 5), 98.0)]
+    acc = UpperQuantile(1, 0.99, total_count=400, device=device)
+    for batch in [first, *later]:
+        acc.add(batch.to(device))
+    values = torch.cat([first, *later]).flatten().numpy()
+    assert acc.result().item() == np.float32(np.quantile(values, 0.99))
 
 
 @pytest.mark.parametrize("device", DEVICES)

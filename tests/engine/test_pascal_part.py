@@ -76,7 +76,12 @@ def test_saved_file_has_the_real_nested_layout(scene):
 def test_read_objects_parts_and_boxes(scene):
     _, path, chair_path = scene
     anno = read_annotation(path)
-    assert (anno.image_id, anno.image_name, anno.height, anno.width) == ("2008_000123", "2008_000123", H, W)
+    assert (anno.image_id, anno.image_name, anno.height, anno.width) == (
+        "2008_000123",
+        "2008_000123",
+        H,
+        W,
+    )
     assert [o.class_name for o in anno.objects] == ["cat", "boat", "person"]
     assert [o.class_index for o in anno.objects] == [8, 4, 15]
     cat, boat, person = anno.objects
@@ -154,7 +159,9 @@ def test_normalise_part_name(raw, expected):
 
 
 def _write_bad(path, mutate):
-    objects = [("cat", _ind("cat"), box_mask(H, W, 1, 1, 5, 5), [("head", box_mask(H, W, 1, 1, 3, 3))])]
+    objects = [
+        ("cat", _ind("cat"), box_mask(H, W, 1, 1, 5, 5), [("head", box_mask(H, W, 1, 1, 3, 3))])
+    ]
     write_pascal_part_mat(path, "x", objects)
     mutate(path)
 
@@ -185,9 +192,15 @@ def _set_part_mask(anno):
         (lambda p: p.write_bytes(b"MATLAB 5.0 MAT-file garbage" * 3), "unreadable .mat file"),
         (lambda p: scipy.io.savemat(p, {"other": np.eye(2)}), "no variable 'anno'"),
         (lambda p: scipy.io.savemat(p, {"anno": np.eye(2)}), "'anno' is not a 1x1 struct"),
-        (_resave(_set_object_field("class_ind", np.array([[3]], np.uint8))), "does not match class_ind"),
+        (
+            _resave(_set_object_field("class_ind", np.array([[3]], np.uint8))),
+            "does not match class_ind",
+        ),
         (_resave(_set_object_field("class_ind", np.array([[21]], np.uint8))), "not in 1..20"),
-        (_resave(_set_object_field("mask", np.ones((3, 3, 2), np.uint8))), "not a 2-D numeric array"),
+        (
+            _resave(_set_object_field("mask", np.ones((3, 3, 2), np.uint8))),
+            "not a 2-D numeric array",
+        ),
         (_resave(_set_part_mask), "mask is 21x30, expected 20x30"),
         (
             lambda p: scipy.io.savemat(

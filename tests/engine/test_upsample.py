@@ -17,7 +17,7 @@ from analysis.engine.upsample import (
 
 torch.set_num_threads(1)
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 

@@ -13,6 +13,7 @@ from analysis.jobs import job_kinds
 from analysis.models import Run, RunStatus
 from analysis.services.runs import run_cancel, run_fail_stale
 from analysis.services.selfcheck import selfcheck_run_start
+from analysis.views.starting import StartRunFormMixin
 
 
 class DashboardView(ResearcherRequiredMixin, TemplateView):
@@ -77,16 +78,15 @@ class RunCancelView(ResearcherRequiredMixin, View):
         return redirect(run)
 
 
-class SelfcheckStartView(ResearcherRequiredMixin, FormView):
+class SelfcheckStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
     template_name = "analysis/selfcheck.html"
     form_class = SelfcheckForm
+    run_label = "Self-check"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["previous_runs"] = selectors.runs_for_list(kind="selfcheck")[:10]
         return context
 
-    def form_valid(self, form):
-        run = selfcheck_run_start(created_by=self.request.user, **form.cleaned_data)
-        messages.success(self.request, f"Self-check run {run.pk} queued.")
-        return redirect(run)
+    def start_run(self, form):
+        return selfcheck_run_start(created_by=self.request.user, **form.cleaned_data)

@@ -1,0 +1,203 @@
+"""Networks: register a model (torchvision arch + weights, TorchScript, module:callable) with its layers,
+units and receptive-field geometry; train the demo network on the probe world."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
+from analysis.models import Dataset, Layer, Network, NetworkSource, Run, Unit
+
+from .runs import RunInputError, RunProgress, run_start
+
+DEMO_TRAINING_DEFAULTS = {"dataset": "probe-world", "name": "demo-net", "epochs": 12, "seed": 0, "lr": 1e-3,
+                          "batch_size": 64}
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def network_spec(network: Network):
+    """The engine's description of a registered network."""
+    from analysis.engine.networks import NetworkKind, NetworkSpec
+
+    kind = {NetworkSource.TORCHVISION: NetworkKind.TORCHVISION, NetworkSource.TORCHSCRIPT: NetworkKind.TORCHSCRIPT,
+            NetworkSource.MODULE: NetworkKind.MODULE}[NetworkSource(network.source)]
+    return NetworkSpec(kind=kind, target=network.arch, weights=network.weights_path or None,
+                       kwargs=network.callable_kwargs, input_size=(network.input_height, network.input_width),
+                       mean=tuple(network.mean), std=tuple(network.std),
+                       class_names=tuple(network.class_names) or None)
+
+
+def network_register(*, name: str, spec, description: str = "", trained_on: Dataset | None = None,
+                     training_run: Run | None = None, training_report: dict | None = None) -> Network:
+    """Load ``spec`` on the CPU, discover its feature-map layers by dotted name, compute each layer's
+    receptive field analytically and check conv layers' against a numeric probe, then save it all.
+
+    Raises :class:`RunInputError` with a readable message for anything the user can fix.
+    """
+    from django.core.validators import validate_slug
+
+    from analysis.engine.networks import NetworkError, NetworkKind, discover_layers, load_network
+    from analysis.engine.receptive_field import ReceptiveFieldError, probe_receptive_field, receptive_fields
+
+    try:
+        validate_slug(name)
+    except Exception:
+        raise RunInputError(f"{name!r} is not a valid network name: use letters, digits, '-' and '_'.") from None
+    if Network.objects.filter(name=name).exists():
+        raise RunInputError(f"A network named {name!r} already exists.")
+    try:
+        model = load_network(spec, device="cpu")
+        layers = discover_layers(model, spec.input_size, "cpu")
+    except NetworkError as error:
+        raise RunInputError(str(error)) from None
+    try:
+        geometry = receptive_fields(model, spec.input_size, "cpu", layers=[layer.name for layer in layers])
+    except ReceptiveFieldError:
+        geometry = {}  # untraceable model: layers are registered without geometry (said on its page)
+    verified: dict[str, bool] = {}
+    for layer in layers:
+        if layer.name in geometry:
+            try:
+                probed = probe_receptive_field(model, layer.name, spec.input_size, "cpu")
+                verified[layer.name] = probed == geometry[layer.name]
+            except (ReceptiveFieldError, NetworkError):
+                verified[layer.name] = False
+
+    source = {NetworkKind.TORCHVISION: NetworkSource.TORCHVISION, NetworkKind.TORCHSCRIPT: NetworkSource.TORCHSCRIPT,
+              NetworkKind.MODULE: NetworkSource.MODULE}[spec.kind]
+    weights = spec.weights or (spec.target if spec.kind is NetworkKind.TORCHSCRIPT else "")
+    with transaction.atomic():
+        network = Network.objects.create(
+            name=name, source=source, arch=spec.target, weights_path=spec.weights or "",
+            weights_sha256=file_sha256(weights) if weights else "",
+            input_height=spec.input_size[0], input_width=spec.input_size[1], mean=list(spec.mean),
+            std=list(spec.std), class_names=list(spec.class_names or []), callable_kwargs=dict(spec.kwargs),
+            trained_on=trained_on, training_run=training_run, training_report=training_report or {},
+            description=description)
+        created = Layer.objects.bulk_create([
+            Layer(network=network, name=layer.name, order=order, module_type=layer.module_type, units=layer.channels,
+                  out_height=layer.height, out_width=layer.width,
+                  **_geometry_fields(geometry.get(layer.name)), rf_verified=verified.get(layer.name, False))
+            for order, layer in enumerate(layers)
+        ])
+        Unit.objects.bulk_create([Unit(layer=layer, index=index) for layer in created for index in range(layer.units)],
+                                 batch_size=5000)
+    return network
+
+
+def _geometry_fields(geometry) -> dict[str, Any]:
+    if geometry is None:
+        return {}
+    return {"rf_size_y": geometry.size[0], "rf_size_x": geometry.size[1], "rf_stride_y": geometry.stride[0],
+            "rf_stride_x": geometry.stride[1], "rf_offset_y": geometry.offset[0], "rf_offset_x": geometry.offset[1]}
+
+
+# -- the demo network ---------------------------------------------------------------------------------
+
+def demo_training_params(**overrides: Any) -> dict[str, Any]:
+    params = dict(DEMO_TRAINING_DEFAULTS)
+    params.update({key: value for key, value in overrides.items() if value is not None})
+    if not 1 <= params["epochs"] <= 500:
+        raise RunInputError("epochs must be between 1 and 500")
+    return params
+
+
+def demo_training_run_start(*, created_by=None, inline: bool = False, **params: Any) -> Run:
+    run, _ = run_start(kind=DEMO_TRAINING.name, params=demo_training_params(**params), created_by=created_by,
+                       inline=inline)
+    return run
+
+
+def load_classification_tensors(dataset: Dataset, progress: RunProgress | None = None):
+    """All images of a dataset with one object class per image, as ``uint8 [N, 3, H, W]`` tensors per
+    split, with ``int64`` labels, and the class names (sorted). Images must share one size."""
+    import numpy as np
+    import torch
+
+    from analysis.engine.broden import BrodenReader
+
+    if not dataset.has_image_classes:
+        raise RunInputError(f"Dataset {dataset.name!r} has no per-image object class (classes.csv).")
+    rows = list(dataset.images.select_related("object_class").order_by("index"))
+    class_names = sorted({row.object_class.name for row in rows if row.object_class})
+    class_index = {name: index for index, name in enumerate(class_names)}
+    sizes = {(row.height, row.width) for row in rows}
+    if len(sizes) != 1:
+        raise RunInputError(f"Dataset {dataset.name!r} has images of several sizes {sorted(sizes)[:4]}; "
+                            "training needs one size.")
+    height, width = sizes.pop()
+    images = torch.empty((len(rows), 3, height, width), dtype=torch.uint8)
+    labels = torch.empty(len(rows), dtype=torch.int64)
+    reader = BrodenReader(dataset.root_dir)
+    if progress:
+        progress.phase("Loading images", total=len(rows))
+    for position, (row, broden_row) in enumerate(zip(rows, reader.rows())):
+        images[position] = torch.from_numpy(np.ascontiguousarray(reader.load_image(broden_row).transpose(2, 0, 1)))
+        labels[position] = class_index[row.object_class.name]
+        if progress:
+            progress(position + 1, len(rows))
+    is_train = torch.tensor([row.split == "train" for row in rows])
+    return (images[is_train], labels[is_train]), (images[~is_train], labels[~is_train]), class_names
+
+
+def demo_training_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.demo_network import build_demo_network, demo_network_target
+    from analysis.engine.networks import NetworkKind, NetworkSpec
+    from analysis.engine.training import TensorBatches, train_classifier
+
+    params = demo_training_params(**run.params)
+    dataset = Dataset.objects.filter(name=params["dataset"]).first()
+    if dataset is None:
+        raise RunInputError(f"No dataset named {params['dataset']!r}; generate the probe world first.")
+    if Network.objects.filter(name=params["name"]).exists():
+        raise RunInputError(f"A network named {params['name']!r} already exists.")
+    (train_images, train_labels), (val_images, val_labels), class_names = load_classification_tensors(dataset, progress)
+    # Normalise with the training set's own channel statistics (our choice: the probe world is not ImageNet).
+    as_float = train_images.float().div_(255)
+    mean = as_float.mean(dim=(0, 2, 3)).tolist()
+    std = as_float.std(dim=(0, 2, 3)).tolist()
+    del as_float
+    model = build_demo_network(len(class_names), seed=params["seed"])
+    batches = len(TensorBatches(train_images, train_labels, params["batch_size"]))
+    val_batches = len(TensorBatches(val_images, val_labels, params["batch_size"]))
+    progress.phase(f"Training for {params['epochs']} epochs", total=params["epochs"] * (batches + val_batches))
+    report = train_classifier(
+        model, TensorBatches(train_images, train_labels, params["batch_size"], shuffle=True, seed=params["seed"]),
+        TensorBatches(val_images, val_labels, params["batch_size"]), epochs=params["epochs"], lr=params["lr"],
+        seed=params["seed"], device=torch.device(device), mean=mean, std=std, progress=progress)
+    out_dir = settings.UNITSCOPE_DATA_DIR / "networks" / params["name"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / "weights.pt"
+    torch.save({key: value.cpu() for key, value in model.state_dict().items()}, weights)
+    (out_dir / "training_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    progress.phase("Registering the network")
+    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), weights=str(weights),
+                       kwargs={"num_classes": len(class_names)}, input_size=tuple(train_images.shape[2:]),
+                       mean=tuple(mean), std=tuple(std), class_names=tuple(class_names))
+    network = network_register(name=params["name"], spec=spec, trained_on=dataset, training_run=run,
+                               training_report=report.to_dict(),
+                               description=f"AlexNet-like CNN (five conv layers, no batch norm) trained on "
+                                           f"{dataset.name} to classify {len(class_names)} object classes.")
+    return {"network": network.name, "val_accuracy": report.final_val_accuracy,
+            "val_loss": report.final_val_loss, "epochs": params["epochs"], "classes": len(class_names),
+            "train_images": int(train_images.shape[0]), "val_images": int(val_images.shape[0])}
+
+
+DEMO_TRAINING = register_job_kind(JobKind(
+    name="train_demo_network", label="Train the demo network", queue=GPU_QUEUE, execute=demo_training_run_execute,
+    soft_time_limit=3 * 3600, time_limit=3 * 3600 + 120,
+    description="Trains the small AlexNet-like CNN on the probe world's object classes and registers it."))

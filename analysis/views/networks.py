@@ -1,0 +1,70 @@
+"""Network pages: the list (with the demo-training form), a network's layers, a layer's units."""
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from django.views.generic import DetailView, FormView, TemplateView
+
+from accounts.permissions import ResearcherRequiredMixin
+from analysis import selectors
+from analysis.forms import DemoTrainingForm
+from analysis.models import Layer, Network
+from analysis.plots import line_chart
+from analysis.services.networks import demo_training_run_start
+from analysis.views.starting import StartRunFormMixin
+
+
+class NetworkListView(ResearcherRequiredMixin, TemplateView):
+    template_name = "analysis/networks/list.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["networks"] = selectors.networks_for_list()
+        context["training_form"] = DemoTrainingForm()
+        context["recent_runs"] = selectors.runs_for_list(kind="train_demo_network")[:5]
+        return context
+
+
+class DemoTrainingStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
+    template_name = "analysis/datasets/start.html"
+    form_class = DemoTrainingForm
+    run_label = "Training"
+
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "heading": "Train the demo network"}
+
+    def start_run(self, form):
+        return demo_training_run_start(created_by=self.request.user, **form.cleaned_data)
+
+
+class NetworkDetailView(ResearcherRequiredMixin, DetailView):
+    model = Network
+    slug_field = slug_url_kwarg = "name"
+    template_name = "analysis/networks/detail.html"
+    context_object_name = "network"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["layers"] = self.object.layers.all()
+        epochs = (self.object.training_report or {}).get("epochs") or []
+        context["epochs"] = epochs
+        if epochs:
+            numbers = [epoch["epoch"] for epoch in epochs]
+            context["accuracy_chart"] = line_chart(
+                numbers, {"validation accuracy": [epoch.get("val_accuracy") for epoch in epochs]},
+                xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+            context["loss_chart"] = line_chart(
+                numbers, {"train loss": [epoch.get("train_loss") for epoch in epochs],
+                          "validation loss": [epoch.get("val_loss") for epoch in epochs]},
+                xlabel="epoch", ylabel="cross-entropy")
+        return context
+
+
+class LayerDetailView(ResearcherRequiredMixin, TemplateView):
+    template_name = "analysis/networks/layer.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        network = get_object_or_404(Network, name=kwargs["name"])
+        layer = get_object_or_404(Layer, network=network, name=kwargs["layer"])
+        context.update(network=network, layer=layer, units=layer.unit_set.all())
+        return context
