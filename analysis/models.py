@@ -272,3 +272,88 @@ class Unit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.layer}#{self.index}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("analysis:unit_detail", args=[self.layer.network.name, self.layer.name, self.index])
+
+
+class LayerExtraction(models.Model):
+    """One layer's activations over one dataset, gathered by an extraction run, and their statistics.
+
+    The activation maps live in a float16 memory map under the data dir, keyed by everything that
+    determines them (network weights, dataset, layer, preprocessing), so later runs reuse them.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="layer_extractions")
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="extractions")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    cache_key = models.CharField(max_length=64, db_index=True)
+    cache_path = models.CharField(max_length=500)
+    stats_path = models.CharField(max_length=500)
+    n_images = models.PositiveIntegerField()
+    map_height = models.PositiveIntegerField()
+    map_width = models.PositiveIntegerField()
+    quantile = models.FloatField()
+    k_overall = models.PositiveIntegerField()
+    k_per_class = models.PositiveIntegerField()
+    class_names = models.JSONField(default=list, blank=True, help_text="Object class of each class id.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["run", "layer"], name="unique_extraction_layer")]
+
+    def __str__(self) -> str:
+        return f"{self.layer} on {self.dataset} (run {self.run_id})"
+
+
+class UnitActivationSummary(models.Model):
+    """Per-unit figures of an extraction, for sorting and display."""
+
+    extraction = models.ForeignKey(LayerExtraction, on_delete=models.CASCADE, related_name="unit_summaries")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="activation_summaries")
+    threshold = models.FloatField(help_text="The per-unit top-quantile T_k of raw activations.")
+    max_activation = models.FloatField()
+    active_images = models.PositiveIntegerField(help_text="Images where the unit's map maximum exceeds 0.")
+
+    class Meta:
+        ordering = ["unit__index"]
+        constraints = [models.UniqueConstraint(fields=["extraction", "unit"], name="unique_unit_summary")]
+
+
+class RenderedGrid(models.Model):
+    """A rendered exemplar grid, stored under its content hash: the name reveals nothing about it."""
+
+    sha256 = models.CharField(max_length=64, unique=True)
+    path = models.CharField(max_length=200, help_text="Relative to MEDIA_ROOT.")
+    style = models.CharField(max_length=32)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    @property
+    def url(self) -> str:
+        return settings.MEDIA_URL + self.path
+
+
+class ExemplarKind(models.TextChoices):
+    TOP_CLASS = "top_class", "Top 10 of one object class (GG'18)"
+    TOP_OVERALL = "top_overall", "Top 15 overall, thresholded (ND'18)"
+    DECILE = "decile", "One per decile (Net2Vec)"
+
+
+class ExemplarSet(models.Model):
+    """The images shown for a unit: top per class, top overall, or decile samples, with map peaks."""
+
+    extraction = models.ForeignKey(LayerExtraction, on_delete=models.CASCADE, related_name="exemplar_sets")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="exemplar_sets")
+    kind = models.CharField(max_length=16, choices=ExemplarKind.choices)
+    object_class = models.ForeignKey(Concept, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    image_indices = models.JSONField(help_text="Dataset image indices, in display order.")
+    scores = models.JSONField(help_text="The unit's map maximum on each image.")
+    peaks = models.JSONField(help_text="(y, x) map position of each maximum.")
+    grid = models.ForeignKey(RenderedGrid, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["unit__index", "kind", "object_class__name"]
+        indexes = [models.Index(fields=["extraction", "unit", "kind"])]

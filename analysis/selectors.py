@@ -48,3 +48,41 @@ def networks_for_list():
     from analysis.models import Network
 
     return Network.objects.select_related("trained_on").annotate(layer_count=Count("layers"))
+
+
+UNIT_SORTS = {"unit": "unit__index", "max": "-max_activation", "threshold": "-threshold", "active": "-active_images"}
+
+
+def latest_extraction(layer, *, run_id: int | None = None):
+    """The layer's newest extraction (or the one of run ``run_id``)."""
+    from analysis.models import LayerExtraction
+
+    extractions = LayerExtraction.objects.filter(layer=layer).select_related("dataset", "run")
+    if run_id is not None:
+        extractions = extractions.filter(run_id=run_id)
+    return extractions.order_by("-created_at", "-id").first()
+
+
+def unit_rows(extraction, *, sort: str = "unit"):
+    """Per-unit summaries of an extraction with each unit's top-overall grid, sorted by a known key."""
+    from django.db.models import OuterRef, Subquery
+
+    from analysis.models import ExemplarKind, ExemplarSet
+
+    top_grid = ExemplarSet.objects.filter(extraction=extraction, unit=OuterRef("unit"),
+                                          kind=ExemplarKind.TOP_OVERALL).values("grid__path")[:1]
+    return (extraction.unit_summaries.select_related("unit").annotate(top_grid_path=Subquery(top_grid))
+            .order_by(UNIT_SORTS.get(sort, "unit__index"), "unit__index"))
+
+
+def unit_exemplars(extraction, unit):
+    """The unit's exemplar sets by kind: top overall, per class (by class name), deciles."""
+    from analysis.models import ExemplarKind
+
+    sets = list(extraction.exemplar_sets.filter(unit=unit).select_related("grid", "object_class"))
+    return {
+        "top_overall": next((s for s in sets if s.kind == ExemplarKind.TOP_OVERALL), None),
+        "per_class": sorted((s for s in sets if s.kind == ExemplarKind.TOP_CLASS),
+                            key=lambda s: -max(s.scores, default=0)),
+        "decile": next((s for s in sets if s.kind == ExemplarKind.DECILE), None),
+    }

@@ -10,7 +10,7 @@ urlpatterns = [
     path("", include("accounts.urls")),
 ]
 
-if settings.DEBUG:
-    # Rendered grids and dataset images under MEDIA_ROOT; a web server serves them in production.
+if settings.UNITSCOPE_SERVE_MEDIA:
+    # Rendered grids under MEDIA_ROOT (content-hash names); a web server serves them in production.
     urlpatterns.append(path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", serve,
                             {"document_root": settings.MEDIA_ROOT}))

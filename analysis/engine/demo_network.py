@@ -65,7 +65,7 @@ class DemoNet(nn.Module):
         hidden: width of the classifier's hidden layer.
         dropout: dropout probability in the classifier (my choice 0.3: the demo set is small).
 
-    Input ``float32 [B, 3, H, W]`` (112 x 112 by default; anything >= 35 px runs), output
+    Input ``float32 [B, 3, H, W]`` (112 x 112 by default; anything >= 29 px runs), output
     ``float32 [B, num_classes]`` logits.
     """
 

@@ -34,6 +34,7 @@ import torchvision
 from torch import Tensor, nn
 
 __all__ = [
+    "DEFAULT_LAYER_KINDS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LayerCapture",
@@ -50,6 +51,7 @@ __all__ = [
     "discover_layers",
     "get_module",
     "is_torchscript",
+    "layer_kind",
     "load_network",
     "load_state_dict_file",
     "normalize_images",

@@ -62,6 +62,10 @@ class _ProbeNotDense(ReceptiveFieldError):
     """The probe copy produced an empty map or a zero gradient."""
 
 
+class _InputTooSmall(ReceptiveFieldError):
+    """The probe input is too small for the layer (or the model cannot run at that size)."""
+
+
 @dataclass(frozen=True)
 class LayerGeometry:
     """Receptive-field geometry of one layer, per axis ``(y, x)``; see the module docstring.
@@ -226,8 +230,10 @@ def _conv2d_params(input: Any, weight: Any, bias: Any = None, stride: Any = 1, p
     return {"input": input, "weight": weight, "stride": stride, "padding": padding, "dilation": dilation}
 
 
-def _max_pool_params(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                     dilation: Any = 1, ceil_mode: Any = False, return_indices: Any = False) -> dict[str, Any]:
+def _max_pool_params(
+    input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+    ceil_mode: Any = False, return_indices: Any = False,
+) -> dict[str, Any]:
     """``F.max_pool2d``'s signature."""
     return {"input": input, "kernel_size": kernel_size, "stride": stride, "padding": padding,
             "dilation": dilation}
@@ -372,7 +378,8 @@ class _Propagator:
             ndim = len(self.shapes[src])
             dims = [d for d in (*node.args[1:], *node.kwargs.values()) if isinstance(d, int)]
             if name == "permute":
-                dims = list(node.args[1]) if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else dims
+                if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)):
+                    dims = list(node.args[1])
                 moved = dims[-2:] != [ndim - 2, ndim - 1]
             else:
                 moved = any(d % ndim >= ndim - 2 for d in dims)
@@ -479,7 +486,9 @@ class _Propagator:
         for axis in range(2):
             jumps = {g[axis].jump for g in geos}
             if len(jumps) != 1:
-                return _Unsupported(f"{self._describe(node)} combines maps of different strides {sorted(jumps)}")
+                return _Unsupported(
+                    f"{self._describe(node)} combines maps of different strides {sorted(jumps)}"
+                )
             left = min(g[axis].center - g[axis].size / 2 for g in geos)
             right = max(g[axis].center + g[axis].size / 2 for g in geos)
             out.append(_Axis(right - left, geos[0][axis].jump, (left + right) / 2))
@@ -704,7 +713,7 @@ def _unit_gradient_extents(
             raise _ProbeNotDense(f"layer {layer!r} has no channels in the probe copy")
         oh, ow = out.shape[2:]
         if oh < 2 or ow < 2:
-            raise ReceptiveFieldError(
+            raise _InputTooSmall(
                 f"layer {layer!r} gives a {oh}x{ow} map at input {h}x{w}; probe at a larger input_size"
             )
         ys = [0, 1, oh - 2, oh - 1]
@@ -750,7 +759,7 @@ def _solve_axis(
         "unclipped receptive-field edge; probe at a larger input_size"
     )
     if not jumps or not lows or not highs:
-        raise ReceptiveFieldError(too_small)
+        raise _InputTooSmall(too_small)
     if len(jumps) != 1:
         raise ReceptiveFieldError(f"inconsistent strides {sorted(jumps)} probing {layer!r} along {axis}")
     jump = jumps.pop()
@@ -762,15 +771,51 @@ def _solve_axis(
     return int(end - start + 1), int(jump), (start + end + 1) / 2.0
 
 
+def _probe_at_size(
+    model: nn.Module, copies: dict[bool, nn.Module], layer: str, size: tuple[int, int],
+    device: torch.device | str, in_channels: int, dtype: torch.dtype, collapse_channels: bool,
+) -> LayerGeometry:
+    extents = None
+    failure: ReceptiveFieldError | None = None
+    for collapse in (True, False) if collapse_channels else (False,):
+        if collapse not in copies:
+            copies[collapse] = _probe_copy(model, device, dtype, collapse=collapse)
+        for value in _PROBE_INPUTS:
+            try:
+                extents = _unit_gradient_extents(
+                    copies[collapse], layer, size, in_channels, device, dtype, value
+                )
+                break
+            except _ProbeNotDense as exc:
+                failure = exc  # a saturated or dead activation: try the next input value
+            except (RuntimeError, ValueError, IndexError) as exc:
+                if not collapse:
+                    raise _InputTooSmall(
+                        f"the model failed on a {size[0]}x{size[1]} probe input: {exc}"
+                    ) from exc
+                failure = _ProbeNotDense(f"collapsed copy failed: {exc}")
+                break  # code that depends on channel counts (or a too small input): full copy
+        if extents is not None:
+            break
+    if extents is None:
+        assert failure is not None
+        raise ReceptiveFieldError(str(failure))
+    ys, xs, extents_y, extents_x = extents
+    sy, jy, oy = _solve_axis(ys, extents_y, layer, "y")
+    sx, jx, ox = _solve_axis(xs, extents_x, layer, "x")
+    return LayerGeometry(size=(sy, sx), stride=(jy, jx), offset=(oy, ox))
+
+
 def probe_receptive_field(
     model: nn.Module,
     layer: str,
-    input_size: Sequence[int],
+    input_size: Sequence[int] | None,
     device: torch.device | str,
     *,
     in_channels: int = 3,
     dtype: torch.dtype = torch.float64,
     collapse_channels: bool = True,
+    max_input_size: int = 4096,
 ) -> LayerGeometry:
     """Measure a layer's receptive-field geometry by backpropagation (a check of the analytic one).
 
@@ -790,7 +835,8 @@ def probe_receptive_field(
     same values, each conv is replaced by a channel mean followed by a single-channel kernel of the
     same size, stride, padding and dilation; the model's own forward code still runs, so the
     spatial bookkeeping is checked while the cost drops by orders of magnitude. If the collapsed
-    copy fails to run (code that depends on channel counts), the full copy is used.
+    copy fails to run (code that depends on channel counts), the full copy is used (slow for big
+    models at big inputs).
 
     Limits: non-zero padding modes (reflect, circular) fold the field at the border; other
     parametric modules (PReLU, LayerNorm in the full copy) keep their weights and may break the
@@ -798,7 +844,9 @@ def probe_receptive_field(
     zero gradient or irregular edges result).
 
     Args:
-        input_size: ``(H, W)`` of the probe input ``float [4, in_channels, H, W]`` (on ``device``).
+        input_size: ``(H, W)`` of the probe input ``float [4, in_channels, H, W]`` (on ``device``),
+            or ``None`` to try square sizes 64, 128, 256, ... up to ``max_input_size`` until the
+            field fits.
 
     Returns:
         :class:`LayerGeometry` (``size`` counts padding like the analytic one).
@@ -809,27 +857,22 @@ def probe_receptive_field(
     if is_torchscript(model):
         raise ReceptiveFieldError("TorchScript modules cannot be probed (modules cannot be replaced)")
     get_module(model, layer)
-    extents = None
-    failure: ReceptiveFieldError | None = None
-    for collapse in (True, False) if collapse_channels else (False,):
-        probe = _probe_copy(model, device, dtype, collapse=collapse)
-        for value in _PROBE_INPUTS:
-            try:
-                extents = _unit_gradient_extents(probe, layer, input_size, in_channels, device, dtype, value)
-                break
-            except _ProbeNotDense as exc:
-                failure = exc  # a saturated or dead activation: try the next input value
-            except (RuntimeError, ValueError, IndexError) as exc:
-                if not collapse:
-                    raise
-                failure = _ProbeNotDense(f"collapsed copy failed: {exc}")
-                break  # code that depends on channel counts: use the full copy
-        if extents is not None:
-            break
-    if extents is None:
-        assert failure is not None
-        raise ReceptiveFieldError(str(failure))
-    ys, xs, extents_y, extents_x = extents
-    sy, jy, oy = _solve_axis(ys, extents_y, layer, "y")
-    sx, jx, ox = _solve_axis(xs, extents_x, layer, "x")
-    return LayerGeometry(size=(sy, sx), stride=(jy, jx), offset=(oy, ox))
+    if input_size is not None:
+        h, w = (int(v) for v in input_size)
+        sizes = [(h, w)]
+    else:
+        sizes = []
+        side = 64
+        while side <= max_input_size:
+            sizes.append((side, side))
+            side *= 2
+    copies: dict[bool, nn.Module] = {}
+    error: ReceptiveFieldError | None = None
+    for size in sizes:
+        try:
+            return _probe_at_size(model, copies, layer, size, device, in_channels, dtype, collapse_channels)
+        except _InputTooSmall as exc:
+            error = exc
+    if error is None:
+        raise ReceptiveFieldError(f"max_input_size {max_input_size} is below the smallest probe size 64")
+    raise ReceptiveFieldError(str(error))

@@ -18,10 +18,15 @@ from accounts.roles import Role
 from accounts.services import user_ensure
 from analysis.models import Run, RunStatus
 
-from .runs import run_start
-from .selfcheck import selfcheck_params
+from .datasets import probe_world_params
+from .extraction import extraction_params
+from .networks import demo_training_params
+from .runs import params_hash, run_start
 
 DEMO_RESEARCHER = "researcher"
+DEMO_DATASET = "probe-world"
+DEMO_NETWORK = "demo-net"
+DEMO_LAYERS = ["conv3", "conv4", "conv5"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +38,25 @@ class DemoStep:
 
 def demo_steps() -> list[DemoStep]:
     """The build steps in order. Later features append theirs (data, training, extraction, scoring)."""
-    return [
-        DemoStep("selfcheck", "Check the worker's device", lambda: selfcheck_params(repeats=5)),
+    steps = [
+        DemoStep("probe_world", "Generate the probe world", lambda: probe_world_params(name=DEMO_DATASET)),
+        DemoStep("train_demo_network", "Train the demo network",
+                 lambda: demo_training_params(dataset=DEMO_DATASET, name=DEMO_NETWORK)),
+        DemoStep("extract", "Extract activations of conv3–conv5", demo_extraction_params),
     ]
+    steps += [DemoStep("render_grids", f"Render the grids of {layer}",
+                       lambda layer=layer: {"extraction_run": demo_extraction_run_id(), "layer": layer})
+              for layer in DEMO_LAYERS]
+    return steps
+
+
+def demo_extraction_params() -> dict[str, Any]:
+    return extraction_params(network=DEMO_NETWORK, dataset=DEMO_DATASET, layers=DEMO_LAYERS)
+
+
+def demo_extraction_run_id() -> int:
+    """The demo's extraction run (the step before the grids has made it)."""
+    return Run.objects.of_kind("extract").succeeded().get(params_hash=params_hash(demo_extraction_params())).pk
 
 
 def demo_credentials_ensure() -> dict[str, str]:

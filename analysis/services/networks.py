@@ -15,7 +15,7 @@ from analysis.models import Dataset, Layer, Network, NetworkSource, Run, Unit
 
 from .runs import RunInputError, RunProgress, run_start
 
-DEMO_TRAINING_DEFAULTS = {"dataset": "probe-world", "name": "demo-net", "epochs": 12, "seed": 0, "lr": 1e-3,
+DEMO_TRAINING_DEFAULTS = {"dataset": "probe-world", "name": "demo-net", "epochs": 8, "seed": 0, "lr": 1e-3,
                           "batch_size": 64}
 
 
@@ -70,7 +70,7 @@ def network_register(*, name: str, spec, description: str = "", trained_on: Data
     for layer in layers:
         if layer.name in geometry:
             try:
-                probed = probe_receptive_field(model, layer.name, spec.input_size, "cpu")
+                probed = probe_receptive_field(model, layer.name, None, "cpu")  # the probe picks a size that fits
                 verified[layer.name] = probed == geometry[layer.name]
             except (ReceptiveFieldError, NetworkError):
                 verified[layer.name] = False

@@ -59,12 +59,44 @@ class NetworkDetailView(ResearcherRequiredMixin, DetailView):
         return context
 
 
+def _run_id(request) -> int | None:
+    value = request.GET.get("extraction", "")
+    return int(value) if value.isdigit() else None
+
+
 class LayerDetailView(ResearcherRequiredMixin, TemplateView):
+    """The unit browser's layer level: every unit with its figures and top grid, sortable."""
+
     template_name = "analysis/networks/layer.html"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         network = get_object_or_404(Network, name=kwargs["name"])
         layer = get_object_or_404(Layer, network=network, name=kwargs["layer"])
-        context.update(network=network, layer=layer, units=layer.unit_set.all())
+        extraction = selectors.latest_extraction(layer, run_id=_run_id(self.request))
+        sort = self.request.GET.get("sort", "unit")
+        context.update(network=network, layer=layer, extraction=extraction, sort=sort,
+                       sorts=selectors.UNIT_SORTS, units=layer.unit_set.all(),
+                       unit_rows=selectors.unit_rows(extraction, sort=sort) if extraction else None,
+                       extractions=layer.extractions.select_related("run", "dataset").order_by("-created_at"))
+        return context
+
+
+class UnitDetailView(ResearcherRequiredMixin, TemplateView):
+    """A unit: its top-15 thresholded grid, its top-10 grid for each object class, its deciles."""
+
+    template_name = "analysis/networks/unit.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        network = get_object_or_404(Network, name=kwargs["name"])
+        layer = get_object_or_404(Layer, network=network, name=kwargs["layer"])
+        unit = get_object_or_404(layer.unit_set, index=kwargs["index"])
+        extraction = selectors.latest_extraction(layer, run_id=_run_id(self.request))
+        context.update(network=network, layer=layer, unit=unit, extraction=extraction,
+                       previous=layer.unit_set.filter(index=unit.index - 1).first(),
+                       next=layer.unit_set.filter(index=unit.index + 1).first())
+        if extraction:
+            context["summary"] = extraction.unit_summaries.filter(unit=unit).first()
+            context.update(selectors.unit_exemplars(extraction, unit))
         return context

@@ -14,12 +14,11 @@ from analysis.engine.demo_network import DEMO_LAYERS, build_demo_network, demo_n
 
 torch.set_num_threads(1)
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-    ),
+needs_cuda = [
+    pytest.mark.needs_cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 SMALL = (16, 16, 16, 16, 16)
 
@@ -29,7 +28,9 @@ class TwoConv(nn.Module):
 
     def __init__(self, num_classes: int = 3) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 5, 3))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 5, 3)
+        )
         self.head = nn.Linear(5, num_classes)
         self.num_classes = num_classes
 

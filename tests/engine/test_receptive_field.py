@@ -23,12 +23,11 @@ from analysis.engine.receptive_field import (
 
 torch.set_num_threads(1)
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-    ),
+needs_cuda = [
+    pytest.mark.needs_cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 # ------------------------------------------------------------------ hand-computed geometry
@@ -52,13 +51,6 @@ def test_asymmetric_kernel_dilation_and_pool_hand_computed() -> None:
     assert rf["2"] == LayerGeometry((6, 10), (2, 2), (3.0, 3.0))
 
 
-def test_known_published_sizes() -> None:
-    alexnet = torchvision.models.alexnet(weights=None).eval()
-    rf = receptive_fields(alexnet, (224, 224), "cpu")
-    assert rf["features.10"].size == (163, 163) and rf["features.12"].size == (195, 195)
-    assert rf["features.12"].stride == (32, 32)
-
-
 # ------------------------------------------------------------------ analytic == probe
 
 
@@ -77,6 +69,12 @@ def vgg16_meta() -> nn.Module:
     # Geometry needs no weights: build on the meta device (no 500 MB of random weights).
     with torch.device("meta"):
         return torchvision.models.vgg16(weights=None).eval()
+
+
+def test_known_published_sizes(alexnet: nn.Module) -> None:
+    rf = receptive_fields(alexnet, (224, 224), "cpu")
+    assert rf["features.10"].size == (163, 163) and rf["features.12"].size == (195, 195)
+    assert rf["features.12"].stride == (32, 32)
 
 
 def _check_against_probe(model: nn.Module, layers: list[str], analytic_size: tuple[int, int],
@@ -149,7 +147,8 @@ def test_functional_ops_and_concat_match_probe() -> None:
     assert "left" not in rf  # called twice per forward
     with pytest.raises(ReceptiveFieldError, match="runs 2 times"):
         receptive_field(model, "left", (64, 64), "cpu")
-    assert receptive_field(model, "stem", (64, 64), "cpu") == probe_receptive_field(model, "stem", (64, 64), "cpu")
+    stem = receptive_field(model, "stem", (64, 64), "cpu")
+    assert stem == probe_receptive_field(model, "stem", (64, 64), "cpu")
     assert rf["fuse"] == probe_receptive_field(model, "fuse", (96, 96), "cpu")
 
 
@@ -245,6 +244,13 @@ def test_unsupported_ops_are_reported_not_guessed() -> None:
 def test_probe_input_too_small_is_an_error(resnet18: nn.Module) -> None:
     with pytest.raises(ReceptiveFieldError, match="larger input_size"):
         probe_receptive_field(resnet18, "layer4", (128, 128), "cpu")
+    with pytest.raises(ReceptiveFieldError, match="larger input_size"):
+        probe_receptive_field(resnet18, "layer4", None, "cpu", max_input_size=128)
+
+
+def test_probe_picks_its_input_size(vgg16_meta: nn.Module) -> None:
+    expected = receptive_field(vgg16_meta, "features.30", (64, 64), "meta")
+    assert probe_receptive_field(vgg16_meta, "features.30", None, "cpu") == expected
 
 
 def test_torchscript_is_refused() -> None:

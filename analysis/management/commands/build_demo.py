@@ -1,3 +1,4 @@
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from analysis.models import RunStatus
@@ -9,6 +10,7 @@ class Command(BaseCommand):
             "For scripts and CI; `make demo` runs the same steps through the worker.")
 
     def handle(self, *args, **options):
+        call_command("migrate", interactive=False, verbosity=0)
         credentials = demo_credentials_ensure()
 
         def report(event, step, run, created):

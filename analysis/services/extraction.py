@@ -1,0 +1,286 @@
+"""Activation extraction (a Run): one streamed pass over a dataset gathers, per layer, the top images per
+unit (overall and per object class, with peaks), the exact per-unit top quantile and per-image scores,
+and caches the maps as float16 memory maps reused by every later run with the same inputs.
+
+Our choice: the canonical activations are the float16-rounded maps. Statistics are computed from the
+rounded values, so the cache, the statistics and ``export_run``'s float32 maps agree exactly, and a
+run that reuses the cache reproduces a fresh run bit for bit.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+
+from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
+from analysis.models import (Concept, Dataset, ExemplarKind, ExemplarSet, Layer, LayerExtraction, Network, Run,
+                             Unit, UnitActivationSummary)
+
+from .networks import network_spec
+from .runs import RunInputError, RunProgress, run_start
+
+EXTRACTION_DEFAULTS = {"quantile": 0.995, "k_overall": 15, "k_per_class": 10, "batch_size": 64, "decile_seed": 0}
+DECILE_BINS = 10
+
+
+def extraction_params(*, network: str, dataset: str, layers: list[str], **overrides: Any) -> dict[str, Any]:
+    params = {"network": network, "dataset": dataset, "layers": list(layers), **EXTRACTION_DEFAULTS}
+    params.update({key: value for key, value in overrides.items() if value is not None})
+    if not layers:
+        raise RunInputError("Name at least one layer.")
+    if not 0 < params["quantile"] < 1:
+        raise RunInputError("quantile must lie strictly between 0 and 1")
+    if not (1 <= params["k_overall"] <= 100 and 1 <= params["k_per_class"] <= 100):
+        raise RunInputError("k_overall and k_per_class must be between 1 and 100")
+    return params
+
+
+def extraction_run_start(*, network: str, dataset: str, layers: list[str], created_by=None, inline: bool = False,
+                         **overrides: Any) -> Run:
+    run, _ = run_start(kind=EXTRACTION.name, params=extraction_params(network=network, dataset=dataset,
+                                                                       layers=layers, **overrides),
+                       created_by=created_by, inline=inline)
+    return run
+
+
+def activation_cache_key(network: Network, dataset: Dataset, layer: Layer) -> str:
+    """Everything that determines a layer's maps on a dataset: weights, builder, dataset, layer, preprocessing."""
+    key = {"weights": network.weights_sha256, "arch": network.arch, "source": network.source,
+           "kwargs": network.callable_kwargs, "dataset": dataset.root_dir, "images": dataset.image_count,
+           "layer": layer.name, "input": [network.input_height, network.input_width], "mean": network.mean,
+           "std": network.std, "resize": "bilinear-antialias", "dtype": "float16"}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def activation_cache_dir(cache_key: str) -> Path:
+    return settings.UNITSCOPE_DATA_DIR / "activations" / cache_key
+
+
+def open_activation_cache(extraction: LayerExtraction) -> np.memmap:
+    """The float16 maps ``[images, units, h, w]`` of an extraction, read-only."""
+    meta = json.loads((Path(extraction.cache_path) / "meta.json").read_text())
+    return np.memmap(Path(extraction.cache_path) / "maps.f16", dtype=np.float16, mode="r", shape=tuple(meta["shape"]))
+
+
+def _complete_cache(cache_key: str) -> np.memmap | None:
+    directory = activation_cache_dir(cache_key)
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    return np.memmap(directory / "maps.f16", dtype=np.float16, mode="r", shape=tuple(meta["shape"]))
+
+
+def image_class_ids(dataset: Dataset) -> tuple[list[str], np.ndarray | None]:
+    """Sorted object-class names and each image's class id (-1 for none); (``[]``, None) without classes."""
+    if not dataset.has_image_classes:
+        return [], None
+    rows = list(dataset.images.order_by("index").values_list("object_class__name", flat=True))
+    names = sorted({name for name in rows if name})
+    index = {name: position for position, name in enumerate(names)}
+    return names, np.array([index.get(name, -1) if name else -1 for name in rows], dtype=np.int64)
+
+
+def dataset_image_batches(dataset: Dataset, *, batch_size: int, input_size: tuple[int, int],
+                          load_images: bool = True) -> Iterator[tuple[Any, Any]]:
+    """``(uint8 images [B, 3, H, W] resized to input_size, image indices [B])`` in index order, streamed."""
+    import torch
+    import torch.nn.functional as F
+
+    from analysis.engine.broden import BrodenReader
+
+    reader = BrodenReader(dataset.root_dir)
+    pending: list[np.ndarray] = []
+    indices: list[int] = []
+
+    def flush():
+        index_tensor = torch.tensor(indices, dtype=torch.int64)
+        if not load_images:
+            return torch.empty((len(indices), 0), dtype=torch.uint8), index_tensor
+        if all(image.shape[:2] == input_size for image in pending):
+            batch = torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).contiguous()
+        else:  # resize each image to the network's input (bilinear with antialiasing)
+            batch = torch.stack([
+                F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=input_size,
+                              mode="bilinear", align_corners=False, antialias=True)[0].round().clamp(0, 255).byte()
+                for image in pending])
+        return batch, index_tensor
+
+    for position, row in enumerate(reader.rows()):
+        if load_images:
+            pending.append(reader.load_image(row))
+        indices.append(position)
+        if len(indices) == batch_size:
+            yield flush()
+            pending, indices = [], []
+    if indices:
+        yield flush()
+
+
+def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.extraction import decile_exemplars, extract_statistics
+    from analysis.engine.networks import NetworkError, capture_forward, load_network, normalize_images
+
+    params = extraction_params(**run.params)
+    network = Network.objects.filter(name=params["network"]).first()
+    dataset = Dataset.objects.filter(name=params["dataset"]).first()
+    if network is None:
+        raise RunInputError(f"No network named {params['network']!r}.")
+    if dataset is None:
+        raise RunInputError(f"No dataset named {params['dataset']!r}.")
+    layers = {layer.name: layer for layer in network.layers.filter(name__in=params["layers"])}
+    missing = [name for name in params["layers"] if name not in layers]
+    if missing:
+        available = ", ".join(network.layers.values_list("name", flat=True)[:30])
+        raise RunInputError(f"{network.name} has no layer {', '.join(missing)}; its layers: {available}")
+    layer_order = params["layers"]
+    class_names, class_ids = image_class_ids(dataset)
+    n_images = dataset.image_count
+    input_size = (network.input_height, network.input_width)
+
+    caches: dict[str, np.memmap] = {}
+    fresh: dict[str, Path] = {}
+    for name in layer_order:
+        key = activation_cache_key(network, dataset, layers[name])
+        existing = _complete_cache(key)
+        if existing is not None:
+            caches[name] = existing
+            continue
+        directory = activation_cache_dir(key)
+        partial = directory.with_name(directory.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        shape = (n_images, layers[name].units, layers[name].out_height, layers[name].out_width)
+        caches[name] = np.memmap(partial / "maps.f16", dtype=np.float16, mode="w+", shape=shape)
+        fresh[name] = partial
+    to_compute = [name for name in layer_order if name in fresh]
+
+    dev = torch.device(device)
+    model = None
+    if to_compute:
+        try:
+            model = load_network(network_spec(network), device=dev)
+        except NetworkError as error:
+            raise RunInputError(str(error)) from None
+    class_tensor = torch.from_numpy(class_ids) if class_ids is not None else None
+    current: dict[str, Any] = {}
+
+    def batches():
+        for images, indices in dataset_image_batches(dataset, batch_size=params["batch_size"], input_size=input_size,
+                                                     load_images=bool(to_compute)):
+            current["indices"] = indices
+            yield images, indices, (class_tensor[indices] if class_tensor is not None else None)
+
+    @torch.no_grad()
+    def forward(images):
+        outputs = {}
+        if to_compute:
+            computed = capture_forward(model, normalize_images(images, network.mean, network.std), to_compute)
+            outputs.update({name: value.to(torch.float16).to(torch.float32) for name, value in computed.items()})
+        rows = current["indices"].numpy()
+        for name in layer_order:
+            if name not in fresh:  # read back from the cache: no forward pass for this layer
+                outputs[name] = torch.from_numpy(np.asarray(caches[name][rows], dtype=np.float32)).to(dev)
+        return outputs
+
+    verb = "Extracting" if to_compute else "Reading cached activations of"
+    progress.phase(f"{verb} {', '.join(layer_order)} on {n_images} images", total=n_images)
+    statistics = extract_statistics(
+        forward, batches(), layer_order, total_images=n_images, num_classes=len(class_names) or None,
+        device=dev, k_overall=params["k_overall"], k_per_class=params["k_per_class"], quantile=params["quantile"],
+        cache={name: caches[name] for name in to_compute}, progress=progress)
+
+    for name, partial in fresh.items():  # publish the finished caches
+        caches[name].flush()
+        (partial / "meta.json").write_text(json.dumps({"shape": list(caches[name].shape), "dtype": "float16",
+                                                        "layer": name, "network": network.name,
+                                                        "dataset": dataset.name}))
+        final = partial.with_name(partial.name.removesuffix(".partial"))
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+
+    progress.phase("Saving exemplars and statistics", total=len(layer_order))
+    stats_dir = settings.UNITSCOPE_DATA_DIR / "extractions" / str(run.pk)
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    class_concepts = {concept.name: concept for concept in
+                      Concept.objects.filter(dataset=dataset, category="object", name__in=class_names)}
+    summary = {}
+    with transaction.atomic():
+        for done, name in enumerate(layer_order, start=1):
+            stats = statistics[name]
+            stats_path = stats_dir / f"{name}.pt"
+            torch.save(stats.to_state(), stats_path)
+            extraction = LayerExtraction.objects.create(
+                run=run, layer=layers[name], dataset=dataset,
+                cache_key=activation_cache_key(network, dataset, layers[name]),
+                cache_path=str(activation_cache_dir(activation_cache_key(network, dataset, layers[name]))),
+                stats_path=str(stats_path), n_images=n_images, map_height=stats.shape[1], map_width=stats.shape[2],
+                quantile=params["quantile"], k_overall=params["k_overall"], k_per_class=params["k_per_class"],
+                class_names=class_names)
+            _save_layer_exemplars(extraction, stats, class_concepts, decile_exemplars, params["decile_seed"])
+            thresholds = stats.quantile.result()
+            summary[name] = {"units": stats.shape[0], "map": list(stats.shape[1:]),
+                             "median_threshold": float(thresholds.median())}
+            progress(done, len(layer_order))
+    return {"layers": summary, "images": n_images, "forward_pass": bool(to_compute),
+            "computed_layers": to_compute, "reused_layers": [name for name in layer_order if name not in fresh]}
+
+
+def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, decile_exemplars, seed: int) -> None:
+    units = {unit.index: unit for unit in extraction.layer.unit_set.all()}
+    top = stats.topk.result()
+    thresholds = stats.quantile.result().cpu()
+    image_ids, image_scores = stats.image_scores.result()
+    deciles = decile_exemplars(image_scores, image_ids, num_bins=DECILE_BINS, seed=seed)
+
+    def clean(images, scores, peaks):
+        keep = images >= 0
+        return (images[keep].tolist(), [round(float(value), 6) for value in scores[keep]],
+                peaks[keep].tolist())
+
+    summaries, sets = [], []
+    for index, unit in units.items():
+        summaries.append(UnitActivationSummary(
+            extraction=extraction, unit=unit, threshold=float(thresholds[index]),
+            max_activation=float(top.scores[index, 0].nan_to_num(0)),
+            active_images=int((image_scores[:, index] > 0).sum())))
+        images, scores, peaks = clean(top.images[index].cpu(), top.scores[index].cpu(), top.peaks[index].cpu())
+        sets.append(ExemplarSet(extraction=extraction, unit=unit, kind=ExemplarKind.TOP_OVERALL,
+                                image_indices=images, scores=scores, peaks=peaks))
+        if top.class_images is not None:
+            for class_id, class_name in enumerate(extraction.class_names):
+                images, scores, peaks = clean(top.class_images[index, class_id].cpu(),
+                                              top.class_scores[index, class_id].cpu(),
+                                              top.class_peaks[index, class_id].cpu())
+                if images:
+                    sets.append(ExemplarSet(extraction=extraction, unit=unit, kind=ExemplarKind.TOP_CLASS,
+                                            object_class=class_concepts.get(class_name), image_indices=images,
+                                            scores=scores, peaks=peaks))
+        decile_images = deciles.images[index, :, 0].cpu()
+        decile_scores = deciles.scores[index, :, 0].cpu()
+        keep = decile_images >= 0
+        if keep.any():
+            chosen = decile_images[keep]
+            # The peak of each decile image: recomputed from the cache when rendering (argmax of its map).
+            sets.append(ExemplarSet(extraction=extraction, unit=unit, kind=ExemplarKind.DECILE,
+                                    image_indices=chosen.tolist(),
+                                    scores=[round(float(value), 6) for value in decile_scores[keep]],
+                                    peaks=[]))
+    UnitActivationSummary.objects.bulk_create(summaries, batch_size=2000)
+    ExemplarSet.objects.bulk_create(sets, batch_size=2000)
+
+
+EXTRACTION = register_job_kind(JobKind(
+    name="extract", label="Extract activations", queue=GPU_QUEUE, execute=extraction_run_execute,
+    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    description="Streams a dataset through a network: top images per unit (overall and per class), exact "
+                "top quantiles, decile samples; caches the maps."))

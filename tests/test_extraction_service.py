@@ -1,0 +1,137 @@
+"""Extraction, exemplars, grids and export against the database, on a tiny probe world and a seeded network."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from django.core.management import call_command
+
+from analysis.engine.demo_network import demo_network_target
+from analysis.engine.networks import NetworkKind, NetworkSpec
+from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction, RenderedGrid, RunStatus, UnitActivationSummary
+from analysis.services.datasets import probe_world_run_start
+from analysis.services.extraction import extraction_run_start, open_activation_cache
+from analysis.services.grids import grids_run_start
+from analysis.services.networks import network_register
+
+pytestmark = pytest.mark.django_db
+SIZE = 64
+
+
+@pytest.fixture
+def world():
+    run = probe_world_run_start(name="tiny", n_images=36, size=SIZE, seed=5, inline=True)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": 7},
+                       input_size=(SIZE, SIZE), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return network_register(name="seeded", spec=spec)
+
+
+def extract(**overrides):
+    params = {"network": "seeded", "dataset": "tiny", "layers": ["conv3", "conv5"], "batch_size": 8, **overrides}
+    run = extraction_run_start(inline=True, **params)
+    assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
+    return run
+
+
+def test_statistics_equal_brute_force_over_the_cached_maps(world):
+    run = extract()
+    assert run.result["forward_pass"] and run.result["computed_layers"] == ["conv3", "conv5"]
+    extraction = LayerExtraction.objects.get(run=run, layer__name="conv5")
+    maps = np.asarray(open_activation_cache(extraction), dtype=np.float32)  # [N, U, h, w]
+    assert maps.shape == (36, 128, extraction.map_height, extraction.map_width)
+    classes = np.array([name for name in extraction.dataset.images.order_by("index")
+                        .values_list("object_class__name", flat=True)])
+    scores = maps.reshape(36, 128, -1).max(axis=2)
+    for unit in (0, 17, 127):
+        summary = UnitActivationSummary.objects.get(extraction=extraction, unit__index=unit)
+        expected = np.quantile(maps[:, unit].ravel(), 0.995)
+        assert summary.threshold == pytest.approx(float(expected), rel=0, abs=1e-6)
+        order = sorted(range(36), key=lambda image: (-scores[image, unit], image))
+        top = ExemplarSet.objects.get(extraction=extraction, unit__index=unit, kind=ExemplarKind.TOP_OVERALL)
+        assert top.image_indices == order[:15]
+        for class_set in ExemplarSet.objects.filter(extraction=extraction, unit__index=unit,
+                                                    kind=ExemplarKind.TOP_CLASS).select_related("object_class"):
+            members = [image for image in order if classes[image] == class_set.object_class.name]
+            assert class_set.image_indices == members[:10]
+            for image, (y, x) in zip(class_set.image_indices, class_set.peaks):
+                assert maps[image, unit, y, x] == scores[image, unit]
+        decile = ExemplarSet.objects.get(extraction=extraction, unit__index=unit, kind=ExemplarKind.DECILE)
+        assert all(scores[image, unit] > 0 for image in decile.image_indices)
+
+
+def test_identical_activations_are_reused_without_a_forward_pass(world, monkeypatch):
+    first = extract()
+    assert extract().pk == first.pk  # the identical run is reused whole
+    # Another run over the same activations (another k) reads the cache and never builds the network.
+    monkeypatch.setattr("analysis.engine.networks.load_network",
+                        lambda *args, **kwargs: pytest.fail("the network was loaded: the cache was not reused"))
+    second = extract(k_overall=12)
+    assert second.pk != first.pk and not second.result["forward_pass"]
+    assert second.result["reused_layers"] == ["conv3", "conv5"]
+    old = UnitActivationSummary.objects.filter(extraction__run=first).order_by("extraction__layer__order", "unit__index")
+    new = UnitActivationSummary.objects.filter(extraction__run=second).order_by("extraction__layer__order", "unit__index")
+    assert [s.threshold for s in old] == [s.threshold for s in new]
+    monkeypatch.undo()
+    # A changed input (another layer) invalidates: a forward pass for it.
+    third = extract(layers=["conv4"])
+    assert third.result["forward_pass"] and third.result["computed_layers"] == ["conv4"]
+
+
+def test_unknown_layer_fails_with_the_layers_listed(world):
+    run = extraction_run_start(network="seeded", dataset="tiny", layers=["conv9"], inline=True)
+    assert run.status == RunStatus.FAILED and "no layer conv9" in run.error and "conv5" in run.error
+
+
+def test_grids_are_rendered_under_content_hash_names(world):
+    run = extract(layers=["conv5"])
+    grids = grids_run_start(extraction_run=run.pk, layer="conv5", inline=True)
+    assert grids.status == RunStatus.SUCCEEDED, grids.error + grids.error_detail
+    sets = ExemplarSet.objects.filter(extraction__run=run)
+    assert not sets.filter(grid__isnull=True).exists()
+    assert grids.result["grids"] == sets.count()
+    label_words = set(world.layers.values_list("name", flat=True)) | {"car", "bird", "wheel", "conv5", "unit"}
+    for grid in RenderedGrid.objects.all():
+        assert re.fullmatch(r"grids/[0-9a-f]{2}/[0-9a-f]{64}\.png", grid.path)
+        assert not any(word in grid.url for word in label_words)
+        from django.conf import settings
+
+        data = (Path(settings.MEDIA_ROOT) / grid.path).read_bytes()
+        import hashlib
+
+        assert hashlib.sha256(data).hexdigest() == grid.sha256
+    top = sets.filter(kind=ExemplarKind.TOP_OVERALL).first().grid
+    assert (top.width, top.height) == (5 * SIZE + 6 * 2, 3 * SIZE + 4 * 2)
+
+
+def test_export_run_writes_the_exact_maps(world, tmp_path):
+    run = extract(layers=["conv4"])
+    call_command("export_run", str(run.pk), "--out", str(tmp_path))
+    exported = np.load(tmp_path / "conv4.npy")
+    extraction = LayerExtraction.objects.get(run=run)
+    assert exported.dtype == np.float32 and exported.shape == (36, 128, extraction.map_height, extraction.map_width)
+    assert np.array_equal(exported, np.asarray(open_activation_cache(extraction), dtype=np.float32))
+    with open(tmp_path / "images.csv") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["index", "image"] and rows[1] == ["0", extraction.dataset.images.get(index=0).path]
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["layers"] == ["conv4"] and meta["network"] == "seeded" and meta["dataset_dir"]
+    # The maps are the ones the network computes (up to float16 rounding and thread-order summation).
+    from itertools import islice
+
+    from analysis.engine.broden import BrodenReader
+    from analysis.engine.networks import capture_forward, load_network, normalize_images
+    from analysis.services.networks import network_spec
+
+    reader = BrodenReader(extraction.dataset.root_dir)
+    images = torch.from_numpy(np.stack([reader.load_image(row) for row in islice(reader.rows(), 8)]))
+    model = load_network(network_spec(world), device="cpu")
+    with torch.no_grad():
+        direct = capture_forward(model, normalize_images(images.permute(0, 3, 1, 2), world.mean, world.std),
+                                 ["conv4"])["conv4"]
+    np.testing.assert_allclose(exported[:8], direct.numpy(), rtol=2e-3, atol=2e-3)
