@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 INSTALLED := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup demo build-demo test bench chromium clean-demo
 
@@ -23,11 +24,11 @@ chromium:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 demo: setup
-	$(PY) manage.py run_demo
+	$(PY) manage.py run_demo $(DEMO_ARGS)
 
 build-demo: setup
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py build_demo
+	$(PY) manage.py build_demo $(DEMO_ARGS)
 
 test: setup chromium
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -24,9 +24,28 @@ from .networks import demo_training_params
 from .runs import params_hash, run_start
 
 DEMO_RESEARCHER = "researcher"
-DEMO_DATASET = "probe-world"
-DEMO_NETWORK = "demo-net"
 DEMO_LAYERS = ["conv3", "conv4", "conv5"]
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is. The default builds in a few minutes on two CPU cores."""
+
+    images: int = 3000
+    image_size: int = 112
+    epochs: int = 8
+
+    @property
+    def is_default(self) -> bool:
+        return self == DemoSize()
+
+    @property
+    def dataset(self) -> str:
+        return "probe-world" if self.is_default else f"probe-world-{self.images}x{self.image_size}"
+
+    @property
+    def network(self) -> str:
+        return "demo-net" if self.is_default else f"demo-net-{self.images}x{self.image_size}-e{self.epochs}"
 
 
 @dataclass(frozen=True)
@@ -36,27 +55,28 @@ class DemoStep:
     params: Callable[[], dict[str, Any]] = field(default=dict)
 
 
-def demo_steps() -> list[DemoStep]:
-    """The build steps in order. Later features append theirs (data, training, extraction, scoring)."""
+def demo_steps(size: DemoSize = DemoSize()) -> list[DemoStep]:
+    """The build steps in order: data, training, extraction, grids (later features append theirs)."""
     steps = [
-        DemoStep("probe_world", "Generate the probe world", lambda: probe_world_params(name=DEMO_DATASET)),
-        DemoStep("train_demo_network", "Train the demo network",
-                 lambda: demo_training_params(dataset=DEMO_DATASET, name=DEMO_NETWORK)),
-        DemoStep("extract", "Extract activations of conv3–conv5", demo_extraction_params),
+        DemoStep("probe_world", f"Generate the probe world ({size.images} images of {size.image_size} px)",
+                 lambda: probe_world_params(name=size.dataset, n_images=size.images, size=size.image_size)),
+        DemoStep("train_demo_network", f"Train the demo network ({size.epochs} epochs)",
+                 lambda: demo_training_params(dataset=size.dataset, name=size.network, epochs=size.epochs)),
+        DemoStep("extract", "Extract activations of conv3–conv5", lambda: demo_extraction_params(size)),
     ]
     steps += [DemoStep("render_grids", f"Render the grids of {layer}",
-                       lambda layer=layer: {"extraction_run": demo_extraction_run_id(), "layer": layer})
+                       lambda layer=layer: {"extraction_run": demo_extraction_run_id(size), "layer": layer})
               for layer in DEMO_LAYERS]
     return steps
 
 
-def demo_extraction_params() -> dict[str, Any]:
-    return extraction_params(network=DEMO_NETWORK, dataset=DEMO_DATASET, layers=DEMO_LAYERS)
+def demo_extraction_params(size: DemoSize) -> dict[str, Any]:
+    return extraction_params(network=size.network, dataset=size.dataset, layers=DEMO_LAYERS)
 
 
-def demo_extraction_run_id() -> int:
+def demo_extraction_run_id(size: DemoSize) -> int:
     """The demo's extraction run (the step before the grids has made it)."""
-    return Run.objects.of_kind("extract").succeeded().get(params_hash=params_hash(demo_extraction_params())).pk
+    return Run.objects.of_kind("extract").succeeded().get(params_hash=params_hash(demo_extraction_params(size))).pk
 
 
 def demo_credentials_ensure() -> dict[str, str]:
@@ -77,7 +97,7 @@ def demo_credentials_ensure() -> dict[str, str]:
 StepCallback = Callable[[str, DemoStep, Run | None, bool], None]
 
 
-def demo_build(*, inline: bool, created_by=None, on_step: StepCallback | None = None,
+def demo_build(*, inline: bool, size: DemoSize = DemoSize(), created_by=None, on_step: StepCallback | None = None,
                poll_interval: float = 1.0) -> list[Run]:
     """Run every demo step in order and return their runs. Stops at the first step that does not succeed.
 
@@ -88,7 +108,7 @@ def demo_build(*, inline: bool, created_by=None, on_step: StepCallback | None = 
     """
     notify = on_step or (lambda *args: None)
     runs = []
-    for step in demo_steps():
+    for step in demo_steps(size):
         notify("start", step, None, False)
         run, created = run_start(kind=step.kind, params=step.params(), created_by=created_by, inline=inline)
         notify("queued", step, run, created)

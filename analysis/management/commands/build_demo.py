@@ -2,14 +2,20 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from analysis.models import RunStatus
-from analysis.services.demo import demo_build, demo_credentials_ensure
+from analysis.services.demo import DemoSize, demo_build, demo_credentials_ensure
 
 
 class Command(BaseCommand):
     help = ("Build the demo synchronously, without a server or worker (idempotent: finished steps are reused). "
             "For scripts and CI; `make demo` runs the same steps through the worker.")
 
-    def handle(self, *args, **options):
+    def add_arguments(self, parser):
+        default = DemoSize()
+        parser.add_argument("--images", type=int, default=default.images, help="probe world images")
+        parser.add_argument("--image-size", type=int, default=default.image_size, help="probe world image side (px)")
+        parser.add_argument("--epochs", type=int, default=default.epochs, help="training epochs of the demo network")
+
+    def handle(self, *args, images: int, image_size: int, epochs: int, **options):
         call_command("migrate", interactive=False, verbosity=0)
         credentials = demo_credentials_ensure()
 
@@ -20,7 +26,8 @@ class Command(BaseCommand):
                 reused = "" if created else " (already done)"
                 self.stdout.write(f"  run {run.pk} {run.status}{reused}" + (f": {run.error}" if run.error else ""))
 
-        runs = demo_build(inline=True, on_step=report)
+        runs = demo_build(inline=True, size=DemoSize(images=images, image_size=image_size, epochs=epochs),
+                          on_step=report)
         if not runs or runs[-1].status != RunStatus.SUCCEEDED:
             raise CommandError("the demo build stopped at a failed step (see above)")
         for username, password in credentials.items():

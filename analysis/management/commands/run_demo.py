@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from analysis.models import RunStatus
-from analysis.services.demo import demo_build, demo_credentials_ensure
+from analysis.services.demo import DemoSize, demo_build, demo_credentials_ensure
 
 
 class Command(BaseCommand):
@@ -24,8 +24,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=int(os.environ.get("UNITSCOPE_DEMO_PORT", "8000")))
+        default = DemoSize()
+        parser.add_argument("--images", type=int, default=default.images, help="probe world images")
+        parser.add_argument("--image-size", type=int, default=default.image_size, help="probe world image side (px)")
+        parser.add_argument("--epochs", type=int, default=default.epochs, help="training epochs of the demo network")
 
-    def handle(self, *args, host: str, port: int, **options):
+    def handle(self, *args, host: str, port: int, images: int, image_size: int, epochs: int, **options):
         call_command("migrate", interactive=False, verbosity=0)
         credentials = demo_credentials_ensure()
         logs = settings.UNITSCOPE_DATA_DIR / "logs"
@@ -70,7 +74,8 @@ class Command(BaseCommand):
                     self.stdout.write(f"  {run.status}" + ("" if created else " (already done)")
                                       + (f": {run.error}" if run.error else ""))
 
-            runs = demo_build(inline=False, on_step=report)
+            runs = demo_build(inline=False, size=DemoSize(images=images, image_size=image_size, epochs=epochs),
+                              on_step=report)
             if runs and runs[-1].status == RunStatus.SUCCEEDED:
                 self.stdout.write(self.style.SUCCESS("The demo is built."))
             else:

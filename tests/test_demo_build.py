@@ -1,0 +1,27 @@
+"""The demo build: every step succeeds, and a second build reuses every finished step."""
+import pytest
+from django.core.management import call_command
+
+from analysis.models import ExemplarSet, Network, Run, RunStatus
+
+pytestmark = pytest.mark.django_db
+
+
+def test_build_demo_is_complete_and_idempotent(capsys):
+    args = ["--images", "42", "--image-size", "56", "--epochs", "1"]
+    call_command("build_demo", *args)
+    output = capsys.readouterr().out
+    assert "Log in as researcher / " in output
+    kinds = list(Run.objects.order_by("pk").values_list("kind", "status"))
+    assert [kind for kind, _ in kinds] == ["probe_world", "train_demo_network", "extract",
+                                           "render_grids", "render_grids", "render_grids"]
+    assert {status for _, status in kinds} == {RunStatus.SUCCEEDED}
+    network = Network.objects.get()
+    assert network.training_report["epochs"] and network.layers.filter(name="conv5", units=128).exists()
+    assert not ExemplarSet.objects.filter(grid__isnull=True).exists()
+    assert ExemplarSet.objects.filter(extraction__layer__name="conv3").exists()
+
+    call_command("build_demo", *args)
+    again = capsys.readouterr().out
+    assert again.count("(already done)") == 6
+    assert Run.objects.count() == 6
