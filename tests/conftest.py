@@ -100,3 +100,26 @@ def celery_worker_process(transactional_db):
 def browser_type_launch_args(browser_type_launch_args):
     """Drive Debian's Chromium package; Playwright never downloads a browser here."""
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture
+def tiny_layer_with_grids(db):
+    """A 36-image probe world (64 px), a seeded demo network, conv5 extracted and its grids rendered.
+
+    Returns the extraction run. A few seconds: used by page and browser tests of the unit browser.
+    """
+    from analysis.engine.demo_network import demo_network_target
+    from analysis.engine.networks import NetworkKind, NetworkSpec
+    from analysis.services.datasets import probe_world_run_start
+    from analysis.services.extraction import extraction_run_start
+    from analysis.services.grids import grids_run_start
+    from analysis.services.networks import network_register
+
+    assert probe_world_run_start(name="tiny", n_images=36, size=64, seed=5, inline=True).status == "succeeded"
+    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": 7},
+                       input_size=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    network_register(name="seeded", spec=spec)
+    run = extraction_run_start(network="seeded", dataset="tiny", layers=["conv5"], batch_size=12, inline=True)
+    assert run.status == "succeeded", run.error
+    assert grids_run_start(extraction_run=run.pk, layer="conv5", inline=True).status == "succeeded"
+    return run

@@ -1,0 +1,39 @@
+"""The pages of data, networks and the unit browser render for researchers with real content."""
+import pytest
+from django.urls import reverse
+
+from analysis.models import ExemplarKind, ExemplarSet
+
+
+def test_dataset_pages(researcher_client, tiny_layer_with_grids):
+    page = researcher_client.get(reverse("analysis:dataset_detail", args=["tiny"]))
+    assert page.status_code == 200 and b"wheel" in page.content and b"Concepts by category" in page.content
+    images = researcher_client.get(reverse("analysis:dataset_images", args=["tiny"]) + "?split=val")
+    assert images.status_code == 200 and b"val" in images.content
+    image = researcher_client.get(reverse("analysis:dataset_image", args=["tiny", 0]))
+    assert image.status_code == 200 and b"part" in image.content
+    for overlay in ("", "?overlay=part", "?overlay=scene"):
+        png = researcher_client.get(reverse("analysis:dataset_image_file", args=["tiny", 0]) + overlay)
+        assert png.status_code == 200 and png["Content-Type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    assert researcher_client.get(reverse("analysis:dataset_image_file", args=["tiny", 0]) + "?overlay=nope").status_code == 404
+
+
+def test_network_layer_and_unit_pages(researcher_client, tiny_layer_with_grids):
+    network = researcher_client.get(reverse("analysis:network_detail", args=["seeded"]))
+    assert network.status_code == 200 and b"conv5" in network.content and b"Receptive" in network.content
+    layer = researcher_client.get(reverse("analysis:layer_detail", args=["seeded", "conv5"]) + "?sort=max")
+    assert layer.status_code == 200 and layer.content.count(b'class="grid-thumb"') == 128
+    unit = researcher_client.get(reverse("analysis:unit_detail", args=["seeded", "conv5", 3]))
+    assert unit.status_code == 200
+    html = unit.content.decode()
+    for exemplar in ExemplarSet.objects.filter(unit__index=3, unit__layer__name="conv5"):
+        assert exemplar.grid.url in html
+    assert html.count('class="class-grid"') == ExemplarSet.objects.filter(
+        unit__index=3, unit__layer__name="conv5", kind=ExemplarKind.TOP_CLASS).count()
+
+
+@pytest.mark.parametrize("name,args", [("analysis:dataset_detail", ["tiny"]), ("analysis:layer_detail", ["seeded", "conv5"]),
+                                       ("analysis:unit_detail", ["seeded", "conv5", 0])])
+def test_unit_browser_is_for_researchers(client, make_user, tiny_layer_with_grids, name, args):
+    client.force_login(make_user("eve", "expert"))
+    assert client.get(reverse(name, args=args)).status_code == 403
