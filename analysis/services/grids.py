@@ -112,7 +112,10 @@ def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
         summary = summaries[exemplar.unit_id]
         tile = min(GRID_TILE_MAX, max(size))
         if exemplar.kind == ExemplarKind.TOP_OVERALL:
-            picture = render_threshold_grid(pictures, upsampled, summary.threshold, columns=5, num_slots=15, tile=tile)
+            # A unit silent on more than the top quantile's share of positions has T_k = 0; "at or above 0"
+            # would light every pixel, so such a unit shows where it fires at all (> 0). Our choice.
+            threshold = summary.threshold if summary.threshold > 0 else float(np.nextafter(np.float32(0), 1))
+            picture = render_threshold_grid(pictures, upsampled, threshold, columns=5, num_slots=15, tile=tile)
         else:
             if exemplar.peaks:
                 positions = torch.tensor(exemplar.peaks, dtype=torch.int64)
@@ -125,7 +128,11 @@ def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
                 scale = torch.tensor([size[0] / input_size[0], size[1] / input_size[1]], dtype=torch.float64)
                 peak_array = (peaks * scale).numpy()
             else:
-                peak_array = None
+                peak_array = upsampled.reshape(len(indices), -1).argmax(axis=1)
+                peak_array = np.stack(np.unravel_index(peak_array, size), axis=1).astype(np.float64) + 0.5
+            # No green square where the unit is silent: its "maximum" would be an arbitrary position.
+            silent = unit_maps.flatten(1).amax(dim=1).numpy() <= 0
+            peak_array[silent] = np.nan
             columns = 10 if exemplar.kind == ExemplarKind.DECILE else 5
             picture = render_activation_grid(pictures, upsampled, peak_array, vmax=max(summary.max_activation, 1e-6),
                                               columns=columns, num_slots=10, tile=tile)
