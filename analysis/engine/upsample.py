@@ -117,8 +117,9 @@ def upsample_anchored(
 
     Returns:
         ``Tensor[..., H, W]``, same dtype and device as ``maps``. Separable bilinear interpolation
-        (rows first, then columns) with the weights of :func:`anchored_axis_weights`; beyond the
-        outermost centres the edge values are held constant.
+        with the weights of :func:`anchored_axis_weights`, applied as two small matrix products
+        ``Wy @ maps @ Wx^T`` (each row of ``Wy``/``Wx`` holds the two weights; the products run in
+        BLAS instead of gathering); beyond the outermost centres the edge values are held constant.
     """
     if not maps.is_floating_point():
         raise TypeError("maps must be floating point")
@@ -130,8 +131,16 @@ def upsample_anchored(
     kw = {"device": maps.device, "dtype": maps.dtype}
     yi0, yi1, yw0, yw1 = anchored_axis_weights(out_h, h, stride=sy, offset=oy, input_len=in_h, **kw)
     xi0, xi1, xw0, xw1 = anchored_axis_weights(out_w, w, stride=sx, offset=ox, input_len=in_w, **kw)
-    rows = maps.index_select(-2, yi0) * yw0[:, None] + maps.index_select(-2, yi1) * yw1[:, None]
-    return rows.index_select(-1, xi0) * xw0 + rows.index_select(-1, xi1) * xw1
+    return _interpolation_matrix(yi0, yi1, yw0, yw1, h) @ maps @ _interpolation_matrix(xi0, xi1, xw0, xw1, w).T
+
+
+def _interpolation_matrix(i0: Tensor, i1: Tensor, w0: Tensor, w1: Tensor, map_len: int) -> Tensor:
+    """``Tensor[out_len, map_len]`` with ``w0`` at column ``i0`` and ``w1`` added at column ``i1``."""
+    matrix = torch.zeros(i0.shape[0], map_len, dtype=w0.dtype, device=w0.device)
+    rows = torch.arange(i0.shape[0], device=w0.device)
+    matrix.index_put_((rows, i0), w0, accumulate=True)
+    matrix.index_put_((rows, i1), w1, accumulate=True)
+    return matrix
 
 
 def peak_coordinates(positions: Tensor, *, rf_stride: Pair, rf_offset: Pair) -> Tensor:
