@@ -214,12 +214,15 @@ class TopKPerUnit:
         s = scores.to(self.dtype).t()  # [C, B]
         p = peaks.to(torch.int64).transpose(0, 1)  # [C, B, 2]
         imgs = images.unsqueeze(0).expand(self.num_units, b)
-        self._scores, self._images, self._peaks = _select_topk(
-            torch.cat((self._scores, s), 1),
-            torch.cat((self._images, imgs), 1),
-            torch.cat((self._peaks, p), 1),
-            self.k,
-        )
+        # Skip the merge when no score reaches any unit's current k-th best (ties may still enter:
+        # a tie with a lower image id wins, so ">=" keeps the result exact).
+        if bool((s >= self._scores[:, -1:]).any()):
+            self._scores, self._images, self._peaks = _select_topk(
+                torch.cat((self._scores, s), 1),
+                torch.cat((self._images, imgs), 1),
+                torch.cat((self._peaks, p), 1),
+                self.k,
+            )
         self.count += b
         if self.num_classes is None:
             return
@@ -236,6 +239,14 @@ class TopKPerUnit:
         """Per-class update, vectorised: group the batch's images by class into a padded
         ``[C, U, m]`` candidate block (``U`` classes present, ``m`` their largest count)."""
         keep = (cls >= 0).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            return
+        # Only images scoring at least their class's current k-th best for some unit can enter (ties
+        # included, see ``add_scores``); after the first batches most are skipped.
+        kth = self._cscores[:, :, -1]  # [C, n]
+        reaches = (s[:, keep] >= kth[:, cls[keep]]).any(dim=0)
+        self._ccounts.index_add_(0, cls[keep[~reaches]], torch.ones_like(cls[keep[~reaches]]))
+        keep = keep[reaches]
         if keep.numel() == 0:
             return
         cls_k = cls[keep]
@@ -726,6 +737,9 @@ def decile_exemplars(
 # ----------------------------------------------------------------------------------------------
 
 
+_FLOAT16_MAX = 65504.0
+
+
 class ActivationCacheWriter:
     """Writes activation batches into a caller-provided ``np.memmap`` (``float16[N_rows, C, h, w]``).
 
@@ -754,7 +768,8 @@ class ActivationCacheWriter:
         if rows.size and (rows.min() < 0 or rows.max() >= self.memmap.shape[0]):
             raise IndexError("image index outside the cache's row range")
         half = acts.detach().to(torch.float16)
-        self.overflowed += int(torch.isinf(half).sum() - torch.isinf(acts).sum())
+        if bool(acts.detach().abs().amax() > _FLOAT16_MAX):  # one reduction in the common case
+            self.overflowed += int(torch.isinf(half).sum() - torch.isinf(acts).sum())
         data = half.cpu().numpy()
         if rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
             self.memmap[rows[0] : rows[0] + rows.size] = data  # contiguous: one slice write
