@@ -51,3 +51,25 @@ class DemoTrainingForm(forms.Form):
     name = forms.SlugField(label="Network name", initial=DEMO_TRAINING_DEFAULTS["name"], help_text=slug_help)
     epochs = forms.IntegerField(initial=DEMO_TRAINING_DEFAULTS["epochs"], min_value=1, max_value=500)
     seed = forms.IntegerField(initial=DEMO_TRAINING_DEFAULTS["seed"], min_value=0)
+
+
+class ExtractionForm(forms.Form):
+    """Extract activations of some layers of a network over a dataset (choices set per network)."""
+
+    dataset = forms.ChoiceField()
+    layers = forms.MultipleChoiceField(widget=forms.SelectMultiple(attrs={"size": 8}),
+                                       help_text="Ctrl/⌘-click to choose several.")
+    quantile = forms.FloatField(initial=0.995, min_value=0.5, max_value=0.99999,
+                                help_text="Per-unit threshold level T_k (ND'18: 0.995, the top 0.005).")
+
+    def __init__(self, *args, network, **kwargs):
+        from analysis.models import Dataset
+
+        super().__init__(*args, **kwargs)
+        self.fields["dataset"].choices = [(name, name) for name in Dataset.objects.values_list("name", flat=True)]
+        self.fields["layers"].choices = [(name, name) for name in network.layers.values_list("name", flat=True)]
+
+
+class GridsForm(forms.Form):
+    extraction_run = forms.IntegerField(widget=forms.HiddenInput)
+    layer = forms.CharField(widget=forms.HiddenInput)

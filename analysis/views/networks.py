@@ -6,9 +6,11 @@ from django.views.generic import DetailView, FormView, TemplateView
 
 from accounts.permissions import ResearcherRequiredMixin
 from analysis import selectors
-from analysis.forms import DemoTrainingForm
+from analysis.forms import DemoTrainingForm, ExtractionForm, GridsForm
 from analysis.models import Layer, Network
 from analysis.plots import line_chart
+from analysis.services.extraction import extraction_run_start
+from analysis.services.grids import grids_run_start
 from analysis.services.networks import demo_training_run_start
 from analysis.views.starting import StartRunFormMixin
 
@@ -45,6 +47,7 @@ class NetworkDetailView(ResearcherRequiredMixin, DetailView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["layers"] = self.object.layers.all()
+        context["extraction_form"] = ExtractionForm(network=self.object)
         epochs = (self.object.training_report or {}).get("epochs") or []
         context["epochs"] = epochs
         if epochs:
@@ -100,3 +103,37 @@ class UnitDetailView(ResearcherRequiredMixin, TemplateView):
             context["summary"] = extraction.unit_summaries.filter(unit=unit).first()
             context.update(selectors.unit_exemplars(extraction, unit))
         return context
+
+
+class ExtractionStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
+    template_name = "analysis/datasets/start.html"
+    form_class = ExtractionForm
+    run_label = "Extraction"
+
+    def dispatch(self, request, *args, **kwargs):
+        self.network = get_object_or_404(Network, name=kwargs["name"])
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "network": self.network}
+
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "heading": f"Extract activations of {self.network.name}"}
+
+    def start_run(self, form):
+        return extraction_run_start(network=self.network.name, dataset=form.cleaned_data["dataset"],
+                                    layers=form.cleaned_data["layers"], quantile=form.cleaned_data["quantile"],
+                                    created_by=self.request.user)
+
+
+class GridsStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
+    """Render one layer's grids of an extraction run (a button on the extraction run's page)."""
+
+    template_name = "analysis/datasets/start.html"
+    form_class = GridsForm
+    run_label = "Grid rendering"
+    http_method_names = ["post"]
+
+    def start_run(self, form):
+        return grids_run_start(extraction_run=form.cleaned_data["extraction_run"], layer=form.cleaned_data["layer"],
+                               created_by=self.request.user)

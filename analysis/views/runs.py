@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views import View
 from django.views.generic import DetailView, FormView, ListView, TemplateView
@@ -55,6 +56,12 @@ class RunDetailView(ResearcherRequiredMixin, DetailView):
     model = Run
     template_name = "analysis/runs/detail.html"
     context_object_name = "run"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["layer_extractions"] = self.object.layer_extractions.select_related("layer__network").annotate(
+            missing_grids=Count("exemplar_sets", filter=Q(exemplar_sets__grid__isnull=True)))
+        return context
 
 
 class RunStatusView(ResearcherRequiredMixin, DetailView):

@@ -37,3 +37,27 @@ def test_network_layer_and_unit_pages(researcher_client, tiny_layer_with_grids):
 def test_unit_browser_is_for_researchers(client, make_user, tiny_layer_with_grids, name, args):
     client.force_login(make_user("eve", "expert"))
     assert client.get(reverse(name, args=args)).status_code == 403
+
+
+def test_extraction_and_grids_start_from_their_pages(researcher_client, tiny_layer_with_grids,
+                                                     django_capture_on_commit_callbacks):
+    from analysis.models import Run
+
+    page = researcher_client.get(reverse("analysis:network_detail", args=["seeded"]))
+    assert b"Extract activations" in page.content
+    with django_capture_on_commit_callbacks(execute=False):
+        response = researcher_client.post(reverse("analysis:extraction_start", args=["seeded"]),
+                                          {"dataset": "tiny", "layers": ["conv3", "conv4"], "quantile": "0.995"})
+    run = Run.objects.get(kind="extract", params__layers=["conv3", "conv4"])
+    assert response.status_code == 302 and response["Location"] == run.get_absolute_url()
+    bad = researcher_client.post(reverse("analysis:extraction_start", args=["seeded"]),
+                                 {"dataset": "nope", "layers": ["conv3"], "quantile": "0.995"})
+    assert bad.status_code == 200 and b"Select a valid choice" in bad.content
+
+    extraction_page = researcher_client.get(tiny_layer_with_grids.get_absolute_url())
+    assert b"all grids rendered" in extraction_page.content
+    with django_capture_on_commit_callbacks(execute=False):
+        response = researcher_client.post(reverse("analysis:grids_start"),
+                                          {"extraction_run": tiny_layer_with_grids.pk, "layer": "conv5"})
+    finished = Run.objects.get(kind="render_grids")  # identical parameters: the finished run is reused
+    assert response.status_code == 302 and response["Location"] == finished.get_absolute_url()
