@@ -22,6 +22,8 @@ urlpatterns = [
     path("networks/", networks.NetworkListView.as_view(), name="network_list"),
     path("networks/train-demo/", networks.DemoTrainingStartView.as_view(), name="demo_training_start"),
     path("networks/<slug:name>/", networks.NetworkDetailView.as_view(), name="network_detail"),
+    path("networks/<slug:name>/extract/", networks.ExtractionStartView.as_view(), name="extraction_start"),
+    path("grids/render/", networks.GridsStartView.as_view(), name="grids_start"),
     path("networks/<slug:name>/layers/<str:layer>/", networks.LayerDetailView.as_view(), name="layer_detail"),
     path("networks/<slug:name>/layers/<str:layer>/units/<int:index>/", networks.UnitDetailView.as_view(),
          name="unit_detail"),
