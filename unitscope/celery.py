@@ -14,6 +14,6 @@ app.autodiscover_tasks()
 def _ensure_filesystem_broker_folders(sender, **kwargs):
     # The filesystem transport fails on missing folders; create them wherever the broker is local.
     options = sender.conf.broker_transport_options or {}
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         if options.get(key):
             os.makedirs(options[key], exist_ok=True)

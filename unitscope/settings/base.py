@@ -144,6 +144,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(_processed_dir),
+        "control_folder": str(UNITSCOPE_DATA_DIR / "celery" / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
     }
