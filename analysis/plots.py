@@ -43,3 +43,142 @@ def line_chart(x: Sequence[float], series: dict[str, Sequence[float | None]], *,
         axes.legend(frameon=False, fontsize=8)
     figure.tight_layout()
     return _svg(figure)
+
+
+def stacked_bar_chart(labels: Sequence[str], segments: dict[str, Sequence[float]], *, xlabel: str,
+                      colours: Sequence[str] | None = None, title: str = "", percent: bool = True,
+                      width: float = 6.4) -> SafeString:
+    """Horizontal bars, one per label, each split into the named segments (shares summing to 1), like
+    GG'18 Fig. 9's filter-type distributions. Segments of 8% or more carry their value."""
+    colours = list(colours or (ACCENT, "#1f7a4d", SECOND, MUTED, "#7aa2ec"))
+    height = 0.9 + 0.36 * len(labels)
+    figure, axes = plt.subplots(figsize=(width, height), dpi=100)
+    positions = list(range(len(labels)))[::-1]
+    left = [0.0] * len(labels)
+    for colour, (name, values) in zip(colours, segments.items()):
+        axes.barh(positions, values, left=left, color=colour, label=name, height=0.7, edgecolor="white", linewidth=0.6)
+        for position, start, value in zip(positions, left, values):
+            if value >= 0.08:
+                text = f"{value * 100:.0f}%" if percent else f"{value:.2f}"
+                dark = colour.lower() in {"#c9d0db", "#e6e9ef", "#7aa2ec"}
+                axes.text(start + value / 2, position, text, ha="center", va="center", fontsize=7.5,
+                          color="#1c2330" if dark else "white")
+        left = [start + value for start, value in zip(left, values)]
+    axes.set_yticks(positions, labels=list(labels), fontsize=8.5)
+    axes.set_xlim(0, max(1.0, max(left, default=1.0)))
+    if percent:
+        from matplotlib.ticker import PercentFormatter
+
+        axes.xaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.set_xlabel(xlabel)
+    if title:
+        axes.set_title(title, fontsize=10)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(frameon=False, fontsize=8, ncol=min(len(segments), 4), loc="upper center",
+                bbox_to_anchor=(0.5, -0.22 - 0.6 / height))
+    figure.tight_layout()
+    return _svg(figure)
+
+
+def interval_chart(labels: Sequence[str], values: Sequence[float], lows: Sequence[float | None],
+                   highs: Sequence[float | None], *, xlabel: str, xlim: tuple[float, float] | None = None,
+                   width: float = 5.6) -> SafeString:
+    """One row per label: the point estimate with its interval as a horizontal whisker (None: no whisker)."""
+    figure, axes = plt.subplots(figsize=(width, 0.7 + 0.42 * len(labels)), dpi=100)
+    positions = list(range(len(labels)))[::-1]
+    for position, value, low, high in zip(positions, values, lows, highs):
+        if low is not None and high is not None:
+            axes.plot([low, high], [position, position], color=ACCENT, linewidth=2, solid_capstyle="butt")
+            axes.plot([low, low], [position - 0.15, position + 0.15], color=ACCENT, linewidth=1.4)
+            axes.plot([high, high], [position - 0.15, position + 0.15], color=ACCENT, linewidth=1.4)
+        axes.plot([value], [position], marker="o", color=SECOND, markersize=6, zorder=3)
+    axes.axvline(0, color=MUTED, linewidth=0.8, alpha=0.6)
+    axes.set_yticks(positions, labels=list(labels), fontsize=8.5)
+    axes.set_ylim(-0.6, len(labels) - 0.4)
+    if xlim:
+        axes.set_xlim(*xlim)
+    axes.set_xlabel(xlabel)
+    axes.grid(axis="x", alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
+    return _svg(figure)
+
+
+# -- Network Dissection -----------------------------------------------------------------------------
+
+#: ND'18's figures colour concepts by category; the same hue for a category on every page.
+CATEGORY_COLOURS = {"object": "#2450a6", "part": "#c2410c", "scene": "#1f7a4d", "material": "#8a5a00",
+                    "texture": "#7b3fa0", "color": "#b42318", "colour": "#b42318"}
+_EXTRA_COLOURS = ("#0e7490", "#5d6778", "#a21caf", "#4d7c0f")
+
+
+def category_colour(category: str, position: int = 0) -> str:
+    """The colour of a concept category (a fixed one for Broden's six, a stable fallback otherwise)."""
+    return CATEGORY_COLOURS.get(category, _EXTRA_COLOURS[position % len(_EXTRA_COLOURS)])
+
+
+def category_bars(categories: Sequence[str], series: dict[str, Sequence[int]], *, ylabel: str,
+                  size=(5.6, 2.8)) -> SafeString:
+    """Grouped bars: one group per category, one bar per named series (e.g. detectors, unique concepts)."""
+    figure, axes = plt.subplots(figsize=size, dpi=100)
+    width = 0.8 / max(1, len(series))
+    styles = ({"alpha": 1.0, "hatch": ""}, {"alpha": 0.55, "hatch": ""}, {"alpha": 0.35, "hatch": "//"})
+    for number, (name, values) in enumerate(series.items()):
+        style = styles[number % len(styles)]
+        positions = [index + (number - (len(series) - 1) / 2) * width for index in range(len(categories))]
+        bars = axes.bar(positions, values, width=width * 0.95, label=name, alpha=style["alpha"], hatch=style["hatch"],
+                        color=[category_colour(category, index) for index, category in enumerate(categories)],
+                        edgecolor="white", linewidth=0.5)
+        axes.bar_label(bars, labels=[str(value) if value else "" for value in values], fontsize=7, padding=1)
+    axes.set_xticks(range(len(categories)), list(categories))
+    axes.set_ylabel(ylabel)
+    axes.grid(axis="y", alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    if len(series) > 1:
+        axes.legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    return _svg(figure)
+
+
+def stacked_category_bars(groups: Sequence[str], categories: Sequence[str], values: Sequence[Sequence[int]], *,
+                          ylabel: str, size=(5.6, 3.0)) -> SafeString:
+    """ND'18 Fig. 9 style: one bar per group (layer), stacked by category; ``values[group][category]``."""
+    figure, axes = plt.subplots(figsize=size, dpi=100)
+    bottoms = [0] * len(groups)
+    for position, category in enumerate(categories):
+        heights = [row[position] for row in values]
+        axes.bar(range(len(groups)), heights, bottom=bottoms, color=category_colour(category, position), width=0.6,
+                 label=category, edgecolor="white", linewidth=0.5)
+        bottoms = [bottom + height for bottom, height in zip(bottoms, heights)]
+    for index, total in enumerate(bottoms):
+        axes.annotate(str(total), (index, total), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                      textcoords="offset points")
+    axes.set_xticks(range(len(groups)), list(groups))
+    axes.set_ylabel(ylabel)
+    axes.grid(axis="y", alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(frameon=False, fontsize=8, bbox_to_anchor=(1.0, 1.0), loc="upper left")
+    figure.tight_layout()
+    return _svg(figure)
+
+
+def rotation_chart(alphas: Sequence[float], per_seed: dict[str, Sequence[float]], mean: Sequence[float], *,
+                   ylabel: str, baseline: float | None = None, size=(5.6, 3.0)) -> SafeString:
+    """ND'18 Fig. 6 style: a count against the rotation fraction α, one thin line per seed, the mean in bold,
+    and (optionally) a dashed reference level such as the shuffled-mask baseline."""
+    figure, axes = plt.subplots(figsize=size, dpi=100)
+    for name, values in per_seed.items():
+        axes.plot(alphas, values, color=MUTED, alpha=0.45, linewidth=1, marker="o", markersize=2)
+    axes.plot(alphas, mean, color=ACCENT, linewidth=2.2, marker="o", markersize=4,
+              label="mean over seeds" if len(per_seed) > 1 else "unique detectors")
+    if baseline is not None:
+        axes.axhline(baseline, color=SECOND, linestyle="--", linewidth=1.2, label="shuffled-mask baseline")
+    axes.set_xlabel("α (fraction of the random rotation Q)")
+    axes.set_ylabel(ylabel)
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    return _svg(figure)

@@ -5,3 +5,15 @@ class AnnotationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "annotation"
     verbose_name = "Annotation (human side)"
+
+    def ready(self) -> None:
+        from analysis.services.demo import register_demo_hook
+
+        register_demo_hook(demo_expert_study)
+
+
+def demo_expert_study(size) -> dict[str, str]:
+    """The demo's expert study on conv5, built once the grids exist; returns the experts' credentials."""
+    from annotation.services import demo_expert_study_ensure
+
+    return demo_expert_study_ensure(network=size.network, dataset=size.dataset)["credentials"]

@@ -1,12 +1,250 @@
-"""Home pages of the annotating roles."""
-from django.views.generic import TemplateView
+"""Pages of the human side: expert home, the annotation page, an expert's answers; researchers' studies."""
+from __future__ import annotations
 
-from accounts.permissions import CrowdRequiredMixin, ExpertRequiredMixin
+import csv
+
+from django.contrib import messages
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.views import View
+from django.views.generic import FormView, TemplateView
+
+from accounts.permissions import CrowdRequiredMixin, ExpertRequiredMixin, ResearcherRequiredMixin
+from analysis.plots import interval_chart, stacked_bar_chart
+
+from . import selectors, services
+from .forms import AnswerForm, StudyCreateForm
+from .models import ANSWER_KEYS, ANSWER_ORDER, RULE, YES_ANSWERS, Answer, Assignment, Study, StudyTask
+
+GRID_DISPLAY_WIDTH = 1180
+"""The annotation page shows a grid at the largest whole multiple of its size up to this width (sharp)."""
 
 
 class ExpertHomeView(ExpertRequiredMixin, TemplateView):
     template_name = "annotation/expert_home.html"
 
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "rows": selectors.expert_study_rows(self.request.user)}
+
 
 class CrowdHomeView(CrowdRequiredMixin, TemplateView):
     template_name = "annotation/crowd_home.html"
+
+
+# -- experts ---------------------------------------------------------------------------------------------
+
+class ExpertStudyMixin(ExpertRequiredMixin):
+    """Resolves ``self.rater`` (the user's rater in study ``pk``); 404 if they are not in it."""
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.user.is_authenticated:
+            self.rater = selectors.expert_rater(request.user, kwargs["pk"])
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_rater(self):
+        if getattr(self, "rater", None) is None:
+            raise Http404("You are not an annotator of this study.")
+        return self.rater
+
+
+class ExpertNextTaskView(ExpertStudyMixin, TemplateView):
+    """Claims (atomically) or resumes the expert's next task and sends them to it; says when all are done."""
+
+    template_name = "annotation/expert_done.html"
+
+    def get(self, request, *args, **kwargs):
+        rater = self.get_rater()
+        task = services.task_next_for_rater(rater=rater)
+        if task is not None:
+            return redirect("annotation:annotate", pk=rater.study_id, task_pk=task.pk)
+        return self.render_to_response({"study": rater.study, "progress": selectors.rater_progress(rater)})
+
+
+class AnnotateView(ExpertStudyMixin, FormView):
+    """One task: the grid, GG'18's question and rule, five answers on keys 1–5, a concept name, Enter."""
+
+    template_name = "annotation/annotate.html"
+    form_class = AnswerForm
+
+    def setup(self, request, *args, **kwargs):
+        super().setup(request, *args, **kwargs)
+        self.task = None
+
+    def get_task(self) -> StudyTask:
+        if self.task is None:
+            rater = self.get_rater()
+            self.task = get_object_or_404(StudyTask.objects.select_related("object_class", "exemplar_set__grid"),
+                                          pk=self.kwargs["task_pk"], study_id=rater.study_id)
+            if not Assignment.objects.filter(task=self.task, rater=rater).exists():
+                raise Http404("This task is not assigned to you.")
+            self.current = selectors.current_judgment(rater, self.task)
+        return self.task
+
+    def get_initial(self):
+        self.get_task()
+        initial = {"shown": services.task_shown_token(task=self.task, rater=self.rater)}
+        if self.current is not None:
+            initial.update(answer=self.current.answer, concept=self.current.concept)
+        return initial
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        task, rater = self.get_task(), self.rater
+        grid = task.exemplar_set.grid if task.exemplar_set_id else None
+        scale = max(1, GRID_DISPLAY_WIDTH // grid.width) if grid else 1
+        form = context["form"]
+        chosen = form["answer"].value()
+        context.update(
+            study=rater.study, task=task, grid=grid, grid_width=grid.width * scale if grid else 0,
+            grid_height=grid.height * scale if grid else 0, current=self.current,
+            number=selectors.task_number(task, rater), progress=selectors.rater_progress(rater), rule=RULE,
+            answers=[{"key": key, "value": value, "label": Answer(value).label, "yes": value in YES_ANSWERS,
+                      "checked": chosen == value} for key, value in ANSWER_KEYS.items()],
+            needs_concept=chosen in YES_ANSWERS, suggestions=selectors.concept_suggestions(rater.study))
+        return context
+
+    def form_valid(self, form):
+        task, rater = self.get_task(), self.rater
+        revising = self.current is not None
+        try:
+            judgment = services.judgment_submit(
+                rater=rater, task=task, answer=form.cleaned_data["answer"], concept=form.cleaned_data["concept"],
+                started_at=services.task_shown_at(token=form.cleaned_data.get("shown"), task=task, rater=rater))
+        except services.StudyInputError as error:
+            form.add_error(None, str(error))
+            return self.form_invalid(form)
+        if revising:
+            if judgment.revision_of_id:
+                messages.success(self.request, f"Task {selectors.task_number(task, rater)}: answer revised.")
+            return redirect("annotation:my_answers", pk=rater.study_id)
+        return redirect("annotation:expert_next", pk=rater.study_id)
+
+
+class MyAnswersView(ExpertStudyMixin, TemplateView):
+    """The expert's own answers, latest first, each with a link to revise it."""
+
+    template_name = "annotation/my_answers.html"
+
+    def get_context_data(self, **kwargs):
+        rater = self.get_rater()
+        answers = selectors.rater_answers(rater)
+        numbers = {assignment.task_id: position for position, assignment in
+                   enumerate(rater.assignments.order_by("task__position", "task_id"), start=1)}
+        for judgment in answers:
+            judgment.number = numbers.get(judgment.task_id)
+        return {**super().get_context_data(**kwargs), "study": rater.study, "answers": answers,
+                "progress": selectors.rater_progress(rater)}
+
+
+# -- researchers -------------------------------------------------------------------------------------------
+
+class StudyListView(ResearcherRequiredMixin, TemplateView):
+    template_name = "annotation/study_list.html"
+
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "rows": selectors.study_rows()}
+
+
+class StudyCreateView(ResearcherRequiredMixin, FormView):
+    template_name = "annotation/study_create.html"
+    form_class = StudyCreateForm
+
+    def form_valid(self, form):
+        data = form.cleaned_data
+        try:
+            study = services.study_create(
+                name=data["name"], extraction=data["extraction"], experts=list(data["experts"]), plan=data["plan"],
+                object_classes=data["object_classes"] or None, overlap_class=data["overlap_class"] or None,
+                raters_per_task=data["raters_per_task"], instructions=data["instructions"], units=data["units"],
+                seed=data["seed"], created_by=self.request.user)
+        except services.StudyInputError as error:
+            form.add_error(None, str(error))
+            return self.form_invalid(form)
+        messages.success(self.request, f"Study {study.name} created with {study.tasks.count()} tasks.")
+        return redirect(study)
+
+
+class StudyMixin(ResearcherRequiredMixin):
+    def get_study(self) -> Study:
+        return get_object_or_404(Study.objects.select_related("layer__network", "extraction__dataset", "created_by",
+                                                              "overlap_class"), pk=self.kwargs["pk"])
+
+
+class StudyDetailView(StudyMixin, TemplateView):
+    template_name = "annotation/study_detail.html"
+
+    def get_context_data(self, **kwargs):
+        study = self.get_study()
+        return {**super().get_context_data(**kwargs), "study": study,
+                "classes": list(study.object_classes.values_list("name", flat=True)),
+                "rater_rows": selectors.study_rater_rows(study), "task_progress": selectors.study_task_progress(study)}
+
+
+STATISTIC_LABELS = {"percent_agreement": "Percent agreement", "cohen_kappa": "Cohen's κ",
+                    "fleiss_kappa": "Fleiss' κ", "krippendorff_alpha": "Krippendorff's α (nominal)"}
+TYPE_COLOURS = {Answer.PART: "#2450a6", Answer.BACKGROUND: "#1f7a4d", Answer.OTHER: "#c2410c", Answer.NO: "#c9d0db"}
+
+
+class StudyReportView(StudyMixin, TemplateView):
+    """Agreement with bootstrap intervals ("not sure" rejected, and kept), GG'18 Fig. 9 distributions."""
+
+    template_name = "annotation/study_report.html"
+
+    def get_context_data(self, **kwargs):
+        study = self.get_study()
+        simulated = self.request.GET.get("simulated", "exclude")
+        if simulated not in selectors.SIMULATED_CHOICES:
+            simulated = "exclude"
+        agreement = selectors.study_agreement(study, simulated=simulated)
+        rows = []
+        for name, label in STATISTIC_LABELS.items():
+            rows.append({"label": label, "paper": agreement[name], "alternative": agreement["alternative"][name],
+                         "is_cohen": name == "cohen_kappa"})
+        distribution = selectors.study_type_distribution(study, simulated=simulated)
+        context = {**super().get_context_data(**kwargs), "study": study, "simulated": simulated,
+                   "agreement": agreement, "statistic_rows": rows, "distribution": distribution,
+                   "answer_labels": [Answer(value).label for value in ANSWER_ORDER],
+                   "rater_counts": selectors.study_rater_answer_counts(study, simulated=simulated),
+                   "overlap_items": selectors.study_overlap_items(study, simulated=simulated),
+                   "has_simulated": study.raters.filter(kind="simulated").exists()}
+        shown = [row for row in rows if row["paper"] and row["paper"]["value"] is not None]
+        if shown:
+            context["agreement_chart"] = interval_chart(
+                [row["label"] for row in shown], [row["paper"]["value"] for row in shown],
+                [row["paper"]["ci"][0] if row["paper"]["ci"] else None for row in shown],
+                [row["paper"]["ci"][1] if row["paper"]["ci"] else None for row in shown],
+                xlabel=f"agreement, {int(agreement['confidence'] * 100)}% bootstrap interval", xlim=(-0.2, 1.0))
+        kept = [row for row in distribution["classes"] if row["kept"]]
+        if kept:
+            labels = [row["class"] for row in kept] + ["average"]
+            segments = {distribution["labels"][answer]: [row["shares"][answer] for row in kept]
+                        + [distribution["average"][answer]] for answer in distribution["average"]}
+            context["distribution_chart"] = stacked_bar_chart(
+                labels, segments, colours=[TYPE_COLOURS[answer] for answer in distribution["average"]],
+                xlabel="share of the class's units (not sure rejected)")
+        return context
+
+
+class StudyExportView(StudyMixin, View):
+    """Every judgment with full provenance (who, when, which grid, how long, what it revised) as CSV."""
+
+    def get(self, request, *args, **kwargs):
+        study = self.get_study()
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="study-{study.pk}-judgments.csv"'
+        writer = csv.writer(response)
+        writer.writerow(["judgment", "item", "unit", "object_class", "rater", "rater_kind", "simulated", "origin",
+                         "answer", "concept", "started_at", "submitted_at", "seconds", "revision_of", "current",
+                         "grid_sha256"])
+        judgments = list(selectors.study_judgments_for_export(study))
+        revised = {judgment.revision_of_id for judgment in judgments if judgment.revision_of_id}
+        for judgment in judgments:
+            task = judgment.task
+            writer.writerow([
+                judgment.pk, task.item, task.unit.index if task.unit_id else "",
+                task.object_class.name if task.object_class_id else "", judgment.rater.name, judgment.rater.kind,
+                int(judgment.simulated), judgment.origin, judgment.answer, judgment.concept,
+                judgment.started_at.isoformat() if judgment.started_at else "", judgment.submitted_at.isoformat(),
+                "" if judgment.seconds is None else judgment.seconds, judgment.revision_of_id or "",
+                int(judgment.pk not in revised), judgment.grid.sha256 if judgment.grid_id else ""])
+        return response

@@ -12,6 +12,7 @@ def test_build_demo_is_complete_and_idempotent(capsys):
     call_command("build_demo", *args)
     output = capsys.readouterr().out
     assert "Log in as researcher / " in output
+    assert "Log in as expert1 / " in output and "Log in as expert2 / " in output
     kinds = list(Run.objects.order_by("pk").values_list("kind", "status"))
     assert [kind for kind, _ in kinds] == ["probe_world", "train_demo_network", "extract",
                                            "render_grids", "render_grids", "render_grids"]
@@ -25,3 +26,7 @@ def test_build_demo_is_complete_and_idempotent(capsys):
     again = capsys.readouterr().out
     assert again.count("(already done)") == 6
     assert Run.objects.count() == 6
+    from annotation.models import Study
+
+    study = Study.objects.get()
+    assert study.tasks.count() > 0 and study.layer_id == network.layers.get(name="conv5").pk

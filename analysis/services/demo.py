@@ -94,6 +94,26 @@ def demo_credentials_ensure() -> dict[str, str]:
     return {DEMO_RESEARCHER: stored[DEMO_RESEARCHER]}
 
 
+DemoHook = Callable[[DemoSize], dict[str, str]]
+_DEMO_HOOKS: list[DemoHook] = []
+
+
+def register_demo_hook(hook: DemoHook) -> None:
+    """Add a step that runs after the build succeeded and returns accounts to show ``{username: password}``.
+
+    Apps built on analysis (the annotation app's studies) register here, so analysis never imports them.
+    """
+    if hook not in _DEMO_HOOKS:
+        _DEMO_HOOKS.append(hook)
+
+
+def demo_hooks_run(size: DemoSize) -> dict[str, str]:
+    credentials: dict[str, str] = {}
+    for hook in _DEMO_HOOKS:
+        credentials.update(hook(size))
+    return credentials
+
+
 StepCallback = Callable[[str, DemoStep, Run | None, bool], None]
 
 

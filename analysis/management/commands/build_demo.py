@@ -2,7 +2,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from analysis.models import RunStatus
-from analysis.services.demo import DemoSize, demo_build, demo_credentials_ensure
+from analysis.services.demo import DemoSize, demo_build, demo_credentials_ensure, demo_hooks_run
 
 
 class Command(BaseCommand):
@@ -26,9 +26,11 @@ class Command(BaseCommand):
                 reused = "" if created else " (already done)"
                 self.stdout.write(f"  run {run.pk} {run.status}{reused}" + (f": {run.error}" if run.error else ""))
 
-        runs = demo_build(inline=True, size=DemoSize(images=images, image_size=image_size, epochs=epochs),
-                          on_step=report)
+        size = DemoSize(images=images, image_size=image_size, epochs=epochs)
+        runs = demo_build(inline=True, size=size, on_step=report)
         if not runs or runs[-1].status != RunStatus.SUCCEEDED:
             raise CommandError("the demo build stopped at a failed step (see above)")
+        self.stdout.write("· Studies for experts and crowds …")
+        credentials.update(demo_hooks_run(size))
         for username, password in credentials.items():
             self.stdout.write(f"Log in as {username} / {password}")

@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from analysis.models import RunStatus
-from analysis.services.demo import DemoSize, demo_build, demo_credentials_ensure
+from analysis.services.demo import DemoSize, demo_build, demo_credentials_ensure, demo_hooks_run
 
 
 class Command(BaseCommand):
@@ -74,9 +74,12 @@ class Command(BaseCommand):
                     self.stdout.write(f"  {run.status}" + ("" if created else " (already done)")
                                       + (f": {run.error}" if run.error else ""))
 
-            runs = demo_build(inline=False, size=DemoSize(images=images, image_size=image_size, epochs=epochs),
-                              on_step=report)
+            size = DemoSize(images=images, image_size=image_size, epochs=epochs)
+            runs = demo_build(inline=False, size=size, on_step=report)
             if runs and runs[-1].status == RunStatus.SUCCEEDED:
+                self.stdout.write("· Studies for experts and crowds …")
+                for username, password in demo_hooks_run(size).items():
+                    self.stdout.write(f"Log in as {username} / {password}")
                 self.stdout.write(self.style.SUCCESS("The demo is built."))
             else:
                 self.stdout.write(self.style.ERROR("A demo step failed; the site stays up so you can see why."))

@@ -1,0 +1,53 @@
+"""Admin for the human side. Judgments are read-only here: they are never edited or deleted."""
+from django.contrib import admin
+
+from .models import Assignment, Judgment, Study, StudyRater, StudyTask
+
+
+class StudyRaterInline(admin.TabularInline):
+    model = StudyRater
+    extra = 0
+    fields = ("name", "kind", "user", "params")
+    readonly_fields = ("kind", "params")
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "layer", "plan", "created_at")
+    list_filter = ("kind", "plan")
+    search_fields = ("name",)
+    readonly_fields = ("kind", "layer", "extraction", "plan", "raters_per_task", "overlap_class", "seed", "created_by",
+                       "created_at")
+    exclude = ("object_classes",)
+    inlines = [StudyRaterInline]
+
+
+@admin.register(StudyTask)
+class StudyTaskAdmin(admin.ModelAdmin):
+    list_display = ("item", "study", "position", "owner", "capacity", "assigned_count")
+    list_filter = ("study",)
+    search_fields = ("item",)
+    readonly_fields = ("study", "position", "item", "unit", "object_class", "exemplar_set", "owner", "capacity",
+                       "assigned_count")
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ("task", "rater", "assigned_at", "completed_at")
+    list_filter = ("rater__study",)
+
+
+@admin.register(Judgment)
+class JudgmentAdmin(admin.ModelAdmin):
+    list_display = ("task", "rater", "answer", "concept", "submitted_at", "seconds", "revision_of", "simulated", "origin")
+    list_filter = ("task__study", "answer", "simulated", "origin")
+    search_fields = ("concept", "task__item", "rater__name")
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,241 @@
+"""Reads of the human side: progress, an expert's answers, suggestions, agreement and type distributions."""
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, F, Max, Q
+
+from analysis.engine import agreement as engine
+
+from .models import ANSWER_ORDER, Answer, Judgment, RaterKind, Study, StudyRater, StudyTask
+
+NOT_SURE_CODE = ANSWER_ORDER.index(Answer.NOT_SURE)
+TYPE_ANSWERS = (Answer.PART, Answer.BACKGROUND, Answer.OTHER, Answer.NO)
+TYPE_LABELS = {Answer.PART: "semantic part", Answer.BACKGROUND: "background", Answer.OTHER: "other",
+               Answer.NO: "not systematic"}
+SIMULATED_CHOICES = ("exclude", "include", "only")
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.done / self.total) if self.total else 0
+
+    @property
+    def remaining(self) -> int:
+        return max(self.total - self.done, 0)
+
+
+def _eligible_tasks(rater: StudyRater):
+    """Tasks ``rater`` has or may still claim (owned by them or open to all, not full, or theirs)."""
+    return (StudyTask.objects.filter(study_id=rater.study_id)
+            .filter(Q(owner__isnull=True) | Q(owner=rater))
+            .filter(Q(assignments__rater=rater) | Q(assigned_count__lt=F("capacity"))).distinct())
+
+
+def rater_progress(rater: StudyRater) -> Progress:
+    """Tasks answered by ``rater`` out of the tasks they have or may still take."""
+    done = Judgment.objects.filter(rater=rater, revision_of__isnull=True).count()
+    if rater.kind != RaterKind.EXPERT:
+        return Progress(done, rater.study.tasks.count())
+    return Progress(done, max(_eligible_tasks(rater).count(), done))
+
+
+def expert_study_rows(user) -> list[dict[str, Any]]:
+    """The expert's studies, newest first, each with their progress."""
+    raters = (StudyRater.objects.filter(user=user, kind=RaterKind.EXPERT)
+              .select_related("study__layer__network", "study__extraction__dataset").order_by("-study__created_at"))
+    return [{"rater": rater, "study": rater.study, "progress": rater_progress(rater)} for rater in raters]
+
+
+def expert_rater(user, study_id: int) -> StudyRater | None:
+    return (StudyRater.objects.filter(user=user, kind=RaterKind.EXPERT, study_id=study_id)
+            .select_related("study").first())
+
+
+def study_rows() -> list[dict[str, Any]]:
+    """Every study with its numbers of tasks, raters and human judgments."""
+    studies = (Study.objects.select_related("layer__network", "extraction__dataset", "created_by")
+               .annotate(task_count=Count("tasks", distinct=True), rater_count=Count("raters", distinct=True)))
+    judged = dict(Judgment.objects.current().human().values("task__study").annotate(n=Count("id"))
+                  .values_list("task__study", "n"))
+    return [{"study": study, "judgments": judged.get(study.pk, 0)} for study in studies]
+
+
+def study_rater_rows(study: Study) -> list[dict[str, Any]]:
+    """Per rater: kind, progress, revisions, median seconds per judgment, last activity."""
+    rows = []
+    for rater in study.raters.select_related("user").order_by("kind", "name"):
+        judgments = Judgment.objects.filter(rater=rater)
+        seconds = [value for value in judgments.filter(seconds__isnull=False).values_list("seconds", flat=True)]
+        rows.append({
+            "rater": rater, "progress": rater_progress(rater),
+            "revisions": judgments.filter(revision_of__isnull=False).count(),
+            "median_seconds": statistics.median(seconds) if seconds else None,
+            "last": judgments.aggregate(last=Max("submitted_at"))["last"],
+        })
+    return rows
+
+
+def study_task_progress(study: Study) -> dict[str, int]:
+    """Tasks, tasks with a human judgment, and human judgments given vs. planned."""
+    tasks = study.tasks.all()
+    answered = tasks.filter(judgments__simulated=False).distinct().count()
+    planned = sum(tasks.values_list("capacity", flat=True))
+    given = Judgment.objects.filter(task__study=study, simulated=False, revision_of__isnull=True).count()
+    return {"tasks": tasks.count(), "answered": answered, "planned": planned, "given": given}
+
+
+def rater_answers(rater: StudyRater) -> list[Judgment]:
+    """The rater's current judgments (latest first), each with ``version`` (1 = never revised)."""
+    rows = list(Judgment.objects.filter(rater=rater)
+                .select_related("task__object_class", "task__exemplar_set__grid")
+                .order_by("-submitted_at", "-id"))
+    by_id = {judgment.pk: judgment for judgment in rows}
+    revised = {judgment.revision_of_id for judgment in rows if judgment.revision_of_id}
+    current = [judgment for judgment in rows if judgment.pk not in revised]
+    for judgment in current:
+        version, previous = 1, judgment.revision_of_id
+        while previous is not None:
+            version += 1
+            previous = by_id[previous].revision_of_id
+        judgment.version = version
+    return current
+
+
+def current_judgment(rater: StudyRater, task: StudyTask) -> Judgment | None:
+    return Judgment.objects.current().filter(rater=rater, task=task).first()
+
+
+def task_number(task: StudyTask, rater: StudyRater) -> int:
+    """1-based position of ``task`` among the tasks the rater has taken."""
+    return rater.assignments.filter(task__position__lte=task.position).count()
+
+
+def concept_suggestions(study: Study, *, limit: int = 400) -> list[str]:
+    """Names already given in the study (by people, most used first), then the dataset's concept names."""
+    given = Counter(Judgment.objects.current().human().filter(task__study=study).exclude(concept="")
+                    .values_list("concept", flat=True))
+    names = [name for name, _ in given.most_common()]
+    if study.extraction_id:
+        dataset_names = (study.extraction.dataset.concepts.filter(category__in=["part", "material", "color", "object"])
+                         .order_by("-image_count", "name").values_list("name", flat=True))
+        names += [name.removesuffix("-c") for name in dataset_names]
+    return list(dict.fromkeys(names))[:limit]
+
+
+# -- reports -------------------------------------------------------------------------------------------
+
+def _included(study: Study, simulated: str):
+    judgments = Judgment.objects.current().filter(task__study=study)
+    if simulated == "exclude":
+        return judgments.filter(simulated=False)
+    if simulated == "only":
+        return judgments.filter(simulated=True)
+    return judgments
+
+
+def _summary_dict(summary: engine.AgreementSummary) -> dict[str, Any]:
+    return summary.as_dict()
+
+
+def study_agreement(study: Study, *, simulated: str = "exclude", replicates: int = engine.DEFAULT_REPLICATES,
+                    seed: int = 0, confidence: float = engine.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """Agreement on the five answers over the study's items, "not sure" rejected as in GG'18 §4.1, and
+    the alternative with "not sure" kept as a fifth category.
+
+    ``simulated``: ``exclude`` (default) leaves simulated raters out, ``include`` adds them, ``only``
+    reports them alone. Each rater's current (latest) judgment counts.
+    """
+    if simulated not in SIMULATED_CHOICES:
+        raise ValueError(f"simulated must be one of {SIMULATED_CHOICES}")
+    rows = list(_included(study, simulated).values_list("task_id", "rater_id", "answer"))
+    triples = [(task, rater, ANSWER_ORDER.index(answer)) for task, rater, answer in rows]
+    raters = dict(StudyRater.objects.filter(pk__in={rater for _, rater, _ in rows}).values_list("pk", "name"))
+    if triples:
+        matrix, _, rater_ids = engine.ratings_matrix(triples)
+    else:
+        import numpy as np
+
+        matrix, rater_ids = np.zeros((0, 0), dtype=np.int64), []
+    common = dict(replicates=replicates, seed=seed, confidence=confidence, n_categories=len(ANSWER_ORDER))
+    excluded = engine.agreement_summary(matrix, exclude=[NOT_SURE_CODE], **common) if triples else None
+    kept = engine.agreement_summary(matrix, **common) if triples else None
+    empty = {name: None for name in engine.AgreementSummary.STATISTICS} | {"n_items": 0, "n_raters": 0,
+                                                                            "n_answers": 0}
+
+    def pairing_raters(exclude: list[int]) -> list[str]:
+        """Raters with an answer on an item that has two or more (those the statistics count)."""
+        if not triples:
+            return []
+        used = engine.exclude_categories(matrix, exclude)
+        active = (used[engine.pairable_items(used)] != engine.MISSING).any(axis=0)
+        return [raters[pk] for pk, keep in zip(rater_ids, active) if keep]
+
+    result = {"study": study.name, "study_id": study.pk, "simulated": simulated, "not_sure": "excluded",
+              "raters": pairing_raters([NOT_SURE_CODE]), "all_raters": [raters[pk] for pk in rater_ids],
+              **(_summary_dict(excluded) if excluded else empty)}
+    result["alternative"] = {"not_sure": "category", "raters": pairing_raters([]),
+                             **(_summary_dict(kept) if kept else empty)}
+    return result
+
+
+def study_type_distribution(study: Study, *, simulated: str = "exclude") -> dict[str, Any]:
+    """GG'18 Fig. 9: per object class the shares of filter types (part, background, other, none) over the
+    class's tasks, "not sure" rejected; a task done by several raters averages their answers; and the
+    average over classes. Counts of kept and rejected tasks come with each class."""
+    by_task: dict[int, list[int]] = defaultdict(list)
+    for task_id, answer in _included(study, simulated).values_list("task_id", "answer"):
+        by_task[task_id].append(ANSWER_ORDER.index(answer))
+    class_of = dict(study.tasks.filter(pk__in=list(by_task)).values_list("pk", "object_class__name"))
+    groups: dict[str, list[list[int]]] = defaultdict(list)
+    for task_id, answers in by_task.items():
+        groups[class_of.get(task_id) or "all items"].append(answers)
+    order = list(study.object_classes.values_list("name", flat=True)) if study.kind == "network" else []
+    classes = sorted(groups, key=lambda name: (order.index(name) if name in order else len(order), name))
+    rows = []
+    for name in classes:
+        shares, kept, rejected = engine.type_distribution(groups[name], len(ANSWER_ORDER), rejected=[NOT_SURE_CODE])
+        rows.append({"class": name, "kept": kept, "rejected": rejected,
+                     "shares": {answer: float(shares[ANSWER_ORDER.index(answer)]) for answer in TYPE_ANSWERS}})
+    kept_rows = [row for row in rows if row["kept"]]
+    average = {answer: (sum(row["shares"][answer] for row in kept_rows) / len(kept_rows) if kept_rows else 0.0)
+               for answer in TYPE_ANSWERS}
+    return {"classes": rows, "average": average, "labels": {answer: TYPE_LABELS[answer] for answer in TYPE_ANSWERS}}
+
+
+def study_rater_answer_counts(study: Study, *, simulated: str = "exclude") -> list[dict[str, Any]]:
+    """Per rater, how often they gave each answer (current judgments)."""
+    counts: dict[int, Counter] = defaultdict(Counter)
+    for rater_id, answer in _included(study, simulated).values_list("rater_id", "answer"):
+        counts[rater_id][answer] += 1
+    raters = StudyRater.objects.filter(pk__in=list(counts)).order_by("kind", "name")
+    return [{"rater": rater, "counts": [counts[rater.pk][answer] for answer in ANSWER_ORDER],
+             "total": sum(counts[rater.pk].values())} for rater in raters]
+
+
+def study_overlap_items(study: Study, *, simulated: str = "exclude", limit: int = 60) -> list[dict[str, Any]]:
+    """Items answered by two or more raters, disagreements first, with every rater's answer and name."""
+    per_task: dict[int, list[Judgment]] = defaultdict(list)
+    for judgment in _included(study, simulated).select_related("rater"):
+        per_task[judgment.task_id].append(judgment)
+    shared = {task_id: judgments for task_id, judgments in per_task.items() if len(judgments) >= 2}
+    tasks = {task.pk: task for task in StudyTask.objects.filter(pk__in=list(shared)).select_related("object_class")}
+    rows = [{"task": tasks[task_id], "judgments": sorted(judgments, key=lambda j: j.rater.name),
+             "agree": len({j.answer for j in judgments}) == 1} for task_id, judgments in shared.items()]
+    rows.sort(key=lambda row: (row["agree"], row["task"].position))
+    return rows[:limit]
+
+
+def study_judgments_for_export(study: Study):
+    """Every judgment of the study (revisions and simulated ones included) with its provenance."""
+    return (Judgment.objects.filter(task__study=study)
+            .select_related("task__unit", "task__object_class", "rater__user", "grid")
+            .order_by("task__position", "rater__name", "submitted_at", "id"))

@@ -1,0 +1,533 @@
+"""Writes of the human side: studies, the atomic next-task claim, judgments, imports, simulated raters.
+
+Every function is keyword-only and typed. Expected user errors raise :class:`StudyInputError` with a
+readable message (pages show it on the form, commands as their error).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone as dt_timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core import signing
+from django.db import connection, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from accounts.roles import Role
+from analysis.models import ExemplarKind, ExemplarSet, Layer, LayerExtraction
+
+from .models import (ANSWER_ORDER, CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, YES_ANSWERS, Assignment,
+                     Judgment, JudgmentOrigin, RaterKind, Study, StudyKind, StudyPlan, StudyRater, StudyTask)
+
+ITEM_MAX_LENGTH = 200
+RATER_NAME_MAX_LENGTH = 150
+SHOWN_TOKEN_SALT = "annotation.task-shown"
+SHOWN_TOKEN_MAX_AGE = 24 * 3600
+
+
+class StudyInputError(ValueError):
+    """An expected user error: bad study parameters, a bad answer, a malformed import file."""
+
+
+# -- studies --------------------------------------------------------------------------------------------
+
+def _clean_name(name: str) -> str:
+    name = " ".join(str(name).split())
+    if not name:
+        raise StudyInputError("A study needs a name.")
+    if len(name) > 200:
+        raise StudyInputError("A study name has at most 200 characters.")
+    return name
+
+
+def _study_name_free(name: str) -> None:
+    if Study.objects.filter(name=name).exists():
+        raise StudyInputError(f"A study named {name!r} already exists.")
+
+
+def _split_classes(classes: Sequence[str], overlap: str, n_experts: int) -> dict[str, int | None]:
+    """Paper plan: the overlap class to everyone (None), the others round-robin to expert 0, 1, …"""
+    owners: dict[str, int | None] = {overlap: None}
+    for position, name in enumerate(name for name in classes if name != overlap):
+        owners[name] = position % n_experts
+    return owners
+
+
+@transaction.atomic
+def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[Any], plan: str = StudyPlan.PAPER,
+                 object_classes: Sequence[str] | None = None, overlap_class: str | None = None,
+                 raters_per_task: int = 2, instructions: str = DEFAULT_INSTRUCTIONS,
+                 units: Sequence[int] | None = None, seed: int = 0, description: str = "",
+                 created_by=None) -> Study:
+    """Create a study of one layer's units: one task per (unit, object class) showing its top-10 grid.
+
+    ``object_classes``: names among the extraction's classes (default: all). ``units``: unit indices
+    (default: every unit of the layer). Plans (GG'18 §4.1 is ``paper``): ``paper`` splits the classes
+    round-robin between the experts, except ``overlap_class`` (default: the first class) which every
+    expert does, for agreement; ``full``: every expert does every task; ``n_raters``: each task is done
+    by ``raters_per_task`` experts, whoever asks first. Every grid must be rendered.
+    """
+    name = _clean_name(name)
+    _study_name_free(name)
+    if plan not in StudyPlan.values:
+        raise StudyInputError(f"Unknown plan {plan!r}; choose one of {', '.join(StudyPlan.values)}.")
+    experts = list(dict.fromkeys(experts))
+    if not experts:
+        raise StudyInputError("Choose at least one expert.")
+    for user in experts:
+        if not user.has_role(Role.EXPERT):
+            raise StudyInputError(f"{user.get_username()} is not an expert annotator.")
+    available = list(extraction.class_names or [])
+    classes = list(dict.fromkeys(object_classes)) if object_classes else available
+    unknown = [name for name in classes if name not in available]
+    if unknown:
+        raise StudyInputError(f"{', '.join(unknown)}: not an object class of this extraction "
+                              f"(classes: {', '.join(available) or 'none'}).")
+    if not classes:
+        raise StudyInputError("This extraction has no object classes: GG'18 studies need one class per image.")
+    if plan == StudyPlan.PAPER:
+        overlap_class = overlap_class or classes[0]
+        if overlap_class not in classes:
+            raise StudyInputError(f"The overlap class {overlap_class!r} is not among the study's classes.")
+    else:
+        overlap_class = None
+    if plan == StudyPlan.N_RATERS and not 1 <= raters_per_task <= len(experts):
+        raise StudyInputError(f"Raters per task must lie between 1 and the number of experts ({len(experts)}).")
+
+    sets = (ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_CLASS,
+                                       object_class__name__in=classes)
+            .select_related("unit", "object_class").order_by("unit__index"))
+    if units is not None:
+        sets = sets.filter(unit__index__in=list(units))
+    sets = list(sets)
+    if not sets:
+        raise StudyInputError("No top-10 exemplar sets match these classes and units.")
+    if any(exemplar.grid_id is None for exemplar in sets):
+        raise StudyInputError(f"Some grids of {extraction.layer.name} are not rendered yet: render the layer's "
+                              "grids first (python manage.py render_grids).")
+
+    study = Study.objects.create(
+        name=name, kind=StudyKind.NETWORK, layer=extraction.layer, extraction=extraction, plan=plan,
+        raters_per_task=raters_per_task if plan == StudyPlan.N_RATERS else len(experts),
+        instructions=instructions.strip() or DEFAULT_INSTRUCTIONS, seed=seed, description=description,
+        created_by=created_by)
+    concepts = {exemplar.object_class.name: exemplar.object_class for exemplar in sets}
+    study.object_classes.set([concepts[name] for name in classes if name in concepts])
+    if overlap_class:
+        study.overlap_class = concepts.get(overlap_class)
+        study.save(update_fields=["overlap_class"])
+    raters = [StudyRater.objects.create(study=study, kind=RaterKind.EXPERT, user=user, name=user.get_username())
+              for user in experts]
+    owners = _split_classes(classes, overlap_class, len(raters)) if plan == StudyPlan.PAPER else {}
+    class_order = [overlap_class] + [c for c in classes if c != overlap_class] if overlap_class else classes
+    by_class: dict[str, list[ExemplarSet]] = {}
+    for exemplar in sets:
+        by_class.setdefault(exemplar.object_class.name, []).append(exemplar)
+    rng = np.random.default_rng(seed)
+    tasks, position = [], 0
+    for class_name in class_order:
+        members = by_class.get(class_name, [])
+        for index in rng.permutation(len(members)):
+            exemplar = members[int(index)]
+            owner_index = owners.get(class_name)
+            if plan == StudyPlan.PAPER:
+                owner = raters[owner_index] if owner_index is not None else None
+                capacity = 1 if owner is not None else len(raters)
+            else:
+                owner, capacity = None, study.raters_per_task
+            tasks.append(StudyTask(study=study, position=position, item=f"{exemplar.unit.index}/{class_name}",
+                                   unit=exemplar.unit, object_class=exemplar.object_class, exemplar_set=exemplar,
+                                   owner=owner, capacity=capacity))
+            position += 1
+    StudyTask.objects.bulk_create(tasks, batch_size=1000)
+    return study
+
+
+def study_extraction_for(*, network: str, layer: str, dataset: str | None = None) -> LayerExtraction:
+    """The newest extraction of ``network``/``layer`` (on ``dataset`` if given) with rendered top-10 grids."""
+    layer_row = Layer.objects.filter(network__name=network, name=layer).first()
+    if layer_row is None:
+        raise StudyInputError(f"No layer {layer!r} of a network {network!r}.")
+    extractions = LayerExtraction.objects.filter(layer=layer_row).order_by("-created_at", "-id")
+    if dataset:
+        extractions = extractions.filter(dataset__name=dataset)
+    for extraction in extractions:
+        if ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_CLASS, grid__isnull=False).exists():
+            return extraction
+    raise StudyInputError(f"{network}/{layer} has no extraction with rendered grids"
+                          + (f" on {dataset}" if dataset else "") + ".")
+
+
+# -- the next task (atomic) -------------------------------------------------------------------------------
+
+def task_next_for_rater(*, rater: StudyRater) -> StudyTask | None:
+    """The task ``rater`` should answer now: the one they hold unanswered, or a newly claimed one.
+
+    Atomic: a rater never holds a task twice, and a task is never held by more experts than its
+    capacity (1, or the plan's overlap). Requests of one rater are serialised by locking the rater row;
+    on PostgreSQL candidates are read ``FOR UPDATE SKIP LOCKED`` so experts claiming at once take
+    different rows without waiting; on SQLite the transaction begins IMMEDIATE (settings), so claims are
+    serialised by the database's write lock. Either way the claim itself is a conditional UPDATE
+    (``assigned_count < capacity``) that cannot over-fill a task. Returns None when nothing is left.
+    """
+    with transaction.atomic():
+        StudyRater.objects.select_for_update().filter(pk=rater.pk).first()
+        held = (Assignment.objects.filter(rater=rater, completed_at__isnull=True)
+                .select_related("task").order_by("task__position", "task_id").first())
+        if held is not None:
+            return held.task
+        candidates = (StudyTask.objects.filter(study_id=rater.study_id, assigned_count__lt=F("capacity"))
+                      .filter(Q(owner__isnull=True) | Q(owner=rater))
+                      .exclude(assignments__rater=rater)
+                      .order_by("position", "id"))
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+        for task in candidates[:8]:
+            claimed = StudyTask.objects.filter(pk=task.pk, assigned_count__lt=F("capacity")).update(
+                assigned_count=F("assigned_count") + 1)
+            if claimed:
+                Assignment.objects.create(task=task, rater=rater)
+                task.assigned_count += 1
+                return task
+    return None
+
+
+# -- judgments -------------------------------------------------------------------------------------------
+
+def concept_clean(text: str | None) -> str:
+    """Trim, collapse whitespace, drop control characters; at most CONCEPT_MAX_LENGTH characters."""
+    text = re.sub(r"[\x00-\x1f\x7f]", " ", text or "")
+    text = " ".join(text.split())
+    if len(text) > CONCEPT_MAX_LENGTH:
+        raise StudyInputError(f"A concept name has at most {CONCEPT_MAX_LENGTH} characters.")
+    return text
+
+
+def answer_validate(answer: str, concept: str | None) -> tuple[str, str]:
+    """The answer and its cleaned concept name; a name is required for the three yes-answers."""
+    if answer not in ANSWER_ORDER:
+        raise StudyInputError(f"Unknown answer {answer!r}.")
+    concept = concept_clean(concept)
+    if answer in YES_ANSWERS:
+        if not concept:
+            raise StudyInputError("Name the concept the highlighted areas cover.")
+        return answer, concept
+    return answer, ""
+
+
+def task_shown_token(*, task: StudyTask, rater: StudyRater, now: float | None = None) -> str:
+    """A signed note of when ``task`` was shown to ``rater`` (sent back with the answer to time it)."""
+    return signing.dumps({"task": task.pk, "rater": rater.pk, "t": round(now if now is not None else time.time(), 3)},
+                         salt=SHOWN_TOKEN_SALT)
+
+
+def task_shown_at(*, token: str | None, task: StudyTask, rater: StudyRater) -> datetime | None:
+    """When the task was shown, from a token of :func:`task_shown_token` (None if absent or not ours)."""
+    if not token:
+        return None
+    try:
+        data = signing.loads(token, salt=SHOWN_TOKEN_SALT, max_age=SHOWN_TOKEN_MAX_AGE)
+    except signing.BadSignature:
+        return None
+    if data.get("task") != task.pk or data.get("rater") != rater.pk:
+        return None
+    return datetime.fromtimestamp(float(data["t"]), tz=dt_timezone.utc)
+
+
+def judgment_submit(*, rater: StudyRater, task: StudyTask, answer: str, concept: str | None = "",
+                    started_at: datetime | None = None, submitted_at: datetime | None = None,
+                    origin: str = JudgmentOrigin.WEB) -> Judgment:
+    """Record ``rater``'s answer to ``task``: a first judgment, or a revision (a new row) of their current one.
+
+    Experts may only answer tasks they hold (an assignment). Submitting the same answer and name again
+    (a double Enter) returns the current judgment instead of adding a row.
+    """
+    answer, concept = answer_validate(answer, concept)
+    if task.study_id != rater.study_id:
+        raise StudyInputError("This task belongs to another study.")
+    submitted_at = submitted_at or timezone.now()
+    with transaction.atomic():
+        StudyRater.objects.select_for_update().filter(pk=rater.pk).first()
+        assignment = Assignment.objects.filter(task=task, rater=rater).first()
+        if rater.kind == RaterKind.EXPERT and assignment is None:
+            raise StudyInputError("This task is not assigned to you.")
+        current = Judgment.objects.current().filter(task=task, rater=rater).first()
+        if current is not None and (current.answer, current.concept) == (answer, concept):
+            return current
+        seconds = None
+        if started_at is not None and started_at <= submitted_at:
+            seconds = round((submitted_at - started_at).total_seconds(), 3)
+        grid_id = task.exemplar_set.grid_id if task.exemplar_set_id else None
+        judgment = Judgment.objects.create(
+            task=task, rater=rater, answer=answer, concept=concept, started_at=started_at,
+            submitted_at=submitted_at, seconds=seconds, revision_of=current,
+            simulated=rater.kind == RaterKind.SIMULATED, origin=origin, grid_id=grid_id)
+        if assignment is not None and assignment.completed_at is None:
+            Assignment.objects.filter(pk=assignment.pk).update(completed_at=submitted_at)
+    return judgment
+
+
+# -- import --------------------------------------------------------------------------------------------
+
+IMPORT_COLUMNS = ("item", "rater", "answer")
+IMPORT_ANSWERS = {answer: answer for answer in ANSWER_ORDER}
+
+
+class ImportProblems(StudyInputError):
+    """A malformed import file: every bad row, by line (``None`` for the file as a whole)."""
+
+    def __init__(self, problems: Iterable[tuple[int | None, str]]):
+        self.problems = list(problems)
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        lines = [f"line {line}: {message}" if line is not None else message for line, message in self.problems]
+        return f"{len(self.problems)} problem(s), nothing imported:\n" + "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    line: int
+    item: str
+    rater: str
+    answer: str
+    concept: str
+
+
+def judgments_parse(text: str) -> list[ImportRow]:
+    """Validate every row of an import CSV (``item,rater,answer[,concept]``); raise with all problems."""
+    problems: list[tuple[int | None, str]] = []
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        raise ImportProblems([(None, "the file is empty")])
+    columns = [column.strip().lower().lstrip("\ufeff") for column in header]
+    missing = [column for column in IMPORT_COLUMNS if column not in columns]
+    unknown = [column for column in columns if column not in IMPORT_COLUMNS + ("concept",)]
+    if missing or unknown or len(set(columns)) != len(columns):
+        raise ImportProblems([(1, "the header must be item,rater,answer[,concept] (found "
+                                  f"{','.join(header) or 'nothing'})")])
+    position = {column: columns.index(column) for column in columns}
+    rows: list[ImportRow] = []
+    seen: dict[tuple[str, str], int] = {}
+    for raw in reader:
+        line = reader.line_num
+        if not raw or not any(cell.strip() for cell in raw):
+            continue
+        if len(raw) != len(columns):
+            problems.append((line, f"expected {len(columns)} columns, found {len(raw)}"))
+            continue
+        cells = {column: raw[position[column]].strip() for column in columns}
+        item, rater, answer = cells["item"], cells["rater"], cells["answer"].lower().replace("-", "_").replace(" ", "_")
+        row_problems = []
+        if not item:
+            row_problems.append("empty item")
+        elif len(item) > ITEM_MAX_LENGTH:
+            row_problems.append(f"item longer than {ITEM_MAX_LENGTH} characters")
+        if not rater:
+            row_problems.append("empty rater")
+        elif len(rater) > RATER_NAME_MAX_LENGTH:
+            row_problems.append(f"rater longer than {RATER_NAME_MAX_LENGTH} characters")
+        if answer not in IMPORT_ANSWERS:
+            row_problems.append(f"answer {cells['answer']!r} is not one of {', '.join(ANSWER_ORDER)}")
+        try:
+            concept = concept_clean(cells.get("concept", ""))
+        except StudyInputError as error:
+            row_problems.append(str(error))
+            concept = ""
+        if item and rater and (item, rater) in seen:
+            row_problems.append(f"rater {rater!r} already answered item {item!r} on line {seen[(item, rater)]}")
+        if row_problems:
+            problems.append((line, "; ".join(row_problems)))
+            continue
+        seen[(item, rater)] = line
+        rows.append(ImportRow(line, item, rater, answer, concept if answer in YES_ANSWERS else ""))
+    if not problems and not rows:
+        problems.append((None, "the file has no judgments"))
+    if problems:
+        raise ImportProblems(problems)
+    return rows
+
+
+def judgments_import(*, study_name: str, path: str | Path | None = None, text: str | None = None,
+                     created_by=None) -> dict[str, Any]:
+    """Import judgments collected elsewhere into a study of imported items (created if absent).
+
+    Every row is validated first; on any problem nothing is imported and :class:`ImportProblems`
+    lists them by line. A rater answering an item again in a later file adds a revision (never an
+    overwrite); the same answer again is skipped. Returns counts.
+    """
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise StudyInputError(f"{path}: no such file") from None
+        except UnicodeDecodeError as error:
+            raise ImportProblems([(None, f"the file is not UTF-8 text ({error.reason})")]) from None
+    rows = judgments_parse(text)
+    name = _clean_name(study_name)
+    now = timezone.now()
+    with transaction.atomic():
+        study = Study.objects.select_for_update().filter(name=name).first()
+        created_study = study is None
+        if study is None:
+            study = Study.objects.create(name=name, kind=StudyKind.IMPORTED, plan=StudyPlan.FULL,
+                                         instructions=DEFAULT_INSTRUCTIONS, created_by=created_by,
+                                         description="Judgments imported from a file.")
+        elif study.kind != StudyKind.IMPORTED:
+            raise StudyInputError(f"Study {name!r} is a study of network units; import into a new name.")
+        raters = {rater.name: rater for rater in study.raters.all()}
+        tasks = {task.item: task for task in study.tasks.all()}
+        next_position = max((task.position for task in tasks.values()), default=-1) + 1
+        counts = {"created": 0, "revised": 0, "unchanged": 0}
+        for row in rows:
+            if row.rater not in raters:
+                raters[row.rater] = StudyRater.objects.create(study=study, kind=RaterKind.IMPORTED, name=row.rater)
+            if row.item not in tasks:
+                tasks[row.item] = StudyTask.objects.create(study=study, position=next_position, item=row.item,
+                                                           capacity=0)
+                next_position += 1
+            rater, task = raters[row.rater], tasks[row.item]
+            current = Judgment.objects.current().filter(task=task, rater=rater).first()
+            if current is not None and (current.answer, current.concept) == (row.answer, row.concept):
+                counts["unchanged"] += 1
+                continue
+            Judgment.objects.create(task=task, rater=rater, answer=row.answer, concept=row.concept,
+                                    submitted_at=now, revision_of=current, origin=JudgmentOrigin.IMPORTED,
+                                    source_line=row.line)
+            counts["revised" if current else "created"] += 1
+    return {"study": study.name, "study_id": study.pk, "created_study": created_study, "rows": len(rows),
+            "items": len(tasks), "raters": len(raters), **counts}
+
+
+# -- simulated raters -------------------------------------------------------------------------------------
+
+def simulated_raters_run(*, study: Study, raters: int = 2, error_rate: float | None = None, seed: int = 0,
+                         truth: dict[int, tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Let ``raters`` simulated raters answer every task of a network study from the dataset's truth.
+
+    Raters are named ``simulated-1`` … and keep the error rate and seed they were created with; running
+    again only answers tasks they have not answered (idempotent). Their judgments are flagged simulated.
+    """
+    from .simulation import DEFAULT_ERROR_RATE, simulated_answer, study_ground_truth
+
+    if study.kind != StudyKind.NETWORK or study.extraction_id is None:
+        raise StudyInputError("Simulated raters need a study of network units (with a dataset's truth).")
+    if not 1 <= raters <= 20:
+        raise StudyInputError("Between 1 and 20 simulated raters.")
+    error_rate = DEFAULT_ERROR_RATE if error_rate is None else float(error_rate)
+    if not 0.0 <= error_rate <= 1.0:
+        raise StudyInputError("The error rate lies between 0 and 1.")
+    names = [f"simulated-{number}" for number in range(1, raters + 1)]
+    n_tasks = study.tasks.filter(exemplar_set__isnull=False).count()
+    finished = (StudyRater.objects.filter(study=study, kind=RaterKind.SIMULATED, name__in=names)
+                .annotate(answered=Count("judgments", filter=Q(judgments__revision_of__isnull=True)))
+                .filter(answered__gte=n_tasks).count())
+    if truth is None and finished == raters:  # every task answered already: skip reading the truth
+        return {"study": study.name, "raters": raters, "error_rate": error_rate, "seed": seed,
+                "judgments_created": 0, "tasks": n_tasks, "truth_counts": {}}
+    truth = truth if truth is not None else study_ground_truth(study)
+    tasks = list(study.tasks.filter(pk__in=list(truth)).order_by("position"))
+    dataset = study.extraction.dataset
+    wrong_names = sorted({name.removesuffix("-c") for name in dataset.concepts.filter(
+        category__in=["part", "material", "color"]).values_list("name", flat=True)}) or ["something"]
+    answered = 0
+    now = timezone.now()
+    with transaction.atomic():
+        for number in range(1, raters + 1):
+            rater, _ = StudyRater.objects.get_or_create(
+                study=study, name=f"simulated-{number}",
+                defaults={"kind": RaterKind.SIMULATED, "params": {"error_rate": error_rate, "seed": seed}})
+            if rater.kind != RaterKind.SIMULATED:
+                raise StudyInputError(f"A rater named {rater.name} exists and is not simulated.")
+            rate, rater_seed = rater.params.get("error_rate", error_rate), rater.params.get("seed", seed)
+            done = set(Judgment.objects.filter(rater=rater).values_list("task_id", flat=True))
+            rows = []
+            for task in tasks:
+                if task.pk in done:
+                    continue
+                rng = np.random.default_rng([int(rater_seed), number, task.position])
+                answer, concept = simulated_answer(truth[task.pk], error_rate=rate, rng=rng, wrong_names=wrong_names)
+                rows.append(Judgment(task=task, rater=rater, answer=answer, concept=concept, submitted_at=now,
+                                     simulated=True, origin=JudgmentOrigin.SIMULATED,
+                                     grid_id=task.exemplar_set.grid_id if task.exemplar_set_id else None))
+            Judgment.objects.bulk_create(rows, batch_size=1000)
+            answered += len(rows)
+    counts: dict[str, int] = {}
+    for answer, _ in truth.values():
+        counts[answer] = counts.get(answer, 0) + 1
+    return {"study": study.name, "raters": raters, "error_rate": error_rate, "seed": seed,
+            "judgments_created": answered, "tasks": len(tasks), "truth_counts": counts}
+
+
+# -- the demo -----------------------------------------------------------------------------------------
+
+DEMO_STUDY = "demo-conv5"
+DEMO_EXPERTS = ("expert1", "expert2")
+
+
+def _demo_passwords_ensure(usernames: Iterable[str]) -> dict[str, str]:
+    """Passwords of demo accounts, kept beside the researcher's in the data dir's demo-credentials.txt."""
+    path = settings.UNITSCOPE_DATA_DIR / "demo-credentials.txt"
+    stored = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
+    changed = False
+    for username in usernames:
+        if username not in stored:
+            stored[username] = secrets.token_urlsafe(9)
+            changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{name}={secret}\n" for name, secret in stored.items()))
+        path.chmod(0o600)
+    return {username: stored[username] for username in usernames}
+
+
+def demo_expert_study_ensure(*, network: str = "demo-net", layer: str = "conv5", dataset: str = "probe-world",
+                             study_name: str = DEMO_STUDY, experts: Sequence[str] = DEMO_EXPERTS,
+                             overlap_class: str | None = "car", units: Sequence[int] | None = None,
+                             simulated_raters: int = 2, error_rate: float = 0.15, seed: int = 0,
+                             researcher: str = "researcher") -> dict[str, Any]:
+    """The demo's expert study (idempotent): two expert accounts, a GG'18-plan study of ``layer`` and a
+    simulated pair that has answered every task, so the report is populated while the experts start.
+
+    Returns ``{"study": name, "study_id": pk, "credentials": {username: password}, "created": bool,
+    "simulated": {...}}``. Passwords are kept in the data dir's ``demo-credentials.txt``.
+    """
+    from accounts.models import User
+    from accounts.services import user_ensure
+
+    credentials = _demo_passwords_ensure(experts)
+    users = []
+    for username in experts:
+        user, created = user_ensure(username=username, password=credentials[username], role=Role.EXPERT)
+        if not created and not user.check_password(credentials[username]):
+            credentials[username] = "(unchanged: set before the demo stored it)"
+        users.append(user)
+    study = Study.objects.filter(name=study_name).first()
+    created = study is None
+    if study is None:
+        extraction = study_extraction_for(network=network, layer=layer, dataset=dataset)
+        classes = list(extraction.class_names)
+        study = study_create(
+            name=study_name, extraction=extraction, experts=users, plan=StudyPlan.PAPER, object_classes=classes,
+            overlap_class=overlap_class if overlap_class in classes else None, units=units, seed=seed,
+            description="The demo's GG'18 expert study: two experts split the classes and share one; a simulated "
+                        "pair answers everything from the probe world's truth.",
+            created_by=User.objects.filter(username=researcher).first())
+    simulated = simulated_raters_run(study=study, raters=simulated_raters, error_rate=error_rate, seed=seed)
+    return {"study": study.name, "study_id": study.pk, "credentials": credentials, "created": created,
+            "simulated": simulated}
