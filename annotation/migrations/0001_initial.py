@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('analysis', '0004_network_dissection'),
+        ('analysis', '0003_renderedgrid_layerextraction_exemplarset_and_more'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
