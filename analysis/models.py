@@ -357,3 +357,134 @@ class ExemplarSet(models.Model):
     class Meta:
         ordering = ["unit__index", "kind", "object_class__name"]
         indexes = [models.Index(fields=["extraction", "unit", "kind"])]
+
+
+# -- Network Dissection (ND'18 §2.2, §3.2) ----------------------------------------------------------
+
+class DissectionBaseline(models.TextChoices):
+    NONE = "none", "None (ND'18 dissection)"
+    SHUFFLED = "shuffled", "Shuffled masks (null baseline)"
+
+
+class UpsampleMethod(models.TextChoices):
+    ANCHORED = "anchored", "Bilinear, anchored at receptive-field centres (ND'18)"
+    PLAIN = "plain", "Plain bilinear resize (align_corners=False)"
+
+
+class LayerDissectionQuerySet(models.QuerySet):
+    def complete(self):
+        """Dissections whose shards are merged and whose results are saved."""
+        return self.filter(complete=True)
+
+    def real(self):
+        """Dissections without a null baseline (masks paired with their own images)."""
+        return self.filter(baseline=DissectionBaseline.NONE)
+
+    def newest_first(self):
+        """Newest first."""
+        return self.order_by("-created_at", "-id")
+
+
+class LayerDissection(models.Model):
+    """One Network Dissection of a layer over a dataset: summary figures here, full unit × concept counts in
+    ``<directory>/tally.npz`` (int64 counts and float64 IoU), per-unit results in :class:`UnitDissection`.
+
+    The row exists while shards are tallied (``complete`` False); the last shard to finish claims the merge
+    with a conditional update of ``merge_claimed``.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="layer_dissections")
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="dissections")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    extraction = models.ForeignKey(LayerExtraction, null=True, on_delete=models.SET_NULL, related_name="dissections",
+                                   help_text="Whose cached maps and thresholds were used.")
+    baseline = models.CharField(max_length=16, choices=DissectionBaseline.choices, default=DissectionBaseline.NONE)
+    shuffle_seed = models.IntegerField(default=0)
+    upsample = models.CharField(max_length=16, choices=UpsampleMethod.choices, default=UpsampleMethod.ANCHORED)
+    quantile = models.FloatField()
+    iou_threshold = models.FloatField()
+    strict_threshold = models.BooleanField(default=False, help_text="Active when S_k > T_k (ND'18: S_k ≥ T_k).")
+    count_saturated = models.BooleanField(default=False,
+                                          help_text="Whether a unit active on every pixel may be a detector.")
+    categories = models.JSONField(default=list, help_text="Category names, in the tally's category order.")
+    directory = models.CharField(max_length=500)
+    shards = models.PositiveIntegerField(default=1)
+    shards_done = models.PositiveIntegerField(default=0)
+    merge_claimed = models.BooleanField(default=False)
+    complete = models.BooleanField(default=False, db_index=True)
+    n_images = models.PositiveIntegerField(default=0)
+    mask_pixels = models.BigIntegerField(default=0, help_text="Mask pixels over all images.")
+    n_units = models.PositiveIntegerField(default=0)
+    n_detectors = models.PositiveIntegerField(default=0)
+    n_unique_detectors = models.PositiveIntegerField(default=0)
+    n_saturated = models.PositiveIntegerField(default=0, help_text="Units whose mask covers every pixel.")
+    per_category = models.JSONField(default=dict, blank=True,
+                                    help_text="{category: {detectors, unique, concepts}} in category order.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = LayerDissectionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["layer", "dataset", "baseline", "complete"])]
+
+    def __str__(self) -> str:
+        return f"dissection of {self.layer} on {self.dataset} (run {self.run_id})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("analysis:layer_dissection", args=[self.layer.network.name, self.layer.name]) + \
+            f"?run={self.run_id}"
+
+    @property
+    def tally_path(self):
+        from pathlib import Path
+
+        return Path(self.directory) / "tally.npz"
+
+
+class UnitDissection(models.Model):
+    """A unit's result in one dissection: its label (top concept), IoU, detector flag, top concepts."""
+
+    dissection = models.ForeignKey(LayerDissection, on_delete=models.CASCADE, related_name="unit_results")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="dissection_results")
+    concept = models.ForeignKey(Concept, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                help_text="The unit's label: its top concept (none when every IoU is 0).")
+    iou = models.FloatField(default=0.0)
+    is_detector = models.BooleanField(default=False)
+    saturated = models.BooleanField(default=False, help_text="Active on every pixel of every image.")
+    threshold = models.FloatField()
+    active_pixels = models.BigIntegerField(default=0)
+    top_concepts = models.JSONField(default=list, blank=True,
+                                    help_text="[{number, name, category, iou}], best first, IoU > 0 only.")
+
+    class Meta:
+        ordering = ["unit__index"]
+        constraints = [models.UniqueConstraint(fields=["dissection", "unit"], name="unique_unit_dissection")]
+        indexes = [models.Index(fields=["dissection", "iou"]), models.Index(fields=["concept", "is_detector"])]
+
+
+class RotationTest(models.Model):
+    """ND'18 §3.2: unique detectors of a layer under random rotations ``Q^α`` of its units, per seed and α."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="rotation_tests")
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="rotation_tests")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    extraction = models.ForeignKey(LayerExtraction, null=True, on_delete=models.SET_NULL, related_name="+")
+    upsample = models.CharField(max_length=16, choices=UpsampleMethod.choices, default=UpsampleMethod.ANCHORED)
+    quantile = models.FloatField()
+    iou_threshold = models.FloatField()
+    strict_threshold = models.BooleanField(default=False)
+    count_saturated = models.BooleanField(default=False)
+    alphas = models.JSONField(default=list)
+    seeds = models.JSONField(default=list)
+    categories = models.JSONField(default=list)
+    points = models.JSONField(default=list, help_text="[{seed, alpha, detectors, unique, saturated, per_category}]")
+    directory = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"rotation test of {self.layer} on {self.dataset} (run {self.run_id})"

@@ -132,10 +132,17 @@ def category_bars(categories: Sequence[str], series: dict[str, Sequence[int]], *
         axes.bar_label(bars, labels=[str(value) if value else "" for value in values], fontsize=7, padding=1)
     axes.set_xticks(range(len(categories)), list(categories))
     axes.set_ylabel(ylabel)
+    axes.set_ylim(0, max(1, max((max(values, default=0) for values in series.values()), default=0)) * 1.15)
+    axes.yaxis.get_major_locator().set_params(integer=True)
     axes.grid(axis="y", alpha=0.25)
     axes.spines[["top", "right"]].set_visible(False)
-    if len(series) > 1:
-        axes.legend(frameon=False, fontsize=8)
+    if len(series) > 1:  # bars take their category's colour: the legend shows each series' style in grey
+        from matplotlib.patches import Patch
+
+        handles = [Patch(facecolor=MUTED, alpha=styles[number % len(styles)]["alpha"],
+                         hatch=styles[number % len(styles)]["hatch"], label=name)
+                   for number, name in enumerate(series)]
+        axes.legend(handles=handles, frameon=False, fontsize=8)
     figure.tight_layout()
     return _svg(figure)
 
@@ -155,6 +162,8 @@ def stacked_category_bars(groups: Sequence[str], categories: Sequence[str], valu
                       textcoords="offset points")
     axes.set_xticks(range(len(groups)), list(groups))
     axes.set_ylabel(ylabel)
+    axes.set_ylim(0, max(1, max(bottoms, default=0)) * 1.12)
+    axes.yaxis.get_major_locator().set_params(integer=True)
     axes.grid(axis="y", alpha=0.25)
     axes.spines[["top", "right"]].set_visible(False)
     axes.legend(frameon=False, fontsize=8, bbox_to_anchor=(1.0, 1.0), loc="upper left")

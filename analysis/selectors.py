@@ -87,3 +87,141 @@ def unit_exemplars(extraction, unit):
         "silent_classes": [s.object_class.name for s in per_class if max(s.scores, default=0) <= 0],
         "decile": next((s for s in sets if s.kind == ExemplarKind.DECILE), None),
     }
+
+
+# -- Network Dissection ---------------------------------------------------------------------------------
+
+def latest_dissection(layer, *, dataset=None, run_id: int | None = None, baseline: str = "none"):
+    """The layer's newest complete dissection (on ``dataset`` when given; of run ``run_id`` when given)."""
+    from analysis.models import LayerDissection
+
+    dissections = LayerDissection.objects.complete().filter(layer=layer).select_related("dataset", "run", "extraction")
+    if run_id is not None:
+        return dissections.filter(run_id=run_id).first()
+    if dataset is not None:
+        dissections = dissections.filter(dataset=dataset)
+    return dissections.filter(baseline=baseline).newest_first().first()
+
+
+def layer_dissections(layer):
+    """Every complete dissection of the layer, newest first."""
+    from analysis.models import LayerDissection
+
+    return LayerDissection.objects.complete().filter(layer=layer).select_related("dataset", "run").newest_first()
+
+
+def dissection_units(dissection, *, detectors_only: bool = False):
+    """Per-unit results of a dissection, best IoU first."""
+    results = dissection.unit_results.select_related("unit", "concept").order_by("-iou", "unit__index")
+    return results.filter(is_detector=True) if detectors_only else results
+
+
+def dissection_results_by_unit(dissection) -> dict[int, object]:
+    """``{unit index: UnitDissection}`` of a dissection (empty for None)."""
+    if dissection is None:
+        return {}
+    return {result.unit.index: result for result in dissection.unit_results.select_related("unit", "concept")}
+
+
+def unit_dissection_result(unit, *, dataset=None):
+    """The unit's result in its layer's newest complete (non-baseline) dissection, or None."""
+    dissection = latest_dissection(unit.layer, dataset=dataset)
+    if dissection is None:
+        return None
+    return dissection.unit_results.select_related("concept", "dissection__dataset").filter(unit=unit).first()
+
+
+def network_dissections(network, *, dataset=None):
+    """The newest complete non-baseline dissection of each layer of the network (layer order), on ``dataset``
+    when given (else on the dataset of the network's newest dissection)."""
+    from analysis.models import LayerDissection
+
+    dissections = (LayerDissection.objects.complete().real().filter(layer__network=network)
+                   .select_related("layer", "dataset", "run").newest_first())
+    if dataset is None:
+        newest = dissections.first()
+        if newest is None:
+            return []
+        dataset = newest.dataset
+    chosen = {}
+    for dissection in dissections.filter(dataset=dataset):
+        chosen.setdefault(dissection.layer_id, dissection)
+    return sorted(chosen.values(), key=lambda dissection: dissection.layer.order)
+
+
+def latest_baseline_for(dissection):
+    """The newest complete shuffled-mask baseline matching a dissection (layer, dataset, quantile, upsample)."""
+    from analysis.models import DissectionBaseline, LayerDissection
+
+    if dissection is None:
+        return None
+    return (LayerDissection.objects.complete()
+            .filter(layer=dissection.layer, dataset=dissection.dataset, baseline=DissectionBaseline.SHUFFLED,
+                    quantile=dissection.quantile, upsample=dissection.upsample)
+            .newest_first().first())
+
+
+def latest_rotation_test(layer, *, run_id: int | None = None):
+    """The layer's newest rotation test (or the one of run ``run_id``)."""
+    tests = layer.rotation_tests.select_related("dataset", "run", "extraction")
+    if run_id is not None:
+        tests = tests.filter(run_id=run_id)
+    return tests.order_by("-created_at", "-id").first()
+
+
+def concept_labelled_units(concept):
+    """Units whose label is ``concept`` in the newest complete non-baseline dissection of their layer."""
+    from analysis.models import LayerDissection, UnitDissection
+
+    newest = {}
+    for dissection in (LayerDissection.objects.complete().real().filter(dataset=concept.dataset)
+                       .select_related("layer__network").newest_first()):
+        newest.setdefault(dissection.layer_id, dissection.pk)
+    return (UnitDissection.objects.filter(dissection_id__in=newest.values(), concept=concept)
+            .select_related("unit__layer__network", "dissection").order_by("-iou"))
+
+
+def concept_best_units(concept, *, limit: int = 8) -> list[dict]:
+    """Per layer (newest complete non-baseline dissection on the concept's dataset): the ``limit`` units with
+    the highest IoU for the concept, read from the full unit × concept matrix (``tally.npz``)."""
+    import numpy as np
+
+    from analysis.models import LayerDissection, UnitDissection
+
+    newest = {}
+    for dissection in (LayerDissection.objects.complete().real().filter(dataset=concept.dataset)
+                       .select_related("layer__network").newest_first()):
+        newest.setdefault(dissection.layer_id, dissection)
+    rows = []
+    for dissection in sorted(newest.values(), key=lambda d: (d.layer.network.name, d.layer.order)):
+        try:
+            with np.load(dissection.tally_path) as data:
+                iou = data["iou"]
+        except OSError:
+            continue
+        if concept.number >= iou.shape[1]:
+            continue
+        column = iou[:, concept.number]
+        order = [int(unit) for unit in np.argsort(-column, kind="stable")[:limit] if column[unit] > 0]
+        results = {result.unit.index: result for result in UnitDissection.objects.filter(
+            dissection=dissection, unit__index__in=order).select_related("unit", "concept")}
+        rows.append({"dissection": dissection, "layer": dissection.layer,
+                     "units": [{"index": unit, "iou": float(column[unit]), "result": results.get(unit)}
+                               for unit in order]})
+    return rows
+
+
+def _latest_dissection_iou():
+    """Order expression for unit rows: IoU of the unit's label in the newest complete non-baseline dissection
+    on the extraction's dataset (units without one last)."""
+    from django.db.models import OuterRef, Subquery
+
+    from analysis.models import UnitDissection
+
+    newest = (UnitDissection.objects.filter(unit=OuterRef("unit"), dissection__dataset=OuterRef("extraction__dataset"),
+                                            dissection__complete=True, dissection__baseline="none")
+              .order_by("-dissection__created_at", "-dissection_id").values("iou")[:1])
+    return Subquery(newest).desc(nulls_last=True)
+
+
+UNIT_SORTS["iou"] = _latest_dissection_iou()

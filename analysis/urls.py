@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .views import datasets, networks, runs
+from .views import datasets, dissection, networks, runs
 
 app_name = "analysis"
 urlpatterns = [
@@ -27,4 +27,13 @@ urlpatterns = [
     path("networks/<slug:name>/layers/<str:layer>/", networks.LayerDetailView.as_view(), name="layer_detail"),
     path("networks/<slug:name>/layers/<str:layer>/units/<int:index>/", networks.UnitDetailView.as_view(),
          name="unit_detail"),
+    path("networks/<slug:name>/dissection/", dissection.NetworkDissectionView.as_view(), name="network_dissection"),
+    path("networks/<slug:name>/layers/<str:layer>/dissection/", dissection.LayerDissectionView.as_view(),
+         name="layer_dissection"),
+    path("networks/<slug:name>/layers/<str:layer>/dissection/start/", dissection.DissectionStartView.as_view(),
+         name="dissection_start"),
+    path("networks/<slug:name>/layers/<str:layer>/rotation/", dissection.RotationView.as_view(), name="rotation_test"),
+    path("networks/<slug:name>/layers/<str:layer>/rotation/start/", dissection.RotationStartView.as_view(),
+         name="rotation_start"),
+    path("datasets/<slug:name>/concepts/<int:number>/", dissection.ConceptDetailView.as_view(), name="concept_detail"),
 ]

@@ -123,3 +123,16 @@ def tiny_layer_with_grids(db):
     assert run.status == "succeeded", run.error
     assert grids_run_start(extraction_run=run.pk, layer="conv5", inline=True).status == "succeeded"
     return run
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(settings, tmp_path):
+    """Each test writes datasets, activation caches and grids under its own folder: files outlive the
+    database rollback, and a cache left by one test must not be reused by the next.
+
+    Worker processes started by tests keep the session's data dir (their broker folders live there),
+    so worker tests do not depend on files written here.
+    """
+    settings.UNITSCOPE_DATA_DIR = tmp_path / "data"
+    settings.MEDIA_ROOT = tmp_path / "data" / "media"
+    settings.UNITSCOPE_DATA_DIR.mkdir()

@@ -19,6 +19,7 @@ from accounts.services import user_ensure
 from analysis.models import Run, RunStatus
 
 from .datasets import probe_world_params
+from .dissection import dissection_params, rotation_params
 from .extraction import extraction_params
 from .networks import demo_training_params
 from .runs import params_hash, run_start
@@ -67,6 +68,15 @@ def demo_steps(size: DemoSize = DemoSize()) -> list[DemoStep]:
     steps += [DemoStep("render_grids", f"Render the grids of {layer}",
                        lambda layer=layer: {"extraction_run": demo_extraction_run_id(size), "layer": layer})
               for layer in DEMO_LAYERS]
+    # Dissection reuses the extraction's cached maps and thresholds: no new forward pass.
+    for baseline, label in (("none", "Dissect {}"), ("shuffled", "Shuffled-mask baseline of {}")):
+        steps += [DemoStep("dissect", label.format(layer),
+                           lambda layer=layer, baseline=baseline: dissection_params(
+                               network=size.network, dataset=size.dataset, layer=layer, baseline=baseline))
+                  for layer in DEMO_LAYERS]
+    steps.append(DemoStep("dissect_rotation", "Random rotations of conv5",
+                          lambda: rotation_params(network=size.network, dataset=size.dataset, layer="conv5",
+                                                  seeds=[0, 1, 2])))
     return steps
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from analysis.models import LayerExtraction, Run, RunStatus
 
+from .dissection import dissection_export, rotation_export
 from .extraction import open_activation_cache
 from .runs import RunInputError
 
@@ -75,4 +76,4 @@ def _write_run_json(out_dir: Path, run: Run, fields: dict[str, Any]) -> Path:
     return path
 
 
-EXPORTERS = {"extract": _export_extraction}
+EXPORTERS = {"extract": _export_extraction, "dissect": dissection_export, "dissect_rotation": rotation_export}

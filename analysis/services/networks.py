@@ -63,7 +63,9 @@ def network_register(*, name: str, spec, description: str = "", trained_on: Data
     except NetworkError as error:
         raise RunInputError(str(error)) from None
     try:
-        geometry = receptive_fields(model, spec.input_size, "cpu", layers=[layer.name for layer in layers])
+        # Every layer whose geometry is known; a layer the propagation cannot follow (adaptive pooling to
+        # uneven bins, say) is registered without geometry rather than costing the others theirs.
+        geometry = receptive_fields(model, spec.input_size, "cpu")
     except ReceptiveFieldError:
         geometry = {}  # untraceable model: layers are registered without geometry (said on its page)
     verified: dict[str, bool] = {}

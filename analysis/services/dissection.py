@@ -1,0 +1,705 @@
+"""Network Dissection runs (ND'18 §2.2), its null baselines, and their export.
+
+Three job kinds, all on the ``gpu`` queue:
+
+``dissect``
+    Scores every unit of one layer against every concept of a dataset. It reuses the layer's extraction
+    (the float16 activation cache and the exact per-unit thresholds ``T_k``, ``numpy.quantile`` linear at
+    ``quantile``), or runs that extraction first, inline, when there is none. Cached maps are upsampled to
+    mask resolution (``anchored`` at receptive-field centres, ND'18's rule and our default; ``plain`` =
+    ``F.interpolate(mode="bilinear", align_corners=False)``), thresholded, and tallied against the masks
+    with :class:`analysis.engine.dissection.DissectionTally` (its module docstring states the IoU rule:
+    both sums of IoU run over the images that contain any label of the concept's category). A unit's
+    label is its top concept; it is a detector when that IoU exceeds ``iou_threshold`` (0.04).
+
+``dissect_shard``
+    One image range of a ``dissect`` run. With ``shards=K`` the images are cut into K contiguous ranges;
+    each range is its own run (its own Celery task when the parent runs on a worker, else executed
+    inline, one after the other) and saves its partial int64 counts as a file. The last shard to finish
+    claims the merge with a conditional UPDATE on :class:`LayerDissection` (no Celery result backend, so
+    no chord) and sums the counts: integer sums, so K shards give exactly the counts of one. The parent
+    run executes any shard no other worker has claimed yet (so one worker never waits on itself) and
+    finishes when the merge is saved.
+
+``dissect_rotation``
+    ND'18 §3.2: the layer's units rotated by ``Q^α`` (``Q`` Haar-uniform on SO(n) from ``seed``, the
+    minimal geodesic from I for α in a grid), each rotated representation dissected with *its own*
+    exact thresholds (a first pass over the cache), all of them in one second pass over the masks.
+    α = 0 is the identity exactly, so it reproduces the unrotated dissection's counts.
+
+Threshold rule and saturated units. ND'18 defines ``M_k = S_k ≥ T_k``; we keep ``≥`` by default
+(``strict_threshold=True`` gives the ``>`` of the published NetDissect code). With ``≥``, a ReLU unit
+that is zero on more than 99.5% of positions has ``T_k = 0`` and is "active" on every pixel; it then
+scores IoU = coverage against large concepts (a colour, the sky) without selecting anything. Our
+choice (``count_saturated=False``): a unit whose mask covers every pixel of every image is *saturated*;
+its counts and IoU are reported unchanged (the tally and ``export_run`` stay the paper's), but it is
+never counted as a detector. ``count_saturated=True`` restores the literal rule.
+
+Null baselines. ``baseline="shuffled"`` pairs the activations of each image with the masks of another
+image (:func:`analysis.engine.dissection.shuffled_pairing`, one seeded random cycle, no image paired with
+itself) while keeping the real thresholds: detectors found then are chance alignments, so expect ~0.
+
+Files (DESIGN §5), under ``UNITSCOPE_DATA_DIR/dissections/<id>/``: ``plan.npz`` (thresholds, label
+categories, pairing), ``shard-<k>.npz`` while shards run, ``tally.npz`` (every count, IoU, labels) once
+merged. Rotation tests write ``UNITSCOPE_DATA_DIR/rotations/<id>/rotation.npz``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
+from analysis.models import (Concept, Dataset, DissectionBaseline, Layer, LayerDissection, LayerExtraction, Network,
+                             RotationTest, Run, RunStatus, UnitActivationSummary, UnitDissection, UpsampleMethod)
+
+from .extraction import activation_cache_key, extraction_run_start, open_activation_cache
+from .runs import RunCancelled, RunInputError, RunProgress, run_cancel, run_execute, run_start
+
+logger = logging.getLogger(__name__)
+
+DISSECTION_DEFAULTS: dict[str, Any] = {
+    "shards": 1, "upsample": UpsampleMethod.ANCHORED.value, "baseline": DissectionBaseline.NONE.value,
+    "shuffle_seed": 0, "quantile": 0.995, "iou_threshold": 0.04, "strict_threshold": False,
+    "count_saturated": False, "batch_size": 64, "top_k": 5,
+}
+ROTATION_DEFAULTS: dict[str, Any] = {
+    "alphas": [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0], "seeds": [0], "upsample": UpsampleMethod.ANCHORED.value,
+    "quantile": 0.995, "iou_threshold": 0.04, "strict_threshold": False, "count_saturated": False, "batch_size": 64,
+}
+MAX_SHARDS = 256
+MAX_ROTATIONS = 64
+SHARD_POLL_SECONDS = 1.0
+TALLY_FILE = "tally.npz"
+PLAN_FILE = "plan.npz"
+ROTATION_FILE = "rotation.npz"
+_COUNT_NAMES = ("intersection", "activation_cat", "truth", "activation", "category_images", "label_images")
+
+
+# -- parameters ---------------------------------------------------------------------------------------
+
+def _common_checks(params: dict[str, Any]) -> None:
+    if params["upsample"] not in UpsampleMethod.values:
+        raise RunInputError(f"upsample must be one of {', '.join(UpsampleMethod.values)}")
+    if not 0 < float(params["quantile"]) < 1:
+        raise RunInputError("quantile must lie strictly between 0 and 1")
+    if not 0 <= float(params["iou_threshold"]) < 1:
+        raise RunInputError("iou_threshold must lie in [0, 1)")
+    if not 1 <= int(params["batch_size"]) <= 4096:
+        raise RunInputError("batch_size must be between 1 and 4096")
+    for key in ("strict_threshold", "count_saturated"):
+        params[key] = bool(params[key])
+    params["quantile"] = float(params["quantile"])
+    params["iou_threshold"] = float(params["iou_threshold"])
+
+
+def dissection_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
+    """The full, validated parameters of a ``dissect`` run (defaults filled in)."""
+    params = {"network": network, "dataset": dataset, "layer": layer, **DISSECTION_DEFAULTS}
+    params.update({key: value for key, value in overrides.items() if value is not None})
+    _common_checks(params)
+    if params["baseline"] not in DissectionBaseline.values:
+        raise RunInputError(f"baseline must be one of {', '.join(DissectionBaseline.values)}")
+    if not 1 <= int(params["shards"]) <= MAX_SHARDS:
+        raise RunInputError(f"shards must be between 1 and {MAX_SHARDS}")
+    if not 1 <= int(params["top_k"]) <= 50:
+        raise RunInputError("top_k must be between 1 and 50")
+    for key in ("shards", "shuffle_seed", "top_k", "batch_size"):
+        params[key] = int(params[key])
+    return params
+
+
+def dissection_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
+                         **overrides: Any) -> Run:
+    """Start (or reuse, when identical) a dissection of ``layer``; returns its run."""
+    run, _ = run_start(kind=DISSECTION.name, params=dissection_params(network=network, dataset=dataset, layer=layer,
+                                                                       **overrides),
+                       created_by=created_by, inline=inline)
+    return run
+
+
+def rotation_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
+    """The full, validated parameters of a ``dissect_rotation`` run."""
+    params = {"network": network, "dataset": dataset, "layer": layer, **ROTATION_DEFAULTS}
+    params.update({key: value for key, value in overrides.items() if value is not None})
+    _common_checks(params)
+    try:
+        alphas = sorted({round(float(alpha), 6) for alpha in params["alphas"]})
+        seeds = sorted({int(seed) for seed in params["seeds"]})
+    except (TypeError, ValueError):
+        raise RunInputError("alphas must be numbers in [0, 1] and seeds integers") from None
+    if not alphas or not all(0.0 <= alpha <= 1.0 for alpha in alphas):
+        raise RunInputError("alphas must be numbers in [0, 1]")
+    if not seeds:
+        raise RunInputError("name at least one seed")
+    if len(seeds) * sum(alpha > 0 for alpha in alphas) > MAX_ROTATIONS:
+        raise RunInputError(f"at most {MAX_ROTATIONS} rotated representations (seeds × nonzero alphas) per run")
+    params.update(alphas=alphas, seeds=seeds, batch_size=int(params["batch_size"]))
+    return params
+
+
+def rotation_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
+                       **overrides: Any) -> Run:
+    """Start (or reuse) a random-rotation test of ``layer``; returns its run."""
+    run, _ = run_start(kind=ROTATION.name, params=rotation_params(network=network, dataset=dataset, layer=layer,
+                                                                   **overrides),
+                       created_by=created_by, inline=inline)
+    return run
+
+
+# -- inputs shared by the kinds -----------------------------------------------------------------------
+
+def _resolve(params: dict[str, Any]) -> tuple[Network, Dataset, Layer]:
+    network = Network.objects.filter(name=params["network"]).first()
+    if network is None:
+        raise RunInputError(f"No network named {params['network']!r}.")
+    dataset = Dataset.objects.filter(name=params["dataset"]).first()
+    if dataset is None:
+        raise RunInputError(f"No dataset named {params['dataset']!r}.")
+    layer = network.layers.filter(name=params["layer"]).first()
+    if layer is None:
+        available = ", ".join(network.layers.values_list("name", flat=True)[:30])
+        raise RunInputError(f"{network.name} has no layer {params['layer']!r}; its layers: {available}")
+    return network, dataset, layer
+
+
+def _upsampler(method: str, layer: Layer, network: Network):
+    """``upsample(maps Tensor[B, U, h, w], (H, W)) -> Tensor[B, U, H, W]`` for the run's method, with the sparse
+    active-pixel path of :mod:`analysis.engine.dissection_sparse` (identical counts, far less work)."""
+    from analysis.engine.dissection_sparse import AnchoredUpsample, PlainUpsample
+
+    if method == UpsampleMethod.PLAIN:
+        return PlainUpsample()
+    if layer.rf_stride_y is None or layer.rf_offset_y is None:
+        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so maps "
+                            "cannot be anchored at receptive-field centres; use upsample=plain.")
+    return AnchoredUpsample(rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
+                            rf_offset=(layer.rf_offset_y, layer.rf_offset_x),
+                            input_size=(network.input_height, network.input_width))
+
+
+def _ensure_extraction(network: Network, dataset: Dataset, layer: Layer, quantile: float,
+                       progress: RunProgress) -> LayerExtraction:
+    """The newest extraction of the layer's current maps at ``quantile`` whose cache is on disk; when there is
+    none, an extraction run executed here first (it reuses a cache of the same maps, so no forward pass then)."""
+    key = activation_cache_key(network, dataset, layer)
+    candidates = (LayerExtraction.objects.filter(layer=layer, dataset=dataset, cache_key=key, quantile=quantile,
+                                                 run__status=RunStatus.SUCCEEDED)
+                  .select_related("run").order_by("-created_at", "-id"))
+    for extraction in candidates:
+        if (Path(extraction.cache_path) / "meta.json").exists():
+            return extraction
+    progress.phase(f"Extracting {layer.name} on {dataset.name} first (no cached activations)")
+    run = extraction_run_start(network=network.name, dataset=dataset.name, layers=[layer.name], quantile=quantile,
+                               inline=True)
+    if run.status != RunStatus.SUCCEEDED:
+        raise RunInputError(f"The extraction this needs (run {run.pk}) ended {run.status}: {run.error}")
+    return LayerExtraction.objects.select_related("run").get(run=run, layer=layer)
+
+
+def _thresholds(extraction: LayerExtraction, layer: Layer):
+    """float32 ``Tensor[U]``: the extraction's exact thresholds (stored as float64, exactly the float32 value)."""
+    import torch
+
+    stored = dict(UnitActivationSummary.objects.filter(extraction=extraction).values_list("unit__index", "threshold"))
+    if len(stored) != layer.units:
+        raise RunInputError(f"Extraction run {extraction.run_id} holds thresholds of {len(stored)} of "
+                            f"{layer.units} units of {layer}.")
+    return torch.tensor([stored[index] for index in range(layer.units)], dtype=torch.float32)
+
+
+def _label_table(dataset: Dataset):
+    """``(label_category LongTensor[C], category names)``: each label id's primary category (Concept.category)
+    as a position in the dataset's categories (index.csv order; categories only some labels name go last)."""
+    from analysis.engine.dissection_data import label_category_table
+
+    primary = dict(dataset.concepts.values_list("number", "category"))
+    categories = list(dataset.categories)
+    categories += sorted({name for name in primary.values() if name and name not in categories})
+    return label_category_table(primary, categories), categories
+
+
+def _fresh_directory(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    """Write ``path`` atomically (a reader never sees half a file)."""
+    partial_path = path.with_name(path.name + ".partial")
+    with open(partial_path, "wb") as handle:
+        np.savez(handle, **arrays)
+    partial_path.replace(path)
+
+
+def _tally_arrays(tally) -> dict[str, np.ndarray]:
+    state = tally.state_dict()
+    arrays = {name: state[name].cpu().numpy() for name in _COUNT_NAMES}
+    arrays.update(thresholds=state["thresholds"].cpu().numpy(), label_category=state["label_category"].cpu().numpy(),
+                  n_categories=np.int64(state["n_categories"]), strict_threshold=np.bool_(state["strict_threshold"]),
+                  images=np.int64(state["images"]), pixels=np.int64(state["pixels"]))
+    return arrays
+
+
+def _tally_from_arrays(data):
+    import torch
+
+    from analysis.engine.dissection import DissectionTally
+
+    state = {name: torch.from_numpy(np.asarray(data[name])) for name in _COUNT_NAMES}
+    state.update(thresholds=torch.from_numpy(np.asarray(data["thresholds"])),
+                 label_category=torch.from_numpy(np.asarray(data["label_category"])),
+                 n_categories=int(data["n_categories"]), strict_threshold=bool(data["strict_threshold"]),
+                 images=int(data["images"]), pixels=int(data["pixels"]))
+    return DissectionTally.from_state_dict(state)
+
+
+def _scored(tally, *, iou_threshold: float, count_saturated: bool):
+    """``(DissectionResult with our detector rule, saturated bool Tensor[U])`` (see the module docstring)."""
+    result = tally.result(iou_threshold=iou_threshold)
+    saturated = (tally.activation == tally.pixels) & (tally.pixels > 0)
+    if not count_saturated:
+        result = dataclasses.replace(result, detector=result.detector & ~saturated)
+    return result, saturated
+
+
+def _category_summary(result, categories: list[str], concept_names: dict[int, str]) -> dict[str, dict[str, Any]]:
+    summary = result.summary()
+    labels = result.label[result.detector].unique().tolist()
+    by_category: dict[str, list[str]] = {name: [] for name in categories}
+    for number in labels:
+        by_category[categories[int(result.label_category[number])]].append(concept_names.get(number, str(number)))
+    return {name: {"detectors": summary.detectors_per_category[position],
+                   "unique": summary.unique_per_category[position],
+                   "concepts": sorted(by_category[name])}
+            for position, name in enumerate(categories)}
+
+
+# -- dissect: the parent run --------------------------------------------------------------------------
+
+def _in_worker() -> bool:
+    """True when this code runs inside a Celery task on a worker (then shards are queued for other workers)."""
+    from celery import current_task
+
+    return bool(current_task) and not getattr(current_task.request, "called_directly", True)
+
+
+def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.dissection import shuffled_pairing
+
+    params = dissection_params(**run.params)
+    network, dataset, layer = _resolve(params)
+    _upsampler(params["upsample"], layer, network)  # fails early when anchoring is impossible
+    progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
+    extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
+    n_images, shards = extraction.n_images, params["shards"]
+    if shards > n_images:
+        raise RunInputError(f"{shards} shards for {n_images} images: use at most one shard per image.")
+    thresholds = _thresholds(extraction, layer)
+    label_category, categories = _label_table(dataset)
+    pairing = (shuffled_pairing(n_images, seed=params["shuffle_seed"])
+               if params["baseline"] == DissectionBaseline.SHUFFLED else torch.zeros(0, dtype=torch.int64))
+
+    dissection = LayerDissection.objects.create(
+        run=run, layer=layer, dataset=dataset, extraction=extraction, baseline=params["baseline"],
+        shuffle_seed=params["shuffle_seed"], upsample=params["upsample"], quantile=params["quantile"],
+        iou_threshold=params["iou_threshold"], strict_threshold=params["strict_threshold"],
+        count_saturated=params["count_saturated"], categories=categories, shards=shards, n_images=n_images,
+        n_units=layer.units)
+    directory = _fresh_directory(settings.UNITSCOPE_DATA_DIR / "dissections" / str(dissection.pk))
+    LayerDissection.objects.filter(pk=dissection.pk).update(directory=str(directory))
+    _save_npz(directory / PLAN_FILE, thresholds=thresholds.numpy(), label_category=label_category.numpy(),
+              n_categories=np.int64(len(categories)), pairing=pairing.numpy())
+
+    bounds = [index * n_images // shards for index in range(shards + 1)]
+    progress.phase(f"Tallying {n_images} images of {layer.name} against {dataset.name}"
+                   + (f" in {shards} shards" if shards > 1 else ""), total=n_images)
+    shard_runs = _run_shards(run, dissection, bounds, progress)
+    failed = [(index, shard) for index, shard in enumerate(shard_runs) if shard.status != RunStatus.SUCCEEDED]
+    if failed:
+        index, shard = failed[0]
+        raise RunInputError(f"Shard {index} (run {shard.pk}) ended {shard.status}: {shard.error or 'no message'}")
+    _dissection_merge_claim(dissection.pk)  # a no-op when the last shard merged, as it normally does
+    dissection.refresh_from_db()
+    if not dissection.complete:
+        raise RunInputError(f"The shards of dissection {dissection.pk} finished but their merge was not saved.")
+    return {"dissection": dissection.pk, "layer": layer.name, "dataset": dataset.name,
+            "baseline": dissection.baseline, "extraction_run": extraction.run_id, "images": n_images,
+            "shards": shards, "shard_runs": [shard.pk for shard in shard_runs], "units": dissection.n_units,
+            "detectors": dissection.n_detectors, "unique_detectors": dissection.n_unique_detectors,
+            "saturated_units": dissection.n_saturated,
+            "unique_per_category": " · ".join(f"{name} {value['unique']}"
+                                              for name, value in dissection.per_category.items())}
+
+
+def _run_shards(run: Run, dissection: LayerDissection, bounds: list[int], progress: RunProgress) -> list[Run]:
+    """Create one run per image range and see them all finish.
+
+    On a worker each shard is queued (other workers may take them) and this run then executes, one after the
+    other, every shard nobody has claimed yet; then it waits for the shards others hold. Elsewhere (inline)
+    the shards execute here in order.
+    """
+    total = bounds[-1]
+    distributed = _in_worker()
+    shard_runs: list[Run] = []
+    try:
+        for index in range(len(bounds) - 1):
+            shard_params = {"dissection": dissection.pk, "shard": index, "start": bounds[index],
+                            "stop": bounds[index + 1]}
+            shard, _ = run_start(kind=DISSECTION_SHARD.name, params=shard_params, created_by=run.created_by,
+                                 inline=not distributed, reuse=False)
+            shard_runs.append(shard)
+            if not distributed:
+                progress(bounds[index + 1], total)
+                if shard.status != RunStatus.SUCCEEDED:
+                    break
+        if distributed:
+            for shard in shard_runs:
+                run_execute(run_id=shard.pk)  # a no-op when another worker claimed it first
+                progress(_shards_done(shard_runs), total)
+            while Run.objects.filter(pk__in=[shard.pk for shard in shard_runs]).active().exists():
+                progress(_shards_done(shard_runs), total)
+                time.sleep(SHARD_POLL_SECONDS)
+    except RunCancelled:
+        for shard in shard_runs:
+            run_cancel(run=shard)
+        raise
+    for shard in shard_runs:
+        shard.refresh_from_db()
+    return shard_runs
+
+
+def _shards_done(shard_runs: list[Run]) -> int:
+    rows = Run.objects.filter(pk__in=[shard.pk for shard in shard_runs]).values_list("status", "progress_done",
+                                                                                     "params")
+    return sum(params["stop"] - params["start"] if status == RunStatus.SUCCEEDED else done
+               for status, done, params in rows)
+
+
+# -- dissect_shard ------------------------------------------------------------------------------------
+
+def dissection_shard_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.broden import BrodenReader
+    from analysis.engine.dissection import DissectionTally
+    from analysis.engine.dissection_data import TallyView, tally_cached_maps
+
+    index, start, stop = int(run.params["shard"]), int(run.params["start"]), int(run.params["stop"])
+    dissection = (LayerDissection.objects.select_related("layer__network", "dataset", "extraction", "run")
+                  .filter(pk=run.params["dissection"]).first())
+    if dissection is None or dissection.extraction is None:
+        raise RunInputError(f"Dissection {run.params['dissection']} or the extraction it reads no longer exists.")
+    directory = Path(dissection.directory)
+    with np.load(directory / PLAN_FILE) as plan:
+        thresholds = torch.from_numpy(plan["thresholds"])
+        label_category = torch.from_numpy(plan["label_category"])
+        pairing = torch.from_numpy(plan["pairing"]) if plan["pairing"].size else None
+    maps = open_activation_cache(dissection.extraction)
+    reader = BrodenReader(dissection.dataset.root_dir)
+    rows = list(reader.rows())
+    dev = torch.device(device)
+    tally = DissectionTally(thresholds.to(dev), label_category, len(dissection.categories),
+                            strict_threshold=dissection.strict_threshold)
+    upsample = _upsampler(dissection.upsample, dissection.layer, dissection.layer.network)
+    progress.phase(f"Tallying images {start}–{stop - 1} of {dissection.layer.name}", total=stop - start)
+    batch_size = int(dissection.run.params.get("batch_size", DISSECTION_DEFAULTS["batch_size"]))
+    tally_cached_maps(maps, [TallyView(tally)], reader=reader, rows=rows, upsample=upsample, start=start, stop=stop,
+                      pairing=pairing, batch_size=batch_size, device=dev,
+                      progress=lambda done: progress(done, stop - start))
+    _save_npz(directory / f"shard-{index:04d}.npz", **_tally_arrays(tally))
+    LayerDissection.objects.filter(pk=dissection.pk).update(shards_done=F("shards_done") + 1)
+    merged = _dissection_merge_claim(dissection.pk)
+    return {"dissection": dissection.pk, "shard": index, "images": stop - start, "merged_here": merged}
+
+
+def _dissection_merge_claim(dissection_id: int) -> bool:
+    """Merge the shards if every one has saved its counts and nobody has claimed the merge; True if merged here.
+
+    The claim is one conditional UPDATE, so of several shards finishing together exactly one merges.
+    """
+    claimed = LayerDissection.objects.filter(pk=dissection_id, merge_claimed=False,
+                                             shards_done__gte=F("shards")).update(merge_claimed=True)
+    if claimed != 1:
+        return False
+    try:
+        _dissection_merge(LayerDissection.objects.select_related("layer", "dataset", "run").get(pk=dissection_id))
+    except Exception:
+        LayerDissection.objects.filter(pk=dissection_id).update(merge_claimed=False)
+        raise
+    return True
+
+
+def _dissection_merge(dissection: LayerDissection) -> None:
+    directory = Path(dissection.directory)
+    shard_files = [directory / f"shard-{index:04d}.npz" for index in range(dissection.shards)]
+    tally = None
+    for path in shard_files:
+        with np.load(path) as data:
+            part = _tally_from_arrays(data)
+        if tally is None:
+            tally = part
+        else:
+            tally.merge(part)
+    if tally.images != dissection.n_images:
+        raise RuntimeError(f"the shards of dissection {dissection.pk} hold {tally.images} of "
+                           f"{dissection.n_images} images")
+    result, saturated = _scored(tally, iou_threshold=dissection.iou_threshold,
+                                count_saturated=dissection.count_saturated)
+    top_k = int(dissection.run.params.get("top_k", DISSECTION_DEFAULTS["top_k"]))
+    top_iou, top_label = result.top_concepts(top_k)
+    _save_npz(directory / TALLY_FILE, **_tally_arrays(tally), iou=result.iou.cpu().numpy(),
+              label=result.label.cpu().numpy(), label_iou=result.label_iou.cpu().numpy(),
+              detector=result.detector.cpu().numpy(), saturated=saturated.cpu().numpy(),
+              iou_threshold=np.float64(dissection.iou_threshold))
+
+    concepts = {concept.number: concept for concept in Concept.objects.filter(dataset=dissection.dataset)}
+    names = {number: concept.name for number, concept in concepts.items()}
+    summary = result.summary()
+    labels, label_ious = result.label.tolist(), result.label_iou.tolist()
+    detectors, saturated_list = result.detector.tolist(), saturated.tolist()
+    activation, thresholds = tally.activation.tolist(), tally.thresholds.tolist()
+    top_iou, top_label = top_iou.tolist(), top_label.tolist()
+    rows = []
+    for unit in dissection.layer.unit_set.all():
+        k = unit.index
+        top = [{"number": int(number), "name": names.get(int(number), str(number)),
+                "category": concepts[int(number)].category if int(number) in concepts else "", "iou": float(iou)}
+               for iou, number in zip(top_iou[k], top_label[k]) if iou > 0]
+        rows.append(UnitDissection(dissection=dissection, unit=unit, concept=concepts.get(labels[k]),
+                                   iou=float(label_ious[k]), is_detector=bool(detectors[k]),
+                                   saturated=bool(saturated_list[k]), threshold=float(thresholds[k]),
+                                   active_pixels=int(activation[k]), top_concepts=top))
+    with transaction.atomic():
+        UnitDissection.objects.bulk_create(rows, batch_size=2000)
+        LayerDissection.objects.filter(pk=dissection.pk).update(
+            complete=True, finished_at=timezone.now(), mask_pixels=tally.pixels, n_units=summary.n_units,
+            n_detectors=summary.n_detectors, n_unique_detectors=summary.n_unique_detectors,
+            n_saturated=int(saturated.sum()),
+            per_category=_category_summary(result, dissection.categories, names))
+    for path in shard_files:  # the merged tally holds everything they did
+        path.unlink(missing_ok=True)
+
+
+# -- dissect_rotation ---------------------------------------------------------------------------------
+
+def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.broden import BrodenReader
+    from analysis.engine.dissection import DissectionTally
+    from analysis.engine.dissection_data import TallyView, tally_cached_maps, thresholds_of_cached_maps
+    from analysis.engine.rotation import random_rotation, rotate_activations, rotation_power
+
+    params = rotation_params(**run.params)
+    network, dataset, layer = _resolve(params)
+    upsample = _upsampler(params["upsample"], layer, network)
+    progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
+    extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
+    label_category, categories = _label_table(dataset)
+    maps = open_activation_cache(extraction)
+    dev = torch.device(device)
+
+    # One representation per distinct rotation: alpha = 0 is the identity for every seed, computed once.
+    views: list[tuple[float, int | None]] = []  # (alpha, seed or None for the identity)
+    transforms = []
+    if 0.0 in params["alphas"]:
+        views.append((0.0, None))
+        identity = rotation_power(random_rotation(layer.units, seed=params["seeds"][0]), 0.0)
+        transforms.append(partial(rotate_activations, rotation=identity.to(dev)))
+    for seed in params["seeds"]:
+        q = random_rotation(layer.units, seed=seed)
+        for alpha in params["alphas"]:
+            if alpha > 0:
+                views.append((alpha, seed))
+                transforms.append(partial(rotate_activations, rotation=rotation_power(q, alpha).to(dev)))
+
+    progress.phase(f"Thresholds of {len(views)} rotated versions of {layer.name}", total=extraction.n_images)
+    thresholds = thresholds_of_cached_maps(maps, transforms, quantile=params["quantile"],
+                                           batch_size=max(params["batch_size"], 64), device=dev,
+                                           progress=lambda done: progress(done, extraction.n_images))
+    tallies = [DissectionTally(t, label_category, len(categories), strict_threshold=params["strict_threshold"])
+               for t in thresholds]
+    reader = BrodenReader(dataset.root_dir)
+    progress.phase(f"Tallying {len(views)} rotated versions of {layer.name}", total=extraction.n_images)
+    tally_cached_maps(maps, [TallyView(tally, transform) for tally, transform in zip(tallies, transforms)],
+                      reader=reader, rows=list(reader.rows()), upsample=upsample,
+                      batch_size=params["batch_size"], device=dev,
+                      progress=lambda done: progress(done, extraction.n_images))
+
+    names = dict(Concept.objects.filter(dataset=dataset).values_list("number", "name"))
+    scored = [_scored(tally, iou_threshold=params["iou_threshold"], count_saturated=params["count_saturated"])
+              for tally in tallies]
+    view_points = []
+    for (result, saturated) in scored:
+        summary = result.summary()
+        view_points.append({"detectors": summary.n_detectors, "unique": summary.n_unique_detectors,
+                            "saturated": int(saturated.sum()),
+                            "per_category": {name: {key: value for key, value in entry.items() if key != "concepts"}
+                                             for name, entry in _category_summary(result, categories, names).items()}})
+    points = []
+    for seed in params["seeds"]:
+        for alpha in params["alphas"]:
+            position = views.index((alpha, None if alpha == 0 else seed))
+            points.append({"seed": seed, "alpha": alpha, **view_points[position]})
+
+    test = RotationTest.objects.create(
+        run=run, layer=layer, dataset=dataset, extraction=extraction, upsample=params["upsample"],
+        quantile=params["quantile"], iou_threshold=params["iou_threshold"],
+        strict_threshold=params["strict_threshold"], count_saturated=params["count_saturated"],
+        alphas=params["alphas"], seeds=params["seeds"], categories=categories, points=points, directory="")
+    directory = _fresh_directory(settings.UNITSCOPE_DATA_DIR / "rotations" / str(test.pk))
+    arrays = [_tally_arrays(tally) for tally in tallies]
+    _save_npz(directory / ROTATION_FILE, alpha=np.array([alpha for alpha, _ in views], dtype=np.float64),
+              seed=np.array([-1 if seed is None else seed for _, seed in views], dtype=np.int64),
+              label_category=label_category.numpy(), images=np.int64(extraction.n_images),
+              **{name: np.stack([a[name] for a in arrays]) for name in (*_COUNT_NAMES, "thresholds")},
+              label=np.stack([result.label.cpu().numpy() for result, _ in scored]),
+              label_iou=np.stack([result.label_iou.cpu().numpy() for result, _ in scored]),
+              detector=np.stack([result.detector.cpu().numpy() for result, _ in scored]))
+    RotationTest.objects.filter(pk=test.pk).update(directory=str(directory))
+    mean_unique = [sum(point["unique"] for point in points if point["alpha"] == alpha) / len(params["seeds"])
+                   for alpha in params["alphas"]]
+    return {"rotation_test": test.pk, "layer": layer.name, "dataset": dataset.name,
+            "extraction_run": extraction.run_id, "units": layer.units, "rotations": len(views),
+            "unique_detectors_by_alpha": " · ".join(f"α {alpha:g}: {value:g}"
+                                                    for alpha, value in zip(params["alphas"], mean_unique))}
+
+
+# -- reading results ----------------------------------------------------------------------------------
+
+def dissection_tally_load(dissection: LayerDissection) -> dict[str, np.ndarray]:
+    """Every array of a complete dissection's ``tally.npz`` (counts int64, ``iou`` float64 ``[U, C]``, ...)."""
+    with np.load(dissection.tally_path) as data:
+        return {name: data[name] for name in data.files}
+
+
+# -- export -------------------------------------------------------------------------------------------
+
+def dissection_export(run: Run, out_dir: Path) -> list[Path]:
+    """``tally.csv``, ``thresholds.csv`` and ``run.json`` (plus ``pairing.csv`` for the shuffled baseline).
+
+    ``tally.csv``: ``unit,concept,category,iou,intersection,activation,truth``, one row per unit × concept with
+    truth > 0, units 0-based, concepts by name with their primary category, counts in mask pixels:
+    ``intersection`` = Σ|M_k ∩ L_c|, ``activation`` = Σ|M_k| over the images having c's category, ``truth`` =
+    Σ|L_c|; so ``iou = intersection / (activation + truth − intersection)`` (printed exactly, Python ``repr``).
+    """
+    dissection = (LayerDissection.objects.complete().select_related("layer__network", "dataset", "extraction")
+                  .filter(run=run).first())
+    if dissection is None:
+        raise RunInputError(f"Run {run.pk} holds no finished dissection.")
+    data = dissection_tally_load(dissection)
+    concepts = dict(Concept.objects.filter(dataset=dissection.dataset).values_list("number", "name"))
+    label_category, truth = data["label_category"], data["truth"]
+    inter, act_cat, iou = data["intersection"], data["activation_cat"], data["iou"]
+    present = np.flatnonzero(truth > 0)
+    written = []
+    tally_path = out_dir / "tally.csv"
+    with open(tally_path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["unit", "concept", "category", "iou", "intersection", "activation", "truth"])
+        for unit in range(inter.shape[0]):
+            for number in present:
+                category = int(label_category[number])
+                writer.writerow([unit, concepts.get(int(number), str(number)), dissection.categories[category],
+                                 repr(float(iou[unit, number])), int(inter[unit, number]),
+                                 int(act_cat[unit, category]), int(truth[number])])
+    written.append(tally_path)
+    thresholds_path = out_dir / "thresholds.csv"
+    with open(thresholds_path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["unit", "threshold"])
+        writer.writerows((unit, repr(float(value))) for unit, value in enumerate(data["thresholds"]))
+    written.append(thresholds_path)
+    if dissection.baseline == DissectionBaseline.SHUFFLED:
+        with np.load(Path(dissection.directory) / PLAN_FILE) as plan:
+            pairing = plan["pairing"]
+        pairing_path = out_dir / "pairing.csv"
+        with open(pairing_path, "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["image", "masks_of"])
+            writer.writerows(enumerate(pairing.tolist()))
+        written.append(pairing_path)
+    layer, network = dissection.layer, dissection.layer.network
+    written.append(_write_json(out_dir / "run.json", {
+        "run": run.pk, "kind": run.kind, "params": run.params,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "network": network.name, "weights_sha256": network.weights_sha256, "layer": layer.name,
+        "dataset": dissection.dataset.name, "dataset_dir": str(Path(dissection.dataset.root_dir).resolve()),
+        "activations_run": dissection.extraction.run_id if dissection.extraction else None,
+        "quantile": dissection.quantile, "upsample": dissection.upsample, "iou_threshold": dissection.iou_threshold,
+        "strict_threshold": dissection.strict_threshold, "count_saturated": dissection.count_saturated,
+        "baseline": dissection.baseline, "shuffle_seed": dissection.shuffle_seed,
+        "categories": dissection.categories, "images": dissection.n_images, "mask_pixels": dissection.mask_pixels,
+        "units": dissection.n_units, "detectors": dissection.n_detectors,
+        "unique_detectors": dissection.n_unique_detectors, "saturated_units": dissection.n_saturated,
+        "rules": {
+            "threshold": "T_k = numpy.quantile(all raw activations of unit k, quantile), linear method; maps are "
+                         "the float16-rounded activations of activations_run",
+            "mask": "S_k > T_k" if dissection.strict_threshold else "S_k >= T_k (ND'18)",
+            "upsample": "bilinear anchored at receptive-field centres" if dissection.upsample == "anchored"
+                        else "torch.nn.functional.interpolate(mode='bilinear', align_corners=False)",
+            "iou": "sums over the images containing any label of the concept's (primary) category",
+            "detector": f"label IoU > {dissection.iou_threshold}"
+                        + ("" if dissection.count_saturated else "; units active on every pixel excluded"),
+        }}))
+    return written
+
+
+def rotation_export(run: Run, out_dir: Path) -> list[Path]:
+    """``rotation.csv`` (``seed,alpha,detectors,unique_detectors,saturated_units``) and ``run.json``."""
+    test = RotationTest.objects.select_related("layer__network", "dataset", "extraction").filter(run=run).first()
+    if test is None:
+        raise RunInputError(f"Run {run.pk} holds no rotation test.")
+    path = out_dir / "rotation.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["seed", "alpha", "detectors", "unique_detectors", "saturated_units"])
+        writer.writerows((p["seed"], repr(float(p["alpha"])), p["detectors"], p["unique"], p["saturated"])
+                         for p in test.points)
+    meta = _write_json(out_dir / "run.json", {
+        "run": run.pk, "kind": run.kind, "params": run.params, "network": test.layer.network.name,
+        "layer": test.layer.name, "dataset": test.dataset.name,
+        "dataset_dir": str(Path(test.dataset.root_dir).resolve()),
+        "activations_run": test.extraction.run_id if test.extraction else None, "quantile": test.quantile,
+        "upsample": test.upsample, "iou_threshold": test.iou_threshold, "alphas": test.alphas, "seeds": test.seeds,
+        "rotation": "Q Haar-uniform on SO(n) (QR of a standard normal matrix, torch.Generator seeded with seed); "
+                    "Q^alpha = expm(alpha log Q); thresholds recomputed on the rotated maps"})
+    return [path, meta]
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+# -- job kinds ----------------------------------------------------------------------------------------
+
+DISSECTION = register_job_kind(JobKind(
+    name="dissect", label="Network Dissection", queue=GPU_QUEUE, execute=dissection_run_execute,
+    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    description="Scores every unit of a layer as a segmenter of every concept (ND'18 IoU), optionally against "
+                "shuffled masks; shards merge exactly."))
+DISSECTION_SHARD = register_job_kind(JobKind(
+    name="dissect_shard", label="Network Dissection shard", queue=GPU_QUEUE, execute=dissection_shard_run_execute,
+    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300, reuse_finished=False,
+    description="Tallies one image range of a dissection; the last shard to finish merges."))
+ROTATION = register_job_kind(JobKind(
+    name="dissect_rotation", label="Random-rotation test", queue=GPU_QUEUE, execute=rotation_run_execute,
+    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    description="ND'18 §3.2: unique detectors of a layer under random rotations Q^α of its units."))
