@@ -531,17 +531,6 @@ class DissectionTally:
         counts[:, 0] = 0
         self.intersection += counts
         return act_img
-        method = self.method
-        if method == "auto":
-            dense = int(act_img.sum()) > _DENSE_FRACTION * mask.numel()
-            method = "dense" if dense else "sparse"
-        if method == "dense":
-            counts = _intersection_dense(mask, lab, c)
-        else:
-            counts = _intersection_sparse(mask, lab, c)
-        counts[:, 0] = 0
-        self.intersection += counts
-        return act_img
 
     # ------------------------------------------------------------------------------------------
     def _check_compatible(self, other: DissectionTally) -> None:
