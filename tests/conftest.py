@@ -126,13 +126,17 @@ def tiny_layer_with_grids(db):
 
 
 @pytest.fixture(autouse=True)
-def isolated_data_dir(settings, tmp_path):
+def isolated_data_dir(request, tmp_path):
     """Each test writes datasets, activation caches and grids under its own folder: files outlive the
     database rollback, and a cache left by one test must not be reused by the next.
 
     Worker processes started by tests keep the session's data dir (their broker folders live there),
-    so worker tests do not depend on files written here.
+    so worker tests do not depend on files written here. Engine tests run without Django too
+    (``-p no:django``): then there is nothing to isolate.
     """
+    if not request.config.pluginmanager.hasplugin("django"):
+        return
+    settings = request.getfixturevalue("settings")
     settings.UNITSCOPE_DATA_DIR = tmp_path / "data"
     settings.MEDIA_ROOT = tmp_path / "data" / "media"
     settings.UNITSCOPE_DATA_DIR.mkdir()
