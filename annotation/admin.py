@@ -1,7 +1,7 @@
 """Admin for the human side. Judgments are read-only here: they are never edited or deleted."""
 from django.contrib import admin
 
-from .models import Assignment, Judgment, Study, StudyRater, StudyTask
+from .models import Assignment, ConceptSynonym, Judgment, Study, StudyRater, StudyTask
 
 
 class StudyRaterInline(admin.TabularInline):
@@ -51,3 +51,9 @@ class JudgmentAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+@admin.register(ConceptSynonym)
+class ConceptSynonymAdmin(admin.ModelAdmin):
+    list_display = ("study", "name", "maps_to", "created_by", "created_at")
+    search_fields = ("name", "maps_to", "study__name")

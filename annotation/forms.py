@@ -97,3 +97,10 @@ class AnswerForm(forms.Form):
             except StudyInputError as error:
                 self.add_error("concept", str(error))
         return cleaned
+
+
+class SynonymForm(forms.Form):
+    """One entry of a study's synonym table: ``name`` counts as ``maps_to`` when names are matched."""
+
+    name = forms.CharField(max_length=CONCEPT_MAX_LENGTH, strip=True, help_text="e.g. tyre")
+    maps_to = forms.CharField(label="counts as", max_length=CONCEPT_MAX_LENGTH, strip=True, help_text="e.g. wheel")

@@ -211,3 +211,25 @@ class Judgment(models.Model):
     @property
     def is_yes(self) -> bool:
         return self.answer in YES_ANSWERS
+
+
+class ConceptSynonym(models.Model):
+    """A study's synonym: a (normalised) concept name that counts as another one when names are matched.
+
+    Both sides are stored normalised (:func:`annotation.naming.normalise_concept_name` without synonyms), so
+    ``Tyres`` → ``wheel`` is stored ``tyre`` → ``wheel``.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="synonyms")
+    name = models.CharField(max_length=CONCEPT_MAX_LENGTH)
+    maps_to = models.CharField(max_length=CONCEPT_MAX_LENGTH)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "name"]
+        constraints = [models.UniqueConstraint(fields=["study", "name"], name="unique_study_synonym")]
+
+    def __str__(self) -> str:
+        return f"{self.name} → {self.maps_to}"

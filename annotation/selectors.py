@@ -10,7 +10,7 @@ from django.db.models import Count, F, Max, Q
 
 from analysis.engine import agreement as engine
 
-from .models import ANSWER_ORDER, Answer, Judgment, RaterKind, Study, StudyRater, StudyTask
+from .models import ANSWER_ORDER, YES_ANSWERS, Answer, Judgment, RaterKind, Study, StudyRater, StudyTask
 
 NOT_SURE_CODE = ANSWER_ORDER.index(Answer.NOT_SURE)
 TYPE_ANSWERS = (Answer.PART, Answer.BACKGROUND, Answer.OTHER, Answer.NO)
@@ -239,3 +239,157 @@ def study_judgments_for_export(study: Study):
     return (Judgment.objects.filter(task__study=study)
             .select_related("task__unit", "task__object_class", "rater__user", "grid")
             .order_by("task__position", "rater__name", "submitted_at", "id"))
+
+
+# -- comparisons (issue 7, item 4): human names vs the dataset's vocabulary and vs dissection labels ---------
+
+PART_CATEGORY = "part"
+MATCH_RULE = "a unit matches when one of its normalised human names equals its normalised dissection label"
+
+
+def study_synonyms(study: Study) -> dict[str, str]:
+    """The study's synonym table: normalised name → normalised name it counts as."""
+    return dict(study.synonyms.values_list("name", "maps_to"))
+
+
+def study_name_key(study: Study):
+    """``key(name)``: :func:`annotation.naming.normalise_concept_name` with the study's synonyms."""
+    from .naming import normalise_concept_name
+
+    synonyms = study_synonyms(study)
+    return lambda name: normalise_concept_name(name, synonyms)
+
+
+def study_dataset(study: Study):
+    """The dataset whose grids the study shows (None for imported studies)."""
+    return study.extraction.dataset if study.extraction_id else None
+
+
+def dataset_part_vocabulary(dataset) -> list[str]:
+    """Names of the dataset's part concepts (primary category ``part`` or ``part`` among its categories)."""
+    if dataset is None:
+        return []
+    return sorted(concept.name for concept in dataset.concepts.only("name", "category", "categories")
+                  if concept.category == PART_CATEGORY or PART_CATEGORY in (concept.categories or {}))
+
+
+def _part_majority_tasks(study: Study, simulated: str) -> dict[int, list[Judgment]]:
+    """Tasks a strict majority of their raters (shown, "not sure" rejected) judged "semantic part", with the
+    judgments that said so."""
+    by_task: dict[int, list[Judgment]] = defaultdict(list)
+    for judgment in _included(study, simulated).exclude(answer=Answer.NOT_SURE):
+        by_task[judgment.task_id].append(judgment)
+    result = {}
+    for task_id, judgments in by_task.items():
+        parts = [judgment for judgment in judgments if judgment.answer == Answer.PART]
+        if 2 * len(parts) > len(judgments):
+            result[task_id] = parts
+    return result
+
+
+def study_names_vs_vocabulary(study: Study, *, simulated: str = "exclude") -> dict[str, Any]:
+    """GG'18 §4.3 / Table 3: over the tasks judged "semantic part" by the majority of their raters, the part
+    names people gave that are in the dataset's part vocabulary and those that are not, matched through
+    :func:`study_name_key`. Each row: the name, its tasks, units, object classes and the spellings given."""
+    key = study_name_key(study)
+    dataset = study_dataset(study)
+    vocabulary = dataset_part_vocabulary(dataset)
+    vocabulary_keys = {key(name) for name in vocabulary}
+    majority = _part_majority_tasks(study, simulated)
+    tasks = {task.pk: task for task in StudyTask.objects.filter(pk__in=list(majority)).select_related("object_class")}
+    grouped: dict[str, dict[str, Any]] = {}
+    unnamed = 0
+    for task_id, judgments in majority.items():
+        task = tasks[task_id]
+        names = {key(judgment.concept): judgment.concept for judgment in judgments if key(judgment.concept)}
+        if not names:
+            unnamed += 1
+        spellings: dict[str, set[str]] = defaultdict(set)
+        for judgment in judgments:
+            if key(judgment.concept):
+                spellings[key(judgment.concept)].add(judgment.concept)
+        for name in names:
+            row = grouped.setdefault(name, {"name": name, "tasks": 0, "units": set(), "classes": Counter(),
+                                            "given_as": set()})
+            row["tasks"] += 1
+            row["units"].add(task.unit_id or task.item)
+            row["classes"][task.object_class.name if task.object_class_id else "all items"] += 1
+            row["given_as"] |= spellings[name]
+    rows = []
+    for row in grouped.values():
+        rows.append({"name": row["name"], "tasks": row["tasks"], "units": len(row["units"]),
+                     "classes": sorted(row["classes"].items(), key=lambda item: (-item[1], item[0])),
+                     "given_as": sorted(row["given_as"], key=str.lower),
+                     "in_vocabulary": row["name"] in vocabulary_keys})
+    rows.sort(key=lambda row: (-row["tasks"], row["name"]))
+    inside = [row for row in rows if row["in_vocabulary"]]
+    outside = [row for row in rows if not row["in_vocabulary"]]
+    return {"dataset": dataset.name if dataset else None, "vocabulary": vocabulary,
+            "vocabulary_size": len(vocabulary_keys), "part_tasks": len(majority), "unnamed_tasks": unnamed,
+            "in_vocabulary": inside, "not_in_vocabulary": outside,
+            "vocabulary_unnamed": sorted(vocabulary_keys - {row["name"] for row in inside})}
+
+
+def study_dissection(study: Study):
+    """The newest complete (non-baseline) dissection of the study's layer on the study's dataset, or None."""
+    from analysis.selectors import latest_dissection
+
+    dataset = study_dataset(study)
+    if study.layer_id is None or dataset is None:
+        return None
+    return latest_dissection(study.layer, dataset=dataset)
+
+
+def _share(matches: int, total: int) -> float | None:
+    return matches / total if total else None
+
+
+def study_dissection_agreement(study: Study, *, simulated: str = "exclude", dissection=None) -> dict[str, Any] | None:
+    """Per unit, the names people gave it (any yes-answer, any class; current judgments of the raters shown)
+    against its dissection label and IoU; None when the study's layer has no dissection on its dataset.
+
+    ``summary`` (JSON-ready): units named, units compared (named and with a dissection result), matches and
+    their share, the same among detectors. ``rows``: every compared unit, disagreements first.
+    """
+    from analysis.selectors import dissection_results_by_unit
+
+    dissection = dissection or study_dissection(study)
+    if dissection is None:
+        return None
+    key = study_name_key(study)
+    names: dict[int, Counter] = defaultdict(Counter)
+    spellings: dict[int, set[str]] = defaultdict(set)
+    for unit_index, concept in (_included(study, simulated).filter(answer__in=list(YES_ANSWERS),
+                                                                   task__unit__isnull=False)
+                                .values_list("task__unit__index", "concept")):
+        if key(concept):
+            names[unit_index][key(concept)] += 1
+            spellings[unit_index].add(concept)
+    results = dissection_results_by_unit(dissection)
+    rows = []
+    for unit_index in sorted(names):
+        result = results.get(unit_index)
+        if result is None:
+            continue
+        label = result.concept.name if result.concept_id else None
+        label_key = key(label) if label else ""
+        ranks = [rank for rank, top in enumerate(result.top_concepts or [], start=1)
+                 if key(top.get("name", "")) in names[unit_index]]
+        rows.append({"unit": unit_index, "names": names[unit_index].most_common(),
+                     "given_as": sorted(spellings[unit_index], key=str.lower), "label": label, "label_key": label_key,
+                     "category": result.concept.category if result.concept_id else None, "iou": result.iou,
+                     "is_detector": result.is_detector, "saturated": result.saturated,
+                     "match": bool(label_key) and label_key in names[unit_index],
+                     "top_rank": ranks[0] if ranks else None})
+    rows.sort(key=lambda row: (row["match"], row["unit"]))
+    matches = sum(row["match"] for row in rows)
+    detectors = [row for row in rows if row["is_detector"]]
+    detector_matches = sum(row["match"] for row in detectors)
+    summary = {
+        "dissection_run": dissection.run_id, "dataset": dissection.dataset.name, "layer": dissection.layer.name,
+        "iou_threshold": dissection.iou_threshold, "rule": MATCH_RULE, "units_named": len(names),
+        "units_compared": len(rows), "matches": matches, "share": _share(matches, len(rows)),
+        "detectors": {"units_compared": len(detectors), "matches": detector_matches,
+                      "share": _share(detector_matches, len(detectors))},
+    }
+    return {"summary": summary, "rows": rows, "dissection": dissection}

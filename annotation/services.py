@@ -27,7 +27,8 @@ from accounts.roles import Role
 from analysis.models import ExemplarKind, ExemplarSet, Layer, LayerExtraction
 
 from .models import (ANSWER_ORDER, CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, YES_ANSWERS, Assignment,
-                     Judgment, JudgmentOrigin, RaterKind, Study, StudyKind, StudyPlan, StudyRater, StudyTask)
+                     ConceptSynonym, Judgment, JudgmentOrigin, RaterKind, Study, StudyKind, StudyPlan, StudyRater,
+                     StudyTask)
 
 ITEM_MAX_LENGTH = 200
 RATER_NAME_MAX_LENGTH = 150
@@ -531,3 +532,31 @@ def demo_expert_study_ensure(*, network: str = "demo-net", layer: str = "conv5",
     simulated = simulated_raters_run(study=study, raters=simulated_raters, error_rate=error_rate, seed=seed)
     return {"study": study.name, "study_id": study.pk, "credentials": credentials, "created": created,
             "simulated": simulated}
+
+
+# -- name matching -----------------------------------------------------------------------------------------
+
+def synonym_set(*, study: Study, name: str, maps_to: str, user=None) -> ConceptSynonym:
+    """Make ``name`` count as ``maps_to`` when the study's names are matched (creates or replaces the entry).
+
+    Both are normalised first (without synonyms); a name that normalises to nothing, or to the same key as
+    its target, is refused.
+    """
+    from .naming import normalise_concept_name
+
+    key, target = normalise_concept_name(name), normalise_concept_name(maps_to)
+    if not key or not target:
+        raise StudyInputError("A synonym needs a name and the name it maps to.")
+    if len(key) > CONCEPT_MAX_LENGTH or len(target) > CONCEPT_MAX_LENGTH:
+        raise StudyInputError(f"Names have at most {CONCEPT_MAX_LENGTH} characters.")
+    if key == target:
+        raise StudyInputError(f"{name!r} and {maps_to!r} already match (both normalise to {key!r}).")
+    synonym, _ = ConceptSynonym.objects.update_or_create(study=study, name=key,
+                                                        defaults={"maps_to": target, "created_by": user})
+    return synonym
+
+
+def synonym_delete(*, study: Study, synonym_id: int) -> bool:
+    """Remove one of the study's synonyms; False when it does not exist."""
+    deleted, _ = ConceptSynonym.objects.filter(study=study, pk=synonym_id).delete()
+    return bool(deleted)

@@ -13,5 +13,6 @@ urlpatterns = [
     path("research/studies/new/", views.StudyCreateView.as_view(), name="study_create"),
     path("research/studies/<int:pk>/", views.StudyDetailView.as_view(), name="study_detail"),
     path("research/studies/<int:pk>/report/", views.StudyReportView.as_view(), name="study_report"),
+    path("research/studies/<int:pk>/synonyms/", views.StudySynonymsView.as_view(), name="study_synonyms"),
     path("research/studies/<int:pk>/judgments.csv", views.StudyExportView.as_view(), name="study_export"),
 ]

@@ -6,6 +6,7 @@ import csv
 from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.views import View
 from django.views.generic import FormView, TemplateView
 
@@ -13,7 +14,7 @@ from accounts.permissions import CrowdRequiredMixin, ExpertRequiredMixin, Resear
 from analysis.plots import interval_chart, stacked_bar_chart
 
 from . import selectors, services
-from .forms import AnswerForm, StudyCreateForm
+from .forms import AnswerForm, StudyCreateForm, SynonymForm
 from .models import ANSWER_KEYS, ANSWER_ORDER, RULE, YES_ANSWERS, Answer, Assignment, Study, StudyTask
 
 GRID_DISPLAY_WIDTH = 1180
@@ -207,6 +208,7 @@ class StudyReportView(StudyMixin, TemplateView):
                    "rater_counts": selectors.study_rater_answer_counts(study, simulated=simulated),
                    "overlap_items": selectors.study_overlap_items(study, simulated=simulated),
                    "has_simulated": study.raters.filter(kind="simulated").exists()}
+        context.update(self.comparison_context(study, simulated))
         shown = [row for row in rows if row["paper"] and row["paper"]["value"] is not None]
         if shown:
             context["agreement_chart"] = interval_chart(
@@ -223,6 +225,49 @@ class StudyReportView(StudyMixin, TemplateView):
                 labels, segments, colours=[TYPE_COLOURS[answer] for answer in distribution["average"]],
                 xlabel="share of the class's units (not sure rejected)")
         return context
+
+
+    def comparison_context(self, study: Study, simulated: str) -> dict:
+        """Issue 7 item 4: human names vs the dataset's part vocabulary and vs dissection labels, the synonym
+        table and its form."""
+        context = {"names_vs_vocabulary": selectors.study_names_vs_vocabulary(study, simulated=simulated),
+                   "dissection_agreement": selectors.study_dissection_agreement(study, simulated=simulated),
+                   "synonyms": list(study.synonyms.all()), "synonym_form": SynonymForm()}
+        if study.layer_id:
+            context["layer_dissection_url"] = reverse("analysis:layer_dissection",
+                                                      args=[study.layer.network.name, study.layer.name])
+        return context
+
+
+class StudySynonymsView(StudyMixin, View):
+    """Adds (or replaces) an entry of the study's synonym table, or deletes one; back to the report."""
+
+    def post(self, request, *args, **kwargs):
+        study = self.get_study()
+        back = reverse("annotation:study_report", args=[study.pk]) + "#names"
+        if "delete" in request.POST:
+            try:
+                deleted = services.synonym_delete(study=study, synonym_id=int(request.POST["delete"]))
+            except ValueError:
+                deleted = False
+            if deleted:
+                messages.success(request, "Synonym removed.")
+            else:
+                messages.error(request, "No such synonym.")
+            return redirect(back)
+        form = SynonymForm(request.POST)
+        if not form.is_valid():
+            problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+            messages.error(request, f"Synonym not saved — {problems}")
+            return redirect(back)
+        try:
+            synonym = services.synonym_set(study=study, name=form.cleaned_data["name"],
+                                           maps_to=form.cleaned_data["maps_to"], user=request.user)
+        except services.StudyInputError as error:
+            messages.error(request, f"Synonym not saved — {error}")
+            return redirect(back)
+        messages.success(request, f"Synonym saved: “{synonym.name}” counts as “{synonym.maps_to}”.")
+        return redirect(back)
 
 
 class StudyExportView(StudyMixin, View):

@@ -4,7 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from analysis.engine.agreement import DEFAULT_REPLICATES
 from annotation.models import Study
-from annotation.selectors import SIMULATED_CHOICES, study_agreement, study_type_distribution
+from annotation.selectors import (SIMULATED_CHOICES, study_agreement, study_dissection_agreement,
+                                  study_type_distribution)
 
 LABELS = {"percent_agreement": "percent agreement", "cohen_kappa": "Cohen's kappa", "fleiss_kappa": "Fleiss' kappa",
           "krippendorff_alpha": "Krippendorff's alpha (nominal)"}
@@ -38,6 +39,8 @@ class Command(BaseCommand):
             simulated = "include"
         report = study_agreement(found, simulated=simulated, replicates=replicates, seed=seed, confidence=confidence)
         report["type_distribution"] = study_type_distribution(found, simulated=simulated)
+        comparison = study_dissection_agreement(found, simulated=simulated)
+        report["dissection_agreement"] = comparison["summary"] if comparison else None
         if as_json:
             self.stdout.write(json.dumps(report, indent=2))
             return
@@ -53,3 +56,13 @@ class Command(BaseCommand):
                     continue
                 interval = (f"[{estimate['ci'][0]:.3f}, {estimate['ci'][1]:.3f}]" if estimate["ci"] else "")
                 self.stdout.write(f"  {label:32s} {estimate['value']:.3f} {interval}  ({estimate['n_items']} items)")
+        dissection = report["dissection_agreement"]
+        if dissection is None:
+            self.stdout.write("\nHuman names vs dissection labels: no dissection of the study's layer on its dataset.")
+        else:
+            share = "—" if dissection["share"] is None else f"{dissection['share']:.3f}"
+            detectors = dissection["detectors"]
+            detector_share = "—" if detectors["share"] is None else f"{detectors['share']:.3f}"
+            self.stdout.write(f"\nHuman names vs dissection labels (run {dissection['dissection_run']}): "
+                              f"{dissection['matches']}/{dissection['units_compared']} units match ({share}); "
+                              f"detectors {detectors['matches']}/{detectors['units_compared']} ({detector_share})")
