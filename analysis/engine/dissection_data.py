@@ -145,7 +145,8 @@ def iter_map_batches(
 
 def _float32(block: np.ndarray, device: torch.device | str) -> Tensor:
     """A float32 copy on ``device`` (float16 is widened by torch: exact, and much faster than numpy)."""
-    return torch.from_numpy(np.ascontiguousarray(block)).to(device=device, dtype=torch.float32)
+    # np.array copies the (read-only) memory-map slice, so torch gets a writable buffer.
+    return torch.from_numpy(np.array(block)).to(device=device, dtype=torch.float32)
 
 
 @dataclass
