@@ -41,5 +41,5 @@ def test_embedded_defaults(settings):
     assert base.CELERY_BROKER_URL.startswith(("filesystem://", "redis://"))
     assert settings.UNITSCOPE_DEVICE in {"auto", "cpu", "cuda"} or settings.UNITSCOPE_DEVICE.startswith("cuda:")
     if not os.environ.get("DATABASE_URL"):
-        assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
-        assert Path(settings.DATABASES["default"]["NAME"]).parent == settings.UNITSCOPE_DATA_DIR
+        assert base.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+        assert Path(base.DATABASES["default"]["NAME"]).parent == base.UNITSCOPE_DATA_DIR
