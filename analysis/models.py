@@ -488,3 +488,57 @@ class RotationTest(models.Model):
 
     def __str__(self) -> str:
         return f"rotation test of {self.layer} on {self.dataset} (run {self.run_id})"
+
+
+class Net2VecStudy(models.Model):
+    """Net2Vec (Fong & Vedaldi §3.1) on one layer: per concept, the best single filter vs a learned filter
+    combination vs top-F subsets, by set IoU on the validation images (see analysis.engine.net2vec)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="net2vec_studies")
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="net2vec_studies")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    extraction = models.ForeignKey(LayerExtraction, null=True, on_delete=models.SET_NULL, related_name="+")
+    upsample = models.CharField(max_length=16, choices=UpsampleMethod.choices, default=UpsampleMethod.ANCHORED)
+    quantile = models.FloatField()
+    params = models.JSONField(default=dict, help_text="Training parameters (epochs, lr, pixels per image, seed...).")
+    top_f = models.JSONField(default=list, help_text="Subset sizes F trained (those ≤ the layer's width).")
+    n_concepts = models.PositiveIntegerField(default=0)
+    n_combination_wins = models.PositiveIntegerField(default=0,
+                                                     help_text="Concepts whose combination IoU ≥ the best single.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Net2Vec of {self.layer} on {self.dataset} (run {self.run_id})"
+
+    @property
+    def combination_share(self) -> float | None:
+        """Percent of concepts where the combination's val set IoU ≥ the best single filter's."""
+        return 100.0 * self.n_combination_wins / self.n_concepts if self.n_concepts else None
+
+
+class Net2VecConcept(models.Model):
+    """One concept's probes in a :class:`Net2VecStudy`; ``embedding`` is the learned weight vector w ∈ R^K."""
+
+    study = models.ForeignKey(Net2VecStudy, on_delete=models.CASCADE, related_name="concept_results")
+    concept = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="+")
+    train_images = models.PositiveIntegerField()
+    val_images = models.PositiveIntegerField()
+    alpha = models.FloatField(help_text="Eq. 4's weight of positive pixels: 1 − positive fraction (train).")
+    best_unit = models.PositiveIntegerField(help_text="0-based unit with the best train set IoU.")
+    best_unit_train_iou = models.FloatField()
+    single_val_iou = models.FloatField(help_text="Val set IoU of the best (by train) single filter.")
+    combination_val_iou = models.FloatField()
+    top_f_val_iou = models.JSONField(default=dict, help_text="{F: val set IoU of the retrained top-F probe}.")
+    embedding = models.JSONField(default=list, help_text="The learned w, one float per unit.")
+    bias = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["-train_images", "concept__number"]
+        constraints = [models.UniqueConstraint(fields=["study", "concept"], name="unique_net2vec_concept")]
+
+    @property
+    def combination_wins(self) -> bool:
+        return self.combination_val_iou >= self.single_val_iou

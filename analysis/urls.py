@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .views import datasets, dissection, networks, runs
+from .views import datasets, dissection, net2vec, networks, runs
 
 app_name = "analysis"
 urlpatterns = [
@@ -35,5 +35,6 @@ urlpatterns = [
     path("networks/<slug:name>/layers/<str:layer>/rotation/", dissection.RotationView.as_view(), name="rotation_test"),
     path("networks/<slug:name>/layers/<str:layer>/rotation/start/", dissection.RotationStartView.as_view(),
          name="rotation_start"),
+    path("networks/<slug:name>/layers/<str:layer>/net2vec/", net2vec.Net2VecView.as_view(), name="layer_net2vec"),
     path("datasets/<slug:name>/concepts/<int:number>/", dissection.ConceptDetailView.as_view(), name="concept_detail"),
 ]
