@@ -505,6 +505,10 @@ class Net2VecStudy(models.Model):
     n_concepts = models.PositiveIntegerField(default=0)
     n_combination_wins = models.PositiveIntegerField(default=0,
                                                      help_text="Concepts whose combination IoU ≥ the best single.")
+    classification_top_f = models.JSONField(default=list, help_text="Classification subset sizes F trained (§3.2.2).")
+    n_classification_concepts = models.PositiveIntegerField(default=0)
+    n_classification_wins = models.PositiveIntegerField(
+        default=0, help_text="Concepts whose combination's balanced val accuracy ≥ the single filter's (F = 1).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -517,6 +521,12 @@ class Net2VecStudy(models.Model):
     def combination_share(self) -> float | None:
         """Percent of concepts where the combination's val set IoU ≥ the best single filter's."""
         return 100.0 * self.n_combination_wins / self.n_concepts if self.n_concepts else None
+
+    @property
+    def classification_share(self) -> float | None:
+        """Percent of concepts where the combination's balanced val accuracy ≥ the single filter's (Table 1)."""
+        return (100.0 * self.n_classification_wins / self.n_classification_concepts
+                if self.n_classification_concepts else None)
 
 
 class Net2VecConcept(models.Model):
@@ -532,6 +542,9 @@ class Net2VecConcept(models.Model):
     single_val_iou = models.FloatField(help_text="Val set IoU of the best (by train) single filter.")
     combination_val_iou = models.FloatField()
     top_f_val_iou = models.JSONField(default=dict, help_text="{F: val set IoU of the retrained top-F probe}.")
+    all_pixels_val_iou = models.FloatField(
+        null=True, blank=True,
+        help_text="Val set IoU of the trivial mask 'every pixel of the images with the concept'.")
     embedding = models.JSONField(default=list, help_text="The learned w, one float per unit.")
     bias = models.FloatField(default=0.0)
 
@@ -542,3 +555,287 @@ class Net2VecConcept(models.Model):
     @property
     def combination_wins(self) -> bool:
         return self.combination_val_iou >= self.single_val_iou
+
+
+class Net2VecClassification(models.Model):
+    """One concept's image-level classifiers in a :class:`Net2VecStudy` (Fong & Vedaldi §3.2): a learned
+    combination of all the layer's spatially averaged units vs the single unit of largest |w| (F = 1, retrained) vs
+    top-F subsets, on the validation images; ``embedding`` is the combination's weight vector (§5.3)."""
+
+    study = models.ForeignKey(Net2VecStudy, on_delete=models.CASCADE, related_name="classifications")
+    concept = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="+")
+    train_positives = models.PositiveIntegerField()
+    train_negatives = models.PositiveIntegerField()
+    val_positives = models.PositiveIntegerField()
+    val_negatives = models.PositiveIntegerField()
+    single_unit = models.PositiveIntegerField(help_text="0-based unit of largest |w| in the combination (F = 1).")
+    single_val_accuracy = models.FloatField(help_text="Balanced val accuracy of the retrained single-unit classifier.")
+    combination_val_accuracy = models.FloatField()
+    single_val_ap = models.FloatField(help_text="Val average precision of the single-unit classifier.")
+    combination_val_ap = models.FloatField()
+    top_f_val_accuracy = models.JSONField(default=dict, help_text="{F: balanced val accuracy of the top-F classifier}.")
+    top_f_val_ap = models.JSONField(default=dict, help_text="{F: val average precision of the top-F classifier}.")
+    embedding = models.JSONField(default=list, help_text="The learned w (per standard deviation of each unit's input).")
+    raw_weight = models.JSONField(default=list, help_text="The same classifier's w on raw pooled activations (eq. 5).")
+    bias = models.FloatField(default=0.0, help_text="Eq. 5's b, with raw_weight.")
+
+    class Meta:
+        ordering = ["-train_positives", "concept__number"]
+        constraints = [models.UniqueConstraint(fields=["study", "concept"], name="unique_net2vec_classification")]
+
+    @property
+    def combination_wins(self) -> bool:
+        return self.combination_val_accuracy >= self.single_val_accuracy
+
+
+# -- Part detection and discriminativeness (GG'18 §3, §5–6) ------------------------------------------
+
+class PartInputs(models.TextChoices):
+    OBJECT_CROPS = "object_crops", "Object boxes with context, warped to the input (R-CNN style, GG'18)"
+    WHOLE_IMAGES = "whole_images", "Whole images (the cached activations)"
+
+
+class PartDetectionStudy(models.Model):
+    """GG'18 §3: every filter of a layer as a detector of every part class (object-class × part), with box
+    regression, NMS and VOC AP; GA filter combinations, TopFilters and all filters. Detections (after regression
+    and NMS, image pixels) and ground truth live in ``<directory>/part-<k>.npz``."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="part_detection_studies")
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="part_detection_studies")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    inputs = models.CharField(max_length=16, choices=PartInputs.choices, default=PartInputs.OBJECT_CROPS)
+    split = models.CharField(max_length=16, default="train")
+    params = models.JSONField(default=dict, help_text="Every parameter of the run (IoU, NMS, GA settings, ...).")
+    directory = models.CharField(max_length=500, blank=True)
+    n_parts = models.PositiveIntegerField(default=0)
+    n_emerged = models.PositiveIntegerField(default=0, help_text="Parts whose GA AP exceeds the AP criterion.")
+    n_covered = models.PositiveIntegerField(default=0, help_text="Parts whose GA recall exceeds the coverage one.")
+    mean_best_ap = models.FloatField(default=0.0)
+    mean_ga_ap = models.FloatField(default=0.0)
+    mean_top_ap = models.FloatField(default=0.0)
+    mean_all_ap = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"part detection of {self.layer} on {self.dataset} (run {self.run_id})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("analysis:layer_parts", args=[self.layer.network.name, self.layer.name]) + f"?run={self.run_id}"
+
+
+class PartDetectionResult(models.Model):
+    """One part class in a :class:`PartDetectionStudy`: single filters, the GA combination, TopFilters, all."""
+
+    study = models.ForeignKey(PartDetectionStudy, on_delete=models.CASCADE, related_name="part_results")
+    position = models.PositiveIntegerField(help_text="The part's k in part-<k>.npz.")
+    object_class = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="+")
+    part = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=200, help_text="object-part, e.g. car-wheel.")
+    n_views = models.PositiveIntegerField(help_text="Object crops (or images) evaluated.")
+    n_instances = models.PositiveIntegerField(help_text="Ground-truth part boxes.")
+    relative_size = models.FloatField(help_text="Mean part box area / mean object box area (GG'18 Fig. 3).")
+    mean_size = models.FloatField(help_text="Mean of part box widths and heights, image pixels.")
+    n_detections = models.PositiveIntegerField(default=0)
+    best_filter = models.PositiveIntegerField()
+    best_ap = models.FloatField()
+    best_recall = models.FloatField()
+    ga_filters = models.JSONField(default=list)
+    ga_ap = models.FloatField()
+    ga_recall = models.FloatField()
+    ga_history = models.JSONField(default=list, help_text="Best fitness after each generation.")
+    top_filters = models.JSONField(default=list)
+    top_ap = models.FloatField()
+    top_recall = models.FloatField()
+    all_ap = models.FloatField()
+    all_recall = models.FloatField()
+    single_ap = models.JSONField(default=list, help_text="AP of every filter alone, by filter index.")
+    single_recall = models.JSONField(default=list)
+    curves = models.JSONField(default=dict, help_text="{label: {recall: [...], precision: [...]}}.")
+
+    class Meta:
+        ordering = ["-ga_ap", "name"]
+        constraints = [models.UniqueConstraint(fields=["study", "position"], name="unique_part_result")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def ap_gain(self) -> float:
+        return self.ga_ap - self.best_ap
+
+    def emerges(self, threshold: float = 0.3) -> bool:
+        return self.ga_ap > threshold
+
+    def covered(self, threshold: float = 0.5) -> bool:
+        return self.ga_recall > threshold
+
+
+class AblationStudy(models.Model):
+    """GG'18 §5–6 on one layer: δ of every filter per object class, set ablations, and part blackouts."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="ablation_studies")
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="ablation_studies")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    inputs = models.CharField(max_length=16, choices=PartInputs.choices, default=PartInputs.OBJECT_CROPS)
+    split = models.CharField(max_length=16, default="train")
+    score = models.CharField(max_length=16, default="softmax", help_text="softmax probability or logit.")
+    sigma_factor = models.FloatField(default=2.0)
+    params = models.JSONField(default=dict)
+    n_classes = models.PositiveIntegerField(default=0)
+    mean_discriminative = models.FloatField(default=0.0, help_text="Discriminative filters per class, on average.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"ablations of {self.layer} on {self.dataset} (run {self.run_id})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("analysis:layer_ablation", args=[self.layer.network.name, self.layer.name]) + \
+            f"?run={self.run_id}"
+
+
+class ClassDiscriminativeness(models.Model):
+    """δ_j of every filter for one object class (GG'18 eq. 3, Fig. 10a) and the set ablations."""
+
+    study = models.ForeignKey(AblationStudy, on_delete=models.CASCADE, related_name="class_results")
+    object_class = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="+")
+    n_images = models.PositiveIntegerField()
+    mean_score = models.FloatField(help_text="Mean class score with every filter.")
+    deltas = models.JSONField(help_text="δ_j by filter index.")
+    sigma = models.FloatField()
+    discriminative = models.JSONField(default=list, help_text="Filters with δ_j > k σ, by decreasing δ.")
+    delta_discriminative_set = models.FloatField(null=True, blank=True)
+    delta_other_set = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["object_class__name"]
+        constraints = [models.UniqueConstraint(fields=["study", "object_class"], name="unique_class_delta")]
+
+    @property
+    def threshold(self) -> float:
+        return self.study.sigma_factor * self.sigma
+
+
+class PartDiscriminativeness(models.Model):
+    """δ of blacking out one part class (GG'18 §6, Fig. 14) and its relative size."""
+
+    study = models.ForeignKey(AblationStudy, on_delete=models.CASCADE, related_name="part_results")
+    object_class = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="+")
+    part = models.ForeignKey(Concept, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=200)
+    n_images = models.PositiveIntegerField()
+    delta = models.FloatField()
+    relative_size = models.FloatField()
+
+    class Meta:
+        ordering = ["-delta", "name"]
+        constraints = [models.UniqueConstraint(fields=["study", "object_class", "part"], name="unique_part_delta")]
+
+
+# -- Explanatory graph (Zhang et al. AAAI'18) ---------------------------------------------------------
+
+class ExplanatoryGraph(models.Model):
+    """An explanatory graph learned over some conv layers of a network (see analysis.engine.explanatory_graph).
+
+    Bulk arrays live under ``directory`` (``UNITSCOPE_DATA_DIR/explanatory_graphs/<run id>/``): per layer
+    ``<layer>.npz`` (μ, σ², edges, normaliser, masses, log-likelihoods) and the inference of every node on every
+    image, ``<layer>-units.i32`` and ``<layer>-scores.f32`` (memory maps ``[images, nodes]``). ``layers`` lists the
+    layer names top first; positions in rows are in network-input pixels.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="explanatory_graphs")
+    network = models.ForeignKey(Network, on_delete=models.CASCADE, related_name="explanatory_graphs")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    layers = models.JSONField(default=list, help_text="Layer names, top layer first.")
+    extraction_runs = models.JSONField(default=dict, help_text="{layer: extraction run id} whose cache was read.")
+    params = models.JSONField(default=dict)
+    directory = models.CharField(max_length=500)
+    n_images = models.PositiveIntegerField(default=0)
+    n_learn_images = models.PositiveIntegerField(default=0)
+    n_nodes = models.PositiveIntegerField(default=0)
+    n_edges = models.PositiveIntegerField(default=0)
+    plane_unit = models.FloatField(default=1.0, help_text="Input pixels per plane unit (the input's longer side).")
+    landmarks = models.JSONField(default=list, help_text="Part names whose box centres are the landmarks.")
+    instability = models.JSONField(default=dict, help_text="{layer: {nodes, filters, node_patterns, filter_patterns}}: "
+                                                           "mean location instability over the top patterns.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"explanatory graph of {self.network} on {self.dataset} (run {self.run_id})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("analysis:graph_detail", args=[self.run_id])
+
+
+class GraphNode(models.Model):
+    """A node V of an explanatory graph: a part pattern of one filter. ``mu_x, mu_y`` (prior position μ_V) and
+    ``sigma`` in network-input pixels; ``score_total`` = Σ_I S_V^I over all images; ``flat`` = filter · N + node."""
+
+    graph = models.ForeignKey(ExplanatoryGraph, on_delete=models.CASCADE, related_name="nodes")
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="+")
+    level = models.PositiveSmallIntegerField(help_text="0 = the top graph layer.")
+    filter = models.PositiveIntegerField()
+    node = models.PositiveIntegerField(help_text="Index among the filter's nodes.")
+    flat = models.PositiveIntegerField(help_text="Column of the node in the layer's inference arrays.")
+    mu_x = models.FloatField()
+    mu_y = models.FloatField()
+    sigma = models.FloatField(help_text="Variation of the inferred position (input pixels).")
+    mass = models.FloatField(default=0.0, help_text="Share of the filter's activation entities it explains.")
+    score_total = models.FloatField(default=0.0)
+    rank = models.PositiveIntegerField(default=0, help_text="1 = highest score_total in its layer.")
+
+    class Meta:
+        ordering = ["level", "rank"]
+        constraints = [models.UniqueConstraint(fields=["graph", "layer", "flat"], name="unique_graph_node")]
+        indexes = [models.Index(fields=["graph", "level", "rank"]), models.Index(fields=["graph", "layer", "filter"])]
+
+    def __str__(self) -> str:
+        return f"{self.layer.name} filter {self.filter} node {self.node}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("analysis:graph_node", args=[self.graph.run_id, self.pk])
+
+
+class GraphEdge(models.Model):
+    """``parent ∈ E_child``: a node's neighbour in the upper layer; ``dx, dy`` = μ_child − μ_parent (input pixels)."""
+
+    graph = models.ForeignKey(ExplanatoryGraph, on_delete=models.CASCADE, related_name="edges")
+    child = models.ForeignKey(GraphNode, on_delete=models.CASCADE, related_name="parent_edges")
+    parent = models.ForeignKey(GraphNode, on_delete=models.CASCADE, related_name="child_edges")
+    order = models.PositiveSmallIntegerField(help_text="0 = the best neighbour by expected log-likelihood.")
+    dx = models.FloatField()
+    dy = models.FloatField()
+
+    class Meta:
+        ordering = ["child", "order"]
+        constraints = [models.UniqueConstraint(fields=["child", "parent"], name="unique_graph_edge")]
+
+
+class GraphInstability(models.Model):
+    """Location instability (AAAI'18 Table 1) of one pattern: a graph node or a raw filter (the baseline).
+    Rows exist for the top patterns of each layer that enter the mean."""
+
+    class Kind(models.TextChoices):
+        NODE = "node", "Graph node"
+        FILTER = "filter", "Raw filter"
+
+    graph = models.ForeignKey(ExplanatoryGraph, on_delete=models.CASCADE, related_name="instabilities")
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    filter = models.PositiveIntegerField()
+    node = models.ForeignKey(GraphNode, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    rank = models.PositiveIntegerField(help_text="Rank by total score (nodes) or total peak activation (filters).")
+    instability = models.FloatField(null=True, blank=True)
+    per_landmark = models.JSONField(default=dict, help_text="{part: std of the normalised distance}.")
+
+    class Meta:
+        ordering = ["kind", "rank"]
+        indexes = [models.Index(fields=["graph", "layer", "kind"])]

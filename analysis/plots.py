@@ -191,3 +191,148 @@ def rotation_chart(alphas: Sequence[float], per_seed: dict[str, Sequence[float]]
     axes.legend(frameon=False, fontsize=8)
     figure.tight_layout()
     return _svg(figure)
+
+
+# -- Net2Vec -----------------------------------------------------------------------------------------
+
+def comparison_scatter(single: Sequence[float], combined: Sequence[float], categories: Sequence[str], *,
+                       xlabel: str, ylabel: str, labels: Sequence[str] | None = None,
+                       limit: tuple[float, float] = (0, 1), size=(4.4, 4.0)) -> SafeString:
+    """Net2Vec Fig. 2 style per concept: one point per concept at (single filter, combination), coloured by
+    category, with the diagonal y = x (points on or above it: the combination is at least as good). With
+    ``labels``, the points furthest from the diagonal (up to 6) are named."""
+    figure, axes = plt.subplots(figsize=size, dpi=100)
+    low, high = limit
+    axes.plot([low, high], [low, high], color=MUTED, linestyle="--", linewidth=1, label="y = x")
+    order = list(dict.fromkeys(categories))
+    for position, category in enumerate(order):
+        points = [(x, y) for x, y, c in zip(single, combined, categories) if c == category]
+        axes.scatter(*zip(*points), s=22, color=category_colour(category, position), alpha=0.85, label=category,
+                     edgecolors="white", linewidths=0.4, zorder=3)
+    if labels:
+        spread = sorted(range(len(single)), key=lambda i: -abs(combined[i] - single[i]))[:6]
+        for i in spread:
+            axes.annotate(labels[i], (single[i], combined[i]), fontsize=7, xytext=(3, 3), textcoords="offset points",
+                          color="#1c2330")
+    axes.set_xlim(low, high)
+    axes.set_ylim(low, high)
+    axes.set_aspect("equal")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(frameon=False, fontsize=7.5, loc="lower right")
+    figure.tight_layout()
+    return _svg(figure)
+
+
+# -- Part detection and discriminativeness (GG'18) --------------------------------------------------
+
+def pr_chart(curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, size=(5.2, 3.2)) -> SafeString:
+    """GG'18 Fig. 6 style: precision against recall, one step line per named curve (the last drawn bold)."""
+    figure, axes = plt.subplots(figsize=size, dpi=100)
+    colours = (MUTED, "#7aa2ec", "#1f7a4d", SECOND, ACCENT)
+    names = list(curves)
+    for number, name in enumerate(names):
+        recall, precision = curves[name]
+        bold = number == len(names) - 1
+        axes.step(recall, precision, where="post", label=name, linewidth=2.2 if bold else 1.3,
+                  color=colours[(number - len(names)) % len(colours)] if not bold else ACCENT)
+    axes.set_xlabel("Recall")
+    axes.set_ylabel("Precision")
+    axes.set_xlim(0, 1.0)
+    axes.set_ylim(0, 1.02)
+    axes.grid(alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    return _svg(figure)
+
+
+def delta_bars(deltas: Sequence[float], threshold: float, *, highlight: Sequence[int] = (), ylabel: str,
+               size=(7.2, 2.8)) -> SafeString:
+    """GG'18 Fig. 10a style: one bar per filter (its δ), the discriminative ones highlighted, and the dashed
+    ``kσ`` line that separates them."""
+    figure, axes = plt.subplots(figsize=size, dpi=100)
+    chosen = set(highlight)
+    colours = [SECOND if index in chosen else "#9aa3b2" for index in range(len(deltas))]
+    axes.bar(range(len(deltas)), deltas, width=0.85, color=colours, linewidth=0)
+    axes.axhline(threshold, color=ACCENT, linestyle="--", linewidth=1.2, label=f"2σ = {threshold:.3g}"
+                 if threshold else "2σ")
+    axes.axhline(0, color=MUTED, linewidth=0.6)
+    axes.set_xlabel("filter")
+    axes.set_ylabel(ylabel)
+    axes.set_xlim(-1, len(deltas))
+    axes.grid(axis="y", alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    return _svg(figure)
+
+
+def scatter_chart(x: Sequence[float], y: Sequence[float], labels: Sequence[str], *, xlabel: str, ylabel: str,
+                  title: str = "", size=(4.4, 3.3)) -> SafeString:
+    """GG'18 Fig. 3 / Fig. 15 style: one labelled point per item and the least-squares line."""
+    figure, axes = plt.subplots(figsize=size, dpi=100)
+    axes.scatter(x, y, s=18, color=ACCENT, zorder=3)
+    for a, b, label in zip(x, y, labels):
+        axes.annotate(label, (a, b), fontsize=6.5, xytext=(3, 2), textcoords="offset points", color=MUTED)
+    if len(x) >= 2 and max(x) > min(x):
+        import numpy as np
+
+        slope, intercept = np.polyfit(list(x), list(y), 1)
+        xs = np.array([min(x), max(x)])
+        axes.plot(xs, slope * xs + intercept, color=SECOND, linewidth=1.2)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if title:
+        axes.set_title(title, fontsize=9.5)
+    axes.grid(alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
+    return _svg(figure)
+
+
+def horizontal_bars(labels: Sequence[str], series: dict[str, Sequence[float]], *, xlabel: str,
+                    reference: float | None = None, width: float = 6.4, unit_interval: bool = True) -> SafeString:
+    """Grouped horizontal bars, one group per label (e.g. best single filter vs GA AP per part), with an optional
+    dashed reference line (e.g. the 30% AP emergence criterion); ``unit_interval`` fixes the axis to [0, 1]
+    (otherwise it fits the values, negative ones included)."""
+    figure, axes = plt.subplots(figsize=(width, 0.8 + 0.3 * len(labels) * max(1, len(series)) ** 0.5), dpi=100)
+    height = 0.8 / max(1, len(series))
+    positions = list(range(len(labels)))[::-1]
+    for number, (colour, (name, values)) in enumerate(zip((MUTED, ACCENT, SECOND, "#1f7a4d"), series.items())):
+        offsets = [p + (len(series) - 1) / 2 * height - number * height for p in positions]
+        axes.barh(offsets, values, height=height * 0.95, color=colour, label=name)
+    if reference is not None:
+        axes.axvline(reference, color=SECOND, linestyle="--", linewidth=1.1)
+    axes.set_yticks(positions, labels=list(labels), fontsize=8)
+    axes.set_xlabel(xlabel)
+    if unit_interval:
+        axes.set_xlim(0, max(1.0, max((max(v, default=0) for v in series.values()), default=0)))
+    else:
+        axes.axvline(0, color=MUTED, linewidth=0.8)
+    axes.grid(axis="x", alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(frameon=False, fontsize=8, loc="lower right")
+    figure.tight_layout()
+    return _svg(figure)
+
+
+def category_lines(x: Sequence[float], series: dict[str, Sequence[float | None]], *, xlabel: str, ylabel: str,
+                   size=(5.2, 2.8)) -> SafeString:
+    """Net2Vec Fig. 3 style: one line per concept category (in its category colour) against ``x`` (None values are
+    skipped), any number of categories."""
+    figure, axes = plt.subplots(figsize=size, dpi=100)
+    for position, (category, values) in enumerate(series.items()):
+        points = [(a, b) for a, b in zip(x, values) if b is not None]
+        if points:
+            axes.plot(*zip(*points), marker="o", markersize=3, linewidth=1.6, label=category,
+                      color=category_colour(category, position))
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    return _svg(figure)

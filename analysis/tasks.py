@@ -4,10 +4,11 @@ Each receives a run id only and calls the job system's executor, which claims th
 writes a final state. Only a database that is briefly unreachable is retried.
 """
 from celery import shared_task
+from celery.signals import worker_ready
 from django.db import InterfaceError, OperationalError
 
 from analysis.jobs import JobKind, job_kinds
-from analysis.services.runs import run_execute
+from analysis.services.runs import run_execute, run_fail_stale
 
 
 def _define_run_task(kind: JobKind):
@@ -23,3 +24,9 @@ def _define_run_task(kind: JobKind):
 
 
 RUN_TASKS = {kind.name: _define_run_task(kind) for kind in job_kinds()}
+
+
+@worker_ready.connect
+def _fail_runs_of_dead_workers(**kwargs) -> None:
+    """A worker starting up marks failed the runs left "running" by worker processes that died on this host."""
+    run_fail_stale()

@@ -1,6 +1,8 @@
 from django.urls import path
 
-from .views import datasets, dissection, net2vec, networks, runs
+from .views import datasets, dissection, exports, net2vec, networks, runs
+from .views import explanatory_graph
+from .views import parts
 
 app_name = "analysis"
 urlpatterns = [
@@ -9,6 +11,7 @@ urlpatterns = [
     path("runs/<int:pk>/", runs.RunDetailView.as_view(), name="run_detail"),
     path("runs/<int:pk>/status/", runs.RunStatusView.as_view(), name="run_status"),
     path("runs/<int:pk>/cancel/", runs.RunCancelView.as_view(), name="run_cancel"),
+    path("runs/<int:pk>/export.zip", exports.RunExportView.as_view(), name="run_export"),
     path("selfcheck/", runs.SelfcheckStartView.as_view(), name="selfcheck"),
     path("datasets/", datasets.DatasetListView.as_view(), name="dataset_list"),
     path("datasets/generate/", datasets.ProbeWorldStartView.as_view(), name="probe_world_start"),
@@ -36,5 +39,27 @@ urlpatterns = [
     path("networks/<slug:name>/layers/<str:layer>/rotation/start/", dissection.RotationStartView.as_view(),
          name="rotation_start"),
     path("networks/<slug:name>/layers/<str:layer>/net2vec/", net2vec.Net2VecView.as_view(), name="layer_net2vec"),
+    path("networks/<slug:name>/layers/<str:layer>/net2vec/embeddings/", net2vec.Net2VecEmbeddingsView.as_view(),
+         name="layer_net2vec_embeddings"),
+    path("networks/<slug:name>/net2vec/", net2vec.NetworkNet2VecView.as_view(), name="network_net2vec"),
     path("datasets/<slug:name>/concepts/<int:number>/", dissection.ConceptDetailView.as_view(), name="concept_detail"),
+    path("networks/<slug:name>/layers/<str:layer>/parts/", parts.LayerPartsView.as_view(), name="layer_parts"),
+    path("networks/<slug:name>/layers/<str:layer>/parts/start/", parts.PartsStartView.as_view(), name="parts_start"),
+    path("networks/<slug:name>/layers/<str:layer>/parts/correlations/", parts.PartCorrelationsView.as_view(),
+         name="part_correlations"),
+    path("networks/<slug:name>/layers/<str:layer>/parts/<int:pk>/", parts.PartDetailView.as_view(), name="part_detail"),
+    path("networks/<slug:name>/layers/<str:layer>/ablation/", parts.LayerAblationView.as_view(),
+         name="layer_ablation"),
+    path("networks/<slug:name>/layers/<str:layer>/ablation/start/", parts.AblationStartView.as_view(),
+         name="ablation_start"),
+    path("networks/<slug:name>/layers/<str:layer>/ablation/<int:pk>/", parts.AblationClassView.as_view(),
+         name="ablation_class"),
+    path("networks/<slug:name>/graphs/", explanatory_graph.NetworkGraphsView.as_view(), name="network_graphs"),
+    path("graphs/<int:run>/", explanatory_graph.GraphDetailView.as_view(), name="graph_detail"),
+    path("graphs/<int:run>/layers/<str:layer>/", explanatory_graph.GraphLayerView.as_view(), name="graph_layer"),
+    path("graphs/<int:run>/nodes/<int:pk>/", explanatory_graph.GraphNodeView.as_view(), name="graph_node"),
+    path("graphs/<int:run>/nodes/<int:pk>/patches.png", explanatory_graph.GraphNodePatchesView.as_view(),
+         name="graph_node_patches"),
+    path("graphs/<int:run>/layers/<str:layer>/filters/<int:index>/patches.png",
+         explanatory_graph.GraphFilterPatchesView.as_view(), name="graph_filter_patches"),
 ]

@@ -1,7 +1,8 @@
 """Admin for the human side. Judgments are read-only here: they are never edited or deleted."""
 from django.contrib import admin
 
-from .models import Assignment, ConceptSynonym, Judgment, Study, StudyRater, StudyTask
+from .models import (Assignment, ConceptSynonym, CrowdAssignment, CrowdStudy, CrowdWorker, Hit, Judgment, Study,
+                     StudyRater, StudyTask)
 
 
 class StudyRaterInline(admin.TabularInline):
@@ -30,6 +31,9 @@ class StudyTaskAdmin(admin.ModelAdmin):
     readonly_fields = ("study", "position", "item", "unit", "object_class", "exemplar_set", "owner", "capacity",
                        "assigned_count")
 
+    def has_add_permission(self, request):
+        return False  # tasks are made with their study (every field is read-only here)
+
 
 @admin.register(Assignment)
 class AssignmentAdmin(admin.ModelAdmin):
@@ -57,3 +61,40 @@ class JudgmentAdmin(admin.ModelAdmin):
 class ConceptSynonymAdmin(admin.ModelAdmin):
     list_display = ("study", "name", "maps_to", "created_by", "created_at")
     search_fields = ("name", "maps_to", "study__name")
+
+
+# -- crowd studies: read-only (answers are never edited; reviews go through the review page) -------------------------
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(CrowdStudy)
+class CrowdStudyAdmin(ReadOnlyAdmin):
+    list_display = ("name", "kind", "assignments_per_hit", "is_open", "created_at")
+    list_filter = ("kind", "is_open")
+    search_fields = ("name",)
+
+
+@admin.register(CrowdWorker)
+class CrowdWorkerAdmin(ReadOnlyAdmin):
+    list_display = ("external_id", "study", "adapter", "simulated", "qualified", "blocked", "created_at")
+    list_filter = ("study", "adapter", "simulated", "blocked")
+    search_fields = ("external_id",)
+    exclude = ("code",)
+
+
+@admin.register(Hit)
+class HitAdmin(ReadOnlyAdmin):
+    list_display = ("id", "study", "kind", "role", "unit", "label", "label_origin", "assigned_count", "max_assignments")
+    list_filter = ("study", "kind", "role", "label_origin")
+
+
+@admin.register(CrowdAssignment)
+class CrowdAssignmentAdmin(ReadOnlyAdmin):
+    list_display = ("id", "hit", "worker", "state", "answer", "description", "count", "seconds", "submitted_at")
+    list_filter = ("state", "hit__study")

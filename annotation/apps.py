@@ -10,6 +10,7 @@ class AnnotationConfig(AppConfig):
         from analysis.services.demo import register_demo_hook
 
         register_demo_hook(demo_expert_study)
+        register_demo_hook(demo_crowd_studies)
 
 
 def demo_expert_study(size) -> dict[str, str]:
@@ -17,3 +18,14 @@ def demo_expert_study(size) -> dict[str, str]:
     from annotation.services import demo_expert_study_ensure
 
     return demo_expert_study_ensure(network=size.network, dataset=size.dataset)["credentials"]
+
+
+def demo_crowd_studies(size) -> dict[str, str]:
+    """The demo's crowd studies over conv3–conv5 with a finished simulated crowd; prints the crowd links and
+    returns the crowd account's credentials."""
+    from annotation.crowd_services import demo_crowd_studies_ensure
+
+    result = demo_crowd_studies_ensure(network=size.network, dataset=size.dataset)
+    for adapter, link in result["links"].items():
+        print(f"Crowd link ({adapter}, on the demo site): {link}")
+    return result["credentials"]

@@ -311,8 +311,16 @@ class ImportRow:
 
 def judgments_parse(text: str) -> list[ImportRow]:
     """Validate every row of an import CSV (``item,rater,answer[,concept]``); raise with all problems."""
+    # newline="" as the csv module asks: "\r" and "\r\n" line ends parse like "\n", quoted newlines stay in cells.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _judgment_rows(reader)
+    except csv.Error as error:
+        raise ImportProblems([(reader.line_num or None, f"not readable as CSV: {error}")]) from error
+
+
+def _judgment_rows(reader) -> list[ImportRow]:
     problems: list[tuple[int | None, str]] = []
-    reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None:
         raise ImportProblems([(None, "the file is empty")])

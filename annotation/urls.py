@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import crowd_report_views, crowd_views, views
 
 app_name = "annotation"
 urlpatterns = [
@@ -9,10 +9,31 @@ urlpatterns = [
     path("expert/studies/<int:pk>/tasks/<int:task_pk>/", views.AnnotateView.as_view(), name="annotate"),
     path("expert/studies/<int:pk>/answers/", views.MyAnswersView.as_view(), name="my_answers"),
     path("crowd/", views.CrowdHomeView.as_view(), name="crowd_home"),
+    path("crowd/s/<str:token>/", crowd_views.CrowdEntryView.as_view(), name="crowd_entry"),
+    path("crowd/s/<str:token>/<str:adapter>/", crowd_views.CrowdEntryView.as_view(), name="crowd_entry_adapter"),
+    path("crowd/w/<str:code>/", crowd_views.CrowdNextView.as_view(), name="crowd_next"),
+    path("crowd/w/<str:code>/qualification/", crowd_views.CrowdQualificationView.as_view(),
+         name="crowd_qualification"),
+    path("crowd/w/<str:code>/a/<str:assignment>/", crowd_views.CrowdTaskView.as_view(), name="crowd_task"),
+    path("crowd/w/<str:code>/a/<str:assignment>/done/", crowd_views.CrowdAfterView.as_view(), name="crowd_after"),
+    path("crowd/w/<str:code>/a/<str:assignment>/return/", crowd_views.CrowdReturnView.as_view(),
+         name="crowd_return"),
+    path("research/crowd/", crowd_views.CrowdStudyListView.as_view(), name="crowd_study_list"),
+    path("research/crowd/new/", crowd_views.CrowdStudyCreateView.as_view(), name="crowd_study_create"),
+    path("research/crowd/<int:pk>/", crowd_views.CrowdStudyDetailView.as_view(), name="crowd_study_detail"),
+    path("research/crowd/<int:pk>/workers/", crowd_views.CrowdWorkersView.as_view(), name="crowd_workers"),
+    path("research/crowd/<int:pk>/review/", crowd_views.CrowdReviewView.as_view(), name="crowd_review"),
+    path("research/crowd/<int:pk>/exports/<str:name>", views.CrowdStudyExportView.as_view(), name="crowd_study_export"),
+    path("research/crowd/<int:pk>/report/", crowd_report_views.CrowdReportView.as_view(), name="crowd_report"),
+    path("research/crowd/<int:pk>/report/table3/", crowd_report_views.CrowdTable3View.as_view(),
+         name="crowd_report_table3"),
+    path("research/crowd/<int:pk>/report/purity/", crowd_report_views.CrowdPurityView.as_view(),
+         name="crowd_report_purity"),
     path("research/studies/", views.StudyListView.as_view(), name="study_list"),
     path("research/studies/new/", views.StudyCreateView.as_view(), name="study_create"),
     path("research/studies/<int:pk>/", views.StudyDetailView.as_view(), name="study_detail"),
     path("research/studies/<int:pk>/report/", views.StudyReportView.as_view(), name="study_report"),
     path("research/studies/<int:pk>/synonyms/", views.StudySynonymsView.as_view(), name="study_synonyms"),
     path("research/studies/<int:pk>/judgments.csv", views.StudyExportView.as_view(), name="study_export"),
+    path("research/studies/<int:pk>/exports/<str:name>", views.StudyExportView.as_view(), name="study_export_file"),
 ]

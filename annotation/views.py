@@ -1,8 +1,6 @@
 """Pages of the human side: expert home, the annotation page, an expert's answers; researchers' studies."""
 from __future__ import annotations
 
-import csv
-
 from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -11,11 +9,10 @@ from django.views import View
 from django.views.generic import FormView, TemplateView
 
 from accounts.permissions import CrowdRequiredMixin, ExpertRequiredMixin, ResearcherRequiredMixin
-from analysis.plots import interval_chart, stacked_bar_chart
 
-from . import selectors, services
+from . import exports, selectors, services
 from .forms import AnswerForm, StudyCreateForm, SynonymForm
-from .models import ANSWER_KEYS, ANSWER_ORDER, RULE, YES_ANSWERS, Answer, Assignment, Study, StudyTask
+from .models import ANSWER_KEYS, RULE, YES_ANSWERS, Answer, Assignment, Study, StudyTask
 
 GRID_DISPLAY_WIDTH = 1180
 """The annotation page shows a grid at the largest whole multiple of its size up to this width (sharp)."""
@@ -30,6 +27,11 @@ class ExpertHomeView(ExpertRequiredMixin, TemplateView):
 
 class CrowdHomeView(CrowdRequiredMixin, TemplateView):
     template_name = "annotation/crowd_home.html"
+
+    def get_context_data(self, **kwargs):
+        from .crowd_selectors import crowd_open_study_rows
+
+        return {**super().get_context_data(**kwargs), "rows": crowd_open_study_rows(self.request.user)}
 
 
 # -- experts ---------------------------------------------------------------------------------------------
@@ -181,11 +183,6 @@ class StudyDetailView(StudyMixin, TemplateView):
                 "rater_rows": selectors.study_rater_rows(study), "task_progress": selectors.study_task_progress(study)}
 
 
-STATISTIC_LABELS = {"percent_agreement": "Percent agreement", "cohen_kappa": "Cohen's κ",
-                    "fleiss_kappa": "Fleiss' κ", "krippendorff_alpha": "Krippendorff's α (nominal)"}
-TYPE_COLOURS = {Answer.PART: "#2450a6", Answer.BACKGROUND: "#1f7a4d", Answer.OTHER: "#c2410c", Answer.NO: "#c9d0db"}
-
-
 class StudyReportView(StudyMixin, TemplateView):
     """Agreement with bootstrap intervals ("not sure" rejected, and kept), GG'18 Fig. 9 distributions."""
 
@@ -196,36 +193,9 @@ class StudyReportView(StudyMixin, TemplateView):
         simulated = self.request.GET.get("simulated", "exclude")
         if simulated not in selectors.SIMULATED_CHOICES:
             simulated = "exclude"
-        agreement = selectors.study_agreement(study, simulated=simulated)
-        rows = []
-        for name, label in STATISTIC_LABELS.items():
-            rows.append({"label": label, "paper": agreement[name], "alternative": agreement["alternative"][name],
-                         "is_cohen": name == "cohen_kappa"})
-        distribution = selectors.study_type_distribution(study, simulated=simulated)
-        context = {**super().get_context_data(**kwargs), "study": study, "simulated": simulated,
-                   "agreement": agreement, "statistic_rows": rows, "distribution": distribution,
-                   "answer_labels": [Answer(value).label for value in ANSWER_ORDER],
-                   "rater_counts": selectors.study_rater_answer_counts(study, simulated=simulated),
-                   "overlap_items": selectors.study_overlap_items(study, simulated=simulated),
-                   "has_simulated": study.raters.filter(kind="simulated").exists()}
+        context = {**super().get_context_data(**kwargs), **exports.study_report_context(study, simulated=simulated)}
         context.update(self.comparison_context(study, simulated))
-        shown = [row for row in rows if row["paper"] and row["paper"]["value"] is not None]
-        if shown:
-            context["agreement_chart"] = interval_chart(
-                [row["label"] for row in shown], [row["paper"]["value"] for row in shown],
-                [row["paper"]["ci"][0] if row["paper"]["ci"] else None for row in shown],
-                [row["paper"]["ci"][1] if row["paper"]["ci"] else None for row in shown],
-                xlabel=f"agreement, {int(agreement['confidence'] * 100)}% bootstrap interval", xlim=(-0.2, 1.0))
-        kept = [row for row in distribution["classes"] if row["kept"]]
-        if kept:
-            labels = [row["class"] for row in kept] + ["average"]
-            segments = {distribution["labels"][answer]: [row["shares"][answer] for row in kept]
-                        + [distribution["average"][answer]] for answer in distribution["average"]}
-            context["distribution_chart"] = stacked_bar_chart(
-                labels, segments, colours=[TYPE_COLOURS[answer] for answer in distribution["average"]],
-                xlabel="share of the class's units (not sure rejected)")
         return context
-
 
     def comparison_context(self, study: Study, simulated: str) -> dict:
         """Issue 7 item 4: human names vs the dataset's part vocabulary and vs dissection labels, the synonym
@@ -271,25 +241,39 @@ class StudySynonymsView(StudyMixin, View):
 
 
 class StudyExportView(StudyMixin, View):
-    """Every judgment with full provenance (who, when, which grid, how long, what it revised) as CSV."""
+    """A study export file (:data:`annotation.exports.STUDY_EXPORT_FILES`): raw judgments with full provenance
+    (CSV/JSON), aggregated results, the agreement report, the one-page HTML report; ``?simulated=`` as on the
+    report page."""
 
     def get(self, request, *args, **kwargs):
         study = self.get_study()
-        response = HttpResponse(content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="study-{study.pk}-judgments.csv"'
-        writer = csv.writer(response)
-        writer.writerow(["judgment", "item", "unit", "object_class", "rater", "rater_kind", "simulated", "origin",
-                         "answer", "concept", "started_at", "submitted_at", "seconds", "revision_of", "current",
-                         "grid_sha256"])
-        judgments = list(selectors.study_judgments_for_export(study))
-        revised = {judgment.revision_of_id for judgment in judgments if judgment.revision_of_id}
-        for judgment in judgments:
-            task = judgment.task
-            writer.writerow([
-                judgment.pk, task.item, task.unit.index if task.unit_id else "",
-                task.object_class.name if task.object_class_id else "", judgment.rater.name, judgment.rater.kind,
-                int(judgment.simulated), judgment.origin, judgment.answer, judgment.concept,
-                judgment.started_at.isoformat() if judgment.started_at else "", judgment.submitted_at.isoformat(),
-                "" if judgment.seconds is None else judgment.seconds, judgment.revision_of_id or "",
-                int(judgment.pk not in revised), judgment.grid.sha256 if judgment.grid_id else ""])
+        name = kwargs.get("name", "judgments.csv")
+        if name not in exports.STUDY_EXPORT_FILES:
+            raise Http404("No such export.")
+        simulated = request.GET.get("simulated", "exclude")
+        if simulated not in selectors.SIMULATED_CHOICES:
+            simulated = "exclude"
+        text, content_type, filename = exports.study_export_file(study, name, simulated=simulated)
+        response = HttpResponse(text, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+
+
+class CrowdStudyExportView(ResearcherRequiredMixin, View):
+    """A crowd study export file (:data:`annotation.exports.CROWD_EXPORT_FILES`): every assignment with full
+    provenance, or the aggregated results per HIT (``?simulated=`` as on the expert study pages)."""
+
+    def get(self, request, *args, **kwargs):
+        from .models import CrowdStudy
+
+        study = get_object_or_404(CrowdStudy, pk=kwargs["pk"])
+        name = kwargs["name"]
+        if name not in exports.CROWD_EXPORT_FILES:
+            raise Http404("No such export.")
+        simulated = request.GET.get("simulated", "exclude")
+        if simulated not in selectors.SIMULATED_CHOICES:
+            simulated = "exclude"
+        text, content_type, filename = exports.crowd_export_file(study, name, simulated=simulated)
+        response = HttpResponse(text, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response

@@ -114,6 +114,18 @@ def test_import_rejects_a_malformed_file_atomically(tmp_path, capsys):
     assert not Study.objects.exists()
 
 
+def test_import_reads_any_line_ending_and_reports_a_stray_carriage_return():
+    from annotation.services import ImportProblems, judgments_parse
+
+    rows = judgments_parse(GOOD.replace("\n", "\r\n"))
+    assert [(row.item, row.rater, row.answer) for row in rows[:2]] == [("u1", "ann", "part"), ("u1", "bob", "part")]
+    assert len(judgments_parse(GOOD.replace("\n", "\r"))) == 10
+    with pytest.raises(ImportProblems, match="line 3: expected 4 columns, found 1"):  # found by the API fuzzer
+        judgments_parse("item,rater,answer,concept\n\r0")
+    with pytest.raises(ImportProblems, match="not readable as CSV"):
+        judgments_parse('item,rater,answer\nu1,"' + "x" * 200_000 + '",no\n')  # over the csv field limit
+
+
 def test_import_refuses_to_extend_a_network_study(tmp_path):
     from tests.test_expert_study import build_study_world, make_experts
     from annotation.services import study_create

@@ -73,6 +73,85 @@ def test_set_iou_counts_weighted_loss_and_cosine_by_hand():
     assert nearest_concepts(embeddings, 0, 2) == [(1, pytest.approx(2 ** -0.5)), (2, pytest.approx(0.0))]
 
 
+def planted_images(seed: int, images: int = 600, units: int = 10):
+    """Pooled activations of different scales (unit k spans [0, 0.5·(k + 1)]); concept 0 is present when units 3
+    and 7 together are high (x3/max3 + x7/max7 > 1: no single unit separates it, their sum does); concept 1 is
+    exactly unit 5 above its median (one unit suffices)."""
+    gen = torch.Generator().manual_seed(seed)
+    scale = 0.5 * torch.arange(1, units + 1, dtype=torch.float32)
+    x = torch.rand(images, units, generator=gen) * scale
+    both = x[:, 3] / scale[3] + x[:, 7] / scale[7] > 1.0
+    one = x[:, 5] > 0.5 * scale[5]
+    return x, torch.stack([both, one], dim=1)
+
+
+def naive_average_precision(scores, truth):
+    """AP by its definition: mean over thresholds t (distinct scores) of precision(t) times the recall gained."""
+    pairs = sorted(zip(scores.tolist(), truth.tolist()), key=lambda pair: -pair[0])
+    total, ap, previous_recall = sum(truth.tolist()), 0.0, 0.0
+    for threshold in sorted({score for score, _ in pairs}, reverse=True):
+        kept = [label for score, label in pairs if score >= threshold]
+        recall = sum(kept) / total
+        ap += (recall - previous_recall) * sum(kept) / len(kept)
+        previous_recall = recall
+    return ap
+
+
+def test_classification_combination_beats_single_filter_only_when_the_concept_needs_two_units():
+    from analysis.engine.net2vec import ClassifierConfig, average_precision, balanced_accuracy, fit_concept_classifiers
+
+    train_x, train_y = planted_images(seed=3)
+    val_x, val_y = planted_images(seed=4)
+    fit = fit_concept_classifiers(train_x, train_y, config=ClassifierConfig(epochs=20), top_f=(1, 2, 3))
+    full = balanced_accuracy(fit.full.logits(val_x), val_y)
+    single = balanced_accuracy(fit.top[1].logits(val_x), val_y)
+    pair = balanced_accuracy(fit.top[2].logits(val_x), val_y)
+    # concept 0: the single unit (3 or 7) is right ~3/4 of the time, the combination almost always
+    assert fit.top_units[1][0].nonzero().flatten().item() in (3, 7)
+    assert set(fit.top_units[2][0].nonzero().flatten().tolist()) == {3, 7}
+    assert single[0] < 0.85 and full[0] > 0.95 and pair[0] > 0.95 and full[0] > single[0] + 0.1
+    # concept 1: unit 5 alone is the concept; the single filter matches the combination
+    assert fit.top_units[1][1].nonzero().flatten().tolist() == [5]
+    assert single[1] > 0.97 and abs(float(single[1] - full[1])) < 0.03
+    ap = average_precision(fit.full.logits(val_x), val_y)
+    assert ap[0] > 0.99 and average_precision(fit.top[1].logits(val_x), val_y)[0] < ap[0] - 0.05
+    # the embedding is the full classifier's weights: unit 3 and 7 dominate for concept 0, unit 5 for concept 1
+    assert set(fit.embeddings[0].abs().topk(2).indices.tolist()) == {3, 7}
+    assert fit.embeddings[1].abs().argmax().item() == 5
+
+
+def test_classifier_training_is_deterministic_under_a_seed_and_independent_of_other_concepts():
+    from analysis.engine.net2vec import ClassifierConfig, fit_concept_classifiers, train_classifiers
+
+    x, y = planted_images(seed=5, images=200)
+    config = ClassifierConfig(epochs=3, seed=7)
+    first = fit_concept_classifiers(x, y, config=config, top_f=(1, 2))
+    again = fit_concept_classifiers(x, y, config=config, top_f=(1, 2))
+    other = fit_concept_classifiers(x, y, config=ClassifierConfig(epochs=3, seed=8), top_f=(1, 2))
+    assert torch.equal(first.full.weight, again.full.weight) and torch.equal(first.full.bias, again.full.bias)
+    assert torch.equal(first.top[2].weight, again.top[2].weight)
+    assert not torch.equal(first.full.weight, other.full.weight)
+    # concept 1 alone (its column kept at index 1) trains exactly as alongside concept 0
+    alone = train_classifiers(x, y, config=config, owners=torch.tensor([1]))
+    assert torch.allclose(alone.weight[0], first.full.weight[1], atol=1e-6)
+
+
+def test_balanced_accuracy_and_average_precision_by_hand():
+    from analysis.engine.net2vec import average_precision, balanced_accuracy
+
+    logits = torch.tensor([[2.0], [0.0], [-1.0], [-3.0], [1.0]])
+    truth = torch.tensor([[True], [False], [True], [False], [False]])
+    # positives: rows 0, 2 -> predicted (≥ 0) rows 0 and 1 and 4: TPR 1/2, TNR 1/3
+    assert balanced_accuracy(logits, truth).item() == pytest.approx((1 / 2 + 1 / 3) / 2)
+    # ranking 2.0(+) 1.0(−) 0.0(−) −1.0(+) −3.0(−): AP = 1/2·1 + 1/2·2/4
+    assert average_precision(logits, truth).item() == pytest.approx(0.5 + 0.25)
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (40, 3), generator=gen).float()  # many ties
+    labels = torch.rand(40, 3, generator=gen) < 0.4
+    expected = [naive_average_precision(scores[:, column], labels[:, column]) for column in range(3)]
+    assert average_precision(scores, labels).tolist() == pytest.approx(expected)
+
+
 # -- service and page -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -108,7 +187,8 @@ def study(shared_world, django_db_blocker):
 
     with django_db_blocker.unblock():
         run = net2vec_run_start(network="seeded-n2v", dataset="tiny-n2v", layer="conv5", concepts=4, epochs=3,
-                                min_images=2, pixels_per_image=64, top_f=[1, 4, 1000], inline=True)
+                                min_images=2, pixels_per_image=64, top_f=[1, 4, 1000], classification_epochs=3,
+                                classification_top_f=[1, 2, 1000], inline=True)
         assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
         yield Net2VecStudy.objects.get(run=run)
 
@@ -130,6 +210,63 @@ def test_run_stores_one_row_per_concept(study):
         assert set(row.top_f_val_iou) == {"1", "4"}
     images = [row.train_images + row.val_images for row in rows]
     assert images == sorted(images, reverse=True)  # the most frequent concepts
+    # the "every pixel" baseline recounted from the masks: Σ |L_c| / Σ mask pixels over val images with c
+    import numpy as np
+
+    from analysis.engine.broden import BrodenReader
+
+    reader = BrodenReader(study.dataset.root_dir)
+    val = [(entry, reader.load_segmentation(entry)) for entry in reader.rows() if entry.split == "val"]
+    for row in rows:
+        hits = [(entry.sh * entry.sw, int(np.any(np.stack([layer == row.concept.number for category in masks.values()
+                                                                for layer in category.layers]), axis=0).sum()))
+                for entry, masks in val]
+        hits = [(size, count) for size, count in hits if count]
+        assert len(hits) == row.val_images
+        assert row.all_pixels_val_iou == pytest.approx(sum(c for _, c in hits) / sum(size for size, _ in hits))
+
+
+@pytest.mark.django_db
+def test_classification_rows_match_a_naive_recount_and_their_stored_classifiers(study):
+    """Presence counts recounted image by image from the Broden files; the stored combination's balanced val accuracy
+    recomputed from its raw eq. 5 weights and the activation cache; F = 1 is the unit of largest |w|."""
+    import numpy as np
+
+    from analysis.engine.broden import BrodenReader
+    from analysis.engine.net2vec import balanced_accuracy
+    from analysis.models import Net2VecClassification
+    from analysis.services.extraction import open_activation_cache
+
+    rows = list(Net2VecClassification.objects.filter(study=study).select_related("concept"))
+    assert study.n_classification_concepts == len(rows) > 0
+    assert study.classification_top_f == [1, 2]
+    assert study.n_classification_wins == sum(row.combination_val_accuracy >= row.single_val_accuracy for row in rows)
+    reader = BrodenReader(study.dataset.root_dir)
+    index = list(reader.rows())
+    labels_of = []
+    for entry in index:
+        present = set()
+        for category in reader.load_segmentation(entry).values():
+            present |= set(np.unique(category.layers).tolist()) | {int(label) for label in category.image_labels}
+        labels_of.append(present - {0})
+    maps = open_activation_cache(study.extraction)
+    pooled = torch.from_numpy(np.asarray(maps, dtype=np.float32).mean(axis=(2, 3)))
+    val = [position for position, entry in enumerate(index) if entry.split == "val"]
+    for row in rows:
+        number = row.concept.number
+        count = {split: sum(number in labels_of[position] for position, entry in enumerate(index)
+                            if entry.split == split) for split in ("train", "val")}
+        assert (row.train_positives, row.val_positives) == (count["train"], count["val"])
+        assert row.train_negatives == sum(entry.split == "train" for entry in index) - count["train"]
+        assert min(row.train_positives, row.train_negatives, row.val_positives, row.val_negatives) >= 2
+        logits = pooled[val].to(torch.float64) @ torch.tensor(row.raw_weight, dtype=torch.float64) + row.bias
+        truth = torch.tensor([number in labels_of[position] for position in val])
+        assert balanced_accuracy(logits.unsqueeze(1), truth.unsqueeze(1)).item() == pytest.approx(
+            row.combination_val_accuracy, abs=1e-6)
+        assert row.single_unit == int(torch.tensor(row.embedding).abs().argmax())
+        assert set(row.top_f_val_accuracy) == {"1", "2"} and row.top_f_val_accuracy["1"] == row.single_val_accuracy
+        assert 0 <= row.single_val_ap <= 1 and 0 <= row.combination_val_ap <= 1
+    assert {row.concept.category for row in rows} >= {"scene"}  # whole-image labels are classified too
 
 
 @pytest.mark.django_db
@@ -140,12 +277,36 @@ def test_page_renders_for_researchers_and_refuses_experts(study, client, make_us
     client.force_login(make_user("rita", "researcher"))
     response = client.get(url)
     assert response.status_code == 200
-    assert b"combination" in response.content and b"Nearest concepts" in response.content
-    row = Net2VecConcept.objects.filter(study=study).select_related("concept").last()
-    response = client.get(url, {"run": study.run_id, "concept": row.concept.number})
-    assert response.status_code == 200 and row.concept.name.encode() in response.content
+    text = response.content.decode()
+    assert "combination" in text and "Classification" in text and text.count("<svg") >= 3
+    assert f"{study.classification_share:.1f}%" in text and f"{study.combination_share:.1f}%" in text
+    for classified in study.classifications.select_related("concept"):
+        assert classified.concept.name in text
     assert client.get(url, {"run": 999999}).status_code == 404
+    embeddings = reverse("analysis:layer_net2vec_embeddings", args=["seeded-n2v", "conv5"])
+    assert embeddings.encode() in response.content
+    row = Net2VecConcept.objects.filter(study=study).select_related("concept").last()
+    response = client.get(embeddings, {"run": study.run_id, "concept": row.concept.number})
+    assert response.status_code == 200 and "Nearest concepts to" in response.content.decode()
+    assert row.concept.name in response.content.decode()
+    assert client.get(embeddings, {"run": study.run_id, "concept": 99999}).status_code == 404
+    network_page = client.get(reverse("analysis:network_net2vec", args=["seeded-n2v"]))
+    assert network_page.status_code == 200 and url.encode() in network_page.content
+    assert f"{study.classification_share:.1f}%" in network_page.content.decode()
     layer_page = client.get(reverse("analysis:layer_dissection", args=["seeded-n2v", "conv5"]))
     assert layer_page.status_code == 200 and url.encode() in layer_page.content
     client.force_login(make_user("eve", "expert"))
     assert client.get(url).status_code == 403
+
+
+def test_demo_runs_net2vec_on_conv3_to_conv5_after_the_extraction():
+    from analysis.services.demo import DEMO_LAYERS, DemoSize, demo_steps
+
+    steps = demo_steps(DemoSize())
+    kinds = [step.kind for step in steps]
+    net2vec = [step for step in steps if step.kind == "net2vec"]
+    assert [step.params()["layer"] for step in net2vec] == DEMO_LAYERS == ["conv3", "conv4", "conv5"]
+    assert all(kinds.index("extract") < kinds.index("net2vec") for _ in net2vec)
+    params = net2vec[0].params()
+    assert params["network"] == DemoSize().network and params["dataset"] == DemoSize().dataset
+    assert params["classification"] and params["standardize"] and params["concepts"] == 20

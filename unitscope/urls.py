@@ -3,9 +3,12 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.static import serve
 
+handler500 = "unitscope.errors.handler500"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("research/", include("analysis.urls")),
+    path("api/", include("api.urls")),
     path("", include("annotation.urls")),
     path("", include("accounts.urls")),
 ]

@@ -1,4 +1,4 @@
-"""Net2Vec (Fong & Vedaldi, CVPR 2018, §3.1): per-pixel concept segmentation probes on one layer.
+"""Net2Vec (Fong & Vedaldi, CVPR 2018, §3.1–3.2): concept segmentation and classification probes on one layer.
 
 Pure torch; nothing from the project outside the engine. Every function runs under ``torch.no_grad()``
 except the probe training, allocates on its inputs' device and never picks a device itself.
@@ -23,22 +23,35 @@ Inputs (shapes and dtypes)
 
     with ``α = 1 − (positive pixels / all pixels)`` of the concept's training pixels (the paper: 1 − the
     mean concept size over the training masks), so the rare positive pixels weigh α and negatives 1 − α.
-    Evaluation thresholds ``M`` at ½ (i.e. logit > 0) and reports set IoU on validation images.
+    Evaluation thresholds ``M`` at ½ (logit ≥ 0) and reports set IoU on validation images.
 (c) Top-F subsets (§3.2.2, following [2] as the paper does): the F units with the largest ``|w_k|`` of the
     full probe, and a *new* probe ``w' ∈ R^F`` (+ bias) trained on those units only. F = 1 is then the
     learned single-filter probe.
 
-Optimiser: SGD with momentum 0.9 (the paper's). The paper's ``lr = 1e-4`` applies to eq. 4 *summed* over
-the ``h_s·w_s`` pixels of each image; our loss is the per-pixel *mean* over a minibatch of sampled pixels,
-so the equivalent step is ``1e-4 · h_s·w_s`` (≈ 1.3 at their 113×113 masks): :class:`ProbeConfig` defaults to
-``lr = 1.0``. Weights start at zero; minibatches are drawn with a ``torch.Generator`` seeded with ``seed``,
-so training is deterministic under a seed on one device.
+Optimiser: SGD with momentum 0.9, minibatches and epochs as the paper's (a minibatch = the sampled pixels of 64
+training images, an epoch = one pass over the concept's training images, 30 epochs). The paper's ``lr = 1e-4``
+applies to eq. 4 *summed* over the ``h_s·w_s`` pixels of each image; our loss is the per-pixel *mean* over a
+minibatch, so the equivalent step is ``1e-4 · h_s·w_s`` (≈ 1.3 at their 113×113 masks): :class:`ProbeConfig`
+defaults to ``lr = 1.0``. With ``standardize`` (default; not in the paper) the indicators are standardised over
+the concept's training pixels for the optimisation and the weights mapped back exactly (:func:`train_probes`):
+the probes are eq. 2's, but a unit on at 0.5% of pixels is no longer learned 200 times slower than the bias.
+Weights start at zero; minibatches are drawn with a ``torch.Generator`` seeded with ``seed``, so training is
+deterministic under a seed on one device. Gradients are analytic and a concept's probes (the full one, then all
+top-F ones) train together as one batched linear map.
 
 Pixel sampling (bounded memory): training uses ``pixels_per_image`` pixels per training image, drawn
 uniformly without replacement by :func:`sample_pixels` with a generator seeded by ``(seed, image row)``, so
 an image's sample does not depend on batching. Evaluation (set IoU) always uses every pixel, streamed.
 
 Concept embeddings are the learned ``w`` (§5.3); nearest concepts by cosine similarity.
+
+(d) Image-level classification (§3.2, eq. 5): ``f(x) = σ(b + Σ_k w_k · mean_{i,j} A_{ijk}(x))`` on each unit's
+    spatially averaged *raw* activation, trained with balanced minibatches (half images with the concept, half
+    without: "sampled with equal probability"), evaluated by the accuracy on a balanced validation set — computed
+    exactly as the balanced accuracy ``(TPR + TNR) / 2`` at ``σ ≥ ½`` — and, beside it, by average precision.
+    The single-filter classifier is the paper's F = 1 case of §3.2.2: the unit of largest ``|w_k|`` in the full
+    classifier, with a new weight and bias trained on it alone. Every concept's classifiers train at once
+    (:func:`fit_concept_classifiers`).
 """
 from __future__ import annotations
 
@@ -50,8 +63,11 @@ from torch import Tensor
 
 __all__ = [
     "ProbeConfig", "LinearProbe", "ConceptProbes", "sample_pixels", "set_iou_counts", "set_iou",
-    "concept_alpha", "weighted_bce", "train_probe", "fit_concept_probes", "probe_masks", "stack_probes", "cosine_similarity",
-    "nearest_concepts",
+    "concept_alpha", "weighted_bce", "train_probes", "train_probe", "fit_concept_probes", "probe_masks", "stack_probes",
+    "cosine_similarity", "nearest_concepts",
+    "PAPER_CLASSIFICATION_TOP_F", "ClassifierConfig", "Classifiers", "ConceptClassifiers", "pool_activations",
+    "standardizer", "balanced_batches", "train_classifiers", "top_units", "fit_concept_classifiers",
+    "balanced_accuracy", "average_precision",
 ]
 
 #: The paper's segmentation subset sizes (§3.2.2), cut to the layer's width by :func:`fit_concept_probes`.
@@ -69,6 +85,7 @@ class ProbeConfig:
     bias: bool = True
     seed: int = 0
     top_f: Sequence[int] = field(default=(1, 2, 4, 8, 16))
+    standardize: bool = True
 
 
 @dataclass
@@ -134,51 +151,88 @@ def weighted_bce(logits: Tensor, target: Tensor, alpha: float) -> Tensor:
     return -(alpha * target * log_p + (1.0 - alpha) * (1.0 - target) * log_not_p).mean()
 
 
-def train_probe(features: Tensor, target: Tensor, *, alpha: float, config: ProbeConfig,
-                units: Tensor | None = None) -> LinearProbe:
-    """Fit ``σ(features[:, units] @ w + b)`` to ``target`` (bool ``Tensor[N]``) with eq. 4 (SGD + momentum).
+def train_probes(features: Tensor, target: Tensor, *, alpha: float, config: ProbeConfig,
+                 units: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Fit M probes ``σ(features @ w_m + b_m)`` to one concept's ``target`` (bool ``Tensor[N]``) at once with eq. 4
+    (SGD + momentum as ``torch.optim.SGD`` computes it: ``v ← μv + g; p ← p − lr·v``; the gradient is the
+    analytic one of the mean weighted cross entropy over the minibatch). Returns ``(weight float32 Tensor[M, K],
+    bias Tensor[M])`` in the units of ``features`` (0/1 indicators), on the CPU.
 
-    ``features`` ``Tensor[N, K]`` (bool or float), on the device to train on; ``units`` LongTensor[F] picks
-    columns (default: all). Deterministic under ``config.seed`` on one device."""
+    ``features`` ``Tensor[N, K]`` (bool or float) on the device to train on; ``units`` bool ``Tensor[M, K]``
+    (default: one probe over all K units) the units each probe may weight, the rest stay 0. All M probes see the
+    same minibatches (a shuffle per epoch from a generator seeded with ``config.seed``), so training is
+    deterministic under a seed on one device and a probe's result does not depend on the others.
+
+    With ``config.standardize`` the probes are trained on ``(x − μ) / s`` (μ, s: each unit's mean and standard
+    deviation over the N pixels; s = 1 for a unit constant on them) and mapped back exactly
+    (``w = w' / s``, ``b = b' − Σ w'μ / s``): the same family of probes as eq. 2, but a rarely active unit's weight
+    is no longer learned ~1/μ times slower than the bias (at the 0.995 quantile a unit is on at ~0.5% of pixels)."""
     device = features.device
-    units = torch.arange(features.shape[1], device=device) if units is None else units.to(device)
-    x = features.index_select(1, units).to(torch.float32)
+    n, k = features.shape
+    x = features.to(torch.float32)
+    if config.standardize and n:
+        # without a bias the probe cannot absorb a shift: only rescale then
+        mean = x.mean(0) if config.bias else torch.zeros(k, device=device)
+        std = x.std(0, unbiased=False)
+        scale = torch.where(std > 1e-6, std, torch.ones_like(std))
+        x = (x - mean) / scale
+    else:
+        mean, scale = torch.zeros(k, device=device), torch.ones(k, device=device)
     y = target.to(device=device, dtype=torch.float32)
-    weight = torch.zeros(x.shape[1], device=device, requires_grad=True)
-    bias = torch.zeros(1, device=device, requires_grad=config.bias)
-    params = [weight, bias] if config.bias else [weight]
-    # SGD with momentum as torch.optim.SGD computes it (dampening 0, no Nesterov): v ← μv + g; p ← p − lr·v
-    velocity = [torch.zeros_like(param) for param in params]
+    allowed = (torch.ones(1, k, dtype=torch.bool) if units is None else units.cpu()).to(device, torch.float32)
+    m = allowed.shape[0]
+    weight = torch.zeros(m, k, device=device)
+    bias = torch.zeros(m, device=device)
+    bias_on = 1.0 if config.bias else 0.0
+    v_weight, v_bias = torch.zeros_like(weight), torch.zeros_like(bias)
     generator = torch.Generator().manual_seed(int(config.seed))
-    n = x.shape[0]
-    if n:
-        for _ in range(int(config.epochs)):
+    with torch.no_grad():
+        for _ in range(int(config.epochs) if n else 0):
             order = torch.randperm(n, generator=generator).to(device)
             for start in range(0, n, config.batch_pixels):
                 batch = order[start:start + config.batch_pixels]
-                with torch.enable_grad():
-                    loss = weighted_bce(x[batch] @ weight + bias, y[batch], alpha)
-                    grads = torch.autograd.grad(loss, params)
-                with torch.no_grad():
-                    for param, grad, v in zip(params, grads, velocity):
-                        v.mul_(config.momentum).add_(grad)
-                        param.sub_(config.lr * v)
-    return LinearProbe(units=units.detach().cpu(), weight=weight.detach().cpu(), bias=float(bias.detach()))
+                xb, yb = x[batch], y[batch].unsqueeze(1)  # [B, K], [B, 1]
+                p = torch.sigmoid(xb @ weight.T + bias)  # [B, M]
+                # d/dz of −[α y log σ(z) + (1 − α)(1 − y) log(1 − σ(z))], averaged over the minibatch
+                g = (alpha * yb * (p - 1.0) + (1.0 - alpha) * (1.0 - yb) * p) / len(batch)
+                v_weight.mul_(config.momentum).add_((g.T @ xb) * allowed)
+                v_bias.mul_(config.momentum).add_(g.sum(0) * bias_on)
+                weight.sub_(config.lr * v_weight)
+                bias.sub_(config.lr * v_bias)
+    raw_weight = weight / scale
+    raw_bias = bias - (raw_weight * mean).sum(1)
+    return raw_weight.cpu(), raw_bias.cpu()
+
+
+def train_probe(features: Tensor, target: Tensor, *, alpha: float, config: ProbeConfig,
+                units: Tensor | None = None) -> LinearProbe:
+    """One probe ``σ(features[:, units] @ w + b)`` (``units`` LongTensor[F], default all) by :func:`train_probes`."""
+    k = features.shape[1]
+    units = torch.arange(k) if units is None else units.cpu()
+    allowed = torch.zeros(1, k, dtype=torch.bool)
+    allowed[0, units] = True
+    weight, bias = train_probes(features, target, alpha=alpha, config=config, units=allowed)
+    return LinearProbe(units=units, weight=weight[0, units], bias=float(bias[0]))
 
 
 def fit_concept_probes(features: Tensor, target: Tensor, *, config: ProbeConfig) -> ConceptProbes:
     """The full probe, then one retrained probe on the top-F units by ``|w_k|`` for each F of ``config.top_f``
-    not above the layer width K (ties broken by the lower unit index)."""
+    not above the layer width K (ties broken by the lower unit index); the top-F probes train together."""
     alpha = concept_alpha(target)
     full = train_probe(features, target, alpha=alpha, config=config)
     k = features.shape[1]
-    magnitude = full.weight.abs()
-    # stable order: largest |w| first, then lower index
-    order = sorted(range(k), key=lambda unit: (-float(magnitude[unit]), unit))
+    sizes = sorted({int(f) for f in config.top_f if 1 <= int(f) <= k})
+    if not sizes:
+        return ConceptProbes(alpha=alpha, full=full, top={})
+    order = torch.argsort(-full.weight.abs().to(torch.float64), stable=True)  # largest |w| first, then lower index
+    allowed = torch.zeros(len(sizes), k, dtype=torch.bool)
+    for row, f in enumerate(sizes):
+        allowed[row, order[:f]] = True
+    weight, bias = train_probes(features, target, alpha=alpha, config=config, units=allowed)
     top = {}
-    for f in sorted({int(f) for f in config.top_f if 1 <= int(f) <= k}):
-        units = torch.tensor(sorted(order[:f]), dtype=torch.int64)
-        top[f] = train_probe(features, target, alpha=alpha, config=config, units=units)
+    for row, f in enumerate(sizes):
+        units = torch.nonzero(allowed[row]).flatten()
+        top[f] = LinearProbe(units=units, weight=weight[row, units], bias=float(bias[row]))
     return ConceptProbes(alpha=alpha, full=full, top=top)
 
 
@@ -220,3 +274,247 @@ def nearest_concepts(embeddings: Tensor, index: int, count: int = 5) -> list[tup
     rows = [row for row in range(len(similarity)) if row != index]
     rows.sort(key=lambda row: (-similarity[row], row))
     return [(row, float(similarity[row])) for row in rows[:count]]
+
+
+# -- §3.2: concept classification from spatially pooled activations ----------------------------------------
+
+#: The paper's classification subset sizes (§3.2.2), cut to the layer's width by the caller.
+PAPER_CLASSIFICATION_TOP_F = (1, 2, 3, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 80, 100, 128)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Training of the image-level concept classifiers of §3.2.1 (eq. 5); see :func:`train_classifiers`.
+
+    The main text gives no optimiser for classification (it points to its supplement), so we use its segmentation
+    settings where they carry over: SGD with momentum 0.9, minibatches of 64 images, 30 epochs (an epoch = as
+    many minibatches as it takes to draw as many images as the training split holds). Each minibatch holds
+    ``batch_images / 2`` positives and as many negatives, drawn uniformly with replacement — the paper's
+    "images from the two sets are sampled with equal probability". ``lr`` applies to the mean cross entropy of
+    the minibatch on *standardised* pooled activations (``standardize``; see :func:`standardizer`)."""
+
+    epochs: int = 30
+    lr: float = 0.1
+    momentum: float = 0.9
+    batch_images: int = 64
+    standardize: bool = True
+    seed: int = 0
+
+
+@torch.no_grad()
+def pool_activations(maps: Tensor) -> Tensor:
+    """Eq. 5's inputs: float32 ``Tensor[B, K]``, each unit's raw activation map ``maps`` ``Tensor[B, K, h, w]``
+    (any float dtype, e.g. the float16 cache) averaged over its ``h·w`` positions."""
+    return maps.to(torch.float32).mean(dim=(2, 3))
+
+
+@torch.no_grad()
+def standardizer(features: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean, scale)`` float32 ``Tensor[K]`` each of ``features`` ``Tensor[N, K]`` (the training images): the
+    probe reads ``(x − mean) / scale``. ``scale`` is the standard deviation, 1 for a constant unit (its input is
+    then 0 and its weight never moves). An affine change of the inputs, so the classifiers of eq. 5 are the same
+    family of functions; it only conditions the optimisation (pooled activations of different units differ in
+    scale by orders of magnitude)."""
+    x = features.to(torch.float64)
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False)
+    scale = torch.where(std > 1e-12, std, torch.ones_like(std))
+    return mean.to(torch.float32), scale.to(torch.float32)
+
+
+@dataclass
+class Classifiers:
+    """M linear classifiers ``σ(((x − mean) / scale) @ weight[m] + bias[m])`` on pooled activations ``x``.
+
+    ``weight`` float32 ``Tensor[M, K]`` (zero outside a top-F classifier's units), ``bias`` ``Tensor[M]``,
+    ``mean``/``scale`` ``Tensor[K]`` (0 and 1 without standardisation). ``weight`` is what the top-F ranking
+    reads and what the embedding is: the weight per standard deviation of each unit's pooled activation."""
+
+    weight: Tensor
+    bias: Tensor
+    mean: Tensor
+    scale: Tensor
+
+    @torch.no_grad()
+    def raw(self) -> tuple[Tensor, Tensor]:
+        """``(w, b)`` of eq. 5 on raw pooled activations: ``w = weight / scale``, ``b = bias − w · mean``
+        (float64 ``Tensor[M, K]``, ``Tensor[M]``)."""
+        weight = self.weight.to(torch.float64) / self.scale.to(torch.float64)
+        return weight, self.bias.to(torch.float64) - weight @ self.mean.to(torch.float64)
+
+    @torch.no_grad()
+    def logits(self, features: Tensor) -> Tensor:
+        """float32 ``Tensor[N, M]`` for pooled activations ``features`` ``Tensor[N, K]``."""
+        x = (features.to(torch.float32) - self.mean.to(features.device)) / self.scale.to(features.device)
+        return x @ self.weight.to(features.device).T + self.bias.to(features.device)
+
+
+def balanced_batches(target: Tensor, steps: int, count: int, generator: torch.Generator) -> Tensor:
+    """LongTensor[steps, count] of image rows for one concept (``target`` bool ``Tensor[N]``, with positives and
+    negatives): in each minibatch ``count // 2`` rows drawn uniformly with replacement among the positives, the
+    rest among the negatives."""
+    positives = torch.nonzero(target.cpu()).flatten()
+    negatives = torch.nonzero(~target.cpu()).flatten()
+    half = count // 2
+    draws = torch.rand(steps, count, generator=generator, dtype=torch.float64)
+    pos = positives[(draws[:, :half] * len(positives)).floor().to(torch.int64).clamp(max=len(positives) - 1)]
+    neg = negatives[(draws[:, half:] * len(negatives)).floor().to(torch.int64).clamp(max=len(negatives) - 1)]
+    return torch.cat([pos, neg], dim=1)
+
+
+def train_classifiers(features: Tensor, targets: Tensor, *, config: ClassifierConfig, owners: Tensor | None = None,
+                      units: Tensor | None = None, standardization: tuple[Tensor, Tensor] | None = None
+                      ) -> Classifiers:
+    """Fit M classifiers of eq. 5 at once by minimising the binary cross entropy with balanced minibatches
+    (SGD + momentum, as ``torch.optim.SGD`` computes it: ``v ← μv + g; p ← p − lr·v``; weights start at zero).
+
+    ``features`` float ``Tensor[N, K]``: pooled activations of the training images (:func:`pool_activations`),
+    on the device to train on. ``targets`` bool ``Tensor[N, C]``: concept ``c`` is in image ``n``; every column
+    needs a positive and a negative. ``owners`` LongTensor[M] (default ``arange(C)``): the concept classifier
+    ``m`` learns. ``units`` bool ``Tensor[M, K]`` (default all): the units classifier ``m`` may weight (a top-F
+    subset, §3.2.2); the others keep weight 0. ``standardization`` ``(mean, scale)`` overrides
+    :func:`standardizer` of ``features``. Deterministic under ``config.seed`` on one device: the classifiers
+    of one concept see the same minibatches, whatever else is trained alongside."""
+    device = features.device
+    n, k = features.shape
+    c = targets.shape[1]
+    owners = torch.arange(c) if owners is None else owners.cpu()
+    if config.standardize:
+        mean, scale = standardization if standardization is not None else standardizer(features)
+    else:
+        mean, scale = torch.zeros(k), torch.ones(k)
+    mean, scale = mean.to(device, torch.float32), scale.to(device, torch.float32)
+    x = (features.to(torch.float32) - mean) / scale
+    y = targets.to(device=device, dtype=torch.float32)
+    m = len(owners)
+    allowed = torch.ones(m, k, dtype=torch.bool) if units is None else units.cpu()
+    concepts = sorted({int(owner) for owner in owners})
+    for concept in concepts:
+        if not 0 < int(targets[:, concept].sum()) < n:
+            raise ValueError(f"concept column {concept} needs both positive and negative training images")
+    # Classifiers grouped by concept, [C', G, K] (G: most classifiers of one concept; unused slots keep weight 0),
+    # so a minibatch is gathered once per concept and every product is one batched matmul.
+    column = {concept: position for position, concept in enumerate(concepts)}
+    slot_of, filled = [], [0] * len(concepts)
+    for owner in owners.tolist():
+        slot_of.append((column[int(owner)], filled[column[int(owner)]]))
+        filled[column[int(owner)]] += 1
+    groups = max(filled)
+    place_c = torch.tensor([c for c, _ in slot_of], dtype=torch.int64)
+    place_g = torch.tensor([g for _, g in slot_of], dtype=torch.int64)
+    mask = torch.zeros(len(concepts), groups, k)
+    mask[place_c, place_g] = allowed.to(torch.float32)
+    mask = mask.to(device)
+    weight = torch.zeros(len(concepts), groups, k, device=device)
+    bias = torch.zeros(len(concepts), groups, 1, device=device)
+    v_weight, v_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+    steps = max(1, -(-n // config.batch_images)) * int(config.epochs)
+    # one generator per concept: a concept's minibatches do not depend on which other concepts are trained
+    rows = torch.stack([balanced_batches(targets[:, concept].to(torch.bool), steps, config.batch_images,
+                                         torch.Generator().manual_seed(int(config.seed) * 1_000_003 + concept))
+                        for concept in concepts]).to(device)  # [C', steps, B]
+    labels = torch.gather(y[:, concepts].T, 1, rows.flatten(1)).view_as(rows)  # [C', steps, B]
+    with torch.no_grad():
+        for step in range(steps):
+            batch_x = x[rows[:, step]]  # [C', B, K]
+            batch_y = labels[:, step].unsqueeze(1)  # [C', 1, B]
+            logits = torch.bmm(weight, batch_x.transpose(1, 2)) + bias  # [C', G, B]
+            error = (torch.sigmoid(logits) - batch_y) / batch_y.shape[2]  # d(mean BCE)/d(logit)
+            v_weight.mul_(config.momentum).add_(torch.bmm(error, batch_x) * mask)
+            v_bias.mul_(config.momentum).add_(error.sum(2, keepdim=True))
+            weight.sub_(config.lr * v_weight)
+            bias.sub_(config.lr * v_bias)
+    weight = weight[place_c.to(device), place_g.to(device)]
+    bias = bias[place_c.to(device), place_g.to(device), 0]
+    return Classifiers(weight=weight.cpu(), bias=bias.cpu(), mean=mean.cpu(), scale=scale.cpu())
+
+
+def top_units(weight: Tensor, f: int) -> Tensor:
+    """bool ``Tensor[M, K]``: each row's ``f`` units of largest ``|weight|`` (ties by the lower unit index)."""
+    m, k = weight.shape
+    f = min(int(f), k)
+    magnitude = weight.abs().to(torch.float64)
+    # stable descending sort keeps the lower index first among equal magnitudes
+    order = torch.argsort(-magnitude, dim=1, stable=True)[:, :f]
+    chosen = torch.zeros(m, k, dtype=torch.bool)
+    chosen.scatter_(1, order.cpu(), True)
+    return chosen
+
+
+@dataclass
+class ConceptClassifiers:
+    """Per concept (columns of the targets): the full classifier over all K units (its weight row is the
+    classification embedding) and the retrained top-F classifiers; ``top_units[f]`` bool ``Tensor[C, K]``."""
+
+    full: Classifiers
+    top: dict[int, Classifiers]
+    top_units: dict[int, Tensor]
+
+    @property
+    def embeddings(self) -> Tensor:
+        return self.full.weight
+
+
+def fit_concept_classifiers(features: Tensor, targets: Tensor, *, config: ClassifierConfig,
+                            top_f: Sequence[int] = PAPER_CLASSIFICATION_TOP_F) -> ConceptClassifiers:
+    """§3.2.1 then §3.2.2 for every concept (column of ``targets`` bool ``Tensor[N, C]``) at once: the full
+    classifiers, then for each F of ``top_f`` (those ≤ K) new classifiers trained on only the F units of largest
+    ``|w_k|`` of the concept's full classifier. F = 1 is the paper's single-filter classifier."""
+    k = features.shape[1]
+    standardization = standardizer(features) if config.standardize else None
+    full = train_classifiers(features, targets, config=config, standardization=standardization)
+    sizes = sorted({int(f) for f in top_f if 1 <= int(f) <= k})
+    c = targets.shape[1]
+    if not sizes:
+        return ConceptClassifiers(full=full, top={}, top_units={})
+    chosen = {f: top_units(full.weight, f) for f in sizes}
+    owners = torch.arange(c).repeat(len(sizes))
+    units = torch.cat([chosen[f] for f in sizes])
+    subset = train_classifiers(features, targets, config=config, owners=owners, units=units,
+                               standardization=standardization)
+    top = {f: Classifiers(weight=subset.weight[i * c:(i + 1) * c], bias=subset.bias[i * c:(i + 1) * c],
+                          mean=subset.mean, scale=subset.scale) for i, f in enumerate(sizes)}
+    return ConceptClassifiers(full=full, top=top, top_units=chosen)
+
+
+@torch.no_grad()
+def balanced_accuracy(logits: Tensor, truth: Tensor) -> Tensor:
+    """float64 ``Tensor[M]``: ``(TPR + TNR) / 2`` of the decisions ``σ(logit) ≥ ½`` (``logits`` ``Tensor[N, M]``)
+    against ``truth`` bool ``Tensor[N, M]`` — the accuracy on a validation set re-balanced to as many negatives as
+    positives (§3.2.1), computed exactly instead of on a random balanced subsample. A class with no image counts
+    as rate 0."""
+    predicted = logits >= 0
+    truth = truth.to(torch.bool)
+    pos = truth.sum(0).to(torch.float64)
+    neg = (~truth).sum(0).to(torch.float64)
+    tpr = (predicted & truth).sum(0).to(torch.float64) / pos.clamp(min=1)
+    tnr = (~predicted & ~truth).sum(0).to(torch.float64) / neg.clamp(min=1)
+    return (tpr + tnr) / 2
+
+
+@torch.no_grad()
+def average_precision(scores: Tensor, truth: Tensor) -> Tensor:
+    """float64 ``Tensor[M]``: non-interpolated average precision ``Σ_n (R_n − R_{n−1}) P_n`` over the distinct
+    score thresholds, highest first (tied scores form one threshold; the definition of
+    ``sklearn.metrics.average_precision_score``), of ``scores`` ``Tensor[N, M]`` against ``truth`` bool
+    ``Tensor[N, M]``; 0 for a column without positives."""
+    n, m = scores.shape
+    result = torch.zeros(m, dtype=torch.float64)
+    for column in range(m):
+        s = scores[:, column].to(torch.float64).cpu()
+        t = truth[:, column].to(torch.float64).cpu()
+        positives = float(t.sum())
+        if positives == 0 or n == 0:
+            continue
+        order = torch.argsort(-s, stable=True)
+        s, t = s[order], t[order]
+        tp = torch.cumsum(t, 0)
+        last = torch.ones(n, dtype=torch.bool)  # the last position of each run of equal scores
+        last[:-1] = s[1:] != s[:-1]
+        tp = tp[last]
+        seen = torch.arange(1, n + 1, dtype=torch.float64)[last]
+        recall = tp / positives
+        precision = tp / seen
+        previous = torch.cat([torch.zeros(1, dtype=torch.float64), recall[:-1]])
+        result[column] = float(((recall - previous) * precision).sum())
+    return result

@@ -2,4 +2,5 @@
 
 Importing this package registers every job kind (each domain module registers its own).
 """
-from . import datasets, dissection, extraction, grids, net2vec, networks, runs, selfcheck  # noqa: F401
+from . import datasets, dissection, extraction, grids, net2vec, networks, parts, runs, selfcheck  # noqa: F401
+from . import explanatory_graph  # noqa: F401,E402

@@ -20,8 +20,11 @@ from analysis.models import Run, RunStatus
 
 from .datasets import probe_world_params
 from .dissection import dissection_params, rotation_params
+from .explanatory_graph import graph_params
 from .extraction import extraction_params
+from .net2vec import DEMO_NET2VEC, net2vec_params
 from .networks import demo_training_params
+from .parts import DEMO_ABLATION, DEMO_MAX_VIEWS, DEMO_PART_LAYERS, ablation_params, part_detection_params
 from .runs import params_hash, run_start
 
 DEMO_RESEARCHER = "researcher"
@@ -77,7 +80,43 @@ def demo_steps(size: DemoSize = DemoSize()) -> list[DemoStep]:
     steps.append(DemoStep("dissect_rotation", "Random rotations of conv5",
                           lambda: rotation_params(network=size.network, dataset=size.dataset, layer="conv5",
                                                   seeds=[0, 1, 2])))
+    # Explanatory graph over the two top conv layers (cached maps), with instability against raw filters.
+    steps.append(DemoStep("explanatory_graph", "Learn an explanatory graph of conv5 → conv4",
+                          lambda: demo_graph_params(size)))
+    # Net2Vec on the extraction's cached maps and thresholds (no forward pass): single vs combined units.
+    steps += [DemoStep("net2vec", f"Net2Vec probes of {layer}",
+                       lambda layer=layer: net2vec_params(network=size.network, dataset=size.dataset, layer=layer,
+                                                          **DEMO_NET2VEC))
+              for layer in DEMO_LAYERS]
+    # GG'18 §3: part detection (regression, VOC AP, GA with the paper's settings) on object crops of the top layers;
+    # §5–6: filter ablations per class (a seeded sample of views per class keeps conv4's reruns of conv5 short) and
+    # part blackouts (layer-independent, so once, with conv5).
+    steps += [DemoStep("score_parts", f"Part detection and GA filter combinations of {layer} "
+                                      f"(≤ {DEMO_MAX_VIEWS} objects per class)",
+                       lambda layer=layer: part_detection_params(network=size.network, dataset=size.dataset,
+                                                                 layer=layer, max_views=DEMO_MAX_VIEWS,
+                                                                 **demo_part_rules(size)))
+              for layer in DEMO_PART_LAYERS]
+    steps += [DemoStep("ablate", f"Filter ablations of {layer}" + (" and part blackouts" if layer == "conv5" else ""),
+                       lambda layer=layer: ablation_params(network=size.network, dataset=size.dataset, layer=layer,
+                                                           **DEMO_ABLATION[layer]))
+              for layer in DEMO_PART_LAYERS]
     return steps
+
+
+def demo_graph_params(size: DemoSize) -> dict[str, Any]:
+    """The paper's N (10, 20 from the top), τ, M and β; fewer EM iterations (10 of the paper's 20) on a 300-image
+    subset of the training images, so the step takes a minute or two on two CPU cores."""
+    return graph_params(network=size.network, dataset=size.dataset, layers=["conv5", "conv4"], iterations=10,
+                        max_learn_images=300, batch_size=32)
+
+
+def demo_part_rules(size: DemoSize) -> dict[str, Any]:
+    """GG'18's part filter (mean box side > 15 px, ≥ 11 instances) for the default demo; smaller demos scale the
+    size rule with their image size and ask for fewer instances, so that some parts remain."""
+    if size.is_default:
+        return {}
+    return {"min_part_size": 15.0 * size.image_size / 112, "min_instances": min(11, max(2, size.images // 300))}
 
 
 def demo_extraction_params(size: DemoSize) -> dict[str, Any]:

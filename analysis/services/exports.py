@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+from django.conf import settings
 
 from analysis.models import LayerExtraction, Run, RunStatus
 
 from .dissection import dissection_export, rotation_export
+from .explanatory_graph import graph_export
+from .parts import ablation_export, part_detection_export
 from .extraction import open_activation_cache
 from .runs import RunInputError
 
@@ -31,6 +36,21 @@ def run_export(*, run: Run, out_dir: Path) -> list[Path]:
         raise RunInputError(f"Runs of kind {run.kind!r} have no export.")
     out_dir.mkdir(parents=True, exist_ok=True)
     return exporter(run, out_dir)
+
+
+def run_export_archive(*, run: Run) -> BinaryIO:
+    """The export of ``run`` (:func:`run_export`) zipped under ``run-<id>/``, in an anonymous temporary file
+    (gone once closed) positioned at its start: what the run page and the API download."""
+    scratch = settings.UNITSCOPE_DATA_DIR / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as directory:
+        files = run_export(run=run, out_dir=Path(directory))
+        archive = tempfile.TemporaryFile(dir=scratch)
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as bundle:
+            for path in files:
+                bundle.write(path, arcname=f"run-{run.pk}/{path.relative_to(directory)}")
+    archive.seek(0)
+    return archive
 
 
 def _export_extraction(run: Run, out_dir: Path) -> list[Path]:
@@ -77,3 +97,5 @@ def _write_run_json(out_dir: Path, run: Run, fields: dict[str, Any]) -> Path:
 
 
 EXPORTERS = {"extract": _export_extraction, "dissect": dissection_export, "dissect_rotation": rotation_export}
+EXPORTERS.update({"score_parts": part_detection_export, "ablate": ablation_export})
+EXPORTERS["explanatory_graph"] = graph_export

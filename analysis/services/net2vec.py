@@ -1,4 +1,5 @@
-"""Net2Vec runs (Fong & Vedaldi §3.1, §3.2.2, §5.3): segmentation probes for a layer's most frequent concepts.
+"""Net2Vec runs (Fong & Vedaldi §3.1, §3.2, §5.3): segmentation probes for a layer's most frequent concepts and
+image-level classification probes for every concept with enough images.
 
 ``net2vec`` (``gpu`` queue) reuses the layer's extraction (the float16 activation cache and the exact dissection
 thresholds ``T_k``) or runs it first, inline, as the ``dissect`` kind does. Maps are upsampled to mask resolution
@@ -9,9 +10,18 @@ reads (:mod:`analysis.engine.net2vec` documents the probes, the loss and the pix
 Two passes over the cache and masks:
 
 1. every image: exact single-filter set-IoU counts per (concept, unit) on ``train`` and on ``val`` (sums over the
-   images of the split that contain the concept at pixel level), per-image concept presence, and a seeded
-   sample of ``pixels_per_image`` pixels of each ``train`` image (features and labels);
+   images of the split that contain the concept at pixel level), per-image concept presence (pixel or whole-image
+   label), each unit's spatially averaged raw map (eq. 5's input, from the float16 cache), and a seeded sample of
+   ``pixels_per_image`` pixels of each ``train`` image (features and labels);
 2. after training, every ``val`` image: exact set-IoU counts of each concept's combination and top-F probes.
+
+Classification (§3.2, ``classification``): for every label with a category (scene labels included) that has at
+least ``min_images`` images with and without it in train and in val, the ``classification_concepts`` most frequent;
+all their classifiers train at once on the pooled activations (:func:`analysis.engine.net2vec.fit_concept_classifiers`)
+and are scored on the val images by balanced accuracy (the paper's accuracy on a balanced validation set) and
+average precision. ``standardize`` (default on, not in the paper) standardises every probe's inputs for the
+optimisation only — see the engine; it is what makes the full segmentation probe train reliably (on the demo's conv5
+with raw inputs two of ten concepts ended with an empty mask, val IoU 0).
 
 Concepts: pixel-level labels only (as in the paper, whole-image scene/texture labels have no segmentation), with at
 least ``min_images`` train and val images each; the ``concepts`` most frequent (train + val images), ties by
@@ -22,13 +32,14 @@ time and memory, a concept's training pixels are cut to ``max_train_pixels`` (a 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from django.db import transaction
 
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
-from analysis.models import Concept, Net2VecConcept, Net2VecStudy, Run, UpsampleMethod
+from analysis.models import Concept, Net2VecClassification, Net2VecConcept, Net2VecStudy, Run, UpsampleMethod
 
 from .dissection import _ensure_extraction, _label_table, _resolve, _thresholds, _upsampler
 from .extraction import open_activation_cache
@@ -38,9 +49,15 @@ NET2VEC_DEFAULTS: dict[str, Any] = {
     "concepts": 10, "epochs": 10, "lr": 1.0, "momentum": 0.9, "batch_images": 64, "pixels_per_image": 128,
     "max_train_pixels": 32768,
     "top_f": [1, 2, 4, 8, 16], "min_images": 5, "seed": 0, "upsample": UpsampleMethod.ANCHORED.value,
-    "quantile": 0.995, "strict_threshold": False, "batch_size": 8,
+    "quantile": 0.995, "strict_threshold": False, "batch_size": 16,
+    "classification": True, "classification_concepts": 200, "classification_epochs": 30, "classification_lr": 0.1,
+    "classification_batch_images": 64, "classification_top_f": [1, 2, 3, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 80,
+                                                               100, 128],
+    "standardize": True,
 }
 MAX_CONCEPTS = 500
+#: The demo's Net2Vec runs (``analysis.services.demo``): the defaults, on more concepts.
+DEMO_NET2VEC: dict[str, Any] = {"concepts": 20}
 
 
 def net2vec_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
@@ -49,14 +66,25 @@ def net2vec_params(*, network: str, dataset: str, layer: str, **overrides: Any) 
     params.update({key: value for key, value in overrides.items() if value is not None})
     try:
         for key in ("concepts", "epochs", "batch_images", "pixels_per_image", "max_train_pixels", "min_images", "seed",
-                    "batch_size"):
+                    "batch_size", "classification_concepts", "classification_epochs", "classification_batch_images"):
             params[key] = int(params[key])
-        for key in ("lr", "momentum", "quantile"):
+        for key in ("lr", "momentum", "quantile", "classification_lr"):
             params[key] = float(params[key])
         params["top_f"] = sorted({int(f) for f in params["top_f"]})
+        # F = 1 is the single-filter classifier Table 1 compares with: always trained
+        params["classification_top_f"] = sorted({1} | {int(f) for f in params["classification_top_f"]})
     except (TypeError, ValueError):
         raise RunInputError("numeric parameters of net2vec must be numbers (top_f a list of integers)") from None
-    params["strict_threshold"] = bool(params["strict_threshold"])
+    for key in ("strict_threshold", "classification", "standardize"):
+        params[key] = bool(params[key])
+    if not 1 <= params["classification_concepts"] <= MAX_CONCEPTS:
+        raise RunInputError(f"classification_concepts must be between 1 and {MAX_CONCEPTS}")
+    if not 1 <= params["classification_epochs"] <= 10_000 or params["classification_lr"] <= 0:
+        raise RunInputError("classification_epochs must be between 1 and 10000 and classification_lr positive")
+    if not 2 <= params["classification_batch_images"] <= 100_000:
+        raise RunInputError("classification_batch_images must be at least 2 (half positives, half negatives)")
+    if any(f < 1 for f in params["classification_top_f"]):
+        raise RunInputError("classification_top_f sizes must be positive")
     if params["upsample"] not in UpsampleMethod.values:
         raise RunInputError(f"upsample must be one of {', '.join(UpsampleMethod.values)}")
     if not 1 <= params["concepts"] <= MAX_CONCEPTS:
@@ -88,10 +116,13 @@ def net2vec_run_start(*, network: str, dataset: str, layer: str, created_by=None
 
 
 def _image_batches(maps, reader, rows, mask_rows, *, upsample, thresholds, strict, batch_size, device):
-    """Yield ``(rows, features bool Tensor[B, U, P], labels LongTensor[B, L, P])`` per batch of ``mask_rows``."""
+    """Yield ``(rows, features bool Tensor[B, U, P], labels LongTensor[B, L, P], pooled float32 Tensor[B, U],
+    image labels LongTensor[n, 2] of (position in the batch, label id))`` per batch of ``mask_rows``; ``pooled``
+    is each raw map's spatial mean (eq. 5's input)."""
     import torch
 
     from analysis.engine.dissection_data import iter_label_batches
+    from analysis.engine.net2vec import pool_activations
 
     t = thresholds.to(device).view(1, -1, 1, 1)
     for first, stop, labels in iter_label_batches(reader, rows, mask_rows, batch_size=batch_size):
@@ -99,7 +130,25 @@ def _image_batches(maps, reader, rows, mask_rows, *, upsample, thresholds, stric
         raw = torch.from_numpy(np.array(maps[picked])).to(device=device, dtype=torch.float32)
         up = upsample(raw, labels.size)
         active = (up > t) if strict else (up >= t)
-        yield picked, active.flatten(2), labels.pixel.to(device).flatten(2)
+        yield picked, active.flatten(2), labels.pixel.to(device).flatten(2), pool_activations(raw), labels.image
+
+
+def _presence(pixel, image_labels, n_labels):
+    """bool ``Tensor[B, n_labels]``: label id present in each image, at a pixel of any layer of ``pixel``
+    ``LongTensor[B, L, P]`` or, when ``image_labels`` (rows ``(position, id)``) is given, as a whole-image label;
+    label 0 never."""
+    import torch
+
+    b = pixel.shape[0]
+    present = torch.zeros(b, n_labels + 1, dtype=torch.bool, device=pixel.device)
+    ids = pixel.flatten(1)
+    present.scatter_(1, torch.where((ids >= 0) & (ids < n_labels), ids, n_labels), True)
+    if image_labels is not None and len(image_labels):
+        image_labels = image_labels.to(pixel.device)
+        known = image_labels[:, 1] < n_labels
+        present[image_labels[known, 0], image_labels[known, 1]] = True
+    present[:, 0] = False
+    return present[:, :n_labels]
 
 
 def _present_ids(pixel, valid):
@@ -138,6 +187,77 @@ def _batch_counts(features, truth):
     return inter, union
 
 
+@contextmanager
+def _one_thread():
+    """Run the probe training loops on one torch thread, then restore the worker's setting: their operations are
+    small (a minibatch of 64 images × the layer's units), so a second thread only adds synchronisation, and on a
+    shared CPU it made the classifiers' training 4–5× slower (16 s vs 3.4 s on the demo's conv5)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _classification(params, pooled, presence, splits, valid, device, progress):
+    """§3.2 on the pooled activations: ``(top_f, results)``, one result dict per classified concept.
+
+    Concepts: every label with a category (pixel-level or whole-image) with at least ``min_images`` positive and
+    as many negative images in train and in val each; the ``classification_concepts`` most frequent (train + val
+    positives, ties by label id)."""
+    import torch
+
+    from analysis.engine.net2vec import ClassifierConfig, average_precision, balanced_accuracy, fit_concept_classifiers
+
+    split = torch.tensor(splits)
+    train, val = split == 0, split == 1
+    positives = torch.stack([presence[train].sum(0), presence[val].sum(0)])  # [2, labels]
+    negatives = torch.stack([int(train.sum()) - positives[0], int(val.sum()) - positives[1]])
+    enough = (positives >= params["min_images"]).all(0) & (negatives >= params["min_images"]).all(0) & valid.cpu()
+    eligible = torch.nonzero(enough).flatten().tolist()
+    eligible.sort(key=lambda number: (-int(positives[:, number].sum()), number))
+    chosen = sorted(eligible[:params["classification_concepts"]])
+    if not chosen:
+        return [], []
+    k = pooled.shape[1]
+    top_f = [f for f in params["classification_top_f"] if f <= k]
+    progress.phase(f"Training image classifiers for {len(chosen)} concepts", total=1)
+    config = ClassifierConfig(epochs=params["classification_epochs"], lr=params["classification_lr"],
+                              momentum=params["momentum"], batch_images=params["classification_batch_images"],
+                              standardize=params["standardize"], seed=params["seed"])
+    dev = torch.device(device)
+    with _one_thread():
+        fit = fit_concept_classifiers(pooled[train].to(dev), presence[train][:, chosen].to(dev), config=config,
+                                      top_f=top_f)
+    x_val, y_val = pooled[val], presence[val][:, chosen]
+    scored = [fit.full] + [fit.top[f] for f in top_f]
+    accuracy = [balanced_accuracy(classifiers.logits(x_val), y_val) for classifiers in scored]
+    ap = [average_precision(classifiers.logits(x_val), y_val) for classifiers in scored]
+    progress(1, 1)
+    concepts = {concept.number: concept for concept in Concept.objects.filter(dataset__name=params["dataset"],
+                                                                                number__in=chosen)}
+    single = 1 + top_f.index(1)  # net2vec_params always includes F = 1
+    raw_weight, raw_bias = fit.full.raw()
+    results = []
+    for column, number in enumerate(chosen):
+        unit = int(torch.nonzero(fit.top_units[1][column]).flatten()[0])
+        single_accuracy, single_ap = float(accuracy[single][column]), float(ap[single][column])
+        results.append(dict(
+            concept=concepts[number], train_positives=int(positives[0, number]),
+            train_negatives=int(negatives[0, number]), val_positives=int(positives[1, number]),
+            val_negatives=int(negatives[1, number]), single_unit=unit, single_val_accuracy=single_accuracy,
+            single_val_ap=single_ap, combination_val_accuracy=float(accuracy[0][column]),
+            combination_val_ap=float(ap[0][column]),
+            top_f_val_accuracy={str(f): float(accuracy[1 + i][column]) for i, f in enumerate(top_f)},
+            top_f_val_ap={str(f): float(ap[1 + i][column]) for i, f in enumerate(top_f)},
+            embedding=[float(value) for value in fit.full.weight[column].tolist()],
+            raw_weight=[float(value) for value in raw_weight[column].tolist()], bias=float(raw_bias[column])))
+    return top_f, results
+
+
 def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
 
@@ -168,29 +288,43 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
     # Pass 1: single-filter counts per split, presence, training samples.
     inter = torch.zeros(2, n_labels, n_units, dtype=torch.int64, device=dev)
     union = torch.zeros(2, n_labels, n_units, dtype=torch.int64, device=dev)
-    images = torch.zeros(2, n_labels, dtype=torch.int64)
-    samples: list[tuple[torch.Tensor, torch.Tensor, list[int]]] = []  # (features [n, U], layers [L, n], present)
+    images = torch.zeros(2, n_labels, dtype=torch.int64)  # images with a pixel of each label, per split
+    concept_pixels = torch.zeros(2, n_labels, dtype=torch.int64, device=dev)  # Σ |L_c(x)| over those images
+    pooled = torch.zeros(len(rows), n_units, dtype=torch.float32)  # eq. 5's inputs, every image
+    presence = torch.zeros(len(rows), n_labels, dtype=torch.bool)  # concept in image (pixel or whole-image label)
+    pixel_presence = torch.zeros(len(rows), n_labels, dtype=torch.bool)  # concept at a pixel of the image
+    # training pixels per batch: (index.csv rows [b], features bool [b, n, U], label layers [b, L, n])
+    samples: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
     progress.phase(f"Single filters and training pixels of {layer.name}", total=len(rows))
     done = 0
     with torch.no_grad():
-        for picked, features, pixel in _image_batches(maps, reader, rows, list(range(len(rows))), **common):
+        for picked, features, pixel, pooled_batch, image_labels in _image_batches(
+                maps, reader, rows, list(range(len(rows))), **common):
+            pooled[picked] = pooled_batch.cpu()
+            presence[picked] = _presence(pixel, image_labels, n_labels).cpu()
+            at_pixels = _presence(pixel, None, n_labels) & valid
+            pixel_presence[picked] = at_pixels.cpu()
+            batch_split = torch.tensor([splits[row] for row in picked], device=dev)
             ids = _present_ids(pixel, valid)
             if len(ids):
                 truth = _truth(pixel, ids)
                 i, u = _batch_counts(features, truth)
-                present = i.sum(2) + u.sum(2) > 0  # the image has a pixel of the concept
-                for position, row in enumerate(picked):
-                    split = splits[row]
-                    if split < 0:
-                        continue
-                    inter[split, ids] += i[position]
-                    union[split, ids] += u[position]
-                    images[split, ids[present[position]].cpu()] += 1
-                    if split == 0 and bool(present[position].any()):
-                        pick = sample_pixels(features.shape[2], params["pixels_per_image"], seed=params["seed"],
-                                             image=row).to(dev)
-                        samples.append((features[position][:, pick].T.contiguous(),
-                                        pixel[position][:, pick].contiguous(), ids[present[position]].tolist()))
+                truth_pixels = truth.sum(2)  # [B, C]
+                for split in (0, 1):
+                    in_split = batch_split == split
+                    inter[split, ids] += i[in_split].sum(0)
+                    union[split, ids] += u[in_split].sum(0)
+                    images[split] += at_pixels[in_split].sum(0).cpu()
+                    concept_pixels[split, ids] += truth_pixels[in_split].sum(0)
+            keep = ((batch_split == 0) & at_pixels.any(1)).nonzero().flatten()
+            if len(keep):
+                count = min(params["pixels_per_image"], features.shape[2])
+                pick = torch.stack([sample_pixels(features.shape[2], count, seed=params["seed"], image=picked[position])
+                                    for position in keep.tolist()]).to(dev)  # [b, n]
+                chosen_features = torch.gather(features[keep], 2, pick.unsqueeze(1).expand(-1, n_units, -1))
+                chosen_pixels = torch.gather(pixel[keep], 2, pick.unsqueeze(1).expand(-1, pixel.shape[1], -1))
+                samples.append(([picked[position] for position in keep.tolist()],
+                                chosen_features.transpose(1, 2).contiguous(), chosen_pixels))
             done += len(picked)
             progress(done, len(rows))
 
@@ -203,22 +337,29 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
                             "train and val images each.")
     single_train = set_iou(inter[0], union[0]).cpu()
     single_val = set_iou(inter[1], union[1]).cpu()
+    # the trivial segmenter "every pixel of every image with the concept": IoU = the concept's share of those pixels
+    mask_pixels = torch.tensor([row.sh * row.sw for row in rows], dtype=torch.int64)
+    val_pixels = (pixel_presence[torch.tensor(splits) == 1].to(torch.int64)
+                  * mask_pixels[torch.tensor(splits) == 1].unsqueeze(1)).sum(0)
+    all_pixels = set_iou(concept_pixels[1].cpu(), val_pixels).tolist()
 
     # Training.
     config = ProbeConfig(epochs=params["epochs"], lr=params["lr"], momentum=params["momentum"],
                          batch_pixels=params["batch_images"] * params["pixels_per_image"], seed=params["seed"],
-                         top_f=tuple(params["top_f"]))
+                         top_f=tuple(params["top_f"]), standardize=params["standardize"])
     top_f = [f for f in params["top_f"] if f <= n_units]
     progress.phase(f"Training probes for {len(chosen)} concepts", total=len(chosen))
     fitted = {}
     for done, number in enumerate(chosen, start=1):
-        with_concept = [(features, layers) for features, layers, present in samples if number in present]
-        features = torch.cat([features for features, _ in with_concept])
-        target = torch.cat([(layers == number).any(0) for _, layers in with_concept])
+        with_concept = [(features[has], layers[has]) for sampled_rows, features, layers in samples
+                        if (has := pixel_presence[sampled_rows, number].to(dev)).any()]
+        features = torch.cat([features.flatten(0, 1) for features, _ in with_concept])
+        target = torch.cat([(layers == number).any(1).flatten() for _, layers in with_concept])
         if len(target) > params["max_train_pixels"]:
             keep = sample_pixels(len(target), params["max_train_pixels"], seed=params["seed"], image=number).to(dev)
             features, target = features[keep], target[keep]
-        fitted[number] = fit_concept_probes(features, target, config=config)
+        with _one_thread():
+            fitted[number] = fit_concept_probes(features, target, config=config)
         progress(done, len(chosen))
     del samples
 
@@ -236,7 +377,7 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
     chosen_ids = torch.tensor(chosen, dtype=torch.int64, device=dev)
     done = 0
     with torch.no_grad():
-        for picked, features, pixel in _image_batches(maps, reader, rows, val_rows, **common):
+        for picked, features, pixel, _, _ in _image_batches(maps, reader, rows, val_rows, **common):
             logits = torch.einsum("mk,bkp->bmp", weights, features.to(torch.float32)) + bias.view(1, -1, 1)
             i, u = _batch_counts(logits >= 0, _truth(pixel, chosen_ids))
             probe_inter += i.sum(0)
@@ -263,32 +404,71 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
                             best_unit_train_iou=float(single_train[number, best]),
                             single_val_iou=float(single_val[number, best]), combination_val_iou=ious[0],
                             top_f_val_iou={str(f): iou for f, iou in zip(top_f, ious[1:])},
+                            all_pixels_val_iou=all_pixels[number],
                             embedding=[float(value) for value in fit.full.weight.tolist()], bias=fit.full.bias))
     wins = sum(result["combination_val_iou"] >= result["single_val_iou"] for result in results)
+    classification_top_f, classified = ([], [])
+    if params["classification"]:
+        classification_top_f, classified = _classification(params, pooled, presence, splits, valid, device, progress)
+    classification_wins = sum(result["combination_val_accuracy"] >= result["single_val_accuracy"]
+                              for result in classified)
     with transaction.atomic():
         study = Net2VecStudy.objects.create(
             run=run, layer=layer, dataset=dataset, extraction=extraction, upsample=params["upsample"],
             quantile=params["quantile"], top_f=top_f, n_concepts=len(results), n_combination_wins=wins,
             params={key: params[key] for key in ("concepts", "epochs", "lr", "momentum", "batch_images",
                                                  "pixels_per_image", "max_train_pixels", "min_images", "seed",
-                                                 "strict_threshold")})
+                                                 "strict_threshold", "classification", "classification_concepts",
+                                                 "classification_epochs", "classification_lr",
+                                                 "classification_batch_images", "standardize")},
+            classification_top_f=classification_top_f, n_classification_concepts=len(classified),
+            n_classification_wins=classification_wins)
         Net2VecConcept.objects.bulk_create([Net2VecConcept(study=study, **result) for result in results])
+        Net2VecClassification.objects.bulk_create([Net2VecClassification(study=study, **result)
+                                                   for result in classified])
     return {"net2vec_study": study.pk, "layer": layer.name, "dataset": dataset.name,
             "extraction_run": extraction.run_id, "concepts": len(results),
-            "combination_at_least_single": f"{100.0 * wins / len(results):.0f}%"}
+            "combination_at_least_single": f"{100.0 * wins / len(results):.0f}%",
+            "classified_concepts": len(classified),
+            "classification_combination_at_least_single":
+                f"{100.0 * classification_wins / len(classified):.0f}%" if classified else None}
 
 
-def net2vec_nearest(study: Net2VecStudy, concept_result: Net2VecConcept, count: int = 5
-                    ) -> list[tuple[Net2VecConcept, float]]:
-    """The ``count`` concepts of ``study`` whose embeddings are nearest ``concept_result``'s by cosine (§5.3)."""
+def net2vec_nearest_table(rows: list, count: int = 5) -> dict[int, list[tuple[Any, float]]]:
+    """Per row (a :class:`Net2VecConcept` or :class:`Net2VecClassification` of one study), keyed by its concept
+    number: the ``count`` other rows nearest by cosine of their embeddings (§5.3, Table 2), nearest first, ties by
+    the lower concept number."""
     import torch
 
-    from analysis.engine.net2vec import nearest_concepts
+    from analysis.engine.net2vec import cosine_similarity
 
-    others = list(study.concept_results.select_related("concept").order_by("concept__number"))
-    position = next(index for index, other in enumerate(others) if other.pk == concept_result.pk)
-    embeddings = torch.tensor([other.embedding for other in others], dtype=torch.float64)
-    return [(others[row], cosine) for row, cosine in nearest_concepts(embeddings, position, count)]
+    rows = sorted(rows, key=lambda row: row.concept.number)
+    if not rows:
+        return {}
+    similarity = cosine_similarity(torch.tensor([row.embedding for row in rows], dtype=torch.float64))
+    table = {}
+    for index, row in enumerate(rows):
+        others = [other for other in range(len(rows)) if other != index]
+        others.sort(key=lambda other: (-float(similarity[index, other]), other))
+        table[row.concept.number] = [(rows[other], float(similarity[index, other])) for other in others[:count]]
+    return table
+
+
+def net2vec_layer_table(network) -> list[dict[str, Any]]:
+    """Fong & Vedaldi Table 1 for ``network``: per layer (network order) with a Net2Vec study, the newest study and
+    the percent of concepts where the combination ≥ the best single filter, for segmentation (val set IoU) and
+    classification (balanced val accuracy; also by val average precision)."""
+    table = []
+    for layer in network.layers.order_by("order"):
+        study = Net2VecStudy.objects.filter(layer=layer).select_related("dataset", "run").first()
+        if study is None:
+            continue
+        classified = list(study.classifications.values_list("combination_val_ap", "single_val_ap"))
+        ap_share = (100.0 * sum(combined >= single for combined, single in classified) / len(classified)
+                    if classified else None)
+        table.append({"layer": layer, "study": study, "segmentation": study.combination_share,
+                      "classification": study.classification_share, "classification_ap": ap_share})
+    return table
 
 
 NET2VEC = register_job_kind(JobKind(

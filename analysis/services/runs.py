@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 import socket
 import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from celery import current_app
@@ -85,11 +88,39 @@ def run_enqueue(*, run: Run, kind_spec: JobKind) -> None:
     current_app.send_task(kind_spec.task_name, args=[run.pk], queue=kind_spec.queue)
 
 
+WORKER_NAME = re.compile(r"^(?P<host>.+) pid (?P<pid>\d+)$")
+
+
+def worker_name() -> str:
+    """Who executes a run: ``"<host> pid <pid>"`` (the process that claimed it)."""
+    return f"{socket.gethostname()[:180]} pid {os.getpid()}"
+
+
+def worker_gone(worker: str) -> bool:
+    """True when ``worker`` (:func:`worker_name`) is a process of this host that no longer runs (killed, crashed;
+    a zombie counts as gone). Workers of other hosts, and old host-only names, are never judged here."""
+    match = WORKER_NAME.match(worker or "")
+    if match is None or match["host"] != socket.gethostname()[:180]:
+        return False
+    pid = int(match["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
+
+
 def run_claim(*, run_id: int) -> bool:
     """Move a queued run to running. False when another worker has it, or it was cancelled."""
     now = timezone.now()
     claimed = Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, worker=socket.gethostname()[:200],
+        status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker_name(),
         phase="Starting",
     )
     return claimed == 1
@@ -176,14 +207,22 @@ def run_cancel(*, run: Run) -> bool:
 
 
 def run_fail_stale(*, now=None) -> int:
-    """Mark failed the running runs whose worker stopped reporting for longer than the kind's time limit.
+    """Mark failed the running runs whose worker process is gone (same host: checked at once) or stopped
+    reporting for longer than the kind's time limit (any host).
 
     A worker that is killed cannot write a final state; this makes the loss visible instead of leaving a
-    run "running" for ever. Returns the number of runs marked.
+    run "running" for ever. Whatever the run had written stays unfinished (a dissection stays incomplete),
+    and a redelivered task cannot claim the run again. Returns the number of runs marked.
     """
     now = now or timezone.now()
     marked = 0
-    for run in Run.objects.filter(status=RunStatus.RUNNING).only("pk", "kind", "heartbeat_at"):
+    for run in Run.objects.filter(status=RunStatus.RUNNING).only("pk", "kind", "heartbeat_at", "worker"):
+        if worker_gone(run.worker):
+            marked += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, worker=run.worker).update(
+                status=RunStatus.FAILED, finished_at=now, phase="Stopped",
+                error=f"The worker process executing this run ({run.worker}) stopped before it finished (killed "
+                      "or crashed); the run's results, if any, were not saved. Start it again.")
+            continue
         try:
             limit = job_kind(run.kind).time_limit
         except KeyError:

@@ -12,6 +12,7 @@ from analysis import selectors
 from analysis.forms import SelfcheckForm
 from analysis.jobs import job_kinds
 from analysis.models import Run, RunStatus
+from analysis.services.exports import EXPORTERS
 from analysis.services.runs import run_cancel, run_fail_stale
 from analysis.services.selfcheck import selfcheck_run_start
 from analysis.views.starting import StartRunFormMixin
@@ -61,15 +62,22 @@ class RunDetailView(ResearcherRequiredMixin, DetailView):
         context = super().get_context_data(**kwargs)
         context["layer_extractions"] = self.object.layer_extractions.select_related("layer__network").annotate(
             missing_grids=Count("exemplar_sets", filter=Q(exemplar_sets__grid__isnull=True)))
+        context["exportable"] = self.object.status == RunStatus.SUCCEEDED and self.object.kind in EXPORTERS
         return context
 
 
 class RunStatusView(ResearcherRequiredMixin, DetailView):
-    """The status panel of a run, polled by htmx while the run is active."""
+    """The status panel of a run, polled by htmx while the run is active (a run whose worker died is failed here)."""
 
     model = Run
     template_name = "analysis/runs/_status.html"
     context_object_name = "run"
+
+    def get_object(self, queryset=None):
+        run = super().get_object(queryset)
+        if run.status == RunStatus.RUNNING and run_fail_stale():
+            run.refresh_from_db()
+        return run
 
 
 class RunCancelView(ResearcherRequiredMixin, View):

@@ -48,9 +48,13 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "accounts",
     "analysis",
     "annotation",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -91,6 +95,8 @@ DATABASES = {
     "default": dj_database_url.parse(
         env("DATABASE_URL", f"sqlite:///{UNITSCOPE_DATA_DIR / 'unitscope.sqlite3'}"),
         conn_max_age=int(env("CONN_MAX_AGE", "0")),
+        # A persistent connection broken by a database restart is noticed before a request uses it.
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -168,3 +174,35 @@ LOGGING = {
                 # The filesystem broker has no host; kombu warns about that on every connection.
                 "kombu.connection": {"level": "ERROR"}},
 }
+
+# The researchers' REST API (api/): token or session auth, researchers only, OpenAPI 3 at /api/schema/.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication",
+                                       "rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.IsResearcher"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
+                                 "rest_framework.renderers.BrowsableAPIRenderer"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "UnitScope API",
+    "DESCRIPTION": "Networks, datasets, units, runs, studies, judgments and agreement, for researchers' scripts.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["api.permissions.IsResearcher"],
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Rate limits on the crowd's public pages (unitscope/ratelimit.py): "<count>/<s|m|h>" per worker code (or per
+# address on entry pages); "off" disables one. Counters live in the default cache: CACHE_URL=redis://… shares
+# them between web processes (a local-memory cache counts per process).
+UNITSCOPE_RATE_LIMIT_ENABLED = env_bool("UNITSCOPE_RATE_LIMIT_ENABLED", True)
+UNITSCOPE_RATE_LIMITS = {
+    "crowd_entry": env("UNITSCOPE_RATE_LIMIT_CROWD_ENTRY", "60/m"),
+    "crowd_worker": env("UNITSCOPE_RATE_LIMIT_CROWD_WORKER", "120/m"),
+}
+_cache_url = env("CACHE_URL")
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+          if _cache_url else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "unitscope"}}

@@ -9,7 +9,7 @@ import tempfile
 os.environ.setdefault("UNITSCOPE_DATA_DIR", tempfile.mkdtemp(prefix="unitscope-test-"))
 
 from .base import *  # noqa: E402,F401,F403
-from .base import DATABASES, UNITSCOPE_DATA_DIR, env  # noqa: E402
+from .base import DATABASES, UNITSCOPE_DATA_DIR, env, env_bool  # noqa: E402
 
 DEBUG = False
 SECRET_KEY = env("SECRET_KEY", "unitscope-test-key")
@@ -24,3 +24,5 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # Serve static files straight from the app and project folders: tests never run collectstatic.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+# Rate limits count in a process-wide cache that outlives each test: off here, switched on by the tests of them.
+UNITSCOPE_RATE_LIMIT_ENABLED = env_bool("UNITSCOPE_RATE_LIMIT_ENABLED", False)

@@ -1,0 +1,475 @@
+"""Filters as part detectors (GG'18 §3.1): stimulus detections, box regression, NMS, VOC average precision,
+and a precomputed matching that scores any union of filters' detections in microseconds (for the GA, §3.1.2).
+
+Conventions. A *view* is one network input (an R-CNN-style object crop or a whole image, chosen by the caller)
+of size ``H x W``. Boxes are ``float (x1, y1, x2, y2)`` in continuous input-pixel coordinates of their view
+(pixel ``p`` spans ``[p, p + 1)``, as :mod:`analysis.engine.receptive_field` and ``torchvision.ops``; area =
+``(x2 - x1) * (y2 - y1)``). Feature maps are ``Tensor[V, F, h, w]`` (views, filters, map rows, map columns).
+
+Method (GG'18 §3.1, and where the paper is silent, our named choices):
+
+* **Stimulus detections**: every local maximum of a filter's map (a value equal to the maximum of its 3x3
+  neighbourhood) becomes a detection scored by its activation, with no minimum threshold. Our choice
+  (``include_zero_peaks=False``): positions whose activation is exactly 0 are not peaks — on a ReLU map a flat
+  zero region makes every position a "maximum" of a response that does not exist. Plateaus of equal positive
+  values yield one detection per position (NMS then removes the duplicates).
+* **Box regression** (§3.1.1): features ``γ(α) = (c_x, c_y, a_{r-1,c-1}, a_{r-1,c}, …, a_{r+1,c+1})`` (the
+  receptive-field centre and the 3x3 neighbourhood in row-major order, zero outside the map — the ReLU
+  floor), targets ``(G_x - c_x, G_y - c_y, G_w, G_h)``, weighted least squares with weights = activation.
+  Training pairs: every position (not only peaks) with positive activation whose receptive-field centre lies
+  inside a ground-truth box of its view, paired with each such box. Our choices: ``intercept=True`` appends a
+  constant feature (the paper's ``w·γ`` as extracted has none; without one a constant part width is not
+  expressible, and the R-CNN regressor the paper follows has a bias); ``ridge=1e-6`` (times each diagonal
+  entry of the normal matrix, Marquardt-style) only for numerical stability. A filter with no positive training
+  pair keeps its receptive-field boxes. Regressed widths and heights are floored at ``min_box_size`` (1 px) and boxes
+  clipped to the view.
+* **NMS**: per (filter, view), greedy by score (ties: input order), a box is suppressed when its IoU with a kept
+  box exceeds ``nms_iou``. The paper cites Felzenszwalb et al. without a value; our default 0.3 is R-CNN's.
+* **Correct detections**: IoU ≥ 0.4 with a ground-truth box of the part (Chen et al. 2014), matched as in the
+  VOC devkit: in score order each detection takes the ground truth of maximal IoU in its view; if that one is
+  already taken the detection is a false positive (duplicates), as is any detection below 0.4.
+* **AP**: VOC 2010+ all-point interpolated average precision; recall over all ground-truth instances.
+  Ties in score are ordered by input order (a stable sort), so results are deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "DetectionConfig",
+    "Peaks",
+    "local_maxima",
+    "neighbourhood_features",
+    "neighbourhood_features_all",
+    "regression_pairs",
+    "fit_box_regressors",
+    "apply_box_regressors",
+    "grouped_nms",
+    "best_ground_truth",
+    "tp_flags",
+    "voc_ap",
+    "precision_recall",
+    "average_precision",
+    "DetectionMatching",
+]
+
+FEATURES = 11  # c_x, c_y and 9 neighbourhood activations
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """The knobs of part detection; defaults are GG'18's values where it gives one (see the module docstring)."""
+
+    iou_threshold: float = 0.4
+    nms_iou: float = 0.3
+    regression: bool = True
+    intercept: bool = True
+    ridge: float = 1e-6
+    include_zero_peaks: bool = False
+    min_box_size: float = 1.0
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Local maxima of a stack of maps: each a ``LongTensor[D]`` (view, filter, row, column) and scores
+    ``float32 [D]``, ordered by (view, filter, row, column)."""
+
+    view: Tensor
+    filter: Tensor
+    row: Tensor
+    col: Tensor
+    score: Tensor
+
+    def __len__(self) -> int:
+        return int(self.view.numel())
+
+
+@torch.no_grad()
+def local_maxima(maps: Tensor, *, include_zero_peaks: bool = False) -> Peaks:
+    """Every position of ``maps`` ``[V, F, h, w]`` equal to the maximum of its 3x3 neighbourhood (the border
+    padded with -inf), excluding value-0 positions unless ``include_zero_peaks``."""
+    x = maps.to(torch.float32)
+    pooled = F.max_pool2d(x, 3, stride=1, padding=1)  # max_pool2d pads with -inf
+    mask = x >= pooled
+    if not include_zero_peaks:
+        mask &= x > 0
+    view, filt, row, col = torch.nonzero(mask, as_tuple=True)
+    return Peaks(view, filt, row, col, x[view, filt, row, col])
+
+
+@torch.no_grad()
+def neighbourhood_features(maps: Tensor, view: Tensor, filt: Tensor, row: Tensor, col: Tensor, cy: Tensor,
+                           cx: Tensor) -> Tensor:
+    """``γ(α)`` of the activations at ``(view, filt, row, col)`` (``LongTensor[K]`` each): ``float32 [K, 11]``
+    = (c_x, c_y, the 3x3 neighbourhood row-major, 0 outside the map). ``cy [h]``, ``cx [w]`` are the
+    receptive-field centres of map rows and columns (:func:`analysis.engine.receptive_field.unit_centers`)."""
+    padded = F.pad(maps.to(torch.float32), (1, 1, 1, 1))
+    values = [padded[view, filt, row + 1 + dy, col + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return torch.stack([cx[col], cy[row], *values], dim=1)
+
+
+@torch.no_grad()
+def neighbourhood_features_all(maps: Tensor, view: Tensor, row: Tensor, col: Tensor, cy: Tensor, cx: Tensor) -> Tensor:
+    """``γ`` of the positions ``(view, row, col)`` (``LongTensor[K]``) under every filter of ``maps`` ``[V, F, h, w]``:
+    ``float32 [F, K, 11]`` (as :func:`neighbourhood_features`; slice ``maps`` by filters to bound memory)."""
+    padded = F.pad(maps.to(torch.float32), (1, 1, 1, 1))
+    n_filters, k = maps.shape[1], view.numel()
+    values = [padded[view, :, row + 1 + dy, col + 1 + dx].T for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # [F, K]
+    centres = [cx[col].expand(n_filters, k), cy[row].expand(n_filters, k)]
+    return torch.stack([*centres, *values], dim=2)
+
+
+@torch.no_grad()
+def regression_pairs(cy: Tensor, cx: Tensor, gt_boxes: Tensor, gt_view: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Map positions whose receptive-field centre lies inside a ground-truth box (``x1 ≤ c_x < x2`` and
+    ``y1 ≤ c_y < y2``): ``(box index, row, column)`` LongTensors ``[K]``; the view is ``gt_view[box]``."""
+    inside_y = (cy[None, :] >= gt_boxes[:, 1:2]) & (cy[None, :] < gt_boxes[:, 3:4])  # [B, h]
+    inside_x = (cx[None, :] >= gt_boxes[:, 0:1]) & (cx[None, :] < gt_boxes[:, 2:3])  # [B, w]
+    box, row, col = torch.nonzero(inside_y[:, :, None] & inside_x[:, None, :], as_tuple=True)
+    return box, row, col
+
+
+def _design(features: Tensor, intercept: bool) -> Tensor:
+    if not intercept:
+        return features.to(torch.float64)
+    ones = torch.ones(*features.shape[:-1], 1, dtype=torch.float64, device=features.device)
+    return torch.cat([features.to(torch.float64), ones], dim=-1)
+
+
+@torch.no_grad()
+def fit_box_regressors(features: Tensor, weights: Tensor, targets: Tensor, *, intercept: bool = True,
+                       ridge: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Weighted least squares per filter: ``argmin_w Σ_k a_k (t_k − w·γ_k)²`` for the four targets at once.
+
+    Args:
+        features: ``[F, K, D]`` γ of each training pair under each filter (the pairs are shared, the
+            activations differ per filter).
+        weights: ``[F, K]`` the activations (≥ 0).
+        targets: ``[K, 4]`` or ``[F, K, 4]``: ``(G_x − c_x, G_y − c_y, G_w, G_h)``.
+
+    Returns:
+        ``(W float64 [F, D (+1), 4], fitted bool [F])``; filters whose weights sum to 0 get W = 0 and
+        ``fitted`` False.
+    """
+    x = _design(features, intercept)
+    w = weights.to(torch.float64).clamp_min(0)
+    t = targets.to(torch.float64)
+    if t.dim() == 2:
+        t = t.expand(x.shape[0], -1, -1)
+    normal = torch.einsum("fkd,fk,fke->fde", x, w, x)
+    rhs = torch.einsum("fkd,fk,fke->fde", x, w, t)
+    diagonal = normal.diagonal(dim1=1, dim2=2)
+    scale = diagonal.mean(dim=1, keepdim=True).clamp_min(1e-12)
+    damping = torch.diag_embed(ridge * diagonal + 1e-12 * scale)  # Marquardt-style: relative to each feature
+    solution = torch.linalg.solve(normal + damping, rhs)
+    fitted = w.sum(dim=1) > 0
+    return torch.where(fitted[:, None, None], solution, torch.zeros_like(solution)), fitted
+
+
+@torch.no_grad()
+def apply_box_regressors(weights: Tensor, fitted: Tensor, filt: Tensor, features: Tensor, rf_size: tuple[float, float],
+                         *, intercept: bool = True, frame: tuple[int, int] | None = None,
+                         min_box_size: float = 1.0) -> Tensor:
+    """Regressed boxes ``float32 [K, 4]`` of detections of filters ``filt`` ``[K]`` with ``γ`` ``features``
+    ``[K, 11]``: centre ``(c_x + d_x, c_y + d_y)``, size ``(d_w, d_h)`` floored at ``min_box_size``. Filters not
+    ``fitted`` keep their receptive-field box (``rf_size`` = (height, width)). Clipped to ``frame`` = (H, W)."""
+    x = _design(features, intercept)
+    pred = torch.einsum("kd,kde->ke", x, weights[filt])
+    cx, cy = features[:, 0].to(torch.float64), features[:, 1].to(torch.float64)
+    use = fitted[filt]
+    centre_x = torch.where(use, cx + pred[:, 0], cx)
+    centre_y = torch.where(use, cy + pred[:, 1], cy)
+    width = torch.where(use, pred[:, 2].clamp_min(min_box_size), torch.full_like(cx, float(rf_size[1])))
+    height = torch.where(use, pred[:, 3].clamp_min(min_box_size), torch.full_like(cy, float(rf_size[0])))
+    return receptive_boxes(centre_x, centre_y, width, height, frame)
+
+
+def receptive_boxes(cx: Tensor, cy: Tensor, width: Tensor | float, height: Tensor | float,
+                    frame: tuple[int, int] | None) -> Tensor:
+    """``float32 [K, 4]`` boxes of the given centres and sizes, clipped to ``frame`` = (H, W) when given."""
+    boxes = torch.stack([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], dim=1)
+    if frame is not None:
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, frame[1])
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, frame[0])
+    return boxes.to(torch.float32)
+
+
+def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of ``a [..., N, 4]`` with ``b [..., M, 4]`` -> ``[..., N, M]`` (float64; 0 for empty unions)."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    area_a = (a[..., 2] - a[..., 0]).clamp_min(0) * (a[..., 3] - a[..., 1]).clamp_min(0)
+    area_b = (b[..., 2] - b[..., 0]).clamp_min(0) * (b[..., 3] - b[..., 1]).clamp_min(0)
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = (rb - lt).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[..., :, None] + area_b[..., None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-300), torch.zeros_like(inter))
+
+
+@torch.no_grad()
+def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
+                max_cells: int = 1 << 22) -> Tensor:
+    """Greedy NMS within each group (e.g. one (filter, view) pair), vectorised across groups.
+
+    Returns the kept indices (``LongTensor``, ascending). Within a group boxes are visited by decreasing score
+    (ties: lower index first); a box is dropped when its IoU with an already kept box exceeds ``iou_threshold``
+    (the rule of ``torchvision.ops.nms``). Groups are padded to their largest size in chunks of at most
+    ``max_cells`` IoU entries, so memory stays bounded.
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    order = np.lexsort((np.arange(n), -scores.cpu().numpy().astype(np.float64), groups.cpu().numpy()))
+    order = torch.from_numpy(order).to(boxes.device)
+    g = groups[order]
+    starts = torch.ones(n, dtype=torch.bool, device=boxes.device)
+    starts[1:] = g[1:] != g[:-1]
+    first = torch.nonzero(starts).flatten()
+    sizes = torch.diff(torch.cat([first, torch.tensor([n], device=boxes.device)]))
+    group_of = torch.cumsum(starts.to(torch.int64), 0) - 1
+    keep = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    single = sizes[group_of] == 1
+    keep[single] = True
+    by_size = torch.argsort(sizes, stable=True)
+    sizes_sorted = sizes[by_size].cpu().numpy()
+    n_groups = len(sizes_sorted)
+    position = int(np.searchsorted(sizes_sorted, 1, side="right"))
+    while position < n_groups:
+        # the next groups (ascending size) while the padded IoU tensor [groups, m, m] fits in max_cells
+        counts = np.arange(1, n_groups - position + 1)
+        fits = counts * sizes_sorted[position:].astype(np.int64) ** 2 <= max_cells
+        end = position + max(1, int(np.argmin(fits)) if not fits.all() else len(fits))
+        chunk = by_size[position:end]
+        m = int(sizes[chunk].max())
+        index = first[chunk][:, None] + torch.arange(m, device=boxes.device)[None, :]
+        valid = torch.arange(m, device=boxes.device)[None, :] < sizes[chunk][:, None]
+        index = torch.where(valid, index, torch.zeros_like(index))
+        chunk_boxes = boxes[order[index]]
+        iou = _pairwise_iou(chunk_boxes, chunk_boxes) > iou_threshold
+        kept = torch.zeros_like(valid)
+        suppressed = ~valid
+        for k in range(m):
+            take = ~suppressed[:, k]
+            kept[:, k] = take
+            suppressed |= take[:, None] & iou[:, k, :]
+        keep[order[index[kept]]] = True
+        position = end
+    return torch.nonzero(keep).flatten()
+
+
+@torch.no_grad()
+def best_ground_truth(boxes: Tensor, view: Tensor, gt_boxes: Tensor, gt_view: Tensor, iou_threshold: float,
+                      chunk: int = 1 << 16) -> Tensor:
+    """For each detection, the index of the ground-truth box of its view with maximal IoU (the first on ties)
+    when that IoU ≥ ``iou_threshold``, else -1 (``LongTensor[D]``). This is the only geometry VOC matching
+    needs: a detection's candidate box does not depend on the other detections."""
+    d = boxes.shape[0]
+    result = torch.full((d,), -1, dtype=torch.int64, device=boxes.device)
+    if d == 0 or gt_boxes.shape[0] == 0:
+        return result
+    n_views = int(max(int(view.max()), int(gt_view.max())) + 1)
+    counts = torch.bincount(gt_view, minlength=n_views)
+    g_max = int(counts.max())
+    order = torch.argsort(gt_view, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(gt_view), device=boxes.device) - starts[gt_view[order]]
+    table = torch.full((n_views, g_max), -1, dtype=torch.int64, device=boxes.device)
+    table[gt_view[order], slot] = order
+    for begin in range(0, d, chunk):
+        ids = table[view[begin:begin + chunk]]  # [c, g_max]
+        candidates = gt_boxes[ids.clamp_min(0)]
+        iou = _pairwise_iou(boxes[begin:begin + chunk, None, :], candidates)[:, 0, :]
+        iou = torch.where(ids >= 0, iou, torch.full_like(iou, -1.0))
+        value, arg = iou.max(dim=1)
+        best = ids.gather(1, arg[:, None])[:, 0]
+        result[begin:begin + chunk] = torch.where(value >= iou_threshold, best, torch.full_like(best, -1))
+    return result
+
+
+def score_order(scores: np.ndarray) -> np.ndarray:
+    """Indices by decreasing score, ties by increasing index (a stable sort)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.lexsort((np.arange(len(scores)), -scores))
+
+
+def tp_flags(best_gt_in_order: np.ndarray) -> np.ndarray:
+    """True positives of detections already in score order, given each one's best ground truth (-1 = none):
+    the first detection taking a ground truth is correct, later ones are duplicates (false positives)."""
+    best = np.asarray(best_gt_in_order, dtype=np.int64)
+    tp = np.zeros(len(best), dtype=bool)
+    has = np.flatnonzero(best >= 0)
+    if len(has):
+        _, first = np.unique(best[has], return_index=True)
+        tp[has[first]] = True
+    return tp
+
+
+def precision_recall(tp: np.ndarray, n_gt: int) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall after each detection (``float64 [D]``) of a ranked list of TP flags."""
+    tp = np.asarray(tp, dtype=bool)
+    hits = np.cumsum(tp)
+    ranks = np.arange(1, len(tp) + 1)
+    return hits / ranks, hits / max(n_gt, 1)
+
+
+def voc_ap(tp: np.ndarray, n_gt: int) -> tuple[float, float]:
+    """``(AP, maximal recall)`` of ranked TP flags, VOC 2010+ all-point interpolation: the area under the
+    precision envelope (precision at recall r = max precision at any recall ≥ r). 0 without ground truth."""
+    tp = np.asarray(tp, dtype=bool)
+    if n_gt <= 0 or len(tp) == 0 or not tp.any():
+        return 0.0, 0.0
+    precision, _ = precision_recall(tp, n_gt)
+    at_hits = precision[tp]
+    envelope = np.maximum.accumulate(at_hits[::-1])[::-1]
+    return float(envelope.sum() / n_gt), float(tp.sum() / n_gt)
+
+
+def average_precision(boxes: Tensor, scores: Tensor, view: Tensor, gt_boxes: Tensor, gt_view: Tensor,
+                      iou_threshold: float = 0.4) -> tuple[float, float]:
+    """AP and maximal recall of a set of detections from scratch (match, sort, greedy, VOC AP)."""
+    best = best_ground_truth(boxes, view, gt_boxes, gt_view, iou_threshold).cpu().numpy()
+    order = score_order(scores.cpu().numpy())
+    return voc_ap(tp_flags(best[order]), int(gt_boxes.shape[0]))
+
+
+class DetectionMatching:
+    """Every filter's detections of one part, matched once, so that the AP of any union of filters is cheap.
+
+    A detection's VOC outcome in a union depends only on (a) its ground truth of maximal IoU (fixed,
+    :func:`best_ground_truth`) and (b) whether a better-ranked detection of the union took that ground truth
+    first. All detections get one global rank (score descending, ties by input order); per filter we keep the
+    sorted ranks and, per ground truth, the best rank of a detection that could take it. The union of a
+    selection S then has, for each ground truth, its TP at ``min_{f∈S} first[f, g]`` and that TP's position in
+    the union's ranking is ``Σ_{f∈S} #{detections of f with rank ≤ r}`` (binary searches): AP needs no sort and
+    no IoU. Equal to :func:`average_precision` on the concatenated detections (ties by input order).
+
+    Args:
+        det_filter: ``int [D]`` filter of each detection; det_score ``float [D]``; det_gt ``int [D]`` the best
+            ground truth (-1 for none); n_gt the number of ground-truth instances; n_filters F.
+    """
+
+    def __init__(self, det_filter: np.ndarray, det_score: np.ndarray, det_gt: np.ndarray, n_gt: int, n_filters: int,
+                 max_table_cells: int = 1 << 25):
+        det_filter = np.asarray(det_filter, dtype=np.int64)
+        det_gt = np.asarray(det_gt, dtype=np.int64)
+        d = len(det_filter)
+        self.n_gt = int(n_gt)
+        self.n_filters = int(n_filters)
+        rank = np.empty(d, dtype=np.int64)
+        rank[score_order(det_score)] = np.arange(d)
+        by_filter = np.lexsort((rank, det_filter))
+        self._ranks = rank[by_filter]
+        counts = np.bincount(det_filter, minlength=n_filters)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.counts = counts
+        self._big = np.int64(d + 1)
+        first = np.full((self.n_filters, max(self.n_gt, 1)), self._big, dtype=np.int64)
+        hit = det_gt >= 0
+        np.minimum.at(first, (det_filter[hit], det_gt[hit]), rank[hit])
+        self._first = first
+        # Only a (filter, ground truth) "first" detection can ever be a union's true positive. For each of them
+        # (sorted global ranks ``_candidates``) and each filter: how many of the filter's detections rank at or
+        # above it. A union's TP positions are then column sums over its filters, with no per-filter loop.
+        # The table is F x (at most F x G) int32; past ``max_table_cells`` the positions come from one binary
+        # search per selected filter instead (same numbers, slower).
+        candidates = np.unique(first[first < self._big])
+        self._candidates = candidates
+        self._below = None
+        if self.n_filters * len(candidates) <= max_table_cells:
+            below = np.zeros((self.n_filters, len(candidates)), dtype=np.int32)
+            for f in range(self.n_filters):
+                below[f] = np.searchsorted(self._ranks[self._offsets[f]:self._offsets[f + 1]], candidates,
+                                           side="right")
+            self._below = below
+        self._cache: dict[bytes, tuple[float, float]] = {}
+
+    def _tp_positions(self, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global ranks of the union's true positives (ascending) and their 1-based positions in the union."""
+        tp_rank = self._first[selected].min(axis=0)
+        tp_rank = np.sort(tp_rank[tp_rank < self._big])
+        if self._below is not None:
+            columns = np.searchsorted(self._candidates, tp_rank)
+            return tp_rank, self._below[np.ix_(selected, columns)].sum(axis=0, dtype=np.int64)
+        position = np.zeros(len(tp_rank), dtype=np.int64)
+        for f in selected:
+            position += np.searchsorted(self._ranks[self._offsets[f]:self._offsets[f + 1]], tp_rank, side="right")
+        return tp_rank, position
+
+    def ap(self, chromosome: np.ndarray) -> tuple[float, float]:
+        """``(AP, maximal recall)`` of the union of the filters where ``chromosome`` (bool ``[F]``) is set."""
+        chromosome = np.asarray(chromosome, dtype=bool)
+        key = np.packbits(chromosome).tobytes()
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        selected = np.flatnonzero(chromosome)
+        if len(selected) == 0 or self.n_gt == 0:
+            result = (0.0, 0.0)
+        else:
+            _, position = self._tp_positions(selected)
+            if len(position) == 0:
+                result = (0.0, 0.0)
+            else:
+                precision = np.arange(1, len(position) + 1) / position
+                envelope = np.maximum.accumulate(precision[::-1])[::-1]
+                result = (float(envelope.sum() / self.n_gt), float(len(position) / self.n_gt))
+        self._cache[key] = result
+        return result
+
+    def single_aps(self) -> tuple[np.ndarray, np.ndarray]:
+        """AP and maximal recall of each filter alone: ``float64 [F]`` each."""
+        aps, recalls = np.zeros(self.n_filters), np.zeros(self.n_filters)
+        for f in range(self.n_filters):
+            chromosome = np.zeros(self.n_filters, dtype=bool)
+            chromosome[f] = True
+            aps[f], recalls[f] = self.ap(chromosome)
+        return aps, recalls
+
+    def curve(self, chromosome: np.ndarray, max_points: int = 200) -> tuple[list[float], list[float]]:
+        """The union's precision–recall curve at its true positives (precision as measured, not interpolated),
+        starting at recall 0 and thinned to at most ``max_points`` points: ``(recall, precision)``."""
+        selected = np.flatnonzero(np.asarray(chromosome, dtype=bool))
+        if len(selected) == 0 or self.n_gt == 0:
+            return [0.0], [1.0]
+        _, position = self._tp_positions(selected)
+        hits = np.arange(1, len(position) + 1)
+        recall, precision = hits / self.n_gt, hits / np.maximum(position, 1)
+        if len(recall) > max_points:
+            keep = np.unique(np.linspace(0, len(recall) - 1, max_points).round().astype(int))
+            recall, precision = recall[keep], precision[keep]
+        return [0.0, *recall.tolist()], [float(precision[0]) if len(precision) else 1.0, *precision.tolist()]
+
+
+PALETTE = ((230, 25, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
+           (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
+GROUND_TRUTH_COLOUR = (60, 200, 75)
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, colours: list[tuple[int, int, int]], *,
+               crop: tuple[float, float, float, float] | None = None, min_side: int = 192,
+               width: int = 2) -> np.ndarray:
+    """``uint8 [h, w, 3]``: ``image`` (``uint8 [H, W, 3]``) cut to ``crop`` (image pixels, clipped), enlarged by
+    an integer factor (nearest) until its shorter side is ≥ ``min_side``, with ``boxes`` ``[n, 4]`` (image
+    pixels, x1 y1 x2 y2) outlined in their ``colours``."""
+    from PIL import Image, ImageDraw
+
+    height, width_px = image.shape[:2]
+    x1, y1, x2, y2 = crop if crop is not None else (0, 0, width_px, height)
+    left, top = int(max(0, np.floor(x1))), int(max(0, np.floor(y1)))
+    right, bottom = int(min(width_px, np.ceil(x2))), int(min(height, np.ceil(y2)))
+    part = image[top:bottom, left:right]
+    scale = max(1, int(np.ceil(min_side / max(1, min(part.shape[:2])))))
+    picture = Image.fromarray(part).resize((part.shape[1] * scale, part.shape[0] * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(picture)
+    for box, colour in zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), colours):
+        a = ((box[0] - left) * scale, (box[1] - top) * scale)
+        b = ((box[2] - left) * scale - 1, (box[3] - top) * scale - 1)
+        if b[0] > a[0] and b[1] > a[1]:
+            draw.rectangle([a, b], outline=tuple(colour), width=width)
+    return np.asarray(picture)

@@ -1,0 +1,615 @@
+"""Explanatory graphs (Zhang et al. AAAI'18): learning (a Run), location instability against raw filters, export,
+and the reads the pages and the crowd purity task need.
+
+``explanatory_graph`` (``gpu`` queue) reads each chosen layer's float16 activation cache (running the layer's
+extraction first, inline, when there is none, as ``dissect`` does), places every unit at its receptive-field
+centre on the network's input plane (:func:`analysis.engine.receptive_field.unit_centers`; one plane unit = the
+input's longer side) and learns the graph top-down with :func:`analysis.engine.explanatory_graph.learn_graph` on
+the ``learn_split`` images (paper: the training images; ``max_learn_images`` draws a seeded subset). Every node is
+then inferred on every image of the dataset; the inference arrays are memory maps under
+``UNITSCOPE_DATA_DIR/explanatory_graphs/<run id>/``. ``min_sigma``, the floor of every σ (the paper sets none),
+defaults to each layer's stride/√12 (plane units): the spread of a position known only to its unit cell.
+
+Location instability (AAAI'18 Table 1) is measured on the ``eval_split`` images (paper: testing images) against
+landmarks = the centres of the boxes of the chosen part classes (``landmarks``; on the probe world e.g. head, torso,
+body; the first instance when an image has several), distances normalised by the image diagonal. Patterns: the
+``top_patterns`` nodes of each layer with the highest Σ_I S_V^I and, as the baseline, the ``top_patterns`` raw
+filters with the highest Σ_I max activation, each localised at its highest unit (Zhou et al. 2015); per pattern the
+``top_images`` highest-scoring images (paper: 500 patterns, 20 images). Rows of :class:`GraphInstability` keep the
+per-pattern values that enter the means.
+
+Purity (for the crowd task, built in ``annotation``): :func:`graph_purity_candidates` lists the top-D nodes of a layer
+(the paper's comparison set) with their K; :func:`graph_purity_inferences` returns, for a node or a raw filter, its
+top-K inferences with K by the paper's 30 % inference-energy rule, as image indices, scores and patch boxes in
+dataset-image pixels; :func:`purity_patch_picture` draws them.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+
+from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
+from analysis.models import (AnnotatedBox, Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Layer,
+                             Network, Run)
+
+from .dissection import _ensure_extraction
+from .extraction import open_activation_cache
+from .runs import RunInputError, RunProgress, run_start
+
+GRAPH_DEFAULTS: dict[str, Any] = {
+    "nodes_per_filter": None, "neighbours": 15, "tau": 0.1, "iterations": 20, "beta": 1.0,
+    "init_sigma": 0.1, "min_sigma": None, "fit_top_sigma": False, "seed": 0, "batch_size": 16, "learn_split": "train",
+    "max_learn_images": 0, "quantile": 0.995, "landmarks": ["head", "torso", "body"], "eval_split": "val",
+    "top_patterns": 500, "top_images": 20, "instability": "aaai",
+}
+GRAPH_DIR = "explanatory_graphs"
+MAX_LAYERS = 6
+PATTERN_CHUNK = 512
+PURITY_FRACTION = 0.3
+
+
+def graph_params(*, network: str, dataset: str, layers: list[str], **overrides: Any) -> dict[str, Any]:
+    """The full, validated parameters of an ``explanatory_graph`` run (defaults filled in; paper values where the
+    paper gives them: τ=0.1, M=15, T=20, β=1, N per layer 10, 20, 40 from the top)."""
+    params = {"network": network, "dataset": dataset, "layers": list(layers), **GRAPH_DEFAULTS}
+    params.update({key: value for key, value in overrides.items() if value is not None})
+    names = params["layers"]
+    if not names or len(names) > MAX_LAYERS or len(set(names)) != len(names):
+        raise RunInputError(f"Name between 1 and {MAX_LAYERS} distinct layers.")
+    try:
+        for key in ("neighbours", "iterations", "seed", "batch_size", "max_learn_images", "top_patterns",
+                    "top_images"):
+            params[key] = int(params[key])
+        for key in ("tau", "beta", "init_sigma", "quantile"):
+            params[key] = float(params[key])
+        if params["min_sigma"] is not None:
+            params["min_sigma"] = float(params["min_sigma"])
+        if params["nodes_per_filter"] is not None:
+            params["nodes_per_filter"] = [int(n) for n in params["nodes_per_filter"]]
+    except (TypeError, ValueError):
+        raise RunInputError("numeric parameters of explanatory_graph must be numbers "
+                            "(nodes_per_filter a list of integers, one per layer)") from None
+    if params["nodes_per_filter"] is not None and (len(params["nodes_per_filter"]) != len(params["layers"])
+                                                   or min(params["nodes_per_filter"]) < 1
+                                                   or max(params["nodes_per_filter"]) > 200):
+        raise RunInputError("nodes_per_filter needs one count (1–200) per layer, top layer first.")
+    if not 1 <= params["neighbours"] <= 200 or not 1 <= params["iterations"] <= 500:
+        raise RunInputError("neighbours (M) must be 1–200 and iterations (T) 1–500.")
+    if (params["tau"] <= 0 or params["beta"] <= 0 or params["init_sigma"] <= 0
+            or (params["min_sigma"] is not None and params["min_sigma"] <= 0)):
+        raise RunInputError("tau, beta, init_sigma and min_sigma must be positive.")
+    if not 1 <= params["batch_size"] <= 1024 or params["max_learn_images"] < 0:
+        raise RunInputError("batch_size must be 1–1024 and max_learn_images ≥ 0 (0 = all).")
+    if params["top_patterns"] < 1 or params["top_images"] < 2:
+        raise RunInputError("top_patterns must be positive and top_images at least 2.")
+    if params["instability"] not in ("aaai", "arxiv"):
+        raise RunInputError("instability must be aaai (mean of the stds) or arxiv (root of the mean variance).")
+    params["fit_top_sigma"] = bool(params["fit_top_sigma"])
+    params["landmarks"] = sorted({str(name).strip() for name in params["landmarks"] if str(name).strip()})
+    return params
+
+
+def graph_run_start(*, network: str, dataset: str, layers: list[str], created_by=None, inline: bool = False,
+                    **overrides: Any) -> Run:
+    """Start (or reuse, when identical) an explanatory-graph run; returns its run."""
+    run, _ = run_start(kind=EXPLANATORY_GRAPH.name,
+                       params=graph_params(network=network, dataset=dataset, layers=layers, **overrides),
+                       created_by=created_by, inline=inline)
+    return run
+
+
+# -- geometry -------------------------------------------------------------------------------------------------------
+
+def _centres(layer: Layer, network: Network):
+    """``(cy float32 [h], cx float32 [w])`` receptive-field centres in input pixels."""
+    import torch
+
+    from analysis.engine.receptive_field import LayerGeometry, unit_centers
+
+    if layer.rf_stride_y is None or layer.rf_offset_y is None:
+        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so its units "
+                            "cannot be placed on the image plane.")
+    geometry = LayerGeometry(size=(int(layer.rf_size_y or 1), int(layer.rf_size_x or 1)),
+                             stride=(int(layer.rf_stride_y), int(layer.rf_stride_x)),
+                             offset=(float(layer.rf_offset_y), float(layer.rf_offset_x)))
+    return unit_centers(geometry, layer.out_height, layer.out_width, device=torch.device("cpu"))
+
+
+def _input_positions(layer: Layer, network: Network) -> np.ndarray:
+    """float64 ``[h*w, 2]`` (y, x) of every unit (row-major) in input pixels."""
+    cy, cx = _centres(layer, network)
+    yy, xx = np.meshgrid(cy.numpy().astype(np.float64), cx.numpy().astype(np.float64), indexing="ij")
+    return np.stack([yy.ravel(), xx.ravel()], axis=1)
+
+
+def _quantisation_sigma(layer: Layer, plane: float) -> float:
+    """The default floor of every σ (plane units): a position known only to its unit cell has a per-coordinate
+    standard deviation of stride/√12 (our choice; the paper sets no floor)."""
+    return float(max(layer.rf_stride_y or 1, layer.rf_stride_x or 1)) / math.sqrt(12) / plane
+
+
+def _plane_unit(network: Network) -> float:
+    return float(max(network.input_height, network.input_width))
+
+
+def _patch_size(network: Network) -> float:
+    """Fig. 5's fixed patch (70 px on 224 px inputs), as the same fraction of this network's input, input pixels."""
+    from analysis.engine.explanatory_graph import PATCH_FRACTION
+
+    return PATCH_FRACTION * _plane_unit(network)
+
+
+# -- the run --------------------------------------------------------------------------------------------------------
+
+def _learn_rows(dataset: Dataset, params: dict[str, Any]) -> np.ndarray:
+    rows = np.array(dataset.images.filter(split=params["learn_split"]).order_by("index")
+                    .values_list("index", flat=True), dtype=np.int64)
+    if not len(rows):
+        raise RunInputError(f"{dataset.name} has no {params['learn_split']!r} images to learn from.")
+    if params["max_learn_images"] and len(rows) > params["max_learn_images"]:
+        rng = np.random.default_rng([params["seed"], 9])
+        rows = np.sort(rng.choice(rows, size=params["max_learn_images"], replace=False))
+    return rows
+
+
+def _ordered_layers(network: Network, names: list[str]) -> list[Layer]:
+    found = {layer.name: layer for layer in network.layers.filter(name__in=names)}
+    missing = [name for name in names if name not in found]
+    if missing:
+        available = ", ".join(network.layers.values_list("name", flat=True)[:30])
+        raise RunInputError(f"{network.name} has no layer {', '.join(missing)}; its layers: {available}")
+    return sorted(found.values(), key=lambda layer: -layer.order)  # top layer first
+
+
+def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.explanatory_graph import LayerConfig, LayerSource, default_nodes_per_filter, learn_graph
+
+    params = graph_params(**run.params)
+    network = Network.objects.filter(name=params["network"]).first()
+    dataset = Dataset.objects.filter(name=params["dataset"]).first()
+    if network is None:
+        raise RunInputError(f"No network named {params['network']!r}.")
+    if dataset is None:
+        raise RunInputError(f"No dataset named {params['dataset']!r}.")
+    layers = _ordered_layers(network, params["layers"])
+    nodes = params["nodes_per_filter"] or default_nodes_per_filter(len(layers))
+    if params["nodes_per_filter"] is not None:  # given in the order the researcher named the layers
+        by_name = dict(zip(params["layers"], params["nodes_per_filter"]))
+        nodes = [by_name[layer.name] for layer in layers]
+    plane = _plane_unit(network)
+    extractions, maps, sources = {}, {}, []
+    for layer in layers:
+        progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
+        extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
+        extractions[layer.name] = extraction
+        maps[layer.name] = open_activation_cache(extraction)
+        positions = torch.from_numpy(_input_positions(layer, network) / plane).to(torch.float32)
+        cache = maps[layer.name]
+        sources.append(LayerSource(layer.name, lambda rows, cache=cache: np.asarray(cache[rows], dtype=np.float32),
+                                   positions, layer.units))
+    configs = [LayerConfig(nodes_per_filter=n, neighbours=params["neighbours"], tau=params["tau"],
+                           iterations=params["iterations"], beta=params["beta"], init_sigma=params["init_sigma"],
+                           min_sigma=params["min_sigma"] or _quantisation_sigma(layer, plane),
+                           fit_top_sigma=params["fit_top_sigma"])
+               for n, layer in zip(nodes, layers)]
+    learn_rows = _learn_rows(dataset, params)
+    directory = settings.UNITSCOPE_DATA_DIR / GRAPH_DIR / str(run.pk)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def allocate(name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        suffix = "i32" if dtype == "int32" else "f32"
+        return np.memmap(directory / f"{name}.{suffix}", dtype=dtype, mode="w+", shape=shape)
+
+    state = {"phase": None}
+
+    def report(phase: str, done: int, total: int) -> None:
+        if phase != state["phase"]:
+            progress.phase(phase, total)
+            state["phase"] = phase
+        progress(done, total)
+
+    result = learn_graph(sources, configs, learn_rows=learn_rows, n_images=dataset.image_count, allocate=allocate,
+                         seed=params["seed"], batch_size=params["batch_size"], device=torch.device(device),
+                         progress=report)
+    for name in result.units:
+        result.units[name].flush()
+        result.scores[name].flush()
+    progress.phase("Saving the graph", total=len(layers))
+    with transaction.atomic():
+        graph = ExplanatoryGraph.objects.create(
+            run=run, network=network, dataset=dataset, layers=[layer.name for layer in layers],
+            extraction_runs={name: extraction.run_id for name, extraction in extractions.items()},
+            params={key: params[key] for key in GRAPH_DEFAULTS} | {"nodes_per_filter": nodes},
+            directory=str(directory), n_images=dataset.image_count, n_learn_images=len(learn_rows),
+            plane_unit=plane, landmarks=params["landmarks"])
+        saved = _save_graph(graph, layers, result, progress)
+    instability = _measure_instability(graph, layers, result, maps, params, progress)
+    graph.instability = instability
+    graph.n_nodes, graph.n_edges = saved
+    graph.save(update_fields=["instability", "n_nodes", "n_edges"])
+    return {"graph": graph.pk, "layers": graph.layers, "nodes": saved[0], "edges": saved[1],
+            "learn_images": len(learn_rows), "instability": instability,
+            "extraction_runs": graph.extraction_runs}
+
+
+def _save_graph(graph: ExplanatoryGraph, layers: list[Layer], result, progress: RunProgress) -> tuple[int, int]:
+    """Arrays to ``<layer>.npz``, nodes and edges to rows; returns ``(nodes, edges)``."""
+    plane = graph.plane_unit
+    directory = Path(graph.directory)
+    upper_rows: dict[int, GraphNode] | None = None
+    upper_layer = None
+    n_nodes = n_edges = 0
+    for level, (layer, learned) in enumerate(zip(layers, result.layers)):
+        mu = learned.mu.cpu().numpy().astype(np.float64) * plane
+        sigma2 = learned.sigma2.cpu().numpy().astype(np.float64)
+        edges = learned.edges.cpu().numpy()
+        mass = learned.mass.cpu().numpy()
+        noise = learned.noise_mass.cpu().numpy()
+        totals = np.asarray(result.scores[layer.name], dtype=np.float64).sum(0)
+        np.savez(directory / f"{layer.name}.npz", mu=mu, sigma2=sigma2 * plane ** 2, edges=edges,
+                 normalizer=learned.normalizer.cpu().numpy(), mass=mass, noise_mass=noise,
+                 fit_sigma2=learned.fit_sigma2.cpu().numpy() * plane ** 2,
+                 log_likelihood=np.array(learned.log_likelihood), score_total=totals)
+        per_filter = learned.nodes_per_filter
+        filter_mass = mass.sum(1) + noise
+        order = np.argsort(-totals, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(1, len(order) + 1)
+        rows = []
+        for flat in range(learned.n_nodes):
+            d, n = divmod(flat, per_filter)
+            rows.append(GraphNode(graph=graph, layer=layer, level=level, filter=d, node=n, flat=flat,
+                                  mu_y=float(mu[d, n, 0]), mu_x=float(mu[d, n, 1]),
+                                  sigma=float(math.sqrt(sigma2[d, n]) * plane),
+                                  mass=float(mass[d, n] / filter_mass[d]) if filter_mass[d] > 0 else 0.0,
+                                  score_total=float(totals[flat]), rank=int(rank[flat])))
+        GraphNode.objects.bulk_create(rows, batch_size=2000)
+        current = {row.flat: row for row in GraphNode.objects.filter(graph=graph, layer=layer)}
+        n_nodes += len(current)
+        if upper_rows is not None:
+            edge_rows = []
+            for flat, child in current.items():
+                for order_index, parent_flat in enumerate(edges[flat].tolist()):
+                    parent = upper_rows[parent_flat]
+                    edge_rows.append(GraphEdge(graph=graph, child=child, parent=parent, order=order_index,
+                                               dx=child.mu_x - parent.mu_x, dy=child.mu_y - parent.mu_y))
+            GraphEdge.objects.bulk_create(edge_rows, batch_size=5000)
+            n_edges += len(edge_rows)
+        upper_rows, upper_layer = current, layer
+        progress(level + 1, len(layers))
+    del upper_layer
+    return n_nodes, n_edges
+
+
+def _image_table(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(heights, widths)`` float64 ``[I]`` of the dataset's images by index."""
+    values = np.array(dataset.images.order_by("index").values_list("height", "width"), dtype=np.float64)
+    return values[:, 0], values[:, 1]
+
+
+def _landmarks(dataset: Dataset, names: list[str], n_images: int) -> np.ndarray:
+    """float64 ``[I, K, 2]`` (y, x) box centres of each named part (first instance), NaN where absent."""
+    out = np.full((n_images, len(names), 2), np.nan)
+    boxes = (AnnotatedBox.objects.filter(image__dataset=dataset, kind=AnnotatedBox.Kind.PART, concept__name__in=names)
+             .order_by("image__index", "concept__name", "instance", "object_index", "id")
+             .values_list("image__index", "concept__name", "x1", "y1", "x2", "y2"))
+    position = {name: k for k, name in enumerate(names)}
+    for index, name, x1, y1, x2, y2 in boxes:
+        k = position[name]
+        if np.isnan(out[index, k, 0]):
+            out[index, k] = ((y1 + y2) / 2, (x1 + x2) / 2)
+    return out
+
+
+def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, maps, params, progress
+                         ) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.explanatory_graph import location_instability, raw_filter_peaks
+
+    dataset, network = graph.dataset, graph.network
+    names = params["landmarks"]
+    rows = np.array(dataset.images.filter(split=params["eval_split"]).order_by("index")
+                    .values_list("index", flat=True), dtype=np.int64)
+    if not len(rows):
+        rows = np.arange(dataset.image_count, dtype=np.int64)
+    landmarks = _landmarks(dataset, names, dataset.image_count)[rows]
+    if not names or np.isnan(landmarks).all():
+        return {"note": f"no landmark parts ({', '.join(names) or 'none named'}) on the evaluation images"}
+    heights, widths = _image_table(dataset)
+    scale = np.stack([heights[rows] / network.input_height, widths[rows] / network.input_width], axis=1)  # [I, 2]
+    diagonals = torch.from_numpy(np.hypot(heights[rows], widths[rows]))
+    landmark_t = torch.from_numpy(landmarks)
+    summary: dict[str, Any] = {}
+    progress.phase("Location instability of nodes and raw filters", total=len(layers))
+    for done, layer in enumerate(layers, start=1):
+        unit_pos = _input_positions(layer, network)  # [P, 2]
+        nodes = list(GraphNode.objects.filter(graph=graph, layer=layer).order_by("rank")[:params["top_patterns"]])
+        units = np.asarray(result.units[layer.name][rows])  # [I_eval, nodes]: read once
+        scores = np.asarray(result.scores[layer.name][rows])
+        node_rows = []
+        node_values = []
+        for start in range(0, len(nodes), PATTERN_CHUNK):
+            chunk = nodes[start:start + PATTERN_CHUNK]
+            columns = [node.flat for node in chunk]
+            chosen = units[:, columns].astype(np.int64)
+            positions = unit_pos[chosen] * scale[:, None, :]
+            value, stds = location_instability(torch.from_numpy(positions),
+                                               torch.from_numpy(scores[:, columns]), landmark_t,
+                                               diagonals, top_images=params["top_images"],
+                                               combine=params["instability"])
+            for position, node in enumerate(chunk):
+                node_values.append(float(value[position]))
+                node_rows.append(_instability_row(graph, layer, GraphInstability.Kind.NODE, node.filter, node,
+                                                  node.rank, value[position], stds[position], names))
+        # Raw filters: each filter's highest unit on each evaluation image; ranked by Σ_I max activation (all images).
+        cache = maps[layer.name]
+        peaks_units = np.zeros((len(rows), layer.units), dtype=np.int64)
+        peaks_values = np.zeros((len(rows), layer.units), dtype=np.float64)
+        strength = np.zeros(layer.units, dtype=np.float64)
+        for start in range(0, dataset.image_count, 256):
+            block = np.arange(start, min(dataset.image_count, start + 256))
+            units_b, values_b = raw_filter_peaks(np.asarray(cache[block], dtype=np.float32))
+            strength += values_b.clamp(min=0).to(torch.float64).sum(0).numpy()
+            inside = np.isin(block, rows)
+            if inside.any():
+                where = np.searchsorted(rows, block[inside])
+                peaks_units[where] = units_b.numpy()[inside]
+                peaks_values[where] = values_b.numpy()[inside]
+        filter_order = np.argsort(-strength, kind="stable")[:params["top_patterns"]]
+        positions = unit_pos[peaks_units[:, filter_order]] * scale[:, None, :]
+        value, stds = location_instability(torch.from_numpy(positions), torch.from_numpy(peaks_values[:, filter_order]),
+                                           landmark_t, diagonals, top_images=params["top_images"],
+                                           combine=params["instability"])
+        filter_rows = [_instability_row(graph, layer, GraphInstability.Kind.FILTER, int(d), None, rank, value[rank - 1],
+                                        stds[rank - 1], names)
+                       for rank, d in enumerate(filter_order.tolist(), start=1)]
+        GraphInstability.objects.bulk_create(node_rows + filter_rows, batch_size=2000)
+        node_mean = _nanmean(node_values)
+        filter_mean = _nanmean([float(v) for v in value])
+        summary[layer.name] = {"nodes": node_mean, "filters": filter_mean, "node_patterns": len(nodes),
+                               "filter_patterns": len(filter_order), "images": int(len(rows))}
+        progress(done, len(layers))
+    return summary
+
+
+def _nanmean(values: list[float]) -> float | None:
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else None
+
+
+def _instability_row(graph, layer, kind, filter_index, node, rank, value, stds, names) -> GraphInstability:
+    value = float(value)
+    return GraphInstability(graph=graph, layer=layer, kind=kind, filter=int(filter_index), node=node, rank=int(rank),
+                            instability=value if value == value else None,
+                            per_landmark={name: float(s) for name, s in zip(names, stds.tolist()) if s == s})
+
+
+# -- reads for pages and the purity task ----------------------------------------------------------------------------
+
+def graph_inference_arrays(graph: ExplanatoryGraph, layer_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(units int32 [I, nodes], scores float32 [I, nodes])`` of a graph layer, read-only memory maps."""
+    if layer_name not in graph.layers:
+        raise RunInputError(f"The graph has no layer {layer_name!r}.")
+    n_nodes = GraphNode.objects.filter(graph=graph, layer__name=layer_name).count()
+    directory = Path(graph.directory)
+    shape = (graph.n_images, n_nodes)
+    return (np.memmap(directory / f"{layer_name}-units.i32", dtype=np.int32, mode="r", shape=shape),
+            np.memmap(directory / f"{layer_name}-scores.f32", dtype=np.float32, mode="r", shape=shape))
+
+
+@dataclass(frozen=True)
+class PatternInference:
+    """One inference of a pattern on one image, for people to judge: ``box`` ``(x1, y1, x2, y2)`` in the dataset
+    image's pixels (a fixed-size square around ``centre`` ``(y, x)``, Fig. 5's patch; may extend past the image)."""
+
+    image_index: int
+    score: float
+    centre: tuple[float, float]
+    box: tuple[float, float, float, float]
+
+
+def _box(graph_network: Network, centre_input: np.ndarray, height: float, width: float
+         ) -> tuple[tuple[float, float], tuple[float, float, float, float]]:
+    sy, sx = height / graph_network.input_height, width / graph_network.input_width
+    cy, cx = float(centre_input[0] * sy), float(centre_input[1] * sx)
+    half_y, half_x = _patch_size(graph_network) * sy / 2, _patch_size(graph_network) * sx / 2
+    return (cy, cx), (cx - half_x, cy - half_y, cx + half_x, cy + half_y)
+
+
+def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction: float | None = None
+                          ) -> list[PatternInference]:
+    """A node's inferences, best first: the ``limit`` top-scoring images, or (``fraction``) the paper's top-K with
+    ``Σ_{i≤K} S ≥ fraction · Σ S`` (images where the node scores 0 are never shown)."""
+    from analysis.engine.explanatory_graph import energy_top_k
+
+    graph = node.graph
+    units, scores = graph_inference_arrays(graph, node.layer.name)
+    column = np.asarray(scores[:, node.flat], dtype=np.float64)
+    if fraction is not None:
+        chosen = energy_top_k(column, fraction)
+    else:
+        chosen = np.argsort(-column, kind="stable")[:limit]
+        chosen = chosen[column[chosen] > 0]
+    positions = _input_positions(node.layer, graph.network)
+    heights, widths = _image_table(graph.dataset)
+    out = []
+    for index in chosen.tolist():
+        centre, box = _box(graph.network, positions[int(units[index, node.flat])], heights[index], widths[index])
+        out.append(PatternInference(image_index=int(index), score=float(column[index]), centre=centre, box=box))
+    return out
+
+
+def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index: int, *, limit: int | None = None,
+                            fraction: float | None = None, mode: str = "peaks") -> list[list[PatternInference]]:
+    """A raw filter's inferences, best first, grouped per image (the paper's two purity baselines).
+
+    ``mode="peaks"`` ("raw filter peaks"): one inference per image at the filter's highest unit, images ranked by that
+    peak. ``mode="maps"`` ("raw filter maps"): every unit with a positive response, each drawn as a fixed-size patch
+    around its receptive-field centre, images ranked by the map's activation energy (its sum). ``fraction`` applies
+    the 30 % energy rule to K; otherwise the ``limit`` top images.
+    """
+    from analysis.engine.explanatory_graph import energy_top_k
+
+    if mode not in ("peaks", "maps"):
+        raise RunInputError("mode must be 'peaks' or 'maps'.")
+    extraction_run = graph.extraction_runs.get(layer.name)
+    extraction = layer.extractions.filter(run_id=extraction_run, dataset=graph.dataset).first()
+    if extraction is None:
+        raise RunInputError(f"The activations of {layer.name} this graph read are gone.")
+    maps = open_activation_cache(extraction)
+    per_image = np.zeros(graph.n_images, dtype=np.float64)
+    for start in range(0, graph.n_images, 512):
+        block = np.asarray(maps[start:start + 512, filter_index], dtype=np.float64).reshape(-1, extraction.map_height
+                                                                                            * extraction.map_width)
+        per_image[start:start + 512] = block.max(1) if mode == "peaks" else np.clip(block, 0, None).sum(1)
+    if fraction is not None:
+        chosen = energy_top_k(per_image, fraction)
+    else:
+        chosen = np.argsort(-per_image, kind="stable")[:limit]
+        chosen = chosen[per_image[chosen] > 0]
+    positions = _input_positions(layer, graph.network)
+    heights, widths = _image_table(graph.dataset)
+    out = []
+    for index in chosen.tolist():
+        flat = np.asarray(maps[index, filter_index], dtype=np.float64).ravel()
+        units = [int(np.argmax(flat))] if mode == "peaks" else np.flatnonzero(flat > 0).tolist()
+        group = []
+        for unit in units:
+            centre, box = _box(graph.network, positions[unit], heights[index], widths[index])
+            group.append(PatternInference(image_index=int(index), score=float(per_image[index]), centre=centre,
+                                          box=box))
+        out.append(group)
+    return out
+
+
+def graph_purity_inferences(graph: ExplanatoryGraph, *, layer: str, filter_index: int, node: int | None = None,
+                            mode: str = "node", fraction: float = PURITY_FRACTION) -> list[list[PatternInference]]:
+    """What a purity-count task shows (AAAI'18 Fig. 8): the top-K inferences of one pattern, K by the 30 % rule.
+
+    ``mode="node"`` with ``node`` (index among the filter's nodes): the graph node's inferences (one per image, the
+    K images with the highest S_V^I). ``mode="peaks"`` or ``"maps"``: the raw filter baselines of
+    :func:`graph_filter_inferences`. Returns one list of :class:`PatternInference` per image, best image first;
+    boxes are in dataset-image pixels, so a task can draw them on the dataset image or crop them
+    (:func:`purity_patch_picture`). Workers count how many of the K describe the same object part.
+    """
+    layer_row = graph.network.layers.filter(name=layer).first()
+    if layer_row is None or layer not in graph.layers:
+        raise RunInputError(f"The graph has no layer {layer!r}.")
+    if mode == "node":
+        node_row = GraphNode.objects.filter(graph=graph, layer=layer_row, filter=filter_index, node=node).first()
+        if node_row is None:
+            raise RunInputError(f"No node {node} of filter {filter_index} in {layer}.")
+        return [[item] for item in graph_node_inferences(node_row, fraction=fraction)]
+    return graph_filter_inferences(graph, layer_row, filter_index, fraction=fraction, mode=mode)
+
+
+def graph_purity_candidates(graph: ExplanatoryGraph, *, layer: str, count: int | None = None
+                            ) -> list[tuple[GraphNode, int]]:
+    """The nodes a purity study compares with the layer's raw filters (AAAI'18 Fig. 8): the top-D nodes of ``layer``
+    by Σ_I S_V^I, D = the layer's filter count unless ``count`` is given, each with its K (30 % rule), best first.
+    (The paper reports the second graph layer; the raw-filter side is every filter, through
+    :func:`graph_purity_inferences` with ``mode="peaks"`` or ``"maps"``.)"""
+    from analysis.engine.explanatory_graph import energy_top_k
+
+    layer_row = graph.network.layers.filter(name=layer).first()
+    if layer_row is None or layer not in graph.layers:
+        raise RunInputError(f"The graph has no layer {layer!r}.")
+    nodes = list(GraphNode.objects.filter(graph=graph, layer=layer_row).select_related("layer")
+                 .order_by("rank")[:count or layer_row.units])
+    _, scores = graph_inference_arrays(graph, layer)
+    columns = np.asarray(scores[:, [node.flat for node in nodes]], dtype=np.float64) if nodes else np.zeros((0, 0))
+    return [(node, len(energy_top_k(columns[:, position], PURITY_FRACTION))) for position, node in enumerate(nodes)]
+
+
+def purity_patch_picture(graph: ExplanatoryGraph, groups: list[list[PatternInference]], *, columns: int = 8,
+                         tile: int = 72):
+    """A ``PIL.Image`` of the patches of ``groups`` (the first inference of each image), in order."""
+    from analysis.engine.explanatory_graph import crop_patch, render_patch_grid
+
+    from .grids import DatasetImageCache
+
+    images = DatasetImageCache(graph.dataset, capacity=64)
+    patches = []
+    for group in groups:
+        if not group:
+            continue
+        item = group[0]
+        image = images[item.image_index]
+        side = max(1, int(round(item.box[2] - item.box[0])))
+        patches.append(crop_patch(image, item.centre, side))
+    return render_patch_grid(patches, columns=columns, tile=tile)
+
+
+# -- export ---------------------------------------------------------------------------------------------------------
+
+def graph_export(run: Run, out_dir: Path) -> list[Path]:
+    """``nodes.csv`` (``layer,filter,node,mu_x,mu_y,score_total``, plus ``sigma,mass,rank``), ``edges.csv``
+    (``layer,filter,node,parent_layer,parent_filter,parent_node,order,dx,dy``), ``instability.csv``
+    (``layer,kind,filter,node,rank,instability`` and one column per landmark) and ``run.json``. Positions in
+    network-input pixels; scores exact (Python ``repr``)."""
+    graph = ExplanatoryGraph.objects.select_related("network", "dataset").filter(run=run).first()
+    if graph is None:
+        raise RunInputError(f"Run {run.pk} holds no explanatory graph.")
+    nodes_path = out_dir / "nodes.csv"
+    with open(nodes_path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["layer", "filter", "node", "mu_x", "mu_y", "score_total", "sigma", "mass", "rank"])
+        for row in (GraphNode.objects.filter(graph=graph).order_by("level", "flat")
+                    .values_list("layer__name", "filter", "node", "mu_x", "mu_y", "score_total", "sigma", "mass",
+                                 "rank").iterator()):
+            writer.writerow([row[0], row[1], row[2], *(repr(float(v)) for v in row[3:8]), row[8]])
+    edges_path = out_dir / "edges.csv"
+    with open(edges_path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["layer", "filter", "node", "parent_layer", "parent_filter", "parent_node", "order", "dx",
+                         "dy"])
+        for row in (GraphEdge.objects.filter(graph=graph).order_by("child__level", "child__flat", "order")
+                    .values_list("child__layer__name", "child__filter", "child__node", "parent__layer__name",
+                                 "parent__filter", "parent__node", "order", "dx", "dy").iterator()):
+            writer.writerow([*row[:7], repr(float(row[7])), repr(float(row[8]))])
+    instability_path = out_dir / "instability.csv"
+    with open(instability_path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["layer", "kind", "filter", "node", "rank", "instability", *graph.landmarks])
+        for item in (GraphInstability.objects.filter(graph=graph).select_related("layer", "node")
+                     .order_by("layer__order", "kind", "rank")):
+            writer.writerow([item.layer.name, item.kind, item.filter, item.node.node if item.node else "", item.rank,
+                             "" if item.instability is None else repr(item.instability),
+                             *("" if item.per_landmark.get(name) is None else repr(item.per_landmark[name])
+                               for name in graph.landmarks)])
+    meta = out_dir / "run.json"
+    meta.write_text(json.dumps({
+        "run": run.pk, "kind": run.kind, "params": run.params,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "network": graph.network.name, "weights_sha256": graph.network.weights_sha256,
+        "dataset": graph.dataset.name, "dataset_dir": str(Path(graph.dataset.root_dir).resolve()),
+        "layers": graph.layers, "activations_runs": graph.extraction_runs, "images": graph.n_images,
+        "learn_images": graph.n_learn_images, "nodes": graph.n_nodes, "edges": graph.n_edges,
+        "landmarks": graph.landmarks, "instability": graph.instability,
+        "rules": {
+            "positions": "receptive-field centres on the network input, pixels (mu_x, mu_y, dx, dy, sigma)",
+            "score_total": "sum over all images of S = F(x)·P(p_x|V)^2 at the inferred unit",
+            "instability": ("mean over landmarks of the std of distance/diagonal" if graph.params.get("instability")
+                            == "aaai" else "sqrt of the mean over landmarks of the variance of distance/diagonal"),
+            "filters": "raw filter baseline: the highest unit of the filter's map (Zhou et al. 2015)",
+        }}, indent=2, default=str))
+    return [nodes_path, edges_path, instability_path, meta]
+
+
+EXPLANATORY_GRAPH = register_job_kind(JobKind(
+    name="explanatory_graph", label="Explanatory graph", queue=GPU_QUEUE, execute=graph_run_execute,
+    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    description="Zhang et al. AAAI'18: disentangles the part patterns mixed in each filter of a network's top conv "
+                "layers into graph nodes (top-down EM), infers them on every image, and measures their location "
+                "instability against raw filters."))

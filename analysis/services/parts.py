@@ -1,0 +1,843 @@
+"""Automatic scoring II (GG'18 §3, §5–6): filters as part detectors with box regression and GA filter
+combinations (``score_parts``), and the discriminativeness of filters and parts (``ablate``). Both on the ``gpu``
+queue.
+
+Inputs (``inputs``, both kinds). ``object_crops`` (default, GG'18 §4.1): for a part class such as car-wheel only
+car object boxes are evaluated; each box is enlarged with R-CNN's context — ``context = 16/227`` of the warped
+input on each side, i.e. the box grows by ``context / (1 − 2·context)`` of its size per side — then cut from the
+mean-subtracted image and warped to the network's input size (``torchvision.ops.roi_align``, bilinear,
+``aligned=True``); pixels outside the image are 0, i.e. the mean colour, as R-CNN pads. These crops need forward
+passes (the activation cache holds whole images). ``whole_images``: every image holding an object of the class is
+one view, read from the layer's float16 activation cache (no forward pass; an extraction runs first if none
+exists); ground truth = every box of the part on objects of that class in the image.
+
+``score_parts``. Per object class: the views' maps, every local maximum as a detection
+(:mod:`analysis.engine.part_detection` documents peaks, regression, NMS, matching and AP); per part class of that
+object (the dataset's part boxes whose object is of the class): regressors per filter trained on the views
+themselves (the paper evaluates on the train set it trains on; ``split``, default ``train``), regressed boxes,
+NMS per (filter, view), VOC AP at IoU ≥ 0.4 per filter, the GA combination (:mod:`analysis.engine.genetic`,
+paper settings), TopFilters with as many filters as the GA chose, and all filters. Parts are kept as in GG'18
+§4.1: mean of box widths and heights > ``min_part_size`` (15 px) and at least ``min_instances`` (11, the paper
+drops parts with ≤ 10 samples) instances. A part *emerges* when its GA AP > ``ap_criterion`` (0.3) and is
+*covered* when its GA recall > ``recall_criterion`` (0.5) (GG'18 §4.2). Detections after regression and NMS
+(image pixels) and the ground truth are saved per part as ``part-<k>.npz`` under
+``UNITSCOPE_DATA_DIR/part_detection/run-<run id>/``.
+
+``ablate``. Per object class that the network names in its ``class_names``: δ_j of every filter of the layer
+(eq. 3) over the class's views (``max_images`` > 0 takes a seeded sample), the 2σ rule, the two set ablations
+(every discriminative filter zeroed / every other filter zeroed), and the part blackout δ of each part class
+(its pixels, from the dataset's part masks, set to 0 after mean subtraction — before cropping — over the views
+whose image contains the part). :mod:`analysis.engine.ablation` documents the score and the split of the network.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+
+from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
+from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
+                             PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
+
+from .dissection import _ensure_extraction, _resolve
+from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
+from .networks import network_spec
+from .runs import RunInputError, RunProgress, run_start
+
+RCNN_CONTEXT = 16 / 227
+PART_DEFAULTS: dict[str, Any] = {
+    "inputs": PartInputs.OBJECT_CROPS.value, "split": "train", "context": RCNN_CONTEXT, "iou_threshold": 0.4,
+    "nms_iou": 0.3, "regression": True, "intercept": True, "min_part_size": 15.0, "min_instances": 11,
+    "population": 200, "generations": 100, "crossover": 0.7, "mutation": 0.3, "init_probability": 0.02,
+    "seed": 0, "ap_criterion": 0.3, "recall_criterion": 0.5, "max_views": 0, "batch_size": 64,
+}
+ABLATION_DEFAULTS: dict[str, Any] = {
+    "inputs": PartInputs.OBJECT_CROPS.value, "split": "train", "context": RCNN_CONTEXT, "score": "softmax",
+    "sigma_factor": 2.0, "max_images": 0, "seed": 0, "blackout": True, "batch_size": 32,
+}
+SPLITS = ("train", "val", "all")
+# The demo (analysis.services.demo): the paper's settings on a seeded sample of views per class, so that the two
+# layers' part studies and ablations add a few minutes to the default build on two CPU cores.
+DEMO_PART_LAYERS = ("conv4", "conv5")
+DEMO_MAX_VIEWS = 150
+DEMO_ABLATION: dict[str, dict[str, Any]] = {"conv4": {"max_images": 25, "blackout": False},
+                                            "conv5": {"max_images": 60, "blackout": True}}
+CURVE_POINTS = 150
+
+
+# -- parameters ---------------------------------------------------------------------------------------
+
+def _common(params: dict[str, Any]) -> None:
+    if params["inputs"] not in PartInputs.values:
+        raise RunInputError(f"inputs must be one of {', '.join(PartInputs.values)}")
+    if params["split"] not in SPLITS:
+        raise RunInputError(f"split must be one of {', '.join(SPLITS)}")
+    try:
+        params["context"] = float(params["context"])
+        params["batch_size"] = int(params["batch_size"])
+        params["seed"] = int(params["seed"])
+    except (TypeError, ValueError):
+        raise RunInputError("context, batch_size and seed must be numbers") from None
+    if not 0 <= params["context"] < 0.4:
+        raise RunInputError("context must lie in [0, 0.4): the share of the input on each side of the box")
+    if not 1 <= params["batch_size"] <= 4096:
+        raise RunInputError("batch_size must be between 1 and 4096")
+
+
+def part_detection_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
+    """The full, validated parameters of a ``score_parts`` run (defaults filled in)."""
+    params = {"network": network, "dataset": dataset, "layer": layer, **PART_DEFAULTS}
+    params.update({key: value for key, value in overrides.items() if value is not None})
+    _common(params)
+    try:
+        for key in ("iou_threshold", "nms_iou", "min_part_size", "crossover", "mutation", "init_probability",
+                    "ap_criterion", "recall_criterion"):
+            params[key] = float(params[key])
+        for key in ("min_instances", "population", "generations", "max_views"):
+            params[key] = int(params[key])
+    except (TypeError, ValueError):
+        raise RunInputError("numeric parameters of score_parts must be numbers") from None
+    params["regression"] = bool(params["regression"])
+    params["intercept"] = bool(params["intercept"])
+    if not 0 < params["iou_threshold"] <= 1 or not 0 < params["nms_iou"] <= 1:
+        raise RunInputError("iou_threshold and nms_iou must lie in (0, 1]")
+    if not 2 <= params["population"] <= 10000 or not 0 <= params["generations"] <= 10000:
+        raise RunInputError("population must be 2–10000 and generations 0–10000")
+    for key in ("crossover", "mutation", "init_probability", "ap_criterion", "recall_criterion"):
+        if not 0 <= params[key] <= 1:
+            raise RunInputError(f"{key} must lie in [0, 1]")
+    if params["min_instances"] < 1 or params["max_views"] < 0 or params["min_part_size"] < 0:
+        raise RunInputError("min_instances must be positive, max_views and min_part_size not negative")
+    return params
+
+
+def ablation_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
+    """The full, validated parameters of an ``ablate`` run (defaults filled in)."""
+    params = {"network": network, "dataset": dataset, "layer": layer, **ABLATION_DEFAULTS}
+    params.update({key: value for key, value in overrides.items() if value is not None})
+    _common(params)
+    if params["score"] not in ("softmax", "logit"):
+        raise RunInputError("score must be softmax or logit")
+    try:
+        params["sigma_factor"] = float(params["sigma_factor"])
+        params["max_images"] = int(params["max_images"])
+    except (TypeError, ValueError):
+        raise RunInputError("sigma_factor and max_images must be numbers") from None
+    if params["sigma_factor"] <= 0 or params["max_images"] < 0:
+        raise RunInputError("sigma_factor must be positive and max_images not negative (0 = all)")
+    params["blackout"] = bool(params["blackout"])
+    return params
+
+
+def part_detection_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
+                             **overrides: Any) -> Run:
+    """Start (or reuse, when identical) a part-detection study of ``layer``; returns its run."""
+    run, _ = run_start(kind=SCORE_PARTS.name, params=part_detection_params(network=network, dataset=dataset,
+                                                                            layer=layer, **overrides),
+                       created_by=created_by, inline=inline)
+    return run
+
+
+def ablation_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
+                       **overrides: Any) -> Run:
+    """Start (or reuse, when identical) the ablations of ``layer``; returns its run."""
+    run, _ = run_start(kind=ABLATE.name, params=ablation_params(network=network, dataset=dataset, layer=layer,
+                                                                **overrides),
+                       created_by=created_by, inline=inline)
+    return run
+
+
+# -- views: object crops or whole images ----------------------------------------------------------------
+
+@dataclass
+class View:
+    """One network input: image ``image`` (dataset index), the region ``frame`` (image pixels, x1 y1 x2 y2) warped
+    to the input, and the object it shows (``object_index``; -1 for a whole image)."""
+
+    image: int
+    frame: tuple[float, float, float, float]
+    object_index: int
+    object_box: tuple[float, float, float, float]
+
+
+@dataclass
+class DatasetBoxes:
+    """Every object and part box of a dataset, grouped for the runs."""
+
+    sizes: dict[int, tuple[int, int]]  # image -> (height, width)
+    objects: dict[int, list[tuple[int, int, tuple]]] = field(default_factory=dict)  # class id -> [(image, obj, box)]
+    parts: dict[tuple[int, int], list[tuple[int, int, tuple]]] = field(default_factory=dict)  # (class, part) -> [...]
+    concepts: dict[int, Concept] = field(default_factory=dict)
+
+
+def _dataset_boxes(dataset: Dataset, split: str) -> DatasetBoxes:
+    images = dataset.images.all()
+    if split != "all":
+        images = images.filter(split=split)
+    sizes = {index: (height, width) for index, height, width in images.values_list("index", "height", "width")}
+    boxes = DatasetBoxes(sizes=sizes)
+    rows = AnnotatedBox.objects.filter(image__dataset=dataset)
+    if split != "all":
+        rows = rows.filter(image__split=split)
+    rows = rows.values_list("image__index", "kind", "concept_id", "object_index", "x1", "y1", "x2", "y2")
+    object_class: dict[tuple[int, int], int] = {}
+    part_rows = []
+    for image, kind, concept, obj, x1, y1, x2, y2 in rows:
+        if kind == AnnotatedBox.Kind.OBJECT:
+            object_class[(image, obj)] = concept
+            boxes.objects.setdefault(concept, []).append((image, obj, (x1, y1, x2, y2)))
+        else:
+            part_rows.append((image, concept, obj, (x1, y1, x2, y2)))
+    for image, concept, obj, box in part_rows:
+        owner = object_class.get((image, obj))
+        if owner is not None:
+            boxes.parts.setdefault((owner, concept), []).append((image, obj, box))
+    ids = set(boxes.objects) | {part for _, part in boxes.parts}
+    boxes.concepts = Concept.objects.in_bulk(ids)
+    for entries in boxes.objects.values():
+        entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return boxes
+
+
+def _views(boxes: DatasetBoxes, class_id: int, inputs: str, context: float) -> list[View]:
+    """The views of an object class (object crops with context, or the images holding it), by image order."""
+    views = []
+    if inputs == PartInputs.OBJECT_CROPS:
+        grow = context / (1 - 2 * context)
+        for image, obj, (x1, y1, x2, y2) in boxes.objects.get(class_id, []):
+            pad_x, pad_y = (x2 - x1) * grow, (y2 - y1) * grow
+            views.append(View(image, (x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y), obj, (x1, y1, x2, y2)))
+    else:
+        first_box: dict[int, tuple] = {}
+        for image, obj, box in boxes.objects.get(class_id, []):
+            first_box.setdefault(image, box)
+        for image, box in sorted(first_box.items()):
+            height, width = boxes.sizes[image]
+            views.append(View(image, (0.0, 0.0, float(width), float(height)), -1, box))
+    return views
+
+
+def _sample(views: list[View], limit: int, seed: int, salt: int) -> list[View]:
+    if limit <= 0 or len(views) <= limit:
+        return views
+    rng = np.random.default_rng([seed, salt])
+    keep = np.sort(rng.choice(len(views), size=limit, replace=False))
+    return [views[k] for k in keep]
+
+
+def _to_view(boxes_img: np.ndarray, view: View, input_size: tuple[int, int]) -> np.ndarray:
+    """Image-pixel boxes ``[n, 4]`` -> the view's input pixels."""
+    x1, y1, x2, y2 = view.frame
+    sx, sy = input_size[1] / (x2 - x1), input_size[0] / (y2 - y1)
+    out = np.asarray(boxes_img, dtype=np.float64).reshape(-1, 4).copy()
+    out[:, 0::2] = (out[:, 0::2] - x1) * sx
+    out[:, 1::2] = (out[:, 1::2] - y1) * sy
+    return out
+
+
+def _to_image(boxes_view: np.ndarray, frames: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Input-pixel boxes ``[n, 4]`` with their views' frames ``[n, 4]`` -> image pixels."""
+    sx = (frames[:, 2] - frames[:, 0]) / input_size[1]
+    sy = (frames[:, 3] - frames[:, 1]) / input_size[0]
+    out = np.asarray(boxes_view, dtype=np.float64).copy()
+    out[:, 0::2] = out[:, 0::2] * sx[:, None] + frames[:, 0:1]
+    out[:, 1::2] = out[:, 1::2] * sy[:, None] + frames[:, 1:2]
+    return out
+
+
+class _Images:
+    """Loads dataset images by index (rows read once) and turns views into normalised network inputs."""
+
+    def __init__(self, dataset: Dataset, network: Network, device):
+        from analysis.engine.broden import BrodenReader
+
+        self.reader = BrodenReader(dataset.root_dir)
+        self.rows = list(self.reader.rows())
+        self.network = network
+        self.device = device
+        self.input_size = (network.input_height, network.input_width)
+
+    def part_mask(self, image: int, number: int):
+        """``bool [ih, iw]``: pixels labelled ``number`` in any layer of the image's ``part`` masks (nearest)."""
+        import torch
+        import torch.nn.functional as F
+
+        entry = self.reader.load_segmentation(self.rows[image]).get("part")
+        row = self.rows[image]
+        if entry is None or entry.layers.shape[0] == 0:
+            return torch.zeros((row.ih, row.iw), dtype=torch.bool, device=self.device)
+        mask = torch.from_numpy((entry.layers == number).any(axis=0)).to(self.device)
+        return F.interpolate(mask[None, None].float(), size=(row.ih, row.iw), mode="nearest")[0, 0] > 0.5
+
+    def inputs(self, views: list[View], mode: str, masks: dict[int, Any] | None = None):
+        """``float32 [V, 3, H, W]``: each view's crop warped to the input (or the whole image resized as the
+        extraction does: bilinear, antialiased, rounded to uint8), after mean subtraction; with ``masks``
+        (``{image: bool [ih, iw]}``) those pixels are set to 0 first. Images of one size are processed together."""
+        import torch
+        import torch.nn.functional as F
+        from torchvision.ops import roi_align
+
+        from analysis.engine.networks import normalize_images
+
+        out = torch.zeros((len(views), 3, *self.input_size), device=self.device)
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        arrays = {image: self.reader.load_image(self.rows[image]) for image in dict.fromkeys(v.image for v in views)}
+        for position, view in enumerate(views):
+            by_size[arrays[view.image].shape[:2]].append(position)
+        for size, positions in by_size.items():
+            images = list(dict.fromkeys(views[p].image for p in positions))
+            slot = {image: k for k, image in enumerate(images)}
+            batch = torch.from_numpy(np.stack([arrays[image] for image in images])).permute(0, 3, 1, 2).to(self.device)
+            if mode == PartInputs.OBJECT_CROPS:
+                x = normalize_images(batch, self.network.mean, self.network.std)
+                if masks is not None:
+                    x = x.masked_fill(torch.stack([masks[image] for image in images])[:, None], 0.0)
+                boxes = torch.tensor([[slot[views[p].image], *views[p].frame] for p in positions], dtype=torch.float32,
+                                     device=self.device)
+                out[positions] = roi_align(x, boxes, output_size=self.input_size, spatial_scale=1.0, sampling_ratio=2,
+                                           aligned=True)
+            else:
+                if tuple(size) != self.input_size:
+                    batch = F.interpolate(batch.float(), size=self.input_size, mode="bilinear", align_corners=False,
+                                          antialias=True).round().clamp(0, 255).byte()
+                x = normalize_images(batch, self.network.mean, self.network.std)
+                if masks is not None:
+                    mask = torch.stack([masks[image] for image in images])[:, None].float()
+                    x = x.masked_fill(F.interpolate(mask, size=self.input_size, mode="nearest") > 0.5, 0.0)
+                out[positions] = x[[slot[views[p].image] for p in positions]]
+        return out
+
+
+def _load_model(network: Network, device):
+    from analysis.engine.networks import NetworkError, load_network
+
+    try:
+        return load_network(network_spec(network), device=device)
+    except NetworkError as error:
+        raise RunInputError(str(error)) from None
+
+
+def _geometry(layer: Layer):
+    from analysis.engine.receptive_field import LayerGeometry
+
+    if layer.rf_size_y is None or layer.rf_stride_y is None or layer.rf_offset_y is None:
+        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so its "
+                            "activations cannot be placed on the image.")
+    return LayerGeometry(size=(int(layer.rf_size_y), int(layer.rf_size_x)),
+                         stride=(int(layer.rf_stride_y), int(layer.rf_stride_x)),
+                         offset=(float(layer.rf_offset_y), float(layer.rf_offset_x)))
+
+
+def _part_classes(boxes: DatasetBoxes, *, min_part_size: float, min_instances: int) -> list[dict[str, Any]]:
+    """Eligible part classes (object class, part) with their sizes, ordered by object then part name."""
+    found = []
+    for (class_id, part_id), entries in boxes.parts.items():
+        part_boxes = np.array([box for _, _, box in entries], dtype=np.float64)
+        widths, heights = part_boxes[:, 2] - part_boxes[:, 0], part_boxes[:, 3] - part_boxes[:, 1]
+        mean_size = float(np.mean((widths + heights) / 2))
+        objects = np.array([box for _, _, box in boxes.objects[class_id]], dtype=np.float64)
+        object_area = float(np.mean((objects[:, 2] - objects[:, 0]) * (objects[:, 3] - objects[:, 1])))
+        relative = float(np.mean(widths * heights) / object_area) if object_area > 0 else 0.0
+        obj, part = boxes.concepts[class_id], boxes.concepts[part_id]
+        found.append({"class_id": class_id, "part_id": part_id, "name": f"{obj.name}-{part.name}",
+                      "object_name": obj.name, "instances": len(entries), "mean_size": mean_size,
+                      "relative_size": relative,
+                      "eligible": len(entries) >= min_instances and mean_size > min_part_size})
+    found.sort(key=lambda item: item["name"])
+    return found
+
+
+# -- score_parts ------------------------------------------------------------------------------------------
+
+def _class_maps(views, images: _Images, model, layer: Layer, params, extraction, device):
+    """``float32 [V, F, h, w]`` of the views: forward passes on the crops, or rows of the activation cache."""
+    import torch
+
+    from analysis.engine.networks import capture_forward
+
+    if params["inputs"] == PartInputs.WHOLE_IMAGES:
+        maps = open_activation_cache(extraction)
+        rows = [view.image for view in views]
+        return torch.from_numpy(np.asarray(maps[rows], dtype=np.float32)).to(device)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(views), params["batch_size"]):
+            batch = images.inputs(views[start:start + params["batch_size"]], params["inputs"])
+            out.append(capture_forward(model, batch, [layer.name])[layer.name].to(torch.float32))
+    return torch.cat(out)
+
+
+def _score_part(maps, peaks, peak_features, part: dict, views: list[View], boxes: DatasetBoxes, geometry, params,
+                input_size, progress=None) -> dict[str, Any]:
+    """Detections, APs and filter combinations of one part class over its object class's views."""
+    import torch
+
+    from analysis.engine.genetic import GAConfig, run_ga, top_filters
+    from analysis.engine.part_detection import (DetectionMatching, apply_box_regressors, best_ground_truth,
+                                                fit_box_regressors, grouped_nms, neighbourhood_features_all,
+                                                regression_pairs)
+    from analysis.engine.receptive_field import unit_centers
+
+    device = maps.device
+    n_views, n_filters, h, w = maps.shape
+    index_of = defaultdict(list)
+    for position, view in enumerate(views):
+        index_of[view.image].append(position)
+    gt_view, gt_image_boxes = [], []
+    for image, obj, box in boxes.parts[(part["class_id"], part["part_id"])]:
+        for position in index_of.get(image, []):
+            if views[position].object_index in (-1, obj):
+                gt_view.append(position)
+                gt_image_boxes.append(box)
+    gt_image_boxes = np.array(gt_image_boxes, dtype=np.float64).reshape(-1, 4)
+    gt_view_np = np.array(gt_view, dtype=np.int64)
+    gt_in_view = np.concatenate([_to_view(gt_image_boxes[k:k + 1], views[v], input_size)
+                                 for k, v in enumerate(gt_view)]) if gt_view else np.zeros((0, 4))
+    gt_boxes_t = torch.tensor(gt_in_view, dtype=torch.float32, device=device)
+    gt_view_t = torch.tensor(gt_view_np, dtype=torch.int64, device=device)
+    cy, cx = unit_centers(geometry, h, w, device=device)
+
+    # Box regression per filter (pairs shared by all filters; activations differ).
+    weights = torch.zeros((n_filters, 12 if params["intercept"] else 11, 4), dtype=torch.float64, device=device)
+    fitted = torch.zeros(n_filters, dtype=torch.bool, device=device)
+    if params["regression"] and len(gt_view):
+        box, row, col = regression_pairs(cy, cx, gt_boxes_t, gt_view_t)
+        pair_view = gt_view_t[box]
+        g = gt_boxes_t[box].to(torch.float64)
+        targets = torch.stack([(g[:, 0] + g[:, 2]) / 2 - cx[col], (g[:, 1] + g[:, 3]) / 2 - cy[row],
+                               g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]], dim=1)
+        chunk = max(1, int(1_000_000 // max(1, len(box))))  # bounds the [chunk, K, 12] float64 design
+        for start in range(0, n_filters, chunk):
+            stop = min(n_filters, start + chunk)
+            feats = neighbourhood_features_all(maps[:, start:stop], pair_view, row, col, cy, cx)
+            acts = maps[pair_view, start:stop, row, col].T
+            w_chunk, ok = fit_box_regressors(feats, acts, targets, intercept=params["intercept"])
+            filters = slice(start, stop)
+            weights[filters], fitted[filters] = w_chunk, ok
+    boxes_view = apply_box_regressors(weights, fitted, peaks.filter, peak_features,
+                                      (geometry.size[0], geometry.size[1]), intercept=params["intercept"],
+                                      frame=input_size)
+    keep = grouped_nms(boxes_view, peaks.score, peaks.filter * n_views + peaks.view, params["nms_iou"])
+    det_boxes, det_view = boxes_view[keep], peaks.view[keep]
+    det_filter, det_score = peaks.filter[keep], peaks.score[keep]
+    best = best_ground_truth(det_boxes, det_view, gt_boxes_t, gt_view_t, params["iou_threshold"])
+
+    filt_np, score_np = det_filter.cpu().numpy(), det_score.cpu().numpy()
+    matching = DetectionMatching(filt_np, score_np, best.cpu().numpy(), len(gt_view), n_filters)
+    singles, single_recall = matching.single_aps()
+    best_filter = int(np.lexsort((np.arange(n_filters), -singles))[0])
+    config = GAConfig(population=params["population"], generations=params["generations"],
+                      crossover=params["crossover"], mutation=params["mutation"],
+                      init_probability=params["init_probability"], seed=params["seed"])
+    ga = run_ga(lambda z: matching.ap(z)[0], n_filters, config, best_single=best_filter, progress=progress)
+    ga_ap, ga_recall = matching.ap(ga.chromosome)
+    top = top_filters(singles, max(1, len(ga.filters)))
+    top_ap, top_recall = matching.ap(top)
+    all_ap, all_recall = matching.ap(np.ones(n_filters, dtype=bool))
+    curves = {}
+    for rank, f in enumerate(np.lexsort((np.arange(n_filters), -singles))[:3]):
+        chromosome = np.zeros(n_filters, dtype=bool)
+        chromosome[f] = True
+        recall, precision = matching.curve(chromosome, CURVE_POINTS)
+        curves[f"filter {int(f)}"] = {"recall": recall, "precision": precision}
+    for label, chromosome in (("GA combination", ga.chromosome), ("TopFilters", top)):
+        recall, precision = matching.curve(chromosome, CURVE_POINTS)
+        curves[label] = {"recall": recall, "precision": precision}
+
+    frames = np.array([view.frame for view in views], dtype=np.float64)
+    det_view_np = det_view.cpu().numpy()
+    det_image_boxes = _to_image(det_boxes.cpu().numpy(), frames[det_view_np], input_size)
+    arrays = {
+        "det_filter": filt_np.astype(np.int32), "det_view": det_view_np.astype(np.int32),
+        "det_box": det_image_boxes.astype(np.float32), "det_score": score_np.astype(np.float32),
+        "det_gt": best.cpu().numpy().astype(np.int32),
+        "gt_view": gt_view_np.astype(np.int32), "gt_box": gt_image_boxes.astype(np.float32),
+        "view_image": np.array([view.image for view in views], dtype=np.int32), "view_frame": frames.astype(np.float32),
+    }
+    return {"arrays": arrays, "n_views": n_views, "n_instances": len(gt_view), "n_detections": int(len(keep)),
+            "best_filter": best_filter, "best_ap": float(singles[best_filter]),
+            "best_recall": float(single_recall[best_filter]),
+            "ga_filters": ga.filters, "ga_ap": ga_ap, "ga_recall": ga_recall, "ga_history": ga.history,
+            "top_filters": np.flatnonzero(top).tolist(), "top_ap": top_ap, "top_recall": top_recall,
+            "all_ap": all_ap, "all_recall": all_recall, "single_ap": singles.tolist(),
+            "single_recall": single_recall.tolist(), "curves": curves}
+
+
+def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.part_detection import local_maxima, neighbourhood_features
+    from analysis.engine.receptive_field import unit_centers
+
+    params = part_detection_params(**run.params)
+    network, dataset, layer = _resolve(params)
+    geometry = _geometry(layer)
+    if not dataset.has_boxes:
+        raise RunInputError(f"{dataset.name} has no object and part boxes (boxes.csv), which part detection needs.")
+    progress.phase(f"Reading the boxes of {dataset.name}")
+    boxes = _dataset_boxes(dataset, params["split"])
+    parts = [part for part in _part_classes(boxes, min_part_size=params["min_part_size"],
+                                            min_instances=params["min_instances"]) if part["eligible"]]
+    if not parts:
+        raise RunInputError(f"No part class of {dataset.name} ({params['split']} split) has at least "
+                            f"{params['min_instances']} instances with mean size > {params['min_part_size']:g} px.")
+    dev = torch.device(device)
+    input_size = (network.input_height, network.input_width)
+    extraction = model = None
+    if params["inputs"] == PartInputs.WHOLE_IMAGES:
+        progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
+        extraction = _ensure_extraction(network, dataset, layer, EXTRACTION_DEFAULTS["quantile"], progress)
+    else:
+        model = _load_model(network, dev)
+    images = _Images(dataset, network, dev)
+    directory = settings.UNITSCOPE_DATA_DIR / "part_detection" / f"run-{run.pk}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    by_class: dict[int, list[dict]] = defaultdict(list)
+    for part in parts:
+        by_class[part["class_id"]].append(part)
+    results = []
+    done = 0
+    for class_id, class_parts in by_class.items():
+        name = boxes.concepts[class_id].name
+        views = _sample(_views(boxes, class_id, params["inputs"], params["context"]), params["max_views"],
+                        params["seed"], class_id)
+        progress.phase(f"Activations of {len(views)} {name} views", total=len(views))
+        maps = _class_maps(views, images, model, layer, params, extraction, dev)
+        with torch.no_grad():
+            peaks = local_maxima(maps)
+            cy, cx = unit_centers(geometry, maps.shape[2], maps.shape[3], device=dev)
+            peak_features = neighbourhood_features(maps, peaks.view, peaks.filter, peaks.row, peaks.col, cy, cx)
+            for part in class_parts:
+                progress.phase(f"Part {done + 1} of {len(parts)}: {part['name']} (GA generations)",
+                               total=params["generations"])
+                scored = _score_part(maps, peaks, peak_features, part, views, boxes, geometry, params, input_size,
+                                     progress=lambda generation: progress(generation, params["generations"]))
+                np.savez(directory / f"part-{done}.npz", **scored.pop("arrays"))
+                results.append(PartDetectionResult(
+                    position=done, object_class=boxes.concepts[class_id],
+                    part=boxes.concepts[part["part_id"]], name=part["name"], relative_size=part["relative_size"],
+                    mean_size=part["mean_size"], **scored))
+                done += 1
+        del maps
+    emerged = sum(result.ga_ap > params["ap_criterion"] for result in results)
+    covered = sum(result.ga_recall > params["recall_criterion"] for result in results)
+
+    def mean(values):
+        values = list(values)
+        return float(np.mean(values)) if values else 0.0
+
+    with transaction.atomic():  # the study appears with all its results or not at all
+        study = PartDetectionStudy.objects.create(
+            run=run, layer=layer, dataset=dataset, inputs=params["inputs"], split=params["split"], params=params,
+            directory=str(directory), n_parts=len(results), n_emerged=emerged, n_covered=covered,
+            mean_best_ap=mean(r.best_ap for r in results), mean_ga_ap=mean(r.ga_ap for r in results),
+            mean_top_ap=mean(r.top_ap for r in results), mean_all_ap=mean(r.all_ap for r in results))
+        for result in results:
+            result.study = study
+        PartDetectionResult.objects.bulk_create(results)
+    return {"part_detection_study": study.pk, "layer": layer.name, "dataset": dataset.name, "inputs": params["inputs"],
+            "parts": len(results), "emerged_ap": f"{emerged} of {len(results)} (GA AP > {params['ap_criterion']:g})",
+            "covered": f"{covered} of {len(results)} (GA recall > {params['recall_criterion']:g})",
+            "mAP": f"best single {100 * mean(r.best_ap for r in results):.1f} · "
+                   f"GA {100 * mean(r.ga_ap for r in results):.1f} · "
+                   f"TopFilters {100 * mean(r.top_ap for r in results):.1f} · "
+                   f"all {100 * mean(r.all_ap for r in results):.1f}"}
+
+
+def part_detection_arrays(result: PartDetectionResult) -> dict[str, np.ndarray]:
+    """The saved detections (image pixels, after regression and NMS) and ground truth of one part result."""
+    with np.load(Path(result.study.directory) / f"part-{result.position}.npz") as data:
+        return {name: data[name] for name in data.files}
+
+
+# -- ablate -----------------------------------------------------------------------------------------------
+
+def _class_index(network: Network, name: str) -> int | None:
+    names = list(network.class_names or [])
+    return names.index(name) if name in names else None
+
+
+def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.ablation import LayerAblator, class_scores, discriminative_filters
+
+    params = ablation_params(**run.params)
+    network, dataset, layer = _resolve(params)
+    dev = torch.device(device)
+    model = _load_model(network, dev)
+    try:
+        ablator = LayerAblator(model, layer.name)
+    except Exception as error:  # unknown layer names raise the engine's readable error
+        raise RunInputError(str(error)) from None
+    progress.phase(f"Reading the boxes of {dataset.name}")
+    boxes = _dataset_boxes(dataset, params["split"])
+    classes = [(class_id, _class_index(network, boxes.concepts[class_id].name)) for class_id in sorted(
+        boxes.objects, key=lambda cid: boxes.concepts[cid].name)]
+    classes = [(class_id, index) for class_id, index in classes if index is not None]
+    if not classes:
+        raise RunInputError(f"None of {dataset.name}'s object classes is an output class of {network.name} "
+                            f"({', '.join(network.class_names[:10]) or 'no class names'}).")
+    parts = _part_classes(boxes, min_part_size=0.0, min_instances=1)
+    images = _Images(dataset, network, dev)
+    n_filters = layer.units
+    single = torch.ones(1 + n_filters, n_filters, device=dev)
+    single[1:] -= torch.eye(n_filters, device=dev)
+    chunk_masks = max(1, 512 // max(1, params["batch_size"]))
+    class_rows, part_rows = [], []
+    for class_id, output in classes:
+        concept = boxes.concepts[class_id]
+        views = _sample(_views(boxes, class_id, params["inputs"], params["context"]), params["max_images"],
+                        params["seed"], class_id)
+        if not views:
+            continue
+        progress.phase(f"Ablating {n_filters} filters of {layer.name} on {len(views)} {concept.name} views",
+                       total=len(views))
+        totals = torch.zeros(1 + n_filters, dtype=torch.float64, device=dev)
+        frontiers, base = [], []
+        with torch.no_grad():
+            for start in range(0, len(views), params["batch_size"]):
+                x = images.inputs(views[start:start + params["batch_size"]], params["inputs"])
+                frontier = ablator.prefix(x)
+                frontiers.append(frontier)
+                for m in range(0, 1 + n_filters, chunk_masks):
+                    scores = class_scores(ablator.logits(frontier, single[m:m + chunk_masks]), output,
+                                          params["score"])
+                    totals[m:m + chunk_masks] += scores.sum(dim=1)
+                    if m == 0:
+                        base.append(scores[0])
+                progress(min(len(views), start + params["batch_size"]), len(views))
+            mean_scores = (totals / len(views)).cpu().numpy()
+            deltas = mean_scores[0] - mean_scores[1:]
+            flags, sigma = discriminative_filters(deltas, params["sigma_factor"])
+            sets = torch.ones(2, n_filters, device=dev)
+            flag_t = torch.from_numpy(flags).to(dev)
+            sets[0, flag_t] = 0  # every discriminative filter zeroed
+            sets[1, ~flag_t] = 0  # every other filter zeroed
+            set_totals = torch.zeros(2, dtype=torch.float64, device=dev)
+            for frontier in frontiers:
+                set_totals += class_scores(ablator.logits(frontier, sets), output, params["score"]).sum(dim=1)
+            del frontiers
+        set_deltas = (mean_scores[0] - (set_totals / len(views)).cpu().numpy()).tolist()
+        order = np.lexsort((np.arange(n_filters), -deltas))
+        class_rows.append(ClassDiscriminativeness(
+            object_class=concept, n_images=len(views), mean_score=float(mean_scores[0]),
+            deltas=[float(value) for value in deltas], sigma=sigma,
+            discriminative=[int(f) for f in order if flags[f]],
+            delta_discriminative_set=set_deltas[0] if flags.any() else None,
+            delta_other_set=set_deltas[1] if (~flags).any() else None))
+
+        if params["blackout"]:
+            base_scores = torch.cat(base)  # each view's score with every filter (the prefix/suffix pass above)
+            class_parts = [part for part in parts if part["class_id"] == class_id]
+            for done, part in enumerate(class_parts):
+                number = boxes.concepts[part["part_id"]].number
+                progress.phase(f"Blacking out {part['name']}", total=len(views))
+                masks = {view.image: images.part_mask(view.image, number) for view in views}
+                holding = [k for k, view in enumerate(views) if bool(masks[view.image].any())]
+                if not holding:
+                    continue
+                total = 0.0
+                with torch.no_grad():
+                    for start in range(0, len(holding), params["batch_size"]):
+                        batch = holding[start:start + params["batch_size"]]
+                        x = images.inputs([views[k] for k in batch], params["inputs"], masks=masks)
+                        blacked = class_scores(model(x), output, params["score"])
+                        total += float((base_scores[batch] - blacked).sum())
+                        progress(start + len(batch), len(holding))
+                part_rows.append(PartDiscriminativeness(
+                    object_class=concept, part=boxes.concepts[part["part_id"]], name=part["name"],
+                    n_images=len(holding), delta=total / len(holding), relative_size=part["relative_size"]))
+    mean_disc = float(np.mean([len(row.discriminative) for row in class_rows])) if class_rows else 0.0
+    with transaction.atomic():  # the study appears with all its results or not at all
+        study = AblationStudy.objects.create(run=run, layer=layer, dataset=dataset, inputs=params["inputs"],
+                                             split=params["split"], score=params["score"],
+                                             sigma_factor=params["sigma_factor"], params=params,
+                                             n_classes=len(class_rows), mean_discriminative=mean_disc)
+        for row in [*class_rows, *part_rows]:
+            row.study = study
+        ClassDiscriminativeness.objects.bulk_create(class_rows)
+        PartDiscriminativeness.objects.bulk_create(part_rows)
+    return {"ablation_study": study.pk, "layer": layer.name, "dataset": dataset.name, "classes": len(class_rows),
+            "discriminative_per_class": f"{mean_disc:.1f} of {n_filters}", "parts_blacked_out": len(part_rows),
+            "split_network": "torch.fx split at the layer" if ablator.traced else "forward hook (model not traceable)"}
+
+
+# -- reading results ------------------------------------------------------------------------------------
+
+def part_correlations(*, parts: PartDetectionStudy | None, ablation: AblationStudy | None) -> dict[str, Any]:
+    """GG'18 Fig. 3 and Fig. 15: per part class its relative size, GA AP (``parts``) and blackout δ (``ablation``),
+    with Pearson's r and p for each pair (over the parts present in both when both are given)."""
+    from analysis.engine.ablation import pearson
+
+    rows: dict[str, dict[str, Any]] = {}
+    if parts is not None:
+        for result in parts.part_results.all():
+            rows[result.name] = {"name": result.name, "size": result.relative_size, "ap": result.ga_ap, "delta": None}
+    if ablation is not None:
+        for result in ablation.part_results.all():
+            row = rows.setdefault(result.name, {"name": result.name, "size": result.relative_size, "ap": None})
+            row["delta"] = result.delta
+    table = sorted(rows.values(), key=lambda row: row["name"])
+
+    def pairs(a: str, b: str):
+        chosen = [row for row in table if row[a] is not None and row[b] is not None]
+        return [row[a] for row in chosen], [row[b] for row in chosen]
+
+    return {"rows": table, "size_ap": pearson(*pairs("size", "ap")), "size_delta": pearson(*pairs("size", "delta")),
+            "ap_delta": pearson(*pairs("ap", "delta"))}
+
+
+# -- export -----------------------------------------------------------------------------------------------
+
+def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
+    """``detections.csv`` (``filter,part,image,x1,y1,x2,y2,score``: every detection after regression and NMS, boxes
+    in continuous image-pixel coordinates, area = (x2 − x1)(y2 − y1) as torchvision.ops), ``ground_truth.csv``
+    (``part,image,x1,y1,x2,y2``), ``ap.csv`` (``filter,part,ap,recall_max`` per filter alone), ``ga.csv``
+    (``part,filters,ap``; filters space-separated, 0-based) and ``run.json``. Images are dataset indices."""
+    study = PartDetectionStudy.objects.select_related("layer__network", "dataset").filter(run=run).first()
+    if study is None:
+        raise RunInputError(f"Run {run.pk} holds no part-detection study.")
+    results = list(study.part_results.order_by("position"))
+    paths = {name: out_dir / name for name in ("detections.csv", "ground_truth.csv", "ap.csv", "ga.csv")}
+    with open(paths["detections.csv"], "w", newline="") as det_file, \
+            open(paths["ground_truth.csv"], "w", newline="") as gt_file:
+        det_file.write("filter,part,image,x1,y1,x2,y2,score\n")
+        gt_file.write("part,image,x1,y1,x2,y2\n")
+        for result in results:
+            data = part_detection_arrays(result)
+            name = result.name.replace("%", "%%")
+            image = data["view_image"][data["det_view"]]
+            table = np.column_stack([data["det_filter"], image, data["det_box"].astype(np.float64),
+                                     data["det_score"].astype(np.float64)])
+            np.savetxt(det_file, table, fmt=f"%d,{name},%d,%.9g,%.9g,%.9g,%.9g,%.9g")
+            gt = np.column_stack([data["view_image"][data["gt_view"]], data["gt_box"].astype(np.float64)])
+            np.savetxt(gt_file, gt, fmt=f"{name},%d,%.9g,%.9g,%.9g,%.9g")
+    with open(paths["ap.csv"], "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["filter", "part", "ap", "recall_max"])
+        for result in results:
+            writer.writerows((f, result.name, repr(float(ap)), repr(float(recall)))
+                             for f, (ap, recall) in enumerate(zip(result.single_ap, result.single_recall)))
+    with open(paths["ga.csv"], "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["part", "filters", "ap"])
+        writer.writerows((result.name, " ".join(str(f) for f in result.ga_filters), repr(float(result.ga_ap)))
+                         for result in results)
+    meta = out_dir / "run.json"
+    meta.write_text(json.dumps({
+        "run": run.pk, "kind": run.kind, "params": run.params, "network": study.layer.network.name,
+        "weights_sha256": study.layer.network.weights_sha256, "layer": study.layer.name,
+        "dataset": study.dataset.name, "inputs": study.inputs, "split": study.split,
+        "parts": [{"part": r.name, "instances": r.n_instances, "views": r.n_views, "best_filter": r.best_filter,
+                   "best_ap": r.best_ap, "ga_ap": r.ga_ap, "ga_recall": r.ga_recall, "top_filters": r.top_filters,
+                   "top_ap": r.top_ap, "all_ap": r.all_ap} for r in results],
+        "rules": {"correct": f"IoU >= {study.params.get('iou_threshold')} (VOC greedy matching)",
+                  "ap": "VOC 2010+ all-point interpolated", "nms": f"IoU > {study.params.get('nms_iou')} per filter "
+                  "and view", "boxes": "continuous image pixels (x1, y1, x2, y2)"}}, indent=2))
+    return [*paths.values(), meta]
+
+
+def ablation_export(run: Run, out_dir: Path) -> list[Path]:
+    """``ablation.csv`` (``object_class,filter,delta,discriminative``), ``parts.csv``
+    (``object_class,part,images,delta,relative_size``: part blackouts) and ``run.json``."""
+    study = AblationStudy.objects.select_related("layer__network", "dataset").filter(run=run).first()
+    if study is None:
+        raise RunInputError(f"Run {run.pk} holds no ablation study.")
+    path = out_dir / "ablation.csv"
+    rows = list(study.class_results.select_related("object_class"))
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["object_class", "filter", "delta", "discriminative"])
+        for row in rows:
+            flagged = set(row.discriminative)
+            writer.writerows((row.object_class.name, f, repr(float(delta)), int(f in flagged))
+                             for f, delta in enumerate(row.deltas))
+    parts_path = out_dir / "parts.csv"
+    with open(parts_path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["object_class", "part", "images", "delta", "relative_size"])
+        writer.writerows((r.object_class.name, r.part.name, r.n_images, repr(float(r.delta)), repr(r.relative_size))
+                         for r in study.part_results.select_related("object_class", "part").order_by("name"))
+    meta = out_dir / "run.json"
+    meta.write_text(json.dumps({
+        "run": run.pk, "kind": run.kind, "params": run.params, "network": study.layer.network.name,
+        "layer": study.layer.name, "dataset": study.dataset.name, "score": study.score,
+        "classes": [{"object_class": r.object_class.name, "images": r.n_images, "mean_score": r.mean_score,
+                     "sigma": r.sigma, "discriminative": r.discriminative,
+                     "delta_discriminative_set": r.delta_discriminative_set, "delta_other_set": r.delta_other_set}
+                    for r in rows],
+        "rules": {"delta": "mean over the class's views of (score - score with the filter's map zeroed)",
+                  "discriminative": f"delta > {study.sigma_factor:g} sigma (population std of delta over the layer)"}},
+        indent=2))
+    return [path, parts_path, meta]
+
+
+# -- job kinds --------------------------------------------------------------------------------------------
+
+SCORE_PARTS = register_job_kind(JobKind(
+    name="score_parts", label="Part detection (GG'18)", queue=GPU_QUEUE, execute=part_detection_run_execute,
+    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    description="Every filter of a layer as a detector of every part class: box regression, NMS, VOC AP, "
+                "GA filter combinations, TopFilters and all filters (GG'18 §3)."))
+ABLATE = register_job_kind(JobKind(
+    name="ablate", label="Filter and part ablations (GG'18)", queue=GPU_QUEUE, execute=ablation_run_execute,
+    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    description="Discriminativeness of every filter per object class (δ, 2σ rule, set ablations) and of every "
+                "part by blackout (GG'18 §5–6)."))
+
+
+def part_examples(result: PartDetectionResult, *, count: int = 6, per_view: int = 3) -> list[dict[str, Any]]:
+    """GG'18 Fig. 4 style examples: the ``count`` views where the GA combination fires most strongly, each with the
+    part's ground truth (green) and its ``per_view`` best GA detections (one colour per filter), as PNG data."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from analysis.engine.broden import BrodenReader
+    from analysis.engine.part_detection import GROUND_TRUTH_COLOUR, PALETTE, draw_boxes
+
+    data = part_detection_arrays(result)
+    chosen = np.isin(data["det_filter"], result.ga_filters)
+    if not chosen.any():
+        return []
+    det_view, det_score = data["det_view"][chosen], data["det_score"][chosen]
+    det_box, det_filter, det_gt = data["det_box"][chosen], data["det_filter"][chosen], data["det_gt"][chosen]
+    best_per_view: dict[int, float] = {}
+    for view, value in zip(det_view.tolist(), det_score.tolist()):
+        best_per_view[view] = max(value, best_per_view.get(view, float("-inf")))
+    views = sorted(best_per_view, key=lambda view: (-best_per_view[view], view))[:count]
+    reader = BrodenReader(result.study.dataset.root_dir)
+    wanted = {int(data["view_image"][view]) for view in views}
+    rows = {position: row for position, row in enumerate(reader.rows()) if position in wanted}
+    colour_of = {f: PALETTE[k % len(PALETTE)] for k, f in enumerate(result.ga_filters)}
+    examples = []
+    for view in views:
+        image_index = int(data["view_image"][view])
+        mine = np.flatnonzero(det_view == view)
+        mine = mine[np.lexsort((mine, -det_score[mine]))][:per_view]
+        gt = data["gt_box"][data["gt_view"] == view]
+        boxes = np.concatenate([gt, det_box[mine]]) if len(gt) else det_box[mine]
+        colours = [GROUND_TRUTH_COLOUR] * len(gt) + [colour_of[int(f)] for f in det_filter[mine]]
+        picture = draw_boxes(reader.load_image(rows[image_index]), boxes, colours,
+                             crop=tuple(float(v) for v in data["view_frame"][view]))
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
+        examples.append({
+            "png": base64.b64encode(buffer.getvalue()).decode(), "image": image_index,
+            "width": picture.shape[1], "height": picture.shape[0],
+            "detections": [{"filter": int(det_filter[k]), "score": float(det_score[k]), "hit": bool(det_gt[k] >= 0),
+                            "colour": "#%02x%02x%02x" % colour_of[int(det_filter[k])]} for k in mine],
+            "alt": f"Image {image_index}: {len(gt)} ground-truth {result.part.name} box(es) in green and the "
+                   f"{len(mine)} strongest detections of the GA filters"})
+    return examples

@@ -1,0 +1,253 @@
+"""Reads of crowd studies: canonical descriptions, study progress, HIT and assignment lists, worker quality and
+the signals of careless or automated answering (issue 8 items 2 and 4).
+
+Pure helpers (:func:`canonical_description`, :func:`longest_streak`, :func:`careless_signals`) need no database.
+"""
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, F, Q, Sum
+
+from .models import (SUBMITTED_STATES, AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
+                     HitRole)
+from .naming import normalise_concept_name
+
+FAST_FRACTION = 0.3
+"""A worker is "fast" when their median time on task is below this share of the study's median (our choice)."""
+STREAK_MIN = 8
+"""An identical-answer streak this long (or longer) is flagged (our choice)."""
+SIGNAL_MIN_ANSWERS = 3
+"""Signals need at least this many answers of the worker."""
+
+
+# -- canonical descriptions (ND'18 §3.1) -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Canonical:
+    text: str
+    agreed: bool
+    confidence: int
+    votes: int
+
+
+def canonical_description(answers: Sequence[tuple[str, int]]) -> Canonical | None:
+    """ND'18 §3.1: "the most common description of a unit (when raters agreed), and the highest-confidence
+    description (when raters did not agree)". ``answers``: ``(phrase, confidence 1–5)`` in submission order.
+
+    Raters agree when at least two phrases normalise (:func:`normalise_concept_name`) to the same key; the most
+    common key wins (a tie goes to the larger summed confidence, then to the earliest). The text returned is the
+    group's highest-confidence phrase (the earliest among equals). Without agreement: the highest-confidence
+    phrase, the earliest among equals. None without any non-empty phrase.
+    """
+    items = [(position, " ".join(text.split()), int(confidence)) for position, (text, confidence)
+             in enumerate(answers) if text and text.strip()]
+    if not items:
+        return None
+    groups: dict[str, list[tuple[int, str, int]]] = {}
+    for item in items:
+        groups.setdefault(normalise_concept_name(item[1]) or item[1].lower(), []).append(item)
+    best = max(groups.values(), key=lambda group: (len(group), sum(c for _, _, c in group), -group[0][0]))
+    if len(best) >= 2:
+        position, text, confidence = max(best, key=lambda item: (item[2], -item[0]))
+        return Canonical(text=text, agreed=True, confidence=confidence, votes=len(best))
+    position, text, confidence = max(items, key=lambda item: (item[2], -item[0]))
+    return Canonical(text=text, agreed=False, confidence=confidence, votes=1)
+
+
+# -- careless / automated answering ------------------------------------------------------------------------------
+
+def longest_streak(values: Sequence[Any]) -> int:
+    """The longest run of equal consecutive values (0 for none)."""
+    best = run = 0
+    previous = object()
+    for value in values:
+        run = run + 1 if value == previous else 1
+        previous = value
+        best = max(best, run)
+    return best
+
+
+def answer_key(assignment: CrowdAssignment, kind: str) -> Any:
+    """What "the same answer" means per kind: yes/no, the normalised phrase, the count."""
+    if kind == CrowdTaskKind.VALIDATION:
+        return assignment.answer
+    if kind == CrowdTaskKind.DESCRIPTION:
+        return normalise_concept_name(assignment.description)
+    return assignment.count
+
+
+def careless_signals(*, seconds: Sequence[float], study_median: float | None, answers: Sequence[Any],
+                     pasted: int, fast_fraction: float = FAST_FRACTION, streak_min: int = STREAK_MIN) -> list[str]:
+    """Readable flags of careless or automated answering for one worker (REFERENCE.md: 33–46% of MTurk workers
+    used language models on text tasks): time on task far below the study's median, long streaks of identical
+    answers, descriptions pasted rather than typed."""
+    flags = []
+    if len(seconds) >= SIGNAL_MIN_ANSWERS and study_median:
+        median = statistics.median(seconds)
+        if median < fast_fraction * study_median:
+            flags.append(f"fast: median {median:.1f} s vs study median {study_median:.1f} s")
+    streak = longest_streak(answers)
+    if len(answers) >= SIGNAL_MIN_ANSWERS and streak >= streak_min:
+        flags.append(f"streak: {streak} identical answers in a row")
+    if pasted:
+        flags.append(f"pasted: {pasted} description{'s' if pasted != 1 else ''} pasted")
+    return flags
+
+
+# -- researchers ---------------------------------------------------------------------------------------------------
+
+def crowd_study_rows() -> list[dict[str, Any]]:
+    """Every crowd study with its numbers of task HITs, workers and answers."""
+    studies = CrowdStudy.objects.annotate(
+        task_hits=Count("hits", filter=Q(hits__role=HitRole.TASK), distinct=True),
+        worker_count=Count("workers", distinct=True)).prefetch_related("extractions__layer__network")
+    answered = dict(CrowdAssignment.objects.answered().tasks().values("hit__study").annotate(n=Count("id"))
+                    .values_list("hit__study", "n"))
+    return [{"study": study, "answers": answered.get(study.pk, 0),
+             "layers": ", ".join(sorted(f"{e.layer.network.name}/{e.layer.name}" for e in study.extractions.all()))}
+            for study in studies]
+
+
+def crowd_study_progress(study: CrowdStudy) -> dict[str, Any]:
+    """HITs per role, places filled on task HITs, assignments per state, workers (real and simulated)."""
+    hits = dict(study.hits.values("role").annotate(n=Count("id")).values_list("role", "n"))
+    tasks = study.hits.filter(role=HitRole.TASK)
+    places = tasks.aggregate(total=Sum("max_assignments"))["total"] or 0
+    states = dict(CrowdAssignment.objects.filter(hit__study=study).values("state").annotate(n=Count("id"))
+                  .values_list("state", "n"))
+    answered = CrowdAssignment.objects.answered().tasks().filter(hit__study=study).count()
+    return {"hits": {role.label: hits.get(role.value, 0) for role in HitRole}, "task_hits": hits.get(HitRole.TASK, 0),
+            "places": places, "answered": answered, "percent": int(100 * answered / places) if places else 0,
+            "complete_hits": tasks.annotate(n=Count("assignments", filter=Q(assignments__state__in=SUBMITTED_STATES)))
+            .filter(Q(n__gte=F("max_assignments")) | Q(retired=True)).count(),
+            "states": {state.label: states.get(state.value, 0) for state in AssignmentState},
+            "workers": study.workers.filter(simulated=False).count(),
+            "simulated_workers": study.workers.filter(simulated=True).count(),
+            "blocked": study.workers.filter(blocked=True).count()}
+
+
+def crowd_hit_rows(study: CrowdStudy, *, role: str = HitRole.TASK, limit: int = 300) -> list[dict[str, Any]]:
+    """HITs with their answers (researchers only: origins are shown here)."""
+    hits = list(study.hits.filter(role=role).select_related("unit__layer", "label_concept", "grid")
+                .order_by("unit__layer__order", "unit__index", "label_origin", "id")[:limit])
+    answers: dict[int, list[CrowdAssignment]] = {}
+    for assignment in (CrowdAssignment.objects.filter(hit__in=hits).exclude(state=AssignmentState.RETURNED)
+                       .select_related("worker").order_by("submitted_at", "id")):
+        answers.setdefault(assignment.hit_id, []).append(assignment)
+    rows = []
+    for hit in hits:
+        given = answers.get(hit.pk, [])
+        done = [a for a in given if a.state in SUBMITTED_STATES]
+        if hit.kind == CrowdTaskKind.VALIDATION:
+            summary = f"{sum(a.answer == 'yes' for a in done)} yes / {sum(a.answer == 'no' for a in done)} no"
+        elif hit.kind == CrowdTaskKind.DESCRIPTION:
+            chosen = canonical_description([(a.description, a.confidence or 1) for a in done])
+            how = " (agreed)" if chosen and chosen.agreed else " (highest confidence)"
+            summary = f"“{chosen.text}”{how}" if chosen else ""
+        else:
+            counts = [a.count for a in done if a.count is not None]
+            summary = (f"{statistics.median(counts):g} of {hit.purity_shown} (K = {hit.purity_k})" if counts else "")
+        rows.append({"hit": hit, "assignments": given, "answered": len(done), "summary": summary})
+    return rows
+
+
+def crowd_assignment_rows(study: CrowdStudy, *, state: str | None = None, worker: CrowdWorker | None = None,
+                          limit: int = 300):
+    """Submitted work to review, newest first."""
+    assignments = (CrowdAssignment.objects.filter(hit__study=study).exclude(state=AssignmentState.LEASED)
+                   .select_related("hit__unit__layer", "worker").order_by("-submitted_at", "-id"))
+    if state:
+        assignments = assignments.filter(state=state)
+    if worker is not None:
+        assignments = assignments.filter(worker=worker)
+    return list(assignments[:limit])
+
+
+def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
+    """Per worker: adapter, answers, gold accuracy, qualification, median time, bonuses and careless signals."""
+    assignments = list(CrowdAssignment.objects.filter(hit__study=study, state__in=[*SUBMITTED_STATES,
+                                                                                   AssignmentState.REJECTED])
+                       .select_related("hit").order_by("submitted_at", "id"))
+    task_seconds = [a.seconds for a in assignments if a.seconds is not None and a.hit.role == HitRole.TASK]
+    study_median = statistics.median(task_seconds) if task_seconds else None
+    by_worker: dict[int, list[CrowdAssignment]] = {}
+    for assignment in assignments:
+        by_worker.setdefault(assignment.worker_id, []).append(assignment)
+    bonuses = dict(CrowdWorker.objects.filter(study=study).annotate(total=Sum("bonuses__amount_cents"))
+                   .values_list("pk", "total"))
+    rows = []
+    for worker in study.workers.select_related("user").order_by("simulated", "created_at", "id"):
+        done = by_worker.get(worker.pk, [])
+        tasks = [a for a in done if a.hit.role == HitRole.TASK]
+        gold = [a for a in done if a.gold_correct is not None]
+        seconds = [a.seconds for a in tasks if a.seconds is not None]
+        states = Counter(a.state for a in done)
+        rows.append({
+            "worker": worker, "answered": len(tasks), "approved": states.get(AssignmentState.APPROVED, 0),
+            "rejected": states.get(AssignmentState.REJECTED, 0), "submitted": states.get(AssignmentState.SUBMITTED, 0),
+            "gold_right": sum(a.gold_correct for a in gold), "gold_total": len(gold),
+            "gold_accuracy": sum(a.gold_correct for a in gold) / len(gold) if gold else None,
+            "median_seconds": statistics.median(seconds) if seconds else None,
+            "pasted": sum(a.pasted for a in tasks), "bonus_cents": bonuses.get(worker.pk) or 0,
+            "signals": careless_signals(seconds=seconds, study_median=study_median,
+                                        answers=[answer_key(a, a.hit.kind) for a in tasks],
+                                        pasted=sum(a.pasted for a in tasks)),
+        })
+    return rows
+
+
+# -- workers -------------------------------------------------------------------------------------------------------
+
+def worker_by_code(code: str) -> CrowdWorker | None:
+    return CrowdWorker.objects.filter(code=code).select_related("study").first()
+
+
+def worker_progress(worker: CrowdWorker) -> dict[str, int]:
+    """The worker's answered HITs (gold included: to them every HIT is alike) and their gold score."""
+    done = CrowdAssignment.objects.filter(worker=worker, state__in=[*SUBMITTED_STATES, AssignmentState.REJECTED])
+    return {"answered": done.count(), "gold_right": done.filter(gold_correct=True).count(),
+            "gold_total": done.filter(gold_correct__isnull=False).count()}
+
+
+def preview_hit(study: CrowdStudy) -> Hit | None:
+    """The HIT an MTurk preview shows (read-only): the study's first task HIT."""
+    return study.hits.filter(role=HitRole.TASK).select_related("grid").order_by("position").first()
+
+
+def crowd_open_study_rows(user) -> list[dict[str, Any]]:
+    """Open crowd studies for a signed-in crowd worker, with how many HITs they answered in each."""
+    rows = []
+    for study in CrowdStudy.objects.filter(is_open=True).order_by("-created_at"):
+        worker = study.workers.filter(user=user).first()
+        rows.append({"study": study, "worker": worker,
+                     "answered": worker_progress(worker)["answered"] if worker else 0})
+    return rows
+
+
+# -- answers for aggregation and reports (issue 8 items 5–6) ----------------------------------------------------
+
+def crowd_answer_rows(study: CrowdStudy, *, simulated: str = "include", role: str = HitRole.TASK) -> list[dict]:
+    """Every counted answer (submitted or approved; rejected ones are out) of the study's HITs of ``role``, as
+    plain values: ``hit`` (id), ``unit`` (id), ``unit_index``, ``layer`` (name), ``origin`` (validation: where the
+    label came from), ``label``, ``label_category``, ``unit_category``, ``worker`` (id), ``simulated``, ``answer``
+    ("yes"/"no"), ``description``, ``confidence``, ``count``, ``shown`` (purity: images shown), ``seconds``.
+    ``simulated``: "include", "exclude" or "only" (the demo's simulated crowd)."""
+    answers = (CrowdAssignment.objects.answered().filter(hit__study=study, hit__role=role)
+               .order_by("hit_id", "submitted_at", "id"))
+    if simulated == "exclude":
+        answers = answers.filter(worker__simulated=False)
+    elif simulated == "only":
+        answers = answers.filter(worker__simulated=True)
+    return [{"hit": row[0], "unit": row[1], "unit_index": row[2], "layer": row[3], "origin": row[4], "label": row[5],
+             "label_category": row[6], "unit_category": row[7], "worker": row[8], "simulated": row[9],
+             "answer": row[10], "description": row[11], "confidence": row[12], "count": row[13], "shown": row[14],
+             "seconds": row[15]}
+            for row in answers.values_list("hit_id", "hit__unit_id", "hit__unit__index", "hit__unit__layer__name",
+                                           "hit__label_origin", "hit__label", "hit__label_category",
+                                           "hit__unit_category", "worker_id", "worker__simulated", "answer",
+                                           "description", "confidence", "count", "hit__purity_shown", "seconds")]

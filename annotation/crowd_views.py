@@ -1,0 +1,428 @@
+"""Pages of crowd studies: worker entry (own link, MTurk ExternalQuestion, Prolific), the qualification test, HIT
+pages (phone-friendly), gold feedback and hand-back; researchers' study list, creation, HITs, workers and review.
+
+Worker pages never name a label's origin, and their URLs carry only random tokens (study token, worker code,
+assignment token). MTurk shows them in a cross-site iframe, where cookies are unreliable: they are CSRF-exempt and
+know the worker by the code in the URL (the code is random and only the worker's own pages carry it).
+"""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.clickjacking import xframe_options_exempt
+from django.views.decorators.csrf import csrf_exempt
+from django.views.generic import FormView, TemplateView
+
+from accounts.permissions import ResearcherRequiredMixin
+from unitscope.ratelimit import rate_limited
+from accounts.roles import Role
+
+from . import crowd_selectors as selectors
+from . import crowd_services as services
+from .crowd_adapters import ADAPTERS, adapter_for, context_dumps, context_loads
+from .crowd_forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
+from .models import (DESCRIPTION_QUESTION, PURITY_QUESTION, VALIDATION_QUESTION, AssignmentState, CrowdAdapter,
+                     CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
+
+QUESTIONS = {CrowdTaskKind.VALIDATION: VALIDATION_QUESTION, CrowdTaskKind.DESCRIPTION: DESCRIPTION_QUESTION,
+             CrowdTaskKind.PURITY: PURITY_QUESTION}
+INSTRUCTIONS = {
+    CrowdTaskKind.VALIDATION: "Each image shows in full brightness the region one detector responds to; the rest "
+                              "is dimmed. Read the phrase in quotes and answer yes if it describes what most of the "
+                              "bright patches show, no otherwise.",
+    CrowdTaskKind.DESCRIPTION: "Each image shows in full brightness the region one detector responds to. Write a "
+                               "word or short phrase for what most bright patches have in common (a colour, a "
+                               "texture, a material, an object part, an object or a scene), then say how sure you "
+                               "are: 1 is a guess, 5 is certain. Type it yourself.",
+    CrowdTaskKind.PURITY: "Each image marks the strongest response of one detector with a green square and keeps "
+                          "the region it responds to bright. Count the images whose marked region shows the same "
+                          "object part as most of the others.",
+}
+worker_page = [csrf_exempt, xframe_options_exempt, rate_limited("crowd_worker")]
+entry_page = [csrf_exempt, xframe_options_exempt, rate_limited("crowd_entry")]
+"""Worker pages: CSRF-exempt and framable (see above), rate-limited per worker code (entry: per address)."""
+
+
+def study_instructions(study: CrowdStudy) -> str:
+    return study.instructions or INSTRUCTIONS[study.kind]
+
+
+def hit_context(hit: Hit) -> dict:
+    """What a HIT page shows, for any kind (never the label's origin)."""
+    grid = hit.grid
+    return {"hit_kind": hit.kind, "question": QUESTIONS[hit.kind], "label": hit.label, "grid": grid,
+            "shown": hit.purity_shown, "count_range": range(0, (hit.purity_shown or 0) + 1),
+            "alt": {CrowdTaskKind.VALIDATION: "Fifteen images; in each, the patch the detector responds to is bright "
+                                              "and the rest dimmed.",
+                    CrowdTaskKind.DESCRIPTION: "Fifteen images; in each, the patch the detector responds to is bright "
+                                               "and the rest dimmed.",
+                    CrowdTaskKind.PURITY: f"{hit.purity_shown} images; in each, a green square marks the detector's "
+                                          "strongest response."}[hit.kind]}
+
+
+# -- entry ------------------------------------------------------------------------------------------------------
+
+@method_decorator(entry_page, name="dispatch")
+class CrowdEntryView(View):
+    """``/crowd/s/<token>/[mturk/|prolific/]``: read the adapter's parameters, find or make the worker, go on."""
+
+    def get(self, request, token, adapter=CrowdAdapter.LINK):
+        study = get_object_or_404(CrowdStudy, token=token)
+        if adapter not in ADAPTERS:
+            raise Http404("No such entry.")
+        handler = adapter_for(adapter)
+        entry = handler.entry(request.GET, study=study, user=request.user)
+        if entry.error:
+            return render(request, "annotation/crowd/message.html",
+                          {"title": "This link is incomplete", "text": entry.error}, status=400)
+        if entry.preview:
+            hit = selectors.preview_hit(study)
+            return render(request, "annotation/crowd/task.html",
+                          {"study": study, "preview": True, "instructions": study_instructions(study),
+                           "form": HitAnswerForm(hit=hit) if hit else None, **(hit_context(hit) if hit else {})})
+        if adapter == CrowdAdapter.LINK:
+            user = request.user if request.user.is_authenticated and request.user.has_role(Role.CROWD) else None
+            if user is None:
+                return render(request, "annotation/crowd/start.html",
+                              {"study": study, "instructions": study_instructions(study)})
+            worker, _ = services.worker_enter(study=study, adapter=adapter, user=user)
+            return redirect("annotation:crowd_next", code=worker.code)
+        worker, _ = services.worker_enter(study=study, adapter=adapter, external_id=entry.external_id)
+        held = None
+        if entry.external.get("external_assignment_id"):
+            held = CrowdAssignment.objects.filter(
+                worker=worker, external_assignment_id=entry.external["external_assignment_id"]).first()
+        if held is not None:
+            return redirect("annotation:crowd_task", code=worker.code, assignment=held.token)
+        url = reverse("annotation:crowd_next", kwargs={"code": worker.code})
+        return redirect(f"{url}?ctx={context_dumps({'worker': worker.code, **entry.external})}")
+
+    def post(self, request, token, adapter=CrowdAdapter.LINK):
+        """Own link: "Start" makes a new worker whose personal link is their URL from now on."""
+        study = get_object_or_404(CrowdStudy, token=token)
+        if adapter != CrowdAdapter.LINK:
+            return HttpResponseBadRequest("Start from the platform's link.")
+        user = request.user if request.user.is_authenticated and request.user.has_role(Role.CROWD) else None
+        worker, _ = services.worker_enter(study=study, adapter=CrowdAdapter.LINK, user=user)
+        return redirect("annotation:crowd_next", code=worker.code)
+
+
+class WorkerMixin:
+    """Resolves ``self.worker`` from the code in the URL (404 if unknown) and the signed hand-off context."""
+
+    def dispatch(self, request, *args, **kwargs):
+        self.worker = selectors.worker_by_code(kwargs["code"])
+        if self.worker is None:
+            raise Http404("Unknown worker link.")
+        self.study = self.worker.study
+        self.adapter = adapter_for(self.worker.adapter)
+        self.ctx_value = request.GET.get("ctx") or request.POST.get("ctx") or ""
+        self.context = context_loads(self.ctx_value, worker=self.worker)
+        return super().dispatch(request, *args, **kwargs)
+
+    def with_ctx(self, url: str) -> str:
+        return f"{url}?ctx={self.ctx_value}" if self.context else url
+
+    def base_context(self) -> dict:
+        return {"study": self.study, "worker": self.worker, "ctx": self.ctx_value if self.context else "",
+                "progress": selectors.worker_progress(self.worker), "instructions": study_instructions(self.study)}
+
+    def finished(self, request):
+        handoff = self.adapter.finished(worker=self.worker, context=self.context)
+        return render(request, "annotation/crowd/done.html", {**self.base_context(), "handoff": handoff})
+
+
+@method_decorator(worker_page, name="dispatch")
+class CrowdNextView(WorkerMixin, View):
+    """Qualification first, then the worker's next HIT (claimed atomically), or the end of the visit."""
+
+    def get(self, request, code):
+        worker = self.worker
+        if worker.blocked:
+            return render(request, "annotation/crowd/message.html", {
+                **self.base_context(), "title": "No more HITs for you in this study",
+                "text": "Your answers to the check questions were too often wrong, so this study hands you no further "
+                        "HITs. Work already submitted stays on record."})
+        if services.worker_needs_qualification(worker):
+            if worker.qualified is False:
+                return render(request, "annotation/crowd/message.html", {
+                    **self.base_context(), "title": "Qualification not passed",
+                    "text": "You did not pass the qualification test, so this study has no HITs for you. Thank you "
+                            "for trying."})
+            return redirect(self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code})))
+        if self.adapter.context_keys and not all(self.context.get(key) for key in self.adapter.context_keys):
+            return render(request, "annotation/crowd/message.html", {
+                **self.base_context(), "title": "Open this study from the platform",
+                "text": "This page needs the link the platform gave you (it names your HIT or session)."}, status=400)
+        if self.adapter.session_done(worker=worker, context=self.context):
+            return self.finished(request)
+        external = {key: self.context[key] for key in ("external_assignment_id", "external_hit_id", "submit_to",
+                                                       "external_session") if key in self.context}
+        assignment = services.hit_next_for_worker(worker=worker, external=external)
+        if assignment is None:
+            return self.finished(request)
+        return redirect(self.with_ctx(reverse("annotation:crowd_task",
+                                              kwargs={"code": code, "assignment": assignment.token})))
+
+
+@method_decorator(worker_page, name="dispatch")
+class CrowdQualificationView(WorkerMixin, View):
+    """The qualification test: yes/no label questions with known answers, before the first HIT."""
+
+    template_name = "annotation/crowd/qualification.html"
+
+    def questions(self, attempt):
+        hits = {hit.token: hit for hit in Hit.objects.filter(study=self.study, token__in=attempt.questions)
+                .select_related("grid")}
+        return [{"hit": hits[token], "number": number, **hit_context(hits[token])}
+                for number, token in enumerate(attempt.questions, start=1) if token in hits]
+
+    def get(self, request, code, error: str = "", answers: dict | None = None):
+        if not services.worker_needs_qualification(self.worker):
+            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+        attempt = services.qualification_start(worker=self.worker)
+        if attempt is None:  # no questions to ask (the study's set-up changed): never loop back to "next"
+            return render(request, "annotation/crowd/message.html", {
+                **self.base_context(), "title": "The qualification test is not available",
+                "text": "This study asks for a qualification test but has no questions for it right now. Please "
+                        "try again later."})
+        previous = self.worker.qualification_attempts.exclude(pk=attempt.pk).filter(passed=False).last()
+        return render(request, self.template_name, {
+            **self.base_context(), "instructions": INSTRUCTIONS[CrowdTaskKind.VALIDATION],
+            "attempt": attempt, "questions": self.questions(attempt), "error": error,
+            "answers": answers or {}, "previous": previous, "pass_needed": self.study.qualification_pass_rate})
+
+    def post(self, request, code):
+        attempt = services.qualification_start(worker=self.worker)
+        if attempt is None:
+            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+        answers = {token: request.POST.get(f"q-{token}", "") for token in attempt.questions}
+        try:
+            attempt = services.qualification_submit(attempt=attempt, answers=answers)
+        except services.CrowdInputError as error:
+            return self.get(request, code, error=str(error), answers=answers)
+        self.worker.refresh_from_db()
+        if attempt.passed:
+            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+        return redirect(self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code})))
+
+
+@method_decorator(worker_page, name="dispatch")
+class CrowdTaskView(WorkerMixin, View):
+    """One HIT: the grid, the question, big touch-friendly answers; POST submits (gold: immediate feedback)."""
+
+    template_name = "annotation/crowd/task.html"
+
+    def get_assignment(self, token) -> CrowdAssignment:
+        assignment = (CrowdAssignment.objects.select_related("hit__grid").filter(token=token, worker=self.worker)
+                      .first())
+        if assignment is None:
+            raise Http404("This HIT is not yours.")
+        return assignment
+
+    def render_task(self, request, assignment, form, status=200):
+        return render(request, self.template_name, {
+            **self.base_context(), "assignment": assignment, "form": form, "preview": False,
+            "lease_minutes": max(1, self.study.lease_seconds // 60), **hit_context(assignment.hit)}, status=status)
+
+    def get(self, request, code, assignment):
+        assignment = self.get_assignment(assignment)
+        if assignment.state != AssignmentState.LEASED:
+            if assignment.state in (AssignmentState.SUBMITTED, AssignmentState.APPROVED, AssignmentState.REJECTED):
+                return redirect(self.with_ctx(reverse("annotation:crowd_after",
+                                                      kwargs={"code": code, "assignment": assignment.token})))
+            return render(request, "annotation/crowd/message.html", {
+                **self.base_context(), "title": "This HIT is closed",
+                "text": "Its time ran out or it was returned.", "next_url": self.with_ctx(
+                    reverse("annotation:crowd_next", kwargs={"code": code}))})
+        services.assignment_mark_shown(assignment=assignment)
+        return self.render_task(request, assignment, HitAnswerForm(hit=assignment.hit))
+
+    def post(self, request, code, assignment):
+        assignment = self.get_assignment(assignment)
+        form = HitAnswerForm(request.POST, hit=assignment.hit)
+        if not form.is_valid():
+            return self.render_task(request, assignment, form, status=400)
+        try:
+            result = services.assignment_submit(assignment=assignment, pasted=form.cleaned_data.get("pasted", False),
+                                                **form.cleaned_data["fields"])
+        except services.CrowdInputError as error:
+            form.add_error(None, str(error))
+            return self.render_task(request, assignment, form, status=409)
+        if result.gold or self.worker.adapter == CrowdAdapter.MTURK:
+            return redirect(self.with_ctx(reverse("annotation:crowd_after",
+                                                  kwargs={"code": code, "assignment": assignment.token})))
+        return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+
+
+@method_decorator(worker_page, name="dispatch")
+class CrowdAfterView(WorkerMixin, View):
+    """After a submission: gold feedback, and the hand-back (MTurk form) or the way on."""
+
+    def get(self, request, code, assignment):
+        assignment = (CrowdAssignment.objects.select_related("hit").filter(token=assignment, worker=self.worker)
+                      .first())
+        if assignment is None or assignment.state not in (AssignmentState.SUBMITTED, AssignmentState.APPROVED,
+                                                          AssignmentState.REJECTED):
+            raise Http404("Nothing submitted here.")
+        handoff = self.adapter.after_submit(assignment=assignment)
+        return render(request, "annotation/crowd/after.html", {
+            **self.base_context(), "assignment": assignment, "handoff": handoff,
+            "gold": assignment.gold_correct is not None, "correct": assignment.gold_correct,
+            "explanation": assignment.hit.gold_explanation if assignment.gold_correct is not None else "",
+            "next_url": self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code}))})
+
+
+@method_decorator(worker_page, name="dispatch")
+class CrowdReturnView(WorkerMixin, View):
+    """The worker gives the HIT back; they will not see it again."""
+
+    def post(self, request, code, assignment):
+        assignment = get_object_or_404(CrowdAssignment, token=assignment, worker=self.worker)
+        services.assignment_return(assignment=assignment)
+        if self.worker.adapter == CrowdAdapter.MTURK:
+            return render(request, "annotation/crowd/message.html", {
+                **self.base_context(), "title": "HIT returned",
+                "text": "Return the HIT on the platform too, so that someone else can take it."})
+        return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+
+
+# -- researchers -------------------------------------------------------------------------------------------------
+
+class CrowdStudyListView(ResearcherRequiredMixin, TemplateView):
+    template_name = "annotation/crowd/study_list.html"
+
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "rows": selectors.crowd_study_rows()}
+
+
+class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
+    template_name = "annotation/crowd/study_create.html"
+    form_class = CrowdStudyCreateForm
+
+    def form_valid(self, form):
+        data = form.cleaned_data
+        try:
+            study = services.crowd_study_create(
+                name=data["name"], kind=data["kind"], extractions=list(data["extractions"]), units=data["units"],
+                assignments_per_hit=data["assignments_per_hit"], controls=data["controls"],
+                include_human=data["include_human"], description_study=data["description_study"],
+                detectors_only=data["detectors_only"], gold_rate=data["gold_rate"],
+                qualification_required=data["qualification_required"], lease_seconds=data["lease_seconds"],
+                overlap_rule=data["overlap_rule"], purity_mass=data["purity_mass"], graph=data["graph"],
+                external_submit_hosts=data["external_submit_hosts"], seed=data["seed"], created_by=self.request.user)
+        except services.CrowdInputError as error:
+            form.add_error(None, str(error))
+            return self.form_invalid(form)
+        messages.success(self.request, f"Crowd study {study.name} created with "
+                                       f"{study.hits.filter(role=HitRole.TASK).count()} HITs.")
+        return redirect(study)
+
+
+class CrowdStudyMixin(ResearcherRequiredMixin):
+    def get_study(self) -> CrowdStudy:
+        return get_object_or_404(CrowdStudy, pk=self.kwargs["pk"])
+
+
+def study_links(request, study: CrowdStudy) -> list[dict]:
+    base = request.build_absolute_uri("/").rstrip("/")
+    return [{"adapter": adapter, "url": adapter.entry_url_template(study, base)} for adapter in ADAPTERS.values()]
+
+
+class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
+    template_name = "annotation/crowd/study_detail.html"
+
+    def get_context_data(self, **kwargs):
+        study = self.get_study()
+        role = self.request.GET.get("role", HitRole.TASK)
+        if role not in HitRole.values:
+            role = HitRole.TASK
+        return {**super().get_context_data(**kwargs), "study": study, "links": study_links(self.request, study),
+                "progress": selectors.crowd_study_progress(study), "role": role, "roles": HitRole.choices,
+                "hit_rows": selectors.crowd_hit_rows(study, role=role),
+                "layers": study.extractions.select_related("layer__network", "dataset")}
+
+    def post(self, request, *args, **kwargs):
+        study = self.get_study()
+        services.study_open_set(study=study, is_open=request.POST.get("open") == "1")
+        messages.success(request, f"{study.name} is {'open' if study.is_open else 'closed'} for new HITs.")
+        return redirect(study)
+
+
+class CrowdWorkersView(CrowdStudyMixin, TemplateView):
+    """Workers with gold accuracy, times and careless/automated signals; block, unblock, bonus."""
+
+    template_name = "annotation/crowd/workers.html"
+
+    def get_context_data(self, **kwargs):
+        study = self.get_study()
+        return {**super().get_context_data(**kwargs), "study": study, "rows": selectors.crowd_worker_rows(study),
+                "fast_fraction": selectors.FAST_FRACTION, "streak_min": selectors.STREAK_MIN}
+
+    def post(self, request, *args, **kwargs):
+        study = self.get_study()
+        back = reverse("annotation:crowd_workers", args=[study.pk])
+        if request.POST.get("form") == "bonus":
+            form = BonusForm(request.POST)
+        else:
+            form = BlockForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "Not saved — " + "; ".join(" ".join(e) for e in form.errors.values()))
+            return redirect(back)
+        worker = get_object_or_404(CrowdWorker, pk=form.cleaned_data["worker"], study=study)
+        try:
+            if isinstance(form, BonusForm):
+                services.bonus_grant(worker=worker, amount_cents=form.cleaned_data["amount_cents"],
+                                     reason=form.cleaned_data["reason"], created_by=request.user)
+                messages.success(request, f"Bonus of {form.cleaned_data['amount_cents']} cents recorded for "
+                                          f"{worker.external_id}.")
+            else:
+                blocked = form.cleaned_data["action"] == "block"
+                services.worker_block(worker=worker, reason=form.cleaned_data["reason"], blocked=blocked)
+                messages.success(request, f"{worker.external_id} {'blocked' if blocked else 'unblocked'}.")
+        except services.CrowdInputError as error:
+            messages.error(request, str(error))
+        return redirect(back)
+
+
+class CrowdReviewView(CrowdStudyMixin, TemplateView):
+    """Submitted work: approve, or reject with a reason (one, several, or all of a worker's)."""
+
+    template_name = "annotation/crowd/review.html"
+
+    def get_context_data(self, **kwargs):
+        study = self.get_study()
+        state = self.request.GET.get("state", AssignmentState.SUBMITTED)
+        if state not in AssignmentState.values:
+            state = ""
+        worker = None
+        if self.request.GET.get("worker"):
+            worker = study.workers.filter(pk=self.request.GET["worker"]).first()
+        return {**super().get_context_data(**kwargs), "study": study, "state": state, "worker": worker,
+                "states": AssignmentState.choices,
+                "assignments": selectors.crowd_assignment_rows(study, state=state or None, worker=worker)}
+
+    def post(self, request, *args, **kwargs):
+        study = self.get_study()
+        form = ReviewForm(request.POST)
+        back = request.POST.get("back") or reverse("annotation:crowd_review", args=[study.pk])
+        if not back.startswith("/"):
+            back = reverse("annotation:crowd_review", args=[study.pk])
+        if not form.is_valid():
+            messages.error(request, "Nothing reviewed — choose approve or reject.")
+            return redirect(back)
+        assignments = CrowdAssignment.objects.filter(hit__study=study, pk__in=form.cleaned_data["assignments"])
+        try:
+            done = services.assignments_review(assignments=assignments, reviewer=request.user,
+                                               approve=form.cleaned_data["decision"] == "approve",
+                                               reason=form.cleaned_data["reason"])
+        except services.CrowdInputError as error:
+            messages.error(request, str(error))
+            return redirect(back)
+        messages.success(request, f"{done} assignment{'s' if done != 1 else ''} "
+                                  f"{'approved' if form.cleaned_data['decision'] == 'approve' else 'rejected'}.")
+        return redirect(back)

@@ -1,0 +1,212 @@
+# Crowd studies (issue 8): hand-checked makemigrations output.
+
+import django.db.models.deletion
+from django.conf import settings
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ('analysis', '0003_renderedgrid_layerextraction_exemplarset_and_more'),
+        ('annotation', '0002_conceptsynonym'),
+        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
+    ]
+
+    operations = [
+        migrations.CreateModel(
+            name='CrowdAssignment',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('token', models.CharField(max_length=32, unique=True)),
+                ('state', models.CharField(choices=[('leased', 'Leased'), ('returned', 'Returned (or lease expired)'), ('submitted', 'Submitted'), ('approved', 'Approved'), ('rejected', 'Rejected')], default='leased', max_length=16)),
+                ('leased_at', models.DateTimeField()),
+                ('lease_expires_at', models.DateTimeField()),
+                ('shown_at', models.DateTimeField(blank=True, null=True)),
+                ('returned_at', models.DateTimeField(blank=True, null=True)),
+                ('submitted_at', models.DateTimeField(blank=True, null=True)),
+                ('seconds', models.FloatField(blank=True, help_text='Time on task: shown → submitted.', null=True)),
+                ('answer', models.CharField(blank=True, help_text='Validation: yes or no.', max_length=8)),
+                ('description', models.CharField(blank=True, max_length=100)),
+                ('confidence', models.PositiveSmallIntegerField(blank=True, null=True)),
+                ('count', models.PositiveSmallIntegerField(blank=True, null=True)),
+                ('pasted', models.BooleanField(default=False)),
+                ('gold_correct', models.BooleanField(blank=True, null=True)),
+                ('reason', models.CharField(blank=True, help_text='Why returned or rejected; review feedback.', max_length=300)),
+                ('reviewed_at', models.DateTimeField(blank=True, null=True)),
+                ('simulated', models.BooleanField(default=False)),
+                ('external_assignment_id', models.CharField(blank=True, max_length=128)),
+                ('external_hit_id', models.CharField(blank=True, max_length=128)),
+                ('external_session', models.CharField(blank=True, max_length=128)),
+                ('submit_to', models.URLField(blank=True, max_length=300)),
+                ('reviewed_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+            ],
+            options={
+                'ordering': ['leased_at', 'id'],
+            },
+        ),
+        migrations.CreateModel(
+            name='CrowdStudy',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(max_length=200, unique=True)),
+                ('token', models.CharField(help_text='Names the study in worker URLs.', max_length=32, unique=True)),
+                ('kind', models.CharField(choices=[('validation', 'Label validation (yes/no)'), ('description', 'Description (phrase + confidence)'), ('purity', 'Purity count')], max_length=16)),
+                ('description', models.TextField(blank=True, help_text='For researchers only.')),
+                ('instructions', models.TextField(blank=True, help_text="Shown to workers; empty: the kind's default.")),
+                ('assignments_per_hit', models.PositiveSmallIntegerField(default=3)),
+                ('lease_seconds', models.PositiveIntegerField(default=900)),
+                ('gold_rate', models.FloatField(default=0.1)),
+                ('qualification_required', models.BooleanField(default=True)),
+                ('qualification_size', models.PositiveSmallIntegerField(default=4)),
+                ('qualification_pass_rate', models.FloatField(default=0.75)),
+                ('qualification_max_attempts', models.PositiveSmallIntegerField(default=2)),
+                ('block_below', models.FloatField(default=0.6, help_text='Gold accuracy below which a worker is blocked.')),
+                ('block_min_gold', models.PositiveSmallIntegerField(default=8)),
+                ('overlap_rule', models.CharField(choices=[('fixed', 'Fixed: N workers per HIT'), ('dynamic', 'Dynamic: add workers where agreement is low, stop early where settled')], default='fixed', max_length=16)),
+                ('overlap_max_assignments', models.PositiveSmallIntegerField(default=5)),
+                ('overlap_min_agreement', models.FloatField(default=0.7)),
+                ('overlap_settle_after', models.PositiveSmallIntegerField(default=3)),
+                ('purity_mass', models.FloatField(default=0.3)),
+                ('purity_max_shown', models.PositiveSmallIntegerField(default=20)),
+                ('external_submit_hosts', models.CharField(default='www.mturk.com workersandbox.mturk.com', help_text='Space-separated hosts a turkSubmitTo may name.', max_length=500)),
+                ('completion_code', models.CharField(help_text='Prolific-style completion code.', max_length=64)),
+                ('hits_per_session', models.PositiveSmallIntegerField(default=10)),
+                ('reward_cents', models.PositiveIntegerField(default=0, help_text='Pay per approved HIT (for the records).')),
+                ('seed', models.IntegerField(default=0)),
+                ('is_open', models.BooleanField(default=True, help_text='Closed studies hand out no new HITs.')),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ('extractions', models.ManyToManyField(help_text='The layers (and their dataset) whose units the HITs show.', related_name='+', to='analysis.layerextraction')),
+            ],
+            options={
+                'verbose_name_plural': 'crowd studies',
+                'ordering': ['-created_at', '-id'],
+            },
+        ),
+        migrations.CreateModel(
+            name='CrowdWorker',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('adapter', models.CharField(choices=[('link', 'Own link (worker code)'), ('mturk', 'MTurk ExternalQuestion'), ('prolific', 'Prolific')], max_length=16)),
+                ('external_id', models.CharField(max_length=128)),
+                ('code', models.CharField(max_length=32, unique=True)),
+                ('simulated', models.BooleanField(db_index=True, default=False)),
+                ('params', models.JSONField(blank=True, default=dict)),
+                ('qualified', models.BooleanField(blank=True, null=True)),
+                ('blocked', models.BooleanField(default=False)),
+                ('blocked_reason', models.CharField(blank=True, max_length=300)),
+                ('blocked_at', models.DateTimeField(blank=True, null=True)),
+                ('order_a', models.BigIntegerField(default=1)),
+                ('order_b', models.BigIntegerField(default=0)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('last_seen_at', models.DateTimeField(blank=True, null=True)),
+                ('study', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='workers', to='annotation.crowdstudy')),
+                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='crowd_workers', to=settings.AUTH_USER_MODEL)),
+            ],
+            options={
+                'ordering': ['study', 'created_at', 'id'],
+            },
+        ),
+        migrations.CreateModel(
+            name='CrowdBonus',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('amount_cents', models.PositiveIntegerField()),
+                ('reason', models.CharField(max_length=300)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('assignment', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='bonuses', to='annotation.crowdassignment')),
+                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ('worker', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='bonuses', to='annotation.crowdworker')),
+            ],
+            options={
+                'ordering': ['-created_at', '-id'],
+            },
+        ),
+        migrations.AddField(
+            model_name='crowdassignment',
+            name='worker',
+            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='assignments', to='annotation.crowdworker'),
+        ),
+        migrations.CreateModel(
+            name='Hit',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('token', models.CharField(max_length=32, unique=True)),
+                ('position', models.PositiveIntegerField()),
+                ('kind', models.CharField(choices=[('validation', 'Label validation (yes/no)'), ('description', 'Description (phrase + confidence)'), ('purity', 'Purity count')], max_length=16)),
+                ('role', models.CharField(choices=[('task', 'Task (aggregated)'), ('gold', 'Gold item (known answer, mixed in)'), ('qualification', 'Qualification question')], default='task', max_length=16)),
+                ('label', models.CharField(blank=True, max_length=100)),
+                ('label_origin', models.CharField(blank=True, choices=[('dissection', 'Network Dissection label'), ('human', 'Human canonical description'), ('control', 'Control: a random other concept')], max_length=16)),
+                ('label_category', models.CharField(blank=True, max_length=64)),
+                ('unit_category', models.CharField(blank=True, max_length=64)),
+                ('source', models.JSONField(blank=True, default=dict)),
+                ('gold_answer', models.CharField(blank=True, max_length=100)),
+                ('gold_explanation', models.CharField(blank=True, max_length=300)),
+                ('purity_k', models.PositiveIntegerField(blank=True, help_text='K of the 30% mass rule.', null=True)),
+                ('purity_shown', models.PositiveIntegerField(blank=True, help_text='Images shown (≤ K).', null=True)),
+                ('max_assignments', models.PositiveSmallIntegerField(default=3)),
+                ('assigned_count', models.PositiveSmallIntegerField(default=0)),
+                ('retired', models.BooleanField(default=False)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('extraction', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='analysis.layerextraction')),
+                ('grid', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='analysis.renderedgrid')),
+                ('label_concept', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='analysis.concept')),
+                ('study', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='hits', to='annotation.crowdstudy')),
+                ('unit', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='analysis.unit')),
+            ],
+            options={
+                'ordering': ['study', 'position', 'id'],
+            },
+        ),
+        migrations.AddField(
+            model_name='crowdassignment',
+            name='hit',
+            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='assignments', to='annotation.hit'),
+        ),
+        migrations.CreateModel(
+            name='QualificationAttempt',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('questions', models.JSONField(default=list, help_text='Tokens of the qualification HITs asked, in order.')),
+                ('answers', models.JSONField(blank=True, default=dict, help_text='{token: answer}')),
+                ('correct', models.PositiveSmallIntegerField(default=0)),
+                ('total', models.PositiveSmallIntegerField(default=0)),
+                ('passed', models.BooleanField(blank=True, help_text='None while not submitted.', null=True)),
+                ('started_at', models.DateTimeField(auto_now_add=True)),
+                ('submitted_at', models.DateTimeField(blank=True, null=True)),
+                ('worker', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='qualification_attempts', to='annotation.crowdworker')),
+            ],
+            options={
+                'ordering': ['worker', 'started_at', 'id'],
+            },
+        ),
+        migrations.AddConstraint(
+            model_name='crowdworker',
+            constraint=models.UniqueConstraint(fields=('study', 'adapter', 'external_id'), name='unique_crowd_worker'),
+        ),
+        migrations.AddIndex(
+            model_name='hit',
+            index=models.Index(fields=['study', 'role', 'position'], name='annotation__study_i_62e745_idx'),
+        ),
+        migrations.AddConstraint(
+            model_name='hit',
+            constraint=models.CheckConstraint(condition=models.Q(('role__in', ['gold', 'qualification']), ('assigned_count__lte', models.F('max_assignments')), _connector='OR'), name='hit_within_capacity'),
+        ),
+        migrations.AddIndex(
+            model_name='crowdassignment',
+            index=models.Index(fields=['worker', 'state'], name='annotation__worker__6a7cc0_idx'),
+        ),
+        migrations.AddIndex(
+            model_name='crowdassignment',
+            index=models.Index(fields=['state', 'lease_expires_at'], name='annotation__state_d02ef7_idx'),
+        ),
+        migrations.AddConstraint(
+            model_name='crowdassignment',
+            constraint=models.UniqueConstraint(fields=('hit', 'worker'), name='unique_crowd_assignment'),
+        ),
+        migrations.AddConstraint(
+            model_name='crowdassignment',
+            constraint=models.CheckConstraint(condition=models.Q(('confidence__isnull', True), models.Q(('confidence__gte', 1), ('confidence__lte', 5)), _connector='OR'), name='crowd_confidence_1_5'),
+        ),
+    ]

@@ -1,0 +1,221 @@
+"""Part detection engine (GG'18 §3.1): VOC AP against a straightforward devkit-style implementation, the
+precomputed matching against both, box regression on synthetic activations, NMS against a naive loop."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import nms
+
+from analysis.engine.part_detection import (DetectionMatching, apply_box_regressors, average_precision,
+                                            best_ground_truth, fit_box_regressors, grouped_nms, local_maxima,
+                                            neighbourhood_features, regression_pairs)
+
+needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+
+def naive_iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def naive_voc_ap(dets, gts, threshold=0.4):
+    """The VOC devkit (VOCevaldet + VOCap, 2010+) written out plainly: dets = [(image, score, box)] in input
+    order, sorted stably by score; gts = [(image, box)]."""
+    order = sorted(range(len(dets)), key=lambda i: -dets[i][1])  # Python's sort is stable
+    taken = [False] * len(gts)
+    tp, fp = [], []
+    for i in order:
+        image, _, box = dets[i]
+        best, best_j = -1.0, -1
+        for j, (gt_image, gt_box) in enumerate(gts):
+            if gt_image != image:
+                continue
+            overlap = naive_iou(box, gt_box)
+            if overlap > best:
+                best, best_j = overlap, j
+        if best >= threshold and not taken[best_j]:
+            taken[best_j] = True
+            tp.append(1)
+            fp.append(0)
+        else:
+            tp.append(0)
+            fp.append(1)
+    if not gts:
+        return 0.0
+    ctp = np.cumsum(tp)
+    cfp = np.cumsum(fp)
+    rec = ctp / len(gts)
+    prec = ctp / np.maximum(ctp + cfp, 1e-300)
+    mrec = np.concatenate([[0.0], rec, [1.0]])
+    mpre = np.concatenate([[0.0], prec, [0.0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return float(np.sum((mrec[idx] - mrec[idx - 1]) * mpre[idx]))
+
+
+def random_problem(seed, n_images=6, n_gt=10, n_det=60, n_filters=4):
+    rng = np.random.default_rng(seed)
+    gt_image = rng.integers(0, n_images, n_gt)
+    xy = rng.uniform(0, 40, (n_gt, 2))
+    wh = rng.uniform(5, 20, (n_gt, 2))
+    gt = np.concatenate([xy, xy + wh], 1)
+    det_image = rng.integers(0, n_images, n_det)
+    # half of the detections jitter a ground-truth box of their image (if any), the rest are random
+    det = np.zeros((n_det, 4))
+    for k in range(n_det):
+        same = np.flatnonzero(gt_image == det_image[k])
+        if len(same) and rng.random() < 0.6:
+            det[k] = gt[rng.choice(same)] + rng.normal(0, 2.5, 4)
+        else:
+            p = rng.uniform(0, 40, 2)
+            det[k] = np.concatenate([p, p + rng.uniform(5, 20, 2)])
+    det[:, 2:] = np.maximum(det[:, 2:], det[:, :2] + 0.5)
+    score = rng.choice([0.1, 0.5, 0.9, 1.3], n_det) if seed % 2 else rng.random(n_det)  # ties on odd seeds
+    det_filter = rng.integers(0, n_filters, n_det)
+    return gt, gt_image, det, det_image, score, det_filter
+
+
+def engine_ap(det, det_image, score, gt, gt_image, device="cpu"):
+    return average_precision(*(torch.tensor(value, device=device) for value in (det, score, det_image, gt, gt_image)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(6))
+def test_ap_equals_the_devkit_on_random_detections(seed, device):
+    gt, gt_image, det, det_image, score, _ = random_problem(seed)
+    expected = naive_voc_ap([(det_image[k], score[k], det[k]) for k in range(len(det))],
+                            [(gt_image[j], gt[j]) for j in range(len(gt))])
+    ap, recall = engine_ap(det, det_image, score, gt, gt_image, device)
+    assert ap == pytest.approx(expected, abs=1e-12)
+    assert expected > 0.05  # the case is not trivial
+    assert 0 < recall <= 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_precomputed_matching_equals_the_devkit_for_every_union(seed):
+    gt, gt_image, det, det_image, score, det_filter = random_problem(seed, n_det=80)
+    best = best_ground_truth(torch.tensor(det), torch.tensor(det_image), torch.tensor(gt), torch.tensor(gt_image),
+                             0.4).numpy()
+    matching = DetectionMatching(det_filter, score, best, len(gt), 4)
+    looping = DetectionMatching(det_filter, score, best, len(gt), 4, max_table_cells=0)  # no table: binary searches
+    for bits in range(1, 16):
+        chosen = np.array([(bits >> f) & 1 for f in range(4)], dtype=bool)
+        picked = np.flatnonzero(chosen[det_filter])  # the union in input order
+        expected = naive_voc_ap([(det_image[k], score[k], det[k]) for k in picked],
+                                [(gt_image[j], gt[j]) for j in range(len(gt))])
+        assert matching.ap(chosen)[0] == pytest.approx(expected, abs=1e-12)
+        assert looping.ap(chosen) == matching.ap(chosen)
+        assert engine_ap(det[picked], det_image[picked], score[picked], gt, gt_image)[0] == pytest.approx(expected)
+
+
+def test_hand_made_cases():
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30.0]])
+    gt_image = np.array([0, 0])
+    # a perfect hit, its duplicate (lower score), a miss, the second box found last
+    det = np.array([[0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60], [20, 20, 30, 30.0]])
+    score = np.array([0.9, 0.8, 0.7, 0.6])
+    ap, recall = engine_ap(det, np.zeros(4, int), score, gt, gt_image)
+    # precision at the two hits: 1/1 and 2/4 -> AP = 0.5 * 1 + 0.5 * 0.5
+    assert ap == pytest.approx(0.75)
+    assert recall == 1.0
+    # the duplicate scored above the true hit: the first (IoU 0.9) takes the box, the exact one is a duplicate
+    ap, _ = engine_ap(det, np.zeros(4, int), np.array([0.8, 0.9, 0.7, 0.6]), gt, gt_image)
+    assert ap == pytest.approx(0.75)
+    # ties in score keep input order: the miss first, then the hit -> precision 1/2 at recall 1/2
+    ap, _ = engine_ap(det[[2, 0]], np.zeros(2, int), np.array([0.5, 0.5]), gt, gt_image)
+    assert ap == pytest.approx(0.25)
+    # IoU exactly 0.4 counts; misses only give 0; a detection in another image never matches
+    edge = np.array([[0, 0, 4, 10.0]])
+    assert engine_ap(edge, np.zeros(1, int), np.ones(1), gt[:1], gt_image[:1])[0] == pytest.approx(1.0)
+    assert engine_ap(det[[2]], np.zeros(1, int), np.ones(1), gt, gt_image) == (0.0, 0.0)
+    assert engine_ap(det[[0]], np.ones(1, int), np.ones(1), gt, gt_image) == (0.0, 0.0)
+
+
+def test_regression_recovers_a_known_affine_offset():
+    """Activations whose part box is the receptive-field centre shifted by an affine function of the
+    neighbourhood: the weighted least squares finds it, and applying it reproduces the boxes."""
+    gen = torch.Generator().manual_seed(0)
+    views, h, w = 40, 7, 7
+    maps = torch.rand((views, 2, h, w), generator=gen) * 3
+    cy = 4.0 + 8.0 * torch.arange(h, dtype=torch.float32)
+    cx = 4.0 + 8.0 * torch.arange(w, dtype=torch.float32)
+    view = torch.arange(views).repeat_interleave(h * w)
+    row = torch.arange(h).repeat_interleave(w).repeat(views)
+    col = torch.arange(w).repeat(h).repeat(views)
+    true_w = torch.zeros(12, 4, dtype=torch.float64)
+    true_w[11] = torch.tensor([3.0, -2.0, 12.0, 20.0])  # constant offsets and sizes
+    true_w[0, 0] = 0.05   # d_x grows with c_x
+    true_w[6, 2] = 1.5    # width grows with the centre activation
+    true_w[3, 3] = -0.5   # height shrinks with the activation above
+    for f in range(2):
+        feats = neighbourhood_features(maps, view, torch.full_like(view, f), row, col, cy, cx)
+        design = torch.cat([feats.double(), torch.ones(len(feats), 1, dtype=torch.float64)], 1)
+        targets = design @ true_w
+        weights, fitted = fit_box_regressors(feats[None], maps[view, f, row, col][None], targets)
+        assert bool(fitted.all())
+        assert torch.allclose(weights[0], true_w, atol=1e-3)
+        boxes = apply_box_regressors(weights, fitted, torch.zeros(len(feats), dtype=torch.int64), feats, (16, 16))
+        centre_x = feats[:, 0].double() + targets[:, 0]
+        assert torch.allclose((boxes[:, 0] + boxes[:, 2]).double() / 2, centre_x, atol=1e-3)
+        assert torch.allclose((boxes[:, 2] - boxes[:, 0]).double(), targets[:, 2].clamp_min(1), atol=1e-3)
+
+
+def test_regression_pairs_and_unfitted_filters_keep_receptive_fields():
+    cy = torch.tensor([2.0, 6.0, 10.0])
+    cx = torch.tensor([2.0, 6.0, 10.0])
+    gt = torch.tensor([[0.0, 0.0, 6.0, 7.0]])  # x in [0, 6) holds column 0 only; y in [0, 7) rows 0, 1
+    box, row, col = regression_pairs(cy, cx, gt, torch.tensor([0]))
+    assert sorted(zip(row.tolist(), col.tolist())) == [(0, 0), (1, 0)]
+    feats = torch.zeros(1, 2, 11)
+    weights, fitted = fit_box_regressors(feats, torch.zeros(1, 2), torch.ones(2, 4))
+    assert not bool(fitted[0])
+    boxes = apply_box_regressors(weights, fitted, torch.tensor([0]), torch.tensor([[6.0, 2.0] + [0.0] * 9]), (8, 4),
+                                 frame=(12, 12))
+    assert boxes.tolist() == [[4.0, 0.0, 8.0, 6.0]]
+
+
+def naive_nms(boxes, scores, threshold):
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    keep = []
+    for i in order:
+        if all(naive_iou(boxes[i], boxes[j]) <= threshold for j in keep):
+            keep.append(i)
+    return sorted(keep)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(4))
+def test_grouped_nms_matches_a_naive_loop_and_torchvision(seed, device):
+    rng = np.random.default_rng(seed)
+    n = 300
+    xy = rng.uniform(0, 30, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(4, 15, (n, 2))], 1)
+    scores = rng.random(n)
+    groups = rng.integers(0, 25, n)
+    kept = grouped_nms(torch.tensor(boxes, device=device), torch.tensor(scores, device=device),
+                       torch.tensor(groups, device=device), 0.3, max_cells=500).tolist()
+    expected = []
+    for g in range(25):
+        members = np.flatnonzero(groups == g)
+        expected += members[naive_nms(boxes[members].tolist(), scores[members].tolist(), 0.3)].tolist()
+        tv = nms(torch.tensor(boxes[members]), torch.tensor(scores[members]), 0.3)
+        assert sorted(members[tv.numpy()].tolist()) == sorted(members[naive_nms(boxes[members].tolist(),
+                                                                              scores[members].tolist(), 0.3)].tolist())
+    assert kept == sorted(expected)
+
+
+def test_local_maxima():
+    maps = torch.zeros(1, 2, 4, 4)
+    maps[0, 0, 1, 1] = 2.0
+    maps[0, 0, 1, 2] = 1.0
+    maps[0, 0, 3, 3] = 0.5
+    peaks = local_maxima(maps)
+    assert list(zip(peaks.filter.tolist(), peaks.row.tolist(), peaks.col.tolist())) == [(0, 1, 1), (0, 3, 3)]
+    assert peaks.score.tolist() == [2.0, 0.5]
+    assert len(local_maxima(maps, include_zero_peaks=True)) > 2  # the flat zero filter becomes all peaks

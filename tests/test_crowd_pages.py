@@ -1,0 +1,340 @@
+"""Crowd pages through HTTP: validation HITs are blind (HTML, URLs, image names), each worker has their own
+order; the MTurk ExternalQuestion hand-off (preview cannot submit, the result is posted to turkSubmitTo with
+assignmentId); Prolific completion codes only after a submission; researcher pages."""
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from urllib.parse import urlencode
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from annotation import crowd_services as services
+from annotation.crowd_adapters import context_dumps
+from annotation.models import (MTURK_PREVIEW_ASSIGNMENT, AssignmentState, CrowdAssignment, CrowdTaskKind,
+                               CrowdWorker, HitRole, LabelOrigin)
+from tests.test_crowd_study import add_gold, build_crowd_world, enter, validation_study
+
+pytestmark = pytest.mark.django_db
+ORIGIN_WORDS = ("dissect", "control", "human", "origin", "canonical", "netdissect", "iou", "detector_label",
+                *LabelOrigin.values)
+
+
+class Links(HTMLParser):
+    """Every URL a page names (href, src, action) and its forms (method, action, hidden fields)."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+        self.forms: list[dict] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for name in ("href", "src", "action"):
+            if attrs.get(name):
+                self.urls.append(attrs[name])
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "form":
+            self.forms.append({"method": (attrs.get("method") or "get").lower(), "action": attrs.get("action"),
+                               "fields": {}})
+        if tag == "input" and self.forms and attrs.get("type") == "hidden":
+            self.forms[-1]["fields"][attrs.get("name")] = attrs.get("value")
+
+
+def parse(html: str) -> Links:
+    links = Links()
+    links.feed(html)
+    return links
+
+
+def assert_no_origin(text: str, where: str) -> None:
+    lowered = re.sub(r'"X-CSRFToken": "[^"]+"', "", text).lower()  # a random token may spell anything short
+    for word in ORIGIN_WORDS:
+        assert word not in lowered, f"{where} reveals {word!r}"
+
+
+def full_validation_study(name="blind", units=3):
+    """A validation study whose units have all three kinds of label (after a description study)."""
+    extractions = build_crowd_world(name=name, units=units)
+    describe = services.crowd_study_create(name=f"{name}-describe", kind=CrowdTaskKind.DESCRIPTION,
+                                           extractions=extractions, gold_count=0, qualification_required=False)
+    for number in range(3):
+        worker = enter(describe, number)
+        while (assignment := services.hit_next_for_worker(worker=worker)) is not None:
+            services.assignment_submit(assignment=assignment, description=f"pattern {assignment.hit.unit.index}",
+                                       confidence=3)
+    study = services.crowd_study_create(name=name, kind=CrowdTaskKind.VALIDATION, extractions=extractions,
+                                        gold_count=0, gold_rate=0.0, qualification_required=False)
+    assert {hit.label_origin for hit in study.hits.all()} == set(LabelOrigin.values)
+    return study
+
+
+def walk(client: Client, first_url: str) -> list[dict]:
+    """Follow a worker through every HIT (answering yes), recording each visited URL and task page."""
+    pages, url, visited = [], first_url, []
+    for _ in range(200):
+        response = client.get(url)
+        visited.append(url)
+        if response.status_code == 302:
+            url = response["Location"]
+            continue
+        html = response.content.decode()
+        if "/a/" not in url:
+            return pages
+        pages.append({"url": url, "html": html, "visited": list(visited)})
+        posted = client.post(url, {"answer": "yes"})
+        assert posted.status_code == 302
+        url = posted["Location"]
+    raise AssertionError("the worker never finished")
+
+
+def test_validation_hits_are_blind_in_html_urls_and_image_names(settings):
+    study = full_validation_study()
+    client = Client()
+    start = client.get(reverse("annotation:crowd_entry", args=[study.token]))
+    assert start.status_code == 200
+    assert_no_origin(start.content.decode(), "the start page")
+    entered = client.post(reverse("annotation:crowd_entry", args=[study.token]))
+    pages = walk(client, entered["Location"])
+    assert len(pages) == study.hits.count() == 9
+    worker = CrowdWorker.objects.get(study=study)
+    by_token = {a.token: a for a in CrowdAssignment.objects.filter(worker=worker).select_related("hit__grid")}
+    normalised_by_unit: dict[int, dict[str, str]] = {}
+    for page in pages:
+        token = page["url"].rstrip("/").split("/")[-1]
+        hit = by_token[token].hit
+        html = page["html"]
+        assert f"“{hit.label}”" in html
+        links = parse(html)
+        for url in links.urls + page["visited"]:
+            assert_no_origin(url, f"URL {url}")
+        # The only image of the HIT is its content-hash grid.
+        grid_images = [src for src in links.images if src.startswith(settings.MEDIA_URL)]
+        assert grid_images == [hit.grid.url]
+        assert re.fullmatch(rf"{settings.MEDIA_URL}grids/[0-9a-f]{{2}}/[0-9a-f]{{64}}\.png", hit.grid.url)
+        assert_no_origin(html.replace(f"“{hit.label}”", ""), f"the page of a {hit.label_origin} label")
+        # Pages of one unit differ only by the label (and tokens): nothing else tells the origins apart.
+        same = html.replace(f"“{hit.label}”", "LABEL").replace(token, "TOKEN").replace(worker.code, "CODE")
+        same = re.sub(r'"X-CSRFToken": "[^"]+"', "", same)
+        same = re.sub(r"<h1>HIT \d+</h1>", "", same)
+        normalised_by_unit.setdefault(hit.unit_id, {})[hit.label_origin] = same
+    for unit_pages in normalised_by_unit.values():
+        assert len(unit_pages) == 3 and len(set(unit_pages.values())) == 1
+
+
+def test_two_workers_see_the_labels_in_different_orders():
+    study = full_validation_study(name="orders", units=4)
+    sequences = []
+    for _ in range(2):
+        client = Client()
+        entered = client.post(reverse("annotation:crowd_entry", args=[study.token]))
+        pages = walk(client, entered["Location"])
+        sequences.append([re.search(r"“([^”]*)”", page["html"])[1] for page in pages])
+    assert sorted(sequences[0]) == sorted(sequences[1]) and sequences[0] != sequences[1]
+
+
+# -- MTurk ---------------------------------------------------------------------------------------------------
+
+def mturk_url(study, **params) -> str:
+    return reverse("annotation:crowd_entry_adapter", args=[study.token, "mturk"]) + "?" + urlencode(params)
+
+
+def test_mturk_preview_shows_the_task_but_cannot_submit():
+    study = validation_study("preview", units=2)
+    client = Client()
+    response = client.get(mturk_url(study, assignmentId=MTURK_PREVIEW_ASSIGNMENT, hitId="H1",
+                                    turkSubmitTo="https://workersandbox.mturk.com"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "preview" in html.lower() and "cannot be submitted" in html
+    links = parse(html)
+    assert [form for form in links.forms if form["method"] == "post"] == []  # nothing to submit
+    assert "disabled" in html and len(links.images) == 1
+    assert not CrowdWorker.objects.exists() and not CrowdAssignment.objects.exists()
+    assert client.post(mturk_url(study, assignmentId=MTURK_PREVIEW_ASSIGNMENT)).status_code == 400
+
+
+def test_mturk_submission_posts_the_assignment_id_to_turk_submit_to():
+    study = validation_study("turk", units=2)
+    client = Client()
+    entry = mturk_url(study, assignmentId="ASSIGN-1", hitId="HIT-9", workerId="AWORKER",
+                      turkSubmitTo="https://workersandbox.mturk.com")
+    response = client.get(entry, follow=True)
+    task_url = response.redirect_chain[-1][0]
+    assert "/a/" in task_url and response.status_code == 200
+    assignment = CrowdAssignment.objects.get()
+    assert (assignment.external_assignment_id, assignment.external_hit_id, assignment.submit_to) == \
+        ("ASSIGN-1", "HIT-9", "https://workersandbox.mturk.com")
+    assert client.get(entry)["Location"].endswith(f"/a/{assignment.token}/")  # re-entry: the same HIT
+    after = client.post(task_url, {"answer": "no"}, follow=True)
+    forms = [form for form in parse(after.content.decode()).forms if form["method"] == "post"]
+    assert len(forms) == 1
+    assert forms[0]["action"] == "https://workersandbox.mturk.com/mturk/externalSubmit"
+    assert forms[0]["fields"]["assignmentId"] == "ASSIGN-1" and forms[0]["fields"]["answer"] == "no"
+    assignment.refresh_from_db()
+    assert assignment.state == AssignmentState.SUBMITTED
+    # One UnitScope HIT per MTurk assignment: asking again within it gives no second HIT; without the platform's
+    # context there is no HIT at all.
+    worker = CrowdWorker.objects.get()
+    next_url = reverse("annotation:crowd_next", args=[worker.code])
+    context = context_dumps({"worker": worker.code, "external_assignment_id": "ASSIGN-1", "external_hit_id": "HIT-9",
+                             "submit_to": "https://workersandbox.mturk.com"})
+    assert client.get(next_url + "?" + urlencode({"ctx": context})).status_code == 200
+    assert client.get(next_url).status_code == 400
+    assert CrowdAssignment.objects.count() == 1
+
+
+def test_mturk_turk_submit_to_must_be_an_allowed_host_and_qualification_keeps_the_assignment():
+    study = validation_study("turkq", units=2)
+    bad = Client().get(mturk_url(study, assignmentId="A", hitId="H", workerId="W",
+                                 turkSubmitTo="https://evil.example.com"))
+    assert bad.status_code == 400 and not CrowdAssignment.objects.exists()
+    add_gold(study, 4, answer="yes", role=HitRole.QUALIFICATION)
+    study.qualification_required, study.qualification_size, study.qualification_pass_rate = True, 4, 1.0
+    study.external_submit_hosts = "www.mturk.com localhost:8123"
+    study.save()
+    client = Client()
+    response = client.get(mturk_url(study, assignmentId="A2", hitId="H2", workerId="W2",
+                                    turkSubmitTo="http://localhost:8123"), follow=True)
+    qualification_url = response.redirect_chain[-1][0]
+    assert "/qualification/" in qualification_url and "ctx=" in qualification_url
+    tokens = re.findall(r'name="q-([0-9a-f]+)"', response.content.decode())
+    assert len(set(tokens)) == 4
+    passed = client.post(qualification_url, {f"q-{token}": "yes" for token in tokens}, follow=True)
+    assert "/a/" in passed.redirect_chain[-1][0]
+    assignment = CrowdAssignment.objects.get()
+    assert assignment.external_assignment_id == "A2" and assignment.submit_to == "http://localhost:8123"
+
+
+# -- Prolific -------------------------------------------------------------------------------------------------
+
+def test_prolific_completion_code_appears_only_after_a_submission():
+    study = validation_study("prolific", units=2, hits_per_session=2)
+    code = study.completion_code
+    client = Client()
+    url = reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"])
+    assert client.get(url + "?PROLIFIC_PID=P1").status_code == 400
+    response = client.get(url + "?" + urlencode({"PROLIFIC_PID": "P1", "STUDY_ID": "S", "SESSION_ID": "X1"}),
+                          follow=True)
+    seen = [response.content.decode()]
+    task_url = response.redirect_chain[-1][0]
+    assert "/a/" in task_url
+    response = client.post(task_url, {"answer": "yes"}, follow=True)
+    seen.append(response.content.decode())
+    second_task = response.redirect_chain[-1][0]
+    assert "/a/" in second_task and second_task != task_url
+    assert all(code not in html for html in seen)  # the code is earned, not given before
+    done = client.post(second_task, {"answer": "no"}, follow=True)
+    assert code in done.content.decode() and "completion code" in done.content.decode()
+    assert f"cc={code}" in done.content.decode()
+    assert CrowdAssignment.objects.filter(external_session="X1", state=AssignmentState.SUBMITTED).count() == 2
+
+
+def test_prolific_without_any_submission_gets_no_code():
+    study = validation_study("prolific-closed", units=1)
+    services.study_open_set(study=study, is_open=False)
+    response = Client().get(reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"]) + "?" +
+                            urlencode({"PROLIFIC_PID": "P2", "STUDY_ID": "S", "SESSION_ID": "X2"}), follow=True)
+    assert response.status_code == 200 and study.completion_code not in response.content.decode()
+    assert "No more HITs" in response.content.decode()
+
+
+# -- gold feedback, crowd accounts, researcher pages ------------------------------------------------------------
+
+def test_gold_feedback_is_shown_at_once(make_user):
+    study = validation_study("goldpage", units=1, gold_rate=0.9)
+    add_gold(study, 3, answer="no")
+    user = make_user("cora", "crowd")
+    client = Client()
+    client.force_login(user)
+    home = client.get(reverse("annotation:crowd_home"))
+    assert study.token in home.content.decode()
+    response = client.get(reverse("annotation:crowd_entry", args=[study.token]), follow=True)
+    worker = CrowdWorker.objects.get(user=user)
+    assert worker.external_id == f"user-{user.pk}"
+    for _ in range(5):
+        task_url = response.redirect_chain[-1][0]
+        token = task_url.rstrip("/").split("/")[-1]
+        assignment = CrowdAssignment.objects.get(token=token)
+        response = client.post(task_url, {"answer": "yes"}, follow=True)
+        if assignment.hit.role == HitRole.GOLD:
+            html = response.content.decode()
+            assert "Not quite" in html and "explained" in html and "check question" in html
+            return
+        assert "/a/" in response.redirect_chain[-1][0]
+    raise AssertionError("no gold item in five HITs at a rate of 0.9")
+
+
+def test_researcher_pages(researcher_client):
+    study = validation_study("pages", units=2, assignments_per_hit=1)
+    worker = enter(study, 1)
+    done = []
+    while (assignment := services.hit_next_for_worker(worker=worker)) is not None:
+        services.assignment_submit(assignment=assignment, answer="yes")
+        done.append(assignment)
+    for name in ("crowd_study_list",):
+        assert researcher_client.get(reverse(f"annotation:{name}")).status_code == 200
+    detail = researcher_client.get(reverse("annotation:crowd_study_detail", args=[study.pk])).content.decode()
+    assert "Network Dissection label" in detail and f"/crowd/s/{study.token}/mturk/" in detail
+    assert "PROLIFIC_PID={{%PROLIFIC_PID%}}" in detail
+    workers = researcher_client.get(reverse("annotation:crowd_workers", args=[study.pk])).content.decode()
+    assert "w1" in workers
+    review_url = reverse("annotation:crowd_review", args=[study.pk])
+    assert researcher_client.get(review_url).status_code == 200
+    response = researcher_client.post(review_url, {"assignments": f"{done[0].pk}", "decision": "reject",
+                                                   "reason": "too fast"})
+    assert response.status_code == 302
+    done[0].refresh_from_db()
+    assert done[0].state == AssignmentState.REJECTED and done[0].reason == "too fast"
+    researcher_client.post(reverse("annotation:crowd_workers", args=[study.pk]),
+                           {"form": "bonus", "worker": worker.pk, "amount_cents": 30, "reason": "thanks"})
+    researcher_client.post(reverse("annotation:crowd_workers", args=[study.pk]),
+                           {"form": "block", "worker": worker.pk, "action": "block", "reason": "spam"})
+    worker.refresh_from_db()
+    assert worker.blocked and worker.bonuses.get().amount_cents == 30
+    create = researcher_client.get(reverse("annotation:crowd_study_create"))
+    assert create.status_code == 200 and "pages-net / conv5" in create.content.decode()
+
+
+def test_an_mturk_worker_with_two_accepted_hits_gets_one_unitscope_hit_each():
+    study = validation_study("two-turk", units=2)
+    client = Client()
+    urls = [client.get(mturk_url(study, assignmentId=f"A{n}", hitId="H", workerId="SAME",
+                                 turkSubmitTo="https://www.mturk.com"), follow=True).redirect_chain[-1][0]
+            for n in (1, 2)]
+    assert urls[0] != urls[1]
+    held = {a.external_assignment_id: a.hit_id for a in CrowdAssignment.objects.all()}
+    assert set(held) == {"A1", "A2"} and held["A1"] != held["A2"]
+
+
+def test_a_researcher_creates_a_crowd_study_from_the_page(researcher_client):
+    extraction, = build_crowd_world(name="form", units=2)
+    response = researcher_client.post(reverse("annotation:crowd_study_create"), {
+        "name": "From the page", "kind": "description", "extractions": [extraction.pk], "units": "",
+        "assignments_per_hit": 3, "gold_rate": 0, "lease_seconds": 600, "overlap_rule": "fixed",
+        "purity_mass": 0.3, "external_submit_hosts": "www.mturk.com", "seed": 0})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    from annotation.models import CrowdStudy
+
+    study = CrowdStudy.objects.get(name="From the page")
+    assert response["Location"] == study.get_absolute_url()
+    assert study.kind == "description" and study.hits.count() == 2 and not study.qualification_required
+    again = researcher_client.post(reverse("annotation:crowd_study_create"), {
+        "name": "From the page", "kind": "description", "extractions": [extraction.pk], "assignments_per_hit": 3,
+        "gold_rate": 0, "lease_seconds": 600, "overlap_rule": "fixed", "purity_mass": 0.3,
+        "external_submit_hosts": "www.mturk.com", "seed": 0})
+    assert again.status_code == 200 and "already exists" in again.content.decode()
+
+
+def test_a_required_qualification_without_questions_says_so_instead_of_looping():
+    study = validation_study("noqual", units=1)
+    study.qualification_required = True
+    study.save()
+    worker = enter(study, 1)
+    response = Client().get(reverse("annotation:crowd_next", args=[worker.code]), follow=True)
+    assert response.status_code == 200 and "not available" in response.content.decode()
+    assert len(response.redirect_chain) == 1 and not CrowdAssignment.objects.exists()

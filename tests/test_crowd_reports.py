@@ -1,0 +1,392 @@
+"""Crowd study reports (annotation/crowd_reports.py and its pages): ND'18 Table 3 from a small hand-built study
+equals hand-computed values; the purity table; aggregated results; pages for researchers only."""
+from __future__ import annotations
+
+from datetime import timedelta
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from annotation import aggregation
+from annotation import crowd_reports as reports
+from annotation.models import (AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
+                               HitRole, LabelOrigin)
+
+HUMAN, DISSECTION, CONTROL = LabelOrigin.HUMAN, LabelOrigin.DISSECTION, LabelOrigin.CONTROL
+_counter = iter(range(1, 10_000))
+
+
+def _token() -> str:
+    return f"{next(_counter):016x}"
+
+
+@pytest.fixture
+def layers(db):
+    """A network with conv3 (4 units) and conv5 (6 units), each extracted (rows only: no files)."""
+    from analysis.models import Dataset, Layer, LayerExtraction, Network, Run, Unit
+
+    run = Run.objects.create(kind="extract", params_hash="x", status="succeeded")
+    dataset = Dataset.objects.create(name="world", kind="probe_world", root_dir="/nonexistent")
+    network = Network.objects.create(name="net", source="module", mean=[0.5] * 3, std=[0.25] * 3)
+    result = {}
+    for order, (name, units) in enumerate((("conv3", 4), ("conv5", 6)), start=3):
+        layer = Layer.objects.create(network=network, name=name, order=order, units=units, out_height=4, out_width=4)
+        for index in range(units):
+            Unit.objects.create(layer=layer, index=index)
+        extraction = LayerExtraction.objects.create(
+            run=run, layer=layer, dataset=dataset, cache_key=name, cache_path="-", stats_path="-", n_images=10,
+            map_height=4, map_width=4, quantile=0.995, k_overall=15, k_per_class=10)
+        result[name] = (layer, extraction)
+    return result
+
+
+def make_study(layers, kind=CrowdTaskKind.VALIDATION, name="validation"):
+    study = CrowdStudy.objects.create(name=name, token=_token(), kind=kind, completion_code="C0DE")
+    study.extractions.set([extraction for _, extraction in layers.values()])
+    return study
+
+
+def make_worker(study, name, simulated=False):
+    return CrowdWorker.objects.create(study=study, adapter="link", external_id=name, code=_token(),
+                                      simulated=simulated)
+
+
+def answer(hit, worker, **fields):
+    now = timezone.now()
+    return CrowdAssignment.objects.create(
+        hit=hit, worker=worker, token=_token(), state=fields.pop("state", AssignmentState.SUBMITTED), leased_at=now,
+        lease_expires_at=now + timedelta(minutes=15), shown_at=now, submitted_at=now + timedelta(seconds=5),
+        seconds=5.0, simulated=worker.simulated, **fields)
+
+
+def validation_hit(study, layers, layer, unit, origin, category, votes, *, role=HitRole.TASK, gold_answer=""):
+    """A validation HIT on ``layer``/``unit`` and its votes: ``{worker: "yes"|"no"}``."""
+    _, extraction = layers[layer]
+    hit = Hit.objects.create(study=study, token=_token(), position=next(_counter), kind=CrowdTaskKind.VALIDATION,
+                             role=role, unit=extraction.layer.unit_set.get(index=unit), extraction=extraction,
+                             label=f"label {layer} {unit} {origin}", label_origin=origin if role == HitRole.TASK else "",
+                             unit_category=category, gold_answer=gold_answer)
+    for worker, vote in votes.items():
+        answer(hit, worker, answer=vote)
+    return hit
+
+
+@pytest.fixture
+def table3_study(layers):
+    """The hand-built validation study behind the hand-computed Table 3 (see the test's comments)."""
+    study = make_study(layers)
+    w1, w2, w3 = (make_worker(study, name) for name in ("w1", "w2", "w3"))
+    sim = make_worker(study, "simulated-1", simulated=True)
+    y, n = "yes", "no"
+    hit = lambda *args: validation_hit(study, layers, *args)  # noqa: E731
+    # conv3 (4 units)
+    hit("conv3", 0, HUMAN, "color", {w1: y, w2: y, w3: y})
+    hit("conv3", 0, DISSECTION, "color", {w1: y, w2: y, w3: n})
+    hit("conv3", 0, CONTROL, "color", {w1: n, w2: n, w3: n})
+    hit("conv3", 1, HUMAN, "texture", {w1: y, w2: n, w3: n})
+    hit("conv3", 1, DISSECTION, "texture", {w1: y, w2: y, w3: y})
+    hit("conv3", 2, HUMAN, "color", {w1: y, w2: y, w3: n})
+    hit("conv3", 2, DISSECTION, "color", {w1: n, w2: y, w3: n})
+    # conv5 (6 units)
+    hit("conv5", 0, HUMAN, "object", {w1: y, w2: y})
+    hit("conv5", 0, DISSECTION, "object", {w1: y, w2: y, w3: y})
+    hit("conv5", 1, HUMAN, "part", {w1: y, w2: y, w3: y})
+    hit("conv5", 1, DISSECTION, "part", {w1: n, w2: n, w3: n})
+    hit("conv5", 2, HUMAN, "object", {w1: y, w2: n})
+    hit("conv5", 2, DISSECTION, "object", {w1: y, w2: y})
+    hit("conv5", 4, HUMAN, "object", {w1: y, w2: y, w3: n, sim: n})
+    hit("conv5", 4, DISSECTION, "object", {w1: y, w2: n, w3: n})
+    hit("conv5", 5, HUMAN, "scene", {w1: y, w2: y, w3: y})
+    # Not counted: a rejected answer, a returned lease, a gold item.
+    rejected = hit("conv5", 3, HUMAN, "object", {})
+    answer(rejected, w1, answer=y, state=AssignmentState.REJECTED)
+    answer(rejected, w2, answer=y, state=AssignmentState.RETURNED)
+    gold = validation_hit(study, layers, "conv5", 3, "", "object", {w1: y, w2: n}, role=HitRole.GOLD, gold_answer=y)
+    for assignment in gold.assignments.all():  # as assignment_submit marks gold answers
+        assignment.gold_correct = assignment.answer == y
+        assignment.save()
+    return study
+
+
+def _cells(table, label):
+    return [cell["text"] for cell in next(row for row in table["rows"] if row["label"] == label)["cells"]]
+
+
+def test_table3_equals_hand_computed_values(table3_study):
+    table = reports.nd18_table3(table3_study, simulated="exclude", replicates=200)
+    conv3, conv5 = table["layers"]
+    # conv3: interpretable = units whose human label got a strict yes majority: 0 (3/3) and 2 (2/3); unit 1 (1/3) not.
+    assert (conv3["layer"], conv3["interpretable"], conv3["units"], conv3["units_judged"]) == ("conv3", 2, 4, 3)
+    assert conv3["by_category"] == {"color": 2}
+    assert conv3["human"]["value"] == pytest.approx(float(Fraction(1) / 2 + Fraction(2, 3) / 2))  # 5/6
+    assert conv3["dissection"]["value"] == pytest.approx(0.5)  # (2/3 + 1/3) / 2
+    assert conv3["control"]["value"] == 0.0 and conv3["control"]["n_units"] == 1
+    # conv5: units 0 (2/2), 1 (3/3), 4 (2/3), 5 (3/3) interpretable; unit 2 is a 1–1 tie; unit 3 has no counted vote.
+    assert (conv5["interpretable"], conv5["units"], conv5["units_judged"]) == (4, 6, 5)
+    assert conv5["by_category"] == {"object": 2, "part": 1, "scene": 1}
+    assert conv5["human"]["value"] == pytest.approx(11 / 12)  # (1 + 1 + 2/3 + 1) / 4
+    assert conv5["dissection"]["value"] == pytest.approx(4 / 9)  # (1 + 0 + 1/3) / 3: unit 5 has no dissection HIT
+    assert conv5["human_by_category"]["object"]["value"] == pytest.approx(5 / 6)
+    assert conv5["dissection_by_category"]["object"]["value"] == pytest.approx(2 / 3)
+    assert conv5["dissection_by_category"]["part"]["value"] == 0.0
+    assert conv5["dissection_by_category"]["scene"]["value"] is None
+    assert conv5["control"]["value"] is None
+    # The paper's layout.
+    assert table["categories"] == ["color", "part", "object", "scene"]
+    assert _cells(table, "Interpretable units") == ["2/4", "4/6"]
+    assert _cells(table, "color units") == ["2", "0"]
+    assert _cells(table, "object units") == ["0", "2"]
+    assert _cells(table, "Human consistency") == ["83%", "92%"]
+    assert [row["label"] for row in table["rows"]][:5] == ["Interpretable units", "color units", "part units",
+                                                           "object units", "scene units"]
+    human_rows = [row for row in table["rows"] if row["label"].startswith("on ")][:4]
+    assert [row["label"] for row in human_rows] == ["on color units", "on part units", "on object units",
+                                                    "on scene units"]
+    assert [cell["text"] for cell in human_rows[0]["cells"]] == ["83%", "n/a"]
+    assert _cells(table, "Network Dissection") == ["50%", "44%"]
+    # Intervals contain the estimate.
+    for entry in table["layers"]:
+        share = entry["human"]
+        assert share["ci"][0] <= share["value"] <= share["ci"][1]
+
+
+def test_table3_with_simulated_crowd_and_all_units(table3_study):
+    # The simulated "no" on conv5 unit 4's human label makes it a 2–2 tie: no longer interpretable.
+    conv5 = reports.nd18_table3(table3_study, simulated="include", replicates=0)["layers"][1]
+    assert conv5["interpretable"] == 3
+    assert conv5["human"]["value"] == 1.0 and conv5["dissection"]["value"] == pytest.approx(0.5)
+    only = reports.nd18_table3(table3_study, simulated="only", replicates=0)["layers"][1]
+    assert (only["interpretable"], only["units_judged"]) == (0, 1)
+    table = reports.nd18_table3(table3_study, interpretable="all", replicates=0)
+    conv3 = table["layers"][0]
+    assert conv3["interpretable"] == 3 and conv3["by_category"] == {"color": 2, "texture": 1}
+    assert conv3["human"]["value"] == pytest.approx(2 / 3) and conv3["dissection"]["value"] == pytest.approx(2 / 3)
+    assert table["categories"][:2] == ["color", "texture"]
+
+
+def test_table3_from_votes_pure():
+    votes = [reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3), reports.UnitVotes("L", 1, "", DISSECTION.value, 0, 2),
+             reports.UnitVotes("L", 2, "scene", HUMAN.value, 0, 0)]
+    table = reports.table3_from_votes(votes, [("L", 10), ("M", 5)], replicates=0)
+    first, second = table["layers"]
+    assert first["interpretable"] == 1 and first["by_category"] == {"": 1} and first["dissection"]["value"] == 0.0
+    assert second["interpretable"] == 0 and second["human"] == {"value": None, "ci": None, "n_units": 0}
+    assert table["categories"] == [""]
+    assert reports.table3_rows(table)[1]["label"] == "no dissection label units"
+    with pytest.raises(ValueError):
+        reports.table3_from_votes(votes, [("L", 10)], interpretable="some")
+
+
+def test_aggregation_report(table3_study):
+    result = reports.crowd_aggregation(table3_study, simulated="exclude", replicates=200)
+    rows = {(row["layer"], row["unit"], row["origin_key"]): row for row in result["hits"]}
+    assert len(rows) == 16 and result["n_answers"] == 45 and result["n_workers"] == 3
+    row = rows[("conv3", 1, HUMAN.value)]
+    assert (row["majority"], row["n"], row["tied"]) == ("no", 3, False)
+    assert row["majority_share"] == pytest.approx(2 / 3)
+    tie = rows[("conv5", 2, HUMAN.value)]
+    assert tie["tied"] and tie["majority"] == "yes"
+    assert all(row["ds"] in ("yes", "no") and 0.5 <= row["ds_confidence"] <= 1.0 for row in result["hits"])
+    assert result["hits"][0]["tied"] or result["hits"][0].get("differs")  # disagreements and ties come first
+    assert result["dawid_skene"]["gold_used"]
+    # Agreement over the task HITs equals statsmodels' Fleiss' κ on the HITs with three answers (a naive reference).
+    from statsmodels.stats.inter_rater import fleiss_kappa
+
+    per_hit = {}
+    for hit_id, vote in CrowdAssignment.objects.filter(hit__study=table3_study, hit__role=HitRole.TASK,
+                                                       state=AssignmentState.SUBMITTED, worker__simulated=False
+                                                       ).values_list("hit_id", "answer"):
+        per_hit.setdefault(hit_id, []).append(vote)
+    table = np.array([[votes.count("yes"), votes.count("no")] for votes in per_hit.values() if len(votes) == 3])
+    assert result["agreement"]["fleiss_kappa"]["value"] == pytest.approx(fleiss_kappa(table))
+    assert result["agreement"]["fleiss_raters_per_item"] == 3
+    alpha = result["agreement"]["krippendorff_alpha"]
+    assert alpha["ci"][0] <= alpha["value"] <= alpha["ci"][1]
+    assert [row["origin_key"] for row in result["agreement_by_origin"]] == ["dissection", "human", "control"]
+    # Workers: skill from Dawid-Skene, gold accuracy from the gold item, agreement with the majority.
+    workers = {row["worker"].external_id: row for row in result["workers"]}
+    assert set(workers) == {"w1", "w2", "w3"}
+    assert (workers["w1"]["gold_right"], workers["w1"]["gold_total"], workers["w2"]["gold_accuracy"]) == (1, 1, 0.0)
+    assert workers["w3"]["gold_total"] == 0
+    assert all(0.0 <= row["skill"] <= 1.0 for row in workers.values())
+    assert workers["w1"]["task_answers"] == 16
+    majority = aggregation.majority_vote(reports.study_answers(table3_study), labels=["yes", "no"])
+    w3 = [(hit, vote) for hit, vote in CrowdAssignment.objects.filter(
+        worker__external_id="w3", hit__role=HitRole.TASK, hit__study=table3_study).values_list("hit_id", "answer")]
+    expected = sum(vote == majority.at[hit, "label"] for hit, vote in w3) / len(w3)
+    assert workers["w3"]["agrees_with_majority"] == pytest.approx(expected)
+
+
+def test_overlap_decisions_in_report(table3_study):
+    table3_study.overlap_rule = "dynamic"
+    table3_study.save()
+    result = reports.crowd_aggregation(table3_study, replicates=0)
+    decisions = {(row["layer"], row["unit"], row["origin_key"]): row["overlap"] for row in result["hits"]}
+    # conv3 unit 1, human: 1 yes 2 no = 0.67 < 0.7 with its 3 planned answers → one more worker.
+    extend = decisions[("conv3", 1, HUMAN.value)]
+    assert (extend.action, extend.target) == (aggregation.OverlapAction.EXTEND, 4)
+    assert decisions[("conv3", 0, HUMAN.value)].action == aggregation.OverlapAction.DONE
+    assert decisions[("conv5", 0, HUMAN.value)].action == aggregation.OverlapAction.COLLECT  # 2 of 3
+    assert sum(result["overlap"]["counts"].values()) == 16
+
+
+def test_hit_overlap_decision_reads_live_answers(layers):
+    study = make_study(layers)
+    study.overlap_rule, study.overlap_settle_after, study.overlap_min_agreement = "dynamic", 2, 0.7
+    study.save()
+    w1, w2, w3 = (make_worker(study, name) for name in ("w1", "w2", "w3"))
+    hit = validation_hit(study, layers, "conv3", 0, HUMAN, "color", {w1: "yes"})
+    assert reports.hit_overlap_decision(hit).action == aggregation.OverlapAction.COLLECT
+    answer(hit, w2, answer="yes")
+    settled = reports.hit_overlap_decision(hit)
+    assert (settled.action, settled.target, settled.action.closes) == (aggregation.OverlapAction.STOP_EARLY, 2, True)
+    split = validation_hit(study, layers, "conv3", 1, HUMAN, "color", {w1: "yes", w2: "no", w3: "no"})
+    answer(split, make_worker(study, "w4"), answer="yes", state=AssignmentState.REJECTED)  # not counted
+    decision = reports.hit_overlap_decision(split)
+    assert (decision.action, decision.target, decision.n_answers) == (aggregation.OverlapAction.EXTEND, 4, 3)
+
+
+def test_simulated_default(layers):
+    study = make_study(layers)
+    assert reports.simulated_default(study) == "exclude"
+    sim = make_worker(study, "simulated-1", simulated=True)
+    validation_hit(study, layers, "conv3", 0, HUMAN, "color", {sim: "yes"})
+    assert reports.simulated_default(study) == "only"
+    validation_hit(study, layers, "conv3", 1, HUMAN, "color", {make_worker(study, "p"): "yes"})
+    assert reports.simulated_default(study) == "exclude"
+
+
+def purity_hit(study, layers, layer, unit, counts, *, shown=10, k=12, source=None):
+    _, extraction = layers[layer]
+    hit = Hit.objects.create(study=study, token=_token(), position=next(_counter), kind=CrowdTaskKind.PURITY,
+                             unit=extraction.layer.unit_set.get(index=unit), extraction=extraction, purity_k=k,
+                             purity_shown=shown, source=source or {})
+    for worker, count in counts.items():
+        answer(hit, worker, count=count)
+    return hit
+
+
+def test_purity_table_hand_computed(layers):
+    study = make_study(layers, kind=CrowdTaskKind.PURITY, name="purity")
+    w1, w2 = make_worker(study, "w1"), make_worker(study, "w2")
+    purity_hit(study, layers, "conv3", 0, {w1: 6, w2: 8})            # 0.7
+    purity_hit(study, layers, "conv3", 1, {w1: 2}, shown=4, k=4)     # 0.5
+    purity_hit(study, layers, "conv5", 0, {w1: 9, w2: 10}, k=30)     # 0.95
+    # Another pattern source in another purity study on the same layers plugs in as its own row.
+    graph = make_study(layers, kind=CrowdTaskKind.PURITY, name="graph nodes")
+    g1 = make_worker(graph, "g1")
+    purity_hit(graph, layers, "conv5", 0, {g1: 10}, source={"pattern_source": "explanatory_graph", "pattern": 7})
+    purity_hit(graph, layers, "conv5", 1, {g1: 8}, source={"pattern_source": "explanatory_graph", "pattern": 8})
+    table = reports.purity_table(study)
+    assert table["layers"] == ["conv3", "conv5"]
+    rows = {row["source"]: row for row in table["rows"]}
+    assert list(rows) == ["raw_filter_peaks", "explanatory_graph"]
+    raw3, raw5 = rows["raw_filter_peaks"]["cells"]
+    assert raw3["purity"] == pytest.approx((0.7 + 0.5) / 2) and raw3["patterns"] == 2 and raw3["answers"] == 3
+    assert raw5["purity"] == pytest.approx(0.95) and raw5["median_k"] == 30
+    graph3, graph5 = rows["explanatory_graph"]["cells"]
+    assert graph3["purity"] is None and graph5["purity"] == pytest.approx(0.9) and graph5["patterns"] == 2
+    assert rows["explanatory_graph"]["study"] == graph and rows["raw_filter_peaks"]["study"] == study
+    # The graph study's page lists its own rows first, then the other study's.
+    assert [row["source"] for row in reports.purity_table(graph)["rows"]] == ["explanatory_graph", "raw_filter_peaks"]
+
+
+def test_description_study_report(researcher_client, layers):
+    study = make_study(layers, kind=CrowdTaskKind.DESCRIPTION, name="descriptions")
+    w1, w2, w3 = (make_worker(study, name) for name in ("w1", "w2", "w3"))
+    _, extraction = layers["conv5"]
+    phrases = {0: [("Wheels", 3), ("wheel", 2), ("car door", 5)], 1: [("sky", 2), ("grass", 4), ("water", 4)]}
+    for unit, given in phrases.items():
+        hit = Hit.objects.create(study=study, token=_token(), position=next(_counter), kind=CrowdTaskKind.DESCRIPTION,
+                                 unit=extraction.layer.unit_set.get(index=unit), extraction=extraction)
+        for worker, (text, confidence) in zip((w1, w2, w3), given):
+            answer(hit, worker, description=text, confidence=confidence)
+    result = reports.crowd_aggregation(study, replicates=50)
+    rows = {row["unit"]: row for row in result["hits"]}
+    assert (rows[0]["majority"], rows[0]["majority_share"]) == ("wheel", pytest.approx(2 / 3))
+    assert rows[0]["canonical"].agreed and rows[0]["canonical"].votes == 2
+    assert not rows[1]["canonical"].agreed and rows[1]["canonical"].text == "grass"
+    assert rows[0]["ds"] in {"wheel", "car door"}
+    page = researcher_client.get(reverse("annotation:crowd_report", args=[study.pk]))
+    assert page.status_code == 200 and "Canonical description" in page.content.decode()
+    assert "“grass”" in page.content.decode()
+    page = researcher_client.get(reverse("annotation:crowd_report_table3", args=[study.pk]))
+    assert page.status_code == 200 and "label-validation study" in page.content.decode()
+
+
+# -- pages -----------------------------------------------------------------------------------------------------------
+
+def test_report_pages_render_for_a_researcher(researcher_client, table3_study, layers):
+    page = researcher_client.get(reverse("annotation:crowd_report", args=[table3_study.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="hit-results"' in html and "Dawid-Skene" in html and "Fleiss" in html and "<svg" in html
+    assert 'data-worker="w1"' in html and "simulated-1" not in html
+    assert "accuracy on gold items" in html  # the skill-vs-gold chart (w1 and w2 answered the gold item)
+    page = researcher_client.get(reverse("annotation:crowd_report_table3", args=[table3_study.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="table3-grid"' in html and "2/4" in html and "4/6" in html and "92%" in html and "44%" in html
+    assert html.count("<svg") >= 2 and 'role="img"' in html
+    page = researcher_client.get(reverse("annotation:crowd_report_table3", args=[table3_study.pk]),
+                                 {"simulated": "include", "interpretable": "all"})
+    assert page.status_code == 200 and "The simulated crowd is included" in page.content.decode()
+    purity = make_study(layers, kind=CrowdTaskKind.PURITY, name="purity")
+    purity_hit(purity, layers, "conv3", 0, {make_worker(purity, "w9"): 5})
+    page = researcher_client.get(reverse("annotation:crowd_report_purity", args=[purity.pk]))
+    assert page.status_code == 200
+    assert 'data-source="raw_filter_peaks"' in page.content.decode() and "0.500" in page.content.decode()
+    page = researcher_client.get(reverse("annotation:crowd_report", args=[purity.pk]))
+    assert page.status_code == 200 and "Mean count" in page.content.decode()
+
+
+def test_report_pages_are_for_researchers_only(client, make_user, table3_study):
+    urls = [reverse(name, args=[table3_study.pk]) for name in
+            ("annotation:crowd_report", "annotation:crowd_report_table3", "annotation:crowd_report_purity")]
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code == 302 and "login" in response["Location"]
+    for number, role in enumerate(("expert", "crowd")):
+        client.force_login(make_user(f"someone{number}", role))
+        for url in urls:
+            assert client.get(url).status_code == 403
+
+
+# -- end to end: the demo's crowd studies (real services, simulated crowd) ------------------------------------------
+
+def test_reports_of_the_demo_crowd_studies(tiny_layer_with_grids, researcher_client):
+    """The demo's description and validation studies on a tiny probe world: Table 3 equals a naive recount of the
+    assignments, and every report page renders (showing the simulated crowd, the only one that answered)."""
+    from analysis.services.dissection import dissection_run_start
+    from annotation import crowd_services
+
+    run = dissection_run_start(network="seeded", dataset="tiny", layer="conv5", inline=True)
+    assert run.status == "succeeded", run.error
+    crowd_services.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=range(4))
+    study = CrowdStudy.objects.get(name=crowd_services.DEMO_VALIDATION_STUDY)
+    assert reports.simulated_default(study) == "only"
+    table = reports.nd18_table3(study, simulated="only", replicates=0)
+    (conv5,) = table["layers"]
+    # Naive recount: per unit, yes share of each origin's HIT; interpretable = human HIT with a yes majority.
+    shares: dict[tuple[int, str], list[int]] = {}
+    for unit, origin, vote in CrowdAssignment.objects.filter(
+            hit__study=study, hit__role=HitRole.TASK, state__in=["submitted", "approved"]
+    ).values_list("hit__unit__index", "hit__label_origin", "answer"):
+        shares.setdefault((unit, origin), []).append(vote == "yes")
+    interpretable = [unit for (unit, origin), votes in shares.items() if origin == HUMAN and 2 * sum(votes) > len(votes)]
+    assert conv5["interpretable"] == len(interpretable)
+    assert conv5["units"] == study.extractions.get().layer.units and conv5["units_judged"] == 4
+    human = [np.mean(shares[(unit, HUMAN)]) for unit in interpretable]
+    dissection = [np.mean(shares[(unit, DISSECTION)]) for unit in interpretable if (unit, DISSECTION) in shares]
+    assert conv5["human"]["value"] == pytest.approx(np.mean(human) if human else None)
+    assert conv5["dissection"]["value"] == pytest.approx(np.mean(dissection) if dissection else None)
+    assert sum(conv5["by_category"].values()) == conv5["interpretable"]
+    for name in ("annotation:crowd_report", "annotation:crowd_report_table3"):
+        page = researcher_client.get(reverse(name, args=[study.pk]))
+        assert page.status_code == 200 and "The simulated crowd is included" in page.content.decode()
+    description = CrowdStudy.objects.get(name=crowd_services.DEMO_DESCRIPTION_STUDY)
+    page = researcher_client.get(reverse("annotation:crowd_report", args=[description.pk]))
+    assert page.status_code == 200 and "Canonical description" in page.content.decode()

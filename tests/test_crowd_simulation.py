@@ -1,0 +1,163 @@
+"""Crowd studies on a real (tiny) probe world: gold and qualification items from the pixel truth, purity K from
+the activation cache, the simulated crowd, the demo's crowd studies and the command."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+
+from analysis.models import ExemplarKind, ExemplarSet
+from analysis.services.dissection import dissection_run_start
+from analysis.services.extraction import open_activation_cache
+from annotation import crowd_services as services
+from annotation.crowd_simulation import absent_concepts, peak_concepts, truth_concepts
+from annotation.models import AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, HitRole, LabelOrigin
+from annotation.naming import normalise_concept_name
+
+pytestmark = pytest.mark.django_db
+UNITS = list(range(10))
+
+
+@pytest.fixture
+def tiny_dissected(tiny_layer_with_grids):
+    run = dissection_run_start(network="seeded", dataset="tiny", layer="conv5", inline=True)
+    assert run.status == "succeeded", run.error
+    return tiny_layer_with_grids.layer_extractions.get(layer__name="conv5")
+
+
+def test_truth_helpers_by_hand():
+    per_image = [{"wheel", "car"}, {"wheel"}, {"grass"}, {"wheel", "grass"}]
+    assert truth_concepts(per_image) == ["wheel"]  # 3 of 4 > half; grass 2 of 4 is not "most"
+    assert truth_concepts(per_image, fraction=0.4) == ["wheel", "grass"]
+    assert absent_concepts(per_image, ["wheel", "sky", "road"]) == ["road", "sky"]
+    assert truth_concepts([]) == []
+
+
+def test_gold_purity_and_the_command_on_a_real_probe_world(tiny_dissected, capsys):
+    """One world for three checks (building it and dissecting take most of the time)."""
+    check_gold_and_qualification_items_come_from_the_pixel_truth(tiny_dissected)
+    check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(tiny_dissected)
+    check_crowd_study_command_creates_and_simulates(tiny_dissected, capsys)
+    check_graph_nodes_and_raw_filters_as_purity_sources(tiny_dissected)
+
+
+def check_graph_nodes_and_raw_filters_as_purity_sources(extraction):
+    from analysis.models import ExplanatoryGraph
+    from analysis.services.explanatory_graph import graph_purity_candidates, graph_run_start
+
+    run = graph_run_start(network="seeded", dataset="tiny", layers=["conv4", "conv5"], nodes_per_filter=[2, 2],
+                          iterations=2, neighbours=4, batch_size=36, landmarks=["head", "body"], top_images=5,
+                          inline=True)
+    assert run.status == "succeeded", run.error
+    graph = ExplanatoryGraph.objects.get(run=run)
+    study = services.crowd_study_create(name="eg-purity", kind=CrowdTaskKind.PURITY, extractions=[extraction],
+                                        graph=graph, gold_count=0, qualification_required=False,
+                                        purity_max_shown=8)
+    hits = list(study.hits.select_related("unit", "grid"))
+    by_source = {}
+    for hit in hits:
+        by_source.setdefault(hit.source["pattern_source"], []).append(hit)
+        assert hit.grid.style == "purity" and 1 <= hit.purity_shown <= min(hit.purity_k, 8)
+    candidates = graph_purity_candidates(graph, layer="conv5")
+    assert len(by_source[services.EXPLANATORY_GRAPH]) == len(candidates)
+    assert 0 < len(by_source[services.RAW_FILTER_PEAKS]) <= 128
+    expected_k = {f"conv5/{node.filter}/{node.node}": k for node, k in candidates}
+    for hit in by_source[services.EXPLANATORY_GRAPH]:
+        assert hit.purity_k == expected_k[hit.source["pattern"]]
+        assert hit.unit.index == int(hit.source["pattern"].split("/")[1])
+
+
+def check_gold_and_qualification_items_come_from_the_pixel_truth(tiny_dissected):
+    study = services.crowd_study_create(name="truth", kind=CrowdTaskKind.VALIDATION, extractions=[tiny_dissected],
+                                        units=UNITS, gold_count=6, qualification_size=3)
+    gold = list(study.hits.exclude(role=HitRole.TASK).select_related("unit"))
+    assert study.qualification_required and sum(h.role == HitRole.QUALIFICATION for h in gold) >= 3
+    sets = {s.unit_id: s for s in ExemplarSet.objects.filter(extraction=tiny_dissected, kind=ExemplarKind.TOP_OVERALL)}
+    per_image = peak_concepts(tiny_dissected, [sets[hit.unit_id] for hit in gold])
+    for hit in gold:
+        name = normalise_concept_name(hit.label)
+        images = per_image[hit.unit_id]
+        present = sum(name in names for names in images)
+        if hit.gold_answer == "yes":
+            assert present > len(images) / 2, (hit.label, images)
+        else:
+            assert present == 0
+        assert hit.kind == CrowdTaskKind.VALIDATION and hit.gold_explanation
+    tasks = study.hits.filter(role=HitRole.TASK)
+    assert tasks.filter(label_origin=LabelOrigin.DISSECTION).count() >= 1
+    assert tasks.filter(label_origin=LabelOrigin.CONTROL).count() == tasks.filter(
+        label_origin=LabelOrigin.DISSECTION).count()
+
+
+def check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(tiny_dissected):
+    study = services.crowd_study_create(name="purity", kind=CrowdTaskKind.PURITY, extractions=[tiny_dissected],
+                                        units=[0, 1, 2, 3], gold_count=0, qualification_required=False,
+                                        purity_max_shown=6)
+    maps = np.asarray(open_activation_cache(tiny_dissected), dtype=np.float32)
+    hits = list(study.hits.select_related("unit", "grid"))
+    assert hits
+    for hit in hits:
+        scores = [float(maps[image, hit.unit.index].max()) for image in range(maps.shape[0])]  # naive loop
+        ordered = sorted(scores, reverse=True)
+        k = next(k for k in range(1, len(ordered) + 1) if sum(ordered[:k]) >= 0.3 * sum(ordered) - 1e-6)
+        assert hit.purity_k == k and hit.purity_shown == min(k, 6)
+        assert sorted((scores[i] for i in hit.source["images"]), reverse=True) == ordered[: hit.purity_shown]
+        assert hit.grid.style == "purity" and hit.grid.width > 0
+    worker, _ = services.worker_enter(study=study, adapter="link", external_id="p")
+    assignment = services.hit_next_for_worker(worker=worker)
+    with pytest.raises(services.CrowdInputError, match="between 0 and"):
+        services.assignment_submit(assignment=assignment, count=assignment.hit.purity_shown + 1)
+    services.assignment_submit(assignment=assignment, count=assignment.hit.purity_shown)
+
+
+def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_dissected, capsys):
+    result = services.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=UNITS,
+                                                real_places=2)
+    description = CrowdStudy.objects.get(name=services.DEMO_DESCRIPTION_STUDY)
+    validation = CrowdStudy.objects.get(name=services.DEMO_VALIDATION_STUDY)
+    assert result["links"]["mturk"].endswith(f"/crowd/s/{validation.token}/mturk/")
+    assert "crowd1" in result["credentials"]
+    assert validation.is_open and not description.is_open  # people are sent to the validation study
+    for study in (description, validation):
+        assert study.workers.filter(simulated=True).count() == 7
+        assert not study.workers.filter(simulated=False).exists()
+        assert CrowdAssignment.objects.filter(hit__study=study, simulated=False).count() == 0
+    # Every description HIT has its three answers; every validation HIT three, plus two places left for people.
+    for hit in description.hits.filter(role=HitRole.TASK):
+        assert hit.assignments.filter(state=AssignmentState.SUBMITTED).count() == 3 == hit.max_assignments
+    origins = set()
+    for hit in validation.hits.filter(role=HitRole.TASK):
+        assert hit.assignments.filter(state=AssignmentState.SUBMITTED).count() == 3 and hit.max_assignments == 5
+        origins.add(hit.label_origin)
+    assert origins == set(LabelOrigin.values)  # the description study's canonical phrases became human labels
+    # Careful simulated workers validate dissection labels more often than controls.
+    answers = CrowdAssignment.objects.answered().tasks().filter(hit__study=validation)
+    yes_share = {origin: answers.filter(hit__label_origin=origin, answer="yes").count() /
+                 max(answers.filter(hit__label_origin=origin).count(), 1) for origin in LabelOrigin.values}
+    assert yes_share[LabelOrigin.CONTROL] <= yes_share[LabelOrigin.HUMAN]
+    # Idempotent: a second run adds nothing.
+    count = CrowdAssignment.objects.count()
+    services.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=UNITS)
+    assert CrowdAssignment.objects.count() == count
+    # A person entering through the printed link still finds HITs (the places left open).
+    person, _ = services.worker_enter(study=validation, adapter="link", external_id="person")
+    person.qualified = True
+    person.save()
+    assert services.hit_next_for_worker(worker=person) is not None
+    call_command("crowd_study", "links", "--study", validation.name, "--base-url", "http://example.org")
+    out = capsys.readouterr().out
+    assert f"prolific: http://example.org/crowd/s/{validation.token}/prolific/?PROLIFIC_PID=" in out
+
+
+def check_crowd_study_command_creates_and_simulates(tiny_dissected, capsys):
+    call_command("crowd_study", "create", "--name", "cmd", "--kind", "description", "--network", "seeded",
+                 "--layer", "conv5", "--no-qualification", "--gold-rate", "0")
+    out = capsys.readouterr().out
+    study = CrowdStudy.objects.get(name="cmd")
+    assert f"Crowd study {study.pk} (cmd): 128 HITs" in out
+    assert f"link: http://127.0.0.1:8000/crowd/s/{study.token}/" in out
+    study.hits.filter(unit__index__gte=5).delete()
+    call_command("crowd_study", "simulate", "--study", "cmd")
+    assert "simulated workers submitted 15 assignments" in capsys.readouterr().out
+    with pytest.raises(Exception, match="No crowd study"):
+        call_command("crowd_study", "links", "--study", "nope")
