@@ -33,3 +33,9 @@ def test_build_demo_is_complete_and_idempotent(capsys):
 
     study = Study.objects.get()
     assert study.tasks.count() > 0 and study.layer_id == network.layers.get(name="conv5").pk
+    from annotation.models import CrowdAssignment, CrowdStudy, CrowdTaskKind
+
+    purity = CrowdStudy.objects.get(kind=CrowdTaskKind.PURITY)  # over the demo's explanatory graph, open to people
+    sources = {hit.source.get("pattern_source") for hit in purity.hits.filter(role="task")}
+    assert sources == {"explanatory_graph", "raw_filter_peaks"} and purity.is_open
+    assert CrowdAssignment.objects.filter(hit__study=purity, worker__simulated=True).exists()
