@@ -16,6 +16,7 @@ qualification test (MTurk's assignment, Prolific's session) travels as a signed 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -54,7 +55,7 @@ class Handoff:
     code: str = ""
 
 
-class Adapter:
+class Adapter(ABC):
     """The interface: read an entry, decide what follows a submission."""
 
     name: ClassVar[str]
@@ -62,8 +63,9 @@ class Adapter:
     context_keys: ClassVar[tuple[str, ...]] = ()
     """Hand-off context a worker's next-HIT request must carry (their platform assignment or session)."""
 
+    @abstractmethod
     def entry(self, params: Mapping[str, str], *, study: CrowdStudy, user=None) -> Entry:
-        raise NotImplementedError
+        """Who enters, from the platform's query parameters (or the logged-in crowd account)."""
 
     def session_done(self, *, worker: CrowdWorker, context: Mapping[str, str]) -> bool:
         """Whether the worker's visit is complete (no further HIT should be handed out in it)."""
@@ -76,8 +78,9 @@ class Adapter:
         """What to show when the visit is over (or no HIT is left)."""
         return Handoff("done")
 
+    @abstractmethod
     def entry_url_template(self, study: CrowdStudy, base: str) -> str:
-        raise NotImplementedError
+        """The URL a researcher gives the platform (with its placeholders)."""
 
 
 class LinkAdapter(Adapter):
