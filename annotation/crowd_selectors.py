@@ -204,14 +204,17 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
 # -- workers -------------------------------------------------------------------------------------------------------
 
 def worker_by_code(code: str) -> CrowdWorker | None:
-    return CrowdWorker.objects.filter(code=code).select_related("study").first()
+    try:
+        return CrowdWorker.objects.select_related("study").get(code=code)
+    except CrowdWorker.DoesNotExist:
+        return None
 
 
 def worker_progress(worker: CrowdWorker) -> dict[str, int]:
     """The worker's answered HITs (gold included: to them every HIT is alike) and their gold score."""
     done = CrowdAssignment.objects.filter(worker=worker, state__in=[*SUBMITTED_STATES, AssignmentState.REJECTED])
-    return {"answered": done.count(), "gold_right": done.filter(gold_correct=True).count(),
-            "gold_total": done.filter(gold_correct__isnull=False).count()}
+    return done.aggregate(answered=Count("id"), gold_right=Count("id", filter=Q(gold_correct=True)),
+                          gold_total=Count("id", filter=Q(gold_correct__isnull=False)))
 
 
 def preview_hit(study: CrowdStudy) -> Hit | None:

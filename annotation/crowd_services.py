@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from analysis.models import Concept, ExemplarKind, ExemplarSet, LayerDissection, LayerExtraction, UnitDissection
 
+from . import claims
 from .models import (DESCRIPTION_MAX_LENGTH, AssignmentState, CrowdAdapter, CrowdAssignment, CrowdBonus,
                      CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, LabelOrigin, OverlapRule,
                      QualificationAttempt)
@@ -35,6 +36,7 @@ ORDER_MODULUS = 2_147_483_647
 """A prime above any position: ``(position * a + b) mod p`` is a permutation of positions for 1 ≤ a < p."""
 CLAIM_RETRIES = 50
 CLAIM_BACKOFF_SECONDS = 0.01
+LEASE_EXPIRED = "lease expired"
 YES, NO = "yes", "no"
 RAW_FILTER_PEAKS = "raw_filter_peaks"
 EXPLANATORY_GRAPH = "explanatory_graph"
@@ -516,11 +518,14 @@ def _release(assignment: CrowdAssignment, *, reason: str, now: datetime) -> bool
 
 
 def leases_expire(*, study: CrowdStudy, now: datetime | None = None, limit: int = 500) -> int:
-    """Release the study's leases that ran out (MTurk's AssignmentDurationInSeconds); returns how many."""
+    """Release the study's leases that ran out (MTurk's AssignmentDurationInSeconds); returns how many (at most
+    ``limit`` at a time, but for PostgreSQL, where one statement releases them all)."""
     now = now or timezone.now()
+    if claims.claims_in_sql():
+        return claims.leases_expire(study_id=study.pk, now=now, reason=LEASE_EXPIRED)
     expired = list(CrowdAssignment.objects.filter(hit__study=study, state=AssignmentState.LEASED,
                                                   lease_expires_at__lt=now).only("pk", "hit_id")[:limit])
-    return sum(_release(assignment, reason="lease expired", now=now) for assignment in expired)
+    return sum(_release(assignment, reason=LEASE_EXPIRED, now=now) for assignment in expired)
 
 
 def _ordered_for(queryset, worker: CrowdWorker):
@@ -539,10 +544,15 @@ def _gold_due(worker: CrowdWorker, number: int, rate: float) -> bool:
     return float(np.random.default_rng([int(worker.code[:12], 16), number]).random()) < rate
 
 
+def _lease_unsaved(worker: CrowdWorker, now: datetime, hit: Hit | None = None, **external: str) -> CrowdAssignment:
+    return CrowdAssignment(hit=hit, worker=worker, token=new_token(), leased_at=now, simulated=worker.simulated,
+                           lease_expires_at=now + timedelta(seconds=worker.study.lease_seconds), **external)
+
+
 def _lease(hit: Hit, worker: CrowdWorker, now: datetime, **external: str) -> CrowdAssignment:
-    return CrowdAssignment.objects.create(
-        hit=hit, worker=worker, token=new_token(), leased_at=now, simulated=worker.simulated,
-        lease_expires_at=now + timedelta(seconds=worker.study.lease_seconds), **external)
+    lease = _lease_unsaved(worker, now, hit, **external)
+    lease.save(force_insert=True)
+    return lease
 
 
 def worker_needs_qualification(worker: CrowdWorker) -> bool:
@@ -562,16 +572,34 @@ def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
     workers, and nobody gets a HIT twice (even one they returned). Expired leases of the study are released
     first. Gold items come at the study's ``gold_rate``; HITs come in the worker's own order. With ``external``
     (an MTurk assignment, a Prolific session) only a lease of that visit counts as held. None when blocked,
-    unqualified, the study is closed, or nothing is left.
+    unqualified, the study is closed, or nothing is left. On PostgreSQL (no gold item due) the held lease or a new
+    one is one SQL statement (:mod:`annotation.claims`), the twin of the ORM code below. The worker is noted as
+    seen at every call.
     """
     now = now or timezone.now()
     external = external or {}
+    in_sql = claims.claims_in_sql()
     with transaction.atomic():
-        worker = CrowdWorker.objects.select_for_update(of=("self",)).select_related("study").get(pk=worker.pk)
+        if in_sql:
+            worker.blocked, worker.qualified = claims.worker_lock(worker, now)
+        else:
+            worker = CrowdWorker.objects.select_for_update(of=("self",)).select_related("study").get(pk=worker.pk)
+            CrowdWorker.objects.filter(pk=worker.pk).update(last_seen_at=now)
         study = worker.study
         if worker.blocked or worker_needs_qualification(worker):
             return None
         leases_expire(study=study, now=now)
+        gold_due = study.gold_rate > 0 and _gold_due(
+            worker, CrowdAssignment.objects.filter(worker=worker).count() + 1, study.gold_rate)
+        if in_sql and not gold_due:
+            for _ in range(CLAIM_RETRIES):
+                assignment = claims.worker_next(
+                    _lease_unsaved(worker, now, **external), study_id=study.pk, may_lease=study.is_open,
+                    order_a=worker.order_a, order_b=worker.order_b, modulus=ORDER_MODULUS, now=now, external=external)
+                if assignment is not None or not study.is_open or not _open_hits(study, worker).exists():
+                    return assignment
+                time.sleep(CLAIM_BACKOFF_SECONDS)  # every open HIT is locked by other claims: wait, holding none
+            return None
         held = CrowdAssignment.objects.filter(worker=worker, state=AssignmentState.LEASED, lease_expires_at__gte=now)
         # A platform's assignment or session is its own visit: what the worker holds elsewhere stays there.
         for key in ("external_assignment_id", "external_session"):
@@ -582,16 +610,12 @@ def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
             return held
         if not study.is_open:
             return None
-        CrowdWorker.objects.filter(pk=worker.pk).update(last_seen_at=now)
-        number = CrowdAssignment.objects.filter(worker=worker).count() + 1
-        if _gold_due(worker, number, study.gold_rate):
+        if gold_due:
             gold = _ordered_for(Hit.objects.filter(study=study, role=HitRole.GOLD, kind=study.kind)
                                 .exclude(assignments__worker=worker), worker).first()
             if gold is not None:
                 return _lease(gold, worker, now, **external)
-        open_hits = (Hit.objects.filter(study=study, role=HitRole.TASK, retired=False,
-                                        assigned_count__lt=F("max_assignments"))
-                     .exclude(assignments__worker=worker))
+        open_hits = _open_hits(study, worker)
         skip_locked = connection.features.has_select_for_update_skip_locked
         for _ in range(CLAIM_RETRIES):
             candidates = _ordered_for(open_hits, worker)
@@ -610,6 +634,12 @@ def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
                 break
             time.sleep(CLAIM_BACKOFF_SECONDS)
     return None
+
+
+def _open_hits(study: CrowdStudy, worker: CrowdWorker):
+    """The study's task HITs with a free place that ``worker`` never had (not retired)."""
+    return (Hit.objects.filter(study=study, role=HitRole.TASK, retired=False, assigned_count__lt=F("max_assignments"))
+            .exclude(assignments__worker=worker))
 
 
 def assignment_return(*, assignment: CrowdAssignment, reason: str = "returned by the worker") -> bool:
@@ -718,9 +748,9 @@ def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None,
     now = now or timezone.now()
     with transaction.atomic():
         # Lock order as in the claim (worker, then assignment): a worker's submits and claims never deadlock.
-        CrowdWorker.objects.select_for_update().filter(pk=assignment.worker_id).first()
-        current = CrowdAssignment.objects.select_for_update(of=("self",)).select_related("hit", "worker__study").get(
-            pk=assignment.pk)
+        worker = CrowdWorker.objects.select_for_update().select_related("study").get(pk=assignment.worker_id)
+        current = CrowdAssignment.objects.select_for_update().get(pk=assignment.pk)
+        current.hit, current.worker = hit, worker
         if current.state != AssignmentState.LEASED:
             if current.state in (AssignmentState.SUBMITTED, AssignmentState.APPROVED, AssignmentState.REJECTED):
                 return SubmitResult(current, gold=hit.role == HitRole.GOLD, correct=current.gold_correct,
@@ -728,18 +758,19 @@ def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None,
             raise CrowdInputError("This HIT is no longer yours (its time ran out or it was returned).")
         shown = shown_at or current.shown_at or current.leased_at
         correct = gold_check(hit, fields) if hit.role == HitRole.GOLD else None
-        CrowdAssignment.objects.filter(pk=current.pk).update(
-            state=AssignmentState.SUBMITTED, submitted_at=now, shown_at=shown,
-            seconds=round(max((now - shown).total_seconds(), 0.0), 3), pasted=bool(pasted), gold_correct=correct,
-            **fields)
+        submitted = dict(state=AssignmentState.SUBMITTED, submitted_at=now, shown_at=shown,
+                         seconds=round(max((now - shown).total_seconds(), 0.0), 3), pasted=bool(pasted),
+                         gold_correct=correct, **fields)
+        CrowdAssignment.objects.filter(pk=current.pk).update(**submitted)
+        for field, value in submitted.items():
+            setattr(current, field, value)
         blocked = False
-        worker, study = current.worker, current.worker.study
+        study = worker.study
         if correct is not None and not worker.blocked:
             right, answered = worker_gold_accuracy(worker)
             if answered >= study.block_min_gold and right / answered < study.block_below:
                 worker_block(worker=worker, reason=f"gold accuracy {right}/{answered} below {study.block_below:.0%}")
                 blocked = True
-    current.refresh_from_db()
     if hit.role == HitRole.TASK and study.overlap_rule == OverlapRule.DYNAMIC:
         hit_overlap_apply(hit=hit)
     return SubmitResult(current, gold=hit.role == HitRole.GOLD, correct=correct, explanation=hit.gold_explanation,

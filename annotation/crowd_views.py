@@ -218,11 +218,10 @@ class CrowdTaskView(WorkerMixin, View):
     template_name = "annotation/crowd/task.html"
 
     def get_assignment(self, token) -> CrowdAssignment:
-        assignment = (CrowdAssignment.objects.select_related("hit__grid").filter(token=token, worker=self.worker)
-                      .first())
-        if assignment is None:
-            raise Http404("This HIT is not yours.")
-        return assignment
+        try:
+            return CrowdAssignment.objects.select_related("hit__grid").get(token=token, worker=self.worker)
+        except CrowdAssignment.DoesNotExist:
+            raise Http404("This HIT is not yours.") from None
 
     def render_task(self, request, assignment, form, status=200):
         return render(request, self.template_name, {

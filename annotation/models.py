@@ -158,7 +158,12 @@ class Assignment(models.Model):
 
     class Meta:
         ordering = ["assigned_at", "id"]
-        constraints = [models.UniqueConstraint(fields=["task", "rater"], name="unique_assignment")]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "rater"], name="unique_assignment"),
+            # A rater holds at most one unanswered task: the claim (annotation.claims) relies on it.
+            models.UniqueConstraint(fields=["rater"], condition=Q(completed_at__isnull=True),
+                                    name="one_open_assignment_per_rater"),
+        ]
 
 
 class JudgmentOrigin(models.TextChoices):

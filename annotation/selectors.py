@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import Count, F, Max, Q
 
 from analysis.engine import agreement as engine
+from analysis.models import Concept, LayerExtraction
 
 from .models import ANSWER_ORDER, YES_ANSWERS, Answer, Judgment, RaterKind, Study, StudyRater, StudyTask
 
@@ -56,8 +57,12 @@ def expert_study_rows(user) -> list[dict[str, Any]]:
 
 
 def expert_rater(user, study_id: int) -> StudyRater | None:
-    return (StudyRater.objects.filter(user=user, kind=RaterKind.EXPERT, study_id=study_id)
-            .select_related("study").first())
+    """The user's expert rater in the study (at most one: ``(study, user)`` is unique), or None. Its study is
+    loaded when first used: the next-task claim, the hottest request, needs only its id."""
+    try:
+        return StudyRater.objects.get(user_id=user.pk, kind=RaterKind.EXPERT, study_id=study_id)
+    except StudyRater.DoesNotExist:
+        return None
 
 
 def study_rows() -> list[dict[str, Any]]:
@@ -121,11 +126,12 @@ def task_number(task: StudyTask, rater: StudyRater) -> int:
 
 def concept_suggestions(study: Study, *, limit: int = 400) -> list[str]:
     """Names already given in the study (by people, most used first), then the dataset's concept names."""
-    given = Counter(Judgment.objects.current().human().filter(task__study=study).exclude(concept="")
-                    .values_list("concept", flat=True))
-    names = [name for name, _ in given.most_common()]
+    given = (Judgment.objects.current().human().filter(task__study=study).exclude(concept="").values("concept")
+             .annotate(uses=Count("id")).order_by("-uses", "concept").values_list("concept", flat=True))
+    names = list(given)
     if study.extraction_id:
-        dataset_names = (study.extraction.dataset.concepts.filter(category__in=["part", "material", "color", "object"])
+        dataset = LayerExtraction.objects.filter(pk=study.extraction_id).values("dataset_id")[:1]
+        dataset_names = (Concept.objects.filter(dataset_id=dataset, category__in=["part", "material", "color", "object"])
                          .order_by("-image_count", "name").values_list("name", flat=True))
         names += [name.removesuffix("-c") for name in dataset_names]
     return list(dict.fromkeys(names))[:limit]

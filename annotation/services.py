@@ -26,6 +26,7 @@ from django.utils import timezone
 from accounts.roles import Role
 from analysis.models import ExemplarKind, ExemplarSet, Layer, LayerExtraction
 
+from . import claims
 from .models import (ANSWER_ORDER, CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, YES_ANSWERS, Assignment,
                      ConceptSynonym, Judgment, JudgmentOrigin, RaterKind, Study, StudyKind, StudyPlan, StudyRater,
                      StudyTask)
@@ -180,7 +181,11 @@ def task_next_for_rater(*, rater: StudyRater) -> StudyTask | None:
     different rows without waiting; on SQLite the transaction begins IMMEDIATE (settings), so claims are
     serialised by the database's write lock. Either way the claim itself is a conditional UPDATE
     (``assigned_count < capacity``) that cannot over-fill a task. Returns None when nothing is left.
+    On PostgreSQL the claim is one SQL statement (:mod:`annotation.claims`), this code's twin, and the database's
+    constraint ``one_open_assignment_per_rater`` serialises one rater's claims instead of the row lock.
     """
+    if claims.claims_in_sql():
+        return claims.task_claim(rater)
     with transaction.atomic():
         StudyRater.objects.select_for_update().filter(pk=rater.pk).first()
         held = (Assignment.objects.filter(rater=rater, completed_at__isnull=True)

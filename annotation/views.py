@@ -12,7 +12,7 @@ from accounts.permissions import CrowdRequiredMixin, ExpertRequiredMixin, Resear
 
 from . import exports, selectors, services
 from .forms import AnswerForm, StudyCreateForm, SynonymForm
-from .models import ANSWER_KEYS, RULE, YES_ANSWERS, Answer, Assignment, Study, StudyTask
+from .models import ANSWER_KEYS, RULE, YES_ANSWERS, Answer, Study, StudyTask
 
 GRID_DISPLAY_WIDTH = 1180
 """The annotation page shows a grid at the largest whole multiple of its size up to this width (sharp)."""
@@ -76,9 +76,9 @@ class AnnotateView(ExpertStudyMixin, FormView):
     def get_task(self) -> StudyTask:
         if self.task is None:
             rater = self.get_rater()
-            self.task = get_object_or_404(StudyTask.objects.select_related("object_class", "exemplar_set__grid"),
-                                          pk=self.kwargs["task_pk"], study_id=rater.study_id)
-            if not Assignment.objects.filter(task=self.task, rater=rater).exists():
+            self.task = (StudyTask.objects.select_related("object_class", "exemplar_set__grid")
+                         .filter(pk=self.kwargs["task_pk"], study_id=rater.study_id, assignments__rater=rater).first())
+            if self.task is None:
                 raise Http404("This task is not assigned to you.")
             self.current = selectors.current_judgment(rater, self.task)
         return self.task

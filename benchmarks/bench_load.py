@@ -147,8 +147,8 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
 
 
-def run(*, people: int = 30, per_person: int = 6, max_seconds: float = 120.0, workers: int = 3,
-        threads: int = 8) -> dict:
+def run(*, people: int = 30, per_person: int = 6, max_seconds: float = 120.0, workers: int | None = None,
+        threads: int | None = None) -> dict:
     """Build everything, drive ``people`` experts and ``people`` crowd workers at once, check, report."""
     results: dict = {}
     with ThrowawayPostgres() as pg, tempfile.TemporaryDirectory(prefix="unitscope-load-") as data_dir:
@@ -188,6 +188,8 @@ def run(*, people: int = 30, per_person: int = 6, max_seconds: float = 120.0, wo
 
             started = time.perf_counter()
             cpu_before = process_tree_cpu_seconds(server.process.pid) + process_tree_cpu_seconds(pg.pid)
+            database_cpu_before = process_tree_cpu_seconds(pg.pid)
+            client_cpu_before = time.process_time()
             # 0. One expert alone: the service time of each request, with nobody else asking.
             experts[world["experts"][0]] = expert_client(server.base, world["experts"][0], world["study"],
                                                          per_person, deadline, record, "alone")
@@ -197,6 +199,8 @@ def run(*, people: int = 30, per_person: int = 6, max_seconds: float = 120.0, wo
             phase(("crowd",), "crowd", burst=True)
             phase(("expert", "crowd"), "mixed", burst=False)
             results["seconds"] = time.perf_counter() - started
+            results["database_cpu_seconds"] = process_tree_cpu_seconds(pg.pid) - database_cpu_before
+            results["client_cpu_seconds"] = time.process_time() - client_cpu_before
             results["server_cpu_seconds"] = (process_tree_cpu_seconds(server.process.pid)
                                              + process_tree_cpu_seconds(pg.pid) - cpu_before)
         judgment_rows = pg.query("unitscope_load", "SELECT count(*), count(DISTINCT (task_id, rater_id)) FROM "
@@ -246,6 +250,9 @@ def report(results: dict, *, people: int) -> bool:
     print(f"server CPU per request (gunicorn + PostgreSQL processes, user + system): {cpu_ms:.1f} ms; with the "
           f"{os.cpu_count()} CPUs to itself the server would drain {people} simultaneous requests in about "
           f"{people * cpu_ms / os.cpu_count():.0f} ms (an estimate from the measured CPU time, not a latency)")
+    print(f"of which PostgreSQL: {1000 * results['database_cpu_seconds'] / requests:.1f} ms")
+    print(f"client CPU per request (this process: the simulated people): "
+          f"{1000 * results['client_cpu_seconds'] / requests:.1f} ms")
     expert_ok = len(record.submitted["expert"]) == results["judgment_rows"][0] == results["judgment_rows"][1]
     crowd_ok = len(record.submitted["crowd"]) == results["crowd_rows"][0] == results["crowd_rows"][1]
     print(f"expert submits answered 2xx/3xx: {len(record.submitted['expert'])}; judgment rows: "
@@ -269,8 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--people", type=int, default=30, help="experts, and as many crowd workers")
     parser.add_argument("--per-person", type=int, default=6, help="rounds each person does at most")
     parser.add_argument("--max-seconds", type=float, default=120.0)
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, help="gunicorn worker processes (default: gunicorn.conf.py's)")
+    parser.add_argument("--threads", type=int, help="threads per gunicorn worker (default: gunicorn.conf.py's)")
     options = parser.parse_args(argv if argv is not None else [])
     results = run(people=options.people, per_person=options.per_person, max_seconds=options.max_seconds,
                   workers=options.workers, threads=options.threads)

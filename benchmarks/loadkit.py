@@ -160,9 +160,12 @@ def setup_world(env: dict[str, str], **options: int) -> dict:
 
 
 class Server:
-    """gunicorn serving ``unitscope.wsgi`` on 127.0.0.1 (a free port) with the given environment."""
+    """gunicorn serving ``unitscope.wsgi`` on 127.0.0.1 (a free port) with the given environment, configured by the
+    project's ``gunicorn.conf.py`` (sync workers, CPUs + 1, warmed before forking) unless ``workers``/``threads``
+    say otherwise."""
 
-    def __init__(self, env: dict[str, str], *, workers: int = 3, threads: int = 4, log: Path | None = None):
+    def __init__(self, env: dict[str, str], *, workers: int | None = None, threads: int | None = None,
+                 log: Path | None = None):
         self.env, self.workers, self.threads = env, workers, threads
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -173,8 +176,9 @@ class Server:
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "unitscope.wsgi", "--bind", f"127.0.0.1:{self.port}",
-                 "--workers", str(self.workers), "--threads", str(self.threads), "--timeout", "60",
-                 "--graceful-timeout", "5", "--log-level", "warning", "--preload"],
+                 *(["--workers", str(self.workers)] if self.workers else []),
+                 *(["--threads", str(self.threads)] if self.threads else []),
+                 "--graceful-timeout", "5", "--log-level", "warning"],
                 cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -192,8 +196,9 @@ class Server:
         raise RuntimeError(f"gunicorn did not answer in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def warm_up(self, rounds: int = 6) -> None:
-        """A few requests per worker process, so that lazy imports (URLconf, views, templates) are not timed."""
-        for _ in range(rounds * self.workers):
+        """A few requests per worker process (connections, the session and auth machinery), so that a worker's first
+        request is not what is timed. (Views and templates are warmed by gunicorn's master before it forks.)"""
+        for _ in range(rounds * (self.workers or os.cpu_count() + 1)):
             for path in ("/login/", "/expert/", "/research/", "/crowd/s/none/", "/api/"):
                 Session(self.base).get(path)
 
@@ -311,6 +316,13 @@ def _setup_main(argv: list[str]) -> None:
     call_command("migrate", verbosity=0, interactive=False)
     world = build_world(experts=options.experts, crowd=options.crowd, tasks_per_expert=options.tasks_per_expert,
                         hits_per_worker=options.hits_per_worker)
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        # Planner statistics for the tables just filled, as autovacuum's analyze gives a live database; without
+        # them the claim queries are planned for empty tables (a nested loop over every task of the study).
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
     print(json.dumps(world))
 
 

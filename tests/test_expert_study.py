@@ -155,6 +155,46 @@ def test_the_next_task_is_the_held_one_until_answered(world):
     assert Assignment.objects.get(task=first).completed_at == judgment.submitted_at
 
 
+def test_a_rater_can_hold_one_open_assignment_only(world):
+    """The database refuses a second unanswered assignment (the constraint the SQL claim relies on)."""
+    expert, = make_experts(1)
+    study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
+    rater = study.raters.get()
+    held = services.task_next_for_rater(rater=rater)
+    other = study.tasks.exclude(pk=held.pk).first()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Assignment.objects.create(task=other, rater=rater)
+    services.judgment_submit(rater=rater, task=held, answer=Answer.NO)
+    Assignment.objects.create(task=other, rater=rater)  # once answered, the next may be held
+
+
+def test_a_claim_that_collides_runs_again_and_leaves_the_callers_transaction_usable(world, monkeypatch):
+    """Two claims of one rater at once: the loser's insert fails on the constraint and it runs again (PostgreSQL's
+    one-statement claim); inside a caller's transaction a savepoint keeps that transaction alive."""
+    from annotation import claims
+
+    if not claims.claims_in_sql():
+        pytest.skip("the one-statement claim is PostgreSQL's; other databases take the ORM path")
+    expert, = make_experts(1)
+    study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
+    rater = study.raters.get()
+    statement, calls = claims._task_claim_statement, []
+
+    def collide_once(rater_):
+        calls.append(rater_.pk)
+        if len(calls) == 1:
+            statement(rater_)  # the twin request wins the claim …
+            raise IntegrityError("one_open_assignment_per_rater")  # … and this one's insert is refused
+        return statement(rater_)
+
+    monkeypatch.setattr(claims, "_task_claim_statement", collide_once)
+    with transaction.atomic():
+        task = services.task_next_for_rater(rater=rater)
+        assert Assignment.objects.filter(rater=rater).count() == 1  # the transaction still answers
+    assert len(calls) == 2 and task == Assignment.objects.get(rater=rater).task
+    assert task.assigned_count == 1 and task.position == study.tasks.order_by("position").first().position
+
+
 def test_answers_are_validated(world):
     expert, = make_experts(1)
     study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
