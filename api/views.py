@@ -15,8 +15,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analysis import selectors as analysis_selectors
-from analysis.models import Dataset, Layer, LayerExtraction, Network, Unit
-from analysis.services.runs import RunInputError, run_cancel, run_fail_stale, run_start
+from analysis.models import Layer, LayerExtraction, Unit
+from analysis.services.runs import (RunInputError, run_cancel, run_fail_stale, run_layers, run_network_and_dataset,
+                                    run_start)
 from annotation import exports as study_exports
 from annotation import selectors as study_selectors
 from annotation.models import StudyTask
@@ -114,14 +115,11 @@ class UnitViewSet(viewsets.ReadOnlyModelViewSet):
 
 def _layer_refs(params: dict[str, Any], layers: list[str]) -> None:
     """400 unless the network, dataset and layers a run names exist."""
-    network = Network.objects.filter(name=params["network"]).first()
-    if network is None:
-        raise ValidationError({"params": {"network": f"No network named {params['network']!r}."}})
-    if not Dataset.objects.filter(name=params["dataset"]).exists():
-        raise ValidationError({"params": {"dataset": f"No dataset named {params['dataset']!r}."}})
-    missing = sorted(set(layers) - set(network.layers.filter(name__in=layers).values_list("name", flat=True)))
-    if missing:
-        raise ValidationError({"params": {"layer": f"{network.name} has no layer {', '.join(missing)}."}})
+    try:
+        network, _ = run_network_and_dataset(params)
+        run_layers(network, layers)
+    except RunInputError as error:
+        raise ValidationError({"params": {error.field: str(error)}}) from None
 
 
 def _grids_refs(params: dict[str, Any]) -> None:

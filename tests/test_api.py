@@ -150,6 +150,17 @@ def test_start_a_run_with_validated_params(api, researcher):
     assert api.post(reverse("api:run-cancel", args=[run.pk])).status_code == 409
 
 
+def test_a_run_naming_missing_inputs_is_refused_naming_the_parameter(api, world):
+    url, runs = reverse("api:run-list"), Run.objects.count()
+    for params, field, words in [({"network": "nope", "dataset": "w-data", "layer": "conv5"}, "network", "nope"),
+                                 ({"network": "w-net", "dataset": "nope", "layer": "conv5"}, "dataset", "nope"),
+                                 ({"network": "w-net", "dataset": "w-data", "layer": "conv9"}, "layer", "conv5")]:
+        response = api.post(url, {"kind": "dissect", "params": params}, format="json")
+        assert response.status_code == 400, response.content
+        assert words in response.json()["params"][field], response.json()  # the layer error lists the real ones
+    assert Run.objects.count() == runs
+
+
 def test_start_a_dissection_names_existing_inputs(api, world):
     response = api.post(reverse("api:run-list"), {"kind": "dissect", "params": {
         "network": "w-net", "dataset": "w-data", "layer": "conv5", "shards": 2, "baseline": "shuffled"}},

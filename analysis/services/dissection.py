@@ -66,7 +66,8 @@ from analysis.models import (Concept, Dataset, DissectionBaseline, Layer, LayerD
                              RotationTest, Run, RunStatus, UnitActivationSummary, UnitDissection, UpsampleMethod)
 
 from .extraction import activation_cache_key, extraction_run_start, open_activation_cache
-from .runs import RunCancelled, RunInputError, RunProgress, run_cancel, run_execute, run_start
+from .runs import (RunCancelled, RunInputError, RunProgress, run_cancel, run_execute, run_layers,
+                   run_network_and_dataset, run_start)
 
 logger = logging.getLogger(__name__)
 
@@ -162,17 +163,8 @@ def rotation_run_start(*, network: str, dataset: str, layer: str, created_by=Non
 # -- inputs shared by the kinds -----------------------------------------------------------------------
 
 def _resolve(params: dict[str, Any]) -> tuple[Network, Dataset, Layer]:
-    network = Network.objects.filter(name=params["network"]).first()
-    if network is None:
-        raise RunInputError(f"No network named {params['network']!r}.")
-    dataset = Dataset.objects.filter(name=params["dataset"]).first()
-    if dataset is None:
-        raise RunInputError(f"No dataset named {params['dataset']!r}.")
-    layer = network.layers.filter(name=params["layer"]).first()
-    if layer is None:
-        available = ", ".join(network.layers.values_list("name", flat=True)[:30])
-        raise RunInputError(f"{network.name} has no layer {params['layer']!r}; its layers: {available}")
-    return network, dataset, layer
+    network, dataset = run_network_and_dataset(params)
+    return network, dataset, run_layers(network, [params["layer"]])[params["layer"]]
 
 
 def _upsampler(method: str, layer: Layer, network: Network):

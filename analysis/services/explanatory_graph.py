@@ -42,7 +42,7 @@ from analysis.models import (AnnotatedBox, Dataset, ExplanatoryGraph, GraphEdge,
 
 from .dissection import _ensure_extraction
 from .extraction import open_activation_cache
-from .runs import RunInputError, RunProgress, run_start
+from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
 
 GRAPH_DEFAULTS: dict[str, Any] = {
     "nodes_per_filter": None, "neighbours": 15, "tau": 0.1, "iterations": 20, "beta": 1.0,
@@ -161,12 +161,7 @@ def _learn_rows(dataset: Dataset, params: dict[str, Any]) -> np.ndarray:
 
 
 def _ordered_layers(network: Network, names: list[str]) -> list[Layer]:
-    found = {layer.name: layer for layer in network.layers.filter(name__in=names)}
-    missing = [name for name in names if name not in found]
-    if missing:
-        available = ", ".join(network.layers.values_list("name", flat=True)[:30])
-        raise RunInputError(f"{network.name} has no layer {', '.join(missing)}; its layers: {available}")
-    return sorted(found.values(), key=lambda layer: -layer.order)  # top layer first
+    return sorted(run_layers(network, names).values(), key=lambda layer: -layer.order)  # top layer first
 
 
 def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
@@ -175,12 +170,7 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     from analysis.engine.explanatory_graph import LayerConfig, LayerSource, default_nodes_per_filter, learn_graph
 
     params = graph_params(**run.params)
-    network = Network.objects.filter(name=params["network"]).first()
-    dataset = Dataset.objects.filter(name=params["dataset"]).first()
-    if network is None:
-        raise RunInputError(f"No network named {params['network']!r}.")
-    if dataset is None:
-        raise RunInputError(f"No dataset named {params['dataset']!r}.")
+    network, dataset = run_network_and_dataset(params)
     layers = _ordered_layers(network, params["layers"])
     nodes = params["nodes_per_filter"] or default_nodes_per_filter(len(layers))
     if params["nodes_per_filter"] is not None:  # given in the order the researcher named the layers

@@ -21,10 +21,10 @@ from django.db import transaction
 
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, Dataset, ExemplarKind, ExemplarSet, Layer, LayerExtraction, Network, Run,
-                             Unit, UnitActivationSummary)
+                             UnitActivationSummary)
 
 from .networks import network_spec
-from .runs import RunInputError, RunProgress, run_start
+from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
 
 EXTRACTION_DEFAULTS = {"quantile": 0.995, "k_overall": 15, "k_per_class": 10, "batch_size": 64, "decile_seed": 0}
 DECILE_BINS = 10
@@ -131,17 +131,8 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     from analysis.engine.networks import NetworkError, capture_forward, load_network, normalize_images
 
     params = extraction_params(**run.params)
-    network = Network.objects.filter(name=params["network"]).first()
-    dataset = Dataset.objects.filter(name=params["dataset"]).first()
-    if network is None:
-        raise RunInputError(f"No network named {params['network']!r}.")
-    if dataset is None:
-        raise RunInputError(f"No dataset named {params['dataset']!r}.")
-    layers = {layer.name: layer for layer in network.layers.filter(name__in=params["layers"])}
-    missing = [name for name in params["layers"] if name not in layers]
-    if missing:
-        available = ", ".join(network.layers.values_list("name", flat=True)[:30])
-        raise RunInputError(f"{network.name} has no layer {', '.join(missing)}; its layers: {available}")
+    network, dataset = run_network_and_dataset(params)
+    layers = run_layers(network, params["layers"])
     layer_order = params["layers"]
     class_names, class_ids = image_class_ids(dataset)
     n_images = dataset.image_count

@@ -27,7 +27,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from analysis.jobs import JobKind, job_kind
-from analysis.models import ACTIVE_RUN_STATUSES, Run, RunStatus
+from analysis.models import ACTIVE_RUN_STATUSES, Dataset, Layer, Network, Run, RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,34 @@ class RunCancelled(Exception):
 
 
 class RunInputError(Exception):
-    """An expected user error (bad parameters, missing input). Fails the run at once with this message."""
+    """An expected user error (bad parameters, missing input). Fails the run at once with this message;
+    ``field`` names the parameter at fault where there is one (the API reports it under that name)."""
+
+    def __init__(self, message: str, *, field: str = ""):
+        super().__init__(message)
+        self.field = field
+
+
+def run_network_and_dataset(params: dict[str, Any]) -> tuple[Network, Dataset]:
+    """The network and the dataset a run's parameters name (``network``, ``dataset``)."""
+    network = Network.objects.filter(name=params["network"]).first()
+    if network is None:
+        raise RunInputError(f"No network named {params['network']!r}.", field="network")
+    dataset = Dataset.objects.filter(name=params["dataset"]).first()
+    if dataset is None:
+        raise RunInputError(f"No dataset named {params['dataset']!r}.", field="dataset")
+    return network, dataset
+
+
+def run_layers(network: Network, names: list[str]) -> dict[str, Layer]:
+    """The network's layers of these names, by name; an error naming the missing ones and the layers there are."""
+    found = {layer.name: layer for layer in network.layers.filter(name__in=names)}
+    missing = [name for name in names if name not in found]
+    if missing:
+        available = ", ".join(network.layers.values_list("name", flat=True)[:30])
+        raise RunInputError(f"{network.name} has no layer {', '.join(missing)}; its layers: {available}",
+                            field="layer")
+    return found
 
 
 def params_hash(params: dict[str, Any]) -> str:
