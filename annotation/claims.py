@@ -19,13 +19,13 @@ latency target and missing it (``benchmarks/bench_load.py``). The semantics are 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from functools import cache
 from datetime import datetime
+from functools import cache
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Model
 
-from .models import AssignmentState, Assignment, CrowdAssignment, CrowdWorker, Hit, HitRole, StudyRater, StudyTask
+from .models import Assignment, AssignmentState, CrowdAssignment, CrowdWorker, Hit, HitRole, StudyRater, StudyTask
 
 
 def claims_in_sql() -> bool:

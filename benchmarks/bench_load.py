@@ -3,7 +3,9 @@ gunicorn + PostgreSQL, on the loopback only, measured in one run (issue 10 item 
 
 The benchmark starts its own throwaway PostgreSQL cluster (``benchmarks.loadkit``: a temporary directory, a free
 port; never the machine's shared server), migrates a new database, builds an expert study and a crowd validation
-study, and serves the project with gunicorn on 127.0.0.1. Then every simulated person runs in its own thread:
+study, and serves the project with gunicorn on 127.0.0.1, configured as in production by ``gunicorn.conf.py``
+(sync workers, CPUs + 1, warmed before forking). Then every simulated person runs in its own thread of this
+process (a lean ``http.client`` session: the clients share the server's CPUs):
 
 * an expert logs in and repeats: ``GET next`` (the atomic claim; answered by a redirect to the task) →
   ``GET`` the task page → ``GET`` its grid image → ``POST`` the answer;
@@ -50,17 +52,20 @@ class Recorder:
     def __init__(self):
         self.lock = threading.Lock()
         self.latency: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self.next_by_round: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.statuses: dict[tuple[str, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.submitted: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self.grids: list[tuple[str, bytes]] = []
         self.errors: list[str] = []
 
-    def timed(self, group: str, step: str, call):
+    def timed(self, group: str, step: str, call, round_: int | None = None):
         start = time.perf_counter()
         status, headers, body = call()
         elapsed = (time.perf_counter() - start) * 1000
         with self.lock:
             self.latency[(group, step)].append(elapsed)
+            if round_ is not None:
+                self.next_by_round[group][round_].append(elapsed)
             self.statuses[(group, step)][status] += 1
         return status, headers, body
 
@@ -80,11 +85,12 @@ def expert_client(base: str, username: str, study: int, rounds: int, deadline: f
     try:
         if not session.csrf_token():
             session.login(username)
-        for _ in range(rounds):
+        for round_ in range(rounds):
             if time.monotonic() > deadline:
                 return session
             _wait(barrier)
-            status, headers, _ = record.timed(group, "next", lambda: session.get(f"/expert/studies/{study}/next/"))
+            status, headers, _ = record.timed(group, "next", lambda: session.get(f"/expert/studies/{study}/next/"),
+                                              round_)
             if status != 302:
                 return session  # 200: the "all done" page
             task_url = location(headers)
@@ -118,11 +124,11 @@ def crowd_client(base: str, token: str, number: int, rounds: int, deadline: floa
             if status != 302 or "/crowd/w/" not in session.next_url:
                 raise RuntimeError(f"could not start ({status})")
         next_url = session.next_url
-        for _ in range(rounds):
+        for round_ in range(rounds):
             if time.monotonic() > deadline:
                 return session
             _wait(barrier)
-            status, headers, _ = record.timed(group, "next", lambda: session.get(next_url))
+            status, headers, _ = record.timed(group, "next", lambda: session.get(next_url), round_)
             if status != 302 or "/a/" not in location(headers):
                 return session  # the end of the session (or nothing left)
             task_url = location(headers)
@@ -233,7 +239,9 @@ def report(results: dict, *, people: int) -> bool:
             met = p95 <= TARGET_P95_MS
             ok &= met
             print(f"next-task p95, {what}: {p95:.1f} ms (target ≤ {TARGET_P95_MS:.0f} ms: "
-                  f"{'met' if met else 'MISSED'})")
+                  f"{'met' if met else 'MISSED'}); round by round: "
+                  + ", ".join(f"{percentile(times, 0.95):.0f}" for _, times in
+                              sorted(record.next_by_round[group].items())) + " ms")
     alone = record.latency.get(("alone", "next"), [])
     if alone:
         print(f"next-task, one expert alone: p50 {statistics.median(alone):.1f} ms (the service time; the rest is "
