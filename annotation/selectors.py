@@ -131,7 +131,8 @@ def concept_suggestions(study: Study, *, limit: int = 400) -> list[str]:
     names = list(given)
     if study.extraction_id:
         dataset = LayerExtraction.objects.filter(pk=study.extraction_id).values("dataset_id")[:1]
-        dataset_names = (Concept.objects.filter(dataset_id=dataset, category__in=["part", "material", "color", "object"])
+        dataset_names = (Concept.objects.filter(dataset_id=dataset,
+                                                category__in=["part", "material", "color", "object"])
                          .order_by("-image_count", "name").values_list("name", flat=True))
         names += [name.removesuffix("-c") for name in dataset_names]
     return list(dict.fromkeys(names))[:limit]

@@ -12,9 +12,10 @@ process (a lean ``http.client`` session: the clients share the server's CPUs):
 * a crowd worker enters by the study's own link, starts, and repeats: ``GET next`` (claim) → ``GET`` the HIT →
   ``GET`` its grid → ``POST`` the answer.
 
-Phases: (0) one expert alone (the service time of a request); (1) the N experts, every round's next-task requests released at the same instant by a barrier (N
-simultaneous claims: what the target is about, as in the Label Studio measurement of REFERENCE.md); (2) the N
-crowd workers likewise; (3) experts and crowd together, back to back with no pause (a stress figure).
+Phases: (0) one expert alone (the service time of a request); (1) the N experts, every round's next-task requests
+released at the same instant by a barrier (N simultaneous claims: what the target is about, as in the Label Studio
+measurement of REFERENCE.md); (2) the N crowd workers likewise; (3) experts and crowd together, back to back with
+no pause (a stress figure).
 
 Bounded: each person does at most ``--per-person`` rounds, and the whole run stops after ``--max-seconds``.
 
