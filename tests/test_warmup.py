@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 from django.conf import settings
 from django.template import engines
 
-from unitscope.warmup import template_names, warm
+from unitscope.warmup import LAZY_IMPORTS, template_names, warm
 
 
 def test_warm_up_compiles_every_template_of_the_project():
@@ -29,3 +31,14 @@ def test_gunicorn_settings_are_sync_workers_one_per_core_plus_one(monkeypatch):
     assert config["workers"] == (os.cpu_count() or 1) + 1
     monkeypatch.setenv("WEB_CONCURRENCY", "7")
     assert runpy.run_path(str(Path(settings.BASE_DIR) / "gunicorn.conf.py"))["workers"] == 7
+
+
+def test_warm_up_imports_what_pages_import_lazily():
+    """In a fresh process (this one may have imported them already): absent after setup, present after warm()."""
+    script = ("import sys, django; django.setup(); from unitscope.warmup import LAZY_IMPORTS, warm; "
+              "before = [m in sys.modules for m in LAZY_IMPORTS]; warm(); "
+              "print(before, [m in sys.modules for m in LAZY_IMPORTS])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=settings.BASE_DIR, env={**os.environ, "DJANGO_SETTINGS_MODULE": "unitscope.settings.test"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == f"{[False] * len(LAZY_IMPORTS)} {[True] * len(LAZY_IMPORTS)}"

@@ -1,4 +1,5 @@
-"""Warm a serving process before it takes requests: import every view and compile every template once.
+"""Warm a serving process before it takes requests: import every view (and what views import lazily) and compile
+every template once.
 
 Django imports views when the URLconf is first resolved and compiles a template the first time it is rendered
 (then keeps it: the cached loader, DEBUG off). Done in gunicorn's master (``gunicorn.conf.py``), the forked
@@ -6,7 +7,12 @@ workers inherit both, and the first visitors after a deploy are served as fast a
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+
+LAZY_IMPORTS = ("crowdkit.aggregation",)
+"""Libraries that pages import only when first used (Dawid-Skene for the crowd reports: about 1.5 s with pandas
+and scikit-learn), kept lazy so that commands and tests that never need them do not pay for them."""
 
 
 def template_names() -> list[str]:
@@ -27,11 +33,14 @@ def template_names() -> list[str]:
 
 
 def warm() -> int:
-    """Import the URLconf's views and compile every template; how many templates were compiled."""
+    """Import the URLconf's views and the libraries they import lazily, and compile every template; how many
+    templates were compiled."""
     from django.template.loader import get_template
     from django.urls import get_resolver
 
     get_resolver().url_patterns  # noqa: B018 — imports every view module
+    for module in LAZY_IMPORTS:
+        importlib.import_module(module)
     names = template_names()
     for name in names:
         get_template(name)
