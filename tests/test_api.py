@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -117,6 +119,11 @@ def test_networks_datasets_layers_units(api, world):
     assert unit["index"] == 1 and unit["dissection"] is None
     assert sorted(row["object_class"] for row in unit["exemplars"]) == ["bird", "car", "tree"]
     assert all(row["grid_url"].startswith("/media/") and len(row["grid_sha256"]) == 64 for row in unit["exemplars"])
+    grid = unit["exemplars"][0]
+    response = Client().get(grid["grid_url"])  # a file, named by its content: cacheable for good
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    assert hashlib.sha256(b"".join(response.streaming_content)).hexdigest() == grid["grid_sha256"]
+    assert {"public", "immutable", "max-age=31536000"} <= set(response["Cache-Control"].replace(" ", "").split(","))
 
 
 def test_start_a_run_with_validated_params(api, researcher):
