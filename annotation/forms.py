@@ -67,6 +67,10 @@ class StudyCreateForm(forms.Form):
     instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 7}), initial=DEFAULT_INSTRUCTIONS,
                                    help_text="Shown beside every task. The default is GG'18's wording.")
     seed = forms.IntegerField(initial=0, min_value=0, help_text="Orders the units within each class.")
+    suggest_given_names = forms.BooleanField(
+        label="Suggest the names other experts gave", required=False, initial=True,
+        help_text="Off: each expert is offered only their own earlier names and the dataset's concepts, so "
+                  "that agreement is measured between independent answers.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -66,6 +66,9 @@ class Study(models.Model):
     raters_per_task = models.PositiveSmallIntegerField(default=2, help_text="For the N-raters plan.")
     instructions = models.TextField(default=DEFAULT_INSTRUCTIONS)
     seed = models.IntegerField(default=0, help_text="Orders the units within each class.")
+    suggest_given_names = models.BooleanField(
+        default=True, help_text="Suggest the names other experts gave in this study (off: each expert sees only "
+                                "their own names and the dataset's, so that their answers stay independent).")
     description = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")

@@ -124,9 +124,13 @@ def task_number(task: StudyTask, rater: StudyRater) -> int:
     return rater.assignments.filter(task__position__lte=task.position).count()
 
 
-def concept_suggestions(study: Study, *, limit: int = 400) -> list[str]:
-    """Names already given in the study (by people, most used first), then the dataset's concept names."""
-    given = (Judgment.objects.current().human().filter(task__study=study).exclude(concept="").values("concept")
+def concept_suggestions(study: Study, *, rater: StudyRater | None = None, limit: int = 400) -> list[str]:
+    """Names already given in the study by people (most used first; only ``rater``'s own where the study does
+    not suggest other experts' names), then the dataset's concept names."""
+    given = Judgment.objects.current().human().filter(task__study=study)
+    if not study.suggest_given_names:
+        given = given.filter(rater=rater) if rater is not None else given.none()
+    given = (given.exclude(concept="").values("concept")
              .annotate(uses=Count("id")).order_by("-uses", "concept").values_list("concept", flat=True))
     names = list(given)
     if study.extraction_id:

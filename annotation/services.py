@@ -70,14 +70,16 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
                  object_classes: Sequence[str] | None = None, overlap_class: str | None = None,
                  raters_per_task: int = 2, instructions: str = DEFAULT_INSTRUCTIONS,
                  units: Sequence[int] | None = None, seed: int = 0, description: str = "",
-                 created_by=None) -> Study:
+                 suggest_given_names: bool = True, created_by=None) -> Study:
     """Create a study of one layer's units: one task per (unit, object class) showing its top-10 grid.
 
     ``object_classes``: names among the extraction's classes (default: all). ``units``: unit indices
     (default: every unit of the layer). Plans (GG'18 §4.1 is ``paper``): ``paper`` splits the classes
     round-robin between the experts, except ``overlap_class`` (default: the first class) which every
     expert does, for agreement; ``full``: every expert does every task; ``n_raters``: each task is done
-    by ``raters_per_task`` experts, whoever asks first. Every grid must be rendered.
+    by ``raters_per_task`` experts, whoever asks first. Every grid must be rendered. ``suggest_given_names``:
+    whether the name field suggests what the other experts answered (GG'18 does not say; on by default, as
+    the issue asked, off for raters who must stay independent).
     """
     name = _clean_name(name)
     _study_name_free(name)
@@ -122,7 +124,7 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
         name=name, kind=StudyKind.NETWORK, layer=extraction.layer, extraction=extraction, plan=plan,
         raters_per_task=raters_per_task if plan == StudyPlan.N_RATERS else len(experts),
         instructions=instructions.strip() or DEFAULT_INSTRUCTIONS, seed=seed, description=description,
-        created_by=created_by)
+        suggest_given_names=suggest_given_names, created_by=created_by)
     concepts = {exemplar.object_class.name: exemplar.object_class for exemplar in sets}
     study.object_classes.set([concepts[name] for name in classes if name in concepts])
     if overlap_class:

@@ -103,7 +103,7 @@ class AnnotateView(ExpertStudyMixin, FormView):
             number=selectors.task_number(task, rater), progress=selectors.rater_progress(rater), rule=RULE,
             answers=[{"key": key, "value": value, "label": Answer(value).label, "yes": value in YES_ANSWERS,
                       "checked": chosen == value} for key, value in ANSWER_KEYS.items()],
-            needs_concept=chosen in YES_ANSWERS, suggestions=selectors.concept_suggestions(rater.study))
+            needs_concept=chosen in YES_ANSWERS, suggestions=selectors.concept_suggestions(rater.study, rater=rater))
         return context
 
     def form_valid(self, form):
@@ -159,7 +159,7 @@ class StudyCreateView(ResearcherRequiredMixin, FormView):
                 name=data["name"], extraction=data["extraction"], experts=list(data["experts"]), plan=data["plan"],
                 object_classes=data["object_classes"] or None, overlap_class=data["overlap_class"] or None,
                 raters_per_task=data["raters_per_task"], instructions=data["instructions"], units=data["units"],
-                seed=data["seed"], created_by=self.request.user)
+                seed=data["seed"], suggest_given_names=data["suggest_given_names"], created_by=self.request.user)
         except services.StudyInputError as error:
             form.add_error(None, str(error))
             return self.form_invalid(form)

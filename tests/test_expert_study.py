@@ -272,6 +272,26 @@ def test_suggestions_come_from_the_study_then_the_dataset(world):
     assert "red-c" not in suggestions
 
 
+@pytest.mark.parametrize("suggest_given_names", [True, False])
+def test_a_study_of_independent_raters_suggests_each_only_their_own_names(world, suggest_given_names):
+    first, second = make_experts(2)
+    study = services.study_create(name="s", extraction=world, experts=[first, second], plan="full",
+                                  object_classes=["car"], suggest_given_names=suggest_given_names)
+    raters = {rater.user_id: rater for rater in study.raters.all()}
+    for user, (count, name) in ((first, (2, "rim")), (second, (1, "hub"))):
+        rater = raters[user.pk]
+        for _ in range(count):
+            task = services.task_next_for_rater(rater=rater)
+            services.judgment_submit(rater=rater, task=task, answer=Answer.PART, concept=name)
+    offered = {user: selectors.concept_suggestions(study, rater=raters[user.pk]) for user in (first, second)}
+    if suggest_given_names:  # everybody's names, most used first, for everyone
+        assert offered[first][:2] == offered[second][:2] == ["rim", "hub"]
+    else:  # one's own only: the other expert's answers cannot nudge theirs
+        assert offered[first][0] == "rim" and "hub" not in offered[first]
+        assert offered[second][0] == "hub" and "rim" not in offered[second]
+    assert {"wheel", "wing"} <= set(offered[first]) & set(offered[second])
+
+
 def test_demo_expert_study_is_idempotent(monkeypatch, world, settings, tmp_path):
     settings.UNITSCOPE_DATA_DIR = tmp_path
     world.layer.network.name = "demo-net"
