@@ -147,12 +147,26 @@ def test_researcher_creates_a_study_from_the_form(researcher_client, db):
     study = Study.objects.get(name="From the form")
     assert response.status_code == 302 and response["Location"] == study.get_absolute_url()
     assert study.tasks.count() == 4 and study.overlap_class.name == "bird" and study.instructions == "Look closely."
+    assert study.suggest_given_names is False  # the box was not ticked in this post (a browser sends it when ticked)
     bad = researcher_client.post(reverse("annotation:study_create"), {**data, "name": "Other", "units": "9-x"})
     assert bad.status_code == 200 and b"not a unit index" in bad.content
     again = researcher_client.post(reverse("annotation:study_create"), data)
     assert again.status_code == 200 and b"already exists" in again.content
     listing = researcher_client.get(reverse("annotation:study_list"))
     assert b"From the form" in listing.content and b'aria-current="page">Studies' in listing.content
+
+
+def test_an_expert_of_an_independent_study_is_offered_only_their_own_names(client, db):
+    world = build_study_world(units=3)
+    study = services.study_create(name="blind", extraction=world, experts=make_experts(2), plan=StudyPlan.FULL,
+                                  object_classes=["car"], suggest_given_names=False)
+    other = study.raters.get(name="expert2")
+    services.judgment_submit(rater=other, task=services.task_next_for_rater(rater=other), answer=Answer.PART,
+                             concept="hubcap")
+    expert = expert_client(client, study)
+    page = expert.get(expert.get(reverse("annotation:expert_next", args=[study.pk]))["Location"])
+    assert page.status_code == 200 and b"your own earlier names" in page.content
+    assert b"hubcap" not in page.content and b'<option value="wheel">' in page.content
 
 
 def test_detail_report_and_export_show_progress_agreement_and_provenance(researcher_client, study):
