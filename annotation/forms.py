@@ -11,7 +11,7 @@ from accounts.roles import Role
 from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction
 
 from .models import CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, Answer, StudyPlan
-from .services import StudyInputError, answer_validate
+from .services import MAX_CLAIM_HOURS, StudyInputError, answer_validate
 
 
 def extractions_with_grids():
@@ -67,6 +67,9 @@ class StudyCreateForm(forms.Form):
     instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 7}), initial=DEFAULT_INSTRUCTIONS,
                                    help_text="Shown beside every task. The default is GG'18's wording.")
     seed = forms.IntegerField(initial=0, min_value=0, help_text="Orders the units within each class.")
+    claim_hours = forms.IntegerField(
+        label="Hours an expert keeps a task unanswered", initial=24, min_value=0, max_value=MAX_CLAIM_HOURS,
+        help_text="After that the task goes back to the pool when nothing else is free (0: it stays theirs).")
     suggest_given_names = forms.BooleanField(
         label="Suggest the names other experts gave", required=False, initial=True,
         help_text="Off: each expert is offered only their own earlier names and the dataset's concepts, so "

@@ -66,6 +66,9 @@ class Study(models.Model):
     raters_per_task = models.PositiveSmallIntegerField(default=2, help_text="For the N-raters plan.")
     instructions = models.TextField(default=DEFAULT_INSTRUCTIONS)
     seed = models.IntegerField(default=0, help_text="Orders the units within each class.")
+    claim_hours = models.PositiveSmallIntegerField(
+        default=24, help_text="An unanswered task an expert took goes back to the pool after this many hours, when "
+                              "nothing else is free (0: it stays theirs).")
     suggest_given_names = models.BooleanField(
         default=True, help_text="Suggest the names other experts gave in this study (off: each expert sees only "
                                 "their own names and the dataset's, so that their answers stay independent).")

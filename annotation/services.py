@@ -12,14 +12,14 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.conf import settings
 from django.core import signing
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -32,6 +32,7 @@ from .models import (ANSWER_ORDER, CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, YES
                      StudyTask)
 
 ITEM_MAX_LENGTH = 200
+MAX_CLAIM_HOURS = 720
 RATER_NAME_MAX_LENGTH = 150
 SHOWN_TOKEN_SALT = "annotation.task-shown"
 SHOWN_TOKEN_MAX_AGE = 24 * 3600
@@ -70,7 +71,7 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
                  object_classes: Sequence[str] | None = None, overlap_class: str | None = None,
                  raters_per_task: int = 2, instructions: str = DEFAULT_INSTRUCTIONS,
                  units: Sequence[int] | None = None, seed: int = 0, description: str = "",
-                 suggest_given_names: bool = True, created_by=None) -> Study:
+                 claim_hours: int = 24, suggest_given_names: bool = True, created_by=None) -> Study:
     """Create a study of one layer's units: one task per (unit, object class) showing its top-10 grid.
 
     ``object_classes``: names among the extraction's classes (default: all). ``units``: unit indices
@@ -79,7 +80,8 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
     expert does, for agreement; ``full``: every expert does every task; ``n_raters``: each task is done
     by ``raters_per_task`` experts, whoever asks first. Every grid must be rendered. ``suggest_given_names``:
     whether the name field suggests what the other experts answered (GG'18 does not say; on by default, as
-    the issue asked, off for raters who must stay independent).
+    the issue asked, off for raters who must stay independent). ``claim_hours``: how long a task an expert
+    took stays theirs unanswered once nothing else is free (0: for good; see :func:`stale_claims_release`).
     """
     name = _clean_name(name)
     _study_name_free(name)
@@ -105,6 +107,8 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
             raise StudyInputError(f"The overlap class {overlap_class!r} is not among the study's classes.")
     else:
         overlap_class = None
+    if not 0 <= claim_hours <= MAX_CLAIM_HOURS:
+        raise StudyInputError(f"Hours an expert keeps a task: between 0 and {MAX_CLAIM_HOURS}.")
     if plan == StudyPlan.N_RATERS and not 1 <= raters_per_task <= len(experts):
         raise StudyInputError(f"Raters per task must lie between 1 and the number of experts ({len(experts)}).")
 
@@ -124,7 +128,7 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
         name=name, kind=StudyKind.NETWORK, layer=extraction.layer, extraction=extraction, plan=plan,
         raters_per_task=raters_per_task if plan == StudyPlan.N_RATERS else len(experts),
         instructions=instructions.strip() or DEFAULT_INSTRUCTIONS, seed=seed, description=description,
-        suggest_given_names=suggest_given_names, created_by=created_by)
+        claim_hours=claim_hours, suggest_given_names=suggest_given_names, created_by=created_by)
     concepts = {exemplar.object_class.name: exemplar.object_class for exemplar in sets}
     study.object_classes.set([concepts[name] for name in classes if name in concepts])
     if overlap_class:
@@ -174,7 +178,7 @@ def study_extraction_for(*, network: str, layer: str, dataset: str | None = None
 
 # -- the next task (atomic) -------------------------------------------------------------------------------
 
-def task_next_for_rater(*, rater: StudyRater) -> StudyTask | None:
+def task_next_for_rater(*, rater: StudyRater, now: datetime | None = None) -> StudyTask | None:
     """The task ``rater`` should answer now: the one they hold unanswered, or a newly claimed one.
 
     Atomic: a rater never holds a task twice, and a task is never held by more experts than its
@@ -185,7 +189,16 @@ def task_next_for_rater(*, rater: StudyRater) -> StudyTask | None:
     (``assigned_count < capacity``) that cannot over-fill a task. Returns None when nothing is left.
     On PostgreSQL the claim is one SQL statement (:mod:`annotation.claims`), this code's twin, and the database's
     constraint ``one_open_assignment_per_rater`` serialises one rater's claims instead of the row lock.
+    When nothing is free, the tasks other experts took but left unanswered for longer than the study's
+    ``claim_hours`` go back to the pool (:func:`stale_claims_release`) and the claim is tried once more.
     """
+    task = _task_claim(rater)
+    if task is None and stale_claims_release(study=rater.study, now=now):
+        task = _task_claim(rater)
+    return task
+
+
+def _task_claim(rater: StudyRater) -> StudyTask | None:
     if claims.claims_in_sql():
         return claims.task_claim(rater)
     with transaction.atomic():
@@ -208,6 +221,44 @@ def task_next_for_rater(*, rater: StudyRater) -> StudyTask | None:
                 task.assigned_count += 1
                 return task
     return None
+
+
+def stale_claims_release(*, study: Study, now: datetime | None = None) -> int:
+    """Give back the places of the study's tasks that experts took but left unanswered for longer than its
+    ``claim_hours`` (0: never); how many. The assignment is deleted and the task's place freed, so whoever asks
+    next may take it, the expert who left it included (their open page can still save the answer while the
+    place is free: :func:`task_reclaim`). Each is released at most once (a conditional delete), and an answer
+    being saved at that instant holds the assignment's row lock (:func:`judgment_submit`), so it is never lost.
+    """
+    if not study.claim_hours:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(hours=study.claim_hours)
+    stale = Assignment.objects.filter(task__study=study, completed_at__isnull=True, assigned_at__lt=cutoff)
+    released = 0
+    for pk, task_id in stale.values_list("pk", "task_id"):
+        with transaction.atomic():
+            if Assignment.objects.filter(pk=pk, completed_at__isnull=True).delete()[0]:
+                StudyTask.objects.filter(pk=task_id).update(assigned_count=F("assigned_count") - 1)
+                released += 1
+    return released
+
+
+def task_reclaim(*, rater: StudyRater, task: StudyTask) -> bool:
+    """Give ``rater`` back a task of theirs that went back to the pool (:func:`stale_claims_release`), if it still
+    has a free place and they hold no other unanswered task; whether it is theirs again."""
+    if task.study_id != rater.study_id or (task.owner_id not in (None, rater.pk)):
+        return False
+    try:
+        with transaction.atomic():
+            if Assignment.objects.filter(task=task, rater=rater).exists():
+                return True
+            if not StudyTask.objects.filter(pk=task.pk, assigned_count__lt=F("capacity")).update(
+                    assigned_count=F("assigned_count") + 1):
+                return False
+            Assignment.objects.create(task=task, rater=rater)
+    except IntegrityError:  # they hold another task (one open assignment per rater)
+        return False
+    return True
 
 
 # -- judgments -------------------------------------------------------------------------------------------
@@ -266,7 +317,8 @@ def judgment_submit(*, rater: StudyRater, task: StudyTask, answer: str, concept:
     submitted_at = submitted_at or timezone.now()
     with transaction.atomic():
         StudyRater.objects.select_for_update().filter(pk=rater.pk).first()
-        assignment = Assignment.objects.filter(task=task, rater=rater).first()
+        # Locked: a stale-claim release (stale_claims_release) waits for this answer, then finds it answered.
+        assignment = Assignment.objects.select_for_update().filter(task=task, rater=rater).first()
         if rater.kind == RaterKind.EXPERT and assignment is None:
             raise StudyInputError("This task is not assigned to you.")
         current = Judgment.objects.current().filter(task=task, rater=rater).first()

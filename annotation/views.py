@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.http import Http404, HttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views import View
 from django.views.generic import FormView, TemplateView
@@ -63,6 +63,10 @@ class ExpertNextTaskView(ExpertStudyMixin, TemplateView):
         return self.render_to_response({"study": rater.study, "progress": selectors.rater_progress(rater)})
 
 
+class TaskReleased(Exception):
+    """The task of an answer went back to the pool and could not be taken back (see AnnotateView)."""
+
+
 class AnnotateView(ExpertStudyMixin, FormView):
     """One task: the grid, GG'18's question and rule, five answers on keys 1–5, a concept name, Enter."""
 
@@ -76,12 +80,32 @@ class AnnotateView(ExpertStudyMixin, FormView):
     def get_task(self) -> StudyTask:
         if self.task is None:
             rater = self.get_rater()
-            self.task = (StudyTask.objects.select_related("object_class", "exemplar_set__grid")
-                         .filter(pk=self.kwargs["task_pk"], study_id=rater.study_id, assignments__rater=rater).first())
+            tasks = StudyTask.objects.select_related("object_class", "exemplar_set__grid").filter(
+                pk=self.kwargs["task_pk"], study_id=rater.study_id)
+            self.task = tasks.filter(assignments__rater=rater).first()
+            if self.task is None and self.request.method == "POST":
+                self.task = self.released_task(tasks.first())
             if self.task is None:
                 raise Http404("This task is not assigned to you.")
             self.current = selectors.current_judgment(rater, self.task)
         return self.task
+
+    def released_task(self, task: StudyTask | None) -> StudyTask | None:
+        """An answer from a page shown to this expert (its signed token says so) for a task that went back to the
+        pool meanwhile (``Study.claim_hours``): the task, if it could be taken back, else :class:`TaskReleased`."""
+        if task is None or services.task_shown_at(token=self.request.POST.get("shown"), task=task,
+                                                  rater=self.rater) is None:
+            return None
+        if services.task_reclaim(rater=self.rater, task=task):
+            return task
+        raise TaskReleased
+
+    def post(self, request, *args, **kwargs):
+        try:
+            self.get_task()
+        except TaskReleased:
+            return render(request, "annotation/task_released.html", {"study": self.rater.study}, status=409)
+        return super().post(request, *args, **kwargs)
 
     def get_initial(self):
         self.get_task()
@@ -159,7 +183,8 @@ class StudyCreateView(ResearcherRequiredMixin, FormView):
                 name=data["name"], extraction=data["extraction"], experts=list(data["experts"]), plan=data["plan"],
                 object_classes=data["object_classes"] or None, overlap_class=data["overlap_class"] or None,
                 raters_per_task=data["raters_per_task"], instructions=data["instructions"], units=data["units"],
-                seed=data["seed"], suggest_given_names=data["suggest_given_names"], created_by=self.request.user)
+                seed=data["seed"], claim_hours=data["claim_hours"], suggest_given_names=data["suggest_given_names"],
+                created_by=self.request.user)
         except services.StudyInputError as error:
             form.add_error(None, str(error))
             return self.form_invalid(form)

@@ -259,8 +259,8 @@ class StudySerializer(serializers.ModelSerializer):
     class Meta:
         model = Study
         fields = ["id", "name", "kind", "plan", "layer", "network", "layer_name", "dataset", "extraction",
-                  "object_classes", "overlap_class", "raters_per_task", "instructions", "seed", "description",
-                  "created_by", "created_at", "task_count", "rater_count"]
+                  "object_classes", "overlap_class", "raters_per_task", "claim_hours", "suggest_given_names",
+                  "instructions", "seed", "description", "created_by", "created_at", "task_count", "rater_count"]
 
     def get_network(self, study) -> str | None:
         return study.layer.network.name if study.layer_id else None

@@ -199,6 +199,7 @@ def test_studies_tasks_agreement_results(api, study):
     assert [(row["name"], row["task_count"], row["rater_count"]) for row in rows] == [("api-study", 6, 2)]
     detail = api.get(reverse("api:study-detail", args=[study.pk])).json()
     assert detail["network"] == "w-net" and detail["dataset"] == "w-data" and detail["overlap_class"] == "car"
+    assert detail["claim_hours"] == 24 and detail["suggest_given_names"] is True
     tasks = api.get(reverse("api:task-list"), {"study": study.pk}).json()
     assert tasks["count"] == 6 and all(len(row["grid_sha256"]) == 64 for row in tasks["results"])
     assert api.get(reverse("api:task-list")).status_code == 400

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from annotation import services
-from annotation.models import Answer, Judgment, Study, StudyPlan
+from annotation.models import Answer, Assignment, Judgment, Study, StudyPlan
 from tests.test_expert_study import build_study_world, make_experts
 
 pytestmark = pytest.mark.django_db
@@ -142,12 +145,13 @@ def test_researcher_creates_a_study_from_the_form(researcher_client, db):
     assert b"Do the highlighted areas" in page.content
     data = {"name": "From the form", "extraction": world.pk, "object_classes": ["car", "bird"],
             "experts": [expert.pk for expert in experts], "plan": StudyPlan.PAPER, "overlap_class": "bird",
-            "raters_per_task": 2, "units": "0-1", "instructions": "Look closely.", "seed": 3}
+            "raters_per_task": 2, "units": "0-1", "instructions": "Look closely.", "seed": 3, "claim_hours": 12}
     response = researcher_client.post(reverse("annotation:study_create"), data)
     study = Study.objects.get(name="From the form")
     assert response.status_code == 302 and response["Location"] == study.get_absolute_url()
     assert study.tasks.count() == 4 and study.overlap_class.name == "bird" and study.instructions == "Look closely."
     assert study.suggest_given_names is False  # the box was not ticked in this post (a browser sends it when ticked)
+    assert study.claim_hours == 12
     bad = researcher_client.post(reverse("annotation:study_create"), {**data, "name": "Other", "units": "9-x"})
     assert bad.status_code == 200 and b"not a unit index" in bad.content
     again = researcher_client.post(reverse("annotation:study_create"), data)
@@ -167,6 +171,31 @@ def test_an_expert_of_an_independent_study_is_offered_only_their_own_names(clien
     page = expert.get(expert.get(reverse("annotation:expert_next", args=[study.pk]))["Location"])
     assert page.status_code == 200 and b"your own earlier names" in page.content
     assert b"hubcap" not in page.content and b'<option value="wheel">' in page.content
+
+
+@pytest.mark.parametrize("taken_meanwhile", [False, True])
+def test_an_answer_to_a_task_that_went_back_to_the_pool_is_saved_while_its_place_is_free(client, db,
+                                                                                         taken_meanwhile):
+    world = build_study_world(units=2)
+    study = services.study_create(name="pool", extraction=world, experts=make_experts(2), plan=StudyPlan.N_RATERS,
+                                  raters_per_task=1, object_classes=["car"], units=[0])
+    expert = expert_client(client, study)
+    url = expert.get(reverse("annotation:expert_next", args=[study.pk]))["Location"]
+    page = expert.get(url)
+    shown = re.search(rb'name="shown" value="([^"]*)"', page.content).group(1).decode()
+    away = study.raters.get(name="expert1")
+    Assignment.objects.filter(rater=away).update(assigned_at=timezone.now() - timedelta(hours=25))
+    assert services.stale_claims_release(study=study) == 1  # what the next expert's request does when all is taken
+    if taken_meanwhile:
+        assert services.task_next_for_rater(rater=study.raters.get(name="expert2")) is not None
+    response = expert.post(url, {"answer": Answer.NO, "shown": shown})
+    saved = Judgment.objects.filter(rater=away).exists()
+    if taken_meanwhile:
+        assert response.status_code == 409 and not saved
+        assert b"went to someone else" in response.content and b"not saved" in response.content
+    else:
+        assert response.status_code == 302 and saved
+    assert expert.post(url, {"answer": Answer.NO}).status_code in ((404,) if taken_meanwhile else (302,))  # no token
 
 
 def test_detail_report_and_export_show_progress_agreement_and_provenance(researcher_client, study):

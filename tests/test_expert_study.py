@@ -5,8 +5,11 @@ other expert test modules import it.
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from PIL import Image
 
 from accounts.roles import Role
@@ -193,6 +196,50 @@ def test_a_claim_that_collides_runs_again_and_leaves_the_callers_transaction_usa
         assert Assignment.objects.filter(rater=rater).count() == 1  # the transaction still answers
     assert len(calls) == 2 and task == Assignment.objects.get(rater=rater).task
     assert task.assigned_count == 1 and task.position == study.tasks.order_by("position").first().position
+
+
+def _left_unanswered(rater: StudyRater, hours: float) -> None:
+    """Backdate the rater's open assignment: as if they took its task ``hours`` ago and walked away."""
+    Assignment.objects.filter(rater=rater, completed_at__isnull=True).update(
+        assigned_at=timezone.now() - timedelta(hours=hours))
+
+
+@pytest.mark.parametrize("claim_hours, hours_away, released", [(24, 25, True), (24, 23, False), (0, 1000, False)])
+def test_a_task_left_unanswered_goes_back_to_the_pool_when_nothing_else_is_free(world, claim_hours, hours_away,
+                                                                                released):
+    walker, worker = make_experts(2)
+    study = services.study_create(name="s", extraction=world, experts=[walker, worker], plan=StudyPlan.N_RATERS,
+                                  raters_per_task=1, object_classes=["car"], units=[0], claim_hours=claim_hours)
+    away, busy = study.raters.get(user=walker), study.raters.get(user=worker)
+    task = services.task_next_for_rater(rater=away)  # the study's only task
+    _left_unanswered(away, hours_away)
+    taken = services.task_next_for_rater(rater=busy)
+    if not released:
+        assert taken is None and Assignment.objects.get(task=task).rater == away
+        return
+    assert taken == task and Assignment.objects.get(task=task).rater == busy
+    task.refresh_from_db()
+    assert task.assigned_count == 1  # the place was freed, then taken: never over-filled
+    assert services.task_next_for_rater(rater=away) is None
+    assert not services.task_reclaim(rater=away, task=task)  # its only place is taken
+    services.judgment_submit(rater=busy, task=task, answer=Answer.NO)
+    with pytest.raises(StudyInputError, match="not assigned to you"):
+        services.judgment_submit(rater=away, task=task, answer=Answer.NO)
+
+
+def test_a_task_that_went_back_to_the_pool_is_taken_back_while_its_place_is_free(world):
+    walker, other = make_experts(2)
+    study = services.study_create(name="s", extraction=world, experts=[walker, other], plan=StudyPlan.N_RATERS,
+                                  raters_per_task=1, object_classes=["car"], units=[0, 1])
+    away = study.raters.get(user=walker)
+    first = services.task_next_for_rater(rater=away)
+    _left_unanswered(away, 30)
+    assert services.stale_claims_release(study=study) == 1 and not Assignment.objects.filter(rater=away).exists()
+    assert services.stale_claims_release(study=study) == 0  # released once
+    assert services.task_reclaim(rater=away, task=first)
+    services.judgment_submit(rater=away, task=first, answer=Answer.NO)
+    first.refresh_from_db()
+    assert first.assigned_count == 1 and Judgment.objects.filter(task=first, rater=away).count() == 1
 
 
 def test_answers_are_validated(world):

@@ -14,9 +14,13 @@ urlpatterns = [
     path("", include("accounts.urls")),
 ]
 
+
+@cache_control(public=True, max_age=365 * 24 * 3600, immutable=True)
+def media(request, path):
+    """A rendered grid under MEDIA_ROOT (read now, not at import). Its name is its content's hash, so a browser may
+    keep it for good; in production the front web server serves the folder (README, "Production")."""
+    return serve(request, path, document_root=settings.MEDIA_ROOT)
+
+
 if settings.UNITSCOPE_SERVE_MEDIA:
-    # Rendered grids under MEDIA_ROOT. Their names are their content's hash, so a browser may keep them for good;
-    # in production the front web server serves the folder (README, "Production").
-    urlpatterns.append(path(f"{settings.MEDIA_URL.strip('/')}/<path:path>",
-                            cache_control(public=True, max_age=365 * 24 * 3600, immutable=True)(serve),
-                            {"document_root": settings.MEDIA_ROOT}))
+    urlpatterns.append(path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", media))
