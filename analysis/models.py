@@ -662,10 +662,6 @@ class PartDetectionResult(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def ap_gain(self) -> float:
-        return self.ga_ap - self.best_ap
-
     def emerges(self, threshold: float = 0.3) -> bool:
         return self.ga_ap > threshold
 

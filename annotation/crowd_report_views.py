@@ -10,7 +10,7 @@ from analysis.plots import category_bars, comparison_scatter, interval_chart, st
 from . import crowd_reports as reports
 from .crowd_views import CrowdStudyMixin
 from .models import CrowdTaskKind
-from .selectors import SIMULATED_CHOICES
+from .selectors import simulated_choice
 
 AGREEMENT_LABELS = {"fleiss_kappa": "Fleiss' κ", "krippendorff_alpha": "Krippendorff's α (nominal)"}
 SHORT_LABELS = {"fleiss_kappa": "κ", "krippendorff_alpha": "α"}
@@ -22,9 +22,7 @@ class CrowdReportMixin(CrowdStudyMixin):
 
     def report_context(self) -> dict:
         study = self.get_study()
-        simulated = self.request.GET.get("simulated")
-        if simulated not in SIMULATED_CHOICES:
-            simulated = reports.simulated_default(study)
+        simulated = simulated_choice(self.request.GET.get("simulated"), default=reports.simulated_default(study))
         return {"study": study, "simulated": simulated, "has_human": reports.has_human_answers(study),
                 "has_simulated": study.workers.filter(simulated=True).exists(),
                 "tab": self.tab, "simulated_choices": [("exclude", "People"), ("include", "People + simulated"),

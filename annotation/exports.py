@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpResponse
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -362,3 +363,10 @@ def crowd_export_file(study, name: str, *, simulated: str = "exclude") -> tuple[
          **({"simulated": simulated} if stem == "results" else {}), key: rows}, ensure_ascii=False, indent=1)
     qualifier = "" if stem == "answers" or simulated == "exclude" else f"-simulated-{simulated}"
     return text, content_type, f"crowd-study-{study.pk}-{stem}{qualifier}.{suffix}"
+
+
+def attachment_response(text: str | bytes, content_type: str, filename: str) -> HttpResponse:
+    """An export file as a download (the site's and the API's export endpoints)."""
+    response = HttpResponse(text, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

@@ -556,10 +556,6 @@ class CrowdAssignment(models.Model):
     def __str__(self) -> str:
         return f"{self.worker} on HIT {self.hit_id}: {self.state}"
 
-    @property
-    def is_answered(self) -> bool:
-        return self.state in SUBMITTED_STATES
-
 
 class QualificationAttempt(models.Model):
     """One try at a study's qualification test: the questions asked (HIT tokens), the answers, the score."""

@@ -20,6 +20,11 @@ TYPE_LABELS = {Answer.PART: "semantic part", Answer.BACKGROUND: "background", An
 SIMULATED_CHOICES = ("exclude", "include", "only")
 
 
+def simulated_choice(value: str | None, default: str = "exclude") -> str:
+    """A page's ``?simulated=`` choice: ``value`` if it is one of :data:`SIMULATED_CHOICES`, else ``default``."""
+    return value if value in SIMULATED_CHOICES else default
+
+
 @dataclass(frozen=True)
 class Progress:
     done: int

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import Http404, HttpResponse
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views import View
@@ -215,9 +215,7 @@ class StudyReportView(StudyMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         study = self.get_study()
-        simulated = self.request.GET.get("simulated", "exclude")
-        if simulated not in selectors.SIMULATED_CHOICES:
-            simulated = "exclude"
+        simulated = selectors.simulated_choice(self.request.GET.get("simulated"))
         context = {**super().get_context_data(**kwargs), **exports.study_report_context(study, simulated=simulated)}
         context.update(self.comparison_context(study, simulated))
         return context
@@ -275,13 +273,8 @@ class StudyExportView(StudyMixin, View):
         name = kwargs.get("name", "judgments.csv")
         if name not in exports.STUDY_EXPORT_FILES:
             raise Http404("No such export.")
-        simulated = request.GET.get("simulated", "exclude")
-        if simulated not in selectors.SIMULATED_CHOICES:
-            simulated = "exclude"
-        text, content_type, filename = exports.study_export_file(study, name, simulated=simulated)
-        response = HttpResponse(text, content_type=content_type)
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
+        simulated = selectors.simulated_choice(request.GET.get("simulated"))
+        return exports.attachment_response(*exports.study_export_file(study, name, simulated=simulated))
 
 
 class CrowdStudyExportView(ResearcherRequiredMixin, View):
@@ -295,10 +288,5 @@ class CrowdStudyExportView(ResearcherRequiredMixin, View):
         name = kwargs["name"]
         if name not in exports.CROWD_EXPORT_FILES:
             raise Http404("No such export.")
-        simulated = request.GET.get("simulated", "exclude")
-        if simulated not in selectors.SIMULATED_CHOICES:
-            simulated = "exclude"
-        text, content_type, filename = exports.crowd_export_file(study, name, simulated=simulated)
-        response = HttpResponse(text, content_type=content_type)
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
+        simulated = selectors.simulated_choice(request.GET.get("simulated"))
+        return exports.attachment_response(*exports.crowd_export_file(study, name, simulated=simulated))

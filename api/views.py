@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db.models import Count
-from django.http import FileResponse, HttpResponse
+from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -272,10 +272,8 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
         study = self.get_object()
         if file not in study_exports.STUDY_EXPORT_FILES:
             raise NotFound(f"No export named {file}.")
-        text, content_type, filename = study_exports.study_export_file(study, file, simulated=_simulated(request))
-        response = HttpResponse(text, content_type=content_type)
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
+        return study_exports.attachment_response(
+            *study_exports.study_export_file(study, file, simulated=_simulated(request)))
 
 
 class CrowdStudyViewSet(viewsets.ReadOnlyModelViewSet):
@@ -300,10 +298,8 @@ class CrowdStudyViewSet(viewsets.ReadOnlyModelViewSet):
         study = self.get_object()
         if file not in study_exports.CROWD_EXPORT_FILES:
             raise NotFound(f"No export named {file}.")
-        text, content_type, filename = study_exports.crowd_export_file(study, file, simulated=_simulated(request))
-        response = HttpResponse(text, content_type=content_type)
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
+        return study_exports.attachment_response(
+            *study_exports.crowd_export_file(study, file, simulated=_simulated(request)))
 
 
 def _study_param(request):
