@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 
 from analysis.engine import agreement as engine
 from annotation.models import Answer, Judgment, RaterKind, Study, StudyKind
-from annotation.simulation import PartBox, PeakTruth, simulated_answer, true_answer
+from annotation.expert.simulation import PartBox, PeakTruth, simulated_answer, true_answer
 
 pytestmark = pytest.mark.django_db
 
@@ -115,7 +115,7 @@ def test_import_rejects_a_malformed_file_atomically(tmp_path, capsys):
 
 
 def test_import_reads_any_line_ending_and_reports_a_stray_carriage_return():
-    from annotation.services import ImportProblems, judgments_parse
+    from annotation.expert.services import ImportProblems, judgments_parse
 
     rows = judgments_parse(GOOD.replace("\n", "\r\n"))
     assert [(row.item, row.rater, row.answer) for row in rows[:2]] == [("u1", "ann", "part"), ("u1", "bob", "part")]
@@ -128,7 +128,7 @@ def test_import_reads_any_line_ending_and_reports_a_stray_carriage_return():
 
 def test_import_refuses_to_extend_a_network_study(tmp_path):
     from tests.test_expert_study import build_study_world, make_experts
-    from annotation.services import study_create
+    from annotation.expert.services import study_create
 
     study_create(name="net", extraction=build_study_world(units=1), experts=make_experts(1))
     path = tmp_path / "ok.csv"
@@ -192,7 +192,7 @@ def probe_study():
     from analysis.services.extraction import extraction_run_start
     from analysis.services.grids import store_grid
     from analysis.services.networks import network_register
-    from annotation.services import study_create
+    from annotation.expert.services import study_create
     from tests.test_expert_study import make_experts
 
     assert probe_world_run_start(name="expert-tiny", n_images=42, size=64, seed=5, inline=True).status == "succeeded"
@@ -209,7 +209,7 @@ def probe_study():
 
 
 def test_simulate_annotators_answer_from_the_probe_worlds_truth(probe_study, capsys):
-    from annotation.simulation import study_ground_truth
+    from annotation.expert.simulation import study_ground_truth
 
     truth = study_ground_truth(probe_study)
     assert len(truth) == probe_study.tasks.count() == 2 * 128

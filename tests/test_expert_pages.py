@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from annotation import services
+from annotation.expert import services
 from annotation.models import Answer, Assignment, Judgment, Study, StudyPlan
 from tests.test_expert_study import build_study_world, make_experts
 

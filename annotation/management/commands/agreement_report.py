@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from analysis.engine.agreement import DEFAULT_REPLICATES
 from annotation.models import Study
-from annotation.selectors import (SIMULATED_CHOICES, study_agreement, study_dissection_agreement,
-                                  study_type_distribution)
+from annotation.common import SIMULATED_CHOICES
+from annotation.expert.selectors import study_agreement, study_dissection_agreement, study_type_distribution
 
 LABELS = {"percent_agreement": "percent agreement", "cohen_kappa": "Cohen's kappa", "fleiss_kappa": "Fleiss' kappa",
           "krippendorff_alpha": "Krippendorff's alpha (nominal)"}
