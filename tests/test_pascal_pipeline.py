@@ -103,7 +103,7 @@ def test_pascal_part_tree_runs_the_probe_world_pipeline(tmp_path, make_user):
     ablations = AblationStudy.objects.get(run=ablation)
     assert set(ablations.class_results.values_list("object_class__name", flat=True)) == set(CLASSES)
 
-    from annotation.services import study_create
+    from annotation.expert.services import study_create
 
     experts = [make_user("ann", "expert"), make_user("bob", "expert")]
     layer_extraction = extraction.layer_extractions.get(layer__name="conv5")
