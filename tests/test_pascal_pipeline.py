@@ -19,6 +19,7 @@ from analysis.services.extraction import extraction_run_start
 from analysis.services.grids import grids_run_start
 from analysis.services.networks import network_register
 from analysis.services.parts import ablation_run_start, part_detection_run_start
+from annotation.expert.services import study_create
 from tests.engine.fixtures_formats import box_mask, write_pascal_part_mat
 
 pytestmark = pytest.mark.django_db
@@ -102,8 +103,6 @@ def test_pascal_part_tree_runs_the_probe_world_pipeline(tmp_path, make_user):
     assert ablation.status == RunStatus.SUCCEEDED, ablation.error + ablation.error_detail
     ablations = AblationStudy.objects.get(run=ablation)
     assert set(ablations.class_results.values_list("object_class__name", flat=True)) == set(CLASSES)
-
-    from annotation.expert.services import study_create
 
     experts = [make_user("ann", "expert"), make_user("bob", "expert")]
     layer_extraction = extraction.layer_extractions.get(layer__name="conv5")
