@@ -49,18 +49,20 @@ def test_import_then_agreement_report_json(tmp_path, capsys):
         assert set(result[key]) == {"value", "ci", "n_items"}, key
         low, high = result[key]["ci"]
         assert low <= result[key]["value"] <= high
-    assert result["n_raters"] == 2 and result["raters"] == ["ann", "bob"] and result["not_sure"] == "excluded"
+    # The headline counts the five answers as GG'18's 79% does: "not sure" is a category, so five items.
+    assert result["n_raters"] == 2 and result["raters"] == ["ann", "bob"] and result["not_sure"] == "category"
+    assert "GG'18" in result["method"]
+    assert result["n_items"] == 5 and result["percent_agreement"]["value"] == pytest.approx(3 / 5)
+    alternative = result["alternative"]
+    assert alternative["not_sure"] == "rejected" and alternative["method"].startswith("variant")
     # "Not sure" rejected: u4 has one answer left, so four items; agreement on u1, u2, u5.
-    assert result["n_items"] == 4 and result["percent_agreement"]["value"] == pytest.approx(3 / 4)
+    assert alternative["n_items"] == 4 and alternative["percent_agreement"]["value"] == pytest.approx(3 / 4)
     # Hand computation of Cohen's kappa over the four items: ann part,no,background,part; bob part,no,other,part.
     # p_o = 3/4; p_e = (2/4·2/4) + (1/4·1/4) + 0 + 0 = 5/16; kappa = (3/4 − 5/16)/(1 − 5/16) = 7/11.
-    assert result["cohen_kappa"]["value"] == pytest.approx(7 / 11)
+    assert alternative["cohen_kappa"]["value"] == pytest.approx(7 / 11)
     matrix = np.array([[0, 0], [3, 3], [1, 2], [0, 0]])
-    assert result["fleiss_kappa"]["value"] == pytest.approx(engine.fleiss_kappa(matrix, 5))
-    assert result["krippendorff_alpha"]["value"] == pytest.approx(engine.krippendorff_alpha(matrix, 5))
-    alternative = result["alternative"]
-    assert alternative["not_sure"] == "category" and alternative["n_items"] == 5
-    assert alternative["percent_agreement"]["value"] == pytest.approx(3 / 5)
+    assert alternative["fleiss_kappa"]["value"] == pytest.approx(engine.fleiss_kappa(matrix, 5))
+    assert alternative["krippendorff_alpha"]["value"] == pytest.approx(engine.krippendorff_alpha(matrix, 5))
     assert result["type_distribution"]["classes"][0]["class"] == "all items"
 
     # A second file extends the study: a changed answer becomes a revision, an identical one is skipped.

@@ -117,7 +117,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def study_agreement_report(study: Study, *, simulated: str = "exclude") -> dict[str, Any]:
-    """The study's agreement statistics (GG'18: "not sure" rejected; and kept as a category) with bootstrap
+    """The study's agreement statistics (GG'18: all five answers; and the variant with "not sure" rejected) with bootstrap
     intervals, the filter-type distribution per class (GG'18 Fig. 9), answers per rater, and the comparisons
     of human names with the dataset's vocabulary and with dissection labels — JSON-ready."""
     dissection = selectors.study_dissection_agreement(study, simulated=simulated)

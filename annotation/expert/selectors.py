@@ -157,14 +157,23 @@ def _included(study: Study, simulated: str):
     return judgments
 
 
+AGREEMENT_METHODS = {
+    "category": "GG'18 §4.1: all five answers count, “not sure” as a category (the paper's 79% figure)",
+    "rejected": "variant: “not sure” answers rejected before agreement is computed",
+}
+
+
 def _summary_dict(summary: engine.AgreementSummary) -> dict[str, Any]:
     return summary.as_dict()
 
 
 def study_agreement(study: Study, *, simulated: str = "exclude", replicates: int = engine.DEFAULT_REPLICATES,
                     seed: int = 0, confidence: float = engine.DEFAULT_CONFIDENCE) -> dict[str, Any]:
-    """Agreement on the five answers over the study's items, "not sure" rejected as in GG'18 §4.1, and
-    the alternative with "not sure" kept as a fifth category.
+    """Agreement on the five answers over the study's items: the headline counts all five answers, "not
+    sure" included as a category, as GG'18 §4.1 does for its 79% ("the two annotators clicked on the same
+    answer (out of the 5 possible answers)"); ``alternative`` is the named variant with "not sure" answers
+    rejected first (GG'18 rejects them for the filter-type distribution, Fig. 9, not for agreement).
+    Each block says which it is under ``not_sure`` ("category" / "rejected") and ``method``.
 
     ``simulated``: ``exclude`` (default) leaves simulated raters out, ``include`` adds them, ``only``
     reports them alone. Each rater's current (latest) judgment counts.
@@ -191,11 +200,12 @@ def study_agreement(study: Study, *, simulated: str = "exclude", replicates: int
         active = (used[engine.pairable_items(used)] != engine.MISSING).any(axis=0)
         return [raters[pk] for pk, keep in zip(rater_ids, active) if keep]
 
-    result = {"study": study.name, "study_id": study.pk, "simulated": simulated, "not_sure": "excluded",
-              "raters": pairing_raters([NOT_SURE_CODE]), "all_raters": [raters[pk] for pk in rater_ids],
-              **(_summary_dict(excluded) if excluded else empty)}
-    result["alternative"] = {"not_sure": "category", "raters": pairing_raters([]),
-                             **(_summary_dict(kept) if kept else empty)}
+    result = {"study": study.name, "study_id": study.pk, "simulated": simulated, "not_sure": "category",
+              "method": AGREEMENT_METHODS["category"], "raters": pairing_raters([]),
+              "all_raters": [raters[pk] for pk in rater_ids], **(_summary_dict(kept) if kept else empty)}
+    result["alternative"] = {"not_sure": "rejected", "method": AGREEMENT_METHODS["rejected"],
+                             "raters": pairing_raters([NOT_SURE_CODE]),
+                             **(_summary_dict(excluded) if excluded else empty)}
     return result
 
 
