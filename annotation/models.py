@@ -498,7 +498,7 @@ class Hit(models.Model):
         return f"{self.study} · {self.kind} HIT {self.pk}"
 
 
-class AssignmentState(models.TextChoices):
+class CrowdAssignmentState(models.TextChoices):
     LEASED = "leased", "Leased"
     RETURNED = "returned", "Returned (or lease expired)"
     SUBMITTED = "submitted", "Submitted"
@@ -506,10 +506,12 @@ class AssignmentState(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
-SUBMITTED_STATES = (AssignmentState.SUBMITTED, AssignmentState.APPROVED)
+SUBMITTED_STATES = (CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED)
 """Assignments whose answers count (rejected ones do not)."""
-LIVE_STATES = (AssignmentState.LEASED, AssignmentState.SUBMITTED, AssignmentState.APPROVED)
+LIVE_STATES = (CrowdAssignmentState.LEASED, CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED)
 """Assignments that occupy one of a HIT's ``max_assignments`` places."""
+REVIEWABLE_STATES = (CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED, CrowdAssignmentState.REJECTED)
+"""Submitted work: what a researcher may approve or reject (again), and what a worker cannot submit twice."""
 
 
 class CrowdAssignmentQuerySet(models.QuerySet):
@@ -541,7 +543,7 @@ class CrowdAssignment(models.Model):
     hit = models.ForeignKey(Hit, on_delete=models.PROTECT, related_name="assignments")
     worker = models.ForeignKey(CrowdWorker, on_delete=models.PROTECT, related_name="assignments")
     token = models.CharField(max_length=32, unique=True)
-    state = models.CharField(max_length=16, choices=AssignmentState.choices, default=AssignmentState.LEASED)
+    state = models.CharField(max_length=16, choices=CrowdAssignmentState.choices, default=CrowdAssignmentState.LEASED)
     leased_at = models.DateTimeField()
     lease_expires_at = models.DateTimeField()
     shown_at = models.DateTimeField(null=True, blank=True)

@@ -14,6 +14,7 @@ from .services import api_token_create, api_token_revoke
 class ApiTokenView(ResearcherRequiredMixin, TemplateView):
     """Shows the researcher's token (once created) with usage examples; POST creates, replaces or revokes it."""
 
+    nav_section = "api"
     template_name = "api/token.html"
 
     def get_context_data(self, **kwargs):

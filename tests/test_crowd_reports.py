@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotation.crowd import aggregation, reports, selectors
-from annotation.models import (AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
+from annotation.models import (CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
                                HitRole, LabelOrigin, ValidationRound)
 
 HUMAN, DISSECTION, CONTROL = LabelOrigin.HUMAN, LabelOrigin.DISSECTION, LabelOrigin.CONTROL
@@ -56,7 +56,8 @@ def make_worker(study, name, simulated=False):
 def answer(hit, worker, **fields):
     now = timezone.now()
     return CrowdAssignment.objects.create(
-        hit=hit, worker=worker, token=_token(), state=fields.pop("state", AssignmentState.SUBMITTED), leased_at=now,
+        hit=hit, worker=worker, token=_token(), state=fields.pop("state", CrowdAssignmentState.SUBMITTED),
+        leased_at=now,
         lease_expires_at=now + timedelta(minutes=15), shown_at=now, submitted_at=now + timedelta(seconds=5),
         seconds=5.0, simulated=worker.simulated, **fields)
 
@@ -111,8 +112,8 @@ def table3_study(layers):
     hit("conv5", 5, HUMAN, "scene", {w1: y, w2: y, w3: y})
     # Not counted: a rejected answer, a returned lease, a gold item.
     rejected = hit("conv5", 3, HUMAN, "object", {})
-    answer(rejected, w1, answer=y, state=AssignmentState.REJECTED)
-    answer(rejected, w2, answer=y, state=AssignmentState.RETURNED)
+    answer(rejected, w1, answer=y, state=CrowdAssignmentState.REJECTED)
+    answer(rejected, w2, answer=y, state=CrowdAssignmentState.RETURNED)
     gold = validation_hit(study, layers, "conv5", 3, "", "object", {w1: y, w2: n}, role=HitRole.GOLD, gold_answer=y)
     for assignment in gold.assignments.all():  # as assignment_submit marks gold answers
         assignment.gold_correct = assignment.answer == y
@@ -291,7 +292,7 @@ def test_aggregation_report(table3_study):
 
     per_hit = {}
     for hit_id, vote in CrowdAssignment.objects.filter(hit__study=table3_study, hit__role=HitRole.TASK,
-                                                       state=AssignmentState.SUBMITTED, worker__simulated=False
+                                                       state=CrowdAssignmentState.SUBMITTED, worker__simulated=False
                                                        ).values_list("hit_id", "answer"):
         per_hit.setdefault(hit_id, []).append(vote)
     table = np.array([[votes.count("yes"), votes.count("no")] for votes in per_hit.values() if len(votes) == 3])
@@ -339,7 +340,7 @@ def test_hit_overlap_decision_reads_live_answers(layers):
     settled = selectors.hit_overlap_decision(hit)
     assert (settled.action, settled.target, settled.action.closes) == (aggregation.OverlapAction.STOP_EARLY, 2, True)
     split = validation_hit(study, layers, "conv3", 1, HUMAN, "color", {w1: "yes", w2: "no", w3: "no"})
-    answer(split, make_worker(study, "w4"), answer="yes", state=AssignmentState.REJECTED)  # not counted
+    answer(split, make_worker(study, "w4"), answer="yes", state=CrowdAssignmentState.REJECTED)  # not counted
     decision = selectors.hit_overlap_decision(split)
     assert (decision.action, decision.target, decision.n_answers) == (aggregation.OverlapAction.EXTEND, 4, 3)
 

@@ -18,6 +18,7 @@ from analysis.views.starting import StartRunFormMixin
 
 
 class DatasetListView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "datasets"
     template_name = "analysis/datasets/list.html"
 
     def get_context_data(self, **kwargs):
@@ -32,6 +33,7 @@ class DatasetListView(ResearcherRequiredMixin, TemplateView):
 
 
 class _DatasetStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
+    nav_section = "datasets"
     template_name = "analysis/datasets/start.html"
     heading = ""
 
@@ -67,6 +69,7 @@ class PascalPartImportStartView(_DatasetStartView):
 
 
 class DatasetDetailView(ResearcherRequiredMixin, DetailView):
+    nav_section = "datasets"
     model = Dataset
     slug_field = slug_url_kwarg = "name"
     template_name = "analysis/datasets/detail.html"
@@ -80,6 +83,7 @@ class DatasetDetailView(ResearcherRequiredMixin, DetailView):
 
 
 class DatasetImagesView(ResearcherRequiredMixin, DetailView):
+    nav_section = "datasets"
     model = Dataset
     slug_field = slug_url_kwarg = "name"
     template_name = "analysis/datasets/images.html"
@@ -111,6 +115,7 @@ def _dataset_row(dataset: Dataset, index: int):
 
 
 class DatasetImageView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "datasets"
     template_name = "analysis/datasets/image.html"
 
     def get_context_data(self, **kwargs):

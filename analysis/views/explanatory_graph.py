@@ -67,6 +67,7 @@ class GraphForm(forms.Form):
 class NetworkGraphsView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
     """A network's explanatory graphs and the form that learns a new one."""
 
+    nav_section = "networks"
     template_name = "analysis/graph/list.html"
     form_class = GraphForm
     run_label = "Explanatory graph"
@@ -95,6 +96,8 @@ class NetworkGraphsView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
 
 
 class GraphMixin:
+    nav_section = "networks"
+
     def get_graph(self) -> ExplanatoryGraph:
         return get_object_or_404(ExplanatoryGraph.objects.select_related("network", "dataset", "run"),
                                  run_id=self.kwargs["run"])

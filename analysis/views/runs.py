@@ -19,6 +19,7 @@ from analysis.views.starting import StartRunFormMixin
 
 
 class DashboardView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "overview"
     template_name = "analysis/dashboard.html"
 
     def get_context_data(self, **kwargs):
@@ -29,6 +30,7 @@ class DashboardView(ResearcherRequiredMixin, TemplateView):
 
 
 class RunListView(ResearcherRequiredMixin, ListView):
+    nav_section = "runs"
     template_name = "analysis/runs/list.html"
     context_object_name = "runs"
     paginate_by = 50
@@ -54,6 +56,7 @@ class RunListView(ResearcherRequiredMixin, ListView):
 
 
 class RunDetailView(ResearcherRequiredMixin, DetailView):
+    nav_section = "runs"
     model = Run
     template_name = "analysis/runs/detail.html"
     context_object_name = "run"
@@ -69,6 +72,7 @@ class RunDetailView(ResearcherRequiredMixin, DetailView):
 class RunStatusView(ResearcherRequiredMixin, DetailView):
     """The status panel of a run, polled by htmx while the run is active (a run whose worker died is failed here)."""
 
+    nav_section = "runs"
     model = Run
     template_name = "analysis/runs/_status.html"
     context_object_name = "run"
@@ -94,6 +98,7 @@ class RunCancelView(ResearcherRequiredMixin, View):
 
 
 class SelfcheckStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
+    nav_section = "selfcheck"
     template_name = "analysis/selfcheck.html"
     form_class = SelfcheckForm
     run_label = "Self-check"

@@ -84,6 +84,8 @@ def dissection_for(extraction: LayerExtraction) -> LayerDissection | None:
             .filter(layer_id=extraction.layer_id, dataset_id=extraction.dataset_id).first())
 
 
+# -- labels to validate ----------------------------------------------------------------------------------------------
+
 def _control_concept(rng: np.random.Generator, pool: list[Concept], avoid: set[str]) -> Concept | None:
     """ND'18-style control: a random concept of the dataset whose name matches none of the unit's labels."""
     for _ in range(50):
@@ -143,6 +145,8 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
                                      source={"control_of": sorted(avoid)}))
     return specs
 
+
+# -- purity HITs (grids rendered here from the activation cache) -----------------------------------------------------
 
 def unit_image_scores(extraction: LayerExtraction, *, chunk: int = 256) -> np.ndarray:
     """``float32[images, units]``: each unit's map maximum on every image of the extraction (read in chunks)."""
@@ -233,6 +237,8 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
     return [item for item in specs if item is not None]
 
 
+# -- gold items and qualification questions --------------------------------------------------------------------------
+
 def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: str, rng: np.random.Generator,
                 gold_count: int, qualification_count: int) -> list[HitSpec]:
     """Gold and qualification items with answers known from the dataset's pixel truth (see
@@ -282,6 +288,8 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
                                  **common))
     return specs
 
+
+# -- the study -------------------------------------------------------------------------------------------------------
 
 def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtraction],
                        units: Sequence[int] | None = None, assignments_per_hit: int = 3, lease_seconds: int = 900,
