@@ -12,7 +12,6 @@ from analysis import selectors
 from analysis.forms import SelfcheckForm
 from analysis.jobs import job_kinds
 from analysis.models import Run, RunStatus
-from analysis.services.exports import EXPORTERS
 from analysis.services.runs import run_cancel, run_fail_stale
 from analysis.services.selfcheck import selfcheck_run_start
 from analysis.views.starting import StartRunFormMixin
@@ -62,7 +61,9 @@ class RunDetailView(ResearcherRequiredMixin, DetailView):
         context = super().get_context_data(**kwargs)
         context["layer_extractions"] = self.object.layer_extractions.select_related("layer__network").annotate(
             missing_grids=Count("exemplar_sets", filter=Q(exemplar_sets__grid__isnull=True)))
-        context["exportable"] = self.object.status == RunStatus.SUCCEEDED and self.object.kind in EXPORTERS
+        kind = self.object.job_kind
+        context["exportable"] = (self.object.status == RunStatus.SUCCEEDED and kind is not None
+                                 and kind.exporter is not None)
         return context
 
 
