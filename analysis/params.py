@@ -27,6 +27,7 @@ REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()
 """The default of a parameter that must be given."""
 
 SEED_MAX = 2**31 - 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SLUG = r"[-a-zA-Z0-9_]+"
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -61,7 +62,8 @@ class Param:
     """One parameter: its ``type`` (int, float, bool or str; of each element when ``many``), default, and bounds.
 
     ``low``/``high`` bound numbers (``low_open``/``high_open`` exclude the bound itself); ``choices`` lists the
-    allowed values; ``pattern`` (a full-match regex) and ``max_length`` bound texts. ``many`` makes it a list of
+    allowed values; ``pattern`` (a full-match regex) and ``max_length`` bound texts, which are stripped, never hold
+    control characters, and are empty only where ``blank`` allows. ``many`` makes it a list of
     such values with ``min_items``..``max_items`` entries; ``unique_sorted`` stores a list as its sorted set.
     ``nullable`` allows ``None`` as a value (it is then also the default).
     """
@@ -76,6 +78,7 @@ class Param:
     choices: tuple[Any, ...] | None = None
     pattern: str | None = None
     max_length: int = 200
+    blank: bool = False
     many: bool = False
     min_items: int = 0
     max_items: int = 64
@@ -133,6 +136,10 @@ class Param:
             value = value.strip()
             if len(value) > self.max_length:
                 raise ValueError(f"must be at most {self.max_length} characters long")
+            if _CONTROL.search(value):
+                raise ValueError("must not contain control characters")
+            if not value and not self.blank:
+                raise ValueError("must not be empty")
             if self.pattern is not None and not re.fullmatch(self.pattern, value):
                 raise ValueError(expected)
         elif isinstance(value, bool) or not isinstance(value, (int, float) if self.type is float else int):

@@ -29,7 +29,7 @@ _IMPORT_FIELDS = {"path": p.Param(str, max_length=500, help="the directory on th
                   "name": p.name(slug=True, help="dataset name to register")}
 BRODEN_IMPORT_PARAMS = p.ParamSchema(_IMPORT_FIELDS)
 PASCAL_PART_IMPORT_PARAMS = p.ParamSchema({**_IMPORT_FIELDS, "images": p.Param(
-    str, "", max_length=500, help="the VOC JPEGImages directory (empty: beside the annotations)")})
+    str, "", max_length=500, blank=True, help="the VOC JPEGImages directory (empty: beside the annotations)")})
 
 
 def datasets_dir() -> Path:

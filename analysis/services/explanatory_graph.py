@@ -83,7 +83,7 @@ GRAPH_PARAMS = p.ParamSchema({
     "learn_split": p.choice(IMAGE_SPLITS, "train", help="the images the graph learns from (paper: training)"),
     "max_learn_images": p.integers(0, 10**9, 0, help="learn on a seeded subset of the learning images (0 = all)"),
     "quantile": p.fraction(0.995, help="the extraction's threshold level (reused or extracted first)"),
-    "landmarks": p.Param(str, ["head", "torso", "body"], many=True, unique_sorted=True, max_length=100,
+    "landmarks": p.Param(str, ["head", "torso", "body"], many=True, unique_sorted=True, max_length=100, blank=True,
                          help="part classes whose box centres are the landmarks of location instability"),
     "eval_split": p.choice(IMAGE_SPLITS, "val", help="the images location instability is measured on (paper: "
                                                      "testing images)"),

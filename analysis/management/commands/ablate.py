@@ -15,7 +15,8 @@ class Command(RunCommand):
                      help="discriminative when delta > this many standard deviations (GG'18: 2)")
         add_argument(parser, ABLATION_PARAMS, "max_images",
                      help="at most this many views per class (a seeded sample; 0 = all)")
-        add_argument(parser, ABLATION_PARAMS, "blackout", help="the part blackouts (GG'18 §6); --no-blackout skips them")
+        add_argument(parser, ABLATION_PARAMS, "blackout",
+                     help="the part blackouts (GG'18 §6); --no-blackout skips them")
         add_argument(parser, ABLATION_PARAMS, "seed")
         add_argument(parser, ABLATION_PARAMS, "batch_size")
 
