@@ -91,7 +91,8 @@ def test_every_kind_declares_its_schema_exporter_and_description():
                    for key, value in validated.items()), kind.name
         assert kind.soft_time_limit < kind.time_limit
     exporting = {name for name, kind in kinds.items() if kind.exporter is not None}
-    assert exporting == {"extract", "dissect", "dissect_rotation", "score_parts", "ablate", "explanatory_graph"}
+    assert exporting == {"extract", "dissect", "dissect_rotation", "net2vec", "score_parts", "ablate",
+                         "explanatory_graph"}
 
 
 def test_defaults_are_unchanged():
@@ -185,7 +186,10 @@ def test_the_api_refuses_each_bad_value_with_400_naming_it(researcher):
     assert good.status_code == 201 and Run.objects.get(pk=good.json()["id"]).params["eval_split"] == "train"
 
 
-def test_the_api_lists_the_startable_kinds_and_their_parameters_from_the_registry(researcher):
+def test_the_api_lists_the_startable_kinds_and_their_parameters_from_the_registry(researcher, researcher_client):
+    page = researcher_client.get(reverse("api:token")).content.decode()
+    for kind in job_kinds():
+        assert (f">{kind.name}</code>" in page) == kind.api_startable, kind.name
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=researcher).key}")
     schema = api.get(reverse("api:schema"), {"format": "json"}).json()

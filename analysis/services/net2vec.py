@@ -32,7 +32,9 @@ time and memory, a concept's training pixels are cut to ``max_train_pixels`` (a 
 """
 from __future__ import annotations
 
+import csv
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,7 @@ from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Concept, Net2VecClassification, Net2VecConcept, Net2VecStudy, Run, UpsampleMethod
 
 from .dissection import _ensure_extraction, _label_table, _resolve, _thresholds, _upsampler
+from .exports import write_run_json
 from .extraction import open_activation_cache
 from .runs import RunInputError, RunProgress, run_start
 
@@ -451,8 +454,72 @@ def net2vec_layer_table(network) -> list[dict[str, Any]]:
     return table
 
 
+def net2vec_export(run: Run, out_dir: Path) -> list[Path]:
+    """``segmentation.csv`` and ``segmentation_weights.npz``, ``classification.csv`` and
+    ``classification_weights.npz`` (when the run trained classifiers), and ``run.json``.
+
+    ``segmentation.csv``: one row per concept: ``concept,category,train_images,val_images,alpha,best_unit,
+    best_unit_train_iou,single_val_iou,combination_val_iou,all_pixels_val_iou`` then ``top<F>_val_iou`` per subset
+    size F (empty where F exceeded the layer); units 0-based, IoUs as Python ``repr``. ``classification.csv``: per
+    concept the split counts, the single unit, balanced val accuracy and AP of the single unit, of the combination
+    and of each top-F classifier. The ``.npz`` files hold ``concepts`` (names, the CSV's order), ``weight`` float32
+    ``[concepts, units]`` and ``bias`` float32 ``[concepts]`` (segmentation: the learned w, b; classification: eq.
+    5's ``raw_weight`` and b on raw pooled activations, plus ``standardized_weight``, the w per input std).
+    """
+    study = Net2VecStudy.objects.select_related("layer__network", "dataset").filter(run=run).first()
+    if study is None:
+        raise RunInputError(f"Run {run.pk} holds no Net2Vec study.")
+    written = []
+    segmentation = list(study.concept_results.select_related("concept").order_by("concept__name"))
+    tops = [str(f) for f in study.top_f]
+    written += _probe_table(out_dir, "segmentation", segmentation, [
+        "train_images", "val_images", "alpha", "best_unit", "best_unit_train_iou", "single_val_iou",
+        "combination_val_iou", "all_pixels_val_iou"], {f"top{f}_val_iou": ("top_f_val_iou", f) for f in tops},
+        weights={"weight": "embedding"})
+    classification = list(study.classifications.select_related("concept").order_by("concept__name"))
+    if classification:
+        tops = [str(f) for f in study.classification_top_f]
+        written += _probe_table(out_dir, "classification", classification, [
+            "train_positives", "train_negatives", "val_positives", "val_negatives", "single_unit",
+            "single_val_accuracy", "single_val_ap", "combination_val_accuracy", "combination_val_ap"],
+            {**{f"top{f}_val_accuracy": ("top_f_val_accuracy", f) for f in tops},
+             **{f"top{f}_val_ap": ("top_f_val_ap", f) for f in tops}},
+            weights={"weight": "raw_weight", "standardized_weight": "embedding"})
+    written.append(write_run_json(out_dir, run, {
+        "network": study.layer.network.name, "layer": study.layer.name, "units": study.layer.units,
+        "dataset": study.dataset.name, "upsample": study.upsample, "quantile": study.quantile,
+        "segmentation_concepts": len(segmentation), "classification_concepts": len(classification),
+        "rules": {"iou": "set IoU over the val images holding the concept at pixel level (Net2Vec §3.1.1)",
+                  "best_unit": "chosen by train IoU, reported on val",
+                  "accuracy": "balanced accuracy on the val images (Net2Vec §3.2)"}}))
+    return written
+
+
+def _probe_table(out_dir: Path, name: str, rows: list, columns: list[str], keyed: dict[str, tuple[str, str]], *,
+                 weights: dict[str, str]) -> list[Path]:
+    """``<name>.csv`` (concept, category, ``columns``, then ``keyed`` columns read from a per-F dict field) and
+    ``<name>_weights.npz`` (``concepts``, ``bias`` and each ``weights`` array from its list field)."""
+    table = out_dir / f"{name}.csv"
+
+    def shown(value):
+        return repr(float(value)) if isinstance(value, float) else value
+
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["concept", "category", *columns, *keyed])
+        for row in rows:
+            writer.writerow([row.concept.name, row.concept.category, *(shown(getattr(row, c)) for c in columns),
+                             *(shown(getattr(row, field).get(f, "")) for field, f in keyed.values())])
+    arrays = {key: np.asarray([getattr(row, field) for row in rows], dtype=np.float32)
+              for key, field in weights.items()}
+    npz = out_dir / f"{name}_weights.npz"
+    np.savez(npz, concepts=np.asarray([row.concept.name for row in rows]),
+             bias=np.asarray([row.bias for row in rows], dtype=np.float32), **arrays)
+    return [table, npz]
+
+
 NET2VEC = register_job_kind(JobKind(
     name="net2vec", label="Net2Vec probes", queue=GPU_QUEUE, execute=net2vec_run_execute,
-    params=NET2VEC_PARAMS, exporter=None, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=NET2VEC_PARAMS, exporter=net2vec_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Fong & Vedaldi: best single filter vs learned filter combinations (and top-F subsets) as "
                 "segmenters of a layer's most frequent concepts; concept embeddings."))
