@@ -234,7 +234,7 @@ def form_field(schema: ParamSchema, name: str, **kwargs: Any):
     and pattern come from the schema; ``kwargs`` add the label, help text, widget, ``choice_labels``. What a form
     field cannot say (an open interval, rules across parameters) the schema checks when the run starts, and
     :class:`~analysis.views.starting.StartRunFormMixin` shows its error at the field."""
-    from django import forms
+    from django import forms  # here, not at the top: the schemas (this module) stay importable without Django
 
     param = schema[name]
     if param.many:

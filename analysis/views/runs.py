@@ -13,7 +13,7 @@ from analysis.forms import SelfcheckForm
 from analysis.jobs import job_kinds
 from analysis.models import Run, RunStatus
 from analysis.services.runs import run_cancel, run_fail_stale
-from analysis.services.selfcheck import selfcheck_run_start
+from analysis.services.selfcheck import SELFCHECK, selfcheck_run_start
 from analysis.views.starting import StartRunFormMixin
 
 
@@ -101,7 +101,7 @@ class SelfcheckStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["previous_runs"] = selectors.runs_for_list(kind="selfcheck")[:10]
+        context["previous_runs"] = selectors.runs_for_list(kind=SELFCHECK.name)[:10]
         return context
 
     def start_run(self, form):

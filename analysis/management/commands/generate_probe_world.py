@@ -1,5 +1,9 @@
+from pathlib import Path
+
+from django.core.management.base import CommandError
+
 from analysis.management.run_command import RunCommand
-from analysis.params import add_argument
+from analysis.params import ParamsError, add_argument
 from analysis.services.datasets import PROBE_WORLD_PARAMS, probe_world_generate, probe_world_run_start
 
 
@@ -18,12 +22,6 @@ class Command(RunCommand):
     def handle(self, *args, out=None, **options):
         if out is None:
             return super().handle(*args, **options)
-        from pathlib import Path
-
-        from django.core.management.base import CommandError
-
-        from analysis.params import ParamsError
-
         try:
             params = PROBE_WORLD_PARAMS.validate(self.params_of(PROBE_WORLD_PARAMS, options))
         except ParamsError as error:
