@@ -190,10 +190,6 @@ class ParamSchema:
         """A fresh copy of the defaults of the optional parameters (the kind's ``*_DEFAULTS``)."""
         return {name: list(value) if isinstance(value, list) else value for name, value in self._defaults.items()}
 
-    @property
-    def required(self) -> list[str]:
-        return [name for name, param in self.fields.items() if param.required]
-
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The complete parameters: each given value checked and stored in its canonical form, the defaults
         filled in. Raises :class:`ParamsError` naming every parameter at fault."""
