@@ -5,6 +5,8 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from .jobs import JobKind, job_kind
+
 
 class RunStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
@@ -92,13 +94,16 @@ class Run(models.Model):
         return (end - self.started_at).total_seconds()
 
     @property
-    def kind_label(self) -> str:
-        from .jobs import job_kind
-
+    def job_kind(self) -> JobKind | None:
+        """The registered kind of this run (None for a kind no longer registered)."""
         try:
-            return job_kind(self.kind).label
+            return job_kind(self.kind)
         except KeyError:
-            return self.kind
+            return None
+
+    @property
+    def kind_label(self) -> str:
+        return self.job_kind.label if self.job_kind else self.kind
 
 
 class DatasetKind(models.TextChoices):

@@ -8,6 +8,7 @@ from rest_framework.authtoken.models import Token
 
 from accounts.permissions import ResearcherRequiredMixin
 
+from .serializers import api_startable_kinds
 from .services import api_token_create, api_token_revoke
 
 
@@ -18,7 +19,8 @@ class ApiTokenView(ResearcherRequiredMixin, TemplateView):
     template_name = "api/token.html"
 
     def get_context_data(self, **kwargs):
-        return {**super().get_context_data(**kwargs), "token": Token.objects.filter(user=self.request.user).first()}
+        return {**super().get_context_data(**kwargs), "token": Token.objects.filter(user=self.request.user).first(),
+                "run_kinds": api_startable_kinds()}
 
     def post(self, request, *args, **kwargs):
         action = request.POST.get("action")

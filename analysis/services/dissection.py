@@ -61,6 +61,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, Dataset, DissectionBaseline, Layer, LayerDissection, LayerExtraction, Network,
                              RotationTest, Run, RunStatus, UnitActivationSummary, UnitDissection, UpsampleMethod)
@@ -71,15 +72,6 @@ from .runs import (RunCancelled, RunInputError, RunProgress, run_cancel, run_exe
 
 logger = logging.getLogger(__name__)
 
-DISSECTION_DEFAULTS: dict[str, Any] = {
-    "shards": 1, "upsample": UpsampleMethod.ANCHORED.value, "baseline": DissectionBaseline.NONE.value,
-    "shuffle_seed": 0, "quantile": 0.995, "iou_threshold": 0.04, "strict_threshold": False,
-    "count_saturated": False, "batch_size": 64, "top_k": 5,
-}
-ROTATION_DEFAULTS: dict[str, Any] = {
-    "alphas": [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0], "seeds": [0], "upsample": UpsampleMethod.ANCHORED.value,
-    "quantile": 0.995, "iou_threshold": 0.04, "strict_threshold": False, "count_saturated": False, "batch_size": 64,
-}
 MAX_SHARDS = 256
 MAX_ROTATIONS = 64
 SHARD_POLL_SECONDS = 1.0
@@ -91,35 +83,50 @@ _COUNT_NAMES = ("intersection", "activation_cat", "truth", "activation", "catego
 
 # -- parameters ---------------------------------------------------------------------------------------
 
-def _common_checks(params: dict[str, Any]) -> None:
-    if params["upsample"] not in UpsampleMethod.values:
-        raise RunInputError(f"upsample must be one of {', '.join(UpsampleMethod.values)}")
-    if not 0 < float(params["quantile"]) < 1:
-        raise RunInputError("quantile must lie strictly between 0 and 1")
-    if not 0 <= float(params["iou_threshold"]) < 1:
-        raise RunInputError("iou_threshold must lie in [0, 1)")
-    if not 1 <= int(params["batch_size"]) <= 4096:
-        raise RunInputError("batch_size must be between 1 and 4096")
-    for key in ("strict_threshold", "count_saturated"):
-        params[key] = bool(params[key])
-    params["quantile"] = float(params["quantile"])
-    params["iou_threshold"] = float(params["iou_threshold"])
+def _layer_run_params(**fields: p.Param) -> dict[str, p.Param]:
+    """The parameters every run over one layer's cached maps takes, then ``fields``."""
+    return {
+        "network": p.name(), "dataset": p.name(), "layer": p.name(help="dotted layer name"),
+        "upsample": p.choice(UpsampleMethod.values, UpsampleMethod.ANCHORED.value,
+                             help="anchored at receptive-field centres (ND'18) or a plain bilinear resize"),
+        "quantile": p.fraction(0.995, help="per-unit threshold level T_k"),
+        "iou_threshold": p.Param(float, 0.04, low=0, high=1, high_open=True, help="detector IoU threshold"),
+        "strict_threshold": p.Param(bool, False, help="a pixel is active when S_k > T_k (the published code) "
+                                                      "instead of S_k >= T_k (ND'18)"),
+        "count_saturated": p.Param(bool, False, help="let units active on every pixel (T_k at the ReLU floor) "
+                                                     "count as detectors"),
+        "batch_size": p.integers(1, 4096, 64),
+        **fields,
+    }
+
+
+DISSECTION_PARAMS = p.ParamSchema(_layer_run_params(
+    shards=p.integers(1, MAX_SHARDS, 1, help="split the images into this many ranges, each its own task; "
+                                             "merged exactly"),
+    baseline=p.choice(DissectionBaseline.values, DissectionBaseline.NONE.value,
+                      help="shuffled: pair each image's activations with another image's masks (null baseline)"),
+    shuffle_seed=p.seed(), top_k=p.integers(1, 50, 5, help="concepts kept per unit")))
+DISSECTION_DEFAULTS = DISSECTION_PARAMS.defaults
+
+
+def _rotation_rules(params: dict[str, Any]) -> None:
+    params["alphas"] = sorted({round(alpha, 6) for alpha in params["alphas"]})
+    if len(params["seeds"]) * sum(alpha > 0 for alpha in params["alphas"]) > MAX_ROTATIONS:
+        raise p.ParamsError({"seeds": f"at most {MAX_ROTATIONS} rotated representations (seeds × nonzero alphas) "
+                                      "per run"})
+
+
+ROTATION_PARAMS = p.ParamSchema(_layer_run_params(
+    alphas=p.Param(float, [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0], low=0, high=1, many=True, min_items=1,
+                   help="fractions α of the rotation; 0 is the layer itself"),
+    seeds=p.Param(int, [0], low=0, high=p.SEED_MAX, many=True, min_items=1, unique_sorted=True,
+                  help="one random rotation Q per seed")), rules=_rotation_rules)
+ROTATION_DEFAULTS = ROTATION_PARAMS.defaults
 
 
 def dissection_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of a ``dissect`` run (defaults filled in)."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **DISSECTION_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    _common_checks(params)
-    if params["baseline"] not in DissectionBaseline.values:
-        raise RunInputError(f"baseline must be one of {', '.join(DissectionBaseline.values)}")
-    if not 1 <= int(params["shards"]) <= MAX_SHARDS:
-        raise RunInputError(f"shards must be between 1 and {MAX_SHARDS}")
-    if not 1 <= int(params["top_k"]) <= 50:
-        raise RunInputError("top_k must be between 1 and 50")
-    for key in ("shards", "shuffle_seed", "top_k", "batch_size"):
-        params[key] = int(params[key])
-    return params
+    return DISSECTION_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def dissection_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
@@ -133,22 +140,7 @@ def dissection_run_start(*, network: str, dataset: str, layer: str, created_by=N
 
 def rotation_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of a ``dissect_rotation`` run."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **ROTATION_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    _common_checks(params)
-    try:
-        alphas = sorted({round(float(alpha), 6) for alpha in params["alphas"]})
-        seeds = sorted({int(seed) for seed in params["seeds"]})
-    except (TypeError, ValueError):
-        raise RunInputError("alphas must be numbers in [0, 1] and seeds integers") from None
-    if not alphas or not all(0.0 <= alpha <= 1.0 for alpha in alphas):
-        raise RunInputError("alphas must be numbers in [0, 1]")
-    if not seeds:
-        raise RunInputError("name at least one seed")
-    if len(seeds) * sum(alpha > 0 for alpha in alphas) > MAX_ROTATIONS:
-        raise RunInputError(f"at most {MAX_ROTATIONS} rotated representations (seeds × nonzero alphas) per run")
-    params.update(alphas=alphas, seeds=seeds, batch_size=int(params["batch_size"]))
-    return params
+    return ROTATION_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def rotation_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
@@ -431,7 +423,7 @@ def _dissection_merge_claim(dissection_id: int) -> bool:
         return False
     try:
         _dissection_merge(LayerDissection.objects.select_related("layer", "dataset", "run").get(pk=dissection_id))
-    except Exception:
+    except BaseException:  # whatever stops the merge (even a time limit): release the claim so a retry can merge
         LayerDissection.objects.filter(pk=dissection_id).update(merge_claimed=False)
         raise
     return True
@@ -684,14 +676,24 @@ def _write_json(path: Path, payload: dict[str, Any]) -> Path:
 
 DISSECTION = register_job_kind(JobKind(
     name="dissect", label="Network Dissection", queue=GPU_QUEUE, execute=dissection_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=DISSECTION_PARAMS, exporter=dissection_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Scores every unit of a layer as a segmenter of every concept (ND'18 IoU), optionally against "
                 "shuffled masks; shards merge exactly."))
+
+
+def _shard_rules(params: dict[str, Any]) -> None:
+    if params["start"] >= params["stop"]:
+        raise p.ParamsError({"stop": "must lie after start"})
+
+
 DISSECTION_SHARD = register_job_kind(JobKind(
     name="dissect_shard", label="Network Dissection shard", queue=GPU_QUEUE, execute=dissection_shard_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300, reuse_finished=False,
+    params=p.ParamSchema({"dissection": p.integers(1, 2**63 - 1), "shard": p.integers(0, MAX_SHARDS - 1),
+                          "start": p.integers(0, 2**63 - 1), "stop": p.integers(1, 2**63 - 1)}, rules=_shard_rules),
+    exporter=None,  # its tally is merged into the dissection, which exports it
+    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300, reuse_finished=False, api_startable=False,
     description="Tallies one image range of a dissection; the last shard to finish merges."))
 ROTATION = register_job_kind(JobKind(
     name="dissect_rotation", label="Random-rotation test", queue=GPU_QUEUE, execute=rotation_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=ROTATION_PARAMS, exporter=rotation_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="ND'18 §3.2: unique detectors of a layer under random rotations Q^α of its units."))

@@ -18,6 +18,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction, RenderedGrid, Run, UnitActivationSummary
 
@@ -28,8 +29,12 @@ GRID_TILE_MAX = 160
 IMAGE_CACHE_SIZE = 4096
 
 
+GRIDS_PARAMS = p.ParamSchema({"extraction_run": p.integers(1, 2**63 - 1, help="the run that extracted the layer"),
+                              "layer": p.name(help="dotted layer name")})
+
+
 def grids_run_start(*, extraction_run: int, layer: str, created_by=None, inline: bool = False) -> Run:
-    run, _ = run_start(kind=GRIDS.name, params={"extraction_run": int(extraction_run), "layer": layer},
+    run, _ = run_start(kind=GRIDS.name, params={"extraction_run": extraction_run, "layer": layer},
                        created_by=created_by, inline=inline)
     return run
 
@@ -164,5 +169,6 @@ def _render_one(exemplar, images, maps, summaries, upsample, layer, input_size, 
 
 GRIDS = register_job_kind(JobKind(
     name="render_grids", label="Render exemplar grids", queue=GPU_QUEUE, execute=grids_run_execute,
+    params=GRIDS_PARAMS, exporter=None,  # the grids are media files, served and listed by the unit pages and API
     soft_time_limit=6 * 3600, time_limit=6 * 3600 + 120,
     description="Draws every exemplar grid of a layer (GG'18, ND'18 and decile styles) into media storage."))

@@ -32,78 +32,61 @@ time and memory, a concept's training pixels are cut to ``max_train_pixels`` (a 
 """
 from __future__ import annotations
 
+import csv
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Concept, Net2VecClassification, Net2VecConcept, Net2VecStudy, Run, UpsampleMethod
 
 from .dissection import _ensure_extraction, _label_table, _resolve, _thresholds, _upsampler
+from .exports import write_run_json
 from .extraction import open_activation_cache
 from .runs import RunInputError, RunProgress, run_start
 
-NET2VEC_DEFAULTS: dict[str, Any] = {
-    "concepts": 10, "epochs": 10, "lr": 1.0, "momentum": 0.9, "batch_images": 64, "pixels_per_image": 128,
-    "max_train_pixels": 32768,
-    "top_f": [1, 2, 4, 8, 16], "min_images": 5, "seed": 0, "upsample": UpsampleMethod.ANCHORED.value,
-    "quantile": 0.995, "strict_threshold": False, "batch_size": 16,
-    "classification": True, "classification_concepts": 200, "classification_epochs": 30, "classification_lr": 0.1,
-    "classification_batch_images": 64, "classification_top_f": [1, 2, 3, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 80,
-                                                               100, 128],
-    "standardize": True,
-}
 MAX_CONCEPTS = 500
+
+
+def _net2vec_rules(params: dict[str, Any]) -> None:
+    # F = 1 is the single-filter classifier Table 1 compares with: always trained
+    params["classification_top_f"] = sorted({1, *params["classification_top_f"]})
+
+
+NET2VEC_PARAMS = p.ParamSchema({
+    "network": p.name(), "dataset": p.name(), "layer": p.name(help="dotted layer name"),
+    "concepts": p.integers(1, MAX_CONCEPTS, 10, help="the layer's most frequent concepts probed (segmentation)"),
+    "epochs": p.integers(1, 1000, 10), "lr": p.Param(float, 1.0, low=0, low_open=True),
+    "momentum": p.Param(float, 0.9, low=0, high=1, high_open=True),
+    "batch_images": p.integers(1, 100_000, 64), "pixels_per_image": p.integers(1, 1_000_000, 128),
+    "max_train_pixels": p.integers(1, 10**10, 32768),
+    "top_f": p.Param(int, [1, 2, 4, 8, 16], low=1, high=100_000, many=True, min_items=1, max_items=32,
+                     unique_sorted=True, help="sizes F of the top-F filter subsets compared"),
+    "min_images": p.integers(1, 10**9, 5, help="fewest images a concept needs"),
+    "seed": p.seed(),
+    "upsample": p.choice(UpsampleMethod.values, UpsampleMethod.ANCHORED.value),
+    "quantile": p.fraction(0.995), "strict_threshold": p.Param(bool, False), "batch_size": p.integers(1, 1024, 16),
+    "classification": p.Param(bool, True, help="also learn image-classification probes (Table 1)"),
+    "classification_concepts": p.integers(1, MAX_CONCEPTS, 200),
+    "classification_epochs": p.integers(1, 10_000, 30),
+    "classification_lr": p.Param(float, 0.1, low=0, low_open=True),
+    "classification_batch_images": p.integers(2, 100_000, 64, help="half positives, half negatives"),
+    "classification_top_f": p.Param(int, [1, 2, 3, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 80, 100, 128], low=1,
+                                    high=100_000, many=True, min_items=1, unique_sorted=True),
+    "standardize": p.Param(bool, True),
+}, rules=_net2vec_rules)
+NET2VEC_DEFAULTS = NET2VEC_PARAMS.defaults
 #: The demo's Net2Vec runs (``analysis.services.demo``): the defaults, on more concepts.
 DEMO_NET2VEC: dict[str, Any] = {"concepts": 20}
 
 
 def net2vec_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of a ``net2vec`` run (defaults filled in)."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **NET2VEC_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    try:
-        for key in ("concepts", "epochs", "batch_images", "pixels_per_image", "max_train_pixels", "min_images", "seed",
-                    "batch_size", "classification_concepts", "classification_epochs", "classification_batch_images"):
-            params[key] = int(params[key])
-        for key in ("lr", "momentum", "quantile", "classification_lr"):
-            params[key] = float(params[key])
-        params["top_f"] = sorted({int(f) for f in params["top_f"]})
-        # F = 1 is the single-filter classifier Table 1 compares with: always trained
-        params["classification_top_f"] = sorted({1} | {int(f) for f in params["classification_top_f"]})
-    except (TypeError, ValueError):
-        raise RunInputError("numeric parameters of net2vec must be numbers (top_f a list of integers)") from None
-    for key in ("strict_threshold", "classification", "standardize"):
-        params[key] = bool(params[key])
-    if not 1 <= params["classification_concepts"] <= MAX_CONCEPTS:
-        raise RunInputError(f"classification_concepts must be between 1 and {MAX_CONCEPTS}")
-    if not 1 <= params["classification_epochs"] <= 10_000 or params["classification_lr"] <= 0:
-        raise RunInputError("classification_epochs must be between 1 and 10000 and classification_lr positive")
-    if not 2 <= params["classification_batch_images"] <= 100_000:
-        raise RunInputError("classification_batch_images must be at least 2 (half positives, half negatives)")
-    if any(f < 1 for f in params["classification_top_f"]):
-        raise RunInputError("classification_top_f sizes must be positive")
-    if params["upsample"] not in UpsampleMethod.values:
-        raise RunInputError(f"upsample must be one of {', '.join(UpsampleMethod.values)}")
-    if not 1 <= params["concepts"] <= MAX_CONCEPTS:
-        raise RunInputError(f"concepts must be between 1 and {MAX_CONCEPTS}")
-    if not 1 <= params["epochs"] <= 1000:
-        raise RunInputError("epochs must be between 1 and 1000")
-    if not 1 <= params["pixels_per_image"] <= 1_000_000 or not 1 <= params["batch_images"] <= 100_000:
-        raise RunInputError("pixels_per_image and batch_images must be positive")
-    if params["lr"] <= 0 or not 0 <= params["momentum"] < 1:
-        raise RunInputError("lr must be positive and momentum in [0, 1)")
-    if not 0 < params["quantile"] < 1:
-        raise RunInputError("quantile must lie strictly between 0 and 1")
-    if not 1 <= params["batch_size"] <= 1024 or params["min_images"] < 1:
-        raise RunInputError("batch_size must be between 1 and 1024 and min_images at least 1")
-    if params["max_train_pixels"] < 1:
-        raise RunInputError("max_train_pixels must be positive")
-    if any(f < 1 for f in params["top_f"]):
-        raise RunInputError("top_f sizes must be positive")
-    return params
+    return NET2VEC_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def net2vec_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
@@ -471,8 +454,72 @@ def net2vec_layer_table(network) -> list[dict[str, Any]]:
     return table
 
 
+def net2vec_export(run: Run, out_dir: Path) -> list[Path]:
+    """``segmentation.csv`` and ``segmentation_weights.npz``, ``classification.csv`` and
+    ``classification_weights.npz`` (when the run trained classifiers), and ``run.json``.
+
+    ``segmentation.csv``: one row per concept: ``concept,category,train_images,val_images,alpha,best_unit,
+    best_unit_train_iou,single_val_iou,combination_val_iou,all_pixels_val_iou`` then ``top<F>_val_iou`` per subset
+    size F (empty where F exceeded the layer); units 0-based, IoUs as Python ``repr``. ``classification.csv``: per
+    concept the split counts, the single unit, balanced val accuracy and AP of the single unit, of the combination
+    and of each top-F classifier. The ``.npz`` files hold ``concepts`` (names, the CSV's order), ``weight`` float32
+    ``[concepts, units]`` and ``bias`` float32 ``[concepts]`` (segmentation: the learned w, b; classification: eq.
+    5's ``raw_weight`` and b on raw pooled activations, plus ``standardized_weight``, the w per input std).
+    """
+    study = Net2VecStudy.objects.select_related("layer__network", "dataset").filter(run=run).first()
+    if study is None:
+        raise RunInputError(f"Run {run.pk} holds no Net2Vec study.")
+    written = []
+    segmentation = list(study.concept_results.select_related("concept").order_by("concept__name"))
+    tops = [str(f) for f in study.top_f]
+    written += _probe_table(out_dir, "segmentation", segmentation, [
+        "train_images", "val_images", "alpha", "best_unit", "best_unit_train_iou", "single_val_iou",
+        "combination_val_iou", "all_pixels_val_iou"], {f"top{f}_val_iou": ("top_f_val_iou", f) for f in tops},
+        weights={"weight": "embedding"})
+    classification = list(study.classifications.select_related("concept").order_by("concept__name"))
+    if classification:
+        tops = [str(f) for f in study.classification_top_f]
+        written += _probe_table(out_dir, "classification", classification, [
+            "train_positives", "train_negatives", "val_positives", "val_negatives", "single_unit",
+            "single_val_accuracy", "single_val_ap", "combination_val_accuracy", "combination_val_ap"],
+            {**{f"top{f}_val_accuracy": ("top_f_val_accuracy", f) for f in tops},
+             **{f"top{f}_val_ap": ("top_f_val_ap", f) for f in tops}},
+            weights={"weight": "raw_weight", "standardized_weight": "embedding"})
+    written.append(write_run_json(out_dir, run, {
+        "network": study.layer.network.name, "layer": study.layer.name, "units": study.layer.units,
+        "dataset": study.dataset.name, "upsample": study.upsample, "quantile": study.quantile,
+        "segmentation_concepts": len(segmentation), "classification_concepts": len(classification),
+        "rules": {"iou": "set IoU over the val images holding the concept at pixel level (Net2Vec §3.1.1)",
+                  "best_unit": "chosen by train IoU, reported on val",
+                  "accuracy": "balanced accuracy on the val images (Net2Vec §3.2)"}}))
+    return written
+
+
+def _probe_table(out_dir: Path, name: str, rows: list, columns: list[str], keyed: dict[str, tuple[str, str]], *,
+                 weights: dict[str, str]) -> list[Path]:
+    """``<name>.csv`` (concept, category, ``columns``, then ``keyed`` columns read from a per-F dict field) and
+    ``<name>_weights.npz`` (``concepts``, ``bias`` and each ``weights`` array from its list field)."""
+    table = out_dir / f"{name}.csv"
+
+    def shown(value):
+        return repr(float(value)) if isinstance(value, float) else value
+
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["concept", "category", *columns, *keyed])
+        for row in rows:
+            writer.writerow([row.concept.name, row.concept.category, *(shown(getattr(row, c)) for c in columns),
+                             *(shown(getattr(row, field).get(f, "")) for field, f in keyed.values())])
+    arrays = {key: np.asarray([getattr(row, field) for row in rows], dtype=np.float32)
+              for key, field in weights.items()}
+    npz = out_dir / f"{name}_weights.npz"
+    np.savez(npz, concepts=np.asarray([row.concept.name for row in rows]),
+             bias=np.asarray([row.bias for row in rows], dtype=np.float32), **arrays)
+    return [table, npz]
+
+
 NET2VEC = register_job_kind(JobKind(
     name="net2vec", label="Net2Vec probes", queue=GPU_QUEUE, execute=net2vec_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=NET2VEC_PARAMS, exporter=net2vec_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Fong & Vedaldi: best single filter vs learned filter combinations (and top-F subsets) as "
                 "segmenters of a layer's most frequent concepts; concept embeddings."))

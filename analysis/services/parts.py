@@ -43,6 +43,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
                              PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
@@ -53,16 +54,6 @@ from .networks import network_spec
 from .runs import RunInputError, RunProgress, run_start
 
 RCNN_CONTEXT = 16 / 227
-PART_DEFAULTS: dict[str, Any] = {
-    "inputs": PartInputs.OBJECT_CROPS.value, "split": "train", "context": RCNN_CONTEXT, "iou_threshold": 0.4,
-    "nms_iou": 0.3, "regression": True, "intercept": True, "min_part_size": 15.0, "min_instances": 11,
-    "population": 200, "generations": 100, "crossover": 0.7, "mutation": 0.3, "init_probability": 0.02,
-    "seed": 0, "ap_criterion": 0.3, "recall_criterion": 0.5, "max_views": 0, "batch_size": 64,
-}
-ABLATION_DEFAULTS: dict[str, Any] = {
-    "inputs": PartInputs.OBJECT_CROPS.value, "split": "train", "context": RCNN_CONTEXT, "score": "softmax",
-    "sigma_factor": 2.0, "max_images": 0, "seed": 0, "blackout": True, "batch_size": 32,
-}
 SPLITS = ("train", "val", "all")
 # The demo (analysis.services.demo): the paper's settings on a seeded sample of views per class, so that the two
 # layers' part studies and ablations add a few minutes to the default build on two CPU cores.
@@ -75,66 +66,57 @@ CURVE_POINTS = 150
 
 # -- parameters ---------------------------------------------------------------------------------------
 
-def _common(params: dict[str, Any]) -> None:
-    if params["inputs"] not in PartInputs.values:
-        raise RunInputError(f"inputs must be one of {', '.join(PartInputs.values)}")
-    if params["split"] not in SPLITS:
-        raise RunInputError(f"split must be one of {', '.join(SPLITS)}")
-    try:
-        params["context"] = float(params["context"])
-        params["batch_size"] = int(params["batch_size"])
-        params["seed"] = int(params["seed"])
-    except (TypeError, ValueError):
-        raise RunInputError("context, batch_size and seed must be numbers") from None
-    if not 0 <= params["context"] < 0.4:
-        raise RunInputError("context must lie in [0, 0.4): the share of the input on each side of the box")
-    if not 1 <= params["batch_size"] <= 4096:
-        raise RunInputError("batch_size must be between 1 and 4096")
+def _share(default: float, **kwargs: Any) -> p.Param:
+    return p.Param(float, default, low=0, high=1, **kwargs)
+
+
+def _view_params(**fields: p.Param) -> dict[str, p.Param]:
+    """The parameters both kinds take: the layer, and which views of which images feed the network."""
+    return {
+        "network": p.name(), "dataset": p.name(), "layer": p.name(help="dotted layer name"),
+        "inputs": p.choice(PartInputs.values, PartInputs.OBJECT_CROPS.value,
+                           help="object crops (GG'18) or whole images"),
+        "split": p.choice(SPLITS, "train"),
+        "context": p.Param(float, RCNN_CONTEXT, low=0, high=0.4, high_open=True,
+                           help="the share of the input on each side of the box (R-CNN: 16/227)"),
+        "seed": p.seed(),
+        **fields,
+    }
+
+
+PART_PARAMS = p.ParamSchema(_view_params(
+    iou_threshold=p.Param(float, 0.4, low=0, high=1, low_open=True, help="a detection's IoU with its part box"),
+    nms_iou=p.Param(float, 0.3, low=0, high=1, low_open=True, help="non-maximum suppression IoU"),
+    regression=p.Param(bool, True, help="box regression on the filter's activations"),
+    intercept=p.Param(bool, True, help="the regression has an intercept"),
+    min_part_size=p.Param(float, 15.0, low=0, help="drop parts whose mean box side is at most this many pixels "
+                                                   "(GG'18: 15)"),
+    min_instances=p.integers(1, 10**7, 11, help="fewest instances a part class needs"),
+    population=p.integers(2, 10000, 200, help="GA population"),
+    generations=p.integers(0, 10000, 100, help="GA generations"),
+    crossover=_share(0.7), mutation=_share(0.3), init_probability=_share(0.02),
+    ap_criterion=_share(0.3, help="a part emerged when its GA AP exceeds this"),
+    recall_criterion=_share(0.5),
+    max_views=p.integers(0, 10**9, 0, help="a seeded sample of views per class (0 = all)"),
+    batch_size=p.integers(1, 4096, 64)))
+PART_DEFAULTS = PART_PARAMS.defaults
+ABLATION_PARAMS = p.ParamSchema(_view_params(
+    score=p.choice(("softmax", "logit"), "softmax"),
+    sigma_factor=p.Param(float, 2.0, low=0, low_open=True, help="discriminative when δ exceeds this many σ"),
+    max_images=p.integers(0, 10**9, 0, help="views per class (0 = all)"),
+    blackout=p.Param(bool, True, help="also black out every part (GG'18 §6)"),
+    batch_size=p.integers(1, 4096, 32)))
+ABLATION_DEFAULTS = ABLATION_PARAMS.defaults
 
 
 def part_detection_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of a ``score_parts`` run (defaults filled in)."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **PART_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    _common(params)
-    try:
-        for key in ("iou_threshold", "nms_iou", "min_part_size", "crossover", "mutation", "init_probability",
-                    "ap_criterion", "recall_criterion"):
-            params[key] = float(params[key])
-        for key in ("min_instances", "population", "generations", "max_views"):
-            params[key] = int(params[key])
-    except (TypeError, ValueError):
-        raise RunInputError("numeric parameters of score_parts must be numbers") from None
-    params["regression"] = bool(params["regression"])
-    params["intercept"] = bool(params["intercept"])
-    if not 0 < params["iou_threshold"] <= 1 or not 0 < params["nms_iou"] <= 1:
-        raise RunInputError("iou_threshold and nms_iou must lie in (0, 1]")
-    if not 2 <= params["population"] <= 10000 or not 0 <= params["generations"] <= 10000:
-        raise RunInputError("population must be 2–10000 and generations 0–10000")
-    for key in ("crossover", "mutation", "init_probability", "ap_criterion", "recall_criterion"):
-        if not 0 <= params[key] <= 1:
-            raise RunInputError(f"{key} must lie in [0, 1]")
-    if params["min_instances"] < 1 or params["max_views"] < 0 or params["min_part_size"] < 0:
-        raise RunInputError("min_instances must be positive, max_views and min_part_size not negative")
-    return params
+    return PART_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def ablation_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of an ``ablate`` run (defaults filled in)."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **ABLATION_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    _common(params)
-    if params["score"] not in ("softmax", "logit"):
-        raise RunInputError("score must be softmax or logit")
-    try:
-        params["sigma_factor"] = float(params["sigma_factor"])
-        params["max_images"] = int(params["max_images"])
-    except (TypeError, ValueError):
-        raise RunInputError("sigma_factor and max_images must be numbers") from None
-    if params["sigma_factor"] <= 0 or params["max_images"] < 0:
-        raise RunInputError("sigma_factor must be positive and max_images not negative (0 = all)")
-    params["blackout"] = bool(params["blackout"])
-    return params
+    return ABLATION_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def part_detection_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
@@ -570,6 +552,7 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     import torch
 
     from analysis.engine.ablation import LayerAblator, class_scores, discriminative_filters
+    from analysis.engine.networks import UnknownLayerError
 
     params = ablation_params(**run.params)
     network, dataset, layer = _resolve(params)
@@ -577,7 +560,7 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     model = _load_model(network, dev)
     try:
         ablator = LayerAblator(model, layer.name)
-    except Exception as error:  # unknown layer names raise the engine's readable error
+    except UnknownLayerError as error:  # the engine's readable error
         raise RunInputError(str(error)) from None
     progress.phase(f"Reading the boxes of {dataset.name}")
     boxes = _dataset_boxes(dataset, params["split"])
@@ -786,12 +769,12 @@ def ablation_export(run: Run, out_dir: Path) -> list[Path]:
 
 SCORE_PARTS = register_job_kind(JobKind(
     name="score_parts", label="Part detection (GG'18)", queue=GPU_QUEUE, execute=part_detection_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=PART_PARAMS, exporter=part_detection_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Every filter of a layer as a detector of every part class: box regression, NMS, VOC AP, "
                 "GA filter combinations, TopFilters and all filters (GG'18 §3)."))
 ABLATE = register_job_kind(JobKind(
     name="ablate", label="Filter and part ablations (GG'18)", queue=GPU_QUEUE, execute=ablation_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=ABLATION_PARAMS, exporter=ablation_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Discriminativeness of every filter per object class (δ, 2σ rule, set ablations) and of every "
                 "part by blackout (GG'18 §5–6)."))
 

@@ -26,23 +26,14 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from analysis.jobs import JobKind, job_kind
-from analysis.models import ACTIVE_RUN_STATUSES, Dataset, Layer, Network, Run, RunStatus
+from analysis.jobs import JobKind, RunInputError, job_kind
+from analysis.models import ACTIVE_RUN_STATUSES, Dataset, Layer, LayerExtraction, Network, Run, RunStatus
 
 logger = logging.getLogger(__name__)
 
 
 class RunCancelled(Exception):
     """Raised inside a running job when someone cancelled it; the run is already marked cancelled."""
-
-
-class RunInputError(Exception):
-    """An expected user error (bad parameters, missing input). Fails the run at once with this message;
-    ``field`` names the parameter at fault where there is one (the API reports it under that name)."""
-
-    def __init__(self, message: str, *, field: str = ""):
-        super().__init__(message)
-        self.field = field
 
 
 def run_network_and_dataset(params: dict[str, Any]) -> tuple[Network, Dataset]:
@@ -67,6 +58,26 @@ def run_layers(network: Network, names: list[str]) -> dict[str, Layer]:
     return found
 
 
+def run_check_references(*, params: dict[str, Any]) -> None:
+    """Raise :class:`RunInputError` naming the parameter unless what the parameters name exists: ``network``,
+    ``dataset``, the network's ``layer``/``layers``, and the ``extraction_run`` of ``layer``. For interfaces that
+    should refuse such a run at once (the API) instead of letting it fail on a worker."""
+    network = None
+    if "network" in params:
+        network = Network.objects.filter(name=params["network"]).first()
+        if network is None:
+            raise RunInputError(f"No network named {params['network']!r}.", field="network")
+    if "dataset" in params and not Dataset.objects.filter(name=params["dataset"]).exists():
+        raise RunInputError(f"No dataset named {params['dataset']!r}.", field="dataset")
+    layers = params.get("layers") or ([params["layer"]] if "layer" in params else [])
+    if network is not None and layers:
+        run_layers(network, layers)
+    if "extraction_run" in params and not LayerExtraction.objects.filter(
+            run_id=params["extraction_run"], layer__name=params.get("layer")).exists():
+        raise RunInputError(f"Run {params['extraction_run']} extracted no layer {params.get('layer')!r}.",
+                            field="extraction_run")
+
+
 def params_hash(params: dict[str, Any]) -> str:
     """A stable hash of JSON parameters (key order does not matter)."""
     canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
@@ -87,13 +98,15 @@ def resolve_device(requested: str | None = None) -> str:
 
 def run_start(*, kind: str, params: dict[str, Any], created_by=None, inline: bool = False,
               reuse: bool = True) -> tuple[Run, bool]:
-    """Create a run of ``kind`` and enqueue it once the transaction commits.
+    """Create a run of ``kind`` with ``params`` validated by the kind's schema (:class:`~analysis.params.ParamsError`,
+    a :class:`RunInputError`, names every parameter at fault) and enqueue it once the transaction commits.
 
     With ``reuse``, an identical run that succeeded (for kinds that allow reuse) or is still queued or
     running is returned instead of a new one; the bool says whether a new run was created. With
     ``inline`` the run executes here, synchronously (for ``build_demo``, scripts and tests).
     """
     kind_spec = job_kind(kind)
+    params = kind_spec.params.validate(params)
     digest = params_hash(params)
     if reuse:
         existing = Run.objects.of_kind(kind).filter(params_hash=digest)

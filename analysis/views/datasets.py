@@ -13,7 +13,8 @@ from accounts.permissions import ResearcherRequiredMixin
 from analysis import selectors
 from analysis.forms import BrodenImportForm, PascalPartImportForm, ProbeWorldForm
 from analysis.models import Dataset
-from analysis.services.datasets import broden_import_run_start, pascal_part_import_run_start, probe_world_run_start
+from analysis.services.datasets import (BRODEN_IMPORT, PASCAL_PART_IMPORT, PROBE_WORLD, broden_import_run_start,
+                                       pascal_part_import_run_start, probe_world_run_start)
 from analysis.views.starting import StartRunFormMixin
 
 
@@ -28,7 +29,7 @@ class DatasetListView(ResearcherRequiredMixin, TemplateView):
         context["broden_form"] = BrodenImportForm()
         context["pascal_form"] = PascalPartImportForm()
         context["recent_runs"] = selectors.runs_for_list().filter(
-            kind__in=["probe_world", "import_broden", "import_pascal_part"])[:5]
+            kind__in=[kind.name for kind in (PROBE_WORLD, BRODEN_IMPORT, PASCAL_PART_IMPORT)])[:5]
         return context
 
 

@@ -11,7 +11,7 @@ from analysis.models import Layer, Network
 from analysis.plots import line_chart
 from analysis.services.extraction import extraction_run_start
 from analysis.services.grids import grids_run_start
-from analysis.services.networks import demo_training_run_start
+from analysis.services.networks import DEMO_TRAINING, demo_training_run_start
 from analysis.views.starting import StartRunFormMixin
 
 
@@ -23,7 +23,7 @@ class NetworkListView(ResearcherRequiredMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         context["networks"] = selectors.networks_for_list()
         context["training_form"] = DemoTrainingForm()
-        context["recent_runs"] = selectors.runs_for_list(kind="train_demo_network")[:5]
+        context["recent_runs"] = selectors.runs_for_list(kind=DEMO_TRAINING.name)[:5]
         return context
 
 

@@ -12,9 +12,8 @@ from analysis import selectors
 from analysis.forms import SelfcheckForm
 from analysis.jobs import job_kinds
 from analysis.models import Run, RunStatus
-from analysis.services.exports import EXPORTERS
 from analysis.services.runs import run_cancel, run_fail_stale
-from analysis.services.selfcheck import selfcheck_run_start
+from analysis.services.selfcheck import SELFCHECK, selfcheck_run_start
 from analysis.views.starting import StartRunFormMixin
 
 
@@ -65,7 +64,9 @@ class RunDetailView(ResearcherRequiredMixin, DetailView):
         context = super().get_context_data(**kwargs)
         context["layer_extractions"] = self.object.layer_extractions.select_related("layer__network").annotate(
             missing_grids=Count("exemplar_sets", filter=Q(exemplar_sets__grid__isnull=True)))
-        context["exportable"] = self.object.status == RunStatus.SUCCEEDED and self.object.kind in EXPORTERS
+        kind = self.object.job_kind
+        context["exportable"] = (self.object.status == RunStatus.SUCCEEDED and kind is not None
+                                 and kind.exporter is not None)
         return context
 
 
@@ -105,7 +106,7 @@ class SelfcheckStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["previous_runs"] = selectors.runs_for_list(kind="selfcheck")[:10]
+        context["previous_runs"] = selectors.runs_for_list(kind=SELFCHECK.name)[:10]
         return context
 
     def start_run(self, form):

@@ -143,7 +143,14 @@ STORAGES = {
 # under the data dir, and a real worker process consumes them. CELERY_BROKER_URL=redis://... in
 # production and CI.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
+# With acks_late, Redis hands a task that was not acknowledged within visibility_timeout to another worker: it
+# must exceed the longest hard time limit of any job kind (12 h 5 min; analysis.jobs.longest_time_limit, which a
+# test compares with this), or a long dissection would run twice. The registry cannot be read here (settings load
+# before the apps), hence the constant.
+CELERY_VISIBILITY_TIMEOUT = 13 * 3600
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = UNITSCOPE_DATA_DIR / "celery" / "queue"
     _processed_dir = UNITSCOPE_DATA_DIR / "celery" / "processed"
