@@ -95,17 +95,16 @@ def simulated_answer(truth: tuple[str, str], *, error_rate: float, rng: np.rando
 
 def _peak_pixels(layer, network, positions: Sequence[Sequence[int]], height: int, width: int,
                  map_size: tuple[int, int]) -> list[tuple[float, float]]:
-    """Map ``(i, j)`` map positions → ``(x, y)`` image pixels (receptive-field centres when known)."""
-    points = []
-    for i, j in positions:
-        if layer.rf_stride_y is not None:
-            y = (layer.rf_offset_y + i * layer.rf_stride_y) * height / network.input_height
-            x = (layer.rf_offset_x + j * layer.rf_stride_x) * width / network.input_width
-        else:  # no geometry: the centre of the map cell, proportionally
-            y = (i + 0.5) * height / map_size[0]
-            x = (j + 0.5) * width / map_size[1]
-        points.append((min(max(x, 0.0), width - 1e-6), min(max(y, 0.0), height - 1e-6)))
-    return points
+    """Map ``(i, j)`` map positions → ``(y, x)`` image pixels inside the image (receptive-field centres when known,
+    else map-cell centres): :func:`analysis.engine.upsample.peak_pixels`."""
+    import torch
+
+    from analysis.engine.upsample import peak_pixels
+
+    points = peak_pixels(torch.as_tensor(list(positions), dtype=torch.int64).reshape(-1, 2), layer.geometry,
+                         input_size=(network.input_height, network.input_width), image_size=(height, width),
+                         map_size=map_size, clip=True)
+    return [(float(y), float(x)) for y, x in points.tolist()]
 
 
 class _Segmentation:
@@ -163,7 +162,7 @@ def study_ground_truth(study) -> dict[int, tuple[str, str]]:
         peaks = []
         for index, position in zip(exemplar.image_indices, exemplar.peaks):
             image = images[index]
-            (x, y), = _peak_pixels(layer, network, [position], image.height, image.width,
+            (y, x), = _peak_pixels(layer, network, [position], image.height, image.width,
                                    (extraction.map_height, extraction.map_width))
             parts = tuple(box for box in boxes[index] if box.contains(x, y))
             peaks.append(PeakTruth(parts=parts, background=segmentation.background_at(index, x, y)))

@@ -40,7 +40,7 @@ from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AnnotatedBox, Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Layer,
                              Network, Run)
 
-from .dissection import _ensure_extraction
+from .inputs import ensure_extraction, layer_geometry
 from .extraction import open_activation_cache
 from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
 
@@ -108,32 +108,18 @@ def graph_run_start(*, network: str, dataset: str, layers: list[str], created_by
 
 # -- geometry -------------------------------------------------------------------------------------------------------
 
-def _centres(layer: Layer, network: Network):
-    """``(cy float32 [h], cx float32 [w])`` receptive-field centres in input pixels."""
-    import torch
-
-    from analysis.engine.receptive_field import LayerGeometry, unit_centers
-
-    if layer.rf_stride_y is None or layer.rf_offset_y is None:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so its units "
-                            "cannot be placed on the image plane.")
-    geometry = LayerGeometry(size=(int(layer.rf_size_y or 1), int(layer.rf_size_x or 1)),
-                             stride=(int(layer.rf_stride_y), int(layer.rf_stride_x)),
-                             offset=(float(layer.rf_offset_y), float(layer.rf_offset_x)))
-    return unit_centers(geometry, layer.out_height, layer.out_width, device=torch.device("cpu"))
-
-
-def _input_positions(layer: Layer, network: Network) -> np.ndarray:
+def _input_positions(layer: Layer) -> np.ndarray:
     """float64 ``[h*w, 2]`` (y, x) of every unit (row-major) in input pixels."""
-    cy, cx = _centres(layer, network)
-    yy, xx = np.meshgrid(cy.numpy().astype(np.float64), cx.numpy().astype(np.float64), indexing="ij")
-    return np.stack([yy.ravel(), xx.ravel()], axis=1)
+    from analysis.engine.receptive_field import unit_positions
+
+    geometry = layer_geometry(layer, purpose="its units cannot be placed on the image plane")
+    return unit_positions(geometry, layer.out_height, layer.out_width)
 
 
 def _quantisation_sigma(layer: Layer, plane: float) -> float:
     """The default floor of every σ (plane units): a position known only to its unit cell has a per-coordinate
     standard deviation of stride/√12 (our choice; the paper sets no floor)."""
-    return float(max(layer.rf_stride_y or 1, layer.rf_stride_x or 1)) / math.sqrt(12) / plane
+    return float(max(layer_geometry(layer, purpose="it has no unit cell").stride)) / math.sqrt(12) / plane
 
 
 def _plane_unit(network: Network) -> float:
@@ -180,10 +166,10 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     extractions, maps, sources = {}, {}, []
     for layer in layers:
         progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-        extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
+        extraction = ensure_extraction(network, dataset, layer, params["quantile"], progress)
         extractions[layer.name] = extraction
         maps[layer.name] = open_activation_cache(extraction)
-        positions = torch.from_numpy(_input_positions(layer, network) / plane).to(torch.float32)
+        positions = torch.from_numpy(_input_positions(layer) / plane).to(torch.float32)
         cache = maps[layer.name]
         sources.append(LayerSource(layer.name, lambda rows, cache=cache: np.asarray(cache[rows], dtype=np.float32),
                                    positions, layer.units))
@@ -323,7 +309,7 @@ def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, m
     summary: dict[str, Any] = {}
     progress.phase("Location instability of nodes and raw filters", total=len(layers))
     for done, layer in enumerate(layers, start=1):
-        unit_pos = _input_positions(layer, network)  # [P, 2]
+        unit_pos = _input_positions(layer)  # [P, 2]
         nodes = list(GraphNode.objects.filter(graph=graph, layer=layer).order_by("rank")[:params["top_patterns"]])
         units = np.asarray(result.units[layer.name][rows])  # [I_eval, nodes]: read once
         scores = np.asarray(result.scores[layer.name][rows])
@@ -431,7 +417,7 @@ def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction
     else:
         chosen = np.argsort(-column, kind="stable")[:limit]
         chosen = chosen[column[chosen] > 0]
-    positions = _input_positions(node.layer, graph.network)
+    positions = _input_positions(node.layer)
     heights, widths = _image_table(graph.dataset)
     out = []
     for index in chosen.tolist():
@@ -468,7 +454,7 @@ def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index:
     else:
         chosen = np.argsort(-per_image, kind="stable")[:limit]
         chosen = chosen[per_image[chosen] > 0]
-    positions = _input_positions(layer, graph.network)
+    positions = _input_positions(layer)
     heights, widths = _image_table(graph.dataset)
     out = []
     for index in chosen.tolist():

@@ -41,7 +41,7 @@ from django.db import transaction
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Concept, Net2VecClassification, Net2VecConcept, Net2VecStudy, Run, UpsampleMethod
 
-from .dissection import _ensure_extraction, _label_table, _resolve, _thresholds, _upsampler
+from .inputs import run_inputs
 from .extraction import open_activation_cache
 from .runs import RunInputError, RunProgress, run_start
 
@@ -265,12 +265,9 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
     from analysis.engine.net2vec import ProbeConfig, fit_concept_probes, sample_pixels, set_iou, stack_probes
 
     params = net2vec_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    upsample = _upsampler(params["upsample"], layer, network)
-    progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-    extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
-    thresholds = _thresholds(extraction, layer)
-    label_category, _ = _label_table(dataset)
+    inputs = run_inputs(params, progress=progress, thresholds=True, labels=True)
+    dataset, layer, extraction, upsample = inputs.dataset, inputs.layer, inputs.extraction, inputs.upsample
+    thresholds, label_category = inputs.thresholds, inputs.label_category
     maps = open_activation_cache(extraction)
     reader = BrodenReader(dataset.root_dir)
     rows = list(reader.rows())

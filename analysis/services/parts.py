@@ -47,7 +47,7 @@ from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
                              PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
 
-from .dissection import _ensure_extraction, _resolve
+from .inputs import ensure_extraction, layer_geometry, run_inputs
 from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
 from .networks import network_spec
 from .runs import RunInputError, RunProgress, run_start
@@ -325,17 +325,6 @@ def _load_model(network: Network, device):
         raise RunInputError(str(error)) from None
 
 
-def _geometry(layer: Layer):
-    from analysis.engine.receptive_field import LayerGeometry
-
-    if layer.rf_size_y is None or layer.rf_stride_y is None or layer.rf_offset_y is None:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so its "
-                            "activations cannot be placed on the image.")
-    return LayerGeometry(size=(int(layer.rf_size_y), int(layer.rf_size_x)),
-                         stride=(int(layer.rf_stride_y), int(layer.rf_stride_x)),
-                         offset=(float(layer.rf_offset_y), float(layer.rf_offset_x)))
-
-
 def _part_classes(boxes: DatasetBoxes, *, min_part_size: float, min_instances: int) -> list[dict[str, Any]]:
     """Eligible part classes (object class, part) with their sizes, ordered by object then part name."""
     found = []
@@ -478,8 +467,9 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     from analysis.engine.receptive_field import unit_centers
 
     params = part_detection_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    geometry = _geometry(layer)
+    inputs = run_inputs(params, progress=progress, extraction=False)
+    network, dataset, layer = inputs.network, inputs.dataset, inputs.layer
+    geometry = layer_geometry(layer, purpose="its activations cannot be placed on the image")
     if not dataset.has_boxes:
         raise RunInputError(f"{dataset.name} has no object and part boxes (boxes.csv), which part detection needs.")
     progress.phase(f"Reading the boxes of {dataset.name}")
@@ -494,7 +484,7 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     extraction = model = None
     if params["inputs"] == PartInputs.WHOLE_IMAGES:
         progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-        extraction = _ensure_extraction(network, dataset, layer, EXTRACTION_DEFAULTS["quantile"], progress)
+        extraction = ensure_extraction(network, dataset, layer, EXTRACTION_DEFAULTS["quantile"], progress)
     else:
         model = _load_model(network, dev)
     images = _Images(dataset, network, dev)
@@ -572,7 +562,8 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     from analysis.engine.ablation import LayerAblator, class_scores, discriminative_filters
 
     params = ablation_params(**run.params)
-    network, dataset, layer = _resolve(params)
+    inputs = run_inputs(params, progress=progress, extraction=False)
+    network, dataset, layer = inputs.network, inputs.dataset, inputs.layer
     dev = torch.device(device)
     model = _load_model(network, dev)
     try:
