@@ -291,7 +291,7 @@ def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, m
                          ) -> dict[str, Any]:
     import torch
 
-    from analysis.engine.explanatory_graph import location_instability, raw_filter_peaks
+    from analysis.engine.explanatory_graph import FilterPeakTally, pattern_instability
 
     dataset, network = graph.dataset, graph.network
     names = params["landmarks"]
@@ -304,49 +304,30 @@ def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, m
         return {"note": f"no landmark parts ({', '.join(names) or 'none named'}) on the evaluation images"}
     heights, widths = _image_table(dataset)
     scale = np.stack([heights[rows] / network.input_height, widths[rows] / network.input_width], axis=1)  # [I, 2]
-    diagonals = torch.from_numpy(np.hypot(heights[rows], widths[rows]))
-    landmark_t = torch.from_numpy(landmarks)
+    measure = dict(landmarks=torch.from_numpy(landmarks), diagonals=torch.from_numpy(np.hypot(heights[rows],
+                                                                                               widths[rows])),
+                   top_images=params["top_images"], combine=params["instability"], chunk=PATTERN_CHUNK)
     summary: dict[str, Any] = {}
     progress.phase("Location instability of nodes and raw filters", total=len(layers))
     for done, layer in enumerate(layers, start=1):
         unit_pos = _input_positions(layer)  # [P, 2]
         nodes = list(GraphNode.objects.filter(graph=graph, layer=layer).order_by("rank")[:params["top_patterns"]])
-        units = np.asarray(result.units[layer.name][rows])  # [I_eval, nodes]: read once
-        scores = np.asarray(result.scores[layer.name][rows])
-        node_rows = []
-        node_values = []
-        for start in range(0, len(nodes), PATTERN_CHUNK):
-            chunk = nodes[start:start + PATTERN_CHUNK]
-            columns = [node.flat for node in chunk]
-            chosen = units[:, columns].astype(np.int64)
-            positions = unit_pos[chosen] * scale[:, None, :]
-            value, stds = location_instability(torch.from_numpy(positions),
-                                               torch.from_numpy(scores[:, columns]), landmark_t,
-                                               diagonals, top_images=params["top_images"],
-                                               combine=params["instability"])
-            for position, node in enumerate(chunk):
-                node_values.append(float(value[position]))
-                node_rows.append(_instability_row(graph, layer, GraphInstability.Kind.NODE, node.filter, node,
-                                                  node.rank, value[position], stds[position], names))
+        columns = [node.flat for node in nodes]
+        value, stds = pattern_instability(unit_pos, np.asarray(result.units[layer.name][rows])[:, columns],
+                                          np.asarray(result.scores[layer.name][rows])[:, columns], scale, **measure)
+        node_rows = [_instability_row(graph, layer, GraphInstability.Kind.NODE, node.filter, node, node.rank,
+                                      value[position], stds[position], names) for position, node in enumerate(nodes)]
+        node_values = [float(v) for v in value]
         # Raw filters: each filter's highest unit on each evaluation image; ranked by Σ_I max activation (all images).
         cache = maps[layer.name]
-        peaks_units = np.zeros((len(rows), layer.units), dtype=np.int64)
-        peaks_values = np.zeros((len(rows), layer.units), dtype=np.float64)
-        strength = np.zeros(layer.units, dtype=np.float64)
+        peaks = FilterPeakTally(dataset.image_count, layer.units, rows)
         for start in range(0, dataset.image_count, 256):
             block = np.arange(start, min(dataset.image_count, start + 256))
-            units_b, values_b = raw_filter_peaks(np.asarray(cache[block], dtype=np.float32))
-            strength += values_b.clamp(min=0).to(torch.float64).sum(0).numpy()
-            inside = np.isin(block, rows)
-            if inside.any():
-                where = np.searchsorted(rows, block[inside])
-                peaks_units[where] = units_b.numpy()[inside]
-                peaks_values[where] = values_b.numpy()[inside]
-        filter_order = np.argsort(-strength, kind="stable")[:params["top_patterns"]]
-        positions = unit_pos[peaks_units[:, filter_order]] * scale[:, None, :]
-        value, stds = location_instability(torch.from_numpy(positions), torch.from_numpy(peaks_values[:, filter_order]),
-                                           landmark_t, diagonals, top_images=params["top_images"],
-                                           combine=params["instability"])
+            peaks.add(block, np.asarray(cache[block], dtype=np.float32))
+        filter_order = peaks.ranking(params["top_patterns"])
+        value, stds = pattern_instability(unit_pos, peaks.peak_unit[:, filter_order],
+                                          peaks.peak_value[rows][:, filter_order].astype(np.float64), scale,
+                                          **{**measure, "chunk": max(1, len(filter_order))})
         filter_rows = [_instability_row(graph, layer, GraphInstability.Kind.FILTER, int(d), None, rank, value[rank - 1],
                                         stds[rank - 1], names)
                        for rank, d in enumerate(filter_order.tolist(), start=1)]
