@@ -12,7 +12,17 @@ from analysis.engine.net2vec import (TRAIN, VAL, Net2VecTally, ProbeTally, UnitM
 
 torch.set_num_threads(1)
 
+needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
 N_IMAGES, UNITS, LABELS, PIXELS = 14, 5, 7, 30
+
+
+def on(batches, valid, device):
+    """The batches' tensors and the valid labels on ``device`` (rows stay on the CPU)."""
+    moved = [UnitMaskBatch(rows=b.rows, features=b.features.to(device), pixel=b.pixel.to(device),
+                           pooled=b.pooled.to(device), image_labels=b.image_labels) for b in batches]
+    return moved, valid.to(device)
 
 
 def make_batches(seed: int = 0, batch_size: int = 4) -> tuple[list[UnitMaskBatch], torch.Tensor, torch.Tensor]:
@@ -47,14 +57,16 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
         if isinstance(a[key], torch.Tensor):
-            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key].cpu(), b[key].cpu()), key
         else:
             assert a[key] == b[key], key
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("order", ["forward", "reverse"])
-def test_two_shards_merged_equal_one_pass_exactly(order):
+def test_two_shards_merged_equal_one_pass_exactly(order, device):
     batches, split, valid = make_batches()
+    batches, valid = on(batches, valid, device)
     whole = tally_of(batches, split, valid)
     first, second = tally_of(batches[:2], split, valid), tally_of(batches[2:], split, valid)
     if order == "forward":
@@ -145,14 +157,15 @@ def test_training_pixels_are_cut_to_a_seeded_subset():
     assert torch.equal(cut_features, features[keep]) and torch.equal(cut_target, target[keep])
 
 
-def test_probe_tally_merges_exactly_and_equals_per_image_set_iou():
+@pytest.mark.parametrize("device", DEVICES)
+def test_probe_tally_merges_exactly_and_equals_per_image_set_iou(device):
     batches, split, valid = make_batches(seed=5)
     weights = torch.randn(3, UNITS, generator=torch.Generator().manual_seed(0))
     bias = torch.tensor([-0.5, 0.0, 0.5])
     concepts = torch.tensor([1, 2, 4])
-    whole = ProbeTally(weights, bias, concepts)
-    shards = [ProbeTally(weights, bias, concepts) for _ in range(2)]
-    for position, batch in enumerate(batches):
+    whole = ProbeTally(weights.to(device), bias, concepts)
+    shards = [ProbeTally(weights.to(device), bias, concepts) for _ in range(2)]
+    for position, batch in enumerate(on(batches, valid, device)[0]):
         whole.add(batch)
         shards[position % 2].add(batch)
     shards[1].merge(shards[0])
@@ -168,7 +181,7 @@ def test_probe_tally_merges_exactly_and_equals_per_image_set_iou():
                 if truth.any():
                     inter[ci] += (masks & truth).sum(1)
                     union[ci] += (masks | truth).sum(1)
-    assert torch.equal(whole.intersection, inter) and torch.equal(whole.union, union)
+    assert torch.equal(whole.intersection.cpu(), inter) and torch.equal(whole.union.cpu(), union)
     assert torch.equal(whole.result(), inter.to(torch.float64) / union.to(torch.float64))
 
 
