@@ -266,6 +266,20 @@ class Layer(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("analysis:layer_detail", args=[self.network.name, self.name])
 
+    @property
+    def geometry(self):
+        """The layer's receptive-field geometry as the engine's ``LayerGeometry`` (``(y, x)`` pairs, input pixels),
+        or ``None`` when the model could not be traced. The one place the ``rf_*`` fields are read."""
+        if None in (self.rf_size_y, self.rf_size_x, self.rf_stride_y, self.rf_stride_x, self.rf_offset_y,
+                    self.rf_offset_x):
+            return None
+        # receptive_field imports torch, which web processes that only list layers never need to load.
+        from analysis.engine.receptive_field import LayerGeometry
+
+        return LayerGeometry(size=(int(self.rf_size_y), int(self.rf_size_x)),
+                             stride=(int(self.rf_stride_y), int(self.rf_stride_x)),
+                             offset=(float(self.rf_offset_y), float(self.rf_offset_x)))
+
 
 class Unit(models.Model):
     layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="unit_set")

@@ -63,12 +63,12 @@ from django.utils import timezone
 
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
-from analysis.models import (Concept, Dataset, DissectionBaseline, Layer, LayerDissection, LayerExtraction, Network,
-                             RotationTest, Run, RunStatus, UnitActivationSummary, UnitDissection, UpsampleMethod)
+from analysis.models import (Concept, DissectionBaseline, LayerDissection, RotationTest, Run, RunStatus, UnitDissection,
+                             UpsampleMethod)
 
-from .extraction import activation_cache_key, extraction_run_start, open_activation_cache
-from .runs import (RunCancelled, RunInputError, RunProgress, run_cancel, run_execute, run_layers,
-                   run_network_and_dataset, run_start)
+from .extraction import open_activation_cache
+from .inputs import layer_upsampler, run_inputs
+from .runs import RunCancelled, RunInputError, RunProgress, run_cancel, run_execute, run_start
 
 logger = logging.getLogger(__name__)
 
@@ -152,68 +152,7 @@ def rotation_run_start(*, network: str, dataset: str, layer: str, created_by=Non
     return run
 
 
-# -- inputs shared by the kinds -----------------------------------------------------------------------
-
-def _resolve(params: dict[str, Any]) -> tuple[Network, Dataset, Layer]:
-    network, dataset = run_network_and_dataset(params)
-    return network, dataset, run_layers(network, [params["layer"]])[params["layer"]]
-
-
-def _upsampler(method: str, layer: Layer, network: Network):
-    """``upsample(maps Tensor[B, U, h, w], (H, W)) -> Tensor[B, U, H, W]`` for the run's method, with the sparse
-    active-pixel path of :mod:`analysis.engine.dissection_sparse` (identical counts, far less work)."""
-    from analysis.engine.dissection_sparse import AnchoredUpsample, PlainUpsample
-
-    if method == UpsampleMethod.PLAIN:
-        return PlainUpsample()
-    if layer.rf_stride_y is None or layer.rf_offset_y is None:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so maps "
-                            "cannot be anchored at receptive-field centres; use upsample=plain.")
-    return AnchoredUpsample(rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                            rf_offset=(layer.rf_offset_y, layer.rf_offset_x),
-                            input_size=(network.input_height, network.input_width))
-
-
-def _ensure_extraction(network: Network, dataset: Dataset, layer: Layer, quantile: float,
-                       progress: RunProgress) -> LayerExtraction:
-    """The newest extraction of the layer's current maps at ``quantile`` whose cache is on disk; when there is
-    none, an extraction run executed here first (it reuses a cache of the same maps, so no forward pass then)."""
-    key = activation_cache_key(network, dataset, layer)
-    candidates = (LayerExtraction.objects.filter(layer=layer, dataset=dataset, cache_key=key, quantile=quantile,
-                                                 run__status=RunStatus.SUCCEEDED)
-                  .select_related("run").order_by("-created_at", "-id"))
-    for extraction in candidates:
-        if (Path(extraction.cache_path) / "meta.json").exists():
-            return extraction
-    progress.phase(f"Extracting {layer.name} on {dataset.name} first (no cached activations)")
-    run = extraction_run_start(network=network.name, dataset=dataset.name, layers=[layer.name], quantile=quantile,
-                               inline=True)
-    if run.status != RunStatus.SUCCEEDED:
-        raise RunInputError(f"The extraction this needs (run {run.pk}) ended {run.status}: {run.error}")
-    return LayerExtraction.objects.select_related("run").get(run=run, layer=layer)
-
-
-def _thresholds(extraction: LayerExtraction, layer: Layer):
-    """float32 ``Tensor[U]``: the extraction's exact thresholds (stored as float64, exactly the float32 value)."""
-    import torch
-
-    stored = dict(UnitActivationSummary.objects.filter(extraction=extraction).values_list("unit__index", "threshold"))
-    if len(stored) != layer.units:
-        raise RunInputError(f"Extraction run {extraction.run_id} holds thresholds of {len(stored)} of "
-                            f"{layer.units} units of {layer}.")
-    return torch.tensor([stored[index] for index in range(layer.units)], dtype=torch.float32)
-
-
-def _label_table(dataset: Dataset):
-    """``(label_category LongTensor[C], category names)``: each label id's primary category (Concept.category)
-    as a position in the dataset's categories (index.csv order; categories only some labels name go last)."""
-    from analysis.engine.dissection_data import label_category_table
-
-    primary = dict(dataset.concepts.values_list("number", "category"))
-    categories = list(dataset.categories)
-    categories += sorted({name for name in primary.values() if name and name not in categories})
-    return label_category_table(primary, categories), categories
-
+# -- files ----------------------------------------------------------------------------------------------
 
 def _fresh_directory(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
@@ -287,15 +226,12 @@ def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     from analysis.engine.dissection import shuffled_pairing
 
     params = dissection_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    _upsampler(params["upsample"], layer, network)  # fails early when anchoring is impossible
-    progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-    extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
+    inputs = run_inputs(params, progress=progress, thresholds=True, labels=True)  # fails early if anchoring can't
+    layer, dataset, extraction = inputs.layer, inputs.dataset, inputs.extraction
+    thresholds, label_category, categories = inputs.thresholds, inputs.label_category, inputs.categories
     n_images, shards = extraction.n_images, params["shards"]
     if shards > n_images:
         raise RunInputError(f"{shards} shards for {n_images} images: use at most one shard per image.")
-    thresholds = _thresholds(extraction, layer)
-    label_category, categories = _label_table(dataset)
     pairing = (shuffled_pairing(n_images, seed=params["shuffle_seed"])
                if params["baseline"] == DissectionBaseline.SHUFFLED else torch.zeros(0, dtype=torch.int64))
 
@@ -400,7 +336,7 @@ def dissection_shard_run_execute(*, run: Run, progress: RunProgress, device: str
     dev = torch.device(device)
     tally = DissectionTally(thresholds.to(dev), label_category, len(dissection.categories),
                             strict_threshold=dissection.strict_threshold)
-    upsample = _upsampler(dissection.upsample, dissection.layer, dissection.layer.network)
+    upsample = layer_upsampler(dissection.layer, dissection.upsample)
     progress.phase(f"Tallying images {start}–{stop - 1} of {dissection.layer.name}", total=stop - start)
     batch_size = int(dissection.run.params.get("batch_size", DISSECTION_DEFAULTS["batch_size"]))
     tally_cached_maps(maps, [TallyView(tally)], reader=reader, rows=rows, upsample=upsample, start=start, stop=stop,
@@ -491,11 +427,9 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     from analysis.engine.rotation import random_rotation, rotate_activations, rotation_power
 
     params = rotation_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    upsample = _upsampler(params["upsample"], layer, network)
-    progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-    extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
-    label_category, categories = _label_table(dataset)
+    inputs = run_inputs(params, progress=progress, labels=True)
+    layer, dataset, extraction, upsample = inputs.layer, inputs.dataset, inputs.extraction, inputs.upsample
+    label_category, categories = inputs.label_category, inputs.categories
     maps = open_activation_cache(extraction)
     dev = torch.device(device)
 

@@ -41,7 +41,7 @@ from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AnnotatedBox, Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Layer,
                              Network, Run)
 
-from .dissection import _ensure_extraction
+from .inputs import ensure_extraction, layer_geometry
 from .extraction import open_activation_cache
 from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
 
@@ -112,32 +112,18 @@ def graph_run_start(*, network: str, dataset: str, layers: list[str], created_by
 
 # -- geometry -------------------------------------------------------------------------------------------------------
 
-def _centres(layer: Layer, network: Network):
-    """``(cy float32 [h], cx float32 [w])`` receptive-field centres in input pixels."""
-    import torch
-
-    from analysis.engine.receptive_field import LayerGeometry, unit_centers
-
-    if layer.rf_stride_y is None or layer.rf_offset_y is None:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so its units "
-                            "cannot be placed on the image plane.")
-    geometry = LayerGeometry(size=(int(layer.rf_size_y or 1), int(layer.rf_size_x or 1)),
-                             stride=(int(layer.rf_stride_y), int(layer.rf_stride_x)),
-                             offset=(float(layer.rf_offset_y), float(layer.rf_offset_x)))
-    return unit_centers(geometry, layer.out_height, layer.out_width, device=torch.device("cpu"))
-
-
-def _input_positions(layer: Layer, network: Network) -> np.ndarray:
+def _input_positions(layer: Layer) -> np.ndarray:
     """float64 ``[h*w, 2]`` (y, x) of every unit (row-major) in input pixels."""
-    cy, cx = _centres(layer, network)
-    yy, xx = np.meshgrid(cy.numpy().astype(np.float64), cx.numpy().astype(np.float64), indexing="ij")
-    return np.stack([yy.ravel(), xx.ravel()], axis=1)
+    from analysis.engine.receptive_field import unit_positions
+
+    geometry = layer_geometry(layer, purpose="its units cannot be placed on the image plane")
+    return unit_positions(geometry, layer.out_height, layer.out_width)
 
 
 def _quantisation_sigma(layer: Layer, plane: float) -> float:
     """The default floor of every σ (plane units): a position known only to its unit cell has a per-coordinate
     standard deviation of stride/√12 (our choice; the paper sets no floor)."""
-    return float(max(layer.rf_stride_y or 1, layer.rf_stride_x or 1)) / math.sqrt(12) / plane
+    return float(max(layer_geometry(layer, purpose="it has no unit cell").stride)) / math.sqrt(12) / plane
 
 
 def _plane_unit(network: Network) -> float:
@@ -184,10 +170,10 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     extractions, maps, sources = {}, {}, []
     for layer in layers:
         progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-        extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
+        extraction = ensure_extraction(network, dataset, layer, params["quantile"], progress)
         extractions[layer.name] = extraction
         maps[layer.name] = open_activation_cache(extraction)
-        positions = torch.from_numpy(_input_positions(layer, network) / plane).to(torch.float32)
+        positions = torch.from_numpy(_input_positions(layer) / plane).to(torch.float32)
         cache = maps[layer.name]
         sources.append(LayerSource(layer.name, lambda rows, cache=cache: np.asarray(cache[rows], dtype=np.float32),
                                    positions, layer.units))
@@ -309,7 +295,7 @@ def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, m
                          ) -> dict[str, Any]:
     import torch
 
-    from analysis.engine.explanatory_graph import location_instability, raw_filter_peaks
+    from analysis.engine.explanatory_graph import FilterPeakTally, pattern_instability
 
     dataset, network = graph.dataset, graph.network
     names = params["landmarks"]
@@ -322,49 +308,30 @@ def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, m
         return {"note": f"no landmark parts ({', '.join(names) or 'none named'}) on the evaluation images"}
     heights, widths = _image_table(dataset)
     scale = np.stack([heights[rows] / network.input_height, widths[rows] / network.input_width], axis=1)  # [I, 2]
-    diagonals = torch.from_numpy(np.hypot(heights[rows], widths[rows]))
-    landmark_t = torch.from_numpy(landmarks)
+    measure = dict(landmarks=torch.from_numpy(landmarks), diagonals=torch.from_numpy(np.hypot(heights[rows],
+                                                                                               widths[rows])),
+                   top_images=params["top_images"], combine=params["instability"], chunk=PATTERN_CHUNK)
     summary: dict[str, Any] = {}
     progress.phase("Location instability of nodes and raw filters", total=len(layers))
     for done, layer in enumerate(layers, start=1):
-        unit_pos = _input_positions(layer, network)  # [P, 2]
+        unit_pos = _input_positions(layer)  # [P, 2]
         nodes = list(GraphNode.objects.filter(graph=graph, layer=layer).order_by("rank")[:params["top_patterns"]])
-        units = np.asarray(result.units[layer.name][rows])  # [I_eval, nodes]: read once
-        scores = np.asarray(result.scores[layer.name][rows])
-        node_rows = []
-        node_values = []
-        for start in range(0, len(nodes), PATTERN_CHUNK):
-            chunk = nodes[start:start + PATTERN_CHUNK]
-            columns = [node.flat for node in chunk]
-            chosen = units[:, columns].astype(np.int64)
-            positions = unit_pos[chosen] * scale[:, None, :]
-            value, stds = location_instability(torch.from_numpy(positions),
-                                               torch.from_numpy(scores[:, columns]), landmark_t,
-                                               diagonals, top_images=params["top_images"],
-                                               combine=params["instability"])
-            for position, node in enumerate(chunk):
-                node_values.append(float(value[position]))
-                node_rows.append(_instability_row(graph, layer, GraphInstability.Kind.NODE, node.filter, node,
-                                                  node.rank, value[position], stds[position], names))
+        columns = [node.flat for node in nodes]
+        value, stds = pattern_instability(unit_pos, np.asarray(result.units[layer.name][rows])[:, columns],
+                                          np.asarray(result.scores[layer.name][rows])[:, columns], scale, **measure)
+        node_rows = [_instability_row(graph, layer, GraphInstability.Kind.NODE, node.filter, node, node.rank,
+                                      value[position], stds[position], names) for position, node in enumerate(nodes)]
+        node_values = [float(v) for v in value]
         # Raw filters: each filter's highest unit on each evaluation image; ranked by Σ_I max activation (all images).
         cache = maps[layer.name]
-        peaks_units = np.zeros((len(rows), layer.units), dtype=np.int64)
-        peaks_values = np.zeros((len(rows), layer.units), dtype=np.float64)
-        strength = np.zeros(layer.units, dtype=np.float64)
+        peaks = FilterPeakTally(dataset.image_count, layer.units, rows)
         for start in range(0, dataset.image_count, 256):
             block = np.arange(start, min(dataset.image_count, start + 256))
-            units_b, values_b = raw_filter_peaks(np.asarray(cache[block], dtype=np.float32))
-            strength += values_b.clamp(min=0).to(torch.float64).sum(0).numpy()
-            inside = np.isin(block, rows)
-            if inside.any():
-                where = np.searchsorted(rows, block[inside])
-                peaks_units[where] = units_b.numpy()[inside]
-                peaks_values[where] = values_b.numpy()[inside]
-        filter_order = np.argsort(-strength, kind="stable")[:params["top_patterns"]]
-        positions = unit_pos[peaks_units[:, filter_order]] * scale[:, None, :]
-        value, stds = location_instability(torch.from_numpy(positions), torch.from_numpy(peaks_values[:, filter_order]),
-                                           landmark_t, diagonals, top_images=params["top_images"],
-                                           combine=params["instability"])
+            peaks.add(block, np.asarray(cache[block], dtype=np.float32))
+        filter_order = peaks.ranking(params["top_patterns"])
+        value, stds = pattern_instability(unit_pos, peaks.peak_unit[:, filter_order],
+                                          peaks.peak_value[rows][:, filter_order].astype(np.float64), scale,
+                                          **{**measure, "chunk": max(1, len(filter_order))})
         filter_rows = [_instability_row(graph, layer, GraphInstability.Kind.FILTER, int(d), None, rank, value[rank - 1],
                                         stds[rank - 1], names)
                        for rank, d in enumerate(filter_order.tolist(), start=1)]
@@ -435,7 +402,7 @@ def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction
     else:
         chosen = np.argsort(-column, kind="stable")[:limit]
         chosen = chosen[column[chosen] > 0]
-    positions = _input_positions(node.layer, graph.network)
+    positions = _input_positions(node.layer)
     heights, widths = _image_table(graph.dataset)
     out = []
     for index in chosen.tolist():
@@ -472,7 +439,7 @@ def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index:
     else:
         chosen = np.argsort(-per_image, kind="stable")[:limit]
         chosen = chosen[per_image[chosen] > 0]
-    positions = _input_positions(layer, graph.network)
+    positions = _input_positions(layer)
     heights, widths = _image_table(graph.dataset)
     out = []
     for index in chosen.tolist():

@@ -44,9 +44,9 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Concept, Net2VecClassification, Net2VecConcept, Net2VecStudy, Run, UpsampleMethod
 
-from .dissection import _ensure_extraction, _label_table, _resolve, _thresholds, _upsampler
 from .exports import write_run_json
 from .extraction import open_activation_cache
+from .inputs import run_inputs
 from .runs import RunInputError, RunProgress, run_start
 
 MAX_CONCEPTS = 500
@@ -98,78 +98,6 @@ def net2vec_run_start(*, network: str, dataset: str, layer: str, created_by=None
     return run
 
 
-def _image_batches(maps, reader, rows, mask_rows, *, upsample, thresholds, strict, batch_size, device):
-    """Yield ``(rows, features bool Tensor[B, U, P], labels LongTensor[B, L, P], pooled float32 Tensor[B, U],
-    image labels LongTensor[n, 2] of (position in the batch, label id))`` per batch of ``mask_rows``; ``pooled``
-    is each raw map's spatial mean (eq. 5's input)."""
-    import torch
-
-    from analysis.engine.dissection_data import iter_label_batches
-    from analysis.engine.net2vec import pool_activations
-
-    t = thresholds.to(device).view(1, -1, 1, 1)
-    for first, stop, labels in iter_label_batches(reader, rows, mask_rows, batch_size=batch_size):
-        picked = mask_rows[first:stop]
-        raw = torch.from_numpy(np.array(maps[picked])).to(device=device, dtype=torch.float32)
-        up = upsample(raw, labels.size)
-        active = (up > t) if strict else (up >= t)
-        yield picked, active.flatten(2), labels.pixel.to(device).flatten(2), pool_activations(raw), labels.image
-
-
-def _presence(pixel, image_labels, n_labels):
-    """bool ``Tensor[B, n_labels]``: label id present in each image, at a pixel of any layer of ``pixel``
-    ``LongTensor[B, L, P]`` or, when ``image_labels`` (rows ``(position, id)``) is given, as a whole-image label;
-    label 0 never."""
-    import torch
-
-    b = pixel.shape[0]
-    present = torch.zeros(b, n_labels + 1, dtype=torch.bool, device=pixel.device)
-    ids = pixel.flatten(1)
-    present.scatter_(1, torch.where((ids >= 0) & (ids < n_labels), ids, n_labels), True)
-    if image_labels is not None and len(image_labels):
-        image_labels = image_labels.to(pixel.device)
-        known = image_labels[:, 1] < n_labels
-        present[image_labels[known, 0], image_labels[known, 1]] = True
-    present[:, 0] = False
-    return present[:, :n_labels]
-
-
-def _present_ids(pixel, valid):
-    """LongTensor of the label ids in ``pixel`` (> 0) whose entry of ``valid`` (bool ``Tensor[C]``) is True."""
-    import torch
-
-    counts = torch.bincount(pixel.flatten(), minlength=len(valid))[:len(valid)]
-    return torch.nonzero((counts > 0) & valid).flatten()
-
-
-def _truth(pixel, ids):
-    """bool ``Tensor[B, len(ids), P]``: pixels labelled with each of ``ids`` (LongTensor, ids > 0) in any layer of
-    ``pixel`` ``LongTensor[B, L, P]`` (a scatter through a lookup table: no [B, C, L, P] comparison)."""
-    import torch
-
-    size = max(int(pixel.max()) if pixel.numel() else 0, int(ids.max()) if len(ids) else 0) + 1
-    lookup = torch.full((size,), len(ids), dtype=torch.int64, device=pixel.device)
-    lookup[ids] = torch.arange(len(ids), device=pixel.device)
-    b, depth, p = pixel.shape
-    truth = torch.zeros(b, len(ids) + 1, p, dtype=torch.bool, device=pixel.device)
-    for layer in range(depth):
-        truth.scatter_(1, lookup[pixel[:, layer]].unsqueeze(1), True)
-    return truth[:, :len(ids)]
-
-
-def _batch_counts(features, truth):
-    """Set-IoU counts of one batch, per image: ``(intersection, union)`` int64 ``Tensor[B, C, M]`` for masks
-    ``features`` bool ``[B, M, P]`` against ``truth`` bool ``[B, C, P]``; zero where the image lacks the concept."""
-    import torch
-
-    f = features.to(torch.float32)
-    t = truth.to(torch.float32)
-    inter = torch.bmm(t, f.transpose(1, 2)).round().to(torch.int64)  # exact: counts < 2**24 per image
-    truth_sum = t.sum(2, keepdim=True).to(torch.int64)
-    union = (f.sum(2).to(torch.int64).unsqueeze(1) + truth_sum) * (truth_sum > 0) - inter
-    return inter, union
-
-
 @contextmanager
 def _one_thread():
     """Run the probe training loops on one torch thread, then restore the worker's setting: their operations are
@@ -185,40 +113,31 @@ def _one_thread():
         torch.set_num_threads(previous)
 
 
-def _classification(params, pooled, presence, splits, valid, device, progress):
-    """§3.2 on the pooled activations: ``(top_f, results)``, one result dict per classified concept.
-
-    Concepts: every label with a category (pixel-level or whole-image) with at least ``min_images`` positive and
-    as many negative images in train and in val each; the ``classification_concepts`` most frequent (train + val
-    positives, ties by label id)."""
+def _classification(params, tally, splits, device, progress):
+    """§3.2 on the pooled activations: ``(top_f, results)``, one result dict per classified concept (concepts:
+    :func:`analysis.engine.net2vec.classification_concepts`)."""
     import torch
 
-    from analysis.engine.net2vec import ClassifierConfig, average_precision, balanced_accuracy, fit_concept_classifiers
+    from analysis.engine.net2vec import (TRAIN, VAL, ClassifierConfig, classification_concepts,
+                                         fit_concept_classifiers, score_classifiers)
 
     split = torch.tensor(splits)
-    train, val = split == 0, split == 1
-    positives = torch.stack([presence[train].sum(0), presence[val].sum(0)])  # [2, labels]
-    negatives = torch.stack([int(train.sum()) - positives[0], int(val.sum()) - positives[1]])
-    enough = (positives >= params["min_images"]).all(0) & (negatives >= params["min_images"]).all(0) & valid.cpu()
-    eligible = torch.nonzero(enough).flatten().tolist()
-    eligible.sort(key=lambda number: (-int(positives[:, number].sum()), number))
-    chosen = sorted(eligible[:params["classification_concepts"]])
+    chosen, positives, negatives = classification_concepts(tally.presence, split, tally.valid,
+                                                            min_images=params["min_images"],
+                                                            count=params["classification_concepts"])
     if not chosen:
         return [], []
-    k = pooled.shape[1]
-    top_f = [f for f in params["classification_top_f"] if f <= k]
+    top_f = [f for f in params["classification_top_f"] if f <= tally.n_units]
     progress.phase(f"Training image classifiers for {len(chosen)} concepts", total=1)
     config = ClassifierConfig(epochs=params["classification_epochs"], lr=params["classification_lr"],
                               momentum=params["momentum"], batch_images=params["classification_batch_images"],
                               standardize=params["standardize"], seed=params["seed"])
+    train, val = split == TRAIN, split == VAL
     dev = torch.device(device)
     with _one_thread():
-        fit = fit_concept_classifiers(pooled[train].to(dev), presence[train][:, chosen].to(dev), config=config,
-                                      top_f=top_f)
-    x_val, y_val = pooled[val], presence[val][:, chosen]
-    scored = [fit.full] + [fit.top[f] for f in top_f]
-    accuracy = [balanced_accuracy(classifiers.logits(x_val), y_val) for classifiers in scored]
-    ap = [average_precision(classifiers.logits(x_val), y_val) for classifiers in scored]
+        fit = fit_concept_classifiers(tally.pooled[train].to(dev), tally.presence[train][:, chosen].to(dev),
+                                      config=config, top_f=top_f)
+    accuracy, ap = score_classifiers(fit, top_f, tally.pooled[val], tally.presence[val][:, chosen])
     progress(1, 1)
     concepts = {concept.number: concept for concept in Concept.objects.filter(dataset__name=params["dataset"],
                                                                                 number__in=chosen)}
@@ -227,13 +146,12 @@ def _classification(params, pooled, presence, splits, valid, device, progress):
     results = []
     for column, number in enumerate(chosen):
         unit = int(torch.nonzero(fit.top_units[1][column]).flatten()[0])
-        single_accuracy, single_ap = float(accuracy[single][column]), float(ap[single][column])
         results.append(dict(
             concept=concepts[number], train_positives=int(positives[0, number]),
             train_negatives=int(negatives[0, number]), val_positives=int(positives[1, number]),
-            val_negatives=int(negatives[1, number]), single_unit=unit, single_val_accuracy=single_accuracy,
-            single_val_ap=single_ap, combination_val_accuracy=float(accuracy[0][column]),
-            combination_val_ap=float(ap[0][column]),
+            val_negatives=int(negatives[1, number]), single_unit=unit,
+            single_val_accuracy=float(accuracy[single][column]), single_val_ap=float(ap[single][column]),
+            combination_val_accuracy=float(accuracy[0][column]), combination_val_ap=float(ap[0][column]),
             top_f_val_accuracy={str(f): float(accuracy[1 + i][column]) for i, f in enumerate(top_f)},
             top_f_val_ap={str(f): float(ap[1 + i][column]) for i, f in enumerate(top_f)},
             embedding=[float(value) for value in fit.full.weight[column].tolist()],
@@ -245,154 +163,86 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
     import torch
 
     from analysis.engine.broden import BrodenReader
-    from analysis.engine.net2vec import ProbeConfig, fit_concept_probes, sample_pixels, set_iou, stack_probes
+    from analysis.engine.net2vec import (TRAIN, VAL, Net2VecTally, ProbeConfig, ProbeTally, best_single_filters,
+                                         fit_concept_probes, iter_unit_mask_batches, stack_probes)
 
     params = net2vec_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    upsample = _upsampler(params["upsample"], layer, network)
-    progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-    extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
-    thresholds = _thresholds(extraction, layer)
-    label_category, _ = _label_table(dataset)
+    inputs = run_inputs(params, progress=progress, thresholds=True, labels=True)
+    dataset, layer, extraction, thresholds = inputs.dataset, inputs.layer, inputs.extraction, inputs.thresholds
     maps = open_activation_cache(extraction)
     reader = BrodenReader(dataset.root_dir)
     rows = list(reader.rows())
     dev = torch.device(device)
-    n_labels, n_units = len(label_category), layer.units
-    valid = (label_category >= 0).to(dev)
+    valid = (inputs.label_category >= 0).to(dev)
     valid[0] = False  # label 0 is unlabeled
-    split_of = {"train": 0, "val": 1}
+    split_of = {"train": TRAIN, "val": VAL}
     splits = [split_of.get(row.split, -1) for row in rows]
-    if 0 not in splits or 1 not in splits:
+    if TRAIN not in splits or VAL not in splits:
         raise RunInputError(f"{dataset.name} needs both train and val images for Net2Vec.")
-    common = dict(upsample=upsample, thresholds=thresholds, strict=params["strict_threshold"],
-                  batch_size=params["batch_size"], device=dev)
 
-    # Pass 1: single-filter counts per split, presence, training samples.
-    inter = torch.zeros(2, n_labels, n_units, dtype=torch.int64, device=dev)
-    union = torch.zeros(2, n_labels, n_units, dtype=torch.int64, device=dev)
-    images = torch.zeros(2, n_labels, dtype=torch.int64)  # images with a pixel of each label, per split
-    concept_pixels = torch.zeros(2, n_labels, dtype=torch.int64, device=dev)  # Σ |L_c(x)| over those images
-    pooled = torch.zeros(len(rows), n_units, dtype=torch.float32)  # eq. 5's inputs, every image
-    presence = torch.zeros(len(rows), n_labels, dtype=torch.bool)  # concept in image (pixel or whole-image label)
-    pixel_presence = torch.zeros(len(rows), n_labels, dtype=torch.bool)  # concept at a pixel of the image
-    # training pixels per batch: (index.csv rows [b], features bool [b, n, U], label layers [b, L, n])
-    samples: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+    def batches(mask_rows):
+        return iter_unit_mask_batches(maps, reader, rows, mask_rows, upsample=inputs.upsample, thresholds=thresholds,
+                                      strict=params["strict_threshold"], batch_size=params["batch_size"], device=dev)
+
+    # Pass 1: single-filter counts per split, presence, pooled activations, training pixels.
+    tally = Net2VecTally(len(rows), valid, layer.units, pixels_per_image=params["pixels_per_image"],
+                         seed=params["seed"])
     progress.phase(f"Single filters and training pixels of {layer.name}", total=len(rows))
-    done = 0
-    with torch.no_grad():
-        for picked, features, pixel, pooled_batch, image_labels in _image_batches(
-                maps, reader, rows, list(range(len(rows))), **common):
-            pooled[picked] = pooled_batch.cpu()
-            presence[picked] = _presence(pixel, image_labels, n_labels).cpu()
-            at_pixels = _presence(pixel, None, n_labels) & valid
-            pixel_presence[picked] = at_pixels.cpu()
-            batch_split = torch.tensor([splits[row] for row in picked], device=dev)
-            ids = _present_ids(pixel, valid)
-            if len(ids):
-                truth = _truth(pixel, ids)
-                i, u = _batch_counts(features, truth)
-                truth_pixels = truth.sum(2)  # [B, C]
-                for split in (0, 1):
-                    in_split = batch_split == split
-                    inter[split, ids] += i[in_split].sum(0)
-                    union[split, ids] += u[in_split].sum(0)
-                    images[split] += at_pixels[in_split].sum(0).cpu()
-                    concept_pixels[split, ids] += truth_pixels[in_split].sum(0)
-            keep = ((batch_split == 0) & at_pixels.any(1)).nonzero().flatten()
-            if len(keep):
-                count = min(params["pixels_per_image"], features.shape[2])
-                pick = torch.stack([sample_pixels(features.shape[2], count, seed=params["seed"], image=picked[position])
-                                    for position in keep.tolist()]).to(dev)  # [b, n]
-                chosen_features = torch.gather(features[keep], 2, pick.unsqueeze(1).expand(-1, n_units, -1))
-                chosen_pixels = torch.gather(pixel[keep], 2, pick.unsqueeze(1).expand(-1, pixel.shape[1], -1))
-                samples.append(([picked[position] for position in keep.tolist()],
-                                chosen_features.transpose(1, 2).contiguous(), chosen_pixels))
-            done += len(picked)
-            progress(done, len(rows))
-
-    eligible = [number for number in range(n_labels)
-                if images[0, number] >= params["min_images"] and images[1, number] >= params["min_images"]]
-    eligible.sort(key=lambda number: (-int(images[0, number] + images[1, number]), number))
-    chosen = eligible[:params["concepts"]]
+    for batch in batches(list(range(len(rows)))):
+        tally.add(batch, torch.tensor([splits[row] for row in batch.rows.tolist()]))
+        progress(int(tally.seen.sum()), len(rows))
+    chosen = tally.segmentation_concepts(min_images=params["min_images"], count=params["concepts"])
     if not chosen:
         raise RunInputError(f"No concept of {dataset.name} has pixel labels in at least {params['min_images']} "
                             "train and val images each.")
-    single_train = set_iou(inter[0], union[0]).cpu()
-    single_val = set_iou(inter[1], union[1]).cpu()
-    # the trivial segmenter "every pixel of every image with the concept": IoU = the concept's share of those pixels
-    mask_pixels = torch.tensor([row.sh * row.sw for row in rows], dtype=torch.int64)
-    val_pixels = (pixel_presence[torch.tensor(splits) == 1].to(torch.int64)
-                  * mask_pixels[torch.tensor(splits) == 1].unsqueeze(1)).sum(0)
-    all_pixels = set_iou(concept_pixels[1].cpu(), val_pixels).tolist()
 
     # Training.
     config = ProbeConfig(epochs=params["epochs"], lr=params["lr"], momentum=params["momentum"],
                          batch_pixels=params["batch_images"] * params["pixels_per_image"], seed=params["seed"],
                          top_f=tuple(params["top_f"]), standardize=params["standardize"])
-    top_f = [f for f in params["top_f"] if f <= n_units]
+    top_f = [f for f in params["top_f"] if f <= layer.units]
     progress.phase(f"Training probes for {len(chosen)} concepts", total=len(chosen))
     fitted = {}
     for done, number in enumerate(chosen, start=1):
-        with_concept = [(features[has], layers[has]) for sampled_rows, features, layers in samples
-                        if (has := pixel_presence[sampled_rows, number].to(dev)).any()]
-        features = torch.cat([features.flatten(0, 1) for features, _ in with_concept])
-        target = torch.cat([(layers == number).any(1).flatten() for _, layers in with_concept])
-        if len(target) > params["max_train_pixels"]:
-            keep = sample_pixels(len(target), params["max_train_pixels"], seed=params["seed"], image=number).to(dev)
-            features, target = features[keep], target[keep]
+        features, target = tally.training_pixels(number, max_pixels=params["max_train_pixels"])
         with _one_thread():
             fitted[number] = fit_concept_probes(features, target, config=config)
         progress(done, len(chosen))
-    del samples
+    tally.release_training_pixels()
 
-    # Pass 2: the probes' set IoU on val images.
-    probes, owner = [], []
-    for position, number in enumerate(chosen):
-        for probe in [fitted[number].full] + [fitted[number].top[f] for f in top_f]:
-            probes.append(probe)
-            owner.append(position)
-    probe_inter = torch.zeros(len(chosen), len(probes), dtype=torch.int64, device=dev)
-    probe_union = torch.zeros_like(probe_inter)
-    val_rows = [row for row, split in enumerate(splits) if split == 1]
+    # Pass 2: the probes' set IoU on val images (per concept: the full probe, then the top-F ones).
+    probes = [probe for number in chosen for probe in [fitted[number].full] + [fitted[number].top[f] for f in top_f]]
+    weights, bias = stack_probes(probes, layer.units, device=dev)
+    scores = ProbeTally(weights, bias, torch.tensor(chosen, dtype=torch.int64, device=dev))
+    val_rows = [row for row, split in enumerate(splits) if split == VAL]
     progress.phase(f"Scoring the probes on {len(val_rows)} validation images", total=len(val_rows))
-    weights, bias = stack_probes(probes, n_units, device=dev)
-    chosen_ids = torch.tensor(chosen, dtype=torch.int64, device=dev)
-    done = 0
-    with torch.no_grad():
-        for picked, features, pixel, _, _ in _image_batches(maps, reader, rows, val_rows, **common):
-            logits = torch.einsum("mk,bkp->bmp", weights, features.to(torch.float32)) + bias.view(1, -1, 1)
-            i, u = _batch_counts(logits >= 0, _truth(pixel, chosen_ids))
-            probe_inter += i.sum(0)
-            probe_union += u.sum(0)
-            done += len(picked)
-            progress(done, len(val_rows))
-    probe_iou = set_iou(probe_inter, probe_union).cpu()
+    for batch in batches(val_rows):
+        scores.add(batch)
+        progress(scores.images, len(val_rows))
+    probe_iou = scores.result()
 
+    single_train, single_val = tally.single_filter_iou()
+    all_pixels = tally.all_pixels_iou().tolist()
+    # As in dissection, a unit whose threshold is 0 under "≥" is on at every pixel (saturated): not a candidate.
+    best = best_single_filters(single_train, chosen,
+                               excluded=None if params["strict_threshold"] else (thresholds <= 0))
     concepts = {concept.number: concept for concept in Concept.objects.filter(dataset=dataset, number__in=chosen)}
     results = []
-    column = 0
-    # As in dissection, a unit whose threshold is 0 under "≥" is on at every pixel (saturated): its IoU is
-    # just the concept's coverage, so it is not a candidate for the best single filter.
-    candidates = single_train.clone()
-    if not params["strict_threshold"]:
-        candidates[:, (thresholds <= 0).cpu()] = -1.0
     for position, number in enumerate(chosen):
-        best = int(torch.argmax(candidates[number]))  # first maximum: lowest unit index on ties
-        ious = probe_iou[position, column:column + 1 + len(top_f)].tolist()
-        column += 1 + len(top_f)
-        fit = fitted[number]
-        results.append(dict(concept=concepts[number], train_images=int(images[0, number]),
-                            val_images=int(images[1, number]), alpha=fit.alpha, best_unit=best,
-                            best_unit_train_iou=float(single_train[number, best]),
-                            single_val_iou=float(single_val[number, best]), combination_val_iou=ious[0],
+        ious = probe_iou[position, position * (1 + len(top_f)):(position + 1) * (1 + len(top_f))].tolist()
+        fit, unit = fitted[number], best[position]
+        results.append(dict(concept=concepts[number], train_images=int(tally.images[TRAIN, number]),
+                            val_images=int(tally.images[VAL, number]), alpha=fit.alpha, best_unit=unit,
+                            best_unit_train_iou=float(single_train[number, unit]),
+                            single_val_iou=float(single_val[number, unit]), combination_val_iou=ious[0],
                             top_f_val_iou={str(f): iou for f, iou in zip(top_f, ious[1:])},
                             all_pixels_val_iou=all_pixels[number],
                             embedding=[float(value) for value in fit.full.weight.tolist()], bias=fit.full.bias))
     wins = sum(result["combination_val_iou"] >= result["single_val_iou"] for result in results)
     classification_top_f, classified = ([], [])
     if params["classification"]:
-        classification_top_f, classified = _classification(params, pooled, presence, splits, valid, device, progress)
+        classification_top_f, classified = _classification(params, tally, splits, device, progress)
+    del tally
     classification_wins = sum(result["combination_val_accuracy"] >= result["single_val_accuracy"]
                               for result in classified)
     with transaction.atomic():

@@ -48,7 +48,7 @@ from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
                              PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
 
-from .dissection import _ensure_extraction, _resolve
+from .inputs import ensure_extraction, layer_geometry, run_inputs
 from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
 from .networks import network_spec
 from .runs import RunInputError, RunProgress, run_start
@@ -191,12 +191,12 @@ def _dataset_boxes(dataset: Dataset, split: str) -> DatasetBoxes:
 
 def _views(boxes: DatasetBoxes, class_id: int, inputs: str, context: float) -> list[View]:
     """The views of an object class (object crops with context, or the images holding it), by image order."""
+    from analysis.engine.part_detection import context_frame
+
     views = []
     if inputs == PartInputs.OBJECT_CROPS:
-        grow = context / (1 - 2 * context)
-        for image, obj, (x1, y1, x2, y2) in boxes.objects.get(class_id, []):
-            pad_x, pad_y = (x2 - x1) * grow, (y2 - y1) * grow
-            views.append(View(image, (x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y), obj, (x1, y1, x2, y2)))
+        for image, obj, box in boxes.objects.get(class_id, []):
+            views.append(View(image, context_frame(box, context), obj, box))
     else:
         first_box: dict[int, tuple] = {}
         for image, obj, box in boxes.objects.get(class_id, []):
@@ -213,26 +213,6 @@ def _sample(views: list[View], limit: int, seed: int, salt: int) -> list[View]:
     rng = np.random.default_rng([seed, salt])
     keep = np.sort(rng.choice(len(views), size=limit, replace=False))
     return [views[k] for k in keep]
-
-
-def _to_view(boxes_img: np.ndarray, view: View, input_size: tuple[int, int]) -> np.ndarray:
-    """Image-pixel boxes ``[n, 4]`` -> the view's input pixels."""
-    x1, y1, x2, y2 = view.frame
-    sx, sy = input_size[1] / (x2 - x1), input_size[0] / (y2 - y1)
-    out = np.asarray(boxes_img, dtype=np.float64).reshape(-1, 4).copy()
-    out[:, 0::2] = (out[:, 0::2] - x1) * sx
-    out[:, 1::2] = (out[:, 1::2] - y1) * sy
-    return out
-
-
-def _to_image(boxes_view: np.ndarray, frames: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """Input-pixel boxes ``[n, 4]`` with their views' frames ``[n, 4]`` -> image pixels."""
-    sx = (frames[:, 2] - frames[:, 0]) / input_size[1]
-    sy = (frames[:, 3] - frames[:, 1]) / input_size[0]
-    out = np.asarray(boxes_view, dtype=np.float64).copy()
-    out[:, 0::2] = out[:, 0::2] * sx[:, None] + frames[:, 0:1]
-    out[:, 1::2] = out[:, 1::2] * sy[:, None] + frames[:, 1:2]
-    return out
 
 
 class _Images:
@@ -307,27 +287,13 @@ def _load_model(network: Network, device):
         raise RunInputError(str(error)) from None
 
 
-def _geometry(layer: Layer):
-    from analysis.engine.receptive_field import LayerGeometry
-
-    if layer.rf_size_y is None or layer.rf_stride_y is None or layer.rf_offset_y is None:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so its "
-                            "activations cannot be placed on the image.")
-    return LayerGeometry(size=(int(layer.rf_size_y), int(layer.rf_size_x)),
-                         stride=(int(layer.rf_stride_y), int(layer.rf_stride_x)),
-                         offset=(float(layer.rf_offset_y), float(layer.rf_offset_x)))
-
-
 def _part_classes(boxes: DatasetBoxes, *, min_part_size: float, min_instances: int) -> list[dict[str, Any]]:
     """Eligible part classes (object class, part) with their sizes, ordered by object then part name."""
+    from analysis.engine.part_detection import part_size
+
     found = []
     for (class_id, part_id), entries in boxes.parts.items():
-        part_boxes = np.array([box for _, _, box in entries], dtype=np.float64)
-        widths, heights = part_boxes[:, 2] - part_boxes[:, 0], part_boxes[:, 3] - part_boxes[:, 1]
-        mean_size = float(np.mean((widths + heights) / 2))
-        objects = np.array([box for _, _, box in boxes.objects[class_id]], dtype=np.float64)
-        object_area = float(np.mean((objects[:, 2] - objects[:, 0]) * (objects[:, 3] - objects[:, 1])))
-        relative = float(np.mean(widths * heights) / object_area) if object_area > 0 else 0.0
+        mean_size, relative = part_size([box for _, _, box in entries], [box for _, _, box in boxes.objects[class_id]])
         obj, part = boxes.concepts[class_id], boxes.concepts[part_id]
         found.append({"class_id": class_id, "part_id": part_id, "name": f"{obj.name}-{part.name}",
                       "object_name": obj.name, "instances": len(entries), "mean_size": mean_size,
@@ -357,19 +323,15 @@ def _class_maps(views, images: _Images, model, layer: Layer, params, extraction,
     return torch.cat(out)
 
 
-def _score_part(maps, peaks, peak_features, part: dict, views: list[View], boxes: DatasetBoxes, geometry, params,
+def _score_part(maps, detections, part: dict, views: list[View], boxes: DatasetBoxes, geometry, params,
                 input_size, progress=None) -> dict[str, Any]:
-    """Detections, APs and filter combinations of one part class over its object class's views."""
+    """Detections, APs and filter combinations of one part class over its object class's views
+    (:func:`analysis.engine.part_detection.score_part`), boxes saved in image pixels."""
     import torch
 
-    from analysis.engine.genetic import GAConfig, run_ga, top_filters
-    from analysis.engine.part_detection import (DetectionMatching, apply_box_regressors, best_ground_truth,
-                                                fit_box_regressors, grouped_nms, neighbourhood_features_all,
-                                                regression_pairs)
-    from analysis.engine.receptive_field import unit_centers
+    from analysis.engine.genetic import GAConfig
+    from analysis.engine.part_detection import DetectionConfig, boxes_to_image, boxes_to_view, score_part
 
-    device = maps.device
-    n_views, n_filters, h, w = maps.shape
     index_of = defaultdict(list)
     for position, view in enumerate(views):
         index_of[view.image].append(position)
@@ -380,88 +342,34 @@ def _score_part(maps, peaks, peak_features, part: dict, views: list[View], boxes
                 gt_view.append(position)
                 gt_image_boxes.append(box)
     gt_image_boxes = np.array(gt_image_boxes, dtype=np.float64).reshape(-1, 4)
-    gt_view_np = np.array(gt_view, dtype=np.int64)
-    gt_in_view = np.concatenate([_to_view(gt_image_boxes[k:k + 1], views[v], input_size)
-                                 for k, v in enumerate(gt_view)]) if gt_view else np.zeros((0, 4))
-    gt_boxes_t = torch.tensor(gt_in_view, dtype=torch.float32, device=device)
-    gt_view_t = torch.tensor(gt_view_np, dtype=torch.int64, device=device)
-    cy, cx = unit_centers(geometry, h, w, device=device)
-
-    # Box regression per filter (pairs shared by all filters; activations differ).
-    weights = torch.zeros((n_filters, 12 if params["intercept"] else 11, 4), dtype=torch.float64, device=device)
-    fitted = torch.zeros(n_filters, dtype=torch.bool, device=device)
-    if params["regression"] and len(gt_view):
-        box, row, col = regression_pairs(cy, cx, gt_boxes_t, gt_view_t)
-        pair_view = gt_view_t[box]
-        g = gt_boxes_t[box].to(torch.float64)
-        targets = torch.stack([(g[:, 0] + g[:, 2]) / 2 - cx[col], (g[:, 1] + g[:, 3]) / 2 - cy[row],
-                               g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]], dim=1)
-        chunk = max(1, int(1_000_000 // max(1, len(box))))  # bounds the [chunk, K, 12] float64 design
-        for start in range(0, n_filters, chunk):
-            stop = min(n_filters, start + chunk)
-            feats = neighbourhood_features_all(maps[:, start:stop], pair_view, row, col, cy, cx)
-            acts = maps[pair_view, start:stop, row, col].T
-            w_chunk, ok = fit_box_regressors(feats, acts, targets, intercept=params["intercept"])
-            filters = slice(start, stop)
-            weights[filters], fitted[filters] = w_chunk, ok
-    boxes_view = apply_box_regressors(weights, fitted, peaks.filter, peak_features,
-                                      (geometry.size[0], geometry.size[1]), intercept=params["intercept"],
-                                      frame=input_size)
-    keep = grouped_nms(boxes_view, peaks.score, peaks.filter * n_views + peaks.view, params["nms_iou"])
-    det_boxes, det_view = boxes_view[keep], peaks.view[keep]
-    det_filter, det_score = peaks.filter[keep], peaks.score[keep]
-    best = best_ground_truth(det_boxes, det_view, gt_boxes_t, gt_view_t, params["iou_threshold"])
-
-    filt_np, score_np = det_filter.cpu().numpy(), det_score.cpu().numpy()
-    matching = DetectionMatching(filt_np, score_np, best.cpu().numpy(), len(gt_view), n_filters)
-    singles, single_recall = matching.single_aps()
-    best_filter = int(np.lexsort((np.arange(n_filters), -singles))[0])
-    config = GAConfig(population=params["population"], generations=params["generations"],
-                      crossover=params["crossover"], mutation=params["mutation"],
-                      init_probability=params["init_probability"], seed=params["seed"])
-    ga = run_ga(lambda z: matching.ap(z)[0], n_filters, config, best_single=best_filter, progress=progress)
-    ga_ap, ga_recall = matching.ap(ga.chromosome)
-    top = top_filters(singles, max(1, len(ga.filters)))
-    top_ap, top_recall = matching.ap(top)
-    all_ap, all_recall = matching.ap(np.ones(n_filters, dtype=bool))
-    curves = {}
-    for rank, f in enumerate(np.lexsort((np.arange(n_filters), -singles))[:3]):
-        chromosome = np.zeros(n_filters, dtype=bool)
-        chromosome[f] = True
-        recall, precision = matching.curve(chromosome, CURVE_POINTS)
-        curves[f"filter {int(f)}"] = {"recall": recall, "precision": precision}
-    for label, chromosome in (("GA combination", ga.chromosome), ("TopFilters", top)):
-        recall, precision = matching.curve(chromosome, CURVE_POINTS)
-        curves[label] = {"recall": recall, "precision": precision}
-
     frames = np.array([view.frame for view in views], dtype=np.float64)
-    det_view_np = det_view.cpu().numpy()
-    det_image_boxes = _to_image(det_boxes.cpu().numpy(), frames[det_view_np], input_size)
+    gt_in_view = boxes_to_view(gt_image_boxes, frames[gt_view], input_size)
+    config = DetectionConfig(iou_threshold=params["iou_threshold"], nms_iou=params["nms_iou"],
+                             regression=params["regression"], intercept=params["intercept"])
+    ga = GAConfig(population=params["population"], generations=params["generations"], crossover=params["crossover"],
+                  mutation=params["mutation"], init_probability=params["init_probability"], seed=params["seed"])
+    scored = score_part(maps, detections, torch.tensor(gt_in_view, dtype=torch.float32, device=maps.device),
+                        torch.tensor(gt_view, dtype=torch.int64, device=maps.device), rf_size=geometry.size,
+                        input_size=input_size, config=config, ga=ga, curve_points=CURVE_POINTS, progress=progress)
     arrays = {
-        "det_filter": filt_np.astype(np.int32), "det_view": det_view_np.astype(np.int32),
-        "det_box": det_image_boxes.astype(np.float32), "det_score": score_np.astype(np.float32),
-        "det_gt": best.cpu().numpy().astype(np.int32),
-        "gt_view": gt_view_np.astype(np.int32), "gt_box": gt_image_boxes.astype(np.float32),
+        "det_filter": scored.det_filter.astype(np.int32), "det_view": scored.det_view.astype(np.int32),
+        "det_box": boxes_to_image(scored.det_box, frames[scored.det_view], input_size).astype(np.float32),
+        "det_score": scored.det_score.astype(np.float32), "det_gt": scored.det_gt.astype(np.int32),
+        "gt_view": np.array(gt_view, dtype=np.int32), "gt_box": gt_image_boxes.astype(np.float32),
         "view_image": np.array([view.image for view in views], dtype=np.int32), "view_frame": frames.astype(np.float32),
     }
-    return {"arrays": arrays, "n_views": n_views, "n_instances": len(gt_view), "n_detections": int(len(keep)),
-            "best_filter": best_filter, "best_ap": float(singles[best_filter]),
-            "best_recall": float(single_recall[best_filter]),
-            "ga_filters": ga.filters, "ga_ap": ga_ap, "ga_recall": ga_recall, "ga_history": ga.history,
-            "top_filters": np.flatnonzero(top).tolist(), "top_ap": top_ap, "top_recall": top_recall,
-            "all_ap": all_ap, "all_recall": all_recall, "single_ap": singles.tolist(),
-            "single_recall": single_recall.tolist(), "curves": curves}
+    return {"arrays": arrays, "n_views": len(views), "n_instances": len(gt_view), **scored.summary()}
 
 
 def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
 
-    from analysis.engine.part_detection import local_maxima, neighbourhood_features
-    from analysis.engine.receptive_field import unit_centers
+    from analysis.engine.part_detection import class_detections
 
     params = part_detection_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    geometry = _geometry(layer)
+    inputs = run_inputs(params, progress=progress, extraction=False)
+    network, dataset, layer = inputs.network, inputs.dataset, inputs.layer
+    geometry = layer_geometry(layer, purpose="its activations cannot be placed on the image")
     if not dataset.has_boxes:
         raise RunInputError(f"{dataset.name} has no object and part boxes (boxes.csv), which part detection needs.")
     progress.phase(f"Reading the boxes of {dataset.name}")
@@ -476,7 +384,7 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     extraction = model = None
     if params["inputs"] == PartInputs.WHOLE_IMAGES:
         progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-        extraction = _ensure_extraction(network, dataset, layer, EXTRACTION_DEFAULTS["quantile"], progress)
+        extraction = ensure_extraction(network, dataset, layer, EXTRACTION_DEFAULTS["quantile"], progress)
     else:
         model = _load_model(network, dev)
     images = _Images(dataset, network, dev)
@@ -494,21 +402,18 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
                         params["seed"], class_id)
         progress.phase(f"Activations of {len(views)} {name} views", total=len(views))
         maps = _class_maps(views, images, model, layer, params, extraction, dev)
-        with torch.no_grad():
-            peaks = local_maxima(maps)
-            cy, cx = unit_centers(geometry, maps.shape[2], maps.shape[3], device=dev)
-            peak_features = neighbourhood_features(maps, peaks.view, peaks.filter, peaks.row, peaks.col, cy, cx)
-            for part in class_parts:
-                progress.phase(f"Part {done + 1} of {len(parts)}: {part['name']} (GA generations)",
-                               total=params["generations"])
-                scored = _score_part(maps, peaks, peak_features, part, views, boxes, geometry, params, input_size,
-                                     progress=lambda generation: progress(generation, params["generations"]))
-                np.savez(directory / f"part-{done}.npz", **scored.pop("arrays"))
-                results.append(PartDetectionResult(
-                    position=done, object_class=boxes.concepts[class_id],
-                    part=boxes.concepts[part["part_id"]], name=part["name"], relative_size=part["relative_size"],
-                    mean_size=part["mean_size"], **scored))
-                done += 1
+        detections = class_detections(maps, geometry)
+        for part in class_parts:
+            progress.phase(f"Part {done + 1} of {len(parts)}: {part['name']} (GA generations)",
+                           total=params["generations"])
+            scored = _score_part(maps, detections, part, views, boxes, geometry, params, input_size,
+                                 progress=lambda generation: progress(generation, params["generations"]))
+            np.savez(directory / f"part-{done}.npz", **scored.pop("arrays"))
+            results.append(PartDetectionResult(
+                position=done, object_class=boxes.concepts[class_id],
+                part=boxes.concepts[part["part_id"]], name=part["name"], relative_size=part["relative_size"],
+                mean_size=part["mean_size"], **scored))
+            done += 1
         del maps
     emerged = sum(result.ga_ap > params["ap_criterion"] for result in results)
     covered = sum(result.ga_recall > params["recall_criterion"] for result in results)
@@ -555,7 +460,8 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     from analysis.engine.networks import UnknownLayerError
 
     params = ablation_params(**run.params)
-    network, dataset, layer = _resolve(params)
+    inputs = run_inputs(params, progress=progress, extraction=False)
+    network, dataset, layer = inputs.network, inputs.dataset, inputs.layer
     dev = torch.device(device)
     model = _load_model(network, dev)
     try:

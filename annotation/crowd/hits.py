@@ -21,7 +21,7 @@ from analysis.models import (Concept, ExemplarKind, ExemplarSet, LayerDissection
                              UnitDissection)
 from analysis.services.explanatory_graph import graph_purity_candidates, graph_purity_inferences, purity_patch_picture
 from analysis.services.extraction import open_activation_cache
-from analysis.services.grids import GRID_TILE_MAX, DatasetImageCache, store_grid
+from analysis.services.grids import UnitGridRenderer, store_grid
 
 from ..common import new_token
 from ..models import (DESCRIPTION_MAX_LENGTH, EXPLANATORY_GRAPH, RAW_FILTER_PEAKS, CrowdStudy, CrowdTaskKind, Hit,
@@ -161,18 +161,10 @@ def unit_image_scores(extraction: LayerExtraction, *, chunk: int = 256) -> np.nd
 def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass: float,
                   max_shown: int) -> list[HitSpec]:
     """One purity HIT per unit: its top-K images by map maximum (K by the 30% mass rule), at most ``max_shown``."""
-    import torch  # local: keeps torch out of the web processes that import this module (the study form)
+    from analysis.engine.explanatory_graph import energy_top_k  # local: imports torch, kept out of web processes
 
-    from analysis.engine.explanatory_graph import energy_top_k  # local: imports torch (see above)
-    from analysis.engine.rendering import render_activation_grid  # local: imports torch
-    from analysis.engine.upsample import peak_coordinates, upsample_anchored, upsample_plain  # local: imports torch
-
-    layer, network = extraction.layer, extraction.layer.network
     scores = unit_image_scores(extraction)
-    maps = open_activation_cache(extraction)
-    images = DatasetImageCache(extraction.dataset)
-    anchored = layer.rf_stride_y is not None
-    input_size = (network.input_height, network.input_width)
+    renderer = UnitGridRenderer(extraction)
     specs = []
     for exemplar in sets:
         unit_scores = scores[:, exemplar.unit.index]
@@ -182,23 +174,8 @@ def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass:
             continue
         shown = min(k, max_shown)
         order = top[:shown]
-        pictures = np.stack([images[int(index)] for index in order])
-        size = pictures.shape[1:3]
-        unit_maps = torch.from_numpy(np.asarray(maps[order, exemplar.unit.index], dtype=np.float32))
-        flat = unit_maps.flatten(1).argmax(dim=1)
-        positions = torch.stack((flat // unit_maps.shape[2], flat % unit_maps.shape[2]), dim=1)
-        if anchored:
-            upsampled = upsample_anchored(unit_maps, size, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                                          rf_offset=(layer.rf_offset_y, layer.rf_offset_x), input_size=input_size)
-            peaks = peak_coordinates(positions, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                                     rf_offset=(layer.rf_offset_y, layer.rf_offset_x))
-            peaks = (peaks * torch.tensor([size[0] / input_size[0], size[1] / input_size[1]],
-                                          dtype=torch.float64)).numpy()
-        else:
-            upsampled = upsample_plain(unit_maps, size)
-            peaks = None
-        picture = render_activation_grid(pictures, upsampled.numpy(), peaks, vmax=max(float(unit_scores.max()), 1e-6),
-                                         columns=5, num_slots=shown, tile=min(GRID_TILE_MAX, max(size)))
+        picture = renderer.picture(exemplar.unit.index, order, vmax=max(float(unit_scores.max()), 1e-6), columns=5,
+                                   num_slots=shown)
         grid = store_grid(picture, style="purity")
         specs.append(HitSpec(kind=CrowdTaskKind.PURITY, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
                              grid_id=grid.pk, purity_k=k, purity_shown=shown,

@@ -7,9 +7,12 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from analysis.engine.part_detection import (DetectionMatching, apply_box_regressors, average_precision,
-                                            best_ground_truth, fit_box_regressors, grouped_nms, local_maxima,
-                                            neighbourhood_features, regression_pairs)
+from analysis.engine.genetic import GAConfig
+from analysis.engine.part_detection import (DetectionConfig, DetectionMatching, apply_box_regressors,
+                                            average_precision, best_ground_truth, boxes_to_image, boxes_to_view,
+                                            class_detections, context_frame, fit_box_regressors, fit_part_regressors,
+                                            grouped_nms, local_maxima, neighbourhood_features, part_size,
+                                            regression_pairs, score_part)
 
 needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
@@ -219,3 +222,67 @@ def test_local_maxima():
     assert list(zip(peaks.filter.tolist(), peaks.row.tolist(), peaks.col.tolist())) == [(0, 1, 1), (0, 3, 3)]
     assert peaks.score.tolist() == [2.0, 0.5]
     assert len(local_maxima(maps, include_zero_peaks=True)) > 2  # the flat zero filter becomes all peaks
+
+
+# -- one part class over its views (the maths the score_parts run drives) -----------------------------------------
+
+def test_boxes_move_between_image_and_view_pixels_and_back():
+    frames = np.array([[10.0, 20.0, 50.0, 100.0], [0.0, 0.0, 64.0, 32.0]])
+    boxes = np.array([[30.0, 60.0, 40.0, 80.0], [16.0, 8.0, 32.0, 16.0]])
+    in_view = boxes_to_view(boxes, frames, (64, 32))  # input (H, W) = (64, 32)
+    assert in_view[0].tolist() == pytest.approx([(30 - 10) * 32 / 40, (60 - 20) * 64 / 80, 24.0, 48.0])
+    assert in_view[1].tolist() == pytest.approx([8.0, 16.0, 16.0, 32.0])
+    np.testing.assert_allclose(boxes_to_image(in_view, frames, (64, 32)), boxes)
+    assert context_frame((10.0, 20.0, 110.0, 70.0), 0.25) == pytest.approx((-40.0, -5.0, 160.0, 95.0))
+    mean_size, relative = part_size([[0, 0, 4, 2], [0, 0, 2, 2]], [[0, 0, 10, 10]])
+    assert mean_size == pytest.approx((3 + 2) / 2) and relative == pytest.approx((8 + 4) / 2 / 100)
+
+
+def _planted_views():
+    """4 views of 6x6 maps of 3 filters; filter 1 peaks at the unit whose receptive field is the part's box."""
+    from analysis.engine.receptive_field import LayerGeometry
+
+    geometry = LayerGeometry(size=(8, 8), stride=(8, 8), offset=(4.0, 4.0))  # unit (i, j) covers [8i, 8i + 8)
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(4, 3, 6, 6, generator=g) * 0.5
+    gt_boxes, gt_view = [], []
+    for view, (i, j) in enumerate([(1, 2), (4, 4), (0, 5), (3, 1)]):
+        maps[view, 1, i, j] = 5.0
+        gt_boxes.append([8.0 * j, 8.0 * i, 8.0 * j + 8, 8.0 * i + 8])
+        gt_view.append(view)
+    return maps, geometry, torch.tensor(gt_boxes), torch.tensor(gt_view)
+
+
+def test_score_part_finds_the_planted_filter_and_its_aps_agree_with_the_from_scratch_ap():
+    maps, geometry, gt_boxes, gt_view = _planted_views()
+    detections = class_detections(maps, geometry)
+    config = DetectionConfig(regression=False)
+    scored = score_part(maps, detections, gt_boxes, gt_view, rf_size=geometry.size, input_size=(48, 48),
+                        config=config, ga=GAConfig(population=10, generations=3))
+    assert scored.best_filter == 1 and scored.single_ap[1] == pytest.approx(1.0) and scored.ga_ap >= 1.0 - 1e-12
+    mine = scored.det_filter == 1
+    assert np.allclose(scored.det_box[mine][:, 2] - scored.det_box[mine][:, 0], 8.0)  # unregressed: RF boxes
+    for f in range(3):
+        chosen = scored.det_filter == f
+        ap, _ = average_precision(torch.from_numpy(scored.det_box[chosen]), torch.from_numpy(scored.det_score[chosen]),
+                                  torch.from_numpy(scored.det_view[chosen]), gt_boxes, gt_view, 0.4)
+        assert scored.single_ap[f] == pytest.approx(ap)
+    ap_all, _ = average_precision(torch.from_numpy(scored.det_box), torch.from_numpy(scored.det_score),
+                                  torch.from_numpy(scored.det_view), gt_boxes, gt_view, 0.4)
+    assert scored.all_ap == pytest.approx(ap_all)
+    summary = scored.summary()
+    assert summary["n_detections"] == len(scored.det_filter) and summary["best_ap"] == pytest.approx(1.0)
+    assert set(scored.curves) == {"filter 1", "filter 0", "filter 2", "GA combination", "TopFilters"}
+
+
+def test_part_regressors_learn_a_constant_offset_and_size():
+    maps, geometry, gt_boxes, gt_view = _planted_views()
+    shifted = gt_boxes + torch.tensor([2.0, 1.0, 6.0, 5.0])  # centre +4, +3 from the RF centre; size 12 x 12
+    detections = class_detections(maps, geometry)
+    weights, fitted = fit_part_regressors(maps, detections, shifted, gt_view)
+    assert fitted.all()
+    scored = score_part(maps, detections, shifted, gt_view, rf_size=geometry.size, input_size=(48, 48),
+                        config=DetectionConfig(), ga=GAConfig(population=10, generations=2))
+    top = scored.det_filter == 1
+    best = np.argmax(np.where(top, scored.det_score, -np.inf))
+    assert scored.det_gt[best] >= 0 and scored.single_ap[1] == pytest.approx(1.0)
