@@ -628,12 +628,24 @@ class PartDetectionStudy(models.Model):
     directory = models.CharField(max_length=500, blank=True)
     n_parts = models.PositiveIntegerField(default=0)
     n_emerged = models.PositiveIntegerField(default=0, help_text="Parts whose GA AP exceeds the AP criterion.")
+    n_emerged_above_prior = models.PositiveIntegerField(
+        default=0, help_text="Parts whose GA AP exceeds the AP criterion and their location-prior floor.")
     n_covered = models.PositiveIntegerField(default=0, help_text="Parts whose GA recall exceeds the coverage one.")
+    mean_prior_ap = models.FloatField(null=True, blank=True,
+                                      help_text="Mean location-prior floor AP (none for studies made before it).")
     mean_best_ap = models.FloatField(default=0.0)
     mean_ga_ap = models.FloatField(default=0.0)
     mean_top_ap = models.FloatField(default=0.0)
     mean_all_ap = models.FloatField(default=0.0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    @property
+    def nms_rule(self) -> str:
+        """The NMS rule the study ran with, in words (studies made before the choice used IoU > nms_iou)."""
+        if "nms_overlap" not in self.params:
+            return f"IoU > {self.params.get('nms_iou', 0.3)}"
+        measure = "IoU" if self.params["nms_overlap"] == "iou" else "intersection / suppressed box's area"
+        return f"{measure} > {self.params['nms_threshold']}"
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -670,6 +682,8 @@ class PartDetectionResult(models.Model):
     top_recall = models.FloatField()
     all_ap = models.FloatField()
     all_recall = models.FloatField()
+    prior_ap = models.FloatField(null=True, blank=True, help_text="AP of the activation-blind location-prior floor.")
+    prior_recall = models.FloatField(null=True, blank=True)
     single_ap = models.JSONField(default=list, help_text="AP of every filter alone, by filter index.")
     single_recall = models.JSONField(default=list)
     curves = models.JSONField(default=dict, help_text="{label: {recall: [...], precision: [...]}}.")
@@ -683,6 +697,10 @@ class PartDetectionResult(models.Model):
 
     def emerges(self, threshold: float = 0.3) -> bool:
         return self.ga_ap > threshold
+
+    def emerges_above_prior(self, threshold: float = 0.3) -> bool:
+        """GG'18's AP criterion and, ours, above the location-prior floor (when the study measured it)."""
+        return self.emerges(threshold) and (self.prior_ap is None or self.ga_ap > self.prior_ap)
 
     def covered(self, threshold: float = 0.5) -> bool:
         return self.ga_recall > threshold

@@ -118,7 +118,7 @@ def test_defaults_are_unchanged():
                               "top_images": 20, "instability": "aaai"}
     assert graph_params(network="n", dataset="d", layers=["a"])["landmarks"] == ["body", "head", "torso"]
     assert PART_DEFAULTS == {"inputs": "object_crops", "split": "train", "context": RCNN_CONTEXT, "iou_threshold": 0.4,
-                             "nms_iou": 0.3, "regression": True, "intercept": True, "min_part_size": 15.0,
+                             "nms_overlap": "suppressed_area", "nms_threshold": 0.5, "regression": True, "intercept": True, "min_part_size": 15.0,
                              "min_instances": 11, "population": 200, "generations": 100, "crossover": 0.7,
                              "mutation": 0.3, "init_probability": 0.02, "seed": 0, "ap_criterion": 0.3,
                              "recall_criterion": 0.5, "max_views": 0, "batch_size": 64}

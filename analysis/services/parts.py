@@ -86,7 +86,11 @@ def _view_params(**fields: p.Param) -> dict[str, p.Param]:
 
 PART_PARAMS = p.ParamSchema(_view_params(
     iou_threshold=p.Param(float, 0.4, low=0, high=1, low_open=True, help="a detection's IoU with its part box"),
-    nms_iou=p.Param(float, 0.3, low=0, high=1, low_open=True, help="non-maximum suppression IoU"),
+    nms_overlap=p.choice(("suppressed_area", "iou"), "suppressed_area",
+                         help="NMS overlap: intersection over the suppressed box's area (Felzenszwalb et al. 2010, "
+                              "cited by GG'18) or IoU (R-CNN)"),
+    nms_threshold=p.Param(float, 0.5, low=0, high=1, low_open=True,
+                          help="suppress above this overlap (Felzenszwalb: 0.5; R-CNN's IoU rule: 0.3)"),
     regression=p.Param(bool, True, help="box regression on the filter's activations"),
     intercept=p.Param(bool, True, help="the regression has an intercept"),
     min_part_size=p.Param(float, 15.0, low=0, help="drop parts whose mean box side is at most this many pixels "
@@ -330,7 +334,8 @@ def _score_part(maps, detections, part: dict, views: list[View], boxes: DatasetB
     import torch
 
     from analysis.engine.genetic import GAConfig
-    from analysis.engine.part_detection import DetectionConfig, boxes_to_image, boxes_to_view, score_part
+    from analysis.engine.part_detection import (DetectionConfig, boxes_to_image, boxes_to_view, location_prior_score,
+                                                score_part)
 
     index_of = defaultdict(list)
     for position, view in enumerate(views):
@@ -344,13 +349,17 @@ def _score_part(maps, detections, part: dict, views: list[View], boxes: DatasetB
     gt_image_boxes = np.array(gt_image_boxes, dtype=np.float64).reshape(-1, 4)
     frames = np.array([view.frame for view in views], dtype=np.float64)
     gt_in_view = boxes_to_view(gt_image_boxes, frames[gt_view], input_size)
-    config = DetectionConfig(iou_threshold=params["iou_threshold"], nms_iou=params["nms_iou"],
+    config = DetectionConfig(iou_threshold=params["iou_threshold"], nms_overlap=params["nms_overlap"],
+                             nms_threshold=params["nms_threshold"],
                              regression=params["regression"], intercept=params["intercept"])
     ga = GAConfig(population=params["population"], generations=params["generations"], crossover=params["crossover"],
                   mutation=params["mutation"], init_probability=params["init_probability"], seed=params["seed"])
-    scored = score_part(maps, detections, torch.tensor(gt_in_view, dtype=torch.float32, device=maps.device),
-                        torch.tensor(gt_view, dtype=torch.int64, device=maps.device), rf_size=geometry.size,
-                        input_size=input_size, config=config, ga=ga, curve_points=CURVE_POINTS, progress=progress)
+    gt_boxes = torch.tensor(gt_in_view, dtype=torch.float32, device=maps.device)
+    gt_views = torch.tensor(gt_view, dtype=torch.int64, device=maps.device)
+    scored = score_part(maps, detections, gt_boxes, gt_views, rf_size=geometry.size, input_size=input_size,
+                        config=config, ga=ga, curve_points=CURVE_POINTS, progress=progress)
+    prior = location_prior_score(len(views), detections.cy, detections.cx, gt_boxes, gt_views, rf_size=geometry.size,
+                                 input_size=input_size, config=config)
     arrays = {
         "det_filter": scored.det_filter.astype(np.int32), "det_view": scored.det_view.astype(np.int32),
         "det_box": boxes_to_image(scored.det_box, frames[scored.det_view], input_size).astype(np.float32),
@@ -358,7 +367,9 @@ def _score_part(maps, detections, part: dict, views: list[View], boxes: DatasetB
         "gt_view": np.array(gt_view, dtype=np.int32), "gt_box": gt_image_boxes.astype(np.float32),
         "view_image": np.array([view.image for view in views], dtype=np.int32), "view_frame": frames.astype(np.float32),
     }
-    return {"arrays": arrays, "n_views": len(views), "n_instances": len(gt_view), **scored.summary()}
+    arrays["location_prior"] = prior.prior.astype(np.float32)
+    return {"arrays": arrays, "n_views": len(views), "n_instances": len(gt_view), "prior_ap": prior.ap,
+            "prior_recall": prior.recall, **scored.summary()}
 
 
 def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
@@ -416,6 +427,7 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
             done += 1
         del maps
     emerged = sum(result.ga_ap > params["ap_criterion"] for result in results)
+    above_prior = sum(result.emerges_above_prior(params["ap_criterion"]) for result in results)
     covered = sum(result.ga_recall > params["recall_criterion"] for result in results)
 
     def mean(values):
@@ -425,7 +437,8 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     with transaction.atomic():  # the study appears with all its results or not at all
         study = PartDetectionStudy.objects.create(
             run=run, layer=layer, dataset=dataset, inputs=params["inputs"], split=params["split"], params=params,
-            directory=str(directory), n_parts=len(results), n_emerged=emerged, n_covered=covered,
+            directory=str(directory), n_parts=len(results), n_emerged=emerged, n_emerged_above_prior=above_prior,
+            n_covered=covered, mean_prior_ap=mean(r.prior_ap for r in results),
             mean_best_ap=mean(r.best_ap for r in results), mean_ga_ap=mean(r.ga_ap for r in results),
             mean_top_ap=mean(r.top_ap for r in results), mean_all_ap=mean(r.all_ap for r in results))
         for result in results:
@@ -433,11 +446,13 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
         PartDetectionResult.objects.bulk_create(results)
     return {"part_detection_study": study.pk, "layer": layer.name, "dataset": dataset.name, "inputs": params["inputs"],
             "parts": len(results), "emerged_ap": f"{emerged} of {len(results)} (GA AP > {params['ap_criterion']:g})",
+            "emerged_above_prior": f"{above_prior} of {len(results)} (and above the location-prior floor)",
             "covered": f"{covered} of {len(results)} (GA recall > {params['recall_criterion']:g})",
             "mAP": f"best single {100 * mean(r.best_ap for r in results):.1f} · "
                    f"GA {100 * mean(r.ga_ap for r in results):.1f} · "
                    f"TopFilters {100 * mean(r.top_ap for r in results):.1f} · "
-                   f"all {100 * mean(r.all_ap for r in results):.1f}"}
+                   f"all {100 * mean(r.all_ap for r in results):.1f} · "
+                   f"location-prior floor {100 * mean(r.prior_ap for r in results):.1f}"}
 
 
 def part_detection_arrays(result: PartDetectionResult) -> dict[str, np.ndarray]:
@@ -629,10 +644,14 @@ def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
         "dataset": study.dataset.name, "inputs": study.inputs, "split": study.split,
         "parts": [{"part": r.name, "instances": r.n_instances, "views": r.n_views, "best_filter": r.best_filter,
                    "best_ap": r.best_ap, "ga_ap": r.ga_ap, "ga_recall": r.ga_recall, "top_filters": r.top_filters,
-                   "top_ap": r.top_ap, "all_ap": r.all_ap} for r in results],
+                   "top_ap": r.top_ap, "all_ap": r.all_ap, "location_prior_ap": r.prior_ap,
+                   "emerges_above_prior": r.emerges_above_prior(study.params.get("ap_criterion", 0.3))}
+                  for r in results],
         "rules": {"correct": f"IoU >= {study.params.get('iou_threshold')} (VOC greedy matching)",
-                  "ap": "VOC 2010+ all-point interpolated", "nms": f"IoU > {study.params.get('nms_iou')} per filter "
-                  "and view", "boxes": "continuous image pixels (x1, y1, x2, y2)"}}, indent=2))
+                  "ap": "VOC 2010+ all-point interpolated", "nms": f"{study.nms_rule} per filter and view",
+                  "location_prior": "an activation-blind detector scored by how often a part covers each map "
+                                    "position, boxes regressed from the position alone (the floor)",
+                  "boxes": "continuous image pixels (x1, y1, x2, y2)"}}, indent=2))
     return [*paths.values(), meta]
 
 

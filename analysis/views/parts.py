@@ -24,6 +24,14 @@ def _datasets():
                                                                                                         flat=True)]
 
 
+
+def _percentages(result) -> dict:
+    """A part result's APs (best, GA, TopFilters, all, location-prior floor) and GA recall in %."""
+    pct = {key: 100 * getattr(result, f"{key}_ap") for key in ("best", "ga", "top", "all")}
+    pct["prior"] = None if result.prior_ap is None else 100 * result.prior_ap
+    pct["recall"] = 100 * result.ga_recall
+    return pct
+
 class PartDetectionForm(forms.Form):
     dataset = forms.ChoiceField(help_text="A dataset with object and part boxes.")
     inputs = form_field(PART_PARAMS, "inputs", choice_labels=dict(PartInputs.choices))
@@ -80,10 +88,11 @@ class LayerPartsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
             results = list(study.part_results.select_related("object_class", "part"))
             for result in results:
                 result.verdict_ap = result.emerges(ap_criterion)
+                result.verdict_prior = result.emerges_above_prior(ap_criterion)
                 result.verdict_recall = result.covered(recall_criterion)
-                result.pct = {key: 100 * getattr(result, f"{key}_ap") for key in ("best", "ga", "top", "all")}
-                result.pct["recall"] = 100 * result.ga_recall
+                result.pct = _percentages(result)
             context["mean_pct"] = {key: 100 * getattr(study, f"mean_{key}_ap") for key in ("best", "ga", "top", "all")}
+            context["mean_pct"]["prior"] = None if study.mean_prior_ap is None else 100 * study.mean_prior_ap
             ordered = sorted(results, key=lambda r: r.name)
             context.update(results=results, ap_criterion=ap_criterion, recall_criterion=recall_criterion,
                            ap_chart=horizontal_bars([r.name for r in ordered],
@@ -113,8 +122,7 @@ class PartDetailView(ResearcherRequiredMixin, LayerMixin, TemplateView):
             curves = {"TopFilters": (result.curves["TopFilters"]["recall"], result.curves["TopFilters"]["precision"]),
                       **{k: v for k, v in curves.items() if k != "GA combination"},
                       "GA combination": curves.get("GA combination", ([0], [1]))}
-        result.pct = {key: 100 * getattr(result, f"{key}_ap") for key in ("best", "ga", "top", "all")}
-        result.pct["recall"] = 100 * result.ga_recall
+        result.pct = _percentages(result)
         context.update(
             network=network, layer=layer, result=result, study=study,
             top_single=[{"filter": f, "ap": result.single_ap[f], "recall": result.single_recall[f]}

@@ -11,8 +11,8 @@ from analysis.engine.genetic import GAConfig
 from analysis.engine.part_detection import (DetectionConfig, DetectionMatching, apply_box_regressors,
                                             average_precision, best_ground_truth, boxes_to_image, boxes_to_view,
                                             class_detections, context_frame, fit_box_regressors, fit_part_regressors,
-                                            grouped_nms, local_maxima, neighbourhood_features, part_size,
-                                            regression_pairs, score_part)
+                                            grouped_nms, local_maxima, location_prior_score,
+                                            neighbourhood_features, part_size, regression_pairs, score_part)
 
 needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
@@ -190,6 +190,123 @@ def naive_nms(boxes, scores, threshold):
         if all(naive_iou(boxes[i], boxes[j]) <= threshold for j in keep):
             keep.append(i)
     return sorted(keep)
+
+
+def felzenszwalb_nms(boxes, scores, threshold=0.5):
+    """Felzenszwalb et al.'s ``nms.m`` (voc-release) transcribed: sort by score, keep the best remaining box,
+    drop every other box whose overlap with it, intersection / *that other box's* area, exceeds ``threshold``.
+    (``nms.m`` counts pixels inclusively, ``+1``; our boxes are continuous, so areas are plain products.)"""
+    remaining = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = []
+    while remaining:
+        i = remaining.pop(0)
+        keep.append(i)
+        survivors = []
+        for j in remaining:
+            iw = max(0.0, min(boxes[i][2], boxes[j][2]) - max(boxes[i][0], boxes[j][0]))
+            ih = max(0.0, min(boxes[i][3], boxes[j][3]) - max(boxes[i][1], boxes[j][1]))
+            area_j = (boxes[j][2] - boxes[j][0]) * (boxes[j][3] - boxes[j][1])
+            if not (area_j > 0 and iw * ih / area_j > threshold):
+                survivors.append(j)
+        remaining = survivors
+    return sorted(keep)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(4))
+def test_grouped_nms_area_rule_matches_felzenszwalbs_nms(seed, device):
+    rng = np.random.default_rng(100 + seed)
+    n = 250
+    xy = rng.uniform(0, 30, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(2, 15, (n, 2))], 1)
+    scores = rng.random(n)
+    groups = rng.integers(0, 20, n)
+    kept = grouped_nms(torch.tensor(boxes, device=device), torch.tensor(scores, device=device),
+                       torch.tensor(groups, device=device), 0.5, "suppressed_area", max_cells=400).tolist()
+    expected = []
+    for g in range(20):
+        members = np.flatnonzero(groups == g)
+        expected += members[felzenszwalb_nms(boxes[members].tolist(), scores[members].tolist())].tolist()
+    assert kept == sorted(expected)
+
+
+def test_area_rule_drops_a_box_nested_in_a_kept_one_which_iou_keeps():
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [2.0, 2.0, 8.0, 8.0]])  # IoU 0.09, inside: 100% of its area
+    scores = torch.tensor([0.9, 0.8])
+    groups = torch.zeros(2, dtype=torch.int64)
+    assert grouped_nms(boxes, scores, groups, 0.5, "suppressed_area").tolist() == [0]
+    assert grouped_nms(boxes, scores, groups, 0.3, "iou").tolist() == [0, 1]
+    # The measure is asymmetric: a big box under a small kept one is not suppressed.
+    assert grouped_nms(boxes, torch.tensor([0.8, 0.9]), groups, 0.5, "suppressed_area").tolist() == [0, 1]
+    with pytest.raises(ValueError):
+        grouped_nms(boxes, scores, groups, 0.5, "overlap")
+
+
+def _planted_part_views(rng, n_views: int, fixed: bool, size: int = 64):
+    """Views of ``size`` px with one 16-px part box each: always at the same place (``fixed``), or anywhere."""
+    boxes = []
+    for _ in range(n_views):
+        x, y = (20.0, 36.0) if fixed else (float(rng.uniform(0, size - 16)), float(rng.uniform(0, size - 16)))
+        boxes.append([x, y, x + 16, y + 16])
+    return torch.tensor(boxes, dtype=torch.float32), torch.arange(n_views)
+
+
+def test_location_prior_is_high_for_parts_at_fixed_places_and_low_for_parts_anywhere():
+    rng = np.random.default_rng(0)
+    cy = cx = 4.0 + 8.0 * torch.arange(8, dtype=torch.float32)  # stride 8, 8x8 map on 64 px
+    fixed = location_prior_score(60, cy, cx, *_planted_part_views(rng, 60, True), rf_size=(20, 20),
+                                 input_size=(64, 64))
+    anywhere = location_prior_score(60, cy, cx, *_planted_part_views(rng, 60, False), rf_size=(20, 20),
+                                    input_size=(64, 64))
+    assert fixed.ap > 0.95 and fixed.recall == 1.0  # the floor finds a part that never moves, blind
+    assert anywhere.ap < 0.3
+    assert fixed.prior.shape == (8, 8) and fixed.prior.max() == 1.0
+
+
+def naive_location_prior_ap(n_views, cy, cx, gt_boxes, gt_view, threshold=0.5, iou=0.4):
+    """The floor written out plainly: prior per position from loops, boxes from numpy's lstsq on (c_x, c_y, 1),
+    Felzenszwalb NMS per view, then the devkit AP."""
+    cy, cx = cy.tolist(), cx.tolist()
+    inside = np.zeros((n_views, len(cy), len(cx)), bool)
+    rows, targets = [], []
+    for (x1, y1, x2, y2), v in zip(gt_boxes.tolist(), gt_view.tolist()):
+        for i, y in enumerate(cy):
+            for j, x in enumerate(cx):
+                if x1 <= x < x2 and y1 <= y < y2:
+                    inside[v, i, j] = True
+                    rows.append([x, y, 1.0])
+                    targets.append([(x1 + x2) / 2 - x, (y1 + y2) / 2 - y, x2 - x1, y2 - y1])
+    prior = inside.mean(axis=0)
+    weights = np.linalg.lstsq(np.array(rows), np.array(targets), rcond=None)[0]
+    dets = []
+    for v in range(n_views):
+        boxes, scores = [], []
+        for i, y in enumerate(cy):
+            for j, x in enumerate(cx):
+                dx, dy, w, h = np.array([x, y, 1.0]) @ weights
+                box = [min(max(x + dx - w / 2, 0), 64), min(max(y + dy - h / 2, 0), 64),
+                       min(max(x + dx + w / 2, 0), 64), min(max(y + dy + h / 2, 0), 64)]
+                boxes.append(box)
+                scores.append(float(np.float32(prior[i, j])))
+        for k in felzenszwalb_nms(boxes, scores, threshold):
+            if scores[k] > 0:
+                dets.append((v, scores[k], boxes[k]))
+    return naive_voc_ap(dets, list(zip(gt_view.tolist(), gt_boxes.tolist())), iou)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_location_prior_matches_a_plain_implementation(seed):
+    rng = np.random.default_rng(seed)
+    n_views = 12
+    boxes = []
+    for _ in range(n_views):  # parts near one place, jittered, so the prior is graded
+        x, y = 20 + float(rng.normal(0, 6)), 30 + float(rng.normal(0, 6))
+        boxes.append([max(x, 0.0), max(y, 0.0), min(x + 14, 64.0), min(y + 18, 64.0)])
+    gt_boxes, gt_view = torch.tensor(boxes, dtype=torch.float32), torch.arange(n_views)
+    cy = cx = 4.0 + 8.0 * torch.arange(8, dtype=torch.float32)
+    ours = location_prior_score(n_views, cy, cx, gt_boxes, gt_view, rf_size=(20, 20), input_size=(64, 64),
+                                config=DetectionConfig(ridge=0.0))
+    assert ours.ap == pytest.approx(naive_location_prior_ap(n_views, cy, cx, gt_boxes, gt_view), abs=1e-9)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -17,7 +17,7 @@ class Command(RunCommand):
         add_argument(parser, PART_PARAMS, "split")
         add_argument(parser, PART_PARAMS, "regression",
                      help="box regression (GG'18 §3.1.1); --no-regression scores raw receptive-field boxes")
-        for name in ("iou_threshold", "nms_iou", "min_part_size", "min_instances", "population", "generations",
+        for name in ("iou_threshold", "nms_overlap", "nms_threshold", "min_part_size", "min_instances", "population", "generations",
                      "seed"):
             add_argument(parser, PART_PARAMS, name)
         add_argument(parser, PART_PARAMS, "max_views",
