@@ -16,8 +16,8 @@ from rest_framework.views import APIView
 
 from analysis import selectors as analysis_selectors
 from analysis.models import Layer, LayerExtraction, Unit
-from analysis.services.runs import (RunInputError, run_cancel, run_fail_stale, run_layers, run_network_and_dataset,
-                                    run_start)
+from analysis.services.runs import (RunInputError, run_cancel, run_layers, run_network_and_dataset,
+                                    run_start, runs_reconcile)
 from annotation import exports as study_exports
 from annotation import selectors as study_selectors
 from annotation.models import StudyTask
@@ -178,11 +178,11 @@ class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                                                 status=self.request.query_params.get("status") or None)
 
     def list(self, request, *args, **kwargs):
-        run_fail_stale()  # runs whose worker died end failed before anyone reads them
+        runs_reconcile()  # runs whose worker died end failed, lost messages are sent again, before anyone reads them
         return super().list(request, *args, **kwargs)
 
     def retrieve(self, request, *args, **kwargs):
-        run_fail_stale()
+        runs_reconcile()
         return super().retrieve(request, *args, **kwargs)
 
     @extend_schema(request=s.RunStartSerializer, responses={201: s.RunSerializer, 200: s.RunSerializer},
