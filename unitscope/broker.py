@@ -14,7 +14,8 @@ queue folders written by kombu's transport are still read) and changes three thi
 * a consumer takes a message by renaming it into the processed folder (same file system: atomic, and
   two consumers cannot both take it), and a file that does not parse is moved to ``corrupt/`` beside the
   queue folder with a log line, never raised into the worker;
-* an exchange table that does not parse is logged and read as empty.
+* an exchange table that does not parse is logged and read as empty, and a process always routes by the
+  bindings it declared itself as well (kept in memory), so its messages are never dropped for want of a file.
 
 Settings use it for ``CELERY_BROKER_URL=filesystem://`` (``CELERY_BROKER_TRANSPORT``), and switch the
 worker's remote control (broadcast over those exchange files) off: cancelling a run needs no broadcast,
@@ -132,6 +133,16 @@ class Channel(filesystem.Channel):
                      f"moved to {target}" if target else "deleted")
 
     def get_table(self, exchange):
+        """The exchange's bindings: those of every process (its file) and this process's own (kept in memory, so
+        that a table file removed or unreadable never makes this process drop the messages it routes)."""
+        rows = self._file_table(exchange)
+        for row in self.state.exchanges.get(exchange, {}).get("table", []):
+            row = filesystem.exchange_queue_t(*row)
+            if row not in rows:
+                rows.append(row)
+        return rows
+
+    def _file_table(self, exchange):
         path = self._exchange_file(exchange)
         try:
             table = loads(bytes_to_str(path.read_bytes()))
@@ -161,7 +172,7 @@ class Channel(filesystem.Channel):
             with open(path.with_name(f".{path.name}.lock"), "wb") as lock:
                 filesystem.lock(lock, filesystem.LOCK_EX)
                 try:
-                    before = self.get_table(exchange)
+                    before = self._file_table(exchange)
                     after = change(before)
                     if after != before or not path.exists():
                         write_atomically(path, str_to_bytes(dumps([list(row) for row in after])))
