@@ -57,28 +57,28 @@ class WorkerMonitor:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.interval + 5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
         try:
             worker_heartbeat_remove(hostname=self.hostname, pid=self.pid)
         except Exception:  # noqa: BLE001 - shutting down: the row then simply grows old
             logger.warning("could not remove the heartbeat of %s", self.hostname, exc_info=True)
-        finally:
-            connection.close()
 
     def beat(self) -> None:
         from analysis.services.runs import runs_reconcile
 
         try:
-            close_old_connections()
             worker_heartbeat_record(hostname=self.hostname, queues=self.queues, pid=self.pid,
                                     started_at=self.started_at)
             runs_reconcile()
         except Exception:  # noqa: BLE001 - a heartbeat must never kill the worker
             logger.warning("worker heartbeat of %s failed; trying again in %.0f s", self.hostname, self.interval,
                            exc_info=True)
-        finally:
-            connection.close()  # this thread's connection: not kept open between beats
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self.beat()
+            close_old_connections()
+            try:
+                self.beat()
+            finally:
+                connection.close()  # this thread's own connection: not kept open between beats
