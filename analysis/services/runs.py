@@ -133,6 +133,9 @@ def run_ids_waiting_in_broker(queue: str) -> set[int] | None:
 
 
 ORPHAN_REQUEUED_PHASE = "Sent to the workers again (its first message was lost)"
+# The phase of a run that failed through no fault of its own (its worker died, its message was lost twice):
+# starting it again may well succeed (make demo does, once).
+WORKER_LOST_PHASE = "Stopped: its worker was lost"
 
 
 def run_recover_orphans(*, now=None) -> dict[str, int]:
@@ -175,7 +178,7 @@ def run_recover_orphans(*, now=None) -> dict[str, int]:
                     continue
                 logger.warning("run %s was queued but its message was gone: sent again", run.pk)
                 counts["requeued"] += 1
-        elif same.update(status=RunStatus.FAILED, finished_at=now, phase="Stopped",
+        elif same.update(status=RunStatus.FAILED, finished_at=now, phase=WORKER_LOST_PHASE,
                          error="The run's message to the workers was lost twice (a worker stopped after taking it, "
                                "or the broker lost it), so it never started. Start it again; if this repeats, "
                                "look at the worker's log."):
@@ -323,7 +326,7 @@ def run_fail_stale(*, now=None) -> int:
     for run in Run.objects.filter(status=RunStatus.RUNNING).only("pk", "kind", "heartbeat_at", "worker"):
         if worker_gone(run.worker):
             marked += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, worker=run.worker).update(
-                status=RunStatus.FAILED, finished_at=now, phase="Stopped",
+                status=RunStatus.FAILED, finished_at=now, phase=WORKER_LOST_PHASE,
                 error=f"The worker process executing this run ({run.worker}) stopped before it finished (killed "
                       "or crashed); the run's results, if any, were not saved. Start it again.")
             continue
@@ -333,7 +336,7 @@ def run_fail_stale(*, now=None) -> int:
             continue
         if run.heartbeat_at is not None and now - run.heartbeat_at > timedelta(seconds=limit + 60):
             marked += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-                status=RunStatus.FAILED, finished_at=now, phase="Stopped",
+                status=RunStatus.FAILED, finished_at=now, phase=WORKER_LOST_PHASE,
                 error=f"The worker stopped reporting progress for more than {limit + 60} s "
                       "(it was probably killed); the run's results, if any, were not saved.")
     return marked

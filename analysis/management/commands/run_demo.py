@@ -61,12 +61,14 @@ class Command(BaseCommand):
             def report(event, step, run, created):
                 if event == "queued":
                     self.stdout.write(f"· {step.label}: {url}research/runs/{run.pk}/")
+                elif event == "retry":
+                    self.stdout.write(f"  {run.status}: {run.error}\n  Starting this step again.")
                 elif event == "end":
                     self.stdout.write(f"  {run.status}" + ("" if created else " (already done)")
                                       + (f": {run.error}" if run.error else ""))
 
             size = DemoSize(images=images, image_size=image_size, epochs=epochs)
-            runs = demo_build(inline=False, size=size, on_step=report)
+            runs = demo_build(inline=False, size=size, on_step=report, worker_loss_retries=2)
             if runs and runs[-1].status == RunStatus.SUCCEEDED:
                 self.stdout.write("· Studies for experts and crowds …")
                 for username, password in demo_hooks_run(size).items():
