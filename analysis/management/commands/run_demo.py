@@ -80,7 +80,7 @@ class Command(BaseCommand):
                 time.sleep(1)
             raise CommandError("the web server keeps stopping; see the logs in " + str(logs))
         except KeyboardInterrupt:
-            self.stdout.write("\nStopping.")
+            self.stdout.write("\nStopping the worker and the web server (a step that is running is given 15 s).")
         finally:
             supervisor.stop_all()
 
