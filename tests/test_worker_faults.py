@@ -1,4 +1,4 @@
-"""Faults on the embedded default with real worker processes: a half-written message in the queue folder, a worker
+"""Faults with real worker processes, on the embedded default (and on Redis, but for the half-written file): a half-written message in the queue folder, a worker
 killed (SIGKILL) while runs wait and while one runs, and a worker started after the runs were queued.
 
 Each ends with every run finished or failed with a readable message, the worker alive (no crash loop), and the
@@ -37,24 +37,33 @@ def fast_liveness(settings):
     settings.UNITSCOPE_ORPHAN_AFTER_SECONDS = 2
 
 
-@pytest.fixture
-def broker_folder():
-    """The session's queue folder, empty before and after (messages name runs of this test's database only)."""
+def purge_broker() -> None:
     from unitscope.celery import app
 
-    options = app.conf.broker_transport_options
+    with app.connection_for_write() as connection:
+        for queue in ("default", "gpu"):
+            connection.default_channel.queue_purge(queue)
+
+
+@pytest.fixture
+def clean_broker():
+    """No message before or after: the messages sent here name runs of this test's database only."""
+    purge_broker()
+    yield
+    purge_broker()
+
+
+@pytest.fixture
+def broker_folder(clean_broker):
+    """The queue folder of the embedded broker (a half-written file is a fault of that broker only)."""
+    from unitscope.celery import app
+
     if not app.conf.broker_url.startswith("filesystem"):
-        pytest.skip("these faults are those of the embedded filesystem broker")  # Redis CI runs test_worker.py
-    folder = Path(options["data_folder_in"])
+        pytest.skip("a half-written message file is a fault of the embedded filesystem broker; CI runs this file "
+                    "again on it")
+    folder = Path(app.conf.broker_transport_options["data_folder_in"])
     folder.mkdir(parents=True, exist_ok=True)
-
-    def empty():
-        for name in os.listdir(folder):
-            (folder / name).unlink(missing_ok=True)
-
-    empty()
-    yield folder
-    empty()
+    return folder
 
 
 class Worker:
@@ -125,13 +134,27 @@ def selfcheck(repeats: int, matmul_size: int = 64) -> Run:
     return selfcheck_run_start(matmul_size=matmul_size, conv_batch=2, conv_image_size=32, repeats=repeats)
 
 
-def drop_message(folder: Path, run: Run) -> None:
+def drop_message(run: Run) -> None:
     """Lose a run's message, as a broker restarted without its messages (or a worker killed after taking it) does."""
+    from unitscope.celery import app
+
+    def names_run(raw: bytes) -> bool:
+        decoded = decode_task_message(json.loads(raw))
+        return decoded is not None and decoded[1] == [run.pk]
+
     dropped = 0
-    for name in os.listdir(folder):
-        if message_queue(name) and decode_task_message(json.loads((folder / name).read_bytes()))[1] == [run.pk]:
-            (folder / name).unlink()
-            dropped += 1
+    if app.conf.broker_url.startswith("filesystem"):
+        folder = Path(app.conf.broker_transport_options["data_folder_in"])
+        for name in os.listdir(folder):
+            if message_queue(name) and names_run((folder / name).read_bytes()):
+                (folder / name).unlink()
+                dropped += 1
+    else:  # Redis: the queue is a list
+        with app.connection_for_write() as connection:
+            client = connection.default_channel.client
+            for raw in client.lrange(run.queue, 0, -1):
+                if names_run(raw):
+                    dropped += client.lrem(run.queue, 1, raw)
     assert dropped == 1
 
 
@@ -165,7 +188,7 @@ def test_a_half_written_message_is_set_aside_and_the_worker_keeps_working(transa
         worker.stop()
 
 
-def test_runs_queued_before_any_worker_say_so_then_run_when_one_starts(transactional_db, broker_folder, tmp_path,
+def test_runs_queued_before_any_worker_say_so_then_run_when_one_starts(transactional_db, clean_broker, tmp_path,
                                                                        researcher_client, fast_liveness):
     runs = [selfcheck(2), selfcheck(3)]
     time.sleep(2.5)  # past the start-up grace: nobody has announced a worker
@@ -183,7 +206,7 @@ def test_runs_queued_before_any_worker_say_so_then_run_when_one_starts(transacti
     assert not WorkerHeartbeat.objects.filter(pid=worker.process.pid).exists()
 
 
-def test_a_worker_killed_while_a_run_runs_and_others_wait(transactional_db, broker_folder, tmp_path,
+def test_a_worker_killed_while_a_run_runs_and_others_wait(transactional_db, clean_broker, tmp_path,
                                                            researcher_client, fast_liveness):
     worker = Worker(tmp_path / "worker-1.log")
     try:
@@ -202,7 +225,7 @@ def test_a_worker_killed_while_a_run_runs_and_others_wait(transactional_db, brok
         worker.kill()
     running = caught
     # The killed worker took no waiting message with it (one runs at a time), but a message can be lost so: drop one.
-    drop_message(broker_folder, lost)
+    drop_message(lost)
     time.sleep(2.5)  # its heartbeat grows old
     assert_warned(researcher_client, waiting)
     running.refresh_from_db()
