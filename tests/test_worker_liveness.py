@@ -60,6 +60,9 @@ def test_queue_liveness_follows_the_heartbeats(settings):
     assert gpu.last_seen == WorkerHeartbeat.objects.get(hostname="a@host").last_seen
     worker_heartbeat_remove(hostname="a@host", pid=4242)
     assert not WorkerHeartbeat.objects.filter(hostname="a@host").exists()
+    beat("b@host", ["gpu"], age=8 * 24 * 3600)
+    beat("c@host", ["gpu"])  # a week later, the long-gone worker is forgotten
+    assert list(WorkerHeartbeat.objects.values_list("hostname", flat=True)) == ["c@host"]
     assert selectors.queue_liveness("default").last_seen is None
 
 

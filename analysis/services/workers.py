@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from datetime import timedelta
 
 from django.db import close_old_connections, connection
 from django.utils import timezone
@@ -20,9 +21,14 @@ from analysis.models import WorkerHeartbeat
 logger = logging.getLogger(__name__)
 
 
+# Rows of workers not seen for this long are deleted (node names change: test workers, renamed hosts).
+FORGET_AFTER = timedelta(days=7)
+
+
 def worker_heartbeat_record(*, hostname: str, queues: list[str], pid: int, started_at=None) -> None:
-    """Write (or refresh) the heartbeat row of worker ``hostname`` (its Celery node name)."""
+    """Write (or refresh) the heartbeat row of worker ``hostname`` (its Celery node name); forget long-gone ones."""
     now = timezone.now()
+    WorkerHeartbeat.objects.filter(last_seen__lt=now - FORGET_AFTER).delete()
     updated = WorkerHeartbeat.objects.filter(hostname=hostname, pid=pid).update(
         last_seen=now, queues=",".join(queues)[:255])
     if not updated:
