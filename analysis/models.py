@@ -59,6 +59,9 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A queued run whose broker message went missing is sent again once (analysis.services.runs.run_recover_orphans).
+    requeue_count = models.PositiveSmallIntegerField(default=0)
+    requeued_at = models.DateTimeField(null=True, blank=True)
 
     objects = RunQuerySet.as_manager()
 
@@ -104,6 +107,27 @@ class Run(models.Model):
     @property
     def kind_label(self) -> str:
         return self.job_kind.label if self.job_kind else self.kind
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker that is (or was) alive: written when it starts and every few seconds while it runs,
+    deleted when it stops cleanly. A worker killed outright leaves its row, which then grows old."""
+
+    hostname = models.CharField(max_length=255, unique=True, help_text="The worker's node name (name@host).")
+    queues = models.CharField(max_length=255, help_text="The queues it consumes, comma-separated.")
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return f"{self.hostname} ({self.queues})"
+
+    @property
+    def queue_list(self) -> list[str]:
+        return [queue for queue in self.queues.split(",") if queue]
 
 
 class DatasetKind(models.TextChoices):

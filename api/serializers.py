@@ -119,12 +119,30 @@ class UnitDetailSerializer(UnitSerializer):
 class RunSerializer(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     percent = serializers.IntegerField(read_only=True)
+    worker_state = serializers.SerializerMethodField(
+        help_text="running (a worker has it), waiting (queued; a worker of its queue is alive or starting), "
+                  "no_worker (queued, and no worker of its queue is alive), or empty once finished.")
+    worker_message = serializers.SerializerMethodField(
+        help_text="What the run waits on, in words; with no_worker, the command that starts a worker.")
 
     class Meta:
         model = Run
         fields = ["id", "kind", "status", "phase", "progress_done", "progress_total", "percent", "params", "queue",
-                  "device", "worker", "error", "result", "created_by", "created_at", "started_at", "heartbeat_at",
-                  "finished_at"]
+                  "device", "worker", "worker_state", "worker_message", "error", "result", "created_by", "created_at",
+                  "started_at", "heartbeat_at", "finished_at", "requeue_count"]
+
+    def _worker_state(self, run: Run):
+        from analysis.selectors import queues_liveness, run_worker_state
+
+        if "queues_liveness" not in self.context:  # one query per response, however many runs it lists
+            self.context["queues_liveness"] = queues_liveness()
+        return run_worker_state(run, liveness=self.context["queues_liveness"])
+
+    def get_worker_state(self, run: Run) -> str:
+        return self._worker_state(run).state
+
+    def get_worker_message(self, run: Run) -> str:
+        return self._worker_state(run).message
 
 
 class RunStartSerializer(serializers.Serializer):

@@ -14,7 +14,8 @@ from rest_framework.views import APIView
 from analysis import selectors as analysis_selectors
 from analysis.jobs import job_kind
 from analysis.models import Layer, Unit
-from analysis.services.runs import (RunInputError, run_cancel, run_check_references, run_fail_stale, run_start)
+from analysis.services.runs import (RunInputError, run_cancel, run_check_references, run_start,
+                                    runs_reconcile)
 from annotation.common import SIMULATED_CHOICES, attachment_response
 from annotation.crowd import exports as crowd_exports
 from annotation.expert import exports as study_exports
@@ -136,11 +137,11 @@ class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                                                 status=self.request.query_params.get("status") or None)
 
     def list(self, request, *args, **kwargs):
-        run_fail_stale()  # runs whose worker died end failed before anyone reads them
+        runs_reconcile()  # runs whose worker died end failed, lost messages are sent again, before anyone reads them
         return super().list(request, *args, **kwargs)
 
     def retrieve(self, request, *args, **kwargs):
-        run_fail_stale()
+        runs_reconcile()
         return super().retrieve(request, *args, **kwargs)
 
     @extend_schema(request=s.RunStartSerializer, responses={201: s.RunSerializer, 200: s.RunSerializer},

@@ -27,7 +27,7 @@ from .net2vec import DEMO_NET2VEC, NET2VEC, net2vec_params
 from .networks import DEMO_TRAINING, demo_training_params
 from .parts import (ABLATE, DEMO_ABLATION, DEMO_MAX_VIEWS, DEMO_PART_LAYERS, SCORE_PARTS, ablation_params,
                     part_detection_params)
-from .runs import params_hash, run_start
+from .runs import WORKER_LOST_PHASE, params_hash, run_start
 
 DEMO_RESEARCHER = "researcher"
 DEMO_LAYERS = ["conv3", "conv4", "conv5"]
@@ -171,23 +171,28 @@ StepCallback = Callable[[str, DemoStep, Run | None, bool], None]
 
 
 def demo_build(*, inline: bool, size: DemoSize = DemoSize(), created_by=None, on_step: StepCallback | None = None,
-               poll_interval: float = 1.0) -> list[Run]:
+               poll_interval: float = 1.0, worker_loss_retries: int = 0) -> list[Run]:
     """Run every demo step in order and return their runs. Stops at the first step that does not succeed.
 
     With ``inline`` each step executes in this process; otherwise it is queued for a worker and this
     function waits for it. ``on_step(event, step, run, created)`` is called with event ``"start"``
-    (run None), ``"queued"`` (the run exists; ``created`` False when an earlier run is reused) and
-    ``"end"``.
+    (run None), ``"queued"`` (the run exists; ``created`` False when an earlier run is reused), ``"retry"``
+    (the run failed because its worker was lost, and the step is started again: at most
+    ``worker_loss_retries`` times per step) and ``"end"``.
     """
     notify = on_step or (lambda *args: None)
     runs = []
     for step in demo_steps(size):
         notify("start", step, None, False)
-        run, created = run_start(kind=step.kind, params=step.params(), created_by=created_by, inline=inline)
-        notify("queued", step, run, created)
-        while run.is_active:
-            time.sleep(poll_interval)
-            run.refresh_from_db()
+        for attempt in range(worker_loss_retries + 1):
+            run, created = run_start(kind=step.kind, params=step.params(), created_by=created_by, inline=inline)
+            notify("queued", step, run, created)
+            while run.is_active:
+                time.sleep(poll_interval)
+                run.refresh_from_db()
+            if run.status != RunStatus.FAILED or run.phase != WORKER_LOST_PHASE or attempt == worker_loss_retries:
+                break
+            notify("retry", step, run, created)
         notify("end", step, run, created)
         runs.append(run)
         if run.status != RunStatus.SUCCEEDED:

@@ -12,7 +12,7 @@ from analysis import selectors
 from analysis.forms import SelfcheckForm
 from analysis.jobs import job_kinds
 from analysis.models import Run, RunStatus
-from analysis.services.runs import run_cancel, run_fail_stale
+from analysis.services.runs import run_cancel, runs_reconcile
 from analysis.services.selfcheck import SELFCHECK, selfcheck_run_start
 from analysis.views.starting import StartRunFormMixin
 
@@ -23,8 +23,10 @@ class DashboardView(ResearcherRequiredMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
+        runs_reconcile()
         context["run_counts"] = selectors.run_counts()
-        context["recent_runs"] = selectors.runs_for_list()[:8]
+        context["recent_runs"] = selectors.runs_with_worker_state(selectors.runs_for_list()[:8])
+        context["no_worker_queues"] = selectors.queues_without_worker()
         return context
 
 
@@ -35,7 +37,7 @@ class RunListView(ResearcherRequiredMixin, ListView):
     paginate_by = 50
 
     def get_queryset(self):
-        run_fail_stale()
+        runs_reconcile()
         return selectors.runs_for_list(kind=self.request.GET.get("kind") or None,
                                        status=self.request.GET.get("status") or None)
 
@@ -50,8 +52,19 @@ class RunListView(ResearcherRequiredMixin, ListView):
         context["statuses"] = RunStatus.choices
         context["selected_kind"] = self.request.GET.get("kind", "")
         context["selected_status"] = self.request.GET.get("status", "")
+        context["runs"] = context["object_list"] = selectors.runs_with_worker_state(context["runs"])
         context["any_active"] = any(run.is_active for run in context["runs"])
+        context["no_worker_queues"] = selectors.queues_without_worker()
         return context
+
+
+def _with_worker_state(run: Run) -> Run:
+    """The run, reconciled first (its worker died: failed; its message was lost: sent again), with ``worker_state``."""
+    if run.is_active:
+        runs_reconcile()
+        run.refresh_from_db()
+    run.worker_state = selectors.run_worker_state(run)
+    return run
 
 
 class RunDetailView(ResearcherRequiredMixin, DetailView):
@@ -59,6 +72,9 @@ class RunDetailView(ResearcherRequiredMixin, DetailView):
     model = Run
     template_name = "analysis/runs/detail.html"
     context_object_name = "run"
+
+    def get_object(self, queryset=None):
+        return _with_worker_state(super().get_object(queryset))
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -79,10 +95,7 @@ class RunStatusView(ResearcherRequiredMixin, DetailView):
     context_object_name = "run"
 
     def get_object(self, queryset=None):
-        run = super().get_object(queryset)
-        if run.status == RunStatus.RUNNING and run_fail_stale():
-            run.refresh_from_db()
-        return run
+        return _with_worker_state(super().get_object(queryset))
 
 
 class RunCancelView(ResearcherRequiredMixin, View):
@@ -94,7 +107,7 @@ class RunCancelView(ResearcherRequiredMixin, View):
             messages.warning(request, f"Run {run.pk} had already finished ({run.get_status_display().lower()}).")
         if request.htmx:
             run.refresh_from_db()
-            return render(request, "analysis/runs/_status.html", {"run": run})
+            return render(request, "analysis/runs/_status.html", {"run": _with_worker_state(run)})
         return redirect(run)
 
 

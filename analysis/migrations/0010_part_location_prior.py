@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('analysis', '0008_explanatory_graph'),
+        ('analysis', '0009_worker_heartbeats_and_run_requeue'),
     ]
 
     operations = [
