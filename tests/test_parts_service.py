@@ -152,6 +152,51 @@ def test_ablate_end_to_end(world, tmp_path):
     assert correlations["rows"] and "r" in correlations["size_delta"]
 
 
+def test_correlations_use_one_part_set_for_all_three_figures(world):
+    parts = PartDetectionStudy.objects.get(run=score())
+    ablation = AblationStudy.objects.get(run=ablate())
+    table = part_correlations(parts=parts, ablation=ablation)
+    common = [row for row in table["rows"] if row["in_common"]]
+    assert table["n_common"] == len(common) > 2
+    assert all(row["ap"] is not None and row["delta"] is not None for row in common)
+    # The blackouts cover parts the detection study's size rule dropped: they are listed, and left out of every r.
+    assert len(table["rows"]) > len(common)
+    assert table["size_ap"]["n"] == table["size_delta"]["n"] == table["ap_delta"]["n"] == len(common)
+
+
+class _FakeImages:
+    """The part mask of one 20×40 image: the part's pixels wherever its label is (both wheels)."""
+
+    device = "cpu"
+
+    def part_mask(self, image, number):
+        import torch
+
+        mask = torch.zeros((20, 40), dtype=torch.bool)
+        mask[12:18, 2:8] = True  # the wheel of object 0
+        mask[12:18, 26:32] = True  # the wheel of object 1
+        return mask
+
+
+def test_blackout_masks_the_part_of_the_view_s_own_object_inside_its_crop():
+    from analysis.services.parts import DatasetBoxes, View, _instance_part_mask
+
+    boxes = DatasetBoxes(sizes={0: (20, 40)})
+    boxes.parts[(1, 2)] = [(0, 0, (2, 12, 8, 18)), (0, 1, (26, 12, 32, 18))]
+    images = _FakeImages()
+    first = _instance_part_mask(images, boxes, View(0, (0, 0, 20, 20), 0, (0, 0, 20, 20)), 1, 2, 7)
+    assert first is not None and first[12:18, 2:8].all() and not first[:, 20:].any()  # not the other car's wheel
+    second = _instance_part_mask(images, boxes, View(0, (20, 0, 40, 20), 1, (20, 0, 40, 20)), 1, 2, 7)
+    assert second[12:18, 26:32].all() and not second[:, :20].any()
+    # A crop of object 0 that stops above its wheel: the part lies outside the view, so the view is left out.
+    assert _instance_part_mask(images, boxes, View(0, (0, 0, 20, 10), 0, (0, 0, 20, 10)), 1, 2, 7) is None
+    # An object with no box of this part (object 2): nothing to black out.
+    assert _instance_part_mask(images, boxes, View(0, (0, 0, 40, 20), 2, (0, 0, 40, 20)), 1, 2, 7) is None
+    # A whole image takes every instance.
+    whole = _instance_part_mask(images, boxes, View(0, (0, 0, 40, 20), -1, (0, 0, 40, 20)), 1, 2, 7)
+    assert int(whole.sum()) == 2 * 36
+
+
 def test_commands_print_run_ids(world):
     out = io.StringIO()
     call_command("score_parts", "--network", "parts-net", "--dataset", "parts-tiny", "--layer", "conv5", "--split",

@@ -245,8 +245,9 @@ class _Images:
 
     def inputs(self, views: list[View], mode: str, masks: dict[int, Any] | None = None):
         """``float32 [V, 3, H, W]``: each view's crop warped to the input (or the whole image resized as the
-        extraction does: bilinear, antialiased, rounded to uint8), after mean subtraction; with ``masks``
-        (``{image: bool [ih, iw]}``) those pixels are set to 0 first. Images of one size are processed together."""
+        extraction does: bilinear, antialiased, rounded to uint8), after mean subtraction; with ``masks`` (one
+        ``bool [ih, iw]`` per view, in ``views``' order) those pixels of the view's image are set to 0 first, so two
+        views of one image can black out different pixels. Images of one size are processed together."""
         import torch
         import torch.nn.functional as F
         from torchvision.ops import roi_align
@@ -259,14 +260,17 @@ class _Images:
         for position, view in enumerate(views):
             by_size[arrays[view.image].shape[:2]].append(position)
         for size, positions in by_size.items():
-            images = list(dict.fromkeys(views[p].image for p in positions))
-            slot = {image: k for k, image in enumerate(images)}
-            batch = torch.from_numpy(np.stack([arrays[image] for image in images])).permute(0, 3, 1, 2).to(self.device)
+            # one slot per image, or per view when each view blacks out its own pixels
+            keys = list(positions) if masks is not None else list(dict.fromkeys(views[p].image for p in positions))
+            slot = {key: k for k, key in enumerate(keys)}
+            slot_of = [slot[p] if masks is not None else slot[views[p].image] for p in positions]
+            batch = torch.from_numpy(np.stack([arrays[views[key].image] if masks is not None else arrays[key]
+                                               for key in keys])).permute(0, 3, 1, 2).to(self.device)
             if mode == PartInputs.OBJECT_CROPS:
                 x = normalize_images(batch, self.network.mean, self.network.std)
                 if masks is not None:
-                    x = x.masked_fill(torch.stack([masks[image] for image in images])[:, None], 0.0)
-                boxes = torch.tensor([[slot[views[p].image], *views[p].frame] for p in positions], dtype=torch.float32,
+                    x = x.masked_fill(torch.stack([masks[p] for p in positions])[:, None], 0.0)
+                boxes = torch.tensor([[k, *views[p].frame] for k, p in zip(slot_of, positions)], dtype=torch.float32,
                                      device=self.device)
                 out[positions] = roi_align(x, boxes, output_size=self.input_size, spatial_scale=1.0, sampling_ratio=2,
                                            aligned=True)
@@ -276,9 +280,9 @@ class _Images:
                                           antialias=True).round().clamp(0, 255).byte()
                 x = normalize_images(batch, self.network.mean, self.network.std)
                 if masks is not None:
-                    mask = torch.stack([masks[image] for image in images])[:, None].float()
+                    mask = torch.stack([masks[p] for p in positions])[:, None].float()
                     x = x.masked_fill(F.interpolate(mask, size=self.input_size, mode="nearest") > 0.5, 0.0)
-                out[positions] = x[[slot[views[p].image] for p in positions]]
+                out[positions] = x[slot_of]
         return out
 
 
@@ -468,6 +472,31 @@ def _class_index(network: Network, name: str) -> int | None:
     return names.index(name) if name in names else None
 
 
+def _instance_part_mask(images: _Images, boxes: DatasetBoxes, view: View, class_id: int, part_id: int,
+                        number: int):
+    """``bool [ih, iw]``: the part's pixels that belong to the object ``view`` shows, inside the view's frame; None
+    when there are none (GG'18 §6 blacks out the part of the object being recognised, so a view whose part lies
+    outside its crop, or belongs to another object of the image, says nothing about the part).
+
+    Broden masks carry no instance ids: an instance's pixels are the part's pixels inside that instance's part
+    boxes (``boxes.csv``, which ties every part box to its object). A whole-image view (``object_index`` -1) takes
+    every instance of the class's part in the image."""
+    import torch
+
+    height, width = boxes.sizes[view.image]
+    own = torch.zeros((height, width), dtype=torch.bool, device=images.device)
+    for image, obj, (x1, y1, x2, y2) in boxes.parts.get((class_id, part_id), []):
+        if image == view.image and view.object_index in (-1, obj):
+            own[max(0, int(np.floor(y1))):int(np.ceil(y2)), max(0, int(np.floor(x1))):int(np.ceil(x2))] = True
+    if not bool(own.any()):
+        return None
+    fx1, fy1, fx2, fy2 = view.frame
+    inside = torch.zeros_like(own)
+    inside[max(0, int(np.floor(fy1))):max(0, int(np.ceil(fy2))), max(0, int(np.floor(fx1))):max(0, int(np.ceil(fx2)))] = True
+    mask = images.part_mask(view.image, number) & own & inside
+    return mask if bool(mask.any()) else None
+
+
 def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
 
@@ -546,15 +575,17 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
             for done, part in enumerate(class_parts):
                 number = boxes.concepts[part["part_id"]].number
                 progress.phase(f"Blacking out {part['name']}", total=len(views))
-                masks = {view.image: images.part_mask(view.image, number) for view in views}
-                holding = [k for k, view in enumerate(views) if bool(masks[view.image].any())]
+                masks = [_instance_part_mask(images, boxes, view, class_id, part["part_id"], number)
+                         for view in views]
+                holding = [k for k, mask in enumerate(masks) if mask is not None]
                 if not holding:
                     continue
                 total = 0.0
                 with torch.no_grad():
                     for start in range(0, len(holding), params["batch_size"]):
                         batch = holding[start:start + params["batch_size"]]
-                        x = images.inputs([views[k] for k in batch], params["inputs"], masks=masks)
+                        x = images.inputs([views[k] for k in batch], params["inputs"],
+                                          masks=[masks[k] for k in batch])
                         blacked = class_scores(model(x), output, params["score"])
                         total += float((base_scores[batch] - blacked).sum())
                         progress(start + len(batch), len(holding))
@@ -580,7 +611,9 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
 
 def part_correlations(*, parts: PartDetectionStudy | None, ablation: AblationStudy | None) -> dict[str, Any]:
     """GG'18 Fig. 3 and Fig. 15: per part class its relative size, GA AP (``parts``) and blackout δ (``ablation``),
-    with Pearson's r and p for each pair (over the parts present in both when both are given)."""
+    with Pearson's r and p for each pair. When both studies are given, all three correlations are computed on one
+    part set, the parts present in both (``in_common``); the others are listed but left out of every r, so the
+    three figures describe the same parts."""
     from analysis.engine.ablation import pearson
 
     rows: dict[str, dict[str, Any]] = {}
@@ -592,13 +625,17 @@ def part_correlations(*, parts: PartDetectionStudy | None, ablation: AblationStu
             row = rows.setdefault(result.name, {"name": result.name, "size": result.relative_size, "ap": None})
             row["delta"] = result.delta
     table = sorted(rows.values(), key=lambda row: row["name"])
+    both = parts is not None and ablation is not None
+    for row in table:
+        row["in_common"] = not both or (row["ap"] is not None and row["delta"] is not None)
+    common = [row for row in table if row["in_common"]]
 
     def pairs(a: str, b: str):
-        chosen = [row for row in table if row[a] is not None and row[b] is not None]
+        chosen = [row for row in common if row[a] is not None and row[b] is not None]
         return [row[a] for row in chosen], [row[b] for row in chosen]
 
-    return {"rows": table, "size_ap": pearson(*pairs("size", "ap")), "size_delta": pearson(*pairs("size", "delta")),
-            "ap_delta": pearson(*pairs("ap", "delta"))}
+    return {"rows": table, "n_common": len(common), "size_ap": pearson(*pairs("size", "ap")),
+            "size_delta": pearson(*pairs("size", "delta")), "ap_delta": pearson(*pairs("ap", "delta"))}
 
 
 # -- export -----------------------------------------------------------------------------------------------

@@ -243,7 +243,7 @@ class PartCorrelationsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
                 ("size_ap", ("size", "ap"), ("part size / object size", "AP (GA combination)")),
                 ("size_delta", ("size", "delta"), ("part size / object size", "δ (part blackout)")),
                 ("ap_delta", ("ap", "delta"), ("AP (GA combination)", "δ (part blackout)"))):
-            chosen = [row for row in rows if row[a] is not None and row[b] is not None]
+            chosen = [row for row in rows if row["in_common"] and row[a] is not None and row[b] is not None]
             stats = table[key]
             if len(chosen) >= 2:
                 title = (f"Pearson r = {stats['r']:.2f}, p = {stats['p']:.2g} (n = {stats['n']})"
@@ -252,5 +252,6 @@ class PartCorrelationsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
                                "svg": scatter_chart([row[a] for row in chosen], [row[b] for row in chosen],
                                                     [row["name"] for row in chosen], xlabel=xlabel, ylabel=ylabel,
                                                     title=title)})
-        context.update(network=network, layer=layer, parts=parts, ablation=ablation, rows=rows, charts=charts)
+        context.update(network=network, layer=layer, parts=parts, ablation=ablation, rows=rows, charts=charts,
+                       n_common=table["n_common"], left_out=[row["name"] for row in rows if not row["in_common"]])
         return context
