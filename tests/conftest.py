@@ -1,4 +1,10 @@
-"""Shared fixtures: users per role, a real Celery worker process, Playwright on Debian's Chromium."""
+"""Shared fixtures and hooks: the ``needs_cuda`` skip, users per role, a real Celery worker process, Playwright on
+Debian's Chromium.
+
+Markers (declared in pytest.ini): ``needs_cuda`` (parametrise devices with ``tests.devices.cpu_and_cuda()``),
+``browser`` (a test drives Chromium), ``worker`` (a test starts a Celery worker process).
+``tests/test_markers.py`` checks that every such test carries its marker.
+"""
 from __future__ import annotations
 
 import os
@@ -18,6 +24,20 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 PASSWORD = "a-test-password-9"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The one ``needs_cuda`` hook: such items are skipped, with the reason, where torch sees no CUDA device."""
+    cuda_items = [item for item in items if item.get_closest_marker("needs_cuda")]
+    if not cuda_items:
+        return
+    import torch  # only when a CUDA item was collected: web-only runs stay free of torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs_cuda: torch.cuda.is_available() is False on this machine")
+    for item in cuda_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from torchvision.ops import nms
 from analysis.engine.part_detection import (DetectionMatching, apply_box_regressors, average_precision,
                                             best_ground_truth, fit_box_regressors, grouped_nms, local_maxima,
                                             neighbourhood_features, regression_pairs)
+from tests.devices import cpu_and_cuda
 
-needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = cpu_and_cuda()
 
 
 def naive_iou(a, b) -> float:
