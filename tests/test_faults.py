@@ -193,6 +193,7 @@ def crowd_loop(base: str, token: str, number: int, rounds: int, log: Log, deadli
             log.errors.append(f"crowd {number}: {type(error).__name__}: {error}")
 
 
+@pytest.mark.worker
 def test_postgres_restart_while_experts_and_crowd_submit(tmp_path):
     people, rounds = 3, 6
     with ThrowawayPostgres() as pg:
