@@ -122,25 +122,57 @@ def browser_type_launch_args(browser_type_launch_args):
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
+@pytest.fixture(scope="session")
+def probe_world_files(tmp_path_factory):
+    """``probe_world_files(n_images=36, size=64, seed=5) -> Path``: a generated probe world's folder (Broden format),
+    generated once per parameter set for the whole session in its own temporary folder and only read afterwards.
+
+    Files only: register one into a test's database with ``make_probe_world`` (or ``tests.worlds``' factories
+    from a module-scoped fixture). Each test's ``UNITSCOPE_DATA_DIR`` stays its own (``isolated_data_dir``).
+    """
+    from analysis.engine.probe_world import generate_probe_world
+    from tests.worlds import TINY_WORLD
+
+    root, generated = tmp_path_factory.mktemp("probe-worlds"), {}
+
+    def files(*, n_images: int = TINY_WORLD["n_images"], size: int = TINY_WORLD["size"],
+              seed: int = TINY_WORLD["seed"]) -> Path:
+        key = (n_images, size, seed)
+        if key not in generated:
+            folder = root / f"world-{n_images}-{size}px-seed{seed}"
+            generate_probe_world(folder, n_images=n_images, seed=seed, size=size)
+            generated[key] = folder
+        return generated[key]
+
+    return files
+
+
 @pytest.fixture
-def tiny_layer_with_grids(db):
-    """A 36-image probe world (64 px), a seeded demo network, conv5 extracted and its grids rendered.
+def make_probe_world(db, probe_world_files):
+    """``make_probe_world(name="tiny", n_images=36, size=64, seed=5) -> Dataset``: the session's generated world
+    with those parameters, registered in this test's database under ``name``."""
+    from tests.worlds import TINY_WORLD, probe_world_register
+
+    def make(name: str = "tiny", **params: int):
+        params = {**TINY_WORLD, **params}
+        return probe_world_register(name=name, root=probe_world_files(**params), **params)
+
+    return make
+
+
+@pytest.fixture
+def tiny_layer_with_grids(make_probe_world):
+    """The 36-image probe world (64 px) as ``tiny``, the seeded demo network as ``seeded``, its conv5 extracted
+    and the grids rendered.
 
     Returns the extraction run. A few seconds: used by page and browser tests of the unit browser.
     """
-    from analysis.engine.demo_network import demo_network_target
-    from analysis.engine.networks import NetworkKind, NetworkSpec
-    from analysis.services.datasets import probe_world_run_start
-    from analysis.services.extraction import extraction_run_start
     from analysis.services.grids import grids_run_start
-    from analysis.services.networks import network_register
+    from tests.worlds import extraction_run, seeded_network
 
-    assert probe_world_run_start(name="tiny", n_images=36, size=64, seed=5, inline=True).status == "succeeded"
-    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": 7},
-                       input_size=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    network_register(name="seeded", spec=spec)
-    run = extraction_run_start(network="seeded", dataset="tiny", layers=["conv5"], batch_size=12, inline=True)
-    assert run.status == "succeeded", run.error
+    make_probe_world("tiny")
+    seeded_network(name="seeded", input_size=(64, 64))
+    run = extraction_run(network="seeded", dataset="tiny", layers=["conv5"], batch_size=12)
     assert grids_run_start(extraction_run=run.pk, layer="conv5", inline=True).status == "succeeded"
     return run
 
