@@ -17,8 +17,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from annotation import claims
-from annotation import crowd_services
-from annotation import services as expert_services
+from annotation.crowd import services as crowd_services
+from annotation.expert import services as expert_services
 from annotation.models import Answer, CrowdAssignment, Hit, StudyPlan, StudyTask
 from tests.test_crowd_study import enter, validation_study
 from tests.test_expert_study import build_study_world, make_experts
