@@ -161,20 +161,24 @@ def make_probe_world(db, probe_world_files):
 
 
 @pytest.fixture
-def tiny_layer_with_grids(make_probe_world):
-    """The 36-image probe world (64 px) as ``tiny``, the seeded demo network as ``seeded``, its conv5 extracted
-    and the grids rendered.
-
-    Returns the extraction run. A few seconds: used by page and browser tests of the unit browser.
-    """
-    from analysis.services.grids import grids_run_start
+def tiny_layer(make_probe_world):
+    """The 36-image probe world (64 px) as ``tiny``, the seeded demo network as ``seeded`` and its conv5 extracted
+    (no grids). Returns the extraction run."""
     from tests.worlds import extraction_run, seeded_network
 
     make_probe_world("tiny")
     seeded_network(name="seeded", input_size=(64, 64))
-    run = extraction_run(network="seeded", dataset="tiny", layers=["conv5"], batch_size=12)
-    assert grids_run_start(extraction_run=run.pk, layer="conv5", inline=True).status == "succeeded"
-    return run
+    return extraction_run(network="seeded", dataset="tiny", layers=["conv5"], batch_size=12)
+
+
+@pytest.fixture
+def tiny_layer_with_grids(tiny_layer):
+    """``tiny_layer`` with conv5's grids rendered (the costly part: about 8 s of CPU). Returns the extraction run.
+    Used by page, crowd and browser tests of the unit browser."""
+    from analysis.services.grids import grids_run_start
+
+    assert grids_run_start(extraction_run=tiny_layer.pk, layer="conv5", inline=True).status == "succeeded"
+    return tiny_layer
 
 
 @pytest.fixture(autouse=True)
