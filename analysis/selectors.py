@@ -1,9 +1,17 @@
 """Reads of the machine side."""
 from __future__ import annotations
 
-from django.db.models import Count, Q
+import shlex
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 
-from analysis.models import Run, RunStatus
+from django.conf import settings
+from django.db.models import Count, Min, Q
+from django.utils import timezone
+
+from analysis.models import Run, RunStatus, WorkerHeartbeat
 
 
 def runs_for_list(*, kind: str | None = None, status: str | None = None):
@@ -19,6 +27,113 @@ def run_counts() -> dict[str, int]:
     """Number of runs per status, every status present."""
     counts = Run.objects.aggregate(**{status.value: Count("pk", filter=Q(status=status)) for status in RunStatus})
     return {status.value: counts[status.value] for status in RunStatus}
+
+
+@dataclass(frozen=True)
+class QueueLiveness:
+    """Whether any worker of ``queue`` was seen within ``UNITSCOPE_WORKER_ALIVE_SECONDS``."""
+
+    queue: str
+    alive: bool
+    workers: tuple[str, ...]  # node names of the live workers
+    last_seen: datetime | None  # the latest heartbeat of any worker of the queue, live or not
+
+
+def queues_liveness(*, now: datetime | None = None) -> dict[str, QueueLiveness]:
+    """Liveness of every queue some worker has announced (one query). Queues no worker ever consumed are absent."""
+    now = now or timezone.now()
+    alive_after = now - timedelta(seconds=settings.UNITSCOPE_WORKER_ALIVE_SECONDS)
+    seen: dict[str, list[WorkerHeartbeat]] = {}
+    for heartbeat in WorkerHeartbeat.objects.all():
+        for queue in heartbeat.queue_list:
+            seen.setdefault(queue, []).append(heartbeat)
+    return {queue: QueueLiveness(queue=queue,
+                                 alive=any(beat.last_seen >= alive_after for beat in beats),
+                                 workers=tuple(beat.hostname for beat in beats if beat.last_seen >= alive_after),
+                                 last_seen=max(beat.last_seen for beat in beats))
+            for queue, beats in seen.items()}
+
+
+def queue_liveness(queue: str, *, now: datetime | None = None) -> QueueLiveness:
+    """Whether any worker of ``queue`` was seen within ``UNITSCOPE_WORKER_ALIVE_SECONDS``."""
+    return queues_liveness(now=now).get(queue) or QueueLiveness(queue=queue, alive=False, workers=(), last_seen=None)
+
+
+def worker_start_command(queue: str) -> str:
+    """The command that starts a worker for ``queue`` here: ``UNITSCOPE_WORKER_COMMAND``, else this
+    installation's Python running Celery (relative to the project folder when the venv lives there)."""
+    if settings.UNITSCOPE_WORKER_COMMAND:
+        return settings.UNITSCOPE_WORKER_COMMAND.replace("{queue}", queue)
+    python = Path(sys.executable)
+    try:
+        python = python.relative_to(Path(settings.BASE_DIR))
+    except ValueError:
+        pass
+    return f"{shlex.quote(str(python))} -m celery -A unitscope worker -Q {queue} -c 1 --loglevel INFO"
+
+
+@dataclass(frozen=True)
+class RunWorkerState:
+    """What a run waits on. ``state``: ``running`` (a worker has it), ``waiting`` (queued, a worker of its queue
+    is alive or may still be starting), ``no_worker`` (queued and nobody consumes its queue), or ``""`` (finished)."""
+
+    state: str
+    message: str = ""
+    command: str = ""
+    queue: str = ""
+    last_seen: datetime | None = None  # the last heartbeat of any worker of the queue (no_worker only)
+
+
+def run_worker_state(run: Run, *, liveness: dict[str, QueueLiveness] | None = None,
+                     now: datetime | None = None) -> RunWorkerState:
+    """The worker state of ``run`` (pass ``liveness`` from :func:`queues_liveness` when judging many runs).
+
+    A queued run says "no worker" when no worker of its queue was seen within ``UNITSCOPE_WORKER_ALIVE_SECONDS``
+    and either one was seen before (it stopped) or the run has waited that long (a worker that is starting up
+    gets that much time to send its first heartbeat).
+    """
+    if run.status == RunStatus.RUNNING:
+        return RunWorkerState("running")
+    if run.status != RunStatus.QUEUED:
+        return RunWorkerState("")
+    now = now or timezone.now()
+    live = (liveness if liveness is not None else queues_liveness(now=now)).get(run.queue)
+    if live is not None and live.alive:
+        return RunWorkerState("waiting", "Waiting for a worker")
+    waited = (now - run.created_at).total_seconds()
+    if live is None and waited < settings.UNITSCOPE_WORKER_ALIVE_SECONDS:
+        return RunWorkerState("waiting", "Waiting for a worker")
+    command = worker_start_command(run.queue)
+    seen = (f" (one was last seen {timezone.localtime(live.last_seen):%Y-%m-%d %H:%M:%S})" if live is not None
+            else "")
+    return RunWorkerState("no_worker", f"No worker is running for the {run.queue} queue{seen} — start one with "
+                                       f"`{command}`.", command, run.queue, live.last_seen if live else None)
+
+
+def runs_with_worker_state(runs) -> list[Run]:
+    """The runs, each with ``worker_state`` (:class:`RunWorkerState`) set; one liveness query for all of them."""
+    runs = list(runs)
+    if any(run.status == RunStatus.QUEUED for run in runs):
+        now = timezone.now()
+        liveness = queues_liveness(now=now)
+        for run in runs:
+            run.worker_state = run_worker_state(run, liveness=liveness, now=now)
+    else:
+        for run in runs:
+            run.worker_state = run_worker_state(run)
+    return runs
+
+
+def queues_without_worker() -> list[RunWorkerState]:
+    """One "no worker" state per queue whose queued runs wait with no live worker (judged on its oldest run)."""
+    oldest = Run.objects.filter(status=RunStatus.QUEUED).order_by().values("queue").annotate(first=Min("created_at"))
+    if not oldest:
+        return []
+    now = timezone.now()
+    liveness = queues_liveness(now=now)
+    states = [run_worker_state(Run(queue=row["queue"], status=RunStatus.QUEUED, created_at=row["first"]),
+                               liveness=liveness, now=now) for row in oldest]
+    return sorted((state for state in states if state.state == "no_worker"), key=lambda state: state.queue)
 
 
 def datasets_for_list():

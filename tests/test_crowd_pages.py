@@ -14,7 +14,7 @@ from django.urls import reverse
 from annotation.crowd import hits as crowd_hits
 from annotation.crowd import services
 from annotation.crowd.adapters import context_dumps
-from annotation.models import (MTURK_PREVIEW_ASSIGNMENT, AssignmentState, CrowdAssignment, CrowdTaskKind,
+from annotation.models import (MTURK_PREVIEW_ASSIGNMENT, CrowdAssignment, CrowdAssignmentState, CrowdTaskKind,
                                CrowdWorker, HitRole, LabelOrigin)
 from tests.test_crowd_study import add_gold, build_crowd_world, enter, validation_study
 
@@ -101,7 +101,7 @@ def test_validation_hits_are_blind_in_html_urls_and_image_names(settings):
     assert_no_origin(start.content.decode(), "the start page")
     entered = client.post(reverse("annotation:crowd_entry", args=[study.token]))
     pages = walk(client, entered["Location"])
-    assert len(pages) == study.hits.count() == 9
+    assert len(pages) == study.hits.count() == 12  # 3 units × (3 comparison labels + 1 selection-round HIT)
     worker = CrowdWorker.objects.get(study=study)
     by_token = {a.token: a for a in CrowdAssignment.objects.filter(worker=worker).select_related("hit__grid")}
     normalised_by_unit: dict[int, dict[str, str]] = {}
@@ -177,7 +177,7 @@ def test_mturk_submission_posts_the_assignment_id_to_turk_submit_to():
     assert forms[0]["action"] == "https://workersandbox.mturk.com/mturk/externalSubmit"
     assert forms[0]["fields"]["assignmentId"] == "ASSIGN-1" and forms[0]["fields"]["answer"] == "no"
     assignment.refresh_from_db()
-    assert assignment.state == AssignmentState.SUBMITTED
+    assert assignment.state == CrowdAssignmentState.SUBMITTED
     # One UnitScope HIT per MTurk assignment: asking again within it gives no second HIT; without the platform's
     # context there is no HIT at all.
     worker = CrowdWorker.objects.get()
@@ -232,7 +232,7 @@ def test_prolific_completion_code_appears_only_after_a_submission():
     done = client.post(second_task, {"answer": "no"}, follow=True)
     assert code in done.content.decode() and "completion code" in done.content.decode()
     assert f"cc={code}" in done.content.decode()
-    assert CrowdAssignment.objects.filter(external_session="X1", state=AssignmentState.SUBMITTED).count() == 2
+    assert CrowdAssignment.objects.filter(external_session="X1", state=CrowdAssignmentState.SUBMITTED).count() == 2
 
 
 def test_prolific_without_any_submission_gets_no_code():
@@ -290,7 +290,7 @@ def test_researcher_pages(researcher_client):
                                                    "reason": "too fast"})
     assert response.status_code == 302
     done[0].refresh_from_db()
-    assert done[0].state == AssignmentState.REJECTED and done[0].reason == "too fast"
+    assert done[0].state == CrowdAssignmentState.REJECTED and done[0].reason == "too fast"
     researcher_client.post(reverse("annotation:crowd_workers", args=[study.pk]),
                            {"form": "bonus", "worker": worker.pk, "amount_cents": 30, "reason": "thanks"})
     researcher_client.post(reverse("annotation:crowd_workers", args=[study.pk]),
@@ -300,6 +300,18 @@ def test_researcher_pages(researcher_client):
     create = researcher_client.get(reverse("annotation:crowd_study_create"))
     assert create.status_code == 200 and "pages-net / conv5" in create.content.decode()
 
+
+
+@pytest.mark.parametrize("back", ["//evil.example/steal", "https://evil.example/", "http:/\\evil.example",
+                                  "javascript:alert(1)", "", None])
+def test_the_review_page_goes_back_only_within_the_site(researcher_client, back):
+    study = validation_study("back", units=1, assignments_per_hit=1)
+    review_url = reverse("annotation:crowd_review", args=[study.pk])
+    form = {"assignments": "", "decision": "approve", **({"back": back} if back is not None else {})}
+    response = researcher_client.post(review_url, form)
+    assert response.status_code == 302 and response["Location"] == review_url
+    same_site = f"{review_url}?state=rejected"
+    assert researcher_client.post(review_url, {**form, "back": same_site})["Location"] == same_site
 
 def test_an_mturk_worker_with_two_accepted_hits_gets_one_unitscope_hit_each():
     study = validation_study("two-turk", units=2)

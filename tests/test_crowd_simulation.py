@@ -14,7 +14,7 @@ from annotation.crowd import demo as crowd_demo
 from annotation.crowd import hits as crowd_hits
 from annotation.crowd import services
 from annotation.crowd.truth import absent_concepts, peak_concepts, truth_concepts
-from annotation.models import AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, HitRole, LabelOrigin
+from annotation.models import CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, HitRole, LabelOrigin
 from annotation.naming import normalise_concept_name
 
 pytestmark = pytest.mark.django_db
@@ -127,10 +127,10 @@ def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_
         assert CrowdAssignment.objects.filter(hit__study=study, simulated=False).count() == 0
     # Every description HIT has its three answers; every validation HIT three, plus two places left for people.
     for hit in description.hits.filter(role=HitRole.TASK):
-        assert hit.assignments.filter(state=AssignmentState.SUBMITTED).count() == 3 == hit.max_assignments
+        assert hit.assignments.filter(state=CrowdAssignmentState.SUBMITTED).count() == 3 == hit.max_assignments
     origins = set()
     for hit in validation.hits.filter(role=HitRole.TASK):
-        assert hit.assignments.filter(state=AssignmentState.SUBMITTED).count() == 3 and hit.max_assignments == 5
+        assert hit.assignments.filter(state=CrowdAssignmentState.SUBMITTED).count() == 3 and hit.max_assignments == 5
         origins.add(hit.label_origin)
     assert origins == set(LabelOrigin.values)  # the description study's canonical phrases became human labels
     # Careful simulated workers validate dissection labels more often than controls.

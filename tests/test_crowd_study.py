@@ -22,7 +22,7 @@ from annotation.crowd import selectors as crowd_selectors
 from annotation.crowd import services
 from annotation.crowd import truth as crowd_truth
 from annotation.crowd.services import CrowdInputError
-from annotation.models import AssignmentState, CrowdAdapter, CrowdAssignment, CrowdTaskKind, HitRole, LabelOrigin
+from annotation.models import CrowdAdapter, CrowdAssignment, CrowdAssignmentState, CrowdTaskKind, HitRole, LabelOrigin
 
 pytestmark = pytest.mark.django_db
 CONCEPTS = [("car", "object"), ("wheel", "part"), ("wing", "part"), ("grass", "material"), ("red-c", "color"),
@@ -198,7 +198,7 @@ def test_an_expired_lease_frees_the_place_and_the_late_answer_is_refused():
         taken.append(next_one.hit_id)
     assert held_hit in taken and len(taken) == 2  # the place came free for someone else
     assignment.refresh_from_db()
-    assert assignment.state == AssignmentState.RETURNED and assignment.reason == "lease expired"
+    assert assignment.state == CrowdAssignmentState.RETURNED and assignment.reason == "lease expired"
     with pytest.raises(CrowdInputError, match="no longer yours"):
         services.assignment_submit(assignment=assignment, answer="yes")
     # The expired worker does not get the same HIT again.
@@ -223,7 +223,7 @@ def test_answers_are_validated_per_kind_and_time_on_task_is_recorded():
     shown = timezone.now()
     services.assignment_submit(assignment=assignment, answer="no", shown_at=shown, now=shown + timedelta(seconds=7))
     assignment.refresh_from_db()
-    assert assignment.state == AssignmentState.SUBMITTED and assignment.answer == "no"
+    assert assignment.state == CrowdAssignmentState.SUBMITTED and assignment.answer == "no"
     assert assignment.seconds == 7.0
     again = services.assignment_submit(assignment=assignment, answer="yes")  # a double submit changes nothing
     assert again.assignment.answer == "no"
@@ -298,9 +298,9 @@ def test_review_rejects_with_a_reason_reopens_the_place_and_bonuses_are_recorded
         services.assignment_review(assignment=done[0], approve=False)
     rejected = services.assignment_review(assignment=done[0], approve=False, reason="random clicking",
                                           reviewer=researcher)
-    assert rejected.state == AssignmentState.REJECTED and rejected.reason == "random clicking"
+    assert rejected.state == CrowdAssignmentState.REJECTED and rejected.reason == "random clicking"
     approved = services.assignment_review(assignment=done[1], approve=True, reviewer=researcher)
-    assert approved.state == AssignmentState.APPROVED
+    assert approved.state == CrowdAssignmentState.APPROVED
     assert [a.hit_id for a in answer_everything(second)] == [done[0].hit_id]  # the rejected place reopened
     assert CrowdAssignment.objects.answered().count() == 2  # approved + the new one; the rejected one is out
     bonus = services.bonus_grant(worker=first, amount_cents=25, reason="careful", assignment=done[1],

@@ -219,6 +219,42 @@ def test_run_stores_one_row_per_concept(study):
 
 
 @pytest.mark.django_db
+def test_the_export_holds_every_probe_and_its_weights(study, tmp_path):
+    import csv
+    import json
+
+    import numpy as np
+
+    from analysis.services.exports import run_export
+
+    files = {path.name: path for path in run_export(run=study.run, out_dir=tmp_path)}
+    assert set(files) == {"segmentation.csv", "segmentation_weights.npz", "classification.csv",
+                          "classification_weights.npz", "run.json"}
+    stored = {row.concept.name: row for row in study.concept_results.select_related("concept")}
+    with open(files["segmentation.csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["concept"] for row in rows] == sorted(stored)
+    for row in rows:
+        concept = stored[row["concept"]]
+        assert (int(row["best_unit"]), float(row["combination_val_iou"]), float(row["top4_val_iou"])) == (
+            concept.best_unit, concept.combination_val_iou, concept.top_f_val_iou["4"])
+    with np.load(files["segmentation_weights.npz"]) as weights:
+        assert weights["weight"].shape == (len(rows), study.layer.units)
+        assert list(weights["concepts"]) == [row["concept"] for row in rows]
+        np.testing.assert_array_equal(weights["weight"][-1], np.float32(stored[rows[-1]["concept"]].embedding))
+    classifiers = {row.concept.name: row for row in study.classifications.select_related("concept")}
+    with open(files["classification.csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["concept"] for row in rows] == sorted(classifiers)
+    assert all(float(row["top2_val_ap"]) == classifiers[row["concept"]].top_f_val_ap["2"] for row in rows)
+    with np.load(files["classification_weights.npz"]) as weights:
+        np.testing.assert_array_equal(weights["weight"][0], np.float32(classifiers[rows[0]["concept"]].raw_weight))
+        np.testing.assert_array_equal(weights["bias"], np.float32([classifiers[row["concept"]].bias for row in rows]))
+    meta = json.loads(files["run.json"].read_text())
+    assert (meta["run"], meta["layer"], meta["segmentation_concepts"]) == (study.run_id, "conv5", len(stored))
+
+
+@pytest.mark.django_db
 def test_classification_rows_match_a_naive_recount_and_their_stored_classifiers(study):
     """Presence counts recounted image by image from the Broden files; the stored combination's balanced val accuracy
     recomputed from its raw eq. 5 weights and the activation cache; F = 1 is the unit of largest |w|."""

@@ -74,6 +74,8 @@ def test_score_parts_end_to_end(world, inputs, tmp_path):
         assert len(result.single_ap) == units
         assert result.best_ap == max(result.single_ap)
         assert result.ga_ap >= result.best_ap  # GA never worse than the best single filter
+        assert 0.0 <= result.prior_ap <= 1.0 and 0.0 <= result.prior_recall <= 1.0  # the location-prior floor
+        assert result.emerges_above_prior() == (result.ga_ap > 0.3 and result.ga_ap > result.prior_ap)
         assert len(result.top_filters) == max(1, len(result.ga_filters))
         data = part_detection_arrays(result)
         # the stored results are the engine's on the saved detections
@@ -87,6 +89,8 @@ def test_score_parts_end_to_end(world, inputs, tmp_path):
         boxes = data["det_box"]
         assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
     assert study.n_emerged == sum(r.ga_ap > 0.3 for r in results)
+    assert study.n_emerged_above_prior == sum(r.emerges_above_prior() for r in results) <= study.n_emerged
+    assert study.mean_prior_ap == pytest.approx(np.mean([r.prior_ap for r in results]))
 
     out = tmp_path / "export"
     written = {path.name for path in run_export(run=run, out_dir=out)}

@@ -23,6 +23,8 @@ def _int_param(request, name: str) -> int | None:
 class LayerMixin:
     """Resolves ``network`` and ``layer`` from the URL."""
 
+    nav_section = "networks"
+
     def get_layer(self) -> tuple[Network, Layer]:
         network = get_object_or_404(Network, name=self.kwargs["name"])
         layer = get_object_or_404(Layer, network=network, name=self.kwargs["layer"])
@@ -113,6 +115,7 @@ class DissectionStartView(ResearcherRequiredMixin, LayerMixin, StartRunFormMixin
 class NetworkDissectionView(ResearcherRequiredMixin, TemplateView):
     """Unique concepts per category across a network's dissected layers (ND'18 Fig. 9 style)."""
 
+    nav_section = "networks"
     template_name = "analysis/dissection/network.html"
 
     def get_context_data(self, **kwargs):
@@ -202,6 +205,7 @@ class RotationStartView(ResearcherRequiredMixin, LayerMixin, StartRunFormMixin, 
 class ConceptDetailView(ResearcherRequiredMixin, TemplateView):
     """A concept: the units labelled with it and, per dissected layer, the units that segment it best."""
 
+    nav_section = "datasets"
     template_name = "analysis/dissection/concept.html"
 
     def get_context_data(self, **kwargs):

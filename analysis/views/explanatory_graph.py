@@ -17,8 +17,10 @@ from django.views.generic import FormView, TemplateView
 
 from accounts.permissions import ResearcherRequiredMixin
 from analysis.models import Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Network
-from analysis.services.explanatory_graph import (GRAPH_DEFAULTS, graph_filter_inferences, graph_node_inferences,
-                                                 graph_purity_candidates, graph_run_start, purity_patch_picture)
+from analysis.params import form_field
+from analysis.services.explanatory_graph import (GRAPH_DEFAULTS, GRAPH_PARAMS, graph_filter_inferences,
+                                                 graph_node_inferences, graph_purity_candidates, graph_run_start,
+                                                 purity_patch_picture)
 from analysis.services.runs import RunInputError
 from analysis.views.starting import StartRunFormMixin
 
@@ -34,13 +36,10 @@ class GraphForm(forms.Form):
     nodes_per_filter = forms.CharField(required=False, label="Nodes per filter N",
                                        help_text="One count per layer from the top, e.g. 10, 20, 40 (the paper's "
                                                  "three-layer values; empty = these).")
-    iterations = forms.IntegerField(initial=GRAPH_DEFAULTS["iterations"], min_value=1, max_value=500,
-                                    label="EM iterations T")
-    neighbours = forms.IntegerField(initial=GRAPH_DEFAULTS["neighbours"], min_value=1, max_value=200,
-                                    label="Upper-layer neighbours M")
-    tau = forms.FloatField(initial=GRAPH_DEFAULTS["tau"], min_value=1e-6, label="Noise density τ")
-    max_learn_images = forms.IntegerField(initial=GRAPH_DEFAULTS["max_learn_images"], min_value=0,
-                                          label="Learning images (0 = all training images)")
+    iterations = form_field(GRAPH_PARAMS, "iterations", label="EM iterations T")
+    neighbours = form_field(GRAPH_PARAMS, "neighbours", label="Upper-layer neighbours M")
+    tau = form_field(GRAPH_PARAMS, "tau", label="Noise density τ")
+    max_learn_images = form_field(GRAPH_PARAMS, "max_learn_images", label="Learning images (0 = all training images)")
     landmarks = forms.CharField(initial=", ".join(GRAPH_DEFAULTS["landmarks"]),
                                 help_text="Part classes whose box centres are the landmarks of location instability.")
 
@@ -67,6 +66,7 @@ class GraphForm(forms.Form):
 class NetworkGraphsView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
     """A network's explanatory graphs and the form that learns a new one."""
 
+    nav_section = "networks"
     template_name = "analysis/graph/list.html"
     form_class = GraphForm
     run_label = "Explanatory graph"
@@ -95,6 +95,8 @@ class NetworkGraphsView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
 
 
 class GraphMixin:
+    nav_section = "networks"
+
     def get_graph(self) -> ExplanatoryGraph:
         return get_object_or_404(ExplanatoryGraph.objects.select_related("network", "dataset", "run"),
                                  run_id=self.kwargs["run"])

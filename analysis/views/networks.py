@@ -11,22 +11,24 @@ from analysis.models import Layer, Network
 from analysis.plots import line_chart
 from analysis.services.extraction import extraction_run_start
 from analysis.services.grids import grids_run_start
-from analysis.services.networks import demo_training_run_start
+from analysis.services.networks import DEMO_TRAINING, demo_training_run_start
 from analysis.views.starting import StartRunFormMixin
 
 
 class NetworkListView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "networks"
     template_name = "analysis/networks/list.html"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["networks"] = selectors.networks_for_list()
         context["training_form"] = DemoTrainingForm()
-        context["recent_runs"] = selectors.runs_for_list(kind="train_demo_network")[:5]
+        context["recent_runs"] = selectors.runs_for_list(kind=DEMO_TRAINING.name)[:5]
         return context
 
 
 class DemoTrainingStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
+    nav_section = "networks"
     template_name = "analysis/datasets/start.html"
     form_class = DemoTrainingForm
     run_label = "Training"
@@ -39,6 +41,7 @@ class DemoTrainingStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView
 
 
 class NetworkDetailView(ResearcherRequiredMixin, DetailView):
+    nav_section = "networks"
     model = Network
     slug_field = slug_url_kwarg = "name"
     template_name = "analysis/networks/detail.html"
@@ -70,6 +73,7 @@ def _run_id(request) -> int | None:
 class LayerDetailView(ResearcherRequiredMixin, TemplateView):
     """The unit browser's layer level: every unit with its figures and top grid, sortable."""
 
+    nav_section = "networks"
     template_name = "analysis/networks/layer.html"
 
     def get_context_data(self, **kwargs):
@@ -88,6 +92,7 @@ class LayerDetailView(ResearcherRequiredMixin, TemplateView):
 class UnitDetailView(ResearcherRequiredMixin, TemplateView):
     """A unit: its top-15 thresholded grid, its top-10 grid for each object class, its deciles."""
 
+    nav_section = "networks"
     template_name = "analysis/networks/unit.html"
 
     def get_context_data(self, **kwargs):
@@ -106,6 +111,7 @@ class UnitDetailView(ResearcherRequiredMixin, TemplateView):
 
 
 class ExtractionStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
+    nav_section = "networks"
     template_name = "analysis/datasets/start.html"
     form_class = ExtractionForm
     run_label = "Extraction"
@@ -129,6 +135,7 @@ class ExtractionStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
 class GridsStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
     """Render one layer's grids of an extraction run (a button on the extraction run's page)."""
 
+    nav_section = "networks"
     template_name = "analysis/datasets/start.html"
     form_class = GridsForm
     run_label = "Grid rendering"

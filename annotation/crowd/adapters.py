@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 from django.core import signing
 
-from ..models import MTURK_PREVIEW_ASSIGNMENT, AssignmentState, CrowdAdapter, CrowdAssignment, CrowdStudy, CrowdWorker
+from ..models import (MTURK_PREVIEW_ASSIGNMENT, CrowdAdapter, CrowdAssignment, CrowdAssignmentState, CrowdStudy,
+                      CrowdWorker)
 
 CONTEXT_SALT = "annotation.crowd-context"
 PROLIFIC_COMPLETE_URL = "https://app.prolific.com/submissions/complete?cc={code}"
@@ -128,7 +129,7 @@ class MTurkAdapter(Adapter):
         assignment_id = context.get("external_assignment_id")
         return bool(assignment_id) and CrowdAssignment.objects.filter(
             worker=worker, external_assignment_id=assignment_id, state__in=[
-                AssignmentState.SUBMITTED, AssignmentState.APPROVED, AssignmentState.REJECTED]).exists()
+                CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED, CrowdAssignmentState.REJECTED]).exists()
 
     def after_submit(self, *, assignment):
         fields = [("assignmentId", assignment.external_assignment_id), ("hitId", assignment.external_hit_id)]
@@ -160,8 +161,8 @@ class ProlificAdapter(Adapter):
 
     def _submitted(self, worker, context) -> int:
         return CrowdAssignment.objects.filter(worker=worker, external_session=context.get("external_session", ""),
-                                              state__in=[AssignmentState.SUBMITTED, AssignmentState.APPROVED,
-                                                         AssignmentState.REJECTED]).count()
+                                              state__in=[CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED,
+                                                         CrowdAssignmentState.REJECTED]).count()
 
     def session_done(self, *, worker, context):
         return self._submitted(worker, context) >= worker.study.hits_per_session

@@ -14,18 +14,19 @@ from .selectors import canonical_description
 
 CROWD_ANSWER_FIELDS = (
     "assignment", "study", "hit", "hit_token", "hit_kind", "hit_role", "network", "layer", "unit", "label",
-    "label_origin", "label_category", "grid_sha256", "worker", "worker_adapter", "worker_external_id",
+    "label_origin", "validation_round", "label_category", "grid_sha256", "worker", "worker_adapter", "worker_external_id",
     "worker_simulated", "user", "state", "answer", "description", "confidence", "count", "pasted", "gold_correct",
     "leased_at", "shown_at", "submitted_at", "seconds", "returned_at", "reason", "reviewed_by", "reviewed_at",
     "external_assignment_id", "external_hit_id", "external_session",
 )
 """Columns of a crowd study's raw answers export: every assignment (leased, returned, submitted, approved,
 rejected; task, gold and qualification HITs), with the HIT it answered (kind, role, unit, label and — for
-researchers only — the label's origin), the worker (adapter, external id, simulated), the answer by kind, times,
+researchers only — the label's origin and, for validation, the ND'18 round whose votes it gives), the worker (adapter, external id, simulated), the answer by kind, times,
 seconds on task, review, and the platform's hand-off ids."""
 
 
-CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "label_category",
+CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "validation_round",
+                       "label_category",
                        "answers", "n_yes", "n_no", "majority", "majority_share", "tied", "canonical_description",
                        "canonical_agreed", "mean_count", "purity_shown")
 """Columns of a crowd study's aggregated results: per task HIT, the answers that count (submitted or approved)."""
@@ -44,8 +45,8 @@ def crowd_answer_rows(study) -> list[dict[str, Any]]:
             "assignment": assignment.pk, "study": study.pk, "hit": hit.pk, "hit_token": hit.token, "hit_kind": hit.kind,
             "hit_role": hit.role, "network": unit.layer.network.name if unit else None,
             "layer": unit.layer.name if unit else None, "unit": unit.index if unit else None, "label": hit.label,
-            "label_origin": hit.label_origin, "label_category": hit.label_category,
-            "grid_sha256": hit.grid.sha256 if hit.grid_id else None, "worker": worker.pk,
+            "label_origin": hit.label_origin, "validation_round": hit.validation_round,
+            "label_category": hit.label_category, "grid_sha256": hit.grid.sha256 if hit.grid_id else None, "worker": worker.pk,
             "worker_adapter": worker.adapter, "worker_external_id": worker.external_id,
             "worker_simulated": worker.simulated, "user": worker.user_id, "state": assignment.state,
             "answer": assignment.answer, "description": assignment.description, "confidence": assignment.confidence,
@@ -82,8 +83,8 @@ def crowd_results(study, *, simulated: str = "exclude") -> list[dict[str, Any]]:
         items = by_hit.get(hit.pk, [])
         row = {"hit": hit.pk, "hit_kind": hit.kind, "network": hit.unit.layer.network.name if hit.unit else None,
                "layer": hit.unit.layer.name if hit.unit else None, "unit": hit.unit.index if hit.unit else None,
-               "label": hit.label, "label_origin": hit.label_origin, "label_category": hit.label_category,
-               "answers": len(items), "n_yes": None, "n_no": None, "majority": None, "majority_share": None,
+               "label": hit.label, "label_origin": hit.label_origin, "validation_round": hit.validation_round,
+               "label_category": hit.label_category, "answers": len(items), "n_yes": None, "n_no": None, "majority": None, "majority_share": None,
                "tied": None, "canonical_description": None, "canonical_agreed": None, "mean_count": None,
                "purity_shown": hit.purity_shown}
         if hit.kind == CrowdTaskKind.VALIDATION:

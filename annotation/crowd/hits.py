@@ -21,11 +21,11 @@ from analysis.models import (Concept, ExemplarKind, ExemplarSet, LayerDissection
                              UnitDissection)
 from analysis.services.explanatory_graph import graph_purity_candidates, graph_purity_inferences, purity_patch_picture
 from analysis.services.extraction import open_activation_cache
-from analysis.services.grids import GRID_TILE_MAX, DatasetImageCache, store_grid
+from analysis.services.grids import UnitGridRenderer, store_grid
 
 from ..common import new_token
 from ..models import (DESCRIPTION_MAX_LENGTH, EXPLANATORY_GRAPH, RAW_FILTER_PEAKS, CrowdStudy, CrowdTaskKind, Hit,
-                      HitRole, LabelOrigin, OverlapRule)
+                      HitRole, LabelOrigin, OverlapRule, ValidationRound)
 from ..naming import label_text, normalise_concept_name
 from .selectors import canonical_descriptions_for
 from .services import NO, ORDER_MODULUS, YES, CrowdInputError
@@ -42,6 +42,7 @@ class HitSpec:
     grid_id: int | None = None
     label: str = ""
     label_origin: str = ""
+    validation_round: str = ""
     label_concept_id: int | None = None
     label_category: str = ""
     unit_category: str = ""
@@ -83,6 +84,8 @@ def dissection_for(extraction: LayerExtraction) -> LayerDissection | None:
             .filter(layer_id=extraction.layer_id, dataset_id=extraction.dataset_id).first())
 
 
+# -- labels to validate ----------------------------------------------------------------------------------------------
+
 def _control_concept(rng: np.random.Generator, pool: list[Concept], avoid: set[str]) -> Concept | None:
     """ND'18-style control: a random concept of the dataset whose name matches none of the unit's labels."""
     for _ in range(50):
@@ -94,7 +97,12 @@ def _control_concept(rng: np.random.Generator, pool: list[Concept], avoid: set[s
 
 def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, rng: np.random.Generator,
                       include_dissection: bool, include_human: bool, controls: bool,
-                      description_study: CrowdStudy | None, detectors_only: bool) -> list[HitSpec]:
+                      description_study: CrowdStudy | None, detectors_only: bool,
+                      selection_round: bool) -> list[HitSpec]:
+    """Validation HITs of one layer: per unit, the blind comparison round (its dissection label, its human
+    canonical description and a control, as comparison HITs) and, with ``selection_round``, the ND'18 selection
+    round (its canonical description again, as a HIT of its own whose votes decide whether the unit is
+    interpretable; :class:`annotation.models.ValidationRound`)."""
     dissection = dissection_for(extraction) if include_dissection else None
     results = {}
     if dissection is not None:
@@ -109,7 +117,8 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
         result = results.get(exemplar.unit_id)
         unit_category = result.concept.category if result is not None and result.concept_id else ""
         common = dict(kind=CrowdTaskKind.VALIDATION, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
-                      grid_id=exemplar.grid_id, unit_category=unit_category)
+                      grid_id=exemplar.grid_id, unit_category=unit_category,
+                      validation_round=ValidationRound.COMPARISON)
         avoid: set[str] = set()
         if result is not None and result.concept_id and (result.is_detector or not detectors_only):
             avoid.add(normalise_concept_name(result.concept.name))
@@ -120,10 +129,14 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
         description = human.get(exemplar.unit_id)
         if description is not None:
             avoid.add(normalise_concept_name(description["text"]))
-            specs.append(HitSpec(**common, label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
-                                 label_origin=LabelOrigin.HUMAN,
-                                 source={"description_study": description["study"],
-                                         "description_hit": description["hit"], "agreed": description["agreed"]}))
+            human_label = dict(label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
+                               label_origin=LabelOrigin.HUMAN)
+            source = {"description_study": description["study"], "description_hit": description["hit"],
+                      "agreed": description["agreed"]}
+            specs.append(HitSpec(**common, **human_label, source=source))
+            if selection_round:
+                specs.append(HitSpec(**{**common, "validation_round": ValidationRound.SELECTION}, **human_label,
+                                     source=source))
         if controls and pool and avoid:
             concept = _control_concept(rng, pool, avoid)
             if concept is not None:
@@ -132,6 +145,8 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
                                      source={"control_of": sorted(avoid)}))
     return specs
 
+
+# -- purity HITs (grids rendered here from the activation cache) -----------------------------------------------------
 
 def unit_image_scores(extraction: LayerExtraction, *, chunk: int = 256) -> np.ndarray:
     """``float32[images, units]``: each unit's map maximum on every image of the extraction (read in chunks)."""
@@ -146,18 +161,10 @@ def unit_image_scores(extraction: LayerExtraction, *, chunk: int = 256) -> np.nd
 def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass: float,
                   max_shown: int) -> list[HitSpec]:
     """One purity HIT per unit: its top-K images by map maximum (K by the 30% mass rule), at most ``max_shown``."""
-    import torch  # local: keeps torch out of the web processes that import this module (the study form)
+    from analysis.engine.explanatory_graph import energy_top_k  # local: imports torch, kept out of web processes
 
-    from analysis.engine.explanatory_graph import energy_top_k  # local: imports torch (see above)
-    from analysis.engine.rendering import render_activation_grid  # local: imports torch
-    from analysis.engine.upsample import peak_coordinates, upsample_anchored, upsample_plain  # local: imports torch
-
-    layer, network = extraction.layer, extraction.layer.network
     scores = unit_image_scores(extraction)
-    maps = open_activation_cache(extraction)
-    images = DatasetImageCache(extraction.dataset)
-    anchored = layer.rf_stride_y is not None
-    input_size = (network.input_height, network.input_width)
+    renderer = UnitGridRenderer(extraction)
     specs = []
     for exemplar in sets:
         unit_scores = scores[:, exemplar.unit.index]
@@ -167,23 +174,8 @@ def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass:
             continue
         shown = min(k, max_shown)
         order = top[:shown]
-        pictures = np.stack([images[int(index)] for index in order])
-        size = pictures.shape[1:3]
-        unit_maps = torch.from_numpy(np.asarray(maps[order, exemplar.unit.index], dtype=np.float32))
-        flat = unit_maps.flatten(1).argmax(dim=1)
-        positions = torch.stack((flat // unit_maps.shape[2], flat % unit_maps.shape[2]), dim=1)
-        if anchored:
-            upsampled = upsample_anchored(unit_maps, size, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                                          rf_offset=(layer.rf_offset_y, layer.rf_offset_x), input_size=input_size)
-            peaks = peak_coordinates(positions, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                                     rf_offset=(layer.rf_offset_y, layer.rf_offset_x))
-            peaks = (peaks * torch.tensor([size[0] / input_size[0], size[1] / input_size[1]],
-                                          dtype=torch.float64)).numpy()
-        else:
-            upsampled = upsample_plain(unit_maps, size)
-            peaks = None
-        picture = render_activation_grid(pictures, upsampled.numpy(), peaks, vmax=max(float(unit_scores.max()), 1e-6),
-                                         columns=5, num_slots=shown, tile=min(GRID_TILE_MAX, max(size)))
+        picture = renderer.picture(exemplar.unit.index, order, vmax=max(float(unit_scores.max()), 1e-6), columns=5,
+                                   num_slots=shown)
         grid = store_grid(picture, style="purity")
         specs.append(HitSpec(kind=CrowdTaskKind.PURITY, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
                              grid_id=grid.pk, purity_k=k, purity_shown=shown,
@@ -221,6 +213,8 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
         specs.append(spec(groups, index, RAW_FILTER_PEAKS, f"{layer.name}/{index}"))
     return [item for item in specs if item is not None]
 
+
+# -- gold items and qualification questions --------------------------------------------------------------------------
 
 def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: str, rng: np.random.Generator,
                 gold_count: int, qualification_count: int) -> list[HitSpec]:
@@ -272,13 +266,16 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
     return specs
 
 
+# -- the study -------------------------------------------------------------------------------------------------------
+
 def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtraction],
                        units: Sequence[int] | None = None, assignments_per_hit: int = 3, lease_seconds: int = 900,
                        gold_rate: float = 0.1, gold_count: int = 12, qualification_required: bool = True,
                        qualification_size: int = 4, qualification_pass_rate: float = 0.75,
                        block_below: float = 0.6, block_min_gold: int = 8, include_dissection: bool = True,
                        include_human: bool = True, controls: bool = True, detectors_only: bool = False,
-                       description_study: CrowdStudy | None = None, purity_mass: float = 0.3,
+                       description_study: CrowdStudy | None = None, selection_round: bool = True,
+                       purity_mass: float = 0.3,
                        purity_max_shown: int = 20, graph=None, overlap_rule: str = OverlapRule.FIXED,
                        external_submit_hosts: str | None = None, hits_per_session: int = 10, seed: int = 0,
                        description: str = "", created_by=None) -> CrowdStudy:
@@ -288,7 +285,10 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
       layer on the extraction's dataset; every unit with a top concept, or only detectors with
       ``detectors_only``), one for its human canonical description (from ``description_study`` or the newest
       description study covering it), and — with ``controls`` — one for a random other concept of the dataset;
-      a unit with neither label gets no HIT.
+      a unit with neither label gets no HIT. These are the blind comparison round. With ``selection_round``
+      (the default, ND'18's protocol) each canonical description also gets a selection-round HIT of its own,
+      whose votes alone decide which units are interpretable in Table 3
+      (:func:`annotation.crowd.reports.table3_from_votes`).
     * description: one HIT per unit (``assignments_per_hit`` = 3 raters by default, as ND'18's baseline).
     * purity: one HIT per unit showing its top-K images by map maximum with the peak marked (K by the 30% mass
       rule, :func:`analysis.engine.explanatory_graph.energy_top_k` with ``purity_mass``); with an Explanatory
@@ -320,7 +320,8 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
         if kind == CrowdTaskKind.VALIDATION:
             specs += _validation_specs(extraction, sets, rng=rng, include_dissection=include_dissection,
                                        include_human=include_human, controls=controls,
-                                       description_study=description_study, detectors_only=detectors_only)
+                                       description_study=description_study, detectors_only=detectors_only,
+                                       selection_round=selection_round)
         elif kind == CrowdTaskKind.DESCRIPTION:
             specs += [HitSpec(kind=kind, unit_id=s.unit_id, extraction_id=extraction.pk, grid_id=s.grid_id,
                               unit_category=_unit_category(extraction, s.unit_id)) for s in sets]
@@ -352,7 +353,8 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
         Hit.objects.bulk_create([
             Hit(study=study, token=new_token(), position=position, kind=spec.kind, role=spec.role,
                 unit_id=spec.unit_id, extraction_id=spec.extraction_id, grid_id=spec.grid_id, label=spec.label,
-                label_origin=spec.label_origin, label_concept_id=spec.label_concept_id,
+                label_origin=spec.label_origin, validation_round=spec.validation_round,
+                label_concept_id=spec.label_concept_id,
                 label_category=spec.label_category, unit_category=spec.unit_category, source=spec.source or {},
                 gold_answer=spec.gold_answer, gold_explanation=spec.gold_explanation, purity_k=spec.purity_k,
                 purity_shown=spec.purity_shown, max_assignments=assignments_per_hit)

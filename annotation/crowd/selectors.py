@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db.models import Count, F, Q, Sum
 
-from ..models import (SUBMITTED_STATES, AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker,
+from ..models import (SUBMITTED_STATES, CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker,
                       Hit, HitRole)
 from ..naming import normalise_concept_name
 from . import aggregation
@@ -151,7 +151,7 @@ def crowd_study_progress(study: CrowdStudy) -> dict[str, Any]:
             "places": places, "answered": answered, "percent": int(100 * answered / places) if places else 0,
             "complete_hits": tasks.annotate(n=Count("assignments", filter=Q(assignments__state__in=SUBMITTED_STATES)))
             .filter(Q(n__gte=F("max_assignments")) | Q(retired=True)).count(),
-            "states": {state.label: states.get(state.value, 0) for state in AssignmentState},
+            "states": {state.label: states.get(state.value, 0) for state in CrowdAssignmentState},
             "workers": study.workers.filter(simulated=False).count(),
             "simulated_workers": study.workers.filter(simulated=True).count(),
             "blocked": study.workers.filter(blocked=True).count()}
@@ -162,7 +162,7 @@ def crowd_hit_rows(study: CrowdStudy, *, role: str = HitRole.TASK, limit: int = 
     hits = list(study.hits.filter(role=role).select_related("unit__layer", "label_concept", "grid")
                 .order_by("unit__layer__order", "unit__index", "label_origin", "id")[:limit])
     answers: dict[int, list[CrowdAssignment]] = {}
-    for assignment in (CrowdAssignment.objects.filter(hit__in=hits).exclude(state=AssignmentState.RETURNED)
+    for assignment in (CrowdAssignment.objects.filter(hit__in=hits).exclude(state=CrowdAssignmentState.RETURNED)
                        .select_related("worker").order_by("submitted_at", "id")):
         answers.setdefault(assignment.hit_id, []).append(assignment)
     rows = []
@@ -185,7 +185,7 @@ def crowd_hit_rows(study: CrowdStudy, *, role: str = HitRole.TASK, limit: int = 
 def crowd_assignment_rows(study: CrowdStudy, *, state: str | None = None, worker: CrowdWorker | None = None,
                           limit: int = 300):
     """Submitted work to review, newest first."""
-    assignments = (CrowdAssignment.objects.filter(hit__study=study).exclude(state=AssignmentState.LEASED)
+    assignments = (CrowdAssignment.objects.filter(hit__study=study).exclude(state=CrowdAssignmentState.LEASED)
                    .select_related("hit__unit__layer", "worker").order_by("-submitted_at", "-id"))
     if state:
         assignments = assignments.filter(state=state)
@@ -197,7 +197,7 @@ def crowd_assignment_rows(study: CrowdStudy, *, state: str | None = None, worker
 def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
     """Per worker: adapter, answers, gold accuracy, qualification, median time, bonuses and careless signals."""
     assignments = list(CrowdAssignment.objects.filter(hit__study=study, state__in=[*SUBMITTED_STATES,
-                                                                                   AssignmentState.REJECTED])
+                                                                                   CrowdAssignmentState.REJECTED])
                        .select_related("hit").order_by("submitted_at", "id"))
     task_seconds = [a.seconds for a in assignments if a.seconds is not None and a.hit.role == HitRole.TASK]
     study_median = statistics.median(task_seconds) if task_seconds else None
@@ -214,8 +214,9 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
         seconds = [a.seconds for a in tasks if a.seconds is not None]
         states = Counter(a.state for a in done)
         rows.append({
-            "worker": worker, "answered": len(tasks), "approved": states.get(AssignmentState.APPROVED, 0),
-            "rejected": states.get(AssignmentState.REJECTED, 0), "submitted": states.get(AssignmentState.SUBMITTED, 0),
+            "worker": worker, "answered": len(tasks), "approved": states.get(CrowdAssignmentState.APPROVED, 0),
+            "rejected": states.get(CrowdAssignmentState.REJECTED, 0),
+            "submitted": states.get(CrowdAssignmentState.SUBMITTED, 0),
             "gold_right": sum(a.gold_correct for a in gold), "gold_total": len(gold),
             "gold_accuracy": sum(a.gold_correct for a in gold) / len(gold) if gold else None,
             "median_seconds": statistics.median(seconds) if seconds else None,
@@ -238,7 +239,7 @@ def worker_by_code(code: str) -> CrowdWorker | None:
 
 def worker_progress(worker: CrowdWorker) -> dict[str, int]:
     """The worker's answered HITs (gold included: to them every HIT is alike) and their gold score."""
-    done = CrowdAssignment.objects.filter(worker=worker, state__in=[*SUBMITTED_STATES, AssignmentState.REJECTED])
+    done = CrowdAssignment.objects.filter(worker=worker, state__in=[*SUBMITTED_STATES, CrowdAssignmentState.REJECTED])
     return done.aggregate(answered=Count("id"), gold_right=Count("id", filter=Q(gold_correct=True)),
                           gold_total=Count("id", filter=Q(gold_correct__isnull=False)))
 

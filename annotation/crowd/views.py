@@ -13,6 +13,7 @@ from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import View
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
@@ -23,8 +24,8 @@ from accounts.roles import Role
 from unitscope.ratelimit import rate_limited
 
 from ..common import attachment_response, simulated_choice
-from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, VALIDATION_QUESTION, AssignmentState, CrowdAdapter,
-                      CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
+from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, REVIEWABLE_STATES, VALIDATION_QUESTION, CrowdAdapter,
+                      CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
 from . import exports, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, context_dumps, context_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
@@ -114,6 +115,8 @@ class CrowdEntryView(View):
 
 class WorkerMixin:
     """Resolves ``self.worker`` from the code in the URL (404 if unknown) and the signed hand-off context."""
+
+    nav_section = "tasks"
 
     def dispatch(self, request, *args, **kwargs):
         self.worker = selectors.worker_by_code(kwargs["code"])
@@ -231,8 +234,8 @@ class CrowdTaskView(WorkerMixin, View):
 
     def get(self, request, code, assignment):
         assignment = self.get_assignment(assignment)
-        if assignment.state != AssignmentState.LEASED:
-            if assignment.state in (AssignmentState.SUBMITTED, AssignmentState.APPROVED, AssignmentState.REJECTED):
+        if assignment.state != CrowdAssignmentState.LEASED:
+            if assignment.state in REVIEWABLE_STATES:
                 return redirect(self.with_ctx(reverse("annotation:crowd_after",
                                                       kwargs={"code": code, "assignment": assignment.token})))
             return render(request, "annotation/crowd/message.html", {
@@ -266,8 +269,8 @@ class CrowdAfterView(WorkerMixin, View):
     def get(self, request, code, assignment):
         assignment = (CrowdAssignment.objects.select_related("hit").filter(token=assignment, worker=self.worker)
                       .first())
-        if assignment is None or assignment.state not in (AssignmentState.SUBMITTED, AssignmentState.APPROVED,
-                                                          AssignmentState.REJECTED):
+        if assignment is None or assignment.state not in (CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED,
+                                                          CrowdAssignmentState.REJECTED):
             raise Http404("Nothing submitted here.")
         handoff = self.adapter.after_submit(assignment=assignment)
         return render(request, "annotation/crowd/after.html", {
@@ -294,6 +297,7 @@ class CrowdReturnView(WorkerMixin, View):
 # -- researchers -------------------------------------------------------------------------------------------------
 
 class CrowdStudyListView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "studies"
     template_name = "annotation/crowd/study_list.html"
 
     def get_context_data(self, **kwargs):
@@ -301,6 +305,7 @@ class CrowdStudyListView(ResearcherRequiredMixin, TemplateView):
 
 
 class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
+    nav_section = "studies"
     template_name = "annotation/crowd/study_create.html"
     form_class = CrowdStudyCreateForm
 
@@ -311,6 +316,7 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
                 name=data["name"], kind=data["kind"], extractions=list(data["extractions"]), units=data["units"],
                 assignments_per_hit=data["assignments_per_hit"], controls=data["controls"],
                 include_human=data["include_human"], description_study=data["description_study"],
+                selection_round=data["selection_round"],
                 detectors_only=data["detectors_only"], gold_rate=data["gold_rate"],
                 qualification_required=data["qualification_required"], lease_seconds=data["lease_seconds"],
                 overlap_rule=data["overlap_rule"], purity_mass=data["purity_mass"], graph=data["graph"],
@@ -324,6 +330,8 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
 
 
 class CrowdStudyMixin(ResearcherRequiredMixin):
+    nav_section = "studies"
+
     def get_study(self) -> CrowdStudy:
         return get_object_or_404(CrowdStudy, pk=self.kwargs["pk"])
 
@@ -396,22 +404,23 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         study = self.get_study()
-        state = self.request.GET.get("state", AssignmentState.SUBMITTED)
-        if state not in AssignmentState.values:
+        state = self.request.GET.get("state", CrowdAssignmentState.SUBMITTED)
+        if state not in CrowdAssignmentState.values:
             state = ""
         worker = None
         if self.request.GET.get("worker"):
             worker = study.workers.filter(pk=self.request.GET["worker"]).first()
         return {**super().get_context_data(**kwargs), "study": study, "state": state, "worker": worker,
-                "states": AssignmentState.choices,
+                "states": CrowdAssignmentState.choices,
                 "assignments": selectors.crowd_assignment_rows(study, state=state or None, worker=worker)}
 
     def post(self, request, *args, **kwargs):
         study = self.get_study()
         form = ReviewForm(request.POST)
-        back = request.POST.get("back") or reverse("annotation:crowd_review", args=[study.pk])
-        if not back.startswith("/"):
-            back = reverse("annotation:crowd_review", args=[study.pk])
+        back = request.POST.get("back")
+        if not back or not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()},
+                                                           require_https=request.is_secure()):
+            back = reverse("annotation:crowd_review", args=[study.pk])  # never off-site (``//evil.example``)
         if not form.is_valid():
             messages.error(request, "Nothing reviewed — choose approve or reject.")
             return redirect(back)
@@ -429,6 +438,7 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
 
 
 class CrowdHomeView(CrowdRequiredMixin, TemplateView):
+    nav_section = "tasks"
     template_name = "annotation/crowd_home.html"
 
     def get_context_data(self, **kwargs):

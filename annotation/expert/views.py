@@ -21,6 +21,7 @@ GRID_DISPLAY_WIDTH = 1180
 
 
 class ExpertHomeView(ExpertRequiredMixin, TemplateView):
+    nav_section = "expert"
     template_name = "annotation/expert_home.html"
 
     def get_context_data(self, **kwargs):
@@ -31,6 +32,8 @@ class ExpertHomeView(ExpertRequiredMixin, TemplateView):
 
 class ExpertStudyMixin(ExpertRequiredMixin):
     """Resolves ``self.rater`` (the user's rater in study ``pk``); 404 if they are not in it."""
+
+    nav_section = "expert"
 
     def dispatch(self, request, *args, **kwargs):
         if request.user.is_authenticated:
@@ -159,6 +162,7 @@ class MyAnswersView(ExpertStudyMixin, TemplateView):
 # -- researchers -------------------------------------------------------------------------------------------
 
 class StudyListView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "studies"
     template_name = "annotation/study_list.html"
 
     def get_context_data(self, **kwargs):
@@ -166,6 +170,7 @@ class StudyListView(ResearcherRequiredMixin, TemplateView):
 
 
 class StudyCreateView(ResearcherRequiredMixin, FormView):
+    nav_section = "studies"
     template_name = "annotation/study_create.html"
     form_class = StudyCreateForm
 
@@ -186,6 +191,8 @@ class StudyCreateView(ResearcherRequiredMixin, FormView):
 
 
 class StudyMixin(ResearcherRequiredMixin):
+    nav_section = "studies"
+
     def get_study(self) -> Study:
         return get_object_or_404(Study.objects.select_related("layer__network", "extraction__dataset", "created_by",
                                                               "overlap_class"), pk=self.kwargs["pk"])
