@@ -155,25 +155,17 @@ def test_balanced_accuracy_and_average_precision_by_hand():
 # -- service and page -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def shared_world(django_db_setup, django_db_blocker):
+def shared_world(django_db_setup, django_db_blocker, probe_world_files):
     """The tiny probe world and the seeded demo network with its conv5 extraction, built once for the module."""
-    from analysis.engine.demo_network import demo_network_target
-    from analysis.engine.networks import NetworkKind, NetworkSpec
-    from analysis.models import Dataset, Network, Run, RunStatus
-    from analysis.services.datasets import probe_world_run_start
-    from analysis.services.extraction import extraction_run_start
-    from analysis.services.networks import network_register
+    from analysis.models import Dataset, Network, Run
+    from tests.worlds import extraction_run, probe_world_register, seeded_network
 
     with django_db_blocker.unblock():
         first_run = (Run.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 1
-        run = probe_world_run_start(name="tiny-n2v", n_images=36, size=SIZE, seed=5, inline=True)
-        assert run.status == RunStatus.SUCCEEDED, run.error
-        network_register(name="seeded-n2v", spec=NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(),
-                                                             kwargs={"num_classes": 7}, input_size=INPUT,
-                                                             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
-        extraction = extraction_run_start(network="seeded-n2v", dataset="tiny-n2v", layers=["conv5"], batch_size=36,
-                                          inline=True)
-        assert extraction.status == RunStatus.SUCCEEDED, extraction.error + extraction.error_detail
+        world = {"n_images": 36, "size": SIZE, "seed": 5}
+        probe_world_register(name="tiny-n2v", root=probe_world_files(**world), **world)
+        seeded_network(name="seeded-n2v", input_size=INPUT)
+        extraction_run(network="seeded-n2v", dataset="tiny-n2v", layers=["conv5"], batch_size=36)
         yield
         Network.objects.filter(name="seeded-n2v").delete()
         Dataset.objects.filter(name="tiny-n2v").delete()

@@ -12,8 +12,6 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from analysis.engine.demo_network import demo_network_target
-from analysis.engine.networks import NetworkKind, NetworkSpec
 from analysis.engine.part_detection import DetectionMatching
 from analysis.engine.probe_world import OBJECT_CLASSES
 from analysis.models import (AblationStudy, ClassDiscriminativeness, PartDetectionResult, PartDetectionStudy, Run,
@@ -27,19 +25,17 @@ FAST = {"population": 16, "generations": 4, "min_part_size": 3, "min_instances":
 
 
 @pytest.fixture(scope="module")
-def shared_world(django_db_setup, django_db_blocker):
+def shared_world(django_db_setup, django_db_blocker, probe_world_files):
     """A tiny probe world and the seeded (untrained) demo network, committed once for the module."""
     from analysis.models import Dataset, Network
-    from analysis.services.datasets import probe_world_run_start
-    from analysis.services.networks import network_register
+    from tests.worlds import probe_world_register, seeded_network
 
     with django_db_blocker.unblock():
         first_run = (Run.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 1
-        run = probe_world_run_start(name="parts-tiny", n_images=28, size=64, seed=3, inline=True)
-        assert run.status == RunStatus.SUCCEEDED, run.error
-        network_register(name="parts-net", spec=NetworkSpec(
-            kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": len(OBJECT_CLASSES)},
-            input_size=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=OBJECT_CLASSES))
+        world = {"n_images": 28, "size": 64, "seed": 3}
+        probe_world_register(name="parts-tiny", root=probe_world_files(**world), **world)
+        seeded_network(name="parts-net", input_size=(64, 64), num_classes=len(OBJECT_CLASSES),
+                       class_names=OBJECT_CLASSES)
         score()  # the shared runs: object crops, and ablations of 3 views per class
         ablate()
         yield

@@ -153,11 +153,18 @@ def probe_world_run_execute(*, run: Run, progress: RunProgress, device: str) -> 
     progress.phase(f"Generating {params['n_images']} images", total=params["n_images"])
     summary = probe_world_generate(out_dir=out_dir, n_images=params["n_images"], seed=params["seed"],
                                    size=params["size"], progress=progress)
-    dataset = dataset_register(name=params["name"], kind=DatasetKind.PROBE_WORLD, root=out_dir,
-                               description="Generated probe world: object-centred images with pixel masks for "
-                                           "objects, parts, materials and colours.",
-                               params=params, run=run, progress=progress)
+    dataset = probe_world_register(root=out_dir, params=params, run=run, progress=progress)
     return {"dataset": dataset.name, "images": dataset.image_count, **summary}
+
+
+def probe_world_register(*, root: Path, params: dict[str, Any], run: Run | None = None,
+                         progress: RunProgress | None = None) -> Dataset:
+    """Register a probe world generated into ``root`` with ``params`` (:func:`probe_world_params`) under
+    ``params["name"]``. The files are only read: tests register one generated world in many databases."""
+    return dataset_register(name=params["name"], kind=DatasetKind.PROBE_WORLD, root=root,
+                            description="Generated probe world: object-centred images with pixel masks for "
+                                        "objects, parts, materials and colours.",
+                            params=params, run=run, progress=progress)
 
 
 PROBE_WORLD = register_job_kind(JobKind(

@@ -15,7 +15,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -326,15 +326,16 @@ def run_cancel(*, run: Run) -> bool:
     return updated == 1
 
 
-def run_fail_stale(*, now=None) -> int:
+def run_fail_stale(*, now: datetime | None = None) -> int:
     """Mark failed the running runs whose worker process is gone (same host: checked at once) or stopped
     reporting for longer than the kind's time limit (any host).
 
     A worker that is killed cannot write a final state; this makes the loss visible instead of leaving a
     run "running" for ever. Whatever the run had written stays unfinished (a dissection stays incomplete),
-    and a redelivered task cannot claim the run again. Returns the number of runs marked.
+    and a redelivered task cannot claim the run again. Returns the number of runs marked. ``now`` (default: the
+    clock) is the moment the heartbeats are judged against.
     """
-    now = now or timezone.now()
+    now = timezone.now() if now is None else now
     marked = 0
     for run in Run.objects.filter(status=RunStatus.RUNNING).only("pk", "kind", "heartbeat_at", "worker"):
         if worker_gone(run.worker):

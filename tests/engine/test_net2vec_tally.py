@@ -9,11 +9,11 @@ import torch
 
 from analysis.engine.net2vec import (TRAIN, VAL, Net2VecTally, ProbeTally, UnitMaskBatch, best_single_filters,
                                      classification_concepts, sample_pixels)
+from tests.devices import cpu_and_cuda
 
 torch.set_num_threads(1)
 
-needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = cpu_and_cuda()
 
 N_IMAGES, UNITS, LABELS, PIXELS = 14, 5, 7, 30
 

@@ -13,9 +13,9 @@ from analysis.engine.part_detection import (DetectionConfig, DetectionMatching, 
                                             class_detections, context_frame, fit_box_regressors, fit_part_regressors,
                                             grouped_nms, local_maxima, location_prior_score,
                                             neighbourhood_features, part_size, regression_pairs, score_part)
+from tests.devices import cpu_and_cuda
 
-needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = cpu_and_cuda()
 
 
 def naive_iou(a, b) -> float:

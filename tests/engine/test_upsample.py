@@ -20,11 +20,11 @@ from analysis.engine.upsample import (
     upsample_plain,
     upsampler_for,
 )
+from tests.devices import cpu_and_cuda
 
 torch.set_num_threads(1)
 
-needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = cpu_and_cuda()
 
 
 def naive_anchored(m, size, stride, offset, input_size):

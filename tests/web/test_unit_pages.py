@@ -5,7 +5,8 @@ from django.urls import reverse
 from analysis.models import ExemplarKind, ExemplarSet
 
 
-def test_dataset_pages(researcher_client, tiny_layer_with_grids):
+def test_dataset_pages(researcher_client, make_probe_world):
+    make_probe_world("tiny")
     page = researcher_client.get(reverse("analysis:dataset_detail", args=["tiny"]))
     assert page.status_code == 200 and b"wheel" in page.content and b"Concepts by category" in page.content
     images = researcher_client.get(reverse("analysis:dataset_images", args=["tiny"]) + "?split=val")
@@ -34,7 +35,7 @@ def test_network_layer_and_unit_pages(researcher_client, tiny_layer_with_grids):
 
 @pytest.mark.parametrize("name,args", [("analysis:dataset_detail", ["tiny"]), ("analysis:layer_detail", ["seeded", "conv5"]),
                                        ("analysis:unit_detail", ["seeded", "conv5", 0])])
-def test_unit_browser_is_for_researchers(client, make_user, tiny_layer_with_grids, name, args):
+def test_unit_browser_is_for_researchers(client, make_user, tiny_layer, name, args):
     client.force_login(make_user("eve", "expert"))
     assert client.get(reverse(name, args=args)).status_code == 403
 
