@@ -50,7 +50,9 @@ def networks_for_list():
     return Network.objects.select_related("trained_on").annotate(layer_count=Count("layers"))
 
 
-UNIT_SORTS = {"unit": "unit__index", "max": "-max_activation", "threshold": "-threshold", "active": "-active_images"}
+UNIT_SORTS = {"unit": "unit__index", "max": "-max_activation", "threshold": "-threshold", "active": "-active_images",
+              "iou": "-label_iou"}
+UNIT_PAGE_SIZE = 50
 
 
 def latest_extraction(layer, *, run_id: int | None = None):
@@ -63,16 +65,79 @@ def latest_extraction(layer, *, run_id: int | None = None):
     return extractions.order_by("-created_at", "-id").first()
 
 
-def unit_rows(extraction, *, sort: str = "unit"):
-    """Per-unit summaries of an extraction with each unit's top-overall grid, sorted by a known key."""
-    from django.db.models import OuterRef, Subquery
+def unit_rows(extraction, *, sort: str = "unit", dissection=None, search: str = "", label: str = "",
+              category: str = "", iou_min: float | None = None, iou_max: float | None = None, status: str = ""):
+    """Per-unit summaries of an extraction, each with its status (live, dead, saturated; see ``UnitStatus``),
+    its top-overall grid (``top_grid_path``, ``top_grid_width``, ``top_grid_height``) and, when ``dissection``
+    is given, its label there (``label_name``, ``label_category``, ``label_iou``, ``label_detector``).
 
-    from analysis.models import ExemplarKind, ExemplarSet
+    Sorted by a known key with dead and saturated units last. Filters: ``search`` (a unit number, or part of
+    a label's name), ``label`` (exact name), ``category``, an IoU range, ``status`` (``live``, ``dead``: dead or
+    saturated, or one of ``UnitStatus``'s values).
+    """
+    from django.db.models import F, OuterRef, Subquery
+
+    from analysis.models import ExemplarKind, ExemplarSet, UnitDissection, UnitStatus
 
     top_grid = ExemplarSet.objects.filter(extraction=extraction, unit=OuterRef("unit"),
-                                          kind=ExemplarKind.TOP_OVERALL).values("grid__path")[:1]
-    return (extraction.unit_summaries.select_related("unit").annotate(top_grid_path=Subquery(top_grid))
-            .order_by(UNIT_SORTS.get(sort, "unit__index"), "unit__index"))
+                                          kind=ExemplarKind.TOP_OVERALL)
+    rows = (extraction.unit_summaries.with_status().select_related("unit")
+            .annotate(top_grid_path=Subquery(top_grid.values("grid__path")[:1]),
+                      top_grid_width=Subquery(top_grid.values("grid__width")[:1]),
+                      top_grid_height=Subquery(top_grid.values("grid__height")[:1])))
+    if dissection is not None:
+        result = UnitDissection.objects.filter(dissection=dissection, unit=OuterRef("unit"))
+        rows = rows.annotate(label_name=Subquery(result.values("concept__name")[:1]),
+                             label_category=Subquery(result.values("concept__category")[:1]),
+                             label_iou=Subquery(result.values("iou")[:1]),
+                             label_detector=Subquery(result.values("is_detector")[:1]))
+    if status == "live":
+        rows = rows.filter(status_rank=0)
+    elif status == "dead":
+        rows = rows.filter(status_rank=1)
+    elif status in UnitStatus.values:
+        rows = rows.filter(status=status)
+    if dissection is not None:
+        if label:
+            rows = rows.filter(label_name=label)
+        if category:
+            rows = rows.filter(label_category=category)
+        if iou_min is not None:
+            rows = rows.filter(label_iou__gte=iou_min)
+        if iou_max is not None:
+            rows = rows.filter(label_iou__lte=iou_max)
+    search = search.strip()
+    if search.isdigit():
+        rows = rows.filter(unit__index=int(search))
+    elif search:
+        rows = rows.filter(label_name__icontains=search) if dissection is not None else rows.none()
+    key = UNIT_SORTS.get(sort, "unit__index")
+    if key == "-label_iou":
+        key = F("label_iou").desc(nulls_last=True) if dissection is not None else "unit__index"
+    return rows.order_by("status_rank", key, "unit__index")
+
+
+def unit_label_choices(dissection) -> tuple[list[str], list[str]]:
+    """``(label names, categories)`` present among a dissection's unit labels, sorted (empty for None)."""
+    if dissection is None:
+        return [], []
+    labelled = dissection.unit_results.exclude(concept=None)
+    names = sorted(set(labelled.values_list("concept__name", flat=True)))
+    categories = [category for category in dissection.categories
+                  if labelled.filter(concept__category=category).exists()]
+    return names, categories
+
+
+def unit_summary(extraction, unit):
+    """The unit's summary in an extraction with its ``status`` (None when missing)."""
+    return extraction.unit_summaries.with_status().filter(unit=unit).first()
+
+
+def unit_statuses(extraction) -> dict[int, str]:
+    """``{unit index: UnitStatus value}`` of an extraction (empty for None)."""
+    if extraction is None:
+        return {}
+    return dict(extraction.unit_summaries.with_status().values_list("unit__index", "status"))
 
 
 def unit_exemplars(extraction, unit):
@@ -211,17 +276,18 @@ def concept_best_units(concept, *, limit: int = 8) -> list[dict]:
     return rows
 
 
-def _latest_dissection_iou():
-    """Order expression for unit rows: IoU of the unit's label in the newest complete non-baseline dissection
-    on the extraction's dataset (units without one last)."""
-    from django.db.models import OuterRef, Subquery
-
-    from analysis.models import UnitDissection
-
-    newest = (UnitDissection.objects.filter(unit=OuterRef("unit"), dissection__dataset=OuterRef("extraction__dataset"),
-                                            dissection__complete=True, dissection__baseline="none")
-              .order_by("-dissection__created_at", "-dissection_id").values("iou")[:1])
-    return Subquery(newest).desc(nulls_last=True)
-
-
-UNIT_SORTS["iou"] = _latest_dissection_iou()
+def dissection_live_detectors(dissection, dead_units: set[int]) -> dict:
+    """The dissection's detector counts with ``dead_units`` left out (dead and saturated units are never shown
+    as detectors, even where the run's rule counted them): ``{"detectors", "unique", "per_category"}`` with
+    ``per_category`` shaped as :attr:`LayerDissection.per_category`."""
+    per_category = {category: {"detectors": 0, "concepts": set()} for category in dissection.categories}
+    detectors = (dissection.unit_results.filter(is_detector=True).exclude(unit__index__in=dead_units)
+                 .exclude(concept=None).values_list("concept__category", "concept__name"))
+    for category, name in detectors:
+        entry = per_category.setdefault(category, {"detectors": 0, "concepts": set()})
+        entry["detectors"] += 1
+        entry["concepts"].add(name)
+    per_category = {category: {"detectors": entry["detectors"], "unique": len(entry["concepts"]),
+                               "concepts": sorted(entry["concepts"])} for category, entry in per_category.items()}
+    return {"detectors": sum(entry["detectors"] for entry in per_category.values()),
+            "unique": sum(entry["unique"] for entry in per_category.values()), "per_category": per_category}

@@ -1,8 +1,9 @@
 """``export_run``: a run's results as plain files researchers re-analyse outside UnitScope.
 
 Formats are stable. Extraction runs: ``<layer>.npy`` (float32, images × units × h × w: exactly the maps
-the statistics were computed from), ``images.csv`` (``index,image`` as in the dataset's index.csv) and
-``run.json``. Later run kinds add their files here.
+the statistics were computed from), ``<layer>_units.csv`` (``unit,max_activation,threshold,active_images,status``,
+status ``live``, ``dead`` or ``saturated`` as :class:`analysis.models.UnitStatus` defines them), ``images.csv``
+(``index,image`` as in the dataset's index.csv) and ``run.json``. Later run kinds add their files here.
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def _export_extraction(run: Run, out_dir: Path) -> list[Path]:
         target.flush()
         del target
         written.append(path)
+        written.append(_write_unit_summaries(out_dir / f"{extraction.layer.name}_units.csv", extraction))
     dataset, network = extractions[0].dataset, extractions[0].layer.network
     images_path = out_dir / "images.csv"
     with open(images_path, "w", newline="") as handle:
@@ -86,6 +88,16 @@ def _export_extraction(run: Run, out_dir: Path) -> list[Path]:
         "quantile": extractions[0].quantile, "k_overall": extractions[0].k_overall,
         "k_per_class": extractions[0].k_per_class}))
     return written
+
+
+def _write_unit_summaries(path: Path, extraction: LayerExtraction) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["unit", "max_activation", "threshold", "active_images", "status"])
+        writer.writerows((summary.unit.index, repr(summary.max_activation), repr(summary.threshold),
+                          summary.active_images, summary.status)
+                         for summary in extraction.unit_summaries.with_status().select_related("unit"))
+    return path
 
 
 def _write_run_json(out_dir: Path, run: Run, fields: dict[str, Any]) -> Path:
