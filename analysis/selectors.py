@@ -291,3 +291,79 @@ def dissection_live_detectors(dissection, dead_units: set[int]) -> dict:
                                "concepts": sorted(entry["concepts"])} for category, entry in per_category.items()}
     return {"detectors": sum(entry["detectors"] for entry in per_category.values()),
             "unique": sum(entry["unique"] for entry in per_category.values()), "per_category": per_category}
+
+
+# -- sanity warnings on results --------------------------------------------------------------------------
+
+GRAPH_COLLAPSE_TOLERANCE = 1.0
+"""Input pixels: a filter whose nodes' prior positions μ all lie within this of each other has collapsed."""
+GRAPH_CORNER_MARGIN = 0.1
+"""Share of the input's side: a node whose μ lies this close to a horizontal and a vertical edge sits in a corner."""
+GRAPH_TOP_NODES = 20
+CHANCE_FACTOR = 2.0
+"""A classifier whose mean true-class softmax on its own inputs is below this many times chance is near chance."""
+
+
+def graph_sanity_warnings(graph, *, layer_name: str | None = None) -> list[str]:
+    """Readable warnings when an explanatory graph looks degenerate (every layer, or only ``layer_name``):
+
+    - most filters' nodes are identical: within a filter every node's μ lies within
+      :data:`GRAPH_COLLAPSE_TOLERANCE` px of the others, so the nodes did not separate into part patterns
+      (AAAI'18 expects each filter's nodes at different parts);
+    - most of the layer's :data:`GRAPH_TOP_NODES` best nodes (by total score) sit in the input's corners, on
+      padding rather than on objects.
+
+    "Most" is at least half. Reads node rows only.
+    """
+    from collections import defaultdict
+
+    from analysis.models import GraphNode
+
+    width, height = graph.network.input_width, graph.network.input_height
+    margin_x, margin_y = GRAPH_CORNER_MARGIN * width, GRAPH_CORNER_MARGIN * height
+    nodes = GraphNode.objects.filter(graph=graph)
+    if layer_name is not None:
+        nodes = nodes.filter(layer__name=layer_name)
+    positions: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    top: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for name, filter_index, x, y, rank in nodes.order_by("rank").values_list("layer__name", "filter", "mu_x",
+                                                                              "mu_y", "rank"):
+        positions[name][filter_index].append((x, y))
+        if len(top[name]) < GRAPH_TOP_NODES:
+            top[name].append((x, y))
+    warnings = []
+    for name in [layer for layer in graph.layers if layer in positions]:
+        several = [points for points in positions[name].values() if len(points) > 1]
+        collapsed = sum(1 for points in several
+                        if max(x for x, _ in points) - min(x for x, _ in points) <= GRAPH_COLLAPSE_TOLERANCE
+                        and max(y for _, y in points) - min(y for _, y in points) <= GRAPH_COLLAPSE_TOLERANCE)
+        if several and collapsed * 2 >= len(several):
+            warnings.append(f"{name}: in {collapsed} of {len(several)} filters every node sits at the same "
+                            f"position (μ within {GRAPH_COLLAPSE_TOLERANCE:g} px): the nodes did not separate "
+                            "into part patterns, so this layer of the graph is degenerate.")
+        corners = sum(1 for x, y in top[name]
+                      if (x <= margin_x or x >= width - margin_x) and (y <= margin_y or y >= height - margin_y))
+        if top[name] and corners * 2 >= len(top[name]):
+            warnings.append(f"{name}: {corners} of its {len(top[name])} best nodes sit in a corner of the "
+                            f"{width}×{height} input (within {GRAPH_CORNER_MARGIN:.0%} of two edges), on padding "
+                            "rather than on objects.")
+    return warnings
+
+
+def ablation_sanity_warning(study, network) -> dict | None:
+    """``{"mean", "chance", "classes"}`` when the network scores its own inputs near chance on an ablation
+    study (softmax scores only): the class-image-weighted mean true-class softmax below :data:`CHANCE_FACTOR`
+    × chance (1 / the network's classes); ``classes`` are the object classes below that line. None otherwise:
+    then its δ measure something the network does."""
+    if study.score != "softmax" or not network.class_names:
+        return None
+    rows = list(study.class_results.select_related("object_class"))
+    images = sum(row.n_images for row in rows)
+    if not images:
+        return None
+    chance = 1.0 / len(network.class_names)
+    mean = sum(row.mean_score * row.n_images for row in rows) / images
+    if mean >= CHANCE_FACTOR * chance:
+        return None
+    return {"mean": mean, "chance": chance, "factor": CHANCE_FACTOR,
+            "classes": [row.object_class.name for row in rows if row.mean_score < CHANCE_FACTOR * chance]}
