@@ -164,3 +164,5 @@ def test_dissection_page_never_shows_dead_units_as_detectors(researcher_client, 
     others = html[html.index('<details class="more-units">'):]
     row = others[others.index(f">unit {DEAD}</a>"):]
     assert row[:row.index("</tr>")].count("no label") == 1 and "never fires" in row[:row.index("</tr>")]
+    layer_page = researcher_client.get(layer_url()).content.decode()
+    assert f"{live_detectors} of 128 units are detectors" in layer_page and "never count" in layer_page
