@@ -106,7 +106,7 @@ def test_crowd_pages_are_rate_limited(settings, client):
 def test_worker_codes_and_tokens_come_from_secrets(monkeypatch):
     import secrets
 
-    from annotation import crowd_services
+    from annotation import common
     from tests.test_crowd_study import enter, validation_study
 
     study = validation_study(name="codes", units=2)
@@ -116,6 +116,6 @@ def test_worker_codes_and_tokens_come_from_secrets(monkeypatch):
     assert all(re.fullmatch(r"[0-9a-f]{32}", code) for code in codes)  # 128 random bits
     assert all(re.fullmatch(r"[0-9a-f]{16,}", token) for token in [study.token, *study.hits.values_list("token", flat=True)])
     calls = []
-    monkeypatch.setattr(crowd_services.secrets, "token_hex", lambda n: calls.append(n) or secrets.token_bytes(n).hex())
+    monkeypatch.setattr(common.secrets, "token_hex", lambda n: calls.append(n) or secrets.token_bytes(n).hex())
     worker = enter(study, 999)
     assert calls and sum(calls) * 8 >= 128 and len(worker.code) == 32
