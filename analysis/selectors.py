@@ -133,6 +133,11 @@ def unit_summary(extraction, unit):
     return extraction.unit_summaries.with_status().filter(unit=unit).first()
 
 
+def dead_unit_ids(extraction) -> set[int]:
+    """Primary keys of the extraction's dead and saturated units (see ``UnitStatus``)."""
+    return set(extraction.unit_summaries.dead().values_list("unit_id", flat=True))
+
+
 def unit_statuses(extraction) -> dict[int, str]:
     """``{unit index: UnitStatus value}`` of an extraction (empty for None)."""
     if extraction is None:

@@ -177,7 +177,7 @@ class StudyCreateView(ResearcherRequiredMixin, FormView):
                 object_classes=data["object_classes"] or None, overlap_class=data["overlap_class"] or None,
                 raters_per_task=data["raters_per_task"], instructions=data["instructions"], units=data["units"],
                 seed=data["seed"], claim_hours=data["claim_hours"], suggest_given_names=data["suggest_given_names"],
-                created_by=self.request.user)
+                include_dead_units=data["include_dead_units"], created_by=self.request.user)
         except services.StudyInputError as error:
             form.add_error(None, str(error))
             return self.form_invalid(form)
