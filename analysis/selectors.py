@@ -372,3 +372,36 @@ def ablation_sanity_warning(study, network) -> dict | None:
         return None
     return {"mean": mean, "chance": chance, "factor": CHANCE_FACTOR,
             "classes": [row.object_class.name for row in rows if row.mean_score < CHANCE_FACTOR * chance]}
+
+
+def unit_machine_figures(unit, *, extraction=None) -> dict:
+    """What the machine says about one unit, for the humans-vs-machine panel: its status (``UnitStatus``), its
+    dissection label and IoU (newest complete dissection of its layer), its best part by single-filter AP (newest
+    part-detection study: the part, the AP, whether it is the part's best filter or in its GA combination), and
+    the Net2Vec concepts for which it is the best single filter (newest study), with their single-filter and
+    combination validation IoU. Missing figures are None or empty."""
+    from analysis.models import Net2VecStudy, PartDetectionStudy
+
+    summary = unit_summary(extraction, unit) if extraction is not None else None
+    status = summary.status if summary is not None else None
+    dissection = unit_dissection_result(unit, dataset=extraction.dataset if extraction else None)
+    part = None
+    study = (PartDetectionStudy.objects.filter(layer=unit.layer_id).select_related("run")
+             .order_by("-created_at", "-id").first())
+    if study is not None:
+        scored = [(result.single_ap[unit.index], result) for result in study.part_results.all()
+                  if unit.index < len(result.single_ap)]
+        if scored:
+            ap, result = max(scored, key=lambda pair: pair[0])
+            part = {"name": result.name, "ap": ap, "best": result.best_filter == unit.index,
+                    "best_ap": result.best_ap, "in_ga": unit.index in result.ga_filters, "study": study}
+    net2vec = (Net2VecStudy.objects.filter(layer=unit.layer_id).select_related("run")
+               .order_by("-created_at", "-id").first())
+    embeddings = []
+    if net2vec is not None:
+        embeddings = [{"concept": row.concept.name, "single": row.single_val_iou,
+                       "combination": row.combination_val_iou}
+                      for row in net2vec.concept_results.filter(best_unit=unit.index).select_related("concept")
+                      .order_by("-single_val_iou")]
+    return {"status": status, "dead": status not in (None, "live"), "dissection": dissection, "part": part,
+            "net2vec": net2vec, "embeddings": embeddings}

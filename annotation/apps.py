@@ -11,6 +11,18 @@ class AnnotationConfig(AppConfig):
 
         register_demo_hook(demo_expert_study)
         register_demo_hook(demo_crowd_studies)
+        register_unit_panels()
+
+
+def register_unit_panels() -> None:
+    """The unit page's humans-vs-machine panel shows what experts and the crowd said about the unit: each wing
+    renders its part; ``analysis`` only knows the registry (it never imports annotation)."""
+    from analysis.panels import register_unit_panel  # local: ready() runs while the app registry loads
+    from annotation.crowd.views import unit_crowd_panel  # local: views import models, not loaded at import time
+    from annotation.expert.views import unit_expert_panel  # local: as above
+
+    register_unit_panel("experts", unit_expert_panel)
+    register_unit_panel("crowd", unit_crowd_panel)
 
 
 def demo_expert_study(size) -> dict[str, str]:

@@ -9,6 +9,7 @@ from accounts.permissions import ResearcherRequiredMixin
 from analysis import selectors
 from analysis.forms import DemoTrainingForm, ExtractionForm, GridsForm, UnitFilterForm
 from analysis.models import Layer, Network
+from analysis.panels import unit_panels
 from analysis.plots import line_chart
 from analysis.services.extraction import extraction_run_start
 from analysis.services.grids import grids_run_start
@@ -112,6 +113,8 @@ class UnitDetailView(ResearcherRequiredMixin, TemplateView):
         if extraction:
             context["summary"] = selectors.unit_summary(extraction, unit)
             context.update(selectors.unit_exemplars(extraction, unit))
+        context.update(machine=selectors.unit_machine_figures(unit, extraction=extraction),
+                       human_panels=unit_panels(unit=unit, request=self.request))
         return context
 
 

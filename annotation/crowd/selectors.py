@@ -297,3 +297,36 @@ def hit_overlap_decision(hit: Hit) -> aggregation.OverlapDecision:
     labels.pop("", None)
     labels.pop(None, None)
     return aggregation.overlap_decision(hit.pk, labels, hit.max_assignments, aggregation.OverlapRules.from_study(study))
+
+
+def unit_crowd_answers(unit) -> list[dict[str, Any]]:
+    """Every crowd study's counted answers about ``unit`` (task HITs only; rejected answers left out), study by
+    study (newest first): validation labels with their origin and yes/no votes, descriptions with confidence,
+    purity counts out of the images shown. ``simulated`` counts the simulated crowd's share of each."""
+    hits = (Hit.objects.filter(unit=unit, role=HitRole.TASK).select_related("study")
+            .order_by("-study__created_at", "kind", "label"))
+    answered = (CrowdAssignment.objects.answered().filter(hit__unit=unit, hit__role=HitRole.TASK)
+                .select_related("worker").order_by("submitted_at", "id"))
+    by_hit: dict[int, list[CrowdAssignment]] = {}
+    for assignment in answered:
+        by_hit.setdefault(assignment.hit_id, []).append(assignment)
+    studies: dict[int, dict[str, Any]] = {}
+    for hit in hits:
+        entry = studies.setdefault(hit.study_id, {"study": hit.study, "labels": [], "descriptions": [],
+                                                  "purity": []})
+        answers = by_hit.get(hit.pk, [])
+        simulated = sum(1 for a in answers if a.worker.simulated)
+        if hit.kind == CrowdTaskKind.VALIDATION:
+            yes = sum(1 for a in answers if a.answer == "yes")
+            entry["labels"].append({"label": hit.label, "origin": hit.get_label_origin_display(), "yes": yes,
+                                    "no": len(answers) - yes, "simulated": simulated})
+        elif hit.kind == CrowdTaskKind.DESCRIPTION:
+            entry["descriptions"] += [{"text": a.description, "confidence": a.confidence,
+                                       "simulated": a.worker.simulated} for a in answers]
+        else:
+            counts = [a.count for a in answers if a.count is not None]
+            entry["purity"].append({"pattern": (hit.source or {}).get("pattern", ""),
+                                    "source": (hit.source or {}).get("pattern_source", ""), "shown": hit.purity_shown,
+                                    "mean": statistics.fmean(counts) if counts else None, "answers": len(counts),
+                                    "simulated": simulated})
+    return list(studies.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -447,3 +448,13 @@ class CrowdStudyExportView(ResearcherRequiredMixin, View):
             raise Http404("No such export.")
         simulated = simulated_choice(request.GET.get("simulated"))
         return attachment_response(*exports.crowd_export_file(study, name, simulated=simulated))
+
+
+def unit_crowd_panel(*, unit, request) -> str | None:
+    """The unit page's crowd panel (registered in ``AnnotationConfig.ready``): every crowd study's votes,
+    descriptions and purity counts about the unit, with links to the studies; None when there are none."""
+    studies = selectors.unit_crowd_answers(unit)
+    if not studies:
+        return None
+    return render_to_string("annotation/crowd/_unit_panel.html", {"studies": studies, "unit": unit},
+                            request=request)
