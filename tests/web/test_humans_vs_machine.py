@@ -7,8 +7,8 @@ import pytest
 from django.urls import reverse
 from PIL import Image
 
-from analysis.models import (DissectionBaseline, ExemplarKind, ExemplarSet, LayerDissection, Net2VecConcept, Net2VecStudy, PartDetectionResult,
-                             PartDetectionStudy, UnitDissection)
+from analysis.models import (DissectionBaseline, ExemplarKind, ExemplarSet, LayerDissection, Net2VecConcept,
+                             Net2VecStudy, PartDetectionResult, PartDetectionStudy, UnitDissection)
 from analysis.services.grids import store_grid
 from annotation.expert import services as expert_services
 from annotation.models import Answer
