@@ -157,10 +157,38 @@ def crowd_study_progress(study: CrowdStudy) -> dict[str, Any]:
             "blocked": study.workers.filter(blocked=True).count()}
 
 
-def crowd_hit_rows(study: CrowdStudy, *, role: str = HitRole.TASK, limit: int = 300) -> list[dict[str, Any]]:
-    """HITs with their answers (researchers only: origins are shown here)."""
-    hits = list(study.hits.filter(role=role).select_related("unit__layer", "label_concept", "grid")
-                .order_by("unit__layer__order", "unit__index", "label_origin", "id")[:limit])
+CROWD_PAGE_SIZE = 50
+HIT_STATES = {"open": "Still collecting answers", "complete": "All answers in", "retired": "Retired early"}
+
+
+def crowd_hits_for_list(study: CrowdStudy, *, role: str = HitRole.TASK, layer: str = "", unit: int | None = None,
+                        origin: str = "", state: str = "", label: str = ""):
+    """A study's HITs of ``role`` in list order (layer, unit, origin), filtered by layer name, unit index, label
+    origin, ``state`` (a key of :data:`HIT_STATES`) and a label substring."""
+    hits = (study.hits.filter(role=role).select_related("unit__layer__network", "label_concept", "grid")
+            .order_by("unit__layer__order", "unit__index", "label_origin", "id"))
+    if layer:
+        hits = hits.filter(unit__layer__name=layer)
+    if unit is not None:
+        hits = hits.filter(unit__index=unit)
+    if origin:
+        hits = hits.filter(label_origin=origin)
+    if label:
+        hits = hits.filter(label__icontains=label)
+    if state == "retired":
+        hits = hits.filter(retired=True)
+    elif state in ("open", "complete"):
+        answered = Count("assignments", filter=Q(assignments__state__in=SUBMITTED_STATES))
+        hits = hits.annotate(n_answered=answered).filter(retired=False)
+        hits = (hits.filter(n_answered__lt=F("max_assignments")) if state == "open"
+                else hits.filter(n_answered__gte=F("max_assignments")))
+    return hits
+
+
+def crowd_hit_rows(hits: Iterable[Hit]) -> list[dict[str, Any]]:
+    """HITs (e.g. one page of :func:`crowd_hits_for_list`) with their answers (researchers only: origins are
+    shown here)."""
+    hits = list(hits)
     answers: dict[int, list[CrowdAssignment]] = {}
     for assignment in (CrowdAssignment.objects.filter(hit__in=hits).exclude(state=AssignmentState.RETURNED)
                        .select_related("worker").order_by("submitted_at", "id")):
@@ -183,15 +211,22 @@ def crowd_hit_rows(study: CrowdStudy, *, role: str = HitRole.TASK, limit: int = 
 
 
 def crowd_assignment_rows(study: CrowdStudy, *, state: str | None = None, worker: CrowdWorker | None = None,
-                          limit: int = 300):
-    """Submitted work to review, newest first."""
+                          layer: str = "", unit: int | None = None, role: str = ""):
+    """Submitted work to review, newest first (a query set: the page pages it), filtered by state, worker, layer
+    name, unit index and HIT role."""
     assignments = (CrowdAssignment.objects.filter(hit__study=study).exclude(state=AssignmentState.LEASED)
-                   .select_related("hit__unit__layer", "worker").order_by("-submitted_at", "-id"))
+                   .select_related("hit__unit__layer__network", "hit__grid", "worker").order_by("-submitted_at", "-id"))
     if state:
         assignments = assignments.filter(state=state)
     if worker is not None:
         assignments = assignments.filter(worker=worker)
-    return list(assignments[:limit])
+    if layer:
+        assignments = assignments.filter(hit__unit__layer__name=layer)
+    if unit is not None:
+        assignments = assignments.filter(hit__unit__index=unit)
+    if role:
+        assignments = assignments.filter(hit__role=role)
+    return assignments
 
 
 def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.http import Http404, HttpResponseBadRequest
+from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -25,7 +26,7 @@ from unitscope.ratelimit import rate_limited
 
 from ..common import attachment_response, simulated_choice
 from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, VALIDATION_QUESTION, AssignmentState, CrowdAdapter,
-                      CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
+                      CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, LabelOrigin)
 from . import exports, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, context_dumps, context_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
@@ -340,12 +341,21 @@ class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         study = self.get_study()
-        role = self.request.GET.get("role", HitRole.TASK)
+        query = self.request.GET
+        role = query.get("role", HitRole.TASK)
         if role not in HitRole.values:
             role = HitRole.TASK
+        filters = {"layer": query.get("layer", ""), "unit": _unit_number(query.get("unit")),
+                   "origin": query.get("origin", "") if query.get("origin") in LabelOrigin.values else "",
+                   "state": query.get("state", "") if query.get("state") in selectors.HIT_STATES else "",
+                   "label": query.get("label", "").strip()[:100]}
+        page = Paginator(selectors.crowd_hits_for_list(study, role=role, **filters),
+                         selectors.CROWD_PAGE_SIZE).get_page(query.get("page"))
         return {**super().get_context_data(**kwargs), "study": study, "links": study_links(self.request, study),
                 "progress": selectors.crowd_study_progress(study), "role": role, "roles": HitRole.choices,
-                "hit_rows": selectors.crowd_hit_rows(study, role=role),
+                "hit_rows": selectors.crowd_hit_rows(page.object_list), "page_obj": page, "filters": filters,
+                "filtered": any(value not in ("", None) for value in filters.values()),
+                "origins": LabelOrigin.choices, "hit_states": selectors.HIT_STATES,
                 "layers": study.extractions.select_related("layer__network", "dataset")}
 
     def post(self, request, *args, **kwargs):
@@ -401,12 +411,18 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
         state = self.request.GET.get("state", AssignmentState.SUBMITTED)
         if state not in AssignmentState.values:
             state = ""
+        query = self.request.GET
         worker = None
-        if self.request.GET.get("worker"):
-            worker = study.workers.filter(pk=self.request.GET["worker"]).first()
+        if query.get("worker", "").isdigit():
+            worker = study.workers.filter(pk=query["worker"]).first()
+        filters = {"layer": query.get("layer", ""), "unit": _unit_number(query.get("unit")),
+                   "role": query.get("role", "") if query.get("role") in HitRole.values else ""}
+        page = Paginator(selectors.crowd_assignment_rows(study, state=state or None, worker=worker, **filters),
+                         selectors.CROWD_PAGE_SIZE).get_page(query.get("page"))
         return {**super().get_context_data(**kwargs), "study": study, "state": state, "worker": worker,
-                "states": AssignmentState.choices,
-                "assignments": selectors.crowd_assignment_rows(study, state=state or None, worker=worker)}
+                "states": AssignmentState.choices, "filters": filters, "roles": HitRole.choices,
+                "layers": study.extractions.select_related("layer"), "page_obj": page,
+                "assignments": page.object_list}
 
     def post(self, request, *args, **kwargs):
         study = self.get_study()
@@ -458,3 +474,8 @@ def unit_crowd_panel(*, unit, request) -> str | None:
         return None
     return render_to_string("annotation/crowd/_unit_panel.html", {"studies": studies, "unit": unit},
                             request=request)
+
+
+def _unit_number(value: str | None) -> int | None:
+    """A unit index from a query parameter (None when absent or not a number)."""
+    return int(value) if value and value.strip().isdigit() else None
