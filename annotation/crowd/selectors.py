@@ -21,7 +21,12 @@ from . import aggregation
 FAST_FRACTION = 0.3
 """A worker is "fast" when their median time on task is below this share of the study's median (our choice)."""
 STREAK_MIN = 8
-"""An identical-answer streak this long (or longer) is flagged (our choice)."""
+"""An identical-answer streak shorter than this is never flagged (our choice)."""
+STREAK_P = 0.001
+"""A streak is flagged only when an honest worker answering independently with the study's answer shares would
+reach it with probability below this (:func:`annotation.crowd.aggregation.longest_run_p_value`): a study whose
+right answer is mostly "yes" gives honest workers long runs of "yes" (our choice; calibrated so that none of the
+demo's simulated workers, who answer from the pixel truth, is flagged)."""
 SIGNAL_MIN_ANSWERS = 3
 """Signals need at least this many answers of the worker."""
 
@@ -108,10 +113,13 @@ def answer_key(assignment: CrowdAssignment, kind: str) -> Any:
 
 
 def careless_signals(*, seconds: Sequence[float], study_median: float | None, answers: Sequence[Any],
-                     pasted: int, fast_fraction: float = FAST_FRACTION, streak_min: int = STREAK_MIN) -> list[str]:
+                     pasted: int, fast_fraction: float = FAST_FRACTION, streak_min: int = STREAK_MIN,
+                     answer_shares: Sequence[float] | None = None, streak_p: float = STREAK_P) -> list[str]:
     """Readable flags of careless or automated answering for one worker (REFERENCE.md: 33–46% of MTurk workers
     used language models on text tasks): time on task far below the study's median, long streaks of identical
-    answers, descriptions pasted rather than typed."""
+    answers, descriptions pasted rather than typed. With ``answer_shares`` (the study's shares of each distinct
+    answer) a streak of at least ``streak_min`` is flagged only when it is improbable (p < ``streak_p``) for an
+    honest worker answering as the crowd does; without them every such streak is."""
     flags = []
     if len(seconds) >= SIGNAL_MIN_ANSWERS and study_median:
         median = statistics.median(seconds)
@@ -119,7 +127,10 @@ def careless_signals(*, seconds: Sequence[float], study_median: float | None, an
             flags.append(f"fast: median {median:.1f} s vs study median {study_median:.1f} s")
     streak = longest_streak(answers)
     if len(answers) >= SIGNAL_MIN_ANSWERS and streak >= streak_min:
-        flags.append(f"streak: {streak} identical answers in a row")
+        if answer_shares is None:
+            flags.append(f"streak: {streak} identical answers in a row")
+        elif (p_value := aggregation.longest_run_p_value(len(answers), streak, answer_shares)) < streak_p:
+            flags.append(f"streak: {streak} identical answers in a row (p = {p_value:.1g} for an honest worker)")
     if pasted:
         flags.append(f"pasted: {pasted} description{'s' if pasted != 1 else ''} pasted")
     return flags
@@ -239,6 +250,9 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
     by_worker: dict[int, list[CrowdAssignment]] = {}
     for assignment in assignments:
         by_worker.setdefault(assignment.worker_id, []).append(assignment)
+    pooled = Counter(answer_key(a, a.hit.kind) for a in assignments
+                     if a.hit.role == HitRole.TASK and a.state in SUBMITTED_STATES)
+    shares = [count / sum(pooled.values()) for count in pooled.values()] if pooled else None
     bonuses = dict(CrowdWorker.objects.filter(study=study).annotate(total=Sum("bonuses__amount_cents"))
                    .values_list("pk", "total"))
     rows = []
@@ -257,7 +271,7 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
             "pasted": sum(a.pasted for a in tasks), "bonus_cents": bonuses.get(worker.pk) or 0,
             "signals": careless_signals(seconds=seconds, study_median=study_median,
                                         answers=[answer_key(a, a.hit.kind) for a in tasks],
-                                        pasted=sum(a.pasted for a in tasks)),
+                                        pasted=sum(a.pasted for a in tasks), answer_shares=shares),
         })
     return rows
 

@@ -373,7 +373,8 @@ class CrowdWorkersView(CrowdStudyMixin, TemplateView):
     def get_context_data(self, **kwargs):
         study = self.get_study()
         return {**super().get_context_data(**kwargs), "study": study, "rows": selectors.crowd_worker_rows(study),
-                "fast_fraction": selectors.FAST_FRACTION, "streak_min": selectors.STREAK_MIN}
+                "fast_fraction": selectors.FAST_FRACTION, "streak_min": selectors.STREAK_MIN,
+                "streak_p": selectors.STREAK_P}
 
     def post(self, request, *args, **kwargs):
         study = self.get_study()
