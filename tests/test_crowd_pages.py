@@ -206,7 +206,12 @@ def test_mturk_turk_submit_to_must_be_an_allowed_host_and_qualification_keeps_th
     tokens = re.findall(r'name="q-([0-9a-f]+)"', response.content.decode())
     assert len(set(tokens)) == 4
     passed = client.post(qualification_url, {f"q-{token}": "yes" for token in tokens}, follow=True)
-    assert "/a/" in passed.redirect_chain[-1][0]
+    result = passed.content.decode()
+    assert "Qualification: 4 of 4 right" in result and result.count("qualification-feedback") == 4
+    start = re.search(r'href="([^"]+)">Start the HITs</a>', result).group(1).replace("&amp;", "&")
+    assert "ctx=" in start
+    begun = client.get(start, follow=True)
+    assert "/a/" in begun.redirect_chain[-1][0]
     assignment = CrowdAssignment.objects.get()
     assert assignment.external_assignment_id == "A2" and assignment.submit_to == "http://localhost:8123"
 
@@ -329,6 +334,28 @@ def test_a_researcher_creates_a_crowd_study_from_the_page(researcher_client):
         "gold_rate": 0, "lease_seconds": 600, "overlap_rule": "fixed", "purity_mass": 0.3,
         "external_submit_hosts": "www.mturk.com", "seed": 0})
     assert again.status_code == 200 and "already exists" in again.content.decode()
+
+
+def test_qualification_feedback_question_by_question_and_a_second_try():
+    study = validation_study("feedback", units=2)
+    golds = add_gold(study, 4, answer="yes", role=HitRole.QUALIFICATION)
+    study.qualification_required, study.qualification_size, study.qualification_pass_rate = True, 2, 1.0
+    study.save()
+    client = Client()
+    url = reverse("annotation:crowd_qualification", kwargs={"code": enter(study, 1).code})
+    page = client.get(url).content.decode()
+    tokens = list(dict.fromkeys(re.findall(r'name="q-([0-9a-f]+)"', page)))
+    assert len(tokens) == 2
+    result = client.post(url, {f"q-{tokens[0]}": "yes", f"q-{tokens[1]}": "no"}, follow=True).content.decode()
+    assert "Qualification: 1 of 2 right" in result and "Try again" in result
+    wrong = result[result.index('id="feedback-2"'):]
+    assert "Your answer: <strong>no</strong> · the right answer: <strong>yes</strong>" in wrong
+    explanation = next(hit.gold_explanation for hit in golds if hit.token == tokens[1])
+    assert explanation and explanation in wrong
+    right = result[result.index('id="feedback-1"'):result.index('id="feedback-2"')]
+    assert "badge-ok" in right and "the right answer" not in right
+    again = client.get(url).content.decode()
+    assert "This is your last try." in again and "Question 1" in again
 
 
 def test_a_required_qualification_without_questions_says_so_instead_of_looping():

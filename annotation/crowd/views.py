@@ -184,7 +184,23 @@ class CrowdQualificationView(WorkerMixin, View):
         return [{"hit": hits[token], "number": number, **hit_context(hits[token])}
                 for number, token in enumerate(attempt.questions, start=1) if token in hits]
 
+    def feedback(self, attempt) -> list[dict]:
+        """Per question of a scored attempt: the question, the worker's answer, the right one, the explanation."""
+        return [{**question, "given": attempt.answers.get(question["hit"].token),
+                 "right": question["hit"].gold_answer,
+                 "correct": attempt.answers.get(question["hit"].token) == question["hit"].gold_answer,
+                 "explanation": question["hit"].gold_explanation} for question in self.questions(attempt)]
+
     def get(self, request, code, error: str = "", answers: dict | None = None):
+        done = request.GET.get("done", "")
+        scored = (self.worker.qualification_attempts.filter(pk=int(done)).exclude(passed=None).first()
+                  if done.isdigit() else None)
+        if scored is not None:  # the feedback on the attempt just submitted, question by question
+            self.worker.refresh_from_db()
+            return render(request, "annotation/crowd/qualification_result.html", {
+                **self.base_context(), "attempt": scored, "feedback": self.feedback(scored),
+                "again": services.worker_needs_qualification(self.worker) and self.worker.qualified is None,
+                "pass_needed": self.study.qualification_pass_rate})
         if not services.worker_needs_qualification(self.worker):
             return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
         attempt = services.qualification_start(worker=self.worker)
@@ -208,10 +224,8 @@ class CrowdQualificationView(WorkerMixin, View):
             attempt = services.qualification_submit(attempt=attempt, answers=answers)
         except services.CrowdInputError as error:
             return self.get(request, code, error=str(error), answers=answers)
-        self.worker.refresh_from_db()
-        if attempt.passed:
-            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
-        return redirect(self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code})))
+        url = self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code}))
+        return redirect(f"{url}{'&' if '?' in url else '?'}done={attempt.pk}")
 
 
 @method_decorator(worker_page, name="dispatch")
