@@ -292,6 +292,20 @@ class LabelOrigin(models.TextChoices):
     CONTROL = "control", "Control: a random other concept"
 
 
+class ValidationRound(models.TextChoices):
+    """Which round of ND'18 §3.1 a validation HIT belongs to (server-side only, never shown to a worker).
+
+    ND'18 first validated the canonical human descriptions on their own ("raters were shown the canonical
+    descriptions ... and asked whether the description was valid"): those votes decide which units are
+    interpretable. The blind comparison round (human, dissection and control labels shuffled, origin hidden)
+    supplies Table 3's percentages. The two rounds never share a vote, so choosing the units cannot bias what
+    is measured on them. Validation HITs made before the rounds existed have no round and count as comparison.
+    """
+
+    SELECTION = "selection", "Selection: is the canonical description valid?"
+    COMPARISON = "comparison", "Comparison: blind human / dissection / control labels"
+
+
 class OverlapRule(models.TextChoices):
     FIXED = "fixed", "Fixed: N workers per HIT"
     DYNAMIC = "dynamic", "Dynamic: add workers where agreement is low, stop early where settled"
@@ -462,6 +476,8 @@ class Hit(models.Model):
                              related_name="+")
     label = models.CharField(max_length=DESCRIPTION_MAX_LENGTH, blank=True)
     label_origin = models.CharField(max_length=16, choices=LabelOrigin.choices, blank=True)
+    validation_round = models.CharField(max_length=16, choices=ValidationRound.choices, blank=True,
+                                        help_text="Validation HITs: the ND'18 round whose votes they give.")
     label_concept = models.ForeignKey("analysis.Concept", null=True, blank=True, on_delete=models.PROTECT,
                                       related_name="+")
     label_category = models.CharField(max_length=64, blank=True)

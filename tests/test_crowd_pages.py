@@ -101,7 +101,7 @@ def test_validation_hits_are_blind_in_html_urls_and_image_names(settings):
     assert_no_origin(start.content.decode(), "the start page")
     entered = client.post(reverse("annotation:crowd_entry", args=[study.token]))
     pages = walk(client, entered["Location"])
-    assert len(pages) == study.hits.count() == 9
+    assert len(pages) == study.hits.count() == 12  # 3 units × (3 comparison labels + 1 selection-round HIT)
     worker = CrowdWorker.objects.get(study=study)
     by_token = {a.token: a for a in CrowdAssignment.objects.filter(worker=worker).select_related("hit__grid")}
     normalised_by_unit: dict[int, dict[str, str]] = {}

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from annotation.crowd import aggregation, reports, selectors
 from annotation.models import (AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
-                               HitRole, LabelOrigin)
+                               HitRole, LabelOrigin, ValidationRound)
 
 HUMAN, DISSECTION, CONTROL = LabelOrigin.HUMAN, LabelOrigin.DISSECTION, LabelOrigin.CONTROL
 _counter = iter(range(1, 10_000))
@@ -61,12 +61,14 @@ def answer(hit, worker, **fields):
         seconds=5.0, simulated=worker.simulated, **fields)
 
 
-def validation_hit(study, layers, layer, unit, origin, category, votes, *, role=HitRole.TASK, gold_answer=""):
+def validation_hit(study, layers, layer, unit, origin, category, votes, *, role=HitRole.TASK, gold_answer="",
+                   validation_round=ValidationRound.COMPARISON):
     """A validation HIT on ``layer``/``unit`` and its votes: ``{worker: "yes"|"no"}``."""
     _, extraction = layers[layer]
     hit = Hit.objects.create(study=study, token=_token(), position=next(_counter), kind=CrowdTaskKind.VALIDATION,
                              role=role, unit=extraction.layer.unit_set.get(index=unit), extraction=extraction,
                              label=f"label {layer} {unit} {origin}", label_origin=origin if role == HitRole.TASK else "",
+                             validation_round=validation_round if role == HitRole.TASK else "",
                              unit_category=category, gold_answer=gold_answer)
     for worker, vote in votes.items():
         answer(hit, worker, answer=vote)
@@ -80,7 +82,15 @@ def table3_study(layers):
     w1, w2, w3 = (make_worker(study, name) for name in ("w1", "w2", "w3"))
     sim = make_worker(study, "simulated-1", simulated=True)
     y, n = "yes", "no"
-    hit = lambda *args: validation_hit(study, layers, *args)  # noqa: E731
+
+    def hit(layer, unit, origin, category, votes):
+        # A canonical description gets the same votes in the selection round (which decides whether the unit is
+        # interpretable) and in the blind comparison round (which measures): the hand-computed values below.
+        if origin == HUMAN:
+            validation_hit(study, layers, layer, unit, origin, category, votes,
+                           validation_round=ValidationRound.SELECTION)
+        return validation_hit(study, layers, layer, unit, origin, category, votes)
+
     # conv3 (4 units)
     hit("conv3", 0, HUMAN, "color", {w1: y, w2: y, w3: y})
     hit("conv3", 0, DISSECTION, "color", {w1: y, w2: y, w3: n})
@@ -166,8 +176,91 @@ def test_table3_with_simulated_crowd_and_all_units(table3_study):
     assert table["categories"][:2] == ["color", "texture"]
 
 
+def test_table3_selection_and_measurement_never_share_a_vote(table3_study, layers):
+    """The selection round alone decides which units count; the comparison round alone gives the shares."""
+    before = reports.nd18_table3(table3_study, replicates=0)["layers"][0]
+    conv3_unit1 = dict(study=table3_study, unit__index=1, unit__layer__name="conv3", label_origin=HUMAN)
+    # Turn conv3 unit 1's selection votes to yes: it becomes interpretable, with its comparison share (1/3).
+    selection = Hit.objects.get(validation_round=ValidationRound.SELECTION, **conv3_unit1)
+    selection.assignments.update(answer="yes")
+    after = reports.nd18_table3(table3_study, replicates=0)["layers"][0]
+    assert (before["interpretable"], after["interpretable"]) == (2, 3)
+    assert after["human"]["value"] == pytest.approx((1 + 2 / 3 + 1 / 3) / 3)
+    # Turn its comparison votes to yes as well: the unit set stays, only the share moves.
+    Hit.objects.get(validation_round=ValidationRound.COMPARISON, **conv3_unit1).assignments.update(answer="yes")
+    measured = reports.nd18_table3(table3_study, replicates=0)["layers"][0]
+    assert measured["interpretable"] == 3 and measured["human"]["value"] == pytest.approx((1 + 2 / 3 + 1) / 3)
+    table = reports.nd18_table3(table3_study, replicates=0)
+    assert table["selection_hits"] == 8 and table["comparison_hits"] == 16
+
+
+def test_table3_without_a_selection_round_counts_no_unit_as_interpretable(table3_study):
+    # A study made before the rounds existed: its human-label HITs have no round and count as comparison.
+    Hit.objects.filter(study=table3_study, validation_round=ValidationRound.SELECTION).update(
+        validation_round="", label_origin=DISSECTION)
+    table = reports.nd18_table3(table3_study, replicates=0)
+    assert table["selection_votes"] == 0 and [e["interpretable"] for e in table["layers"]] == [0, 0]
+    assert table["comparison_hits"] == 24
+    assert [e["interpretable"] for e in reports.nd18_table3(table3_study, interpretable="all",
+                                                            replicates=0)["layers"]] == [3, 5]
+
+
+def _simulated_votes(rng, n_units: int, raters: int, p_yes: dict[str, float], *, selection_p: float | None = None):
+    """Votes of a simulated crowd on ``n_units`` units of one layer: per unit a selection HIT for the canonical
+    description and comparison HITs for the human, dissection and control labels; each rater says yes with the
+    origin's probability (``selection_p`` for the selection HIT; default the human label's)."""
+    votes = []
+    for unit in range(n_units):
+        yes = int(rng.binomial(raters, p_yes["human"] if selection_p is None else selection_p))
+        votes.append(reports.UnitVotes("L", unit, "object", HUMAN.value, yes, raters, ValidationRound.SELECTION.value))
+        for origin in (HUMAN, DISSECTION, CONTROL):
+            yes = int(rng.binomial(raters, p_yes[origin.value]))
+            votes.append(reports.UnitVotes("L", unit, "object", origin.value, yes, raters))
+    return votes
+
+
+def _inside(a, b) -> bool:
+    return b["ci"][0] <= a["value"] <= b["ci"][1]
+
+
+def test_table3_under_a_null_crowd_is_unbiased():
+    """ND'18 Table 3 under a crowd that says yes with p = ½ whatever the label (2000 units, 3 raters): human,
+    dissection and control all come out near 50%, each inside the others' 95% interval. Choosing the units by
+    the very votes that measure them (the former rule) gave human 75% vs dissection 48% here."""
+    rng = np.random.default_rng(2018)
+    votes = _simulated_votes(rng, 2000, 3, {"human": 0.5, "dissection": 0.5, "control": 0.5})
+    entry = reports.table3_from_votes(votes, [("L", 2000)], replicates=1000, seed=1)["layers"][0]
+    assert 900 < entry["interpretable"] < 1100  # P(≥ 2 of 3 yes) = ½
+    human, dissection, control = entry["human"], entry["dissection"], entry["control"]
+    for share in (human, dissection, control):
+        assert abs(share["value"] - 0.5) < 0.03
+    for a, b in ((human, dissection), (dissection, human), (human, control), (control, human),
+                 (dissection, control), (control, dissection)):
+        assert _inside(a, b), (a, b)
+    # The biased rule it replaces: the same votes select and measure.
+    same = [reports.UnitVotes(v.layer, v.unit, v.category, v.origin, v.yes, v.n, ValidationRound.SELECTION.value)
+            for v in votes if v.origin == HUMAN.value and v.round == ValidationRound.COMPARISON.value]
+    biased = reports.table3_from_votes([v for v in votes if v.round != ValidationRound.SELECTION.value] + same,
+                                       [("L", 2000)], replicates=0)["layers"][0]
+    assert biased["human"]["value"] > 0.7 > 0.55 > biased["dissection"]["value"]
+
+
+def test_table3_recovers_a_planted_ordering():
+    """A crowd that favours good labels: human labels 80% yes, dissection 65%, controls 20% (and canonical
+    descriptions validated with the human rate): the table keeps that order, each near its planted rate."""
+    rng = np.random.default_rng(7)
+    planted = {"human": 0.8, "dissection": 0.65, "control": 0.2}
+    entry = reports.table3_from_votes(_simulated_votes(rng, 2000, 3, planted), [("L", 2000)], replicates=200,
+                                      seed=2)["layers"][0]
+    assert entry["human"]["value"] > entry["dissection"]["value"] > entry["control"]["value"]
+    for origin, rate in planted.items():
+        assert abs(entry[origin]["value"] - rate) < 0.03, origin
+    assert entry["human"]["ci"][0] > entry["dissection"]["ci"][1]
+
+
 def test_table3_from_votes_pure():
-    votes = [reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3), reports.UnitVotes("L", 1, "", DISSECTION.value, 0, 2),
+    votes = [reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3, ValidationRound.SELECTION.value),
+             reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3), reports.UnitVotes("L", 1, "", DISSECTION.value, 0, 2),
              reports.UnitVotes("L", 2, "scene", HUMAN.value, 0, 0)]
     table = reports.table3_from_votes(votes, [("L", 10), ("M", 5)], replicates=0)
     first, second = table["layers"]
@@ -181,8 +274,10 @@ def test_table3_from_votes_pure():
 
 def test_aggregation_report(table3_study):
     result = reports.crowd_aggregation(table3_study, simulated="exclude", replicates=200)
-    rows = {(row["layer"], row["unit"], row["origin_key"]): row for row in result["hits"]}
-    assert len(rows) == 16 and result["n_answers"] == 45 and result["n_workers"] == 3
+    rows = {(row["layer"], row["unit"], row["origin_key"]): row for row in result["hits"]
+            if row["round"] == ValidationRound.COMPARISON}
+    assert len(rows) == 16 and len(result["hits"]) == 16 + 8
+    assert result["n_answers"] == 45 + 22 and result["n_workers"] == 3
     row = rows[("conv3", 1, HUMAN.value)]
     assert (row["majority"], row["n"], row["tied"]) == ("no", 3, False)
     assert row["majority_share"] == pytest.approx(2 / 3)
@@ -211,7 +306,7 @@ def test_aggregation_report(table3_study):
     assert (workers["w1"]["gold_right"], workers["w1"]["gold_total"], workers["w2"]["gold_accuracy"]) == (1, 1, 0.0)
     assert workers["w3"]["gold_total"] == 0
     assert all(0.0 <= row["skill"] <= 1.0 for row in workers.values())
-    assert workers["w1"]["task_answers"] == 16
+    assert workers["w1"]["task_answers"] == 16 + 8  # w1 voted on every selection-round HIT too
     majority = aggregation.majority_vote(reports.study_answers(table3_study), labels=["yes", "no"])
     w3 = [(hit, vote) for hit, vote in CrowdAssignment.objects.filter(
         worker__external_id="w3", hit__role=HitRole.TASK, hit__study=table3_study).values_list("hit_id", "answer")]
@@ -223,13 +318,14 @@ def test_overlap_decisions_in_report(table3_study):
     table3_study.overlap_rule = "dynamic"
     table3_study.save()
     result = reports.crowd_aggregation(table3_study, replicates=0)
-    decisions = {(row["layer"], row["unit"], row["origin_key"]): row["overlap"] for row in result["hits"]}
+    decisions = {(row["layer"], row["unit"], row["origin_key"]): row["overlap"] for row in result["hits"]
+                 if row["round"] == ValidationRound.COMPARISON}
     # conv3 unit 1, human: 1 yes 2 no = 0.67 < 0.7 with its 3 planned answers → one more worker.
     extend = decisions[("conv3", 1, HUMAN.value)]
     assert (extend.action, extend.target) == (aggregation.OverlapAction.EXTEND, 4)
     assert decisions[("conv3", 0, HUMAN.value)].action == aggregation.OverlapAction.DONE
     assert decisions[("conv5", 0, HUMAN.value)].action == aggregation.OverlapAction.COLLECT  # 2 of 3
-    assert sum(result["overlap"]["counts"].values()) == 16
+    assert sum(result["overlap"]["counts"].values()) == 16 + 8  # the selection round's HITs too
 
 
 def test_hit_overlap_decision_reads_live_answers(layers):

@@ -16,7 +16,7 @@ from .selectors import canonical_description
 
 CROWD_ANSWER_FIELDS = (
     "assignment", "study", "hit", "hit_token", "hit_kind", "hit_role", "network", "layer", "unit", "label",
-    "label_origin", "label_category", "grid_sha256", "worker", "worker_adapter", "worker_external_id",
+    "label_origin", "validation_round", "label_category", "grid_sha256", "worker", "worker_adapter", "worker_external_id",
     "worker_simulated", "user", "state", "answer", "description", "confidence", "count", "pasted", "gold_correct",
     "leased_at", "shown_at", "submitted_at", "seconds", "returned_at", "reason", "reviewed_by", "reviewed_at",
     "external_assignment_id", "external_hit_id", "external_session", "pattern_source", "pattern", "graph",
@@ -24,14 +24,16 @@ CROWD_ANSWER_FIELDS = (
 )
 """Columns of a crowd study's raw answers export: every assignment (leased, returned, submitted, approved,
 rejected; task, gold and qualification HITs), with the HIT it answered (kind, role, unit, label and — for
-researchers only — the label's origin), the worker (adapter, external id, simulated), the answer by kind, times,
-seconds on task, review, and the platform's hand-off ids. Purity HITs say what they showed (:func:`pattern_of`):
-``pattern_source`` (``raw_filter_peaks``: a filter's top images by map maximum; ``explanatory_graph``: a graph
-node's top inferences), ``pattern`` (``layer/filter`` or ``layer/filter/node``), the ``graph`` (its run id),
-``purity_k`` (the 30%-mass K) and ``purity_shown``, so the purity table can be recomputed from the export."""
+researchers only — the label's origin and, for validation, the ND'18 round whose votes it gives), the worker
+(adapter, external id, simulated), the answer by kind, times, seconds on task, review, and the platform's hand-off
+ids. Purity HITs say what they showed (:func:`pattern_of`): ``pattern_source`` (``raw_filter_peaks``: a filter's
+top images by map maximum; ``explanatory_graph``: a graph node's top inferences), ``pattern`` (``layer/filter`` or
+``layer/filter/node``), the ``graph`` (its run id), ``purity_k`` (the 30%-mass K) and ``purity_shown``, so the
+purity table can be recomputed from the export."""
 
 
-CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "label_category",
+CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "validation_round",
+                       "label_category",
                        "answers", "n_yes", "n_no", "majority", "majority_share", "tied", "canonical_description",
                        "canonical_agreed", "mean_count", "purity_shown", "purity_k", "pattern_source", "pattern",
                        "graph")
@@ -67,8 +69,8 @@ def crowd_answer_rows(study) -> list[dict[str, Any]]:
             "assignment": assignment.pk, "study": study.pk, "hit": hit.pk, "hit_token": hit.token, "hit_kind": hit.kind,
             "hit_role": hit.role, "network": unit.layer.network.name if unit else None,
             "layer": unit.layer.name if unit else None, "unit": unit.index if unit else None, "label": hit.label,
-            "label_origin": hit.label_origin, "label_category": hit.label_category,
-            "grid_sha256": hit.grid.sha256 if hit.grid_id else None, "worker": worker.pk,
+            "label_origin": hit.label_origin, "validation_round": hit.validation_round,
+            "label_category": hit.label_category, "grid_sha256": hit.grid.sha256 if hit.grid_id else None, "worker": worker.pk,
             "worker_adapter": worker.adapter, "worker_external_id": worker.external_id,
             "worker_simulated": worker.simulated, "user": worker.user_id, "state": assignment.state,
             "answer": assignment.answer, "description": assignment.description, "confidence": assignment.confidence,
@@ -106,8 +108,8 @@ def crowd_results(study, *, simulated: str = "exclude") -> list[dict[str, Any]]:
         items = by_hit.get(hit.pk, [])
         row = {"hit": hit.pk, "hit_kind": hit.kind, "network": hit.unit.layer.network.name if hit.unit else None,
                "layer": hit.unit.layer.name if hit.unit else None, "unit": hit.unit.index if hit.unit else None,
-               "label": hit.label, "label_origin": hit.label_origin, "label_category": hit.label_category,
-               "answers": len(items), "n_yes": None, "n_no": None, "majority": None, "majority_share": None,
+               "label": hit.label, "label_origin": hit.label_origin, "validation_round": hit.validation_round,
+               "label_category": hit.label_category, "answers": len(items), "n_yes": None, "n_no": None, "majority": None, "majority_share": None,
                "tied": None, "canonical_description": None, "canonical_agreed": None, "mean_count": None,
                **pattern_of(hit)}
         if hit.kind == CrowdTaskKind.VALIDATION:

@@ -32,6 +32,10 @@ class CrowdStudyCreateForm(forms.Form):
                                   help_text="Validation: add a control label (a random other concept) per unit.")
     include_human = forms.BooleanField(required=False, initial=True, label="Human descriptions",
                                        help_text="Validation: add canonical descriptions from a description study.")
+    selection_round = forms.BooleanField(
+        required=False, initial=True, label="Selection round (ND'18)",
+        help_text="Validation: the canonical descriptions also get HITs of their own whose votes alone decide which "
+                  "units are interpretable, so Table 3 never measures on the votes that chose its units.")
     description_study = forms.ModelChoiceField(queryset=CrowdStudy.objects.none(), required=False,
                                                help_text="Empty: the newest description study covering each unit.")
     detectors_only = forms.BooleanField(required=False, help_text="Validation: dissection labels of detectors only "

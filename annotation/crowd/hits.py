@@ -26,7 +26,7 @@ from analysis.services.grids import GRID_TILE_MAX, DatasetImageCache, store_grid
 
 from ..common import new_token
 from ..models import (DESCRIPTION_MAX_LENGTH, EXPLANATORY_GRAPH, RAW_FILTER_PEAKS, CrowdStudy, CrowdTaskKind, Hit,
-                      HitRole, LabelOrigin, OverlapRule)
+                      HitRole, LabelOrigin, OverlapRule, ValidationRound)
 from ..naming import label_text, normalise_concept_name
 from .selectors import canonical_descriptions_for
 from .services import NO, ORDER_MODULUS, YES, CrowdInputError
@@ -43,6 +43,7 @@ class HitSpec:
     grid_id: int | None = None
     label: str = ""
     label_origin: str = ""
+    validation_round: str = ""
     label_concept_id: int | None = None
     label_category: str = ""
     unit_category: str = ""
@@ -104,7 +105,12 @@ def _control_concept(rng: np.random.Generator, pool: list[Concept], avoid: set[s
 
 def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, rng: np.random.Generator,
                       include_dissection: bool, include_human: bool, controls: bool,
-                      description_study: CrowdStudy | None, detectors_only: bool) -> list[HitSpec]:
+                      description_study: CrowdStudy | None, detectors_only: bool,
+                      selection_round: bool) -> list[HitSpec]:
+    """Validation HITs of one layer: per unit, the blind comparison round (its dissection label, its human
+    canonical description and a control, as comparison HITs) and, with ``selection_round``, the ND'18 selection
+    round (its canonical description again, as a HIT of its own whose votes decide whether the unit is
+    interpretable; :class:`annotation.models.ValidationRound`)."""
     dissection = dissection_for(extraction) if include_dissection else None
     results = {}
     if dissection is not None:
@@ -119,7 +125,8 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
         result = results.get(exemplar.unit_id)
         unit_category = result.concept.category if result is not None and result.concept_id else ""
         common = dict(kind=CrowdTaskKind.VALIDATION, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
-                      grid_id=exemplar.grid_id, unit_category=unit_category)
+                      grid_id=exemplar.grid_id, unit_category=unit_category,
+                      validation_round=ValidationRound.COMPARISON)
         avoid: set[str] = set()
         if result is not None and result.concept_id and (result.is_detector or not detectors_only):
             avoid.add(normalise_concept_name(result.concept.name))
@@ -130,10 +137,14 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
         description = human.get(exemplar.unit_id)
         if description is not None:
             avoid.add(normalise_concept_name(description["text"]))
-            specs.append(HitSpec(**common, label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
-                                 label_origin=LabelOrigin.HUMAN,
-                                 source={"description_study": description["study"],
-                                         "description_hit": description["hit"], "agreed": description["agreed"]}))
+            human_label = dict(label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
+                               label_origin=LabelOrigin.HUMAN)
+            source = {"description_study": description["study"], "description_hit": description["hit"],
+                      "agreed": description["agreed"]}
+            specs.append(HitSpec(**common, **human_label, source=source))
+            if selection_round:
+                specs.append(HitSpec(**{**common, "validation_round": ValidationRound.SELECTION}, **human_label,
+                                     source=source))
         if controls and pool and avoid:
             concept = _control_concept(rng, pool, avoid)
             if concept is not None:
@@ -293,7 +304,8 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
                        qualification_size: int = 4, qualification_pass_rate: float = 0.75,
                        block_below: float = 0.6, block_min_gold: int = 8, include_dissection: bool = True,
                        include_human: bool = True, controls: bool = True, detectors_only: bool = False,
-                       description_study: CrowdStudy | None = None, include_dead_units: bool = False,
+                       description_study: CrowdStudy | None = None, selection_round: bool = True,
+                       include_dead_units: bool = False,
                        purity_mass: float = 0.3,
                        purity_max_shown: int = 20, graph=None, overlap_rule: str = OverlapRule.FIXED,
                        external_submit_hosts: str | None = None, hits_per_session: int = 10, seed: int = 0,
@@ -304,7 +316,10 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
       layer on the extraction's dataset; every unit with a top concept, or only detectors with
       ``detectors_only``), one for its human canonical description (from ``description_study`` or the newest
       description study covering it), and — with ``controls`` — one for a random other concept of the dataset;
-      a unit with neither label gets no HIT.
+      a unit with neither label gets no HIT. These are the blind comparison round. With ``selection_round``
+      (the default, ND'18's protocol) each canonical description also gets a selection-round HIT of its own,
+      whose votes alone decide which units are interpretable in Table 3
+      (:func:`annotation.crowd.reports.table3_from_votes`).
     * description: one HIT per unit (``assignments_per_hit`` = 3 raters by default, as ND'18's baseline).
     * purity: one HIT per unit showing its top-K images by map maximum with the peak marked (K by the 30% mass
       rule, :func:`analysis.engine.explanatory_graph.energy_top_k` with ``purity_mass``); with an Explanatory
@@ -339,7 +354,8 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
         if kind == CrowdTaskKind.VALIDATION:
             specs += _validation_specs(extraction, sets, rng=rng, include_dissection=include_dissection,
                                        include_human=include_human, controls=controls,
-                                       description_study=description_study, detectors_only=detectors_only)
+                                       description_study=description_study, detectors_only=detectors_only,
+                                       selection_round=selection_round)
         elif kind == CrowdTaskKind.DESCRIPTION:
             specs += [HitSpec(kind=kind, unit_id=s.unit_id, extraction_id=extraction.pk, grid_id=s.grid_id,
                               unit_category=_unit_category(extraction, s.unit_id)) for s in sets]
@@ -374,7 +390,8 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
         Hit.objects.bulk_create([
             Hit(study=study, token=new_token(), position=position, kind=spec.kind, role=spec.role,
                 unit_id=spec.unit_id, extraction_id=spec.extraction_id, grid_id=spec.grid_id, label=spec.label,
-                label_origin=spec.label_origin, label_concept_id=spec.label_concept_id,
+                label_origin=spec.label_origin, validation_round=spec.validation_round,
+                label_concept_id=spec.label_concept_id,
                 label_category=spec.label_category, unit_category=spec.unit_category, source=spec.source or {},
                 gold_answer=spec.gold_answer, gold_explanation=spec.gold_explanation, purity_k=spec.purity_k,
                 purity_shown=spec.purity_shown, max_assignments=assignments_per_hit)

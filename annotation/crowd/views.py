@@ -327,8 +327,8 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
                 name=data["name"], kind=data["kind"], extractions=list(data["extractions"]), units=data["units"],
                 assignments_per_hit=data["assignments_per_hit"], controls=data["controls"],
                 include_human=data["include_human"], description_study=data["description_study"],
-                detectors_only=data["detectors_only"], include_dead_units=data["include_dead_units"],
-                gold_rate=data["gold_rate"],
+                selection_round=data["selection_round"], include_dead_units=data["include_dead_units"],
+                detectors_only=data["detectors_only"], gold_rate=data["gold_rate"],
                 qualification_required=data["qualification_required"], lease_seconds=data["lease_seconds"],
                 overlap_rule=data["overlap_rule"], purity_mass=data["purity_mass"], graph=data["graph"],
                 external_submit_hosts=data["external_submit_hosts"], seed=data["seed"], created_by=self.request.user)
