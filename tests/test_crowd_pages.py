@@ -366,3 +366,28 @@ def test_a_required_qualification_without_questions_says_so_instead_of_looping()
     response = Client().get(reverse("annotation:crowd_next", args=[worker.code]), follow=True)
     assert response.status_code == 200 and "not available" in response.content.decode()
     assert len(response.redirect_chain) == 1 and not CrowdAssignment.objects.exists()
+
+
+def test_a_description_study_qualifies_workers_with_descriptions(monkeypatch):
+    extraction, = build_crowd_world(name="descq", units=6)
+    # The pixel truth: "wheel" under the peak of every image of every unit (so every unit's answer is known).
+    monkeypatch.setattr(crowd_hits, "peak_concepts",
+                        lambda extraction, sets: {s.unit_id: [{"wheel"}] * 15 for s in sets})
+    study = crowd_hits.crowd_study_create(name="descq", kind=CrowdTaskKind.DESCRIPTION, extractions=[extraction],
+                                          gold_count=2, qualification_size=2, qualification_pass_rate=0.5)
+    questions = list(study.hits.filter(role=HitRole.QUALIFICATION))
+    assert len(questions) == 4 and {hit.kind for hit in questions} == {CrowdTaskKind.DESCRIPTION}
+    assert {hit.gold_answer for hit in questions} == {"wheel"} and study.qualification_required
+    assert {hit.kind for hit in study.hits.filter(role=HitRole.GOLD)} == {CrowdTaskKind.DESCRIPTION}
+    client = Client()
+    url = reverse("annotation:crowd_qualification", kwargs={"code": enter(study, 1).code})
+    page = client.get(url).content.decode()
+    assert "Describe these 2 sets of images" in page and 'type="radio"' not in page
+    tokens = list(dict.fromkeys(re.findall(r'name="q-([0-9a-f]+)"', page)))
+    assert len(tokens) == 2
+    result = client.post(url, {f"q-{tokens[0]}": "Wheels", f"q-{tokens[1]}": "a cloud"}, follow=True)
+    html = result.content.decode()
+    assert "Qualification: 1 of 2 right" in html and "Start the HITs" in html  # half is enough here
+    wrong = html[html.index('id="feedback-2"'):]
+    assert "Your answer: <strong>a cloud</strong> · the right answer: <strong>wheel</strong>" in wrong
+    assert "Most highlighted patches show: wheel." in wrong

@@ -252,7 +252,9 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
                 gold_count: int, qualification_count: int) -> list[HitSpec]:
     """Gold and qualification items with answers known from the dataset's pixel truth (see
     :mod:`annotation.crowd.truth`): "yes" for a concept under the peak of most of the 15 images, "no" for a
-    concept under none of them. Qualification questions are always yes/no label questions."""
+    concept under none of them. Qualification questions match the study's kind: descriptions (of units whose
+    answer is known) for a description study, yes/no label questions otherwise (purity too: no count is known
+    from the truth)."""
     wanted = gold_count + qualification_count
     if wanted == 0:
         return []
@@ -279,13 +281,17 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
     mixed = [c for pair in zip([c for c in yes_first if c[1] == YES], [c for c in yes_first if c[1] == NO])
              for c in pair]
     mixed += [c for c in candidates if c not in mixed]
-    for number, (exemplar, answer, name, truth) in enumerate(mixed[:wanted]):
-        role = HitRole.QUALIFICATION if number < qualification_count else HitRole.GOLD
+    # A description study's qualification and gold items ask for descriptions of units whose answer is known.
+    pool = [c for c in mixed if c[1] == YES] if kind == CrowdTaskKind.DESCRIPTION else mixed
+    qualification = pool[:qualification_count]
+    picked = [(HitRole.QUALIFICATION, c) for c in qualification]
+    picked += [(HitRole.GOLD, c) for c in pool if c not in qualification][:gold_count]
+    for role, (exemplar, answer, name, truth) in picked:
         concept = names[name]
         shown = label_text(concept.name)
         common = dict(unit_id=exemplar.unit_id, extraction_id=extraction.pk, grid_id=exemplar.grid_id, role=role,
                       source={"truth": truth}, label_concept_id=concept.pk, label_category=concept.category)
-        if role == HitRole.QUALIFICATION or kind == CrowdTaskKind.VALIDATION:
+        if kind == CrowdTaskKind.VALIDATION or (role == HitRole.QUALIFICATION and kind == CrowdTaskKind.PURITY):
             explanation = (f"“{shown}” is under the highlighted patch in most of these images." if answer == YES else
                            f"“{shown}” is under none of the highlighted patches.")
             specs.append(HitSpec(kind=CrowdTaskKind.VALIDATION, label=shown, gold_answer=answer,

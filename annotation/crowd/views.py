@@ -27,9 +27,11 @@ from unitscope.ratelimit import rate_limited
 from ..common import attachment_response, simulated_choice
 from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, VALIDATION_QUESTION, AssignmentState, CrowdAdapter,
                       CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, LabelOrigin)
+from ..naming import label_text
 from . import exports, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, context_dumps, context_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
+from .truth import gold_check
 
 QUESTIONS = {CrowdTaskKind.VALIDATION: VALIDATION_QUESTION, CrowdTaskKind.DESCRIPTION: DESCRIPTION_QUESTION,
              CrowdTaskKind.PURITY: PURITY_QUESTION}
@@ -186,10 +188,16 @@ class CrowdQualificationView(WorkerMixin, View):
 
     def feedback(self, attempt) -> list[dict]:
         """Per question of a scored attempt: the question, the worker's answer, the right one, the explanation."""
-        return [{**question, "given": attempt.answers.get(question["hit"].token),
-                 "right": question["hit"].gold_answer,
-                 "correct": attempt.answers.get(question["hit"].token) == question["hit"].gold_answer,
-                 "explanation": question["hit"].gold_explanation} for question in self.questions(attempt)]
+        rows = []
+        for question in self.questions(attempt):
+            hit = question["hit"]
+            given = attempt.answers.get(hit.token) or ""
+            described = hit.kind == CrowdTaskKind.DESCRIPTION
+            rows.append({**question, "given": given, "explanation": hit.gold_explanation,
+                         "right": " or ".join(label_text(name) for name in hit.gold_answer.split("|")) if described
+                         else hit.gold_answer,
+                         "correct": gold_check(hit, {"description": given} if described else {"answer": given})})
+        return rows
 
     def get(self, request, code, error: str = "", answers: dict | None = None):
         done = request.GET.get("done", "")
@@ -211,7 +219,9 @@ class CrowdQualificationView(WorkerMixin, View):
                         "try again later."})
         previous = self.worker.qualification_attempts.exclude(pk=attempt.pk).filter(passed=False).last()
         return render(request, self.template_name, {
-            **self.base_context(), "instructions": INSTRUCTIONS[CrowdTaskKind.VALIDATION],
+            **self.base_context(), "instructions": INSTRUCTIONS[CrowdTaskKind.DESCRIPTION
+                                                              if self.study.kind == CrowdTaskKind.DESCRIPTION
+                                                              else CrowdTaskKind.VALIDATION],
             "attempt": attempt, "questions": self.questions(attempt), "error": error,
             "answers": answers or {}, "previous": previous, "pass_needed": self.study.qualification_pass_rate})
 
