@@ -68,3 +68,33 @@ class ExtractionForm(forms.Form):
 class GridsForm(forms.Form):
     extraction_run = forms.IntegerField(widget=forms.HiddenInput)
     layer = forms.CharField(widget=forms.HiddenInput)
+
+
+class UnitFilterForm(forms.Form):
+    """The layer page's filters (a GET form; every field optional, invalid values are ignored)."""
+
+    STATUS_CHOICES = [("", "Any status"), ("live", "Live"), ("dead", "Dead or saturated"),
+                      ("saturated", "Saturated (T_k = 0)")]
+
+    q = forms.CharField(label="Search", required=False, max_length=100,
+                        widget=forms.TextInput(attrs={"placeholder": "unit number or label", "type": "search"}))
+    label = forms.ChoiceField(label="Label", required=False)
+    category = forms.ChoiceField(label="Category", required=False)
+    iou_min = forms.FloatField(label="IoU from", required=False, min_value=0, max_value=1,
+                               widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}))
+    iou_max = forms.FloatField(label="to", required=False, min_value=0, max_value=1,
+                               widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}))
+    status = forms.ChoiceField(label="Status", required=False, choices=STATUS_CHOICES)
+
+    def __init__(self, *args, labels: list[str] = (), categories: list[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["label"].choices = [("", "Any label"), *((name, name) for name in labels)]
+        self.fields["category"].choices = [("", "Any category"), *((name, name) for name in categories)]
+
+    def filters(self) -> dict:
+        """Keyword arguments for ``selectors.unit_rows``: the valid fields only."""
+        self.is_valid()
+        cleaned = getattr(self, "cleaned_data", {})
+        return {"search": cleaned.get("q") or "", "label": cleaned.get("label") or "",
+                "category": cleaned.get("category") or "", "iou_min": cleaned.get("iou_min"),
+                "iou_max": cleaned.get("iou_max"), "status": cleaned.get("status") or ""}

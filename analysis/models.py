@@ -350,6 +350,43 @@ class LayerExtraction(models.Model):
         return f"{self.layer} on {self.dataset} (run {self.run_id})"
 
 
+class UnitStatus(models.TextChoices):
+    """Whether a unit's activations can say anything (computed from its :class:`UnitActivationSummary`).
+
+    ``dead``: its maximum over every image and position is ≤ 0, it never fires. ``saturated``: it fires, but
+    so rarely that its dissection threshold T_k (the 0.995 quantile) is 0; under ND'18's ``S_k ≥ T_k`` its
+    mask is then every pixel, so any IoU it gets measures the concept's coverage, not the unit. Both are
+    shown as such, sorted last, and never labelled as detectors nor turned into annotation tasks by default.
+    """
+
+    LIVE = "live", "live"
+    DEAD = "dead", "dead (never fires)"
+    SATURATED = "saturated", "saturated at zero (T_k = 0)"
+
+
+class UnitActivationSummaryQuerySet(models.QuerySet):
+    def dead_q(self) -> models.Q:
+        """Dead or saturated: the units whose activations cannot label them (see :class:`UnitStatus`)."""
+        return models.Q(max_activation__lte=0) | models.Q(threshold=0)
+
+    def with_status(self):
+        """Each summary with ``status`` (a :class:`UnitStatus` value) and ``status_rank`` (0 live, 1 not)."""
+        status = models.Case(models.When(max_activation__lte=0, then=models.Value(UnitStatus.DEAD.value)),
+                             models.When(threshold=0, then=models.Value(UnitStatus.SATURATED.value)),
+                             default=models.Value(UnitStatus.LIVE.value), output_field=models.CharField())
+        rank = models.Case(models.When(self.dead_q(), then=models.Value(1)), default=models.Value(0),
+                           output_field=models.IntegerField())
+        return self.annotate(status=status, status_rank=rank)
+
+    def dead(self):
+        """Dead or saturated units."""
+        return self.filter(self.dead_q())
+
+    def live(self):
+        """Units that fire and have a positive threshold."""
+        return self.exclude(self.dead_q())
+
+
 class UnitActivationSummary(models.Model):
     """Per-unit figures of an extraction, for sorting and display."""
 
@@ -359,9 +396,30 @@ class UnitActivationSummary(models.Model):
     max_activation = models.FloatField()
     active_images = models.PositiveIntegerField(help_text="Images where the unit's map maximum exceeds 0.")
 
+    objects = UnitActivationSummaryQuerySet.as_manager()
+
     class Meta:
         ordering = ["unit__index"]
         constraints = [models.UniqueConstraint(fields=["extraction", "unit"], name="unique_unit_summary")]
+
+    @property
+    def unit_status(self) -> str:
+        """The :class:`UnitStatus` value of this unit (the ``status`` annotation computes the same in SQL)."""
+        return unit_status_of(max_activation=self.max_activation, threshold=self.threshold)
+
+    @property
+    def is_dead(self) -> bool:
+        """Dead or saturated (see :class:`UnitStatus`)."""
+        return self.unit_status != UnitStatus.LIVE
+
+
+def unit_status_of(*, max_activation: float, threshold: float) -> str:
+    """:class:`UnitStatus` value from a unit's maximum activation and its threshold T_k."""
+    if max_activation <= 0:
+        return UnitStatus.DEAD.value
+    if threshold == 0:
+        return UnitStatus.SATURATED.value
+    return UnitStatus.LIVE.value
 
 
 class RenderedGrid(models.Model):

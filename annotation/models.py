@@ -72,6 +72,9 @@ class Study(models.Model):
     suggest_given_names = models.BooleanField(
         default=True, help_text="Suggest the names other experts gave in this study (off: each expert sees only "
                                 "their own names and the dataset's, so that their answers stay independent).")
+    include_dead_units = models.BooleanField(
+        default=False, help_text="Make tasks of dead and saturated units too (off: units that never fire or whose "
+                                 "threshold T_k is 0 get no task; see analysis.models.UnitStatus).")
     description = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -366,6 +369,9 @@ class CrowdStudy(models.Model):
     reward_cents = models.PositiveIntegerField(default=0, help_text="Pay per approved HIT (for the records).")
     seed = models.IntegerField(default=0)
     is_open = models.BooleanField(default=True, help_text="Closed studies hand out no new HITs.")
+    include_dead_units = models.BooleanField(
+        default=False, help_text="Make HITs, gold items and qualification questions of dead and saturated units "
+                                 "too (off: units that never fire or whose threshold T_k is 0 get none).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

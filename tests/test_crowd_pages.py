@@ -206,7 +206,12 @@ def test_mturk_turk_submit_to_must_be_an_allowed_host_and_qualification_keeps_th
     tokens = re.findall(r'name="q-([0-9a-f]+)"', response.content.decode())
     assert len(set(tokens)) == 4
     passed = client.post(qualification_url, {f"q-{token}": "yes" for token in tokens}, follow=True)
-    assert "/a/" in passed.redirect_chain[-1][0]
+    result = passed.content.decode()
+    assert "Qualification: 4 of 4 right" in result and result.count("qualification-feedback") == 4
+    start = re.search(r'href="([^"]+)">Start the HITs</a>', result).group(1).replace("&amp;", "&")
+    assert "ctx=" in start
+    begun = client.get(start, follow=True)
+    assert "/a/" in begun.redirect_chain[-1][0]
     assignment = CrowdAssignment.objects.get()
     assert assignment.external_assignment_id == "A2" and assignment.submit_to == "http://localhost:8123"
 
@@ -343,6 +348,28 @@ def test_a_researcher_creates_a_crowd_study_from_the_page(researcher_client):
     assert again.status_code == 200 and "already exists" in again.content.decode()
 
 
+def test_qualification_feedback_question_by_question_and_a_second_try():
+    study = validation_study("feedback", units=2)
+    golds = add_gold(study, 4, answer="yes", role=HitRole.QUALIFICATION)
+    study.qualification_required, study.qualification_size, study.qualification_pass_rate = True, 2, 1.0
+    study.save()
+    client = Client()
+    url = reverse("annotation:crowd_qualification", kwargs={"code": enter(study, 1).code})
+    page = client.get(url).content.decode()
+    tokens = list(dict.fromkeys(re.findall(r'name="q-([0-9a-f]+)"', page)))
+    assert len(tokens) == 2
+    result = client.post(url, {f"q-{tokens[0]}": "yes", f"q-{tokens[1]}": "no"}, follow=True).content.decode()
+    assert "Qualification: 1 of 2 right" in result and "Try again" in result
+    wrong = result[result.index('id="feedback-2"'):]
+    assert "Your answer: <strong>no</strong> · the right answer: <strong>yes</strong>" in wrong
+    explanation = next(hit.gold_explanation for hit in golds if hit.token == tokens[1])
+    assert explanation and explanation in wrong
+    right = result[result.index('id="feedback-1"'):result.index('id="feedback-2"')]
+    assert "badge-ok" in right and "the right answer" not in right
+    again = client.get(url).content.decode()
+    assert "This is your last try." in again and "Question 1" in again
+
+
 def test_a_required_qualification_without_questions_says_so_instead_of_looping():
     study = validation_study("noqual", units=1)
     study.qualification_required = True
@@ -351,3 +378,28 @@ def test_a_required_qualification_without_questions_says_so_instead_of_looping()
     response = Client().get(reverse("annotation:crowd_next", args=[worker.code]), follow=True)
     assert response.status_code == 200 and "not available" in response.content.decode()
     assert len(response.redirect_chain) == 1 and not CrowdAssignment.objects.exists()
+
+
+def test_a_description_study_qualifies_workers_with_descriptions(monkeypatch):
+    extraction, = build_crowd_world(name="descq", units=6)
+    # The pixel truth: "wheel" under the peak of every image of every unit (so every unit's answer is known).
+    monkeypatch.setattr(crowd_hits, "peak_concepts",
+                        lambda extraction, sets: {s.unit_id: [{"wheel"}] * 15 for s in sets})
+    study = crowd_hits.crowd_study_create(name="descq", kind=CrowdTaskKind.DESCRIPTION, extractions=[extraction],
+                                          gold_count=2, qualification_size=2, qualification_pass_rate=0.5)
+    questions = list(study.hits.filter(role=HitRole.QUALIFICATION))
+    assert len(questions) == 4 and {hit.kind for hit in questions} == {CrowdTaskKind.DESCRIPTION}
+    assert {hit.gold_answer for hit in questions} == {"wheel"} and study.qualification_required
+    assert {hit.kind for hit in study.hits.filter(role=HitRole.GOLD)} == {CrowdTaskKind.DESCRIPTION}
+    client = Client()
+    url = reverse("annotation:crowd_qualification", kwargs={"code": enter(study, 1).code})
+    page = client.get(url).content.decode()
+    assert "Describe these 2 sets of images" in page and 'type="radio"' not in page
+    tokens = list(dict.fromkeys(re.findall(r'name="q-([0-9a-f]+)"', page)))
+    assert len(tokens) == 2
+    result = client.post(url, {f"q-{tokens[0]}": "Wheels", f"q-{tokens[1]}": "a cloud"}, follow=True)
+    html = result.content.decode()
+    assert "Qualification: 1 of 2 right" in html and "Start the HITs" in html  # half is enough here
+    wrong = html[html.index('id="feedback-2"'):]
+    assert "Your answer: <strong>a cloud</strong> · the right answer: <strong>wheel</strong>" in wrong
+    assert "Most highlighted patches show: wheel." in wrong

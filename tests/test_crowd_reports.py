@@ -400,6 +400,34 @@ def test_purity_table_hand_computed(layers):
     assert [row["source"] for row in reports.purity_table(graph)["rows"]] == ["explanatory_graph", "raw_filter_peaks"]
 
 
+def test_purity_exports_say_what_each_hit_showed_and_reproduce_the_table(layers):
+    from collections import defaultdict
+
+    from annotation.crowd import exports
+
+    study = make_study(layers, kind=CrowdTaskKind.PURITY, name="purity export")
+    w1, w2 = make_worker(study, "w1"), make_worker(study, "w2")
+    purity_hit(study, layers, "conv3", 0, {w1: 6, w2: 8})
+    purity_hit(study, layers, "conv3", 1, {w1: 2}, shown=4, k=4)
+    purity_hit(study, layers, "conv5", 0, {w1: 9}, k=30,
+               source={"pattern_source": "explanatory_graph", "pattern": "conv5/0/2"})
+    answers = exports.crowd_answer_rows(study)
+    assert {(row["unit"], row["pattern_source"], row["pattern"]) for row in answers} == {
+        (0, "raw_filter_peaks", "conv3/0"), (1, "raw_filter_peaks", "conv3/1"), (0, "explanatory_graph", "conv5/0/2")}
+    results = exports.crowd_results(study, simulated="include")
+    assert [field in exports.CROWD_RESULT_FIELDS for field in ("pattern_source", "pattern", "purity_k")] == [True] * 3
+    by_cell = defaultdict(list)  # the purity table's cells, recomputed from the export alone
+    for row in results:
+        by_cell[(row["pattern_source"], row["layer"])].append(row["mean_count"] / row["purity_shown"])
+    table = reports.purity_table(study)
+    for row in table["rows"]:
+        for layer, cell in zip(table["layers"], row["cells"]):
+            values = by_cell.get((row["source"], layer))
+            assert (cell["purity"] is None and not values) or cell["purity"] == pytest.approx(np.mean(values))
+    text, _, _ = exports.crowd_export_file(study, "results.csv", simulated="include")
+    assert "pattern_source,pattern,graph" in text.splitlines()[0] and "explanatory_graph,conv5/0/2" in text
+
+
 def test_description_study_report(researcher_client, layers):
     study = make_study(layers, kind=CrowdTaskKind.DESCRIPTION, name="descriptions")
     w1, w2, w3 = (make_worker(study, name) for name in ("w1", "w2", "w3"))

@@ -138,6 +138,22 @@ def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_
     yes_share = {origin: answers.filter(hit__label_origin=origin, answer="yes").count() /
                  max(answers.filter(hit__label_origin=origin).count(), 1) for origin in LabelOrigin.values}
     assert yes_share[LabelOrigin.CONTROL] <= yes_share[LabelOrigin.HUMAN]
+    # The careless-answer signals are calibrated: no simulated worker (they answer from the pixel truth) shows a
+    # suspicious streak, in either study.
+    from annotation.crowd.selectors import crowd_worker_rows
+
+    for study in (description, validation):
+        for row in crowd_worker_rows(study):
+            assert not [flag for flag in row["signals"] if flag.startswith("streak")], (study.name, row["signals"])
+    # The demo prints every study's page and worker links as full URLs.
+    from annotation.apps import demo_crowd_lines
+
+    lines = demo_crowd_lines(result["studies"], site_url="http://127.0.0.1:8000")
+    for study in (description, validation):
+        assert (f"Crowd study {study.name} ({study.get_kind_display()}, "
+                f"{'open to people' if study.is_open else 'closed'}): http://127.0.0.1:8000/") in "\n".join(lines)
+        assert f"  worker link (mturk): http://127.0.0.1:8000/crowd/s/{study.token}/mturk/" in lines
+    assert all("http://127.0.0.1:8000/" in line for line in lines)
     # Idempotent: a second run adds nothing.
     count = CrowdAssignment.objects.count()
     crowd_demo.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=UNITS)

@@ -324,6 +324,18 @@ def test_export_files_are_exact(world, tmp_path):
     assert thresholds[0] == ["unit", "threshold"] and len(thresholds) == 129
     assert [np.float32(float(value)) for _, value in thresholds[1:]] == list(data["thresholds"])
     assert [int(unit) for unit, _ in thresholds[1:]] == list(range(128))
+    with open(tmp_path / "units.csv") as handle:
+        units = list(csv.DictReader(handle))
+    results = {r.unit.index: r for r in dissection.unit_results.select_related("unit", "concept")}
+    summaries = {s.unit.index: s for s in dissection.extraction.unit_summaries.select_related("unit")}
+    assert [int(row["unit"]) for row in units] == list(range(128))
+    for row in units:
+        result, summary = results[int(row["unit"])], summaries[int(row["unit"])]
+        assert row["label"] == (result.concept.name if result.concept else "") and float(row["iou"]) == result.iou
+        assert row["is_detector"] == str(int(result.is_detector)) and row["saturated"] == str(int(result.saturated))
+        expected = "dead" if summary.max_activation <= 0 else "saturated" if summary.threshold == 0 else "live"
+        assert row["status"] == expected == summary.unit_status
+    assert {row["status"] for row in units} >= {"live"}
     meta = json.loads((tmp_path / "run.json").read_text())
     assert meta["params"]["quantile"] == 0.995 and meta["params"]["upsample"] == "anchored"
     assert meta["params"]["iou_threshold"] == 0.04 and meta["quantile"] == 0.995

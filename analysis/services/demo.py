@@ -151,8 +151,14 @@ DemoHook = Callable[[DemoSize], dict[str, str]]
 _DEMO_HOOKS: list[DemoHook] = []
 
 
+DEMO_SITE_URL = "http://127.0.0.1:8000"
+"""Where the demo site answers unless told otherwise (``run_demo``'s default host and port)."""
+
+
 def register_demo_hook(hook: DemoHook) -> None:
     """Add a step that runs after the build succeeded and returns accounts to show ``{username: password}``.
+    A hook is called as ``hook(size, site_url=...)``: ``site_url`` (e.g. ``http://127.0.0.1:8000``) makes the
+    links it prints full URLs.
 
     Apps built on analysis (the annotation app's studies) register here, so analysis never imports them.
     """
@@ -160,10 +166,10 @@ def register_demo_hook(hook: DemoHook) -> None:
         _DEMO_HOOKS.append(hook)
 
 
-def demo_hooks_run(size: DemoSize) -> dict[str, str]:
+def demo_hooks_run(size: DemoSize, *, site_url: str = DEMO_SITE_URL) -> dict[str, str]:
     credentials: dict[str, str] = {}
     for hook in _DEMO_HOOKS:
-        credentials.update(hook(size))
+        credentials.update(hook(size, site_url=site_url.rstrip("/")))
     return credentials
 
 

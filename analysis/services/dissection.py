@@ -63,7 +63,7 @@ from django.utils import timezone
 
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
-from analysis.models import (Concept, DissectionBaseline, LayerDissection, RotationTest, Run, RunStatus, UnitDissection,
+from analysis.models import (Concept, DissectionBaseline, LayerDissection, RotationTest, Run, RunStatus, UnitDissection, UnitStatus,
                              UpsampleMethod)
 
 from .extraction import open_activation_cache
@@ -510,7 +510,8 @@ def dissection_tally_load(dissection: LayerDissection) -> dict[str, np.ndarray]:
 # -- export -------------------------------------------------------------------------------------------
 
 def dissection_export(run: Run, out_dir: Path) -> list[Path]:
-    """``tally.csv``, ``thresholds.csv`` and ``run.json`` (plus ``pairing.csv`` for the shuffled baseline).
+    """``tally.csv``, ``thresholds.csv``, ``units.csv`` (each unit's label and status, see
+    :func:`_write_unit_results`) and ``run.json`` (plus ``pairing.csv`` for the shuffled baseline).
 
     ``tally.csv``: ``unit,concept,category,iou,intersection,activation,truth``, one row per unit × concept with
     truth > 0, units 0-based, concepts by name with their primary category, counts in mask pixels:
@@ -544,6 +545,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
         writer.writerow(["unit", "threshold"])
         writer.writerows((unit, repr(float(value))) for unit, value in enumerate(data["thresholds"]))
     written.append(thresholds_path)
+    written.append(_write_unit_results(out_dir / "units.csv", dissection, data["thresholds"]))
     if dissection.baseline == DissectionBaseline.SHUFFLED:
         with np.load(Path(dissection.directory) / PLAN_FILE) as plan:
             pairing = plan["pairing"]
@@ -577,6 +579,26 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
                         + ("" if dissection.count_saturated else "; units active on every pixel excluded"),
         }}))
     return written
+
+
+def _write_unit_results(path: Path, dissection: LayerDissection, thresholds: np.ndarray) -> Path:
+    """``units.csv``: ``unit,label,category,iou,is_detector,saturated,status``; ``status`` is the unit's
+    :class:`UnitStatus` in the activations the dissection used (from its threshold alone when they are gone):
+    a dead or saturated unit's label is an artefact of a mask that covers every pixel or none."""
+    statuses = {}
+    if dissection.extraction is not None:
+        statuses = dict(dissection.extraction.unit_summaries.with_status().values_list("unit__index", "status"))
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["unit", "label", "category", "iou", "is_detector", "saturated", "status"])
+        for result in dissection.unit_results.select_related("unit", "concept").order_by("unit__index"):
+            index = result.unit.index
+            status = statuses.get(index) or (UnitStatus.SATURATED.value if float(thresholds[index]) == 0
+                                             else UnitStatus.LIVE.value)
+            writer.writerow([index, result.concept.name if result.concept else "",
+                             result.concept.category if result.concept else "", repr(result.iou),
+                             int(result.is_detector), int(result.saturated), status])
+    return path
 
 
 def rotation_export(run: Run, out_dir: Path) -> list[Path]:

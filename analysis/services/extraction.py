@@ -277,7 +277,9 @@ def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, de
 
 def extraction_export(run: Run, out_dir: Path) -> list[Path]:
     """``<layer>.npy`` (float32, images × units × h × w: exactly the maps the statistics were computed from),
-    ``images.csv`` (``index,image`` as in the dataset's index.csv) and ``run.json``."""
+    ``<layer>_units.csv`` (``unit,max_activation,threshold,active_images,status``, status ``live``, ``dead`` or
+    ``saturated`` as :class:`analysis.models.UnitStatus` defines them), ``images.csv`` (``index,image`` as in the
+    dataset's index.csv) and ``run.json``."""
     extractions = list(LayerExtraction.objects.filter(run=run).select_related("layer__network", "dataset")
                        .order_by("layer__order"))
     if not extractions:
@@ -292,6 +294,7 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
         target.flush()
         del target
         written.append(path)
+        written.append(_write_unit_summaries(out_dir / f"{extraction.layer.name}_units.csv", extraction))
     dataset, network = extractions[0].dataset, extractions[0].layer.network
     images_path = out_dir / "images.csv"
     with open(images_path, "w", newline="") as handle:
@@ -310,6 +313,16 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
         "quantile": extractions[0].quantile, "k_overall": extractions[0].k_overall,
         "k_per_class": extractions[0].k_per_class}))
     return written
+
+
+def _write_unit_summaries(path: Path, extraction: LayerExtraction) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["unit", "max_activation", "threshold", "active_images", "status"])
+        writer.writerows((summary.unit.index, repr(summary.max_activation), repr(summary.threshold),
+                          summary.active_images, summary.status)
+                         for summary in extraction.unit_summaries.with_status().select_related("unit"))
+    return path
 
 
 EXTRACTION = register_job_kind(JobKind(

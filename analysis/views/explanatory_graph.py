@@ -16,6 +16,7 @@ from django.views import View
 from django.views.generic import FormView, TemplateView
 
 from accounts.permissions import ResearcherRequiredMixin
+from analysis import selectors
 from analysis.models import Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Network
 from analysis.params import form_field
 from analysis.services.explanatory_graph import (GRAPH_DEFAULTS, GRAPH_PARAMS, graph_filter_inferences,
@@ -178,6 +179,7 @@ class GraphDetailView(ResearcherRequiredMixin, GraphMixin, TemplateView):
             top_nodes += _best_per_filter(GraphNode.objects.filter(graph=graph, layer__name=name)
                                           .select_related("layer").order_by("rank").iterator(), 8)
         context.update(graph=graph, network=graph.network, layer_rows=layer_rows,
+                       sanity_warnings=selectors.graph_sanity_warnings(graph),
                        instability_rows=_instability_rows(graph), diagram=_diagram(graph), top_nodes=top_nodes)
         return context
 
@@ -204,6 +206,7 @@ class GraphLayerView(ResearcherRequiredMixin, GraphMixin, TemplateView):
         histogram = Counter(row["active"] for row in filters)
         instabilities = GraphInstability.objects.filter(graph=graph, layer=layer).select_related("node")
         context.update(graph=graph, network=graph.network, layer=layer,
+                       sanity_warnings=selectors.graph_sanity_warnings(graph, layer_name=name),
                        purity_candidates=graph_purity_candidates(graph, layer=name, count=10),
                        nodes=nodes.order_by("rank")[:100], node_count=nodes.count(),
                        per_filter=graph.params.get("nodes_per_filter", [None] * len(graph.layers))[

@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404
 from django.views.generic import FormView, TemplateView
 
 from accounts.permissions import ResearcherRequiredMixin
+from analysis import selectors
 from analysis.models import (AblationStudy, ClassDiscriminativeness, Dataset, PartDetectionResult, PartDetectionStudy,
                              PartInputs)
 from analysis.plots import delta_bars, horizontal_bars, line_chart, pr_chart, scatter_chart
@@ -171,7 +172,7 @@ class LayerAblationView(ResearcherRequiredMixin, LayerMixin, TemplateView):
         if study is not None:
             classes = list(study.class_results.select_related("object_class"))
             parts = list(study.part_results.select_related("object_class", "part"))
-            context.update(classes=classes, parts=parts)
+            context.update(classes=classes, parts=parts, near_chance=selectors.ablation_sanity_warning(study, network))
             if parts:
                 ordered = sorted(parts, key=lambda p: p.name)
                 context["blackout_chart"] = horizontal_bars([p.name for p in ordered],

@@ -20,6 +20,7 @@ from analysis.engine.broden import BrodenFormatError
 from analysis.models import (Concept, ExemplarKind, ExemplarSet, LayerDissection, LayerExtraction, Unit,
                              UnitDissection)
 from analysis.services.explanatory_graph import graph_purity_candidates, graph_purity_inferences, purity_patch_picture
+from analysis.selectors import dead_unit_ids
 from analysis.services.extraction import open_activation_cache
 from analysis.services.grids import UnitGridRenderer, store_grid
 
@@ -64,11 +65,20 @@ def _clean_study_name(name: str) -> str:
     return name
 
 
-def _overall_sets(extraction: LayerExtraction, units: Sequence[int] | None) -> list[ExemplarSet]:
+def _overall_sets(extraction: LayerExtraction, units: Sequence[int] | None, *,
+                  include_dead_units: bool = False) -> list[ExemplarSet]:
+    """The top-15 sets of ``units`` (default: all) of the extraction; dead and saturated units (see
+    ``analysis.models.UnitStatus``) left out unless ``include_dead_units``."""
     sets = (ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL)
             .select_related("unit").order_by("unit__index"))
     if units is not None:
         sets = sets.filter(unit__index__in=list(units))
+    if not include_dead_units:
+        dead = dead_unit_ids(extraction)
+        if dead and sets.exists() and not sets.exclude(unit_id__in=dead).exists():
+            raise CrowdInputError(f"{extraction.layer}: every chosen unit is dead or saturated (it never fires, or "
+                                  "its threshold is 0): choose live units, or include dead units on purpose.")
+        sets = sets.exclude(unit_id__in=dead)
     sets = list(sets)
     if not sets:
         raise CrowdInputError(f"{extraction.layer}: no top-15 exemplar sets (extract the layer first).")
@@ -185,13 +195,16 @@ def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass:
     return specs
 
 
-def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_shown: int) -> list[HitSpec]:
+def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_shown: int,
+                        include_dead_units: bool = False) -> list[HitSpec]:
     """Explanatory Graph purity (AAAI'18 Fig. 8) for one layer of ``graph``: a HIT per top-D graph node
     (:func:`analysis.services.explanatory_graph.graph_purity_candidates`) and per raw filter (the "raw filter
     peaks" baseline), both drawn the same way — the patches of the top-K inferences (K by the 30% rule,
-    ``mass``), so that raters cannot tell the sources apart."""
+    ``mass``), so that raters cannot tell the sources apart. Nodes and filters of dead or saturated units are
+    left out unless ``include_dead_units``."""
     layer = extraction.layer
-    units = {unit.index: unit for unit in Unit.objects.filter(layer=layer)}
+    dead = set() if include_dead_units else dead_unit_ids(extraction)
+    units = {unit.index: unit for unit in Unit.objects.filter(layer=layer) if unit.pk not in dead}
 
     def spec(groups, unit_index: int, source: str, pattern: str) -> HitSpec | None:
         if not groups:
@@ -205,6 +218,8 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
 
     specs = []
     for node, _ in graph_purity_candidates(graph, layer=layer.name):
+        if node.filter not in units:
+            continue
         groups = graph_purity_inferences(graph, layer=layer.name, filter_index=node.filter, node=node.node,
                                          mode="node", fraction=mass)
         specs.append(spec(groups, node.filter, EXPLANATORY_GRAPH, f"{layer.name}/{node.filter}/{node.node}"))
@@ -220,7 +235,9 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
                 gold_count: int, qualification_count: int) -> list[HitSpec]:
     """Gold and qualification items with answers known from the dataset's pixel truth (see
     :mod:`annotation.crowd.truth`): "yes" for a concept under the peak of most of the 15 images, "no" for a
-    concept under none of them. Qualification questions are always yes/no label questions."""
+    concept under none of them. Qualification questions match the study's kind: descriptions (of units whose
+    answer is known) for a description study, yes/no label questions otherwise (purity too: no count is known
+    from the truth)."""
     wanted = gold_count + qualification_count
     if wanted == 0:
         return []
@@ -247,13 +264,17 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
     mixed = [c for pair in zip([c for c in yes_first if c[1] == YES], [c for c in yes_first if c[1] == NO])
              for c in pair]
     mixed += [c for c in candidates if c not in mixed]
-    for number, (exemplar, answer, name, truth) in enumerate(mixed[:wanted]):
-        role = HitRole.QUALIFICATION if number < qualification_count else HitRole.GOLD
+    # A description study's qualification and gold items ask for descriptions of units whose answer is known.
+    pool = [c for c in mixed if c[1] == YES] if kind == CrowdTaskKind.DESCRIPTION else mixed
+    qualification = pool[:qualification_count]
+    picked = [(HitRole.QUALIFICATION, c) for c in qualification]
+    picked += [(HitRole.GOLD, c) for c in pool if c not in qualification][:gold_count]
+    for role, (exemplar, answer, name, truth) in picked:
         concept = names[name]
         shown = label_text(concept.name)
         common = dict(unit_id=exemplar.unit_id, extraction_id=extraction.pk, grid_id=exemplar.grid_id, role=role,
                       source={"truth": truth}, label_concept_id=concept.pk, label_category=concept.category)
-        if role == HitRole.QUALIFICATION or kind == CrowdTaskKind.VALIDATION:
+        if kind == CrowdTaskKind.VALIDATION or (role == HitRole.QUALIFICATION and kind == CrowdTaskKind.PURITY):
             explanation = (f"“{shown}” is under the highlighted patch in most of these images." if answer == YES else
                            f"“{shown}” is under none of the highlighted patches.")
             specs.append(HitSpec(kind=CrowdTaskKind.VALIDATION, label=shown, gold_answer=answer,
@@ -275,6 +296,7 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
                        block_below: float = 0.6, block_min_gold: int = 8, include_dissection: bool = True,
                        include_human: bool = True, controls: bool = True, detectors_only: bool = False,
                        description_study: CrowdStudy | None = None, selection_round: bool = True,
+                       include_dead_units: bool = False,
                        purity_mass: float = 0.3,
                        purity_max_shown: int = 20, graph=None, overlap_rule: str = OverlapRule.FIXED,
                        external_submit_hosts: str | None = None, hits_per_session: int = 10, seed: int = 0,
@@ -294,6 +316,9 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
       rule, :func:`analysis.engine.explanatory_graph.energy_top_k` with ``purity_mass``); with an Explanatory
       ``graph`` covering the layer, instead a HIT per top-D graph node and per raw filter, both as patches of
       their top-K inferences (AAAI'18 Fig. 8's comparison; ``Hit.source["pattern_source"]`` tells them apart).
+
+    Dead and saturated units (``analysis.models.UnitStatus``) get no HIT, gold item or qualification question
+    unless ``include_dead_units``.
 
     Gold items (``gold_count``) and qualification questions (2 × ``qualification_size``, so a retake can differ)
     come from the dataset's pixel truth; without enough of them the qualification is not required. All HITs are
@@ -316,7 +341,7 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
     rng = np.random.default_rng(seed)
     specs: list[HitSpec] = []
     for extraction in extractions:
-        sets = _overall_sets(extraction, units)
+        sets = _overall_sets(extraction, units, include_dead_units=include_dead_units)
         if kind == CrowdTaskKind.VALIDATION:
             specs += _validation_specs(extraction, sets, rng=rng, include_dissection=include_dissection,
                                        include_human=include_human, controls=controls,
@@ -326,7 +351,8 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
             specs += [HitSpec(kind=kind, unit_id=s.unit_id, extraction_id=extraction.pk, grid_id=s.grid_id,
                               unit_category=_unit_category(extraction, s.unit_id)) for s in sets]
         elif graph is not None and extraction.layer.name in graph.layers:
-            specs += _graph_purity_specs(extraction, graph, mass=purity_mass, max_shown=purity_max_shown)
+            specs += _graph_purity_specs(extraction, graph, mass=purity_mass, max_shown=purity_max_shown,
+                                         include_dead_units=include_dead_units)
         else:
             specs += _purity_specs(extraction, sets, mass=purity_mass, max_shown=purity_max_shown)
     if not any(spec.role == HitRole.TASK for spec in specs):
@@ -334,7 +360,8 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
     per_layer_gold = -(-gold_count // len(extractions))
     per_layer_qualification = -(-2 * qualification_size // len(extractions)) if qualification_required else 0
     for extraction in extractions:
-        specs += _gold_specs(extraction, _overall_sets(extraction, units), kind=kind, rng=rng,
+        specs += _gold_specs(extraction, _overall_sets(extraction, units, include_dead_units=include_dead_units),
+                             kind=kind, rng=rng,
                              gold_count=per_layer_gold if gold_rate > 0 else 0,
                              qualification_count=per_layer_qualification)
     n_qualification = sum(spec.role == HitRole.QUALIFICATION for spec in specs)
@@ -346,7 +373,8 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
             qualification_size=qualification_size, qualification_pass_rate=qualification_pass_rate,
             block_below=block_below, block_min_gold=block_min_gold, overlap_rule=overlap_rule,
             purity_mass=purity_mass, purity_max_shown=purity_max_shown, hits_per_session=hits_per_session,
-            completion_code=secrets.token_hex(4).upper(), seed=seed, created_by=created_by,
+            completion_code=secrets.token_hex(4).upper(), seed=seed, include_dead_units=include_dead_units,
+            created_by=created_by,
             **({"external_submit_hosts": external_submit_hosts} if external_submit_hosts is not None else {}))
         study.extractions.set(extractions)
         order = rng.permutation(len(specs))

@@ -152,7 +152,7 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
     summary = aggregation.agreement(answers, labels=order, **common)
 
     hits = {hit.pk: hit for hit in Hit.objects.filter(pk__in=list(majority.index))
-            .select_related("unit__layer", "label_concept")}
+            .select_related("unit__layer__network", "label_concept", "grid")}
     descriptions: dict[int, list[tuple[str, int]]] = defaultdict(list)
     counts: dict[int, list[int]] = defaultdict(list)
     if study.kind == CrowdTaskKind.DESCRIPTION:

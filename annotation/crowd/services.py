@@ -375,9 +375,13 @@ def qualification_start(*, worker: CrowdWorker) -> QualificationAttempt | None:
 
 
 def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, str]) -> QualificationAttempt:
-    """Score an attempt (every question must be answered yes or no); the worker qualifies at the study's pass
-    rate, and is marked unqualified once their attempts are used up."""
-    missing = [token for token in attempt.questions if answers.get(token) not in (YES, NO)]
+    """Score an attempt (every question answered: yes or no for a label question, a phrase for a description
+    question, right when it names one of the accepted names; :func:`annotation.crowd.truth.gold_check`); the
+    worker qualifies at the study's pass rate, and is marked unqualified once their attempts are used up."""
+    kinds = dict(Hit.objects.filter(token__in=attempt.questions).values_list("token", "kind"))
+    missing = [token for token in attempt.questions
+               if not ((answers.get(token) or "").strip() if kinds.get(token) == CrowdTaskKind.DESCRIPTION
+                       else answers.get(token) in (YES, NO))]
     if missing:
         raise CrowdInputError(f"Answer every question ({len(missing)} left).")
     with transaction.atomic():
@@ -387,9 +391,12 @@ def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, st
         if attempt.passed is not None:
             return attempt
         worker, study = attempt.worker, attempt.worker.study
-        truth = dict(Hit.objects.filter(study=study, token__in=attempt.questions).values_list("token", "gold_answer"))
-        correct = sum(answers[token] == truth.get(token) for token in attempt.questions)
-        attempt.answers = {token: answers[token] for token in attempt.questions}
+        hits = {hit.token: hit for hit in Hit.objects.filter(study=study, token__in=attempt.questions)}
+        given = {token: (clean_description(answers[token]) if hits[token].kind == CrowdTaskKind.DESCRIPTION
+                         else answers[token]) for token in attempt.questions if token in hits}
+        correct = sum(gold_check(hits[token], {"description": value} if hits[token].kind == CrowdTaskKind.DESCRIPTION
+                                 else {"answer": value}) for token, value in given.items())
+        attempt.answers = given
         attempt.correct, attempt.total = correct, len(attempt.questions)
         attempt.passed = correct >= study.qualification_pass_rate * attempt.total - 1e-9
         attempt.submitted_at = timezone.now()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.http import Http404, HttpResponseBadRequest
+from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -25,10 +27,12 @@ from unitscope.ratelimit import rate_limited
 
 from ..common import attachment_response, simulated_choice
 from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, REVIEWABLE_STATES, VALIDATION_QUESTION, CrowdAdapter,
-                      CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
+                      CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, LabelOrigin)
+from ..naming import label_text
 from . import exports, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, context_dumps, context_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
+from .truth import gold_check
 
 QUESTIONS = {CrowdTaskKind.VALIDATION: VALIDATION_QUESTION, CrowdTaskKind.DESCRIPTION: DESCRIPTION_QUESTION,
              CrowdTaskKind.PURITY: PURITY_QUESTION}
@@ -185,7 +189,29 @@ class CrowdQualificationView(WorkerMixin, View):
         return [{"hit": hits[token], "number": number, **hit_context(hits[token])}
                 for number, token in enumerate(attempt.questions, start=1) if token in hits]
 
+    def feedback(self, attempt) -> list[dict]:
+        """Per question of a scored attempt: the question, the worker's answer, the right one, the explanation."""
+        rows = []
+        for question in self.questions(attempt):
+            hit = question["hit"]
+            given = attempt.answers.get(hit.token) or ""
+            described = hit.kind == CrowdTaskKind.DESCRIPTION
+            rows.append({**question, "given": given, "explanation": hit.gold_explanation,
+                         "right": " or ".join(label_text(name) for name in hit.gold_answer.split("|")) if described
+                         else hit.gold_answer,
+                         "correct": gold_check(hit, {"description": given} if described else {"answer": given})})
+        return rows
+
     def get(self, request, code, error: str = "", answers: dict | None = None):
+        done = request.GET.get("done", "")
+        scored = (self.worker.qualification_attempts.filter(pk=int(done)).exclude(passed=None).first()
+                  if done.isdigit() else None)
+        if scored is not None:  # the feedback on the attempt just submitted, question by question
+            self.worker.refresh_from_db()
+            return render(request, "annotation/crowd/qualification_result.html", {
+                **self.base_context(), "attempt": scored, "feedback": self.feedback(scored),
+                "again": services.worker_needs_qualification(self.worker) and self.worker.qualified is None,
+                "pass_needed": self.study.qualification_pass_rate})
         if not services.worker_needs_qualification(self.worker):
             return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
         attempt = services.qualification_start(worker=self.worker)
@@ -196,7 +222,9 @@ class CrowdQualificationView(WorkerMixin, View):
                         "try again later."})
         previous = self.worker.qualification_attempts.exclude(pk=attempt.pk).filter(passed=False).last()
         return render(request, self.template_name, {
-            **self.base_context(), "instructions": INSTRUCTIONS[CrowdTaskKind.VALIDATION],
+            **self.base_context(), "instructions": INSTRUCTIONS[CrowdTaskKind.DESCRIPTION
+                                                              if self.study.kind == CrowdTaskKind.DESCRIPTION
+                                                              else CrowdTaskKind.VALIDATION],
             "attempt": attempt, "questions": self.questions(attempt), "error": error,
             "answers": answers or {}, "previous": previous, "pass_needed": self.study.qualification_pass_rate})
 
@@ -209,10 +237,8 @@ class CrowdQualificationView(WorkerMixin, View):
             attempt = services.qualification_submit(attempt=attempt, answers=answers)
         except services.CrowdInputError as error:
             return self.get(request, code, error=str(error), answers=answers)
-        self.worker.refresh_from_db()
-        if attempt.passed:
-            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
-        return redirect(self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code})))
+        url = self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code}))
+        return redirect(f"{url}{'&' if '?' in url else '?'}done={attempt.pk}")
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -316,7 +342,7 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
                 name=data["name"], kind=data["kind"], extractions=list(data["extractions"]), units=data["units"],
                 assignments_per_hit=data["assignments_per_hit"], controls=data["controls"],
                 include_human=data["include_human"], description_study=data["description_study"],
-                selection_round=data["selection_round"],
+                selection_round=data["selection_round"], include_dead_units=data["include_dead_units"],
                 detectors_only=data["detectors_only"], gold_rate=data["gold_rate"],
                 qualification_required=data["qualification_required"], lease_seconds=data["lease_seconds"],
                 overlap_rule=data["overlap_rule"], purity_mass=data["purity_mass"], graph=data["graph"],
@@ -346,12 +372,21 @@ class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         study = self.get_study()
-        role = self.request.GET.get("role", HitRole.TASK)
+        query = self.request.GET
+        role = query.get("role", HitRole.TASK)
         if role not in HitRole.values:
             role = HitRole.TASK
+        filters = {"layer": query.get("layer", ""), "unit": _unit_number(query.get("unit")),
+                   "origin": query.get("origin", "") if query.get("origin") in LabelOrigin.values else "",
+                   "state": query.get("state", "") if query.get("state") in selectors.HIT_STATES else "",
+                   "label": query.get("label", "").strip()[:100]}
+        page = Paginator(selectors.crowd_hits_for_list(study, role=role, **filters),
+                         selectors.CROWD_PAGE_SIZE).get_page(query.get("page"))
         return {**super().get_context_data(**kwargs), "study": study, "links": study_links(self.request, study),
                 "progress": selectors.crowd_study_progress(study), "role": role, "roles": HitRole.choices,
-                "hit_rows": selectors.crowd_hit_rows(study, role=role),
+                "hit_rows": selectors.crowd_hit_rows(page.object_list), "page_obj": page, "filters": filters,
+                "filtered": any(value not in ("", None) for value in filters.values()),
+                "origins": LabelOrigin.choices, "hit_states": selectors.HIT_STATES,
                 "layers": study.extractions.select_related("layer__network", "dataset")}
 
     def post(self, request, *args, **kwargs):
@@ -369,7 +404,8 @@ class CrowdWorkersView(CrowdStudyMixin, TemplateView):
     def get_context_data(self, **kwargs):
         study = self.get_study()
         return {**super().get_context_data(**kwargs), "study": study, "rows": selectors.crowd_worker_rows(study),
-                "fast_fraction": selectors.FAST_FRACTION, "streak_min": selectors.STREAK_MIN}
+                "fast_fraction": selectors.FAST_FRACTION, "streak_min": selectors.STREAK_MIN,
+                "streak_p": selectors.STREAK_P}
 
     def post(self, request, *args, **kwargs):
         study = self.get_study()
@@ -407,12 +443,18 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
         state = self.request.GET.get("state", CrowdAssignmentState.SUBMITTED)
         if state not in CrowdAssignmentState.values:
             state = ""
+        query = self.request.GET
         worker = None
-        if self.request.GET.get("worker"):
-            worker = study.workers.filter(pk=self.request.GET["worker"]).first()
+        if query.get("worker", "").isdigit():
+            worker = study.workers.filter(pk=query["worker"]).first()
+        filters = {"layer": query.get("layer", ""), "unit": _unit_number(query.get("unit")),
+                   "role": query.get("role", "") if query.get("role") in HitRole.values else ""}
+        page = Paginator(selectors.crowd_assignment_rows(study, state=state or None, worker=worker, **filters),
+                         selectors.CROWD_PAGE_SIZE).get_page(query.get("page"))
         return {**super().get_context_data(**kwargs), "study": study, "state": state, "worker": worker,
-                "states": CrowdAssignmentState.choices,
-                "assignments": selectors.crowd_assignment_rows(study, state=state or None, worker=worker)}
+                "states": CrowdAssignmentState.choices, "filters": filters, "roles": HitRole.choices,
+                "layers": study.extractions.select_related("layer"), "page_obj": page,
+                "assignments": page.object_list}
 
     def post(self, request, *args, **kwargs):
         study = self.get_study()
@@ -456,3 +498,18 @@ class CrowdStudyExportView(ResearcherRequiredMixin, View):
             raise Http404("No such export.")
         simulated = simulated_choice(request.GET.get("simulated"))
         return attachment_response(*exports.crowd_export_file(study, name, simulated=simulated))
+
+
+def unit_crowd_panel(*, unit, request) -> str | None:
+    """The unit page's crowd panel (registered in ``AnnotationConfig.ready``): every crowd study's votes,
+    descriptions and purity counts about the unit, with links to the studies; None when there are none."""
+    studies = selectors.unit_crowd_answers(unit)
+    if not studies:
+        return None
+    return render_to_string("annotation/crowd/_unit_panel.html", {"studies": studies, "unit": unit},
+                            request=request)
+
+
+def _unit_number(value: str | None) -> int | None:
+    """A unit index from a query parameter (None when absent or not a number)."""
+    return int(value) if value and value.strip().isdigit() else None

@@ -59,6 +59,10 @@ def test_a_worker_on_a_phone_qualifies_and_does_three_hits(browser, live_server,
         card.get_by_text("Yes", exact=True).tap()
     assert fits_the_screen(page)
     page.get_by_role("button", name="Submit answers").tap()
+    expect(page.get_by_role("heading", name="Qualification: 4 of 4 right")).to_be_visible()  # feedback per question
+    expect(page.locator(".qualification-feedback")).to_have_count(4)
+    assert fits_the_screen(page)
+    page.get_by_role("link", name="Start the HITs").tap()
 
     for number in range(1, 4):
         expect(page.get_by_role("heading", name=f"HIT {number}")).to_be_visible()

@@ -71,7 +71,7 @@ class Command(BaseCommand):
             runs = demo_build(inline=False, size=size, on_step=report, worker_loss_retries=2)
             if runs and runs[-1].status == RunStatus.SUCCEEDED:
                 self.stdout.write("· Studies for experts and crowds …")
-                for username, password in demo_hooks_run(size).items():
+                for username, password in demo_hooks_run(size, site_url=url).items():
                     self.stdout.write(f"Log in as {username} / {password}")
                 self.stdout.write(self.style.SUCCESS("The demo is built."))
             else:
