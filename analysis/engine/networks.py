@@ -76,6 +76,7 @@ __all__ = [
     "load_state_dict_file",
     "normalize_images",
     "state_dict_sha256",
+    "torchvision_preprocessing",
     "trace_network",
 ]
 
@@ -220,7 +221,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a state dict with ``torch.load(weights_only=True, map_location="cpu")``.
 
     Accepts a plain state dict or a checkpoint dict with the state dict under ``"state_dict"`` or
-    ``"model"``; strips a leading ``"module."`` from keys. Returns CPU tensors.
+    ``"model"``; strips a leading ``"module."`` from keys. A TorchScript archive is accepted too:
+    its parameters and buffers are the state dict. Returns CPU tensors.
 
     Raises:
         NetworkLoadError: file missing, unreadable as weights, or not a mapping of tensors.
@@ -231,6 +233,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
+        scripted = _torchscript_state_dict(path)
+        if scripted is not None:
+            return scripted
         raise NetworkLoadError(
             f"could not read {path} as a state dict (torch.load with weights_only=True): "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -255,6 +260,18 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             f"{path} is not a state dict: {len(bad)} entries are not tensors (e.g. {', '.join(bad[:5])})"
         )
     return state
+
+
+def _torchscript_state_dict(path: str) -> dict[str, Tensor] | None:
+    """The state dict of a TorchScript archive (its parameters and buffers), or None if the file is
+    not one. Lets a TorchScript model be studied through its eager class without re-saving it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(path, map_location="cpu")
+    except Exception:  # not a TorchScript archive either
+        return None
+    return {key: value.detach().clone() for key, value in scripted.state_dict().items()}
 
 
 def _apply_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
@@ -312,6 +329,23 @@ def _build_torchvision(spec: NetworkSpec) -> nn.Module:
         return torchvision.models.get_model(spec.target, weights=None, **kwargs)
     except (TypeError, ValueError) as exc:
         raise NetworkLoadError(f"cannot build torchvision {spec.target!r} with {kwargs}: {exc}") from exc
+
+
+def torchvision_preprocessing(arch: str) -> dict[str, Any]:
+    """torchvision's own evaluation preprocessing for an architecture, read from its weights
+    enum's metadata (no download): ``{"input_size": (H, W), "mean": (...), "std": (...)}``, or
+    ImageNet's mean/std at 224 px when the architecture has no weights enum.
+
+    Only the crop size is taken as the input size: UnitScope resizes the whole image to it rather
+    than resizing to ``resize_size`` and cropping (see :class:`NetworkSpec`).
+    """
+    try:
+        transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+        size = int(transforms.crop_size[0])
+        return {"input_size": (size, size), "mean": tuple(float(v) for v in transforms.mean),
+                "std": tuple(float(v) for v in transforms.std)}
+    except (ValueError, KeyError, AttributeError, TypeError, IndexError):
+        return {"input_size": (224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
 def load_network(spec: NetworkSpec, *, device: torch.device | str) -> nn.Module:
@@ -476,12 +510,16 @@ def is_torchscript(model: nn.Module) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
 
 
+TORCHSCRIPT_LIMIT = (
+    "TorchScript modules cannot be studied unit by unit: PyTorch runs no forward hooks on them and "
+    "torch.fx cannot trace them. Register the eager class instead ('pkg.mod:callable') and pass the "
+    "TorchScript file itself as its weights: its parameters are read from the archive, no re-saving"
+)
+
+
 def _require_eager(model: nn.Module, what: str) -> None:
     if is_torchscript(model):
-        raise UnsupportedNetworkError(
-            f"{what} needs forward hooks, which PyTorch does not run on TorchScript modules; "
-            "load the network as 'pkg.mod:callable' with a state dict instead"
-        )
+        raise UnsupportedNetworkError(f"{what}: {TORCHSCRIPT_LIMIT}")
 
 
 def get_module(model: nn.Module, dotted_name: str) -> nn.Module:

@@ -1010,31 +1010,36 @@ def _check_layer(traced: TracedNetwork, name: str, geo: LayerGeometry, size: tup
     for collapse, value in attempts:
         try:
             with torch.enable_grad(), _GeometryMode(collapse):
-                x = torch.full((len(pairs), in_channels, h, w), value, dtype=torch.float32, device=device,
-                               requires_grad=True)
+                x = torch.full((len(pairs) + 1, in_channels, h, w), value, dtype=torch.float32,
+                               device=device, requires_grad=True)
                 out = extractor(x)[name]
                 grad_out = torch.zeros_like(out)
                 for k, (iy, ix) in enumerate(pairs):
                     grad_out[k, :, iy, ix] = 1.0
+                grad_out[len(pairs)] = 1.0  # the whole map: the pixels the layer reads at all
                 (grad,) = torch.autograd.grad(out, x, grad_out)
         except (RuntimeError, ValueError, IndexError, ReceptiveFieldError) as exc:
             detail = f"the network does not run in the geometry mode: {str(exc).splitlines()[0]}"
             continue
         support = grad.abs().sum(dim=1) > 0
-        problems = []
-        for k, (iy, ix) in enumerate(pairs):
+        extents = []
+        for k in range(len(pairs) + 1):
             rows = torch.nonzero(support[k].any(dim=1)).flatten()
             cols = torch.nonzero(support[k].any(dim=0)).flatten()
-            if rows.numel() == 0:
-                problems.append(None)
-                break
-            seen = ((int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1])))
-            expected = (_expected_extent(geo, 0, iy, h), _expected_extent(geo, 1, ix, w))
-            if seen != expected:
-                problems.append(f"unit ({iy}, {ix}) reads rows/cols {seen}, expected {expected}")
-        if None in problems:
+            extents.append(None if rows.numel() == 0 else
+                           ((int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))))
+        if None in extents:
             detail = f"zero gradient at input value {value}"
             continue  # a saturated or dead activation: try the next input value (or mode)
+        read = extents[-1]  # a stride that does not divide the size leaves the last pixels unread
+        problems = []
+        for (iy, ix), seen in zip(pairs, extents, strict=False):
+            expected = tuple(
+                (max(lo, read[axis][0]), min(hi, read[axis][1]))
+                for axis, (lo, hi) in enumerate((_expected_extent(geo, 0, iy, h), _expected_extent(geo, 1, ix, w)))
+            )
+            if seen != expected:
+                problems.append(f"unit ({iy}, {ix}) reads rows/cols {seen}, expected {expected}")
         if problems:
             return GeometryCheck(False, "; ".join(problems))
         return GeometryCheck(True, f"{len(pairs)} units at {h}x{w}")

@@ -2,7 +2,6 @@
 units and receptive-field geometry; train the demo network on the probe world."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,6 @@ DEMO_TRAINING_DEFAULTS = {"dataset": "probe-world", "name": "demo-net", "epochs"
                           "batch_size": 64}
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def network_spec(network: Network):
     """The engine's description of a registered network."""
     from analysis.engine.networks import NetworkKind, NetworkSpec
@@ -36,67 +27,116 @@ def network_spec(network: Network):
     return NetworkSpec(kind=kind, target=network.arch, weights=network.weights_path or None,
                        kwargs=network.callable_kwargs, input_size=(network.input_height, network.input_width),
                        mean=tuple(network.mean), std=tuple(network.std),
-                       class_names=tuple(network.class_names) or None)
+                       class_names=tuple(network.class_names) or None, channel_order=network.channel_order)
+
+
+class _NoProgress:
+    def __call__(self, done: int, total: int | None = None) -> None:
+        pass
+
+    def phase(self, name: str, total: int = 0) -> None:
+        pass
 
 
 def network_register(*, name: str, spec, description: str = "", trained_on: Dataset | None = None,
-                     training_run: Run | None = None, training_report: dict | None = None) -> Network:
-    """Load ``spec`` on the CPU, discover its feature-map layers by dotted name, compute each layer's
-    receptive field analytically and check conv layers' against a numeric probe, then save it all.
+                     training_run: Run | None = None, training_report: dict | None = None,
+                     progress=None) -> Network:
+    """Register ``spec`` under ``name``: load it on the CPU, list its layers by graph node (every call site of
+    a shared module is its own layer), compute each layer's receptive field analytically, check it numerically
+    on a few units at the network's input size (bounded memory, seconds), hash its weights, and save it all.
+
+    The name is claimed first by inserting the network row (``name`` is unique), so a second registration under
+    the same name fails at once with a clear message instead of computing for nothing; if registration fails
+    afterwards, the row is removed again. ``progress`` (``progress(done, total)`` and ``progress.phase(name,
+    total)``, e.g. a :class:`RunProgress`) reports the phases. ``weights_sha256`` is the hash of the loaded
+    state dict (:func:`~analysis.engine.networks.state_dict_sha256`), whatever loaded the weights: activation
+    caches are keyed on it.
 
     Raises :class:`RunInputError` with a readable message for anything the user can fix.
     """
     from django.core.validators import validate_slug
+    from django.db import IntegrityError
 
-    from analysis.engine.networks import NetworkError, NetworkKind, discover_layers, load_network
-    from analysis.engine.receptive_field import ReceptiveFieldError, probe_receptive_field, receptive_fields
+    from analysis.engine.networks import TORCHSCRIPT_LIMIT, NetworkKind
 
+    progress = progress or _NoProgress()
     try:
         validate_slug(name)
     except Exception:
         raise RunInputError(f"{name!r} is not a valid network name: use letters, digits, '-' and '_'.") from None
-    if Network.objects.filter(name=name).exists():
-        raise RunInputError(f"A network named {name!r} already exists.")
+    if spec.kind is NetworkKind.TORCHSCRIPT:
+        raise RunInputError(TORCHSCRIPT_LIMIT + ".")
+    source = {NetworkKind.TORCHVISION: NetworkSource.TORCHVISION, NetworkKind.TORCHSCRIPT: NetworkSource.TORCHSCRIPT,
+              NetworkKind.MODULE: NetworkSource.MODULE}[spec.kind]
+    try:
+        with transaction.atomic():
+            network = Network.objects.create(
+                name=name, source=source, arch=spec.target, weights_path=spec.weights or "",
+                input_height=spec.input_size[0], input_width=spec.input_size[1], mean=list(spec.mean),
+                std=list(spec.std), channel_order=spec.channel_order, class_names=list(spec.class_names or []),
+                callable_kwargs=dict(spec.kwargs), trained_on=trained_on, training_run=training_run,
+                training_report=training_report or {},
+                description=description or "(being registered)")
+    except IntegrityError:
+        raise RunInputError(f"A network named {name!r} already exists (or is being registered).") from None
+    try:
+        inspected = _inspect_network(spec, progress)
+    except BaseException:
+        Network.objects.filter(pk=network.pk).delete()
+        raise
+    layers, geometry, checks, weights_hash = inspected
+    progress.phase("Saving layers and units", total=len(layers))
+    try:
+        with transaction.atomic():
+            Network.objects.filter(pk=network.pk).update(weights_sha256=weights_hash, description=description)
+            created = Layer.objects.bulk_create([
+                Layer(network=network, name=layer.name, order=order, module_type=layer.module_type,
+                      units=layer.channels, out_height=layer.height, out_width=layer.width,
+                      **_geometry_fields(geometry.get(layer.name)),
+                      rf_verified=bool(checks.get(layer.name) and checks[layer.name].verified),
+                      rf_check=checks[layer.name].detail if layer.name in checks else "")
+                for order, layer in enumerate(layers)
+            ])
+            Unit.objects.bulk_create([Unit(layer=layer, index=index) for layer in created
+                                      for index in range(layer.units)], batch_size=5000)
+    except BaseException:
+        Network.objects.filter(pk=network.pk).delete()
+        raise
+    progress(len(layers), len(layers))
+    network.refresh_from_db()
+    return network
+
+
+def _inspect_network(spec, progress):
+    """``(layers, geometry, checks, weights_sha256)`` of a spec (the engine work of registration)."""
+    from analysis.engine.networks import NetworkError, discover_layers, load_network, state_dict_sha256
+    from analysis.engine.receptive_field import ReceptiveFieldError, check_receptive_fields, receptive_fields
+
+    progress.phase("Loading the network and hashing its weights")
     try:
         model = load_network(spec, device="cpu")
+        weights_hash = state_dict_sha256(model)
+        progress.phase("Listing layers")
         layers = discover_layers(model, spec.input_size, "cpu")
     except NetworkError as error:
         raise RunInputError(str(error)) from None
+    if not layers:
+        raise RunInputError("The network has no layer whose output is a feature map [B, C, H, W] at input size "
+                            f"{spec.input_size[0]}x{spec.input_size[1]}.")
+    progress.phase("Computing receptive fields")
     try:
         # Every layer whose geometry is known; a layer the propagation cannot follow (adaptive pooling to
         # uneven bins, say) is registered without geometry rather than costing the others theirs.
         geometry = receptive_fields(model, spec.input_size, "cpu")
     except ReceptiveFieldError:
         geometry = {}  # untraceable model: layers are registered without geometry (said on its page)
-    verified: dict[str, bool] = {}
-    for layer in layers:
-        if layer.name in geometry:
-            try:
-                probed = probe_receptive_field(model, layer.name, None, "cpu")  # the probe picks a size that fits
-                verified[layer.name] = probed == geometry[layer.name]
-            except (ReceptiveFieldError, NetworkError):
-                verified[layer.name] = False
-
-    source = {NetworkKind.TORCHVISION: NetworkSource.TORCHVISION, NetworkKind.TORCHSCRIPT: NetworkSource.TORCHSCRIPT,
-              NetworkKind.MODULE: NetworkSource.MODULE}[spec.kind]
-    weights = spec.weights or (spec.target if spec.kind is NetworkKind.TORCHSCRIPT else "")
-    with transaction.atomic():
-        network = Network.objects.create(
-            name=name, source=source, arch=spec.target, weights_path=spec.weights or "",
-            weights_sha256=file_sha256(weights) if weights else "",
-            input_height=spec.input_size[0], input_width=spec.input_size[1], mean=list(spec.mean),
-            std=list(spec.std), class_names=list(spec.class_names or []), callable_kwargs=dict(spec.kwargs),
-            trained_on=trained_on, training_run=training_run, training_report=training_report or {},
-            description=description)
-        created = Layer.objects.bulk_create([
-            Layer(network=network, name=layer.name, order=order, module_type=layer.module_type, units=layer.channels,
-                  out_height=layer.height, out_width=layer.width,
-                  **_geometry_fields(geometry.get(layer.name)), rf_verified=verified.get(layer.name, False))
-            for order, layer in enumerate(layers)
-        ])
-        Unit.objects.bulk_create([Unit(layer=layer, index=index) for layer in created for index in range(layer.units)],
-                                 batch_size=5000)
-    return network
+    known = {layer.name: geometry[layer.name] for layer in layers if layer.name in geometry}
+    progress.phase(f"Checking receptive fields on sampled units of {len(known)} layers", total=len(known))
+    try:
+        checks = check_receptive_fields(model, known, spec.input_size, "cpu", progress=progress) if known else {}
+    except (ReceptiveFieldError, NetworkError):
+        checks = {}
+    return layers, geometry, checks, weights_hash
 
 
 def _geometry_fields(geometry) -> dict[str, Any]:
