@@ -139,6 +139,40 @@ def _inspect_network(spec, progress):
     return layers, geometry, checks, weights_hash
 
 
+def network_check_weights(network: Network, model) -> str:
+    """The state-dict hash of ``network``'s loaded ``model``; raises :class:`RunInputError` if its weights are not
+    the ones registered (a weights file replaced, a builder that now loads other weights), so that no activation
+    cache or result of the registered weights is ever reused for others.
+
+    Rows registered before weights were identified by their state dict (``weights_sha256`` empty, or the sha256 of
+    the weights file) are upgraded to the state-dict hash when the file still has those bytes.
+    """
+    import hashlib
+
+    from analysis.engine.networks import state_dict_sha256
+
+    actual = state_dict_sha256(model)
+    if network.weights_sha256 == actual:
+        return actual
+    legacy = not network.weights_sha256
+    if network.weights_path and not legacy:
+        digest = hashlib.sha256()
+        try:
+            with open(network.weights_path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            legacy = digest.hexdigest() == network.weights_sha256
+        except OSError:
+            legacy = False
+    if not legacy:
+        raise RunInputError(
+            f"The weights of network {network.name!r} are not the ones it was registered with (state-dict sha256 "
+            f"{actual[:12]}… instead of {network.weights_sha256[:12]}…). Register the new weights under a new name.")
+    Network.objects.filter(pk=network.pk).update(weights_sha256=actual)
+    network.weights_sha256 = actual
+    return actual
+
+
 def _geometry_fields(geometry) -> dict[str, Any]:
     if geometry is None:
         return {}
