@@ -608,6 +608,7 @@ class TracedNetwork:
         self._by_name: dict[str, fx.Node] = {name: node for node, name in self.node_names.items()}
         self._order = {node: i for i, node in enumerate(self.graph_module.graph.nodes)}
         self._extractors: dict[tuple[str, ...], fx.GraphModule] = {}
+        self._shapes: dict[tuple[Any, ...], Any] = {}  # record_shapes results (shapes do not depend on weights)
 
     @property
     def model(self) -> nn.Module:
@@ -770,17 +771,41 @@ class _ShapeRecorder(fx.Interpreter):
 
 @torch.no_grad()
 def record_shapes(
-    traced: TracedNetwork, input_size: Sequence[int], device: torch.device | str, in_channels: int = 3
+    traced: TracedNetwork, input_size: Sequence[int], device: torch.device | str, in_channels: int = 3,
 ) -> _ShapeRecorder:
-    """Run the traced graph once on zeros ``[1, in_channels, H, W]`` and record shapes."""
+    """Run the traced graph once on zeros ``[1, in_channels, H, W]`` and record shapes (cached per
+    trace, input size and device: shapes do not depend on the weights).
+
+    The pass runs in the receptive-field module's geometry mode (every shape kept, the arithmetic
+    of convs skipped: a VGG16 pass costs milliseconds, not seconds); if the model fails there, it
+    reruns plainly.
+    """
+    from .receptive_field import _GeometryMode  # the engine's own module; imported here to avoid a cycle
+
+    def cheap_mode() -> Any:
+        return _GeometryMode(collapse=False)
+
+    key = (tuple(int(v) for v in input_size), str(device), in_channels)
+    if key in traced._shapes:
+        return traced._shapes[key]
     model = traced.model
-    recorder = _ShapeRecorder(traced.graph_module)
     was_training = model.training
     model.eval()
     try:
-        recorder.run(_example_input(model, input_size, device, in_channels))
+        recorder = None
+        if cheap_mode is not None:
+            try:
+                with cheap_mode():
+                    recorder = _ShapeRecorder(traced.graph_module)
+                    recorder.run(_example_input(model, input_size, device, in_channels))
+            except Exception:  # any failure of the shortcut: the plain pass decides
+                recorder = None
+        if recorder is None:
+            recorder = _ShapeRecorder(traced.graph_module)
+            recorder.run(_example_input(model, input_size, device, in_channels))
     finally:
         model.train(was_training)
+    traced._shapes[key] = recorder
     return recorder
 
 

@@ -28,9 +28,34 @@ GRID_TILE_MAX = 160
 IMAGE_CACHE_SIZE = 4096
 
 
-def grids_run_start(*, extraction_run: int, layer: str, created_by=None, inline: bool = False) -> Run:
-    run, _ = run_start(kind=GRIDS.name, params={"extraction_run": int(extraction_run), "layer": layer},
-                       created_by=created_by, inline=inline)
+def parse_units(text: str) -> list[int]:
+    """Unit indices from ``"0-9,17"`` (comma-separated indices and inclusive ranges), sorted, unique.
+
+    Raises :class:`RunInputError` on anything else (a negative number, a range that runs backwards, text).
+    """
+    units: set[int] = set()
+    for part in (piece.strip() for piece in str(text).split(",")):
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        if not low.strip().isdigit() or (dash and not high.strip().isdigit()):
+            raise RunInputError(f"{part!r} is not a unit index or a range like 0-9.", field="units")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise RunInputError(f"the range {part!r} runs backwards.", field="units")
+        units.update(range(first, last + 1))
+    if not units:
+        raise RunInputError("Name at least one unit, e.g. 0-9,17.", field="units")
+    return sorted(units)
+
+
+def grids_run_start(*, extraction_run: int, layer: str, units: str | list[int] | None = None, created_by=None,
+                    inline: bool = False) -> Run:
+    """Render one layer's grids of an extraction run: every unit's, or only ``units`` (``"0-9,17"`` or a list)."""
+    params: dict[str, Any] = {"extraction_run": int(extraction_run), "layer": layer}
+    if units not in (None, "", []):
+        params["units"] = parse_units(units) if isinstance(units, str) else sorted({int(unit) for unit in units})
+    run, _ = run_start(kind=GRIDS.name, params=params, created_by=created_by, inline=inline)
     return run
 
 
@@ -89,7 +114,14 @@ def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     maps = open_activation_cache(extraction)
     images = DatasetImageCache(extraction.dataset)
     summaries = {summary.unit_id: summary for summary in UnitActivationSummary.objects.filter(extraction=extraction)}
-    sets = list(ExemplarSet.objects.filter(extraction=extraction).select_related("unit").order_by("unit__index", "id"))
+    sets = ExemplarSet.objects.filter(extraction=extraction).select_related("unit").order_by("unit__index", "id")
+    if run.params.get("units") is not None:  # the units a researcher chose
+        chosen = run.params["units"]
+        beyond = [unit for unit in chosen if unit >= layer.units]
+        if beyond:
+            raise RunInputError(f"{layer.name} has units 0-{layer.units - 1}; no unit {beyond[0]}.", field="units")
+        sets = sets.filter(unit__index__in=chosen)
+    sets = list(sets)
     input_size = (network.input_height, network.input_width)
     anchored = layer.rf_stride_y is not None
     progress.phase(f"Rendering {len(sets)} grids of {layer.name}", total=len(sets))
@@ -117,7 +149,8 @@ def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
         torch.set_num_threads(threads)
     with transaction.atomic():
         ExemplarSet.objects.bulk_update(pending, ["grid"])
-    return {"layer": layer.name, "grids": len(sets), "extraction_run": extraction.run_id}
+    return {"layer": layer.name, "grids": len(sets), "extraction_run": extraction.run_id,
+            "units": run.params.get("units", "all")}
 
 
 def _render_one(exemplar, images, maps, summaries, upsample, layer, input_size, anchored) -> None:
