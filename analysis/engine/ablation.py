@@ -89,6 +89,10 @@ class LayerAblator:
             b = layer_out.shape[0]
             shape = (1,) * (layer_out.dim() - 2)
             masked = layer_out[None] * keep.to(layer_out).view(m, 1, -1, *shape)
+            if any(not isinstance(value, Tensor) for value in frontier[1:]):
+                # a value read from the input's shape (x.size(0) for a later view) would not match a stacked
+                # batch: run the suffix once per mask instead
+                return torch.stack([self._suffix(masked[i], *frontier[1:]) for i in range(m)]).reshape(m, b, -1)
             inputs = [masked.reshape(m * b, *layer_out.shape[1:])]
             inputs += [value.repeat(m, *([1] * (value.dim() - 1))) if isinstance(value, Tensor) else value
                        for value in frontier[1:]]
