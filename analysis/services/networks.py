@@ -260,12 +260,11 @@ def demo_training_run_execute(*, run: Run, progress: RunProgress, device: str) -
     weights = out_dir / "weights.pt"
     torch.save({key: value.cpu() for key, value in model.state_dict().items()}, weights)
     (out_dir / "training_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    progress.phase("Registering the network")
     spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), weights=str(weights),
                        kwargs={"num_classes": len(class_names)}, input_size=tuple(train_images.shape[2:]),
                        mean=tuple(mean), std=tuple(std), class_names=tuple(class_names))
     network = network_register(name=params["name"], spec=spec, trained_on=dataset, training_run=run,
-                               training_report=report.to_dict(),
+                               training_report=report.to_dict(), progress=progress,
                                description=f"AlexNet-like CNN (five conv layers, no batch norm) trained on "
                                            f"{dataset.name} to classify {len(class_names)} object classes.")
     return {"network": network.name, "val_accuracy": report.final_val_accuracy,
