@@ -288,3 +288,9 @@ def test_units_saturated_at_a_ceiling_are_ranked_by_map_sum_and_flagged(research
     page = researcher_client.get(f"/research/networks/sat/layers/1/units/0/").content.decode()
     assert "saturated at its ceiling" in page and "sum of the unit" in page
     assert "saturated at its ceiling" not in researcher_client.get("/research/networks/sat/layers/1/units/1/").content.decode()
+
+
+def test_a_builder_that_makes_new_random_weights_each_call_is_refused():
+    with pytest.raises(CommandError, match="new weights on every call.*state dict"):
+        call_command("register_network", "--name", "random", "--arch", "alexnet", "--input-size", "96")
+    assert not Network.objects.filter(name="random").exists()

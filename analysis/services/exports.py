@@ -81,7 +81,8 @@ def _export_extraction(run: Run, out_dir: Path) -> list[Path]:
         "shapes": {extraction.layer.name: [extraction.n_images, extraction.layer.units, extraction.map_height,
                                            extraction.map_width] for extraction in extractions},
         "preprocessing": {"input_size": [network.input_height, network.input_width], "mean": network.mean,
-                          "std": network.std, "resize": "bilinear with antialiasing when sizes differ",
+                          "std": network.std, "channel_order": network.channel_order,
+                          "resize": "whole image, bilinear with antialiasing when sizes differ, no crop",
                           "activations": "post-layer outputs rounded to float16, exported as float32"},
         "quantile": extractions[0].quantile, "k_overall": extractions[0].k_overall,
         "k_per_class": extractions[0].k_per_class}))

@@ -116,6 +116,12 @@ def _inspect_network(spec, progress):
     try:
         model = load_network(spec, device="cpu")
         weights_hash = state_dict_sha256(model)
+        if spec.weights is None and state_dict_sha256(load_network(spec, device="cpu")) != weights_hash:
+            # every later step rebuilds the network: its weights must come out the same each time
+            raise RunInputError(
+                f"{spec.target} makes new weights on every call (two builds gave different state dicts), so its "
+                "units could not be studied reproducibly: save one build's state dict "
+                "(torch.save(model.state_dict(), path)) and register it with that weights file.")
         progress.phase("Listing layers")
         layers = discover_layers(model, spec.input_size, "cpu")
     except NetworkError as error:

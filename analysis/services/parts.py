@@ -297,7 +297,7 @@ class _Images:
             slot = {image: k for k, image in enumerate(images)}
             batch = torch.from_numpy(np.stack([arrays[image] for image in images])).permute(0, 3, 1, 2).to(self.device)
             if mode == PartInputs.OBJECT_CROPS:
-                x = normalize_images(batch, self.network.mean, self.network.std)
+                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
                 if masks is not None:
                     x = x.masked_fill(torch.stack([masks[image] for image in images])[:, None], 0.0)
                 boxes = torch.tensor([[slot[views[p].image], *views[p].frame] for p in positions], dtype=torch.float32,
@@ -308,7 +308,7 @@ class _Images:
                 if tuple(size) != self.input_size:
                     batch = F.interpolate(batch.float(), size=self.input_size, mode="bilinear", align_corners=False,
                                           antialias=True).round().clamp(0, 255).byte()
-                x = normalize_images(batch, self.network.mean, self.network.std)
+                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
                 if masks is not None:
                     mask = torch.stack([masks[image] for image in images])[:, None].float()
                     x = x.masked_fill(F.interpolate(mask, size=self.input_size, mode="nearest") > 0.5, 0.0)

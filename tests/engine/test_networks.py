@@ -375,3 +375,43 @@ def test_capture_keeps_gradients_when_asked() -> None:
     out = N.capture_forward(model, x, ["conv2"], detach=False)["conv2"]
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_state_dict_hash_is_the_weights_identity(tmp_path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    a = torchvision.models.resnet18(weights=None)
+    b = torchvision.models.resnet18(weights=None)
+    assert N.state_dict_sha256(a) != N.state_dict_sha256(b)  # one builder, other weights
+    b.load_state_dict(a.state_dict())
+    assert N.state_dict_sha256(a) == N.state_dict_sha256(b)  # same weights, however loaded
+    path = tmp_path / "a.pth"
+    torch.save(a.state_dict(), path)
+    spec = N.NetworkSpec("torchvision", "resnet18", weights=str(path))
+    assert N.state_dict_sha256(N.load_network(spec, device="cpu")) == N.state_dict_sha256(a)
+    with torch.no_grad():
+        b.fc.bias[0] += 1e-6
+    assert N.state_dict_sha256(a) != N.state_dict_sha256(b)
+
+
+def test_torchvision_preprocessing_defaults_and_channel_order() -> None:
+    assert N.torchvision_preprocessing("resnet18") == {
+        "input_size": (224, 224), "mean": N.IMAGENET_MEAN, "std": N.IMAGENET_STD}
+    assert N.torchvision_preprocessing("inception_v3")["input_size"] == (299, 299)
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    torch.testing.assert_close(N.normalize_images(images, mean, std, "BGR"),
+                               N.normalize_images(images.flip(1), mean, std))
+    with pytest.raises(ValueError, match="channel_order"):
+        N.NetworkSpec("torchvision", "alexnet", channel_order="GBR")
+
+
+def test_capture_runs_the_whole_network_when_asked() -> None:
+    model = SharedActivation().eval()
+    traced = N.trace_network(model)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        full = traced.extractor(["act"], full=True)(x)
+        torch.testing.assert_close(full[""], model(x))
+        assert "head" not in str(traced.extractor(["act"]).code)  # ends at the last requested layer
