@@ -26,7 +26,7 @@ from analysis.models import (Concept, Dataset, ExemplarKind, ExemplarSet, Layer,
                              UnitActivationSummary)
 
 from .exports import write_run_json
-from .networks import network_spec
+from .networks import network_check_weights, network_spec
 from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
 
 EXTRACTION_PARAMS = p.ParamSchema({
@@ -56,11 +56,15 @@ def extraction_run_start(*, network: str, dataset: str, layers: list[str], creat
 
 
 def activation_cache_key(network: Network, dataset: Dataset, layer: Layer) -> str:
-    """Everything that determines a layer's maps on a dataset: weights, builder, dataset, layer, preprocessing."""
+    """Everything that determines a layer's maps on a dataset: weights (the state-dict hash, checked against the
+    loaded model by :func:`~.networks.network_check_weights` before any cache is used), builder, dataset, layer,
+    preprocessing."""
     key = {"weights": network.weights_sha256, "arch": network.arch, "source": network.source,
            "kwargs": network.callable_kwargs, "dataset": dataset.root_dir, "images": dataset.image_count,
            "layer": layer.name, "input": [network.input_height, network.input_width], "mean": network.mean,
            "std": network.std, "resize": "bilinear-antialias", "dtype": "float16"}
+    if network.channel_order != "RGB":  # keys of RGB networks stay as they were
+        key["channel_order"] = network.channel_order
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -167,6 +171,9 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
             model = load_network(network_spec(network), device=dev)
         except NetworkError as error:
             raise RunInputError(str(error)) from None
+        # The caches are keyed on the registered state-dict hash: a model that loads other weights now must
+        # not write maps under it. (Reusing complete caches needs no model, so the registered hash stands.)
+        network_check_weights(network, model)
     class_tensor = torch.from_numpy(class_ids) if class_ids is not None else None
     current: dict[str, Any] = {}
 
@@ -180,7 +187,8 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     def forward(images):
         outputs = {}
         if to_compute:
-            computed = capture_forward(model, normalize_images(images, network.mean, network.std), to_compute)
+            computed = capture_forward(model, normalize_images(images, network.mean, network.std,
+                                                               network.channel_order), to_compute)
             outputs.update({name: value.to(torch.float16).to(torch.float32) for name, value in computed.items()})
         rows = current["indices"].numpy()
         for name in layer_order:
@@ -235,6 +243,7 @@ def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, de
     units = {unit.index: unit for unit in extraction.layer.unit_set.all()}
     top = stats.topk.result()
     thresholds = stats.quantile.result().cpu()
+    ties = top.ceiling_ties().cpu()
     image_ids, image_scores = stats.image_scores.result()
     deciles = decile_exemplars(image_scores, image_ids, num_bins=DECILE_BINS, seed=seed)
 
@@ -245,10 +254,12 @@ def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, de
 
     summaries, sets = [], []
     for index, unit in units.items():
+        maximum = float(top.scores[index, 0].nan_to_num(0))
         summaries.append(UnitActivationSummary(
-            extraction=extraction, unit=unit, threshold=float(thresholds[index]),
-            max_activation=float(top.scores[index, 0].nan_to_num(0)),
-            active_images=int((image_scores[:, index] > 0).sum())))
+            extraction=extraction, unit=unit, threshold=float(thresholds[index]), max_activation=maximum,
+            active_images=int((image_scores[:, index] > 0).sum()), ceiling_ties=int(ties[index]),
+            # stuck at a ceiling (the mirror of a unit stuck at zero): T_k is the maximum and images tie there
+            saturated_at_ceiling=bool(maximum > 0 and float(thresholds[index]) >= maximum and int(ties[index]) > 1)))
         images, scores, peaks = clean(top.images[index].cpu(), top.scores[index].cpu(), top.peaks[index].cpu())
         sets.append(ExemplarSet(extraction=extraction, unit=unit, kind=ExemplarKind.TOP_OVERALL,
                                 image_indices=images, scores=scores, peaks=peaks))
@@ -308,7 +319,8 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
         "shapes": {extraction.layer.name: [extraction.n_images, extraction.layer.units, extraction.map_height,
                                            extraction.map_width] for extraction in extractions},
         "preprocessing": {"input_size": [network.input_height, network.input_width], "mean": network.mean,
-                          "std": network.std, "resize": "bilinear with antialiasing when sizes differ",
+                          "std": network.std, "channel_order": network.channel_order,
+                          "resize": "whole image, bilinear with antialiasing when sizes differ, no crop",
                           "activations": "post-layer outputs rounded to float16, exported as float32"},
         "quantile": extractions[0].quantile, "k_overall": extractions[0].k_overall,
         "k_per_class": extractions[0].k_per_class}))

@@ -267,7 +267,7 @@ class _Images:
             batch = torch.from_numpy(np.stack([arrays[views[key].image] if masks is not None else arrays[key]
                                                for key in keys])).permute(0, 3, 1, 2).to(self.device)
             if mode == PartInputs.OBJECT_CROPS:
-                x = normalize_images(batch, self.network.mean, self.network.std)
+                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
                 if masks is not None:
                     x = x.masked_fill(torch.stack([masks[p] for p in positions])[:, None], 0.0)
                 boxes = torch.tensor([[k, *views[p].frame] for k, p in zip(slot_of, positions)], dtype=torch.float32,
@@ -278,7 +278,7 @@ class _Images:
                 if tuple(size) != self.input_size:
                     batch = F.interpolate(batch.float(), size=self.input_size, mode="bilinear", align_corners=False,
                                           antialias=True).round().clamp(0, 255).byte()
-                x = normalize_images(batch, self.network.mean, self.network.std)
+                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
                 if masks is not None:
                     mask = torch.stack([masks[p] for p in positions])[:, None].float()
                     x = x.masked_fill(F.interpolate(mask, size=self.input_size, mode="nearest") > 0.5, 0.0)

@@ -156,4 +156,4 @@ class GridsStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
 
     def start_run(self, form):
         return grids_run_start(extraction_run=form.cleaned_data["extraction_run"], layer=form.cleaned_data["layer"],
-                               created_by=self.request.user)
+                               units=form.cleaned_data["units"], created_by=self.request.user)
