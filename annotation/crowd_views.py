@@ -11,15 +11,17 @@ from django.contrib import messages
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import FormView, TemplateView
 
-from accounts.permissions import ResearcherRequiredMixin
-from unitscope.ratelimit import rate_limited
+from accounts.permissions import ResearcherRequiredMixin, study_write_check
 from accounts.roles import Role
+from unitscope.queries import query_id
+from unitscope.ratelimit import rate_limited
 
 from . import crowd_selectors as selectors
 from . import crowd_services as services
@@ -324,7 +326,10 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
 
 class CrowdStudyMixin(ResearcherRequiredMixin):
     def get_study(self) -> CrowdStudy:
-        return get_object_or_404(CrowdStudy, pk=self.kwargs["pk"])
+        """The study of the URL; a write request on it must come from its creator (403 otherwise)."""
+        study = get_object_or_404(CrowdStudy, pk=self.kwargs["pk"])
+        study_write_check(self.request, study)
+        return study
 
 
 def study_links(request, study: CrowdStudy) -> list[dict]:
@@ -399,8 +404,8 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
         if state not in AssignmentState.values:
             state = ""
         worker = None
-        if self.request.GET.get("worker"):
-            worker = study.workers.filter(pk=self.request.GET["worker"]).first()
+        if query_id(self.request.GET, "worker"):
+            worker = study.workers.filter(pk=query_id(self.request.GET, "worker")).first()
         return {**super().get_context_data(**kwargs), "study": study, "state": state, "worker": worker,
                 "states": AssignmentState.choices,
                 "assignments": selectors.crowd_assignment_rows(study, state=state or None, worker=worker)}
@@ -408,9 +413,9 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
     def post(self, request, *args, **kwargs):
         study = self.get_study()
         form = ReviewForm(request.POST)
-        back = request.POST.get("back") or reverse("annotation:crowd_review", args=[study.pk])
-        if not back.startswith("/"):
-            back = reverse("annotation:crowd_review", args=[study.pk])
+        back = request.POST.get("back", "")
+        if not url_has_allowed_host_and_scheme(back, allowed_hosts=None) or not back.startswith("/"):
+            back = reverse("annotation:crowd_review", args=[study.pk])  # "//elsewhere" is another site
         if not form.is_valid():
             messages.error(request, "Nothing reviewed — choose approve or reject.")
             return redirect(back)

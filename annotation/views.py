@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.views import View
 from django.views.generic import FormView, TemplateView
 
-from accounts.permissions import CrowdRequiredMixin, ExpertRequiredMixin, ResearcherRequiredMixin
+from accounts.permissions import CrowdRequiredMixin, ExpertRequiredMixin, ResearcherRequiredMixin, study_write_check
 
 from . import exports, selectors, services
 from .forms import AnswerForm, StudyCreateForm, SynonymForm
@@ -194,8 +194,11 @@ class StudyCreateView(ResearcherRequiredMixin, FormView):
 
 class StudyMixin(ResearcherRequiredMixin):
     def get_study(self) -> Study:
-        return get_object_or_404(Study.objects.select_related("layer__network", "extraction__dataset", "created_by",
-                                                              "overlap_class"), pk=self.kwargs["pk"])
+        """The study of the URL; a write request on it must come from its creator (403 otherwise)."""
+        study = get_object_or_404(Study.objects.select_related("layer__network", "extraction__dataset", "created_by",
+                                                               "overlap_class"), pk=self.kwargs["pk"])
+        study_write_check(self.request, study)
+        return study
 
 
 class StudyDetailView(StudyMixin, TemplateView):

@@ -20,7 +20,7 @@ from analysis.services.runs import (RunInputError, run_cancel, run_fail_stale, r
                                     run_start)
 from annotation import exports as study_exports
 from annotation import selectors as study_selectors
-from annotation.models import StudyTask
+from annotation.models import Judgment, StudyTask
 from annotation.services import StudyInputError, judgments_import
 
 from . import serializers as s
@@ -331,6 +331,11 @@ class JudgmentViewSet(viewsets.GenericViewSet):
 
     serializer_class = s.JudgmentSerializer
     permission_classes = [StudyObjectPermission]
+
+    def get_queryset(self):
+        """The judgments of the studies the user may read (the browsable API asks for it to draw its filter
+        form; the list itself is built from :func:`study_judgment_rows`)."""
+        return Judgment.objects.filter(task__study__in=studies_visible_to(self.request.user))
 
     @extend_schema(parameters=[OpenApiParameter("study", int, required=True),
                                OpenApiParameter("current", bool, description="Only judgments no revision replaced.")])

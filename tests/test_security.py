@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 from django.core.cache import cache
+from django.test import Client
 from django.urls import reverse
 
 def test_weights_are_loaded_without_running_code(tmp_path):
@@ -61,6 +62,7 @@ def test_rate_parsing():
             parse_rate(bad)
 
 
+@pytest.mark.django_db  # the counters live in the database cache
 def test_fixed_windows_count_per_client(settings):
     from unitscope.ratelimit import rate_limit_hit
 
@@ -119,3 +121,204 @@ def test_worker_codes_and_tokens_come_from_secrets(monkeypatch):
     monkeypatch.setattr(crowd_services.secrets, "token_hex", lambda n: calls.append(n) or secrets.token_bytes(n).hex())
     worker = enter(study, 999)
     assert calls and sum(calls) * 8 >= 128 and len(worker.code) == 32
+
+
+# -- login throttling (issue 20, item 7) ----------------------------------------------------------------------
+
+@pytest.fixture
+def throttle(settings, db):
+    settings.UNITSCOPE_LOGIN_THROTTLE = {"account": "3/15m", "address": "5/15m"}
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def test_logins_are_throttled_by_account_and_by_address(throttle, client, researcher, expert, monkeypatch):
+    """Three wrong passwords lock the account (even the right password is refused, from any address, without the
+    password being checked); five failures from one address lock that address for every account."""
+    from django.contrib.auth import forms as auth_forms
+
+    from tests.conftest import PASSWORD
+
+    url = reverse("accounts:login")
+    checked = []
+    real_authenticate = auth_forms.authenticate
+    monkeypatch.setattr(auth_forms, "authenticate", lambda *a, **k: checked.append(1) or real_authenticate(*a, **k))
+    for _ in range(3):
+        assert client.post(url, {"username": "rita", "password": "wrong"}).status_code == 200
+    assert len(checked) == 3
+    refused = client.post(url, {"username": "RITA", "password": PASSWORD})
+    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1 and b"Too many failed logins" in refused.content
+    elsewhere = Client(REMOTE_ADDR="10.0.0.7")
+    assert elsewhere.post(url, {"username": "rita", "password": PASSWORD}).status_code == 429  # the account
+    assert len(checked) == 3 and "_auth_user_id" not in client.session  # no password was checked
+    # The address: two more failures (on any names) and it is locked for everyone, ed included.
+    for name in ("nobody", "someone"):
+        client.post(url, {"username": name, "password": "wrong"})
+    assert client.post(url, {"username": "ed", "password": PASSWORD}).status_code == 429
+    assert elsewhere.post(url, {"username": "ed", "password": PASSWORD}).status_code == 302  # another address
+    # The admin's login counts and refuses the same way.
+    admin_refused = Client(REMOTE_ADDR="10.0.0.8").post(reverse("admin:login"),
+                                                        {"username": "rita", "password": PASSWORD})
+    assert b"Too many failed logins" in admin_refused.content and "_auth_user_id" not in admin_refused.client.session
+
+
+def test_a_correct_login_clears_the_account_but_not_the_address(throttle, client, researcher):
+    from tests.conftest import PASSWORD
+
+    url = reverse("accounts:login")
+    for _ in range(2):
+        client.post(url, {"username": "rita", "password": "wrong"})
+    assert client.post(url, {"username": "rita", "password": PASSWORD}).status_code == 302
+    client.logout()
+    for _ in range(2):  # two more: the account starts again from zero
+        client.post(url, {"username": "rita", "password": "wrong"})
+    assert client.post(url, {"username": "rita", "password": PASSWORD}).status_code == 302
+    client.logout()
+    client.post(url, {"username": "rita", "password": "wrong"})  # the address's fifth failure
+    assert client.post(url, {"username": "rita", "password": PASSWORD}).status_code == 429
+
+
+# -- a shared cache by default (rate limits and login counts hold across web processes) ---------------------------
+
+def test_the_default_cache_is_the_database_and_migrate_makes_its_table(transactional_db):
+    """Without ``CACHE_URL`` the counters live in the database cache, which every web process shares (a
+    per-process cache let 250 of 250 requests through a 120/min limit); ``migrate`` makes its table."""
+    import subprocess
+    import sys
+
+    from django.core.management import call_command
+    from django.db import connection
+
+    env = {key: value for key, value in os.environ.items() if key != "CACHE_URL"}
+    for module in ("unitscope.settings.local", "unitscope.settings.test"):
+        out = subprocess.run(
+            [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
+                                   "print(settings.CACHES['default']['BACKEND'])"],
+            env={**env, "DJANGO_SETTINGS_MODULE": module, "SECRET_KEY": "x"}, capture_output=True, text=True,
+            check=True)
+        assert out.stdout.strip() == "django.core.cache.backends.db.DatabaseCache", (module, out)
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE unitscope_cache")
+    assert "unitscope_cache" not in connection.introspection.table_names()
+    call_command("migrate", verbosity=0, interactive=False)
+    assert "unitscope_cache" in connection.introspection.table_names()
+    cache.set("shared", 7)
+    assert cache.get("shared") == 7
+
+
+# -- Content-Security-Policy and no inline scripts ---------------------------------------------------------
+
+def test_every_response_carries_a_content_security_policy(client, researcher_client):
+    for response in (client.get(reverse("accounts:login")), researcher_client.get(reverse("analysis:dashboard")),
+                     researcher_client.get("/api/", HTTP_ACCEPT="application/json")):
+        policy = response["Content-Security-Policy"]
+        directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+        assert directives["script-src"] == "'self'" and directives["default-src"] == "'self'"
+        assert directives["object-src"] == "'none'" and directives["base-uri"] == "'self'"
+        assert "unsafe" not in directives["script-src"] and "form-action" not in directives  # MTurk's hand-back
+
+
+def test_templates_have_no_inline_scripts_or_event_handlers():
+    """The policy allows scripts from our own files only: an inline ``<script>`` or an ``on…=`` attribute in a
+    template would not run (and would be a place for injected code to hide)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in (root / "templates").rglob("*.html"):
+        text = path.read_text()
+        for match in re.finditer(r"<script\b([^>]*)>", text, re.I):
+            if "src=" not in match.group(1) and "application/json" not in match.group(1):
+                offenders.append(f"{path.relative_to(root)}: inline <script>")
+        for match in re.finditer(r"<[a-z][^>]*\s(on[a-z]+)\s*=", text, re.I):
+            offenders.append(f"{path.relative_to(root)}: {match.group(1)}= handler")
+    assert not offenders, "\n".join(offenders)
+
+
+# -- researchers administer studies, not accounts (issue 20, item 8) ---------------------------------------------
+
+def test_only_superusers_administer_users_and_groups(researcher_client, researcher, make_user):
+    from django.contrib.auth.models import Group
+
+    from accounts.models import User
+
+    other = make_user("rob", "researcher")
+    group = Group.objects.get(name="researcher")
+    assert not group.permissions.filter(content_type__app_label__in=["accounts", "auth"]).exists()
+    pages = [reverse("admin:accounts_user_changelist"), reverse("admin:accounts_user_add"),
+             reverse("admin:accounts_user_change", args=[researcher.pk]),
+             reverse("admin:auth_user_password_change", args=[other.pk]),
+             reverse("admin:auth_group_changelist"), reverse("admin:auth_group_change", args=[group.pk])]
+    for url in pages:
+        assert researcher_client.get(url).status_code == 403, url
+    # Making oneself superuser, or setting another researcher's password, through the admin's forms: refused.
+    response = researcher_client.post(reverse("admin:accounts_user_change", args=[researcher.pk]),
+                                      {"username": "rita", "is_superuser": "on", "is_staff": "on", "is_active": "on"})
+    assert response.status_code == 403
+    response = researcher_client.post(reverse("admin:auth_user_password_change", args=[other.pk]),
+                                      {"password1": "N3w-secret-pass!", "password2": "N3w-secret-pass!"})
+    assert response.status_code == 403
+    researcher.refresh_from_db()
+    other.refresh_from_db()
+    assert not researcher.is_superuser and not other.check_password("N3w-secret-pass!")
+    index = researcher_client.get(reverse("admin:index")).content.decode()
+    assert "/admin/accounts/user/" not in index and "/admin/auth/group/" not in index
+    boss = User.objects.create_superuser("boss", password="a-test-password-9")
+    researcher_client.force_login(boss)
+    assert all(researcher_client.get(url).status_code == 200 for url in pages)
+
+
+def test_studies_are_changed_by_their_creator_only(client, researcher, make_user):
+    """Closing a crowd study, blocking or paying its workers, reviewing its work, editing an expert study's
+    synonyms, or changing either in the admin: another researcher gets 403 (reading stays open to all)."""
+    from annotation import services
+    from annotation.models import ConceptSynonym, CrowdAssignment
+    from tests.test_crowd_study import answer_everything, enter, validation_study
+    from tests.test_expert_study import build_study_world, make_experts
+
+    crowd = validation_study(name="own", units=2, created_by=researcher)
+    worker = enter(crowd, 1)
+    answer_everything(worker)
+    expert_study = services.study_create(name="own-x", extraction=build_study_world(units=2),
+                                         experts=make_experts(1), plan="full", created_by=researcher)
+    other = make_user("rob", "researcher")
+    client.force_login(other)
+    assignment = CrowdAssignment.objects.filter(worker=worker).first()
+    writes = [
+        (reverse("annotation:crowd_study_detail", args=[crowd.pk]), {"open": "0"}),
+        (reverse("annotation:crowd_workers", args=[crowd.pk]), {"form": "block", "worker": worker.pk,
+                                                                "action": "block", "reason": "x"}),
+        (reverse("annotation:crowd_review", args=[crowd.pk]), {"assignments": str(assignment.pk),
+                                                               "decision": "reject", "reason": "x"}),
+        (reverse("annotation:study_synonyms", args=[expert_study.pk]), {"name": "auto", "maps_to": "car"}),
+        (reverse("admin:annotation_study_change", args=[expert_study.pk]), {"name": "taken"}),
+        (reverse("admin:annotation_study_delete", args=[expert_study.pk]), {"post": "yes"}),
+        (reverse("admin:annotation_crowdstudy_delete", args=[crowd.pk]), {"post": "yes"}),
+    ]
+    for url, data in writes:
+        assert client.get(url).status_code in (200, 403, 405), url  # reading: the site's pages stay open
+        assert client.post(url, data).status_code == 403, url
+    crowd.refresh_from_db()
+    worker.refresh_from_db()
+    assignment.refresh_from_db()
+    expert_study.refresh_from_db()
+    assert crowd.is_open and not worker.blocked and assignment.state != "rejected"
+    assert expert_study.name == "own-x" and not ConceptSynonym.objects.exists()
+    client.force_login(researcher)  # the creator may
+    assert client.post(*writes[0]).status_code == 302
+    assert client.post(*writes[1]).status_code == 302
+    crowd.refresh_from_db()
+    worker.refresh_from_db()
+    assert not crowd.is_open and worker.blocked
+
+
+def test_the_review_page_sends_back_to_this_site_only(researcher_client, researcher):
+    from tests.test_crowd_study import validation_study
+
+    study = validation_study(name="redir", units=2, created_by=researcher)
+    url = reverse("annotation:crowd_review", args=[study.pk])
+    for back in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"):
+        response = researcher_client.post(url, {"back": back, "decision": "approve", "assignments": ""})
+        assert response.status_code == 302 and response["Location"] == url, (back, response["Location"])
+    assert researcher_client.post(url, {"back": url + "?state=rejected"})["Location"] == url + "?state=rejected"

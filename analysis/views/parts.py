@@ -14,8 +14,9 @@ from analysis.models import (AblationStudy, ClassDiscriminativeness, Dataset, Pa
 from analysis.plots import delta_bars, horizontal_bars, line_chart, pr_chart, scatter_chart
 from analysis.services.parts import (ABLATION_DEFAULTS, PART_DEFAULTS, SPLITS, ablation_run_start,
                                      part_correlations, part_detection_run_start, part_examples)
-from analysis.views.dissection import LayerMixin, _default_dataset, _int_param
+from analysis.views.dissection import LayerMixin, _default_dataset
 from analysis.views.starting import StartRunFormMixin
+from unitscope.queries import query_id
 
 
 def _datasets():
@@ -57,7 +58,7 @@ class AblationForm(forms.Form):
 
 
 def _pick(queryset, request, what: str):
-    run_id = _int_param(request, "run")
+    run_id = query_id(request.GET, "run")
     chosen = queryset.filter(run_id=run_id).first() if run_id is not None else queryset.first()
     if run_id is not None and chosen is None:
         raise Http404(f"No {what} of this layer in that run.")

@@ -106,7 +106,7 @@ def world(make_user, researcher):
                                   created_by=researcher)
     rater = study.raters.get(user=expert)
     task = services.task_next_for_rater(rater=rater)
-    crowd_study = validation_study(name="mx", units=2)
+    crowd_study = validation_study(name="mx", units=2, created_by=researcher)
     worker = enter(crowd_study, 1)
     assignment = hit_next_for_worker(worker=worker)
     run = Run.objects.create(kind="selfcheck", params={}, params_hash="m", status="failed", error=MARKER)
