@@ -322,3 +322,36 @@ def test_the_review_page_sends_back_to_this_site_only(researcher_client, researc
         response = researcher_client.post(url, {"back": back, "decision": "approve", "assignments": ""})
         assert response.status_code == 302 and response["Location"] == url, (back, response["Location"])
     assert researcher_client.post(url, {"back": url + "?state=rejected"})["Location"] == url + "?state=rejected"
+
+
+# -- control characters refused at the door (issue 20, item 9) -------------------------------------------------
+
+@pytest.mark.django_db
+def test_control_characters_in_ids_are_refused_with_400(client):
+    """NUL (and other control characters) in PROLIFIC_PID, workerId, assignmentId, the study token or the worker
+    code: 400 before any view or query runs (PostgreSQL refused NUL in text and the request was a 500)."""
+    from annotation.crowd_services import hit_next_for_worker
+    from tests.test_crowd_study import enter, validation_study
+
+    study = validation_study(name="nul", units=2, external_submit_hosts=["https://workersandbox.mturk.com"])
+    worker = enter(study, 1)
+    assignment = hit_next_for_worker(worker=worker)
+    prolific = reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"])
+    mturk = reverse("annotation:crowd_entry_adapter", args=[study.token, "mturk"])
+    good_prolific = {"PROLIFIC_PID": "p1", "STUDY_ID": "s", "SESSION_ID": "x1"}
+    good_mturk = {"workerId": "W1", "assignmentId": "A1", "hitId": "H1",
+                  "turkSubmitTo": "https://workersandbox.mturk.com"}
+    assert client.get(prolific, good_prolific).status_code == 302
+    cases = [(prolific, {**good_prolific, key: f"a{bad}b"}) for key in good_prolific for bad in ("\x00", "\x1b")]
+    cases += [(mturk, {**good_mturk, key: f"a{bad}b"}) for key in good_mturk for bad in ("\x00", "\x7f")]
+    for url, params in cases:
+        response = client.get(url, params)
+        assert response.status_code == 400, (url, params, response.status_code)
+        assert b"Control characters" in response.content
+    for path in (f"/crowd/s/{study.token}%00/", f"/crowd/s/{study.token}%00/prolific/?PROLIFIC_PID=p",
+                 f"/crowd/w/{worker.code}%00/", f"/crowd/w/{worker.code}/a/{assignment.token}%00/",
+                 f"/crowd/w/{worker.code}/a/{assignment.token}/done/?ctx=%00", "/research/crowd/1%0a/"):
+        assert client.get(path).status_code == 400, path
+        assert client.post(path, {"answer": "yes"}).status_code == 400, path
+    # Tab and newline are fine in a query value; not a reason to refuse an ordinary page.
+    assert client.get(reverse("accounts:login"), {"next": "/a\tb"}).status_code == 200
