@@ -11,7 +11,6 @@ that revised it, its version number, the chain's first judgment, whether it is c
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections import Counter, defaultdict
@@ -24,6 +23,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from analysis.plots import interval_chart, stacked_bar_chart
+from unitscope.spreadsheets import csv_writer
 
 from . import selectors
 from .models import ANSWER_ORDER, YES_ANSWERS, Answer, Study
@@ -90,7 +90,7 @@ def _csv_cell(value: Any) -> Any:
 def rows_csv(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> str:
     """``rows`` as CSV text with header ``fields`` (None → empty, booleans → 0/1, lists → JSON)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_writer(buffer)
     writer.writerow(fields)
     for row in rows:
         writer.writerow([_csv_cell(row.get(field)) for field in fields])

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from accounts.roles import Role
 from analysis.models import ExemplarKind, ExemplarSet, Layer, LayerExtraction
+from unitscope.spreadsheets import spreadsheet_unquote
 
 from . import claims
 from .models import (ANSWER_ORDER, CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, YES_ANSWERS, Assignment,
@@ -399,7 +400,8 @@ def _judgment_rows(reader) -> list[ImportRow]:
         if len(raw) != len(columns):
             problems.append((line, f"expected {len(columns)} columns, found {len(raw)}"))
             continue
-        cells = {column: raw[position[column]].strip() for column in columns}
+        # A cell our exports neutralised ("'=x", see unitscope/spreadsheets.py) reads back as written.
+        cells = {column: spreadsheet_unquote(raw[position[column]].strip()) for column in columns}
         item, rater, answer = cells["item"], cells["rater"], cells["answer"].lower().replace("-", "_").replace(" ", "_")
         row_problems = []
         if not item:

@@ -355,3 +355,97 @@ def test_control_characters_in_ids_are_refused_with_400(client):
         assert client.post(path, {"answer": "yes"}).status_code == 400, path
     # Tab and newline are fine in a query value; not a reason to refuse an ordinary page.
     assert client.get(reverse("accounts:login"), {"next": "/a\tb"}).status_code == 200
+
+
+# -- spreadsheet formula injection (issue 20, item 5) -----------------------------------------------------------
+
+FORMULAS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tindented", "\r=x"]
+
+
+def _formula_cells(text: str) -> list[str]:
+    import csv
+    import io
+
+    from unitscope.spreadsheets import FORMULA_STARTS, PLAIN_NUMBER
+
+    return [cell for row in csv.reader(io.StringIO(text, newline="")) for cell in row
+            if cell.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(cell)]
+
+
+@pytest.mark.django_db
+def test_every_csv_export_neutralises_formulas(researcher_client, researcher):
+    """Descriptions, worker ids, labels, rater names, items and concept names that start like a formula reach
+    ``judgments.csv``, ``results.csv`` (expert and crowd), ``answers.csv``: every such cell is written with a
+    leading ``'``, and the text is otherwise kept; numbers stay numbers."""
+    import csv
+    import io
+
+    from annotation import crowd_services, exports, services
+    from annotation.crowd_services import assignment_submit, hit_next_for_worker
+    from annotation.models import CrowdTaskKind, Judgment
+    from tests.test_crowd_study import build_crowd_world
+
+    # Crowd: a description study, workers named like formulas describing units with formulas.
+    crowd = crowd_services.crowd_study_create(name="=crowd", kind=CrowdTaskKind.DESCRIPTION,
+                                              extractions=build_crowd_world(name="f", units=2), gold_count=0,
+                                              gold_rate=0.0, qualification_required=False, created_by=researcher,
+                                              description=FORMULAS[0])
+    for number, text in enumerate(FORMULAS):
+        worker, _ = crowd_services.worker_enter(study=crowd, adapter="link", external_id=text)
+        while (assignment := hit_next_for_worker(worker=worker)) is not None:
+            assignment_submit(assignment=assignment, description=f"{text}{number}", confidence=3)
+    crowd.hits.update(label=FORMULAS[3])
+    # Expert: imported judgments with formula items, raters and concepts.
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([("item", "rater", "answer", "concept"),
+                                  *[(f"{text.strip()}{n}", f"{text.strip()}{n}", "part", "car") for n, text in
+                                    enumerate(FORMULAS)]])
+    services.judgments_import(study_name="=expert", text=buffer.getvalue(), created_by=researcher)
+    study = services.Study.objects.get(name="=expert")
+    Judgment.objects.filter(task__study=study).update(concept=FORMULAS[1])
+    checked = []
+    for name in [name for name in exports.STUDY_EXPORT_FILES if name.endswith(".csv")]:
+        response = researcher_client.get(reverse("annotation:study_export_file", args=[study.pk, name]))
+        checked.append((name, response))
+    for name in [name for name in exports.CROWD_EXPORT_FILES if name.endswith(".csv")]:
+        response = researcher_client.get(reverse("annotation:crowd_study_export", args=[crowd.pk, name]))
+        checked.append((f"crowd {name}", response))
+    assert {name for name, _ in checked} >= {"judgments.csv", "results.csv", "crowd answers.csv", "crowd results.csv"}
+    for name, response in checked:
+        assert response.status_code == 200, name
+        text = (b"".join(response.streaming_content) if response.streaming else response.content).decode()
+        assert not _formula_cells(text), (name, _formula_cells(text)[:5])
+        assert "'=HYPERLINK" in text or "'+1+cmd" in text or "'@SUM" in text, name  # kept, neutralised
+    # Our own file reads back as written: the import undoes the quote.
+    from annotation.services import judgments_parse
+
+    exported = "item,rater,answer,concept\n'=a,'-b,part,\n"
+    assert [(row.item, row.rater) for row in judgments_parse(exported)] == [("=a", "-b")]
+
+
+def test_csv_cells_are_neutralised_by_one_helper():
+    from unitscope.spreadsheets import csv_field, spreadsheet_safe, spreadsheet_unquote
+
+    for text in FORMULAS:
+        assert spreadsheet_safe(text) == "'" + text and spreadsheet_unquote(spreadsheet_safe(text)) == text
+    for value in (-0.25, 3, "-0.25", "+1e-3", "plain", "", None, "a=b"):
+        assert spreadsheet_safe(value) == value
+    assert csv_field("=a,b") == "\"'=a,b\"" and csv_field("-1") == "-1"
+
+
+def test_every_csv_writer_in_the_project_is_the_safe_one():
+    """Exports (study, crowd, run archives) write CSV through ``unitscope.spreadsheets.csv_writer`` only; the
+    engine's dataset writers (Broden files, read back by the importer) are data formats, not exports."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for folder in ("accounts", "analysis", "annotation", "api", "unitscope"):
+        for path in (root / folder).rglob("*.py"):
+            relative = path.relative_to(root)
+            if relative.parts[:2] == ("analysis", "engine") or relative == Path("unitscope/spreadsheets.py"):
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), start=1):
+                if re.search(r"csv\.(writer|DictWriter)\(|\.to_csv\(", line):
+                    offenders.append(f"{relative}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)

@@ -45,7 +45,6 @@ merged. Rotation tests write ``UNITSCOPE_DATA_DIR/rotations/<id>/rotation.npz``.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -64,6 +63,7 @@ from django.utils import timezone
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, Dataset, DissectionBaseline, Layer, LayerDissection, LayerExtraction, Network,
                              RotationTest, Run, RunStatus, UnitActivationSummary, UnitDissection, UpsampleMethod)
+from unitscope.spreadsheets import csv_writer
 
 from .extraction import activation_cache_key, extraction_run_start, open_activation_cache
 from .runs import (RunCancelled, RunInputError, RunProgress, run_cancel, run_execute, run_layers,
@@ -603,7 +603,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     written = []
     tally_path = out_dir / "tally.csv"
     with open(tally_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "concept", "category", "iou", "intersection", "activation", "truth"])
         for unit in range(inter.shape[0]):
             for number in present:
@@ -614,7 +614,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     written.append(tally_path)
     thresholds_path = out_dir / "thresholds.csv"
     with open(thresholds_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "threshold"])
         writer.writerows((unit, repr(float(value))) for unit, value in enumerate(data["thresholds"]))
     written.append(thresholds_path)
@@ -623,7 +623,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
             pairing = plan["pairing"]
         pairing_path = out_dir / "pairing.csv"
         with open(pairing_path, "w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
+            writer = csv_writer(handle)
             writer.writerow(["image", "masks_of"])
             writer.writerows(enumerate(pairing.tolist()))
         written.append(pairing_path)
@@ -660,7 +660,7 @@ def rotation_export(run: Run, out_dir: Path) -> list[Path]:
         raise RunInputError(f"Run {run.pk} holds no rotation test.")
     path = out_dir / "rotation.csv"
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["seed", "alpha", "detectors", "unique_detectors", "saturated_units"])
         writer.writerows((p["seed"], repr(float(p["alpha"])), p["detectors"], p["unique"], p["saturated"])
                          for p in test.points)

@@ -6,7 +6,6 @@ the statistics were computed from), ``images.csv`` (``index,image`` as in the da
 """
 from __future__ import annotations
 
-import csv
 import json
 import tempfile
 import zipfile
@@ -17,6 +16,7 @@ import numpy as np
 from django.conf import settings
 
 from analysis.models import LayerExtraction, Run, RunStatus
+from unitscope.spreadsheets import csv_writer
 
 from .dissection import dissection_export, rotation_export
 from .explanatory_graph import graph_export
@@ -71,7 +71,7 @@ def _export_extraction(run: Run, out_dir: Path) -> list[Path]:
     dataset, network = extractions[0].dataset, extractions[0].layer.network
     images_path = out_dir / "images.csv"
     with open(images_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["index", "image"])
         writer.writerows(dataset.images.order_by("index").values_list("index", "path"))
     written.append(images_path)
