@@ -1,6 +1,6 @@
 """The next-task and next-HIT claims on PostgreSQL, each one SQL statement (the hot path of a crowd arriving).
 
-:func:`annotation.services.task_next_for_rater` and :func:`annotation.crowd_services.hit_next_for_worker` say what
+:func:`annotation.expert.services.task_next_for_rater` and :func:`annotation.crowd.services.hit_next_for_worker` say what
 a claim must guarantee; their ORM code is the reference and runs on every other database (SQLite serialises
 claims with its write lock). On PostgreSQL the same claim, read candidate → conditional UPDATE → INSERT, is
 written here as one statement of data-modifying CTEs: the ORM spent about 0.5 ms of Python per query on

@@ -255,7 +255,7 @@ class ConceptSynonym(models.Model):
 #   A label's origin — dissection, a human canonical description, or a control (a random other concept) — is
 #   stored on the HIT for the report only and never rendered, put in a URL or an image name;
 # * description (Zhou et al. 2015 as used by ND'18): a short phrase and a confidence 1–5; three raters per unit
-#   by default; the canonical description is chosen by ``crowd_selectors.canonical_description``;
+#   by default; the canonical description is chosen by ``annotation.crowd.selectors.canonical_description``;
 # * purity (Explanatory Graph, AAAI'18 §Experiments / arXiv Fig. 6): the top-K inferences of a unit, K such
 #   that the top-K scores hold 30% of the total score mass; "how many of these show the same object part?".
 #
@@ -311,7 +311,7 @@ class CrowdStudy(models.Model):
       ``qualification_max_attempts``: a qualification test of yes/no label questions with known answers,
       taken before a worker's first HIT.
     * dynamic overlap (used when ``overlap_rule`` is dynamic; the rules themselves live in
-      ``annotation.aggregation``): a HIT whose N answers agree less than ``overlap_min_agreement`` (share of the
+      ``annotation.crowd.aggregation``): a HIT whose N answers agree less than ``overlap_min_agreement`` (share of the
       majority answer) gets one more worker at a time up to ``overlap_max_assignments``; a HIT whose first
       ``overlap_settle_after`` answers are unanimous is settled early (``Hit.retired``).
     * purity: ``purity_mass`` (0.3, the Explanatory Graph papers' share of the total score mass held by the
@@ -368,7 +368,7 @@ class CrowdStudy(models.Model):
 
 
 class CrowdAdapter(models.TextChoices):
-    """How a worker entered (``annotation.crowd_adapters``)."""
+    """How a worker entered (``annotation.crowd.adapters``)."""
 
     LINK = "link", "Own link (worker code)"
     MTURK = "mturk", "MTurk ExternalQuestion"
@@ -412,6 +412,12 @@ class CrowdWorker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.adapter}:{self.external_id}"
+
+
+RAW_FILTER_PEAKS = "raw_filter_peaks"
+EXPLANATORY_GRAPH = "explanatory_graph"
+"""Pattern sources of purity HITs (``Hit.source["pattern_source"]``): a raw filter's peaks, or an Explanatory Graph
+node (AAAI'18 Fig. 8 compares the two)."""
 
 
 class HitRole(models.TextChoices):
@@ -587,3 +593,4 @@ class CrowdBonus(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from analysis.engine.pascal_part import normalise_part_name
 
-__all__ = ["normalise_concept_name", "singular", "BRODEN_SUFFIXES"]
+__all__ = ["normalise_concept_name", "singular", "strip_broden_suffix", "label_text", "BRODEN_SUFFIXES"]
 
 BRODEN_SUFFIXES = ("-c", "-s")
 """Broden marks colour concepts ``-c`` and scene concepts ``-s``."""
@@ -32,6 +32,16 @@ _UNCHANGED = frozenset({"bus", "gas", "glass", "grass", "lens", "chassis", "seri
                         "cactus", "dress", "cross", "moss", "mattress", "boss", "compass", "pants", "trousers",
                         "jeans", "scissors", "glasses", "binoculars", "stairs", "clothes", "headphones", "bis"})
 _SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def strip_broden_suffix(name: str) -> str:
+    """``name`` without Broden's category suffix (``red-c`` → ``red``, ``kitchen-s`` → ``kitchen``): the one rule
+    every place that shows or compares a Broden concept name uses. One suffix is dropped, once; a name that is
+    only a suffix stays."""
+    for suffix in BRODEN_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def singular(word: str) -> str:
@@ -48,11 +58,7 @@ def singular(word: str) -> str:
 
 
 def _normalise(name: str) -> str:
-    text = " ".join(str(name).split()).lower()
-    for suffix in BRODEN_SUFFIXES:
-        if text.endswith(suffix) and len(text) > len(suffix):
-            text = text[: -len(suffix)]
-            break
+    text = strip_broden_suffix(" ".join(str(name).split()).lower())
     words = [singular(word) for word in _SEPARATORS.split(text) if word]
     if not words:
         return ""
@@ -76,3 +82,9 @@ def normalise_concept_name(name: str | None, synonyms: Mapping[str, str] | None 
         seen.add(target)
         key = target
     return key
+
+
+
+def label_text(name: str) -> str:
+    """How a concept name is shown as a label: Broden's category suffix dropped, ``_`` as spaces, lower case."""
+    return strip_broden_suffix(" ".join(str(name).replace("_", " ").split()).lower())

@@ -1,7 +1,7 @@
 """Who may use the API: researchers only (token or session), and per object who may read or write it.
 
 Study scope mirrors the site: every researcher may read every study (the study pages of
-``annotation.views.StudyMixin`` are open to all researchers). Writing into an existing study (importing
+``annotation.expert.views.StudyMixin`` are open to all researchers). Writing into an existing study (importing
 judgments) is for the researcher who created it, or a superuser.
 """
 from __future__ import annotations

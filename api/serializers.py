@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from analysis.models import Concept, Dataset, Layer, Network, Run, Unit
-from annotation.exports import JUDGMENT_FIELDS
+from annotation.expert.exports import JUDGMENT_FIELDS
 from annotation.models import CrowdStudy, Study, StudyTask
 
 JUDGMENT_IMPORT_MAX_BYTES = 5 * 1024 * 1024
@@ -306,7 +306,7 @@ class TaskSerializer(serializers.ModelSerializer):
 
 
 class JudgmentSerializer(serializers.Serializer):
-    """One judgment with its full provenance (see :mod:`annotation.exports`)."""
+    """One judgment with its full provenance (see :mod:`annotation.expert.exports`)."""
 
     judgment = serializers.IntegerField()
     study = serializers.IntegerField()

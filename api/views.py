@@ -18,23 +18,24 @@ from analysis import selectors as analysis_selectors
 from analysis.models import Layer, LayerExtraction, Unit
 from analysis.services.runs import (RunInputError, run_cancel, run_fail_stale, run_layers, run_network_and_dataset,
                                     run_start)
-from annotation import exports as study_exports
-from annotation import selectors as study_selectors
-from annotation.models import Judgment, StudyTask
-from annotation.services import StudyInputError, judgments_import
+from annotation.common import SIMULATED_CHOICES, attachment_response
+from annotation.crowd import exports as crowd_exports
+from annotation.expert import exports as study_exports
+from annotation.expert.services import StudyInputError, judgments_import
+from annotation.models import CrowdStudy, Judgment, StudyTask
 
 from . import serializers as s
 from .permissions import StudyObjectPermission, studies_visible_to, study_writable_by
 
 SIMULATED_PARAMETER = OpenApiParameter(
-    "simulated", str, enum=list(study_selectors.SIMULATED_CHOICES), default="exclude",
+    "simulated", str, enum=list(SIMULATED_CHOICES), default="exclude",
     description="Simulated raters: left out (exclude), added (include), or alone (only).")
 
 
 def _simulated(request) -> str:
     value = request.query_params.get("simulated", "exclude")
-    if value not in study_selectors.SIMULATED_CHOICES:
-        raise ValidationError({"simulated": f"One of {', '.join(study_selectors.SIMULATED_CHOICES)}."})
+    if value not in SIMULATED_CHOICES:
+        raise ValidationError({"simulated": f"One of {', '.join(SIMULATED_CHOICES)}."})
     return value
 
 
@@ -272,7 +273,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
         study = self.get_object()
         if file not in study_exports.STUDY_EXPORT_FILES:
             raise NotFound(f"No export named {file}.")
-        return study_exports.attachment_response(
+        return attachment_response(
             *study_exports.study_export_file(study, file, simulated=_simulated(request)))
 
 
@@ -282,24 +283,22 @@ class CrowdStudyViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = s.CrowdStudySerializer
 
     def get_queryset(self):
-        from annotation.models import CrowdStudy
-
         return (CrowdStudy.objects.select_related("created_by")
                 .annotate(hit_count=Count("hits", distinct=True), worker_count=Count("workers", distinct=True))
                 .order_by("-created_at", "-id"))
 
     @extend_schema(parameters=[SIMULATED_PARAMETER,
                                OpenApiParameter("file", str, OpenApiParameter.PATH,
-                                                enum=list(study_exports.CROWD_EXPORT_FILES))],
+                                                enum=list(crowd_exports.CROWD_EXPORT_FILES))],
                    responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"], url_path=r"files/(?P<file>[a-z]+\.[a-z]+)")
     def files(self, request, pk=None, file=None):
         """answers.csv/json (every assignment, full provenance) or results.csv/json (aggregated per HIT)."""
         study = self.get_object()
-        if file not in study_exports.CROWD_EXPORT_FILES:
+        if file not in crowd_exports.CROWD_EXPORT_FILES:
             raise NotFound(f"No export named {file}.")
-        return study_exports.attachment_response(
-            *study_exports.crowd_export_file(study, file, simulated=_simulated(request)))
+        return attachment_response(
+            *crowd_exports.crowd_export_file(study, file, simulated=_simulated(request)))
 
 
 def _study_param(request):

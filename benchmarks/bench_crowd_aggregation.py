@@ -4,10 +4,10 @@ A simulated validation study: 600 yes/no HITs, 3 answers each from 10 workers of
 (0.5–0.97). Printed:
 
 1. crowd-kit ``DawidSkene`` on the answers as they come (string task, worker and label ids) ÷
-   :func:`annotation.aggregation.dawid_skene` (the same EM on integer codes, mapped back): the coding's speed-up.
+   :func:`annotation.crowd.aggregation.dawid_skene` (the same EM on integer codes, mapped back): the coding's speed-up.
    Both must give the same labels.
 2. Dawid-Skene ÷ majority vote time, and the accuracy of each against the planted truth.
-3. :func:`annotation.aggregation.agreement` (Fleiss' κ, Krippendorff's α, 2000 bootstrap replicates) time.
+3. :func:`annotation.crowd.aggregation.agreement` (Fleiss' κ, Krippendorff's α, 2000 bootstrap replicates) time.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from annotation import aggregation  # noqa: E402
+from annotation.crowd import aggregation  # noqa: E402
 
 RELIABILITIES = (0.97, 0.93, 0.88, 0.8, 0.72, 0.65, 0.58, 0.52, 0.5, 0.55)
 

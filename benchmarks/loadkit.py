@@ -290,7 +290,8 @@ def build_world(*, experts: int, crowd: int, tasks_per_expert: int, hits_per_wor
     ``hits_per_worker`` (``assignments`` workers per HIT). Needs Django set up; returns what the clients need."""
     from accounts.roles import Role
     from accounts.services import user_create
-    from annotation import crowd_services, services
+    from annotation.crowd import hits as crowd_hits
+    from annotation.expert import services
     from annotation.models import CrowdTaskKind
     from tests.test_crowd_study import build_crowd_world
     from tests.test_expert_study import build_study_world
@@ -304,7 +305,7 @@ def build_world(*, experts: int, crowd: int, tasks_per_expert: int, hits_per_wor
                                   raters_per_task=1)
     # Validation HITs: two per unit (its dissection label and a control).
     crowd_units = -(-crowd * hits_per_worker // (2 * assignments)) + 1
-    crowd_study = crowd_services.crowd_study_create(
+    crowd_study = crowd_hits.crowd_study_create(
         name="load-crowd", kind=CrowdTaskKind.VALIDATION, extractions=build_crowd_world(name="lc", units=crowd_units),
         assignments_per_hit=assignments, gold_count=0, gold_rate=0.0, qualification_required=False,
         hits_per_session=hits_per_worker)

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from analysis.models import Run
 from analysis.services.selfcheck import selfcheck_params
-from annotation import selectors, services
+from annotation.expert import selectors, services
 from annotation.models import Judgment, Study
 from tests.test_expert_study import answer_all, build_study_world, make_experts
 

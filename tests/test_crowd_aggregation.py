@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from annotation import aggregation as ag
-from annotation.aggregation import OverlapAction, OverlapRules
+from annotation.crowd import aggregation as ag
+from annotation.crowd.aggregation import OverlapAction, OverlapRules
 
 PLANTED = {"w0": 0.97, "w1": 0.93, "w2": 0.88, "w3": 0.80, "w4": 0.72, "w5": 0.65, "w6": 0.58, "w7": 0.52,
            "w8": 0.50, "w9": 0.55}

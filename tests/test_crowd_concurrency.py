@@ -16,7 +16,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from annotation import crowd_services as services
+from annotation.crowd import services
 from annotation.models import AssignmentState, CrowdAdapter, CrowdAssignment, Hit, HitRole
 from tests.test_crowd_study import validation_study
 

@@ -11,8 +11,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from annotation import crowd_services as services
-from annotation.crowd_adapters import context_dumps
+from annotation.crowd import hits as crowd_hits
+from annotation.crowd import services
+from annotation.crowd.adapters import context_dumps
 from annotation.models import (MTURK_PREVIEW_ASSIGNMENT, AssignmentState, CrowdAssignment, CrowdTaskKind,
                                CrowdWorker, HitRole, LabelOrigin)
 from tests.test_crowd_study import add_gold, build_crowd_world, enter, validation_study
@@ -60,14 +61,14 @@ def assert_no_origin(text: str, where: str) -> None:
 def full_validation_study(name="blind", units=3):
     """A validation study whose units have all three kinds of label (after a description study)."""
     extractions = build_crowd_world(name=name, units=units)
-    describe = services.crowd_study_create(name=f"{name}-describe", kind=CrowdTaskKind.DESCRIPTION,
+    describe = crowd_hits.crowd_study_create(name=f"{name}-describe", kind=CrowdTaskKind.DESCRIPTION,
                                            extractions=extractions, gold_count=0, qualification_required=False)
     for number in range(3):
         worker = enter(describe, number)
         while (assignment := services.hit_next_for_worker(worker=worker)) is not None:
             services.assignment_submit(assignment=assignment, description=f"pattern {assignment.hit.unit.index}",
                                        confidence=3)
-    study = services.crowd_study_create(name=name, kind=CrowdTaskKind.VALIDATION, extractions=extractions,
+    study = crowd_hits.crowd_study_create(name=name, kind=CrowdTaskKind.VALIDATION, extractions=extractions,
                                         gold_count=0, gold_rate=0.0, qualification_required=False)
     assert {hit.label_origin for hit in study.hits.all()} == set(LabelOrigin.values)
     return study
@@ -236,7 +237,7 @@ def test_prolific_completion_code_appears_only_after_a_submission():
 
 def test_prolific_without_any_submission_gets_no_code():
     study = validation_study("prolific-closed", units=1)
-    services.study_open_set(study=study, is_open=False)
+    crowd_hits.study_open_set(study=study, is_open=False)
     response = Client().get(reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"]) + "?" +
                             urlencode({"PROLIFIC_PID": "P2", "STUDY_ID": "S", "SESSION_ID": "X2"}), follow=True)
     assert response.status_code == 200 and study.completion_code not in response.content.decode()

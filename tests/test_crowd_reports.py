@@ -10,8 +10,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from annotation import aggregation
-from annotation import crowd_reports as reports
+from annotation.crowd import aggregation, reports, selectors
 from annotation.models import (AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
                                HitRole, LabelOrigin)
 
@@ -239,13 +238,13 @@ def test_hit_overlap_decision_reads_live_answers(layers):
     study.save()
     w1, w2, w3 = (make_worker(study, name) for name in ("w1", "w2", "w3"))
     hit = validation_hit(study, layers, "conv3", 0, HUMAN, "color", {w1: "yes"})
-    assert reports.hit_overlap_decision(hit).action == aggregation.OverlapAction.COLLECT
+    assert selectors.hit_overlap_decision(hit).action == aggregation.OverlapAction.COLLECT
     answer(hit, w2, answer="yes")
-    settled = reports.hit_overlap_decision(hit)
+    settled = selectors.hit_overlap_decision(hit)
     assert (settled.action, settled.target, settled.action.closes) == (aggregation.OverlapAction.STOP_EARLY, 2, True)
     split = validation_hit(study, layers, "conv3", 1, HUMAN, "color", {w1: "yes", w2: "no", w3: "no"})
     answer(split, make_worker(study, "w4"), answer="yes", state=AssignmentState.REJECTED)  # not counted
-    decision = reports.hit_overlap_decision(split)
+    decision = selectors.hit_overlap_decision(split)
     assert (decision.action, decision.target, decision.n_answers) == (aggregation.OverlapAction.EXTEND, 4, 3)
 
 
@@ -361,12 +360,12 @@ def test_reports_of_the_demo_crowd_studies(tiny_layer_with_grids, researcher_cli
     """The demo's description and validation studies on a tiny probe world: Table 3 equals a naive recount of the
     assignments, and every report page renders (showing the simulated crowd, the only one that answered)."""
     from analysis.services.dissection import dissection_run_start
-    from annotation import crowd_services
+    from annotation.crowd import demo as crowd_demo
 
     run = dissection_run_start(network="seeded", dataset="tiny", layer="conv5", inline=True)
     assert run.status == "succeeded", run.error
-    crowd_services.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=range(4))
-    study = CrowdStudy.objects.get(name=crowd_services.DEMO_VALIDATION_STUDY)
+    crowd_demo.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=range(4))
+    study = CrowdStudy.objects.get(name=crowd_demo.DEMO_VALIDATION_STUDY)
     assert reports.simulated_default(study) == "only"
     table = reports.nd18_table3(study, simulated="only", replicates=0)
     (conv5,) = table["layers"]
@@ -387,6 +386,6 @@ def test_reports_of_the_demo_crowd_studies(tiny_layer_with_grids, researcher_cli
     for name in ("annotation:crowd_report", "annotation:crowd_report_table3"):
         page = researcher_client.get(reverse(name, args=[study.pk]))
         assert page.status_code == 200 and "The simulated crowd is included" in page.content.decode()
-    description = CrowdStudy.objects.get(name=crowd_services.DEMO_DESCRIPTION_STUDY)
+    description = CrowdStudy.objects.get(name=crowd_demo.DEMO_DESCRIPTION_STUDY)
     page = researcher_client.get(reverse("annotation:crowd_report", args=[description.pk]))
     assert page.status_code == 200 and "Canonical description" in page.content.decode()

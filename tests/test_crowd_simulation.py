@@ -9,8 +9,11 @@ from django.core.management import call_command
 from analysis.models import ExemplarKind, ExemplarSet
 from analysis.services.dissection import dissection_run_start
 from analysis.services.extraction import open_activation_cache
-from annotation import crowd_services as services
-from annotation.crowd_simulation import absent_concepts, peak_concepts, truth_concepts
+from annotation import models as crowd_models
+from annotation.crowd import demo as crowd_demo
+from annotation.crowd import hits as crowd_hits
+from annotation.crowd import services
+from annotation.crowd.truth import absent_concepts, peak_concepts, truth_concepts
 from annotation.models import AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, HitRole, LabelOrigin
 from annotation.naming import normalise_concept_name
 
@@ -50,7 +53,7 @@ def check_graph_nodes_and_raw_filters_as_purity_sources(extraction):
                           inline=True)
     assert run.status == "succeeded", run.error
     graph = ExplanatoryGraph.objects.get(run=run)
-    study = services.crowd_study_create(name="eg-purity", kind=CrowdTaskKind.PURITY, extractions=[extraction],
+    study = crowd_hits.crowd_study_create(name="eg-purity", kind=CrowdTaskKind.PURITY, extractions=[extraction],
                                         graph=graph, gold_count=0, qualification_required=False,
                                         purity_max_shown=8)
     hits = list(study.hits.select_related("unit", "grid"))
@@ -59,16 +62,16 @@ def check_graph_nodes_and_raw_filters_as_purity_sources(extraction):
         by_source.setdefault(hit.source["pattern_source"], []).append(hit)
         assert hit.grid.style == "purity" and 1 <= hit.purity_shown <= min(hit.purity_k, 8)
     candidates = graph_purity_candidates(graph, layer="conv5")
-    assert len(by_source[services.EXPLANATORY_GRAPH]) == len(candidates)
-    assert 0 < len(by_source[services.RAW_FILTER_PEAKS]) <= 128
+    assert len(by_source[crowd_models.EXPLANATORY_GRAPH]) == len(candidates)
+    assert 0 < len(by_source[crowd_models.RAW_FILTER_PEAKS]) <= 128
     expected_k = {f"conv5/{node.filter}/{node.node}": k for node, k in candidates}
-    for hit in by_source[services.EXPLANATORY_GRAPH]:
+    for hit in by_source[crowd_models.EXPLANATORY_GRAPH]:
         assert hit.purity_k == expected_k[hit.source["pattern"]]
         assert hit.unit.index == int(hit.source["pattern"].split("/")[1])
 
 
 def check_gold_and_qualification_items_come_from_the_pixel_truth(tiny_dissected):
-    study = services.crowd_study_create(name="truth", kind=CrowdTaskKind.VALIDATION, extractions=[tiny_dissected],
+    study = crowd_hits.crowd_study_create(name="truth", kind=CrowdTaskKind.VALIDATION, extractions=[tiny_dissected],
                                         units=UNITS, gold_count=6, qualification_size=3)
     gold = list(study.hits.exclude(role=HitRole.TASK).select_related("unit"))
     assert study.qualification_required and sum(h.role == HitRole.QUALIFICATION for h in gold) >= 3
@@ -90,7 +93,7 @@ def check_gold_and_qualification_items_come_from_the_pixel_truth(tiny_dissected)
 
 
 def check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(tiny_dissected):
-    study = services.crowd_study_create(name="purity", kind=CrowdTaskKind.PURITY, extractions=[tiny_dissected],
+    study = crowd_hits.crowd_study_create(name="purity", kind=CrowdTaskKind.PURITY, extractions=[tiny_dissected],
                                         units=[0, 1, 2, 3], gold_count=0, qualification_required=False,
                                         purity_max_shown=6)
     maps = np.asarray(open_activation_cache(tiny_dissected), dtype=np.float32)
@@ -111,10 +114,10 @@ def check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(ti
 
 
 def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_dissected, capsys):
-    result = services.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=UNITS,
+    result = crowd_demo.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=UNITS,
                                                 real_places=2)
-    description = CrowdStudy.objects.get(name=services.DEMO_DESCRIPTION_STUDY)
-    validation = CrowdStudy.objects.get(name=services.DEMO_VALIDATION_STUDY)
+    description = CrowdStudy.objects.get(name=crowd_demo.DEMO_DESCRIPTION_STUDY)
+    validation = CrowdStudy.objects.get(name=crowd_demo.DEMO_VALIDATION_STUDY)
     assert result["links"]["mturk"].endswith(f"/crowd/s/{validation.token}/mturk/")
     assert "crowd1" in result["credentials"]
     assert validation.is_open and not description.is_open  # people are sent to the validation study
@@ -137,7 +140,7 @@ def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_
     assert yes_share[LabelOrigin.CONTROL] <= yes_share[LabelOrigin.HUMAN]
     # Idempotent: a second run adds nothing.
     count = CrowdAssignment.objects.count()
-    services.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=UNITS)
+    crowd_demo.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=UNITS)
     assert CrowdAssignment.objects.count() == count
     # A person entering through the printed link still finds HITs (the places left open).
     person, _ = services.worker_enter(study=validation, adapter="link", external_id="person")

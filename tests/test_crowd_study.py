@@ -16,8 +16,12 @@ from PIL import Image
 from analysis.models import (Concept, Dataset, DissectionBaseline, ExemplarKind, ExemplarSet, Layer, LayerDissection,
                              LayerExtraction, Network, Run, RunStatus, Unit, UnitDissection)
 from analysis.services.grids import store_grid
-from annotation import crowd_selectors, crowd_services as services
-from annotation.crowd_services import CrowdInputError
+from annotation import naming
+from annotation.crowd import hits as crowd_hits
+from annotation.crowd import selectors as crowd_selectors
+from annotation.crowd import services
+from annotation.crowd import truth as crowd_truth
+from annotation.crowd.services import CrowdInputError
 from annotation.models import AssignmentState, CrowdAdapter, CrowdAssignment, CrowdTaskKind, HitRole, LabelOrigin
 
 pytestmark = pytest.mark.django_db
@@ -66,7 +70,7 @@ def validation_study(name="v", *, units=4, layers=("conv5",), tile=12, **kwargs)
     extractions = build_crowd_world(name=name, units=units, layers=layers, tile=tile)
     params = dict(kind=CrowdTaskKind.VALIDATION, gold_count=0, gold_rate=0.0, qualification_required=False)
     params.update(kwargs)
-    study = services.crowd_study_create(name=name, extractions=extractions, **params)
+    study = crowd_hits.crowd_study_create(name=name, extractions=extractions, **params)
     return study
 
 
@@ -100,7 +104,7 @@ def test_validation_study_has_dissection_and_control_labels_and_hides_them_in_a_
         dissection, control = unit_hits[LabelOrigin.DISSECTION], unit_hits[LabelOrigin.CONTROL]
         assert control.label != dissection.label and control.label_concept_id != dissection.label_concept_id
         assert dissection.unit_category == control.unit_category == dissection.label_category
-    assert hits[0].label == services.label_text(hits[0].label_concept.name)
+    assert hits[0].label == naming.label_text(hits[0].label_concept.name)
     # Creation order is shuffled: origin does not follow the id order.
     origins_by_id = [hit.label_origin for hit in sorted(hits, key=lambda h: h.pk)]
     assert origins_by_id != [LabelOrigin.DISSECTION, LabelOrigin.CONTROL] * (len(hits) // 2)
@@ -108,7 +112,7 @@ def test_validation_study_has_dissection_and_control_labels_and_hides_them_in_a_
 
 def test_human_labels_come_from_the_canonical_description_of_a_description_study():
     extractions = build_crowd_world(name="h", units=2)
-    describe = services.crowd_study_create(name="describe", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions,
+    describe = crowd_hits.crowd_study_create(name="describe", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions,
                                            gold_count=0, gold_rate=0.0, qualification_required=False)
     assert describe.hits.count() == 2 and describe.assignments_per_hit == 3
     phrases = {0: [("Wheels", 3), ("wheel", 2), ("a tyre", 5)], 1: [("sky", 2), ("Blue sky", 4), ("water", 3)]}
@@ -117,7 +121,7 @@ def test_human_labels_come_from_the_canonical_description_of_a_description_study
         while (assignment := services.hit_next_for_worker(worker=worker)) is not None:
             text, confidence = phrases[assignment.hit.unit.index][position]
             services.assignment_submit(assignment=assignment, description=text, confidence=confidence)
-    validate = services.crowd_study_create(name="validate", kind=CrowdTaskKind.VALIDATION, extractions=extractions,
+    validate = crowd_hits.crowd_study_create(name="validate", kind=CrowdTaskKind.VALIDATION, extractions=extractions,
                                            gold_count=0, gold_rate=0.0, qualification_required=False)
     human = {hit.unit.index: hit.label for hit in validate.hits.filter(label_origin=LabelOrigin.HUMAN)}
     # Unit 0: two raters agree (wheels ~ wheel) → the agreeing group's most confident phrase; unit 1: no agreement
@@ -128,15 +132,15 @@ def test_human_labels_come_from_the_canonical_description_of_a_description_study
 def test_description_and_purity_parameters_are_checked():
     extractions = build_crowd_world(name="p", units=1)
     with pytest.raises(CrowdInputError, match="Unknown task kind"):
-        services.crowd_study_create(name="x", kind="poll", extractions=extractions)
+        crowd_hits.crowd_study_create(name="x", kind="poll", extractions=extractions)
     with pytest.raises(CrowdInputError, match="purity mass"):
-        services.crowd_study_create(name="x", kind=CrowdTaskKind.PURITY, extractions=extractions, purity_mass=0)
+        crowd_hits.crowd_study_create(name="x", kind=CrowdTaskKind.PURITY, extractions=extractions, purity_mass=0)
     with pytest.raises(CrowdInputError, match="pixel truth"):
-        services.crowd_study_create(name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions)
-    services.crowd_study_create(name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions, gold_count=0,
+        crowd_hits.crowd_study_create(name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions)
+    crowd_hits.crowd_study_create(name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions, gold_count=0,
                                 qualification_required=False)
     with pytest.raises(CrowdInputError, match="already exists"):
-        services.crowd_study_create(name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions)
+        crowd_hits.crowd_study_create(name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions)
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------------------
@@ -229,7 +233,7 @@ def test_answers_are_validated_per_kind_and_time_on_task_is_recorded():
 
 def add_gold(study, count: int, answer="no", role=HitRole.GOLD):
     some = study.hits.filter(role=HitRole.TASK).first()
-    return [services.gold_item_add(study=study, unit_hit=some, label=f"gold {n}", answer=answer,
+    return [crowd_hits.gold_item_add(study=study, unit_hit=some, label=f"gold {n}", answer=answer,
                                    explanation="explained", role=role) for n in range(count)]
 
 
@@ -249,7 +253,7 @@ def test_gold_items_come_at_the_rate_with_feedback_and_bad_workers_are_blocked()
     careful = enter(study, 2)
     while (assignment := services.hit_next_for_worker(worker=careful)) is not None:
         services.assignment_submit(assignment=assignment, answer="no" if assignment.hit.role == HitRole.GOLD else "yes")
-    right, answered = services.worker_gold_accuracy(careful)
+    right, answered = crowd_truth.worker_gold_accuracy(careful)
     careful.refresh_from_db()
     assert answered >= 1 and right == answered and not careful.blocked
     # About half of the careful worker's HITs were gold (the rate), each at most once.

@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 
 from analysis.engine import agreement as engine
 from annotation.models import Answer, Judgment, RaterKind, Study, StudyKind
-from annotation.simulation import PartBox, PeakTruth, simulated_answer, true_answer
+from annotation.expert.simulation import PartBox, PeakTruth, simulated_answer, true_answer
 
 pytestmark = pytest.mark.django_db
 
@@ -49,18 +49,20 @@ def test_import_then_agreement_report_json(tmp_path, capsys):
         assert set(result[key]) == {"value", "ci", "n_items"}, key
         low, high = result[key]["ci"]
         assert low <= result[key]["value"] <= high
-    assert result["n_raters"] == 2 and result["raters"] == ["ann", "bob"] and result["not_sure"] == "excluded"
+    # The headline counts the five answers as GG'18's 79% does: "not sure" is a category, so five items.
+    assert result["n_raters"] == 2 and result["raters"] == ["ann", "bob"] and result["not_sure"] == "category"
+    assert "GG'18" in result["method"]
+    assert result["n_items"] == 5 and result["percent_agreement"]["value"] == pytest.approx(3 / 5)
+    alternative = result["alternative"]
+    assert alternative["not_sure"] == "rejected" and alternative["method"].startswith("variant")
     # "Not sure" rejected: u4 has one answer left, so four items; agreement on u1, u2, u5.
-    assert result["n_items"] == 4 and result["percent_agreement"]["value"] == pytest.approx(3 / 4)
+    assert alternative["n_items"] == 4 and alternative["percent_agreement"]["value"] == pytest.approx(3 / 4)
     # Hand computation of Cohen's kappa over the four items: ann part,no,background,part; bob part,no,other,part.
     # p_o = 3/4; p_e = (2/4·2/4) + (1/4·1/4) + 0 + 0 = 5/16; kappa = (3/4 − 5/16)/(1 − 5/16) = 7/11.
-    assert result["cohen_kappa"]["value"] == pytest.approx(7 / 11)
+    assert alternative["cohen_kappa"]["value"] == pytest.approx(7 / 11)
     matrix = np.array([[0, 0], [3, 3], [1, 2], [0, 0]])
-    assert result["fleiss_kappa"]["value"] == pytest.approx(engine.fleiss_kappa(matrix, 5))
-    assert result["krippendorff_alpha"]["value"] == pytest.approx(engine.krippendorff_alpha(matrix, 5))
-    alternative = result["alternative"]
-    assert alternative["not_sure"] == "category" and alternative["n_items"] == 5
-    assert alternative["percent_agreement"]["value"] == pytest.approx(3 / 5)
+    assert alternative["fleiss_kappa"]["value"] == pytest.approx(engine.fleiss_kappa(matrix, 5))
+    assert alternative["krippendorff_alpha"]["value"] == pytest.approx(engine.krippendorff_alpha(matrix, 5))
     assert result["type_distribution"]["classes"][0]["class"] == "all items"
 
     # A second file extends the study: a changed answer becomes a revision, an identical one is skipped.
@@ -115,7 +117,7 @@ def test_import_rejects_a_malformed_file_atomically(tmp_path, capsys):
 
 
 def test_import_reads_any_line_ending_and_reports_a_stray_carriage_return():
-    from annotation.services import ImportProblems, judgments_parse
+    from annotation.expert.services import ImportProblems, judgments_parse
 
     rows = judgments_parse(GOOD.replace("\n", "\r\n"))
     assert [(row.item, row.rater, row.answer) for row in rows[:2]] == [("u1", "ann", "part"), ("u1", "bob", "part")]
@@ -128,7 +130,7 @@ def test_import_reads_any_line_ending_and_reports_a_stray_carriage_return():
 
 def test_import_refuses_to_extend_a_network_study(tmp_path):
     from tests.test_expert_study import build_study_world, make_experts
-    from annotation.services import study_create
+    from annotation.expert.services import study_create
 
     study_create(name="net", extraction=build_study_world(units=1), experts=make_experts(1))
     path = tmp_path / "ok.csv"
@@ -192,7 +194,7 @@ def probe_study():
     from analysis.services.extraction import extraction_run_start
     from analysis.services.grids import store_grid
     from analysis.services.networks import network_register
-    from annotation.services import study_create
+    from annotation.expert.services import study_create
     from tests.test_expert_study import make_experts
 
     assert probe_world_run_start(name="expert-tiny", n_images=42, size=64, seed=5, inline=True).status == "succeeded"
@@ -209,7 +211,7 @@ def probe_study():
 
 
 def test_simulate_annotators_answer_from_the_probe_worlds_truth(probe_study, capsys):
-    from annotation.simulation import study_ground_truth
+    from annotation.expert.simulation import study_ground_truth
 
     truth = study_ground_truth(probe_study)
     assert len(truth) == probe_study.tasks.count() == 2 * 128

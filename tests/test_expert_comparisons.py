@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from analysis.models import Concept, LayerDissection, Run, RunStatus, UnitDissection
-from annotation import selectors, services
+from annotation.expert import selectors, services
 from annotation.models import Answer, ConceptSynonym, RaterKind, StudyPlan, StudyRater
 from annotation.naming import normalise_concept_name, singular
 from tests.test_expert_study import build_study_world, make_experts

@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation.models import Assignment, StudyPlan, StudyTask
-from annotation.services import study_create
+from annotation.expert.services import study_create
 from tests.test_expert_study import build_study_world, make_experts
 
 pytestmark = pytest.mark.django_db(transaction=True)

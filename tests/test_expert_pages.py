@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from annotation import services
+from annotation.expert import services
 from annotation.models import Answer, Assignment, Judgment, Study, StudyPlan
 from tests.test_expert_study import build_study_world, make_experts
 
@@ -211,10 +211,12 @@ def test_detail_report_and_export_show_progress_agreement_and_provenance(researc
     report = researcher_client.get(reverse("annotation:study_report", args=[study.pk]))
     text = report.content.decode()
     agreement = report.context["agreement"]
-    # The three overlap (car) tasks: both answered; "not sure" rejected leaves two items, both agreeing.
-    assert agreement["n_items"] == 2 and agreement["percent_agreement"]["value"] == 1.0
-    assert agreement["alternative"]["n_items"] == 3
-    assert agreement["alternative"]["percent_agreement"]["value"] == pytest.approx(2 / 3)
+    # The three overlap (car) tasks, both answered: the headline counts all five answers (GG'18's 79%), so
+    # three items, two agreeing; the variant rejects "not sure" and keeps two items, both agreeing.
+    assert agreement["n_items"] == 3 and agreement["percent_agreement"]["value"] == pytest.approx(2 / 3)
+    assert agreement["alternative"]["n_items"] == 2
+    assert agreement["alternative"]["percent_agreement"]["value"] == 1.0
+    assert "All five answers (GG'18)" in text and "Variant: “not sure” rejected" in text
     assert "Cohen" in text and "Fleiss" in text and "Krippendorff" in text and "<svg" in text
     assert "GG'18 Fig. 9" in text and "average" in text
     distribution = report.context["distribution"]

@@ -17,10 +17,11 @@ from accounts.services import user_create
 from analysis.models import (Concept, Dataset, ExemplarKind, ExemplarSet, Layer, LayerExtraction, Network, Run,
                              RunStatus, Unit)
 from analysis.services.grids import store_grid
-from annotation import selectors, services
+from annotation.expert import demo as expert_demo
+from annotation.expert import selectors, services
 from annotation.models import (DEFAULT_INSTRUCTIONS, QUESTION, Answer, Assignment, Judgment, RaterKind, StudyPlan,
                                StudyRater)
-from annotation.services import StudyInputError
+from annotation.expert.services import StudyInputError
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -349,14 +350,14 @@ def test_demo_expert_study_is_idempotent(monkeypatch, world, settings, tmp_path)
         fake_truth.update({task.pk: (Answer.NO, "") for task in study.tasks.all()})
         return fake_truth
 
-    monkeypatch.setattr("annotation.simulation.study_ground_truth", truth)
-    result = services.demo_expert_study_ensure(dataset=world.dataset.name)
+    monkeypatch.setattr("annotation.expert.simulation.study_ground_truth", truth)
+    result = expert_demo.demo_expert_study_ensure(dataset=world.dataset.name)
     assert result["created"] and set(result["credentials"]) == {"expert1", "expert2"}
     study = services.Study.objects.get(name="demo-conv5")
     assert study.plan == StudyPlan.PAPER and study.overlap_class.name == "car" and study.tasks.count() == 12
     assert study.raters.filter(kind=RaterKind.SIMULATED).count() == 2
     assert Judgment.objects.filter(simulated=True).count() == 24
-    again = services.demo_expert_study_ensure(dataset=world.dataset.name)
+    again = expert_demo.demo_expert_study_ensure(dataset=world.dataset.name)
     assert not again["created"] and again["credentials"] == result["credentials"]
     assert again["simulated"]["judgments_created"] == 0 and Judgment.objects.count() == 24
     stored = (tmp_path / "demo-credentials.txt").read_text()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
-from annotation import exports, selectors, services
+from annotation.expert import exports, selectors, services
 from annotation.models import Judgment
 from tests.test_api import token_client
 from tests.test_expert_study import build_study_world, make_experts
@@ -188,7 +188,8 @@ def test_run_without_export_says_so(researcher_client):
 
 
 def test_crowd_answers_and_results_from_the_site_and_the_api(researcher_client, researcher):
-    from annotation import crowd_services
+    from annotation.crowd import exports as crowd_exports
+    from annotation.crowd import services as crowd_services
     from annotation.models import CrowdAssignment
     from tests.test_crowd_study import enter, validation_study
 
@@ -209,7 +210,7 @@ def test_crowd_answers_and_results_from_the_site_and_the_api(researcher_client, 
 
     url = reverse("annotation:crowd_study_export", args=[study.pk, "answers.csv"])
     rows = list(csv.DictReader(io.StringIO(researcher_client.get(url).content.decode())))
-    assert list(rows[0]) == list(exports.CROWD_ANSWER_FIELDS)
+    assert list(rows[0]) == list(crowd_exports.CROWD_ANSWER_FIELDS)
     assert len(rows) == CrowdAssignment.objects.filter(hit__study=study).count() == 7  # 5 answers, 1 return, robot
     assert sorted(row["state"] for row in rows) == ["returned"] + ["submitted"] * 6
     for row in rows:

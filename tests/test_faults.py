@@ -243,7 +243,8 @@ def test_postgres_restart_while_experts_and_crowd_submit(tmp_path):
 
 @pytest.mark.django_db
 def test_double_submits_are_idempotent(client, researcher):
-    from annotation import crowd_services, services
+    from annotation.crowd import services as crowd_services
+    from annotation.expert import services
     from annotation.models import CrowdAssignment, Judgment
     from tests.test_api import IMPORT_CSV, token_client
     from tests.test_crowd_study import enter, validation_study

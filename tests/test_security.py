@@ -108,7 +108,7 @@ def test_crowd_pages_are_rate_limited(settings, client):
 def test_worker_codes_and_tokens_come_from_secrets(monkeypatch):
     import secrets
 
-    from annotation import crowd_services
+    from annotation import common
     from tests.test_crowd_study import enter, validation_study
 
     study = validation_study(name="codes", units=2)
@@ -118,7 +118,7 @@ def test_worker_codes_and_tokens_come_from_secrets(monkeypatch):
     assert all(re.fullmatch(r"[0-9a-f]{32}", code) for code in codes)  # 128 random bits
     assert all(re.fullmatch(r"[0-9a-f]{16,}", token) for token in [study.token, *study.hits.values_list("token", flat=True)])
     calls = []
-    monkeypatch.setattr(crowd_services.secrets, "token_hex", lambda n: calls.append(n) or secrets.token_bytes(n).hex())
+    monkeypatch.setattr(common.secrets, "token_hex", lambda n: calls.append(n) or secrets.token_bytes(n).hex())
     worker = enter(study, 999)
     assert calls and sum(calls) * 8 >= 128 and len(worker.code) == 32
 
@@ -272,7 +272,7 @@ def test_only_superusers_administer_users_and_groups(researcher_client, research
 def test_studies_are_changed_by_their_creator_only(client, researcher, make_user):
     """Closing a crowd study, blocking or paying its workers, reviewing its work, editing an expert study's
     synonyms, or changing either in the admin: another researcher gets 403 (reading stays open to all)."""
-    from annotation import services
+    from annotation.expert import services
     from annotation.models import ConceptSynonym, CrowdAssignment
     from tests.test_crowd_study import answer_everything, enter, validation_study
     from tests.test_expert_study import build_study_world, make_experts
@@ -330,7 +330,7 @@ def test_the_review_page_sends_back_to_this_site_only(researcher_client, researc
 def test_control_characters_in_ids_are_refused_with_400(client):
     """NUL (and other control characters) in PROLIFIC_PID, workerId, assignmentId, the study token or the worker
     code: 400 before any view or query runs (PostgreSQL refused NUL in text and the request was a 500)."""
-    from annotation.crowd_services import hit_next_for_worker
+    from annotation.crowd.services import hit_next_for_worker
     from tests.test_crowd_study import enter, validation_study
 
     study = validation_study(name="nul", units=2, external_submit_hosts=["https://workersandbox.mturk.com"])
@@ -380,18 +380,20 @@ def test_every_csv_export_neutralises_formulas(researcher_client, researcher):
     import csv
     import io
 
-    from annotation import crowd_services, exports, services
-    from annotation.crowd_services import assignment_submit, hit_next_for_worker
-    from annotation.models import CrowdTaskKind, Judgment
+    from annotation.crowd import exports as crowd_exports
+    from annotation.crowd import hits as crowd_hits
+    from annotation.crowd.services import assignment_submit, hit_next_for_worker, worker_enter
+    from annotation.expert import exports, services
+    from annotation.models import CrowdTaskKind, Judgment, Study
     from tests.test_crowd_study import build_crowd_world
 
     # Crowd: a description study, workers named like formulas describing units with formulas.
-    crowd = crowd_services.crowd_study_create(name="=crowd", kind=CrowdTaskKind.DESCRIPTION,
+    crowd = crowd_hits.crowd_study_create(name="=crowd", kind=CrowdTaskKind.DESCRIPTION,
                                               extractions=build_crowd_world(name="f", units=2), gold_count=0,
                                               gold_rate=0.0, qualification_required=False, created_by=researcher,
                                               description=FORMULAS[0])
     for number, text in enumerate(FORMULAS):
-        worker, _ = crowd_services.worker_enter(study=crowd, adapter="link", external_id=text)
+        worker, _ = worker_enter(study=crowd, adapter="link", external_id=text)
         while (assignment := hit_next_for_worker(worker=worker)) is not None:
             assignment_submit(assignment=assignment, description=f"{text}{number}", confidence=3)
     crowd.hits.update(label=FORMULAS[3])
@@ -401,13 +403,13 @@ def test_every_csv_export_neutralises_formulas(researcher_client, researcher):
                                   *[(f"{text.strip()}{n}", f"{text.strip()}{n}", "part", "car") for n, text in
                                     enumerate(FORMULAS)]])
     services.judgments_import(study_name="=expert", text=buffer.getvalue(), created_by=researcher)
-    study = services.Study.objects.get(name="=expert")
+    study = Study.objects.get(name="=expert")
     Judgment.objects.filter(task__study=study).update(concept=FORMULAS[1])
     checked = []
     for name in [name for name in exports.STUDY_EXPORT_FILES if name.endswith(".csv")]:
         response = researcher_client.get(reverse("annotation:study_export_file", args=[study.pk, name]))
         checked.append((name, response))
-    for name in [name for name in exports.CROWD_EXPORT_FILES if name.endswith(".csv")]:
+    for name in [name for name in crowd_exports.CROWD_EXPORT_FILES if name.endswith(".csv")]:
         response = researcher_client.get(reverse("annotation:crowd_study_export", args=[crowd.pk, name]))
         checked.append((f"crowd {name}", response))
     assert {name for name, _ in checked} >= {"judgments.csv", "results.csv", "crowd answers.csv", "crowd results.csv"}
@@ -417,7 +419,7 @@ def test_every_csv_export_neutralises_formulas(researcher_client, researcher):
         assert not _formula_cells(text), (name, _formula_cells(text)[:5])
         assert "'=HYPERLINK" in text or "'+1+cmd" in text or "'@SUM" in text, name  # kept, neutralised
     # Our own file reads back as written: the import undoes the quote.
-    from annotation.services import judgments_parse
+    from annotation.expert.services import judgments_parse
 
     exported = "item,rater,answer,concept\n'=a,'-b,part,\n"
     assert [(row.item, row.rater) for row in judgments_parse(exported)] == [("=a", "-b")]

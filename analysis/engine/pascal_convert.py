@@ -8,6 +8,12 @@ the class a part belongs to stays in ``boxes.csv`` through its object). Choices 
 * Segmentation masks are kept at image resolution (Broden halves them; PASCAL masks are exact).
 * Parts of one object that overlap (a head and the eye inside it) go to separate label layers, so
   each pixel keeps every part it belongs to; occluded part pixels (under a later object) are dropped.
+* ``classes.csv`` (one object class per image, which per-class exemplar grids, expert studies,
+  object-crop part scoring and ablations read): the class whose visible pixels (after occlusion)
+  cover the most of the image; ties go to the class listed first in the file. Images without any
+  object get no row. PASCAL images often hold several classes; GG'18 works on object instances, so
+  crop-based steps use every instance from ``boxes.csv`` and only the per-image grids and
+  classification steps use this dominant class.
 * Split: VOC's ``ImageSets/Main/train.txt`` / ``val.txt`` when given; otherwise an image is ``val``
   when its id's CRC32 is divisible by 5 (deterministic, about 20%).
 """
@@ -25,7 +31,7 @@ from PIL import Image
 
 from .broden import BrodenWriter
 from .pascal_part import PascalPartAnnotation, PascalPartFormatError, iter_annotations
-from .sidecars import BoxRow, write_boxes
+from .sidecars import CLASSES_FILE, BoxRow, write_boxes, write_classes
 
 ProgressCallback = Callable[[int, int], None]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -87,6 +93,24 @@ def part_layers(annotation: PascalPartAnnotation, part_ids: dict[str, int]) -> n
     return np.stack(layers) if layers else np.zeros((0, *object_map.shape), np.int32)
 
 
+def dominant_class(annotation: PascalPartAnnotation, object_map: np.ndarray) -> str | None:
+    """The object class covering the most visible pixels of the image (first listed wins a tie), or None.
+
+    ``object_map``: ``int32[H, W]`` of 1-based object indices after occlusion
+    (:meth:`PascalPartAnnotation.object_label_map`).
+    """
+    if not annotation.objects:
+        return None
+    pixels = np.bincount(object_map.ravel(), minlength=len(annotation.objects) + 1)[1:]
+    area: dict[str, int] = {}
+    for obj in annotation.objects:
+        area[obj.class_name] = area.get(obj.class_name, 0) + int(pixels[obj.index])
+    best = max(area.values())
+    if best == 0:
+        return None
+    return next(name for name, value in area.items() if value == best)
+
+
 def convert_pascal_part(annotation_dir: str | os.PathLike[str], image_dir: str | os.PathLike[str],
                         out_dir: str | os.PathLike[str], *, split_dir: str | os.PathLike[str] | None = None,
                         progress: ProgressCallback | None = None) -> ConversionSummary:
@@ -111,6 +135,7 @@ def convert_pascal_part(annotation_dir: str | os.PathLike[str], image_dir: str |
     object_ids: dict[str, int] = {}
     part_ids: dict[str, int] = {}
     boxes: list[BoxRow] = []
+    image_classes: list[tuple[str, str]] = []
     n_objects = n_parts = 0
     try:
         for done, annotation in enumerate(iter_annotations(annotation_dir), start=1):
@@ -137,6 +162,9 @@ def convert_pascal_part(annotation_dir: str | os.PathLike[str], image_dir: str |
                 split=splits.get(annotation.image_id, default_split(annotation.image_id)),
                 segmentations={"object": class_lut[object_map], "part": part_layers(annotation, part_ids)},
                 segmentation_size=image.shape[:2])
+            dominant = dominant_class(annotation, object_map)
+            if dominant is not None:
+                image_classes.append((relative, dominant))
             for obj in annotation.objects:
                 if obj.box is not None:
                     boxes.append(BoxRow(relative, "object", obj.class_name, obj.index, *obj.box, object=obj.index))
@@ -153,6 +181,7 @@ def convert_pascal_part(annotation_dir: str | os.PathLike[str], image_dir: str |
                 progress(done, len(mat_files))
         writer.close()
         write_boxes(building / "boxes.csv", boxes)
+        write_classes(building / CLASSES_FILE, image_classes)
         building.rename(out_dir)
     except BaseException:
         writer.abort()

@@ -102,5 +102,13 @@ def read_classes(root: str | os.PathLike[str]) -> dict[str, str]:
     return classes
 
 
+def write_classes(path: str | os.PathLike[str], classes: Iterable[tuple[str, str]]) -> None:
+    """Write ``classes.csv`` from ``(image, object_class)`` pairs (images without a class are simply absent)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["image", "object_class"])
+        writer.writerows(classes)
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))

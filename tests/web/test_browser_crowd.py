@@ -128,12 +128,12 @@ def test_an_mturk_worker_result_is_posted_to_turk_submit_to(browser, live_server
 
 
 def test_a_pasted_description_is_flagged(browser, live_server, transactional_db):
-    from annotation import crowd_services as services
-    from annotation.crowd_selectors import crowd_worker_rows
+    from annotation.crowd import hits as crowd_hits
+    from annotation.crowd.selectors import crowd_worker_rows
     from tests.test_crowd_study import build_crowd_world
 
     extractions = build_crowd_world(name="paste", units=2, tile=30)
-    study = services.crowd_study_create(name="paste", kind="description", extractions=extractions, gold_count=0,
+    study = crowd_hits.crowd_study_create(name="paste", kind="description", extractions=extractions, gold_count=0,
                                         gold_rate=0.0, qualification_required=False)
     page = browser.new_context(viewport=PHONE).new_page()
     page.set_default_timeout(20_000)

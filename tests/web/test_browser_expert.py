@@ -7,7 +7,7 @@ from playwright.sync_api import Page, expect
 
 from accounts.roles import Role
 from accounts.services import user_create
-from annotation import services
+from annotation.expert import services
 from annotation.models import Answer, Judgment
 from tests.conftest import PASSWORD
 from tests.test_expert_study import build_study_world

@@ -12,7 +12,7 @@ SHOTS = os.environ.get("UNITSCOPE_SCREENSHOTS")  # a folder: save what the pages
 
 
 def test_token_page_and_study_exports(page: Page, live_server, researcher):
-    from annotation import services
+    from annotation.expert import services
     from tests.test_expert_study import answer_all, build_study_world, make_experts
 
     study = services.study_create(name="browsed", extraction=build_study_world(units=2), experts=make_experts(2),

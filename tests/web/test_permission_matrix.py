@@ -92,8 +92,8 @@ def access_rule(name: str, callback) -> str | frozenset:
 @pytest.fixture
 def world(make_user, researcher):
     from analysis.models import DatasetImage, Run
-    from annotation import services
-    from annotation.crowd_services import hit_next_for_worker
+    from annotation.crowd.services import hit_next_for_worker
+    from annotation.expert import services
     from tests.test_crowd_study import enter, validation_study
     from tests.test_expert_study import build_study_world, make_experts
 

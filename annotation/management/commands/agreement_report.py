@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from analysis.engine.agreement import DEFAULT_REPLICATES
 from annotation.models import Study
-from annotation.selectors import (SIMULATED_CHOICES, study_agreement, study_dissection_agreement,
-                                  study_type_distribution)
+from annotation.common import SIMULATED_CHOICES
+from annotation.expert.selectors import study_agreement, study_dissection_agreement, study_type_distribution
 
 LABELS = {"percent_agreement": "percent agreement", "cohen_kappa": "Cohen's kappa", "fleiss_kappa": "Fleiss' kappa",
           "krippendorff_alpha": "Krippendorff's alpha (nominal)"}
@@ -13,8 +13,8 @@ LABELS = {"percent_agreement": "percent agreement", "cohen_kappa": "Cohen's kapp
 
 class Command(BaseCommand):
     help = ("Agreement of a study's raters on the five answers: percent agreement, Cohen's kappa (two raters), "
-            "Fleiss' kappa, Krippendorff's alpha, each with a bootstrap interval; 'not sure' rejected as in GG'18, "
-            "the alternative (kept as a category) under 'alternative'.")
+            "Fleiss' kappa, Krippendorff's alpha, each with a bootstrap interval; all five answers count as in GG'18 §4.1 "
+            "('not sure' as a category), the variant with 'not sure' rejected under 'alternative'.")
 
     def add_arguments(self, parser):
         parser.add_argument("--study", required=True, help="the study's name (or id)")
@@ -47,7 +47,8 @@ class Command(BaseCommand):
         self.stdout.write(f"Study {found.name}: {report['n_items']} items with two or more answers, "
                           f"{report['n_raters']} raters ({', '.join(report['raters']) or 'none'}); simulated raters: "
                           f"{simulated}")
-        for title, block in (("'not sure' rejected (GG'18)", report), ("'not sure' as a category", report["alternative"])):
+        for title, block in (("all five answers, 'not sure' as a category (GG'18)", report),
+                             ("variant: 'not sure' rejected", report["alternative"])):
             self.stdout.write(f"\n{title}:")
             for name, label in LABELS.items():
                 estimate = block[name]

@@ -1,8 +1,10 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.crowd_services import CrowdInputError, crowd_links, crowd_study_create
+from annotation.common import InputError, study_extraction_for
+from annotation.crowd.adapters import crowd_links
+from annotation.crowd.hits import crowd_study_create
+from annotation.crowd.simulation import crowd_simulate
 from annotation.models import CrowdStudy, CrowdTaskKind
-from annotation.services import StudyInputError, study_extraction_for
 
 
 def find_study(value: str) -> CrowdStudy:
@@ -60,13 +62,11 @@ class Command(BaseCommand):
             elif action == "links":
                 self._links(find_study(options["study"]), options["base_url"])
             else:
-                from annotation.crowd_simulation import crowd_simulate
-
                 study = find_study(options["study"])
                 result = crowd_simulate(study=study, seed=options["seed"])
                 self.stdout.write(f"Crowd study {study.name}: {result['workers']} simulated workers submitted "
                                   f"{result['submitted']} assignments ({result['blocked']} blocked).")
-        except (CrowdInputError, StudyInputError) as error:
+        except InputError as error:
             raise CommandError(str(error)) from error
 
     def _links(self, study: CrowdStudy, base: str) -> None:

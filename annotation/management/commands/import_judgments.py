@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.services import StudyInputError, judgments_import
+from annotation.expert.services import StudyInputError, judgments_import
 
 
 class Command(BaseCommand):

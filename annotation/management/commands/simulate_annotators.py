@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.models import Study
-from annotation.services import StudyInputError, simulated_raters_run
-from annotation.simulation import DEFAULT_ERROR_RATE
+from annotation.expert.services import StudyInputError, simulated_raters_run
+from annotation.expert.simulation import DEFAULT_ERROR_RATE
 
 
 class Command(BaseCommand):

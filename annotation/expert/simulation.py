@@ -24,7 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .models import ANSWER_ORDER, MIN_AGREEING_IMAGES, Answer
+from analysis.engine.broden import BrodenReader
+from analysis.models import AnnotatedBox
+
+from ..common import peak_pixels
+from ..models import ANSWER_ORDER, MIN_AGREEING_IMAGES, Answer
 
 DEFAULT_ERROR_RATE = 0.1
 
@@ -93,27 +97,11 @@ def simulated_answer(truth: tuple[str, str], *, error_rate: float, rng: np.rando
 
 # -- reading the truth of a study's dataset -------------------------------------------------------------
 
-def _peak_pixels(layer, network, positions: Sequence[Sequence[int]], height: int, width: int,
-                 map_size: tuple[int, int]) -> list[tuple[float, float]]:
-    """Map ``(i, j)`` map positions → ``(x, y)`` image pixels (receptive-field centres when known)."""
-    points = []
-    for i, j in positions:
-        if layer.rf_stride_y is not None:
-            y = (layer.rf_offset_y + i * layer.rf_stride_y) * height / network.input_height
-            x = (layer.rf_offset_x + j * layer.rf_stride_x) * width / network.input_width
-        else:  # no geometry: the centre of the map cell, proportionally
-            y = (i + 0.5) * height / map_size[0]
-            x = (j + 0.5) * width / map_size[1]
-        points.append((min(max(x, 0.0), width - 1e-6), min(max(y, 0.0), height - 1e-6)))
-    return points
-
 
 class _Segmentation:
     """Object and material label ids at segmentation resolution, per image, read on demand."""
 
     def __init__(self, dataset):
-        from analysis.engine.broden import BrodenReader
-
         self.reader = BrodenReader(dataset.root_dir)
         self.rows = list(self.reader.rows())
         self.categories = set(self.reader.index_categories)
@@ -142,8 +130,6 @@ class _Segmentation:
 
 def study_ground_truth(study) -> dict[int, tuple[str, str]]:
     """``{task id: (answer, concept)}`` for every task of a network study, from its dataset's truth."""
-    from analysis.models import AnnotatedBox
-
     extraction = study.extraction
     layer, network = extraction.layer, extraction.layer.network
     dataset = extraction.dataset
@@ -163,8 +149,8 @@ def study_ground_truth(study) -> dict[int, tuple[str, str]]:
         peaks = []
         for index, position in zip(exemplar.image_indices, exemplar.peaks):
             image = images[index]
-            (x, y), = _peak_pixels(layer, network, [position], image.height, image.width,
-                                   (extraction.map_height, extraction.map_width))
+            (x, y), = peak_pixels(layer, network, [position], image.height, image.width,
+                                  (extraction.map_height, extraction.map_width))
             parts = tuple(box for box in boxes[index] if box.contains(x, y))
             peaks.append(PeakTruth(parts=parts, background=segmentation.background_at(index, x, y)))
         truth[task.pk] = true_answer(peaks)

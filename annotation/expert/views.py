@@ -1,4 +1,5 @@
-"""Pages of the human side: expert home, the annotation page, an expert's answers; researchers' studies."""
+"""Pages of expert studies: the expert's home, the annotation page, an expert's answers; researchers' studies, their
+reports, synonyms and export files."""
 from __future__ import annotations
 
 from django.contrib import messages
@@ -8,11 +9,12 @@ from django.urls import reverse
 from django.views import View
 from django.views.generic import FormView, TemplateView
 
-from accounts.permissions import CrowdRequiredMixin, ExpertRequiredMixin, ResearcherRequiredMixin, study_write_check
+from accounts.permissions import ExpertRequiredMixin, ResearcherRequiredMixin, study_write_check
 
+from ..common import attachment_response, simulated_choice
+from ..models import ANSWER_KEYS, RULE, YES_ANSWERS, Answer, Study, StudyTask
 from . import exports, selectors, services
 from .forms import AnswerForm, StudyCreateForm, SynonymForm
-from .models import ANSWER_KEYS, RULE, YES_ANSWERS, Answer, Study, StudyTask
 
 GRID_DISPLAY_WIDTH = 1180
 """The annotation page shows a grid at the largest whole multiple of its size up to this width (sharp)."""
@@ -23,15 +25,6 @@ class ExpertHomeView(ExpertRequiredMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         return {**super().get_context_data(**kwargs), "rows": selectors.expert_study_rows(self.request.user)}
-
-
-class CrowdHomeView(CrowdRequiredMixin, TemplateView):
-    template_name = "annotation/crowd_home.html"
-
-    def get_context_data(self, **kwargs):
-        from .crowd_selectors import crowd_open_study_rows
-
-        return {**super().get_context_data(**kwargs), "rows": crowd_open_study_rows(self.request.user)}
 
 
 # -- experts ---------------------------------------------------------------------------------------------
@@ -218,7 +211,7 @@ class StudyReportView(StudyMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         study = self.get_study()
-        simulated = selectors.simulated_choice(self.request.GET.get("simulated"))
+        simulated = simulated_choice(self.request.GET.get("simulated"))
         context = {**super().get_context_data(**kwargs), **exports.study_report_context(study, simulated=simulated)}
         context.update(self.comparison_context(study, simulated))
         return context
@@ -267,7 +260,7 @@ class StudySynonymsView(StudyMixin, View):
 
 
 class StudyExportView(StudyMixin, View):
-    """A study export file (:data:`annotation.exports.STUDY_EXPORT_FILES`): raw judgments with full provenance
+    """A study export file (:data:`annotation.expert.exports.STUDY_EXPORT_FILES`): raw judgments with full provenance
     (CSV/JSON), aggregated results, the agreement report, the one-page HTML report; ``?simulated=`` as on the
     report page."""
 
@@ -276,20 +269,7 @@ class StudyExportView(StudyMixin, View):
         name = kwargs.get("name", "judgments.csv")
         if name not in exports.STUDY_EXPORT_FILES:
             raise Http404("No such export.")
-        simulated = selectors.simulated_choice(request.GET.get("simulated"))
-        return exports.attachment_response(*exports.study_export_file(study, name, simulated=simulated))
+        simulated = simulated_choice(request.GET.get("simulated"))
+        return attachment_response(*exports.study_export_file(study, name, simulated=simulated))
 
 
-class CrowdStudyExportView(ResearcherRequiredMixin, View):
-    """A crowd study export file (:data:`annotation.exports.CROWD_EXPORT_FILES`): every assignment with full
-    provenance, or the aggregated results per HIT (``?simulated=`` as on the expert study pages)."""
-
-    def get(self, request, *args, **kwargs):
-        from .models import CrowdStudy
-
-        study = get_object_or_404(CrowdStudy, pk=kwargs["pk"])
-        name = kwargs["name"]
-        if name not in exports.CROWD_EXPORT_FILES:
-            raise Http404("No such export.")
-        simulated = selectors.simulated_choice(request.GET.get("simulated"))
-        return exports.attachment_response(*exports.crowd_export_file(study, name, simulated=simulated))

@@ -1,7 +1,5 @@
-"""Forms of the study pages: creating a study (researchers) and answering a task (experts)."""
+"""Forms of expert studies: creating a study (researchers) and answering a task (experts)."""
 from __future__ import annotations
-
-import re
 
 from django import forms
 from django.contrib.auth import get_user_model
@@ -10,7 +8,8 @@ from django.db.models import Exists, OuterRef
 from accounts.roles import Role
 from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction
 
-from .models import CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, Answer, StudyPlan
+from ..fields import ExtractionChoiceField, parse_units
+from ..models import CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, Answer, StudyPlan
 from .services import MAX_CLAIM_HOURS, StudyInputError, answer_validate
 
 
@@ -20,31 +19,6 @@ def extractions_with_grids():
                                           grid__isnull=False)
     return (LayerExtraction.objects.filter(Exists(rendered)).select_related("layer__network", "dataset")
             .order_by("-created_at", "-id"))
-
-
-class ExtractionChoiceField(forms.ModelChoiceField):
-    def label_from_instance(self, extraction):
-        return (f"{extraction.layer.network.name} / {extraction.layer.name} · {extraction.layer.units} units · "
-                f"{extraction.dataset.name} (run {extraction.run_id})")
-
-
-def parse_units(text: str) -> list[int] | None:
-    """``"0-31, 40, 42"`` → the unit indices; empty → None (every unit)."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    units: set[int] = set()
-    for part in re.split(r"[,\s]+", text):
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match:
-            raise forms.ValidationError(f"{part!r} is not a unit index or a range like 0-31.")
-        first, last = int(match[1]), int(match[2] or match[1])
-        if last < first or last - first > 100_000:
-            raise forms.ValidationError(f"{part!r} is not a valid range.")
-        units.update(range(first, last + 1))
-    return sorted(units)
 
 
 class StudyCreateForm(forms.Form):

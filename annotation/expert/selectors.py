@@ -1,4 +1,5 @@
-"""Reads of the human side: progress, an expert's answers, suggestions, agreement and type distributions."""
+"""Reads of expert studies: progress, an expert's answers, suggestions, agreement and type distributions, and the
+comparisons of human names with the dataset's vocabulary and with dissection labels."""
 from __future__ import annotations
 
 import statistics
@@ -6,23 +7,21 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from django.db.models import Count, F, Max, Q
 
 from analysis.engine import agreement as engine
 from analysis.models import Concept, LayerExtraction
+from analysis.selectors import dissection_results_by_unit, latest_dissection
 
-from .models import ANSWER_ORDER, YES_ANSWERS, Answer, Judgment, RaterKind, Study, StudyRater, StudyTask
+from ..common import simulated_check
+from ..models import ANSWER_ORDER, YES_ANSWERS, Answer, Judgment, RaterKind, Study, StudyRater, StudyTask
+from ..naming import normalise_concept_name, strip_broden_suffix
 
 NOT_SURE_CODE = ANSWER_ORDER.index(Answer.NOT_SURE)
 TYPE_ANSWERS = (Answer.PART, Answer.BACKGROUND, Answer.OTHER, Answer.NO)
 TYPE_LABELS = {Answer.PART: "semantic part", Answer.BACKGROUND: "background", Answer.OTHER: "other",
                Answer.NO: "not systematic"}
-SIMULATED_CHOICES = ("exclude", "include", "only")
-
-
-def simulated_choice(value: str | None, default: str = "exclude") -> str:
-    """A page's ``?simulated=`` choice: ``value`` if it is one of :data:`SIMULATED_CHOICES`, else ``default``."""
-    return value if value in SIMULATED_CHOICES else default
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def concept_suggestions(study: Study, *, rater: StudyRater | None = None, limit:
         dataset_names = (Concept.objects.filter(dataset_id=dataset,
                                                 category__in=["part", "material", "color", "object"])
                          .order_by("-image_count", "name").values_list("name", flat=True))
-        names += [name.removesuffix("-c") for name in dataset_names]
+        names += [strip_broden_suffix(name) for name in dataset_names]
     return list(dict.fromkeys(names))[:limit]
 
 
@@ -158,28 +157,34 @@ def _included(study: Study, simulated: str):
     return judgments
 
 
+AGREEMENT_METHODS = {
+    "category": "GG'18 §4.1: all five answers count, “not sure” as a category (the paper's 79% figure)",
+    "rejected": "variant: “not sure” answers rejected before agreement is computed",
+}
+
+
 def _summary_dict(summary: engine.AgreementSummary) -> dict[str, Any]:
     return summary.as_dict()
 
 
 def study_agreement(study: Study, *, simulated: str = "exclude", replicates: int = engine.DEFAULT_REPLICATES,
                     seed: int = 0, confidence: float = engine.DEFAULT_CONFIDENCE) -> dict[str, Any]:
-    """Agreement on the five answers over the study's items, "not sure" rejected as in GG'18 §4.1, and
-    the alternative with "not sure" kept as a fifth category.
+    """Agreement on the five answers over the study's items: the headline counts all five answers, "not
+    sure" included as a category, as GG'18 §4.1 does for its 79% ("the two annotators clicked on the same
+    answer (out of the 5 possible answers)"); ``alternative`` is the named variant with "not sure" answers
+    rejected first (GG'18 rejects them for the filter-type distribution, Fig. 9, not for agreement).
+    Each block says which it is under ``not_sure`` ("category" / "rejected") and ``method``.
 
     ``simulated``: ``exclude`` (default) leaves simulated raters out, ``include`` adds them, ``only``
     reports them alone. Each rater's current (latest) judgment counts.
     """
-    if simulated not in SIMULATED_CHOICES:
-        raise ValueError(f"simulated must be one of {SIMULATED_CHOICES}")
+    simulated_check(simulated)
     rows = list(_included(study, simulated).values_list("task_id", "rater_id", "answer"))
     triples = [(task, rater, ANSWER_ORDER.index(answer)) for task, rater, answer in rows]
     raters = dict(StudyRater.objects.filter(pk__in={rater for _, rater, _ in rows}).values_list("pk", "name"))
     if triples:
         matrix, _, rater_ids = engine.ratings_matrix(triples)
     else:
-        import numpy as np
-
         matrix, rater_ids = np.zeros((0, 0), dtype=np.int64), []
     common = dict(replicates=replicates, seed=seed, confidence=confidence, n_categories=len(ANSWER_ORDER))
     excluded = engine.agreement_summary(matrix, exclude=[NOT_SURE_CODE], **common) if triples else None
@@ -195,11 +200,12 @@ def study_agreement(study: Study, *, simulated: str = "exclude", replicates: int
         active = (used[engine.pairable_items(used)] != engine.MISSING).any(axis=0)
         return [raters[pk] for pk, keep in zip(rater_ids, active) if keep]
 
-    result = {"study": study.name, "study_id": study.pk, "simulated": simulated, "not_sure": "excluded",
-              "raters": pairing_raters([NOT_SURE_CODE]), "all_raters": [raters[pk] for pk in rater_ids],
-              **(_summary_dict(excluded) if excluded else empty)}
-    result["alternative"] = {"not_sure": "category", "raters": pairing_raters([]),
-                             **(_summary_dict(kept) if kept else empty)}
+    result = {"study": study.name, "study_id": study.pk, "simulated": simulated, "not_sure": "category",
+              "method": AGREEMENT_METHODS["category"], "raters": pairing_raters([]),
+              "all_raters": [raters[pk] for pk in rater_ids], **(_summary_dict(kept) if kept else empty)}
+    result["alternative"] = {"not_sure": "rejected", "method": AGREEMENT_METHODS["rejected"],
+                             "raters": pairing_raters([NOT_SURE_CODE]),
+                             **(_summary_dict(excluded) if excluded else empty)}
     return result
 
 
@@ -270,8 +276,6 @@ def study_synonyms(study: Study) -> dict[str, str]:
 
 def study_name_key(study: Study):
     """``key(name)``: :func:`annotation.naming.normalise_concept_name` with the study's synonyms."""
-    from .naming import normalise_concept_name
-
     synonyms = study_synonyms(study)
     return lambda name: normalise_concept_name(name, synonyms)
 
@@ -348,8 +352,6 @@ def study_names_vs_vocabulary(study: Study, *, simulated: str = "exclude") -> di
 
 def study_dissection(study: Study):
     """The newest complete (non-baseline) dissection of the study's layer on the study's dataset, or None."""
-    from analysis.selectors import latest_dissection
-
     dataset = study_dataset(study)
     if study.layer_id is None or dataset is None:
         return None
@@ -367,8 +369,6 @@ def study_dissection_agreement(study: Study, *, simulated: str = "exclude", diss
     ``summary`` (JSON-ready): units named, units compared (named and with a dissection result), matches and
     their share, the same among detectors. ``rows``: every compared unit, disagreements first.
     """
-    from analysis.selectors import dissection_results_by_unit
-
     dissection = dissection or study_dissection(study)
     if dissection is None:
         return None

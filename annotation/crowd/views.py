@@ -1,5 +1,6 @@
 """Pages of crowd studies: worker entry (own link, MTurk ExternalQuestion, Prolific), the qualification test, HIT
-pages (phone-friendly), gold feedback and hand-back; researchers' study list, creation, HITs, workers and review.
+pages (phone-friendly), gold feedback and hand-back; the crowd worker's home; researchers' study list, creation,
+HITs, workers, review and export files.
 
 Worker pages never name a label's origin, and their URLs carry only random tokens (study token, worker code,
 assignment token). MTurk shows them in a cross-site iframe, where cookies are unreliable: they are CSRF-exempt and
@@ -18,17 +19,17 @@ from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import FormView, TemplateView
 
-from accounts.permissions import ResearcherRequiredMixin, study_write_check
+from accounts.permissions import CrowdRequiredMixin, ResearcherRequiredMixin, study_write_check
 from accounts.roles import Role
 from unitscope.queries import query_id
 from unitscope.ratelimit import rate_limited
 
-from . import crowd_selectors as selectors
-from . import crowd_services as services
-from .crowd_adapters import ADAPTERS, adapter_for, context_dumps, context_loads
-from .crowd_forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
-from .models import (DESCRIPTION_QUESTION, PURITY_QUESTION, VALIDATION_QUESTION, AssignmentState, CrowdAdapter,
-                     CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
+from ..common import attachment_response, simulated_choice
+from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, VALIDATION_QUESTION, AssignmentState, CrowdAdapter,
+                      CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
+from . import exports, hits, selectors, services
+from .adapters import ADAPTERS, adapter_for, context_dumps, context_loads
+from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
 
 QUESTIONS = {CrowdTaskKind.VALIDATION: VALIDATION_QUESTION, CrowdTaskKind.DESCRIPTION: DESCRIPTION_QUESTION,
              CrowdTaskKind.PURITY: PURITY_QUESTION}
@@ -308,7 +309,7 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
     def form_valid(self, form):
         data = form.cleaned_data
         try:
-            study = services.crowd_study_create(
+            study = hits.crowd_study_create(
                 name=data["name"], kind=data["kind"], extractions=list(data["extractions"]), units=data["units"],
                 assignments_per_hit=data["assignments_per_hit"], controls=data["controls"],
                 include_human=data["include_human"], description_study=data["description_study"],
@@ -352,7 +353,7 @@ class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
 
     def post(self, request, *args, **kwargs):
         study = self.get_study()
-        services.study_open_set(study=study, is_open=request.POST.get("open") == "1")
+        hits.study_open_set(study=study, is_open=request.POST.get("open") == "1")
         messages.success(request, f"{study.name} is {'open' if study.is_open else 'closed'} for new HITs.")
         return redirect(study)
 
@@ -430,3 +431,23 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
         messages.success(request, f"{done} assignment{'s' if done != 1 else ''} "
                                   f"{'approved' if form.cleaned_data['decision'] == 'approve' else 'rejected'}.")
         return redirect(back)
+
+
+class CrowdHomeView(CrowdRequiredMixin, TemplateView):
+    template_name = "annotation/crowd_home.html"
+
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "rows": selectors.crowd_open_study_rows(self.request.user)}
+
+
+class CrowdStudyExportView(ResearcherRequiredMixin, View):
+    """A crowd study export file (:data:`annotation.crowd.exports.CROWD_EXPORT_FILES`): every assignment with full
+    provenance, or the aggregated results per HIT (``?simulated=`` as on the expert study pages)."""
+
+    def get(self, request, *args, **kwargs):
+        study = get_object_or_404(CrowdStudy, pk=kwargs["pk"])
+        name = kwargs["name"]
+        if name not in exports.CROWD_EXPORT_FILES:
+            raise Http404("No such export.")
+        simulated = simulated_choice(request.GET.get("simulated"))
+        return attachment_response(*exports.crowd_export_file(study, name, simulated=simulated))

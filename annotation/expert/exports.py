@@ -1,4 +1,4 @@
-"""Researchers' exports of a study: raw judgments with full provenance, aggregated results, the agreement
+"""Researchers' exports of an expert study: raw judgments with full provenance, aggregated results, the agreement
 report, and a one-page self-contained HTML report. Reads only; the site's download views and the API both
 use these functions, so a file downloaded from either is the same.
 
@@ -11,22 +11,21 @@ that revised it, its version number, the chain's first judgment, whether it is c
 """
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.db.models import Model
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from analysis.plots import interval_chart, stacked_bar_chart
-from unitscope.spreadsheets import csv_writer
 
+from ..common import iso, rows_csv, simulated_check
+from ..models import ANSWER_ORDER, YES_ANSWERS, Answer, Study
 from . import selectors
-from .models import ANSWER_ORDER, YES_ANSWERS, Answer, Study
 
 JUDGMENT_FIELDS = (
     "judgment", "study", "task", "item", "unit", "object_class", "exemplar_set", "grid_sha256", "grid_style",
@@ -42,10 +41,6 @@ RESULT_FIELDS = ("task", "item", "unit", "object_class", "raters", *[f"n_{answer
 STATISTIC_LABELS = {"percent_agreement": "Percent agreement", "cohen_kappa": "Cohen's κ",
                     "fleiss_kappa": "Fleiss' κ", "krippendorff_alpha": "Krippendorff's α (nominal)"}
 TYPE_COLOURS = {Answer.PART: "#2450a6", Answer.BACKGROUND: "#1f7a4d", Answer.OTHER: "#c2410c", Answer.NO: "#c9d0db"}
-
-
-def _iso(value) -> str | None:
-    return value.isoformat() if value else None
 
 
 def study_judgment_rows(study: Study) -> list[dict[str, Any]]:
@@ -69,32 +64,12 @@ def study_judgment_rows(study: Study) -> list[dict[str, Any]]:
             "grid_style": judgment.grid.style if judgment.grid_id else None,
             "rater": rater.name, "rater_id": rater.pk, "rater_kind": rater.kind, "user": rater.user_id,
             "adapter": judgment.origin, "answer": judgment.answer, "concept": judgment.concept,
-            "started_at": _iso(judgment.started_at), "submitted_at": _iso(judgment.submitted_at),
+            "started_at": iso(judgment.started_at), "submitted_at": iso(judgment.submitted_at),
             "seconds": judgment.seconds, "simulated": judgment.simulated, "source_line": judgment.source_line,
             "revision_of": judgment.revision_of_id, "revised_by": revised_by.get(judgment.pk), "version": version,
             "chain_first": first.pk, "current": judgment.pk not in revised_by,
         })
     return rows
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
-def rows_csv(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> str:
-    """``rows`` as CSV text with header ``fields`` (None → empty, booleans → 0/1, lists → JSON)."""
-    buffer = io.StringIO()
-    writer = csv_writer(buffer)
-    writer.writerow(fields)
-    for row in rows:
-        writer.writerow([_csv_cell(row.get(field)) for field in fields])
-    return buffer.getvalue()
 
 
 def study_results(study: Study, *, simulated: str = "exclude") -> list[dict[str, Any]]:
@@ -130,8 +105,6 @@ def study_results(study: Study, *, simulated: str = "exclude") -> list[dict[str,
 
 def _jsonable(value: Any) -> Any:
     """Drop model instances from selector output (keep their ids/names), recursively."""
-    from django.db.models import Model
-
     if isinstance(value, dict):
         return {str(key): _jsonable(item) for key, item in value.items() if not isinstance(item, Model)}
     if isinstance(value, (list, tuple)):
@@ -144,7 +117,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def study_agreement_report(study: Study, *, simulated: str = "exclude") -> dict[str, Any]:
-    """The study's agreement statistics (GG'18: "not sure" rejected; and kept as a category) with bootstrap
+    """The study's agreement statistics (GG'18: all five answers; and the variant with "not sure" rejected) with bootstrap
     intervals, the filter-type distribution per class (GG'18 Fig. 9), answers per rater, and the comparisons
     of human names with the dataset's vocabulary and with dissection labels — JSON-ready."""
     dissection = selectors.study_dissection_agreement(study, simulated=simulated)
@@ -220,8 +193,7 @@ def study_export_file(study: Study, name: str, *, simulated: str = "exclude") ->
 
     Raises KeyError for an unknown name, ValueError for a bad ``simulated``."""
     content_type, _ = STUDY_EXPORT_FILES[name]
-    if simulated not in selectors.SIMULATED_CHOICES:
-        raise ValueError(f"simulated must be one of {', '.join(selectors.SIMULATED_CHOICES)}")
+    simulated_check(simulated)
     stem, suffix = name.rsplit(".", 1)
     if stem == "judgments":
         rows = study_judgment_rows(study)
@@ -240,133 +212,3 @@ def study_export_file(study: Study, name: str, *, simulated: str = "exclude") ->
         text = study_report_html(study, simulated=simulated)
     qualifier = "" if stem == "judgments" or simulated == "exclude" else f"-simulated-{simulated}"
     return text, content_type, f"study-{study.pk}-{stem}{qualifier}.{suffix}"
-
-
-# -- crowd studies (votes, descriptions, purity counts) ----------------------------------------------------------
-
-CROWD_ANSWER_FIELDS = (
-    "assignment", "study", "hit", "hit_token", "hit_kind", "hit_role", "network", "layer", "unit", "label",
-    "label_origin", "label_category", "grid_sha256", "worker", "worker_adapter", "worker_external_id",
-    "worker_simulated", "user", "state", "answer", "description", "confidence", "count", "pasted", "gold_correct",
-    "leased_at", "shown_at", "submitted_at", "seconds", "returned_at", "reason", "reviewed_by", "reviewed_at",
-    "external_assignment_id", "external_hit_id", "external_session",
-)
-"""Columns of a crowd study's raw answers export: every assignment (leased, returned, submitted, approved,
-rejected; task, gold and qualification HITs), with the HIT it answered (kind, role, unit, label and — for
-researchers only — the label's origin), the worker (adapter, external id, simulated), the answer by kind, times,
-seconds on task, review, and the platform's hand-off ids."""
-
-CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "label_category",
-                       "answers", "n_yes", "n_no", "majority", "majority_share", "tied", "canonical_description",
-                       "canonical_agreed", "mean_count", "purity_shown")
-"""Columns of a crowd study's aggregated results: per task HIT, the answers that count (submitted or approved)."""
-
-
-def crowd_answer_rows(study) -> list[dict[str, Any]]:
-    """Every assignment of crowd ``study`` as a dict of :data:`CROWD_ANSWER_FIELDS`, in lease order."""
-    from .models import CrowdAssignment
-
-    assignments = (CrowdAssignment.objects.filter(hit__study=study)
-                   .select_related("hit__unit__layer__network", "hit__grid", "worker", "reviewed_by")
-                   .order_by("leased_at", "id"))
-    rows = []
-    for assignment in assignments:
-        hit, worker = assignment.hit, assignment.worker
-        unit = hit.unit
-        rows.append({
-            "assignment": assignment.pk, "study": study.pk, "hit": hit.pk, "hit_token": hit.token, "hit_kind": hit.kind,
-            "hit_role": hit.role, "network": unit.layer.network.name if unit else None,
-            "layer": unit.layer.name if unit else None, "unit": unit.index if unit else None, "label": hit.label,
-            "label_origin": hit.label_origin, "label_category": hit.label_category,
-            "grid_sha256": hit.grid.sha256 if hit.grid_id else None, "worker": worker.pk,
-            "worker_adapter": worker.adapter, "worker_external_id": worker.external_id,
-            "worker_simulated": worker.simulated, "user": worker.user_id, "state": assignment.state,
-            "answer": assignment.answer, "description": assignment.description, "confidence": assignment.confidence,
-            "count": assignment.count, "pasted": assignment.pasted, "gold_correct": assignment.gold_correct,
-            "leased_at": _iso(assignment.leased_at), "shown_at": _iso(assignment.shown_at),
-            "submitted_at": _iso(assignment.submitted_at), "seconds": assignment.seconds,
-            "returned_at": _iso(assignment.returned_at), "reason": assignment.reason,
-            "reviewed_by": assignment.reviewed_by.get_username() if assignment.reviewed_by_id else None,
-            "reviewed_at": _iso(assignment.reviewed_at), "external_assignment_id": assignment.external_assignment_id,
-            "external_hit_id": assignment.external_hit_id, "external_session": assignment.external_session,
-        })
-    return rows
-
-
-def crowd_results(study, *, simulated: str = "exclude") -> list[dict[str, Any]]:
-    """Per task HIT of crowd ``study``, its counted answers (submitted or approved; ``simulated`` as for expert
-    studies): validation yes/no counts and the majority (:func:`annotation.aggregation.majority_vote`, ties
-    flagged), a description HIT's canonical description (:func:`annotation.crowd_selectors.canonical_description`),
-    a purity HIT's mean count over the images shown."""
-    from .aggregation import answers_frame, majority_vote
-    from .crowd_selectors import canonical_description
-    from .models import CrowdAssignment, CrowdTaskKind, Hit, HitRole
-
-    if simulated not in selectors.SIMULATED_CHOICES:
-        raise ValueError(f"simulated must be one of {', '.join(selectors.SIMULATED_CHOICES)}")
-    answered = CrowdAssignment.objects.answered().tasks().filter(hit__study=study).order_by("submitted_at", "id")
-    if simulated == "exclude":
-        answered = answered.filter(worker__simulated=False)
-    elif simulated == "only":
-        answered = answered.filter(worker__simulated=True)
-    by_hit: dict[int, list] = defaultdict(list)
-    for assignment in answered:
-        by_hit[assignment.hit_id].append(assignment)
-    votes = [(hit_id, a.worker_id, a.answer) for hit_id, items in by_hit.items() for a in items if a.answer]
-    majority = majority_vote(answers_frame(votes), labels=["yes", "no"]) if votes else None
-    rows = []
-    for hit in (Hit.objects.filter(study=study, role=HitRole.TASK).select_related("unit__layer__network")
-                .order_by("position", "id")):
-        items = by_hit.get(hit.pk, [])
-        row = {"hit": hit.pk, "hit_kind": hit.kind, "network": hit.unit.layer.network.name if hit.unit else None,
-               "layer": hit.unit.layer.name if hit.unit else None, "unit": hit.unit.index if hit.unit else None,
-               "label": hit.label, "label_origin": hit.label_origin, "label_category": hit.label_category,
-               "answers": len(items), "n_yes": None, "n_no": None, "majority": None, "majority_share": None,
-               "tied": None, "canonical_description": None, "canonical_agreed": None, "mean_count": None,
-               "purity_shown": hit.purity_shown}
-        if hit.kind == CrowdTaskKind.VALIDATION:
-            row["n_yes"] = sum(a.answer == "yes" for a in items)
-            row["n_no"] = sum(a.answer == "no" for a in items)
-            if majority is not None and hit.pk in majority.index:
-                top = majority.loc[hit.pk]
-                row.update(majority=str(top["label"]), majority_share=float(top["share"]), tied=bool(top["tied"]))
-        elif hit.kind == CrowdTaskKind.DESCRIPTION:
-            canonical = canonical_description([(a.description, a.confidence or 1) for a in items])
-            if canonical is not None:
-                row.update(canonical_description=canonical.text, canonical_agreed=canonical.agreed)
-        else:
-            counts = [a.count for a in items if a.count is not None]
-            row["mean_count"] = sum(counts) / len(counts) if counts else None
-        rows.append(row)
-    return rows
-
-
-CROWD_EXPORT_FILES: dict[str, tuple[str, str]] = {
-    "answers.csv": ("text/csv; charset=utf-8", "Every assignment with full provenance (CSV)"),
-    "answers.json": ("application/json", "Every assignment with full provenance (JSON)"),
-    "results.csv": ("text/csv; charset=utf-8", "Aggregated results per HIT (CSV)"),
-    "results.json": ("application/json", "Aggregated results per HIT (JSON)"),
-}
-
-
-def crowd_export_file(study, name: str, *, simulated: str = "exclude") -> tuple[str, str, str]:
-    """The export ``name`` of crowd ``study`` as ``(text, content type, download file name)`` (KeyError if
-    unknown). Raw answers carry every worker (simulated ones flagged); results follow ``simulated``."""
-    content_type, _ = CROWD_EXPORT_FILES[name]
-    stem, suffix = name.rsplit(".", 1)
-    if stem == "answers":
-        rows, fields, key = crowd_answer_rows(study), CROWD_ANSWER_FIELDS, "answers"
-    else:
-        rows, fields, key = crowd_results(study, simulated=simulated), CROWD_RESULT_FIELDS, "results"
-    text = rows_csv(rows, fields) if suffix == "csv" else json.dumps(
-        {"crowd_study": study.name, "crowd_study_id": study.pk, "kind": study.kind, "fields": list(fields),
-         **({"simulated": simulated} if stem == "results" else {}), key: rows}, ensure_ascii=False, indent=1)
-    qualifier = "" if stem == "answers" or simulated == "exclude" else f"-simulated-{simulated}"
-    return text, content_type, f"crowd-study-{study.pk}-{stem}{qualifier}.{suffix}"
-
-
-def attachment_response(text: str | bytes, content_type: str, filename: str) -> HttpResponse:
-    """An export file as a download (the site's and the API's export endpoints)."""
-    response = HttpResponse(text, content_type=content_type)
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response

@@ -1,5 +1,5 @@
 """Researchers' report pages of a crowd study (issue 8 items 5–6): aggregated results and worker quality, the
-ND'18 Table 3 report, the Explanatory Graph purity table. Reads through :mod:`annotation.crowd_reports`."""
+ND'18 Table 3 report, the Explanatory Graph purity table. Reads through :mod:`annotation.crowd.reports`."""
 from __future__ import annotations
 
 from django.core.paginator import Paginator
@@ -7,10 +7,10 @@ from django.views.generic import TemplateView
 
 from analysis.plots import category_bars, comparison_scatter, interval_chart, stacked_category_bars
 
-from . import crowd_reports as reports
-from .crowd_views import CrowdStudyMixin
-from .models import CrowdTaskKind
-from .selectors import simulated_choice
+from ..common import simulated_choice
+from ..models import CrowdTaskKind
+from . import reports
+from .views import CrowdStudyMixin
 
 AGREEMENT_LABELS = {"fleiss_kappa": "Fleiss' κ", "krippendorff_alpha": "Krippendorff's α (nominal)"}
 SHORT_LABELS = {"fleiss_kappa": "κ", "krippendorff_alpha": "α"}
@@ -18,7 +18,7 @@ HITS_PER_PAGE = 50
 
 
 class CrowdReportMixin(CrowdStudyMixin):
-    """The study and the ``simulated`` choice (``?simulated=``; default :func:`crowd_reports.simulated_default`)."""
+    """The study and the ``simulated`` choice (``?simulated=``; default :func:`annotation.crowd.reports.simulated_default`)."""
 
     def report_context(self) -> dict:
         study = self.get_study()

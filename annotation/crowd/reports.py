@@ -1,7 +1,7 @@
 """Reports of crowd studies, computed from live data (issue 8 items 5 and 6): reads only.
 
 * :func:`crowd_aggregation` — per task HIT the majority vote and Dawid-Skene side by side, per worker the
-  Dawid-Skene skill beside their gold accuracy (:func:`annotation.crowd_selectors.crowd_worker_rows`), Fleiss' κ
+  Dawid-Skene skill beside their gold accuracy (:func:`annotation.crowd.selectors.crowd_worker_rows`), Fleiss' κ
   and Krippendorff's α with bootstrap intervals (overall and, for validation, per label origin), and what the
   dynamic-overlap rules say about each HIT.
 * :func:`nd18_table3` — ND'18 §3.1 Table 3 from a validation study: per layer, interpretable units by category,
@@ -11,7 +11,7 @@
 
 Which answers count (the reading guide above the crowd models in ``annotation/models.py``): submitted or approved assignments of task HITs (gold and
 qualification HITs are quality control; rejected answers are out). ``simulated``: ``exclude`` leaves the
-simulated crowd out, ``include`` adds it, ``only`` shows it alone (:data:`annotation.selectors.SIMULATED_CHOICES`).
+simulated crowd out, ``include`` adds it, ``only`` shows it alone (:data:`annotation.common.SIMULATED_CHOICES`).
 """
 from __future__ import annotations
 
@@ -27,12 +27,11 @@ from django.core.cache import cache
 
 from analysis.engine import agreement as agreement_engine
 
+from ..common import SIMULATED_CHOICES
+from ..models import (EXPLANATORY_GRAPH, RAW_FILTER_PEAKS, SUBMITTED_STATES, CrowdAssignment, CrowdStudy, CrowdTaskKind,
+                      Hit, HitRole, LabelOrigin, OverlapRule)
 from . import aggregation
-from .crowd_selectors import answer_key, canonical_description, crowd_worker_rows
-from .crowd_services import EXPLANATORY_GRAPH, RAW_FILTER_PEAKS
-from .models import (SUBMITTED_STATES, CrowdAssignment, CrowdStudy, CrowdTaskKind, Hit, HitRole, LabelOrigin,
-                     OverlapRule)
-from .selectors import SIMULATED_CHOICES
+from .selectors import answer_key, canonical_description, crowd_worker_rows
 
 YES, NO = "yes", "no"
 VALIDATION_LABELS = (YES, NO)
@@ -74,7 +73,7 @@ def _answered(study: CrowdStudy, *, simulated: str, roles: Sequence[str] = (HitR
 def study_answers(study: CrowdStudy, *, simulated: str = "exclude",
                   roles: Sequence[str] = (HitRole.TASK,)) -> pd.DataFrame:
     """The study's counted answers as an answers frame: ``task`` = HIT id, ``worker`` = worker id, ``label`` =
-    :func:`annotation.crowd_selectors.answer_key` (yes/no, the normalised phrase, the count)."""
+    :func:`annotation.crowd.selectors.answer_key` (yes/no, the normalised phrase, the count)."""
     rows = [(a.hit_id, a.worker_id, answer_key(a, study.kind)) for a in
             _answered(study, simulated=simulated, roles=roles)
             .only("hit_id", "worker_id", "answer", "description", "count").order_by("submitted_at", "id")]
@@ -82,7 +81,7 @@ def study_answers(study: CrowdStudy, *, simulated: str = "exclude",
 
 
 def _dawid_skene_cached(answers: pd.DataFrame, gold: Mapping[int, str] | None) -> aggregation.DawidSkeneResult:
-    """:func:`annotation.aggregation.dawid_skene`, cached under a digest of its exact input (crowd-kit's EM takes
+    """:func:`annotation.crowd.aggregation.dawid_skene`, cached under a digest of its exact input (crowd-kit's EM takes
     seconds on a few thousand answers; new answers change the digest, so the figures stay live)."""
     digest = hashlib.sha256()
     digest.update(pd.util.hash_pandas_object(answers.astype(str), index=False).values.tobytes())
@@ -111,21 +110,6 @@ def _agreement_dict(summary: agreement_engine.AgreementSummary) -> dict[str, Any
             "fleiss_raters_per_item": summary.fleiss_raters_per_item}
 
 
-def hit_overlap_decision(hit: Hit) -> aggregation.OverlapDecision:
-    """What the study's dynamic-overlap rules (:meth:`annotation.aggregation.OverlapRules.from_study`) say about
-    one task HIT now, from all its counted answers (the simulated crowd's too: they fill real places).
-
-    For the writer: ``hit_overlap_set(hit=hit, max_assignments=decision.target, retired=decision.action.closes)``
-    after each submission to a task HIT of a study whose ``overlap_rule`` is dynamic."""
-    study = hit.study
-    labels = Counter(answer_key(a, hit.kind) for a in
-                     CrowdAssignment.objects.filter(hit=hit, state__in=SUBMITTED_STATES)
-                     .only("answer", "description", "count"))
-    labels.pop("", None)
-    labels.pop(None, None)
-    return aggregation.overlap_decision(hit.pk, labels, hit.max_assignments, aggregation.OverlapRules.from_study(study))
-
-
 # -- aggregated results, worker skill, agreement --------------------------------------------------------------------
 
 def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold: bool = True,
@@ -138,14 +122,15 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
       descriptions add the canonical description (ND'18 §3.1's rule), purity HITs the mean count and purity
       (count / shown). Dawid-Skene runs on validation and description answers (nominal labels); purity
       counts get majority vote and the mean only.
-    * ``workers``: :func:`annotation.crowd_selectors.crowd_worker_rows` (gold accuracy, times, signals) of the
+    * ``workers``: :func:`annotation.crowd.selectors.crowd_worker_rows` (gold accuracy, times, signals) of the
       workers shown, plus ``skill`` (Dawid-Skene) and ``agrees_with_majority`` (share of their task answers equal
       to the HIT's majority label).
     * ``agreement``: Fleiss' κ and Krippendorff's α (nominal) with ``confidence`` percentile bootstrap intervals
       (``replicates`` resamples of HITs, ``seed``); for validation also per label origin.
-    * ``overlap``: per HIT the dynamic-overlap decision (:func:`annotation.aggregation.overlap_decision` with the
-      study's rules, on all the HIT's counted answers, as :func:`hit_overlap_decision`) and counts per action,
-      when the study's overlap rule is dynamic.
+    * ``overlap``: per HIT the dynamic-overlap decision (:func:`annotation.crowd.aggregation.overlap_decision`
+      with the study's rules, on all the HIT's counted answers, as
+      :func:`annotation.crowd.selectors.hit_overlap_decision`) and counts per action, when the study's overlap
+      rule is dynamic.
 
     ``use_gold`` (validation): gold HITs' answers join the Dawid-Skene fit with their known answers fixed, so
     workers' confusion matrices are calibrated on them; gold HITs are never reported as results.
@@ -425,7 +410,7 @@ PURITY_SOURCES = {
 }
 """Pattern sources of purity HITs, in the table's row order (EG Fig. 8: raw filter maps and peaks (Zhou et al.
 2015 style) vs the explanatory graph's nodes). A purity HIT names its source in ``Hit.source["pattern_source"]``
-and its pattern in ``Hit.source["pattern"]`` (as :mod:`annotation.crowd_services` writes them: raw filter peaks
+and its pattern in ``Hit.source["pattern"]`` (as :mod:`annotation.crowd.hits` writes them: raw filter peaks
 for a unit's top-K images, explanatory-graph nodes beside raw filter peaks drawn the same way); a HIT without
 them counts as raw filter peaks of its unit. Another source plugs in by creating purity HITs with those two keys
 (and a label here); sources not listed show under their key. EG compares the top-D nodes with the D filters of a
@@ -450,7 +435,7 @@ def purity_studies(study: CrowdStudy) -> list[CrowdStudy]:
 def purity_table(study: CrowdStudy, *, simulated: str = "exclude") -> dict[str, Any]:
     """EG Fig. 8 (purity of part semantics): for each (study, pattern source) and layer, the mean over patterns of
     each pattern's purity — its raters' mean of "how many of the top-K show the same part" over the images shown
-    (:func:`annotation.aggregation.mean_purity`). K is the 30%-mass K (``Hit.purity_k``); when a HIT shows fewer
+    (:func:`annotation.crowd.aggregation.mean_purity`). K is the 30%-mass K (``Hit.purity_k``); when a HIT shows fewer
     (``purity_max_shown``), purity is over the images shown. Every purity study sharing a layer with ``study``
     (:func:`purity_studies`) adds its rows: sources are compared within a study, where their HITs were drawn
     alike and answered by the same crowd, and the rows of other studies sit beside them."""

@@ -1,4 +1,4 @@
-"""Writes of the human side: studies, the atomic next-task claim, judgments, imports, simulated raters.
+"""Writes of expert studies: studies, the atomic next-task claim, judgments, imports, simulated raters, synonyms.
 
 Every function is keyword-only and typed. Expected user errors raise :class:`StudyInputError` with a
 readable message (pages show it on the form, commands as their error).
@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,20 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from accounts.roles import Role
-from analysis.models import ExemplarKind, ExemplarSet, Layer, LayerExtraction
+from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction
 from unitscope.spreadsheets import spreadsheet_unquote
 
-from . import claims
-from .models import (ANSWER_ORDER, CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, YES_ANSWERS, Assignment,
-                     ConceptSynonym, Judgment, JudgmentOrigin, RaterKind, Study, StudyKind, StudyPlan, StudyRater,
-                     StudyTask)
+from .. import claims
+from ..common import InputError
+from ..models import (ANSWER_ORDER, CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, YES_ANSWERS, Assignment,
+                      ConceptSynonym, Judgment, JudgmentOrigin, RaterKind, Study, StudyKind, StudyPlan, StudyRater,
+                      StudyTask)
+from ..naming import normalise_concept_name, strip_broden_suffix
+from . import simulation
 
 ITEM_MAX_LENGTH = 200
 MAX_CLAIM_HOURS = 720
@@ -39,7 +40,7 @@ SHOWN_TOKEN_SALT = "annotation.task-shown"
 SHOWN_TOKEN_MAX_AGE = 24 * 3600
 
 
-class StudyInputError(ValueError):
+class StudyInputError(InputError):
     """An expected user error: bad study parameters, a bad answer, a malformed import file."""
 
 
@@ -160,21 +161,6 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
             position += 1
     StudyTask.objects.bulk_create(tasks, batch_size=1000)
     return study
-
-
-def study_extraction_for(*, network: str, layer: str, dataset: str | None = None) -> LayerExtraction:
-    """The newest extraction of ``network``/``layer`` (on ``dataset`` if given) with rendered top-10 grids."""
-    layer_row = Layer.objects.filter(network__name=network, name=layer).first()
-    if layer_row is None:
-        raise StudyInputError(f"No layer {layer!r} of a network {network!r}.")
-    extractions = LayerExtraction.objects.filter(layer=layer_row).order_by("-created_at", "-id")
-    if dataset:
-        extractions = extractions.filter(dataset__name=dataset)
-    for extraction in extractions:
-        if ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_CLASS, grid__isnull=False).exists():
-            return extraction
-    raise StudyInputError(f"{network}/{layer} has no extraction with rendered grids"
-                          + (f" on {dataset}" if dataset else "") + ".")
 
 
 # -- the next task (atomic) -------------------------------------------------------------------------------
@@ -493,13 +479,11 @@ def simulated_raters_run(*, study: Study, raters: int = 2, error_rate: float | N
     Raters are named ``simulated-1`` … and keep the error rate and seed they were created with; running
     again only answers tasks they have not answered (idempotent). Their judgments are flagged simulated.
     """
-    from .simulation import DEFAULT_ERROR_RATE, simulated_answer, study_ground_truth
-
     if study.kind != StudyKind.NETWORK or study.extraction_id is None:
         raise StudyInputError("Simulated raters need a study of network units (with a dataset's truth).")
     if not 1 <= raters <= 20:
         raise StudyInputError("Between 1 and 20 simulated raters.")
-    error_rate = DEFAULT_ERROR_RATE if error_rate is None else float(error_rate)
+    error_rate = simulation.DEFAULT_ERROR_RATE if error_rate is None else float(error_rate)
     if not 0.0 <= error_rate <= 1.0:
         raise StudyInputError("The error rate lies between 0 and 1.")
     names = [f"simulated-{number}" for number in range(1, raters + 1)]
@@ -510,10 +494,10 @@ def simulated_raters_run(*, study: Study, raters: int = 2, error_rate: float | N
     if truth is None and finished == raters:  # every task answered already: skip reading the truth
         return {"study": study.name, "raters": raters, "error_rate": error_rate, "seed": seed,
                 "judgments_created": 0, "tasks": n_tasks, "truth_counts": {}}
-    truth = truth if truth is not None else study_ground_truth(study)
+    truth = truth if truth is not None else simulation.study_ground_truth(study)
     tasks = list(study.tasks.filter(pk__in=list(truth)).order_by("position"))
     dataset = study.extraction.dataset
-    wrong_names = sorted({name.removesuffix("-c") for name in dataset.concepts.filter(
+    wrong_names = sorted({strip_broden_suffix(name) for name in dataset.concepts.filter(
         category__in=["part", "material", "color"]).values_list("name", flat=True)}) or ["something"]
     answered = 0
     now = timezone.now()
@@ -531,7 +515,7 @@ def simulated_raters_run(*, study: Study, raters: int = 2, error_rate: float | N
                 if task.pk in done:
                     continue
                 rng = np.random.default_rng([int(rater_seed), number, task.position])
-                answer, concept = simulated_answer(truth[task.pk], error_rate=rate, rng=rng, wrong_names=wrong_names)
+                answer, concept = simulation.simulated_answer(truth[task.pk], error_rate=rate, rng=rng, wrong_names=wrong_names)
                 rows.append(Judgment(task=task, rater=rater, answer=answer, concept=concept, submitted_at=now,
                                      simulated=True, origin=JudgmentOrigin.SIMULATED,
                                      grid_id=task.exemplar_set.grid_id if task.exemplar_set_id else None))
@@ -544,65 +528,6 @@ def simulated_raters_run(*, study: Study, raters: int = 2, error_rate: float | N
             "judgments_created": answered, "tasks": len(tasks), "truth_counts": counts}
 
 
-# -- the demo -----------------------------------------------------------------------------------------
-
-DEMO_STUDY = "demo-conv5"
-DEMO_EXPERTS = ("expert1", "expert2")
-
-
-def _demo_passwords_ensure(usernames: Iterable[str]) -> dict[str, str]:
-    """Passwords of demo accounts, kept beside the researcher's in the data dir's demo-credentials.txt."""
-    path = settings.UNITSCOPE_DATA_DIR / "demo-credentials.txt"
-    stored = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
-    changed = False
-    for username in usernames:
-        if username not in stored:
-            stored[username] = secrets.token_urlsafe(9)
-            changed = True
-    if changed:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{name}={secret}\n" for name, secret in stored.items()))
-        path.chmod(0o600)
-    return {username: stored[username] for username in usernames}
-
-
-def demo_expert_study_ensure(*, network: str = "demo-net", layer: str = "conv5", dataset: str = "probe-world",
-                             study_name: str = DEMO_STUDY, experts: Sequence[str] = DEMO_EXPERTS,
-                             overlap_class: str | None = "car", units: Sequence[int] | None = None,
-                             simulated_raters: int = 2, error_rate: float = 0.15, seed: int = 0,
-                             researcher: str = "researcher") -> dict[str, Any]:
-    """The demo's expert study (idempotent): two expert accounts, a GG'18-plan study of ``layer`` and a
-    simulated pair that has answered every task, so the report is populated while the experts start.
-
-    Returns ``{"study": name, "study_id": pk, "credentials": {username: password}, "created": bool,
-    "simulated": {...}}``. Passwords are kept in the data dir's ``demo-credentials.txt``.
-    """
-    from accounts.models import User
-    from accounts.services import user_ensure
-
-    credentials = _demo_passwords_ensure(experts)
-    users = []
-    for username in experts:
-        user, created = user_ensure(username=username, password=credentials[username], role=Role.EXPERT)
-        if not created and not user.check_password(credentials[username]):
-            credentials[username] = "(unchanged: set before the demo stored it)"
-        users.append(user)
-    study = Study.objects.filter(name=study_name).first()
-    created = study is None
-    if study is None:
-        extraction = study_extraction_for(network=network, layer=layer, dataset=dataset)
-        classes = list(extraction.class_names)
-        study = study_create(
-            name=study_name, extraction=extraction, experts=users, plan=StudyPlan.PAPER, object_classes=classes,
-            overlap_class=overlap_class if overlap_class in classes else None, units=units, seed=seed,
-            description="The demo's GG'18 expert study: two experts split the classes and share one; a simulated "
-                        "pair answers everything from the probe world's truth.",
-            created_by=User.objects.filter(username=researcher).first())
-    simulated = simulated_raters_run(study=study, raters=simulated_raters, error_rate=error_rate, seed=seed)
-    return {"study": study.name, "study_id": study.pk, "credentials": credentials, "created": created,
-            "simulated": simulated}
-
-
 # -- name matching -----------------------------------------------------------------------------------------
 
 def synonym_set(*, study: Study, name: str, maps_to: str, user=None) -> ConceptSynonym:
@@ -611,8 +536,6 @@ def synonym_set(*, study: Study, name: str, maps_to: str, user=None) -> ConceptS
     Both are normalised first (without synonyms); a name that normalises to nothing, or to the same key as
     its target, is refused.
     """
-    from .naming import normalise_concept_name
-
     key, target = normalise_concept_name(name), normalise_concept_name(maps_to)
     if not key or not target:
         raise StudyInputError("A synonym needs a name and the name it maps to.")

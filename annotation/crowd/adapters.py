@@ -20,10 +20,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from django.core import signing
 
-from .models import MTURK_PREVIEW_ASSIGNMENT, AssignmentState, CrowdAdapter, CrowdAssignment, CrowdStudy, CrowdWorker
+from ..models import MTURK_PREVIEW_ASSIGNMENT, AssignmentState, CrowdAdapter, CrowdAssignment, CrowdStudy, CrowdWorker
 
 CONTEXT_SALT = "annotation.crowd-context"
 PROLIFIC_COMPLETE_URL = "https://app.prolific.com/submissions/complete?cc={code}"
@@ -93,13 +94,23 @@ class LinkAdapter(Adapter):
         return f"{base}/crowd/s/{study.token}/"
 
 
+def submit_to_allowed(*, study: CrowdStudy, submit_to: str) -> bool:
+    """Whether ``turkSubmitTo`` names one of the study's allowed hosts over http(s) (answers are posted there)."""
+    try:
+        parts = urlsplit(submit_to)
+    except ValueError:
+        return False
+    hosts = set(study.external_submit_hosts.split())
+    host = parts.hostname or ""
+    port_host = f"{host}:{parts.port}" if parts.port else host
+    return parts.scheme in ("https", "http") and (host in hosts or port_host in hosts)
+
+
 class MTurkAdapter(Adapter):
     name, label = CrowdAdapter.MTURK, "MTurk ExternalQuestion"
     context_keys = ("external_assignment_id", "submit_to")
 
     def entry(self, params, *, study, user=None):
-        from .crowd_services import submit_to_allowed
-
         assignment_id = (params.get("assignmentId") or "").strip()
         if not assignment_id or assignment_id == MTURK_PREVIEW_ASSIGNMENT:
             return Entry(preview=True)
@@ -192,3 +203,8 @@ def context_loads(value: str | None, *, worker: CrowdWorker) -> dict[str, str]:
     if data.get("worker") != worker.code:
         return {}
     return {key: str(val) for key, val in data.items() if key != "worker"}
+
+
+def crowd_links(study: CrowdStudy, *, base: str = "") -> dict[str, str]:
+    """Entry URLs per adapter (``base`` is the site's address, e.g. ``http://127.0.0.1:8000``)."""
+    return {name: adapter.entry_url_template(study, base.rstrip("/")) for name, adapter in ADAPTERS.items()}

@@ -1,5 +1,5 @@
-"""Reads of crowd studies: canonical descriptions, study progress, HIT and assignment lists, worker quality and
-the signals of careless or automated answering (issue 8 items 2 and 4).
+"""Reads of crowd studies: canonical descriptions, study progress, HIT and assignment lists, worker quality, the
+signals of careless or automated answering (issue 8 items 2 and 4), and a HIT's dynamic-overlap decision.
 
 Pure helpers (:func:`canonical_description`, :func:`longest_streak`, :func:`careless_signals`) need no database.
 """
@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, F, Q, Sum
 
-from .models import (SUBMITTED_STATES, AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
-                     HitRole)
-from .naming import normalise_concept_name
+from ..models import (SUBMITTED_STATES, AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker,
+                      Hit, HitRole)
+from ..naming import normalise_concept_name
+from . import aggregation
 
 FAST_FRACTION = 0.3
 """A worker is "fast" when their median time on task is below this share of the study's median (our choice)."""
@@ -57,6 +58,31 @@ def canonical_description(answers: Sequence[tuple[str, int]]) -> Canonical | Non
         return Canonical(text=text, agreed=True, confidence=confidence, votes=len(best))
     position, text, confidence = max(items, key=lambda item: (item[2], -item[0]))
     return Canonical(text=text, agreed=False, confidence=confidence, votes=1)
+
+
+def canonical_descriptions_for(*, unit_ids: Iterable[int], study: CrowdStudy | None = None) -> dict[int, dict]:
+    """Per unit: the canonical description from a description study (the given one, else the newest covering
+    the unit), as ``{unit_id: {"text", "study", "hit", "agreed", "confidence"}}``. Units without answers are left
+    out. Uses :func:`canonical_description` (ND'18 §3.1's rule)."""
+    hits = (Hit.objects.filter(kind=CrowdTaskKind.DESCRIPTION, role=HitRole.TASK, unit_id__in=list(unit_ids))
+            .select_related("study").order_by("-study__created_at", "-study_id"))
+    if study is not None:
+        hits = hits.filter(study=study)
+    answers: dict[int, list[tuple[str, int]]] = {}
+    for hit_id, text, confidence in (CrowdAssignment.objects.answered().filter(hit__in=hits)
+                                     .order_by("submitted_at", "id")
+                                     .values_list("hit_id", "description", "confidence")):
+        answers.setdefault(hit_id, []).append((text, confidence or 1))
+    result: dict[int, dict] = {}
+    for hit in hits:
+        if hit.unit_id in result or not answers.get(hit.pk):
+            continue
+        chosen = canonical_description(answers[hit.pk])
+        if chosen is not None:
+            result[hit.unit_id] = {"text": chosen.text, "study": hit.study_id, "hit": hit.pk, "agreed": chosen.agreed,
+                                   "confidence": chosen.confidence}
+    return result
+
 
 
 # -- careless / automated answering ------------------------------------------------------------------------------
@@ -254,3 +280,20 @@ def crowd_answer_rows(study: CrowdStudy, *, simulated: str = "include", role: st
                                            "hit__label_origin", "hit__label", "hit__label_category",
                                            "hit__unit_category", "worker_id", "worker__simulated", "answer",
                                            "description", "confidence", "count", "hit__purity_shown", "seconds")]
+
+
+# -- dynamic overlap (issue 8 item 5) -------------------------------------------------------------------------
+
+def hit_overlap_decision(hit: Hit) -> aggregation.OverlapDecision:
+    """What the study's dynamic-overlap rules (:meth:`annotation.crowd.aggregation.OverlapRules.from_study`) say about
+    one task HIT now, from all its counted answers (the simulated crowd's too: they fill real places).
+
+    For the writer: ``hit_overlap_set(hit=hit, max_assignments=decision.target, retired=decision.action.closes)``
+    after each submission to a task HIT of a study whose ``overlap_rule`` is dynamic."""
+    study = hit.study
+    labels = Counter(answer_key(a, hit.kind) for a in
+                     CrowdAssignment.objects.filter(hit=hit, state__in=SUBMITTED_STATES)
+                     .only("answer", "description", "count"))
+    labels.pop("", None)
+    labels.pop(None, None)
+    return aggregation.overlap_decision(hit.pk, labels, hit.max_assignments, aggregation.OverlapRules.from_study(study))

@@ -19,8 +19,8 @@ phrase for descriptions, a count for purity tasks. Reports and services shape th
   over K) averaged over patterns.
 
 Not here, to keep one way of doing each: the canonical description of a unit is
-:func:`annotation.crowd_selectors.canonical_description`; per-worker gold accuracy comes from the gold HITs'
-``gold_correct`` (:func:`annotation.crowd_selectors.crowd_worker_rows`).
+:func:`annotation.crowd.selectors.canonical_description`; per-worker gold accuracy comes from the gold HITs'
+``gold_correct`` (:func:`annotation.crowd.selectors.crowd_worker_rows`).
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def dawid_skene(answers: pd.DataFrame, *, n_iter: int = 100, tol: float = 1e-5,
     codes (its pandas joins run faster on them: ``benchmarks/bench_crowd_aggregation.py`` measures it)
     and mapped back; index the results by name.
     """
-    from crowdkit.aggregation import DawidSkene
+    from crowdkit.aggregation import DawidSkene  # local: crowd-kit (~1.5 s) loads only when a report needs it
 
     answers = answers_frame(answers)
     if answers.empty:

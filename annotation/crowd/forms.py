@@ -7,9 +7,9 @@ from django.db.models import Exists, OuterRef
 
 from analysis.models import ExemplarKind, ExemplarSet, ExplanatoryGraph, LayerExtraction
 
-from .crowd_services import CrowdInputError, answer_fields
-from .forms import ExtractionChoiceField, parse_units
-from .models import DESCRIPTION_MAX_LENGTH, CrowdStudy, CrowdTaskKind, Hit, OverlapRule
+from ..fields import ExtractionMultipleChoiceField, parse_units
+from ..models import DESCRIPTION_MAX_LENGTH, CrowdStudy, CrowdTaskKind, Hit, OverlapRule
+from .services import CrowdInputError, answer_fields
 
 
 def extractions_with_overall_grids():
@@ -18,10 +18,6 @@ def extractions_with_overall_grids():
                                           grid__isnull=False)
     return (LayerExtraction.objects.filter(Exists(rendered)).select_related("layer__network", "dataset")
             .order_by("layer__network__name", "layer__order", "-created_at"))
-
-
-class ExtractionMultipleChoiceField(forms.ModelMultipleChoiceField):
-    label_from_instance = ExtractionChoiceField.label_from_instance
 
 
 class CrowdStudyCreateForm(forms.Form):

@@ -1,0 +1,126 @@
+"""The shared floor of both wings: helpers that the expert and the crowd wing (and their exports, demos and
+commands) use alike. Nothing here imports a wing.
+
+* :class:`InputError`: the base of the wings' expected user errors (``StudyInputError``, ``CrowdInputError``).
+* :func:`study_extraction_for`: the extraction a study of a named network layer is built on.
+* :data:`SIMULATED_CHOICES` / :func:`simulated_choice` / :func:`simulated_check`: how reports treat simulated raters.
+* Export plumbing: :func:`iso`, :func:`rows_csv`, :func:`attachment_response`.
+* :func:`new_token`, :func:`demo_passwords_ensure`, :func:`peak_pixels` (a map position → an image pixel).
+"""
+from __future__ import annotations
+
+import io
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpResponse
+
+from analysis.models import ExemplarKind, ExemplarSet, Layer, LayerExtraction
+from unitscope.spreadsheets import csv_writer
+
+
+class InputError(ValueError):
+    """An expected user error with a readable message (each wing raises its own subclass)."""
+
+
+def new_token() -> str:
+    """16 random hex digits: opaque, unguessable enough for URLs, and unable to spell a word like 'human'."""
+    return secrets.token_hex(8)
+
+
+def demo_passwords_ensure(usernames: Iterable[str]) -> dict[str, str]:
+    """Passwords of demo accounts, kept beside the researcher's in the data dir's demo-credentials.txt."""
+    path = settings.UNITSCOPE_DATA_DIR / "demo-credentials.txt"
+    stored = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
+    changed = False
+    for username in usernames:
+        if username not in stored:
+            stored[username] = secrets.token_urlsafe(9)
+            changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{name}={secret}\n" for name, secret in stored.items()))
+        path.chmod(0o600)
+    return {username: stored[username] for username in usernames}
+
+
+def study_extraction_for(*, network: str, layer: str, dataset: str | None = None) -> LayerExtraction:
+    """The newest extraction of ``network``/``layer`` (on ``dataset`` if given) with rendered top-10 grids."""
+    layer_row = Layer.objects.filter(network__name=network, name=layer).first()
+    if layer_row is None:
+        raise InputError(f"No layer {layer!r} of a network {network!r}.")
+    extractions = LayerExtraction.objects.filter(layer=layer_row).order_by("-created_at", "-id")
+    if dataset:
+        extractions = extractions.filter(dataset__name=dataset)
+    for extraction in extractions:
+        if ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_CLASS, grid__isnull=False).exists():
+            return extraction
+    raise InputError(f"{network}/{layer} has no extraction with rendered grids"
+                          + (f" on {dataset}" if dataset else "") + ".")
+
+
+SIMULATED_CHOICES = ("exclude", "include", "only")
+"""How a report or export treats simulated raters and workers: leave them out, add them, or show them alone."""
+
+
+def simulated_choice(value: str | None, default: str = "exclude") -> str:
+    """A page's ``?simulated=`` choice: ``value`` if it is one of :data:`SIMULATED_CHOICES`, else ``default``."""
+    return value if value in SIMULATED_CHOICES else default
+
+
+def simulated_check(value: str) -> str:
+    """``value`` if it is one of :data:`SIMULATED_CHOICES`; ValueError otherwise (exports, commands)."""
+    if value not in SIMULATED_CHOICES:
+        raise ValueError(f"simulated must be one of {', '.join(SIMULATED_CHOICES)}")
+    return value
+
+
+def iso(value) -> str | None:
+    """A datetime as ISO 8601 text for exports (None stays None)."""
+    return value.isoformat() if value else None
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell: None → empty, booleans → 0/1, lists and dicts → JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def rows_csv(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> str:
+    """``rows`` as CSV text with header ``fields`` (None → empty, booleans → 0/1, lists → JSON)."""
+    buffer = io.StringIO()
+    writer = csv_writer(buffer)
+    writer.writerow(fields)
+    for row in rows:
+        writer.writerow([csv_cell(row.get(field)) for field in fields])
+    return buffer.getvalue()
+
+
+def attachment_response(text: str | bytes, content_type: str, filename: str) -> HttpResponse:
+    """An export file as a download (the site's and the API's export endpoints)."""
+    response = HttpResponse(text, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def peak_pixels(layer, network, positions: Sequence[Sequence[int]], height: int, width: int,
+                 map_size: tuple[int, int]) -> list[tuple[float, float]]:
+    """Map ``(i, j)`` map positions → ``(x, y)`` image pixels (receptive-field centres when known)."""
+    points = []
+    for i, j in positions:
+        if layer.rf_stride_y is not None:
+            y = (layer.rf_offset_y + i * layer.rf_stride_y) * height / network.input_height
+            x = (layer.rf_offset_x + j * layer.rf_stride_x) * width / network.input_width
+        else:  # no geometry: the centre of the map cell, proportionally
+            y = (i + 0.5) * height / map_size[0]
+            x = (j + 0.5) * width / map_size[1]
+        points.append((min(max(x, 0.0), width - 1e-6), min(max(y, 0.0), height - 1e-6)))
+    return points

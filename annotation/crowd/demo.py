@@ -1,0 +1,84 @@
+"""The demo's crowd side: a simulated crowd's finished description and validation studies (and a purity study
+when the demo learnt an Explanatory Graph), opened to people through printed links."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db.models import F
+
+from accounts.models import User
+from accounts.roles import Role
+from accounts.services import user_ensure
+from analysis.models import ExplanatoryGraph
+
+from ..common import InputError, demo_passwords_ensure, study_extraction_for
+from ..models import CrowdStudy, CrowdTaskKind, HitRole
+from .adapters import crowd_links
+from .hits import crowd_study_create, study_open_set
+from .services import CrowdInputError
+from .simulation import crowd_simulate
+from .truth import study_unit_truth
+
+DEMO_DESCRIPTION_STUDY = "demo-crowd-descriptions"
+DEMO_VALIDATION_STUDY = "demo-crowd-validation"
+DEMO_PURITY_STUDY = "demo-crowd-purity"
+DEMO_CROWD_ACCOUNT = "crowd1"
+DEMO_LAYERS = ("conv3", "conv4", "conv5")
+
+
+def demo_crowd_studies_ensure(*, network: str = "demo-net", dataset: str = "probe-world",
+                              layers: Sequence[str] = DEMO_LAYERS, units: Sequence[int] | None = None,
+                              real_places: int = 2, seed: int = 0, researcher: str = "researcher") -> dict[str, Any]:
+    """The demo's crowd side (idempotent): a description study over ``layers`` answered by a simulated crowd
+    (so units have human canonical descriptions), then a blind validation study (dissection labels, those
+    descriptions and controls) answered by the simulated crowd too, so the ND'18 Table 3 report is populated.
+    Each validation HIT then gets ``real_places`` more places so people entering through the printed links
+    still find work; the finished description study is closed. When the demo has learnt an explanatory graph of
+    ``network``, a purity study compares its top nodes with the raw filters of the graph's layers (AAAI'18 Fig. 8),
+    answered by the simulated crowd and then opened to people the same way. Returns the crowd account's
+    credentials, the studies and their links."""
+    credentials = demo_passwords_ensure([DEMO_CROWD_ACCOUNT])
+    user, created = user_ensure(username=DEMO_CROWD_ACCOUNT, password=credentials[DEMO_CROWD_ACCOUNT], role=Role.CROWD)
+    if not created and not user.check_password(credentials[DEMO_CROWD_ACCOUNT]):
+        credentials[DEMO_CROWD_ACCOUNT] = "(unchanged: set before the demo stored it)"
+    researcher_user = User.objects.filter(username=researcher).first()
+    extractions = []
+    for layer in layers:
+        try:
+            extractions.append(study_extraction_for(network=network, layer=layer, dataset=dataset))
+        except InputError as error:
+            raise CrowdInputError(str(error)) from None
+    graph = ExplanatoryGraph.objects.filter(network__name=network, dataset__name=dataset).first()  # the newest
+    plans = [(DEMO_DESCRIPTION_STUDY, CrowdTaskKind.DESCRIPTION, extractions),
+             (DEMO_VALIDATION_STUDY, CrowdTaskKind.VALIDATION, extractions)]
+    if graph is not None:
+        plans.append((DEMO_PURITY_STUDY, CrowdTaskKind.PURITY,
+                      [study_extraction_for(network=network, layer=layer, dataset=dataset) for layer in graph.layers]))
+    studies: dict[str, CrowdStudy] = {}
+    truths: dict[tuple[int, ...], Any] = {}  # the pixel truth of a set of layers, read once
+    for name, kind, study_extractions in plans:
+        study = CrowdStudy.objects.filter(name=name).first()
+        if study is None:
+            study = crowd_study_create(
+                name=name, kind=kind, extractions=study_extractions, units=units, seed=seed,
+                created_by=researcher_user, description_study=studies.get(DEMO_DESCRIPTION_STUDY), graph=graph,
+                description="The demo's crowd study: a simulated crowd (flagged simulated) answered every HIT.")
+        tasks = study.hits.filter(role=HitRole.TASK)
+        reopened = kind != CrowdTaskKind.DESCRIPTION and real_places
+        # Places for people are opened once the simulated crowd is done: opened places mean nothing is left to
+        # simulate (so a second run adds nothing); a study with open places left is finished by the crowd.
+        opened = reopened and not tasks.filter(max_assignments=study.assignments_per_hit).exists()
+        if not opened and tasks.filter(retired=False, assigned_count__lt=F("max_assignments")).exists():
+            key = tuple(extraction.pk for extraction in study_extractions)
+            if key not in truths:
+                truths[key] = study_unit_truth(study)
+            crowd_simulate(study=study, seed=seed, truth=truths[key])
+        if reopened and not opened:
+            tasks.update(max_assignments=F("max_assignments") + real_places)
+        if kind == CrowdTaskKind.DESCRIPTION and study.is_open:  # its work is done: people get the validation
+            study_open_set(study=study, is_open=False)
+        studies[name] = study
+    validation = studies[DEMO_VALIDATION_STUDY]
+    return {"credentials": credentials, "studies": {name: study.pk for name, study in studies.items()},
+            "links": crowd_links(validation)}

@@ -1,0 +1,389 @@
+"""Planning crowd studies (issue 8): a study of one task kind over the units of some layers, with its HITs —
+the labels to validate (dissection labels, human descriptions, controls), the units to describe, the purity grids
+to count — and its gold items and qualification questions from the dataset's pixel truth
+(:mod:`annotation.crowd.truth`).
+
+Blindness (ND'18 §3.1: "the origin of the labels was not revealed to the raters"): HITs are created in a
+random order with a random ``position`` and a random hex ``token`` (hex cannot spell an origin); grids are
+the analysis app's content-hash PNGs; the label's origin is written only to server-side fields.
+"""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import transaction
+
+from analysis.engine.broden import BrodenFormatError
+from analysis.models import (Concept, ExemplarKind, ExemplarSet, LayerDissection, LayerExtraction, Unit,
+                             UnitDissection)
+from analysis.services.explanatory_graph import graph_purity_candidates, graph_purity_inferences, purity_patch_picture
+from analysis.services.extraction import open_activation_cache
+from analysis.services.grids import GRID_TILE_MAX, DatasetImageCache, store_grid
+
+from ..common import new_token
+from ..models import (DESCRIPTION_MAX_LENGTH, EXPLANATORY_GRAPH, RAW_FILTER_PEAKS, CrowdStudy, CrowdTaskKind, Hit,
+                      HitRole, LabelOrigin, OverlapRule)
+from ..naming import label_text, normalise_concept_name
+from .selectors import canonical_descriptions_for
+from .services import NO, ORDER_MODULUS, YES, CrowdInputError
+from .truth import absent_concepts, peak_concepts, truth_concepts
+
+@dataclass
+class HitSpec:
+    """A HIT before it is saved (collected, shuffled, then created in one go)."""
+
+    kind: str
+    role: str = HitRole.TASK
+    unit_id: int | None = None
+    extraction_id: int | None = None
+    grid_id: int | None = None
+    label: str = ""
+    label_origin: str = ""
+    label_concept_id: int | None = None
+    label_category: str = ""
+    unit_category: str = ""
+    source: dict | None = None
+    gold_answer: str = ""
+    gold_explanation: str = ""
+    purity_k: int | None = None
+    purity_shown: int | None = None
+
+
+def _clean_study_name(name: str) -> str:
+    name = " ".join(str(name).split())
+    if not name:
+        raise CrowdInputError("A study needs a name.")
+    if len(name) > 200:
+        raise CrowdInputError("A study name has at most 200 characters.")
+    if CrowdStudy.objects.filter(name=name).exists():
+        raise CrowdInputError(f"A crowd study named {name!r} already exists.")
+    return name
+
+
+def _overall_sets(extraction: LayerExtraction, units: Sequence[int] | None) -> list[ExemplarSet]:
+    sets = (ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL)
+            .select_related("unit").order_by("unit__index"))
+    if units is not None:
+        sets = sets.filter(unit__index__in=list(units))
+    sets = list(sets)
+    if not sets:
+        raise CrowdInputError(f"{extraction.layer}: no top-15 exemplar sets (extract the layer first).")
+    if any(exemplar.grid_id is None for exemplar in sets):
+        raise CrowdInputError(f"Some grids of {extraction.layer.name} are not rendered yet: render the layer's "
+                              "grids first (python manage.py render_grids).")
+    return sets
+
+
+def dissection_for(extraction: LayerExtraction) -> LayerDissection | None:
+    """The newest complete ND'18 dissection (no null baseline) of the extraction's layer on its dataset."""
+    return (LayerDissection.objects.complete().real().newest_first()
+            .filter(layer_id=extraction.layer_id, dataset_id=extraction.dataset_id).first())
+
+
+def _control_concept(rng: np.random.Generator, pool: list[Concept], avoid: set[str]) -> Concept | None:
+    """ND'18-style control: a random concept of the dataset whose name matches none of the unit's labels."""
+    for _ in range(50):
+        concept = pool[int(rng.integers(len(pool)))]
+        if normalise_concept_name(concept.name) not in avoid:
+            return concept
+    return None
+
+
+def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, rng: np.random.Generator,
+                      include_dissection: bool, include_human: bool, controls: bool,
+                      description_study: CrowdStudy | None, detectors_only: bool) -> list[HitSpec]:
+    dissection = dissection_for(extraction) if include_dissection else None
+    results = {}
+    if dissection is not None:
+        results = {result.unit_id: result for result in
+                   UnitDissection.objects.filter(dissection=dissection).select_related("concept")}
+    human = canonical_descriptions_for(unit_ids=[s.unit_id for s in sets], study=description_study) \
+        if include_human else {}
+    pool = list(Concept.objects.filter(dataset_id=extraction.dataset_id, image_count__gt=0)
+                .exclude(category="object_class").order_by("number"))
+    specs = []
+    for exemplar in sets:
+        result = results.get(exemplar.unit_id)
+        unit_category = result.concept.category if result is not None and result.concept_id else ""
+        common = dict(kind=CrowdTaskKind.VALIDATION, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
+                      grid_id=exemplar.grid_id, unit_category=unit_category)
+        avoid: set[str] = set()
+        if result is not None and result.concept_id and (result.is_detector or not detectors_only):
+            avoid.add(normalise_concept_name(result.concept.name))
+            specs.append(HitSpec(**common, label=label_text(result.concept.name), label_origin=LabelOrigin.DISSECTION,
+                                 label_concept_id=result.concept_id, label_category=result.concept.category,
+                                 source={"dissection": dissection.pk, "iou": result.iou,
+                                         "is_detector": result.is_detector}))
+        description = human.get(exemplar.unit_id)
+        if description is not None:
+            avoid.add(normalise_concept_name(description["text"]))
+            specs.append(HitSpec(**common, label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
+                                 label_origin=LabelOrigin.HUMAN,
+                                 source={"description_study": description["study"],
+                                         "description_hit": description["hit"], "agreed": description["agreed"]}))
+        if controls and pool and avoid:
+            concept = _control_concept(rng, pool, avoid)
+            if concept is not None:
+                specs.append(HitSpec(**common, label=label_text(concept.name), label_origin=LabelOrigin.CONTROL,
+                                     label_concept_id=concept.pk, label_category=concept.category,
+                                     source={"control_of": sorted(avoid)}))
+    return specs
+
+
+def unit_image_scores(extraction: LayerExtraction, *, chunk: int = 256) -> np.ndarray:
+    """``float32[images, units]``: each unit's map maximum on every image of the extraction (read in chunks)."""
+    maps = open_activation_cache(extraction)
+    out = np.empty(maps.shape[:2], dtype=np.float32)
+    for start in range(0, maps.shape[0], chunk):
+        block = np.asarray(maps[start:start + chunk], dtype=np.float32)
+        out[start:start + chunk] = block.reshape(block.shape[0], block.shape[1], -1).max(axis=2)
+    return out
+
+
+def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass: float,
+                  max_shown: int) -> list[HitSpec]:
+    """One purity HIT per unit: its top-K images by map maximum (K by the 30% mass rule), at most ``max_shown``."""
+    import torch  # local: keeps torch out of the web processes that import this module (the study form)
+
+    from analysis.engine.explanatory_graph import energy_top_k  # local: imports torch (see above)
+    from analysis.engine.rendering import render_activation_grid  # local: imports torch
+    from analysis.engine.upsample import peak_coordinates, upsample_anchored, upsample_plain  # local: imports torch
+
+    layer, network = extraction.layer, extraction.layer.network
+    scores = unit_image_scores(extraction)
+    maps = open_activation_cache(extraction)
+    images = DatasetImageCache(extraction.dataset)
+    anchored = layer.rf_stride_y is not None
+    input_size = (network.input_height, network.input_width)
+    specs = []
+    for exemplar in sets:
+        unit_scores = scores[:, exemplar.unit.index]
+        top = energy_top_k(unit_scores, mass)
+        k = len(top)
+        if k == 0:
+            continue
+        shown = min(k, max_shown)
+        order = top[:shown]
+        pictures = np.stack([images[int(index)] for index in order])
+        size = pictures.shape[1:3]
+        unit_maps = torch.from_numpy(np.asarray(maps[order, exemplar.unit.index], dtype=np.float32))
+        flat = unit_maps.flatten(1).argmax(dim=1)
+        positions = torch.stack((flat // unit_maps.shape[2], flat % unit_maps.shape[2]), dim=1)
+        if anchored:
+            upsampled = upsample_anchored(unit_maps, size, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
+                                          rf_offset=(layer.rf_offset_y, layer.rf_offset_x), input_size=input_size)
+            peaks = peak_coordinates(positions, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
+                                     rf_offset=(layer.rf_offset_y, layer.rf_offset_x))
+            peaks = (peaks * torch.tensor([size[0] / input_size[0], size[1] / input_size[1]],
+                                          dtype=torch.float64)).numpy()
+        else:
+            upsampled = upsample_plain(unit_maps, size)
+            peaks = None
+        picture = render_activation_grid(pictures, upsampled.numpy(), peaks, vmax=max(float(unit_scores.max()), 1e-6),
+                                         columns=5, num_slots=shown, tile=min(GRID_TILE_MAX, max(size)))
+        grid = store_grid(picture, style="purity")
+        specs.append(HitSpec(kind=CrowdTaskKind.PURITY, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
+                             grid_id=grid.pk, purity_k=k, purity_shown=shown,
+                             source={"pattern_source": RAW_FILTER_PEAKS, "pattern": exemplar.unit_id,
+                                     "images": [int(index) for index in order], "mass": mass,
+                                     "score": "map maximum per image, whole images with the peak marked"}))
+    return specs
+
+
+def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_shown: int) -> list[HitSpec]:
+    """Explanatory Graph purity (AAAI'18 Fig. 8) for one layer of ``graph``: a HIT per top-D graph node
+    (:func:`analysis.services.explanatory_graph.graph_purity_candidates`) and per raw filter (the "raw filter
+    peaks" baseline), both drawn the same way — the patches of the top-K inferences (K by the 30% rule,
+    ``mass``), so that raters cannot tell the sources apart."""
+    layer = extraction.layer
+    units = {unit.index: unit for unit in Unit.objects.filter(layer=layer)}
+
+    def spec(groups, unit_index: int, source: str, pattern: str) -> HitSpec | None:
+        if not groups:
+            return None
+        shown = groups[:max_shown]
+        grid = store_grid(purity_patch_picture(graph, shown, columns=5), style="purity")
+        return HitSpec(kind=CrowdTaskKind.PURITY, unit_id=units[unit_index].pk, extraction_id=extraction.pk,
+                       grid_id=grid.pk, purity_k=len(groups), purity_shown=len(shown),
+                       source={"pattern_source": source, "pattern": pattern, "graph": graph.pk, "mass": mass,
+                               "images": [int(group[0].image_index) for group in shown]})
+
+    specs = []
+    for node, _ in graph_purity_candidates(graph, layer=layer.name):
+        groups = graph_purity_inferences(graph, layer=layer.name, filter_index=node.filter, node=node.node,
+                                         mode="node", fraction=mass)
+        specs.append(spec(groups, node.filter, EXPLANATORY_GRAPH, f"{layer.name}/{node.filter}/{node.node}"))
+    for index in sorted(units):
+        groups = graph_purity_inferences(graph, layer=layer.name, filter_index=index, mode="peaks", fraction=mass)
+        specs.append(spec(groups, index, RAW_FILTER_PEAKS, f"{layer.name}/{index}"))
+    return [item for item in specs if item is not None]
+
+
+def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: str, rng: np.random.Generator,
+                gold_count: int, qualification_count: int) -> list[HitSpec]:
+    """Gold and qualification items with answers known from the dataset's pixel truth (see
+    :mod:`annotation.crowd.truth`): "yes" for a concept under the peak of most of the 15 images, "no" for a
+    concept under none of them. Qualification questions are always yes/no label questions."""
+    wanted = gold_count + qualification_count
+    if wanted == 0:
+        return []
+    chosen = [sets[int(i)] for i in rng.permutation(len(sets))[: max(3 * wanted, 12)]]
+    try:
+        per_image = peak_concepts(extraction, chosen)
+    except BrodenFormatError as error:
+        raise CrowdInputError(f"Gold items and qualification questions come from the dataset's pixel truth, which "
+                              f"cannot be read ({error}): create the study without them.") from None
+    concepts = Concept.objects.filter(dataset_id=extraction.dataset_id, image_count__gt=0).exclude(category="object_class")
+    names = {normalise_concept_name(concept.name): concept for concept in concepts}
+    specs: list[HitSpec] = []
+    candidates = []
+    for exemplar in chosen:
+        truth = truth_concepts(per_image.get(exemplar.unit_id, []))
+        truth = [name for name in truth if name in names]
+        absent = [name for name in absent_concepts(per_image.get(exemplar.unit_id, []), names) if name in names]
+        if truth:
+            candidates.append((exemplar, YES, truth[0], truth))
+        if absent:
+            candidates.append((exemplar, NO, absent[int(rng.integers(len(absent)))], truth))
+    rng.shuffle(candidates)
+    yes_first = sorted(candidates, key=lambda c: c[1] != YES)  # qualification takes a mix: alternate yes/no
+    mixed = [c for pair in zip([c for c in yes_first if c[1] == YES], [c for c in yes_first if c[1] == NO])
+             for c in pair]
+    mixed += [c for c in candidates if c not in mixed]
+    for number, (exemplar, answer, name, truth) in enumerate(mixed[:wanted]):
+        role = HitRole.QUALIFICATION if number < qualification_count else HitRole.GOLD
+        concept = names[name]
+        shown = label_text(concept.name)
+        common = dict(unit_id=exemplar.unit_id, extraction_id=extraction.pk, grid_id=exemplar.grid_id, role=role,
+                      source={"truth": truth}, label_concept_id=concept.pk, label_category=concept.category)
+        if role == HitRole.QUALIFICATION or kind == CrowdTaskKind.VALIDATION:
+            explanation = (f"“{shown}” is under the highlighted patch in most of these images." if answer == YES else
+                           f"“{shown}” is under none of the highlighted patches.")
+            specs.append(HitSpec(kind=CrowdTaskKind.VALIDATION, label=shown, gold_answer=answer,
+                                 gold_explanation=explanation, **common))
+        elif kind == CrowdTaskKind.DESCRIPTION and answer == YES:
+            specs.append(HitSpec(kind=CrowdTaskKind.DESCRIPTION, gold_answer="|".join(truth),
+                                 gold_explanation="Most highlighted patches show: "
+                                                  + ", ".join(label_text(names[t].name) for t in truth) + ".",
+                                 **common))
+    return specs
+
+
+def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtraction],
+                       units: Sequence[int] | None = None, assignments_per_hit: int = 3, lease_seconds: int = 900,
+                       gold_rate: float = 0.1, gold_count: int = 12, qualification_required: bool = True,
+                       qualification_size: int = 4, qualification_pass_rate: float = 0.75,
+                       block_below: float = 0.6, block_min_gold: int = 8, include_dissection: bool = True,
+                       include_human: bool = True, controls: bool = True, detectors_only: bool = False,
+                       description_study: CrowdStudy | None = None, purity_mass: float = 0.3,
+                       purity_max_shown: int = 20, graph=None, overlap_rule: str = OverlapRule.FIXED,
+                       external_submit_hosts: str | None = None, hits_per_session: int = 10, seed: int = 0,
+                       description: str = "", created_by=None) -> CrowdStudy:
+    """Create a crowd study of ``kind`` over the units of ``extractions`` (one per layer), with its HITs.
+
+    * validation (ND'18 §3.1): per unit, a HIT for its dissection label (newest complete dissection of the
+      layer on the extraction's dataset; every unit with a top concept, or only detectors with
+      ``detectors_only``), one for its human canonical description (from ``description_study`` or the newest
+      description study covering it), and — with ``controls`` — one for a random other concept of the dataset;
+      a unit with neither label gets no HIT.
+    * description: one HIT per unit (``assignments_per_hit`` = 3 raters by default, as ND'18's baseline).
+    * purity: one HIT per unit showing its top-K images by map maximum with the peak marked (K by the 30% mass
+      rule, :func:`analysis.engine.explanatory_graph.energy_top_k` with ``purity_mass``); with an Explanatory
+      ``graph`` covering the layer, instead a HIT per top-D graph node and per raw filter, both as patches of
+      their top-K inferences (AAAI'18 Fig. 8's comparison; ``Hit.source["pattern_source"]`` tells them apart).
+
+    Gold items (``gold_count``) and qualification questions (2 × ``qualification_size``, so a retake can differ)
+    come from the dataset's pixel truth; without enough of them the qualification is not required. All HITs are
+    created in one random order.
+    """
+    name = _clean_study_name(name)
+    if kind not in CrowdTaskKind.values:
+        raise CrowdInputError(f"Unknown task kind {kind!r}; choose one of {', '.join(CrowdTaskKind.values)}.")
+    extractions = list(dict.fromkeys(extractions))
+    if not extractions:
+        raise CrowdInputError("Choose at least one layer.")
+    if not 1 <= assignments_per_hit <= 50:
+        raise CrowdInputError("Between 1 and 50 workers per HIT.")
+    if not 0.0 <= gold_rate < 1.0:
+        raise CrowdInputError("The gold rate lies in [0, 1).")
+    if not 0.0 < purity_mass <= 1.0:
+        raise CrowdInputError("The purity mass lies in (0, 1].")
+    if lease_seconds < 30:
+        raise CrowdInputError("A lease lasts at least 30 seconds.")
+    rng = np.random.default_rng(seed)
+    specs: list[HitSpec] = []
+    for extraction in extractions:
+        sets = _overall_sets(extraction, units)
+        if kind == CrowdTaskKind.VALIDATION:
+            specs += _validation_specs(extraction, sets, rng=rng, include_dissection=include_dissection,
+                                       include_human=include_human, controls=controls,
+                                       description_study=description_study, detectors_only=detectors_only)
+        elif kind == CrowdTaskKind.DESCRIPTION:
+            specs += [HitSpec(kind=kind, unit_id=s.unit_id, extraction_id=extraction.pk, grid_id=s.grid_id,
+                              unit_category=_unit_category(extraction, s.unit_id)) for s in sets]
+        elif graph is not None and extraction.layer.name in graph.layers:
+            specs += _graph_purity_specs(extraction, graph, mass=purity_mass, max_shown=purity_max_shown)
+        else:
+            specs += _purity_specs(extraction, sets, mass=purity_mass, max_shown=purity_max_shown)
+    if not any(spec.role == HitRole.TASK for spec in specs):
+        raise CrowdInputError("These layers give no HITs (validation needs dissection labels or descriptions).")
+    per_layer_gold = -(-gold_count // len(extractions))
+    per_layer_qualification = -(-2 * qualification_size // len(extractions)) if qualification_required else 0
+    for extraction in extractions:
+        specs += _gold_specs(extraction, _overall_sets(extraction, units), kind=kind, rng=rng,
+                             gold_count=per_layer_gold if gold_rate > 0 else 0,
+                             qualification_count=per_layer_qualification)
+    n_qualification = sum(spec.role == HitRole.QUALIFICATION for spec in specs)
+    with transaction.atomic():
+        study = CrowdStudy.objects.create(
+            name=name, token=new_token(), kind=kind, description=description,
+            assignments_per_hit=assignments_per_hit, lease_seconds=lease_seconds, gold_rate=gold_rate,
+            qualification_required=qualification_required and n_qualification >= qualification_size,
+            qualification_size=qualification_size, qualification_pass_rate=qualification_pass_rate,
+            block_below=block_below, block_min_gold=block_min_gold, overlap_rule=overlap_rule,
+            purity_mass=purity_mass, purity_max_shown=purity_max_shown, hits_per_session=hits_per_session,
+            completion_code=secrets.token_hex(4).upper(), seed=seed, created_by=created_by,
+            **({"external_submit_hosts": external_submit_hosts} if external_submit_hosts is not None else {}))
+        study.extractions.set(extractions)
+        order = rng.permutation(len(specs))
+        Hit.objects.bulk_create([
+            Hit(study=study, token=new_token(), position=position, kind=spec.kind, role=spec.role,
+                unit_id=spec.unit_id, extraction_id=spec.extraction_id, grid_id=spec.grid_id, label=spec.label,
+                label_origin=spec.label_origin, label_concept_id=spec.label_concept_id,
+                label_category=spec.label_category, unit_category=spec.unit_category, source=spec.source or {},
+                gold_answer=spec.gold_answer, gold_explanation=spec.gold_explanation, purity_k=spec.purity_k,
+                purity_shown=spec.purity_shown, max_assignments=assignments_per_hit)
+            for position, spec in enumerate(specs[int(i)] for i in order)], batch_size=500)
+    return study
+
+
+def _unit_category(extraction: LayerExtraction, unit_id: int) -> str:
+    dissection = dissection_for(extraction)
+    if dissection is None:
+        return ""
+    result = UnitDissection.objects.filter(dissection=dissection, unit_id=unit_id).select_related("concept").first()
+    return result.concept.category if result is not None and result.concept_id else ""
+
+
+def gold_item_add(*, study: CrowdStudy, unit_hit: Hit, label: str, answer: str, explanation: str = "",
+                  role: str = HitRole.GOLD) -> Hit:
+    """A researcher's own gold (or qualification) yes/no question about the unit shown by ``unit_hit``."""
+    if answer not in (YES, NO):
+        raise CrowdInputError("A gold answer is yes or no.")
+    label = " ".join(label.split())[:DESCRIPTION_MAX_LENGTH]
+    if not label:
+        raise CrowdInputError("A gold item needs a label.")
+    position = int(np.random.default_rng().integers(ORDER_MODULUS - 1))
+    return Hit.objects.create(study=study, token=new_token(), position=position, kind=CrowdTaskKind.VALIDATION,
+                              role=role, unit_id=unit_hit.unit_id, extraction_id=unit_hit.extraction_id,
+                              grid_id=unit_hit.grid_id, label=label, gold_answer=answer,
+                              gold_explanation=explanation, max_assignments=study.assignments_per_hit)
+
+
+def study_open_set(*, study: CrowdStudy, is_open: bool) -> CrowdStudy:
+    study.is_open = is_open
+    study.save(update_fields=["is_open"])
+    return study
