@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from annotation.crowd import hits as crowd_hits
 from annotation.crowd import services
-from annotation.crowd.adapters import context_dumps
+from annotation.crowd.adapters import visit_dumps
 from annotation.models import (MTURK_PREVIEW_ASSIGNMENT, AssignmentState, CrowdAssignment, CrowdTaskKind,
                                CrowdWorker, HitRole, LabelOrigin)
 from tests.test_crowd_study import add_gold, build_crowd_world, enter, validation_study
@@ -181,11 +181,11 @@ def test_mturk_submission_posts_the_assignment_id_to_turk_submit_to():
     # One UnitScope HIT per MTurk assignment: asking again within it gives no second HIT; without the platform's
     # context there is no HIT at all.
     worker = CrowdWorker.objects.get()
-    next_url = reverse("annotation:crowd_next", args=[worker.code])
-    context = context_dumps({"worker": worker.code, "external_assignment_id": "ASSIGN-1", "external_hit_id": "HIT-9",
-                             "submit_to": "https://workersandbox.mturk.com"})
-    assert client.get(next_url + "?" + urlencode({"ctx": context})).status_code == 200
-    assert client.get(next_url).status_code == 400
+    visit = visit_dumps(worker, {"external_assignment_id": "ASSIGN-1", "external_hit_id": "HIT-9",
+                                 "submit_to": "https://workersandbox.mturk.com"})
+    assert client.get(reverse("annotation:crowd_next", args=[visit])).status_code == 200
+    # The worker's own code is never a platform worker's credential (it was handed to whoever typed the id).
+    assert client.get(reverse("annotation:crowd_next", args=[worker.code])).status_code == 404
     assert CrowdAssignment.objects.count() == 1
 
 
@@ -202,7 +202,8 @@ def test_mturk_turk_submit_to_must_be_an_allowed_host_and_qualification_keeps_th
     response = client.get(mturk_url(study, assignmentId="A2", hitId="H2", workerId="W2",
                                     turkSubmitTo="http://localhost:8123"), follow=True)
     qualification_url = response.redirect_chain[-1][0]
-    assert "/qualification/" in qualification_url and "ctx=" in qualification_url
+    # The visit's credential in the URL carries the assignment through the test (never the worker's code).
+    assert "/qualification/" in qualification_url and CrowdWorker.objects.get().code not in qualification_url
     tokens = re.findall(r'name="q-([0-9a-f]+)"', response.content.decode())
     assert len(set(tokens)) == 4
     passed = client.post(qualification_url, {f"q-{token}": "yes" for token in tokens}, follow=True)
@@ -270,8 +271,8 @@ def test_gold_feedback_is_shown_at_once(make_user):
     raise AssertionError("no gold item in five HITs at a rate of 0.9")
 
 
-def test_researcher_pages(researcher_client):
-    study = validation_study("pages", units=2, assignments_per_hit=1)
+def test_researcher_pages(researcher_client, researcher):
+    study = validation_study("pages", units=2, assignments_per_hit=1, created_by=researcher)
     worker = enter(study, 1)
     done = []
     while (assignment := services.hit_next_for_worker(worker=worker)) is not None:

@@ -451,3 +451,116 @@ def test_every_csv_writer_in_the_project_is_the_safe_one():
                 if re.search(r"csv\.(writer|DictWriter)\(|\.to_csv\(", line):
                     offenders.append(f"{relative}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+# -- crowd identity: a platform id is not a credential (issue 20, items 2, 3 and 6) ------------------------------
+
+def _prolific(study, pid: str, session: str) -> str:
+    from urllib.parse import urlencode
+
+    return (reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"]) + "?"
+            + urlencode({"PROLIFIC_PID": pid, "STUDY_ID": "S", "SESSION_ID": session}))
+
+
+def _work_through(client, url: str, answer: str, limit: int = 40) -> str:
+    """Follow a visit from ``url``, answering every HIT with ``answer``; the last page's text."""
+    response = client.get(url, follow=True)
+    for _ in range(limit):
+        location = response.redirect_chain[-1][0] if response.redirect_chain else url
+        if location.endswith("/done/"):  # gold feedback: on to the visit's next HIT
+            response = client.get(location.rsplit("/a/", 1)[0] + "/", follow=True)
+            continue
+        if "/a/" not in location:
+            return response.content.decode()
+        response = client.post(location, {"answer": answer}, follow=True)
+    return response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_known_platform_id_does_not_hand_over_the_workers_session():
+    """Someone who types a Prolific or MTurk worker's id into the entry link gets a visit of their own: not the
+    worker's code, not their leased HITs, and the answers they inject cannot block the worker."""
+    from annotation.models import CrowdAssignment, CrowdWorker
+    from tests.test_crowd_study import add_gold, validation_study
+
+    study = validation_study(name="idp", units=6, gold_rate=0.8, block_below=0.6, block_min_gold=3,
+                             hits_per_session=20, external_submit_hosts="www.mturk.com")
+    add_gold(study, 12, answer="no")
+    victim = Client()
+    first = victim.get(_prolific(study, "VICTIM", "SESSION-V"), follow=True)
+    victim_task = first.redirect_chain[-1][0]
+    assert "/a/" in victim_task
+    worker = CrowdWorker.objects.get(external_id="VICTIM")
+    assert worker.code not in victim_task  # the personal code never reaches a platform worker's URL
+    attacker = Client()
+    entered = attacker.get(_prolific(study, "VICTIM", "GUESSED"), follow=True)
+    assert all(worker.code not in url for url, _ in entered.redirect_chain)
+    held = CrowdAssignment.objects.get(worker=worker, external_session="SESSION-V")
+    credential = entered.redirect_chain[-1][0].split("/crowd/w/")[1].split("/")[0]
+    for name in ("annotation:crowd_task", "annotation:crowd_after"):
+        assert attacker.get(reverse(name, args=[credential, held.token])).status_code == 404
+    assert attacker.post(reverse("annotation:crowd_return", args=[credential, held.token])).status_code == 404
+    assert attacker.get(reverse("annotation:crowd_next", args=[worker.code])).status_code == 404
+    # The attacker answers every gold item wrongly: their visit stops, the worker is not blocked.
+    page = _work_through(attacker, entered.redirect_chain[-1][0], "yes")
+    assert "No more HITs in this visit" in page
+    worker.refresh_from_db()
+    held.refresh_from_db()
+    assert not worker.blocked and held.state == "leased"
+    assert victim.get(victim_task).status_code == 200
+    # MTurk: another assignmentId under a known workerId reaches nothing of the worker's.
+    mturk = reverse("annotation:crowd_entry_adapter", args=[study.token, "mturk"])
+    turk = {"workerId": "TURKER", "hitId": "H", "turkSubmitTo": "https://www.mturk.com"}
+    own = Client().get(mturk, {**turk, "assignmentId": "A-REAL"}, follow=True).redirect_chain[-1][0]
+    forged = Client().get(mturk, {**turk, "assignmentId": "A-FORGED"}, follow=True).redirect_chain[-1][0]
+    assert "/a/" in own and own.split("/a/")[1] != forged.split("/a/")[-1]
+    turker = CrowdWorker.objects.get(external_id="TURKER")
+    assert turker.code not in own + forged
+    # A visit credential is signed: changing its session or worker makes it unknown.
+    assert Client().get(reverse("annotation:crowd_next", args=[credential[:-2] + "xx"])).status_code == 404
+
+
+@pytest.mark.django_db
+def test_gold_placement_comes_from_a_server_side_secret(settings):
+    """Which of a worker's HITs are gold depends on SECRET_KEY and the worker's row, not on anything the worker
+    sees (the code in their URL seeded it: 26 of 26 gold items were predicted)."""
+    from annotation.crowd.services import _gold_due
+    from tests.test_crowd_study import enter, validation_study
+
+    worker = enter(validation_study(name="goldp", units=2), 1)
+    draws = [_gold_due(worker, number, 0.3) for number in range(1, 201)]
+    assert 30 < sum(draws) < 90  # about the rate
+    worker.code = "0" * 32
+    assert [_gold_due(worker, number, 0.3) for number in range(1, 201)] == draws  # the code plays no part
+    settings.SECRET_KEY = "another-secret-key-for-this-test"
+    assert [_gold_due(worker, number, 0.3) for number in range(1, 201)] != draws
+
+
+@pytest.mark.django_db
+def test_prolific_codes_are_per_session_and_need_the_sessions_work(researcher):
+    """Returning HITs earns nothing: the code comes after ``hits_per_session`` submitted HITs, and it is the
+    session's own (another session's code differs); the answers export lists each earning session's code."""
+    from annotation.crowd.adapters import session_completion_code
+    from annotation.crowd.exports import crowd_answer_rows
+    from tests.test_crowd_study import validation_study
+
+    study = validation_study(name="codes-p", units=4, hits_per_session=3, created_by=researcher)
+    shirker = Client()
+    response = shirker.get(_prolific(study, "P-LAZY", "S-LAZY"), follow=True)
+    task = response.redirect_chain[-1][0]
+    shirker.post(task, {"answer": "yes"})
+    for _ in range(10):  # return every other HIT
+        response = shirker.get(task.rsplit("/a/", 1)[0] + "/", follow=True)
+        location = response.redirect_chain[-1][0] if response.redirect_chain else ""
+        if "/a/" not in location:
+            break
+        shirker.post(location + "return/")
+    text = response.content.decode()
+    assert study.completion_code not in text and "1 of the 3 HITs" in text
+    worker = Client()
+    page = _work_through(worker, _prolific(study, "P-GOOD", "S-GOOD"), "no")
+    code = session_completion_code(study, "S-GOOD")
+    assert code in page and code != session_completion_code(study, "S-LAZY")
+    assert code.startswith(study.completion_code + "-") and page.count(code) >= 1
+    codes = {row["external_session"]: row["completion_code"] for row in crowd_answer_rows(study)}
+    assert codes["S-GOOD"] == code and codes["S-LAZY"] is None

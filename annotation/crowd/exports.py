@@ -4,11 +4,12 @@ functions, so a file downloaded from either is the same."""
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from ..common import iso, rows_csv, simulated_check
-from ..models import CrowdAssignment, CrowdTaskKind, Hit, HitRole
+from ..models import CrowdAdapter, CrowdAssignment, CrowdTaskKind, Hit, HitRole
+from .adapters import HANDED_IN, session_completion_code
 from .aggregation import answers_frame, majority_vote
 from .selectors import canonical_description
 
@@ -17,12 +18,13 @@ CROWD_ANSWER_FIELDS = (
     "label_origin", "label_category", "grid_sha256", "worker", "worker_adapter", "worker_external_id",
     "worker_simulated", "user", "state", "answer", "description", "confidence", "count", "pasted", "gold_correct",
     "leased_at", "shown_at", "submitted_at", "seconds", "returned_at", "reason", "reviewed_by", "reviewed_at",
-    "external_assignment_id", "external_hit_id", "external_session",
+    "external_assignment_id", "external_hit_id", "external_session", "completion_code",
 )
 """Columns of a crowd study's raw answers export: every assignment (leased, returned, submitted, approved,
 rejected; task, gold and qualification HITs), with the HIT it answered (kind, role, unit, label and — for
 researchers only — the label's origin), the worker (adapter, external id, simulated), the answer by kind, times,
-seconds on task, review, and the platform's hand-off ids."""
+seconds on task, review, and the platform's hand-off ids (with, on a Prolific session that earned one, the
+session's completion code, to match against Prolific's submissions)."""
 
 
 CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "label_category",
@@ -36,6 +38,10 @@ def crowd_answer_rows(study) -> list[dict[str, Any]]:
     assignments = (CrowdAssignment.objects.filter(hit__study=study)
                    .select_related("hit__unit__layer__network", "hit__grid", "worker", "reviewed_by")
                    .order_by("leased_at", "id"))
+    earned = {session for session, count in Counter(
+        assignments.filter(worker__adapter=CrowdAdapter.PROLIFIC, state__in=HANDED_IN)
+        .exclude(external_session="").values_list("external_session", flat=True)).items()
+        if count >= study.hits_per_session}
     rows = []
     for assignment in assignments:
         hit, worker = assignment.hit, assignment.worker
@@ -56,6 +62,8 @@ def crowd_answer_rows(study) -> list[dict[str, Any]]:
             "reviewed_by": assignment.reviewed_by.get_username() if assignment.reviewed_by_id else None,
             "reviewed_at": iso(assignment.reviewed_at), "external_assignment_id": assignment.external_assignment_id,
             "external_hit_id": assignment.external_hit_id, "external_session": assignment.external_session,
+            "completion_code": (session_completion_code(study, assignment.external_session)
+                                if assignment.external_session in earned else None),
         })
     return rows
 

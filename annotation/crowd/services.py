@@ -19,6 +19,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import BigIntegerField, ExpressionWrapper, F, Value
 from django.db.models.functions import Cast, Mod
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from .. import claims
 from ..common import InputError, new_token
@@ -117,10 +118,13 @@ def _ordered_for(queryset, worker: CrowdWorker):
 
 
 def _gold_due(worker: CrowdWorker, number: int, rate: float) -> bool:
-    """Whether the worker's ``number``-th HIT is a gold item: a draw seeded by the worker's code and ``number``."""
+    """Whether the worker's ``number``-th HIT is a gold item: a uniform draw from an HMAC (``SECRET_KEY``) of the
+    worker's row and ``number``. Nothing the worker sees (their code, URLs, tokens) predicts it; the seed of the
+    draw used to be the worker code in their own URL (26 of 26 gold items were predicted)."""
     if rate <= 0:
         return False
-    return float(np.random.default_rng([int(worker.code[:12], 16), number]).random()) < rate
+    digest = salted_hmac("annotation.crowd.gold-placement", f"{worker.study_id}:{worker.pk}:{number}").digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
 def _lease_unsaved(worker: CrowdWorker, now: datetime, hit: Hit | None = None, **external: str) -> CrowdAssignment:
@@ -132,6 +136,23 @@ def _lease(hit: Hit, worker: CrowdWorker, now: datetime, **external: str) -> Cro
     lease = _lease_unsaved(worker, now, hit, **external)
     lease.save(force_insert=True)
     return lease
+
+
+def submission_visit(assignment: CrowdAssignment) -> dict[str, str]:
+    """The platform visit an assignment was leased in (empty for own-link workers)."""
+    if assignment.worker.adapter == CrowdAdapter.LINK:
+        return {}
+    return {key: value for key in ("external_assignment_id", "external_session")
+            if (value := getattr(assignment, key))}
+
+
+def visit_gold_failed(*, worker: CrowdWorker, visit: dict[str, str]) -> bool:
+    """Whether a platform visit's own gold answers fell below the study's bar (after ``block_min_gold`` of them):
+    such a visit gets no more HITs. The worker is not blocked: answers under a platform id may be anyone's (a
+    researcher who sees a pattern over a worker's visits blocks the worker by hand)."""
+    study = worker.study
+    right, answered = worker_gold_accuracy(worker, visit=visit)
+    return answered >= study.block_min_gold and right / answered < study.block_below
 
 
 def worker_needs_qualification(worker: CrowdWorker) -> bool:
@@ -329,10 +350,15 @@ def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None,
         blocked = False
         study = worker.study
         if correct is not None and not worker.blocked:
-            right, answered = worker_gold_accuracy(worker)
-            if answered >= study.block_min_gold and right / answered < study.block_below:
-                worker_block(worker=worker, reason=f"gold accuracy {right}/{answered} below {study.block_below:.0%}")
-                blocked = True
+            visit = submission_visit(current)
+            if visit:  # a platform visit: only this visit stops (its answers may not be the real worker's)
+                blocked = visit_gold_failed(worker=worker, visit=visit)
+            else:
+                right, answered = worker_gold_accuracy(worker)
+                if answered >= study.block_min_gold and right / answered < study.block_below:
+                    worker_block(worker=worker,
+                                 reason=f"gold accuracy {right}/{answered} below {study.block_below:.0%}")
+                    blocked = True
     if hit.role == HitRole.TASK and study.overlap_rule == OverlapRule.DYNAMIC:
         hit_overlap_apply(hit=hit)
     return SubmitResult(current, gold=hit.role == HitRole.GOLD, correct=correct, explanation=hit.gold_explanation,

@@ -28,7 +28,7 @@ from ..common import attachment_response, simulated_choice
 from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, VALIDATION_QUESTION, AssignmentState, CrowdAdapter,
                       CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
 from . import exports, hits, selectors, services
-from .adapters import ADAPTERS, adapter_for, context_dumps, context_loads
+from .adapters import ADAPTERS, adapter_for, visit_dumps, visit_filter, visit_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
 
 QUESTIONS = {CrowdTaskKind.VALIDATION: VALIDATION_QUESTION, CrowdTaskKind.DESCRIPTION: DESCRIPTION_QUESTION,
@@ -94,15 +94,17 @@ class CrowdEntryView(View):
                               {"study": study, "instructions": study_instructions(study)})
             worker, _ = services.worker_enter(study=study, adapter=adapter, user=user)
             return redirect("annotation:crowd_next", code=worker.code)
+        # A platform id names the worker but proves nothing: the visit gets its own credential (see adapters.py),
+        # never the worker's personal code, so nobody reaches another visit's HITs by typing a known id.
         worker, _ = services.worker_enter(study=study, adapter=adapter, external_id=entry.external_id)
+        visit = visit_dumps(worker, entry.external)
         held = None
         if entry.external.get("external_assignment_id"):
             held = CrowdAssignment.objects.filter(
                 worker=worker, external_assignment_id=entry.external["external_assignment_id"]).first()
         if held is not None:
-            return redirect("annotation:crowd_task", code=worker.code, assignment=held.token)
-        url = reverse("annotation:crowd_next", kwargs={"code": worker.code})
-        return redirect(f"{url}?ctx={context_dumps({'worker': worker.code, **entry.external})}")
+            return redirect("annotation:crowd_task", code=visit, assignment=held.token)
+        return redirect("annotation:crowd_next", code=visit)
 
     def post(self, request, token, adapter=CrowdAdapter.LINK):
         """Own link: "Start" makes a new worker whose personal link is their URL from now on."""
@@ -115,23 +117,31 @@ class CrowdEntryView(View):
 
 
 class WorkerMixin:
-    """Resolves ``self.worker`` from the code in the URL (404 if unknown) and the signed hand-off context."""
+    """Resolves ``self.worker`` from the credential in the URL (404 if unknown): an own-link worker's code, or a
+    platform visit (:func:`annotation.crowd.adapters.visit_dumps`), whose platform fields become the context."""
 
     def dispatch(self, request, *args, **kwargs):
-        self.worker = selectors.worker_by_code(kwargs["code"])
+        visit = visit_loads(kwargs["code"])
+        if visit is not None:
+            self.worker = CrowdWorker.objects.select_related("study").filter(pk=visit[0]).first()
+            self.context = visit[1]
+        else:
+            self.worker = selectors.worker_by_code(kwargs["code"])
+            if self.worker is not None and self.worker.adapter != CrowdAdapter.LINK:
+                self.worker = None  # a platform worker is reached through a visit only
+            self.context = {}
         if self.worker is None:
             raise Http404("Unknown worker link.")
         self.study = self.worker.study
         self.adapter = adapter_for(self.worker.adapter)
-        self.ctx_value = request.GET.get("ctx") or request.POST.get("ctx") or ""
-        self.context = context_loads(self.ctx_value, worker=self.worker)
         return super().dispatch(request, *args, **kwargs)
 
-    def with_ctx(self, url: str) -> str:
-        return f"{url}?ctx={self.ctx_value}" if self.context else url
+    def visit_assignments(self):
+        """The worker's assignments this credential may see: a platform visit's own, an own-link worker's all."""
+        return CrowdAssignment.objects.filter(worker=self.worker, **visit_filter(self.context))
 
     def base_context(self) -> dict:
-        return {"study": self.study, "worker": self.worker, "ctx": self.ctx_value if self.context else "",
+        return {"study": self.study, "worker": self.worker, "credential": self.kwargs["code"],
                 "progress": selectors.worker_progress(self.worker), "instructions": study_instructions(self.study)}
 
     def finished(self, request):
@@ -156,20 +166,25 @@ class CrowdNextView(WorkerMixin, View):
                     **self.base_context(), "title": "Qualification not passed",
                     "text": "You did not pass the qualification test, so this study has no HITs for you. Thank you "
                             "for trying."})
-            return redirect(self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code})))
+            return redirect(reverse("annotation:crowd_qualification", kwargs={"code": code}))
         if self.adapter.context_keys and not all(self.context.get(key) for key in self.adapter.context_keys):
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "Open this study from the platform",
                 "text": "This page needs the link the platform gave you (it names your HIT or session)."}, status=400)
         if self.adapter.session_done(worker=worker, context=self.context):
             return self.finished(request)
+        if visit_filter(self.context) and services.visit_gold_failed(worker=worker, visit=visit_filter(self.context)):
+            return render(request, "annotation/crowd/message.html", {
+                **self.base_context(), "title": "No more HITs in this visit",
+                "text": "The answers to the check questions in this visit were too often wrong, so it hands out no "
+                        "further HITs. Work already submitted stays on record."})
         external = {key: self.context[key] for key in ("external_assignment_id", "external_hit_id", "submit_to",
                                                        "external_session") if key in self.context}
         assignment = services.hit_next_for_worker(worker=worker, external=external)
         if assignment is None:
             return self.finished(request)
-        return redirect(self.with_ctx(reverse("annotation:crowd_task",
-                                              kwargs={"code": code, "assignment": assignment.token})))
+        return redirect(reverse("annotation:crowd_task",
+                                              kwargs={"code": code, "assignment": assignment.token}))
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -186,7 +201,7 @@ class CrowdQualificationView(WorkerMixin, View):
 
     def get(self, request, code, error: str = "", answers: dict | None = None):
         if not services.worker_needs_qualification(self.worker):
-            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+            return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
         attempt = services.qualification_start(worker=self.worker)
         if attempt is None:  # no questions to ask (the study's set-up changed): never loop back to "next"
             return render(request, "annotation/crowd/message.html", {
@@ -202,7 +217,7 @@ class CrowdQualificationView(WorkerMixin, View):
     def post(self, request, code):
         attempt = services.qualification_start(worker=self.worker)
         if attempt is None:
-            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+            return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
         answers = {token: request.POST.get(f"q-{token}", "") for token in attempt.questions}
         try:
             attempt = services.qualification_submit(attempt=attempt, answers=answers)
@@ -210,8 +225,8 @@ class CrowdQualificationView(WorkerMixin, View):
             return self.get(request, code, error=str(error), answers=answers)
         self.worker.refresh_from_db()
         if attempt.passed:
-            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
-        return redirect(self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code})))
+            return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
+        return redirect(reverse("annotation:crowd_qualification", kwargs={"code": code}))
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -222,7 +237,7 @@ class CrowdTaskView(WorkerMixin, View):
 
     def get_assignment(self, token) -> CrowdAssignment:
         try:
-            return CrowdAssignment.objects.select_related("hit__grid").get(token=token, worker=self.worker)
+            return self.visit_assignments().select_related("hit__grid").get(token=token)
         except CrowdAssignment.DoesNotExist:
             raise Http404("This HIT is not yours.") from None
 
@@ -235,12 +250,12 @@ class CrowdTaskView(WorkerMixin, View):
         assignment = self.get_assignment(assignment)
         if assignment.state != AssignmentState.LEASED:
             if assignment.state in (AssignmentState.SUBMITTED, AssignmentState.APPROVED, AssignmentState.REJECTED):
-                return redirect(self.with_ctx(reverse("annotation:crowd_after",
-                                                      kwargs={"code": code, "assignment": assignment.token})))
+                return redirect(reverse("annotation:crowd_after",
+                                                      kwargs={"code": code, "assignment": assignment.token}))
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "This HIT is closed",
-                "text": "Its time ran out or it was returned.", "next_url": self.with_ctx(
-                    reverse("annotation:crowd_next", kwargs={"code": code}))})
+                "text": "Its time ran out or it was returned.", "next_url": 
+                    reverse("annotation:crowd_next", kwargs={"code": code})})
         services.assignment_mark_shown(assignment=assignment)
         return self.render_task(request, assignment, HitAnswerForm(hit=assignment.hit))
 
@@ -256,9 +271,9 @@ class CrowdTaskView(WorkerMixin, View):
             form.add_error(None, str(error))
             return self.render_task(request, assignment, form, status=409)
         if result.gold or self.worker.adapter == CrowdAdapter.MTURK:
-            return redirect(self.with_ctx(reverse("annotation:crowd_after",
-                                                  kwargs={"code": code, "assignment": assignment.token})))
-        return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+            return redirect(reverse("annotation:crowd_after",
+                                                  kwargs={"code": code, "assignment": assignment.token}))
+        return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -266,8 +281,7 @@ class CrowdAfterView(WorkerMixin, View):
     """After a submission: gold feedback, and the hand-back (MTurk form) or the way on."""
 
     def get(self, request, code, assignment):
-        assignment = (CrowdAssignment.objects.select_related("hit").filter(token=assignment, worker=self.worker)
-                      .first())
+        assignment = self.visit_assignments().select_related("hit").filter(token=assignment).first()
         if assignment is None or assignment.state not in (AssignmentState.SUBMITTED, AssignmentState.APPROVED,
                                                           AssignmentState.REJECTED):
             raise Http404("Nothing submitted here.")
@@ -276,7 +290,7 @@ class CrowdAfterView(WorkerMixin, View):
             **self.base_context(), "assignment": assignment, "handoff": handoff,
             "gold": assignment.gold_correct is not None, "correct": assignment.gold_correct,
             "explanation": assignment.hit.gold_explanation if assignment.gold_correct is not None else "",
-            "next_url": self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code}))})
+            "next_url": reverse("annotation:crowd_next", kwargs={"code": code})})
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -284,13 +298,13 @@ class CrowdReturnView(WorkerMixin, View):
     """The worker gives the HIT back; they will not see it again."""
 
     def post(self, request, code, assignment):
-        assignment = get_object_or_404(CrowdAssignment, token=assignment, worker=self.worker)
+        assignment = get_object_or_404(self.visit_assignments(), token=assignment)
         services.assignment_return(assignment=assignment)
         if self.worker.adapter == CrowdAdapter.MTURK:
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "HIT returned",
                 "text": "Return the HIT on the platform too, so that someone else can take it."})
-        return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+        return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
 
 
 # -- researchers -------------------------------------------------------------------------------------------------
