@@ -223,10 +223,12 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
 
 
 def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: str, rng: np.random.Generator,
-                gold_count: int, qualification_count: int) -> list[HitSpec]:
+                gold_count: int, qualification_count: int,
+                avoid: set[tuple[int, str]] = frozenset()) -> list[HitSpec]:
     """Gold and qualification items with answers known from the dataset's pixel truth (see
     :mod:`annotation.crowd.truth`): "yes" for a concept under the peak of most of the 15 images, "no" for a
-    concept under none of them. Qualification questions are always yes/no label questions."""
+    concept under none of them. Qualification questions are always yes/no label questions. Never a
+    ``(unit id, normalised label)`` pair of ``avoid`` (the study's task questions)."""
     wanted = gold_count + qualification_count
     if wanted == 0:
         return []
@@ -243,9 +245,11 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
     for exemplar in chosen:
         truth = truth_concepts(per_image.get(exemplar.unit_id, []))
         truth = [name for name in truth if name in names]
-        absent = [name for name in absent_concepts(per_image.get(exemplar.unit_id, []), names) if name in names]
-        if truth:
-            candidates.append((exemplar, YES, truth[0], truth))
+        askable = [name for name in truth if (exemplar.unit_id, name) not in avoid]
+        absent = [name for name in absent_concepts(per_image.get(exemplar.unit_id, []), names)
+                  if name in names and (exemplar.unit_id, name) not in avoid]
+        if askable:
+            candidates.append((exemplar, YES, askable[0], truth))
         if absent:
             candidates.append((exemplar, NO, absent[int(rng.integers(len(absent)))], truth))
     rng.shuffle(candidates)
@@ -332,10 +336,17 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
         raise CrowdInputError("These layers give no HITs (validation needs dissection labels or descriptions).")
     per_layer_gold = -(-gold_count // len(extractions))
     per_layer_qualification = -(-2 * qualification_size // len(extractions)) if qualification_required else 0
+    # Gold feedback must not give a task's answer away: gold comes from units no task shows when the layer has
+    # them, else from task units but never with one of that unit's task labels.
+    task_units = {spec.unit_id for spec in specs if spec.role == HitRole.TASK}
+    task_pairs = {(spec.unit_id, normalise_concept_name(spec.label)) for spec in specs if spec.role == HitRole.TASK}
     for extraction in extractions:
-        specs += _gold_specs(extraction, _overall_sets(extraction, units), kind=kind, rng=rng,
+        spare = [exemplar for exemplar in ExemplarSet.objects.filter(
+            extraction=extraction, kind=ExemplarKind.TOP_OVERALL, grid__isnull=False).exclude(unit_id__in=task_units)
+            .select_related("unit").order_by("unit__index")]
+        specs += _gold_specs(extraction, spare or _overall_sets(extraction, units), kind=kind, rng=rng,
                              gold_count=per_layer_gold if gold_rate > 0 else 0,
-                             qualification_count=per_layer_qualification)
+                             qualification_count=per_layer_qualification, avoid=task_pairs)
     n_qualification = sum(spec.role == HitRole.QUALIFICATION for spec in specs)
     with transaction.atomic():
         study = CrowdStudy.objects.create(
