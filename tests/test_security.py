@@ -13,6 +13,8 @@ from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 
+from tests.test_crowd_reports import layers  # noqa: F401 (fixture)
+
 def test_weights_are_loaded_without_running_code(tmp_path):
     """``torch.load(weights_only=True)``: a pickle that would run code on load is refused, and the code never runs."""
     from analysis.engine.networks import NetworkLoadError, load_state_dict_file
@@ -590,3 +592,65 @@ def test_a_ten_thousand_row_import_is_done_in_bulk(researcher, django_assert_max
     current = Judgment.objects.current().filter(task__study__name="big")
     assert current.count() == 10_000 and current.filter(answer="other").count() == changed
     assert Judgment.objects.filter(revision_of__isnull=False, answer="other").count() == changed
+
+
+# -- blindness: pictures under each assignment's own URL, purity files alike (issue 20, item 4) --------------------
+
+@pytest.mark.django_db
+def test_each_hit_has_its_own_picture_url_without_file_dates(client, settings, tmp_path):
+    """Every label of a unit used to load one media URL (the grid's); now each assignment has its own, served
+    without Last-Modified or ETag."""
+    from annotation.crowd.services import hit_next_for_worker
+    from tests.test_crowd_study import enter, validation_study
+
+    settings.MEDIA_ROOT = tmp_path
+    study = validation_study(name="pics", units=2, assignments_per_hit=1)
+    worker = enter(study, 1)
+    urls, grids = [], []
+    while (assignment := hit_next_for_worker(worker=worker)) is not None:
+        page = client.get(reverse("annotation:crowd_task", args=[worker.code, assignment.token])).content.decode()
+        src = re.search(r'<figure class="crowd-grid">\s*<img src="([^"]+)"', page).group(1)
+        assert src == reverse("annotation:crowd_image", args=[worker.code, assignment.token])
+        assert assignment.hit.grid.path not in page and "/media/" not in src
+        picture = client.get(src)
+        assert picture.status_code == 200 and picture["Content-Type"] == "image/png"
+        assert "Last-Modified" not in picture and "ETag" not in picture
+        assert picture.content == (tmp_path / assignment.hit.grid.path).read_bytes()
+        urls.append(src)
+        grids.append(assignment.hit.grid_id)
+        last = assignment
+        client.post(reverse("annotation:crowd_task", args=[worker.code, assignment.token]), {"answer": "yes"})
+    assert len(urls) == len(set(urls)) == 4 and len(set(grids)) == 2  # two labels per unit, four URLs
+    other = enter(study, 2)
+    assert client.get(reverse("annotation:crowd_image", args=[other.code, last.token])).status_code == 404
+
+
+@pytest.mark.django_db
+def test_purity_pictures_are_padded_to_one_size(settings, tmp_path, layers):  # noqa: F811
+    """Purity pictures of a study reach workers at one size (the pattern's source was guessed from file size),
+    and still decode to the same pixels."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from analysis.services.grids import store_grid
+    from annotation.crowd.images import hit_picture
+    from annotation.models import CrowdTaskKind
+    from tests.test_crowd_reports import make_study, purity_hit
+
+    settings.MEDIA_ROOT = tmp_path
+    study = make_study(layers, kind=CrowdTaskKind.PURITY, name="pad")
+    rng = np.random.default_rng(0)
+    small = store_grid(Image.new("RGB", (40, 40), "white"), style="purity")
+    large = store_grid(Image.fromarray(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8)), style="purity")
+    hits = [purity_hit(study, layers, "conv5", unit, {}) for unit in (0, 1)]
+    for hit, grid in zip(hits, (small, large)):
+        hit.grid = grid
+        hit.save()
+    pictures = [hit_picture(hit) for hit in hits]
+    assert len(pictures[0]) == len(pictures[1]) == (tmp_path / large.path).stat().st_size
+    assert (tmp_path / small.path).stat().st_size < len(pictures[0])
+    for picture, grid in zip(pictures, (small, large)):
+        with Image.open(io.BytesIO(picture)) as decoded, Image.open(tmp_path / grid.path) as stored:
+            assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(stored.convert("RGB")))

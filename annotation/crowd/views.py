@@ -9,7 +9,7 @@ know the worker by the code in the URL (the code is random and only the worker's
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import Http404, HttpResponseBadRequest
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -30,6 +30,7 @@ from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, VALIDATION_QUESTION
 from . import exports, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, visit_dumps, visit_filter, visit_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
+from .images import hit_picture
 
 QUESTIONS = {CrowdTaskKind.VALIDATION: VALIDATION_QUESTION, CrowdTaskKind.DESCRIPTION: DESCRIPTION_QUESTION,
              CrowdTaskKind.PURITY: PURITY_QUESTION}
@@ -244,6 +245,8 @@ class CrowdTaskView(WorkerMixin, View):
     def render_task(self, request, assignment, form, status=200):
         return render(request, self.template_name, {
             **self.base_context(), "assignment": assignment, "form": form, "preview": False,
+            "image_url": reverse("annotation:crowd_image", kwargs={"code": self.kwargs["code"],
+                                                                    "assignment": assignment.token}),
             "lease_minutes": max(1, self.study.lease_seconds // 60), **hit_context(assignment.hit)}, status=status)
 
     def get(self, request, code, assignment):
@@ -291,6 +294,20 @@ class CrowdAfterView(WorkerMixin, View):
             "gold": assignment.gold_correct is not None, "correct": assignment.gold_correct,
             "explanation": assignment.hit.gold_explanation if assignment.gold_correct is not None else "",
             "next_url": reverse("annotation:crowd_next", kwargs={"code": code})})
+
+
+@method_decorator(worker_page, name="dispatch")
+class CrowdImageView(WorkerMixin, View):
+    """The picture of one of the visit's assignments, under the assignment's own URL (see ``images.py``)."""
+
+    def get(self, request, code, assignment):
+        assignment = get_object_or_404(self.visit_assignments().select_related("hit__grid"), token=assignment)
+        data = hit_picture(assignment.hit)
+        if data is None:
+            raise Http404("No picture.")
+        response = HttpResponse(data, content_type="image/png")
+        response["Cache-Control"] = "private, max-age=3600"
+        return response
 
 
 @method_decorator(worker_page, name="dispatch")

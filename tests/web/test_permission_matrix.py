@@ -30,7 +30,7 @@ PUBLIC = {"accounts:login", "accounts:logout", "accounts:home", "media"}
 """Pages anyone may open (home sends each role to its own home, anonymous users to log in)."""
 CAPABILITY = {"annotation:crowd_entry", "annotation:crowd_entry_adapter", "annotation:crowd_next",
               "annotation:crowd_qualification", "annotation:crowd_task", "annotation:crowd_after",
-              "annotation:crowd_return"}
+              "annotation:crowd_return", "annotation:crowd_image"}
 """Crowd worker pages: the random token or code in the URL is the credential."""
 EXPERT_STUDY_PAGES = {"annotation:expert_next", "annotation:annotate", "annotation:my_answers"}
 """Expert pages of one study: an expert who is not its annotator gets 404 (nothing is revealed)."""
