@@ -113,10 +113,10 @@ def test_validation_hits_are_blind_in_html_urls_and_image_names(settings):
         links = parse(html)
         for url in links.urls + page["visited"]:
             assert_no_origin(url, f"URL {url}")
-        # The only image of the HIT is its content-hash grid.
-        grid_images = [src for src in links.images if src.startswith(settings.MEDIA_URL)]
-        assert grid_images == [hit.grid.url]
-        assert re.fullmatch(rf"{settings.MEDIA_URL}grids/[0-9a-f]{{2}}/[0-9a-f]{{64}}\.png", hit.grid.url)
+        # The only image of the HIT is its assignment's own picture URL (never the grid's shared media URL).
+        assert [src for src in links.images if "/crowd/" in src or src.startswith(settings.MEDIA_URL)] == [
+            reverse("annotation:crowd_image", args=[worker.code, token])]
+        assert hit.grid.url not in html
         assert_no_origin(html.replace(f"“{hit.label}”", ""), f"the page of a {hit.label_origin} label")
         # Pages of one unit differ only by the label (and tokens): nothing else tells the origins apart.
         same = html.replace(f"“{hit.label}”", "LABEL").replace(token, "TOKEN").replace(worker.code, "CODE")
