@@ -654,3 +654,37 @@ def test_purity_pictures_are_padded_to_one_size(settings, tmp_path, layers):  # 
     for picture, grid in zip(pictures, (small, large)):
         with Image.open(io.BytesIO(picture)) as decoded, Image.open(tmp_path / grid.path) as stored:
             assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(stored.convert("RGB")))
+
+
+@pytest.mark.django_db
+def test_failing_the_qualification_under_a_known_id_does_not_lock_the_worker_out():
+    """Someone who enters with a worker's Prolific id and fails the qualification test on purpose uses up their
+    own visit's attempts, not the worker's: the worker's own session still gets the test and can pass it."""
+    from annotation.models import CrowdWorker, HitRole
+    from tests.test_crowd_study import add_gold, validation_study
+
+    study = validation_study(name="qual-id", units=3)
+    add_gold(study, 4, answer="yes", role=HitRole.QUALIFICATION)
+    add_gold(study, 4, answer="no", role=HitRole.QUALIFICATION)
+    study.qualification_required, study.qualification_size, study.qualification_pass_rate = True, 4, 1.0
+    study.save()
+    truth = dict(study.hits.filter(role=HitRole.QUALIFICATION).values_list("token", "gold_answer"))
+    attacker = Client()
+    page = attacker.get(_prolific(study, "VICTIM", "GUESSED"), follow=True)
+    for _ in range(study.qualification_max_attempts):
+        url = page.redirect_chain[-1][0]
+        tokens = re.findall(r'name="q-([0-9a-f]+)"', page.content.decode())
+        page = attacker.post(url, {f"q-{token}": "no" if truth[token] == "yes" else "yes" for token in tokens},
+                             follow=True)
+    visit_home = page.redirect_chain[-1][0].split("qualification")[0]
+    assert "Qualification not passed" in attacker.get(visit_home).content.decode()
+    worker = CrowdWorker.objects.get(external_id="VICTIM")
+    assert worker.qualified is not False
+    victim = Client()
+    page = victim.get(_prolific(study, "VICTIM", "REAL-SESSION"), follow=True)
+    tokens = re.findall(r'name="q-([0-9a-f]+)"', page.content.decode())
+    assert "/qualification/" in page.redirect_chain[-1][0] and len(set(tokens)) == 4
+    passed = victim.post(page.redirect_chain[-1][0], {f"q-{token}": truth[token] for token in tokens}, follow=True)
+    assert "/a/" in passed.redirect_chain[-1][0]
+    worker.refresh_from_db()
+    assert worker.qualified is True

@@ -374,15 +374,17 @@ def hit_overlap_apply(*, hit: Hit) -> Hit:
 
 # -- qualification ------------------------------------------------------------------------------------------------
 
-def qualification_start(*, worker: CrowdWorker) -> QualificationAttempt | None:
+def qualification_start(*, worker: CrowdWorker, visit: str = "") -> QualificationAttempt | None:
     """The worker's open qualification attempt, or a new one (None when no attempts are left).
 
     Questions: ``qualification_size`` of the study's qualification HITs in the worker's own order, preferring
-    ones not asked in an earlier attempt."""
+    ones not asked in an earlier attempt. A platform ``visit`` (see :func:`visit_key`) counts its own attempts:
+    someone else under the worker's id cannot use theirs up."""
     study = worker.study
     with transaction.atomic():
         CrowdWorker.objects.select_for_update().filter(pk=worker.pk).first()
-        attempts = list(worker.qualification_attempts.all())
+        attempts = list(worker.qualification_attempts.filter(visit=visit) if visit
+                        else worker.qualification_attempts.all())
         open_attempt = next((attempt for attempt in attempts if attempt.passed is None), None)
         if open_attempt is not None:
             return open_attempt
@@ -395,12 +397,14 @@ def qualification_start(*, worker: CrowdWorker) -> QualificationAttempt | None:
         questions = tokens[: study.qualification_size]
         if not questions:
             return None
-        return QualificationAttempt.objects.create(worker=worker, questions=questions, total=len(questions))
+        return QualificationAttempt.objects.create(worker=worker, visit=visit, questions=questions,
+                                                   total=len(questions))
 
 
 def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, str]) -> QualificationAttempt:
     """Score an attempt (every question must be answered yes or no); the worker qualifies at the study's pass
-    rate, and is marked unqualified once their attempts are used up."""
+    rate, and is marked unqualified once their attempts are used up — an own-link worker only: a platform visit
+    that used up its attempts is refused by :func:`qualification_failed`, the worker id stays open."""
     missing = [token for token in attempt.questions if answers.get(token) not in (YES, NO)]
     if missing:
         raise CrowdInputError(f"Answer every question ({len(missing)} left).")
@@ -418,12 +422,27 @@ def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, st
         attempt.passed = correct >= study.qualification_pass_rate * attempt.total - 1e-9
         attempt.submitted_at = timezone.now()
         attempt.save()
-        used = worker.qualification_attempts.count()
+        used = worker.qualification_attempts.filter(visit=attempt.visit).count()
         if attempt.passed:
             CrowdWorker.objects.filter(pk=worker.pk).update(qualified=True)
-        elif used >= study.qualification_max_attempts:
+        elif used >= study.qualification_max_attempts and not attempt.visit:
             CrowdWorker.objects.filter(pk=worker.pk).update(qualified=False)
     return attempt
+
+
+def visit_key(context: dict[str, str]) -> str:
+    """One string naming a platform visit (its MTurk assignment or Prolific session); empty for own links."""
+    return "|".join(context[key] for key in ("external_assignment_id", "external_session") if context.get(key))
+
+
+def qualification_failed(*, worker: CrowdWorker, visit: str = "") -> bool:
+    """Whether this worker (own link) or this platform visit failed the qualification test for good."""
+    if worker.qualified is True:
+        return False
+    if not visit:
+        return worker.qualified is False
+    failed = worker.qualification_attempts.filter(visit=visit, passed=False).count()
+    return failed >= worker.study.qualification_max_attempts
 
 
 # -- review, bonuses --------------------------------------------------------------------------------------------

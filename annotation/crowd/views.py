@@ -162,7 +162,7 @@ class CrowdNextView(WorkerMixin, View):
                 "text": "Your answers to the check questions were too often wrong, so this study hands you no further "
                         "HITs. Work already submitted stays on record."})
         if services.worker_needs_qualification(worker):
-            if worker.qualified is False:
+            if services.qualification_failed(worker=worker, visit=services.visit_key(self.context)):
                 return render(request, "annotation/crowd/message.html", {
                     **self.base_context(), "title": "Qualification not passed",
                     "text": "You did not pass the qualification test, so this study has no HITs for you. Thank you "
@@ -203,20 +203,21 @@ class CrowdQualificationView(WorkerMixin, View):
     def get(self, request, code, error: str = "", answers: dict | None = None):
         if not services.worker_needs_qualification(self.worker):
             return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
-        attempt = services.qualification_start(worker=self.worker)
+        attempt = services.qualification_start(worker=self.worker, visit=services.visit_key(self.context))
         if attempt is None:  # no questions to ask (the study's set-up changed): never loop back to "next"
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "The qualification test is not available",
                 "text": "This study asks for a qualification test but has no questions for it right now. Please "
                         "try again later."})
-        previous = self.worker.qualification_attempts.exclude(pk=attempt.pk).filter(passed=False).last()
+        previous = (self.worker.qualification_attempts.filter(visit=attempt.visit).exclude(pk=attempt.pk)
+                    .filter(passed=False).last())
         return render(request, self.template_name, {
             **self.base_context(), "instructions": INSTRUCTIONS[CrowdTaskKind.VALIDATION],
             "attempt": attempt, "questions": self.questions(attempt), "error": error,
             "answers": answers or {}, "previous": previous, "pass_needed": self.study.qualification_pass_rate})
 
     def post(self, request, code):
-        attempt = services.qualification_start(worker=self.worker)
+        attempt = services.qualification_start(worker=self.worker, visit=services.visit_key(self.context))
         if attempt is None:
             return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
         answers = {token: request.POST.get(f"q-{token}", "") for token in attempt.questions}
