@@ -688,3 +688,37 @@ def test_failing_the_qualification_under_a_known_id_does_not_lock_the_worker_out
     assert "/a/" in passed.redirect_chain[-1][0]
     worker.refresh_from_db()
     assert worker.qualified is True
+
+
+@pytest.mark.django_db
+def test_a_label_that_is_both_human_and_dissection_is_one_hit_credited_to_both():
+    """When a unit's canonical description is its dissection label, the worker saw one question twice and knew
+    the third was the control: now one HIT, whose answers count for both origins in ND'18 Table 3."""
+    from annotation.crowd import hits as crowd_hits
+    from annotation.crowd import reports
+    from annotation.crowd.services import assignment_submit, hit_next_for_worker
+    from annotation.models import CrowdTaskKind, LabelOrigin
+    from tests.test_crowd_study import answer_everything, build_crowd_world, enter
+
+    extractions = build_crowd_world(name="dup", units=2)  # dissection: unit 0 "car", unit 1 "wheel"
+    describe = crowd_hits.crowd_study_create(name="d-dup", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions,
+                                             gold_count=0, gold_rate=0.0, qualification_required=False)
+    for number in range(3):
+        worker = enter(describe, number)
+        while (assignment := hit_next_for_worker(worker=worker)) is not None:
+            text = "car" if assignment.hit.unit.index == 0 else "blue sky"
+            assignment_submit(assignment=assignment, description=text, confidence=4)
+    validate = crowd_hits.crowd_study_create(name="v-dup", kind=CrowdTaskKind.VALIDATION, extractions=extractions,
+                                             gold_count=0, gold_rate=0.0, qualification_required=False,
+                                             assignments_per_hit=1)
+    by_unit = {}
+    for hit in validate.hits.select_related("unit"):
+        by_unit.setdefault(hit.unit.index, []).append(hit)
+    labels = [hit.label for hit in by_unit[0]]
+    assert len(labels) == len(set(labels)) == 2  # "car" once (dissection + human), and a control
+    shared = next(hit for hit in by_unit[0] if hit.label == "car")
+    assert shared.source["also_origins"] == [LabelOrigin.HUMAN] and shared.label_origin == LabelOrigin.DISSECTION
+    assert {hit.label_origin for hit in by_unit[1]} == {LabelOrigin.DISSECTION, LabelOrigin.HUMAN, LabelOrigin.CONTROL}
+    answer_everything(enter(validate, 9), answer="yes")
+    votes = {(vote.unit, vote.origin) for vote in reports.study_validation_votes(validate)}
+    assert {(0, LabelOrigin.DISSECTION), (0, LabelOrigin.HUMAN)} <= votes

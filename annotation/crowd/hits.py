@@ -111,19 +111,27 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
         common = dict(kind=CrowdTaskKind.VALIDATION, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
                       grid_id=exemplar.grid_id, unit_category=unit_category)
         avoid: set[str] = set()
+        dissection_spec = None
         if result is not None and result.concept_id and (result.is_detector or not detectors_only):
             avoid.add(normalise_concept_name(result.concept.name))
-            specs.append(HitSpec(**common, label=label_text(result.concept.name), label_origin=LabelOrigin.DISSECTION,
-                                 label_concept_id=result.concept_id, label_category=result.concept.category,
-                                 source={"dissection": dissection.pk, "iou": result.iou,
-                                         "is_detector": result.is_detector}))
+            dissection_spec = HitSpec(**common, label=label_text(result.concept.name),
+                                      label_origin=LabelOrigin.DISSECTION, label_concept_id=result.concept_id,
+                                      label_category=result.concept.category,
+                                      source={"dissection": dissection.pk, "iou": result.iou,
+                                              "is_detector": result.is_detector})
+            specs.append(dissection_spec)
         description = human.get(exemplar.unit_id)
         if description is not None:
-            avoid.add(normalise_concept_name(description["text"]))
-            specs.append(HitSpec(**common, label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
-                                 label_origin=LabelOrigin.HUMAN,
-                                 source={"description_study": description["study"],
-                                         "description_hit": description["hit"], "agreed": description["agreed"]}))
+            human_source = {"description_study": description["study"], "description_hit": description["hit"],
+                            "agreed": description["agreed"]}
+            if dissection_spec is not None and normalise_concept_name(description["text"]) in avoid:
+                # The same text twice would let a worker see one question twice and know the other label is the
+                # control: one HIT, its answers credited to both origins (``also_origins``).
+                dissection_spec.source.update(also_origins=[LabelOrigin.HUMAN.value], **human_source)
+            else:
+                avoid.add(normalise_concept_name(description["text"]))
+                specs.append(HitSpec(**common, label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
+                                     label_origin=LabelOrigin.HUMAN, source=human_source))
         if controls and pool and avoid:
             concept = _control_concept(rng, pool, avoid)
             if concept is not None:
