@@ -2,7 +2,8 @@
 from django import forms
 
 from analysis.models import Dataset, DissectionBaseline, UpsampleMethod
-from analysis.services.dissection import DISSECTION_DEFAULTS, MAX_SHARDS, ROTATION_DEFAULTS
+from analysis.params import form_field
+from analysis.services.dissection import DISSECTION_PARAMS, ROTATION_DEFAULTS, ROTATION_PARAMS
 
 
 def _dataset_choices():
@@ -11,18 +12,17 @@ def _dataset_choices():
 
 class DissectionForm(forms.Form):
     dataset = forms.ChoiceField(help_text="The probe dataset whose masks score the units.")
-    upsample = forms.ChoiceField(choices=UpsampleMethod.choices, initial=DISSECTION_DEFAULTS["upsample"],
-                                 label="Upsampling to mask resolution")
-    baseline = forms.ChoiceField(choices=DissectionBaseline.choices, initial=DISSECTION_DEFAULTS["baseline"],
-                                 help_text="Shuffled: each image's activations scored against another image's "
-                                           "masks; detectors found then are chance.")
-    shards = forms.IntegerField(initial=DISSECTION_DEFAULTS["shards"], min_value=1, max_value=MAX_SHARDS,
-                                help_text="Image ranges tallied as separate tasks (more workers, faster); the "
-                                          "counts merge exactly.")
-    iou_threshold = forms.FloatField(label="Detector IoU threshold", initial=DISSECTION_DEFAULTS["iou_threshold"],
-                                     min_value=0, max_value=0.99)
-    strict_threshold = forms.BooleanField(required=False, label="Strict threshold (S > T, the published code)",
-                                          help_text="Unticked: ND'18's S ≥ T.")
+    upsample = form_field(DISSECTION_PARAMS, "upsample", choice_labels=dict(UpsampleMethod.choices),
+                          label="Upsampling to mask resolution")
+    baseline = form_field(DISSECTION_PARAMS, "baseline", choice_labels=dict(DissectionBaseline.choices),
+                          help_text="Shuffled: each image's activations scored against another image's masks; "
+                                    "detectors found then are chance.")
+    shards = form_field(DISSECTION_PARAMS, "shards", help_text="Image ranges tallied as separate tasks (more "
+                                                               "workers, faster); the counts merge exactly.")
+    iou_threshold = form_field(DISSECTION_PARAMS, "iou_threshold", label="Detector IoU threshold")
+    strict_threshold = form_field(DISSECTION_PARAMS, "strict_threshold",
+                                  label="Strict threshold (S > T, the published code)",
+                                  help_text="Unticked: ND'18's S ≥ T.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -45,18 +45,15 @@ class RotationForm(forms.Form):
                              label="α values", help_text="Fractions of the rotation, in [0, 1]; 0 is the layer itself.")
     seeds = forms.CharField(initial=", ".join(str(seed) for seed in ROTATION_DEFAULTS["seeds"]),
                             help_text="One random rotation Q per seed (ND'18 repeats α = 1 ten times).")
-    upsample = forms.ChoiceField(choices=UpsampleMethod.choices, initial=ROTATION_DEFAULTS["upsample"],
-                                 label="Upsampling to mask resolution")
+    upsample = form_field(ROTATION_PARAMS, "upsample", choice_labels=dict(UpsampleMethod.choices),
+                          label="Upsampling to mask resolution")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["dataset"].choices = _dataset_choices()
 
     def clean_alphas(self):
-        values = _number_list(self.cleaned_data["alphas"], float, "α values")
-        if not all(0 <= value <= 1 for value in values):
-            raise forms.ValidationError("Every α must lie in [0, 1].")
-        return values
+        return _number_list(self.cleaned_data["alphas"], float, "α values")  # the schema checks each
 
     def clean_seeds(self):
         return _number_list(self.cleaned_data["seeds"], int, "seeds")

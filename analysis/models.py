@@ -5,6 +5,8 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from .jobs import JobKind, job_kind
+
 
 class RunStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
@@ -57,6 +59,9 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A queued run whose broker message went missing is sent again once (analysis.services.runs.run_recover_orphans).
+    requeue_count = models.PositiveSmallIntegerField(default=0)
+    requeued_at = models.DateTimeField(null=True, blank=True)
 
     objects = RunQuerySet.as_manager()
 
@@ -92,13 +97,37 @@ class Run(models.Model):
         return (end - self.started_at).total_seconds()
 
     @property
-    def kind_label(self) -> str:
-        from .jobs import job_kind
-
+    def job_kind(self) -> JobKind | None:
+        """The registered kind of this run (None for a kind no longer registered)."""
         try:
-            return job_kind(self.kind).label
+            return job_kind(self.kind)
         except KeyError:
-            return self.kind
+            return None
+
+    @property
+    def kind_label(self) -> str:
+        return self.job_kind.label if self.job_kind else self.kind
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker that is (or was) alive: written when it starts and every few seconds while it runs,
+    deleted when it stops cleanly. A worker killed outright leaves its row, which then grows old."""
+
+    hostname = models.CharField(max_length=255, unique=True, help_text="The worker's node name (name@host).")
+    queues = models.CharField(max_length=255, help_text="The queues it consumes, comma-separated.")
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return f"{self.hostname} ({self.queues})"
+
+    @property
+    def queue_list(self) -> list[str]:
+        return [queue for queue in self.queues.split(",") if queue]
 
 
 class DatasetKind(models.TextChoices):
@@ -261,6 +290,20 @@ class Layer(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("analysis:layer_detail", args=[self.network.name, self.name])
 
+    @property
+    def geometry(self):
+        """The layer's receptive-field geometry as the engine's ``LayerGeometry`` (``(y, x)`` pairs, input pixels),
+        or ``None`` when the model could not be traced. The one place the ``rf_*`` fields are read."""
+        if None in (self.rf_size_y, self.rf_size_x, self.rf_stride_y, self.rf_stride_x, self.rf_offset_y,
+                    self.rf_offset_x):
+            return None
+        # receptive_field imports torch, which web processes that only list layers never need to load.
+        from analysis.engine.receptive_field import LayerGeometry
+
+        return LayerGeometry(size=(int(self.rf_size_y), int(self.rf_size_x)),
+                             stride=(int(self.rf_stride_y), int(self.rf_stride_x)),
+                             offset=(float(self.rf_offset_y), float(self.rf_offset_x)))
+
 
 class Unit(models.Model):
     layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="unit_set")
@@ -307,6 +350,43 @@ class LayerExtraction(models.Model):
         return f"{self.layer} on {self.dataset} (run {self.run_id})"
 
 
+class UnitStatus(models.TextChoices):
+    """Whether a unit's activations can say anything (computed from its :class:`UnitActivationSummary`).
+
+    ``dead``: its maximum over every image and position is ≤ 0, it never fires. ``saturated``: it fires, but
+    so rarely that its dissection threshold T_k (the 0.995 quantile) is 0; under ND'18's ``S_k ≥ T_k`` its
+    mask is then every pixel, so any IoU it gets measures the concept's coverage, not the unit. Both are
+    shown as such, sorted last, and never labelled as detectors nor turned into annotation tasks by default.
+    """
+
+    LIVE = "live", "live"
+    DEAD = "dead", "dead (never fires)"
+    SATURATED = "saturated", "saturated at zero (T_k = 0)"
+
+
+class UnitActivationSummaryQuerySet(models.QuerySet):
+    def dead_q(self) -> models.Q:
+        """Dead or saturated: the units whose activations cannot label them (see :class:`UnitStatus`)."""
+        return models.Q(max_activation__lte=0) | models.Q(threshold=0)
+
+    def with_status(self):
+        """Each summary with ``status`` (a :class:`UnitStatus` value) and ``status_rank`` (0 live, 1 not)."""
+        status = models.Case(models.When(max_activation__lte=0, then=models.Value(UnitStatus.DEAD.value)),
+                             models.When(threshold=0, then=models.Value(UnitStatus.SATURATED.value)),
+                             default=models.Value(UnitStatus.LIVE.value), output_field=models.CharField())
+        rank = models.Case(models.When(self.dead_q(), then=models.Value(1)), default=models.Value(0),
+                           output_field=models.IntegerField())
+        return self.annotate(status=status, status_rank=rank)
+
+    def dead(self):
+        """Dead or saturated units."""
+        return self.filter(self.dead_q())
+
+    def live(self):
+        """Units that fire and have a positive threshold."""
+        return self.exclude(self.dead_q())
+
+
 class UnitActivationSummary(models.Model):
     """Per-unit figures of an extraction, for sorting and display."""
 
@@ -316,9 +396,30 @@ class UnitActivationSummary(models.Model):
     max_activation = models.FloatField()
     active_images = models.PositiveIntegerField(help_text="Images where the unit's map maximum exceeds 0.")
 
+    objects = UnitActivationSummaryQuerySet.as_manager()
+
     class Meta:
         ordering = ["unit__index"]
         constraints = [models.UniqueConstraint(fields=["extraction", "unit"], name="unique_unit_summary")]
+
+    @property
+    def unit_status(self) -> str:
+        """The :class:`UnitStatus` value of this unit (the ``status`` annotation computes the same in SQL)."""
+        return unit_status_of(max_activation=self.max_activation, threshold=self.threshold)
+
+    @property
+    def is_dead(self) -> bool:
+        """Dead or saturated (see :class:`UnitStatus`)."""
+        return self.unit_status != UnitStatus.LIVE
+
+
+def unit_status_of(*, max_activation: float, threshold: float) -> str:
+    """:class:`UnitStatus` value from a unit's maximum activation and its threshold T_k."""
+    if max_activation <= 0:
+        return UnitStatus.DEAD.value
+    if threshold == 0:
+        return UnitStatus.SATURATED.value
+    return UnitStatus.LIVE.value
 
 
 class RenderedGrid(models.Model):
@@ -609,12 +710,24 @@ class PartDetectionStudy(models.Model):
     directory = models.CharField(max_length=500, blank=True)
     n_parts = models.PositiveIntegerField(default=0)
     n_emerged = models.PositiveIntegerField(default=0, help_text="Parts whose GA AP exceeds the AP criterion.")
+    n_emerged_above_prior = models.PositiveIntegerField(
+        default=0, help_text="Parts whose GA AP exceeds the AP criterion and their location-prior floor.")
     n_covered = models.PositiveIntegerField(default=0, help_text="Parts whose GA recall exceeds the coverage one.")
+    mean_prior_ap = models.FloatField(null=True, blank=True,
+                                      help_text="Mean location-prior floor AP (none for studies made before it).")
     mean_best_ap = models.FloatField(default=0.0)
     mean_ga_ap = models.FloatField(default=0.0)
     mean_top_ap = models.FloatField(default=0.0)
     mean_all_ap = models.FloatField(default=0.0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    @property
+    def nms_rule(self) -> str:
+        """The NMS rule the study ran with, in words (studies made before the choice used IoU > nms_iou)."""
+        if "nms_overlap" not in self.params:
+            return f"IoU > {self.params.get('nms_iou', 0.3)}"
+        measure = "IoU" if self.params["nms_overlap"] == "iou" else "intersection / suppressed box's area"
+        return f"{measure} > {self.params['nms_threshold']}"
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -651,6 +764,8 @@ class PartDetectionResult(models.Model):
     top_recall = models.FloatField()
     all_ap = models.FloatField()
     all_recall = models.FloatField()
+    prior_ap = models.FloatField(null=True, blank=True, help_text="AP of the activation-blind location-prior floor.")
+    prior_recall = models.FloatField(null=True, blank=True)
     single_ap = models.JSONField(default=list, help_text="AP of every filter alone, by filter index.")
     single_recall = models.JSONField(default=list)
     curves = models.JSONField(default=dict, help_text="{label: {recall: [...], precision: [...]}}.")
@@ -664,6 +779,10 @@ class PartDetectionResult(models.Model):
 
     def emerges(self, threshold: float = 0.3) -> bool:
         return self.ga_ap > threshold
+
+    def emerges_above_prior(self, threshold: float = 0.3) -> bool:
+        """GG'18's AP criterion and, ours, above the location-prior floor (when the study measured it)."""
+        return self.emerges(threshold) and (self.prior_ap is None or self.ga_ap > self.prior_ap)
 
     def covered(self, threshold: float = 0.5) -> bool:
         return self.ga_recall > threshold

@@ -1,7 +1,7 @@
 """The next-task and next-HIT claims on PostgreSQL, each one SQL statement (the hot path of a crowd arriving).
 
-:func:`annotation.expert.services.task_next_for_rater` and :func:`annotation.crowd.services.hit_next_for_worker` say what
-a claim must guarantee; their ORM code is the reference and runs on every other database (SQLite serialises
+:func:`annotation.expert.services.task_next_for_rater` and :func:`annotation.crowd.services.hit_next_for_worker`
+say what a claim must guarantee; their ORM code is the reference and runs on every other database (SQLite serialises
 claims with its write lock). On PostgreSQL the same claim, read candidate → conditional UPDATE → INSERT, is
 written here as one statement of data-modifying CTEs: the ORM spent about 0.5 ms of Python per query on
 building SQL, which at 30 simultaneous claims on two cores was the difference between meeting the next-task
@@ -25,7 +25,7 @@ from functools import cache
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Model
 
-from .models import Assignment, AssignmentState, CrowdAssignment, CrowdWorker, Hit, HitRole, StudyRater, StudyTask
+from .models import Assignment, CrowdAssignment, CrowdAssignmentState, CrowdWorker, Hit, HitRole, StudyRater, StudyTask
 
 
 def claims_in_sql() -> bool:
@@ -152,7 +152,7 @@ def leases_expire(*, study_id: int, now: datetime, reason: str) -> int:
         )
         SELECT count(*) FROM expired"""
     with connection.cursor() as cursor:
-        cursor.execute(sql, [AssignmentState.RETURNED, now, reason, AssignmentState.LEASED, now, study_id,
+        cursor.execute(sql, [CrowdAssignmentState.RETURNED, now, reason, CrowdAssignmentState.LEASED, now, study_id,
                              HitRole.TASK])
         return cursor.fetchone()[0]
 
@@ -195,7 +195,7 @@ def worker_next(lease: CrowdAssignment, *, study_id: int, may_lease: bool, order
     transaction, after :func:`worker_lock`.
     """
     visit = tuple(key for key in ("external_assignment_id", "external_session") if external.get(key))
-    params = [lease.worker_id, AssignmentState.LEASED, now, *(external[key] for key in visit),
+    params = [lease.worker_id, CrowdAssignmentState.LEASED, now, *(external[key] for key in visit),
               may_lease, study_id, HitRole.TASK, lease.worker_id, order_a, order_b, modulus,
               *_insert_params(lease, "hit_id")]
     with connection.cursor() as cursor:

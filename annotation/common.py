@@ -112,15 +112,14 @@ def attachment_response(text: str | bytes, content_type: str, filename: str) -> 
 
 
 def peak_pixels(layer, network, positions: Sequence[Sequence[int]], height: int, width: int,
-                 map_size: tuple[int, int]) -> list[tuple[float, float]]:
-    """Map ``(i, j)`` map positions → ``(x, y)`` image pixels (receptive-field centres when known)."""
-    points = []
-    for i, j in positions:
-        if layer.rf_stride_y is not None:
-            y = (layer.rf_offset_y + i * layer.rf_stride_y) * height / network.input_height
-            x = (layer.rf_offset_x + j * layer.rf_stride_x) * width / network.input_width
-        else:  # no geometry: the centre of the map cell, proportionally
-            y = (i + 0.5) * height / map_size[0]
-            x = (j + 0.5) * width / map_size[1]
-        points.append((min(max(x, 0.0), width - 1e-6), min(max(y, 0.0), height - 1e-6)))
-    return points
+                map_size: tuple[int, int]) -> list[tuple[float, float]]:
+    """Map ``(i, j)`` map positions → ``(y, x)`` image pixels inside the image (receptive-field centres when known,
+    else map-cell centres): :func:`analysis.engine.upsample.peak_pixels`, the one conversion."""
+    import torch  # local: keeps torch out of the web processes that import this module
+
+    from analysis.engine.upsample import peak_pixels as engine_peak_pixels  # local: as torch above
+
+    points = engine_peak_pixels(torch.as_tensor(list(positions), dtype=torch.int64).reshape(-1, 2), layer.geometry,
+                                input_size=(network.input_height, network.input_width), image_size=(height, width),
+                                map_size=map_size, clip=True)
+    return [(float(y), float(x)) for y, x in points.tolist()]

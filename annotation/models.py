@@ -72,6 +72,9 @@ class Study(models.Model):
     suggest_given_names = models.BooleanField(
         default=True, help_text="Suggest the names other experts gave in this study (off: each expert sees only "
                                 "their own names and the dataset's, so that their answers stay independent).")
+    include_dead_units = models.BooleanField(
+        default=False, help_text="Make tasks of dead and saturated units too (off: units that never fire or whose "
+                                 "threshold T_k is 0 get no task; see analysis.models.UnitStatus).")
     description = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -289,6 +292,20 @@ class LabelOrigin(models.TextChoices):
     CONTROL = "control", "Control: a random other concept"
 
 
+class ValidationRound(models.TextChoices):
+    """Which round of ND'18 §3.1 a validation HIT belongs to (server-side only, never shown to a worker).
+
+    ND'18 first validated the canonical human descriptions on their own ("raters were shown the canonical
+    descriptions ... and asked whether the description was valid"): those votes decide which units are
+    interpretable. The blind comparison round (human, dissection and control labels shuffled, origin hidden)
+    supplies Table 3's percentages. The two rounds never share a vote, so choosing the units cannot bias what
+    is measured on them. Validation HITs made before the rounds existed have no round and count as comparison.
+    """
+
+    SELECTION = "selection", "Selection: is the canonical description valid?"
+    COMPARISON = "comparison", "Comparison: blind human / dissection / control labels"
+
+
 class OverlapRule(models.TextChoices):
     FIXED = "fixed", "Fixed: N workers per HIT"
     DYNAMIC = "dynamic", "Dynamic: add workers where agreement is low, stop early where settled"
@@ -352,6 +369,9 @@ class CrowdStudy(models.Model):
     reward_cents = models.PositiveIntegerField(default=0, help_text="Pay per approved HIT (for the records).")
     seed = models.IntegerField(default=0)
     is_open = models.BooleanField(default=True, help_text="Closed studies hand out no new HITs.")
+    include_dead_units = models.BooleanField(
+        default=False, help_text="Make HITs, gold items and qualification questions of dead and saturated units "
+                                 "too (off: units that never fire or whose threshold T_k is 0 get none).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -456,6 +476,8 @@ class Hit(models.Model):
                              related_name="+")
     label = models.CharField(max_length=DESCRIPTION_MAX_LENGTH, blank=True)
     label_origin = models.CharField(max_length=16, choices=LabelOrigin.choices, blank=True)
+    validation_round = models.CharField(max_length=16, choices=ValidationRound.choices, blank=True,
+                                        help_text="Validation HITs: the ND'18 round whose votes they give.")
     label_concept = models.ForeignKey("analysis.Concept", null=True, blank=True, on_delete=models.PROTECT,
                                       related_name="+")
     label_category = models.CharField(max_length=64, blank=True)
@@ -482,7 +504,7 @@ class Hit(models.Model):
         return f"{self.study} · {self.kind} HIT {self.pk}"
 
 
-class AssignmentState(models.TextChoices):
+class CrowdAssignmentState(models.TextChoices):
     LEASED = "leased", "Leased"
     RETURNED = "returned", "Returned (or lease expired)"
     SUBMITTED = "submitted", "Submitted"
@@ -490,10 +512,12 @@ class AssignmentState(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
-SUBMITTED_STATES = (AssignmentState.SUBMITTED, AssignmentState.APPROVED)
+SUBMITTED_STATES = (CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED)
 """Assignments whose answers count (rejected ones do not)."""
-LIVE_STATES = (AssignmentState.LEASED, AssignmentState.SUBMITTED, AssignmentState.APPROVED)
+LIVE_STATES = (CrowdAssignmentState.LEASED, CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED)
 """Assignments that occupy one of a HIT's ``max_assignments`` places."""
+REVIEWABLE_STATES = (CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED, CrowdAssignmentState.REJECTED)
+"""Submitted work: what a researcher may approve or reject (again), and what a worker cannot submit twice."""
 
 
 class CrowdAssignmentQuerySet(models.QuerySet):
@@ -525,7 +549,7 @@ class CrowdAssignment(models.Model):
     hit = models.ForeignKey(Hit, on_delete=models.PROTECT, related_name="assignments")
     worker = models.ForeignKey(CrowdWorker, on_delete=models.PROTECT, related_name="assignments")
     token = models.CharField(max_length=32, unique=True)
-    state = models.CharField(max_length=16, choices=AssignmentState.choices, default=AssignmentState.LEASED)
+    state = models.CharField(max_length=16, choices=CrowdAssignmentState.choices, default=CrowdAssignmentState.LEASED)
     leased_at = models.DateTimeField()
     lease_expires_at = models.DateTimeField()
     shown_at = models.DateTimeField(null=True, blank=True)

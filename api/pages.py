@@ -8,16 +8,19 @@ from rest_framework.authtoken.models import Token
 
 from accounts.permissions import ResearcherRequiredMixin
 
+from .serializers import api_startable_kinds
 from .services import api_token_create, api_token_revoke
 
 
 class ApiTokenView(ResearcherRequiredMixin, TemplateView):
     """Shows the researcher's token (once created) with usage examples; POST creates, replaces or revokes it."""
 
+    nav_section = "api"
     template_name = "api/token.html"
 
     def get_context_data(self, **kwargs):
-        return {**super().get_context_data(**kwargs), "token": Token.objects.filter(user=self.request.user).first()}
+        return {**super().get_context_data(**kwargs), "token": Token.objects.filter(user=self.request.user).first(),
+                "run_kinds": api_startable_kinds()}
 
     def post(self, request, *args, **kwargs):
         action = request.POST.get("action")

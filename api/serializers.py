@@ -1,11 +1,12 @@
 """What the API reads and writes. Reads are plain model fields; writes are validated here and then handed to the
-services that the site uses (``run_start`` with each kind's own parameter check, ``judgments_import``)."""
+services that the site uses (``run_start``, whose job kind's schema checks the parameters, ``judgments_import``)."""
 from __future__ import annotations
 
 from typing import Any
 
 from rest_framework import serializers
 
+from analysis.jobs import JobKind, job_kinds
 from analysis.models import Concept, Dataset, Layer, Network, Run, Unit
 from annotation.expert.exports import JUDGMENT_FIELDS
 from annotation.models import CrowdStudy, Study, StudyTask
@@ -14,6 +15,11 @@ JUDGMENT_IMPORT_MAX_BYTES = 5 * 1024 * 1024
 """The largest judgments file the API accepts (5 MiB ≈ 100,000 rows)."""
 JUDGMENT_IMPORT_TYPES = ("text/csv", "text/plain", "application/csv", "application/vnd.ms-excel")
 JUDGMENT_IMPORT_SUFFIXES = (".csv", ".txt")
+
+
+def api_startable_kinds() -> list[JobKind]:
+    """The job kinds a researcher may start through the API (the registry's ``api_startable`` ones), by name."""
+    return sorted((kind for kind in job_kinds() if kind.api_startable), key=lambda kind: kind.name)
 
 
 # -- the machine side -----------------------------------------------------------------------------------
@@ -59,15 +65,6 @@ class UnitSerializer(serializers.ModelSerializer):
     class Meta:
         model = Unit
         fields = ["id", "layer", "network", "layer_name", "index"]
-
-
-class GridSerializer(serializers.Serializer):
-    kind = serializers.CharField()
-    object_class = serializers.CharField(allow_null=True)
-    image_indices = serializers.ListField(child=serializers.IntegerField())
-    scores = serializers.ListField(child=serializers.FloatField())
-    grid_url = serializers.CharField(allow_null=True)
-    grid_sha256 = serializers.CharField(allow_null=True)
 
 
 class UnitDetailSerializer(UnitSerializer):
@@ -122,126 +119,42 @@ class UnitDetailSerializer(UnitSerializer):
 class RunSerializer(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     percent = serializers.IntegerField(read_only=True)
+    worker_state = serializers.SerializerMethodField(
+        help_text="running (a worker has it), waiting (queued; a worker of its queue is alive or starting), "
+                  "no_worker (queued, and no worker of its queue is alive), or empty once finished.")
+    worker_message = serializers.SerializerMethodField(
+        help_text="What the run waits on, in words; with no_worker, the command that starts a worker.")
 
     class Meta:
         model = Run
         fields = ["id", "kind", "status", "phase", "progress_done", "progress_total", "percent", "params", "queue",
-                  "device", "worker", "error", "result", "created_by", "created_at", "started_at", "heartbeat_at",
-                  "finished_at"]
+                  "device", "worker", "worker_state", "worker_message", "error", "result", "created_by", "created_at",
+                  "started_at", "heartbeat_at", "finished_at", "requeue_count"]
 
+    def _worker_state(self, run: Run):
+        from analysis.selectors import queues_liveness, run_worker_state
 
-# Per kind: the parameters a run of that kind takes through the API. Each serializer only types and bounds
-# the values; the kind's own ``*_params`` function (the one the site's forms and commands use) then fills in
-# defaults and checks the rest, raising RunInputError, which the view turns into a 400.
+        if "queues_liveness" not in self.context:  # one query per response, however many runs it lists
+            self.context["queues_liveness"] = queues_liveness()
+        return run_worker_state(run, liveness=self.context["queues_liveness"])
 
-class _StrictSerializer(serializers.Serializer):
-    """Rejects keys it does not declare (a misspelt parameter must not be silently ignored)."""
+    def get_worker_state(self, run: Run) -> str:
+        return self._worker_state(run).state
 
-    def validate(self, attrs):
-        unknown = sorted(set(self.initial_data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError({key: "Unknown parameter." for key in unknown})
-        return attrs
-
-
-def _name() -> serializers.CharField:
-    return serializers.CharField(max_length=200)
-
-
-class SelfcheckParams(_StrictSerializer):
-    matmul_size = serializers.IntegerField(required=False)
-    conv_batch = serializers.IntegerField(required=False)
-    conv_image_size = serializers.IntegerField(required=False)
-    repeats = serializers.IntegerField(required=False)
-
-
-class ProbeWorldParams(_StrictSerializer):
-    name = serializers.SlugField(max_length=100, required=False)
-    n_images = serializers.IntegerField(required=False)
-    size = serializers.IntegerField(required=False)
-    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
-
-
-class DemoTrainingParams(_StrictSerializer):
-    dataset = serializers.SlugField(max_length=100, required=False)
-    name = serializers.SlugField(max_length=100, required=False)
-    epochs = serializers.IntegerField(required=False)
-    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
-
-
-class ExtractionParams(_StrictSerializer):
-    network = _name()
-    dataset = _name()
-    layers = serializers.ListField(child=_name(), min_length=1, max_length=64)
-    quantile = serializers.FloatField(required=False)
-    k_overall = serializers.IntegerField(required=False)
-    k_per_class = serializers.IntegerField(required=False)
-    batch_size = serializers.IntegerField(required=False, min_value=1, max_value=4096)
-    decile_seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
-
-
-class GridsParams(_StrictSerializer):
-    extraction_run = serializers.IntegerField(min_value=1)
-    layer = _name()
-
-
-class _LayerRunParams(_StrictSerializer):
-    network = _name()
-    dataset = _name()
-    layer = _name()
-    upsample = serializers.CharField(max_length=32, required=False)
-    quantile = serializers.FloatField(required=False)
-    strict_threshold = serializers.BooleanField(required=False)
-    batch_size = serializers.IntegerField(required=False, min_value=1, max_value=4096)
-
-
-class DissectionParams(_LayerRunParams):
-    shards = serializers.IntegerField(required=False)
-    baseline = serializers.CharField(max_length=32, required=False)
-    shuffle_seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
-    iou_threshold = serializers.FloatField(required=False)
-    count_saturated = serializers.BooleanField(required=False)
-    top_k = serializers.IntegerField(required=False)
-
-
-class RotationParams(_LayerRunParams):
-    alphas = serializers.ListField(child=serializers.FloatField(), required=False, min_length=1, max_length=64)
-    seeds = serializers.ListField(child=serializers.IntegerField(min_value=0, max_value=2**31 - 1), required=False,
-                                  min_length=1, max_length=64)
-    iou_threshold = serializers.FloatField(required=False)
-    count_saturated = serializers.BooleanField(required=False)
-
-
-class Net2VecParams(_LayerRunParams):
-    concepts = serializers.IntegerField(required=False)
-    epochs = serializers.IntegerField(required=False)
-    lr = serializers.FloatField(required=False)
-    momentum = serializers.FloatField(required=False)
-    batch_images = serializers.IntegerField(required=False)
-    pixels_per_image = serializers.IntegerField(required=False)
-    max_train_pixels = serializers.IntegerField(required=False)
-    top_f = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=100_000), required=False,
-                                  min_length=1, max_length=32)
-    min_images = serializers.IntegerField(required=False)
-    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
-
-
-def params_serializer(name: str, defaults: dict[str, Any], *, layers: bool = False) -> type[_StrictSerializer]:
-    """A strict parameter serializer for a kind whose ``*_params`` function types and bounds every value itself:
-    network, dataset and layer (or ``layers``) are required names; the other keys are the kind's defaults, each
-    optional and any JSON value (the kind's function refuses what it cannot use)."""
-    fields: dict[str, serializers.Field] = {"network": _name(), "dataset": _name()}
-    if layers:
-        fields["layers"] = serializers.ListField(child=_name(), min_length=1, max_length=64)
-    else:
-        fields["layer"] = _name()
-    fields.update({key: serializers.JSONField(required=False) for key in defaults})
-    return type(name, (_StrictSerializer,), fields)
+    def get_worker_message(self, run: Run) -> str:
+        return self._worker_state(run).message
 
 
 class RunStartSerializer(serializers.Serializer):
-    kind = serializers.CharField(max_length=64, help_text="A job kind: see the description of this endpoint.")
+    """A run to start: its kind (one the API starts, from the job registry) and the kind's parameters, which the
+    kind's schema (:mod:`analysis.params`) checks in :func:`~analysis.services.runs.run_start`."""
+
+    kind = serializers.ChoiceField(choices=[], help_text="A job kind: see the description of this endpoint.")
     params = serializers.DictField(required=False, default=dict, help_text="The kind's parameters.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].choices = [kind.name for kind in api_startable_kinds()]
 
 
 # -- the human side -------------------------------------------------------------------------------------

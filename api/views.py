@@ -1,9 +1,6 @@
 """The researchers' REST API: thin views over the selectors, exports and services the site uses."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from django.db.models import Count
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
@@ -15,9 +12,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analysis import selectors as analysis_selectors
-from analysis.models import Layer, LayerExtraction, Unit
-from analysis.services.runs import (RunInputError, run_cancel, run_fail_stale, run_layers, run_network_and_dataset,
-                                    run_start)
+from analysis.jobs import job_kind
+from analysis.models import Layer, Unit
+from analysis.services.runs import (RunInputError, run_cancel, run_check_references, run_start,
+                                    runs_reconcile)
 from annotation.common import SIMULATED_CHOICES, attachment_response
 from annotation.crowd import exports as crowd_exports
 from annotation.expert import exports as study_exports
@@ -114,58 +112,18 @@ class UnitViewSet(viewsets.ReadOnlyModelViewSet):
         return units
 
 
-def _layer_refs(params: dict[str, Any], layers: list[str]) -> None:
-    """400 unless the network, dataset and layers a run names exist."""
-    try:
-        network, _ = run_network_and_dataset(params)
-        run_layers(network, layers)
-    except RunInputError as error:
-        raise ValidationError({"params": {error.field: str(error)}}) from None
-
-
-def _grids_refs(params: dict[str, Any]) -> None:
-    if not LayerExtraction.objects.filter(run_id=params["extraction_run"], layer__name=params["layer"]).exists():
-        raise ValidationError({"params": {"extraction_run": "That run extracted no such layer."}})
-
-
-def _startable_kinds() -> dict[str, tuple[type[serializers.Serializer], Callable[..., dict], Callable | None]]:
-    """Kind → (parameter serializer, the kind's own parameter function, reference check)."""
-    from analysis.services.datasets import probe_world_params
-    from analysis.services.dissection import dissection_params, rotation_params
-    from analysis.services.extraction import extraction_params
-    from analysis.services.net2vec import net2vec_params
-    from analysis.services.networks import demo_training_params
-    from analysis.services.selfcheck import selfcheck_params
-
-    from analysis.services.explanatory_graph import GRAPH_DEFAULTS, graph_params
-    from analysis.services.parts import ABLATION_DEFAULTS, PART_DEFAULTS, ablation_params, part_detection_params
-
-    return {
-        "score_parts": (s.params_serializer("PartDetectionParams", PART_DEFAULTS), part_detection_params,
-                        lambda p: _layer_refs(p, [p["layer"]])),
-        "ablate": (s.params_serializer("AblationParams", ABLATION_DEFAULTS), ablation_params,
-                   lambda p: _layer_refs(p, [p["layer"]])),
-        "explanatory_graph": (s.params_serializer("GraphParams", GRAPH_DEFAULTS, layers=True), graph_params,
-                              lambda p: _layer_refs(p, p["layers"])),
-        "selfcheck": (s.SelfcheckParams, selfcheck_params, None),
-        "probe_world": (s.ProbeWorldParams, probe_world_params, None),
-        "train_demo_network": (s.DemoTrainingParams, demo_training_params, None),
-        "extract": (s.ExtractionParams, extraction_params, lambda p: _layer_refs(p, p["layers"])),
-        "render_grids": (s.GridsParams, lambda **p: {"extraction_run": p["extraction_run"], "layer": p["layer"]},
-                         _grids_refs),
-        "dissect": (s.DissectionParams, dissection_params, lambda p: _layer_refs(p, [p["layer"]])),
-        "dissect_rotation": (s.RotationParams, rotation_params, lambda p: _layer_refs(p, [p["layer"]])),
-        "net2vec": (s.Net2VecParams, net2vec_params, lambda p: _layer_refs(p, [p["layer"]])),
-    }
-
-
-RUN_START_DESCRIPTION = (
-    "Start a run (or get the identical one already queued, running or finished: 200 instead of 201). "
-    "`kind` is one of selfcheck, probe_world, train_demo_network, extract, render_grids, dissect, "
-    "dissect_rotation, net2vec, score_parts, ablate, explanatory_graph; `params` are that kind's parameters, as "
-    "on its start page and command "
-    "(e.g. dissect: network, dataset, layer, shards, upsample, baseline, iou_threshold, quantile, ...). "
-    "Unknown parameters and out-of-range values are refused with 400.")
+def run_start_description() -> str:
+    """The documentation of ``POST /api/runs/``: every kind the API starts, with its parameters, from the job
+    registry (each kind's schema)."""
+    lines = ["Start a run (or get the identical one already queued, running or finished: 200 instead of 201). "
+             "`kind` is one of the kinds below; `params` are that kind's parameters, the same as on its start page "
+             "and command. Missing required parameters, unknown parameters, values of the wrong type, out of range "
+             "or not among the choices are refused with 400 naming the parameter (`params.<name>`), as are networks, "
+             "datasets, layers and extraction runs that do not exist."]
+    for kind in s.api_startable_kinds():
+        lines.append(f"\n**{kind.name}**: {kind.label}. {kind.description}\n")
+        lines += [f"- {line}" for line in kind.params.describe().splitlines()]
+    return "\n".join(lines)
 
 
 @extend_schema(parameters=[OpenApiParameter("kind", str), OpenApiParameter("status", str)])
@@ -179,33 +137,25 @@ class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                                                 status=self.request.query_params.get("status") or None)
 
     def list(self, request, *args, **kwargs):
-        run_fail_stale()  # runs whose worker died end failed before anyone reads them
+        runs_reconcile()  # runs whose worker died end failed, lost messages are sent again, before anyone reads them
         return super().list(request, *args, **kwargs)
 
     def retrieve(self, request, *args, **kwargs):
-        run_fail_stale()
+        runs_reconcile()
         return super().retrieve(request, *args, **kwargs)
 
     @extend_schema(request=s.RunStartSerializer, responses={201: s.RunSerializer, 200: s.RunSerializer},
-                   description=RUN_START_DESCRIPTION)
+                   description=run_start_description())
     def create(self, request, *args, **kwargs):
         start = s.RunStartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
-        kinds = _startable_kinds()
-        kind = start.validated_data["kind"]
-        if kind not in kinds:
-            raise ValidationError({"kind": f"One of {', '.join(sorted(kinds))}."})
-        params_serializer, params_function, check_refs = kinds[kind]
-        typed = params_serializer(data=start.validated_data["params"])
-        if not typed.is_valid():
-            raise ValidationError({"params": typed.errors})
+        kind = job_kind(start.validated_data["kind"])
         try:
-            params = params_function(**typed.validated_data)
-            if check_refs is not None:
-                check_refs(params)
-            run, created = run_start(kind=kind, params=params, created_by=request.user)
-        except (RunInputError, TypeError, ValueError, OverflowError) as error:
-            raise ValidationError({"params": [str(error)]}) from None
+            params = kind.params.validate(start.validated_data["params"])
+            run_check_references(params=params)
+            run, created = run_start(kind=kind.name, params=params, created_by=request.user)
+        except RunInputError as error:
+            raise ValidationError({"params": error.errors or [str(error)]}) from None
         return Response(s.RunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(request=None, responses=s.RunSerializer)

@@ -1,4 +1,10 @@
-"""Shared fixtures: users per role, a real Celery worker process, Playwright on Debian's Chromium."""
+"""Shared fixtures and hooks: the ``needs_cuda`` skip, users per role, a real Celery worker process, Playwright on
+Debian's Chromium.
+
+Markers (declared in pytest.ini): ``needs_cuda`` (parametrise devices with ``tests.devices.cpu_and_cuda()``),
+``browser`` (a test drives Chromium), ``worker`` (a test starts a Celery worker process).
+``tests/test_markers.py`` checks that every such test carries its marker.
+"""
 from __future__ import annotations
 
 import os
@@ -18,6 +24,20 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 PASSWORD = "a-test-password-9"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The one ``needs_cuda`` hook: such items are skipped, with the reason, where torch sees no CUDA device."""
+    cuda_items = [item for item in items if item.get_closest_marker("needs_cuda")]
+    if not cuda_items:
+        return
+    import torch  # only when a CUDA item was collected: web-only runs stay free of torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs_cuda: torch.cuda.is_available() is False on this machine")
+    for item in cuda_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture
@@ -102,27 +122,63 @@ def browser_type_launch_args(browser_type_launch_args):
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
-@pytest.fixture
-def tiny_layer_with_grids(db):
-    """A 36-image probe world (64 px), a seeded demo network, conv5 extracted and its grids rendered.
+@pytest.fixture(scope="session")
+def probe_world_files(tmp_path_factory):
+    """``probe_world_files(n_images=36, size=64, seed=5) -> Path``: a generated probe world's folder (Broden format),
+    generated once per parameter set for the whole session in its own temporary folder and only read afterwards.
 
-    Returns the extraction run. A few seconds: used by page and browser tests of the unit browser.
+    Files only: register one into a test's database with ``make_probe_world`` (or ``tests.worlds``' factories
+    from a module-scoped fixture). Each test's ``UNITSCOPE_DATA_DIR`` stays its own (``isolated_data_dir``).
     """
-    from analysis.engine.demo_network import demo_network_target
-    from analysis.engine.networks import NetworkKind, NetworkSpec
-    from analysis.services.datasets import probe_world_run_start
-    from analysis.services.extraction import extraction_run_start
-    from analysis.services.grids import grids_run_start
-    from analysis.services.networks import network_register
+    from analysis.engine.probe_world import generate_probe_world
+    from tests.worlds import TINY_WORLD
 
-    assert probe_world_run_start(name="tiny", n_images=36, size=64, seed=5, inline=True).status == "succeeded"
-    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": 7},
-                       input_size=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    network_register(name="seeded", spec=spec)
-    run = extraction_run_start(network="seeded", dataset="tiny", layers=["conv5"], batch_size=12, inline=True)
-    assert run.status == "succeeded", run.error
-    assert grids_run_start(extraction_run=run.pk, layer="conv5", inline=True).status == "succeeded"
-    return run
+    root, generated = tmp_path_factory.mktemp("probe-worlds"), {}
+
+    def files(*, n_images: int = TINY_WORLD["n_images"], size: int = TINY_WORLD["size"],
+              seed: int = TINY_WORLD["seed"]) -> Path:
+        key = (n_images, size, seed)
+        if key not in generated:
+            folder = root / f"world-{n_images}-{size}px-seed{seed}"
+            generate_probe_world(folder, n_images=n_images, seed=seed, size=size)
+            generated[key] = folder
+        return generated[key]
+
+    return files
+
+
+@pytest.fixture
+def make_probe_world(db, probe_world_files):
+    """``make_probe_world(name="tiny", n_images=36, size=64, seed=5) -> Dataset``: the session's generated world
+    with those parameters, registered in this test's database under ``name``."""
+    from tests.worlds import TINY_WORLD, probe_world_register
+
+    def make(name: str = "tiny", **params: int):
+        params = {**TINY_WORLD, **params}
+        return probe_world_register(name=name, root=probe_world_files(**params), **params)
+
+    return make
+
+
+@pytest.fixture
+def tiny_layer(make_probe_world):
+    """The 36-image probe world (64 px) as ``tiny``, the seeded demo network as ``seeded`` and its conv5 extracted
+    (no grids). Returns the extraction run."""
+    from tests.worlds import extraction_run, seeded_network
+
+    make_probe_world("tiny")
+    seeded_network(name="seeded", input_size=(64, 64))
+    return extraction_run(network="seeded", dataset="tiny", layers=["conv5"], batch_size=12)
+
+
+@pytest.fixture
+def tiny_layer_with_grids(tiny_layer):
+    """``tiny_layer`` with conv5's grids rendered (the costly part: about 8 s of CPU). Returns the extraction run.
+    Used by page, crowd and browser tests of the unit browser."""
+    from analysis.services.grids import grids_run_start
+
+    assert grids_run_start(extraction_run=tiny_layer.pk, layer="conv5", inline=True).status == "succeeded"
+    return tiny_layer
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation.crowd import services
-from annotation.models import AssignmentState, CrowdAdapter, CrowdAssignment, Hit, HitRole
+from annotation.models import CrowdAdapter, CrowdAssignment, CrowdAssignmentState, Hit, HitRole
 from tests.test_crowd_study import validation_study
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,7 +53,7 @@ def check_places(study) -> Counter:
     pairs = list(CrowdAssignment.objects.filter(hit__study=study).values_list("hit_id", "worker_id"))
     assert len(pairs) == len(set(pairs))  # nobody twice on one HIT
     live = Counter(hit for hit, _ in CrowdAssignment.objects.filter(hit__study=study).exclude(
-        state__in=[AssignmentState.RETURNED, AssignmentState.REJECTED]).values_list("hit_id", "worker_id"))
+        state__in=[CrowdAssignmentState.RETURNED, CrowdAssignmentState.REJECTED]).values_list("hit_id", "worker_id"))
     for hit in Hit.objects.filter(study=study, role=HitRole.TASK):
         assert hit.assigned_count == live.get(hit.pk, 0) <= N
     return live
@@ -101,4 +101,4 @@ def test_fifty_workers_answering_as_fast_as_they_can_fill_each_hit_with_three_di
     assert sum(len(done) for done in results) == 60
     live = check_places(study)
     assert set(live.values()) == {N} and len(live) == 20
-    assert CrowdAssignment.objects.filter(hit__study=study, state=AssignmentState.SUBMITTED).count() == 60
+    assert CrowdAssignment.objects.filter(hit__study=study, state=CrowdAssignmentState.SUBMITTED).count() == 60

@@ -14,7 +14,7 @@ from django.urls import reverse
 from annotation.crowd import hits as crowd_hits
 from annotation.crowd import services
 from annotation.crowd.adapters import visit_dumps
-from annotation.models import (MTURK_PREVIEW_ASSIGNMENT, AssignmentState, CrowdAssignment, CrowdTaskKind,
+from annotation.models import (MTURK_PREVIEW_ASSIGNMENT, CrowdAssignment, CrowdAssignmentState, CrowdTaskKind,
                                CrowdWorker, HitRole, LabelOrigin)
 from tests.test_crowd_study import add_gold, build_crowd_world, enter, validation_study
 
@@ -101,7 +101,7 @@ def test_validation_hits_are_blind_in_html_urls_and_image_names(settings):
     assert_no_origin(start.content.decode(), "the start page")
     entered = client.post(reverse("annotation:crowd_entry", args=[study.token]))
     pages = walk(client, entered["Location"])
-    assert len(pages) == study.hits.count() == 9
+    assert len(pages) == study.hits.count() == 12  # 3 units × (3 comparison labels + 1 selection-round HIT)
     worker = CrowdWorker.objects.get(study=study)
     by_token = {a.token: a for a in CrowdAssignment.objects.filter(worker=worker).select_related("hit__grid")}
     normalised_by_unit: dict[int, dict[str, str]] = {}
@@ -177,7 +177,7 @@ def test_mturk_submission_posts_the_assignment_id_to_turk_submit_to():
     assert forms[0]["action"] == "https://workersandbox.mturk.com/mturk/externalSubmit"
     assert forms[0]["fields"]["assignmentId"] == "ASSIGN-1" and forms[0]["fields"]["answer"] == "no"
     assignment.refresh_from_db()
-    assert assignment.state == AssignmentState.SUBMITTED
+    assert assignment.state == CrowdAssignmentState.SUBMITTED
     # One UnitScope HIT per MTurk assignment: asking again within it gives no second HIT; without the platform's
     # context there is no HIT at all.
     worker = CrowdWorker.objects.get()
@@ -207,7 +207,12 @@ def test_mturk_turk_submit_to_must_be_an_allowed_host_and_qualification_keeps_th
     tokens = re.findall(r'name="q-([0-9a-f]+)"', response.content.decode())
     assert len(set(tokens)) == 4
     passed = client.post(qualification_url, {f"q-{token}": "yes" for token in tokens}, follow=True)
-    assert "/a/" in passed.redirect_chain[-1][0]
+    result = passed.content.decode()
+    assert "Qualification: 4 of 4 right" in result and result.count("qualification-feedback") == 4
+    start = re.search(r'href="([^"]+)">Start the HITs</a>', result).group(1).replace("&amp;", "&")
+    assert start.startswith(qualification_url.split("qualification/")[0])  # the same visit goes on
+    begun = client.get(start, follow=True)
+    assert "/a/" in begun.redirect_chain[-1][0]
     assignment = CrowdAssignment.objects.get()
     assert assignment.external_assignment_id == "A2" and assignment.submit_to == "http://localhost:8123"
 
@@ -233,7 +238,7 @@ def test_prolific_completion_code_appears_only_after_a_submission():
     done = client.post(second_task, {"answer": "no"}, follow=True)
     assert code in done.content.decode() and "completion code" in done.content.decode()
     assert f"cc={code}" in done.content.decode()
-    assert CrowdAssignment.objects.filter(external_session="X1", state=AssignmentState.SUBMITTED).count() == 2
+    assert CrowdAssignment.objects.filter(external_session="X1", state=CrowdAssignmentState.SUBMITTED).count() == 2
 
 
 def test_prolific_without_any_submission_gets_no_code():
@@ -291,7 +296,7 @@ def test_researcher_pages(researcher_client, researcher):
                                                    "reason": "too fast"})
     assert response.status_code == 302
     done[0].refresh_from_db()
-    assert done[0].state == AssignmentState.REJECTED and done[0].reason == "too fast"
+    assert done[0].state == CrowdAssignmentState.REJECTED and done[0].reason == "too fast"
     researcher_client.post(reverse("annotation:crowd_workers", args=[study.pk]),
                            {"form": "bonus", "worker": worker.pk, "amount_cents": 30, "reason": "thanks"})
     researcher_client.post(reverse("annotation:crowd_workers", args=[study.pk]),
@@ -301,6 +306,18 @@ def test_researcher_pages(researcher_client, researcher):
     create = researcher_client.get(reverse("annotation:crowd_study_create"))
     assert create.status_code == 200 and "pages-net / conv5" in create.content.decode()
 
+
+
+@pytest.mark.parametrize("back", ["//evil.example/steal", "https://evil.example/", "http:/\\evil.example",
+                                  "javascript:alert(1)", "", None])
+def test_the_review_page_goes_back_only_within_the_site(researcher_client, researcher, back):
+    study = validation_study("back", units=1, assignments_per_hit=1, created_by=researcher)
+    review_url = reverse("annotation:crowd_review", args=[study.pk])
+    form = {"assignments": "", "decision": "approve", **({"back": back} if back is not None else {})}
+    response = researcher_client.post(review_url, form)
+    assert response.status_code == 302 and response["Location"] == review_url
+    same_site = f"{review_url}?state=rejected"
+    assert researcher_client.post(review_url, {**form, "back": same_site})["Location"] == same_site
 
 def test_an_mturk_worker_with_two_accepted_hits_gets_one_unitscope_hit_each():
     study = validation_study("two-turk", units=2)
@@ -332,6 +349,28 @@ def test_a_researcher_creates_a_crowd_study_from_the_page(researcher_client):
     assert again.status_code == 200 and "already exists" in again.content.decode()
 
 
+def test_qualification_feedback_question_by_question_and_a_second_try():
+    study = validation_study("feedback", units=2)
+    golds = add_gold(study, 4, answer="yes", role=HitRole.QUALIFICATION)
+    study.qualification_required, study.qualification_size, study.qualification_pass_rate = True, 2, 1.0
+    study.save()
+    client = Client()
+    url = reverse("annotation:crowd_qualification", kwargs={"code": enter(study, 1).code})
+    page = client.get(url).content.decode()
+    tokens = list(dict.fromkeys(re.findall(r'name="q-([0-9a-f]+)"', page)))
+    assert len(tokens) == 2
+    result = client.post(url, {f"q-{tokens[0]}": "yes", f"q-{tokens[1]}": "no"}, follow=True).content.decode()
+    assert "Qualification: 1 of 2 right" in result and "Try again" in result
+    wrong = result[result.index('id="feedback-2"'):]
+    assert "Your answer: <strong>no</strong> · the right answer: <strong>yes</strong>" in wrong
+    explanation = next(hit.gold_explanation for hit in golds if hit.token == tokens[1])
+    assert explanation and explanation in wrong
+    right = result[result.index('id="feedback-1"'):result.index('id="feedback-2"')]
+    assert "badge-ok" in right and "the right answer" not in right
+    again = client.get(url).content.decode()
+    assert "This is your last try." in again and "Question 1" in again
+
+
 def test_a_required_qualification_without_questions_says_so_instead_of_looping():
     study = validation_study("noqual", units=1)
     study.qualification_required = True
@@ -340,3 +379,28 @@ def test_a_required_qualification_without_questions_says_so_instead_of_looping()
     response = Client().get(reverse("annotation:crowd_next", args=[worker.code]), follow=True)
     assert response.status_code == 200 and "not available" in response.content.decode()
     assert len(response.redirect_chain) == 1 and not CrowdAssignment.objects.exists()
+
+
+def test_a_description_study_qualifies_workers_with_descriptions(monkeypatch):
+    extraction, = build_crowd_world(name="descq", units=6)
+    # The pixel truth: "wheel" under the peak of every image of every unit (so every unit's answer is known).
+    monkeypatch.setattr(crowd_hits, "peak_concepts",
+                        lambda extraction, sets: {s.unit_id: [{"wheel"}] * 15 for s in sets})
+    study = crowd_hits.crowd_study_create(name="descq", kind=CrowdTaskKind.DESCRIPTION, extractions=[extraction],
+                                          gold_count=2, qualification_size=2, qualification_pass_rate=0.5)
+    questions = list(study.hits.filter(role=HitRole.QUALIFICATION))
+    assert len(questions) == 4 and {hit.kind for hit in questions} == {CrowdTaskKind.DESCRIPTION}
+    assert {hit.gold_answer for hit in questions} == {"wheel"} and study.qualification_required
+    assert {hit.kind for hit in study.hits.filter(role=HitRole.GOLD)} == {CrowdTaskKind.DESCRIPTION}
+    client = Client()
+    url = reverse("annotation:crowd_qualification", kwargs={"code": enter(study, 1).code})
+    page = client.get(url).content.decode()
+    assert "Describe these 2 sets of images" in page and 'type="radio"' not in page
+    tokens = list(dict.fromkeys(re.findall(r'name="q-([0-9a-f]+)"', page)))
+    assert len(tokens) == 2
+    result = client.post(url, {f"q-{tokens[0]}": "Wheels", f"q-{tokens[1]}": "a cloud"}, follow=True)
+    html = result.content.decode()
+    assert "Qualification: 1 of 2 right" in html and "Start the HITs" in html  # half is enough here
+    wrong = html[html.index('id="feedback-2"'):]
+    assert "Your answer: <strong>a cloud</strong> · the right answer: <strong>wheel</strong>" in wrong
+    assert "Most highlighted patches show: wheel." in wrong

@@ -11,8 +11,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotation.crowd import aggregation, reports, selectors
-from annotation.models import (AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
-                               HitRole, LabelOrigin)
+from annotation.models import (CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
+                               HitRole, LabelOrigin, ValidationRound)
 
 HUMAN, DISSECTION, CONTROL = LabelOrigin.HUMAN, LabelOrigin.DISSECTION, LabelOrigin.CONTROL
 _counter = iter(range(1, 10_000))
@@ -56,17 +56,20 @@ def make_worker(study, name, simulated=False):
 def answer(hit, worker, **fields):
     now = timezone.now()
     return CrowdAssignment.objects.create(
-        hit=hit, worker=worker, token=_token(), state=fields.pop("state", AssignmentState.SUBMITTED), leased_at=now,
+        hit=hit, worker=worker, token=_token(), state=fields.pop("state", CrowdAssignmentState.SUBMITTED),
+        leased_at=now,
         lease_expires_at=now + timedelta(minutes=15), shown_at=now, submitted_at=now + timedelta(seconds=5),
         seconds=5.0, simulated=worker.simulated, **fields)
 
 
-def validation_hit(study, layers, layer, unit, origin, category, votes, *, role=HitRole.TASK, gold_answer=""):
+def validation_hit(study, layers, layer, unit, origin, category, votes, *, role=HitRole.TASK, gold_answer="",
+                   validation_round=ValidationRound.COMPARISON):
     """A validation HIT on ``layer``/``unit`` and its votes: ``{worker: "yes"|"no"}``."""
     _, extraction = layers[layer]
     hit = Hit.objects.create(study=study, token=_token(), position=next(_counter), kind=CrowdTaskKind.VALIDATION,
                              role=role, unit=extraction.layer.unit_set.get(index=unit), extraction=extraction,
                              label=f"label {layer} {unit} {origin}", label_origin=origin if role == HitRole.TASK else "",
+                             validation_round=validation_round if role == HitRole.TASK else "",
                              unit_category=category, gold_answer=gold_answer)
     for worker, vote in votes.items():
         answer(hit, worker, answer=vote)
@@ -80,7 +83,15 @@ def table3_study(layers):
     w1, w2, w3 = (make_worker(study, name) for name in ("w1", "w2", "w3"))
     sim = make_worker(study, "simulated-1", simulated=True)
     y, n = "yes", "no"
-    hit = lambda *args: validation_hit(study, layers, *args)  # noqa: E731
+
+    def hit(layer, unit, origin, category, votes):
+        # A canonical description gets the same votes in the selection round (which decides whether the unit is
+        # interpretable) and in the blind comparison round (which measures): the hand-computed values below.
+        if origin == HUMAN:
+            validation_hit(study, layers, layer, unit, origin, category, votes,
+                           validation_round=ValidationRound.SELECTION)
+        return validation_hit(study, layers, layer, unit, origin, category, votes)
+
     # conv3 (4 units)
     hit("conv3", 0, HUMAN, "color", {w1: y, w2: y, w3: y})
     hit("conv3", 0, DISSECTION, "color", {w1: y, w2: y, w3: n})
@@ -101,8 +112,8 @@ def table3_study(layers):
     hit("conv5", 5, HUMAN, "scene", {w1: y, w2: y, w3: y})
     # Not counted: a rejected answer, a returned lease, a gold item.
     rejected = hit("conv5", 3, HUMAN, "object", {})
-    answer(rejected, w1, answer=y, state=AssignmentState.REJECTED)
-    answer(rejected, w2, answer=y, state=AssignmentState.RETURNED)
+    answer(rejected, w1, answer=y, state=CrowdAssignmentState.REJECTED)
+    answer(rejected, w2, answer=y, state=CrowdAssignmentState.RETURNED)
     gold = validation_hit(study, layers, "conv5", 3, "", "object", {w1: y, w2: n}, role=HitRole.GOLD, gold_answer=y)
     for assignment in gold.assignments.all():  # as assignment_submit marks gold answers
         assignment.gold_correct = assignment.answer == y
@@ -166,8 +177,101 @@ def test_table3_with_simulated_crowd_and_all_units(table3_study):
     assert table["categories"][:2] == ["color", "texture"]
 
 
+def test_table3_selection_and_measurement_never_share_a_vote(table3_study, layers):
+    """The selection round alone decides which units count; the comparison round alone gives the shares."""
+    before = reports.nd18_table3(table3_study, replicates=0)["layers"][0]
+    conv3_unit1 = dict(study=table3_study, unit__index=1, unit__layer__name="conv3", label_origin=HUMAN)
+    # Turn conv3 unit 1's selection votes to yes: it becomes interpretable, with its comparison share (1/3).
+    selection = Hit.objects.get(validation_round=ValidationRound.SELECTION, **conv3_unit1)
+    selection.assignments.update(answer="yes")
+    after = reports.nd18_table3(table3_study, replicates=0)["layers"][0]
+    assert (before["interpretable"], after["interpretable"]) == (2, 3)
+    assert after["human"]["value"] == pytest.approx((1 + 2 / 3 + 1 / 3) / 3)
+    # Turn its comparison votes to yes as well: the unit set stays, only the share moves.
+    Hit.objects.get(validation_round=ValidationRound.COMPARISON, **conv3_unit1).assignments.update(answer="yes")
+    measured = reports.nd18_table3(table3_study, replicates=0)["layers"][0]
+    assert measured["interpretable"] == 3 and measured["human"]["value"] == pytest.approx((1 + 2 / 3 + 1) / 3)
+    table = reports.nd18_table3(table3_study, replicates=0)
+    assert table["selection_hits"] == 8 and table["comparison_hits"] == 16
+
+
+def test_table3_without_a_selection_round_counts_no_unit_as_interpretable(table3_study):
+    # A study made before the rounds existed: its human-label HITs have no round and count as comparison.
+    Hit.objects.filter(study=table3_study, validation_round=ValidationRound.SELECTION).update(
+        validation_round="", label_origin=DISSECTION)
+    table = reports.nd18_table3(table3_study, replicates=0)
+    assert table["selection_votes"] == 0 and [e["interpretable"] for e in table["layers"]] == [0, 0]
+    assert table["comparison_hits"] == 24
+    assert [e["interpretable"] for e in reports.nd18_table3(table3_study, interpretable="all",
+                                                            replicates=0)["layers"]] == [3, 5]
+
+
+def _simulated_votes(rng, n_units: int, raters: int, p_yes: dict[str, float], *, selection_p: float | None = None):
+    """Votes of a simulated crowd on ``n_units`` units of one layer: per unit a selection HIT for the canonical
+    description and comparison HITs for the human, dissection and control labels; each rater says yes with the
+    origin's probability (``selection_p`` for the selection HIT; default the human label's)."""
+    votes = []
+    for unit in range(n_units):
+        yes = int(rng.binomial(raters, p_yes["human"] if selection_p is None else selection_p))
+        votes.append(reports.UnitVotes("L", unit, "object", HUMAN.value, yes, raters, ValidationRound.SELECTION.value))
+        for origin in (HUMAN, DISSECTION, CONTROL):
+            yes = int(rng.binomial(raters, p_yes[origin.value]))
+            votes.append(reports.UnitVotes("L", unit, "object", origin.value, yes, raters))
+    return votes
+
+
+def _standard_error(share) -> float:
+    """The bootstrap standard error behind a 95% percentile interval (its half-width / 1.96)."""
+    return (share["ci"][1] - share["ci"][0]) / 2 / 1.96
+
+
+def test_table3_under_a_null_crowd_is_unbiased():
+    """ND'18 Table 3 under a crowd that says yes with p = ½ whatever the label (2000 units, 3 raters): human,
+    dissection and control all come out near 50%. Each pair's difference is what chance gives (|z| < 3.3 on the
+    two intervals, a 0.1% test), and over 20 independent crowds the mean differences vanish (< 0.005) — no
+    bias. Choosing the units by the very votes that measure them (the former rule) gives human ≈ 75% vs
+    dissection ≈ 50% on the same votes."""
+    differences = {("human", "dissection"): [], ("human", "control"): [], ("dissection", "control"): []}
+    for seed in range(20):
+        rng = np.random.default_rng(2018 + seed)
+        votes = _simulated_votes(rng, 2000, 3, {"human": 0.5, "dissection": 0.5, "control": 0.5})
+        entry = reports.table3_from_votes(votes, [("L", 2000)], replicates=400 if seed < 3 else 0,
+                                          seed=seed)["layers"][0]
+        assert 900 < entry["interpretable"] < 1100  # P(≥ 2 of 3 yes) = ½
+        for (a, b), found in differences.items():
+            assert abs(entry[a]["value"] - 0.5) < 0.03
+            found.append(entry[a]["value"] - entry[b]["value"])
+            if seed < 3:
+                z = found[-1] / np.hypot(_standard_error(entry[a]), _standard_error(entry[b]))
+                assert abs(z) < 3.3, (a, b, z)
+        if seed == 0:
+            # The biased rule it replaces: the same votes select and measure.
+            same = [reports.UnitVotes(v.layer, v.unit, v.category, v.origin, v.yes, v.n,
+                                      ValidationRound.SELECTION.value)
+                    for v in votes if v.origin == HUMAN.value and v.round == ValidationRound.COMPARISON.value]
+            biased = reports.table3_from_votes([v for v in votes if v.round != ValidationRound.SELECTION.value]
+                                               + same, [("L", 2000)], replicates=0)["layers"][0]
+            assert biased["human"]["value"] > 0.7 > 0.55 > biased["dissection"]["value"]
+    for pair, found in differences.items():
+        assert abs(float(np.mean(found))) < 0.005, pair
+
+
+def test_table3_recovers_a_planted_ordering():
+    """A crowd that favours good labels: human labels 80% yes, dissection 65%, controls 20% (and canonical
+    descriptions validated with the human rate): the table keeps that order, each near its planted rate."""
+    rng = np.random.default_rng(7)
+    planted = {"human": 0.8, "dissection": 0.65, "control": 0.2}
+    entry = reports.table3_from_votes(_simulated_votes(rng, 2000, 3, planted), [("L", 2000)], replicates=200,
+                                      seed=2)["layers"][0]
+    assert entry["human"]["value"] > entry["dissection"]["value"] > entry["control"]["value"]
+    for origin, rate in planted.items():
+        assert abs(entry[origin]["value"] - rate) < 0.03, origin
+    assert entry["human"]["ci"][0] > entry["dissection"]["ci"][1]
+
+
 def test_table3_from_votes_pure():
-    votes = [reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3), reports.UnitVotes("L", 1, "", DISSECTION.value, 0, 2),
+    votes = [reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3, ValidationRound.SELECTION.value),
+             reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3), reports.UnitVotes("L", 1, "", DISSECTION.value, 0, 2),
              reports.UnitVotes("L", 2, "scene", HUMAN.value, 0, 0)]
     table = reports.table3_from_votes(votes, [("L", 10), ("M", 5)], replicates=0)
     first, second = table["layers"]
@@ -181,8 +285,10 @@ def test_table3_from_votes_pure():
 
 def test_aggregation_report(table3_study):
     result = reports.crowd_aggregation(table3_study, simulated="exclude", replicates=200)
-    rows = {(row["layer"], row["unit"], row["origin_key"]): row for row in result["hits"]}
-    assert len(rows) == 16 and result["n_answers"] == 45 and result["n_workers"] == 3
+    rows = {(row["layer"], row["unit"], row["origin_key"]): row for row in result["hits"]
+            if row["round"] == ValidationRound.COMPARISON}
+    assert len(rows) == 16 and len(result["hits"]) == 16 + 8
+    assert result["n_answers"] == 45 + 22 and result["n_workers"] == 3
     row = rows[("conv3", 1, HUMAN.value)]
     assert (row["majority"], row["n"], row["tied"]) == ("no", 3, False)
     assert row["majority_share"] == pytest.approx(2 / 3)
@@ -196,7 +302,7 @@ def test_aggregation_report(table3_study):
 
     per_hit = {}
     for hit_id, vote in CrowdAssignment.objects.filter(hit__study=table3_study, hit__role=HitRole.TASK,
-                                                       state=AssignmentState.SUBMITTED, worker__simulated=False
+                                                       state=CrowdAssignmentState.SUBMITTED, worker__simulated=False
                                                        ).values_list("hit_id", "answer"):
         per_hit.setdefault(hit_id, []).append(vote)
     table = np.array([[votes.count("yes"), votes.count("no")] for votes in per_hit.values() if len(votes) == 3])
@@ -211,7 +317,7 @@ def test_aggregation_report(table3_study):
     assert (workers["w1"]["gold_right"], workers["w1"]["gold_total"], workers["w2"]["gold_accuracy"]) == (1, 1, 0.0)
     assert workers["w3"]["gold_total"] == 0
     assert all(0.0 <= row["skill"] <= 1.0 for row in workers.values())
-    assert workers["w1"]["task_answers"] == 16
+    assert workers["w1"]["task_answers"] == 16 + 8  # w1 voted on every selection-round HIT too
     majority = aggregation.majority_vote(reports.study_answers(table3_study), labels=["yes", "no"])
     w3 = [(hit, vote) for hit, vote in CrowdAssignment.objects.filter(
         worker__external_id="w3", hit__role=HitRole.TASK, hit__study=table3_study).values_list("hit_id", "answer")]
@@ -223,13 +329,14 @@ def test_overlap_decisions_in_report(table3_study):
     table3_study.overlap_rule = "dynamic"
     table3_study.save()
     result = reports.crowd_aggregation(table3_study, replicates=0)
-    decisions = {(row["layer"], row["unit"], row["origin_key"]): row["overlap"] for row in result["hits"]}
+    decisions = {(row["layer"], row["unit"], row["origin_key"]): row["overlap"] for row in result["hits"]
+                 if row["round"] == ValidationRound.COMPARISON}
     # conv3 unit 1, human: 1 yes 2 no = 0.67 < 0.7 with its 3 planned answers → one more worker.
     extend = decisions[("conv3", 1, HUMAN.value)]
     assert (extend.action, extend.target) == (aggregation.OverlapAction.EXTEND, 4)
     assert decisions[("conv3", 0, HUMAN.value)].action == aggregation.OverlapAction.DONE
     assert decisions[("conv5", 0, HUMAN.value)].action == aggregation.OverlapAction.COLLECT  # 2 of 3
-    assert sum(result["overlap"]["counts"].values()) == 16
+    assert sum(result["overlap"]["counts"].values()) == 16 + 8  # the selection round's HITs too
 
 
 def test_hit_overlap_decision_reads_live_answers(layers):
@@ -243,7 +350,7 @@ def test_hit_overlap_decision_reads_live_answers(layers):
     settled = selectors.hit_overlap_decision(hit)
     assert (settled.action, settled.target, settled.action.closes) == (aggregation.OverlapAction.STOP_EARLY, 2, True)
     split = validation_hit(study, layers, "conv3", 1, HUMAN, "color", {w1: "yes", w2: "no", w3: "no"})
-    answer(split, make_worker(study, "w4"), answer="yes", state=AssignmentState.REJECTED)  # not counted
+    answer(split, make_worker(study, "w4"), answer="yes", state=CrowdAssignmentState.REJECTED)  # not counted
     decision = selectors.hit_overlap_decision(split)
     assert (decision.action, decision.target, decision.n_answers) == (aggregation.OverlapAction.EXTEND, 4, 3)
 
@@ -291,6 +398,34 @@ def test_purity_table_hand_computed(layers):
     assert rows["explanatory_graph"]["study"] == graph and rows["raw_filter_peaks"]["study"] == study
     # The graph study's page lists its own rows first, then the other study's.
     assert [row["source"] for row in reports.purity_table(graph)["rows"]] == ["explanatory_graph", "raw_filter_peaks"]
+
+
+def test_purity_exports_say_what_each_hit_showed_and_reproduce_the_table(layers):
+    from collections import defaultdict
+
+    from annotation.crowd import exports
+
+    study = make_study(layers, kind=CrowdTaskKind.PURITY, name="purity export")
+    w1, w2 = make_worker(study, "w1"), make_worker(study, "w2")
+    purity_hit(study, layers, "conv3", 0, {w1: 6, w2: 8})
+    purity_hit(study, layers, "conv3", 1, {w1: 2}, shown=4, k=4)
+    purity_hit(study, layers, "conv5", 0, {w1: 9}, k=30,
+               source={"pattern_source": "explanatory_graph", "pattern": "conv5/0/2"})
+    answers = exports.crowd_answer_rows(study)
+    assert {(row["unit"], row["pattern_source"], row["pattern"]) for row in answers} == {
+        (0, "raw_filter_peaks", "conv3/0"), (1, "raw_filter_peaks", "conv3/1"), (0, "explanatory_graph", "conv5/0/2")}
+    results = exports.crowd_results(study, simulated="include")
+    assert [field in exports.CROWD_RESULT_FIELDS for field in ("pattern_source", "pattern", "purity_k")] == [True] * 3
+    by_cell = defaultdict(list)  # the purity table's cells, recomputed from the export alone
+    for row in results:
+        by_cell[(row["pattern_source"], row["layer"])].append(row["mean_count"] / row["purity_shown"])
+    table = reports.purity_table(study)
+    for row in table["rows"]:
+        for layer, cell in zip(table["layers"], row["cells"]):
+            values = by_cell.get((row["source"], layer))
+            assert (cell["purity"] is None and not values) or cell["purity"] == pytest.approx(np.mean(values))
+    text, _, _ = exports.crowd_export_file(study, "results.csv", simulated="include")
+    assert "pattern_source,pattern,graph" in text.splitlines()[0] and "explanatory_graph,conv5/0/2" in text
 
 
 def test_description_study_report(researcher_client, layers):
@@ -370,11 +505,13 @@ def test_reports_of_the_demo_crowd_studies(tiny_layer_with_grids, researcher_cli
     table = reports.nd18_table3(study, simulated="only", replicates=0)
     (conv5,) = table["layers"]
     # Naive recount: per unit, yes share of each origin's HIT; interpretable = human HIT with a yes majority.
+    # A HIT whose label was both the human description and the dissection label counts for both origins.
     shares: dict[tuple[int, str], list[int]] = {}
-    for unit, origin, vote in CrowdAssignment.objects.filter(
+    for unit, origin, source, vote in CrowdAssignment.objects.filter(
             hit__study=study, hit__role=HitRole.TASK, state__in=["submitted", "approved"]
-    ).values_list("hit__unit__index", "hit__label_origin", "answer"):
-        shares.setdefault((unit, origin), []).append(vote == "yes")
+    ).values_list("hit__unit__index", "hit__label_origin", "hit__source", "answer"):
+        for each in [origin, *(source or {}).get("also_origins", [])]:
+            shares.setdefault((unit, each), []).append(vote == "yes")
     interpretable = [unit for (unit, origin), votes in shares.items() if origin == HUMAN and 2 * sum(votes) > len(votes)]
     assert conv5["interpretable"] == len(interpretable)
     assert conv5["units"] == study.extractions.get().layer.units and conv5["units_judged"] == 4

@@ -14,7 +14,7 @@ from annotation.crowd import demo as crowd_demo
 from annotation.crowd import hits as crowd_hits
 from annotation.crowd import services
 from annotation.crowd.truth import absent_concepts, peak_concepts, truth_concepts
-from annotation.models import AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, HitRole, LabelOrigin
+from annotation.models import CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, HitRole, LabelOrigin
 from annotation.naming import normalise_concept_name
 
 pytestmark = pytest.mark.django_db
@@ -129,10 +129,10 @@ def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_
         assert CrowdAssignment.objects.filter(hit__study=study, simulated=False).count() == 0
     # Every description HIT has its three answers; every validation HIT three, plus two places left for people.
     for hit in description.hits.filter(role=HitRole.TASK):
-        assert hit.assignments.filter(state=AssignmentState.SUBMITTED).count() == 3 == hit.max_assignments
+        assert hit.assignments.filter(state=CrowdAssignmentState.SUBMITTED).count() == 3 == hit.max_assignments
     origins = set()
     for hit in validation.hits.filter(role=HitRole.TASK):
-        assert hit.assignments.filter(state=AssignmentState.SUBMITTED).count() == 3 and hit.max_assignments == 5
+        assert hit.assignments.filter(state=CrowdAssignmentState.SUBMITTED).count() == 3 and hit.max_assignments == 5
         origins.add(hit.label_origin)
     assert origins == set(LabelOrigin.values)  # the description study's canonical phrases became human labels
     # Careful simulated workers validate dissection labels more often than controls.
@@ -140,6 +140,22 @@ def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_
     yes_share = {origin: answers.filter(hit__label_origin=origin, answer="yes").count() /
                  max(answers.filter(hit__label_origin=origin).count(), 1) for origin in LabelOrigin.values}
     assert yes_share[LabelOrigin.CONTROL] <= yes_share[LabelOrigin.HUMAN]
+    # The careless-answer signals are calibrated: no simulated worker (they answer from the pixel truth) shows a
+    # suspicious streak, in either study.
+    from annotation.crowd.selectors import crowd_worker_rows
+
+    for study in (description, validation):
+        for row in crowd_worker_rows(study):
+            assert not [flag for flag in row["signals"] if flag.startswith("streak")], (study.name, row["signals"])
+    # The demo prints every study's page and worker links as full URLs.
+    from annotation.apps import demo_crowd_lines
+
+    lines = demo_crowd_lines(result["studies"], site_url="http://127.0.0.1:8000")
+    for study in (description, validation):
+        assert (f"Crowd study {study.name} ({study.get_kind_display()}, "
+                f"{'open to people' if study.is_open else 'closed'}): http://127.0.0.1:8000/") in "\n".join(lines)
+        assert f"  worker link (mturk): http://127.0.0.1:8000/crowd/s/{study.token}/mturk/" in lines
+    assert all("http://127.0.0.1:8000/" in line for line in lines)
     # Idempotent: a second run adds nothing.
     count = CrowdAssignment.objects.count()
     crowd_demo.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=UNITS)

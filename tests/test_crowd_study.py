@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from django.utils import timezone
 from PIL import Image
@@ -22,7 +23,7 @@ from annotation.crowd import selectors as crowd_selectors
 from annotation.crowd import services
 from annotation.crowd import truth as crowd_truth
 from annotation.crowd.services import CrowdInputError
-from annotation.models import AssignmentState, CrowdAdapter, CrowdAssignment, CrowdTaskKind, HitRole, LabelOrigin
+from annotation.models import CrowdAdapter, CrowdAssignment, CrowdAssignmentState, CrowdTaskKind, HitRole, LabelOrigin
 
 pytestmark = pytest.mark.django_db
 CONCEPTS = [("car", "object"), ("wheel", "part"), ("wing", "part"), ("grass", "material"), ("red-c", "color"),
@@ -198,7 +199,7 @@ def test_an_expired_lease_frees_the_place_and_the_late_answer_is_refused():
         taken.append(next_one.hit_id)
     assert held_hit in taken and len(taken) == 2  # the place came free for someone else
     assignment.refresh_from_db()
-    assert assignment.state == AssignmentState.RETURNED and assignment.reason == "lease expired"
+    assert assignment.state == CrowdAssignmentState.RETURNED and assignment.reason == "lease expired"
     with pytest.raises(CrowdInputError, match="no longer yours"):
         services.assignment_submit(assignment=assignment, answer="yes")
     # The expired worker does not get the same HIT again.
@@ -220,11 +221,11 @@ def test_answers_are_validated_per_kind_and_time_on_task_is_recorded():
     assignment = services.hit_next_for_worker(worker=worker)
     with pytest.raises(CrowdInputError, match="yes or no"):
         services.assignment_submit(assignment=assignment, answer="maybe")
-    shown = timezone.now() - timedelta(seconds=7)
-    services.assignment_submit(assignment=assignment, answer="no", shown_at=shown)
+    shown = timezone.now()
+    services.assignment_submit(assignment=assignment, answer="no", shown_at=shown, now=shown + timedelta(seconds=7))
     assignment.refresh_from_db()
-    assert assignment.state == AssignmentState.SUBMITTED and assignment.answer == "no"
-    assert 6.5 < assignment.seconds < 30
+    assert assignment.state == CrowdAssignmentState.SUBMITTED and assignment.answer == "no"
+    assert assignment.seconds == 7.0
     again = services.assignment_submit(assignment=assignment, answer="yes")  # a double submit changes nothing
     assert again.assignment.answer == "no"
 
@@ -298,9 +299,9 @@ def test_review_rejects_with_a_reason_reopens_the_place_and_bonuses_are_recorded
         services.assignment_review(assignment=done[0], approve=False)
     rejected = services.assignment_review(assignment=done[0], approve=False, reason="random clicking",
                                           reviewer=researcher)
-    assert rejected.state == AssignmentState.REJECTED and rejected.reason == "random clicking"
+    assert rejected.state == CrowdAssignmentState.REJECTED and rejected.reason == "random clicking"
     approved = services.assignment_review(assignment=done[1], approve=True, reviewer=researcher)
-    assert approved.state == AssignmentState.APPROVED
+    assert approved.state == CrowdAssignmentState.APPROVED
     assert [a.hit_id for a in answer_everything(second)] == [done[0].hit_id]  # the rejected place reopened
     assert CrowdAssignment.objects.answered().count() == 2  # approved + the new one; the rejected one is out
     bonus = services.bonus_grant(worker=first, amount_cents=25, reason="careful", assignment=done[1],
@@ -353,3 +354,25 @@ def test_dynamic_overlap_adds_a_worker_where_answers_split_and_retires_settled_h
     split.refresh_from_db()
     assert split.retired and split.max_assignments == 4  # 3–1 = 0.75 ≥ 0.7: done
     assert answer_everything(workers[4]) == []
+
+
+def test_streaks_are_flagged_only_when_improbable_for_an_honest_worker():
+    from annotation.crowd.aggregation import longest_run_p_value
+
+    # By hand: 3 fair coin flips hold a run of 3 with probability 2/8; of 2 with 6/8 (all but HTH and THT).
+    assert longest_run_p_value(3, 3, [0.5, 0.5]) == pytest.approx(0.25)
+    assert longest_run_p_value(3, 2, [0.5, 0.5]) == pytest.approx(0.75)
+    assert longest_run_p_value(5, 1, [0.5, 0.5]) == 1.0 and longest_run_p_value(4, 5, [0.5, 0.5]) == 1.0
+    rng = np.random.default_rng(3)  # against a simulation: runs of ≥ 6 in 40 answers at shares 0.7 / 0.3
+    draws = rng.random((20000, 40)) < 0.7
+    hits = np.mean([crowd_selectors.longest_streak(row.tolist()) >= 6 for row in draws])
+    assert longest_run_p_value(40, 6, [0.7, 0.3]) == pytest.approx(hits, abs=0.01)
+    # An honest worker in a mostly-"yes" study: 9 "yes" in a row among 60 answers is ordinary; not flagged.
+    honest = ["yes"] * 9 + ["no", "yes", "yes", "no"] * 12 + ["yes"] * 3
+    shares = [0.75, 0.25]
+    assert crowd_selectors.careless_signals(seconds=[9.0] * 60, study_median=9.0, answers=honest, pasted=0,
+                                            answer_shares=shares) == []
+    # Someone clicking "yes" 40 times in the same study is flagged, with the odds.
+    flags = crowd_selectors.careless_signals(seconds=[9.0] * 40, study_median=9.0, answers=["yes"] * 40, pasted=0,
+                                             answer_shares=shares)
+    assert len(flags) == 1 and flags[0].startswith("streak: 40 identical answers in a row (p = ")

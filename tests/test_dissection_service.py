@@ -21,11 +21,11 @@ from analysis.engine.dissection_sparse import (AnchoredUpsample, PlainUpsample, 
 from analysis.engine.networks import NetworkKind, NetworkSpec
 from analysis.engine.upsample import upsample_anchored, upsample_plain
 from analysis.models import (Concept, LayerDissection, LayerExtraction, RotationTest, Run, RunStatus, UnitDissection)
-from analysis.services.datasets import probe_world_run_start
 from analysis.services.dissection import dissection_run_start, dissection_tally_load, rotation_run_start
 from analysis.services.extraction import open_activation_cache
 from analysis.services.networks import network_register
 from benchmarks.dissection_reference import reference_iou, reference_tally
+from tests.worlds import probe_world_register
 
 pytestmark = pytest.mark.django_db
 SIZE = 64  # images (masks are half: 32 x 32); the networks take 112 px, so the extraction resizes
@@ -57,7 +57,7 @@ def planted_network(num_classes: int = 7) -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def shared_world(django_db_setup, django_db_blocker):
+def shared_world(django_db_setup, django_db_blocker, probe_world_files):
     """Built once for the module (committed, outside the tests' rolled-back transactions) and deleted after it:
     the tiny probe world, the seeded demo network and the planted network, and their extractions (conv5, pool)."""
     from analysis.models import Dataset, Network
@@ -65,8 +65,8 @@ def shared_world(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         first_run = (Run.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 1
-        run = probe_world_run_start(name="tiny", n_images=36, size=SIZE, seed=5, inline=True)
-        assert run.status == RunStatus.SUCCEEDED, run.error
+        world = {"n_images": 36, "size": SIZE, "seed": 5}
+        probe_world_register(name="tiny", root=probe_world_files(**world), **world)
         for name, target in (("seeded", demo_network_target()), ("planted", f"{__name__}:planted_network")):
             network_register(name=name, spec=NetworkSpec(kind=NetworkKind.MODULE, target=target,
                                                          kwargs={"num_classes": 7}, input_size=INPUT,
@@ -324,6 +324,18 @@ def test_export_files_are_exact(world, tmp_path):
     assert thresholds[0] == ["unit", "threshold"] and len(thresholds) == 129
     assert [np.float32(float(value)) for _, value in thresholds[1:]] == list(data["thresholds"])
     assert [int(unit) for unit, _ in thresholds[1:]] == list(range(128))
+    with open(tmp_path / "units.csv") as handle:
+        units = list(csv.DictReader(handle))
+    results = {r.unit.index: r for r in dissection.unit_results.select_related("unit", "concept")}
+    summaries = {s.unit.index: s for s in dissection.extraction.unit_summaries.select_related("unit")}
+    assert [int(row["unit"]) for row in units] == list(range(128))
+    for row in units:
+        result, summary = results[int(row["unit"])], summaries[int(row["unit"])]
+        assert row["label"] == (result.concept.name if result.concept else "") and float(row["iou"]) == result.iou
+        assert row["is_detector"] == str(int(result.is_detector)) and row["saturated"] == str(int(result.saturated))
+        expected = "dead" if summary.max_activation <= 0 else "saturated" if summary.threshold == 0 else "live"
+        assert row["status"] == expected == summary.unit_status
+    assert {row["status"] for row in units} >= {"live"}
     meta = json.loads((tmp_path / "run.json").read_text())
     assert meta["params"]["quantile"] == 0.995 and meta["params"]["upsample"] == "anchored"
     assert meta["params"]["iou_threshold"] == 0.04 and meta["quantile"] == 0.995

@@ -183,27 +183,19 @@ def test_simulated_answers_err_at_the_requested_rate():
 
 
 @pytest.fixture
-def probe_study():
+def probe_study(make_probe_world):
     """A tiny probe world, a seeded network's conv5 and an expert study of it (grids stubbed: not judged here)."""
     from PIL import Image
 
-    from analysis.engine.demo_network import demo_network_target
-    from analysis.engine.networks import NetworkKind, NetworkSpec
-    from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction, RunStatus
-    from analysis.services.datasets import probe_world_run_start
-    from analysis.services.extraction import extraction_run_start
+    from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction
     from analysis.services.grids import store_grid
-    from analysis.services.networks import network_register
     from annotation.expert.services import study_create
     from tests.test_expert_study import make_experts
+    from tests.worlds import extraction_run, seeded_network
 
-    assert probe_world_run_start(name="expert-tiny", n_images=42, size=64, seed=5, inline=True).status == "succeeded"
-    network_register(name="expert-seeded", spec=NetworkSpec(
-        kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": 7}, input_size=(64, 64),
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
-    run = extraction_run_start(network="expert-seeded", dataset="expert-tiny", layers=["conv5"], batch_size=8,
-                               inline=True)
-    assert run.status == RunStatus.SUCCEEDED, run.error
+    make_probe_world("expert-tiny", n_images=42, size=64, seed=5)
+    seeded_network(name="expert-seeded", input_size=(64, 64))
+    run = extraction_run(network="expert-seeded", dataset="expert-tiny", layers=["conv5"], batch_size=8)
     ExemplarSet.objects.filter(kind=ExemplarKind.TOP_CLASS).update(
         grid=store_grid(Image.new("RGB", (64, 26)), style=ExemplarKind.TOP_CLASS))
     extraction = LayerExtraction.objects.get(run=run)

@@ -197,7 +197,9 @@ def test_report_page_comparisons_and_synonym_editing(client, researcher, crafted
     assert 'id="names-not-in-vocabulary"' in page and "beak" in page and "tyre" in page
     assert 'id="no-dissection"' in page
     assert reverse("analysis:layer_dissection", args=[crafted.layer.network.name, "conv5"]) in page
-    assert "issue 6" in page and 'id="pending-comparisons"' in page
+    assert "issue 6" not in page and "once part-AP" not in page and 'id="pending-comparisons"' not in page
+    assert reverse("analysis:layer_parts", args=[crafted.layer.network.name, "conv5"]) in page
+    assert reverse("analysis:layer_ablation", args=[crafted.layer.network.name, "conv5"]) in page
 
     synonyms_url = reverse("annotation:study_synonyms", args=[crafted.pk])
     response = client.post(synonyms_url, {"name": "Tyres", "maps_to": "wheel"})

@@ -8,7 +8,6 @@ from datetime import timedelta
 
 import pytest
 from django.urls import reverse
-from django.utils import timezone
 
 from annotation.expert import services
 from annotation.models import Answer, Assignment, Judgment, Study, StudyPlan
@@ -184,8 +183,9 @@ def test_an_answer_to_a_task_that_went_back_to_the_pool_is_saved_while_its_place
     page = expert.get(url)
     shown = re.search(rb'name="shown" value="([^"]*)"', page.content).group(1).decode()
     away = study.raters.get(name="expert1")
-    Assignment.objects.filter(rater=away).update(assigned_at=timezone.now() - timedelta(hours=25))
-    assert services.stale_claims_release(study=study) == 1  # what the next expert's request does when all is taken
+    later = Assignment.objects.get(rater=away).assigned_at + timedelta(hours=25)
+    # What the next expert's request does when all is taken, a day and an hour after expert1 took the task:
+    assert services.stale_claims_release(study=study, now=later) == 1
     if taken_meanwhile:
         assert services.task_next_for_rater(rater=study.raters.get(name="expert2")) is not None
     response = expert.post(url, {"answer": Answer.NO, "shown": shown})

@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import pytest
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 from PIL import Image
 
 from accounts.roles import Role
@@ -199,10 +198,9 @@ def test_a_claim_that_collides_runs_again_and_leaves_the_callers_transaction_usa
     assert task.assigned_count == 1 and task.position == study.tasks.order_by("position").first().position
 
 
-def _left_unanswered(rater: StudyRater, hours: float) -> None:
-    """Backdate the rater's open assignment: as if they took its task ``hours`` ago and walked away."""
-    Assignment.objects.filter(rater=rater, completed_at__isnull=True).update(
-        assigned_at=timezone.now() - timedelta(hours=hours))
+def _hours_after_claim(rater: StudyRater, hours: float):
+    """The moment ``hours`` after the rater took the task they hold: passed as ``now=``, as if they walked away."""
+    return Assignment.objects.get(rater=rater, completed_at__isnull=True).assigned_at + timedelta(hours=hours)
 
 
 @pytest.mark.parametrize("claim_hours, hours_away, released", [(24, 25, True), (24, 23, False), (0, 1000, False)])
@@ -213,8 +211,8 @@ def test_a_task_left_unanswered_goes_back_to_the_pool_when_nothing_else_is_free(
                                   raters_per_task=1, object_classes=["car"], units=[0], claim_hours=claim_hours)
     away, busy = study.raters.get(user=walker), study.raters.get(user=worker)
     task = services.task_next_for_rater(rater=away)  # the study's only task
-    _left_unanswered(away, hours_away)
-    taken = services.task_next_for_rater(rater=busy)
+    later = _hours_after_claim(away, hours_away)
+    taken = services.task_next_for_rater(rater=busy, now=later)
     if not released:
         assert taken is None and Assignment.objects.get(task=task).rater == away
         return
@@ -234,9 +232,10 @@ def test_a_task_that_went_back_to_the_pool_is_taken_back_while_its_place_is_free
                                   raters_per_task=1, object_classes=["car"], units=[0, 1])
     away = study.raters.get(user=walker)
     first = services.task_next_for_rater(rater=away)
-    _left_unanswered(away, 30)
-    assert services.stale_claims_release(study=study) == 1 and not Assignment.objects.filter(rater=away).exists()
-    assert services.stale_claims_release(study=study) == 0  # released once
+    later = _hours_after_claim(away, 30)
+    assert services.stale_claims_release(study=study, now=later) == 1
+    assert not Assignment.objects.filter(rater=away).exists()
+    assert services.stale_claims_release(study=study, now=later) == 0  # released once
     assert services.task_reclaim(rater=away, task=first)
     services.judgment_submit(rater=away, task=first, answer=Answer.NO)
     first.refresh_from_db()

@@ -14,16 +14,13 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from analysis.engine.demo_network import demo_network_target
 from analysis.engine.explanatory_graph import PATCH_FRACTION, energy_top_k
-from analysis.engine.networks import NetworkKind, NetworkSpec
 from analysis.models import AnnotatedBox, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Run, RunStatus
-from analysis.services.datasets import probe_world_run_start
 from analysis.services.explanatory_graph import (graph_inference_arrays, graph_purity_candidates,
                                                  graph_purity_inferences, graph_run_start, purity_patch_picture)
 from analysis.services.exports import run_export
 from analysis.services.extraction import open_activation_cache
-from analysis.services.networks import network_register
+from tests.worlds import probe_world_register, seeded_network
 
 pytestmark = pytest.mark.django_db
 SIZE = 64  # images; the network takes 112 px, so positions scale by 64/112 onto the images
@@ -33,7 +30,7 @@ PARAMS = dict(network="egnet", dataset="egworld", layers=["conv4", "conv5"], nod
 
 
 @pytest.fixture(scope="module")
-def shared_graph(django_db_setup, django_db_blocker):
+def shared_graph(django_db_setup, django_db_blocker, probe_world_files):
     """A 36-image probe world, a seeded demo network and a learned graph over conv5 → conv4 (built once)."""
     from analysis.models import Dataset, Network
 
@@ -43,11 +40,9 @@ def shared_graph(django_db_setup, django_db_blocker):
     torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than they save on a shared machine
     with django_db_blocker.unblock():
         first_run = (Run.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 1
-        run = probe_world_run_start(name="egworld", n_images=36, size=SIZE, seed=5, inline=True)
-        assert run.status == RunStatus.SUCCEEDED, run.error
-        network_register(name="egnet", spec=NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(),
-                                                        kwargs={"num_classes": 7}, input_size=INPUT,
-                                                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+        world = {"n_images": 36, "size": SIZE, "seed": 5}
+        probe_world_register(name="egworld", root=probe_world_files(**world), **world)
+        seeded_network(name="egnet", input_size=INPUT)
         run = graph_run_start(inline=True, **PARAMS)
         assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
         yield run.pk

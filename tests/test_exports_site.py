@@ -143,9 +143,12 @@ def extraction_run(settings):
     cache.mkdir()
     (cache / "meta.json").write_text(json.dumps({"shape": list(MAPS.shape)}))
     MAPS.tofile(cache / "maps.f16")
-    LayerExtraction.objects.create(run=run, layer=layer, dataset=dataset, cache_key="e", cache_path=str(cache),
-                                   stats_path="", n_images=3, map_height=2, map_width=2, quantile=0.995, k_overall=15,
-                                   k_per_class=10)
+    extraction = LayerExtraction.objects.create(
+        run=run, layer=layer, dataset=dataset, cache_key="e", cache_path=str(cache), stats_path="", n_images=3,
+        map_height=2, map_width=2, quantile=0.995, k_overall=15, k_per_class=10)
+    for index, (peak, threshold, active) in enumerate([(4.75, 4.5, 3), (0.0, 0.0, 0)]):  # unit 1 reads as dead
+        unit = layer.unit_set.create(index=index)
+        extraction.unit_summaries.create(unit=unit, max_activation=peak, threshold=threshold, active_images=active)
     return run
 
 
@@ -157,7 +160,7 @@ def test_run_export_downloads_as_zip_from_the_run_page_and_the_api(researcher_cl
     assert reverse("analysis:run_export", args=[extraction_run.pk]) in page
     expected_dir = tmp_path / "expected"
     expected = {path.name: path.read_bytes() for path in run_export(run=extraction_run, out_dir=expected_dir)}
-    assert set(expected) == {"conv5.npy", "images.csv", "run.json"}
+    assert set(expected) == {"conv5.npy", "conv5_units.csv", "images.csv", "run.json"}
     site = researcher_client.get(reverse("analysis:run_export", args=[extraction_run.pk]))
     api = token_client(researcher).get(reverse("api:run-export", args=[extraction_run.pk]))
     for response in (site, api):
@@ -172,6 +175,9 @@ def test_run_export_downloads_as_zip_from_the_run_page_and_the_api(researcher_cl
                     assert exported.dtype == np.float32 and np.array_equal(exported, MAPS.astype(np.float32))
                 elif name == "images.csv":
                     assert got == content == b"index,image\n0,img0.png\n1,img1.png\n2,img2.png\n"
+                elif name == "conv5_units.csv":
+                    assert got == content == (b"unit,max_activation,threshold,active_images,status\n"
+                                              b"0,4.75,4.5,3,live\n1,0.0,0.0,0,dead\n")
                 else:
                     assert json.loads(got)["run"] == extraction_run.pk and json.loads(got)["layers"] == ["conv5"]
 

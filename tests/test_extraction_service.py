@@ -11,25 +11,19 @@ import pytest
 import torch
 from django.core.management import call_command
 
-from analysis.engine.demo_network import demo_network_target
-from analysis.engine.networks import NetworkKind, NetworkSpec
 from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction, RenderedGrid, RunStatus, UnitActivationSummary
-from analysis.services.datasets import probe_world_run_start
 from analysis.services.extraction import extraction_run_start, open_activation_cache
 from analysis.services.grids import grids_run_start
-from analysis.services.networks import network_register
+from tests.worlds import seeded_network
 
 pytestmark = pytest.mark.django_db
 SIZE = 64
 
 
 @pytest.fixture
-def world():
-    run = probe_world_run_start(name="tiny", n_images=36, size=SIZE, seed=5, inline=True)
-    assert run.status == RunStatus.SUCCEEDED, run.error
-    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": 7},
-                       input_size=(SIZE, SIZE), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    return network_register(name="seeded", spec=spec)
+def world(make_probe_world):
+    make_probe_world("tiny", n_images=36, size=SIZE, seed=5)
+    return seeded_network(name="seeded", input_size=(SIZE, SIZE))
 
 
 def extract(**overrides):

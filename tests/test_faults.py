@@ -51,7 +51,7 @@ def kill_group(process: subprocess.Popen) -> None:
 
 
 @pytest.mark.worker
-def test_killed_worker_leaves_a_failed_run_never_a_half_written_success(transactional_db, tiny_layer_with_grids,
+def test_killed_worker_leaves_a_failed_run_never_a_half_written_success(transactional_db, tiny_layer,
                                                                         tmp_path, researcher_client):
     from analysis.models import LayerDissection, Run, RunStatus, UnitDissection
     from analysis.services.dissection import dissection_run_start
@@ -93,10 +93,21 @@ def test_killed_worker_leaves_a_failed_run_never_a_half_written_success(transact
     assert run.result == {}
     assert not LayerDissection.objects.filter(run=run, complete=True).exists()
     assert not UnitDissection.objects.filter(dissection__run=run).exists()
-    # A new worker (which may be handed the killed task again) never brings the run back.
-    worker = start_worker(tmp_path / "worker-2.log")
+    # A new worker handed the killed task again (as a broker redelivers an unacknowledged one) never brings the run
+    # back: wait until it has executed that task, rather than for a while.
+    from celery import current_app
+
+    from analysis.jobs import job_kind
+
+    log_path = tmp_path / "worker-2.log"
+    worker = start_worker(log_path)
     try:
-        time.sleep(3)
+        kind = job_kind(run.kind)
+        redelivered = current_app.send_task(kind.task_name, args=[run.pk], queue=kind.queue)
+        deadline = time.monotonic() + 120
+        while f"[{redelivered.id}] succeeded" not in log_path.read_text():
+            assert time.monotonic() < deadline, f"the redelivered task never ran:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.05)
         run.refresh_from_db()
         assert run.status == RunStatus.FAILED
         assert not LayerDissection.objects.filter(run=run, complete=True).exists()
@@ -193,6 +204,7 @@ def crowd_loop(base: str, token: str, number: int, rounds: int, log: Log, deadli
             log.errors.append(f"crowd {number}: {type(error).__name__}: {error}")
 
 
+@pytest.mark.worker
 def test_postgres_restart_while_experts_and_crowd_submit(tmp_path):
     people, rounds = 3, 6
     with ThrowawayPostgres() as pg:

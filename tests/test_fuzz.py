@@ -146,7 +146,9 @@ def query_keys_in_views() -> list[str]:
     found = set()
     for path in [*root.glob("*/**/*.py")]:
         if path.parts[len(root.parts)] in ("accounts", "analysis", "annotation", "api", "unitscope"):
-            found |= set(re.findall(r"""(?:GET|query_params)(?:\.get\(|\[|,)\s*["'](\w+)["']""", path.read_text()))
+            text = path.read_text()
+            found |= set(re.findall(r"""(?:GET|query_params|\bquery)(?:\.get\(|\[|,)\s*["'](\w+)["']""", text))
+            found |= set(re.findall(r"""query_id\([^,()]+,\s*["'](\w+)["']""", text))
     return sorted(found | {"limit", "offset", "format"})
 
 

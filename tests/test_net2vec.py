@@ -155,25 +155,17 @@ def test_balanced_accuracy_and_average_precision_by_hand():
 # -- service and page -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def shared_world(django_db_setup, django_db_blocker):
+def shared_world(django_db_setup, django_db_blocker, probe_world_files):
     """The tiny probe world and the seeded demo network with its conv5 extraction, built once for the module."""
-    from analysis.engine.demo_network import demo_network_target
-    from analysis.engine.networks import NetworkKind, NetworkSpec
-    from analysis.models import Dataset, Network, Run, RunStatus
-    from analysis.services.datasets import probe_world_run_start
-    from analysis.services.extraction import extraction_run_start
-    from analysis.services.networks import network_register
+    from analysis.models import Dataset, Network, Run
+    from tests.worlds import extraction_run, probe_world_register, seeded_network
 
     with django_db_blocker.unblock():
         first_run = (Run.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 1
-        run = probe_world_run_start(name="tiny-n2v", n_images=36, size=SIZE, seed=5, inline=True)
-        assert run.status == RunStatus.SUCCEEDED, run.error
-        network_register(name="seeded-n2v", spec=NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(),
-                                                             kwargs={"num_classes": 7}, input_size=INPUT,
-                                                             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
-        extraction = extraction_run_start(network="seeded-n2v", dataset="tiny-n2v", layers=["conv5"], batch_size=36,
-                                          inline=True)
-        assert extraction.status == RunStatus.SUCCEEDED, extraction.error + extraction.error_detail
+        world = {"n_images": 36, "size": SIZE, "seed": 5}
+        probe_world_register(name="tiny-n2v", root=probe_world_files(**world), **world)
+        seeded_network(name="seeded-n2v", input_size=INPUT)
+        extraction_run(network="seeded-n2v", dataset="tiny-n2v", layers=["conv5"], batch_size=36)
         yield
         Network.objects.filter(name="seeded-n2v").delete()
         Dataset.objects.filter(name="tiny-n2v").delete()
@@ -224,6 +216,42 @@ def test_run_stores_one_row_per_concept(study):
         hits = [(size, count) for size, count in hits if count]
         assert len(hits) == row.val_images
         assert row.all_pixels_val_iou == pytest.approx(sum(c for _, c in hits) / sum(size for size, _ in hits))
+
+
+@pytest.mark.django_db
+def test_the_export_holds_every_probe_and_its_weights(study, tmp_path):
+    import csv
+    import json
+
+    import numpy as np
+
+    from analysis.services.exports import run_export
+
+    files = {path.name: path for path in run_export(run=study.run, out_dir=tmp_path)}
+    assert set(files) == {"segmentation.csv", "segmentation_weights.npz", "classification.csv",
+                          "classification_weights.npz", "run.json"}
+    stored = {row.concept.name: row for row in study.concept_results.select_related("concept")}
+    with open(files["segmentation.csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["concept"] for row in rows] == sorted(stored)
+    for row in rows:
+        concept = stored[row["concept"]]
+        assert (int(row["best_unit"]), float(row["combination_val_iou"]), float(row["top4_val_iou"])) == (
+            concept.best_unit, concept.combination_val_iou, concept.top_f_val_iou["4"])
+    with np.load(files["segmentation_weights.npz"]) as weights:
+        assert weights["weight"].shape == (len(rows), study.layer.units)
+        assert list(weights["concepts"]) == [row["concept"] for row in rows]
+        np.testing.assert_array_equal(weights["weight"][-1], np.float32(stored[rows[-1]["concept"]].embedding))
+    classifiers = {row.concept.name: row for row in study.classifications.select_related("concept")}
+    with open(files["classification.csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["concept"] for row in rows] == sorted(classifiers)
+    assert all(float(row["top2_val_ap"]) == classifiers[row["concept"]].top_f_val_ap["2"] for row in rows)
+    with np.load(files["classification_weights.npz"]) as weights:
+        np.testing.assert_array_equal(weights["weight"][0], np.float32(classifiers[rows[0]["concept"]].raw_weight))
+        np.testing.assert_array_equal(weights["bias"], np.float32([classifiers[row["concept"]].bias for row in rows]))
+    meta = json.loads(files["run.json"].read_text())
+    assert (meta["run"], meta["layer"], meta["segmentation_concepts"]) == (study.run_id, "conv5", len(stored))
 
 
 @pytest.mark.django_db

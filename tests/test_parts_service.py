@@ -12,8 +12,6 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from analysis.engine.demo_network import demo_network_target
-from analysis.engine.networks import NetworkKind, NetworkSpec
 from analysis.engine.part_detection import DetectionMatching
 from analysis.engine.probe_world import OBJECT_CLASSES
 from analysis.models import (AblationStudy, ClassDiscriminativeness, PartDetectionResult, PartDetectionStudy, Run,
@@ -27,19 +25,17 @@ FAST = {"population": 16, "generations": 4, "min_part_size": 3, "min_instances":
 
 
 @pytest.fixture(scope="module")
-def shared_world(django_db_setup, django_db_blocker):
+def shared_world(django_db_setup, django_db_blocker, probe_world_files):
     """A tiny probe world and the seeded (untrained) demo network, committed once for the module."""
     from analysis.models import Dataset, Network
-    from analysis.services.datasets import probe_world_run_start
-    from analysis.services.networks import network_register
+    from tests.worlds import probe_world_register, seeded_network
 
     with django_db_blocker.unblock():
         first_run = (Run.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 1
-        run = probe_world_run_start(name="parts-tiny", n_images=28, size=64, seed=3, inline=True)
-        assert run.status == RunStatus.SUCCEEDED, run.error
-        network_register(name="parts-net", spec=NetworkSpec(
-            kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": len(OBJECT_CLASSES)},
-            input_size=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=OBJECT_CLASSES))
+        world = {"n_images": 28, "size": 64, "seed": 3}
+        probe_world_register(name="parts-tiny", root=probe_world_files(**world), **world)
+        seeded_network(name="parts-net", input_size=(64, 64), num_classes=len(OBJECT_CLASSES),
+                       class_names=OBJECT_CLASSES)
         score()  # the shared runs: object crops, and ablations of 3 views per class
         ablate()
         yield
@@ -78,6 +74,8 @@ def test_score_parts_end_to_end(world, inputs, tmp_path):
         assert len(result.single_ap) == units
         assert result.best_ap == max(result.single_ap)
         assert result.ga_ap >= result.best_ap  # GA never worse than the best single filter
+        assert 0.0 <= result.prior_ap <= 1.0 and 0.0 <= result.prior_recall <= 1.0  # the location-prior floor
+        assert result.emerges_above_prior() == (result.ga_ap > 0.3 and result.ga_ap > result.prior_ap)
         assert len(result.top_filters) == max(1, len(result.ga_filters))
         data = part_detection_arrays(result)
         # the stored results are the engine's on the saved detections
@@ -91,6 +89,8 @@ def test_score_parts_end_to_end(world, inputs, tmp_path):
         boxes = data["det_box"]
         assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
     assert study.n_emerged == sum(r.ga_ap > 0.3 for r in results)
+    assert study.n_emerged_above_prior == sum(r.emerges_above_prior() for r in results) <= study.n_emerged
+    assert study.mean_prior_ap == pytest.approx(np.mean([r.prior_ap for r in results]))
 
     out = tmp_path / "export"
     written = {path.name for path in run_export(run=run, out_dir=out)}
@@ -146,6 +146,51 @@ def test_ablate_end_to_end(world, tmp_path):
     assert float(rows[0]["delta"]) == first.deltas[0]
     correlations = part_correlations(parts=None, ablation=study)
     assert correlations["rows"] and "r" in correlations["size_delta"]
+
+
+def test_correlations_use_one_part_set_for_all_three_figures(world):
+    parts = PartDetectionStudy.objects.get(run=score())
+    ablation = AblationStudy.objects.get(run=ablate())
+    table = part_correlations(parts=parts, ablation=ablation)
+    common = [row for row in table["rows"] if row["in_common"]]
+    assert table["n_common"] == len(common) > 2
+    assert all(row["ap"] is not None and row["delta"] is not None for row in common)
+    # The blackouts cover parts the detection study's size rule dropped: they are listed, and left out of every r.
+    assert len(table["rows"]) > len(common)
+    assert table["size_ap"]["n"] == table["size_delta"]["n"] == table["ap_delta"]["n"] == len(common)
+
+
+class _FakeImages:
+    """The part mask of one 20×40 image: the part's pixels wherever its label is (both wheels)."""
+
+    device = "cpu"
+
+    def part_mask(self, image, number):
+        import torch
+
+        mask = torch.zeros((20, 40), dtype=torch.bool)
+        mask[12:18, 2:8] = True  # the wheel of object 0
+        mask[12:18, 26:32] = True  # the wheel of object 1
+        return mask
+
+
+def test_blackout_masks_the_part_of_the_view_s_own_object_inside_its_crop():
+    from analysis.services.parts import DatasetBoxes, View, _instance_part_mask
+
+    boxes = DatasetBoxes(sizes={0: (20, 40)})
+    boxes.parts[(1, 2)] = [(0, 0, (2, 12, 8, 18)), (0, 1, (26, 12, 32, 18))]
+    images = _FakeImages()
+    first = _instance_part_mask(images, boxes, View(0, (0, 0, 20, 20), 0, (0, 0, 20, 20)), 1, 2, 7)
+    assert first is not None and first[12:18, 2:8].all() and not first[:, 20:].any()  # not the other car's wheel
+    second = _instance_part_mask(images, boxes, View(0, (20, 0, 40, 20), 1, (20, 0, 40, 20)), 1, 2, 7)
+    assert second[12:18, 26:32].all() and not second[:, :20].any()
+    # A crop of object 0 that stops above its wheel: the part lies outside the view, so the view is left out.
+    assert _instance_part_mask(images, boxes, View(0, (0, 0, 20, 10), 0, (0, 0, 20, 10)), 1, 2, 7) is None
+    # An object with no box of this part (object 2): nothing to black out.
+    assert _instance_part_mask(images, boxes, View(0, (0, 0, 40, 20), 2, (0, 0, 40, 20)), 1, 2, 7) is None
+    # A whole image takes every instance.
+    whole = _instance_part_mask(images, boxes, View(0, (0, 0, 40, 20), -1, (0, 0, 40, 20)), 1, 2, 7)
+    assert int(whole.sum()) == 2 * 36
 
 
 def test_commands_print_run_ids(world):

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
 from analysis.jobs import job_kind
 from analysis.models import Run, RunStatus
@@ -137,12 +136,13 @@ def test_identical_active_run_is_reused_but_measurements_are_not():
 @pytest.mark.django_db
 def test_stale_running_run_is_marked_failed():
     limit = job_kind("selfcheck").time_limit
-    old = timezone.now() - timedelta(seconds=limit + 120)
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    old = now - timedelta(seconds=limit + 120)
     stale = Run.objects.create(kind="selfcheck", params={}, params_hash="x", status=RunStatus.RUNNING,
                                started_at=old, heartbeat_at=old)
     fresh = Run.objects.create(kind="selfcheck", params={}, params_hash="y", status=RunStatus.RUNNING,
-                               started_at=timezone.now(), heartbeat_at=timezone.now())
-    assert run_fail_stale() == 1
+                               started_at=now, heartbeat_at=now - timedelta(seconds=limit + 60))  # just in time
+    assert run_fail_stale(now=now) == 1
     stale.refresh_from_db()
     fresh.refresh_from_db()
     assert stale.status == RunStatus.FAILED and "stopped reporting" in stale.error

@@ -68,7 +68,8 @@ __all__ = [
     "PAPER_TAU", "PAPER_M", "PAPER_T", "PAPER_BETA", "PATCH_FRACTION",
     "LayerConfig", "LayerSource", "GraphLayer", "GraphResult",
     "default_nodes_per_filter", "filter_normalizer", "learn_layer", "infer_layer", "learn_graph",
-    "raw_filter_peaks", "location_instability", "energy_top_k", "crop_patch", "render_patch_grid",
+    "raw_filter_peaks", "location_instability", "pattern_instability", "FilterPeakTally", "energy_top_k",
+    "crop_patch", "render_patch_grid",
 ]
 
 PAPER_TAU = 0.1
@@ -505,6 +506,92 @@ def location_instability(positions: Tensor, scores: Tensor, landmarks: Tensor, d
         value = (torch.where(present, stds ** 2, torch.zeros_like(stds)).sum(1) / counts).sqrt()
     value = torch.where(counts > 0, value, torch.full_like(value, float("nan")))
     return value, stds
+
+
+def pattern_instability(unit_positions: np.ndarray, units: np.ndarray, scores: np.ndarray, scale: np.ndarray,
+                        landmarks: Tensor, diagonals: Tensor, *, top_images: int = 20, combine: str = "aaai",
+                        chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`location_instability` of Q patterns inferred at map units: ``unit_positions`` float64 ``[P, 2]``
+    ``(y, x)`` input pixels of the layer's units (row-major), ``units`` int ``[I, Q]`` each pattern's unit on each
+    evaluation image, ``scores`` ``[I, Q]``, ``scale`` float64 ``[I, 2]`` image pixels per input pixel ``(y, x)``,
+    ``landmarks`` ``[I, K, 2]`` and ``diagonals`` ``[I]`` as :func:`location_instability`. Patterns are taken
+    ``chunk`` at a time (each pattern's value depends on its own column only, so chunks bound memory and move
+    only the last bit of the variance's vectorised reduction; the run keeps its chunk sizes fixed). Returns ``(instability float64 [Q], per_landmark_std float64 [Q, K])`` as numpy."""
+    values, stds = [], []
+    for start in range(0, units.shape[1], chunk):
+        columns = slice(start, start + chunk)
+        positions = unit_positions[np.asarray(units[:, columns], dtype=np.int64)] * scale[:, None, :]
+        value, std = location_instability(torch.from_numpy(positions), torch.from_numpy(np.asarray(scores[:, columns])),
+                                          landmarks, diagonals, top_images=top_images, combine=combine)
+        values.append(value.cpu().numpy())
+        stds.append(std.cpu().numpy())
+    if not values:
+        return np.zeros(0), np.zeros((0, landmarks.shape[1]))
+    return np.concatenate(values), np.concatenate(stds)
+
+
+class FilterPeakTally:
+    """The raw-filter baseline of Table 1 over a dataset pass (streamed, mergeable, exact): per image and filter
+    the peak (:func:`raw_filter_peaks`); kept for every image as float32 ``peak_value [N, D]`` (the ranking's
+    input) and, on the evaluation images ``eval_rows`` (sorted dataset rows), as ``peak_unit`` int64
+    ``[len(eval_rows), D]``. Per-image values are stored, never summed, so shards merge bit for bit;
+    :meth:`strength` sums them in a fixed order."""
+
+    def __init__(self, n_images: int, n_filters: int, eval_rows: np.ndarray) -> None:
+        self.n_images, self.n_filters = int(n_images), int(n_filters)
+        self.eval_rows = np.asarray(eval_rows, dtype=np.int64)
+        self.peak_value = np.zeros((n_images, n_filters), dtype=np.float32)
+        self.peak_unit = np.zeros((len(self.eval_rows), n_filters), dtype=np.int64)
+        self.seen = np.zeros(n_images, dtype=bool)
+
+    def add(self, rows: np.ndarray, maps) -> None:
+        """Tally the maps ``[B, D, h, w]`` of dataset rows ``rows`` ``[B]``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.seen[rows].any():
+            raise ValueError("an image was added twice")
+        units, values = raw_filter_peaks(maps)
+        self.peak_value[rows] = values.numpy()
+        self.seen[rows] = True
+        inside = np.isin(rows, self.eval_rows)
+        if inside.any():
+            self.peak_unit[np.searchsorted(self.eval_rows, rows[inside])] = units.numpy()[inside]
+
+    def merge(self, other: FilterPeakTally) -> None:
+        """Take another shard's images (same dataset, layer and evaluation rows). Exact."""
+        if (self.n_images, self.n_filters) != (other.n_images, other.n_filters) or not np.array_equal(
+                self.eval_rows, other.eval_rows):
+            raise ValueError("cannot merge filter-peak tallies of different datasets, layers or evaluation rows")
+        if (self.seen & other.seen).any():
+            raise ValueError("cannot merge tallies that share images")
+        self.peak_value[other.seen] = other.peak_value[other.seen]
+        theirs = other.seen[self.eval_rows]
+        self.peak_unit[theirs] = other.peak_unit[theirs]
+        self.seen |= other.seen
+
+    def state_dict(self) -> dict:
+        return {"n_images": self.n_images, "n_filters": self.n_filters, "eval_rows": self.eval_rows.copy(),
+                "peak_value": self.peak_value.copy(), "peak_unit": self.peak_unit.copy(), "seen": self.seen.copy()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> FilterPeakTally:
+        tally = cls(int(state["n_images"]), int(state["n_filters"]), np.asarray(state["eval_rows"]))
+        tally.peak_value = np.asarray(state["peak_value"], dtype=np.float32).copy()
+        tally.peak_unit = np.asarray(state["peak_unit"], dtype=np.int64).copy()
+        tally.seen = np.asarray(state["seen"], dtype=bool).copy()
+        return tally
+
+    def strength(self, block: int = 256) -> np.ndarray:
+        """float64 ``[D]``: Σ over all images of ``max(0, peak)`` (Zhou et al.'s ranking of raw filters), summed
+        in blocks of ``block`` rows in row order."""
+        total = np.zeros(self.n_filters, dtype=np.float64)
+        for start in range(0, self.n_images, block):
+            values = torch.from_numpy(self.peak_value[start:start + block])
+            total += values.clamp(min=0).to(torch.float64).sum(0).numpy()
+        return total
+
+    def ranking(self, count: int) -> np.ndarray:
+        """The ``count`` filters of highest :meth:`strength` (ties → lower index)."""
+        return np.argsort(-self.strength(), kind="stable")[:count]
 
 
 def energy_top_k(scores, fraction: float = 0.3) -> np.ndarray:

@@ -68,6 +68,9 @@ __all__ = [
     "PAPER_CLASSIFICATION_TOP_F", "ClassifierConfig", "Classifiers", "ConceptClassifiers", "pool_activations",
     "standardizer", "balanced_batches", "train_classifiers", "top_units", "fit_concept_classifiers",
     "balanced_accuracy", "average_precision",
+    "TRAIN", "VAL", "UnitMaskBatch", "iter_unit_mask_batches", "label_presence", "present_labels", "label_truth",
+    "batch_set_iou_counts", "Net2VecTally", "ProbeTally", "best_single_filters", "classification_concepts",
+    "score_classifiers",
 ]
 
 #: The paper's segmentation subset sizes (§3.2.2), cut to the layer's width by :func:`fit_concept_probes`.
@@ -518,3 +521,393 @@ def average_precision(scores: Tensor, truth: Tensor) -> Tensor:
         previous = torch.cat([torch.zeros(1, dtype=torch.float64), recall[:-1]])
         result[column] = float(((recall - previous) * precision).sum())
     return result
+
+
+# -- the dataset passes, as accumulators (streaming, shardable by image range) ------------------------------------
+#
+# Pass 1 (:class:`Net2VecTally`, every image) gathers what the probes train and the single filters are scored on;
+# pass 2 (:class:`ProbeTally`, the val images) scores the trained probes. Each ``add``s batches of
+# :class:`UnitMaskBatch` (from :func:`iter_unit_mask_batches`), ``merge``s another shard's tally of other images,
+# and round-trips through ``state_dict`` / ``from_state_dict``. Counts are int64 sums and per-image values are
+# stored per image (never summed), so K shards merged give exactly the tally of one pass, in any merge order.
+
+TRAIN, VAL = 0, 1  # split codes; any other value (e.g. -1) is an image of neither split
+
+
+@dataclass
+class UnitMaskBatch:
+    """One batch of images at mask resolution ``P = H·W`` pixels.
+
+    ``rows`` LongTensor[B] (CPU) dataset (index.csv) rows; ``features`` bool ``Tensor[B, K, P]`` the unit masks;
+    ``pixel`` LongTensor[B, L, P] the label ids of each label layer (0 = none); ``pooled`` float32 ``Tensor[B, K]``
+    each unit's raw map averaged spatially (eq. 5); ``image_labels`` LongTensor[n, 2] rows ``(position in the
+    batch, label id)`` of whole-image labels."""
+
+    rows: Tensor
+    features: Tensor
+    pixel: Tensor
+    pooled: Tensor
+    image_labels: Tensor
+
+
+@torch.no_grad()
+def iter_unit_mask_batches(maps, reader, rows, mask_rows: Sequence[int], *, upsample, thresholds: Tensor,
+                           strict: bool, batch_size: int, device: torch.device | str):
+    """Yield a :class:`UnitMaskBatch` per batch of ``mask_rows`` (index.csv row numbers, in order): the raw maps
+    ``maps[row]`` (``[N, K, h, w]``, e.g. the float16 activation cache) upsampled to mask size with ``upsample``
+    (:func:`analysis.engine.upsample.upsampler_for`) and thresholded with the dissection's rule (``S_k ≥ T_k``;
+    ``strict`` gives ``>``), and the masks read by ``reader`` (a ``BrodenReader``) for ``rows``."""
+    import numpy as np
+
+    from analysis.engine.dissection_data import iter_label_batches
+
+    t = thresholds.to(device).view(1, -1, 1, 1)
+    for first, stop, labels in iter_label_batches(reader, rows, mask_rows, batch_size=batch_size):
+        picked = list(mask_rows[first:stop])
+        raw = torch.from_numpy(np.array(maps[picked])).to(device=device, dtype=torch.float32)
+        up = upsample(raw, labels.size)
+        active = (up > t) if strict else (up >= t)
+        yield UnitMaskBatch(rows=torch.tensor(picked, dtype=torch.int64), features=active.flatten(2),
+                            pixel=labels.pixel.to(device).flatten(2), pooled=pool_activations(raw),
+                            image_labels=labels.image)
+
+
+@torch.no_grad()
+def label_presence(pixel: Tensor, image_labels: Tensor | None, n_labels: int) -> Tensor:
+    """bool ``Tensor[B, n_labels]``: label id present in each image, at a pixel of any layer of ``pixel``
+    ``LongTensor[B, L, P]`` or, when ``image_labels`` (rows ``(position, id)``) is given, as a whole-image label;
+    label 0 never."""
+    b = pixel.shape[0]
+    present = torch.zeros(b, n_labels + 1, dtype=torch.bool, device=pixel.device)
+    ids = pixel.flatten(1)
+    present.scatter_(1, torch.where((ids >= 0) & (ids < n_labels), ids, n_labels), True)
+    if image_labels is not None and len(image_labels):
+        image_labels = image_labels.to(pixel.device)
+        known = image_labels[:, 1] < n_labels
+        present[image_labels[known, 0], image_labels[known, 1]] = True
+    present[:, 0] = False
+    return present[:, :n_labels]
+
+
+@torch.no_grad()
+def present_labels(pixel: Tensor, valid: Tensor) -> Tensor:
+    """LongTensor of the label ids in ``pixel`` (> 0) whose entry of ``valid`` (bool ``Tensor[C]``) is True."""
+    counts = torch.bincount(pixel.flatten(), minlength=len(valid))[:len(valid)]
+    return torch.nonzero((counts > 0) & valid).flatten()
+
+
+@torch.no_grad()
+def label_truth(pixel: Tensor, ids: Tensor) -> Tensor:
+    """bool ``Tensor[B, len(ids), P]``: pixels labelled with each of ``ids`` (LongTensor, ids > 0) in any layer of
+    ``pixel`` ``LongTensor[B, L, P]`` (a scatter through a lookup table: no [B, C, L, P] comparison)."""
+    size = max(int(pixel.max()) if pixel.numel() else 0, int(ids.max()) if len(ids) else 0) + 1
+    lookup = torch.full((size,), len(ids), dtype=torch.int64, device=pixel.device)
+    lookup[ids] = torch.arange(len(ids), device=pixel.device)
+    b, depth, p = pixel.shape
+    truth = torch.zeros(b, len(ids) + 1, p, dtype=torch.bool, device=pixel.device)
+    for layer in range(depth):
+        truth.scatter_(1, lookup[pixel[:, layer]].unsqueeze(1), True)
+    return truth[:, :len(ids)]
+
+
+@torch.no_grad()
+def batch_set_iou_counts(features: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
+    """Set-IoU counts of one batch, per image: ``(intersection, union)`` int64 ``Tensor[B, C, M]`` for masks
+    ``features`` bool ``[B, M, P]`` against ``truth`` bool ``[B, C, P]``; zero where the image lacks the concept
+    (the batched :func:`set_iou_counts`)."""
+    f = features.to(torch.float32)
+    t = truth.to(torch.float32)
+    inter = torch.bmm(t, f.transpose(1, 2)).round().to(torch.int64)  # exact: counts < 2**24 per image
+    truth_sum = t.sum(2, keepdim=True).to(torch.int64)
+    union = (f.sum(2).to(torch.int64).unsqueeze(1) + truth_sum) * (truth_sum > 0) - inter
+    return inter, union
+
+
+_TALLY_SUMS = ("intersection", "union", "images", "concept_pixels", "covered_pixels")
+_TALLY_ROWS = ("pooled", "presence", "pixel_presence", "seen")
+_TALLY_SAMPLES = ("sample_image", "sample_features", "sample_labels")
+
+
+class Net2VecTally:
+    """Pass 1 of a Net2Vec run over every image of a dataset (§3.1.1, §3.2): streamed, mergeable, exact.
+
+    Per split ``s`` (:data:`TRAIN`, :data:`VAL`), int64 sums over the images of ``s`` that hold each label at a
+    pixel: ``intersection[s, c, k]`` = Σ|M_k ∩ L_c|, ``union[s, c, k]`` = Σ|M_k ∪ L_c| (eq. 1's set IoU),
+    ``images[s, c]`` the number of such images, ``concept_pixels[s, c]`` = Σ|L_c| and ``covered_pixels[s, c]`` =
+    Σ of those images' pixel counts (the trivial "every pixel" segmenter's union). Per image (dataset row, dense
+    ``[n_images, …]`` on the CPU, filled where ``seen``): ``pooled`` float32 ``[N, K]`` (eq. 5's inputs),
+    ``presence`` bool ``[N, C]`` (label at a pixel or as a whole-image label), ``pixel_presence`` (at a valid
+    label's pixel). The training sample: ``pixels_per_image`` pixels of every train image with a valid pixel
+    label, drawn by :func:`sample_pixels` under ``(seed, row)`` so independent of batching and sharding, stored per
+    pixel (``sample_image`` LongTensor[S], ``sample_features`` bool ``[S, K]``, ``sample_labels`` LongTensor[S, L]
+    padded with label 0).
+
+    Args:
+        n_images: rows of the dataset (each shard sees a subset).
+        valid: bool ``Tensor[C]``: the labels that are concepts (label 0 must be False); on the tally's device.
+        n_units: ``K``.
+    """
+
+    def __init__(self, n_images: int, valid: Tensor, n_units: int, *, pixels_per_image: int, seed: int) -> None:
+        if len(valid) and bool(valid[0]):
+            raise ValueError("label 0 means 'unlabeled' and cannot be valid")
+        self.device = valid.device
+        self.valid = valid.detach().to(torch.bool).clone()
+        self.n_images, self.n_units = int(n_images), int(n_units)
+        self.pixels_per_image, self.seed = int(pixels_per_image), int(seed)
+        n_labels = len(valid)
+        z = dict(dtype=torch.int64, device=self.device)
+        self.intersection = torch.zeros(2, n_labels, n_units, **z)
+        self.union = torch.zeros(2, n_labels, n_units, **z)
+        self.images = torch.zeros(2, n_labels, **z)
+        self.concept_pixels = torch.zeros(2, n_labels, **z)
+        self.covered_pixels = torch.zeros(2, n_labels, **z)
+        self.pooled = torch.zeros(n_images, n_units, dtype=torch.float32)
+        self.presence = torch.zeros(n_images, n_labels, dtype=torch.bool)
+        self.pixel_presence = torch.zeros(n_images, n_labels, dtype=torch.bool)
+        self.seen = torch.zeros(n_images, dtype=torch.bool)
+        self._samples: list[tuple[Tensor, Tensor, Tensor]] = []  # (image [S], features [S, K], labels [S, L])
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.valid)
+
+    @torch.no_grad()
+    def add(self, batch: UnitMaskBatch, split: Tensor) -> None:
+        """Tally one batch; ``split`` LongTensor[B] is each image's split code."""
+        rows, features, pixel = batch.rows.cpu(), batch.features, batch.pixel
+        if bool(self.seen[rows].any()):
+            raise ValueError("an image was added twice")
+        split = split.to(self.device)
+        self.seen[rows] = True
+        self.pooled[rows] = batch.pooled.cpu()
+        self.presence[rows] = label_presence(pixel, batch.image_labels, self.n_labels).cpu()
+        at_pixels = label_presence(pixel, None, self.n_labels) & self.valid
+        self.pixel_presence[rows] = at_pixels.cpu()
+        ids = present_labels(pixel, self.valid)
+        if len(ids):
+            truth = label_truth(pixel, ids)
+            inter, union = batch_set_iou_counts(features, truth)
+            truth_pixels = truth.sum(2)  # [B, C]
+            for code in (TRAIN, VAL):
+                in_split = split == code
+                self.intersection[code, ids] += inter[in_split].sum(0)
+                self.union[code, ids] += union[in_split].sum(0)
+                self.images[code] += at_pixels[in_split].sum(0)
+                self.concept_pixels[code, ids] += truth_pixels[in_split].sum(0)
+                self.covered_pixels[code] += at_pixels[in_split].sum(0) * features.shape[2]
+        keep = ((split == TRAIN) & at_pixels.any(1)).nonzero().flatten()
+        if len(keep):
+            n_pixels = features.shape[2]
+            count = min(self.pixels_per_image, n_pixels)
+            kept_rows = rows[keep.cpu()]
+            pick = torch.stack([sample_pixels(n_pixels, count, seed=self.seed, image=int(row))
+                                for row in kept_rows.tolist()]).to(self.device)  # [b, n]
+            chosen = torch.gather(features[keep], 2, pick.unsqueeze(1).expand(-1, self.n_units, -1))  # [b, K, n]
+            labels = torch.gather(pixel[keep], 2, pick.unsqueeze(1).expand(-1, pixel.shape[1], -1))  # [b, L, n]
+            self._samples.append((kept_rows.repeat_interleave(count).to(self.device),
+                                  chosen.transpose(1, 2).flatten(0, 1), labels.transpose(1, 2).flatten(0, 1)))
+
+    def _sample_chunks(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """The training sample's chunks in image-row order (stable: pixel order within an image). Chunks of one
+        pass or of image-range shards never interleave, so they are only reordered; otherwise they are joined."""
+        chunks = sorted(self._samples, key=lambda chunk: int(chunk[0][0]))
+        firsts = [int(chunk[0][0]) for chunk in chunks]
+        lasts = [int(chunk[0][-1]) for chunk in chunks]
+        ordered = all(bool((chunk[0][1:] >= chunk[0][:-1]).all()) for chunk in chunks) and all(
+            last <= first for last, first in zip(lasts, firsts[1:]))
+        if not ordered:
+            depth = max(labels.shape[1] for _, _, labels in chunks)
+            image = torch.cat([image for image, _, _ in chunks])
+            order = torch.argsort(image, stable=True)
+            chunks = [(image[order], torch.cat([features for _, features, _ in chunks])[order],
+                       torch.cat([torch.nn.functional.pad(labels, (0, depth - labels.shape[1]))
+                                  for _, _, labels in chunks])[order])]
+        self._samples = chunks
+        return chunks
+
+    def _sample_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The training sample as three tensors (labels padded with 0 to the deepest chunk), by image row."""
+        chunks = self._sample_chunks()
+        if not chunks:
+            return (torch.zeros(0, dtype=torch.int64, device=self.device),
+                    torch.zeros(0, self.n_units, dtype=torch.bool, device=self.device),
+                    torch.zeros(0, 1, dtype=torch.int64, device=self.device))
+        depth = max(labels.shape[1] for _, _, labels in chunks)
+        return (torch.cat([image for image, _, _ in chunks]), torch.cat([features for _, features, _ in chunks]),
+                torch.cat([torch.nn.functional.pad(labels, (0, depth - labels.shape[1])) for _, _, labels in chunks]))
+
+    def _check_compatible(self, other: Net2VecTally) -> None:
+        if (self.n_images, self.n_units, self.pixels_per_image, self.seed) != (
+                other.n_images, other.n_units, other.pixels_per_image, other.seed) or not torch.equal(
+                self.valid, other.valid.to(self.device)):
+            raise ValueError("cannot merge Net2Vec tallies of different datasets, layers or sampling")
+        if bool((self.seen & other.seen).any()):
+            raise ValueError("cannot merge tallies that share images")
+
+    @torch.no_grad()
+    def merge(self, other: Net2VecTally) -> None:
+        """Add another shard's tally (other images, same labels, layer and sampling). Exact."""
+        self._check_compatible(other)
+        for name in _TALLY_SUMS:
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+        theirs = other.seen
+        for name in ("pooled", "presence", "pixel_presence"):
+            getattr(self, name)[theirs] = getattr(other, name)[theirs]
+        self.seen |= theirs
+        self._samples.extend((image.to(self.device), features.to(self.device), labels.to(self.device))
+                             for image, features, labels in other._samples)
+
+    def state_dict(self) -> dict:
+        """Plain dict of ints and tensors (loadable with ``torch.load(weights_only=True)``)."""
+        state = {"n_images": self.n_images, "n_units": self.n_units, "pixels_per_image": self.pixels_per_image,
+                 "seed": self.seed, "valid": self.valid.clone()}
+        state.update({name: getattr(self, name).clone() for name in (*_TALLY_SUMS, *_TALLY_ROWS)})
+        state.update(zip(_TALLY_SAMPLES, (t.clone() for t in self._sample_tensors())))
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict, *, device: torch.device | str | None = None) -> Net2VecTally:
+        """Restore from :meth:`state_dict` onto ``device`` (default: where the state's tensors are)."""
+        valid = state["valid"] if device is None else state["valid"].to(device)
+        tally = cls(int(state["n_images"]), valid, int(state["n_units"]),
+                    pixels_per_image=int(state["pixels_per_image"]), seed=int(state["seed"]))
+        for name in _TALLY_SUMS:
+            setattr(tally, name, state[name].to(tally.device, torch.int64).clone())
+        for name in _TALLY_ROWS:
+            setattr(tally, name, state[name].cpu().clone())
+        if len(state["sample_image"]):
+            tally._samples = [tuple(state[name].to(tally.device).clone() for name in _TALLY_SAMPLES)]
+        return tally
+
+    # -- results --------------------------------------------------------------------------------------------------
+
+    def segmentation_concepts(self, *, min_images: int, count: int) -> list[int]:
+        """The label ids a run probes: at least ``min_images`` train and val images with a pixel of the label,
+        the ``count`` most frequent (train + val images), ties by label id; ascending by frequency rank."""
+        images = self.images.cpu()
+        eligible = [number for number in range(self.n_labels)
+                    if images[TRAIN, number] >= min_images and images[VAL, number] >= min_images]
+        eligible.sort(key=lambda number: (-int(images[TRAIN, number] + images[VAL, number]), number))
+        return eligible[:count]
+
+    def single_filter_iou(self) -> tuple[Tensor, Tensor]:
+        """``(train, val)`` float64 ``Tensor[C, K]`` (CPU): every unit's set IoU (eq. 1) per label."""
+        return (set_iou(self.intersection[TRAIN], self.union[TRAIN]).cpu(),
+                set_iou(self.intersection[VAL], self.union[VAL]).cpu())
+
+    def all_pixels_iou(self) -> Tensor:
+        """float64 ``Tensor[C]``: val set IoU of the trivial segmenter "every pixel of every image with the
+        concept", i.e. the concept's share of those images' pixels."""
+        return set_iou(self.concept_pixels[VAL].cpu(), self.covered_pixels[VAL].cpu())
+
+    def training_pixels(self, number: int, *, max_pixels: int) -> tuple[Tensor, Tensor]:
+        """``(features bool [S_c, K], target bool [S_c])``: the sampled pixels of the train images with a pixel of
+        label ``number``, by image row; cut to ``max_pixels`` by a seeded uniform subset (seed ``(seed,
+        number)``) when more."""
+        presence = self.pixel_presence[:, number].to(self.device)
+        picked = [(features[has], (labels[has] == number).any(1)) for image, features, labels in self._sample_chunks()
+                  if (has := presence[image]).any()]
+        if not picked:
+            return torch.zeros(0, self.n_units, dtype=torch.bool, device=self.device), torch.zeros(
+                0, dtype=torch.bool, device=self.device)
+        features = torch.cat([features for features, _ in picked])
+        target = torch.cat([target for _, target in picked])
+        if len(target) > max_pixels:
+            keep = sample_pixels(len(target), max_pixels, seed=self.seed, image=number).to(self.device)
+            features, target = features[keep], target[keep]
+        return features, target
+
+
+    def release_training_pixels(self) -> None:
+        """Drop the training sample (after training: pass 2 and the results do not need it)."""
+        self._samples = []
+
+
+class ProbeTally:
+    """Pass 2 (§3.1.2): exact set-IoU counts of M linear probes on the val images, for their concepts.
+
+    ``weights`` float32 ``Tensor[M, K]`` and ``bias`` ``Tensor[M]`` (:func:`stack_probes`) on the tally's device;
+    ``concepts`` LongTensor[C] the label ids scored. ``add`` a :class:`UnitMaskBatch` (val images only):
+    ``intersection``/``union`` int64 ``Tensor[C, M]`` sum over each image holding the concept (probe mask: logit
+    ≥ 0)."""
+
+    def __init__(self, weights: Tensor, bias: Tensor, concepts: Tensor) -> None:
+        self.device = weights.device
+        self.weights, self.bias = weights.detach().clone(), bias.detach().to(self.device).clone()
+        self.concepts = concepts.detach().to(self.device, torch.int64).clone()
+        self.intersection = torch.zeros(len(concepts), len(weights), dtype=torch.int64, device=self.device)
+        self.union = torch.zeros_like(self.intersection)
+        self.images = 0
+
+    @torch.no_grad()
+    def add(self, batch: UnitMaskBatch) -> None:
+        logits = torch.einsum("mk,bkp->bmp", self.weights, batch.features.to(torch.float32)) + self.bias.view(1, -1, 1)
+        inter, union = batch_set_iou_counts(logits >= 0, label_truth(batch.pixel, self.concepts))
+        self.intersection += inter.sum(0)
+        self.union += union.sum(0)
+        self.images += len(batch.rows)
+
+    @torch.no_grad()
+    def merge(self, other: ProbeTally) -> None:
+        """Add another shard's counts (other val images, same probes and concepts). Exact."""
+        if not (torch.equal(self.weights, other.weights.to(self.device))
+                and torch.equal(self.bias, other.bias.to(self.device))
+                and torch.equal(self.concepts, other.concepts.to(self.device))):
+            raise ValueError("cannot merge probe tallies of different probes or concepts")
+        self.intersection += other.intersection.to(self.device)
+        self.union += other.union.to(self.device)
+        self.images += other.images
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights.clone(), "bias": self.bias.clone(), "concepts": self.concepts.clone(),
+                "intersection": self.intersection.clone(), "union": self.union.clone(), "images": self.images}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, *, device: torch.device | str | None = None) -> ProbeTally:
+        weights = state["weights"] if device is None else state["weights"].to(device)
+        tally = cls(weights, state["bias"], state["concepts"])
+        tally.intersection = state["intersection"].to(tally.device, torch.int64).clone()
+        tally.union = state["union"].to(tally.device, torch.int64).clone()
+        tally.images = int(state["images"])
+        return tally
+
+    def result(self) -> Tensor:
+        """float64 ``Tensor[C, M]`` (CPU): each probe's val set IoU for each concept."""
+        return set_iou(self.intersection, self.union).cpu()
+
+
+def best_single_filters(single_train: Tensor, concepts: Sequence[int], *, excluded: Tensor | None = None
+                        ) -> list[int]:
+    """The best single filter of each label of ``concepts`` by train set IoU (``single_train`` ``Tensor[C, K]``),
+    the first maximum (lowest unit on ties); ``excluded`` bool ``Tensor[K]`` units are never chosen (a unit on at
+    every pixel under ``≥`` with ``T_k = 0`` just scores the concept's coverage)."""
+    candidates = single_train.clone()
+    if excluded is not None:
+        candidates[:, excluded.cpu()] = -1.0
+    return [int(torch.argmax(candidates[number])) for number in concepts]
+
+
+def classification_concepts(presence: Tensor, split: Tensor, valid: Tensor, *, min_images: int, count: int
+                            ) -> tuple[list[int], Tensor, Tensor]:
+    """§3.2's concepts: every valid label with at least ``min_images`` positive and as many negative images in
+    train and in val each (``presence`` bool ``[N, C]``, ``split`` LongTensor[N] codes); the ``count`` most
+    frequent (train + val positives, ties by label id), returned sorted by id, with ``positives`` and
+    ``negatives`` int64 ``Tensor[2, C]`` (train, val)."""
+    train, val = split == TRAIN, split == VAL
+    positives = torch.stack([presence[train].sum(0), presence[val].sum(0)])
+    negatives = torch.stack([int(train.sum()) - positives[0], int(val.sum()) - positives[1]])
+    enough = (positives >= min_images).all(0) & (negatives >= min_images).all(0) & valid.cpu()
+    eligible = torch.nonzero(enough).flatten().tolist()
+    eligible.sort(key=lambda number: (-int(positives[:, number].sum()), number))
+    return sorted(eligible[:count]), positives, negatives
+
+
+def score_classifiers(fit: ConceptClassifiers, top_f: Sequence[int], features: Tensor, truth: Tensor
+                      ) -> tuple[list[Tensor], list[Tensor]]:
+    """``(balanced accuracy, average precision)`` on the val images (pooled ``features`` ``[N, K]``, ``truth``
+    bool ``[N, C]``) of the full classifiers then each top-F set in ``top_f`` order: lists of float64
+    ``Tensor[C]``."""
+    scored = [fit.full] + [fit.top[f] for f in top_f]
+    return ([balanced_accuracy(classifiers.logits(features), truth) for classifiers in scored],
+            [average_precision(classifiers.logits(features), truth) for classifiers in scored])

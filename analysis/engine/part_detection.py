@@ -23,8 +23,15 @@ Method (GG'18 §3.1, and where the paper is silent, our named choices):
   entry of the normal matrix, Marquardt-style) only for numerical stability. A filter with no positive training
   pair keeps its receptive-field boxes. Regressed widths and heights are floored at ``min_box_size`` (1 px) and boxes
   clipped to the view.
-* **NMS**: per (filter, view), greedy by score (ties: input order), a box is suppressed when its IoU with a kept
-  box exceeds ``nms_iou``. The paper cites Felzenszwalb et al. without a value; our default 0.3 is R-CNN's.
+* **NMS**: per (filter, view), greedy by score (ties: input order). GG'18 cites Felzenszwalb et al. (2010),
+  whose ``nms.m`` suppresses a box when the intersection with a kept (higher-scoring) box covers more than
+  0.5 of the *suppressed box's own area*: ``nms_overlap="suppressed_area"``, ``nms_threshold=0.5``, the default.
+  The R-CNN rule (IoU > 0.3) is the named option ``nms_overlap="iou"``, ``nms_threshold=0.3``. The area rule
+  also removes a small box nested inside a kept larger one, which IoU keeps.
+* **Location-prior floor** (ours; not in GG'18): an activation-blind detector per part that sees only where a
+  map position lies (:func:`location_prior_score`). When parts sit at nearly fixed places in their crops, box
+  regression from the receptive-field centre alone finds them whatever the filter does; a filter's AP means
+  something only above this floor.
 * **Correct detections**: IoU ≥ 0.4 with a ground-truth box of the part (Chen et al. 2014), matched as in the
   VOC devkit: in score order each detection takes the ground truth of maximal IoU in its view; if that one is
   already taken the detection is a false positive (duplicates), as is any detection below 0.4.
@@ -49,13 +56,26 @@ __all__ = [
     "regression_pairs",
     "fit_box_regressors",
     "apply_box_regressors",
+    "NMS_OVERLAPS",
+    "nms_overlap_matrix",
     "grouped_nms",
+    "location_prior_score",
+    "PriorScore",
     "best_ground_truth",
     "tp_flags",
     "voc_ap",
     "precision_recall",
     "average_precision",
     "DetectionMatching",
+    "boxes_to_view",
+    "boxes_to_image",
+    "context_frame",
+    "part_size",
+    "ClassDetections",
+    "class_detections",
+    "fit_part_regressors",
+    "PartScore",
+    "score_part",
 ]
 
 FEATURES = 11  # c_x, c_y and 9 neighbourhood activations
@@ -66,7 +86,8 @@ class DetectionConfig:
     """The knobs of part detection; defaults are GG'18's values where it gives one (see the module docstring)."""
 
     iou_threshold: float = 0.4
-    nms_iou: float = 0.3
+    nms_overlap: str = "suppressed_area"
+    nms_threshold: float = 0.5
     regression: bool = True
     intercept: bool = True
     ridge: float = 1e-6
@@ -212,15 +233,36 @@ def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1e-300), torch.zeros_like(inter))
 
 
+NMS_OVERLAPS = ("suppressed_area", "iou")
+
+
+def nms_overlap_matrix(a: Tensor, b: Tensor, overlap: str) -> Tensor:
+    """Overlap of each box of ``a [..., N, 4]`` (the keeper) with each of ``b [..., M, 4]`` (the candidate for
+    suppression), ``[..., N, M]`` float64: ``iou``, or ``suppressed_area`` = intersection / area of the ``b`` box
+    (Felzenszwalb et al. 2010, ``nms.m``; 0 for an empty ``b`` box)."""
+    if overlap == "iou":
+        return _pairwise_iou(a, b)
+    if overlap != "suppressed_area":
+        raise ValueError(f"nms overlap must be one of {NMS_OVERLAPS}, not {overlap!r}")
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    area_b = (b[..., 2] - b[..., 0]).clamp_min(0) * (b[..., 3] - b[..., 1]).clamp_min(0)
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = (rb - lt).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    area = area_b[..., None, :].expand_as(inter)
+    return torch.where(area > 0, inter / area.clamp_min(1e-300), torch.zeros_like(inter))
+
+
 @torch.no_grad()
-def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
+def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, threshold: float, overlap: str = "iou",
                 max_cells: int = 1 << 22) -> Tensor:
     """Greedy NMS within each group (e.g. one (filter, view) pair), vectorised across groups.
 
     Returns the kept indices (``LongTensor``, ascending). Within a group boxes are visited by decreasing score
-    (ties: lower index first); a box is dropped when its IoU with an already kept box exceeds ``iou_threshold``
-    (the rule of ``torchvision.ops.nms``). Groups are padded to their largest size in chunks of at most
-    ``max_cells`` IoU entries, so memory stays bounded.
+    (ties: lower index first); a box is dropped when its ``overlap`` (:func:`nms_overlap_matrix`) with an already
+    kept box exceeds ``threshold`` (with ``iou``, the rule of ``torchvision.ops.nms``). Groups are padded to their
+    largest size in chunks of at most ``max_cells`` overlap entries, so memory stays bounded.
     """
     n = boxes.shape[0]
     if n == 0:
@@ -251,7 +293,7 @@ def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
         valid = torch.arange(m, device=boxes.device)[None, :] < sizes[chunk][:, None]
         index = torch.where(valid, index, torch.zeros_like(index))
         chunk_boxes = boxes[order[index]]
-        iou = _pairwise_iou(chunk_boxes, chunk_boxes) > iou_threshold
+        iou = nms_overlap_matrix(chunk_boxes, chunk_boxes, overlap) > threshold
         kept = torch.zeros_like(valid)
         suppressed = ~valid
         for k in range(m):
@@ -444,6 +486,250 @@ class DetectionMatching:
             keep = np.unique(np.linspace(0, len(recall) - 1, max_points).round().astype(int))
             recall, precision = recall[keep], precision[keep]
         return [0.0, *recall.tolist()], [float(precision[0]) if len(precision) else 1.0, *precision.tolist()]
+
+
+# -- one part class over a dataset's views: boxes between frames, detections, regression, AP, filter sets ---------
+
+def boxes_to_view(boxes: np.ndarray, frames: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Image-pixel boxes ``float [n, 4]`` -> the input pixels of their views, whose ``frames`` ``float [n, 4]``
+    (the image region, x1 y1 x2 y2, warped to an input of ``input_size`` ``(H, W)``); float64."""
+    frames = np.asarray(frames, dtype=np.float64).reshape(-1, 4)
+    sx = input_size[1] / (frames[:, 2] - frames[:, 0])
+    sy = input_size[0] / (frames[:, 3] - frames[:, 1])
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    out[:, 0::2] = (out[:, 0::2] - frames[:, 0:1]) * sx[:, None]
+    out[:, 1::2] = (out[:, 1::2] - frames[:, 1:2]) * sy[:, None]
+    return out
+
+
+def boxes_to_image(boxes: np.ndarray, frames: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Input-pixel boxes ``[n, 4]`` of views with ``frames`` ``[n, 4]`` -> image pixels (inverse of
+    :func:`boxes_to_view`); float64."""
+    sx = (frames[:, 2] - frames[:, 0]) / input_size[1]
+    sy = (frames[:, 3] - frames[:, 1]) / input_size[0]
+    out = np.asarray(boxes, dtype=np.float64).copy()
+    out[:, 0::2] = out[:, 0::2] * sx[:, None] + frames[:, 0:1]
+    out[:, 1::2] = out[:, 1::2] * sy[:, None] + frames[:, 1:2]
+    return out
+
+
+def context_frame(box: tuple[float, float, float, float], context: float) -> tuple[float, float, float, float]:
+    """R-CNN's crop of an object box (x1 y1 x2 y2, image pixels): ``context`` of the warped input on each side,
+    i.e. the box grows by ``context / (1 − 2·context)`` of its size per side (GG'18 §4.1 uses 16/227)."""
+    x1, y1, x2, y2 = box
+    grow = context / (1 - 2 * context)
+    pad_x, pad_y = (x2 - x1) * grow, (y2 - y1) * grow
+    return x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y
+
+
+def part_size(part_boxes: np.ndarray, object_boxes: np.ndarray) -> tuple[float, float]:
+    """``(mean size, relative size)`` of a part class: the mean over its boxes ``[n, 4]`` of (width + height) / 2
+    (GG'18 §4.1's size rule) and the mean part area over the mean area of the object boxes ``[m, 4]``."""
+    part_boxes = np.asarray(part_boxes, dtype=np.float64).reshape(-1, 4)
+    objects = np.asarray(object_boxes, dtype=np.float64).reshape(-1, 4)
+    widths, heights = part_boxes[:, 2] - part_boxes[:, 0], part_boxes[:, 3] - part_boxes[:, 1]
+    object_area = float(np.mean((objects[:, 2] - objects[:, 0]) * (objects[:, 3] - objects[:, 1])))
+    relative = float(np.mean(widths * heights) / object_area) if object_area > 0 else 0.0
+    return float(np.mean((widths + heights) / 2)), relative
+
+
+@dataclass(frozen=True)
+class ClassDetections:
+    """The stimulus detections of a stack of views' maps ``[V, F, h, w]``: every local maximum (:class:`Peaks`),
+    its ``γ`` ``features`` ``float32 [D, 11]`` and the receptive-field centres ``cy [h]``, ``cx [w]``."""
+
+    peaks: Peaks
+    features: Tensor
+    cy: Tensor
+    cx: Tensor
+
+
+@torch.no_grad()
+def class_detections(maps: Tensor, geometry, *, include_zero_peaks: bool = False) -> ClassDetections:
+    """Local maxima of ``maps`` ``[V, F, h, w]`` and their regression features, units placed by ``geometry`` (a
+    ``LayerGeometry``); on ``maps``' device."""
+    from analysis.engine.receptive_field import unit_centers
+
+    peaks = local_maxima(maps, include_zero_peaks=include_zero_peaks)
+    cy, cx = unit_centers(geometry, maps.shape[2], maps.shape[3], device=maps.device)
+    return ClassDetections(peaks, neighbourhood_features(maps, peaks.view, peaks.filter, peaks.row, peaks.col, cy, cx),
+                           cy, cx)
+
+
+@torch.no_grad()
+def fit_part_regressors(maps: Tensor, detections: ClassDetections, gt_boxes: Tensor, gt_view: Tensor, *,
+                        intercept: bool = True, ridge: float = 1e-6, max_design: int = 1_000_000
+                        ) -> tuple[Tensor, Tensor]:
+    """Box regressors of every filter for one part (§3.1.1): ``(W float64 [F, 11 (+1), 4], fitted bool [F])``
+    trained on the :func:`regression_pairs` of ground truth ``gt_boxes`` ``[G, 4]`` (view pixels) in views
+    ``gt_view`` ``[G]``, filters in chunks so that the ``[chunk, K, 12]`` float64 design holds at most
+    ``max_design`` pairs."""
+    n_filters = maps.shape[1]
+    weights = torch.zeros((n_filters, FEATURES + int(intercept), 4), dtype=torch.float64, device=maps.device)
+    fitted = torch.zeros(n_filters, dtype=torch.bool, device=maps.device)
+    if not len(gt_view):
+        return weights, fitted
+    cy, cx = detections.cy, detections.cx
+    box, row, col = regression_pairs(cy, cx, gt_boxes, gt_view)
+    pair_view = gt_view[box]
+    g = gt_boxes[box].to(torch.float64)
+    targets = torch.stack([(g[:, 0] + g[:, 2]) / 2 - cx[col], (g[:, 1] + g[:, 3]) / 2 - cy[row],
+                           g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]], dim=1)
+    chunk = max(1, int(max_design // max(1, len(box))))
+    for start in range(0, n_filters, chunk):
+        stop = min(n_filters, start + chunk)
+        features = neighbourhood_features_all(maps[:, start:stop], pair_view, row, col, cy, cx)
+        activations = maps[pair_view, start:stop, row, col].T
+        weights[start:stop], fitted[start:stop] = fit_box_regressors(features, activations, targets,
+                                                                     intercept=intercept, ridge=ridge)
+    return weights, fitted
+
+
+@dataclass
+class PartScore:
+    """One part class scored over its views: the detections after regression and NMS (``det_*``, numpy, boxes in
+    view pixels; ``det_gt`` the matched ground truth or -1) and the APs (VOC) and maximal recalls of every filter
+    alone, the GA combination, TopFilters (as many filters as the GA chose) and all filters, with PR curves of the
+    three best filters and of the two combinations."""
+
+    det_filter: np.ndarray
+    det_view: np.ndarray
+    det_box: np.ndarray
+    det_score: np.ndarray
+    det_gt: np.ndarray
+    single_ap: np.ndarray
+    single_recall: np.ndarray
+    best_filter: int
+    ga_filters: list[int]
+    ga_ap: float
+    ga_recall: float
+    ga_history: list
+    top_filters: list[int]
+    top_ap: float
+    top_recall: float
+    all_ap: float
+    all_recall: float
+    curves: dict[str, dict[str, list[float]]]
+
+    def summary(self) -> dict:
+        """The scalar results, as a part-detection row stores them."""
+        return {"n_detections": int(len(self.det_filter)), "best_filter": self.best_filter,
+                "best_ap": float(self.single_ap[self.best_filter]),
+                "best_recall": float(self.single_recall[self.best_filter]),
+                "ga_filters": self.ga_filters, "ga_ap": self.ga_ap, "ga_recall": self.ga_recall,
+                "ga_history": self.ga_history, "top_filters": self.top_filters, "top_ap": self.top_ap,
+                "top_recall": self.top_recall, "all_ap": self.all_ap, "all_recall": self.all_recall,
+                "single_ap": self.single_ap.tolist(), "single_recall": self.single_recall.tolist(),
+                "curves": self.curves}
+
+
+@torch.no_grad()
+def score_part(maps: Tensor, detections: ClassDetections, gt_boxes: Tensor, gt_view: Tensor, *, rf_size,
+               input_size: tuple[int, int], config: DetectionConfig = DetectionConfig(), ga=None,
+               curve_points: int = 150, progress=None) -> PartScore:
+    """GG'18 §3.1 for one part class over the views of ``maps`` ``[V, F, h, w]`` with their ``detections``
+    (:func:`class_detections`) and ground truth ``gt_boxes`` ``float32 [G, 4]`` (view pixels) in views
+    ``gt_view`` ``[G]``: regressors per filter trained on the views themselves (``config.regression``), regressed
+    boxes (unfitted filters keep their ``rf_size`` ``(h, w)`` box) clipped to ``input_size``, NMS per (filter,
+    view), matching at ``config.iou_threshold``, VOC AP per filter, the GA (:mod:`analysis.engine.genetic`,
+    ``ga`` a ``GAConfig``; ``progress(generation)``), TopFilters and all filters."""
+    from analysis.engine.genetic import GAConfig, run_ga, top_filters
+
+    n_views, n_filters = maps.shape[:2]
+    peaks = detections.peaks
+    used = slice(None) if config.regression else slice(0)  # without regression every filter keeps its RF boxes
+    weights, fitted = fit_part_regressors(maps, detections, gt_boxes[used], gt_view[used],
+                                          intercept=config.intercept, ridge=config.ridge)
+    boxes = apply_box_regressors(weights, fitted, peaks.filter, detections.features, (rf_size[0], rf_size[1]),
+                                 intercept=config.intercept, frame=input_size, min_box_size=config.min_box_size)
+    keep = grouped_nms(boxes, peaks.score, peaks.filter * n_views + peaks.view, config.nms_threshold,
+                       config.nms_overlap)
+    det_boxes, det_view = boxes[keep], peaks.view[keep]
+    det_filter, det_score = peaks.filter[keep].cpu().numpy(), peaks.score[keep].cpu().numpy()
+    best = best_ground_truth(det_boxes, det_view, gt_boxes, gt_view, config.iou_threshold).cpu().numpy()
+    matching = DetectionMatching(det_filter, det_score, best, len(gt_view), n_filters)
+    singles, single_recall = matching.single_aps()
+    ranked = np.lexsort((np.arange(n_filters), -singles))
+    best_filter = int(ranked[0])
+    result = run_ga(lambda z: matching.ap(z)[0], n_filters, ga or GAConfig(), best_single=best_filter,
+                    progress=progress)
+    ga_ap, ga_recall = matching.ap(result.chromosome)
+    top = top_filters(singles, max(1, len(result.filters)))
+    top_ap, top_recall = matching.ap(top)
+    all_ap, all_recall = matching.ap(np.ones(n_filters, dtype=bool))
+    curves = {}
+    for f in ranked[:3]:
+        chromosome = np.zeros(n_filters, dtype=bool)
+        chromosome[f] = True
+        recall, precision = matching.curve(chromosome, curve_points)
+        curves[f"filter {int(f)}"] = {"recall": recall, "precision": precision}
+    for label, chromosome in (("GA combination", result.chromosome), ("TopFilters", top)):
+        recall, precision = matching.curve(chromosome, curve_points)
+        curves[label] = {"recall": recall, "precision": precision}
+    return PartScore(det_filter=det_filter, det_view=det_view.cpu().numpy(), det_box=det_boxes.cpu().numpy(),
+                     det_score=det_score, det_gt=best, single_ap=singles, single_recall=single_recall,
+                     best_filter=best_filter, ga_filters=result.filters, ga_ap=ga_ap, ga_recall=ga_recall,
+                     ga_history=result.history, top_filters=np.flatnonzero(top).tolist(), top_ap=top_ap,
+                     top_recall=top_recall, all_ap=all_ap, all_recall=all_recall, curves=curves)
+
+
+@dataclass
+class PriorScore:
+    """The location-prior floor of one part class: AP and maximal recall of :func:`location_prior_score`'s
+    detections, and the prior map (``float64 [h, w]``: the share of views whose part box holds the position's
+    receptive-field centre)."""
+
+    ap: float
+    recall: float
+    prior: np.ndarray
+    n_detections: int
+
+
+@torch.no_grad()
+def location_prior_score(n_views: int, cy: Tensor, cx: Tensor, gt_boxes: Tensor, gt_view: Tensor, *,
+                         rf_size, input_size: tuple[int, int], config: DetectionConfig = DetectionConfig()
+                         ) -> PriorScore:
+    """An activation-blind detector of one part (ours: the floor a filter's AP is read against).
+
+    Every map position of every view (``cy [h]``, ``cx [w]``: receptive-field centres, view pixels) becomes a
+    detection scored by the location prior, the share of the ``n_views`` views whose ground truth (``gt_boxes``
+    ``float32 [G, 4]`` in views ``gt_view`` ``[G]``) holds that position's centre; its box comes from a least-squares
+    regression on ``(c_x, c_y, 1)`` only, fitted on the same pairs and targets as the filters' regressors
+    (:func:`regression_pairs`, unweighted; ``rf_size`` boxes when no pair exists, or with
+    ``config.regression`` off). NMS per view and VOC matching follow ``config`` exactly as for the filters, so the
+    floor and a filter's AP differ only in what the activations add. Views score alike at a position: ties keep
+    view order (a stable sort), which is the expected order of a detector blind to the image.
+    """
+    device = cy.device
+    h, w = cy.numel(), cx.numel()
+    box, row, col = regression_pairs(cy, cx, gt_boxes, gt_view)
+    inside = torch.zeros((n_views, h, w), dtype=torch.bool, device=device)
+    if len(box):
+        inside[gt_view[box], row, col] = True
+    prior = inside.to(torch.float64).mean(dim=0) if n_views else torch.zeros((h, w), dtype=torch.float64)
+    grid_y, grid_x = torch.meshgrid(cy.to(torch.float64), cx.to(torch.float64), indexing="ij")
+    centres_x, centres_y = grid_x.reshape(-1), grid_y.reshape(-1)
+    if config.regression and len(box):
+        g = gt_boxes[box].to(torch.float64)
+        targets = torch.stack([(g[:, 0] + g[:, 2]) / 2 - cx[col], (g[:, 1] + g[:, 3]) / 2 - cy[row],
+                               g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]], dim=1)
+        features = torch.stack([cx[col], cy[row]], dim=1)[None]
+        weights, _ = fit_box_regressors(features, torch.ones((1, len(box)), device=device), targets,
+                                        intercept=True, ridge=config.ridge)
+        pred = _design(torch.stack([centres_x, centres_y], dim=1), True) @ weights[0]
+        boxes = receptive_boxes(centres_x + pred[:, 0], centres_y + pred[:, 1],
+                                pred[:, 2].clamp_min(config.min_box_size), pred[:, 3].clamp_min(config.min_box_size),
+                                input_size)
+    else:
+        boxes = receptive_boxes(centres_x, centres_y, float(rf_size[1]), float(rf_size[0]), input_size)
+    positions = h * w
+    view = torch.arange(n_views, device=device).repeat_interleave(positions)
+    all_boxes = boxes.repeat(n_views, 1)
+    scores = prior.reshape(-1).to(torch.float32).repeat(n_views)
+    keep = grouped_nms(all_boxes, scores, view, config.nms_threshold, config.nms_overlap)
+    keep = keep[scores[keep] > 0]  # a position no part ever covered is no detection
+    ap, recall = average_precision(all_boxes[keep], scores[keep], view[keep], gt_boxes, gt_view, config.iou_threshold)
+    return PriorScore(ap=float(ap), recall=float(recall), prior=prior.cpu().numpy(), n_detections=int(len(keep)))
 
 
 PALETTE = ((230, 25, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),

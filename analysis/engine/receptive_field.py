@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ __all__ = [
     "receptive_fields",
     "unit_boxes",
     "unit_centers",
+    "unit_positions",
 ]
 
 
@@ -110,6 +112,15 @@ def unit_centers(
     cy = geometry.offset[0] + geometry.stride[0] * torch.arange(out_h, dtype=torch.float32, device=device)
     cx = geometry.offset[1] + geometry.stride[1] * torch.arange(out_w, dtype=torch.float32, device=device)
     return cy, cx
+
+
+def unit_positions(geometry: LayerGeometry, out_h: int, out_w: int) -> np.ndarray:
+    """``float64 [out_h * out_w, 2]`` ``(y, x)`` receptive-field centres of every unit, row-major (row
+    ``i * out_w + j`` is unit ``(i, j)``), in continuous input pixels; the float32 values of
+    :func:`unit_centers`, widened."""
+    cy, cx = unit_centers(geometry, out_h, out_w, device="cpu")
+    yy, xx = np.meshgrid(cy.numpy().astype(np.float64), cx.numpy().astype(np.float64), indexing="ij")
+    return np.stack([yy.ravel(), xx.ravel()], axis=1)
 
 
 def unit_boxes(

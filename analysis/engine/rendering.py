@@ -17,6 +17,10 @@ longer side is ``tile``) in ``rows = ceil(num_slots / columns)`` rows of ``colum
 gutter + (s % columns) * (tw + gutter))``; the image is
 ``(rows * th + (rows + 1) * gutter)`` high and ``(columns * tw + (columns + 1) * gutter)`` wide.
 Slots without an image (fewer images than slots) are filled with :data:`EMPTY_TILE`.
+:func:`render_unit_grid` is the one entry point for a unit's grid (exemplar grids and crowd purity grids alike):
+it upsamples the unit's raw maps with the upsampler that scored them, places the peak square and treats silent
+units the same way everywhere.
+
 Resizing uses PIL's bilinear filter (antialiased when shrinking). The activation grid resizes images
 and maps to the tile size first and shades at that size (4x less work for 224 -> 112 px; shading is a
 smooth per-pixel product, so the result looks the same); the peak square is drawn last, so it stays
@@ -40,6 +44,7 @@ __all__ = [
     "grid_shape",
     "render_activation_grid",
     "render_threshold_grid",
+    "render_unit_grid",
     "tile_origin",
 ]
 
@@ -274,3 +279,63 @@ def render_threshold_grid(
         tiles[mask & ~inner] = np.asarray(outline, dtype=np.uint8)
     canvas, _ = _assemble(tiles, columns, num_slots, tile, gutter)
     return Image.fromarray(canvas)
+
+
+def render_unit_grid(
+    images: ArrayLike,
+    maps: torch.Tensor,
+    *,
+    upsample,
+    geometry,
+    input_size: tuple[int, int],
+    vmax: float,
+    columns: int,
+    num_slots: int,
+    tile: int | None = None,
+    peaks: ArrayLike | None = None,
+    threshold: float | None = None,
+) -> Image.Image:
+    """One unit's grid from its raw maps: the rule every exemplar and purity grid follows.
+
+    Args:
+        images: ``uint8[N, H, W, 3]`` the images shown, in slot order (one size).
+        maps: ``float32 Tensor[N, h, w]`` the unit's raw (cached) maps on those images.
+        upsample: ``upsample(maps, (H, W))`` from :func:`analysis.engine.upsample.upsampler_for` (the upsampling
+            the unit was scored with).
+        geometry: the layer's ``LayerGeometry`` or ``None`` (untraced model).
+        input_size: ``(H_in, W_in)`` of the network input.
+        vmax: activation shown unshaded (callers pass the unit's top-1 score, so its grids compare).
+        peaks: ``int[N, 2]`` ``(i, j)`` map position of the square per image (an exemplar set's top-k peaks);
+            ``None``: each raw map's maximum (first in row-major order).
+        threshold: with a value, ND'18's threshold grid (:func:`render_threshold_grid`) at ``T_k`` instead of
+            the activation grid; a unit silent on more than the top quantile's share of positions has
+            ``T_k = 0``, and "at or above 0" would light every pixel, so such a unit shows where it fires at all
+            (``> 0``, the next float32 above 0). Our choice.
+
+    The square (activation grid) sits at the peak's receptive-field centre scaled to the image when ``geometry``
+    is known, else at the upsampled map's brightest pixel; an image where the unit is silent (raw maximum ≤ 0)
+    gets no square — its "maximum" would be an arbitrary position.
+    """
+    from analysis.engine.upsample import peak_pixels
+
+    pictures = _np(images)
+    unit_maps = maps.to(torch.float32)
+    size = pictures.shape[1:3]
+    upsampled = upsample(unit_maps, size).numpy()
+    if threshold is not None:
+        level = threshold if threshold > 0 else float(np.nextafter(np.float32(0), 1))
+        return render_threshold_grid(pictures, upsampled, level, columns=columns, num_slots=num_slots, tile=tile)
+    if peaks is not None:
+        positions = torch.as_tensor(np.asarray(peaks), dtype=torch.int64)
+    else:
+        flat = unit_maps.flatten(1).argmax(dim=1)
+        positions = torch.stack((flat // unit_maps.shape[2], flat % unit_maps.shape[2]), dim=1)
+    if geometry is not None:
+        peak_array = peak_pixels(positions, geometry, input_size=input_size, image_size=size,
+                                 map_size=unit_maps.shape[1:]).numpy()
+    else:
+        peak_array = upsampled.reshape(len(pictures), -1).argmax(axis=1)
+        peak_array = np.stack(np.unravel_index(peak_array, size), axis=1).astype(np.float64) + 0.5
+    peak_array[unit_maps.flatten(1).amax(dim=1).numpy() <= 0] = np.nan
+    return render_activation_grid(pictures, upsampled, peak_array, vmax=vmax, columns=columns, num_slots=num_slots,
+                                  tile=tile)

@@ -16,6 +16,14 @@ Two methods (DESIGN §8):
 
 Maps are ``Tensor[..., h, w]`` (typically ``[N, C, h, w]``), floating point; the result has the same
 leading dimensions, dtype and device.
+
+Coordinate convention (the project's, stated once here and in :mod:`analysis.engine.receptive_field`): every
+pair is ``(y, x)`` — map positions ``(row, column)``, sizes ``(height, width)``, strides, offsets and pixel
+points. Only boxes are ``(x1, y1, x2, y2)`` (``torchvision.ops``).
+
+One factory, :func:`upsampler_for`, turns a layer's geometry (or its absence) and a method name into the
+upsampler every run and every grid uses; :func:`peak_pixels` places map positions on an image. Nothing else in
+the project converts receptive-field fields by hand.
 """
 
 from __future__ import annotations
@@ -27,7 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["anchored_axis_weights", "peak_coordinates", "upsample_anchored", "upsample_plain"]
+__all__ = ["ANCHORED", "PLAIN", "GeometryUnknown", "anchored_axis_weights", "peak_coordinates", "peak_pixels",
+           "upsample_anchored", "upsample_plain", "upsampler_for"]
+
+#: The two upsampling methods (DESIGN §8): ND'18's receptive-field anchoring (our default) and plain bilinear.
+ANCHORED = "anchored"
+PLAIN = "plain"
 
 Pair = int | float | Sequence[int] | Sequence[float]
 
@@ -152,3 +165,56 @@ def peak_coordinates(positions: Tensor, *, rf_stride: Pair, rf_offset: Pair) -> 
     p = positions.to(torch.float64)
     out = torch.stack((oy + p[..., 0] * sy, ox + p[..., 1] * sx), dim=-1)
     return out.masked_fill((positions < 0).any(dim=-1, keepdim=True), math.nan)
+
+
+class GeometryUnknown(ValueError):
+    """Anchoring needs a layer's receptive-field geometry and there is none (the model could not be traced)."""
+
+
+def upsampler_for(geometry, method: str, input_size: int | Sequence[int]):
+    """The upsampler of ``method`` for a layer: ``upsample(maps Tensor[..., h, w], (H, W)) -> Tensor[..., H, W]``.
+
+    ``method="anchored"`` (ND'18, default of every run) anchors interpolants at the receptive-field centres of
+    ``geometry`` (a :class:`analysis.engine.receptive_field.LayerGeometry`; ``offset + i * stride`` per axis in
+    input pixels of a network input of ``input_size`` ``(H_in, W_in)``); ``"plain"`` is ``F.interpolate``
+    bilinear. Both returned objects also offer the sparse ``active(raw, thresholds, size)`` path of
+    :mod:`analysis.engine.dissection_sparse` (identical counts, far less work). Raises :class:`GeometryUnknown`
+    for ``"anchored"`` without a geometry and ``ValueError`` for an unknown method.
+    """
+    # dissection_sparse builds on this module (its upsamplers call upsample_anchored), so it is imported here.
+    from analysis.engine.dissection_sparse import AnchoredUpsample, PlainUpsample
+
+    if method == PLAIN:
+        return PlainUpsample()
+    if method != ANCHORED:
+        raise ValueError(f"upsample method must be {ANCHORED!r} or {PLAIN!r}, not {method!r}")
+    if geometry is None:
+        raise GeometryUnknown("no receptive-field geometry (the model could not be traced), so maps cannot be "
+                              "anchored at receptive-field centres; use upsample=plain")
+    return AnchoredUpsample(rf_stride=geometry.stride, rf_offset=geometry.offset,
+                            input_size=_size(input_size, "input_size"))
+
+
+def peak_pixels(positions: Tensor, geometry, *, input_size: int | Sequence[int], image_size: int | Sequence[int],
+                map_size: int | Sequence[int], clip: bool = False) -> Tensor:
+    """Map positions ``LongTensor[..., 2]`` ``(i, j)`` -> points ``float64 Tensor[..., 2]`` ``(y, x)`` in the
+    continuous pixel coordinates of an image of ``image_size`` ``(H, W)`` (pixel ``k`` spans ``[k, k + 1)``).
+
+    With ``geometry``: the receptive-field centre (:func:`peak_coordinates`) scaled from the network input
+    ``input_size`` to the image. Without (an untraceable model): the centre of the map cell,
+    ``(i + 0.5) * H / h``. ``clip`` keeps points inside the image (``[0, H)``, ``[0, W)``). Negative positions
+    give NaN when ``geometry`` is given.
+    """
+    height, width = _size(image_size, "image_size")
+    p = positions.to(torch.float64)
+    if geometry is not None:
+        in_h, in_w = _pair(input_size, "input_size")
+        points = peak_coordinates(positions, rf_stride=geometry.stride, rf_offset=geometry.offset)
+        points = points * torch.tensor([height / in_h, width / in_w], dtype=torch.float64, device=p.device)
+    else:
+        map_h, map_w = _size(map_size, "map_size")
+        points = (p + 0.5) * torch.tensor([height / map_h, width / map_w], dtype=torch.float64, device=p.device)
+    if clip:
+        points = torch.stack((points[..., 0].clamp(0.0, height - 1e-6), points[..., 1].clamp(0.0, width - 1e-6)),
+                             dim=-1)
+    return points

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
 from analysis.models import Run, RunStatus
+from analysis.params import ParamSchema
 from analysis.services.runs import RunInputError
 
 
@@ -22,10 +24,15 @@ class RunCommand(BaseCommand):
     def start_run(self, *, inline: bool, **options) -> Run:
         raise CommandError(f"{type(self).__module__} does not define start_run")
 
+    @staticmethod
+    def params_of(schema: ParamSchema, options: dict[str, Any]) -> dict[str, Any]:
+        """The options that are parameters of ``schema`` (the rest are the command's own, such as ``--wait``)."""
+        return {name: value for name, value in options.items() if name in schema.fields}
+
     def handle(self, *args, wait: bool, inline: bool, timeout: float | None, **options):
         try:
             run = self.start_run(inline=inline, **options)
-        except RunInputError as error:
+        except RunInputError as error:  # names the parameters at fault
             raise CommandError(str(error)) from error
         self.stdout.write(str(run.pk))
         self.stdout.flush()

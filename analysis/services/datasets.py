@@ -13,12 +13,23 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import DEFAULT_QUEUE, GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import AnnotatedBox, Concept, Dataset, DatasetImage, DatasetKind, Run
 
 from .runs import RunInputError, RunProgress, params_hash, run_start
 
-PROBE_WORLD_DEFAULTS = {"n_images": 3000, "seed": 0, "size": 112}
+PROBE_WORLD_PARAMS = p.ParamSchema({
+    "name": p.name("probe-world", slug=True, help="dataset name to register"),
+    "n_images": p.integers(10, 1_000_000, 3000), "seed": p.seed(), "size": p.integers(32, 1024, 112,
+                                                                                      help="image side in pixels"),
+})
+PROBE_WORLD_DEFAULTS = PROBE_WORLD_PARAMS.defaults
+_IMPORT_FIELDS = {"path": p.Param(str, max_length=500, help="the directory on the server"),
+                  "name": p.name(slug=True, help="dataset name to register")}
+BRODEN_IMPORT_PARAMS = p.ParamSchema(_IMPORT_FIELDS)
+PASCAL_PART_IMPORT_PARAMS = p.ParamSchema({**_IMPORT_FIELDS, "images": p.Param(
+    str, "", max_length=500, blank=True, help="the VOC JPEGImages directory (empty: beside the annotations)")})
 
 
 def datasets_dir() -> Path:
@@ -26,11 +37,12 @@ def datasets_dir() -> Path:
 
 
 def _check_new_name(name: str) -> None:
+    from django.core.exceptions import ValidationError
     from django.core.validators import validate_slug
 
     try:
         validate_slug(name)
-    except Exception:
+    except ValidationError:
         raise RunInputError(f"{name!r} is not a valid dataset name: use letters, digits, '-' and '_'.") from None
     if Dataset.objects.filter(name=name).exists():
         raise RunInputError(f"A dataset named {name!r} already exists.")
@@ -114,14 +126,7 @@ def dataset_register(*, name: str, kind: str, root: Path, source_dir: str = "", 
 
 def probe_world_params(*, name: str = "probe-world", n_images: int | None = None, seed: int | None = None,
                        size: int | None = None) -> dict[str, Any]:
-    params = {"name": name, **PROBE_WORLD_DEFAULTS}
-    params.update({key: value for key, value in {"n_images": n_images, "seed": seed, "size": size}.items()
-                   if value is not None})
-    if not 10 <= params["n_images"] <= 1_000_000:
-        raise RunInputError("n_images must be between 10 and 1,000,000")
-    if not 32 <= params["size"] <= 1024:
-        raise RunInputError("size must be between 32 and 1024 pixels")
-    return params
+    return PROBE_WORLD_PARAMS.validate({"name": name, "n_images": n_images, "seed": seed, "size": size})
 
 
 def probe_world_run_start(*, created_by=None, inline: bool = False, **params: Any) -> Run:
@@ -148,15 +153,23 @@ def probe_world_run_execute(*, run: Run, progress: RunProgress, device: str) -> 
     progress.phase(f"Generating {params['n_images']} images", total=params["n_images"])
     summary = probe_world_generate(out_dir=out_dir, n_images=params["n_images"], seed=params["seed"],
                                    size=params["size"], progress=progress)
-    dataset = dataset_register(name=params["name"], kind=DatasetKind.PROBE_WORLD, root=out_dir,
-                               description="Generated probe world: object-centred images with pixel masks for "
-                                           "objects, parts, materials and colours.",
-                               params=params, run=run, progress=progress)
+    dataset = probe_world_register(root=out_dir, params=params, run=run, progress=progress)
     return {"dataset": dataset.name, "images": dataset.image_count, **summary}
+
+
+def probe_world_register(*, root: Path, params: dict[str, Any], run: Run | None = None,
+                         progress: RunProgress | None = None) -> Dataset:
+    """Register a probe world generated into ``root`` with ``params`` (:func:`probe_world_params`) under
+    ``params["name"]``. The files are only read: tests register one generated world in many databases."""
+    return dataset_register(name=params["name"], kind=DatasetKind.PROBE_WORLD, root=root,
+                            description="Generated probe world: object-centred images with pixel masks for "
+                                        "objects, parts, materials and colours.",
+                            params=params, run=run, progress=progress)
 
 
 PROBE_WORLD = register_job_kind(JobKind(
     name="probe_world", label="Generate the probe world", queue=GPU_QUEUE, execute=probe_world_run_execute,
+    params=PROBE_WORLD_PARAMS, exporter=None,  # the dataset it registers is a Broden directory on the server
     soft_time_limit=3600, time_limit=3700,
     description="Generates a dataset with pixel truth in the Broden format and registers it."))
 
@@ -184,7 +197,8 @@ def broden_import_run_execute(*, run: Run, progress: RunProgress, device: str) -
 
 BRODEN_IMPORT = register_job_kind(JobKind(
     name="import_broden", label="Import a Broden dataset", queue=DEFAULT_QUEUE, execute=broden_import_run_execute,
-    soft_time_limit=6 * 3600, time_limit=6 * 3600 + 120,
+    params=BRODEN_IMPORT_PARAMS, exporter=None,  # the dataset is the directory it was imported from
+    soft_time_limit=6 * 3600, time_limit=6 * 3600 + 120, api_startable=False,  # reads a server path
     description="Validates a Broden-format directory and registers its images and concepts."))
 
 
@@ -229,7 +243,7 @@ def pascal_part_import_run_execute(*, run: Run, progress: RunProgress, device: s
         dataset = dataset_register(name=params["name"], kind=DatasetKind.PASCAL_PART, root=out_dir,
                                    source_dir=str(annotations), run=run, progress=progress,
                                    description=f"PASCAL-Part from {annotations}", params=params)
-    except BaseException:
+    except BaseException:  # whatever stops the registration (even a time limit): no half-converted copy stays
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return {"dataset": dataset.name, "images": summary.images, "objects": summary.objects, "parts": summary.parts,
@@ -238,5 +252,7 @@ def pascal_part_import_run_execute(*, run: Run, progress: RunProgress, device: s
 
 PASCAL_PART_IMPORT = register_job_kind(JobKind(
     name="import_pascal_part", label="Import PASCAL-Part", queue=DEFAULT_QUEUE,
-    execute=pascal_part_import_run_execute, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 120,
+    execute=pascal_part_import_run_execute, params=PASCAL_PART_IMPORT_PARAMS,
+    exporter=None,  # the converted dataset is a Broden directory on the server
+    soft_time_limit=6 * 3600, time_limit=6 * 3600 + 120, api_startable=False,  # reads server paths
     description="Converts PASCAL-Part annotations to the Broden format and registers them."))

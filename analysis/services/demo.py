@@ -18,14 +18,16 @@ from accounts.roles import Role
 from accounts.services import user_ensure
 from analysis.models import Run, RunStatus
 
-from .datasets import probe_world_params
-from .dissection import dissection_params, rotation_params
-from .explanatory_graph import graph_params
-from .extraction import extraction_params
-from .net2vec import DEMO_NET2VEC, net2vec_params
-from .networks import demo_training_params
-from .parts import DEMO_ABLATION, DEMO_MAX_VIEWS, DEMO_PART_LAYERS, ablation_params, part_detection_params
-from .runs import params_hash, run_start
+from .datasets import PROBE_WORLD, probe_world_params
+from .dissection import DISSECTION, ROTATION, dissection_params, rotation_params
+from .explanatory_graph import EXPLANATORY_GRAPH, graph_params
+from .extraction import EXTRACTION, extraction_params
+from .grids import GRIDS
+from .net2vec import DEMO_NET2VEC, NET2VEC, net2vec_params
+from .networks import DEMO_TRAINING, demo_training_params
+from .parts import (ABLATE, DEMO_ABLATION, DEMO_MAX_VIEWS, DEMO_PART_LAYERS, SCORE_PARTS, ablation_params,
+                    part_detection_params)
+from .runs import WORKER_LOST_PHASE, params_hash, run_start
 
 DEMO_RESEARCHER = "researcher"
 DEMO_LAYERS = ["conv3", "conv4", "conv5"]
@@ -62,42 +64,43 @@ class DemoStep:
 def demo_steps(size: DemoSize = DemoSize()) -> list[DemoStep]:
     """The build steps in order: data, training, extraction, grids (later features append theirs)."""
     steps = [
-        DemoStep("probe_world", f"Generate the probe world ({size.images} images of {size.image_size} px)",
+        DemoStep(PROBE_WORLD.name, f"Generate the probe world ({size.images} images of {size.image_size} px)",
                  lambda: probe_world_params(name=size.dataset, n_images=size.images, size=size.image_size)),
-        DemoStep("train_demo_network", f"Train the demo network ({size.epochs} epochs)",
+        DemoStep(DEMO_TRAINING.name, f"Train the demo network ({size.epochs} epochs)",
                  lambda: demo_training_params(dataset=size.dataset, name=size.network, epochs=size.epochs)),
-        DemoStep("extract", "Extract activations of conv3–conv5", lambda: demo_extraction_params(size)),
+        DemoStep(EXTRACTION.name, "Extract activations of conv3–conv5", lambda: demo_extraction_params(size)),
     ]
-    steps += [DemoStep("render_grids", f"Render the grids of {layer}",
+    steps += [DemoStep(GRIDS.name, f"Render the grids of {layer}",
                        lambda layer=layer: {"extraction_run": demo_extraction_run_id(size), "layer": layer})
               for layer in DEMO_LAYERS]
     # Dissection reuses the extraction's cached maps and thresholds: no new forward pass.
     for baseline, label in (("none", "Dissect {}"), ("shuffled", "Shuffled-mask baseline of {}")):
-        steps += [DemoStep("dissect", label.format(layer),
+        steps += [DemoStep(DISSECTION.name, label.format(layer),
                            lambda layer=layer, baseline=baseline: dissection_params(
                                network=size.network, dataset=size.dataset, layer=layer, baseline=baseline))
                   for layer in DEMO_LAYERS]
-    steps.append(DemoStep("dissect_rotation", "Random rotations of conv5",
+    steps.append(DemoStep(ROTATION.name, "Random rotations of conv5",
                           lambda: rotation_params(network=size.network, dataset=size.dataset, layer="conv5",
                                                   seeds=[0, 1, 2])))
     # Explanatory graph over the two top conv layers (cached maps), with instability against raw filters.
-    steps.append(DemoStep("explanatory_graph", "Learn an explanatory graph of conv5 → conv4",
+    steps.append(DemoStep(EXPLANATORY_GRAPH.name, "Learn an explanatory graph of conv5 → conv4",
                           lambda: demo_graph_params(size)))
     # Net2Vec on the extraction's cached maps and thresholds (no forward pass): single vs combined units.
-    steps += [DemoStep("net2vec", f"Net2Vec probes of {layer}",
+    steps += [DemoStep(NET2VEC.name, f"Net2Vec probes of {layer}",
                        lambda layer=layer: net2vec_params(network=size.network, dataset=size.dataset, layer=layer,
                                                           **DEMO_NET2VEC))
               for layer in DEMO_LAYERS]
     # GG'18 §3: part detection (regression, VOC AP, GA with the paper's settings) on object crops of the top layers;
     # §5–6: filter ablations per class (a seeded sample of views per class keeps conv4's reruns of conv5 short) and
     # part blackouts (layer-independent, so once, with conv5).
-    steps += [DemoStep("score_parts", f"Part detection and GA filter combinations of {layer} "
+    steps += [DemoStep(SCORE_PARTS.name, f"Part detection and GA filter combinations of {layer} "
                                       f"(≤ {DEMO_MAX_VIEWS} objects per class)",
                        lambda layer=layer: part_detection_params(network=size.network, dataset=size.dataset,
                                                                  layer=layer, max_views=DEMO_MAX_VIEWS,
                                                                  **demo_part_rules(size)))
               for layer in DEMO_PART_LAYERS]
-    steps += [DemoStep("ablate", f"Filter ablations of {layer}" + (" and part blackouts" if layer == "conv5" else ""),
+    steps += [DemoStep(ABLATE.name,
+                       f"Filter ablations of {layer}" + (" and part blackouts" if layer == "conv5" else ""),
                        lambda layer=layer: ablation_params(network=size.network, dataset=size.dataset, layer=layer,
                                                            **DEMO_ABLATION[layer]))
               for layer in DEMO_PART_LAYERS]
@@ -125,7 +128,8 @@ def demo_extraction_params(size: DemoSize) -> dict[str, Any]:
 
 def demo_extraction_run_id(size: DemoSize) -> int:
     """The demo's extraction run (the step before the grids has made it)."""
-    return Run.objects.of_kind("extract").succeeded().get(params_hash=params_hash(demo_extraction_params(size))).pk
+    return Run.objects.of_kind(EXTRACTION.name).succeeded().get(
+        params_hash=params_hash(demo_extraction_params(size))).pk
 
 
 def demo_credentials_ensure() -> dict[str, str]:
@@ -147,8 +151,14 @@ DemoHook = Callable[[DemoSize], dict[str, str]]
 _DEMO_HOOKS: list[DemoHook] = []
 
 
+DEMO_SITE_URL = "http://127.0.0.1:8000"
+"""Where the demo site answers unless told otherwise (``run_demo``'s default host and port)."""
+
+
 def register_demo_hook(hook: DemoHook) -> None:
     """Add a step that runs after the build succeeded and returns accounts to show ``{username: password}``.
+    A hook is called as ``hook(size, site_url=...)``: ``site_url`` (e.g. ``http://127.0.0.1:8000``) makes the
+    links it prints full URLs.
 
     Apps built on analysis (the annotation app's studies) register here, so analysis never imports them.
     """
@@ -156,10 +166,10 @@ def register_demo_hook(hook: DemoHook) -> None:
         _DEMO_HOOKS.append(hook)
 
 
-def demo_hooks_run(size: DemoSize) -> dict[str, str]:
+def demo_hooks_run(size: DemoSize, *, site_url: str = DEMO_SITE_URL) -> dict[str, str]:
     credentials: dict[str, str] = {}
     for hook in _DEMO_HOOKS:
-        credentials.update(hook(size))
+        credentials.update(hook(size, site_url=site_url.rstrip("/")))
     return credentials
 
 
@@ -167,23 +177,28 @@ StepCallback = Callable[[str, DemoStep, Run | None, bool], None]
 
 
 def demo_build(*, inline: bool, size: DemoSize = DemoSize(), created_by=None, on_step: StepCallback | None = None,
-               poll_interval: float = 1.0) -> list[Run]:
+               poll_interval: float = 1.0, worker_loss_retries: int = 0) -> list[Run]:
     """Run every demo step in order and return their runs. Stops at the first step that does not succeed.
 
     With ``inline`` each step executes in this process; otherwise it is queued for a worker and this
     function waits for it. ``on_step(event, step, run, created)`` is called with event ``"start"``
-    (run None), ``"queued"`` (the run exists; ``created`` False when an earlier run is reused) and
-    ``"end"``.
+    (run None), ``"queued"`` (the run exists; ``created`` False when an earlier run is reused), ``"retry"``
+    (the run failed because its worker was lost, and the step is started again: at most
+    ``worker_loss_retries`` times per step) and ``"end"``.
     """
     notify = on_step or (lambda *args: None)
     runs = []
     for step in demo_steps(size):
         notify("start", step, None, False)
-        run, created = run_start(kind=step.kind, params=step.params(), created_by=created_by, inline=inline)
-        notify("queued", step, run, created)
-        while run.is_active:
-            time.sleep(poll_interval)
-            run.refresh_from_db()
+        for attempt in range(worker_loss_retries + 1):
+            run, created = run_start(kind=step.kind, params=step.params(), created_by=created_by, inline=inline)
+            notify("queued", step, run, created)
+            while run.is_active:
+                time.sleep(poll_interval)
+                run.refresh_from_db()
+            if run.status != RunStatus.FAILED or run.phase != WORKER_LOST_PHASE or attempt == worker_loss_retries:
+                break
+            notify("retry", step, run, created)
         notify("end", step, run, created)
         runs.append(run)
         if run.status != RunStatus.SUCCEEDED:

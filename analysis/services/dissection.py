@@ -60,26 +60,18 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
-from analysis.models import (Concept, Dataset, DissectionBaseline, Layer, LayerDissection, LayerExtraction, Network,
-                             RotationTest, Run, RunStatus, UnitActivationSummary, UnitDissection, UpsampleMethod)
+from analysis.models import (Concept, DissectionBaseline, LayerDissection, RotationTest, Run, RunStatus, UnitDissection, UnitStatus,
+                             UpsampleMethod)
 from unitscope.spreadsheets import csv_writer
 
-from .extraction import activation_cache_key, extraction_run_start, open_activation_cache
-from .runs import (RunCancelled, RunInputError, RunProgress, run_cancel, run_execute, run_layers,
-                   run_network_and_dataset, run_start)
+from .extraction import open_activation_cache
+from .inputs import layer_upsampler, run_inputs
+from .runs import RunCancelled, RunInputError, RunProgress, run_cancel, run_execute, run_start
 
 logger = logging.getLogger(__name__)
 
-DISSECTION_DEFAULTS: dict[str, Any] = {
-    "shards": 1, "upsample": UpsampleMethod.ANCHORED.value, "baseline": DissectionBaseline.NONE.value,
-    "shuffle_seed": 0, "quantile": 0.995, "iou_threshold": 0.04, "strict_threshold": False,
-    "count_saturated": False, "batch_size": 64, "top_k": 5,
-}
-ROTATION_DEFAULTS: dict[str, Any] = {
-    "alphas": [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0], "seeds": [0], "upsample": UpsampleMethod.ANCHORED.value,
-    "quantile": 0.995, "iou_threshold": 0.04, "strict_threshold": False, "count_saturated": False, "batch_size": 64,
-}
 MAX_SHARDS = 256
 MAX_ROTATIONS = 64
 SHARD_POLL_SECONDS = 1.0
@@ -91,35 +83,50 @@ _COUNT_NAMES = ("intersection", "activation_cat", "truth", "activation", "catego
 
 # -- parameters ---------------------------------------------------------------------------------------
 
-def _common_checks(params: dict[str, Any]) -> None:
-    if params["upsample"] not in UpsampleMethod.values:
-        raise RunInputError(f"upsample must be one of {', '.join(UpsampleMethod.values)}")
-    if not 0 < float(params["quantile"]) < 1:
-        raise RunInputError("quantile must lie strictly between 0 and 1")
-    if not 0 <= float(params["iou_threshold"]) < 1:
-        raise RunInputError("iou_threshold must lie in [0, 1)")
-    if not 1 <= int(params["batch_size"]) <= 4096:
-        raise RunInputError("batch_size must be between 1 and 4096")
-    for key in ("strict_threshold", "count_saturated"):
-        params[key] = bool(params[key])
-    params["quantile"] = float(params["quantile"])
-    params["iou_threshold"] = float(params["iou_threshold"])
+def _layer_run_params(**fields: p.Param) -> dict[str, p.Param]:
+    """The parameters every run over one layer's cached maps takes, then ``fields``."""
+    return {
+        "network": p.name(), "dataset": p.name(), "layer": p.name(help="dotted layer name"),
+        "upsample": p.choice(UpsampleMethod.values, UpsampleMethod.ANCHORED.value,
+                             help="anchored at receptive-field centres (ND'18) or a plain bilinear resize"),
+        "quantile": p.fraction(0.995, help="per-unit threshold level T_k"),
+        "iou_threshold": p.Param(float, 0.04, low=0, high=1, high_open=True, help="detector IoU threshold"),
+        "strict_threshold": p.Param(bool, False, help="a pixel is active when S_k > T_k (the published code) "
+                                                      "instead of S_k >= T_k (ND'18)"),
+        "count_saturated": p.Param(bool, False, help="let units active on every pixel (T_k at the ReLU floor) "
+                                                     "count as detectors"),
+        "batch_size": p.integers(1, 4096, 64),
+        **fields,
+    }
+
+
+DISSECTION_PARAMS = p.ParamSchema(_layer_run_params(
+    shards=p.integers(1, MAX_SHARDS, 1, help="split the images into this many ranges, each its own task; "
+                                             "merged exactly"),
+    baseline=p.choice(DissectionBaseline.values, DissectionBaseline.NONE.value,
+                      help="shuffled: pair each image's activations with another image's masks (null baseline)"),
+    shuffle_seed=p.seed(), top_k=p.integers(1, 50, 5, help="concepts kept per unit")))
+DISSECTION_DEFAULTS = DISSECTION_PARAMS.defaults
+
+
+def _rotation_rules(params: dict[str, Any]) -> None:
+    params["alphas"] = sorted({round(alpha, 6) for alpha in params["alphas"]})
+    if len(params["seeds"]) * sum(alpha > 0 for alpha in params["alphas"]) > MAX_ROTATIONS:
+        raise p.ParamsError({"seeds": f"at most {MAX_ROTATIONS} rotated representations (seeds × nonzero alphas) "
+                                      "per run"})
+
+
+ROTATION_PARAMS = p.ParamSchema(_layer_run_params(
+    alphas=p.Param(float, [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0], low=0, high=1, many=True, min_items=1,
+                   help="fractions α of the rotation; 0 is the layer itself"),
+    seeds=p.Param(int, [0], low=0, high=p.SEED_MAX, many=True, min_items=1, unique_sorted=True,
+                  help="one random rotation Q per seed")), rules=_rotation_rules)
+ROTATION_DEFAULTS = ROTATION_PARAMS.defaults
 
 
 def dissection_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of a ``dissect`` run (defaults filled in)."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **DISSECTION_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    _common_checks(params)
-    if params["baseline"] not in DissectionBaseline.values:
-        raise RunInputError(f"baseline must be one of {', '.join(DissectionBaseline.values)}")
-    if not 1 <= int(params["shards"]) <= MAX_SHARDS:
-        raise RunInputError(f"shards must be between 1 and {MAX_SHARDS}")
-    if not 1 <= int(params["top_k"]) <= 50:
-        raise RunInputError("top_k must be between 1 and 50")
-    for key in ("shards", "shuffle_seed", "top_k", "batch_size"):
-        params[key] = int(params[key])
-    return params
+    return DISSECTION_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def dissection_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
@@ -133,22 +140,7 @@ def dissection_run_start(*, network: str, dataset: str, layer: str, created_by=N
 
 def rotation_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of a ``dissect_rotation`` run."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **ROTATION_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    _common_checks(params)
-    try:
-        alphas = sorted({round(float(alpha), 6) for alpha in params["alphas"]})
-        seeds = sorted({int(seed) for seed in params["seeds"]})
-    except (TypeError, ValueError):
-        raise RunInputError("alphas must be numbers in [0, 1] and seeds integers") from None
-    if not alphas or not all(0.0 <= alpha <= 1.0 for alpha in alphas):
-        raise RunInputError("alphas must be numbers in [0, 1]")
-    if not seeds:
-        raise RunInputError("name at least one seed")
-    if len(seeds) * sum(alpha > 0 for alpha in alphas) > MAX_ROTATIONS:
-        raise RunInputError(f"at most {MAX_ROTATIONS} rotated representations (seeds × nonzero alphas) per run")
-    params.update(alphas=alphas, seeds=seeds, batch_size=int(params["batch_size"]))
-    return params
+    return ROTATION_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def rotation_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
@@ -160,68 +152,7 @@ def rotation_run_start(*, network: str, dataset: str, layer: str, created_by=Non
     return run
 
 
-# -- inputs shared by the kinds -----------------------------------------------------------------------
-
-def _resolve(params: dict[str, Any]) -> tuple[Network, Dataset, Layer]:
-    network, dataset = run_network_and_dataset(params)
-    return network, dataset, run_layers(network, [params["layer"]])[params["layer"]]
-
-
-def _upsampler(method: str, layer: Layer, network: Network):
-    """``upsample(maps Tensor[B, U, h, w], (H, W)) -> Tensor[B, U, H, W]`` for the run's method, with the sparse
-    active-pixel path of :mod:`analysis.engine.dissection_sparse` (identical counts, far less work)."""
-    from analysis.engine.dissection_sparse import AnchoredUpsample, PlainUpsample
-
-    if method == UpsampleMethod.PLAIN:
-        return PlainUpsample()
-    if layer.rf_stride_y is None or layer.rf_offset_y is None:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so maps "
-                            "cannot be anchored at receptive-field centres; use upsample=plain.")
-    return AnchoredUpsample(rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                            rf_offset=(layer.rf_offset_y, layer.rf_offset_x),
-                            input_size=(network.input_height, network.input_width))
-
-
-def _ensure_extraction(network: Network, dataset: Dataset, layer: Layer, quantile: float,
-                       progress: RunProgress) -> LayerExtraction:
-    """The newest extraction of the layer's current maps at ``quantile`` whose cache is on disk; when there is
-    none, an extraction run executed here first (it reuses a cache of the same maps, so no forward pass then)."""
-    key = activation_cache_key(network, dataset, layer)
-    candidates = (LayerExtraction.objects.filter(layer=layer, dataset=dataset, cache_key=key, quantile=quantile,
-                                                 run__status=RunStatus.SUCCEEDED)
-                  .select_related("run").order_by("-created_at", "-id"))
-    for extraction in candidates:
-        if (Path(extraction.cache_path) / "meta.json").exists():
-            return extraction
-    progress.phase(f"Extracting {layer.name} on {dataset.name} first (no cached activations)")
-    run = extraction_run_start(network=network.name, dataset=dataset.name, layers=[layer.name], quantile=quantile,
-                               inline=True)
-    if run.status != RunStatus.SUCCEEDED:
-        raise RunInputError(f"The extraction this needs (run {run.pk}) ended {run.status}: {run.error}")
-    return LayerExtraction.objects.select_related("run").get(run=run, layer=layer)
-
-
-def _thresholds(extraction: LayerExtraction, layer: Layer):
-    """float32 ``Tensor[U]``: the extraction's exact thresholds (stored as float64, exactly the float32 value)."""
-    import torch
-
-    stored = dict(UnitActivationSummary.objects.filter(extraction=extraction).values_list("unit__index", "threshold"))
-    if len(stored) != layer.units:
-        raise RunInputError(f"Extraction run {extraction.run_id} holds thresholds of {len(stored)} of "
-                            f"{layer.units} units of {layer}.")
-    return torch.tensor([stored[index] for index in range(layer.units)], dtype=torch.float32)
-
-
-def _label_table(dataset: Dataset):
-    """``(label_category LongTensor[C], category names)``: each label id's primary category (Concept.category)
-    as a position in the dataset's categories (index.csv order; categories only some labels name go last)."""
-    from analysis.engine.dissection_data import label_category_table
-
-    primary = dict(dataset.concepts.values_list("number", "category"))
-    categories = list(dataset.categories)
-    categories += sorted({name for name in primary.values() if name and name not in categories})
-    return label_category_table(primary, categories), categories
-
+# -- files ----------------------------------------------------------------------------------------------
 
 def _fresh_directory(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
@@ -295,15 +226,12 @@ def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     from analysis.engine.dissection import shuffled_pairing
 
     params = dissection_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    _upsampler(params["upsample"], layer, network)  # fails early when anchoring is impossible
-    progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-    extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
+    inputs = run_inputs(params, progress=progress, thresholds=True, labels=True)  # fails early if anchoring can't
+    layer, dataset, extraction = inputs.layer, inputs.dataset, inputs.extraction
+    thresholds, label_category, categories = inputs.thresholds, inputs.label_category, inputs.categories
     n_images, shards = extraction.n_images, params["shards"]
     if shards > n_images:
         raise RunInputError(f"{shards} shards for {n_images} images: use at most one shard per image.")
-    thresholds = _thresholds(extraction, layer)
-    label_category, categories = _label_table(dataset)
     pairing = (shuffled_pairing(n_images, seed=params["shuffle_seed"])
                if params["baseline"] == DissectionBaseline.SHUFFLED else torch.zeros(0, dtype=torch.int64))
 
@@ -408,7 +336,7 @@ def dissection_shard_run_execute(*, run: Run, progress: RunProgress, device: str
     dev = torch.device(device)
     tally = DissectionTally(thresholds.to(dev), label_category, len(dissection.categories),
                             strict_threshold=dissection.strict_threshold)
-    upsample = _upsampler(dissection.upsample, dissection.layer, dissection.layer.network)
+    upsample = layer_upsampler(dissection.layer, dissection.upsample)
     progress.phase(f"Tallying images {start}–{stop - 1} of {dissection.layer.name}", total=stop - start)
     batch_size = int(dissection.run.params.get("batch_size", DISSECTION_DEFAULTS["batch_size"]))
     tally_cached_maps(maps, [TallyView(tally)], reader=reader, rows=rows, upsample=upsample, start=start, stop=stop,
@@ -431,7 +359,7 @@ def _dissection_merge_claim(dissection_id: int) -> bool:
         return False
     try:
         _dissection_merge(LayerDissection.objects.select_related("layer", "dataset", "run").get(pk=dissection_id))
-    except Exception:
+    except BaseException:  # whatever stops the merge (even a time limit): release the claim so a retry can merge
         LayerDissection.objects.filter(pk=dissection_id).update(merge_claimed=False)
         raise
     return True
@@ -499,11 +427,9 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     from analysis.engine.rotation import random_rotation, rotate_activations, rotation_power
 
     params = rotation_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    upsample = _upsampler(params["upsample"], layer, network)
-    progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-    extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
-    label_category, categories = _label_table(dataset)
+    inputs = run_inputs(params, progress=progress, labels=True)
+    layer, dataset, extraction, upsample = inputs.layer, inputs.dataset, inputs.extraction, inputs.upsample
+    label_category, categories = inputs.label_category, inputs.categories
     maps = open_activation_cache(extraction)
     dev = torch.device(device)
 
@@ -584,7 +510,8 @@ def dissection_tally_load(dissection: LayerDissection) -> dict[str, np.ndarray]:
 # -- export -------------------------------------------------------------------------------------------
 
 def dissection_export(run: Run, out_dir: Path) -> list[Path]:
-    """``tally.csv``, ``thresholds.csv`` and ``run.json`` (plus ``pairing.csv`` for the shuffled baseline).
+    """``tally.csv``, ``thresholds.csv``, ``units.csv`` (each unit's label and status, see
+    :func:`_write_unit_results`) and ``run.json`` (plus ``pairing.csv`` for the shuffled baseline).
 
     ``tally.csv``: ``unit,concept,category,iou,intersection,activation,truth``, one row per unit × concept with
     truth > 0, units 0-based, concepts by name with their primary category, counts in mask pixels:
@@ -618,6 +545,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
         writer.writerow(["unit", "threshold"])
         writer.writerows((unit, repr(float(value))) for unit, value in enumerate(data["thresholds"]))
     written.append(thresholds_path)
+    written.append(_write_unit_results(out_dir / "units.csv", dissection, data["thresholds"]))
     if dissection.baseline == DissectionBaseline.SHUFFLED:
         with np.load(Path(dissection.directory) / PLAN_FILE) as plan:
             pairing = plan["pairing"]
@@ -653,6 +581,26 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     return written
 
 
+def _write_unit_results(path: Path, dissection: LayerDissection, thresholds: np.ndarray) -> Path:
+    """``units.csv``: ``unit,label,category,iou,is_detector,saturated,status``; ``status`` is the unit's
+    :class:`UnitStatus` in the activations the dissection used (from its threshold alone when they are gone):
+    a dead or saturated unit's label is an artefact of a mask that covers every pixel or none."""
+    statuses = {}
+    if dissection.extraction is not None:
+        statuses = dict(dissection.extraction.unit_summaries.with_status().values_list("unit__index", "status"))
+    with open(path, "w", newline="") as handle:
+        writer = csv_writer(handle)
+        writer.writerow(["unit", "label", "category", "iou", "is_detector", "saturated", "status"])
+        for result in dissection.unit_results.select_related("unit", "concept").order_by("unit__index"):
+            index = result.unit.index
+            status = statuses.get(index) or (UnitStatus.SATURATED.value if float(thresholds[index]) == 0
+                                             else UnitStatus.LIVE.value)
+            writer.writerow([index, result.concept.name if result.concept else "",
+                             result.concept.category if result.concept else "", repr(result.iou),
+                             int(result.is_detector), int(result.saturated), status])
+    return path
+
+
 def rotation_export(run: Run, out_dir: Path) -> list[Path]:
     """``rotation.csv`` (``seed,alpha,detectors,unique_detectors,saturated_units``) and ``run.json``."""
     test = RotationTest.objects.select_related("layer__network", "dataset", "extraction").filter(run=run).first()
@@ -684,14 +632,24 @@ def _write_json(path: Path, payload: dict[str, Any]) -> Path:
 
 DISSECTION = register_job_kind(JobKind(
     name="dissect", label="Network Dissection", queue=GPU_QUEUE, execute=dissection_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=DISSECTION_PARAMS, exporter=dissection_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Scores every unit of a layer as a segmenter of every concept (ND'18 IoU), optionally against "
                 "shuffled masks; shards merge exactly."))
+
+
+def _shard_rules(params: dict[str, Any]) -> None:
+    if params["start"] >= params["stop"]:
+        raise p.ParamsError({"stop": "must lie after start"})
+
+
 DISSECTION_SHARD = register_job_kind(JobKind(
     name="dissect_shard", label="Network Dissection shard", queue=GPU_QUEUE, execute=dissection_shard_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300, reuse_finished=False,
+    params=p.ParamSchema({"dissection": p.integers(1, 2**63 - 1), "shard": p.integers(0, MAX_SHARDS - 1),
+                          "start": p.integers(0, 2**63 - 1), "stop": p.integers(1, 2**63 - 1)}, rules=_shard_rules),
+    exporter=None,  # its tally is merged into the dissection, which exports it
+    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300, reuse_finished=False, api_startable=False,
     description="Tallies one image range of a dissection; the last shard to finish merges."))
 ROTATION = register_job_kind(JobKind(
     name="dissect_rotation", label="Random-rotation test", queue=GPU_QUEUE, execute=rotation_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=ROTATION_PARAMS, exporter=rotation_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="ND'18 §3.2: unique detectors of a layer under random rotations Q^α of its units."))

@@ -35,66 +35,70 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AnnotatedBox, Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Layer,
                              Network, Run)
 from unitscope.spreadsheets import csv_writer
 
-from .dissection import _ensure_extraction
+from .inputs import ensure_extraction, layer_geometry
 from .extraction import open_activation_cache
 from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
 
-GRAPH_DEFAULTS: dict[str, Any] = {
-    "nodes_per_filter": None, "neighbours": 15, "tau": 0.1, "iterations": 20, "beta": 1.0,
-    "init_sigma": 0.1, "min_sigma": None, "fit_top_sigma": False, "seed": 0, "batch_size": 16, "learn_split": "train",
-    "max_learn_images": 0, "quantile": 0.995, "landmarks": ["head", "torso", "body"], "eval_split": "val",
-    "top_patterns": 500, "top_images": 20, "instability": "aaai",
-}
 GRAPH_DIR = "explanatory_graphs"
 MAX_LAYERS = 6
 PATTERN_CHUNK = 512
 PURITY_FRACTION = 0.3
 
 
+IMAGE_SPLITS = ("train", "val")
+
+
+def _graph_rules(params: dict[str, Any]) -> None:
+    names, nodes = params["layers"], params["nodes_per_filter"]
+    if len(set(names)) != len(names):
+        raise p.ParamsError({"layers": f"name between 1 and {MAX_LAYERS} distinct layers"})
+    if nodes is not None and len(nodes) != len(names):
+        raise p.ParamsError({"nodes_per_filter": f"needs one count per layer, top layer first ({len(names)} layers, "
+                                                 f"{len(nodes)} counts)"})
+    params["landmarks"] = [name for name in params["landmarks"] if name]
+
+
+GRAPH_PARAMS = p.ParamSchema({
+    "network": p.name(), "dataset": p.name(),
+    "layers": p.Param(str, many=True, min_items=1, max_items=MAX_LAYERS,
+                      help="conv layers of the graph (learned top-down whatever the order)"),
+    "nodes_per_filter": p.Param(int, None, low=1, high=200, many=True, min_items=1, max_items=MAX_LAYERS,
+                                nullable=True, help="nodes per filter N, one count per layer from the top "
+                                                    "(null: 10, 20, 40 from the top, the paper's values)"),
+    "neighbours": p.integers(1, 200, 15, help="upper-layer neighbours M per node"),
+    "tau": p.Param(float, 0.1, low=0, low_open=True, help="noise density τ"),
+    "iterations": p.integers(1, 500, 20, help="EM iterations T"),
+    "beta": p.Param(float, 1.0, low=0, low_open=True, help="entities per unit response β"),
+    "init_sigma": p.Param(float, 0.1, low=0, low_open=True, help="initial σ of every node (plane units)"),
+    "min_sigma": p.Param(float, None, low=0, low_open=True, nullable=True,
+                         help="floor of every σ (null: the unit cell's quantisation, stride/√12)"),
+    "fit_top_sigma": p.Param(bool, False, help="also fit the top layer's σ"),
+    "seed": p.seed(), "batch_size": p.integers(1, 1024, 16),
+    "learn_split": p.choice(IMAGE_SPLITS, "train", help="the images the graph learns from (paper: training)"),
+    "max_learn_images": p.integers(0, 10**9, 0, help="learn on a seeded subset of the learning images (0 = all)"),
+    "quantile": p.fraction(0.995, help="the extraction's threshold level (reused or extracted first)"),
+    "landmarks": p.Param(str, ["head", "torso", "body"], many=True, unique_sorted=True, max_length=100, blank=True,
+                         help="part classes whose box centres are the landmarks of location instability"),
+    "eval_split": p.choice(IMAGE_SPLITS, "val", help="the images location instability is measured on (paper: "
+                                                     "testing images)"),
+    "top_patterns": p.integers(1, 10**6, 500, help="nodes (and raw filters) per layer whose instability is measured"),
+    "top_images": p.integers(2, 10**4, 20, help="highest-scoring images per pattern the instability is measured on"),
+    "instability": p.choice(("aaai", "arxiv"), "aaai", help="mean of the per-landmark stds (AAAI'18) or the root "
+                                                            "of their mean variance (arXiv)"),
+}, rules=_graph_rules)
+GRAPH_DEFAULTS = GRAPH_PARAMS.defaults
+
+
 def graph_params(*, network: str, dataset: str, layers: list[str], **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of an ``explanatory_graph`` run (defaults filled in; paper values where the
     paper gives them: τ=0.1, M=15, T=20, β=1, N per layer 10, 20, 40 from the top)."""
-    params = {"network": network, "dataset": dataset, "layers": list(layers), **GRAPH_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    names = params["layers"]
-    if not names or len(names) > MAX_LAYERS or len(set(names)) != len(names):
-        raise RunInputError(f"Name between 1 and {MAX_LAYERS} distinct layers.")
-    try:
-        for key in ("neighbours", "iterations", "seed", "batch_size", "max_learn_images", "top_patterns",
-                    "top_images"):
-            params[key] = int(params[key])
-        for key in ("tau", "beta", "init_sigma", "quantile"):
-            params[key] = float(params[key])
-        if params["min_sigma"] is not None:
-            params["min_sigma"] = float(params["min_sigma"])
-        if params["nodes_per_filter"] is not None:
-            params["nodes_per_filter"] = [int(n) for n in params["nodes_per_filter"]]
-    except (TypeError, ValueError):
-        raise RunInputError("numeric parameters of explanatory_graph must be numbers "
-                            "(nodes_per_filter a list of integers, one per layer)") from None
-    if params["nodes_per_filter"] is not None and (len(params["nodes_per_filter"]) != len(params["layers"])
-                                                   or min(params["nodes_per_filter"]) < 1
-                                                   or max(params["nodes_per_filter"]) > 200):
-        raise RunInputError("nodes_per_filter needs one count (1–200) per layer, top layer first.")
-    if not 1 <= params["neighbours"] <= 200 or not 1 <= params["iterations"] <= 500:
-        raise RunInputError("neighbours (M) must be 1–200 and iterations (T) 1–500.")
-    if (params["tau"] <= 0 or params["beta"] <= 0 or params["init_sigma"] <= 0
-            or (params["min_sigma"] is not None and params["min_sigma"] <= 0)):
-        raise RunInputError("tau, beta, init_sigma and min_sigma must be positive.")
-    if not 1 <= params["batch_size"] <= 1024 or params["max_learn_images"] < 0:
-        raise RunInputError("batch_size must be 1–1024 and max_learn_images ≥ 0 (0 = all).")
-    if params["top_patterns"] < 1 or params["top_images"] < 2:
-        raise RunInputError("top_patterns must be positive and top_images at least 2.")
-    if params["instability"] not in ("aaai", "arxiv"):
-        raise RunInputError("instability must be aaai (mean of the stds) or arxiv (root of the mean variance).")
-    params["fit_top_sigma"] = bool(params["fit_top_sigma"])
-    params["landmarks"] = sorted({str(name).strip() for name in params["landmarks"] if str(name).strip()})
-    return params
+    return GRAPH_PARAMS.validate({"network": network, "dataset": dataset, "layers": layers, **overrides})
 
 
 def graph_run_start(*, network: str, dataset: str, layers: list[str], created_by=None, inline: bool = False,
@@ -108,32 +112,18 @@ def graph_run_start(*, network: str, dataset: str, layers: list[str], created_by
 
 # -- geometry -------------------------------------------------------------------------------------------------------
 
-def _centres(layer: Layer, network: Network):
-    """``(cy float32 [h], cx float32 [w])`` receptive-field centres in input pixels."""
-    import torch
-
-    from analysis.engine.receptive_field import LayerGeometry, unit_centers
-
-    if layer.rf_stride_y is None or layer.rf_offset_y is None:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so its units "
-                            "cannot be placed on the image plane.")
-    geometry = LayerGeometry(size=(int(layer.rf_size_y or 1), int(layer.rf_size_x or 1)),
-                             stride=(int(layer.rf_stride_y), int(layer.rf_stride_x)),
-                             offset=(float(layer.rf_offset_y), float(layer.rf_offset_x)))
-    return unit_centers(geometry, layer.out_height, layer.out_width, device=torch.device("cpu"))
-
-
-def _input_positions(layer: Layer, network: Network) -> np.ndarray:
+def _input_positions(layer: Layer) -> np.ndarray:
     """float64 ``[h*w, 2]`` (y, x) of every unit (row-major) in input pixels."""
-    cy, cx = _centres(layer, network)
-    yy, xx = np.meshgrid(cy.numpy().astype(np.float64), cx.numpy().astype(np.float64), indexing="ij")
-    return np.stack([yy.ravel(), xx.ravel()], axis=1)
+    from analysis.engine.receptive_field import unit_positions
+
+    geometry = layer_geometry(layer, purpose="its units cannot be placed on the image plane")
+    return unit_positions(geometry, layer.out_height, layer.out_width)
 
 
 def _quantisation_sigma(layer: Layer, plane: float) -> float:
     """The default floor of every σ (plane units): a position known only to its unit cell has a per-coordinate
     standard deviation of stride/√12 (our choice; the paper sets no floor)."""
-    return float(max(layer.rf_stride_y or 1, layer.rf_stride_x or 1)) / math.sqrt(12) / plane
+    return float(max(layer_geometry(layer, purpose="it has no unit cell").stride)) / math.sqrt(12) / plane
 
 
 def _plane_unit(network: Network) -> float:
@@ -180,10 +170,10 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     extractions, maps, sources = {}, {}, []
     for layer in layers:
         progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-        extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
+        extraction = ensure_extraction(network, dataset, layer, params["quantile"], progress)
         extractions[layer.name] = extraction
         maps[layer.name] = open_activation_cache(extraction)
-        positions = torch.from_numpy(_input_positions(layer, network) / plane).to(torch.float32)
+        positions = torch.from_numpy(_input_positions(layer) / plane).to(torch.float32)
         cache = maps[layer.name]
         sources.append(LayerSource(layer.name, lambda rows, cache=cache: np.asarray(cache[rows], dtype=np.float32),
                                    positions, layer.units))
@@ -305,7 +295,7 @@ def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, m
                          ) -> dict[str, Any]:
     import torch
 
-    from analysis.engine.explanatory_graph import location_instability, raw_filter_peaks
+    from analysis.engine.explanatory_graph import FilterPeakTally, pattern_instability
 
     dataset, network = graph.dataset, graph.network
     names = params["landmarks"]
@@ -318,49 +308,30 @@ def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, m
         return {"note": f"no landmark parts ({', '.join(names) or 'none named'}) on the evaluation images"}
     heights, widths = _image_table(dataset)
     scale = np.stack([heights[rows] / network.input_height, widths[rows] / network.input_width], axis=1)  # [I, 2]
-    diagonals = torch.from_numpy(np.hypot(heights[rows], widths[rows]))
-    landmark_t = torch.from_numpy(landmarks)
+    measure = dict(landmarks=torch.from_numpy(landmarks), diagonals=torch.from_numpy(np.hypot(heights[rows],
+                                                                                               widths[rows])),
+                   top_images=params["top_images"], combine=params["instability"], chunk=PATTERN_CHUNK)
     summary: dict[str, Any] = {}
     progress.phase("Location instability of nodes and raw filters", total=len(layers))
     for done, layer in enumerate(layers, start=1):
-        unit_pos = _input_positions(layer, network)  # [P, 2]
+        unit_pos = _input_positions(layer)  # [P, 2]
         nodes = list(GraphNode.objects.filter(graph=graph, layer=layer).order_by("rank")[:params["top_patterns"]])
-        units = np.asarray(result.units[layer.name][rows])  # [I_eval, nodes]: read once
-        scores = np.asarray(result.scores[layer.name][rows])
-        node_rows = []
-        node_values = []
-        for start in range(0, len(nodes), PATTERN_CHUNK):
-            chunk = nodes[start:start + PATTERN_CHUNK]
-            columns = [node.flat for node in chunk]
-            chosen = units[:, columns].astype(np.int64)
-            positions = unit_pos[chosen] * scale[:, None, :]
-            value, stds = location_instability(torch.from_numpy(positions),
-                                               torch.from_numpy(scores[:, columns]), landmark_t,
-                                               diagonals, top_images=params["top_images"],
-                                               combine=params["instability"])
-            for position, node in enumerate(chunk):
-                node_values.append(float(value[position]))
-                node_rows.append(_instability_row(graph, layer, GraphInstability.Kind.NODE, node.filter, node,
-                                                  node.rank, value[position], stds[position], names))
+        columns = [node.flat for node in nodes]
+        value, stds = pattern_instability(unit_pos, np.asarray(result.units[layer.name][rows])[:, columns],
+                                          np.asarray(result.scores[layer.name][rows])[:, columns], scale, **measure)
+        node_rows = [_instability_row(graph, layer, GraphInstability.Kind.NODE, node.filter, node, node.rank,
+                                      value[position], stds[position], names) for position, node in enumerate(nodes)]
+        node_values = [float(v) for v in value]
         # Raw filters: each filter's highest unit on each evaluation image; ranked by Σ_I max activation (all images).
         cache = maps[layer.name]
-        peaks_units = np.zeros((len(rows), layer.units), dtype=np.int64)
-        peaks_values = np.zeros((len(rows), layer.units), dtype=np.float64)
-        strength = np.zeros(layer.units, dtype=np.float64)
+        peaks = FilterPeakTally(dataset.image_count, layer.units, rows)
         for start in range(0, dataset.image_count, 256):
             block = np.arange(start, min(dataset.image_count, start + 256))
-            units_b, values_b = raw_filter_peaks(np.asarray(cache[block], dtype=np.float32))
-            strength += values_b.clamp(min=0).to(torch.float64).sum(0).numpy()
-            inside = np.isin(block, rows)
-            if inside.any():
-                where = np.searchsorted(rows, block[inside])
-                peaks_units[where] = units_b.numpy()[inside]
-                peaks_values[where] = values_b.numpy()[inside]
-        filter_order = np.argsort(-strength, kind="stable")[:params["top_patterns"]]
-        positions = unit_pos[peaks_units[:, filter_order]] * scale[:, None, :]
-        value, stds = location_instability(torch.from_numpy(positions), torch.from_numpy(peaks_values[:, filter_order]),
-                                           landmark_t, diagonals, top_images=params["top_images"],
-                                           combine=params["instability"])
+            peaks.add(block, np.asarray(cache[block], dtype=np.float32))
+        filter_order = peaks.ranking(params["top_patterns"])
+        value, stds = pattern_instability(unit_pos, peaks.peak_unit[:, filter_order],
+                                          peaks.peak_value[rows][:, filter_order].astype(np.float64), scale,
+                                          **{**measure, "chunk": max(1, len(filter_order))})
         filter_rows = [_instability_row(graph, layer, GraphInstability.Kind.FILTER, int(d), None, rank, value[rank - 1],
                                         stds[rank - 1], names)
                        for rank, d in enumerate(filter_order.tolist(), start=1)]
@@ -431,7 +402,7 @@ def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction
     else:
         chosen = np.argsort(-column, kind="stable")[:limit]
         chosen = chosen[column[chosen] > 0]
-    positions = _input_positions(node.layer, graph.network)
+    positions = _input_positions(node.layer)
     heights, widths = _image_table(graph.dataset)
     out = []
     for index in chosen.tolist():
@@ -468,7 +439,7 @@ def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index:
     else:
         chosen = np.argsort(-per_image, kind="stable")[:limit]
         chosen = chosen[per_image[chosen] > 0]
-    positions = _input_positions(layer, graph.network)
+    positions = _input_positions(layer)
     heights, widths = _image_table(graph.dataset)
     out = []
     for index in chosen.tolist():
@@ -599,7 +570,7 @@ def graph_export(run: Run, out_dir: Path) -> list[Path]:
 
 EXPLANATORY_GRAPH = register_job_kind(JobKind(
     name="explanatory_graph", label="Explanatory graph", queue=GPU_QUEUE, execute=graph_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=GRAPH_PARAMS, exporter=graph_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Zhang et al. AAAI'18: disentangles the part patterns mixed in each filter of a network's top conv "
                 "layers into graph nodes (top-down EM), infers them on every image, and measures their location "
                 "instability against raw filters."))

@@ -19,27 +19,32 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, Dataset, ExemplarKind, ExemplarSet, Layer, LayerExtraction, Network, Run,
                              UnitActivationSummary)
+from unitscope.spreadsheets import csv_writer
 
+from .exports import write_run_json
 from .networks import network_spec
 from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
 
-EXTRACTION_DEFAULTS = {"quantile": 0.995, "k_overall": 15, "k_per_class": 10, "batch_size": 64, "decile_seed": 0}
+EXTRACTION_PARAMS = p.ParamSchema({
+    "network": p.name(), "dataset": p.name(),
+    "layers": p.Param(str, min_items=1, many=True, help="layers to extract, in any order"),
+    "quantile": p.fraction(0.995, help="per-unit threshold level T_k (ND'18: 0.995, the top 0.005)"),
+    "k_overall": p.integers(1, 100, 15, help="top images per unit"),
+    "k_per_class": p.integers(1, 100, 10, help="top images per unit and object class"),
+    "batch_size": p.integers(1, 4096, 64), "decile_seed": p.seed(),
+})
+EXTRACTION_DEFAULTS = EXTRACTION_PARAMS.defaults
 DECILE_BINS = 10
+EXPORT_CHUNK_IMAGES = 256
 
 
 def extraction_params(*, network: str, dataset: str, layers: list[str], **overrides: Any) -> dict[str, Any]:
-    params = {"network": network, "dataset": dataset, "layers": list(layers), **EXTRACTION_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    if not layers:
-        raise RunInputError("Name at least one layer.")
-    if not 0 < params["quantile"] < 1:
-        raise RunInputError("quantile must lie strictly between 0 and 1")
-    if not (1 <= params["k_overall"] <= 100 and 1 <= params["k_per_class"] <= 100):
-        raise RunInputError("k_overall and k_per_class must be between 1 and 100")
-    return params
+    """The full, validated parameters of an ``extract`` run (defaults filled in)."""
+    return EXTRACTION_PARAMS.validate({"network": network, "dataset": dataset, "layers": layers, **overrides})
 
 
 def extraction_run_start(*, network: str, dataset: str, layers: list[str], created_by=None, inline: bool = False,
@@ -270,8 +275,58 @@ def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, de
     ExemplarSet.objects.bulk_create(sets, batch_size=2000)
 
 
+def extraction_export(run: Run, out_dir: Path) -> list[Path]:
+    """``<layer>.npy`` (float32, images × units × h × w: exactly the maps the statistics were computed from),
+    ``<layer>_units.csv`` (``unit,max_activation,threshold,active_images,status``, status ``live``, ``dead`` or
+    ``saturated`` as :class:`analysis.models.UnitStatus` defines them), ``images.csv`` (``index,image`` as in the
+    dataset's index.csv) and ``run.json``."""
+    extractions = list(LayerExtraction.objects.filter(run=run).select_related("layer__network", "dataset")
+                       .order_by("layer__order"))
+    if not extractions:
+        raise RunInputError(f"Run {run.pk} holds no extracted layer.")
+    written = []
+    for extraction in extractions:
+        maps = open_activation_cache(extraction)
+        path = out_dir / f"{extraction.layer.name}.npy"
+        target = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=maps.shape)
+        for start in range(0, maps.shape[0], EXPORT_CHUNK_IMAGES):  # bounded memory
+            target[start:start + EXPORT_CHUNK_IMAGES] = maps[start:start + EXPORT_CHUNK_IMAGES]
+        target.flush()
+        del target
+        written.append(path)
+        written.append(_write_unit_summaries(out_dir / f"{extraction.layer.name}_units.csv", extraction))
+    dataset, network = extractions[0].dataset, extractions[0].layer.network
+    images_path = out_dir / "images.csv"
+    with open(images_path, "w", newline="") as handle:
+        writer = csv_writer(handle)
+        writer.writerow(["index", "image"])
+        writer.writerows(dataset.images.order_by("index").values_list("index", "path"))
+    written.append(images_path)
+    written.append(write_run_json(out_dir, run, {
+        "network": network.name, "weights_sha256": network.weights_sha256, "dataset": dataset.name,
+        "dataset_dir": dataset.root_dir, "layers": [extraction.layer.name for extraction in extractions],
+        "shapes": {extraction.layer.name: [extraction.n_images, extraction.layer.units, extraction.map_height,
+                                           extraction.map_width] for extraction in extractions},
+        "preprocessing": {"input_size": [network.input_height, network.input_width], "mean": network.mean,
+                          "std": network.std, "resize": "bilinear with antialiasing when sizes differ",
+                          "activations": "post-layer outputs rounded to float16, exported as float32"},
+        "quantile": extractions[0].quantile, "k_overall": extractions[0].k_overall,
+        "k_per_class": extractions[0].k_per_class}))
+    return written
+
+
+def _write_unit_summaries(path: Path, extraction: LayerExtraction) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv_writer(handle)
+        writer.writerow(["unit", "max_activation", "threshold", "active_images", "status"])
+        writer.writerows((summary.unit.index, repr(summary.max_activation), repr(summary.threshold),
+                          summary.active_images, summary.status)
+                         for summary in extraction.unit_summaries.with_status().select_related("unit"))
+    return path
+
+
 EXTRACTION = register_job_kind(JobKind(
     name="extract", label="Extract activations", queue=GPU_QUEUE, execute=extraction_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=EXTRACTION_PARAMS, exporter=extraction_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Streams a dataset through a network: top images per unit (overall and per class), exact "
                 "top quantiles, decile samples; caches the maps."))

@@ -18,6 +18,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction, RenderedGrid, Run, UnitActivationSummary
 
@@ -28,8 +29,12 @@ GRID_TILE_MAX = 160
 IMAGE_CACHE_SIZE = 4096
 
 
+GRIDS_PARAMS = p.ParamSchema({"extraction_run": p.integers(1, 2**63 - 1, help="the run that extracted the layer"),
+                              "layer": p.name(help="dotted layer name")})
+
+
 def grids_run_start(*, extraction_run: int, layer: str, created_by=None, inline: bool = False) -> Run:
-    run, _ = run_start(kind=GRIDS.name, params={"extraction_run": int(extraction_run), "layer": layer},
+    run, _ = run_start(kind=GRIDS.name, params={"extraction_run": extraction_run, "layer": layer},
                        created_by=created_by, inline=inline)
     return run
 
@@ -76,37 +81,58 @@ def store_grid(picture, *, style: str) -> RenderedGrid:
     return grid
 
 
+class UnitGridRenderer:
+    """Draws the grids of one extraction's units (:func:`analysis.engine.rendering.render_unit_grid`): images read
+    once and cached, maps from the activation cache, upsampled anchored at receptive-field centres when the layer
+    has a geometry (plain otherwise). The one machine-side way to draw a unit's grid: exemplar grids here and the
+    crowd's purity grids call it."""
+
+    def __init__(self, extraction: LayerExtraction):
+        from analysis.engine.upsample import ANCHORED, PLAIN, upsampler_for
+
+        network = extraction.layer.network
+        self.maps = open_activation_cache(extraction)
+        self.images = DatasetImageCache(extraction.dataset)
+        self.geometry = extraction.layer.geometry
+        self.input_size = (network.input_height, network.input_width)
+        self.upsample = upsampler_for(self.geometry, ANCHORED if self.geometry is not None else PLAIN,
+                                      self.input_size)
+
+    def picture(self, unit: int, image_indices, *, vmax: float, columns: int, num_slots: int, peaks=None,
+                threshold: float | None = None):
+        """A ``PIL.Image`` of unit ``unit`` on ``image_indices`` (dataset indices, slot order); ``peaks`` and
+        ``threshold`` as :func:`analysis.engine.rendering.render_unit_grid`."""
+        import torch
+
+        from analysis.engine.rendering import render_unit_grid
+
+        pictures = np.stack([self.images[int(index)] for index in image_indices])
+        unit_maps = torch.from_numpy(np.asarray(self.maps[image_indices, unit], dtype=np.float32))
+        return render_unit_grid(pictures, unit_maps, upsample=self.upsample, geometry=self.geometry,
+                                input_size=self.input_size, vmax=vmax, columns=columns, num_slots=num_slots,
+                                tile=min(GRID_TILE_MAX, max(pictures.shape[1:3])), peaks=peaks, threshold=threshold)
+
+
 def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
-
-    from analysis.engine.upsample import upsample_anchored, upsample_plain
 
     extraction = (LayerExtraction.objects.select_related("layer__network", "dataset")
                   .filter(run_id=run.params["extraction_run"], layer__name=run.params["layer"]).first())
     if extraction is None:
         raise RunInputError(f"Run {run.params['extraction_run']} extracted no layer {run.params['layer']!r}.")
-    layer, network = extraction.layer, extraction.layer.network
-    maps = open_activation_cache(extraction)
-    images = DatasetImageCache(extraction.dataset)
+    layer = extraction.layer
+    renderer = UnitGridRenderer(extraction)
     summaries = {summary.unit_id: summary for summary in UnitActivationSummary.objects.filter(extraction=extraction)}
     sets = list(ExemplarSet.objects.filter(extraction=extraction).select_related("unit").order_by("unit__index", "id"))
-    input_size = (network.input_height, network.input_width)
-    anchored = layer.rf_stride_y is not None
     progress.phase(f"Rendering {len(sets)} grids of {layer.name}", total=len(sets))
-
-    def upsample(unit_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if anchored:
-            return upsample_anchored(unit_maps, size, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                                     rf_offset=(layer.rf_offset_y, layer.rf_offset_x), input_size=input_size)
-        return upsample_plain(unit_maps, size)
-
     pending: list[ExemplarSet] = []
     # The per-grid tensors are tiny: intra-op threads cost more than they save (3x slower measured).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for done, exemplar in enumerate(sets, start=1):
-            _render_one(exemplar, images, maps, summaries, upsample, layer, input_size, anchored)
+            exemplar.grid = store_grid(_exemplar_picture(renderer, exemplar, summaries[exemplar.unit_id]),
+                                       style=exemplar.kind)
             pending.append(exemplar)
             if len(pending) >= 200:
                 with transaction.atomic():
@@ -120,49 +146,20 @@ def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     return {"layer": layer.name, "grids": len(sets), "extraction_run": extraction.run_id}
 
 
-def _render_one(exemplar, images, maps, summaries, upsample, layer, input_size, anchored) -> None:
-    """Draw one exemplar set's grid and store it on ``exemplar.grid`` (saved by the caller)."""
-    import torch
-
-    from analysis.engine.rendering import render_activation_grid, render_threshold_grid
-    from analysis.engine.upsample import peak_coordinates
-
-    indices = exemplar.image_indices
-    pictures = np.stack([images[index] for index in indices])
-    size = pictures.shape[1:3]
-    unit_maps = torch.from_numpy(np.asarray(maps[indices, exemplar.unit.index], dtype=np.float32))
-    upsampled = upsample(unit_maps, size).numpy()
-    summary = summaries[exemplar.unit_id]
-    tile = min(GRID_TILE_MAX, max(size))
+def _exemplar_picture(renderer: UnitGridRenderer, exemplar: ExemplarSet, summary: UnitActivationSummary):
+    """One exemplar set's grid: ND'18 threshold style (3×5) for ``top_overall``, else GG'18 style with the set's
+    peaks (decile sets: each map's maximum), one row of ten for deciles, 2×5 otherwise."""
+    vmax = max(summary.max_activation, 1e-6)
     if exemplar.kind == ExemplarKind.TOP_OVERALL:
-        # A unit silent on more than the top quantile's share of positions has T_k = 0; "at or above 0"
-        # would light every pixel, so such a unit shows where it fires at all (> 0). Our choice.
-        threshold = summary.threshold if summary.threshold > 0 else float(np.nextafter(np.float32(0), 1))
-        picture = render_threshold_grid(pictures, upsampled, threshold, columns=5, num_slots=15, tile=tile)
-    else:
-        if exemplar.peaks:
-            positions = torch.tensor(exemplar.peaks, dtype=torch.int64)
-        else:  # decile sets: the peak of each image's map
-            flat = unit_maps.flatten(1).argmax(dim=1)
-            positions = torch.stack((flat // unit_maps.shape[2], flat % unit_maps.shape[2]), dim=1)
-        if anchored:
-            peaks = peak_coordinates(positions, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                                     rf_offset=(layer.rf_offset_y, layer.rf_offset_x))
-            scale = torch.tensor([size[0] / input_size[0], size[1] / input_size[1]], dtype=torch.float64)
-            peak_array = (peaks * scale).numpy()
-        else:
-            peak_array = upsampled.reshape(len(indices), -1).argmax(axis=1)
-            peak_array = np.stack(np.unravel_index(peak_array, size), axis=1).astype(np.float64) + 0.5
-        # No green square where the unit is silent: its "maximum" would be an arbitrary position.
-        silent = unit_maps.flatten(1).amax(dim=1).numpy() <= 0
-        peak_array[silent] = np.nan
-        columns = 10 if exemplar.kind == ExemplarKind.DECILE else 5
-        picture = render_activation_grid(pictures, upsampled, peak_array, vmax=max(summary.max_activation, 1e-6),
-                                          columns=columns, num_slots=10, tile=tile)
-    exemplar.grid = store_grid(picture, style=exemplar.kind)
+        return renderer.picture(exemplar.unit.index, exemplar.image_indices, vmax=vmax, columns=5, num_slots=15,
+                                threshold=summary.threshold)
+    return renderer.picture(exemplar.unit.index, exemplar.image_indices, vmax=vmax,
+                            columns=10 if exemplar.kind == ExemplarKind.DECILE else 5, num_slots=10,
+                            peaks=exemplar.peaks or None)
 
 
 GRIDS = register_job_kind(JobKind(
     name="render_grids", label="Render exemplar grids", queue=GPU_QUEUE, execute=grids_run_execute,
+    params=GRIDS_PARAMS, exporter=None,  # the grids are media files, served and listed by the unit pages and API
     soft_time_limit=6 * 3600, time_limit=6 * 3600 + 120,
     description="Draws every exemplar grid of a layer (GG'18, ND'18 and decile styles) into media storage."))

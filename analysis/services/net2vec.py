@@ -33,77 +33,60 @@ time and memory, a concept's training pixels are cut to ``max_train_pixels`` (a 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Concept, Net2VecClassification, Net2VecConcept, Net2VecStudy, Run, UpsampleMethod
+from unitscope.spreadsheets import csv_writer
 
-from .dissection import _ensure_extraction, _label_table, _resolve, _thresholds, _upsampler
+from .exports import write_run_json
 from .extraction import open_activation_cache
+from .inputs import run_inputs
 from .runs import RunInputError, RunProgress, run_start
 
-NET2VEC_DEFAULTS: dict[str, Any] = {
-    "concepts": 10, "epochs": 10, "lr": 1.0, "momentum": 0.9, "batch_images": 64, "pixels_per_image": 128,
-    "max_train_pixels": 32768,
-    "top_f": [1, 2, 4, 8, 16], "min_images": 5, "seed": 0, "upsample": UpsampleMethod.ANCHORED.value,
-    "quantile": 0.995, "strict_threshold": False, "batch_size": 16,
-    "classification": True, "classification_concepts": 200, "classification_epochs": 30, "classification_lr": 0.1,
-    "classification_batch_images": 64, "classification_top_f": [1, 2, 3, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 80,
-                                                               100, 128],
-    "standardize": True,
-}
 MAX_CONCEPTS = 500
+
+
+def _net2vec_rules(params: dict[str, Any]) -> None:
+    # F = 1 is the single-filter classifier Table 1 compares with: always trained
+    params["classification_top_f"] = sorted({1, *params["classification_top_f"]})
+
+
+NET2VEC_PARAMS = p.ParamSchema({
+    "network": p.name(), "dataset": p.name(), "layer": p.name(help="dotted layer name"),
+    "concepts": p.integers(1, MAX_CONCEPTS, 10, help="the layer's most frequent concepts probed (segmentation)"),
+    "epochs": p.integers(1, 1000, 10), "lr": p.Param(float, 1.0, low=0, low_open=True),
+    "momentum": p.Param(float, 0.9, low=0, high=1, high_open=True),
+    "batch_images": p.integers(1, 100_000, 64), "pixels_per_image": p.integers(1, 1_000_000, 128),
+    "max_train_pixels": p.integers(1, 10**10, 32768),
+    "top_f": p.Param(int, [1, 2, 4, 8, 16], low=1, high=100_000, many=True, min_items=1, max_items=32,
+                     unique_sorted=True, help="sizes F of the top-F filter subsets compared"),
+    "min_images": p.integers(1, 10**9, 5, help="fewest images a concept needs"),
+    "seed": p.seed(),
+    "upsample": p.choice(UpsampleMethod.values, UpsampleMethod.ANCHORED.value),
+    "quantile": p.fraction(0.995), "strict_threshold": p.Param(bool, False), "batch_size": p.integers(1, 1024, 16),
+    "classification": p.Param(bool, True, help="also learn image-classification probes (Table 1)"),
+    "classification_concepts": p.integers(1, MAX_CONCEPTS, 200),
+    "classification_epochs": p.integers(1, 10_000, 30),
+    "classification_lr": p.Param(float, 0.1, low=0, low_open=True),
+    "classification_batch_images": p.integers(2, 100_000, 64, help="half positives, half negatives"),
+    "classification_top_f": p.Param(int, [1, 2, 3, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 80, 100, 128], low=1,
+                                    high=100_000, many=True, min_items=1, unique_sorted=True),
+    "standardize": p.Param(bool, True),
+}, rules=_net2vec_rules)
+NET2VEC_DEFAULTS = NET2VEC_PARAMS.defaults
 #: The demo's Net2Vec runs (``analysis.services.demo``): the defaults, on more concepts.
 DEMO_NET2VEC: dict[str, Any] = {"concepts": 20}
 
 
 def net2vec_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of a ``net2vec`` run (defaults filled in)."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **NET2VEC_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    try:
-        for key in ("concepts", "epochs", "batch_images", "pixels_per_image", "max_train_pixels", "min_images", "seed",
-                    "batch_size", "classification_concepts", "classification_epochs", "classification_batch_images"):
-            params[key] = int(params[key])
-        for key in ("lr", "momentum", "quantile", "classification_lr"):
-            params[key] = float(params[key])
-        params["top_f"] = sorted({int(f) for f in params["top_f"]})
-        # F = 1 is the single-filter classifier Table 1 compares with: always trained
-        params["classification_top_f"] = sorted({1} | {int(f) for f in params["classification_top_f"]})
-    except (TypeError, ValueError):
-        raise RunInputError("numeric parameters of net2vec must be numbers (top_f a list of integers)") from None
-    for key in ("strict_threshold", "classification", "standardize"):
-        params[key] = bool(params[key])
-    if not 1 <= params["classification_concepts"] <= MAX_CONCEPTS:
-        raise RunInputError(f"classification_concepts must be between 1 and {MAX_CONCEPTS}")
-    if not 1 <= params["classification_epochs"] <= 10_000 or params["classification_lr"] <= 0:
-        raise RunInputError("classification_epochs must be between 1 and 10000 and classification_lr positive")
-    if not 2 <= params["classification_batch_images"] <= 100_000:
-        raise RunInputError("classification_batch_images must be at least 2 (half positives, half negatives)")
-    if any(f < 1 for f in params["classification_top_f"]):
-        raise RunInputError("classification_top_f sizes must be positive")
-    if params["upsample"] not in UpsampleMethod.values:
-        raise RunInputError(f"upsample must be one of {', '.join(UpsampleMethod.values)}")
-    if not 1 <= params["concepts"] <= MAX_CONCEPTS:
-        raise RunInputError(f"concepts must be between 1 and {MAX_CONCEPTS}")
-    if not 1 <= params["epochs"] <= 1000:
-        raise RunInputError("epochs must be between 1 and 1000")
-    if not 1 <= params["pixels_per_image"] <= 1_000_000 or not 1 <= params["batch_images"] <= 100_000:
-        raise RunInputError("pixels_per_image and batch_images must be positive")
-    if params["lr"] <= 0 or not 0 <= params["momentum"] < 1:
-        raise RunInputError("lr must be positive and momentum in [0, 1)")
-    if not 0 < params["quantile"] < 1:
-        raise RunInputError("quantile must lie strictly between 0 and 1")
-    if not 1 <= params["batch_size"] <= 1024 or params["min_images"] < 1:
-        raise RunInputError("batch_size must be between 1 and 1024 and min_images at least 1")
-    if params["max_train_pixels"] < 1:
-        raise RunInputError("max_train_pixels must be positive")
-    if any(f < 1 for f in params["top_f"]):
-        raise RunInputError("top_f sizes must be positive")
-    return params
+    return NET2VEC_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def net2vec_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
@@ -113,78 +96,6 @@ def net2vec_run_start(*, network: str, dataset: str, layer: str, created_by=None
                                                                  **overrides),
                        created_by=created_by, inline=inline)
     return run
-
-
-def _image_batches(maps, reader, rows, mask_rows, *, upsample, thresholds, strict, batch_size, device):
-    """Yield ``(rows, features bool Tensor[B, U, P], labels LongTensor[B, L, P], pooled float32 Tensor[B, U],
-    image labels LongTensor[n, 2] of (position in the batch, label id))`` per batch of ``mask_rows``; ``pooled``
-    is each raw map's spatial mean (eq. 5's input)."""
-    import torch
-
-    from analysis.engine.dissection_data import iter_label_batches
-    from analysis.engine.net2vec import pool_activations
-
-    t = thresholds.to(device).view(1, -1, 1, 1)
-    for first, stop, labels in iter_label_batches(reader, rows, mask_rows, batch_size=batch_size):
-        picked = mask_rows[first:stop]
-        raw = torch.from_numpy(np.array(maps[picked])).to(device=device, dtype=torch.float32)
-        up = upsample(raw, labels.size)
-        active = (up > t) if strict else (up >= t)
-        yield picked, active.flatten(2), labels.pixel.to(device).flatten(2), pool_activations(raw), labels.image
-
-
-def _presence(pixel, image_labels, n_labels):
-    """bool ``Tensor[B, n_labels]``: label id present in each image, at a pixel of any layer of ``pixel``
-    ``LongTensor[B, L, P]`` or, when ``image_labels`` (rows ``(position, id)``) is given, as a whole-image label;
-    label 0 never."""
-    import torch
-
-    b = pixel.shape[0]
-    present = torch.zeros(b, n_labels + 1, dtype=torch.bool, device=pixel.device)
-    ids = pixel.flatten(1)
-    present.scatter_(1, torch.where((ids >= 0) & (ids < n_labels), ids, n_labels), True)
-    if image_labels is not None and len(image_labels):
-        image_labels = image_labels.to(pixel.device)
-        known = image_labels[:, 1] < n_labels
-        present[image_labels[known, 0], image_labels[known, 1]] = True
-    present[:, 0] = False
-    return present[:, :n_labels]
-
-
-def _present_ids(pixel, valid):
-    """LongTensor of the label ids in ``pixel`` (> 0) whose entry of ``valid`` (bool ``Tensor[C]``) is True."""
-    import torch
-
-    counts = torch.bincount(pixel.flatten(), minlength=len(valid))[:len(valid)]
-    return torch.nonzero((counts > 0) & valid).flatten()
-
-
-def _truth(pixel, ids):
-    """bool ``Tensor[B, len(ids), P]``: pixels labelled with each of ``ids`` (LongTensor, ids > 0) in any layer of
-    ``pixel`` ``LongTensor[B, L, P]`` (a scatter through a lookup table: no [B, C, L, P] comparison)."""
-    import torch
-
-    size = max(int(pixel.max()) if pixel.numel() else 0, int(ids.max()) if len(ids) else 0) + 1
-    lookup = torch.full((size,), len(ids), dtype=torch.int64, device=pixel.device)
-    lookup[ids] = torch.arange(len(ids), device=pixel.device)
-    b, depth, p = pixel.shape
-    truth = torch.zeros(b, len(ids) + 1, p, dtype=torch.bool, device=pixel.device)
-    for layer in range(depth):
-        truth.scatter_(1, lookup[pixel[:, layer]].unsqueeze(1), True)
-    return truth[:, :len(ids)]
-
-
-def _batch_counts(features, truth):
-    """Set-IoU counts of one batch, per image: ``(intersection, union)`` int64 ``Tensor[B, C, M]`` for masks
-    ``features`` bool ``[B, M, P]`` against ``truth`` bool ``[B, C, P]``; zero where the image lacks the concept."""
-    import torch
-
-    f = features.to(torch.float32)
-    t = truth.to(torch.float32)
-    inter = torch.bmm(t, f.transpose(1, 2)).round().to(torch.int64)  # exact: counts < 2**24 per image
-    truth_sum = t.sum(2, keepdim=True).to(torch.int64)
-    union = (f.sum(2).to(torch.int64).unsqueeze(1) + truth_sum) * (truth_sum > 0) - inter
-    return inter, union
 
 
 @contextmanager
@@ -202,40 +113,31 @@ def _one_thread():
         torch.set_num_threads(previous)
 
 
-def _classification(params, pooled, presence, splits, valid, device, progress):
-    """§3.2 on the pooled activations: ``(top_f, results)``, one result dict per classified concept.
-
-    Concepts: every label with a category (pixel-level or whole-image) with at least ``min_images`` positive and
-    as many negative images in train and in val each; the ``classification_concepts`` most frequent (train + val
-    positives, ties by label id)."""
+def _classification(params, tally, splits, device, progress):
+    """§3.2 on the pooled activations: ``(top_f, results)``, one result dict per classified concept (concepts:
+    :func:`analysis.engine.net2vec.classification_concepts`)."""
     import torch
 
-    from analysis.engine.net2vec import ClassifierConfig, average_precision, balanced_accuracy, fit_concept_classifiers
+    from analysis.engine.net2vec import (TRAIN, VAL, ClassifierConfig, classification_concepts,
+                                         fit_concept_classifiers, score_classifiers)
 
     split = torch.tensor(splits)
-    train, val = split == 0, split == 1
-    positives = torch.stack([presence[train].sum(0), presence[val].sum(0)])  # [2, labels]
-    negatives = torch.stack([int(train.sum()) - positives[0], int(val.sum()) - positives[1]])
-    enough = (positives >= params["min_images"]).all(0) & (negatives >= params["min_images"]).all(0) & valid.cpu()
-    eligible = torch.nonzero(enough).flatten().tolist()
-    eligible.sort(key=lambda number: (-int(positives[:, number].sum()), number))
-    chosen = sorted(eligible[:params["classification_concepts"]])
+    chosen, positives, negatives = classification_concepts(tally.presence, split, tally.valid,
+                                                            min_images=params["min_images"],
+                                                            count=params["classification_concepts"])
     if not chosen:
         return [], []
-    k = pooled.shape[1]
-    top_f = [f for f in params["classification_top_f"] if f <= k]
+    top_f = [f for f in params["classification_top_f"] if f <= tally.n_units]
     progress.phase(f"Training image classifiers for {len(chosen)} concepts", total=1)
     config = ClassifierConfig(epochs=params["classification_epochs"], lr=params["classification_lr"],
                               momentum=params["momentum"], batch_images=params["classification_batch_images"],
                               standardize=params["standardize"], seed=params["seed"])
+    train, val = split == TRAIN, split == VAL
     dev = torch.device(device)
     with _one_thread():
-        fit = fit_concept_classifiers(pooled[train].to(dev), presence[train][:, chosen].to(dev), config=config,
-                                      top_f=top_f)
-    x_val, y_val = pooled[val], presence[val][:, chosen]
-    scored = [fit.full] + [fit.top[f] for f in top_f]
-    accuracy = [balanced_accuracy(classifiers.logits(x_val), y_val) for classifiers in scored]
-    ap = [average_precision(classifiers.logits(x_val), y_val) for classifiers in scored]
+        fit = fit_concept_classifiers(tally.pooled[train].to(dev), tally.presence[train][:, chosen].to(dev),
+                                      config=config, top_f=top_f)
+    accuracy, ap = score_classifiers(fit, top_f, tally.pooled[val], tally.presence[val][:, chosen])
     progress(1, 1)
     concepts = {concept.number: concept for concept in Concept.objects.filter(dataset__name=params["dataset"],
                                                                                 number__in=chosen)}
@@ -244,13 +146,12 @@ def _classification(params, pooled, presence, splits, valid, device, progress):
     results = []
     for column, number in enumerate(chosen):
         unit = int(torch.nonzero(fit.top_units[1][column]).flatten()[0])
-        single_accuracy, single_ap = float(accuracy[single][column]), float(ap[single][column])
         results.append(dict(
             concept=concepts[number], train_positives=int(positives[0, number]),
             train_negatives=int(negatives[0, number]), val_positives=int(positives[1, number]),
-            val_negatives=int(negatives[1, number]), single_unit=unit, single_val_accuracy=single_accuracy,
-            single_val_ap=single_ap, combination_val_accuracy=float(accuracy[0][column]),
-            combination_val_ap=float(ap[0][column]),
+            val_negatives=int(negatives[1, number]), single_unit=unit,
+            single_val_accuracy=float(accuracy[single][column]), single_val_ap=float(ap[single][column]),
+            combination_val_accuracy=float(accuracy[0][column]), combination_val_ap=float(ap[0][column]),
             top_f_val_accuracy={str(f): float(accuracy[1 + i][column]) for i, f in enumerate(top_f)},
             top_f_val_ap={str(f): float(ap[1 + i][column]) for i, f in enumerate(top_f)},
             embedding=[float(value) for value in fit.full.weight[column].tolist()],
@@ -262,154 +163,86 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
     import torch
 
     from analysis.engine.broden import BrodenReader
-    from analysis.engine.net2vec import ProbeConfig, fit_concept_probes, sample_pixels, set_iou, stack_probes
+    from analysis.engine.net2vec import (TRAIN, VAL, Net2VecTally, ProbeConfig, ProbeTally, best_single_filters,
+                                         fit_concept_probes, iter_unit_mask_batches, stack_probes)
 
     params = net2vec_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    upsample = _upsampler(params["upsample"], layer, network)
-    progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-    extraction = _ensure_extraction(network, dataset, layer, params["quantile"], progress)
-    thresholds = _thresholds(extraction, layer)
-    label_category, _ = _label_table(dataset)
+    inputs = run_inputs(params, progress=progress, thresholds=True, labels=True)
+    dataset, layer, extraction, thresholds = inputs.dataset, inputs.layer, inputs.extraction, inputs.thresholds
     maps = open_activation_cache(extraction)
     reader = BrodenReader(dataset.root_dir)
     rows = list(reader.rows())
     dev = torch.device(device)
-    n_labels, n_units = len(label_category), layer.units
-    valid = (label_category >= 0).to(dev)
+    valid = (inputs.label_category >= 0).to(dev)
     valid[0] = False  # label 0 is unlabeled
-    split_of = {"train": 0, "val": 1}
+    split_of = {"train": TRAIN, "val": VAL}
     splits = [split_of.get(row.split, -1) for row in rows]
-    if 0 not in splits or 1 not in splits:
+    if TRAIN not in splits or VAL not in splits:
         raise RunInputError(f"{dataset.name} needs both train and val images for Net2Vec.")
-    common = dict(upsample=upsample, thresholds=thresholds, strict=params["strict_threshold"],
-                  batch_size=params["batch_size"], device=dev)
 
-    # Pass 1: single-filter counts per split, presence, training samples.
-    inter = torch.zeros(2, n_labels, n_units, dtype=torch.int64, device=dev)
-    union = torch.zeros(2, n_labels, n_units, dtype=torch.int64, device=dev)
-    images = torch.zeros(2, n_labels, dtype=torch.int64)  # images with a pixel of each label, per split
-    concept_pixels = torch.zeros(2, n_labels, dtype=torch.int64, device=dev)  # Σ |L_c(x)| over those images
-    pooled = torch.zeros(len(rows), n_units, dtype=torch.float32)  # eq. 5's inputs, every image
-    presence = torch.zeros(len(rows), n_labels, dtype=torch.bool)  # concept in image (pixel or whole-image label)
-    pixel_presence = torch.zeros(len(rows), n_labels, dtype=torch.bool)  # concept at a pixel of the image
-    # training pixels per batch: (index.csv rows [b], features bool [b, n, U], label layers [b, L, n])
-    samples: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+    def batches(mask_rows):
+        return iter_unit_mask_batches(maps, reader, rows, mask_rows, upsample=inputs.upsample, thresholds=thresholds,
+                                      strict=params["strict_threshold"], batch_size=params["batch_size"], device=dev)
+
+    # Pass 1: single-filter counts per split, presence, pooled activations, training pixels.
+    tally = Net2VecTally(len(rows), valid, layer.units, pixels_per_image=params["pixels_per_image"],
+                         seed=params["seed"])
     progress.phase(f"Single filters and training pixels of {layer.name}", total=len(rows))
-    done = 0
-    with torch.no_grad():
-        for picked, features, pixel, pooled_batch, image_labels in _image_batches(
-                maps, reader, rows, list(range(len(rows))), **common):
-            pooled[picked] = pooled_batch.cpu()
-            presence[picked] = _presence(pixel, image_labels, n_labels).cpu()
-            at_pixels = _presence(pixel, None, n_labels) & valid
-            pixel_presence[picked] = at_pixels.cpu()
-            batch_split = torch.tensor([splits[row] for row in picked], device=dev)
-            ids = _present_ids(pixel, valid)
-            if len(ids):
-                truth = _truth(pixel, ids)
-                i, u = _batch_counts(features, truth)
-                truth_pixels = truth.sum(2)  # [B, C]
-                for split in (0, 1):
-                    in_split = batch_split == split
-                    inter[split, ids] += i[in_split].sum(0)
-                    union[split, ids] += u[in_split].sum(0)
-                    images[split] += at_pixels[in_split].sum(0).cpu()
-                    concept_pixels[split, ids] += truth_pixels[in_split].sum(0)
-            keep = ((batch_split == 0) & at_pixels.any(1)).nonzero().flatten()
-            if len(keep):
-                count = min(params["pixels_per_image"], features.shape[2])
-                pick = torch.stack([sample_pixels(features.shape[2], count, seed=params["seed"], image=picked[position])
-                                    for position in keep.tolist()]).to(dev)  # [b, n]
-                chosen_features = torch.gather(features[keep], 2, pick.unsqueeze(1).expand(-1, n_units, -1))
-                chosen_pixels = torch.gather(pixel[keep], 2, pick.unsqueeze(1).expand(-1, pixel.shape[1], -1))
-                samples.append(([picked[position] for position in keep.tolist()],
-                                chosen_features.transpose(1, 2).contiguous(), chosen_pixels))
-            done += len(picked)
-            progress(done, len(rows))
-
-    eligible = [number for number in range(n_labels)
-                if images[0, number] >= params["min_images"] and images[1, number] >= params["min_images"]]
-    eligible.sort(key=lambda number: (-int(images[0, number] + images[1, number]), number))
-    chosen = eligible[:params["concepts"]]
+    for batch in batches(list(range(len(rows)))):
+        tally.add(batch, torch.tensor([splits[row] for row in batch.rows.tolist()]))
+        progress(int(tally.seen.sum()), len(rows))
+    chosen = tally.segmentation_concepts(min_images=params["min_images"], count=params["concepts"])
     if not chosen:
         raise RunInputError(f"No concept of {dataset.name} has pixel labels in at least {params['min_images']} "
                             "train and val images each.")
-    single_train = set_iou(inter[0], union[0]).cpu()
-    single_val = set_iou(inter[1], union[1]).cpu()
-    # the trivial segmenter "every pixel of every image with the concept": IoU = the concept's share of those pixels
-    mask_pixels = torch.tensor([row.sh * row.sw for row in rows], dtype=torch.int64)
-    val_pixels = (pixel_presence[torch.tensor(splits) == 1].to(torch.int64)
-                  * mask_pixels[torch.tensor(splits) == 1].unsqueeze(1)).sum(0)
-    all_pixels = set_iou(concept_pixels[1].cpu(), val_pixels).tolist()
 
     # Training.
     config = ProbeConfig(epochs=params["epochs"], lr=params["lr"], momentum=params["momentum"],
                          batch_pixels=params["batch_images"] * params["pixels_per_image"], seed=params["seed"],
                          top_f=tuple(params["top_f"]), standardize=params["standardize"])
-    top_f = [f for f in params["top_f"] if f <= n_units]
+    top_f = [f for f in params["top_f"] if f <= layer.units]
     progress.phase(f"Training probes for {len(chosen)} concepts", total=len(chosen))
     fitted = {}
     for done, number in enumerate(chosen, start=1):
-        with_concept = [(features[has], layers[has]) for sampled_rows, features, layers in samples
-                        if (has := pixel_presence[sampled_rows, number].to(dev)).any()]
-        features = torch.cat([features.flatten(0, 1) for features, _ in with_concept])
-        target = torch.cat([(layers == number).any(1).flatten() for _, layers in with_concept])
-        if len(target) > params["max_train_pixels"]:
-            keep = sample_pixels(len(target), params["max_train_pixels"], seed=params["seed"], image=number).to(dev)
-            features, target = features[keep], target[keep]
+        features, target = tally.training_pixels(number, max_pixels=params["max_train_pixels"])
         with _one_thread():
             fitted[number] = fit_concept_probes(features, target, config=config)
         progress(done, len(chosen))
-    del samples
+    tally.release_training_pixels()
 
-    # Pass 2: the probes' set IoU on val images.
-    probes, owner = [], []
-    for position, number in enumerate(chosen):
-        for probe in [fitted[number].full] + [fitted[number].top[f] for f in top_f]:
-            probes.append(probe)
-            owner.append(position)
-    probe_inter = torch.zeros(len(chosen), len(probes), dtype=torch.int64, device=dev)
-    probe_union = torch.zeros_like(probe_inter)
-    val_rows = [row for row, split in enumerate(splits) if split == 1]
+    # Pass 2: the probes' set IoU on val images (per concept: the full probe, then the top-F ones).
+    probes = [probe for number in chosen for probe in [fitted[number].full] + [fitted[number].top[f] for f in top_f]]
+    weights, bias = stack_probes(probes, layer.units, device=dev)
+    scores = ProbeTally(weights, bias, torch.tensor(chosen, dtype=torch.int64, device=dev))
+    val_rows = [row for row, split in enumerate(splits) if split == VAL]
     progress.phase(f"Scoring the probes on {len(val_rows)} validation images", total=len(val_rows))
-    weights, bias = stack_probes(probes, n_units, device=dev)
-    chosen_ids = torch.tensor(chosen, dtype=torch.int64, device=dev)
-    done = 0
-    with torch.no_grad():
-        for picked, features, pixel, _, _ in _image_batches(maps, reader, rows, val_rows, **common):
-            logits = torch.einsum("mk,bkp->bmp", weights, features.to(torch.float32)) + bias.view(1, -1, 1)
-            i, u = _batch_counts(logits >= 0, _truth(pixel, chosen_ids))
-            probe_inter += i.sum(0)
-            probe_union += u.sum(0)
-            done += len(picked)
-            progress(done, len(val_rows))
-    probe_iou = set_iou(probe_inter, probe_union).cpu()
+    for batch in batches(val_rows):
+        scores.add(batch)
+        progress(scores.images, len(val_rows))
+    probe_iou = scores.result()
 
+    single_train, single_val = tally.single_filter_iou()
+    all_pixels = tally.all_pixels_iou().tolist()
+    # As in dissection, a unit whose threshold is 0 under "≥" is on at every pixel (saturated): not a candidate.
+    best = best_single_filters(single_train, chosen,
+                               excluded=None if params["strict_threshold"] else (thresholds <= 0))
     concepts = {concept.number: concept for concept in Concept.objects.filter(dataset=dataset, number__in=chosen)}
     results = []
-    column = 0
-    # As in dissection, a unit whose threshold is 0 under "≥" is on at every pixel (saturated): its IoU is
-    # just the concept's coverage, so it is not a candidate for the best single filter.
-    candidates = single_train.clone()
-    if not params["strict_threshold"]:
-        candidates[:, (thresholds <= 0).cpu()] = -1.0
     for position, number in enumerate(chosen):
-        best = int(torch.argmax(candidates[number]))  # first maximum: lowest unit index on ties
-        ious = probe_iou[position, column:column + 1 + len(top_f)].tolist()
-        column += 1 + len(top_f)
-        fit = fitted[number]
-        results.append(dict(concept=concepts[number], train_images=int(images[0, number]),
-                            val_images=int(images[1, number]), alpha=fit.alpha, best_unit=best,
-                            best_unit_train_iou=float(single_train[number, best]),
-                            single_val_iou=float(single_val[number, best]), combination_val_iou=ious[0],
+        ious = probe_iou[position, position * (1 + len(top_f)):(position + 1) * (1 + len(top_f))].tolist()
+        fit, unit = fitted[number], best[position]
+        results.append(dict(concept=concepts[number], train_images=int(tally.images[TRAIN, number]),
+                            val_images=int(tally.images[VAL, number]), alpha=fit.alpha, best_unit=unit,
+                            best_unit_train_iou=float(single_train[number, unit]),
+                            single_val_iou=float(single_val[number, unit]), combination_val_iou=ious[0],
                             top_f_val_iou={str(f): iou for f, iou in zip(top_f, ious[1:])},
                             all_pixels_val_iou=all_pixels[number],
                             embedding=[float(value) for value in fit.full.weight.tolist()], bias=fit.full.bias))
     wins = sum(result["combination_val_iou"] >= result["single_val_iou"] for result in results)
     classification_top_f, classified = ([], [])
     if params["classification"]:
-        classification_top_f, classified = _classification(params, pooled, presence, splits, valid, device, progress)
+        classification_top_f, classified = _classification(params, tally, splits, device, progress)
+    del tally
     classification_wins = sum(result["combination_val_accuracy"] >= result["single_val_accuracy"]
                               for result in classified)
     with transaction.atomic():
@@ -471,8 +304,72 @@ def net2vec_layer_table(network) -> list[dict[str, Any]]:
     return table
 
 
+def net2vec_export(run: Run, out_dir: Path) -> list[Path]:
+    """``segmentation.csv`` and ``segmentation_weights.npz``, ``classification.csv`` and
+    ``classification_weights.npz`` (when the run trained classifiers), and ``run.json``.
+
+    ``segmentation.csv``: one row per concept: ``concept,category,train_images,val_images,alpha,best_unit,
+    best_unit_train_iou,single_val_iou,combination_val_iou,all_pixels_val_iou`` then ``top<F>_val_iou`` per subset
+    size F (empty where F exceeded the layer); units 0-based, IoUs as Python ``repr``. ``classification.csv``: per
+    concept the split counts, the single unit, balanced val accuracy and AP of the single unit, of the combination
+    and of each top-F classifier. The ``.npz`` files hold ``concepts`` (names, the CSV's order), ``weight`` float32
+    ``[concepts, units]`` and ``bias`` float32 ``[concepts]`` (segmentation: the learned w, b; classification: eq.
+    5's ``raw_weight`` and b on raw pooled activations, plus ``standardized_weight``, the w per input std).
+    """
+    study = Net2VecStudy.objects.select_related("layer__network", "dataset").filter(run=run).first()
+    if study is None:
+        raise RunInputError(f"Run {run.pk} holds no Net2Vec study.")
+    written = []
+    segmentation = list(study.concept_results.select_related("concept").order_by("concept__name"))
+    tops = [str(f) for f in study.top_f]
+    written += _probe_table(out_dir, "segmentation", segmentation, [
+        "train_images", "val_images", "alpha", "best_unit", "best_unit_train_iou", "single_val_iou",
+        "combination_val_iou", "all_pixels_val_iou"], {f"top{f}_val_iou": ("top_f_val_iou", f) for f in tops},
+        weights={"weight": "embedding"})
+    classification = list(study.classifications.select_related("concept").order_by("concept__name"))
+    if classification:
+        tops = [str(f) for f in study.classification_top_f]
+        written += _probe_table(out_dir, "classification", classification, [
+            "train_positives", "train_negatives", "val_positives", "val_negatives", "single_unit",
+            "single_val_accuracy", "single_val_ap", "combination_val_accuracy", "combination_val_ap"],
+            {**{f"top{f}_val_accuracy": ("top_f_val_accuracy", f) for f in tops},
+             **{f"top{f}_val_ap": ("top_f_val_ap", f) for f in tops}},
+            weights={"weight": "raw_weight", "standardized_weight": "embedding"})
+    written.append(write_run_json(out_dir, run, {
+        "network": study.layer.network.name, "layer": study.layer.name, "units": study.layer.units,
+        "dataset": study.dataset.name, "upsample": study.upsample, "quantile": study.quantile,
+        "segmentation_concepts": len(segmentation), "classification_concepts": len(classification),
+        "rules": {"iou": "set IoU over the val images holding the concept at pixel level (Net2Vec §3.1.1)",
+                  "best_unit": "chosen by train IoU, reported on val",
+                  "accuracy": "balanced accuracy on the val images (Net2Vec §3.2)"}}))
+    return written
+
+
+def _probe_table(out_dir: Path, name: str, rows: list, columns: list[str], keyed: dict[str, tuple[str, str]], *,
+                 weights: dict[str, str]) -> list[Path]:
+    """``<name>.csv`` (concept, category, ``columns``, then ``keyed`` columns read from a per-F dict field) and
+    ``<name>_weights.npz`` (``concepts``, ``bias`` and each ``weights`` array from its list field)."""
+    table = out_dir / f"{name}.csv"
+
+    def shown(value):
+        return repr(float(value)) if isinstance(value, float) else value
+
+    with open(table, "w", newline="") as handle:
+        writer = csv_writer(handle)
+        writer.writerow(["concept", "category", *columns, *keyed])
+        for row in rows:
+            writer.writerow([row.concept.name, row.concept.category, *(shown(getattr(row, c)) for c in columns),
+                             *(shown(getattr(row, field).get(f, "")) for field, f in keyed.values())])
+    arrays = {key: np.asarray([getattr(row, field) for row in rows], dtype=np.float32)
+              for key, field in weights.items()}
+    npz = out_dir / f"{name}_weights.npz"
+    np.savez(npz, concepts=np.asarray([row.concept.name for row in rows]),
+             bias=np.asarray([row.bias for row in rows], dtype=np.float32), **arrays)
+    return [table, npz]
+
+
 NET2VEC = register_job_kind(JobKind(
     name="net2vec", label="Net2Vec probes", queue=GPU_QUEUE, execute=net2vec_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=NET2VEC_PARAMS, exporter=net2vec_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Fong & Vedaldi: best single filter vs learned filter combinations (and top-F subsets) as "
                 "segmenters of a layer's most frequent concepts; concept embeddings."))

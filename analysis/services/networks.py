@@ -10,13 +10,19 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Dataset, Layer, Network, NetworkSource, Run, Unit
 
 from .runs import RunInputError, RunProgress, run_start
 
-DEMO_TRAINING_DEFAULTS = {"dataset": "probe-world", "name": "demo-net", "epochs": 8, "seed": 0, "lr": 1e-3,
-                          "batch_size": 64}
+DEMO_TRAINING_PARAMS = p.ParamSchema({
+    "dataset": p.name("probe-world", help="a dataset with one object class per image, such as the probe world"),
+    "name": p.name("demo-net", slug=True, help="network name to register"),
+    "epochs": p.integers(1, 500, 8), "seed": p.seed(), "lr": p.Param(float, 1e-3, low=0, low_open=True),
+    "batch_size": p.integers(1, 4096, 64),
+})
+DEMO_TRAINING_DEFAULTS = DEMO_TRAINING_PARAMS.defaults
 
 
 def file_sha256(path: str | Path) -> str:
@@ -46,6 +52,7 @@ def network_register(*, name: str, spec, description: str = "", trained_on: Data
 
     Raises :class:`RunInputError` with a readable message for anything the user can fix.
     """
+    from django.core.exceptions import ValidationError
     from django.core.validators import validate_slug
 
     from analysis.engine.networks import NetworkError, NetworkKind, discover_layers, load_network
@@ -53,7 +60,7 @@ def network_register(*, name: str, spec, description: str = "", trained_on: Data
 
     try:
         validate_slug(name)
-    except Exception:
+    except ValidationError:
         raise RunInputError(f"{name!r} is not a valid network name: use letters, digits, '-' and '_'.") from None
     if Network.objects.filter(name=name).exists():
         raise RunInputError(f"A network named {name!r} already exists.")
@@ -109,11 +116,7 @@ def _geometry_fields(geometry) -> dict[str, Any]:
 # -- the demo network ---------------------------------------------------------------------------------
 
 def demo_training_params(**overrides: Any) -> dict[str, Any]:
-    params = dict(DEMO_TRAINING_DEFAULTS)
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    if not 1 <= params["epochs"] <= 500:
-        raise RunInputError("epochs must be between 1 and 500")
-    return params
+    return DEMO_TRAINING_PARAMS.validate(overrides)
 
 
 def demo_training_run_start(*, created_by=None, inline: bool = False, **params: Any) -> Run:
@@ -201,5 +204,6 @@ def demo_training_run_execute(*, run: Run, progress: RunProgress, device: str) -
 
 DEMO_TRAINING = register_job_kind(JobKind(
     name="train_demo_network", label="Train the demo network", queue=GPU_QUEUE, execute=demo_training_run_execute,
+    params=DEMO_TRAINING_PARAMS, exporter=None,  # the trained network is registered; its weights file is on disk
     soft_time_limit=3 * 3600, time_limit=3 * 3600 + 120,
     description="Trains the small AlexNet-like CNN on the probe world's object classes and registers it."))

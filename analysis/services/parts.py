@@ -42,27 +42,18 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
                              PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
 from unitscope.spreadsheets import csv_field, csv_writer
 
-from .dissection import _ensure_extraction, _resolve
+from .inputs import ensure_extraction, layer_geometry, run_inputs
 from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
 from .networks import network_spec
 from .runs import RunInputError, RunProgress, run_start
 
 RCNN_CONTEXT = 16 / 227
-PART_DEFAULTS: dict[str, Any] = {
-    "inputs": PartInputs.OBJECT_CROPS.value, "split": "train", "context": RCNN_CONTEXT, "iou_threshold": 0.4,
-    "nms_iou": 0.3, "regression": True, "intercept": True, "min_part_size": 15.0, "min_instances": 11,
-    "population": 200, "generations": 100, "crossover": 0.7, "mutation": 0.3, "init_probability": 0.02,
-    "seed": 0, "ap_criterion": 0.3, "recall_criterion": 0.5, "max_views": 0, "batch_size": 64,
-}
-ABLATION_DEFAULTS: dict[str, Any] = {
-    "inputs": PartInputs.OBJECT_CROPS.value, "split": "train", "context": RCNN_CONTEXT, "score": "softmax",
-    "sigma_factor": 2.0, "max_images": 0, "seed": 0, "blackout": True, "batch_size": 32,
-}
 SPLITS = ("train", "val", "all")
 # The demo (analysis.services.demo): the paper's settings on a seeded sample of views per class, so that the two
 # layers' part studies and ablations add a few minutes to the default build on two CPU cores.
@@ -75,66 +66,61 @@ CURVE_POINTS = 150
 
 # -- parameters ---------------------------------------------------------------------------------------
 
-def _common(params: dict[str, Any]) -> None:
-    if params["inputs"] not in PartInputs.values:
-        raise RunInputError(f"inputs must be one of {', '.join(PartInputs.values)}")
-    if params["split"] not in SPLITS:
-        raise RunInputError(f"split must be one of {', '.join(SPLITS)}")
-    try:
-        params["context"] = float(params["context"])
-        params["batch_size"] = int(params["batch_size"])
-        params["seed"] = int(params["seed"])
-    except (TypeError, ValueError):
-        raise RunInputError("context, batch_size and seed must be numbers") from None
-    if not 0 <= params["context"] < 0.4:
-        raise RunInputError("context must lie in [0, 0.4): the share of the input on each side of the box")
-    if not 1 <= params["batch_size"] <= 4096:
-        raise RunInputError("batch_size must be between 1 and 4096")
+def _share(default: float, **kwargs: Any) -> p.Param:
+    return p.Param(float, default, low=0, high=1, **kwargs)
+
+
+def _view_params(**fields: p.Param) -> dict[str, p.Param]:
+    """The parameters both kinds take: the layer, and which views of which images feed the network."""
+    return {
+        "network": p.name(), "dataset": p.name(), "layer": p.name(help="dotted layer name"),
+        "inputs": p.choice(PartInputs.values, PartInputs.OBJECT_CROPS.value,
+                           help="object crops (GG'18) or whole images"),
+        "split": p.choice(SPLITS, "train"),
+        "context": p.Param(float, RCNN_CONTEXT, low=0, high=0.4, high_open=True,
+                           help="the share of the input on each side of the box (R-CNN: 16/227)"),
+        "seed": p.seed(),
+        **fields,
+    }
+
+
+PART_PARAMS = p.ParamSchema(_view_params(
+    iou_threshold=p.Param(float, 0.4, low=0, high=1, low_open=True, help="a detection's IoU with its part box"),
+    nms_overlap=p.choice(("suppressed_area", "iou"), "suppressed_area",
+                         help="NMS overlap: intersection over the suppressed box's area (Felzenszwalb et al. 2010, "
+                              "cited by GG'18) or IoU (R-CNN)"),
+    nms_threshold=p.Param(float, 0.5, low=0, high=1, low_open=True,
+                          help="suppress above this overlap (Felzenszwalb: 0.5; R-CNN's IoU rule: 0.3)"),
+    regression=p.Param(bool, True, help="box regression on the filter's activations"),
+    intercept=p.Param(bool, True, help="the regression has an intercept"),
+    min_part_size=p.Param(float, 15.0, low=0, help="drop parts whose mean box side is at most this many pixels "
+                                                   "(GG'18: 15)"),
+    min_instances=p.integers(1, 10**7, 11, help="fewest instances a part class needs"),
+    population=p.integers(2, 10000, 200, help="GA population"),
+    generations=p.integers(0, 10000, 100, help="GA generations"),
+    crossover=_share(0.7), mutation=_share(0.3), init_probability=_share(0.02),
+    ap_criterion=_share(0.3, help="a part emerged when its GA AP exceeds this"),
+    recall_criterion=_share(0.5),
+    max_views=p.integers(0, 10**9, 0, help="a seeded sample of views per class (0 = all)"),
+    batch_size=p.integers(1, 4096, 64)))
+PART_DEFAULTS = PART_PARAMS.defaults
+ABLATION_PARAMS = p.ParamSchema(_view_params(
+    score=p.choice(("softmax", "logit"), "softmax"),
+    sigma_factor=p.Param(float, 2.0, low=0, low_open=True, help="discriminative when δ exceeds this many σ"),
+    max_images=p.integers(0, 10**9, 0, help="views per class (0 = all)"),
+    blackout=p.Param(bool, True, help="also black out every part (GG'18 §6)"),
+    batch_size=p.integers(1, 4096, 32)))
+ABLATION_DEFAULTS = ABLATION_PARAMS.defaults
 
 
 def part_detection_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of a ``score_parts`` run (defaults filled in)."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **PART_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    _common(params)
-    try:
-        for key in ("iou_threshold", "nms_iou", "min_part_size", "crossover", "mutation", "init_probability",
-                    "ap_criterion", "recall_criterion"):
-            params[key] = float(params[key])
-        for key in ("min_instances", "population", "generations", "max_views"):
-            params[key] = int(params[key])
-    except (TypeError, ValueError):
-        raise RunInputError("numeric parameters of score_parts must be numbers") from None
-    params["regression"] = bool(params["regression"])
-    params["intercept"] = bool(params["intercept"])
-    if not 0 < params["iou_threshold"] <= 1 or not 0 < params["nms_iou"] <= 1:
-        raise RunInputError("iou_threshold and nms_iou must lie in (0, 1]")
-    if not 2 <= params["population"] <= 10000 or not 0 <= params["generations"] <= 10000:
-        raise RunInputError("population must be 2–10000 and generations 0–10000")
-    for key in ("crossover", "mutation", "init_probability", "ap_criterion", "recall_criterion"):
-        if not 0 <= params[key] <= 1:
-            raise RunInputError(f"{key} must lie in [0, 1]")
-    if params["min_instances"] < 1 or params["max_views"] < 0 or params["min_part_size"] < 0:
-        raise RunInputError("min_instances must be positive, max_views and min_part_size not negative")
-    return params
+    return PART_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def ablation_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
     """The full, validated parameters of an ``ablate`` run (defaults filled in)."""
-    params = {"network": network, "dataset": dataset, "layer": layer, **ABLATION_DEFAULTS}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    _common(params)
-    if params["score"] not in ("softmax", "logit"):
-        raise RunInputError("score must be softmax or logit")
-    try:
-        params["sigma_factor"] = float(params["sigma_factor"])
-        params["max_images"] = int(params["max_images"])
-    except (TypeError, ValueError):
-        raise RunInputError("sigma_factor and max_images must be numbers") from None
-    if params["sigma_factor"] <= 0 or params["max_images"] < 0:
-        raise RunInputError("sigma_factor must be positive and max_images not negative (0 = all)")
-    params["blackout"] = bool(params["blackout"])
-    return params
+    return ABLATION_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
 def part_detection_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
@@ -209,12 +195,12 @@ def _dataset_boxes(dataset: Dataset, split: str) -> DatasetBoxes:
 
 def _views(boxes: DatasetBoxes, class_id: int, inputs: str, context: float) -> list[View]:
     """The views of an object class (object crops with context, or the images holding it), by image order."""
+    from analysis.engine.part_detection import context_frame
+
     views = []
     if inputs == PartInputs.OBJECT_CROPS:
-        grow = context / (1 - 2 * context)
-        for image, obj, (x1, y1, x2, y2) in boxes.objects.get(class_id, []):
-            pad_x, pad_y = (x2 - x1) * grow, (y2 - y1) * grow
-            views.append(View(image, (x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y), obj, (x1, y1, x2, y2)))
+        for image, obj, box in boxes.objects.get(class_id, []):
+            views.append(View(image, context_frame(box, context), obj, box))
     else:
         first_box: dict[int, tuple] = {}
         for image, obj, box in boxes.objects.get(class_id, []):
@@ -231,26 +217,6 @@ def _sample(views: list[View], limit: int, seed: int, salt: int) -> list[View]:
     rng = np.random.default_rng([seed, salt])
     keep = np.sort(rng.choice(len(views), size=limit, replace=False))
     return [views[k] for k in keep]
-
-
-def _to_view(boxes_img: np.ndarray, view: View, input_size: tuple[int, int]) -> np.ndarray:
-    """Image-pixel boxes ``[n, 4]`` -> the view's input pixels."""
-    x1, y1, x2, y2 = view.frame
-    sx, sy = input_size[1] / (x2 - x1), input_size[0] / (y2 - y1)
-    out = np.asarray(boxes_img, dtype=np.float64).reshape(-1, 4).copy()
-    out[:, 0::2] = (out[:, 0::2] - x1) * sx
-    out[:, 1::2] = (out[:, 1::2] - y1) * sy
-    return out
-
-
-def _to_image(boxes_view: np.ndarray, frames: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """Input-pixel boxes ``[n, 4]`` with their views' frames ``[n, 4]`` -> image pixels."""
-    sx = (frames[:, 2] - frames[:, 0]) / input_size[1]
-    sy = (frames[:, 3] - frames[:, 1]) / input_size[0]
-    out = np.asarray(boxes_view, dtype=np.float64).copy()
-    out[:, 0::2] = out[:, 0::2] * sx[:, None] + frames[:, 0:1]
-    out[:, 1::2] = out[:, 1::2] * sy[:, None] + frames[:, 1:2]
-    return out
 
 
 class _Images:
@@ -279,8 +245,9 @@ class _Images:
 
     def inputs(self, views: list[View], mode: str, masks: dict[int, Any] | None = None):
         """``float32 [V, 3, H, W]``: each view's crop warped to the input (or the whole image resized as the
-        extraction does: bilinear, antialiased, rounded to uint8), after mean subtraction; with ``masks``
-        (``{image: bool [ih, iw]}``) those pixels are set to 0 first. Images of one size are processed together."""
+        extraction does: bilinear, antialiased, rounded to uint8), after mean subtraction; with ``masks`` (one
+        ``bool [ih, iw]`` per view, in ``views``' order) those pixels of the view's image are set to 0 first, so two
+        views of one image can black out different pixels. Images of one size are processed together."""
         import torch
         import torch.nn.functional as F
         from torchvision.ops import roi_align
@@ -293,14 +260,17 @@ class _Images:
         for position, view in enumerate(views):
             by_size[arrays[view.image].shape[:2]].append(position)
         for size, positions in by_size.items():
-            images = list(dict.fromkeys(views[p].image for p in positions))
-            slot = {image: k for k, image in enumerate(images)}
-            batch = torch.from_numpy(np.stack([arrays[image] for image in images])).permute(0, 3, 1, 2).to(self.device)
+            # one slot per image, or per view when each view blacks out its own pixels
+            keys = list(positions) if masks is not None else list(dict.fromkeys(views[p].image for p in positions))
+            slot = {key: k for k, key in enumerate(keys)}
+            slot_of = [slot[p] if masks is not None else slot[views[p].image] for p in positions]
+            batch = torch.from_numpy(np.stack([arrays[views[key].image] if masks is not None else arrays[key]
+                                               for key in keys])).permute(0, 3, 1, 2).to(self.device)
             if mode == PartInputs.OBJECT_CROPS:
                 x = normalize_images(batch, self.network.mean, self.network.std)
                 if masks is not None:
-                    x = x.masked_fill(torch.stack([masks[image] for image in images])[:, None], 0.0)
-                boxes = torch.tensor([[slot[views[p].image], *views[p].frame] for p in positions], dtype=torch.float32,
+                    x = x.masked_fill(torch.stack([masks[p] for p in positions])[:, None], 0.0)
+                boxes = torch.tensor([[k, *views[p].frame] for k, p in zip(slot_of, positions)], dtype=torch.float32,
                                      device=self.device)
                 out[positions] = roi_align(x, boxes, output_size=self.input_size, spatial_scale=1.0, sampling_ratio=2,
                                            aligned=True)
@@ -310,9 +280,9 @@ class _Images:
                                           antialias=True).round().clamp(0, 255).byte()
                 x = normalize_images(batch, self.network.mean, self.network.std)
                 if masks is not None:
-                    mask = torch.stack([masks[image] for image in images])[:, None].float()
+                    mask = torch.stack([masks[p] for p in positions])[:, None].float()
                     x = x.masked_fill(F.interpolate(mask, size=self.input_size, mode="nearest") > 0.5, 0.0)
-                out[positions] = x[[slot[views[p].image] for p in positions]]
+                out[positions] = x[slot_of]
         return out
 
 
@@ -325,27 +295,13 @@ def _load_model(network: Network, device):
         raise RunInputError(str(error)) from None
 
 
-def _geometry(layer: Layer):
-    from analysis.engine.receptive_field import LayerGeometry
-
-    if layer.rf_size_y is None or layer.rf_stride_y is None or layer.rf_offset_y is None:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so its "
-                            "activations cannot be placed on the image.")
-    return LayerGeometry(size=(int(layer.rf_size_y), int(layer.rf_size_x)),
-                         stride=(int(layer.rf_stride_y), int(layer.rf_stride_x)),
-                         offset=(float(layer.rf_offset_y), float(layer.rf_offset_x)))
-
-
 def _part_classes(boxes: DatasetBoxes, *, min_part_size: float, min_instances: int) -> list[dict[str, Any]]:
     """Eligible part classes (object class, part) with their sizes, ordered by object then part name."""
+    from analysis.engine.part_detection import part_size
+
     found = []
     for (class_id, part_id), entries in boxes.parts.items():
-        part_boxes = np.array([box for _, _, box in entries], dtype=np.float64)
-        widths, heights = part_boxes[:, 2] - part_boxes[:, 0], part_boxes[:, 3] - part_boxes[:, 1]
-        mean_size = float(np.mean((widths + heights) / 2))
-        objects = np.array([box for _, _, box in boxes.objects[class_id]], dtype=np.float64)
-        object_area = float(np.mean((objects[:, 2] - objects[:, 0]) * (objects[:, 3] - objects[:, 1])))
-        relative = float(np.mean(widths * heights) / object_area) if object_area > 0 else 0.0
+        mean_size, relative = part_size([box for _, _, box in entries], [box for _, _, box in boxes.objects[class_id]])
         obj, part = boxes.concepts[class_id], boxes.concepts[part_id]
         found.append({"class_id": class_id, "part_id": part_id, "name": f"{obj.name}-{part.name}",
                       "object_name": obj.name, "instances": len(entries), "mean_size": mean_size,
@@ -375,19 +331,16 @@ def _class_maps(views, images: _Images, model, layer: Layer, params, extraction,
     return torch.cat(out)
 
 
-def _score_part(maps, peaks, peak_features, part: dict, views: list[View], boxes: DatasetBoxes, geometry, params,
+def _score_part(maps, detections, part: dict, views: list[View], boxes: DatasetBoxes, geometry, params,
                 input_size, progress=None) -> dict[str, Any]:
-    """Detections, APs and filter combinations of one part class over its object class's views."""
+    """Detections, APs and filter combinations of one part class over its object class's views
+    (:func:`analysis.engine.part_detection.score_part`), boxes saved in image pixels."""
     import torch
 
-    from analysis.engine.genetic import GAConfig, run_ga, top_filters
-    from analysis.engine.part_detection import (DetectionMatching, apply_box_regressors, best_ground_truth,
-                                                fit_box_regressors, grouped_nms, neighbourhood_features_all,
-                                                regression_pairs)
-    from analysis.engine.receptive_field import unit_centers
+    from analysis.engine.genetic import GAConfig
+    from analysis.engine.part_detection import (DetectionConfig, boxes_to_image, boxes_to_view, location_prior_score,
+                                                score_part)
 
-    device = maps.device
-    n_views, n_filters, h, w = maps.shape
     index_of = defaultdict(list)
     for position, view in enumerate(views):
         index_of[view.image].append(position)
@@ -398,88 +351,40 @@ def _score_part(maps, peaks, peak_features, part: dict, views: list[View], boxes
                 gt_view.append(position)
                 gt_image_boxes.append(box)
     gt_image_boxes = np.array(gt_image_boxes, dtype=np.float64).reshape(-1, 4)
-    gt_view_np = np.array(gt_view, dtype=np.int64)
-    gt_in_view = np.concatenate([_to_view(gt_image_boxes[k:k + 1], views[v], input_size)
-                                 for k, v in enumerate(gt_view)]) if gt_view else np.zeros((0, 4))
-    gt_boxes_t = torch.tensor(gt_in_view, dtype=torch.float32, device=device)
-    gt_view_t = torch.tensor(gt_view_np, dtype=torch.int64, device=device)
-    cy, cx = unit_centers(geometry, h, w, device=device)
-
-    # Box regression per filter (pairs shared by all filters; activations differ).
-    weights = torch.zeros((n_filters, 12 if params["intercept"] else 11, 4), dtype=torch.float64, device=device)
-    fitted = torch.zeros(n_filters, dtype=torch.bool, device=device)
-    if params["regression"] and len(gt_view):
-        box, row, col = regression_pairs(cy, cx, gt_boxes_t, gt_view_t)
-        pair_view = gt_view_t[box]
-        g = gt_boxes_t[box].to(torch.float64)
-        targets = torch.stack([(g[:, 0] + g[:, 2]) / 2 - cx[col], (g[:, 1] + g[:, 3]) / 2 - cy[row],
-                               g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]], dim=1)
-        chunk = max(1, int(1_000_000 // max(1, len(box))))  # bounds the [chunk, K, 12] float64 design
-        for start in range(0, n_filters, chunk):
-            stop = min(n_filters, start + chunk)
-            feats = neighbourhood_features_all(maps[:, start:stop], pair_view, row, col, cy, cx)
-            acts = maps[pair_view, start:stop, row, col].T
-            w_chunk, ok = fit_box_regressors(feats, acts, targets, intercept=params["intercept"])
-            filters = slice(start, stop)
-            weights[filters], fitted[filters] = w_chunk, ok
-    boxes_view = apply_box_regressors(weights, fitted, peaks.filter, peak_features,
-                                      (geometry.size[0], geometry.size[1]), intercept=params["intercept"],
-                                      frame=input_size)
-    keep = grouped_nms(boxes_view, peaks.score, peaks.filter * n_views + peaks.view, params["nms_iou"])
-    det_boxes, det_view = boxes_view[keep], peaks.view[keep]
-    det_filter, det_score = peaks.filter[keep], peaks.score[keep]
-    best = best_ground_truth(det_boxes, det_view, gt_boxes_t, gt_view_t, params["iou_threshold"])
-
-    filt_np, score_np = det_filter.cpu().numpy(), det_score.cpu().numpy()
-    matching = DetectionMatching(filt_np, score_np, best.cpu().numpy(), len(gt_view), n_filters)
-    singles, single_recall = matching.single_aps()
-    best_filter = int(np.lexsort((np.arange(n_filters), -singles))[0])
-    config = GAConfig(population=params["population"], generations=params["generations"],
-                      crossover=params["crossover"], mutation=params["mutation"],
-                      init_probability=params["init_probability"], seed=params["seed"])
-    ga = run_ga(lambda z: matching.ap(z)[0], n_filters, config, best_single=best_filter, progress=progress)
-    ga_ap, ga_recall = matching.ap(ga.chromosome)
-    top = top_filters(singles, max(1, len(ga.filters)))
-    top_ap, top_recall = matching.ap(top)
-    all_ap, all_recall = matching.ap(np.ones(n_filters, dtype=bool))
-    curves = {}
-    for rank, f in enumerate(np.lexsort((np.arange(n_filters), -singles))[:3]):
-        chromosome = np.zeros(n_filters, dtype=bool)
-        chromosome[f] = True
-        recall, precision = matching.curve(chromosome, CURVE_POINTS)
-        curves[f"filter {int(f)}"] = {"recall": recall, "precision": precision}
-    for label, chromosome in (("GA combination", ga.chromosome), ("TopFilters", top)):
-        recall, precision = matching.curve(chromosome, CURVE_POINTS)
-        curves[label] = {"recall": recall, "precision": precision}
-
     frames = np.array([view.frame for view in views], dtype=np.float64)
-    det_view_np = det_view.cpu().numpy()
-    det_image_boxes = _to_image(det_boxes.cpu().numpy(), frames[det_view_np], input_size)
+    gt_in_view = boxes_to_view(gt_image_boxes, frames[gt_view], input_size)
+    config = DetectionConfig(iou_threshold=params["iou_threshold"], nms_overlap=params["nms_overlap"],
+                             nms_threshold=params["nms_threshold"],
+                             regression=params["regression"], intercept=params["intercept"])
+    ga = GAConfig(population=params["population"], generations=params["generations"], crossover=params["crossover"],
+                  mutation=params["mutation"], init_probability=params["init_probability"], seed=params["seed"])
+    gt_boxes = torch.tensor(gt_in_view, dtype=torch.float32, device=maps.device)
+    gt_views = torch.tensor(gt_view, dtype=torch.int64, device=maps.device)
+    scored = score_part(maps, detections, gt_boxes, gt_views, rf_size=geometry.size, input_size=input_size,
+                        config=config, ga=ga, curve_points=CURVE_POINTS, progress=progress)
+    prior = location_prior_score(len(views), detections.cy, detections.cx, gt_boxes, gt_views, rf_size=geometry.size,
+                                 input_size=input_size, config=config)
     arrays = {
-        "det_filter": filt_np.astype(np.int32), "det_view": det_view_np.astype(np.int32),
-        "det_box": det_image_boxes.astype(np.float32), "det_score": score_np.astype(np.float32),
-        "det_gt": best.cpu().numpy().astype(np.int32),
-        "gt_view": gt_view_np.astype(np.int32), "gt_box": gt_image_boxes.astype(np.float32),
+        "det_filter": scored.det_filter.astype(np.int32), "det_view": scored.det_view.astype(np.int32),
+        "det_box": boxes_to_image(scored.det_box, frames[scored.det_view], input_size).astype(np.float32),
+        "det_score": scored.det_score.astype(np.float32), "det_gt": scored.det_gt.astype(np.int32),
+        "gt_view": np.array(gt_view, dtype=np.int32), "gt_box": gt_image_boxes.astype(np.float32),
         "view_image": np.array([view.image for view in views], dtype=np.int32), "view_frame": frames.astype(np.float32),
     }
-    return {"arrays": arrays, "n_views": n_views, "n_instances": len(gt_view), "n_detections": int(len(keep)),
-            "best_filter": best_filter, "best_ap": float(singles[best_filter]),
-            "best_recall": float(single_recall[best_filter]),
-            "ga_filters": ga.filters, "ga_ap": ga_ap, "ga_recall": ga_recall, "ga_history": ga.history,
-            "top_filters": np.flatnonzero(top).tolist(), "top_ap": top_ap, "top_recall": top_recall,
-            "all_ap": all_ap, "all_recall": all_recall, "single_ap": singles.tolist(),
-            "single_recall": single_recall.tolist(), "curves": curves}
+    arrays["location_prior"] = prior.prior.astype(np.float32)
+    return {"arrays": arrays, "n_views": len(views), "n_instances": len(gt_view), "prior_ap": prior.ap,
+            "prior_recall": prior.recall, **scored.summary()}
 
 
 def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
 
-    from analysis.engine.part_detection import local_maxima, neighbourhood_features
-    from analysis.engine.receptive_field import unit_centers
+    from analysis.engine.part_detection import class_detections
 
     params = part_detection_params(**run.params)
-    network, dataset, layer = _resolve(params)
-    geometry = _geometry(layer)
+    inputs = run_inputs(params, progress=progress, extraction=False)
+    network, dataset, layer = inputs.network, inputs.dataset, inputs.layer
+    geometry = layer_geometry(layer, purpose="its activations cannot be placed on the image")
     if not dataset.has_boxes:
         raise RunInputError(f"{dataset.name} has no object and part boxes (boxes.csv), which part detection needs.")
     progress.phase(f"Reading the boxes of {dataset.name}")
@@ -494,7 +399,7 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     extraction = model = None
     if params["inputs"] == PartInputs.WHOLE_IMAGES:
         progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-        extraction = _ensure_extraction(network, dataset, layer, EXTRACTION_DEFAULTS["quantile"], progress)
+        extraction = ensure_extraction(network, dataset, layer, EXTRACTION_DEFAULTS["quantile"], progress)
     else:
         model = _load_model(network, dev)
     images = _Images(dataset, network, dev)
@@ -512,23 +417,21 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
                         params["seed"], class_id)
         progress.phase(f"Activations of {len(views)} {name} views", total=len(views))
         maps = _class_maps(views, images, model, layer, params, extraction, dev)
-        with torch.no_grad():
-            peaks = local_maxima(maps)
-            cy, cx = unit_centers(geometry, maps.shape[2], maps.shape[3], device=dev)
-            peak_features = neighbourhood_features(maps, peaks.view, peaks.filter, peaks.row, peaks.col, cy, cx)
-            for part in class_parts:
-                progress.phase(f"Part {done + 1} of {len(parts)}: {part['name']} (GA generations)",
-                               total=params["generations"])
-                scored = _score_part(maps, peaks, peak_features, part, views, boxes, geometry, params, input_size,
-                                     progress=lambda generation: progress(generation, params["generations"]))
-                np.savez(directory / f"part-{done}.npz", **scored.pop("arrays"))
-                results.append(PartDetectionResult(
-                    position=done, object_class=boxes.concepts[class_id],
-                    part=boxes.concepts[part["part_id"]], name=part["name"], relative_size=part["relative_size"],
-                    mean_size=part["mean_size"], **scored))
-                done += 1
+        detections = class_detections(maps, geometry)
+        for part in class_parts:
+            progress.phase(f"Part {done + 1} of {len(parts)}: {part['name']} (GA generations)",
+                           total=params["generations"])
+            scored = _score_part(maps, detections, part, views, boxes, geometry, params, input_size,
+                                 progress=lambda generation: progress(generation, params["generations"]))
+            np.savez(directory / f"part-{done}.npz", **scored.pop("arrays"))
+            results.append(PartDetectionResult(
+                position=done, object_class=boxes.concepts[class_id],
+                part=boxes.concepts[part["part_id"]], name=part["name"], relative_size=part["relative_size"],
+                mean_size=part["mean_size"], **scored))
+            done += 1
         del maps
     emerged = sum(result.ga_ap > params["ap_criterion"] for result in results)
+    above_prior = sum(result.emerges_above_prior(params["ap_criterion"]) for result in results)
     covered = sum(result.ga_recall > params["recall_criterion"] for result in results)
 
     def mean(values):
@@ -538,7 +441,8 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     with transaction.atomic():  # the study appears with all its results or not at all
         study = PartDetectionStudy.objects.create(
             run=run, layer=layer, dataset=dataset, inputs=params["inputs"], split=params["split"], params=params,
-            directory=str(directory), n_parts=len(results), n_emerged=emerged, n_covered=covered,
+            directory=str(directory), n_parts=len(results), n_emerged=emerged, n_emerged_above_prior=above_prior,
+            n_covered=covered, mean_prior_ap=mean(r.prior_ap for r in results),
             mean_best_ap=mean(r.best_ap for r in results), mean_ga_ap=mean(r.ga_ap for r in results),
             mean_top_ap=mean(r.top_ap for r in results), mean_all_ap=mean(r.all_ap for r in results))
         for result in results:
@@ -546,11 +450,13 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
         PartDetectionResult.objects.bulk_create(results)
     return {"part_detection_study": study.pk, "layer": layer.name, "dataset": dataset.name, "inputs": params["inputs"],
             "parts": len(results), "emerged_ap": f"{emerged} of {len(results)} (GA AP > {params['ap_criterion']:g})",
+            "emerged_above_prior": f"{above_prior} of {len(results)} (and above the location-prior floor)",
             "covered": f"{covered} of {len(results)} (GA recall > {params['recall_criterion']:g})",
             "mAP": f"best single {100 * mean(r.best_ap for r in results):.1f} · "
                    f"GA {100 * mean(r.ga_ap for r in results):.1f} · "
                    f"TopFilters {100 * mean(r.top_ap for r in results):.1f} · "
-                   f"all {100 * mean(r.all_ap for r in results):.1f}"}
+                   f"all {100 * mean(r.all_ap for r in results):.1f} · "
+                   f"location-prior floor {100 * mean(r.prior_ap for r in results):.1f}"}
 
 
 def part_detection_arrays(result: PartDetectionResult) -> dict[str, np.ndarray]:
@@ -566,18 +472,45 @@ def _class_index(network: Network, name: str) -> int | None:
     return names.index(name) if name in names else None
 
 
+def _instance_part_mask(images: _Images, boxes: DatasetBoxes, view: View, class_id: int, part_id: int,
+                        number: int):
+    """``bool [ih, iw]``: the part's pixels that belong to the object ``view`` shows, inside the view's frame; None
+    when there are none (GG'18 §6 blacks out the part of the object being recognised, so a view whose part lies
+    outside its crop, or belongs to another object of the image, says nothing about the part).
+
+    Broden masks carry no instance ids: an instance's pixels are the part's pixels inside that instance's part
+    boxes (``boxes.csv``, which ties every part box to its object). A whole-image view (``object_index`` -1) takes
+    every instance of the class's part in the image."""
+    import torch
+
+    height, width = boxes.sizes[view.image]
+    own = torch.zeros((height, width), dtype=torch.bool, device=images.device)
+    for image, obj, (x1, y1, x2, y2) in boxes.parts.get((class_id, part_id), []):
+        if image == view.image and view.object_index in (-1, obj):
+            own[max(0, int(np.floor(y1))):int(np.ceil(y2)), max(0, int(np.floor(x1))):int(np.ceil(x2))] = True
+    if not bool(own.any()):
+        return None
+    fx1, fy1, fx2, fy2 = view.frame
+    inside = torch.zeros_like(own)
+    inside[max(0, int(np.floor(fy1))):max(0, int(np.ceil(fy2))), max(0, int(np.floor(fx1))):max(0, int(np.ceil(fx2)))] = True
+    mask = images.part_mask(view.image, number) & own & inside
+    return mask if bool(mask.any()) else None
+
+
 def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
 
     from analysis.engine.ablation import LayerAblator, class_scores, discriminative_filters
+    from analysis.engine.networks import UnknownLayerError
 
     params = ablation_params(**run.params)
-    network, dataset, layer = _resolve(params)
+    inputs = run_inputs(params, progress=progress, extraction=False)
+    network, dataset, layer = inputs.network, inputs.dataset, inputs.layer
     dev = torch.device(device)
     model = _load_model(network, dev)
     try:
         ablator = LayerAblator(model, layer.name)
-    except Exception as error:  # unknown layer names raise the engine's readable error
+    except UnknownLayerError as error:  # the engine's readable error
         raise RunInputError(str(error)) from None
     progress.phase(f"Reading the boxes of {dataset.name}")
     boxes = _dataset_boxes(dataset, params["split"])
@@ -642,15 +575,17 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
             for done, part in enumerate(class_parts):
                 number = boxes.concepts[part["part_id"]].number
                 progress.phase(f"Blacking out {part['name']}", total=len(views))
-                masks = {view.image: images.part_mask(view.image, number) for view in views}
-                holding = [k for k, view in enumerate(views) if bool(masks[view.image].any())]
+                masks = [_instance_part_mask(images, boxes, view, class_id, part["part_id"], number)
+                         for view in views]
+                holding = [k for k, mask in enumerate(masks) if mask is not None]
                 if not holding:
                     continue
                 total = 0.0
                 with torch.no_grad():
                     for start in range(0, len(holding), params["batch_size"]):
                         batch = holding[start:start + params["batch_size"]]
-                        x = images.inputs([views[k] for k in batch], params["inputs"], masks=masks)
+                        x = images.inputs([views[k] for k in batch], params["inputs"],
+                                          masks=[masks[k] for k in batch])
                         blacked = class_scores(model(x), output, params["score"])
                         total += float((base_scores[batch] - blacked).sum())
                         progress(start + len(batch), len(holding))
@@ -676,7 +611,9 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
 
 def part_correlations(*, parts: PartDetectionStudy | None, ablation: AblationStudy | None) -> dict[str, Any]:
     """GG'18 Fig. 3 and Fig. 15: per part class its relative size, GA AP (``parts``) and blackout δ (``ablation``),
-    with Pearson's r and p for each pair (over the parts present in both when both are given)."""
+    with Pearson's r and p for each pair. When both studies are given, all three correlations are computed on one
+    part set, the parts present in both (``in_common``); the others are listed but left out of every r, so the
+    three figures describe the same parts."""
     from analysis.engine.ablation import pearson
 
     rows: dict[str, dict[str, Any]] = {}
@@ -688,13 +625,17 @@ def part_correlations(*, parts: PartDetectionStudy | None, ablation: AblationStu
             row = rows.setdefault(result.name, {"name": result.name, "size": result.relative_size, "ap": None})
             row["delta"] = result.delta
     table = sorted(rows.values(), key=lambda row: row["name"])
+    both = parts is not None and ablation is not None
+    for row in table:
+        row["in_common"] = not both or (row["ap"] is not None and row["delta"] is not None)
+    common = [row for row in table if row["in_common"]]
 
     def pairs(a: str, b: str):
-        chosen = [row for row in table if row[a] is not None and row[b] is not None]
+        chosen = [row for row in common if row[a] is not None and row[b] is not None]
         return [row[a] for row in chosen], [row[b] for row in chosen]
 
-    return {"rows": table, "size_ap": pearson(*pairs("size", "ap")), "size_delta": pearson(*pairs("size", "delta")),
-            "ap_delta": pearson(*pairs("ap", "delta"))}
+    return {"rows": table, "n_common": len(common), "size_ap": pearson(*pairs("size", "ap")),
+            "size_delta": pearson(*pairs("size", "delta")), "ap_delta": pearson(*pairs("ap", "delta"))}
 
 
 # -- export -----------------------------------------------------------------------------------------------
@@ -740,10 +681,14 @@ def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
         "dataset": study.dataset.name, "inputs": study.inputs, "split": study.split,
         "parts": [{"part": r.name, "instances": r.n_instances, "views": r.n_views, "best_filter": r.best_filter,
                    "best_ap": r.best_ap, "ga_ap": r.ga_ap, "ga_recall": r.ga_recall, "top_filters": r.top_filters,
-                   "top_ap": r.top_ap, "all_ap": r.all_ap} for r in results],
+                   "top_ap": r.top_ap, "all_ap": r.all_ap, "location_prior_ap": r.prior_ap,
+                   "emerges_above_prior": r.emerges_above_prior(study.params.get("ap_criterion", 0.3))}
+                  for r in results],
         "rules": {"correct": f"IoU >= {study.params.get('iou_threshold')} (VOC greedy matching)",
-                  "ap": "VOC 2010+ all-point interpolated", "nms": f"IoU > {study.params.get('nms_iou')} per filter "
-                  "and view", "boxes": "continuous image pixels (x1, y1, x2, y2)"}}, indent=2))
+                  "ap": "VOC 2010+ all-point interpolated", "nms": f"{study.nms_rule} per filter and view",
+                  "location_prior": "an activation-blind detector scored by how often a part covers each map "
+                                    "position, boxes regressed from the position alone (the floor)",
+                  "boxes": "continuous image pixels (x1, y1, x2, y2)"}}, indent=2))
     return [*paths.values(), meta]
 
 
@@ -786,12 +731,12 @@ def ablation_export(run: Run, out_dir: Path) -> list[Path]:
 
 SCORE_PARTS = register_job_kind(JobKind(
     name="score_parts", label="Part detection (GG'18)", queue=GPU_QUEUE, execute=part_detection_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=PART_PARAMS, exporter=part_detection_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Every filter of a layer as a detector of every part class: box regression, NMS, VOC AP, "
                 "GA filter combinations, TopFilters and all filters (GG'18 §3)."))
 ABLATE = register_job_kind(JobKind(
     name="ablate", label="Filter and part ablations (GG'18)", queue=GPU_QUEUE, execute=ablation_run_execute,
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
+    params=ABLATION_PARAMS, exporter=ablation_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
     description="Discriminativeness of every filter per object class (δ, 2σ rule, set ablations) and of every "
                 "part by blackout (GG'18 §5–6)."))
 

@@ -15,7 +15,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +23,17 @@ from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
-from analysis.jobs import JobKind, job_kind
-from analysis.models import ACTIVE_RUN_STATUSES, Dataset, Layer, Network, Run, RunStatus
+from analysis.jobs import JobKind, RunInputError, job_kind
+from analysis.models import ACTIVE_RUN_STATUSES, Dataset, Layer, LayerExtraction, Network, Run, RunStatus
 
 logger = logging.getLogger(__name__)
 
 
 class RunCancelled(Exception):
     """Raised inside a running job when someone cancelled it; the run is already marked cancelled."""
-
-
-class RunInputError(Exception):
-    """An expected user error (bad parameters, missing input). Fails the run at once with this message;
-    ``field`` names the parameter at fault where there is one (the API reports it under that name)."""
-
-    def __init__(self, message: str, *, field: str = ""):
-        super().__init__(message)
-        self.field = field
 
 
 def run_network_and_dataset(params: dict[str, Any]) -> tuple[Network, Dataset]:
@@ -67,6 +58,26 @@ def run_layers(network: Network, names: list[str]) -> dict[str, Layer]:
     return found
 
 
+def run_check_references(*, params: dict[str, Any]) -> None:
+    """Raise :class:`RunInputError` naming the parameter unless what the parameters name exists: ``network``,
+    ``dataset``, the network's ``layer``/``layers``, and the ``extraction_run`` of ``layer``. For interfaces that
+    should refuse such a run at once (the API) instead of letting it fail on a worker."""
+    network = None
+    if "network" in params:
+        network = Network.objects.filter(name=params["network"]).first()
+        if network is None:
+            raise RunInputError(f"No network named {params['network']!r}.", field="network")
+    if "dataset" in params and not Dataset.objects.filter(name=params["dataset"]).exists():
+        raise RunInputError(f"No dataset named {params['dataset']!r}.", field="dataset")
+    layers = params.get("layers") or ([params["layer"]] if "layer" in params else [])
+    if network is not None and layers:
+        run_layers(network, layers)
+    if "extraction_run" in params and not LayerExtraction.objects.filter(
+            run_id=params["extraction_run"], layer__name=params.get("layer")).exists():
+        raise RunInputError(f"Run {params['extraction_run']} extracted no layer {params.get('layer')!r}.",
+                            field="extraction_run")
+
+
 def params_hash(params: dict[str, Any]) -> str:
     """A stable hash of JSON parameters (key order does not matter)."""
     canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
@@ -87,13 +98,15 @@ def resolve_device(requested: str | None = None) -> str:
 
 def run_start(*, kind: str, params: dict[str, Any], created_by=None, inline: bool = False,
               reuse: bool = True) -> tuple[Run, bool]:
-    """Create a run of ``kind`` and enqueue it once the transaction commits.
+    """Create a run of ``kind`` with ``params`` validated by the kind's schema (:class:`~analysis.params.ParamsError`,
+    a :class:`RunInputError`, names every parameter at fault) and enqueue it once the transaction commits.
 
     With ``reuse``, an identical run that succeeded (for kinds that allow reuse) or is still queued or
     running is returned instead of a new one; the bool says whether a new run was created. With
     ``inline`` the run executes here, synchronously (for ``build_demo``, scripts and tests).
     """
     kind_spec = job_kind(kind)
+    params = kind_spec.params.validate(params)
     digest = params_hash(params)
     if reuse:
         existing = Run.objects.of_kind(kind).filter(params_hash=digest)
@@ -112,7 +125,87 @@ def run_start(*, kind: str, params: dict[str, Any], created_by=None, inline: boo
 
 
 def run_enqueue(*, run: Run, kind_spec: JobKind) -> None:
+    """Send the run's message to its queue. Sending it twice is harmless: only one task can claim the run."""
     current_app.send_task(kind_spec.task_name, args=[run.pk], queue=kind_spec.queue)
+
+
+def run_ids_waiting_in_broker(queue: str) -> set[int] | None:
+    """Ids of the runs whose message waits in ``queue`` (for a worker to take), or None when the broker cannot
+    be read without consuming (only the embedded filesystem broker and Redis can)."""
+    from unitscope.broker import decode_task_message, waiting_messages
+
+    payloads = waiting_messages(current_app, queue)
+    if payloads is None:
+        return None
+    ids = set()
+    for payload in payloads:
+        decoded = decode_task_message(payload) if isinstance(payload, dict) else None
+        if decoded and decoded[0].startswith("analysis.") and decoded[1] and isinstance(decoded[1][0], int):
+            ids.add(decoded[1][0])
+    return ids
+
+
+ORPHAN_REQUEUED_PHASE = "Sent to the workers again (its first message was lost)"
+# The phase of a run that failed through no fault of its own (its worker died, its message was lost twice):
+# starting it again may well succeed (make demo does, once).
+WORKER_LOST_PHASE = "Stopped: its worker was lost"
+
+
+def run_recover_orphans(*, now=None) -> dict[str, int]:
+    """Send again, once, the queued runs whose broker message is gone; fail those whose message is lost again.
+
+    A message disappears when a worker took it and was killed before claiming the run, when a broker lost it
+    (restarted without persistence), or when the embedded broker set a corrupt file aside. Such a run would
+    wait for ever. A run counts as orphaned when it has been queued (or sent again) for at least
+    ``UNITSCOPE_ORPHAN_AFTER_SECONDS`` and the broker has no message for it; brokers that cannot be read
+    without consuming (neither the embedded one nor Redis) are left alone.
+
+    Sending a message twice never runs a job twice: a task first claims its run with a conditional UPDATE
+    (queued → running, :func:`run_claim`), and the duplicate's claim updates 0 rows and does nothing. So a
+    message taken by a live worker in the instant before it claims, and sent again here, is harmless. The
+    attempt is recorded on the run (``requeue_count``, ``requeued_at``; a conditional UPDATE, so two checkers
+    cannot both send); a second loss fails the run with a readable reason. Returns counts of both.
+    """
+    now = now or timezone.now()
+    older = now - timedelta(seconds=settings.UNITSCOPE_ORPHAN_AFTER_SECONDS)
+    candidates = list(Run.objects.filter(status=RunStatus.QUEUED).filter(
+        Q(requeued_at__isnull=True, created_at__lte=older) | Q(requeued_at__lte=older)).order_by("created_at"))
+    counts = {"requeued": 0, "failed": 0}
+    waiting_by_queue: dict[str, set[int] | None] = {}
+    for run in candidates:
+        if run.queue not in waiting_by_queue:
+            waiting_by_queue[run.queue] = run_ids_waiting_in_broker(run.queue)
+        waiting = waiting_by_queue[run.queue]
+        if waiting is None or run.pk in waiting:
+            continue
+        same = Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED, requeue_count=run.requeue_count)
+        if run.requeue_count == 0:
+            if same.update(requeue_count=1, requeued_at=now, phase=ORPHAN_REQUEUED_PHASE):
+                try:
+                    run_enqueue(run=run, kind_spec=job_kind(run.kind))
+                except KeyError:
+                    Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
+                        status=RunStatus.FAILED, finished_at=now, phase="Stopped",
+                        error=f"This version of UnitScope has no job kind {run.kind!r}; the run cannot start.")
+                    counts["failed"] += 1
+                    continue
+                logger.warning("run %s was queued but its message was gone: sent again", run.pk)
+                counts["requeued"] += 1
+        elif same.update(status=RunStatus.FAILED, finished_at=now, phase=WORKER_LOST_PHASE,
+                         error="The run's message to the workers was lost twice (a worker stopped after taking it, "
+                               "or the broker lost it), so it never started. Start it again; if this repeats, "
+                               "look at the worker's log."):
+            logger.warning("run %s lost its message again: failed", run.pk)
+            counts["failed"] += 1
+    return counts
+
+
+def runs_reconcile() -> None:
+    """The job system's checks, run by workers (at start-up and with every heartbeat) and by the pages and API
+    that show runs: fail runs of dead workers (:func:`run_fail_stale`), recover lost messages
+    (:func:`run_recover_orphans`)."""
+    run_fail_stale()
+    run_recover_orphans()
 
 
 WORKER_NAME = re.compile(r"^(?P<host>.+) pid (?P<pid>\d+)$")
@@ -233,20 +326,21 @@ def run_cancel(*, run: Run) -> bool:
     return updated == 1
 
 
-def run_fail_stale(*, now=None) -> int:
+def run_fail_stale(*, now: datetime | None = None) -> int:
     """Mark failed the running runs whose worker process is gone (same host: checked at once) or stopped
     reporting for longer than the kind's time limit (any host).
 
     A worker that is killed cannot write a final state; this makes the loss visible instead of leaving a
     run "running" for ever. Whatever the run had written stays unfinished (a dissection stays incomplete),
-    and a redelivered task cannot claim the run again. Returns the number of runs marked.
+    and a redelivered task cannot claim the run again. Returns the number of runs marked. ``now`` (default: the
+    clock) is the moment the heartbeats are judged against.
     """
-    now = now or timezone.now()
+    now = timezone.now() if now is None else now
     marked = 0
     for run in Run.objects.filter(status=RunStatus.RUNNING).only("pk", "kind", "heartbeat_at", "worker"):
         if worker_gone(run.worker):
             marked += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, worker=run.worker).update(
-                status=RunStatus.FAILED, finished_at=now, phase="Stopped",
+                status=RunStatus.FAILED, finished_at=now, phase=WORKER_LOST_PHASE,
                 error=f"The worker process executing this run ({run.worker}) stopped before it finished (killed "
                       "or crashed); the run's results, if any, were not saved. Start it again.")
             continue
@@ -256,7 +350,7 @@ def run_fail_stale(*, now=None) -> int:
             continue
         if run.heartbeat_at is not None and now - run.heartbeat_at > timedelta(seconds=limit + 60):
             marked += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-                status=RunStatus.FAILED, finished_at=now, phase="Stopped",
+                status=RunStatus.FAILED, finished_at=now, phase=WORKER_LOST_PHASE,
                 error=f"The worker stopped reporting progress for more than {limit + 60} s "
                       "(it was probably killed); the run's results, if any, were not saved.")
     return marked

@@ -3,25 +3,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Run
 
-from .runs import RunInputError, RunProgress, run_start
+from .runs import RunProgress, run_start
 
-SELFCHECK_DEFAULTS = {"matmul_size": 512, "conv_batch": 16, "conv_image_size": 112, "repeats": 10}
-SELFCHECK_LIMITS = {"matmul_size": (16, 8192), "conv_batch": (1, 512), "conv_image_size": (16, 512),
-                    "repeats": (1, 1000)}
+SELFCHECK_PARAMS = p.ParamSchema({
+    "matmul_size": p.integers(16, 8192, 512, help="side of the square float32 matrices multiplied"),
+    "conv_batch": p.integers(1, 512, 16, help="images per batch of the small CNN"),
+    "conv_image_size": p.integers(16, 512, 112, help="image side, pixels"),
+    "repeats": p.integers(1, 1000, 10, help="how many timed products and forward passes"),
+})
+SELFCHECK_DEFAULTS = SELFCHECK_PARAMS.defaults
 
 
 def selfcheck_params(**overrides: int | None) -> dict[str, int]:
     """Complete and validate self-check parameters."""
-    params = dict(SELFCHECK_DEFAULTS)
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    for key, (low, high) in SELFCHECK_LIMITS.items():
-        value = params[key]
-        if not isinstance(value, int) or not low <= value <= high:
-            raise RunInputError(f"{key} must be an integer from {low} to {high}, not {value!r}")
-    return params
+    return SELFCHECK_PARAMS.validate(overrides)
 
 
 def selfcheck_run_start(*, created_by=None, inline: bool = False, **params: int | None) -> Run:
@@ -46,6 +45,8 @@ SELFCHECK = register_job_kind(JobKind(
     label="Device self-check",
     queue=GPU_QUEUE,
     execute=selfcheck_run_execute,
+    params=SELFCHECK_PARAMS,
+    exporter=None,  # the measurements are the run's result, shown on its page and in the API
     soft_time_limit=600,
     time_limit=660,
     reuse_finished=False,  # a measurement: every run measures anew

@@ -15,11 +15,20 @@ register = template.Library()
 
 @register.simple_tag
 def layer_dissection(layer, extraction=None):
-    """``{"dissection", "by_unit", "baseline"}`` for the layer's newest complete dissection on the extraction's
-    dataset (any dataset when there is no extraction)."""
+    """``{"dissection", "baseline", "detectors", "unique"}`` for the layer's newest complete dissection on the
+    extraction's dataset (any dataset when there is no extraction); the counts leave dead and saturated units
+    out (see ``selectors.dissection_live_detectors``)."""
     dissection = selectors.latest_dissection(layer, dataset=extraction.dataset if extraction else None)
-    return {"dissection": dissection, "by_unit": selectors.dissection_results_by_unit(dissection),
-            "baseline": selectors.latest_baseline_for(dissection)}
+    if dissection is None:
+        return {"dissection": None, "baseline": None}
+    statuses = selectors.unit_statuses(extraction or dissection.extraction)
+    dead = {index for index, status in statuses.items() if status != "live"}
+    if dissection.unit_results.filter(is_detector=True, unit__index__in=dead).exists():
+        counts = selectors.dissection_live_detectors(dissection, dead)
+    else:
+        counts = {"detectors": dissection.n_detectors, "unique": dissection.n_unique_detectors}
+    return {"dissection": dissection, "baseline": selectors.latest_baseline_for(dissection),
+            "detectors": counts["detectors"], "unique": counts["unique"], "dead": len(dead)}
 
 
 @register.simple_tag

@@ -13,11 +13,13 @@ from accounts.permissions import ResearcherRequiredMixin
 from analysis import selectors
 from analysis.forms import BrodenImportForm, PascalPartImportForm, ProbeWorldForm
 from analysis.models import Dataset
-from analysis.services.datasets import broden_import_run_start, pascal_part_import_run_start, probe_world_run_start
+from analysis.services.datasets import (BRODEN_IMPORT, PASCAL_PART_IMPORT, PROBE_WORLD, broden_import_run_start,
+                                       pascal_part_import_run_start, probe_world_run_start)
 from analysis.views.starting import StartRunFormMixin
 
 
 class DatasetListView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "datasets"
     template_name = "analysis/datasets/list.html"
 
     def get_context_data(self, **kwargs):
@@ -27,11 +29,12 @@ class DatasetListView(ResearcherRequiredMixin, TemplateView):
         context["broden_form"] = BrodenImportForm()
         context["pascal_form"] = PascalPartImportForm()
         context["recent_runs"] = selectors.runs_for_list().filter(
-            kind__in=["probe_world", "import_broden", "import_pascal_part"])[:5]
+            kind__in=[kind.name for kind in (PROBE_WORLD, BRODEN_IMPORT, PASCAL_PART_IMPORT)])[:5]
         return context
 
 
 class _DatasetStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
+    nav_section = "datasets"
     template_name = "analysis/datasets/start.html"
     heading = ""
 
@@ -67,6 +70,7 @@ class PascalPartImportStartView(_DatasetStartView):
 
 
 class DatasetDetailView(ResearcherRequiredMixin, DetailView):
+    nav_section = "datasets"
     model = Dataset
     slug_field = slug_url_kwarg = "name"
     template_name = "analysis/datasets/detail.html"
@@ -80,6 +84,7 @@ class DatasetDetailView(ResearcherRequiredMixin, DetailView):
 
 
 class DatasetImagesView(ResearcherRequiredMixin, DetailView):
+    nav_section = "datasets"
     model = Dataset
     slug_field = slug_url_kwarg = "name"
     template_name = "analysis/datasets/images.html"
@@ -111,6 +116,7 @@ def _dataset_row(dataset: Dataset, index: int):
 
 
 class DatasetImageView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "datasets"
     template_name = "analysis/datasets/image.html"
 
     def get_context_data(self, **kwargs):

@@ -19,6 +19,8 @@ from unitscope.queries import query_id
 class LayerMixin:
     """Resolves ``network`` and ``layer`` from the URL."""
 
+    nav_section = "networks"
+
     def get_layer(self) -> tuple[Network, Layer]:
         network = get_object_or_404(Network, name=self.kwargs["name"])
         layer = get_object_or_404(Layer, network=network, name=self.kwargs["layer"])
@@ -33,10 +35,10 @@ def _default_dataset(layer: Layer) -> str | None:
     return first.name if first else None
 
 
-def _category_rows(dissection, baseline=None) -> list[dict]:
+def _category_rows(dissection, baseline=None, per_category: dict | None = None) -> list[dict]:
     rows = []
     for position, category in enumerate(dissection.categories):
-        entry = dissection.per_category.get(category, {})
+        entry = (dissection.per_category if per_category is None else per_category).get(category, {})
         rows.append({"category": category, "colour": category_colour(category, position),
                      "detectors": entry.get("detectors", 0), "unique": entry.get("unique", 0),
                      "concepts": entry.get("concepts", []),
@@ -68,15 +70,24 @@ class LayerDissectionView(ResearcherRequiredMixin, LayerMixin, TemplateView):
                        form=DissectionForm(initial={"dataset": dissection.dataset.name if dissection
                                                     else _default_dataset(layer)}))
         if dissection is not None:
-            rows = _category_rows(dissection, baseline)
+            statuses = selectors.unit_statuses(dissection.extraction)
+            dead = {index for index, status in statuses.items() if status != "live"}
+            detectors = selectors.dissection_units(dissection, detectors_only=True)
+            dead_detectors = [result for result in detectors if result.unit.index in dead]
+            counts = selectors.dissection_live_detectors(dissection, dead) if dead_detectors else None
+            context.update(statuses=statuses, dead_count=len(dead), dead_detectors=dead_detectors,
+                           n_detectors=counts["detectors"] if counts else dissection.n_detectors,
+                           n_unique=counts["unique"] if counts else dissection.n_unique_detectors)
+            rows = _category_rows(dissection, baseline, counts["per_category"] if counts else None)
             context["category_rows"] = rows
             series = {"detector units": [row["detectors"] for row in rows],
                       "unique concepts": [row["unique"] for row in rows]}
             if baseline is not None:
                 series["detectors, shuffled masks"] = [row["baseline"] for row in rows]
             context["category_chart"] = category_bars([row["category"] for row in rows], series, ylabel="count")
-            context["detector_units"] = selectors.dissection_units(dissection, detectors_only=True)
-            context["other_units"] = selectors.dissection_units(dissection).filter(is_detector=False)
+            context["detector_units"] = [result for result in detectors if result.unit.index not in dead]
+            others = list(selectors.dissection_units(dissection).filter(is_detector=False)) + dead_detectors
+            context["other_units"] = sorted(others, key=lambda result: (result.unit.index in dead, -result.iou))
             context["iou_threshold"] = dissection.iou_threshold
             test = context["rotation_test"]
             if (test is not None and test.dataset_id == dissection.dataset_id and test.alphas
@@ -109,6 +120,7 @@ class DissectionStartView(ResearcherRequiredMixin, LayerMixin, StartRunFormMixin
 class NetworkDissectionView(ResearcherRequiredMixin, TemplateView):
     """Unique concepts per category across a network's dissected layers (ND'18 Fig. 9 style)."""
 
+    nav_section = "networks"
     template_name = "analysis/dissection/network.html"
 
     def get_context_data(self, **kwargs):
@@ -198,6 +210,7 @@ class RotationStartView(ResearcherRequiredMixin, LayerMixin, StartRunFormMixin, 
 class ConceptDetailView(ResearcherRequiredMixin, TemplateView):
     """A concept: the units labelled with it and, per dissected layer, the units that segment it best."""
 
+    nav_section = "datasets"
     template_name = "analysis/dissection/concept.html"
 
     def get_context_data(self, **kwargs):

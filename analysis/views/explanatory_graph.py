@@ -16,9 +16,12 @@ from django.views import View
 from django.views.generic import FormView, TemplateView
 
 from accounts.permissions import ResearcherRequiredMixin
+from analysis import selectors
 from analysis.models import Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Network
-from analysis.services.explanatory_graph import (GRAPH_DEFAULTS, graph_filter_inferences, graph_node_inferences,
-                                                 graph_purity_candidates, graph_run_start, purity_patch_picture)
+from analysis.params import form_field
+from analysis.services.explanatory_graph import (GRAPH_DEFAULTS, GRAPH_PARAMS, graph_filter_inferences,
+                                                 graph_node_inferences, graph_purity_candidates, graph_run_start,
+                                                 purity_patch_picture)
 from analysis.services.runs import RunInputError
 from analysis.views.starting import StartRunFormMixin
 
@@ -34,13 +37,10 @@ class GraphForm(forms.Form):
     nodes_per_filter = forms.CharField(required=False, label="Nodes per filter N",
                                        help_text="One count per layer from the top, e.g. 10, 20, 40 (the paper's "
                                                  "three-layer values; empty = these).")
-    iterations = forms.IntegerField(initial=GRAPH_DEFAULTS["iterations"], min_value=1, max_value=500,
-                                    label="EM iterations T")
-    neighbours = forms.IntegerField(initial=GRAPH_DEFAULTS["neighbours"], min_value=1, max_value=200,
-                                    label="Upper-layer neighbours M")
-    tau = forms.FloatField(initial=GRAPH_DEFAULTS["tau"], min_value=1e-6, label="Noise density τ")
-    max_learn_images = forms.IntegerField(initial=GRAPH_DEFAULTS["max_learn_images"], min_value=0,
-                                          label="Learning images (0 = all training images)")
+    iterations = form_field(GRAPH_PARAMS, "iterations", label="EM iterations T")
+    neighbours = form_field(GRAPH_PARAMS, "neighbours", label="Upper-layer neighbours M")
+    tau = form_field(GRAPH_PARAMS, "tau", label="Noise density τ")
+    max_learn_images = form_field(GRAPH_PARAMS, "max_learn_images", label="Learning images (0 = all training images)")
     landmarks = forms.CharField(initial=", ".join(GRAPH_DEFAULTS["landmarks"]),
                                 help_text="Part classes whose box centres are the landmarks of location instability.")
 
@@ -67,6 +67,7 @@ class GraphForm(forms.Form):
 class NetworkGraphsView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
     """A network's explanatory graphs and the form that learns a new one."""
 
+    nav_section = "networks"
     template_name = "analysis/graph/list.html"
     form_class = GraphForm
     run_label = "Explanatory graph"
@@ -95,6 +96,8 @@ class NetworkGraphsView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
 
 
 class GraphMixin:
+    nav_section = "networks"
+
     def get_graph(self) -> ExplanatoryGraph:
         return get_object_or_404(ExplanatoryGraph.objects.select_related("network", "dataset", "run"),
                                  run_id=self.kwargs["run"])
@@ -176,6 +179,7 @@ class GraphDetailView(ResearcherRequiredMixin, GraphMixin, TemplateView):
             top_nodes += _best_per_filter(GraphNode.objects.filter(graph=graph, layer__name=name)
                                           .select_related("layer").order_by("rank").iterator(), 8)
         context.update(graph=graph, network=graph.network, layer_rows=layer_rows,
+                       sanity_warnings=selectors.graph_sanity_warnings(graph),
                        instability_rows=_instability_rows(graph), diagram=_diagram(graph), top_nodes=top_nodes)
         return context
 
@@ -202,6 +206,7 @@ class GraphLayerView(ResearcherRequiredMixin, GraphMixin, TemplateView):
         histogram = Counter(row["active"] for row in filters)
         instabilities = GraphInstability.objects.filter(graph=graph, layer=layer).select_related("node")
         context.update(graph=graph, network=graph.network, layer=layer,
+                       sanity_warnings=selectors.graph_sanity_warnings(graph, layer_name=name),
                        purity_candidates=graph_purity_candidates(graph, layer=name, count=10),
                        nodes=nodes.order_by("rank")[:100], node_count=nodes.count(),
                        per_filter=graph.params.get("nodes_per_filter", [None] * len(graph.layers))[

@@ -135,6 +135,7 @@ class NetworkNet2VecView(ResearcherRequiredMixin, TemplateView):
     """Fong & Vedaldi Table 1 for a network: per layer, the % of concepts where the combination ≥ the best single
     filter, for segmentation and classification."""
 
+    nav_section = "networks"
     template_name = "analysis/net2vec/network.html"
 
     def get_context_data(self, **kwargs):

@@ -9,10 +9,12 @@ from django.shortcuts import get_object_or_404
 from django.views.generic import FormView, TemplateView
 
 from accounts.permissions import ResearcherRequiredMixin
+from analysis import selectors
 from analysis.models import (AblationStudy, ClassDiscriminativeness, Dataset, PartDetectionResult, PartDetectionStudy,
                              PartInputs)
 from analysis.plots import delta_bars, horizontal_bars, line_chart, pr_chart, scatter_chart
-from analysis.services.parts import (ABLATION_DEFAULTS, PART_DEFAULTS, SPLITS, ablation_run_start,
+from analysis.params import form_field
+from analysis.services.parts import (ABLATION_PARAMS, PART_DEFAULTS, PART_PARAMS, ablation_run_start,
                                      part_correlations, part_detection_run_start, part_examples)
 from analysis.views.dissection import LayerMixin, _default_dataset
 from analysis.views.starting import StartRunFormMixin
@@ -24,18 +26,24 @@ def _datasets():
                                                                                                         flat=True)]
 
 
+
+def _percentages(result) -> dict:
+    """A part result's APs (best, GA, TopFilters, all, location-prior floor) and GA recall in %."""
+    pct = {key: 100 * getattr(result, f"{key}_ap") for key in ("best", "ga", "top", "all")}
+    pct["prior"] = None if result.prior_ap is None else 100 * result.prior_ap
+    pct["recall"] = 100 * result.ga_recall
+    return pct
+
 class PartDetectionForm(forms.Form):
     dataset = forms.ChoiceField(help_text="A dataset with object and part boxes.")
-    inputs = forms.ChoiceField(choices=PartInputs.choices, initial=PART_DEFAULTS["inputs"])
-    split = forms.ChoiceField(choices=[(s, s) for s in SPLITS], initial=PART_DEFAULTS["split"],
-                              help_text="GG'18 evaluates on the train split the network was trained on.")
-    regression = forms.BooleanField(required=False, initial=True, label="Box regression (GG'18 §3.1.1)")
-    min_part_size = forms.FloatField(initial=PART_DEFAULTS["min_part_size"], min_value=0,
-                                     help_text="Drop parts whose mean box side is at most this many pixels "
-                                               "(GG'18: 15).")
-    population = forms.IntegerField(initial=PART_DEFAULTS["population"], min_value=2, max_value=10000)
-    generations = forms.IntegerField(initial=PART_DEFAULTS["generations"], min_value=0, max_value=10000)
-    seed = forms.IntegerField(initial=PART_DEFAULTS["seed"])
+    inputs = form_field(PART_PARAMS, "inputs", choice_labels=dict(PartInputs.choices))
+    split = form_field(PART_PARAMS, "split", help_text="GG'18 evaluates on the train split the network was trained on.")
+    regression = form_field(PART_PARAMS, "regression", label="Box regression (GG'18 §3.1.1)")
+    min_part_size = form_field(PART_PARAMS, "min_part_size", help_text="Drop parts whose mean box side is at most "
+                                                                       "this many pixels (GG'18: 15).")
+    population = form_field(PART_PARAMS, "population")
+    generations = form_field(PART_PARAMS, "generations")
+    seed = form_field(PART_PARAMS, "seed")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -44,13 +52,11 @@ class PartDetectionForm(forms.Form):
 
 class AblationForm(forms.Form):
     dataset = forms.ChoiceField()
-    inputs = forms.ChoiceField(choices=PartInputs.choices, initial=ABLATION_DEFAULTS["inputs"])
-    split = forms.ChoiceField(choices=[(s, s) for s in SPLITS], initial=ABLATION_DEFAULTS["split"])
-    score = forms.ChoiceField(choices=[("softmax", "Softmax probability"), ("logit", "Logit")],
-                              initial=ABLATION_DEFAULTS["score"])
-    max_images = forms.IntegerField(initial=ABLATION_DEFAULTS["max_images"], min_value=0,
-                                    help_text="Views per class (a seeded sample); 0 = all.")
-    blackout = forms.BooleanField(required=False, initial=True, label="Part blackouts (GG'18 §6)")
+    inputs = form_field(ABLATION_PARAMS, "inputs", choice_labels=dict(PartInputs.choices))
+    split = form_field(ABLATION_PARAMS, "split")
+    score = form_field(ABLATION_PARAMS, "score", choice_labels={"softmax": "Softmax probability", "logit": "Logit"})
+    max_images = form_field(ABLATION_PARAMS, "max_images", help_text="Views per class (a seeded sample); 0 = all.")
+    blackout = form_field(ABLATION_PARAMS, "blackout", label="Part blackouts (GG'18 §6)")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,10 +90,11 @@ class LayerPartsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
             results = list(study.part_results.select_related("object_class", "part"))
             for result in results:
                 result.verdict_ap = result.emerges(ap_criterion)
+                result.verdict_prior = result.emerges_above_prior(ap_criterion)
                 result.verdict_recall = result.covered(recall_criterion)
-                result.pct = {key: 100 * getattr(result, f"{key}_ap") for key in ("best", "ga", "top", "all")}
-                result.pct["recall"] = 100 * result.ga_recall
+                result.pct = _percentages(result)
             context["mean_pct"] = {key: 100 * getattr(study, f"mean_{key}_ap") for key in ("best", "ga", "top", "all")}
+            context["mean_pct"]["prior"] = None if study.mean_prior_ap is None else 100 * study.mean_prior_ap
             ordered = sorted(results, key=lambda r: r.name)
             context.update(results=results, ap_criterion=ap_criterion, recall_criterion=recall_criterion,
                            ap_chart=horizontal_bars([r.name for r in ordered],
@@ -117,8 +124,7 @@ class PartDetailView(ResearcherRequiredMixin, LayerMixin, TemplateView):
             curves = {"TopFilters": (result.curves["TopFilters"]["recall"], result.curves["TopFilters"]["precision"]),
                       **{k: v for k, v in curves.items() if k != "GA combination"},
                       "GA combination": curves.get("GA combination", ([0], [1]))}
-        result.pct = {key: 100 * getattr(result, f"{key}_ap") for key in ("best", "ga", "top", "all")}
-        result.pct["recall"] = 100 * result.ga_recall
+        result.pct = _percentages(result)
         context.update(
             network=network, layer=layer, result=result, study=study,
             top_single=[{"filter": f, "ap": result.single_ap[f], "recall": result.single_recall[f]}
@@ -167,7 +173,7 @@ class LayerAblationView(ResearcherRequiredMixin, LayerMixin, TemplateView):
         if study is not None:
             classes = list(study.class_results.select_related("object_class"))
             parts = list(study.part_results.select_related("object_class", "part"))
-            context.update(classes=classes, parts=parts)
+            context.update(classes=classes, parts=parts, near_chance=selectors.ablation_sanity_warning(study, network))
             if parts:
                 ordered = sorted(parts, key=lambda p: p.name)
                 context["blackout_chart"] = horizontal_bars([p.name for p in ordered],
@@ -239,7 +245,7 @@ class PartCorrelationsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
                 ("size_ap", ("size", "ap"), ("part size / object size", "AP (GA combination)")),
                 ("size_delta", ("size", "delta"), ("part size / object size", "δ (part blackout)")),
                 ("ap_delta", ("ap", "delta"), ("AP (GA combination)", "δ (part blackout)"))):
-            chosen = [row for row in rows if row[a] is not None and row[b] is not None]
+            chosen = [row for row in rows if row["in_common"] and row[a] is not None and row[b] is not None]
             stats = table[key]
             if len(chosen) >= 2:
                 title = (f"Pearson r = {stats['r']:.2f}, p = {stats['p']:.2g} (n = {stats['n']})"
@@ -248,5 +254,6 @@ class PartCorrelationsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
                                "svg": scatter_chart([row[a] for row in chosen], [row[b] for row in chosen],
                                                     [row["name"] for row in chosen], xlabel=xlabel, ylabel=ylabel,
                                                     title=title)})
-        context.update(network=network, layer=layer, parts=parts, ablation=ablation, rows=rows, charts=charts)
+        context.update(network=network, layer=layer, parts=parts, ablation=ablation, rows=rows, charts=charts,
+                       n_common=table["n_common"], left_out=[row["name"] for row in rows if not row["in_common"]])
         return context

@@ -12,29 +12,32 @@ from analysis import selectors
 from analysis.forms import SelfcheckForm
 from analysis.jobs import job_kinds
 from analysis.models import Run, RunStatus
-from analysis.services.exports import EXPORTERS
-from analysis.services.runs import run_cancel, run_fail_stale
-from analysis.services.selfcheck import selfcheck_run_start
+from analysis.services.runs import run_cancel, runs_reconcile
+from analysis.services.selfcheck import SELFCHECK, selfcheck_run_start
 from analysis.views.starting import StartRunFormMixin
 
 
 class DashboardView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "overview"
     template_name = "analysis/dashboard.html"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
+        runs_reconcile()
         context["run_counts"] = selectors.run_counts()
-        context["recent_runs"] = selectors.runs_for_list()[:8]
+        context["recent_runs"] = selectors.runs_with_worker_state(selectors.runs_for_list()[:8])
+        context["no_worker_queues"] = selectors.queues_without_worker()
         return context
 
 
 class RunListView(ResearcherRequiredMixin, ListView):
+    nav_section = "runs"
     template_name = "analysis/runs/list.html"
     context_object_name = "runs"
     paginate_by = 50
 
     def get_queryset(self):
-        run_fail_stale()
+        runs_reconcile()
         return selectors.runs_for_list(kind=self.request.GET.get("kind") or None,
                                        status=self.request.GET.get("status") or None)
 
@@ -49,35 +52,50 @@ class RunListView(ResearcherRequiredMixin, ListView):
         context["statuses"] = RunStatus.choices
         context["selected_kind"] = self.request.GET.get("kind", "")
         context["selected_status"] = self.request.GET.get("status", "")
+        context["runs"] = context["object_list"] = selectors.runs_with_worker_state(context["runs"])
         context["any_active"] = any(run.is_active for run in context["runs"])
+        context["no_worker_queues"] = selectors.queues_without_worker()
         return context
 
 
+def _with_worker_state(run: Run) -> Run:
+    """The run, reconciled first (its worker died: failed; its message was lost: sent again), with ``worker_state``."""
+    if run.is_active:
+        runs_reconcile()
+        run.refresh_from_db()
+    run.worker_state = selectors.run_worker_state(run)
+    return run
+
+
 class RunDetailView(ResearcherRequiredMixin, DetailView):
+    nav_section = "runs"
     model = Run
     template_name = "analysis/runs/detail.html"
     context_object_name = "run"
+
+    def get_object(self, queryset=None):
+        return _with_worker_state(super().get_object(queryset))
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["layer_extractions"] = self.object.layer_extractions.select_related("layer__network").annotate(
             missing_grids=Count("exemplar_sets", filter=Q(exemplar_sets__grid__isnull=True)))
-        context["exportable"] = self.object.status == RunStatus.SUCCEEDED and self.object.kind in EXPORTERS
+        kind = self.object.job_kind
+        context["exportable"] = (self.object.status == RunStatus.SUCCEEDED and kind is not None
+                                 and kind.exporter is not None)
         return context
 
 
 class RunStatusView(ResearcherRequiredMixin, DetailView):
     """The status panel of a run, polled by htmx while the run is active (a run whose worker died is failed here)."""
 
+    nav_section = "runs"
     model = Run
     template_name = "analysis/runs/_status.html"
     context_object_name = "run"
 
     def get_object(self, queryset=None):
-        run = super().get_object(queryset)
-        if run.status == RunStatus.RUNNING and run_fail_stale():
-            run.refresh_from_db()
-        return run
+        return _with_worker_state(super().get_object(queryset))
 
 
 class RunCancelView(ResearcherRequiredMixin, View):
@@ -89,18 +107,19 @@ class RunCancelView(ResearcherRequiredMixin, View):
             messages.warning(request, f"Run {run.pk} had already finished ({run.get_status_display().lower()}).")
         if request.htmx:
             run.refresh_from_db()
-            return render(request, "analysis/runs/_status.html", {"run": run})
+            return render(request, "analysis/runs/_status.html", {"run": _with_worker_state(run)})
         return redirect(run)
 
 
 class SelfcheckStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
+    nav_section = "selfcheck"
     template_name = "analysis/selfcheck.html"
     form_class = SelfcheckForm
     run_label = "Self-check"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["previous_runs"] = selectors.runs_for_list(kind="selfcheck")[:10]
+        context["previous_runs"] = selectors.runs_for_list(kind=SELFCHECK.name)[:10]
         return context
 
     def start_run(self, form):

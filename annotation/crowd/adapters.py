@@ -30,12 +30,13 @@ from urllib.parse import urlsplit
 from django.core import signing
 from django.utils.crypto import salted_hmac
 
-from ..models import MTURK_PREVIEW_ASSIGNMENT, AssignmentState, CrowdAdapter, CrowdAssignment, CrowdStudy, CrowdWorker
+from ..models import (MTURK_PREVIEW_ASSIGNMENT, CrowdAdapter, CrowdAssignment, CrowdAssignmentState, CrowdStudy,
+                      CrowdWorker)
 
 VISIT_SALT = "annotation.crowd-visit"
 VISIT_KEYS = ("external_assignment_id", "external_session")
 """The platform's key of one visit: an MTurk assignment, a Prolific session."""
-HANDED_IN = (AssignmentState.SUBMITTED, AssignmentState.APPROVED, AssignmentState.REJECTED)
+HANDED_IN = (CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED, CrowdAssignmentState.REJECTED)
 """Assignments a visit handed in (a rejected answer was still work done in the session)."""
 PROLIFIC_COMPLETE_URL = "https://app.prolific.com/submissions/complete?cc={code}"
 MTURK_SUBMIT_PATH = "/mturk/externalSubmit"

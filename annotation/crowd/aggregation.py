@@ -363,3 +363,24 @@ def mean_purity(counts: Iterable[tuple[Hashable, int, int]]) -> tuple[float | No
     if not per_pattern:
         return None, 0
     return float(np.mean([np.mean(values) for values in per_pattern.values()])), len(per_pattern)
+
+
+def longest_run_p_value(n: int, run: int, shares: Sequence[float]) -> float:
+    """P(a sequence of ``n`` answers drawn independently with probabilities ``shares`` holds a run of ``run`` or
+    more identical answers): how surprising a worker's longest streak is for an honest worker answering as the
+    study's crowd does. Exact, by dynamic programming over (last answer, current run length): O(n · len(shares) ·
+    run). 1.0 when ``run`` ≤ 1 or ``n`` < ``run``."""
+    p = np.asarray([share for share in shares if share > 0], dtype=np.float64)
+    if run <= 1 or n < run or p.size == 0:
+        return 1.0
+    p = p / p.sum()
+    state = np.zeros((p.size, run))  # state[v, r]: no run ≥ ``run`` yet, the last answer v repeated r times
+    state[:, 1] = p
+    for _ in range(n - 1):
+        per_value = state.sum(axis=1)
+        grown = np.zeros_like(state)
+        grown[:, 2:] = state[:, 1:-1] * p[:, None]  # the run goes on (a run reaching ``run`` leaves the count)
+        grown[:, 1] = p * (per_value.sum() - per_value)  # another answer starts a new run
+        state = grown
+    return float(min(max(1.0 - state.sum(), 0.0), 1.0))
+

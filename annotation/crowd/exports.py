@@ -8,29 +8,54 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from ..common import iso, rows_csv, simulated_check
-from ..models import CrowdAdapter, CrowdAssignment, CrowdTaskKind, Hit, HitRole
+from analysis.models import ExplanatoryGraph
+
+from ..models import RAW_FILTER_PEAKS, CrowdAdapter, CrowdAssignment, CrowdTaskKind, Hit, HitRole
 from .adapters import HANDED_IN, session_completion_code
 from .aggregation import answers_frame, majority_vote
 from .selectors import canonical_description
 
 CROWD_ANSWER_FIELDS = (
     "assignment", "study", "hit", "hit_token", "hit_kind", "hit_role", "network", "layer", "unit", "label",
-    "label_origin", "label_category", "grid_sha256", "worker", "worker_adapter", "worker_external_id",
+    "label_origin", "validation_round", "label_category", "grid_sha256", "worker", "worker_adapter", "worker_external_id",
     "worker_simulated", "user", "state", "answer", "description", "confidence", "count", "pasted", "gold_correct",
     "leased_at", "shown_at", "submitted_at", "seconds", "returned_at", "reason", "reviewed_by", "reviewed_at",
-    "external_assignment_id", "external_hit_id", "external_session", "completion_code",
+    "external_assignment_id", "external_hit_id", "external_session", "pattern_source", "pattern", "graph",
+    "purity_k", "purity_shown", "completion_code",
 )
 """Columns of a crowd study's raw answers export: every assignment (leased, returned, submitted, approved,
 rejected; task, gold and qualification HITs), with the HIT it answered (kind, role, unit, label and — for
-researchers only — the label's origin), the worker (adapter, external id, simulated), the answer by kind, times,
-seconds on task, review, and the platform's hand-off ids (with, on a Prolific session that earned one, the
-session's completion code, to match against Prolific's submissions)."""
+researchers only — the label's origin and, for validation, the ND'18 round whose votes it gives), the worker
+(adapter, external id, simulated), the answer by kind, times, seconds on task, review, and the platform's hand-off
+ids. Purity HITs say what they showed (:func:`pattern_of`): ``pattern_source`` (``raw_filter_peaks``: a filter's
+top images by map maximum; ``explanatory_graph``: a graph node's top inferences), ``pattern`` (``layer/filter`` or
+``layer/filter/node``), the ``graph`` (its run id), ``purity_k`` (the 30%-mass K) and ``purity_shown``, so the
+purity table can be recomputed from the export. ``completion_code``: on a Prolific session that earned one, the
+session's own code, to match against Prolific's submissions."""
 
 
-CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "label_category",
+CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "validation_round",
+                       "label_category",
                        "answers", "n_yes", "n_no", "majority", "majority_share", "tied", "canonical_description",
-                       "canonical_agreed", "mean_count", "purity_shown")
+                       "canonical_agreed", "mean_count", "purity_shown", "purity_k", "pattern_source", "pattern",
+                       "graph")
 """Columns of a crowd study's aggregated results: per task HIT, the answers that count (submitted or approved)."""
+
+
+def pattern_of(hit: Hit) -> dict[str, Any]:
+    """What a purity HIT showed: ``{"pattern_source", "pattern", "graph", "purity_k", "purity_shown"}`` (all None
+    for other kinds). ``pattern`` is ``layer/filter`` for a raw filter, ``layer/filter/node`` for a graph node."""
+    if hit.kind != CrowdTaskKind.PURITY:
+        return {"pattern_source": None, "pattern": None, "graph": None, "purity_k": None, "purity_shown": None}
+    source = hit.source or {}
+    kind = source.get("pattern_source", RAW_FILTER_PEAKS)
+    pattern = source.get("pattern")
+    if kind == RAW_FILTER_PEAKS and hit.unit_id:  # older HITs named the unit by its row id
+        pattern = f"{hit.unit.layer.name}/{hit.unit.index}"
+    graph = source.get("graph")
+    return {"pattern_source": kind, "pattern": pattern, "purity_k": hit.purity_k, "purity_shown": hit.purity_shown,
+            "graph": ExplanatoryGraph.objects.filter(pk=graph).values_list("run_id", flat=True).first()
+            if graph else None}
 
 
 def crowd_answer_rows(study) -> list[dict[str, Any]]:
@@ -42,7 +67,7 @@ def crowd_answer_rows(study) -> list[dict[str, Any]]:
         assignments.filter(worker__adapter=CrowdAdapter.PROLIFIC, state__in=HANDED_IN)
         .exclude(external_session="").values_list("external_session", flat=True)).items()
         if count >= study.hits_per_session}
-    rows = []
+    rows, patterns = [], {}
     for assignment in assignments:
         hit, worker = assignment.hit, assignment.worker
         unit = hit.unit
@@ -50,8 +75,8 @@ def crowd_answer_rows(study) -> list[dict[str, Any]]:
             "assignment": assignment.pk, "study": study.pk, "hit": hit.pk, "hit_token": hit.token, "hit_kind": hit.kind,
             "hit_role": hit.role, "network": unit.layer.network.name if unit else None,
             "layer": unit.layer.name if unit else None, "unit": unit.index if unit else None, "label": hit.label,
-            "label_origin": hit.label_origin, "label_category": hit.label_category,
-            "grid_sha256": hit.grid.sha256 if hit.grid_id else None, "worker": worker.pk,
+            "label_origin": hit.label_origin, "validation_round": hit.validation_round,
+            "label_category": hit.label_category, "grid_sha256": hit.grid.sha256 if hit.grid_id else None, "worker": worker.pk,
             "worker_adapter": worker.adapter, "worker_external_id": worker.external_id,
             "worker_simulated": worker.simulated, "user": worker.user_id, "state": assignment.state,
             "answer": assignment.answer, "description": assignment.description, "confidence": assignment.confidence,
@@ -62,6 +87,7 @@ def crowd_answer_rows(study) -> list[dict[str, Any]]:
             "reviewed_by": assignment.reviewed_by.get_username() if assignment.reviewed_by_id else None,
             "reviewed_at": iso(assignment.reviewed_at), "external_assignment_id": assignment.external_assignment_id,
             "external_hit_id": assignment.external_hit_id, "external_session": assignment.external_session,
+            **patterns.setdefault(hit.pk, pattern_of(hit)),
             "completion_code": (session_completion_code(study, assignment.external_session)
                                 if assignment.external_session in earned else None),
         })
@@ -90,10 +116,10 @@ def crowd_results(study, *, simulated: str = "exclude") -> list[dict[str, Any]]:
         items = by_hit.get(hit.pk, [])
         row = {"hit": hit.pk, "hit_kind": hit.kind, "network": hit.unit.layer.network.name if hit.unit else None,
                "layer": hit.unit.layer.name if hit.unit else None, "unit": hit.unit.index if hit.unit else None,
-               "label": hit.label, "label_origin": hit.label_origin, "label_category": hit.label_category,
-               "answers": len(items), "n_yes": None, "n_no": None, "majority": None, "majority_share": None,
+               "label": hit.label, "label_origin": hit.label_origin, "validation_round": hit.validation_round,
+               "label_category": hit.label_category, "answers": len(items), "n_yes": None, "n_no": None, "majority": None, "majority_share": None,
                "tied": None, "canonical_description": None, "canonical_agreed": None, "mean_count": None,
-               "purity_shown": hit.purity_shown}
+               **pattern_of(hit)}
         if hit.kind == CrowdTaskKind.VALIDATION:
             row["n_yes"] = sum(a.answer == "yes" for a in items)
             row["n_no"] = sum(a.answer == "no" for a in items)

@@ -32,10 +32,18 @@ class CrowdStudyCreateForm(forms.Form):
                                   help_text="Validation: add a control label (a random other concept) per unit.")
     include_human = forms.BooleanField(required=False, initial=True, label="Human descriptions",
                                        help_text="Validation: add canonical descriptions from a description study.")
+    selection_round = forms.BooleanField(
+        required=False, initial=True, label="Selection round (ND'18)",
+        help_text="Validation: the canonical descriptions also get HITs of their own whose votes alone decide which "
+                  "units are interpretable, so Table 3 never measures on the votes that chose its units.")
     description_study = forms.ModelChoiceField(queryset=CrowdStudy.objects.none(), required=False,
                                                help_text="Empty: the newest description study covering each unit.")
     detectors_only = forms.BooleanField(required=False, help_text="Validation: dissection labels of detectors only "
                                                                   "(IoU above the threshold).")
+    include_dead_units = forms.BooleanField(
+        label="Include dead and saturated units", required=False, initial=False,
+        help_text="Off (the default): units that never fire, or whose threshold T_k is 0 (their grids highlight "
+                  "nothing or everything), get no HIT, gold item or qualification question.")
     gold_rate = forms.FloatField(initial=0.1, min_value=0.0, max_value=0.9)
     qualification_required = forms.BooleanField(required=False, initial=True, label="Qualification test")
     lease_seconds = forms.IntegerField(label="Lease (seconds)", initial=900, min_value=30, max_value=24 * 3600)

@@ -20,12 +20,13 @@ from analysis.engine.broden import BrodenFormatError
 from analysis.models import (Concept, ExemplarKind, ExemplarSet, LayerDissection, LayerExtraction, Unit,
                              UnitDissection)
 from analysis.services.explanatory_graph import graph_purity_candidates, graph_purity_inferences, purity_patch_picture
+from analysis.selectors import dead_unit_ids
 from analysis.services.extraction import open_activation_cache
-from analysis.services.grids import GRID_TILE_MAX, DatasetImageCache, store_grid
+from analysis.services.grids import UnitGridRenderer, store_grid
 
 from ..common import new_token
 from ..models import (DESCRIPTION_MAX_LENGTH, EXPLANATORY_GRAPH, RAW_FILTER_PEAKS, CrowdStudy, CrowdTaskKind, Hit,
-                      HitRole, LabelOrigin, OverlapRule)
+                      HitRole, LabelOrigin, OverlapRule, ValidationRound)
 from ..naming import label_text, normalise_concept_name
 from .selectors import canonical_descriptions_for
 from .services import NO, ORDER_MODULUS, YES, CrowdInputError
@@ -42,6 +43,7 @@ class HitSpec:
     grid_id: int | None = None
     label: str = ""
     label_origin: str = ""
+    validation_round: str = ""
     label_concept_id: int | None = None
     label_category: str = ""
     unit_category: str = ""
@@ -63,11 +65,20 @@ def _clean_study_name(name: str) -> str:
     return name
 
 
-def _overall_sets(extraction: LayerExtraction, units: Sequence[int] | None) -> list[ExemplarSet]:
+def _overall_sets(extraction: LayerExtraction, units: Sequence[int] | None, *,
+                  include_dead_units: bool = False) -> list[ExemplarSet]:
+    """The top-15 sets of ``units`` (default: all) of the extraction; dead and saturated units (see
+    ``analysis.models.UnitStatus``) left out unless ``include_dead_units``."""
     sets = (ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL)
             .select_related("unit").order_by("unit__index"))
     if units is not None:
         sets = sets.filter(unit__index__in=list(units))
+    if not include_dead_units:
+        dead = dead_unit_ids(extraction)
+        if dead and sets.exists() and not sets.exclude(unit_id__in=dead).exists():
+            raise CrowdInputError(f"{extraction.layer}: every chosen unit is dead or saturated (it never fires, or "
+                                  "its threshold is 0): choose live units, or include dead units on purpose.")
+        sets = sets.exclude(unit_id__in=dead)
     sets = list(sets)
     if not sets:
         raise CrowdInputError(f"{extraction.layer}: no top-15 exemplar sets (extract the layer first).")
@@ -83,6 +94,8 @@ def dissection_for(extraction: LayerExtraction) -> LayerDissection | None:
             .filter(layer_id=extraction.layer_id, dataset_id=extraction.dataset_id).first())
 
 
+# -- labels to validate ----------------------------------------------------------------------------------------------
+
 def _control_concept(rng: np.random.Generator, pool: list[Concept], avoid: set[str]) -> Concept | None:
     """ND'18-style control: a random concept of the dataset whose name matches none of the unit's labels."""
     for _ in range(50):
@@ -94,7 +107,12 @@ def _control_concept(rng: np.random.Generator, pool: list[Concept], avoid: set[s
 
 def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, rng: np.random.Generator,
                       include_dissection: bool, include_human: bool, controls: bool,
-                      description_study: CrowdStudy | None, detectors_only: bool) -> list[HitSpec]:
+                      description_study: CrowdStudy | None, detectors_only: bool,
+                      selection_round: bool) -> list[HitSpec]:
+    """Validation HITs of one layer: per unit, the blind comparison round (its dissection label, its human
+    canonical description and a control, as comparison HITs) and, with ``selection_round``, the ND'18 selection
+    round (its canonical description again, as a HIT of its own whose votes decide whether the unit is
+    interpretable; :class:`annotation.models.ValidationRound`)."""
     dissection = dissection_for(extraction) if include_dissection else None
     results = {}
     if dissection is not None:
@@ -109,7 +127,8 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
         result = results.get(exemplar.unit_id)
         unit_category = result.concept.category if result is not None and result.concept_id else ""
         common = dict(kind=CrowdTaskKind.VALIDATION, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
-                      grid_id=exemplar.grid_id, unit_category=unit_category)
+                      grid_id=exemplar.grid_id, unit_category=unit_category,
+                      validation_round=ValidationRound.COMPARISON)
         avoid: set[str] = set()
         dissection_spec = None
         if result is not None and result.concept_id and (result.is_detector or not detectors_only):
@@ -122,16 +141,20 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
             specs.append(dissection_spec)
         description = human.get(exemplar.unit_id)
         if description is not None:
-            human_source = {"description_study": description["study"], "description_hit": description["hit"],
-                            "agreed": description["agreed"]}
+            human_label = dict(label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
+                               label_origin=LabelOrigin.HUMAN)
+            source = {"description_study": description["study"], "description_hit": description["hit"],
+                      "agreed": description["agreed"]}
             if dissection_spec is not None and normalise_concept_name(description["text"]) in avoid:
                 # The same text twice would let a worker see one question twice and know the other label is the
                 # control: one HIT, its answers credited to both origins (``also_origins``).
-                dissection_spec.source.update(also_origins=[LabelOrigin.HUMAN.value], **human_source)
+                dissection_spec.source.update(also_origins=[LabelOrigin.HUMAN.value], **source)
             else:
                 avoid.add(normalise_concept_name(description["text"]))
-                specs.append(HitSpec(**common, label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
-                                     label_origin=LabelOrigin.HUMAN, source=human_source))
+                specs.append(HitSpec(**common, **human_label, source=source))
+            if selection_round:
+                specs.append(HitSpec(**{**common, "validation_round": ValidationRound.SELECTION}, **human_label,
+                                     source=source))
         if controls and pool and avoid:
             concept = _control_concept(rng, pool, avoid)
             if concept is not None:
@@ -140,6 +163,8 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
                                      source={"control_of": sorted(avoid)}))
     return specs
 
+
+# -- purity HITs (grids rendered here from the activation cache) -----------------------------------------------------
 
 def unit_image_scores(extraction: LayerExtraction, *, chunk: int = 256) -> np.ndarray:
     """``float32[images, units]``: each unit's map maximum on every image of the extraction (read in chunks)."""
@@ -154,18 +179,10 @@ def unit_image_scores(extraction: LayerExtraction, *, chunk: int = 256) -> np.nd
 def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass: float,
                   max_shown: int) -> list[HitSpec]:
     """One purity HIT per unit: its top-K images by map maximum (K by the 30% mass rule), at most ``max_shown``."""
-    import torch  # local: keeps torch out of the web processes that import this module (the study form)
+    from analysis.engine.explanatory_graph import energy_top_k  # local: imports torch, kept out of web processes
 
-    from analysis.engine.explanatory_graph import energy_top_k  # local: imports torch (see above)
-    from analysis.engine.rendering import render_activation_grid  # local: imports torch
-    from analysis.engine.upsample import peak_coordinates, upsample_anchored, upsample_plain  # local: imports torch
-
-    layer, network = extraction.layer, extraction.layer.network
     scores = unit_image_scores(extraction)
-    maps = open_activation_cache(extraction)
-    images = DatasetImageCache(extraction.dataset)
-    anchored = layer.rf_stride_y is not None
-    input_size = (network.input_height, network.input_width)
+    renderer = UnitGridRenderer(extraction)
     specs = []
     for exemplar in sets:
         unit_scores = scores[:, exemplar.unit.index]
@@ -175,23 +192,8 @@ def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass:
             continue
         shown = min(k, max_shown)
         order = top[:shown]
-        pictures = np.stack([images[int(index)] for index in order])
-        size = pictures.shape[1:3]
-        unit_maps = torch.from_numpy(np.asarray(maps[order, exemplar.unit.index], dtype=np.float32))
-        flat = unit_maps.flatten(1).argmax(dim=1)
-        positions = torch.stack((flat // unit_maps.shape[2], flat % unit_maps.shape[2]), dim=1)
-        if anchored:
-            upsampled = upsample_anchored(unit_maps, size, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                                          rf_offset=(layer.rf_offset_y, layer.rf_offset_x), input_size=input_size)
-            peaks = peak_coordinates(positions, rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                                     rf_offset=(layer.rf_offset_y, layer.rf_offset_x))
-            peaks = (peaks * torch.tensor([size[0] / input_size[0], size[1] / input_size[1]],
-                                          dtype=torch.float64)).numpy()
-        else:
-            upsampled = upsample_plain(unit_maps, size)
-            peaks = None
-        picture = render_activation_grid(pictures, upsampled.numpy(), peaks, vmax=max(float(unit_scores.max()), 1e-6),
-                                         columns=5, num_slots=shown, tile=min(GRID_TILE_MAX, max(size)))
+        picture = renderer.picture(exemplar.unit.index, order, vmax=max(float(unit_scores.max()), 1e-6), columns=5,
+                                   num_slots=shown)
         grid = store_grid(picture, style="purity")
         specs.append(HitSpec(kind=CrowdTaskKind.PURITY, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
                              grid_id=grid.pk, purity_k=k, purity_shown=shown,
@@ -201,13 +203,16 @@ def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass:
     return specs
 
 
-def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_shown: int) -> list[HitSpec]:
+def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_shown: int,
+                        include_dead_units: bool = False) -> list[HitSpec]:
     """Explanatory Graph purity (AAAI'18 Fig. 8) for one layer of ``graph``: a HIT per top-D graph node
     (:func:`analysis.services.explanatory_graph.graph_purity_candidates`) and per raw filter (the "raw filter
     peaks" baseline), both drawn the same way — the patches of the top-K inferences (K by the 30% rule,
-    ``mass``), so that raters cannot tell the sources apart."""
+    ``mass``), so that raters cannot tell the sources apart. Nodes and filters of dead or saturated units are
+    left out unless ``include_dead_units``."""
     layer = extraction.layer
-    units = {unit.index: unit for unit in Unit.objects.filter(layer=layer)}
+    dead = set() if include_dead_units else dead_unit_ids(extraction)
+    units = {unit.index: unit for unit in Unit.objects.filter(layer=layer) if unit.pk not in dead}
 
     def spec(groups, unit_index: int, source: str, pattern: str) -> HitSpec | None:
         if not groups:
@@ -221,6 +226,8 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
 
     specs = []
     for node, _ in graph_purity_candidates(graph, layer=layer.name):
+        if node.filter not in units:
+            continue
         groups = graph_purity_inferences(graph, layer=layer.name, filter_index=node.filter, node=node.node,
                                          mode="node", fraction=mass)
         specs.append(spec(groups, node.filter, EXPLANATORY_GRAPH, f"{layer.name}/{node.filter}/{node.node}"))
@@ -230,13 +237,16 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
     return [item for item in specs if item is not None]
 
 
+# -- gold items and qualification questions --------------------------------------------------------------------------
+
 def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: str, rng: np.random.Generator,
                 gold_count: int, qualification_count: int,
                 avoid: set[tuple[int, str]] = frozenset()) -> list[HitSpec]:
     """Gold and qualification items with answers known from the dataset's pixel truth (see
     :mod:`annotation.crowd.truth`): "yes" for a concept under the peak of most of the 15 images, "no" for a
-    concept under none of them. Qualification questions are always yes/no label questions. Never a
-    ``(unit id, normalised label)`` pair of ``avoid`` (the study's task questions)."""
+    concept under none of them. Qualification questions match the study's kind: descriptions (of units whose
+    answer is known) for a description study, yes/no label questions otherwise (purity too: no count is known
+    from the truth). Never a ``(unit id, normalised label)`` pair of ``avoid`` (the study's task questions)."""
     wanted = gold_count + qualification_count
     if wanted == 0:
         return []
@@ -265,13 +275,17 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
     mixed = [c for pair in zip([c for c in yes_first if c[1] == YES], [c for c in yes_first if c[1] == NO])
              for c in pair]
     mixed += [c for c in candidates if c not in mixed]
-    for number, (exemplar, answer, name, truth) in enumerate(mixed[:wanted]):
-        role = HitRole.QUALIFICATION if number < qualification_count else HitRole.GOLD
+    # A description study's qualification and gold items ask for descriptions of units whose answer is known.
+    pool = [c for c in mixed if c[1] == YES] if kind == CrowdTaskKind.DESCRIPTION else mixed
+    qualification = pool[:qualification_count]
+    picked = [(HitRole.QUALIFICATION, c) for c in qualification]
+    picked += [(HitRole.GOLD, c) for c in pool if c not in qualification][:gold_count]
+    for role, (exemplar, answer, name, truth) in picked:
         concept = names[name]
         shown = label_text(concept.name)
         common = dict(unit_id=exemplar.unit_id, extraction_id=extraction.pk, grid_id=exemplar.grid_id, role=role,
                       source={"truth": truth}, label_concept_id=concept.pk, label_category=concept.category)
-        if role == HitRole.QUALIFICATION or kind == CrowdTaskKind.VALIDATION:
+        if kind == CrowdTaskKind.VALIDATION or (role == HitRole.QUALIFICATION and kind == CrowdTaskKind.PURITY):
             explanation = (f"“{shown}” is under the highlighted patch in most of these images." if answer == YES else
                            f"“{shown}” is under none of the highlighted patches.")
             specs.append(HitSpec(kind=CrowdTaskKind.VALIDATION, label=shown, gold_answer=answer,
@@ -284,13 +298,17 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
     return specs
 
 
+# -- the study -------------------------------------------------------------------------------------------------------
+
 def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtraction],
                        units: Sequence[int] | None = None, assignments_per_hit: int = 3, lease_seconds: int = 900,
                        gold_rate: float = 0.1, gold_count: int = 12, qualification_required: bool = True,
                        qualification_size: int = 4, qualification_pass_rate: float = 0.75,
                        block_below: float = 0.6, block_min_gold: int = 8, include_dissection: bool = True,
                        include_human: bool = True, controls: bool = True, detectors_only: bool = False,
-                       description_study: CrowdStudy | None = None, purity_mass: float = 0.3,
+                       description_study: CrowdStudy | None = None, selection_round: bool = True,
+                       include_dead_units: bool = False,
+                       purity_mass: float = 0.3,
                        purity_max_shown: int = 20, graph=None, overlap_rule: str = OverlapRule.FIXED,
                        external_submit_hosts: str | None = None, hits_per_session: int = 10, seed: int = 0,
                        description: str = "", created_by=None) -> CrowdStudy:
@@ -300,12 +318,18 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
       layer on the extraction's dataset; every unit with a top concept, or only detectors with
       ``detectors_only``), one for its human canonical description (from ``description_study`` or the newest
       description study covering it), and — with ``controls`` — one for a random other concept of the dataset;
-      a unit with neither label gets no HIT.
+      a unit with neither label gets no HIT. These are the blind comparison round. With ``selection_round``
+      (the default, ND'18's protocol) each canonical description also gets a selection-round HIT of its own,
+      whose votes alone decide which units are interpretable in Table 3
+      (:func:`annotation.crowd.reports.table3_from_votes`).
     * description: one HIT per unit (``assignments_per_hit`` = 3 raters by default, as ND'18's baseline).
     * purity: one HIT per unit showing its top-K images by map maximum with the peak marked (K by the 30% mass
       rule, :func:`analysis.engine.explanatory_graph.energy_top_k` with ``purity_mass``); with an Explanatory
       ``graph`` covering the layer, instead a HIT per top-D graph node and per raw filter, both as patches of
       their top-K inferences (AAAI'18 Fig. 8's comparison; ``Hit.source["pattern_source"]`` tells them apart).
+
+    Dead and saturated units (``analysis.models.UnitStatus``) get no HIT, gold item or qualification question
+    unless ``include_dead_units``.
 
     Gold items (``gold_count``) and qualification questions (2 × ``qualification_size``, so a retake can differ)
     come from the dataset's pixel truth; without enough of them the qualification is not required. All HITs are
@@ -328,16 +352,18 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
     rng = np.random.default_rng(seed)
     specs: list[HitSpec] = []
     for extraction in extractions:
-        sets = _overall_sets(extraction, units)
+        sets = _overall_sets(extraction, units, include_dead_units=include_dead_units)
         if kind == CrowdTaskKind.VALIDATION:
             specs += _validation_specs(extraction, sets, rng=rng, include_dissection=include_dissection,
                                        include_human=include_human, controls=controls,
-                                       description_study=description_study, detectors_only=detectors_only)
+                                       description_study=description_study, detectors_only=detectors_only,
+                                       selection_round=selection_round)
         elif kind == CrowdTaskKind.DESCRIPTION:
             specs += [HitSpec(kind=kind, unit_id=s.unit_id, extraction_id=extraction.pk, grid_id=s.grid_id,
                               unit_category=_unit_category(extraction, s.unit_id)) for s in sets]
         elif graph is not None and extraction.layer.name in graph.layers:
-            specs += _graph_purity_specs(extraction, graph, mass=purity_mass, max_shown=purity_max_shown)
+            specs += _graph_purity_specs(extraction, graph, mass=purity_mass, max_shown=purity_max_shown,
+                                         include_dead_units=include_dead_units)
         else:
             specs += _purity_specs(extraction, sets, mass=purity_mass, max_shown=purity_max_shown)
     if not any(spec.role == HitRole.TASK for spec in specs):
@@ -349,10 +375,12 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
     task_units = {spec.unit_id for spec in specs if spec.role == HitRole.TASK}
     task_pairs = {(spec.unit_id, normalise_concept_name(spec.label)) for spec in specs if spec.role == HitRole.TASK}
     for extraction in extractions:
-        spare = [exemplar for exemplar in ExemplarSet.objects.filter(
-            extraction=extraction, kind=ExemplarKind.TOP_OVERALL, grid__isnull=False).exclude(unit_id__in=task_units)
-            .select_related("unit").order_by("unit__index")]
-        specs += _gold_specs(extraction, spare or _overall_sets(extraction, units), kind=kind, rng=rng,
+        spare = (ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL, grid__isnull=False)
+                 .exclude(unit_id__in=task_units).select_related("unit").order_by("unit__index"))
+        if not include_dead_units:
+            spare = spare.exclude(unit_id__in=dead_unit_ids(extraction))
+        spare = list(spare) or _overall_sets(extraction, units, include_dead_units=include_dead_units)
+        specs += _gold_specs(extraction, spare, kind=kind, rng=rng,
                              gold_count=per_layer_gold if gold_rate > 0 else 0,
                              qualification_count=per_layer_qualification, avoid=task_pairs)
     n_qualification = sum(spec.role == HitRole.QUALIFICATION for spec in specs)
@@ -364,14 +392,16 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
             qualification_size=qualification_size, qualification_pass_rate=qualification_pass_rate,
             block_below=block_below, block_min_gold=block_min_gold, overlap_rule=overlap_rule,
             purity_mass=purity_mass, purity_max_shown=purity_max_shown, hits_per_session=hits_per_session,
-            completion_code=secrets.token_hex(4).upper(), seed=seed, created_by=created_by,
+            completion_code=secrets.token_hex(4).upper(), seed=seed, include_dead_units=include_dead_units,
+            created_by=created_by,
             **({"external_submit_hosts": external_submit_hosts} if external_submit_hosts is not None else {}))
         study.extractions.set(extractions)
         order = rng.permutation(len(specs))
         Hit.objects.bulk_create([
             Hit(study=study, token=new_token(), position=position, kind=spec.kind, role=spec.role,
                 unit_id=spec.unit_id, extraction_id=spec.extraction_id, grid_id=spec.grid_id, label=spec.label,
-                label_origin=spec.label_origin, label_concept_id=spec.label_concept_id,
+                label_origin=spec.label_origin, validation_round=spec.validation_round,
+                label_concept_id=spec.label_concept_id,
                 label_category=spec.label_category, unit_category=spec.unit_category, source=spec.source or {},
                 gold_answer=spec.gold_answer, gold_explanation=spec.gold_explanation, purity_k=spec.purity_k,
                 purity_shown=spec.purity_shown, max_assignments=assignments_per_hit)

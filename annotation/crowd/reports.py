@@ -29,7 +29,7 @@ from analysis.engine import agreement as agreement_engine
 
 from ..common import SIMULATED_CHOICES
 from ..models import (EXPLANATORY_GRAPH, RAW_FILTER_PEAKS, SUBMITTED_STATES, CrowdAssignment, CrowdStudy, CrowdTaskKind,
-                      Hit, HitRole, LabelOrigin, OverlapRule)
+                      Hit, HitRole, LabelOrigin, OverlapRule, ValidationRound)
 from . import aggregation
 from .selectors import answer_key, canonical_description, crowd_worker_rows
 
@@ -152,7 +152,7 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
     summary = aggregation.agreement(answers, labels=order, **common)
 
     hits = {hit.pk: hit for hit in Hit.objects.filter(pk__in=list(majority.index))
-            .select_related("unit__layer", "label_concept")}
+            .select_related("unit__layer__network", "label_concept", "grid")}
     descriptions: dict[int, list[tuple[str, int]]] = defaultdict(list)
     counts: dict[int, list[int]] = defaultdict(list)
     if study.kind == CrowdTaskKind.DESCRIPTION:
@@ -177,7 +177,8 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
         hit = hits[hit_id]
         row = {"hit": hit, "layer": hit.unit.layer.name if hit.unit_id else "", "unit": hit.unit.index if hit.unit_id
                else None, "label": hit.label, "origin": hit.get_label_origin_display() if hit.label_origin else "",
-               "origin_key": hit.label_origin, "category": hit.unit_category, "n": int(vote["n_answers"]),
+               "origin_key": hit.label_origin, "round": hit.validation_round, "category": hit.unit_category,
+               "n": int(vote["n_answers"]),
                "majority": vote["label"], "majority_share": float(vote["share"]), "tied": bool(vote["tied"]),
                "layer_order": hit.unit.layer.order if hit.unit_id else 0}
         if ds is not None and hit_id in ds.labels.index:
@@ -200,8 +201,11 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
 
     agreement_by_origin = []
     if study.kind == CrowdTaskKind.VALIDATION and not answers.empty:
+        # Per origin over the blind comparison round (the selection round shows only canonical descriptions); a
+        # HIT whose label was both a human description and the dissection label counts for both.
         origins_of = {pk: hit_origins(origin, source) for pk, origin, source in
-                      study.hits.filter(role=HitRole.TASK).values_list("pk", "label_origin", "source")}
+                      study.hits.filter(role=HitRole.TASK).exclude(validation_round=ValidationRound.SELECTION)
+                      .values_list("pk", "label_origin", "source")}
         for origin in LabelOrigin:
             subset = answers[answers["task"].map(lambda task: origin.value in origins_of.get(task, ()))]
             if not subset.empty:
@@ -238,7 +242,8 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
 @dataclass(frozen=True)
 class UnitVotes:
     """The votes one validation HIT got: its unit (within ``layer``), the unit's category (of its dissection
-    label; "" without one), the label's origin, yes votes and all votes."""
+    label; "" without one), the label's origin, yes votes, all votes, and the ND'18 round the HIT belongs to
+    (``selection`` or ``comparison``, :class:`annotation.models.ValidationRound`)."""
 
     layer: str
     unit: Any
@@ -246,6 +251,7 @@ class UnitVotes:
     origin: str
     yes: int
     n: int
+    round: str = ValidationRound.COMPARISON.value
 
 
 def _category_order(categories: Iterable[str]) -> list[str]:
@@ -282,27 +288,37 @@ def table3_from_votes(votes: Iterable[UnitVotes], layers: Sequence[tuple[str, in
     ``layers``: ``(name, number of units)`` in the network's order. ``interpretable``:
 
     * ``validated`` (the paper: "units with validated descriptions are taken as interpretable units"): a unit
-      whose human-label HIT got a strict majority of yes votes (a tie is not a validation). ND'18 validated the
-      canonical descriptions in a round of its own before the blind comparison; here the blind human-label
-      HIT of the same study serves both (the paper leaves the rule open: a strict majority is our reading);
-    * ``all``: every unit with an answered validation HIT (to read the % yes of all units).
+      whose canonical description got a strict majority of yes votes in the **selection round** (a tie is not a
+      validation; the paper leaves the rule open: a strict majority is our reading). Without selection-round
+      votes no unit is interpretable (``selection_votes`` is then 0, and the report says so);
+    * ``all``: every unit with answered HITs (to read the % yes of all units).
 
-    A unit's yes share for an origin is its yes votes over its votes on that origin's HIT(s); "human
-    consistency" and "Network Dissection" are the means of these shares over the interpretable units with a
-    human / dissection HIT (each unit counts once, whatever its number of raters — the paper's "average
-    positive votes"), per layer and per category (the category of the unit's dissection label). Controls (a
-    random other concept; not in the paper) get the same row as a floor. Intervals: percentile bootstrap over
-    units (``replicates``, ``seed``).
+    The percentages come from the **comparison round** only, so the votes that choose the units never measure
+    them: under a crowd that says yes at random, human, dissection and control all come out near 50%
+    (``tests/test_crowd_reports.py`` simulates it). A unit's yes share for an origin is its yes votes over its
+    votes on that origin's comparison HIT(s); "human consistency" and "Network Dissection" are the means of
+    these shares over the interpretable units with a human / dissection HIT (each unit counts once, whatever
+    its number of raters — the paper's "average positive votes"), per layer and per category (the category of
+    the unit's dissection label). Controls (a random other concept; not in the paper) get the same row as a
+    floor. Intervals: percentile bootstrap over units (``replicates``, ``seed``).
     """
     if interpretable not in INTERPRETABLE_RULES:
         raise ValueError(f"interpretable must be one of {INTERPRETABLE_RULES}")
-    # per (layer, unit, origin): [yes, n]; per (layer, unit): category
+    selection_round, comparison_round = ValidationRound.SELECTION.value, ValidationRound.COMPARISON.value
+    # per (layer, unit, origin): [yes, n] of comparison votes; per (layer, unit): [yes, n] of selection votes
     tallies: dict[tuple[str, Any, str], list[int]] = defaultdict(lambda: [0, 0])
+    selection: dict[tuple[str, Any], list[int]] = defaultdict(lambda: [0, 0])
     category_of: dict[tuple[str, Any], str] = {}
+    used = {selection_round: [0, 0], comparison_round: [0, 0]}  # [HITs, votes] per round
     for vote in votes:
         if vote.n <= 0:
             continue
-        tally = tallies[(vote.layer, vote.unit, vote.origin)]
+        if vote.round not in used:
+            raise ValueError(f"unknown validation round {vote.round!r}")
+        used[vote.round][0] += 1
+        used[vote.round][1] += vote.n
+        tally = selection[(vote.layer, vote.unit)] if vote.round == selection_round else \
+            tallies[(vote.layer, vote.unit, vote.origin)]
         tally[0] += vote.yes
         tally[1] += vote.n
         category_of[(vote.layer, vote.unit)] = vote.category or category_of.get((vote.layer, vote.unit), "")
@@ -311,8 +327,8 @@ def table3_from_votes(votes: Iterable[UnitVotes], layers: Sequence[tuple[str, in
     def is_interpretable(layer: str, unit: Any) -> bool:
         if interpretable == "all":
             return True
-        human = tallies.get((layer, unit, LabelOrigin.HUMAN.value))
-        return human is not None and 2 * human[0] > human[1]
+        votes_for = selection.get((layer, unit))
+        return votes_for is not None and 2 * votes_for[0] > votes_for[1]
 
     result_layers = []
     all_categories: set[str] = set()
@@ -338,7 +354,9 @@ def table3_from_votes(votes: Iterable[UnitVotes], layers: Sequence[tuple[str, in
         result_layers.append(entry)
     categories = _category_order(all_categories)
     return {"layers": result_layers, "categories": categories, "interpretable_rule": interpretable,
-            "confidence": confidence, "replicates": replicates}
+            "confidence": confidence, "replicates": replicates,
+            "selection_hits": used[selection_round][0], "selection_votes": used[selection_round][1],
+            "comparison_hits": used[comparison_round][0], "comparison_votes": used[comparison_round][1]}
 
 
 def _percent(share: dict[str, Any] | None) -> str:
@@ -380,11 +398,13 @@ def study_validation_votes(study: CrowdStudy, *, simulated: str = "exclude") -> 
         tallies[hit_id][1] += 1
     votes = []
     for hit in (Hit.objects.filter(pk__in=list(tallies)).select_related("unit__layer")
-                .only("pk", "unit_category", "label_origin", "source", "unit__index", "unit__layer__name")):
+                .only("pk", "unit_category", "label_origin", "source", "validation_round", "unit__index",
+                      "unit__layer__name")):
         yes, n = tallies[hit.pk]
         for origin in hit_origins(hit.label_origin, hit.source):  # one HIT may stand for two origins' same label
             votes.append(UnitVotes(layer=hit.unit.layer.name, unit=hit.unit.index, category=hit.unit_category,
-                                   origin=origin, yes=yes, n=n))
+                                   origin=origin, yes=yes, n=n,
+                                   round=hit.validation_round or ValidationRound.COMPARISON.value))
     return votes
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db.models import Count, F, Q, Sum
 
-from ..models import (SUBMITTED_STATES, AssignmentState, CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker,
+from ..models import (SUBMITTED_STATES, CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker,
                       Hit, HitRole)
 from ..naming import normalise_concept_name
 from . import aggregation
@@ -21,7 +21,12 @@ from . import aggregation
 FAST_FRACTION = 0.3
 """A worker is "fast" when their median time on task is below this share of the study's median (our choice)."""
 STREAK_MIN = 8
-"""An identical-answer streak this long (or longer) is flagged (our choice)."""
+"""An identical-answer streak shorter than this is never flagged (our choice)."""
+STREAK_P = 0.001
+"""A streak is flagged only when an honest worker answering independently with the study's answer shares would
+reach it with probability below this (:func:`annotation.crowd.aggregation.longest_run_p_value`): a study whose
+right answer is mostly "yes" gives honest workers long runs of "yes" (our choice; calibrated so that none of the
+demo's simulated workers, who answer from the pixel truth, is flagged)."""
 SIGNAL_MIN_ANSWERS = 3
 """Signals need at least this many answers of the worker."""
 
@@ -108,10 +113,13 @@ def answer_key(assignment: CrowdAssignment, kind: str) -> Any:
 
 
 def careless_signals(*, seconds: Sequence[float], study_median: float | None, answers: Sequence[Any],
-                     pasted: int, fast_fraction: float = FAST_FRACTION, streak_min: int = STREAK_MIN) -> list[str]:
+                     pasted: int, fast_fraction: float = FAST_FRACTION, streak_min: int = STREAK_MIN,
+                     answer_shares: Sequence[float] | None = None, streak_p: float = STREAK_P) -> list[str]:
     """Readable flags of careless or automated answering for one worker (REFERENCE.md: 33–46% of MTurk workers
     used language models on text tasks): time on task far below the study's median, long streaks of identical
-    answers, descriptions pasted rather than typed."""
+    answers, descriptions pasted rather than typed. With ``answer_shares`` (the study's shares of each distinct
+    answer) a streak of at least ``streak_min`` is flagged only when it is improbable (p < ``streak_p``) for an
+    honest worker answering as the crowd does; without them every such streak is."""
     flags = []
     if len(seconds) >= SIGNAL_MIN_ANSWERS and study_median:
         median = statistics.median(seconds)
@@ -119,7 +127,10 @@ def careless_signals(*, seconds: Sequence[float], study_median: float | None, an
             flags.append(f"fast: median {median:.1f} s vs study median {study_median:.1f} s")
     streak = longest_streak(answers)
     if len(answers) >= SIGNAL_MIN_ANSWERS and streak >= streak_min:
-        flags.append(f"streak: {streak} identical answers in a row")
+        if answer_shares is None:
+            flags.append(f"streak: {streak} identical answers in a row")
+        elif (p_value := aggregation.longest_run_p_value(len(answers), streak, answer_shares)) < streak_p:
+            flags.append(f"streak: {streak} identical answers in a row (p = {p_value:.1g} for an honest worker)")
     if pasted:
         flags.append(f"pasted: {pasted} description{'s' if pasted != 1 else ''} pasted")
     return flags
@@ -151,18 +162,46 @@ def crowd_study_progress(study: CrowdStudy) -> dict[str, Any]:
             "places": places, "answered": answered, "percent": int(100 * answered / places) if places else 0,
             "complete_hits": tasks.annotate(n=Count("assignments", filter=Q(assignments__state__in=SUBMITTED_STATES)))
             .filter(Q(n__gte=F("max_assignments")) | Q(retired=True)).count(),
-            "states": {state.label: states.get(state.value, 0) for state in AssignmentState},
+            "states": {state.label: states.get(state.value, 0) for state in CrowdAssignmentState},
             "workers": study.workers.filter(simulated=False).count(),
             "simulated_workers": study.workers.filter(simulated=True).count(),
             "blocked": study.workers.filter(blocked=True).count()}
 
 
-def crowd_hit_rows(study: CrowdStudy, *, role: str = HitRole.TASK, limit: int = 300) -> list[dict[str, Any]]:
-    """HITs with their answers (researchers only: origins are shown here)."""
-    hits = list(study.hits.filter(role=role).select_related("unit__layer", "label_concept", "grid")
-                .order_by("unit__layer__order", "unit__index", "label_origin", "id")[:limit])
+CROWD_PAGE_SIZE = 50
+HIT_STATES = {"open": "Still collecting answers", "complete": "All answers in", "retired": "Retired early"}
+
+
+def crowd_hits_for_list(study: CrowdStudy, *, role: str = HitRole.TASK, layer: str = "", unit: int | None = None,
+                        origin: str = "", state: str = "", label: str = ""):
+    """A study's HITs of ``role`` in list order (layer, unit, origin), filtered by layer name, unit index, label
+    origin, ``state`` (a key of :data:`HIT_STATES`) and a label substring."""
+    hits = (study.hits.filter(role=role).select_related("unit__layer__network", "label_concept", "grid")
+            .order_by("unit__layer__order", "unit__index", "label_origin", "id"))
+    if layer:
+        hits = hits.filter(unit__layer__name=layer)
+    if unit is not None:
+        hits = hits.filter(unit__index=unit)
+    if origin:
+        hits = hits.filter(label_origin=origin)
+    if label:
+        hits = hits.filter(label__icontains=label)
+    if state == "retired":
+        hits = hits.filter(retired=True)
+    elif state in ("open", "complete"):
+        answered = Count("assignments", filter=Q(assignments__state__in=SUBMITTED_STATES))
+        hits = hits.annotate(n_answered=answered).filter(retired=False)
+        hits = (hits.filter(n_answered__lt=F("max_assignments")) if state == "open"
+                else hits.filter(n_answered__gte=F("max_assignments")))
+    return hits
+
+
+def crowd_hit_rows(hits: Iterable[Hit]) -> list[dict[str, Any]]:
+    """HITs (e.g. one page of :func:`crowd_hits_for_list`) with their answers (researchers only: origins are
+    shown here)."""
+    hits = list(hits)
     answers: dict[int, list[CrowdAssignment]] = {}
-    for assignment in (CrowdAssignment.objects.filter(hit__in=hits).exclude(state=AssignmentState.RETURNED)
+    for assignment in (CrowdAssignment.objects.filter(hit__in=hits).exclude(state=CrowdAssignmentState.RETURNED)
                        .select_related("worker").order_by("submitted_at", "id")):
         answers.setdefault(assignment.hit_id, []).append(assignment)
     rows = []
@@ -183,27 +222,37 @@ def crowd_hit_rows(study: CrowdStudy, *, role: str = HitRole.TASK, limit: int = 
 
 
 def crowd_assignment_rows(study: CrowdStudy, *, state: str | None = None, worker: CrowdWorker | None = None,
-                          limit: int = 300):
-    """Submitted work to review, newest first."""
-    assignments = (CrowdAssignment.objects.filter(hit__study=study).exclude(state=AssignmentState.LEASED)
-                   .select_related("hit__unit__layer", "worker").order_by("-submitted_at", "-id"))
+                          layer: str = "", unit: int | None = None, role: str = ""):
+    """Submitted work to review, newest first (a query set: the page pages it), filtered by state, worker, layer
+    name, unit index and HIT role."""
+    assignments = (CrowdAssignment.objects.filter(hit__study=study).exclude(state=CrowdAssignmentState.LEASED)
+                   .select_related("hit__unit__layer__network", "hit__grid", "worker").order_by("-submitted_at", "-id"))
     if state:
         assignments = assignments.filter(state=state)
     if worker is not None:
         assignments = assignments.filter(worker=worker)
-    return list(assignments[:limit])
+    if layer:
+        assignments = assignments.filter(hit__unit__layer__name=layer)
+    if unit is not None:
+        assignments = assignments.filter(hit__unit__index=unit)
+    if role:
+        assignments = assignments.filter(hit__role=role)
+    return assignments
 
 
 def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
     """Per worker: adapter, answers, gold accuracy, qualification, median time, bonuses and careless signals."""
     assignments = list(CrowdAssignment.objects.filter(hit__study=study, state__in=[*SUBMITTED_STATES,
-                                                                                   AssignmentState.REJECTED])
+                                                                                   CrowdAssignmentState.REJECTED])
                        .select_related("hit").order_by("submitted_at", "id"))
     task_seconds = [a.seconds for a in assignments if a.seconds is not None and a.hit.role == HitRole.TASK]
     study_median = statistics.median(task_seconds) if task_seconds else None
     by_worker: dict[int, list[CrowdAssignment]] = {}
     for assignment in assignments:
         by_worker.setdefault(assignment.worker_id, []).append(assignment)
+    pooled = Counter(answer_key(a, a.hit.kind) for a in assignments
+                     if a.hit.role == HitRole.TASK and a.state in SUBMITTED_STATES)
+    shares = [count / sum(pooled.values()) for count in pooled.values()] if pooled else None
     bonuses = dict(CrowdWorker.objects.filter(study=study).annotate(total=Sum("bonuses__amount_cents"))
                    .values_list("pk", "total"))
     rows = []
@@ -214,15 +263,16 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
         seconds = [a.seconds for a in tasks if a.seconds is not None]
         states = Counter(a.state for a in done)
         rows.append({
-            "worker": worker, "answered": len(tasks), "approved": states.get(AssignmentState.APPROVED, 0),
-            "rejected": states.get(AssignmentState.REJECTED, 0), "submitted": states.get(AssignmentState.SUBMITTED, 0),
+            "worker": worker, "answered": len(tasks), "approved": states.get(CrowdAssignmentState.APPROVED, 0),
+            "rejected": states.get(CrowdAssignmentState.REJECTED, 0),
+            "submitted": states.get(CrowdAssignmentState.SUBMITTED, 0),
             "gold_right": sum(a.gold_correct for a in gold), "gold_total": len(gold),
             "gold_accuracy": sum(a.gold_correct for a in gold) / len(gold) if gold else None,
             "median_seconds": statistics.median(seconds) if seconds else None,
             "pasted": sum(a.pasted for a in tasks), "bonus_cents": bonuses.get(worker.pk) or 0,
             "signals": careless_signals(seconds=seconds, study_median=study_median,
                                         answers=[answer_key(a, a.hit.kind) for a in tasks],
-                                        pasted=sum(a.pasted for a in tasks)),
+                                        pasted=sum(a.pasted for a in tasks), answer_shares=shares),
         })
     return rows
 
@@ -238,7 +288,7 @@ def worker_by_code(code: str) -> CrowdWorker | None:
 
 def worker_progress(worker: CrowdWorker) -> dict[str, int]:
     """The worker's answered HITs (gold included: to them every HIT is alike) and their gold score."""
-    done = CrowdAssignment.objects.filter(worker=worker, state__in=[*SUBMITTED_STATES, AssignmentState.REJECTED])
+    done = CrowdAssignment.objects.filter(worker=worker, state__in=[*SUBMITTED_STATES, CrowdAssignmentState.REJECTED])
     return done.aggregate(answered=Count("id"), gold_right=Count("id", filter=Q(gold_correct=True)),
                           gold_total=Count("id", filter=Q(gold_correct__isnull=False)))
 
@@ -297,3 +347,36 @@ def hit_overlap_decision(hit: Hit) -> aggregation.OverlapDecision:
     labels.pop("", None)
     labels.pop(None, None)
     return aggregation.overlap_decision(hit.pk, labels, hit.max_assignments, aggregation.OverlapRules.from_study(study))
+
+
+def unit_crowd_answers(unit) -> list[dict[str, Any]]:
+    """Every crowd study's counted answers about ``unit`` (task HITs only; rejected answers left out), study by
+    study (newest first): validation labels with their origin and yes/no votes, descriptions with confidence,
+    purity counts out of the images shown. ``simulated`` counts the simulated crowd's share of each."""
+    hits = (Hit.objects.filter(unit=unit, role=HitRole.TASK).select_related("study")
+            .order_by("-study__created_at", "kind", "label"))
+    answered = (CrowdAssignment.objects.answered().filter(hit__unit=unit, hit__role=HitRole.TASK)
+                .select_related("worker").order_by("submitted_at", "id"))
+    by_hit: dict[int, list[CrowdAssignment]] = {}
+    for assignment in answered:
+        by_hit.setdefault(assignment.hit_id, []).append(assignment)
+    studies: dict[int, dict[str, Any]] = {}
+    for hit in hits:
+        entry = studies.setdefault(hit.study_id, {"study": hit.study, "labels": [], "descriptions": [],
+                                                  "purity": []})
+        answers = by_hit.get(hit.pk, [])
+        simulated = sum(1 for a in answers if a.worker.simulated)
+        if hit.kind == CrowdTaskKind.VALIDATION:
+            yes = sum(1 for a in answers if a.answer == "yes")
+            entry["labels"].append({"label": hit.label, "origin": hit.get_label_origin_display(), "yes": yes,
+                                    "no": len(answers) - yes, "simulated": simulated})
+        elif hit.kind == CrowdTaskKind.DESCRIPTION:
+            entry["descriptions"] += [{"text": a.description, "confidence": a.confidence,
+                                       "simulated": a.worker.simulated} for a in answers]
+        else:
+            counts = [a.count for a in answers if a.count is not None]
+            entry["purity"].append({"pattern": (hit.source or {}).get("pattern", ""),
+                                    "source": (hit.source or {}).get("pattern_source", ""), "shown": hit.purity_shown,
+                                    "mean": statistics.fmean(counts) if counts else None, "answers": len(counts),
+                                    "simulated": simulated})
+    return list(studies.values())

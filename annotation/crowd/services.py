@@ -23,8 +23,9 @@ from django.utils.crypto import salted_hmac
 
 from .. import claims
 from ..common import InputError, new_token
-from ..models import (DESCRIPTION_MAX_LENGTH, AssignmentState, CrowdAdapter, CrowdAssignment, CrowdBonus,
-                      CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, OverlapRule, QualificationAttempt)
+from ..models import (DESCRIPTION_MAX_LENGTH, REVIEWABLE_STATES, CrowdAdapter, CrowdAssignment, CrowdAssignmentState,
+                      CrowdBonus, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, OverlapRule,
+                      QualificationAttempt)
 from .selectors import hit_overlap_decision
 from .truth import gold_check, worker_gold_accuracy
 
@@ -80,7 +81,7 @@ def worker_block(*, worker: CrowdWorker, reason: str, blocked: bool = True) -> C
         CrowdWorker.objects.filter(pk=worker.pk).update(blocked=blocked, blocked_reason=reason if blocked else "",
                                                         blocked_at=timezone.now() if blocked else None)
         if blocked:
-            for assignment in CrowdAssignment.objects.filter(worker=worker, state=AssignmentState.LEASED):
+            for assignment in CrowdAssignment.objects.filter(worker=worker, state=CrowdAssignmentState.LEASED):
                 _release(assignment, reason="worker blocked", now=timezone.now())
     worker.refresh_from_db()
     return worker
@@ -90,8 +91,8 @@ def worker_block(*, worker: CrowdWorker, reason: str, blocked: bool = True) -> C
 
 def _release(assignment: CrowdAssignment, *, reason: str, now: datetime) -> bool:
     """leased → returned, freeing the HIT's place (conditional: exactly one caller wins)."""
-    released = CrowdAssignment.objects.filter(pk=assignment.pk, state=AssignmentState.LEASED).update(
-        state=AssignmentState.RETURNED, returned_at=now, reason=reason)
+    released = CrowdAssignment.objects.filter(pk=assignment.pk, state=CrowdAssignmentState.LEASED).update(
+        state=CrowdAssignmentState.RETURNED, returned_at=now, reason=reason)
     if released:
         Hit.objects.filter(pk=assignment.hit_id, role=HitRole.TASK).update(assigned_count=F("assigned_count") - 1)
     return bool(released)
@@ -103,7 +104,7 @@ def leases_expire(*, study: CrowdStudy, now: datetime | None = None, limit: int 
     now = now or timezone.now()
     if claims.claims_in_sql():
         return claims.leases_expire(study_id=study.pk, now=now, reason=LEASE_EXPIRED)
-    expired = list(CrowdAssignment.objects.filter(hit__study=study, state=AssignmentState.LEASED,
+    expired = list(CrowdAssignment.objects.filter(hit__study=study, state=CrowdAssignmentState.LEASED,
                                                   lease_expires_at__lt=now).only("pk", "hit_id")[:limit])
     return sum(_release(assignment, reason=LEASE_EXPIRED, now=now) for assignment in expired)
 
@@ -163,8 +164,8 @@ def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
                         external: dict[str, str] | None = None) -> CrowdAssignment | None:
     """The assignment ``worker`` should do now: the one they hold (lease still running), or a newly leased one.
 
-    Atomic, as the expert claim (:func:`annotation.expert.services.task_next_for_rater`): the worker row is locked, so one
-    worker's requests are serialised. On PostgreSQL the first candidate HIT in the worker's order is read ``FOR
+    Atomic, as the expert claim (:func:`annotation.expert.services.task_next_for_rater`): the worker row is locked,
+    so one worker's requests are serialised. On PostgreSQL the first candidate HIT in the worker's order is read ``FOR
     UPDATE SKIP LOCKED`` (one row only; when every open HIT is locked by other claims the worker backs off and
     retries holding no HIT lock, so workers with different orders cannot deadlock). On SQLite the transaction
     begins IMMEDIATE (settings), so claims are serialised by the write lock. The claim itself is a conditional
@@ -200,7 +201,8 @@ def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
                     return assignment
                 time.sleep(CLAIM_BACKOFF_SECONDS)  # every open HIT is locked by other claims: wait, holding none
             return None
-        held = CrowdAssignment.objects.filter(worker=worker, state=AssignmentState.LEASED, lease_expires_at__gte=now)
+        held = CrowdAssignment.objects.filter(worker=worker, state=CrowdAssignmentState.LEASED,
+                                              lease_expires_at__gte=now)
         # A platform's assignment or session is its own visit: what the worker holds elsewhere stays there.
         for key in ("external_assignment_id", "external_session"):
             if external.get(key):
@@ -334,14 +336,14 @@ def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None,
         worker = CrowdWorker.objects.select_for_update().select_related("study").get(pk=assignment.worker_id)
         current = CrowdAssignment.objects.select_for_update().get(pk=assignment.pk)
         current.hit, current.worker = hit, worker
-        if current.state != AssignmentState.LEASED:
-            if current.state in (AssignmentState.SUBMITTED, AssignmentState.APPROVED, AssignmentState.REJECTED):
+        if current.state != CrowdAssignmentState.LEASED:
+            if current.state in REVIEWABLE_STATES:
                 return SubmitResult(current, gold=hit.role == HitRole.GOLD, correct=current.gold_correct,
                                     explanation=hit.gold_explanation)
             raise CrowdInputError("This HIT is no longer yours (its time ran out or it was returned).")
         shown = shown_at or current.shown_at or current.leased_at
         correct = gold_check(hit, fields) if hit.role == HitRole.GOLD else None
-        submitted = dict(state=AssignmentState.SUBMITTED, submitted_at=now, shown_at=shown,
+        submitted = dict(state=CrowdAssignmentState.SUBMITTED, submitted_at=now, shown_at=shown,
                          seconds=round(max((now - shown).total_seconds(), 0.0), 3), pasted=bool(pasted),
                          gold_correct=correct, **fields)
         CrowdAssignment.objects.filter(pk=current.pk).update(**submitted)
@@ -402,10 +404,15 @@ def qualification_start(*, worker: CrowdWorker, visit: str = "") -> Qualificatio
 
 
 def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, str]) -> QualificationAttempt:
-    """Score an attempt (every question must be answered yes or no); the worker qualifies at the study's pass
-    rate, and is marked unqualified once their attempts are used up — an own-link worker only: a platform visit
-    that used up its attempts is refused by :func:`qualification_failed`, the worker id stays open."""
-    missing = [token for token in attempt.questions if answers.get(token) not in (YES, NO)]
+    """Score an attempt (every question answered: yes or no for a label question, a phrase for a description
+    question, right when it names one of the accepted names; :func:`annotation.crowd.truth.gold_check`); the
+    worker qualifies at the study's pass rate, and is marked unqualified once their attempts are used up — an
+    own-link worker only: a platform visit that used up its attempts is refused by :func:`qualification_failed`,
+    the worker id stays open."""
+    kinds = dict(Hit.objects.filter(token__in=attempt.questions).values_list("token", "kind"))
+    missing = [token for token in attempt.questions
+               if not ((answers.get(token) or "").strip() if kinds.get(token) == CrowdTaskKind.DESCRIPTION
+                       else answers.get(token) in (YES, NO))]
     if missing:
         raise CrowdInputError(f"Answer every question ({len(missing)} left).")
     with transaction.atomic():
@@ -415,9 +422,12 @@ def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, st
         if attempt.passed is not None:
             return attempt
         worker, study = attempt.worker, attempt.worker.study
-        truth = dict(Hit.objects.filter(study=study, token__in=attempt.questions).values_list("token", "gold_answer"))
-        correct = sum(answers[token] == truth.get(token) for token in attempt.questions)
-        attempt.answers = {token: answers[token] for token in attempt.questions}
+        hits = {hit.token: hit for hit in Hit.objects.filter(study=study, token__in=attempt.questions)}
+        given = {token: (clean_description(answers[token]) if hits[token].kind == CrowdTaskKind.DESCRIPTION
+                         else answers[token]) for token in attempt.questions if token in hits}
+        correct = sum(gold_check(hits[token], {"description": value} if hits[token].kind == CrowdTaskKind.DESCRIPTION
+                                 else {"answer": value}) for token, value in given.items())
+        attempt.answers = given
         attempt.correct, attempt.total = correct, len(attempt.questions)
         attempt.passed = correct >= study.qualification_pass_rate * attempt.total - 1e-9
         attempt.submitted_at = timezone.now()
@@ -456,14 +466,14 @@ def assignment_review(*, assignment: CrowdAssignment, approve: bool, reason: str
         raise CrowdInputError("Say why the work is rejected (the worker sees the reason).")
     with transaction.atomic():
         current = CrowdAssignment.objects.select_for_update().get(pk=assignment.pk)
-        if current.state not in (AssignmentState.SUBMITTED, AssignmentState.APPROVED, AssignmentState.REJECTED):
+        if current.state not in REVIEWABLE_STATES:
             raise CrowdInputError("Only submitted work can be approved or rejected.")
-        new_state = AssignmentState.APPROVED if approve else AssignmentState.REJECTED
+        new_state = CrowdAssignmentState.APPROVED if approve else CrowdAssignmentState.REJECTED
         if current.state != new_state:
-            if new_state == AssignmentState.REJECTED:
+            if new_state == CrowdAssignmentState.REJECTED:
                 Hit.objects.filter(pk=current.hit_id, role=HitRole.TASK).update(
                     assigned_count=F("assigned_count") - 1)
-            elif current.state == AssignmentState.REJECTED:
+            elif current.state == CrowdAssignmentState.REJECTED:
                 Hit.objects.filter(pk=current.hit_id, role=HitRole.TASK).update(
                     assigned_count=F("assigned_count") + 1, max_assignments=_greatest_places(current.hit_id))
         CrowdAssignment.objects.filter(pk=current.pk).update(state=new_state, reason=reason, reviewed_by=reviewer,

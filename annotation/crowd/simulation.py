@@ -75,8 +75,8 @@ def crowd_simulate(*, study: CrowdStudy, reliabilities: Sequence[float] = DEFAUL
             attempt = qualification_start(worker=worker)
             if attempt is None:
                 break
-            answers = {token: (qualification_truth[token] if rng.random() < reliability else
-                               ("no" if qualification_truth[token] == "yes" else "yes")) for token in attempt.questions}
+            answers = {token: _qualification_answer(qualification_truth[token], right=rng.random() < reliability)
+                       for token in attempt.questions}
             qualification_submit(attempt=attempt, answers=answers)
             worker.refresh_from_db()
         workers.append((number, worker, reliability))
@@ -101,3 +101,13 @@ def crowd_simulate(*, study: CrowdStudy, reliabilities: Sequence[float] = DEFAUL
         active = still
     blocked = CrowdWorker.objects.filter(study=study, simulated=True, blocked=True).count()
     return {"study": study.name, "workers": len(workers), "submitted": submitted, "blocked": blocked}
+
+
+def _qualification_answer(truth: str, *, right: bool) -> str:
+    """A simulated worker's answer to a qualification question whose known answer is ``truth``: yes/no flipped
+    when wrong; for a description question (``truth`` lists accepted names, ``a|b``) the first name, or a phrase
+    naming none of them."""
+    if truth in ("yes", "no"):
+        return truth if right else ("no" if truth == "yes" else "yes")
+    return truth.split("|")[0] if right else "something else entirely"
+

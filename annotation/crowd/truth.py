@@ -61,7 +61,7 @@ def peak_concepts(extraction, exemplar_sets) -> dict[int, list[set[str]]]:
         points = []
         for index, position in zip(exemplar.image_indices, exemplar.peaks):
             row = rows[index]
-            (x, y), = peak_pixels(layer, network, [position], row.ih, row.iw,
+            (y, x), = peak_pixels(layer, network, [position], row.ih, row.iw,
                                   (extraction.map_height, extraction.map_width))
             pixel = (min(int(y * row.sh / row.ih), row.sh - 1), min(int(x * row.sw / row.iw), row.sw - 1))
             wanted.setdefault(index, set()).add(pixel)

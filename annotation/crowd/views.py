@@ -9,11 +9,13 @@ know the worker by the code in the URL (the code is random and only the worker's
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.decorators import method_decorator
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import View
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
@@ -25,12 +27,14 @@ from unitscope.queries import query_id
 from unitscope.ratelimit import rate_limited
 
 from ..common import attachment_response, simulated_choice
-from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, VALIDATION_QUESTION, AssignmentState, CrowdAdapter,
-                      CrowdAssignment, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
+from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, REVIEWABLE_STATES, VALIDATION_QUESTION, CrowdAdapter,
+                      CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, LabelOrigin)
+from ..naming import label_text
 from . import exports, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, visit_dumps, visit_filter, visit_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
 from .images import hit_picture
+from .truth import gold_check
 
 QUESTIONS = {CrowdTaskKind.VALIDATION: VALIDATION_QUESTION, CrowdTaskKind.DESCRIPTION: DESCRIPTION_QUESTION,
              CrowdTaskKind.PURITY: PURITY_QUESTION}
@@ -121,6 +125,8 @@ class WorkerMixin:
     """Resolves ``self.worker`` from the credential in the URL (404 if unknown): an own-link worker's code, or a
     platform visit (:func:`annotation.crowd.adapters.visit_dumps`), whose platform fields become the context."""
 
+    nav_section = "tasks"
+
     def dispatch(self, request, *args, **kwargs):
         visit = visit_loads(kwargs["code"])
         if visit is not None:
@@ -200,7 +206,30 @@ class CrowdQualificationView(WorkerMixin, View):
         return [{"hit": hits[token], "number": number, **hit_context(hits[token])}
                 for number, token in enumerate(attempt.questions, start=1) if token in hits]
 
+    def feedback(self, attempt) -> list[dict]:
+        """Per question of a scored attempt: the question, the worker's answer, the right one, the explanation."""
+        rows = []
+        for question in self.questions(attempt):
+            hit = question["hit"]
+            given = attempt.answers.get(hit.token) or ""
+            described = hit.kind == CrowdTaskKind.DESCRIPTION
+            rows.append({**question, "given": given, "explanation": hit.gold_explanation,
+                         "right": " or ".join(label_text(name) for name in hit.gold_answer.split("|")) if described
+                         else hit.gold_answer,
+                         "correct": gold_check(hit, {"description": given} if described else {"answer": given})})
+        return rows
+
     def get(self, request, code, error: str = "", answers: dict | None = None):
+        visit = services.visit_key(self.context)
+        scored = (self.worker.qualification_attempts.filter(pk=query_id(request.GET, "done"), visit=visit)
+                  .exclude(passed=None).first() if query_id(request.GET, "done") else None)
+        if scored is not None:  # the feedback on the attempt just submitted, question by question
+            self.worker.refresh_from_db()
+            return render(request, "annotation/crowd/qualification_result.html", {
+                **self.base_context(), "attempt": scored, "feedback": self.feedback(scored),
+                "again": services.worker_needs_qualification(self.worker)
+                and not services.qualification_failed(worker=self.worker, visit=visit),
+                "pass_needed": self.study.qualification_pass_rate})
         if not services.worker_needs_qualification(self.worker):
             return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
         attempt = services.qualification_start(worker=self.worker, visit=services.visit_key(self.context))
@@ -212,7 +241,9 @@ class CrowdQualificationView(WorkerMixin, View):
         previous = (self.worker.qualification_attempts.filter(visit=attempt.visit).exclude(pk=attempt.pk)
                     .filter(passed=False).last())
         return render(request, self.template_name, {
-            **self.base_context(), "instructions": INSTRUCTIONS[CrowdTaskKind.VALIDATION],
+            **self.base_context(), "instructions": INSTRUCTIONS[CrowdTaskKind.DESCRIPTION
+                                                              if self.study.kind == CrowdTaskKind.DESCRIPTION
+                                                              else CrowdTaskKind.VALIDATION],
             "attempt": attempt, "questions": self.questions(attempt), "error": error,
             "answers": answers or {}, "previous": previous, "pass_needed": self.study.qualification_pass_rate})
 
@@ -225,10 +256,8 @@ class CrowdQualificationView(WorkerMixin, View):
             attempt = services.qualification_submit(attempt=attempt, answers=answers)
         except services.CrowdInputError as error:
             return self.get(request, code, error=str(error), answers=answers)
-        self.worker.refresh_from_db()
-        if attempt.passed:
-            return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
-        return redirect(reverse("annotation:crowd_qualification", kwargs={"code": code}))
+        url = reverse("annotation:crowd_qualification", kwargs={"code": code})
+        return redirect(f"{url}?done={attempt.pk}")
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -252,8 +281,8 @@ class CrowdTaskView(WorkerMixin, View):
 
     def get(self, request, code, assignment):
         assignment = self.get_assignment(assignment)
-        if assignment.state != AssignmentState.LEASED:
-            if assignment.state in (AssignmentState.SUBMITTED, AssignmentState.APPROVED, AssignmentState.REJECTED):
+        if assignment.state != CrowdAssignmentState.LEASED:
+            if assignment.state in REVIEWABLE_STATES:
                 return redirect(reverse("annotation:crowd_after",
                                                       kwargs={"code": code, "assignment": assignment.token}))
             return render(request, "annotation/crowd/message.html", {
@@ -286,8 +315,7 @@ class CrowdAfterView(WorkerMixin, View):
 
     def get(self, request, code, assignment):
         assignment = self.visit_assignments().select_related("hit").filter(token=assignment).first()
-        if assignment is None or assignment.state not in (AssignmentState.SUBMITTED, AssignmentState.APPROVED,
-                                                          AssignmentState.REJECTED):
+        if assignment is None or assignment.state not in REVIEWABLE_STATES:
             raise Http404("Nothing submitted here.")
         handoff = self.adapter.after_submit(assignment=assignment)
         return render(request, "annotation/crowd/after.html", {
@@ -328,6 +356,7 @@ class CrowdReturnView(WorkerMixin, View):
 # -- researchers -------------------------------------------------------------------------------------------------
 
 class CrowdStudyListView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "studies"
     template_name = "annotation/crowd/study_list.html"
 
     def get_context_data(self, **kwargs):
@@ -335,6 +364,7 @@ class CrowdStudyListView(ResearcherRequiredMixin, TemplateView):
 
 
 class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
+    nav_section = "studies"
     template_name = "annotation/crowd/study_create.html"
     form_class = CrowdStudyCreateForm
 
@@ -345,6 +375,7 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
                 name=data["name"], kind=data["kind"], extractions=list(data["extractions"]), units=data["units"],
                 assignments_per_hit=data["assignments_per_hit"], controls=data["controls"],
                 include_human=data["include_human"], description_study=data["description_study"],
+                selection_round=data["selection_round"], include_dead_units=data["include_dead_units"],
                 detectors_only=data["detectors_only"], gold_rate=data["gold_rate"],
                 qualification_required=data["qualification_required"], lease_seconds=data["lease_seconds"],
                 overlap_rule=data["overlap_rule"], purity_mass=data["purity_mass"], graph=data["graph"],
@@ -358,6 +389,8 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
 
 
 class CrowdStudyMixin(ResearcherRequiredMixin):
+    nav_section = "studies"
+
     def get_study(self) -> CrowdStudy:
         """The study of the URL; a write request on it must come from its creator (403 otherwise)."""
         study = get_object_or_404(CrowdStudy, pk=self.kwargs["pk"])
@@ -375,12 +408,21 @@ class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         study = self.get_study()
-        role = self.request.GET.get("role", HitRole.TASK)
+        query = self.request.GET
+        role = query.get("role", HitRole.TASK)
         if role not in HitRole.values:
             role = HitRole.TASK
+        filters = {"layer": query.get("layer", ""), "unit": query_id(query, "unit"),
+                   "origin": query.get("origin", "") if query.get("origin") in LabelOrigin.values else "",
+                   "state": query.get("state", "") if query.get("state") in selectors.HIT_STATES else "",
+                   "label": query.get("label", "").strip()[:100]}
+        page = Paginator(selectors.crowd_hits_for_list(study, role=role, **filters),
+                         selectors.CROWD_PAGE_SIZE).get_page(query.get("page"))
         return {**super().get_context_data(**kwargs), "study": study, "links": study_links(self.request, study),
                 "progress": selectors.crowd_study_progress(study), "role": role, "roles": HitRole.choices,
-                "hit_rows": selectors.crowd_hit_rows(study, role=role),
+                "hit_rows": selectors.crowd_hit_rows(page.object_list), "page_obj": page, "filters": filters,
+                "filtered": any(value not in ("", None) for value in filters.values()),
+                "origins": LabelOrigin.choices, "hit_states": selectors.HIT_STATES,
                 "layers": study.extractions.select_related("layer__network", "dataset")}
 
     def post(self, request, *args, **kwargs):
@@ -398,7 +440,8 @@ class CrowdWorkersView(CrowdStudyMixin, TemplateView):
     def get_context_data(self, **kwargs):
         study = self.get_study()
         return {**super().get_context_data(**kwargs), "study": study, "rows": selectors.crowd_worker_rows(study),
-                "fast_fraction": selectors.FAST_FRACTION, "streak_min": selectors.STREAK_MIN}
+                "fast_fraction": selectors.FAST_FRACTION, "streak_min": selectors.STREAK_MIN,
+                "streak_p": selectors.STREAK_P}
 
     def post(self, request, *args, **kwargs):
         study = self.get_study()
@@ -433,22 +476,29 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         study = self.get_study()
-        state = self.request.GET.get("state", AssignmentState.SUBMITTED)
-        if state not in AssignmentState.values:
+        state = self.request.GET.get("state", CrowdAssignmentState.SUBMITTED)
+        if state not in CrowdAssignmentState.values:
             state = ""
+        query = self.request.GET
         worker = None
-        if query_id(self.request.GET, "worker"):
-            worker = study.workers.filter(pk=query_id(self.request.GET, "worker")).first()
+        if query_id(query, "worker"):
+            worker = study.workers.filter(pk=query_id(query, "worker")).first()
+        filters = {"layer": query.get("layer", ""), "unit": query_id(query, "unit"),
+                   "role": query.get("role", "") if query.get("role") in HitRole.values else ""}
+        page = Paginator(selectors.crowd_assignment_rows(study, state=state or None, worker=worker, **filters),
+                         selectors.CROWD_PAGE_SIZE).get_page(query.get("page"))
         return {**super().get_context_data(**kwargs), "study": study, "state": state, "worker": worker,
-                "states": AssignmentState.choices,
-                "assignments": selectors.crowd_assignment_rows(study, state=state or None, worker=worker)}
+                "states": CrowdAssignmentState.choices, "filters": filters, "roles": HitRole.choices,
+                "layers": study.extractions.select_related("layer"), "page_obj": page,
+                "assignments": page.object_list}
 
     def post(self, request, *args, **kwargs):
         study = self.get_study()
         form = ReviewForm(request.POST)
-        back = request.POST.get("back", "")
-        if not url_has_allowed_host_and_scheme(back, allowed_hosts=None) or not back.startswith("/"):
-            back = reverse("annotation:crowd_review", args=[study.pk])  # "//elsewhere" is another site
+        back = request.POST.get("back")
+        if not back or not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()},
+                                                           require_https=request.is_secure()):
+            back = reverse("annotation:crowd_review", args=[study.pk])  # never off-site (``//evil.example``)
         if not form.is_valid():
             messages.error(request, "Nothing reviewed — choose approve or reject.")
             return redirect(back)
@@ -466,6 +516,7 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
 
 
 class CrowdHomeView(CrowdRequiredMixin, TemplateView):
+    nav_section = "tasks"
     template_name = "annotation/crowd_home.html"
 
     def get_context_data(self, **kwargs):
@@ -483,3 +534,13 @@ class CrowdStudyExportView(ResearcherRequiredMixin, View):
             raise Http404("No such export.")
         simulated = simulated_choice(request.GET.get("simulated"))
         return attachment_response(*exports.crowd_export_file(study, name, simulated=simulated))
+
+
+def unit_crowd_panel(*, unit, request) -> str | None:
+    """The unit page's crowd panel (registered in ``AnnotationConfig.ready``): every crowd study's votes,
+    descriptions and purity counts about the unit, with links to the studies; None when there are none."""
+    studies = selectors.unit_crowd_answers(unit)
+    if not studies:
+        return None
+    return render_to_string("annotation/crowd/_unit_panel.html", {"studies": studies, "unit": unit},
+                            request=request)

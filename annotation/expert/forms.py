@@ -48,6 +48,10 @@ class StudyCreateForm(forms.Form):
         label="Suggest the names other experts gave", required=False, initial=True,
         help_text="Off: each expert is offered only their own earlier names and the dataset's concepts, so "
                   "that agreement is measured between independent answers.")
+    include_dead_units = forms.BooleanField(
+        label="Include dead and saturated units", required=False, initial=False,
+        help_text="Off (the default): units that never fire, or whose threshold T_k is 0 (their grids highlight "
+                  "nothing or everything), get no task.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

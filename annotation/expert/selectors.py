@@ -11,7 +11,7 @@ import numpy as np
 from django.db.models import Count, F, Max, Q
 
 from analysis.engine import agreement as engine
-from analysis.models import Concept, LayerExtraction
+from analysis.models import Concept, ExemplarKind, ExemplarSet, LayerExtraction
 from analysis.selectors import dissection_results_by_unit, latest_dissection
 
 from ..common import simulated_check
@@ -409,3 +409,35 @@ def study_dissection_agreement(study: Study, *, simulated: str = "exclude", diss
                       "share": _share(detector_matches, len(detectors))},
     }
     return {"summary": summary, "rows": rows, "dissection": dissection}
+
+
+def unit_expert_answers(unit) -> list[dict[str, Any]]:
+    """Every expert study's current answers about ``unit``, study by study (newest first): per object class
+    the raters' answers (``rater``, ``answer`` label, ``concept``, ``simulated``) and the names given."""
+    judgments = (Judgment.objects.current().filter(task__unit=unit)
+                 .select_related("task__study", "task__object_class", "rater")
+                 .order_by("-task__study__created_at", "task__object_class__name", "rater__name"))
+    labels = dict(Answer.choices)
+    studies: dict[int, dict[str, Any]] = {}
+    for judgment in judgments:
+        study = judgment.task.study
+        entry = studies.setdefault(study.pk, {"study": study, "classes": {}})
+        name = judgment.task.object_class.name if judgment.task.object_class_id else judgment.task.item
+        entry["classes"].setdefault(name, []).append({
+            "rater": judgment.rater.name, "answer": judgment.answer, "answer_label": labels.get(judgment.answer),
+            "yes": judgment.answer in YES_ANSWERS, "concept": judgment.concept, "simulated": judgment.simulated})
+    return [{"study": entry["study"],
+             "classes": [{"name": name, "answers": answers,
+                          "names": sorted({a["concept"] for a in answers if a["yes"] and a["concept"]})}
+                         for name, answers in entry["classes"].items()]}
+            for entry in studies.values()]
+
+
+def study_unit_grids(study: Study) -> dict[int, Any]:
+    """``{unit index: RenderedGrid}``: each unit's top-overall (ND'18) grid in the study's extraction, for the
+    report's thumbnails (empty without an extraction)."""
+    if not study.extraction_id:
+        return {}
+    sets = (ExemplarSet.objects.filter(extraction_id=study.extraction_id, kind=ExemplarKind.TOP_OVERALL)
+            .exclude(grid=None).select_related("unit", "grid"))
+    return {exemplar.unit.index: exemplar.grid for exemplar in sets}

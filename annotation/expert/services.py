@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from accounts.roles import Role
 from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction
+from analysis.selectors import dead_unit_ids
 from unitscope.spreadsheets import spreadsheet_unquote
 
 from .. import claims
@@ -73,7 +74,8 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
                  object_classes: Sequence[str] | None = None, overlap_class: str | None = None,
                  raters_per_task: int = 2, instructions: str = DEFAULT_INSTRUCTIONS,
                  units: Sequence[int] | None = None, seed: int = 0, description: str = "",
-                 claim_hours: int = 24, suggest_given_names: bool = True, created_by=None) -> Study:
+                 claim_hours: int = 24, suggest_given_names: bool = True, include_dead_units: bool = False,
+                 created_by=None) -> Study:
     """Create a study of one layer's units: one task per (unit, object class) showing its top-10 grid.
 
     ``object_classes``: names among the extraction's classes (default: all). ``units``: unit indices
@@ -84,6 +86,8 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
     whether the name field suggests what the other experts answered (GG'18 does not say; on by default, as
     the issue asked, off for raters who must stay independent). ``claim_hours``: how long a task an expert
     took stays theirs unanswered once nothing else is free (0: for good; see :func:`stale_claims_release`).
+    Dead and saturated units (``analysis.models.UnitStatus``: their grids highlight nothing or everything) get
+    no task unless ``include_dead_units``.
     """
     name = _clean_name(name)
     _study_name_free(name)
@@ -119,6 +123,12 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
             .select_related("unit", "object_class").order_by("unit__index"))
     if units is not None:
         sets = sets.filter(unit__index__in=list(units))
+    if not include_dead_units:
+        dead = dead_unit_ids(extraction)
+        if dead and not sets.exclude(unit_id__in=dead).exists() and sets.exists():
+            raise StudyInputError("Every chosen unit is dead or saturated (it never fires, or its threshold is 0): "
+                                  "choose live units, or include dead units on purpose.")
+        sets = sets.exclude(unit_id__in=dead)
     sets = list(sets)
     if not sets:
         raise StudyInputError("No top-10 exemplar sets match these classes and units.")
@@ -130,7 +140,8 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
         name=name, kind=StudyKind.NETWORK, layer=extraction.layer, extraction=extraction, plan=plan,
         raters_per_task=raters_per_task if plan == StudyPlan.N_RATERS else len(experts),
         instructions=instructions.strip() or DEFAULT_INSTRUCTIONS, seed=seed, description=description,
-        claim_hours=claim_hours, suggest_given_names=suggest_given_names, created_by=created_by)
+        claim_hours=claim_hours, suggest_given_names=suggest_given_names, include_dead_units=include_dead_units,
+        created_by=created_by)
     concepts = {exemplar.object_class.name: exemplar.object_class for exemplar in sets}
     study.object_classes.set([concepts[name] for name in classes if name in concepts])
     if overlap_class:

@@ -149,7 +149,7 @@ def study_ground_truth(study) -> dict[int, tuple[str, str]]:
         peaks = []
         for index, position in zip(exemplar.image_indices, exemplar.peaks):
             image = images[index]
-            (x, y), = peak_pixels(layer, network, [position], image.height, image.width,
+            (y, x), = peak_pixels(layer, network, [position], image.height, image.width,
                                   (extraction.map_height, extraction.map_width))
             parts = tuple(box for box in boxes[index] if box.contains(x, y))
             peaks.append(PeakTruth(parts=parts, background=segmentation.background_at(index, x, y)))

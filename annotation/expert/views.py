@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views import View
 from django.views.generic import FormView, TemplateView
@@ -21,6 +22,7 @@ GRID_DISPLAY_WIDTH = 1180
 
 
 class ExpertHomeView(ExpertRequiredMixin, TemplateView):
+    nav_section = "expert"
     template_name = "annotation/expert_home.html"
 
     def get_context_data(self, **kwargs):
@@ -31,6 +33,8 @@ class ExpertHomeView(ExpertRequiredMixin, TemplateView):
 
 class ExpertStudyMixin(ExpertRequiredMixin):
     """Resolves ``self.rater`` (the user's rater in study ``pk``); 404 if they are not in it."""
+
+    nav_section = "expert"
 
     def dispatch(self, request, *args, **kwargs):
         if request.user.is_authenticated:
@@ -159,6 +163,7 @@ class MyAnswersView(ExpertStudyMixin, TemplateView):
 # -- researchers -------------------------------------------------------------------------------------------
 
 class StudyListView(ResearcherRequiredMixin, TemplateView):
+    nav_section = "studies"
     template_name = "annotation/study_list.html"
 
     def get_context_data(self, **kwargs):
@@ -166,6 +171,7 @@ class StudyListView(ResearcherRequiredMixin, TemplateView):
 
 
 class StudyCreateView(ResearcherRequiredMixin, FormView):
+    nav_section = "studies"
     template_name = "annotation/study_create.html"
     form_class = StudyCreateForm
 
@@ -177,7 +183,7 @@ class StudyCreateView(ResearcherRequiredMixin, FormView):
                 object_classes=data["object_classes"] or None, overlap_class=data["overlap_class"] or None,
                 raters_per_task=data["raters_per_task"], instructions=data["instructions"], units=data["units"],
                 seed=data["seed"], claim_hours=data["claim_hours"], suggest_given_names=data["suggest_given_names"],
-                created_by=self.request.user)
+                include_dead_units=data["include_dead_units"], created_by=self.request.user)
         except services.StudyInputError as error:
             form.add_error(None, str(error))
             return self.form_invalid(form)
@@ -186,6 +192,8 @@ class StudyCreateView(ResearcherRequiredMixin, FormView):
 
 
 class StudyMixin(ResearcherRequiredMixin):
+    nav_section = "studies"
+
     def get_study(self) -> Study:
         """The study of the URL; a write request on it must come from its creator (403 otherwise)."""
         study = get_object_or_404(Study.objects.select_related("layer__network", "extraction__dataset", "created_by",
@@ -223,6 +231,7 @@ class StudyReportView(StudyMixin, TemplateView):
                    "dissection_agreement": selectors.study_dissection_agreement(study, simulated=simulated),
                    "synonyms": list(study.synonyms.all()), "synonym_form": SynonymForm()}
         if study.layer_id:
+            context["unit_grids"] = selectors.study_unit_grids(study)
             context["layer_dissection_url"] = reverse("analysis:layer_dissection",
                                                       args=[study.layer.network.name, study.layer.name])
         return context
@@ -273,3 +282,13 @@ class StudyExportView(StudyMixin, View):
         return attachment_response(*exports.study_export_file(study, name, simulated=simulated))
 
 
+
+
+def unit_expert_panel(*, unit, request) -> str | None:
+    """The unit page's expert panel (registered in ``AnnotationConfig.ready``): every expert study's answers
+    about the unit, with links to the studies; None when no expert answered about it."""
+    studies = selectors.unit_expert_answers(unit)
+    if not studies:
+        return None
+    return render_to_string("annotation/_unit_expert_panel.html", {"studies": studies, "unit": unit},
+                            request=request)

@@ -20,15 +20,11 @@ from analysis.engine.dissection import (
     unit_masks,
 )
 from benchmarks.dissection_reference import reference_iou, reference_tally
+from tests.devices import cpu_and_cuda
 
 torch.set_num_threads(1)
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-    ),
-]
+DEVICES = cpu_and_cuda()
 COUNTS = ("intersection", "activation_cat", "truth", "activation", "category_images",
           "label_images")
 

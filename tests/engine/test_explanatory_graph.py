@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.engine.explanatory_graph import (GraphLayer, LayerConfig, LayerSource, crop_patch,
+from analysis.engine.explanatory_graph import (FilterPeakTally, GraphLayer, LayerConfig, LayerSource, crop_patch,
                                                default_nodes_per_filter, energy_top_k, infer_layer, learn_graph,
-                                               location_instability, raw_filter_peaks, render_patch_grid)
+                                               location_instability, pattern_instability, raw_filter_peaks,
+                                               render_patch_grid)
 
 torch.set_num_threads(1)
 SIDE = 12
@@ -302,3 +303,56 @@ def test_top_layer_em_with_fitted_sigma_equals_a_naive_gaussian_mixture():
         s2 = np.maximum(s2, config.min_sigma ** 2)
     np.testing.assert_allclose(learned.mu[0].numpy(), mu, atol=1e-5)
     np.testing.assert_allclose(learned.fit_sigma2[0].numpy(), s2, rtol=1e-4)
+
+
+# -- the instability measure over a dataset pass ------------------------------------------------------------------
+
+def _filter_maps(n_images=11, filters=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(n_images, filters, 3, 5, generator=g).numpy()
+    maps[2, 1] = -1.0  # a filter silent on an image: its peak is negative, clamped out of the strength
+    return maps
+
+
+def test_filter_peak_tally_shards_merge_exactly_and_match_a_naive_loop():
+    maps = _filter_maps()
+    eval_rows = np.array([1, 2, 5, 9])
+    whole = FilterPeakTally(11, 4, eval_rows)
+    for start in range(0, 11, 3):
+        whole.add(np.arange(start, min(11, start + 3)), maps[start:start + 3])
+    first, second = FilterPeakTally(11, 4, eval_rows), FilterPeakTally(11, 4, eval_rows)
+    first.add(np.arange(0, 6), maps[:6])
+    second.add(np.arange(6, 11), maps[6:])
+    second.merge(first)
+    restored = FilterPeakTally.from_state_dict(second.state_dict())
+    for name, value in whole.state_dict().items():
+        assert np.array_equal(np.asarray(restored.state_dict()[name]), np.asarray(value)), name
+    strength = np.zeros(4)
+    for image in range(11):
+        for f in range(4):
+            strength[f] += max(0.0, float(maps[image, f].max()))
+    np.testing.assert_allclose(whole.strength(), strength, rtol=1e-12)
+    assert whole.ranking(2).tolist() == np.argsort(-strength, kind="stable")[:2].tolist()
+    for position, image in enumerate(eval_rows):
+        assert whole.peak_unit[position].tolist() == [int(maps[image, f].argmax()) for f in range(4)]
+    with pytest.raises(ValueError, match="share images"):
+        second.merge(first)
+
+
+def test_pattern_instability_is_location_instability_of_the_units_scaled_to_each_image_in_any_chunks():
+    g = np.random.default_rng(0)
+    unit_pos = np.stack(np.meshgrid(np.arange(3) * 8.0 + 4, np.arange(5) * 8.0 + 4, indexing="ij"), -1).reshape(-1, 2)
+    units = g.integers(0, 15, (9, 6))
+    scores = g.random((9, 6)).astype(np.float32)
+    scale = np.stack([np.full(9, 2.0), np.linspace(1, 3, 9)], axis=1)
+    landmarks = torch.from_numpy(g.random((9, 2, 2)) * 40)
+    landmarks[0, 1] = float("nan")
+    diagonals = torch.from_numpy(g.random(9) * 50 + 10)
+    value, stds = pattern_instability(unit_pos, units, scores, scale, landmarks, diagonals, top_images=5, chunk=6)
+    positions = torch.from_numpy(unit_pos[units] * scale[:, None, :])
+    want_value, want_stds = location_instability(positions, torch.from_numpy(scores), landmarks, diagonals,
+                                                 top_images=5)
+    np.testing.assert_array_equal(value, want_value.numpy())
+    np.testing.assert_array_equal(stds, want_stds.numpy())
+    one, _ = pattern_instability(unit_pos, units, scores, scale, landmarks, diagonals, top_images=5, chunk=1)
+    np.testing.assert_allclose(one, value, rtol=1e-14)  # chunks move only the variance's last bit

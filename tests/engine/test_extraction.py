@@ -20,11 +20,11 @@ from analysis.engine.extraction import (
     map_max_and_peak,
     quantile_buffer_size,
 )
+from tests.devices import cpu_and_cuda
 
 torch.set_num_threads(1)
 
-needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = cpu_and_cuda()
 
 
 def tied_dataset(n=23, c=4, h=3, w=3, num_classes=3, seed=0):

@@ -11,14 +11,11 @@ from torch import nn
 
 from analysis.engine import networks as N
 from analysis.engine.demo_network import DEMO_LAYERS, build_demo_network, demo_network_target
+from tests.devices import cpu_and_cuda
 
 torch.set_num_threads(1)
 
-needs_cuda = [
-    pytest.mark.needs_cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = cpu_and_cuda()
 
 SMALL = (16, 16, 16, 16, 16)
 

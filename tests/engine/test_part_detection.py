@@ -7,12 +7,15 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from analysis.engine.part_detection import (DetectionMatching, apply_box_regressors, average_precision,
-                                            best_ground_truth, fit_box_regressors, grouped_nms, local_maxima,
-                                            neighbourhood_features, regression_pairs)
+from analysis.engine.genetic import GAConfig
+from analysis.engine.part_detection import (DetectionConfig, DetectionMatching, apply_box_regressors,
+                                            average_precision, best_ground_truth, boxes_to_image, boxes_to_view,
+                                            class_detections, context_frame, fit_box_regressors, fit_part_regressors,
+                                            grouped_nms, local_maxima, location_prior_score,
+                                            neighbourhood_features, part_size, regression_pairs, score_part)
+from tests.devices import cpu_and_cuda
 
-needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = cpu_and_cuda()
 
 
 def naive_iou(a, b) -> float:
@@ -189,6 +192,123 @@ def naive_nms(boxes, scores, threshold):
     return sorted(keep)
 
 
+def felzenszwalb_nms(boxes, scores, threshold=0.5):
+    """Felzenszwalb et al.'s ``nms.m`` (voc-release) transcribed: sort by score, keep the best remaining box,
+    drop every other box whose overlap with it, intersection / *that other box's* area, exceeds ``threshold``.
+    (``nms.m`` counts pixels inclusively, ``+1``; our boxes are continuous, so areas are plain products.)"""
+    remaining = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = []
+    while remaining:
+        i = remaining.pop(0)
+        keep.append(i)
+        survivors = []
+        for j in remaining:
+            iw = max(0.0, min(boxes[i][2], boxes[j][2]) - max(boxes[i][0], boxes[j][0]))
+            ih = max(0.0, min(boxes[i][3], boxes[j][3]) - max(boxes[i][1], boxes[j][1]))
+            area_j = (boxes[j][2] - boxes[j][0]) * (boxes[j][3] - boxes[j][1])
+            if not (area_j > 0 and iw * ih / area_j > threshold):
+                survivors.append(j)
+        remaining = survivors
+    return sorted(keep)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(4))
+def test_grouped_nms_area_rule_matches_felzenszwalbs_nms(seed, device):
+    rng = np.random.default_rng(100 + seed)
+    n = 250
+    xy = rng.uniform(0, 30, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(2, 15, (n, 2))], 1)
+    scores = rng.random(n)
+    groups = rng.integers(0, 20, n)
+    kept = grouped_nms(torch.tensor(boxes, device=device), torch.tensor(scores, device=device),
+                       torch.tensor(groups, device=device), 0.5, "suppressed_area", max_cells=400).tolist()
+    expected = []
+    for g in range(20):
+        members = np.flatnonzero(groups == g)
+        expected += members[felzenszwalb_nms(boxes[members].tolist(), scores[members].tolist())].tolist()
+    assert kept == sorted(expected)
+
+
+def test_area_rule_drops_a_box_nested_in_a_kept_one_which_iou_keeps():
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [2.0, 2.0, 8.0, 8.0]])  # IoU 0.09, inside: 100% of its area
+    scores = torch.tensor([0.9, 0.8])
+    groups = torch.zeros(2, dtype=torch.int64)
+    assert grouped_nms(boxes, scores, groups, 0.5, "suppressed_area").tolist() == [0]
+    assert grouped_nms(boxes, scores, groups, 0.3, "iou").tolist() == [0, 1]
+    # The measure is asymmetric: a big box under a small kept one is not suppressed.
+    assert grouped_nms(boxes, torch.tensor([0.8, 0.9]), groups, 0.5, "suppressed_area").tolist() == [0, 1]
+    with pytest.raises(ValueError):
+        grouped_nms(boxes, scores, groups, 0.5, "overlap")
+
+
+def _planted_part_views(rng, n_views: int, fixed: bool, size: int = 64):
+    """Views of ``size`` px with one 16-px part box each: always at the same place (``fixed``), or anywhere."""
+    boxes = []
+    for _ in range(n_views):
+        x, y = (20.0, 36.0) if fixed else (float(rng.uniform(0, size - 16)), float(rng.uniform(0, size - 16)))
+        boxes.append([x, y, x + 16, y + 16])
+    return torch.tensor(boxes, dtype=torch.float32), torch.arange(n_views)
+
+
+def test_location_prior_is_high_for_parts_at_fixed_places_and_low_for_parts_anywhere():
+    rng = np.random.default_rng(0)
+    cy = cx = 4.0 + 8.0 * torch.arange(8, dtype=torch.float32)  # stride 8, 8x8 map on 64 px
+    fixed = location_prior_score(60, cy, cx, *_planted_part_views(rng, 60, True), rf_size=(20, 20),
+                                 input_size=(64, 64))
+    anywhere = location_prior_score(60, cy, cx, *_planted_part_views(rng, 60, False), rf_size=(20, 20),
+                                    input_size=(64, 64))
+    assert fixed.ap > 0.95 and fixed.recall == 1.0  # the floor finds a part that never moves, blind
+    assert anywhere.ap < 0.3
+    assert fixed.prior.shape == (8, 8) and fixed.prior.max() == 1.0
+
+
+def naive_location_prior_ap(n_views, cy, cx, gt_boxes, gt_view, threshold=0.5, iou=0.4):
+    """The floor written out plainly: prior per position from loops, boxes from numpy's lstsq on (c_x, c_y, 1),
+    Felzenszwalb NMS per view, then the devkit AP."""
+    cy, cx = cy.tolist(), cx.tolist()
+    inside = np.zeros((n_views, len(cy), len(cx)), bool)
+    rows, targets = [], []
+    for (x1, y1, x2, y2), v in zip(gt_boxes.tolist(), gt_view.tolist()):
+        for i, y in enumerate(cy):
+            for j, x in enumerate(cx):
+                if x1 <= x < x2 and y1 <= y < y2:
+                    inside[v, i, j] = True
+                    rows.append([x, y, 1.0])
+                    targets.append([(x1 + x2) / 2 - x, (y1 + y2) / 2 - y, x2 - x1, y2 - y1])
+    prior = inside.mean(axis=0)
+    weights = np.linalg.lstsq(np.array(rows), np.array(targets), rcond=None)[0]
+    dets = []
+    for v in range(n_views):
+        boxes, scores = [], []
+        for i, y in enumerate(cy):
+            for j, x in enumerate(cx):
+                dx, dy, w, h = np.array([x, y, 1.0]) @ weights
+                box = [min(max(x + dx - w / 2, 0), 64), min(max(y + dy - h / 2, 0), 64),
+                       min(max(x + dx + w / 2, 0), 64), min(max(y + dy + h / 2, 0), 64)]
+                boxes.append(box)
+                scores.append(float(np.float32(prior[i, j])))
+        for k in felzenszwalb_nms(boxes, scores, threshold):
+            if scores[k] > 0:
+                dets.append((v, scores[k], boxes[k]))
+    return naive_voc_ap(dets, list(zip(gt_view.tolist(), gt_boxes.tolist())), iou)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_location_prior_matches_a_plain_implementation(seed):
+    rng = np.random.default_rng(seed)
+    n_views = 12
+    boxes = []
+    for _ in range(n_views):  # parts near one place, jittered, so the prior is graded
+        x, y = 20 + float(rng.normal(0, 6)), 30 + float(rng.normal(0, 6))
+        boxes.append([max(x, 0.0), max(y, 0.0), min(x + 14, 64.0), min(y + 18, 64.0)])
+    gt_boxes, gt_view = torch.tensor(boxes, dtype=torch.float32), torch.arange(n_views)
+    cy = cx = 4.0 + 8.0 * torch.arange(8, dtype=torch.float32)
+    ours = location_prior_score(n_views, cy, cx, gt_boxes, gt_view, rf_size=(20, 20), input_size=(64, 64),
+                                config=DetectionConfig(ridge=0.0))
+    assert ours.ap == pytest.approx(naive_location_prior_ap(n_views, cy, cx, gt_boxes, gt_view), abs=1e-9)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(4))
 def test_grouped_nms_matches_a_naive_loop_and_torchvision(seed, device):
@@ -219,3 +339,67 @@ def test_local_maxima():
     assert list(zip(peaks.filter.tolist(), peaks.row.tolist(), peaks.col.tolist())) == [(0, 1, 1), (0, 3, 3)]
     assert peaks.score.tolist() == [2.0, 0.5]
     assert len(local_maxima(maps, include_zero_peaks=True)) > 2  # the flat zero filter becomes all peaks
+
+
+# -- one part class over its views (the maths the score_parts run drives) -----------------------------------------
+
+def test_boxes_move_between_image_and_view_pixels_and_back():
+    frames = np.array([[10.0, 20.0, 50.0, 100.0], [0.0, 0.0, 64.0, 32.0]])
+    boxes = np.array([[30.0, 60.0, 40.0, 80.0], [16.0, 8.0, 32.0, 16.0]])
+    in_view = boxes_to_view(boxes, frames, (64, 32))  # input (H, W) = (64, 32)
+    assert in_view[0].tolist() == pytest.approx([(30 - 10) * 32 / 40, (60 - 20) * 64 / 80, 24.0, 48.0])
+    assert in_view[1].tolist() == pytest.approx([8.0, 16.0, 16.0, 32.0])
+    np.testing.assert_allclose(boxes_to_image(in_view, frames, (64, 32)), boxes)
+    assert context_frame((10.0, 20.0, 110.0, 70.0), 0.25) == pytest.approx((-40.0, -5.0, 160.0, 95.0))
+    mean_size, relative = part_size([[0, 0, 4, 2], [0, 0, 2, 2]], [[0, 0, 10, 10]])
+    assert mean_size == pytest.approx((3 + 2) / 2) and relative == pytest.approx((8 + 4) / 2 / 100)
+
+
+def _planted_views():
+    """4 views of 6x6 maps of 3 filters; filter 1 peaks at the unit whose receptive field is the part's box."""
+    from analysis.engine.receptive_field import LayerGeometry
+
+    geometry = LayerGeometry(size=(8, 8), stride=(8, 8), offset=(4.0, 4.0))  # unit (i, j) covers [8i, 8i + 8)
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(4, 3, 6, 6, generator=g) * 0.5
+    gt_boxes, gt_view = [], []
+    for view, (i, j) in enumerate([(1, 2), (4, 4), (0, 5), (3, 1)]):
+        maps[view, 1, i, j] = 5.0
+        gt_boxes.append([8.0 * j, 8.0 * i, 8.0 * j + 8, 8.0 * i + 8])
+        gt_view.append(view)
+    return maps, geometry, torch.tensor(gt_boxes), torch.tensor(gt_view)
+
+
+def test_score_part_finds_the_planted_filter_and_its_aps_agree_with_the_from_scratch_ap():
+    maps, geometry, gt_boxes, gt_view = _planted_views()
+    detections = class_detections(maps, geometry)
+    config = DetectionConfig(regression=False)
+    scored = score_part(maps, detections, gt_boxes, gt_view, rf_size=geometry.size, input_size=(48, 48),
+                        config=config, ga=GAConfig(population=10, generations=3))
+    assert scored.best_filter == 1 and scored.single_ap[1] == pytest.approx(1.0) and scored.ga_ap >= 1.0 - 1e-12
+    mine = scored.det_filter == 1
+    assert np.allclose(scored.det_box[mine][:, 2] - scored.det_box[mine][:, 0], 8.0)  # unregressed: RF boxes
+    for f in range(3):
+        chosen = scored.det_filter == f
+        ap, _ = average_precision(torch.from_numpy(scored.det_box[chosen]), torch.from_numpy(scored.det_score[chosen]),
+                                  torch.from_numpy(scored.det_view[chosen]), gt_boxes, gt_view, 0.4)
+        assert scored.single_ap[f] == pytest.approx(ap)
+    ap_all, _ = average_precision(torch.from_numpy(scored.det_box), torch.from_numpy(scored.det_score),
+                                  torch.from_numpy(scored.det_view), gt_boxes, gt_view, 0.4)
+    assert scored.all_ap == pytest.approx(ap_all)
+    summary = scored.summary()
+    assert summary["n_detections"] == len(scored.det_filter) and summary["best_ap"] == pytest.approx(1.0)
+    assert set(scored.curves) == {"filter 1", "filter 0", "filter 2", "GA combination", "TopFilters"}
+
+
+def test_part_regressors_learn_a_constant_offset_and_size():
+    maps, geometry, gt_boxes, gt_view = _planted_views()
+    shifted = gt_boxes + torch.tensor([2.0, 1.0, 6.0, 5.0])  # centre +4, +3 from the RF centre; size 12 x 12
+    detections = class_detections(maps, geometry)
+    weights, fitted = fit_part_regressors(maps, detections, shifted, gt_view)
+    assert fitted.all()
+    scored = score_part(maps, detections, shifted, gt_view, rf_size=geometry.size, input_size=(48, 48),
+                        config=DetectionConfig(), ga=GAConfig(population=10, generations=2))
+    top = scored.det_filter == 1
+    best = np.argmax(np.where(top, scored.det_score, -np.inf))
+    assert scored.det_gt[best] >= 0 and scored.single_ap[1] == pytest.approx(1.0)

@@ -20,14 +20,11 @@ from analysis.engine.receptive_field import (
     unit_boxes,
     unit_centers,
 )
+from tests.devices import cpu_and_cuda
 
 torch.set_num_threads(1)
 
-needs_cuda = [
-    pytest.mark.needs_cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = cpu_and_cuda()
 
 
 # ------------------------------------------------------------------ hand-computed geometry

@@ -13,15 +13,11 @@ from analysis.engine.rotation import (
     rotation_log,
     rotation_power,
 )
+from tests.devices import cpu_and_cuda
 
 torch.set_num_threads(1)
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-    ),
-]
+DEVICES = cpu_and_cuda()
 
 
 def eye(n: int) -> torch.Tensor:

@@ -8,17 +8,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from analysis.engine.receptive_field import LayerGeometry
 from analysis.engine.upsample import (
+    ANCHORED,
+    PLAIN,
+    GeometryUnknown,
     anchored_axis_weights,
     peak_coordinates,
+    peak_pixels,
     upsample_anchored,
     upsample_plain,
+    upsampler_for,
 )
+from tests.devices import cpu_and_cuda
 
 torch.set_num_threads(1)
 
-needs_cuda = [pytest.mark.needs_cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = cpu_and_cuda()
 
 
 def naive_anchored(m, size, stride, offset, input_size):
@@ -109,3 +115,36 @@ def test_peak_coordinates_and_empty_slots():
     got = peak_coordinates(pos, rf_stride=(8, 16), rf_offset=(3.5, 7.5))
     assert got[:2].tolist() == [[3.5, 7.5], [19.5, 55.5]]
     assert torch.isnan(got[2]).all()
+
+
+# -- the one factory and the one peak placement ------------------------------------------------------------
+
+GEOMETRY = LayerGeometry(size=(11, 7), stride=(8, 4), offset=(3.5, 1.5))
+
+
+def test_upsampler_for_is_the_anchored_or_plain_upsampling_of_the_layer():
+    maps = torch.rand(2, 3, 5, 9, generator=torch.Generator().manual_seed(0))
+    anchored = upsampler_for(GEOMETRY, ANCHORED, (40, 36))
+    expected = upsample_anchored(maps, (20, 18), rf_stride=(8, 4), rf_offset=(3.5, 1.5), input_size=(40, 36))
+    assert torch.equal(anchored(maps, (20, 18)), expected)
+    assert torch.equal(upsampler_for(None, PLAIN, (40, 36))(maps, (20, 18)), upsample_plain(maps, (20, 18)))
+    with pytest.raises(GeometryUnknown):
+        upsampler_for(None, ANCHORED, (40, 36))
+    with pytest.raises(ValueError):
+        upsampler_for(GEOMETRY, "nearest", (40, 36))
+
+
+def test_peak_pixels_are_y_then_x_on_a_non_square_layer_and_image():
+    """Stride, offset, input and image all differ between the axes, so a point written (x, y) — as one hand
+    conversion once did — fails here."""
+    positions = torch.tensor([[1, 3], [0, 0], [-1, -1]])
+    points = peak_pixels(positions, GEOMETRY, input_size=(40, 36), image_size=(80, 18), map_size=(5, 9))
+    y, x = (3.5 + 1 * 8) * 80 / 40, (1.5 + 3 * 4) * 18 / 36
+    assert points[0].tolist() == pytest.approx([y, x])
+    assert points[1].tolist() == pytest.approx([3.5 * 2, 1.5 / 2])
+    assert torch.isnan(points[2]).all()
+    clipped = peak_pixels(torch.tensor([[6, 20]]), GEOMETRY, input_size=(40, 36), image_size=(80, 18),
+                          map_size=(5, 9), clip=True)[0]  # centre (103, 40.75): past both edges
+    assert clipped.tolist() == pytest.approx([80 - 1e-6, 18 - 1e-6], abs=1e-9)
+    cells = peak_pixels(torch.tensor([[1, 3]]), None, input_size=(40, 36), image_size=(80, 18), map_size=(5, 9))
+    assert cells[0].tolist() == pytest.approx([1.5 * 80 / 5, 3.5 * 18 / 9])

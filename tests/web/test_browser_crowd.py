@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlencode
 import pytest
 from playwright.sync_api import Page, expect
 
-from annotation.models import AssignmentState, CrowdAssignment, CrowdWorker, HitRole
+from annotation.models import CrowdAssignment, CrowdAssignmentState, CrowdWorker, HitRole
 from tests.test_crowd_study import add_gold, validation_study
 
 pytestmark = [pytest.mark.browser]
@@ -59,6 +59,10 @@ def test_a_worker_on_a_phone_qualifies_and_does_three_hits(browser, live_server,
         card.get_by_text("Yes", exact=True).tap()
     assert fits_the_screen(page)
     page.get_by_role("button", name="Submit answers").tap()
+    expect(page.get_by_role("heading", name="Qualification: 4 of 4 right")).to_be_visible()  # feedback per question
+    expect(page.locator(".qualification-feedback")).to_have_count(4)
+    assert fits_the_screen(page)
+    page.get_by_role("link", name="Start the HITs").tap()
 
     for number in range(1, 4):
         expect(page.get_by_role("heading", name=f"HIT {number}")).to_be_visible()
@@ -74,7 +78,7 @@ def test_a_worker_on_a_phone_qualifies_and_does_three_hits(browser, live_server,
     expect(page.get_by_role("heading", name="HIT 4")).to_be_visible()
     worker = CrowdWorker.objects.get(study=crowd_study)
     assert worker.qualified is True and worker.qualification_attempts.get().correct == 4
-    done = list(CrowdAssignment.objects.filter(worker=worker, state=AssignmentState.SUBMITTED)
+    done = list(CrowdAssignment.objects.filter(worker=worker, state=CrowdAssignmentState.SUBMITTED)
                 .order_by("submitted_at"))
     assert [a.answer for a in done] == ["yes", "no", "yes"]
     assert all(a.seconds is not None and a.seconds >= 0 for a in done)
@@ -122,7 +126,7 @@ def test_an_mturk_worker_result_is_posted_to_turk_submit_to(browser, live_server
         assert Recorder.posts and Recorder.posts[0][0] == "/mturk/externalSubmit"
         fields = Recorder.posts[0][1]
         assert fields["assignmentId"] == "ASSIGN-77" and fields["answer"] == "yes" and fields["hitId"] == "HIT-1"
-        assert CrowdAssignment.objects.get().state == AssignmentState.SUBMITTED
+        assert CrowdAssignment.objects.get().state == CrowdAssignmentState.SUBMITTED
     finally:
         server.shutdown()
 

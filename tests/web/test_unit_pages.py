@@ -5,7 +5,8 @@ from django.urls import reverse
 from analysis.models import ExemplarKind, ExemplarSet
 
 
-def test_dataset_pages(researcher_client, tiny_layer_with_grids):
+def test_dataset_pages(researcher_client, make_probe_world):
+    make_probe_world("tiny")
     page = researcher_client.get(reverse("analysis:dataset_detail", args=["tiny"]))
     assert page.status_code == 200 and b"wheel" in page.content and b"Concepts by category" in page.content
     images = researcher_client.get(reverse("analysis:dataset_images", args=["tiny"]) + "?split=val")
@@ -22,7 +23,7 @@ def test_network_layer_and_unit_pages(researcher_client, tiny_layer_with_grids):
     network = researcher_client.get(reverse("analysis:network_detail", args=["seeded"]))
     assert network.status_code == 200 and b"conv5" in network.content and b"Receptive" in network.content
     layer = researcher_client.get(reverse("analysis:layer_detail", args=["seeded", "conv5"]) + "?sort=max")
-    assert layer.status_code == 200 and layer.content.count(b'class="grid-thumb"') == 128
+    assert layer.status_code == 200 and layer.content.count(b'class="grid-thumb"') == 50  # a page of units
     unit = researcher_client.get(reverse("analysis:unit_detail", args=["seeded", "conv5", 3]))
     assert unit.status_code == 200
     html = unit.content.decode()
@@ -34,7 +35,7 @@ def test_network_layer_and_unit_pages(researcher_client, tiny_layer_with_grids):
 
 @pytest.mark.parametrize("name,args", [("analysis:dataset_detail", ["tiny"]), ("analysis:layer_detail", ["seeded", "conv5"]),
                                        ("analysis:unit_detail", ["seeded", "conv5", 0])])
-def test_unit_browser_is_for_researchers(client, make_user, tiny_layer_with_grids, name, args):
+def test_unit_browser_is_for_researchers(client, make_user, tiny_layer, name, args):
     client.force_login(make_user("eve", "expert"))
     assert client.get(reverse(name, args=args)).status_code == 403
 

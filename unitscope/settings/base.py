@@ -90,6 +90,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "django.template.context_processors.media",
                 "accounts.context_processors.roles",
+                "accounts.context_processors.nav_section",
             ],
         },
     },
@@ -144,13 +145,23 @@ STORAGES = {
 }
 
 # Celery. The embedded default needs no server: the filesystem transport keeps messages in folders
-# under the data dir, and a real worker process consumes them. CELERY_BROKER_URL=redis://... in
-# production and CI.
+# under the data dir, and a real worker process consumes them. It runs through unitscope.broker's transport
+# (atomic writes, a corrupt message set aside instead of killing the worker; README "The embedded broker"),
+# with the worker's remote control off: it broadcasts through exchange files and nothing here needs it
+# (cancelling a run goes through the run's row). CELERY_BROKER_URL=redis://... in production and CI.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
+# With acks_late, Redis hands a task that was not acknowledged within visibility_timeout to another worker: it
+# must exceed the longest hard time limit of any job kind (12 h 5 min; analysis.jobs.longest_time_limit, which a
+# test compares with this), or a long dissection would run twice. The registry cannot be read here (settings load
+# before the apps), hence the constant.
+CELERY_VISIBILITY_TIMEOUT = 13 * 3600
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = UNITSCOPE_DATA_DIR / "celery" / "queue"
     _processed_dir = UNITSCOPE_DATA_DIR / "celery" / "processed"
+    CELERY_BROKER_TRANSPORT = "unitscope.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
@@ -159,6 +170,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
         "polling_interval": 0.2,
     }
+    CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 # Run rows hold every job's state and results: no result backend is needed.
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -168,6 +180,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Workers write a heartbeat row every UNITSCOPE_WORKER_HEARTBEAT_SECONDS; a queue whose workers were all last
+# seen longer than UNITSCOPE_WORKER_ALIVE_SECONDS ago has no worker, and its waiting runs say so on the pages
+# and in the API. A queued run whose broker message has been missing for UNITSCOPE_ORPHAN_AFTER_SECONDS is
+# sent again once, then failed with the reason. UNITSCOPE_WORKER_COMMAND is what the pages tell people to run
+# to start a worker ({queue} is replaced; empty: the celery command of this installation).
+UNITSCOPE_WORKER_HEARTBEAT_SECONDS = float(env("UNITSCOPE_WORKER_HEARTBEAT_SECONDS", "10"))
+UNITSCOPE_WORKER_ALIVE_SECONDS = float(env("UNITSCOPE_WORKER_ALIVE_SECONDS", "45"))
+UNITSCOPE_ORPHAN_AFTER_SECONDS = float(env("UNITSCOPE_ORPHAN_AFTER_SECONDS", "60"))
+UNITSCOPE_WORKER_COMMAND = env("UNITSCOPE_WORKER_COMMAND", "")
 
 LOGGING = {
     "version": 1,

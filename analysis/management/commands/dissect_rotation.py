@@ -1,7 +1,8 @@
 from django.core.management.base import CommandError
 
 from analysis.management.run_command import RunCommand
-from analysis.services.dissection import ROTATION_DEFAULTS, rotation_run_start
+from analysis.params import add_argument
+from analysis.services.dissection import ROTATION_DEFAULTS, ROTATION_PARAMS, rotation_run_start
 
 
 def _numbers(text: str, kind):
@@ -17,17 +18,15 @@ class Command(RunCommand):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--network", required=True)
-        parser.add_argument("--dataset", required=True)
-        parser.add_argument("--layer", required=True)
+        for name in ("network", "dataset", "layer"):
+            add_argument(parser, ROTATION_PARAMS, name)
         parser.add_argument("--alphas", default=",".join(str(a) for a in ROTATION_DEFAULTS["alphas"]),
                             help="comma-separated α in [0, 1]")
         parser.add_argument("--seeds", default=",".join(str(s) for s in ROTATION_DEFAULTS["seeds"]),
                             help="comma-separated seeds of Q (ND'18 repeats α = 1 ten times)")
-        parser.add_argument("--upsample", choices=["anchored", "plain"], default=ROTATION_DEFAULTS["upsample"])
-        parser.add_argument("--iou-threshold", type=float, default=ROTATION_DEFAULTS["iou_threshold"])
+        add_argument(parser, ROTATION_PARAMS, "upsample")
+        add_argument(parser, ROTATION_PARAMS, "iou_threshold")
 
-    def start_run(self, *, inline, network, dataset, layer, alphas, seeds, upsample, iou_threshold, **options):
-        return rotation_run_start(network=network, dataset=dataset, layer=layer, alphas=_numbers(alphas, float),
-                                  seeds=_numbers(seeds, int), upsample=upsample, iou_threshold=iou_threshold,
-                                  inline=inline)
+    def start_run(self, *, inline, alphas, seeds, **options):
+        return rotation_run_start(alphas=_numbers(alphas, float), seeds=_numbers(seeds, int), inline=inline,
+                                  **self.params_of(ROTATION_PARAMS, options))

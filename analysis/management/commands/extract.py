@@ -1,5 +1,6 @@
 from analysis.management.run_command import RunCommand
-from analysis.services.extraction import EXTRACTION_DEFAULTS, extraction_run_start
+from analysis.params import add_argument
+from analysis.services.extraction import EXTRACTION_PARAMS, extraction_run_start
 
 
 class Command(RunCommand):
@@ -7,12 +8,12 @@ class Command(RunCommand):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--network", required=True)
-        parser.add_argument("--dataset", required=True)
-        parser.add_argument("--layer", action="append", required=True, help="dotted layer name; repeat for more")
-        parser.add_argument("--quantile", type=float, default=EXTRACTION_DEFAULTS["quantile"])
-        parser.add_argument("--batch-size", type=int, default=EXTRACTION_DEFAULTS["batch_size"])
+        add_argument(parser, EXTRACTION_PARAMS, "network")
+        add_argument(parser, EXTRACTION_PARAMS, "dataset")
+        parser.add_argument("--layer", action="append", required=True, dest="layers",
+                            help="dotted layer name; repeat for more")
+        add_argument(parser, EXTRACTION_PARAMS, "quantile")
+        add_argument(parser, EXTRACTION_PARAMS, "batch_size")
 
-    def start_run(self, *, inline, network, dataset, layer, quantile, batch_size, **options):
-        return extraction_run_start(network=network, dataset=dataset, layers=layer, quantile=quantile,
-                                    batch_size=batch_size, inline=inline)
+    def start_run(self, *, inline, **options):
+        return extraction_run_start(inline=inline, **self.params_of(EXTRACTION_PARAMS, options))

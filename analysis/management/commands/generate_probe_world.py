@@ -1,5 +1,10 @@
+from pathlib import Path
+
+from django.core.management.base import CommandError
+
 from analysis.management.run_command import RunCommand
-from analysis.services.datasets import PROBE_WORLD_DEFAULTS, probe_world_generate, probe_world_run_start
+from analysis.params import ParamsError, add_argument
+from analysis.services.datasets import PROBE_WORLD_PARAMS, probe_world_generate, probe_world_run_start
 
 
 class Command(RunCommand):
@@ -9,20 +14,22 @@ class Command(RunCommand):
     def add_arguments(self, parser):
         super().add_arguments(parser)
         parser.add_argument("--out", help="write the Broden directory here, synchronously, without registering it")
-        parser.add_argument("--name", default="probe-world", help="dataset name to register (without --out)")
-        parser.add_argument("--images", type=int, default=PROBE_WORLD_DEFAULTS["n_images"])
-        parser.add_argument("--seed", type=int, default=PROBE_WORLD_DEFAULTS["seed"])
-        parser.add_argument("--size", type=int, default=PROBE_WORLD_DEFAULTS["size"], help="image side in pixels")
+        add_argument(parser, PROBE_WORLD_PARAMS, "name", help="dataset name to register (without --out)")
+        add_argument(parser, PROBE_WORLD_PARAMS, "n_images", "--images")
+        add_argument(parser, PROBE_WORLD_PARAMS, "seed")
+        add_argument(parser, PROBE_WORLD_PARAMS, "size")
 
     def handle(self, *args, out=None, **options):
         if out is None:
             return super().handle(*args, **options)
-        from pathlib import Path
-
-        summary = probe_world_generate(out_dir=Path(out), n_images=options["images"], seed=options["seed"],
-                                       size=options["size"])
+        try:
+            params = PROBE_WORLD_PARAMS.validate(self.params_of(PROBE_WORLD_PARAMS, options))
+        except ParamsError as error:
+            raise CommandError(str(error)) from error
+        summary = probe_world_generate(out_dir=Path(out), n_images=params["n_images"], seed=params["seed"],
+                                       size=params["size"])
         self.stdout.write(f"wrote {summary['n_images']} images to {summary['out_dir']} "
                           f"in {summary['generation_seconds']} s")
 
-    def start_run(self, *, inline, name, images, seed, size, **options):
-        return probe_world_run_start(name=name, n_images=images, seed=seed, size=size, inline=inline)
+    def start_run(self, *, inline, **options):
+        return probe_world_run_start(inline=inline, **self.params_of(PROBE_WORLD_PARAMS, options))

@@ -49,8 +49,8 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         self.stdout.write(f"registered network {network.name} ({network.layers.count()} layers)")
         for layer in network.layers.all():
-            geometry = (f"rf {layer.rf_size_y:g}×{layer.rf_size_x:g} stride {layer.rf_stride_y:g} "
-                        f"offset {layer.rf_offset_y:g}" + (" ✓" if layer.rf_verified else "")
-                        if layer.rf_size_y is not None else "rf unknown")
+            rf = layer.geometry
+            geometry = (f"rf {rf.size[0]:g}×{rf.size[1]:g} stride {rf.stride[0]:g} offset {rf.offset[0]:g}"
+                        + (" ✓" if layer.rf_verified else "") if rf is not None else "rf unknown")
             self.stdout.write(f"  {layer.name:<28} {layer.units:>5} units  {layer.out_height}×{layer.out_width}  "
                               f"{geometry}")

@@ -1,5 +1,6 @@
 from analysis.management.run_command import RunCommand
-from analysis.services.grids import grids_run_start
+from analysis.params import add_argument
+from analysis.services.grids import GRIDS_PARAMS, grids_run_start
 
 
 class Command(RunCommand):
@@ -7,8 +8,8 @@ class Command(RunCommand):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--extraction-run", type=int, required=True)
-        parser.add_argument("--layer", required=True)
+        add_argument(parser, GRIDS_PARAMS, "extraction_run")
+        add_argument(parser, GRIDS_PARAMS, "layer")
 
     def start_run(self, *, inline, extraction_run, layer, **options):
         return grids_run_start(extraction_run=extraction_run, layer=layer, inline=inline)

@@ -1,10 +1,12 @@
 """`make demo`: migrate, create the researcher, start a real Celery worker and the web server, print the
-URL as soon as the site answers, then queue the demo build steps for the worker to run."""
+URL as soon as the site answers, then queue the demo build steps for the worker to run.
+
+Both children are supervised (:mod:`unitscope.supervisor`): one that exits is reported with the last lines
+of its log and restarted (at most 5 times in 10 minutes); Ctrl-C or SIGTERM stops their process groups."""
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -15,7 +17,9 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from analysis.models import RunStatus
+from analysis.selectors import worker_start_command
 from analysis.services.demo import DemoSize, demo_build, demo_credentials_ensure, demo_hooks_run
+from unitscope.supervisor import Supervisor
 
 
 class Command(BaseCommand):
@@ -34,33 +38,20 @@ class Command(BaseCommand):
         credentials = demo_credentials_ensure()
         logs = settings.UNITSCOPE_DATA_DIR / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        base_dir = Path(settings.BASE_DIR)
-        children: list[subprocess.Popen] = []
-
-        def start(name: str, command: list[str]) -> subprocess.Popen:
-            log = open(logs / f"{name}.log", "a")
-            process = subprocess.Popen(command, cwd=base_dir, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-            children.append(process)
-            return process
-
-        def stop_children(*_):
-            for process in children:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-            for process in children:
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        supervisor = Supervisor(cwd=Path(settings.BASE_DIR), logs=logs, say=self.stdout.write)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop as on Ctrl-C: the finally below
         try:
-            worker = start("worker", [sys.executable, "-m", "celery", "-A", "unitscope", "worker",
-                                      "-Q", "default,gpu", "-c", "1", "--loglevel", "INFO", "-n", "demo@%h"])
-            server = start("web", [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"])
+            supervisor.start("worker", [sys.executable, "-m", "celery", "-A", "unitscope", "worker", "-Q", "default,gpu",
+                                        "-c", "1", "--loglevel", "INFO", "-n", "demo@%h"],
+                             advice="The site stays up: queued runs wait, and the Runs page says that no worker is "
+                                    f"running. Fix the cause (see {logs / 'worker.log'}), then press Ctrl-C and run "
+                                    "`make demo` again, or start a worker yourself with `"
+                                    + worker_start_command("default,gpu") + "`.")
+            supervisor.start("web", [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
+                             advice=f"See {logs / 'web.log'}.")
             url = f"http://{host}:{port}/"
-            self._wait_until_up(url, server, logs / "web.log")
+            self._wait_until_up(url, supervisor, logs / "web.log")
+            supervisor.watch()
             self.stdout.write(self.style.SUCCESS(f"\nUnitScope is up at {url}"))
             for username, password in credentials.items():
                 self.stdout.write(f"Log in as {username} / {password}")
@@ -70,31 +61,33 @@ class Command(BaseCommand):
             def report(event, step, run, created):
                 if event == "queued":
                     self.stdout.write(f"· {step.label}: {url}research/runs/{run.pk}/")
+                elif event == "retry":
+                    self.stdout.write(f"  {run.status}: {run.error}\n  Starting this step again.")
                 elif event == "end":
                     self.stdout.write(f"  {run.status}" + ("" if created else " (already done)")
                                       + (f": {run.error}" if run.error else ""))
 
             size = DemoSize(images=images, image_size=image_size, epochs=epochs)
-            runs = demo_build(inline=False, size=size, on_step=report)
+            runs = demo_build(inline=False, size=size, on_step=report, worker_loss_retries=2)
             if runs and runs[-1].status == RunStatus.SUCCEEDED:
                 self.stdout.write("· Studies for experts and crowds …")
-                for username, password in demo_hooks_run(size).items():
+                for username, password in demo_hooks_run(size, site_url=url).items():
                     self.stdout.write(f"Log in as {username} / {password}")
                 self.stdout.write(self.style.SUCCESS("The demo is built."))
             else:
                 self.stdout.write(self.style.ERROR("A demo step failed; the site stays up so you can see why."))
-            while worker.poll() is None and server.poll() is None:
+            while not supervisor.children["web"].given_up:
                 time.sleep(1)
-            raise CommandError("the worker or the web server stopped; see the logs in " + str(logs))
+            raise CommandError("the web server keeps stopping; see the logs in " + str(logs))
         except KeyboardInterrupt:
-            self.stdout.write("\nStopping.")
+            self.stdout.write("\nStopping the worker and the web server (a step that is running is given 15 s).")
         finally:
-            stop_children()
+            supervisor.stop_all()
 
-    def _wait_until_up(self, url: str, server: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    def _wait_until_up(self, url: str, supervisor: Supervisor, log: Path, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if server.poll() is not None:
+            if not supervisor.alive("web"):
                 raise CommandError(f"the web server exited; last lines of {log}:\n"
                                    + "\n".join(log.read_text().splitlines()[-15:]))
             try:

@@ -1,5 +1,6 @@
 from analysis.management.run_command import RunCommand
-from analysis.services.selfcheck import SELFCHECK_DEFAULTS, selfcheck_run_start
+from analysis.params import add_argument
+from analysis.services.selfcheck import SELFCHECK_PARAMS, selfcheck_run_start
 
 
 class Command(RunCommand):
@@ -7,9 +8,8 @@ class Command(RunCommand):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        for name, default in SELFCHECK_DEFAULTS.items():
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=default)
+        for name in SELFCHECK_PARAMS.fields:
+            add_argument(parser, SELFCHECK_PARAMS, name)
 
-    def start_run(self, *, inline, matmul_size, conv_batch, conv_image_size, repeats, **options):
-        return selfcheck_run_start(inline=inline, matmul_size=matmul_size, conv_batch=conv_batch,
-                                   conv_image_size=conv_image_size, repeats=repeats)
+    def start_run(self, *, inline, **options):
+        return selfcheck_run_start(inline=inline, **self.params_of(SELFCHECK_PARAMS, options))

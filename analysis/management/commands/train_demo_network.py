@@ -1,5 +1,6 @@
 from analysis.management.run_command import RunCommand
-from analysis.services.networks import DEMO_TRAINING_DEFAULTS, demo_training_run_start
+from analysis.params import add_argument
+from analysis.services.networks import DEMO_TRAINING_PARAMS, demo_training_run_start
 
 
 class Command(RunCommand):
@@ -7,10 +8,8 @@ class Command(RunCommand):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--dataset", default=DEMO_TRAINING_DEFAULTS["dataset"])
-        parser.add_argument("--name", default=DEMO_TRAINING_DEFAULTS["name"])
-        parser.add_argument("--epochs", type=int, default=DEMO_TRAINING_DEFAULTS["epochs"])
-        parser.add_argument("--seed", type=int, default=DEMO_TRAINING_DEFAULTS["seed"])
+        for name in ("dataset", "name", "epochs", "seed"):
+            add_argument(parser, DEMO_TRAINING_PARAMS, name)
 
-    def start_run(self, *, inline, dataset, name, epochs, seed, **options):
-        return demo_training_run_start(dataset=dataset, name=name, epochs=epochs, seed=seed, inline=inline)
+    def start_run(self, *, inline, **options):
+        return demo_training_run_start(inline=inline, **self.params_of(DEMO_TRAINING_PARAMS, options))

@@ -32,6 +32,10 @@ class Command(BaseCommand):
         create.add_argument("--gold-rate", type=float, default=0.1)
         create.add_argument("--no-qualification", action="store_true")
         create.add_argument("--no-controls", action="store_true")
+        create.add_argument("--no-selection-round", action="store_true",
+                            help="validation: no ND'18 selection round (Table 3 then has no interpretable units)")
+        create.add_argument("--include-dead-units", action="store_true",
+                            help="make HITs of dead and saturated units too (never fire, or threshold 0)")
         create.add_argument("--description-study", default=None, help="where human labels come from")
         create.add_argument("--submit-hosts", default=None, help="hosts a turkSubmitTo may name (space-separated)")
         create.add_argument("--seed", type=int, default=0)
@@ -54,8 +58,9 @@ class Command(BaseCommand):
                     name=options["name"], kind=options["kind"], extractions=extractions,
                     assignments_per_hit=options["per_hit"], gold_rate=options["gold_rate"],
                     qualification_required=not options["no_qualification"], controls=not options["no_controls"],
+                    selection_round=not options["no_selection_round"],
                     description_study=description_study, external_submit_hosts=options["submit_hosts"],
-                    seed=options["seed"])
+                    include_dead_units=options["include_dead_units"], seed=options["seed"])
                 self.stdout.write(f"Crowd study {study.pk} ({study.name}): {study.hits.filter(role='task').count()} "
                                   f"HITs, {study.assignments_per_hit} workers each.")
                 self._links(study, options["base_url"])

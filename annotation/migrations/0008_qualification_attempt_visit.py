@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0005_study_claim_hours_suggest_given_names'),
+        ('annotation', '0007_include_dead_units'),
     ]
 
     operations = [
