@@ -45,7 +45,6 @@ merged. Rotation tests write ``UNITSCOPE_DATA_DIR/rotations/<id>/rotation.npz``.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -65,6 +64,7 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, DissectionBaseline, LayerDissection, RotationTest, Run, RunStatus, UnitDissection, UnitStatus,
                              UpsampleMethod)
+from unitscope.spreadsheets import csv_writer
 
 from .extraction import open_activation_cache
 from .inputs import layer_upsampler, run_inputs
@@ -530,7 +530,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     written = []
     tally_path = out_dir / "tally.csv"
     with open(tally_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "concept", "category", "iou", "intersection", "activation", "truth"])
         for unit in range(inter.shape[0]):
             for number in present:
@@ -541,7 +541,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     written.append(tally_path)
     thresholds_path = out_dir / "thresholds.csv"
     with open(thresholds_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "threshold"])
         writer.writerows((unit, repr(float(value))) for unit, value in enumerate(data["thresholds"]))
     written.append(thresholds_path)
@@ -551,7 +551,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
             pairing = plan["pairing"]
         pairing_path = out_dir / "pairing.csv"
         with open(pairing_path, "w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
+            writer = csv_writer(handle)
             writer.writerow(["image", "masks_of"])
             writer.writerows(enumerate(pairing.tolist()))
         written.append(pairing_path)
@@ -589,7 +589,7 @@ def _write_unit_results(path: Path, dissection: LayerDissection, thresholds: np.
     if dissection.extraction is not None:
         statuses = dict(dissection.extraction.unit_summaries.with_status().values_list("unit__index", "status"))
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "label", "category", "iou", "is_detector", "saturated", "status"])
         for result in dissection.unit_results.select_related("unit", "concept").order_by("unit__index"):
             index = result.unit.index
@@ -608,7 +608,7 @@ def rotation_export(run: Run, out_dir: Path) -> list[Path]:
         raise RunInputError(f"Run {run.pk} holds no rotation test.")
     path = out_dir / "rotation.csv"
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["seed", "alpha", "detectors", "unique_detectors", "saturated_units"])
         writer.writerows((p["seed"], repr(float(p["alpha"])), p["detectors"], p["unique"], p["saturated"])
                          for p in test.points)

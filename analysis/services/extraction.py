@@ -8,7 +8,6 @@ run that reuses the cache reproduces a fresh run bit for bit.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import shutil
@@ -24,6 +23,7 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, Dataset, ExemplarKind, ExemplarSet, Layer, LayerExtraction, Network, Run,
                              UnitActivationSummary)
+from unitscope.spreadsheets import csv_writer
 
 from .exports import write_run_json
 from .networks import network_check_weights, network_spec
@@ -309,7 +309,7 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
     dataset, network = extractions[0].dataset, extractions[0].layer.network
     images_path = out_dir / "images.csv"
     with open(images_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["index", "image"])
         writer.writerows(dataset.images.order_by("index").values_list("index", "path"))
     written.append(images_path)
@@ -329,7 +329,7 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
 
 def _write_unit_summaries(path: Path, extraction: LayerExtraction) -> Path:
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "max_activation", "threshold", "active_images", "status"])
         writer.writerows((summary.unit.index, repr(summary.max_activation), repr(summary.threshold),
                           summary.active_images, summary.status)

@@ -31,7 +31,6 @@ whose image contains the part). :mod:`analysis.engine.ablation` documents the sc
 """
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections import defaultdict
@@ -47,6 +46,7 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
                              PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
+from unitscope.spreadsheets import csv_field, csv_writer
 
 from .inputs import ensure_extraction, layer_geometry, run_inputs
 from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
@@ -656,7 +656,7 @@ def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
         gt_file.write("part,image,x1,y1,x2,y2\n")
         for result in results:
             data = part_detection_arrays(result)
-            name = result.name.replace("%", "%%")
+            name = csv_field(result.name).replace("%", "%%")
             image = data["view_image"][data["det_view"]]
             table = np.column_stack([data["det_filter"], image, data["det_box"].astype(np.float64),
                                      data["det_score"].astype(np.float64)])
@@ -664,13 +664,13 @@ def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
             gt = np.column_stack([data["view_image"][data["gt_view"]], data["gt_box"].astype(np.float64)])
             np.savetxt(gt_file, gt, fmt=f"{name},%d,%.9g,%.9g,%.9g,%.9g")
     with open(paths["ap.csv"], "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["filter", "part", "ap", "recall_max"])
         for result in results:
             writer.writerows((f, result.name, repr(float(ap)), repr(float(recall)))
                              for f, (ap, recall) in enumerate(zip(result.single_ap, result.single_recall)))
     with open(paths["ga.csv"], "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["part", "filters", "ap"])
         writer.writerows((result.name, " ".join(str(f) for f in result.ga_filters), repr(float(result.ga_ap)))
                          for result in results)
@@ -701,7 +701,7 @@ def ablation_export(run: Run, out_dir: Path) -> list[Path]:
     path = out_dir / "ablation.csv"
     rows = list(study.class_results.select_related("object_class"))
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["object_class", "filter", "delta", "discriminative"])
         for row in rows:
             flagged = set(row.discriminative)
@@ -709,7 +709,7 @@ def ablation_export(run: Run, out_dir: Path) -> list[Path]:
                              for f, delta in enumerate(row.deltas))
     parts_path = out_dir / "parts.csv"
     with open(parts_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["object_class", "part", "images", "delta", "relative_size"])
         writer.writerows((r.object_class.name, r.part.name, r.n_images, repr(float(r.delta)), repr(r.relative_size))
                          for r in study.part_results.select_related("object_class", "part").order_by("name"))
