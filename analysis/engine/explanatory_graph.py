@@ -69,7 +69,7 @@ __all__ = [
     "LayerConfig", "LayerSource", "GraphLayer", "GraphResult",
     "default_nodes_per_filter", "filter_normalizer", "learn_layer", "infer_layer", "learn_graph",
     "raw_filter_peaks", "location_instability", "pattern_instability", "FilterPeakTally", "energy_top_k",
-    "crop_patch", "render_patch_grid",
+    "crop_patch", "render_patch_grid", "purity_sample",
 ]
 
 PAPER_TAU = 0.1
@@ -607,6 +607,24 @@ def energy_top_k(scores, fraction: float = 0.3) -> np.ndarray:
     cumulative = np.cumsum(values[order])
     k = int(np.searchsorted(cumulative, fraction * total * (1 - 1e-12), side="left")) + 1
     return order[:min(k, len(order))].astype(np.int64)
+
+
+def purity_sample(scores, fraction: float = 0.3, shown: int = 20) -> tuple[np.ndarray, int]:
+    """The images a purity count judges for one pattern (raw filter or graph node alike), and its K.
+
+    K is the paper's 30 % energy rule (:func:`energy_top_k`). Every pattern is judged on the same number of images,
+    ``shown``, drawn by the same rule: when ``K ≥ shown``, the images at evenly spaced ranks of the top K,
+    ``floor((i + ½)·K / shown)`` for ``i < shown`` (so a pattern with a long top-K is not shown only its purest
+    head); when ``K < shown``, the ``shown`` best images with a positive score (the ranking continued past K).
+    Fewer appear only when fewer images score above 0. Returns ``(positions int64, best first; K)``."""
+    values = np.asarray(scores, dtype=np.float64)
+    top = energy_top_k(values, fraction)
+    k = len(top)
+    if k >= shown:
+        return top[((np.arange(shown) + 0.5) * k / shown).astype(np.int64)], k
+    order = np.argsort(-np.where(values > 0, values, 0.0), kind="stable")
+    order = order[values[order] > 0]
+    return order[:shown].astype(np.int64), k
 
 
 def crop_patch(image: np.ndarray, centre: tuple[float, float], size: int, fill=(224, 224, 224)) -> np.ndarray:

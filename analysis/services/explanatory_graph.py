@@ -388,16 +388,19 @@ def _box(graph_network: Network, centre_input: np.ndarray, height: float, width:
     return (cy, cx), (cx - half_x, cy - half_y, cx + half_x, cy + half_y)
 
 
-def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction: float | None = None
-                          ) -> list[PatternInference]:
+def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction: float | None = None,
+                          shown: int | None = None) -> list[PatternInference]:
     """A node's inferences, best first: the ``limit`` top-scoring images, or (``fraction``) the paper's top-K with
-    ``Σ_{i≤K} S ≥ fraction · Σ S`` (images where the node scores 0 are never shown)."""
-    from analysis.engine.explanatory_graph import energy_top_k
+    ``Σ_{i≤K} S ≥ fraction · Σ S`` (images where the node scores 0 are never shown), or (``fraction`` and
+    ``shown``) the purity sample of :func:`analysis.engine.explanatory_graph.purity_sample`."""
+    from analysis.engine.explanatory_graph import energy_top_k, purity_sample
 
     graph = node.graph
     units, scores = graph_inference_arrays(graph, node.layer.name)
     column = np.asarray(scores[:, node.flat], dtype=np.float64)
-    if fraction is not None:
+    if fraction is not None and shown is not None:
+        chosen = purity_sample(column, fraction, shown)[0]
+    elif fraction is not None:
         chosen = energy_top_k(column, fraction)
     else:
         chosen = np.argsort(-column, kind="stable")[:limit]
@@ -412,15 +415,17 @@ def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction
 
 
 def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index: int, *, limit: int | None = None,
-                            fraction: float | None = None, mode: str = "peaks") -> list[list[PatternInference]]:
+                            fraction: float | None = None, mode: str = "peaks", shown: int | None = None
+                            ) -> list[list[PatternInference]]:
     """A raw filter's inferences, best first, grouped per image (the paper's two purity baselines).
 
     ``mode="peaks"`` ("raw filter peaks"): one inference per image at the filter's highest unit, images ranked by that
     peak. ``mode="maps"`` ("raw filter maps"): every unit with a positive response, each drawn as a fixed-size patch
     around its receptive-field centre, images ranked by the map's activation energy (its sum). ``fraction`` applies
-    the 30 % energy rule to K; otherwise the ``limit`` top images.
+    the 30 % energy rule to K (with ``shown``: the purity sample, :func:`analysis.engine.explanatory_graph.
+    purity_sample`); otherwise the ``limit`` top images.
     """
-    from analysis.engine.explanatory_graph import energy_top_k
+    from analysis.engine.explanatory_graph import energy_top_k, purity_sample
 
     if mode not in ("peaks", "maps"):
         raise RunInputError("mode must be 'peaks' or 'maps'.")
@@ -434,7 +439,9 @@ def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index:
         block = np.asarray(maps[start:start + 512, filter_index], dtype=np.float64).reshape(-1, extraction.map_height
                                                                                             * extraction.map_width)
         per_image[start:start + 512] = block.max(1) if mode == "peaks" else np.clip(block, 0, None).sum(1)
-    if fraction is not None:
+    if fraction is not None and shown is not None:
+        chosen = purity_sample(per_image, fraction, shown)[0]
+    elif fraction is not None:
         chosen = energy_top_k(per_image, fraction)
     else:
         chosen = np.argsort(-per_image, kind="stable")[:limit]
@@ -455,8 +462,11 @@ def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index:
 
 
 def graph_purity_inferences(graph: ExplanatoryGraph, *, layer: str, filter_index: int, node: int | None = None,
-                            mode: str = "node", fraction: float = PURITY_FRACTION) -> list[list[PatternInference]]:
-    """What a purity-count task shows (AAAI'18 Fig. 8): the top-K inferences of one pattern, K by the 30 % rule.
+                            mode: str = "node", fraction: float = PURITY_FRACTION, shown: int | None = None
+                            ) -> list[list[PatternInference]]:
+    """What a purity-count task shows (AAAI'18 Fig. 8): the top-K inferences of one pattern, K by the 30 % rule —
+    or, with ``shown``, the ``shown`` images every pattern is judged on, drawn by the same rule for graph nodes and
+    raw filters (:func:`analysis.engine.explanatory_graph.purity_sample`).
 
     ``mode="node"`` with ``node`` (index among the filter's nodes): the graph node's inferences (one per image, the
     K images with the highest S_V^I). ``mode="peaks"`` or ``"maps"``: the raw filter baselines of
@@ -471,8 +481,8 @@ def graph_purity_inferences(graph: ExplanatoryGraph, *, layer: str, filter_index
         node_row = GraphNode.objects.filter(graph=graph, layer=layer_row, filter=filter_index, node=node).first()
         if node_row is None:
             raise RunInputError(f"No node {node} of filter {filter_index} in {layer}.")
-        return [[item] for item in graph_node_inferences(node_row, fraction=fraction)]
-    return graph_filter_inferences(graph, layer_row, filter_index, fraction=fraction, mode=mode)
+        return [[item] for item in graph_node_inferences(node_row, fraction=fraction, shown=shown)]
+    return graph_filter_inferences(graph, layer_row, filter_index, fraction=fraction, mode=mode, shown=shown)
 
 
 def graph_purity_candidates(graph: ExplanatoryGraph, *, layer: str, count: int | None = None

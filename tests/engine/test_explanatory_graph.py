@@ -223,6 +223,18 @@ def test_location_instability_matches_a_naive_loop(combine):
     assert torch.isnan(stds[:, 2]).all()
 
 
+def test_purity_sample_shows_every_pattern_the_same_number_of_images_by_one_rule():
+    from analysis.engine.explanatory_graph import purity_sample
+
+    flat = np.ones(100)  # K = 30 of 100 equal scores: 5 images at ranks floor((i + ½)·30/5) = 3, 9, 15, 21, 27
+    chosen, k = purity_sample(flat, 0.3, 5)
+    assert k == 30 and chosen.tolist() == [3, 9, 15, 21, 27]
+    peaked = np.array([100.0, 1.0, 0.0, 2.0, 0.5, 0.0])  # K = 1: the ranking continues past K to 5 images
+    chosen, k = purity_sample(peaked, 0.3, 5)
+    assert k == 1 and chosen.tolist() == [0, 3, 1, 4]  # only 4 images score above 0
+    assert purity_sample(np.zeros(4), 0.3, 5)[1] == 0
+
+
 def test_energy_top_k_takes_thirty_percent_of_the_inference_energy():
     scores = [1.0, 5.0, 0.0, 3.0, 1.0]  # total 10: 5 < 3 ≤ 5 → K = 1
     assert energy_top_k(scores).tolist() == [1]
