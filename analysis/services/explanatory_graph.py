@@ -79,6 +79,8 @@ GRAPH_PARAMS = p.ParamSchema({
     "min_sigma": p.Param(float, None, low=0, low_open=True, nullable=True,
                          help="floor of every σ (null: the unit cell's quantisation, stride/√12)"),
     "fit_top_sigma": p.Param(bool, False, help="also fit the top layer's σ"),
+    "neighbour_penalty": p.Param(bool, True, help="eq. 3 as written: a node is less compatible where its upper "
+                                                  "neighbours disagree (false: normalise per image)"),
     "seed": p.seed(), "batch_size": p.integers(1, 1024, 16),
     "learn_split": p.choice(IMAGE_SPLITS, "train", help="the images the graph learns from (paper: training)"),
     "max_learn_images": p.integers(0, 10**9, 0, help="learn on a seeded subset of the learning images (0 = all)"),
@@ -180,7 +182,7 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     configs = [LayerConfig(nodes_per_filter=n, neighbours=params["neighbours"], tau=params["tau"],
                            iterations=params["iterations"], beta=params["beta"], init_sigma=params["init_sigma"],
                            min_sigma=params["min_sigma"] or _quantisation_sigma(layer, plane),
-                           fit_top_sigma=params["fit_top_sigma"])
+                           fit_top_sigma=params["fit_top_sigma"], neighbour_penalty=params["neighbour_penalty"])
                for n, layer in zip(nodes, layers)]
     learn_rows = _learn_rows(dataset, params)
     directory = settings.UNITSCOPE_DATA_DIR / GRAPH_DIR / str(run.pk)
