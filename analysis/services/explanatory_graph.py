@@ -11,8 +11,15 @@ then inferred on every image of the dataset; the inference arrays are memory map
 defaults to each layer's stride/√12 (plane units): the spread of a position known only to its unit cell.
 
 Location instability (AAAI'18 Table 1) is measured on the ``eval_split`` images (paper: testing images) against
-landmarks = the centres of the boxes of the chosen part classes (``landmarks``; on the probe world e.g. head, torso,
-body; the first instance when an image has several), distances normalised by the image diagonal. Patterns: the
+landmarks = the centres of the boxes of the chosen part classes (``landmarks``; by default the three part classes on
+most of the category's objects, as the paper takes three parts of its category — head, back, tail of a bird; the
+first instance when an image has several, on an object of the category when one is set), distances normalised by
+the image diagonal.
+
+``category`` (an object class) learns the graph of that category on the images holding it and measures it there —
+the paper learns one graph per category, but on *object crops* of a network fine-tuned on that category; here the
+images are whole (the shared extraction's maps) and the network the one registered. Blank (default): one graph over
+every image. (Crops are not implemented for graphs; the README lists this difference.) Patterns: the
 ``top_patterns`` nodes of each layer with the highest Σ_I S_V^I and, as the baseline, the ``top_patterns`` raw
 filters with the highest Σ_I max activation, each localised at its highest unit (Zhou et al. 2015); per pattern the
 ``top_images`` highest-scoring images (paper: 500 patterns, 20 images). Rows of :class:`GraphInstability` keep the
@@ -82,11 +89,17 @@ GRAPH_PARAMS = p.ParamSchema({
     "neighbour_penalty": p.Param(bool, True, help="eq. 3 as written: a node is less compatible where its upper "
                                                   "neighbours disagree (false: normalise per image)"),
     "seed": p.seed(), "batch_size": p.integers(1, 1024, 16),
+    "category": p.Param(str, "", max_length=100, blank=True,
+                        help="an object class: learn the graph of that category on the images holding it and "
+                             "measure it on its own objects' landmarks (the paper: one graph per category); "
+                             "blank: every image, every class"),
     "learn_split": p.choice(IMAGE_SPLITS, "train", help="the images the graph learns from (paper: training)"),
     "max_learn_images": p.integers(0, 10**9, 0, help="learn on a seeded subset of the learning images (0 = all)"),
     "quantile": p.fraction(0.995, help="the extraction's threshold level (reused or extracted first)"),
-    "landmarks": p.Param(str, ["head", "torso", "body"], many=True, unique_sorted=True, max_length=100, blank=True,
-                         help="part classes whose box centres are the landmarks of location instability"),
+    "landmarks": p.Param(str, [], many=True, unique_sorted=True, max_length=100, blank=True,
+                         help="part classes whose box centres are the landmarks of location instability (empty: "
+                              "the three part classes on most of the category's objects, as the paper picks three "
+                              "parts of its category)"),
     "eval_split": p.choice(IMAGE_SPLITS, "val", help="the images location instability is measured on (paper: "
                                                      "testing images)"),
     "top_patterns": p.integers(1, 10**6, 500, help="nodes (and raw filters) per layer whose instability is measured"),
@@ -141,11 +154,21 @@ def _patch_size(network: Network) -> float:
 
 # -- the run --------------------------------------------------------------------------------------------------------
 
+def _category_images(dataset: Dataset, params: dict[str, Any]):
+    """The dataset's images, or (``category``) those holding an object box of that class."""
+    images = dataset.images.all()
+    if params["category"]:
+        images = images.filter(boxes__kind=AnnotatedBox.Kind.OBJECT,
+                               boxes__concept__name=params["category"]).distinct()
+    return images
+
+
 def _learn_rows(dataset: Dataset, params: dict[str, Any]) -> np.ndarray:
-    rows = np.array(dataset.images.filter(split=params["learn_split"]).order_by("index")
+    rows = np.array(_category_images(dataset, params).filter(split=params["learn_split"]).order_by("index")
                     .values_list("index", flat=True), dtype=np.int64)
     if not len(rows):
-        raise RunInputError(f"{dataset.name} has no {params['learn_split']!r} images to learn from.")
+        which = f" holding a {params['category']!r}" if params["category"] else ""
+        raise RunInputError(f"{dataset.name} has no {params['learn_split']!r} images{which} to learn from.")
     if params["max_learn_images"] and len(rows) > params["max_learn_images"]:
         rng = np.random.default_rng([params["seed"], 9])
         rows = np.sort(rng.choice(rows, size=params["max_learn_images"], replace=False))
@@ -185,6 +208,7 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
                            fit_top_sigma=params["fit_top_sigma"], neighbour_penalty=params["neighbour_penalty"])
                for n, layer in zip(nodes, layers)]
     learn_rows = _learn_rows(dataset, params)
+    params = {**params, "landmarks": params["landmarks"] or _automatic_landmarks(dataset, params["category"])}
     directory = settings.UNITSCOPE_DATA_DIR / GRAPH_DIR / str(run.pk)
     directory.mkdir(parents=True, exist_ok=True)
 
@@ -279,14 +303,38 @@ def _image_table(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return values[:, 0], values[:, 1]
 
 
-def _landmarks(dataset: Dataset, names: list[str], n_images: int) -> np.ndarray:
-    """float64 ``[I, K, 2]`` (y, x) box centres of each named part (first instance), NaN where absent."""
+def _automatic_landmarks(dataset: Dataset, category: str, count: int = 3) -> list[str]:
+    """The paper measures instability against three landmark parts of its category (head, back and tail of a bird);
+    without named landmarks we take the ``count`` part classes found on the most objects of ``category`` (every
+    object class when blank), ties by name, sorted by name."""
+    from collections import Counter
+
+    objects = AnnotatedBox.objects.filter(image__dataset=dataset, kind=AnnotatedBox.Kind.OBJECT)
+    if category:
+        objects = objects.filter(concept__name=category)
+    owners = set(objects.values_list("image_id", "object_index"))
+    parts = (AnnotatedBox.objects.filter(image__dataset=dataset, kind=AnnotatedBox.Kind.PART)
+             .values_list("image_id", "object_index", "concept__name"))
+    found = Counter(name for image, obj, name in {(image, obj, name) for image, obj, name in parts}
+                    if (image, obj) in owners)
+    return sorted(name for name, _ in sorted(found.items(), key=lambda item: (-item[1], item[0]))[:count])
+
+
+def _landmarks(dataset: Dataset, names: list[str], n_images: int, category: str = "") -> np.ndarray:
+    """float64 ``[I, K, 2]`` (y, x) box centres of each named part (first instance; with ``category``, the first
+    instance on an object of that class), NaN where absent."""
     out = np.full((n_images, len(names), 2), np.nan)
     boxes = (AnnotatedBox.objects.filter(image__dataset=dataset, kind=AnnotatedBox.Kind.PART, concept__name__in=names)
              .order_by("image__index", "concept__name", "instance", "object_index", "id")
-             .values_list("image__index", "concept__name", "x1", "y1", "x2", "y2"))
+             .values_list("image__index", "concept__name", "object_index", "x1", "y1", "x2", "y2"))
+    owners = None
+    if category:
+        owners = set(AnnotatedBox.objects.filter(image__dataset=dataset, kind=AnnotatedBox.Kind.OBJECT,
+                                                 concept__name=category).values_list("image__index", "object_index"))
     position = {name: k for k, name in enumerate(names)}
-    for index, name, x1, y1, x2, y2 in boxes:
+    for index, name, obj, x1, y1, x2, y2 in boxes:
+        if owners is not None and (index, obj) not in owners:
+            continue
         k = position[name]
         if np.isnan(out[index, k, 0]):
             out[index, k] = ((y1 + y2) / 2, (x1 + x2) / 2)
@@ -301,11 +349,12 @@ def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, m
 
     dataset, network = graph.dataset, graph.network
     names = params["landmarks"]
-    rows = np.array(dataset.images.filter(split=params["eval_split"]).order_by("index")
+    rows = np.array(_category_images(dataset, params).filter(split=params["eval_split"]).order_by("index")
                     .values_list("index", flat=True), dtype=np.int64)
     if not len(rows):
-        rows = np.arange(dataset.image_count, dtype=np.int64)
-    landmarks = _landmarks(dataset, names, dataset.image_count)[rows]
+        rows = np.array(_category_images(dataset, params).order_by("index").values_list("index", flat=True),
+                        dtype=np.int64)
+    landmarks = _landmarks(dataset, names, dataset.image_count, params["category"])[rows]
     if not names or np.isnan(landmarks).all():
         return {"note": f"no landmark parts ({', '.join(names) or 'none named'}) on the evaluation images"}
     heights, widths = _image_table(dataset)

@@ -5,10 +5,11 @@ image-level classification probes for every concept with enough images.
 thresholds ``T_k``) or runs it first, inline, as the ``dissect`` kind does. ``mask_rule`` makes the unit indicators
 every probe reads (:mod:`analysis.engine.net2vec` documents them, the probes, the loss and the pixel sampling):
 ``net2vec`` (default, §3.1.1) thresholds each raw map strictly (``A_k > T_k``) and upsamples the indicator with
-plain bilinear interpolation — ``upsample`` and ``strict_threshold`` are then fixed to ``plain`` and ``True`` (the
-parameter rules rewrite them, so the stored parameters say what ran); a single filter's mask is that upsampled
-indicator ≥ ½. ``nd18`` is the dissection's rule (upsample with ``upsample``, then ``S_k ≥ T_k``, ``>`` with
-``strict_threshold``).
+plain bilinear interpolation — ``upsample`` and ``strict_threshold`` are then fixed to ``plain`` and ``True`` (their
+defaults; the parameter rules rewrite other values, so the stored parameters say what ran); a single filter's mask
+is that upsampled indicator ≥ ½. ``nd18`` upsamples the raw map with ``upsample`` and thresholds at mask resolution
+(``S_k > T_k``, ``≥`` with ``strict_threshold=false``): ``upsample=anchored, strict_threshold=false`` is the
+dissection's own rule, which this kind used before #16.
 
 Two passes over the cache and masks:
 
@@ -86,8 +87,12 @@ NET2VEC_PARAMS = p.ParamSchema({
                      unique_sorted=True, help="sizes F of the top-F filter subsets compared"),
     "min_images": p.integers(1, 10**9, 5, help="fewest images a concept needs"),
     "seed": p.seed(),
-    "upsample": p.choice(UpsampleMethod.values, UpsampleMethod.ANCHORED.value),
-    "quantile": p.fraction(0.995), "strict_threshold": p.Param(bool, False), "batch_size": p.integers(1, 1024, 16),
+    "upsample": p.choice(UpsampleMethod.values, UpsampleMethod.PLAIN.value,
+                         help="mask_rule=nd18 only (net2vec: plain, the paper's); anchored is the dissection's"),
+    "quantile": p.fraction(0.995),
+    "strict_threshold": p.Param(bool, True, help="mask_rule=nd18 only (net2vec: >, the paper's); the dissection "
+                                                 "uses ≥ (false)"),
+    "batch_size": p.integers(1, 1024, 16),
     "classification": p.Param(bool, True, help="also learn image-classification probes (Table 1)"),
     "classification_concepts": p.integers(0, MAX_CONCEPTS, 0, help="0 = every concept with enough images"),
     "classification_epochs": p.integers(1, 10_000, 30),
