@@ -204,6 +204,7 @@ def test_pages_render_for_researchers_only(graph, researcher_client):
     page = researcher_client.get(urls[1]).content.decode()
     assert "Location instability against raw filters" in page and "<svg" in page and "<circle" in page
     assert f"{graph.instability['conv4']['nodes']:.4f}" in page
+    assert "images of every class (one graph over all of them" in page and "as written, lower where" in page
     page = researcher_client.get(urls[2]).content.decode()
     assert "Nodes per filter" in page and f"filter {node.filter} · node {node.node}" in page
     page = researcher_client.get(urls[3]).content.decode()
