@@ -293,10 +293,11 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
       whose votes alone decide which units are interpretable in Table 3
       (:func:`annotation.crowd.reports.table3_from_votes`).
     * description: one HIT per unit (``assignments_per_hit`` = 3 raters by default, as ND'18's baseline).
-    * purity: one HIT per unit showing its top-K images by map maximum with the peak marked (K by the 30% mass
-      rule, :func:`analysis.engine.explanatory_graph.energy_top_k` with ``purity_mass``); with an Explanatory
-      ``graph`` covering the layer, instead a HIT per top-D graph node and per raw filter, both as patches of
-      their top-K inferences (AAAI'18 Fig. 8's comparison; ``Hit.source["pattern_source"]`` tells them apart).
+    * purity: one HIT per unit showing ``purity_max_shown`` images by map maximum with the peak marked, drawn from
+      its top K (K by the 30% mass rule with ``purity_mass``) by
+      :func:`analysis.engine.explanatory_graph.purity_sample`; with an Explanatory ``graph`` covering the layer,
+      instead a HIT per top-D graph node and per raw filter, both as patches of as many inferences drawn by that
+      same rule (AAAI'18 Fig. 8's comparison; ``Hit.source["pattern_source"]`` tells them apart).
 
     Gold items (``gold_count``) and qualification questions (2 × ``qualification_size``, so a retake can differ)
     come from the dataset's pixel truth; without enough of them the qualification is not required. All HITs are
