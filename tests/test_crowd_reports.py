@@ -401,7 +401,7 @@ def interval_alpha_by_definition(units):
     return 1.0 - (n - 1) * observed / expected
 
 
-def test_purity_agreement_is_interval_krippendorff_alpha(layers):
+def test_purity_agreement_is_interval_krippendorff_alpha(layers, researcher_client):
     """Counts are numbers: near misses (7 vs 8) agree more than far ones (1 vs 8). The report's α is the interval α,
     equal to its definition computed pair by pair, and its bootstrap interval holds it."""
     study = make_study(layers, kind=CrowdTaskKind.PURITY, name="purity-alpha")
@@ -417,6 +417,8 @@ def test_purity_agreement_is_interval_krippendorff_alpha(layers):
     assert alpha["ci"][0] <= alpha["value"] <= alpha["ci"][1]
     nominal = aggregation.agreement(reports.study_answers(study), replicates=0).krippendorff_alpha.value
     assert alpha["value"] > nominal + 0.3  # as nominal categories, 7 and 8 disagree as much as 1 and 8
+    page = researcher_client.get(reverse("annotation:crowd_report", args=[study.pk])).content.decode()
+    assert "Krippendorff&#x27;s α (interval)" in page or "Krippendorff's α (interval)" in page
 
 
 def test_description_study_report(researcher_client, layers):
