@@ -277,7 +277,8 @@ def test_single_filters_and_exemplars_follow_the_papers_mask_rule_recounted_inde
             if not truth.any():
                 continue
             grid = (maps[position, k] > thresholds[k]).astype(np.float64)
-            up = bilinear_matrix(truth.shape[0], grid.shape[0]) @ grid @ bilinear_matrix(truth.shape[1], grid.shape[1]).T
+            rows_weights, columns_weights = (bilinear_matrix(truth.shape[axis], grid.shape[axis]) for axis in (0, 1))
+            up = rows_weights @ grid @ columns_weights.T
             mask = up >= 0.5 - 1e-9
             inter, union = int((mask & truth).sum()), int((mask | truth).sum())
             rows.append(position)

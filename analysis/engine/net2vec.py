@@ -1017,8 +1017,8 @@ def classification_concepts(presence: Tensor, split: Tensor, valid: Tensor, *, m
                             ) -> tuple[list[int], Tensor, Tensor]:
     """§3.2's concepts: every valid label with at least ``min_images`` positive and as many negative images in
     train and in val each (``presence`` bool ``[N, C]``, ``split`` LongTensor[N] codes); all of them when ``count``
-    is 0, else the ``count`` most frequent (train + val positives, ties by label id); returned sorted by id, with ``positives`` and
-    ``negatives`` int64 ``Tensor[2, C]`` (train, val)."""
+    is 0, else the ``count`` most frequent (train + val positives, ties by label id); returned sorted by id, with
+    ``positives`` and ``negatives`` int64 ``Tensor[2, C]`` (train, val)."""
     train, val = split == TRAIN, split == VAL
     positives = torch.stack([presence[train].sum(0), presence[val].sum(0)])
     negatives = torch.stack([int(train.sum()) - positives[0], int(val.sum()) - positives[1]])

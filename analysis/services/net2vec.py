@@ -30,9 +30,9 @@ with raw inputs two of ten concepts ended with an empty mask, val IoU 0).
 Concepts: pixel-level labels only (as in the paper, whole-image scene/texture labels have no segmentation), with at
 least ``min_images`` train and val images each — all of them by default (``concepts = 0``: the paper probes every
 Broden concept with segmentations), or the ``concepts`` most frequent (train + val images, ties by label id) when
-set; the study records which (``params["concepts"]``) and the page says so. The best single filter is chosen on train and reported on val (§3.1.1). A training minibatch holds
-``batch_images`` (64, the paper's batch size) × ``pixels_per_image`` sampled pixels, shuffled across images. To bound
-time and memory, a concept's training pixels are cut to ``max_train_pixels`` (a seeded uniform subset, seed
+set; the study records which (``params["concepts"]``) and the page says so. The best single filter is chosen on
+train and reported on val (§3.1.1). A training minibatch holds ``batch_images`` (64, the paper's batch size) ×
+``pixels_per_image`` sampled pixels, shuffled across images. To bound time and memory, a concept's training pixels are cut to ``max_train_pixels`` (a seeded uniform subset, seed
 ``(seed, label id)``) when its training images hold more.
 
 Non-extremal exemplars (§5.1, Figs. 7–8): pass 2 also scores each concept's best single filter (as a one-hot probe,
