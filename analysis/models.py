@@ -658,6 +658,9 @@ class Net2VecConcept(models.Model):
         help_text="Val set IoU of the trivial mask 'every pixel of the images with the concept'.")
     embedding = models.JSONField(default=list, help_text="The learned w, one float per unit.")
     bias = models.FloatField(default=0.0)
+    exemplars = models.JSONField(
+        default=dict, help_text="Non-extremal exemplars (§5.1, Figs. 7–8): {'single'|'combination': {rows, ious, "
+                                "images, zero, mean, std}}, one val image per decile of the non-zero IoU_ind.")
 
     class Meta:
         ordering = ["-train_images", "concept__number"]
@@ -686,9 +689,10 @@ class Net2VecClassification(models.Model):
     combination_val_ap = models.FloatField()
     top_f_val_accuracy = models.JSONField(default=dict, help_text="{F: balanced val accuracy of the top-F classifier}.")
     top_f_val_ap = models.JSONField(default=dict, help_text="{F: val average precision of the top-F classifier}.")
-    embedding = models.JSONField(default=list, help_text="The learned w (per standard deviation of each unit's input).")
-    raw_weight = models.JSONField(default=list, help_text="The same classifier's w on raw pooled activations (eq. 5).")
-    bias = models.FloatField(default=0.0, help_text="Eq. 5's b, with raw_weight.")
+    embedding = models.JSONField(default=list, help_text="Eq. 5's w on raw pooled activations (the embedding, §5.3).")
+    standardized_weight = models.JSONField(
+        default=list, help_text="The same classifier's w per standard deviation of each unit's input (training's).")
+    bias = models.FloatField(default=0.0, help_text="Eq. 5's b, with the raw w.")
 
     class Meta:
         ordering = ["-train_positives", "concept__number"]

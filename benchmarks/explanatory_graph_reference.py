@@ -10,12 +10,18 @@ import numpy as np
 
 def reference_learn_lower_layer(maps: np.ndarray, positions: np.ndarray, mu0: np.ndarray, upper_mu: np.ndarray,
                                 upper_sigma2: np.ndarray, upper_pos: np.ndarray, *, iterations: int, neighbours: int,
-                                tau: float, beta: float, init_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+                                tau: float, beta: float, init_sigma: float, neighbour_penalty: bool = True
+                                ) -> tuple[np.ndarray, np.ndarray]:
     """``(μ [D, N, 2], E_V [D*N, M])`` after ``iterations`` of Algorithm 1.
 
     ``maps [I, D, P]`` raw responses (normalised here as the engine does), ``positions [P, 2]``, ``mu0 [D, N, 2]``
     the initial μ, ``upper_mu [U, 2]``, ``upper_sigma2 [U]``, ``upper_pos [I, U, 2]`` the upper layer's inferred
     positions on each image.
+
+    With E_V chosen, the compatibility is eq. 3 evaluated as written: ``γ_V Π_j N(p | μ_V − μ_j + p_j, σ_j²)^{1/M}``
+    with the node's constant ``γ_V = Π_j (2π σ_j²)^{1/M} / (2π σ̃²)`` (the product integrates to 1 when the
+    neighbours agree); ``neighbour_penalty=False`` instead normalises the product on every image (the Gaussian
+    ``N(p | μ_V + Δ, σ̃²)``).
     """
     n_images, d_count, _ = maps.shape
     n_per = mu0.shape[1]
@@ -40,6 +46,17 @@ def reference_learn_lower_layer(maps: np.ndarray, positions: np.ndarray, mu0: np
                         delta = (w[:, None] * (upper_pos[i, edges[flat]] - upper_mu[edges[flat]])).sum(0) / w.sum()
                         s2 = 1.0 / w.mean()
                     deltas[n] = delta
+                    if edges.shape[1] and neighbour_penalty:
+                        m = edges.shape[1]
+                        log_product = np.zeros(len(positions))
+                        log_gamma = -math.log(2 * math.pi * s2)
+                        for j in edges[flat]:
+                            mean = mu[d, n] - upper_mu[j] + upper_pos[i, j]
+                            d2_j = ((positions - mean) ** 2).sum(1)
+                            log_product += (-d2_j / (2 * upper_sigma2[j]) - math.log(2 * math.pi * upper_sigma2[j])) / m
+                            log_gamma += math.log(2 * math.pi * upper_sigma2[j]) / m
+                        dens[n] = np.exp(log_gamma + log_product)
+                        continue
                     d2 = ((positions - mu[d, n] - delta) ** 2).sum(1)
                     dens[n] = np.exp(-d2 / (2 * s2)) / (2 * math.pi * s2)
                 resp = dens / (dens.sum(0) + tau)

@@ -91,6 +91,26 @@ def test_krippendorff_alpha_equals_the_published_values_and_the_library():
         krippendorff.alpha(reliability_data=reliability, level_of_measurement="nominal"))
 
 
+def test_interval_krippendorff_alpha_equals_the_published_value_and_its_bootstrap_form():
+    """Krippendorff (2011)'s 4 × 12 example has interval α = 0.849 (nominal 0.743); codes 0..4 carry the values
+    1..5. The vectorised form on resampling weights equals the library on the resampled items."""
+    four = coders_to_matrix(KRIPPENDORFF_2011)
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert agreement.krippendorff_alpha(four, 5, values) == pytest.approx(0.849, abs=5e-4)
+    summary = agreement_summary(four, n_categories=5, values=values, replicates=100)
+    assert summary.alpha_level == "interval" and summary.krippendorff_alpha.value == pytest.approx(0.849, abs=5e-4)
+    assert agreement_summary(four, n_categories=5, replicates=0).alpha_level == "nominal"
+    table = agreement.count_table(four, 5)
+    table = table[table.sum(axis=1) >= 2]
+    pairable = four[agreement.pairable_items(four)]
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        index = rng.integers(0, len(table), len(table))
+        weights = np.bincount(index, minlength=len(table))[None, :].astype(float)
+        assert agreement._weighted_alpha(weights, table, values)[0] == pytest.approx(
+            agreement.krippendorff_alpha(pairable[index], 5, values))
+
+
 @pytest.mark.parametrize("raters", [2, 3])
 def test_perfect_agreement_gives_one_with_a_degenerate_interval(raters):
     answers = np.array([0, 1, 2, 3, 4, 1, 3, 0, 2, 2])

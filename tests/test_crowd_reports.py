@@ -428,6 +428,37 @@ def test_purity_exports_say_what_each_hit_showed_and_reproduce_the_table(layers)
     assert "pattern_source,pattern,graph" in text.splitlines()[0] and "explanatory_graph,conv5/0/2" in text
 
 
+def interval_alpha_by_definition(units):
+    """Krippendorff's interval α from its coincidence-matrix definition, pair by pair (a naive reference):
+    α = 1 − (n − 1) Σ_u Σ_{i≠j} (x_ui − x_uj)²/(m_u − 1) / Σ_{all value pairs of different units or not} ..."""
+    values = [value for answers in units if len(answers) >= 2 for value in answers]
+    n = len(values)
+    observed = sum(sum((a - b) ** 2 for i, a in enumerate(answers) for j, b in enumerate(answers) if i != j)
+                   / (len(answers) - 1) for answers in units if len(answers) >= 2)
+    expected = sum((a - b) ** 2 for i, a in enumerate(values) for j, b in enumerate(values) if i != j)
+    return 1.0 - (n - 1) * observed / expected
+
+
+def test_purity_agreement_is_interval_krippendorff_alpha(layers, researcher_client):
+    """Counts are numbers: near misses (7 vs 8) agree more than far ones (1 vs 8). The report's α is the interval α,
+    equal to its definition computed pair by pair, and its bootstrap interval holds it."""
+    study = make_study(layers, kind=CrowdTaskKind.PURITY, name="purity-alpha")
+    w1, w2, w3 = (make_worker(study, name) for name in ("w1", "w2", "w3"))
+    given = [(0, {w1: 7, w2: 8, w3: 7}), (1, {w1: 2, w2: 3}), (2, {w1: 9, w2: 9, w3: 10}), (3, {w1: 1, w2: 8})]
+    for unit, counts in given:
+        purity_hit(study, layers, "conv3", unit, counts)
+    result = reports.crowd_aggregation(study, replicates=200)
+    alpha = result["agreement"]["krippendorff_alpha"]
+    assert result["agreement"]["krippendorff_alpha_level"] == "interval"
+    expected = interval_alpha_by_definition([list(counts.values()) for _, counts in given])
+    assert alpha["value"] == pytest.approx(expected)
+    assert alpha["ci"][0] <= alpha["value"] <= alpha["ci"][1]
+    nominal = aggregation.agreement(reports.study_answers(study), replicates=0).krippendorff_alpha.value
+    assert alpha["value"] > nominal + 0.3  # as nominal categories, 7 and 8 disagree as much as 1 and 8
+    page = researcher_client.get(reverse("annotation:crowd_report", args=[study.pk])).content.decode()
+    assert "Krippendorff&#x27;s α (interval)" in page or "Krippendorff's α (interval)" in page
+
+
 def test_description_study_report(researcher_client, layers):
     study = make_study(layers, kind=CrowdTaskKind.DESCRIPTION, name="descriptions")
     w1, w2, w3 = (make_worker(study, name) for name in ("w1", "w2", "w3"))

@@ -60,7 +60,22 @@ def check_graph_nodes_and_raw_filters_as_purity_sources(extraction):
     by_source = {}
     for hit in hits:
         by_source.setdefault(hit.source["pattern_source"], []).append(hit)
-        assert hit.grid.style == "purity" and 1 <= hit.purity_shown <= min(hit.purity_k, 8)
+        assert hit.grid.style == "purity" and hit.purity_shown == len(hit.source["images"])
+    # nodes and raw filters are judged on the same number of images (8), whatever their K, unless fewer images
+    # score above 0 (recounted from the inference arrays and the cached maps)
+    from analysis.services.explanatory_graph import graph_inference_arrays
+
+    _, node_scores = graph_inference_arrays(graph, "conv5")
+    node_scores = np.asarray(node_scores)
+    maps = np.asarray(open_activation_cache(extraction), dtype=np.float32)
+    nodes_per_filter = 2
+    for hit in hits:
+        parts = hit.source["pattern"].split("/")
+        if hit.source["pattern_source"] == crowd_models.EXPLANATORY_GRAPH:
+            positive = int((node_scores[:, int(parts[1]) * nodes_per_filter + int(parts[2])] > 0).sum())
+        else:
+            positive = int((maps[:, int(parts[1])].reshape(maps.shape[0], -1).max(1) > 0).sum())
+        assert hit.purity_shown == min(8, positive)
     candidates = graph_purity_candidates(graph, layer="conv5")
     assert len(by_source[crowd_models.EXPLANATORY_GRAPH]) == len(candidates)
     assert 0 < len(by_source[crowd_models.RAW_FILTER_PEAKS]) <= 128
@@ -105,8 +120,11 @@ def check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(ti
         scores = [float(maps[image, hit.unit.index].max()) for image in range(maps.shape[0])]  # naive loop
         ordered = sorted(scores, reverse=True)
         k = next(k for k in range(1, len(ordered) + 1) if sum(ordered[:k]) >= 0.3 * sum(ordered) - 1e-6)
-        assert hit.purity_k == k and hit.purity_shown == min(k, 6)
-        assert sorted((scores[i] for i in hit.source["images"]), reverse=True) == ordered[: hit.purity_shown]
+        # the images shown: 6 at evenly spaced ranks of the top K (K ≥ 6), else the 6 best with a positive score
+        ranks = [int((i + 0.5) * k / 6) for i in range(6)] if k >= 6 else list(range(min(6, sum(
+            score > 0 for score in scores))))
+        assert hit.purity_k == k and hit.purity_shown == len(ranks)
+        assert [scores[i] for i in hit.source["images"]] == [ordered[rank] for rank in ranks]
         assert hit.grid.style == "purity" and hit.grid.width > 0
     worker, _ = services.worker_enter(study=study, adapter="link", external_id="p")
     assignment = services.hit_next_for_worker(worker=worker)

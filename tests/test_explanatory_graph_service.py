@@ -197,6 +197,7 @@ def test_pages_render_for_researchers_only(graph, researcher_client):
     page = researcher_client.get(urls[1]).content.decode()
     assert "Location instability against raw filters" in page and "<svg" in page and "<circle" in page
     assert f"{graph.instability['conv4']['nodes']:.4f}" in page
+    assert "images of every class (one graph over all of them" in page and "as written, lower where" in page
     page = researcher_client.get(urls[2]).content.decode()
     assert "Nodes per filter" in page and f"filter {node.filter} · node {node.node}" in page
     page = researcher_client.get(urls[3]).content.decode()
@@ -225,3 +226,50 @@ def test_the_form_starts_a_run(graph, researcher_client):
     for url in (reverse("analysis:network_detail", args=["egnet"]),
                 reverse("analysis:layer_detail", args=["egnet", "conv4"])):
         assert reverse("analysis:network_graphs", args=["egnet"]) in researcher_client.get(url).content.decode()
+
+
+def test_a_category_graph_learns_on_its_images_and_measures_its_own_objects_landmarks(graph):
+    """``category``: learning and evaluation images are those holding an object of the class, and the landmarks are
+    the parts of that class's objects (recounted naively from the boxes)."""
+    from collections import Counter
+
+    objects = AnnotatedBox.objects.filter(image__dataset=graph.dataset, kind="object")
+    category = Counter(objects.values_list("concept__name", flat=True)).most_common(1)[0][0]
+    run = graph_run_start(inline=True, **{**PARAMS, "layers": ["conv5"], "nodes_per_filter": [2], "iterations": 2,
+                                          "category": category, "landmarks": []})
+    assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
+    small = ExplanatoryGraph.objects.get(run=run)
+    holding = {index: split for index, split in objects.filter(concept__name=category)
+               .values_list("image__index", "image__split")}
+    assert small.n_learn_images == sum(split == "train" for split in holding.values())
+    assert small.params["category"] == category
+    # no landmarks named: the three part classes found on most of the category's objects
+    owners = set(objects.filter(concept__name=category).values_list("image__index", "object_index"))
+    part_objects = Counter(name for name, index, obj in set(AnnotatedBox.objects.filter(
+        image__dataset=graph.dataset, kind="part").values_list("concept__name", "image__index", "object_index"))
+        if (index, obj) in owners)
+    assert small.landmarks == sorted(sorted(part_objects, key=lambda name: (-part_objects[name], name))[:3])
+    layer = small.network.layers.get(name="conv5")
+    row = GraphInstability.objects.get(graph=small, layer=layer, kind="filter", rank=1)
+    maps = np.asarray(open_activation_cache(layer.extractions.get(run_id=small.extraction_runs["conv5"])),
+                      dtype=np.float64).reshape(36, 128, -1)
+    centres = _centres(layer) * (SIZE / 112)
+    compared = 0
+    for name in small.landmarks:
+        found = []
+        for index in sorted(i for i, split in holding.items() if split == "val"):
+            boxes = (AnnotatedBox.objects.filter(image__dataset=small.dataset, image__index=index, kind="part",
+                                                 concept__name=name).order_by("instance", "object_index", "id"))
+            box = next((b for b in boxes if (index, b.object_index) in owners), None)
+            if box is not None:
+                found.append((index, ((box.y1 + box.y2) / 2, (box.x1 + box.x2) / 2)))
+        found.sort(key=lambda item: (-maps[item[0], row.filter].max(), item[0]))
+        found = found[:5]
+        if len(found) < 2:
+            assert name not in row.per_landmark or row.per_landmark[name] is None
+            continue
+        distances = [np.hypot(*(centres[maps[i, row.filter].argmax()] - np.array(c))) / math.hypot(SIZE, SIZE)
+                     for i, c in found]
+        assert row.per_landmark[name] == pytest.approx(np.std(distances), rel=1e-9)
+        compared += 1
+    assert compared

@@ -115,9 +115,18 @@ def test_classification_combination_beats_single_filter_only_when_the_concept_ne
     assert single[1] > 0.97 and abs(float(single[1] - full[1])) < 0.03
     ap = average_precision(fit.full.logits(val_x), val_y)
     assert ap[0] > 0.99 and average_precision(fit.top[1].logits(val_x), val_y)[0] < ap[0] - 0.05
-    # the embedding is the full classifier's weights: unit 3 and 7 dominate for concept 0, unit 5 for concept 1
+    # the embedding is the full classifier's eq. 5 weights on raw inputs: unit 3 and 7 dominate for concept 0, unit 5
+    # for concept 1; it is the standardised weight divided by each unit's scale (units span 0.5·(k + 1))
     assert set(fit.embeddings[0].abs().topk(2).indices.tolist()) == {3, 7}
     assert fit.embeddings[1].abs().argmax().item() == 5
+    raw = fit.full.weight.to(torch.float64) / fit.full.scale.to(torch.float64)
+    assert torch.allclose(fit.embeddings, raw) and not torch.allclose(fit.embeddings, fit.full.weight.to(torch.float64))
+    # the top-F ranking reads that raw w, as the paper's |w_k| does (unit 3 spans half of unit 7's range, so its
+    # raw weight is about twice as large for the same standardised weight)
+    from analysis.engine.net2vec import top_units
+    for f in (1, 2, 3):
+        assert torch.equal(fit.top_units[f], top_units(fit.embeddings, f))
+    assert fit.top_units[1][0].nonzero().flatten().item() == 3
 
 
 def test_classifier_training_is_deterministic_under_a_seed_and_independent_of_other_concepts():
@@ -218,6 +227,67 @@ def test_run_stores_one_row_per_concept(study):
         assert row.all_pixels_val_iou == pytest.approx(sum(c for _, c in hits) / sum(size for size, _ in hits))
 
 
+def bilinear_matrix(out_len: int, in_len: int):
+    """``[out, in]`` weights of 1-D linear interpolation with half-pixel centres (align_corners=False): a resize of
+    a grid ``G`` is ``Wy @ G @ Wx.T``, written from the formula (no torch)."""
+    import numpy as np
+
+    weights = np.zeros((out_len, in_len))
+    for i in range(out_len):
+        position = max((i + 0.5) * in_len / out_len - 0.5, 0.0)
+        low = min(int(np.floor(position)), in_len - 1)
+        high = min(low + 1, in_len - 1)
+        weights[i, low] += 1 - (position - low)
+        weights[i, high] += position - low
+    return weights
+
+
+@pytest.mark.django_db
+def test_single_filters_and_exemplars_follow_the_papers_mask_rule_recounted_independently(study):
+    """§3.1.1 recounted with numpy from the cache and the Broden masks: M_k = S(A_k > T_k) ≥ ½ (threshold on the map,
+    strict, plain bilinear); the stored val set IoU of each concept's best unit is its Σ∩ / Σ∪ over the val images
+    holding the concept, and the stored non-extremal exemplars are the deciles of the non-zero IoU_ind (eq. 3)."""
+    import numpy as np
+
+    from analysis.engine.broden import BrodenReader
+    from analysis.engine.net2vec import nonextremal_exemplars
+    from analysis.services.extraction import open_activation_cache
+    from analysis.services.inputs import unit_thresholds
+
+    assert study.params["mask_rule"] == "net2vec" and study.upsample == "plain"
+    maps = np.asarray(open_activation_cache(study.extraction), dtype=np.float32)
+    thresholds = unit_thresholds(study.extraction, study.layer).numpy()
+    reader = BrodenReader(study.dataset.root_dir)
+    val = [(position, entry) for position, entry in enumerate(reader.rows()) if entry.split == "val"]
+    segmentations = {position: reader.load_segmentation(entry) for position, entry in val}
+    for row in study.concept_results.select_related("concept"):
+        k, number = row.best_unit, row.concept.number
+        rows, ious, inter_sum, union_sum = [], [], 0, 0
+        for position, _ in val:
+            layers = [layer for category in segmentations[position].values() for layer in category.layers]
+            truth = np.any(np.stack([layer == number for layer in layers]), axis=0)
+            if not truth.any():
+                continue
+            grid = (maps[position, k] > thresholds[k]).astype(np.float64)
+            rows_weights, columns_weights = (bilinear_matrix(truth.shape[axis], grid.shape[axis]) for axis in (0, 1))
+            up = rows_weights @ grid @ columns_weights.T
+            mask = up >= 0.5 - 1e-9
+            inter, union = int((mask & truth).sum()), int((mask | truth).sum())
+            rows.append(position)
+            ious.append(inter / union)
+            inter_sum, union_sum = inter_sum + inter, union_sum + union
+        assert row.val_images == len(rows)
+        assert row.single_val_iou == pytest.approx(inter_sum / union_sum, abs=1e-12)
+        expected = nonextremal_exemplars(torch.tensor(rows), torch.tensor(ious, dtype=torch.float64))
+        single = row.exemplars["single"]
+        assert (single["rows"], single["images"], single["zero"]) == (expected["rows"], len(rows), expected["zero"])
+        assert single["ious"] == pytest.approx(expected["ious"], abs=1e-12)
+        combination = row.exemplars["combination"]
+        assert combination["images"] == len(rows) and len(combination["rows"]) == min(
+            10, len(rows) - combination["zero"])
+        assert set(combination["rows"]) <= set(rows)
+
+
 @pytest.mark.django_db
 def test_the_export_holds_every_probe_and_its_weights(study, tmp_path):
     import csv
@@ -248,7 +318,9 @@ def test_the_export_holds_every_probe_and_its_weights(study, tmp_path):
     assert [row["concept"] for row in rows] == sorted(classifiers)
     assert all(float(row["top2_val_ap"]) == classifiers[row["concept"]].top_f_val_ap["2"] for row in rows)
     with np.load(files["classification_weights.npz"]) as weights:
-        np.testing.assert_array_equal(weights["weight"][0], np.float32(classifiers[rows[0]["concept"]].raw_weight))
+        np.testing.assert_array_equal(weights["weight"][0], np.float32(classifiers[rows[0]["concept"]].embedding))
+        np.testing.assert_array_equal(weights["standardized_weight"][0],
+                                      np.float32(classifiers[rows[0]["concept"]].standardized_weight))
         np.testing.assert_array_equal(weights["bias"], np.float32([classifiers[row["concept"]].bias for row in rows]))
     meta = json.loads(files["run.json"].read_text())
     assert (meta["run"], meta["layer"], meta["segmentation_concepts"]) == (study.run_id, "conv5", len(stored))
@@ -287,7 +359,8 @@ def test_classification_rows_match_a_naive_recount_and_their_stored_classifiers(
         assert (row.train_positives, row.val_positives) == (count["train"], count["val"])
         assert row.train_negatives == sum(entry.split == "train" for entry in index) - count["train"]
         assert min(row.train_positives, row.train_negatives, row.val_positives, row.val_negatives) >= 2
-        logits = pooled[val].to(torch.float64) @ torch.tensor(row.raw_weight, dtype=torch.float64) + row.bias
+        # the embedding is eq. 5's raw w: with b it reproduces the stored accuracy on raw pooled activations
+        logits = pooled[val].to(torch.float64) @ torch.tensor(row.embedding, dtype=torch.float64) + row.bias
         truth = torch.tensor([number in labels_of[position] for position in val])
         assert balanced_accuracy(logits.unsqueeze(1), truth.unsqueeze(1)).item() == pytest.approx(
             row.combination_val_accuracy, abs=1e-6)
@@ -308,6 +381,10 @@ def test_page_renders_for_researchers_and_refuses_experts(study, client, make_us
     text = response.content.decode()
     assert "combination" in text and "Classification" in text and text.count("<svg") >= 3
     assert f"{study.classification_share:.1f}%" in text and f"{study.combination_share:.1f}%" in text
+    # the study probed 4 concepts, not all: the page says the table covers a subset and how it was chosen
+    assert "<strong>a subset</strong> — the 4 most frequent" in text and "Non-extremal exemplars" in text
+    row = study.concept_results.first()
+    assert reverse("analysis:dataset_image", args=[study.dataset.name, row.exemplars["single"]["rows"][0]]) in text
     for classified in study.classifications.select_related("concept"):
         assert classified.concept.name in text
     assert client.get(url, {"run": 999999}).status_code == 404
@@ -337,4 +414,7 @@ def test_demo_runs_net2vec_on_conv3_to_conv5_after_the_extraction():
     assert all(kinds.index("extract") < kinds.index("net2vec") for _ in net2vec)
     params = net2vec[0].params()
     assert params["network"] == DemoSize().network and params["dataset"] == DemoSize().dataset
-    assert params["classification"] and params["standardize"] and params["concepts"] == 20
+    assert params["classification"] and params["standardize"]
+    # every eligible concept (the paper's rule), 30 epochs, the paper's mask rule
+    assert (params["concepts"], params["epochs"], params["mask_rule"]) == (0, 30, "net2vec")
+    assert (params["upsample"], params["strict_threshold"]) == ("plain", True)

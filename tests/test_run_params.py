@@ -45,7 +45,7 @@ BAD = [
     ("dissect_rotation", "alphas", [0.5, 2]), ("dissect_rotation", "seeds", "0"),
     ("dissect_rotation", "seeds", list(range(20))),  # 20 seeds × 6 nonzero alphas > 64 rotations
     ("net2vec", "top_f", "8"), ("net2vec", "momentum", 1), ("net2vec", "classification", 0),
-    ("net2vec", "concepts", 501),
+    ("net2vec", "concepts", -1), ("net2vec", "mask_rule", "nearest"),
     ("score_parts", "context", 0.4), ("score_parts", "inputs", "crops"), ("score_parts", "regression", 1),
     ("score_parts", "population", 1),
     ("ablate", "score", "probability"), ("ablate", "sigma_factor", -1.0), ("ablate", "blackout", "no"),
@@ -112,11 +112,13 @@ def test_defaults_are_unchanged():
                                  "quantile": 0.995, "iou_threshold": 0.04, "strict_threshold": False,
                                  "count_saturated": False, "batch_size": 64}
     assert GRAPH_DEFAULTS == {"nodes_per_filter": None, "neighbours": 15, "tau": 0.1, "iterations": 20, "beta": 1.0,
-                              "init_sigma": 0.1, "min_sigma": None, "fit_top_sigma": False, "seed": 0,
+                              "init_sigma": 0.1, "min_sigma": None, "fit_top_sigma": False,
+                              "neighbour_penalty": True, "seed": 0, "category": "",
                               "batch_size": 16, "learn_split": "train", "max_learn_images": 0, "quantile": 0.995,
-                              "landmarks": ["head", "torso", "body"], "eval_split": "val", "top_patterns": 500,
+                              "landmarks": [], "eval_split": "val", "top_patterns": 500,
                               "top_images": 20, "instability": "aaai"}
-    assert graph_params(network="n", dataset="d", layers=["a"])["landmarks"] == ["body", "head", "torso"]
+    assert graph_params(network="n", dataset="d", layers=["a"], landmarks=["torso", "head"])["landmarks"] == [
+        "head", "torso"]
     assert PART_DEFAULTS == {"inputs": "object_crops", "split": "train", "context": RCNN_CONTEXT, "iou_threshold": 0.4,
                              "nms_overlap": "suppressed_area", "nms_threshold": 0.5, "regression": True, "intercept": True, "min_part_size": 15.0,
                              "min_instances": 11, "population": 200, "generations": 100, "crossover": 0.7,
@@ -126,10 +128,10 @@ def test_defaults_are_unchanged():
                                  "score": "softmax", "sigma_factor": 2.0, "max_images": 0, "seed": 0,
                                  "blackout": True, "batch_size": 32}
     assert NET2VEC_DEFAULTS == {
-        "concepts": 10, "epochs": 10, "lr": 1.0, "momentum": 0.9, "batch_images": 64, "pixels_per_image": 128,
-        "max_train_pixels": 32768, "top_f": [1, 2, 4, 8, 16], "min_images": 5, "seed": 0, "upsample": "anchored",
-        "quantile": 0.995, "strict_threshold": False, "batch_size": 16, "classification": True,
-        "classification_concepts": 200, "classification_epochs": 30, "classification_lr": 0.1,
+        "concepts": 0, "mask_rule": "net2vec", "epochs": 30, "lr": 1.0, "momentum": 0.9, "batch_images": 64, "pixels_per_image": 128,
+        "max_train_pixels": 32768, "top_f": [1, 2, 4, 8, 16], "min_images": 5, "seed": 0, "upsample": "plain",
+        "quantile": 0.995, "strict_threshold": True, "batch_size": 16, "classification": True,
+        "classification_concepts": 0, "classification_epochs": 30, "classification_lr": 0.1,
         "classification_batch_images": 64,
         "classification_top_f": [1, 2, 3, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 80, 100, 128], "standardize": True}
     assert EXTRACTION_DEFAULTS == {"quantile": 0.995, "k_overall": 15, "k_per_class": 10, "batch_size": 64,

@@ -15,7 +15,9 @@ Which items each statistic uses (every figure carries its own ``n_items``):
   the larger ``m``), since Fleiss' κ assumes a constant number of raters per item; raters may differ
   between items (``statsmodels.stats.inter_rater.fleiss_kappa``);
 * **Krippendorff's α** (nominal): every pairable item, missing answers allowed
-  (``krippendorff.alpha(value_counts=…, level_of_measurement="nominal")``).
+  (``krippendorff.alpha(value_counts=…, level_of_measurement="nominal")``); with ``values`` (each category's
+  number, e.g. purity counts) the *interval* α (``level_of_measurement="interval"``, δ² = (v_c − v_k)²), which
+  credits near misses: raters answering 7 and 8 of 10 agree more than 1 and 8.
 
 Point estimates come from the libraries. Bootstrap replicates resample items with replacement
 (counts of uniform draws, ``numpy.random.default_rng(seed)``) and evaluate the same formulas in vectorised
@@ -82,6 +84,7 @@ class AgreementSummary:
     replicates: int = DEFAULT_REPLICATES
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    alpha_level: str = "nominal"
 
     STATISTICS = ("percent_agreement", "cohen_kappa", "fleiss_kappa", "krippendorff_alpha")
 
@@ -90,7 +93,8 @@ class AgreementSummary:
                   for name in self.STATISTICS}
         result.update(n_items=self.n_items, n_raters=self.n_raters, n_answers=self.n_answers,
                       fleiss_raters_per_item=self.fleiss_raters_per_item, confidence=self.confidence,
-                      bootstrap={"replicates": self.replicates, "seed": self.seed, "method": "percentile"})
+                      bootstrap={"replicates": self.replicates, "seed": self.seed, "method": "percentile"},
+                      krippendorff_alpha_level=self.alpha_level)
         return result
 
 
@@ -204,16 +208,21 @@ def fleiss_kappa(matrix: np.ndarray, n_categories: int) -> float | None:
         return _nan_to_none(statsmodels_fleiss(table, method="fleiss"))
 
 
-def krippendorff_alpha(matrix: np.ndarray, n_categories: int) -> float | None:
-    """Krippendorff's α, nominal level (krippendorff package), over every pairable item."""
+def krippendorff_alpha(matrix: np.ndarray, n_categories: int, values: Sequence[float] | None = None
+                       ) -> float | None:
+    """Krippendorff's α (krippendorff package) over every pairable item: nominal, or interval when ``values``
+    gives each category code's number (the codes are then that value domain, in order)."""
     import krippendorff
 
     table = count_table(matrix, n_categories)
     table = table[table.sum(axis=1) >= 2]
     if not len(table) or np.count_nonzero(table.sum(axis=0)) < 2:
         return None  # no pairable item, or a single category used: α is 0/0
-    return _nan_to_none(krippendorff.alpha(value_counts=table, value_domain=list(range(n_categories)),
-                                           level_of_measurement="nominal"))
+    if values is None:
+        return _nan_to_none(krippendorff.alpha(value_counts=table, value_domain=list(range(n_categories)),
+                                               level_of_measurement="nominal"))
+    return _nan_to_none(krippendorff.alpha(value_counts=table, value_domain=[float(v) for v in values],
+                                           level_of_measurement="interval"))
 
 
 # -- vectorised forms for the bootstrap: weights float[B, n_rows] --------------------------------------
@@ -246,12 +255,20 @@ def _weighted_fleiss(weights: np.ndarray, table: np.ndarray) -> np.ndarray:
         return (observed - expected) / (1.0 - expected)
 
 
-def _weighted_alpha(weights: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Nominal α = 1 − (n − 1)(n − Σc o_cc) / (n² − Σc n_c²), o_cc = Σu n_uc(n_uc − 1)/(m_u − 1)."""
+def _weighted_alpha(weights: np.ndarray, table: np.ndarray, values: Sequence[float] | None = None) -> np.ndarray:
+    """Nominal α = 1 − (n − 1)(n − Σc o_cc) / (n² − Σc n_c²), o_cc = Σu n_uc(n_uc − 1)/(m_u − 1); with ``values``
+    the interval α = 1 − (n − 1) Σu (n_u·δ²·n_u)/(m_u − 1) / (n_c·δ²·n_c), δ²_ck = (v_c − v_k)²."""
     m = table.sum(axis=1).astype(np.float64)
-    diagonal = (table * (table - 1)).sum(axis=1) / (m - 1)
     n = weights @ m
     n_c = weights @ table
+    if values is not None:
+        v = np.asarray(values, dtype=np.float64)
+        delta = (v[:, None] - v[None, :]) ** 2
+        table = table.astype(np.float64)
+        observed = np.einsum("uc,ck,uk->u", table, delta, table) / (m - 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 1.0 - (n - 1.0) * (weights @ observed) / np.einsum("bc,ck,bk->b", n_c, delta, n_c)
+    diagonal = (table * (table - 1)).sum(axis=1) / (m - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return 1.0 - (n - 1.0) * (n - weights @ diagonal) / (n**2 - (n_c**2).sum(axis=1))
 
@@ -286,11 +303,12 @@ def _estimate(value: float | None, replicate_values: np.ndarray | None, n_items:
 
 def agreement_summary(matrix: np.ndarray, *, n_categories: int, exclude: Sequence[int] = (),
                       replicates: int = DEFAULT_REPLICATES, confidence: float = DEFAULT_CONFIDENCE,
-                      seed: int = 0) -> AgreementSummary:
+                      seed: int = 0, values: Sequence[float] | None = None) -> AgreementSummary:
     """Every statistic of the module on ``matrix`` (``int[n_items, n_raters]``, MISSING holes), each with
     a ``confidence`` percentile bootstrap interval from ``replicates`` seeded resamples of its items.
 
-    ``exclude``: category codes treated as no answer (GG'18 rejects "not sure": pass its code).
+    ``exclude``: category codes treated as no answer (GG'18 rejects "not sure": pass its code). ``values``: each
+    category's number, for the interval Krippendorff α (counts); κ and percent agreement stay nominal.
     """
     matrix = exclude_categories(np.asarray(matrix, dtype=np.int64).reshape(len(matrix), -1), exclude)
     table = count_table(matrix, n_categories)
@@ -307,8 +325,8 @@ def agreement_summary(matrix: np.ndarray, *, n_categories: int, exclude: Sequenc
         pair_table = table[pairable]
         value = percent_agreement(matrix, n_categories)
         percent = _estimate(value, _weighted_percent(boot(n_items, 1), pair_table), n_items, confidence)
-        value = krippendorff_alpha(matrix, n_categories)
-        alpha = _estimate(value, _weighted_alpha(boot(n_items, 4), pair_table) if value is not None else None,
+        value = krippendorff_alpha(matrix, n_categories, values)
+        alpha = _estimate(value, _weighted_alpha(boot(n_items, 4), pair_table, values) if value is not None else None,
                           n_items, confidence)
         rows, fleiss_m = _fleiss_rows(table)
         value = fleiss_kappa(matrix, n_categories)
@@ -323,7 +341,7 @@ def agreement_summary(matrix: np.ndarray, *, n_categories: int, exclude: Sequenc
                             krippendorff_alpha=alpha, n_items=n_items, n_raters=n_raters,
                             n_answers=int((matrix != MISSING).sum()), excluded_categories=tuple(exclude),
                             fleiss_raters_per_item=fleiss_m, confidence=confidence, replicates=replicates,
-                            seed=seed)
+                            seed=seed, alpha_level="nominal" if values is None else "interval")
 
 
 # -- filter-type distributions (GG'18 Fig. 9) ------------------------------------------------------------

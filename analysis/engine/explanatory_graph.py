@@ -14,10 +14,15 @@ and said so where it matters):
 * Mixture (eq. 2). Filter ``d``'s entities are explained by its ``N`` nodes ``Ω_{L,d}`` and a noise component
   ``V_none``, each with prior ``P(V) = 1 / (N + 1)``.
 * Compatibility (eq. 3–4). ``P(p_x | V) = γ Π_{V'∈E_V} N(p_x | μ_V − μ_V' + p_V', σ_V'²)^{1/M}`` and
-  ``P(p_x | V_none) = γ τ``. The product of the M Gaussians raised to λ = 1/M is the isotropic Gaussian
-  ``N(p_x | μ_V + Δ_{I,V}, σ̃_V²)`` with ``Δ_{I,V} = Σ (p_V' − μ_V')/σ_V'² / Σ 1/σ_V'²`` and
-  ``σ̃_V² = 1 / mean(1/σ_V'²)`` (paper footnote 3/4); we take γ to normalise it exactly, so
-  ``P(p_x | V) = N(p_x | μ_V + Δ_{I,V}, σ̃_V²)`` (2-D density) and the noise density is ``τ``.
+  ``P(p_x | V_none) = γ τ``. Completing the square, the product of the M Gaussians raised to λ = 1/M is
+  ``N(p_x | μ_V + Δ_{I,V}, σ̃_V²) · exp(−D_{I,V}) / γ_V`` with ``Δ_{I,V} = Σ b_j/σ_j² / Σ 1/σ_j²``
+  (``b_j = p_V'^I − μ_V'``), ``σ̃_V² = 1 / mean(1/σ_j²)`` (paper footnote 3/4) and the **disagreement**
+  ``D_{I,V} = (1/M) Σ_j ||b_j − Δ_{I,V}||² / (2 σ_j²)``: the product is lower on an image where the neighbours
+  predict different positions for V. γ is a constant (the paper: "to roughly ensure" the density integrates to 1);
+  we take the node's constant ``γ_V`` that makes it exact when the neighbours agree, so
+  ``P(p_x | V) = N(p_x | μ_V + Δ_{I,V}, σ̃_V²) · exp(−D_{I,V})`` (2-D density; the noise density is ``τ``).
+  ``neighbour_penalty=False`` drops ``exp(−D)`` — a per-image normalisation that makes a node as likely when its
+  neighbours disagree as when they agree (the engine's behaviour before; not the paper's).
   On the top layer ``E_V = {V_dummy}`` with ``μ_dummy = p_dummy = 0``: ``P(p_x | V) = N(p_x | μ_V, σ_V²)``. The paper
   does not say how this σ_V is set while the top layer is learned; our default keeps it at ``init_sigma`` (a node
   then explains the entities within a few σ of μ_V and V_none the rest); ``fit_top_sigma=True`` re-estimates it
@@ -69,7 +74,7 @@ __all__ = [
     "LayerConfig", "LayerSource", "GraphLayer", "GraphResult",
     "default_nodes_per_filter", "filter_normalizer", "learn_layer", "infer_layer", "learn_graph",
     "raw_filter_peaks", "location_instability", "pattern_instability", "FilterPeakTally", "energy_top_k",
-    "crop_patch", "render_patch_grid",
+    "crop_patch", "render_patch_grid", "purity_sample",
 ]
 
 PAPER_TAU = 0.1
@@ -106,6 +111,7 @@ class LayerConfig:
     init_sigma: float = 0.1
     min_sigma: float = 0.01
     fit_top_sigma: bool = False
+    neighbour_penalty: bool = True
 
     def __post_init__(self) -> None:
         if self.nodes_per_filter < 1 or self.neighbours < 1 or self.iterations < 1:
@@ -202,25 +208,32 @@ def filter_normalizer(read_maps: ReadMaps, rows: np.ndarray, n_filters: int, *, 
 
 
 def _neighbour_terms(layer: GraphLayer, upper: GraphLayer | None, upper_pos: Tensor | None
-                     ) -> tuple[Tensor, Tensor]:
-    """``(Δ float32 [B, D*N, 2] or [1, D*N, 2], σ² float32 [D*N])`` of every node's compatibility Gaussian.
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(Δ float32 [B, D*N, 2] or [1, D*N, 2], σ² float32 [D*N], −D float32 [B, D*N] or [1, D*N])`` of every
+    node's compatibility: its Gaussian and the log of eq. 3's disagreement factor (0 without neighbours, or with
+    ``neighbour_penalty`` off).
 
     ``upper_pos``: float32 ``[B, U, 2]`` inferred positions of the upper layer's nodes on the batch's images.
     """
     n = layer.n_nodes
     device = layer.mu.device
+    none = torch.zeros(1, n, device=device)
     if upper is None:  # top layer: N(μ_V, σ_V²) with the EM variance
-        return torch.zeros(1, n, 2, device=device), layer.fit_sigma2.reshape(n)
+        return torch.zeros(1, n, 2, device=device), layer.fit_sigma2.reshape(n), none
     if layer.edges.shape[1] == 0:  # before E_V is chosen: V_dummy, σ = init_sigma
         return (torch.zeros(1, n, 2, device=device),
-                torch.full((n,), layer.config.init_sigma ** 2, device=device))
+                torch.full((n,), layer.config.init_sigma ** 2, device=device), none)
     up_mu = upper.mu.reshape(-1, 2)
     up_s2 = upper.sigma2.reshape(-1)
     b = upper_pos - up_mu.unsqueeze(0)  # [B, U, 2]
     weight = 1.0 / up_s2[layer.edges]  # [n, M]
     gathered = b[:, layer.edges]  # [B, n, M, 2]
     delta = (gathered * weight.unsqueeze(0).unsqueeze(-1)).sum(2) / weight.sum(1).view(1, n, 1)
-    return delta, 1.0 / weight.mean(1)
+    if not layer.config.neighbour_penalty:
+        return delta, 1.0 / weight.mean(1), torch.zeros(delta.shape[:2], device=device)
+    spread = ((gathered - delta.unsqueeze(2)) ** 2).sum(-1)  # [B, n, M]: ||b_j − Δ||²
+    penalty = -(spread * weight.unsqueeze(0)).mean(2) / 2  # −(1/M) Σ_j ||b_j − Δ||² / (2 σ_j²)
+    return delta, 1.0 / weight.mean(1), penalty
 
 
 def _log_compat(moments: Tensor, mean: Tensor, s2: Tensor) -> Tensor:
@@ -325,10 +338,11 @@ def learn_layer(source: LayerSource, config: LayerConfig, rows: np.ndarray, *, u
         for batch in _batches(rows, batch_size):
             f = _entities(source.read_maps(batch), normalizer, config.beta, device)  # [B, D, P]
             upper_pos = _upper_positions(upper, upper_units, batch, device)
-            delta, s2 = _neighbour_terms(layer, upper, upper_pos)
+            delta, s2, penalty = _neighbour_terms(layer, upper, upper_pos)
             delta = delta.view(-1, d, n_per, 2)
             mean = (layer.mu.unsqueeze(0) + delta).expand(f.shape[0], -1, -1, -1)
-            density = _log_compat(moments, mean, s2.view(d, n_per)).exp_()  # [B, D, N, P]
+            density = _log_compat(moments, mean, s2.view(d, n_per))
+            density = density.add_(penalty.view(-1, d, n_per, 1)).exp_()  # [B, D, N, P]
             # E-step: P(V | p_x) = P(p_x | V) / (Σ_V' P(p_x | V') + τ) (equal priors cancel); the densities are
             # bounded by 1/(2π min_sigma²) and the denominator by τ > 0, so no log domain is needed.
             total = density.sum(2) + config.tau  # [B, D, P]
@@ -384,9 +398,9 @@ def infer_layer(layer: GraphLayer, maps, *, upper: GraphLayer | None = None, upp
     device = layer.mu.device
     d, n_per = layer.n_filters, layer.nodes_per_filter
     f = _entities(maps, layer.normalizer, layer.config.beta, device)
-    delta, s2 = _neighbour_terms(layer, upper, upper_pos)
+    delta, s2, penalty = _neighbour_terms(layer, upper, upper_pos)
     mean = (layer.mu.unsqueeze(0) + delta.view(-1, d, n_per, 2)).expand(f.shape[0], -1, -1, -1)
-    log_node = _log_compat(_moments(layer.positions), mean, s2.view(d, n_per))
+    log_node = _log_compat(_moments(layer.positions), mean, s2.view(d, n_per)).add_(penalty.view(-1, d, n_per, 1))
     log_score = log_node.mul_(2.0).add_(torch.log(f).unsqueeze(2))  # log 0 = -inf where the filter is silent
     best, units = log_score.max(dim=3)  # first maximum on ties
     scores = torch.exp(best.to(torch.float64)).to(torch.float32)
@@ -607,6 +621,24 @@ def energy_top_k(scores, fraction: float = 0.3) -> np.ndarray:
     cumulative = np.cumsum(values[order])
     k = int(np.searchsorted(cumulative, fraction * total * (1 - 1e-12), side="left")) + 1
     return order[:min(k, len(order))].astype(np.int64)
+
+
+def purity_sample(scores, fraction: float = 0.3, shown: int = 20) -> tuple[np.ndarray, int]:
+    """The images a purity count judges for one pattern (raw filter or graph node alike), and its K.
+
+    K is the paper's 30 % energy rule (:func:`energy_top_k`). Every pattern is judged on the same number of images,
+    ``shown``, drawn by the same rule: when ``K ≥ shown``, the images at evenly spaced ranks of the top K,
+    ``floor((i + ½)·K / shown)`` for ``i < shown`` (so a pattern with a long top-K is not shown only its purest
+    head); when ``K < shown``, the ``shown`` best images with a positive score (the ranking continued past K).
+    Fewer appear only when fewer images score above 0. Returns ``(positions int64, best first; K)``."""
+    values = np.asarray(scores, dtype=np.float64)
+    top = energy_top_k(values, fraction)
+    k = len(top)
+    if k >= shown:
+        return top[((np.arange(shown) + 0.5) * k / shown).astype(np.int64)], k
+    order = np.argsort(-np.where(values > 0, values, 0.0), kind="stable")
+    order = order[values[order] > 0]
+    return order[:shown].astype(np.int64), k
 
 
 def crop_patch(image: np.ndarray, centre: tuple[float, float], size: int, fill=(224, 224, 224)) -> np.ndarray:

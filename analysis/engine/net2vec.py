@@ -4,11 +4,21 @@ Pure torch; nothing from the project outside the engine. Every function runs und
 except the probe training, allocates on its inputs' device and never picks a device itself.
 
 Inputs (shapes and dtypes)
-    ``features``: the layer's binary unit masks at mask resolution, one row per pixel, ``Tensor[P, K]``
-    (bool or float 0/1): ``features[p, k] = 1`` when unit ``k``'s upsampled activation at pixel ``p`` is
-    ≥ its dissection threshold ``T_k`` (the ND'18 mask ``M_k`` the dissection uses). Net2Vec's
-    filter-combination probe (their eq. 2) combines exactly these indicators ``I(A_k > T_k)``, not raw
-    activations, so single filters and combinations see the same inputs.
+    ``features``: the layer's unit indicators at mask resolution, one row per pixel, ``Tensor[P, K]`` (float in
+    [0, 1], or bool). Two rules make them (:data:`MASK_RULES`, :func:`iter_unit_mask_batches`):
+
+    * ``"net2vec"`` (default, §3.1.1): threshold the *raw map* first, strictly, ``I(A_k > T_k)`` at the map's
+      ``h × w``, then upsample that indicator with plain bilinear interpolation (no anchoring): ``S(A_k > T_k)``,
+      a float in [0, 1] per pixel. The probes (eq. 2) read this upsampled indicator as is; a single filter's binary
+      mask ``M_k`` is ``S(A_k > T_k) ≥ ½``. Why ½: the paper writes ``M_k = S(A_k > T_k)`` and then scores it as a
+      binary mask without naming the cut; ½ is the level set halfway between an "on" and an "off" map cell, so the
+      mask covers as much area as the "on" cells do (a cut at > 0 would grow every blob by up to a cell, one at 1
+      shrink it), and it is the same ½ at which the combination's σ is read in evaluation — so a one-hot ``w`` with
+      bias −½ is exactly the single-filter segmenter (the paper's remark after eq. 3).
+    * ``"nd18"``: ND'18's rule the dissection uses: upsample the raw map (anchored or plain) and threshold at mask
+      resolution, ``S(A_k) ≥ T_k`` (``>`` with ``strict``): 0/1 indicators, the probes and the masks read the same.
+
+    Single filters and combinations therefore see the same inputs under either rule.
     ``truth``: the concept's ground-truth pixels ``Tensor[P]`` bool (``Tensor[C, P]`` for several concepts).
 
 (a) Single-filter **set IoU** (eq. 1): ``Σ_x |M_k(x) ∩ L_c(x)| / Σ_x |M_k(x) ∪ L_c(x)|`` with both sums over
@@ -43,14 +53,20 @@ Pixel sampling (bounded memory): training uses ``pixels_per_image`` pixels per t
 uniformly without replacement by :func:`sample_pixels` with a generator seeded by ``(seed, image row)``, so
 an image's sample does not depend on batching. Evaluation (set IoU) always uses every pixel, streamed.
 
-Concept embeddings are the learned ``w`` (§5.3); nearest concepts by cosine similarity.
+Concept embeddings are the learned ``w`` (§5.3) on the probes' inputs; nearest concepts by cosine similarity.
+
+Non-extremal exemplars (§5.1, Figs. 7–8): :class:`ProbeTally` can record ``IoU_ind`` (eq. 3) of chosen probes on
+every val image holding their concept; :func:`nonextremal_exemplars` picks one image per decile of the non-zero
+part of that distribution.
 
 (d) Image-level classification (§3.2, eq. 5): ``f(x) = σ(b + Σ_k w_k · mean_{i,j} A_{ijk}(x))`` on each unit's
     spatially averaged *raw* activation, trained with balanced minibatches (half images with the concept, half
     without: "sampled with equal probability"), evaluated by the accuracy on a balanced validation set — computed
     exactly as the balanced accuracy ``(TPR + TNR) / 2`` at ``σ ≥ ½`` — and, beside it, by average precision.
     The single-filter classifier is the paper's F = 1 case of §3.2.2: the unit of largest ``|w_k|`` in the full
-    classifier, with a new weight and bias trained on it alone. Every concept's classifiers train at once
+    classifier, with a new weight and bias trained on it alone. ``w`` is eq. 5's, on raw pooled activations: the
+    top-F ranking and the embedding read it (training may standardise the inputs; :meth:`Classifiers.raw` maps
+    the weights back exactly). Every concept's classifiers train at once
     (:func:`fit_concept_classifiers`).
 """
 from __future__ import annotations
@@ -70,8 +86,13 @@ __all__ = [
     "balanced_accuracy", "average_precision",
     "TRAIN", "VAL", "UnitMaskBatch", "iter_unit_mask_batches", "label_presence", "present_labels", "label_truth",
     "batch_set_iou_counts", "Net2VecTally", "ProbeTally", "best_single_filters", "classification_concepts",
-    "score_classifiers",
+    "score_classifiers", "MASK_RULES", "NET2VEC_RULE", "ND18_RULE", "unit_masks", "single_filter_probe",
+    "nonextremal_exemplars", "unit_indicators",
 ]
+
+#: How unit indicators are made (module docstring): the paper's threshold-then-upsample, or ND'18's.
+NET2VEC_RULE, ND18_RULE = "net2vec", "nd18"
+MASK_RULES = (NET2VEC_RULE, ND18_RULE)
 
 #: The paper's segmentation subset sizes (§3.2.2), cut to the layer's width by :func:`fit_concept_probes`.
 PAPER_TOP_F = (1, 2, 4, 8, 16, 32, 64, 128, 160, 192, 224)
@@ -260,6 +281,41 @@ def stack_probes(probes: Sequence[LinearProbe], units: int, *, device: torch.dev
     return weights, bias
 
 
+def unit_masks(features: Tensor) -> Tensor:
+    """bool masks of unit indicators ``features`` (any shape): ``features ≥ ½`` for the float indicators of the
+    ``"net2vec"`` rule, the indicators themselves when bool (module docstring)."""
+    return features if features.dtype == torch.bool else features >= 0.5
+
+
+def single_filter_probe(unit: int) -> LinearProbe:
+    """The single-filter segmenter as a probe: ``w = e_unit``, ``b = −½``, so its mask (logit ≥ 0) is exactly
+    :func:`unit_masks` of that unit (``x − ½ ≥ 0`` is exact in float32)."""
+    return LinearProbe(units=torch.tensor([int(unit)]), weight=torch.ones(1), bias=-0.5)
+
+
+def nonextremal_exemplars(rows: Tensor, iou: Tensor, *, bins: int = 10) -> dict:
+    """§5.1 / Figs. 7–8: one example per decile of the *non-zero* part of a concept's ``IoU_ind`` distribution.
+
+    ``rows`` LongTensor[N] (dataset rows) and ``iou`` float ``Tensor[N]``: one mask's eq. 3 IoU on each val image
+    holding the concept. The n non-zero values are sorted ascending (ties by row) and cut by rank into ``bins``
+    equal bins; each bin's example is the one at its middle rank, ``floor((b + ½) · n / bins)`` — so the first
+    column is the lowest tenth of the non-zero examples, the last the top tenth (the paper: "an example is
+    automatically selected at each decile"; it does not say where in a decile, we take the middle). Fewer than
+    ``bins`` non-zero values give one example each. Returns ``{"rows": [...], "ious": [...], "images": N,
+    "zero": count of IoU 0, "mean": μ, "std": σ}`` with μ, σ (population) of the non-zero part as Fig. 7 reports
+    them (``None`` without one)."""
+    rows, iou = rows.cpu().to(torch.int64), iou.cpu().to(torch.float64)
+    nonzero = iou > 0
+    kept_rows, kept = rows[nonzero], iou[nonzero]
+    order = sorted(range(len(kept)), key=lambda i: (float(kept[i]), int(kept_rows[i])))
+    n = len(order)
+    picks = range(n) if n < bins else [int((b + 0.5) * n / bins) for b in range(bins)]
+    chosen = [order[i] for i in picks]
+    return {"rows": [int(kept_rows[i]) for i in chosen], "ious": [float(kept[i]) for i in chosen],
+            "images": len(iou), "zero": int((~nonzero).sum()),
+            "mean": float(kept.mean()) if n else None, "std": float(kept.std(unbiased=False)) if n else None}
+
+
 @torch.no_grad()
 def cosine_similarity(embeddings: Tensor) -> Tensor:
     """float64 ``Tensor[C, C]`` of cosine similarities between rows of ``embeddings`` ``Tensor[C, K]``
@@ -330,8 +386,9 @@ class Classifiers:
     """M linear classifiers ``σ(((x − mean) / scale) @ weight[m] + bias[m])`` on pooled activations ``x``.
 
     ``weight`` float32 ``Tensor[M, K]`` (zero outside a top-F classifier's units), ``bias`` ``Tensor[M]``,
-    ``mean``/``scale`` ``Tensor[K]`` (0 and 1 without standardisation). ``weight`` is what the top-F ranking
-    reads and what the embedding is: the weight per standard deviation of each unit's pooled activation."""
+    ``mean``/``scale`` ``Tensor[K]`` (0 and 1 without standardisation). ``weight`` is the weight per standard
+    deviation of each unit's pooled activation (the optimisation's parameters); eq. 5's ``w`` on raw pooled
+    activations — what the top-F ranking and the embedding read, as in the paper — is :meth:`raw`."""
 
     weight: Tensor
     bias: Tensor
@@ -446,8 +503,9 @@ def top_units(weight: Tensor, f: int) -> Tensor:
 
 @dataclass
 class ConceptClassifiers:
-    """Per concept (columns of the targets): the full classifier over all K units (its weight row is the
-    classification embedding) and the retrained top-F classifiers; ``top_units[f]`` bool ``Tensor[C, K]``."""
+    """Per concept (columns of the targets): the full classifier over all K units (its eq. 5 weight row on raw
+    pooled activations is the classification embedding) and the retrained top-F classifiers; ``top_units[f]`` bool
+    ``Tensor[C, K]``."""
 
     full: Classifiers
     top: dict[int, Classifiers]
@@ -455,14 +513,16 @@ class ConceptClassifiers:
 
     @property
     def embeddings(self) -> Tensor:
-        return self.full.weight
+        """float64 ``Tensor[C, K]``: eq. 5's raw ``w`` of each full classifier (§5.3), not the standardised one."""
+        return self.full.raw()[0]
 
 
 def fit_concept_classifiers(features: Tensor, targets: Tensor, *, config: ClassifierConfig,
                             top_f: Sequence[int] = PAPER_CLASSIFICATION_TOP_F) -> ConceptClassifiers:
     """§3.2.1 then §3.2.2 for every concept (column of ``targets`` bool ``Tensor[N, C]``) at once: the full
     classifiers, then for each F of ``top_f`` (those ≤ K) new classifiers trained on only the F units of largest
-    ``|w_k|`` of the concept's full classifier. F = 1 is the paper's single-filter classifier."""
+    ``|w_k|`` of the concept's full classifier — eq. 5's raw ``w`` (:meth:`Classifiers.raw`), the paper's ranking,
+    whatever the training's standardisation. F = 1 is the paper's single-filter classifier."""
     k = features.shape[1]
     standardization = standardizer(features) if config.standardize else None
     full = train_classifiers(features, targets, config=config, standardization=standardization)
@@ -470,7 +530,7 @@ def fit_concept_classifiers(features: Tensor, targets: Tensor, *, config: Classi
     c = targets.shape[1]
     if not sizes:
         return ConceptClassifiers(full=full, top={}, top_units={})
-    chosen = {f: top_units(full.weight, f) for f in sizes}
+    chosen = {f: top_units(full.raw()[0], f) for f in sizes}
     owners = torch.arange(c).repeat(len(sizes))
     units = torch.cat([chosen[f] for f in sizes])
     subset = train_classifiers(features, targets, config=config, owners=owners, units=units,
@@ -538,7 +598,8 @@ TRAIN, VAL = 0, 1  # split codes; any other value (e.g. -1) is an image of neith
 class UnitMaskBatch:
     """One batch of images at mask resolution ``P = H·W`` pixels.
 
-    ``rows`` LongTensor[B] (CPU) dataset (index.csv) rows; ``features`` bool ``Tensor[B, K, P]`` the unit masks;
+    ``rows`` LongTensor[B] (CPU) dataset (index.csv) rows; ``features`` ``Tensor[B, K, P]`` the unit indicators
+    (float in [0, 1] under the ``"net2vec"`` rule, bool under ``"nd18"``; masks by :func:`unit_masks`);
     ``pixel`` LongTensor[B, L, P] the label ids of each label layer (0 = none); ``pooled`` float32 ``Tensor[B, K]``
     each unit's raw map averaged spatially (eq. 5); ``image_labels`` LongTensor[n, 2] rows ``(position in the
     batch, label id)`` of whole-image labels."""
@@ -552,24 +613,44 @@ class UnitMaskBatch:
 
 @torch.no_grad()
 def iter_unit_mask_batches(maps, reader, rows, mask_rows: Sequence[int], *, upsample, thresholds: Tensor,
-                           strict: bool, batch_size: int, device: torch.device | str):
-    """Yield a :class:`UnitMaskBatch` per batch of ``mask_rows`` (index.csv row numbers, in order): the raw maps
-    ``maps[row]`` (``[N, K, h, w]``, e.g. the float16 activation cache) upsampled to mask size with ``upsample``
-    (:func:`analysis.engine.upsample.upsampler_for`) and thresholded with the dissection's rule (``S_k ≥ T_k``;
-    ``strict`` gives ``>``), and the masks read by ``reader`` (a ``BrodenReader``) for ``rows``."""
+                           strict: bool, batch_size: int, device: torch.device | str, mask_rule: str = NET2VEC_RULE):
+    """Yield a :class:`UnitMaskBatch` per batch of ``mask_rows`` (index.csv row numbers, in order): the unit
+    indicators of the raw maps ``maps[row]`` (``[N, K, h, w]``, e.g. the float16 activation cache) at mask size, and
+    the masks read by ``reader`` (a ``BrodenReader``) for ``rows``.
+
+    ``mask_rule`` ``"net2vec"`` (§3.1.1): ``upsample((A_k > T_k) as float)``, float32 in [0, 1] (``strict`` is
+    ignored: the paper's ``>``; pass the plain bilinear upsampler for the paper's ``S``). ``"nd18"``:
+    ``upsample(A_k) ≥ T_k`` (``>`` with ``strict``), bool. ``upsample`` from
+    :func:`analysis.engine.upsample.upsampler_for`."""
     import numpy as np
 
     from analysis.engine.dissection_data import iter_label_batches
 
-    t = thresholds.to(device).view(1, -1, 1, 1)
+    if mask_rule not in MASK_RULES:
+        raise ValueError(f"mask_rule must be one of {MASK_RULES}, not {mask_rule!r}")
+    thresholds = thresholds.to(device)
     for first, stop, labels in iter_label_batches(reader, rows, mask_rows, batch_size=batch_size):
         picked = list(mask_rows[first:stop])
         raw = torch.from_numpy(np.array(maps[picked])).to(device=device, dtype=torch.float32)
-        up = upsample(raw, labels.size)
-        active = (up > t) if strict else (up >= t)
+        active = unit_indicators(raw, thresholds, labels.size, upsample=upsample, mask_rule=mask_rule, strict=strict)
         yield UnitMaskBatch(rows=torch.tensor(picked, dtype=torch.int64), features=active.flatten(2),
                             pixel=labels.pixel.to(device).flatten(2), pooled=pool_activations(raw),
                             image_labels=labels.image)
+
+
+@torch.no_grad()
+def unit_indicators(raw: Tensor, thresholds: Tensor, size, *, upsample, mask_rule: str = NET2VEC_RULE,
+                    strict: bool = True) -> Tensor:
+    """The unit indicators of raw maps ``raw`` float ``Tensor[B, K, h, w]`` at mask ``size`` ``(H, W)``
+    (``thresholds`` ``Tensor[K]``): ``"net2vec"`` → float32 ``upsample(I(A_k > T_k))`` clamped to [0, 1] (``strict``
+    ignored); ``"nd18"`` → bool ``upsample(A_k) ≥ T_k`` (``>`` with ``strict``). ``Tensor[B, K, H, W]``."""
+    t = thresholds.to(raw.device).view(1, -1, 1, 1)
+    if mask_rule == NET2VEC_RULE:
+        return upsample((raw > t).to(torch.float32), size).clamp_(0.0, 1.0)
+    if mask_rule != ND18_RULE:
+        raise ValueError(f"mask_rule must be one of {MASK_RULES}, not {mask_rule!r}")
+    up = upsample(raw, size)
+    return (up > t) if strict else (up >= t)
 
 
 @torch.no_grad()
@@ -639,8 +720,11 @@ class Net2VecTally:
     ``presence`` bool ``[N, C]`` (label at a pixel or as a whole-image label), ``pixel_presence`` (at a valid
     label's pixel). The training sample: ``pixels_per_image`` pixels of every train image with a valid pixel
     label, drawn by :func:`sample_pixels` under ``(seed, row)`` so independent of batching and sharding, stored per
-    pixel (``sample_image`` LongTensor[S], ``sample_features`` bool ``[S, K]``, ``sample_labels`` LongTensor[S, L]
-    padded with label 0).
+    pixel (``sample_image`` LongTensor[S], ``sample_features`` ``[S, K]``, ``sample_labels`` LongTensor[S, L]
+    padded with label 0). ``sample_features`` are bool under the ``"nd18"`` rule; the ``"net2vec"`` rule's float
+    indicators are stored as float16 to halve the sample's memory (exact for bilinear weights of power-of-two
+    scale factors, else rounded by < 2⁻¹¹; the single-filter counts and pass 2 read the float32 values). The
+    single-filter counts use :func:`unit_masks` of ``features``.
 
     Args:
         n_images: rows of the dataset (each shard sees a subset).
@@ -685,9 +769,10 @@ class Net2VecTally:
         at_pixels = label_presence(pixel, None, self.n_labels) & self.valid
         self.pixel_presence[rows] = at_pixels.cpu()
         ids = present_labels(pixel, self.valid)
+        masks = unit_masks(features)
         if len(ids):
             truth = label_truth(pixel, ids)
-            inter, union = batch_set_iou_counts(features, truth)
+            inter, union = batch_set_iou_counts(masks, truth)
             truth_pixels = truth.sum(2)  # [B, C]
             for code in (TRAIN, VAL):
                 in_split = split == code
@@ -704,9 +789,15 @@ class Net2VecTally:
             pick = torch.stack([sample_pixels(n_pixels, count, seed=self.seed, image=int(row))
                                 for row in kept_rows.tolist()]).to(self.device)  # [b, n]
             chosen = torch.gather(features[keep], 2, pick.unsqueeze(1).expand(-1, self.n_units, -1))  # [b, K, n]
+            if chosen.dtype != torch.bool:
+                chosen = chosen.to(torch.float16)  # the stored sample: see the class docstring
             labels = torch.gather(pixel[keep], 2, pick.unsqueeze(1).expand(-1, pixel.shape[1], -1))  # [b, L, n]
             self._samples.append((kept_rows.repeat_interleave(count).to(self.device),
                                   chosen.transpose(1, 2).flatten(0, 1), labels.transpose(1, 2).flatten(0, 1)))
+
+    @property
+    def _sample_dtype(self) -> torch.dtype:
+        return self._samples[0][1].dtype if self._samples else torch.bool
 
     def _sample_chunks(self) -> list[tuple[Tensor, Tensor, Tensor]]:
         """The training sample's chunks in image-row order (stable: pixel order within an image). Chunks of one
@@ -731,7 +822,7 @@ class Net2VecTally:
         chunks = self._sample_chunks()
         if not chunks:
             return (torch.zeros(0, dtype=torch.int64, device=self.device),
-                    torch.zeros(0, self.n_units, dtype=torch.bool, device=self.device),
+                    torch.zeros(0, self.n_units, dtype=self._sample_dtype, device=self.device),
                     torch.zeros(0, 1, dtype=torch.int64, device=self.device))
         depth = max(labels.shape[1] for _, _, labels in chunks)
         return (torch.cat([image for image, _, _ in chunks]), torch.cat([features for _, features, _ in chunks]),
@@ -784,12 +875,13 @@ class Net2VecTally:
 
     def segmentation_concepts(self, *, min_images: int, count: int) -> list[int]:
         """The label ids a run probes: at least ``min_images`` train and val images with a pixel of the label,
-        the ``count`` most frequent (train + val images), ties by label id; ascending by frequency rank."""
+        the ``count`` most frequent (train + val images; ``count = 0``: all of them, the paper's rule), ties by
+        label id; ascending by frequency rank."""
         images = self.images.cpu()
         eligible = [number for number in range(self.n_labels)
                     if images[TRAIN, number] >= min_images and images[VAL, number] >= min_images]
         eligible.sort(key=lambda number: (-int(images[TRAIN, number] + images[VAL, number]), number))
-        return eligible[:count]
+        return eligible[:count] if count else eligible
 
     def single_filter_iou(self) -> tuple[Tensor, Tensor]:
         """``(train, val)`` float64 ``Tensor[C, K]`` (CPU): every unit's set IoU (eq. 1) per label."""
@@ -802,14 +894,14 @@ class Net2VecTally:
         return set_iou(self.concept_pixels[VAL].cpu(), self.covered_pixels[VAL].cpu())
 
     def training_pixels(self, number: int, *, max_pixels: int) -> tuple[Tensor, Tensor]:
-        """``(features bool [S_c, K], target bool [S_c])``: the sampled pixels of the train images with a pixel of
+        """``(features [S_c, K] (bool, or float16 indicators), target bool [S_c])``: the sampled pixels of the train images with a pixel of
         label ``number``, by image row; cut to ``max_pixels`` by a seeded uniform subset (seed ``(seed,
         number)``) when more."""
         presence = self.pixel_presence[:, number].to(self.device)
         picked = [(features[has], (labels[has] == number).any(1)) for image, features, labels in self._sample_chunks()
                   if (has := presence[image]).any()]
         if not picked:
-            return torch.zeros(0, self.n_units, dtype=torch.bool, device=self.device), torch.zeros(
+            return torch.zeros(0, self.n_units, dtype=self._sample_dtype, device=self.device), torch.zeros(
                 0, dtype=torch.bool, device=self.device)
         features = torch.cat([features for features, _ in picked])
         target = torch.cat([target for _, target in picked])
@@ -830,15 +922,20 @@ class ProbeTally:
     ``weights`` float32 ``Tensor[M, K]`` and ``bias`` ``Tensor[M]`` (:func:`stack_probes`) on the tally's device;
     ``concepts`` LongTensor[C] the label ids scored. ``add`` a :class:`UnitMaskBatch` (val images only):
     ``intersection``/``union`` int64 ``Tensor[C, M]`` sum over each image holding the concept (probe mask: logit
-    ≥ 0)."""
+    ≥ 0). ``tracked`` LongTensor[T, 2] of ``(concept position, probe)`` pairs (default none) whose per-image counts
+    are kept too, for eq. 3's ``IoU_ind`` on every image holding the concept (:meth:`per_image`)."""
 
-    def __init__(self, weights: Tensor, bias: Tensor, concepts: Tensor) -> None:
+    def __init__(self, weights: Tensor, bias: Tensor, concepts: Tensor, tracked: Tensor | None = None) -> None:
         self.device = weights.device
         self.weights, self.bias = weights.detach().clone(), bias.detach().to(self.device).clone()
         self.concepts = concepts.detach().to(self.device, torch.int64).clone()
+        self.tracked = (torch.zeros(0, 2, dtype=torch.int64) if tracked is None
+                        else tracked.detach().cpu().to(torch.int64).view(-1, 2).clone())
         self.intersection = torch.zeros(len(concepts), len(weights), dtype=torch.int64, device=self.device)
         self.union = torch.zeros_like(self.intersection)
         self.images = 0
+        # per-image records of the tracked pairs: (row, pair, intersection, union), CPU int64 [n] each
+        self._records: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
 
     @torch.no_grad()
     def add(self, batch: UnitMaskBatch) -> None:
@@ -847,34 +944,62 @@ class ProbeTally:
         self.intersection += inter.sum(0)
         self.union += union.sum(0)
         self.images += len(batch.rows)
+        if len(self.tracked):
+            c, m = self.tracked[:, 0].to(self.device), self.tracked[:, 1].to(self.device)
+            pair_inter, pair_union = inter[:, c, m].cpu(), union[:, c, m].cpu()  # [B, T]
+            image, pair = torch.nonzero(pair_union > 0, as_tuple=True)  # the image holds the pair's concept
+            self._records.append((batch.rows.cpu()[image], pair, pair_inter[image, pair], pair_union[image, pair]))
+
+    def _record_tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The per-image records as four int64 tensors, ordered by (row, pair): independent of batching and merging."""
+        if not self._records:
+            return tuple(torch.zeros(0, dtype=torch.int64) for _ in range(4))
+        row, pair, inter, union = (torch.cat(parts) for parts in zip(*self._records))
+        order = torch.argsort(row * max(len(self.tracked), 1) + pair, stable=True)
+        return row[order], pair[order], inter[order], union[order]
 
     @torch.no_grad()
     def merge(self, other: ProbeTally) -> None:
         """Add another shard's counts (other val images, same probes and concepts). Exact."""
         if not (torch.equal(self.weights, other.weights.to(self.device))
                 and torch.equal(self.bias, other.bias.to(self.device))
-                and torch.equal(self.concepts, other.concepts.to(self.device))):
+                and torch.equal(self.concepts, other.concepts.to(self.device))
+                and torch.equal(self.tracked, other.tracked)):
             raise ValueError("cannot merge probe tallies of different probes or concepts")
         self.intersection += other.intersection.to(self.device)
         self.union += other.union.to(self.device)
         self.images += other.images
+        self._records.extend(other._records)
 
     def state_dict(self) -> dict:
+        row, pair, inter, union = self._record_tensors()
         return {"weights": self.weights.clone(), "bias": self.bias.clone(), "concepts": self.concepts.clone(),
-                "intersection": self.intersection.clone(), "union": self.union.clone(), "images": self.images}
+                "intersection": self.intersection.clone(), "union": self.union.clone(), "images": self.images,
+                "tracked": self.tracked.clone(), "record_row": row, "record_pair": pair, "record_intersection": inter,
+                "record_union": union}
 
     @classmethod
     def from_state_dict(cls, state: dict, *, device: torch.device | str | None = None) -> ProbeTally:
         weights = state["weights"] if device is None else state["weights"].to(device)
-        tally = cls(weights, state["bias"], state["concepts"])
+        tally = cls(weights, state["bias"], state["concepts"], state.get("tracked"))
         tally.intersection = state["intersection"].to(tally.device, torch.int64).clone()
         tally.union = state["union"].to(tally.device, torch.int64).clone()
         tally.images = int(state["images"])
+        if len(state.get("record_row", ())):
+            tally._records = [tuple(state[name].clone() for name in (
+                "record_row", "record_pair", "record_intersection", "record_union"))]
         return tally
 
     def result(self) -> Tensor:
         """float64 ``Tensor[C, M]`` (CPU): each probe's val set IoU for each concept."""
         return set_iou(self.intersection, self.union).cpu()
+
+    def per_image(self, pair: int) -> tuple[Tensor, Tensor]:
+        """``(rows LongTensor[n], iou float64 Tensor[n])``: eq. 3's ``IoU_ind`` of tracked pair ``pair`` (its index
+        in ``tracked``) on every val image holding its concept, by row."""
+        row, which, inter, union = self._record_tensors()
+        keep = which == int(pair)
+        return row[keep], set_iou(inter[keep], union[keep])
 
 
 def best_single_filters(single_train: Tensor, concepts: Sequence[int], *, excluded: Tensor | None = None
@@ -891,16 +1016,16 @@ def best_single_filters(single_train: Tensor, concepts: Sequence[int], *, exclud
 def classification_concepts(presence: Tensor, split: Tensor, valid: Tensor, *, min_images: int, count: int
                             ) -> tuple[list[int], Tensor, Tensor]:
     """§3.2's concepts: every valid label with at least ``min_images`` positive and as many negative images in
-    train and in val each (``presence`` bool ``[N, C]``, ``split`` LongTensor[N] codes); the ``count`` most
-    frequent (train + val positives, ties by label id), returned sorted by id, with ``positives`` and
-    ``negatives`` int64 ``Tensor[2, C]`` (train, val)."""
+    train and in val each (``presence`` bool ``[N, C]``, ``split`` LongTensor[N] codes); all of them when ``count``
+    is 0, else the ``count`` most frequent (train + val positives, ties by label id); returned sorted by id, with
+    ``positives`` and ``negatives`` int64 ``Tensor[2, C]`` (train, val)."""
     train, val = split == TRAIN, split == VAL
     positives = torch.stack([presence[train].sum(0), presence[val].sum(0)])
     negatives = torch.stack([int(train.sum()) - positives[0], int(val.sum()) - positives[1]])
     enough = (positives >= min_images).all(0) & (negatives >= min_images).all(0) & valid.cpu()
     eligible = torch.nonzero(enough).flatten().tolist()
     eligible.sort(key=lambda number: (-int(positives[:, number].sum()), number))
-    return sorted(eligible[:count]), positives, negatives
+    return sorted(eligible[:count] if count else eligible), positives, negatives
 
 
 def score_classifiers(fit: ConceptClassifiers, top_f: Sequence[int], features: Tensor, truth: Tensor

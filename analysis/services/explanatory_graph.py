@@ -11,8 +11,15 @@ then inferred on every image of the dataset; the inference arrays are memory map
 defaults to each layer's stride/√12 (plane units): the spread of a position known only to its unit cell.
 
 Location instability (AAAI'18 Table 1) is measured on the ``eval_split`` images (paper: testing images) against
-landmarks = the centres of the boxes of the chosen part classes (``landmarks``; on the probe world e.g. head, torso,
-body; the first instance when an image has several), distances normalised by the image diagonal. Patterns: the
+landmarks = the centres of the boxes of the chosen part classes (``landmarks``; by default the three part classes on
+most of the category's objects, as the paper takes three parts of its category — head, back, tail of a bird; the
+first instance when an image has several, on an object of the category when one is set), distances normalised by
+the image diagonal.
+
+``category`` (an object class) learns the graph of that category on the images holding it and measures it there —
+the paper learns one graph per category, but on *object crops* of a network fine-tuned on that category; here the
+images are whole (the shared extraction's maps) and the network the one registered. Blank (default): one graph over
+every image. (Crops are not implemented for graphs; the README lists this difference.) Patterns: the
 ``top_patterns`` nodes of each layer with the highest Σ_I S_V^I and, as the baseline, the ``top_patterns`` raw
 filters with the highest Σ_I max activation, each localised at its highest unit (Zhou et al. 2015); per pattern the
 ``top_images`` highest-scoring images (paper: 500 patterns, 20 images). Rows of :class:`GraphInstability` keep the
@@ -79,12 +86,20 @@ GRAPH_PARAMS = p.ParamSchema({
     "min_sigma": p.Param(float, None, low=0, low_open=True, nullable=True,
                          help="floor of every σ (null: the unit cell's quantisation, stride/√12)"),
     "fit_top_sigma": p.Param(bool, False, help="also fit the top layer's σ"),
+    "neighbour_penalty": p.Param(bool, True, help="eq. 3 as written: a node is less compatible where its upper "
+                                                  "neighbours disagree (false: normalise per image)"),
     "seed": p.seed(), "batch_size": p.integers(1, 1024, 16),
+    "category": p.Param(str, "", max_length=100, blank=True,
+                        help="an object class: learn the graph of that category on the images holding it and "
+                             "measure it on its own objects' landmarks (the paper: one graph per category); "
+                             "blank: every image, every class"),
     "learn_split": p.choice(IMAGE_SPLITS, "train", help="the images the graph learns from (paper: training)"),
     "max_learn_images": p.integers(0, 10**9, 0, help="learn on a seeded subset of the learning images (0 = all)"),
     "quantile": p.fraction(0.995, help="the extraction's threshold level (reused or extracted first)"),
-    "landmarks": p.Param(str, ["head", "torso", "body"], many=True, unique_sorted=True, max_length=100, blank=True,
-                         help="part classes whose box centres are the landmarks of location instability"),
+    "landmarks": p.Param(str, [], many=True, unique_sorted=True, max_length=100, blank=True,
+                         help="part classes whose box centres are the landmarks of location instability (empty: "
+                              "the three part classes on most of the category's objects, as the paper picks three "
+                              "parts of its category)"),
     "eval_split": p.choice(IMAGE_SPLITS, "val", help="the images location instability is measured on (paper: "
                                                      "testing images)"),
     "top_patterns": p.integers(1, 10**6, 500, help="nodes (and raw filters) per layer whose instability is measured"),
@@ -139,11 +154,21 @@ def _patch_size(network: Network) -> float:
 
 # -- the run --------------------------------------------------------------------------------------------------------
 
+def _category_images(dataset: Dataset, params: dict[str, Any]):
+    """The dataset's images, or (``category``) those holding an object box of that class."""
+    images = dataset.images.all()
+    if params["category"]:
+        images = images.filter(boxes__kind=AnnotatedBox.Kind.OBJECT,
+                               boxes__concept__name=params["category"]).distinct()
+    return images
+
+
 def _learn_rows(dataset: Dataset, params: dict[str, Any]) -> np.ndarray:
-    rows = np.array(dataset.images.filter(split=params["learn_split"]).order_by("index")
+    rows = np.array(_category_images(dataset, params).filter(split=params["learn_split"]).order_by("index")
                     .values_list("index", flat=True), dtype=np.int64)
     if not len(rows):
-        raise RunInputError(f"{dataset.name} has no {params['learn_split']!r} images to learn from.")
+        which = f" holding a {params['category']!r}" if params["category"] else ""
+        raise RunInputError(f"{dataset.name} has no {params['learn_split']!r} images{which} to learn from.")
     if params["max_learn_images"] and len(rows) > params["max_learn_images"]:
         rng = np.random.default_rng([params["seed"], 9])
         rows = np.sort(rng.choice(rows, size=params["max_learn_images"], replace=False))
@@ -180,9 +205,10 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     configs = [LayerConfig(nodes_per_filter=n, neighbours=params["neighbours"], tau=params["tau"],
                            iterations=params["iterations"], beta=params["beta"], init_sigma=params["init_sigma"],
                            min_sigma=params["min_sigma"] or _quantisation_sigma(layer, plane),
-                           fit_top_sigma=params["fit_top_sigma"])
+                           fit_top_sigma=params["fit_top_sigma"], neighbour_penalty=params["neighbour_penalty"])
                for n, layer in zip(nodes, layers)]
     learn_rows = _learn_rows(dataset, params)
+    params = {**params, "landmarks": params["landmarks"] or _automatic_landmarks(dataset, params["category"])}
     directory = settings.UNITSCOPE_DATA_DIR / GRAPH_DIR / str(run.pk)
     directory.mkdir(parents=True, exist_ok=True)
 
@@ -277,14 +303,38 @@ def _image_table(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return values[:, 0], values[:, 1]
 
 
-def _landmarks(dataset: Dataset, names: list[str], n_images: int) -> np.ndarray:
-    """float64 ``[I, K, 2]`` (y, x) box centres of each named part (first instance), NaN where absent."""
+def _automatic_landmarks(dataset: Dataset, category: str, count: int = 3) -> list[str]:
+    """The paper measures instability against three landmark parts of its category (head, back and tail of a bird);
+    without named landmarks we take the ``count`` part classes found on the most objects of ``category`` (every
+    object class when blank), ties by name, sorted by name."""
+    from collections import Counter
+
+    objects = AnnotatedBox.objects.filter(image__dataset=dataset, kind=AnnotatedBox.Kind.OBJECT)
+    if category:
+        objects = objects.filter(concept__name=category)
+    owners = set(objects.values_list("image_id", "object_index"))
+    parts = (AnnotatedBox.objects.filter(image__dataset=dataset, kind=AnnotatedBox.Kind.PART)
+             .values_list("image_id", "object_index", "concept__name"))
+    found = Counter(name for image, obj, name in {(image, obj, name) for image, obj, name in parts}
+                    if (image, obj) in owners)
+    return sorted(name for name, _ in sorted(found.items(), key=lambda item: (-item[1], item[0]))[:count])
+
+
+def _landmarks(dataset: Dataset, names: list[str], n_images: int, category: str = "") -> np.ndarray:
+    """float64 ``[I, K, 2]`` (y, x) box centres of each named part (first instance; with ``category``, the first
+    instance on an object of that class), NaN where absent."""
     out = np.full((n_images, len(names), 2), np.nan)
     boxes = (AnnotatedBox.objects.filter(image__dataset=dataset, kind=AnnotatedBox.Kind.PART, concept__name__in=names)
              .order_by("image__index", "concept__name", "instance", "object_index", "id")
-             .values_list("image__index", "concept__name", "x1", "y1", "x2", "y2"))
+             .values_list("image__index", "concept__name", "object_index", "x1", "y1", "x2", "y2"))
+    owners = None
+    if category:
+        owners = set(AnnotatedBox.objects.filter(image__dataset=dataset, kind=AnnotatedBox.Kind.OBJECT,
+                                                 concept__name=category).values_list("image__index", "object_index"))
     position = {name: k for k, name in enumerate(names)}
-    for index, name, x1, y1, x2, y2 in boxes:
+    for index, name, obj, x1, y1, x2, y2 in boxes:
+        if owners is not None and (index, obj) not in owners:
+            continue
         k = position[name]
         if np.isnan(out[index, k, 0]):
             out[index, k] = ((y1 + y2) / 2, (x1 + x2) / 2)
@@ -299,11 +349,12 @@ def _measure_instability(graph: ExplanatoryGraph, layers: list[Layer], result, m
 
     dataset, network = graph.dataset, graph.network
     names = params["landmarks"]
-    rows = np.array(dataset.images.filter(split=params["eval_split"]).order_by("index")
+    rows = np.array(_category_images(dataset, params).filter(split=params["eval_split"]).order_by("index")
                     .values_list("index", flat=True), dtype=np.int64)
     if not len(rows):
-        rows = np.arange(dataset.image_count, dtype=np.int64)
-    landmarks = _landmarks(dataset, names, dataset.image_count)[rows]
+        rows = np.array(_category_images(dataset, params).order_by("index").values_list("index", flat=True),
+                        dtype=np.int64)
+    landmarks = _landmarks(dataset, names, dataset.image_count, params["category"])[rows]
     if not names or np.isnan(landmarks).all():
         return {"note": f"no landmark parts ({', '.join(names) or 'none named'}) on the evaluation images"}
     heights, widths = _image_table(dataset)
@@ -388,16 +439,19 @@ def _box(graph_network: Network, centre_input: np.ndarray, height: float, width:
     return (cy, cx), (cx - half_x, cy - half_y, cx + half_x, cy + half_y)
 
 
-def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction: float | None = None
-                          ) -> list[PatternInference]:
+def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction: float | None = None,
+                          shown: int | None = None) -> list[PatternInference]:
     """A node's inferences, best first: the ``limit`` top-scoring images, or (``fraction``) the paper's top-K with
-    ``Σ_{i≤K} S ≥ fraction · Σ S`` (images where the node scores 0 are never shown)."""
-    from analysis.engine.explanatory_graph import energy_top_k
+    ``Σ_{i≤K} S ≥ fraction · Σ S`` (images where the node scores 0 are never shown), or (``fraction`` and
+    ``shown``) the purity sample of :func:`analysis.engine.explanatory_graph.purity_sample`."""
+    from analysis.engine.explanatory_graph import energy_top_k, purity_sample
 
     graph = node.graph
     units, scores = graph_inference_arrays(graph, node.layer.name)
     column = np.asarray(scores[:, node.flat], dtype=np.float64)
-    if fraction is not None:
+    if fraction is not None and shown is not None:
+        chosen = purity_sample(column, fraction, shown)[0]
+    elif fraction is not None:
         chosen = energy_top_k(column, fraction)
     else:
         chosen = np.argsort(-column, kind="stable")[:limit]
@@ -412,15 +466,17 @@ def graph_node_inferences(node: GraphNode, *, limit: int | None = None, fraction
 
 
 def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index: int, *, limit: int | None = None,
-                            fraction: float | None = None, mode: str = "peaks") -> list[list[PatternInference]]:
+                            fraction: float | None = None, mode: str = "peaks", shown: int | None = None
+                            ) -> list[list[PatternInference]]:
     """A raw filter's inferences, best first, grouped per image (the paper's two purity baselines).
 
     ``mode="peaks"`` ("raw filter peaks"): one inference per image at the filter's highest unit, images ranked by that
     peak. ``mode="maps"`` ("raw filter maps"): every unit with a positive response, each drawn as a fixed-size patch
     around its receptive-field centre, images ranked by the map's activation energy (its sum). ``fraction`` applies
-    the 30 % energy rule to K; otherwise the ``limit`` top images.
+    the 30 % energy rule to K (with ``shown``: the purity sample, :func:`analysis.engine.explanatory_graph.
+    purity_sample`); otherwise the ``limit`` top images.
     """
-    from analysis.engine.explanatory_graph import energy_top_k
+    from analysis.engine.explanatory_graph import energy_top_k, purity_sample
 
     if mode not in ("peaks", "maps"):
         raise RunInputError("mode must be 'peaks' or 'maps'.")
@@ -434,7 +490,9 @@ def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index:
         block = np.asarray(maps[start:start + 512, filter_index], dtype=np.float64).reshape(-1, extraction.map_height
                                                                                             * extraction.map_width)
         per_image[start:start + 512] = block.max(1) if mode == "peaks" else np.clip(block, 0, None).sum(1)
-    if fraction is not None:
+    if fraction is not None and shown is not None:
+        chosen = purity_sample(per_image, fraction, shown)[0]
+    elif fraction is not None:
         chosen = energy_top_k(per_image, fraction)
     else:
         chosen = np.argsort(-per_image, kind="stable")[:limit]
@@ -455,8 +513,11 @@ def graph_filter_inferences(graph: ExplanatoryGraph, layer: Layer, filter_index:
 
 
 def graph_purity_inferences(graph: ExplanatoryGraph, *, layer: str, filter_index: int, node: int | None = None,
-                            mode: str = "node", fraction: float = PURITY_FRACTION) -> list[list[PatternInference]]:
-    """What a purity-count task shows (AAAI'18 Fig. 8): the top-K inferences of one pattern, K by the 30 % rule.
+                            mode: str = "node", fraction: float = PURITY_FRACTION, shown: int | None = None
+                            ) -> list[list[PatternInference]]:
+    """What a purity-count task shows (AAAI'18 Fig. 8): the top-K inferences of one pattern, K by the 30 % rule —
+    or, with ``shown``, the ``shown`` images every pattern is judged on, drawn by the same rule for graph nodes and
+    raw filters (:func:`analysis.engine.explanatory_graph.purity_sample`).
 
     ``mode="node"`` with ``node`` (index among the filter's nodes): the graph node's inferences (one per image, the
     K images with the highest S_V^I). ``mode="peaks"`` or ``"maps"``: the raw filter baselines of
@@ -471,8 +532,8 @@ def graph_purity_inferences(graph: ExplanatoryGraph, *, layer: str, filter_index
         node_row = GraphNode.objects.filter(graph=graph, layer=layer_row, filter=filter_index, node=node).first()
         if node_row is None:
             raise RunInputError(f"No node {node} of filter {filter_index} in {layer}.")
-        return [[item] for item in graph_node_inferences(node_row, fraction=fraction)]
-    return graph_filter_inferences(graph, layer_row, filter_index, fraction=fraction, mode=mode)
+        return [[item] for item in graph_node_inferences(node_row, fraction=fraction, shown=shown)]
+    return graph_filter_inferences(graph, layer_row, filter_index, fraction=fraction, mode=mode, shown=shown)
 
 
 def graph_purity_candidates(graph: ExplanatoryGraph, *, layer: str, count: int | None = None

@@ -2,10 +2,14 @@
 image-level classification probes for every concept with enough images.
 
 ``net2vec`` (``gpu`` queue) reuses the layer's extraction (the float16 activation cache and the exact dissection
-thresholds ``T_k``) or runs it first, inline, as the ``dissect`` kind does. Maps are upsampled to mask resolution
-with the dissection's method (``anchored`` by default, ``plain`` = Net2Vec's plain bilinear) and thresholded with
-the dissection's rule (``S_k ≥ T_k``; ``strict_threshold`` gives ``>``), giving the binary unit masks every probe
-reads (:mod:`analysis.engine.net2vec` documents the probes, the loss and the pixel sampling).
+thresholds ``T_k``) or runs it first, inline, as the ``dissect`` kind does. ``mask_rule`` makes the unit indicators
+every probe reads (:mod:`analysis.engine.net2vec` documents them, the probes, the loss and the pixel sampling):
+``net2vec`` (default, §3.1.1) thresholds each raw map strictly (``A_k > T_k``) and upsamples the indicator with
+plain bilinear interpolation — ``upsample`` and ``strict_threshold`` are then fixed to ``plain`` and ``True`` (their
+defaults; the parameter rules rewrite other values, so the stored parameters say what ran); a single filter's mask
+is that upsampled indicator ≥ ½. ``nd18`` upsamples the raw map with ``upsample`` and thresholds at mask resolution
+(``S_k > T_k``, ``≥`` with ``strict_threshold=false``): ``upsample=anchored, strict_threshold=false`` is the
+dissection's own rule, which this kind used before #16.
 
 Two passes over the cache and masks:
 
@@ -24,11 +28,19 @@ optimisation only — see the engine; it is what makes the full segmentation pro
 with raw inputs two of ten concepts ended with an empty mask, val IoU 0).
 
 Concepts: pixel-level labels only (as in the paper, whole-image scene/texture labels have no segmentation), with at
-least ``min_images`` train and val images each; the ``concepts`` most frequent (train + val images), ties by
-label id. The best single filter is chosen on train and reported on val (§3.1.1). A training minibatch holds
-``batch_images`` (64, the paper's batch size) × ``pixels_per_image`` sampled pixels, shuffled across images. To bound
-time and memory, a concept's training pixels are cut to ``max_train_pixels`` (a seeded uniform subset, seed
+least ``min_images`` train and val images each — all of them by default (``concepts = 0``: the paper probes every
+Broden concept with segmentations), or the ``concepts`` most frequent (train + val images, ties by label id) when
+set; the study records which (``params["concepts"]``) and the page says so. The best single filter is chosen on
+train and reported on val (§3.1.1). A training minibatch holds ``batch_images`` (64, the paper's batch size) ×
+``pixels_per_image`` sampled pixels, shuffled across images. To bound time and memory, a concept's training pixels are cut to ``max_train_pixels`` (a seeded uniform subset, seed
 ``(seed, label id)``) when its training images hold more.
+
+Non-extremal exemplars (§5.1, Figs. 7–8): pass 2 also scores each concept's best single filter (as a one-hot probe,
+bias −½: exactly its mask) and keeps eq. 3's ``IoU_ind`` of it and of the combination on every val image holding
+the concept; ``Net2VecConcept.exemplars`` holds, per mask, one image per decile of the non-zero part of that
+distribution (:func:`analysis.engine.net2vec.nonextremal_exemplars`) with the share of zero-IoU images and μ, σ of
+the rest (Fig. 7). (The extraction's "deciles of the unit's map maximum" are a different view, of a unit, not of a
+concept.)
 """
 from __future__ import annotations
 
@@ -49,18 +61,25 @@ from .extraction import open_activation_cache
 from .inputs import run_inputs
 from .runs import RunInputError, RunProgress, run_start
 
-MAX_CONCEPTS = 500
+MAX_CONCEPTS = 100_000
+#: :data:`analysis.engine.net2vec.MASK_RULES` (spelled out: this module loads without torch).
+MASK_RULES = ("net2vec", "nd18")
 
 
 def _net2vec_rules(params: dict[str, Any]) -> None:
     # F = 1 is the single-filter classifier Table 1 compares with: always trained
     params["classification_top_f"] = sorted({1, *params["classification_top_f"]})
+    if params["mask_rule"] == "net2vec":  # §3.1.1: plain bilinear of A_k > T_k, whatever was asked
+        params["upsample"], params["strict_threshold"] = UpsampleMethod.PLAIN.value, True
 
 
 NET2VEC_PARAMS = p.ParamSchema({
     "network": p.name(), "dataset": p.name(), "layer": p.name(help="dotted layer name"),
-    "concepts": p.integers(1, MAX_CONCEPTS, 10, help="the layer's most frequent concepts probed (segmentation)"),
-    "epochs": p.integers(1, 1000, 10), "lr": p.Param(float, 1.0, low=0, low_open=True),
+    "concepts": p.integers(0, MAX_CONCEPTS, 0, help="segmentation concepts probed: 0 = every concept with "
+                           "min_images train and val images (the paper's rule); N = the N most frequent of them"),
+    "mask_rule": p.choice(MASK_RULES, "net2vec", help="net2vec: S(A > T), thresholded before plain bilinear "
+                          "upsampling (the paper); nd18: the dissection's upsample-then-threshold"),
+    "epochs": p.integers(1, 1000, 30), "lr": p.Param(float, 1.0, low=0, low_open=True),
     "momentum": p.Param(float, 0.9, low=0, high=1, high_open=True),
     "batch_images": p.integers(1, 100_000, 64), "pixels_per_image": p.integers(1, 1_000_000, 128),
     "max_train_pixels": p.integers(1, 10**10, 32768),
@@ -68,10 +87,14 @@ NET2VEC_PARAMS = p.ParamSchema({
                      unique_sorted=True, help="sizes F of the top-F filter subsets compared"),
     "min_images": p.integers(1, 10**9, 5, help="fewest images a concept needs"),
     "seed": p.seed(),
-    "upsample": p.choice(UpsampleMethod.values, UpsampleMethod.ANCHORED.value),
-    "quantile": p.fraction(0.995), "strict_threshold": p.Param(bool, False), "batch_size": p.integers(1, 1024, 16),
+    "upsample": p.choice(UpsampleMethod.values, UpsampleMethod.PLAIN.value,
+                         help="mask_rule=nd18 only (net2vec: plain, the paper's); anchored is the dissection's"),
+    "quantile": p.fraction(0.995),
+    "strict_threshold": p.Param(bool, True, help="mask_rule=nd18 only (net2vec: >, the paper's); the dissection "
+                                                 "uses ≥ (false)"),
+    "batch_size": p.integers(1, 1024, 16),
     "classification": p.Param(bool, True, help="also learn image-classification probes (Table 1)"),
-    "classification_concepts": p.integers(1, MAX_CONCEPTS, 200),
+    "classification_concepts": p.integers(0, MAX_CONCEPTS, 0, help="0 = every concept with enough images"),
     "classification_epochs": p.integers(1, 10_000, 30),
     "classification_lr": p.Param(float, 0.1, low=0, low_open=True),
     "classification_batch_images": p.integers(2, 100_000, 64, help="half positives, half negatives"),
@@ -80,8 +103,9 @@ NET2VEC_PARAMS = p.ParamSchema({
     "standardize": p.Param(bool, True),
 }, rules=_net2vec_rules)
 NET2VEC_DEFAULTS = NET2VEC_PARAMS.defaults
-#: The demo's Net2Vec runs (``analysis.services.demo``): the defaults, on more concepts.
-DEMO_NET2VEC: dict[str, Any] = {"concepts": 20}
+#: The demo's Net2Vec runs (``analysis.services.demo``): the defaults — every eligible concept (the probe world has
+#: few enough that all of them train in seconds per layer).
+DEMO_NET2VEC: dict[str, Any] = {}
 
 
 def net2vec_params(*, network: str, dataset: str, layer: str, **overrides: Any) -> dict[str, Any]:
@@ -154,8 +178,9 @@ def _classification(params, tally, splits, device, progress):
             combination_val_accuracy=float(accuracy[0][column]), combination_val_ap=float(ap[0][column]),
             top_f_val_accuracy={str(f): float(accuracy[1 + i][column]) for i, f in enumerate(top_f)},
             top_f_val_ap={str(f): float(ap[1 + i][column]) for i, f in enumerate(top_f)},
-            embedding=[float(value) for value in fit.full.weight[column].tolist()],
-            raw_weight=[float(value) for value in raw_weight[column].tolist()], bias=float(raw_bias[column])))
+            embedding=[float(value) for value in raw_weight[column].tolist()],
+            standardized_weight=[float(value) for value in fit.full.weight[column].tolist()],
+            bias=float(raw_bias[column])))
     return top_f, results
 
 
@@ -164,7 +189,8 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
 
     from analysis.engine.broden import BrodenReader
     from analysis.engine.net2vec import (TRAIN, VAL, Net2VecTally, ProbeConfig, ProbeTally, best_single_filters,
-                                         fit_concept_probes, iter_unit_mask_batches, stack_probes)
+                                         fit_concept_probes, iter_unit_mask_batches, nonextremal_exemplars,
+                                         single_filter_probe, stack_probes)
 
     params = net2vec_params(**run.params)
     inputs = run_inputs(params, progress=progress, thresholds=True, labels=True)
@@ -182,7 +208,8 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
 
     def batches(mask_rows):
         return iter_unit_mask_batches(maps, reader, rows, mask_rows, upsample=inputs.upsample, thresholds=thresholds,
-                                      strict=params["strict_threshold"], batch_size=params["batch_size"], device=dev)
+                                      strict=params["strict_threshold"], batch_size=params["batch_size"], device=dev,
+                                      mask_rule=params["mask_rule"])
 
     # Pass 1: single-filter counts per split, presence, pooled activations, training pixels.
     tally = Net2VecTally(len(rows), valid, layer.units, pixels_per_image=params["pixels_per_image"],
@@ -209,11 +236,21 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
             fitted[number] = fit_concept_probes(features, target, config=config)
         progress(done, len(chosen))
     tally.release_training_pixels()
+    single_train, single_val = tally.single_filter_iou()
+    # As in dissection, a unit whose threshold is 0 under "≥" is on at every pixel (saturated): not a candidate.
+    best = best_single_filters(single_train, chosen,
+                               excluded=None if params["strict_threshold"] else (thresholds <= 0))
 
-    # Pass 2: the probes' set IoU on val images (per concept: the full probe, then the top-F ones).
-    probes = [probe for number in chosen for probe in [fitted[number].full] + [fitted[number].top[f] for f in top_f]]
+    # Pass 2: the probes' set IoU on val images (per concept: the full probe, the top-F ones, then the best single
+    # filter as a probe), and IoU_ind per image of the full probe and the single filter (the exemplars).
+    per_concept = 2 + len(top_f)
+    probes = [probe for position, number in enumerate(chosen)
+              for probe in [fitted[number].full, *(fitted[number].top[f] for f in top_f),
+                            single_filter_probe(best[position])]]
     weights, bias = stack_probes(probes, layer.units, device=dev)
-    scores = ProbeTally(weights, bias, torch.tensor(chosen, dtype=torch.int64, device=dev))
+    tracked = torch.tensor([[position, position * per_concept + offset] for position in range(len(chosen))
+                            for offset in (0, per_concept - 1)], dtype=torch.int64)
+    scores = ProbeTally(weights, bias, torch.tensor(chosen, dtype=torch.int64, device=dev), tracked)
     val_rows = [row for row, split in enumerate(splits) if split == VAL]
     progress.phase(f"Scoring the probes on {len(val_rows)} validation images", total=len(val_rows))
     for batch in batches(val_rows):
@@ -221,22 +258,20 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
         progress(scores.images, len(val_rows))
     probe_iou = scores.result()
 
-    single_train, single_val = tally.single_filter_iou()
     all_pixels = tally.all_pixels_iou().tolist()
-    # As in dissection, a unit whose threshold is 0 under "≥" is on at every pixel (saturated): not a candidate.
-    best = best_single_filters(single_train, chosen,
-                               excluded=None if params["strict_threshold"] else (thresholds <= 0))
     concepts = {concept.number: concept for concept in Concept.objects.filter(dataset=dataset, number__in=chosen)}
     results = []
     for position, number in enumerate(chosen):
-        ious = probe_iou[position, position * (1 + len(top_f)):(position + 1) * (1 + len(top_f))].tolist()
+        ious = probe_iou[position, position * per_concept:(position + 1) * per_concept].tolist()
         fit, unit = fitted[number], best[position]
+        exemplars = {name: nonextremal_exemplars(*scores.per_image(2 * position + offset))
+                     for offset, name in ((0, "combination"), (1, "single"))}
         results.append(dict(concept=concepts[number], train_images=int(tally.images[TRAIN, number]),
                             val_images=int(tally.images[VAL, number]), alpha=fit.alpha, best_unit=unit,
                             best_unit_train_iou=float(single_train[number, unit]),
                             single_val_iou=float(single_val[number, unit]), combination_val_iou=ious[0],
                             top_f_val_iou={str(f): iou for f, iou in zip(top_f, ious[1:])},
-                            all_pixels_val_iou=all_pixels[number],
+                            all_pixels_val_iou=all_pixels[number], exemplars=exemplars,
                             embedding=[float(value) for value in fit.full.weight.tolist()], bias=fit.full.bias))
     wins = sum(result["combination_val_iou"] >= result["single_val_iou"] for result in results)
     classification_top_f, classified = ([], [])
@@ -249,7 +284,7 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
         study = Net2VecStudy.objects.create(
             run=run, layer=layer, dataset=dataset, extraction=extraction, upsample=params["upsample"],
             quantile=params["quantile"], top_f=top_f, n_concepts=len(results), n_combination_wins=wins,
-            params={key: params[key] for key in ("concepts", "epochs", "lr", "momentum", "batch_images",
+            params={key: params[key] for key in ("concepts", "mask_rule", "epochs", "lr", "momentum", "batch_images",
                                                  "pixels_per_image", "max_train_pixels", "min_images", "seed",
                                                  "strict_threshold", "classification", "classification_concepts",
                                                  "classification_epochs", "classification_lr",
@@ -314,7 +349,7 @@ def net2vec_export(run: Run, out_dir: Path) -> list[Path]:
     concept the split counts, the single unit, balanced val accuracy and AP of the single unit, of the combination
     and of each top-F classifier. The ``.npz`` files hold ``concepts`` (names, the CSV's order), ``weight`` float32
     ``[concepts, units]`` and ``bias`` float32 ``[concepts]`` (segmentation: the learned w, b; classification: eq.
-    5's ``raw_weight`` and b on raw pooled activations, plus ``standardized_weight``, the w per input std).
+    5's w (the embedding) and b on raw pooled activations, plus ``standardized_weight``, the w per input std).
     """
     study = Net2VecStudy.objects.select_related("layer__network", "dataset").filter(run=run).first()
     if study is None:
@@ -334,12 +369,17 @@ def net2vec_export(run: Run, out_dir: Path) -> list[Path]:
             "single_val_accuracy", "single_val_ap", "combination_val_accuracy", "combination_val_ap"],
             {**{f"top{f}_val_accuracy": ("top_f_val_accuracy", f) for f in tops},
              **{f"top{f}_val_ap": ("top_f_val_ap", f) for f in tops}},
-            weights={"weight": "raw_weight", "standardized_weight": "embedding"})
+            weights={"weight": "embedding", "standardized_weight": "standardized_weight"})
     written.append(write_run_json(out_dir, run, {
         "network": study.layer.network.name, "layer": study.layer.name, "units": study.layer.units,
         "dataset": study.dataset.name, "upsample": study.upsample, "quantile": study.quantile,
         "segmentation_concepts": len(segmentation), "classification_concepts": len(classification),
+        "concept_choice": ("every concept with enough train and val images" if not study.params.get("concepts")
+                           else f"the {study.params['concepts']} most frequent concepts with enough images"),
         "rules": {"iou": "set IoU over the val images holding the concept at pixel level (Net2Vec §3.1.1)",
+                  "masks": {"net2vec": "S(A_k > T_k): thresholded on the map, plain bilinear, mask = S >= 1/2",
+                            "nd18": "S(A_k) >= T_k: the dissection's rule"}.get(study.params.get("mask_rule"),
+                                                                               "S(A_k) >= T_k: the dissection's rule"),
                   "best_unit": "chosen by train IoU, reported on val",
                   "accuracy": "balanced accuracy on the val images (Net2Vec §3.2)"}}))
     return written

@@ -68,6 +68,9 @@ class Net2VecView(ResearcherRequiredMixin, StudyMixin, TemplateView):
         rows = list(study.concept_results.select_related("concept"))
         for row in rows:
             row.top_ious = [row.top_f_val_iou.get(str(f)) for f in study.top_f]
+            row.exemplar_rows = [(name, {**entry, "pairs": list(zip(entry["rows"], entry["ious"]))})
+                                 for name, entry in (("best single unit", row.exemplars.get("single")),
+                                                     ("combination", row.exemplars.get("combination"))) if entry]
         classified = list(study.classifications.select_related("concept"))
         # the table shows a few subset sizes (the plot shows every F): the paper's round ones when trained
         shown_f = [f for f in study.classification_top_f if f in TABLE_TOP_F] or \

@@ -197,8 +197,9 @@ def dawid_skene(answers: pd.DataFrame, *, n_iter: int = 100, tol: float = 1e-5,
 def agreement(answers: pd.DataFrame, *, labels: Sequence[Hashable] | None = None,
               replicates: int = agreement_engine.DEFAULT_REPLICATES,
               confidence: float = agreement_engine.DEFAULT_CONFIDENCE,
-              seed: int = 0) -> agreement_engine.AgreementSummary:
-    """Fleiss' κ, Krippendorff's α (nominal) and percent agreement over the tasks with two or more answers,
+              seed: int = 0, interval: bool = False) -> agreement_engine.AgreementSummary:
+    """Fleiss' κ, Krippendorff's α (nominal; ``interval``: interval α on numeric labels, e.g. purity counts) and
+    percent agreement over the tasks with two or more answers,
     each with a ``confidence`` percentile bootstrap interval from ``replicates`` resamples of tasks seeded by
     ``seed`` — :func:`analysis.engine.agreement.agreement_summary` (see its docstring for which tasks each
     statistic uses: Fleiss' κ takes the tasks with the most common number of answers).
@@ -216,7 +217,8 @@ def agreement(answers: pd.DataFrame, *, labels: Sequence[Hashable] | None = None
                                                  confidence=confidence, replicates=replicates, seed=seed)
     matrix, _, _ = agreement_engine.ratings_matrix(triples)
     return agreement_engine.agreement_summary(matrix, n_categories=max(len(order), 1), replicates=replicates,
-                                              confidence=confidence, seed=seed)
+                                              confidence=confidence, seed=seed,
+                                              values=[float(label) for label in order] if interval else None)
 
 
 # -- dynamic overlap -----------------------------------------------------------------------------------------

@@ -178,20 +178,19 @@ def unit_image_scores(extraction: LayerExtraction, *, chunk: int = 256) -> np.nd
 
 def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass: float,
                   max_shown: int) -> list[HitSpec]:
-    """One purity HIT per unit: its top-K images by map maximum (K by the 30% mass rule), at most ``max_shown``."""
-    from analysis.engine.explanatory_graph import energy_top_k  # local: imports torch, kept out of web processes
+    """One purity HIT per unit: ``max_shown`` images by map maximum drawn from its top K (K by the 30% mass rule) by
+    :func:`analysis.engine.explanatory_graph.purity_sample`, the rule every purity pattern is judged by."""
+    from analysis.engine.explanatory_graph import purity_sample  # local: imports torch, kept out of web processes
 
     scores = unit_image_scores(extraction)
     renderer = UnitGridRenderer(extraction)
     specs = []
     for exemplar in sets:
         unit_scores = scores[:, exemplar.unit.index]
-        top = energy_top_k(unit_scores, mass)
-        k = len(top)
+        order, k = purity_sample(unit_scores, mass, max_shown)
+        shown = len(order)
         if k == 0:
             continue
-        shown = min(k, max_shown)
-        order = top[:shown]
         picture = renderer.picture(exemplar.unit.index, order, vmax=max(float(unit_scores.max()), 1e-6), columns=5,
                                    num_slots=shown)
         grid = store_grid(picture, style="purity")
@@ -207,20 +206,21 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
                         include_dead_units: bool = False) -> list[HitSpec]:
     """Explanatory Graph purity (AAAI'18 Fig. 8) for one layer of ``graph``: a HIT per top-D graph node
     (:func:`analysis.services.explanatory_graph.graph_purity_candidates`) and per raw filter (the "raw filter
-    peaks" baseline), both drawn the same way — the patches of the top-K inferences (K by the 30% rule,
-    ``mass``), so that raters cannot tell the sources apart. Nodes and filters of dead or saturated units are
-    left out unless ``include_dead_units``."""
+    peaks" baseline), both drawn the same way — patches of the same number of inferences, ``max_shown``, drawn from
+    each pattern's top K (K by the 30% rule, ``mass``) by the same rule
+    (:func:`analysis.engine.explanatory_graph.purity_sample`), so that raters cannot tell the sources apart and a
+    pattern with a long top K is not judged on its purest head only. Nodes and filters of dead or saturated
+    units are left out unless ``include_dead_units``."""
     layer = extraction.layer
     dead = set() if include_dead_units else dead_unit_ids(extraction)
     units = {unit.index: unit for unit in Unit.objects.filter(layer=layer) if unit.pk not in dead}
 
-    def spec(groups, unit_index: int, source: str, pattern: str) -> HitSpec | None:
-        if not groups:
+    def spec(shown, k: int, unit_index: int, source: str, pattern: str) -> HitSpec | None:
+        if not shown or not k:
             return None
-        shown = groups[:max_shown]
         grid = store_grid(purity_patch_picture(graph, shown, columns=5), style="purity")
         return HitSpec(kind=CrowdTaskKind.PURITY, unit_id=units[unit_index].pk, extraction_id=extraction.pk,
-                       grid_id=grid.pk, purity_k=len(groups), purity_shown=len(shown),
+                       grid_id=grid.pk, purity_k=k, purity_shown=len(shown),
                        source={"pattern_source": source, "pattern": pattern, "graph": graph.pk, "mass": mass,
                                "images": [int(group[0].image_index) for group in shown]})
 
@@ -228,12 +228,15 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
     for node, _ in graph_purity_candidates(graph, layer=layer.name):
         if node.filter not in units:
             continue
-        groups = graph_purity_inferences(graph, layer=layer.name, filter_index=node.filter, node=node.node,
-                                         mode="node", fraction=mass)
-        specs.append(spec(groups, node.filter, EXPLANATORY_GRAPH, f"{layer.name}/{node.filter}/{node.node}"))
+        common = dict(layer=layer.name, filter_index=node.filter, node=node.node, mode="node", fraction=mass)
+        specs.append(spec(graph_purity_inferences(graph, **common, shown=max_shown),
+                          len(graph_purity_inferences(graph, **common)), node.filter, EXPLANATORY_GRAPH,
+                          f"{layer.name}/{node.filter}/{node.node}"))
     for index in sorted(units):
-        groups = graph_purity_inferences(graph, layer=layer.name, filter_index=index, mode="peaks", fraction=mass)
-        specs.append(spec(groups, index, RAW_FILTER_PEAKS, f"{layer.name}/{index}"))
+        common = dict(layer=layer.name, filter_index=index, mode="peaks", fraction=mass)
+        specs.append(spec(graph_purity_inferences(graph, **common, shown=max_shown),
+                          len(graph_purity_inferences(graph, **common)), index, RAW_FILTER_PEAKS,
+                          f"{layer.name}/{index}"))
     return [item for item in specs if item is not None]
 
 
@@ -323,10 +326,11 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
       whose votes alone decide which units are interpretable in Table 3
       (:func:`annotation.crowd.reports.table3_from_votes`).
     * description: one HIT per unit (``assignments_per_hit`` = 3 raters by default, as ND'18's baseline).
-    * purity: one HIT per unit showing its top-K images by map maximum with the peak marked (K by the 30% mass
-      rule, :func:`analysis.engine.explanatory_graph.energy_top_k` with ``purity_mass``); with an Explanatory
-      ``graph`` covering the layer, instead a HIT per top-D graph node and per raw filter, both as patches of
-      their top-K inferences (AAAI'18 Fig. 8's comparison; ``Hit.source["pattern_source"]`` tells them apart).
+    * purity: one HIT per unit showing ``purity_max_shown`` images by map maximum with the peak marked, drawn from
+      its top K (K by the 30% mass rule with ``purity_mass``) by
+      :func:`analysis.engine.explanatory_graph.purity_sample`; with an Explanatory ``graph`` covering the layer,
+      instead a HIT per top-D graph node and per raw filter, both as patches of as many inferences drawn by that
+      same rule (AAAI'18 Fig. 8's comparison; ``Hit.source["pattern_source"]`` tells them apart).
 
     Dead and saturated units (``analysis.models.UnitStatus``) get no HIT, gold item or qualification question
     unless ``include_dead_units``.

@@ -39,7 +39,9 @@ class CrowdReportView(CrowdReportMixin, TemplateView):
         context = {**super().get_context_data(**kwargs), **self.report_context()}
         result = reports.crowd_aggregation(context["study"], simulated=context["simulated"])
         context["result"] = result
-        statistics = [{"label": AGREEMENT_LABELS[name], "short": SHORT_LABELS[name], "overall": result["agreement"][name],
+        level = result["agreement"].get("krippendorff_alpha_level", "nominal")  # interval for purity counts
+        labels = {**AGREEMENT_LABELS, "krippendorff_alpha": f"Krippendorff's α ({level})"}
+        statistics = [{"label": labels[name], "short": SHORT_LABELS[name], "overall": result["agreement"][name],
                        "by_origin": [(row["origin"], row[name]) for row in result["agreement_by_origin"]]}
                       for name in AGREEMENT_LABELS]
         context["statistics"] = statistics

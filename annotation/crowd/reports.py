@@ -105,6 +105,7 @@ def _estimate_dict(estimate: agreement_engine.Estimate | None) -> dict | None:
 def _agreement_dict(summary: agreement_engine.AgreementSummary) -> dict[str, Any]:
     return {"fleiss_kappa": _estimate_dict(summary.fleiss_kappa),
             "krippendorff_alpha": _estimate_dict(summary.krippendorff_alpha),
+            "krippendorff_alpha_level": summary.alpha_level,
             "percent_agreement": _estimate_dict(summary.percent_agreement),
             "n_items": summary.n_items, "n_raters": summary.n_raters, "n_answers": summary.n_answers,
             "fleiss_raters_per_item": summary.fleiss_raters_per_item}
@@ -125,7 +126,7 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
     * ``workers``: :func:`annotation.crowd.selectors.crowd_worker_rows` (gold accuracy, times, signals) of the
       workers shown, plus ``skill`` (Dawid-Skene) and ``agrees_with_majority`` (share of their task answers equal
       to the HIT's majority label).
-    * ``agreement``: Fleiss' κ and Krippendorff's α (nominal) with ``confidence`` percentile bootstrap intervals
+    * ``agreement``: Fleiss' κ and Krippendorff's α (nominal; interval for purity counts) with ``confidence`` percentile bootstrap intervals
       (``replicates`` resamples of HITs, ``seed``); for validation also per label origin.
     * ``overlap``: per HIT the dynamic-overlap decision (:func:`annotation.crowd.aggregation.overlap_decision`
       with the study's rules, on all the HIT's counted answers, as
@@ -149,7 +150,8 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
                 fit_answers, gold_used = pd.concat([answers, gold_answers], ignore_index=True), True
         ds = _dawid_skene_cached(fit_answers, gold)
     common = dict(replicates=replicates, seed=seed, confidence=confidence)
-    summary = aggregation.agreement(answers, labels=order, **common)
+    # purity counts are numbers: Krippendorff's α at the interval level (a near miss is near agreement)
+    summary = aggregation.agreement(answers, labels=order, interval=study.kind == CrowdTaskKind.PURITY, **common)
 
     hits = {hit.pk: hit for hit in Hit.objects.filter(pk__in=list(majority.index))
             .select_related("unit__layer__network", "label_concept", "grid")}

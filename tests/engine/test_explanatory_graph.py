@@ -167,6 +167,32 @@ def test_inference_score_is_f_times_compatibility_squared():
     assert int(units[0, 0]) == 0 and float(scores[0, 0]) == 0.0
 
 
+def test_inference_penalises_a_node_whose_neighbours_disagree_as_eq_3_does():
+    """Hand-computed: a node with two upper neighbours (σ² = 0.01 each) that sit at their prior positions on image 0
+    and 0.2 apart from them in opposite directions on image 1. Δ is 0 on both, so the Gaussian is the same; eq. 3's
+    product of the neighbours' Gaussians^{1/2} is lower on image 1 by exp(−D), D = ½ Σ_j ||b_j||² / (2 σ_j²) = 2,
+    and the score (compatibility squared) by exp(−2D)."""
+    positions = torch.tensor([[0.5, 0.5], [0.5, 0.7]])
+    up_positions = torch.tensor([[0.3, 0.3], [0.5, 0.3], [0.1, 0.3]])
+    upper = GraphLayer(name="up", config=LayerConfig(nodes_per_filter=2), positions=up_positions,
+                       normalizer=torch.ones(1), mu=torch.tensor([[[0.3, 0.3], [0.3, 0.3]]]),
+                       sigma2=torch.full((1, 2), 0.01), fit_sigma2=torch.ones(1, 2),
+                       edges=torch.zeros(2, 0, dtype=torch.int64), mass=torch.zeros(1, 2), noise_mass=torch.zeros(1))
+    lower = GraphLayer(name="low", config=LayerConfig(nodes_per_filter=1), positions=positions,
+                       normalizer=torch.ones(1), mu=torch.tensor([[[0.5, 0.5]]]), sigma2=torch.ones(1, 1),
+                       fit_sigma2=torch.ones(1, 1), edges=torch.tensor([[0, 1]]), mass=torch.zeros(1, 1),
+                       noise_mass=torch.zeros(1))
+    upper_pos = torch.stack([up_positions[[0, 0]], up_positions[[1, 2]]])  # image 1: (+0.2, 0) and (−0.2, 0)
+    maps = torch.tensor([[2.0, 0.0]]).expand(2, 2).reshape(2, 1, 1, 2)
+    _, scores, _ = infer_layer(lower, maps, upper=upper, upper_pos=upper_pos)
+    gaussian = 1.0 / (2 * math.pi * 0.01)  # N(μ | μ, σ̃² = 0.01) at the node's own prior position
+    assert float(scores[0, 0]) == pytest.approx(2.0 * gaussian ** 2, rel=1e-5)
+    assert float(scores[1, 0]) == pytest.approx(2.0 * gaussian ** 2 * math.exp(-4.0), rel=1e-5)
+    off = GraphLayer(**{**lower.__dict__, "config": LayerConfig(nodes_per_filter=1, neighbour_penalty=False)})
+    _, scores, _ = infer_layer(off, maps, upper=upper, upper_pos=upper_pos)
+    assert float(scores[1, 0]) == pytest.approx(float(scores[0, 0]), rel=1e-6)  # the named variant: no penalty
+
+
 def test_instability_of_a_perfectly_stable_pattern_is_zero_and_raw_filters_are_worse(learned):
     result, (_, lower, centres, _) = learned
     top, bottom = result.layers
@@ -223,6 +249,18 @@ def test_location_instability_matches_a_naive_loop(combine):
     assert torch.isnan(stds[:, 2]).all()
 
 
+def test_purity_sample_shows_every_pattern_the_same_number_of_images_by_one_rule():
+    from analysis.engine.explanatory_graph import purity_sample
+
+    flat = np.ones(100)  # K = 30 of 100 equal scores: 5 images at ranks floor((i + ½)·30/5) = 3, 9, 15, 21, 27
+    chosen, k = purity_sample(flat, 0.3, 5)
+    assert k == 30 and chosen.tolist() == [3, 9, 15, 21, 27]
+    peaked = np.array([100.0, 1.0, 0.0, 2.0, 0.5, 0.0])  # K = 1: the ranking continues past K to 5 images
+    chosen, k = purity_sample(peaked, 0.3, 5)
+    assert k == 1 and chosen.tolist() == [0, 3, 1, 4]  # only 4 images score above 0
+    assert purity_sample(np.zeros(4), 0.3, 5)[1] == 0
+
+
 def test_energy_top_k_takes_thirty_percent_of_the_inference_energy():
     scores = [1.0, 5.0, 0.0, 3.0, 1.0]  # total 10: 5 < 3 ≤ 5 → K = 1
     assert energy_top_k(scores).tolist() == [1]
@@ -247,9 +285,11 @@ def test_default_nodes_follow_the_paper():
     assert default_nodes_per_filter(2) == [10, 20]
 
 
-def test_em_and_the_greedy_neighbour_choice_equal_a_naive_reference():
+@pytest.mark.parametrize("penalty", [True, False])
+def test_em_and_the_greedy_neighbour_choice_equal_a_naive_reference(penalty):
     """Two iterations of Algorithm 1 on a lower layer (the second uses the E_V chosen by the first) against plain
-    loops that evaluate ℓ(V, V') for every candidate from its definition."""
+    loops that evaluate ℓ(V, V') for every candidate from its definition and eq. 3's compatibility as the product
+    of the neighbours' Gaussians raised to 1/M (``penalty``; else normalised per image, the named variant)."""
     from analysis.engine.explanatory_graph import _initial_layer, filter_normalizer, learn_layer
     from benchmarks.explanatory_graph_reference import reference_learn_lower_layer
 
@@ -264,7 +304,7 @@ def test_em_and_the_greedy_neighbour_choice_equal_a_naive_reference():
                        fit_sigma2=torch.ones(2, 2), edges=torch.zeros(4, 0, dtype=torch.int64),
                        mass=torch.zeros(2, 2), noise_mass=torch.zeros(2))
     upper_units = rng.integers(0, 9, size=(images, 4)).astype(np.int32)
-    config = LayerConfig(nodes_per_filter=per, neighbours=2, iterations=2, init_sigma=0.2)
+    config = LayerConfig(nodes_per_filter=per, neighbours=2, iterations=2, init_sigma=0.2, neighbour_penalty=penalty)
     source = LayerSource("low", lambda rows: maps[rows], positions, filters)
     rows = np.arange(images)
     learned = learn_layer(source, config, rows, upper=upper, upper_units=upper_units, seed=4, level=1, batch_size=5)
@@ -274,7 +314,7 @@ def test_em_and_the_greedy_neighbour_choice_equal_a_naive_reference():
         maps.reshape(images, filters, -1).astype(np.float64), positions.numpy().astype(np.float64), mu0,
         upper.mu.reshape(-1, 2).numpy().astype(np.float64), upper.sigma2.reshape(-1).numpy().astype(np.float64),
         upper_positions.numpy()[upper_units].astype(np.float64), iterations=2, neighbours=2, tau=config.tau,
-        beta=config.beta, init_sigma=config.init_sigma)
+        beta=config.beta, init_sigma=config.init_sigma, neighbour_penalty=penalty)
     np.testing.assert_allclose(learned.mu.numpy(), mu, atol=2e-5)
     np.testing.assert_array_equal(learned.edges.numpy(), edges)
 

@@ -196,3 +196,120 @@ def test_classification_concepts_need_positives_and_negatives_in_both_splits():
     assert chosen == [1, 3] and positives[:, 3].tolist() == [3, 3] and negatives[:, 3].tolist() == [1, 1]
     assert classification_concepts(presence, split, valid, min_images=2, count=10)[0] == [1]
     assert classification_concepts(presence, split, valid, min_images=1, count=1)[0] == [3]
+    assert classification_concepts(presence, split, valid, min_images=1, count=0)[0] == [1, 3]  # 0: all
+
+
+# -- #16.3: the paper's mask rule, per-image IoU, non-extremal exemplars ------------------------------------------
+
+def numpy_bilinear(grid, out_h, out_w):
+    """Bilinear resize with half-pixel centres (align_corners=False), by its formula, one output pixel at a time."""
+    import numpy as np
+
+    h, w = grid.shape
+    out = np.zeros((out_h, out_w))
+    for i in range(out_h):
+        for j in range(out_w):
+            y = max((i + 0.5) * h / out_h - 0.5, 0.0)
+            x = max((j + 0.5) * w / out_w - 0.5, 0.0)
+            y0, x0 = min(int(np.floor(y)), h - 1), min(int(np.floor(x)), w - 1)
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            dy, dx = y - y0, x - x0
+            out[i, j] = ((1 - dy) * (1 - dx) * grid[y0, x0] + (1 - dy) * dx * grid[y0, x1]
+                         + dy * (1 - dx) * grid[y1, x0] + dy * dx * grid[y1, x1])
+    return out
+
+
+def test_net2vec_rule_thresholds_strictly_on_the_map_then_upsamples_plainly():
+    """M_k = S(A_k > T_k): a value equal to T_k is off (strict), thresholding comes before the bilinear upsampling
+    (a lone cell just above T_k, surrounded by zeros, survives as a ½-level blob; upsampling first then
+    thresholding at T_k would keep the smeared neighbourhood instead), and the single-filter mask is ≥ ½."""
+    import numpy as np
+
+    from analysis.engine.net2vec import ND18_RULE, unit_indicators, unit_masks
+    from analysis.engine.upsample import upsample_plain
+
+    raw = torch.zeros(1, 2, 4, 4)
+    raw[0, 0, 1, 1] = 3.0  # above T_0 = 2
+    raw[0, 0, 2, 2] = 2.0  # equal to T_0: off under ">"
+    raw[0, 1] = torch.arange(16, dtype=torch.float32).view(4, 4) / 4  # a ramp: the two rules disagree on it
+    thresholds = torch.tensor([2.0, 2.6])
+    got = unit_indicators(raw, thresholds, (12, 12), upsample=upsample_plain)
+    for k in range(2):
+        expected = numpy_bilinear((raw[0, k].numpy() > thresholds[k].item()).astype(float), 12, 12)
+        np.testing.assert_allclose(got[0, k].numpy(), expected, atol=1e-6)
+    assert got[0, 0, 7:9, 7:9].max() == 0  # the cell at T_0 is off: strict
+    masks = unit_masks(got)
+    assert torch.equal(masks, got >= 0.5) and not masks[0, 0, 8].any()
+    assert masks[0, 0, 4, 3:6].all() and masks[0, 0, 3:6, 4].all()
+    nd18 = unit_indicators(raw, thresholds, (12, 12), upsample=upsample_plain, mask_rule=ND18_RULE, strict=False)
+    assert nd18.dtype == torch.bool and torch.equal(nd18, upsample_plain(raw, (12, 12)) >= thresholds.view(1, 2, 1, 1))
+    assert not torch.equal(nd18[0, 1], masks[0, 1])  # the rules are not the same rule
+
+
+def test_float_indicators_count_their_half_level_masks_and_the_sample_keeps_the_values():
+    batches, split, valid = make_batches(seed=6)
+    g = torch.Generator().manual_seed(1)
+    floats = [UnitMaskBatch(rows=b.rows, features=torch.rand(b.features.shape, generator=g), pixel=b.pixel,
+                            pooled=b.pooled, image_labels=b.image_labels) for b in batches]
+    binary = [UnitMaskBatch(rows=b.rows, features=b.features >= 0.5, pixel=b.pixel, pooled=b.pooled,
+                            image_labels=b.image_labels) for b in floats]
+    float_tally, bool_tally = tally_of(floats, split, valid), tally_of(binary, split, valid)
+    assert torch.equal(float_tally.intersection, bool_tally.intersection)
+    assert torch.equal(float_tally.union, bool_tally.union)
+    features, target = float_tally.training_pixels(1, max_pixels=10_000)
+    as_masks, same_target = bool_tally.training_pixels(1, max_pixels=10_000)
+    assert features.dtype == torch.float16 and torch.equal(target, same_target)
+    assert torch.equal(features >= 0.5, as_masks) and ((features > 0) & (features < 1)).any()
+
+
+def test_probe_tally_keeps_each_tracked_pairs_per_image_iou_and_merges_it_exactly():
+    from analysis.engine.net2vec import single_filter_probe, stack_probes
+
+    batches, split, valid = make_batches(seed=7)
+    g = torch.Generator().manual_seed(2)
+    batches = [UnitMaskBatch(rows=b.rows, features=torch.rand(b.features.shape, generator=g), pixel=b.pixel,
+                             pooled=b.pooled, image_labels=b.image_labels) for b in batches]
+    weights, bias = stack_probes([single_filter_probe(2), single_filter_probe(4)], UNITS)
+    weights = torch.cat([weights, torch.randn(1, UNITS, generator=g)])
+    bias = torch.cat([bias, torch.zeros(1)])
+    concepts = torch.tensor([1, 5])
+    tracked = torch.tensor([[0, 0], [1, 2], [1, 1]])
+    whole = ProbeTally(weights, bias, concepts, tracked)
+    shards = [ProbeTally(weights, bias, concepts, tracked) for _ in range(2)]
+    for position, batch in enumerate(batches):
+        whole.add(batch)
+        shards[1 - position % 2].add(batch)
+    shards[0].merge(shards[1])
+    assert_same_state(ProbeTally.from_state_dict(shards[0].state_dict()).state_dict(), whole.state_dict())
+    for pair, (ci, m) in enumerate(tracked.tolist()):
+        expected_rows, expected = [], []
+        for batch in batches:
+            for b in range(len(batch.rows)):
+                truth = (batch.pixel[b] == concepts[ci]).any(0)
+                if not truth.any():
+                    continue
+                x = batch.features[b]  # probes 0 and 1: units 2 and 4 alone (≥ ½); probe 2: a random w
+                mask = {0: x[2] >= 0.5, 1: x[4] >= 0.5, 2: (weights[2] @ x + bias[2]) >= 0}[m]
+                expected_rows.append(int(batch.rows[b]))
+                expected.append(float((mask & truth).sum()) / float((mask | truth).sum()))
+        rows, iou = whole.per_image(pair)
+        assert rows.tolist() == expected_rows and iou.tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_nonextremal_exemplars_pick_the_middle_of_each_tenth_of_the_non_zero_ious_by_hand():
+    from analysis.engine.net2vec import nonextremal_exemplars
+
+    iou = torch.tensor([0.0] * 5 + [(i + 1) / 100 for i in range(20)])  # 5 zeros, then 0.01 … 0.20
+    rows = torch.arange(100, 125).flip(0)  # rows unrelated to the order
+    got = nonextremal_exemplars(rows, iou)
+    # 20 non-zero values in 10 bins of 2: the middle rank of bin b is floor((b + ½)·2) = 2b + 1 → 0.02, 0.04, …
+    assert got["ious"] == pytest.approx([(2 * b + 2) / 100 for b in range(10)])
+    assert got["rows"] == [int(rows[5 + 2 * b + 1]) for b in range(10)]
+    assert (got["images"], got["zero"]) == (25, 5)
+    nonzero = [(i + 1) / 100 for i in range(20)]
+    mean = sum(nonzero) / 20
+    assert got["mean"] == pytest.approx(mean)
+    assert got["std"] == pytest.approx((sum((v - mean) ** 2 for v in nonzero) / 20) ** 0.5)
+    few = nonextremal_exemplars(torch.tensor([7, 8, 9]), torch.tensor([0.3, 0.0, 0.1]))
+    assert few["rows"] == [9, 7] and few["ious"] == pytest.approx([0.1, 0.3]) and few["zero"] == 1
+    assert nonextremal_exemplars(torch.tensor([1]), torch.tensor([0.0]))["mean"] is None
