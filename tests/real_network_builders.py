@@ -33,3 +33,16 @@ def saturating() -> torch.nn.Module:
         conv.weight[1, 1] = 1.0
         conv.bias.copy_(torch.tensor([-30.0, 0.0]))
     return torch.nn.Sequential(conv, torch.nn.ReLU6())
+
+
+def overflowing() -> torch.nn.Module:
+    """Three 1×1 units after a ReLU: unit 1 = ReLU(1e6 · red) reaches ~1e6 on red pixels, beyond float16's ±65504;
+    units 0 and 2 stay below 1."""
+    conv = torch.nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 1] = 0.5
+        conv.weight[1, 0] = 1e6
+        conv.weight[2, 2] = 0.5
+        conv.bias.zero_()
+    return torch.nn.Sequential(conv, torch.nn.ReLU())

@@ -83,6 +83,21 @@ def test_unknown_layer_fails_with_the_layers_listed(world):
     assert run.status == RunStatus.FAILED and "no layer conv9" in run.error and "conv5" in run.error
 
 
+def test_activations_beyond_float16_fail_the_run_naming_the_units(make_probe_world):
+    """Values the float16 cache cannot hold are never silently stored as inf (nor crash on a NULL threshold)."""
+    from analysis.engine.networks import NetworkKind, NetworkSpec
+    from analysis.models import LayerExtraction as Extraction
+    from analysis.services.networks import network_register
+
+    make_probe_world("tiny", n_images=36, size=SIZE, seed=5)
+    network_register(name="huge", spec=NetworkSpec(kind=NetworkKind.MODULE, target="tests.real_network_builders:overflowing",
+                                                   input_size=(SIZE, SIZE), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    run = extraction_run_start(network="huge", dataset="tiny", layers=["1"], batch_size=8, inline=True)
+    assert run.status == RunStatus.FAILED
+    assert "float16" in run.error and "1 unit reach" in run.error and "unit (largest |value|) 1 (" in run.error
+    assert not Extraction.objects.filter(run=run).exists()
+
+
 def test_grids_are_rendered_under_content_hash_names(world):
     run = extract(layers=["conv5"])
     grids = grids_run_start(extraction_run=run.pk, layer="conv5", inline=True)

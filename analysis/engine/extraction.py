@@ -785,6 +785,18 @@ def decile_exemplars(
 
 
 _FLOAT16_MAX = 65504.0
+FLOAT16_MAX = _FLOAT16_MAX
+
+
+@torch.no_grad()
+def units_beyond_float16(acts: Tensor) -> tuple[Tensor, Tensor]:
+    """Units of ``acts`` (``Tensor[B, C, h, w]``) that the float16 cache cannot hold exactly: some value beyond
+    ±65504 (it would be stored as ±inf) or not finite. Returns ``(units LongTensor[K], peaks float32 [K])`` with
+    each such unit's largest magnitude; both empty in the common case (one reduction)."""
+    peaks = acts.detach().abs().amax(dim=(0, 2, 3)).to(torch.float32)
+    bad = ~(peaks <= FLOAT16_MAX)  # NaN compares false, so it lands here too
+    units = torch.nonzero(bad).flatten()
+    return units, peaks[units]
 
 
 class ActivationCacheWriter:

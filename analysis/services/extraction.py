@@ -189,6 +189,8 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
         if to_compute:
             computed = capture_forward(model, normalize_images(images, network.mean, network.std,
                                                                network.channel_order), to_compute)
+            for name, value in computed.items():
+                _refuse_float16_overflow(name, value, current["indices"])
             outputs.update({name: value.to(torch.float16).to(torch.float32) for name, value in computed.items()})
         rows = current["indices"].numpy()
         for name in layer_order:
@@ -284,6 +286,26 @@ def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, de
                                     peaks=[]))
     UnitActivationSummary.objects.bulk_create(summaries, batch_size=2000)
     ExemplarSet.objects.bulk_create(sets, batch_size=2000)
+
+
+def _refuse_float16_overflow(layer: str, acts, image_indices) -> None:
+    """Stop the run, naming the units, when a layer's activations leave float16's range: the cache stores maps as
+    float16 and every statistic is computed from the cached values (DESIGN §5), so a value beyond ±65504 would
+    silently become ±inf (and its unit's threshold undefined). Our choice over keeping such units in float32: one
+    cache format for every reader; the message says how to get a layer in range."""
+    from analysis.engine.extraction import FLOAT16_MAX, units_beyond_float16
+
+    units, peaks = units_beyond_float16(acts)
+    if not len(units):
+        return
+    shown = ", ".join(f"{int(unit)} ({float(peak):.3g})" for unit, peak in zip(units[:10], peaks[:10]))
+    more = f" and {len(units) - 10} more" if len(units) > 10 else ""
+    first = int(image_indices.min()) if len(image_indices) else 0
+    raise RunInputError(
+        f"{layer}: {len(units)} unit{'s' if len(units) != 1 else ''} reach values the float16 activation cache "
+        f"cannot hold (beyond ±{FLOAT16_MAX:g}, or not finite) on images from #{first}: unit (largest |value|) "
+        f"{shown}{more}. Nothing was saved. Study a layer after a normalisation, or register the network with "
+        "inputs scaled so that its activations stay in range.")
 
 
 def extraction_export(run: Run, out_dir: Path) -> list[Path]:
