@@ -73,10 +73,13 @@ class HitAnswerForm(forms.Form):
                                         widget=forms.RadioSelect, empty_value=None)
     count = forms.IntegerField(required=False, min_value=0)
     pasted = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    client_ms = forms.CharField(required=False, max_length=20, widget=forms.HiddenInput)
 
     def __init__(self, *args, hit: Hit, **kwargs):
         super().__init__(*args, **kwargs)
         self.hit = hit
+        if hit.kind == CrowdTaskKind.FORCED_CHOICE:
+            self.fields["answer"].choices = [("1", "Image 1"), ("2", "Image 2")]
         if hit.purity_shown is not None:
             self.fields["count"].max_value = hit.purity_shown
             self.fields["count"].widget.attrs.update(max=hit.purity_shown, min=0, inputmode="numeric")
@@ -87,7 +90,8 @@ class HitAnswerForm(forms.Form):
             try:
                 cleaned["fields"] = answer_fields(hit=self.hit, answer=cleaned.get("answer") or None,
                                                   description=cleaned.get("description"),
-                                                  confidence=cleaned.get("confidence"), count=cleaned.get("count"))
+                                                  confidence=cleaned.get("confidence"), count=cleaned.get("count"),
+                                                  client_ms=cleaned.get("client_ms"))
             except CrowdInputError as error:
                 raise forms.ValidationError(str(error)) from None
         return cleaned

@@ -26,7 +26,7 @@ from unitscope.ratelimit import rate_limited
 from ..common import attachment_response, simulated_choice
 from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, REVIEWABLE_STATES, VALIDATION_QUESTION, CrowdAdapter,
                       CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
-from . import exports, hits, selectors, services
+from . import exports, forced_choice, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, context_dumps, context_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
 
@@ -53,8 +53,13 @@ def study_instructions(study: CrowdStudy) -> str:
     return study.instructions or INSTRUCTIONS[study.kind]
 
 
-def hit_context(hit: Hit) -> dict:
-    """What a HIT page shows, for any kind (never the label's origin)."""
+def hit_context(hit: Hit, worker: CrowdWorker | None = None) -> dict:
+    """What a HIT page shows, for any kind (never the label's origin; for forced choice never which query is
+    strong: previews show the natural condition)."""
+    if hit.kind == CrowdTaskKind.FORCED_CHOICE:
+        condition = (forced_choice.condition_for(worker=worker, hit=hit, trial=hit.fc_trial) if worker is not None
+                     else "natural")
+        return forced_choice.trial_context(hit=hit, condition=condition)
     grid = hit.grid
     return {"hit_kind": hit.kind, "question": QUESTIONS[hit.kind], "label": hit.label, "grid": grid,
             "shown": hit.purity_shown, "count_range": range(0, (hit.purity_shown or 0) + 1),
@@ -157,7 +162,9 @@ class CrowdNextView(WorkerMixin, View):
                     **self.base_context(), "title": "Qualification not passed",
                     "text": "You did not pass the qualification test, so this study has no HITs for you. Thank you "
                             "for trying."})
-            return redirect(self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code})))
+            practice = self.study.kind == CrowdTaskKind.FORCED_CHOICE  # practice trials with feedback, not a test
+            return redirect(self.with_ctx(reverse("annotation:crowd_practice" if practice else
+                                                  "annotation:crowd_qualification", kwargs={"code": code})))
         if self.adapter.context_keys and not all(self.context.get(key) for key in self.adapter.context_keys):
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "Open this study from the platform",
@@ -230,7 +237,8 @@ class CrowdTaskView(WorkerMixin, View):
     def render_task(self, request, assignment, form, status=200):
         return render(request, self.template_name, {
             **self.base_context(), "assignment": assignment, "form": form, "preview": False,
-            "lease_minutes": max(1, self.study.lease_seconds // 60), **hit_context(assignment.hit)}, status=status)
+            "lease_minutes": max(1, self.study.lease_seconds // 60), **hit_context(assignment.hit, self.worker)},
+            status=status)
 
     def get(self, request, code, assignment):
         assignment = self.get_assignment(assignment)
