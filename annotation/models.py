@@ -671,7 +671,8 @@ class ForcedChoiceTrial(models.Model):
     images, activation ranks (strong from the top, weak from the bottom), scores and content-hash pictures;
     ``condition`` (blank when conditions are assigned between workers); ``catch`` (the queries are references:
     an obvious answer; catch HITs are the study's gold items) and ``practice`` (practice trials with feedback,
-    the study's qualification HITs)."""
+    the study's qualification HITs); ``proxy_margin``: the machine proxy observer on the natural references
+    (:func:`analysis.engine.psychophysics.proxy_observer`)."""
 
     hit = models.OneToOneField(Hit, on_delete=models.CASCADE, related_name="fc_trial")
     condition = models.CharField(max_length=16, choices=ForcedChoiceCondition.choices, blank=True)
@@ -686,6 +687,8 @@ class ForcedChoiceTrial(models.Model):
     weak_grid = models.ForeignKey("analysis.RenderedGrid", on_delete=models.PROTECT, related_name="+")
     catch = models.BooleanField(default=False)
     practice = models.BooleanField(default=False)
+    proxy_margin = models.FloatField(null=True, blank=True, help_text="The machine proxy observer's evidence for the "
+                                     "strong query minus the weak one's (> 0: the proxy answers right).")
 
     class Meta:
         constraints = [models.CheckConstraint(condition=Q(strong_position__in=[1, 2]), name="fc_strong_position_1_2")]

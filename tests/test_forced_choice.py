@@ -160,3 +160,46 @@ def test_a_worker_practises_then_answers_blind_trials(tiny_layer_with_grids):
         services.assignment_submit(assignment=assignment, answer="1", confidence=5)
     result = services.assignment_submit(assignment=assignment, answer="1", client_ms="-3")
     assert result.assignment.client_ms is None and result.assignment.confidence is None
+
+
+def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(tiny_layer_with_grids):
+    from scipy import stats
+    from statsmodels.stats.proportion import proportion_confint
+
+    from annotation.crowd.forced_choice_report import forced_choice_export_file, forced_choice_report
+    from annotation.crowd.forced_choice_simulation import forced_choice_simulate
+
+    study, _ = fc_study(tiny_layer_with_grids, name="fc-sim", trials_per_unit=4, assignments_per_hit=6,
+                        conditions=[ForcedChoiceCondition.NATURAL, ForcedChoiceCondition.NONE], catch_rate=0.15,
+                        hits_per_session=1000)
+    outcome = forced_choice_simulate(study=study, seed=2)
+    assert outcome["submitted"] > 0
+    people = forced_choice_report(study)
+    assert people["counted"] == 0 and people["trials"] == []  # simulated answers stay out unless asked
+    report = forced_choice_report(study, simulated="include")
+    careless = {reason for name, reason in report["excluded_workers"] if name == "fc-simulated-7"}
+    assert careless and ("response time" in next(iter(careless)) or "catch" in next(iter(careless)))
+    assert {name for name, _ in report["excluded_workers"]} == {"fc-simulated-7"}
+    rho, p, n = report["planted_rho"]
+    assert n >= 8 and rho > 0.6, report["planted_rho"]
+    natural = {row["unit"]: row for row in report["units"] if row["condition"] == "natural"}
+    for row in list(natural.values())[:5]:
+        low, high = proportion_confint(row["correct"], row["n"], method="beta")
+        assert row["ci_low"] == pytest.approx(low) and row["ci_high"] == pytest.approx(high)
+    layer = {row["condition"]: row for row in report["layers"]}
+    assert layer["natural"]["proportion"] > layer["none"]["proportion"]
+    test = report["tests"][0]
+    none = {row["unit"]: row["proportion"] for row in report["units"] if row["condition"] == "none"}
+    keys = sorted(set(natural) & set(none))
+    assert test["n"] == len(keys)
+    assert test["wilcoxon_p"] == pytest.approx(stats.wilcoxon([natural[k]["proportion"] for k in keys],
+                                                              [none[k] for k in keys]).pvalue)
+    assert all(row["proxy"] is not None for row in report["comparison"])
+    iou = next(row for row in report["correlations"] if row["score"] == "iou")
+    assert iou["n"] == 0 or iou["n"] == len(report["comparison"])
+    text, content_type, filename = forced_choice_export_file(study, "trials.csv", simulated="include")
+    header = text.splitlines()[0].split(",")
+    assert "exclusion_reason" in header and "strong_rank" in header and "top_reference_ranks" in header
+    assert "fc-simulated-7" in text and filename.endswith("trials-simulated-include.csv")
+    seconds = [row["seconds"] for row in report["trials"] if not row["excluded"]]
+    assert 2.0 < float(np.median(seconds)) < 6.0

@@ -1,6 +1,7 @@
 """Two-alternative forced-choice psychophysics of units (Borowski et al., ICLR 2021; Zimmermann et al., NeurIPS 2023).
 
-Pure numerics: numpy, scipy and torch only (no Django). The crowd wing plans trials with
+Pure numerics: numpy and scipy only (no Django, no torch: report pages import it); the machine proxy observer,
+which needs torch, lives in :mod:`analysis.engine.machine_proxy`. The crowd wing plans trials with
 :func:`plan_unit_trials`, scores answers with :func:`clopper_pearson`, compares conditions with
 :func:`paired_condition_test`, relates human scores to automatic ones with :func:`rank_correlation`, and gets a
 score for every unit without people from :func:`proxy_observer` (the spirit of Zimmermann et al. 2024's machine
@@ -15,7 +16,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy import stats
 
 __all__ = [
@@ -26,8 +26,6 @@ __all__ = [
     "clopper_pearson",
     "paired_condition_test",
     "plan_unit_trials",
-    "proxy_correct",
-    "proxy_observer",
     "rank_correlation",
     "ranked_images",
 ]
@@ -181,38 +179,6 @@ def plan_unit_trials(scores: np.ndarray, *, rng: np.random.Generator, n_trials: 
         top_ne, bottom_ne = order[picks - 1].copy(), bottom_order[picks - 1].copy()
     return TrialPlan(top=top, bottom=bottom, top_non_extremal=top_ne, bottom_non_extremal=bottom_ne,
                      queries=queries.astype(np.int64), query_ranks=ranks.astype(np.int64), catch=catch)
-
-
-# -- the machine proxy observer -----------------------------------------------------------------------------------
-
-@torch.no_grad()
-def proxy_observer(embeddings: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, query_a: torch.Tensor,
-                   query_b: torch.Tensor) -> torch.Tensor:
-    """A simulated observer of the 2-AFC task (after Zimmermann et al. 2024's machine interpretability score).
-
-    ``embeddings``: ``float[N, D]`` one feature vector per dataset image; ``top``/``bottom``: ``int64[T, R]``
-    image indices of each trial's reference sets; ``query_a``/``query_b``: ``int64[T]``. Each query's evidence
-    is ``cos(e_q, mean(top)) − cos(e_q, mean(bottom))``; the observer picks the query with more evidence.
-    Returns ``float[T]`` on the embeddings' device: evidence(a) − evidence(b) (> 0: picks ``a``; 0: a tie, which
-    scores as half right). The mean reference embedding (not the mean similarity to each reference) is our
-    choice; Zimmermann et al. 2024 fit a model to human answers instead, which needs human data.
-    """
-    embeddings = embeddings.float()
-    top_mean = embeddings[top].mean(dim=1)
-    bottom_mean = embeddings[bottom].mean(dim=1)
-
-    def evidence(query: torch.Tensor) -> torch.Tensor:
-        e = embeddings[query]
-        return (torch.nn.functional.cosine_similarity(e, top_mean, dim=1)
-                - torch.nn.functional.cosine_similarity(e, bottom_mean, dim=1))
-
-    return evidence(query_a) - evidence(query_b)
-
-
-def proxy_correct(margins: torch.Tensor, strong_is_a: torch.Tensor) -> torch.Tensor:
-    """``float[T]``: 1 where the proxy picked the strong query, 0 where not, 0.5 on a tie."""
-    signed = torch.where(strong_is_a, margins, -margins)
-    return (torch.sign(signed) + 1) / 2
 
 
 def binomial_test_p(successes: int, trials: int, *, chance: float = CHANCE) -> float:

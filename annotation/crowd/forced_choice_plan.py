@@ -11,12 +11,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from django.db import transaction
 
+from analysis.engine.machine_proxy import penultimate_embeddings, proxy_observer
+from analysis.engine.networks import NetworkError, load_network, normalize_images
 from analysis.engine.psychophysics import plan_unit_trials
 from analysis.engine.rendering import render_image_grid
 from analysis.models import LayerExtraction, RenderedGrid, Unit
+from analysis.services.extraction import dataset_image_batches
 from analysis.services.grids import UnitGridRenderer, store_grid
+from analysis.services.networks import network_spec
 
 from ..common import new_token
 from ..models import (ConditionAssignment, CrowdStudy, CrowdTaskKind, ForcedChoiceCondition, ForcedChoiceReference,
@@ -45,6 +50,7 @@ class _TrialSpec:
     weak_grid: RenderedGrid
     catch: bool = False
     practice: bool = False
+    proxy_margin: float | None = None
 
 
 class _Pictures:
@@ -71,6 +77,38 @@ class _Pictures:
         return store_grid(picture, style="fc_reference")
 
 
+def proxy_embeddings(extraction: LayerExtraction, *, layer: str | None = None, device: str = "cpu",
+                     batch_size: int = 64) -> torch.Tensor:
+    """``float[N, D]``: the embedding of every image of the extraction's dataset through the studied network
+    (:func:`analysis.engine.machine_proxy.penultimate_embeddings`: its penultimate layer, or ``layer``)."""
+    network = extraction.layer.network
+    try:
+        model = load_network(network_spec(network), device=device)
+    except NetworkError as error:
+        raise CrowdInputError(f"The machine proxy needs the network ({error}); plan without it (proxy off).") from None
+    if layer is not None and layer not in dict(model.named_modules()):
+        raise CrowdInputError(f"{network.name} has no module {layer!r} for the proxy's embedding.")
+    chunks = []
+    for images, _ in dataset_image_batches(extraction.dataset, batch_size=batch_size,
+                                           input_size=(network.input_height, network.input_width)):
+        inputs = normalize_images(images.to(device), network.mean, network.std)
+        chunks.append(penultimate_embeddings(model, inputs, layer=layer).cpu())
+    return torch.cat(chunks)
+
+
+def _proxy_margins(specs: list[_TrialSpec], references: dict[int, ForcedChoiceReference],
+                   embeddings: torch.Tensor) -> None:
+    """Set each trial's ``proxy_margin``: the proxy observer on the unit's natural references (strong − weak)."""
+    if not specs:
+        return
+    top = torch.tensor([references[spec.unit.pk].top_images for spec in specs])
+    bottom = torch.tensor([references[spec.unit.pk].bottom_images for spec in specs])
+    margins = proxy_observer(embeddings, top, bottom, torch.tensor([spec.strong for spec in specs]),
+                             torch.tensor([spec.weak for spec in specs]))
+    for spec, margin in zip(specs, margins.tolist()):
+        spec.proxy_margin = float(margin)
+
+
 def forced_choice_study_create(
         *, name: str, extractions: Sequence[LayerExtraction], units: Sequence[int] | None = None,
         conditions: Sequence[str] = (ForcedChoiceCondition.NATURAL,),
@@ -79,7 +117,8 @@ def forced_choice_study_create(
         non_extremal_ranks: tuple[int, int] | None = None, catch_rate: float = 0.1, catch_per_unit: int = 1,
         practice_trials: int = 3, assignments_per_hit: int = 3, lease_seconds: int = 600, block_below: float = 0.5,
         block_min_gold: int = 4, hits_per_session: int = 20, external_submit_hosts: str | None = None, seed: int = 0,
-        description: str = "", created_by=None) -> CrowdStudy:
+        proxy: bool = True, proxy_layer: str | None = None, device: str = "cpu", description: str = "",
+        created_by=None) -> CrowdStudy:
     """Create a forced-choice crowd study over the units of ``extractions`` (one per layer).
 
     Per unit (silent units — map maximum never above 0 — are left out: they have no strong image):
@@ -92,7 +131,9 @@ def forced_choice_study_create(
     turn by arrival). ``non_extremal_ranks`` (default: the ``2 × reference_count`` ranks after the query pool) feed
     the non-extremal references. Catch trials are the study's gold items, mixed in at ``catch_rate``;
     ``practice_trials`` practice trials (from extra query pairs of random units, never a task's) come first, with
-    feedback. Which query is shown as "1" is random and balanced over the study's trials.
+    feedback. Which query is shown as "1" is random and balanced over the study's trials. With ``proxy`` the
+    machine proxy observer answers every trial on the natural references (embedding: the network's penultimate
+    layer, or the module ``proxy_layer``; computed on ``device``) and its margin is kept on the trial.
     """
     name = _clean_study_name(name)
     extractions = list(dict.fromkeys(extractions))
@@ -123,6 +164,8 @@ def forced_choice_study_create(
             raise CrowdInputError(f"{extraction.layer}: no unit responds to any image.")
         practice_units = {unit.pk for unit in rng.permutation(np.array(layer_units, dtype=object))[:practice_trials]}
         pictures = _Pictures(extraction)
+        first_spec = len(specs)
+        natural: dict[int, ForcedChoiceReference] = {}
         for unit in layer_units:
             unit_scores = scores[:, unit.index]
             extra = 1 if unit.pk in practice_units else 0
@@ -141,11 +184,13 @@ def forced_choice_study_create(
             for condition in {ForcedChoiceCondition.NATURAL, *conditions} - {ForcedChoiceCondition.NONE}:
                 top, bottom, overlay = sets[condition]
                 rank = ranks.get(condition, np.arange(1, reference_count + 1)).astype(int).tolist()
-                references.append(ForcedChoiceReference(
+                references.append(reference := ForcedChoiceReference(
                     unit=unit, extraction=extraction, condition=condition,
                     top_grid=pictures.references(unit.index, top, overlay=overlay, vmax=vmax),
                     bottom_grid=pictures.references(unit.index, bottom, overlay=overlay, vmax=vmax),
                     top_images=top.tolist(), bottom_images=bottom.tolist(), top_ranks=rank, bottom_ranks=rank))
+                if condition == ForcedChoiceCondition.NATURAL:
+                    natural[unit.pk] = reference
             for number, ((strong, weak), (strong_rank, weak_rank), catch) in enumerate(
                     zip(plan.queries.tolist(), plan.query_ranks.tolist(), plan.catch.tolist())):
                 if float(unit_scores[strong]) <= float(unit_scores[weak]):
@@ -163,6 +208,8 @@ def forced_choice_study_create(
                     specs.append(_TrialSpec(role=HitRole.TASK, condition="", **common))
                 else:
                     specs += [_TrialSpec(role=HitRole.TASK, condition=c, **common) for c in conditions]
+        if proxy:
+            _proxy_margins(specs[first_spec:], natural, proxy_embeddings(extraction, layer=proxy_layer, device=device))
     if not any(spec.role == HitRole.TASK for spec in specs):
         raise CrowdInputError("These units give no trials.")
     n_practice = sum(spec.role == HitRole.QUALIFICATION for spec in specs)
@@ -172,7 +219,8 @@ def forced_choice_study_create(
     params = {"reference_count": reference_count, "query_ranks": list(query_ranks),
               "non_extremal_ranks": list(non_extremal_ranks) if wants_non_extremal else None,
               "trials_per_unit": trials_per_unit, "catch_per_unit": catch_per_unit, "practice_trials": n_practice,
-              "score": "map maximum per image", "seed": seed}
+              "score": "map maximum per image", "seed": seed,
+              "proxy": {"embedding": proxy_layer or "penultimate", "references": "natural"} if proxy else None}
     with transaction.atomic():
         study = CrowdStudy.objects.create(
             name=name, token=new_token(), kind=CrowdTaskKind.FORCED_CHOICE, description=description,
@@ -201,6 +249,6 @@ def forced_choice_study_create(
                               strong_image=spec.strong, weak_image=spec.weak, strong_rank=spec.strong_rank,
                               weak_rank=spec.weak_rank, strong_score=spec.strong_score, weak_score=spec.weak_score,
                               strong_grid=spec.strong_grid, weak_grid=spec.weak_grid, catch=spec.catch,
-                              practice=spec.practice)
+                              practice=spec.practice, proxy_margin=spec.proxy_margin)
             for i, spec in enumerate(specs)], batch_size=500)
     return study

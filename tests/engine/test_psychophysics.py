@@ -8,8 +8,9 @@ import torch
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
+from analysis.engine.machine_proxy import penultimate_embeddings, proxy_correct, proxy_observer
 from analysis.engine.psychophysics import (binomial_test_p, clopper_pearson, paired_condition_test, plan_unit_trials,
-                                           proxy_correct, proxy_observer, rank_correlation, ranked_images)
+                                           rank_correlation, ranked_images)
 
 
 def test_clopper_pearson_matches_statsmodels_beta_interval():
@@ -104,3 +105,13 @@ def test_proxy_observer_reads_a_planted_direction_and_matches_a_loop(device):
     correct = proxy_correct(margins.cpu(), torch.tensor([True, False]))
     assert correct.tolist() == [1.0, 1.0]
     assert proxy_correct(torch.zeros(1), torch.tensor([True])).tolist() == [0.5]
+
+
+def test_penultimate_embeddings_are_the_classifier_input_or_a_named_pooled_layer():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                                torch.nn.Flatten(1), torch.nn.Linear(16, 5))
+    inputs = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    features = penultimate_embeddings(model, inputs)
+    assert torch.allclose(features, model[:4](inputs))
+    pooled = penultimate_embeddings(model, inputs, layer="1")
+    assert torch.allclose(pooled, model[:2](inputs).mean(dim=(2, 3)))
