@@ -33,6 +33,8 @@ urlpatterns = [
     path("research/crowd/<int:pk>/report/", crowd_report_views.CrowdReportView.as_view(), name="crowd_report"),
     path("research/crowd/<int:pk>/report/table3/", crowd_report_views.CrowdTable3View.as_view(),
          name="crowd_report_table3"),
+    path("research/crowd/<int:pk>/report/forced-choice/", crowd_report_views.CrowdForcedChoiceView.as_view(),
+         name="crowd_report_forced_choice"),
     path("research/crowd/<int:pk>/report/purity/", crowd_report_views.CrowdPurityView.as_view(),
          name="crowd_report_purity"),
     path("research/studies/", expert_views.StudyListView.as_view(), name="study_list"),

@@ -3,6 +3,7 @@ activation statistics (queries never among references, balanced sides, condition
 the worker's practice and trial pages, blindness (HTML, URLs, image names), answers with condition and times."""
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -162,7 +163,8 @@ def test_a_worker_practises_then_answers_blind_trials(tiny_layer_with_grids):
     assert result.assignment.client_ms is None and result.assignment.confidence is None
 
 
-def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(tiny_layer_with_grids):
+def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(tiny_layer_with_grids,
+                                                                              researcher_client):
     from scipy import stats
     from statsmodels.stats.proportion import proportion_confint
 
@@ -171,7 +173,7 @@ def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(t
 
     study, _ = fc_study(tiny_layer_with_grids, name="fc-sim", trials_per_unit=4, assignments_per_hit=6,
                         conditions=[ForcedChoiceCondition.NATURAL, ForcedChoiceCondition.NONE], catch_rate=0.15,
-                        hits_per_session=1000)
+                        hits_per_session=1000, units=range(12))
     outcome = forced_choice_simulate(study=study, seed=2)
     assert outcome["submitted"] > 0
     people = forced_choice_report(study)
@@ -203,3 +205,14 @@ def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(t
     assert "fc-simulated-7" in text and filename.endswith("trials-simulated-include.csv")
     seconds = [row["seconds"] for row in report["trials"] if not row["excluded"]]
     assert 2.0 < float(np.median(seconds)) < 6.0
+    # The report page, the site's export and the API's file.
+    page = researcher_client.get(reverse("annotation:crowd_report_forced_choice", args=[study.pk]) + "?simulated=include")
+    html = page.content.decode()
+    assert page.status_code == 200 and "Does the machine predict the human?" in html and "<svg" in html
+    assert "fc-simulated-7" in html and "Clopper" in html
+    export = researcher_client.get(reverse("annotation:crowd_study_export", args=[study.pk, "comparison.json"])
+                                   + "?simulated=include")
+    data = json.loads(export.content)
+    assert {row["unit"] for row in data["comparison"]} == {row["unit"] for row in report["comparison"]}
+    api = researcher_client.get(f"/api/crowd-studies/{study.pk}/files/units.json/?simulated=include")
+    assert api.status_code == 200 and json.loads(api.content)["units"] == json.loads(json.dumps(report["units"]))

@@ -26,7 +26,7 @@ from unitscope.ratelimit import rate_limited
 from ..common import attachment_response, simulated_choice
 from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, REVIEWABLE_STATES, VALIDATION_QUESTION, CrowdAdapter,
                       CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole)
-from . import exports, forced_choice, hits, selectors, services
+from . import exports, forced_choice, forced_choice_report, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, context_dumps, context_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
 
@@ -460,7 +460,10 @@ class CrowdStudyExportView(ResearcherRequiredMixin, View):
     def get(self, request, *args, **kwargs):
         study = get_object_or_404(CrowdStudy, pk=kwargs["pk"])
         name = kwargs["name"]
+        simulated = simulated_choice(request.GET.get("simulated"))
+        if study.kind == CrowdTaskKind.FORCED_CHOICE and name in forced_choice_report.FORCED_CHOICE_EXPORT_FILES:
+            return attachment_response(*forced_choice_report.forced_choice_export_file(study, name,
+                                                                                       simulated=simulated))
         if name not in exports.CROWD_EXPORT_FILES:
             raise Http404("No such export.")
-        simulated = simulated_choice(request.GET.get("simulated"))
         return attachment_response(*exports.crowd_export_file(study, name, simulated=simulated))
