@@ -216,3 +216,24 @@ def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(t
     assert {row["unit"] for row in data["comparison"]} == {row["unit"] for row in report["comparison"]}
     api = researcher_client.get(f"/api/crowd-studies/{study.pk}/files/units.json/?simulated=include")
     assert api.status_code == 200 and json.loads(api.content)["units"] == json.loads(json.dumps(report["units"]))
+
+
+def test_demo_forced_choice_study_is_simulated_then_open_to_people(tiny_layer_with_grids):
+    from annotation.crowd import demo
+    from annotation.crowd.forced_choice_report import forced_choice_report
+
+    assert demo.demo_trial_params(36)["reference_count"] == 3
+    study = demo.demo_forced_choice_study_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=range(6),
+                                                 assignments_per_hit=2, proxy=True)
+    answers = CrowdAssignment.objects.filter(hit__study=study).count()
+    assert answers > 0 and study.workers.filter(simulated=False).count() == 0
+    again = demo.demo_forced_choice_study_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=range(6))
+    assert again.pk == study.pk and CrowdAssignment.objects.filter(hit__study=study).count() == answers
+    assert not study.hits.filter(role=HitRole.TASK, max_assignments=2).exists()  # places for people
+    worker, _ = services.worker_enter(study=study, adapter="link", external_id="person")
+    worker.qualified = True
+    worker.save()
+    assert services.hit_next_for_worker(worker=worker) is not None
+    report = forced_choice_report(study, simulated="include")
+    assert report["counted"] > 0 and report["proxy_units"] == 6
+    assert {row["condition"] for row in report["layers"]} == {"natural", "overlay", "none"}
