@@ -237,3 +237,22 @@ def test_demo_forced_choice_study_is_simulated_then_open_to_people(tiny_layer_wi
     report = forced_choice_report(study, simulated="include")
     assert report["counted"] > 0 and report["proxy_units"] == 6
     assert {row["condition"] for row in report["layers"]} == {"natural", "overlay", "none"}
+    # The researchers' pages: the generic results page and the creation form for the new kind.
+    from django.test import Client
+
+    from accounts.roles import Role
+    from accounts.services import user_create
+    client = Client()
+    client.force_login(user_create(username="rf", password="a-test-password-9", role=Role.RESEARCHER))
+    assert client.get(reverse("annotation:crowd_report", args=[study.pk]) + "?simulated=include").status_code == 200
+    assert client.get(reverse("annotation:crowd_study_detail", args=[study.pk])).status_code == 200
+    extraction = LayerExtraction.objects.get(run=tiny_layer_with_grids, layer__name="conv5")
+    response = client.post(reverse("annotation:crowd_study_create"), {
+        "name": "fc-form", "kind": "forced_choice", "extractions": [extraction.pk], "units": "0-3",
+        "assignments_per_hit": 2, "gold_rate": 0.1, "qualification_required": "on", "lease_seconds": 600,
+        "overlap_rule": "fixed", "purity_mass": 0.3, "external_submit_hosts": "www.mturk.com", "seed": 0,
+        "conditions": ["natural", "none"], "condition_assignment": "workers", "trials_per_unit": 1})
+    assert response.status_code in (200, 302)
+    text = response.content.decode()
+    # 36 probe images are too few for the papers' 9 + 9 references and ranks 10-19: a readable refusal.
+    assert response.status_code == 200 and "too few" in text

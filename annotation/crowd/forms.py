@@ -8,7 +8,8 @@ from django.db.models import Exists, OuterRef
 from analysis.models import ExemplarKind, ExemplarSet, ExplanatoryGraph, LayerExtraction
 
 from ..fields import ExtractionMultipleChoiceField, parse_units
-from ..models import DESCRIPTION_MAX_LENGTH, CrowdStudy, CrowdTaskKind, Hit, OverlapRule
+from ..models import (DESCRIPTION_MAX_LENGTH, ConditionAssignment, CrowdStudy, CrowdTaskKind, ForcedChoiceCondition,
+                      Hit, OverlapRule)
 from .services import CrowdInputError, answer_fields
 
 
@@ -50,6 +51,15 @@ class CrowdStudyCreateForm(forms.Form):
                                              "as the patches of their top-K inferences. Empty: raw filters only.")
     purity_mass = forms.FloatField(initial=0.3, min_value=0.01, max_value=1.0,
                                    help_text="Purity: the share of the total score mass the top-K hold (EG: 0.3).")
+    conditions = forms.MultipleChoiceField(
+        choices=ForcedChoiceCondition.choices, required=False, initial=[ForcedChoiceCondition.NATURAL],
+        widget=forms.CheckboxSelectMultiple, label="Forced choice: conditions",
+        help_text="Compared on the same units and query pairs (Borowski et al. 2021: natural exemplars).")
+    condition_assignment = forms.ChoiceField(choices=ConditionAssignment.choices, initial=ConditionAssignment.TRIALS,
+                                             label="Forced choice: conditions assigned")
+    trials_per_unit = forms.IntegerField(initial=2, min_value=1, max_value=10, label="Forced choice: trials per unit",
+                                         help_text="Query pairs per unit (9 + 9 references, queries from ranks 10-19; "
+                                                   "the gold rate is the catch-trial rate).")
     external_submit_hosts = forms.CharField(max_length=500, initial="www.mturk.com workersandbox.mturk.com",
                                             help_text="Hosts an MTurk-style turkSubmitTo may name.")
     seed = forms.IntegerField(initial=0, min_value=0)

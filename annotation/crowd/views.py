@@ -319,6 +319,8 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
 
     def form_valid(self, form):
         data = form.cleaned_data
+        if data["kind"] == CrowdTaskKind.FORCED_CHOICE:
+            return self.forced_choice_valid(form)
         try:
             study = hits.crowd_study_create(
                 name=data["name"], kind=data["kind"], extractions=list(data["extractions"]), units=data["units"],
@@ -334,6 +336,27 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
             return self.form_invalid(form)
         messages.success(self.request, f"Crowd study {study.name} created with "
                                        f"{study.hits.filter(role=HitRole.TASK).count()} HITs.")
+        return redirect(study)
+
+
+    def forced_choice_valid(self, form):
+        # local: planning loads the network (torch) for the machine proxy; other pages never need it
+        from .forced_choice_plan import forced_choice_study_create
+
+        data = form.cleaned_data
+        try:
+            study = forced_choice_study_create(
+                name=data["name"], extractions=list(data["extractions"]), units=data["units"],
+                conditions=data["conditions"] or ["natural"], condition_assignment=data["condition_assignment"],
+                trials_per_unit=data["trials_per_unit"], catch_rate=data["gold_rate"],
+                practice_trials=3 if data["qualification_required"] else 0,
+                assignments_per_hit=data["assignments_per_hit"], lease_seconds=data["lease_seconds"],
+                external_submit_hosts=data["external_submit_hosts"], seed=data["seed"], created_by=self.request.user)
+        except services.CrowdInputError as error:
+            form.add_error(None, str(error))
+            return self.form_invalid(form)
+        messages.success(self.request, f"Forced-choice study {study.name} created with "
+                                       f"{study.hits.filter(role=HitRole.TASK).count()} trials.")
         return redirect(study)
 
 
