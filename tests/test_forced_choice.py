@@ -87,6 +87,8 @@ def test_a_worker_practises_then_answers_blind_trials(tiny_layer_with_grids):
     client = Client()
     response = client.post(reverse("annotation:crowd_entry", args=[study.token]))
     url = response["Location"]
+    code = url.split("/")[3]
+    assert "/practice/" in client.get(reverse("annotation:crowd_qualification", args=[code]))["Location"]
     pages, visited = [], [url]
     right_in_practice, catch_feedback = [], []
     for _ in range(200):

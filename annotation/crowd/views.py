@@ -43,6 +43,7 @@ INSTRUCTIONS = {
     CrowdTaskKind.PURITY: "Each image marks the strongest response of one detector with a green square and keeps "
                           "the region it responds to bright. Count the images whose marked region shows the same "
                           "object part as most of the others.",
+    CrowdTaskKind.FORCED_CHOICE: forced_choice.INSTRUCTIONS,
 }
 worker_page = [csrf_exempt, xframe_options_exempt, rate_limited("crowd_worker")]
 entry_page = [csrf_exempt, xframe_options_exempt, rate_limited("crowd_entry")]
@@ -195,6 +196,8 @@ class CrowdQualificationView(WorkerMixin, View):
     def get(self, request, code, error: str = "", answers: dict | None = None):
         if not services.worker_needs_qualification(self.worker):
             return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+        if self.study.kind == CrowdTaskKind.FORCED_CHOICE:  # its qualification HITs are practice trials
+            return redirect(self.with_ctx(reverse("annotation:crowd_practice", kwargs={"code": code})))
         attempt = services.qualification_start(worker=self.worker)
         if attempt is None:  # no questions to ask (the study's set-up changed): never loop back to "next"
             return render(request, "annotation/crowd/message.html", {
@@ -209,7 +212,7 @@ class CrowdQualificationView(WorkerMixin, View):
 
     def post(self, request, code):
         attempt = services.qualification_start(worker=self.worker)
-        if attempt is None:
+        if attempt is None or self.study.kind == CrowdTaskKind.FORCED_CHOICE:
             return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
         answers = {token: request.POST.get(f"q-{token}", "") for token in attempt.questions}
         try:
