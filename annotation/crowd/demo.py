@@ -40,8 +40,9 @@ def demo_crowd_studies_ensure(*, network: str = "demo-net", dataset: str = "prob
     Each validation HIT then gets ``real_places`` more places so people entering through the printed links
     still find work; the finished description study is closed. When the demo has learnt an explanatory graph of
     ``network``, a purity study compares its top nodes with the raw filters of the graph's layers (AAAI'18 Fig. 8),
-    answered by the simulated crowd and then opened to people the same way. Returns the crowd account's
-    credentials, the studies and their links."""
+    answered by the simulated crowd and then opened to people the same way. A forced-choice study over conv5 and
+    conv3 (those of ``layers``; :func:`demo_forced_choice_study_ensure`) is answered and opened the same way.
+    Returns the crowd account's credentials, the studies and their links."""
     credentials = demo_passwords_ensure([DEMO_CROWD_ACCOUNT])
     user, created = user_ensure(username=DEMO_CROWD_ACCOUNT, password=credentials[DEMO_CROWD_ACCOUNT], role=Role.CROWD)
     if not created and not user.check_password(credentials[DEMO_CROWD_ACCOUNT]):
@@ -83,8 +84,9 @@ def demo_crowd_studies_ensure(*, network: str = "demo-net", dataset: str = "prob
         if kind == CrowdTaskKind.DESCRIPTION and study.is_open:  # its work is done: people get the validation
             study_open_set(study=study, is_open=False)
         studies[name] = study
-    forced = demo_forced_choice_study_ensure(network=network, dataset=dataset, units=units, real_places=real_places,
-                                             seed=seed, created_by=researcher_user)
+    forced_layers = [layer for layer in DEMO_FORCED_CHOICE_LAYERS if layer in layers] or list(layers)[-1:]
+    forced = demo_forced_choice_study_ensure(network=network, dataset=dataset, layers=forced_layers, units=units,
+                                             real_places=real_places, seed=seed, created_by=researcher_user)
     studies[forced.name] = forced
     validation = studies[DEMO_VALIDATION_STUDY]
     return {"credentials": credentials, "studies": {name: study.pk for name, study in studies.items()},

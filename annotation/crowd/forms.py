@@ -56,8 +56,9 @@ class CrowdStudyCreateForm(forms.Form):
         widget=forms.CheckboxSelectMultiple, label="Forced choice: conditions",
         help_text="Compared on the same units and query pairs (Borowski et al. 2021: natural exemplars).")
     condition_assignment = forms.ChoiceField(choices=ConditionAssignment.choices, initial=ConditionAssignment.TRIALS,
-                                             label="Forced choice: conditions assigned")
-    trials_per_unit = forms.IntegerField(initial=2, min_value=1, max_value=10, label="Forced choice: trials per unit",
+                                             required=False, label="Forced choice: conditions assigned")
+    trials_per_unit = forms.IntegerField(initial=2, min_value=1, max_value=10, required=False,
+                                         label="Forced choice: trials per unit",
                                          help_text="Query pairs per unit (9 + 9 references, queries from ranks 10-19; "
                                                    "the gold rate is the catch-trial rate).")
     external_submit_hosts = forms.CharField(max_length=500, initial="www.mturk.com workersandbox.mturk.com",

@@ -350,8 +350,9 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
         try:
             study = forced_choice_study_create(
                 name=data["name"], extractions=list(data["extractions"]), units=data["units"],
-                conditions=data["conditions"] or ["natural"], condition_assignment=data["condition_assignment"],
-                trials_per_unit=data["trials_per_unit"], catch_rate=data["gold_rate"],
+                conditions=data["conditions"] or ["natural"],
+                condition_assignment=data["condition_assignment"] or "trials",
+                trials_per_unit=data["trials_per_unit"] or 2, catch_rate=data["gold_rate"],
                 practice_trials=3 if data["qualification_required"] else 0,
                 assignments_per_hit=data["assignments_per_hit"], lease_seconds=data["lease_seconds"],
                 external_submit_hosts=data["external_submit_hosts"], seed=data["seed"], created_by=self.request.user)
