@@ -343,8 +343,7 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
 
 
     def forced_choice_valid(self, form):
-        # local: planning loads the network (torch) for the machine proxy; other pages never need it
-        from .forced_choice_plan import forced_choice_study_create
+        from .forced_choice_plan import forced_choice_study_create  # local: planning loads torch; pages never do
 
         data = form.cleaned_data
         try:
