@@ -208,7 +208,8 @@ def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(t
     seconds = [row["seconds"] for row in report["trials"] if not row["excluded"]]
     assert 2.0 < float(np.median(seconds)) < 6.0
     # The report page, the site's export and the API's file.
-    page = researcher_client.get(reverse("annotation:crowd_report_forced_choice", args=[study.pk]) + "?simulated=include")
+    page = researcher_client.get(reverse("annotation:crowd_report_forced_choice", args=[study.pk])
+                                 + "?simulated=include")
     html = page.content.decode()
     assert page.status_code == 200 and "Does the machine predict the human?" in html and "<svg" in html
     assert "fc-simulated-7" in html and "Clopper" in html

@@ -166,9 +166,10 @@ def plan_unit_trials(scores: np.ndarray, *, rng: np.random.Generator, n_trials: 
     top, bottom = order[:reference_count].copy(), bottom_order[:reference_count].copy()
     strong_rank = rng.choice(np.arange(first, last + 1), size=n_trials, replace=False)
     weak_rank = rng.choice(np.arange(first, last + 1), size=n_trials, replace=False)
-    catch_rank = np.stack([rng.choice(np.arange(1, reference_count + 1), size=n_catch, replace=n_catch > reference_count),
-                           rng.choice(np.arange(1, reference_count + 1), size=n_catch,
-                                      replace=n_catch > reference_count)], axis=1).reshape(n_catch, 2)
+    reference_ranks = np.arange(1, reference_count + 1)
+    catch_rank = np.stack([rng.choice(reference_ranks, size=n_catch, replace=n_catch > reference_count),
+                           rng.choice(reference_ranks, size=n_catch, replace=n_catch > reference_count)],
+                          axis=1).reshape(n_catch, 2)
     ranks = np.concatenate([np.stack([strong_rank, weak_rank], axis=1).reshape(n_trials, 2), catch_rank])
     queries = np.stack([order[ranks[:, 0] - 1], bottom_order[ranks[:, 1] - 1]], axis=1)
     catch = np.concatenate([np.zeros(n_trials, dtype=bool), np.ones(n_catch, dtype=bool)])

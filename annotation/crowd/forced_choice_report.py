@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.engine.psychophysics import CHANCE, binomial_test_p, clopper_pearson, paired_condition_test, rank_correlation
+from analysis.engine.psychophysics import (CHANCE, binomial_test_p, clopper_pearson, paired_condition_test,
+                                           rank_correlation)
 from analysis.models import Net2VecConcept, PartDetectionResult, UnitDissection
 
 from ..common import iso, rows_csv, simulated_check
@@ -231,7 +232,8 @@ def forced_choice_report(study, *, simulated: str = "exclude", rule: ExclusionRu
         b = [per_condition[other].get(key, math.nan) for key in keys]
         tests.append({"a": human_condition, "b": other, **asdict(paired_condition_test(a, b))})
     automatic = automatic_scores(study)
-    planted = {int(k): v for k, v in ((study.trial_params or {}).get("simulation") or {}).get("readability", {}).items()}
+    simulation = (study.trial_params or {}).get("simulation") or {}
+    planted = {int(k): v for k, v in simulation.get("readability", {}).items()}
     comparison = []
     for key in keys:
         unit_id = units[key]
@@ -255,7 +257,8 @@ def forced_choice_report(study, *, simulated: str = "exclude", rule: ExclusionRu
             row["proxy_rho"], row["proxy_p"], row["proxy_n"] = rank_correlation(values(name), values("proxy"))
         correlations.append(row)
     planted_rho = rank_correlation(values("planted_readability"), values("human")) if planted else None
-    return {"trials": rows, "counted": len(counted), "planted_rho": planted_rho, "units": unit_rows, "layers": layer_rows, "tests": tests,
+    return {"trials": rows, "counted": len(counted), "planted_rho": planted_rho, "units": unit_rows,
+            "layers": layer_rows, "tests": tests,
             "comparison": comparison, "correlations": correlations, "human_condition": human_condition,
             "conditions": conditions, "chance": CHANCE, "rule": asdict(rule), "simulated": simulated,
             "excluded_workers": sorted({(row["worker_external_id"], row["exclusion_reason"]) for row in rows
