@@ -1,7 +1,7 @@
 """In Debian's Chromium: a worker does a forced-choice study (issue 17) end to end from the own link, on a phone
 (390 × 844, taps) and on a desktop (1280 × 800, keys 1/2) — practice with feedback, then real trials with the
 references beside (desktop) or around (phone) the two queries — and an MTurk worker's result goes back to
-turkSubmitTo, practice included."""
+turkSubmitTo, practice included; a Prolific worker gets the completion code after a session."""
 from __future__ import annotations
 
 import threading
@@ -109,3 +109,22 @@ def test_an_mturk_worker_practises_and_the_result_goes_to_turk_submit_to(browser
         assert assignment.external_assignment_id == "ASSIGN-9"
     finally:
         server.shutdown()
+
+
+def test_a_prolific_worker_practises_does_a_session_and_gets_the_completion_code(browser, live_server,
+                                                                                tiny_layer_with_grids):
+    study = study_for(tiny_layer_with_grids, "fc-prolific")
+    study.hits_per_session = 2
+    study.save()
+    page = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True).new_page()
+    page.set_default_timeout(20_000)
+    page.goto(f"{live_server.url}/crowd/s/{study.token}/prolific/?" + urlencode(
+        {"PROLIFIC_PID": "P-1", "STUDY_ID": "S-1", "SESSION_ID": "SESSION-1"}))
+    do_practice(page, tap=True)
+    for number in (1, 2):
+        expect(page.get_by_role("heading", name=f"HIT {number}")).to_be_visible()
+        page.locator("label[for=answer-1]").tap()
+        page.get_by_role("button", name="Submit").click()
+    expect(page.locator("#completion-code")).to_have_text(study.completion_code)
+    done = CrowdAssignment.objects.filter(worker__external_id="P-1", state=CrowdAssignmentState.SUBMITTED)
+    assert done.count() == 2 and set(done.values_list("external_session", flat=True)) == {"SESSION-1"}
