@@ -105,8 +105,9 @@ def stacked_bar_chart(labels: Sequence[str], segments: dict[str, Sequence[float]
 @plain_text
 def interval_chart(labels: Sequence[str], values: Sequence[float], lows: Sequence[float | None],
                    highs: Sequence[float | None], *, xlabel: str, xlim: tuple[float, float] | None = None,
-                   width: float = 5.6) -> SafeString:
-    """One row per label: the point estimate with its interval as a horizontal whisker (None: no whisker)."""
+                   width: float = 5.6, reference: float = 0.0) -> SafeString:
+    """One row per label: the point estimate with its interval as a horizontal whisker (None: no whisker); a thin
+    vertical line marks ``reference`` (0, or chance)."""
     figure, axes = plt.subplots(figsize=(width, 0.7 + 0.42 * len(labels)), dpi=100)
     positions = list(range(len(labels)))[::-1]
     for position, value, low, high in zip(positions, values, lows, highs):
@@ -115,7 +116,7 @@ def interval_chart(labels: Sequence[str], values: Sequence[float], lows: Sequenc
             axes.plot([low, low], [position - 0.15, position + 0.15], color=ACCENT, linewidth=1.4)
             axes.plot([high, high], [position - 0.15, position + 0.15], color=ACCENT, linewidth=1.4)
         axes.plot([value], [position], marker="o", color=SECOND, markersize=6, zorder=3)
-    axes.axvline(0, color=MUTED, linewidth=0.8, alpha=0.6)
+    axes.axvline(reference, color=MUTED, linewidth=0.8, alpha=0.6)
     axes.set_yticks(positions, labels=list(labels), fontsize=8.5)
     axes.set_ylim(-0.6, len(labels) - 0.4)
     if xlim:

@@ -282,6 +282,7 @@ class CrowdTaskKind(models.TextChoices):
     VALIDATION = "validation", "Label validation (yes/no)"
     DESCRIPTION = "description", "Description (phrase + confidence)"
     PURITY = "purity", "Purity count"
+    FORCED_CHOICE = "forced_choice", "Forced choice (2-AFC psychophysics)"
 
 
 class LabelOrigin(models.TextChoices):
@@ -309,6 +310,20 @@ class ValidationRound(models.TextChoices):
 class OverlapRule(models.TextChoices):
     FIXED = "fixed", "Fixed: N workers per HIT"
     DYNAMIC = "dynamic", "Dynamic: add workers where agreement is low, stop early where settled"
+
+
+class ForcedChoiceCondition(models.TextChoices):
+    """What a forced-choice trial shows as its references (issue 17; Borowski et al. ICLR 2021)."""
+
+    NATURAL = "natural", "Natural exemplars (most and least activating images)"
+    OVERLAY = "overlay", "Exemplars with the unit's activation overlay"
+    NON_EXTREMAL = "non_extremal", "Non-extremal exemplars"
+    NONE = "none", "No references (baseline)"
+
+
+class ConditionAssignment(models.TextChoices):
+    TRIALS = "trials", "Between trials: every worker sees every condition"
+    WORKERS = "workers", "Between workers: each worker sees one condition"
 
 
 class CrowdStudy(models.Model):
@@ -372,6 +387,11 @@ class CrowdStudy(models.Model):
     include_dead_units = models.BooleanField(
         default=False, help_text="Make HITs, gold items and qualification questions of dead and saturated units "
                                  "too (off: units that never fire or whose threshold T_k is 0 get none).")
+    conditions = models.JSONField(default=list, blank=True,
+                                  help_text="Forced choice: the conditions compared (ForcedChoiceCondition values).")
+    condition_assignment = models.CharField(max_length=16, choices=ConditionAssignment.choices, blank=True)
+    trial_params = models.JSONField(default=dict, blank=True,
+                                    help_text="Forced choice: the planning parameters (reference count, ranks, …).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -571,6 +591,9 @@ class CrowdAssignment(models.Model):
     external_hit_id = models.CharField(max_length=128, blank=True)
     external_session = models.CharField(max_length=128, blank=True)
     submit_to = models.URLField(max_length=300, blank=True)
+    condition = models.CharField(max_length=16, blank=True, help_text="Forced choice: the condition shown.")
+    client_ms = models.PositiveIntegerField(null=True, blank=True,
+                                            help_text="Forced choice: response time measured by the page (ms).")
 
     objects = CrowdAssignmentQuerySet.as_manager()
 
@@ -621,3 +644,60 @@ class CrowdBonus(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
 
+
+
+# -- forced-choice psychophysics (issue 17) -------------------------------------------------------------------------
+
+FORCED_CHOICE_QUESTION = "Which of the two images in the middle makes the unit respond strongly?"
+"""Borowski et al. (ICLR 2021): pick the query image that strongly activates the feature map."""
+FORCED_CHOICE_CONFIDENCE = (1, 2, 3)
+
+
+class ForcedChoiceReference(models.Model):
+    """A unit's reference images in one condition of a forced-choice study: the top (most activating) and bottom
+    (least activating) sets as content-hash grids, with the dataset image indices and their activation ranks
+    (1-based, from the top and from the bottom). The "none" condition has no row."""
+
+    study = models.ForeignKey(CrowdStudy, on_delete=models.CASCADE, related_name="fc_references")
+    unit = models.ForeignKey("analysis.Unit", on_delete=models.PROTECT, related_name="+")
+    extraction = models.ForeignKey("analysis.LayerExtraction", on_delete=models.PROTECT, related_name="+")
+    condition = models.CharField(max_length=16, choices=ForcedChoiceCondition.choices)
+    top_grid = models.ForeignKey("analysis.RenderedGrid", on_delete=models.PROTECT, related_name="+")
+    bottom_grid = models.ForeignKey("analysis.RenderedGrid", on_delete=models.PROTECT, related_name="+")
+    top_images = models.JSONField()
+    bottom_images = models.JSONField()
+    top_ranks = models.JSONField()
+    bottom_ranks = models.JSONField()
+
+    class Meta:
+        ordering = ["study", "unit", "condition"]
+        constraints = [models.UniqueConstraint(fields=["study", "unit", "condition"], name="unique_fc_reference")]
+
+
+class ForcedChoiceTrial(models.Model):
+    """The server-side truth of one forced-choice HIT (never rendered): which of the two queries shown as
+    "1" and "2" is the strong one (``strong_position``, randomised and balanced at planning), the queries'
+    images, activation ranks (strong from the top, weak from the bottom), scores and content-hash pictures;
+    ``condition`` (blank when conditions are assigned between workers); ``catch`` (the queries are references:
+    an obvious answer; catch HITs are the study's gold items) and ``practice`` (practice trials with feedback,
+    the study's qualification HITs); ``proxy_margin``: the machine proxy observer on the natural references
+    (:func:`analysis.engine.psychophysics.proxy_observer`)."""
+
+    hit = models.OneToOneField(Hit, on_delete=models.CASCADE, related_name="fc_trial")
+    condition = models.CharField(max_length=16, choices=ForcedChoiceCondition.choices, blank=True)
+    strong_position = models.PositiveSmallIntegerField()
+    strong_image = models.PositiveIntegerField()
+    weak_image = models.PositiveIntegerField()
+    strong_rank = models.PositiveIntegerField()
+    weak_rank = models.PositiveIntegerField()
+    strong_score = models.FloatField()
+    weak_score = models.FloatField()
+    strong_grid = models.ForeignKey("analysis.RenderedGrid", on_delete=models.PROTECT, related_name="+")
+    weak_grid = models.ForeignKey("analysis.RenderedGrid", on_delete=models.PROTECT, related_name="+")
+    catch = models.BooleanField(default=False)
+    practice = models.BooleanField(default=False)
+    proxy_margin = models.FloatField(null=True, blank=True, help_text="The machine proxy observer's evidence for the "
+                                     "strong query minus the weak one's (> 0: the proxy answers right).")
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(strong_position__in=[1, 2]), name="fc_strong_position_1_2")]

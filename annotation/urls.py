@@ -1,6 +1,7 @@
 """The annotation app's pages: the expert wing's and the crowd wing's views, under one URL namespace."""
 from django.urls import path
 
+from .crowd import forced_choice_views as crowd_fc_views
 from .crowd import report_views as crowd_report_views
 from .crowd import views as crowd_views
 from .expert import views as expert_views
@@ -17,6 +18,7 @@ urlpatterns = [
     path("crowd/w/<str:code>/", crowd_views.CrowdNextView.as_view(), name="crowd_next"),
     path("crowd/w/<str:code>/qualification/", crowd_views.CrowdQualificationView.as_view(),
          name="crowd_qualification"),
+    path("crowd/w/<str:code>/practice/", crowd_fc_views.CrowdPracticeView.as_view(), name="crowd_practice"),
     path("crowd/w/<str:code>/a/<str:assignment>/", crowd_views.CrowdTaskView.as_view(), name="crowd_task"),
     path("crowd/w/<str:code>/a/<str:assignment>/done/", crowd_views.CrowdAfterView.as_view(), name="crowd_after"),
     path("crowd/w/<str:code>/a/<str:assignment>/return/", crowd_views.CrowdReturnView.as_view(),
@@ -33,6 +35,8 @@ urlpatterns = [
     path("research/crowd/<int:pk>/report/", crowd_report_views.CrowdReportView.as_view(), name="crowd_report"),
     path("research/crowd/<int:pk>/report/table3/", crowd_report_views.CrowdTable3View.as_view(),
          name="crowd_report_table3"),
+    path("research/crowd/<int:pk>/report/forced-choice/", crowd_report_views.CrowdForcedChoiceView.as_view(),
+         name="crowd_report_forced_choice"),
     path("research/crowd/<int:pk>/report/purity/", crowd_report_views.CrowdPurityView.as_view(),
          name="crowd_report_purity"),
     path("research/studies/", expert_views.StudyListView.as_view(), name="study_list"),

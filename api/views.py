@@ -18,9 +18,10 @@ from analysis.services.runs import (RunInputError, run_cancel, run_check_referen
                                     runs_reconcile)
 from annotation.common import SIMULATED_CHOICES, attachment_response
 from annotation.crowd import exports as crowd_exports
+from annotation.crowd import forced_choice_report
 from annotation.expert import exports as study_exports
 from annotation.expert.services import StudyInputError, judgments_import
-from annotation.models import CrowdStudy, Judgment, StudyTask
+from annotation.models import CrowdStudy, CrowdTaskKind, Judgment, StudyTask
 
 from . import serializers as s
 from .permissions import StudyObjectPermission, studies_visible_to, study_writable_by
@@ -239,12 +240,17 @@ class CrowdStudyViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(parameters=[SIMULATED_PARAMETER,
                                OpenApiParameter("file", str, OpenApiParameter.PATH,
-                                                enum=list(crowd_exports.CROWD_EXPORT_FILES))],
+                                                enum=[*crowd_exports.CROWD_EXPORT_FILES,
+                                                      *forced_choice_report.FORCED_CHOICE_EXPORT_FILES])],
                    responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"], url_path=r"files/(?P<file>[a-z]+\.[a-z]+)")
     def files(self, request, pk=None, file=None):
-        """answers.csv/json (every assignment, full provenance) or results.csv/json (aggregated per HIT)."""
+        """answers.csv/json (every assignment, full provenance) or results.csv/json (aggregated per HIT); forced-choice
+        studies also trials, units and comparison .csv/.json (:mod:`annotation.crowd.forced_choice_report`)."""
         study = self.get_object()
+        if study.kind == CrowdTaskKind.FORCED_CHOICE and file in forced_choice_report.FORCED_CHOICE_EXPORT_FILES:
+            return attachment_response(
+                *forced_choice_report.forced_choice_export_file(study, file, simulated=_simulated(request)))
         if file not in crowd_exports.CROWD_EXPORT_FILES:
             raise NotFound(f"No export named {file}.")
         return attachment_response(

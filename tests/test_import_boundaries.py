@@ -37,10 +37,11 @@ WIRING = ("annotation.urls", "annotation.admin", "annotation.apps")
 WINGS = ("annotation.expert", "annotation.crowd")
 
 WING_LAYERS = {
-    "aggregation": 0, "selectors": 0, "truth": 0, "images": 0,
-    "services": 1, "hits": 1, "adapters": 1,
-    "simulation": 2, "reports": 2, "exports": 2, "forms": 2, "demo": 2,
-    "views": 3, "report_views": 3,
+    "aggregation": 0, "selectors": 0, "truth": 0, "images": 0, "forced_choice": 0,
+    "services": 1, "hits": 1, "adapters": 1, "forced_choice_plan": 1,
+    "simulation": 2, "reports": 2, "exports": 2, "forms": 2, "demo": 2, "forced_choice_simulation": 2,
+    "forced_choice_report": 2,
+    "views": 3, "report_views": 3, "forced_choice_views": 3,
 }
 """A wing module's layer (by file name): 0 reads, pure rules and truth; 1 writes; 2 what is built on writes and
 reads (reports, exports, forms, the simulated raters and crowd, the demo); 3 pages. A module may import its own

@@ -42,6 +42,7 @@ __all__ = [
     "EMPTY_TILE",
     "PEAK_COLOUR",
     "grid_shape",
+    "render_image_grid",
     "render_activation_grid",
     "render_threshold_grid",
     "render_unit_grid",
@@ -114,6 +115,14 @@ def _assemble(
         else:
             canvas[y0 : y0 + th, x0 : x0 + tw] = EMPTY_TILE
     return canvas, (th, tw)
+
+
+def render_image_grid(images: ArrayLike, *, columns: int, num_slots: int | None = None, tile: int | None = None,
+                      gutter: int = 2) -> Image.Image:
+    """Plain images (``uint8[N, H, W, 3]``, one size) in the grid layout above, without any overlay: the natural
+    exemplars and query images of forced-choice trials."""
+    canvas, _ = _assemble(_np(images).astype(np.uint8), columns, num_slots, tile, gutter)
+    return Image.fromarray(canvas)
 
 
 def _shade(images: np.ndarray, factor: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ from django.db.models import Exists, OuterRef
 from analysis.models import ExemplarKind, ExemplarSet, ExplanatoryGraph, LayerExtraction
 
 from ..fields import ExtractionMultipleChoiceField, parse_units
-from ..models import DESCRIPTION_MAX_LENGTH, CrowdStudy, CrowdTaskKind, Hit, OverlapRule
+from ..models import (DESCRIPTION_MAX_LENGTH, ConditionAssignment, CrowdStudy, CrowdTaskKind, ForcedChoiceCondition,
+                      Hit, OverlapRule)
 from .services import CrowdInputError, answer_fields
 
 
@@ -54,6 +55,16 @@ class CrowdStudyCreateForm(forms.Form):
                                              "as the patches of their top-K inferences. Empty: raw filters only.")
     purity_mass = forms.FloatField(initial=0.3, min_value=0.01, max_value=1.0,
                                    help_text="Purity: the share of the total score mass the top-K hold (EG: 0.3).")
+    conditions = forms.MultipleChoiceField(
+        choices=ForcedChoiceCondition.choices, required=False, initial=[ForcedChoiceCondition.NATURAL],
+        widget=forms.CheckboxSelectMultiple, label="Forced choice: conditions",
+        help_text="Compared on the same units and query pairs (Borowski et al. 2021: natural exemplars).")
+    condition_assignment = forms.ChoiceField(choices=ConditionAssignment.choices, initial=ConditionAssignment.TRIALS,
+                                             required=False, label="Forced choice: conditions assigned")
+    trials_per_unit = forms.IntegerField(initial=2, min_value=1, max_value=10, required=False,
+                                         label="Forced choice: trials per unit",
+                                         help_text="Query pairs per unit (9 + 9 references, queries from ranks 10-19; "
+                                                   "the gold rate is the catch-trial rate).")
     external_submit_hosts = forms.CharField(max_length=500, initial="www.mturk.com workersandbox.mturk.com",
                                             help_text="Hosts an MTurk-style turkSubmitTo may name.")
     seed = forms.IntegerField(initial=0, min_value=0)
@@ -77,10 +88,13 @@ class HitAnswerForm(forms.Form):
                                         widget=forms.RadioSelect, empty_value=None)
     count = forms.IntegerField(required=False, min_value=0)
     pasted = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    client_ms = forms.CharField(required=False, max_length=20, widget=forms.HiddenInput)
 
     def __init__(self, *args, hit: Hit, **kwargs):
         super().__init__(*args, **kwargs)
         self.hit = hit
+        if hit.kind == CrowdTaskKind.FORCED_CHOICE:
+            self.fields["answer"].choices = [("1", "Image 1"), ("2", "Image 2")]
         if hit.purity_shown is not None:
             self.fields["count"].max_value = hit.purity_shown
             self.fields["count"].widget.attrs.update(max=hit.purity_shown, min=0, inputmode="numeric")
@@ -91,7 +105,8 @@ class HitAnswerForm(forms.Form):
             try:
                 cleaned["fields"] = answer_fields(hit=self.hit, answer=cleaned.get("answer") or None,
                                                   description=cleaned.get("description"),
-                                                  confidence=cleaned.get("confidence"), count=cleaned.get("count"))
+                                                  confidence=cleaned.get("confidence"), count=cleaned.get("count"),
+                                                  client_ms=cleaned.get("client_ms"))
             except CrowdInputError as error:
                 raise forms.ValidationError(str(error)) from None
         return cleaned

@@ -342,6 +342,9 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
     name = _clean_study_name(name)
     if kind not in CrowdTaskKind.values:
         raise CrowdInputError(f"Unknown task kind {kind!r}; choose one of {', '.join(CrowdTaskKind.values)}.")
+    if kind == CrowdTaskKind.FORCED_CHOICE:
+        raise CrowdInputError("Forced-choice studies are planned by "
+                              "annotation.crowd.forced_choice_plan.forced_choice_study_create.")
     extractions = list(dict.fromkeys(extractions))
     if not extractions:
         raise CrowdInputError("Choose at least one layer.")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from django.core.paginator import Paginator
 from django.views.generic import TemplateView
 
-from analysis.plots import category_bars, comparison_scatter, interval_chart, stacked_category_bars
+from analysis.plots import category_bars, comparison_scatter, interval_chart, scatter_chart, stacked_category_bars
 
 from ..common import simulated_choice
 from ..models import CrowdTaskKind
-from . import reports
+from . import forced_choice_report, reports
 from .views import CrowdStudyMixin
 
 AGREEMENT_LABELS = {"fleiss_kappa": "Fleiss' κ", "krippendorff_alpha": "Krippendorff's α (nominal)"}
@@ -118,4 +118,39 @@ class CrowdPurityView(CrowdReportMixin, TemplateView):
                                    else f"{row['label']} ({row['study'].name})"): [round(100 * cell["purity"]) if cell["purity"] is not None else 0
                                                  for cell in row["cells"]] for row in table["rows"]},
                 ylabel="purity (%)")
+        return context
+
+
+class CrowdForcedChoiceView(CrowdReportMixin, TemplateView):
+    """Forced-choice psychophysics (issue 17): proportion correct per layer and condition against chance, paired
+    condition tests, per-unit human scores beside the machine proxy and the automatic scores, exclusions."""
+
+    template_name = "annotation/crowd/report_forced_choice.html"
+    tab = "forced_choice"
+
+    def get_context_data(self, **kwargs):
+        context = {**super().get_context_data(**kwargs), **self.report_context()}
+        study = context["study"]
+        if study.kind != CrowdTaskKind.FORCED_CHOICE:
+            return context
+        report = forced_choice_report.forced_choice_report(study, simulated=context["simulated"])
+        context["report"] = report
+        context["exports"] = forced_choice_report.FORCED_CHOICE_EXPORT_FILES
+        context["unit_page"] = Paginator(report["comparison"], HITS_PER_PAGE).get_page(self.request.GET.get("page"))
+        if report["layers"]:
+            rows = report["layers"]
+            context["layer_chart"] = interval_chart(
+                [f"{row['layer']} · {row['condition']}" for row in rows], [row["proportion"] for row in rows],
+                [row["ci_low"] for row in rows], [row["ci_high"] for row in rows], reference=report["chance"],
+                xlabel="proportion correct, exact 95% interval (chance 50%)", xlim=(0.0, 1.0), width=6.0)
+        charts = []
+        for correlation in report["correlations"]:
+            points = [row for row in report["comparison"]
+                      if row["human"] is not None and row[correlation["score"]] is not None]
+            if len(points) >= 3:
+                charts.append({"label": correlation["label"], "chart": scatter_chart(
+                    [row[correlation["score"]] for row in points], [row["human"] for row in points],
+                    [f"{row['layer']}/{row['unit']}" for row in points], xlabel=correlation["label"],
+                    ylabel="human proportion correct")})
+        context["scatter_charts"] = charts
         return context

@@ -26,6 +26,7 @@ from ..common import InputError, new_token
 from ..models import (DESCRIPTION_MAX_LENGTH, REVIEWABLE_STATES, CrowdAdapter, CrowdAssignment, CrowdAssignmentState,
                       CrowdBonus, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, OverlapRule,
                       QualificationAttempt)
+from . import forced_choice
 from .selectors import hit_overlap_decision
 from .truth import gold_check, worker_gold_accuracy
 
@@ -296,8 +297,14 @@ def clean_description(text: str | None) -> str:
 
 
 def answer_fields(*, hit: Hit, answer: str | None = None, description: str | None = None,
-                  confidence: int | str | None = None, count: int | str | None = None) -> dict[str, Any]:
+                  confidence: int | str | None = None, count: int | str | None = None,
+                  client_ms: int | str | None = None) -> dict[str, Any]:
     """The validated answer fields for ``hit``'s kind (raises :class:`CrowdInputError`)."""
+    if hit.kind == CrowdTaskKind.FORCED_CHOICE:
+        fields = forced_choice.clean_answer(answer=answer, confidence=confidence, client_ms=client_ms)
+        if isinstance(fields, str):
+            raise CrowdInputError(fields)
+        return fields
     if hit.kind == CrowdTaskKind.VALIDATION:
         if answer not in (YES, NO):
             raise CrowdInputError("Answer yes or no.")
@@ -321,15 +328,19 @@ def answer_fields(*, hit: Hit, answer: str | None = None, description: str | Non
 
 def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None, description: str | None = None,
                       confidence: int | str | None = None, count: int | str | None = None, pasted: bool = False,
-                      now: datetime | None = None, shown_at: datetime | None = None) -> SubmitResult:
+                      now: datetime | None = None, shown_at: datetime | None = None,
+                      client_ms: int | str | None = None) -> SubmitResult:
     """Record the answer of a leased assignment (leased → submitted, conditional: a double submit is a no-op).
 
     A lease that ran out is still accepted while nobody else took the place; once released it is refused.
     Gold items are checked at once (feedback returned) and the worker is blocked automatically when their gold
-    accuracy falls below the study's ``block_below`` after at least ``block_min_gold`` gold items.
+    accuracy falls below the study's ``block_below`` after at least ``block_min_gold`` gold items. Forced-choice
+    answers also record the condition the worker saw (:func:`annotation.crowd.forced_choice.condition_for`) and the
+    page's own response time ``client_ms``; catch trials are their gold items.
     """
     hit = assignment.hit
-    fields = answer_fields(hit=hit, answer=answer, description=description, confidence=confidence, count=count)
+    fields = answer_fields(hit=hit, answer=answer, description=description, confidence=confidence, count=count,
+                           client_ms=client_ms)
     now = now or timezone.now()
     with transaction.atomic():
         # Lock order as in the claim (worker, then assignment): a worker's submits and claims never deadlock.
@@ -342,6 +353,8 @@ def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None,
                                     explanation=hit.gold_explanation)
             raise CrowdInputError("This HIT is no longer yours (its time ran out or it was returned).")
         shown = shown_at or current.shown_at or current.leased_at
+        if hit.kind == CrowdTaskKind.FORCED_CHOICE:
+            fields["condition"] = forced_choice.condition_for(worker=worker, hit=hit, trial=hit.fc_trial)
         correct = gold_check(hit, fields) if hit.role == HitRole.GOLD else None
         submitted = dict(state=CrowdAssignmentState.SUBMITTED, submitted_at=now, shown_at=shown,
                          seconds=round(max((now - shown).total_seconds(), 0.0), 3), pasted=bool(pasted),
@@ -453,6 +466,29 @@ def qualification_failed(*, worker: CrowdWorker, visit: str = "") -> bool:
         return worker.qualified is False
     failed = worker.qualification_attempts.filter(visit=visit, passed=False).count()
     return failed >= worker.study.qualification_max_attempts
+
+
+def practice_answer(*, attempt: QualificationAttempt, token: str, answer: str) -> bool:
+    """Record one practice answer of a forced-choice study (its qualification HITs are practice trials with
+    feedback, not a test); returns whether it was right. Once every practice trial is answered the attempt is
+    complete and the worker goes on to the real trials whatever their score (the study's pass rate is 0)."""
+    if token not in attempt.questions:
+        raise CrowdInputError("This practice trial is not yours.")
+    if answer not in forced_choice.ANSWERS:
+        raise CrowdInputError("Pick image 1 or image 2.")
+    with transaction.atomic():
+        CrowdWorker.objects.select_for_update().filter(pk=attempt.worker_id).first()
+        attempt = QualificationAttempt.objects.select_for_update().get(pk=attempt.pk)
+        right = Hit.objects.get(study_id=attempt.worker.study_id, token=token).gold_answer == answer
+        if attempt.passed is None and token not in attempt.answers:
+            attempt.answers = {**attempt.answers, token: answer}
+            attempt.correct += int(right)
+            if len(attempt.answers) == len(attempt.questions):
+                attempt.passed = True
+                attempt.submitted_at = timezone.now()
+                CrowdWorker.objects.filter(pk=attempt.worker_id).update(qualified=True)
+            attempt.save()
+    return right
 
 
 # -- review, bonuses --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from ..common import attachment_response, simulated_choice
 from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, REVIEWABLE_STATES, VALIDATION_QUESTION, CrowdAdapter,
                       CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, LabelOrigin)
 from ..naming import label_text
-from . import exports, hits, selectors, services
+from . import exports, forced_choice, forced_choice_report, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, visit_dumps, visit_filter, visit_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
 from .images import hit_picture
@@ -49,6 +49,7 @@ INSTRUCTIONS = {
     CrowdTaskKind.PURITY: "Each image marks the strongest response of one detector with a green square and keeps "
                           "the region it responds to bright. Count the images whose marked region shows the same "
                           "object part as most of the others.",
+    CrowdTaskKind.FORCED_CHOICE: forced_choice.INSTRUCTIONS,
 }
 worker_page = [csrf_exempt, xframe_options_exempt, rate_limited("crowd_worker")]
 entry_page = [csrf_exempt, xframe_options_exempt, rate_limited("crowd_entry")]
@@ -59,8 +60,13 @@ def study_instructions(study: CrowdStudy) -> str:
     return study.instructions or INSTRUCTIONS[study.kind]
 
 
-def hit_context(hit: Hit) -> dict:
-    """What a HIT page shows, for any kind (never the label's origin)."""
+def hit_context(hit: Hit, worker: CrowdWorker | None = None) -> dict:
+    """What a HIT page shows, for any kind (never the label's origin; for forced choice never which query is
+    strong: previews show the natural condition)."""
+    if hit.kind == CrowdTaskKind.FORCED_CHOICE:
+        condition = (forced_choice.condition_for(worker=worker, hit=hit, trial=hit.fc_trial) if worker is not None
+                     else "natural")
+        return forced_choice.trial_context(hit=hit, condition=condition)
     grid = hit.grid
     return {"hit_kind": hit.kind, "question": QUESTIONS[hit.kind], "label": hit.label, "grid": grid,
             "shown": hit.purity_shown, "count_range": range(0, (hit.purity_shown or 0) + 1),
@@ -173,7 +179,9 @@ class CrowdNextView(WorkerMixin, View):
                     **self.base_context(), "title": "Qualification not passed",
                     "text": "You did not pass the qualification test, so this study has no HITs for you. Thank you "
                             "for trying."})
-            return redirect(reverse("annotation:crowd_qualification", kwargs={"code": code}))
+            practice = self.study.kind == CrowdTaskKind.FORCED_CHOICE  # practice trials with feedback, not a test
+            return redirect(reverse("annotation:crowd_practice" if practice else "annotation:crowd_qualification",
+                                    kwargs={"code": code}))
         if self.adapter.context_keys and not all(self.context.get(key) for key in self.adapter.context_keys):
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "Open this study from the platform",
@@ -232,6 +240,8 @@ class CrowdQualificationView(WorkerMixin, View):
                 "pass_needed": self.study.qualification_pass_rate})
         if not services.worker_needs_qualification(self.worker):
             return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
+        if self.study.kind == CrowdTaskKind.FORCED_CHOICE:  # its qualification HITs are practice trials
+            return redirect(reverse("annotation:crowd_practice", kwargs={"code": code}))
         attempt = services.qualification_start(worker=self.worker, visit=services.visit_key(self.context))
         if attempt is None:  # no questions to ask (the study's set-up changed): never loop back to "next"
             return render(request, "annotation/crowd/message.html", {
@@ -249,7 +259,7 @@ class CrowdQualificationView(WorkerMixin, View):
 
     def post(self, request, code):
         attempt = services.qualification_start(worker=self.worker, visit=services.visit_key(self.context))
-        if attempt is None:
+        if attempt is None or self.study.kind == CrowdTaskKind.FORCED_CHOICE:
             return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
         answers = {token: request.POST.get(f"q-{token}", "") for token in attempt.questions}
         try:
@@ -277,7 +287,8 @@ class CrowdTaskView(WorkerMixin, View):
             **self.base_context(), "assignment": assignment, "form": form, "preview": False,
             "image_url": reverse("annotation:crowd_image", kwargs={"code": self.kwargs["code"],
                                                                     "assignment": assignment.token}),
-            "lease_minutes": max(1, self.study.lease_seconds // 60), **hit_context(assignment.hit)}, status=status)
+            "lease_minutes": max(1, self.study.lease_seconds // 60), **hit_context(assignment.hit, self.worker)},
+            status=status)
 
     def get(self, request, code, assignment):
         assignment = self.get_assignment(assignment)
@@ -370,6 +381,8 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
 
     def form_valid(self, form):
         data = form.cleaned_data
+        if data["kind"] == CrowdTaskKind.FORCED_CHOICE:
+            return self.forced_choice_valid(form)
         try:
             study = hits.crowd_study_create(
                 name=data["name"], kind=data["kind"], extractions=list(data["extractions"]), units=data["units"],
@@ -385,6 +398,27 @@ class CrowdStudyCreateView(ResearcherRequiredMixin, FormView):
             return self.form_invalid(form)
         messages.success(self.request, f"Crowd study {study.name} created with "
                                        f"{study.hits.filter(role=HitRole.TASK).count()} HITs.")
+        return redirect(study)
+
+
+    def forced_choice_valid(self, form):
+        from .forced_choice_plan import forced_choice_study_create  # local: planning loads torch; pages never do
+
+        data = form.cleaned_data
+        try:
+            study = forced_choice_study_create(
+                name=data["name"], extractions=list(data["extractions"]), units=data["units"],
+                conditions=data["conditions"] or ["natural"],
+                condition_assignment=data["condition_assignment"] or "trials",
+                trials_per_unit=data["trials_per_unit"] or 2, catch_rate=data["gold_rate"],
+                practice_trials=3 if data["qualification_required"] else 0,
+                assignments_per_hit=data["assignments_per_hit"], lease_seconds=data["lease_seconds"],
+                external_submit_hosts=data["external_submit_hosts"], seed=data["seed"], created_by=self.request.user)
+        except services.CrowdInputError as error:
+            form.add_error(None, str(error))
+            return self.form_invalid(form)
+        messages.success(self.request, f"Forced-choice study {study.name} created with "
+                                       f"{study.hits.filter(role=HitRole.TASK).count()} trials.")
         return redirect(study)
 
 
@@ -530,9 +564,12 @@ class CrowdStudyExportView(ResearcherRequiredMixin, View):
     def get(self, request, *args, **kwargs):
         study = get_object_or_404(CrowdStudy, pk=kwargs["pk"])
         name = kwargs["name"]
+        simulated = simulated_choice(request.GET.get("simulated"))
+        if study.kind == CrowdTaskKind.FORCED_CHOICE and name in forced_choice_report.FORCED_CHOICE_EXPORT_FILES:
+            return attachment_response(*forced_choice_report.forced_choice_export_file(study, name,
+                                                                                       simulated=simulated))
         if name not in exports.CROWD_EXPORT_FILES:
             raise Http404("No such export.")
-        simulated = simulated_choice(request.GET.get("simulated"))
         return attachment_response(*exports.crowd_export_file(study, name, simulated=simulated))
 
 
