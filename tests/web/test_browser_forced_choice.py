@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from analysis.models import LayerExtraction
+from annotation.crowd.adapters import session_completion_code
 from annotation.crowd.forced_choice_plan import forced_choice_study_create
 from annotation.models import CrowdAssignment, CrowdAssignmentState, CrowdWorker, HitRole
 from tests.web.test_browser_crowd import PHONE, Recorder, fits_the_screen, loaded_width
@@ -125,6 +126,7 @@ def test_a_prolific_worker_practises_does_a_session_and_gets_the_completion_code
         expect(page.get_by_role("heading", name=f"HIT {number}")).to_be_visible()
         page.locator("label[for=answer-1]").tap()
         page.get_by_role("button", name="Submit").click()
-    expect(page.locator("#completion-code")).to_have_text(study.completion_code)
+    # Each Prolific session earns its own code (issue 20), shown only after the session's HITs.
+    expect(page.locator("#completion-code")).to_have_text(session_completion_code(study, "SESSION-1"))
     done = CrowdAssignment.objects.filter(worker__external_id="P-1", state=CrowdAssignmentState.SUBMITTED)
     assert done.count() == 2 and set(done.values_list("external_session", flat=True)) == {"SESSION-1"}
