@@ -332,7 +332,7 @@ def dissection_shard_run_execute(*, run: Run, progress: RunProgress, device: str
         pairing = torch.from_numpy(plan["pairing"]) if plan["pairing"].size else None
     maps = open_activation_cache(dissection.extraction)
     reader = BrodenReader(dissection.dataset.root_dir)
-    rows = list(reader.rows())
+    rows = reader.indexed_rows
     dev = torch.device(device)
     tally = DissectionTally(thresholds.to(dev), label_category, len(dissection.categories),
                             strict_threshold=dissection.strict_threshold)
@@ -456,7 +456,7 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     reader = BrodenReader(dataset.root_dir)
     progress.phase(f"Tallying {len(views)} rotated versions of {layer.name}", total=extraction.n_images)
     tally_cached_maps(maps, [TallyView(tally, transform) for tally, transform in zip(tallies, transforms)],
-                      reader=reader, rows=list(reader.rows()), upsample=upsample,
+                      reader=reader, rows=reader.indexed_rows, upsample=upsample,
                       batch_size=params["batch_size"], device=dev,
                       progress=lambda done: progress(done, extraction.n_images))
 

@@ -46,7 +46,6 @@ class DatasetImageCache:
         from analysis.engine.broden import BrodenReader
 
         self.reader = BrodenReader(dataset.root_dir)
-        self.rows = None
         self.capacity = capacity
         self.images: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -54,9 +53,7 @@ class DatasetImageCache:
         if index in self.images:
             self.images.move_to_end(index)
             return self.images[index]
-        if self.rows is None:  # index.csv rows are small: keep them to reach any image directly
-            self.rows = list(self.reader.rows())
-        image = self.reader.load_image(self.rows[index])
+        image = self.reader.load_image(self.reader.row(index))
         self.images[index] = image
         if len(self.images) > self.capacity:
             self.images.popitem(last=False)

@@ -171,7 +171,7 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
     dataset, layer, extraction, thresholds = inputs.dataset, inputs.layer, inputs.extraction, inputs.thresholds
     maps = open_activation_cache(extraction)
     reader = BrodenReader(dataset.root_dir)
-    rows = list(reader.rows())
+    rows = reader.indexed_rows
     dev = torch.device(device)
     valid = (inputs.label_category >= 0).to(dev)
     valid[0] = False  # label 0 is unlabeled

@@ -226,7 +226,7 @@ class _Images:
         from analysis.engine.broden import BrodenReader
 
         self.reader = BrodenReader(dataset.root_dir)
-        self.rows = list(self.reader.rows())
+        self.rows = self.reader.indexed_rows
         self.network = network
         self.device = device
         self.input_size = (network.input_height, network.input_width)
@@ -764,7 +764,7 @@ def part_examples(result: PartDetectionResult, *, count: int = 6, per_view: int 
     views = sorted(best_per_view, key=lambda view: (-best_per_view[view], view))[:count]
     reader = BrodenReader(result.study.dataset.root_dir)
     wanted = {int(data["view_image"][view]) for view in views}
-    rows = {position: row for position, row in enumerate(reader.rows()) if position in wanted}
+    rows = {position: reader.row(position) for position in wanted}
     colour_of = {f: PALETTE[k % len(PALETTE)] for k, f in enumerate(result.ga_filters)}
     examples = []
     for view in views:

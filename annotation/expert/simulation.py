@@ -103,7 +103,7 @@ class _Segmentation:
 
     def __init__(self, dataset):
         self.reader = BrodenReader(dataset.root_dir)
-        self.rows = list(self.reader.rows())
+        self.rows = self.reader.indexed_rows
         self.categories = set(self.reader.index_categories)
         self.cache: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
 
