@@ -434,7 +434,12 @@ class RenderedGrid(models.Model):
 
     @property
     def url(self) -> str:
-        return settings.MEDIA_URL + self.path
+        """Where browsers fetch it: the media folder's URL, or the object store's (signed or public) URL."""
+        from django.core.files.storage import FileSystemStorage, default_storage
+
+        if isinstance(default_storage, FileSystemStorage):
+            return settings.MEDIA_URL + self.path
+        return default_storage.url(self.path)
 
 
 class ExemplarKind(models.TextChoices):

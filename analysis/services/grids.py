@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,27 @@ class DatasetImageCache:
         return image
 
 
+def media_put(relative: str, data: bytes) -> None:
+    """Store ``data`` as media file ``relative`` (a content-hash name: present means identical).
+
+    On the local media folder the file appears whole (written aside, renamed into place); in the object store
+    (django-storages, ``UNITSCOPE_STORAGE_URL``) one PUT does the same, and the web serves it from there.
+    """
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import FileSystemStorage, default_storage
+
+    if not isinstance(default_storage, FileSystemStorage):
+        if not default_storage.exists(relative):
+            default_storage.save(relative, ContentFile(data))
+        return
+    path = Path(settings.MEDIA_ROOT) / relative
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.partial")
+        temporary.write_bytes(data)
+        temporary.replace(path)
+
+
 def store_grid(picture, *, style: str) -> RenderedGrid:
     """Encode ``picture`` as PNG and store it as ``grids/<aa>/<sha256>.png`` (idempotent)."""
     buffer = io.BytesIO()
@@ -67,12 +89,7 @@ def store_grid(picture, *, style: str) -> RenderedGrid:
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     relative = f"grids/{digest[:2]}/{digest}.png"
-    path = Path(settings.MEDIA_ROOT) / relative
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".partial")
-        temporary.write_bytes(data)
-        temporary.replace(path)
+    media_put(relative, data)
     grid, _ = RenderedGrid.objects.get_or_create(sha256=digest, defaults={
         "path": relative, "style": style, "width": picture.width, "height": picture.height})
     return grid

@@ -139,6 +139,39 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
+# The artifact store (analysis.storage): unset, the data dir above is the store (nothing to start). In production
+# an S3-compatible object store, s3://bucket/prefix, shared by the web and every worker (each keeps its own scratch
+# copy under its UNITSCOPE_DATA_DIR); the endpoint for MinIO/Ceph/moto, credentials the usual boto way
+# (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an instance role). Rendered grids then go to <prefix>/media through
+# django-storages and are served from the store: signed URLs, or public ones under UNITSCOPE_MEDIA_PUBLIC_URL
+# (a CDN or public-read bucket domain, e.g. media.example.org).
+UNITSCOPE_STORAGE_URL = env("UNITSCOPE_STORAGE_URL", "")
+UNITSCOPE_STORAGE_ENDPOINT_URL = env("UNITSCOPE_STORAGE_ENDPOINT_URL", "")
+UNITSCOPE_STORAGE_REGION = env("UNITSCOPE_STORAGE_REGION", "")
+UNITSCOPE_MEDIA_PUBLIC_URL = env("UNITSCOPE_MEDIA_PUBLIC_URL", "")
+UNITSCOPE_MEDIA_URL_EXPIRY = int(env("UNITSCOPE_MEDIA_URL_EXPIRY", str(7 * 24 * 3600)))
+
+
+def object_store_media(url: str) -> dict:
+    """``STORAGES["default"]`` for grids in the object store at ``url`` (``s3://bucket/prefix``)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    if not url.startswith("s3://") or not url[5:].split("/")[0]:
+        raise ImproperlyConfigured(f"UNITSCOPE_STORAGE_URL must look like s3://bucket/prefix, not {url!r}")
+    bucket, _, prefix = url[5:].partition("/")
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": bucket, "location": "/".join(p for p in (prefix.strip("/"), "media") if p),
+        "endpoint_url": UNITSCOPE_STORAGE_ENDPOINT_URL or None, "region_name": UNITSCOPE_STORAGE_REGION or None,
+        # names are content hashes: the same name is the same bytes, so overwriting is harmless
+        "file_overwrite": True, "custom_domain": UNITSCOPE_MEDIA_PUBLIC_URL or None,
+        "querystring_auth": not UNITSCOPE_MEDIA_PUBLIC_URL, "querystring_expire": UNITSCOPE_MEDIA_URL_EXPIRY,
+        "object_parameters": {"CacheControl": "public, max-age=31536000, immutable"},
+    }}
+
+
+if UNITSCOPE_STORAGE_URL:
+    STORAGES["default"] = object_store_media(UNITSCOPE_STORAGE_URL)
+
 # Celery. The embedded default needs no server: the filesystem transport keeps messages in folders
 # under the data dir, and a real worker process consumes them. It runs through unitscope.broker's transport
 # (atomic writes, a corrupt message set aside instead of killing the worker; README "The embedded broker"),
