@@ -36,7 +36,8 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
-__all__ = ["ArtifactStore", "artifact_key", "artifact_store", "fetch", "local_path", "publish", "stored_path"]
+__all__ = ["ArtifactStore", "artifact_key", "artifact_store", "fetch", "local_path", "publish", "publish_folder",
+           "stored_path"]
 
 
 class ArtifactStore:
@@ -113,19 +114,22 @@ class ArtifactStore:
         finally:
             partial.unlink(missing_ok=True)
 
-    def publish(self, path: str | os.PathLike[str]) -> str:
-        """Upload the file or folder ``path`` (inside the scratch) to the store; returns its key.
-
-        Each file is one PUT. Publish before recording the artifact in the database.
+    def publish(self, path: str | os.PathLike[str], key: str | None = None) -> str:
+        """Upload the file or folder ``path`` to the store under ``key`` (default: its key inside the scratch);
+        returns the key. Each file is one PUT; ``*.partial`` files are left out. Publish before recording the
+        artifact in the database.
         """
-        key = self.key(path)
+        local = Path(path).resolve()
+        key = _check_key(key) if key is not None else self.key(local)
         if self.remote:
-            local = Path(path)
             files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
             for file in files:
                 if file.name.endswith(".partial"):
                     continue
-                self.fs.put_file(str(file), self.remote_path(self.key(file)))
+                relative = "" if file == local else "/" + file.relative_to(local).as_posix()
+                self.fs.put_file(str(file), self.remote_path(key + relative))
+        elif key != self.key(local):
+            raise ValueError(f"{local} is not {key!r} of the data dir {self.scratch}")
         return key
 
     def remove(self, key: str) -> None:
@@ -186,8 +190,18 @@ def fetch(key_or_path: str | os.PathLike[str]) -> Path:
     return _fetch_stored(str(key_or_path))
 
 
-def publish(path: str | os.PathLike[str]) -> str:
-    return artifact_store().publish(path)
+def publish(path: str | os.PathLike[str], key: str | None = None) -> str:
+    return artifact_store().publish(path, key)
+
+
+def publish_folder(path: str | os.PathLike[str], key: str) -> str:
+    """What the database keeps for a folder that workers will read (a dataset registered from anywhere): with an
+    object store, the folder is uploaded under ``key`` and the key is kept; on the local default, the folder is
+    used where it is (:func:`stored_path`)."""
+    store = artifact_store()
+    if store.remote:
+        return store.publish(path, key)
+    return stored_path(path)
 
 
 def stored_path(path: str | os.PathLike[str]) -> str:

@@ -59,6 +59,8 @@ SPLITS = ("train", "val", "all")
 # layers' part studies and ablations add a few minutes to the default build on two CPU cores.
 DEMO_PART_LAYERS = ("conv4", "conv5")
 DEMO_MAX_VIEWS = 150
+# Prefix outputs an ablation keeps between its two passes over a class's views; beyond this it recomputes them.
+FRONTIER_BUDGET_BYTES = 256 * 2**20
 DEMO_ABLATION: dict[str, dict[str, Any]] = {"conv4": {"max_images": 25, "blackout": False},
                                             "conv5": {"max_images": 60, "blackout": True}}
 CURVE_POINTS = 150
@@ -536,12 +538,21 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
         progress.phase(f"Ablating {n_filters} filters of {layer.name} on {len(views)} {concept.name} views",
                        total=len(views))
         totals = torch.zeros(1 + n_filters, dtype=torch.float64, device=dev)
-        frontiers, base = [], []
+        # The second pass reuses the prefix outputs while they fit FRONTIER_BUDGET_BYTES, else recomputes them: memory
+        # stays bounded however many views a class has.
+        frontiers: list | None = []
+        base = []
+        kept_bytes = 0
         with torch.no_grad():
             for start in range(0, len(views), params["batch_size"]):
                 x = images.inputs(views[start:start + params["batch_size"]], params["inputs"])
                 frontier = ablator.prefix(x)
-                frontiers.append(frontier)
+                if frontiers is not None:
+                    kept_bytes += sum(t.numel() * t.element_size() for t in frontier)
+                    if kept_bytes <= FRONTIER_BUDGET_BYTES:
+                        frontiers.append(frontier)
+                    else:
+                        frontiers = None
                 for m in range(0, 1 + n_filters, chunk_masks):
                     scores = class_scores(ablator.logits(frontier, single[m:m + chunk_masks]), output,
                                           params["score"])
@@ -557,7 +568,9 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
             sets[0, flag_t] = 0  # every discriminative filter zeroed
             sets[1, ~flag_t] = 0  # every other filter zeroed
             set_totals = torch.zeros(2, dtype=torch.float64, device=dev)
-            for frontier in frontiers:
+            for k, start in enumerate(range(0, len(views), params["batch_size"])):
+                frontier = (frontiers[k] if frontiers is not None else
+                            ablator.prefix(images.inputs(views[start:start + params["batch_size"]], params["inputs"])))
                 set_totals += class_scores(ablator.logits(frontier, sets), output, params["score"]).sum(dim=1)
             del frontiers
         set_deltas = (mean_scores[0] - (set_totals / len(views)).cpu().numpy()).tolist()
