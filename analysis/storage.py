@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
-__all__ = ["ArtifactStore", "artifact_key", "artifact_store", "fetch", "local_path", "publish", "publish_folder",
+__all__ = ["ArtifactStore", "artifact_exists", "artifact_key", "artifact_store", "fetch", "local_path", "publish", "publish_folder",
            "stored_path"]
 
 
@@ -210,6 +210,18 @@ def stored_path(path: str | os.PathLike[str]) -> str:
         return artifact_key(path)
     except ValueError:
         return str(Path(path).resolve())
+
+
+def artifact_exists(stored: str | os.PathLike[str]) -> bool:
+    """Whether a value written by :func:`stored_path` names an artifact this machine can have (here or in the
+    store)."""
+    stored = str(stored)
+    if os.path.isabs(stored):
+        try:
+            stored = artifact_key(stored)
+        except ValueError:
+            return Path(stored).exists()
+    return artifact_store().path(stored).exists() or artifact_store().exists(stored)
 
 
 def local_path(stored: str | os.PathLike[str]) -> Path:

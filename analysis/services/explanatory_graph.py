@@ -40,6 +40,7 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AnnotatedBox, Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Layer,
                              Network, Run)
+from analysis.storage import local_path
 
 from .inputs import ensure_extraction, layer_geometry
 from .extraction import open_activation_cache
@@ -554,7 +555,7 @@ def graph_export(run: Run, out_dir: Path) -> list[Path]:
         "run": run.pk, "kind": run.kind, "params": run.params,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "network": graph.network.name, "weights_sha256": graph.network.weights_sha256,
-        "dataset": graph.dataset.name, "dataset_dir": str(Path(graph.dataset.root_dir).resolve()),
+        "dataset": graph.dataset.name, "dataset_dir": str(local_path(graph.dataset.root_dir)),
         "layers": graph.layers, "activations_runs": graph.extraction_runs, "images": graph.n_images,
         "learn_images": graph.n_learn_images, "nodes": graph.n_nodes, "edges": graph.n_edges,
         "landmarks": graph.landmarks, "instability": graph.instability,

@@ -46,7 +46,7 @@ class DatasetImageCache:
     def __init__(self, dataset, capacity: int = IMAGE_CACHE_SIZE):
         from analysis.engine.broden import BrodenReader
 
-        self.reader = BrodenReader(dataset.root_dir)
+        self.reader = BrodenReader(dataset.root)
         self.capacity = capacity
         self.images: OrderedDict[int, np.ndarray] = OrderedDict()
 

@@ -170,7 +170,7 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
     inputs = run_inputs(params, progress=progress, thresholds=True, labels=True)
     dataset, layer, extraction, thresholds = inputs.dataset, inputs.layer, inputs.extraction, inputs.thresholds
     maps = open_activation_cache(extraction)
-    reader = BrodenReader(dataset.root_dir)
+    reader = BrodenReader(dataset.root)
     rows = reader.indexed_rows
     dev = torch.device(device)
     valid = (inputs.label_category >= 0).to(dev)

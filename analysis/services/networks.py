@@ -145,7 +145,7 @@ def load_classification_tensors(dataset: Dataset, progress: RunProgress | None =
     height, width = sizes.pop()
     images = torch.empty((len(rows), 3, height, width), dtype=torch.uint8)
     labels = torch.empty(len(rows), dtype=torch.int64)
-    reader = BrodenReader(dataset.root_dir)
+    reader = BrodenReader(dataset.root)
     if progress:
         progress.phase("Loading images", total=len(rows))
     for position, (row, broden_row) in enumerate(zip(rows, reader.rows())):

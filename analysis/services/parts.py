@@ -227,7 +227,7 @@ class _Images:
     def __init__(self, dataset: Dataset, network: Network, device):
         from analysis.engine.broden import BrodenReader
 
-        self.reader = BrodenReader(dataset.root_dir)
+        self.reader = BrodenReader(dataset.root)
         self.rows = self.reader.indexed_rows
         self.network = network
         self.device = device
@@ -775,7 +775,7 @@ def part_examples(result: PartDetectionResult, *, count: int = 6, per_view: int 
     for view, value in zip(det_view.tolist(), det_score.tolist()):
         best_per_view[view] = max(value, best_per_view.get(view, float("-inf")))
     views = sorted(best_per_view, key=lambda view: (-best_per_view[view], view))[:count]
-    reader = BrodenReader(result.study.dataset.root_dir)
+    reader = BrodenReader(result.study.dataset.root)
     wanted = {int(data["view_image"][view]) for view in views}
     rows = {position: reader.row(position) for position in wanted}
     colour_of = {f: PALETTE[k % len(PALETTE)] for k, f in enumerate(result.ga_filters)}

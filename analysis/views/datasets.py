@@ -106,7 +106,7 @@ def _dataset_row(dataset: Dataset, index: int):
     from analysis.engine.broden import BrodenFormatError, BrodenReader
 
     try:
-        reader = BrodenReader(dataset.root_dir)
+        reader = BrodenReader(dataset.root)
         if 0 <= index < len(reader.indexed_rows):
             return reader, reader.row(index)
     except (BrodenFormatError, OSError) as error:  # files moved or deleted since the import: not a server error

@@ -186,15 +186,18 @@ CELERY_VISIBILITY_TIMEOUT = 13 * 3600
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+# The embedded broker's folders: under the data dir unless UNITSCOPE_BROKER_DIR says where (processes on one machine
+# that keep separate data dirs, e.g. workers with their own scratch, share the broker through it).
+UNITSCOPE_BROKER_DIR = Path(env("UNITSCOPE_BROKER_DIR", str(UNITSCOPE_DATA_DIR / "celery"))).resolve()
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    _queue_dir = UNITSCOPE_DATA_DIR / "celery" / "queue"
-    _processed_dir = UNITSCOPE_DATA_DIR / "celery" / "processed"
+    _queue_dir = UNITSCOPE_BROKER_DIR / "queue"
+    _processed_dir = UNITSCOPE_BROKER_DIR / "processed"
     CELERY_BROKER_TRANSPORT = "unitscope.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(_processed_dir),
-        "control_folder": str(UNITSCOPE_DATA_DIR / "celery" / "control"),
+        "control_folder": str(UNITSCOPE_BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
     }
