@@ -28,6 +28,7 @@ store by signed (or, with ``UNITSCOPE_MEDIA_PUBLIC_URL``, public) URLs without a
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -166,19 +167,15 @@ def storage_options() -> dict:
 
 
 @lru_cache(maxsize=4)
-def _store(scratch: str, url: str, options_key: tuple) -> ArtifactStore:
-    return ArtifactStore(scratch, url, dict(options_key))
+def _store(scratch: str, url: str, options_json: str) -> ArtifactStore:
+    return ArtifactStore(scratch, url, json.loads(options_json))
 
 
 def artifact_store() -> ArtifactStore:
-    """The store the settings configure, with this machine's data dir as scratch."""
-    options = storage_options()
+    """The store the settings configure, with this machine's data dir as scratch (one per configuration, so the
+    fsspec filesystem and its connections are reused)."""
     return _store(str(settings.UNITSCOPE_DATA_DIR), settings.UNITSCOPE_STORAGE_URL,
-                  tuple(sorted((k, _frozen(v)) for k, v in options.items())))
-
-
-def _frozen(value):
-    return tuple(sorted(value.items())) if isinstance(value, dict) else value
+                  json.dumps(storage_options(), sort_keys=True))
 
 
 def artifact_key(path: str | os.PathLike[str]) -> str:

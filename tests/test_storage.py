@@ -114,3 +114,14 @@ def test_public_media_urls_name_the_public_domain_and_carry_no_signature(object_
         **settings.STORAGES["default"]["OPTIONS"], "custom_domain": "media.example.org", "querystring_auth": False}}}
     grid = store_grid(Image.new("RGB", (3, 3), "red"), style="activation")
     assert grid.url == f"https://media.example.org/site/media/{grid.path}"
+
+
+def test_the_configured_store_reaches_the_server_with_the_settings_options(object_store, settings):
+    store = storage.artifact_store()
+    assert store.remote and store.url == object_store and store.scratch == settings.UNITSCOPE_DATA_DIR.resolve()
+    assert store is storage.artifact_store()  # one per configuration
+    file = _write(settings.UNITSCOPE_DATA_DIR / "extractions" / "1" / "conv5.pt", b"stats")
+    assert storage.publish(file) == "extractions/1/conv5.pt"
+    file.unlink()
+    assert storage.artifact_exists("extractions/1/conv5.pt") and not storage.artifact_exists("extractions/2/x.pt")
+    assert storage.fetch("extractions/1/conv5.pt").read_bytes() == b"stats"
