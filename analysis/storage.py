@@ -41,6 +41,10 @@ __all__ = ["ArtifactStore", "artifact_exists", "artifact_key", "artifact_store",
            "stored_path"]
 
 
+FETCHED_MARKER = ".unitscope-fetched"
+"""Left in a folder once :meth:`ArtifactStore.fetch` has downloaded all of it: later fetches list nothing."""
+
+
 class ArtifactStore:
     """Keys ↔ files in ``scratch``, mirrored to the store at ``url`` (``""``: the scratch is the store)."""
 
@@ -92,11 +96,14 @@ class ArtifactStore:
             if not local.exists():
                 raise FileNotFoundError(f"artifact {key!r} is not in {self.scratch}")
             return local
+        if (local / FETCHED_MARKER).exists():  # a folder fetched whole before (artifacts never change)
+            return local
         remote = self.remote_path(key)
         if self.fs.isdir(remote):
             for name in self.fs.find(remote):
                 relative = PurePosixPath(name).relative_to(remote).as_posix()
                 self._get_file(name, local / relative)
+            (local / FETCHED_MARKER).touch()
             return local
         if not local.exists():
             if not self.fs.exists(remote):
@@ -125,7 +132,7 @@ class ArtifactStore:
         if self.remote:
             files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
             for file in files:
-                if file.name.endswith(".partial"):
+                if file.name.endswith(".partial") or file.name == FETCHED_MARKER:
                     continue
                 relative = "" if file == local else "/" + file.relative_to(local).as_posix()
                 self.fs.put_file(str(file), self.remote_path(key + relative))

@@ -57,7 +57,10 @@ def test_two_scratch_dirs_share_artifacts_only_through_the_object_store(object_s
 
     fetched = worker.fetch("activations/abc")
     assert fetched == tmp_path / "worker" / "activations" / "abc"
-    assert sorted(p.name for p in fetched.iterdir()) == ["maps.npy", "meta.json"]
+    assert sorted(p.name for p in fetched.iterdir()) == [storage.FETCHED_MARKER, "maps.npy", "meta.json"]
+    worker.fs.find = lambda *a, **k: pytest.fail("listed the store again for a folder fetched whole")
+    assert worker.fetch("activations/abc") == fetched
+    del worker.fs.find
     assert np.array_equal(np.load(fetched / "maps.npy", mmap_mode="r"), maps)
     with pytest.raises(FileNotFoundError):
         worker.fetch("activations/missing/meta.json")

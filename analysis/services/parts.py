@@ -33,20 +33,19 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.db import transaction
 
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
                              PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
+from analysis.storage import artifact_store, fetch, publish
 
 from .inputs import ensure_extraction, layer_geometry, run_inputs
 from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
@@ -405,8 +404,9 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     else:
         model = _load_model(network, dev)
     images = _Images(dataset, network, dev)
-    directory = settings.UNITSCOPE_DATA_DIR / "part_detection" / f"run-{run.pk}"
-    shutil.rmtree(directory, ignore_errors=True)
+    key = f"part_detection/run-{run.pk}"
+    artifact_store().remove(key)
+    directory = artifact_store().path(key)
     directory.mkdir(parents=True)
     by_class: dict[int, list[dict]] = defaultdict(list)
     for part in parts:
@@ -440,10 +440,11 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
         values = list(values)
         return float(np.mean(values)) if values else 0.0
 
+    publish(directory)  # in the store before the study row points at it
     with transaction.atomic():  # the study appears with all its results or not at all
         study = PartDetectionStudy.objects.create(
             run=run, layer=layer, dataset=dataset, inputs=params["inputs"], split=params["split"], params=params,
-            directory=str(directory), n_parts=len(results), n_emerged=emerged, n_emerged_above_prior=above_prior,
+            directory=key, n_parts=len(results), n_emerged=emerged, n_emerged_above_prior=above_prior,
             n_covered=covered, mean_prior_ap=mean(r.prior_ap for r in results),
             mean_best_ap=mean(r.best_ap for r in results), mean_ga_ap=mean(r.ga_ap for r in results),
             mean_top_ap=mean(r.top_ap for r in results), mean_all_ap=mean(r.all_ap for r in results))
@@ -463,7 +464,7 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
 
 def part_detection_arrays(result: PartDetectionResult) -> dict[str, np.ndarray]:
     """The saved detections (image pixels, after regression and NMS) and ground truth of one part result."""
-    with np.load(Path(result.study.directory) / f"part-{result.position}.npz") as data:
+    with np.load(fetch(f"{result.study.directory}/part-{result.position}.npz")) as data:
         return {name: data[name] for name in data.files}
 
 
