@@ -18,9 +18,10 @@ content hashes): a file present in the scratch is the store's file, so :func:`fe
 missing. Downloads land in a temporary name and are renamed into place, so a killed worker never leaves a
 half-written file where another process would read it; one object is one PUT, which S3 makes visible whole.
 
-Paths kept in the database are made portable with :func:`stored_path` (a key when under the data dir) and read
-back with :func:`local_path` (a key joins this machine's data dir; an absolute path is kept as it is, for
-directories registered in place on a single machine).
+Paths kept in the database are made portable with :func:`stored_path` (with an object store, a key when under the
+data dir; on the local default the absolute path, as before) and read back with :func:`fetch` or :func:`local_path`
+(a key joins this machine's data dir; an absolute path under it is a key too; any other absolute path is a folder
+registered in place on a single machine and is used as it is).
 
 Rendered grids are media, not artifacts: Django's default storage (``STORAGES["default"]``), django-storages'
 S3 backend when ``UNITSCOPE_STORAGE_URL`` is set (``<prefix>/media/grids/<aa>/<sha256>.png``), served from the
@@ -209,11 +210,16 @@ def publish_folder(path: str | os.PathLike[str], key: str) -> str:
 
 
 def stored_path(path: str | os.PathLike[str]) -> str:
-    """What the database keeps for ``path``: its key when inside the data dir, else the absolute path."""
-    try:
-        return artifact_key(path)
-    except ValueError:
-        return str(Path(path).resolve())
+    """What the database keeps for ``path``: with an object store, its key when inside the data dir (any machine
+    finds it); on the local default, and for folders outside the data dir, the absolute path (as before keys: a row
+    stays readable whichever data dir a later process uses, e.g. a test's own)."""
+    store = artifact_store()
+    if store.remote:
+        try:
+            return store.key(path)
+        except ValueError:
+            pass
+    return str(Path(path).resolve())
 
 
 def artifact_exists(stored: str | os.PathLike[str]) -> bool:

@@ -29,7 +29,7 @@ def test_local_default_is_the_data_dir_and_needs_no_server(settings, tmp_path):
     assert not store.remote and store.scratch == settings.UNITSCOPE_DATA_DIR.resolve()
     file = _write(settings.UNITSCOPE_DATA_DIR / "dissections" / "7" / "plan.npz", b"plan")
     assert storage.publish(file) == "dissections/7/plan.npz"
-    assert storage.stored_path(file) == "dissections/7/plan.npz"
+    assert storage.stored_path(file) == str(file.resolve())  # the local default keeps absolute paths, as before
     assert storage.local_path("dissections/7/plan.npz") == file.resolve()
     assert storage.fetch("dissections/7/plan.npz") == file.resolve()
     assert storage.fetch(str(file)) == file.resolve()  # an absolute path under the data dir is a key too
@@ -119,12 +119,13 @@ def test_public_media_urls_name_the_public_domain_and_carry_no_signature(object_
     assert grid.url == f"https://media.example.org/site/media/{grid.path}"
 
 
-def test_the_configured_store_reaches_the_server_with_the_settings_options(object_store, settings):
+def test_the_configured_store_reaches_the_server_with_the_settings_options(object_store, settings, tmp_path):
     store = storage.artifact_store()
     assert store.remote and store.url == object_store and store.scratch == settings.UNITSCOPE_DATA_DIR.resolve()
     assert store is storage.artifact_store()  # one per configuration
     file = _write(settings.UNITSCOPE_DATA_DIR / "extractions" / "1" / "conv5.pt", b"stats")
-    assert storage.publish(file) == "extractions/1/conv5.pt"
+    assert storage.publish(file) == "extractions/1/conv5.pt" == storage.stored_path(file)  # keys with a store
+    assert storage.stored_path(tmp_path / "elsewhere") == str((tmp_path / "elsewhere").resolve())
     file.unlink()
     assert storage.artifact_exists("extractions/1/conv5.pt") and not storage.artifact_exists("extractions/2/x.pt")
     assert storage.fetch("extractions/1/conv5.pt").read_bytes() == b"stats"

@@ -64,7 +64,7 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, DissectionBaseline, LayerDissection, RotationTest, Run, RunStatus, UnitDissection, UnitStatus,
                              UpsampleMethod)
-from analysis.storage import artifact_store, fetch, local_path, publish
+from analysis.storage import artifact_store, fetch, local_path, publish, stored_path
 
 from .extraction import open_activation_cache
 from .inputs import layer_upsampler, run_inputs
@@ -164,7 +164,7 @@ def _fresh_directory(key: str) -> Path:
 
 
 def _dissection_file(dissection: LayerDissection, name: str) -> str:
-    """The artifact key (or, for rows written before keys, the absolute path) of one file of ``dissection``."""
+    """What :func:`analysis.storage.fetch` takes for one file of ``dissection`` (a key, or an absolute path)."""
     return f"{dissection.directory}/{name}"
 
 
@@ -254,8 +254,8 @@ def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     _save_npz(directory / PLAN_FILE, thresholds=thresholds.numpy(), label_category=label_category.numpy(),
               n_categories=np.int64(len(categories)), pairing=pairing.numpy())
     publish(directory / PLAN_FILE)  # before any shard can be queued: a worker elsewhere fetches it
-    LayerDissection.objects.filter(pk=dissection.pk).update(directory=key)
-    dissection.directory = key
+    dissection.directory = stored_path(directory)
+    LayerDissection.objects.filter(pk=dissection.pk).update(directory=dissection.directory)
 
     bounds = [index * n_images // shards for index in range(shards + 1)]
     progress.phase(f"Tallying {n_images} images of {layer.name} against {dataset.name}"
@@ -427,7 +427,7 @@ def _dissection_merge(dissection: LayerDissection) -> None:
             n_saturated=int(saturated.sum()),
             per_category=_category_summary(result, dissection.categories, names))
     for key in shard_keys:  # the merged tally holds everything they did
-        if key.startswith("/"):  # a row written before artifact keys
+        if key.startswith("/"):  # the local default (or a row written before artifact keys)
             Path(key).unlink(missing_ok=True)
         else:
             artifact_store().remove(key)
@@ -507,7 +507,8 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
               label=np.stack([result.label.cpu().numpy() for result, _ in scored]),
               label_iou=np.stack([result.label_iou.cpu().numpy() for result, _ in scored]),
               detector=np.stack([result.detector.cpu().numpy() for result, _ in scored]))
-    RotationTest.objects.filter(pk=test.pk).update(directory=publish(directory))
+    publish(directory)
+    RotationTest.objects.filter(pk=test.pk).update(directory=stored_path(directory))
     mean_unique = [sum(point["unique"] for point in points if point["alpha"] == alpha) / len(params["seeds"])
                    for alpha in params["alphas"]]
     return {"rotation_test": test.pk, "layer": layer.name, "dataset": dataset.name,

@@ -39,7 +39,7 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AnnotatedBox, Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Layer,
                              Network, Run)
-from analysis.storage import artifact_store, fetch, local_path, publish
+from analysis.storage import artifact_store, fetch, local_path, publish, stored_path
 
 from .inputs import ensure_extraction, layer_geometry
 from .extraction import open_activation_cache
@@ -211,7 +211,7 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
             run=run, network=network, dataset=dataset, layers=[layer.name for layer in layers],
             extraction_runs={name: extraction.run_id for name, extraction in extractions.items()},
             params={key: params[key] for key in GRAPH_DEFAULTS} | {"nodes_per_filter": nodes},
-            directory=key, n_images=dataset.image_count, n_learn_images=len(learn_rows),
+            directory=stored_path(directory), n_images=dataset.image_count, n_learn_images=len(learn_rows),
             plane_unit=plane, landmarks=params["landmarks"])
         saved = _save_graph(graph, layers, result, progress)
         publish(directory)  # before the row is committed: pages and purity tasks elsewhere fetch it

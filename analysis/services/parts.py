@@ -45,7 +45,7 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
                              PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
-from analysis.storage import artifact_store, fetch, publish
+from analysis.storage import artifact_store, fetch, publish, stored_path
 
 from .inputs import ensure_extraction, layer_geometry, run_inputs
 from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
@@ -444,7 +444,7 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     with transaction.atomic():  # the study appears with all its results or not at all
         study = PartDetectionStudy.objects.create(
             run=run, layer=layer, dataset=dataset, inputs=params["inputs"], split=params["split"], params=params,
-            directory=key, n_parts=len(results), n_emerged=emerged, n_emerged_above_prior=above_prior,
+            directory=stored_path(directory), n_parts=len(results), n_emerged=emerged, n_emerged_above_prior=above_prior,
             n_covered=covered, mean_prior_ap=mean(r.prior_ap for r in results),
             mean_best_ap=mean(r.best_ap for r in results), mean_ga_ap=mean(r.ga_ap for r in results),
             mean_top_ap=mean(r.top_ap for r in results), mean_all_ap=mean(r.all_ap for r in results))
