@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.mixins import AccessMixin
+from django.core.exceptions import PermissionDenied
 
 from .roles import Role
 
@@ -32,3 +33,20 @@ class ExpertRequiredMixin(RoleRequiredMixin):
 
 class CrowdRequiredMixin(RoleRequiredMixin):
     allowed_roles = (Role.CROWD,)
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def study_changeable_by(user, study) -> bool:
+    """Whether ``user`` may change ``study`` (an expert or crowd study: close, review, block, synonyms, imports):
+    the researcher who created it, or a superuser. Every researcher may read every study."""
+    if not (user and user.is_authenticated and user.is_active):
+        return False
+    return user.is_superuser or (study.created_by_id is not None and study.created_by_id == user.pk)
+
+
+def study_write_check(request, study) -> None:
+    """403 for a write request (POST and co.) on ``study`` by anyone but its creator or a superuser; reads pass."""
+    if request.method in WRITE_METHODS and not study_changeable_by(request.user, study):
+        raise PermissionDenied("Only the researcher who created this study may change it.")

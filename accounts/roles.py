@@ -19,5 +19,6 @@ class Role(StrEnum):
                 "crowd": "annotation:crowd_home"}[self.value]
 
 
-# Apps whose model permissions researchers hold (they run the admin for them).
-RESEARCHER_PERMISSION_APPS = ("accounts", "analysis", "annotation")
+# Apps whose model permissions researchers hold (they run the admin for them). Not ``accounts``: users and groups
+# are administered by superusers only (accounts/admin.py).
+RESEARCHER_PERMISSION_APPS = ("analysis", "annotation")

@@ -68,6 +68,20 @@ class ExtractionForm(forms.Form):
 class GridsForm(forms.Form):
     extraction_run = forms.IntegerField(widget=forms.HiddenInput)
     layer = forms.CharField(widget=forms.HiddenInput)
+    units = forms.CharField(required=False, max_length=2000, label="Units",
+                            help_text="Only these units, e.g. 0-9,17; empty renders every unit.")
+
+    def clean_units(self):
+        from analysis.services.grids import parse_units
+        from analysis.services.runs import RunInputError
+
+        text = self.cleaned_data["units"].strip()
+        if not text:
+            return None
+        try:
+            return parse_units(text)
+        except RunInputError as error:
+            raise forms.ValidationError(str(error)) from None
 
 
 class UnitFilterForm(forms.Form):

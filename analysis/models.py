@@ -246,6 +246,7 @@ class NetworkSource(models.TextChoices):
 
 
 class Network(models.Model):
+    # unique: the registration claims its name by inserting this row first (two cannot both start)
     name = models.SlugField(max_length=100, unique=True)
     source = models.CharField(max_length=16, choices=NetworkSource.choices)
     arch = models.CharField(max_length=200, blank=True, help_text="torchvision name or module:callable.")
@@ -255,6 +256,8 @@ class Network(models.Model):
     input_width = models.PositiveIntegerField(default=224)
     mean = models.JSONField(default=list)
     std = models.JSONField(default=list)
+    channel_order = models.CharField(max_length=3, default="RGB", choices=[("RGB", "RGB"), ("BGR", "BGR")],
+                                     help_text="Colour order the network reads; mean/std are in this order.")
     class_names = models.JSONField(default=list, blank=True)
     callable_kwargs = models.JSONField(default=dict, blank=True)
     trained_on = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -290,6 +293,8 @@ class Layer(models.Model):
     rf_offset_y = models.FloatField(null=True, blank=True)
     rf_offset_x = models.FloatField(null=True, blank=True)
     rf_verified = models.BooleanField(default=False, help_text="Analytic geometry equals the numeric probe.")
+    rf_check = models.CharField(max_length=500, blank=True,
+                                help_text="What the numeric check sampled, or why it differs or was not run.")
 
     class Meta:
         ordering = ["network", "order"]
@@ -406,6 +411,11 @@ class UnitActivationSummary(models.Model):
     threshold = models.FloatField(help_text="The per-unit top-quantile T_k of raw activations.")
     max_activation = models.FloatField()
     active_images = models.PositiveIntegerField(help_text="Images where the unit's map maximum exceeds 0.")
+    ceiling_ties = models.PositiveIntegerField(
+        default=0, help_text="Top images whose map maximum equals the unit's maximum (at most k_overall).")
+    saturated_at_ceiling = models.BooleanField(
+        default=False, help_text="Threshold equals the maximum and several top images tie there (e.g. ReLU6 at 6): "
+                                 "the top images are ordered by the map sum and masks are the saturated region.")
 
     objects = UnitActivationSummaryQuerySet.as_manager()
 

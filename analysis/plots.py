@@ -1,8 +1,14 @@
-"""Plots for pages and reports: matplotlib figures rendered to inline SVG (no files, no JavaScript)."""
+"""Plots for pages and reports: matplotlib figures rendered to inline SVG (no files, no JavaScript).
+
+Every string is drawn as plain text (:func:`plain_text`): labels come from people (worker ids, concept names,
+descriptions), and matplotlib would otherwise read ``$…$`` as mathtext — ``$x^{$`` as a worker id made a report
+fail on every load.
+"""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import wraps
 
 import matplotlib
 
@@ -11,6 +17,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 from django.utils.safestring import SafeString, mark_safe  # noqa: E402
 
 ACCENT, SECOND, MUTED = "#2450a6", "#c2410c", "#5d6778"
+
+
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def plain_text(chart: Callable[..., SafeString]) -> Callable[..., SafeString]:
+    """Run ``chart`` (figure built and saved) with mathtext and TeX off: every label is literal text."""
+
+    @wraps(chart)
+    def wrapped(*args, **kwargs) -> SafeString:
+        with matplotlib.rc_context(PLAIN_TEXT):
+            return chart(*args, **kwargs)
+
+    return wrapped
 
 
 def _svg(figure) -> SafeString:
@@ -23,6 +43,7 @@ def _svg(figure) -> SafeString:
     return mark_safe(text.replace("<svg ", '<svg class="chart" role="img" ', 1))
 
 
+@plain_text
 def line_chart(x: Sequence[float], series: dict[str, Sequence[float | None]], *, xlabel: str, ylabel: str,
                title: str = "", ylim: tuple[float, float] | None = None, size=(5.2, 2.8)) -> SafeString:
     """A small line chart with one line per named series (None values are skipped)."""
@@ -45,6 +66,7 @@ def line_chart(x: Sequence[float], series: dict[str, Sequence[float | None]], *,
     return _svg(figure)
 
 
+@plain_text
 def stacked_bar_chart(labels: Sequence[str], segments: dict[str, Sequence[float]], *, xlabel: str,
                       colours: Sequence[str] | None = None, title: str = "", percent: bool = True,
                       width: float = 6.4) -> SafeString:
@@ -80,6 +102,7 @@ def stacked_bar_chart(labels: Sequence[str], segments: dict[str, Sequence[float]
     return _svg(figure)
 
 
+@plain_text
 def interval_chart(labels: Sequence[str], values: Sequence[float], lows: Sequence[float | None],
                    highs: Sequence[float | None], *, xlabel: str, xlim: tuple[float, float] | None = None,
                    width: float = 5.6) -> SafeString:
@@ -117,6 +140,7 @@ def category_colour(category: str, position: int = 0) -> str:
     return CATEGORY_COLOURS.get(category, _EXTRA_COLOURS[position % len(_EXTRA_COLOURS)])
 
 
+@plain_text
 def category_bars(categories: Sequence[str], series: dict[str, Sequence[int]], *, ylabel: str,
                   size=(5.6, 2.8)) -> SafeString:
     """Grouped bars: one group per category, one bar per named series (e.g. detectors, unique concepts)."""
@@ -147,6 +171,7 @@ def category_bars(categories: Sequence[str], series: dict[str, Sequence[int]], *
     return _svg(figure)
 
 
+@plain_text
 def stacked_category_bars(groups: Sequence[str], categories: Sequence[str], values: Sequence[Sequence[int]], *,
                           ylabel: str, size=(5.6, 3.0)) -> SafeString:
     """ND'18 Fig. 9 style: one bar per group (layer), stacked by category; ``values[group][category]``."""
@@ -171,6 +196,7 @@ def stacked_category_bars(groups: Sequence[str], categories: Sequence[str], valu
     return _svg(figure)
 
 
+@plain_text
 def rotation_chart(alphas: Sequence[float], per_seed: dict[str, Sequence[float]], mean: Sequence[float], *,
                    ylabel: str, baseline: float | None = None, size=(5.6, 3.0)) -> SafeString:
     """ND'18 Fig. 6 style: a count against the rotation fraction α, one thin line per seed, the mean in bold,
@@ -195,6 +221,7 @@ def rotation_chart(alphas: Sequence[float], per_seed: dict[str, Sequence[float]]
 
 # -- Net2Vec -----------------------------------------------------------------------------------------
 
+@plain_text
 def comparison_scatter(single: Sequence[float], combined: Sequence[float], categories: Sequence[str], *,
                        xlabel: str, ylabel: str, labels: Sequence[str] | None = None,
                        limit: tuple[float, float] = (0, 1), size=(4.4, 4.0)) -> SafeString:
@@ -228,6 +255,7 @@ def comparison_scatter(single: Sequence[float], combined: Sequence[float], categ
 
 # -- Part detection and discriminativeness (GG'18) --------------------------------------------------
 
+@plain_text
 def pr_chart(curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, size=(5.2, 3.2)) -> SafeString:
     """GG'18 Fig. 6 style: precision against recall, one step line per named curve (the last drawn bold)."""
     figure, axes = plt.subplots(figsize=size, dpi=100)
@@ -249,6 +277,7 @@ def pr_chart(curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, size
     return _svg(figure)
 
 
+@plain_text
 def delta_bars(deltas: Sequence[float], threshold: float, *, highlight: Sequence[int] = (), ylabel: str,
                size=(7.2, 2.8)) -> SafeString:
     """GG'18 Fig. 10a style: one bar per filter (its δ), the discriminative ones highlighted, and the dashed
@@ -270,6 +299,7 @@ def delta_bars(deltas: Sequence[float], threshold: float, *, highlight: Sequence
     return _svg(figure)
 
 
+@plain_text
 def scatter_chart(x: Sequence[float], y: Sequence[float], labels: Sequence[str], *, xlabel: str, ylabel: str,
                   title: str = "", size=(4.4, 3.3)) -> SafeString:
     """GG'18 Fig. 3 / Fig. 15 style: one labelled point per item and the least-squares line."""
@@ -293,6 +323,7 @@ def scatter_chart(x: Sequence[float], y: Sequence[float], labels: Sequence[str],
     return _svg(figure)
 
 
+@plain_text
 def horizontal_bars(labels: Sequence[str], series: dict[str, Sequence[float]], *, xlabel: str,
                     reference: float | None = None, width: float = 6.4, unit_interval: bool = True) -> SafeString:
     """Grouped horizontal bars, one group per label (e.g. best single filter vs GA AP per part), with an optional
@@ -319,6 +350,7 @@ def horizontal_bars(labels: Sequence[str], series: dict[str, Sequence[float]], *
     return _svg(figure)
 
 
+@plain_text
 def category_lines(x: Sequence[float], series: dict[str, Sequence[float | None]], *, xlabel: str, ylabel: str,
                    size=(5.2, 2.8)) -> SafeString:
     """Net2Vec Fig. 3 style: one line per concept category (in its category colour) against ``x`` (None values are

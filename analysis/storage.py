@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
-__all__ = ["ArtifactStore", "artifact_exists", "artifact_key", "artifact_store", "fetch", "local_path", "publish", "publish_folder",
+__all__ = ["ArtifactStore", "artifact_exists", "artifact_key", "artifact_store", "fetch", "fetch_if_stored", "local_path", "publish", "publish_as",
            "stored_path"]
 
 
@@ -190,6 +190,12 @@ def artifact_key(path: str | os.PathLike[str]) -> str:
     return artifact_store().key(path)
 
 
+def fetch_if_stored(stored: str) -> str:
+    """``stored`` as a path on this machine: fetched when an object store is configured, else unchanged (so a
+    missing local file is reported by whoever opens it, as before)."""
+    return str(fetch(stored)) if stored and artifact_store().remote else stored
+
+
 def fetch(key_or_path: str | os.PathLike[str]) -> Path:
     """:meth:`ArtifactStore.fetch` of a key, or of a path stored by :func:`stored_path`."""
     return _fetch_stored(str(key_or_path))
@@ -199,10 +205,10 @@ def publish(path: str | os.PathLike[str], key: str | None = None) -> str:
     return artifact_store().publish(path, key)
 
 
-def publish_folder(path: str | os.PathLike[str], key: str) -> str:
-    """What the database keeps for a folder that workers will read (a dataset registered from anywhere): with an
-    object store, the folder is uploaded under ``key`` and the key is kept; on the local default, the folder is
-    used where it is (:func:`stored_path`)."""
+def publish_as(path: str | os.PathLike[str], key: str) -> str:
+    """What the database keeps for a file or folder that workers will read, from anywhere (a dataset, a weights
+    file): with an object store, it is uploaded under ``key`` and the key is kept; on the local default it is used
+    where it is (:func:`stored_path`)."""
     store = artifact_store()
     if store.remote:
         return store.publish(path, key)

@@ -1,8 +1,31 @@
-"""Admin for the human side. Judgments are read-only here: they are never edited or deleted."""
+"""Admin for the human side. Judgments are read-only here: they are never edited or deleted. A study and
+everything in it is changed or deleted only by the researcher who created it (or a superuser), as on the site."""
+from operator import attrgetter
+
 from django.contrib import admin
+
+from accounts.permissions import study_changeable_by
 
 from .models import (Assignment, ConceptSynonym, CrowdAssignment, CrowdStudy, CrowdWorker, Hit, Judgment, Study,
                      StudyRater, StudyTask)
+
+
+class StudyOwnedAdmin(admin.ModelAdmin):
+    """Change and delete rights on an object only for its study's creator (``study_path`` leads from the object
+    to its study; empty: the object is the study)."""
+
+    study_path = "study"
+
+    def owner_allows(self, request, obj) -> bool:
+        if obj is None:
+            return True
+        return study_changeable_by(request.user, attrgetter(self.study_path)(obj) if self.study_path else obj)
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and self.owner_allows(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and self.owner_allows(request, obj)
 
 
 class StudyRaterInline(admin.TabularInline):
@@ -13,7 +36,8 @@ class StudyRaterInline(admin.TabularInline):
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(StudyOwnedAdmin):
+    study_path = ""
     list_display = ("name", "kind", "layer", "plan", "created_at")
     list_filter = ("kind", "plan")
     search_fields = ("name",)
@@ -24,7 +48,7 @@ class StudyAdmin(admin.ModelAdmin):
 
 
 @admin.register(StudyTask)
-class StudyTaskAdmin(admin.ModelAdmin):
+class StudyTaskAdmin(StudyOwnedAdmin):
     list_display = ("item", "study", "position", "owner", "capacity", "assigned_count")
     list_filter = ("study",)
     search_fields = ("item",)
@@ -36,7 +60,8 @@ class StudyTaskAdmin(admin.ModelAdmin):
 
 
 @admin.register(Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
+class AssignmentAdmin(StudyOwnedAdmin):
+    study_path = "rater.study"
     list_display = ("task", "rater", "assigned_at", "completed_at")
     list_filter = ("rater__study",)
 
@@ -58,14 +83,14 @@ class JudgmentAdmin(admin.ModelAdmin):
 
 
 @admin.register(ConceptSynonym)
-class ConceptSynonymAdmin(admin.ModelAdmin):
+class ConceptSynonymAdmin(StudyOwnedAdmin):
     list_display = ("study", "name", "maps_to", "created_by", "created_at")
     search_fields = ("name", "maps_to", "study__name")
 
 
 # -- crowd studies: read-only (answers are never edited; reviews go through the review page) -------------------------
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(StudyOwnedAdmin):
     def has_add_permission(self, request):
         return False
 
@@ -75,6 +100,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(CrowdStudy)
 class CrowdStudyAdmin(ReadOnlyAdmin):
+    study_path = ""
     list_display = ("name", "kind", "assignments_per_hit", "is_open", "created_at")
     list_filter = ("kind", "is_open")
     search_fields = ("name",)
@@ -96,5 +122,6 @@ class HitAdmin(ReadOnlyAdmin):
 
 @admin.register(CrowdAssignment)
 class CrowdAssignmentAdmin(ReadOnlyAdmin):
+    study_path = "hit.study"
     list_display = ("id", "hit", "worker", "state", "answer", "description", "count", "seconds", "submitted_at")
     list_filter = ("state", "hit__study")

@@ -9,7 +9,6 @@ commands) use alike. Nothing here imports a wing.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import secrets
@@ -20,6 +19,7 @@ from django.conf import settings
 from django.http import HttpResponse
 
 from analysis.models import ExemplarKind, ExemplarSet, Layer, LayerExtraction
+from unitscope.spreadsheets import csv_writer
 
 
 class InputError(ValueError):
@@ -97,7 +97,7 @@ def csv_cell(value: Any) -> Any:
 def rows_csv(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> str:
     """``rows`` as CSV text with header ``fields`` (None → empty, booleans → 0/1, lists → JSON)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_writer(buffer)
     writer.writerow(fields)
     for row in rows:
         writer.writerow([csv_cell(row.get(field)) for field in fields])

@@ -591,6 +591,9 @@ class QualificationAttempt(models.Model):
     """One try at a study's qualification test: the questions asked (HIT tokens), the answers, the score."""
 
     worker = models.ForeignKey(CrowdWorker, on_delete=models.CASCADE, related_name="qualification_attempts")
+    visit = models.CharField(max_length=260, blank=True, default="",
+                             help_text="The platform visit (MTurk assignment, Prolific session) that took it; empty "
+                                       "for own-link workers. A visit's failures never disqualify the worker id.")
     questions = models.JSONField(default=list, help_text="Tokens of the qualification HITs asked, in order.")
     answers = models.JSONField(default=dict, blank=True, help_text="{token: answer}")
     correct = models.PositiveSmallIntegerField(default=0)

@@ -21,6 +21,8 @@ urlpatterns = [
     path("crowd/w/<str:code>/a/<str:assignment>/done/", crowd_views.CrowdAfterView.as_view(), name="crowd_after"),
     path("crowd/w/<str:code>/a/<str:assignment>/return/", crowd_views.CrowdReturnView.as_view(),
          name="crowd_return"),
+    path("crowd/w/<str:code>/a/<str:assignment>/image.png", crowd_views.CrowdImageView.as_view(),
+         name="crowd_image"),
     path("research/crowd/", crowd_views.CrowdStudyListView.as_view(), name="crowd_study_list"),
     path("research/crowd/new/", crowd_views.CrowdStudyCreateView.as_view(), name="crowd_study_create"),
     path("research/crowd/<int:pk>/", crowd_views.CrowdStudyDetailView.as_view(), name="crowd_study_detail"),

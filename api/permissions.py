@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
+from accounts.permissions import study_changeable_by
 from accounts.roles import Role
 
 
@@ -23,8 +24,8 @@ def studies_visible_to(user):
 
 
 def study_writable_by(user, study) -> bool:
-    """Whether ``user`` may add to ``study`` (its creator, or a superuser)."""
-    return is_researcher(user) and (user.is_superuser or study.created_by_id == user.pk)
+    """Whether ``user`` may add to ``study`` (its creator, or a superuser: the site's rule)."""
+    return is_researcher(user) and study_changeable_by(user, study)
 
 
 class IsResearcher(BasePermission):

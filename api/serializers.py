@@ -31,7 +31,8 @@ class NetworkSerializer(serializers.ModelSerializer):
     class Meta:
         model = Network
         fields = ["id", "name", "source", "arch", "weights_sha256", "input_height", "input_width", "mean", "std",
-                  "class_names", "callable_kwargs", "trained_on", "description", "created_at", "layer_count"]
+                  "channel_order", "class_names", "callable_kwargs", "trained_on", "description", "created_at",
+                  "layer_count"]
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -55,7 +56,7 @@ class LayerSerializer(serializers.ModelSerializer):
     class Meta:
         model = Layer
         fields = ["id", "network", "name", "order", "module_type", "units", "out_height", "out_width", "rf_size_y",
-                  "rf_size_x", "rf_stride_y", "rf_stride_x", "rf_offset_y", "rf_offset_x", "rf_verified"]
+                  "rf_size_x", "rf_stride_y", "rf_stride_x", "rf_offset_y", "rf_offset_x", "rf_verified", "rf_check"]
 
 
 class UnitSerializer(serializers.ModelSerializer):

@@ -20,7 +20,7 @@ from annotation.common import SIMULATED_CHOICES, attachment_response
 from annotation.crowd import exports as crowd_exports
 from annotation.expert import exports as study_exports
 from annotation.expert.services import StudyInputError, judgments_import
-from annotation.models import CrowdStudy, StudyTask
+from annotation.models import CrowdStudy, Judgment, StudyTask
 
 from . import serializers as s
 from .permissions import StudyObjectPermission, studies_visible_to, study_writable_by
@@ -280,6 +280,11 @@ class JudgmentViewSet(viewsets.GenericViewSet):
 
     serializer_class = s.JudgmentSerializer
     permission_classes = [StudyObjectPermission]
+
+    def get_queryset(self):
+        """The judgments of the studies the user may read (the browsable API asks for it to draw its filter
+        form; the list itself is built from :func:`study_judgment_rows`)."""
+        return Judgment.objects.filter(task__study__in=studies_visible_to(self.request.user))
 
     @extend_schema(parameters=[OpenApiParameter("study", int, required=True),
                                OpenApiParameter("current", bool, description="Only judgments no revision replaced.")])

@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from annotation.crowd import hits as crowd_hits
 from annotation.crowd import services
-from annotation.crowd.adapters import context_dumps
+from annotation.crowd.adapters import visit_dumps
 from annotation.models import (MTURK_PREVIEW_ASSIGNMENT, CrowdAssignment, CrowdAssignmentState, CrowdTaskKind,
                                CrowdWorker, HitRole, LabelOrigin)
 from tests.test_crowd_study import add_gold, build_crowd_world, enter, validation_study
@@ -113,10 +113,10 @@ def test_validation_hits_are_blind_in_html_urls_and_image_names(settings):
         links = parse(html)
         for url in links.urls + page["visited"]:
             assert_no_origin(url, f"URL {url}")
-        # The only image of the HIT is its content-hash grid.
-        grid_images = [src for src in links.images if src.startswith(settings.MEDIA_URL)]
-        assert grid_images == [hit.grid.url]
-        assert re.fullmatch(rf"{settings.MEDIA_URL}grids/[0-9a-f]{{2}}/[0-9a-f]{{64}}\.png", hit.grid.url)
+        # The only image of the HIT is its assignment's own picture URL (never the grid's shared media URL).
+        assert [src for src in links.images if "/crowd/" in src or src.startswith(settings.MEDIA_URL)] == [
+            reverse("annotation:crowd_image", args=[worker.code, token])]
+        assert hit.grid.url not in html
         assert_no_origin(html.replace(f"“{hit.label}”", ""), f"the page of a {hit.label_origin} label")
         # Pages of one unit differ only by the label (and tokens): nothing else tells the origins apart.
         same = html.replace(f"“{hit.label}”", "LABEL").replace(token, "TOKEN").replace(worker.code, "CODE")
@@ -181,11 +181,11 @@ def test_mturk_submission_posts_the_assignment_id_to_turk_submit_to():
     # One UnitScope HIT per MTurk assignment: asking again within it gives no second HIT; without the platform's
     # context there is no HIT at all.
     worker = CrowdWorker.objects.get()
-    next_url = reverse("annotation:crowd_next", args=[worker.code])
-    context = context_dumps({"worker": worker.code, "external_assignment_id": "ASSIGN-1", "external_hit_id": "HIT-9",
-                             "submit_to": "https://workersandbox.mturk.com"})
-    assert client.get(next_url + "?" + urlencode({"ctx": context})).status_code == 200
-    assert client.get(next_url).status_code == 400
+    visit = visit_dumps(worker, {"external_assignment_id": "ASSIGN-1", "external_hit_id": "HIT-9",
+                                 "submit_to": "https://workersandbox.mturk.com"})
+    assert client.get(reverse("annotation:crowd_next", args=[visit])).status_code == 200
+    # The worker's own code is never a platform worker's credential (it was handed to whoever typed the id).
+    assert client.get(reverse("annotation:crowd_next", args=[worker.code])).status_code == 404
     assert CrowdAssignment.objects.count() == 1
 
 
@@ -202,14 +202,15 @@ def test_mturk_turk_submit_to_must_be_an_allowed_host_and_qualification_keeps_th
     response = client.get(mturk_url(study, assignmentId="A2", hitId="H2", workerId="W2",
                                     turkSubmitTo="http://localhost:8123"), follow=True)
     qualification_url = response.redirect_chain[-1][0]
-    assert "/qualification/" in qualification_url and "ctx=" in qualification_url
+    # The visit's credential in the URL carries the assignment through the test (never the worker's code).
+    assert "/qualification/" in qualification_url and CrowdWorker.objects.get().code not in qualification_url
     tokens = re.findall(r'name="q-([0-9a-f]+)"', response.content.decode())
     assert len(set(tokens)) == 4
     passed = client.post(qualification_url, {f"q-{token}": "yes" for token in tokens}, follow=True)
     result = passed.content.decode()
     assert "Qualification: 4 of 4 right" in result and result.count("qualification-feedback") == 4
     start = re.search(r'href="([^"]+)">Start the HITs</a>', result).group(1).replace("&amp;", "&")
-    assert "ctx=" in start
+    assert start.startswith(qualification_url.split("qualification/")[0])  # the same visit goes on
     begun = client.get(start, follow=True)
     assert "/a/" in begun.redirect_chain[-1][0]
     assignment = CrowdAssignment.objects.get()
@@ -275,8 +276,8 @@ def test_gold_feedback_is_shown_at_once(make_user):
     raise AssertionError("no gold item in five HITs at a rate of 0.9")
 
 
-def test_researcher_pages(researcher_client):
-    study = validation_study("pages", units=2, assignments_per_hit=1)
+def test_researcher_pages(researcher_client, researcher):
+    study = validation_study("pages", units=2, assignments_per_hit=1, created_by=researcher)
     worker = enter(study, 1)
     done = []
     while (assignment := services.hit_next_for_worker(worker=worker)) is not None:
@@ -309,8 +310,8 @@ def test_researcher_pages(researcher_client):
 
 @pytest.mark.parametrize("back", ["//evil.example/steal", "https://evil.example/", "http:/\\evil.example",
                                   "javascript:alert(1)", "", None])
-def test_the_review_page_goes_back_only_within_the_site(researcher_client, back):
-    study = validation_study("back", units=1, assignments_per_hit=1)
+def test_the_review_page_goes_back_only_within_the_site(researcher_client, researcher, back):
+    study = validation_study("back", units=1, assignments_per_hit=1, created_by=researcher)
     review_url = reverse("annotation:crowd_review", args=[study.pk])
     form = {"assignments": "", "decision": "approve", **({"back": back} if back is not None else {})}
     response = researcher_client.post(review_url, form)

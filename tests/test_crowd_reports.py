@@ -505,11 +505,13 @@ def test_reports_of_the_demo_crowd_studies(tiny_layer_with_grids, researcher_cli
     table = reports.nd18_table3(study, simulated="only", replicates=0)
     (conv5,) = table["layers"]
     # Naive recount: per unit, yes share of each origin's HIT; interpretable = human HIT with a yes majority.
+    # A HIT whose label was both the human description and the dissection label counts for both origins.
     shares: dict[tuple[int, str], list[int]] = {}
-    for unit, origin, vote in CrowdAssignment.objects.filter(
+    for unit, origin, source, vote in CrowdAssignment.objects.filter(
             hit__study=study, hit__role=HitRole.TASK, state__in=["submitted", "approved"]
-    ).values_list("hit__unit__index", "hit__label_origin", "answer"):
-        shares.setdefault((unit, origin), []).append(vote == "yes")
+    ).values_list("hit__unit__index", "hit__label_origin", "hit__source", "answer"):
+        for each in [origin, *(source or {}).get("also_origins", [])]:
+            shares.setdefault((unit, each), []).append(vote == "yes")
     interpretable = [unit for (unit, origin), votes in shares.items() if origin == HUMAN and 2 * sum(votes) > len(votes)]
     assert conv5["interpretable"] == len(interpretable)
     assert conv5["units"] == study.extractions.get().layer.units and conv5["units_judged"] == 4

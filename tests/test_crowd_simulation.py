@@ -87,6 +87,8 @@ def check_gold_and_qualification_items_come_from_the_pixel_truth(tiny_dissected)
             assert present == 0
         assert hit.kind == CrowdTaskKind.VALIDATION and hit.gold_explanation
     tasks = study.hits.filter(role=HitRole.TASK)
+    # Gold never reuses a task's question (issue 20, item 4): its units are ones no task shows.
+    assert not {hit.unit_id for hit in gold} & set(tasks.values_list("unit_id", flat=True))
     assert tasks.filter(label_origin=LabelOrigin.DISSECTION).count() >= 1
     assert tasks.filter(label_origin=LabelOrigin.CONTROL).count() == tasks.filter(
         label_origin=LabelOrigin.DISSECTION).count()

@@ -188,6 +188,8 @@ def test_agreement_report_json_dissection_field(crafted, capsys):
 # -- the page -----------------------------------------------------------------------------------------------
 
 def test_report_page_comparisons_and_synonym_editing(client, researcher, crafted):
+    crafted.created_by = researcher  # the synonym table is its creator's to edit
+    crafted.save()
     client.force_login(researcher)
     url = reverse("annotation:study_report", args=[crafted.pk])
     page = client.get(url).content.decode()

@@ -135,3 +135,46 @@ def test_no_api_endpoint_answers_5xx(world, researcher):  # noqa: F811
         assert response.status_code < 500, (action, kind, params, text, url, query, response.content[:300])
 
     call()
+
+
+def query_keys_in_views() -> list[str]:
+    """Every query parameter a view reads (``request.GET.get("x")``, ``GET["x"]``, ``query_id(request.GET, "x")``,
+    ``query_params``)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    found = set()
+    for path in [*root.glob("*/**/*.py")]:
+        if path.parts[len(root.parts)] in ("accounts", "analysis", "annotation", "api", "unitscope"):
+            text = path.read_text()
+            found |= set(re.findall(r"""(?:GET|query_params|\bquery)(?:\.get\(|\[|,)\s*["'](\w+)["']""", text))
+            found |= set(re.findall(r"""query_id\([^,()]+,\s*["'](\w+)["']""", text))
+    return sorted(found | {"limit", "offset", "format"})
+
+
+HOSTILE_QUERY_VALUES = ["abc", "-1", "1e309", "99999999999999999999999", "²", "", "\x00", "$x^{$"]
+
+
+def test_no_page_answers_5xx_on_hostile_query_parameters(world):  # noqa: F811
+    """Malformed ids and numbers in every query parameter any view reads, on every page a researcher opens (the
+    site; the API as JSON and in a browser): 4xx or a page, never a 5xx. Then the API's lists in a browser with
+    a valid study, where the browsable API draws its filter form."""
+    keys = query_keys_in_views()
+    assert {"worker", "limit", "simulated", "state"} <= set(keys), keys
+    client = login_client(world, "researcher")
+    problems = []
+    for name, url, _callback in collect_urls(world):
+        if name.startswith("admin:") or name == "accounts:logout":
+            continue
+        for value in HOSTILE_QUERY_VALUES:
+            for accept in ("text/html", "application/json") if name.startswith("api:") else ("text/html",):
+                response = client.get(url, {key: value for key in keys}, HTTP_ACCEPT=accept)
+                if response.status_code >= 500:
+                    problems.append(f"{url} ({accept}) ?*={value!r}: {response.status_code}")
+    study = world["study"].pk
+    for url in (reverse("api:judgment-list"), reverse("api:task-list")):
+        for query in ({"study": study}, {"study": study, "limit": "99999999999999999999999", "offset": "1e9"}):
+            response = client.get(url, query, HTTP_ACCEPT="text/html")
+            if response.status_code != 200:
+                problems.append(f"{url} in a browser, {query}: {response.status_code}")
+    assert not problems, "\n".join(problems[:40])

@@ -37,7 +37,7 @@ WIRING = ("annotation.urls", "annotation.admin", "annotation.apps")
 WINGS = ("annotation.expert", "annotation.crowd")
 
 WING_LAYERS = {
-    "aggregation": 0, "selectors": 0, "truth": 0,
+    "aggregation": 0, "selectors": 0, "truth": 0, "images": 0,
     "services": 1, "hits": 1, "adapters": 1,
     "simulation": 2, "reports": 2, "exports": 2, "forms": 2, "demo": 2,
     "views": 3, "report_views": 3,

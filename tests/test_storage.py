@@ -129,3 +129,25 @@ def test_the_configured_store_reaches_the_server_with_the_settings_options(objec
     file.unlink()
     assert storage.artifact_exists("extractions/1/conv5.pt") and not storage.artifact_exists("extractions/2/x.pt")
     assert storage.fetch("extractions/1/conv5.pt").read_bytes() == b"stats"
+
+
+@pytest.mark.django_db
+def test_a_registered_weights_file_is_published_and_read_back_through_the_store(object_store, settings, tmp_path):
+    import torch
+
+    from analysis.engine.demo_network import build_demo_network, demo_network_target
+    from analysis.engine.networks import NetworkKind, NetworkSpec
+    from analysis.services.networks import network_register, network_spec
+
+    weights = tmp_path / "outside" / "weights.pt"
+    weights.parent.mkdir()
+    torch.save(build_demo_network(7, seed=3).state_dict(), weights)
+    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), weights=str(weights),
+                       kwargs={"num_classes": 7}, input_size=(64, 64), mean=(0.5,) * 3, std=(0.25,) * 3)
+    network = network_register(name="stored-net", spec=spec)
+    network.refresh_from_db()
+    assert network.weights_path == "networks/stored-net/weights/weights.pt"
+    weights.unlink()  # another machine: only the store has it
+    local = network_spec(network).weights
+    assert local == str(settings.UNITSCOPE_DATA_DIR.resolve() / network.weights_path)
+    assert set(torch.load(local)) == set(build_demo_network(7, seed=3).state_dict())

@@ -12,8 +12,9 @@ and measure how much an object class's score drops.
 * Score ``s``: the class's softmax probability (``score="softmax"``, our default: the paper's average score of
   69.2 reads as a percentage) or its logit (``score="logit"``).
 
-Re-running only the part of the network after the layer: :class:`LayerAblator` splits the model with
-``torch.fx`` at the layer into a prefix (input → the layer's output and any earlier value used later, e.g. a
+Re-running only the part of the network after the layer: :class:`LayerAblator` splits the model's
+``torch.fx`` trace (:func:`~.networks.trace_network`, so a layer may be one call site of a shared module) at the
+layer into a prefix (input → the layer's output and any earlier value used later, e.g. a
 skip connection) and a suffix; each batch runs the prefix once and the suffix once per ablation. Models that
 ``torch.fx`` cannot trace fall back to a forward hook that masks the layer's output (the prefix then reruns).
 """
@@ -26,27 +27,20 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .networks import get_module
+from .networks import UnsupportedNetworkError, get_module, trace_network
 
 __all__ = ["LayerAblator", "class_scores", "discriminative_filters", "blackout", "pearson"]
 
 
-class _SplitTracer(fx.Tracer):
-    def __init__(self, leaf: str) -> None:
-        super().__init__()
-        self.leaf = leaf
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name == self.leaf or super().is_leaf_module(m, module_qualified_name)
-
-
 def _split(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
-    graph = _SplitTracer(layer).trace(model)
-    root = fx.GraphModule(model, graph)
+    """Prefix and suffix graphs of ``model`` cut after ``layer``'s node (any layer name that
+    :meth:`~.networks.TracedNetwork.resolve` knows: a call site such as ``layer1.0.relu_1``, or a module)."""
+    traced = trace_network(model)
+    cut_node = traced.resolve(layer)
+    graph = traced.graph_module.graph
+    root = traced.graph_module
     nodes = list(graph.nodes)
-    cut = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == layer), None)
-    if cut is None:
-        raise ValueError(f"layer {layer!r} is not a module call in the traced graph")
+    cut = nodes.index(cut_node)
     before, after = nodes[:cut + 1], nodes[cut + 1:]
     after_set = set(after)
     frontier = [nodes[cut]] + [n for n in before[:-1] if any(user in after_set for user in n.users)]
@@ -73,11 +67,11 @@ class LayerAblator:
     def __init__(self, model: nn.Module, layer: str) -> None:
         self.model = model
         self.layer = layer
-        get_module(model, layer)  # raises a readable error for unknown names
         try:
-            self._prefix, self._suffix = _split(model, layer)
+            self._prefix, self._suffix = _split(model, layer)  # unknown names raise a readable error
             self.traced = True
-        except Exception:  # untraceable models (data-dependent control flow ...): hook fallback
+        except UnsupportedNetworkError:  # untraceable models (data-dependent control flow ...): hooks
+            get_module(model, layer)
             self._prefix = self._suffix = None
             self.traced = False
 
@@ -95,6 +89,10 @@ class LayerAblator:
             b = layer_out.shape[0]
             shape = (1,) * (layer_out.dim() - 2)
             masked = layer_out[None] * keep.to(layer_out).view(m, 1, -1, *shape)
+            if any(not isinstance(value, Tensor) for value in frontier[1:]):
+                # a value read from the input's shape (x.size(0) for a later view) would not match a stacked
+                # batch: run the suffix once per mask instead
+                return torch.stack([self._suffix(masked[i], *frontier[1:]) for i in range(m)]).reshape(m, b, -1)
             inputs = [masked.reshape(m * b, *layer_out.shape[1:])]
             inputs += [value.repeat(m, *([1] * (value.dim() - 1))) if isinstance(value, Tensor) else value
                        for value in frontier[1:]]

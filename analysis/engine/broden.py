@@ -298,9 +298,11 @@ def label_pixel_counts(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _open_csv(path: Path) -> TextIO:
+    """A CSV of the dataset as text; ``utf-8-sig`` so that a byte-order mark (spreadsheets write one) is read
+    as what it is, not as part of the first header name."""
     if not path.is_file():
         raise BrodenFormatError(path, None, "file does not exist")
-    return open(path, newline="", encoding="utf-8")
+    return open(path, newline="", encoding="utf-8-sig")
 
 
 def _check_header(path: Path, header: list[str] | None, required: Sequence[str]) -> dict[str, int]:

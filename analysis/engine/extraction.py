@@ -49,6 +49,7 @@ __all__ = [
     "extract_statistics",
     "iter_activation_cache",
     "map_max_and_peak",
+    "map_sums",
     "quantile_buffer_size",
 ]
 
@@ -98,22 +99,34 @@ def map_max_and_peak(acts: Tensor) -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _select_topk(scores: Tensor, images: Tensor, peaks: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Best ``k`` candidates along the last axis: higher score first, then lower image id.
+def map_sums(acts: Tensor) -> Tensor:
+    """Sum of each unit's map, ``Tensor[B, C]`` in float64: the second key of the top-k order."""
+    if acts.ndim != 4:
+        raise ValueError(f"acts must be [B, C, h, w], got shape {tuple(acts.shape)}")
+    return acts.to(torch.float64).sum(dim=(2, 3))
 
-    ``scores``/``images``: ``[..., M]``; ``peaks``: ``[..., M, 2]``; ``M >= k``. The order is total
-    (image ids are unique), so the selection does not depend on the candidates' input order — which is
-    what makes ``merge`` exact.
+
+def _select_topk(
+    scores: Tensor, images: Tensor, peaks: Tensor, k: int, sums: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Best ``k`` candidates along the last axis: higher score first, then higher map sum, then lower
+    image id.
+
+    ``scores``/``images``/``sums``: ``[..., M]``; ``peaks``: ``[..., M, 2]``; ``M >= k``. The order is
+    total (image ids are unique), so the selection does not depend on the candidates' input order —
+    which is what makes ``merge`` exact. Returns ``(scores, images, peaks, sums)`` of the selection.
     """
-    by_image = torch.argsort(images, dim=-1, stable=True)
-    scores_i = torch.gather(scores, -1, by_image)
-    order = torch.argsort(scores_i, dim=-1, descending=True, stable=True)[..., :k]
-    order = torch.gather(by_image, -1, order)
+    order = torch.argsort(images, dim=-1, stable=True)
+    order = torch.gather(order, -1, torch.argsort(torch.gather(sums, -1, order), dim=-1, descending=True,
+                                                  stable=True))
+    order = torch.gather(order, -1, torch.argsort(torch.gather(scores, -1, order), dim=-1, descending=True,
+                                                  stable=True))[..., :k]
     peak_order = order.unsqueeze(-1).expand(*order.shape, 2)
     return (
         torch.gather(scores, -1, order),
         torch.gather(images, -1, order),
         torch.gather(peaks, -2, peak_order),
+        torch.gather(sums, -1, order),
     )
 
 
@@ -122,7 +135,8 @@ class TopKResult:
     """Top-k images per unit (see :class:`TopKPerUnit`). Empty slots: score NaN, image -1, peak -1.
 
     Attributes:
-        scores: ``Tensor[C, k]`` map maxima, descending (ties: lower image id first).
+        scores: ``Tensor[C, k]`` map maxima, descending (ties: higher map sum, then lower image id
+            first).
         images: ``LongTensor[C, k]`` image ids.
         peaks: ``LongTensor[C, k, 2]`` ``(y, x)`` map position of each maximum.
         class_scores, class_images, class_peaks: the same per (unit, class):
@@ -137,13 +151,24 @@ class TopKResult:
     class_images: Tensor | None = None
     class_peaks: Tensor | None = None
     class_counts: Tensor | None = None
+    sums: Tensor | None = None
+    class_sums: Tensor | None = None
+
+    def ceiling_ties(self) -> Tensor:
+        """``LongTensor[C]``: top images whose score equals the unit's best score (1 = no tie)."""
+        best = self.scores[:, :1]
+        return ((self.scores == best) & (self.images >= 0)).sum(dim=1)
 
 
 class TopKPerUnit:
     """For each unit, the ``k`` images whose map maximum is highest (and per object class).
 
     The score of (image, unit) is the maximum of the unit's ``h x w`` map on that image; the peak is
-    the map position of that maximum. Order: higher score first, ties broken by lower image id. Per
+    the map position of that maximum. Order: higher score first; ties broken by the higher sum of the
+    unit's map over the image, then by lower image id. The second key is our choice: a unit that
+    saturates (ReLU6 at 6.0 on many images) would otherwise show the dataset's first images; the map
+    sum ranks them by how much of the image drives the unit to its ceiling, uses only the captured
+    map (no pre-activation needed), and scales with the activation like the score. Per
     class (GG'18 §4.1 shows "the top 10 activations of the filter on object instances of the class"),
     the same selection is kept for every (unit, class) pair over the images of that class.
 
@@ -182,8 +207,10 @@ class TopKPerUnit:
         self._scores = torch.full((c, self.k), -math.inf, dtype=dtype, device=dev)
         self._images = torch.full((c, self.k), _EMPTY, dtype=torch.int64, device=dev)
         self._peaks = torch.full((c, self.k, 2), -1, dtype=torch.int64, device=dev)
+        self._sums = torch.full((c, self.k), -math.inf, dtype=torch.float64, device=dev)
         if self.num_classes is not None:
             n, kc = self.num_classes, self.k_per_class
+            self._csums = torch.full((c, n, kc), -math.inf, dtype=torch.float64, device=dev)
             self._cscores = torch.full((c, n, kc), -math.inf, dtype=dtype, device=dev)
             self._cimages = torch.full((c, n, kc), _EMPTY, dtype=torch.int64, device=dev)
             self._cpeaks = torch.full((c, n, kc, 2), -1, dtype=torch.int64, device=dev)
@@ -196,14 +223,16 @@ class TopKPerUnit:
         ``class_ids`` (``LongTensor[B]``, ``-1`` = no class) is required when ``num_classes`` is set.
         """
         scores, peaks = map_max_and_peak(acts)
-        self.add_scores(scores, peaks, image_indices, class_ids)
+        self.add_scores(scores, peaks, image_indices, class_ids, sums=map_sums(acts))
 
     @torch.no_grad()
     def add_scores(
-        self, scores: Tensor, peaks: Tensor, image_indices: Tensor, class_ids: Tensor | None = None
+        self, scores: Tensor, peaks: Tensor, image_indices: Tensor, class_ids: Tensor | None = None,
+        *, sums: Tensor | None = None,
     ) -> None:
         """Add precomputed maxima: ``scores`` ``Tensor[B, C]``, ``peaks`` ``LongTensor[B, C, 2]``
-        (as returned by :func:`map_max_and_peak`)."""
+        (as returned by :func:`map_max_and_peak`) and the map sums ``Tensor[B, C]`` (:func:`map_sums`;
+        ``None``: ties are broken by image id alone)."""
         b = scores.shape[0]
         if scores.shape != (b, self.num_units) or peaks.shape != (b, self.num_units, 2):
             raise ValueError(f"expected scores [B, {self.num_units}] and peaks [B, {self.num_units}, 2]")
@@ -214,14 +243,16 @@ class TopKPerUnit:
         s = scores.to(self.dtype).t()  # [C, B]
         p = peaks.to(torch.int64).transpose(0, 1)  # [C, B, 2]
         imgs = images.unsqueeze(0).expand(self.num_units, b)
+        sm = (torch.zeros_like(s, dtype=torch.float64) if sums is None else sums.to(torch.float64).t())  # [C, B]
         # Skip the merge when no score reaches any unit's current k-th best (ties may still enter:
         # a tie with a lower image id wins, so ">=" keeps the result exact).
         if bool((s >= self._scores[:, -1:]).any()):
-            self._scores, self._images, self._peaks = _select_topk(
+            self._scores, self._images, self._peaks, self._sums = _select_topk(
                 torch.cat((self._scores, s), 1),
                 torch.cat((self._images, imgs), 1),
                 torch.cat((self._peaks, p), 1),
                 self.k,
+                torch.cat((self._sums, sm), 1),
             )
         self.count += b
         if self.num_classes is None:
@@ -233,9 +264,9 @@ class TopKPerUnit:
         cls = class_ids.to(torch.int64)
         if bool(((cls < -1) | (cls >= self.num_classes)).any()):
             raise ValueError(f"class_ids must lie in [-1, {self.num_classes})")
-        self._add_per_class(s, p, images, cls)
+        self._add_per_class(s, p, images, cls, sm)
 
-    def _add_per_class(self, s: Tensor, p: Tensor, images: Tensor, cls: Tensor) -> None:
+    def _add_per_class(self, s: Tensor, p: Tensor, images: Tensor, cls: Tensor, sm: Tensor) -> None:
         """Per-class update, vectorised: group the batch's images by class into a padded
         ``[C, U, m]`` candidate block (``U`` classes present, ``m`` their largest count)."""
         keep = (cls >= 0).nonzero().squeeze(1)
@@ -262,15 +293,19 @@ class TopKPerUnit:
         cand_s = torch.full((c, u, m), -math.inf, dtype=self.dtype, device=dev)
         cand_i = torch.full((c, u, m), _EMPTY, dtype=torch.int64, device=dev)
         cand_p = torch.full((c, u, m, 2), -1, dtype=torch.int64, device=dev)
+        cand_m = torch.full((c, u, m), -math.inf, dtype=torch.float64, device=dev)
+        cand_m[:, group, slot] = sm[:, members]
         cand_s[:, group, slot] = s[:, members]
         cand_i[:, group, slot] = images[members].unsqueeze(0).expand(c, -1)
         cand_p[:, group, slot] = p[:, members]
-        new_s, new_i, new_p = _select_topk(
+        new_s, new_i, new_p, new_m = _select_topk(
             torch.cat((self._cscores[:, present], cand_s), -1),
             torch.cat((self._cimages[:, present], cand_i), -1),
             torch.cat((self._cpeaks[:, present], cand_p), -2),
             self.k_per_class,
+            torch.cat((self._csums[:, present], cand_m), -1),
         )
+        self._csums[:, present] = new_m
         self._cscores[:, present] = new_s
         self._cimages[:, present] = new_i
         self._cpeaks[:, present] = new_p
@@ -286,19 +321,21 @@ class TopKPerUnit:
             self.num_classes,
         ):
             raise ValueError("cannot merge TopKPerUnit with different k, units or classes")
-        self._scores, self._images, self._peaks = _select_topk(
+        self._scores, self._images, self._peaks, self._sums = _select_topk(
             torch.cat((self._scores, other._scores.to(self.device, self.dtype)), 1),
             torch.cat((self._images, other._images.to(self.device)), 1),
             torch.cat((self._peaks, other._peaks.to(self.device)), 1),
             self.k,
+            torch.cat((self._sums, other._sums.to(self.device)), 1),
         )
         self.count += other.count
         if self.num_classes is not None:
-            self._cscores, self._cimages, self._cpeaks = _select_topk(
+            self._cscores, self._cimages, self._cpeaks, self._csums = _select_topk(
                 torch.cat((self._cscores, other._cscores.to(self.device, self.dtype)), -1),
                 torch.cat((self._cimages, other._cimages.to(self.device)), -1),
                 torch.cat((self._cpeaks, other._cpeaks.to(self.device)), -2),
                 self.k_per_class,
+                torch.cat((self._csums, other._csums.to(self.device)), -1),
             )
             self._ccounts += other._ccounts.to(self.device)
 
@@ -315,10 +352,12 @@ class TopKPerUnit:
     def result(self) -> TopKResult:
         """The current top-k (copies; see :class:`TopKResult` for shapes and padding)."""
         s, i, p = self._finish(self._scores, self._images, self._peaks)
+        sums = self._sums.masked_fill(self._images == _EMPTY, math.nan)
         if self.num_classes is None:
-            return TopKResult(s, i, p)
+            return TopKResult(s, i, p, sums=sums)
         cs, ci, cp = self._finish(self._cscores, self._cimages, self._cpeaks)
-        return TopKResult(s, i, p, cs, ci, cp, self._ccounts.clone())
+        csums = self._csums.masked_fill(self._cimages == _EMPTY, math.nan)
+        return TopKResult(s, i, p, cs, ci, cp, self._ccounts.clone(), sums=sums, class_sums=csums)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain dict of ints and tensors (loadable with ``torch.load(weights_only=True)``)."""
@@ -331,9 +370,11 @@ class TopKPerUnit:
             "scores": self._scores.clone(),
             "images": self._images.clone(),
             "peaks": self._peaks.clone(),
+            "sums": self._sums.clone(),
         }
         if self.num_classes is not None:
             state |= {
+                "class_sums": self._csums.clone(),
                 "class_scores": self._cscores.clone(),
                 "class_images": self._cimages.clone(),
                 "class_peaks": self._cpeaks.clone(),
@@ -358,7 +399,13 @@ class TopKPerUnit:
         obj._scores = state["scores"].to(obj.device).clone()
         obj._images = state["images"].to(obj.device).clone()
         obj._peaks = state["peaks"].to(obj.device).clone()
+        if "sums" in state:  # states saved before the map-sum tie-break keep the image-id order
+            obj._sums = state["sums"].to(obj.device).clone()
+        else:
+            obj._sums = torch.zeros_like(obj._scores, dtype=torch.float64)
         if obj.num_classes is not None:
+            obj._csums = (state["class_sums"].to(obj.device).clone() if "class_sums" in state
+                          else torch.zeros_like(state["class_scores"], dtype=torch.float64).to(obj.device))
             obj._cscores = state["class_scores"].to(obj.device).clone()
             obj._cimages = state["class_images"].to(obj.device).clone()
             obj._cpeaks = state["class_peaks"].to(obj.device).clone()
@@ -927,7 +974,7 @@ def extract_statistics(
                 )
             st = stats[name]
             scores, peaks = map_max_and_peak(acts)
-            st.topk.add_scores(scores, peaks, image_indices, class_ids)
+            st.topk.add_scores(scores, peaks, image_indices, class_ids, sums=map_sums(acts))
             st.quantile.add(acts)
             st.image_scores.add_scores(scores, image_indices)
             if name in writers:

@@ -9,12 +9,26 @@ as ``model.named_modules()`` spells it (``features.10``, ``layer3.1.conv2``, ``l
 Conventions:
 
 * Images enter as ``uint8`` ``[B, 3, H, W]`` (or float in ``[0, 1]``) and are normalised with the
-  spec's per-channel ``mean`` / ``std``, both on the ``[0, 1]`` scale (:func:`normalize_images`).
+  spec's per-channel ``mean`` / ``std``, both on the ``[0, 1]`` scale, in the spec's
+  ``channel_order`` (:func:`normalize_images`).
 * Nothing here picks a device: every function that allocates takes ``device``.
-* TorchScript modules load and run, but PyTorch does not call forward hooks on them
-  (``register_forward_hook is not supported on ScriptModules``), so layer discovery and capture
-  raise :class:`UnsupportedNetworkError` for them. Save such networks as an eager module
-  (``"pkg.mod:callable"``) plus a state dict to study their units.
+
+Layer names (capture by graph node). A network is traced once with ``torch.fx`` using torchvision's
+``NodePathTracer`` (the tracer behind ``torchvision.models.feature_extraction``), so every call
+site is its own layer, named as ``get_graph_node_names`` names it: a module called once keeps its
+dotted module name (``conv5``, ``layer3.1.conv2``), a module called again gets ``_1``, ``_2``...
+(torchvision's ``BasicBlock`` runs ``self.relu`` twice: ``layer1.0.relu`` is the first call,
+``layer1.0.relu_1`` the second; the EfficientNet-Lite package's one ``_swish`` ReLU6 is ``_swish`` at
+the stem and ``_swish_1`` at the head), and functional ops are ``<module>.<op>`` (``layer1.0.add``).
+A module that is traced through (a block, a ``Conv2d`` subclass with its own ``forward``) is also
+addressable by its dotted name when it runs once: its layer is its output node. Capture
+(:func:`capture_forward`) builds a graph that returns copies of the requested nodes and ends at the
+last one. Models that ``torch.fx`` cannot trace (data-dependent control flow) fall back to forward
+hooks on modules (:func:`capture_layers`): then a module that runs more than once has no
+capturable output, which :class:`TracedNetwork` avoids. TorchScript archives load and run but can be
+neither traced nor hooked (``register_forward_hook is not supported on ScriptModules``): layer
+discovery and capture raise :class:`UnsupportedNetworkError`, which says to register the eager
+module (``"pkg.mod:callable"``) with a state dict (``torch.jit.load(path).state_dict()`` gives one).
 """
 
 from __future__ import annotations
@@ -22,16 +36,21 @@ from __future__ import annotations
 import contextlib
 import difflib
 import enum
+import hashlib
 import importlib
 import os
 import warnings
+import weakref
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torchvision
 from torch import Tensor, nn
+from torchvision.models.feature_extraction import NodePathTracer
 
 __all__ = [
     "DEFAULT_LAYER_KINDS",
@@ -44,6 +63,7 @@ __all__ = [
     "NetworkKind",
     "NetworkLoadError",
     "NetworkSpec",
+    "TracedNetwork",
     "UnknownLayerError",
     "UnsupportedNetworkError",
     "capture_forward",
@@ -55,6 +75,9 @@ __all__ = [
     "load_network",
     "load_state_dict_file",
     "normalize_images",
+    "state_dict_sha256",
+    "torchvision_preprocessing",
+    "trace_network",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -120,8 +143,17 @@ class NetworkSpec:
         kwargs: keyword arguments for the architecture builder or callable
             (e.g. ``{"num_classes": 16}``); JSON-compatible values only if the spec is stored.
         input_size: ``(H, W)`` the network expects.
-        mean, std: per-channel normalisation on the ``[0, 1]`` scale (default: ImageNet's).
+        mean, std: per-channel normalisation on the ``[0, 1]`` scale (default: ImageNet's), in
+            the network's channel order.
         class_names: optional names of the output classes, index-aligned with the logits.
+        channel_order: ``"RGB"`` (torchvision and most PyTorch models) or ``"BGR"`` (Caffe ports):
+            the order of the colour channels the network reads.
+
+    Resizing (one policy for every step, our choice): the whole image is resized to ``input_size``
+    (bilinear, antialiased), never cropped, so a unit's map covers the whole image and its
+    upsampled mask lines up with the image's segmentation, as NetDissect does. torchvision's
+    ImageNet evaluation transform (resize to 256, centre crop 224) would leave the map covering
+    only the crop.
     """
 
     kind: NetworkKind
@@ -132,6 +164,7 @@ class NetworkSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     class_names: tuple[str, ...] | None = None
+    channel_order: str = "RGB"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", NetworkKind(self.kind))
@@ -149,6 +182,8 @@ class NetworkSpec:
             raise ValueError("mean and std must be non-empty and of equal length")
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.kind is NetworkKind.TORCHSCRIPT and self.weights is not None:
             raise ValueError("a TorchScript archive carries its own weights; weights must be None")
         if self.kind is NetworkKind.MODULE and ":" not in self.target:
@@ -186,7 +221,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a state dict with ``torch.load(weights_only=True, map_location="cpu")``.
 
     Accepts a plain state dict or a checkpoint dict with the state dict under ``"state_dict"`` or
-    ``"model"``; strips a leading ``"module."`` from keys. Returns CPU tensors.
+    ``"model"``; strips a leading ``"module."`` from keys. A TorchScript archive is accepted too:
+    its parameters and buffers are the state dict. Returns CPU tensors.
 
     Raises:
         NetworkLoadError: file missing, unreadable as weights, or not a mapping of tensors.
@@ -197,6 +233,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
+        scripted = _torchscript_state_dict(path)
+        if scripted is not None:
+            return scripted
         raise NetworkLoadError(
             f"could not read {path} as a state dict (torch.load with weights_only=True): "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -221,6 +260,18 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             f"{path} is not a state dict: {len(bad)} entries are not tensors (e.g. {', '.join(bad[:5])})"
         )
     return state
+
+
+def _torchscript_state_dict(path: str) -> dict[str, Tensor] | None:
+    """The state dict of a TorchScript archive (its parameters and buffers), or None if the file is
+    not one. Lets a TorchScript model be studied through its eager class without re-saving it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(path, map_location="cpu")
+    except Exception:  # not a TorchScript archive either
+        return None
+    return {key: value.detach().clone() for key, value in scripted.state_dict().items()}
 
 
 def _apply_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
@@ -280,6 +331,23 @@ def _build_torchvision(spec: NetworkSpec) -> nn.Module:
         raise NetworkLoadError(f"cannot build torchvision {spec.target!r} with {kwargs}: {exc}") from exc
 
 
+def torchvision_preprocessing(arch: str) -> dict[str, Any]:
+    """torchvision's own evaluation preprocessing for an architecture, read from its weights
+    enum's metadata (no download): ``{"input_size": (H, W), "mean": (...), "std": (...)}``, or
+    ImageNet's mean/std at 224 px when the architecture has no weights enum.
+
+    Only the crop size is taken as the input size: UnitScope resizes the whole image to it rather
+    than resizing to ``resize_size`` and cropping (see :class:`NetworkSpec`).
+    """
+    try:
+        transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+        size = int(transforms.crop_size[0])
+        return {"input_size": (size, size), "mean": tuple(float(v) for v in transforms.mean),
+                "std": tuple(float(v) for v in transforms.std)}
+    except (ValueError, KeyError, AttributeError, TypeError, IndexError):
+        return {"input_size": (224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
 def load_network(spec: NetworkSpec, *, device: torch.device | str) -> nn.Module:
     """Build the network a spec describes, load its weights, move it to ``device``, eval mode.
 
@@ -314,14 +382,36 @@ def load_network(spec: NetworkSpec, *, device: torch.device | str) -> nn.Module:
     return model.to(device).eval()
 
 
+def state_dict_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers: the identity of its weights, however loaded.
+
+    Hashes, for each state-dict key in sorted order, the key, dtype, shape and the tensor's bytes
+    (CPU, contiguous). Two models with the same builder but different weights never share it; the
+    same weights loaded from a file, by the builder itself or from TorchScript give the same hash.
+    """
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        value = state[key]
+        digest.update(key.encode())
+        if not isinstance(value, Tensor):
+            digest.update(repr(value).encode())
+            continue
+        value = value.detach().to("cpu").contiguous()
+        digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
 def normalize_images(
-    images: Tensor, mean: Sequence[float], std: Sequence[float]
+    images: Tensor, mean: Sequence[float], std: Sequence[float], channel_order: str = "RGB"
 ) -> Tensor:
     """Turn images into network input.
 
     Args:
-        images: ``uint8 [B, C, H, W]`` (0..255) or floating ``[B, C, H, W]`` in ``[0, 1]``.
-        mean, std: ``C`` values on the ``[0, 1]`` scale.
+        images: ``uint8 [B, C, H, W]`` (0..255) or floating ``[B, C, H, W]`` in ``[0, 1]``, RGB.
+        mean, std: ``C`` values on the ``[0, 1]`` scale, in the network's channel order.
+        channel_order: ``"BGR"`` reverses the channels before normalising.
 
     Returns:
         ``float32 [B, C, H, W]`` on ``images.device``: ``(images / 255 - mean) / std``.
@@ -331,6 +421,8 @@ def normalize_images(
     if images.shape[1] != len(mean) or len(mean) != len(std):
         raise ValueError(f"{images.shape[1]} channels but mean/std have {len(mean)}/{len(std)} values")
     x = images.to(torch.float32)
+    if channel_order == "BGR":
+        x = x.flip(1)
     if images.dtype == torch.uint8:
         x = x / 255.0
     m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
@@ -418,12 +510,16 @@ def is_torchscript(model: nn.Module) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
 
 
+TORCHSCRIPT_LIMIT = (
+    "TorchScript modules cannot be studied unit by unit: PyTorch runs no forward hooks on them and "
+    "torch.fx cannot trace them. Register the eager class instead ('pkg.mod:callable') and pass the "
+    "TorchScript file itself as its weights: its parameters are read from the archive, no re-saving"
+)
+
+
 def _require_eager(model: nn.Module, what: str) -> None:
     if is_torchscript(model):
-        raise UnsupportedNetworkError(
-            f"{what} needs forward hooks, which PyTorch does not run on TorchScript modules; "
-            "load the network as 'pkg.mod:callable' with a state dict instead"
-        )
+        raise UnsupportedNetworkError(f"{what}: {TORCHSCRIPT_LIMIT}")
 
 
 def get_module(model: nn.Module, dotted_name: str) -> nn.Module:
@@ -450,6 +546,286 @@ def _example_input(model: nn.Module, input_size: Sequence[int], device: torch.de
     return torch.zeros(1, in_channels, h, w, dtype=dtype, device=device)
 
 
+# --------------------------------------------------------------------------------------------
+# Tracing: one torch.fx graph per network, a layer per call site
+# --------------------------------------------------------------------------------------------
+
+_ACTIVATION_FUNCTIONS = frozenset(
+    """relu relu_ relu6 leaky_relu leaky_relu_ hardtanh hardtanh_ gelu silu mish sigmoid sigmoid_
+    tanh tanh_ hardswish hardsigmoid elu elu_ selu celu softplus prelu""".split()
+)
+_POOL_FUNCTIONS = frozenset(
+    """max_pool2d max_pool2d_with_indices avg_pool2d adaptive_avg_pool2d adaptive_max_pool2d
+    adaptive_max_pool2d_with_indices lp_pool2d""".split()
+)
+_NORM_FUNCTIONS = frozenset("batch_norm instance_norm group_norm layer_norm local_response_norm".split())
+
+
+def node_op_name(node: fx.Node) -> str:
+    """The bare name of what a call_function / call_method node calls (``conv2d``, ``add``)."""
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target)).lstrip("_")
+
+
+class _LayerTracer(NodePathTracer):
+    """torchvision's node-naming tracer (no leaf modules beyond ``torch.nn``'s, so blocks and
+    ``Conv2d`` subclasses with their own ``forward`` are traced through), also recording each
+    module's calls and the node that is its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module_calls: Counter[str] = Counter()
+        self.module_outputs: dict[str, fx.Node] = {}
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        name = self.path_of_module(m)
+        out = super().call_module(m, forward, args, kwargs)
+        self.module_calls[name] += 1
+        if isinstance(out, fx.Proxy):
+            self.module_outputs[name] = out.node
+        else:
+            self.module_outputs.pop(name, None)
+        return out
+
+
+class TracedNetwork:
+    """An eval-mode ``torch.fx`` trace of a network with torchvision's node names.
+
+    Attributes:
+        graph_module: ``fx.GraphModule`` sharing the network's submodules and parameters.
+        node_names: ``{node: name}`` for every traced operation (``get_graph_node_names`` names).
+        module_calls: how often each module (dotted name) runs per forward pass.
+        module_outputs: ``{dotted module name: output node}`` of every module call traced.
+    """
+
+    def __init__(self, model: nn.Module, tracer: _LayerTracer, graph: fx.Graph) -> None:
+        self._model = weakref.ref(model)  # the trace cache is keyed weakly by the model
+        self.graph_module = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        self.node_names: dict[fx.Node, str] = dict(tracer.node_to_qualname)
+        self.module_calls: Counter[str] = tracer.module_calls
+        self.module_outputs: dict[str, fx.Node] = tracer.module_outputs
+        self._by_name: dict[str, fx.Node] = {name: node for node, name in self.node_names.items()}
+        self._order = {node: i for i, node in enumerate(self.graph_module.graph.nodes)}
+        self._extractors: dict[tuple[str, ...], fx.GraphModule] = {}
+        self._shapes: dict[tuple[Any, ...], Any] = {}  # record_shapes results (shapes do not depend on weights)
+
+    @property
+    def model(self) -> nn.Module:
+        model = self._model()
+        if model is None:
+            raise NetworkError("the traced network no longer exists")
+        return model
+
+    def names_of(self, node: fx.Node) -> list[str]:
+        """Every layer name that resolves to ``node``, outermost first (``layer4``, ``layer4.1``,
+        ``layer4.1.relu_1``)."""
+        names = [m for m, n in self.module_outputs.items() if n is node and self.module_calls[m] == 1]
+        own = self.node_names.get(node)
+        if own is not None and own not in names:
+            names.append(own)
+        return sorted(names, key=lambda name: name.count("."))
+
+    def module_name_of(self, name: str) -> str | None:
+        """The dotted module a layer name belongs to (for a call-module node or a block), else None."""
+        node = self._by_name.get(name)
+        if node is not None and node.op == "call_module":
+            return str(node.target)
+        if name in self.module_outputs:
+            return name
+        return None
+
+    def resolve(self, name: str) -> fx.Node:
+        """The graph node of a layer name: a node name, or the dotted name of a module that runs
+        once (its output node).
+
+        Raises:
+            UnknownLayerError: no such name, or a module that runs more than once per forward
+                (the message lists its call sites).
+        """
+        node = self._by_name.get(name)
+        if node is not None:
+            return node
+        calls = self.module_calls.get(name, 0)
+        if calls > 1:
+            sites = [n for n in self._by_name if n == name or n.startswith(name + "_")]
+            raise UnknownLayerError(
+                f"module {name!r} runs {calls} times per forward pass, so it has no single output; "
+                f"name one call site instead" + (f": {', '.join(sites[:8])}" if sites else "")
+            )
+        node = self.module_outputs.get(name)
+        if node is not None:
+            return node
+        if name:
+            with contextlib.suppress(AttributeError):
+                self.model.get_submodule(name)
+                raise UnknownLayerError(f"module {name!r} does not run in the forward pass")
+        candidates = list(self._by_name) + list(self.module_outputs)
+        raise UnknownLayerError(f"the network has no layer {name!r}." + _suggest(name, candidates))
+
+    def order(self, node: fx.Node) -> int:
+        return self._order[node]
+
+    def extractor(self, names: Sequence[str], *, full: bool = False) -> fx.GraphModule:
+        """A ``GraphModule`` returning ``{name: copy of the node's output}`` for ``names``.
+
+        The copy is taken right after the node runs, so an in-place op that follows (torchvision's
+        ``ReLU(inplace=True)``) cannot change it. Without ``full`` the graph ends at the last
+        requested node (nothing after it runs); with ``full`` the whole network runs and its own
+        output is returned under the key ``""`` too.
+        """
+        key = (*names, "\0full" if full else "")
+        if key in self._extractors:
+            return self._extractors[key]
+        targets = [self.resolve(name) for name in names]
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        copies: dict[fx.Node, fx.Node] = {}
+        last = max(self._order[t] for t in targets)
+        original_output = None
+        for node in self.graph_module.graph.nodes:
+            if node.op == "output":
+                original_output = node
+                break
+            if not full and self._order[node] > last:
+                break
+            env[node] = graph.node_copy(node, lambda arg: env[arg])
+            if node in targets:
+                copies[node] = graph.call_method("clone", (env[node],))
+        outputs: dict[str, Any] = {name: copies[t] for name, t in zip(names, targets, strict=True)}
+        if full and original_output is not None:
+            outputs[""] = fx.map_arg(original_output.args[0], lambda arg: env[arg])
+        graph.output(outputs)
+        module = fx.GraphModule(self.graph_module, graph, "LayerExtractor")
+        module.graph.eliminate_dead_code()  # in-place ops on kept values are impure and stay
+        module.recompile()
+        self._extractors[key] = module
+        return module
+
+
+_TRACES: weakref.WeakKeyDictionary[nn.Module, TracedNetwork | NetworkError] = weakref.WeakKeyDictionary()
+
+
+def trace_network(model: nn.Module) -> TracedNetwork:
+    """The (cached) :class:`TracedNetwork` of an eager model, traced in eval mode.
+
+    Raises:
+        UnsupportedNetworkError: TorchScript, or ``torch.fx`` cannot trace the model (the message
+            says why; :func:`capture_forward` then falls back to forward hooks).
+    """
+    _require_eager(model, "tracing")
+    cached = _TRACES.get(model)
+    if isinstance(cached, TracedNetwork):
+        return cached
+    if isinstance(cached, NetworkError):
+        raise cached
+    tracer = _LayerTracer()
+    was_training = model.training
+    model.eval()
+    try:
+        graph = tracer.trace(model)
+        traced = TracedNetwork(model, tracer, graph)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
+        error = UnsupportedNetworkError(
+            f"torch.fx cannot trace this model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        )
+        _TRACES[model] = error
+        raise error from exc
+    finally:
+        model.train(was_training)
+    _TRACES[model] = traced
+    return traced
+
+
+def is_traceable(model: nn.Module) -> bool:
+    """True when :func:`trace_network` works (eager and fx-traceable)."""
+    try:
+        trace_network(model)
+    except UnsupportedNetworkError:
+        return False
+    return True
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs a traced graph once, recording every tensor's shape and every small constant
+    (ints, floats, tuples of them: sizes, padding amounts computed from them)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
+        self.seq_shapes: dict[fx.Node, list[tuple[int, ...]]] = {}
+        self.constants: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, Tensor):
+            self.shapes[n] = tuple(out.shape)
+        elif isinstance(out, (tuple, list)) and out and all(isinstance(t, Tensor) for t in out):
+            self.seq_shapes[n] = [tuple(t.shape) for t in out]
+        elif isinstance(out, (int, float)) or (
+            isinstance(out, (tuple, list)) and all(isinstance(v, (int, float)) for v in out)
+        ):
+            self.constants[n] = out
+        return out
+
+
+@torch.no_grad()
+def record_shapes(
+    traced: TracedNetwork, input_size: Sequence[int], device: torch.device | str, in_channels: int = 3,
+) -> _ShapeRecorder:
+    """Run the traced graph once on zeros ``[1, in_channels, H, W]`` and record shapes (cached per
+    trace, input size and device: shapes do not depend on the weights).
+
+    The pass runs in the receptive-field module's geometry mode (every shape kept, the arithmetic
+    of convs skipped: a VGG16 pass costs milliseconds, not seconds); if the model fails there, it
+    reruns plainly.
+    """
+    from .receptive_field import _GeometryMode  # the engine's own module; imported here to avoid a cycle
+
+    def cheap_mode() -> Any:
+        return _GeometryMode(collapse=False)
+
+    key = (tuple(int(v) for v in input_size), str(device), in_channels)
+    if key in traced._shapes:
+        return traced._shapes[key]
+    model = traced.model
+    was_training = model.training
+    model.eval()
+    try:
+        recorder = None
+        if cheap_mode is not None:
+            try:
+                with cheap_mode():
+                    recorder = _ShapeRecorder(traced.graph_module)
+                    recorder.run(_example_input(model, input_size, device, in_channels))
+            except Exception:  # any failure of the shortcut: the plain pass decides
+                recorder = None
+        if recorder is None:
+            recorder = _ShapeRecorder(traced.graph_module)
+            recorder.run(_example_input(model, input_size, device, in_channels))
+    finally:
+        model.train(was_training)
+    traced._shapes[key] = recorder
+    return recorder
+
+
+def _node_kind(traced: TracedNetwork, node: fx.Node, name: str) -> tuple[LayerKind, str]:
+    module_name = traced.module_name_of(name)
+    if module_name is not None:
+        module = traced.model.get_submodule(module_name)
+        return layer_kind(module), type(module).__name__
+    op = node_op_name(node)
+    if op in ("conv2d", "conv_transpose2d"):
+        return LayerKind.CONV, op
+    if op in _POOL_FUNCTIONS:
+        return LayerKind.POOL, op
+    if op in _ACTIVATION_FUNCTIONS:
+        return LayerKind.ACTIVATION, op
+    if op in _NORM_FUNCTIONS:
+        return LayerKind.NORM, op
+    return LayerKind.OTHER, op
+
+
 @torch.no_grad()
 def discover_layers(
     model: nn.Module,
@@ -460,7 +836,61 @@ def discover_layers(
     include_reused: bool = False,
     in_channels: int = 3,
 ) -> list[LayerInfo]:
-    """List the named modules whose output is a 4-D feature map, in forward-pass order.
+    """List the layers whose output is a 4-D feature map, in forward-pass order.
+
+    Traceable models (:func:`trace_network`): every call site whose output is a single 4-D tensor,
+    by node name (so a module run twice gives two layers, ``relu`` and ``relu_1``), plus every
+    traced-through module that runs once (blocks, ``Conv2d`` subclasses), by its dotted name; one
+    forward pass of zeros ``[1, in_channels, H, W]`` learns the shapes. Several names can share a
+    node (``layer4``, ``layer4.1`` and ``layer4.1.relu_1`` are one tensor); inner names come first.
+    Untraceable models fall back to forward hooks on named modules, where a module run more than
+    once per forward is left out unless ``include_reused`` (its output is then ambiguous).
+
+    Args:
+        model: an eager ``nn.Module`` on ``device`` (TorchScript raises
+            :class:`UnsupportedNetworkError`).
+        input_size: ``(H, W)``.
+        kinds: which :class:`LayerKind` values to list (default: conv, pool, activation, block).
+
+    Returns:
+        ``list[LayerInfo]`` in forward order.
+    """
+    _require_eager(model, "discover_layers")
+    try:
+        traced = trace_network(model)
+    except UnsupportedNetworkError:
+        return _discover_layers_by_hooks(model, input_size, device, kinds=kinds,
+                                         include_reused=include_reused, in_channels=in_channels)
+    shapes = record_shapes(traced, input_size, device, in_channels).shapes
+    entries: list[tuple[int, int, LayerInfo]] = []
+    seen: set[str] = set()
+    for node in traced.graph_module.graph.nodes:
+        shape = shapes.get(node)
+        if node.op in ("placeholder", "get_attr", "output") or shape is None or len(shape) != 4:
+            continue
+        for name in traced.names_of(node):
+            if name in seen:
+                continue
+            seen.add(name)
+            kind, type_name = _node_kind(traced, node, name)
+            if kind not in kinds:
+                continue
+            info = LayerInfo(name, kind, type_name, shape[1], shape[2], shape[3], 1)
+            entries.append((traced.order(node), -name.count("."), info))
+    return [info for _, _, info in sorted(entries, key=lambda e: (e[0], e[1]))]
+
+
+@torch.no_grad()
+def _discover_layers_by_hooks(
+    model: nn.Module,
+    input_size: Sequence[int],
+    device: torch.device | str,
+    *,
+    kinds: frozenset[LayerKind] | set[LayerKind] = DEFAULT_LAYER_KINDS,
+    include_reused: bool = False,
+    in_channels: int = 3,
+) -> list[LayerInfo]:
+    """Hook fallback of :func:`discover_layers`: named modules whose output is a 4-D feature map.
 
     Runs one forward pass of a zero input ``[1, in_channels, H, W]`` (the model's parameter dtype)
     on ``device`` with forward hooks on every named module. The model must already be on
@@ -639,23 +1069,51 @@ def capture_forward(
     detach: bool = True,
     clone: bool = True,
 ) -> dict[str, Tensor]:
-    """Run ``model(inputs)`` and return the outputs of the named layers.
+    """Run ``model`` on ``inputs`` and return the outputs of the named layers.
 
-    With ``stop_early`` (default) the forward pass is abandoned as soon as every requested layer
-    has run, so extracting ``conv2`` does not pay for ``conv5`` or the classifier. Gradients are
-    not disabled here: wrap in ``torch.no_grad()`` for extraction, or pass ``detach=False`` to
-    backpropagate from the outputs.
+    Traceable models run a graph built by :meth:`TracedNetwork.extractor`: each requested node's
+    output is copied as soon as it is computed, and with ``stop_early`` (default) the graph ends at
+    the last requested layer, so extracting ``conv2`` does not pay for ``conv5`` or the classifier.
+    Untraceable ones use forward hooks (:func:`capture_layers`), where a module that runs more than
+    once per forward cannot be captured. Gradients are not disabled here: wrap in
+    ``torch.no_grad()`` for extraction, or pass ``detach=False`` to backpropagate from the outputs.
 
     Args:
         inputs: ``[B, C, H, W]`` already normalised, on the model's device.
+        names: layer names (see the module docstring); unknown ones raise
+            :class:`UnknownLayerError` before anything runs.
+        clone: (hook fallback only) store copies; the traced path always copies.
 
     Returns:
-        ``{name: Tensor}`` in the order of ``names``; shapes as the modules return them.
+        ``{name: Tensor}`` in the order of ``names``; shapes as the layers return them.
 
     Raises:
-        UnknownLayerError, NetworkError: as :func:`capture_layers`; NetworkError also if a
-            requested layer did not run.
+        UnknownLayerError, NetworkError: unknown names, a layer that did not run.
     """
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError("capture_forward needs at least one layer name")
+    _require_eager(model, "capture_forward")
+    try:
+        traced = trace_network(model)
+    except UnsupportedNetworkError:
+        return _capture_forward_by_hooks(model, inputs, names, stop_early=stop_early, detach=detach,
+                                         clone=clone)
+    extractor = traced.extractor(names, full=not stop_early)
+    out = extractor(inputs)
+    return {name: (out[name].detach() if detach else out[name]) for name in names}
+
+
+def _capture_forward_by_hooks(
+    model: nn.Module,
+    inputs: Tensor,
+    names: Sequence[str],
+    *,
+    stop_early: bool = True,
+    detach: bool = True,
+    clone: bool = True,
+) -> dict[str, Tensor]:
+    """Hook fallback of :func:`capture_forward` (layer names are dotted module names)."""
     names = list(dict.fromkeys(names))
     with capture_layers(
         model, names, detach=detach, clone=clone, _stop_when_complete=stop_early

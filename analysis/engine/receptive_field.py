@@ -30,7 +30,6 @@ Two independent ways to get it:
 from __future__ import annotations
 
 import copy
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,11 +41,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .networks import NetworkError, capture_forward, get_module, is_torchscript
+from .networks import (
+    NetworkError,
+    TracedNetwork,
+    UnsupportedNetworkError,
+    capture_forward,
+    get_module,
+    is_torchscript,
+    record_shapes,
+    trace_network,
+)
 
 __all__ = [
+    "GeometryCheck",
     "LayerGeometry",
     "ReceptiveFieldError",
+    "check_receptive_fields",
     "probe_receptive_field",
     "receptive_field",
     "receptive_fields",
@@ -257,42 +267,6 @@ def _avg_pool_params(input: Any, kernel_size: Any, stride: Any = None, padding: 
     return {"input": input, "kernel_size": kernel_size, "stride": stride, "padding": padding}
 
 
-class _RecordingTracer(fx.Tracer):
-    """fx tracer that remembers which graph node is the output of every module call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.module_nodes: dict[str, fx.Node] = {}
-        self.module_calls: Counter[str] = Counter()
-
-    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        name = self.path_of_module(m)
-        out = super().call_module(m, forward, args, kwargs)
-        self.module_calls[name] += 1
-        if isinstance(out, fx.Proxy):
-            self.module_nodes[name] = out.node
-        else:
-            self.module_nodes.pop(name, None)
-        return out
-
-
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the traced graph once and records the shape of every tensor (or tuple of tensors)."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
-        self.seq_shapes: dict[fx.Node, list[tuple[int, ...]]] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if isinstance(out, Tensor):
-            self.shapes[n] = tuple(out.shape)
-        elif isinstance(out, (tuple, list)) and out and all(isinstance(t, Tensor) for t in out):
-            self.seq_shapes[n] = [tuple(t.shape) for t in out]
-        return out
-
-
 def _target_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return str(node.target)
@@ -307,15 +281,22 @@ _LAYOUT_NAMES = frozenset(
 )
 
 
+# Multiplying a map by a ``[B, C, 1, 1]`` tensor derived from the image (squeeze-excitation's gate)
+# rescales channels: we treat it as the identity for geometry (our choice, the usual convention; the
+# gate's own field is global). Adding such a tensor stays unsupported.
+_GATE_NAMES = frozenset("mul imul __mul__ __imul__ __rmul__ mul_".split())
+
+
 class _Propagator:
     """Walks a traced graph once and gives each node a value: a geometry ``(y, x)`` for spatial
     tensors, ``None`` for values that do not depend on the image, ``_FLAT`` for image-dependent
     values without a spatial layout (flattened tensors, sizes), or ``_Unsupported(reason)``."""
 
-    def __init__(self, gm: fx.GraphModule, recorder: _ShapeRecorder) -> None:
+    def __init__(self, gm: fx.GraphModule, recorder: Any) -> None:
         self.gm = gm
         self.shapes = recorder.shapes
         self.seq_shapes = recorder.seq_shapes
+        self.constants = recorder.constants
         self.values: dict[fx.Node, Any] = {}
 
     def run(self) -> dict[fx.Node, Any]:
@@ -444,6 +425,15 @@ class _Propagator:
         if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
             src = node.args[0] if node.args else node.kwargs.get("input")
             return self._need(self.values.get(src), node) or self._adaptive(self.values[src], src, node)
+        if name == "pad":  # F.pad, e.g. a dynamic SAME padding computed from the input's size
+            src = node.args[0] if node.args else node.kwargs.get("input")
+            amounts = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+            amounts = fx.map_arg(amounts, lambda a: self.constants[a])
+            if len(amounts) < 4:
+                return _Unsupported(f"{node.format_node()} pads fewer than two dimensions")
+            return self._need(self.values.get(src), node) or _conv_geo(
+                self.values[src], 1, 1, (int(amounts[2]), int(amounts[0]))
+            )
         if name in ("cat", "concat", "concatenate"):
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             ndim = len(self.shapes[node])
@@ -483,6 +473,8 @@ class _Propagator:
                     return _Unsupported(f"{self._describe(node)} mixes in a value that is not a feature map")
                 continue
             in_hw = self._spatial(a)
+            if in_hw == (1, 1) and out_hw != (1, 1) and _target_name(node) in _GATE_NAMES:
+                continue  # a channel gate (squeeze-excitation): identity for geometry
             if in_hw != out_hw:
                 return _Unsupported(
                     f"{self._describe(node)} broadcasts a {in_hw} map over {out_hw} "
@@ -527,15 +519,22 @@ def receptive_fields(
 ) -> dict[str, LayerGeometry]:
     """Analytic receptive-field geometry of named layers.
 
-    Traces ``model`` with ``torch.fx`` (custom modules are traced through; ``torch.nn`` modules
-    are leaves), runs one forward pass of zeros ``[1, in_channels, H, W]`` on ``device`` (the
-    model must be there) to learn shapes (adaptive pooling depends on them), then propagates the
-    geometry (module docstring).
+    Traces ``model`` with ``torch.fx`` (:func:`~.networks.trace_network`: custom modules, blocks
+    and ``Conv2d`` subclasses are traced through, so a SAME-padding conv that holds a
+    ``ZeroPad2d`` is seen as its pad and its ``F.conv2d``; ``torch.nn`` modules are leaves), runs
+    one forward pass of zeros ``[1, in_channels, H, W]`` on ``device`` (the model must be there)
+    to learn shapes and size-derived constants (adaptive pooling and dynamic padding depend on
+    them), then propagates the geometry (module docstring). Exact for conv (grouped, depthwise,
+    dilated), pooling and padding; batch norm, activations, dropout and squeeze-excitation gates
+    are the identity; adaptive pooling with uniform bins is a pooling window (to 1x1: the whole
+    input and its padding).
 
     Args:
-        input_size: ``(H, W)``; geometry does not depend on it except through adaptive pooling.
-        layers: dotted names to return; ``None`` returns every named module whose output is a
-            feature map with a known geometry (modules run more than once per forward excluded).
+        input_size: ``(H, W)``; geometry does not depend on it except through adaptive pooling
+            and padding computed from the input's size.
+        layers: layer names (node names or dotted names of modules that run once, see
+            :mod:`.networks`) to return; ``None`` returns every layer whose output is a feature
+            map with a known geometry.
 
     Returns:
         ``{name: LayerGeometry}`` in forward order.
@@ -543,49 +542,28 @@ def receptive_fields(
     Raises:
         ReceptiveFieldError: the model cannot be traced, or a requested layer's geometry is
             unknown (the message gives the op that stopped the propagation).
-        UnknownLayerError: a requested name is not a module.
+        UnknownLayerError: a requested name is not a layer.
     """
     if is_torchscript(model):
         raise ReceptiveFieldError("TorchScript modules cannot be traced with torch.fx")
-    if layers is not None:
-        for name in layers:
-            get_module(model, name)
-    tracer = _RecordingTracer()
     try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
-        raise ReceptiveFieldError(
-            f"torch.fx cannot trace this model ({type(exc).__name__}: {exc}); "
-            "use probe_receptive_field on a given layer instead"
-        ) from exc
-    gm = fx.GraphModule(tracer.root, graph)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    h, w = (int(v) for v in input_size)
-    recorder = _ShapeRecorder(gm)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            recorder.run(torch.zeros(1, in_channels, h, w, dtype=dtype, device=device))
-    finally:
-        model.train(was_training)
-    values = _Propagator(gm, recorder).run()
-
-    order = {node: i for i, node in enumerate(gm.graph.nodes)}
-    wanted = list(layers) if layers is not None else sorted(
-        tracer.module_nodes, key=lambda n: order[tracer.module_nodes[n]]
-    )
+        traced = trace_network(model)
+    except UnsupportedNetworkError as exc:
+        raise ReceptiveFieldError(f"{exc}; use probe_receptive_field on a given layer instead") from exc
+    targets = {name: traced.resolve(name) for name in layers} if layers is not None else None
+    recorder = record_shapes(traced, input_size, device, in_channels)
+    values = _Propagator(traced.graph_module, recorder).run()
+    if targets is None:
+        targets = {}
+        for node in traced.graph_module.graph.nodes:
+            if node.op not in ("placeholder", "get_attr", "output"):
+                for name in traced.names_of(node):
+                    targets.setdefault(name, node)
     result: dict[str, LayerGeometry] = {}
-    for name in wanted:
-        node = tracer.module_nodes.get(name)
-        value = values.get(node) if node is not None else None
-        calls = tracer.module_calls.get(name, 0)
+    for name, node in sorted(targets.items(), key=lambda item: traced.order(item[1])):
+        value = values.get(node)
         problem = None
-        if node is None:
-            problem = "it does not run in the forward pass or returns no single tensor"
-        elif calls > 1:
-            problem = f"it runs {calls} times per forward pass"
-        elif isinstance(value, _Unsupported):
+        if isinstance(value, _Unsupported):
             problem = value.reason
         elif not isinstance(value, tuple) or len(recorder.shapes.get(node, ())) != 4:
             problem = "its output is not a feature map"
@@ -594,6 +572,8 @@ def receptive_fields(
                 raise ReceptiveFieldError(f"no receptive field for layer {name!r}: {problem}")
             continue
         result[name] = _as_geometry(value, name)
+    if layers is not None:
+        return {name: result[name] for name in layers}
     return result
 
 
@@ -887,3 +867,196 @@ def probe_receptive_field(
     if error is None:
         raise ReceptiveFieldError(f"max_input_size {max_input_size} is below the smallest probe size 64")
     raise ReceptiveFieldError(str(error))
+
+
+# --------------------------------------------------------------------------------------------
+# Sampled numeric check (what registration runs)
+# --------------------------------------------------------------------------------------------
+
+
+class _GeometryMode(_MaxPoolAsAvgPool):
+    """Within this mode a network computes only geometry, whatever its weights.
+
+    Every 2-D conv (module, functional, or a ``Conv2d`` subclass's own ``F.conv2d``) becomes a mean
+    over input channels followed by one ``1 -> 1`` averaging kernel with the conv's kernel size,
+    stride, padding and dilation, repeated to the conv's output channels; norms are the identity;
+    max pooling is average pooling (:class:`_MaxPoolAsAvgPool`); a product with a ``[B, C, 1, 1]``
+    tensor (a squeeze-excitation gate) does not pass gradients through the gate. With a small
+    positive constant input every activation stays active, so a unit's input gradient is non-zero
+    exactly on its receptive field (cut at the image border). No copy of the model is made and its
+    weights are never read by the convs.
+    """
+
+    _NORMS = (F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm)
+
+    def __init__(self, collapse: bool) -> None:
+        super().__init__()
+        self.collapse = collapse  # keep one channel everywhere (cheapest; code that needs the
+        # channel counts then fails and the check reruns with the channels repeated)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func is torch.conv2d:
+            p = _conv2d_params(*args, **kwargs)
+            weight, x = p["weight"], p["input"]
+            kh, kw = weight.shape[2:]
+            mean = x.mean(dim=1, keepdim=True)
+            padding = p["padding"]
+            if (not isinstance(padding, str) and _pair(p["dilation"]) == (1, 1)
+                    and all(2 * q <= k for q, k in zip(_pair(padding), (kh, kw), strict=True))):
+                # the same averaging kernel as a pooling: much faster than a one-channel conv
+                y = F.avg_pool2d(mean, (kh, kw), _pair(p["stride"]), _pair(padding), count_include_pad=True)
+            else:
+                kernel = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=x.dtype, device=x.device)
+                y = F.conv2d(mean, kernel, None, p["stride"], padding, p["dilation"])
+            return y if self.collapse else y.expand(-1, weight.shape[0], -1, -1).contiguous()
+        if func in self._NORMS:
+            return args[0] if args else kwargs["input"]
+        name = getattr(func, "__name__", "")
+        if name in ("mul", "__mul__", "__rmul__") and len(args) == 2:
+            a, b = args
+            if isinstance(a, Tensor) and isinstance(b, Tensor) and a.ndim == b.ndim == 4:
+                if a.shape[-2:] == (1, 1) and b.shape[-2:] != (1, 1):
+                    a = a.detach()
+                elif b.shape[-2:] == (1, 1) and a.shape[-2:] != (1, 1):
+                    b = b.detach()
+                return func(a, b, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def _sample_units(n: int, per_axis: int) -> list[int]:
+    """``per_axis`` indices spread over ``0 .. n - 1`` (first, last and between), unique."""
+    if per_axis <= 1 or n == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (per_axis - 1)) for i in range(per_axis)})
+
+
+def _expected_extent(geometry: LayerGeometry, axis: int, index: int, length: int) -> tuple[int, int]:
+    """First and last input pixel of a unit's field along an axis, cut to ``[0, length)``."""
+    centre = geometry.offset[axis] + index * geometry.stride[axis]
+    lo = int(round(centre - geometry.size[axis] / 2.0))
+    hi = int(round(centre + geometry.size[axis] / 2.0)) - 1
+    return max(lo, 0), min(hi, length - 1)
+
+
+@dataclass(frozen=True)
+class GeometryCheck:
+    """Outcome of :func:`check_receptive_fields` for one layer.
+
+    ``verified``: ``True`` when every sampled unit's measured field equals the analytic one,
+    ``False`` when one differs (``detail`` says which), ``None`` when not checked (a 1x1 map,
+    or the network would not run in the geometry mode; ``detail`` says why).
+    """
+
+    verified: bool | None
+    detail: str = ""
+
+
+def check_receptive_fields(
+    model: nn.Module,
+    geometry: dict[str, LayerGeometry],
+    input_size: Sequence[int],
+    device: torch.device | str,
+    *,
+    units_per_axis: int = 3,
+    in_channels: int = 3,
+    progress: Any = None,
+) -> dict[str, GeometryCheck]:
+    """Check analytic geometry numerically on a few units of each layer, in bounded memory.
+
+    For each layer, the network (traced, ended at the layer) runs under :class:`_GeometryMode` on a
+    constant input ``float32 [n, in_channels, H, W]`` (value 1e-3, then 1.0 if a gradient vanishes)
+    at the network's own ``input_size`` — the size its SAME padding was built for — with one batch
+    item per sampled unit: ``units_per_axis`` units along the map's diagonal (first, middle, last).
+    The non-zero extent of each unit's input gradient must equal its analytic box cut to the image
+    (edges outside the image are not observable there). Layers whose map is 1x1 are not checked.
+    Memory is one forward/backward of ``n`` images of the network's input size with one-channel
+    convs; nothing is copied.
+
+    Args:
+        geometry: ``{layer name: LayerGeometry}`` from :func:`receptive_fields`.
+        progress: optional ``callable(done, total)`` called after each layer.
+
+    Returns:
+        ``{name: GeometryCheck}`` for every layer of ``geometry``.
+    """
+    if is_torchscript(model):
+        raise ReceptiveFieldError("TorchScript modules cannot be checked (they cannot be traced)")
+    traced = trace_network(model)
+    h, w = (int(v) for v in input_size)
+    shapes = record_shapes(traced, (h, w), device, in_channels).shapes
+    results: dict[str, GeometryCheck] = {}
+    by_node: dict[tuple[fx.Node, LayerGeometry], GeometryCheck] = {}  # names sharing a node run once
+    was_training = model.training
+    model.eval()
+    try:
+        for done, (name, geo) in enumerate(geometry.items(), start=1):
+            node = traced.resolve(name)
+            shape = shapes.get(node, ())
+            if (node, geo) in by_node:
+                results[name] = by_node[(node, geo)]
+            elif len(shape) != 4:
+                results[name] = GeometryCheck(None, "not a feature map")
+            elif shape[2:] == (1, 1):
+                results[name] = GeometryCheck(None, "a 1x1 map: its field is the whole image")
+            else:
+                results[name] = _check_layer(traced, name, geo, (h, w), tuple(shape[2:]), device,
+                                             units_per_axis, in_channels)
+            by_node[(node, geo)] = results[name]
+            if progress is not None:
+                progress(done, len(geometry))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _check_layer(traced: TracedNetwork, name: str, geo: LayerGeometry, size: tuple[int, int],
+                 out_size: tuple[int, int], device: torch.device | str, units_per_axis: int,
+                 in_channels: int) -> GeometryCheck:
+    extractor = traced.extractor([name])
+    h, w = size
+    ys, xs = _sample_units(out_size[0], units_per_axis), _sample_units(out_size[1], units_per_axis)
+    if len(ys) == len(xs):
+        pairs = list(zip(ys, xs, strict=True))  # along the diagonal
+    else:
+        pairs = [(y, xs[0]) for y in ys] + [(ys[0], x) for x in xs[1:]]
+    detail = ""
+    attempts = [(collapse, value) for collapse in (True, False) for value in _PROBE_INPUTS]
+    for collapse, value in attempts:
+        try:
+            with torch.enable_grad(), _GeometryMode(collapse):
+                x = torch.full((len(pairs) + 1, in_channels, h, w), value, dtype=torch.float32,
+                               device=device, requires_grad=True)
+                out = extractor(x)[name]
+                grad_out = torch.zeros_like(out)
+                for k, (iy, ix) in enumerate(pairs):
+                    grad_out[k, :, iy, ix] = 1.0
+                grad_out[len(pairs)] = 1.0  # the whole map: the pixels the layer reads at all
+                (grad,) = torch.autograd.grad(out, x, grad_out)
+        except (RuntimeError, ValueError, IndexError, ReceptiveFieldError) as exc:
+            detail = f"the network does not run in the geometry mode: {str(exc).splitlines()[0]}"
+            continue
+        support = grad.abs().sum(dim=1) > 0
+        extents = []
+        for k in range(len(pairs) + 1):
+            rows = torch.nonzero(support[k].any(dim=1)).flatten()
+            cols = torch.nonzero(support[k].any(dim=0)).flatten()
+            extents.append(None if rows.numel() == 0 else
+                           ((int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))))
+        if None in extents:
+            detail = f"zero gradient at input value {value}"
+            continue  # a saturated or dead activation: try the next input value (or mode)
+        read = extents[-1]  # a stride that does not divide the size leaves the last pixels unread
+        problems = []
+        for (iy, ix), seen in zip(pairs, extents, strict=False):
+            expected = tuple(
+                (max(lo, read[axis][0]), min(hi, read[axis][1]))
+                for axis, (lo, hi) in enumerate((_expected_extent(geo, 0, iy, h), _expected_extent(geo, 1, ix, w)))
+            )
+            if seen != expected:
+                problems.append(f"unit ({iy}, {ix}) reads rows/cols {seen}, expected {expected}")
+        if problems:
+            return GeometryCheck(False, "; ".join(problems))
+        return GeometryCheck(True, f"{len(pairs)} units at {h}x{w}")
+    return GeometryCheck(None, detail)

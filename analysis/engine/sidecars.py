@@ -53,7 +53,7 @@ class BoxRow:
 def read_boxes(root: str | os.PathLike[str]) -> Iterator[BoxRow]:
     """Stream ``boxes.csv`` of a dataset directory, validating every row."""
     path = Path(root) / BOXES_FILE
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark is not part of the header
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or tuple(header[: len(BOX_COLUMNS)]) != BOX_COLUMNS:
@@ -88,7 +88,7 @@ def read_classes(root: str | os.PathLike[str]) -> dict[str, str]:
     """``classes.csv`` as ``{image: object_class}``."""
     path = Path(root) / CLASSES_FILE
     classes: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark is not part of the header
         reader = csv.reader(handle)
         header = next(reader, None)
         if header != ["image", "object_class"]:

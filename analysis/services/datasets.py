@@ -16,7 +16,7 @@ from django.db import transaction
 from analysis import params as p
 from analysis.jobs import DEFAULT_QUEUE, GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import AnnotatedBox, Concept, Dataset, DatasetImage, DatasetKind, Run
-from analysis.storage import publish_folder
+from analysis.storage import publish_as
 
 from .runs import RunInputError, RunProgress, params_hash, run_start
 
@@ -77,7 +77,7 @@ def dataset_register(*, name: str, kind: str, root: Path, source_dir: str = "", 
         raise RunInputError(str(error)) from None
 
     # workers on other machines read it from the artifact store (uploaded there first when one is configured)
-    root_dir = publish_folder(root, f"datasets/{name}")
+    root_dir = publish_as(root, f"datasets/{name}")
     if progress:
         progress.phase("Registering images and concepts", total=reader.count_rows())
     with transaction.atomic():

@@ -46,7 +46,6 @@ so a shard or merge on another machine fetches what it needs. Rotation tests wri
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -65,6 +64,7 @@ from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, DissectionBaseline, LayerDissection, RotationTest, Run, RunStatus, UnitDissection, UnitStatus,
                              UpsampleMethod)
 from analysis.storage import artifact_store, fetch, local_path, publish, stored_path
+from unitscope.spreadsheets import csv_writer
 
 from .extraction import open_activation_cache
 from .inputs import layer_upsampler, run_inputs
@@ -548,7 +548,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     written = []
     tally_path = out_dir / "tally.csv"
     with open(tally_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "concept", "category", "iou", "intersection", "activation", "truth"])
         for unit in range(inter.shape[0]):
             for number in present:
@@ -559,7 +559,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     written.append(tally_path)
     thresholds_path = out_dir / "thresholds.csv"
     with open(thresholds_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "threshold"])
         writer.writerows((unit, repr(float(value))) for unit, value in enumerate(data["thresholds"]))
     written.append(thresholds_path)
@@ -569,7 +569,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
             pairing = plan["pairing"]
         pairing_path = out_dir / "pairing.csv"
         with open(pairing_path, "w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
+            writer = csv_writer(handle)
             writer.writerow(["image", "masks_of"])
             writer.writerows(enumerate(pairing.tolist()))
         written.append(pairing_path)
@@ -607,7 +607,7 @@ def _write_unit_results(path: Path, dissection: LayerDissection, thresholds: np.
     if dissection.extraction is not None:
         statuses = dict(dissection.extraction.unit_summaries.with_status().values_list("unit__index", "status"))
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "label", "category", "iou", "is_detector", "saturated", "status"])
         for result in dissection.unit_results.select_related("unit", "concept").order_by("unit__index"):
             index = result.unit.index
@@ -626,7 +626,7 @@ def rotation_export(run: Run, out_dir: Path) -> list[Path]:
         raise RunInputError(f"Run {run.pk} holds no rotation test.")
     path = out_dir / "rotation.csv"
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["seed", "alpha", "detectors", "unique_detectors", "saturated_units"])
         writer.writerows((p["seed"], repr(float(p["alpha"])), p["detectors"], p["unique"], p["saturated"])
                          for p in test.points)

@@ -25,7 +25,6 @@ dataset-image pixels; :func:`purity_patch_picture` draws them.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AnnotatedBox, Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Layer,
                              Network, Run)
 from analysis.storage import artifact_store, fetch, local_path, publish, stored_path
+from unitscope.spreadsheets import csv_writer
 
 from .inputs import ensure_extraction, layer_geometry
 from .extraction import open_activation_cache
@@ -525,7 +525,7 @@ def graph_export(run: Run, out_dir: Path) -> list[Path]:
         raise RunInputError(f"Run {run.pk} holds no explanatory graph.")
     nodes_path = out_dir / "nodes.csv"
     with open(nodes_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["layer", "filter", "node", "mu_x", "mu_y", "score_total", "sigma", "mass", "rank"])
         for row in (GraphNode.objects.filter(graph=graph).order_by("level", "flat")
                     .values_list("layer__name", "filter", "node", "mu_x", "mu_y", "score_total", "sigma", "mass",
@@ -533,7 +533,7 @@ def graph_export(run: Run, out_dir: Path) -> list[Path]:
             writer.writerow([row[0], row[1], row[2], *(repr(float(v)) for v in row[3:8]), row[8]])
     edges_path = out_dir / "edges.csv"
     with open(edges_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["layer", "filter", "node", "parent_layer", "parent_filter", "parent_node", "order", "dx",
                          "dy"])
         for row in (GraphEdge.objects.filter(graph=graph).order_by("child__level", "child__flat", "order")
@@ -542,7 +542,7 @@ def graph_export(run: Run, out_dir: Path) -> list[Path]:
             writer.writerow([*row[:7], repr(float(row[7])), repr(float(row[8]))])
     instability_path = out_dir / "instability.csv"
     with open(instability_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["layer", "kind", "filter", "node", "rank", "instability", *graph.landmarks])
         for item in (GraphInstability.objects.filter(graph=graph).select_related("layer", "node")
                      .order_by("layer__order", "kind", "rank")):

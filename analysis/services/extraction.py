@@ -8,7 +8,6 @@ run that reuses the cache reproduces a fresh run bit for bit.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import shutil
@@ -24,9 +23,10 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, Dataset, ExemplarKind, ExemplarSet, Layer, LayerExtraction, Network, Run,
                              UnitActivationSummary)
+from unitscope.spreadsheets import csv_writer
 
 from .exports import write_run_json
-from .networks import network_spec
+from .networks import network_check_weights, network_spec
 from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
 
 EXTRACTION_PARAMS = p.ParamSchema({
@@ -56,11 +56,15 @@ def extraction_run_start(*, network: str, dataset: str, layers: list[str], creat
 
 
 def activation_cache_key(network: Network, dataset: Dataset, layer: Layer) -> str:
-    """Everything that determines a layer's maps on a dataset: weights, builder, dataset, layer, preprocessing."""
+    """Everything that determines a layer's maps on a dataset: weights (the state-dict hash, checked against the
+    loaded model by :func:`~.networks.network_check_weights` before any cache is used), builder, dataset, layer,
+    preprocessing."""
     key = {"weights": network.weights_sha256, "arch": network.arch, "source": network.source,
            "kwargs": network.callable_kwargs, "dataset": dataset.root_dir, "images": dataset.image_count,
            "layer": layer.name, "input": [network.input_height, network.input_width], "mean": network.mean,
            "std": network.std, "resize": "bilinear-antialias", "dtype": "float16"}
+    if network.channel_order != "RGB":  # keys of RGB networks stay as they were
+        key["channel_order"] = network.channel_order
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -186,6 +190,9 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
             model = load_network(network_spec(network), device=dev)
         except NetworkError as error:
             raise RunInputError(str(error)) from None
+        # The caches are keyed on the registered state-dict hash: a model that loads other weights now must
+        # not write maps under it. (Reusing complete caches needs no model, so the registered hash stands.)
+        network_check_weights(network, model)
     class_tensor = torch.from_numpy(class_ids) if class_ids is not None else None
     current: dict[str, Any] = {}
 
@@ -199,7 +206,8 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     def forward(images):
         outputs = {}
         if to_compute:
-            computed = capture_forward(model, normalize_images(images, network.mean, network.std), to_compute)
+            computed = capture_forward(model, normalize_images(images, network.mean, network.std,
+                                                               network.channel_order), to_compute)
             outputs.update({name: value.to(torch.float16).to(torch.float32) for name, value in computed.items()})
         rows = current["indices"].numpy()
         for name in layer_order:
@@ -259,6 +267,7 @@ def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, de
     units = {unit.index: unit for unit in extraction.layer.unit_set.all()}
     top = stats.topk.result()
     thresholds = stats.quantile.result().cpu()
+    ties = top.ceiling_ties().cpu()
     image_ids, image_scores = stats.image_scores.result()
     deciles = decile_exemplars(image_scores, image_ids, num_bins=DECILE_BINS, seed=seed)
 
@@ -269,10 +278,12 @@ def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, de
 
     summaries, sets = [], []
     for index, unit in units.items():
+        maximum = float(top.scores[index, 0].nan_to_num(0))
         summaries.append(UnitActivationSummary(
-            extraction=extraction, unit=unit, threshold=float(thresholds[index]),
-            max_activation=float(top.scores[index, 0].nan_to_num(0)),
-            active_images=int((image_scores[:, index] > 0).sum())))
+            extraction=extraction, unit=unit, threshold=float(thresholds[index]), max_activation=maximum,
+            active_images=int((image_scores[:, index] > 0).sum()), ceiling_ties=int(ties[index]),
+            # stuck at a ceiling (the mirror of a unit stuck at zero): T_k is the maximum and images tie there
+            saturated_at_ceiling=bool(maximum > 0 and float(thresholds[index]) >= maximum and int(ties[index]) > 1)))
         images, scores, peaks = clean(top.images[index].cpu(), top.scores[index].cpu(), top.peaks[index].cpu())
         sets.append(ExemplarSet(extraction=extraction, unit=unit, kind=ExemplarKind.TOP_OVERALL,
                                 image_indices=images, scores=scores, peaks=peaks))
@@ -324,7 +335,7 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
     dataset, network = extractions[0].dataset, extractions[0].layer.network
     images_path = out_dir / "images.csv"
     with open(images_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["index", "image"])
         writer.writerows(dataset.images.order_by("index").values_list("index", "path"))
     written.append(images_path)
@@ -334,7 +345,8 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
         "shapes": {extraction.layer.name: [extraction.n_images, extraction.layer.units, extraction.map_height,
                                            extraction.map_width] for extraction in extractions},
         "preprocessing": {"input_size": [network.input_height, network.input_width], "mean": network.mean,
-                          "std": network.std, "resize": "bilinear with antialiasing when sizes differ",
+                          "std": network.std, "channel_order": network.channel_order,
+                          "resize": "whole image, bilinear with antialiasing when sizes differ, no crop",
                           "activations": "post-layer outputs rounded to float16, exported as float32"},
         "quantile": extractions[0].quantile, "k_overall": extractions[0].k_overall,
         "k_per_class": extractions[0].k_per_class}))
@@ -343,7 +355,7 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
 
 def _write_unit_summaries(path: Path, extraction: LayerExtraction) -> Path:
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["unit", "max_activation", "threshold", "active_images", "status"])
         writer.writerows((summary.unit.index, repr(summary.max_activation), repr(summary.threshold),
                           summary.active_images, summary.status)

@@ -30,12 +30,41 @@ GRID_TILE_MAX = 160
 IMAGE_CACHE_SIZE = 4096
 
 
+def parse_units(text: str) -> list[int]:
+    """Unit indices from ``"0-9,17"`` (comma-separated indices and inclusive ranges), sorted, unique.
+
+    Raises :class:`RunInputError` on anything else (a negative number, a range that runs backwards, text).
+    """
+    units: set[int] = set()
+    for part in (piece.strip() for piece in str(text).split(",")):
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        if not low.strip().isdigit() or (dash and not high.strip().isdigit()):
+            raise RunInputError(f"{part!r} is not a unit index or a range like 0-9.", field="units")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise RunInputError(f"the range {part!r} runs backwards.", field="units")
+        units.update(range(first, last + 1))
+    if not units:
+        raise RunInputError("Name at least one unit, e.g. 0-9,17.", field="units")
+    return sorted(units)
+
+
 GRIDS_PARAMS = p.ParamSchema({"extraction_run": p.integers(1, 2**63 - 1, help="the run that extracted the layer"),
-                              "layer": p.name(help="dotted layer name")})
+                              "layer": p.name(help="dotted layer name"),
+                              "units": p.Param(int, None, low=0, high=2**31 - 1, many=True, min_items=1,
+                                               max_items=1_000_000, unique_sorted=True, nullable=True,
+                                               help="only these units (default: every unit)")})
 
 
-def grids_run_start(*, extraction_run: int, layer: str, created_by=None, inline: bool = False) -> Run:
-    run, _ = run_start(kind=GRIDS.name, params={"extraction_run": extraction_run, "layer": layer},
+def grids_run_start(*, extraction_run: int, layer: str, units: str | list[int] | None = None, created_by=None,
+                    inline: bool = False) -> Run:
+    """Render one layer's grids of an extraction run: every unit's, or only ``units`` (``"0-9,17"`` or a list)."""
+    if isinstance(units, str):
+        units = parse_units(units) if units.strip() else None
+    run, _ = run_start(kind=GRIDS.name, params={"extraction_run": extraction_run, "layer": layer,
+                                                "units": units or None},
                        created_by=created_by, inline=inline)
     return run
 
@@ -137,7 +166,14 @@ def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     layer = extraction.layer
     renderer = UnitGridRenderer(extraction)
     summaries = {summary.unit_id: summary for summary in UnitActivationSummary.objects.filter(extraction=extraction)}
-    sets = list(ExemplarSet.objects.filter(extraction=extraction).select_related("unit").order_by("unit__index", "id"))
+    sets = ExemplarSet.objects.filter(extraction=extraction).select_related("unit").order_by("unit__index", "id")
+    if run.params.get("units") is not None:  # the units a researcher chose
+        chosen = run.params["units"]
+        beyond = [unit for unit in chosen if unit >= layer.units]
+        if beyond:
+            raise RunInputError(f"{layer.name} has units 0-{layer.units - 1}; no unit {beyond[0]}.", field="units")
+        sets = sets.filter(unit__index__in=chosen)
+    sets = list(sets)
     progress.phase(f"Rendering {len(sets)} grids of {layer.name}", total=len(sets))
     pending: list[ExemplarSet] = []
     # The per-grid tensors are tiny: intra-op threads cost more than they save (3x slower measured).
@@ -157,7 +193,8 @@ def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
         torch.set_num_threads(threads)
     with transaction.atomic():
         ExemplarSet.objects.bulk_update(pending, ["grid"])
-    return {"layer": layer.name, "grids": len(sets), "extraction_run": extraction.run_id}
+    return {"layer": layer.name, "grids": len(sets), "extraction_run": extraction.run_id,
+            "units": run.params.get("units", "all")}
 
 
 def _exemplar_picture(renderer: UnitGridRenderer, exemplar: ExemplarSet, summary: UnitActivationSummary):

@@ -32,7 +32,6 @@ time and memory, a concept's training pixels are cut to ``max_train_pixels`` (a 
 """
 from __future__ import annotations
 
-import csv
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from django.db import transaction
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Concept, Net2VecClassification, Net2VecConcept, Net2VecStudy, Run, UpsampleMethod
+from unitscope.spreadsheets import csv_writer
 
 from .exports import write_run_json
 from .extraction import open_activation_cache
@@ -355,7 +355,7 @@ def _probe_table(out_dir: Path, name: str, rows: list, columns: list[str], keyed
         return repr(float(value)) if isinstance(value, float) else value
 
     with open(table, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["concept", "category", *columns, *keyed])
         for row in rows:
             writer.writerow([row.concept.name, row.concept.category, *(shown(getattr(row, c)) for c in columns),

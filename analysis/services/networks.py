@@ -2,7 +2,6 @@
 units and receptive-field geometry; train the demo network on the probe world."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from django.db import transaction
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Dataset, Layer, Network, NetworkSource, Run, Unit
+from analysis.storage import artifact_store, fetch_if_stored, publish_as
 
 from .runs import RunInputError, RunProgress, run_start
 
@@ -25,85 +25,170 @@ DEMO_TRAINING_PARAMS = p.ParamSchema({
 DEMO_TRAINING_DEFAULTS = DEMO_TRAINING_PARAMS.defaults
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def network_spec(network: Network):
     """The engine's description of a registered network."""
     from analysis.engine.networks import NetworkKind, NetworkSpec
 
     kind = {NetworkSource.TORCHVISION: NetworkKind.TORCHVISION, NetworkSource.TORCHSCRIPT: NetworkKind.TORCHSCRIPT,
             NetworkSource.MODULE: NetworkKind.MODULE}[NetworkSource(network.source)]
-    return NetworkSpec(kind=kind, target=network.arch, weights=network.weights_path or None,
+    return NetworkSpec(kind=kind, target=network.arch, weights=fetch_if_stored(network.weights_path) or None,
                        kwargs=network.callable_kwargs, input_size=(network.input_height, network.input_width),
                        mean=tuple(network.mean), std=tuple(network.std),
-                       class_names=tuple(network.class_names) or None)
+                       class_names=tuple(network.class_names) or None, channel_order=network.channel_order)
+
+
+class _NoProgress:
+    def __call__(self, done: int, total: int | None = None) -> None:
+        pass
+
+    def phase(self, name: str, total: int = 0) -> None:
+        pass
 
 
 def network_register(*, name: str, spec, description: str = "", trained_on: Dataset | None = None,
-                     training_run: Run | None = None, training_report: dict | None = None) -> Network:
-    """Load ``spec`` on the CPU, discover its feature-map layers by dotted name, compute each layer's
-    receptive field analytically and check conv layers' against a numeric probe, then save it all.
+                     training_run: Run | None = None, training_report: dict | None = None,
+                     progress=None) -> Network:
+    """Register ``spec`` under ``name``: load it on the CPU, list its layers by graph node (every call site of
+    a shared module is its own layer), compute each layer's receptive field analytically, check it numerically
+    on a few units at the network's input size (bounded memory, seconds), hash its weights, and save it all.
+
+    The name is claimed first by inserting the network row (``name`` is unique), so a second registration under
+    the same name fails at once with a clear message instead of computing for nothing; if registration fails
+    afterwards, the row is removed again. ``progress`` (``progress(done, total)`` and ``progress.phase(name,
+    total)``, e.g. a :class:`RunProgress`) reports the phases. ``weights_sha256`` is the hash of the loaded
+    state dict (:func:`~analysis.engine.networks.state_dict_sha256`), whatever loaded the weights: activation
+    caches are keyed on it.
 
     Raises :class:`RunInputError` with a readable message for anything the user can fix.
     """
     from django.core.exceptions import ValidationError
     from django.core.validators import validate_slug
+    from django.db import IntegrityError
 
-    from analysis.engine.networks import NetworkError, NetworkKind, discover_layers, load_network
-    from analysis.engine.receptive_field import ReceptiveFieldError, probe_receptive_field, receptive_fields
+    from analysis.engine.networks import TORCHSCRIPT_LIMIT, NetworkKind
 
+    progress = progress or _NoProgress()
     try:
         validate_slug(name)
     except ValidationError:
         raise RunInputError(f"{name!r} is not a valid network name: use letters, digits, '-' and '_'.") from None
-    if Network.objects.filter(name=name).exists():
-        raise RunInputError(f"A network named {name!r} already exists.")
+    if spec.kind is NetworkKind.TORCHSCRIPT:
+        raise RunInputError(TORCHSCRIPT_LIMIT + ".")
+    source = {NetworkKind.TORCHVISION: NetworkSource.TORCHVISION, NetworkKind.TORCHSCRIPT: NetworkSource.TORCHSCRIPT,
+              NetworkKind.MODULE: NetworkSource.MODULE}[spec.kind]
+    try:
+        with transaction.atomic():
+            network = Network.objects.create(
+                name=name, source=source, arch=spec.target, weights_path=spec.weights or "",
+                input_height=spec.input_size[0], input_width=spec.input_size[1], mean=list(spec.mean),
+                std=list(spec.std), channel_order=spec.channel_order, class_names=list(spec.class_names or []),
+                callable_kwargs=dict(spec.kwargs), trained_on=trained_on, training_run=training_run,
+                training_report=training_report or {},
+                description=description or "(being registered)")
+    except IntegrityError:
+        raise RunInputError(f"A network named {name!r} already exists (or is being registered).") from None
+    if spec.weights and artifact_store().remote:  # the name is ours now: workers elsewhere fetch the weights
+        stored = publish_as(spec.weights, f"networks/{name}/weights/{Path(spec.weights).name}")
+        Network.objects.filter(pk=network.pk).update(weights_path=stored)
+        network.weights_path = stored
+    try:
+        inspected = _inspect_network(spec, progress)
+    except BaseException:
+        Network.objects.filter(pk=network.pk).delete()
+        raise
+    layers, geometry, checks, weights_hash = inspected
+    progress.phase("Saving layers and units", total=len(layers))
+    try:
+        with transaction.atomic():
+            Network.objects.filter(pk=network.pk).update(weights_sha256=weights_hash, description=description)
+            created = Layer.objects.bulk_create([
+                Layer(network=network, name=layer.name, order=order, module_type=layer.module_type,
+                      units=layer.channels, out_height=layer.height, out_width=layer.width,
+                      **_geometry_fields(geometry.get(layer.name)),
+                      rf_verified=bool(checks.get(layer.name) and checks[layer.name].verified),
+                      rf_check=checks[layer.name].detail if layer.name in checks else "")
+                for order, layer in enumerate(layers)
+            ])
+            Unit.objects.bulk_create([Unit(layer=layer, index=index) for layer in created
+                                      for index in range(layer.units)], batch_size=5000)
+    except BaseException:
+        Network.objects.filter(pk=network.pk).delete()
+        raise
+    progress(len(layers), len(layers))
+    network.refresh_from_db()
+    return network
+
+
+def _inspect_network(spec, progress):
+    """``(layers, geometry, checks, weights_sha256)`` of a spec (the engine work of registration)."""
+    from analysis.engine.networks import NetworkError, discover_layers, load_network, state_dict_sha256
+    from analysis.engine.receptive_field import ReceptiveFieldError, check_receptive_fields, receptive_fields
+
+    progress.phase("Loading the network and hashing its weights")
     try:
         model = load_network(spec, device="cpu")
+        weights_hash = state_dict_sha256(model)
+        if spec.weights is None and state_dict_sha256(load_network(spec, device="cpu")) != weights_hash:
+            # every later step rebuilds the network: its weights must come out the same each time
+            raise RunInputError(
+                f"{spec.target} makes new weights on every call (two builds gave different state dicts), so its "
+                "units could not be studied reproducibly: save one build's state dict "
+                "(torch.save(model.state_dict(), path)) and register it with that weights file.")
+        progress.phase("Listing layers")
         layers = discover_layers(model, spec.input_size, "cpu")
     except NetworkError as error:
         raise RunInputError(str(error)) from None
+    if not layers:
+        raise RunInputError("The network has no layer whose output is a feature map [B, C, H, W] at input size "
+                            f"{spec.input_size[0]}x{spec.input_size[1]}.")
+    progress.phase("Computing receptive fields")
     try:
         # Every layer whose geometry is known; a layer the propagation cannot follow (adaptive pooling to
         # uneven bins, say) is registered without geometry rather than costing the others theirs.
         geometry = receptive_fields(model, spec.input_size, "cpu")
     except ReceptiveFieldError:
         geometry = {}  # untraceable model: layers are registered without geometry (said on its page)
-    verified: dict[str, bool] = {}
-    for layer in layers:
-        if layer.name in geometry:
-            try:
-                probed = probe_receptive_field(model, layer.name, None, "cpu")  # the probe picks a size that fits
-                verified[layer.name] = probed == geometry[layer.name]
-            except (ReceptiveFieldError, NetworkError):
-                verified[layer.name] = False
+    known = {layer.name: geometry[layer.name] for layer in layers if layer.name in geometry}
+    progress.phase(f"Checking receptive fields on sampled units of {len(known)} layers", total=len(known))
+    try:
+        checks = check_receptive_fields(model, known, spec.input_size, "cpu", progress=progress) if known else {}
+    except (ReceptiveFieldError, NetworkError):
+        checks = {}
+    return layers, geometry, checks, weights_hash
 
-    source = {NetworkKind.TORCHVISION: NetworkSource.TORCHVISION, NetworkKind.TORCHSCRIPT: NetworkSource.TORCHSCRIPT,
-              NetworkKind.MODULE: NetworkSource.MODULE}[spec.kind]
-    weights = spec.weights or (spec.target if spec.kind is NetworkKind.TORCHSCRIPT else "")
-    with transaction.atomic():
-        network = Network.objects.create(
-            name=name, source=source, arch=spec.target, weights_path=spec.weights or "",
-            weights_sha256=file_sha256(weights) if weights else "",
-            input_height=spec.input_size[0], input_width=spec.input_size[1], mean=list(spec.mean),
-            std=list(spec.std), class_names=list(spec.class_names or []), callable_kwargs=dict(spec.kwargs),
-            trained_on=trained_on, training_run=training_run, training_report=training_report or {},
-            description=description)
-        created = Layer.objects.bulk_create([
-            Layer(network=network, name=layer.name, order=order, module_type=layer.module_type, units=layer.channels,
-                  out_height=layer.height, out_width=layer.width,
-                  **_geometry_fields(geometry.get(layer.name)), rf_verified=verified.get(layer.name, False))
-            for order, layer in enumerate(layers)
-        ])
-        Unit.objects.bulk_create([Unit(layer=layer, index=index) for layer in created for index in range(layer.units)],
-                                 batch_size=5000)
-    return network
+
+def network_check_weights(network: Network, model) -> str:
+    """The state-dict hash of ``network``'s loaded ``model``; raises :class:`RunInputError` if its weights are not
+    the ones registered (a weights file replaced, a builder that now loads other weights), so that no activation
+    cache or result of the registered weights is ever reused for others.
+
+    Rows registered before weights were identified by their state dict (``weights_sha256`` empty, or the sha256 of
+    the weights file) are upgraded to the state-dict hash when the file still has those bytes.
+    """
+    import hashlib
+
+    from analysis.engine.networks import state_dict_sha256
+
+    actual = state_dict_sha256(model)
+    if network.weights_sha256 == actual:
+        return actual
+    legacy = not network.weights_sha256
+    if network.weights_path and not legacy:
+        digest = hashlib.sha256()
+        try:
+            with open(fetch_if_stored(network.weights_path), "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            legacy = digest.hexdigest() == network.weights_sha256
+        except OSError:
+            legacy = False
+    if not legacy:
+        raise RunInputError(
+            f"The weights of network {network.name!r} are not the ones it was registered with (state-dict sha256 "
+            f"{actual[:12]}… instead of {network.weights_sha256[:12]}…). Register the new weights under a new name.")
+    Network.objects.filter(pk=network.pk).update(weights_sha256=actual)
+    network.weights_sha256 = actual
+    return actual
 
 
 def _geometry_fields(geometry) -> dict[str, Any]:
@@ -189,12 +274,11 @@ def demo_training_run_execute(*, run: Run, progress: RunProgress, device: str) -
     weights = out_dir / "weights.pt"
     torch.save({key: value.cpu() for key, value in model.state_dict().items()}, weights)
     (out_dir / "training_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    progress.phase("Registering the network")
     spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), weights=str(weights),
                        kwargs={"num_classes": len(class_names)}, input_size=tuple(train_images.shape[2:]),
                        mean=tuple(mean), std=tuple(std), class_names=tuple(class_names))
     network = network_register(name=params["name"], spec=spec, trained_on=dataset, training_run=run,
-                               training_report=report.to_dict(),
+                               training_report=report.to_dict(), progress=progress,
                                description=f"AlexNet-like CNN (five conv layers, no batch norm) trained on "
                                            f"{dataset.name} to classify {len(class_names)} object classes.")
     return {"network": network.name, "val_accuracy": report.final_val_accuracy,

@@ -31,7 +31,6 @@ whose image contains the part). :mod:`analysis.engine.ablation` documents the sc
 """
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
                              PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
 from analysis.storage import artifact_store, fetch, publish, stored_path
+from unitscope.spreadsheets import csv_field, csv_writer
 
 from .inputs import ensure_extraction, layer_geometry, run_inputs
 from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
@@ -268,7 +268,7 @@ class _Images:
             batch = torch.from_numpy(np.stack([arrays[views[key].image] if masks is not None else arrays[key]
                                                for key in keys])).permute(0, 3, 1, 2).to(self.device)
             if mode == PartInputs.OBJECT_CROPS:
-                x = normalize_images(batch, self.network.mean, self.network.std)
+                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
                 if masks is not None:
                     x = x.masked_fill(torch.stack([masks[p] for p in positions])[:, None], 0.0)
                 boxes = torch.tensor([[k, *views[p].frame] for k, p in zip(slot_of, positions)], dtype=torch.float32,
@@ -279,7 +279,7 @@ class _Images:
                 if tuple(size) != self.input_size:
                     batch = F.interpolate(batch.float(), size=self.input_size, mode="bilinear", align_corners=False,
                                           antialias=True).round().clamp(0, 255).byte()
-                x = normalize_images(batch, self.network.mean, self.network.std)
+                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
                 if masks is not None:
                     mask = torch.stack([masks[p] for p in positions])[:, None].float()
                     x = x.masked_fill(F.interpolate(mask, size=self.input_size, mode="nearest") > 0.5, 0.0)
@@ -670,7 +670,7 @@ def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
         gt_file.write("part,image,x1,y1,x2,y2\n")
         for result in results:
             data = part_detection_arrays(result)
-            name = result.name.replace("%", "%%")
+            name = csv_field(result.name).replace("%", "%%")
             image = data["view_image"][data["det_view"]]
             table = np.column_stack([data["det_filter"], image, data["det_box"].astype(np.float64),
                                      data["det_score"].astype(np.float64)])
@@ -678,13 +678,13 @@ def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
             gt = np.column_stack([data["view_image"][data["gt_view"]], data["gt_box"].astype(np.float64)])
             np.savetxt(gt_file, gt, fmt=f"{name},%d,%.9g,%.9g,%.9g,%.9g")
     with open(paths["ap.csv"], "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["filter", "part", "ap", "recall_max"])
         for result in results:
             writer.writerows((f, result.name, repr(float(ap)), repr(float(recall)))
                              for f, (ap, recall) in enumerate(zip(result.single_ap, result.single_recall)))
     with open(paths["ga.csv"], "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["part", "filters", "ap"])
         writer.writerows((result.name, " ".join(str(f) for f in result.ga_filters), repr(float(result.ga_ap)))
                          for result in results)
@@ -715,7 +715,7 @@ def ablation_export(run: Run, out_dir: Path) -> list[Path]:
     path = out_dir / "ablation.csv"
     rows = list(study.class_results.select_related("object_class"))
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["object_class", "filter", "delta", "discriminative"])
         for row in rows:
             flagged = set(row.discriminative)
@@ -723,7 +723,7 @@ def ablation_export(run: Run, out_dir: Path) -> list[Path]:
                              for f, delta in enumerate(row.deltas))
     parts_path = out_dir / "parts.csv"
     with open(parts_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csv_writer(handle)
         writer.writerow(["object_class", "part", "images", "delta", "relative_size"])
         writer.writerows((r.object_class.name, r.part.name, r.n_images, repr(float(r.delta)), repr(r.relative_size))
                          for r in study.part_results.select_related("object_class", "part").order_by("name"))

@@ -13,11 +13,7 @@ from analysis.models import Concept, Dataset, Layer, Network
 from analysis.plots import category_bars, category_colour, rotation_chart, stacked_category_bars
 from analysis.services.dissection import DISSECTION_DEFAULTS, dissection_run_start, rotation_run_start
 from analysis.views.starting import StartRunFormMixin
-
-
-def _int_param(request, name: str) -> int | None:
-    value = request.GET.get(name, "")
-    return int(value) if value.isdigit() else None
+from unitscope.queries import query_id
 
 
 class LayerMixin:
@@ -59,7 +55,7 @@ class LayerDissectionView(ResearcherRequiredMixin, LayerMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         network, layer = self.get_layer()
-        run_id = _int_param(self.request, "run")
+        run_id = query_id(self.request.GET, "run")
         dissection = selectors.latest_dissection(layer, run_id=run_id)
         if run_id is not None and dissection is None:
             raise Http404("No finished dissection of this layer in that run.")
@@ -160,7 +156,7 @@ class RotationView(ResearcherRequiredMixin, LayerMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         network, layer = self.get_layer()
-        run_id = _int_param(self.request, "run")
+        run_id = query_id(self.request.GET, "run")
         test = selectors.latest_rotation_test(layer, run_id=run_id)
         if run_id is not None and test is None:
             raise Http404("No rotation test of this layer in that run.")

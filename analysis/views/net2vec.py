@@ -14,7 +14,8 @@ from accounts.permissions import ResearcherRequiredMixin
 from analysis.models import Net2VecStudy, Network
 from analysis.plots import category_colour, category_lines, comparison_scatter, line_chart
 from analysis.services.net2vec import net2vec_layer_table, net2vec_nearest_table
-from analysis.views.dissection import LayerMixin, _int_param
+from analysis.views.dissection import LayerMixin
+from unitscope.queries import query_id
 
 
 #: Classification subset sizes shown as table columns (when the study trained them).
@@ -43,7 +44,7 @@ class StudyMixin(LayerMixin):
     def get_study(self):
         network, layer = self.get_layer()
         studies = Net2VecStudy.objects.filter(layer=layer).select_related("dataset", "run")
-        run_id = _int_param(self.request, "run")
+        run_id = query_id(self.request.GET, "run")
         study = studies.filter(run_id=run_id).first() if run_id is not None else studies.first()
         if run_id is not None and study is None:
             raise Http404("No Net2Vec study of this layer in that run.")
@@ -122,7 +123,7 @@ class Net2VecEmbeddingsView(ResearcherRequiredMixin, StudyMixin, TemplateView):
         entries = [{"concept": concept, "segmentation": near_segmentation.get(number),
                     "classification": near_classification.get(number)}
                    for number, concept in sorted(concepts.items(), key=lambda item: (item[1].category, item[1].name))]
-        number = _int_param(self.request, "concept")
+        number = query_id(self.request.GET, "concept")
         if number is not None and number not in concepts:
             raise Http404("That concept is not in this study.")
         chosen = next((entry for entry in entries if entry["concept"].number == number), None)

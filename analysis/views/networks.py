@@ -15,6 +15,7 @@ from analysis.services.extraction import extraction_run_start
 from analysis.services.grids import grids_run_start
 from analysis.services.networks import DEMO_TRAINING, demo_training_run_start
 from analysis.views.starting import StartRunFormMixin
+from unitscope.queries import query_id
 
 
 class NetworkListView(ResearcherRequiredMixin, TemplateView):
@@ -67,11 +68,6 @@ class NetworkDetailView(ResearcherRequiredMixin, DetailView):
         return context
 
 
-def _run_id(request) -> int | None:
-    value = request.GET.get("extraction", "")
-    return int(value) if value.isdigit() else None
-
-
 class LayerDetailView(ResearcherRequiredMixin, TemplateView):
     """The unit browser's layer level: the units with their figures, label and top grid, sortable, filtered
     and paged; dead and saturated units last."""
@@ -83,7 +79,7 @@ class LayerDetailView(ResearcherRequiredMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         network = get_object_or_404(Network, name=kwargs["name"])
         layer = get_object_or_404(Layer, network=network, name=kwargs["layer"])
-        extraction = selectors.latest_extraction(layer, run_id=_run_id(self.request))
+        extraction = selectors.latest_extraction(layer, run_id=query_id(self.request.GET, "extraction"))
         sort = self.request.GET.get("sort", "unit")
         context.update(network=network, layer=layer, extraction=extraction, sort=sort, sorts=selectors.UNIT_SORTS,
                        units=layer.unit_set.all(),
@@ -111,7 +107,7 @@ class UnitDetailView(ResearcherRequiredMixin, TemplateView):
         network = get_object_or_404(Network, name=kwargs["name"])
         layer = get_object_or_404(Layer, network=network, name=kwargs["layer"])
         unit = get_object_or_404(layer.unit_set, index=kwargs["index"])
-        extraction = selectors.latest_extraction(layer, run_id=_run_id(self.request))
+        extraction = selectors.latest_extraction(layer, run_id=query_id(self.request.GET, "extraction"))
         context.update(network=network, layer=layer, unit=unit, extraction=extraction,
                        previous=layer.unit_set.filter(index=unit.index - 1).first(),
                        next=layer.unit_set.filter(index=unit.index + 1).first())
@@ -156,4 +152,4 @@ class GridsStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
 
     def start_run(self, form):
         return grids_run_start(extraction_run=form.cleaned_data["extraction_run"], layer=form.cleaned_data["layer"],
-                               created_by=self.request.user)
+                               units=form.cleaned_data["units"], created_by=self.request.user)

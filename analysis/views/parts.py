@@ -16,8 +16,9 @@ from analysis.plots import delta_bars, horizontal_bars, line_chart, pr_chart, sc
 from analysis.params import form_field
 from analysis.services.parts import (ABLATION_PARAMS, PART_DEFAULTS, PART_PARAMS, ablation_run_start,
                                      part_correlations, part_detection_run_start, part_examples)
-from analysis.views.dissection import LayerMixin, _default_dataset, _int_param
+from analysis.views.dissection import LayerMixin, _default_dataset
 from analysis.views.starting import StartRunFormMixin
+from unitscope.queries import query_id
 
 
 def _datasets():
@@ -63,7 +64,7 @@ class AblationForm(forms.Form):
 
 
 def _pick(queryset, request, what: str):
-    run_id = _int_param(request, "run")
+    run_id = query_id(request.GET, "run")
     chosen = queryset.filter(run_id=run_id).first() if run_id is not None else queryset.first()
     if run_id is not None and chosen is None:
         raise Http404(f"No {what} of this layer in that run.")

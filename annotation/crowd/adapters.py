@@ -8,26 +8,36 @@
   one UnitScope HIT, and the result is handed back as an HTML form POST to ``turkSubmitTo +
   "/mturk/externalSubmit"`` containing ``assignmentId`` (and the answers). ``turkSubmitTo`` must name one of the
   study's ``external_submit_hosts``.
-* :class:`ProlificAdapter` — Prolific-style: ``PROLIFIC_PID``, ``STUDY_ID``, ``SESSION_ID``; after the session's
-  HITs (``hits_per_session``, or none left) the completion code is shown — only once something was submitted.
+* :class:`ProlificAdapter` — Prolific-style: ``PROLIFIC_PID``, ``STUDY_ID``, ``SESSION_ID``; once the session
+  submitted ``hits_per_session`` HITs, the session's own completion code is shown (:func:`session_completion_code`).
 
-External ids are not authentication: they only name the worker. The hand-off context that must survive the
-qualification test (MTurk's assignment, Prolific's session) travels as a signed ``ctx`` value.
+External ids are not authentication (Prolific says so; anyone who learns a worker's id can type it into the entry
+URL): they only name the worker, so a platform entry never hands over the worker's personal code. It gets a
+*visit* credential instead (:func:`visit_dumps`): the worker's row and the platform's own visit key (MTurk's
+``assignmentId``, Prolific's ``SESSION_ID``, both unknown to anyone but the worker) signed with ``SECRET_KEY``.
+A visit sees only the assignments leased in it, and a visit whose gold answers fall below the study's bar gets
+no more HITs without blocking the worker (someone else's answers under a known id cannot block the real
+worker). Own links are different: the worker code is a secret the worker was given, their personal link.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from django.core import signing
+from django.utils.crypto import salted_hmac
 
 from ..models import (MTURK_PREVIEW_ASSIGNMENT, CrowdAdapter, CrowdAssignment, CrowdAssignmentState, CrowdStudy,
                       CrowdWorker)
 
-CONTEXT_SALT = "annotation.crowd-context"
+VISIT_SALT = "annotation.crowd-visit"
+VISIT_KEYS = ("external_assignment_id", "external_session")
+"""The platform's key of one visit: an MTurk assignment, a Prolific session."""
+HANDED_IN = (CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED, CrowdAssignmentState.REJECTED)
+"""Assignments a visit handed in (a rejected answer was still work done in the session)."""
 PROLIFIC_COMPLETE_URL = "https://app.prolific.com/submissions/complete?cc={code}"
 MTURK_SUBMIT_PATH = "/mturk/externalSubmit"
 
@@ -49,12 +59,15 @@ class Handoff:
     """What the worker sees after a submission.
 
     ``kind``: ``continue`` (next HIT), ``form`` (an HTML form POSTed to ``url`` with ``fields``: MTurk), ``code``
-    (a completion ``code`` and a ``url`` to return to the platform: Prolific), ``done`` (nothing more to do)."""
+    (a completion ``code`` and a ``url`` to return to the platform: Prolific), ``short`` (the visit ended before
+    the work a code needs), ``done`` (nothing more to do)."""
 
     kind: str
     url: str = ""
     fields: tuple[tuple[str, str], ...] = ()
     code: str = ""
+    submitted: int = 0
+    """``short``: how many HITs the visit submitted."""
 
 
 class Adapter(ABC):
@@ -128,8 +141,7 @@ class MTurkAdapter(Adapter):
         """One UnitScope HIT per MTurk assignment: done once that assignment was submitted."""
         assignment_id = context.get("external_assignment_id")
         return bool(assignment_id) and CrowdAssignment.objects.filter(
-            worker=worker, external_assignment_id=assignment_id, state__in=[
-                CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED, CrowdAssignmentState.REJECTED]).exists()
+            worker=worker, external_assignment_id=assignment_id, state__in=HANDED_IN).exists()
 
     def after_submit(self, *, assignment):
         fields = [("assignmentId", assignment.external_assignment_id), ("hitId", assignment.external_hit_id)]
@@ -161,21 +173,31 @@ class ProlificAdapter(Adapter):
 
     def _submitted(self, worker, context) -> int:
         return CrowdAssignment.objects.filter(worker=worker, external_session=context.get("external_session", ""),
-                                              state__in=[CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED,
-                                                         CrowdAssignmentState.REJECTED]).count()
+                                              state__in=HANDED_IN).count()
 
     def session_done(self, *, worker, context):
         return self._submitted(worker, context) >= worker.study.hits_per_session
 
     def finished(self, *, worker, context):
-        if self._submitted(worker, context) == 0:  # the code is earned by submitting, never before
-            return Handoff("done")
-        code = worker.study.completion_code
+        """The session's own completion code, once the session submitted the study's ``hits_per_session`` HITs
+        (returned or expired HITs do not count): never a fixed code for the study, never before the work."""
+        submitted = self._submitted(worker, context)
+        if submitted < worker.study.hits_per_session:
+            return Handoff("short", submitted=submitted)
+        code = session_completion_code(worker.study, context["external_session"])
         return Handoff("code", url=PROLIFIC_COMPLETE_URL.format(code=code), code=code)
 
     def entry_url_template(self, study, base):
         return (f"{base}/crowd/s/{study.token}/prolific/?PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}"
                 f"&STUDY_ID={{{{%STUDY_ID%}}}}&SESSION_ID={{{{%SESSION_ID%}}}}")
+
+
+def session_completion_code(study: CrowdStudy, session: str) -> str:
+    """Prolific completion code of one session: the study's code and an HMAC (``SECRET_KEY``) of the session id, so
+    a code passed around works for no other session. Researchers match it against Prolific's submissions (the
+    answers export lists each earning session's code)."""
+    digest = salted_hmac("annotation.crowd.completion-code", f"{study.pk}:{session}").hexdigest()
+    return f"{study.completion_code}-{digest[:10].upper()}"
 
 
 ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (LinkAdapter(), MTurkAdapter(), ProlificAdapter())}
@@ -188,24 +210,30 @@ def adapter_for(name: str) -> Adapter:
         raise KeyError(f"unknown crowd adapter {name!r}") from None
 
 
-def context_dumps(context: Mapping[str, Any]) -> str:
-    """Sign the hand-off context (it rides in URLs through the qualification test)."""
-    return signing.dumps(dict(context), salt=CONTEXT_SALT, compress=True)
-
-
-def context_loads(value: str | None, *, worker: CrowdWorker) -> dict[str, str]:
-    """The signed context of ``worker`` (empty when absent, tampered with, or another worker's)."""
-    if not value:
-        return {}
-    try:
-        data = signing.loads(value, salt=CONTEXT_SALT)
-    except signing.BadSignature:
-        return {}
-    if data.get("worker") != worker.code:
-        return {}
-    return {key: str(val) for key, val in data.items() if key != "worker"}
-
-
 def crowd_links(study: CrowdStudy, *, base: str = "") -> dict[str, str]:
     """Entry URLs per adapter (``base`` is the site's address, e.g. ``http://127.0.0.1:8000``)."""
     return {name: adapter.entry_url_template(study, base.rstrip("/")) for name, adapter in ADAPTERS.items()}
+
+
+def visit_dumps(worker: CrowdWorker, external: Mapping[str, str]) -> str:
+    """A platform visit's credential for URLs (``/crowd/w/<visit>/``): the worker's row id and the visit's platform
+    fields, signed (not encrypted: it names no secret, and the worker code is not in it)."""
+    return signing.dumps({"w": worker.pk, **external}, salt=VISIT_SALT, compress=True)
+
+
+def visit_loads(value: str) -> tuple[int, dict[str, str]] | None:
+    """``(worker id, platform fields)`` of a visit credential; None for anything else (a worker code, a forgery)."""
+    if ":" not in value:
+        return None
+    try:
+        data = signing.loads(value, salt=VISIT_SALT)
+    except signing.BadSignature:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("w"), int) or not any(data.get(k) for k in VISIT_KEYS):
+        return None
+    return data["w"], {key: str(val) for key, val in data.items() if key != "w"}
+
+
+def visit_filter(context: Mapping[str, str]) -> dict[str, str]:
+    """The assignment filter of a visit (its platform key), empty for own-link workers."""
+    return {key: context[key] for key in VISIT_KEYS if context.get(key)}

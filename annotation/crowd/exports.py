@@ -4,13 +4,14 @@ functions, so a file downloaded from either is the same."""
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from ..common import iso, rows_csv, simulated_check
 from analysis.models import ExplanatoryGraph
 
-from ..models import RAW_FILTER_PEAKS, CrowdAssignment, CrowdTaskKind, Hit, HitRole
+from ..models import RAW_FILTER_PEAKS, CrowdAdapter, CrowdAssignment, CrowdTaskKind, Hit, HitRole
+from .adapters import HANDED_IN, session_completion_code
 from .aggregation import answers_frame, majority_vote
 from .selectors import canonical_description
 
@@ -20,7 +21,7 @@ CROWD_ANSWER_FIELDS = (
     "worker_simulated", "user", "state", "answer", "description", "confidence", "count", "pasted", "gold_correct",
     "leased_at", "shown_at", "submitted_at", "seconds", "returned_at", "reason", "reviewed_by", "reviewed_at",
     "external_assignment_id", "external_hit_id", "external_session", "pattern_source", "pattern", "graph",
-    "purity_k", "purity_shown",
+    "purity_k", "purity_shown", "completion_code",
 )
 """Columns of a crowd study's raw answers export: every assignment (leased, returned, submitted, approved,
 rejected; task, gold and qualification HITs), with the HIT it answered (kind, role, unit, label and — for
@@ -29,7 +30,8 @@ researchers only — the label's origin and, for validation, the ND'18 round who
 ids. Purity HITs say what they showed (:func:`pattern_of`): ``pattern_source`` (``raw_filter_peaks``: a filter's
 top images by map maximum; ``explanatory_graph``: a graph node's top inferences), ``pattern`` (``layer/filter`` or
 ``layer/filter/node``), the ``graph`` (its run id), ``purity_k`` (the 30%-mass K) and ``purity_shown``, so the
-purity table can be recomputed from the export."""
+purity table can be recomputed from the export. ``completion_code``: on a Prolific session that earned one, the
+session's own code, to match against Prolific's submissions."""
 
 
 CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "validation_round",
@@ -61,6 +63,10 @@ def crowd_answer_rows(study) -> list[dict[str, Any]]:
     assignments = (CrowdAssignment.objects.filter(hit__study=study)
                    .select_related("hit__unit__layer__network", "hit__grid", "worker", "reviewed_by")
                    .order_by("leased_at", "id"))
+    earned = {session for session, count in Counter(
+        assignments.filter(worker__adapter=CrowdAdapter.PROLIFIC, state__in=HANDED_IN)
+        .exclude(external_session="").values_list("external_session", flat=True)).items()
+        if count >= study.hits_per_session}
     rows, patterns = [], {}
     for assignment in assignments:
         hit, worker = assignment.hit, assignment.worker
@@ -82,6 +88,8 @@ def crowd_answer_rows(study) -> list[dict[str, Any]]:
             "reviewed_at": iso(assignment.reviewed_at), "external_assignment_id": assignment.external_assignment_id,
             "external_hit_id": assignment.external_hit_id, "external_session": assignment.external_session,
             **patterns.setdefault(hit.pk, pattern_of(hit)),
+            "completion_code": (session_completion_code(study, assignment.external_session)
+                                if assignment.external_session in earned else None),
         })
     return rows
 

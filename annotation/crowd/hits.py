@@ -130,20 +130,28 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
                       grid_id=exemplar.grid_id, unit_category=unit_category,
                       validation_round=ValidationRound.COMPARISON)
         avoid: set[str] = set()
+        dissection_spec = None
         if result is not None and result.concept_id and (result.is_detector or not detectors_only):
             avoid.add(normalise_concept_name(result.concept.name))
-            specs.append(HitSpec(**common, label=label_text(result.concept.name), label_origin=LabelOrigin.DISSECTION,
-                                 label_concept_id=result.concept_id, label_category=result.concept.category,
-                                 source={"dissection": dissection.pk, "iou": result.iou,
-                                         "is_detector": result.is_detector}))
+            dissection_spec = HitSpec(**common, label=label_text(result.concept.name),
+                                      label_origin=LabelOrigin.DISSECTION, label_concept_id=result.concept_id,
+                                      label_category=result.concept.category,
+                                      source={"dissection": dissection.pk, "iou": result.iou,
+                                              "is_detector": result.is_detector})
+            specs.append(dissection_spec)
         description = human.get(exemplar.unit_id)
         if description is not None:
-            avoid.add(normalise_concept_name(description["text"]))
             human_label = dict(label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
                                label_origin=LabelOrigin.HUMAN)
             source = {"description_study": description["study"], "description_hit": description["hit"],
                       "agreed": description["agreed"]}
-            specs.append(HitSpec(**common, **human_label, source=source))
+            if dissection_spec is not None and normalise_concept_name(description["text"]) in avoid:
+                # The same text twice would let a worker see one question twice and know the other label is the
+                # control: one HIT, its answers credited to both origins (``also_origins``).
+                dissection_spec.source.update(also_origins=[LabelOrigin.HUMAN.value], **source)
+            else:
+                avoid.add(normalise_concept_name(description["text"]))
+                specs.append(HitSpec(**common, **human_label, source=source))
             if selection_round:
                 specs.append(HitSpec(**{**common, "validation_round": ValidationRound.SELECTION}, **human_label,
                                      source=source))
@@ -232,12 +240,13 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
 # -- gold items and qualification questions --------------------------------------------------------------------------
 
 def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: str, rng: np.random.Generator,
-                gold_count: int, qualification_count: int) -> list[HitSpec]:
+                gold_count: int, qualification_count: int,
+                avoid: set[tuple[int, str]] = frozenset()) -> list[HitSpec]:
     """Gold and qualification items with answers known from the dataset's pixel truth (see
     :mod:`annotation.crowd.truth`): "yes" for a concept under the peak of most of the 15 images, "no" for a
     concept under none of them. Qualification questions match the study's kind: descriptions (of units whose
     answer is known) for a description study, yes/no label questions otherwise (purity too: no count is known
-    from the truth)."""
+    from the truth). Never a ``(unit id, normalised label)`` pair of ``avoid`` (the study's task questions)."""
     wanted = gold_count + qualification_count
     if wanted == 0:
         return []
@@ -254,9 +263,11 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
     for exemplar in chosen:
         truth = truth_concepts(per_image.get(exemplar.unit_id, []))
         truth = [name for name in truth if name in names]
-        absent = [name for name in absent_concepts(per_image.get(exemplar.unit_id, []), names) if name in names]
-        if truth:
-            candidates.append((exemplar, YES, truth[0], truth))
+        askable = [name for name in truth if (exemplar.unit_id, name) not in avoid]
+        absent = [name for name in absent_concepts(per_image.get(exemplar.unit_id, []), names)
+                  if name in names and (exemplar.unit_id, name) not in avoid]
+        if askable:
+            candidates.append((exemplar, YES, askable[0], truth))
         if absent:
             candidates.append((exemplar, NO, absent[int(rng.integers(len(absent)))], truth))
     rng.shuffle(candidates)
@@ -359,11 +370,19 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
         raise CrowdInputError("These layers give no HITs (validation needs dissection labels or descriptions).")
     per_layer_gold = -(-gold_count // len(extractions))
     per_layer_qualification = -(-2 * qualification_size // len(extractions)) if qualification_required else 0
+    # Gold feedback must not give a task's answer away: gold comes from units no task shows when the layer has
+    # them, else from task units but never with one of that unit's task labels.
+    task_units = {spec.unit_id for spec in specs if spec.role == HitRole.TASK}
+    task_pairs = {(spec.unit_id, normalise_concept_name(spec.label)) for spec in specs if spec.role == HitRole.TASK}
     for extraction in extractions:
-        specs += _gold_specs(extraction, _overall_sets(extraction, units, include_dead_units=include_dead_units),
-                             kind=kind, rng=rng,
+        spare = (ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL, grid__isnull=False)
+                 .exclude(unit_id__in=task_units).select_related("unit").order_by("unit__index"))
+        if not include_dead_units:
+            spare = spare.exclude(unit_id__in=dead_unit_ids(extraction))
+        spare = list(spare) or _overall_sets(extraction, units, include_dead_units=include_dead_units)
+        specs += _gold_specs(extraction, spare, kind=kind, rng=rng,
                              gold_count=per_layer_gold if gold_rate > 0 else 0,
-                             qualification_count=per_layer_qualification)
+                             qualification_count=per_layer_qualification, avoid=task_pairs)
     n_qualification = sum(spec.role == HitRole.QUALIFICATION for spec in specs)
     with transaction.atomic():
         study = CrowdStudy.objects.create(

@@ -201,11 +201,13 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
 
     agreement_by_origin = []
     if study.kind == CrowdTaskKind.VALIDATION and not answers.empty:
-        # Per origin over the blind comparison round (the selection round shows only canonical descriptions).
-        origin_of = dict(study.hits.filter(role=HitRole.TASK).exclude(validation_round=ValidationRound.SELECTION)
-                         .values_list("pk", "label_origin"))
+        # Per origin over the blind comparison round (the selection round shows only canonical descriptions); a
+        # HIT whose label was both a human description and the dissection label counts for both.
+        origins_of = {pk: hit_origins(origin, source) for pk, origin, source in
+                      study.hits.filter(role=HitRole.TASK).exclude(validation_round=ValidationRound.SELECTION)
+                      .values_list("pk", "label_origin", "source")}
         for origin in LabelOrigin:
-            subset = answers[answers["task"].map(origin_of) == origin.value]
+            subset = answers[answers["task"].map(lambda task: origin.value in origins_of.get(task, ()))]
             if not subset.empty:
                 agreement_by_origin.append({"origin": ORIGIN_SHORT[origin], "origin_key": origin.value,
                                             **_agreement_dict(aggregation.agreement(subset, labels=order, **common))})
@@ -396,12 +398,20 @@ def study_validation_votes(study: CrowdStudy, *, simulated: str = "exclude") -> 
         tallies[hit_id][1] += 1
     votes = []
     for hit in (Hit.objects.filter(pk__in=list(tallies)).select_related("unit__layer")
-                .only("pk", "unit_category", "label_origin", "validation_round", "unit__index", "unit__layer__name")):
+                .only("pk", "unit_category", "label_origin", "source", "validation_round", "unit__index",
+                      "unit__layer__name")):
         yes, n = tallies[hit.pk]
-        votes.append(UnitVotes(layer=hit.unit.layer.name, unit=hit.unit.index, category=hit.unit_category,
-                               origin=hit.label_origin, yes=yes, n=n,
-                               round=hit.validation_round or ValidationRound.COMPARISON.value))
+        for origin in hit_origins(hit.label_origin, hit.source):  # one HIT may stand for two origins' same label
+            votes.append(UnitVotes(layer=hit.unit.layer.name, unit=hit.unit.index, category=hit.unit_category,
+                                   origin=origin, yes=yes, n=n,
+                                   round=hit.validation_round or ValidationRound.COMPARISON.value))
     return votes
+
+
+def hit_origins(label_origin: str, source: dict | None) -> list[str]:
+    """The label origins a validation HIT answers for: its own, and ``source["also_origins"]`` when a human
+    description and the dissection label were the same text (one HIT for both)."""
+    return [label_origin, *((source or {}).get("also_origins") or [])]
 
 
 def nd18_table3(study: CrowdStudy, *, simulated: str = "exclude", interpretable: str = "validated",

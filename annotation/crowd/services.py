@@ -19,6 +19,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import BigIntegerField, ExpressionWrapper, F, Value
 from django.db.models.functions import Cast, Mod
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from .. import claims
 from ..common import InputError, new_token
@@ -118,10 +119,13 @@ def _ordered_for(queryset, worker: CrowdWorker):
 
 
 def _gold_due(worker: CrowdWorker, number: int, rate: float) -> bool:
-    """Whether the worker's ``number``-th HIT is a gold item: a draw seeded by the worker's code and ``number``."""
+    """Whether the worker's ``number``-th HIT is a gold item: a uniform draw from an HMAC (``SECRET_KEY``) of the
+    worker's row and ``number``. Nothing the worker sees (their code, URLs, tokens) predicts it; the seed of the
+    draw used to be the worker code in their own URL (26 of 26 gold items were predicted)."""
     if rate <= 0:
         return False
-    return float(np.random.default_rng([int(worker.code[:12], 16), number]).random()) < rate
+    digest = salted_hmac("annotation.crowd.gold-placement", f"{worker.study_id}:{worker.pk}:{number}").digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
 def _lease_unsaved(worker: CrowdWorker, now: datetime, hit: Hit | None = None, **external: str) -> CrowdAssignment:
@@ -133,6 +137,23 @@ def _lease(hit: Hit, worker: CrowdWorker, now: datetime, **external: str) -> Cro
     lease = _lease_unsaved(worker, now, hit, **external)
     lease.save(force_insert=True)
     return lease
+
+
+def submission_visit(assignment: CrowdAssignment) -> dict[str, str]:
+    """The platform visit an assignment was leased in (empty for own-link workers)."""
+    if assignment.worker.adapter == CrowdAdapter.LINK:
+        return {}
+    return {key: value for key in ("external_assignment_id", "external_session")
+            if (value := getattr(assignment, key))}
+
+
+def visit_gold_failed(*, worker: CrowdWorker, visit: dict[str, str]) -> bool:
+    """Whether a platform visit's own gold answers fell below the study's bar (after ``block_min_gold`` of them):
+    such a visit gets no more HITs. The worker is not blocked: answers under a platform id may be anyone's (a
+    researcher who sees a pattern over a worker's visits blocks the worker by hand)."""
+    study = worker.study
+    right, answered = worker_gold_accuracy(worker, visit=visit)
+    return answered >= study.block_min_gold and right / answered < study.block_below
 
 
 def worker_needs_qualification(worker: CrowdWorker) -> bool:
@@ -331,10 +352,15 @@ def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None,
         blocked = False
         study = worker.study
         if correct is not None and not worker.blocked:
-            right, answered = worker_gold_accuracy(worker)
-            if answered >= study.block_min_gold and right / answered < study.block_below:
-                worker_block(worker=worker, reason=f"gold accuracy {right}/{answered} below {study.block_below:.0%}")
-                blocked = True
+            visit = submission_visit(current)
+            if visit:  # a platform visit: only this visit stops (its answers may not be the real worker's)
+                blocked = visit_gold_failed(worker=worker, visit=visit)
+            else:
+                right, answered = worker_gold_accuracy(worker)
+                if answered >= study.block_min_gold and right / answered < study.block_below:
+                    worker_block(worker=worker,
+                                 reason=f"gold accuracy {right}/{answered} below {study.block_below:.0%}")
+                    blocked = True
     if hit.role == HitRole.TASK and study.overlap_rule == OverlapRule.DYNAMIC:
         hit_overlap_apply(hit=hit)
     return SubmitResult(current, gold=hit.role == HitRole.GOLD, correct=correct, explanation=hit.gold_explanation,
@@ -350,15 +376,17 @@ def hit_overlap_apply(*, hit: Hit) -> Hit:
 
 # -- qualification ------------------------------------------------------------------------------------------------
 
-def qualification_start(*, worker: CrowdWorker) -> QualificationAttempt | None:
+def qualification_start(*, worker: CrowdWorker, visit: str = "") -> QualificationAttempt | None:
     """The worker's open qualification attempt, or a new one (None when no attempts are left).
 
     Questions: ``qualification_size`` of the study's qualification HITs in the worker's own order, preferring
-    ones not asked in an earlier attempt."""
+    ones not asked in an earlier attempt. A platform ``visit`` (see :func:`visit_key`) counts its own attempts:
+    someone else under the worker's id cannot use theirs up."""
     study = worker.study
     with transaction.atomic():
         CrowdWorker.objects.select_for_update().filter(pk=worker.pk).first()
-        attempts = list(worker.qualification_attempts.all())
+        attempts = list(worker.qualification_attempts.filter(visit=visit) if visit
+                        else worker.qualification_attempts.all())
         open_attempt = next((attempt for attempt in attempts if attempt.passed is None), None)
         if open_attempt is not None:
             return open_attempt
@@ -371,13 +399,16 @@ def qualification_start(*, worker: CrowdWorker) -> QualificationAttempt | None:
         questions = tokens[: study.qualification_size]
         if not questions:
             return None
-        return QualificationAttempt.objects.create(worker=worker, questions=questions, total=len(questions))
+        return QualificationAttempt.objects.create(worker=worker, visit=visit, questions=questions,
+                                                   total=len(questions))
 
 
 def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, str]) -> QualificationAttempt:
     """Score an attempt (every question answered: yes or no for a label question, a phrase for a description
     question, right when it names one of the accepted names; :func:`annotation.crowd.truth.gold_check`); the
-    worker qualifies at the study's pass rate, and is marked unqualified once their attempts are used up."""
+    worker qualifies at the study's pass rate, and is marked unqualified once their attempts are used up — an
+    own-link worker only: a platform visit that used up its attempts is refused by :func:`qualification_failed`,
+    the worker id stays open."""
     kinds = dict(Hit.objects.filter(token__in=attempt.questions).values_list("token", "kind"))
     missing = [token for token in attempt.questions
                if not ((answers.get(token) or "").strip() if kinds.get(token) == CrowdTaskKind.DESCRIPTION
@@ -401,12 +432,27 @@ def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, st
         attempt.passed = correct >= study.qualification_pass_rate * attempt.total - 1e-9
         attempt.submitted_at = timezone.now()
         attempt.save()
-        used = worker.qualification_attempts.count()
+        used = worker.qualification_attempts.filter(visit=attempt.visit).count()
         if attempt.passed:
             CrowdWorker.objects.filter(pk=worker.pk).update(qualified=True)
-        elif used >= study.qualification_max_attempts:
+        elif used >= study.qualification_max_attempts and not attempt.visit:
             CrowdWorker.objects.filter(pk=worker.pk).update(qualified=False)
     return attempt
+
+
+def visit_key(context: dict[str, str]) -> str:
+    """One string naming a platform visit (its MTurk assignment or Prolific session); empty for own links."""
+    return "|".join(context[key] for key in ("external_assignment_id", "external_session") if context.get(key))
+
+
+def qualification_failed(*, worker: CrowdWorker, visit: str = "") -> bool:
+    """Whether this worker (own link) or this platform visit failed the qualification test for good."""
+    if worker.qualified is True:
+        return False
+    if not visit:
+        return worker.qualified is False
+    failed = worker.qualification_attempts.filter(visit=visit, passed=False).count()
+    return failed >= worker.study.qualification_max_attempts
 
 
 # -- review, bonuses --------------------------------------------------------------------------------------------

@@ -101,8 +101,9 @@ def gold_check(hit: Hit, fields: dict[str, Any]) -> bool:
     return fields.get("answer") == hit.gold_answer
 
 
-def worker_gold_accuracy(worker: CrowdWorker) -> tuple[int, int]:
-    """``(correct, answered)`` over the worker's gold items."""
-    rows = list(CrowdAssignment.objects.filter(worker=worker, hit__role=HitRole.GOLD, gold_correct__isnull=False)
-                .values_list("gold_correct", flat=True))
+def worker_gold_accuracy(worker: CrowdWorker, *, visit: dict[str, str] | None = None) -> tuple[int, int]:
+    """``(correct, answered)`` over the worker's gold items (only those of one platform ``visit``, as
+    :func:`annotation.crowd.adapters.visit_filter` gives it, when one is named)."""
+    rows = list(CrowdAssignment.objects.filter(worker=worker, hit__role=HitRole.GOLD, gold_correct__isnull=False,
+                                               **(visit or {})).values_list("gold_correct", flat=True))
     return sum(rows), len(rows)

@@ -9,8 +9,8 @@ know the worker by the code in the URL (the code is random and only the worker's
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import Http404, HttpResponseBadRequest
 from django.core.paginator import Paginator
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -21,8 +21,9 @@ from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import FormView, TemplateView
 
-from accounts.permissions import CrowdRequiredMixin, ResearcherRequiredMixin
+from accounts.permissions import CrowdRequiredMixin, ResearcherRequiredMixin, study_write_check
 from accounts.roles import Role
+from unitscope.queries import query_id
 from unitscope.ratelimit import rate_limited
 
 from ..common import attachment_response, simulated_choice
@@ -30,8 +31,9 @@ from ..models import (DESCRIPTION_QUESTION, PURITY_QUESTION, REVIEWABLE_STATES, 
                       CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, LabelOrigin)
 from ..naming import label_text
 from . import exports, hits, selectors, services
-from .adapters import ADAPTERS, adapter_for, context_dumps, context_loads
+from .adapters import ADAPTERS, adapter_for, visit_dumps, visit_filter, visit_loads
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
+from .images import hit_picture
 from .truth import gold_check
 
 QUESTIONS = {CrowdTaskKind.VALIDATION: VALIDATION_QUESTION, CrowdTaskKind.DESCRIPTION: DESCRIPTION_QUESTION,
@@ -97,15 +99,17 @@ class CrowdEntryView(View):
                               {"study": study, "instructions": study_instructions(study)})
             worker, _ = services.worker_enter(study=study, adapter=adapter, user=user)
             return redirect("annotation:crowd_next", code=worker.code)
+        # A platform id names the worker but proves nothing: the visit gets its own credential (see adapters.py),
+        # never the worker's personal code, so nobody reaches another visit's HITs by typing a known id.
         worker, _ = services.worker_enter(study=study, adapter=adapter, external_id=entry.external_id)
+        visit = visit_dumps(worker, entry.external)
         held = None
         if entry.external.get("external_assignment_id"):
             held = CrowdAssignment.objects.filter(
                 worker=worker, external_assignment_id=entry.external["external_assignment_id"]).first()
         if held is not None:
-            return redirect("annotation:crowd_task", code=worker.code, assignment=held.token)
-        url = reverse("annotation:crowd_next", kwargs={"code": worker.code})
-        return redirect(f"{url}?ctx={context_dumps({'worker': worker.code, **entry.external})}")
+            return redirect("annotation:crowd_task", code=visit, assignment=held.token)
+        return redirect("annotation:crowd_next", code=visit)
 
     def post(self, request, token, adapter=CrowdAdapter.LINK):
         """Own link: "Start" makes a new worker whose personal link is their URL from now on."""
@@ -118,25 +122,33 @@ class CrowdEntryView(View):
 
 
 class WorkerMixin:
-    """Resolves ``self.worker`` from the code in the URL (404 if unknown) and the signed hand-off context."""
+    """Resolves ``self.worker`` from the credential in the URL (404 if unknown): an own-link worker's code, or a
+    platform visit (:func:`annotation.crowd.adapters.visit_dumps`), whose platform fields become the context."""
 
     nav_section = "tasks"
 
     def dispatch(self, request, *args, **kwargs):
-        self.worker = selectors.worker_by_code(kwargs["code"])
+        visit = visit_loads(kwargs["code"])
+        if visit is not None:
+            self.worker = CrowdWorker.objects.select_related("study").filter(pk=visit[0]).first()
+            self.context = visit[1]
+        else:
+            self.worker = selectors.worker_by_code(kwargs["code"])
+            if self.worker is not None and self.worker.adapter != CrowdAdapter.LINK:
+                self.worker = None  # a platform worker is reached through a visit only
+            self.context = {}
         if self.worker is None:
             raise Http404("Unknown worker link.")
         self.study = self.worker.study
         self.adapter = adapter_for(self.worker.adapter)
-        self.ctx_value = request.GET.get("ctx") or request.POST.get("ctx") or ""
-        self.context = context_loads(self.ctx_value, worker=self.worker)
         return super().dispatch(request, *args, **kwargs)
 
-    def with_ctx(self, url: str) -> str:
-        return f"{url}?ctx={self.ctx_value}" if self.context else url
+    def visit_assignments(self):
+        """The worker's assignments this credential may see: a platform visit's own, an own-link worker's all."""
+        return CrowdAssignment.objects.filter(worker=self.worker, **visit_filter(self.context))
 
     def base_context(self) -> dict:
-        return {"study": self.study, "worker": self.worker, "ctx": self.ctx_value if self.context else "",
+        return {"study": self.study, "worker": self.worker, "credential": self.kwargs["code"],
                 "progress": selectors.worker_progress(self.worker), "instructions": study_instructions(self.study)}
 
     def finished(self, request):
@@ -156,25 +168,30 @@ class CrowdNextView(WorkerMixin, View):
                 "text": "Your answers to the check questions were too often wrong, so this study hands you no further "
                         "HITs. Work already submitted stays on record."})
         if services.worker_needs_qualification(worker):
-            if worker.qualified is False:
+            if services.qualification_failed(worker=worker, visit=services.visit_key(self.context)):
                 return render(request, "annotation/crowd/message.html", {
                     **self.base_context(), "title": "Qualification not passed",
                     "text": "You did not pass the qualification test, so this study has no HITs for you. Thank you "
                             "for trying."})
-            return redirect(self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code})))
+            return redirect(reverse("annotation:crowd_qualification", kwargs={"code": code}))
         if self.adapter.context_keys and not all(self.context.get(key) for key in self.adapter.context_keys):
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "Open this study from the platform",
                 "text": "This page needs the link the platform gave you (it names your HIT or session)."}, status=400)
         if self.adapter.session_done(worker=worker, context=self.context):
             return self.finished(request)
+        if visit_filter(self.context) and services.visit_gold_failed(worker=worker, visit=visit_filter(self.context)):
+            return render(request, "annotation/crowd/message.html", {
+                **self.base_context(), "title": "No more HITs in this visit",
+                "text": "The answers to the check questions in this visit were too often wrong, so it hands out no "
+                        "further HITs. Work already submitted stays on record."})
         external = {key: self.context[key] for key in ("external_assignment_id", "external_hit_id", "submit_to",
                                                        "external_session") if key in self.context}
         assignment = services.hit_next_for_worker(worker=worker, external=external)
         if assignment is None:
             return self.finished(request)
-        return redirect(self.with_ctx(reverse("annotation:crowd_task",
-                                              kwargs={"code": code, "assignment": assignment.token})))
+        return redirect(reverse("annotation:crowd_task",
+                                              kwargs={"code": code, "assignment": assignment.token}))
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -203,24 +220,26 @@ class CrowdQualificationView(WorkerMixin, View):
         return rows
 
     def get(self, request, code, error: str = "", answers: dict | None = None):
-        done = request.GET.get("done", "")
-        scored = (self.worker.qualification_attempts.filter(pk=int(done)).exclude(passed=None).first()
-                  if done.isdigit() else None)
+        visit = services.visit_key(self.context)
+        scored = (self.worker.qualification_attempts.filter(pk=query_id(request.GET, "done"), visit=visit)
+                  .exclude(passed=None).first() if query_id(request.GET, "done") else None)
         if scored is not None:  # the feedback on the attempt just submitted, question by question
             self.worker.refresh_from_db()
             return render(request, "annotation/crowd/qualification_result.html", {
                 **self.base_context(), "attempt": scored, "feedback": self.feedback(scored),
-                "again": services.worker_needs_qualification(self.worker) and self.worker.qualified is None,
+                "again": services.worker_needs_qualification(self.worker)
+                and not services.qualification_failed(worker=self.worker, visit=visit),
                 "pass_needed": self.study.qualification_pass_rate})
         if not services.worker_needs_qualification(self.worker):
-            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
-        attempt = services.qualification_start(worker=self.worker)
+            return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
+        attempt = services.qualification_start(worker=self.worker, visit=services.visit_key(self.context))
         if attempt is None:  # no questions to ask (the study's set-up changed): never loop back to "next"
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "The qualification test is not available",
                 "text": "This study asks for a qualification test but has no questions for it right now. Please "
                         "try again later."})
-        previous = self.worker.qualification_attempts.exclude(pk=attempt.pk).filter(passed=False).last()
+        previous = (self.worker.qualification_attempts.filter(visit=attempt.visit).exclude(pk=attempt.pk)
+                    .filter(passed=False).last())
         return render(request, self.template_name, {
             **self.base_context(), "instructions": INSTRUCTIONS[CrowdTaskKind.DESCRIPTION
                                                               if self.study.kind == CrowdTaskKind.DESCRIPTION
@@ -229,16 +248,16 @@ class CrowdQualificationView(WorkerMixin, View):
             "answers": answers or {}, "previous": previous, "pass_needed": self.study.qualification_pass_rate})
 
     def post(self, request, code):
-        attempt = services.qualification_start(worker=self.worker)
+        attempt = services.qualification_start(worker=self.worker, visit=services.visit_key(self.context))
         if attempt is None:
-            return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+            return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
         answers = {token: request.POST.get(f"q-{token}", "") for token in attempt.questions}
         try:
             attempt = services.qualification_submit(attempt=attempt, answers=answers)
         except services.CrowdInputError as error:
             return self.get(request, code, error=str(error), answers=answers)
-        url = self.with_ctx(reverse("annotation:crowd_qualification", kwargs={"code": code}))
-        return redirect(f"{url}{'&' if '?' in url else '?'}done={attempt.pk}")
+        url = reverse("annotation:crowd_qualification", kwargs={"code": code})
+        return redirect(f"{url}?done={attempt.pk}")
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -249,25 +268,27 @@ class CrowdTaskView(WorkerMixin, View):
 
     def get_assignment(self, token) -> CrowdAssignment:
         try:
-            return CrowdAssignment.objects.select_related("hit__grid").get(token=token, worker=self.worker)
+            return self.visit_assignments().select_related("hit__grid").get(token=token)
         except CrowdAssignment.DoesNotExist:
             raise Http404("This HIT is not yours.") from None
 
     def render_task(self, request, assignment, form, status=200):
         return render(request, self.template_name, {
             **self.base_context(), "assignment": assignment, "form": form, "preview": False,
+            "image_url": reverse("annotation:crowd_image", kwargs={"code": self.kwargs["code"],
+                                                                    "assignment": assignment.token}),
             "lease_minutes": max(1, self.study.lease_seconds // 60), **hit_context(assignment.hit)}, status=status)
 
     def get(self, request, code, assignment):
         assignment = self.get_assignment(assignment)
         if assignment.state != CrowdAssignmentState.LEASED:
             if assignment.state in REVIEWABLE_STATES:
-                return redirect(self.with_ctx(reverse("annotation:crowd_after",
-                                                      kwargs={"code": code, "assignment": assignment.token})))
+                return redirect(reverse("annotation:crowd_after",
+                                                      kwargs={"code": code, "assignment": assignment.token}))
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "This HIT is closed",
-                "text": "Its time ran out or it was returned.", "next_url": self.with_ctx(
-                    reverse("annotation:crowd_next", kwargs={"code": code}))})
+                "text": "Its time ran out or it was returned.", "next_url": 
+                    reverse("annotation:crowd_next", kwargs={"code": code})})
         services.assignment_mark_shown(assignment=assignment)
         return self.render_task(request, assignment, HitAnswerForm(hit=assignment.hit))
 
@@ -283,9 +304,9 @@ class CrowdTaskView(WorkerMixin, View):
             form.add_error(None, str(error))
             return self.render_task(request, assignment, form, status=409)
         if result.gold or self.worker.adapter == CrowdAdapter.MTURK:
-            return redirect(self.with_ctx(reverse("annotation:crowd_after",
-                                                  kwargs={"code": code, "assignment": assignment.token})))
-        return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+            return redirect(reverse("annotation:crowd_after",
+                                                  kwargs={"code": code, "assignment": assignment.token}))
+        return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -293,17 +314,29 @@ class CrowdAfterView(WorkerMixin, View):
     """After a submission: gold feedback, and the hand-back (MTurk form) or the way on."""
 
     def get(self, request, code, assignment):
-        assignment = (CrowdAssignment.objects.select_related("hit").filter(token=assignment, worker=self.worker)
-                      .first())
-        if assignment is None or assignment.state not in (CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED,
-                                                          CrowdAssignmentState.REJECTED):
+        assignment = self.visit_assignments().select_related("hit").filter(token=assignment).first()
+        if assignment is None or assignment.state not in REVIEWABLE_STATES:
             raise Http404("Nothing submitted here.")
         handoff = self.adapter.after_submit(assignment=assignment)
         return render(request, "annotation/crowd/after.html", {
             **self.base_context(), "assignment": assignment, "handoff": handoff,
             "gold": assignment.gold_correct is not None, "correct": assignment.gold_correct,
             "explanation": assignment.hit.gold_explanation if assignment.gold_correct is not None else "",
-            "next_url": self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code}))})
+            "next_url": reverse("annotation:crowd_next", kwargs={"code": code})})
+
+
+@method_decorator(worker_page, name="dispatch")
+class CrowdImageView(WorkerMixin, View):
+    """The picture of one of the visit's assignments, under the assignment's own URL (see ``images.py``)."""
+
+    def get(self, request, code, assignment):
+        assignment = get_object_or_404(self.visit_assignments().select_related("hit__grid"), token=assignment)
+        data = hit_picture(assignment.hit)
+        if data is None:
+            raise Http404("No picture.")
+        response = HttpResponse(data, content_type="image/png")
+        response["Cache-Control"] = "private, max-age=3600"
+        return response
 
 
 @method_decorator(worker_page, name="dispatch")
@@ -311,13 +344,13 @@ class CrowdReturnView(WorkerMixin, View):
     """The worker gives the HIT back; they will not see it again."""
 
     def post(self, request, code, assignment):
-        assignment = get_object_or_404(CrowdAssignment, token=assignment, worker=self.worker)
+        assignment = get_object_or_404(self.visit_assignments(), token=assignment)
         services.assignment_return(assignment=assignment)
         if self.worker.adapter == CrowdAdapter.MTURK:
             return render(request, "annotation/crowd/message.html", {
                 **self.base_context(), "title": "HIT returned",
                 "text": "Return the HIT on the platform too, so that someone else can take it."})
-        return redirect(self.with_ctx(reverse("annotation:crowd_next", kwargs={"code": code})))
+        return redirect(reverse("annotation:crowd_next", kwargs={"code": code}))
 
 
 # -- researchers -------------------------------------------------------------------------------------------------
@@ -359,7 +392,10 @@ class CrowdStudyMixin(ResearcherRequiredMixin):
     nav_section = "studies"
 
     def get_study(self) -> CrowdStudy:
-        return get_object_or_404(CrowdStudy, pk=self.kwargs["pk"])
+        """The study of the URL; a write request on it must come from its creator (403 otherwise)."""
+        study = get_object_or_404(CrowdStudy, pk=self.kwargs["pk"])
+        study_write_check(self.request, study)
+        return study
 
 
 def study_links(request, study: CrowdStudy) -> list[dict]:
@@ -376,7 +412,7 @@ class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
         role = query.get("role", HitRole.TASK)
         if role not in HitRole.values:
             role = HitRole.TASK
-        filters = {"layer": query.get("layer", ""), "unit": _unit_number(query.get("unit")),
+        filters = {"layer": query.get("layer", ""), "unit": query_id(query, "unit"),
                    "origin": query.get("origin", "") if query.get("origin") in LabelOrigin.values else "",
                    "state": query.get("state", "") if query.get("state") in selectors.HIT_STATES else "",
                    "label": query.get("label", "").strip()[:100]}
@@ -445,9 +481,9 @@ class CrowdReviewView(CrowdStudyMixin, TemplateView):
             state = ""
         query = self.request.GET
         worker = None
-        if query.get("worker", "").isdigit():
-            worker = study.workers.filter(pk=query["worker"]).first()
-        filters = {"layer": query.get("layer", ""), "unit": _unit_number(query.get("unit")),
+        if query_id(query, "worker"):
+            worker = study.workers.filter(pk=query_id(query, "worker")).first()
+        filters = {"layer": query.get("layer", ""), "unit": query_id(query, "unit"),
                    "role": query.get("role", "") if query.get("role") in HitRole.values else ""}
         page = Paginator(selectors.crowd_assignment_rows(study, state=state or None, worker=worker, **filters),
                          selectors.CROWD_PAGE_SIZE).get_page(query.get("page"))
@@ -508,8 +544,3 @@ def unit_crowd_panel(*, unit, request) -> str | None:
         return None
     return render_to_string("annotation/crowd/_unit_panel.html", {"studies": studies, "unit": unit},
                             request=request)
-
-
-def _unit_number(value: str | None) -> int | None:
-    """A unit index from a query parameter (None when absent or not a number)."""
-    return int(value) if value and value.strip().isdigit() else None

@@ -24,6 +24,7 @@ from django.utils import timezone
 from accounts.roles import Role
 from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction
 from analysis.selectors import dead_unit_ids
+from unitscope.spreadsheets import spreadsheet_unquote
 
 from .. import claims
 from ..common import InputError
@@ -396,7 +397,8 @@ def _judgment_rows(reader) -> list[ImportRow]:
         if len(raw) != len(columns):
             problems.append((line, f"expected {len(columns)} columns, found {len(raw)}"))
             continue
-        cells = {column: raw[position[column]].strip() for column in columns}
+        # A cell our exports neutralised ("'=x", see unitscope/spreadsheets.py) reads back as written.
+        cells = {column: spreadsheet_unquote(raw[position[column]].strip()) for column in columns}
         item, rater, answer = cells["item"], cells["rater"], cells["answer"].lower().replace("-", "_").replace(" ", "_")
         row_problems = []
         if not item:
@@ -428,6 +430,10 @@ def _judgment_rows(reader) -> list[ImportRow]:
     return rows
 
 
+IMPORT_BATCH = 1000
+"""Rows per INSERT statement of a judgment import."""
+
+
 def judgments_import(*, study_name: str, path: str | Path | None = None, text: str | None = None,
                      created_by=None) -> dict[str, Any]:
     """Import judgments collected elsewhere into a study of imported items (created if absent).
@@ -455,26 +461,37 @@ def judgments_import(*, study_name: str, path: str | Path | None = None, text: s
                                          description="Judgments imported from a file.")
         elif study.kind != StudyKind.IMPORTED:
             raise StudyInputError(f"Study {name!r} is a study of network units; import into a new name.")
+        # In bulk (a few statements whatever the file's size: 10,000 rows once took longer than a request may):
+        # the new raters and items, every current judgment of the study, then the new judgments.
         raters = {rater.name: rater for rater in study.raters.all()}
         tasks = {task.item: task for task in study.tasks.all()}
         next_position = max((task.position for task in tasks.values()), default=-1) + 1
+        new_raters = list(dict.fromkeys(row.rater for row in rows if row.rater not in raters))
+        StudyRater.objects.bulk_create([StudyRater(study=study, kind=RaterKind.IMPORTED, name=name)
+                                        for name in new_raters], batch_size=IMPORT_BATCH)
+        new_items = list(dict.fromkeys(row.item for row in rows if row.item not in tasks))
+        StudyTask.objects.bulk_create([StudyTask(study=study, position=next_position + offset, item=item, capacity=0)
+                                       for offset, item in enumerate(new_items)], batch_size=IMPORT_BATCH)
+        if new_raters:
+            raters = {rater.name: rater for rater in study.raters.all()}
+        if new_items:
+            tasks = {task.item: task for task in study.tasks.all()}
+        current = {(judgment.task_id, judgment.rater_id): judgment
+                   for judgment in Judgment.objects.current().filter(task__study=study)
+                   .only("pk", "task_id", "rater_id", "answer", "concept")}
         counts = {"created": 0, "revised": 0, "unchanged": 0}
-        for row in rows:
-            if row.rater not in raters:
-                raters[row.rater] = StudyRater.objects.create(study=study, kind=RaterKind.IMPORTED, name=row.rater)
-            if row.item not in tasks:
-                tasks[row.item] = StudyTask.objects.create(study=study, position=next_position, item=row.item,
-                                                           capacity=0)
-                next_position += 1
+        judgments = []
+        for row in rows:  # an (item, rater) pair appears once per file (judgments_parse refuses repeats)
             rater, task = raters[row.rater], tasks[row.item]
-            current = Judgment.objects.current().filter(task=task, rater=rater).first()
-            if current is not None and (current.answer, current.concept) == (row.answer, row.concept):
+            previous = current.get((task.pk, rater.pk))
+            if previous is not None and (previous.answer, previous.concept) == (row.answer, row.concept):
                 counts["unchanged"] += 1
                 continue
-            Judgment.objects.create(task=task, rater=rater, answer=row.answer, concept=row.concept,
-                                    submitted_at=now, revision_of=current, origin=JudgmentOrigin.IMPORTED,
-                                    source_line=row.line)
-            counts["revised" if current else "created"] += 1
+            judgments.append(Judgment(task=task, rater=rater, answer=row.answer, concept=row.concept,
+                                      submitted_at=now, revision_of=previous, origin=JudgmentOrigin.IMPORTED,
+                                      source_line=row.line))
+            counts["revised" if previous else "created"] += 1
+        Judgment.objects.bulk_create(judgments, batch_size=IMPORT_BATCH)
     return {"study": study.name, "study_id": study.pk, "created_study": created_study, "rows": len(rows),
             "items": len(tasks), "raters": len(raters), **counts}
 

@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.views import View
 from django.views.generic import FormView, TemplateView
 
-from accounts.permissions import ExpertRequiredMixin, ResearcherRequiredMixin
+from accounts.permissions import ExpertRequiredMixin, ResearcherRequiredMixin, study_write_check
 
 from ..common import attachment_response, simulated_choice
 from ..models import ANSWER_KEYS, RULE, YES_ANSWERS, Answer, Study, StudyTask
@@ -195,8 +195,11 @@ class StudyMixin(ResearcherRequiredMixin):
     nav_section = "studies"
 
     def get_study(self) -> Study:
-        return get_object_or_404(Study.objects.select_related("layer__network", "extraction__dataset", "created_by",
-                                                              "overlap_class"), pk=self.kwargs["pk"])
+        """The study of the URL; a write request on it must come from its creator (403 otherwise)."""
+        study = get_object_or_404(Study.objects.select_related("layer__network", "extraction__dataset", "created_by",
+                                                               "overlap_class"), pk=self.kwargs["pk"])
+        study_write_check(self.request, study)
+        return study
 
 
 class StudyDetailView(StudyMixin, TemplateView):

@@ -460,6 +460,16 @@ def test_validate_reports_file_and_line(small, kind):
 
 def test_validate_accepts_valid_directory(small):
     assert validate(small.root) == 3
+
+
+def test_csv_files_with_a_byte_order_mark_are_read(small):
+    """Spreadsheets save CSV as UTF-8 with a byte-order mark: every CSV of the dataset still reads the same
+    (the mark was read as part of the first header name, and the dataset refused with a wrong message)."""
+    before = [row.cells for row in BrodenReader(small.root).rows()]
+    for path in sorted(small.root.glob("*.csv")):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert validate(small.root) == 3
+    assert [row.cells for row in BrodenReader(small.root).rows()] == before
     assert validate(small.root, decode_masks=False) == 3
 
 

@@ -42,7 +42,7 @@ def tied_dataset(n=23, c=4, h=3, w=3, num_classes=3, seed=0):
 
 
 def brute_topk(acts, ids, k, subset=None):
-    """Per unit: sort (score desc, id asc) with a Python sort; pad with (nan, -1, (-1, -1))."""
+    """Per unit: sort (score desc, map sum desc, id asc) with a Python sort; pad with (nan, -1, (-1, -1))."""
     n, c, h, w = acts.shape
     rows = range(n) if subset is None else [i for i in range(n) if subset[i]]
     scores = torch.full((c, k), math.nan)
@@ -54,9 +54,9 @@ def brute_topk(acts, ids, k, subset=None):
             m = acts[i, u]
             best = m.max().item()
             y, x = next((y, x) for y in range(h) for x in range(w) if m[y, x].item() == best)
-            cands.append((-best, ids[i].item(), y, x))
+            cands.append((-best, -m.double().sum().item(), ids[i].item(), y, x))
         cands.sort()
-        for r, (s, img, y, x) in enumerate(cands[:k]):
+        for r, (s, _sum, img, y, x) in enumerate(cands[:k]):
             scores[u, r], images[u, r], peaks[u, r] = -s, img, torch.tensor([y, x])
     return scores, images, peaks
 
@@ -103,6 +103,30 @@ def test_topk_overall_and_per_class_equal_brute_force_with_ties(device, batch):
         assert_same_topk(got, expected)
     assert res.class_counts.tolist() == [int((cls == c).sum()) for c in range(n_cls)]
     assert acc.count == len(ids)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_saturation_ties_are_broken_by_the_map_sum(device):
+    """A ReLU6-like unit: ten images all peak at exactly 6.0; the top-k must rank them by how much of
+    the map sits at (or near) the ceiling, not give the dataset's first images."""
+    n, k = 12, 4
+    acts = torch.zeros(n, 2, 4, 4)
+    coverage = torch.tensor([1, 3, 2, 9, 5, 16, 4, 7, 6, 8, 0, 0])  # pixels at 6.0 per image
+    for i in range(n):
+        acts[i, 0].view(-1)[: int(coverage[i])] = 6.0
+        acts[i, 1] = float(i)  # unit 1: no ties
+    acts[10, 0, 0, 0] = 5.0  # below the ceiling
+    ids = torch.arange(n)
+    acc = TopKPerUnit(k, 2, device=device)
+    for start in range(0, n, 5):
+        acc.add(acts[start:start + 5].to(device), ids[start:start + 5].to(device))
+    res = acc.result()
+    assert res.images[0].tolist() == [5, 3, 9, 7]  # 16, 9, 8, 7 pixels at the ceiling
+    assert res.scores[0].tolist() == [6.0] * k
+    assert res.images[1].tolist() == [11, 10, 9, 8]
+    assert res.ceiling_ties().tolist() == [k, 1]
+    restored = TopKPerUnit.from_state_dict(acc.state_dict(), device=device)
+    assert_same_topk((restored.result().images, restored.result().sums), (res.images, res.sums))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -229,11 +229,32 @@ def test_discover_layers_resnet_blocks_and_reused_modules() -> None:
     assert (layers["layer4"].channels, layers["layer4"].height) == (512, 2)
     assert layers["layer3.1.conv2"].kind == N.LayerKind.CONV
     assert "layer1.0" in layers and layers["layer1.0"].kind == N.LayerKind.BLOCK
-    assert "layer1.0.relu" not in layers  # runs twice per block
-    with_reused = {i.name: i for i in N.discover_layers(model, (64, 64), "cpu", include_reused=True)}
-    assert with_reused["layer1.0.relu"].calls == 2
+    # BasicBlock runs self.relu twice: each call site is its own layer (torchvision's node names)
+    assert layers["layer1.0.relu"].kind == layers["layer1.0.relu_1"].kind == N.LayerKind.ACTIVATION
+    names = list(layers)
+    assert names.index("layer1.0.relu") < names.index("layer1.0.conv2") < names.index("layer1.0.relu_1")
+    assert names.index("layer1.0.relu_1") < names.index("layer1.0")  # the block's output, inner name first
     only_conv = N.discover_layers(model, (64, 64), "cpu", kinds={N.LayerKind.CONV})
     assert {i.kind for i in only_conv} == {N.LayerKind.CONV} and len(only_conv) == 20
+
+
+def test_discover_layers_hook_fallback_for_untraceable_models() -> None:
+    class Branchy(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.relu(self.conv(x))
+            return self.relu(x) if x.sum() >= 0 else x
+
+    model = Branchy().eval()
+    assert not N.is_traceable(model)
+    layers = {i.name: i for i in N.discover_layers(model, (8, 8), "cpu")}
+    assert "conv" in layers and "relu" not in layers  # hooks: a module run twice is ambiguous
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(N.capture_forward(model, x, ["conv"])["conv"], model.conv(x))
 
 
 def test_get_module_and_unknown_names() -> None:
@@ -275,7 +296,7 @@ def test_capture_clone_protects_against_inplace_relu() -> None:
 def test_capture_forward_stops_early() -> None:
     model = build_demo_network(4, widths=SMALL).eval()
     ran: list[str] = []
-    model.conv3.register_forward_hook(lambda *_: ran.append("conv3"))
+    model.conv3.conv.register_forward_hook(lambda *_: ran.append("conv3"))
     with torch.no_grad():
         out = N.capture_forward(model, torch.randn(1, 3, 64, 64), ["conv1", "conv2"])
     assert list(out) == ["conv1", "conv2"] and ran == []
@@ -285,17 +306,62 @@ def test_capture_forward_stops_early() -> None:
 
 
 def test_capture_errors() -> None:
-    import torchvision
-
     model = build_demo_network(4, widths=SMALL).eval()
     with pytest.raises(N.UnknownLayerError, match="conv9"):
         with N.capture_layers(model, ["conv1", "conv9"]):
             pass
     assert not model.conv1._forward_hooks  # nothing left registered after the error
+    with pytest.raises(N.UnknownLayerError, match="conv9"):
+        N.capture_forward(model, torch.randn(1, 3, 32, 32), ["conv9"])
+
+
+class SharedActivation(nn.Module):
+    """One ReLU6 called at the stem and at the head, as in the EfficientNet-Lite package."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 6, 1)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.head(self.act(self.stem(x))))
+
+
+class BlockTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.block(x))  # a block (traced through) called twice
+
+
+def test_each_call_site_of_a_shared_module_is_its_own_layer() -> None:
+    import torchvision
+
+    model = SharedActivation().eval()
+    layers = {i.name: i for i in N.discover_layers(model, (8, 8), "cpu")}
+    assert (layers["act"].channels, layers["act_1"].channels) == (4, 6)
+    x = torch.randn(2, 3, 8, 8) * 10
+    with torch.no_grad():
+        out = N.capture_forward(model, x, ["act", "act_1"])
+        stem = model.stem(x).clamp(0, 6)
+        torch.testing.assert_close(out["act"], stem)
+        torch.testing.assert_close(out["act_1"], model.head(stem).clamp(0, 6))
     resnet = torchvision.models.resnet18(weights=None).eval()
-    with pytest.raises(N.NetworkError, match="more than once"):
-        with torch.no_grad():
-            N.capture_forward(resnet, torch.randn(1, 3, 32, 32), ["layer1.0.relu"], stop_early=False)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out = N.capture_forward(resnet, x, ["layer1.0.relu", "layer1.0.relu_1", "maxpool"])
+        block = resnet.layer1[0]
+        first = block.bn1(block.conv1(out["maxpool"])).clamp_min(0)
+        torch.testing.assert_close(out["layer1.0.relu"], first)
+        second = (block.bn2(block.conv2(first)) + out["maxpool"]).clamp_min(0)
+        torch.testing.assert_close(out["layer1.0.relu_1"], second)
+    traced = N.trace_network(BlockTwice())
+    with pytest.raises(N.UnknownLayerError, match="runs 2 times"):
+        traced.resolve("block")
+    assert traced.resolve("block.1_1") is not traced.resolve("block.1")
 
 
 def test_capture_keeps_gradients_when_asked() -> None:
@@ -304,3 +370,43 @@ def test_capture_keeps_gradients_when_asked() -> None:
     out = N.capture_forward(model, x, ["conv2"], detach=False)["conv2"]
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_state_dict_hash_is_the_weights_identity(tmp_path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    a = torchvision.models.resnet18(weights=None)
+    b = torchvision.models.resnet18(weights=None)
+    assert N.state_dict_sha256(a) != N.state_dict_sha256(b)  # one builder, other weights
+    b.load_state_dict(a.state_dict())
+    assert N.state_dict_sha256(a) == N.state_dict_sha256(b)  # same weights, however loaded
+    path = tmp_path / "a.pth"
+    torch.save(a.state_dict(), path)
+    spec = N.NetworkSpec("torchvision", "resnet18", weights=str(path))
+    assert N.state_dict_sha256(N.load_network(spec, device="cpu")) == N.state_dict_sha256(a)
+    with torch.no_grad():
+        b.fc.bias[0] += 1e-6
+    assert N.state_dict_sha256(a) != N.state_dict_sha256(b)
+
+
+def test_torchvision_preprocessing_defaults_and_channel_order() -> None:
+    assert N.torchvision_preprocessing("resnet18") == {
+        "input_size": (224, 224), "mean": N.IMAGENET_MEAN, "std": N.IMAGENET_STD}
+    assert N.torchvision_preprocessing("inception_v3")["input_size"] == (299, 299)
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    torch.testing.assert_close(N.normalize_images(images, mean, std, "BGR"),
+                               N.normalize_images(images.flip(1), mean, std))
+    with pytest.raises(ValueError, match="channel_order"):
+        N.NetworkSpec("torchvision", "alexnet", channel_order="GBR")
+
+
+def test_capture_runs_the_whole_network_when_asked() -> None:
+    model = SharedActivation().eval()
+    traced = N.trace_network(model)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        full = traced.extractor(["act"], full=True)(x)
+        torch.testing.assert_close(full[""], model(x))
+        assert "head" not in str(traced.extractor(["act"]).code)  # ends at the last requested layer

@@ -14,6 +14,7 @@ from analysis.engine.demo_network import DEMO_LAYERS, build_demo_network
 from analysis.engine.receptive_field import (
     LayerGeometry,
     ReceptiveFieldError,
+    check_receptive_fields,
     probe_receptive_field,
     receptive_field,
     receptive_fields,
@@ -141,9 +142,7 @@ def test_functional_ops_and_concat_match_probe() -> None:
     model = Branchy().eval()
     rf = receptive_fields(model, (64, 64), "cpu")
     assert "stem" in rf and "right" in rf
-    assert "left" not in rf  # called twice per forward
-    with pytest.raises(ReceptiveFieldError, match="runs 2 times"):
-        receptive_field(model, "left", (64, 64), "cpu")
+    assert rf["left"] == rf["left_1"]  # called twice per forward: two call sites, one geometry here
     stem = receptive_field(model, "stem", (64, 64), "cpu")
     assert stem == probe_receptive_field(model, "stem", (64, 64), "cpu")
     assert rf["fuse"] == probe_receptive_field(model, "fuse", (96, 96), "cpu")
@@ -229,11 +228,19 @@ class SqueezeExcite(nn.Module):
         return self.out(y * self.gate(self.pool(y)))
 
 
+class GlobalBias(SqueezeExcite):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.out(y + self.pool(y))  # adding a global value: not a channel gate
+
+
 def test_unsupported_ops_are_reported_not_guessed() -> None:
     model = SqueezeExcite().eval()
     rf = receptive_fields(model, (16, 16), "cpu")
-    assert "conv" in rf and "out" not in rf
+    assert rf["out"] == rf["conv"]  # a squeeze-excitation gate is the identity for geometry
     assert rf["pool"].size == (18, 18)  # global pooling of a 3x3 field over 16 px
+    model = GlobalBias().eval()
+    assert "out" not in receptive_fields(model, (16, 16), "cpu")
     with pytest.raises(ReceptiveFieldError, match="broadcasts.*global"):
         receptive_field(model, "out", (16, 16), "cpu")
 
@@ -303,3 +310,85 @@ def test_boxes_are_pixel_aligned_for_a_real_layer(alexnet: nn.Module) -> None:
 
 def test_geometry_dict_round_trip() -> None:
     assert LayerGeometry.from_dict(GEOMETRY.to_dict()) == GEOMETRY
+
+
+# ------------------------------------------------------------------ modern blocks and the sampled check
+
+
+class SamePadConv(nn.Conv2d):
+    """TensorFlow-style static SAME padding: a Conv2d subclass holding a ZeroPad2d (as the
+    EfficientNet-Lite package builds its convs)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, image: int = 32) -> None:
+        super().__init__(cin, cout, k, stride, groups=groups, bias=False)
+        out = -(-image // stride)
+        pad = max((out - 1) * stride + k - image, 0)
+        self.static_padding = nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.static_padding(x), self.weight, None, self.stride, 0, self.dilation, self.groups)
+
+
+class MobileBlocks(nn.Module):
+    """SAME-padding stem, an inverted residual (expand, depthwise, SE gate, project, skip), a dilated
+    grouped conv, one ReLU6 shared by stem and head, global pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = SamePadConv(3, 8, 3, stride=2, image=32)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()
+        self.expand = nn.Conv2d(8, 16, 1)
+        self.depthwise = SamePadConv(16, 16, 5, stride=1, groups=16, image=16)
+        self.se_reduce = nn.Conv2d(16, 4, 1)
+        self.se_expand = nn.Conv2d(4, 16, 1)
+        self.project = nn.Conv2d(16, 8, 1)
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.head = nn.Conv2d(8, 12, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn0(self.stem(x)))
+        y = F.silu(self.depthwise(F.silu(self.expand(x))))
+        y = y * torch.sigmoid(self.se_expand(F.silu(self.se_reduce(F.adaptive_avg_pool2d(y, 1)))))
+        x = x + self.project(y)
+        x = self.act(self.head(F.relu(self.dilated(x))))
+        return self.pool(x).flatten(1)
+
+
+def test_same_padding_depthwise_dilated_se_and_shared_activation() -> None:
+    model = MobileBlocks().eval()
+    rf = receptive_fields(model, (32, 32), "cpu")
+    # stem: k3 s2, SAME pads (0, 1) at 32 px -> unit 0 reads pixels 0..2
+    assert rf["stem"] == rf["act"] == LayerGeometry((3, 3), (2, 2), (1.5, 1.5))
+    # depthwise k5 s1 (SAME pads 2 each side) on stride 2: +8 px; centre unchanged
+    assert rf["depthwise"] == LayerGeometry((11, 11), (2, 2), (1.5, 1.5))
+    assert rf["add"] == rf["depthwise"]  # SE gate is the identity; the skip is inside the field
+    # dilated k3 d2 (effective 5) on stride 2: +8 px
+    assert rf["dilated"] == LayerGeometry((19, 19), (2, 2), (1.5, 1.5))
+    assert rf["act_1"] == rf["head"] == rf["dilated"]  # the shared ReLU6's second call site
+    checks = check_receptive_fields(model, rf, (32, 32), "cpu")
+    assert all(checks[name].verified for name in ("stem", "act", "depthwise", "add", "dilated", "act_1")), checks
+    assert checks["pool"].verified is None and "1x1" in checks["pool"].detail
+
+
+def test_sampled_check_catches_a_wrong_geometry() -> None:
+    model = MobileBlocks().eval()
+    right = receptive_fields(model, (32, 32), "cpu", layers=["depthwise"])["depthwise"]
+    wrong = LayerGeometry((right.size[0] - 4, right.size[1] - 4), right.stride, right.offset)
+    checks = check_receptive_fields(model, {"depthwise": right, "depthwise.conv2d": wrong}, (32, 32), "cpu")
+    assert checks["depthwise"].verified is True
+    assert checks["depthwise.conv2d"].verified is False and "expected" in checks["depthwise.conv2d"].detail
+
+
+@pytest.mark.parametrize(("arch", "layer", "expected"), [
+    # well-known theoretical receptive fields at 224 px
+    ("resnet18", "layer4", LayerGeometry((435, 435), (32, 32), (0.5, 0.5))),
+    ("resnet18", "layer1.0.relu_1", LayerGeometry((27, 27), (4, 4), (0.5, 0.5))),  # 7, pool 11, 19, 27
+    ("alexnet", "features.12", LayerGeometry((195, 195), (32, 32), (31.5, 31.5))),
+    ("vgg16", "features.30", LayerGeometry((212, 212), (32, 32), (16.0, 16.0))),
+])
+def test_torchvision_receptive_fields_are_the_known_values(arch: str, layer: str, expected: LayerGeometry) -> None:
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch, weights=None).eval()
+    assert receptive_field(model, layer, (224, 224), "meta") == expected

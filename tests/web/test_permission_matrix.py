@@ -30,7 +30,7 @@ PUBLIC = {"accounts:login", "accounts:logout", "accounts:home", "media"}
 """Pages anyone may open (home sends each role to its own home, anonymous users to log in)."""
 CAPABILITY = {"annotation:crowd_entry", "annotation:crowd_entry_adapter", "annotation:crowd_next",
               "annotation:crowd_qualification", "annotation:crowd_task", "annotation:crowd_after",
-              "annotation:crowd_return"}
+              "annotation:crowd_return", "annotation:crowd_image"}
 """Crowd worker pages: the random token or code in the URL is the credential."""
 EXPERT_STUDY_PAGES = {"annotation:expert_next", "annotation:annotate", "annotation:my_answers"}
 """Expert pages of one study: an expert who is not its annotator gets 404 (nothing is revealed)."""
@@ -106,7 +106,7 @@ def world(make_user, researcher):
                                   created_by=researcher)
     rater = study.raters.get(user=expert)
     task = services.task_next_for_rater(rater=rater)
-    crowd_study = validation_study(name="mx", units=2)
+    crowd_study = validation_study(name="mx", units=2, created_by=researcher)
     worker = enter(crowd_study, 1)
     assignment = hit_next_for_worker(worker=worker)
     run = Run.objects.create(kind="selfcheck", params={}, params_hash="m", status="failed", error=MARKER)

@@ -2,7 +2,7 @@
 import pytest
 from django.urls import reverse
 
-from analysis.models import ExemplarKind, ExemplarSet
+from analysis.models import ExemplarKind, ExemplarSet, Run
 
 
 def test_dataset_pages(researcher_client, make_probe_world):
@@ -62,3 +62,16 @@ def test_extraction_and_grids_start_from_their_pages(researcher_client, tiny_lay
                                           {"extraction_run": tiny_layer_with_grids.pk, "layer": "conv5"})
     finished = Run.objects.get(kind="render_grids")  # identical parameters: the finished run is reused
     assert response.status_code == 302 and response["Location"] == finished.get_absolute_url()
+
+
+def test_grids_of_chosen_units_start_from_the_run_page(researcher_client, tiny_layer_with_grids,
+                                                       django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        response = researcher_client.post(reverse("analysis:grids_start"), {
+            "extraction_run": tiny_layer_with_grids.pk, "layer": "conv5", "units": "0-2, 7"})
+    chosen = Run.objects.get(kind="render_grids", params__units=[0, 1, 2, 7])
+    assert response.status_code == 302 and response["Location"] == chosen.get_absolute_url()
+    bad = researcher_client.post(reverse("analysis:grids_start"), {
+        "extraction_run": tiny_layer_with_grids.pk, "layer": "conv5", "units": "5-2"})
+    assert bad.status_code == 200 and b"runs backwards" in bad.content
+    assert not Run.objects.filter(kind="render_grids", params__units__isnull=False).exclude(pk=chosen.pk).exists()

@@ -59,6 +59,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "unitscope.csp.ContentSecurityPolicyMiddleware",
+    "unitscope.boundary.ControlCharactersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -68,6 +70,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
+
+# Content-Security-Policy (unitscope/csp.py): empty → scripts and everything else from our own origin only.
+UNITSCOPE_CSP = env("UNITSCOPE_CSP", "")
 
 ROOT_URLCONF = "unitscope.urls"
 WSGI_APPLICATION = "unitscope.wsgi.application"
@@ -238,7 +243,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["api.permissions.IsResearcher"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
@@ -254,13 +259,21 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Rate limits on the crowd's public pages (unitscope/ratelimit.py): "<count>/<s|m|h>" per worker code (or per
-# address on entry pages); "off" disables one. Counters live in the default cache: CACHE_URL=redis://… shares
-# them between web processes (a local-memory cache counts per process).
+# address on entry pages); "off" disables one.
 UNITSCOPE_RATE_LIMIT_ENABLED = env_bool("UNITSCOPE_RATE_LIMIT_ENABLED", True)
 UNITSCOPE_RATE_LIMITS = {
     "crowd_entry": env("UNITSCOPE_RATE_LIMIT_CROWD_ENTRY", "60/m"),
     "crowd_worker": env("UNITSCOPE_RATE_LIMIT_CROWD_WORKER", "120/m"),
 }
+# Failed logins (accounts/throttle.py), on the site and the admin: per username from anywhere, per address on
+# any usernames; once reached, logins are refused until the window ends.
+UNITSCOPE_LOGIN_THROTTLE = {
+    "account": env("UNITSCOPE_LOGIN_THROTTLE_ACCOUNT", "10/15m"),
+    "address": env("UNITSCOPE_LOGIN_THROTTLE_ADDRESS", "30/15m"),
+}
+# Rate-limit and login counters live in the default cache, which every web process must share: the database
+# cache by default (no server; `migrate` makes its table), Redis with CACHE_URL=redis://… (faster, atomic counts).
 _cache_url = env("CACHE_URL")
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
-          if _cache_url else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "unitscope"}}
+          if _cache_url else {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
+                              "LOCATION": "unitscope_cache"}}
