@@ -137,11 +137,16 @@ class DatasetKind(models.TextChoices):
 
 
 class Dataset(models.Model):
-    """A probe dataset in the Broden on-disk format (PASCAL-Part is converted to it on import)."""
+    """A probe dataset in the Broden on-disk format (PASCAL-Part is converted to it on import).
+
+    ``root`` is the folder on this machine, fetched from the artifact store into the data dir when missing
+    (:mod:`analysis.storage`): read files through it, never through ``root_dir``.
+    """
 
     name = models.SlugField(max_length=100, unique=True)
     kind = models.CharField(max_length=16, choices=DatasetKind.choices)
-    root_dir = models.CharField(max_length=500, help_text="Absolute path of the Broden-format directory.")
+    root_dir = models.CharField(max_length=500, help_text="The Broden-format directory: its artifact key (under the "
+                                "data dir or in the object store) or an absolute path on a single machine.")
     source_dir = models.CharField(max_length=500, blank=True, help_text="Where it was imported from.")
     description = models.TextField(blank=True)
     image_count = models.PositiveIntegerField(default=0)
@@ -156,6 +161,12 @@ class Dataset(models.Model):
 
     class Meta:
         ordering = ["name"]
+
+    @property
+    def root(self):
+        from analysis.storage import fetch
+
+        return fetch(self.root_dir)
 
     def __str__(self) -> str:
         return self.name
@@ -444,7 +455,12 @@ class RenderedGrid(models.Model):
 
     @property
     def url(self) -> str:
-        return settings.MEDIA_URL + self.path
+        """Where browsers fetch it: the media folder's URL, or the object store's (signed or public) URL."""
+        from django.core.files.storage import FileSystemStorage, default_storage
+
+        if isinstance(default_storage, FileSystemStorage):
+            return settings.MEDIA_URL + self.path
+        return default_storage.url(self.path)
 
 
 class ExemplarKind(models.TextChoices):
@@ -549,9 +565,10 @@ class LayerDissection(models.Model):
 
     @property
     def tally_path(self):
-        from pathlib import Path
+        """``tally.npz`` on this machine, fetched from the artifact store when missing."""
+        from analysis.storage import fetch
 
-        return Path(self.directory) / "tally.npz"
+        return fetch(f"{self.directory}/tally.npz")
 
 
 class UnitDissection(models.Model):

@@ -196,3 +196,74 @@ def isolated_data_dir(request, tmp_path):
     settings.UNITSCOPE_DATA_DIR = tmp_path / "data"
     settings.MEDIA_ROOT = tmp_path / "data" / "media"
     settings.UNITSCOPE_DATA_DIR.mkdir()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3-compatible server (``moto_server`` of ``moto[server]``) on 127.0.0.1 and a free port, for
+    the session; returns its endpoint URL. Fake credentials are put in the environment (child processes inherit
+    them): boto insists on some, moto accepts any."""
+    import urllib.request
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"moto_server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+    yield endpoint
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """``(endpoint, bucket)``: a new empty bucket on the session's moto server."""
+    import uuid
+
+    import boto3
+
+    bucket = f"unitscope-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return s3_server, bucket
+
+
+@pytest.fixture
+def object_store(settings, s3_bucket):
+    """This test's artifacts and grids in a fresh bucket of the moto server (``UNITSCOPE_STORAGE_URL``), as in
+    production; returns the storage URL."""
+    from unitscope.settings.base import object_store_media
+
+    endpoint, bucket = s3_bucket
+    url = f"s3://{bucket}/site"
+    settings.UNITSCOPE_STORAGE_URL = url
+    settings.UNITSCOPE_STORAGE_ENDPOINT_URL = endpoint
+    settings.UNITSCOPE_STORAGE_REGION = "us-east-1"
+    media = object_store_media(url)
+    media["OPTIONS"].update(endpoint_url=endpoint, region_name="us-east-1")
+    settings.STORAGES = {**settings.STORAGES, "default": media}
+    return url

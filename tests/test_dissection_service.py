@@ -24,6 +24,7 @@ from analysis.models import (Concept, LayerDissection, LayerExtraction, Rotation
 from analysis.services.dissection import dissection_run_start, dissection_tally_load, rotation_run_start
 from analysis.services.extraction import open_activation_cache
 from analysis.services.networks import network_register
+from analysis.storage import local_path
 from benchmarks.dissection_reference import reference_iou, reference_tally
 from tests.worlds import probe_world_register
 
@@ -102,7 +103,7 @@ def reference_inputs(dissection: LayerDissection):
     """Masks read straight from the Broden files (independently of the service's loader) and the label table."""
     from analysis.engine.broden import BrodenReader
 
-    reader = BrodenReader(dissection.dataset.root_dir)
+    reader = BrodenReader(dissection.dataset.root)
     pixel, image_labels = [], []
     for position, row in enumerate(reader.rows()):
         segmentation = reader.load_segmentation(row)
@@ -237,7 +238,8 @@ def test_two_shards_equal_one(world):
     assert set(a) == set(b)
     for name in a:
         assert np.array_equal(a[name], b[name]), name
-    assert not list(Path(two.directory).glob("shard-*.npz"))  # partial counts removed once merged
+    folder = local_path(two.directory)
+    assert folder.is_dir() and not list(folder.glob("shard-*.npz"))  # partial counts removed once merged
     def rows(dissection):
         return list(dissection.unit_results.order_by("unit__index").values_list("concept", "iou", "is_detector"))
 
@@ -289,7 +291,7 @@ def test_rotation_alpha_zero_reproduces_the_unrotated_counts(world):
             assert point["per_category"] == {name: {"detectors": entry["detectors"], "unique": entry["unique"]}
                                              for name, entry in dissection.per_category.items()}
     tally = dissection_tally_load(dissection)
-    with np.load(Path(test.directory) / "rotation.npz") as data:
+    with np.load(local_path(test.directory) / "rotation.npz") as data:
         assert list(data["alpha"]) == [0.0, 1.0, 1.0] and list(data["seed"]) == [-1, 3, 4]  # α = 0 computed once
         assert np.array_equal(data["thresholds"][0], tally["thresholds"])  # recomputed, and identical at α = 0
         for name in COUNTS:

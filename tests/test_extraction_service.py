@@ -138,7 +138,7 @@ def test_export_run_writes_the_exact_maps(world, tmp_path):
     from analysis.engine.networks import capture_forward, load_network, normalize_images
     from analysis.services.networks import network_spec
 
-    reader = BrodenReader(extraction.dataset.root_dir)
+    reader = BrodenReader(extraction.dataset.root)
     images = torch.from_numpy(np.stack([reader.load_image(row) for row in islice(reader.rows(), 8)]))
     model = load_network(network_spec(world), device="cpu")
     with torch.no_grad():

@@ -216,7 +216,7 @@ def test_run_stores_one_row_per_concept(study):
 
     from analysis.engine.broden import BrodenReader
 
-    reader = BrodenReader(study.dataset.root_dir)
+    reader = BrodenReader(study.dataset.root)
     val = [(entry, reader.load_segmentation(entry)) for entry in reader.rows() if entry.split == "val"]
     for row in rows:
         hits = [(entry.sh * entry.sw, int(np.any(np.stack([layer == row.concept.number for category in masks.values()
@@ -341,7 +341,7 @@ def test_classification_rows_match_a_naive_recount_and_their_stored_classifiers(
     assert study.n_classification_concepts == len(rows) > 0
     assert study.classification_top_f == [1, 2]
     assert study.n_classification_wins == sum(row.combination_val_accuracy >= row.single_val_accuracy for row in rows)
-    reader = BrodenReader(study.dataset.root_dir)
+    reader = BrodenReader(study.dataset.root)
     index = list(reader.rows())
     labels_of = []
     for entry in index:

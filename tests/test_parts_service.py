@@ -148,6 +148,26 @@ def test_ablate_end_to_end(world, tmp_path):
     assert correlations["rows"] and "r" in correlations["size_delta"]
 
 
+def test_ablation_recomputing_the_prefix_gives_the_same_numbers(world, monkeypatch):
+    """Beyond FRONTIER_BUDGET_BYTES the second pass recomputes the prefix instead of keeping every view's: memory
+    bounded, results identical."""
+    import analysis.services.parts as parts
+
+    kept = {row.object_class_id: row for row in AblationStudy.objects.get(run=ablate()).class_results.all()}
+    monkeypatch.setattr(parts, "FRONTIER_BUDGET_BYTES", 0)
+    run = ablation_run_start(network="parts-net", dataset="parts-tiny", layer="conv5", split="all", max_images=3,
+                             batch_size=2, blackout=False, inline=True)
+    assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
+    recomputed = list(AblationStudy.objects.get(run=run).class_results.all())
+    assert len(recomputed) == len(kept)
+    for row in recomputed:
+        assert row.deltas == pytest.approx(kept[row.object_class_id].deltas, abs=1e-6)
+        assert row.discriminative == kept[row.object_class_id].discriminative
+        assert row.delta_discriminative_set == pytest.approx(kept[row.object_class_id].delta_discriminative_set,
+                                                             abs=1e-6)
+        assert row.delta_other_set == pytest.approx(kept[row.object_class_id].delta_other_set, abs=1e-6)
+
+
 def test_correlations_use_one_part_set_for_all_three_figures(world):
     parts = PartDetectionStudy.objects.get(run=score())
     ablation = AblationStudy.objects.get(run=ablate())

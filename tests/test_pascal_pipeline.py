@@ -65,7 +65,7 @@ def test_converter_writes_the_dominant_class_of_each_image(tmp_path):
     assert run.status == RunStatus.SUCCEEDED, run.error
     dataset = Dataset.objects.get(name="pp")
     assert dataset.has_image_classes
-    with open(dataset.root_dir + "/classes.csv", newline="") as handle:
+    with open(dataset.root / "classes.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["image", "object_class"]
     # Image 3 holds a small car behind a person: the person covers more pixels, so it is a person image.

@@ -23,16 +23,21 @@ Conventions used throughout this module:
 * Every parse error raises :class:`BrodenFormatError`, whose message names the file and the line.
 
 Nothing here holds a whole dataset in memory: ``index.csv`` is streamed row by row and images and
-masks are decoded one row at a time.
+masks are decoded one row at a time. Row ``n`` is reached by one seek through a byte-offset index
+(:class:`BrodenRows`, 16 bytes per row) built by one pass over ``index.csv`` and cached beside it in
+``index.csv.offsets.npz`` (rebuilt when the csv's size or modification time changes; kept in memory only
+where the directory is read-only).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import cached_property
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +68,7 @@ __all__ = [
     "read_categories",
     "read_labels",
     "read_category_codes",
+    "BrodenRows",
     "BrodenReader",
     "validate",
     "BrodenWriter",
@@ -486,6 +492,114 @@ def _parse_cell(text: str) -> CellEntries:
 # Reader
 
 
+OFFSETS_SUFFIX = ".offsets.npz"
+"""The row index of ``index.csv`` is cached as ``index.csv.offsets.npz`` beside it."""
+
+
+def _scan_row_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets and physical line numbers of the data rows of csv file ``path``.
+
+    Returns ``(offsets int64[N + 1], lines int64[N])``: row ``n`` is the bytes
+    ``[offsets[n], offsets[n + 1])`` (a record may span physical lines inside quotes; a blank line
+    between records is skipped, as :meth:`BrodenReader.rows` skips it) and ends on line ``lines[n]``
+    (header = 1; what :meth:`BrodenReader.rows` reports). One buffered pass over the bytes.
+    """
+    starts: list[int] = []
+    lines: list[int] = []
+    position = 0
+    line = 0
+    open_quote = False
+    record_start = -1
+    with open(path, "rb") as handle:
+        header = handle.readline()
+        position, line = len(header), 1
+        for raw in handle:
+            line += 1
+            if not open_quote:
+                if raw.strip(b"\r\n") == b"":
+                    position += len(raw)
+                    continue
+                record_start = position
+            if raw.count(b'"') % 2:
+                open_quote = not open_quote
+            if not open_quote:
+                starts.append(record_start)
+                lines.append(line)  # csv.reader's line_num: the record's last physical line
+            position += len(raw)
+    offsets = np.empty(len(starts) + 1, dtype=np.int64)
+    offsets[:-1] = starts
+    offsets[-1] = position
+    return offsets, np.asarray(lines, dtype=np.int64)
+
+
+def _row_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_scan_row_offsets`, cached in ``<path>.offsets.npz`` keyed on the csv's size and mtime."""
+    stat = path.stat()
+    key = np.array([stat.st_size, stat.st_mtime_ns], dtype=np.int64)
+    cache = path.with_name(path.name + OFFSETS_SUFFIX)
+    try:
+        with np.load(cache) as stored:
+            if np.array_equal(stored["key"], key):
+                return stored["offsets"], stored["lines"]
+    except (OSError, KeyError, ValueError):
+        pass  # absent, stale or damaged: rebuild
+    offsets, lines = _scan_row_offsets(path)
+    partial = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        with open(partial, "wb") as handle:
+            np.savez(handle, key=key, offsets=offsets, lines=lines)
+        os.replace(partial, cache)  # atomic: concurrent readers see the old file or the new one
+    except OSError:  # a read-only dataset directory: keep the index in memory only
+        partial.unlink(missing_ok=True)
+    return offsets, lines
+
+
+class BrodenRows(Sequence[BrodenIndexRow]):
+    """The rows of ``index.csv`` by position (file order, blank lines skipped), without holding them.
+
+    ``rows[n]`` seeks to row ``n``'s byte offset and parses that one record; memory is the offset
+    index (16 bytes per row), not the rows. Iteration streams the file. Slices give lists.
+    """
+
+    def __init__(self, reader: BrodenReader, offsets: np.ndarray, lines: np.ndarray) -> None:
+        self._reader = reader
+        self._offsets = offsets
+        self._lines = lines
+        self._width = len(INDEX_FIXED_COLUMNS) + len(reader.index_categories)
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __getitem__(self, position):  # type: ignore[override]
+        if isinstance(position, slice):
+            return [self[k] for k in range(*position.indices(len(self)))]
+        n = len(self)
+        k = int(position)
+        if k < 0:
+            k += n
+        if not 0 <= k < n:
+            raise IndexError(f"row {position} is outside the {n} rows of {self._reader.index_path}")
+        if self._fd is None:
+            self._fd = os.open(self._reader.index_path, os.O_RDONLY)
+        start, stop = int(self._offsets[k]), int(self._offsets[k + 1])
+        # pread: no shared file position, so threads (mask prefetch) may look rows up concurrently
+        text = os.pread(self._fd, stop - start, start).decode("utf-8")
+        raw = next(csv.reader(io.StringIO(text, newline="")), [])
+        return self._reader._parse_row(raw, int(self._lines[k]), self._width, self._reader.index_categories)
+
+    def __iter__(self) -> Iterator[BrodenIndexRow]:
+        return self._reader.rows()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class BrodenReader:
     """Read a Broden directory: small csvs eagerly, ``index.csv`` streamed.
 
@@ -581,8 +695,19 @@ class BrodenReader:
     def __iter__(self) -> Iterator[BrodenIndexRow]:
         return self.rows()
 
+    @cached_property
+    def indexed_rows(self) -> BrodenRows:
+        """All rows by position (``reader.indexed_rows[n]`` is one seek), built on first use."""
+        return BrodenRows(self, *_row_offsets(self.index_path))
+
+    def row(self, position: int) -> BrodenIndexRow:
+        """Row ``position`` of ``index.csv`` (0 = first data row): one indexed lookup, not a scan."""
+        return self.indexed_rows[position]
+
     def count_rows(self, split: str | None = None) -> int:
-        """Number of data rows (streams the file once)."""
+        """Number of data rows (from the row index; one pass over the file for a ``split``)."""
+        if split is None:
+            return len(self.indexed_rows)
         return sum(1 for _ in self.rows(split))
 
     def _parse_row(

@@ -188,7 +188,7 @@ def tally_cached_maps(
         raise ValueError(f"image range [{start}, {stop}) is outside the {maps.shape[0]} cached images")
     if len(rows) != maps.shape[0]:
         raise ValueError(f"{len(rows)} index rows for {maps.shape[0]} cached images")
-    mask_rows = list(range(start, stop)) if pairing is None else [int(p) for p in pairing[start:stop]]
+    mask_rows = range(start, stop) if pairing is None else pairing[start:stop].tolist()  # O(shard) ints at most
     tables: list[tuple[Tensor, int]] = []  # distinct (label_category, n_categories) of the views
     groups: list[int] = []
     for view in views:

@@ -16,6 +16,7 @@ from django.db import transaction
 from analysis import params as p
 from analysis.jobs import DEFAULT_QUEUE, GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import AnnotatedBox, Concept, Dataset, DatasetImage, DatasetKind, Run
+from analysis.storage import publish_as
 
 from .runs import RunInputError, RunProgress, params_hash, run_start
 
@@ -75,11 +76,13 @@ def dataset_register(*, name: str, kind: str, root: Path, source_dir: str = "", 
     except (BrodenFormatError, SidecarFormatError) as error:
         raise RunInputError(str(error)) from None
 
+    # workers on other machines read it from the artifact store (uploaded there first when one is configured)
+    root_dir = publish_as(root, f"datasets/{name}")
     if progress:
         progress.phase("Registering images and concepts", total=reader.count_rows())
     with transaction.atomic():
         dataset = Dataset.objects.create(
-            name=name, kind=kind, root_dir=str(root.resolve()), source_dir=source_dir, description=description,
+            name=name, kind=kind, root_dir=root_dir, source_dir=source_dir, description=description,
             categories=list(reader.index_categories), has_boxes=bool(boxes), has_image_classes=bool(classes),
             params=params or {}, import_run=run)
         concepts = Concept.objects.bulk_create([

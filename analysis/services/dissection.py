@@ -39,23 +39,22 @@ Null baselines. ``baseline="shuffled"`` pairs the activations of each image with
 image (:func:`analysis.engine.dissection.shuffled_pairing`, one seeded random cycle, no image paired with
 itself) while keeping the real thresholds: detectors found then are chance alignments, so expect ~0.
 
-Files (DESIGN §5), under ``UNITSCOPE_DATA_DIR/dissections/<id>/``: ``plan.npz`` (thresholds, label
-categories, pairing), ``shard-<k>.npz`` while shards run, ``tally.npz`` (every count, IoU, labels) once
-merged. Rotation tests write ``UNITSCOPE_DATA_DIR/rotations/<id>/rotation.npz``.
+Files (DESIGN §5), artifacts ``dissections/<id>/`` (:mod:`analysis.storage`: the data dir, or the object store
+with each worker's scratch copy): ``plan.npz`` (thresholds, label categories, pairing), ``shard-<k>.npz`` while
+shards run, ``tally.npz`` (every count, IoU, labels) once merged; each published before the database counts it,
+so a shard or merge on another machine fetches what it needs. Rotation tests write ``rotations/<id>/rotation.npz``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -64,6 +63,7 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (Concept, DissectionBaseline, LayerDissection, RotationTest, Run, RunStatus, UnitDissection, UnitStatus,
                              UpsampleMethod)
+from analysis.storage import artifact_store, fetch, local_path, publish, stored_path
 from unitscope.spreadsheets import csv_writer
 
 from .extraction import open_activation_cache
@@ -154,10 +154,18 @@ def rotation_run_start(*, network: str, dataset: str, layer: str, created_by=Non
 
 # -- files ----------------------------------------------------------------------------------------------
 
-def _fresh_directory(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
+def _fresh_directory(key: str) -> Path:
+    """The empty scratch folder of artifact ``key`` (whatever an earlier attempt left is removed, here and in the
+    store)."""
+    artifact_store().remove(key)
+    path = artifact_store().path(key)
     path.mkdir(parents=True)
     return path
+
+
+def _dissection_file(dissection: LayerDissection, name: str) -> str:
+    """What :func:`analysis.storage.fetch` takes for one file of ``dissection`` (a key, or an absolute path)."""
+    return f"{dissection.directory}/{name}"
 
 
 def _save_npz(path: Path, **arrays: Any) -> None:
@@ -241,10 +249,13 @@ def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
         iou_threshold=params["iou_threshold"], strict_threshold=params["strict_threshold"],
         count_saturated=params["count_saturated"], categories=categories, shards=shards, n_images=n_images,
         n_units=layer.units)
-    directory = _fresh_directory(settings.UNITSCOPE_DATA_DIR / "dissections" / str(dissection.pk))
-    LayerDissection.objects.filter(pk=dissection.pk).update(directory=str(directory))
+    key = f"dissections/{dissection.pk}"
+    directory = _fresh_directory(key)
     _save_npz(directory / PLAN_FILE, thresholds=thresholds.numpy(), label_category=label_category.numpy(),
               n_categories=np.int64(len(categories)), pairing=pairing.numpy())
+    publish(directory / PLAN_FILE)  # before any shard can be queued: a worker elsewhere fetches it
+    dissection.directory = stored_path(directory)
+    LayerDissection.objects.filter(pk=dissection.pk).update(directory=dissection.directory)
 
     bounds = [index * n_images // shards for index in range(shards + 1)]
     progress.phase(f"Tallying {n_images} images of {layer.name} against {dataset.name}"
@@ -325,14 +336,13 @@ def dissection_shard_run_execute(*, run: Run, progress: RunProgress, device: str
                   .filter(pk=run.params["dissection"]).first())
     if dissection is None or dissection.extraction is None:
         raise RunInputError(f"Dissection {run.params['dissection']} or the extraction it reads no longer exists.")
-    directory = Path(dissection.directory)
-    with np.load(directory / PLAN_FILE) as plan:
+    with np.load(fetch(_dissection_file(dissection, PLAN_FILE))) as plan:
         thresholds = torch.from_numpy(plan["thresholds"])
         label_category = torch.from_numpy(plan["label_category"])
         pairing = torch.from_numpy(plan["pairing"]) if plan["pairing"].size else None
     maps = open_activation_cache(dissection.extraction)
-    reader = BrodenReader(dissection.dataset.root_dir)
-    rows = list(reader.rows())
+    reader = BrodenReader(dissection.dataset.root)
+    rows = reader.indexed_rows
     dev = torch.device(device)
     tally = DissectionTally(thresholds.to(dev), label_category, len(dissection.categories),
                             strict_threshold=dissection.strict_threshold)
@@ -342,7 +352,10 @@ def dissection_shard_run_execute(*, run: Run, progress: RunProgress, device: str
     tally_cached_maps(maps, [TallyView(tally)], reader=reader, rows=rows, upsample=upsample, start=start, stop=stop,
                       pairing=pairing, batch_size=batch_size, device=dev,
                       progress=lambda done: progress(done, stop - start))
-    _save_npz(directory / f"shard-{index:04d}.npz", **_tally_arrays(tally))
+    shard_path = local_path(_dissection_file(dissection, f"shard-{index:04d}.npz"))
+    shard_path.parent.mkdir(parents=True, exist_ok=True)
+    _save_npz(shard_path, **_tally_arrays(tally))
+    publish(shard_path)  # in the store (one PUT) before it is counted: the merge may run on another machine
     LayerDissection.objects.filter(pk=dissection.pk).update(shards_done=F("shards_done") + 1)
     merged = _dissection_merge_claim(dissection.pk)
     return {"dissection": dissection.pk, "shard": index, "images": stop - start, "merged_here": merged}
@@ -366,11 +379,10 @@ def _dissection_merge_claim(dissection_id: int) -> bool:
 
 
 def _dissection_merge(dissection: LayerDissection) -> None:
-    directory = Path(dissection.directory)
-    shard_files = [directory / f"shard-{index:04d}.npz" for index in range(dissection.shards)]
+    shard_keys = [_dissection_file(dissection, f"shard-{index:04d}.npz") for index in range(dissection.shards)]
     tally = None
-    for path in shard_files:
-        with np.load(path) as data:
+    for key in shard_keys:
+        with np.load(fetch(key)) as data:
             part = _tally_from_arrays(data)
         if tally is None:
             tally = part
@@ -383,10 +395,12 @@ def _dissection_merge(dissection: LayerDissection) -> None:
                                 count_saturated=dissection.count_saturated)
     top_k = int(dissection.run.params.get("top_k", DISSECTION_DEFAULTS["top_k"]))
     top_iou, top_label = result.top_concepts(top_k)
-    _save_npz(directory / TALLY_FILE, **_tally_arrays(tally), iou=result.iou.cpu().numpy(),
+    tally_path = local_path(_dissection_file(dissection, TALLY_FILE))
+    _save_npz(tally_path, **_tally_arrays(tally), iou=result.iou.cpu().numpy(),
               label=result.label.cpu().numpy(), label_iou=result.label_iou.cpu().numpy(),
               detector=result.detector.cpu().numpy(), saturated=saturated.cpu().numpy(),
               iou_threshold=np.float64(dissection.iou_threshold))
+    publish(tally_path)  # before the row says complete
 
     concepts = {concept.number: concept for concept in Concept.objects.filter(dataset=dissection.dataset)}
     names = {number: concept.name for number, concept in concepts.items()}
@@ -412,8 +426,11 @@ def _dissection_merge(dissection: LayerDissection) -> None:
             n_detectors=summary.n_detectors, n_unique_detectors=summary.n_unique_detectors,
             n_saturated=int(saturated.sum()),
             per_category=_category_summary(result, dissection.categories, names))
-    for path in shard_files:  # the merged tally holds everything they did
-        path.unlink(missing_ok=True)
+    for key in shard_keys:  # the merged tally holds everything they did
+        if key.startswith("/"):  # the local default (or a row written before artifact keys)
+            Path(key).unlink(missing_ok=True)
+        else:
+            artifact_store().remove(key)
 
 
 # -- dissect_rotation ---------------------------------------------------------------------------------
@@ -453,10 +470,10 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
                                            progress=lambda done: progress(done, extraction.n_images))
     tallies = [DissectionTally(t, label_category, len(categories), strict_threshold=params["strict_threshold"])
                for t in thresholds]
-    reader = BrodenReader(dataset.root_dir)
+    reader = BrodenReader(dataset.root)
     progress.phase(f"Tallying {len(views)} rotated versions of {layer.name}", total=extraction.n_images)
     tally_cached_maps(maps, [TallyView(tally, transform) for tally, transform in zip(tallies, transforms)],
-                      reader=reader, rows=list(reader.rows()), upsample=upsample,
+                      reader=reader, rows=reader.indexed_rows, upsample=upsample,
                       batch_size=params["batch_size"], device=dev,
                       progress=lambda done: progress(done, extraction.n_images))
 
@@ -481,7 +498,7 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
         quantile=params["quantile"], iou_threshold=params["iou_threshold"],
         strict_threshold=params["strict_threshold"], count_saturated=params["count_saturated"],
         alphas=params["alphas"], seeds=params["seeds"], categories=categories, points=points, directory="")
-    directory = _fresh_directory(settings.UNITSCOPE_DATA_DIR / "rotations" / str(test.pk))
+    directory = _fresh_directory(f"rotations/{test.pk}")
     arrays = [_tally_arrays(tally) for tally in tallies]
     _save_npz(directory / ROTATION_FILE, alpha=np.array([alpha for alpha, _ in views], dtype=np.float64),
               seed=np.array([-1 if seed is None else seed for _, seed in views], dtype=np.int64),
@@ -490,7 +507,8 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
               label=np.stack([result.label.cpu().numpy() for result, _ in scored]),
               label_iou=np.stack([result.label_iou.cpu().numpy() for result, _ in scored]),
               detector=np.stack([result.detector.cpu().numpy() for result, _ in scored]))
-    RotationTest.objects.filter(pk=test.pk).update(directory=str(directory))
+    publish(directory)
+    RotationTest.objects.filter(pk=test.pk).update(directory=stored_path(directory))
     mean_unique = [sum(point["unique"] for point in points if point["alpha"] == alpha) / len(params["seeds"])
                    for alpha in params["alphas"]]
     return {"rotation_test": test.pk, "layer": layer.name, "dataset": dataset.name,
@@ -547,7 +565,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     written.append(thresholds_path)
     written.append(_write_unit_results(out_dir / "units.csv", dissection, data["thresholds"]))
     if dissection.baseline == DissectionBaseline.SHUFFLED:
-        with np.load(Path(dissection.directory) / PLAN_FILE) as plan:
+        with np.load(fetch(_dissection_file(dissection, PLAN_FILE))) as plan:
             pairing = plan["pairing"]
         pairing_path = out_dir / "pairing.csv"
         with open(pairing_path, "w", newline="") as handle:
@@ -560,7 +578,7 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
         "run": run.pk, "kind": run.kind, "params": run.params,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "network": network.name, "weights_sha256": network.weights_sha256, "layer": layer.name,
-        "dataset": dissection.dataset.name, "dataset_dir": str(Path(dissection.dataset.root_dir).resolve()),
+        "dataset": dissection.dataset.name, "dataset_dir": str(local_path(dissection.dataset.root_dir)),
         "activations_run": dissection.extraction.run_id if dissection.extraction else None,
         "quantile": dissection.quantile, "upsample": dissection.upsample, "iou_threshold": dissection.iou_threshold,
         "strict_threshold": dissection.strict_threshold, "count_saturated": dissection.count_saturated,
@@ -615,7 +633,7 @@ def rotation_export(run: Run, out_dir: Path) -> list[Path]:
     meta = _write_json(out_dir / "run.json", {
         "run": run.pk, "kind": run.kind, "params": run.params, "network": test.layer.network.name,
         "layer": test.layer.name, "dataset": test.dataset.name,
-        "dataset_dir": str(Path(test.dataset.root_dir).resolve()),
+        "dataset_dir": str(local_path(test.dataset.root_dir)),
         "activations_run": test.extraction.run_id if test.extraction else None, "quantile": test.quantile,
         "upsample": test.upsample, "iou_threshold": test.iou_threshold, "alphas": test.alphas, "seeds": test.seeds,
         "rotation": "Q Haar-uniform on SO(n) (QR of a standard normal matrix, torch.Generator seeded with seed); "

@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.db import transaction
 
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AnnotatedBox, Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Layer,
                              Network, Run)
+from analysis.storage import artifact_store, fetch, local_path, publish, stored_path
 from unitscope.spreadsheets import csv_writer
 
 from .inputs import ensure_extraction, layer_geometry
@@ -209,7 +209,8 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
                for n, layer in zip(nodes, layers)]
     learn_rows = _learn_rows(dataset, params)
     params = {**params, "landmarks": params["landmarks"] or _automatic_landmarks(dataset, params["category"])}
-    directory = settings.UNITSCOPE_DATA_DIR / GRAPH_DIR / str(run.pk)
+    key = f"{GRAPH_DIR}/{run.pk}"
+    directory = artifact_store().path(key)
     directory.mkdir(parents=True, exist_ok=True)
 
     def allocate(name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -236,9 +237,10 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
             run=run, network=network, dataset=dataset, layers=[layer.name for layer in layers],
             extraction_runs={name: extraction.run_id for name, extraction in extractions.items()},
             params={key: params[key] for key in GRAPH_DEFAULTS} | {"nodes_per_filter": nodes},
-            directory=str(directory), n_images=dataset.image_count, n_learn_images=len(learn_rows),
+            directory=stored_path(directory), n_images=dataset.image_count, n_learn_images=len(learn_rows),
             plane_unit=plane, landmarks=params["landmarks"])
         saved = _save_graph(graph, layers, result, progress)
+        publish(directory)  # before the row is committed: pages and purity tasks elsewhere fetch it
     instability = _measure_instability(graph, layers, result, maps, params, progress)
     graph.instability = instability
     graph.n_nodes, graph.n_edges = saved
@@ -251,7 +253,7 @@ def graph_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
 def _save_graph(graph: ExplanatoryGraph, layers: list[Layer], result, progress: RunProgress) -> tuple[int, int]:
     """Arrays to ``<layer>.npz``, nodes and edges to rows; returns ``(nodes, edges)``."""
     plane = graph.plane_unit
-    directory = Path(graph.directory)
+    directory = local_path(graph.directory)
     upper_rows: dict[int, GraphNode] | None = None
     upper_layer = None
     n_nodes = n_edges = 0
@@ -414,10 +416,9 @@ def graph_inference_arrays(graph: ExplanatoryGraph, layer_name: str) -> tuple[np
     if layer_name not in graph.layers:
         raise RunInputError(f"The graph has no layer {layer_name!r}.")
     n_nodes = GraphNode.objects.filter(graph=graph, layer__name=layer_name).count()
-    directory = Path(graph.directory)
     shape = (graph.n_images, n_nodes)
-    return (np.memmap(directory / f"{layer_name}-units.i32", dtype=np.int32, mode="r", shape=shape),
-            np.memmap(directory / f"{layer_name}-scores.f32", dtype=np.float32, mode="r", shape=shape))
+    return (np.memmap(fetch(f"{graph.directory}/{layer_name}-units.i32"), dtype=np.int32, mode="r", shape=shape),
+            np.memmap(fetch(f"{graph.directory}/{layer_name}-scores.f32"), dtype=np.float32, mode="r", shape=shape))
 
 
 @dataclass(frozen=True)
@@ -615,7 +616,7 @@ def graph_export(run: Run, out_dir: Path) -> list[Path]:
         "run": run.pk, "kind": run.kind, "params": run.params,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "network": graph.network.name, "weights_sha256": graph.network.weights_sha256,
-        "dataset": graph.dataset.name, "dataset_dir": str(Path(graph.dataset.root_dir).resolve()),
+        "dataset": graph.dataset.name, "dataset_dir": str(local_path(graph.dataset.root_dir)),
         "layers": graph.layers, "activations_runs": graph.extraction_runs, "images": graph.n_images,
         "learn_images": graph.n_learn_images, "nodes": graph.n_nodes, "edges": graph.n_edges,
         "landmarks": graph.landmarks, "instability": graph.instability,

@@ -68,21 +68,40 @@ def activation_cache_key(network: Network, dataset: Dataset, layer: Layer) -> st
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def publish_cache(directory: Path) -> None:
+    """Upload a finished activation cache to the artifact store: the maps first, ``meta.json`` (which marks a cache
+    complete, :func:`_complete_cache`) last."""
+    from analysis.storage import publish
+
+    publish(directory / "maps.f16")
+    publish(directory / "meta.json")
+
+
 def activation_cache_dir(cache_key: str) -> Path:
     return settings.UNITSCOPE_DATA_DIR / "activations" / cache_key
 
 
 def open_activation_cache(extraction: LayerExtraction) -> np.memmap:
-    """The float16 maps ``[images, units, h, w]`` of an extraction, read-only."""
-    meta = json.loads((Path(extraction.cache_path) / "meta.json").read_text())
-    return np.memmap(Path(extraction.cache_path) / "maps.f16", dtype=np.float16, mode="r", shape=tuple(meta["shape"]))
+    """The float16 maps ``[images, units, h, w]`` of an extraction, read-only (fetched from the artifact store into
+    this machine's data dir when missing)."""
+    from analysis.storage import fetch
+
+    directory = fetch(extraction.cache_path)
+    meta = json.loads((directory / "meta.json").read_text())
+    return np.memmap(directory / "maps.f16", dtype=np.float16, mode="r", shape=tuple(meta["shape"]))
 
 
 def _complete_cache(cache_key: str) -> np.memmap | None:
+    """The finished cache of ``cache_key``, here or in the artifact store (its ``meta.json`` is published last)."""
+    from analysis.storage import artifact_store
+
     directory = activation_cache_dir(cache_key)
     meta_path = directory / "meta.json"
     if not meta_path.exists():
-        return None
+        store = artifact_store()
+        if not store.remote or not store.exists(store.key(meta_path)):
+            return None
+        directory = store.fetch(store.key(directory))
     meta = json.loads(meta_path.read_text())
     return np.memmap(directory / "maps.f16", dtype=np.float16, mode="r", shape=tuple(meta["shape"]))
 
@@ -105,7 +124,7 @@ def dataset_image_batches(dataset: Dataset, *, batch_size: int, input_size: tupl
 
     from analysis.engine.broden import BrodenReader
 
-    reader = BrodenReader(dataset.root_dir)
+    reader = BrodenReader(dataset.root)
     pending: list[np.ndarray] = []
     indices: list[int] = []
 
@@ -213,8 +232,11 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
         final = partial.with_name(partial.name.removesuffix(".partial"))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
+        publish_cache(final)
 
     progress.phase("Saving exemplars and statistics", total=len(layer_order))
+    from analysis import storage
+
     stats_dir = settings.UNITSCOPE_DATA_DIR / "extractions" / str(run.pk)
     stats_dir.mkdir(parents=True, exist_ok=True)
     class_concepts = {concept.name: concept for concept in
@@ -225,11 +247,13 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
             stats = statistics[name]
             stats_path = stats_dir / f"{name}.pt"
             torch.save(stats.to_state(), stats_path)
+            storage.publish(stats_path)
             extraction = LayerExtraction.objects.create(
                 run=run, layer=layers[name], dataset=dataset,
                 cache_key=activation_cache_key(network, dataset, layers[name]),
-                cache_path=str(activation_cache_dir(activation_cache_key(network, dataset, layers[name]))),
-                stats_path=str(stats_path), n_images=n_images, map_height=stats.shape[1], map_width=stats.shape[2],
+                cache_path=storage.stored_path(activation_cache_dir(activation_cache_key(network, dataset,
+                                                                                         layers[name]))),
+                stats_path=storage.stored_path(stats_path), n_images=n_images, map_height=stats.shape[1], map_width=stats.shape[2],
                 quantile=params["quantile"], k_overall=params["k_overall"], k_per_class=params["k_per_class"],
                 class_names=class_names)
             _save_layer_exemplars(extraction, stats, class_concepts, decile_exemplars, params["decile_seed"])
@@ -313,6 +337,8 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
     ``<layer>_units.csv`` (``unit,max_activation,threshold,active_images,status``, status ``live``, ``dead`` or
     ``saturated`` as :class:`analysis.models.UnitStatus` defines them), ``images.csv`` (``index,image`` as in the
     dataset's index.csv) and ``run.json``."""
+    from analysis import storage
+
     extractions = list(LayerExtraction.objects.filter(run=run).select_related("layer__network", "dataset")
                        .order_by("layer__order"))
     if not extractions:
@@ -337,7 +363,7 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
     written.append(images_path)
     written.append(write_run_json(out_dir, run, {
         "network": network.name, "weights_sha256": network.weights_sha256, "dataset": dataset.name,
-        "dataset_dir": dataset.root_dir, "layers": [extraction.layer.name for extraction in extractions],
+        "dataset_dir": str(storage.local_path(dataset.root_dir)), "layers": [extraction.layer.name for extraction in extractions],
         "shapes": {extraction.layer.name: [extraction.n_images, extraction.layer.units, extraction.map_height,
                                            extraction.map_width] for extraction in extractions},
         "preprocessing": {"input_size": [network.input_height, network.input_width], "mean": network.mean,

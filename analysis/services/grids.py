@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,7 @@ class DatasetImageCache:
     def __init__(self, dataset, capacity: int = IMAGE_CACHE_SIZE):
         from analysis.engine.broden import BrodenReader
 
-        self.reader = BrodenReader(dataset.root_dir)
-        self.rows = None
+        self.reader = BrodenReader(dataset.root)
         self.capacity = capacity
         self.images: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -83,13 +83,32 @@ class DatasetImageCache:
         if index in self.images:
             self.images.move_to_end(index)
             return self.images[index]
-        if self.rows is None:  # index.csv rows are small: keep them to reach any image directly
-            self.rows = list(self.reader.rows())
-        image = self.reader.load_image(self.rows[index])
+        image = self.reader.load_image(self.reader.row(index))
         self.images[index] = image
         if len(self.images) > self.capacity:
             self.images.popitem(last=False)
         return image
+
+
+def media_put(relative: str, data: bytes) -> None:
+    """Store ``data`` as media file ``relative`` (a content-hash name: present means identical).
+
+    On the local media folder the file appears whole (written aside, renamed into place); in the object store
+    (django-storages, ``UNITSCOPE_STORAGE_URL``) one PUT does the same, and the web serves it from there.
+    """
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import FileSystemStorage, default_storage
+
+    if not isinstance(default_storage, FileSystemStorage):
+        if not default_storage.exists(relative):
+            default_storage.save(relative, ContentFile(data))
+        return
+    path = Path(settings.MEDIA_ROOT) / relative
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.partial")
+        temporary.write_bytes(data)
+        temporary.replace(path)
 
 
 def store_grid(picture, *, style: str) -> RenderedGrid:
@@ -99,12 +118,7 @@ def store_grid(picture, *, style: str) -> RenderedGrid:
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     relative = f"grids/{digest[:2]}/{digest}.png"
-    path = Path(settings.MEDIA_ROOT) / relative
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".partial")
-        temporary.write_bytes(data)
-        temporary.replace(path)
+    media_put(relative, data)
     grid, _ = RenderedGrid.objects.get_or_create(sha256=digest, defaults={
         "path": relative, "style": style, "width": picture.width, "height": picture.height})
     return grid

@@ -10,10 +10,10 @@ public too, for runs that need them in another order (part detection reads its b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from analysis.models import Dataset, Layer, LayerExtraction, Network, RunStatus, UnitActivationSummary
+from analysis.storage import artifact_exists
 
 from .extraction import EXTRACTION_DEFAULTS, activation_cache_key, extraction_run_start
 from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset
@@ -93,7 +93,7 @@ def ensure_extraction(network: Network, dataset: Dataset, layer: Layer, quantile
                                                  run__status=RunStatus.SUCCEEDED)
                   .select_related("run").order_by("-created_at", "-id"))
     for extraction in candidates:
-        if (Path(extraction.cache_path) / "meta.json").exists():
+        if artifact_exists(f"{extraction.cache_path}/meta.json"):
             return extraction
     progress.phase(f"Extracting {layer.name} on {dataset.name} first (no cached activations)")
     run = extraction_run_start(network=network.name, dataset=dataset.name, layers=[layer.name], quantile=quantile,

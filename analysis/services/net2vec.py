@@ -196,8 +196,8 @@ def net2vec_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict
     inputs = run_inputs(params, progress=progress, thresholds=True, labels=True)
     dataset, layer, extraction, thresholds = inputs.dataset, inputs.layer, inputs.extraction, inputs.thresholds
     maps = open_activation_cache(extraction)
-    reader = BrodenReader(dataset.root_dir)
-    rows = list(reader.rows())
+    reader = BrodenReader(dataset.root)
+    rows = reader.indexed_rows
     dev = torch.device(device)
     valid = (inputs.label_category >= 0).to(dev)
     valid[0] = False  # label 0 is unlabeled

@@ -3,6 +3,7 @@ units and receptive-field geometry; train the demo network on the probe world.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from django.db import transaction
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import Dataset, Layer, Network, NetworkSource, Run, Unit
+from analysis.storage import artifact_store, fetch_if_stored, publish_as
 
 from .runs import RunInputError, RunProgress, run_start
 
@@ -29,7 +31,7 @@ def network_spec(network: Network):
 
     kind = {NetworkSource.TORCHVISION: NetworkKind.TORCHVISION, NetworkSource.TORCHSCRIPT: NetworkKind.TORCHSCRIPT,
             NetworkSource.MODULE: NetworkKind.MODULE}[NetworkSource(network.source)]
-    return NetworkSpec(kind=kind, target=network.arch, weights=network.weights_path or None,
+    return NetworkSpec(kind=kind, target=network.arch, weights=fetch_if_stored(network.weights_path) or None,
                        kwargs=network.callable_kwargs, input_size=(network.input_height, network.input_width),
                        mean=tuple(network.mean), std=tuple(network.std),
                        class_names=tuple(network.class_names) or None, channel_order=network.channel_order)
@@ -85,6 +87,10 @@ def network_register(*, name: str, spec, description: str = "", trained_on: Data
                 description=description or "(being registered)")
     except IntegrityError:
         raise RunInputError(f"A network named {name!r} already exists (or is being registered).") from None
+    if spec.weights and artifact_store().remote:  # the name is ours now: workers elsewhere fetch the weights
+        stored = publish_as(spec.weights, f"networks/{name}/weights/{Path(spec.weights).name}")
+        Network.objects.filter(pk=network.pk).update(weights_path=stored)
+        network.weights_path = stored
     try:
         inspected = _inspect_network(spec, progress)
     except BaseException:
@@ -170,7 +176,7 @@ def network_check_weights(network: Network, model) -> str:
     if network.weights_path and not legacy:
         digest = hashlib.sha256()
         try:
-            with open(network.weights_path, "rb") as handle:
+            with open(fetch_if_stored(network.weights_path), "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
             legacy = digest.hexdigest() == network.weights_sha256
@@ -224,7 +230,7 @@ def load_classification_tensors(dataset: Dataset, progress: RunProgress | None =
     height, width = sizes.pop()
     images = torch.empty((len(rows), 3, height, width), dtype=torch.uint8)
     labels = torch.empty(len(rows), dtype=torch.int64)
-    reader = BrodenReader(dataset.root_dir)
+    reader = BrodenReader(dataset.root)
     if progress:
         progress.phase("Loading images", total=len(rows))
     for position, (row, broden_row) in enumerate(zip(rows, reader.rows())):

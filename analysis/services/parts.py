@@ -32,20 +32,19 @@ whose image contains the part). :mod:`analysis.engine.ablation` documents the sc
 from __future__ import annotations
 
 import json
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.db import transaction
 
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
                              PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
+from analysis.storage import artifact_store, fetch, publish, stored_path
 from unitscope.spreadsheets import csv_field, csv_writer
 
 from .inputs import ensure_extraction, layer_geometry, run_inputs
@@ -59,6 +58,8 @@ SPLITS = ("train", "val", "all")
 # layers' part studies and ablations add a few minutes to the default build on two CPU cores.
 DEMO_PART_LAYERS = ("conv4", "conv5")
 DEMO_MAX_VIEWS = 150
+# Prefix outputs an ablation keeps between its two passes over a class's views; beyond this it recomputes them.
+FRONTIER_BUDGET_BYTES = 256 * 2**20
 DEMO_ABLATION: dict[str, dict[str, Any]] = {"conv4": {"max_images": 25, "blackout": False},
                                             "conv5": {"max_images": 60, "blackout": True}}
 CURVE_POINTS = 150
@@ -225,8 +226,8 @@ class _Images:
     def __init__(self, dataset: Dataset, network: Network, device):
         from analysis.engine.broden import BrodenReader
 
-        self.reader = BrodenReader(dataset.root_dir)
-        self.rows = list(self.reader.rows())
+        self.reader = BrodenReader(dataset.root)
+        self.rows = self.reader.indexed_rows
         self.network = network
         self.device = device
         self.input_size = (network.input_height, network.input_width)
@@ -403,8 +404,9 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     else:
         model = _load_model(network, dev)
     images = _Images(dataset, network, dev)
-    directory = settings.UNITSCOPE_DATA_DIR / "part_detection" / f"run-{run.pk}"
-    shutil.rmtree(directory, ignore_errors=True)
+    key = f"part_detection/run-{run.pk}"
+    artifact_store().remove(key)
+    directory = artifact_store().path(key)
     directory.mkdir(parents=True)
     by_class: dict[int, list[dict]] = defaultdict(list)
     for part in parts:
@@ -438,10 +440,11 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
         values = list(values)
         return float(np.mean(values)) if values else 0.0
 
+    publish(directory)  # in the store before the study row points at it
     with transaction.atomic():  # the study appears with all its results or not at all
         study = PartDetectionStudy.objects.create(
             run=run, layer=layer, dataset=dataset, inputs=params["inputs"], split=params["split"], params=params,
-            directory=str(directory), n_parts=len(results), n_emerged=emerged, n_emerged_above_prior=above_prior,
+            directory=stored_path(directory), n_parts=len(results), n_emerged=emerged, n_emerged_above_prior=above_prior,
             n_covered=covered, mean_prior_ap=mean(r.prior_ap for r in results),
             mean_best_ap=mean(r.best_ap for r in results), mean_ga_ap=mean(r.ga_ap for r in results),
             mean_top_ap=mean(r.top_ap for r in results), mean_all_ap=mean(r.all_ap for r in results))
@@ -461,7 +464,7 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
 
 def part_detection_arrays(result: PartDetectionResult) -> dict[str, np.ndarray]:
     """The saved detections (image pixels, after regression and NMS) and ground truth of one part result."""
-    with np.load(Path(result.study.directory) / f"part-{result.position}.npz") as data:
+    with np.load(fetch(f"{result.study.directory}/part-{result.position}.npz")) as data:
         return {name: data[name] for name in data.files}
 
 
@@ -536,12 +539,21 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
         progress.phase(f"Ablating {n_filters} filters of {layer.name} on {len(views)} {concept.name} views",
                        total=len(views))
         totals = torch.zeros(1 + n_filters, dtype=torch.float64, device=dev)
-        frontiers, base = [], []
+        # The second pass reuses the prefix outputs while they fit FRONTIER_BUDGET_BYTES, else recomputes them: memory
+        # stays bounded however many views a class has.
+        frontiers: list | None = []
+        base = []
+        kept_bytes = 0
         with torch.no_grad():
             for start in range(0, len(views), params["batch_size"]):
                 x = images.inputs(views[start:start + params["batch_size"]], params["inputs"])
                 frontier = ablator.prefix(x)
-                frontiers.append(frontier)
+                if frontiers is not None:
+                    kept_bytes += sum(t.numel() * t.element_size() for t in frontier)
+                    if kept_bytes <= FRONTIER_BUDGET_BYTES:
+                        frontiers.append(frontier)
+                    else:
+                        frontiers = None
                 for m in range(0, 1 + n_filters, chunk_masks):
                     scores = class_scores(ablator.logits(frontier, single[m:m + chunk_masks]), output,
                                           params["score"])
@@ -557,7 +569,9 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
             sets[0, flag_t] = 0  # every discriminative filter zeroed
             sets[1, ~flag_t] = 0  # every other filter zeroed
             set_totals = torch.zeros(2, dtype=torch.float64, device=dev)
-            for frontier in frontiers:
+            for k, start in enumerate(range(0, len(views), params["batch_size"])):
+                frontier = (frontiers[k] if frontiers is not None else
+                            ablator.prefix(images.inputs(views[start:start + params["batch_size"]], params["inputs"])))
                 set_totals += class_scores(ablator.logits(frontier, sets), output, params["score"]).sum(dim=1)
             del frontiers
         set_deltas = (mean_scores[0] - (set_totals / len(views)).cpu().numpy()).tolist()
@@ -762,9 +776,9 @@ def part_examples(result: PartDetectionResult, *, count: int = 6, per_view: int 
     for view, value in zip(det_view.tolist(), det_score.tolist()):
         best_per_view[view] = max(value, best_per_view.get(view, float("-inf")))
     views = sorted(best_per_view, key=lambda view: (-best_per_view[view], view))[:count]
-    reader = BrodenReader(result.study.dataset.root_dir)
+    reader = BrodenReader(result.study.dataset.root)
     wanted = {int(data["view_image"][view]) for view in views}
-    rows = {position: row for position, row in enumerate(reader.rows()) if position in wanted}
+    rows = {position: reader.row(position) for position in wanted}
     colour_of = {f: PALETTE[k % len(PALETTE)] for k, f in enumerate(result.ga_filters)}
     examples = []
     for view in views:

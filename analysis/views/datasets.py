@@ -102,14 +102,13 @@ class DatasetImagesView(ResearcherRequiredMixin, DetailView):
 
 
 def _dataset_row(dataset: Dataset, index: int):
-    """The engine's reader and the index.csv row of image ``index`` (streams to it)."""
+    """The engine's reader and the index.csv row of image ``index`` (one indexed lookup)."""
     from analysis.engine.broden import BrodenFormatError, BrodenReader
 
     try:
-        reader = BrodenReader(dataset.root_dir)
-        for position, row in enumerate(reader.rows()):
-            if position == index:
-                return reader, row
+        reader = BrodenReader(dataset.root)
+        if 0 <= index < len(reader.indexed_rows):
+            return reader, reader.row(index)
     except (BrodenFormatError, OSError) as error:  # files moved or deleted since the import: not a server error
         raise Http404(f"The dataset's files cannot be read: {error}") from None
     raise Http404("no such image")

@@ -45,8 +45,8 @@ def absent_concepts(per_image: Sequence[set[str]], names: Iterable[str]) -> list
 def peak_concepts(extraction, exemplar_sets) -> dict[int, list[set[str]]]:
     """``{unit_id: [normalised concept names under the peak of each image]}`` for top-overall exemplar sets."""
     layer, network, dataset = extraction.layer, extraction.layer.network, extraction.dataset
-    reader = BrodenReader(dataset.root_dir)
-    rows = list(reader.rows())
+    reader = BrodenReader(dataset.root)
+    rows = reader.indexed_rows
     names: dict[int, str] = {}
 
     def name(number: int) -> str:

@@ -102,8 +102,8 @@ class _Segmentation:
     """Object and material label ids at segmentation resolution, per image, read on demand."""
 
     def __init__(self, dataset):
-        self.reader = BrodenReader(dataset.root_dir)
-        self.rows = list(self.reader.rows())
+        self.reader = BrodenReader(dataset.root)
+        self.rows = self.reader.indexed_rows
         self.categories = set(self.reader.index_categories)
         self.cache: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import filecmp
+import os
 import types
 from pathlib import Path
 
@@ -126,6 +127,57 @@ def test_round_trip_rows_images_and_masks(small):
     assert seg1["object"].label_ids().tolist() == [small.labels["car"], 300]
     assert seg1["scene"].image_labels == (1000, small.labels["street-s"])  # dominant first
     assert not seg1["part"].has_labels and seg1["scene"].has_labels
+
+
+def _same_row(a, b) -> bool:
+    return (a.line, a.image, a.split, a.ih, a.iw, a.sh, a.sw, dict(a.cells)) == (
+        b.line, b.image, b.split, b.ih, b.iw, b.sh, b.sw, dict(b.cells))
+
+
+def test_indexed_rows_equal_the_streamed_rows_and_are_one_lookup(small, monkeypatch):
+    reader = BrodenReader(small.root)
+    streamed = list(reader.rows())
+    indexed = reader.indexed_rows
+    assert len(indexed) == reader.count_rows() == 3
+    assert all(_same_row(indexed[k], row) for k, row in enumerate(streamed))
+    assert _same_row(reader.row(2), streamed[2]) and _same_row(indexed[-1], streamed[-1])
+    assert [r.image for r in indexed[1:]] == ["set/img1.png", "set/img2.png"]
+    with pytest.raises(IndexError):
+        indexed[3]
+    cache = small.root / "index.csv.offsets.npz"
+    assert cache.is_file()
+    # a second reader reuses the cached index and never streams index.csv to reach a row
+    again = BrodenReader(small.root)
+    monkeypatch.setattr(BrodenReader, "rows", lambda *a, **k: pytest.fail("scanned index.csv"))
+    assert _same_row(again.row(1), streamed[1])
+
+
+def test_indexed_rows_rebuild_when_index_changes_and_skip_blank_and_quoted_lines(small):
+    reader = BrodenReader(small.root)
+    assert len(reader.indexed_rows) == 3
+    index = small.root / "index.csv"
+    lines = index.read_text().splitlines(keepends=True)
+    # a quoted cell spanning two physical lines (legal csv) and a blank line between records
+    fields = lines[2].rstrip("\r\n").split(",")
+    fields[1] = '"val\nx"'
+    index.write_text(lines[0] + lines[1] + "\n" + ",".join(fields) + "\r\n" + lines[3] + lines[2])
+    fresh = BrodenReader(small.root)
+    streamed = list(fresh.rows())
+    assert len(fresh.indexed_rows) == len(streamed) == 4
+    assert all(_same_row(fresh.indexed_rows[k], row) for k, row in enumerate(streamed))
+    assert [r.line for r in fresh.indexed_rows] == [2, 5, 6, 7]
+
+
+def test_indexed_rows_work_in_a_read_only_directory(small):
+    root = small.root
+    root.chmod(0o555)
+    try:
+        reader = BrodenReader(root)
+        streamed = list(reader.rows())
+        assert all(_same_row(reader.row(k), row) for k, row in enumerate(streamed))
+        assert not (root / "index.csv.offsets.npz").exists() or os.geteuid() == 0
+    finally:
+        root.chmod(0o755)
 
 
 def test_statistics_written_and_streamed_agree_with_hand_counts(small):

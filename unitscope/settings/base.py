@@ -144,6 +144,39 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
+# The artifact store (analysis.storage): unset, the data dir above is the store (nothing to start). In production
+# an S3-compatible object store, s3://bucket/prefix, shared by the web and every worker (each keeps its own scratch
+# copy under its UNITSCOPE_DATA_DIR); the endpoint for MinIO/Ceph/moto, credentials the usual boto way
+# (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an instance role). Rendered grids then go to <prefix>/media through
+# django-storages and are served from the store: signed URLs, or public ones under UNITSCOPE_MEDIA_PUBLIC_URL
+# (a CDN or public-read bucket domain, e.g. media.example.org).
+UNITSCOPE_STORAGE_URL = env("UNITSCOPE_STORAGE_URL", "")
+UNITSCOPE_STORAGE_ENDPOINT_URL = env("UNITSCOPE_STORAGE_ENDPOINT_URL", "")
+UNITSCOPE_STORAGE_REGION = env("UNITSCOPE_STORAGE_REGION", "")
+UNITSCOPE_MEDIA_PUBLIC_URL = env("UNITSCOPE_MEDIA_PUBLIC_URL", "")
+UNITSCOPE_MEDIA_URL_EXPIRY = int(env("UNITSCOPE_MEDIA_URL_EXPIRY", str(7 * 24 * 3600)))
+
+
+def object_store_media(url: str) -> dict:
+    """``STORAGES["default"]`` for grids in the object store at ``url`` (``s3://bucket/prefix``)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    if not url.startswith("s3://") or not url[5:].split("/")[0]:
+        raise ImproperlyConfigured(f"UNITSCOPE_STORAGE_URL must look like s3://bucket/prefix, not {url!r}")
+    bucket, _, prefix = url[5:].partition("/")
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": bucket, "location": "/".join(p for p in (prefix.strip("/"), "media") if p),
+        "endpoint_url": UNITSCOPE_STORAGE_ENDPOINT_URL or None, "region_name": UNITSCOPE_STORAGE_REGION or None,
+        # names are content hashes: the same name is the same bytes, so overwriting is harmless
+        "file_overwrite": True, "custom_domain": UNITSCOPE_MEDIA_PUBLIC_URL or None,
+        "querystring_auth": not UNITSCOPE_MEDIA_PUBLIC_URL, "querystring_expire": UNITSCOPE_MEDIA_URL_EXPIRY,
+        "object_parameters": {"CacheControl": "public, max-age=31536000, immutable"},
+    }}
+
+
+if UNITSCOPE_STORAGE_URL:
+    STORAGES["default"] = object_store_media(UNITSCOPE_STORAGE_URL)
+
 # Celery. The embedded default needs no server: the filesystem transport keeps messages in folders
 # under the data dir, and a real worker process consumes them. It runs through unitscope.broker's transport
 # (atomic writes, a corrupt message set aside instead of killing the worker; README "The embedded broker"),
@@ -158,15 +191,18 @@ CELERY_VISIBILITY_TIMEOUT = 13 * 3600
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+# The embedded broker's folders: under the data dir unless UNITSCOPE_BROKER_DIR says where (processes on one machine
+# that keep separate data dirs, e.g. workers with their own scratch, share the broker through it).
+UNITSCOPE_BROKER_DIR = Path(env("UNITSCOPE_BROKER_DIR", str(UNITSCOPE_DATA_DIR / "celery"))).resolve()
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    _queue_dir = UNITSCOPE_DATA_DIR / "celery" / "queue"
-    _processed_dir = UNITSCOPE_DATA_DIR / "celery" / "processed"
+    _queue_dir = UNITSCOPE_BROKER_DIR / "queue"
+    _processed_dir = UNITSCOPE_BROKER_DIR / "processed"
     CELERY_BROKER_TRANSPORT = "unitscope.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(_processed_dir),
-        "control_folder": str(UNITSCOPE_DATA_DIR / "celery" / "control"),
+        "control_folder": str(UNITSCOPE_BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
     }
