@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup demo build-demo test test-fast bench chromium clean-demo
+.PHONY: setup demo build-demo test test-fast lint bench chromium clean-demo
 
 $(INSTALLED): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: setup chromium
 # The edit-test loop: engine and service tests; no browser, no worker process, no page tests of tests/web/.
 test-fast: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests --ignore=tests/web -m "not browser and not worker" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	$(PY) -m benchmarks

@@ -10,6 +10,7 @@ turns on the GIL).
 The application is loaded once in the master and warmed there (every view imported, every template compiled,
 :mod:`unitscope.warmup`) before workers are forked, so no visitor waits for a worker's first compile.
 """
+
 import os
 
 workers = int(os.environ.get("WEB_CONCURRENCY", (os.cpu_count() or 1) + 1))

@@ -3,6 +3,7 @@
 Researchers use the admin for studies and runs (they are staff and hold our apps' model permissions), never for
 accounts: whoever may edit users may make themselves superuser or set anyone's password.
 """
+
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group

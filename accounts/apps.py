@@ -19,6 +19,7 @@ class AccountsConfig(AppConfig):
 
         # Permissions exist only after every app's post_migrate ran; this receiver runs for each app
         # and is idempotent, so the groups end up with the full set.
-        post_migrate.connect(lambda **kwargs: role_groups_ensure(), dispatch_uid="accounts.role_groups_ensure",
-                             weak=False)
+        post_migrate.connect(
+            lambda **kwargs: role_groups_ensure(), dispatch_uid="accounts.role_groups_ensure", weak=False
+        )
         post_migrate.connect(cache_tables_ensure, sender=self, dispatch_uid="accounts.cache_tables_ensure")

@@ -10,8 +10,12 @@ def roles(request):
     if user is None or not user.is_authenticated:
         return {"user_roles": []}
     names = [role.value for role in user.roles]
-    return {"user_roles": names, "is_researcher": Role.RESEARCHER.value in names,
-            "is_expert": Role.EXPERT.value in names, "is_crowd": Role.CROWD.value in names}
+    return {
+        "user_roles": names,
+        "is_researcher": Role.RESEARCHER.value in names,
+        "is_expert": Role.EXPERT.value in names,
+        "is_crowd": Role.CROWD.value in names,
+    }
 
 
 def nav_section(request):

@@ -1,4 +1,5 @@
 """Login forms of the site and of the admin, both throttled (:mod:`accounts.throttle`)."""
+
 from __future__ import annotations
 
 from django import forms
@@ -24,7 +25,8 @@ class ThrottledLoginMixin:
             minutes = max(1, round(self.throttled_wait / 60))
             raise forms.ValidationError(
                 f"Too many failed logins. Try again in about {minutes} minute{'s' if minutes != 1 else ''}.",
-                code="throttled")
+                code="throttled",
+            )
         try:
             cleaned = super().clean()
         except forms.ValidationError:

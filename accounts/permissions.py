@@ -1,4 +1,5 @@
 """Role checks for views: anonymous users are sent to log in (302), users of other roles get 403."""
+
 from __future__ import annotations
 
 from django.contrib.auth.mixins import AccessMixin

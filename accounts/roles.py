@@ -1,4 +1,5 @@
 """The three roles of UnitScope, each a Django group, and where each lands after logging in."""
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -15,8 +16,11 @@ class Role(StrEnum):
 
     @property
     def home_url_name(self) -> str:
-        return {"researcher": "analysis:dashboard", "expert": "annotation:expert_home",
-                "crowd": "annotation:crowd_home"}[self.value]
+        return {
+            "researcher": "analysis:dashboard",
+            "expert": "annotation:expert_home",
+            "crowd": "annotation:crowd_home",
+        }[self.value]
 
 
 # Apps whose model permissions researchers hold (they run the admin for them). Not ``accounts``: users and groups

@@ -1,4 +1,5 @@
 """Writes for accounts and roles."""
+
 from __future__ import annotations
 
 from django.contrib.auth.models import Group, Permission
@@ -17,8 +18,7 @@ def role_groups_ensure() -> dict[Role, Group]:
 
 
 @transaction.atomic
-def user_create(*, username: str, password: str, role: Role, email: str = "",
-                first_name: str = "") -> User:
+def user_create(*, username: str, password: str, role: Role, email: str = "", first_name: str = "") -> User:
     """Create an active user with one role. Researchers may use the admin site (``is_staff``)."""
     groups = role_groups_ensure()
     user = User(username=username, email=email, first_name=first_name, is_staff=role is Role.RESEARCHER)

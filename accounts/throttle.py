@@ -8,6 +8,7 @@ the failures from one address on any usernames (one guesser spraying accounts). 
 is reached, logins on that account (or from that address) are refused until the window ends, even with the
 right password; a successful login clears its account's count, never its address's.
 """
+
 from __future__ import annotations
 
 from django.conf import settings

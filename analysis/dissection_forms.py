@@ -1,4 +1,5 @@
 """Forms that start Network Dissection runs from the layer pages."""
+
 from django import forms
 
 from analysis.models import Dataset, DissectionBaseline, UpsampleMethod
@@ -12,17 +13,28 @@ def _dataset_choices():
 
 class DissectionForm(forms.Form):
     dataset = forms.ChoiceField(help_text="The probe dataset whose masks score the units.")
-    upsample = form_field(DISSECTION_PARAMS, "upsample", choice_labels=dict(UpsampleMethod.choices),
-                          label="Upsampling to mask resolution")
-    baseline = form_field(DISSECTION_PARAMS, "baseline", choice_labels=dict(DissectionBaseline.choices),
-                          help_text="Shuffled: each image's activations scored against another image's masks; "
-                                    "detectors found then are chance.")
-    shards = form_field(DISSECTION_PARAMS, "shards", help_text="Image ranges tallied as separate tasks (more "
-                                                               "workers, faster); the counts merge exactly.")
+    upsample = form_field(
+        DISSECTION_PARAMS, "upsample", choice_labels=dict(UpsampleMethod.choices), label="Upsampling to mask resolution"
+    )
+    baseline = form_field(
+        DISSECTION_PARAMS,
+        "baseline",
+        choice_labels=dict(DissectionBaseline.choices),
+        help_text="Shuffled: each image's activations scored against another image's masks; "
+        "detectors found then are chance.",
+    )
+    shards = form_field(
+        DISSECTION_PARAMS,
+        "shards",
+        help_text="Image ranges tallied as separate tasks (more workers, faster); the counts merge exactly.",
+    )
     iou_threshold = form_field(DISSECTION_PARAMS, "iou_threshold", label="Detector IoU threshold")
-    strict_threshold = form_field(DISSECTION_PARAMS, "strict_threshold",
-                                  label="Strict threshold (S > T, the published code)",
-                                  help_text="Unticked: ND'18's S ≥ T.")
+    strict_threshold = form_field(
+        DISSECTION_PARAMS,
+        "strict_threshold",
+        label="Strict threshold (S > T, the published code)",
+        help_text="Unticked: ND'18's S ≥ T.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -41,12 +53,18 @@ def _number_list(text: str, kind, what: str):
 
 class RotationForm(forms.Form):
     dataset = forms.ChoiceField()
-    alphas = forms.CharField(initial=", ".join(f"{alpha:g}" for alpha in ROTATION_DEFAULTS["alphas"]),
-                             label="α values", help_text="Fractions of the rotation, in [0, 1]; 0 is the layer itself.")
-    seeds = forms.CharField(initial=", ".join(str(seed) for seed in ROTATION_DEFAULTS["seeds"]),
-                            help_text="One random rotation Q per seed (ND'18 repeats α = 1 ten times).")
-    upsample = form_field(ROTATION_PARAMS, "upsample", choice_labels=dict(UpsampleMethod.choices),
-                          label="Upsampling to mask resolution")
+    alphas = forms.CharField(
+        initial=", ".join(f"{alpha:g}" for alpha in ROTATION_DEFAULTS["alphas"]),
+        label="α values",
+        help_text="Fractions of the rotation, in [0, 1]; 0 is the layer itself.",
+    )
+    seeds = forms.CharField(
+        initial=", ".join(str(seed) for seed in ROTATION_DEFAULTS["seeds"]),
+        help_text="One random rotation Q per seed (ND'18 repeats α = 1 ten times).",
+    )
+    upsample = form_field(
+        ROTATION_PARAMS, "upsample", choice_labels=dict(UpsampleMethod.choices), label="Upsampling to mask resolution"
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

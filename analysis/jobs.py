@@ -9,6 +9,7 @@ documentation. This module imports nothing of the project, so models and service
 A kind's executor is a service function ``execute(*, run, progress, device) -> dict`` returning the run's
 result summary (JSON); its exporter ``export(run, out_dir) -> list[Path]`` writes the run's plain files.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """The machine side's data: runs (jobs) now; datasets, networks, units and scores join them."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -53,8 +54,9 @@ class Run(models.Model):
     error = models.TextField(blank=True, help_text="A readable message for people.")
     error_detail = models.TextField(blank=True, help_text="The traceback, for developers.")
     result = models.JSONField(default=dict, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="runs")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -145,8 +147,11 @@ class Dataset(models.Model):
 
     name = models.SlugField(max_length=100, unique=True)
     kind = models.CharField(max_length=16, choices=DatasetKind.choices)
-    root_dir = models.CharField(max_length=500, help_text="The Broden-format directory: its artifact key (under the "
-                                "data dir or in the object store) or an absolute path on a single machine.")
+    root_dir = models.CharField(
+        max_length=500,
+        help_text="The Broden-format directory: its artifact key (under the "
+        "data dir or in the object store) or an absolute path on a single machine.",
+    )
     source_dir = models.CharField(max_length=500, blank=True, help_text="Where it was imported from.")
     description = models.TextField(blank=True)
     image_count = models.PositiveIntegerField(default=0)
@@ -256,8 +261,12 @@ class Network(models.Model):
     input_width = models.PositiveIntegerField(default=224)
     mean = models.JSONField(default=list)
     std = models.JSONField(default=list)
-    channel_order = models.CharField(max_length=3, default="RGB", choices=[("RGB", "RGB"), ("BGR", "BGR")],
-                                     help_text="Colour order the network reads; mean/std are in this order.")
+    channel_order = models.CharField(
+        max_length=3,
+        default="RGB",
+        choices=[("RGB", "RGB"), ("BGR", "BGR")],
+        help_text="Colour order the network reads; mean/std are in this order.",
+    )
     class_names = models.JSONField(default=list, blank=True)
     callable_kwargs = models.JSONField(default=dict, blank=True)
     trained_on = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -293,8 +302,9 @@ class Layer(models.Model):
     rf_offset_y = models.FloatField(null=True, blank=True)
     rf_offset_x = models.FloatField(null=True, blank=True)
     rf_verified = models.BooleanField(default=False, help_text="Analytic geometry equals the numeric probe.")
-    rf_check = models.CharField(max_length=500, blank=True,
-                                help_text="What the numeric check sampled, or why it differs or was not run.")
+    rf_check = models.CharField(
+        max_length=500, blank=True, help_text="What the numeric check sampled, or why it differs or was not run."
+    )
 
     class Meta:
         ordering = ["network", "order"]
@@ -310,15 +320,23 @@ class Layer(models.Model):
     def geometry(self):
         """The layer's receptive-field geometry as the engine's ``LayerGeometry`` (``(y, x)`` pairs, input pixels),
         or ``None`` when the model could not be traced. The one place the ``rf_*`` fields are read."""
-        if None in (self.rf_size_y, self.rf_size_x, self.rf_stride_y, self.rf_stride_x, self.rf_offset_y,
-                    self.rf_offset_x):
+        if None in (
+            self.rf_size_y,
+            self.rf_size_x,
+            self.rf_stride_y,
+            self.rf_stride_x,
+            self.rf_offset_y,
+            self.rf_offset_x,
+        ):
             return None
         # receptive_field imports torch, which web processes that only list layers never need to load.
         from analysis.engine.receptive_field import LayerGeometry
 
-        return LayerGeometry(size=(int(self.rf_size_y), int(self.rf_size_x)),
-                             stride=(int(self.rf_stride_y), int(self.rf_stride_x)),
-                             offset=(float(self.rf_offset_y), float(self.rf_offset_x)))
+        return LayerGeometry(
+            size=(int(self.rf_size_y), int(self.rf_size_x)),
+            stride=(int(self.rf_stride_y), int(self.rf_stride_x)),
+            offset=(float(self.rf_offset_y), float(self.rf_offset_x)),
+        )
 
 
 class Unit(models.Model):
@@ -387,11 +405,17 @@ class UnitActivationSummaryQuerySet(models.QuerySet):
 
     def with_status(self):
         """Each summary with ``status`` (a :class:`UnitStatus` value) and ``status_rank`` (0 live, 1 not)."""
-        status = models.Case(models.When(max_activation__lte=0, then=models.Value(UnitStatus.DEAD.value)),
-                             models.When(threshold=0, then=models.Value(UnitStatus.SATURATED.value)),
-                             default=models.Value(UnitStatus.LIVE.value), output_field=models.CharField())
-        rank = models.Case(models.When(self.dead_q(), then=models.Value(1)), default=models.Value(0),
-                           output_field=models.IntegerField())
+        status = models.Case(
+            models.When(max_activation__lte=0, then=models.Value(UnitStatus.DEAD.value)),
+            models.When(threshold=0, then=models.Value(UnitStatus.SATURATED.value)),
+            default=models.Value(UnitStatus.LIVE.value),
+            output_field=models.CharField(),
+        )
+        rank = models.Case(
+            models.When(self.dead_q(), then=models.Value(1)),
+            default=models.Value(0),
+            output_field=models.IntegerField(),
+        )
         return self.annotate(status=status, status_rank=rank)
 
     def dead(self):
@@ -412,10 +436,13 @@ class UnitActivationSummary(models.Model):
     max_activation = models.FloatField()
     active_images = models.PositiveIntegerField(help_text="Images where the unit's map maximum exceeds 0.")
     ceiling_ties = models.PositiveIntegerField(
-        default=0, help_text="Top images whose map maximum equals the unit's maximum (at most k_overall).")
+        default=0, help_text="Top images whose map maximum equals the unit's maximum (at most k_overall)."
+    )
     saturated_at_ceiling = models.BooleanField(
-        default=False, help_text="Threshold equals the maximum and several top images tie there (e.g. ReLU6 at 6): "
-                                 "the top images are ordered by the map sum and masks are the saturated region.")
+        default=False,
+        help_text="Threshold equals the maximum and several top images tie there (e.g. ReLU6 at 6): "
+        "the top images are ordered by the map sum and masks are the saturated region.",
+    )
 
     objects = UnitActivationSummaryQuerySet.as_manager()
 
@@ -488,6 +515,7 @@ class ExemplarSet(models.Model):
 
 # -- Network Dissection (ND'18 §2.2, §3.2) ----------------------------------------------------------
 
+
 class DissectionBaseline(models.TextChoices):
     NONE = "none", "None (ND'18 dissection)"
     SHUFFLED = "shuffled", "Shuffled masks (null baseline)"
@@ -523,16 +551,22 @@ class LayerDissection(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="layer_dissections")
     layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="dissections")
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
-    extraction = models.ForeignKey(LayerExtraction, null=True, on_delete=models.SET_NULL, related_name="dissections",
-                                   help_text="Whose cached maps and thresholds were used.")
+    extraction = models.ForeignKey(
+        LayerExtraction,
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="dissections",
+        help_text="Whose cached maps and thresholds were used.",
+    )
     baseline = models.CharField(max_length=16, choices=DissectionBaseline.choices, default=DissectionBaseline.NONE)
     shuffle_seed = models.IntegerField(default=0)
     upsample = models.CharField(max_length=16, choices=UpsampleMethod.choices, default=UpsampleMethod.ANCHORED)
     quantile = models.FloatField()
     iou_threshold = models.FloatField()
     strict_threshold = models.BooleanField(default=False, help_text="Active when S_k > T_k (ND'18: S_k ≥ T_k).")
-    count_saturated = models.BooleanField(default=False,
-                                          help_text="Whether a unit active on every pixel may be a detector.")
+    count_saturated = models.BooleanField(
+        default=False, help_text="Whether a unit active on every pixel may be a detector."
+    )
     categories = models.JSONField(default=list, help_text="Category names, in the tally's category order.")
     directory = models.CharField(max_length=500)
     shards = models.PositiveIntegerField(default=1)
@@ -545,8 +579,9 @@ class LayerDissection(models.Model):
     n_detectors = models.PositiveIntegerField(default=0)
     n_unique_detectors = models.PositiveIntegerField(default=0)
     n_saturated = models.PositiveIntegerField(default=0, help_text="Units whose mask covers every pixel.")
-    per_category = models.JSONField(default=dict, blank=True,
-                                    help_text="{category: {detectors, unique, concepts}} in category order.")
+    per_category = models.JSONField(
+        default=dict, blank=True, help_text="{category: {detectors, unique, concepts}} in category order."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -560,8 +595,10 @@ class LayerDissection(models.Model):
         return f"dissection of {self.layer} on {self.dataset} (run {self.run_id})"
 
     def get_absolute_url(self) -> str:
-        return reverse("analysis:layer_dissection", args=[self.layer.network.name, self.layer.name]) + \
-            f"?run={self.run_id}"
+        return (
+            reverse("analysis:layer_dissection", args=[self.layer.network.name, self.layer.name])
+            + f"?run={self.run_id}"
+        )
 
     @property
     def tally_path(self):
@@ -576,15 +613,22 @@ class UnitDissection(models.Model):
 
     dissection = models.ForeignKey(LayerDissection, on_delete=models.CASCADE, related_name="unit_results")
     unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="dissection_results")
-    concept = models.ForeignKey(Concept, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
-                                help_text="The unit's label: its top concept (none when every IoU is 0).")
+    concept = models.ForeignKey(
+        Concept,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The unit's label: its top concept (none when every IoU is 0).",
+    )
     iou = models.FloatField(default=0.0)
     is_detector = models.BooleanField(default=False)
     saturated = models.BooleanField(default=False, help_text="Active on every pixel of every image.")
     threshold = models.FloatField()
     active_pixels = models.BigIntegerField(default=0)
-    top_concepts = models.JSONField(default=list, blank=True,
-                                    help_text="[{number, name, category, iou}], best first, IoU > 0 only.")
+    top_concepts = models.JSONField(
+        default=list, blank=True, help_text="[{number, name, category, iou}], best first, IoU > 0 only."
+    )
 
     class Meta:
         ordering = ["unit__index"]
@@ -631,12 +675,14 @@ class Net2VecStudy(models.Model):
     params = models.JSONField(default=dict, help_text="Training parameters (epochs, lr, pixels per image, seed...).")
     top_f = models.JSONField(default=list, help_text="Subset sizes F trained (those ≤ the layer's width).")
     n_concepts = models.PositiveIntegerField(default=0)
-    n_combination_wins = models.PositiveIntegerField(default=0,
-                                                     help_text="Concepts whose combination IoU ≥ the best single.")
+    n_combination_wins = models.PositiveIntegerField(
+        default=0, help_text="Concepts whose combination IoU ≥ the best single."
+    )
     classification_top_f = models.JSONField(default=list, help_text="Classification subset sizes F trained (§3.2.2).")
     n_classification_concepts = models.PositiveIntegerField(default=0)
     n_classification_wins = models.PositiveIntegerField(
-        default=0, help_text="Concepts whose combination's balanced val accuracy ≥ the single filter's (F = 1).")
+        default=0, help_text="Concepts whose combination's balanced val accuracy ≥ the single filter's (F = 1)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -653,8 +699,11 @@ class Net2VecStudy(models.Model):
     @property
     def classification_share(self) -> float | None:
         """Percent of concepts where the combination's balanced val accuracy ≥ the single filter's (Table 1)."""
-        return (100.0 * self.n_classification_wins / self.n_classification_concepts
-                if self.n_classification_concepts else None)
+        return (
+            100.0 * self.n_classification_wins / self.n_classification_concepts
+            if self.n_classification_concepts
+            else None
+        )
 
 
 class Net2VecConcept(models.Model):
@@ -671,13 +720,15 @@ class Net2VecConcept(models.Model):
     combination_val_iou = models.FloatField()
     top_f_val_iou = models.JSONField(default=dict, help_text="{F: val set IoU of the retrained top-F probe}.")
     all_pixels_val_iou = models.FloatField(
-        null=True, blank=True,
-        help_text="Val set IoU of the trivial mask 'every pixel of the images with the concept'.")
+        null=True, blank=True, help_text="Val set IoU of the trivial mask 'every pixel of the images with the concept'."
+    )
     embedding = models.JSONField(default=list, help_text="The learned w, one float per unit.")
     bias = models.FloatField(default=0.0)
     exemplars = models.JSONField(
-        default=dict, help_text="Non-extremal exemplars (§5.1, Figs. 7–8): {'single'|'combination': {rows, ious, "
-                                "images, zero, mean, std}}, one val image per decile of the non-zero IoU_ind.")
+        default=dict,
+        help_text="Non-extremal exemplars (§5.1, Figs. 7–8): {'single'|'combination': {rows, ious, "
+        "images, zero, mean, std}}, one val image per decile of the non-zero IoU_ind.",
+    )
 
     class Meta:
         ordering = ["-train_images", "concept__number"]
@@ -708,7 +759,8 @@ class Net2VecClassification(models.Model):
     top_f_val_ap = models.JSONField(default=dict, help_text="{F: val average precision of the top-F classifier}.")
     embedding = models.JSONField(default=list, help_text="Eq. 5's w on raw pooled activations (the embedding, §5.3).")
     standardized_weight = models.JSONField(
-        default=list, help_text="The same classifier's w per standard deviation of each unit's input (training's).")
+        default=list, help_text="The same classifier's w per standard deviation of each unit's input (training's)."
+    )
     bias = models.FloatField(default=0.0, help_text="Eq. 5's b, with the raw w.")
 
     class Meta:
@@ -721,6 +773,7 @@ class Net2VecClassification(models.Model):
 
 
 # -- Part detection and discriminativeness (GG'18 §3, §5–6) ------------------------------------------
+
 
 class PartInputs(models.TextChoices):
     OBJECT_CROPS = "object_crops", "Object boxes with context, warped to the input (R-CNN style, GG'18)"
@@ -742,10 +795,12 @@ class PartDetectionStudy(models.Model):
     n_parts = models.PositiveIntegerField(default=0)
     n_emerged = models.PositiveIntegerField(default=0, help_text="Parts whose GA AP exceeds the AP criterion.")
     n_emerged_above_prior = models.PositiveIntegerField(
-        default=0, help_text="Parts whose GA AP exceeds the AP criterion and their location-prior floor.")
+        default=0, help_text="Parts whose GA AP exceeds the AP criterion and their location-prior floor."
+    )
     n_covered = models.PositiveIntegerField(default=0, help_text="Parts whose GA recall exceeds the coverage one.")
-    mean_prior_ap = models.FloatField(null=True, blank=True,
-                                      help_text="Mean location-prior floor AP (none for studies made before it).")
+    mean_prior_ap = models.FloatField(
+        null=True, blank=True, help_text="Mean location-prior floor AP (none for studies made before it)."
+    )
     mean_best_ap = models.FloatField(default=0.0)
     mean_ga_ap = models.FloatField(default=0.0)
     mean_top_ap = models.FloatField(default=0.0)
@@ -841,8 +896,9 @@ class AblationStudy(models.Model):
         return f"ablations of {self.layer} on {self.dataset} (run {self.run_id})"
 
     def get_absolute_url(self) -> str:
-        return reverse("analysis:layer_ablation", args=[self.layer.network.name, self.layer.name]) + \
-            f"?run={self.run_id}"
+        return (
+            reverse("analysis:layer_ablation", args=[self.layer.network.name, self.layer.name]) + f"?run={self.run_id}"
+        )
 
 
 class ClassDiscriminativeness(models.Model):
@@ -885,6 +941,7 @@ class PartDiscriminativeness(models.Model):
 
 # -- Explanatory graph (Zhang et al. AAAI'18) ---------------------------------------------------------
 
+
 class ExplanatoryGraph(models.Model):
     """An explanatory graph learned over some conv layers of a network (see analysis.engine.explanatory_graph).
 
@@ -907,8 +964,11 @@ class ExplanatoryGraph(models.Model):
     n_edges = models.PositiveIntegerField(default=0)
     plane_unit = models.FloatField(default=1.0, help_text="Input pixels per plane unit (the input's longer side).")
     landmarks = models.JSONField(default=list, help_text="Part names whose box centres are the landmarks.")
-    instability = models.JSONField(default=dict, help_text="{layer: {nodes, filters, node_patterns, filter_patterns}}: "
-                                                           "mean location instability over the top patterns.")
+    instability = models.JSONField(
+        default=dict,
+        help_text="{layer: {nodes, filters, node_patterns, filter_patterns}}: "
+        "mean location instability over the top patterns.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -4,6 +4,7 @@ importing the app that knows (``annotation`` registers its panels from ``AppConf
 A panel is a callable ``panel(*, unit, request) -> str | None``: the HTML of a card (already escaped, e.g. from
 ``render_to_string``), or None when it has nothing to show for that unit.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

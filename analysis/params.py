@@ -12,6 +12,7 @@ not ``True``, a string is not a list), except that an integer is a number where 
 name the parameter. This module is Django-free apart from :func:`form_field`, which imports Django's forms when
 called.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ class ParamsError(RunInputError):
 
     def __init__(self, errors: Mapping[str, str]):
         self._errors = dict(errors)
-        super().__init__("; ".join(f"{name}: {message}" for name, message in self._errors.items()),
-                         field=next(iter(self._errors)))
+        super().__init__(
+            "; ".join(f"{name}: {message}" for name, message in self._errors.items()), field=next(iter(self._errors))
+        )
 
     @property
     def errors(self) -> dict[str, str]:
@@ -102,12 +104,15 @@ class Param:
         else:
             what = _TYPE_WORDS[self.type]
             if self.low is not None or self.high is not None:
-                what += " " + ("in " if self.low is not None and self.high is not None else "") + _interval(
-                    self.low, self.high, self.low_open, self.high_open)
+                what += (
+                    " "
+                    + ("in " if self.low is not None and self.high is not None else "")
+                    + _interval(self.low, self.high, self.low_open, self.high_open)
+                )
             if self.pattern == SLUG:
                 what += " of letters, digits, '-' and '_'"
         if self.many:
-            items = (f"{self.min_items} to {self.max_items}" if self.min_items else f"at most {self.max_items}")
+            items = f"{self.min_items} to {self.max_items}" if self.min_items else f"at most {self.max_items}"
             what = f"a list of {items} values, each {what}"
         return what + (" or null" if self.nullable else "")
 
@@ -179,8 +184,9 @@ class ParamSchema:
     _defaults: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "_defaults", {name: param.default for name, param in self.fields.items()
-                                               if not param.required})
+        object.__setattr__(
+            self, "_defaults", {name: param.default for name, param in self.fields.items() if not param.required}
+        )
 
     def __getitem__(self, name: str) -> Param:
         return self.fields[name]
@@ -195,8 +201,11 @@ class ParamSchema:
         filled in. Raises :class:`ParamsError` naming every parameter at fault."""
         if not isinstance(params, Mapping):
             raise ParamsError({"params": f"must be an object of named parameters, not {_shown(params)}"})
-        errors = {str(name): "not a parameter of this kind, which takes " + ", ".join(self.fields)
-                  for name in params if name not in self.fields}
+        errors = {
+            str(name): "not a parameter of this kind, which takes " + ", ".join(self.fields)
+            for name in params
+            if name not in self.fields
+        }
         cleaned: dict[str, Any] = {}
         defaults = self.defaults
         for name, param in self.fields.items():
@@ -225,6 +234,7 @@ class ParamSchema:
 
 # -- interfaces: the site's forms and the management commands take the schema's definitions ------------------
 
+
 def form_field(schema: ParamSchema, name: str, **kwargs: Any):
     """A Django form field for ``schema[name]`` (a single value, not a list): its initial value, bounds, choices
     and pattern come from the schema; ``kwargs`` add the label, help text, widget, ``choice_labels``. What a form
@@ -240,8 +250,9 @@ def form_field(schema: ParamSchema, name: str, **kwargs: Any):
         options["initial"] = param.default
     if param.choices is not None:
         labels = kwargs.pop("choice_labels", {})
-        return forms.ChoiceField(choices=[(choice, labels.get(choice, choice)) for choice in param.choices],
-                                 **options, **kwargs)
+        return forms.ChoiceField(
+            choices=[(choice, labels.get(choice, choice)) for choice in param.choices], **options, **kwargs
+        )
     if param.type is bool:
         return forms.BooleanField(required=False, initial=param.default, **kwargs)
     if param.type is str:
@@ -269,8 +280,9 @@ def add_argument(parser: argparse.ArgumentParser, schema: ParamSchema, name: str
     if param.type is bool and param.default is False:
         return parser.add_argument(*flags, action="store_true", **options, **kwargs)
     if param.type is bool:
-        return parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=param.default,
-                                   **options, **kwargs)
+        return parser.add_argument(
+            *flags, action=argparse.BooleanOptionalAction, default=param.default, **options, **kwargs
+        )
     options["type"] = param.type
     if param.required:
         options["required"] = True

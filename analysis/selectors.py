@@ -1,4 +1,5 @@
 """Reads of the machine side."""
+
 from __future__ import annotations
 
 import shlex
@@ -47,11 +48,15 @@ def queues_liveness(*, now: datetime | None = None) -> dict[str, QueueLiveness]:
     for heartbeat in WorkerHeartbeat.objects.all():
         for queue in heartbeat.queue_list:
             seen.setdefault(queue, []).append(heartbeat)
-    return {queue: QueueLiveness(queue=queue,
-                                 alive=any(beat.last_seen >= alive_after for beat in beats),
-                                 workers=tuple(beat.hostname for beat in beats if beat.last_seen >= alive_after),
-                                 last_seen=max(beat.last_seen for beat in beats))
-            for queue, beats in seen.items()}
+    return {
+        queue: QueueLiveness(
+            queue=queue,
+            alive=any(beat.last_seen >= alive_after for beat in beats),
+            workers=tuple(beat.hostname for beat in beats if beat.last_seen >= alive_after),
+            last_seen=max(beat.last_seen for beat in beats),
+        )
+        for queue, beats in seen.items()
+    }
 
 
 def queue_liveness(queue: str, *, now: datetime | None = None) -> QueueLiveness:
@@ -84,8 +89,9 @@ class RunWorkerState:
     last_seen: datetime | None = None  # the last heartbeat of any worker of the queue (no_worker only)
 
 
-def run_worker_state(run: Run, *, liveness: dict[str, QueueLiveness] | None = None,
-                     now: datetime | None = None) -> RunWorkerState:
+def run_worker_state(
+    run: Run, *, liveness: dict[str, QueueLiveness] | None = None, now: datetime | None = None
+) -> RunWorkerState:
     """The worker state of ``run`` (pass ``liveness`` from :func:`queues_liveness` when judging many runs).
 
     A queued run says "no worker" when no worker of its queue was seen within ``UNITSCOPE_WORKER_ALIVE_SECONDS``
@@ -104,10 +110,14 @@ def run_worker_state(run: Run, *, liveness: dict[str, QueueLiveness] | None = No
     if live is None and waited < settings.UNITSCOPE_WORKER_ALIVE_SECONDS:
         return RunWorkerState("waiting", "Waiting for a worker")
     command = worker_start_command(run.queue)
-    seen = (f" (one was last seen {timezone.localtime(live.last_seen):%Y-%m-%d %H:%M:%S})" if live is not None
-            else "")
-    return RunWorkerState("no_worker", f"No worker is running for the {run.queue} queue{seen} — start one with "
-                                       f"`{command}`.", command, run.queue, live.last_seen if live else None)
+    seen = f" (one was last seen {timezone.localtime(live.last_seen):%Y-%m-%d %H:%M:%S})" if live is not None else ""
+    return RunWorkerState(
+        "no_worker",
+        f"No worker is running for the {run.queue} queue{seen} — start one with `{command}`.",
+        command,
+        run.queue,
+        live.last_seen if live else None,
+    )
 
 
 def runs_with_worker_state(runs) -> list[Run]:
@@ -131,8 +141,12 @@ def queues_without_worker() -> list[RunWorkerState]:
         return []
     now = timezone.now()
     liveness = queues_liveness(now=now)
-    states = [run_worker_state(Run(queue=row["queue"], status=RunStatus.QUEUED, created_at=row["first"]),
-                               liveness=liveness, now=now) for row in oldest]
+    states = [
+        run_worker_state(
+            Run(queue=row["queue"], status=RunStatus.QUEUED, created_at=row["first"]), liveness=liveness, now=now
+        )
+        for row in oldest
+    ]
     return sorted((state for state in states if state.state == "no_worker"), key=lambda state: state.queue)
 
 
@@ -165,8 +179,13 @@ def networks_for_list():
     return Network.objects.select_related("trained_on").annotate(layer_count=Count("layers"))
 
 
-UNIT_SORTS = {"unit": "unit__index", "max": "-max_activation", "threshold": "-threshold", "active": "-active_images",
-              "iou": "-label_iou"}
+UNIT_SORTS = {
+    "unit": "unit__index",
+    "max": "-max_activation",
+    "threshold": "-threshold",
+    "active": "-active_images",
+    "iou": "-label_iou",
+}
 UNIT_PAGE_SIZE = 50
 
 
@@ -180,8 +199,18 @@ def latest_extraction(layer, *, run_id: int | None = None):
     return extractions.order_by("-created_at", "-id").first()
 
 
-def unit_rows(extraction, *, sort: str = "unit", dissection=None, search: str = "", label: str = "",
-              category: str = "", iou_min: float | None = None, iou_max: float | None = None, status: str = ""):
+def unit_rows(
+    extraction,
+    *,
+    sort: str = "unit",
+    dissection=None,
+    search: str = "",
+    label: str = "",
+    category: str = "",
+    iou_min: float | None = None,
+    iou_max: float | None = None,
+    status: str = "",
+):
     """Per-unit summaries of an extraction, each with its status (live, dead, saturated; see ``UnitStatus``),
     its top-overall grid (``top_grid_path``, ``top_grid_width``, ``top_grid_height``) and, when ``dissection``
     is given, its label there (``label_name``, ``label_category``, ``label_iou``, ``label_detector``).
@@ -194,18 +223,24 @@ def unit_rows(extraction, *, sort: str = "unit", dissection=None, search: str = 
 
     from analysis.models import ExemplarKind, ExemplarSet, UnitDissection, UnitStatus
 
-    top_grid = ExemplarSet.objects.filter(extraction=extraction, unit=OuterRef("unit"),
-                                          kind=ExemplarKind.TOP_OVERALL)
-    rows = (extraction.unit_summaries.with_status().select_related("unit")
-            .annotate(top_grid_path=Subquery(top_grid.values("grid__path")[:1]),
-                      top_grid_width=Subquery(top_grid.values("grid__width")[:1]),
-                      top_grid_height=Subquery(top_grid.values("grid__height")[:1])))
+    top_grid = ExemplarSet.objects.filter(extraction=extraction, unit=OuterRef("unit"), kind=ExemplarKind.TOP_OVERALL)
+    rows = (
+        extraction.unit_summaries.with_status()
+        .select_related("unit")
+        .annotate(
+            top_grid_path=Subquery(top_grid.values("grid__path")[:1]),
+            top_grid_width=Subquery(top_grid.values("grid__width")[:1]),
+            top_grid_height=Subquery(top_grid.values("grid__height")[:1]),
+        )
+    )
     if dissection is not None:
         result = UnitDissection.objects.filter(dissection=dissection, unit=OuterRef("unit"))
-        rows = rows.annotate(label_name=Subquery(result.values("concept__name")[:1]),
-                             label_category=Subquery(result.values("concept__category")[:1]),
-                             label_iou=Subquery(result.values("iou")[:1]),
-                             label_detector=Subquery(result.values("is_detector")[:1]))
+        rows = rows.annotate(
+            label_name=Subquery(result.values("concept__name")[:1]),
+            label_category=Subquery(result.values("concept__category")[:1]),
+            label_iou=Subquery(result.values("iou")[:1]),
+            label_detector=Subquery(result.values("is_detector")[:1]),
+        )
     if status == "live":
         rows = rows.filter(status_rank=0)
     elif status == "dead":
@@ -238,8 +273,9 @@ def unit_label_choices(dissection) -> tuple[list[str], list[str]]:
         return [], []
     labelled = dissection.unit_results.exclude(concept=None)
     names = sorted(set(labelled.values_list("concept__name", flat=True)))
-    categories = [category for category in dissection.categories
-                  if labelled.filter(concept__category=category).exists()]
+    categories = [
+        category for category in dissection.categories if labelled.filter(concept__category=category).exists()
+    ]
     return names, categories
 
 
@@ -275,6 +311,7 @@ def unit_exemplars(extraction, unit):
 
 
 # -- Network Dissection ---------------------------------------------------------------------------------
+
 
 def latest_dissection(layer, *, dataset=None, run_id: int | None = None, baseline: str = "none"):
     """The layer's newest complete dissection (on ``dataset`` when given; of run ``run_id`` when given)."""
@@ -321,8 +358,13 @@ def network_dissections(network, *, dataset=None):
     when given (else on the dataset of the network's newest dissection)."""
     from analysis.models import LayerDissection
 
-    dissections = (LayerDissection.objects.complete().real().filter(layer__network=network)
-                   .select_related("layer", "dataset", "run").newest_first())
+    dissections = (
+        LayerDissection.objects.complete()
+        .real()
+        .filter(layer__network=network)
+        .select_related("layer", "dataset", "run")
+        .newest_first()
+    )
     if dataset is None:
         newest = dissections.first()
         if newest is None:
@@ -340,10 +382,18 @@ def latest_baseline_for(dissection):
 
     if dissection is None:
         return None
-    return (LayerDissection.objects.complete()
-            .filter(layer=dissection.layer, dataset=dissection.dataset, baseline=DissectionBaseline.SHUFFLED,
-                    quantile=dissection.quantile, upsample=dissection.upsample)
-            .newest_first().first())
+    return (
+        LayerDissection.objects.complete()
+        .filter(
+            layer=dissection.layer,
+            dataset=dissection.dataset,
+            baseline=DissectionBaseline.SHUFFLED,
+            quantile=dissection.quantile,
+            upsample=dissection.upsample,
+        )
+        .newest_first()
+        .first()
+    )
 
 
 def latest_rotation_test(layer, *, run_id: int | None = None):
@@ -359,11 +409,19 @@ def concept_labelled_units(concept):
     from analysis.models import LayerDissection, UnitDissection
 
     newest = {}
-    for dissection in (LayerDissection.objects.complete().real().filter(dataset=concept.dataset)
-                       .select_related("layer__network").newest_first()):
+    for dissection in (
+        LayerDissection.objects.complete()
+        .real()
+        .filter(dataset=concept.dataset)
+        .select_related("layer__network")
+        .newest_first()
+    ):
         newest.setdefault(dissection.layer_id, dissection.pk)
-    return (UnitDissection.objects.filter(dissection_id__in=newest.values(), concept=concept)
-            .select_related("unit__layer__network", "dissection").order_by("-iou"))
+    return (
+        UnitDissection.objects.filter(dissection_id__in=newest.values(), concept=concept)
+        .select_related("unit__layer__network", "dissection")
+        .order_by("-iou")
+    )
 
 
 def concept_best_units(concept, *, limit: int = 8) -> list[dict]:
@@ -374,8 +432,13 @@ def concept_best_units(concept, *, limit: int = 8) -> list[dict]:
     from analysis.models import LayerDissection, UnitDissection
 
     newest = {}
-    for dissection in (LayerDissection.objects.complete().real().filter(dataset=concept.dataset)
-                       .select_related("layer__network").newest_first()):
+    for dissection in (
+        LayerDissection.objects.complete()
+        .real()
+        .filter(dataset=concept.dataset)
+        .select_related("layer__network")
+        .newest_first()
+    ):
         newest.setdefault(dissection.layer_id, dissection)
     rows = []
     for dissection in sorted(newest.values(), key=lambda d: (d.layer.network.name, d.layer.order)):
@@ -388,11 +451,19 @@ def concept_best_units(concept, *, limit: int = 8) -> list[dict]:
             continue
         column = iou[:, concept.number]
         order = [int(unit) for unit in np.argsort(-column, kind="stable")[:limit] if column[unit] > 0]
-        results = {result.unit.index: result for result in UnitDissection.objects.filter(
-            dissection=dissection, unit__index__in=order).select_related("unit", "concept")}
-        rows.append({"dissection": dissection, "layer": dissection.layer,
-                     "units": [{"index": unit, "iou": float(column[unit]), "result": results.get(unit)}
-                               for unit in order]})
+        results = {
+            result.unit.index: result
+            for result in UnitDissection.objects.filter(dissection=dissection, unit__index__in=order).select_related(
+                "unit", "concept"
+            )
+        }
+        rows.append(
+            {
+                "dissection": dissection,
+                "layer": dissection.layer,
+                "units": [{"index": unit, "iou": float(column[unit]), "result": results.get(unit)} for unit in order],
+            }
+        )
     return rows
 
 
@@ -401,16 +472,29 @@ def dissection_live_detectors(dissection, dead_units: set[int]) -> dict:
     as detectors, even where the run's rule counted them): ``{"detectors", "unique", "per_category"}`` with
     ``per_category`` shaped as :attr:`LayerDissection.per_category`."""
     per_category = {category: {"detectors": 0, "concepts": set()} for category in dissection.categories}
-    detectors = (dissection.unit_results.filter(is_detector=True).exclude(unit__index__in=dead_units)
-                 .exclude(concept=None).values_list("concept__category", "concept__name"))
+    detectors = (
+        dissection.unit_results.filter(is_detector=True)
+        .exclude(unit__index__in=dead_units)
+        .exclude(concept=None)
+        .values_list("concept__category", "concept__name")
+    )
     for category, name in detectors:
         entry = per_category.setdefault(category, {"detectors": 0, "concepts": set()})
         entry["detectors"] += 1
         entry["concepts"].add(name)
-    per_category = {category: {"detectors": entry["detectors"], "unique": len(entry["concepts"]),
-                               "concepts": sorted(entry["concepts"])} for category, entry in per_category.items()}
-    return {"detectors": sum(entry["detectors"] for entry in per_category.values()),
-            "unique": sum(entry["unique"] for entry in per_category.values()), "per_category": per_category}
+    per_category = {
+        category: {
+            "detectors": entry["detectors"],
+            "unique": len(entry["concepts"]),
+            "concepts": sorted(entry["concepts"]),
+        }
+        for category, entry in per_category.items()
+    }
+    return {
+        "detectors": sum(entry["detectors"] for entry in per_category.values()),
+        "unique": sum(entry["unique"] for entry in per_category.values()),
+        "per_category": per_category,
+    }
 
 
 # -- sanity warnings on results --------------------------------------------------------------------------
@@ -446,27 +530,38 @@ def graph_sanity_warnings(graph, *, layer_name: str | None = None) -> list[str]:
         nodes = nodes.filter(layer__name=layer_name)
     positions: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     top: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for name, filter_index, x, y, rank in nodes.order_by("rank").values_list("layer__name", "filter", "mu_x",
-                                                                              "mu_y", "rank"):
+    for name, filter_index, x, y, _rank in nodes.order_by("rank").values_list(
+        "layer__name", "filter", "mu_x", "mu_y", "rank"
+    ):
         positions[name][filter_index].append((x, y))
         if len(top[name]) < GRAPH_TOP_NODES:
             top[name].append((x, y))
     warnings = []
     for name in [layer for layer in graph.layers if layer in positions]:
         several = [points for points in positions[name].values() if len(points) > 1]
-        collapsed = sum(1 for points in several
-                        if max(x for x, _ in points) - min(x for x, _ in points) <= GRAPH_COLLAPSE_TOLERANCE
-                        and max(y for _, y in points) - min(y for _, y in points) <= GRAPH_COLLAPSE_TOLERANCE)
+        collapsed = sum(
+            1
+            for points in several
+            if max(x for x, _ in points) - min(x for x, _ in points) <= GRAPH_COLLAPSE_TOLERANCE
+            and max(y for _, y in points) - min(y for _, y in points) <= GRAPH_COLLAPSE_TOLERANCE
+        )
         if several and collapsed * 2 >= len(several):
-            warnings.append(f"{name}: in {collapsed} of {len(several)} filters every node sits at the same "
-                            f"position (μ within {GRAPH_COLLAPSE_TOLERANCE:g} px): the nodes did not separate "
-                            "into part patterns, so this layer of the graph is degenerate.")
-        corners = sum(1 for x, y in top[name]
-                      if (x <= margin_x or x >= width - margin_x) and (y <= margin_y or y >= height - margin_y))
+            warnings.append(
+                f"{name}: in {collapsed} of {len(several)} filters every node sits at the same "
+                f"position (μ within {GRAPH_COLLAPSE_TOLERANCE:g} px): the nodes did not separate "
+                "into part patterns, so this layer of the graph is degenerate."
+            )
+        corners = sum(
+            1
+            for x, y in top[name]
+            if (x <= margin_x or x >= width - margin_x) and (y <= margin_y or y >= height - margin_y)
+        )
         if top[name] and corners * 2 >= len(top[name]):
-            warnings.append(f"{name}: {corners} of its {len(top[name])} best nodes sit in a corner of the "
-                            f"{width}×{height} input (within {GRAPH_CORNER_MARGIN:.0%} of two edges), on padding "
-                            "rather than on objects.")
+            warnings.append(
+                f"{name}: {corners} of its {len(top[name])} best nodes sit in a corner of the "
+                f"{width}×{height} input (within {GRAPH_CORNER_MARGIN:.0%} of two edges), on padding "
+                "rather than on objects."
+            )
     return warnings
 
 
@@ -485,8 +580,12 @@ def ablation_sanity_warning(study, network) -> dict | None:
     mean = sum(row.mean_score * row.n_images for row in rows) / images
     if mean >= CHANCE_FACTOR * chance:
         return None
-    return {"mean": mean, "chance": chance, "factor": CHANCE_FACTOR,
-            "classes": [row.object_class.name for row in rows if row.mean_score < CHANCE_FACTOR * chance]}
+    return {
+        "mean": mean,
+        "chance": chance,
+        "factor": CHANCE_FACTOR,
+        "classes": [row.object_class.name for row in rows if row.mean_score < CHANCE_FACTOR * chance],
+    }
 
 
 def unit_machine_figures(unit, *, extraction=None) -> dict:
@@ -501,22 +600,44 @@ def unit_machine_figures(unit, *, extraction=None) -> dict:
     status = summary.status if summary is not None else None
     dissection = unit_dissection_result(unit, dataset=extraction.dataset if extraction else None)
     part = None
-    study = (PartDetectionStudy.objects.filter(layer=unit.layer_id).select_related("run")
-             .order_by("-created_at", "-id").first())
+    study = (
+        PartDetectionStudy.objects.filter(layer=unit.layer_id)
+        .select_related("run")
+        .order_by("-created_at", "-id")
+        .first()
+    )
     if study is not None:
-        scored = [(result.single_ap[unit.index], result) for result in study.part_results.all()
-                  if unit.index < len(result.single_ap)]
+        scored = [
+            (result.single_ap[unit.index], result)
+            for result in study.part_results.all()
+            if unit.index < len(result.single_ap)
+        ]
         if scored:
             ap, result = max(scored, key=lambda pair: pair[0])
-            part = {"name": result.name, "ap": ap, "best": result.best_filter == unit.index,
-                    "best_ap": result.best_ap, "in_ga": unit.index in result.ga_filters, "study": study}
-    net2vec = (Net2VecStudy.objects.filter(layer=unit.layer_id).select_related("run")
-               .order_by("-created_at", "-id").first())
+            part = {
+                "name": result.name,
+                "ap": ap,
+                "best": result.best_filter == unit.index,
+                "best_ap": result.best_ap,
+                "in_ga": unit.index in result.ga_filters,
+                "study": study,
+            }
+    net2vec = (
+        Net2VecStudy.objects.filter(layer=unit.layer_id).select_related("run").order_by("-created_at", "-id").first()
+    )
     embeddings = []
     if net2vec is not None:
-        embeddings = [{"concept": row.concept.name, "single": row.single_val_iou,
-                       "combination": row.combination_val_iou}
-                      for row in net2vec.concept_results.filter(best_unit=unit.index).select_related("concept")
-                      .order_by("-single_val_iou")]
-    return {"status": status, "dead": status not in (None, "live"), "dissection": dissection, "part": part,
-            "net2vec": net2vec, "embeddings": embeddings}
+        embeddings = [
+            {"concept": row.concept.name, "single": row.single_val_iou, "combination": row.combination_val_iou}
+            for row in net2vec.concept_results.filter(best_unit=unit.index)
+            .select_related("concept")
+            .order_by("-single_val_iou")
+        ]
+    return {
+        "status": status,
+        "dead": status not in (None, "live"),
+        "dissection": dissection,
+        "part": part,
+        "net2vec": net2vec,
+        "embeddings": embeddings,
+    }

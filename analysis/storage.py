@@ -27,6 +27,7 @@ Rendered grids are media, not artifacts: Django's default storage (``STORAGES["d
 S3 backend when ``UNITSCOPE_STORAGE_URL`` is set (``<prefix>/media/grids/<aa>/<sha256>.png``), served from the
 store by signed (or, with ``UNITSCOPE_MEDIA_PUBLIC_URL``, public) URLs without a round trip through Django.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,18 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
-__all__ = ["ArtifactStore", "artifact_exists", "artifact_key", "artifact_store", "fetch", "fetch_if_stored", "local_path", "publish", "publish_as",
-           "stored_path"]
+__all__ = [
+    "ArtifactStore",
+    "artifact_exists",
+    "artifact_key",
+    "artifact_store",
+    "fetch",
+    "fetch_if_stored",
+    "local_path",
+    "publish",
+    "publish_as",
+    "stored_path",
+]
 
 
 FETCHED_MARKER = ".unitscope-fetched"
@@ -182,8 +193,9 @@ def _store(scratch: str, url: str, options_json: str) -> ArtifactStore:
 def artifact_store() -> ArtifactStore:
     """The store the settings configure, with this machine's data dir as scratch (one per configuration, so the
     fsspec filesystem and its connections are reused)."""
-    return _store(str(settings.UNITSCOPE_DATA_DIR), settings.UNITSCOPE_STORAGE_URL,
-                  json.dumps(storage_options(), sort_keys=True))
+    return _store(
+        str(settings.UNITSCOPE_DATA_DIR), settings.UNITSCOPE_STORAGE_URL, json.dumps(storage_options(), sort_keys=True)
+    )
 
 
 def artifact_key(path: str | os.PathLike[str]) -> str:

@@ -1,13 +1,24 @@
 """Admin for the human side. Judgments are read-only here: they are never edited or deleted. A study and
 everything in it is changed or deleted only by the researcher who created it (or a superuser), as on the site."""
+
 from operator import attrgetter
 
 from django.contrib import admin
 
 from accounts.permissions import study_changeable_by
 
-from .models import (Assignment, ConceptSynonym, CrowdAssignment, CrowdStudy, CrowdWorker, Hit, Judgment, Study,
-                     StudyRater, StudyTask)
+from .models import (
+    Assignment,
+    ConceptSynonym,
+    CrowdAssignment,
+    CrowdStudy,
+    CrowdWorker,
+    Hit,
+    Judgment,
+    Study,
+    StudyRater,
+    StudyTask,
+)
 
 
 class StudyOwnedAdmin(admin.ModelAdmin):
@@ -41,8 +52,17 @@ class StudyAdmin(StudyOwnedAdmin):
     list_display = ("name", "kind", "layer", "plan", "created_at")
     list_filter = ("kind", "plan")
     search_fields = ("name",)
-    readonly_fields = ("kind", "layer", "extraction", "plan", "raters_per_task", "overlap_class", "seed", "created_by",
-                       "created_at")
+    readonly_fields = (
+        "kind",
+        "layer",
+        "extraction",
+        "plan",
+        "raters_per_task",
+        "overlap_class",
+        "seed",
+        "created_by",
+        "created_at",
+    )
     exclude = ("object_classes",)
     inlines = [StudyRaterInline]
 
@@ -52,8 +72,17 @@ class StudyTaskAdmin(StudyOwnedAdmin):
     list_display = ("item", "study", "position", "owner", "capacity", "assigned_count")
     list_filter = ("study",)
     search_fields = ("item",)
-    readonly_fields = ("study", "position", "item", "unit", "object_class", "exemplar_set", "owner", "capacity",
-                       "assigned_count")
+    readonly_fields = (
+        "study",
+        "position",
+        "item",
+        "unit",
+        "object_class",
+        "exemplar_set",
+        "owner",
+        "capacity",
+        "assigned_count",
+    )
 
     def has_add_permission(self, request):
         return False  # tasks are made with their study (every field is read-only here)
@@ -68,7 +97,17 @@ class AssignmentAdmin(StudyOwnedAdmin):
 
 @admin.register(Judgment)
 class JudgmentAdmin(admin.ModelAdmin):
-    list_display = ("task", "rater", "answer", "concept", "submitted_at", "seconds", "revision_of", "simulated", "origin")
+    list_display = (
+        "task",
+        "rater",
+        "answer",
+        "concept",
+        "submitted_at",
+        "seconds",
+        "revision_of",
+        "simulated",
+        "origin",
+    )
     list_filter = ("task__study", "answer", "simulated", "origin")
     search_fields = ("concept", "task__item", "rater__name")
 
@@ -89,6 +128,7 @@ class ConceptSynonymAdmin(StudyOwnedAdmin):
 
 
 # -- crowd studies: read-only (answers are never edited; reviews go through the review page) -------------------------
+
 
 class ReadOnlyAdmin(StudyOwnedAdmin):
     def has_add_permission(self, request):

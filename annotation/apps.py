@@ -33,8 +33,10 @@ def demo_expert_study(size, *, site_url: str = "") -> dict[str, str]:
     from annotation.expert.demo import demo_expert_study_ensure  # local: models are not loaded while apps register
 
     result = demo_expert_study_ensure(network=size.network, dataset=size.dataset)
-    print(f"Expert study {result['study']}: {site_url}{reverse('annotation:study_detail', args=[result['study_id']])}"
-          f" · experts answer at {site_url}{reverse('annotation:expert_home')}")
+    print(
+        f"Expert study {result['study']}: {site_url}{reverse('annotation:study_detail', args=[result['study_id']])}"
+        f" · experts answer at {site_url}{reverse('annotation:expert_home')}"
+    )
     return result["credentials"]
 
 
@@ -60,7 +62,9 @@ def demo_crowd_lines(studies: dict[str, int], *, site_url: str) -> list[str]:
     lines = []
     for study in CrowdStudy.objects.filter(pk__in=studies.values()).order_by("pk"):
         state = "open to people" if study.is_open else "closed"
-        lines.append(f"Crowd study {study.name} ({study.get_kind_display()}, {state}): "
-                     f"{site_url}{reverse('annotation:crowd_study_detail', args=[study.pk])}")
+        lines.append(
+            f"Crowd study {study.name} ({study.get_kind_display()}, {state}): "
+            f"{site_url}{reverse('annotation:crowd_study_detail', args=[study.pk])}"
+        )
         lines += [f"  worker link ({adapter}): {link}" for adapter, link in crowd_links(study, base=site_url).items()]
     return lines

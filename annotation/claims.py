@@ -16,6 +16,7 @@ latency target and missing it (``benchmarks/bench_load.py``). The semantics are 
 * the INSERT's columns come from the model (every concrete field, Python defaults applied), so a field added to
   the model is inserted here too.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -57,14 +58,18 @@ def _insert_select_sql(model: type[Model], *, from_cte: str, cte_column: str, fo
     columns = [*(_quote(field.column) for field in fields), _quote(model._meta.get_field(foreign_key).column)]
     values = [*("%s" for _ in fields), f"{from_cte}.{_quote(cte_column)}"]
     returning = ", ".join(_quote(field.column) for field in model._meta.concrete_fields)
-    return (f"INSERT INTO {_quote(model._meta.db_table)} ({', '.join(columns)}) SELECT {', '.join(values)} "
-            f"FROM {from_cte} RETURNING {returning}")
+    return (
+        f"INSERT INTO {_quote(model._meta.db_table)} ({', '.join(columns)}) SELECT {', '.join(values)} "
+        f"FROM {from_cte} RETURNING {returning}"
+    )
 
 
 def _insert_params(instance: Model, foreign_key: str) -> list:
     """The unsaved ``instance``'s values for :func:`_insert_select_sql` (``pre_save`` applied: auto_now_add)."""
-    return [field.get_db_prep_save(field.pre_save(instance, add=True), connection)
-            for field in _inserted_fields(type(instance), foreign_key)]
+    return [
+        field.get_db_prep_save(field.pre_save(instance, add=True), connection)
+        for field in _inserted_fields(type(instance), foreign_key)
+    ]
 
 
 def task_claim(rater: StudyRater) -> StudyTask | None:
@@ -126,8 +131,11 @@ def worker_lock(worker: CrowdWorker, now: datetime) -> tuple[bool, bool | None]:
     """Lock the worker's row until the transaction ends (serialises one worker's claims), note them as seen at
     ``now``, and read their ``(blocked, qualified)`` as of the lock."""
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {_quote(CrowdWorker._meta.db_table)} SET last_seen_at = %s WHERE id = %s "
-                       "RETURNING blocked, qualified", [now, worker.pk])
+        cursor.execute(
+            f"UPDATE {_quote(CrowdWorker._meta.db_table)} SET last_seen_at = %s WHERE id = %s "
+            "RETURNING blocked, qualified",
+            [now, worker.pk],
+        )
         row = cursor.fetchone()
     if row is None:
         raise CrowdWorker.DoesNotExist(f"No crowd worker {worker.pk}.")
@@ -152,8 +160,9 @@ def leases_expire(*, study_id: int, now: datetime, reason: str) -> int:
         )
         SELECT count(*) FROM expired"""
     with connection.cursor() as cursor:
-        cursor.execute(sql, [CrowdAssignmentState.RETURNED, now, reason, CrowdAssignmentState.LEASED, now, study_id,
-                             HitRole.TASK])
+        cursor.execute(
+            sql, [CrowdAssignmentState.RETURNED, now, reason, CrowdAssignmentState.LEASED, now, study_id, HitRole.TASK]
+        )
         return cursor.fetchone()[0]
 
 
@@ -184,8 +193,17 @@ def _worker_next_sql(visit: tuple[str, ...]) -> str:
         SELECT {_columns(CrowdAssignment, "leased")} FROM leased"""
 
 
-def worker_next(lease: CrowdAssignment, *, study_id: int, may_lease: bool, order_a: int, order_b: int,
-                modulus: int, now: datetime, external: dict[str, str]) -> CrowdAssignment | None:
+def worker_next(
+    lease: CrowdAssignment,
+    *,
+    study_id: int,
+    may_lease: bool,
+    order_a: int,
+    order_b: int,
+    modulus: int,
+    now: datetime,
+    external: dict[str, str],
+) -> CrowdAssignment | None:
     """The lease the worker holds (running at ``now``; with ``external``, of that platform visit only), else — if
     ``may_lease`` — a new lease, as ``lease`` (unsaved: the worker, times, visit), of their first open task HIT in
     their own order ``(position · a + b) mod p``; None when neither (every open HIT may be locked by other claims at
@@ -195,9 +213,20 @@ def worker_next(lease: CrowdAssignment, *, study_id: int, may_lease: bool, order
     transaction, after :func:`worker_lock`.
     """
     visit = tuple(key for key in ("external_assignment_id", "external_session") if external.get(key))
-    params = [lease.worker_id, CrowdAssignmentState.LEASED, now, *(external[key] for key in visit),
-              may_lease, study_id, HitRole.TASK, lease.worker_id, order_a, order_b, modulus,
-              *_insert_params(lease, "hit_id")]
+    params = [
+        lease.worker_id,
+        CrowdAssignmentState.LEASED,
+        now,
+        *(external[key] for key in visit),
+        may_lease,
+        study_id,
+        HitRole.TASK,
+        lease.worker_id,
+        order_a,
+        order_b,
+        modulus,
+        *_insert_params(lease, "hit_id"),
+    ]
     with connection.cursor() as cursor:
         cursor.execute(_worker_next_sql(visit), params)
         row = cursor.fetchone()

@@ -7,6 +7,7 @@ commands) use alike. Nothing here imports a wing.
 * Export plumbing: :func:`iso`, :func:`rows_csv`, :func:`attachment_response`.
 * :func:`new_token`, :func:`demo_passwords_ensure`, :func:`peak_pixels` (a map position → an image pixel).
 """
+
 from __future__ import annotations
 
 import io
@@ -58,8 +59,9 @@ def study_extraction_for(*, network: str, layer: str, dataset: str | None = None
     for extraction in extractions:
         if ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_CLASS, grid__isnull=False).exists():
             return extraction
-    raise InputError(f"{network}/{layer} has no extraction with rendered grids"
-                          + (f" on {dataset}" if dataset else "") + ".")
+    raise InputError(
+        f"{network}/{layer} has no extraction with rendered grids" + (f" on {dataset}" if dataset else "") + "."
+    )
 
 
 SIMULATED_CHOICES = ("exclude", "include", "only")
@@ -111,15 +113,21 @@ def attachment_response(text: str | bytes, content_type: str, filename: str) -> 
     return response
 
 
-def peak_pixels(layer, network, positions: Sequence[Sequence[int]], height: int, width: int,
-                map_size: tuple[int, int]) -> list[tuple[float, float]]:
+def peak_pixels(
+    layer, network, positions: Sequence[Sequence[int]], height: int, width: int, map_size: tuple[int, int]
+) -> list[tuple[float, float]]:
     """Map ``(i, j)`` map positions → ``(y, x)`` image pixels inside the image (receptive-field centres when known,
     else map-cell centres): :func:`analysis.engine.upsample.peak_pixels`, the one conversion."""
     import torch  # local: keeps torch out of the web processes that import this module
 
     from analysis.engine.upsample import peak_pixels as engine_peak_pixels  # local: as torch above
 
-    points = engine_peak_pixels(torch.as_tensor(list(positions), dtype=torch.int64).reshape(-1, 2), layer.geometry,
-                                input_size=(network.input_height, network.input_width), image_size=(height, width),
-                                map_size=map_size, clip=True)
+    points = engine_peak_pixels(
+        torch.as_tensor(list(positions), dtype=torch.int64).reshape(-1, 2),
+        layer.geometry,
+        input_size=(network.input_height, network.input_width),
+        image_size=(height, width),
+        map_size=map_size,
+        clip=True,
+    )
     return [(float(y), float(x)) for y, x in points.tolist()]

@@ -1,16 +1,20 @@
 """Form fields both wings' study forms use: choosing layer extractions, and unit lists like ``0-31, 40``."""
+
 from __future__ import annotations
 
 import re
 
 from django import forms
 
+
 class ExtractionChoiceField(forms.ModelChoiceField):
     """A layer extraction, shown as network / layer · units · dataset (run)."""
 
     def label_from_instance(self, extraction):
-        return (f"{extraction.layer.network.name} / {extraction.layer.name} · {extraction.layer.units} units · "
-                f"{extraction.dataset.name} (run {extraction.run_id})")
+        return (
+            f"{extraction.layer.network.name} / {extraction.layer.name} · {extraction.layer.units} units · "
+            f"{extraction.dataset.name} (run {extraction.run_id})"
+        )
 
 
 class ExtractionMultipleChoiceField(forms.ModelMultipleChoiceField):

@@ -5,6 +5,7 @@ systematically shows one concept. Raters are the people (or simulated and import
 study; assignments record which expert holds which task; judgments are never overwritten — a revision
 is a new row pointing at the one it revises.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -57,29 +58,47 @@ class Study(models.Model):
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=16, choices=StudyKind.choices, default=StudyKind.NETWORK)
     layer = models.ForeignKey("analysis.Layer", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    extraction = models.ForeignKey("analysis.LayerExtraction", null=True, blank=True, on_delete=models.PROTECT,
-                                   related_name="+", help_text="Whose top-10 grids the tasks show.")
+    extraction = models.ForeignKey(
+        "analysis.LayerExtraction",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Whose top-10 grids the tasks show.",
+    )
     object_classes = models.ManyToManyField("analysis.Concept", blank=True, related_name="+")
-    overlap_class = models.ForeignKey("analysis.Concept", null=True, blank=True, on_delete=models.PROTECT,
-                                      related_name="+", help_text="Paper plan: the class every expert does.")
+    overlap_class = models.ForeignKey(
+        "analysis.Concept",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Paper plan: the class every expert does.",
+    )
     plan = models.CharField(max_length=16, choices=StudyPlan.choices, default=StudyPlan.PAPER)
     raters_per_task = models.PositiveSmallIntegerField(default=2, help_text="For the N-raters plan.")
     instructions = models.TextField(default=DEFAULT_INSTRUCTIONS)
     seed = models.IntegerField(default=0, help_text="Orders the units within each class.")
     claim_hours = models.PositiveSmallIntegerField(
-        default=24, help_text="An unanswered task an expert took goes back to the pool after this many hours, when "
-                              "nothing else is free (0: it stays theirs).")
+        default=24,
+        help_text="An unanswered task an expert took goes back to the pool after this many hours, when "
+        "nothing else is free (0: it stays theirs).",
+    )
     suggest_given_names = models.BooleanField(
-        default=True, help_text="Suggest the names other experts gave in this study (off: each expert sees only "
-                                "their own names and the dataset's, so that their answers stay independent).")
+        default=True,
+        help_text="Suggest the names other experts gave in this study (off: each expert sees only "
+        "their own names and the dataset's, so that their answers stay independent).",
+    )
     include_dead_units = models.BooleanField(
-        default=False, help_text="Make tasks of dead and saturated units too (off: units that never fire or whose "
-                                 "threshold T_k is 0 get no task; see analysis.models.UnitStatus).")
+        default=False,
+        help_text="Make tasks of dead and saturated units too (off: units that never fire or whose "
+        "threshold T_k is 0 get no task; see analysis.models.UnitStatus).",
+    )
     description = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
-
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -103,8 +122,9 @@ class StudyRater(models.Model):
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="raters")
     kind = models.CharField(max_length=16, choices=RaterKind.choices)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
-                             related_name="study_raters")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="study_raters"
+    )
     name = models.CharField(max_length=150)
     params = models.JSONField(default=dict, blank=True, help_text="Simulated raters: error rate and seed.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -113,8 +133,9 @@ class StudyRater(models.Model):
         ordering = ["study", "kind", "name"]
         constraints = [
             models.UniqueConstraint(fields=["study", "name"], name="unique_rater_name"),
-            models.UniqueConstraint(fields=["study", "user"], condition=Q(user__isnull=False),
-                                    name="unique_rater_user"),
+            models.UniqueConstraint(
+                fields=["study", "user"], condition=Q(user__isnull=False), name="unique_rater_user"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -137,10 +158,12 @@ class StudyTask(models.Model):
     position = models.PositiveIntegerField()
     item = models.CharField(max_length=200, help_text="A stable key (imported items keep theirs).")
     unit = models.ForeignKey("analysis.Unit", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    object_class = models.ForeignKey("analysis.Concept", null=True, blank=True, on_delete=models.PROTECT,
-                                     related_name="+")
-    exemplar_set = models.ForeignKey("analysis.ExemplarSet", null=True, blank=True, on_delete=models.PROTECT,
-                                     related_name="+")
+    object_class = models.ForeignKey(
+        "analysis.Concept", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    exemplar_set = models.ForeignKey(
+        "analysis.ExemplarSet", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     owner = models.ForeignKey(StudyRater, null=True, blank=True, on_delete=models.PROTECT, related_name="owned_tasks")
     capacity = models.PositiveSmallIntegerField(default=1)
     assigned_count = models.PositiveSmallIntegerField(default=0)
@@ -170,8 +193,9 @@ class Assignment(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["task", "rater"], name="unique_assignment"),
             # A rater holds at most one unanswered task: the claim (annotation.claims) relies on it.
-            models.UniqueConstraint(fields=["rater"], condition=Q(completed_at__isnull=True),
-                                    name="one_open_assignment_per_rater"),
+            models.UniqueConstraint(
+                fields=["rater"], condition=Q(completed_at__isnull=True), name="one_open_assignment_per_rater"
+            ),
         ]
 
 
@@ -201,12 +225,17 @@ class Judgment(models.Model):
     started_at = models.DateTimeField(null=True, blank=True, help_text="When the task was shown.")
     submitted_at = models.DateTimeField()
     seconds = models.FloatField(null=True, blank=True, help_text="Time from showing to submitting.")
-    revision_of = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT,
-                                       related_name="revision")
+    revision_of = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="revision")
     simulated = models.BooleanField(default=False, db_index=True)
     origin = models.CharField(max_length=16, choices=JudgmentOrigin.choices, default=JudgmentOrigin.WEB)
-    grid = models.ForeignKey("analysis.RenderedGrid", null=True, blank=True, on_delete=models.PROTECT,
-                             related_name="+", help_text="The grid shown (the task's version).")
+    grid = models.ForeignKey(
+        "analysis.RenderedGrid",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The grid shown (the task's version).",
+    )
     source_line = models.PositiveIntegerField(null=True, blank=True, help_text="Imported: the file's line.")
 
     objects = JudgmentQuerySet.as_manager()
@@ -214,8 +243,9 @@ class Judgment(models.Model):
     class Meta:
         ordering = ["submitted_at", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["task", "rater"], condition=Q(revision_of__isnull=True),
-                                    name="one_first_judgment_per_rater"),
+            models.UniqueConstraint(
+                fields=["task", "rater"], condition=Q(revision_of__isnull=True), name="one_first_judgment_per_rater"
+            ),
         ]
         indexes = [models.Index(fields=["rater", "submitted_at"])]
 
@@ -237,8 +267,9 @@ class ConceptSynonym(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="synonyms")
     name = models.CharField(max_length=CONCEPT_MAX_LENGTH)
     maps_to = models.CharField(max_length=CONCEPT_MAX_LENGTH)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -358,8 +389,11 @@ class CrowdStudy(models.Model):
     name = models.CharField(max_length=200, unique=True)
     token = models.CharField(max_length=32, unique=True, help_text="Names the study in worker URLs.")
     kind = models.CharField(max_length=16, choices=CrowdTaskKind.choices)
-    extractions = models.ManyToManyField("analysis.LayerExtraction", related_name="+",
-                                         help_text="The layers (and their dataset) whose units the HITs show.")
+    extractions = models.ManyToManyField(
+        "analysis.LayerExtraction",
+        related_name="+",
+        help_text="The layers (and their dataset) whose units the HITs show.",
+    )
     description = models.TextField(blank=True, help_text="For researchers only.")
     instructions = models.TextField(blank=True, help_text="Shown to workers; empty: the kind's default.")
     assignments_per_hit = models.PositiveSmallIntegerField(default=3)
@@ -377,23 +411,31 @@ class CrowdStudy(models.Model):
     overlap_settle_after = models.PositiveSmallIntegerField(default=3)
     purity_mass = models.FloatField(default=0.3)
     purity_max_shown = models.PositiveSmallIntegerField(default=20)
-    external_submit_hosts = models.CharField(max_length=500, default="www.mturk.com workersandbox.mturk.com",
-                                             help_text="Space-separated hosts a turkSubmitTo may name.")
+    external_submit_hosts = models.CharField(
+        max_length=500,
+        default="www.mturk.com workersandbox.mturk.com",
+        help_text="Space-separated hosts a turkSubmitTo may name.",
+    )
     completion_code = models.CharField(max_length=64, help_text="Prolific-style completion code.")
     hits_per_session = models.PositiveSmallIntegerField(default=10)
     reward_cents = models.PositiveIntegerField(default=0, help_text="Pay per approved HIT (for the records).")
     seed = models.IntegerField(default=0)
     is_open = models.BooleanField(default=True, help_text="Closed studies hand out no new HITs.")
     include_dead_units = models.BooleanField(
-        default=False, help_text="Make HITs, gold items and qualification questions of dead and saturated units "
-                                 "too (off: units that never fire or whose threshold T_k is 0 get none).")
-    conditions = models.JSONField(default=list, blank=True,
-                                  help_text="Forced choice: the conditions compared (ForcedChoiceCondition values).")
+        default=False,
+        help_text="Make HITs, gold items and qualification questions of dead and saturated units "
+        "too (off: units that never fire or whose threshold T_k is 0 get none).",
+    )
+    conditions = models.JSONField(
+        default=list, blank=True, help_text="Forced choice: the conditions compared (ForcedChoiceCondition values)."
+    )
     condition_assignment = models.CharField(max_length=16, choices=ConditionAssignment.choices, blank=True)
-    trial_params = models.JSONField(default=dict, blank=True,
-                                    help_text="Forced choice: the planning parameters (reference count, ranks, …).")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    trial_params = models.JSONField(
+        default=dict, blank=True, help_text="Forced choice: the planning parameters (reference count, ranks, …)."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -432,8 +474,9 @@ class CrowdWorker(models.Model):
     adapter = models.CharField(max_length=16, choices=CrowdAdapter.choices)
     external_id = models.CharField(max_length=128)
     code = models.CharField(max_length=32, unique=True)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                             related_name="crowd_workers")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="crowd_workers"
+    )
     simulated = models.BooleanField(default=False, db_index=True)
     params = models.JSONField(default=dict, blank=True)
     qualified = models.BooleanField(null=True, blank=True)
@@ -447,8 +490,7 @@ class CrowdWorker(models.Model):
 
     class Meta:
         ordering = ["study", "created_at", "id"]
-        constraints = [models.UniqueConstraint(fields=["study", "adapter", "external_id"],
-                                               name="unique_crowd_worker")]
+        constraints = [models.UniqueConstraint(fields=["study", "adapter", "external_id"], name="unique_crowd_worker")]
 
     def __str__(self) -> str:
         return f"{self.adapter}:{self.external_id}"
@@ -490,16 +532,21 @@ class Hit(models.Model):
     kind = models.CharField(max_length=16, choices=CrowdTaskKind.choices)
     role = models.CharField(max_length=16, choices=HitRole.choices, default=HitRole.TASK)
     unit = models.ForeignKey("analysis.Unit", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    extraction = models.ForeignKey("analysis.LayerExtraction", null=True, blank=True, on_delete=models.PROTECT,
-                                   related_name="+")
-    grid = models.ForeignKey("analysis.RenderedGrid", null=True, blank=True, on_delete=models.PROTECT,
-                             related_name="+")
+    extraction = models.ForeignKey(
+        "analysis.LayerExtraction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    grid = models.ForeignKey("analysis.RenderedGrid", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     label = models.CharField(max_length=DESCRIPTION_MAX_LENGTH, blank=True)
     label_origin = models.CharField(max_length=16, choices=LabelOrigin.choices, blank=True)
-    validation_round = models.CharField(max_length=16, choices=ValidationRound.choices, blank=True,
-                                        help_text="Validation HITs: the ND'18 round whose votes they give.")
-    label_concept = models.ForeignKey("analysis.Concept", null=True, blank=True, on_delete=models.PROTECT,
-                                      related_name="+")
+    validation_round = models.CharField(
+        max_length=16,
+        choices=ValidationRound.choices,
+        blank=True,
+        help_text="Validation HITs: the ND'18 round whose votes they give.",
+    )
+    label_concept = models.ForeignKey(
+        "analysis.Concept", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     label_category = models.CharField(max_length=64, blank=True)
     unit_category = models.CharField(max_length=64, blank=True)
     source = models.JSONField(default=dict, blank=True)
@@ -515,8 +562,10 @@ class Hit(models.Model):
     class Meta:
         ordering = ["study", "position", "id"]
         constraints = [
-            models.CheckConstraint(condition=Q(role__in=["gold", "qualification"])
-                                   | Q(assigned_count__lte=F("max_assignments")), name="hit_within_capacity"),
+            models.CheckConstraint(
+                condition=Q(role__in=["gold", "qualification"]) | Q(assigned_count__lte=F("max_assignments")),
+                name="hit_within_capacity",
+            ),
         ]
         indexes = [models.Index(fields=["study", "role", "position"])]
 
@@ -583,8 +632,9 @@ class CrowdAssignment(models.Model):
     pasted = models.BooleanField(default=False)
     gold_correct = models.BooleanField(null=True, blank=True)
     reason = models.CharField(max_length=300, blank=True, help_text="Why returned or rejected; review feedback.")
-    reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                    related_name="+")
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     reviewed_at = models.DateTimeField(null=True, blank=True)
     simulated = models.BooleanField(default=False)
     external_assignment_id = models.CharField(max_length=128, blank=True)
@@ -592,8 +642,9 @@ class CrowdAssignment(models.Model):
     external_session = models.CharField(max_length=128, blank=True)
     submit_to = models.URLField(max_length=300, blank=True)
     condition = models.CharField(max_length=16, blank=True, help_text="Forced choice: the condition shown.")
-    client_ms = models.PositiveIntegerField(null=True, blank=True,
-                                            help_text="Forced choice: response time measured by the page (ms).")
+    client_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Forced choice: response time measured by the page (ms)."
+    )
 
     objects = CrowdAssignmentQuerySet.as_manager()
 
@@ -601,8 +652,10 @@ class CrowdAssignment(models.Model):
         ordering = ["leased_at", "id"]
         constraints = [
             models.UniqueConstraint(fields=["hit", "worker"], name="unique_crowd_assignment"),
-            models.CheckConstraint(condition=Q(confidence__isnull=True) | Q(confidence__gte=1, confidence__lte=5),
-                                   name="crowd_confidence_1_5"),
+            models.CheckConstraint(
+                condition=Q(confidence__isnull=True) | Q(confidence__gte=1, confidence__lte=5),
+                name="crowd_confidence_1_5",
+            ),
         ]
         indexes = [models.Index(fields=["worker", "state"]), models.Index(fields=["state", "lease_expires_at"])]
 
@@ -614,9 +667,13 @@ class QualificationAttempt(models.Model):
     """One try at a study's qualification test: the questions asked (HIT tokens), the answers, the score."""
 
     worker = models.ForeignKey(CrowdWorker, on_delete=models.CASCADE, related_name="qualification_attempts")
-    visit = models.CharField(max_length=260, blank=True, default="",
-                             help_text="The platform visit (MTurk assignment, Prolific session) that took it; empty "
-                                       "for own-link workers. A visit's failures never disqualify the worker id.")
+    visit = models.CharField(
+        max_length=260,
+        blank=True,
+        default="",
+        help_text="The platform visit (MTurk assignment, Prolific session) that took it; empty "
+        "for own-link workers. A visit's failures never disqualify the worker id.",
+    )
     questions = models.JSONField(default=list, help_text="Tokens of the qualification HITs asked, in order.")
     answers = models.JSONField(default=dict, blank=True, help_text="{token: answer}")
     correct = models.PositiveSmallIntegerField(default=0)
@@ -633,17 +690,18 @@ class CrowdBonus(models.Model):
     """A bonus granted to a worker (optionally for one assignment), for the records (payment is external)."""
 
     worker = models.ForeignKey(CrowdWorker, on_delete=models.PROTECT, related_name="bonuses")
-    assignment = models.ForeignKey(CrowdAssignment, null=True, blank=True, on_delete=models.PROTECT,
-                                   related_name="bonuses")
+    assignment = models.ForeignKey(
+        CrowdAssignment, null=True, blank=True, on_delete=models.PROTECT, related_name="bonuses"
+    )
     amount_cents = models.PositiveIntegerField()
     reason = models.CharField(max_length=300)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-
 
 
 # -- forced-choice psychophysics (issue 17) -------------------------------------------------------------------------
@@ -696,8 +754,12 @@ class ForcedChoiceTrial(models.Model):
     weak_grid = models.ForeignKey("analysis.RenderedGrid", on_delete=models.PROTECT, related_name="+")
     catch = models.BooleanField(default=False)
     practice = models.BooleanField(default=False)
-    proxy_margin = models.FloatField(null=True, blank=True, help_text="The machine proxy observer's evidence for the "
-                                     "strong query minus the weak one's (> 0: the proxy answers right).")
+    proxy_margin = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="The machine proxy observer's evidence for the "
+        "strong query minus the weak one's (> 0: the proxy answers right).",
+    )
 
     class Meta:
         constraints = [models.CheckConstraint(condition=Q(strong_position__in=[1, 2]), name="fc_strong_position_1_2")]

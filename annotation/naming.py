@@ -13,6 +13,7 @@ label into a comparable key:
    annotators name);
 5. the study's synonym table (already-normalised ``name`` → ``maps_to``), followed until it settles.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,17 +21,60 @@ from collections.abc import Mapping
 
 from analysis.engine.pascal_part import normalise_part_name
 
-__all__ = ["normalise_concept_name", "singular", "strip_broden_suffix", "label_text", "BRODEN_SUFFIXES"]
+__all__ = ["BRODEN_SUFFIXES", "label_text", "normalise_concept_name", "singular", "strip_broden_suffix"]
 
 BRODEN_SUFFIXES = ("-c", "-s")
 """Broden marks colour concepts ``-c`` and scene concepts ``-s``."""
 
-_IRREGULAR = {"feet": "foot", "teeth": "tooth", "geese": "goose", "mice": "mouse", "men": "man", "women": "woman",
-              "people": "person", "children": "child", "hooves": "hoof", "leaves": "leaf", "calves": "calf",
-              "halves": "half", "knives": "knife", "wolves": "wolf", "shelves": "shelf", "loaves": "loaf"}
-_UNCHANGED = frozenset({"bus", "gas", "glass", "grass", "lens", "chassis", "series", "species", "news", "canvas",
-                        "cactus", "dress", "cross", "moss", "mattress", "boss", "compass", "pants", "trousers",
-                        "jeans", "scissors", "glasses", "binoculars", "stairs", "clothes", "headphones", "bis"})
+_IRREGULAR = {
+    "feet": "foot",
+    "teeth": "tooth",
+    "geese": "goose",
+    "mice": "mouse",
+    "men": "man",
+    "women": "woman",
+    "people": "person",
+    "children": "child",
+    "hooves": "hoof",
+    "leaves": "leaf",
+    "calves": "calf",
+    "halves": "half",
+    "knives": "knife",
+    "wolves": "wolf",
+    "shelves": "shelf",
+    "loaves": "loaf",
+}
+_UNCHANGED = frozenset(
+    {
+        "bus",
+        "gas",
+        "glass",
+        "grass",
+        "lens",
+        "chassis",
+        "series",
+        "species",
+        "news",
+        "canvas",
+        "cactus",
+        "dress",
+        "cross",
+        "moss",
+        "mattress",
+        "boss",
+        "compass",
+        "pants",
+        "trousers",
+        "jeans",
+        "scissors",
+        "glasses",
+        "binoculars",
+        "stairs",
+        "clothes",
+        "headphones",
+        "bis",
+    }
+)
 _SEPARATORS = re.compile(r"[\s_\-]+")
 
 
@@ -82,7 +126,6 @@ def normalise_concept_name(name: str | None, synonyms: Mapping[str, str] | None 
         seen.add(target)
         key = target
     return key
-
 
 
 def label_text(name: str) -> str:

@@ -1,4 +1,5 @@
 """The API's page on the site: a researcher's token and how to use the API."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -19,8 +20,11 @@ class ApiTokenView(ResearcherRequiredMixin, TemplateView):
     template_name = "api/token.html"
 
     def get_context_data(self, **kwargs):
-        return {**super().get_context_data(**kwargs), "token": Token.objects.filter(user=self.request.user).first(),
-                "run_kinds": api_startable_kinds()}
+        return {
+            **super().get_context_data(**kwargs),
+            "token": Token.objects.filter(user=self.request.user).first(),
+            "run_kinds": api_startable_kinds(),
+        }
 
     def post(self, request, *args, **kwargs):
         action = request.POST.get("action")
@@ -29,8 +33,12 @@ class ApiTokenView(ResearcherRequiredMixin, TemplateView):
                 messages.success(request, "Your API token was revoked.")
         elif action in ("create", "regenerate"):
             api_token_create(user=request.user, regenerate=action == "regenerate")
-            messages.success(request, "Your new API token is shown below. Scripts using the old one stop working."
-                             if action == "regenerate" else "Your API token is shown below.")
+            messages.success(
+                request,
+                "Your new API token is shown below. Scripts using the old one stop working."
+                if action == "regenerate"
+                else "Your API token is shown below.",
+            )
         else:
             messages.error(request, "Unknown action.")
         return redirect("api:token")

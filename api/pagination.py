@@ -1,5 +1,6 @@
 """Pagination of the API's lists: ``?limit`` and ``?offset`` bounded, so no number reaches the database out of
 its range (a 23-digit limit was a 500)."""
+
 from __future__ import annotations
 
 from rest_framework.pagination import LimitOffsetPagination

@@ -4,6 +4,7 @@ Study scope mirrors the site: every researcher may read every study (the study p
 ``annotation.expert.views.StudyMixin`` are open to all researchers). Writing into an existing study (importing
 judgments) is for the researcher who created it, or a superuser.
 """
+
 from __future__ import annotations
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission

@@ -1,5 +1,6 @@
 """What the API reads and writes. Reads are plain model fields; writes are validated here and then handed to the
 services that the site uses (``run_start``, whose job kind's schema checks the parameters, ``judgments_import``)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,15 +25,31 @@ def api_startable_kinds() -> list[JobKind]:
 
 # -- the machine side -----------------------------------------------------------------------------------
 
+
 class NetworkSerializer(serializers.ModelSerializer):
     layer_count = serializers.IntegerField(read_only=True)
     trained_on = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
         model = Network
-        fields = ["id", "name", "source", "arch", "weights_sha256", "input_height", "input_width", "mean", "std",
-                  "channel_order", "class_names", "callable_kwargs", "trained_on", "description", "created_at",
-                  "layer_count"]
+        fields = [
+            "id",
+            "name",
+            "source",
+            "arch",
+            "weights_sha256",
+            "input_height",
+            "input_width",
+            "mean",
+            "std",
+            "channel_order",
+            "class_names",
+            "callable_kwargs",
+            "trained_on",
+            "description",
+            "created_at",
+            "layer_count",
+        ]
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -40,8 +57,20 @@ class DatasetSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Dataset
-        fields = ["id", "name", "kind", "description", "image_count", "train_count", "val_count", "categories",
-                  "has_boxes", "has_image_classes", "created_at", "concept_count"]
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "description",
+            "image_count",
+            "train_count",
+            "val_count",
+            "categories",
+            "has_boxes",
+            "has_image_classes",
+            "created_at",
+            "concept_count",
+        ]
 
 
 class ConceptSerializer(serializers.ModelSerializer):
@@ -55,8 +84,24 @@ class LayerSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Layer
-        fields = ["id", "network", "name", "order", "module_type", "units", "out_height", "out_width", "rf_size_y",
-                  "rf_size_x", "rf_stride_y", "rf_stride_x", "rf_offset_y", "rf_offset_x", "rf_verified", "rf_check"]
+        fields = [
+            "id",
+            "network",
+            "name",
+            "order",
+            "module_type",
+            "units",
+            "out_height",
+            "out_width",
+            "rf_size_y",
+            "rf_size_x",
+            "rf_stride_y",
+            "rf_stride_x",
+            "rf_offset_y",
+            "rf_offset_x",
+            "rf_verified",
+            "rf_check",
+        ]
 
 
 class UnitSerializer(serializers.ModelSerializer):
@@ -90,19 +135,31 @@ class UnitDetailSerializer(UnitSerializer):
         summary = extraction and extraction.unit_summaries.filter(unit=unit).first()
         if not summary:
             return None
-        return {"extraction_run": extraction.run_id, "dataset": extraction.dataset.name,
-                "threshold": summary.threshold, "max_activation": summary.max_activation,
-                "active_images": summary.active_images, "quantile": extraction.quantile}
+        return {
+            "extraction_run": extraction.run_id,
+            "dataset": extraction.dataset.name,
+            "threshold": summary.threshold,
+            "max_activation": summary.max_activation,
+            "active_images": summary.active_images,
+            "quantile": extraction.quantile,
+        }
 
     def get_exemplars(self, unit) -> list[dict[str, Any]]:
         extraction = self._extraction(unit)
         if extraction is None:
             return []
         sets = extraction.exemplar_sets.filter(unit=unit).select_related("grid", "object_class")
-        return [{"kind": s.kind, "object_class": s.object_class.name if s.object_class_id else None,
-                 "image_indices": s.image_indices, "scores": s.scores,
-                 "grid_url": s.grid.url if s.grid_id else None, "grid_sha256": s.grid.sha256 if s.grid_id else None}
-                for s in sets]
+        return [
+            {
+                "kind": s.kind,
+                "object_class": s.object_class.name if s.object_class_id else None,
+                "image_indices": s.image_indices,
+                "scores": s.scores,
+                "grid_url": s.grid.url if s.grid_id else None,
+                "grid_sha256": s.grid.sha256 if s.grid_id else None,
+            }
+            for s in sets
+        ]
 
     def get_dissection(self, unit) -> dict[str, Any] | None:
         from analysis.selectors import unit_dissection_result
@@ -110,11 +167,17 @@ class UnitDetailSerializer(UnitSerializer):
         result = unit_dissection_result(unit)
         if result is None:
             return None
-        return {"dissection_run": result.dissection.run_id, "dataset": result.dissection.dataset.name,
-                "label": result.concept.name if result.concept_id else None,
-                "category": result.concept.category if result.concept_id else None, "iou": result.iou,
-                "is_detector": result.is_detector, "saturated": result.saturated, "threshold": result.threshold,
-                "top_concepts": result.top_concepts}
+        return {
+            "dissection_run": result.dissection.run_id,
+            "dataset": result.dissection.dataset.name,
+            "label": result.concept.name if result.concept_id else None,
+            "category": result.concept.category if result.concept_id else None,
+            "iou": result.iou,
+            "is_detector": result.is_detector,
+            "saturated": result.saturated,
+            "threshold": result.threshold,
+            "top_concepts": result.top_concepts,
+        }
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -122,15 +185,37 @@ class RunSerializer(serializers.ModelSerializer):
     percent = serializers.IntegerField(read_only=True)
     worker_state = serializers.SerializerMethodField(
         help_text="running (a worker has it), waiting (queued; a worker of its queue is alive or starting), "
-                  "no_worker (queued, and no worker of its queue is alive), or empty once finished.")
+        "no_worker (queued, and no worker of its queue is alive), or empty once finished."
+    )
     worker_message = serializers.SerializerMethodField(
-        help_text="What the run waits on, in words; with no_worker, the command that starts a worker.")
+        help_text="What the run waits on, in words; with no_worker, the command that starts a worker."
+    )
 
     class Meta:
         model = Run
-        fields = ["id", "kind", "status", "phase", "progress_done", "progress_total", "percent", "params", "queue",
-                  "device", "worker", "worker_state", "worker_message", "error", "result", "created_by", "created_at",
-                  "started_at", "heartbeat_at", "finished_at", "requeue_count"]
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "phase",
+            "progress_done",
+            "progress_total",
+            "percent",
+            "params",
+            "queue",
+            "device",
+            "worker",
+            "worker_state",
+            "worker_message",
+            "error",
+            "result",
+            "created_by",
+            "created_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+            "requeue_count",
+        ]
 
     def _worker_state(self, run: Run):
         from analysis.selectors import queues_liveness, run_worker_state
@@ -160,6 +245,7 @@ class RunStartSerializer(serializers.Serializer):
 
 # -- the human side -------------------------------------------------------------------------------------
 
+
 class StudySerializer(serializers.ModelSerializer):
     network = serializers.SerializerMethodField()
     layer_name = serializers.SerializerMethodField()
@@ -172,9 +258,29 @@ class StudySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Study
-        fields = ["id", "name", "kind", "plan", "layer", "network", "layer_name", "dataset", "extraction",
-                  "object_classes", "overlap_class", "raters_per_task", "claim_hours", "suggest_given_names",
-                  "instructions", "seed", "description", "created_by", "created_at", "task_count", "rater_count"]
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "plan",
+            "layer",
+            "network",
+            "layer_name",
+            "dataset",
+            "extraction",
+            "object_classes",
+            "overlap_class",
+            "raters_per_task",
+            "claim_hours",
+            "suggest_given_names",
+            "instructions",
+            "seed",
+            "description",
+            "created_by",
+            "created_at",
+            "task_count",
+            "rater_count",
+        ]
 
     def get_network(self, study) -> str | None:
         return study.layer.network.name if study.layer_id else None
@@ -193,9 +299,26 @@ class CrowdStudySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = CrowdStudy
-        fields = ["id", "name", "kind", "description", "assignments_per_hit", "lease_seconds", "gold_rate",
-                  "qualification_required", "overlap_rule", "purity_mass", "hits_per_session", "reward_cents", "seed",
-                  "is_open", "created_by", "created_at", "hit_count", "worker_count"]
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "description",
+            "assignments_per_hit",
+            "lease_seconds",
+            "gold_rate",
+            "qualification_required",
+            "overlap_rule",
+            "purity_mass",
+            "hits_per_session",
+            "reward_cents",
+            "seed",
+            "is_open",
+            "created_by",
+            "created_at",
+            "hit_count",
+            "worker_count",
+        ]
 
 
 class TaskSerializer(serializers.ModelSerializer):
@@ -207,8 +330,21 @@ class TaskSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = StudyTask
-        fields = ["id", "study", "position", "item", "unit", "unit_index", "object_class", "exemplar_set", "grid_url",
-                  "grid_sha256", "owner", "capacity", "assigned_count"]
+        fields = [
+            "id",
+            "study",
+            "position",
+            "item",
+            "unit",
+            "unit_index",
+            "object_class",
+            "exemplar_set",
+            "grid_url",
+            "grid_sha256",
+            "owner",
+            "capacity",
+            "assigned_count",
+        ]
 
     def get_grid_url(self, task) -> str | None:
         grid = task.exemplar_set.grid if task.exemplar_set_id else None
@@ -235,7 +371,9 @@ class JudgmentSerializer(serializers.Serializer):
     rater_id = serializers.IntegerField()
     rater_kind = serializers.CharField()
     user = serializers.IntegerField(allow_null=True)
-    adapter = serializers.CharField(help_text="How the judgment came in: web (the annotation page), simulated, imported.")
+    adapter = serializers.CharField(
+        help_text="How the judgment came in: web (the annotation page), simulated, imported."
+    )
     answer = serializers.CharField()
     concept = serializers.CharField(allow_blank=True)
     started_at = serializers.DateTimeField(allow_null=True)
@@ -257,8 +395,13 @@ class JudgmentImportSerializer(serializers.Serializer):
     """A CSV of judgments (``item,rater,answer[,concept]``) as text or as an uploaded file."""
 
     study = serializers.CharField(max_length=200, help_text="The imported study's name (created if absent).")
-    csv = serializers.CharField(required=False, allow_blank=False, max_length=JUDGMENT_IMPORT_MAX_BYTES,
-                                trim_whitespace=False, help_text="The CSV text.")
+    csv = serializers.CharField(
+        required=False,
+        allow_blank=False,
+        max_length=JUDGMENT_IMPORT_MAX_BYTES,
+        trim_whitespace=False,
+        help_text="The CSV text.",
+    )
     file = serializers.FileField(required=False, help_text="Or the CSV as a file upload (UTF-8, at most 5 MiB).")
 
     def validate_file(self, upload):
@@ -269,7 +412,9 @@ class JudgmentImportSerializer(serializers.Serializer):
         if content_type and content_type not in JUDGMENT_IMPORT_TYPES:
             raise serializers.ValidationError(f"A CSV file is text/csv, not {content_type}.")
         if upload.size > JUDGMENT_IMPORT_MAX_BYTES:
-            raise serializers.ValidationError(f"The file is larger than {JUDGMENT_IMPORT_MAX_BYTES // 1024 // 1024} MiB.")
+            raise serializers.ValidationError(
+                f"The file is larger than {JUDGMENT_IMPORT_MAX_BYTES // 1024 // 1024} MiB."
+            )
         raw = upload.read(JUDGMENT_IMPORT_MAX_BYTES + 1)
         if b"\x00" in raw:
             raise serializers.ValidationError("This is a binary file, not CSV text.")

@@ -1,4 +1,5 @@
 """Writes of the API app: researchers' API tokens."""
+
 from __future__ import annotations
 
 from django.db import transaction

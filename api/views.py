@@ -1,4 +1,5 @@
 """The researchers' REST API: thin views over the selectors, exports and services the site uses."""
+
 from __future__ import annotations
 
 from django.db.models import Count
@@ -14,8 +15,7 @@ from rest_framework.views import APIView
 from analysis import selectors as analysis_selectors
 from analysis.jobs import job_kind
 from analysis.models import Layer, Unit
-from analysis.services.runs import (RunInputError, run_cancel, run_check_references, run_start,
-                                    runs_reconcile)
+from analysis.services.runs import RunInputError, run_cancel, run_check_references, run_start, runs_reconcile
 from annotation.common import SIMULATED_CHOICES, attachment_response
 from annotation.crowd import exports as crowd_exports
 from annotation.crowd import forced_choice_report
@@ -27,8 +27,12 @@ from . import serializers as s
 from .permissions import StudyObjectPermission, studies_visible_to, study_writable_by
 
 SIMULATED_PARAMETER = OpenApiParameter(
-    "simulated", str, enum=list(SIMULATED_CHOICES), default="exclude",
-    description="Simulated raters: left out (exclude), added (include), or alone (only).")
+    "simulated",
+    str,
+    enum=list(SIMULATED_CHOICES),
+    default="exclude",
+    description="Simulated raters: left out (exclude), added (include), or alone (only).",
+)
 
 
 def _simulated(request) -> str:
@@ -53,6 +57,7 @@ def _int_param(request, name: str) -> int | None:
 
 # -- the machine side -----------------------------------------------------------------------------------
 
+
 class NetworkViewSet(viewsets.ReadOnlyModelViewSet):
     """Registered networks (by name)."""
 
@@ -70,8 +75,10 @@ class DatasetViewSet(viewsets.ReadOnlyModelViewSet):
     lookup_value_regex = r"[-a-zA-Z0-9_]+"
     queryset = analysis_selectors.datasets_for_list().order_by("name")
 
-    @extend_schema(responses=s.ConceptSerializer(many=True),
-                   parameters=[OpenApiParameter("category", str, description="Only this primary category.")])
+    @extend_schema(
+        responses=s.ConceptSerializer(many=True),
+        parameters=[OpenApiParameter("category", str, description="Only this primary category.")],
+    )
     @action(detail=True, methods=["get"])
     def concepts(self, request, name=None):
         dataset = self.get_object()
@@ -95,8 +102,12 @@ class LayerViewSet(viewsets.ReadOnlyModelViewSet):
         return layers
 
 
-@extend_schema(parameters=[OpenApiParameter("layer", int, description="Only this layer's units (layer id)."),
-                           OpenApiParameter("network", str, description="Only this network's units (by name).")])
+@extend_schema(
+    parameters=[
+        OpenApiParameter("layer", int, description="Only this layer's units (layer id)."),
+        OpenApiParameter("network", str, description="Only this network's units (by name)."),
+    ]
+)
 class UnitViewSet(viewsets.ReadOnlyModelViewSet):
     """Units; one unit carries its activation figures, exemplar grids and newest dissection result."""
 
@@ -116,11 +127,13 @@ class UnitViewSet(viewsets.ReadOnlyModelViewSet):
 def run_start_description() -> str:
     """The documentation of ``POST /api/runs/``: every kind the API starts, with its parameters, from the job
     registry (each kind's schema)."""
-    lines = ["Start a run (or get the identical one already queued, running or finished: 200 instead of 201). "
-             "`kind` is one of the kinds below; `params` are that kind's parameters, the same as on its start page "
-             "and command. Missing required parameters, unknown parameters, values of the wrong type, out of range "
-             "or not among the choices are refused with 400 naming the parameter (`params.<name>`), as are networks, "
-             "datasets, layers and extraction runs that do not exist."]
+    lines = [
+        "Start a run (or get the identical one already queued, running or finished: 200 instead of 201). "
+        "`kind` is one of the kinds below; `params` are that kind's parameters, the same as on its start page "
+        "and command. Missing required parameters, unknown parameters, values of the wrong type, out of range "
+        "or not among the choices are refused with 400 naming the parameter (`params.<name>`), as are networks, "
+        "datasets, layers and extraction runs that do not exist."
+    ]
     for kind in s.api_startable_kinds():
         lines.append(f"\n**{kind.name}**: {kind.label}. {kind.description}\n")
         lines += [f"- {line}" for line in kind.params.describe().splitlines()]
@@ -134,8 +147,9 @@ class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = s.RunSerializer
 
     def get_queryset(self):
-        return analysis_selectors.runs_for_list(kind=self.request.query_params.get("kind") or None,
-                                                status=self.request.query_params.get("status") or None)
+        return analysis_selectors.runs_for_list(
+            kind=self.request.query_params.get("kind") or None, status=self.request.query_params.get("status") or None
+        )
 
     def list(self, request, *args, **kwargs):
         runs_reconcile()  # runs whose worker died end failed, lost messages are sent again, before anyone reads them
@@ -145,8 +159,11 @@ class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         runs_reconcile()
         return super().retrieve(request, *args, **kwargs)
 
-    @extend_schema(request=s.RunStartSerializer, responses={201: s.RunSerializer, 200: s.RunSerializer},
-                   description=run_start_description())
+    @extend_schema(
+        request=s.RunStartSerializer,
+        responses={201: s.RunSerializer, 200: s.RunSerializer},
+        description=run_start_description(),
+    )
     def create(self, request, *args, **kwargs):
         start = s.RunStartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
@@ -179,11 +196,13 @@ class RunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             archive = run_export_archive(run=run)
         except RunInputError as error:
             return Response({"detail": str(error)}, status=status.HTTP_409_CONFLICT)
-        return FileResponse(archive, as_attachment=True, filename=f"run-{run.pk}-{run.kind}.zip",
-                            content_type="application/zip")
+        return FileResponse(
+            archive, as_attachment=True, filename=f"run-{run.pk}-{run.kind}.zip", content_type="application/zip"
+        )
 
 
 # -- the human side -------------------------------------------------------------------------------------
+
 
 class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     """Studies, with their agreement report, aggregated results and export files."""
@@ -192,11 +211,13 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [StudyObjectPermission]
 
     def get_queryset(self):
-        return (studies_visible_to(self.request.user)
-                .select_related("layer__network", "extraction__dataset", "overlap_class", "created_by")
-                .prefetch_related("object_classes")
-                .annotate(task_count=Count("tasks", distinct=True), rater_count=Count("raters", distinct=True))
-                .order_by("-created_at", "-id"))
+        return (
+            studies_visible_to(self.request.user)
+            .select_related("layer__network", "extraction__dataset", "overlap_class", "created_by")
+            .prefetch_related("object_classes")
+            .annotate(task_count=Count("tasks", distinct=True), rater_count=Count("raters", distinct=True))
+            .order_by("-created_at", "-id")
+        )
 
     @extend_schema(parameters=[SIMULATED_PARAMETER], responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
@@ -210,13 +231,22 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     def results(self, request, pk=None):
         """Per task: answer counts, majority answer ("not sure" rejected) and the names given."""
         study = self.get_object()
-        return Response({"study": study.name, "study_id": study.pk, "simulated": _simulated(request),
-                         "results": study_exports.study_results(study, simulated=_simulated(request))})
+        return Response(
+            {
+                "study": study.name,
+                "study_id": study.pk,
+                "simulated": _simulated(request),
+                "results": study_exports.study_results(study, simulated=_simulated(request)),
+            }
+        )
 
-    @extend_schema(parameters=[SIMULATED_PARAMETER,
-                               OpenApiParameter("file", str, OpenApiParameter.PATH,
-                                                enum=list(study_exports.STUDY_EXPORT_FILES))],
-                   responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @extend_schema(
+        parameters=[
+            SIMULATED_PARAMETER,
+            OpenApiParameter("file", str, OpenApiParameter.PATH, enum=list(study_exports.STUDY_EXPORT_FILES)),
+        ],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+    )
     @action(detail=True, methods=["get"], url_path=r"files/(?P<file>[a-z]+\.[a-z]+)")
     def files(self, request, pk=None, file=None):
         """A study export file: judgments.csv/json (raw, full provenance), results.csv/json, agreement.json,
@@ -224,8 +254,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
         study = self.get_object()
         if file not in study_exports.STUDY_EXPORT_FILES:
             raise NotFound(f"No export named {file}.")
-        return attachment_response(
-            *study_exports.study_export_file(study, file, simulated=_simulated(request)))
+        return attachment_response(*study_exports.study_export_file(study, file, simulated=_simulated(request)))
 
 
 class CrowdStudyViewSet(viewsets.ReadOnlyModelViewSet):
@@ -234,15 +263,24 @@ class CrowdStudyViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = s.CrowdStudySerializer
 
     def get_queryset(self):
-        return (CrowdStudy.objects.select_related("created_by")
-                .annotate(hit_count=Count("hits", distinct=True), worker_count=Count("workers", distinct=True))
-                .order_by("-created_at", "-id"))
+        return (
+            CrowdStudy.objects.select_related("created_by")
+            .annotate(hit_count=Count("hits", distinct=True), worker_count=Count("workers", distinct=True))
+            .order_by("-created_at", "-id")
+        )
 
-    @extend_schema(parameters=[SIMULATED_PARAMETER,
-                               OpenApiParameter("file", str, OpenApiParameter.PATH,
-                                                enum=[*crowd_exports.CROWD_EXPORT_FILES,
-                                                      *forced_choice_report.FORCED_CHOICE_EXPORT_FILES])],
-                   responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @extend_schema(
+        parameters=[
+            SIMULATED_PARAMETER,
+            OpenApiParameter(
+                "file",
+                str,
+                OpenApiParameter.PATH,
+                enum=[*crowd_exports.CROWD_EXPORT_FILES, *forced_choice_report.FORCED_CHOICE_EXPORT_FILES],
+            ),
+        ],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+    )
     @action(detail=True, methods=["get"], url_path=r"files/(?P<file>[a-z]+\.[a-z]+)")
     def files(self, request, pk=None, file=None):
         """answers.csv/json (every assignment, full provenance) or results.csv/json (aggregated per HIT); forced-choice
@@ -250,11 +288,11 @@ class CrowdStudyViewSet(viewsets.ReadOnlyModelViewSet):
         study = self.get_object()
         if study.kind == CrowdTaskKind.FORCED_CHOICE and file in forced_choice_report.FORCED_CHOICE_EXPORT_FILES:
             return attachment_response(
-                *forced_choice_report.forced_choice_export_file(study, file, simulated=_simulated(request)))
+                *forced_choice_report.forced_choice_export_file(study, file, simulated=_simulated(request))
+            )
         if file not in crowd_exports.CROWD_EXPORT_FILES:
             raise NotFound(f"No export named {file}.")
-        return attachment_response(
-            *crowd_exports.crowd_export_file(study, file, simulated=_simulated(request)))
+        return attachment_response(*crowd_exports.crowd_export_file(study, file, simulated=_simulated(request)))
 
 
 def _study_param(request):
@@ -292,8 +330,12 @@ class JudgmentViewSet(viewsets.GenericViewSet):
         form; the list itself is built from :func:`study_judgment_rows`)."""
         return Judgment.objects.filter(task__study__in=studies_visible_to(self.request.user))
 
-    @extend_schema(parameters=[OpenApiParameter("study", int, required=True),
-                               OpenApiParameter("current", bool, description="Only judgments no revision replaced.")])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("study", int, required=True),
+            OpenApiParameter("current", bool, description="Only judgments no revision replaced."),
+        ]
+    )
     def list(self, request):
         rows = study_exports.study_judgment_rows(_study_param(request))
         if request.query_params.get("current") in ("1", "true", "True"):
@@ -301,9 +343,10 @@ class JudgmentViewSet(viewsets.GenericViewSet):
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(s.JudgmentSerializer(page, many=True).data)
 
-    @extend_schema(request={"application/json": s.JudgmentImportSerializer,
-                            "multipart/form-data": s.JudgmentImportSerializer},
-                   responses={201: s.ImportResultSerializer})
+    @extend_schema(
+        request={"application/json": s.JudgmentImportSerializer, "multipart/form-data": s.JudgmentImportSerializer},
+        responses={201: s.ImportResultSerializer},
+    )
     @action(detail=False, methods=["post"], url_path="import", url_name="import")
     def import_(self, request):
         """Import ``item,rater,answer[,concept]`` rows into a study of imported judgments (created if absent;
@@ -318,8 +361,7 @@ class JudgmentViewSet(viewsets.GenericViewSet):
             counts = judgments_import(study_name=name, text=payload.validated_data["text"], created_by=request.user)
         except StudyInputError as error:
             problems = getattr(error, "problems", None)
-            detail = ([{"line": line, "problem": message} for line, message in problems] if problems
-                      else [str(error)])
+            detail = [{"line": line, "problem": message} for line, message in problems] if problems else [str(error)]
             return Response({"problems": detail}, status=status.HTTP_400_BAD_REQUEST)
         return Response(counts, status=status.HTTP_201_CREATED)
 
@@ -331,9 +373,18 @@ class ApiRootView(APIView):
     def get(self, request):
         from django.urls import reverse
 
-        names = ["network-list", "dataset-list", "layer-list", "unit-list", "run-list", "study-list", "task-list",
-                 "judgment-list", "judgment-import", "crowd-study-list"]
+        names = [
+            "network-list",
+            "dataset-list",
+            "layer-list",
+            "unit-list",
+            "run-list",
+            "study-list",
+            "task-list",
+            "judgment-list",
+            "judgment-import",
+            "crowd-study-list",
+        ]
         endpoints = {name: request.build_absolute_uri(reverse(f"api:{name}")) for name in names}
         endpoints["schema"] = request.build_absolute_uri(reverse("api:schema"))
         return Response({"endpoints": endpoints})
-

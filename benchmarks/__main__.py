@@ -1,4 +1,5 @@
 """Run every benchmark module in this folder (each has a ``main()``), in name order."""
+
 import importlib
 import os
 import pkgutil

@@ -5,6 +5,7 @@ and the time, with the load average beside them.
 
 `python -m benchmarks.bench_broker [trials]`
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -26,9 +27,17 @@ def _connection(kind: str, root: str):
     for folder in folders.values():
         os.makedirs(folder, exist_ok=True)
     transport = "unitscope.broker:Transport" if kind == "unitscope" else "filesystem"
-    return Connection("filesystem://", transport=transport, transport_options={
-        "data_folder_in": folders["queue"], "data_folder_out": folders["queue"],
-        "processed_folder": folders["processed"], "control_folder": folders["control"], "polling_interval": 0.05})
+    return Connection(
+        "filesystem://",
+        transport=transport,
+        transport_options={
+            "data_folder_in": folders["queue"],
+            "data_folder_out": folders["queue"],
+            "processed_folder": folders["processed"],
+            "control_folder": folders["control"],
+            "polling_interval": 0.05,
+        },
+    )
 
 
 def _produce(kind: str, root: str, producer: int, errors) -> None:
@@ -38,7 +47,7 @@ def _produce(kind: str, root: str, producer: int, errors) -> None:
             for number in range(PER_PRODUCER):
                 queue.put({"producer": producer, "n": number})
             queue.close()
-    except Exception as error:  # noqa: BLE001 - counted and shown
+    except Exception as error:
         errors.put(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
 
 
@@ -53,7 +62,7 @@ def _consume(kind: str, root: str, received, errors, stop) -> None:
                     continue
                 received.put((message.payload["producer"], message.payload["n"]))
                 message.ack()
-    except Exception as error:  # noqa: BLE001 - counted and shown
+    except Exception as error:
         errors.put(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
 
 
@@ -73,7 +82,7 @@ def trial(kind: str) -> None:
     while len(got) < total and any(process.is_alive() for process in consumers):
         try:
             got.append(received.get(timeout=1))
-        except Exception:  # noqa: BLE001 - queue.Empty: check the readers again
+        except Exception:
             if time.monotonic() - started > 300:
                 break
     elapsed = time.monotonic() - started
@@ -84,9 +93,11 @@ def trial(kind: str) -> None:
     while not errors.empty():
         failures.append(errors.get())
     distinct = set(got)
-    print(f"{kind:>10}: {len(distinct)}/{total} delivered, {total - len(distinct)} lost, "
-          f"{len(got) - len(distinct)} doubled, {len(failures)} processes died, {elapsed:.1f} s, "
-          f"load {os.getloadavg()[0]:.1f}" + (f"  [{failures[0]}]" if failures else ""))
+    print(
+        f"{kind:>10}: {len(distinct)}/{total} delivered, {total - len(distinct)} lost, "
+        f"{len(got) - len(distinct)} doubled, {len(failures)} processes died, {elapsed:.1f} s, "
+        f"load {os.getloadavg()[0]:.1f}" + (f"  [{failures[0]}]" if failures else "")
+    )
 
 
 def main() -> None:
@@ -95,6 +106,7 @@ def main() -> None:
     kinds = ["filesystem", "unitscope"]
     try:
         import sqlalchemy  # noqa: F401
+
         kinds.append("sqlalchemy")
     except ImportError:
         print("(SQLAlchemy is not installed: kombu's SQLAlchemy transport is left out)")

@@ -16,6 +16,7 @@ Two ratios, no Django database (the engine only, as the dissection runs call it)
    identical (also to the dense vectorised ``DissectionTally.add``, whose time is printed for reference).
    Target: ≥ 10× faster.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,16 +29,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.engine.broden import BrodenReader  # noqa: E402
-from analysis.engine.demo_network import build_demo_network  # noqa: E402
-from analysis.engine.dissection import DissectionTally  # noqa: E402
-from analysis.engine.dissection_data import (TallyView, iter_label_batches, label_category_table,  # noqa: E402
-                                             tally_cached_maps, thresholds_of_cached_maps)
-from analysis.engine.dissection_sparse import AnchoredUpsample, tally_add_sparse  # noqa: E402
-from analysis.engine.networks import capture_forward, normalize_images  # noqa: E402
-from analysis.engine.probe_world import generate_probe_world  # noqa: E402
-from analysis.engine.receptive_field import receptive_fields  # noqa: E402
-from benchmarks.dissection_reference import reference_tally  # noqa: E402
+from analysis.engine.broden import BrodenReader
+from analysis.engine.demo_network import build_demo_network
+from analysis.engine.dissection import DissectionTally
+from analysis.engine.dissection_data import (
+    TallyView,
+    iter_label_batches,
+    label_category_table,
+    tally_cached_maps,
+    thresholds_of_cached_maps,
+)
+from analysis.engine.dissection_sparse import AnchoredUpsample, tally_add_sparse
+from analysis.engine.networks import capture_forward, normalize_images
+from analysis.engine.probe_world import generate_probe_world
+from analysis.engine.receptive_field import receptive_fields
+from benchmarks.dissection_reference import reference_tally
 
 N_IMAGES, SIZE, BATCH = 600, 112, 64
 LAYERS = ["conv3", "conv4", "conv5"]
@@ -76,7 +82,7 @@ def _run() -> None:
         def forward() -> dict[str, np.ndarray]:
             maps: dict[str, list[np.ndarray]] = {name: [] for name in LAYERS}
             for start in range(0, N_IMAGES, BATCH):
-                out = capture_forward(model, normalize_images(images[start:start + BATCH], MEAN, STD), LAYERS)
+                out = capture_forward(model, normalize_images(images[start : start + BATCH], MEAN, STD), LAYERS)
                 for name in LAYERS:
                     maps[name].append(out[name].to(torch.float16).numpy())
             return {name: np.concatenate(parts) for name, parts in maps.items()}
@@ -95,8 +101,9 @@ def _run() -> None:
 
         def dissect_layer(name: str, thresholds: torch.Tensor) -> DissectionTally:
             tally = DissectionTally(thresholds, label_category, len(categories))
-            tally_cached_maps(cache[name], [TallyView(tally)], reader=reader, rows=rows, upsample=upsampler(name),
-                              batch_size=BATCH)
+            tally_cached_maps(
+                cache[name], [TallyView(tally)], reader=reader, rows=rows, upsample=upsampler(name), batch_size=BATCH
+            )
             return tally
 
         started = time.perf_counter()
@@ -117,8 +124,12 @@ def _run() -> None:
         maps = torch.from_numpy(cache["conv5"].astype(np.float32))
         size = (rows[0].sh, rows[0].sw)
         upsample = upsampler("conv5")
-        batches = [(first, stop, labels) for first, stop, labels in
-                   iter_label_batches(reader, rows, list(range(N_IMAGES)), batch_size=BATCH, prefetch=False)]
+        batches = [
+            (first, stop, labels)
+            for first, stop, labels in iter_label_batches(
+                reader, rows, list(range(N_IMAGES)), batch_size=BATCH, prefetch=False
+            )
+        ]
 
         def ours() -> DissectionTally:
             fast = DissectionTally(thresholds, label_category, len(categories))
@@ -148,33 +159,46 @@ def _run() -> None:
             pairs += [(first + int(i), int(label)) for i, label in labels.image.tolist()]
         started = time.perf_counter()
         upsampled = upsample(maps, size).numpy()
-        reference = reference_tally(upsampled, thresholds.numpy(), pixel, pairs, label_category.numpy(),
-                                    len(categories))
+        reference = reference_tally(
+            upsampled, thresholds.numpy(), pixel, pairs, label_category.numpy(), len(categories)
+        )
         reference_seconds = time.perf_counter() - started
-        identical = all(np.array_equal(getattr(t, name).numpy(), reference[name])
-                        for t in (fast, full, tally) for name in COUNTS)
+        identical = all(
+            np.array_equal(getattr(t, name).numpy(), reference[name]) for t in (fast, full, tally) for name in COUNTS
+        )
 
     units = sum(cache[name].shape[1] for name in LAYERS)
-    print(f"{N_IMAGES} probe-world images at {SIZE} px, masks {size[0]}×{size[1]}, {len(label_category) - 1} labels "
-          f"in {len(categories)} categories; demo architecture (seeded random weights), {torch.get_num_threads()} "
-          f"thread(s)")
+    print(
+        f"{N_IMAGES} probe-world images at {SIZE} px, masks {size[0]}×{size[1]}, {len(label_category) - 1} labels "
+        f"in {len(categories)} categories; demo architecture (seeded random weights), {torch.get_num_threads()} "
+        f"thread(s)"
+    )
     for name in LAYERS:
         result = tallies[name].result()
-        print(f"  {name}: {result.summary().n_detectors} detectors, {result.summary().n_unique_detectors} unique "
-              f"concepts (random weights)")
+        print(
+            f"  {name}: {result.summary().n_detectors} detectors, {result.summary().n_unique_detectors} unique "
+            f"concepts (random weights)"
+        )
     print(f"forward pass, conv3–conv5 captured:              {forward_seconds:7.2f} s")
-    print(f"dissection runs of conv3–conv5 ({units} units):    {dissection_seconds:7.2f} s  "
-          f"(cached maps, masks, anchored upsampling, tally; decoding the masks alone takes "
-          f"{masks_seconds:.2f} s per layer)")
-    print(f"ratio dissection / forward:                       {dissection_seconds / forward_seconds:7.2f}  "
-          "(target ≤ 1.0)")
-    print(f"  with the exact 0.995 quantile recomputed here:  {(dissection_seconds + quantile_seconds):7.2f} s, "
-          f"ratio {(dissection_seconds + quantile_seconds) / forward_seconds:.2f}")
+    print(
+        f"dissection runs of conv3–conv5 ({units} units):    {dissection_seconds:7.2f} s  "
+        f"(cached maps, masks, anchored upsampling, tally; decoding the masks alone takes "
+        f"{masks_seconds:.2f} s per layer)"
+    )
+    print(
+        f"ratio dissection / forward:                       {dissection_seconds / forward_seconds:7.2f}  (target ≤ 1.0)"
+    )
+    print(
+        f"  with the exact 0.995 quantile recomputed here:  {(dissection_seconds + quantile_seconds):7.2f} s, "
+        f"ratio {(dissection_seconds + quantile_seconds) / forward_seconds:.2f}"
+    )
     print(f"conv5 maps -> counts, ours (sparse upsampling):   {ours_seconds:7.3f} s")
     print(f"conv5 maps -> counts, dense engine tally:         {dense_seconds:7.3f} s  (all pixels upsampled)")
     print(f"conv5 maps -> counts, reference (per image, unit):{reference_seconds:7.3f} s")
-    print(f"ratio ours / reference:                           {ours_seconds / reference_seconds:7.4f}  "
-          f"({reference_seconds / ours_seconds:.0f}× faster; target ≥ 10×)")
+    print(
+        f"ratio ours / reference:                           {ours_seconds / reference_seconds:7.4f}  "
+        f"({reference_seconds / ours_seconds:.0f}× faster; target ≥ 10×)"
+    )
     print(f"tallies identical (ours = dense = reference = run pipeline): {identical}")
     if not identical:
         raise SystemExit("the vectorised tally differs from the reference")

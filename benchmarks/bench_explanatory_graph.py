@@ -8,6 +8,7 @@
    (112 px input, float32, the same thread count), and the demo step's estimated total (300 learning images,
    10 iterations, inference on 3000 images).
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,10 +20,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.engine.demo_network import build_demo_network  # noqa: E402
-from analysis.engine.explanatory_graph import (GraphLayer, LayerConfig, LayerSource, _initial_layer,  # noqa: E402
-                                               filter_normalizer, infer_layer, learn_layer)
-from benchmarks.explanatory_graph_reference import reference_learn_lower_layer  # noqa: E402
+from analysis.engine.demo_network import build_demo_network
+from analysis.engine.explanatory_graph import (
+    GraphLayer,
+    LayerConfig,
+    LayerSource,
+    _initial_layer,
+    filter_normalizer,
+    infer_layer,
+    learn_layer,
+)
+from benchmarks.explanatory_graph_reference import reference_learn_lower_layer
 
 
 def _grid(side: int) -> torch.Tensor:
@@ -31,11 +39,18 @@ def _grid(side: int) -> torch.Tensor:
 
 
 def _upper(rng, filters: int, per: int, side: int) -> GraphLayer:
-    return GraphLayer(name="up", config=LayerConfig(nodes_per_filter=per), positions=_grid(side),
-                      normalizer=torch.ones(filters), mu=torch.from_numpy(rng.random((filters, per, 2))).float(),
-                      sigma2=torch.from_numpy(rng.uniform(0.002, 0.02, (filters, per))).float(),
-                      fit_sigma2=torch.ones(filters, per), edges=torch.zeros(filters * per, 0, dtype=torch.int64),
-                      mass=torch.zeros(filters, per), noise_mass=torch.zeros(filters))
+    return GraphLayer(
+        name="up",
+        config=LayerConfig(nodes_per_filter=per),
+        positions=_grid(side),
+        normalizer=torch.ones(filters),
+        mu=torch.from_numpy(rng.random((filters, per, 2))).float(),
+        sigma2=torch.from_numpy(rng.uniform(0.002, 0.02, (filters, per))).float(),
+        fit_sigma2=torch.ones(filters, per),
+        edges=torch.zeros(filters * per, 0, dtype=torch.int64),
+        mass=torch.zeros(filters, per),
+        noise_mass=torch.zeros(filters),
+    )
 
 
 def against_reference() -> None:
@@ -54,14 +69,24 @@ def against_reference() -> None:
     mu0 = _initial_layer(source, config, normalizer, seed=1, level=1, device="cpu").mu.numpy()
     start = time.perf_counter()
     mu, edges = reference_learn_lower_layer(
-        maps.reshape(images, filters, -1).astype(np.float64), _grid(side).numpy().astype(np.float64), mu0,
-        upper.mu.reshape(-1, 2).numpy().astype(np.float64), upper.sigma2.reshape(-1).numpy().astype(np.float64),
-        upper.positions.numpy()[upper_units].astype(np.float64), iterations=2, neighbours=3, tau=config.tau,
-        beta=config.beta, init_sigma=config.init_sigma)
+        maps.reshape(images, filters, -1).astype(np.float64),
+        _grid(side).numpy().astype(np.float64),
+        mu0,
+        upper.mu.reshape(-1, 2).numpy().astype(np.float64),
+        upper.sigma2.reshape(-1).numpy().astype(np.float64),
+        upper.positions.numpy()[upper_units].astype(np.float64),
+        iterations=2,
+        neighbours=3,
+        tau=config.tau,
+        beta=config.beta,
+        init_sigma=config.init_sigma,
+    )
     reference = time.perf_counter() - start
     same = np.array_equal(learned.edges.numpy(), edges) and np.allclose(learned.mu.numpy(), mu, atol=1e-4)
-    print(f"Algorithm 1, 2 iterations, {filters * per} nodes × 20 candidates, {images} images: ours {ours:.3f} s, "
-          f"reference {reference:.3f} s → {reference / ours:.0f}× faster; μ and E_V identical: {same}")
+    print(
+        f"Algorithm 1, 2 iterations, {filters * per} nodes × 20 candidates, {images} images: ours {ours:.3f} s, "
+        f"reference {reference:.3f} s → {reference / ours:.0f}× faster; μ and E_V identical: {same}"
+    )
 
 
 def demo_shapes() -> None:
@@ -87,21 +112,31 @@ def demo_shapes() -> None:
     top.sigma2 = torch.full_like(top.sigma2, 0.01)
     top_units = np.zeros((images, top.n_nodes), dtype=np.int32)
     for first in range(0, images, batch):
-        top_units[first:first + batch] = infer_layer(top, conv5[first:first + batch])[0].numpy()
+        top_units[first : first + batch] = infer_layer(top, conv5[first : first + batch])[0].numpy()
     low_source = LayerSource("conv4", lambda r: conv4[r], positions, 128)
     start = time.perf_counter()
-    learn_layer(low_source, LayerConfig(nodes_per_filter=20, iterations=1), rows, upper=top, upper_units=top_units,
-                batch_size=batch)
+    learn_layer(
+        low_source,
+        LayerConfig(nodes_per_filter=20, iterations=1),
+        rows,
+        upper=top,
+        upper_units=top_units,
+        batch_size=batch,
+    )
     low_time = (time.perf_counter() - start) / images
     start = time.perf_counter()
     for first in range(0, images, batch):
-        infer_layer(top, conv5[first:first + batch])
+        infer_layer(top, conv5[first : first + batch])
     infer_time = (time.perf_counter() - start) / images
-    print(f"one EM iteration per image: conv5 (1280 nodes) {top_time / forward:.1f} forward passes, conv4 (2560 "
-          f"nodes, M=15 of 1280) {low_time / forward:.1f} forward passes (forward {forward * 1e3:.1f} ms/image)")
+    print(
+        f"one EM iteration per image: conv5 (1280 nodes) {top_time / forward:.1f} forward passes, conv4 (2560 "
+        f"nodes, M=15 of 1280) {low_time / forward:.1f} forward passes (forward {forward * 1e3:.1f} ms/image)"
+    )
     estimate = 300 * 10 * (top_time + low_time) + 3000 * infer_time * 3
-    print(f"demo step estimate (300 learning images × 10 iterations + inference on 3000 images): {estimate:.0f} s "
-          f"= {estimate / (3000 * forward):.0f}× the forward pass over the 3000 images")
+    print(
+        f"demo step estimate (300 learning images × 10 iterations + inference on 3000 images): {estimate:.0f} s "
+        f"= {estimate / (3000 * forward):.0f}× the forward pass over the 3000 images"
+    )
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ Both measured in this run on this machine. The extraction side does everything t
 does per batch (forward with capture, float16 rounding, top-k overall and per class, exact quantile,
 per-image scores, the float16 cache write); the plain side only runs the network forward.
 """
+
 from __future__ import annotations
 
 import io
@@ -52,8 +53,10 @@ def main() -> None:
             out = capture_forward(model, normalize_images(batch, mean, std), LAYERS)
             return {name: value.half().float() for name, value in out.items()}
 
-        caches = {name: np.memmap(Path(tmp) / f"{name}.f16", dtype=np.float16, mode="w+",
-                                  shape=(N_IMAGES, 128, 13, 13)) for name in LAYERS}
+        caches = {
+            name: np.memmap(Path(tmp) / f"{name}.f16", dtype=np.float16, mode="w+", shape=(N_IMAGES, 128, 13, 13))
+            for name in LAYERS
+        }
         plain_forward()  # warm-up
         forward_times, extraction_times = [], []
         for _ in range(REPEATS):  # interleaved, best of each: robust to other load on the machine
@@ -61,14 +64,19 @@ def main() -> None:
             plain_forward()
             forward_times.append(time.perf_counter() - started)
             started = time.perf_counter()
-            stats = extract_statistics(forward, batches(), LAYERS, total_images=N_IMAGES, num_classes=7,
-                                       device="cpu", cache=caches)
+            stats = extract_statistics(
+                forward, batches(), LAYERS, total_images=N_IMAGES, num_classes=7, device="cpu", cache=caches
+            )
             extraction_times.append(time.perf_counter() - started)
         forward_seconds, extraction_seconds = min(forward_times), min(extraction_times)
-        print(f"{N_IMAGES} images of {SIZE} px, layers {', '.join(LAYERS)}, batch {BATCH}, "
-              f"{torch.get_num_threads()} threads")
-        print(f"plain forward {forward_seconds:.2f} s, extraction {extraction_seconds:.2f} s: "
-              f"extraction / forward = {extraction_seconds / forward_seconds:.2f} (target <= 1.3)")
+        print(
+            f"{N_IMAGES} images of {SIZE} px, layers {', '.join(LAYERS)}, batch {BATCH}, "
+            f"{torch.get_num_threads()} threads"
+        )
+        print(
+            f"plain forward {forward_seconds:.2f} s, extraction {extraction_seconds:.2f} s: "
+            f"extraction / forward = {extraction_seconds / forward_seconds:.2f} (target <= 1.3)"
+        )
 
         # Grids: the grid run's per-grid work (gather 10 images and maps, anchored upsampling, drawing, PNG),
         # on one core; the worker's other core is free for a second job.
@@ -84,8 +92,13 @@ def main() -> None:
         for unit in range(64):
             for style in ("activation", "threshold"):
                 indices = top.images[unit, :10].tolist()
-                up = upsample_anchored(maps[indices, unit], (SIZE, SIZE), rf_stride=geometry.stride,
-                                       rf_offset=geometry.offset, input_size=(SIZE, SIZE)).numpy()
+                up = upsample_anchored(
+                    maps[indices, unit],
+                    (SIZE, SIZE),
+                    rf_stride=geometry.stride,
+                    rf_offset=geometry.offset,
+                    input_size=(SIZE, SIZE),
+                ).numpy()
                 if style == "activation":
                     grid = render_activation_grid(pictures[indices], up, vmax=float(top.scores[unit, 0]), columns=5)
                 else:
@@ -94,8 +107,10 @@ def main() -> None:
                 n_grids += 1
         grid_seconds = time.perf_counter() - started
         torch.set_num_threads(threads)
-        print(f"grids: {n_grids} grids of 10 tiles in {grid_seconds:.2f} s = {n_grids / grid_seconds:.0f} grids/s "
-              f"(target >= 50)")
+        print(
+            f"grids: {n_grids} grids of 10 tiles in {grid_seconds:.2f} s = {n_grids / grid_seconds:.0f} grids/s "
+            f"(target >= 50)"
+        )
 
 
 if __name__ == "__main__":

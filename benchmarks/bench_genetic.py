@@ -6,6 +6,7 @@ The part problem is synthetic at the demo's scale: 400 object views, each with 1
 about 4 times per view (boxes after NMS); 12 filters fire near the part in different subsets of the views, the
 others anywhere.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,8 +43,14 @@ def synthetic_part(seed: int = 0):
             scores.append(score)
             views += [v] * n
             filters += [f] * n
-    return (torch.tensor(np.concatenate(boxes)), torch.tensor(np.concatenate(scores)), torch.tensor(views),
-            np.array(filters), torch.tensor(gt), torch.tensor(gt_view))
+    return (
+        torch.tensor(np.concatenate(boxes)),
+        torch.tensor(np.concatenate(scores)),
+        torch.tensor(views),
+        np.array(filters),
+        torch.tensor(gt),
+        torch.tensor(gt_view),
+    )
 
 
 def main() -> None:
@@ -59,9 +66,11 @@ def main() -> None:
     started = time.perf_counter()
     result = run_ga(lambda z: matching.ap(z)[0], N_FILTERS, GAConfig(), best_single=int(np.argmax(singles)))
     ga_time = time.perf_counter() - started
-    print(f"GA (population 200, 100 generations, {result.evaluations} evaluations, {len(matching._cache)} distinct "
-          f"chromosomes): {ga_time:.2f} s · AP {result.fitness:.3f} with {len(result.filters)} filters "
-          f"(best single {singles.max():.3f}) · target <= 20 s: {'met' if ga_time <= 20 else 'MISSED'}")
+    print(
+        f"GA (population 200, 100 generations, {result.evaluations} evaluations, {len(matching._cache)} distinct "
+        f"chromosomes): {ga_time:.2f} s · AP {result.fitness:.3f} with {len(result.filters)} filters "
+        f"(best single {singles.max():.3f}) · target <= 20 s: {'met' if ga_time <= 20 else 'MISSED'}"
+    )
 
     rng = np.random.default_rng(1)
     sample = np.concatenate([rng.random((150, N_FILTERS)) < 0.02, rng.random((50, N_FILTERS)) < 0.1])
@@ -77,10 +86,14 @@ def main() -> None:
         slow.append(average_precision(boxes[picked], scores[picked], views[picked], gt, gt_view, 0.4)[0])
     slow_time = (time.perf_counter() - started) / len(sample)
     difference = max(abs(a - b) for a, b in zip(fast, slow))
-    print(f"one fitness evaluation: precomputed {fast_time * 1e6:.0f} µs, from scratch {slow_time * 1e3:.1f} ms "
-          f"-> speed-up {slow_time / fast_time:.0f}x (max |AP difference| {difference:.1e})")
-    print(f"GA from scratch (every evaluation recomputed, no cache), estimated: "
-          f"{slow_time * result.evaluations:.0f} s = {slow_time * result.evaluations / ga_time:.0f}x the GA above")
+    print(
+        f"one fitness evaluation: precomputed {fast_time * 1e6:.0f} µs, from scratch {slow_time * 1e3:.1f} ms "
+        f"-> speed-up {slow_time / fast_time:.0f}x (max |AP difference| {difference:.1e})"
+    )
+    print(
+        f"GA from scratch (every evaluation recomputed, no cache), estimated: "
+        f"{slow_time * result.evaluations:.0f} s = {slow_time * result.evaluations / ga_time:.0f}x the GA above"
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ lost; and that grids are served as files (the bytes' SHA-256 is the grid's conte
 ``python -m benchmarks bench_load`` (defaults: 30 + 30 people, 6 rounds each) or ``python -m benchmarks.bench_load
 --people 10 --per-person 3``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.loadkit import (GRID_SRC, HIDDEN_SHOWN, Server, Session, ThrowawayPostgres, django_env,  # noqa: E402
-                                location, process_tree_cpu_seconds, setup_world)
+from benchmarks.loadkit import (
+    GRID_SRC,
+    HIDDEN_SHOWN,
+    Server,
+    Session,
+    ThrowawayPostgres,
+    django_env,
+    location,
+    process_tree_cpu_seconds,
+    setup_world,
+)
 
 TARGET_P95_MS = 100.0
 
@@ -79,9 +89,17 @@ def _wait(barrier: threading.Barrier | None) -> None:
             pass
 
 
-def expert_client(base: str, username: str, study: int, rounds: int, deadline: float, record: Recorder,
-                  group: str = "expert", barrier: threading.Barrier | None = None,
-                  session: Session | None = None) -> Session:
+def expert_client(
+    base: str,
+    username: str,
+    study: int,
+    rounds: int,
+    deadline: float,
+    record: Recorder,
+    group: str = "expert",
+    barrier: threading.Barrier | None = None,
+    session: Session | None = None,
+) -> Session:
     session = session or Session(base)
     try:
         if not session.csrf_token():
@@ -90,8 +108,9 @@ def expert_client(base: str, username: str, study: int, rounds: int, deadline: f
             if time.monotonic() > deadline:
                 return session
             _wait(barrier)
-            status, headers, _ = record.timed(group, "next", lambda: session.get(f"/expert/studies/{study}/next/"),
-                                              round_)
+            status, headers, _ = record.timed(
+                group, "next", lambda: session.get(f"/expert/studies/{study}/next/"), round_
+            )
             if status != 302:
                 return session  # 200: the "all done" page
             task_url = location(headers)
@@ -107,15 +126,23 @@ def expert_client(base: str, username: str, study: int, rounds: int, deadline: f
             if status in (200, 302):
                 with record.lock:
                     record.submitted["expert"].append((username, task_url))
-    except Exception as error:  # noqa: BLE001 — a client's failure is reported, not raised in its thread
+    except Exception as error:
         with record.lock:
             record.errors.append(f"expert {username}: {type(error).__name__}: {error}")
     return session
 
 
-def crowd_client(base: str, token: str, number: int, rounds: int, deadline: float, record: Recorder,
-                 group: str = "crowd", barrier: threading.Barrier | None = None,
-                 session: Session | None = None) -> Session:
+def crowd_client(
+    base: str,
+    token: str,
+    number: int,
+    rounds: int,
+    deadline: float,
+    record: Recorder,
+    group: str = "crowd",
+    barrier: threading.Barrier | None = None,
+    session: Session | None = None,
+) -> Session:
     session = session or Session(base)
     try:
         if not getattr(session, "next_url", ""):
@@ -143,7 +170,7 @@ def crowd_client(base: str, token: str, number: int, rounds: int, deadline: floa
             if status in (200, 302):
                 with record.lock:
                     record.submitted["crowd"].append((str(number), task_url))
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         with record.lock:
             record.errors.append(f"crowd {number}: {type(error).__name__}: {error}")
     return session
@@ -154,18 +181,30 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
 
 
-def run(*, people: int = 30, per_person: int = 6, max_seconds: float = 120.0, workers: int | None = None,
-        threads: int | None = None) -> dict:
+def run(
+    *,
+    people: int = 30,
+    per_person: int = 6,
+    max_seconds: float = 120.0,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> dict:
     """Build everything, drive ``people`` experts and ``people`` crowd workers at once, check, report."""
     results: dict = {}
     with ThrowawayPostgres() as pg, tempfile.TemporaryDirectory(prefix="unitscope-load-") as data_dir:
         # Rate limits stay on; every simulated worker enters from the same loopback address, so the per-address
         # entry limit is raised (the per-worker limit is the production default).
-        env = django_env(pg.create_database("unitscope_load"), Path(data_dir), CONN_MAX_AGE="60",
-                         UNITSCOPE_RATE_LIMIT_ENABLED="1", UNITSCOPE_RATE_LIMIT_CROWD_ENTRY="6000/m")
+        env = django_env(
+            pg.create_database("unitscope_load"),
+            Path(data_dir),
+            CONN_MAX_AGE="60",
+            UNITSCOPE_RATE_LIMIT_ENABLED="1",
+            UNITSCOPE_RATE_LIMIT_CROWD_ENTRY="6000/m",
+        )
         started = time.perf_counter()
-        world = setup_world(env, experts=people, crowd=people, tasks_per_expert=2 * per_person + 1,
-                            hits_per_worker=2 * per_person)
+        world = setup_world(
+            env, experts=people, crowd=people, tasks_per_expert=2 * per_person + 1, hits_per_worker=2 * per_person
+        )
         results["setup_seconds"] = time.perf_counter() - started
         with Server(env, workers=workers, threads=threads) as server:
             record = Recorder()
@@ -180,13 +219,40 @@ def run(*, people: int = 30, per_person: int = 6, max_seconds: float = 120.0, wo
                 for kind in kinds:
                     for number, name in enumerate(world["experts"]):
                         if kind == "expert":
-                            target = lambda name=name: experts.__setitem__(name, expert_client(
-                                server.base, name, world["study"], per_person, deadline, record, group, barrier,
-                                experts.get(name)))
+
+                            def target(name=name):
+                                return experts.__setitem__(
+                                    name,
+                                    expert_client(
+                                        server.base,
+                                        name,
+                                        world["study"],
+                                        per_person,
+                                        deadline,
+                                        record,
+                                        group,
+                                        barrier,
+                                        experts.get(name),
+                                    ),
+                                )
                         else:
-                            target = lambda number=number: crowd.__setitem__(number, crowd_client(
-                                server.base, world["crowd_token"], number, per_person, deadline, record, group,
-                                barrier, crowd.get(number)))
+
+                            def target(number=number):
+                                return crowd.__setitem__(
+                                    number,
+                                    crowd_client(
+                                        server.base,
+                                        world["crowd_token"],
+                                        number,
+                                        per_person,
+                                        deadline,
+                                        record,
+                                        group,
+                                        barrier,
+                                        crowd.get(number),
+                                    ),
+                                )
+
                         threads_.append(threading.Thread(target=target))
                 for thread in threads_:
                     thread.start()
@@ -198,8 +264,9 @@ def run(*, people: int = 30, per_person: int = 6, max_seconds: float = 120.0, wo
             database_cpu_before = process_tree_cpu_seconds(pg.pid)
             client_cpu_before = time.process_time()
             # 0. One expert alone: the service time of each request, with nobody else asking.
-            experts[world["experts"][0]] = expert_client(server.base, world["experts"][0], world["study"],
-                                                         per_person, deadline, record, "alone")
+            experts[world["experts"][0]] = expert_client(
+                server.base, world["experts"][0], world["study"], per_person, deadline, record, "alone"
+            )
             # 1. N experts, each round's next-task requests released at the same instant (N simultaneous claims);
             # 2. the same for N crowd workers; 3. experts and crowd together, back to back, no pause.
             phase(("expert",), "expert", burst=True)
@@ -208,15 +275,23 @@ def run(*, people: int = 30, per_person: int = 6, max_seconds: float = 120.0, wo
             results["seconds"] = time.perf_counter() - started
             results["database_cpu_seconds"] = process_tree_cpu_seconds(pg.pid) - database_cpu_before
             results["client_cpu_seconds"] = time.process_time() - client_cpu_before
-            results["server_cpu_seconds"] = (process_tree_cpu_seconds(server.process.pid)
-                                             + process_tree_cpu_seconds(pg.pid) - cpu_before)
-        judgment_rows = pg.query("unitscope_load", "SELECT count(*), count(DISTINCT (task_id, rater_id)) FROM "
-                                                   "annotation_judgment WHERE revision_of_id IS NULL")[0]
-        crowd_rows = pg.query("unitscope_load", "SELECT count(*), count(DISTINCT (hit_id, worker_id)) FROM "
-                                                "annotation_crowdassignment WHERE state = 'submitted'")[0]
+            results["server_cpu_seconds"] = (
+                process_tree_cpu_seconds(server.process.pid) + process_tree_cpu_seconds(pg.pid) - cpu_before
+            )
+        judgment_rows = pg.query(
+            "unitscope_load",
+            "SELECT count(*), count(DISTINCT (task_id, rater_id)) FROM "
+            "annotation_judgment WHERE revision_of_id IS NULL",
+        )[0]
+        crowd_rows = pg.query(
+            "unitscope_load",
+            "SELECT count(*), count(DISTINCT (hit_id, worker_id)) FROM "
+            "annotation_crowdassignment WHERE state = 'submitted'",
+        )[0]
         grid_hashes = dict(pg.query("unitscope_load", "SELECT path, sha256 FROM analysis_renderedgrid"))
-    results.update(record=record, world=world, judgment_rows=judgment_rows, crowd_rows=crowd_rows,
-                   grid_hashes=grid_hashes)
+    results.update(
+        record=record, world=world, judgment_rows=judgment_rows, crowd_rows=crowd_rows, grid_hashes=grid_hashes
+    )
     return results
 
 
@@ -230,51 +305,76 @@ def report(results: dict, *, people: int) -> bool:
     print(f"{'group':8} {'step':7} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  statuses")
     for (group, step), values in sorted(record.latency.items()):
         statuses = " ".join(f"{status}×{count}" for status, count in sorted(record.statuses[(group, step)].items()))
-        print(f"{group:8} {step:7} {len(values):5d} {statistics.median(values):8.1f} {percentile(values, 0.95):8.1f} "
-              f"{max(values):8.1f}  {statuses}")
-    for group, what in (("expert", f"{people} experts claiming at the same instant"),
-                        ("crowd", f"{people} crowd workers claiming at the same instant")):
+        print(
+            f"{group:8} {step:7} {len(values):5d} {statistics.median(values):8.1f} {percentile(values, 0.95):8.1f} "
+            f"{max(values):8.1f}  {statuses}"
+        )
+    for group, what in (
+        ("expert", f"{people} experts claiming at the same instant"),
+        ("crowd", f"{people} crowd workers claiming at the same instant"),
+    ):
         values = record.latency.get((group, "next"), [])
         if values:
             p95 = percentile(values, 0.95)
             met = p95 <= TARGET_P95_MS
             ok &= met
-            print(f"next-task p95, {what}: {p95:.1f} ms (target ≤ {TARGET_P95_MS:.0f} ms: "
-                  f"{'met' if met else 'MISSED'}); round by round: "
-                  + ", ".join(f"{percentile(times, 0.95):.0f}" for _, times in
-                              sorted(record.next_by_round[group].items())) + " ms")
+            print(
+                f"next-task p95, {what}: {p95:.1f} ms (target ≤ {TARGET_P95_MS:.0f} ms: "
+                f"{'met' if met else 'MISSED'}); round by round: "
+                + ", ".join(
+                    f"{percentile(times, 0.95):.0f}" for _, times in sorted(record.next_by_round[group].items())
+                )
+                + " ms"
+            )
     alone = record.latency.get(("alone", "next"), [])
     if alone:
-        print(f"next-task, one expert alone: p50 {statistics.median(alone):.1f} ms (the service time; the rest is "
-              "queueing for the CPUs)")
+        print(
+            f"next-task, one expert alone: p50 {statistics.median(alone):.1f} ms (the service time; the rest is "
+            "queueing for the CPUs)"
+        )
     mixed = record.latency.get(("mixed", "next"), [])
     if mixed:
-        print(f"next-task p95, {people} experts + {people} crowd workers back to back (no pause): "
-              f"{percentile(mixed, 0.95):.1f} ms (stress, no target)")
+        print(
+            f"next-task p95, {people} experts + {people} crowd workers back to back (no pause): "
+            f"{percentile(mixed, 0.95):.1f} ms (stress, no target)"
+        )
     import os
 
-    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} "
-          "(other processes share these CPUs)")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} "
+        "(other processes share these CPUs)"
+    )
     cpu_ms = 1000 * results["server_cpu_seconds"] / requests
-    print(f"server CPU per request (gunicorn + PostgreSQL processes, user + system): {cpu_ms:.1f} ms; with the "
-          f"{os.cpu_count()} CPUs to itself the server would drain {people} simultaneous requests in about "
-          f"{people * cpu_ms / os.cpu_count():.0f} ms (an estimate from the measured CPU time, not a latency)")
+    print(
+        f"server CPU per request (gunicorn + PostgreSQL processes, user + system): {cpu_ms:.1f} ms; with the "
+        f"{os.cpu_count()} CPUs to itself the server would drain {people} simultaneous requests in about "
+        f"{people * cpu_ms / os.cpu_count():.0f} ms (an estimate from the measured CPU time, not a latency)"
+    )
     print(f"of which PostgreSQL: {1000 * results['database_cpu_seconds'] / requests:.1f} ms")
-    print(f"client CPU per request (this process: the simulated people): "
-          f"{1000 * results['client_cpu_seconds'] / requests:.1f} ms")
+    print(
+        f"client CPU per request (this process: the simulated people): "
+        f"{1000 * results['client_cpu_seconds'] / requests:.1f} ms"
+    )
     expert_ok = len(record.submitted["expert"]) == results["judgment_rows"][0] == results["judgment_rows"][1]
     crowd_ok = len(record.submitted["crowd"]) == results["crowd_rows"][0] == results["crowd_rows"][1]
-    print(f"expert submits answered 2xx/3xx: {len(record.submitted['expert'])}; judgment rows: "
-          f"{results['judgment_rows'][0]} ({results['judgment_rows'][1]} distinct rater×task) → "
-          f"{'no judgment lost or duplicated' if expert_ok else 'MISMATCH'}")
-    print(f"crowd submits answered 2xx/3xx: {len(record.submitted['crowd'])}; submitted assignments: "
-          f"{results['crowd_rows'][0]} ({results['crowd_rows'][1]} distinct HIT×worker) → "
-          f"{'no answer lost or duplicated' if crowd_ok else 'MISMATCH'}")
+    print(
+        f"expert submits answered 2xx/3xx: {len(record.submitted['expert'])}; judgment rows: "
+        f"{results['judgment_rows'][0]} ({results['judgment_rows'][1]} distinct rater×task) → "
+        f"{'no judgment lost or duplicated' if expert_ok else 'MISMATCH'}"
+    )
+    print(
+        f"crowd submits answered 2xx/3xx: {len(record.submitted['crowd'])}; submitted assignments: "
+        f"{results['crowd_rows'][0]} ({results['crowd_rows'][1]} distinct HIT×worker) → "
+        f"{'no answer lost or duplicated' if crowd_ok else 'MISMATCH'}"
+    )
     hashes = {f"/media/{path}": sha for path, sha in results["grid_hashes"].items()}
-    grids_ok = bool(record.grids) and all(hashlib.sha256(body).hexdigest() == hashes.get(url)
-                                          for url, body in record.grids)
-    print(f"grids fetched: {len(record.grids)}; every one is the stored file (SHA-256 = its content-hash name): "
-          f"{'yes' if grids_ok else 'NO'}")
+    grids_ok = bool(record.grids) and all(
+        hashlib.sha256(body).hexdigest() == hashes.get(url) for url, body in record.grids
+    )
+    print(
+        f"grids fetched: {len(record.grids)}; every one is the stored file (SHA-256 = its content-hash name): "
+        f"{'yes' if grids_ok else 'NO'}"
+    )
     if record.errors:
         print(f"{len(record.errors)} client errors, e.g. {record.errors[:3]}")
     return ok and expert_ok and crowd_ok and grids_ok and not record.errors
@@ -288,8 +388,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, help="gunicorn worker processes (default: gunicorn.conf.py's)")
     parser.add_argument("--threads", type=int, help="threads per gunicorn worker (default: gunicorn.conf.py's)")
     options = parser.parse_args(argv if argv is not None else [])
-    results = run(people=options.people, per_person=options.per_person, max_seconds=options.max_seconds,
-                  workers=options.workers, threads=options.threads)
+    results = run(
+        people=options.people,
+        per_person=options.per_person,
+        max_seconds=options.max_seconds,
+        workers=options.workers,
+        threads=options.threads,
+    )
     all_met = report(results, people=options.people)
     print("all targets met" if all_met else "some targets missed")
 

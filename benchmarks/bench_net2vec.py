@@ -9,6 +9,7 @@
    ``fit_concept_classifiers`` against the same function called concept by concept (the same work: 40 concepts,
    30 epochs of balanced minibatches of 64 images each); and whether a second run repeats the first exactly.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,9 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.engine.net2vec import (ClassifierConfig, ProbeConfig, concept_alpha,  # noqa: E402
-                                     fit_concept_classifiers, fit_concept_probes)
-from benchmarks.net2vec_reference import reference_fit  # noqa: E402
+from analysis.engine.net2vec import (
+    ClassifierConfig,
+    ProbeConfig,
+    concept_alpha,
+    fit_concept_classifiers,
+    fit_concept_probes,
+)
+from benchmarks.net2vec_reference import reference_fit
 
 UNITS, PIXELS, TOP_F = 128, 600 * 128, (1, 2, 4, 8, 16)
 IMAGES, CONCEPTS, CLASSIFIER_TOP_F = 2400, 40, (1, 2, 3, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 80, 100, 128)
@@ -52,22 +58,28 @@ def _run() -> None:
     target = torch.rand(PIXELS, generator=gen) < torch.sigmoid(logit)
     config = ProbeConfig(epochs=30, lr=1.0, batch_pixels=64 * 128, top_f=TOP_F, standardize=False)
     ours_seconds, ours = _timed(lambda: fit_concept_probes(features, target, config=config))
-    reference_seconds, reference = _timed(lambda: reference_fit(features, target, alpha=concept_alpha(target),
-                                                                config=config))
-    difference = max([float((ours.full.weight - reference[0].weight).abs().max())]
-                     + [float((ours.top[f].weight - reference[f].weight).abs().max()) for f in TOP_F])
+    reference_seconds, reference = _timed(
+        lambda: reference_fit(features, target, alpha=concept_alpha(target), config=config)
+    )
+    difference = max(
+        [float((ours.full.weight - reference[0].weight).abs().max())]
+        + [float((ours.top[f].weight - reference[f].weight).abs().max()) for f in TOP_F]
+    )
     same_units = all(ours.top[f].units.tolist() == reference[f].units.tolist() for f in TOP_F)
 
     pooled = torch.rand(IMAGES, UNITS, generator=gen) * torch.linspace(0.1, 5.0, UNITS)
     mix = torch.randn(UNITS, CONCEPTS, generator=gen)
     targets = (pooled - pooled.mean(0)) / pooled.std(0) @ mix + torch.randn(IMAGES, CONCEPTS, generator=gen) > 4.0
     classifier_config = ClassifierConfig(epochs=30)
-    together_seconds, together = _timed(lambda: fit_concept_classifiers(pooled, targets, config=classifier_config,
-                                                                        top_f=CLASSIFIER_TOP_F))
+    together_seconds, together = _timed(
+        lambda: fit_concept_classifiers(pooled, targets, config=classifier_config, top_f=CLASSIFIER_TOP_F)
+    )
 
     def one_by_one():
-        return [fit_concept_classifiers(pooled, targets[:, [c]], config=classifier_config, top_f=CLASSIFIER_TOP_F)
-                for c in range(CONCEPTS)]
+        return [
+            fit_concept_classifiers(pooled, targets[:, [c]], config=classifier_config, top_f=CLASSIFIER_TOP_F)
+            for c in range(CONCEPTS)
+        ]
 
     apart_seconds, _ = _timed(one_by_one)
     again = fit_concept_classifiers(pooled, targets, config=classifier_config, top_f=CLASSIFIER_TOP_F)
@@ -75,15 +87,19 @@ def _run() -> None:
     print(f"segmentation probes, 1 concept ({PIXELS} pixels × {UNITS} units, full + top-F {list(TOP_F)}, 30 epochs):")
     print(f"  ours (batched, analytic gradient): {ours_seconds:7.2f} s")
     print(f"  reference (one probe at a time):   {reference_seconds:7.2f} s")
-    print(f"  ratio ours / reference:            {ours_seconds / reference_seconds:7.3f}  "
-          f"({reference_seconds / ours_seconds:.1f}× faster); same top-F units: {same_units}; "
-          f"largest weight difference {difference:.2e}")
+    print(
+        f"  ratio ours / reference:            {ours_seconds / reference_seconds:7.3f}  "
+        f"({reference_seconds / ours_seconds:.1f}× faster); same top-F units: {same_units}; "
+        f"largest weight difference {difference:.2e}"
+    )
     print(f"image classifiers, {CONCEPTS} concepts × (1 + {len(CLASSIFIER_TOP_F)} top-F) on {IMAGES} images:")
     print(f"  all concepts at once:   {together_seconds:7.2f} s")
     print(f"  concept by concept:     {apart_seconds:7.2f} s")
-    print(f"  ratio at once / apart:  {together_seconds / apart_seconds:7.3f}  "
-          f"({apart_seconds / together_seconds:.1f}× faster); repeatable: "
-          f"{torch.equal(again.full.weight, together.full.weight)}")
+    print(
+        f"  ratio at once / apart:  {together_seconds / apart_seconds:7.3f}  "
+        f"({apart_seconds / together_seconds:.1f}× faster); repeatable: "
+        f"{torch.equal(again.full.weight, together.full.weight)}"
+    )
     if not same_units or difference > 1e-3:
         raise SystemExit("the batched segmentation trainer differs from the reference")
 

@@ -25,6 +25,7 @@ mean), and a projection to full Broden (63,305 images) at the largest size's rat
 Run: ``python -m benchmarks.bench_scale --sizes 1000,2000,4000,8000`` (or ``BENCH_SCALE_SIZES=...`` through
 ``python -m benchmarks bench_scale``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,16 +63,30 @@ def main(sizes: str | None = None) -> None:
         largest = tmp / f"world-{counts[-1]}"
         started = time.perf_counter()
         generate_probe_world(largest, n_images=counts[-1], seed=0, size=SIZE)
-        print(f"generated {counts[-1]} probe-world images at {SIZE} px in {time.perf_counter() - started:.0f} s "
-              "(not measured)")
+        print(
+            f"generated {counts[-1]} probe-world images at {SIZE} px in {time.perf_counter() - started:.0f} s "
+            "(not measured)"
+        )
         results = []
         for n in counts:
             root = largest if n == counts[-1] else _prefix_world(largest, tmp / f"world-{n}", n)
             load_before = os.getloadavg()
-            out = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--child", str(root), str(n),
-                                  str(threads), str(tmp / f"cache-{n}")],
-                                 cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
-                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_scale",
+                    "--child",
+                    str(root),
+                    str(n),
+                    str(threads),
+                    str(tmp / f"cache-{n}"),
+                ],
+                cwd=Path(__file__).resolve().parent.parent,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            )
             if out.returncode:
                 raise SystemExit(f"size {n} failed:\n{out.stderr[-4000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -98,11 +113,14 @@ def _prefix_world(source: Path, target: Path, n: int) -> Path:
 
 def _print_row(r: dict) -> None:
     n, fwd = r["n"], r["forward_s"]
-    print(f"{n:>6} images: forward {1000 * fwd / n:6.1f} ms/img | extraction {1000 * r['extraction_s'] / n:6.1f} "
-          f"ms/img ({r['extraction_s'] / fwd:.2f}× fwd) | dissection {1000 * r['dissection_s'] / n:6.1f} ms/img "
-          f"({r['dissection_s'] / fwd:.2f}× fwd) | decode {1000 * r['decode_s'] / n:5.1f} ms/img | peak RSS "
-          f"{r['peak_rss_mb']:7.0f} MB, anon {r['peak_anon_mb']:7.0f} MB | load {r['load'][0][0]:.1f}→"
-          f"{r['load'][1][0]:.1f}", flush=True)
+    print(
+        f"{n:>6} images: forward {1000 * fwd / n:6.1f} ms/img | extraction {1000 * r['extraction_s'] / n:6.1f} "
+        f"ms/img ({r['extraction_s'] / fwd:.2f}× fwd) | dissection {1000 * r['dissection_s'] / n:6.1f} ms/img "
+        f"({r['dissection_s'] / fwd:.2f}× fwd) | decode {1000 * r['decode_s'] / n:5.1f} ms/img | peak RSS "
+        f"{r['peak_rss_mb']:7.0f} MB, anon {r['peak_anon_mb']:7.0f} MB | load {r['load'][0][0]:.1f}→"
+        f"{r['load'][1][0]:.1f}",
+        flush=True,
+    )
 
 
 def _spread(values: list[float]) -> float:
@@ -112,8 +130,10 @@ def _spread(values: list[float]) -> float:
 
 
 def _summary(results: list[dict], threads: int) -> None:
-    print(f"ResNet-18 (random init) {', '.join(LAYERS)}, batch {BATCH}, {threads} torch thread(s), "
-          f"load average now {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(
+        f"ResNet-18 (random init) {', '.join(LAYERS)}, batch {BATCH}, {threads} torch thread(s), "
+        f"load average now {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs"
+    )
     for key, label in (("extraction_s", "extraction"), ("dissection_s", "dissection"), ("forward_s", "forward")):
         per_image = [r[key] / r["n"] for r in results]
         print(f"{label:>10} s/image spread across sizes: ±{100 * _spread(per_image):.0f} % (target ±15 %)")
@@ -121,12 +141,16 @@ def _summary(results: list[dict], threads: int) -> None:
         print(f"{label:>18} spread across sizes: ±{100 * _spread([r[key] for r in results]):.0f} % (target ±15 %)")
     last = results[-1]
     for key, label in (("extraction_s", "extraction"), ("dissection_s", "dissection")):
-        print(f"projection to full Broden ({FULL_BRODEN} images) at {last['n']} images' rate: {label} "
-              f"{last[key] / last['n'] * FULL_BRODEN / 3600:.2f} h on this machine with {threads} thread(s); "
-              f"ratio to forward {last[key] / last['forward_s']:.2f} (target ≤ "
-              f"{'1.3' if key == 'extraction_s' else '1.0'})")
-    print(f"activation cache for full Broden: {last['cache_bytes'] / last['n'] * FULL_BRODEN / 2**30:.1f} GiB "
-          "(float16, on disk / object store, never in memory)")
+        print(
+            f"projection to full Broden ({FULL_BRODEN} images) at {last['n']} images' rate: {label} "
+            f"{last[key] / last['n'] * FULL_BRODEN / 3600:.2f} h on this machine with {threads} thread(s); "
+            f"ratio to forward {last[key] / last['forward_s']:.2f} (target ≤ "
+            f"{'1.3' if key == 'extraction_s' else '1.0'})"
+        )
+    print(
+        f"activation cache for full Broden: {last['cache_bytes'] / last['n'] * FULL_BRODEN / 2**30:.1f} GiB "
+        "(float16, on disk / object store, never in memory)"
+    )
 
 
 # -- the measuring child ----------------------------------------------------------------------------------------
@@ -211,13 +235,18 @@ def _child(root: str, n: int, threads: int, cache_dir: str) -> None:
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        shapes = {name: tuple(t.shape[1:]) for name, t in
-                  capture_forward(model, torch.zeros(1, 3, SIZE, SIZE), LAYERS).items()}
-    caches = {name: np.memmap(Path(cache_dir) / f"{name}.f16", dtype=np.float16, mode="w+", shape=(n, *shape))
-              for name, shape in shapes.items()}
+        shapes = {
+            name: tuple(t.shape[1:])
+            for name, t in capture_forward(model, torch.zeros(1, 3, SIZE, SIZE), LAYERS).items()
+        }
+    caches = {
+        name: np.memmap(Path(cache_dir) / f"{name}.f16", dtype=np.float16, mode="w+", shape=(n, *shape))
+        for name, shape in shapes.items()
+    }
     began = time.perf_counter()
-    stats = extract_statistics(forward, batches(), list(LAYERS), total_images=n, num_classes=N_CLASSES,
-                               device="cpu", cache=caches)
+    stats = extract_statistics(
+        forward, batches(), list(LAYERS), total_images=n, num_classes=N_CLASSES, device="cpu", cache=caches
+    )
     for cache in caches.values():
         cache.flush()
     extraction_s = time.perf_counter() - began - decode["s"]
@@ -230,19 +259,33 @@ def _child(root: str, n: int, threads: int, cache_dir: str) -> None:
         maps = np.memmap(Path(cache_dir) / f"{name}.f16", dtype=np.float16, mode="r", shape=(n, *shapes[name]))
         stride, offset = RF[name]
         tally = DissectionTally(thresholds[name], label_category, len(categories))
-        tally_cached_maps(maps, [TallyView(tally)], reader=reader, rows=rows, batch_size=BATCH,
-                          upsample=AnchoredUpsample(rf_stride=(stride, stride), rf_offset=(offset, offset),
-                                                    input_size=(SIZE, SIZE)))
+        tally_cached_maps(
+            maps,
+            [TallyView(tally)],
+            reader=reader,
+            rows=rows,
+            batch_size=BATCH,
+            upsample=AnchoredUpsample(rf_stride=(stride, stride), rf_offset=(offset, offset), input_size=(SIZE, SIZE)),
+        )
         detectors[name] = tally.result().summary().n_detectors
         del maps
     dissection_s = time.perf_counter() - began
     peak_anon = anon.stop()
-    print(json.dumps({
-        "n": n, "forward_s": forward_s, "extraction_s": extraction_s, "dissection_s": dissection_s,
-        "decode_s": decode_s, "detectors": detectors,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_anon_mb": peak_anon / 2**20,
-        "cache_bytes": sum(int(np.prod(s)) * 2 * n for s in shapes.values()),
-    }))
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "forward_s": forward_s,
+                "extraction_s": extraction_s,
+                "dissection_s": dissection_s,
+                "decode_s": decode_s,
+                "detectors": detectors,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_anon_mb": peak_anon / 2**20,
+                "cache_bytes": sum(int(np.prod(s)) * 2 * n for s in shapes.values()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -113,9 +113,7 @@ def reference_iou(counts: dict[str, np.ndarray], label_category: np.ndarray) -> 
 # ----------------------------------------------------------------------------------------------
 
 
-def synthetic_probe(
-    n_images: int, n_units: int, size: int, n_concepts: int, *, seed: int, low: int = 7
-):
+def synthetic_probe(n_images: int, n_units: int, size: int, n_concepts: int, *, seed: int, low: int = 7):
     """Blob-like synthetic labels in Broden's shape and smooth random activations.
 
     Categories: 0 object (one layer), 1 part (one sparse layer inside objects), 2 colour (covers
@@ -144,8 +142,9 @@ def synthetic_probe(
     pixel = torch.stack([obj, part, colour], dim=1)
     scene = torch.randint(bounds[3], bounds[4], (n_images,), generator=gen)
     pairs = torch.stack([torch.arange(n_images), scene], dim=1)
-    raw = F.interpolate(torch.randn(n_images, n_units, 3, 3, generator=gen), size=(low, low),
-                        mode="bilinear", align_corners=False)
+    raw = F.interpolate(
+        torch.randn(n_images, n_units, 3, 3, generator=gen), size=(low, low), mode="bilinear", align_corners=False
+    )
     raw = raw + 0.3 * torch.randn(raw.shape, generator=gen)
     return raw.float(), pixel, pairs, label_category
 
@@ -155,11 +154,18 @@ def _small_cnn(n_units: int):
 
     # AlexNet-like, five conv layers, no batch norm; the dissected layer has n_units channels.
     return nn.Sequential(
-        nn.Conv2d(3, 48, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(48, 96, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 192, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(192, 192, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(192, n_units, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(3, 48, 11, stride=4, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(48, 96, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 192, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(192, 192, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(192, n_units, 3, padding=1),
+        nn.ReLU(),
     ).eval()
 
 
@@ -172,8 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=56, help="mask size (square)")
     parser.add_argument("--concepts", type=int, default=100)
     parser.add_argument("--input", type=int, default=224, help="CNN input size for the forward pass")
-    parser.add_argument("--quantile", type=float, default=0.995,
-                        help="threshold quantile (ND'18: 0.995); lower values give dense masks")
+    parser.add_argument(
+        "--quantile", type=float, default=0.995, help="threshold quantile (ND'18: 0.995); lower values give dense masks"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args([] if argv is None else argv)
@@ -187,13 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from analysis.engine.upsample import upsample_plain as upsample
     except ImportError:  # pragma: no cover - the sibling module is optional here
+
         def upsample(maps, size):
             return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
     torch.set_num_threads(args.threads)
-    raw, pixel, pairs, label_category = synthetic_probe(
-        args.images, args.units, args.size, args.concepts, seed=0
-    )
+    raw, pixel, pairs, label_category = synthetic_probe(args.images, args.units, args.size, args.concepts, seed=0)
     flat = raw.transpose(0, 1).reshape(args.units, -1).numpy()
     thresholds = torch.from_numpy(np.quantile(flat, args.quantile, axis=1)).float()
     labels = BatchLabels(pixel, pairs)
@@ -216,11 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     t_fast, tally = best_of(fast, args.repeats)
     up = upsample(raw, size)
     t_up, _ = best_of(lambda: upsample(raw, size), args.repeats)
-    t_tally, _ = best_of(lambda: DissectionTally(thresholds, label_category).add(up, labels),
-                         args.repeats)
+    t_tally, _ = best_of(lambda: DissectionTally(thresholds, label_category).add(up, labels), args.repeats)
     t0 = time.perf_counter()
-    ref = reference_tally(up.numpy(), thresholds.numpy(), pixel.numpy(),
-                          [tuple(map(int, r)) for r in pairs], label_category.numpy(), 4)
+    ref = reference_tally(
+        up.numpy(), thresholds.numpy(), pixel.numpy(), [tuple(map(int, r)) for r in pairs], label_category.numpy(), 4
+    )
     t_ref = time.perf_counter() - t0
     same = all(np.array_equal(getattr(tally, k).numpy(), v) for k, v in ref.items())
 
@@ -229,9 +235,11 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         t_fwd, feat = best_of(lambda: net(x), args.repeats)
     res = tally.result()
-    print(f"{args.images} images x {args.units} units x {args.size}x{args.size} masks x "
-          f"{args.concepts} concepts, {args.threads} thread(s); active fraction "
-          f"{tally.activation.sum().item() / (tally.pixels * args.units):.4f}")
+    print(
+        f"{args.images} images x {args.units} units x {args.size}x{args.size} masks x "
+        f"{args.concepts} concepts, {args.threads} thread(s); active fraction "
+        f"{tally.activation.sum().item() / (tally.pixels * args.units):.4f}"
+    )
     print(f"reference (per image, per unit, numpy): {t_ref:.3f} s")
     print(f"engine tally:                           {t_tally:.3f} s")
     print(f"engine upsample + tally:                {t_fast:.3f} s  (upsample {t_up:.3f} s)")

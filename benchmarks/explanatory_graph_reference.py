@@ -1,6 +1,7 @@
 """A straightforward reference of Algorithm 1 (Zhang et al. AAAI'18) for one lower graph layer: plain numpy loops over
 images, nodes and candidate neighbours, float64, evaluating ℓ(V, V') for every candidate directly from its
 definition (no accumulated sums). Used by the engine tests and ``bench_explanatory_graph``."""
+
 from __future__ import annotations
 
 import math
@@ -8,10 +9,21 @@ import math
 import numpy as np
 
 
-def reference_learn_lower_layer(maps: np.ndarray, positions: np.ndarray, mu0: np.ndarray, upper_mu: np.ndarray,
-                                upper_sigma2: np.ndarray, upper_pos: np.ndarray, *, iterations: int, neighbours: int,
-                                tau: float, beta: float, init_sigma: float, neighbour_penalty: bool = True
-                                ) -> tuple[np.ndarray, np.ndarray]:
+def reference_learn_lower_layer(
+    maps: np.ndarray,
+    positions: np.ndarray,
+    mu0: np.ndarray,
+    upper_mu: np.ndarray,
+    upper_sigma2: np.ndarray,
+    upper_pos: np.ndarray,
+    *,
+    iterations: int,
+    neighbours: int,
+    tau: float,
+    beta: float,
+    init_sigma: float,
+    neighbour_penalty: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(μ [D, N, 2], E_V [D*N, M])`` after ``iterations`` of Algorithm 1.
 
     ``maps [I, D, P]`` raw responses (normalised here as the engine does), ``positions [P, 2]``, ``mu0 [D, N, 2]``
@@ -40,7 +52,7 @@ def reference_learn_lower_layer(maps: np.ndarray, positions: np.ndarray, mu0: np
                 for n in range(n_per):
                     flat = d * n_per + n
                     if edges.shape[1] == 0:
-                        delta, s2 = np.zeros(2), init_sigma ** 2
+                        delta, s2 = np.zeros(2), init_sigma**2
                     else:
                         w = 1.0 / upper_sigma2[edges[flat]]
                         delta = (w[:, None] * (upper_pos[i, edges[flat]] - upper_mu[edges[flat]])).sum(0) / w.sum()

@@ -8,6 +8,7 @@ bounded in count and time by its caller.
 ``python -m benchmarks.loadkit setup --experts N --crowd N --tasks-per-expert K --hits-per-worker K`` (with
 ``DATABASE_URL`` and ``DJANGO_SETTINGS_MODULE`` set) migrates that database and builds the world, printing JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,12 +86,15 @@ class ThrowawayPostgres:
             user = pwd.getpwnam("postgres")
             os.chmod(self.root, 0o755)
             os.chown(self.root, user.pw_uid, user.pw_gid)
-        self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                   "--no-sync"])
+        self._run(
+            [str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]
+        )
         with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = "
-                       f"'{self.root}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                       "max_connections = 200\nshared_buffers = 64MB\n")
+            conf.write(
+                f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = "
+                f"'{self.root}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "max_connections = 200\nshared_buffers = 64MB\n"
+            )
 
     def _run(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess:
         if self.as_postgres:
@@ -143,16 +147,27 @@ class ThrowawayPostgres:
 def django_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a process of this project on ``database_url`` (test settings: no debug)."""
     env = {key: value for key, value in os.environ.items() if key not in ("DJANGO_ALLOW_ASYNC_UNSAFE",)}
-    env.update(DATABASE_URL=database_url, DJANGO_SETTINGS_MODULE="unitscope.settings.test",
-               UNITSCOPE_DATA_DIR=str(data_dir), PYTHONPATH=str(PROJECT_DIR), **extra)
+    env.update(
+        DATABASE_URL=database_url,
+        DJANGO_SETTINGS_MODULE="unitscope.settings.test",
+        UNITSCOPE_DATA_DIR=str(data_dir),
+        PYTHONPATH=str(PROJECT_DIR),
+        **extra,
+    )
     return env
 
 
 def setup_world(env: dict[str, str], **options: int) -> dict:
     """Migrate the database of ``env`` and build the world (see :func:`build_world`) in a child process."""
     arguments = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
-    completed = subprocess.run([sys.executable, "-m", "benchmarks.loadkit", "setup", *arguments], cwd=PROJECT_DIR,
-                               env=env, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loadkit", "setup", *arguments],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"world setup failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -163,8 +178,9 @@ class Server:
     project's ``gunicorn.conf.py`` (sync workers, CPUs + 1, warmed before forking) unless ``workers``/``threads``
     say otherwise."""
 
-    def __init__(self, env: dict[str, str], *, workers: int | None = None, threads: int | None = None,
-                 log: Path | None = None):
+    def __init__(
+        self, env: dict[str, str], *, workers: int | None = None, threads: int | None = None, log: Path | None = None
+    ):
         self.env, self.workers, self.threads = env, workers, threads
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -174,11 +190,26 @@ class Server:
     def start(self, timeout: float = 90.0) -> None:
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "unitscope.wsgi", "--bind", f"127.0.0.1:{self.port}",
-                 *(["--workers", str(self.workers)] if self.workers else []),
-                 *(["--threads", str(self.threads)] if self.threads else []),
-                 "--graceful-timeout", "5", "--log-level", "warning"],
-                cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "unitscope.wsgi",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    *(["--workers", str(self.workers)] if self.workers else []),
+                    *(["--threads", str(self.threads)] if self.threads else []),
+                    "--graceful-timeout",
+                    "5",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=PROJECT_DIR,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -237,8 +268,9 @@ class Session:
     def url(self, path: str) -> str:
         return path if path.startswith("http") else self.base + path
 
-    def _request(self, method: str, path: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict, bytes]:
         target = urllib.parse.urlsplit(self.url(path))
         headers = dict(headers or {})
         if self.cookies:
@@ -266,12 +298,16 @@ class Session:
 
     def post(self, path: str, data: dict[str, str]) -> tuple[int, dict, bytes]:
         fields = {"csrfmiddlewaretoken": self.csrf_token(), **data}
-        return self._request("POST", path, urllib.parse.urlencode(fields).encode(), {
-            "Content-Type": "application/x-www-form-urlencoded", "Referer": self.url(path)})
+        return self._request(
+            "POST",
+            path,
+            urllib.parse.urlencode(fields).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded", "Referer": self.url(path)},
+        )
 
     def login(self, username: str, password: str = PASSWORD) -> None:
         status, _, _ = self.get("/login/")
-        status, headers, _ = self.post("/login/", {"username": username, "password": password})
+        status, _headers, _ = self.post("/login/", {"username": username, "password": password})
         if status != 302:
             raise RuntimeError(f"login of {username} failed ({status})")
 
@@ -299,18 +335,32 @@ def build_world(*, experts: int, crowd: int, tasks_per_expert: int, hits_per_wor
     classes = ("bird", "car", "tree")
     units = -(-experts * tasks_per_expert // len(classes))
     extraction = build_study_world(name="load", units=units, classes=classes, tile=16)
-    users = [user_create(username=f"expert{number}", password=PASSWORD, role=Role.EXPERT)
-             for number in range(1, experts + 1)]
-    study = services.study_create(name="load-experts", extraction=extraction, experts=users, plan="n_raters",
-                                  raters_per_task=1)
+    users = [
+        user_create(username=f"expert{number}", password=PASSWORD, role=Role.EXPERT) for number in range(1, experts + 1)
+    ]
+    study = services.study_create(
+        name="load-experts", extraction=extraction, experts=users, plan="n_raters", raters_per_task=1
+    )
     # Validation HITs: two per unit (its dissection label and a control).
     crowd_units = -(-crowd * hits_per_worker // (2 * assignments)) + 1
     crowd_study = crowd_hits.crowd_study_create(
-        name="load-crowd", kind=CrowdTaskKind.VALIDATION, extractions=build_crowd_world(name="lc", units=crowd_units),
-        assignments_per_hit=assignments, gold_count=0, gold_rate=0.0, qualification_required=False,
-        hits_per_session=hits_per_worker)
-    return {"study": study.pk, "tasks": study.tasks.count(), "experts": [user.username for user in users],
-            "crowd_token": crowd_study.token, "crowd_study": crowd_study.pk, "hits": crowd_study.hits.count()}
+        name="load-crowd",
+        kind=CrowdTaskKind.VALIDATION,
+        extractions=build_crowd_world(name="lc", units=crowd_units),
+        assignments_per_hit=assignments,
+        gold_count=0,
+        gold_rate=0.0,
+        qualification_required=False,
+        hits_per_session=hits_per_worker,
+    )
+    return {
+        "study": study.pk,
+        "tasks": study.tasks.count(),
+        "experts": [user.username for user in users],
+        "crowd_token": crowd_study.token,
+        "crowd_study": crowd_study.pk,
+        "hits": crowd_study.hits.count(),
+    }
 
 
 def _setup_main(argv: list[str]) -> None:
@@ -326,8 +376,12 @@ def _setup_main(argv: list[str]) -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0, interactive=False)
-    world = build_world(experts=options.experts, crowd=options.crowd, tasks_per_expert=options.tasks_per_expert,
-                        hits_per_worker=options.hits_per_worker)
+    world = build_world(
+        experts=options.experts,
+        crowd=options.crowd,
+        tasks_per_expert=options.tasks_per_expert,
+        hits_per_worker=options.hits_per_worker,
+    )
     from django.db import connection
 
     if connection.vendor == "postgresql":

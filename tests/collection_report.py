@@ -1,5 +1,7 @@
 """A pytest plugin for ``tests/test_markers.py``: after collection, write each item's id, markers, fixtures and
-device parameters as JSON to ``$UNITSCOPE_COLLECTION_REPORT`` (used with ``--collect-only -p tests.collection_report``)."""
+device parameters as JSON to ``$UNITSCOPE_COLLECTION_REPORT`` (used with ``--collect-only -p
+tests.collection_report``)."""
+
 from __future__ import annotations
 
 import inspect
@@ -28,13 +30,15 @@ def pytest_collection_finish(session):
             source = inspect.getsource(item.function)
         except (AttributeError, OSError, TypeError):
             source = ""
-        rows.append({
-            "nodeid": item.nodeid,
-            "markers": sorted({marker.name for marker in item.iter_markers()}),
-            "fixtures": sorted(getattr(item, "fixturenames", ())),
-            "id_tokens": callspec.id.split("-") if callspec else [],
-            "cuda_param": bool(callspec) and any(_device_like(value) for value in callspec.params.values()),
-            "starts_processes": bool(WORKER_CALLS.search(source)),
-        })
+        rows.append(
+            {
+                "nodeid": item.nodeid,
+                "markers": sorted({marker.name for marker in item.iter_markers()}),
+                "fixtures": sorted(getattr(item, "fixturenames", ())),
+                "id_tokens": callspec.id.split("-") if callspec else [],
+                "cuda_param": bool(callspec) and any(_device_like(value) for value in callspec.params.values()),
+                "starts_processes": bool(WORKER_CALLS.search(source)),
+            }
+        )
     with open(path, "w") as handle:
         json.dump(rows, handle)

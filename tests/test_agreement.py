@@ -2,6 +2,7 @@
 
 Pure engine tests: no database.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,20 +13,59 @@ from analysis.engine.agreement import MISSING, agreement_summary
 
 # Fleiss (1971), Table 1: 30 patients, 6 psychiatrists each, 5 diagnoses (1 depression, 2 personality
 # disorder, 3 schizophrenia, 4 neurosis, 5 other) — as in statsmodels' tests of fleiss_kappa. κ = 0.430.
-FLEISS_1971 = np.array([
-    [4, 4, 4, 4, 4, 4], [2, 2, 2, 5, 5, 5], [2, 3, 3, 3, 3, 5], [5, 5, 5, 5, 5, 5], [2, 2, 2, 4, 4, 4],
-    [1, 1, 3, 3, 3, 3], [3, 3, 3, 3, 5, 5], [1, 1, 3, 3, 3, 4], [1, 1, 4, 4, 4, 4], [5, 5, 5, 5, 5, 5],
-    [1, 4, 4, 4, 4, 4], [1, 2, 4, 4, 4, 4], [2, 2, 2, 3, 3, 3], [1, 4, 4, 4, 4, 4], [2, 2, 4, 4, 4, 5],
-    [3, 3, 3, 3, 3, 5], [1, 1, 1, 4, 5, 5], [1, 1, 1, 1, 1, 2], [2, 2, 4, 4, 4, 4], [1, 3, 3, 5, 5, 5],
-    [5, 5, 5, 5, 5, 5], [2, 4, 4, 4, 4, 4], [2, 2, 4, 5, 5, 5], [1, 1, 4, 4, 4, 4], [1, 4, 4, 4, 4, 5],
-    [2, 2, 2, 2, 2, 4], [1, 1, 1, 1, 5, 5], [2, 2, 4, 4, 4, 4], [1, 3, 3, 3, 3, 3], [5, 5, 5, 5, 5, 5],
-]) - 1
+FLEISS_1971 = (
+    np.array(
+        [
+            [4, 4, 4, 4, 4, 4],
+            [2, 2, 2, 5, 5, 5],
+            [2, 3, 3, 3, 3, 5],
+            [5, 5, 5, 5, 5, 5],
+            [2, 2, 2, 4, 4, 4],
+            [1, 1, 3, 3, 3, 3],
+            [3, 3, 3, 3, 5, 5],
+            [1, 1, 3, 3, 3, 4],
+            [1, 1, 4, 4, 4, 4],
+            [5, 5, 5, 5, 5, 5],
+            [1, 4, 4, 4, 4, 4],
+            [1, 2, 4, 4, 4, 4],
+            [2, 2, 2, 3, 3, 3],
+            [1, 4, 4, 4, 4, 4],
+            [2, 2, 4, 4, 4, 5],
+            [3, 3, 3, 3, 3, 5],
+            [1, 1, 1, 4, 5, 5],
+            [1, 1, 1, 1, 1, 2],
+            [2, 2, 4, 4, 4, 4],
+            [1, 3, 3, 5, 5, 5],
+            [5, 5, 5, 5, 5, 5],
+            [2, 4, 4, 4, 4, 4],
+            [2, 2, 4, 5, 5, 5],
+            [1, 1, 4, 4, 4, 4],
+            [1, 4, 4, 4, 4, 5],
+            [2, 2, 2, 2, 2, 4],
+            [1, 1, 1, 1, 5, 5],
+            [2, 2, 4, 4, 4, 4],
+            [1, 3, 3, 3, 3, 3],
+            [5, 5, 5, 5, 5, 5],
+        ]
+    )
+    - 1
+)
 
 # Wikipedia's Fleiss' κ worked example: 10 subjects, 14 raters, counts per category; κ = 0.210.
-WIKIPEDIA_FLEISS_COUNTS = np.array([
-    [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
-])
+WIKIPEDIA_FLEISS_COUNTS = np.array(
+    [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
+)
 
 # Krippendorff's α examples of the krippendorff package (its README; Krippendorff 2011, nominal).
 KRIPPENDORFF_3_CODERS = [
@@ -88,7 +128,8 @@ def test_krippendorff_alpha_equals_the_published_values_and_the_library():
     assert agreement.krippendorff_alpha(four, 5) == pytest.approx(0.743, abs=5e-4)
     reliability = np.where(four.T == MISSING, np.nan, four.T.astype(float))
     assert agreement.krippendorff_alpha(four, 5) == pytest.approx(
-        krippendorff.alpha(reliability_data=reliability, level_of_measurement="nominal"))
+        krippendorff.alpha(reliability_data=reliability, level_of_measurement="nominal")
+    )
 
 
 def test_interval_krippendorff_alpha_equals_the_published_value_and_its_bootstrap_form():
@@ -108,7 +149,8 @@ def test_interval_krippendorff_alpha_equals_the_published_value_and_its_bootstra
         index = rng.integers(0, len(table), len(table))
         weights = np.bincount(index, minlength=len(table))[None, :].astype(float)
         assert agreement._weighted_alpha(weights, table, values)[0] == pytest.approx(
-            agreement.krippendorff_alpha(pairable[index], 5, values))
+            agreement.krippendorff_alpha(pairable[index], 5, values)
+        )
 
 
 @pytest.mark.parametrize("raters", [2, 3])
@@ -123,11 +165,14 @@ def test_perfect_agreement_gives_one_with_a_degenerate_interval(raters):
     assert summary.n_items == 10 and summary.n_raters == raters
 
 
-@pytest.mark.parametrize("name,matrix,categories", [
-    ("fleiss", FLEISS_1971, 5),
-    ("cohen", cohen_matrix(20, 5, 10, 15), 2),
-    ("krippendorff", coders_to_matrix(KRIPPENDORFF_2011), 5),
-])
+@pytest.mark.parametrize(
+    "name,matrix,categories",
+    [
+        ("fleiss", FLEISS_1971, 5),
+        ("cohen", cohen_matrix(20, 5, 10, 15), 2),
+        ("krippendorff", coders_to_matrix(KRIPPENDORFF_2011), 5),
+    ],
+)
 def test_each_interval_covers_its_estimate_and_is_seeded(name, matrix, categories):
     summary = agreement_summary(matrix, n_categories=categories, replicates=1000, seed=3)
     again = agreement_summary(matrix, n_categories=categories, replicates=1000, seed=3)
@@ -143,8 +188,10 @@ def test_each_interval_covers_its_estimate_and_is_seeded(name, matrix, categorie
         assert estimate.replicates > 900
         assert getattr(again, statistic) == estimate
         assert getattr(other, statistic).value == estimate.value
-        moved += (getattr(other, statistic).ci_low, getattr(other, statistic).ci_high) != (estimate.ci_low,
-                                                                                            estimate.ci_high)
+        moved += (getattr(other, statistic).ci_low, getattr(other, statistic).ci_high) != (
+            estimate.ci_low,
+            estimate.ci_high,
+        )
     assert checked >= 3
     assert moved >= 1  # another seed resamples differently (a discrete statistic may land on the same interval)
 
@@ -162,16 +209,19 @@ def test_the_vectorised_bootstrap_forms_equal_the_libraries_on_resampled_items()
         index = rng.integers(0, len(table), len(table))
         weights = np.bincount(index, minlength=len(table))[None, :].astype(float)
         assert agreement._weighted_fleiss(weights, table)[0] == pytest.approx(
-            agreement.fleiss_kappa(FLEISS_1971[index], 5))
+            agreement.fleiss_kappa(FLEISS_1971[index], 5)
+        )
         assert agreement._weighted_percent(weights, table)[0] == pytest.approx(
-            agreement.percent_agreement(FLEISS_1971[index], 5))
+            agreement.percent_agreement(FLEISS_1971[index], 5)
+        )
         index = rng.integers(0, len(pair), len(pair))
         weights = np.bincount(index, minlength=len(pair))[None, :].astype(float)
         assert agreement._weighted_cohen(weights, pair, 2)[0] == pytest.approx(agreement.cohen_kappa(pair[index], 2))
         index = rng.integers(0, len(four_table), len(four_table))
         weights = np.bincount(index, minlength=len(four_table))[None, :].astype(float)
         assert agreement._weighted_alpha(weights, four_table)[0] == pytest.approx(
-            agreement.krippendorff_alpha(four_pairable[index], 5))
+            agreement.krippendorff_alpha(four_pairable[index], 5)
+        )
 
 
 def test_excluding_a_category_makes_its_answers_missing():

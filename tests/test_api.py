@@ -1,4 +1,5 @@
 """The researchers' REST API: token auth, roles, per-object permissions, reads, run starts, imports, schema."""
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,10 @@ from tests.test_expert_study import answer_all, build_study_world, make_experts
 
 pytestmark = pytest.mark.django_db
 
-IMPORT_CSV = "item,rater,answer,concept\na,r1,part,Wheel\na,r2,part,wheels\nb,r1,no,\nb,r2,background,grass\n" \
-             "c,r1,not_sure,\nc,r2,no,\n"
+IMPORT_CSV = (
+    "item,rater,answer,concept\na,r1,part,Wheel\na,r2,part,wheels\nb,r1,no,\nb,r2,background,grass\n"
+    "c,r1,not_sure,\nc,r2,no,\n"
+)
 
 
 def token_client(user) -> APIClient:
@@ -44,8 +47,9 @@ def world():
 @pytest.fixture
 def study(world, researcher):
     """A GG'18-plan study (2 units × 3 classes, overlap class car), both experts done: 8 judgments."""
-    study = services.study_create(name="api-study", extraction=world, experts=make_experts(2), overlap_class="car",
-                                  created_by=researcher)
+    study = services.study_create(
+        name="api-study", extraction=world, experts=make_experts(2), overlap_class="car", created_by=researcher
+    )
     raters = {rater.name: rater for rater in study.raters.all()}
     answer_all(raters["expert1"], answer="part", concept="Wheel")
     answer_all(raters["expert2"], answer="no")
@@ -54,8 +58,16 @@ def study(world, researcher):
 
 # -- who may use it ------------------------------------------------------------------------------------
 
-LIST_URLS = ["api:network-list", "api:dataset-list", "api:layer-list", "api:unit-list", "api:run-list",
-             "api:study-list", "api:root", "api:schema"]
+LIST_URLS = [
+    "api:network-list",
+    "api:dataset-list",
+    "api:layer-list",
+    "api:unit-list",
+    "api:run-list",
+    "api:study-list",
+    "api:root",
+    "api:schema",
+]
 
 
 @pytest.mark.parametrize("name", LIST_URLS)
@@ -100,6 +112,7 @@ def test_token_command_and_page(client, researcher, expert):
 
 
 # -- the machine side ----------------------------------------------------------------------------------
+
 
 def test_networks_datasets_layers_units(api, world):
     network = api.get(reverse("api:network-list")).json()["results"]
@@ -159,9 +172,11 @@ def test_start_a_run_with_validated_params(api, researcher):
 
 def test_a_run_naming_missing_inputs_is_refused_naming_the_parameter(api, world):
     url, runs = reverse("api:run-list"), Run.objects.count()
-    for params, field, words in [({"network": "nope", "dataset": "w-data", "layer": "conv5"}, "network", "nope"),
-                                 ({"network": "w-net", "dataset": "nope", "layer": "conv5"}, "dataset", "nope"),
-                                 ({"network": "w-net", "dataset": "w-data", "layer": "conv9"}, "layer", "conv5")]:
+    for params, field, words in [
+        ({"network": "nope", "dataset": "w-data", "layer": "conv5"}, "network", "nope"),
+        ({"network": "w-net", "dataset": "nope", "layer": "conv5"}, "dataset", "nope"),
+        ({"network": "w-net", "dataset": "w-data", "layer": "conv9"}, "layer", "conv5"),
+    ]:
         response = api.post(url, {"kind": "dissect", "params": params}, format="json")
         assert response.status_code == 400, response.content
         assert words in response.json()["params"][field], response.json()  # the layer error lists the real ones
@@ -169,30 +184,47 @@ def test_a_run_naming_missing_inputs_is_refused_naming_the_parameter(api, world)
 
 
 def test_start_a_dissection_names_existing_inputs(api, world):
-    response = api.post(reverse("api:run-list"), {"kind": "dissect", "params": {
-        "network": "w-net", "dataset": "w-data", "layer": "conv5", "shards": 2, "baseline": "shuffled"}},
-        format="json")
+    response = api.post(
+        reverse("api:run-list"),
+        {
+            "kind": "dissect",
+            "params": {"network": "w-net", "dataset": "w-data", "layer": "conv5", "shards": 2, "baseline": "shuffled"},
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.content
     params = Run.objects.get(pk=response.json()["id"]).params
     assert params["shards"] == 2 and params["baseline"] == "shuffled" and params["iou_threshold"] == 0.04
-    for kind, params, overflow in [("score_parts", {"layer": "conv5", "population": 20, "generations": 5}, "context"),
-                                   ("ablate", {"layer": "conv5", "max_images": 10}, "context"),
-                                   ("explanatory_graph", {"layers": ["conv5"], "iterations": 3}, "tau")]:
-        response = api.post(reverse("api:run-list"), {"kind": kind, "params": {
-            "network": "w-net", "dataset": "w-data", **params}}, format="json")
+    for kind, params, overflow in [
+        ("score_parts", {"layer": "conv5", "population": 20, "generations": 5}, "context"),
+        ("ablate", {"layer": "conv5", "max_images": 10}, "context"),
+        ("explanatory_graph", {"layers": ["conv5"], "iterations": 3}, "tau"),
+    ]:
+        response = api.post(
+            reverse("api:run-list"),
+            {"kind": kind, "params": {"network": "w-net", "dataset": "w-data", **params}},
+            format="json",
+        )
         assert response.status_code == 201, (kind, response.content)
         run = Run.objects.get(pk=response.json()["id"])
         assert run.kind == kind and all(run.params[key] == value for key, value in params.items())
         for wrong in ({"seed": "x"}, {overflow: 10**400}, {"no_such_parameter": 1}):
-            bad = api.post(reverse("api:run-list"), {"kind": kind, "params": {
-                "network": "w-net", "dataset": "w-data", **params, **wrong}}, format="json")
+            bad = api.post(
+                reverse("api:run-list"),
+                {"kind": kind, "params": {"network": "w-net", "dataset": "w-data", **params, **wrong}},
+                format="json",
+            )
             assert bad.status_code == 400, (kind, wrong, bad.content)
-    missing_layer = api.post(reverse("api:run-list"), {"kind": "dissect", "params": {
-        "network": "w-net", "dataset": "w-data", "layer": "conv9"}}, format="json")
+    missing_layer = api.post(
+        reverse("api:run-list"),
+        {"kind": "dissect", "params": {"network": "w-net", "dataset": "w-data", "layer": "conv9"}},
+        format="json",
+    )
     assert missing_layer.status_code == 400 and "conv9" in str(missing_layer.json())
 
 
 # -- the human side ------------------------------------------------------------------------------------
+
 
 def test_studies_tasks_agreement_results(api, study):
     rows = api.get(reverse("api:study-list")).json()["results"]
@@ -219,8 +251,17 @@ def test_studies_tasks_agreement_results(api, study):
 def test_judgments_carry_provenance_and_revision_chains(api, researcher):
     response = api.post(reverse("api:judgment-import"), {"study": "imported", "csv": IMPORT_CSV}, format="json")
     assert response.status_code == 201, response.content
-    assert response.json() | {} == {"study": "imported", "study_id": response.json()["study_id"], "created_study": True,
-                                    "rows": 6, "items": 3, "raters": 2, "created": 6, "revised": 0, "unchanged": 0}
+    assert response.json() | {} == {
+        "study": "imported",
+        "study_id": response.json()["study_id"],
+        "created_study": True,
+        "rows": 6,
+        "items": 3,
+        "raters": 2,
+        "created": 6,
+        "revised": 0,
+        "unchanged": 0,
+    }
     revision = "item,rater,answer,concept\nb,r1,other,red\na,r1,part,Wheel\n"
     second = api.post(reverse("api:judgment-import"), {"study": "imported", "csv": revision}, format="json").json()
     assert (second["created"], second["revised"], second["unchanged"]) == (0, 1, 1)
@@ -229,9 +270,20 @@ def test_judgments_carry_provenance_and_revision_chains(api, researcher):
     assert rows["count"] == 7
     chain = [row for row in rows["results"] if row["item"] == "b" and row["rater"] == "r1"]
     first, revised = sorted(chain, key=lambda row: row["version"])
-    assert (first["answer"], first["current"], first["revised_by"], first["version"]) == ("no", False, revised["judgment"], 1)
-    assert (revised["answer"], revised["concept"], revised["revision_of"], revised["version"],
-            revised["chain_first"], revised["current"]) == ("other", "red", first["judgment"], 2, first["judgment"], True)
+    assert (first["answer"], first["current"], first["revised_by"], first["version"]) == (
+        "no",
+        False,
+        revised["judgment"],
+        1,
+    )
+    assert (
+        revised["answer"],
+        revised["concept"],
+        revised["revision_of"],
+        revised["version"],
+        revised["chain_first"],
+        revised["current"],
+    ) == ("other", "red", first["judgment"], 2, first["judgment"], True)
     assert revised["adapter"] == "imported" and revised["rater_kind"] == "imported" and revised["simulated"] is False
     assert revised["source_line"] == 2 and revised["submitted_at"]
     current = api.get(reverse("api:judgment-list"), {"study": study_id, "current": "true"}).json()
@@ -251,8 +303,11 @@ def test_import_refuses_bad_files_and_imports_nothing(api, make_user):
     upload.name = "judgments.csv"
     assert api.post(url, {"study": "uploaded", "file": upload}, format="multipart").status_code == 201
     assert Judgment.objects.count() == 6
-    for name, content, why in [("weights.pt", b"item,rater,answer\n", "csv"), ("j.csv", b"\x80\x04\x95\x00binary", "binary"),
-                               ("j.csv", "item,rater,answer\nä,r,no\n".encode("latin-1"), "UTF-8")]:
+    for name, content, why in [
+        ("weights.pt", b"item,rater,answer\n", "csv"),
+        ("j.csv", b"\x80\x04\x95\x00binary", "binary"),
+        ("j.csv", "item,rater,answer\nä,r,no\n".encode("latin-1"), "UTF-8"),
+    ]:
         upload = io.BytesIO(content)
         upload.name = name
         response = api.post(url, {"study": "uploaded-2", "file": upload}, format="multipart")
@@ -274,13 +329,20 @@ def test_import_size_limit(api, monkeypatch):
 
 
 def test_only_the_creator_adds_to_a_study(api, make_user, expert):
-    assert api.post(reverse("api:judgment-import"), {"study": "mine", "csv": IMPORT_CSV}, format="json").status_code == 201
+    assert (
+        api.post(reverse("api:judgment-import"), {"study": "mine", "csv": IMPORT_CSV}, format="json").status_code == 201
+    )
     other = token_client(make_user("rob", "researcher"))
-    response = other.post(reverse("api:judgment-import"), {"study": "mine", "csv": "item,rater,answer\nz,q,no\n"},
-                          format="json")
+    response = other.post(
+        reverse("api:judgment-import"), {"study": "mine", "csv": "item,rater,answer\nz,q,no\n"}, format="json"
+    )
     assert response.status_code == 403
-    assert token_client(expert).post(reverse("api:judgment-import"), {"study": "mine", "csv": IMPORT_CSV},
-                                     format="json").status_code == 403
+    assert (
+        token_client(expert)
+        .post(reverse("api:judgment-import"), {"study": "mine", "csv": IMPORT_CSV}, format="json")
+        .status_code
+        == 403
+    )
     assert Judgment.objects.count() == 6
     # Reading is open to every researcher, as on the site.
     study = Study.objects.get(name="mine")
@@ -294,7 +356,9 @@ def test_study_files_through_the_api(api, study):
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
     assert len(rows) == Judgment.objects.filter(task__study=study).count() == 8
-    assert {row["rater"] for row in rows} == {"expert1", "expert2"} and all(row["rater_kind"] == "expert" for row in rows)
+    assert {row["rater"] for row in rows} == {"expert1", "expert2"} and all(
+        row["rater_kind"] == "expert" for row in rows
+    )
     report = api.get(reverse("api:study-files", args=[study.pk, "report.html"]))
     assert report.status_code == 200 and b"<svg" in report.content and b"api-study" in report.content
     assert api.get(reverse("api:study-files", args=[study.pk, "secrets.txt"])).status_code == 404
@@ -305,8 +369,17 @@ def test_schema_describes_every_endpoint(api):
     assert response.status_code == 200
     schema = response.json()
     assert schema["openapi"].startswith("3.")
-    for path in ["/api/networks/", "/api/datasets/{name}/concepts/", "/api/units/{id}/", "/api/runs/",
-                 "/api/runs/{id}/export/", "/api/studies/{id}/agreement/", "/api/studies/{id}/files/{file}/",
-                 "/api/tasks/", "/api/judgments/", "/api/judgments/import/"]:
+    for path in [
+        "/api/networks/",
+        "/api/datasets/{name}/concepts/",
+        "/api/units/{id}/",
+        "/api/runs/",
+        "/api/runs/{id}/export/",
+        "/api/studies/{id}/agreement/",
+        "/api/studies/{id}/files/{file}/",
+        "/api/tasks/",
+        "/api/judgments/",
+        "/api/judgments/import/",
+    ]:
         assert path in schema["paths"], path
     assert "post" in schema["paths"]["/api/runs/"] and "tokenAuth" in schema["components"]["securitySchemes"]

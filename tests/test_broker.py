@@ -2,6 +2,7 @@
 
 No Django and no worker here: kombu connections on temporary folders, as the web process and the worker use them.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,17 @@ def connect(root: Path, transport: str | type = Transport) -> Connection:
     folders = {name: root / name for name in ("queue", "processed", "control")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    return Connection("filesystem://", transport=transport, transport_options={
-        "data_folder_in": str(folders["queue"]), "data_folder_out": str(folders["queue"]),
-        "processed_folder": str(folders["processed"]), "control_folder": str(folders["control"]),
-        "polling_interval": 0.05})
+    return Connection(
+        "filesystem://",
+        transport=transport,
+        transport_options={
+            "data_folder_in": str(folders["queue"]),
+            "data_folder_out": str(folders["queue"]),
+            "processed_folder": str(folders["processed"]),
+            "control_folder": str(folders["control"]),
+            "polling_interval": 0.05,
+        },
+    )
 
 
 def write_partial_message(root: Path, queue: str) -> Path:
@@ -59,8 +67,9 @@ def test_a_half_written_message_is_set_aside_with_a_log_line_and_the_next_is_del
         queue.close()
     assert not partial.exists()
     assert (tmp_path / "corrupt" / partial.name).read_bytes() == PARTIAL
-    assert any(partial.name in record.getMessage() and "JSONDecodeError" in record.getMessage()
-               for record in caplog.records)
+    assert any(
+        partial.name in record.getMessage() and "JSONDecodeError" in record.getMessage() for record in caplog.records
+    )
     assert os.listdir(tmp_path / "queue") == []  # nothing left, nothing stuck
 
 

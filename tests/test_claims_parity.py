@@ -6,6 +6,7 @@ sequence (several raters or workers asking, answering, returning, walking away w
 over the same rows: once through the SQL, once through the ORM (``claims.claims_in_sql`` patched to False),
 each inside a rolled-back savepoint, and compares the two runs claim by claim.
 """
+
 from __future__ import annotations
 
 import random
@@ -25,9 +26,11 @@ from tests.test_expert_study import build_study_world, make_experts
 
 pytestmark = [
     pytest.mark.django_db,
-    pytest.mark.skipif(connection.vendor != "postgresql",
-                       reason="the raw-SQL claims run on PostgreSQL only (CI runs there: set DATABASE_URL to a "
-                              "postgres:// URL); on this database both paths are the ORM code"),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql",
+        reason="the raw-SQL claims run on PostgreSQL only (CI runs there: set DATABASE_URL to a "
+        "postgres:// URL); on this database both paths are the ORM code",
+    ),
 ]
 
 
@@ -56,12 +59,17 @@ def assert_same_claims(in_sql: list, in_orm: list) -> None:
 
 # -- experts: the next task -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("plan, raters_per_task", [(StudyPlan.PAPER, 2), (StudyPlan.N_RATERS, 2),
-                                                   (StudyPlan.FULL, 3)])
+
+@pytest.mark.parametrize("plan, raters_per_task", [(StudyPlan.PAPER, 2), (StudyPlan.N_RATERS, 2), (StudyPlan.FULL, 3)])
 def test_expert_claims_hand_out_the_same_tasks(monkeypatch, plan, raters_per_task):
-    study = expert_services.study_create(name="parity", extraction=build_study_world(units=8),
-                                         experts=make_experts(3), plan=plan, raters_per_task=raters_per_task,
-                                         claim_hours=24)
+    study = expert_services.study_create(
+        name="parity",
+        extraction=build_study_world(units=8),
+        experts=make_experts(3),
+        plan=plan,
+        raters_per_task=raters_per_task,
+        claim_hours=24,
+    )
     raters = list(study.raters.order_by("name"))
     start = timezone.now()
 
@@ -75,11 +83,11 @@ def test_expert_claims_hand_out_the_same_tasks(monkeypatch, plan, raters_per_tas
             task = expert_services.task_next_for_rater(rater=rater, now=now)
             log.append(("claim", rater.name, None if task is None else task.pk))
             if task is not None and rng.random() < 0.6:
-                judgment = expert_services.judgment_submit(rater=rater, task=task, answer=Answer.NO,
-                                                           submitted_at=now)
+                judgment = expert_services.judgment_submit(rater=rater, task=task, answer=Answer.NO, submitted_at=now)
                 log.append(("answer", rater.name, judgment.task_id))
-        log.append(("assigned", list(StudyTask.objects.filter(study=study).order_by("pk")
-                                     .values_list("pk", "assigned_count"))))
+        log.append(
+            ("assigned", list(StudyTask.objects.filter(study=study).order_by("pk").values_list("pk", "assigned_count")))
+        )
         return log
 
     in_sql, in_orm = play_twice(monkeypatch, script)
@@ -90,6 +98,7 @@ def test_expert_claims_hand_out_the_same_tasks(monkeypatch, plan, raters_per_tas
 
 
 # -- crowd workers: the next HIT, leases ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("assignments_per_hit", [1, 3])
 def test_crowd_claims_hand_out_the_same_hits_and_expire_the_same_leases(monkeypatch, assignments_per_hit):
@@ -115,10 +124,19 @@ def test_crowd_claims_hand_out_the_same_hits_and_expire_the_same_leases(monkeypa
                 log.append(("answer", worker.external_id, assignment.hit_id))
             elif draw < 0.7:
                 log.append(("return", worker.external_id, crowd_services.assignment_return(assignment=assignment)))
-        log.append(("assigned", list(Hit.objects.filter(study=study).order_by("pk")
-                                     .values_list("pk", "assigned_count"))))
-        log.append(("states", sorted(CrowdAssignment.objects.filter(hit__study=study)
-                                     .values_list("worker__external_id", "hit_id", "state", "reason"))))
+        log.append(
+            ("assigned", list(Hit.objects.filter(study=study).order_by("pk").values_list("pk", "assigned_count")))
+        )
+        log.append(
+            (
+                "states",
+                sorted(
+                    CrowdAssignment.objects.filter(hit__study=study).values_list(
+                        "worker__external_id", "hit_id", "state", "reason"
+                    )
+                ),
+            )
+        )
         return log
 
     in_sql, in_orm = play_twice(monkeypatch, script)

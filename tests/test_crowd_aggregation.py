@@ -1,4 +1,5 @@
 """The aggregation library (annotation/aggregation.py): pure functions, no database."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,18 @@ from scipy.stats import spearmanr
 from annotation.crowd import aggregation as ag
 from annotation.crowd.aggregation import OverlapAction, OverlapRules
 
-PLANTED = {"w0": 0.97, "w1": 0.93, "w2": 0.88, "w3": 0.80, "w4": 0.72, "w5": 0.65, "w6": 0.58, "w7": 0.52,
-           "w8": 0.50, "w9": 0.55}
+PLANTED = {
+    "w0": 0.97,
+    "w1": 0.93,
+    "w2": 0.88,
+    "w3": 0.80,
+    "w4": 0.72,
+    "w5": 0.65,
+    "w6": 0.58,
+    "w7": 0.52,
+    "w8": 0.50,
+    "w9": 0.55,
+}
 """Planted worker reliabilities: three good workers, the rest close to coin flips (so majority vote suffers)."""
 
 
@@ -37,8 +48,9 @@ def simulated():
 
 # -- Dawid-Skene vs majority vote ------------------------------------------------------------------------------
 
+
 def test_dawid_skene_labels_beat_majority_vote(simulated):
-    answers, truth, ds, mv = simulated
+    _answers, truth, ds, mv = simulated
     assert set(ds.labels.index) == set(mv.index) == set(truth.index)
     mv_accuracy = float((mv["label"] == truth[mv.index]).mean())
     ds_accuracy = float((ds.labels == truth[ds.labels.index]).mean())
@@ -47,7 +59,7 @@ def test_dawid_skene_labels_beat_majority_vote(simulated):
 
 
 def test_dawid_skene_recovers_planted_worker_reliabilities(simulated):
-    answers, truth, ds, mv = simulated
+    answers, _truth, ds, mv = simulated
     planted = pd.Series(PLANTED)
     estimated = ds.skills[planted.index]
     assert spearmanr(estimated, planted).statistic >= 0.9
@@ -61,7 +73,7 @@ def test_dawid_skene_recovers_planted_worker_reliabilities(simulated):
 
 
 def test_dawid_skene_outputs_are_consistent(simulated):
-    answers, truth, ds, mv = simulated
+    answers, _truth, ds, _mv = simulated
     assert np.allclose(ds.probas.sum(axis=1), 1.0)
     assert (ds.confidence >= 0.5).all() and np.allclose(ds.confidence, ds.probas.max(axis=1))
     assert abs(float(ds.priors.sum()) - 1.0) < 1e-9 and abs(float(ds.priors["yes"]) - 0.6) < 0.1
@@ -91,15 +103,29 @@ def test_dawid_skene_with_one_label_and_with_gold():
 
 # -- majority vote ---------------------------------------------------------------------------------------------
 
+
 def test_majority_vote_hand_cases():
-    rows = [("t1", "a", "yes"), ("t1", "b", "yes"), ("t1", "c", "no"),
-            ("t2", "a", "no"), ("t2", "b", "yes"),
-            ("t3", "c", "no"),
-            ("t4", "a", "red"), ("t4", "b", "blue"), ("t4", "c", "blue"), ("t4", "d", "green")]
+    rows = [
+        ("t1", "a", "yes"),
+        ("t1", "b", "yes"),
+        ("t1", "c", "no"),
+        ("t2", "a", "no"),
+        ("t2", "b", "yes"),
+        ("t3", "c", "no"),
+        ("t4", "a", "red"),
+        ("t4", "b", "blue"),
+        ("t4", "c", "blue"),
+        ("t4", "d", "green"),
+    ]
     mv = ag.majority_vote(ag.answers_frame(rows), labels=["yes", "no"])
     assert list(mv.index) == ["t1", "t2", "t3", "t4"]
-    assert mv.loc["t1"].to_dict() == {"label": "yes", "votes": 2, "n_answers": 3, "share": pytest.approx(2 / 3),
-                                      "tied": False}
+    assert mv.loc["t1"].to_dict() == {
+        "label": "yes",
+        "votes": 2,
+        "n_answers": 3,
+        "share": pytest.approx(2 / 3),
+        "tied": False,
+    }
     assert (mv.at["t2", "label"], mv.at["t2", "tied"], mv.at["t2", "share"]) == ("yes", True, 0.5)
     assert (mv.at["t3", "label"], mv.at["t3", "votes"], mv.at["t3", "share"]) == ("no", 1, 1.0)
     assert (mv.at["t4", "label"], mv.at["t4", "votes"], mv.at["t4", "tied"]) == ("blue", 2, False)
@@ -120,21 +146,34 @@ def test_answers_frame_rejects_duplicates_and_drops_missing():
 
 # -- agreement -------------------------------------------------------------------------------------------------
 
+
 def test_agreement_hand_computed():
     # t1 yyy, t2 yyn, t3 nnn, t4 ynn: P̄ = 2/3, p_yes = 1/2 → Fleiss κ = (2/3 − 1/2) / (1/2) = 1/3.
     # α nominal: n = 12, n_c = 6, 6, Σ o_cc = 3 + 1 + 3 + 1 = 8 → 1 − 11·(12 − 8) / (144 − 72) = 7/18.
-    answers = ag.answers_frame([
-        ("t1", "a", "yes"), ("t1", "b", "yes"), ("t1", "c", "yes"),
-        ("t2", "a", "yes"), ("t2", "b", "yes"), ("t2", "d", "no"),
-        ("t3", "b", "no"), ("t3", "c", "no"), ("t3", "d", "no"),
-        ("t4", "a", "yes"), ("t4", "c", "no"), ("t4", "d", "no")])
+    answers = ag.answers_frame(
+        [
+            ("t1", "a", "yes"),
+            ("t1", "b", "yes"),
+            ("t1", "c", "yes"),
+            ("t2", "a", "yes"),
+            ("t2", "b", "yes"),
+            ("t2", "d", "no"),
+            ("t3", "b", "no"),
+            ("t3", "c", "no"),
+            ("t3", "d", "no"),
+            ("t4", "a", "yes"),
+            ("t4", "c", "no"),
+            ("t4", "d", "no"),
+        ]
+    )
     summary = ag.agreement(answers, labels=["yes", "no"], replicates=200)
     assert summary.fleiss_kappa.value == pytest.approx(1 / 3)
     assert summary.krippendorff_alpha.value == pytest.approx(7 / 18)
     assert summary.n_items == 4 and summary.n_raters == 4 and summary.n_answers == 12
     # A label nobody gave, listed in ``labels``, changes nothing in these statistics' values.
-    assert ag.agreement(answers, labels=["yes", "no", "unsure"], replicates=10).fleiss_kappa.value == \
-        pytest.approx(1 / 3)
+    assert ag.agreement(answers, labels=["yes", "no", "unsure"], replicates=10).fleiss_kappa.value == pytest.approx(
+        1 / 3
+    )
     empty = ag.agreement(ag.answers_frame([]))
     assert empty.fleiss_kappa is None and empty.n_items == 0
 
@@ -155,25 +194,28 @@ def test_bootstrap_intervals_contain_estimate_and_are_seeded():
 
 # -- dynamic overlap -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("counts, planned, action, target", [
-    ({"yes": 2}, 3, OverlapAction.COLLECT, 3),                 # below min_raters (3)
-    ({"yes": 3}, 5, OverlapAction.STOP_EARLY, 3),              # unanimous at 3 of 5: settled early
-    ({"yes": 2, "no": 1}, 5, OverlapAction.COLLECT, 5),        # split before the planned count
-    ({"yes": 3}, 3, OverlapAction.DONE, 3),
-    ({"yes": 2, "no": 1}, 3, OverlapAction.EXTEND, 4),         # 0.67 < 0.7: one more rater
-    ({"yes": 3, "no": 1}, 4, OverlapAction.DONE, 4),           # 0.75 settles
-    ({"yes": 2, "no": 2}, 4, OverlapAction.EXTEND, 5),
-    ({"yes": 3, "no": 2}, 5, OverlapAction.EXHAUSTED, 5),      # at max_raters, still low
-    ({}, 3, OverlapAction.COLLECT, 3),
-    ({"yes": 1}, 9, OverlapAction.COLLECT, 5),                 # a planned count above the cap is capped
-    ({"yes": 1}, 1, OverlapAction.COLLECT, 3),                 # ... and one below min_raters raised
-])
+
+@pytest.mark.parametrize(
+    "counts, planned, action, target",
+    [
+        ({"yes": 2}, 3, OverlapAction.COLLECT, 3),  # below min_raters (3)
+        ({"yes": 3}, 5, OverlapAction.STOP_EARLY, 3),  # unanimous at 3 of 5: settled early
+        ({"yes": 2, "no": 1}, 5, OverlapAction.COLLECT, 5),  # split before the planned count
+        ({"yes": 3}, 3, OverlapAction.DONE, 3),
+        ({"yes": 2, "no": 1}, 3, OverlapAction.EXTEND, 4),  # 0.67 < 0.7: one more rater
+        ({"yes": 3, "no": 1}, 4, OverlapAction.DONE, 4),  # 0.75 settles
+        ({"yes": 2, "no": 2}, 4, OverlapAction.EXTEND, 5),
+        ({"yes": 3, "no": 2}, 5, OverlapAction.EXHAUSTED, 5),  # at max_raters, still low
+        ({}, 3, OverlapAction.COLLECT, 3),
+        ({"yes": 1}, 9, OverlapAction.COLLECT, 5),  # a planned count above the cap is capped
+        ({"yes": 1}, 1, OverlapAction.COLLECT, 3),  # ... and one below min_raters raised
+    ],
+)
 def test_overlap_default_rules(counts, planned, action, target):
     decision = ag.overlap_decision("h", counts, planned)
     assert (decision.action, decision.target) == (action, target)
     assert decision.n_answers == sum(counts.values())
-    assert decision.action.closes == (action in (OverlapAction.STOP_EARLY, OverlapAction.DONE,
-                                                 OverlapAction.EXHAUSTED))
+    assert decision.action.closes == (action in (OverlapAction.STOP_EARLY, OverlapAction.DONE, OverlapAction.EXHAUSTED))
 
 
 def test_overlap_custom_rules_and_many_tasks():
@@ -181,14 +223,22 @@ def test_overlap_custom_rules_and_many_tasks():
     assert ag.overlap_decision("h", {"yes": 2, "no": 1}, 5, rules).action == OverlapAction.STOP_EARLY
     assert ag.overlap_decision("h", {"yes": 2}, 5, rules).action == OverlapAction.COLLECT  # min_raters 3
     decision = ag.overlap_decision("h", {"a": 2, "b": 2, "c": 1}, 5, rules)
-    assert (decision.action, decision.target, decision.leading_label, decision.leading_share) == \
-        (OverlapAction.EXTEND, 7, None, 0.4)
+    assert (decision.action, decision.target, decision.leading_label, decision.leading_share) == (
+        OverlapAction.EXTEND,
+        7,
+        None,
+        0.4,
+    )
     two = OverlapRules(min_raters=2)
-    answers = ag.answers_frame([("t1", "a", "yes"), ("t1", "b", "yes"), ("t2", "a", "yes"), ("t2", "b", "no"),
-                                ("t2", "c", "no")])
+    answers = ag.answers_frame(
+        [("t1", "a", "yes"), ("t1", "b", "yes"), ("t2", "a", "yes"), ("t2", "b", "no"), ("t2", "c", "no")]
+    )
     decisions = ag.overlap_decisions(answers, {"t1": 3, "t2": 3}, two, tasks=["t3"])
     assert {task: (d.action, d.target) for task, d in decisions.items()} == {
-        "t1": (OverlapAction.STOP_EARLY, 2), "t2": (OverlapAction.EXTEND, 4), "t3": (OverlapAction.COLLECT, 2)}
+        "t1": (OverlapAction.STOP_EARLY, 2),
+        "t2": (OverlapAction.EXTEND, 4),
+        "t3": (OverlapAction.COLLECT, 2),
+    }
     assert decisions["t2"].leading_label == "no"
     assert ag.overlap_decisions(answers, 3, two)["t1"].action == OverlapAction.STOP_EARLY
 
@@ -211,6 +261,7 @@ def test_overlap_rules_from_study_and_validation():
 
 
 # -- purity ----------------------------------------------------------------------------------------------------
+
 
 def test_mean_purity():
     value, patterns = ag.mean_purity([("u1", 3, 4), ("u1", 4, 4), ("u2", 1, 5)])
@@ -238,7 +289,8 @@ def test_crowd_kit_imports_without_network_and_runs_on_pinned_scikit_learn():
         "import sys\n"
         "assert 'transformers' not in sys.modules\n"
         "frame = pd.DataFrame({'task': [1, 1, 2], 'worker': ['a', 'b', 'a'], 'label': ['y', 'y', 'n']})\n"
-        "print(Wawa().fit_predict(frame).to_dict())\n")
+        "print(Wawa().fit_predict(frame).to_dict())\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "{1: 'y', 2: 'n'}" in done.stdout

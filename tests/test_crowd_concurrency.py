@@ -6,6 +6,7 @@ released together by a barrier. Runs on the configured database, as the expert c
 (IMMEDIATE transactions), PostgreSQL with ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/unitscope``
 (``SELECT … FOR UPDATE SKIP LOCKED``).
 """
+
 from __future__ import annotations
 
 import threading
@@ -52,8 +53,12 @@ def run_together(count: int, work) -> list:
 def check_places(study) -> Counter:
     pairs = list(CrowdAssignment.objects.filter(hit__study=study).values_list("hit_id", "worker_id"))
     assert len(pairs) == len(set(pairs))  # nobody twice on one HIT
-    live = Counter(hit for hit, _ in CrowdAssignment.objects.filter(hit__study=study).exclude(
-        state__in=[CrowdAssignmentState.RETURNED, CrowdAssignmentState.REJECTED]).values_list("hit_id", "worker_id"))
+    live = Counter(
+        hit
+        for hit, _ in CrowdAssignment.objects.filter(hit__study=study)
+        .exclude(state__in=[CrowdAssignmentState.RETURNED, CrowdAssignmentState.REJECTED])
+        .values_list("hit_id", "worker_id")
+    )
     for hit in Hit.objects.filter(study=study, role=HitRole.TASK):
         assert hit.assigned_count == live.get(hit.pk, 0) <= N
     return live
@@ -61,8 +66,9 @@ def check_places(study) -> Counter:
 
 def test_fifty_workers_asking_at_once_never_overfill_a_hit():
     study = validation_study("race", units=5, assignments_per_hit=N)  # 10 HITs, 30 places for 50 workers
-    workers = [services.worker_enter(study=study, adapter=CrowdAdapter.LINK, external_id=f"w{n}")[0]
-               for n in range(WORKERS)]
+    workers = [
+        services.worker_enter(study=study, adapter=CrowdAdapter.LINK, external_id=f"w{n}")[0] for n in range(WORKERS)
+    ]
     clients = [Client() for _ in workers]
 
     def ask(position: int) -> str:
@@ -81,8 +87,9 @@ def test_fifty_workers_asking_at_once_never_overfill_a_hit():
 
 def test_fifty_workers_answering_as_fast_as_they_can_fill_each_hit_with_three_distinct_workers():
     study = validation_study("flood", units=10, assignments_per_hit=N)  # 20 HITs, 60 places
-    workers = [services.worker_enter(study=study, adapter=CrowdAdapter.LINK, external_id=f"w{n}")[0]
-               for n in range(WORKERS)]
+    workers = [
+        services.worker_enter(study=study, adapter=CrowdAdapter.LINK, external_id=f"w{n}")[0] for n in range(WORKERS)
+    ]
 
     def work(position: int) -> list[int]:
         client, code = Client(), workers[position].code

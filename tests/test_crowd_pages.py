@@ -1,6 +1,7 @@
 """Crowd pages through HTTP: validation HITs are blind (HTML, URLs, image names), each worker has their own
 order; the MTurk ExternalQuestion hand-off (preview cannot submit, the result is posted to turkSubmitTo with
 assignmentId); Prolific completion codes only after a submission; researcher pages."""
+
 from __future__ import annotations
 
 import re
@@ -14,13 +15,29 @@ from django.urls import reverse
 from annotation.crowd import hits as crowd_hits
 from annotation.crowd import services
 from annotation.crowd.adapters import visit_dumps
-from annotation.models import (MTURK_PREVIEW_ASSIGNMENT, CrowdAssignment, CrowdAssignmentState, CrowdTaskKind,
-                               CrowdWorker, HitRole, LabelOrigin)
+from annotation.models import (
+    MTURK_PREVIEW_ASSIGNMENT,
+    CrowdAssignment,
+    CrowdAssignmentState,
+    CrowdTaskKind,
+    CrowdWorker,
+    HitRole,
+    LabelOrigin,
+)
 from tests.test_crowd_study import add_gold, build_crowd_world, enter, validation_study
 
 pytestmark = pytest.mark.django_db
-ORIGIN_WORDS = ("dissect", "control", "human", "origin", "canonical", "netdissect", "iou", "detector_label",
-                *LabelOrigin.values)
+ORIGIN_WORDS = (
+    "dissect",
+    "control",
+    "human",
+    "origin",
+    "canonical",
+    "netdissect",
+    "iou",
+    "detector_label",
+    *LabelOrigin.values,
+)
 
 
 class Links(HTMLParser):
@@ -40,8 +57,9 @@ class Links(HTMLParser):
         if tag == "img":
             self.images.append(attrs["src"])
         if tag == "form":
-            self.forms.append({"method": (attrs.get("method") or "get").lower(), "action": attrs.get("action"),
-                               "fields": {}})
+            self.forms.append(
+                {"method": (attrs.get("method") or "get").lower(), "action": attrs.get("action"), "fields": {}}
+            )
         if tag == "input" and self.forms and attrs.get("type") == "hidden":
             self.forms[-1]["fields"][attrs.get("name")] = attrs.get("value")
 
@@ -61,15 +79,27 @@ def assert_no_origin(text: str, where: str) -> None:
 def full_validation_study(name="blind", units=3):
     """A validation study whose units have all three kinds of label (after a description study)."""
     extractions = build_crowd_world(name=name, units=units)
-    describe = crowd_hits.crowd_study_create(name=f"{name}-describe", kind=CrowdTaskKind.DESCRIPTION,
-                                           extractions=extractions, gold_count=0, qualification_required=False)
+    describe = crowd_hits.crowd_study_create(
+        name=f"{name}-describe",
+        kind=CrowdTaskKind.DESCRIPTION,
+        extractions=extractions,
+        gold_count=0,
+        qualification_required=False,
+    )
     for number in range(3):
         worker = enter(describe, number)
         while (assignment := services.hit_next_for_worker(worker=worker)) is not None:
-            services.assignment_submit(assignment=assignment, description=f"pattern {assignment.hit.unit.index}",
-                                       confidence=3)
-    study = crowd_hits.crowd_study_create(name=name, kind=CrowdTaskKind.VALIDATION, extractions=extractions,
-                                        gold_count=0, gold_rate=0.0, qualification_required=False)
+            services.assignment_submit(
+                assignment=assignment, description=f"pattern {assignment.hit.unit.index}", confidence=3
+            )
+    study = crowd_hits.crowd_study_create(
+        name=name,
+        kind=CrowdTaskKind.VALIDATION,
+        extractions=extractions,
+        gold_count=0,
+        gold_rate=0.0,
+        qualification_required=False,
+    )
     assert {hit.label_origin for hit in study.hits.all()} == set(LabelOrigin.values)
     return study
 
@@ -115,7 +145,8 @@ def test_validation_hits_are_blind_in_html_urls_and_image_names(settings):
             assert_no_origin(url, f"URL {url}")
         # The only image of the HIT is its assignment's own picture URL (never the grid's shared media URL).
         assert [src for src in links.images if "/crowd/" in src or src.startswith(settings.MEDIA_URL)] == [
-            reverse("annotation:crowd_image", args=[worker.code, token])]
+            reverse("annotation:crowd_image", args=[worker.code, token])
+        ]
         assert hit.grid.url not in html
         assert_no_origin(html.replace(f"“{hit.label}”", ""), f"the page of a {hit.label_origin} label")
         # Pages of one unit differ only by the label (and tokens): nothing else tells the origins apart.
@@ -140,6 +171,7 @@ def test_two_workers_see_the_labels_in_different_orders():
 
 # -- MTurk ---------------------------------------------------------------------------------------------------
 
+
 def mturk_url(study, **params) -> str:
     return reverse("annotation:crowd_entry_adapter", args=[study.token, "mturk"]) + "?" + urlencode(params)
 
@@ -147,8 +179,11 @@ def mturk_url(study, **params) -> str:
 def test_mturk_preview_shows_the_task_but_cannot_submit():
     study = validation_study("preview", units=2)
     client = Client()
-    response = client.get(mturk_url(study, assignmentId=MTURK_PREVIEW_ASSIGNMENT, hitId="H1",
-                                    turkSubmitTo="https://workersandbox.mturk.com"))
+    response = client.get(
+        mturk_url(
+            study, assignmentId=MTURK_PREVIEW_ASSIGNMENT, hitId="H1", turkSubmitTo="https://workersandbox.mturk.com"
+        )
+    )
     assert response.status_code == 200
     html = response.content.decode()
     assert "preview" in html.lower() and "cannot be submitted" in html
@@ -162,14 +197,22 @@ def test_mturk_preview_shows_the_task_but_cannot_submit():
 def test_mturk_submission_posts_the_assignment_id_to_turk_submit_to():
     study = validation_study("turk", units=2)
     client = Client()
-    entry = mturk_url(study, assignmentId="ASSIGN-1", hitId="HIT-9", workerId="AWORKER",
-                      turkSubmitTo="https://workersandbox.mturk.com")
+    entry = mturk_url(
+        study,
+        assignmentId="ASSIGN-1",
+        hitId="HIT-9",
+        workerId="AWORKER",
+        turkSubmitTo="https://workersandbox.mturk.com",
+    )
     response = client.get(entry, follow=True)
     task_url = response.redirect_chain[-1][0]
     assert "/a/" in task_url and response.status_code == 200
     assignment = CrowdAssignment.objects.get()
-    assert (assignment.external_assignment_id, assignment.external_hit_id, assignment.submit_to) == \
-        ("ASSIGN-1", "HIT-9", "https://workersandbox.mturk.com")
+    assert (assignment.external_assignment_id, assignment.external_hit_id, assignment.submit_to) == (
+        "ASSIGN-1",
+        "HIT-9",
+        "https://workersandbox.mturk.com",
+    )
     assert client.get(entry)["Location"].endswith(f"/a/{assignment.token}/")  # re-entry: the same HIT
     after = client.post(task_url, {"answer": "no"}, follow=True)
     forms = [form for form in parse(after.content.decode()).forms if form["method"] == "post"]
@@ -181,8 +224,14 @@ def test_mturk_submission_posts_the_assignment_id_to_turk_submit_to():
     # One UnitScope HIT per MTurk assignment: asking again within it gives no second HIT; without the platform's
     # context there is no HIT at all.
     worker = CrowdWorker.objects.get()
-    visit = visit_dumps(worker, {"external_assignment_id": "ASSIGN-1", "external_hit_id": "HIT-9",
-                                 "submit_to": "https://workersandbox.mturk.com"})
+    visit = visit_dumps(
+        worker,
+        {
+            "external_assignment_id": "ASSIGN-1",
+            "external_hit_id": "HIT-9",
+            "submit_to": "https://workersandbox.mturk.com",
+        },
+    )
     assert client.get(reverse("annotation:crowd_next", args=[visit])).status_code == 200
     # The worker's own code is never a platform worker's credential (it was handed to whoever typed the id).
     assert client.get(reverse("annotation:crowd_next", args=[worker.code])).status_code == 404
@@ -191,16 +240,19 @@ def test_mturk_submission_posts_the_assignment_id_to_turk_submit_to():
 
 def test_mturk_turk_submit_to_must_be_an_allowed_host_and_qualification_keeps_the_assignment():
     study = validation_study("turkq", units=2)
-    bad = Client().get(mturk_url(study, assignmentId="A", hitId="H", workerId="W",
-                                 turkSubmitTo="https://evil.example.com"))
+    bad = Client().get(
+        mturk_url(study, assignmentId="A", hitId="H", workerId="W", turkSubmitTo="https://evil.example.com")
+    )
     assert bad.status_code == 400 and not CrowdAssignment.objects.exists()
     add_gold(study, 4, answer="yes", role=HitRole.QUALIFICATION)
     study.qualification_required, study.qualification_size, study.qualification_pass_rate = True, 4, 1.0
     study.external_submit_hosts = "www.mturk.com localhost:8123"
     study.save()
     client = Client()
-    response = client.get(mturk_url(study, assignmentId="A2", hitId="H2", workerId="W2",
-                                    turkSubmitTo="http://localhost:8123"), follow=True)
+    response = client.get(
+        mturk_url(study, assignmentId="A2", hitId="H2", workerId="W2", turkSubmitTo="http://localhost:8123"),
+        follow=True,
+    )
     qualification_url = response.redirect_chain[-1][0]
     # The visit's credential in the URL carries the assignment through the test (never the worker's code).
     assert "/qualification/" in qualification_url and CrowdWorker.objects.get().code not in qualification_url
@@ -219,14 +271,16 @@ def test_mturk_turk_submit_to_must_be_an_allowed_host_and_qualification_keeps_th
 
 # -- Prolific -------------------------------------------------------------------------------------------------
 
+
 def test_prolific_completion_code_appears_only_after_a_submission():
     study = validation_study("prolific", units=2, hits_per_session=2)
     code = study.completion_code
     client = Client()
     url = reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"])
     assert client.get(url + "?PROLIFIC_PID=P1").status_code == 400
-    response = client.get(url + "?" + urlencode({"PROLIFIC_PID": "P1", "STUDY_ID": "S", "SESSION_ID": "X1"}),
-                          follow=True)
+    response = client.get(
+        url + "?" + urlencode({"PROLIFIC_PID": "P1", "STUDY_ID": "S", "SESSION_ID": "X1"}), follow=True
+    )
     seen = [response.content.decode()]
     task_url = response.redirect_chain[-1][0]
     assert "/a/" in task_url
@@ -244,13 +298,18 @@ def test_prolific_completion_code_appears_only_after_a_submission():
 def test_prolific_without_any_submission_gets_no_code():
     study = validation_study("prolific-closed", units=1)
     crowd_hits.study_open_set(study=study, is_open=False)
-    response = Client().get(reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"]) + "?" +
-                            urlencode({"PROLIFIC_PID": "P2", "STUDY_ID": "S", "SESSION_ID": "X2"}), follow=True)
+    response = Client().get(
+        reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"])
+        + "?"
+        + urlencode({"PROLIFIC_PID": "P2", "STUDY_ID": "S", "SESSION_ID": "X2"}),
+        follow=True,
+    )
     assert response.status_code == 200 and study.completion_code not in response.content.decode()
     assert "No more HITs" in response.content.decode()
 
 
 # -- gold feedback, crowd accounts, researcher pages ------------------------------------------------------------
+
 
 def test_gold_feedback_is_shown_at_once(make_user):
     study = validation_study("goldpage", units=1, gold_rate=0.9)
@@ -292,24 +351,29 @@ def test_researcher_pages(researcher_client, researcher):
     assert "w1" in workers
     review_url = reverse("annotation:crowd_review", args=[study.pk])
     assert researcher_client.get(review_url).status_code == 200
-    response = researcher_client.post(review_url, {"assignments": f"{done[0].pk}", "decision": "reject",
-                                                   "reason": "too fast"})
+    response = researcher_client.post(
+        review_url, {"assignments": f"{done[0].pk}", "decision": "reject", "reason": "too fast"}
+    )
     assert response.status_code == 302
     done[0].refresh_from_db()
     assert done[0].state == CrowdAssignmentState.REJECTED and done[0].reason == "too fast"
-    researcher_client.post(reverse("annotation:crowd_workers", args=[study.pk]),
-                           {"form": "bonus", "worker": worker.pk, "amount_cents": 30, "reason": "thanks"})
-    researcher_client.post(reverse("annotation:crowd_workers", args=[study.pk]),
-                           {"form": "block", "worker": worker.pk, "action": "block", "reason": "spam"})
+    researcher_client.post(
+        reverse("annotation:crowd_workers", args=[study.pk]),
+        {"form": "bonus", "worker": worker.pk, "amount_cents": 30, "reason": "thanks"},
+    )
+    researcher_client.post(
+        reverse("annotation:crowd_workers", args=[study.pk]),
+        {"form": "block", "worker": worker.pk, "action": "block", "reason": "spam"},
+    )
     worker.refresh_from_db()
     assert worker.blocked and worker.bonuses.get().amount_cents == 30
     create = researcher_client.get(reverse("annotation:crowd_study_create"))
     assert create.status_code == 200 and "pages-net / conv5" in create.content.decode()
 
 
-
-@pytest.mark.parametrize("back", ["//evil.example/steal", "https://evil.example/", "http:/\\evil.example",
-                                  "javascript:alert(1)", "", None])
+@pytest.mark.parametrize(
+    "back", ["//evil.example/steal", "https://evil.example/", "http:/\\evil.example", "javascript:alert(1)", "", None]
+)
 def test_the_review_page_goes_back_only_within_the_site(researcher_client, researcher, back):
     study = validation_study("back", units=1, assignments_per_hit=1, created_by=researcher)
     review_url = reverse("annotation:crowd_review", args=[study.pk])
@@ -319,33 +383,61 @@ def test_the_review_page_goes_back_only_within_the_site(researcher_client, resea
     same_site = f"{review_url}?state=rejected"
     assert researcher_client.post(review_url, {**form, "back": same_site})["Location"] == same_site
 
+
 def test_an_mturk_worker_with_two_accepted_hits_gets_one_unitscope_hit_each():
     study = validation_study("two-turk", units=2)
     client = Client()
-    urls = [client.get(mturk_url(study, assignmentId=f"A{n}", hitId="H", workerId="SAME",
-                                 turkSubmitTo="https://www.mturk.com"), follow=True).redirect_chain[-1][0]
-            for n in (1, 2)]
+    urls = [
+        client.get(
+            mturk_url(study, assignmentId=f"A{n}", hitId="H", workerId="SAME", turkSubmitTo="https://www.mturk.com"),
+            follow=True,
+        ).redirect_chain[-1][0]
+        for n in (1, 2)
+    ]
     assert urls[0] != urls[1]
     held = {a.external_assignment_id: a.hit_id for a in CrowdAssignment.objects.all()}
     assert set(held) == {"A1", "A2"} and held["A1"] != held["A2"]
 
 
 def test_a_researcher_creates_a_crowd_study_from_the_page(researcher_client):
-    extraction, = build_crowd_world(name="form", units=2)
-    response = researcher_client.post(reverse("annotation:crowd_study_create"), {
-        "name": "From the page", "kind": "description", "extractions": [extraction.pk], "units": "",
-        "assignments_per_hit": 3, "gold_rate": 0, "lease_seconds": 600, "overlap_rule": "fixed",
-        "purity_mass": 0.3, "external_submit_hosts": "www.mturk.com", "seed": 0})
+    (extraction,) = build_crowd_world(name="form", units=2)
+    response = researcher_client.post(
+        reverse("annotation:crowd_study_create"),
+        {
+            "name": "From the page",
+            "kind": "description",
+            "extractions": [extraction.pk],
+            "units": "",
+            "assignments_per_hit": 3,
+            "gold_rate": 0,
+            "lease_seconds": 600,
+            "overlap_rule": "fixed",
+            "purity_mass": 0.3,
+            "external_submit_hosts": "www.mturk.com",
+            "seed": 0,
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:3000]
     from annotation.models import CrowdStudy
 
     study = CrowdStudy.objects.get(name="From the page")
     assert response["Location"] == study.get_absolute_url()
     assert study.kind == "description" and study.hits.count() == 2 and not study.qualification_required
-    again = researcher_client.post(reverse("annotation:crowd_study_create"), {
-        "name": "From the page", "kind": "description", "extractions": [extraction.pk], "assignments_per_hit": 3,
-        "gold_rate": 0, "lease_seconds": 600, "overlap_rule": "fixed", "purity_mass": 0.3,
-        "external_submit_hosts": "www.mturk.com", "seed": 0})
+    again = researcher_client.post(
+        reverse("annotation:crowd_study_create"),
+        {
+            "name": "From the page",
+            "kind": "description",
+            "extractions": [extraction.pk],
+            "assignments_per_hit": 3,
+            "gold_rate": 0,
+            "lease_seconds": 600,
+            "overlap_rule": "fixed",
+            "purity_mass": 0.3,
+            "external_submit_hosts": "www.mturk.com",
+            "seed": 0,
+        },
+    )
     assert again.status_code == 200 and "already exists" in again.content.decode()
 
 
@@ -361,11 +453,11 @@ def test_qualification_feedback_question_by_question_and_a_second_try():
     assert len(tokens) == 2
     result = client.post(url, {f"q-{tokens[0]}": "yes", f"q-{tokens[1]}": "no"}, follow=True).content.decode()
     assert "Qualification: 1 of 2 right" in result and "Try again" in result
-    wrong = result[result.index('id="feedback-2"'):]
+    wrong = result[result.index('id="feedback-2"') :]
     assert "Your answer: <strong>no</strong> · the right answer: <strong>yes</strong>" in wrong
     explanation = next(hit.gold_explanation for hit in golds if hit.token == tokens[1])
     assert explanation and explanation in wrong
-    right = result[result.index('id="feedback-1"'):result.index('id="feedback-2"')]
+    right = result[result.index('id="feedback-1"') : result.index('id="feedback-2"')]
     assert "badge-ok" in right and "the right answer" not in right
     again = client.get(url).content.decode()
     assert "This is your last try." in again and "Question 1" in again
@@ -382,12 +474,19 @@ def test_a_required_qualification_without_questions_says_so_instead_of_looping()
 
 
 def test_a_description_study_qualifies_workers_with_descriptions(monkeypatch):
-    extraction, = build_crowd_world(name="descq", units=6)
+    (extraction,) = build_crowd_world(name="descq", units=6)
     # The pixel truth: "wheel" under the peak of every image of every unit (so every unit's answer is known).
-    monkeypatch.setattr(crowd_hits, "peak_concepts",
-                        lambda extraction, sets: {s.unit_id: [{"wheel"}] * 15 for s in sets})
-    study = crowd_hits.crowd_study_create(name="descq", kind=CrowdTaskKind.DESCRIPTION, extractions=[extraction],
-                                          gold_count=2, qualification_size=2, qualification_pass_rate=0.5)
+    monkeypatch.setattr(
+        crowd_hits, "peak_concepts", lambda extraction, sets: {s.unit_id: [{"wheel"}] * 15 for s in sets}
+    )
+    study = crowd_hits.crowd_study_create(
+        name="descq",
+        kind=CrowdTaskKind.DESCRIPTION,
+        extractions=[extraction],
+        gold_count=2,
+        qualification_size=2,
+        qualification_pass_rate=0.5,
+    )
     questions = list(study.hits.filter(role=HitRole.QUALIFICATION))
     assert len(questions) == 4 and {hit.kind for hit in questions} == {CrowdTaskKind.DESCRIPTION}
     assert {hit.gold_answer for hit in questions} == {"wheel"} and study.qualification_required
@@ -401,6 +500,6 @@ def test_a_description_study_qualifies_workers_with_descriptions(monkeypatch):
     result = client.post(url, {f"q-{tokens[0]}": "Wheels", f"q-{tokens[1]}": "a cloud"}, follow=True)
     html = result.content.decode()
     assert "Qualification: 1 of 2 right" in html and "Start the HITs" in html  # half is enough here
-    wrong = html[html.index('id="feedback-2"'):]
+    wrong = html[html.index('id="feedback-2"') :]
     assert "Your answer: <strong>a cloud</strong> · the right answer: <strong>wheel</strong>" in wrong
     assert "Most highlighted patches show: wheel." in wrong

@@ -1,5 +1,6 @@
 """Crowd study reports (annotation/crowd_reports.py and its pages): ND'18 Table 3 from a small hand-built study
 equals hand-computed values; the purity table; aggregated results; pages for researchers only."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -11,8 +12,17 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotation.crowd import aggregation, reports, selectors
-from annotation.models import (CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit,
-                               HitRole, LabelOrigin, ValidationRound)
+from annotation.models import (
+    CrowdAssignment,
+    CrowdAssignmentState,
+    CrowdStudy,
+    CrowdTaskKind,
+    CrowdWorker,
+    Hit,
+    HitRole,
+    LabelOrigin,
+    ValidationRound,
+)
 
 HUMAN, DISSECTION, CONTROL = LabelOrigin.HUMAN, LabelOrigin.DISSECTION, LabelOrigin.CONTROL
 _counter = iter(range(1, 10_000))
@@ -36,8 +46,19 @@ def layers(db):
         for index in range(units):
             Unit.objects.create(layer=layer, index=index)
         extraction = LayerExtraction.objects.create(
-            run=run, layer=layer, dataset=dataset, cache_key=name, cache_path="-", stats_path="-", n_images=10,
-            map_height=4, map_width=4, quantile=0.995, k_overall=15, k_per_class=10)
+            run=run,
+            layer=layer,
+            dataset=dataset,
+            cache_key=name,
+            cache_path="-",
+            stats_path="-",
+            n_images=10,
+            map_height=4,
+            map_width=4,
+            quantile=0.995,
+            k_overall=15,
+            k_per_class=10,
+        )
         result[name] = (layer, extraction)
     return result
 
@@ -49,28 +70,55 @@ def make_study(layers, kind=CrowdTaskKind.VALIDATION, name="validation"):
 
 
 def make_worker(study, name, simulated=False):
-    return CrowdWorker.objects.create(study=study, adapter="link", external_id=name, code=_token(),
-                                      simulated=simulated)
+    return CrowdWorker.objects.create(study=study, adapter="link", external_id=name, code=_token(), simulated=simulated)
 
 
 def answer(hit, worker, **fields):
     now = timezone.now()
     return CrowdAssignment.objects.create(
-        hit=hit, worker=worker, token=_token(), state=fields.pop("state", CrowdAssignmentState.SUBMITTED),
+        hit=hit,
+        worker=worker,
+        token=_token(),
+        state=fields.pop("state", CrowdAssignmentState.SUBMITTED),
         leased_at=now,
-        lease_expires_at=now + timedelta(minutes=15), shown_at=now, submitted_at=now + timedelta(seconds=5),
-        seconds=5.0, simulated=worker.simulated, **fields)
+        lease_expires_at=now + timedelta(minutes=15),
+        shown_at=now,
+        submitted_at=now + timedelta(seconds=5),
+        seconds=5.0,
+        simulated=worker.simulated,
+        **fields,
+    )
 
 
-def validation_hit(study, layers, layer, unit, origin, category, votes, *, role=HitRole.TASK, gold_answer="",
-                   validation_round=ValidationRound.COMPARISON):
+def validation_hit(
+    study,
+    layers,
+    layer,
+    unit,
+    origin,
+    category,
+    votes,
+    *,
+    role=HitRole.TASK,
+    gold_answer="",
+    validation_round=ValidationRound.COMPARISON,
+):
     """A validation HIT on ``layer``/``unit`` and its votes: ``{worker: "yes"|"no"}``."""
     _, extraction = layers[layer]
-    hit = Hit.objects.create(study=study, token=_token(), position=next(_counter), kind=CrowdTaskKind.VALIDATION,
-                             role=role, unit=extraction.layer.unit_set.get(index=unit), extraction=extraction,
-                             label=f"label {layer} {unit} {origin}", label_origin=origin if role == HitRole.TASK else "",
-                             validation_round=validation_round if role == HitRole.TASK else "",
-                             unit_category=category, gold_answer=gold_answer)
+    hit = Hit.objects.create(
+        study=study,
+        token=_token(),
+        position=next(_counter),
+        kind=CrowdTaskKind.VALIDATION,
+        role=role,
+        unit=extraction.layer.unit_set.get(index=unit),
+        extraction=extraction,
+        label=f"label {layer} {unit} {origin}",
+        label_origin=origin if role == HitRole.TASK else "",
+        validation_round=validation_round if role == HitRole.TASK else "",
+        unit_category=category,
+        gold_answer=gold_answer,
+    )
     for worker, vote in votes.items():
         answer(hit, worker, answer=vote)
     return hit
@@ -88,8 +136,9 @@ def table3_study(layers):
         # A canonical description gets the same votes in the selection round (which decides whether the unit is
         # interpretable) and in the blind comparison round (which measures): the hand-computed values below.
         if origin == HUMAN:
-            validation_hit(study, layers, layer, unit, origin, category, votes,
-                           validation_round=ValidationRound.SELECTION)
+            validation_hit(
+                study, layers, layer, unit, origin, category, votes, validation_round=ValidationRound.SELECTION
+            )
         return validation_hit(study, layers, layer, unit, origin, category, votes)
 
     # conv3 (4 units)
@@ -150,11 +199,20 @@ def test_table3_equals_hand_computed_values(table3_study):
     assert _cells(table, "color units") == ["2", "0"]
     assert _cells(table, "object units") == ["0", "2"]
     assert _cells(table, "Human consistency") == ["83%", "92%"]
-    assert [row["label"] for row in table["rows"]][:5] == ["Interpretable units", "color units", "part units",
-                                                           "object units", "scene units"]
+    assert [row["label"] for row in table["rows"]][:5] == [
+        "Interpretable units",
+        "color units",
+        "part units",
+        "object units",
+        "scene units",
+    ]
     human_rows = [row for row in table["rows"] if row["label"].startswith("on ")][:4]
-    assert [row["label"] for row in human_rows] == ["on color units", "on part units", "on object units",
-                                                    "on scene units"]
+    assert [row["label"] for row in human_rows] == [
+        "on color units",
+        "on part units",
+        "on object units",
+        "on scene units",
+    ]
     assert [cell["text"] for cell in human_rows[0]["cells"]] == ["83%", "n/a"]
     assert _cells(table, "Network Dissection") == ["50%", "44%"]
     # Intervals contain the estimate.
@@ -198,12 +256,14 @@ def test_table3_selection_and_measurement_never_share_a_vote(table3_study, layer
 def test_table3_without_a_selection_round_counts_no_unit_as_interpretable(table3_study):
     # A study made before the rounds existed: its human-label HITs have no round and count as comparison.
     Hit.objects.filter(study=table3_study, validation_round=ValidationRound.SELECTION).update(
-        validation_round="", label_origin=DISSECTION)
+        validation_round="", label_origin=DISSECTION
+    )
     table = reports.nd18_table3(table3_study, replicates=0)
     assert table["selection_votes"] == 0 and [e["interpretable"] for e in table["layers"]] == [0, 0]
     assert table["comparison_hits"] == 24
-    assert [e["interpretable"] for e in reports.nd18_table3(table3_study, interpretable="all",
-                                                            replicates=0)["layers"]] == [3, 5]
+    assert [
+        e["interpretable"] for e in reports.nd18_table3(table3_study, interpretable="all", replicates=0)["layers"]
+    ] == [3, 5]
 
 
 def _simulated_votes(rng, n_units: int, raters: int, p_yes: dict[str, float], *, selection_p: float | None = None):
@@ -235,8 +295,9 @@ def test_table3_under_a_null_crowd_is_unbiased():
     for seed in range(20):
         rng = np.random.default_rng(2018 + seed)
         votes = _simulated_votes(rng, 2000, 3, {"human": 0.5, "dissection": 0.5, "control": 0.5})
-        entry = reports.table3_from_votes(votes, [("L", 2000)], replicates=400 if seed < 3 else 0,
-                                          seed=seed)["layers"][0]
+        entry = reports.table3_from_votes(votes, [("L", 2000)], replicates=400 if seed < 3 else 0, seed=seed)["layers"][
+            0
+        ]
         assert 900 < entry["interpretable"] < 1100  # P(≥ 2 of 3 yes) = ½
         for (a, b), found in differences.items():
             assert abs(entry[a]["value"] - 0.5) < 0.03
@@ -246,11 +307,14 @@ def test_table3_under_a_null_crowd_is_unbiased():
                 assert abs(z) < 3.3, (a, b, z)
         if seed == 0:
             # The biased rule it replaces: the same votes select and measure.
-            same = [reports.UnitVotes(v.layer, v.unit, v.category, v.origin, v.yes, v.n,
-                                      ValidationRound.SELECTION.value)
-                    for v in votes if v.origin == HUMAN.value and v.round == ValidationRound.COMPARISON.value]
-            biased = reports.table3_from_votes([v for v in votes if v.round != ValidationRound.SELECTION.value]
-                                               + same, [("L", 2000)], replicates=0)["layers"][0]
+            same = [
+                reports.UnitVotes(v.layer, v.unit, v.category, v.origin, v.yes, v.n, ValidationRound.SELECTION.value)
+                for v in votes
+                if v.origin == HUMAN.value and v.round == ValidationRound.COMPARISON.value
+            ]
+            biased = reports.table3_from_votes(
+                [v for v in votes if v.round != ValidationRound.SELECTION.value] + same, [("L", 2000)], replicates=0
+            )["layers"][0]
             assert biased["human"]["value"] > 0.7 > 0.55 > biased["dissection"]["value"]
     for pair, found in differences.items():
         assert abs(float(np.mean(found))) < 0.005, pair
@@ -261,8 +325,9 @@ def test_table3_recovers_a_planted_ordering():
     descriptions validated with the human rate): the table keeps that order, each near its planted rate."""
     rng = np.random.default_rng(7)
     planted = {"human": 0.8, "dissection": 0.65, "control": 0.2}
-    entry = reports.table3_from_votes(_simulated_votes(rng, 2000, 3, planted), [("L", 2000)], replicates=200,
-                                      seed=2)["layers"][0]
+    entry = reports.table3_from_votes(_simulated_votes(rng, 2000, 3, planted), [("L", 2000)], replicates=200, seed=2)[
+        "layers"
+    ][0]
     assert entry["human"]["value"] > entry["dissection"]["value"] > entry["control"]["value"]
     for origin, rate in planted.items():
         assert abs(entry[origin]["value"] - rate) < 0.03, origin
@@ -270,9 +335,12 @@ def test_table3_recovers_a_planted_ordering():
 
 
 def test_table3_from_votes_pure():
-    votes = [reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3, ValidationRound.SELECTION.value),
-             reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3), reports.UnitVotes("L", 1, "", DISSECTION.value, 0, 2),
-             reports.UnitVotes("L", 2, "scene", HUMAN.value, 0, 0)]
+    votes = [
+        reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3, ValidationRound.SELECTION.value),
+        reports.UnitVotes("L", 1, "", HUMAN.value, 2, 3),
+        reports.UnitVotes("L", 1, "", DISSECTION.value, 0, 2),
+        reports.UnitVotes("L", 2, "scene", HUMAN.value, 0, 0),
+    ]
     table = reports.table3_from_votes(votes, [("L", 10), ("M", 5)], replicates=0)
     first, second = table["layers"]
     assert first["interpretable"] == 1 and first["by_category"] == {"": 1} and first["dissection"]["value"] == 0.0
@@ -285,8 +353,11 @@ def test_table3_from_votes_pure():
 
 def test_aggregation_report(table3_study):
     result = reports.crowd_aggregation(table3_study, simulated="exclude", replicates=200)
-    rows = {(row["layer"], row["unit"], row["origin_key"]): row for row in result["hits"]
-            if row["round"] == ValidationRound.COMPARISON}
+    rows = {
+        (row["layer"], row["unit"], row["origin_key"]): row
+        for row in result["hits"]
+        if row["round"] == ValidationRound.COMPARISON
+    }
     assert len(rows) == 16 and len(result["hits"]) == 16 + 8
     assert result["n_answers"] == 45 + 22 and result["n_workers"] == 3
     row = rows[("conv3", 1, HUMAN.value)]
@@ -301,9 +372,9 @@ def test_aggregation_report(table3_study):
     from statsmodels.stats.inter_rater import fleiss_kappa
 
     per_hit = {}
-    for hit_id, vote in CrowdAssignment.objects.filter(hit__study=table3_study, hit__role=HitRole.TASK,
-                                                       state=CrowdAssignmentState.SUBMITTED, worker__simulated=False
-                                                       ).values_list("hit_id", "answer"):
+    for hit_id, vote in CrowdAssignment.objects.filter(
+        hit__study=table3_study, hit__role=HitRole.TASK, state=CrowdAssignmentState.SUBMITTED, worker__simulated=False
+    ).values_list("hit_id", "answer"):
         per_hit.setdefault(hit_id, []).append(vote)
     table = np.array([[votes.count("yes"), votes.count("no")] for votes in per_hit.values() if len(votes) == 3])
     assert result["agreement"]["fleiss_kappa"]["value"] == pytest.approx(fleiss_kappa(table))
@@ -319,8 +390,12 @@ def test_aggregation_report(table3_study):
     assert all(0.0 <= row["skill"] <= 1.0 for row in workers.values())
     assert workers["w1"]["task_answers"] == 16 + 8  # w1 voted on every selection-round HIT too
     majority = aggregation.majority_vote(reports.study_answers(table3_study), labels=["yes", "no"])
-    w3 = [(hit, vote) for hit, vote in CrowdAssignment.objects.filter(
-        worker__external_id="w3", hit__role=HitRole.TASK, hit__study=table3_study).values_list("hit_id", "answer")]
+    w3 = [
+        (hit, vote)
+        for hit, vote in CrowdAssignment.objects.filter(
+            worker__external_id="w3", hit__role=HitRole.TASK, hit__study=table3_study
+        ).values_list("hit_id", "answer")
+    ]
     expected = sum(vote == majority.at[hit, "label"] for hit, vote in w3) / len(w3)
     assert workers["w3"]["agrees_with_majority"] == pytest.approx(expected)
 
@@ -329,8 +404,11 @@ def test_overlap_decisions_in_report(table3_study):
     table3_study.overlap_rule = "dynamic"
     table3_study.save()
     result = reports.crowd_aggregation(table3_study, replicates=0)
-    decisions = {(row["layer"], row["unit"], row["origin_key"]): row["overlap"] for row in result["hits"]
-                 if row["round"] == ValidationRound.COMPARISON}
+    decisions = {
+        (row["layer"], row["unit"], row["origin_key"]): row["overlap"]
+        for row in result["hits"]
+        if row["round"] == ValidationRound.COMPARISON
+    }
     # conv3 unit 1, human: 1 yes 2 no = 0.67 < 0.7 with its 3 planned answers → one more worker.
     extend = decisions[("conv3", 1, HUMAN.value)]
     assert (extend.action, extend.target) == (aggregation.OverlapAction.EXTEND, 4)
@@ -367,9 +445,17 @@ def test_simulated_default(layers):
 
 def purity_hit(study, layers, layer, unit, counts, *, shown=10, k=12, source=None):
     _, extraction = layers[layer]
-    hit = Hit.objects.create(study=study, token=_token(), position=next(_counter), kind=CrowdTaskKind.PURITY,
-                             unit=extraction.layer.unit_set.get(index=unit), extraction=extraction, purity_k=k,
-                             purity_shown=shown, source=source or {})
+    hit = Hit.objects.create(
+        study=study,
+        token=_token(),
+        position=next(_counter),
+        kind=CrowdTaskKind.PURITY,
+        unit=extraction.layer.unit_set.get(index=unit),
+        extraction=extraction,
+        purity_k=k,
+        purity_shown=shown,
+        source=source or {},
+    )
     for worker, count in counts.items():
         answer(hit, worker, count=count)
     return hit
@@ -378,9 +464,9 @@ def purity_hit(study, layers, layer, unit, counts, *, shown=10, k=12, source=Non
 def test_purity_table_hand_computed(layers):
     study = make_study(layers, kind=CrowdTaskKind.PURITY, name="purity")
     w1, w2 = make_worker(study, "w1"), make_worker(study, "w2")
-    purity_hit(study, layers, "conv3", 0, {w1: 6, w2: 8})            # 0.7
-    purity_hit(study, layers, "conv3", 1, {w1: 2}, shown=4, k=4)     # 0.5
-    purity_hit(study, layers, "conv5", 0, {w1: 9, w2: 10}, k=30)     # 0.95
+    purity_hit(study, layers, "conv3", 0, {w1: 6, w2: 8})  # 0.7
+    purity_hit(study, layers, "conv3", 1, {w1: 2}, shown=4, k=4)  # 0.5
+    purity_hit(study, layers, "conv5", 0, {w1: 9, w2: 10}, k=30)  # 0.95
     # Another pattern source in another purity study on the same layers plugs in as its own row.
     graph = make_study(layers, kind=CrowdTaskKind.PURITY, name="graph nodes")
     g1 = make_worker(graph, "g1")
@@ -409,11 +495,15 @@ def test_purity_exports_say_what_each_hit_showed_and_reproduce_the_table(layers)
     w1, w2 = make_worker(study, "w1"), make_worker(study, "w2")
     purity_hit(study, layers, "conv3", 0, {w1: 6, w2: 8})
     purity_hit(study, layers, "conv3", 1, {w1: 2}, shown=4, k=4)
-    purity_hit(study, layers, "conv5", 0, {w1: 9}, k=30,
-               source={"pattern_source": "explanatory_graph", "pattern": "conv5/0/2"})
+    purity_hit(
+        study, layers, "conv5", 0, {w1: 9}, k=30, source={"pattern_source": "explanatory_graph", "pattern": "conv5/0/2"}
+    )
     answers = exports.crowd_answer_rows(study)
     assert {(row["unit"], row["pattern_source"], row["pattern"]) for row in answers} == {
-        (0, "raw_filter_peaks", "conv3/0"), (1, "raw_filter_peaks", "conv3/1"), (0, "explanatory_graph", "conv5/0/2")}
+        (0, "raw_filter_peaks", "conv3/0"),
+        (1, "raw_filter_peaks", "conv3/1"),
+        (0, "explanatory_graph", "conv5/0/2"),
+    }
     results = exports.crowd_results(study, simulated="include")
     assert [field in exports.CROWD_RESULT_FIELDS for field in ("pattern_source", "pattern", "purity_k")] == [True] * 3
     by_cell = defaultdict(list)  # the purity table's cells, recomputed from the export alone
@@ -433,8 +523,11 @@ def interval_alpha_by_definition(units):
     α = 1 − (n − 1) Σ_u Σ_{i≠j} (x_ui − x_uj)²/(m_u − 1) / Σ_{all value pairs of different units or not} ..."""
     values = [value for answers in units if len(answers) >= 2 for value in answers]
     n = len(values)
-    observed = sum(sum((a - b) ** 2 for i, a in enumerate(answers) for j, b in enumerate(answers) if i != j)
-                   / (len(answers) - 1) for answers in units if len(answers) >= 2)
+    observed = sum(
+        sum((a - b) ** 2 for i, a in enumerate(answers) for j, b in enumerate(answers) if i != j) / (len(answers) - 1)
+        for answers in units
+        if len(answers) >= 2
+    )
     expected = sum((a - b) ** 2 for i, a in enumerate(values) for j, b in enumerate(values) if i != j)
     return 1.0 - (n - 1) * observed / expected
 
@@ -465,8 +558,14 @@ def test_description_study_report(researcher_client, layers):
     _, extraction = layers["conv5"]
     phrases = {0: [("Wheels", 3), ("wheel", 2), ("car door", 5)], 1: [("sky", 2), ("grass", 4), ("water", 4)]}
     for unit, given in phrases.items():
-        hit = Hit.objects.create(study=study, token=_token(), position=next(_counter), kind=CrowdTaskKind.DESCRIPTION,
-                                 unit=extraction.layer.unit_set.get(index=unit), extraction=extraction)
+        hit = Hit.objects.create(
+            study=study,
+            token=_token(),
+            position=next(_counter),
+            kind=CrowdTaskKind.DESCRIPTION,
+            unit=extraction.layer.unit_set.get(index=unit),
+            extraction=extraction,
+        )
         for worker, (text, confidence) in zip((w1, w2, w3), given):
             answer(hit, worker, description=text, confidence=confidence)
     result = reports.crowd_aggregation(study, replicates=50)
@@ -484,6 +583,7 @@ def test_description_study_report(researcher_client, layers):
 
 # -- pages -----------------------------------------------------------------------------------------------------------
 
+
 def test_report_pages_render_for_a_researcher(researcher_client, table3_study, layers):
     page = researcher_client.get(reverse("annotation:crowd_report", args=[table3_study.pk]))
     assert page.status_code == 200
@@ -496,8 +596,10 @@ def test_report_pages_render_for_a_researcher(researcher_client, table3_study, l
     html = page.content.decode()
     assert 'id="table3-grid"' in html and "2/4" in html and "4/6" in html and "92%" in html and "44%" in html
     assert html.count("<svg") >= 2 and 'role="img"' in html
-    page = researcher_client.get(reverse("annotation:crowd_report_table3", args=[table3_study.pk]),
-                                 {"simulated": "include", "interpretable": "all"})
+    page = researcher_client.get(
+        reverse("annotation:crowd_report_table3", args=[table3_study.pk]),
+        {"simulated": "include", "interpretable": "all"},
+    )
     assert page.status_code == 200 and "The simulated crowd is included" in page.content.decode()
     purity = make_study(layers, kind=CrowdTaskKind.PURITY, name="purity")
     purity_hit(purity, layers, "conv3", 0, {make_worker(purity, "w9"): 5})
@@ -509,8 +611,10 @@ def test_report_pages_render_for_a_researcher(researcher_client, table3_study, l
 
 
 def test_report_pages_are_for_researchers_only(client, make_user, table3_study):
-    urls = [reverse(name, args=[table3_study.pk]) for name in
-            ("annotation:crowd_report", "annotation:crowd_report_table3", "annotation:crowd_report_purity")]
+    urls = [
+        reverse(name, args=[table3_study.pk])
+        for name in ("annotation:crowd_report", "annotation:crowd_report_table3", "annotation:crowd_report_purity")
+    ]
     for url in urls:
         response = client.get(url)
         assert response.status_code == 302 and "login" in response["Location"]
@@ -521,6 +625,7 @@ def test_report_pages_are_for_researchers_only(client, make_user, table3_study):
 
 
 # -- end to end: the demo's crowd studies (real services, simulated crowd) ------------------------------------------
+
 
 def test_reports_of_the_demo_crowd_studies(tiny_layer_with_grids, researcher_client):
     """The demo's description and validation studies on a tiny probe world: Table 3 equals a naive recount of the
@@ -539,11 +644,13 @@ def test_reports_of_the_demo_crowd_studies(tiny_layer_with_grids, researcher_cli
     # A HIT whose label was both the human description and the dissection label counts for both origins.
     shares: dict[tuple[int, str], list[int]] = {}
     for unit, origin, source, vote in CrowdAssignment.objects.filter(
-            hit__study=study, hit__role=HitRole.TASK, state__in=["submitted", "approved"]
+        hit__study=study, hit__role=HitRole.TASK, state__in=["submitted", "approved"]
     ).values_list("hit__unit__index", "hit__label_origin", "hit__source", "answer"):
         for each in [origin, *(source or {}).get("also_origins", [])]:
             shares.setdefault((unit, each), []).append(vote == "yes")
-    interpretable = [unit for (unit, origin), votes in shares.items() if origin == HUMAN and 2 * sum(votes) > len(votes)]
+    interpretable = [
+        unit for (unit, origin), votes in shares.items() if origin == HUMAN and 2 * sum(votes) > len(votes)
+    ]
     assert conv5["interpretable"] == len(interpretable)
     assert conv5["units"] == study.extractions.get().layer.units and conv5["units_judged"] == 4
     human = [np.mean(shares[(unit, HUMAN)]) for unit in interpretable]

@@ -1,5 +1,6 @@
 """Crowd studies on a real (tiny) probe world: gold and qualification items from the pixel truth, purity K from
 the activation cache, the simulated crowd, the demo's crowd studies and the command."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,14 +49,29 @@ def check_graph_nodes_and_raw_filters_as_purity_sources(extraction):
     from analysis.models import ExplanatoryGraph
     from analysis.services.explanatory_graph import graph_purity_candidates, graph_run_start
 
-    run = graph_run_start(network="seeded", dataset="tiny", layers=["conv4", "conv5"], nodes_per_filter=[2, 2],
-                          iterations=2, neighbours=4, batch_size=36, landmarks=["head", "body"], top_images=5,
-                          inline=True)
+    run = graph_run_start(
+        network="seeded",
+        dataset="tiny",
+        layers=["conv4", "conv5"],
+        nodes_per_filter=[2, 2],
+        iterations=2,
+        neighbours=4,
+        batch_size=36,
+        landmarks=["head", "body"],
+        top_images=5,
+        inline=True,
+    )
     assert run.status == "succeeded", run.error
     graph = ExplanatoryGraph.objects.get(run=run)
-    study = crowd_hits.crowd_study_create(name="eg-purity", kind=CrowdTaskKind.PURITY, extractions=[extraction],
-                                        graph=graph, gold_count=0, qualification_required=False,
-                                        purity_max_shown=8)
+    study = crowd_hits.crowd_study_create(
+        name="eg-purity",
+        kind=CrowdTaskKind.PURITY,
+        extractions=[extraction],
+        graph=graph,
+        gold_count=0,
+        qualification_required=False,
+        purity_max_shown=8,
+    )
     hits = list(study.hits.select_related("unit", "grid"))
     by_source = {}
     for hit in hits:
@@ -86,8 +102,14 @@ def check_graph_nodes_and_raw_filters_as_purity_sources(extraction):
 
 
 def check_gold_and_qualification_items_come_from_the_pixel_truth(tiny_dissected):
-    study = crowd_hits.crowd_study_create(name="truth", kind=CrowdTaskKind.VALIDATION, extractions=[tiny_dissected],
-                                        units=UNITS, gold_count=6, qualification_size=3)
+    study = crowd_hits.crowd_study_create(
+        name="truth",
+        kind=CrowdTaskKind.VALIDATION,
+        extractions=[tiny_dissected],
+        units=UNITS,
+        gold_count=6,
+        qualification_size=3,
+    )
     gold = list(study.hits.exclude(role=HitRole.TASK).select_related("unit"))
     assert study.qualification_required and sum(h.role == HitRole.QUALIFICATION for h in gold) >= 3
     sets = {s.unit_id: s for s in ExemplarSet.objects.filter(extraction=tiny_dissected, kind=ExemplarKind.TOP_OVERALL)}
@@ -105,14 +127,22 @@ def check_gold_and_qualification_items_come_from_the_pixel_truth(tiny_dissected)
     # Gold never reuses a task's question (issue 20, item 4): its units are ones no task shows.
     assert not {hit.unit_id for hit in gold} & set(tasks.values_list("unit_id", flat=True))
     assert tasks.filter(label_origin=LabelOrigin.DISSECTION).count() >= 1
-    assert tasks.filter(label_origin=LabelOrigin.CONTROL).count() == tasks.filter(
-        label_origin=LabelOrigin.DISSECTION).count()
+    assert (
+        tasks.filter(label_origin=LabelOrigin.CONTROL).count()
+        == tasks.filter(label_origin=LabelOrigin.DISSECTION).count()
+    )
 
 
 def check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(tiny_dissected):
-    study = crowd_hits.crowd_study_create(name="purity", kind=CrowdTaskKind.PURITY, extractions=[tiny_dissected],
-                                        units=[0, 1, 2, 3], gold_count=0, qualification_required=False,
-                                        purity_max_shown=6)
+    study = crowd_hits.crowd_study_create(
+        name="purity",
+        kind=CrowdTaskKind.PURITY,
+        extractions=[tiny_dissected],
+        units=[0, 1, 2, 3],
+        gold_count=0,
+        qualification_required=False,
+        purity_max_shown=6,
+    )
     maps = np.asarray(open_activation_cache(tiny_dissected), dtype=np.float32)
     hits = list(study.hits.select_related("unit", "grid"))
     assert hits
@@ -121,8 +151,11 @@ def check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(ti
         ordered = sorted(scores, reverse=True)
         k = next(k for k in range(1, len(ordered) + 1) if sum(ordered[:k]) >= 0.3 * sum(ordered) - 1e-6)
         # the images shown: 6 at evenly spaced ranks of the top K (K ≥ 6), else the 6 best with a positive score
-        ranks = [int((i + 0.5) * k / 6) for i in range(6)] if k >= 6 else list(range(min(6, sum(
-            score > 0 for score in scores))))
+        ranks = (
+            [int((i + 0.5) * k / 6) for i in range(6)]
+            if k >= 6
+            else list(range(min(6, sum(score > 0 for score in scores))))
+        )
         assert hit.purity_k == k and hit.purity_shown == len(ranks)
         assert [scores[i] for i in hit.source["images"]] == [ordered[rank] for rank in ranks]
         assert hit.grid.style == "purity" and hit.grid.width > 0
@@ -134,8 +167,9 @@ def check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(ti
 
 
 def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_dissected, capsys):
-    result = crowd_demo.demo_crowd_studies_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=UNITS,
-                                                real_places=2)
+    result = crowd_demo.demo_crowd_studies_ensure(
+        network="seeded", dataset="tiny", layers=("conv5",), units=UNITS, real_places=2
+    )
     description = CrowdStudy.objects.get(name=crowd_demo.DEMO_DESCRIPTION_STUDY)
     validation = CrowdStudy.objects.get(name=crowd_demo.DEMO_VALIDATION_STUDY)
     assert result["links"]["mturk"].endswith(f"/crowd/s/{validation.token}/mturk/")
@@ -155,8 +189,11 @@ def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_
     assert origins == set(LabelOrigin.values)  # the description study's canonical phrases became human labels
     # Careful simulated workers validate dissection labels more often than controls.
     answers = CrowdAssignment.objects.answered().tasks().filter(hit__study=validation)
-    yes_share = {origin: answers.filter(hit__label_origin=origin, answer="yes").count() /
-                 max(answers.filter(hit__label_origin=origin).count(), 1) for origin in LabelOrigin.values}
+    yes_share = {
+        origin: answers.filter(hit__label_origin=origin, answer="yes").count()
+        / max(answers.filter(hit__label_origin=origin).count(), 1)
+        for origin in LabelOrigin.values
+    }
     assert yes_share[LabelOrigin.CONTROL] <= yes_share[LabelOrigin.HUMAN]
     # The careless-answer signals are calibrated: no simulated worker (they answer from the pixel truth) shows a
     # suspicious streak, in either study.
@@ -170,8 +207,10 @@ def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_
 
     lines = demo_crowd_lines(result["studies"], site_url="http://127.0.0.1:8000")
     for study in (description, validation):
-        assert (f"Crowd study {study.name} ({study.get_kind_display()}, "
-                f"{'open to people' if study.is_open else 'closed'}): http://127.0.0.1:8000/") in "\n".join(lines)
+        assert (
+            f"Crowd study {study.name} ({study.get_kind_display()}, "
+            f"{'open to people' if study.is_open else 'closed'}): http://127.0.0.1:8000/"
+        ) in "\n".join(lines)
         assert f"  worker link (mturk): http://127.0.0.1:8000/crowd/s/{study.token}/mturk/" in lines
     assert all("http://127.0.0.1:8000/" in line for line in lines)
     # Idempotent: a second run adds nothing.
@@ -189,8 +228,21 @@ def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_
 
 
 def check_crowd_study_command_creates_and_simulates(tiny_dissected, capsys):
-    call_command("crowd_study", "create", "--name", "cmd", "--kind", "description", "--network", "seeded",
-                 "--layer", "conv5", "--no-qualification", "--gold-rate", "0")
+    call_command(
+        "crowd_study",
+        "create",
+        "--name",
+        "cmd",
+        "--kind",
+        "description",
+        "--network",
+        "seeded",
+        "--layer",
+        "conv5",
+        "--no-qualification",
+        "--gold-rate",
+        "0",
+    )
     out = capsys.readouterr().out
     study = CrowdStudy.objects.get(name="cmd")
     assert f"Crowd study {study.pk} (cmd): 128 HITs" in out

@@ -5,6 +5,7 @@ careless signals.
 ``build_crowd_world`` makes tiny layers with rendered (synthetic) top-15 grids and a complete dissection in a
 few milliseconds; the other crowd test modules import it.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -14,8 +15,21 @@ import pytest
 from django.utils import timezone
 from PIL import Image
 
-from analysis.models import (Concept, Dataset, DissectionBaseline, ExemplarKind, ExemplarSet, Layer, LayerDissection,
-                             LayerExtraction, Network, Run, RunStatus, Unit, UnitDissection)
+from analysis.models import (
+    Concept,
+    Dataset,
+    DissectionBaseline,
+    ExemplarKind,
+    ExemplarSet,
+    Layer,
+    LayerDissection,
+    LayerExtraction,
+    Network,
+    Run,
+    RunStatus,
+    Unit,
+    UnitDissection,
+)
 from analysis.services.grids import store_grid
 from annotation import naming
 from annotation.crowd import hits as crowd_hits
@@ -26,43 +40,90 @@ from annotation.crowd.services import CrowdInputError
 from annotation.models import CrowdAdapter, CrowdAssignment, CrowdAssignmentState, CrowdTaskKind, HitRole, LabelOrigin
 
 pytestmark = pytest.mark.django_db
-CONCEPTS = [("car", "object"), ("wheel", "part"), ("wing", "part"), ("grass", "material"), ("red-c", "color"),
-            ("striped", "texture"), ("street-s", "scene")]
+CONCEPTS = [
+    ("car", "object"),
+    ("wheel", "part"),
+    ("wing", "part"),
+    ("grass", "material"),
+    ("red-c", "color"),
+    ("striped", "texture"),
+    ("street-s", "scene"),
+]
 
 
-def build_crowd_world(*, name: str = "cw", units: int = 4, layers=("conv5",), labelled: int | None = None,
-                      tile: int = 12) -> list[LayerExtraction]:
+def build_crowd_world(
+    *, name: str = "cw", units: int = 4, layers=("conv5",), labelled: int | None = None, tile: int = 12
+) -> list[LayerExtraction]:
     """Layers with ``units`` units each, an extraction per layer with a rendered top-15 grid per unit (distinct
     flat colours), and a complete dissection labelling the first ``labelled`` units (default all) with concepts
     in turn. Returns the extractions."""
     dataset = Dataset.objects.create(name=f"{name}-data", kind="probe_world", root_dir="/nonexistent")
-    concepts = [Concept.objects.create(dataset=dataset, number=number, name=concept, category=category,
-                                       image_count=50) for number, (concept, category) in enumerate(CONCEPTS, 1)]
+    concepts = [
+        Concept.objects.create(dataset=dataset, number=number, name=concept, category=category, image_count=50)
+        for number, (concept, category) in enumerate(CONCEPTS, 1)
+    ]
     network = Network.objects.create(name=f"{name}-net", source="module", input_height=64, input_width=64)
     extractions = []
     colour = 0
     for order, layer_name in enumerate(layers, start=3):
-        run = Run.objects.create(kind="extract", params={"name": name, "layer": layer_name},
-                                 params_hash=f"{name}{layer_name}", status=RunStatus.SUCCEEDED)
-        layer = Layer.objects.create(network=network, name=layer_name, order=order, units=units, out_height=4,
-                                     out_width=4)
+        run = Run.objects.create(
+            kind="extract",
+            params={"name": name, "layer": layer_name},
+            params_hash=f"{name}{layer_name}",
+            status=RunStatus.SUCCEEDED,
+        )
+        layer = Layer.objects.create(
+            network=network, name=layer_name, order=order, units=units, out_height=4, out_width=4
+        )
         extraction = LayerExtraction.objects.create(
-            run=run, layer=layer, dataset=dataset, cache_key=f"{name}{layer_name}", cache_path="", stats_path="",
-            n_images=30, map_height=4, map_width=4, quantile=0.005, k_overall=15, k_per_class=10, class_names=[])
+            run=run,
+            layer=layer,
+            dataset=dataset,
+            cache_key=f"{name}{layer_name}",
+            cache_path="",
+            stats_path="",
+            n_images=30,
+            map_height=4,
+            map_width=4,
+            quantile=0.005,
+            k_overall=15,
+            k_per_class=10,
+            class_names=[],
+        )
         dissection = LayerDissection.objects.create(
-            run=run, layer=layer, dataset=dataset, extraction=extraction, baseline=DissectionBaseline.NONE,
-            quantile=0.005, iou_threshold=0.04, directory="/nonexistent", complete=True)
+            run=run,
+            layer=layer,
+            dataset=dataset,
+            extraction=extraction,
+            baseline=DissectionBaseline.NONE,
+            quantile=0.005,
+            iou_threshold=0.04,
+            directory="/nonexistent",
+            complete=True,
+        )
         for index in range(units):
             unit = Unit.objects.create(layer=layer, index=index)
             colour += 1
             picture = Image.new("RGB", (5 * tile + 12, 3 * tile + 8), ((colour * 37) % 256, (colour * 91) % 256, 77))
-            ExemplarSet.objects.create(extraction=extraction, unit=unit, kind=ExemplarKind.TOP_OVERALL,
-                                       image_indices=list(range(15)), scores=[1.0] * 15, peaks=[[1, 1]] * 15,
-                                       grid=store_grid(picture, style=ExemplarKind.TOP_OVERALL))
+            ExemplarSet.objects.create(
+                extraction=extraction,
+                unit=unit,
+                kind=ExemplarKind.TOP_OVERALL,
+                image_indices=list(range(15)),
+                scores=[1.0] * 15,
+                peaks=[[1, 1]] * 15,
+                grid=store_grid(picture, style=ExemplarKind.TOP_OVERALL),
+            )
             if labelled is None or index < labelled:
                 concept = concepts[index % len(concepts)]
-                UnitDissection.objects.create(dissection=dissection, unit=unit, concept=concept, iou=0.1 + index / 100,
-                                              is_detector=True, threshold=1.0)
+                UnitDissection.objects.create(
+                    dissection=dissection,
+                    unit=unit,
+                    concept=concept,
+                    iou=0.1 + index / 100,
+                    is_detector=True,
+                    threshold=1.0,
+                )
         extractions.append(extraction)
     return extractions
 
@@ -90,6 +151,7 @@ def answer_everything(worker, answer="yes") -> list[CrowdAssignment]:
 
 # -- creation ------------------------------------------------------------------------------------------------
 
+
 def test_validation_study_has_dissection_and_control_labels_and_hides_them_in_a_random_order():
     study = validation_study(units=4, layers=("conv4", "conv5"))
     hits = list(study.hits.order_by("position"))
@@ -113,8 +175,14 @@ def test_validation_study_has_dissection_and_control_labels_and_hides_them_in_a_
 
 def test_human_labels_come_from_the_canonical_description_of_a_description_study():
     extractions = build_crowd_world(name="h", units=2)
-    describe = crowd_hits.crowd_study_create(name="describe", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions,
-                                           gold_count=0, gold_rate=0.0, qualification_required=False)
+    describe = crowd_hits.crowd_study_create(
+        name="describe",
+        kind=CrowdTaskKind.DESCRIPTION,
+        extractions=extractions,
+        gold_count=0,
+        gold_rate=0.0,
+        qualification_required=False,
+    )
     assert describe.hits.count() == 2 and describe.assignments_per_hit == 3
     phrases = {0: [("Wheels", 3), ("wheel", 2), ("a tyre", 5)], 1: [("sky", 2), ("Blue sky", 4), ("water", 3)]}
     workers = [enter(describe, n) for n in range(3)]
@@ -122,8 +190,14 @@ def test_human_labels_come_from_the_canonical_description_of_a_description_study
         while (assignment := services.hit_next_for_worker(worker=worker)) is not None:
             text, confidence = phrases[assignment.hit.unit.index][position]
             services.assignment_submit(assignment=assignment, description=text, confidence=confidence)
-    validate = crowd_hits.crowd_study_create(name="validate", kind=CrowdTaskKind.VALIDATION, extractions=extractions,
-                                           gold_count=0, gold_rate=0.0, qualification_required=False)
+    validate = crowd_hits.crowd_study_create(
+        name="validate",
+        kind=CrowdTaskKind.VALIDATION,
+        extractions=extractions,
+        gold_count=0,
+        gold_rate=0.0,
+        qualification_required=False,
+    )
     human = {hit.unit.index: hit.label for hit in validate.hits.filter(label_origin=LabelOrigin.HUMAN)}
     # Unit 0: two raters agree (wheels ~ wheel) → the agreeing group's most confident phrase; unit 1: no agreement
     # → the highest confidence.
@@ -138,13 +212,15 @@ def test_description_and_purity_parameters_are_checked():
         crowd_hits.crowd_study_create(name="x", kind=CrowdTaskKind.PURITY, extractions=extractions, purity_mass=0)
     with pytest.raises(CrowdInputError, match="pixel truth"):
         crowd_hits.crowd_study_create(name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions)
-    crowd_hits.crowd_study_create(name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions, gold_count=0,
-                                qualification_required=False)
+    crowd_hits.crowd_study_create(
+        name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions, gold_count=0, qualification_required=False
+    )
     with pytest.raises(CrowdInputError, match="already exists"):
         crowd_hits.crowd_study_create(name="x", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions)
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------------------
+
 
 def test_canonical_description_rule():
     pick = crowd_selectors.canonical_description
@@ -160,11 +236,14 @@ def test_careless_signals_flag_fast_streaky_and_pasting_workers():
     assert crowd_selectors.longest_streak([]) == 0
     flags = crowd_selectors.careless_signals(seconds=[1, 1, 2], study_median=10.0, answers=["yes"] * 9, pasted=2)
     assert [flag.split(":")[0] for flag in flags] == ["fast", "streak", "pasted"]
-    assert crowd_selectors.careless_signals(seconds=[8, 9, 10], study_median=10.0, answers=["yes", "no", "yes"],
-                                            pasted=0) == []
+    assert (
+        crowd_selectors.careless_signals(seconds=[8, 9, 10], study_median=10.0, answers=["yes", "no", "yes"], pasted=0)
+        == []
+    )
 
 
 # -- the claim, leases ----------------------------------------------------------------------------------------------
+
 
 def test_each_hit_gets_n_distinct_workers_and_nobody_sees_a_hit_twice():
     study = validation_study(units=3, assignments_per_hit=2)  # 6 HITs, 12 places
@@ -232,10 +311,15 @@ def test_answers_are_validated_per_kind_and_time_on_task_is_recorded():
 
 # -- quality control -------------------------------------------------------------------------------------------
 
+
 def add_gold(study, count: int, answer="no", role=HitRole.GOLD):
     some = study.hits.filter(role=HitRole.TASK).first()
-    return [crowd_hits.gold_item_add(study=study, unit_hit=some, label=f"gold {n}", answer=answer,
-                                   explanation="explained", role=role) for n in range(count)]
+    return [
+        crowd_hits.gold_item_add(
+            study=study, unit_hit=some, label=f"gold {n}", answer=answer, explanation="explained", role=role
+        )
+        for n in range(count)
+    ]
 
 
 def test_gold_items_come_at_the_rate_with_feedback_and_bad_workers_are_blocked():
@@ -297,15 +381,17 @@ def test_review_rejects_with_a_reason_reopens_the_place_and_bonuses_are_recorded
     assert answer_everything(second) == []  # both HITs full
     with pytest.raises(CrowdInputError, match="why"):
         services.assignment_review(assignment=done[0], approve=False)
-    rejected = services.assignment_review(assignment=done[0], approve=False, reason="random clicking",
-                                          reviewer=researcher)
+    rejected = services.assignment_review(
+        assignment=done[0], approve=False, reason="random clicking", reviewer=researcher
+    )
     assert rejected.state == CrowdAssignmentState.REJECTED and rejected.reason == "random clicking"
     approved = services.assignment_review(assignment=done[1], approve=True, reviewer=researcher)
     assert approved.state == CrowdAssignmentState.APPROVED
     assert [a.hit_id for a in answer_everything(second)] == [done[0].hit_id]  # the rejected place reopened
     assert CrowdAssignment.objects.answered().count() == 2  # approved + the new one; the rejected one is out
-    bonus = services.bonus_grant(worker=first, amount_cents=25, reason="careful", assignment=done[1],
-                                 created_by=researcher)
+    bonus = services.bonus_grant(
+        worker=first, amount_cents=25, reason="careful", assignment=done[1], created_by=researcher
+    )
     assert bonus.amount_cents == 25
     with pytest.raises(CrowdInputError):
         services.bonus_grant(worker=second, amount_cents=25, reason="x", assignment=done[1])
@@ -370,9 +456,14 @@ def test_streaks_are_flagged_only_when_improbable_for_an_honest_worker():
     # An honest worker in a mostly-"yes" study: 9 "yes" in a row among 60 answers is ordinary; not flagged.
     honest = ["yes"] * 9 + ["no", "yes", "yes", "no"] * 12 + ["yes"] * 3
     shares = [0.75, 0.25]
-    assert crowd_selectors.careless_signals(seconds=[9.0] * 60, study_median=9.0, answers=honest, pasted=0,
-                                            answer_shares=shares) == []
+    assert (
+        crowd_selectors.careless_signals(
+            seconds=[9.0] * 60, study_median=9.0, answers=honest, pasted=0, answer_shares=shares
+        )
+        == []
+    )
     # Someone clicking "yes" 40 times in the same study is flagged, with the odds.
-    flags = crowd_selectors.careless_signals(seconds=[9.0] * 40, study_median=9.0, answers=["yes"] * 40, pasted=0,
-                                             answer_shares=shares)
+    flags = crowd_selectors.careless_signals(
+        seconds=[9.0] * 40, study_median=9.0, answers=["yes"] * 40, pasted=0, answer_shares=shares
+    )
     assert len(flags) == 1 and flags[0].startswith("streak: 40 identical answers in a row (p = ")

@@ -1,4 +1,5 @@
 """Dataset services against the database: probe world, Broden import, PASCAL-Part import; all or nothing."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,8 +11,7 @@ from PIL import Image
 
 from analysis.engine.pascal_part import VOC_CLASSES
 from analysis.models import AnnotatedBox, Concept, Dataset, DatasetImage, Run, RunStatus
-from analysis.services.datasets import (broden_import_run_start, pascal_part_import_run_start,
-                                        probe_world_run_start)
+from analysis.services.datasets import broden_import_run_start, pascal_part_import_run_start, probe_world_run_start
 from tests.engine.fixtures_formats import box_mask, replace_line, write_pascal_part_mat, write_small_broden
 
 pytestmark = pytest.mark.django_db
@@ -57,13 +57,18 @@ def test_broden_import_registers_concepts_images_and_whole_image_labels(tmp_path
     assert (first.height, first.width, first.seg_height, first.seg_width) == (8, 8, 4, 4)
 
 
-@pytest.mark.parametrize("breakage,fragment", [
-    (lambda root: (root / "label.csv").unlink(), "label.csv"),
-    (lambda root: replace_line(root / "index.csv", 1, "image,split,ih,iw,sh,sw,object,part,color,scene,extra"),
-     "index.csv, line 1"),
-    (lambda root: _remove_first_mask(root), ".png"),
-    (lambda root: _corrupt_first_mask(root), "line 2"),
-])
+@pytest.mark.parametrize(
+    "breakage,fragment",
+    [
+        (lambda root: (root / "label.csv").unlink(), "label.csv"),
+        (
+            lambda root: replace_line(root / "index.csv", 1, "image,split,ih,iw,sh,sw,object,part,color,scene,extra"),
+            "index.csv, line 1",
+        ),
+        (lambda root: _remove_first_mask(root), ".png"),
+        (lambda root: _corrupt_first_mask(root), "line 2"),
+    ],
+)
 def test_broken_broden_directory_imports_nothing(tmp_path, breakage, fragment):
     small = write_small_broden(tmp_path / "broden")
     breakage(small.root)
@@ -108,15 +113,30 @@ def _write_pascal(root, *, height=24, width=32):
     annotations.mkdir(parents=True)
     images.mkdir()
     rng = np.random.default_rng(0)
-    car_parts = [("wheel_1", box_mask(height, width, 2, 14, 8, 20)), ("wheel_2", box_mask(height, width, 14, 14, 20, 20)),
-                 ("door_1", box_mask(height, width, 6, 6, 14, 14))]
-    write_pascal_part_mat(annotations / "2008_000001.mat", "2008_000001",
-                          [("car", _voc_ind("car"), box_mask(height, width, 1, 4, 22, 21), car_parts)])
-    person_parts = [("head", box_mask(height, width, 10, 1, 16, 7)), ("leye", box_mask(height, width, 11, 2, 13, 4)),
-                    ("luarm", box_mask(height, width, 6, 7, 9, 12)), ("llarm", box_mask(height, width, 6, 12, 9, 16))]
-    write_pascal_part_mat(annotations / "2008_000002.mat", "2008_000002",
-                          [("boat", _voc_ind("boat"), box_mask(height, width, 0, 10, 30, 24), []),
-                           ("person", _voc_ind("person"), box_mask(height, width, 5, 0, 20, 20), person_parts)])
+    car_parts = [
+        ("wheel_1", box_mask(height, width, 2, 14, 8, 20)),
+        ("wheel_2", box_mask(height, width, 14, 14, 20, 20)),
+        ("door_1", box_mask(height, width, 6, 6, 14, 14)),
+    ]
+    write_pascal_part_mat(
+        annotations / "2008_000001.mat",
+        "2008_000001",
+        [("car", _voc_ind("car"), box_mask(height, width, 1, 4, 22, 21), car_parts)],
+    )
+    person_parts = [
+        ("head", box_mask(height, width, 10, 1, 16, 7)),
+        ("leye", box_mask(height, width, 11, 2, 13, 4)),
+        ("luarm", box_mask(height, width, 6, 7, 9, 12)),
+        ("llarm", box_mask(height, width, 6, 12, 9, 16)),
+    ]
+    write_pascal_part_mat(
+        annotations / "2008_000002.mat",
+        "2008_000002",
+        [
+            ("boat", _voc_ind("boat"), box_mask(height, width, 0, 10, 30, 24), []),
+            ("person", _voc_ind("person"), box_mask(height, width, 5, 0, 20, 20), person_parts),
+        ],
+    )
     for image_id in ("2008_000001", "2008_000002"):
         Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(images / f"{image_id}.jpg")
     return root

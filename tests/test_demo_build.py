@@ -1,4 +1,5 @@
 """The demo build: every step succeeds, and a second build reuses every finished step."""
+
 import pytest
 from django.core.management import call_command
 
@@ -16,10 +17,20 @@ def test_build_demo_is_complete_and_idempotent(capsys):
     assert "Expert study " in output and ": http://127.0.0.1:8000/" in output  # every study's links, full URLs
     assert output.count("  worker link (mturk): http://127.0.0.1:8000/crowd/s/") == 3  # descriptions, labels, purity
     kinds = list(Run.objects.exclude(kind="dissect_shard").order_by("pk").values_list("kind", "status"))
-    assert [kind for kind, _ in kinds] == ["probe_world", "train_demo_network", "extract",
-                                           "render_grids", "render_grids", "render_grids",
-                                           *["dissect"] * 6, "dissect_rotation", "explanatory_graph",
-                                           *["net2vec"] * 3, *["score_parts"] * 2, *["ablate"] * 2]
+    assert [kind for kind, _ in kinds] == [
+        "probe_world",
+        "train_demo_network",
+        "extract",
+        "render_grids",
+        "render_grids",
+        "render_grids",
+        *["dissect"] * 6,
+        "dissect_rotation",
+        "explanatory_graph",
+        *["net2vec"] * 3,
+        *["score_parts"] * 2,
+        *["ablate"] * 2,
+    ]
     assert {status for _, status in kinds} == {RunStatus.SUCCEEDED}
     network = Network.objects.get()
     assert network.training_report["epochs"] and network.layers.filter(name="conv5", units=128).exists()

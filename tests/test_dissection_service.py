@@ -1,5 +1,6 @@
 """Network Dissection runs against the database, on a tiny probe world: the service equals the naive reference,
 shards merge exactly, the null baselines behave, export files are exact, the pages render for researchers only."""
+
 from __future__ import annotations
 
 import csv
@@ -16,11 +17,16 @@ from torch import nn
 
 from analysis.engine.demo_network import demo_network_target
 from analysis.engine.dissection import BatchLabels, DissectionTally
-from analysis.engine.dissection_sparse import (AnchoredUpsample, PlainUpsample, prepare_labels, tally_add_active,
-                                               tally_add_sparse)
+from analysis.engine.dissection_sparse import (
+    AnchoredUpsample,
+    PlainUpsample,
+    prepare_labels,
+    tally_add_active,
+    tally_add_sparse,
+)
 from analysis.engine.networks import NetworkKind, NetworkSpec
 from analysis.engine.upsample import upsample_anchored, upsample_plain
-from analysis.models import (Concept, LayerDissection, LayerExtraction, RotationTest, Run, RunStatus, UnitDissection)
+from analysis.models import Concept, LayerDissection, LayerExtraction, RotationTest, Run, RunStatus, UnitDissection
 from analysis.services.dissection import dissection_run_start, dissection_tally_load, rotation_run_start
 from analysis.services.extraction import open_activation_cache
 from analysis.services.networks import network_register
@@ -45,8 +51,11 @@ class PlantedNet(nn.Module):
         self.pool = nn.AvgPool2d(4)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
         with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor([[1.0, -0.5, -0.5], [0.0, 0.0, 0.0], [-0.5, -0.5, 1.0],
-                                                 [-0.5, 1.0, -0.5]]).view(4, 3, 1, 1))
+            self.conv.weight.copy_(
+                torch.tensor([[1.0, -0.5, -0.5], [0.0, 0.0, 0.0], [-0.5, -0.5, 1.0], [-0.5, 1.0, -0.5]]).view(
+                    4, 3, 1, 1
+                )
+            )
             self.conv.bias.copy_(torch.tensor([-1.0, -1.0, -1.0, -1.0]))
 
     def forward(self, x):
@@ -70,12 +79,21 @@ def shared_world(django_db_setup, django_db_blocker, probe_world_files):
         world = {"n_images": 36, "size": SIZE, "seed": 5}
         probe_world_register(name="tiny", root=probe_world_files(**world), **world)
         for name, target in (("seeded", demo_network_target()), ("planted", f"{__name__}:planted_network")):
-            network_register(name=name, spec=NetworkSpec(kind=NetworkKind.MODULE, target=target,
-                                                         kwargs={"num_classes": 7}, input_size=INPUT,
-                                                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+            network_register(
+                name=name,
+                spec=NetworkSpec(
+                    kind=NetworkKind.MODULE,
+                    target=target,
+                    kwargs={"num_classes": 7},
+                    input_size=INPUT,
+                    mean=(0.5, 0.5, 0.5),
+                    std=(0.25, 0.25, 0.25),
+                ),
+            )
         for network, layer in (("seeded", "conv5"), ("planted", "pool")):
-            extraction = extraction_run_start(network=network, dataset="tiny", layers=[layer], batch_size=36,
-                                              inline=True)
+            extraction = extraction_run_start(
+                network=network, dataset="tiny", layers=[layer], batch_size=36, inline=True
+            )
             assert extraction.status == RunStatus.SUCCEEDED, extraction.error + extraction.error_detail
         yield
         Network.objects.filter(name__in=["seeded", "planted"]).delete()
@@ -136,33 +154,40 @@ def test_sparse_tally_equals_the_dense_tally_and_the_reference(seed, monkeypatch
     pixel[:, 2] = torch.where(torch.rand((n, *size), generator=gen) < 0.6, 0, pixel[:, 2])
     image = torch.tensor([[0, 8], [1, 9], [1, 3], [3, 8], [5, 7], [6, 2], [6, 2]])
     labels = BatchLabels(pixel, image)
-    thresholds = torch.from_numpy(np.quantile(raw.transpose(0, 1).reshape(units, -1).numpy(), 0.97, axis=1)
-                                  .astype(np.float32))
+    thresholds = torch.from_numpy(
+        np.quantile(raw.transpose(0, 1).reshape(units, -1).numpy(), 0.97, axis=1).astype(np.float32)
+    )
     assert thresholds[4] == 0
     prepared = prepare_labels(labels, label_category, 4)
     # When candidates are too dense a batch takes the dense path (forced here), with the same counts.
     monkeypatch.setattr("analysis.engine.dissection_sparse.DENSE_FALLBACK_FRACTION", 0.0)
     fallback = DissectionTally(thresholds, label_category, 4)
-    used_sparse = tally_add_sparse(fallback, raw, labels, AnchoredUpsample(rf_stride=(2.4, 2.9), rf_offset=(1.3, 0.7),
-                                                                            input_size=(26, 22)))
+    used_sparse = tally_add_sparse(
+        fallback, raw, labels, AnchoredUpsample(rf_stride=(2.4, 2.9), rf_offset=(1.3, 0.7), input_size=(26, 22))
+    )
     monkeypatch.setattr("analysis.engine.dissection_sparse.DENSE_FALLBACK_FRACTION", float("inf"))  # force sparse
-    for upsample in (AnchoredUpsample(rf_stride=(2.4, 2.9), rf_offset=(1.3, 0.7), input_size=(26, 22)),
-                     PlainUpsample()):
+    for upsample in (
+        AnchoredUpsample(rf_stride=(2.4, 2.9), rf_offset=(1.3, 0.7), input_size=(26, 22)),
+        PlainUpsample(),
+    ):
         up = upsample(raw, size)
         for strict in (False, True):
             dense = DissectionTally(thresholds, label_category, 4, strict_threshold=strict)
             dense.add(up, labels)
             sparse = DissectionTally(thresholds, label_category, 4, strict_threshold=strict)
             for part in (slice(0, 3), slice(3, n)):  # two batches
-                part_labels = BatchLabels(pixel[part], image[(image[:, 0] >= part.start) & (image[:, 0] < part.stop)]
-                                          - torch.tensor([part.start, 0]))
+                part_labels = BatchLabels(
+                    pixel[part],
+                    image[(image[:, 0] >= part.start) & (image[:, 0] < part.stop)] - torch.tensor([part.start, 0]),
+                )
                 active = upsample.active(raw[part], thresholds, size, strict=strict)
                 assert active is not None
                 tally_add_active(sparse, active, part_labels)
             shared = DissectionTally(thresholds, label_category, 4, strict_threshold=strict)
             tally_add_active(shared, upsample.active(raw, thresholds, size, strict=strict), prepared)
-            expected = reference_tally(up.numpy(), thresholds.numpy(), pixel.numpy(), image.tolist(),
-                                       label_category.numpy(), 4, strict=strict)
+            expected = reference_tally(
+                up.numpy(), thresholds.numpy(), pixel.numpy(), image.tolist(), label_category.numpy(), 4, strict=strict
+            )
             for name in COUNTS:
                 assert torch.equal(getattr(sparse, name), getattr(dense, name)), (type(upsample), strict, name)
                 assert torch.equal(getattr(shared, name), getattr(dense, name)), (type(upsample), strict, name)
@@ -177,8 +202,9 @@ def test_sparse_tally_equals_the_dense_tally_and_the_reference(seed, monkeypatch
 
 def test_dissection_equals_the_naive_reference_and_the_command_prints_its_id(world):
     out, err = io.StringIO(), io.StringIO()
-    call_command("dissect", "--network", "seeded", "--dataset", "tiny", "--layer", "conv4", "--inline",
-                 stdout=out, stderr=err)
+    call_command(
+        "dissect", "--network", "seeded", "--dataset", "tiny", "--layer", "conv4", "--inline", stdout=out, stderr=err
+    )
     run = Run.objects.get(pk=int(out.getvalue().strip()))
     assert run.kind == "dissect" and run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
     dissection = LayerDissection.objects.get(run=run)
@@ -193,10 +219,13 @@ def test_dissection_equals_the_naive_reference_and_the_command_prints_its_id(wor
     stored = dissection_tally_load(dissection)
     assert np.array_equal(stored["thresholds"], thresholds)
     layer, network = dissection.layer, world
-    upsampled = upsample_anchored(torch.from_numpy(maps), (SIZE // 2, SIZE // 2),
-                                  rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
-                                  rf_offset=(layer.rf_offset_y, layer.rf_offset_x),
-                                  input_size=(network.input_height, network.input_width)).numpy()
+    upsampled = upsample_anchored(
+        torch.from_numpy(maps),
+        (SIZE // 2, SIZE // 2),
+        rf_stride=(layer.rf_stride_y, layer.rf_stride_x),
+        rf_offset=(layer.rf_offset_y, layer.rf_offset_x),
+        input_size=(network.input_height, network.input_width),
+    ).numpy()
     pixel, image_labels, label_category = reference_inputs(dissection)
     expected = reference_tally(upsampled, thresholds, pixel, image_labels, label_category, len(dissection.categories))
     for name in COUNTS:
@@ -207,16 +236,18 @@ def test_dissection_equals_the_naive_reference_and_the_command_prints_its_id(wor
 
     # Per-unit rows: the label is the top concept (ties to the lower id), a detector when IoU > 0.04.
     best = iou.max(axis=1)
-    results = {result.unit.index: result for result in UnitDissection.objects.filter(dissection=dissection)
-               .select_related("unit", "concept")}
+    results = {
+        result.unit.index: result
+        for result in UnitDissection.objects.filter(dissection=dissection).select_related("unit", "concept")
+    }
     assert len(results) == 128
     for unit, result in results.items():
         assert result.iou == best[unit]
-        assert (result.concept.number if result.concept else -1) == (int(np.argmax(iou[unit])) if best[unit] > 0
-                                                                       else -1)
+        assert (result.concept.number if result.concept else -1) == (
+            int(np.argmax(iou[unit])) if best[unit] > 0 else -1
+        )
         assert result.is_detector == (best[unit] > 0.04 and not result.saturated)
-        assert [concept["iou"] for concept in result.top_concepts] == sorted(iou[unit][iou[unit] > 0],
-                                                                             reverse=True)[:5]
+        assert [concept["iou"] for concept in result.top_concepts] == sorted(iou[unit][iou[unit] > 0], reverse=True)[:5]
     detectors = [result for result in results.values() if result.is_detector]
     assert dissection.n_detectors == len(detectors) > 0
     assert dissection.n_unique_detectors == len({result.concept_id for result in detectors})
@@ -240,6 +271,7 @@ def test_two_shards_equal_one(world):
         assert np.array_equal(a[name], b[name]), name
     folder = local_path(two.directory)
     assert folder.is_dir() and not list(folder.glob("shard-*.npz"))  # partial counts removed once merged
+
     def rows(dissection):
         return list(dissection.unit_results.order_by("unit__index").values_list("concept", "iou", "is_detector"))
 
@@ -247,8 +279,14 @@ def test_two_shards_equal_one(world):
     # The plain resize is F.interpolate: the counts equal the reference on plainly resized maps.
     maps = torch.from_numpy(np.asarray(open_activation_cache(one.extraction), dtype=np.float32))
     pixel, image_labels, label_category = reference_inputs(one)
-    expected = reference_tally(upsample_plain(maps, (SIZE // 2, SIZE // 2)).numpy(), a["thresholds"], pixel,
-                               image_labels, label_category, len(one.categories))
+    expected = reference_tally(
+        upsample_plain(maps, (SIZE // 2, SIZE // 2)).numpy(),
+        a["thresholds"],
+        pixel,
+        image_labels,
+        label_category,
+        len(one.categories),
+    )
     assert np.array_equal(a["intersection"], expected["intersection"])
 
 
@@ -265,8 +303,9 @@ def test_shuffled_masks_undo_the_planted_detections_and_saturated_units_are_not_
         number = results[unit].concept.number
         assert shuffled_iou[unit, number] < 0.04 and shuffled_iou[unit, number] < real_iou[unit, number] / 2
     assert shuffled.n_detectors < real.n_detectors
-    assert not shuffled.unit_results.filter(is_detector=True, concept__in=[r.concept for r in results.values()
-                                                                            if r.is_detector]).exists()
+    assert not shuffled.unit_results.filter(
+        is_detector=True, concept__in=[r.concept for r in results.values() if r.is_detector]
+    ).exists()
     # Unit 1 is dead: T = 0, so under S >= T its mask is every pixel. It keeps its (high) IoU but is no detector.
     dead = results[1]
     assert dead.threshold == 0 and dead.saturated and not dead.is_detector and dead.iou > 0.04
@@ -279,8 +318,7 @@ def test_shuffled_masks_undo_the_planted_detections_and_saturated_units_are_not_
 
 def test_rotation_alpha_zero_reproduces_the_unrotated_counts(world):
     dissection = LayerDissection.objects.get(run=dissect())
-    run = rotation_run_start(network="seeded", dataset="tiny", layer="conv5", alphas=[0, 1], seeds=[3, 4],
-                             inline=True)
+    run = rotation_run_start(network="seeded", dataset="tiny", layer="conv5", alphas=[0, 1], seeds=[3, 4], inline=True)
     assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
     test = RotationTest.objects.get(run=run)
     assert [(p["seed"], p["alpha"]) for p in test.points] == [(3, 0.0), (3, 1.0), (4, 0.0), (4, 1.0)]
@@ -288,8 +326,10 @@ def test_rotation_alpha_zero_reproduces_the_unrotated_counts(world):
         if point["alpha"] == 0:
             assert point["detectors"] == dissection.n_detectors
             assert point["unique"] == dissection.n_unique_detectors
-            assert point["per_category"] == {name: {"detectors": entry["detectors"], "unique": entry["unique"]}
-                                             for name, entry in dissection.per_category.items()}
+            assert point["per_category"] == {
+                name: {"detectors": entry["detectors"], "unique": entry["unique"]}
+                for name, entry in dissection.per_category.items()
+            }
     tally = dissection_tally_load(dissection)
     with np.load(local_path(test.directory) / "rotation.npz") as data:
         assert list(data["alpha"]) == [0.0, 1.0, 1.0] and list(data["seed"]) == [-1, 3, 4]  # α = 0 computed once
@@ -351,8 +391,9 @@ def test_export_files_are_exact(world, tmp_path):
 def test_pages_render_for_researchers_and_refuse_others(world, client, make_user):
     run = dissect()
     dissect(baseline="shuffled")
-    rotation = rotation_run_start(network="seeded", dataset="tiny", layer="conv5", alphas=[0, 1], seeds=[0],
-                                  inline=True)
+    rotation = rotation_run_start(
+        network="seeded", dataset="tiny", layer="conv5", alphas=[0, 1], seeds=[0], inline=True
+    )
     assert rotation.status == RunStatus.SUCCEEDED, rotation.error
     dissection = LayerDissection.objects.get(run=run)
     detector = dissection.unit_results.filter(is_detector=True).select_related("concept", "unit").first()
@@ -385,8 +426,9 @@ def test_pages_render_for_researchers_and_refuse_others(world, client, make_user
     assert positions == sorted(positions) and "by IoU" in layer_page  # sorted by IoU, best first
     assert client.get(reverse("analysis:layer_dissection", args=["seeded", "conv5"]) + "?run=999999").status_code == 404
     # Starting from the layer page creates a run and shows it.
-    response = client.post(pages[7], {"dataset": "tiny", "upsample": "plain", "baseline": "none", "shards": 2,
-                                      "iou_threshold": 0.04})
+    response = client.post(
+        pages[7], {"dataset": "tiny", "upsample": "plain", "baseline": "none", "shards": 2, "iou_threshold": 0.04}
+    )
     started = Run.objects.of_kind("dissect").get(params__shards=2)
     assert response.status_code == 302 and response["Location"] == started.get_absolute_url()
     assert started.params["upsample"] == "plain" and started.status == RunStatus.QUEUED

@@ -1,4 +1,5 @@
 """The commands: import_judgments (atomic, bad rows by line), agreement_report --json, simulate_annotators."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from analysis.engine import agreement as engine
-from annotation.models import Answer, Judgment, RaterKind, Study, StudyKind
 from annotation.expert.simulation import PartBox, PeakTruth, simulated_answer, true_answer
+from annotation.models import Answer, Judgment, RaterKind, Study, StudyKind
 
 pytestmark = pytest.mark.django_db
 
@@ -67,7 +68,9 @@ def test_import_then_agreement_report_json(tmp_path, capsys):
 
     # A second file extends the study: a changed answer becomes a revision, an identical one is skipped.
     more = tmp_path / "more.csv"
-    more.write_text("item,rater,answer\nu2,bob,part\nu2,ann,no\nu6,cy,no\nu1,cy,part\n")  # the concept column is optional
+    more.write_text(
+        "item,rater,answer\nu2,bob,part\nu2,ann,no\nu6,cy,no\nu1,cy,part\n"
+    )  # the concept column is optional
     call_command("import_judgments", "--study", "imported-one", str(more))
     assert "extended: 4 rows — 2 new judgments, 1 revisions, 1 unchanged" in capsys.readouterr().out
     assert Judgment.objects.filter(task__study=study).count() == 13
@@ -96,15 +99,23 @@ def test_import_rejects_a_malformed_file_atomically(tmp_path, capsys):
     with pytest.raises(CommandError) as caught:
         call_command("import_judgments", "--study", "never", str(path))
     message = str(caught.value)
-    for line, text in [(3, "answer 'maybe' is not one of"), (4, "empty item"), (5, "A concept name has at most 100 characters"),
-                       (7, "expected 4 columns, found 3"), (8, "rater longer than 150"),
-                       (9, "rater 'ann' already answered item 'u1' on line 2")]:
+    for line, text in [
+        (3, "answer 'maybe' is not one of"),
+        (4, "empty item"),
+        (5, "A concept name has at most 100 characters"),
+        (7, "expected 4 columns, found 3"),
+        (8, "rater longer than 150"),
+        (9, "rater 'ann' already answered item 'u1' on line 2"),
+    ]:
         assert f"line {line}: " in message and text in message, (line, message)
     assert "line 2:" not in message and "line 6:" not in message
     assert "nothing imported" in message
     assert not Study.objects.exists() and not Judgment.objects.exists()
-    for content, expected in [("", "the file is empty"), ("item,answer\nu1,no\n", "header must be item,rater,answer"),
-                              ("item,rater,answer\n", "no judgments")]:
+    for content, expected in [
+        ("", "the file is empty"),
+        ("item,answer\nu1,no\n", "header must be item,rater,answer"),
+        ("item,rater,answer\n", "no judgments"),
+    ]:
         path.write_text(content)
         with pytest.raises(CommandError, match=expected):
             call_command("import_judgments", "--study", "never", str(path))
@@ -129,8 +140,8 @@ def test_import_reads_any_line_ending_and_reports_a_stray_carriage_return():
 
 
 def test_import_refuses_to_extend_a_network_study(tmp_path):
-    from tests.test_expert_study import build_study_world, make_experts
     from annotation.expert.services import study_create
+    from tests.test_expert_study import build_study_world, make_experts
 
     study_create(name="net", extraction=build_study_world(units=1), experts=make_experts(1))
     path = tmp_path / "ok.csv"
@@ -146,6 +157,7 @@ def test_agreement_report_needs_a_known_study(capsys):
 
 
 # -- simulated raters ------------------------------------------------------------------------------------
+
 
 def boxes(name, count, total=10, size=(10, 10, 30, 30)):
     inside = PartBox(name, *size)
@@ -172,12 +184,17 @@ def test_true_answer_applies_the_seven_of_ten_rule():
 
 def test_simulated_answers_err_at_the_requested_rate():
     rng = np.random.default_rng(0)
-    answers = [simulated_answer((Answer.PART, "wheel"), error_rate=0.2, rng=rng, wrong_names=["grass"])
-               for _ in range(4000)]
+    answers = [
+        simulated_answer((Answer.PART, "wheel"), error_rate=0.2, rng=rng, wrong_names=["grass"]) for _ in range(4000)
+    ]
     wrong = [answer for answer in answers if answer != (Answer.PART, "wheel")]
     assert len(wrong) / len(answers) == pytest.approx(0.2, abs=0.02)
-    assert Counter(answer for answer, _ in wrong).keys() == {Answer.BACKGROUND, Answer.OTHER, Answer.NO,
-                                                              Answer.NOT_SURE}
+    assert Counter(answer for answer, _ in wrong).keys() == {
+        Answer.BACKGROUND,
+        Answer.OTHER,
+        Answer.NO,
+        Answer.NOT_SURE,
+    }
     assert all(concept == "" for answer, concept in wrong if answer in (Answer.NO, Answer.NOT_SURE))
     assert all(concept for answer, concept in wrong if answer in (Answer.BACKGROUND, Answer.OTHER))
 
@@ -197,7 +214,8 @@ def probe_study(make_probe_world):
     seeded_network(name="expert-seeded", input_size=(64, 64))
     run = extraction_run(network="expert-seeded", dataset="expert-tiny", layers=["conv5"], batch_size=8)
     ExemplarSet.objects.filter(kind=ExemplarKind.TOP_CLASS).update(
-        grid=store_grid(Image.new("RGB", (64, 26)), style=ExemplarKind.TOP_CLASS))
+        grid=store_grid(Image.new("RGB", (64, 26)), style=ExemplarKind.TOP_CLASS)
+    )
     extraction = LayerExtraction.objects.get(run=run)
     return study_create(name="probe", extraction=extraction, experts=make_experts(2), object_classes=["car", "bird"])
 
@@ -222,8 +240,9 @@ def test_simulate_annotators_answer_from_the_probe_worlds_truth(probe_study, cap
     assert "2 simulated raters (error rate 0.0, seed 1) gave 512 new judgments" in capsys.readouterr().out
     assert Judgment.objects.filter(simulated=True, origin="simulated").count() == 512
     simulated = Judgment.objects.filter(rater__name="simulated-1")
-    assert {task: (answer, concept) for task, answer, concept in simulated.values_list("task", "answer", "concept")} \
-        == truth
+    assert {
+        task: (answer, concept) for task, answer, concept in simulated.values_list("task", "answer", "concept")
+    } == truth
     # Left out of reports unless asked; asked, two error-free raters agree perfectly.
     assert report(capsys, "--study", "probe")["n_items"] == 0
     only = report(capsys, "--study", "probe", "--simulated", "only")
@@ -233,7 +252,9 @@ def test_simulate_annotators_answer_from_the_probe_worlds_truth(probe_study, cap
     call_command("simulate_annotators", "--study", "probe", "--raters", "4", "--error-rate", "0.3", "--seed", "2")
     assert "gave 512 new judgments" in capsys.readouterr().out
     noisy = Judgment.objects.filter(rater__name="simulated-3")
-    wrong = sum(truth[task] != (answer, concept) for task, answer, concept in noisy.values_list("task", "answer", "concept"))
+    wrong = sum(
+        truth[task] != (answer, concept) for task, answer, concept in noisy.values_list("task", "answer", "concept")
+    )
     assert 0.15 < wrong / 256 < 0.45
     four = report(capsys, "--study", "probe", "--include-simulated")
     assert four["n_raters"] == 4 and four["cohen_kappa"] is None and four["fleiss_kappa"]["value"] < 1.0

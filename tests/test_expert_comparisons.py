@@ -1,5 +1,6 @@
 """Issue 7 item 4: human names vs the dataset's part vocabulary (GG'18 §4.3 / Table 3) and vs dissection labels;
 the name normalisation and the study's synonym table; ``agreement_report --json``'s ``dissection_agreement``."""
+
 from __future__ import annotations
 
 import json
@@ -19,31 +20,40 @@ pytestmark = pytest.mark.django_db
 
 # -- normalisation ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("given,expected", [
-    ("  Wheels ", "wheel"),
-    ("WHEEL", "wheel"),
-    ("front left legs", "leg"),
-    ("lfleg", "leg"),          # PASCAL-Part raw short name
-    ("door_3", "door"),        # PASCAL-Part instance number
-    ("Left  Eye", "eye"),
-    ("back_leg", "leg"),
-    ("back", "back"),          # a part of its own (GG'18: "back", "belly"), not a dropped position word
-    ("red-c", "red"),          # Broden colour suffix
-    ("license plates", "license plate"),
-    ("bodies", "body"),
-    ("branches", "branch"),
-    ("Feet", "foot"),
-    ("grass", "grass"),
-    ("bus", "bus"),
-    ("   ", ""),
-])
+
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        ("  Wheels ", "wheel"),
+        ("WHEEL", "wheel"),
+        ("front left legs", "leg"),
+        ("lfleg", "leg"),  # PASCAL-Part raw short name
+        ("door_3", "door"),  # PASCAL-Part instance number
+        ("Left  Eye", "eye"),
+        ("back_leg", "leg"),
+        ("back", "back"),  # a part of its own (GG'18: "back", "belly"), not a dropped position word
+        ("red-c", "red"),  # Broden colour suffix
+        ("license plates", "license plate"),
+        ("bodies", "body"),
+        ("branches", "branch"),
+        ("Feet", "foot"),
+        ("grass", "grass"),
+        ("bus", "bus"),
+        ("   ", ""),
+    ],
+)
 def test_normalise_concept_name(given, expected):
     assert normalise_concept_name(given) == expected
 
 
 def test_singular_and_synonyms():
-    assert [singular(word) for word in ("wheels", "glass", "boxes", "hooves", "is")] == ["wheel", "glass", "box",
-                                                                                          "hoof", "is"]
+    assert [singular(word) for word in ("wheels", "glass", "boxes", "hooves", "is")] == [
+        "wheel",
+        "glass",
+        "box",
+        "hoof",
+        "is",
+    ]
     synonyms = {"tyre": "wheel", "rim": "tyre", "a": "b", "b": "a"}
     assert normalise_concept_name("Tyres", synonyms) == "wheel"
     assert normalise_concept_name("rims", synonyms) == "wheel"  # chains are followed
@@ -64,6 +74,7 @@ def test_synonym_service_normalises_and_refuses_identities():
 
 
 # -- a crafted study ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def crafted():
@@ -102,8 +113,15 @@ def make_dissection(study, *, complete=True, labels=None):
     """A LayerDissection of the study's layer on its dataset with hand-made UnitDissection rows."""
     dataset = study.extraction.dataset
     run = Run.objects.create(kind="dissect", params={}, params_hash=f"d{complete}", status=RunStatus.SUCCEEDED)
-    dissection = LayerDissection.objects.create(run=run, layer=study.layer, dataset=dataset, quantile=0.005,
-                                                iou_threshold=0.04, directory="/nonexistent", complete=complete)
+    dissection = LayerDissection.objects.create(
+        run=run,
+        layer=study.layer,
+        dataset=dataset,
+        quantile=0.005,
+        iou_threshold=0.04,
+        directory="/nonexistent",
+        complete=complete,
+    )
     concepts = {concept.name: concept for concept in Concept.objects.filter(dataset=dataset)}
     labels = labels or {  # unit: (label, IoU, detector, top concepts)
         0: ("wheel", 0.20, True, ["wheel"]),
@@ -114,9 +132,15 @@ def make_dissection(study, *, complete=True, labels=None):
     }
     for unit in study.layer.unit_set.all():
         label, iou, detector, top = labels[unit.index]
-        UnitDissection.objects.create(dissection=dissection, unit=unit, concept=concepts[label], iou=iou,
-                                      is_detector=detector, threshold=1.0,
-                                      top_concepts=[{"name": name, "iou": iou} for name in top])
+        UnitDissection.objects.create(
+            dissection=dissection,
+            unit=unit,
+            concept=concepts[label],
+            iou=iou,
+            is_detector=detector,
+            threshold=1.0,
+            top_concepts=[{"name": name, "iou": iou} for name in top],
+        )
     return dissection
 
 
@@ -186,6 +210,7 @@ def test_agreement_report_json_dissection_field(crafted, capsys):
 
 
 # -- the page -----------------------------------------------------------------------------------------------
+
 
 def test_report_page_comparisons_and_synonym_editing(client, researcher, crafted):
     crafted.created_by = researcher  # the synonym table is its creator's to edit

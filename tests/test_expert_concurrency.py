@@ -4,6 +4,7 @@ Each request is a real GET of the expert's "next task" page from its own thread,
 connection, released together by a barrier. Runs on the configured database: SQLite locally (IMMEDIATE
 transactions), PostgreSQL in CI (``SELECT … FOR UPDATE SKIP LOCKED``).
 """
+
 from __future__ import annotations
 
 import threading
@@ -14,8 +15,8 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from annotation.models import Assignment, StudyPlan, StudyTask
 from annotation.expert.services import study_create
+from annotation.models import Assignment, StudyPlan, StudyTask
 from tests.test_expert_study import build_study_world, make_experts
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -60,8 +61,9 @@ def logged_in(users) -> list[Client]:
 def test_twenty_experts_at_once_never_share_a_task_beyond_the_overlap(per_task):
     world = build_study_world(name=f"c{per_task}", units=5)  # 15 tasks: fewer than the requests when per_task=1
     experts = make_experts(REQUESTS)
-    study = study_create(name=f"race-{per_task}", extraction=world, experts=experts, plan=StudyPlan.N_RATERS,
-                         raters_per_task=per_task)
+    study = study_create(
+        name=f"race-{per_task}", extraction=world, experts=experts, plan=StudyPlan.N_RATERS, raters_per_task=per_task
+    )
     outcomes = fire(logged_in(experts), reverse("annotation:expert_next", args=[study.pk]))
 
     handed = [outcome for outcome in outcomes if "/tasks/" in outcome]
@@ -83,12 +85,13 @@ def test_twenty_experts_at_once_never_share_a_task_beyond_the_overlap(per_task):
 
 def test_one_expert_asking_twenty_times_at_once_holds_one_task():
     world = build_study_world(name="same", units=3)
-    expert, = make_experts(1)
+    (expert,) = make_experts(1)
     study = study_create(name="same", extraction=world, experts=[expert], plan=StudyPlan.FULL)
     client = Client()
     client.force_login(expert)
-    outcomes = fire([client] * 1 + [_clone(client) for _ in range(REQUESTS - 1)],
-                    reverse("annotation:expert_next", args=[study.pk]))
+    outcomes = fire(
+        [client] * 1 + [_clone(client) for _ in range(REQUESTS - 1)], reverse("annotation:expert_next", args=[study.pk])
+    )
     assert len(set(outcomes)) == 1 and "/tasks/" in outcomes[0], outcomes
     assert Assignment.objects.filter(task__study=study).count() == 1
 

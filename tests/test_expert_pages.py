@@ -1,4 +1,5 @@
 """Study pages through the test client: who may open what, the annotation flow, reports and export."""
+
 from __future__ import annotations
 
 import csv
@@ -30,17 +31,20 @@ def expert_client(client, study, name="expert1"):
 
 
 @pytest.mark.parametrize("role", [ANON, RESEARCHER, EXPERT, CROWD])
-@pytest.mark.parametrize("name,needs_task,allowed", [
-    ("annotation:expert_home", False, EXPERT),
-    ("annotation:expert_next", False, EXPERT),
-    ("annotation:my_answers", False, EXPERT),
-    ("annotation:annotate", True, EXPERT),
-    ("annotation:study_list", False, RESEARCHER),
-    ("annotation:study_create", False, RESEARCHER),
-    ("annotation:study_detail", False, RESEARCHER),
-    ("annotation:study_report", False, RESEARCHER),
-    ("annotation:study_export", False, RESEARCHER),
-])
+@pytest.mark.parametrize(
+    "name,needs_task,allowed",
+    [
+        ("annotation:expert_home", False, EXPERT),
+        ("annotation:expert_next", False, EXPERT),
+        ("annotation:my_answers", False, EXPERT),
+        ("annotation:annotate", True, EXPERT),
+        ("annotation:study_list", False, RESEARCHER),
+        ("annotation:study_create", False, RESEARCHER),
+        ("annotation:study_detail", False, RESEARCHER),
+        ("annotation:study_report", False, RESEARCHER),
+        ("annotation:study_export", False, RESEARCHER),
+    ],
+)
 def test_page_access_by_role(client, make_user, study, role, name, needs_task, allowed):
     if role == EXPERT:
         user = study.raters.get(name="expert1").user
@@ -49,7 +53,9 @@ def test_page_access_by_role(client, make_user, study, role, name, needs_task, a
     if role != ANON:
         client.force_login(user)
     task = services.task_next_for_rater(rater=study.raters.get(name="expert1"))
-    args = [study.pk] if name not in ("annotation:expert_home", "annotation:study_list", "annotation:study_create") else []
+    args = (
+        [study.pk] if name not in ("annotation:expert_home", "annotation:study_list", "annotation:study_create") else []
+    )
     if needs_task:
         args.append(task.pk)
     response = client.get(reverse(name, args=args))
@@ -94,7 +100,7 @@ def test_annotation_flow_with_revision(client, study):
     grid = task.exemplar_set.grid
     scale = 1180 // grid.width
     assert f'width="{grid.width * scale}" height="{grid.height * scale}"' in text and "pixelated" in text
-    assert grid.url in text and 'list="concept-names"' in text and "<option value=\"wheel\">" in text
+    assert grid.url in text and 'list="concept-names"' in text and '<option value="wheel">' in text
     assert "js/annotate.js" in text and 'maxlength="100"' in text
     shown = page.context["form"].initial["shown"]
 
@@ -142,9 +148,19 @@ def test_researcher_creates_a_study_from_the_form(researcher_client, db):
     page = researcher_client.get(reverse("annotation:study_create"))
     assert page.status_code == 200 and b"form-net / conv5" in page.content and b"expert1" in page.content
     assert b"Do the highlighted areas" in page.content
-    data = {"name": "From the form", "extraction": world.pk, "object_classes": ["car", "bird"],
-            "experts": [expert.pk for expert in experts], "plan": StudyPlan.PAPER, "overlap_class": "bird",
-            "raters_per_task": 2, "units": "0-1", "instructions": "Look closely.", "seed": 3, "claim_hours": 12}
+    data = {
+        "name": "From the form",
+        "extraction": world.pk,
+        "object_classes": ["car", "bird"],
+        "experts": [expert.pk for expert in experts],
+        "plan": StudyPlan.PAPER,
+        "overlap_class": "bird",
+        "raters_per_task": 2,
+        "units": "0-1",
+        "instructions": "Look closely.",
+        "seed": 3,
+        "claim_hours": 12,
+    }
     response = researcher_client.post(reverse("annotation:study_create"), data)
     study = Study.objects.get(name="From the form")
     assert response.status_code == 302 and response["Location"] == study.get_absolute_url()
@@ -161,11 +177,18 @@ def test_researcher_creates_a_study_from_the_form(researcher_client, db):
 
 def test_an_expert_of_an_independent_study_is_offered_only_their_own_names(client, db):
     world = build_study_world(units=3)
-    study = services.study_create(name="blind", extraction=world, experts=make_experts(2), plan=StudyPlan.FULL,
-                                  object_classes=["car"], suggest_given_names=False)
+    study = services.study_create(
+        name="blind",
+        extraction=world,
+        experts=make_experts(2),
+        plan=StudyPlan.FULL,
+        object_classes=["car"],
+        suggest_given_names=False,
+    )
     other = study.raters.get(name="expert2")
-    services.judgment_submit(rater=other, task=services.task_next_for_rater(rater=other), answer=Answer.PART,
-                             concept="hubcap")
+    services.judgment_submit(
+        rater=other, task=services.task_next_for_rater(rater=other), answer=Answer.PART, concept="hubcap"
+    )
     expert = expert_client(client, study)
     page = expert.get(expert.get(reverse("annotation:expert_next", args=[study.pk]))["Location"])
     assert page.status_code == 200 and b"your own earlier names" in page.content
@@ -173,11 +196,17 @@ def test_an_expert_of_an_independent_study_is_offered_only_their_own_names(clien
 
 
 @pytest.mark.parametrize("taken_meanwhile", [False, True])
-def test_an_answer_to_a_task_that_went_back_to_the_pool_is_saved_while_its_place_is_free(client, db,
-                                                                                         taken_meanwhile):
+def test_an_answer_to_a_task_that_went_back_to_the_pool_is_saved_while_its_place_is_free(client, db, taken_meanwhile):
     world = build_study_world(units=2)
-    study = services.study_create(name="pool", extraction=world, experts=make_experts(2), plan=StudyPlan.N_RATERS,
-                                  raters_per_task=1, object_classes=["car"], units=[0])
+    study = services.study_create(
+        name="pool",
+        extraction=world,
+        experts=make_experts(2),
+        plan=StudyPlan.N_RATERS,
+        raters_per_task=1,
+        object_classes=["car"],
+        units=[0],
+    )
     expert = expert_client(client, study)
     url = expert.get(reverse("annotation:expert_next", args=[study.pk]))["Location"]
     page = expert.get(url)
@@ -200,8 +229,10 @@ def test_an_answer_to_a_task_that_went_back_to_the_pool_is_saved_while_its_place
 
 def test_detail_report_and_export_show_progress_agreement_and_provenance(researcher_client, study):
     raters = {rater.name: rater for rater in study.raters.all()}
-    for name, answers in (("expert1", [Answer.PART, Answer.NO, Answer.OTHER]),
-                          ("expert2", [Answer.PART, Answer.NO, Answer.NOT_SURE])):
+    for name, answers in (
+        ("expert1", [Answer.PART, Answer.NO, Answer.OTHER]),
+        ("expert2", [Answer.PART, Answer.NO, Answer.NOT_SURE]),
+    ):
         for answer in answers:
             task = services.task_next_for_rater(rater=raters[name])
             services.judgment_submit(rater=raters[name], task=task, answer=answer, concept="wheel")

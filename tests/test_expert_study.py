@@ -3,6 +3,7 @@
 ``build_study_world`` makes a tiny extraction with rendered (synthetic) grids in a few milliseconds; the
 other expert test modules import it.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -13,14 +14,32 @@ from PIL import Image
 
 from accounts.roles import Role
 from accounts.services import user_create
-from analysis.models import (Concept, Dataset, ExemplarKind, ExemplarSet, Layer, LayerExtraction, Network, Run,
-                             RunStatus, Unit)
+from analysis.models import (
+    Concept,
+    Dataset,
+    ExemplarKind,
+    ExemplarSet,
+    Layer,
+    LayerExtraction,
+    Network,
+    Run,
+    RunStatus,
+    Unit,
+)
 from analysis.services.grids import store_grid
 from annotation.expert import demo as expert_demo
 from annotation.expert import selectors, services
-from annotation.models import (DEFAULT_INSTRUCTIONS, QUESTION, Answer, Assignment, Judgment, RaterKind, StudyPlan,
-                               StudyRater)
 from annotation.expert.services import StudyInputError
+from annotation.models import (
+    DEFAULT_INSTRUCTIONS,
+    QUESTION,
+    Answer,
+    Assignment,
+    Judgment,
+    RaterKind,
+    StudyPlan,
+    StudyRater,
+)
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -33,32 +52,54 @@ def build_study_world(*, name: str = "w", units: int = 4, classes=CLASSES, tile:
     run = Run.objects.create(kind="extract", params={"name": name}, params_hash=name, status=RunStatus.SUCCEEDED)
     dataset = Dataset.objects.create(name=f"{name}-data", kind="probe_world", root_dir="/nonexistent")
     concepts = {}
-    for number, (concept, category) in enumerate([(c, "object") for c in classes]
-                                                 + [("wheel", "part"), ("wing", "part"), ("grass", "material"),
-                                                    ("red-c", "color")], start=1):
-        concepts[concept] = Concept.objects.create(dataset=dataset, number=number, name=concept, category=category,
-                                                   image_count=100 - number)
+    for number, (concept, category) in enumerate(
+        [(c, "object") for c in classes]
+        + [("wheel", "part"), ("wing", "part"), ("grass", "material"), ("red-c", "color")],
+        start=1,
+    ):
+        concepts[concept] = Concept.objects.create(
+            dataset=dataset, number=number, name=concept, category=category, image_count=100 - number
+        )
     network = Network.objects.create(name=f"{name}-net", source="module", input_height=64, input_width=64)
     layer = Layer.objects.create(network=network, name="conv5", order=5, units=units, out_height=4, out_width=4)
     unit_rows = [Unit.objects.create(layer=layer, index=index) for index in range(units)]
     extraction = LayerExtraction.objects.create(
-        run=run, layer=layer, dataset=dataset, cache_key=name, cache_path="", stats_path="", n_images=30,
-        map_height=4, map_width=4, quantile=0.005, k_overall=15, k_per_class=10, class_names=list(classes))
+        run=run,
+        layer=layer,
+        dataset=dataset,
+        cache_key=name,
+        cache_path="",
+        stats_path="",
+        n_images=30,
+        map_height=4,
+        map_width=4,
+        quantile=0.005,
+        k_overall=15,
+        k_per_class=10,
+        class_names=list(classes),
+    )
     colour = 0
     for unit in unit_rows:
         for class_name in classes:
             colour += 1
             picture = Image.new("RGB", (5 * tile + 12, 2 * tile + 6), ((colour * 37) % 256, (colour * 91) % 256, 120))
-            ExemplarSet.objects.create(extraction=extraction, unit=unit, kind=ExemplarKind.TOP_CLASS,
-                                       object_class=concepts[class_name], image_indices=list(range(10)),
-                                       scores=[1.0] * 10, peaks=[[1, 1]] * 10,
-                                       grid=store_grid(picture, style=ExemplarKind.TOP_CLASS))
+            ExemplarSet.objects.create(
+                extraction=extraction,
+                unit=unit,
+                kind=ExemplarKind.TOP_CLASS,
+                object_class=concepts[class_name],
+                image_indices=list(range(10)),
+                scores=[1.0] * 10,
+                peaks=[[1, 1]] * 10,
+                grid=store_grid(picture, style=ExemplarKind.TOP_CLASS),
+            )
     return extraction
 
 
 def make_experts(count: int, prefix: str = "expert"):
-    return [user_create(username=f"{prefix}{number}", password=PASSWORD, role=Role.EXPERT)
-            for number in range(1, count + 1)]
+    return [
+        user_create(username=f"{prefix}{number}", password=PASSWORD, role=Role.EXPERT) for number in range(1, count + 1)
+    ]
 
 
 def answer_all(rater: StudyRater, answer: str = Answer.NO, concept: str = "") -> int:
@@ -89,25 +130,40 @@ def test_paper_plan_splits_classes_and_shares_the_overlap_class(world):
             assert task.owner is not None and task.capacity == 1
     owners = {task.object_class.name: task.owner.name for task in tasks if task.owner}
     assert owners == {"car": "expert1", "tree": "expert2"}
-    assert sorted(task.item for task in tasks if task.object_class.name == "car") == ["0/car", "1/car", "2/car", "3/car"]
+    assert sorted(task.item for task in tasks if task.object_class.name == "car") == [
+        "0/car",
+        "1/car",
+        "2/car",
+        "3/car",
+    ]
     # Each expert: their own class plus the overlap class, and nothing of the other's.
     raters = {rater.name: rater for rater in study.raters.all()}
     assert answer_all(raters["expert1"]) == 8
     assert answer_all(raters["expert2"]) == 8
-    classes_of = {name: set(Judgment.objects.filter(rater=rater).values_list("task__object_class__name", flat=True))
-                  for name, rater in raters.items()}
+    classes_of = {
+        name: set(Judgment.objects.filter(rater=rater).values_list("task__object_class__name", flat=True))
+        for name, rater in raters.items()
+    }
     assert classes_of == {"expert1": {"bird", "car"}, "expert2": {"bird", "tree"}}
     assert selectors.rater_progress(raters["expert1"]) == selectors.Progress(8, 8)
 
 
 def test_full_and_n_raters_plans_set_capacities(world):
     experts = make_experts(3)
-    full = services.study_create(name="full", extraction=world, experts=experts, plan=StudyPlan.FULL,
-                                 object_classes=["car"])
+    full = services.study_create(
+        name="full", extraction=world, experts=experts, plan=StudyPlan.FULL, object_classes=["car"]
+    )
     assert set(full.tasks.values_list("capacity", flat=True)) == {3} and full.tasks.count() == 4
     assert not full.tasks.filter(owner__isnull=False).exists() and full.overlap_class is None
-    pair = services.study_create(name="pairs", extraction=world, experts=experts, plan=StudyPlan.N_RATERS,
-                                 raters_per_task=2, object_classes=["car", "tree"], units=[0, 2])
+    pair = services.study_create(
+        name="pairs",
+        extraction=world,
+        experts=experts,
+        plan=StudyPlan.N_RATERS,
+        raters_per_task=2,
+        object_classes=["car", "tree"],
+        units=[0, 2],
+    )
     assert pair.tasks.count() == 4 and set(pair.tasks.values_list("capacity", flat=True)) == {2}
     raters = list(pair.raters.order_by("name"))
     assert answer_all(raters[0]) == 4 and answer_all(raters[1]) == 4
@@ -115,14 +171,17 @@ def test_full_and_n_raters_plans_set_capacities(world):
     assert selectors.rater_progress(raters[2]) == selectors.Progress(0, 0)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"experts": []}, "at least one expert"),
-    ({"object_classes": ["car", "horse"]}, "horse: not an object class"),
-    ({"overlap_class": "tree", "object_classes": ["car", "bird"]}, "overlap class 'tree'"),
-    ({"plan": StudyPlan.N_RATERS, "raters_per_task": 3}, "between 1 and the number of experts"),
-    ({"units": [99]}, "No top-10 exemplar sets"),
-    ({"name": "  "}, "needs a name"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"experts": []}, "at least one expert"),
+        ({"object_classes": ["car", "horse"]}, "horse: not an object class"),
+        ({"overlap_class": "tree", "object_classes": ["car", "bird"]}, "overlap class 'tree'"),
+        ({"plan": StudyPlan.N_RATERS, "raters_per_task": 3}, "between 1 and the number of experts"),
+        ({"units": [99]}, "No top-10 exemplar sets"),
+        ({"name": "  "}, "needs a name"),
+    ],
+)
 def test_study_create_rejects_bad_input(world, overrides, message):
     experts = make_experts(2)
     arguments = {"name": "bad", "extraction": world, "experts": experts, **overrides}
@@ -144,7 +203,7 @@ def test_study_create_needs_experts_rendered_grids_and_a_free_name(world, make_u
 
 
 def test_the_next_task_is_the_held_one_until_answered(world):
-    expert, = make_experts(1)
+    (expert,) = make_experts(1)
     study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
     rater = study.raters.get()
     first = services.task_next_for_rater(rater=rater)
@@ -160,7 +219,7 @@ def test_the_next_task_is_the_held_one_until_answered(world):
 
 def test_a_rater_can_hold_one_open_assignment_only(world):
     """The database refuses a second unanswered assignment (the constraint the SQL claim relies on)."""
-    expert, = make_experts(1)
+    (expert,) = make_experts(1)
     study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
     rater = study.raters.get()
     held = services.task_next_for_rater(rater=rater)
@@ -178,7 +237,7 @@ def test_a_claim_that_collides_runs_again_and_leaves_the_callers_transaction_usa
 
     if not claims.claims_in_sql():
         pytest.skip("the one-statement claim is PostgreSQL's; other databases take the ORM path")
-    expert, = make_experts(1)
+    (expert,) = make_experts(1)
     study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
     rater = study.raters.get()
     statement, calls = claims._task_claim_statement, []
@@ -204,11 +263,20 @@ def _hours_after_claim(rater: StudyRater, hours: float):
 
 
 @pytest.mark.parametrize("claim_hours, hours_away, released", [(24, 25, True), (24, 23, False), (0, 1000, False)])
-def test_a_task_left_unanswered_goes_back_to_the_pool_when_nothing_else_is_free(world, claim_hours, hours_away,
-                                                                                released):
+def test_a_task_left_unanswered_goes_back_to_the_pool_when_nothing_else_is_free(
+    world, claim_hours, hours_away, released
+):
     walker, worker = make_experts(2)
-    study = services.study_create(name="s", extraction=world, experts=[walker, worker], plan=StudyPlan.N_RATERS,
-                                  raters_per_task=1, object_classes=["car"], units=[0], claim_hours=claim_hours)
+    study = services.study_create(
+        name="s",
+        extraction=world,
+        experts=[walker, worker],
+        plan=StudyPlan.N_RATERS,
+        raters_per_task=1,
+        object_classes=["car"],
+        units=[0],
+        claim_hours=claim_hours,
+    )
     away, busy = study.raters.get(user=walker), study.raters.get(user=worker)
     task = services.task_next_for_rater(rater=away)  # the study's only task
     later = _hours_after_claim(away, hours_away)
@@ -228,8 +296,15 @@ def test_a_task_left_unanswered_goes_back_to_the_pool_when_nothing_else_is_free(
 
 def test_a_task_that_went_back_to_the_pool_is_taken_back_while_its_place_is_free(world):
     walker, other = make_experts(2)
-    study = services.study_create(name="s", extraction=world, experts=[walker, other], plan=StudyPlan.N_RATERS,
-                                  raters_per_task=1, object_classes=["car"], units=[0, 1])
+    study = services.study_create(
+        name="s",
+        extraction=world,
+        experts=[walker, other],
+        plan=StudyPlan.N_RATERS,
+        raters_per_task=1,
+        object_classes=["car"],
+        units=[0, 1],
+    )
     away = study.raters.get(user=walker)
     first = services.task_next_for_rater(rater=away)
     later = _hours_after_claim(away, 30)
@@ -243,7 +318,7 @@ def test_a_task_that_went_back_to_the_pool_is_taken_back_while_its_place_is_free
 
 
 def test_answers_are_validated(world):
-    expert, = make_experts(1)
+    (expert,) = make_experts(1)
     study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
     rater = study.raters.get()
     task = services.task_next_for_rater(rater=rater)
@@ -265,7 +340,7 @@ def test_answers_are_validated(world):
 
 
 def test_a_revision_is_a_new_row_and_the_old_one_stays(world):
-    expert, = make_experts(1)
+    (expert,) = make_experts(1)
     study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
     rater = study.raters.get()
     task = services.task_next_for_rater(rater=rater)
@@ -285,12 +360,13 @@ def test_a_revision_is_a_new_row_and_the_old_one_stays(world):
     with pytest.raises(IntegrityError), transaction.atomic():
         Judgment.objects.create(task=task, rater=rater, answer=Answer.NO, submitted_at=first.submitted_at)
     with pytest.raises(IntegrityError), transaction.atomic():
-        Judgment.objects.create(task=task, rater=rater, answer=Answer.NO, submitted_at=first.submitted_at,
-                                revision_of=first)
+        Judgment.objects.create(
+            task=task, rater=rater, answer=Answer.NO, submitted_at=first.submitted_at, revision_of=first
+        )
 
 
 def test_shown_tokens_time_a_judgment_and_reject_other_tasks(world):
-    expert, = make_experts(1)
+    (expert,) = make_experts(1)
     study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
     rater = study.raters.get()
     task = services.task_next_for_rater(rater=rater)
@@ -302,13 +378,14 @@ def test_shown_tokens_time_a_judgment_and_reject_other_tasks(world):
     assert services.task_shown_at(token=token + "x", task=task, rater=rater) is None
     from datetime import timedelta
 
-    judgment = services.judgment_submit(rater=rater, task=task, answer=Answer.NO, started_at=shown,
-                                        submitted_at=shown + timedelta(seconds=4.25))
+    judgment = services.judgment_submit(
+        rater=rater, task=task, answer=Answer.NO, started_at=shown, submitted_at=shown + timedelta(seconds=4.25)
+    )
     assert judgment.seconds == 4.25 and judgment.started_at == shown
 
 
 def test_suggestions_come_from_the_study_then_the_dataset(world):
-    expert, = make_experts(1)
+    (expert,) = make_experts(1)
     study = services.study_create(name="s", extraction=world, experts=[expert], object_classes=["car"])
     rater = study.raters.get()
     task = services.task_next_for_rater(rater=rater)
@@ -322,8 +399,14 @@ def test_suggestions_come_from_the_study_then_the_dataset(world):
 @pytest.mark.parametrize("suggest_given_names", [True, False])
 def test_a_study_of_independent_raters_suggests_each_only_their_own_names(world, suggest_given_names):
     first, second = make_experts(2)
-    study = services.study_create(name="s", extraction=world, experts=[first, second], plan="full",
-                                  object_classes=["car"], suggest_given_names=suggest_given_names)
+    study = services.study_create(
+        name="s",
+        extraction=world,
+        experts=[first, second],
+        plan="full",
+        object_classes=["car"],
+        suggest_given_names=suggest_given_names,
+    )
     raters = {rater.user_id: rater for rater in study.raters.all()}
     for user, (count, name) in ((first, (2, "rim")), (second, (1, "hub"))):
         rater = raters[user.pk]

@@ -1,6 +1,7 @@
 """Explanatory-graph runs against the database on a tiny probe world: the run stores what the engine infers at the
 right image-plane positions, instability rows equal a naive computation from the cache and the boxes, the purity
 read applies the 30 % rule, exports are complete, the command prints the run id, and the pages render."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,13 @@ from django.urls import reverse
 
 from analysis.engine.explanatory_graph import PATCH_FRACTION, energy_top_k
 from analysis.models import AnnotatedBox, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Run, RunStatus
-from analysis.services.explanatory_graph import (graph_inference_arrays, graph_purity_candidates,
-                                                 graph_purity_inferences, graph_run_start, purity_patch_picture)
+from analysis.services.explanatory_graph import (
+    graph_inference_arrays,
+    graph_purity_candidates,
+    graph_purity_inferences,
+    graph_run_start,
+    purity_patch_picture,
+)
 from analysis.services.exports import run_export
 from analysis.services.extraction import open_activation_cache
 from tests.worlds import probe_world_register, seeded_network
@@ -25,16 +31,25 @@ from tests.worlds import probe_world_register, seeded_network
 pytestmark = pytest.mark.django_db
 SIZE = 64  # images; the network takes 112 px, so positions scale by 64/112 onto the images
 INPUT = (112, 112)
-PARAMS = dict(network="egnet", dataset="egworld", layers=["conv4", "conv5"], nodes_per_filter=[3, 2],
-              iterations=3, neighbours=4, batch_size=36, landmarks=["head", "torso", "body"], top_images=5)
+PARAMS = dict(
+    network="egnet",
+    dataset="egworld",
+    layers=["conv4", "conv5"],
+    nodes_per_filter=[3, 2],
+    iterations=3,
+    neighbours=4,
+    batch_size=36,
+    landmarks=["head", "torso", "body"],
+    top_images=5,
+)
 
 
 @pytest.fixture(scope="module")
 def shared_graph(django_db_setup, django_db_blocker, probe_world_files):
     """A 36-image probe world, a seeded demo network and a learned graph over conv5 → conv4 (built once)."""
-    from analysis.models import Dataset, Network
-
     import torch
+
+    from analysis.models import Dataset, Network
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than they save on a shared machine
@@ -94,7 +109,7 @@ def test_top_layer_inference_is_f_times_the_node_density_squared_at_receptive_fi
     totals = GraphNode.objects.filter(graph=graph, level=0)
     for node in totals.order_by("rank")[:5]:
         mu = saved["mu"][node.filter, node.node] / plane
-        s2 = saved["fit_sigma2"][node.filter, node.node] / plane ** 2
+        s2 = saved["fit_sigma2"][node.filter, node.node] / plane**2
         f = np.clip(maps[:, node.filter].reshape(36, -1) / normaliser[node.filter], 0, None)
         log_density = -((centres - mu) ** 2).sum(1) / (2 * s2) - math.log(2 * math.pi * s2)
         with np.errstate(divide="ignore"):
@@ -123,23 +138,30 @@ def test_raw_filter_instability_equals_a_naive_computation(graph):
     for name in graph.landmarks:
         found = []
         for index in val:
-            box = (AnnotatedBox.objects.filter(image__dataset=graph.dataset, image__index=index, kind="part",
-                                               concept__name=name).order_by("instance", "object_index", "id").first())
+            box = (
+                AnnotatedBox.objects.filter(
+                    image__dataset=graph.dataset, image__index=index, kind="part", concept__name=name
+                )
+                .order_by("instance", "object_index", "id")
+                .first()
+            )
             if box is not None:
                 found.append((index, ((box.y1 + box.y2) / 2, (box.x1 + box.x2) / 2)))
         found.sort(key=lambda item: (-maps[item[0], row.filter].max(), item[0]))
         found = found[:5]
         if len(found) < 2:
             continue
-        distances = [np.hypot(*(centres[maps[i, row.filter].argmax()] - np.array(c))) / math.hypot(SIZE, SIZE)
-                     for i, c in found]
+        distances = [
+            np.hypot(*(centres[maps[i, row.filter].argmax()] - np.array(c))) / math.hypot(SIZE, SIZE) for i, c in found
+        ]
         expected.append(np.std(distances))
         assert row.per_landmark[name] == pytest.approx(np.std(distances), rel=1e-9)
     assert expected and row.instability == pytest.approx(np.mean(expected), rel=1e-9)
     nodes = GraphInstability.objects.filter(graph=graph, layer=layer, kind="node")
     assert nodes.count() == summary["node_patterns"] == 384
-    assert summary["nodes"] == pytest.approx(np.mean([v for v in nodes.values_list("instability", flat=True)
-                                                      if v is not None]))
+    assert summary["nodes"] == pytest.approx(
+        np.mean([v for v in nodes.values_list("instability", flat=True) if v is not None])
+    )
 
 
 def test_purity_inferences_take_thirty_percent_of_the_energy(graph):
@@ -180,18 +202,49 @@ def test_export_writes_nodes_edges_and_instability(graph, tmp_path):
 
 def test_the_command_prints_the_run_id(graph):
     out = io.StringIO()
-    call_command("learn_graph", "--network", "egnet", "--dataset", "egworld", "--layer", "conv4", "--layer", "conv5",
-                 "--nodes", "3", "--nodes", "2", "--iterations", "3", "--neighbours", "4", "--batch-size", "36",
-                 "--landmark", "head", "--landmark", "torso", "--landmark", "body", "--top-images", "5", "--inline",
-                 stdout=out, stderr=io.StringIO())
+    call_command(
+        "learn_graph",
+        "--network",
+        "egnet",
+        "--dataset",
+        "egworld",
+        "--layer",
+        "conv4",
+        "--layer",
+        "conv5",
+        "--nodes",
+        "3",
+        "--nodes",
+        "2",
+        "--iterations",
+        "3",
+        "--neighbours",
+        "4",
+        "--batch-size",
+        "36",
+        "--landmark",
+        "head",
+        "--landmark",
+        "torso",
+        "--landmark",
+        "body",
+        "--top-images",
+        "5",
+        "--inline",
+        stdout=out,
+        stderr=io.StringIO(),
+    )
     assert out.getvalue().strip() == str(graph.run_id)  # identical parameters: the finished run is reused
 
 
 def test_pages_render_for_researchers_only(graph, researcher_client):
     node = GraphNode.objects.filter(graph=graph, level=1).order_by("rank").first()
-    urls = [reverse("analysis:network_graphs", args=["egnet"]), reverse("analysis:graph_detail", args=[graph.run_id]),
-            reverse("analysis:graph_layer", args=[graph.run_id, "conv4"]),
-            reverse("analysis:graph_node", args=[graph.run_id, node.pk])]
+    urls = [
+        reverse("analysis:network_graphs", args=["egnet"]),
+        reverse("analysis:graph_detail", args=[graph.run_id]),
+        reverse("analysis:graph_layer", args=[graph.run_id, "conv4"]),
+        reverse("analysis:graph_node", args=[graph.run_id, node.pk]),
+    ]
     for url in urls:
         assert Client().get(url).status_code == 302  # anonymous: to the login page
     page = researcher_client.get(urls[1]).content.decode()
@@ -212,19 +265,41 @@ def test_pages_render_for_researchers_only(graph, researcher_client):
 
 
 def test_the_form_starts_a_run(graph, researcher_client):
-    response = researcher_client.post(reverse("analysis:network_graphs", args=["egnet"]), {
-        "dataset": "egworld", "layers": ["conv5"], "nodes_per_filter": "x", "iterations": 2, "neighbours": 3,
-        "tau": 0.1, "max_learn_images": 0, "landmarks": "head"})
+    response = researcher_client.post(
+        reverse("analysis:network_graphs", args=["egnet"]),
+        {
+            "dataset": "egworld",
+            "layers": ["conv5"],
+            "nodes_per_filter": "x",
+            "iterations": 2,
+            "neighbours": 3,
+            "tau": 0.1,
+            "max_learn_images": 0,
+            "landmarks": "head",
+        },
+    )
     assert response.status_code == 200 and "whole numbers" in response.content.decode()
-    response = researcher_client.post(reverse("analysis:network_graphs", args=["egnet"]), {
-        "dataset": "egworld", "layers": ["conv5"], "nodes_per_filter": "4", "iterations": 2, "neighbours": 3,
-        "tau": 0.1, "max_learn_images": 0, "landmarks": "head, torso"})
+    response = researcher_client.post(
+        reverse("analysis:network_graphs", args=["egnet"]),
+        {
+            "dataset": "egworld",
+            "layers": ["conv5"],
+            "nodes_per_filter": "4",
+            "iterations": 2,
+            "neighbours": 3,
+            "tau": 0.1,
+            "max_learn_images": 0,
+            "landmarks": "head, torso",
+        },
+    )
     run = Run.objects.filter(kind="explanatory_graph").order_by("-pk").first()
     assert response.status_code == 302 and response["Location"] == run.get_absolute_url()
     assert run.params["layers"] == ["conv5"] and run.params["nodes_per_filter"] == [4]
     assert run.params["landmarks"] == ["head", "torso"]
-    for url in (reverse("analysis:network_detail", args=["egnet"]),
-                reverse("analysis:layer_detail", args=["egnet", "conv4"])):
+    for url in (
+        reverse("analysis:network_detail", args=["egnet"]),
+        reverse("analysis:layer_detail", args=["egnet", "conv4"]),
+    ):
         assert reverse("analysis:network_graphs", args=["egnet"]) in researcher_client.get(url).content.decode()
 
 
@@ -235,31 +310,50 @@ def test_a_category_graph_learns_on_its_images_and_measures_its_own_objects_land
 
     objects = AnnotatedBox.objects.filter(image__dataset=graph.dataset, kind="object")
     category = Counter(objects.values_list("concept__name", flat=True)).most_common(1)[0][0]
-    run = graph_run_start(inline=True, **{**PARAMS, "layers": ["conv5"], "nodes_per_filter": [2], "iterations": 2,
-                                          "category": category, "landmarks": []})
+    run = graph_run_start(
+        inline=True,
+        **{
+            **PARAMS,
+            "layers": ["conv5"],
+            "nodes_per_filter": [2],
+            "iterations": 2,
+            "category": category,
+            "landmarks": [],
+        },
+    )
     assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
     small = ExplanatoryGraph.objects.get(run=run)
-    holding = {index: split for index, split in objects.filter(concept__name=category)
-               .values_list("image__index", "image__split")}
+    holding = {
+        index: split
+        for index, split in objects.filter(concept__name=category).values_list("image__index", "image__split")
+    }
     assert small.n_learn_images == sum(split == "train" for split in holding.values())
     assert small.params["category"] == category
     # no landmarks named: the three part classes found on most of the category's objects
     owners = set(objects.filter(concept__name=category).values_list("image__index", "object_index"))
-    part_objects = Counter(name for name, index, obj in set(AnnotatedBox.objects.filter(
-        image__dataset=graph.dataset, kind="part").values_list("concept__name", "image__index", "object_index"))
-        if (index, obj) in owners)
+    part_objects = Counter(
+        name
+        for name, index, obj in set(
+            AnnotatedBox.objects.filter(image__dataset=graph.dataset, kind="part").values_list(
+                "concept__name", "image__index", "object_index"
+            )
+        )
+        if (index, obj) in owners
+    )
     assert small.landmarks == sorted(sorted(part_objects, key=lambda name: (-part_objects[name], name))[:3])
     layer = small.network.layers.get(name="conv5")
     row = GraphInstability.objects.get(graph=small, layer=layer, kind="filter", rank=1)
-    maps = np.asarray(open_activation_cache(layer.extractions.get(run_id=small.extraction_runs["conv5"])),
-                      dtype=np.float64).reshape(36, 128, -1)
+    maps = np.asarray(
+        open_activation_cache(layer.extractions.get(run_id=small.extraction_runs["conv5"])), dtype=np.float64
+    ).reshape(36, 128, -1)
     centres = _centres(layer) * (SIZE / 112)
     compared = 0
     for name in small.landmarks:
         found = []
         for index in sorted(i for i, split in holding.items() if split == "val"):
-            boxes = (AnnotatedBox.objects.filter(image__dataset=small.dataset, image__index=index, kind="part",
-                                                 concept__name=name).order_by("instance", "object_index", "id"))
+            boxes = AnnotatedBox.objects.filter(
+                image__dataset=small.dataset, image__index=index, kind="part", concept__name=name
+            ).order_by("instance", "object_index", "id")
             box = next((b for b in boxes if (index, b.object_index) in owners), None)
             if box is not None:
                 found.append((index, ((box.y1 + box.y2) / 2, (box.x1 + box.x2) / 2)))
@@ -268,8 +362,9 @@ def test_a_category_graph_learns_on_its_images_and_measures_its_own_objects_land
         if len(found) < 2:
             assert name not in row.per_landmark or row.per_landmark[name] is None
             continue
-        distances = [np.hypot(*(centres[maps[i, row.filter].argmax()] - np.array(c))) / math.hypot(SIZE, SIZE)
-                     for i, c in found]
+        distances = [
+            np.hypot(*(centres[maps[i, row.filter].argmax()] - np.array(c))) / math.hypot(SIZE, SIZE) for i, c in found
+        ]
         assert row.per_landmark[name] == pytest.approx(np.std(distances), rel=1e-9)
         compared += 1
     assert compared

@@ -1,5 +1,6 @@
 """Exports downloaded from the site (and the same files through the API): study judgments with provenance,
 aggregated results, agreement reports, the self-contained study report, and run exports as zips."""
+
 from __future__ import annotations
 
 import csv
@@ -25,17 +26,22 @@ FILES = ["judgments.csv", "judgments.json", "results.csv", "results.json", "agre
 def study(researcher):
     """Paper plan, 2 units × classes bird (overlap), car, tree; expert1 answers, then revises one answer."""
     world = build_study_world(units=2)
-    study = services.study_create(name="exported <b>study</b>", extraction=world, experts=make_experts(2),
-                                  overlap_class="bird", created_by=researcher)
+    study = services.study_create(
+        name="exported <b>study</b>",
+        extraction=world,
+        experts=make_experts(2),
+        overlap_class="bird",
+        created_by=researcher,
+    )
     raters = {rater.name: rater for rater in study.raters.all()}
     for name, answer, concept in (("expert1", "part", "Wheels"), ("expert2", "part", "wheel")):
         while (task := services.task_next_for_rater(rater=raters[name])) is not None:
-            services.judgment_submit(rater=raters[name], task=task, answer=answer, concept=concept,
-                                     started_at=None)
+            services.judgment_submit(rater=raters[name], task=task, answer=answer, concept=concept, started_at=None)
     first = Judgment.objects.filter(rater=raters["expert2"], task__item="0/bird").get()
     services.judgment_submit(rater=raters["expert2"], task=first.task, answer="no")  # a revision
-    services.simulated_raters_run(study=study, raters=1, error_rate=0.0,
-                                  truth={task.pk: ("background", "grass") for task in study.tasks.all()})
+    services.simulated_raters_run(
+        study=study, raters=1, error_rate=0.0, truth={task.pk: ("background", "grass") for task in study.tasks.all()}
+    )
     return study
 
 
@@ -88,15 +94,23 @@ def test_judgments_csv_and_json_carry_full_provenance(researcher_client, study):
 
 
 def test_results_are_aggregated_per_task(researcher_client, study):
-    rows = {row["item"]: row for row in
-            csv.DictReader(io.StringIO(download(researcher_client, study, "results.csv").content.decode()))}
+    rows = {
+        row["item"]: row
+        for row in csv.DictReader(io.StringIO(download(researcher_client, study, "results.csv").content.decode()))
+    }
     assert len(rows) == 6
     # 0/bird: expert1 part "Wheels", expert2 now "no" → a tie, no majority; one name.
-    assert (rows["0/bird"]["raters"], rows["0/bird"]["n_part"], rows["0/bird"]["n_no"], rows["0/bird"]["majority"]) \
-        == ("2", "1", "1", "")
+    assert (rows["0/bird"]["raters"], rows["0/bird"]["n_part"], rows["0/bird"]["n_no"], rows["0/bird"]["majority"]) == (
+        "2",
+        "1",
+        "1",
+        "",
+    )
     # 1/bird: both part, "Wheels" and "wheel" normalise to one name given twice.
     assert rows["1/bird"]["majority"] == "part" and float(rows["1/bird"]["majority_share"]) == 1.0
-    assert json.loads(rows["1/bird"]["names"]) == [{"name": "wheel", "count": 2}] and rows["1/bird"]["top_name"] == "wheel"
+    assert (
+        json.loads(rows["1/bird"]["names"]) == [{"name": "wheel", "count": 2}] and rows["1/bird"]["top_name"] == "wheel"
+    )
     simulated = json.loads(download(researcher_client, study, "results.json", simulated="only").content)
     assert simulated["simulated"] == "only"
     assert all(row["majority"] == "background" and row["raters"] == 1 for row in simulated["results"])
@@ -135,8 +149,16 @@ def extraction_run(settings):
     run = Run.objects.create(kind="extract", params={"layers": ["conv5"]}, params_hash="e", status="succeeded")
     dataset = Dataset.objects.create(name="three", kind="probe_world", root_dir="/nonexistent", image_count=3)
     for index in range(3):
-        DatasetImage.objects.create(dataset=dataset, index=index, path=f"img{index}.png", split="train", height=8,
-                                    width=8, seg_height=4, seg_width=4)
+        DatasetImage.objects.create(
+            dataset=dataset,
+            index=index,
+            path=f"img{index}.png",
+            split="train",
+            height=8,
+            width=8,
+            seg_height=4,
+            seg_width=4,
+        )
     network = Network.objects.create(name="n", source="module", input_height=8, input_width=8, mean=[0], std=[1])
     layer = Layer.objects.create(network=network, name="conv5", order=5, units=2, out_height=2, out_width=2)
     cache = settings.UNITSCOPE_DATA_DIR / "cache"
@@ -144,16 +166,28 @@ def extraction_run(settings):
     (cache / "meta.json").write_text(json.dumps({"shape": list(MAPS.shape)}))
     MAPS.tofile(cache / "maps.f16")
     extraction = LayerExtraction.objects.create(
-        run=run, layer=layer, dataset=dataset, cache_key="e", cache_path=str(cache), stats_path="", n_images=3,
-        map_height=2, map_width=2, quantile=0.995, k_overall=15, k_per_class=10)
+        run=run,
+        layer=layer,
+        dataset=dataset,
+        cache_key="e",
+        cache_path=str(cache),
+        stats_path="",
+        n_images=3,
+        map_height=2,
+        map_width=2,
+        quantile=0.995,
+        k_overall=15,
+        k_per_class=10,
+    )
     for index, (peak, threshold, active) in enumerate([(4.75, 4.5, 3), (0.0, 0.0, 0)]):  # unit 1 reads as dead
         unit = layer.unit_set.create(index=index)
         extraction.unit_summaries.create(unit=unit, max_activation=peak, threshold=threshold, active_images=active)
     return run
 
 
-def test_run_export_downloads_as_zip_from_the_run_page_and_the_api(researcher_client, researcher, extraction_run,
-                                                                     tmp_path):
+def test_run_export_downloads_as_zip_from_the_run_page_and_the_api(
+    researcher_client, researcher, extraction_run, tmp_path
+):
     from analysis.services.exports import run_export
 
     page = researcher_client.get(reverse("analysis:run_detail", args=[extraction_run.pk])).content.decode()
@@ -176,8 +210,13 @@ def test_run_export_downloads_as_zip_from_the_run_page_and_the_api(researcher_cl
                 elif name == "images.csv":
                     assert got == content == b"index,image\n0,img0.png\n1,img1.png\n2,img2.png\n"
                 elif name == "conv5_units.csv":
-                    assert got == content == (b"unit,max_activation,threshold,active_images,status\n"
-                                              b"0,4.75,4.5,3,live\n1,0.0,0.0,0,dead\n")
+                    assert (
+                        got
+                        == content
+                        == (
+                            b"unit,max_activation,threshold,active_images,status\n0,4.75,4.5,3,live\n1,0.0,0.0,0,dead\n"
+                        )
+                    )
                 else:
                     assert json.loads(got)["run"] == extraction_run.pk and json.loads(got)["layers"] == ["conv5"]
 
@@ -225,14 +264,27 @@ def test_crowd_answers_and_results_from_the_site_and_the_api(researcher_client, 
         assert row["grid_sha256"] == assignment.hit.grid.sha256 and row["answer"] == assignment.answer
         assert row["worker_external_id"] == assignment.worker.external_id
         assert row["worker_simulated"] == str(int(assignment.worker.simulated))
-    results = {row["hit"]: row for row in json.loads(
-        researcher_client.get(reverse("annotation:crowd_study_export", args=[study.pk, "results.json"])).content)["results"]}
+    results = {
+        row["hit"]: row
+        for row in json.loads(
+            researcher_client.get(reverse("annotation:crowd_study_export", args=[study.pk, "results.json"])).content
+        )["results"]
+    }
     first, second = results[hits[0].pk], results[hits[1].pk]
-    assert (first["answers"], first["n_yes"], first["n_no"], first["majority"], first["tied"]) == (2 + 1, 2, 1, "yes", False)
+    assert (first["answers"], first["n_yes"], first["n_no"], first["majority"], first["tied"]) == (
+        2 + 1,
+        2,
+        1,
+        "yes",
+        False,
+    )
     assert first["majority_share"] == pytest.approx(2 / 3)
     assert (second["answers"], second["n_yes"], second["n_no"], second["tied"]) == (2, 1, 1, True)  # a tie, flagged
-    everyone = json.loads(researcher_client.get(reverse("annotation:crowd_study_export", args=[study.pk, "results.json"]),
-                                                {"simulated": "include"}).content)["results"]
+    everyone = json.loads(
+        researcher_client.get(
+            reverse("annotation:crowd_study_export", args=[study.pk, "results.json"]), {"simulated": "include"}
+        ).content
+    )["results"]
     assert sum(row["answers"] for row in everyone) == 6
     api = token_client(researcher)
     assert api.get(reverse("api:crowd-study-list")).json()["results"][0]["hit_count"] == 2

@@ -1,4 +1,5 @@
 """Extraction, exemplars, grids and export against the database, on a tiny probe world and a seeded network."""
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,9 @@ def test_statistics_equal_brute_force_over_the_cached_maps(world):
     extraction = LayerExtraction.objects.get(run=run, layer__name="conv5")
     maps = np.asarray(open_activation_cache(extraction), dtype=np.float32)  # [N, U, h, w]
     assert maps.shape == (36, 128, extraction.map_height, extraction.map_width)
-    classes = np.array([name for name in extraction.dataset.images.order_by("index")
-                        .values_list("object_class__name", flat=True)])
+    classes = np.array(
+        [name for name in extraction.dataset.images.order_by("index").values_list("object_class__name", flat=True)]
+    )
     scores = maps.reshape(36, 128, -1).max(axis=2)
     sums = maps.astype(np.float64).reshape(36, 128, -1).sum(axis=2)  # ties at the maximum: higher map sum first
     for unit in (0, 17, 127):
@@ -50,8 +52,9 @@ def test_statistics_equal_brute_force_over_the_cached_maps(world):
         order = sorted(range(36), key=lambda image: (-scores[image, unit], -sums[image, unit], image))
         top = ExemplarSet.objects.get(extraction=extraction, unit__index=unit, kind=ExemplarKind.TOP_OVERALL)
         assert top.image_indices == order[:15]
-        for class_set in ExemplarSet.objects.filter(extraction=extraction, unit__index=unit,
-                                                    kind=ExemplarKind.TOP_CLASS).select_related("object_class"):
+        for class_set in ExemplarSet.objects.filter(
+            extraction=extraction, unit__index=unit, kind=ExemplarKind.TOP_CLASS
+        ).select_related("object_class"):
             members = [image for image in order if classes[image] == class_set.object_class.name]
             assert class_set.image_indices == members[:10]
             for image, (y, x) in zip(class_set.image_indices, class_set.peaks):
@@ -64,13 +67,19 @@ def test_identical_activations_are_reused_without_a_forward_pass(world, monkeypa
     first = extract()
     assert extract().pk == first.pk  # the identical run is reused whole
     # Another run over the same activations (another k) reads the cache and never builds the network.
-    monkeypatch.setattr("analysis.engine.networks.load_network",
-                        lambda *args, **kwargs: pytest.fail("the network was loaded: the cache was not reused"))
+    monkeypatch.setattr(
+        "analysis.engine.networks.load_network",
+        lambda *args, **kwargs: pytest.fail("the network was loaded: the cache was not reused"),
+    )
     second = extract(k_overall=12)
     assert second.pk != first.pk and not second.result["forward_pass"]
     assert second.result["reused_layers"] == ["conv3", "conv5"]
-    old = UnitActivationSummary.objects.filter(extraction__run=first).order_by("extraction__layer__order", "unit__index")
-    new = UnitActivationSummary.objects.filter(extraction__run=second).order_by("extraction__layer__order", "unit__index")
+    old = UnitActivationSummary.objects.filter(extraction__run=first).order_by(
+        "extraction__layer__order", "unit__index"
+    )
+    new = UnitActivationSummary.objects.filter(extraction__run=second).order_by(
+        "extraction__layer__order", "unit__index"
+    )
     assert [s.threshold for s in old] == [s.threshold for s in new]
     monkeypatch.undo()
     # A changed input (another layer) invalidates: a forward pass for it.
@@ -90,8 +99,16 @@ def test_activations_beyond_float16_fail_the_run_naming_the_units(make_probe_wor
     from analysis.services.networks import network_register
 
     make_probe_world("tiny", n_images=36, size=SIZE, seed=5)
-    network_register(name="huge", spec=NetworkSpec(kind=NetworkKind.MODULE, target="tests.real_network_builders:overflowing",
-                                                   input_size=(SIZE, SIZE), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    network_register(
+        name="huge",
+        spec=NetworkSpec(
+            kind=NetworkKind.MODULE,
+            target="tests.real_network_builders:overflowing",
+            input_size=(SIZE, SIZE),
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+        ),
+    )
     run = extraction_run_start(network="huge", dataset="tiny", layers=["1"], batch_size=8, inline=True)
     assert run.status == RunStatus.FAILED
     assert "float16" in run.error and "1 unit reach" in run.error and "unit (largest |value|) 1 (" in run.error
@@ -142,6 +159,7 @@ def test_export_run_writes_the_exact_maps(world, tmp_path):
     images = torch.from_numpy(np.stack([reader.load_image(row) for row in islice(reader.rows(), 8)]))
     model = load_network(network_spec(world), device="cpu")
     with torch.no_grad():
-        direct = capture_forward(model, normalize_images(images.permute(0, 3, 1, 2), world.mean, world.std),
-                                 ["conv4"])["conv4"]
+        direct = capture_forward(model, normalize_images(images.permute(0, 3, 1, 2), world.mean, world.std), ["conv4"])[
+            "conv4"
+        ]
     np.testing.assert_allclose(exported[:8], direct.numpy(), rtol=2e-3, atol=2e-3)

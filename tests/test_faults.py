@@ -4,6 +4,7 @@ and double submits (double clicks, retries).
 The PostgreSQL test starts its own throwaway cluster (``benchmarks.loadkit.ThrowawayPostgres``: initdb into a
 temporary directory, a free loopback port) and restarts only that one; the site runs under gunicorn against it.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,13 +27,35 @@ from tests.conftest import PROJECT_DIR, _database_url_for_subprocess
 
 def start_worker(log_path: Path) -> subprocess.Popen:
     """A real Celery worker in its own process group (so that the whole group can be killed at once)."""
-    env = dict(os.environ, DATABASE_URL=_database_url_for_subprocess(),
-               DJANGO_SETTINGS_MODULE="unitscope.settings.test")
+    env = dict(
+        os.environ, DATABASE_URL=_database_url_for_subprocess(), DJANGO_SETTINGS_MODULE="unitscope.settings.test"
+    )
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "unitscope", "worker", "-Q", "default,gpu", "-c", "1",
-             "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-n", f"fault-{time.monotonic_ns()}@%h"],
-            cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "unitscope",
+                "worker",
+                "-Q",
+                "default,gpu",
+                "-c",
+                "1",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"fault-{time.monotonic_ns()}@%h",
+            ],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 90
     while "ready." not in log_path.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -51,8 +74,9 @@ def kill_group(process: subprocess.Popen) -> None:
 
 
 @pytest.mark.worker
-def test_killed_worker_leaves_a_failed_run_never_a_half_written_success(transactional_db, tiny_layer,
-                                                                        tmp_path, researcher_client):
+def test_killed_worker_leaves_a_failed_run_never_a_half_written_success(
+    transactional_db, tiny_layer, tmp_path, researcher_client
+):
     from analysis.models import LayerDissection, Run, RunStatus, UnitDissection
     from analysis.services.dissection import dissection_run_start
 
@@ -60,8 +84,9 @@ def test_killed_worker_leaves_a_failed_run_never_a_half_written_success(transact
     try:
         caught = None
         for seed in range(3):  # a dissection this small may finish before we see it running: try again
-            run = dissection_run_start(network="seeded", dataset="tiny", layer="conv5", baseline="shuffled",
-                                       shuffle_seed=seed, batch_size=1)
+            run = dissection_run_start(
+                network="seeded", dataset="tiny", layer="conv5", baseline="shuffled", shuffle_seed=seed, batch_size=1
+            )
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 status = Run.objects.filter(pk=run.pk).values_list("status", flat=True).get()
@@ -117,6 +142,7 @@ def test_killed_worker_leaves_a_failed_run_never_a_half_written_success(transact
 
 # -- PostgreSQL restarted while people submit --------------------------------------------------------------------
 
+
 class Log:
     def __init__(self):
         self.lock = threading.Lock()
@@ -147,9 +173,11 @@ def expert_loop(base: str, username: str, study: int, rounds: int, log: Log, dea
     session = Session(base, timeout=20)
     try:
         retrying(log, lambda: session.get("/login/"), deadline=deadline)
-        status, _, _ = retrying(log, lambda: session.post("/login/", {"username": username,
-                                                                      "password": "load-test-password-9"}),
-                                deadline=deadline)
+        status, _, _ = retrying(
+            log,
+            lambda: session.post("/login/", {"username": username, "password": "load-test-password-9"}),
+            deadline=deadline,
+        )
         assert status == 302, status
         for _ in range(rounds):
             status, headers, _ = retrying(log, lambda: session.get(f"/expert/studies/{study}/next/"), deadline=deadline)
@@ -161,8 +189,14 @@ def expert_loop(base: str, username: str, study: int, rounds: int, log: Log, dea
             data = {"answer": "no", "shown": shown.group(1).decode() if shown else ""}
             # A double click: the same answer twice, at once.
             results = []
-            twins = [threading.Thread(target=lambda: results.append(
-                retrying(log, lambda: session.post(task_url, data), deadline=deadline)[0])) for _ in range(2)]
+            twins = [
+                threading.Thread(
+                    target=lambda: results.append(
+                        retrying(log, lambda: session.post(task_url, data), deadline=deadline)[0]
+                    )
+                )
+                for _ in range(2)
+            ]
             for twin in twins:
                 twin.start()
             for twin in twins:
@@ -173,7 +207,7 @@ def expert_loop(base: str, username: str, study: int, rounds: int, log: Log, dea
                     log.succeeded["expert"].append((username, task_url))
                 if any(status not in (302,) for status in results):
                     log.errors.append(f"{username} {task_url}: {results}")
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         with log.lock:
             log.errors.append(f"{username}: {type(error).__name__}: {error}")
 
@@ -199,7 +233,7 @@ def crowd_loop(base: str, token: str, number: int, rounds: int, log: Log, deadli
                     log.succeeded["crowd"].append((str(number), task_url))
                 else:
                     log.errors.append(f"crowd {number} {task_url}: {first}, {again}")
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         with log.lock:
             log.errors.append(f"crowd {number}: {type(error).__name__}: {error}")
 
@@ -213,10 +247,16 @@ def test_postgres_restart_while_experts_and_crowd_submit(tmp_path):
         with Server(env, workers=2, threads=4, log=tmp_path / "gunicorn.log") as server:
             log = Log()
             deadline = time.monotonic() + 150
-            clients = [threading.Thread(target=expert_loop, args=(server.base, name, world["study"], rounds, log,
-                                                                  deadline)) for name in world["experts"]]
-            clients += [threading.Thread(target=crowd_loop, args=(server.base, world["crowd_token"], number, rounds,
-                                                                  log, deadline)) for number in range(people)]
+            clients = [
+                threading.Thread(target=expert_loop, args=(server.base, name, world["study"], rounds, log, deadline))
+                for name in world["experts"]
+            ]
+            clients += [
+                threading.Thread(
+                    target=crowd_loop, args=(server.base, world["crowd_token"], number, rounds, log, deadline)
+                )
+                for number in range(people)
+            ]
             for client in clients:
                 client.start()
             while log.submits < people and time.monotonic() < deadline:  # some answers are in: now restart
@@ -231,10 +271,14 @@ def test_postgres_restart_while_experts_and_crowd_submit(tmp_path):
             assert not any(client.is_alive() for client in clients)
             after = Session(server.base).get("/login/")[0]
             server_log = (tmp_path / "gunicorn.log").read_text()
-        judgments = pg.query("faults", "SELECT r.name, t.id FROM annotation_judgment j JOIN annotation_studyrater r "
-                                       "ON r.id = j.rater_id JOIN annotation_studytask t ON t.id = j.task_id")
-        crowd_rows = pg.query("faults", "SELECT worker_id, hit_id FROM annotation_crowdassignment "
-                                        "WHERE state = 'submitted'")
+        judgments = pg.query(
+            "faults",
+            "SELECT r.name, t.id FROM annotation_judgment j JOIN annotation_studyrater r "
+            "ON r.id = j.rater_id JOIN annotation_studytask t ON t.id = j.task_id",
+        )
+        crowd_rows = pg.query(
+            "faults", "SELECT worker_id, hit_id FROM annotation_crowdassignment WHERE state = 'submitted'"
+        )
     assert not log.errors, log.errors
     assert before < people * rounds * 2, "the restart came after the work was done"
     # During the outage requests failed cleanly: 503 with Retry-After (or the connection refused), no other 5xx.
@@ -253,6 +297,7 @@ def test_postgres_restart_while_experts_and_crowd_submit(tmp_path):
 
 # -- double submits ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_double_submits_are_idempotent(client, researcher):
     from annotation.crowd import services as crowd_services
@@ -262,8 +307,9 @@ def test_double_submits_are_idempotent(client, researcher):
     from tests.test_crowd_study import enter, validation_study
     from tests.test_expert_study import build_study_world, make_experts
 
-    study = services.study_create(name="twice", extraction=build_study_world(units=1), experts=make_experts(1),
-                                  plan="full")
+    study = services.study_create(
+        name="twice", extraction=build_study_world(units=1), experts=make_experts(1), plan="full"
+    )
     rater = study.raters.get()
     client.force_login(rater.user)
     task = services.task_next_for_rater(rater=rater)

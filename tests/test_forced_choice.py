@@ -1,6 +1,7 @@
 """Forced-choice studies (issue 17) against the database and through HTTP: planning from a real extraction's
 activation statistics (queries never among references, balanced sides, conditions, catch and practice trials),
 the worker's practice and trial pages, blindness (HTML, URLs, image names), answers with condition and times."""
+
 from __future__ import annotations
 
 import json
@@ -15,21 +16,40 @@ from analysis.models import LayerExtraction
 from annotation.crowd import services
 from annotation.crowd.forced_choice_plan import forced_choice_study_create
 from annotation.crowd.hits import unit_image_scores
-from annotation.models import (ConditionAssignment, CrowdAssignment, CrowdAssignmentState, CrowdTaskKind,
-                               ForcedChoiceCondition, ForcedChoiceReference, ForcedChoiceTrial, HitRole)
+from annotation.models import (
+    ConditionAssignment,
+    CrowdAssignment,
+    CrowdAssignmentState,
+    CrowdTaskKind,
+    ForcedChoiceCondition,
+    ForcedChoiceReference,
+    ForcedChoiceTrial,
+    HitRole,
+)
 from tests.test_crowd_pages import Links
 
 pytestmark = pytest.mark.django_db
-ALL_CONDITIONS = [ForcedChoiceCondition.NATURAL, ForcedChoiceCondition.OVERLAY, ForcedChoiceCondition.NON_EXTREMAL,
-                  ForcedChoiceCondition.NONE]
+ALL_CONDITIONS = [
+    ForcedChoiceCondition.NATURAL,
+    ForcedChoiceCondition.OVERLAY,
+    ForcedChoiceCondition.NON_EXTREMAL,
+    ForcedChoiceCondition.NONE,
+]
 SMALL = dict(reference_count=4, query_ranks=(5, 9), non_extremal_ranks=(10, 16))
 """36 probe images: 4 + 4 references, queries from ranks 5-9, non-extremal references from ranks 10-16."""
 
 
 def fc_study(run, name="fc", **kwargs):
     extraction = LayerExtraction.objects.get(run=run, layer__name="conv5")
-    params = dict(conditions=ALL_CONDITIONS, trials_per_unit=2, practice_trials=2, catch_rate=0.1,
-                  assignments_per_hit=2, seed=3, **SMALL)
+    params = dict(
+        conditions=ALL_CONDITIONS,
+        trials_per_unit=2,
+        practice_trials=2,
+        catch_rate=0.1,
+        assignments_per_hit=2,
+        seed=3,
+        **SMALL,
+    )
     params.update(kwargs)
     return forced_choice_study_create(name=name, extractions=[extraction], **params), extraction
 
@@ -67,9 +87,14 @@ def test_planning_keeps_queries_out_of_references_balances_sides_and_conditions(
     assert not ForcedChoiceReference.objects.filter(study=study, condition=ForcedChoiceCondition.NONE).exists()
 
     # Between workers: one HIT per trial, the condition is the worker's, in turn by arrival.
-    study, _ = fc_study(tiny_layer_with_grids, name="fc-workers", condition_assignment=ConditionAssignment.WORKERS,
-                        conditions=[ForcedChoiceCondition.NATURAL, ForcedChoiceCondition.NONE], practice_trials=0,
-                        catch_rate=0.0)
+    study, _ = fc_study(
+        tiny_layer_with_grids,
+        name="fc-workers",
+        condition_assignment=ConditionAssignment.WORKERS,
+        conditions=[ForcedChoiceCondition.NATURAL, ForcedChoiceCondition.NONE],
+        practice_trials=0,
+        catch_rate=0.0,
+    )
     seen = []
     for number in range(4):
         worker, _ = services.worker_enter(study=study, adapter="link", external_id=f"w{number}")
@@ -165,17 +190,25 @@ def test_a_worker_practises_then_answers_blind_trials(tiny_layer_with_grids):
     assert result.assignment.client_ms is None and result.assignment.confidence is None
 
 
-def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(tiny_layer_with_grids,
-                                                                              researcher_client):
+def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(
+    tiny_layer_with_grids, researcher_client
+):
     from scipy import stats
     from statsmodels.stats.proportion import proportion_confint
 
     from annotation.crowd.forced_choice_report import forced_choice_export_file, forced_choice_report
     from annotation.crowd.forced_choice_simulation import forced_choice_simulate
 
-    study, _ = fc_study(tiny_layer_with_grids, name="fc-sim", trials_per_unit=4, assignments_per_hit=6,
-                        conditions=[ForcedChoiceCondition.NATURAL, ForcedChoiceCondition.NONE], catch_rate=0.15,
-                        hits_per_session=1000, units=range(12))
+    study, _ = fc_study(
+        tiny_layer_with_grids,
+        name="fc-sim",
+        trials_per_unit=4,
+        assignments_per_hit=6,
+        conditions=[ForcedChoiceCondition.NATURAL, ForcedChoiceCondition.NONE],
+        catch_rate=0.15,
+        hits_per_session=1000,
+        units=range(12),
+    )
     outcome = forced_choice_simulate(study=study, seed=2)
     assert outcome["submitted"] > 0
     people = forced_choice_report(study)
@@ -184,7 +217,7 @@ def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(t
     careless = {reason for name, reason in report["excluded_workers"] if name == "fc-simulated-7"}
     assert careless and ("response time" in next(iter(careless)) or "catch" in next(iter(careless)))
     assert {name for name, _ in report["excluded_workers"]} == {"fc-simulated-7"}
-    rho, p, n = report["planted_rho"]
+    rho, _p, n = report["planted_rho"]
     assert n >= 8 and rho > 0.6, report["planted_rho"]
     natural = {row["unit"]: row for row in report["units"] if row["condition"] == "natural"}
     for row in list(natural.values())[:5]:
@@ -196,25 +229,28 @@ def test_simulated_crowd_report_recovers_planted_readability_and_matches_scipy(t
     none = {row["unit"]: row["proportion"] for row in report["units"] if row["condition"] == "none"}
     keys = sorted(set(natural) & set(none))
     assert test["n"] == len(keys)
-    assert test["wilcoxon_p"] == pytest.approx(stats.wilcoxon([natural[k]["proportion"] for k in keys],
-                                                              [none[k] for k in keys]).pvalue)
+    assert test["wilcoxon_p"] == pytest.approx(
+        stats.wilcoxon([natural[k]["proportion"] for k in keys], [none[k] for k in keys]).pvalue
+    )
     assert all(row["proxy"] is not None for row in report["comparison"])
     iou = next(row for row in report["correlations"] if row["score"] == "iou")
     assert iou["n"] == 0 or iou["n"] == len(report["comparison"])
-    text, content_type, filename = forced_choice_export_file(study, "trials.csv", simulated="include")
+    text, _content_type, filename = forced_choice_export_file(study, "trials.csv", simulated="include")
     header = text.splitlines()[0].split(",")
     assert "exclusion_reason" in header and "strong_rank" in header and "top_reference_ranks" in header
     assert "fc-simulated-7" in text and filename.endswith("trials-simulated-include.csv")
     seconds = [row["seconds"] for row in report["trials"] if not row["excluded"]]
     assert 2.0 < float(np.median(seconds)) < 6.0
     # The report page, the site's export and the API's file.
-    page = researcher_client.get(reverse("annotation:crowd_report_forced_choice", args=[study.pk])
-                                 + "?simulated=include")
+    page = researcher_client.get(
+        reverse("annotation:crowd_report_forced_choice", args=[study.pk]) + "?simulated=include"
+    )
     html = page.content.decode()
     assert page.status_code == 200 and "Does the machine predict the human?" in html and "<svg" in html
     assert "fc-simulated-7" in html and "Clopper" in html
-    export = researcher_client.get(reverse("annotation:crowd_study_export", args=[study.pk, "comparison.json"])
-                                   + "?simulated=include")
+    export = researcher_client.get(
+        reverse("annotation:crowd_study_export", args=[study.pk, "comparison.json"]) + "?simulated=include"
+    )
     data = json.loads(export.content)
     assert {row["unit"] for row in data["comparison"]} == {row["unit"] for row in report["comparison"]}
     api = researcher_client.get(f"/api/crowd-studies/{study.pk}/files/units.json/?simulated=include")
@@ -226,8 +262,9 @@ def test_demo_forced_choice_study_is_simulated_then_open_to_people(tiny_layer_wi
     from annotation.crowd.forced_choice_report import forced_choice_report
 
     assert demo.demo_trial_params(36)["reference_count"] == 3
-    study = demo.demo_forced_choice_study_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=range(6),
-                                                 assignments_per_hit=2, proxy=True)
+    study = demo.demo_forced_choice_study_ensure(
+        network="seeded", dataset="tiny", layers=("conv5",), units=range(6), assignments_per_hit=2, proxy=True
+    )
     answers = CrowdAssignment.objects.filter(hit__study=study).count()
     assert answers > 0 and study.workers.filter(simulated=False).count() == 0
     again = demo.demo_forced_choice_study_ensure(network="seeded", dataset="tiny", layers=("conv5",), units=range(6))
@@ -245,16 +282,32 @@ def test_demo_forced_choice_study_is_simulated_then_open_to_people(tiny_layer_wi
 
     from accounts.roles import Role
     from accounts.services import user_create
+
     client = Client()
     client.force_login(user_create(username="rf", password="a-test-password-9", role=Role.RESEARCHER))
     assert client.get(reverse("annotation:crowd_report", args=[study.pk]) + "?simulated=include").status_code == 200
     assert client.get(reverse("annotation:crowd_study_detail", args=[study.pk])).status_code == 200
     extraction = LayerExtraction.objects.get(run=tiny_layer_with_grids, layer__name="conv5")
-    response = client.post(reverse("annotation:crowd_study_create"), {
-        "name": "fc-form", "kind": "forced_choice", "extractions": [extraction.pk], "units": "0-3",
-        "assignments_per_hit": 2, "gold_rate": 0.1, "qualification_required": "on", "lease_seconds": 600,
-        "overlap_rule": "fixed", "purity_mass": 0.3, "external_submit_hosts": "www.mturk.com", "seed": 0,
-        "conditions": ["natural", "none"], "condition_assignment": "workers", "trials_per_unit": 1})
+    response = client.post(
+        reverse("annotation:crowd_study_create"),
+        {
+            "name": "fc-form",
+            "kind": "forced_choice",
+            "extractions": [extraction.pk],
+            "units": "0-3",
+            "assignments_per_hit": 2,
+            "gold_rate": 0.1,
+            "qualification_required": "on",
+            "lease_seconds": 600,
+            "overlap_rule": "fixed",
+            "purity_mass": 0.3,
+            "external_submit_hosts": "www.mturk.com",
+            "seed": 0,
+            "conditions": ["natural", "none"],
+            "condition_assignment": "workers",
+            "trials_per_unit": 1,
+        },
+    )
     assert response.status_code in (200, 302)
     text = response.content.decode()
     # 36 probe images are too few for the papers' 9 + 9 references and ranks 10-19: a readable refusal.

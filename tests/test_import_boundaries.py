@@ -16,6 +16,7 @@
 The checker itself is tested on small synthetic packages with planted violations, so a broken checker cannot pass
 silently.
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,19 +30,39 @@ import pytest
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("accounts", "analysis", "annotation", "api", "unitscope")
 
-FLOOR = ("annotation.models", "annotation.claims", "annotation.naming", "annotation.common", "annotation.fields",
-         "annotation.migrations")
+FLOOR = (
+    "annotation.models",
+    "annotation.claims",
+    "annotation.naming",
+    "annotation.common",
+    "annotation.fields",
+    "annotation.migrations",
+)
 """Modules both wings stand on: they import no wing."""
 WIRING = ("annotation.urls", "annotation.admin", "annotation.apps")
 """Floor modules that wire the wings into the site (URLs, the admin, demo hooks): allowed to import a wing."""
 WINGS = ("annotation.expert", "annotation.crowd")
 
 WING_LAYERS = {
-    "aggregation": 0, "selectors": 0, "truth": 0, "images": 0, "forced_choice": 0,
-    "services": 1, "hits": 1, "adapters": 1, "forced_choice_plan": 1,
-    "simulation": 2, "reports": 2, "exports": 2, "forms": 2, "demo": 2, "forced_choice_simulation": 2,
+    "aggregation": 0,
+    "selectors": 0,
+    "truth": 0,
+    "images": 0,
+    "forced_choice": 0,
+    "services": 1,
+    "hits": 1,
+    "adapters": 1,
+    "forced_choice_plan": 1,
+    "simulation": 2,
+    "reports": 2,
+    "exports": 2,
+    "forms": 2,
+    "demo": 2,
+    "forced_choice_simulation": 2,
     "forced_choice_report": 2,
-    "views": 3, "report_views": 3, "forced_choice_views": 3,
+    "views": 3,
+    "report_views": 3,
+    "forced_choice_views": 3,
 }
 """A wing module's layer (by file name): 0 reads, pure rules and truth; 1 writes; 2 what is built on writes and
 reads (reports, exports, forms, the simulated raters and crowd, the demo); 3 pages. A module may import its own
@@ -159,8 +180,7 @@ def boundary_violations(edges: list[Import]) -> list[str]:
         source_wing, target_wing = _wing(edge.importer), _wing(edge.imported)
         if source_wing and target_wing and source_wing != target_wing:
             problems.append(f"{where}: the wings never import each other")
-        if (any(_within(edge.importer, floor) for floor in FLOOR) and target_wing
-                and edge.importer not in WIRING):
+        if any(_within(edge.importer, floor) for floor in FLOOR) and target_wing and edge.importer not in WIRING:
             problems.append(f"{where}: the shared floor imports no wing")
         if source_wing and source_wing == target_wing:
             mine, theirs = _layer(edge.importer), _layer(edge.imported)
@@ -235,6 +255,7 @@ def reach_violations(edges: list[Import]) -> list[str]:
 
 # -- the project ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def edges() -> list[Import]:
     return import_graph()
@@ -243,8 +264,15 @@ def edges() -> list[Import]:
 def test_the_graph_sees_the_layout(edges):
     """The walk finds both wings' modules and their imports at both levels (else every rule passes vacuously)."""
     importers = {edge.importer for edge in edges}
-    for module in ("annotation.crowd.services", "annotation.crowd.hits", "annotation.crowd.views",
-                   "annotation.expert.services", "annotation.expert.views", "annotation.urls", "api.views"):
+    for module in (
+        "annotation.crowd.services",
+        "annotation.crowd.hits",
+        "annotation.crowd.views",
+        "annotation.expert.services",
+        "annotation.expert.views",
+        "annotation.urls",
+        "api.views",
+    ):
         assert module in importers, module
     assert any(_within(edge.importer, "analysis.engine") for edge in edges)
     assert any(edge.local for edge in edges if _within(edge.importer, "annotation"))  # the reasoned local imports
@@ -271,6 +299,7 @@ def test_every_wing_module_has_a_layer():
 
 # -- the checker, on planted violations ---------------------------------------------------------------------------
 
+
 def _world(root: Path, files: dict[str, str]) -> list[Import]:
     for name, source in files.items():
         path = root / name
@@ -293,8 +322,8 @@ CLEAN = {
     "annotation/crowd/services.py": "from ..common import *\nfrom .selectors import *\n",
     "annotation/crowd/reports.py": "from . import selectors\n",
     "annotation/crowd/views.py": (
-        "from . import reports, services\n\n"
-        "def page():\n    import torch  # local: keeps torch out of web processes\n"),
+        "from . import reports, services\n\ndef page():\n    import torch  # local: keeps torch out of web processes\n"
+    ),
     "annotation/expert/views.py": "from annotation.common import *\n",
 }
 
@@ -305,28 +334,50 @@ def test_a_clean_world_passes(tmp_path):
     assert boundary_violations(edges) == [] and cycles(edges) == [] and reach_violations(edges) == []
 
 
-@pytest.mark.parametrize(("planted", "expected"), [
-    ({"analysis/engine/maths.py": "from analysis.models import Unit\n"}, "the engine imports nothing"),
-    ({"analysis/models.py": "def f():\n    from annotation import models  # lazy\n"}, "analysis never imports annotation"),
-    ({"annotation/expert/views.py": "from annotation.crowd import selectors\n"}, "the wings never import each other"),
-    ({"annotation/crowd/selectors.py": "from ..expert.views import *\n"}, "the wings never import each other"),
-    ({"annotation/common.py": "from .crowd import services\n"}, "the shared floor imports no wing"),
-    ({"annotation/crowd/services.py": "from . import views\n"}, "an upward import (layer 1 → layer 3)"),
-    ({"annotation/crowd/selectors.py": "def f():\n    from .services import x\n"}, "an upward import"),
-    ({"annotation/crowd/services.py": "def f():\n    from .selectors import x\n"}, "needs its reason"),
-])
+@pytest.mark.parametrize(
+    ("planted", "expected"),
+    [
+        ({"analysis/engine/maths.py": "from analysis.models import Unit\n"}, "the engine imports nothing"),
+        (
+            {"analysis/models.py": "def f():\n    from annotation import models  # lazy\n"},
+            "analysis never imports annotation",
+        ),
+        (
+            {"annotation/expert/views.py": "from annotation.crowd import selectors\n"},
+            "the wings never import each other",
+        ),
+        ({"annotation/crowd/selectors.py": "from ..expert.views import *\n"}, "the wings never import each other"),
+        ({"annotation/common.py": "from .crowd import services\n"}, "the shared floor imports no wing"),
+        ({"annotation/crowd/services.py": "from . import views\n"}, "an upward import (layer 1 → layer 3)"),
+        ({"annotation/crowd/selectors.py": "def f():\n    from .services import x\n"}, "an upward import"),
+        ({"annotation/crowd/services.py": "def f():\n    from .selectors import x\n"}, "needs its reason"),
+    ],
+)
 def test_a_planted_boundary_violation_is_found(tmp_path, planted, expected):
     problems = boundary_violations(_world(tmp_path, {**CLEAN, **planted}))
     assert any(expected in problem for problem in problems), problems
 
 
 def test_a_planted_cycle_is_found_even_through_a_local_import(tmp_path):
-    edges = _world(tmp_path, {**CLEAN, "annotation/crowd/selectors.py": (
-        "from ..models import *\n\ndef later():\n    from . import reports  # local: a reason does not excuse a circle\n")})
+    edges = _world(
+        tmp_path,
+        {
+            **CLEAN,
+            "annotation/crowd/selectors.py": (
+                "from ..models import *\n\ndef later():\n    from . import reports  # local: a reason does not excuse a circle\n"  # noqa: E501
+            ),
+        },
+    )
     assert cycles(edges) == [["annotation.crowd.reports", "annotation.crowd.selectors"]]
 
 
 def test_reaching_the_reports_through_another_module_is_found(tmp_path):
-    edges = _world(tmp_path, {**CLEAN, "annotation/crowd/selectors.py": "from . import aggregation\n",
-                              "annotation/crowd/aggregation.py": "def f():\n    from . import reports  # a reason\n"})
+    edges = _world(
+        tmp_path,
+        {
+            **CLEAN,
+            "annotation/crowd/selectors.py": "from . import aggregation\n",
+            "annotation/crowd/aggregation.py": "def f():\n    from . import reports  # a reason\n",
+        },
+    )
     assert reach_violations(edges) == ["annotation.crowd.services reaches annotation.crowd.reports"]

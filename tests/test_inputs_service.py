@@ -1,5 +1,6 @@
 """A run's inputs: ``Layer.geometry`` as the one reading of the receptive-field fields, the one upsampler factory,
 and the shared prologue refusing what cannot be done."""
+
 import pytest
 import torch
 
@@ -25,8 +26,14 @@ class _Progress:
 
 @pytest.fixture
 def network():
-    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": 7},
-                       input_size=(64, 48), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    spec = NetworkSpec(
+        kind=NetworkKind.MODULE,
+        target=demo_network_target(),
+        kwargs={"num_classes": 7},
+        input_size=(64, 48),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
     network_register(name="seeded", spec=spec)
     return Network.objects.get(name="seeded")
 

@@ -1,6 +1,7 @@
 """The markers a selection relies on are where they must be: a GPU run (``-m needs_cuda``) selects every CUDA
 case and ``-m "not needs_cuda"`` none; ``make test-fast`` (``-m "not browser and not worker"``) drives no browser
 and starts no worker process. The whole suite is collected once in a child pytest (nothing runs)."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,25 @@ WORKER_FIXTURES = {"celery_worker_process"}
 def collected(tmp_path_factory):
     report = tmp_path_factory.mktemp("collection") / "items.json"
     env = dict(os.environ, UNITSCOPE_COLLECTION_REPORT=str(report))
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                           "-p", "tests.collection_report", "tests"],
-                          cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.collection_report",
+            "tests",
+        ],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     items = json.loads(report.read_text())
     assert len(items) > 500, len(items)  # the whole suite, not a fragment of it
@@ -34,7 +51,9 @@ def test_every_cuda_case_and_only_those_carry_needs_cuda(collected):
     marked = [item for item in collected if "needs_cuda" in item["markers"]]
     assert cuda, "no CUDA case collected: tests.devices.cpu_and_cuda() lost its cuda parameter"
     unmarked = [item["nodeid"] for item in cuda if "needs_cuda" not in item["markers"]]
-    assert not unmarked, f"{len(unmarked)} CUDA items lack needs_cuda (use tests.devices.cpu_and_cuda()): {unmarked[:10]}"
+    assert not unmarked, (
+        f"{len(unmarked)} CUDA items lack needs_cuda (use tests.devices.cpu_and_cuda()): {unmarked[:10]}"
+    )
     stray = [item["nodeid"] for item in marked if item not in cuda]
     assert not stray, f"needs_cuda on items that do not run on CUDA: {stray[:10]}"
 

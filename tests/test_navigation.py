@@ -1,5 +1,6 @@
 """The main navigation marks the section a page declares (``nav_section`` on its view), not a guess from its URL
 name: every page view of the site declares one, and the rendered menu marks exactly that link."""
+
 from __future__ import annotations
 
 import re
@@ -11,10 +12,17 @@ from django.views.generic.base import TemplateResponseMixin
 from accounts.context_processors import NAV_SECTIONS
 
 CURRENT = re.compile(r'<a href="([^"]+)" aria-current="page">')
-SECTION_LINKS = {"overview": "analysis:dashboard", "runs": "analysis:run_list", "datasets": "analysis:dataset_list",
-                 "networks": "analysis:network_list", "studies": "annotation:study_list",
-                 "selfcheck": "analysis:selfcheck", "api": "api:token", "expert": "annotation:expert_home",
-                 "tasks": "annotation:crowd_home"}
+SECTION_LINKS = {
+    "overview": "analysis:dashboard",
+    "runs": "analysis:run_list",
+    "datasets": "analysis:dataset_list",
+    "networks": "analysis:network_list",
+    "studies": "annotation:study_list",
+    "selfcheck": "analysis:selfcheck",
+    "api": "api:token",
+    "expert": "annotation:expert_home",
+    "tasks": "annotation:crowd_home",
+}
 
 
 def page_views(resolver=None, namespace=""):
@@ -38,13 +46,22 @@ def test_every_page_of_the_apps_declares_its_nav_section():
     assert [name for name, view in views if getattr(view, "nav_section", "") not in NAV_SECTIONS] == []
 
 
-@pytest.mark.parametrize(("url_name", "section"), [
-    ("analysis:dashboard", "overview"), ("analysis:run_list", "runs"), ("analysis:dataset_list", "datasets"),
-    ("analysis:probe_world_start", "datasets"), ("analysis:network_list", "networks"),
-    ("analysis:demo_training_start", "networks"),
-    ("annotation:study_list", "studies"), ("annotation:crowd_study_list", "studies"),
-    ("annotation:crowd_study_create", "studies"), ("analysis:selfcheck", "selfcheck"), ("api:token", "api"),
-])
+@pytest.mark.parametrize(
+    ("url_name", "section"),
+    [
+        ("analysis:dashboard", "overview"),
+        ("analysis:run_list", "runs"),
+        ("analysis:dataset_list", "datasets"),
+        ("analysis:probe_world_start", "datasets"),
+        ("analysis:network_list", "networks"),
+        ("analysis:demo_training_start", "networks"),
+        ("annotation:study_list", "studies"),
+        ("annotation:crowd_study_list", "studies"),
+        ("annotation:crowd_study_create", "studies"),
+        ("analysis:selfcheck", "selfcheck"),
+        ("api:token", "api"),
+    ],
+)
 def test_the_menu_marks_the_declared_section(researcher_client, url_name, section):
     response = researcher_client.get(reverse(url_name))
     assert response.status_code == 200
@@ -54,7 +71,9 @@ def test_the_menu_marks_the_declared_section(researcher_client, url_name, sectio
 def test_an_expert_and_a_crowd_worker_see_their_own_section(client, expert, crowd_worker):
     client.force_login(expert)
     assert CURRENT.findall(client.get(reverse("annotation:expert_home")).content.decode()) == [
-        reverse("annotation:expert_home")]
+        reverse("annotation:expert_home")
+    ]
     client.force_login(crowd_worker)
     assert CURRENT.findall(client.get(reverse("annotation:crowd_home")).content.decode()) == [
-        reverse("annotation:crowd_home")]
+        reverse("annotation:crowd_home")
+    ]

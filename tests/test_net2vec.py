@@ -1,19 +1,30 @@
 """Net2Vec (Fong & Vedaldi §3.1): the engine on planted data, and the run, its rows and its page on a tiny probe
 world."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from django.urls import reverse
 
-from analysis.engine.net2vec import (ProbeConfig, cosine_similarity, fit_concept_probes, nearest_concepts,
-                                     probe_masks, sample_pixels, set_iou, set_iou_counts, weighted_bce)
+from analysis.engine.net2vec import (
+    ProbeConfig,
+    cosine_similarity,
+    fit_concept_probes,
+    nearest_concepts,
+    probe_masks,
+    sample_pixels,
+    set_iou,
+    set_iou_counts,
+    weighted_bce,
+)
 
 SIZE = 64
 INPUT = (112, 112)
 
 
 # -- engine ---------------------------------------------------------------------------------------------
+
 
 def planted(seed: int = 1, pixels: int = 16000, units: int = 10):
     """Binary unit masks; the concept is exactly where units 3 and 7 are both on (the linear rule
@@ -70,7 +81,7 @@ def test_set_iou_counts_weighted_loss_and_cosine_by_hand():
     assert weighted_bce(logits, target, 0.8).item() == pytest.approx(expected.item())
     embeddings = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])
     assert cosine_similarity(embeddings)[0, 3].item() == pytest.approx(-1.0)
-    assert nearest_concepts(embeddings, 0, 2) == [(1, pytest.approx(2 ** -0.5)), (2, pytest.approx(0.0))]
+    assert nearest_concepts(embeddings, 0, 2) == [(1, pytest.approx(2**-0.5)), (2, pytest.approx(0.0))]
 
 
 def planted_images(seed: int, images: int = 600, units: int = 10):
@@ -124,6 +135,7 @@ def test_classification_combination_beats_single_filter_only_when_the_concept_ne
     # the top-F ranking reads that raw w, as the paper's |w_k| does (unit 3 spans half of unit 7's range, so its
     # raw weight is about twice as large for the same standardised weight)
     from analysis.engine.net2vec import top_units
+
     for f in (1, 2, 3):
         assert torch.equal(fit.top_units[f], top_units(fit.embeddings, f))
     assert fit.top_units[1][0].nonzero().flatten().item() == 3
@@ -163,6 +175,7 @@ def test_balanced_accuracy_and_average_precision_by_hand():
 
 # -- service and page -------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def shared_world(django_db_setup, django_db_blocker, probe_world_files):
     """The tiny probe world and the seeded demo network with its conv5 extraction, built once for the module."""
@@ -187,9 +200,19 @@ def study(shared_world, django_db_blocker):
     from analysis.services.net2vec import net2vec_run_start
 
     with django_db_blocker.unblock():
-        run = net2vec_run_start(network="seeded-n2v", dataset="tiny-n2v", layer="conv5", concepts=4, epochs=3,
-                                min_images=2, pixels_per_image=64, top_f=[1, 4, 1000], classification_epochs=3,
-                                classification_top_f=[1, 2, 1000], inline=True)
+        run = net2vec_run_start(
+            network="seeded-n2v",
+            dataset="tiny-n2v",
+            layer="conv5",
+            concepts=4,
+            epochs=3,
+            min_images=2,
+            pixels_per_image=64,
+            top_f=[1, 4, 1000],
+            classification_epochs=3,
+            classification_top_f=[1, 2, 1000],
+            inline=True,
+        )
         assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
         yield Net2VecStudy.objects.get(run=run)
 
@@ -219,9 +242,20 @@ def test_run_stores_one_row_per_concept(study):
     reader = BrodenReader(study.dataset.root)
     val = [(entry, reader.load_segmentation(entry)) for entry in reader.rows() if entry.split == "val"]
     for row in rows:
-        hits = [(entry.sh * entry.sw, int(np.any(np.stack([layer == row.concept.number for category in masks.values()
-                                                                for layer in category.layers]), axis=0).sum()))
-                for entry, masks in val]
+        hits = [
+            (
+                entry.sh * entry.sw,
+                int(
+                    np.any(
+                        np.stack(
+                            [layer == row.concept.number for category in masks.values() for layer in category.layers]
+                        ),
+                        axis=0,
+                    ).sum()
+                ),
+            )
+            for entry, masks in val
+        ]
         hits = [(size, count) for size, count in hits if count]
         assert len(hits) == row.val_images
         assert row.all_pixels_val_iou == pytest.approx(sum(c for _, c in hits) / sum(size for size, _ in hits))
@@ -284,7 +318,8 @@ def test_single_filters_and_exemplars_follow_the_papers_mask_rule_recounted_inde
         assert single["ious"] == pytest.approx(expected["ious"], abs=1e-12)
         combination = row.exemplars["combination"]
         assert combination["images"] == len(rows) and len(combination["rows"]) == min(
-            10, len(rows) - combination["zero"])
+            10, len(rows) - combination["zero"]
+        )
         assert set(combination["rows"]) <= set(rows)
 
 
@@ -298,8 +333,13 @@ def test_the_export_holds_every_probe_and_its_weights(study, tmp_path):
     from analysis.services.exports import run_export
 
     files = {path.name: path for path in run_export(run=study.run, out_dir=tmp_path)}
-    assert set(files) == {"segmentation.csv", "segmentation_weights.npz", "classification.csv",
-                          "classification_weights.npz", "run.json"}
+    assert set(files) == {
+        "segmentation.csv",
+        "segmentation_weights.npz",
+        "classification.csv",
+        "classification_weights.npz",
+        "run.json",
+    }
     stored = {row.concept.name: row for row in study.concept_results.select_related("concept")}
     with open(files["segmentation.csv"], newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -307,7 +347,10 @@ def test_the_export_holds_every_probe_and_its_weights(study, tmp_path):
     for row in rows:
         concept = stored[row["concept"]]
         assert (int(row["best_unit"]), float(row["combination_val_iou"]), float(row["top4_val_iou"])) == (
-            concept.best_unit, concept.combination_val_iou, concept.top_f_val_iou["4"])
+            concept.best_unit,
+            concept.combination_val_iou,
+            concept.top_f_val_iou["4"],
+        )
     with np.load(files["segmentation_weights.npz"]) as weights:
         assert weights["weight"].shape == (len(rows), study.layer.units)
         assert list(weights["concepts"]) == [row["concept"] for row in rows]
@@ -319,8 +362,9 @@ def test_the_export_holds_every_probe_and_its_weights(study, tmp_path):
     assert all(float(row["top2_val_ap"]) == classifiers[row["concept"]].top_f_val_ap["2"] for row in rows)
     with np.load(files["classification_weights.npz"]) as weights:
         np.testing.assert_array_equal(weights["weight"][0], np.float32(classifiers[rows[0]["concept"]].embedding))
-        np.testing.assert_array_equal(weights["standardized_weight"][0],
-                                      np.float32(classifiers[rows[0]["concept"]].standardized_weight))
+        np.testing.assert_array_equal(
+            weights["standardized_weight"][0], np.float32(classifiers[rows[0]["concept"]].standardized_weight)
+        )
         np.testing.assert_array_equal(weights["bias"], np.float32([classifiers[row["concept"]].bias for row in rows]))
     meta = json.loads(files["run.json"].read_text())
     assert (meta["run"], meta["layer"], meta["segmentation_concepts"]) == (study.run_id, "conv5", len(stored))
@@ -354,8 +398,10 @@ def test_classification_rows_match_a_naive_recount_and_their_stored_classifiers(
     val = [position for position, entry in enumerate(index) if entry.split == "val"]
     for row in rows:
         number = row.concept.number
-        count = {split: sum(number in labels_of[position] for position, entry in enumerate(index)
-                            if entry.split == split) for split in ("train", "val")}
+        count = {
+            split: sum(number in labels_of[position] for position, entry in enumerate(index) if entry.split == split)
+            for split in ("train", "val")
+        }
         assert (row.train_positives, row.val_positives) == (count["train"], count["val"])
         assert row.train_negatives == sum(entry.split == "train" for entry in index) - count["train"]
         assert min(row.train_positives, row.train_negatives, row.val_positives, row.val_negatives) >= 2
@@ -363,7 +409,8 @@ def test_classification_rows_match_a_naive_recount_and_their_stored_classifiers(
         logits = pooled[val].to(torch.float64) @ torch.tensor(row.embedding, dtype=torch.float64) + row.bias
         truth = torch.tensor([number in labels_of[position] for position in val])
         assert balanced_accuracy(logits.unsqueeze(1), truth.unsqueeze(1)).item() == pytest.approx(
-            row.combination_val_accuracy, abs=1e-6)
+            row.combination_val_accuracy, abs=1e-6
+        )
         assert row.single_unit == int(torch.tensor(row.embedding).abs().argmax())
         assert set(row.top_f_val_accuracy) == {"1", "2"} and row.top_f_val_accuracy["1"] == row.single_val_accuracy
         assert 0 <= row.single_val_ap <= 1 and 0 <= row.combination_val_ap <= 1

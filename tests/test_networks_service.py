@@ -1,4 +1,5 @@
 """Registering networks from the command line: torchvision + local weights, module:callable, errors."""
+
 import pytest
 import torch
 import torchvision
@@ -14,8 +15,9 @@ def test_register_torchvision_resnet18_with_a_local_weights_file(tmp_path, capsy
     torch.manual_seed(0)
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    call_command("register_network", "--name", "r18", "--arch", "resnet18", "--weights", str(weights),
-                 "--input-size", "128")
+    call_command(
+        "register_network", "--name", "r18", "--arch", "resnet18", "--weights", str(weights), "--input-size", "128"
+    )
     output = capsys.readouterr().out
     assert "registered network r18" in output and "layer3.1.conv2" in output
     network = Network.objects.get(name="r18")
@@ -45,8 +47,17 @@ def test_missing_weights_file_and_unknown_arch(tmp_path):
 
 
 def test_register_module_callable_demo_network(capsys):
-    call_command("register_network", "--name", "demo", "--module", "analysis.engine.demo_network:build_demo_network",
-                 "--kwargs", '{"num_classes": 5}', "--input-size", "112")
+    call_command(
+        "register_network",
+        "--name",
+        "demo",
+        "--module",
+        "analysis.engine.demo_network:build_demo_network",
+        "--kwargs",
+        '{"num_classes": 5}',
+        "--input-size",
+        "112",
+    )
     network = Network.objects.get(name="demo")
     names = list(network.layers.values_list("name", flat=True))
     assert {"conv1", "conv2", "conv3", "conv4", "conv5"} <= set(names)

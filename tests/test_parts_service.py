@@ -1,6 +1,7 @@
 """score_parts and ablate against the database on a tiny probe world: runs end to end (object crops and whole
 images), stored results agree with the engine and with the saved detections, exports are exact, commands print
 run ids, pages render for researchers."""
+
 from __future__ import annotations
 
 import csv
@@ -14,11 +15,21 @@ from django.urls import reverse
 
 from analysis.engine.part_detection import DetectionMatching
 from analysis.engine.probe_world import OBJECT_CLASSES
-from analysis.models import (AblationStudy, ClassDiscriminativeness, PartDetectionResult, PartDetectionStudy, Run,
-                             RunStatus)
+from analysis.models import (
+    AblationStudy,
+    ClassDiscriminativeness,
+    PartDetectionResult,
+    PartDetectionStudy,
+    Run,
+    RunStatus,
+)
 from analysis.services.exports import run_export
-from analysis.services.parts import (ablation_run_start, part_correlations, part_detection_arrays,
-                                     part_detection_run_start)
+from analysis.services.parts import (
+    ablation_run_start,
+    part_correlations,
+    part_detection_arrays,
+    part_detection_run_start,
+)
 
 pytestmark = pytest.mark.django_db
 FAST = {"population": 16, "generations": 4, "min_part_size": 3, "min_instances": 3}
@@ -34,8 +45,9 @@ def shared_world(django_db_setup, django_db_blocker, probe_world_files):
         first_run = (Run.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 1
         world = {"n_images": 28, "size": 64, "seed": 3}
         probe_world_register(name="parts-tiny", root=probe_world_files(**world), **world)
-        seeded_network(name="parts-net", input_size=(64, 64), num_classes=len(OBJECT_CLASSES),
-                       class_names=OBJECT_CLASSES)
+        seeded_network(
+            name="parts-net", input_size=(64, 64), num_classes=len(OBJECT_CLASSES), class_names=OBJECT_CLASSES
+        )
         score()  # the shared runs: object crops, and ablations of 3 views per class
         ablate()
         yield
@@ -50,15 +62,17 @@ def world(shared_world, db):
 
 
 def ablate() -> Run:
-    run = ablation_run_start(network="parts-net", dataset="parts-tiny", layer="conv5", split="all", max_images=3,
-                             inline=True)
+    run = ablation_run_start(
+        network="parts-net", dataset="parts-tiny", layer="conv5", split="all", max_images=3, inline=True
+    )
     assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
     return run
 
 
 def score(**overrides) -> Run:
-    run = part_detection_run_start(network="parts-net", dataset="parts-tiny", layer="conv5", split="all", inline=True,
-                                   **{**FAST, **overrides})
+    run = part_detection_run_start(
+        network="parts-net", dataset="parts-tiny", layer="conv5", split="all", inline=True, **{**FAST, **overrides}
+    )
     assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
     return run
 
@@ -79,8 +93,7 @@ def test_score_parts_end_to_end(world, inputs, tmp_path):
         assert len(result.top_filters) == max(1, len(result.ga_filters))
         data = part_detection_arrays(result)
         # the stored results are the engine's on the saved detections
-        matching = DetectionMatching(data["det_filter"], data["det_score"], data["det_gt"], len(data["gt_view"]),
-                                     units)
+        matching = DetectionMatching(data["det_filter"], data["det_score"], data["det_gt"], len(data["gt_view"]), units)
         chosen = np.zeros(units, dtype=bool)
         chosen[result.ga_filters] = True
         assert matching.ap(chosen)[0] == pytest.approx(result.ga_ap)
@@ -155,16 +168,25 @@ def test_ablation_recomputing_the_prefix_gives_the_same_numbers(world, monkeypat
 
     kept = {row.object_class_id: row for row in AblationStudy.objects.get(run=ablate()).class_results.all()}
     monkeypatch.setattr(parts, "FRONTIER_BUDGET_BYTES", 0)
-    run = ablation_run_start(network="parts-net", dataset="parts-tiny", layer="conv5", split="all", max_images=3,
-                             batch_size=2, blackout=False, inline=True)
+    run = ablation_run_start(
+        network="parts-net",
+        dataset="parts-tiny",
+        layer="conv5",
+        split="all",
+        max_images=3,
+        batch_size=2,
+        blackout=False,
+        inline=True,
+    )
     assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
     recomputed = list(AblationStudy.objects.get(run=run).class_results.all())
     assert len(recomputed) == len(kept)
     for row in recomputed:
         assert row.deltas == pytest.approx(kept[row.object_class_id].deltas, abs=1e-6)
         assert row.discriminative == kept[row.object_class_id].discriminative
-        assert row.delta_discriminative_set == pytest.approx(kept[row.object_class_id].delta_discriminative_set,
-                                                             abs=1e-6)
+        assert row.delta_discriminative_set == pytest.approx(
+            kept[row.object_class_id].delta_discriminative_set, abs=1e-6
+        )
         assert row.delta_other_set == pytest.approx(kept[row.object_class_id].delta_other_set, abs=1e-6)
 
 
@@ -215,14 +237,48 @@ def test_blackout_masks_the_part_of_the_view_s_own_object_inside_its_crop():
 
 def test_commands_print_run_ids(world):
     out = io.StringIO()
-    call_command("score_parts", "--network", "parts-net", "--dataset", "parts-tiny", "--layer", "conv5", "--split",
-                 "all", "--population", "16", "--generations", "2", "--min-part-size", "3", "--min-instances", "3",
-                 "--inline", stdout=out, stderr=io.StringIO())
+    call_command(
+        "score_parts",
+        "--network",
+        "parts-net",
+        "--dataset",
+        "parts-tiny",
+        "--layer",
+        "conv5",
+        "--split",
+        "all",
+        "--population",
+        "16",
+        "--generations",
+        "2",
+        "--min-part-size",
+        "3",
+        "--min-instances",
+        "3",
+        "--inline",
+        stdout=out,
+        stderr=io.StringIO(),
+    )
     run = Run.objects.get(pk=int(out.getvalue().strip()))
     assert run.kind == "score_parts" and run.status == RunStatus.SUCCEEDED
     out = io.StringIO()
-    call_command("ablate", "--network", "parts-net", "--dataset", "parts-tiny", "--layer", "conv5", "--split", "all",
-                 "--max-images", "2", "--no-blackout", "--inline", stdout=out, stderr=io.StringIO())
+    call_command(
+        "ablate",
+        "--network",
+        "parts-net",
+        "--dataset",
+        "parts-tiny",
+        "--layer",
+        "conv5",
+        "--split",
+        "all",
+        "--max-images",
+        "2",
+        "--no-blackout",
+        "--inline",
+        stdout=out,
+        stderr=io.StringIO(),
+    )
     run = Run.objects.get(pk=int(out.getvalue().strip()))
     assert run.kind == "ablate" and run.status == RunStatus.SUCCEEDED
     assert json.dumps(run.result)
@@ -243,13 +299,18 @@ def test_pages(world, researcher_client):
     class_row = AblationStudy.objects.get(run=ablation).class_results.first()
     body = researcher_client.get(reverse("analysis:layer_ablation", args=["parts-net", "conv5"])).content.decode()
     assert class_row.object_class.name in body and "2σ" in body
-    body = researcher_client.get(reverse("analysis:ablation_class", args=["parts-net", "conv5", class_row.pk])
-                                 ).content.decode()
+    body = researcher_client.get(
+        reverse("analysis:ablation_class", args=["parts-net", "conv5", class_row.pk])
+    ).content.decode()
     assert "<svg" in body and "δ" in body
     body = researcher_client.get(reverse("analysis:part_correlations", args=["parts-net", "conv5"])).content.decode()
     assert "Pearson" in body and "<svg" in body
-    assert researcher_client.get(reverse("analysis:layer_detail", args=["parts-net", "conv5"])).content.decode().count(
-        layer_url) >= 1
+    assert (
+        researcher_client.get(reverse("analysis:layer_detail", args=["parts-net", "conv5"]))
+        .content.decode()
+        .count(layer_url)
+        >= 1
+    )
     # researchers only
     from django.test import Client
 

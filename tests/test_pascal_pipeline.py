@@ -1,6 +1,7 @@
 """An imported PASCAL-Part tree goes through the same pipeline as the probe world (issue #16, item 7):
 ``classes.csv`` from the converter, per-class exemplar grids, an expert study, object-crop part AP and
 ablations — on a small tree in the real ``Annotations_Part`` format."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,7 @@ from PIL import Image
 from analysis.engine.demo_network import demo_network_target
 from analysis.engine.networks import NetworkKind, NetworkSpec
 from analysis.engine.pascal_part import VOC_CLASSES
-from analysis.models import (AblationStudy, Dataset, ExemplarKind, ExemplarSet, PartDetectionStudy,
-                             RunStatus)
+from analysis.models import AblationStudy, Dataset, ExemplarKind, ExemplarSet, PartDetectionStudy, RunStatus
 from analysis.services.datasets import pascal_part_import_run_start
 from analysis.services.extraction import extraction_run_start
 from analysis.services.grids import grids_run_start
@@ -42,17 +42,28 @@ def _write_pascal_tree(root, n_images: int = 16):
         if index % 3 == 0:
             objects.append(("car", VOC_CLASSES.index("car") + 1, box_mask(SIZE, SIZE, 50, 50, 62, 60), []))
         if index % 2 == 0:
-            parts = [("fwheel", box_mask(SIZE, SIZE, 6 + dx, 36 + dy, 16 + dx, 46 + dy)),
-                     ("bwheel", box_mask(SIZE, SIZE, 30 + dx, 36 + dy, 40 + dx, 46 + dy)),
-                     ("door_1", box_mask(SIZE, SIZE, 14 + dx, 20 + dy, 28 + dx, 34 + dy))]
-            objects.append(("car", VOC_CLASSES.index("car") + 1, box_mask(SIZE, SIZE, 4 + dx, 16 + dy, 44 + dx, 48 + dy),
-                            parts))
+            parts = [
+                ("fwheel", box_mask(SIZE, SIZE, 6 + dx, 36 + dy, 16 + dx, 46 + dy)),
+                ("bwheel", box_mask(SIZE, SIZE, 30 + dx, 36 + dy, 40 + dx, 46 + dy)),
+                ("door_1", box_mask(SIZE, SIZE, 14 + dx, 20 + dy, 28 + dx, 34 + dy)),
+            ]
+            objects.append(
+                ("car", VOC_CLASSES.index("car") + 1, box_mask(SIZE, SIZE, 4 + dx, 16 + dy, 44 + dx, 48 + dy), parts)
+            )
         else:
-            parts = [("head", box_mask(SIZE, SIZE, 20 + dx, 4 + dy, 32 + dx, 16 + dy)),
-                     ("luarm", box_mask(SIZE, SIZE, 10 + dx, 18 + dy, 16 + dx, 36 + dy)),
-                     ("ruarm", box_mask(SIZE, SIZE, 36 + dx, 18 + dy, 42 + dx, 36 + dy))]
-            objects.append(("person", VOC_CLASSES.index("person") + 1,
-                            box_mask(SIZE, SIZE, 10 + dx, 4 + dy, 42 + dx, 50 + dy), parts))
+            parts = [
+                ("head", box_mask(SIZE, SIZE, 20 + dx, 4 + dy, 32 + dx, 16 + dy)),
+                ("luarm", box_mask(SIZE, SIZE, 10 + dx, 18 + dy, 16 + dx, 36 + dy)),
+                ("ruarm", box_mask(SIZE, SIZE, 36 + dx, 18 + dy, 42 + dx, 36 + dy)),
+            ]
+            objects.append(
+                (
+                    "person",
+                    VOC_CLASSES.index("person") + 1,
+                    box_mask(SIZE, SIZE, 10 + dx, 4 + dy, 42 + dx, 50 + dy),
+                    parts,
+                )
+            )
         write_pascal_part_mat(annotations / f"{image_id}.mat", image_id, objects)
         pixels = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(images / f"{image_id}.jpg", quality=95)
@@ -78,9 +89,18 @@ def test_pascal_part_tree_runs_the_probe_world_pipeline(tmp_path, make_user):
     root = _write_pascal_tree(tmp_path / "voc")
     run = pascal_part_import_run_start(path=str(root / "Annotations_Part"), name="pp", inline=True)
     assert run.status == RunStatus.SUCCEEDED, run.error
-    network_register(name="pp-net", spec=NetworkSpec(
-        kind=NetworkKind.MODULE, target=demo_network_target(), kwargs={"num_classes": len(CLASSES)},
-        input_size=(SIZE, SIZE), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=CLASSES))
+    network_register(
+        name="pp-net",
+        spec=NetworkSpec(
+            kind=NetworkKind.MODULE,
+            target=demo_network_target(),
+            kwargs={"num_classes": len(CLASSES)},
+            input_size=(SIZE, SIZE),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+            class_names=CLASSES,
+        ),
+    )
 
     extraction = extraction_run_start(network="pp-net", dataset="pp", layers=["conv5"], batch_size=8, inline=True)
     assert extraction.status == RunStatus.SUCCEEDED, extraction.error
@@ -90,16 +110,24 @@ def test_pascal_part_tree_runs_the_probe_world_pipeline(tmp_path, make_user):
     assert grids.status == RunStatus.SUCCEEDED, grids.error
     assert all(grid is not None for grid in per_class.values_list("grid", flat=True))
 
-    scoring = part_detection_run_start(network="pp-net", dataset="pp", layer="conv5", split="all", inline=True,
-                                       inputs="object_crops", population=16, generations=3, min_part_size=1,
-                                       min_instances=3)
+    scoring = part_detection_run_start(
+        network="pp-net",
+        dataset="pp",
+        layer="conv5",
+        split="all",
+        inline=True,
+        inputs="object_crops",
+        population=16,
+        generations=3,
+        min_part_size=1,
+        min_instances=3,
+    )
     assert scoring.status == RunStatus.SUCCEEDED, scoring.error + scoring.error_detail
     study = PartDetectionStudy.objects.get(run=scoring)
     scored = set(study.part_results.values_list("object_class__name", "part__name"))
     assert {("car", "wheel"), ("car", "door"), ("person", "head"), ("person", "arm")} <= scored
 
-    ablation = ablation_run_start(network="pp-net", dataset="pp", layer="conv5", split="all", max_images=4,
-                                  inline=True)
+    ablation = ablation_run_start(network="pp-net", dataset="pp", layer="conv5", split="all", max_images=4, inline=True)
     assert ablation.status == RunStatus.SUCCEEDED, ablation.error + ablation.error_detail
     ablations = AblationStudy.objects.get(run=ablation)
     assert set(ablations.class_results.values_list("object_class__name", flat=True)) == set(CLASSES)

@@ -6,6 +6,7 @@ chosen units, dissection, part AP, ablation and an expert study on a tiny probe 
 
 Registration time and peak memory are printed (``pytest -s`` shows them), never asserted as timings.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ import torchvision
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from analysis.models import (AblationStudy, ExemplarKind, ExemplarSet, LayerDissection, LayerExtraction, Network,
-                             PartDetectionStudy, RunStatus, UnitActivationSummary)
+from analysis.models import (
+    AblationStudy,
+    ExemplarKind,
+    ExemplarSet,
+    LayerDissection,
+    LayerExtraction,
+    Network,
+    PartDetectionStudy,
+    RunStatus,
+    UnitActivationSummary,
+)
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,13 +68,21 @@ print(json.dumps({"seconds": time.monotonic() - start, "layers": len(layers), "b
 
 
 def measure_registration(spec) -> dict:
-    out = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(spec.to_dict())], cwd=ROOT, check=True,
-                         capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-                                                              "PYTHONPATH": str(ROOT)}, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps(spec.to_dict())],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
     figures = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\n{spec.target}: registration engine work {figures['seconds']:.1f} s, {figures['layers']} layers, "
-          f"peak RSS {figures['peak_mb']:.0f} MB ({figures['peak_mb'] - figures['base_mb']:.0f} MB above the "
-          f"{figures['base_mb']:.0f} MB of the imports), {figures['verified']} geometries verified")
+    print(
+        f"\n{spec.target}: registration engine work {figures['seconds']:.1f} s, {figures['layers']} layers, "
+        f"peak RSS {figures['peak_mb']:.0f} MB ({figures['peak_mb'] - figures['base_mb']:.0f} MB above the "
+        f"{figures['base_mb']:.0f} MB of the imports), {figures['verified']} geometries verified"
+    )
     return figures
 
 
@@ -75,13 +93,17 @@ def random_state_dict_file(arch: str, directory: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("arch", "layer", "units", "size", "stride"), [
-    ("resnet18", "layer4", 512, 435, 32),
-    ("alexnet", "features.12", 256, 195, 32),
-    ("vgg16", "features.30", 512, 212, 32),
-])
-def test_torchvision_architectures_register_in_seconds_with_each_relu_call_site(arch, layer, units, size, stride,
-                                                                                 tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("arch", "layer", "units", "size", "stride"),
+    [
+        ("resnet18", "layer4", 512, 435, 32),
+        ("alexnet", "features.12", 256, 195, 32),
+        ("vgg16", "features.30", 512, 212, 32),
+    ],
+)
+def test_torchvision_architectures_register_in_seconds_with_each_relu_call_site(
+    arch, layer, units, size, stride, tmp_path, capsys
+):
     weights = random_state_dict_file(arch, tmp_path)
     started = time.monotonic()
     call_command("register_network", "--name", arch, "--arch", arch, "--weights", str(weights))
@@ -109,7 +131,8 @@ def test_torchvision_architectures_register_in_seconds_with_each_relu_call_site(
         assert {"features.1", "features.4"} <= names
     checked = network.layers.exclude(out_height=1, out_width=1)
     assert checked.filter(rf_verified=True).count() == checked.count(), list(
-        checked.filter(rf_verified=False).values_list("name", "rf_check"))
+        checked.filter(rf_verified=False).values_list("name", "rf_check")
+    )
     print(f"\n{arch}: register_network took {seconds:.1f} s ({network.layers.count()} layers)")
     from analysis.engine.networks import NetworkKind, NetworkSpec
 
@@ -130,21 +153,42 @@ def test_two_networks_with_one_builder_and_different_weights_never_share_a_cache
     call_command("register_network", "--name", "a", "--arch", "resnet18", "--weights", str(first), "--input-size", "64")
     call_command("register_network", "--name", "b", "--arch", "resnet18", "--weights", str(other), "--input-size", "64")
     # the same builder loading its own (different) weights: no file, still a distinct identity
-    call_command("register_network", "--name", "c", "--module", "tests.real_network_builders:resnet18_seeded",
-                 "--kwargs", '{"seed": 2}', "--input-size", "64")
-    call_command("register_network", "--name", "d", "--module", "tests.real_network_builders:resnet18_seeded",
-                 "--kwargs", '{"seed": 3}', "--input-size", "64")
+    call_command(
+        "register_network",
+        "--name",
+        "c",
+        "--module",
+        "tests.real_network_builders:resnet18_seeded",
+        "--kwargs",
+        '{"seed": 2}',
+        "--input-size",
+        "64",
+    )
+    call_command(
+        "register_network",
+        "--name",
+        "d",
+        "--module",
+        "tests.real_network_builders:resnet18_seeded",
+        "--kwargs",
+        '{"seed": 3}',
+        "--input-size",
+        "64",
+    )
     dataset = Dataset.objects.create(name="d", kind="probe_world", root_dir=str(tmp_path), image_count=4)
-    keys = {activation_cache_key(network, dataset, Layer.objects.get(network=network, name="layer4"))
-            for network in Network.objects.all()}
+    keys = {
+        activation_cache_key(network, dataset, Layer.objects.get(network=network, name="layer4"))
+        for network in Network.objects.all()
+    }
     hashes = set(Network.objects.values_list("weights_sha256", flat=True))
     assert len(keys) == len(hashes) == 4 and "" not in hashes
 
 
 def test_a_second_registration_under_one_name_fails_at_once(tmp_path):
     weights = random_state_dict_file("alexnet", tmp_path)
-    call_command("register_network", "--name", "dup", "--arch", "alexnet", "--weights", str(weights),
-                 "--input-size", "96")
+    call_command(
+        "register_network", "--name", "dup", "--arch", "alexnet", "--weights", str(weights), "--input-size", "96"
+    )
     started = time.monotonic()
     with pytest.raises(CommandError, match="already exists"):
         call_command("register_network", "--name", "dup", "--arch", "alexnet", "--weights", str(weights))
@@ -157,8 +201,9 @@ def test_a_failed_registration_frees_its_name(tmp_path):
     with pytest.raises(CommandError, match="do not match"):
         call_command("register_network", "--name", "free", "--arch", "resnet18", "--weights", str(weights))
     assert not Network.objects.filter(name="free").exists()
-    call_command("register_network", "--name", "free", "--arch", "alexnet", "--weights", str(weights),
-                 "--input-size", "96")
+    call_command(
+        "register_network", "--name", "free", "--arch", "alexnet", "--weights", str(weights), "--input-size", "96"
+    )
     assert Network.objects.get(name="free").layers.exists()
 
 
@@ -196,8 +241,17 @@ def test_efficientnet_lite0_as_shipped_goes_through_the_whole_pipeline(tmp_path,
 
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(PROBE_AT_IMAGENET.get(i, f"imagenet-{i}") for i in range(1000)) + "\n")
-    call_command("register_network", "--name", "lite0", "--module", "tests.real_network_builders:efficientnet_lite0",
-                 "--input-size", "224", "--classes", str(classes))
+    call_command(
+        "register_network",
+        "--name",
+        "lite0",
+        "--module",
+        "tests.real_network_builders:efficientnet_lite0",
+        "--input-size",
+        "224",
+        "--classes",
+        str(classes),
+    )
     output = capsys.readouterr().out
     assert "Checking receptive fields" in output
     network = Network.objects.get(name="lite0")
@@ -211,7 +265,9 @@ def test_efficientnet_lite0_as_shipped_goes_through_the_whole_pipeline(tmp_path,
     head = layers["_swish_1"]
     assert (head.rf_stride_y, head.rf_verified) == (32, True)
     assert network.weights_sha256 and not network.weights_path  # the builder loads its own weights
-    figures = measure_registration(NetworkSpec(kind=NetworkKind.MODULE, target="tests.real_network_builders:efficientnet_lite0"))
+    figures = measure_registration(
+        NetworkSpec(kind=NetworkKind.MODULE, target="tests.real_network_builders:efficientnet_lite0")
+    )
     assert not figures["failed"] and figures["peak_mb"] - figures["base_mb"] < 1024
 
     run = probe_world_run_start(name="lite-world", n_images=12, size=224, seed=2, inline=True)
@@ -235,26 +291,48 @@ def test_efficientnet_lite0_as_shipped_goes_through_the_whole_pipeline(tmp_path,
     assert dissection.status == RunStatus.SUCCEEDED, dissection.error + dissection.error_detail
     assert LayerDissection.objects.get(run=dissection).n_units == 1280
 
-    parts = part_detection_run_start(network="lite0", dataset="lite-world", layer="_swish_1", split="all",
-                                     inputs="whole_images", population=8, generations=2, min_part_size=3,
-                                     min_instances=2, inline=True)
+    parts = part_detection_run_start(
+        network="lite0",
+        dataset="lite-world",
+        layer="_swish_1",
+        split="all",
+        inputs="whole_images",
+        population=8,
+        generations=2,
+        min_part_size=3,
+        min_instances=2,
+        inline=True,
+    )
     assert parts.status == RunStatus.SUCCEEDED, parts.error + parts.error_detail
     study = PartDetectionStudy.objects.get(run=parts)
     assert study.n_parts > 0 and study.part_results.exists()
 
-    ablation = ablation_run_start(network="lite0", dataset="lite-world", layer="_swish_1", split="all",
-                                  inputs="whole_images", max_images=2, blackout=False, inline=True)
+    ablation = ablation_run_start(
+        network="lite0",
+        dataset="lite-world",
+        layer="_swish_1",
+        split="all",
+        inputs="whole_images",
+        max_images=2,
+        blackout=False,
+        inline=True,
+    )
     assert ablation.status == RunStatus.SUCCEEDED, ablation.error + ablation.error_detail
     ablated = AblationStudy.objects.get(run=ablation)
     assert set(ablated.class_results.values_list("object_class__name", flat=True)) <= set(PROBE_AT_IMAGENET.values())
     assert ablated.class_results.exists()
 
     expert = user_create(username="lite-expert", password="pw-lite-expert-1", role=Role.EXPERT)
-    present = [name for name in extraction.class_names
-               if ExemplarSet.objects.filter(extraction=extraction, unit__index=17, kind=ExemplarKind.TOP_CLASS,
-                                             object_class__name=name).exists()]
-    expert_study = study_services.study_create(name="lite0-head", extraction=extraction, experts=[expert],
-                                               units=[0, 1, 2, 3, 17], object_classes=present[:2])
+    present = [
+        name
+        for name in extraction.class_names
+        if ExemplarSet.objects.filter(
+            extraction=extraction, unit__index=17, kind=ExemplarKind.TOP_CLASS, object_class__name=name
+        ).exists()
+    ]
+    expert_study = study_services.study_create(
+        name="lite0-head", extraction=extraction, experts=[expert], units=[0, 1, 2, 3, 17], object_classes=present[:2]
+    )
     rater = expert_study.raters.get()
     task = study_services.task_next_for_rater(rater=rater)
     assert task is not None and task.unit.index in {0, 1, 2, 3, 17}
@@ -268,13 +346,28 @@ def test_units_saturated_at_a_ceiling_are_ranked_by_map_sum_and_flagged(research
     from analysis.services.extraction import extraction_run_start, open_activation_cache
 
     assert probe_world_run_start(name="sat-world", n_images=24, size=32, seed=1, inline=True).status == "succeeded"
-    call_command("register_network", "--name", "sat", "--module", "tests.real_network_builders:saturating",
-                 "--input-size", "32", "--mean", "0", "0", "0", "--std", "1", "1", "1")
+    call_command(
+        "register_network",
+        "--name",
+        "sat",
+        "--module",
+        "tests.real_network_builders:saturating",
+        "--input-size",
+        "32",
+        "--mean",
+        "0",
+        "0",
+        "0",
+        "--std",
+        "1",
+        "1",
+        "1",
+    )
     run = extraction_run_start(network="sat", dataset="sat-world", layers=["1"], k_overall=5, inline=True)
     assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
     extraction = LayerExtraction.objects.get(run=run)
     maps = np.asarray(open_activation_cache(extraction), dtype=np.float64)  # [N, 2, 32, 32]
-    at_ceiling = (maps[:, 0].reshape(len(maps), -1).max(axis=1) == 6.0)
+    at_ceiling = maps[:, 0].reshape(len(maps), -1).max(axis=1) == 6.0
     assert at_ceiling.sum() > 5  # the planted tie: more images at 6.0 than k
     saturated = UnitActivationSummary.objects.get(extraction=extraction, unit__index=0)
     assert saturated.saturated_at_ceiling and saturated.ceiling_ties == 5 and saturated.threshold == 6.0
@@ -285,9 +378,12 @@ def test_units_saturated_at_a_ceiling_are_ranked_by_map_sum_and_flagged(research
     top = ExemplarSet.objects.get(extraction=extraction, unit__index=0, kind=ExemplarKind.TOP_OVERALL)
     assert top.image_indices == [int(i) for i in expected]
     assert top.image_indices != sorted(top.image_indices)  # not simply the dataset's first images
-    page = researcher_client.get(f"/research/networks/sat/layers/1/units/0/").content.decode()
+    page = researcher_client.get("/research/networks/sat/layers/1/units/0/").content.decode()
     assert "saturated at its ceiling" in page and "sum of the unit" in page
-    assert "saturated at its ceiling" not in researcher_client.get("/research/networks/sat/layers/1/units/1/").content.decode()
+    assert (
+        "saturated at its ceiling"
+        not in researcher_client.get("/research/networks/sat/layers/1/units/1/").content.decode()
+    )
 
 
 def test_a_builder_that_makes_new_random_weights_each_call_is_refused():

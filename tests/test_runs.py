@@ -1,4 +1,5 @@
 """The Run lifecycle: created before enqueueing, claimed exclusively, progress visible, final states."""
+
 from __future__ import annotations
 
 import threading
@@ -9,8 +10,17 @@ from django.db import connection
 
 from analysis.jobs import job_kind
 from analysis.models import Run, RunStatus
-from analysis.services.runs import (RunCancelled, RunInputError, RunProgress, params_hash, run_cancel, run_claim,
-                                    run_execute, run_fail_stale, run_start)
+from analysis.services.runs import (
+    RunCancelled,
+    RunInputError,
+    RunProgress,
+    params_hash,
+    run_cancel,
+    run_claim,
+    run_execute,
+    run_fail_stale,
+    run_start,
+)
 from analysis.services.selfcheck import selfcheck_params
 
 SMALL = {"matmul_size": 32, "conv_batch": 2, "conv_image_size": 16, "repeats": 2}
@@ -24,8 +34,10 @@ def test_params_hash_ignores_key_order():
 @pytest.mark.django_db
 def test_run_row_exists_before_the_task_is_sent(django_capture_on_commit_callbacks, monkeypatch):
     sent = []
-    monkeypatch.setattr("analysis.services.runs.current_app.send_task",
-                        lambda name, args, queue: sent.append((name, args, queue, Run.objects.get(pk=args[0]).status)))
+    monkeypatch.setattr(
+        "analysis.services.runs.current_app.send_task",
+        lambda name, args, queue: sent.append((name, args, queue, Run.objects.get(pk=args[0]).status)),
+    )
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         run, created = run_start(kind="selfcheck", params=selfcheck_params(**SMALL))
     assert created and run.status == RunStatus.QUEUED and not sent
@@ -138,10 +150,17 @@ def test_stale_running_run_is_marked_failed():
     limit = job_kind("selfcheck").time_limit
     now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     old = now - timedelta(seconds=limit + 120)
-    stale = Run.objects.create(kind="selfcheck", params={}, params_hash="x", status=RunStatus.RUNNING,
-                               started_at=old, heartbeat_at=old)
-    fresh = Run.objects.create(kind="selfcheck", params={}, params_hash="y", status=RunStatus.RUNNING,
-                               started_at=now, heartbeat_at=now - timedelta(seconds=limit + 60))  # just in time
+    stale = Run.objects.create(
+        kind="selfcheck", params={}, params_hash="x", status=RunStatus.RUNNING, started_at=old, heartbeat_at=old
+    )
+    fresh = Run.objects.create(
+        kind="selfcheck",
+        params={},
+        params_hash="y",
+        status=RunStatus.RUNNING,
+        started_at=now,
+        heartbeat_at=now - timedelta(seconds=limit + 60),
+    )  # just in time
     assert run_fail_stale(now=now) == 1
     stale.refresh_from_db()
     fresh.refresh_from_db()

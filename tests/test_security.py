@@ -1,6 +1,7 @@
 """Security: weights load without running code, crowd endpoints are rate-limited, worker codes are unguessable.
 (Roles × URLs, CSRF and escaping of stored text on every page: tests/web/test_permission_matrix.py; uploads:
 tests/test_api.py; ``check --deploy``: tests/test_settings.py; fuzzing: tests/test_fuzz.py.)"""
+
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.test_crowd_reports import layers  # noqa: F401 (fixture)
+
 
 def test_weights_are_loaded_without_running_code(tmp_path):
     """``torch.load(weights_only=True)``: a pickle that would run code on load is refused, and the code never runs."""
@@ -44,8 +46,11 @@ def test_every_torch_load_in_the_project_uses_weights_only():
 
     root = Path(__file__).resolve().parent.parent
     offenders = []
-    for path in [path for folder in ("accounts", "analysis", "annotation", "api", "unitscope", "benchmarks")
-                 for path in (root / folder).rglob("*.py")]:
+    for path in [
+        path
+        for folder in ("accounts", "analysis", "annotation", "api", "unitscope", "benchmarks")
+        for path in (root / folder).rglob("*.py")
+    ]:
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             if re.search(r"torch\.load\(", line) and "weights_only=True" not in line:
                 offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
@@ -53,6 +58,7 @@ def test_every_torch_load_in_the_project_uses_weights_only():
 
 
 # -- rate limits ------------------------------------------------------------------------------------------
+
 
 def test_rate_parsing():
     from unitscope.ratelimit import parse_rate
@@ -106,6 +112,7 @@ def test_crowd_pages_are_rate_limited(settings, client):
 
 # -- unguessable names ------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_worker_codes_and_tokens_come_from_secrets(monkeypatch):
     import secrets
@@ -118,7 +125,9 @@ def test_worker_codes_and_tokens_come_from_secrets(monkeypatch):
     codes = [worker.code for worker in workers]
     assert len(set(codes)) == len(codes)
     assert all(re.fullmatch(r"[0-9a-f]{32}", code) for code in codes)  # 128 random bits
-    assert all(re.fullmatch(r"[0-9a-f]{16,}", token) for token in [study.token, *study.hits.values_list("token", flat=True)])
+    assert all(
+        re.fullmatch(r"[0-9a-f]{16,}", token) for token in [study.token, *study.hits.values_list("token", flat=True)]
+    )
     calls = []
     monkeypatch.setattr(common.secrets, "token_hex", lambda n: calls.append(n) or secrets.token_bytes(n).hex())
     worker = enter(study, 999)
@@ -126,6 +135,7 @@ def test_worker_codes_and_tokens_come_from_secrets(monkeypatch):
 
 
 # -- login throttling (issue 20, item 7) ----------------------------------------------------------------------
+
 
 @pytest.fixture
 def throttle(settings, db):
@@ -150,7 +160,9 @@ def test_logins_are_throttled_by_account_and_by_address(throttle, client, resear
         assert client.post(url, {"username": "rita", "password": "wrong"}).status_code == 200
     assert len(checked) == 3
     refused = client.post(url, {"username": "RITA", "password": PASSWORD})
-    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1 and b"Too many failed logins" in refused.content
+    assert (
+        refused.status_code == 429 and int(refused["Retry-After"]) >= 1 and b"Too many failed logins" in refused.content
+    )
     elsewhere = Client(REMOTE_ADDR="10.0.0.7")
     assert elsewhere.post(url, {"username": "rita", "password": PASSWORD}).status_code == 429  # the account
     assert len(checked) == 3 and "_auth_user_id" not in client.session  # no password was checked
@@ -160,8 +172,9 @@ def test_logins_are_throttled_by_account_and_by_address(throttle, client, resear
     assert client.post(url, {"username": "ed", "password": PASSWORD}).status_code == 429
     assert elsewhere.post(url, {"username": "ed", "password": PASSWORD}).status_code == 302  # another address
     # The admin's login counts and refuses the same way.
-    admin_refused = Client(REMOTE_ADDR="10.0.0.8").post(reverse("admin:login"),
-                                                        {"username": "rita", "password": PASSWORD})
+    admin_refused = Client(REMOTE_ADDR="10.0.0.8").post(
+        reverse("admin:login"), {"username": "rita", "password": PASSWORD}
+    )
     assert b"Too many failed logins" in admin_refused.content and "_auth_user_id" not in admin_refused.client.session
 
 
@@ -183,6 +196,7 @@ def test_a_correct_login_clears_the_account_but_not_the_address(throttle, client
 
 # -- a shared cache by default (rate limits and login counts hold across web processes) ---------------------------
 
+
 def test_the_default_cache_is_the_database_and_migrate_makes_its_table(transactional_db):
     """Without ``CACHE_URL`` the counters live in the database cache, which every web process shares (a
     per-process cache let 250 of 250 requests through a 120/min limit); ``migrate`` makes its table."""
@@ -195,10 +209,17 @@ def test_the_default_cache_is_the_database_and_migrate_makes_its_table(transacti
     env = {key: value for key, value in os.environ.items() if key != "CACHE_URL"}
     for module in ("unitscope.settings.local", "unitscope.settings.test"):
         out = subprocess.run(
-            [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
-                                   "print(settings.CACHES['default']['BACKEND'])"],
-            env={**env, "DJANGO_SETTINGS_MODULE": module, "SECRET_KEY": "x"}, capture_output=True, text=True,
-            check=True)
+            [
+                sys.executable,
+                "-c",
+                "import django; django.setup(); from django.conf import settings; "
+                "print(settings.CACHES['default']['BACKEND'])",
+            ],
+            env={**env, "DJANGO_SETTINGS_MODULE": module, "SECRET_KEY": "x"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert out.stdout.strip() == "django.core.cache.backends.db.DatabaseCache", (module, out)
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE unitscope_cache")
@@ -211,9 +232,13 @@ def test_the_default_cache_is_the_database_and_migrate_makes_its_table(transacti
 
 # -- Content-Security-Policy and no inline scripts ---------------------------------------------------------
 
+
 def test_every_response_carries_a_content_security_policy(client, researcher_client):
-    for response in (client.get(reverse("accounts:login")), researcher_client.get(reverse("analysis:dashboard")),
-                     researcher_client.get("/api/", HTTP_ACCEPT="application/json")):
+    for response in (
+        client.get(reverse("accounts:login")),
+        researcher_client.get(reverse("analysis:dashboard")),
+        researcher_client.get("/api/", HTTP_ACCEPT="application/json"),
+    ):
         policy = response["Content-Security-Policy"]
         directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
         assert directives["script-src"] == "'self'" and directives["default-src"] == "'self'"
@@ -240,6 +265,7 @@ def test_templates_have_no_inline_scripts_or_event_handlers():
 
 # -- researchers administer studies, not accounts (issue 20, item 8) ---------------------------------------------
 
+
 def test_only_superusers_administer_users_and_groups(researcher_client, researcher, make_user):
     from django.contrib.auth.models import Group
 
@@ -248,18 +274,26 @@ def test_only_superusers_administer_users_and_groups(researcher_client, research
     other = make_user("rob", "researcher")
     group = Group.objects.get(name="researcher")
     assert not group.permissions.filter(content_type__app_label__in=["accounts", "auth"]).exists()
-    pages = [reverse("admin:accounts_user_changelist"), reverse("admin:accounts_user_add"),
-             reverse("admin:accounts_user_change", args=[researcher.pk]),
-             reverse("admin:auth_user_password_change", args=[other.pk]),
-             reverse("admin:auth_group_changelist"), reverse("admin:auth_group_change", args=[group.pk])]
+    pages = [
+        reverse("admin:accounts_user_changelist"),
+        reverse("admin:accounts_user_add"),
+        reverse("admin:accounts_user_change", args=[researcher.pk]),
+        reverse("admin:auth_user_password_change", args=[other.pk]),
+        reverse("admin:auth_group_changelist"),
+        reverse("admin:auth_group_change", args=[group.pk]),
+    ]
     for url in pages:
         assert researcher_client.get(url).status_code == 403, url
     # Making oneself superuser, or setting another researcher's password, through the admin's forms: refused.
-    response = researcher_client.post(reverse("admin:accounts_user_change", args=[researcher.pk]),
-                                      {"username": "rita", "is_superuser": "on", "is_staff": "on", "is_active": "on"})
+    response = researcher_client.post(
+        reverse("admin:accounts_user_change", args=[researcher.pk]),
+        {"username": "rita", "is_superuser": "on", "is_staff": "on", "is_active": "on"},
+    )
     assert response.status_code == 403
-    response = researcher_client.post(reverse("admin:auth_user_password_change", args=[other.pk]),
-                                      {"password1": "N3w-secret-pass!", "password2": "N3w-secret-pass!"})
+    response = researcher_client.post(
+        reverse("admin:auth_user_password_change", args=[other.pk]),
+        {"password1": "N3w-secret-pass!", "password2": "N3w-secret-pass!"},
+    )
     assert response.status_code == 403
     researcher.refresh_from_db()
     other.refresh_from_db()
@@ -282,17 +316,22 @@ def test_studies_are_changed_by_their_creator_only(client, researcher, make_user
     crowd = validation_study(name="own", units=2, created_by=researcher)
     worker = enter(crowd, 1)
     answer_everything(worker)
-    expert_study = services.study_create(name="own-x", extraction=build_study_world(units=2),
-                                         experts=make_experts(1), plan="full", created_by=researcher)
+    expert_study = services.study_create(
+        name="own-x", extraction=build_study_world(units=2), experts=make_experts(1), plan="full", created_by=researcher
+    )
     other = make_user("rob", "researcher")
     client.force_login(other)
     assignment = CrowdAssignment.objects.filter(worker=worker).first()
     writes = [
         (reverse("annotation:crowd_study_detail", args=[crowd.pk]), {"open": "0"}),
-        (reverse("annotation:crowd_workers", args=[crowd.pk]), {"form": "block", "worker": worker.pk,
-                                                                "action": "block", "reason": "x"}),
-        (reverse("annotation:crowd_review", args=[crowd.pk]), {"assignments": str(assignment.pk),
-                                                               "decision": "reject", "reason": "x"}),
+        (
+            reverse("annotation:crowd_workers", args=[crowd.pk]),
+            {"form": "block", "worker": worker.pk, "action": "block", "reason": "x"},
+        ),
+        (
+            reverse("annotation:crowd_review", args=[crowd.pk]),
+            {"assignments": str(assignment.pk), "decision": "reject", "reason": "x"},
+        ),
         (reverse("annotation:study_synonyms", args=[expert_study.pk]), {"name": "auto", "maps_to": "car"}),
         (reverse("admin:annotation_study_change", args=[expert_study.pk]), {"name": "taken"}),
         (reverse("admin:annotation_study_delete", args=[expert_study.pk]), {"post": "yes"}),
@@ -328,6 +367,7 @@ def test_the_review_page_sends_back_to_this_site_only(researcher_client, researc
 
 # -- control characters refused at the door (issue 20, item 9) -------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_control_characters_in_ids_are_refused_with_400(client):
     """NUL (and other control characters) in PROLIFIC_PID, workerId, assignmentId, the study token or the worker
@@ -341,8 +381,12 @@ def test_control_characters_in_ids_are_refused_with_400(client):
     prolific = reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"])
     mturk = reverse("annotation:crowd_entry_adapter", args=[study.token, "mturk"])
     good_prolific = {"PROLIFIC_PID": "p1", "STUDY_ID": "s", "SESSION_ID": "x1"}
-    good_mturk = {"workerId": "W1", "assignmentId": "A1", "hitId": "H1",
-                  "turkSubmitTo": "https://workersandbox.mturk.com"}
+    good_mturk = {
+        "workerId": "W1",
+        "assignmentId": "A1",
+        "hitId": "H1",
+        "turkSubmitTo": "https://workersandbox.mturk.com",
+    }
     assert client.get(prolific, good_prolific).status_code == 302
     cases = [(prolific, {**good_prolific, key: f"a{bad}b"}) for key in good_prolific for bad in ("\x00", "\x1b")]
     cases += [(mturk, {**good_mturk, key: f"a{bad}b"}) for key in good_mturk for bad in ("\x00", "\x7f")]
@@ -350,9 +394,14 @@ def test_control_characters_in_ids_are_refused_with_400(client):
         response = client.get(url, params)
         assert response.status_code == 400, (url, params, response.status_code)
         assert b"Control characters" in response.content
-    for path in (f"/crowd/s/{study.token}%00/", f"/crowd/s/{study.token}%00/prolific/?PROLIFIC_PID=p",
-                 f"/crowd/w/{worker.code}%00/", f"/crowd/w/{worker.code}/a/{assignment.token}%00/",
-                 f"/crowd/w/{worker.code}/a/{assignment.token}/done/?ctx=%00", "/research/crowd/1%0a/"):
+    for path in (
+        f"/crowd/s/{study.token}%00/",
+        f"/crowd/s/{study.token}%00/prolific/?PROLIFIC_PID=p",
+        f"/crowd/w/{worker.code}%00/",
+        f"/crowd/w/{worker.code}/a/{assignment.token}%00/",
+        f"/crowd/w/{worker.code}/a/{assignment.token}/done/?ctx=%00",
+        "/research/crowd/1%0a/",
+    ):
         assert client.get(path).status_code == 400, path
         assert client.post(path, {"answer": "yes"}).status_code == 400, path
     # Tab and newline are fine in a query value; not a reason to refuse an ordinary page.
@@ -361,7 +410,7 @@ def test_control_characters_in_ids_are_refused_with_400(client):
 
 # -- spreadsheet formula injection (issue 20, item 5) -----------------------------------------------------------
 
-FORMULAS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tindented", "\r=x"]
+FORMULAS = ['=HYPERLINK("http://x","y")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tindented", "\r=x"]
 
 
 def _formula_cells(text: str) -> list[str]:
@@ -370,8 +419,12 @@ def _formula_cells(text: str) -> list[str]:
 
     from unitscope.spreadsheets import FORMULA_STARTS, PLAIN_NUMBER
 
-    return [cell for row in csv.reader(io.StringIO(text, newline="")) for cell in row
-            if cell.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(cell)]
+    return [
+        cell
+        for row in csv.reader(io.StringIO(text, newline=""))
+        for cell in row
+        if cell.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(cell)
+    ]
 
 
 @pytest.mark.django_db
@@ -390,10 +443,16 @@ def test_every_csv_export_neutralises_formulas(researcher_client, researcher):
     from tests.test_crowd_study import build_crowd_world
 
     # Crowd: a description study, workers named like formulas describing units with formulas.
-    crowd = crowd_hits.crowd_study_create(name="=crowd", kind=CrowdTaskKind.DESCRIPTION,
-                                              extractions=build_crowd_world(name="f", units=2), gold_count=0,
-                                              gold_rate=0.0, qualification_required=False, created_by=researcher,
-                                              description=FORMULAS[0])
+    crowd = crowd_hits.crowd_study_create(
+        name="=crowd",
+        kind=CrowdTaskKind.DESCRIPTION,
+        extractions=build_crowd_world(name="f", units=2),
+        gold_count=0,
+        gold_rate=0.0,
+        qualification_required=False,
+        created_by=researcher,
+        description=FORMULAS[0],
+    )
     for number, text in enumerate(FORMULAS):
         worker, _ = worker_enter(study=crowd, adapter="link", external_id=text)
         while (assignment := hit_next_for_worker(worker=worker)) is not None:
@@ -401,9 +460,12 @@ def test_every_csv_export_neutralises_formulas(researcher_client, researcher):
     crowd.hits.update(label=FORMULAS[3])
     # Expert: imported judgments with formula items, raters and concepts.
     buffer = io.StringIO()
-    csv.writer(buffer).writerows([("item", "rater", "answer", "concept"),
-                                  *[(f"{text.strip()}{n}", f"{text.strip()}{n}", "part", "car") for n, text in
-                                    enumerate(FORMULAS)]])
+    csv.writer(buffer).writerows(
+        [
+            ("item", "rater", "answer", "concept"),
+            *[(f"{text.strip()}{n}", f"{text.strip()}{n}", "part", "car") for n, text in enumerate(FORMULAS)],
+        ]
+    )
     services.judgments_import(study_name="=expert", text=buffer.getvalue(), created_by=researcher)
     study = Study.objects.get(name="=expert")
     Judgment.objects.filter(task__study=study).update(concept=FORMULAS[1])
@@ -434,7 +496,7 @@ def test_csv_cells_are_neutralised_by_one_helper():
         assert spreadsheet_safe(text) == "'" + text and spreadsheet_unquote(spreadsheet_safe(text)) == text
     for value in (-0.25, 3, "-0.25", "+1e-3", "plain", "", None, "a=b"):
         assert spreadsheet_safe(value) == value
-    assert csv_field("=a,b") == "\"'=a,b\"" and csv_field("-1") == "-1"
+    assert csv_field("=a,b") == '"\'=a,b"' and csv_field("-1") == "-1"
 
 
 def test_every_csv_writer_in_the_project_is_the_safe_one():
@@ -457,11 +519,15 @@ def test_every_csv_writer_in_the_project_is_the_safe_one():
 
 # -- crowd identity: a platform id is not a credential (issue 20, items 2, 3 and 6) ------------------------------
 
+
 def _prolific(study, pid: str, session: str) -> str:
     from urllib.parse import urlencode
 
-    return (reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"]) + "?"
-            + urlencode({"PROLIFIC_PID": pid, "STUDY_ID": "S", "SESSION_ID": session}))
+    return (
+        reverse("annotation:crowd_entry_adapter", args=[study.token, "prolific"])
+        + "?"
+        + urlencode({"PROLIFIC_PID": pid, "STUDY_ID": "S", "SESSION_ID": session})
+    )
 
 
 def _work_through(client, url: str, answer: str, limit: int = 40) -> str:
@@ -485,8 +551,15 @@ def test_a_known_platform_id_does_not_hand_over_the_workers_session():
     from annotation.models import CrowdAssignment, CrowdWorker
     from tests.test_crowd_study import add_gold, validation_study
 
-    study = validation_study(name="idp", units=6, gold_rate=0.8, block_below=0.6, block_min_gold=3,
-                             hits_per_session=20, external_submit_hosts="www.mturk.com")
+    study = validation_study(
+        name="idp",
+        units=6,
+        gold_rate=0.8,
+        block_below=0.6,
+        block_min_gold=3,
+        hits_per_session=20,
+        external_submit_hosts="www.mturk.com",
+    )
     add_gold(study, 12, answer="no")
     victim = Client()
     first = victim.get(_prolific(study, "VICTIM", "SESSION-V"), follow=True)
@@ -570,6 +643,7 @@ def test_prolific_codes_are_per_session_and_need_the_sessions_work(researcher):
 
 # -- a large judgment import fits in a request (issue 20, item 10) -----------------------------------------------
 
+
 @pytest.mark.django_db
 def test_a_ten_thousand_row_import_is_done_in_bulk(researcher, django_assert_max_num_queries):
     """10,000 rows (116 KiB, under the 5 MiB limit) used to be ~30,000 statements and outlived the request's 60 s;
@@ -577,8 +651,10 @@ def test_a_ten_thousand_row_import_is_done_in_bulk(researcher, django_assert_max
     from annotation.expert.services import judgments_import
     from annotation.models import Judgment
 
-    rows = [f"item-{n % 2500},rater-{n // 2500},{'part' if n % 3 else 'no'},{'wheel' if n % 3 else ''}"
-            for n in range(10_000)]
+    rows = [
+        f"item-{n % 2500},rater-{n // 2500},{'part' if n % 3 else 'no'},{'wheel' if n % 3 else ''}"
+        for n in range(10_000)
+    ]
     text = "item,rater,answer,concept\n" + "\n".join(rows)
     with django_assert_max_num_queries(250):  # SQLite caps a statement at 999 variables: ~90 rows an INSERT
         counts = judgments_import(study_name="big", text=text, created_by=researcher)
@@ -595,6 +671,7 @@ def test_a_ten_thousand_row_import_is_done_in_bulk(researcher, django_assert_max
 
 
 # -- blindness: pictures under each assignment's own URL, purity files alike (issue 20, item 4) --------------------
+
 
 @pytest.mark.django_db
 def test_each_hit_has_its_own_picture_url_without_file_dates(client, settings, tmp_path):
@@ -626,7 +703,7 @@ def test_each_hit_has_its_own_picture_url_without_file_dates(client, settings, t
 
 
 @pytest.mark.django_db
-def test_purity_pictures_are_padded_to_one_size(settings, tmp_path, layers):  # noqa: F811
+def test_purity_pictures_are_padded_to_one_size(settings, tmp_path, layers):
     """Purity pictures of a study reach workers at one size (the pattern's source was guessed from file size),
     and still decode to the same pixels."""
     import io
@@ -701,16 +778,28 @@ def test_a_label_that_is_both_human_and_dissection_is_one_hit_credited_to_both()
     from tests.test_crowd_study import answer_everything, build_crowd_world, enter
 
     extractions = build_crowd_world(name="dup", units=2)  # dissection: unit 0 "car", unit 1 "wheel"
-    describe = crowd_hits.crowd_study_create(name="d-dup", kind=CrowdTaskKind.DESCRIPTION, extractions=extractions,
-                                             gold_count=0, gold_rate=0.0, qualification_required=False)
+    describe = crowd_hits.crowd_study_create(
+        name="d-dup",
+        kind=CrowdTaskKind.DESCRIPTION,
+        extractions=extractions,
+        gold_count=0,
+        gold_rate=0.0,
+        qualification_required=False,
+    )
     for number in range(3):
         worker = enter(describe, number)
         while (assignment := hit_next_for_worker(worker=worker)) is not None:
             text = "car" if assignment.hit.unit.index == 0 else "blue sky"
             assignment_submit(assignment=assignment, description=text, confidence=4)
-    validate = crowd_hits.crowd_study_create(name="v-dup", kind=CrowdTaskKind.VALIDATION, extractions=extractions,
-                                             gold_count=0, gold_rate=0.0, qualification_required=False,
-                                             assignments_per_hit=1)
+    validate = crowd_hits.crowd_study_create(
+        name="v-dup",
+        kind=CrowdTaskKind.VALIDATION,
+        extractions=extractions,
+        gold_count=0,
+        gold_rate=0.0,
+        qualification_required=False,
+        assignments_per_hit=1,
+    )
     by_unit = {}
     for hit in validate.hits.exclude(validation_round=ValidationRound.SELECTION).select_related("unit"):
         by_unit.setdefault(hit.unit.index, []).append(hit)

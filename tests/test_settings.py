@@ -1,4 +1,5 @@
 """Production settings refuse unsafe configurations, and `check --deploy` is clean when configured."""
+
 import os
 import subprocess
 import sys
@@ -9,11 +10,15 @@ GOOD_SECRET = "k3J9-vQx_2mLr8ZtP4wYb7NcE1uHs6DgAf0oRiTq5XyWnMzKpBjVl"
 
 
 def run_manage(*args: str, **env_overrides: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items()
-           if key not in {"SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    }
     env.update(DJANGO_SETTINGS_MODULE="unitscope.settings.production", **env_overrides)
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_production_refuses_to_start_without_secret_key():
@@ -29,8 +34,9 @@ def test_production_refuses_debug():
 
 
 def test_production_check_deploy_is_clean():
-    completed = run_manage("check", "--deploy", "--fail-level", "WARNING", SECRET_KEY=GOOD_SECRET,
-                           ALLOWED_HOSTS="unitscope.example.org")
+    completed = run_manage(
+        "check", "--deploy", "--fail-level", "WARNING", SECRET_KEY=GOOD_SECRET, ALLOWED_HOSTS="unitscope.example.org"
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "no issues" in completed.stdout
 

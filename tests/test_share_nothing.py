@@ -7,6 +7,7 @@ store. An extraction and a dissection split into shards run across them; the mer
 thresholds equal a single-process run on the local default bit for bit. Then one worker is killed while it tallies
 a shard: the dissection ends failed with a message naming the lost shard, and no merged tally is ever written.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,11 @@ def _can_hide_folders() -> str | None:
         return "not root: unshare -m needs CAP_SYS_ADMIN"
     if shutil.which("unshare") is None:
         return "no unshare(1) on this machine"
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                            "mount -t tmpfs none /mnt && umount /mnt"], capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /mnt && umount /mnt"],
+        capture_output=True,
+        text=True,
+    )
     return None if probe.returncode == 0 else f"unshare -m is refused here: {probe.stderr.strip()[:200]}"
 
 
@@ -52,15 +56,46 @@ class ScratchWorker:
     def __init__(self, name: str, scratch: Path, env: dict[str, str], hidden: list[Path], log_path: Path):
         self.scratch, self.log_path = scratch, log_path
         scratch.mkdir(parents=True)
-        command = [sys.executable, "-m", "celery", "-A", "unitscope", "worker", "-Q", "default,gpu", "-c", "1",
-                   "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "unitscope",
+            "worker",
+            "-Q",
+            "default,gpu",
+            "-c",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"{name}-{uuid.uuid4().hex[:6]}@%h",
+        ]
         if hidden:
             mounts = " && ".join(f"mount -t tmpfs none '{folder}'" for folder in hidden)
-            command = ["unshare", "-m", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "sh",
-                       *command]
+            command = [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f'{mounts} && exec "$@"',
+                "sh",
+                *command,
+            ]
         with open(log_path, "w") as log:
-            self.process = subprocess.Popen(command, cwd=PROJECT_DIR, env={**env, "UNITSCOPE_DATA_DIR": str(scratch)},
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command,
+                cwd=PROJECT_DIR,
+                env={**env, "UNITSCOPE_DATA_DIR": str(scratch)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 180
         while "ready." not in self.log:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -129,10 +164,15 @@ def worker_environment(transactional_db, object_store, settings, tmp_path):
     from unitscope.celery import app
 
     _purge_broker()
-    env = dict(os.environ, DATABASE_URL=_database_url_for_subprocess(), DJANGO_SETTINGS_MODULE="unitscope.settings.test",
-               UNITSCOPE_STORAGE_URL=settings.UNITSCOPE_STORAGE_URL,
-               UNITSCOPE_STORAGE_ENDPOINT_URL=settings.UNITSCOPE_STORAGE_ENDPOINT_URL,
-               UNITSCOPE_STORAGE_REGION=settings.UNITSCOPE_STORAGE_REGION, **WORKER_ENV)
+    env = dict(
+        os.environ,
+        DATABASE_URL=_database_url_for_subprocess(),
+        DJANGO_SETTINGS_MODULE="unitscope.settings.test",
+        UNITSCOPE_STORAGE_URL=settings.UNITSCOPE_STORAGE_URL,
+        UNITSCOPE_STORAGE_ENDPOINT_URL=settings.UNITSCOPE_STORAGE_ENDPOINT_URL,
+        UNITSCOPE_STORAGE_REGION=settings.UNITSCOPE_STORAGE_REGION,
+        **WORKER_ENV,
+    )
     if app.conf.broker_url.startswith("filesystem"):  # the embedded broker's folders are this machine's broker
         env["UNITSCOPE_BROKER_DIR"] = str(Path(app.conf.broker_transport_options["data_folder_in"]).parent)
     yield env
@@ -140,7 +180,8 @@ def worker_environment(transactional_db, object_store, settings, tmp_path):
 
 
 def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_shard_fails_whole(
-        make_probe_world, probe_world_files, settings, worker_environment, tmp_path):
+    make_probe_world, probe_world_files, settings, worker_environment, tmp_path
+):
     from tests.worlds import seeded_network
 
     # The single-process reference, on the local default (no store), in the web's own data dir.
@@ -149,11 +190,13 @@ def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_
     settings.STORAGES = {**store_settings, "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"}}
     make_probe_world("reference-world")
     seeded_network(name="seeded", input_size=(64, 64))
-    reference_extraction = extraction_run_start(network="seeded", dataset="reference-world", layers=[LAYER],
-                                                batch_size=12, inline=True)
+    reference_extraction = extraction_run_start(
+        network="seeded", dataset="reference-world", layers=[LAYER], batch_size=12, inline=True
+    )
     assert reference_extraction.status == RunStatus.SUCCEEDED, reference_extraction.error
-    reference = dissection_run_start(network="seeded", dataset="reference-world", layer=LAYER, upsample="plain",
-                                     inline=True)
+    reference = dissection_run_start(
+        network="seeded", dataset="reference-world", layer=LAYER, upsample="plain", inline=True
+    )
     assert reference.status == RunStatus.SUCCEEDED, reference.error
 
     # Production: the store. Registering publishes the dataset there (the workers never see its folder).
@@ -162,8 +205,10 @@ def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_
     assert dataset.root_dir == "datasets/world" and artifact_store().exists("datasets/world/index.csv")
     hide_why = _can_hide_folders()
     hidden = [] if hide_why else [settings.UNITSCOPE_DATA_DIR, probe_world_files()]
-    workers = [ScratchWorker(name, tmp_path / f"scratch-{name}", worker_environment, hidden,
-                             tmp_path / f"{name}.log") for name in ("gpu-a", "gpu-b")]
+    workers = [
+        ScratchWorker(name, tmp_path / f"scratch-{name}", worker_environment, hidden, tmp_path / f"{name}.log")
+        for name in ("gpu-a", "gpu-b")
+    ]
     try:
         extraction = extraction_run_start(network="seeded", dataset="world", layers=[LAYER], batch_size=12)
         _wait_final([extraction])
@@ -178,8 +223,10 @@ def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_
         assert owners == {0, 1}, "both workers should have tallied shards"
 
         # Bit for bit: the merged counts, the cached maps, the thresholds.
-        merged, single = dissection_tally_load(_dissection_of(dissection)), dissection_tally_load(
-            _dissection_of(reference))
+        merged, single = (
+            dissection_tally_load(_dissection_of(dissection)),
+            dissection_tally_load(_dissection_of(reference)),
+        )
         assert set(merged) == set(single)
         for name in single:
             assert np.array_equal(merged[name], single[name]), name
@@ -189,8 +236,12 @@ def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_
         assert np.array_equal(np.asarray(open_activation_cache(remote)), np.asarray(open_activation_cache(local)))
 
         def thresholds(extraction_row):
-            return list(UnitActivationSummary.objects.filter(extraction=extraction_row)
-                        .order_by("unit__index").values_list("threshold", "max_activation", "active_images"))
+            return list(
+                UnitActivationSummary.objects.filter(extraction=extraction_row)
+                .order_by("unit__index")
+                .values_list("threshold", "max_activation", "active_images")
+            )
+
         assert thresholds(remote) == thresholds(local)
         # The workers read their inputs from their own scratch copies, fetched from the store.
         for worker in workers:
@@ -200,18 +251,30 @@ def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_
         # A worker killed while it tallies a shard: the run fails naming the shard, nothing merged is written.
         killed = None
         for attempt in range(5):
-            doomed = dissection_run_start(network="seeded", dataset="world", layer=LAYER, upsample="plain",
-                                          shards=12, iou_threshold=0.04 + 0.001 * (attempt + 1))
+            doomed = dissection_run_start(
+                network="seeded",
+                dataset="world",
+                layer=LAYER,
+                upsample="plain",
+                shards=12,
+                iou_threshold=0.04 + 0.001 * (attempt + 1),
+            )
             deadline = time.monotonic() + 120
             while killed is None and time.monotonic() < deadline:
-                running = [shard for shard in Run.objects.filter(kind="dissect_shard", status=RunStatus.RUNNING,
-                                                                 params__dissection__isnull=False)
-                           if shard.pk > doomed.pk]
+                running = [
+                    shard
+                    for shard in Run.objects.filter(
+                        kind="dissect_shard", status=RunStatus.RUNNING, params__dissection__isnull=False
+                    )
+                    if shard.pk > doomed.pk
+                ]
                 holder = next((worker for shard in running for worker in workers if worker.owns(shard)), None)
                 if holder is not None:
                     holder.signal(signal.SIGSTOP)  # frozen mid-shard; killed only if the shard is still running
-                    if any(Run.objects.get(pk=shard.pk).status == RunStatus.RUNNING and holder.owns(shard)
-                           for shard in running):
+                    if any(
+                        Run.objects.get(pk=shard.pk).status == RunStatus.RUNNING and holder.owns(shard)
+                        for shard in running
+                    ):
                         holder.kill()
                         killed = holder
                     else:

@@ -1,5 +1,6 @@
 """The artifact store (analysis.storage) on the local default and on an S3-compatible server (moto), and grids
 stored and served from the object store through django-storages."""
+
 from __future__ import annotations
 
 import hashlib
@@ -113,8 +114,17 @@ def test_grids_go_to_the_object_store_under_content_hashes_and_are_served_from_i
 
 @pytest.mark.django_db
 def test_public_media_urls_name_the_public_domain_and_carry_no_signature(object_store, settings):
-    settings.STORAGES = {**settings.STORAGES, "default": {**settings.STORAGES["default"], "OPTIONS": {
-        **settings.STORAGES["default"]["OPTIONS"], "custom_domain": "media.example.org", "querystring_auth": False}}}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            **settings.STORAGES["default"],
+            "OPTIONS": {
+                **settings.STORAGES["default"]["OPTIONS"],
+                "custom_domain": "media.example.org",
+                "querystring_auth": False,
+            },
+        },
+    }
     grid = store_grid(Image.new("RGB", (3, 3), "red"), style="activation")
     assert grid.url == f"https://media.example.org/site/media/{grid.path}"
 
@@ -142,8 +152,15 @@ def test_a_registered_weights_file_is_published_and_read_back_through_the_store(
     weights = tmp_path / "outside" / "weights.pt"
     weights.parent.mkdir()
     torch.save(build_demo_network(7, seed=3).state_dict(), weights)
-    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), weights=str(weights),
-                       kwargs={"num_classes": 7}, input_size=(64, 64), mean=(0.5,) * 3, std=(0.25,) * 3)
+    spec = NetworkSpec(
+        kind=NetworkKind.MODULE,
+        target=demo_network_target(),
+        weights=str(weights),
+        kwargs={"num_classes": 7},
+        input_size=(64, 64),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+    )
     network = network_register(name="stored-net", spec=spec)
     network.refresh_from_db()
     assert network.weights_path == "networks/stored-net/weights/weights.pt"

@@ -1,5 +1,6 @@
 """`make demo`'s supervisor (unitscope.supervisor): children restarted with their log's last lines, a bounded number
 of times, and stopped with everything they started."""
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,10 @@ def test_a_child_that_exits_is_reported_with_its_log_and_restarted_a_bounded_num
         wait_until(lambda: not supervisor.alive("worker"))
         supervisor.check()
         assert supervisor.children["worker"].given_up
-        assert said[-1] == ("!! The worker stopped 3 times within 1 minutes: it is not restarted again. "
-                            "Start one yourself with `celery worker`.")
+        assert said[-1] == (
+            "!! The worker stopped 3 times within 1 minutes: it is not restarted again. "
+            "Start one yourself with `celery worker`."
+        )
         supervisor.check()  # given up: nothing more is said or started
         assert len(said) == 6 and not supervisor.alive("worker")
         assert (tmp_path / "worker.log").read_text().count("boom") == 3
@@ -55,14 +58,17 @@ def test_a_child_that_exits_is_reported_with_its_log_and_restarted_a_bounded_num
 
 def test_stop_all_stops_each_child_with_its_process_group(tmp_path):
     grandchild_pid = tmp_path / "grandchild.pid"
-    spawner = ("import subprocess, sys, time; "
-               f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
-               f"open({str(grandchild_pid)!r}, 'w').write(str(p.pid)); time.sleep(300)")
+    spawner = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+        f"open({str(grandchild_pid)!r}, 'w').write(str(p.pid)); time.sleep(300)"
+    )
     supervisor = Supervisor(cwd=tmp_path, logs=tmp_path, say=lambda line: None)
     child = supervisor.start("worker", [sys.executable, "-c", spawner])
-    stubborn = supervisor.start("web", [sys.executable, "-c",
-                                        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                                        "time.sleep(300)"])
+    stubborn = supervisor.start(
+        "web",
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"],
+    )
     wait_until(lambda: grandchild_pid.exists() and grandchild_pid.read_text())
     pids = [child.process.pid, int(grandchild_pid.read_text()), stubborn.process.pid]
     assert os.getpgid(pids[1]) == child.process.pid != os.getpgid(0)  # not in the terminal's group
@@ -84,8 +90,9 @@ def test_log_tail_reads_the_last_lines(tmp_path):
 def test_a_killed_child_is_named_by_its_signal_and_restarted(tmp_path):
     said: list[str] = []
     supervisor = Supervisor(cwd=tmp_path, logs=tmp_path, say=said.append)
-    child = supervisor.start("worker", [sys.executable, "-c", "import time; print('ready.', flush=True); "
-                                                              "time.sleep(300)"])
+    child = supervisor.start(
+        "worker", [sys.executable, "-c", "import time; print('ready.', flush=True); time.sleep(300)"]
+    )
     try:
         wait_until(lambda: "ready." in (tmp_path / "worker.log").read_text())
         first = child.process.pid
@@ -105,8 +112,11 @@ def test_the_demo_starts_a_step_again_when_its_worker_was_lost(db, monkeypatch):
     from analysis.services import demo
     from analysis.services.runs import WORKER_LOST_PHASE
 
-    outcomes = [(RunStatus.FAILED, WORKER_LOST_PHASE), (RunStatus.SUCCEEDED, "Done"),  # step 1: lost, then done
-                (RunStatus.FAILED, "Stopped")]  # step 2: a real failure is not retried
+    outcomes = [
+        (RunStatus.FAILED, WORKER_LOST_PHASE),
+        (RunStatus.SUCCEEDED, "Done"),  # step 1: lost, then done
+        (RunStatus.FAILED, "Stopped"),
+    ]  # step 2: a real failure is not retried
 
     def run_start(*, kind, params, created_by, inline):
         status, phase = outcomes.pop(0)
@@ -116,9 +126,21 @@ def test_the_demo_starts_a_step_again_when_its_worker_was_lost(db, monkeypatch):
     monkeypatch.setattr(demo, "run_start", run_start)
     monkeypatch.setattr(demo, "demo_steps", lambda size: steps)
     events = []
-    runs = demo.demo_build(inline=False, on_step=lambda event, step, run, created: events.append((event, step.label)),
-                           poll_interval=0, worker_loss_retries=2)
+    runs = demo.demo_build(
+        inline=False,
+        on_step=lambda event, step, run, created: events.append((event, step.label)),
+        poll_interval=0,
+        worker_loss_retries=2,
+    )
     assert [run.status for run in runs] == [RunStatus.SUCCEEDED, RunStatus.FAILED]
-    assert events == [("start", "step 1"), ("queued", "step 1"), ("retry", "step 1"), ("queued", "step 1"),
-                      ("end", "step 1"), ("start", "step 2"), ("queued", "step 2"), ("end", "step 2")]
+    assert events == [
+        ("start", "step 1"),
+        ("queued", "step 1"),
+        ("retry", "step 1"),
+        ("queued", "step 1"),
+        ("end", "step 1"),
+        ("start", "step 2"),
+        ("queued", "step 2"),
+        ("end", "step 2"),
+    ]
     assert not outcomes

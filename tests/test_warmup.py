@@ -1,4 +1,5 @@
 """The serving process's warm-up (``unitscope.warmup``, run by ``gunicorn.conf.py`` before forking)."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,10 @@ from unitscope.warmup import LAZY_IMPORTS, template_names, warm
 
 def test_warm_up_compiles_every_template_of_the_project():
     names = template_names()
-    ours = sorted(path.relative_to(settings.BASE_DIR / "templates").as_posix()
-                  for path in (settings.BASE_DIR / "templates").rglob("*.html"))
+    ours = sorted(
+        path.relative_to(settings.BASE_DIR / "templates").as_posix()
+        for path in (settings.BASE_DIR / "templates").rglob("*.html")
+    )
     assert set(ours) <= set(names) and "annotation/annotate.html" in names
     assert not any(name.startswith("admin/") or name.startswith("rest_framework/") for name in names)
     assert warm() == len(names)  # a template that does not compile raises here
@@ -35,10 +38,18 @@ def test_gunicorn_settings_are_sync_workers_one_per_core_plus_one(monkeypatch):
 
 def test_warm_up_imports_what_pages_import_lazily():
     """In a fresh process (this one may have imported them already): absent after setup, present after warm()."""
-    script = ("import sys, django; django.setup(); from unitscope.warmup import LAZY_IMPORTS, warm; "
-              "before = [m in sys.modules for m in LAZY_IMPORTS]; warm(); "
-              "print(before, [m in sys.modules for m in LAZY_IMPORTS])")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=settings.BASE_DIR, env={**os.environ, "DJANGO_SETTINGS_MODULE": "unitscope.settings.test"})
+    script = (
+        "import sys, django; django.setup(); from unitscope.warmup import LAZY_IMPORTS, warm; "
+        "before = [m in sys.modules for m in LAZY_IMPORTS]; warm(); "
+        "print(before, [m in sys.modules for m in LAZY_IMPORTS])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=settings.BASE_DIR,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "unitscope.settings.test"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[-2] == f"{[False] * len(LAZY_IMPORTS)} {[True] * len(LAZY_IMPORTS)}"

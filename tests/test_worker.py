@@ -1,5 +1,6 @@
 """A real Celery worker process executes a job end to end through the configured broker
 (Redis in CI, the embedded filesystem broker by default)."""
+
 import time
 
 import pytest

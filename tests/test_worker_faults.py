@@ -1,9 +1,11 @@
-"""Faults with real worker processes, on the embedded default (and on Redis, but for the half-written file): a half-written message in the queue folder, a worker
+"""Faults with real worker processes, on the embedded default (and on Redis, but for the half-written file): a
+half-written message in the queue folder, a worker
 killed (SIGKILL) while runs wait and while one runs, and a worker started after the runs were queued.
 
 Each ends with every run finished or failed with a readable message, the worker alive (no crash loop), and the
 "no worker" warning shown on the pages and in the API while no worker was alive. Runs are small self-checks.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +61,9 @@ def broker_folder(clean_broker):
     from unitscope.celery import app
 
     if not app.conf.broker_url.startswith("filesystem"):
-        pytest.skip("a half-written message file is a fault of the embedded filesystem broker; CI runs this file "
-                    "again on it")
+        pytest.skip(
+            "a half-written message file is a fault of the embedded filesystem broker; CI runs this file again on it"
+        )
     folder = Path(app.conf.broker_transport_options["data_folder_in"])
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -71,13 +74,36 @@ class Worker:
 
     def __init__(self, log_path: Path):
         self.log_path = log_path
-        env = dict(os.environ, DATABASE_URL=_database_url_for_subprocess(),
-                   DJANGO_SETTINGS_MODULE="unitscope.settings.test", **WORKER_ENV)
+        env = dict(
+            os.environ,
+            DATABASE_URL=_database_url_for_subprocess(),
+            DJANGO_SETTINGS_MODULE="unitscope.settings.test",
+            **WORKER_ENV,
+        )
         with open(log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "unitscope", "worker", "-Q", "default,gpu", "-c", "1",
-                 "--loglevel", "INFO", "-n", f"fault-{uuid.uuid4().hex[:8]}@%h"],
-                cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "unitscope",
+                    "worker",
+                    "-Q",
+                    "default,gpu",
+                    "-c",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                    "-n",
+                    f"fault-{uuid.uuid4().hex[:8]}@%h",
+                ],
+                cwd=PROJECT_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 120
         while "ready." not in self.log:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -107,8 +133,9 @@ class Worker:
     def assert_healthy(self) -> None:
         """Alive, and never through a consumer crash (Celery then logs an unrecoverable error and restarts it)."""
         assert self.process.poll() is None, self.log[-3000:]
-        assert "Unrecoverable error" not in self.log and "consumer: Connection to broker lost" not in self.log, \
+        assert "Unrecoverable error" not in self.log and "consumer: Connection to broker lost" not in self.log, (
             self.log[-3000:]
+        )
 
 
 def wait_final(runs: list[Run], timeout: float = 180) -> list[Run]:
@@ -160,8 +187,11 @@ def drop_message(run: Run) -> None:
 
 def assert_warned(client, run: Run) -> None:
     """The Runs page, the run's page and the overview say that no worker runs, and so does the API."""
-    for url in (reverse("analysis:run_list"), reverse("analysis:run_detail", args=[run.pk]),
-                reverse("analysis:dashboard")):
+    for url in (
+        reverse("analysis:run_list"),
+        reverse("analysis:run_detail", args=[run.pk]),
+        reverse("analysis:dashboard"),
+    ):
         assert NO_WORKER in client.get(url).content.decode(), url
     data = client.get(reverse("api:run-detail", args=[run.pk])).json()
     assert data["worker_state"] == "no_worker" and data["worker_message"].startswith(NO_WORKER)
@@ -171,8 +201,9 @@ def assert_not_warned(client) -> None:
     assert NO_WORKER not in client.get(reverse("analysis:run_list")).content.decode()
 
 
-def test_a_half_written_message_is_set_aside_and_the_worker_keeps_working(transactional_db, broker_folder, tmp_path,
-                                                                         fast_liveness):
+def test_a_half_written_message_is_set_aside_and_the_worker_keeps_working(
+    transactional_db, broker_folder, tmp_path, fast_liveness
+):
     partial = broker_folder / f"0_{uuid.uuid4()}.gpu.msg"
     partial.write_bytes(b'{"body": "W1s0Ml0sIHt9LCB7fV0=", "content-encoding": "utf-')
     worker = Worker(tmp_path / "worker.log")
@@ -188,8 +219,9 @@ def test_a_half_written_message_is_set_aside_and_the_worker_keeps_working(transa
         worker.stop()
 
 
-def test_runs_queued_before_any_worker_say_so_then_run_when_one_starts(transactional_db, clean_broker, tmp_path,
-                                                                       researcher_client, fast_liveness):
+def test_runs_queued_before_any_worker_say_so_then_run_when_one_starts(
+    transactional_db, clean_broker, tmp_path, researcher_client, fast_liveness
+):
     runs = [selfcheck(2), selfcheck(3)]
     time.sleep(2.5)  # past the start-up grace: nobody has announced a worker
     assert_warned(researcher_client, runs[0])
@@ -206,8 +238,9 @@ def test_runs_queued_before_any_worker_say_so_then_run_when_one_starts(transacti
     assert not WorkerHeartbeat.objects.filter(pid=worker.process.pid).exists()
 
 
-def test_a_worker_killed_while_a_run_runs_and_others_wait(transactional_db, clean_broker, tmp_path,
-                                                           researcher_client, fast_liveness):
+def test_a_worker_killed_while_a_run_runs_and_others_wait(
+    transactional_db, clean_broker, tmp_path, researcher_client, fast_liveness
+):
     worker = Worker(tmp_path / "worker-1.log")
     try:
         caught = None

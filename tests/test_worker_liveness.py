@@ -3,6 +3,7 @@
 No worker process here: heartbeat rows and broker messages are written directly (the worker tests in
 test_worker_faults.py drive the same through real workers).
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -18,8 +19,9 @@ from analysis.services.workers import WorkerMonitor, worker_heartbeat_record, wo
 
 
 def queued_run(*, queue: str = "gpu", age: float = 0.0, kind: str = "selfcheck") -> Run:
-    run = Run.objects.create(kind=kind, params={"repeats": 1}, params_hash="x", queue=queue,
-                             phase="Waiting for a worker")
+    run = Run.objects.create(
+        kind=kind, params={"repeats": 1}, params_hash="x", queue=queue, phase="Waiting for a worker"
+    )
     Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(seconds=age))
     run.refresh_from_db()
     return run
@@ -74,8 +76,9 @@ def test_a_queued_run_says_no_worker_after_the_start_up_grace_or_at_once_when_it
     assert selectors.run_worker_state(young).state == "waiting"  # a worker may still be starting
     state = selectors.run_worker_state(old)
     assert state.state == "no_worker"
-    assert state.message == ("No worker is running for the gpu queue — start one with "
-                             "`systemctl start unitscope-worker@gpu`.")
+    assert state.message == (
+        "No worker is running for the gpu queue — start one with `systemctl start unitscope-worker@gpu`."
+    )
     beat("a@host", ["gpu"], age=1)
     assert selectors.run_worker_state(old).state == "waiting"
     beat("a@host", ["gpu"], age=31)  # it stopped beating: no grace any more
@@ -101,8 +104,12 @@ def test_runs_page_run_page_overview_and_api_say_that_no_worker_is_running(resea
     run = queued_run(age=45)
     expected = "No worker is running for the gpu queue"
     command = selectors.worker_start_command("gpu")
-    for url in (reverse("analysis:run_list"), reverse("analysis:run_detail", args=[run.pk]),
-                reverse("analysis:run_status", args=[run.pk]), reverse("analysis:dashboard")):
+    for url in (
+        reverse("analysis:run_list"),
+        reverse("analysis:run_detail", args=[run.pk]),
+        reverse("analysis:run_status", args=[run.pk]),
+        reverse("analysis:dashboard"),
+    ):
         page = researcher_client.get(url).content.decode()
         assert expected in page, url
         assert command in page.replace("&#x27;", "'"), url
@@ -112,8 +119,11 @@ def test_runs_page_run_page_overview_and_api_say_that_no_worker_is_running(resea
     assert [item["worker_state"] for item in listed] == ["no_worker"]
 
     beat("demo@host", ["default", "gpu"])  # a worker comes up: the warning goes
-    for url in (reverse("analysis:run_list"), reverse("analysis:run_detail", args=[run.pk]),
-                reverse("analysis:dashboard")):
+    for url in (
+        reverse("analysis:run_list"),
+        reverse("analysis:run_detail", args=[run.pk]),
+        reverse("analysis:dashboard"),
+    ):
         page = researcher_client.get(url).content.decode()
         assert expected not in page and "Waiting for a worker" in page, url
     assert researcher_client.get(reverse("api:run-detail", args=[run.pk])).json()["worker_state"] == "waiting"

@@ -5,6 +5,7 @@ code, MTurk's ``workerId``/``assignmentId``, Prolific's ``PROLIFIC_PID``): Postg
 the request ended in a 500. Tab, newline and carriage return are allowed in query values (a pasted search),
 never in the path. Form fields are guarded by Django's forms (``CharField`` refuses NUL).
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,10 @@ def has_control_characters(request) -> bool:
     """Whether ``request``'s path, or a name or value of its query string, holds a control character."""
     if PATH_CONTROL.search(request.path_info):
         return True
-    return any(VALUE_CONTROL.search(key) or any(VALUE_CONTROL.search(value) for value in values)
-               for key, values in request.GET.lists())
+    return any(
+        VALUE_CONTROL.search(key) or any(VALUE_CONTROL.search(value) for value in values)
+        for key, values in request.GET.lists()
+    )
 
 
 class ControlCharactersMiddleware:
@@ -29,6 +32,7 @@ class ControlCharactersMiddleware:
 
     def __call__(self, request):
         if has_control_characters(request):
-            return HttpResponseBadRequest("Control characters are not allowed in a web address.",
-                                          content_type="text/plain; charset=utf-8")
+            return HttpResponseBadRequest(
+                "Control characters are not allowed in a web address.", content_type="text/plain; charset=utf-8"
+            )
         return self.get_response(request)

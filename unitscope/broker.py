@@ -21,6 +21,7 @@ Settings use it for ``CELERY_BROKER_URL=filesystem://`` (``CELERY_BROKER_TRANSPO
 worker's remote control (broadcast over those exchange files) off: cancelling a run needs no broadcast,
 the run row's status is what a job checks (:mod:`analysis.services.runs`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -128,9 +129,14 @@ class Channel(filesystem.Channel):
         except OSError:
             path.unlink(missing_ok=True)
             target = None
-        logger.error("Broker message %s could not be read (%s: %s); %s. Its run, if any, is requeued or failed "
-                     "by the orphan check.", path.name, type(error).__name__, error,
-                     f"moved to {target}" if target else "deleted")
+        logger.error(
+            "Broker message %s could not be read (%s: %s); %s. Its run, if any, is requeued or failed "
+            "by the orphan check.",
+            path.name,
+            type(error).__name__,
+            error,
+            f"moved to {target}" if target else "deleted",
+        )
 
     def get_table(self, exchange):
         """The exchange's bindings: those of every process (its file) and this process's own (kept in memory, so
@@ -249,6 +255,6 @@ def _waiting_messages_redis(app, queue: str) -> list[dict] | None:
                 delivered = json.loads(item)
                 payloads.append(delivered[0] if isinstance(delivered, list) else delivered)
             return payloads
-    except Exception:  # noqa: BLE001 - unreadable: the caller then does nothing rather than guess
+    except Exception:
         logger.warning("could not read the Redis queue %s", queue, exc_info=True)
         return None

@@ -1,4 +1,5 @@
 """The Celery app. Heavy work goes to the ``gpu`` queue, light work to ``default`` (DESIGN.md §4)."""
+
 import os
 
 from celery import Celery

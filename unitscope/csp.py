@@ -6,6 +6,7 @@ own static files, so an injected ``<script>`` or handler would not run even if e
 is not restricted: crowd pages post their results to the platform's own host (MTurk's ``turkSubmitTo``), and
 ``frame-ancestors`` is left to ``X-Frame-Options`` (crowd pages are shown inside the platform's iframe).
 """
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -18,16 +19,18 @@ def default_policy() -> str:
     from another host (an object store's public URL)."""
     media = urlsplit(str(settings.MEDIA_URL))
     media_origin = f" {media.scheme}://{media.netloc}" if media.scheme and media.netloc else ""
-    return "; ".join([
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self' 'unsafe-inline'",
-        f"img-src 'self' data:{media_origin}",
-        "font-src 'self'",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'self'",
-    ])
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self' 'unsafe-inline'",
+            f"img-src 'self' data:{media_origin}",
+            "font-src 'self'",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'self'",
+        ]
+    )
 
 
 class ContentSecurityPolicyMiddleware:

@@ -1,4 +1,5 @@
 """Reading ids from query strings: a malformed or out-of-range id is "none given", never a 500."""
+
 from __future__ import annotations
 
 import re

@@ -9,6 +9,7 @@ Settings (from the environment in ``settings/base.py``): ``UNITSCOPE_RATE_LIMITS
 ``default`` cache, which every web process shares: the database cache by default (its table is made by
 ``migrate``), Redis when ``CACHE_URL`` names one. Failed logins are counted the same way (``accounts/throttle.py``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -89,8 +90,7 @@ def rate_limit_hit(group: str, ident: str, *, now: float | None = None) -> int |
     """Count one request of ``ident`` in ``group``; seconds to wait when over the limit, else None."""
     if not getattr(settings, "UNITSCOPE_RATE_LIMIT_ENABLED", True):
         return None
-    return window_count(group, ident, rate=getattr(settings, "UNITSCOPE_RATE_LIMITS", {}).get(group), add=True,
-                        now=now)
+    return window_count(group, ident, rate=getattr(settings, "UNITSCOPE_RATE_LIMITS", {}).get(group), add=True, now=now)
 
 
 def rate_limited(group: str) -> Callable:
@@ -101,8 +101,9 @@ def rate_limited(group: str) -> Callable:
         def wrapped(request, *args, **kwargs):
             wait = rate_limit_hit(group, client_ident(request, kwargs))
             if wait is not None:
-                response = HttpResponse(render_to_string("ratelimited.html", {"wait": wait}, request=request),
-                                        status=429)
+                response = HttpResponse(
+                    render_to_string("ratelimited.html", {"wait": wait}, request=request), status=429
+                )
                 response["Retry-After"] = str(wait)
                 return response
             return view(request, *args, **kwargs)

@@ -6,6 +6,7 @@ worker ids, concept names, labels). Such a cell is written with a leading ``'``,
 Numbers (Python numbers, and strings that are just a number such as ``-0.25``) are left alone so that columns of
 values stay numeric. :func:`spreadsheet_unquote` undoes the prefix when our own files are read back.
 """
+
 from __future__ import annotations
 
 import csv

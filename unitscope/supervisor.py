@@ -6,6 +6,7 @@ by :meth:`Supervisor.check`. A child that exits is reported with the last lines 
 again, at most ``max_restarts`` times within ``window`` seconds; after that it is left stopped, and the
 supervisor says so once, plainly.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,17 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, *, cwd: Path, logs: Path, say: Callable[[str], None], env: dict[str, str] | None = None,
-                 max_restarts: int = 5, window: float = 600.0, tail_lines: int = 15):
+    def __init__(
+        self,
+        *,
+        cwd: Path,
+        logs: Path,
+        say: Callable[[str], None],
+        env: dict[str, str] | None = None,
+        max_restarts: int = 5,
+        window: float = 600.0,
+        tail_lines: int = 15,
+    ):
         self.cwd = cwd
         self.logs = logs
         self.say = say
@@ -77,8 +87,9 @@ class Supervisor:
         if self._stopping.is_set():
             return
         with open(child.log_path, "a") as log:
-            child.process = subprocess.Popen(child.command, cwd=self.cwd, env=self.env, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+            child.process = subprocess.Popen(
+                child.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def alive(self, name: str) -> bool:
         child = self.children[name]
@@ -100,19 +111,26 @@ class Supervisor:
                     child.exits.popleft()
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
                 tail = log_tail(child.log_path, self.tail_lines)
-                self.say(f"\n!! The {child.name} process {how}. Last lines of {child.log_path}:\n"
-                         + "\n".join(f"   | {line}" for line in tail.splitlines()))
+                self.say(
+                    f"\n!! The {child.name} process {how}. Last lines of {child.log_path}:\n"
+                    + "\n".join(f"   | {line}" for line in tail.splitlines())
+                )
                 if len(child.exits) > self.max_restarts:
                     child.given_up = True
-                    self.say(f"!! The {child.name} stopped {len(child.exits)} times within {self.window / 60:.0f} "
-                             f"minutes: it is not restarted again. {child.advice}".rstrip())
+                    self.say(
+                        f"!! The {child.name} stopped {len(child.exits)} times within {self.window / 60:.0f} "
+                        f"minutes: it is not restarted again. {child.advice}".rstrip()
+                    )
                     continue
                 self._spawn(child)
-                self.say(f"!! Restarted the {child.name} (restart {len(child.exits)} of at most {self.max_restarts} "
-                         f"within {self.window / 60:.0f} minutes).")
+                self.say(
+                    f"!! Restarted the {child.name} (restart {len(child.exits)} of at most {self.max_restarts} "
+                    f"within {self.window / 60:.0f} minutes)."
+                )
 
     def watch(self, interval: float = 1.0) -> None:
         """Check every ``interval`` seconds from a daemon thread, until :meth:`stop_all`."""
+
         def loop():
             while not self._stopping.wait(interval):
                 self.check()

@@ -5,6 +5,7 @@ Django imports views when the URLconf is first resolved and compiles a template 
 (then keeps it: the cached loader, DEBUG off). Done in gunicorn's master (``gunicorn.conf.py``), the forked
 workers inherit both, and the first visitors after a deploy are served as fast as the rest.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,8 +26,10 @@ def template_names() -> list[str]:
     project = Path(settings.BASE_DIR).resolve()
     names = set()
     for engine in engines.all():
-        folders = [Path(folder).resolve() for folder in
-                   [*engine.dirs, *(get_app_template_dirs("templates") if engine.app_dirs else [])]]
+        folders = [
+            Path(folder).resolve()
+            for folder in [*engine.dirs, *(get_app_template_dirs("templates") if engine.app_dirs else [])]
+        ]
         ours = [folder for folder in folders if folder.is_relative_to(project) and "site-packages" not in folder.parts]
         names.update(path.relative_to(folder).as_posix() for folder in ours for path in folder.rglob("*.html"))
     return sorted(names)

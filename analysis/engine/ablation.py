@@ -18,6 +18,7 @@ layer into a prefix (input → the layer's output and any earlier value used lat
 skip connection) and a suffix; each batch runs the prefix once and the suffix once per ablation. Models that
 ``torch.fx`` cannot trace fall back to a forward hook that masks the layer's output (the prefix then reruns).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 
 from .networks import UnsupportedNetworkError, get_module, trace_network
 
-__all__ = ["LayerAblator", "class_scores", "discriminative_filters", "blackout", "pearson"]
+__all__ = ["LayerAblator", "blackout", "class_scores", "discriminative_filters", "pearson"]
 
 
 def _split(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
@@ -41,7 +42,7 @@ def _split(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.GraphModule
     root = traced.graph_module
     nodes = list(graph.nodes)
     cut = nodes.index(cut_node)
-    before, after = nodes[:cut + 1], nodes[cut + 1:]
+    before, after = nodes[: cut + 1], nodes[cut + 1 :]
     after_set = set(after)
     frontier = [nodes[cut]] + [n for n in before[:-1] if any(user in after_set for user in n.users)]
     prefix_graph = fx.Graph()
@@ -94,8 +95,10 @@ class LayerAblator:
                 # batch: run the suffix once per mask instead
                 return torch.stack([self._suffix(masked[i], *frontier[1:]) for i in range(m)]).reshape(m, b, -1)
             inputs = [masked.reshape(m * b, *layer_out.shape[1:])]
-            inputs += [value.repeat(m, *([1] * (value.dim() - 1))) if isinstance(value, Tensor) else value
-                       for value in frontier[1:]]
+            inputs += [
+                value.repeat(m, *([1] * (value.dim() - 1))) if isinstance(value, Tensor) else value
+                for value in frontier[1:]
+            ]
             out = self._suffix(*inputs)
             return out.reshape(m, b, -1)
         x = frontier[0]

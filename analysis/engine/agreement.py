@@ -25,6 +25,7 @@ closed form; at unit weights these equal the libraries' values (tests check it).
 statistic is undefined (e.g. every resampled answer in one category: 0/0) is dropped; the interval is
 the percentile interval of the rest.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,18 +35,18 @@ import numpy as np
 
 __all__ = [
     "MISSING",
-    "Estimate",
     "AgreementSummary",
-    "ratings_matrix",
-    "exclude_categories",
-    "count_table",
-    "pairable_items",
-    "percent_agreement",
+    "Estimate",
+    "agreement_summary",
+    "bootstrap_weights",
     "cohen_kappa",
+    "count_table",
+    "exclude_categories",
     "fleiss_kappa",
     "krippendorff_alpha",
-    "bootstrap_weights",
-    "agreement_summary",
+    "pairable_items",
+    "percent_agreement",
+    "ratings_matrix",
     "type_distribution",
 ]
 
@@ -65,8 +66,11 @@ class Estimate:
     replicates: int = 0
 
     def as_dict(self) -> dict:
-        return {"value": self.value, "ci": [self.ci_low, self.ci_high] if self.ci_low is not None else None,
-                "n_items": self.n_items}
+        return {
+            "value": self.value,
+            "ci": [self.ci_low, self.ci_high] if self.ci_low is not None else None,
+            "n_items": self.n_items,
+        }
 
 
 @dataclass(frozen=True)
@@ -89,16 +93,24 @@ class AgreementSummary:
     STATISTICS = ("percent_agreement", "cohen_kappa", "fleiss_kappa", "krippendorff_alpha")
 
     def as_dict(self) -> dict:
-        result = {name: (getattr(self, name).as_dict() if getattr(self, name) is not None else None)
-                  for name in self.STATISTICS}
-        result.update(n_items=self.n_items, n_raters=self.n_raters, n_answers=self.n_answers,
-                      fleiss_raters_per_item=self.fleiss_raters_per_item, confidence=self.confidence,
-                      bootstrap={"replicates": self.replicates, "seed": self.seed, "method": "percentile"},
-                      krippendorff_alpha_level=self.alpha_level)
+        result = {
+            name: (getattr(self, name).as_dict() if getattr(self, name) is not None else None)
+            for name in self.STATISTICS
+        }
+        result.update(
+            n_items=self.n_items,
+            n_raters=self.n_raters,
+            n_answers=self.n_answers,
+            fleiss_raters_per_item=self.fleiss_raters_per_item,
+            confidence=self.confidence,
+            bootstrap={"replicates": self.replicates, "seed": self.seed, "method": "percentile"},
+            krippendorff_alpha_level=self.alpha_level,
+        )
         return result
 
 
 # -- shaping ------------------------------------------------------------------------------------------
+
 
 def ratings_matrix(triples: Sequence[tuple[object, object, int]]) -> tuple[np.ndarray, list, list]:
     """``(item, rater, code)`` triples → ``(int64[n_items, n_raters], items, raters)`` with MISSING holes.
@@ -163,6 +175,7 @@ def _two_rater_columns(matrix: np.ndarray) -> np.ndarray | None:
 
 # -- point estimates (the libraries) ------------------------------------------------------------------
 
+
 def _nan_to_none(value: float) -> float | None:
     value = float(value)
     return None if not np.isfinite(value) else value
@@ -208,8 +221,7 @@ def fleiss_kappa(matrix: np.ndarray, n_categories: int) -> float | None:
         return _nan_to_none(statsmodels_fleiss(table, method="fleiss"))
 
 
-def krippendorff_alpha(matrix: np.ndarray, n_categories: int, values: Sequence[float] | None = None
-                       ) -> float | None:
+def krippendorff_alpha(matrix: np.ndarray, n_categories: int, values: Sequence[float] | None = None) -> float | None:
     """Krippendorff's α (krippendorff package) over every pairable item: nominal, or interval when ``values``
     gives each category code's number (the codes are then that value domain, in order)."""
     import krippendorff
@@ -219,13 +231,18 @@ def krippendorff_alpha(matrix: np.ndarray, n_categories: int, values: Sequence[f
     if not len(table) or np.count_nonzero(table.sum(axis=0)) < 2:
         return None  # no pairable item, or a single category used: α is 0/0
     if values is None:
-        return _nan_to_none(krippendorff.alpha(value_counts=table, value_domain=list(range(n_categories)),
-                                               level_of_measurement="nominal"))
-    return _nan_to_none(krippendorff.alpha(value_counts=table, value_domain=[float(v) for v in values],
-                                           level_of_measurement="interval"))
+        return _nan_to_none(
+            krippendorff.alpha(
+                value_counts=table, value_domain=list(range(n_categories)), level_of_measurement="nominal"
+            )
+        )
+    return _nan_to_none(
+        krippendorff.alpha(value_counts=table, value_domain=[float(v) for v in values], level_of_measurement="interval")
+    )
 
 
 # -- vectorised forms for the bootstrap: weights float[B, n_rows] --------------------------------------
+
 
 def _weighted_percent(weights: np.ndarray, table: np.ndarray) -> np.ndarray:
     m = table.sum(axis=1).astype(np.float64)
@@ -283,8 +300,7 @@ def bootstrap_weights(n: int, *, replicates: int = DEFAULT_REPLICATES, seed: int
     return np.bincount(draws.ravel(), minlength=replicates * n).reshape(replicates, n).astype(np.float64)
 
 
-def _estimate(value: float | None, replicate_values: np.ndarray | None, n_items: int,
-              confidence: float) -> Estimate:
+def _estimate(value: float | None, replicate_values: np.ndarray | None, n_items: int, confidence: float) -> Estimate:
     if value is None or replicate_values is None:
         return Estimate(value, None, None, n_items)
     finite = replicate_values[np.isfinite(replicate_values)]
@@ -301,9 +317,16 @@ def _estimate(value: float | None, replicate_values: np.ndarray | None, n_items:
     return Estimate(value, low, high, n_items, int(finite.size))
 
 
-def agreement_summary(matrix: np.ndarray, *, n_categories: int, exclude: Sequence[int] = (),
-                      replicates: int = DEFAULT_REPLICATES, confidence: float = DEFAULT_CONFIDENCE,
-                      seed: int = 0, values: Sequence[float] | None = None) -> AgreementSummary:
+def agreement_summary(
+    matrix: np.ndarray,
+    *,
+    n_categories: int,
+    exclude: Sequence[int] = (),
+    replicates: int = DEFAULT_REPLICATES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+    values: Sequence[float] | None = None,
+) -> AgreementSummary:
     """Every statistic of the module on ``matrix`` (``int[n_items, n_raters]``, MISSING holes), each with
     a ``confidence`` percentile bootstrap interval from ``replicates`` seeded resamples of its items.
 
@@ -326,28 +349,52 @@ def agreement_summary(matrix: np.ndarray, *, n_categories: int, exclude: Sequenc
         value = percent_agreement(matrix, n_categories)
         percent = _estimate(value, _weighted_percent(boot(n_items, 1), pair_table), n_items, confidence)
         value = krippendorff_alpha(matrix, n_categories, values)
-        alpha = _estimate(value, _weighted_alpha(boot(n_items, 4), pair_table, values) if value is not None else None,
-                          n_items, confidence)
+        alpha = _estimate(
+            value,
+            _weighted_alpha(boot(n_items, 4), pair_table, values) if value is not None else None,
+            n_items,
+            confidence,
+        )
         rows, fleiss_m = _fleiss_rows(table)
         value = fleiss_kappa(matrix, n_categories)
-        fleiss = _estimate(value, _weighted_fleiss(boot(int(rows.sum()), 3), table[rows])
-                           if value is not None else None, int(rows.sum()), confidence)
+        fleiss = _estimate(
+            value,
+            _weighted_fleiss(boot(int(rows.sum()), 3), table[rows]) if value is not None else None,
+            int(rows.sum()),
+            confidence,
+        )
         pair = _two_rater_columns(matrix)
         if pair is not None:
             value = cohen_kappa(matrix, n_categories)
-            cohen = _estimate(value, _weighted_cohen(boot(len(pair), 2), pair, n_categories)
-                              if value is not None and len(pair) else None, len(pair), confidence)
-    return AgreementSummary(percent_agreement=percent, cohen_kappa=cohen, fleiss_kappa=fleiss,
-                            krippendorff_alpha=alpha, n_items=n_items, n_raters=n_raters,
-                            n_answers=int((matrix != MISSING).sum()), excluded_categories=tuple(exclude),
-                            fleiss_raters_per_item=fleiss_m, confidence=confidence, replicates=replicates,
-                            seed=seed, alpha_level="nominal" if values is None else "interval")
+            cohen = _estimate(
+                value,
+                _weighted_cohen(boot(len(pair), 2), pair, n_categories) if value is not None and len(pair) else None,
+                len(pair),
+                confidence,
+            )
+    return AgreementSummary(
+        percent_agreement=percent,
+        cohen_kappa=cohen,
+        fleiss_kappa=fleiss,
+        krippendorff_alpha=alpha,
+        n_items=n_items,
+        n_raters=n_raters,
+        n_answers=int((matrix != MISSING).sum()),
+        excluded_categories=tuple(exclude),
+        fleiss_raters_per_item=fleiss_m,
+        confidence=confidence,
+        replicates=replicates,
+        seed=seed,
+        alpha_level="nominal" if values is None else "interval",
+    )
 
 
 # -- filter-type distributions (GG'18 Fig. 9) ------------------------------------------------------------
 
-def type_distribution(task_answers: Sequence[Sequence[int]], n_categories: int,
-                      rejected: Sequence[int] = ()) -> tuple[np.ndarray, int, int]:
+
+def type_distribution(
+    task_answers: Sequence[Sequence[int]], n_categories: int, rejected: Sequence[int] = ()
+) -> tuple[np.ndarray, int, int]:
     """Shares of each category over tasks, GG'18 Fig. 9 style.
 
     ``task_answers``: for each task (a unit of one class) the answers its raters gave. Answers in

@@ -37,9 +37,9 @@ import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import cached_property
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TextIO
 
@@ -47,31 +47,31 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "UNLABELED",
-    "MAX_LABEL_ID",
-    "INDEX_FIXED_COLUMNS",
     "CATEGORY_COLUMNS",
-    "LABEL_COLUMNS",
     "CODE_COLUMNS",
-    "ProgressCallback",
-    "BrodenFormatError",
+    "INDEX_FIXED_COLUMNS",
+    "LABEL_COLUMNS",
+    "MAX_LABEL_ID",
+    "UNLABELED",
     "BrodenCategory",
+    "BrodenFormatError",
+    "BrodenIndexRow",
     "BrodenLabel",
+    "BrodenReader",
+    "BrodenRows",
+    "BrodenWriter",
     "CategoryCode",
     "CellEntries",
-    "BrodenIndexRow",
-    "SegmentationEntry",
     "LabelStatistics",
-    "encode_label_png",
+    "ProgressCallback",
+    "SegmentationEntry",
     "decode_label_png",
+    "encode_label_png",
     "label_pixel_counts",
     "read_categories",
-    "read_labels",
     "read_category_codes",
-    "BrodenRows",
-    "BrodenReader",
+    "read_labels",
     "validate",
-    "BrodenWriter",
 ]
 
 UNLABELED = 0
@@ -314,9 +314,7 @@ def _check_header(path: Path, header: list[str] | None, required: Sequence[str])
         raise BrodenFormatError(path, 1, f"duplicate column(s) {', '.join(duplicates)}")
     missing = [name for name in required if name not in header]
     if missing:
-        raise BrodenFormatError(
-            path, 1, f"missing column(s) {', '.join(missing)}; expected {','.join(required)}"
-        )
+        raise BrodenFormatError(path, 1, f"missing column(s) {', '.join(missing)}; expected {','.join(required)}")
     return {name: position for position, name in enumerate(header)}
 
 
@@ -328,9 +326,7 @@ def _check_width(path: Path, line: int, row: list[str], width: int) -> None:
 def _parse_int(path: Path, line: int, column: str, text: str, *, minimum: int = 0) -> int:
     text = text.strip()
     if not _DECIMAL.match(text):
-        raise BrodenFormatError(
-            path, line, f"column {column}: {text!r} is not a non-negative integer"
-        )
+        raise BrodenFormatError(path, line, f"column {column}: {text!r} is not a non-negative integer")
     value = int(text)
     if value < minimum:
         raise BrodenFormatError(path, line, f"column {column}: {value} is smaller than {minimum}")
@@ -347,9 +343,7 @@ def _parse_float(path: Path, line: int, column: str, text: str) -> float:
     except ValueError:
         raise BrodenFormatError(path, line, f"column {column}: {text!r} is not a number") from None
     if not np.isfinite(value) or value < 0:
-        raise BrodenFormatError(
-            path, line, f"column {column}: {text!r} is not a non-negative number"
-        )
+        raise BrodenFormatError(path, line, f"column {column}: {text!r} is not a non-negative number")
     return value
 
 
@@ -391,21 +385,15 @@ def _parse_category_counts(
             continue
         match = _CATEGORY_COUNT.match(item)
         if match is None:
-            raise BrodenFormatError(
-                path, line, f"column category: {item!r} is not of the form cat(n)"
-            )
+            raise BrodenFormatError(path, line, f"column category: {item!r} is not of the form cat(n)")
         category, count = match.group(1).strip(), int(match.group(2))
         if known_categories is not None and category not in known_categories:
-            raise BrodenFormatError(
-                path, line, f"column category: {category!r} is not in category.csv"
-            )
+            raise BrodenFormatError(path, line, f"column category: {category!r} is not in category.csv")
         pairs.append((category, count))
     return tuple(pairs)
 
 
-def read_labels(
-    path: str | os.PathLike[str], known_categories: set[str] | None = None
-) -> dict[int, BrodenLabel]:
+def read_labels(path: str | os.PathLike[str], known_categories: set[str] | None = None) -> dict[int, BrodenLabel]:
     """Parse ``label.csv`` into ``{number: BrodenLabel}`` (file order kept).
 
     Label numbers must be positive (0 is reserved for unlabeled) and unique. When
@@ -421,18 +409,14 @@ def read_labels(
             _check_width(path, line, row, len(columns))
             number = _parse_int(path, line, "number", row[columns["number"]], minimum=1)
             if number > MAX_LABEL_ID:
-                raise BrodenFormatError(
-                    path, line, f"column number: {number} exceeds {MAX_LABEL_ID}"
-                )
+                raise BrodenFormatError(path, line, f"column number: {number} exceeds {MAX_LABEL_ID}")
             if number in labels:
                 raise BrodenFormatError(path, line, f"label number {number} listed twice")
             syns = tuple(s for s in (p.strip() for p in row[columns["syns"]].split(";")) if s)
             labels[number] = BrodenLabel(
                 number=number,
                 name=row[columns["name"]],
-                category_counts=_parse_category_counts(
-                    path, line, row[columns["category"]], known_categories
-                ),
+                category_counts=_parse_category_counts(path, line, row[columns["category"]], known_categories),
                 frequency=_parse_int(path, line, "frequency", row[columns["frequency"]]),
                 coverage=_parse_float(path, line, "coverage", row[columns["coverage"]]),
                 syns=syns,
@@ -616,9 +600,7 @@ class BrodenReader:
         category_names = {category.name for category in self.categories}
         self.labels: dict[int, BrodenLabel] = read_labels(self.root / "label.csv", category_names)
         self.codes: dict[str, tuple[CategoryCode, ...]] = {
-            category.name: read_category_codes(
-                self.root / f"c_{category.name}.csv", category.name, self.labels
-            )
+            category.name: read_category_codes(self.root / f"c_{category.name}.csv", category.name, self.labels)
             for category in self.categories
         }
         self.index_categories: tuple[str, ...] = self._read_index_header(category_names)
@@ -645,9 +627,7 @@ class BrodenReader:
         extra = header[len(INDEX_FIXED_COLUMNS) :]
         for name in extra:
             if name not in category_names:
-                raise BrodenFormatError(
-                    self.index_path, 1, f"category column {name!r} is not in category.csv"
-                )
+                raise BrodenFormatError(self.index_path, 1, f"category column {name!r} is not in category.csv")
         return tuple(extra)
 
     def label_name(self, number: int) -> str:
@@ -710,9 +690,7 @@ class BrodenReader:
             return len(self.indexed_rows)
         return sum(1 for _ in self.rows(split))
 
-    def _parse_row(
-        self, raw: list[str], line: int, width: int, categories: tuple[str, ...]
-    ) -> BrodenIndexRow:
+    def _parse_row(self, raw: list[str], line: int, width: int, categories: tuple[str, ...]) -> BrodenIndexRow:
         path = self.index_path
         _check_width(path, line, raw, width)
         image = raw[0].strip()
@@ -746,13 +724,9 @@ class BrodenReader:
             with Image.open(path) as image:
                 array = np.asarray(image.convert("RGB"))
         except FileNotFoundError:
-            raise BrodenFormatError(
-                self.index_path, row.line, f"image file {path} does not exist"
-            ) from None
+            raise BrodenFormatError(self.index_path, row.line, f"image file {path} does not exist") from None
         except OSError as error:
-            raise BrodenFormatError(
-                self.index_path, row.line, f"image file {path} is unreadable ({error})"
-            ) from None
+            raise BrodenFormatError(self.index_path, row.line, f"image file {path} is unreadable ({error})") from None
         if array.shape[:2] != (row.ih, row.iw):
             raise BrodenFormatError(
                 self.index_path,
@@ -776,15 +750,11 @@ class BrodenReader:
                     )
                 rgb = np.asarray(image)
         except FileNotFoundError:
-            raise BrodenFormatError(
-                self.index_path, row.line, f"mask file {path} does not exist"
-            ) from None
+            raise BrodenFormatError(self.index_path, row.line, f"mask file {path} does not exist") from None
         except BrodenFormatError:
             raise
         except OSError as error:
-            raise BrodenFormatError(
-                self.index_path, row.line, f"mask file {path} is unreadable ({error})"
-            ) from None
+            raise BrodenFormatError(self.index_path, row.line, f"mask file {path} is unreadable ({error})") from None
         if rgb.shape[:2] != (row.sh, row.sw):
             raise BrodenFormatError(
                 self.index_path,
@@ -839,15 +809,9 @@ class BrodenReader:
                             f"label id {number} ({category}) is not in label.csv",
                         )
                     item = stats[number]
-                    item.category_image_counts[category] = (
-                        item.category_image_counts.get(category, 0) + 1
-                    )
-                    item.category_coverage[category] = (
-                        item.category_coverage.get(category, 0.0) + count / pixels
-                    )
-                    item.category_pixel_counts[category] = (
-                        item.category_pixel_counts.get(category, 0) + count
-                    )
+                    item.category_image_counts[category] = item.category_image_counts.get(category, 0) + 1
+                    item.category_coverage[category] = item.category_coverage.get(category, 0.0) + count / pixels
+                    item.category_pixel_counts[category] = item.category_pixel_counts.get(category, 0) + count
                     seen_in_image.add(number)
             for number in seen_in_image:
                 stats[number].image_count += 1
@@ -857,9 +821,7 @@ class BrodenReader:
 
     # -- validation ---------------------------------------------------------------------------------
 
-    def validate(
-        self, progress: ProgressCallback | None = None, *, decode_masks: bool = True
-    ) -> int:
+    def validate(self, progress: ProgressCallback | None = None, *, decode_masks: bool = True) -> int:
         """Check every row, its image and its masks; stop at the first problem. Returns the row count.
 
         Detects rows of the wrong width, non-integer or zero sizes, missing/unreadable images or
@@ -881,9 +843,7 @@ class BrodenReader:
     def _validate_row(self, row: BrodenIndexRow, decode_masks: bool) -> None:
         image_path = self.image_path(row)
         if not image_path.is_file():
-            raise BrodenFormatError(
-                self.index_path, row.line, f"image file {image_path} does not exist"
-            )
+            raise BrodenFormatError(self.index_path, row.line, f"image file {image_path} does not exist")
         try:
             with Image.open(image_path) as image:  # reads the header only
                 width, height = image.size
@@ -998,9 +958,7 @@ class BrodenWriter:
     ) -> None:
         self.root = Path(root)
         if (self.root / "index.csv").exists():
-            raise FileExistsError(
-                f"{self.root / 'index.csv'} already exists; refusing to overwrite"
-            )
+            raise FileExistsError(f"{self.root / 'index.csv'} already exists; refusing to overwrite")
         categories = tuple(categories)
         if len(set(categories)) != len(categories):
             raise ValueError(f"duplicate categories in {categories}")
@@ -1015,14 +973,12 @@ class BrodenWriter:
         self._tallies: dict[tuple[int, str], _LabelTally] = {}
         self._image_names: set[str] = set()
         self._closed = False
-        self._pool = (
-            ThreadPoolExecutor(write_threads, "broden-writer") if write_threads > 0 else None
-        )
+        self._pool = ThreadPoolExecutor(write_threads, "broden-writer") if write_threads > 0 else None
         self._pending: deque[Future[None]] = deque()
         self._max_pending = 16 * max(write_threads, 1)
         self._made_dirs: set[Path] = set()
         (self.root / "images").mkdir(parents=True, exist_ok=True)
-        self._index_handle = open(self.root / "index.csv", "w", newline="", encoding="utf-8")
+        self._index_handle = open(self.root / "index.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115 — closed by close()
         self._index = csv.writer(self._index_handle, lineterminator="\n")
         self._index.writerow(INDEX_FIXED_COLUMNS + categories)
 
@@ -1110,16 +1066,12 @@ class BrodenWriter:
             if seg_size is None:
                 seg_size = (int(layers.shape[1]), int(layers.shape[2]))
             elif layers.shape[1:] != seg_size:
-                raise ValueError(
-                    f"{category}: layer size {layers.shape[1:]} differs from {seg_size}"
-                )
+                raise ValueError(f"{category}: layer size {layers.shape[1:]} differs from {seg_size}")
             layers_by_category[category] = layers
         if seg_size is None:
             seg_size = segmentation_size or (ih, iw)
         elif segmentation_size is not None and tuple(segmentation_size) != seg_size:
-            raise ValueError(
-                f"segmentation_size {segmentation_size} differs from layers {seg_size}"
-            )
+            raise ValueError(f"segmentation_size {segmentation_size} differs from layers {seg_size}")
         pixels = seg_size[0] * seg_size[1]
 
         cells: list[str] = []
@@ -1145,9 +1097,7 @@ class BrodenWriter:
                 coverage[int(number)] = 1.0  # a whole-image label applies to every pixel
                 entries.append(str(int(number)))
             cells.append(";".join(entries))
-            image_tallies.extend(
-                (number, category, value) for number, value in sorted(coverage.items())
-            )
+            image_tallies.extend((number, category, value) for number, value in sorted(coverage.items()))
 
         self._save_png(np.array(image, dtype=np.uint8, order="C", copy=True), relative)
         for number, category, value in image_tallies:
@@ -1162,9 +1112,7 @@ class BrodenWriter:
         ids = np.asarray(ids, dtype=np.int64)
         bad = ids[(ids <= UNLABELED) | (ids >= len(self._label_names))]
         if bad.size:
-            raise ValueError(
-                f"{category}: label id(s) {bad[:5].tolist()} were not added with add_label"
-            )
+            raise ValueError(f"{category}: label id(s) {bad[:5].tolist()} were not added with add_label")
 
     # -- finishing ----------------------------------------------------------------------------------
 
@@ -1210,11 +1158,7 @@ class BrodenWriter:
             writer.writerow(LABEL_COLUMNS)
             for number in range(1, len(self._label_names)):
                 pairs = sorted(
-                    (
-                        (category, tally)
-                        for (n, category), tally in self._tallies.items()
-                        if n == number
-                    ),
+                    ((category, tally) for (n, category), tally in self._tallies.items() if n == number),
                     key=lambda pair: (-pair[1].frequency, order[pair[0]]),
                 )
                 writer.writerow(

@@ -211,9 +211,7 @@ class BatchLabels:
         return BatchLabels(pixel, image)
 
 
-def iou_from_counts(
-    intersection: Tensor, activation_cat: Tensor, truth: Tensor, label_category: Tensor
-) -> Tensor:
+def iou_from_counts(intersection: Tensor, activation_cat: Tensor, truth: Tensor, label_category: Tensor) -> Tensor:
     """IoU ``Tensor[U, C]`` (float64) from int64 counts; 0 where the union is 0 or the label is
     outside every category (``label_category == -1``, including label 0).
 
@@ -221,9 +219,7 @@ def iou_from_counts(
     """
     valid = label_category >= 0
     cat = label_category.clamp(min=0)
-    act = activation_cat.index_select(1, cat) if activation_cat.shape[1] else torch.zeros_like(
-        intersection
-    )
+    act = activation_cat.index_select(1, cat) if activation_cat.shape[1] else torch.zeros_like(intersection)
     union = act + truth.unsqueeze(0) - intersection
     iou = intersection.to(torch.float64) / union.clamp(min=1).to(torch.float64)
     return torch.where(valid.unsqueeze(0) & (union > 0), iou, torch.zeros_like(iou))
@@ -432,9 +428,9 @@ class DissectionTally:
         self.pixels = 0
         # derived lookup tables
         self._valid = self.label_category >= 0
-        self._cat_onehot = (
-            self.label_category.unsqueeze(1) == torch.arange(g, device=self.device).unsqueeze(0)
-        ).to(torch.float64)  # [C, G], zero rows for labels outside the study
+        self._cat_onehot = (self.label_category.unsqueeze(1) == torch.arange(g, device=self.device).unsqueeze(0)).to(
+            torch.float64
+        )  # [C, G], zero rows for labels outside the study
 
     @property
     def n_units(self) -> int:
@@ -454,11 +450,9 @@ class DissectionTally:
             raise ValueError(f"activations have {u} units, thresholds {self.n_units}")
         if labels.batch_size != b or labels.size != (h, w):
             raise ValueError(
-                f"labels are for {labels.batch_size} images of {labels.size}, "
-                f"activations for {b} of {(h, w)}"
+                f"labels are for {labels.batch_size} images of {labels.size}, activations for {b} of {(h, w)}"
             )
-        for t, what in ((activations, "activations"), (labels.pixel, "pixel labels"),
-                        (labels.image, "image labels")):
+        for t, what in ((activations, "activations"), (labels.pixel, "pixel labels"), (labels.image, "image labels")):
             _check_device(t, self.device, what)
         if b == 0:
             return
@@ -548,8 +542,7 @@ class DissectionTally:
     def merge(self, other: DissectionTally) -> None:
         """Add another shard's counts (disjoint images, same thresholds and label set). Exact."""
         self._check_compatible(other)
-        for name in ("intersection", "activation_cat", "truth", "activation", "category_images",
-                     "label_images"):
+        for name in ("intersection", "activation_cat", "truth", "activation", "category_images", "label_images"):
             getattr(self, name).add_(getattr(other, name).to(self.device))
         self.images += other.images
         self.pixels += other.pixels
@@ -598,9 +591,7 @@ class DissectionTally:
         }
 
     @classmethod
-    def from_state_dict(
-        cls, state: Mapping[str, Any], *, device: torch.device | str | None = None
-    ) -> DissectionTally:
+    def from_state_dict(cls, state: Mapping[str, Any], *, device: torch.device | str | None = None) -> DissectionTally:
         """Restore from :meth:`state_dict` onto ``device`` (default: where the state's tensors are)."""
         thresholds = state["thresholds"] if device is None else state["thresholds"].to(device)
         obj = cls(
@@ -609,8 +600,7 @@ class DissectionTally:
             int(state["n_categories"]),
             strict_threshold=bool(state["strict_threshold"]),
         )
-        for name in ("intersection", "activation_cat", "truth", "activation", "category_images",
-                     "label_images"):
+        for name in ("intersection", "activation_cat", "truth", "activation", "category_images", "label_images"):
             setattr(obj, name, state[name].to(obj.device, torch.int64).clone())
         obj.images = int(state["images"])
         obj.pixels = int(state["pixels"])
@@ -639,9 +629,7 @@ def dissect(
     them to the mask size. ``progress(n_images_done)`` is called after each batch. Returns the tally
     (call ``.result()``); shard a dataset by calling this per image range and ``merge``.
     """
-    tally = DissectionTally(
-        thresholds, label_category, n_categories, strict_threshold=strict_threshold
-    )
+    tally = DissectionTally(thresholds, label_category, n_categories, strict_threshold=strict_threshold)
     for acts, labels in batches:
         if transform is not None:
             acts = transform(acts)

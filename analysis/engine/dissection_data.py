@@ -37,10 +37,10 @@ _PREFETCH_BATCHES = 2
 
 __all__ = [
     "TallyView",
-    "label_category_table",
-    "labels_from_segmentations",
     "iter_label_batches",
     "iter_map_batches",
+    "label_category_table",
+    "labels_from_segmentations",
     "tally_cached_maps",
     "thresholds_of_cached_maps",
 ]
@@ -61,9 +61,7 @@ def label_category_table(primary: Mapping[int, str | None], categories: Sequence
     return table
 
 
-def labels_from_segmentations(
-    entries: Sequence[Mapping[str, SegmentationEntry]], size: tuple[int, int]
-) -> BatchLabels:
+def labels_from_segmentations(entries: Sequence[Mapping[str, SegmentationEntry]], size: tuple[int, int]) -> BatchLabels:
     """One :class:`BatchLabels` from per-image :meth:`BrodenReader.load_segmentation` results.
 
     Every category's pixel layers of an image are stacked (order does not matter for the tally);
@@ -109,8 +107,11 @@ def iter_label_batches(
         while start < len(mask_rows):
             size = (rows[mask_rows[start]].sh, rows[mask_rows[start]].sw)
             stop = start + 1
-            while (stop < len(mask_rows) and stop - start < batch_size
-                   and (rows[mask_rows[stop]].sh, rows[mask_rows[stop]].sw) == size):
+            while (
+                stop < len(mask_rows)
+                and stop - start < batch_size
+                and (rows[mask_rows[stop]].sh, rows[mask_rows[stop]].sw) == size
+            ):
                 stop += 1
             yield start, stop
             start = stop
@@ -118,8 +119,9 @@ def iter_label_batches(
     def load(span: tuple[int, int]) -> tuple[int, int, BatchLabels]:
         first, stop = span
         picked = [rows[mask_rows[position]] for position in range(first, stop)]
-        labels = labels_from_segmentations([reader.load_segmentation(row) for row in picked],
-                                           (picked[0].sh, picked[0].sw))
+        labels = labels_from_segmentations(
+            [reader.load_segmentation(row) for row in picked], (picked[0].sh, picked[0].sw)
+        )
         return first, stop, labels
 
     if not prefetch:
@@ -192,7 +194,7 @@ def tally_cached_maps(
     tables: list[tuple[Tensor, int]] = []  # distinct (label_category, n_categories) of the views
     groups: list[int] = []
     for view in views:
-        for index, (table, g) in enumerate(tables):
+        for index, (table, g) in enumerate(tables):  # noqa: B007 — read after the loop
             if g == view.tally.n_categories and torch.equal(table, view.tally.label_category):
                 break
         else:
@@ -204,8 +206,11 @@ def tally_cached_maps(
         acts = _float32(maps[start + first : start + last], device)
         labels = BatchLabels(labels.pixel.to(device), labels.image.to(device))
         # the label side is reduced once per batch and label table, and shared by the views
-        prepared = ([prepare_labels(labels, table, g) for table, g in tables]
-                    if hasattr(upsample, "active") else [None] * len(tables))
+        prepared = (
+            [prepare_labels(labels, table, g) for table, g in tables]
+            if hasattr(upsample, "active")
+            else [None] * len(tables)
+        )
         for view, group in zip(views, groups):
             raw = view.transform(acts) if view.transform is not None else acts
             tally_add_sparse(view.tally, raw, labels, upsample, prepared[group])
@@ -231,8 +236,7 @@ def thresholds_of_cached_maps(
     representations: each rotated unit gets its own ``T_k``.
     """
     n, units, h, w = maps.shape
-    accumulators = [UpperQuantile(units, quantile, total_count=n * h * w, device=device)
-                    for _ in transforms]
+    accumulators = [UpperQuantile(units, quantile, total_count=n * h * w, device=device) for _ in transforms]
     for first, acts in iter_map_batches(maps, 0, n, batch_size, device=device):
         for transform, accumulator in zip(transforms, accumulators):
             accumulator.add(transform(acts) if transform is not None else acts)

@@ -46,8 +46,16 @@ from torch import Tensor
 from analysis.engine.dissection import BatchLabels, DissectionTally, unit_masks
 from analysis.engine.upsample import anchored_axis_weights, upsample_anchored, upsample_plain
 
-__all__ = ["AnchoredUpsample", "PlainUpsample", "ActivePixels", "PreparedLabels", "prepare_labels",
-           "tally_add_active", "tally_add_sparse", "dense_active"]
+__all__ = [
+    "ActivePixels",
+    "AnchoredUpsample",
+    "PlainUpsample",
+    "PreparedLabels",
+    "dense_active",
+    "prepare_labels",
+    "tally_add_active",
+    "tally_add_sparse",
+]
 
 #: Candidate rounding margin, relative to the largest magnitude in the support (see the module docstring).
 MARGIN = 1e-5
@@ -68,7 +76,7 @@ class ActivePixels:
     @classmethod
     def from_mask(cls, mask: Tensor) -> ActivePixels:
         """From a dense ``bool[B, U, H, W]`` mask."""
-        b, u, h, w = mask.shape
+        _b, u, h, w = mask.shape
         flat = mask.reshape(-1).nonzero().squeeze(1)
         image = torch.div(flat, u * h * w, rounding_mode="floor")
         rest = flat - image * (u * h * w)
@@ -103,8 +111,9 @@ class _Axis:
 
 
 def _axis(out_len: int, map_len: int, *, stride: float, offset: float, input_len: float, device, dtype) -> _Axis:
-    i0, i1, w0, w1 = anchored_axis_weights(out_len, map_len, stride=stride, offset=offset, input_len=input_len,
-                                           device=device, dtype=dtype)
+    i0, i1, w0, w1 = anchored_axis_weights(
+        out_len, map_len, stride=stride, offset=offset, input_len=input_len, device=device, dtype=dtype
+    )
     cells = torch.arange(map_len, device=device)
     start = torch.searchsorted(i0, cells)
     count = torch.searchsorted(i0, cells, right=True) - start
@@ -125,22 +134,39 @@ class AnchoredUpsample:
         self._axes: dict[tuple, tuple[_Axis, _Axis]] = {}
 
     def __call__(self, maps: Tensor, size: Sequence[int]) -> Tensor:
-        return upsample_anchored(maps, size, rf_stride=self.rf_stride, rf_offset=self.rf_offset,
-                                 input_size=self.input_size)
+        return upsample_anchored(
+            maps, size, rf_stride=self.rf_stride, rf_offset=self.rf_offset, input_size=self.input_size
+        )
 
     def _grid(self, h: int, w: int, size: tuple[int, int], device, dtype) -> tuple[_Axis, _Axis]:
         key = (h, w, size, str(device), dtype)
         if key not in self._axes:
             self._axes[key] = (
-                _axis(size[0], h, stride=self.rf_stride[0], offset=self.rf_offset[0], input_len=self.input_size[0],
-                      device=device, dtype=dtype),
-                _axis(size[1], w, stride=self.rf_stride[1], offset=self.rf_offset[1], input_len=self.input_size[1],
-                      device=device, dtype=dtype))
+                _axis(
+                    size[0],
+                    h,
+                    stride=self.rf_stride[0],
+                    offset=self.rf_offset[0],
+                    input_len=self.input_size[0],
+                    device=device,
+                    dtype=dtype,
+                ),
+                _axis(
+                    size[1],
+                    w,
+                    stride=self.rf_stride[1],
+                    offset=self.rf_offset[1],
+                    input_len=self.input_size[1],
+                    device=device,
+                    dtype=dtype,
+                ),
+            )
         return self._axes[key]
 
     @torch.no_grad()
-    def active(self, raw: Tensor, thresholds: Tensor, size: Sequence[int], *, strict: bool = False
-               ) -> ActivePixels | None:
+    def active(
+        self, raw: Tensor, thresholds: Tensor, size: Sequence[int], *, strict: bool = False
+    ) -> ActivePixels | None:
         """Active pixels of ``raw: Tensor[B, U, h, w]`` upsampled to ``size``; None when the candidates are too
         dense for the sparse path to pay (the caller then uses the dense path)."""
         size = (int(size[0]), int(size[1]))
@@ -164,7 +190,7 @@ class AnchoredUpsample:
             bh, bw = divmod(int(key), cols.max_count + 1)
             step = max(1, _PIXEL_CHUNK // (bh * bw))
             for s in range(0, group.shape[0], step):
-                parts.append(self._evaluate(raw, thresholds, group[s:s + step], rows, cols, (bh, bw), size, strict))
+                parts.append(self._evaluate(raw, thresholds, group[s : s + step], rows, cols, (bh, bw), size, strict))
         if not parts:
             empty = torch.zeros(0, dtype=torch.int64, device=raw.device)
             return ActivePixels(empty, empty, empty)
@@ -205,10 +231,11 @@ class PlainUpsample:
         return upsample_plain(maps, size)
 
     @torch.no_grad()
-    def active(self, raw: Tensor, thresholds: Tensor, size: Sequence[int], *, strict: bool = False
-               ) -> ActivePixels | None:
+    def active(
+        self, raw: Tensor, thresholds: Tensor, size: Sequence[int], *, strict: bool = False
+    ) -> ActivePixels | None:
         size = (int(size[0]), int(size[1]))
-        b, u, h, w = raw.shape
+        b, u, _h, _w = raw.shape
         top = raw.amax(dim=(2, 3))
         magnitude = raw.abs().amax(dim=(2, 3))
         pairs = _candidate_test(top, magnitude, thresholds).nonzero()  # [K, 2]
@@ -217,7 +244,7 @@ class PlainUpsample:
         images, units, pixels = [], [], []
         step = max(1, _PIXEL_CHUNK // (size[0] * size[1]))
         for s in range(0, pairs.shape[0], step):
-            img, unit = pairs[s:s + step].unbind(1)
+            img, unit = pairs[s : s + step].unbind(1)
             planes = raw[img, unit].unsqueeze(1)  # [k, 1, h, w]: upsample_plain runs every plane this way
             up = F.interpolate(planes, size=size, mode="bilinear", align_corners=False)
             t = thresholds.to(raw.dtype)[unit].view(-1, 1, 1, 1)
@@ -267,7 +294,7 @@ def prepare_labels(labels: BatchLabels, label_category: Tensor, n_categories: in
     if image.numel() and (int(image[:, 0].min()) < 0 or int(image[:, 0].max()) >= b):
         raise ValueError(f"whole-image label rows must name images in [0, {b})")
     valid = label_category >= 0
-    cat_onehot = (label_category.unsqueeze(1) == torch.arange(n_categories, device=dev).unsqueeze(0))
+    cat_onehot = label_category.unsqueeze(1) == torch.arange(n_categories, device=dev).unsqueeze(0)
     whole = torch.zeros((b, c), dtype=torch.bool, device=dev)
     keep = valid[image[:, 1]]
     whole[image[keep, 0], image[keep, 1]] = True
@@ -291,7 +318,7 @@ def prepare_labels(labels: BatchLabels, label_category: Tensor, n_categories: in
         present |= pixel_present
         if nl > 1 and bool((per_layer.sum(dim=1) > 1).any()):  # a label in two layers of one image
             for layer in range(1, nl):
-                dup = (lab[:, layer:layer + 1] == lab[:, :layer]).any(dim=1)
+                dup = (lab[:, layer : layer + 1] == lab[:, :layer]).any(dim=1)
                 lab[:, layer] = torch.where(dup, zero, lab[:, layer])
         truth += torch.bincount(lab.reshape(-1), minlength=c)
         truth[0] = 0
@@ -341,8 +368,9 @@ def tally_add_active(tally: DissectionTally, active: ActivePixels, labels: Batch
 
 
 @torch.no_grad()
-def tally_add_sparse(tally: DissectionTally, raw: Tensor, labels: BatchLabels,
-                     upsample, prepared: PreparedLabels | None = None) -> bool:
+def tally_add_sparse(
+    tally: DissectionTally, raw: Tensor, labels: BatchLabels, upsample, prepared: PreparedLabels | None = None
+) -> bool:
     """Tally raw maps ``Tensor[B, U, h, w]``: the sparse path when ``upsample`` has one (``.active``) and the
     candidates are sparse, else ``tally.add(upsample(raw, size), labels)``. Returns True if sparse.
     ``prepared`` (optional) is ``prepare_labels(labels, ...)`` for this tally's label table, shared by views."""

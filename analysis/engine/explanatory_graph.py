@@ -58,6 +58,7 @@ Streaming: maps are read per batch of images through ``read_maps(rows)``; memory
 graph's parameters, the ``[nodes, upper nodes]`` selection statistics and the inference arrays the caller
 allocates (memory maps in the service). Deterministic under ``seed`` on a given device.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,11 +71,28 @@ from PIL import Image
 from torch import Tensor
 
 __all__ = [
-    "PAPER_TAU", "PAPER_M", "PAPER_T", "PAPER_BETA", "PATCH_FRACTION",
-    "LayerConfig", "LayerSource", "GraphLayer", "GraphResult",
-    "default_nodes_per_filter", "filter_normalizer", "learn_layer", "infer_layer", "learn_graph",
-    "raw_filter_peaks", "location_instability", "pattern_instability", "FilterPeakTally", "energy_top_k",
-    "crop_patch", "render_patch_grid", "purity_sample",
+    "PAPER_BETA",
+    "PAPER_M",
+    "PAPER_T",
+    "PAPER_TAU",
+    "PATCH_FRACTION",
+    "FilterPeakTally",
+    "GraphLayer",
+    "GraphResult",
+    "LayerConfig",
+    "LayerSource",
+    "crop_patch",
+    "default_nodes_per_filter",
+    "energy_top_k",
+    "filter_normalizer",
+    "infer_layer",
+    "learn_graph",
+    "learn_layer",
+    "location_instability",
+    "pattern_instability",
+    "purity_sample",
+    "raw_filter_peaks",
+    "render_patch_grid",
 ]
 
 PAPER_TAU = 0.1
@@ -92,7 +110,7 @@ Allocate = Callable[[str, tuple[int, ...], str], np.ndarray]
 def default_nodes_per_filter(n_layers: int) -> list[int]:
     """``N_{L,d}`` per graph layer, top layer first: the paper's three-layer ResNet values (10, 20, 40 from the top),
     continued by doubling (so a two-layer graph gets 10, 20)."""
-    return [10 * 2 ** level for level in range(n_layers)]
+    return [10 * 2**level for level in range(n_layers)]
 
 
 @dataclass(frozen=True)
@@ -183,9 +201,10 @@ class GraphResult:
 
 # -- pieces ---------------------------------------------------------------------------------------------------------
 
+
 def _batches(rows: np.ndarray, batch_size: int):
     for start in range(0, len(rows), batch_size):
-        yield rows[start:start + batch_size]
+        yield rows[start : start + batch_size]
 
 
 def _entities(maps, normalizer: Tensor, beta: float, device) -> Tensor:
@@ -196,8 +215,9 @@ def _entities(maps, normalizer: Tensor, beta: float, device) -> Tensor:
     return beta * torch.clamp(x / normalizer.view(1, -1, 1), min=0.0)
 
 
-def filter_normalizer(read_maps: ReadMaps, rows: np.ndarray, n_filters: int, *, batch_size: int,
-                      device: torch.device | str) -> Tensor:
+def filter_normalizer(
+    read_maps: ReadMaps, rows: np.ndarray, n_filters: int, *, batch_size: int, device: torch.device | str
+) -> Tensor:
     """float32 ``[D]``: mean over ``rows`` of each filter's per-image maximum (1 where that is 0). One pass."""
     total = torch.zeros(n_filters, dtype=torch.float64, device=device)
     for batch in _batches(rows, batch_size):
@@ -207,8 +227,9 @@ def filter_normalizer(read_maps: ReadMaps, rows: np.ndarray, n_filters: int, *, 
     return torch.where(mean > 0, mean, torch.ones_like(mean)).to(torch.float32)
 
 
-def _neighbour_terms(layer: GraphLayer, upper: GraphLayer | None, upper_pos: Tensor | None
-                     ) -> tuple[Tensor, Tensor, Tensor]:
+def _neighbour_terms(
+    layer: GraphLayer, upper: GraphLayer | None, upper_pos: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(Δ float32 [B, D*N, 2] or [1, D*N, 2], σ² float32 [D*N], −D float32 [B, D*N] or [1, D*N])`` of every
     node's compatibility: its Gaussian and the log of eq. 3's disagreement factor (0 without neighbours, or with
     ``neighbour_penalty`` off).
@@ -221,8 +242,7 @@ def _neighbour_terms(layer: GraphLayer, upper: GraphLayer | None, upper_pos: Ten
     if upper is None:  # top layer: N(μ_V, σ_V²) with the EM variance
         return torch.zeros(1, n, 2, device=device), layer.fit_sigma2.reshape(n), none
     if layer.edges.shape[1] == 0:  # before E_V is chosen: V_dummy, σ = init_sigma
-        return (torch.zeros(1, n, 2, device=device),
-                torch.full((n,), layer.config.init_sigma ** 2, device=device), none)
+        return (torch.zeros(1, n, 2, device=device), torch.full((n,), layer.config.init_sigma**2, device=device), none)
     up_mu = upper.mu.reshape(-1, 2)
     up_s2 = upper.sigma2.reshape(-1)
     b = upper_pos - up_mu.unsqueeze(0)  # [B, U, 2]
@@ -243,13 +263,22 @@ def _log_compat(moments: Tensor, mean: Tensor, s2: Tensor) -> Tensor:
     ``[μ/s2, −1/(2 s2), −||μ||²/(2 s2) − log(2π s2)] · (p, ||p||², 1)``.
     """
     s2 = s2.unsqueeze(0).expand(mean.shape[0], -1, -1).unsqueeze(-1)  # [B, D, N, 1]
-    coefficients = torch.cat([mean / s2, -0.5 / s2, -(mean ** 2).sum(-1, keepdim=True) / (2 * s2)
-                              - torch.log(2 * math.pi * s2)], dim=-1)
+    coefficients = torch.cat(
+        [mean / s2, -0.5 / s2, -(mean**2).sum(-1, keepdim=True) / (2 * s2) - torch.log(2 * math.pi * s2)], dim=-1
+    )
     return torch.matmul(coefficients, moments.T)
 
 
-def _select_neighbours(selection: Tensor, mu: Tensor, sum_w: Tensor, sum_wp: Tensor, sum_wpp: Tensor,
-                       upper_s2: Tensor, m: int, chunk: int = 1024) -> Tensor:
+def _select_neighbours(
+    selection: Tensor,
+    mu: Tensor,
+    sum_w: Tensor,
+    sum_wp: Tensor,
+    sum_wpp: Tensor,
+    upper_s2: Tensor,
+    m: int,
+    chunk: int = 1024,
+) -> Tensor:
     """E_V: per node, the ``m`` upper nodes with the largest ℓ(V, V') (ties → lower index); int64 ``[n, m]``.
 
     ``selection`` float32 ``[n, 4U]`` (see :func:`learn_layer`), ``mu`` ``[n, 2]`` the updated μ_V, ``sum_w`` ``[n]``,
@@ -264,9 +293,9 @@ def _select_neighbours(selection: Tensor, mu: Tensor, sum_w: Tensor, sum_wp: Ten
         rows = slice(start, min(n, start + chunk))
         block = selection[rows].to(torch.float64)
         mu_c = mu[rows].to(torch.float64)
-        cross = block[:, :u] - (mu_c[:, 0:1] * block[:, u:2 * u] + mu_c[:, 1:2] * block[:, 2 * u:3 * u])
-        own = sum_wpp[rows] - 2 * (mu_c * sum_wp[rows]).sum(1) + (mu_c ** 2).sum(1) * sum_w[rows]
-        squared = (own.unsqueeze(1) - 2 * cross + block[:, 3 * u:]).clamp(min=0)
+        cross = block[:, :u] - (mu_c[:, 0:1] * block[:, u : 2 * u] + mu_c[:, 1:2] * block[:, 2 * u : 3 * u])
+        own = sum_wpp[rows] - 2 * (mu_c * sum_wp[rows]).sum(1) + (mu_c**2).sum(1) * sum_w[rows]
+        squared = (own.unsqueeze(1) - 2 * cross + block[:, 3 * u :]).clamp(min=0)
         ell = -squared / (2 * up_s2) - sum_w[rows].unsqueeze(1) * log_norm
         edges.append(torch.argsort(-ell, dim=1, stable=True)[:, :m])
     return torch.cat(edges).contiguous()
@@ -274,38 +303,57 @@ def _select_neighbours(selection: Tensor, mu: Tensor, sum_w: Tensor, sum_wp: Ten
 
 def _moments(positions: Tensor) -> Tensor:
     """float32 ``[P, 4]``: (y, x, y² + x², 1) of each unit position."""
-    return torch.cat([positions, (positions ** 2).sum(1, keepdim=True), torch.ones_like(positions[:, :1])], dim=1)
+    return torch.cat([positions, (positions**2).sum(1, keepdim=True), torch.ones_like(positions[:, :1])], dim=1)
 
 
-def _upper_positions(upper: GraphLayer | None, upper_units: np.ndarray | None, batch: np.ndarray, device
-                     ) -> Tensor | None:
+def _upper_positions(
+    upper: GraphLayer | None, upper_units: np.ndarray | None, batch: np.ndarray, device
+) -> Tensor | None:
     if upper is None:
         return None
     units = torch.from_numpy(np.asarray(upper_units[batch], dtype=np.int64)).to(device)
     return upper.positions[units]  # [B, U, 2]
 
 
-def _initial_layer(source: LayerSource, config: LayerConfig, normalizer: Tensor, *, seed: int, level: int,
-                   device) -> GraphLayer:
+def _initial_layer(
+    source: LayerSource, config: LayerConfig, normalizer: Tensor, *, seed: int, level: int, device
+) -> GraphLayer:
     d, n = source.n_filters, config.nodes_per_filter
     positions = source.positions.to(device=device, dtype=torch.float32)
     generator = torch.Generator().manual_seed(int(seed) * 1000003 + level)
     pick = torch.randint(len(positions), (d, n), generator=generator).to(device)
     mu = positions[pick].clone()
     return GraphLayer(
-        name=source.name, config=config, positions=positions, normalizer=normalizer, mu=mu,
-        sigma2=torch.ones(d, n, device=device), fit_sigma2=torch.full((d, n), config.init_sigma ** 2, device=device),
+        name=source.name,
+        config=config,
+        positions=positions,
+        normalizer=normalizer,
+        mu=mu,
+        sigma2=torch.ones(d, n, device=device),
+        fit_sigma2=torch.full((d, n), config.init_sigma**2, device=device),
         edges=torch.zeros(d * n, 0, dtype=torch.int64, device=device),
         mass=torch.zeros(d, n, dtype=torch.float64, device=device),
-        noise_mass=torch.zeros(d, dtype=torch.float64, device=device))
+        noise_mass=torch.zeros(d, dtype=torch.float64, device=device),
+    )
 
 
 # -- learning -------------------------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def learn_layer(source: LayerSource, config: LayerConfig, rows: np.ndarray, *, upper: GraphLayer | None = None,
-                upper_units: np.ndarray | None = None, seed: int = 0, level: int = 0, batch_size: int = 16,
-                device: torch.device | str = "cpu", progress: Progress | None = None) -> GraphLayer:
+def learn_layer(
+    source: LayerSource,
+    config: LayerConfig,
+    rows: np.ndarray,
+    *,
+    upper: GraphLayer | None = None,
+    upper_units: np.ndarray | None = None,
+    seed: int = 0,
+    level: int = 0,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> GraphLayer:
     """Algorithm 1 for one layer: T EM iterations over the learning images ``rows`` (int64 dataset indices).
 
     ``upper``/``upper_units``: the learned layer above and its inferred units ``int [I, U]`` on every image
@@ -362,33 +410,41 @@ def learn_layer(source: LayerSource, config: LayerConfig, rows: np.ndarray, *, u
                 wp_f = stats[..., :2].reshape(bsz, n, 2).permute(1, 0, 2).reshape(n, 2 * bsz)
                 selection[:, :u].addmm_(wp_f, b.permute(0, 2, 1).reshape(2 * bsz, u))
                 w_f = w_img.reshape(bsz, n).T
-                rhs = torch.cat([b[..., 0], b[..., 1], (b ** 2).sum(2)], dim=1)  # [B, 3U]
+                rhs = torch.cat([b[..., 0], b[..., 1], (b**2).sum(2)], dim=1)  # [B, 3U]
                 selection[:, u:].addmm_(w_f, rhs)
             done += len(batch)
             if progress is not None:
                 progress(f"{source.name}: EM iteration {iteration} of {config.iterations}", done, len(rows))
         # 1) μ_V: the EM maximiser (η chosen so the gradient step lands on it); empty nodes keep their value.
         has = sum_w > 0
-        new_mu = torch.where(has.unsqueeze(-1), (sum_wp - sum_wdelta) / sum_w.clamp(min=1e-300).unsqueeze(-1),
-                             layer.mu.to(torch.float64))
+        new_mu = torch.where(
+            has.unsqueeze(-1), (sum_wp - sum_wdelta) / sum_w.clamp(min=1e-300).unsqueeze(-1), layer.mu.to(torch.float64)
+        )
         if upper is None and config.fit_top_sigma:  # σ_V²: weighted variance about the new μ, per coordinate
-            spread = sum_wpp - 2 * (new_mu * sum_wp).sum(-1) + (new_mu ** 2).sum(-1) * sum_w
-            fit = torch.where(has, spread / (2 * sum_w.clamp(min=1e-300)),
-                              torch.full_like(sum_w, config.init_sigma ** 2))
-            layer.fit_sigma2 = fit.clamp(min=config.min_sigma ** 2).to(torch.float32)
+            spread = sum_wpp - 2 * (new_mu * sum_wp).sum(-1) + (new_mu**2).sum(-1) * sum_w
+            fit = torch.where(has, spread / (2 * sum_w.clamp(min=1e-300)), torch.full_like(sum_w, config.init_sigma**2))
+            layer.fit_sigma2 = fit.clamp(min=config.min_sigma**2).to(torch.float32)
         layer.mu = new_mu.to(torch.float32)
         layer.mass, layer.noise_mass = sum_w, noise
         layer.log_likelihood.append(log_likelihood)
         # 2) E_V: the M upper nodes with the largest expected log-likelihood ℓ(V, V') (exact greedy; see above).
         if upper is not None:
-            layer.edges = _select_neighbours(selection, new_mu.reshape(n, 2), sum_w.reshape(n),
-                                             sum_wp.reshape(n, 2), sum_wpp.reshape(n), upper.sigma2.reshape(-1), m)
+            layer.edges = _select_neighbours(
+                selection,
+                new_mu.reshape(n, 2),
+                sum_w.reshape(n),
+                sum_wp.reshape(n, 2),
+                sum_wpp.reshape(n),
+                upper.sigma2.reshape(-1),
+                m,
+            )
     return layer
 
 
 @torch.no_grad()
-def infer_layer(layer: GraphLayer, maps, *, upper: GraphLayer | None = None, upper_pos: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+def infer_layer(
+    layer: GraphLayer, maps, *, upper: GraphLayer | None = None, upper_pos: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Inference on a batch: ``(units int64 [B, D*N], scores float32 [B, D*N], residual2 float32 [B, D*N])``.
 
     ``maps``: float ``[B, D, h, w]``; ``upper_pos`` float32 ``[B, U, 2]`` inferred positions of the upper layer's
@@ -411,9 +467,18 @@ def infer_layer(layer: GraphLayer, maps, *, upper: GraphLayer | None = None, upp
 
 
 @torch.no_grad()
-def learn_graph(sources: Sequence[LayerSource], configs: Sequence[LayerConfig], *, learn_rows: np.ndarray,
-                n_images: int, allocate: Allocate | None = None, seed: int = 0, batch_size: int = 16,
-                device: torch.device | str = "cpu", progress: Progress | None = None) -> GraphResult:
+def learn_graph(
+    sources: Sequence[LayerSource],
+    configs: Sequence[LayerConfig],
+    *,
+    learn_rows: np.ndarray,
+    n_images: int,
+    allocate: Allocate | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> GraphResult:
     """Learn the graph top-down over ``sources`` (top layer first), then infer every node on all ``n_images``.
 
     Each layer is learned on ``learn_rows`` (dataset indices), then inferred on every image (its results feed the
@@ -430,8 +495,18 @@ def learn_graph(sources: Sequence[LayerSource], configs: Sequence[LayerConfig], 
     scores_out: dict[str, np.ndarray] = {}
     upper, upper_units = None, None
     for level, (source, config) in enumerate(zip(sources, configs)):
-        layer = learn_layer(source, config, learn_rows, upper=upper, upper_units=upper_units, seed=seed, level=level,
-                            batch_size=batch_size, device=device, progress=progress)
+        layer = learn_layer(
+            source,
+            config,
+            learn_rows,
+            upper=upper,
+            upper_units=upper_units,
+            seed=seed,
+            level=level,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
         units = allocate(f"{source.name}-units", (n_images, layer.n_nodes), "int32")
         scores = allocate(f"{source.name}-scores", (n_images, layer.n_nodes), "float32")
         weighted = torch.zeros(layer.n_nodes, dtype=torch.float64, device=device)
@@ -450,7 +525,7 @@ def learn_graph(sources: Sequence[LayerSource], configs: Sequence[LayerConfig], 
                 progress(f"{source.name}: inferring {layer.n_nodes} nodes", done, n_images)
         # σ_V² for the layer below: score-weighted variation of the inference residual, per coordinate.
         sigma2 = torch.where(weight > 0, weighted / (2 * weight.clamp(min=1e-300)), torch.ones_like(weight))
-        layer.sigma2 = sigma2.clamp(min=config.min_sigma ** 2).to(torch.float32).view(layer.n_filters, -1)
+        layer.sigma2 = sigma2.clamp(min=config.min_sigma**2).to(torch.float32).view(layer.n_filters, -1)
         layers.append(layer)
         units_out[source.name], scores_out[source.name] = units, scores
         upper, upper_units = layer, units
@@ -470,9 +545,17 @@ def raw_filter_peaks(maps) -> tuple[Tensor, Tensor]:
 
 # -- evaluation -----------------------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def location_instability(positions: Tensor, scores: Tensor, landmarks: Tensor, diagonals: Tensor, *,
-                         top_images: int = 20, combine: str = "aaai") -> tuple[Tensor, Tensor]:
+def location_instability(
+    positions: Tensor,
+    scores: Tensor,
+    landmarks: Tensor,
+    diagonals: Tensor,
+    *,
+    top_images: int = 20,
+    combine: str = "aaai",
+) -> tuple[Tensor, Tensor]:
     """Location instability of patterns (AAAI'18 Table 1 / Fig. 9; arXiv "standard deviation of relative
     pattern positions").
 
@@ -495,7 +578,7 @@ def location_instability(positions: Tensor, scores: Tensor, landmarks: Tensor, d
     scores = scores.to(torch.float64)
     landmarks = landmarks.to(torch.float64)
     diagonals = diagonals.to(torch.float64)
-    n_images, q = scores.shape
+    _n_images, q = scores.shape
     k_count = landmarks.shape[1]
     stds = torch.full((q, k_count), float("nan"), dtype=torch.float64, device=scores.device)
     for k in range(k_count):
@@ -517,26 +600,42 @@ def location_instability(positions: Tensor, scores: Tensor, landmarks: Tensor, d
     if combine == "aaai":
         value = torch.where(present, stds, torch.zeros_like(stds)).sum(1) / counts
     else:
-        value = (torch.where(present, stds ** 2, torch.zeros_like(stds)).sum(1) / counts).sqrt()
+        value = (torch.where(present, stds**2, torch.zeros_like(stds)).sum(1) / counts).sqrt()
     value = torch.where(counts > 0, value, torch.full_like(value, float("nan")))
     return value, stds
 
 
-def pattern_instability(unit_positions: np.ndarray, units: np.ndarray, scores: np.ndarray, scale: np.ndarray,
-                        landmarks: Tensor, diagonals: Tensor, *, top_images: int = 20, combine: str = "aaai",
-                        chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def pattern_instability(
+    unit_positions: np.ndarray,
+    units: np.ndarray,
+    scores: np.ndarray,
+    scale: np.ndarray,
+    landmarks: Tensor,
+    diagonals: Tensor,
+    *,
+    top_images: int = 20,
+    combine: str = "aaai",
+    chunk: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`location_instability` of Q patterns inferred at map units: ``unit_positions`` float64 ``[P, 2]``
     ``(y, x)`` input pixels of the layer's units (row-major), ``units`` int ``[I, Q]`` each pattern's unit on each
     evaluation image, ``scores`` ``[I, Q]``, ``scale`` float64 ``[I, 2]`` image pixels per input pixel ``(y, x)``,
     ``landmarks`` ``[I, K, 2]`` and ``diagonals`` ``[I]`` as :func:`location_instability`. Patterns are taken
     ``chunk`` at a time (each pattern's value depends on its own column only, so chunks bound memory and move
-    only the last bit of the variance's vectorised reduction; the run keeps its chunk sizes fixed). Returns ``(instability float64 [Q], per_landmark_std float64 [Q, K])`` as numpy."""
+    only the last bit of the variance's vectorised reduction; the run keeps its chunk sizes fixed). Returns
+    ``(instability float64 [Q], per_landmark_std float64 [Q, K])`` as numpy."""
     values, stds = [], []
     for start in range(0, units.shape[1], chunk):
         columns = slice(start, start + chunk)
         positions = unit_positions[np.asarray(units[:, columns], dtype=np.int64)] * scale[:, None, :]
-        value, std = location_instability(torch.from_numpy(positions), torch.from_numpy(np.asarray(scores[:, columns])),
-                                          landmarks, diagonals, top_images=top_images, combine=combine)
+        value, std = location_instability(
+            torch.from_numpy(positions),
+            torch.from_numpy(np.asarray(scores[:, columns])),
+            landmarks,
+            diagonals,
+            top_images=top_images,
+            combine=combine,
+        )
         values.append(value.cpu().numpy())
         stds.append(std.cpu().numpy())
     if not values:
@@ -573,7 +672,8 @@ class FilterPeakTally:
     def merge(self, other: FilterPeakTally) -> None:
         """Take another shard's images (same dataset, layer and evaluation rows). Exact."""
         if (self.n_images, self.n_filters) != (other.n_images, other.n_filters) or not np.array_equal(
-                self.eval_rows, other.eval_rows):
+            self.eval_rows, other.eval_rows
+        ):
             raise ValueError("cannot merge filter-peak tallies of different datasets, layers or evaluation rows")
         if (self.seen & other.seen).any():
             raise ValueError("cannot merge tallies that share images")
@@ -583,8 +683,14 @@ class FilterPeakTally:
         self.seen |= other.seen
 
     def state_dict(self) -> dict:
-        return {"n_images": self.n_images, "n_filters": self.n_filters, "eval_rows": self.eval_rows.copy(),
-                "peak_value": self.peak_value.copy(), "peak_unit": self.peak_unit.copy(), "seen": self.seen.copy()}
+        return {
+            "n_images": self.n_images,
+            "n_filters": self.n_filters,
+            "eval_rows": self.eval_rows.copy(),
+            "peak_value": self.peak_value.copy(),
+            "peak_unit": self.peak_unit.copy(),
+            "seen": self.seen.copy(),
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> FilterPeakTally:
@@ -599,7 +705,7 @@ class FilterPeakTally:
         in blocks of ``block`` rows in row order."""
         total = np.zeros(self.n_filters, dtype=np.float64)
         for start in range(0, self.n_images, block):
-            values = torch.from_numpy(self.peak_value[start:start + block])
+            values = torch.from_numpy(self.peak_value[start : start + block])
             total += values.clamp(min=0).to(torch.float64).sum(0).numpy()
         return total
 
@@ -620,7 +726,7 @@ def energy_top_k(scores, fraction: float = 0.3) -> np.ndarray:
     order = np.argsort(-values, kind="stable")
     cumulative = np.cumsum(values[order])
     k = int(np.searchsorted(cumulative, fraction * total * (1 - 1e-12), side="left")) + 1
-    return order[:min(k, len(order))].astype(np.int64)
+    return order[: min(k, len(order))].astype(np.int64)
 
 
 def purity_sample(scores, fraction: float = 0.3, shown: int = 20) -> tuple[np.ndarray, int]:
@@ -652,12 +758,13 @@ def crop_patch(image: np.ndarray, centre: tuple[float, float], size: int, fill=(
     ys, xs = max(0, y0), max(0, x0)
     ye, xe = min(h, y0 + size), min(w, x0 + size)
     if ye > ys and xe > xs:
-        patch[ys - y0:ye - y0, xs - x0:xe - x0] = image[ys:ye, xs:xe]
+        patch[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
     return patch
 
 
-def render_patch_grid(patches: Sequence[np.ndarray], *, columns: int = 8, tile: int = 72, gutter: int = 3
-                      ) -> Image.Image:
+def render_patch_grid(
+    patches: Sequence[np.ndarray], *, columns: int = 8, tile: int = 72, gutter: int = 3
+) -> Image.Image:
     """Patches (uint8 ``[s, s, 3]``) in rows of ``columns``, each resized to ``tile`` px, on white."""
     from analysis.engine.rendering import BACKGROUND, grid_shape, tile_origin
 
@@ -669,5 +776,5 @@ def render_patch_grid(patches: Sequence[np.ndarray], *, columns: int = 8, tile: 
     for slot, patch in enumerate(patches):
         y, x = tile_origin(slot, columns, (tile, tile), gutter)
         resized = np.asarray(Image.fromarray(patch).resize((tile, tile), Image.Resampling.BILINEAR))
-        canvas[y:y + tile, x:x + tile] = resized
+        canvas[y : y + tile, x : x + tile] = resized
     return Image.fromarray(canvas)

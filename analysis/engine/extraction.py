@@ -117,10 +117,10 @@ def _select_topk(
     which is what makes ``merge`` exact. Returns ``(scores, images, peaks, sums)`` of the selection.
     """
     order = torch.argsort(images, dim=-1, stable=True)
-    order = torch.gather(order, -1, torch.argsort(torch.gather(sums, -1, order), dim=-1, descending=True,
-                                                  stable=True))
-    order = torch.gather(order, -1, torch.argsort(torch.gather(scores, -1, order), dim=-1, descending=True,
-                                                  stable=True))[..., :k]
+    order = torch.gather(order, -1, torch.argsort(torch.gather(sums, -1, order), dim=-1, descending=True, stable=True))
+    order = torch.gather(
+        order, -1, torch.argsort(torch.gather(scores, -1, order), dim=-1, descending=True, stable=True)
+    )[..., :k]
     peak_order = order.unsqueeze(-1).expand(*order.shape, 2)
     return (
         torch.gather(scores, -1, order),
@@ -227,8 +227,13 @@ class TopKPerUnit:
 
     @torch.no_grad()
     def add_scores(
-        self, scores: Tensor, peaks: Tensor, image_indices: Tensor, class_ids: Tensor | None = None,
-        *, sums: Tensor | None = None,
+        self,
+        scores: Tensor,
+        peaks: Tensor,
+        image_indices: Tensor,
+        class_ids: Tensor | None = None,
+        *,
+        sums: Tensor | None = None,
     ) -> None:
         """Add precomputed maxima: ``scores`` ``Tensor[B, C]``, ``peaks`` ``LongTensor[B, C, 2]``
         (as returned by :func:`map_max_and_peak`) and the map sums ``Tensor[B, C]`` (:func:`map_sums`;
@@ -243,7 +248,7 @@ class TopKPerUnit:
         s = scores.to(self.dtype).t()  # [C, B]
         p = peaks.to(torch.int64).transpose(0, 1)  # [C, B, 2]
         imgs = images.unsqueeze(0).expand(self.num_units, b)
-        sm = (torch.zeros_like(s, dtype=torch.float64) if sums is None else sums.to(torch.float64).t())  # [C, B]
+        sm = torch.zeros_like(s, dtype=torch.float64) if sums is None else sums.to(torch.float64).t()  # [C, B]
         # Skip the merge when no score reaches any unit's current k-th best (ties may still enter:
         # a tie with a lower image id wins, so ">=" keeps the result exact).
         if bool((s >= self._scores[:, -1:]).any()):
@@ -383,9 +388,7 @@ class TopKPerUnit:
         return state
 
     @classmethod
-    def from_state_dict(
-        cls, state: Mapping[str, Any], *, device: torch.device | str | None = None
-    ) -> TopKPerUnit:
+    def from_state_dict(cls, state: Mapping[str, Any], *, device: torch.device | str | None = None) -> TopKPerUnit:
         """Restore from :meth:`state_dict` onto ``device`` (default: CPU)."""
         obj = cls(
             state["k"],
@@ -404,8 +407,11 @@ class TopKPerUnit:
         else:
             obj._sums = torch.zeros_like(obj._scores, dtype=torch.float64)
         if obj.num_classes is not None:
-            obj._csums = (state["class_sums"].to(obj.device).clone() if "class_sums" in state
-                          else torch.zeros_like(state["class_scores"], dtype=torch.float64).to(obj.device))
+            obj._csums = (
+                state["class_sums"].to(obj.device).clone()
+                if "class_sums" in state
+                else torch.zeros_like(state["class_scores"], dtype=torch.float64).to(obj.device)
+            )
             obj._cscores = state["class_scores"].to(obj.device).clone()
             obj._cimages = state["class_images"].to(obj.device).clone()
             obj._cpeaks = state["class_peaks"].to(obj.device).clone()
@@ -582,9 +588,7 @@ class UpperQuantile:
         }
 
     @classmethod
-    def from_state_dict(
-        cls, state: Mapping[str, Any], *, device: torch.device | str | None = None
-    ) -> UpperQuantile:
+    def from_state_dict(cls, state: Mapping[str, Any], *, device: torch.device | str | None = None) -> UpperQuantile:
         obj = cls(
             state["num_units"],
             state["quantile"],
@@ -671,9 +675,7 @@ class ImageMaxScores:
         return {"num_units": self.num_units, "images": images.clone(), "scores": scores.clone()}
 
     @classmethod
-    def from_state_dict(
-        cls, state: Mapping[str, Any], *, device: torch.device | str | None = None
-    ) -> ImageMaxScores:
+    def from_state_dict(cls, state: Mapping[str, Any], *, device: torch.device | str | None = None) -> ImageMaxScores:
         obj = cls(state["num_units"], device=device, dtype=state["scores"].dtype)
         obj._images = [state["images"].to(obj.device).clone()]
         obj._scores = [state["scores"].to(obj.device).clone()]
@@ -820,9 +822,7 @@ class ActivationCacheWriter:
     def write(self, acts: Tensor, image_indices: Tensor) -> None:
         """Write ``Tensor[B, C, h, w]`` at the rows of ``image_indices`` (``LongTensor[B]``)."""
         if tuple(acts.shape[1:]) != tuple(self.memmap.shape[1:]) or acts.shape[0] != image_indices.shape[0]:
-            raise ValueError(
-                f"acts {tuple(acts.shape)} do not fit the cache {tuple(self.memmap.shape)}"
-            )
+            raise ValueError(f"acts {tuple(acts.shape)} do not fit the cache {tuple(self.memmap.shape)}")
         rows = image_indices.detach().cpu().numpy().astype(np.int64) - self.row_offset
         if rows.size and (rows.min() < 0 or rows.max() >= self.memmap.shape[0]):
             raise IndexError("image index outside the cache's row range")
@@ -909,9 +909,7 @@ class LayerStatistics:
         }
 
     @classmethod
-    def from_state(
-        cls, state: Mapping[str, Any], *, device: torch.device | str | None = None
-    ) -> LayerStatistics:
+    def from_state(cls, state: Mapping[str, Any], *, device: torch.device | str | None = None) -> LayerStatistics:
         return cls(
             layer=state["layer"],
             shape=tuple(int(v) for v in state["shape"]),  # type: ignore[arg-type]
@@ -962,9 +960,7 @@ def extract_statistics(
     """
     dev = torch.device(device)
     stats: dict[str, LayerStatistics] = {}
-    writers = {
-        name: ActivationCacheWriter(mm, row_offset=cache_row_offset) for name, mm in (cache or {}).items()
-    }
+    writers = {name: ActivationCacheWriter(mm, row_offset=cache_row_offset) for name, mm in (cache or {}).items()}
     done = 0
     for images, image_indices, class_ids in batches:
         images = images.to(dev)

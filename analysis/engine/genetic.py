@@ -18,6 +18,7 @@ universal sampling (Mitchell 1998), crossover probability 0.7, mutation probabil
 * the result is the best chromosome evaluated in any generation (ties: the earliest found);
 * everything draws from ``numpy.random.default_rng(seed)``: the same seed gives the same result.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -65,8 +66,13 @@ def stochastic_universal_sampling(fitness: np.ndarray, count: int, rng: np.rando
     return np.minimum(np.searchsorted(cumulative, pointers, side="right"), len(fitness) - 1)
 
 
-def run_ga(fitness: Callable[[np.ndarray], float], n_genes: int, config: GAConfig = GAConfig(),
-           best_single: int | None = None, progress: Callable[[int], None] | None = None) -> GAResult:
+def run_ga(
+    fitness: Callable[[np.ndarray], float],
+    n_genes: int,
+    config: GAConfig = GAConfig(),
+    best_single: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> GAResult:
     """Maximise ``fitness`` over bool chromosomes of length ``n_genes`` (see the module docstring)."""
     rng = np.random.default_rng(config.seed)
     size = config.population
@@ -86,19 +92,21 @@ def run_ga(fitness: Callable[[np.ndarray], float], n_genes: int, config: GAConfi
     best, best_fitness = population[best_index].copy(), float(scores[best_index])
     history = []
     for generation in range(config.generations):
-        elite = population[np.argsort(-scores, kind="stable")[:config.elitism]].copy()
+        elite = population[np.argsort(-scores, kind="stable")[: config.elitism]].copy()
         parents = population[rng.permutation(stochastic_universal_sampling(scores, size, rng))]
         children = parents.copy()
         for first in range(0, size - 1, 2):
             if rng.random() < config.crossover and n_genes > 1:
                 point = int(rng.integers(1, n_genes))
-                children[first, point:], children[first + 1, point:] = (parents[first + 1, point:].copy(),
-                                                                        parents[first, point:].copy())
+                children[first, point:], children[first + 1, point:] = (
+                    parents[first + 1, point:].copy(),
+                    parents[first, point:].copy(),
+                )
         flips = rng.random(size) < config.mutation
         genes = rng.integers(0, n_genes, size)
         children[flips, genes[flips]] ^= True
         if config.elitism:
-            children[:config.elitism] = elite
+            children[: config.elitism] = elite
         population = children
         scores = evaluate(population)
         index = int(np.argmax(scores))
@@ -116,5 +124,5 @@ def top_filters(single_fitness: np.ndarray, count: int) -> np.ndarray:
     single_fitness = np.asarray(single_fitness, dtype=np.float64)
     order = np.lexsort((np.arange(len(single_fitness)), -single_fitness))
     chromosome = np.zeros(len(single_fitness), dtype=bool)
-    chromosome[order[:max(0, count)]] = True
+    chromosome[order[: max(0, count)]] = True
     return chromosome

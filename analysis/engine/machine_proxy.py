@@ -3,6 +3,7 @@ mechanistic interpretability at scale without humans"): a simulated observer tha
 feature embedding of the images, giving a score for every unit without people. Pure torch; ``device`` follows the
 inputs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,9 @@ __all__ = ["penultimate_embeddings", "proxy_correct", "proxy_observer"]
 
 
 @torch.no_grad()
-def proxy_observer(embeddings: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, query_a: torch.Tensor,
-                   query_b: torch.Tensor) -> torch.Tensor:
+def proxy_observer(
+    embeddings: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, query_a: torch.Tensor, query_b: torch.Tensor
+) -> torch.Tensor:
     """A simulated observer of the 2-AFC task (after Zimmermann et al. 2024's machine interpretability score).
 
     ``embeddings``: ``float[N, D]`` one feature vector per dataset image; ``top``/``bottom``: ``int64[T, R]``
@@ -28,15 +30,15 @@ def proxy_observer(embeddings: torch.Tensor, top: torch.Tensor, bottom: torch.Te
 
     def evidence(query: torch.Tensor) -> torch.Tensor:
         e = embeddings[query]
-        return (torch.nn.functional.cosine_similarity(e, top_mean, dim=1)
-                - torch.nn.functional.cosine_similarity(e, bottom_mean, dim=1))
+        return torch.nn.functional.cosine_similarity(e, top_mean, dim=1) - torch.nn.functional.cosine_similarity(
+            e, bottom_mean, dim=1
+        )
 
     return evidence(query_a) - evidence(query_b)
 
 
 @torch.no_grad()
-def penultimate_embeddings(model: torch.nn.Module, inputs: torch.Tensor, *, layer: str | None = None
-                           ) -> torch.Tensor:
+def penultimate_embeddings(model: torch.nn.Module, inputs: torch.Tensor, *, layer: str | None = None) -> torch.Tensor:
     """``float[B, D]`` feature vectors of ``inputs`` (``float[B, C, H, W]``, normalised, on the model's device).
 
     ``layer=None``: the input of the network's last module with parameters (its classifier), i.e. the
@@ -64,5 +66,3 @@ def proxy_correct(margins: torch.Tensor, strong_is_a: torch.Tensor) -> torch.Ten
     """``float[T]``: 1 where the proxy picked the strong query, 0 where not, 0.5 on a tie."""
     signed = torch.where(strong_is_a, margins, -margins)
     return (torch.sign(signed) + 1) / 2
-
-

@@ -69,6 +69,7 @@ part of that distribution.
     the weights back exactly). Every concept's classifiers train at once
     (:func:`fit_concept_classifiers`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -78,16 +79,53 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "ProbeConfig", "LinearProbe", "ConceptProbes", "sample_pixels", "set_iou_counts", "set_iou",
-    "concept_alpha", "weighted_bce", "train_probes", "train_probe", "fit_concept_probes", "probe_masks", "stack_probes",
-    "cosine_similarity", "nearest_concepts",
-    "PAPER_CLASSIFICATION_TOP_F", "ClassifierConfig", "Classifiers", "ConceptClassifiers", "pool_activations",
-    "standardizer", "balanced_batches", "train_classifiers", "top_units", "fit_concept_classifiers",
-    "balanced_accuracy", "average_precision",
-    "TRAIN", "VAL", "UnitMaskBatch", "iter_unit_mask_batches", "label_presence", "present_labels", "label_truth",
-    "batch_set_iou_counts", "Net2VecTally", "ProbeTally", "best_single_filters", "classification_concepts",
-    "score_classifiers", "MASK_RULES", "NET2VEC_RULE", "ND18_RULE", "unit_masks", "single_filter_probe",
-    "nonextremal_exemplars", "unit_indicators",
+    "MASK_RULES",
+    "ND18_RULE",
+    "NET2VEC_RULE",
+    "PAPER_CLASSIFICATION_TOP_F",
+    "TRAIN",
+    "VAL",
+    "ClassifierConfig",
+    "Classifiers",
+    "ConceptClassifiers",
+    "ConceptProbes",
+    "LinearProbe",
+    "Net2VecTally",
+    "ProbeConfig",
+    "ProbeTally",
+    "UnitMaskBatch",
+    "average_precision",
+    "balanced_accuracy",
+    "balanced_batches",
+    "batch_set_iou_counts",
+    "best_single_filters",
+    "classification_concepts",
+    "concept_alpha",
+    "cosine_similarity",
+    "fit_concept_classifiers",
+    "fit_concept_probes",
+    "iter_unit_mask_batches",
+    "label_presence",
+    "label_truth",
+    "nearest_concepts",
+    "nonextremal_exemplars",
+    "pool_activations",
+    "present_labels",
+    "probe_masks",
+    "sample_pixels",
+    "score_classifiers",
+    "set_iou",
+    "set_iou_counts",
+    "single_filter_probe",
+    "stack_probes",
+    "standardizer",
+    "top_units",
+    "train_classifiers",
+    "train_probe",
+    "train_probes",
+    "unit_indicators",
+    "unit_masks",
+    "weighted_bce",
 ]
 
 #: How unit indicators are made (module docstring): the paper's threshold-then-upsample, or ND'18's.
@@ -175,8 +213,9 @@ def weighted_bce(logits: Tensor, target: Tensor, alpha: float) -> Tensor:
     return -(alpha * target * log_p + (1.0 - alpha) * (1.0 - target) * log_not_p).mean()
 
 
-def train_probes(features: Tensor, target: Tensor, *, alpha: float, config: ProbeConfig,
-                 units: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def train_probes(
+    features: Tensor, target: Tensor, *, alpha: float, config: ProbeConfig, units: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Fit M probes ``σ(features @ w_m + b_m)`` to one concept's ``target`` (bool ``Tensor[N]``) at once with eq. 4
     (SGD + momentum as ``torch.optim.SGD`` computes it: ``v ← μv + g; p ← p − lr·v``; the gradient is the
     analytic one of the mean weighted cross entropy over the minibatch). Returns ``(weight float32 Tensor[M, K],
@@ -214,7 +253,7 @@ def train_probes(features: Tensor, target: Tensor, *, alpha: float, config: Prob
         for _ in range(int(config.epochs) if n else 0):
             order = torch.randperm(n, generator=generator).to(device)
             for start in range(0, n, config.batch_pixels):
-                batch = order[start:start + config.batch_pixels]
+                batch = order[start : start + config.batch_pixels]
                 xb, yb = x[batch], y[batch].unsqueeze(1)  # [B, K], [B, 1]
                 p = torch.sigmoid(xb @ weight.T + bias)  # [B, M]
                 # d/dz of −[α y log σ(z) + (1 − α)(1 − y) log(1 − σ(z))], averaged over the minibatch
@@ -228,8 +267,9 @@ def train_probes(features: Tensor, target: Tensor, *, alpha: float, config: Prob
     return raw_weight.cpu(), raw_bias.cpu()
 
 
-def train_probe(features: Tensor, target: Tensor, *, alpha: float, config: ProbeConfig,
-                units: Tensor | None = None) -> LinearProbe:
+def train_probe(
+    features: Tensor, target: Tensor, *, alpha: float, config: ProbeConfig, units: Tensor | None = None
+) -> LinearProbe:
     """One probe ``σ(features[:, units] @ w + b)`` (``units`` LongTensor[F], default all) by :func:`train_probes`."""
     k = features.shape[1]
     units = torch.arange(k) if units is None else units.cpu()
@@ -270,8 +310,9 @@ def probe_masks(features: Tensor, probes: Sequence[LinearProbe]) -> Tensor:
     return (weights @ x.T + bias.unsqueeze(1)) >= 0
 
 
-def stack_probes(probes: Sequence[LinearProbe], units: int, *, device: torch.device | str = "cpu"
-                 ) -> tuple[Tensor, Tensor]:
+def stack_probes(
+    probes: Sequence[LinearProbe], units: int, *, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
     """``(weights float32 Tensor[M, units], bias float32 Tensor[M])``: the probes as one dense linear map
     (zero weight on the units a top-F probe leaves out)."""
     weights = torch.zeros(len(probes), units, dtype=torch.float32, device=device)
@@ -311,9 +352,14 @@ def nonextremal_exemplars(rows: Tensor, iou: Tensor, *, bins: int = 10) -> dict:
     n = len(order)
     picks = range(n) if n < bins else [int((b + 0.5) * n / bins) for b in range(bins)]
     chosen = [order[i] for i in picks]
-    return {"rows": [int(kept_rows[i]) for i in chosen], "ious": [float(kept[i]) for i in chosen],
-            "images": len(iou), "zero": int((~nonzero).sum()),
-            "mean": float(kept.mean()) if n else None, "std": float(kept.std(unbiased=False)) if n else None}
+    return {
+        "rows": [int(kept_rows[i]) for i in chosen],
+        "ious": [float(kept[i]) for i in chosen],
+        "images": len(iou),
+        "zero": int((~nonzero).sum()),
+        "mean": float(kept.mean()) if n else None,
+        "std": float(kept.std(unbiased=False)) if n else None,
+    }
 
 
 @torch.no_grad()
@@ -422,9 +468,15 @@ def balanced_batches(target: Tensor, steps: int, count: int, generator: torch.Ge
     return torch.cat([pos, neg], dim=1)
 
 
-def train_classifiers(features: Tensor, targets: Tensor, *, config: ClassifierConfig, owners: Tensor | None = None,
-                      units: Tensor | None = None, standardization: tuple[Tensor, Tensor] | None = None
-                      ) -> Classifiers:
+def train_classifiers(
+    features: Tensor,
+    targets: Tensor,
+    *,
+    config: ClassifierConfig,
+    owners: Tensor | None = None,
+    units: Tensor | None = None,
+    standardization: tuple[Tensor, Tensor] | None = None,
+) -> Classifiers:
     """Fit M classifiers of eq. 5 at once by minimising the binary cross entropy with balanced minibatches
     (SGD + momentum, as ``torch.optim.SGD`` computes it: ``v ← μv + g; p ← p − lr·v``; weights start at zero).
 
@@ -470,9 +522,17 @@ def train_classifiers(features: Tensor, targets: Tensor, *, config: ClassifierCo
     v_weight, v_bias = torch.zeros_like(weight), torch.zeros_like(bias)
     steps = max(1, -(-n // config.batch_images)) * int(config.epochs)
     # one generator per concept: a concept's minibatches do not depend on which other concepts are trained
-    rows = torch.stack([balanced_batches(targets[:, concept].to(torch.bool), steps, config.batch_images,
-                                         torch.Generator().manual_seed(int(config.seed) * 1_000_003 + concept))
-                        for concept in concepts]).to(device)  # [C', steps, B]
+    rows = torch.stack(
+        [
+            balanced_batches(
+                targets[:, concept].to(torch.bool),
+                steps,
+                config.batch_images,
+                torch.Generator().manual_seed(int(config.seed) * 1_000_003 + concept),
+            )
+            for concept in concepts
+        ]
+    ).to(device)  # [C', steps, B]
     labels = torch.gather(y[:, concepts].T, 1, rows.flatten(1)).view_as(rows)  # [C', steps, B]
     with torch.no_grad():
         for step in range(steps):
@@ -517,8 +577,9 @@ class ConceptClassifiers:
         return self.full.raw()[0]
 
 
-def fit_concept_classifiers(features: Tensor, targets: Tensor, *, config: ClassifierConfig,
-                            top_f: Sequence[int] = PAPER_CLASSIFICATION_TOP_F) -> ConceptClassifiers:
+def fit_concept_classifiers(
+    features: Tensor, targets: Tensor, *, config: ClassifierConfig, top_f: Sequence[int] = PAPER_CLASSIFICATION_TOP_F
+) -> ConceptClassifiers:
     """§3.2.1 then §3.2.2 for every concept (column of ``targets`` bool ``Tensor[N, C]``) at once: the full
     classifiers, then for each F of ``top_f`` (those ≤ K) new classifiers trained on only the F units of largest
     ``|w_k|`` of the concept's full classifier — eq. 5's raw ``w`` (:meth:`Classifiers.raw`), the paper's ranking,
@@ -533,10 +594,18 @@ def fit_concept_classifiers(features: Tensor, targets: Tensor, *, config: Classi
     chosen = {f: top_units(full.raw()[0], f) for f in sizes}
     owners = torch.arange(c).repeat(len(sizes))
     units = torch.cat([chosen[f] for f in sizes])
-    subset = train_classifiers(features, targets, config=config, owners=owners, units=units,
-                               standardization=standardization)
-    top = {f: Classifiers(weight=subset.weight[i * c:(i + 1) * c], bias=subset.bias[i * c:(i + 1) * c],
-                          mean=subset.mean, scale=subset.scale) for i, f in enumerate(sizes)}
+    subset = train_classifiers(
+        features, targets, config=config, owners=owners, units=units, standardization=standardization
+    )
+    top = {
+        f: Classifiers(
+            weight=subset.weight[i * c : (i + 1) * c],
+            bias=subset.bias[i * c : (i + 1) * c],
+            mean=subset.mean,
+            scale=subset.scale,
+        )
+        for i, f in enumerate(sizes)
+    }
     return ConceptClassifiers(full=full, top=top, top_units=chosen)
 
 
@@ -612,8 +681,19 @@ class UnitMaskBatch:
 
 
 @torch.no_grad()
-def iter_unit_mask_batches(maps, reader, rows, mask_rows: Sequence[int], *, upsample, thresholds: Tensor,
-                           strict: bool, batch_size: int, device: torch.device | str, mask_rule: str = NET2VEC_RULE):
+def iter_unit_mask_batches(
+    maps,
+    reader,
+    rows,
+    mask_rows: Sequence[int],
+    *,
+    upsample,
+    thresholds: Tensor,
+    strict: bool,
+    batch_size: int,
+    device: torch.device | str,
+    mask_rule: str = NET2VEC_RULE,
+):
     """Yield a :class:`UnitMaskBatch` per batch of ``mask_rows`` (index.csv row numbers, in order): the unit
     indicators of the raw maps ``maps[row]`` (``[N, K, h, w]``, e.g. the float16 activation cache) at mask size, and
     the masks read by ``reader`` (a ``BrodenReader``) for ``rows``.
@@ -633,14 +713,19 @@ def iter_unit_mask_batches(maps, reader, rows, mask_rows: Sequence[int], *, upsa
         picked = list(mask_rows[first:stop])
         raw = torch.from_numpy(np.array(maps[picked])).to(device=device, dtype=torch.float32)
         active = unit_indicators(raw, thresholds, labels.size, upsample=upsample, mask_rule=mask_rule, strict=strict)
-        yield UnitMaskBatch(rows=torch.tensor(picked, dtype=torch.int64), features=active.flatten(2),
-                            pixel=labels.pixel.to(device).flatten(2), pooled=pool_activations(raw),
-                            image_labels=labels.image)
+        yield UnitMaskBatch(
+            rows=torch.tensor(picked, dtype=torch.int64),
+            features=active.flatten(2),
+            pixel=labels.pixel.to(device).flatten(2),
+            pooled=pool_activations(raw),
+            image_labels=labels.image,
+        )
 
 
 @torch.no_grad()
-def unit_indicators(raw: Tensor, thresholds: Tensor, size, *, upsample, mask_rule: str = NET2VEC_RULE,
-                    strict: bool = True) -> Tensor:
+def unit_indicators(
+    raw: Tensor, thresholds: Tensor, size, *, upsample, mask_rule: str = NET2VEC_RULE, strict: bool = True
+) -> Tensor:
     """The unit indicators of raw maps ``raw`` float ``Tensor[B, K, h, w]`` at mask ``size`` ``(H, W)``
     (``thresholds`` ``Tensor[K]``): ``"net2vec"`` → float32 ``upsample(I(A_k > T_k))`` clamped to [0, 1] (``strict``
     ignored); ``"nd18"`` → bool ``upsample(A_k) ≥ T_k`` (``>`` with ``strict``). ``Tensor[B, K, H, W]``."""
@@ -673,7 +758,7 @@ def label_presence(pixel: Tensor, image_labels: Tensor | None, n_labels: int) ->
 @torch.no_grad()
 def present_labels(pixel: Tensor, valid: Tensor) -> Tensor:
     """LongTensor of the label ids in ``pixel`` (> 0) whose entry of ``valid`` (bool ``Tensor[C]``) is True."""
-    counts = torch.bincount(pixel.flatten(), minlength=len(valid))[:len(valid)]
+    counts = torch.bincount(pixel.flatten(), minlength=len(valid))[: len(valid)]
     return torch.nonzero((counts > 0) & valid).flatten()
 
 
@@ -688,7 +773,7 @@ def label_truth(pixel: Tensor, ids: Tensor) -> Tensor:
     truth = torch.zeros(b, len(ids) + 1, p, dtype=torch.bool, device=pixel.device)
     for layer in range(depth):
         truth.scatter_(1, lookup[pixel[:, layer]].unsqueeze(1), True)
-    return truth[:, :len(ids)]
+    return truth[:, : len(ids)]
 
 
 @torch.no_grad()
@@ -786,14 +871,20 @@ class Net2VecTally:
             n_pixels = features.shape[2]
             count = min(self.pixels_per_image, n_pixels)
             kept_rows = rows[keep.cpu()]
-            pick = torch.stack([sample_pixels(n_pixels, count, seed=self.seed, image=int(row))
-                                for row in kept_rows.tolist()]).to(self.device)  # [b, n]
+            pick = torch.stack(
+                [sample_pixels(n_pixels, count, seed=self.seed, image=int(row)) for row in kept_rows.tolist()]
+            ).to(self.device)  # [b, n]
             chosen = torch.gather(features[keep], 2, pick.unsqueeze(1).expand(-1, self.n_units, -1))  # [b, K, n]
             if chosen.dtype != torch.bool:
                 chosen = chosen.to(torch.float16)  # the stored sample: see the class docstring
             labels = torch.gather(pixel[keep], 2, pick.unsqueeze(1).expand(-1, pixel.shape[1], -1))  # [b, L, n]
-            self._samples.append((kept_rows.repeat_interleave(count).to(self.device),
-                                  chosen.transpose(1, 2).flatten(0, 1), labels.transpose(1, 2).flatten(0, 1)))
+            self._samples.append(
+                (
+                    kept_rows.repeat_interleave(count).to(self.device),
+                    chosen.transpose(1, 2).flatten(0, 1),
+                    labels.transpose(1, 2).flatten(0, 1),
+                )
+            )
 
     @property
     def _sample_dtype(self) -> torch.dtype:
@@ -806,14 +897,21 @@ class Net2VecTally:
         firsts = [int(chunk[0][0]) for chunk in chunks]
         lasts = [int(chunk[0][-1]) for chunk in chunks]
         ordered = all(bool((chunk[0][1:] >= chunk[0][:-1]).all()) for chunk in chunks) and all(
-            last <= first for last, first in zip(lasts, firsts[1:]))
+            last <= first for last, first in zip(lasts, firsts[1:])
+        )
         if not ordered:
             depth = max(labels.shape[1] for _, _, labels in chunks)
             image = torch.cat([image for image, _, _ in chunks])
             order = torch.argsort(image, stable=True)
-            chunks = [(image[order], torch.cat([features for _, features, _ in chunks])[order],
-                       torch.cat([torch.nn.functional.pad(labels, (0, depth - labels.shape[1]))
-                                  for _, _, labels in chunks])[order])]
+            chunks = [
+                (
+                    image[order],
+                    torch.cat([features for _, features, _ in chunks])[order],
+                    torch.cat(
+                        [torch.nn.functional.pad(labels, (0, depth - labels.shape[1])) for _, _, labels in chunks]
+                    )[order],
+                )
+            ]
         self._samples = chunks
         return chunks
 
@@ -821,17 +919,25 @@ class Net2VecTally:
         """The training sample as three tensors (labels padded with 0 to the deepest chunk), by image row."""
         chunks = self._sample_chunks()
         if not chunks:
-            return (torch.zeros(0, dtype=torch.int64, device=self.device),
-                    torch.zeros(0, self.n_units, dtype=self._sample_dtype, device=self.device),
-                    torch.zeros(0, 1, dtype=torch.int64, device=self.device))
+            return (
+                torch.zeros(0, dtype=torch.int64, device=self.device),
+                torch.zeros(0, self.n_units, dtype=self._sample_dtype, device=self.device),
+                torch.zeros(0, 1, dtype=torch.int64, device=self.device),
+            )
         depth = max(labels.shape[1] for _, _, labels in chunks)
-        return (torch.cat([image for image, _, _ in chunks]), torch.cat([features for _, features, _ in chunks]),
-                torch.cat([torch.nn.functional.pad(labels, (0, depth - labels.shape[1])) for _, _, labels in chunks]))
+        return (
+            torch.cat([image for image, _, _ in chunks]),
+            torch.cat([features for _, features, _ in chunks]),
+            torch.cat([torch.nn.functional.pad(labels, (0, depth - labels.shape[1])) for _, _, labels in chunks]),
+        )
 
     def _check_compatible(self, other: Net2VecTally) -> None:
         if (self.n_images, self.n_units, self.pixels_per_image, self.seed) != (
-                other.n_images, other.n_units, other.pixels_per_image, other.seed) or not torch.equal(
-                self.valid, other.valid.to(self.device)):
+            other.n_images,
+            other.n_units,
+            other.pixels_per_image,
+            other.seed,
+        ) or not torch.equal(self.valid, other.valid.to(self.device)):
             raise ValueError("cannot merge Net2Vec tallies of different datasets, layers or sampling")
         if bool((self.seen & other.seen).any()):
             raise ValueError("cannot merge tallies that share images")
@@ -846,13 +952,20 @@ class Net2VecTally:
         for name in ("pooled", "presence", "pixel_presence"):
             getattr(self, name)[theirs] = getattr(other, name)[theirs]
         self.seen |= theirs
-        self._samples.extend((image.to(self.device), features.to(self.device), labels.to(self.device))
-                             for image, features, labels in other._samples)
+        self._samples.extend(
+            (image.to(self.device), features.to(self.device), labels.to(self.device))
+            for image, features, labels in other._samples
+        )
 
     def state_dict(self) -> dict:
         """Plain dict of ints and tensors (loadable with ``torch.load(weights_only=True)``)."""
-        state = {"n_images": self.n_images, "n_units": self.n_units, "pixels_per_image": self.pixels_per_image,
-                 "seed": self.seed, "valid": self.valid.clone()}
+        state = {
+            "n_images": self.n_images,
+            "n_units": self.n_units,
+            "pixels_per_image": self.pixels_per_image,
+            "seed": self.seed,
+            "valid": self.valid.clone(),
+        }
         state.update({name: getattr(self, name).clone() for name in (*_TALLY_SUMS, *_TALLY_ROWS)})
         state.update(zip(_TALLY_SAMPLES, (t.clone() for t in self._sample_tensors())))
         return state
@@ -861,8 +974,13 @@ class Net2VecTally:
     def from_state_dict(cls, state: dict, *, device: torch.device | str | None = None) -> Net2VecTally:
         """Restore from :meth:`state_dict` onto ``device`` (default: where the state's tensors are)."""
         valid = state["valid"] if device is None else state["valid"].to(device)
-        tally = cls(int(state["n_images"]), valid, int(state["n_units"]),
-                    pixels_per_image=int(state["pixels_per_image"]), seed=int(state["seed"]))
+        tally = cls(
+            int(state["n_images"]),
+            valid,
+            int(state["n_units"]),
+            pixels_per_image=int(state["pixels_per_image"]),
+            seed=int(state["seed"]),
+        )
         for name in _TALLY_SUMS:
             setattr(tally, name, state[name].to(tally.device, torch.int64).clone())
         for name in _TALLY_ROWS:
@@ -878,15 +996,20 @@ class Net2VecTally:
         the ``count`` most frequent (train + val images; ``count = 0``: all of them, the paper's rule), ties by
         label id; ascending by frequency rank."""
         images = self.images.cpu()
-        eligible = [number for number in range(self.n_labels)
-                    if images[TRAIN, number] >= min_images and images[VAL, number] >= min_images]
+        eligible = [
+            number
+            for number in range(self.n_labels)
+            if images[TRAIN, number] >= min_images and images[VAL, number] >= min_images
+        ]
         eligible.sort(key=lambda number: (-int(images[TRAIN, number] + images[VAL, number]), number))
         return eligible[:count] if count else eligible
 
     def single_filter_iou(self) -> tuple[Tensor, Tensor]:
         """``(train, val)`` float64 ``Tensor[C, K]`` (CPU): every unit's set IoU (eq. 1) per label."""
-        return (set_iou(self.intersection[TRAIN], self.union[TRAIN]).cpu(),
-                set_iou(self.intersection[VAL], self.union[VAL]).cpu())
+        return (
+            set_iou(self.intersection[TRAIN], self.union[TRAIN]).cpu(),
+            set_iou(self.intersection[VAL], self.union[VAL]).cpu(),
+        )
 
     def all_pixels_iou(self) -> Tensor:
         """float64 ``Tensor[C]``: val set IoU of the trivial segmenter "every pixel of every image with the
@@ -894,22 +1017,26 @@ class Net2VecTally:
         return set_iou(self.concept_pixels[VAL].cpu(), self.covered_pixels[VAL].cpu())
 
     def training_pixels(self, number: int, *, max_pixels: int) -> tuple[Tensor, Tensor]:
-        """``(features [S_c, K] (bool, or float16 indicators), target bool [S_c])``: the sampled pixels of the train images with a pixel of
+        """``(features [S_c, K] (bool, or float16 indicators), target bool [S_c])``: the sampled pixels of the
+        train images with a pixel of
         label ``number``, by image row; cut to ``max_pixels`` by a seeded uniform subset (seed ``(seed,
         number)``) when more."""
         presence = self.pixel_presence[:, number].to(self.device)
-        picked = [(features[has], (labels[has] == number).any(1)) for image, features, labels in self._sample_chunks()
-                  if (has := presence[image]).any()]
+        picked = [
+            (features[has], (labels[has] == number).any(1))
+            for image, features, labels in self._sample_chunks()
+            if (has := presence[image]).any()
+        ]
         if not picked:
             return torch.zeros(0, self.n_units, dtype=self._sample_dtype, device=self.device), torch.zeros(
-                0, dtype=torch.bool, device=self.device)
+                0, dtype=torch.bool, device=self.device
+            )
         features = torch.cat([features for features, _ in picked])
         target = torch.cat([target for _, target in picked])
         if len(target) > max_pixels:
             keep = sample_pixels(len(target), max_pixels, seed=self.seed, image=number).to(self.device)
             features, target = features[keep], target[keep]
         return features, target
-
 
     def release_training_pixels(self) -> None:
         """Drop the training sample (after training: pass 2 and the results do not need it)."""
@@ -929,8 +1056,11 @@ class ProbeTally:
         self.device = weights.device
         self.weights, self.bias = weights.detach().clone(), bias.detach().to(self.device).clone()
         self.concepts = concepts.detach().to(self.device, torch.int64).clone()
-        self.tracked = (torch.zeros(0, 2, dtype=torch.int64) if tracked is None
-                        else tracked.detach().cpu().to(torch.int64).view(-1, 2).clone())
+        self.tracked = (
+            torch.zeros(0, 2, dtype=torch.int64)
+            if tracked is None
+            else tracked.detach().cpu().to(torch.int64).view(-1, 2).clone()
+        )
         self.intersection = torch.zeros(len(concepts), len(weights), dtype=torch.int64, device=self.device)
         self.union = torch.zeros_like(self.intersection)
         self.images = 0
@@ -961,10 +1091,12 @@ class ProbeTally:
     @torch.no_grad()
     def merge(self, other: ProbeTally) -> None:
         """Add another shard's counts (other val images, same probes and concepts). Exact."""
-        if not (torch.equal(self.weights, other.weights.to(self.device))
-                and torch.equal(self.bias, other.bias.to(self.device))
-                and torch.equal(self.concepts, other.concepts.to(self.device))
-                and torch.equal(self.tracked, other.tracked)):
+        if not (
+            torch.equal(self.weights, other.weights.to(self.device))
+            and torch.equal(self.bias, other.bias.to(self.device))
+            and torch.equal(self.concepts, other.concepts.to(self.device))
+            and torch.equal(self.tracked, other.tracked)
+        ):
             raise ValueError("cannot merge probe tallies of different probes or concepts")
         self.intersection += other.intersection.to(self.device)
         self.union += other.union.to(self.device)
@@ -973,10 +1105,19 @@ class ProbeTally:
 
     def state_dict(self) -> dict:
         row, pair, inter, union = self._record_tensors()
-        return {"weights": self.weights.clone(), "bias": self.bias.clone(), "concepts": self.concepts.clone(),
-                "intersection": self.intersection.clone(), "union": self.union.clone(), "images": self.images,
-                "tracked": self.tracked.clone(), "record_row": row, "record_pair": pair, "record_intersection": inter,
-                "record_union": union}
+        return {
+            "weights": self.weights.clone(),
+            "bias": self.bias.clone(),
+            "concepts": self.concepts.clone(),
+            "intersection": self.intersection.clone(),
+            "union": self.union.clone(),
+            "images": self.images,
+            "tracked": self.tracked.clone(),
+            "record_row": row,
+            "record_pair": pair,
+            "record_intersection": inter,
+            "record_union": union,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict, *, device: torch.device | str | None = None) -> ProbeTally:
@@ -986,8 +1127,11 @@ class ProbeTally:
         tally.union = state["union"].to(tally.device, torch.int64).clone()
         tally.images = int(state["images"])
         if len(state.get("record_row", ())):
-            tally._records = [tuple(state[name].clone() for name in (
-                "record_row", "record_pair", "record_intersection", "record_union"))]
+            tally._records = [
+                tuple(
+                    state[name].clone() for name in ("record_row", "record_pair", "record_intersection", "record_union")
+                )
+            ]
         return tally
 
     def result(self) -> Tensor:
@@ -1002,8 +1146,7 @@ class ProbeTally:
         return row[keep], set_iou(inter[keep], union[keep])
 
 
-def best_single_filters(single_train: Tensor, concepts: Sequence[int], *, excluded: Tensor | None = None
-                        ) -> list[int]:
+def best_single_filters(single_train: Tensor, concepts: Sequence[int], *, excluded: Tensor | None = None) -> list[int]:
     """The best single filter of each label of ``concepts`` by train set IoU (``single_train`` ``Tensor[C, K]``),
     the first maximum (lowest unit on ties); ``excluded`` bool ``Tensor[K]`` units are never chosen (a unit on at
     every pixel under ``≥`` with ``T_k = 0`` just scores the concept's coverage)."""
@@ -1013,8 +1156,9 @@ def best_single_filters(single_train: Tensor, concepts: Sequence[int], *, exclud
     return [int(torch.argmax(candidates[number])) for number in concepts]
 
 
-def classification_concepts(presence: Tensor, split: Tensor, valid: Tensor, *, min_images: int, count: int
-                            ) -> tuple[list[int], Tensor, Tensor]:
+def classification_concepts(
+    presence: Tensor, split: Tensor, valid: Tensor, *, min_images: int, count: int
+) -> tuple[list[int], Tensor, Tensor]:
     """§3.2's concepts: every valid label with at least ``min_images`` positive and as many negative images in
     train and in val each (``presence`` bool ``[N, C]``, ``split`` LongTensor[N] codes); all of them when ``count``
     is 0, else the ``count`` most frequent (train + val positives, ties by label id); returned sorted by id, with
@@ -1028,11 +1172,14 @@ def classification_concepts(presence: Tensor, split: Tensor, valid: Tensor, *, m
     return sorted(eligible[:count] if count else eligible), positives, negatives
 
 
-def score_classifiers(fit: ConceptClassifiers, top_f: Sequence[int], features: Tensor, truth: Tensor
-                      ) -> tuple[list[Tensor], list[Tensor]]:
+def score_classifiers(
+    fit: ConceptClassifiers, top_f: Sequence[int], features: Tensor, truth: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
     """``(balanced accuracy, average precision)`` on the val images (pooled ``features`` ``[N, K]``, ``truth``
     bool ``[N, C]``) of the full classifiers then each top-F set in ``top_f`` order: lists of float64
     ``Tensor[C]``."""
     scored = [fit.full] + [fit.top[f] for f in top_f]
-    return ([balanced_accuracy(classifiers.logits(features), truth) for classifiers in scored],
-            [average_precision(classifiers.logits(features), truth) for classifiers in scored])
+    return (
+        [balanced_accuracy(classifiers.logits(features), truth) for classifiers in scored],
+        [average_precision(classifiers.logits(features), truth) for classifiers in scored],
+    )

@@ -290,9 +290,7 @@ def _apply_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str
             more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
             problems.append(f"{len(keys)} {label} key(s): {', '.join(keys[:5])}{more}")
     if problems:
-        raise NetworkLoadError(
-            f"weights in {source} do not match the network: " + "; ".join(problems)
-        )
+        raise NetworkLoadError(f"weights in {source} do not match the network: " + "; ".join(problems))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -319,9 +317,7 @@ def _resolve_callable(target: str) -> Any:
 def _build_torchvision(spec: NetworkSpec) -> nn.Module:
     names = torchvision.models.list_models()
     if spec.target not in names:
-        raise NetworkLoadError(
-            f"unknown torchvision architecture {spec.target!r}." + _suggest(spec.target, names)
-        )
+        raise NetworkLoadError(f"unknown torchvision architecture {spec.target!r}." + _suggest(spec.target, names))
     kwargs = dict(spec.kwargs)
     if "weights" in kwargs:
         raise NetworkLoadError("pass a local weights file in NetworkSpec.weights; downloads are disabled")
@@ -342,8 +338,11 @@ def torchvision_preprocessing(arch: str) -> dict[str, Any]:
     try:
         transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
         size = int(transforms.crop_size[0])
-        return {"input_size": (size, size), "mean": tuple(float(v) for v in transforms.mean),
-                "std": tuple(float(v) for v in transforms.std)}
+        return {
+            "input_size": (size, size),
+            "mean": tuple(float(v) for v in transforms.mean),
+            "std": tuple(float(v) for v in transforms.std),
+        }
     except (ValueError, KeyError, AttributeError, TypeError, IndexError):
         return {"input_size": (224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
@@ -403,9 +402,7 @@ def state_dict_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def normalize_images(
-    images: Tensor, mean: Sequence[float], std: Sequence[float], channel_order: str = "RGB"
-) -> Tensor:
+def normalize_images(images: Tensor, mean: Sequence[float], std: Sequence[float], channel_order: str = "RGB") -> Tensor:
     """Turn images into network input.
 
     Args:
@@ -534,13 +531,10 @@ def get_module(model: nn.Module, dotted_name: str) -> nn.Module:
         return model.get_submodule(dotted_name)
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n]
-        raise UnknownLayerError(
-            f"the network has no layer {dotted_name!r}." + _suggest(dotted_name, names)
-        ) from None
+        raise UnknownLayerError(f"the network has no layer {dotted_name!r}." + _suggest(dotted_name, names)) from None
 
 
-def _example_input(model: nn.Module, input_size: Sequence[int], device: torch.device | str,
-                   in_channels: int) -> Tensor:
+def _example_input(model: nn.Module, input_size: Sequence[int], device: torch.device | str, in_channels: int) -> Tensor:
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     h, w = (int(v) for v in input_size)
     return torch.zeros(1, in_channels, h, w, dtype=dtype, device=device)
@@ -551,14 +545,43 @@ def _example_input(model: nn.Module, input_size: Sequence[int], device: torch.de
 # --------------------------------------------------------------------------------------------
 
 _ACTIVATION_FUNCTIONS = frozenset(
-    """relu relu_ relu6 leaky_relu leaky_relu_ hardtanh hardtanh_ gelu silu mish sigmoid sigmoid_
-    tanh tanh_ hardswish hardsigmoid elu elu_ selu celu softplus prelu""".split()
+    [
+        "relu",
+        "relu_",
+        "relu6",
+        "leaky_relu",
+        "leaky_relu_",
+        "hardtanh",
+        "hardtanh_",
+        "gelu",
+        "silu",
+        "mish",
+        "sigmoid",
+        "sigmoid_",
+        "tanh",
+        "tanh_",
+        "hardswish",
+        "hardsigmoid",
+        "elu",
+        "elu_",
+        "selu",
+        "celu",
+        "softplus",
+        "prelu",
+    ]
 )
 _POOL_FUNCTIONS = frozenset(
-    """max_pool2d max_pool2d_with_indices avg_pool2d adaptive_avg_pool2d adaptive_max_pool2d
-    adaptive_max_pool2d_with_indices lp_pool2d""".split()
+    [
+        "max_pool2d",
+        "max_pool2d_with_indices",
+        "avg_pool2d",
+        "adaptive_avg_pool2d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool2d_with_indices",
+        "lp_pool2d",
+    ]
 )
-_NORM_FUNCTIONS = frozenset("batch_norm instance_norm group_norm layer_norm local_response_norm".split())
+_NORM_FUNCTIONS = frozenset(["batch_norm", "instance_norm", "group_norm", "layer_norm", "local_response_norm"])
 
 
 def node_op_name(node: fx.Node) -> str:
@@ -771,7 +794,10 @@ class _ShapeRecorder(fx.Interpreter):
 
 @torch.no_grad()
 def record_shapes(
-    traced: TracedNetwork, input_size: Sequence[int], device: torch.device | str, in_channels: int = 3,
+    traced: TracedNetwork,
+    input_size: Sequence[int],
+    device: torch.device | str,
+    in_channels: int = 3,
 ) -> _ShapeRecorder:
     """Run the traced graph once on zeros ``[1, in_channels, H, W]`` and record shapes (cached per
     trace, input size and device: shapes do not depend on the weights).
@@ -859,8 +885,9 @@ def discover_layers(
     try:
         traced = trace_network(model)
     except UnsupportedNetworkError:
-        return _discover_layers_by_hooks(model, input_size, device, kinds=kinds,
-                                         include_reused=include_reused, in_channels=in_channels)
+        return _discover_layers_by_hooks(
+            model, input_size, device, kinds=kinds, include_reused=include_reused, in_channels=in_channels
+        )
     shapes = record_shapes(traced, input_size, device, in_channels).shapes
     entries: list[tuple[int, int, LayerInfo]] = []
     seen: set[str] = set()
@@ -948,9 +975,7 @@ def _discover_layers_by_hooks(
         kind = layer_kind(modules[name])
         if kind not in kinds:
             continue
-        layers.append(
-            LayerInfo(name, kind, type(modules[name]).__name__, shape[1], shape[2], shape[3], calls)
-        )
+        layers.append(LayerInfo(name, kind, type(modules[name]).__name__, shape[1], shape[2], shape[3], calls))
     return layers
 
 
@@ -1097,8 +1122,7 @@ def capture_forward(
     try:
         traced = trace_network(model)
     except UnsupportedNetworkError:
-        return _capture_forward_by_hooks(model, inputs, names, stop_early=stop_early, detach=detach,
-                                         clone=clone)
+        return _capture_forward_by_hooks(model, inputs, names, stop_early=stop_early, detach=detach, clone=clone)
     extractor = traced.extractor(names, full=not stop_early)
     out = extractor(inputs)
     return {name: (out[name].detach() if detach else out[name]) for name in names}
@@ -1115,9 +1139,7 @@ def _capture_forward_by_hooks(
 ) -> dict[str, Tensor]:
     """Hook fallback of :func:`capture_forward` (layer names are dotted module names)."""
     names = list(dict.fromkeys(names))
-    with capture_layers(
-        model, names, detach=detach, clone=clone, _stop_when_complete=stop_early
-    ) as capture:
+    with capture_layers(model, names, detach=detach, clone=clone, _stop_when_complete=stop_early) as capture:
         try:
             model(inputs)
         except _StopForward:

@@ -1,4 +1,5 @@
 """Label overlays for browsing a dataset: each label id in its own colour over the image."""
+
 from __future__ import annotations
 
 import colorsys
@@ -15,8 +16,9 @@ def label_colour(label_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def render_label_overlay(image: np.ndarray, layers: np.ndarray, *, alpha: float = 0.55,
-                         whole_image_labels: tuple[int, ...] = ()) -> Image.Image:
+def render_label_overlay(
+    image: np.ndarray, layers: np.ndarray, *, alpha: float = 0.55, whole_image_labels: tuple[int, ...] = ()
+) -> Image.Image:
     """Blend ``layers`` (``int[L, sh, sw]`` label ids, 0 = none; the first layer wins where several are
     labelled) over ``image`` (``uint8[H, W, 3]``), upsampling labels by nearest neighbour to ``H × W``.
 
@@ -25,8 +27,8 @@ def render_label_overlay(image: np.ndarray, layers: np.ndarray, *, alpha: float 
     height, width = image.shape[:2]
     labels = np.zeros((height, width), dtype=np.int64)
     if layers.size:
-        rows = (np.arange(height) * layers.shape[1] // height)
-        cols = (np.arange(width) * layers.shape[2] // width)
+        rows = np.arange(height) * layers.shape[1] // height
+        cols = np.arange(width) * layers.shape[2] // width
         resized = layers[:, rows][:, :, cols]
         for layer in resized[::-1]:  # paint the dominant (first) layer last
             labels = np.where(layer != 0, layer, labels)

@@ -38,6 +38,7 @@ Method (GG'18 §3.1, and where the paper is silent, our named choices):
 * **AP**: VOC 2010+ all-point interpolated average precision; recall over all ground-truth instances.
   Ties in score are ordered by input order (a stable sort), so results are deterministic.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,34 +49,34 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "NMS_OVERLAPS",
+    "ClassDetections",
     "DetectionConfig",
+    "DetectionMatching",
+    "PartScore",
     "Peaks",
+    "PriorScore",
+    "apply_box_regressors",
+    "average_precision",
+    "best_ground_truth",
+    "boxes_to_image",
+    "boxes_to_view",
+    "class_detections",
+    "context_frame",
+    "fit_box_regressors",
+    "fit_part_regressors",
+    "grouped_nms",
     "local_maxima",
+    "location_prior_score",
     "neighbourhood_features",
     "neighbourhood_features_all",
-    "regression_pairs",
-    "fit_box_regressors",
-    "apply_box_regressors",
-    "NMS_OVERLAPS",
     "nms_overlap_matrix",
-    "grouped_nms",
-    "location_prior_score",
-    "PriorScore",
-    "best_ground_truth",
+    "part_size",
+    "precision_recall",
+    "regression_pairs",
+    "score_part",
     "tp_flags",
     "voc_ap",
-    "precision_recall",
-    "average_precision",
-    "DetectionMatching",
-    "boxes_to_view",
-    "boxes_to_image",
-    "context_frame",
-    "part_size",
-    "ClassDetections",
-    "class_detections",
-    "fit_part_regressors",
-    "PartScore",
-    "score_part",
 ]
 
 FEATURES = 11  # c_x, c_y and 9 neighbourhood activations
@@ -124,8 +125,9 @@ def local_maxima(maps: Tensor, *, include_zero_peaks: bool = False) -> Peaks:
 
 
 @torch.no_grad()
-def neighbourhood_features(maps: Tensor, view: Tensor, filt: Tensor, row: Tensor, col: Tensor, cy: Tensor,
-                           cx: Tensor) -> Tensor:
+def neighbourhood_features(
+    maps: Tensor, view: Tensor, filt: Tensor, row: Tensor, col: Tensor, cy: Tensor, cx: Tensor
+) -> Tensor:
     """``γ(α)`` of the activations at ``(view, filt, row, col)`` (``LongTensor[K]`` each): ``float32 [K, 11]``
     = (c_x, c_y, the 3x3 neighbourhood row-major, 0 outside the map). ``cy [h]``, ``cx [w]`` are the
     receptive-field centres of map rows and columns (:func:`analysis.engine.receptive_field.unit_centers`)."""
@@ -163,8 +165,9 @@ def _design(features: Tensor, intercept: bool) -> Tensor:
 
 
 @torch.no_grad()
-def fit_box_regressors(features: Tensor, weights: Tensor, targets: Tensor, *, intercept: bool = True,
-                       ridge: float = 1e-6) -> tuple[Tensor, Tensor]:
+def fit_box_regressors(
+    features: Tensor, weights: Tensor, targets: Tensor, *, intercept: bool = True, ridge: float = 1e-6
+) -> tuple[Tensor, Tensor]:
     """Weighted least squares per filter: ``argmin_w Σ_k a_k (t_k − w·γ_k)²`` for the four targets at once.
 
     Args:
@@ -193,9 +196,17 @@ def fit_box_regressors(features: Tensor, weights: Tensor, targets: Tensor, *, in
 
 
 @torch.no_grad()
-def apply_box_regressors(weights: Tensor, fitted: Tensor, filt: Tensor, features: Tensor, rf_size: tuple[float, float],
-                         *, intercept: bool = True, frame: tuple[int, int] | None = None,
-                         min_box_size: float = 1.0) -> Tensor:
+def apply_box_regressors(
+    weights: Tensor,
+    fitted: Tensor,
+    filt: Tensor,
+    features: Tensor,
+    rf_size: tuple[float, float],
+    *,
+    intercept: bool = True,
+    frame: tuple[int, int] | None = None,
+    min_box_size: float = 1.0,
+) -> Tensor:
     """Regressed boxes ``float32 [K, 4]`` of detections of filters ``filt`` ``[K]`` with ``γ`` ``features``
     ``[K, 11]``: centre ``(c_x + d_x, c_y + d_y)``, size ``(d_w, d_h)`` floored at ``min_box_size``. Filters not
     ``fitted`` keep their receptive-field box (``rf_size`` = (height, width)). Clipped to ``frame`` = (H, W)."""
@@ -210,8 +221,9 @@ def apply_box_regressors(weights: Tensor, fitted: Tensor, filt: Tensor, features
     return receptive_boxes(centre_x, centre_y, width, height, frame)
 
 
-def receptive_boxes(cx: Tensor, cy: Tensor, width: Tensor | float, height: Tensor | float,
-                    frame: tuple[int, int] | None) -> Tensor:
+def receptive_boxes(
+    cx: Tensor, cy: Tensor, width: Tensor | float, height: Tensor | float, frame: tuple[int, int] | None
+) -> Tensor:
     """``float32 [K, 4]`` boxes of the given centres and sizes, clipped to ``frame`` = (H, W) when given."""
     boxes = torch.stack([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], dim=1)
     if frame is not None:
@@ -255,8 +267,9 @@ def nms_overlap_matrix(a: Tensor, b: Tensor, overlap: str) -> Tensor:
 
 
 @torch.no_grad()
-def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, threshold: float, overlap: str = "iou",
-                max_cells: int = 1 << 22) -> Tensor:
+def grouped_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, threshold: float, overlap: str = "iou", max_cells: int = 1 << 22
+) -> Tensor:
     """Greedy NMS within each group (e.g. one (filter, view) pair), vectorised across groups.
 
     Returns the kept indices (``LongTensor``, ascending). Within a group boxes are visited by decreasing score
@@ -306,8 +319,9 @@ def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, threshold: float,
 
 
 @torch.no_grad()
-def best_ground_truth(boxes: Tensor, view: Tensor, gt_boxes: Tensor, gt_view: Tensor, iou_threshold: float,
-                      chunk: int = 1 << 16) -> Tensor:
+def best_ground_truth(
+    boxes: Tensor, view: Tensor, gt_boxes: Tensor, gt_view: Tensor, iou_threshold: float, chunk: int = 1 << 16
+) -> Tensor:
     """For each detection, the index of the ground-truth box of its view with maximal IoU (the first on ties)
     when that IoU ≥ ``iou_threshold``, else -1 (``LongTensor[D]``). This is the only geometry VOC matching
     needs: a detection's candidate box does not depend on the other detections."""
@@ -324,13 +338,13 @@ def best_ground_truth(boxes: Tensor, view: Tensor, gt_boxes: Tensor, gt_view: Te
     table = torch.full((n_views, g_max), -1, dtype=torch.int64, device=boxes.device)
     table[gt_view[order], slot] = order
     for begin in range(0, d, chunk):
-        ids = table[view[begin:begin + chunk]]  # [c, g_max]
+        ids = table[view[begin : begin + chunk]]  # [c, g_max]
         candidates = gt_boxes[ids.clamp_min(0)]
-        iou = _pairwise_iou(boxes[begin:begin + chunk, None, :], candidates)[:, 0, :]
+        iou = _pairwise_iou(boxes[begin : begin + chunk, None, :], candidates)[:, 0, :]
         iou = torch.where(ids >= 0, iou, torch.full_like(iou, -1.0))
         value, arg = iou.max(dim=1)
         best = ids.gather(1, arg[:, None])[:, 0]
-        result[begin:begin + chunk] = torch.where(value >= iou_threshold, best, torch.full_like(best, -1))
+        result[begin : begin + chunk] = torch.where(value >= iou_threshold, best, torch.full_like(best, -1))
     return result
 
 
@@ -372,8 +386,9 @@ def voc_ap(tp: np.ndarray, n_gt: int) -> tuple[float, float]:
     return float(envelope.sum() / n_gt), float(tp.sum() / n_gt)
 
 
-def average_precision(boxes: Tensor, scores: Tensor, view: Tensor, gt_boxes: Tensor, gt_view: Tensor,
-                      iou_threshold: float = 0.4) -> tuple[float, float]:
+def average_precision(
+    boxes: Tensor, scores: Tensor, view: Tensor, gt_boxes: Tensor, gt_view: Tensor, iou_threshold: float = 0.4
+) -> tuple[float, float]:
     """AP and maximal recall of a set of detections from scratch (match, sort, greedy, VOC AP)."""
     best = best_ground_truth(boxes, view, gt_boxes, gt_view, iou_threshold).cpu().numpy()
     order = score_order(scores.cpu().numpy())
@@ -396,8 +411,15 @@ class DetectionMatching:
             ground truth (-1 for none); n_gt the number of ground-truth instances; n_filters F.
     """
 
-    def __init__(self, det_filter: np.ndarray, det_score: np.ndarray, det_gt: np.ndarray, n_gt: int, n_filters: int,
-                 max_table_cells: int = 1 << 25):
+    def __init__(
+        self,
+        det_filter: np.ndarray,
+        det_score: np.ndarray,
+        det_gt: np.ndarray,
+        n_gt: int,
+        n_filters: int,
+        max_table_cells: int = 1 << 25,
+    ):
         det_filter = np.asarray(det_filter, dtype=np.int64)
         det_gt = np.asarray(det_gt, dtype=np.int64)
         d = len(det_filter)
@@ -426,8 +448,9 @@ class DetectionMatching:
         if self.n_filters * len(candidates) <= max_table_cells:
             below = np.zeros((self.n_filters, len(candidates)), dtype=np.int32)
             for f in range(self.n_filters):
-                below[f] = np.searchsorted(self._ranks[self._offsets[f]:self._offsets[f + 1]], candidates,
-                                           side="right")
+                below[f] = np.searchsorted(
+                    self._ranks[self._offsets[f] : self._offsets[f + 1]], candidates, side="right"
+                )
             self._below = below
         self._cache: dict[bytes, tuple[float, float]] = {}
 
@@ -440,7 +463,7 @@ class DetectionMatching:
             return tp_rank, self._below[np.ix_(selected, columns)].sum(axis=0, dtype=np.int64)
         position = np.zeros(len(tp_rank), dtype=np.int64)
         for f in selected:
-            position += np.searchsorted(self._ranks[self._offsets[f]:self._offsets[f + 1]], tp_rank, side="right")
+            position += np.searchsorted(self._ranks[self._offsets[f] : self._offsets[f + 1]], tp_rank, side="right")
         return tp_rank, position
 
     def ap(self, chromosome: np.ndarray) -> tuple[float, float]:
@@ -489,6 +512,7 @@ class DetectionMatching:
 
 
 # -- one part class over a dataset's views: boxes between frames, detections, regression, AP, filter sets ---------
+
 
 def boxes_to_view(boxes: np.ndarray, frames: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
     """Image-pixel boxes ``float [n, 4]`` -> the input pixels of their views, whose ``frames`` ``float [n, 4]``
@@ -552,14 +576,22 @@ def class_detections(maps: Tensor, geometry, *, include_zero_peaks: bool = False
 
     peaks = local_maxima(maps, include_zero_peaks=include_zero_peaks)
     cy, cx = unit_centers(geometry, maps.shape[2], maps.shape[3], device=maps.device)
-    return ClassDetections(peaks, neighbourhood_features(maps, peaks.view, peaks.filter, peaks.row, peaks.col, cy, cx),
-                           cy, cx)
+    return ClassDetections(
+        peaks, neighbourhood_features(maps, peaks.view, peaks.filter, peaks.row, peaks.col, cy, cx), cy, cx
+    )
 
 
 @torch.no_grad()
-def fit_part_regressors(maps: Tensor, detections: ClassDetections, gt_boxes: Tensor, gt_view: Tensor, *,
-                        intercept: bool = True, ridge: float = 1e-6, max_design: int = 1_000_000
-                        ) -> tuple[Tensor, Tensor]:
+def fit_part_regressors(
+    maps: Tensor,
+    detections: ClassDetections,
+    gt_boxes: Tensor,
+    gt_view: Tensor,
+    *,
+    intercept: bool = True,
+    ridge: float = 1e-6,
+    max_design: int = 1_000_000,
+) -> tuple[Tensor, Tensor]:
     """Box regressors of every filter for one part (§3.1.1): ``(W float64 [F, 11 (+1), 4], fitted bool [F])``
     trained on the :func:`regression_pairs` of ground truth ``gt_boxes`` ``[G, 4]`` (view pixels) in views
     ``gt_view`` ``[G]``, filters in chunks so that the ``[chunk, K, 12]`` float64 design holds at most
@@ -573,15 +605,18 @@ def fit_part_regressors(maps: Tensor, detections: ClassDetections, gt_boxes: Ten
     box, row, col = regression_pairs(cy, cx, gt_boxes, gt_view)
     pair_view = gt_view[box]
     g = gt_boxes[box].to(torch.float64)
-    targets = torch.stack([(g[:, 0] + g[:, 2]) / 2 - cx[col], (g[:, 1] + g[:, 3]) / 2 - cy[row],
-                           g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]], dim=1)
+    targets = torch.stack(
+        [(g[:, 0] + g[:, 2]) / 2 - cx[col], (g[:, 1] + g[:, 3]) / 2 - cy[row], g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]],
+        dim=1,
+    )
     chunk = max(1, int(max_design // max(1, len(box))))
     for start in range(0, n_filters, chunk):
         stop = min(n_filters, start + chunk)
         features = neighbourhood_features_all(maps[:, start:stop], pair_view, row, col, cy, cx)
         activations = maps[pair_view, start:stop, row, col].T
-        weights[start:stop], fitted[start:stop] = fit_box_regressors(features, activations, targets,
-                                                                     intercept=intercept, ridge=ridge)
+        weights[start:stop], fitted[start:stop] = fit_box_regressors(
+            features, activations, targets, intercept=intercept, ridge=ridge
+        )
     return weights, fitted
 
 
@@ -613,20 +648,40 @@ class PartScore:
 
     def summary(self) -> dict:
         """The scalar results, as a part-detection row stores them."""
-        return {"n_detections": int(len(self.det_filter)), "best_filter": self.best_filter,
-                "best_ap": float(self.single_ap[self.best_filter]),
-                "best_recall": float(self.single_recall[self.best_filter]),
-                "ga_filters": self.ga_filters, "ga_ap": self.ga_ap, "ga_recall": self.ga_recall,
-                "ga_history": self.ga_history, "top_filters": self.top_filters, "top_ap": self.top_ap,
-                "top_recall": self.top_recall, "all_ap": self.all_ap, "all_recall": self.all_recall,
-                "single_ap": self.single_ap.tolist(), "single_recall": self.single_recall.tolist(),
-                "curves": self.curves}
+        return {
+            "n_detections": int(len(self.det_filter)),
+            "best_filter": self.best_filter,
+            "best_ap": float(self.single_ap[self.best_filter]),
+            "best_recall": float(self.single_recall[self.best_filter]),
+            "ga_filters": self.ga_filters,
+            "ga_ap": self.ga_ap,
+            "ga_recall": self.ga_recall,
+            "ga_history": self.ga_history,
+            "top_filters": self.top_filters,
+            "top_ap": self.top_ap,
+            "top_recall": self.top_recall,
+            "all_ap": self.all_ap,
+            "all_recall": self.all_recall,
+            "single_ap": self.single_ap.tolist(),
+            "single_recall": self.single_recall.tolist(),
+            "curves": self.curves,
+        }
 
 
 @torch.no_grad()
-def score_part(maps: Tensor, detections: ClassDetections, gt_boxes: Tensor, gt_view: Tensor, *, rf_size,
-               input_size: tuple[int, int], config: DetectionConfig = DetectionConfig(), ga=None,
-               curve_points: int = 150, progress=None) -> PartScore:
+def score_part(
+    maps: Tensor,
+    detections: ClassDetections,
+    gt_boxes: Tensor,
+    gt_view: Tensor,
+    *,
+    rf_size,
+    input_size: tuple[int, int],
+    config: DetectionConfig = DetectionConfig(),
+    ga=None,
+    curve_points: int = 150,
+    progress=None,
+) -> PartScore:
     """GG'18 §3.1 for one part class over the views of ``maps`` ``[V, F, h, w]`` with their ``detections``
     (:func:`class_detections`) and ground truth ``gt_boxes`` ``float32 [G, 4]`` (view pixels) in views
     ``gt_view`` ``[G]``: regressors per filter trained on the views themselves (``config.regression``), regressed
@@ -638,12 +693,22 @@ def score_part(maps: Tensor, detections: ClassDetections, gt_boxes: Tensor, gt_v
     n_views, n_filters = maps.shape[:2]
     peaks = detections.peaks
     used = slice(None) if config.regression else slice(0)  # without regression every filter keeps its RF boxes
-    weights, fitted = fit_part_regressors(maps, detections, gt_boxes[used], gt_view[used],
-                                          intercept=config.intercept, ridge=config.ridge)
-    boxes = apply_box_regressors(weights, fitted, peaks.filter, detections.features, (rf_size[0], rf_size[1]),
-                                 intercept=config.intercept, frame=input_size, min_box_size=config.min_box_size)
-    keep = grouped_nms(boxes, peaks.score, peaks.filter * n_views + peaks.view, config.nms_threshold,
-                       config.nms_overlap)
+    weights, fitted = fit_part_regressors(
+        maps, detections, gt_boxes[used], gt_view[used], intercept=config.intercept, ridge=config.ridge
+    )
+    boxes = apply_box_regressors(
+        weights,
+        fitted,
+        peaks.filter,
+        detections.features,
+        (rf_size[0], rf_size[1]),
+        intercept=config.intercept,
+        frame=input_size,
+        min_box_size=config.min_box_size,
+    )
+    keep = grouped_nms(
+        boxes, peaks.score, peaks.filter * n_views + peaks.view, config.nms_threshold, config.nms_overlap
+    )
     det_boxes, det_view = boxes[keep], peaks.view[keep]
     det_filter, det_score = peaks.filter[keep].cpu().numpy(), peaks.score[keep].cpu().numpy()
     best = best_ground_truth(det_boxes, det_view, gt_boxes, gt_view, config.iou_threshold).cpu().numpy()
@@ -651,8 +716,9 @@ def score_part(maps: Tensor, detections: ClassDetections, gt_boxes: Tensor, gt_v
     singles, single_recall = matching.single_aps()
     ranked = np.lexsort((np.arange(n_filters), -singles))
     best_filter = int(ranked[0])
-    result = run_ga(lambda z: matching.ap(z)[0], n_filters, ga or GAConfig(), best_single=best_filter,
-                    progress=progress)
+    result = run_ga(
+        lambda z: matching.ap(z)[0], n_filters, ga or GAConfig(), best_single=best_filter, progress=progress
+    )
     ga_ap, ga_recall = matching.ap(result.chromosome)
     top = top_filters(singles, max(1, len(result.filters)))
     top_ap, top_recall = matching.ap(top)
@@ -666,11 +732,26 @@ def score_part(maps: Tensor, detections: ClassDetections, gt_boxes: Tensor, gt_v
     for label, chromosome in (("GA combination", result.chromosome), ("TopFilters", top)):
         recall, precision = matching.curve(chromosome, curve_points)
         curves[label] = {"recall": recall, "precision": precision}
-    return PartScore(det_filter=det_filter, det_view=det_view.cpu().numpy(), det_box=det_boxes.cpu().numpy(),
-                     det_score=det_score, det_gt=best, single_ap=singles, single_recall=single_recall,
-                     best_filter=best_filter, ga_filters=result.filters, ga_ap=ga_ap, ga_recall=ga_recall,
-                     ga_history=result.history, top_filters=np.flatnonzero(top).tolist(), top_ap=top_ap,
-                     top_recall=top_recall, all_ap=all_ap, all_recall=all_recall, curves=curves)
+    return PartScore(
+        det_filter=det_filter,
+        det_view=det_view.cpu().numpy(),
+        det_box=det_boxes.cpu().numpy(),
+        det_score=det_score,
+        det_gt=best,
+        single_ap=singles,
+        single_recall=single_recall,
+        best_filter=best_filter,
+        ga_filters=result.filters,
+        ga_ap=ga_ap,
+        ga_recall=ga_recall,
+        ga_history=result.history,
+        top_filters=np.flatnonzero(top).tolist(),
+        top_ap=top_ap,
+        top_recall=top_recall,
+        all_ap=all_ap,
+        all_recall=all_recall,
+        curves=curves,
+    )
 
 
 @dataclass
@@ -686,9 +767,17 @@ class PriorScore:
 
 
 @torch.no_grad()
-def location_prior_score(n_views: int, cy: Tensor, cx: Tensor, gt_boxes: Tensor, gt_view: Tensor, *,
-                         rf_size, input_size: tuple[int, int], config: DetectionConfig = DetectionConfig()
-                         ) -> PriorScore:
+def location_prior_score(
+    n_views: int,
+    cy: Tensor,
+    cx: Tensor,
+    gt_boxes: Tensor,
+    gt_view: Tensor,
+    *,
+    rf_size,
+    input_size: tuple[int, int],
+    config: DetectionConfig = DetectionConfig(),
+) -> PriorScore:
     """An activation-blind detector of one part (ours: the floor a filter's AP is read against).
 
     Every map position of every view (``cy [h]``, ``cx [w]``: receptive-field centres, view pixels) becomes a
@@ -711,15 +800,27 @@ def location_prior_score(n_views: int, cy: Tensor, cx: Tensor, gt_boxes: Tensor,
     centres_x, centres_y = grid_x.reshape(-1), grid_y.reshape(-1)
     if config.regression and len(box):
         g = gt_boxes[box].to(torch.float64)
-        targets = torch.stack([(g[:, 0] + g[:, 2]) / 2 - cx[col], (g[:, 1] + g[:, 3]) / 2 - cy[row],
-                               g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]], dim=1)
+        targets = torch.stack(
+            [
+                (g[:, 0] + g[:, 2]) / 2 - cx[col],
+                (g[:, 1] + g[:, 3]) / 2 - cy[row],
+                g[:, 2] - g[:, 0],
+                g[:, 3] - g[:, 1],
+            ],
+            dim=1,
+        )
         features = torch.stack([cx[col], cy[row]], dim=1)[None]
-        weights, _ = fit_box_regressors(features, torch.ones((1, len(box)), device=device), targets,
-                                        intercept=True, ridge=config.ridge)
+        weights, _ = fit_box_regressors(
+            features, torch.ones((1, len(box)), device=device), targets, intercept=True, ridge=config.ridge
+        )
         pred = _design(torch.stack([centres_x, centres_y], dim=1), True) @ weights[0]
-        boxes = receptive_boxes(centres_x + pred[:, 0], centres_y + pred[:, 1],
-                                pred[:, 2].clamp_min(config.min_box_size), pred[:, 3].clamp_min(config.min_box_size),
-                                input_size)
+        boxes = receptive_boxes(
+            centres_x + pred[:, 0],
+            centres_y + pred[:, 1],
+            pred[:, 2].clamp_min(config.min_box_size),
+            pred[:, 3].clamp_min(config.min_box_size),
+            input_size,
+        )
     else:
         boxes = receptive_boxes(centres_x, centres_y, float(rf_size[1]), float(rf_size[0]), input_size)
     positions = h * w
@@ -732,14 +833,30 @@ def location_prior_score(n_views: int, cy: Tensor, cx: Tensor, gt_boxes: Tensor,
     return PriorScore(ap=float(ap), recall=float(recall), prior=prior.cpu().numpy(), n_detections=int(len(keep)))
 
 
-PALETTE = ((230, 25, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
-           (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
+PALETTE = (
+    (230, 25, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+)
 GROUND_TRUTH_COLOUR = (60, 200, 75)
 
 
-def draw_boxes(image: np.ndarray, boxes: np.ndarray, colours: list[tuple[int, int, int]], *,
-               crop: tuple[float, float, float, float] | None = None, min_side: int = 192,
-               width: int = 2) -> np.ndarray:
+def draw_boxes(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    colours: list[tuple[int, int, int]],
+    *,
+    crop: tuple[float, float, float, float] | None = None,
+    min_side: int = 192,
+    width: int = 2,
+) -> np.ndarray:
     """``uint8 [h, w, 3]``: ``image`` (``uint8 [H, W, 3]``) cut to ``crop`` (image pixels, clipped), enlarged by
     an integer factor (nearest) until its shorter side is ≥ ``min_side``, with ``boxes`` ``[n, 4]`` (image
     pixels, x1 y1 x2 y2) outlined in their ``colours``."""

@@ -17,6 +17,7 @@ the class a part belongs to stays in ``boxes.csv`` through its object). Choices 
 * Split: VOC's ``ImageSets/Main/train.txt`` / ``val.txt`` when given; otherwise an image is ``val``
   when its id's CRC32 is divisible by 5 (deterministic, about 20%).
 """
+
 from __future__ import annotations
 
 import os
@@ -111,9 +112,14 @@ def dominant_class(annotation: PascalPartAnnotation, object_map: np.ndarray) -> 
     return next(name for name, value in area.items() if value == best)
 
 
-def convert_pascal_part(annotation_dir: str | os.PathLike[str], image_dir: str | os.PathLike[str],
-                        out_dir: str | os.PathLike[str], *, split_dir: str | os.PathLike[str] | None = None,
-                        progress: ProgressCallback | None = None) -> ConversionSummary:
+def convert_pascal_part(
+    annotation_dir: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    split_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> ConversionSummary:
     """Write ``out_dir`` as a Broden directory from ``Annotations_Part/*.mat`` and the VOC images.
 
     All or nothing: the directory is built under a temporary name and renamed at the end; on any
@@ -145,8 +151,11 @@ def convert_pascal_part(annotation_dir: str | os.PathLike[str], image_dir: str |
             except OSError as error:
                 raise PascalPartFormatError(image_path, f"unreadable image: {error}") from None
             if image.shape[:2] != (annotation.height, annotation.width) and annotation.objects:
-                raise PascalPartFormatError(image_path, f"image is {image.shape[1]}×{image.shape[0]} but its "
-                                                        f"masks are {annotation.width}×{annotation.height}")
+                raise PascalPartFormatError(
+                    image_path,
+                    f"image is {image.shape[1]}×{image.shape[0]} but its "
+                    f"masks are {annotation.width}×{annotation.height}",
+                )
             for obj in annotation.objects:
                 if obj.class_name not in object_ids:
                     object_ids[obj.class_name] = writer.add_label(obj.class_name)
@@ -158,10 +167,12 @@ def convert_pascal_part(annotation_dir: str | os.PathLike[str], image_dir: str |
             for obj in annotation.objects:
                 class_lut[obj.index + 1] = object_ids[obj.class_name]
             relative = writer.add_image(
-                f"pascal/{annotation.image_id}", image,
+                f"pascal/{annotation.image_id}",
+                image,
                 split=splits.get(annotation.image_id, default_split(annotation.image_id)),
                 segmentations={"object": class_lut[object_map], "part": part_layers(annotation, part_ids)},
-                segmentation_size=image.shape[:2])
+                segmentation_size=image.shape[:2],
+            )
             dominant = dominant_class(annotation, object_map)
             if dominant is not None:
                 image_classes.append((relative, dominant))
@@ -187,5 +198,4 @@ def convert_pascal_part(annotation_dir: str | os.PathLike[str], image_dir: str |
         writer.abort()
         shutil.rmtree(building, ignore_errors=True)
         raise
-    return ConversionSummary(str(out_dir), len(mat_files), n_objects, n_parts, tuple(object_ids),
-                             tuple(part_ids))
+    return ConversionSummary(str(out_dir), len(mat_files), n_objects, n_parts, tuple(object_ids), tuple(part_ids))

@@ -37,29 +37,29 @@ import numpy as np
 import scipy.io
 
 __all__ = [
-    "VOC_CLASSES",
     "CLASSES_WITHOUT_PARTS",
-    "PART_NAME_TABLE",
-    "SUBPART_GROUP_TABLE",
-    "POSITION_WORDS",
-    "GG18_MAX_TINY_EXTENT",
     "GG18_MAX_RARE_COUNT",
+    "GG18_MAX_TINY_EXTENT",
+    "PART_NAME_TABLE",
+    "POSITION_WORDS",
+    "SUBPART_GROUP_TABLE",
+    "VOC_CLASSES",
     "Box",
-    "PascalPartFormatError",
-    "PartInstance",
     "ObjectInstance",
-    "PascalPartAnnotation",
-    "PartSizeStats",
+    "PartInstance",
     "PartSizeAccumulator",
+    "PartSizeStats",
+    "PascalPartAnnotation",
+    "PascalPartFormatError",
+    "iter_annotations",
     "mask_to_box",
     "masks_to_boxes",
     "normalise_part_name",
     "part_instance_key",
-    "read_annotation",
-    "iter_annotations",
-    "tiny_parts",
     "rare_parts",
+    "read_annotation",
     "select_parts",
+    "tiny_parts",
 ]
 
 Box = tuple[float, float, float, float]
@@ -119,7 +119,7 @@ def _build_part_name_table() -> dict[str, str]:
                 "screen",
                 "coach",
             )
-        },  # fmt: skip
+        },
         "fwheel": "wheel",
         "bwheel": "wheel",
         "artifact_wing": "artifact wing",
@@ -235,9 +235,7 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
 def mask_to_box(mask: np.ndarray) -> Box | None:
     """Tight box of a ``bool[H, W]`` mask (see :func:`masks_to_boxes`), ``None`` if empty."""
     box = masks_to_boxes(np.asarray(mask)[None])[0]
-    return (
-        None if np.isnan(box[0]) else (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
-    )
+    return None if np.isnan(box[0]) else (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -352,9 +350,7 @@ def _require_fields(path: Path, array: np.ndarray, fields: Iterable[str], what: 
     missing = [name for name in fields if name not in names]
     if missing:
         present = ", ".join(names) or "none"
-        raise PascalPartFormatError(
-            path, f"{what} lacks field(s) {', '.join(missing)} (has {present})"
-        )
+        raise PascalPartFormatError(path, f"{what} lacks field(s) {', '.join(missing)} (has {present})")
 
 
 def _mask(path: Path, value: object, shape: tuple[int, int] | None, what: str) -> np.ndarray:
@@ -372,9 +368,7 @@ def _mask(path: Path, value: object, shape: tuple[int, int] | None, what: str) -
     return array > 0
 
 
-def read_annotation(
-    path: str | os.PathLike[str], *, merge_subparts: bool = True
-) -> PascalPartAnnotation:
+def read_annotation(path: str | os.PathLike[str], *, merge_subparts: bool = True) -> PascalPartAnnotation:
     """Read one ``Annotations_Part/<id>.mat`` file.
 
     ``merge_subparts`` (default True, GG'18's choice): parts of one object sharing a
@@ -407,17 +401,13 @@ def read_annotation(
     if objects_array.size:
         if objects_array.dtype.names is None:
             raise PascalPartFormatError(path, "anno.objects is not a struct array")
-        _require_fields(
-            path, objects_array, ("class", "class_ind", "mask", "parts"), "anno.objects"
-        )
+        _require_fields(path, objects_array, ("class", "class_ind", "mask", "parts"), "anno.objects")
         for index, item in enumerate(objects_array.reshape(-1, order="F")):
             what = f"object {index + 1}"
             class_name = _text(item["class"])
             class_index = _scalar_int(item["class_ind"])
             if class_index is None or not 1 <= class_index <= len(VOC_CLASSES):
-                raise PascalPartFormatError(
-                    path, f"{what}: class_ind {item['class_ind']!r} is not in 1..20"
-                )
+                raise PascalPartFormatError(path, f"{what}: class_ind {item['class_ind']!r} is not in 1..20")
             if class_name != VOC_CLASSES[class_index - 1]:
                 raise PascalPartFormatError(
                     path,
@@ -427,9 +417,7 @@ def read_annotation(
             mask = _mask(path, item["mask"], shape, what)
             shape = mask.shape
             parts = _read_parts(path, item["parts"], shape, what, merge_subparts)
-            objects.append(
-                ObjectInstance(index, class_name, class_index, mask, mask_to_box(mask), parts)
-            )
+            objects.append(ObjectInstance(index, class_name, class_index, mask, mask_to_box(mask), parts))
     height, width = shape if shape is not None else (0, 0)
     return PascalPartAnnotation(path.stem, image_name, height, width, tuple(objects))
 
@@ -447,9 +435,7 @@ def _read_parts(
     for part_number, part in enumerate(parts_array.reshape(-1, order="F"), start=1):
         raw_name = _text(part["part_name"])
         if not raw_name:
-            raise PascalPartFormatError(
-                path, f"{what}, part {part_number}: part_name is not a string"
-            )
+            raise PascalPartFormatError(path, f"{what}, part {part_number}: part_name is not a string")
         mask = _mask(path, part["mask"], shape, f"{what}, part {part_number} ({raw_name})")
         group = part_instance_key(raw_name) if merge_subparts else None
         key = f"group:{group}" if group is not None else f"entry:{part_number}"

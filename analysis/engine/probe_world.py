@@ -36,21 +36,21 @@ from analysis.engine.broden import BrodenWriter, ProgressCallback
 from analysis.engine.pascal_part import masks_to_boxes
 
 __all__ = [
-    "GENERATOR_VERSION",
-    "OBJECT_CLASSES",
-    "CLASS_PARTS",
-    "SHARED_PARTS",
     "BACKGROUND_MATERIALS",
-    "OBJECT_MATERIALS",
-    "SCENES",
+    "CATEGORIES",
+    "CLASS_PARTS",
     "COLOR_NAMES",
     "COLOR_PROTOTYPES",
-    "CATEGORIES",
+    "GENERATOR_VERSION",
+    "OBJECT_CLASSES",
+    "OBJECT_MATERIALS",
+    "SCENES",
+    "SHARED_PARTS",
     "ProbeImage",
     "ProbeWorldSummary",
+    "generate_probe_world",
     "name_colors",
     "render_probe_image",
-    "generate_probe_world",
 ]
 
 GENERATOR_VERSION = 1
@@ -219,12 +219,8 @@ def _value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     return top * (1 - w)[:, None] + bottom * w[:, None]
 
 
-def _jitter_colour(
-    rng: np.random.Generator, rgb: tuple[int, int, int], spread: float = 12.0
-) -> np.ndarray:
-    return np.clip(np.asarray(rgb, np.float32) + rng.normal(0.0, spread, 3), 0, 255).astype(
-        np.float32
-    )
+def _jitter_colour(rng: np.random.Generator, rgb: tuple[int, int, int], spread: float = 12.0) -> np.ndarray:
+    return np.clip(np.asarray(rgb, np.float32) + rng.normal(0.0, spread, 3), 0, 255).astype(np.float32)
 
 
 def _paint(rng: np.random.Generator, choices: tuple[str, ...], spread: float = 12.0) -> np.ndarray:
@@ -249,11 +245,7 @@ def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     uint8 input is linearised through an exact 256-entry table (the per-pixel power is the cost).
     """
     rgb = np.asarray(rgb)
-    linear = (
-        _LINEAR_LUT[rgb]
-        if rgb.dtype == np.uint8
-        else _srgb_to_linear(rgb.astype(np.float32) / 255.0)
-    )
+    linear = _LINEAR_LUT[rgb] if rgb.dtype == np.uint8 else _srgb_to_linear(rgb.astype(np.float32) / 255.0)
     xyz = linear @ _RGB_TO_XYZ
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
     lab = np.empty(f.shape, np.float32)
@@ -375,9 +367,7 @@ def _draw_car(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     hub = _paint(rng, ("grey", "white"), 10)
     for x in (-_u(rng, 0.27, 0.34), _u(rng, 0.27, 0.34)):
         wheel = s.circle(x, bottom, radius)
-        parts.append(
-            _Part("wheel", 0, wheel, tyre, "rubber", s.circle(x, bottom, radius * 0.5), hub)
-        )
+        parts.append(_Part("wheel", 0, wheel, tyre, "rubber", s.circle(x, bottom, radius * 0.5), hub))
     glass = _paint(rng, ("lightblue", "grey", "black"), 10)
     inset = 0.025
     window_region = s.polygon(
@@ -399,9 +389,7 @@ def _draw_car(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
 
 
 def _draw_bicycle(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
-    frame_colour = _paint(
-        rng, ("red", "blue", "green", "black", "orange", "purple", "pink", "yellow")
-    )
+    frame_colour = _paint(rng, ("red", "blue", "green", "black", "orange", "purple", "pink", "yellow"))
     r_out = _u(rng, 0.19, 0.23)
     tyre_width = _u(rng, 0.025, 0.04)
     hub_y = _u(rng, 0.09, 0.13)
@@ -461,9 +449,7 @@ def _draw_bird(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     tail = s.polygon([(-0.2, -0.02), (-0.46, _u(rng, -0.1, 0.0)), (-0.46, _u(rng, 0.06, 0.14)),
                       (-0.2, 0.1)])  # fmt: skip
     parts.append(_Part("torso", 0, s.ellipse(-0.04, 0.02, rx, ry, tilt) | tail, plumage, "feather"))
-    wing = s.ellipse(
-        -0.08, 0.0, rx * _u(rng, 0.6, 0.8), ry * _u(rng, 0.45, 0.6), tilt + _u(rng, -0.2, 0.1)
-    )
+    wing = s.ellipse(-0.08, 0.0, rx * _u(rng, 0.6, 0.8), ry * _u(rng, 0.45, 0.6), tilt + _u(rng, -0.2, 0.1))
     parts.append(_Part("wing", 0, wing, wing_colour, "feather"))
     hx, hy, hr = _u(rng, 0.2, 0.27), _u(rng, -0.2, -0.13), _u(rng, 0.095, 0.125)
     head_colour = plumage if rng.random() < 0.6 else _paint(rng, ("black", "red", "white", "grey"))
@@ -479,11 +465,7 @@ def _draw_bird(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
 
 def _draw_fish(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     colour = _paint(rng, ("orange", "yellow", "blue", "purple", "grey", "pink", "green", "red"))
-    fin_colour = (
-        colour * np.float32(0.75)
-        if rng.random() < 0.5
-        else _paint(rng, ("orange", "yellow", "red", "blue"))
-    )
+    fin_colour = colour * np.float32(0.75) if rng.random() < 0.5 else _paint(rng, ("orange", "yellow", "red", "blue"))
     rx, ry = _u(rng, 0.32, 0.38), _u(rng, 0.14, 0.2)
     spread = _u(rng, 0.15, 0.23)
     if rng.random() < 0.4:  # forked tail
@@ -496,9 +478,7 @@ def _draw_fish(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     dorsal = s.polygon([(-0.14, -ry * 0.6), (0.1, -ry * 0.7), (-0.16, -ry - _u(rng, 0.07, 0.12))])
     parts.append(_Part("fin", 0, dorsal, fin_colour))
     if rng.random() < 0.6:
-        ventral = s.polygon(
-            [(-0.05, ry * 0.6), (0.08, ry * 0.6), (-0.06, ry + _u(rng, 0.05, 0.09))]
-        )
+        ventral = s.polygon([(-0.05, ry * 0.6), (0.08, ry * 0.6), (-0.06, ry + _u(rng, 0.05, 0.09))])
         parts.append(_Part("fin", 0, ventral, fin_colour))
     body = s.ellipse(0.03, 0.0, rx, ry)
     stripes = None
@@ -515,31 +495,21 @@ def _draw_fish(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
 
 def _draw_person(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     skin = _jitter_colour(rng, _SKIN[rng.integers(len(_SKIN))], 8)
-    shirt = _paint(
-        rng, ("red", "blue", "green", "yellow", "white", "purple", "pink", "orange", "grey")
-    )
+    shirt = _paint(rng, ("red", "blue", "green", "yellow", "white", "purple", "pink", "orange", "grey"))
     trousers = _paint(rng, ("blue", "black", "brown", "grey", "tan"))
     parts = []
     for side in (-1, 1):
         hip = (side * _u(rng, 0.04, 0.06), 0.08)
         foot = (side * _u(rng, 0.05, 0.11), _u(rng, 0.44, 0.48))
-        parts.append(
-            _Part("leg", 0, s.capsule(hip, foot, _u(rng, 0.04, 0.052)), trousers, "fabric")
-        )
+        parts.append(_Part("leg", 0, s.capsule(hip, foot, _u(rng, 0.04, 0.052)), trousers, "fabric"))
     half_width = _u(rng, 0.1, 0.14)
-    parts.append(
-        _Part("torso", 0, s.round_rect(-half_width, -0.22, half_width, 0.12, 0.05), shirt, "fabric")
-    )
+    parts.append(_Part("torso", 0, s.round_rect(-half_width, -0.22, half_width, 0.12, 0.05), shirt, "fabric"))
     long_sleeves = rng.random() < 0.5
     for side in (-1, 1):
         shoulder = (side * (half_width - 0.01), -0.18)
         hand = (side * (half_width + _u(rng, 0.03, 0.1)), _u(rng, 0.0, 0.1))
         arm = s.capsule(shoulder, hand, 0.034)
-        parts.append(
-            _Part(
-                "arm", 0, arm, shirt if long_sleeves else skin, "fabric" if long_sleeves else "skin"
-            )
-        )
+        parts.append(_Part("arm", 0, arm, shirt if long_sleeves else skin, "fabric" if long_sleeves else "skin"))
     hr = _u(rng, 0.095, 0.12)
     hy = -0.22 - hr * 0.85
     head = s.circle(0.0, hy, hr)
@@ -571,9 +541,7 @@ def _draw_house(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     roof = s.polygon([(-half_width - overhang, eave + 0.02), (0.0, -_u(rng, 0.42, 0.5)),
                       (half_width + overhang, eave + 0.02)])  # fmt: skip
     parts.append(_Part("roof", 0, roof, roof_colour, "tile"))
-    parts.append(
-        _Part("wall", 0, s.rect(-half_width, eave, half_width, 0.46), wall_colour, "paint")
-    )
+    parts.append(_Part("wall", 0, s.rect(-half_width, eave, half_width, 0.46), wall_colour, "paint"))
     glass = _paint(rng, ("lightblue", "yellow", "blue"), 10)
     frame_colour = _paint(rng, ("white", "brown"), 6)
     side = _u(rng, 0.09, 0.12)
@@ -583,9 +551,7 @@ def _draw_house(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
         for centre in (0.33, 0.75) if wide else (0.55,):
             x0 = sign * centre * half_width - side / 2
             window = s.rect(x0, window_y, x0 + side, window_y + side)
-            bars = (np.abs(s.u - (x0 + side / 2)) < 0.01) | (
-                np.abs(s.v - (window_y + side / 2)) < 0.01
-            )
+            bars = (np.abs(s.u - (x0 + side / 2)) < 0.01) | (np.abs(s.v - (window_y + side / 2)) < 0.01)
             parts.append(_Part("window", 1, window, glass, "glass", window & bars, frame_colour))
     door_x = _u(rng, -0.08, 0.08)
     door_colour = _paint(rng, ("brown", "red", "green", "blue", "purple"))
@@ -596,13 +562,9 @@ def _draw_house(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
 
 def _draw_tree(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     autumn = rng.random() < 0.2
-    crown_colour = _paint(
-        rng, ("orange", "yellow", "red") if autumn else ("green", "darkgreen"), 10
-    )
+    crown_colour = _paint(rng, ("orange", "yellow", "red") if autumn else ("green", "darkgreen"), 10)
     trunk_half = _u(rng, 0.045, 0.075)
-    trunk = s.polygon(
-        [(-trunk_half, 0.5), (trunk_half, 0.5), (trunk_half * 0.6, -0.1), (-trunk_half * 0.6, -0.1)]
-    )
+    trunk = s.polygon([(-trunk_half, 0.5), (trunk_half, 0.5), (trunk_half * 0.6, -0.1), (-trunk_half * 0.6, -0.1)])
     parts = [_Part("trunk", 0, trunk, _paint(rng, ("brown",), 10), "wood")]
     cy, rx, ry = _u(rng, -0.25, -0.15), _u(rng, 0.26, 0.34), _u(rng, 0.22, 0.28)
     crown = s.ellipse(0.0, cy, rx, ry)
@@ -611,9 +573,7 @@ def _draw_tree(rng: np.random.Generator, s: _Shapes) -> list[_Part]:
     # Leaf clusters: a darker interference pattern of two random plane waves.
     k1, k2, phase = _u(rng, 30, 45), _u(rng, 30, 45), _u(rng, 0, 6.3)
     dark = crown & (np.sin(s.u * k1 + phase) * np.sin(s.v * k2 + s.u * 10) > 0.35)
-    parts.append(
-        _Part("crown", 0, crown, crown_colour, "foliage", dark, crown_colour * np.float32(0.7))
-    )
+    parts.append(_Part("crown", 0, crown, crown_colour, "foliage", dark, crown_colour * np.float32(0.7)))
     fruit_colour = _paint(rng, ("red", "orange", "yellow") if not autumn else ("red",), 10)
     for _ in range(int(rng.integers(2, 6))):
         angle, radius = _u(rng, 0, 2 * math.pi), math.sqrt(_u(rng, 0, 1)) * 0.75
@@ -656,9 +616,7 @@ def _sky(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
         )
     t = (y / size)[..., None]
     sky = top * (1 - t) + horizon * t
-    clouds = np.clip(
-        (_value_noise(rng, size, int(rng.integers(3, 6))) - _u(rng, 0.5, 0.75)) * 4.0, 0, 1
-    )
+    clouds = np.clip((_value_noise(rng, size, int(rng.integers(3, 6))) - _u(rng, 0.5, 0.75)) * 4.0, 0, 1)
     return sky * (1 - clouds[..., None]) + np.float32(245.0) * clouds[..., None]
 
 
@@ -666,17 +624,8 @@ def _grass(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
     base = _jitter_colour(rng, (70, 145, 55), 15)
     # Vertical streaks: one random value per 6-pixel run of a column.
     blades = rng.random((-(-size // 6), size), dtype=np.float32).repeat(6, axis=0)[:size]
-    shade = (
-        0.65
-        + 0.3 * blades
-        + 0.25 * _value_noise(rng, size, 4)
-        + 0.1 * rng.random((size, size), dtype=np.float32)
-    )
-    dry = (
-        _value_noise(rng, size, 3)[..., None]
-        * np.array([0.35, 0.05, -0.1], np.float32)
-        * _u(rng, 0, 1)
-    )
+    shade = 0.65 + 0.3 * blades + 0.25 * _value_noise(rng, size, 4) + 0.1 * rng.random((size, size), dtype=np.float32)
+    dry = _value_noise(rng, size, 3)[..., None] * np.array([0.35, 0.05, -0.1], np.float32) * _u(rng, 0, 1)
     return base * shade[..., None] * (1 + dry)
 
 
@@ -706,9 +655,7 @@ def _water(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
 def _sand(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
     base = _jitter_colour(rng, (215, 185, 130), 12)
     x = np.arange(size, dtype=np.float32)[None, :]
-    dunes = np.sin(
-        (y * _u(rng, 0.15, 0.3) + x * _u(rng, -0.05, 0.05)) + 4 * _value_noise(rng, size, 3)
-    )
+    dunes = np.sin((y * _u(rng, 0.15, 0.3) + x * _u(rng, -0.05, 0.05)) + 4 * _value_noise(rng, size, 3))
     grain = rng.normal(0.0, 0.05, (size, size)).astype(np.float32)
     return base * (0.9 + 0.07 * dunes + grain)[..., None]
 
@@ -731,9 +678,7 @@ def _brick(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
 
 def _snow(rng: np.random.Generator, size: int, y: np.ndarray) -> np.ndarray:
     base = _jitter_colour(rng, (238, 240, 246), 5)
-    shade = (
-        1.0 - 0.1 * _value_noise(rng, size, 4) - 0.03 * rng.random((size, size), dtype=np.float32)
-    )
+    shade = 1.0 - 0.1 * _value_noise(rng, size, 4) - 0.03 * rng.random((size, size), dtype=np.float32)
     return base * shade[..., None] * np.array([0.98, 0.99, 1.0], np.float32)
 
 
@@ -778,9 +723,7 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return centres[:, None], centres[None, :]
 
 
-def render_probe_image(
-    object_class: str, scene: str, size: int, rng: np.random.Generator
-) -> ProbeImage:
+def render_probe_image(object_class: str, scene: str, size: int, rng: np.random.Generator) -> ProbeImage:
     """Render one probe image of ``object_class`` on the background of ``scene``.
 
     The object is placed at a random scale (its frame's longest side 55–88% of the image),
@@ -801,11 +744,7 @@ def render_probe_image(
     rgb = np.zeros((size, size, 3), np.float32)
     for index, material in enumerate(band_materials):
         texture = _MATERIAL_TEXTURES[material](rng, size, y_full)
-        rgb = (
-            np.where((bands == index)[..., None], texture, rgb)
-            if len(band_materials) > 1
-            else texture
-        )
+        rgb = np.where((bands == index)[..., None], texture, rgb) if len(band_materials) > 1 else texture
     materials = BACKGROUND_MATERIALS + OBJECT_MATERIALS
     material_index = {name: k + 1 for k, name in enumerate(materials)}
     band_lut = np.array([material_index[m] for m in band_materials], np.int16)
@@ -817,16 +756,8 @@ def render_probe_image(
     angle = _u(rng, -0.15, 0.15)
     flip = rng.random() < 0.5
     half_w, half_h = frame_w * scale / 2, frame_h * scale / 2
-    cx = (
-        _u(rng, max(half_w, 0.35 * size), min(size - half_w, 0.65 * size))
-        if half_w < 0.5 * size
-        else size / 2
-    )
-    cy = (
-        _u(rng, max(half_h, 0.35 * size), min(size - half_h, 0.65 * size))
-        if half_h < 0.5 * size
-        else size / 2
-    )
+    cx = _u(rng, max(half_w, 0.35 * size), min(size - half_w, 0.65 * size)) if half_w < 0.5 * size else size / 2
+    cy = _u(rng, max(half_h, 0.35 * size), min(size - half_h, 0.65 * size)) if half_h < 0.5 * size else size / 2
     dx, dy = xs - np.float32(cx), ys - np.float32(cy)
     cos_a, sin_a = np.float32(math.cos(angle) / scale), np.float32(math.sin(angle) / scale)
     u = cos_a * dx + sin_a * dy
@@ -862,9 +793,7 @@ def render_probe_image(
     outline[1:, :] |= top[1:, :] > top[:-1, :]
     outline[:-1, :] |= top[:-1, :] > top[1:, :]
     rgb[outline] *= np.float32(0.6)
-    part_material = np.array(
-        [0] + [material_index[p.material] if p.material else 0 for p in parts], np.int16
-    )
+    part_material = np.array([0] + [material_index[p.material] if p.material else 0 for p in parts], np.int16)
     material_map = np.where(on_object, part_material[top], material_map).astype(np.int16)
 
     part_masks = np.stack([layers[p.layer] == k for k, p in enumerate(parts, start=1)])
@@ -959,9 +888,7 @@ def generate_probe_world(
                     image.rgb,
                     split="val" if is_val[index] else "train",
                     segmentations={
-                        "object": np.where(image.object_mask, object_ids[classes[index]], 0)[
-                            sample
-                        ][:, sample],
+                        "object": np.where(image.object_mask, object_ids[classes[index]], 0)[sample][:, sample],
                         "part": part_lut[image.part_layers[:, sample][:, :, sample]],
                         "material": material_lut[image.material[sample][:, sample]],
                         "color": color_lut[name_colors(seg_rgb)],

@@ -10,6 +10,7 @@ interpretability score).
 Conventions: image indices are dataset indices (``int``); ranks are 1-based (rank 1 is the most activating image
 for "top" and the least activating for "bottom"); a unit's per-image score is its map maximum.
 """
+
 from __future__ import annotations
 
 import math
@@ -103,6 +104,7 @@ def rank_correlation(x, y) -> tuple[float | None, float | None, int]:
 
 # -- trial planning ----------------------------------------------------------------------------------------------
 
+
 def ranked_images(scores: np.ndarray) -> np.ndarray:
     """``int64[N]``: image indices from most to least activating (``scores``: ``float[N]``, one unit's map maxima);
     ties broken by the lower index first, so planning is reproducible."""
@@ -127,9 +129,16 @@ class TrialPlan:
     catch: np.ndarray
 
 
-def plan_unit_trials(scores: np.ndarray, *, rng: np.random.Generator, n_trials: int, n_catch: int = 0,
-                     reference_count: int = 9, query_ranks: tuple[int, int] = (10, 19),
-                     non_extremal_ranks: tuple[int, int] | None = None) -> TrialPlan:
+def plan_unit_trials(
+    scores: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    n_trials: int,
+    n_catch: int = 0,
+    reference_count: int = 9,
+    query_ranks: tuple[int, int] = (10, 19),
+    non_extremal_ranks: tuple[int, int] | None = None,
+) -> TrialPlan:
     """Plan the forced-choice trials of one unit from its per-image scores (``float[N]``).
 
     * References: the ``reference_count`` most and least activating images (Borowski et al.: 9 + 9).
@@ -167,9 +176,13 @@ def plan_unit_trials(scores: np.ndarray, *, rng: np.random.Generator, n_trials: 
     strong_rank = rng.choice(np.arange(first, last + 1), size=n_trials, replace=False)
     weak_rank = rng.choice(np.arange(first, last + 1), size=n_trials, replace=False)
     reference_ranks = np.arange(1, reference_count + 1)
-    catch_rank = np.stack([rng.choice(reference_ranks, size=n_catch, replace=n_catch > reference_count),
-                           rng.choice(reference_ranks, size=n_catch, replace=n_catch > reference_count)],
-                          axis=1).reshape(n_catch, 2)
+    catch_rank = np.stack(
+        [
+            rng.choice(reference_ranks, size=n_catch, replace=n_catch > reference_count),
+            rng.choice(reference_ranks, size=n_catch, replace=n_catch > reference_count),
+        ],
+        axis=1,
+    ).reshape(n_catch, 2)
     ranks = np.concatenate([np.stack([strong_rank, weak_rank], axis=1).reshape(n_trials, 2), catch_rank])
     queries = np.stack([order[ranks[:, 0] - 1], bottom_order[ranks[:, 1] - 1]], axis=1)
     catch = np.concatenate([np.zeros(n_trials, dtype=bool), np.ones(n_catch, dtype=bool)])
@@ -178,8 +191,15 @@ def plan_unit_trials(scores: np.ndarray, *, rng: np.random.Generator, n_trials: 
     if non_extremal_ranks is not None:
         picks = np.round(np.linspace(non_extremal_ranks[0], non_extremal_ranks[1], reference_count)).astype(np.int64)
         top_ne, bottom_ne = order[picks - 1].copy(), bottom_order[picks - 1].copy()
-    return TrialPlan(top=top, bottom=bottom, top_non_extremal=top_ne, bottom_non_extremal=bottom_ne,
-                     queries=queries.astype(np.int64), query_ranks=ranks.astype(np.int64), catch=catch)
+    return TrialPlan(
+        top=top,
+        bottom=bottom,
+        top_non_extremal=top_ne,
+        bottom_non_extremal=bottom_ne,
+        queries=queries.astype(np.int64),
+        query_ranks=ranks.astype(np.int64),
+        catch=catch,
+    )
 
 
 def binomial_test_p(successes: int, trials: int, *, chance: float = CHANCE) -> float:

@@ -198,12 +198,75 @@ class _Flat:
 _FLAT = _Flat()
 
 _POINTWISE_NAMES = frozenset(
-    """add iadd __add__ __iadd__ __radd__ mul imul __mul__ __imul__ __rmul__ sub isub __sub__
-    __rsub__ truediv itruediv __truediv__ div div_ add_ mul_ sub_ neg abs relu relu_ relu6
-    leaky_relu leaky_relu_ gelu silu mish sigmoid sigmoid_ tanh tanh_ hardswish hardsigmoid
-    hardtanh hardtanh_ elu elu_ selu celu softplus dropout dropout2d feature_dropout alpha_dropout
-    clamp clamp_ clip contiguous clone float half double to type_as batch_norm instance_norm
-    group_norm layer_norm local_response_norm cat concat concatenate""".split()
+    [
+        "add",
+        "iadd",
+        "__add__",
+        "__iadd__",
+        "__radd__",
+        "mul",
+        "imul",
+        "__mul__",
+        "__imul__",
+        "__rmul__",
+        "sub",
+        "isub",
+        "__sub__",
+        "__rsub__",
+        "truediv",
+        "itruediv",
+        "__truediv__",
+        "div",
+        "div_",
+        "add_",
+        "mul_",
+        "sub_",
+        "neg",
+        "abs",
+        "relu",
+        "relu_",
+        "relu6",
+        "leaky_relu",
+        "leaky_relu_",
+        "gelu",
+        "silu",
+        "mish",
+        "sigmoid",
+        "sigmoid_",
+        "tanh",
+        "tanh_",
+        "hardswish",
+        "hardsigmoid",
+        "hardtanh",
+        "hardtanh_",
+        "elu",
+        "elu_",
+        "selu",
+        "celu",
+        "softplus",
+        "dropout",
+        "dropout2d",
+        "feature_dropout",
+        "alpha_dropout",
+        "clamp",
+        "clamp_",
+        "clip",
+        "contiguous",
+        "clone",
+        "float",
+        "half",
+        "double",
+        "to",
+        "type_as",
+        "batch_norm",
+        "instance_norm",
+        "group_norm",
+        "layer_norm",
+        "local_response_norm",
+        "cat",
+        "concat",
+        "concatenate",
+    ]
 )
 _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -229,9 +292,7 @@ def _pair(value: Any) -> tuple[int, int]:
     return int(value), int(value)
 
 
-def _conv_geo(
-    geo: _Geo, kernel: Any, stride: Any, padding: Any, dilation: Any = 1
-) -> _Geo:
+def _conv_geo(geo: _Geo, kernel: Any, stride: Any, padding: Any, dilation: Any = 1) -> _Geo:
     k, s, d = _pair(kernel), _pair(stride), _pair(dilation)
     if isinstance(padding, str):
         if padding == "valid":
@@ -245,24 +306,35 @@ def _conv_geo(
     return (geo[0].conv(k[0], s[0], p[0], d[0]), geo[1].conv(k[1], s[1], p[1], d[1]))
 
 
-def _conv2d_params(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
-                   dilation: Any = 1, groups: Any = 1) -> dict[str, Any]:
+def _conv2d_params(
+    input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: Any = 1
+) -> dict[str, Any]:
     """``F.conv2d``'s signature, to read a traced call's arguments."""
     return {"input": input, "weight": weight, "stride": stride, "padding": padding, "dilation": dilation}
 
 
 def _max_pool_params(
-    input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-    ceil_mode: Any = False, return_indices: Any = False,
+    input: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: Any = False,
+    return_indices: Any = False,
 ) -> dict[str, Any]:
     """``F.max_pool2d``'s signature."""
-    return {"input": input, "kernel_size": kernel_size, "stride": stride, "padding": padding,
-            "dilation": dilation}
+    return {"input": input, "kernel_size": kernel_size, "stride": stride, "padding": padding, "dilation": dilation}
 
 
-def _avg_pool_params(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                     ceil_mode: Any = False, count_include_pad: Any = True,
-                     divisor_override: Any = None) -> dict[str, Any]:
+def _avg_pool_params(
+    input: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: Any = False,
+    count_include_pad: Any = True,
+    divisor_override: Any = None,
+) -> dict[str, Any]:
     """``F.avg_pool2d``'s signature (no dilation)."""
     return {"input": input, "kernel_size": kernel_size, "stride": stride, "padding": padding}
 
@@ -277,14 +349,14 @@ def _target_name(node: fx.Node) -> str:
 # last two dimensions (the spatial ones) come out unchanged (channel indexing, chunk, channel
 # shuffle by view + transpose, unsqueeze).
 _LAYOUT_NAMES = frozenset(
-    """getitem unsqueeze squeeze view reshape transpose permute chunk split contiguous""".split()
+    ["getitem", "unsqueeze", "squeeze", "view", "reshape", "transpose", "permute", "chunk", "split", "contiguous"]
 )
 
 
 # Multiplying a map by a ``[B, C, 1, 1]`` tensor derived from the image (squeeze-excitation's gate)
 # rescales channels: we treat it as the identity for geometry (our choice, the usual convention; the
 # gate's own field is global). Adding such a tensor stays unsupported.
-_GATE_NAMES = frozenset("mul imul __mul__ __imul__ __rmul__ mul_".split())
+_GATE_NAMES = frozenset(["mul", "imul", "__mul__", "__imul__", "__rmul__", "mul_"])
 
 
 class _Propagator:
@@ -361,9 +433,13 @@ class _Propagator:
             return _FLAT
         src = geo_inputs[0]
         if out_hw is None or out_hw != self._spatial(src):
-            return _FLAT if out_hw is None else _Unsupported(
-                f"{self._describe(node)} changes the spatial size {self._spatial(src)} -> {out_hw} "
-                "(cropping or reshaping)"
+            return (
+                _FLAT
+                if out_hw is None
+                else _Unsupported(
+                    f"{self._describe(node)} changes the spatial size {self._spatial(src)} -> {out_hw} "
+                    "(cropping or reshaping)"
+                )
             )
         name = _target_name(node)
         if name in ("transpose", "permute"):
@@ -390,7 +466,10 @@ class _Propagator:
                 )
             if isinstance(module, nn.MaxPool2d):
                 return self._need(geo, node) or _conv_geo(
-                    geo, module.kernel_size, module.stride or module.kernel_size, module.padding,
+                    geo,
+                    module.kernel_size,
+                    module.stride or module.kernel_size,
+                    module.padding,
                     module.dilation,
                 )
             if isinstance(module, nn.AvgPool2d):
@@ -402,9 +481,7 @@ class _Propagator:
             if isinstance(module, _PAD_MODULES):
                 left, _right, top, _bottom = module.padding
                 return self._need(geo, node) or _conv_geo(geo, 1, 1, (top, left))
-            if isinstance(module, _POINTWISE_MODULES) or (
-                type(module).__module__ == nn.modules.activation.__name__
-            ):
+            if isinstance(module, _POINTWISE_MODULES) or (type(module).__module__ == nn.modules.activation.__name__):
                 return self._combine(node, inputs)
             return _Unsupported(f"no receptive-field rule for {self._describe(node)}")
         name = _target_name(node)
@@ -455,9 +532,7 @@ class _Propagator:
         in_hw = self.shapes[src][2:]
         out_hw = self.shapes[node][2:]
         if any(i % o for i, o in zip(in_hw, out_hw, strict=True)):
-            return _Unsupported(
-                f"{self._describe(node)} pools {tuple(in_hw)} to {tuple(out_hw)}: non-uniform bins"
-            )
+            return _Unsupported(f"{self._describe(node)} pools {tuple(in_hw)} to {tuple(out_hw)}: non-uniform bins")
         k = tuple(i // o for i, o in zip(in_hw, out_hw, strict=True))
         return _conv_geo(geo, k, k, 0)
 
@@ -489,9 +564,7 @@ class _Propagator:
         for axis in range(2):
             jumps = {g[axis].jump for g in geos}
             if len(jumps) != 1:
-                return _Unsupported(
-                    f"{self._describe(node)} combines maps of different strides {sorted(jumps)}"
-                )
+                return _Unsupported(f"{self._describe(node)} combines maps of different strides {sorted(jumps)}")
             left = min(g[axis].center - g[axis].size / 2 for g in geos)
             right = max(g[axis].center + g[axis].size / 2 for g in geos)
             out.append(_Axis(right - left, geos[0][axis].jump, (left + right) / 2))
@@ -615,8 +688,13 @@ class _ChannelMeanConv(nn.Module):
 
 
 def _max_pool_args(
-    input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-    ceil_mode: bool = False, return_indices: bool = False,
+    input: Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
 ) -> tuple[Tensor, Any, Any, Any, Any, bool, bool]:
     return input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
 
@@ -625,8 +703,9 @@ class _MaxPoolAsAvgPool(TorchFunctionMode):
     """Within this mode every 2-D max pooling (module or functional) is an average pooling with
     the same window, so gradients reach every pixel of the window."""
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = dict(kwargs or {})
         if func in (F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices):
             x, k, stride, padding, dilation, ceil_mode, return_indices = _max_pool_args(*args, **kwargs)
@@ -634,8 +713,7 @@ class _MaxPoolAsAvgPool(TorchFunctionMode):
                 raise ReceptiveFieldError("cannot probe max pooling that returns indices")
             if _pair(dilation) != (1, 1):
                 raise ReceptiveFieldError("cannot probe dilated max pooling")
-            return F.avg_pool2d(x, k, stride if stride else k, padding, ceil_mode=ceil_mode,
-                                count_include_pad=True)
+            return F.avg_pool2d(x, k, stride if stride else k, padding, ceil_mode=ceil_mode, count_include_pad=True)
         if func in (F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices):
             if kwargs.pop("return_indices", False) or func is F.adaptive_max_pool2d_with_indices:
                 raise ReceptiveFieldError("cannot probe adaptive max pooling that returns indices")
@@ -643,9 +721,7 @@ class _MaxPoolAsAvgPool(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _probe_copy(
-    model: nn.Module, device: torch.device | str, dtype: torch.dtype, collapse: bool
-) -> nn.Module:
+def _probe_copy(model: nn.Module, device: torch.device | str, dtype: torch.dtype, collapse: bool) -> nn.Module:
     """A copy of ``model`` whose input gradients are dense and positive.
 
     Convs average (weight ``1 / fan_in``, no bias), batch norms become identities (max pooling is
@@ -688,8 +764,13 @@ def _probe_copy(
 
 
 def _unit_gradient_extents(
-    probe: nn.Module, layer: str, input_size: Sequence[int], in_channels: int,
-    device: torch.device | str, dtype: torch.dtype, value: float,
+    probe: nn.Module,
+    layer: str,
+    input_size: Sequence[int],
+    in_channels: int,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    value: float,
 ) -> tuple[list[int], list[int], list[tuple[int, int]], list[tuple[int, int]]]:
     """Rows/cols of units ``0, 1, n-2, n-1`` and the (first, last) input row/col where each
     unit's gradient is non-zero."""
@@ -741,8 +822,8 @@ def _solve_axis(
     highs = [(i, hi) for i, (_lo, hi) in zip(indices, extents, strict=True) if hi < max_hi]
     jumps = set()
     for edges in (lows, highs):
-        for (i1, e1) in edges:
-            for (i2, e2) in edges:
+        for i1, e1 in edges:
+            for i2, e2 in edges:
                 if i2 > i1:
                     jumps.add((e2 - e1) / (i2 - i1))
     too_small = (
@@ -763,8 +844,14 @@ def _solve_axis(
 
 
 def _probe_at_size(
-    model: nn.Module, copies: dict[bool, nn.Module], layer: str, size: tuple[int, int],
-    device: torch.device | str, in_channels: int, dtype: torch.dtype, collapse_channels: bool,
+    model: nn.Module,
+    copies: dict[bool, nn.Module],
+    layer: str,
+    size: tuple[int, int],
+    device: torch.device | str,
+    in_channels: int,
+    dtype: torch.dtype,
+    collapse_channels: bool,
 ) -> LayerGeometry:
     extents = None
     failure: ReceptiveFieldError | None = None
@@ -773,17 +860,13 @@ def _probe_at_size(
             copies[collapse] = _probe_copy(model, device, dtype, collapse=collapse)
         for value in _PROBE_INPUTS:
             try:
-                extents = _unit_gradient_extents(
-                    copies[collapse], layer, size, in_channels, device, dtype, value
-                )
+                extents = _unit_gradient_extents(copies[collapse], layer, size, in_channels, device, dtype, value)
                 break
             except _ProbeNotDense as exc:
                 failure = exc  # a saturated or dead activation: try the next input value
             except (RuntimeError, ValueError, IndexError) as exc:
                 if not collapse:
-                    raise _InputTooSmall(
-                        f"the model failed on a {size[0]}x{size[1]} probe input: {exc}"
-                    ) from exc
+                    raise _InputTooSmall(f"the model failed on a {size[0]}x{size[1]} probe input: {exc}") from exc
                 failure = _ProbeNotDense(f"collapsed copy failed: {exc}")
                 break  # code that depends on channel counts (or a too small input): full copy
         if extents is not None:
@@ -894,8 +977,9 @@ class _GeometryMode(_MaxPoolAsAvgPool):
         self.collapse = collapse  # keep one channel everywhere (cheapest; code that needs the
         # channel counts then fails and the check reruns with the channels repeated)
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = dict(kwargs or {})
         if func is torch.conv2d:
             p = _conv2d_params(*args, **kwargs)
@@ -903,8 +987,11 @@ class _GeometryMode(_MaxPoolAsAvgPool):
             kh, kw = weight.shape[2:]
             mean = x.mean(dim=1, keepdim=True)
             padding = p["padding"]
-            if (not isinstance(padding, str) and _pair(p["dilation"]) == (1, 1)
-                    and all(2 * q <= k for q, k in zip(_pair(padding), (kh, kw), strict=True))):
+            if (
+                not isinstance(padding, str)
+                and _pair(p["dilation"]) == (1, 1)
+                and all(2 * q <= k for q, k in zip(_pair(padding), (kh, kw), strict=True))
+            ):
                 # the same averaging kernel as a pooling: much faster than a one-channel conv
                 y = F.avg_pool2d(mean, (kh, kw), _pair(p["stride"]), _pair(padding), count_include_pad=True)
             else:
@@ -1001,8 +1088,9 @@ def check_receptive_fields(
             elif shape[2:] == (1, 1):
                 results[name] = GeometryCheck(None, "a 1x1 map: its field is the whole image")
             else:
-                results[name] = _check_layer(traced, name, geo, (h, w), tuple(shape[2:]), device,
-                                             units_per_axis, in_channels)
+                results[name] = _check_layer(
+                    traced, name, geo, (h, w), tuple(shape[2:]), device, units_per_axis, in_channels
+                )
             by_node[(node, geo)] = results[name]
             if progress is not None:
                 progress(done, len(geometry))
@@ -1011,9 +1099,16 @@ def check_receptive_fields(
     return results
 
 
-def _check_layer(traced: TracedNetwork, name: str, geo: LayerGeometry, size: tuple[int, int],
-                 out_size: tuple[int, int], device: torch.device | str, units_per_axis: int,
-                 in_channels: int) -> GeometryCheck:
+def _check_layer(
+    traced: TracedNetwork,
+    name: str,
+    geo: LayerGeometry,
+    size: tuple[int, int],
+    out_size: tuple[int, int],
+    device: torch.device | str,
+    units_per_axis: int,
+    in_channels: int,
+) -> GeometryCheck:
     extractor = traced.extractor([name])
     h, w = size
     ys, xs = _sample_units(out_size[0], units_per_axis), _sample_units(out_size[1], units_per_axis)
@@ -1026,8 +1121,9 @@ def _check_layer(traced: TracedNetwork, name: str, geo: LayerGeometry, size: tup
     for collapse, value in attempts:
         try:
             with torch.enable_grad(), _GeometryMode(collapse):
-                x = torch.full((len(pairs) + 1, in_channels, h, w), value, dtype=torch.float32,
-                               device=device, requires_grad=True)
+                x = torch.full(
+                    (len(pairs) + 1, in_channels, h, w), value, dtype=torch.float32, device=device, requires_grad=True
+                )
                 out = extractor(x)[name]
                 grad_out = torch.zeros_like(out)
                 for k, (iy, ix) in enumerate(pairs):
@@ -1042,8 +1138,9 @@ def _check_layer(traced: TracedNetwork, name: str, geo: LayerGeometry, size: tup
         for k in range(len(pairs) + 1):
             rows = torch.nonzero(support[k].any(dim=1)).flatten()
             cols = torch.nonzero(support[k].any(dim=0)).flatten()
-            extents.append(None if rows.numel() == 0 else
-                           ((int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))))
+            extents.append(
+                None if rows.numel() == 0 else ((int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1])))
+            )
         if None in extents:
             detail = f"zero gradient at input value {value}"
             continue  # a saturated or dead activation: try the next input value (or mode)

@@ -42,8 +42,8 @@ __all__ = [
     "EMPTY_TILE",
     "PEAK_COLOUR",
     "grid_shape",
-    "render_image_grid",
     "render_activation_grid",
+    "render_image_grid",
     "render_threshold_grid",
     "render_unit_grid",
     "tile_origin",
@@ -86,9 +86,7 @@ def _check(images: np.ndarray, maps: np.ndarray) -> None:
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError("images must be uint8[N, H, W, 3]")
     if maps.shape != images.shape[:3]:
-        raise ValueError(
-            f"maps {maps.shape} must match the images {images.shape[:3]}: upsample them first"
-        )
+        raise ValueError(f"maps {maps.shape} must match the images {images.shape[:3]}: upsample them first")
 
 
 def _assemble(
@@ -117,8 +115,9 @@ def _assemble(
     return canvas, (th, tw)
 
 
-def render_image_grid(images: ArrayLike, *, columns: int, num_slots: int | None = None, tile: int | None = None,
-                      gutter: int = 2) -> Image.Image:
+def render_image_grid(
+    images: ArrayLike, *, columns: int, num_slots: int | None = None, tile: int | None = None, gutter: int = 2
+) -> Image.Image:
     """Plain images (``uint8[N, H, W, 3]``, one size) in the grid layout above, without any overlay: the natural
     exemplars and query images of forced-choice trials."""
     canvas, _ = _assemble(_np(images).astype(np.uint8), columns, num_slots, tile, gutter)
@@ -137,9 +136,7 @@ def _shade(images: np.ndarray, factor: np.ndarray) -> np.ndarray:
 def _resize_all(arrays: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """PIL bilinear resize of every ``[H, W, 3]`` uint8 or ``[H, W]`` float32 array."""
     th, tw = size_hw
-    return np.stack(
-        [np.asarray(Image.fromarray(a).resize((tw, th), Image.Resampling.BILINEAR)) for a in arrays]
-    )
+    return np.stack([np.asarray(Image.fromarray(a).resize((tw, th), Image.Resampling.BILINEAR)) for a in arrays])
 
 
 def render_activation_grid(
@@ -226,7 +223,7 @@ def render_activation_grid(
 def _square(tile: np.ndarray, cy: int, cx: int, half: int, width: int) -> None:
     """Outline of the square with rows/cols ``[c - half, c + half]``, ``width`` px thick, clipped."""
     th, tw = tile.shape[:2]
-    t, b, l, r = cy - half, cy + half, cx - half, cx + half
+    t, b, l, r = cy - half, cy + half, cx - half, cx + half  # noqa: E741 — top, bottom, left, right
     width = max(1, min(width, half + 1))
     ct, cb, cl, cr = max(t, 0), min(b, th - 1), max(l, 0), min(r, tw - 1)
     if ct > cb or cl > cr:
@@ -340,11 +337,13 @@ def render_unit_grid(
         flat = unit_maps.flatten(1).argmax(dim=1)
         positions = torch.stack((flat // unit_maps.shape[2], flat % unit_maps.shape[2]), dim=1)
     if geometry is not None:
-        peak_array = peak_pixels(positions, geometry, input_size=input_size, image_size=size,
-                                 map_size=unit_maps.shape[1:]).numpy()
+        peak_array = peak_pixels(
+            positions, geometry, input_size=input_size, image_size=size, map_size=unit_maps.shape[1:]
+        ).numpy()
     else:
         peak_array = upsampled.reshape(len(pictures), -1).argmax(axis=1)
         peak_array = np.stack(np.unravel_index(peak_array, size), axis=1).astype(np.float64) + 0.5
     peak_array[unit_maps.flatten(1).amax(dim=1).numpy() <= 0] = np.nan
-    return render_activation_grid(pictures, upsampled, peak_array, vmax=vmax, columns=columns, num_slots=num_slots,
-                                  tile=tile)
+    return render_activation_grid(
+        pictures, upsampled, peak_array, vmax=vmax, columns=columns, num_slots=num_slots, tile=tile
+    )

@@ -128,9 +128,7 @@ def rotate_activations(acts: Tensor, rotation: Tensor) -> Tensor:
         exactly.
     """
     if rotation.dim() != 2 or rotation.shape != (acts.shape[1], acts.shape[1]):
-        raise ValueError(
-            f"rotation must be [U, U] with U = {acts.shape[1]}, got {tuple(rotation.shape)}"
-        )
+        raise ValueError(f"rotation must be [U, U] with U = {acts.shape[1]}, got {tuple(rotation.shape)}")
     if rotation.device != acts.device:
         raise ValueError(f"rotation is on {rotation.device}, activations on {acts.device}")
     r = rotation.to(acts.dtype)

@@ -4,6 +4,7 @@ A dense matrix product (the arithmetic of probes and rotations) and the forward 
 convolutional network (the arithmetic of extraction). Results are checked against a float64
 reference so that a device that is fast but wrong is reported as wrong.
 """
+
 from __future__ import annotations
 
 import time
@@ -50,9 +51,16 @@ def _probe_cnn(channels: int = 3) -> torch.nn.Sequential:
 
 
 @torch.no_grad()
-def measure_throughput(*, device: torch.device, matmul_size: int = 512, conv_batch: int = 16,
-                       conv_image_size: int = 112, repeats: int = 10, seed: int = 0,
-                       progress: ProgressCallback | None = None) -> ThroughputReport:
+def measure_throughput(
+    *,
+    device: torch.device,
+    matmul_size: int = 512,
+    conv_batch: int = 16,
+    conv_image_size: int = 112,
+    repeats: int = 10,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> ThroughputReport:
     """Time ``repeats`` float32 matrix products of ``matmul_size``² and ``repeats`` forward passes of a
     five-layer CNN on ``conv_batch`` images of ``conv_image_size``² on ``device``.
 

@@ -10,6 +10,7 @@ classification training need. Two CSV files carry them:
   instance the box belongs to (itself for objects; 0 when absent, as in single-object images).
 * ``classes.csv``: ``image,object_class`` — the one object class of each image, where images have one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -80,8 +81,16 @@ def write_boxes(path: str | os.PathLike[str], rows: Iterable[BoxRow]) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow([*BOX_COLUMNS, "object"])
         for row in rows:
-            writer.writerow([row.image, row.kind, row.label, row.instance,
-                             *(_number(value) for value in (row.x1, row.y1, row.x2, row.y2)), row.object])
+            writer.writerow(
+                [
+                    row.image,
+                    row.kind,
+                    row.label,
+                    row.instance,
+                    *(_number(value) for value in (row.x1, row.y1, row.x2, row.y2)),
+                    row.object,
+                ]
+            )
 
 
 def read_classes(root: str | os.PathLike[str]) -> dict[str, str]:

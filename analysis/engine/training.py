@@ -109,8 +109,9 @@ class TensorBatches:
         shuffle: reorder per epoch with a generator seeded by ``(seed, epoch)``.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *, shuffle: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, images: Tensor, labels: Tensor, batch_size: int, *, shuffle: bool = False, seed: int = 0
+    ) -> None:
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         if batch_size < 1:
@@ -160,9 +161,7 @@ def _epoch_batches(source: BatchSource | None, epoch: int, name: str) -> tuple[I
     )
 
 
-def augment_images(
-    images: Tensor, generator: torch.Generator, *, flip: bool = True, max_shift: int = 0
-) -> Tensor:
+def augment_images(images: Tensor, generator: torch.Generator, *, flip: bool = True, max_shift: int = 0) -> Tensor:
     """Random horizontal flips and translations, per image.
 
     Args:
@@ -193,13 +192,9 @@ def _check_batch(images: Tensor, labels: Tensor, num_classes: int | None) -> Non
     if images.ndim != 4 or images.dtype != torch.uint8:
         raise TrainingError(f"images must be uint8 [B, C, H, W], got {images.dtype} {tuple(images.shape)}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise TrainingError(
-            f"labels must be [B] matching {images.shape[0]} images, got {tuple(labels.shape)}"
-        )
+        raise TrainingError(f"labels must be [B] matching {images.shape[0]} images, got {tuple(labels.shape)}")
     if num_classes is not None and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise TrainingError(
-            f"labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}"
-        )
+        raise TrainingError(f"labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
 
 
 @torch.no_grad()
@@ -287,9 +282,7 @@ def train_classifier(
         raise TrainingError("train_batches is empty")
     total_steps = epochs * n_train
     total = epochs * (n_train + n_val)
-    report = TrainingReport(
-        seed=int(seed), device=str(device), optimizer="adam", lr=float(lr), augment=augment
-    )
+    report = TrainingReport(seed=int(seed), device=str(device), optimizer="adam", lr=float(lr), augment=augment)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
     def cosine(step: int) -> float:  # factor on lr: 1 at the start, 0.01 at the end

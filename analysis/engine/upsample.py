@@ -35,8 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ANCHORED", "PLAIN", "GeometryUnknown", "anchored_axis_weights", "peak_coordinates", "peak_pixels",
-           "upsample_anchored", "upsample_plain", "upsampler_for"]
+__all__ = [
+    "ANCHORED",
+    "PLAIN",
+    "GeometryUnknown",
+    "anchored_axis_weights",
+    "peak_coordinates",
+    "peak_pixels",
+    "upsample_anchored",
+    "upsample_plain",
+    "upsampler_for",
+]
 
 #: The two upsampling methods (DESIGN §8): ND'18's receptive-field anchoring (our default) and plain bilinear.
 ANCHORED = "anchored"
@@ -189,14 +198,24 @@ def upsampler_for(geometry, method: str, input_size: int | Sequence[int]):
     if method != ANCHORED:
         raise ValueError(f"upsample method must be {ANCHORED!r} or {PLAIN!r}, not {method!r}")
     if geometry is None:
-        raise GeometryUnknown("no receptive-field geometry (the model could not be traced), so maps cannot be "
-                              "anchored at receptive-field centres; use upsample=plain")
-    return AnchoredUpsample(rf_stride=geometry.stride, rf_offset=geometry.offset,
-                            input_size=_size(input_size, "input_size"))
+        raise GeometryUnknown(
+            "no receptive-field geometry (the model could not be traced), so maps cannot be "
+            "anchored at receptive-field centres; use upsample=plain"
+        )
+    return AnchoredUpsample(
+        rf_stride=geometry.stride, rf_offset=geometry.offset, input_size=_size(input_size, "input_size")
+    )
 
 
-def peak_pixels(positions: Tensor, geometry, *, input_size: int | Sequence[int], image_size: int | Sequence[int],
-                map_size: int | Sequence[int], clip: bool = False) -> Tensor:
+def peak_pixels(
+    positions: Tensor,
+    geometry,
+    *,
+    input_size: int | Sequence[int],
+    image_size: int | Sequence[int],
+    map_size: int | Sequence[int],
+    clip: bool = False,
+) -> Tensor:
     """Map positions ``LongTensor[..., 2]`` ``(i, j)`` -> points ``float64 Tensor[..., 2]`` ``(y, x)`` in the
     continuous pixel coordinates of an image of ``image_size`` ``(H, W)`` (pixel ``k`` spans ``[k, k + 1)``).
 
@@ -215,6 +234,7 @@ def peak_pixels(positions: Tensor, geometry, *, input_size: int | Sequence[int],
         map_h, map_w = _size(map_size, "map_size")
         points = (p + 0.5) * torch.tensor([height / map_h, width / map_w], dtype=torch.float64, device=p.device)
     if clip:
-        points = torch.stack((points[..., 0].clamp(0.0, height - 1e-6), points[..., 1].clamp(0.0, width - 1e-6)),
-                             dim=-1)
+        points = torch.stack(
+            (points[..., 0].clamp(0.0, height - 1e-6), points[..., 1].clamp(0.0, width - 1e-6)), dim=-1
+        )
     return points

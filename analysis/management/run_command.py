@@ -1,4 +1,5 @@
 """Shared behaviour of the management commands that start runs: print the run id, optionally wait."""
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,9 @@ class RunCommand(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--wait", action="store_true", help="wait for the run to finish, showing progress")
-        parser.add_argument("--inline", action="store_true",
-                            help="execute here, synchronously, instead of queueing for a worker")
+        parser.add_argument(
+            "--inline", action="store_true", help="execute here, synchronously, instead of queueing for a worker"
+        )
         parser.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
 
     def start_run(self, *, inline: bool, **options) -> Run:

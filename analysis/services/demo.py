@@ -4,6 +4,7 @@ Steps run in order; each is skipped when an identical run already succeeded (the
 it). ``make demo`` queues them for the worker so a newcomer watches them in the browser;
 ``manage.py build_demo`` executes them here, synchronously.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -25,8 +26,15 @@ from .extraction import EXTRACTION, extraction_params
 from .grids import GRIDS
 from .net2vec import DEMO_NET2VEC, NET2VEC, net2vec_params
 from .networks import DEMO_TRAINING, demo_training_params
-from .parts import (ABLATE, DEMO_ABLATION, DEMO_MAX_VIEWS, DEMO_PART_LAYERS, SCORE_PARTS, ablation_params,
-                    part_detection_params)
+from .parts import (
+    ABLATE,
+    DEMO_ABLATION,
+    DEMO_MAX_VIEWS,
+    DEMO_PART_LAYERS,
+    SCORE_PARTS,
+    ablation_params,
+    part_detection_params,
+)
 from .runs import WORKER_LOST_PHASE, params_hash, run_start
 
 DEMO_RESEARCHER = "researcher"
@@ -64,54 +72,99 @@ class DemoStep:
 def demo_steps(size: DemoSize = DemoSize()) -> list[DemoStep]:
     """The build steps in order: data, training, extraction, grids (later features append theirs)."""
     steps = [
-        DemoStep(PROBE_WORLD.name, f"Generate the probe world ({size.images} images of {size.image_size} px)",
-                 lambda: probe_world_params(name=size.dataset, n_images=size.images, size=size.image_size)),
-        DemoStep(DEMO_TRAINING.name, f"Train the demo network ({size.epochs} epochs)",
-                 lambda: demo_training_params(dataset=size.dataset, name=size.network, epochs=size.epochs)),
+        DemoStep(
+            PROBE_WORLD.name,
+            f"Generate the probe world ({size.images} images of {size.image_size} px)",
+            lambda: probe_world_params(name=size.dataset, n_images=size.images, size=size.image_size),
+        ),
+        DemoStep(
+            DEMO_TRAINING.name,
+            f"Train the demo network ({size.epochs} epochs)",
+            lambda: demo_training_params(dataset=size.dataset, name=size.network, epochs=size.epochs),
+        ),
         DemoStep(EXTRACTION.name, "Extract activations of conv3–conv5", lambda: demo_extraction_params(size)),
     ]
-    steps += [DemoStep(GRIDS.name, f"Render the grids of {layer}",
-                       lambda layer=layer: {"extraction_run": demo_extraction_run_id(size), "layer": layer})
-              for layer in DEMO_LAYERS]
+    steps += [
+        DemoStep(
+            GRIDS.name,
+            f"Render the grids of {layer}",
+            lambda layer=layer: {"extraction_run": demo_extraction_run_id(size), "layer": layer},
+        )
+        for layer in DEMO_LAYERS
+    ]
     # Dissection reuses the extraction's cached maps and thresholds: no new forward pass.
     for baseline, label in (("none", "Dissect {}"), ("shuffled", "Shuffled-mask baseline of {}")):
-        steps += [DemoStep(DISSECTION.name, label.format(layer),
-                           lambda layer=layer, baseline=baseline: dissection_params(
-                               network=size.network, dataset=size.dataset, layer=layer, baseline=baseline))
-                  for layer in DEMO_LAYERS]
-    steps.append(DemoStep(ROTATION.name, "Random rotations of conv5",
-                          lambda: rotation_params(network=size.network, dataset=size.dataset, layer="conv5",
-                                                  seeds=[0, 1, 2])))
+        steps += [
+            DemoStep(
+                DISSECTION.name,
+                label.format(layer),
+                lambda layer=layer, baseline=baseline: dissection_params(
+                    network=size.network, dataset=size.dataset, layer=layer, baseline=baseline
+                ),
+            )
+            for layer in DEMO_LAYERS
+        ]
+    steps.append(
+        DemoStep(
+            ROTATION.name,
+            "Random rotations of conv5",
+            lambda: rotation_params(network=size.network, dataset=size.dataset, layer="conv5", seeds=[0, 1, 2]),
+        )
+    )
     # Explanatory graph over the two top conv layers (cached maps), with instability against raw filters.
-    steps.append(DemoStep(EXPLANATORY_GRAPH.name, "Learn an explanatory graph of conv5 → conv4",
-                          lambda: demo_graph_params(size)))
+    steps.append(
+        DemoStep(EXPLANATORY_GRAPH.name, "Learn an explanatory graph of conv5 → conv4", lambda: demo_graph_params(size))
+    )
     # Net2Vec on the extraction's cached maps and thresholds (no forward pass): single vs combined units.
-    steps += [DemoStep(NET2VEC.name, f"Net2Vec probes of {layer}",
-                       lambda layer=layer: net2vec_params(network=size.network, dataset=size.dataset, layer=layer,
-                                                          **DEMO_NET2VEC))
-              for layer in DEMO_LAYERS]
+    steps += [
+        DemoStep(
+            NET2VEC.name,
+            f"Net2Vec probes of {layer}",
+            lambda layer=layer: net2vec_params(network=size.network, dataset=size.dataset, layer=layer, **DEMO_NET2VEC),
+        )
+        for layer in DEMO_LAYERS
+    ]
     # GG'18 §3: part detection (regression, VOC AP, GA with the paper's settings) on object crops of the top layers;
     # §5–6: filter ablations per class (a seeded sample of views per class keeps conv4's reruns of conv5 short) and
     # part blackouts (layer-independent, so once, with conv5).
-    steps += [DemoStep(SCORE_PARTS.name, f"Part detection and GA filter combinations of {layer} "
-                                      f"(≤ {DEMO_MAX_VIEWS} objects per class)",
-                       lambda layer=layer: part_detection_params(network=size.network, dataset=size.dataset,
-                                                                 layer=layer, max_views=DEMO_MAX_VIEWS,
-                                                                 **demo_part_rules(size)))
-              for layer in DEMO_PART_LAYERS]
-    steps += [DemoStep(ABLATE.name,
-                       f"Filter ablations of {layer}" + (" and part blackouts" if layer == "conv5" else ""),
-                       lambda layer=layer: ablation_params(network=size.network, dataset=size.dataset, layer=layer,
-                                                           **DEMO_ABLATION[layer]))
-              for layer in DEMO_PART_LAYERS]
+    steps += [
+        DemoStep(
+            SCORE_PARTS.name,
+            f"Part detection and GA filter combinations of {layer} (≤ {DEMO_MAX_VIEWS} objects per class)",
+            lambda layer=layer: part_detection_params(
+                network=size.network,
+                dataset=size.dataset,
+                layer=layer,
+                max_views=DEMO_MAX_VIEWS,
+                **demo_part_rules(size),
+            ),
+        )
+        for layer in DEMO_PART_LAYERS
+    ]
+    steps += [
+        DemoStep(
+            ABLATE.name,
+            f"Filter ablations of {layer}" + (" and part blackouts" if layer == "conv5" else ""),
+            lambda layer=layer: ablation_params(
+                network=size.network, dataset=size.dataset, layer=layer, **DEMO_ABLATION[layer]
+            ),
+        )
+        for layer in DEMO_PART_LAYERS
+    ]
     return steps
 
 
 def demo_graph_params(size: DemoSize) -> dict[str, Any]:
     """The paper's N (10, 20 from the top), τ, M and β; fewer EM iterations (10 of the paper's 20) on a 300-image
     subset of the training images, so the step takes a minute or two on two CPU cores."""
-    return graph_params(network=size.network, dataset=size.dataset, layers=["conv5", "conv4"], iterations=10,
-                        max_learn_images=300, batch_size=32)
+    return graph_params(
+        network=size.network,
+        dataset=size.dataset,
+        layers=["conv5", "conv4"],
+        iterations=10,
+        max_learn_images=300,
+        batch_size=32,
+    )
 
 
 def demo_part_rules(size: DemoSize) -> dict[str, Any]:
@@ -128,15 +181,19 @@ def demo_extraction_params(size: DemoSize) -> dict[str, Any]:
 
 def demo_extraction_run_id(size: DemoSize) -> int:
     """The demo's extraction run (the step before the grids has made it)."""
-    return Run.objects.of_kind(EXTRACTION.name).succeeded().get(
-        params_hash=params_hash(demo_extraction_params(size))).pk
+    return (
+        Run.objects.of_kind(EXTRACTION.name).succeeded().get(params_hash=params_hash(demo_extraction_params(size))).pk
+    )
 
 
 def demo_credentials_ensure() -> dict[str, str]:
     """Create the demo researcher once; its password is kept under the data dir so it can be shown again."""
     credentials_file = settings.UNITSCOPE_DATA_DIR / "demo-credentials.txt"
-    stored = dict(line.split("=", 1) for line in credentials_file.read_text().splitlines()
-                  if "=" in line) if credentials_file.exists() else {}
+    stored = (
+        dict(line.split("=", 1) for line in credentials_file.read_text().splitlines() if "=" in line)
+        if credentials_file.exists()
+        else {}
+    )
     password = stored.get(DEMO_RESEARCHER) or secrets.token_urlsafe(9)
     _, created = user_ensure(username=DEMO_RESEARCHER, password=password, role=Role.RESEARCHER)
     if created or DEMO_RESEARCHER not in stored:
@@ -176,8 +233,15 @@ def demo_hooks_run(size: DemoSize, *, site_url: str = DEMO_SITE_URL) -> dict[str
 StepCallback = Callable[[str, DemoStep, Run | None, bool], None]
 
 
-def demo_build(*, inline: bool, size: DemoSize = DemoSize(), created_by=None, on_step: StepCallback | None = None,
-               poll_interval: float = 1.0, worker_loss_retries: int = 0) -> list[Run]:
+def demo_build(
+    *,
+    inline: bool,
+    size: DemoSize = DemoSize(),
+    created_by=None,
+    on_step: StepCallback | None = None,
+    poll_interval: float = 1.0,
+    worker_loss_retries: int = 0,
+) -> list[Run]:
     """Run every demo step in order and return their runs. Stops at the first step that does not succeed.
 
     With ``inline`` each step executes in this process; otherwise it is queued for a worker and this

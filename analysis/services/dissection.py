@@ -44,6 +44,7 @@ with each worker's scratch copy): ``plan.npz`` (thresholds, label categories, pa
 shards run, ``tally.npz`` (every count, IoU, labels) once merged; each published before the database counts it,
 so a shard or merge on another machine fetches what it needs. Rotation tests write ``rotations/<id>/rotation.npz``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,8 +62,17 @@ from django.utils import timezone
 
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
-from analysis.models import (Concept, DissectionBaseline, LayerDissection, RotationTest, Run, RunStatus, UnitDissection, UnitStatus,
-                             UpsampleMethod)
+from analysis.models import (
+    Concept,
+    DissectionBaseline,
+    LayerDissection,
+    RotationTest,
+    Run,
+    RunStatus,
+    UnitDissection,
+    UnitStatus,
+    UpsampleMethod,
+)
 from analysis.storage import artifact_store, fetch, local_path, publish, stored_path
 from unitscope.spreadsheets import csv_writer
 
@@ -83,44 +93,80 @@ _COUNT_NAMES = ("intersection", "activation_cat", "truth", "activation", "catego
 
 # -- parameters ---------------------------------------------------------------------------------------
 
+
 def _layer_run_params(**fields: p.Param) -> dict[str, p.Param]:
     """The parameters every run over one layer's cached maps takes, then ``fields``."""
     return {
-        "network": p.name(), "dataset": p.name(), "layer": p.name(help="dotted layer name"),
-        "upsample": p.choice(UpsampleMethod.values, UpsampleMethod.ANCHORED.value,
-                             help="anchored at receptive-field centres (ND'18) or a plain bilinear resize"),
+        "network": p.name(),
+        "dataset": p.name(),
+        "layer": p.name(help="dotted layer name"),
+        "upsample": p.choice(
+            UpsampleMethod.values,
+            UpsampleMethod.ANCHORED.value,
+            help="anchored at receptive-field centres (ND'18) or a plain bilinear resize",
+        ),
         "quantile": p.fraction(0.995, help="per-unit threshold level T_k"),
         "iou_threshold": p.Param(float, 0.04, low=0, high=1, high_open=True, help="detector IoU threshold"),
-        "strict_threshold": p.Param(bool, False, help="a pixel is active when S_k > T_k (the published code) "
-                                                      "instead of S_k >= T_k (ND'18)"),
-        "count_saturated": p.Param(bool, False, help="let units active on every pixel (T_k at the ReLU floor) "
-                                                     "count as detectors"),
+        "strict_threshold": p.Param(
+            bool, False, help="a pixel is active when S_k > T_k (the published code) instead of S_k >= T_k (ND'18)"
+        ),
+        "count_saturated": p.Param(
+            bool, False, help="let units active on every pixel (T_k at the ReLU floor) count as detectors"
+        ),
         "batch_size": p.integers(1, 4096, 64),
         **fields,
     }
 
 
-DISSECTION_PARAMS = p.ParamSchema(_layer_run_params(
-    shards=p.integers(1, MAX_SHARDS, 1, help="split the images into this many ranges, each its own task; "
-                                             "merged exactly"),
-    baseline=p.choice(DissectionBaseline.values, DissectionBaseline.NONE.value,
-                      help="shuffled: pair each image's activations with another image's masks (null baseline)"),
-    shuffle_seed=p.seed(), top_k=p.integers(1, 50, 5, help="concepts kept per unit")))
+DISSECTION_PARAMS = p.ParamSchema(
+    _layer_run_params(
+        shards=p.integers(
+            1, MAX_SHARDS, 1, help="split the images into this many ranges, each its own task; merged exactly"
+        ),
+        baseline=p.choice(
+            DissectionBaseline.values,
+            DissectionBaseline.NONE.value,
+            help="shuffled: pair each image's activations with another image's masks (null baseline)",
+        ),
+        shuffle_seed=p.seed(),
+        top_k=p.integers(1, 50, 5, help="concepts kept per unit"),
+    )
+)
 DISSECTION_DEFAULTS = DISSECTION_PARAMS.defaults
 
 
 def _rotation_rules(params: dict[str, Any]) -> None:
     params["alphas"] = sorted({round(alpha, 6) for alpha in params["alphas"]})
     if len(params["seeds"]) * sum(alpha > 0 for alpha in params["alphas"]) > MAX_ROTATIONS:
-        raise p.ParamsError({"seeds": f"at most {MAX_ROTATIONS} rotated representations (seeds × nonzero alphas) "
-                                      "per run"})
+        raise p.ParamsError(
+            {"seeds": f"at most {MAX_ROTATIONS} rotated representations (seeds × nonzero alphas) per run"}
+        )
 
 
-ROTATION_PARAMS = p.ParamSchema(_layer_run_params(
-    alphas=p.Param(float, [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0], low=0, high=1, many=True, min_items=1,
-                   help="fractions α of the rotation; 0 is the layer itself"),
-    seeds=p.Param(int, [0], low=0, high=p.SEED_MAX, many=True, min_items=1, unique_sorted=True,
-                  help="one random rotation Q per seed")), rules=_rotation_rules)
+ROTATION_PARAMS = p.ParamSchema(
+    _layer_run_params(
+        alphas=p.Param(
+            float,
+            [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0],
+            low=0,
+            high=1,
+            many=True,
+            min_items=1,
+            help="fractions α of the rotation; 0 is the layer itself",
+        ),
+        seeds=p.Param(
+            int,
+            [0],
+            low=0,
+            high=p.SEED_MAX,
+            many=True,
+            min_items=1,
+            unique_sorted=True,
+            help="one random rotation Q per seed",
+        ),
+    ),
+    rules=_rotation_rules,
+)
 ROTATION_DEFAULTS = ROTATION_PARAMS.defaults
 
 
@@ -129,12 +175,16 @@ def dissection_params(*, network: str, dataset: str, layer: str, **overrides: An
     return DISSECTION_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
-def dissection_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
-                         **overrides: Any) -> Run:
+def dissection_run_start(
+    *, network: str, dataset: str, layer: str, created_by=None, inline: bool = False, **overrides: Any
+) -> Run:
     """Start (or reuse, when identical) a dissection of ``layer``; returns its run."""
-    run, _ = run_start(kind=DISSECTION.name, params=dissection_params(network=network, dataset=dataset, layer=layer,
-                                                                       **overrides),
-                       created_by=created_by, inline=inline)
+    run, _ = run_start(
+        kind=DISSECTION.name,
+        params=dissection_params(network=network, dataset=dataset, layer=layer, **overrides),
+        created_by=created_by,
+        inline=inline,
+    )
     return run
 
 
@@ -143,16 +193,21 @@ def rotation_params(*, network: str, dataset: str, layer: str, **overrides: Any)
     return ROTATION_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
-def rotation_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
-                       **overrides: Any) -> Run:
+def rotation_run_start(
+    *, network: str, dataset: str, layer: str, created_by=None, inline: bool = False, **overrides: Any
+) -> Run:
     """Start (or reuse) a random-rotation test of ``layer``; returns its run."""
-    run, _ = run_start(kind=ROTATION.name, params=rotation_params(network=network, dataset=dataset, layer=layer,
-                                                                   **overrides),
-                       created_by=created_by, inline=inline)
+    run, _ = run_start(
+        kind=ROTATION.name,
+        params=rotation_params(network=network, dataset=dataset, layer=layer, **overrides),
+        created_by=created_by,
+        inline=inline,
+    )
     return run
 
 
 # -- files ----------------------------------------------------------------------------------------------
+
 
 def _fresh_directory(key: str) -> Path:
     """The empty scratch folder of artifact ``key`` (whatever an earlier attempt left is removed, here and in the
@@ -179,9 +234,14 @@ def _save_npz(path: Path, **arrays: Any) -> None:
 def _tally_arrays(tally) -> dict[str, np.ndarray]:
     state = tally.state_dict()
     arrays = {name: state[name].cpu().numpy() for name in _COUNT_NAMES}
-    arrays.update(thresholds=state["thresholds"].cpu().numpy(), label_category=state["label_category"].cpu().numpy(),
-                  n_categories=np.int64(state["n_categories"]), strict_threshold=np.bool_(state["strict_threshold"]),
-                  images=np.int64(state["images"]), pixels=np.int64(state["pixels"]))
+    arrays.update(
+        thresholds=state["thresholds"].cpu().numpy(),
+        label_category=state["label_category"].cpu().numpy(),
+        n_categories=np.int64(state["n_categories"]),
+        strict_threshold=np.bool_(state["strict_threshold"]),
+        images=np.int64(state["images"]),
+        pixels=np.int64(state["pixels"]),
+    )
     return arrays
 
 
@@ -191,10 +251,14 @@ def _tally_from_arrays(data):
     from analysis.engine.dissection import DissectionTally
 
     state = {name: torch.from_numpy(np.asarray(data[name])) for name in _COUNT_NAMES}
-    state.update(thresholds=torch.from_numpy(np.asarray(data["thresholds"])),
-                 label_category=torch.from_numpy(np.asarray(data["label_category"])),
-                 n_categories=int(data["n_categories"]), strict_threshold=bool(data["strict_threshold"]),
-                 images=int(data["images"]), pixels=int(data["pixels"]))
+    state.update(
+        thresholds=torch.from_numpy(np.asarray(data["thresholds"])),
+        label_category=torch.from_numpy(np.asarray(data["label_category"])),
+        n_categories=int(data["n_categories"]),
+        strict_threshold=bool(data["strict_threshold"]),
+        images=int(data["images"]),
+        pixels=int(data["pixels"]),
+    )
     return DissectionTally.from_state_dict(state)
 
 
@@ -213,13 +277,18 @@ def _category_summary(result, categories: list[str], concept_names: dict[int, st
     by_category: dict[str, list[str]] = {name: [] for name in categories}
     for number in labels:
         by_category[categories[int(result.label_category[number])]].append(concept_names.get(number, str(number)))
-    return {name: {"detectors": summary.detectors_per_category[position],
-                   "unique": summary.unique_per_category[position],
-                   "concepts": sorted(by_category[name])}
-            for position, name in enumerate(categories)}
+    return {
+        name: {
+            "detectors": summary.detectors_per_category[position],
+            "unique": summary.unique_per_category[position],
+            "concepts": sorted(by_category[name]),
+        }
+        for position, name in enumerate(categories)
+    }
 
 
 # -- dissect: the parent run --------------------------------------------------------------------------
+
 
 def _in_worker() -> bool:
     """True when this code runs inside a Celery task on a worker (then shards are queued for other workers)."""
@@ -240,26 +309,48 @@ def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     n_images, shards = extraction.n_images, params["shards"]
     if shards > n_images:
         raise RunInputError(f"{shards} shards for {n_images} images: use at most one shard per image.")
-    pairing = (shuffled_pairing(n_images, seed=params["shuffle_seed"])
-               if params["baseline"] == DissectionBaseline.SHUFFLED else torch.zeros(0, dtype=torch.int64))
+    pairing = (
+        shuffled_pairing(n_images, seed=params["shuffle_seed"])
+        if params["baseline"] == DissectionBaseline.SHUFFLED
+        else torch.zeros(0, dtype=torch.int64)
+    )
 
     dissection = LayerDissection.objects.create(
-        run=run, layer=layer, dataset=dataset, extraction=extraction, baseline=params["baseline"],
-        shuffle_seed=params["shuffle_seed"], upsample=params["upsample"], quantile=params["quantile"],
-        iou_threshold=params["iou_threshold"], strict_threshold=params["strict_threshold"],
-        count_saturated=params["count_saturated"], categories=categories, shards=shards, n_images=n_images,
-        n_units=layer.units)
+        run=run,
+        layer=layer,
+        dataset=dataset,
+        extraction=extraction,
+        baseline=params["baseline"],
+        shuffle_seed=params["shuffle_seed"],
+        upsample=params["upsample"],
+        quantile=params["quantile"],
+        iou_threshold=params["iou_threshold"],
+        strict_threshold=params["strict_threshold"],
+        count_saturated=params["count_saturated"],
+        categories=categories,
+        shards=shards,
+        n_images=n_images,
+        n_units=layer.units,
+    )
     key = f"dissections/{dissection.pk}"
     directory = _fresh_directory(key)
-    _save_npz(directory / PLAN_FILE, thresholds=thresholds.numpy(), label_category=label_category.numpy(),
-              n_categories=np.int64(len(categories)), pairing=pairing.numpy())
+    _save_npz(
+        directory / PLAN_FILE,
+        thresholds=thresholds.numpy(),
+        label_category=label_category.numpy(),
+        n_categories=np.int64(len(categories)),
+        pairing=pairing.numpy(),
+    )
     publish(directory / PLAN_FILE)  # before any shard can be queued: a worker elsewhere fetches it
     dissection.directory = stored_path(directory)
     LayerDissection.objects.filter(pk=dissection.pk).update(directory=dissection.directory)
 
     bounds = [index * n_images // shards for index in range(shards + 1)]
-    progress.phase(f"Tallying {n_images} images of {layer.name} against {dataset.name}"
-                   + (f" in {shards} shards" if shards > 1 else ""), total=n_images)
+    progress.phase(
+        f"Tallying {n_images} images of {layer.name} against {dataset.name}"
+        + (f" in {shards} shards" if shards > 1 else ""),
+        total=n_images,
+    )
     shard_runs = _run_shards(run, dissection, bounds, progress)
     failed = [(index, shard) for index, shard in enumerate(shard_runs) if shard.status != RunStatus.SUCCEEDED]
     if failed:
@@ -269,13 +360,23 @@ def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     dissection.refresh_from_db()
     if not dissection.complete:
         raise RunInputError(f"The shards of dissection {dissection.pk} finished but their merge was not saved.")
-    return {"dissection": dissection.pk, "layer": layer.name, "dataset": dataset.name,
-            "baseline": dissection.baseline, "extraction_run": extraction.run_id, "images": n_images,
-            "shards": shards, "shard_runs": [shard.pk for shard in shard_runs], "units": dissection.n_units,
-            "detectors": dissection.n_detectors, "unique_detectors": dissection.n_unique_detectors,
-            "saturated_units": dissection.n_saturated,
-            "unique_per_category": " · ".join(f"{name} {value['unique']}"
-                                              for name, value in dissection.per_category.items())}
+    return {
+        "dissection": dissection.pk,
+        "layer": layer.name,
+        "dataset": dataset.name,
+        "baseline": dissection.baseline,
+        "extraction_run": extraction.run_id,
+        "images": n_images,
+        "shards": shards,
+        "shard_runs": [shard.pk for shard in shard_runs],
+        "units": dissection.n_units,
+        "detectors": dissection.n_detectors,
+        "unique_detectors": dissection.n_unique_detectors,
+        "saturated_units": dissection.n_saturated,
+        "unique_per_category": " · ".join(
+            f"{name} {value['unique']}" for name, value in dissection.per_category.items()
+        ),
+    }
 
 
 def _run_shards(run: Run, dissection: LayerDissection, bounds: list[int], progress: RunProgress) -> list[Run]:
@@ -290,10 +391,19 @@ def _run_shards(run: Run, dissection: LayerDissection, bounds: list[int], progre
     shard_runs: list[Run] = []
     try:
         for index in range(len(bounds) - 1):
-            shard_params = {"dissection": dissection.pk, "shard": index, "start": bounds[index],
-                            "stop": bounds[index + 1]}
-            shard, _ = run_start(kind=DISSECTION_SHARD.name, params=shard_params, created_by=run.created_by,
-                                 inline=not distributed, reuse=False)
+            shard_params = {
+                "dissection": dissection.pk,
+                "shard": index,
+                "start": bounds[index],
+                "stop": bounds[index + 1],
+            }
+            shard, _ = run_start(
+                kind=DISSECTION_SHARD.name,
+                params=shard_params,
+                created_by=run.created_by,
+                inline=not distributed,
+                reuse=False,
+            )
             shard_runs.append(shard)
             if not distributed:
                 progress(bounds[index + 1], total)
@@ -316,13 +426,16 @@ def _run_shards(run: Run, dissection: LayerDissection, bounds: list[int], progre
 
 
 def _shards_done(shard_runs: list[Run]) -> int:
-    rows = Run.objects.filter(pk__in=[shard.pk for shard in shard_runs]).values_list("status", "progress_done",
-                                                                                     "params")
-    return sum(params["stop"] - params["start"] if status == RunStatus.SUCCEEDED else done
-               for status, done, params in rows)
+    rows = Run.objects.filter(pk__in=[shard.pk for shard in shard_runs]).values_list(
+        "status", "progress_done", "params"
+    )
+    return sum(
+        params["stop"] - params["start"] if status == RunStatus.SUCCEEDED else done for status, done, params in rows
+    )
 
 
 # -- dissect_shard ------------------------------------------------------------------------------------
+
 
 def dissection_shard_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
@@ -332,8 +445,11 @@ def dissection_shard_run_execute(*, run: Run, progress: RunProgress, device: str
     from analysis.engine.dissection_data import TallyView, tally_cached_maps
 
     index, start, stop = int(run.params["shard"]), int(run.params["start"]), int(run.params["stop"])
-    dissection = (LayerDissection.objects.select_related("layer__network", "dataset", "extraction", "run")
-                  .filter(pk=run.params["dissection"]).first())
+    dissection = (
+        LayerDissection.objects.select_related("layer__network", "dataset", "extraction", "run")
+        .filter(pk=run.params["dissection"])
+        .first()
+    )
     if dissection is None or dissection.extraction is None:
         raise RunInputError(f"Dissection {run.params['dissection']} or the extraction it reads no longer exists.")
     with np.load(fetch(_dissection_file(dissection, PLAN_FILE))) as plan:
@@ -344,14 +460,25 @@ def dissection_shard_run_execute(*, run: Run, progress: RunProgress, device: str
     reader = BrodenReader(dissection.dataset.root)
     rows = reader.indexed_rows
     dev = torch.device(device)
-    tally = DissectionTally(thresholds.to(dev), label_category, len(dissection.categories),
-                            strict_threshold=dissection.strict_threshold)
+    tally = DissectionTally(
+        thresholds.to(dev), label_category, len(dissection.categories), strict_threshold=dissection.strict_threshold
+    )
     upsample = layer_upsampler(dissection.layer, dissection.upsample)
     progress.phase(f"Tallying images {start}–{stop - 1} of {dissection.layer.name}", total=stop - start)
     batch_size = int(dissection.run.params.get("batch_size", DISSECTION_DEFAULTS["batch_size"]))
-    tally_cached_maps(maps, [TallyView(tally)], reader=reader, rows=rows, upsample=upsample, start=start, stop=stop,
-                      pairing=pairing, batch_size=batch_size, device=dev,
-                      progress=lambda done: progress(done, stop - start))
+    tally_cached_maps(
+        maps,
+        [TallyView(tally)],
+        reader=reader,
+        rows=rows,
+        upsample=upsample,
+        start=start,
+        stop=stop,
+        pairing=pairing,
+        batch_size=batch_size,
+        device=dev,
+        progress=lambda done: progress(done, stop - start),
+    )
     shard_path = local_path(_dissection_file(dissection, f"shard-{index:04d}.npz"))
     shard_path.parent.mkdir(parents=True, exist_ok=True)
     _save_npz(shard_path, **_tally_arrays(tally))
@@ -366,8 +493,9 @@ def _dissection_merge_claim(dissection_id: int) -> bool:
 
     The claim is one conditional UPDATE, so of several shards finishing together exactly one merges.
     """
-    claimed = LayerDissection.objects.filter(pk=dissection_id, merge_claimed=False,
-                                             shards_done__gte=F("shards")).update(merge_claimed=True)
+    claimed = LayerDissection.objects.filter(
+        pk=dissection_id, merge_claimed=False, shards_done__gte=F("shards")
+    ).update(merge_claimed=True)
     if claimed != 1:
         return False
     try:
@@ -389,17 +517,25 @@ def _dissection_merge(dissection: LayerDissection) -> None:
         else:
             tally.merge(part)
     if tally.images != dissection.n_images:
-        raise RuntimeError(f"the shards of dissection {dissection.pk} hold {tally.images} of "
-                           f"{dissection.n_images} images")
-    result, saturated = _scored(tally, iou_threshold=dissection.iou_threshold,
-                                count_saturated=dissection.count_saturated)
+        raise RuntimeError(
+            f"the shards of dissection {dissection.pk} hold {tally.images} of {dissection.n_images} images"
+        )
+    result, saturated = _scored(
+        tally, iou_threshold=dissection.iou_threshold, count_saturated=dissection.count_saturated
+    )
     top_k = int(dissection.run.params.get("top_k", DISSECTION_DEFAULTS["top_k"]))
     top_iou, top_label = result.top_concepts(top_k)
     tally_path = local_path(_dissection_file(dissection, TALLY_FILE))
-    _save_npz(tally_path, **_tally_arrays(tally), iou=result.iou.cpu().numpy(),
-              label=result.label.cpu().numpy(), label_iou=result.label_iou.cpu().numpy(),
-              detector=result.detector.cpu().numpy(), saturated=saturated.cpu().numpy(),
-              iou_threshold=np.float64(dissection.iou_threshold))
+    _save_npz(
+        tally_path,
+        **_tally_arrays(tally),
+        iou=result.iou.cpu().numpy(),
+        label=result.label.cpu().numpy(),
+        label_iou=result.label_iou.cpu().numpy(),
+        detector=result.detector.cpu().numpy(),
+        saturated=saturated.cpu().numpy(),
+        iou_threshold=np.float64(dissection.iou_threshold),
+    )
     publish(tally_path)  # before the row says complete
 
     concepts = {concept.number: concept for concept in Concept.objects.filter(dataset=dissection.dataset)}
@@ -412,20 +548,41 @@ def _dissection_merge(dissection: LayerDissection) -> None:
     rows = []
     for unit in dissection.layer.unit_set.all():
         k = unit.index
-        top = [{"number": int(number), "name": names.get(int(number), str(number)),
-                "category": concepts[int(number)].category if int(number) in concepts else "", "iou": float(iou)}
-               for iou, number in zip(top_iou[k], top_label[k]) if iou > 0]
-        rows.append(UnitDissection(dissection=dissection, unit=unit, concept=concepts.get(labels[k]),
-                                   iou=float(label_ious[k]), is_detector=bool(detectors[k]),
-                                   saturated=bool(saturated_list[k]), threshold=float(thresholds[k]),
-                                   active_pixels=int(activation[k]), top_concepts=top))
+        top = [
+            {
+                "number": int(number),
+                "name": names.get(int(number), str(number)),
+                "category": concepts[int(number)].category if int(number) in concepts else "",
+                "iou": float(iou),
+            }
+            for iou, number in zip(top_iou[k], top_label[k])
+            if iou > 0
+        ]
+        rows.append(
+            UnitDissection(
+                dissection=dissection,
+                unit=unit,
+                concept=concepts.get(labels[k]),
+                iou=float(label_ious[k]),
+                is_detector=bool(detectors[k]),
+                saturated=bool(saturated_list[k]),
+                threshold=float(thresholds[k]),
+                active_pixels=int(activation[k]),
+                top_concepts=top,
+            )
+        )
     with transaction.atomic():
         UnitDissection.objects.bulk_create(rows, batch_size=2000)
         LayerDissection.objects.filter(pk=dissection.pk).update(
-            complete=True, finished_at=timezone.now(), mask_pixels=tally.pixels, n_units=summary.n_units,
-            n_detectors=summary.n_detectors, n_unique_detectors=summary.n_unique_detectors,
+            complete=True,
+            finished_at=timezone.now(),
+            mask_pixels=tally.pixels,
+            n_units=summary.n_units,
+            n_detectors=summary.n_detectors,
+            n_unique_detectors=summary.n_unique_detectors,
             n_saturated=int(saturated.sum()),
-            per_category=_category_summary(result, dissection.categories, names))
+            per_category=_category_summary(result, dissection.categories, names),
+        )
     for key in shard_keys:  # the merged tally holds everything they did
         if key.startswith("/"):  # the local default (or a row written before artifact keys)
             Path(key).unlink(missing_ok=True)
@@ -434,6 +591,7 @@ def _dissection_merge(dissection: LayerDissection) -> None:
 
 
 # -- dissect_rotation ---------------------------------------------------------------------------------
+
 
 def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
@@ -465,28 +623,50 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
                 transforms.append(partial(rotate_activations, rotation=rotation_power(q, alpha).to(dev)))
 
     progress.phase(f"Thresholds of {len(views)} rotated versions of {layer.name}", total=extraction.n_images)
-    thresholds = thresholds_of_cached_maps(maps, transforms, quantile=params["quantile"],
-                                           batch_size=max(params["batch_size"], 64), device=dev,
-                                           progress=lambda done: progress(done, extraction.n_images))
-    tallies = [DissectionTally(t, label_category, len(categories), strict_threshold=params["strict_threshold"])
-               for t in thresholds]
+    thresholds = thresholds_of_cached_maps(
+        maps,
+        transforms,
+        quantile=params["quantile"],
+        batch_size=max(params["batch_size"], 64),
+        device=dev,
+        progress=lambda done: progress(done, extraction.n_images),
+    )
+    tallies = [
+        DissectionTally(t, label_category, len(categories), strict_threshold=params["strict_threshold"])
+        for t in thresholds
+    ]
     reader = BrodenReader(dataset.root)
     progress.phase(f"Tallying {len(views)} rotated versions of {layer.name}", total=extraction.n_images)
-    tally_cached_maps(maps, [TallyView(tally, transform) for tally, transform in zip(tallies, transforms)],
-                      reader=reader, rows=reader.indexed_rows, upsample=upsample,
-                      batch_size=params["batch_size"], device=dev,
-                      progress=lambda done: progress(done, extraction.n_images))
+    tally_cached_maps(
+        maps,
+        [TallyView(tally, transform) for tally, transform in zip(tallies, transforms)],
+        reader=reader,
+        rows=reader.indexed_rows,
+        upsample=upsample,
+        batch_size=params["batch_size"],
+        device=dev,
+        progress=lambda done: progress(done, extraction.n_images),
+    )
 
     names = dict(Concept.objects.filter(dataset=dataset).values_list("number", "name"))
-    scored = [_scored(tally, iou_threshold=params["iou_threshold"], count_saturated=params["count_saturated"])
-              for tally in tallies]
+    scored = [
+        _scored(tally, iou_threshold=params["iou_threshold"], count_saturated=params["count_saturated"])
+        for tally in tallies
+    ]
     view_points = []
-    for (result, saturated) in scored:
+    for result, saturated in scored:
         summary = result.summary()
-        view_points.append({"detectors": summary.n_detectors, "unique": summary.n_unique_detectors,
-                            "saturated": int(saturated.sum()),
-                            "per_category": {name: {key: value for key, value in entry.items() if key != "concepts"}
-                                             for name, entry in _category_summary(result, categories, names).items()}})
+        view_points.append(
+            {
+                "detectors": summary.n_detectors,
+                "unique": summary.n_unique_detectors,
+                "saturated": int(saturated.sum()),
+                "per_category": {
+                    name: {key: value for key, value in entry.items() if key != "concepts"}
+                    for name, entry in _category_summary(result, categories, names).items()
+                },
+            }
+        )
     points = []
     for seed in params["seeds"]:
         for alpha in params["alphas"]:
@@ -494,30 +674,55 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
             points.append({"seed": seed, "alpha": alpha, **view_points[position]})
 
     test = RotationTest.objects.create(
-        run=run, layer=layer, dataset=dataset, extraction=extraction, upsample=params["upsample"],
-        quantile=params["quantile"], iou_threshold=params["iou_threshold"],
-        strict_threshold=params["strict_threshold"], count_saturated=params["count_saturated"],
-        alphas=params["alphas"], seeds=params["seeds"], categories=categories, points=points, directory="")
+        run=run,
+        layer=layer,
+        dataset=dataset,
+        extraction=extraction,
+        upsample=params["upsample"],
+        quantile=params["quantile"],
+        iou_threshold=params["iou_threshold"],
+        strict_threshold=params["strict_threshold"],
+        count_saturated=params["count_saturated"],
+        alphas=params["alphas"],
+        seeds=params["seeds"],
+        categories=categories,
+        points=points,
+        directory="",
+    )
     directory = _fresh_directory(f"rotations/{test.pk}")
     arrays = [_tally_arrays(tally) for tally in tallies]
-    _save_npz(directory / ROTATION_FILE, alpha=np.array([alpha for alpha, _ in views], dtype=np.float64),
-              seed=np.array([-1 if seed is None else seed for _, seed in views], dtype=np.int64),
-              label_category=label_category.numpy(), images=np.int64(extraction.n_images),
-              **{name: np.stack([a[name] for a in arrays]) for name in (*_COUNT_NAMES, "thresholds")},
-              label=np.stack([result.label.cpu().numpy() for result, _ in scored]),
-              label_iou=np.stack([result.label_iou.cpu().numpy() for result, _ in scored]),
-              detector=np.stack([result.detector.cpu().numpy() for result, _ in scored]))
+    _save_npz(
+        directory / ROTATION_FILE,
+        alpha=np.array([alpha for alpha, _ in views], dtype=np.float64),
+        seed=np.array([-1 if seed is None else seed for _, seed in views], dtype=np.int64),
+        label_category=label_category.numpy(),
+        images=np.int64(extraction.n_images),
+        **{name: np.stack([a[name] for a in arrays]) for name in (*_COUNT_NAMES, "thresholds")},
+        label=np.stack([result.label.cpu().numpy() for result, _ in scored]),
+        label_iou=np.stack([result.label_iou.cpu().numpy() for result, _ in scored]),
+        detector=np.stack([result.detector.cpu().numpy() for result, _ in scored]),
+    )
     publish(directory)
     RotationTest.objects.filter(pk=test.pk).update(directory=stored_path(directory))
-    mean_unique = [sum(point["unique"] for point in points if point["alpha"] == alpha) / len(params["seeds"])
-                   for alpha in params["alphas"]]
-    return {"rotation_test": test.pk, "layer": layer.name, "dataset": dataset.name,
-            "extraction_run": extraction.run_id, "units": layer.units, "rotations": len(views),
-            "unique_detectors_by_alpha": " · ".join(f"α {alpha:g}: {value:g}"
-                                                    for alpha, value in zip(params["alphas"], mean_unique))}
+    mean_unique = [
+        sum(point["unique"] for point in points if point["alpha"] == alpha) / len(params["seeds"])
+        for alpha in params["alphas"]
+    ]
+    return {
+        "rotation_test": test.pk,
+        "layer": layer.name,
+        "dataset": dataset.name,
+        "extraction_run": extraction.run_id,
+        "units": layer.units,
+        "rotations": len(views),
+        "unique_detectors_by_alpha": " · ".join(
+            f"α {alpha:g}: {value:g}" for alpha, value in zip(params["alphas"], mean_unique)
+        ),
+    }
 
 
 # -- reading results ----------------------------------------------------------------------------------
+
 
 def dissection_tally_load(dissection: LayerDissection) -> dict[str, np.ndarray]:
     """Every array of a complete dissection's ``tally.npz`` (counts int64, ``iou`` float64 ``[U, C]``, ...)."""
@@ -526,6 +731,7 @@ def dissection_tally_load(dissection: LayerDissection) -> dict[str, np.ndarray]:
 
 
 # -- export -------------------------------------------------------------------------------------------
+
 
 def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     """``tally.csv``, ``thresholds.csv``, ``units.csv`` (each unit's label and status, see
@@ -536,8 +742,12 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
     ``intersection`` = Σ|M_k ∩ L_c|, ``activation`` = Σ|M_k| over the images having c's category, ``truth`` =
     Σ|L_c|; so ``iou = intersection / (activation + truth − intersection)`` (printed exactly, Python ``repr``).
     """
-    dissection = (LayerDissection.objects.complete().select_related("layer__network", "dataset", "extraction")
-                  .filter(run=run).first())
+    dissection = (
+        LayerDissection.objects.complete()
+        .select_related("layer__network", "dataset", "extraction")
+        .filter(run=run)
+        .first()
+    )
     if dissection is None:
         raise RunInputError(f"Run {run.pk} holds no finished dissection.")
     data = dissection_tally_load(dissection)
@@ -553,9 +763,17 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
         for unit in range(inter.shape[0]):
             for number in present:
                 category = int(label_category[number])
-                writer.writerow([unit, concepts.get(int(number), str(number)), dissection.categories[category],
-                                 repr(float(iou[unit, number])), int(inter[unit, number]),
-                                 int(act_cat[unit, category]), int(truth[number])])
+                writer.writerow(
+                    [
+                        unit,
+                        concepts.get(int(number), str(number)),
+                        dissection.categories[category],
+                        repr(float(iou[unit, number])),
+                        int(inter[unit, number]),
+                        int(act_cat[unit, category]),
+                        int(truth[number]),
+                    ]
+                )
     written.append(tally_path)
     thresholds_path = out_dir / "thresholds.csv"
     with open(thresholds_path, "w", newline="") as handle:
@@ -574,28 +792,48 @@ def dissection_export(run: Run, out_dir: Path) -> list[Path]:
             writer.writerows(enumerate(pairing.tolist()))
         written.append(pairing_path)
     layer, network = dissection.layer, dissection.layer.network
-    written.append(_write_json(out_dir / "run.json", {
-        "run": run.pk, "kind": run.kind, "params": run.params,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "network": network.name, "weights_sha256": network.weights_sha256, "layer": layer.name,
-        "dataset": dissection.dataset.name, "dataset_dir": str(local_path(dissection.dataset.root_dir)),
-        "activations_run": dissection.extraction.run_id if dissection.extraction else None,
-        "quantile": dissection.quantile, "upsample": dissection.upsample, "iou_threshold": dissection.iou_threshold,
-        "strict_threshold": dissection.strict_threshold, "count_saturated": dissection.count_saturated,
-        "baseline": dissection.baseline, "shuffle_seed": dissection.shuffle_seed,
-        "categories": dissection.categories, "images": dissection.n_images, "mask_pixels": dissection.mask_pixels,
-        "units": dissection.n_units, "detectors": dissection.n_detectors,
-        "unique_detectors": dissection.n_unique_detectors, "saturated_units": dissection.n_saturated,
-        "rules": {
-            "threshold": "T_k = numpy.quantile(all raw activations of unit k, quantile), linear method; maps are "
-                         "the float16-rounded activations of activations_run",
-            "mask": "S_k > T_k" if dissection.strict_threshold else "S_k >= T_k (ND'18)",
-            "upsample": "bilinear anchored at receptive-field centres" if dissection.upsample == "anchored"
-                        else "torch.nn.functional.interpolate(mode='bilinear', align_corners=False)",
-            "iou": "sums over the images containing any label of the concept's (primary) category",
-            "detector": f"label IoU > {dissection.iou_threshold}"
-                        + ("" if dissection.count_saturated else "; units active on every pixel excluded"),
-        }}))
+    written.append(
+        _write_json(
+            out_dir / "run.json",
+            {
+                "run": run.pk,
+                "kind": run.kind,
+                "params": run.params,
+                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                "network": network.name,
+                "weights_sha256": network.weights_sha256,
+                "layer": layer.name,
+                "dataset": dissection.dataset.name,
+                "dataset_dir": str(local_path(dissection.dataset.root_dir)),
+                "activations_run": dissection.extraction.run_id if dissection.extraction else None,
+                "quantile": dissection.quantile,
+                "upsample": dissection.upsample,
+                "iou_threshold": dissection.iou_threshold,
+                "strict_threshold": dissection.strict_threshold,
+                "count_saturated": dissection.count_saturated,
+                "baseline": dissection.baseline,
+                "shuffle_seed": dissection.shuffle_seed,
+                "categories": dissection.categories,
+                "images": dissection.n_images,
+                "mask_pixels": dissection.mask_pixels,
+                "units": dissection.n_units,
+                "detectors": dissection.n_detectors,
+                "unique_detectors": dissection.n_unique_detectors,
+                "saturated_units": dissection.n_saturated,
+                "rules": {
+                    "threshold": "T_k = numpy.quantile(all raw activations of unit k, quantile), linear method; maps are "  # noqa: E501
+                    "the float16-rounded activations of activations_run",
+                    "mask": "S_k > T_k" if dissection.strict_threshold else "S_k >= T_k (ND'18)",
+                    "upsample": "bilinear anchored at receptive-field centres"
+                    if dissection.upsample == "anchored"
+                    else "torch.nn.functional.interpolate(mode='bilinear', align_corners=False)",
+                    "iou": "sums over the images containing any label of the concept's (primary) category",
+                    "detector": f"label IoU > {dissection.iou_threshold}"
+                    + ("" if dissection.count_saturated else "; units active on every pixel excluded"),
+                },
+            },
+        )
+    )
     return written
 
 
@@ -611,11 +849,20 @@ def _write_unit_results(path: Path, dissection: LayerDissection, thresholds: np.
         writer.writerow(["unit", "label", "category", "iou", "is_detector", "saturated", "status"])
         for result in dissection.unit_results.select_related("unit", "concept").order_by("unit__index"):
             index = result.unit.index
-            status = statuses.get(index) or (UnitStatus.SATURATED.value if float(thresholds[index]) == 0
-                                             else UnitStatus.LIVE.value)
-            writer.writerow([index, result.concept.name if result.concept else "",
-                             result.concept.category if result.concept else "", repr(result.iou),
-                             int(result.is_detector), int(result.saturated), status])
+            status = statuses.get(index) or (
+                UnitStatus.SATURATED.value if float(thresholds[index]) == 0 else UnitStatus.LIVE.value
+            )
+            writer.writerow(
+                [
+                    index,
+                    result.concept.name if result.concept else "",
+                    result.concept.category if result.concept else "",
+                    repr(result.iou),
+                    int(result.is_detector),
+                    int(result.saturated),
+                    status,
+                ]
+            )
     return path
 
 
@@ -628,16 +875,29 @@ def rotation_export(run: Run, out_dir: Path) -> list[Path]:
     with open(path, "w", newline="") as handle:
         writer = csv_writer(handle)
         writer.writerow(["seed", "alpha", "detectors", "unique_detectors", "saturated_units"])
-        writer.writerows((p["seed"], repr(float(p["alpha"])), p["detectors"], p["unique"], p["saturated"])
-                         for p in test.points)
-    meta = _write_json(out_dir / "run.json", {
-        "run": run.pk, "kind": run.kind, "params": run.params, "network": test.layer.network.name,
-        "layer": test.layer.name, "dataset": test.dataset.name,
-        "dataset_dir": str(local_path(test.dataset.root_dir)),
-        "activations_run": test.extraction.run_id if test.extraction else None, "quantile": test.quantile,
-        "upsample": test.upsample, "iou_threshold": test.iou_threshold, "alphas": test.alphas, "seeds": test.seeds,
-        "rotation": "Q Haar-uniform on SO(n) (QR of a standard normal matrix, torch.Generator seeded with seed); "
-                    "Q^alpha = expm(alpha log Q); thresholds recomputed on the rotated maps"})
+        writer.writerows(
+            (p["seed"], repr(float(p["alpha"])), p["detectors"], p["unique"], p["saturated"]) for p in test.points
+        )
+    meta = _write_json(
+        out_dir / "run.json",
+        {
+            "run": run.pk,
+            "kind": run.kind,
+            "params": run.params,
+            "network": test.layer.network.name,
+            "layer": test.layer.name,
+            "dataset": test.dataset.name,
+            "dataset_dir": str(local_path(test.dataset.root_dir)),
+            "activations_run": test.extraction.run_id if test.extraction else None,
+            "quantile": test.quantile,
+            "upsample": test.upsample,
+            "iou_threshold": test.iou_threshold,
+            "alphas": test.alphas,
+            "seeds": test.seeds,
+            "rotation": "Q Haar-uniform on SO(n) (QR of a standard normal matrix, torch.Generator seeded with seed); "
+            "Q^alpha = expm(alpha log Q); thresholds recomputed on the rotated maps",
+        },
+    )
     return [path, meta]
 
 
@@ -648,11 +908,20 @@ def _write_json(path: Path, payload: dict[str, Any]) -> Path:
 
 # -- job kinds ----------------------------------------------------------------------------------------
 
-DISSECTION = register_job_kind(JobKind(
-    name="dissect", label="Network Dissection", queue=GPU_QUEUE, execute=dissection_run_execute,
-    params=DISSECTION_PARAMS, exporter=dissection_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
-    description="Scores every unit of a layer as a segmenter of every concept (ND'18 IoU), optionally against "
-                "shuffled masks; shards merge exactly."))
+DISSECTION = register_job_kind(
+    JobKind(
+        name="dissect",
+        label="Network Dissection",
+        queue=GPU_QUEUE,
+        execute=dissection_run_execute,
+        params=DISSECTION_PARAMS,
+        exporter=dissection_export,
+        soft_time_limit=12 * 3600,
+        time_limit=12 * 3600 + 300,
+        description="Scores every unit of a layer as a segmenter of every concept (ND'18 IoU), optionally against "
+        "shuffled masks; shards merge exactly.",
+    )
+)
 
 
 def _shard_rules(params: dict[str, Any]) -> None:
@@ -660,14 +929,39 @@ def _shard_rules(params: dict[str, Any]) -> None:
         raise p.ParamsError({"stop": "must lie after start"})
 
 
-DISSECTION_SHARD = register_job_kind(JobKind(
-    name="dissect_shard", label="Network Dissection shard", queue=GPU_QUEUE, execute=dissection_shard_run_execute,
-    params=p.ParamSchema({"dissection": p.integers(1, 2**63 - 1), "shard": p.integers(0, MAX_SHARDS - 1),
-                          "start": p.integers(0, 2**63 - 1), "stop": p.integers(1, 2**63 - 1)}, rules=_shard_rules),
-    exporter=None,  # its tally is merged into the dissection, which exports it
-    soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300, reuse_finished=False, api_startable=False,
-    description="Tallies one image range of a dissection; the last shard to finish merges."))
-ROTATION = register_job_kind(JobKind(
-    name="dissect_rotation", label="Random-rotation test", queue=GPU_QUEUE, execute=rotation_run_execute,
-    params=ROTATION_PARAMS, exporter=rotation_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
-    description="ND'18 §3.2: unique detectors of a layer under random rotations Q^α of its units."))
+DISSECTION_SHARD = register_job_kind(
+    JobKind(
+        name="dissect_shard",
+        label="Network Dissection shard",
+        queue=GPU_QUEUE,
+        execute=dissection_shard_run_execute,
+        params=p.ParamSchema(
+            {
+                "dissection": p.integers(1, 2**63 - 1),
+                "shard": p.integers(0, MAX_SHARDS - 1),
+                "start": p.integers(0, 2**63 - 1),
+                "stop": p.integers(1, 2**63 - 1),
+            },
+            rules=_shard_rules,
+        ),
+        exporter=None,  # its tally is merged into the dissection, which exports it
+        soft_time_limit=12 * 3600,
+        time_limit=12 * 3600 + 300,
+        reuse_finished=False,
+        api_startable=False,
+        description="Tallies one image range of a dissection; the last shard to finish merges.",
+    )
+)
+ROTATION = register_job_kind(
+    JobKind(
+        name="dissect_rotation",
+        label="Random-rotation test",
+        queue=GPU_QUEUE,
+        execute=rotation_run_execute,
+        params=ROTATION_PARAMS,
+        exporter=rotation_export,
+        soft_time_limit=12 * 3600,
+        time_limit=12 * 3600 + 300,
+        description="ND'18 §3.2: unique detectors of a layer under random rotations Q^α of its units.",
+    )
+)

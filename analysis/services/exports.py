@@ -3,6 +3,7 @@
 Each job kind names its exporter in the job registry (:mod:`analysis.jobs`), beside its executor; this module
 runs it and zips the files. Formats are stable; every export holds a ``run.json`` (:func:`write_run_json`).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ def run_export_archive(*, run: Run) -> BinaryIO:
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as directory:
         files = run_export(run=run, out_dir=Path(directory))
-        archive = tempfile.TemporaryFile(dir=scratch)
+        archive = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 — the caller's to close
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as bundle:
             for path in files:
                 bundle.write(path, arcname=f"run-{run.pk}/{path.relative_to(directory)}")
@@ -46,7 +47,16 @@ def run_export_archive(*, run: Run) -> BinaryIO:
 
 def write_run_json(out_dir: Path, run: Run, fields: dict[str, Any]) -> Path:
     path = out_dir / "run.json"
-    path.write_text(json.dumps({"run": run.pk, "kind": run.kind, "params": run.params,
-                                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                                **fields}, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "run": run.pk,
+                "kind": run.kind,
+                "params": run.params,
+                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                **fields,
+            },
+            indent=2,
+        )
+    )
     return path

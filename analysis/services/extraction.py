@@ -6,6 +6,7 @@ Our choice: the canonical activations are the float16-rounded maps. Statistics a
 rounded values, so the cache, the statistics and ``export_run``'s float32 maps agree exactly, and a
 run that reuses the cache reproduces a fresh run bit for bit.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,22 +22,35 @@ from django.db import transaction
 
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
-from analysis.models import (Concept, Dataset, ExemplarKind, ExemplarSet, Layer, LayerExtraction, Network, Run,
-                             UnitActivationSummary)
+from analysis.models import (
+    Concept,
+    Dataset,
+    ExemplarKind,
+    ExemplarSet,
+    Layer,
+    LayerExtraction,
+    Network,
+    Run,
+    UnitActivationSummary,
+)
 from unitscope.spreadsheets import csv_writer
 
 from .exports import write_run_json
 from .networks import network_check_weights, network_spec
 from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
 
-EXTRACTION_PARAMS = p.ParamSchema({
-    "network": p.name(), "dataset": p.name(),
-    "layers": p.Param(str, min_items=1, many=True, help="layers to extract, in any order"),
-    "quantile": p.fraction(0.995, help="per-unit threshold level T_k (ND'18: 0.995, the top 0.005)"),
-    "k_overall": p.integers(1, 100, 15, help="top images per unit"),
-    "k_per_class": p.integers(1, 100, 10, help="top images per unit and object class"),
-    "batch_size": p.integers(1, 4096, 64), "decile_seed": p.seed(),
-})
+EXTRACTION_PARAMS = p.ParamSchema(
+    {
+        "network": p.name(),
+        "dataset": p.name(),
+        "layers": p.Param(str, min_items=1, many=True, help="layers to extract, in any order"),
+        "quantile": p.fraction(0.995, help="per-unit threshold level T_k (ND'18: 0.995, the top 0.005)"),
+        "k_overall": p.integers(1, 100, 15, help="top images per unit"),
+        "k_per_class": p.integers(1, 100, 10, help="top images per unit and object class"),
+        "batch_size": p.integers(1, 4096, 64),
+        "decile_seed": p.seed(),
+    }
+)
 EXTRACTION_DEFAULTS = EXTRACTION_PARAMS.defaults
 DECILE_BINS = 10
 EXPORT_CHUNK_IMAGES = 256
@@ -47,11 +61,15 @@ def extraction_params(*, network: str, dataset: str, layers: list[str], **overri
     return EXTRACTION_PARAMS.validate({"network": network, "dataset": dataset, "layers": layers, **overrides})
 
 
-def extraction_run_start(*, network: str, dataset: str, layers: list[str], created_by=None, inline: bool = False,
-                         **overrides: Any) -> Run:
-    run, _ = run_start(kind=EXTRACTION.name, params=extraction_params(network=network, dataset=dataset,
-                                                                       layers=layers, **overrides),
-                       created_by=created_by, inline=inline)
+def extraction_run_start(
+    *, network: str, dataset: str, layers: list[str], created_by=None, inline: bool = False, **overrides: Any
+) -> Run:
+    run, _ = run_start(
+        kind=EXTRACTION.name,
+        params=extraction_params(network=network, dataset=dataset, layers=layers, **overrides),
+        created_by=created_by,
+        inline=inline,
+    )
     return run
 
 
@@ -59,10 +77,20 @@ def activation_cache_key(network: Network, dataset: Dataset, layer: Layer) -> st
     """Everything that determines a layer's maps on a dataset: weights (the state-dict hash, checked against the
     loaded model by :func:`~.networks.network_check_weights` before any cache is used), builder, dataset, layer,
     preprocessing."""
-    key = {"weights": network.weights_sha256, "arch": network.arch, "source": network.source,
-           "kwargs": network.callable_kwargs, "dataset": dataset.root_dir, "images": dataset.image_count,
-           "layer": layer.name, "input": [network.input_height, network.input_width], "mean": network.mean,
-           "std": network.std, "resize": "bilinear-antialias", "dtype": "float16"}
+    key = {
+        "weights": network.weights_sha256,
+        "arch": network.arch,
+        "source": network.source,
+        "kwargs": network.callable_kwargs,
+        "dataset": dataset.root_dir,
+        "images": dataset.image_count,
+        "layer": layer.name,
+        "input": [network.input_height, network.input_width],
+        "mean": network.mean,
+        "std": network.std,
+        "resize": "bilinear-antialias",
+        "dtype": "float16",
+    }
     if network.channel_order != "RGB":  # keys of RGB networks stay as they were
         key["channel_order"] = network.channel_order
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
@@ -116,8 +144,9 @@ def image_class_ids(dataset: Dataset) -> tuple[list[str], np.ndarray | None]:
     return names, np.array([index.get(name, -1) if name else -1 for name in rows], dtype=np.int64)
 
 
-def dataset_image_batches(dataset: Dataset, *, batch_size: int, input_size: tuple[int, int],
-                          load_images: bool = True) -> Iterator[tuple[Any, Any]]:
+def dataset_image_batches(
+    dataset: Dataset, *, batch_size: int, input_size: tuple[int, int], load_images: bool = True
+) -> Iterator[tuple[Any, Any]]:
     """``(uint8 images [B, 3, H, W] resized to input_size, image indices [B])`` in index order, streamed."""
     import torch
     import torch.nn.functional as F
@@ -135,10 +164,21 @@ def dataset_image_batches(dataset: Dataset, *, batch_size: int, input_size: tupl
         if all(image.shape[:2] == input_size for image in pending):
             batch = torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).contiguous()
         else:  # resize each image to the network's input (bilinear with antialiasing)
-            batch = torch.stack([
-                F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=input_size,
-                              mode="bilinear", align_corners=False, antialias=True)[0].round().clamp(0, 255).byte()
-                for image in pending])
+            batch = torch.stack(
+                [
+                    F.interpolate(
+                        torch.from_numpy(image).permute(2, 0, 1)[None].float(),
+                        size=input_size,
+                        mode="bilinear",
+                        align_corners=False,
+                        antialias=True,
+                    )[0]
+                    .round()
+                    .clamp(0, 255)
+                    .byte()
+                    for image in pending
+                ]
+            )
         return batch, index_tensor
 
     for position, row in enumerate(reader.rows()):
@@ -197,8 +237,9 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     current: dict[str, Any] = {}
 
     def batches():
-        for images, indices in dataset_image_batches(dataset, batch_size=params["batch_size"], input_size=input_size,
-                                                     load_images=bool(to_compute)):
+        for images, indices in dataset_image_batches(
+            dataset, batch_size=params["batch_size"], input_size=input_size, load_images=bool(to_compute)
+        ):
             current["indices"] = indices
             yield images, indices, (class_tensor[indices] if class_tensor is not None else None)
 
@@ -206,8 +247,9 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     def forward(images):
         outputs = {}
         if to_compute:
-            computed = capture_forward(model, normalize_images(images, network.mean, network.std,
-                                                               network.channel_order), to_compute)
+            computed = capture_forward(
+                model, normalize_images(images, network.mean, network.std, network.channel_order), to_compute
+            )
             for name, value in computed.items():
                 _refuse_float16_overflow(name, value, current["indices"])
             outputs.update({name: value.to(torch.float16).to(torch.float32) for name, value in computed.items()})
@@ -220,15 +262,32 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
     verb = "Extracting" if to_compute else "Reading cached activations of"
     progress.phase(f"{verb} {', '.join(layer_order)} on {n_images} images", total=n_images)
     statistics = extract_statistics(
-        forward, batches(), layer_order, total_images=n_images, num_classes=len(class_names) or None,
-        device=dev, k_overall=params["k_overall"], k_per_class=params["k_per_class"], quantile=params["quantile"],
-        cache={name: caches[name] for name in to_compute}, progress=progress)
+        forward,
+        batches(),
+        layer_order,
+        total_images=n_images,
+        num_classes=len(class_names) or None,
+        device=dev,
+        k_overall=params["k_overall"],
+        k_per_class=params["k_per_class"],
+        quantile=params["quantile"],
+        cache={name: caches[name] for name in to_compute},
+        progress=progress,
+    )
 
     for name, partial in fresh.items():  # publish the finished caches
         caches[name].flush()
-        (partial / "meta.json").write_text(json.dumps({"shape": list(caches[name].shape), "dtype": "float16",
-                                                        "layer": name, "network": network.name,
-                                                        "dataset": dataset.name}))
+        (partial / "meta.json").write_text(
+            json.dumps(
+                {
+                    "shape": list(caches[name].shape),
+                    "dtype": "float16",
+                    "layer": name,
+                    "network": network.name,
+                    "dataset": dataset.name,
+                }
+            )
+        )
         final = partial.with_name(partial.name.removesuffix(".partial"))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
@@ -239,8 +298,10 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
 
     stats_dir = settings.UNITSCOPE_DATA_DIR / "extractions" / str(run.pk)
     stats_dir.mkdir(parents=True, exist_ok=True)
-    class_concepts = {concept.name: concept for concept in
-                      Concept.objects.filter(dataset=dataset, category="object", name__in=class_names)}
+    class_concepts = {
+        concept.name: concept
+        for concept in Concept.objects.filter(dataset=dataset, category="object", name__in=class_names)
+    }
     summary = {}
     with transaction.atomic():
         for done, name in enumerate(layer_order, start=1):
@@ -249,20 +310,37 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
             torch.save(stats.to_state(), stats_path)
             storage.publish(stats_path)
             extraction = LayerExtraction.objects.create(
-                run=run, layer=layers[name], dataset=dataset,
+                run=run,
+                layer=layers[name],
+                dataset=dataset,
                 cache_key=activation_cache_key(network, dataset, layers[name]),
-                cache_path=storage.stored_path(activation_cache_dir(activation_cache_key(network, dataset,
-                                                                                         layers[name]))),
-                stats_path=storage.stored_path(stats_path), n_images=n_images, map_height=stats.shape[1], map_width=stats.shape[2],
-                quantile=params["quantile"], k_overall=params["k_overall"], k_per_class=params["k_per_class"],
-                class_names=class_names)
+                cache_path=storage.stored_path(
+                    activation_cache_dir(activation_cache_key(network, dataset, layers[name]))
+                ),
+                stats_path=storage.stored_path(stats_path),
+                n_images=n_images,
+                map_height=stats.shape[1],
+                map_width=stats.shape[2],
+                quantile=params["quantile"],
+                k_overall=params["k_overall"],
+                k_per_class=params["k_per_class"],
+                class_names=class_names,
+            )
             _save_layer_exemplars(extraction, stats, class_concepts, decile_exemplars, params["decile_seed"])
             thresholds = stats.quantile.result()
-            summary[name] = {"units": stats.shape[0], "map": list(stats.shape[1:]),
-                             "median_threshold": float(thresholds.median())}
+            summary[name] = {
+                "units": stats.shape[0],
+                "map": list(stats.shape[1:]),
+                "median_threshold": float(thresholds.median()),
+            }
             progress(done, len(layer_order))
-    return {"layers": summary, "images": n_images, "forward_pass": bool(to_compute),
-            "computed_layers": to_compute, "reused_layers": [name for name in layer_order if name not in fresh]}
+    return {
+        "layers": summary,
+        "images": n_images,
+        "forward_pass": bool(to_compute),
+        "computed_layers": to_compute,
+        "reused_layers": [name for name in layer_order if name not in fresh],
+    }
 
 
 def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, decile_exemplars, seed: int) -> None:
@@ -275,39 +353,69 @@ def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, de
 
     def clean(images, scores, peaks):
         keep = images >= 0
-        return (images[keep].tolist(), [round(float(value), 6) for value in scores[keep]],
-                peaks[keep].tolist())
+        return (images[keep].tolist(), [round(float(value), 6) for value in scores[keep]], peaks[keep].tolist())
 
     summaries, sets = [], []
     for index, unit in units.items():
         maximum = float(top.scores[index, 0].nan_to_num(0))
-        summaries.append(UnitActivationSummary(
-            extraction=extraction, unit=unit, threshold=float(thresholds[index]), max_activation=maximum,
-            active_images=int((image_scores[:, index] > 0).sum()), ceiling_ties=int(ties[index]),
-            # stuck at a ceiling (the mirror of a unit stuck at zero): T_k is the maximum and images tie there
-            saturated_at_ceiling=bool(maximum > 0 and float(thresholds[index]) >= maximum and int(ties[index]) > 1)))
+        summaries.append(
+            UnitActivationSummary(
+                extraction=extraction,
+                unit=unit,
+                threshold=float(thresholds[index]),
+                max_activation=maximum,
+                active_images=int((image_scores[:, index] > 0).sum()),
+                ceiling_ties=int(ties[index]),
+                # stuck at a ceiling (the mirror of a unit stuck at zero): T_k is the maximum and images tie there
+                saturated_at_ceiling=bool(maximum > 0 and float(thresholds[index]) >= maximum and int(ties[index]) > 1),
+            )
+        )
         images, scores, peaks = clean(top.images[index].cpu(), top.scores[index].cpu(), top.peaks[index].cpu())
-        sets.append(ExemplarSet(extraction=extraction, unit=unit, kind=ExemplarKind.TOP_OVERALL,
-                                image_indices=images, scores=scores, peaks=peaks))
+        sets.append(
+            ExemplarSet(
+                extraction=extraction,
+                unit=unit,
+                kind=ExemplarKind.TOP_OVERALL,
+                image_indices=images,
+                scores=scores,
+                peaks=peaks,
+            )
+        )
         if top.class_images is not None:
             for class_id, class_name in enumerate(extraction.class_names):
-                images, scores, peaks = clean(top.class_images[index, class_id].cpu(),
-                                              top.class_scores[index, class_id].cpu(),
-                                              top.class_peaks[index, class_id].cpu())
+                images, scores, peaks = clean(
+                    top.class_images[index, class_id].cpu(),
+                    top.class_scores[index, class_id].cpu(),
+                    top.class_peaks[index, class_id].cpu(),
+                )
                 if images:
-                    sets.append(ExemplarSet(extraction=extraction, unit=unit, kind=ExemplarKind.TOP_CLASS,
-                                            object_class=class_concepts.get(class_name), image_indices=images,
-                                            scores=scores, peaks=peaks))
+                    sets.append(
+                        ExemplarSet(
+                            extraction=extraction,
+                            unit=unit,
+                            kind=ExemplarKind.TOP_CLASS,
+                            object_class=class_concepts.get(class_name),
+                            image_indices=images,
+                            scores=scores,
+                            peaks=peaks,
+                        )
+                    )
         decile_images = deciles.images[index, :, 0].cpu()
         decile_scores = deciles.scores[index, :, 0].cpu()
         keep = decile_images >= 0
         if keep.any():
             chosen = decile_images[keep]
             # The peak of each decile image: recomputed from the cache when rendering (argmax of its map).
-            sets.append(ExemplarSet(extraction=extraction, unit=unit, kind=ExemplarKind.DECILE,
-                                    image_indices=chosen.tolist(),
-                                    scores=[round(float(value), 6) for value in decile_scores[keep]],
-                                    peaks=[]))
+            sets.append(
+                ExemplarSet(
+                    extraction=extraction,
+                    unit=unit,
+                    kind=ExemplarKind.DECILE,
+                    image_indices=chosen.tolist(),
+                    scores=[round(float(value), 6) for value in decile_scores[keep]],
+                    peaks=[],
+                )
+            )
     UnitActivationSummary.objects.bulk_create(summaries, batch_size=2000)
     ExemplarSet.objects.bulk_create(sets, batch_size=2000)
 
@@ -329,7 +437,8 @@ def _refuse_float16_overflow(layer: str, acts, image_indices) -> None:
         f"{layer}: {len(units)} unit{'s' if len(units) != 1 else ''} reach values the float16 activation cache "
         f"cannot hold (beyond ±{FLOAT16_MAX:g}, or not finite) on images from #{first}: unit (largest |value|) "
         f"{shown}{more}. Nothing was saved. Study a layer after a normalisation, or register the network with "
-        "inputs scaled so that its activations stay in range.")
+        "inputs scaled so that its activations stay in range."
+    )
 
 
 def extraction_export(run: Run, out_dir: Path) -> list[Path]:
@@ -339,8 +448,9 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
     dataset's index.csv) and ``run.json``."""
     from analysis import storage
 
-    extractions = list(LayerExtraction.objects.filter(run=run).select_related("layer__network", "dataset")
-                       .order_by("layer__order"))
+    extractions = list(
+        LayerExtraction.objects.filter(run=run).select_related("layer__network", "dataset").order_by("layer__order")
+    )
     if not extractions:
         raise RunInputError(f"Run {run.pk} holds no extracted layer.")
     written = []
@@ -349,7 +459,7 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
         path = out_dir / f"{extraction.layer.name}.npy"
         target = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=maps.shape)
         for start in range(0, maps.shape[0], EXPORT_CHUNK_IMAGES):  # bounded memory
-            target[start:start + EXPORT_CHUNK_IMAGES] = maps[start:start + EXPORT_CHUNK_IMAGES]
+            target[start : start + EXPORT_CHUNK_IMAGES] = maps[start : start + EXPORT_CHUNK_IMAGES]
         target.flush()
         del target
         written.append(path)
@@ -361,17 +471,39 @@ def extraction_export(run: Run, out_dir: Path) -> list[Path]:
         writer.writerow(["index", "image"])
         writer.writerows(dataset.images.order_by("index").values_list("index", "path"))
     written.append(images_path)
-    written.append(write_run_json(out_dir, run, {
-        "network": network.name, "weights_sha256": network.weights_sha256, "dataset": dataset.name,
-        "dataset_dir": str(storage.local_path(dataset.root_dir)), "layers": [extraction.layer.name for extraction in extractions],
-        "shapes": {extraction.layer.name: [extraction.n_images, extraction.layer.units, extraction.map_height,
-                                           extraction.map_width] for extraction in extractions},
-        "preprocessing": {"input_size": [network.input_height, network.input_width], "mean": network.mean,
-                          "std": network.std, "channel_order": network.channel_order,
-                          "resize": "whole image, bilinear with antialiasing when sizes differ, no crop",
-                          "activations": "post-layer outputs rounded to float16, exported as float32"},
-        "quantile": extractions[0].quantile, "k_overall": extractions[0].k_overall,
-        "k_per_class": extractions[0].k_per_class}))
+    written.append(
+        write_run_json(
+            out_dir,
+            run,
+            {
+                "network": network.name,
+                "weights_sha256": network.weights_sha256,
+                "dataset": dataset.name,
+                "dataset_dir": str(storage.local_path(dataset.root_dir)),
+                "layers": [extraction.layer.name for extraction in extractions],
+                "shapes": {
+                    extraction.layer.name: [
+                        extraction.n_images,
+                        extraction.layer.units,
+                        extraction.map_height,
+                        extraction.map_width,
+                    ]
+                    for extraction in extractions
+                },
+                "preprocessing": {
+                    "input_size": [network.input_height, network.input_width],
+                    "mean": network.mean,
+                    "std": network.std,
+                    "channel_order": network.channel_order,
+                    "resize": "whole image, bilinear with antialiasing when sizes differ, no crop",
+                    "activations": "post-layer outputs rounded to float16, exported as float32",
+                },
+                "quantile": extractions[0].quantile,
+                "k_overall": extractions[0].k_overall,
+                "k_per_class": extractions[0].k_per_class,
+            },
+        )
+    )
     return written
 
 
@@ -379,14 +511,30 @@ def _write_unit_summaries(path: Path, extraction: LayerExtraction) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv_writer(handle)
         writer.writerow(["unit", "max_activation", "threshold", "active_images", "status"])
-        writer.writerows((summary.unit.index, repr(summary.max_activation), repr(summary.threshold),
-                          summary.active_images, summary.status)
-                         for summary in extraction.unit_summaries.with_status().select_related("unit"))
+        writer.writerows(
+            (
+                summary.unit.index,
+                repr(summary.max_activation),
+                repr(summary.threshold),
+                summary.active_images,
+                summary.status,
+            )
+            for summary in extraction.unit_summaries.with_status().select_related("unit")
+        )
     return path
 
 
-EXTRACTION = register_job_kind(JobKind(
-    name="extract", label="Extract activations", queue=GPU_QUEUE, execute=extraction_run_execute,
-    params=EXTRACTION_PARAMS, exporter=extraction_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
-    description="Streams a dataset through a network: top images per unit (overall and per class), exact "
-                "top quantiles, decile samples; caches the maps."))
+EXTRACTION = register_job_kind(
+    JobKind(
+        name="extract",
+        label="Extract activations",
+        queue=GPU_QUEUE,
+        execute=extraction_run_execute,
+        params=EXTRACTION_PARAMS,
+        exporter=extraction_export,
+        soft_time_limit=12 * 3600,
+        time_limit=12 * 3600 + 300,
+        description="Streams a dataset through a network: top images per unit (overall and per class), exact "
+        "top quantiles, decile samples; caches the maps.",
+    )
+)

@@ -6,6 +6,7 @@ ten deciles from low to high); ``top_overall`` ND'18 Fig. 4 style (3×5, the reg
 threshold highlighted). Maps are upsampled anchored at receptive-field centres; a grid's brightest
 activation (vmax) is the unit's top-1 score so a unit's grids compare across classes (our choice).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,21 +52,38 @@ def parse_units(text: str) -> list[int]:
     return sorted(units)
 
 
-GRIDS_PARAMS = p.ParamSchema({"extraction_run": p.integers(1, 2**63 - 1, help="the run that extracted the layer"),
-                              "layer": p.name(help="dotted layer name"),
-                              "units": p.Param(int, None, low=0, high=2**31 - 1, many=True, min_items=1,
-                                               max_items=1_000_000, unique_sorted=True, nullable=True,
-                                               help="only these units (default: every unit)")})
+GRIDS_PARAMS = p.ParamSchema(
+    {
+        "extraction_run": p.integers(1, 2**63 - 1, help="the run that extracted the layer"),
+        "layer": p.name(help="dotted layer name"),
+        "units": p.Param(
+            int,
+            None,
+            low=0,
+            high=2**31 - 1,
+            many=True,
+            min_items=1,
+            max_items=1_000_000,
+            unique_sorted=True,
+            nullable=True,
+            help="only these units (default: every unit)",
+        ),
+    }
+)
 
 
-def grids_run_start(*, extraction_run: int, layer: str, units: str | list[int] | None = None, created_by=None,
-                    inline: bool = False) -> Run:
+def grids_run_start(
+    *, extraction_run: int, layer: str, units: str | list[int] | None = None, created_by=None, inline: bool = False
+) -> Run:
     """Render one layer's grids of an extraction run: every unit's, or only ``units`` (``"0-9,17"`` or a list)."""
     if isinstance(units, str):
         units = parse_units(units) if units.strip() else None
-    run, _ = run_start(kind=GRIDS.name, params={"extraction_run": extraction_run, "layer": layer,
-                                                "units": units or None},
-                       created_by=created_by, inline=inline)
+    run, _ = run_start(
+        kind=GRIDS.name,
+        params={"extraction_run": extraction_run, "layer": layer, "units": units or None},
+        created_by=created_by,
+        inline=inline,
+    )
     return run
 
 
@@ -119,8 +137,9 @@ def store_grid(picture, *, style: str) -> RenderedGrid:
     digest = hashlib.sha256(data).hexdigest()
     relative = f"grids/{digest[:2]}/{digest}.png"
     media_put(relative, data)
-    grid, _ = RenderedGrid.objects.get_or_create(sha256=digest, defaults={
-        "path": relative, "style": style, "width": picture.width, "height": picture.height})
+    grid, _ = RenderedGrid.objects.get_or_create(
+        sha256=digest, defaults={"path": relative, "style": style, "width": picture.width, "height": picture.height}
+    )
     return grid
 
 
@@ -138,11 +157,19 @@ class UnitGridRenderer:
         self.images = DatasetImageCache(extraction.dataset)
         self.geometry = extraction.layer.geometry
         self.input_size = (network.input_height, network.input_width)
-        self.upsample = upsampler_for(self.geometry, ANCHORED if self.geometry is not None else PLAIN,
-                                      self.input_size)
+        self.upsample = upsampler_for(self.geometry, ANCHORED if self.geometry is not None else PLAIN, self.input_size)
 
-    def picture(self, unit: int, image_indices, *, vmax: float, columns: int, num_slots: int, peaks=None,
-                threshold: float | None = None):
+    def picture(
+        self,
+        unit: int,
+        image_indices,
+        *,
+        vmax: float,
+        columns: int,
+        num_slots: int,
+        peaks=None,
+        threshold: float | None = None,
+    ):
         """A ``PIL.Image`` of unit ``unit`` on ``image_indices`` (dataset indices, slot order); ``peaks`` and
         ``threshold`` as :func:`analysis.engine.rendering.render_unit_grid`."""
         import torch
@@ -151,16 +178,29 @@ class UnitGridRenderer:
 
         pictures = np.stack([self.images[int(index)] for index in image_indices])
         unit_maps = torch.from_numpy(np.asarray(self.maps[image_indices, unit], dtype=np.float32))
-        return render_unit_grid(pictures, unit_maps, upsample=self.upsample, geometry=self.geometry,
-                                input_size=self.input_size, vmax=vmax, columns=columns, num_slots=num_slots,
-                                tile=min(GRID_TILE_MAX, max(pictures.shape[1:3])), peaks=peaks, threshold=threshold)
+        return render_unit_grid(
+            pictures,
+            unit_maps,
+            upsample=self.upsample,
+            geometry=self.geometry,
+            input_size=self.input_size,
+            vmax=vmax,
+            columns=columns,
+            num_slots=num_slots,
+            tile=min(GRID_TILE_MAX, max(pictures.shape[1:3])),
+            peaks=peaks,
+            threshold=threshold,
+        )
 
 
 def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
 
-    extraction = (LayerExtraction.objects.select_related("layer__network", "dataset")
-                  .filter(run_id=run.params["extraction_run"], layer__name=run.params["layer"]).first())
+    extraction = (
+        LayerExtraction.objects.select_related("layer__network", "dataset")
+        .filter(run_id=run.params["extraction_run"], layer__name=run.params["layer"])
+        .first()
+    )
     if extraction is None:
         raise RunInputError(f"Run {run.params['extraction_run']} extracted no layer {run.params['layer']!r}.")
     layer = extraction.layer
@@ -181,8 +221,9 @@ def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
     torch.set_num_threads(1)
     try:
         for done, exemplar in enumerate(sets, start=1):
-            exemplar.grid = store_grid(_exemplar_picture(renderer, exemplar, summaries[exemplar.unit_id]),
-                                       style=exemplar.kind)
+            exemplar.grid = store_grid(
+                _exemplar_picture(renderer, exemplar, summaries[exemplar.unit_id]), style=exemplar.kind
+            )
             pending.append(exemplar)
             if len(pending) >= 200:
                 with transaction.atomic():
@@ -193,8 +234,12 @@ def grids_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[s
         torch.set_num_threads(threads)
     with transaction.atomic():
         ExemplarSet.objects.bulk_update(pending, ["grid"])
-    return {"layer": layer.name, "grids": len(sets), "extraction_run": extraction.run_id,
-            "units": run.params.get("units", "all")}
+    return {
+        "layer": layer.name,
+        "grids": len(sets),
+        "extraction_run": extraction.run_id,
+        "units": run.params.get("units", "all"),
+    }
 
 
 def _exemplar_picture(renderer: UnitGridRenderer, exemplar: ExemplarSet, summary: UnitActivationSummary):
@@ -202,15 +247,29 @@ def _exemplar_picture(renderer: UnitGridRenderer, exemplar: ExemplarSet, summary
     peaks (decile sets: each map's maximum), one row of ten for deciles, 2×5 otherwise."""
     vmax = max(summary.max_activation, 1e-6)
     if exemplar.kind == ExemplarKind.TOP_OVERALL:
-        return renderer.picture(exemplar.unit.index, exemplar.image_indices, vmax=vmax, columns=5, num_slots=15,
-                                threshold=summary.threshold)
-    return renderer.picture(exemplar.unit.index, exemplar.image_indices, vmax=vmax,
-                            columns=10 if exemplar.kind == ExemplarKind.DECILE else 5, num_slots=10,
-                            peaks=exemplar.peaks or None)
+        return renderer.picture(
+            exemplar.unit.index, exemplar.image_indices, vmax=vmax, columns=5, num_slots=15, threshold=summary.threshold
+        )
+    return renderer.picture(
+        exemplar.unit.index,
+        exemplar.image_indices,
+        vmax=vmax,
+        columns=10 if exemplar.kind == ExemplarKind.DECILE else 5,
+        num_slots=10,
+        peaks=exemplar.peaks or None,
+    )
 
 
-GRIDS = register_job_kind(JobKind(
-    name="render_grids", label="Render exemplar grids", queue=GPU_QUEUE, execute=grids_run_execute,
-    params=GRIDS_PARAMS, exporter=None,  # the grids are media files, served and listed by the unit pages and API
-    soft_time_limit=6 * 3600, time_limit=6 * 3600 + 120,
-    description="Draws every exemplar grid of a layer (GG'18, ND'18 and decile styles) into media storage."))
+GRIDS = register_job_kind(
+    JobKind(
+        name="render_grids",
+        label="Render exemplar grids",
+        queue=GPU_QUEUE,
+        execute=grids_run_execute,
+        params=GRIDS_PARAMS,
+        exporter=None,  # the grids are media files, served and listed by the unit pages and API
+        soft_time_limit=6 * 3600,
+        time_limit=6 * 3600 + 120,
+        description="Draws every exemplar grid of a layer (GG'18, ND'18 and decile styles) into media storage.",
+    )
+)

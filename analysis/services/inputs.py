@@ -7,6 +7,7 @@ parameters name an ``upsample`` method — so an impossible anchoring fails befo
 layer's extraction, and reads its exact thresholds and the dataset's label table when asked. The pieces are
 public too, for runs that need them in another order (part detection reads its boxes before it may extract).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,14 @@ class RunInputs:
         return self.network.input_height, self.network.input_width
 
 
-def run_inputs(params: dict[str, Any], *, progress: RunProgress, extraction: bool = True, thresholds: bool = False,
-               labels: bool = False) -> RunInputs:
+def run_inputs(
+    params: dict[str, Any],
+    *,
+    progress: RunProgress,
+    extraction: bool = True,
+    thresholds: bool = False,
+    labels: bool = False,
+) -> RunInputs:
     """The inputs of a one-layer run from its parameters (``network``, ``dataset``, ``layer``; ``upsample`` and
     ``quantile`` when present, else the extraction's default quantile).
 
@@ -54,20 +61,27 @@ def run_inputs(params: dict[str, Any], *, progress: RunProgress, extraction: boo
     found = None
     if extraction:
         progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
-        found = ensure_extraction(network, dataset, layer, params.get("quantile", EXTRACTION_DEFAULTS["quantile"]),
-                                  progress)
+        found = ensure_extraction(
+            network, dataset, layer, params.get("quantile", EXTRACTION_DEFAULTS["quantile"]), progress
+        )
     label_category, categories = label_table(dataset) if labels else (None, None)
-    return RunInputs(network=network, dataset=dataset, layer=layer, extraction=found,
-                     thresholds=unit_thresholds(found, layer) if thresholds and found is not None else None,
-                     label_category=label_category, categories=categories, upsample=upsample)
+    return RunInputs(
+        network=network,
+        dataset=dataset,
+        layer=layer,
+        extraction=found,
+        thresholds=unit_thresholds(found, layer) if thresholds and found is not None else None,
+        label_category=label_category,
+        categories=categories,
+        upsample=upsample,
+    )
 
 
 def layer_geometry(layer: Layer, *, purpose: str):
     """``layer.geometry``, or a :class:`RunInputError` saying what cannot be done without it (``purpose``)."""
     geometry = layer.geometry
     if geometry is None:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so "
-                            f"{purpose}.")
+        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so {purpose}.")
     return geometry
 
 
@@ -80,24 +94,32 @@ def layer_upsampler(layer: Layer, method: str):
     try:
         return upsampler_for(layer.geometry, method, (network.input_height, network.input_width))
     except GeometryUnknown:
-        raise RunInputError(f"{layer} has no receptive-field geometry (the model could not be traced), so maps "
-                            "cannot be anchored at receptive-field centres; use upsample=plain.") from None
+        raise RunInputError(
+            f"{layer} has no receptive-field geometry (the model could not be traced), so maps "
+            "cannot be anchored at receptive-field centres; use upsample=plain."
+        ) from None
 
 
-def ensure_extraction(network: Network, dataset: Dataset, layer: Layer, quantile: float,
-                      progress: RunProgress) -> LayerExtraction:
+def ensure_extraction(
+    network: Network, dataset: Dataset, layer: Layer, quantile: float, progress: RunProgress
+) -> LayerExtraction:
     """The newest extraction of the layer's current maps at ``quantile`` whose cache is on disk; when there is
     none, an extraction run executed here first (it reuses a cache of the same maps, so no forward pass then)."""
     key = activation_cache_key(network, dataset, layer)
-    candidates = (LayerExtraction.objects.filter(layer=layer, dataset=dataset, cache_key=key, quantile=quantile,
-                                                 run__status=RunStatus.SUCCEEDED)
-                  .select_related("run").order_by("-created_at", "-id"))
+    candidates = (
+        LayerExtraction.objects.filter(
+            layer=layer, dataset=dataset, cache_key=key, quantile=quantile, run__status=RunStatus.SUCCEEDED
+        )
+        .select_related("run")
+        .order_by("-created_at", "-id")
+    )
     for extraction in candidates:
         if artifact_exists(f"{extraction.cache_path}/meta.json"):
             return extraction
     progress.phase(f"Extracting {layer.name} on {dataset.name} first (no cached activations)")
-    run = extraction_run_start(network=network.name, dataset=dataset.name, layers=[layer.name], quantile=quantile,
-                               inline=True)
+    run = extraction_run_start(
+        network=network.name, dataset=dataset.name, layers=[layer.name], quantile=quantile, inline=True
+    )
     if run.status != RunStatus.SUCCEEDED:
         raise RunInputError(f"The extraction this needs (run {run.pk}) ended {run.status}: {run.error}")
     return LayerExtraction.objects.select_related("run").get(run=run, layer=layer)
@@ -109,8 +131,9 @@ def unit_thresholds(extraction: LayerExtraction, layer: Layer):
 
     stored = dict(UnitActivationSummary.objects.filter(extraction=extraction).values_list("unit__index", "threshold"))
     if len(stored) != layer.units:
-        raise RunInputError(f"Extraction run {extraction.run_id} holds thresholds of {len(stored)} of "
-                            f"{layer.units} units of {layer}.")
+        raise RunInputError(
+            f"Extraction run {extraction.run_id} holds thresholds of {len(stored)} of {layer.units} units of {layer}."
+        )
     return torch.tensor([stored[index] for index in range(layer.units)], dtype=torch.float32)
 
 

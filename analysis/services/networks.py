@@ -1,5 +1,6 @@
 """Networks: register a model (torchvision arch + weights, TorchScript, module:callable) with its layers,
 units and receptive-field geometry; train the demo network on the probe world."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,16 @@ from analysis.storage import artifact_store, fetch_if_stored, publish_as
 
 from .runs import RunInputError, RunProgress, run_start
 
-DEMO_TRAINING_PARAMS = p.ParamSchema({
-    "dataset": p.name("probe-world", help="a dataset with one object class per image, such as the probe world"),
-    "name": p.name("demo-net", slug=True, help="network name to register"),
-    "epochs": p.integers(1, 500, 8), "seed": p.seed(), "lr": p.Param(float, 1e-3, low=0, low_open=True),
-    "batch_size": p.integers(1, 4096, 64),
-})
+DEMO_TRAINING_PARAMS = p.ParamSchema(
+    {
+        "dataset": p.name("probe-world", help="a dataset with one object class per image, such as the probe world"),
+        "name": p.name("demo-net", slug=True, help="network name to register"),
+        "epochs": p.integers(1, 500, 8),
+        "seed": p.seed(),
+        "lr": p.Param(float, 1e-3, low=0, low_open=True),
+        "batch_size": p.integers(1, 4096, 64),
+    }
+)
 DEMO_TRAINING_DEFAULTS = DEMO_TRAINING_PARAMS.defaults
 
 
@@ -29,12 +34,22 @@ def network_spec(network: Network):
     """The engine's description of a registered network."""
     from analysis.engine.networks import NetworkKind, NetworkSpec
 
-    kind = {NetworkSource.TORCHVISION: NetworkKind.TORCHVISION, NetworkSource.TORCHSCRIPT: NetworkKind.TORCHSCRIPT,
-            NetworkSource.MODULE: NetworkKind.MODULE}[NetworkSource(network.source)]
-    return NetworkSpec(kind=kind, target=network.arch, weights=fetch_if_stored(network.weights_path) or None,
-                       kwargs=network.callable_kwargs, input_size=(network.input_height, network.input_width),
-                       mean=tuple(network.mean), std=tuple(network.std),
-                       class_names=tuple(network.class_names) or None, channel_order=network.channel_order)
+    kind = {
+        NetworkSource.TORCHVISION: NetworkKind.TORCHVISION,
+        NetworkSource.TORCHSCRIPT: NetworkKind.TORCHSCRIPT,
+        NetworkSource.MODULE: NetworkKind.MODULE,
+    }[NetworkSource(network.source)]
+    return NetworkSpec(
+        kind=kind,
+        target=network.arch,
+        weights=fetch_if_stored(network.weights_path) or None,
+        kwargs=network.callable_kwargs,
+        input_size=(network.input_height, network.input_width),
+        mean=tuple(network.mean),
+        std=tuple(network.std),
+        class_names=tuple(network.class_names) or None,
+        channel_order=network.channel_order,
+    )
 
 
 class _NoProgress:
@@ -45,9 +60,16 @@ class _NoProgress:
         pass
 
 
-def network_register(*, name: str, spec, description: str = "", trained_on: Dataset | None = None,
-                     training_run: Run | None = None, training_report: dict | None = None,
-                     progress=None) -> Network:
+def network_register(
+    *,
+    name: str,
+    spec,
+    description: str = "",
+    trained_on: Dataset | None = None,
+    training_run: Run | None = None,
+    training_report: dict | None = None,
+    progress=None,
+) -> Network:
     """Register ``spec`` under ``name``: load it on the CPU, list its layers by graph node (every call site of
     a shared module is its own layer), compute each layer's receptive field analytically, check it numerically
     on a few units at the network's input size (bounded memory, seconds), hash its weights, and save it all.
@@ -74,17 +96,30 @@ def network_register(*, name: str, spec, description: str = "", trained_on: Data
         raise RunInputError(f"{name!r} is not a valid network name: use letters, digits, '-' and '_'.") from None
     if spec.kind is NetworkKind.TORCHSCRIPT:
         raise RunInputError(TORCHSCRIPT_LIMIT + ".")
-    source = {NetworkKind.TORCHVISION: NetworkSource.TORCHVISION, NetworkKind.TORCHSCRIPT: NetworkSource.TORCHSCRIPT,
-              NetworkKind.MODULE: NetworkSource.MODULE}[spec.kind]
+    source = {
+        NetworkKind.TORCHVISION: NetworkSource.TORCHVISION,
+        NetworkKind.TORCHSCRIPT: NetworkSource.TORCHSCRIPT,
+        NetworkKind.MODULE: NetworkSource.MODULE,
+    }[spec.kind]
     try:
         with transaction.atomic():
             network = Network.objects.create(
-                name=name, source=source, arch=spec.target, weights_path=spec.weights or "",
-                input_height=spec.input_size[0], input_width=spec.input_size[1], mean=list(spec.mean),
-                std=list(spec.std), channel_order=spec.channel_order, class_names=list(spec.class_names or []),
-                callable_kwargs=dict(spec.kwargs), trained_on=trained_on, training_run=training_run,
+                name=name,
+                source=source,
+                arch=spec.target,
+                weights_path=spec.weights or "",
+                input_height=spec.input_size[0],
+                input_width=spec.input_size[1],
+                mean=list(spec.mean),
+                std=list(spec.std),
+                channel_order=spec.channel_order,
+                class_names=list(spec.class_names or []),
+                callable_kwargs=dict(spec.kwargs),
+                trained_on=trained_on,
+                training_run=training_run,
                 training_report=training_report or {},
-                description=description or "(being registered)")
+                description=description or "(being registered)",
+            )
     except IntegrityError:
         raise RunInputError(f"A network named {name!r} already exists (or is being registered).") from None
     if spec.weights and artifact_store().remote:  # the name is ours now: workers elsewhere fetch the weights
@@ -101,16 +136,26 @@ def network_register(*, name: str, spec, description: str = "", trained_on: Data
     try:
         with transaction.atomic():
             Network.objects.filter(pk=network.pk).update(weights_sha256=weights_hash, description=description)
-            created = Layer.objects.bulk_create([
-                Layer(network=network, name=layer.name, order=order, module_type=layer.module_type,
-                      units=layer.channels, out_height=layer.height, out_width=layer.width,
-                      **_geometry_fields(geometry.get(layer.name)),
-                      rf_verified=bool(checks.get(layer.name) and checks[layer.name].verified),
-                      rf_check=checks[layer.name].detail if layer.name in checks else "")
-                for order, layer in enumerate(layers)
-            ])
-            Unit.objects.bulk_create([Unit(layer=layer, index=index) for layer in created
-                                      for index in range(layer.units)], batch_size=5000)
+            created = Layer.objects.bulk_create(
+                [
+                    Layer(
+                        network=network,
+                        name=layer.name,
+                        order=order,
+                        module_type=layer.module_type,
+                        units=layer.channels,
+                        out_height=layer.height,
+                        out_width=layer.width,
+                        **_geometry_fields(geometry.get(layer.name)),
+                        rf_verified=bool(checks.get(layer.name) and checks[layer.name].verified),
+                        rf_check=checks[layer.name].detail if layer.name in checks else "",
+                    )
+                    for order, layer in enumerate(layers)
+                ]
+            )
+            Unit.objects.bulk_create(
+                [Unit(layer=layer, index=index) for layer in created for index in range(layer.units)], batch_size=5000
+            )
     except BaseException:
         Network.objects.filter(pk=network.pk).delete()
         raise
@@ -133,14 +178,17 @@ def _inspect_network(spec, progress):
             raise RunInputError(
                 f"{spec.target} makes new weights on every call (two builds gave different state dicts), so its "
                 "units could not be studied reproducibly: save one build's state dict "
-                "(torch.save(model.state_dict(), path)) and register it with that weights file.")
+                "(torch.save(model.state_dict(), path)) and register it with that weights file."
+            )
         progress.phase("Listing layers")
         layers = discover_layers(model, spec.input_size, "cpu")
     except NetworkError as error:
         raise RunInputError(str(error)) from None
     if not layers:
-        raise RunInputError("The network has no layer whose output is a feature map [B, C, H, W] at input size "
-                            f"{spec.input_size[0]}x{spec.input_size[1]}.")
+        raise RunInputError(
+            "The network has no layer whose output is a feature map [B, C, H, W] at input size "
+            f"{spec.input_size[0]}x{spec.input_size[1]}."
+        )
     progress.phase("Computing receptive fields")
     try:
         # Every layer whose geometry is known; a layer the propagation cannot follow (adaptive pooling to
@@ -185,7 +233,8 @@ def network_check_weights(network: Network, model) -> str:
     if not legacy:
         raise RunInputError(
             f"The weights of network {network.name!r} are not the ones it was registered with (state-dict sha256 "
-            f"{actual[:12]}… instead of {network.weights_sha256[:12]}…). Register the new weights under a new name.")
+            f"{actual[:12]}… instead of {network.weights_sha256[:12]}…). Register the new weights under a new name."
+        )
     Network.objects.filter(pk=network.pk).update(weights_sha256=actual)
     network.weights_sha256 = actual
     return actual
@@ -194,19 +243,27 @@ def network_check_weights(network: Network, model) -> str:
 def _geometry_fields(geometry) -> dict[str, Any]:
     if geometry is None:
         return {}
-    return {"rf_size_y": geometry.size[0], "rf_size_x": geometry.size[1], "rf_stride_y": geometry.stride[0],
-            "rf_stride_x": geometry.stride[1], "rf_offset_y": geometry.offset[0], "rf_offset_x": geometry.offset[1]}
+    return {
+        "rf_size_y": geometry.size[0],
+        "rf_size_x": geometry.size[1],
+        "rf_stride_y": geometry.stride[0],
+        "rf_stride_x": geometry.stride[1],
+        "rf_offset_y": geometry.offset[0],
+        "rf_offset_x": geometry.offset[1],
+    }
 
 
 # -- the demo network ---------------------------------------------------------------------------------
+
 
 def demo_training_params(**overrides: Any) -> dict[str, Any]:
     return DEMO_TRAINING_PARAMS.validate(overrides)
 
 
 def demo_training_run_start(*, created_by=None, inline: bool = False, **params: Any) -> Run:
-    run, _ = run_start(kind=DEMO_TRAINING.name, params=demo_training_params(**params), created_by=created_by,
-                       inline=inline)
+    run, _ = run_start(
+        kind=DEMO_TRAINING.name, params=demo_training_params(**params), created_by=created_by, inline=inline
+    )
     return run
 
 
@@ -225,8 +282,9 @@ def load_classification_tensors(dataset: Dataset, progress: RunProgress | None =
     class_index = {name: index for index, name in enumerate(class_names)}
     sizes = {(row.height, row.width) for row in rows}
     if len(sizes) != 1:
-        raise RunInputError(f"Dataset {dataset.name!r} has images of several sizes {sorted(sizes)[:4]}; "
-                            "training needs one size.")
+        raise RunInputError(
+            f"Dataset {dataset.name!r} has images of several sizes {sorted(sizes)[:4]}; training needs one size."
+        )
     height, width = sizes.pop()
     images = torch.empty((len(rows), 3, height, width), dtype=torch.uint8)
     labels = torch.empty(len(rows), dtype=torch.int64)
@@ -266,28 +324,63 @@ def demo_training_run_execute(*, run: Run, progress: RunProgress, device: str) -
     val_batches = len(TensorBatches(val_images, val_labels, params["batch_size"]))
     progress.phase(f"Training for {params['epochs']} epochs", total=params["epochs"] * (batches + val_batches))
     report = train_classifier(
-        model, TensorBatches(train_images, train_labels, params["batch_size"], shuffle=True, seed=params["seed"]),
-        TensorBatches(val_images, val_labels, params["batch_size"]), epochs=params["epochs"], lr=params["lr"],
-        seed=params["seed"], device=torch.device(device), mean=mean, std=std, progress=progress)
+        model,
+        TensorBatches(train_images, train_labels, params["batch_size"], shuffle=True, seed=params["seed"]),
+        TensorBatches(val_images, val_labels, params["batch_size"]),
+        epochs=params["epochs"],
+        lr=params["lr"],
+        seed=params["seed"],
+        device=torch.device(device),
+        mean=mean,
+        std=std,
+        progress=progress,
+    )
     out_dir = settings.UNITSCOPE_DATA_DIR / "networks" / params["name"]
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "weights.pt"
     torch.save({key: value.cpu() for key, value in model.state_dict().items()}, weights)
     (out_dir / "training_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    spec = NetworkSpec(kind=NetworkKind.MODULE, target=demo_network_target(), weights=str(weights),
-                       kwargs={"num_classes": len(class_names)}, input_size=tuple(train_images.shape[2:]),
-                       mean=tuple(mean), std=tuple(std), class_names=tuple(class_names))
-    network = network_register(name=params["name"], spec=spec, trained_on=dataset, training_run=run,
-                               training_report=report.to_dict(), progress=progress,
-                               description=f"AlexNet-like CNN (five conv layers, no batch norm) trained on "
-                                           f"{dataset.name} to classify {len(class_names)} object classes.")
-    return {"network": network.name, "val_accuracy": report.final_val_accuracy,
-            "val_loss": report.final_val_loss, "epochs": params["epochs"], "classes": len(class_names),
-            "train_images": int(train_images.shape[0]), "val_images": int(val_images.shape[0])}
+    spec = NetworkSpec(
+        kind=NetworkKind.MODULE,
+        target=demo_network_target(),
+        weights=str(weights),
+        kwargs={"num_classes": len(class_names)},
+        input_size=tuple(train_images.shape[2:]),
+        mean=tuple(mean),
+        std=tuple(std),
+        class_names=tuple(class_names),
+    )
+    network = network_register(
+        name=params["name"],
+        spec=spec,
+        trained_on=dataset,
+        training_run=run,
+        training_report=report.to_dict(),
+        progress=progress,
+        description=f"AlexNet-like CNN (five conv layers, no batch norm) trained on "
+        f"{dataset.name} to classify {len(class_names)} object classes.",
+    )
+    return {
+        "network": network.name,
+        "val_accuracy": report.final_val_accuracy,
+        "val_loss": report.final_val_loss,
+        "epochs": params["epochs"],
+        "classes": len(class_names),
+        "train_images": int(train_images.shape[0]),
+        "val_images": int(val_images.shape[0]),
+    }
 
 
-DEMO_TRAINING = register_job_kind(JobKind(
-    name="train_demo_network", label="Train the demo network", queue=GPU_QUEUE, execute=demo_training_run_execute,
-    params=DEMO_TRAINING_PARAMS, exporter=None,  # the trained network is registered; its weights file is on disk
-    soft_time_limit=3 * 3600, time_limit=3 * 3600 + 120,
-    description="Trains the small AlexNet-like CNN on the probe world's object classes and registers it."))
+DEMO_TRAINING = register_job_kind(
+    JobKind(
+        name="train_demo_network",
+        label="Train the demo network",
+        queue=GPU_QUEUE,
+        execute=demo_training_run_execute,
+        params=DEMO_TRAINING_PARAMS,
+        exporter=None,  # the trained network is registered; its weights file is on disk
+        soft_time_limit=3 * 3600,
+        time_limit=3 * 3600 + 120,
+        description="Trains the small AlexNet-like CNN on the probe world's object classes and registers it.",
+    )
+)

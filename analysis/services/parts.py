@@ -29,6 +29,7 @@ drops parts with ≤ 10 samples) instances. A part *emerges* when its GA AP > ``
 (its pixels, from the dataset's part masks, set to 0 after mean subtraction — before cropping — over the views
 whose image contains the part). :mod:`analysis.engine.ablation` documents the score and the split of the network.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,13 +43,25 @@ from django.db import transaction
 
 from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
-from analysis.models import (AblationStudy, AnnotatedBox, ClassDiscriminativeness, Concept, Dataset, Layer, Network,
-                             PartDetectionResult, PartDetectionStudy, PartDiscriminativeness, PartInputs, Run)
+from analysis.models import (
+    AblationStudy,
+    AnnotatedBox,
+    ClassDiscriminativeness,
+    Concept,
+    Dataset,
+    Layer,
+    Network,
+    PartDetectionResult,
+    PartDetectionStudy,
+    PartDiscriminativeness,
+    PartInputs,
+    Run,
+)
 from analysis.storage import artifact_store, fetch, publish, stored_path
 from unitscope.spreadsheets import csv_field, csv_writer
 
-from .inputs import ensure_extraction, layer_geometry, run_inputs
 from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
+from .inputs import ensure_extraction, layer_geometry, run_inputs
 from .networks import network_spec
 from .runs import RunInputError, RunProgress, run_start
 
@@ -60,12 +73,15 @@ DEMO_PART_LAYERS = ("conv4", "conv5")
 DEMO_MAX_VIEWS = 150
 # Prefix outputs an ablation keeps between its two passes over a class's views; beyond this it recomputes them.
 FRONTIER_BUDGET_BYTES = 256 * 2**20
-DEMO_ABLATION: dict[str, dict[str, Any]] = {"conv4": {"max_images": 25, "blackout": False},
-                                            "conv5": {"max_images": 60, "blackout": True}}
+DEMO_ABLATION: dict[str, dict[str, Any]] = {
+    "conv4": {"max_images": 25, "blackout": False},
+    "conv5": {"max_images": 60, "blackout": True},
+}
 CURVE_POINTS = 150
 
 
 # -- parameters ---------------------------------------------------------------------------------------
+
 
 def _share(default: float, **kwargs: Any) -> p.Param:
     return p.Param(float, default, low=0, high=1, **kwargs)
@@ -74,43 +90,70 @@ def _share(default: float, **kwargs: Any) -> p.Param:
 def _view_params(**fields: p.Param) -> dict[str, p.Param]:
     """The parameters both kinds take: the layer, and which views of which images feed the network."""
     return {
-        "network": p.name(), "dataset": p.name(), "layer": p.name(help="dotted layer name"),
-        "inputs": p.choice(PartInputs.values, PartInputs.OBJECT_CROPS.value,
-                           help="object crops (GG'18) or whole images"),
+        "network": p.name(),
+        "dataset": p.name(),
+        "layer": p.name(help="dotted layer name"),
+        "inputs": p.choice(
+            PartInputs.values, PartInputs.OBJECT_CROPS.value, help="object crops (GG'18) or whole images"
+        ),
         "split": p.choice(SPLITS, "train"),
-        "context": p.Param(float, RCNN_CONTEXT, low=0, high=0.4, high_open=True,
-                           help="the share of the input on each side of the box (R-CNN: 16/227)"),
+        "context": p.Param(
+            float,
+            RCNN_CONTEXT,
+            low=0,
+            high=0.4,
+            high_open=True,
+            help="the share of the input on each side of the box (R-CNN: 16/227)",
+        ),
         "seed": p.seed(),
         **fields,
     }
 
 
-PART_PARAMS = p.ParamSchema(_view_params(
-    iou_threshold=p.Param(float, 0.4, low=0, high=1, low_open=True, help="a detection's IoU with its part box"),
-    nms_overlap=p.choice(("suppressed_area", "iou"), "suppressed_area",
-                         help="NMS overlap: intersection over the suppressed box's area (Felzenszwalb et al. 2010, "
-                              "cited by GG'18) or IoU (R-CNN)"),
-    nms_threshold=p.Param(float, 0.5, low=0, high=1, low_open=True,
-                          help="suppress above this overlap (Felzenszwalb: 0.5; R-CNN's IoU rule: 0.3)"),
-    regression=p.Param(bool, True, help="box regression on the filter's activations"),
-    intercept=p.Param(bool, True, help="the regression has an intercept"),
-    min_part_size=p.Param(float, 15.0, low=0, help="drop parts whose mean box side is at most this many pixels "
-                                                   "(GG'18: 15)"),
-    min_instances=p.integers(1, 10**7, 11, help="fewest instances a part class needs"),
-    population=p.integers(2, 10000, 200, help="GA population"),
-    generations=p.integers(0, 10000, 100, help="GA generations"),
-    crossover=_share(0.7), mutation=_share(0.3), init_probability=_share(0.02),
-    ap_criterion=_share(0.3, help="a part emerged when its GA AP exceeds this"),
-    recall_criterion=_share(0.5),
-    max_views=p.integers(0, 10**9, 0, help="a seeded sample of views per class (0 = all)"),
-    batch_size=p.integers(1, 4096, 64)))
+PART_PARAMS = p.ParamSchema(
+    _view_params(
+        iou_threshold=p.Param(float, 0.4, low=0, high=1, low_open=True, help="a detection's IoU with its part box"),
+        nms_overlap=p.choice(
+            ("suppressed_area", "iou"),
+            "suppressed_area",
+            help="NMS overlap: intersection over the suppressed box's area (Felzenszwalb et al. 2010, "
+            "cited by GG'18) or IoU (R-CNN)",
+        ),
+        nms_threshold=p.Param(
+            float,
+            0.5,
+            low=0,
+            high=1,
+            low_open=True,
+            help="suppress above this overlap (Felzenszwalb: 0.5; R-CNN's IoU rule: 0.3)",
+        ),
+        regression=p.Param(bool, True, help="box regression on the filter's activations"),
+        intercept=p.Param(bool, True, help="the regression has an intercept"),
+        min_part_size=p.Param(
+            float, 15.0, low=0, help="drop parts whose mean box side is at most this many pixels (GG'18: 15)"
+        ),
+        min_instances=p.integers(1, 10**7, 11, help="fewest instances a part class needs"),
+        population=p.integers(2, 10000, 200, help="GA population"),
+        generations=p.integers(0, 10000, 100, help="GA generations"),
+        crossover=_share(0.7),
+        mutation=_share(0.3),
+        init_probability=_share(0.02),
+        ap_criterion=_share(0.3, help="a part emerged when its GA AP exceeds this"),
+        recall_criterion=_share(0.5),
+        max_views=p.integers(0, 10**9, 0, help="a seeded sample of views per class (0 = all)"),
+        batch_size=p.integers(1, 4096, 64),
+    )
+)
 PART_DEFAULTS = PART_PARAMS.defaults
-ABLATION_PARAMS = p.ParamSchema(_view_params(
-    score=p.choice(("softmax", "logit"), "softmax"),
-    sigma_factor=p.Param(float, 2.0, low=0, low_open=True, help="discriminative when δ exceeds this many σ"),
-    max_images=p.integers(0, 10**9, 0, help="views per class (0 = all)"),
-    blackout=p.Param(bool, True, help="also black out every part (GG'18 §6)"),
-    batch_size=p.integers(1, 4096, 32)))
+ABLATION_PARAMS = p.ParamSchema(
+    _view_params(
+        score=p.choice(("softmax", "logit"), "softmax"),
+        sigma_factor=p.Param(float, 2.0, low=0, low_open=True, help="discriminative when δ exceeds this many σ"),
+        max_images=p.integers(0, 10**9, 0, help="views per class (0 = all)"),
+        blackout=p.Param(bool, True, help="also black out every part (GG'18 §6)"),
+        batch_size=p.integers(1, 4096, 32),
+    )
+)
 ABLATION_DEFAULTS = ABLATION_PARAMS.defaults
 
 
@@ -124,25 +167,34 @@ def ablation_params(*, network: str, dataset: str, layer: str, **overrides: Any)
     return ABLATION_PARAMS.validate({"network": network, "dataset": dataset, "layer": layer, **overrides})
 
 
-def part_detection_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
-                             **overrides: Any) -> Run:
+def part_detection_run_start(
+    *, network: str, dataset: str, layer: str, created_by=None, inline: bool = False, **overrides: Any
+) -> Run:
     """Start (or reuse, when identical) a part-detection study of ``layer``; returns its run."""
-    run, _ = run_start(kind=SCORE_PARTS.name, params=part_detection_params(network=network, dataset=dataset,
-                                                                            layer=layer, **overrides),
-                       created_by=created_by, inline=inline)
+    run, _ = run_start(
+        kind=SCORE_PARTS.name,
+        params=part_detection_params(network=network, dataset=dataset, layer=layer, **overrides),
+        created_by=created_by,
+        inline=inline,
+    )
     return run
 
 
-def ablation_run_start(*, network: str, dataset: str, layer: str, created_by=None, inline: bool = False,
-                       **overrides: Any) -> Run:
+def ablation_run_start(
+    *, network: str, dataset: str, layer: str, created_by=None, inline: bool = False, **overrides: Any
+) -> Run:
     """Start (or reuse, when identical) the ablations of ``layer``; returns its run."""
-    run, _ = run_start(kind=ABLATE.name, params=ablation_params(network=network, dataset=dataset, layer=layer,
-                                                                **overrides),
-                       created_by=created_by, inline=inline)
+    run, _ = run_start(
+        kind=ABLATE.name,
+        params=ablation_params(network=network, dataset=dataset, layer=layer, **overrides),
+        created_by=created_by,
+        inline=inline,
+    )
     return run
 
 
 # -- views: object crops or whole images ----------------------------------------------------------------
+
 
 @dataclass
 class View:
@@ -204,7 +256,7 @@ def _views(boxes: DatasetBoxes, class_id: int, inputs: str, context: float) -> l
             views.append(View(image, context_frame(box, context), obj, box))
     else:
         first_box: dict[int, tuple] = {}
-        for image, obj, box in boxes.objects.get(class_id, []):
+        for image, _obj, box in boxes.objects.get(class_id, []):
             first_box.setdefault(image, box)
         for image, box in sorted(first_box.items()):
             height, width = boxes.sizes[image]
@@ -265,20 +317,33 @@ class _Images:
             keys = list(positions) if masks is not None else list(dict.fromkeys(views[p].image for p in positions))
             slot = {key: k for k, key in enumerate(keys)}
             slot_of = [slot[p] if masks is not None else slot[views[p].image] for p in positions]
-            batch = torch.from_numpy(np.stack([arrays[views[key].image] if masks is not None else arrays[key]
-                                               for key in keys])).permute(0, 3, 1, 2).to(self.device)
+            batch = (
+                torch.from_numpy(
+                    np.stack([arrays[views[key].image] if masks is not None else arrays[key] for key in keys])
+                )
+                .permute(0, 3, 1, 2)
+                .to(self.device)
+            )
             if mode == PartInputs.OBJECT_CROPS:
                 x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
                 if masks is not None:
                     x = x.masked_fill(torch.stack([masks[p] for p in positions])[:, None], 0.0)
-                boxes = torch.tensor([[k, *views[p].frame] for k, p in zip(slot_of, positions)], dtype=torch.float32,
-                                     device=self.device)
-                out[positions] = roi_align(x, boxes, output_size=self.input_size, spatial_scale=1.0, sampling_ratio=2,
-                                           aligned=True)
+                boxes = torch.tensor(
+                    [[k, *views[p].frame] for k, p in zip(slot_of, positions)], dtype=torch.float32, device=self.device
+                )
+                out[positions] = roi_align(
+                    x, boxes, output_size=self.input_size, spatial_scale=1.0, sampling_ratio=2, aligned=True
+                )
             else:
                 if tuple(size) != self.input_size:
-                    batch = F.interpolate(batch.float(), size=self.input_size, mode="bilinear", align_corners=False,
-                                          antialias=True).round().clamp(0, 255).byte()
+                    batch = (
+                        F.interpolate(
+                            batch.float(), size=self.input_size, mode="bilinear", align_corners=False, antialias=True
+                        )
+                        .round()
+                        .clamp(0, 255)
+                        .byte()
+                    )
                 x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
                 if masks is not None:
                     mask = torch.stack([masks[p] for p in positions])[:, None].float()
@@ -304,15 +369,24 @@ def _part_classes(boxes: DatasetBoxes, *, min_part_size: float, min_instances: i
     for (class_id, part_id), entries in boxes.parts.items():
         mean_size, relative = part_size([box for _, _, box in entries], [box for _, _, box in boxes.objects[class_id]])
         obj, part = boxes.concepts[class_id], boxes.concepts[part_id]
-        found.append({"class_id": class_id, "part_id": part_id, "name": f"{obj.name}-{part.name}",
-                      "object_name": obj.name, "instances": len(entries), "mean_size": mean_size,
-                      "relative_size": relative,
-                      "eligible": len(entries) >= min_instances and mean_size > min_part_size})
+        found.append(
+            {
+                "class_id": class_id,
+                "part_id": part_id,
+                "name": f"{obj.name}-{part.name}",
+                "object_name": obj.name,
+                "instances": len(entries),
+                "mean_size": mean_size,
+                "relative_size": relative,
+                "eligible": len(entries) >= min_instances and mean_size > min_part_size,
+            }
+        )
     found.sort(key=lambda item: item["name"])
     return found
 
 
 # -- score_parts ------------------------------------------------------------------------------------------
+
 
 def _class_maps(views, images: _Images, model, layer: Layer, params, extraction, device):
     """``float32 [V, F, h, w]`` of the views: forward passes on the crops, or rows of the activation cache."""
@@ -327,20 +401,26 @@ def _class_maps(views, images: _Images, model, layer: Layer, params, extraction,
     out = []
     with torch.no_grad():
         for start in range(0, len(views), params["batch_size"]):
-            batch = images.inputs(views[start:start + params["batch_size"]], params["inputs"])
+            batch = images.inputs(views[start : start + params["batch_size"]], params["inputs"])
             out.append(capture_forward(model, batch, [layer.name])[layer.name].to(torch.float32))
     return torch.cat(out)
 
 
-def _score_part(maps, detections, part: dict, views: list[View], boxes: DatasetBoxes, geometry, params,
-                input_size, progress=None) -> dict[str, Any]:
+def _score_part(
+    maps, detections, part: dict, views: list[View], boxes: DatasetBoxes, geometry, params, input_size, progress=None
+) -> dict[str, Any]:
     """Detections, APs and filter combinations of one part class over its object class's views
     (:func:`analysis.engine.part_detection.score_part`), boxes saved in image pixels."""
     import torch
 
     from analysis.engine.genetic import GAConfig
-    from analysis.engine.part_detection import (DetectionConfig, boxes_to_image, boxes_to_view, location_prior_score,
-                                                score_part)
+    from analysis.engine.part_detection import (
+        DetectionConfig,
+        boxes_to_image,
+        boxes_to_view,
+        location_prior_score,
+        score_part,
+    )
 
     index_of = defaultdict(list)
     for position, view in enumerate(views):
@@ -354,27 +434,65 @@ def _score_part(maps, detections, part: dict, views: list[View], boxes: DatasetB
     gt_image_boxes = np.array(gt_image_boxes, dtype=np.float64).reshape(-1, 4)
     frames = np.array([view.frame for view in views], dtype=np.float64)
     gt_in_view = boxes_to_view(gt_image_boxes, frames[gt_view], input_size)
-    config = DetectionConfig(iou_threshold=params["iou_threshold"], nms_overlap=params["nms_overlap"],
-                             nms_threshold=params["nms_threshold"],
-                             regression=params["regression"], intercept=params["intercept"])
-    ga = GAConfig(population=params["population"], generations=params["generations"], crossover=params["crossover"],
-                  mutation=params["mutation"], init_probability=params["init_probability"], seed=params["seed"])
+    config = DetectionConfig(
+        iou_threshold=params["iou_threshold"],
+        nms_overlap=params["nms_overlap"],
+        nms_threshold=params["nms_threshold"],
+        regression=params["regression"],
+        intercept=params["intercept"],
+    )
+    ga = GAConfig(
+        population=params["population"],
+        generations=params["generations"],
+        crossover=params["crossover"],
+        mutation=params["mutation"],
+        init_probability=params["init_probability"],
+        seed=params["seed"],
+    )
     gt_boxes = torch.tensor(gt_in_view, dtype=torch.float32, device=maps.device)
     gt_views = torch.tensor(gt_view, dtype=torch.int64, device=maps.device)
-    scored = score_part(maps, detections, gt_boxes, gt_views, rf_size=geometry.size, input_size=input_size,
-                        config=config, ga=ga, curve_points=CURVE_POINTS, progress=progress)
-    prior = location_prior_score(len(views), detections.cy, detections.cx, gt_boxes, gt_views, rf_size=geometry.size,
-                                 input_size=input_size, config=config)
+    scored = score_part(
+        maps,
+        detections,
+        gt_boxes,
+        gt_views,
+        rf_size=geometry.size,
+        input_size=input_size,
+        config=config,
+        ga=ga,
+        curve_points=CURVE_POINTS,
+        progress=progress,
+    )
+    prior = location_prior_score(
+        len(views),
+        detections.cy,
+        detections.cx,
+        gt_boxes,
+        gt_views,
+        rf_size=geometry.size,
+        input_size=input_size,
+        config=config,
+    )
     arrays = {
-        "det_filter": scored.det_filter.astype(np.int32), "det_view": scored.det_view.astype(np.int32),
+        "det_filter": scored.det_filter.astype(np.int32),
+        "det_view": scored.det_view.astype(np.int32),
         "det_box": boxes_to_image(scored.det_box, frames[scored.det_view], input_size).astype(np.float32),
-        "det_score": scored.det_score.astype(np.float32), "det_gt": scored.det_gt.astype(np.int32),
-        "gt_view": np.array(gt_view, dtype=np.int32), "gt_box": gt_image_boxes.astype(np.float32),
-        "view_image": np.array([view.image for view in views], dtype=np.int32), "view_frame": frames.astype(np.float32),
+        "det_score": scored.det_score.astype(np.float32),
+        "det_gt": scored.det_gt.astype(np.int32),
+        "gt_view": np.array(gt_view, dtype=np.int32),
+        "gt_box": gt_image_boxes.astype(np.float32),
+        "view_image": np.array([view.image for view in views], dtype=np.int32),
+        "view_frame": frames.astype(np.float32),
     }
     arrays["location_prior"] = prior.prior.astype(np.float32)
-    return {"arrays": arrays, "n_views": len(views), "n_instances": len(gt_view), "prior_ap": prior.ap,
-            "prior_recall": prior.recall, **scored.summary()}
+    return {
+        "arrays": arrays,
+        "n_views": len(views),
+        "n_instances": len(gt_view),
+        "prior_ap": prior.ap,
+        "prior_recall": prior.recall,
+        **scored.summary(),
+    }
 
 
 def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
@@ -390,11 +508,16 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
         raise RunInputError(f"{dataset.name} has no object and part boxes (boxes.csv), which part detection needs.")
     progress.phase(f"Reading the boxes of {dataset.name}")
     boxes = _dataset_boxes(dataset, params["split"])
-    parts = [part for part in _part_classes(boxes, min_part_size=params["min_part_size"],
-                                            min_instances=params["min_instances"]) if part["eligible"]]
+    parts = [
+        part
+        for part in _part_classes(boxes, min_part_size=params["min_part_size"], min_instances=params["min_instances"])
+        if part["eligible"]
+    ]
     if not parts:
-        raise RunInputError(f"No part class of {dataset.name} ({params['split']} split) has at least "
-                            f"{params['min_instances']} instances with mean size > {params['min_part_size']:g} px.")
+        raise RunInputError(
+            f"No part class of {dataset.name} ({params['split']} split) has at least "
+            f"{params['min_instances']} instances with mean size > {params['min_part_size']:g} px."
+        )
     dev = torch.device(device)
     input_size = (network.input_height, network.input_width)
     extraction = model = None
@@ -415,21 +538,39 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     done = 0
     for class_id, class_parts in by_class.items():
         name = boxes.concepts[class_id].name
-        views = _sample(_views(boxes, class_id, params["inputs"], params["context"]), params["max_views"],
-                        params["seed"], class_id)
+        views = _sample(
+            _views(boxes, class_id, params["inputs"], params["context"]), params["max_views"], params["seed"], class_id
+        )
         progress.phase(f"Activations of {len(views)} {name} views", total=len(views))
         maps = _class_maps(views, images, model, layer, params, extraction, dev)
         detections = class_detections(maps, geometry)
         for part in class_parts:
-            progress.phase(f"Part {done + 1} of {len(parts)}: {part['name']} (GA generations)",
-                           total=params["generations"])
-            scored = _score_part(maps, detections, part, views, boxes, geometry, params, input_size,
-                                 progress=lambda generation: progress(generation, params["generations"]))
+            progress.phase(
+                f"Part {done + 1} of {len(parts)}: {part['name']} (GA generations)", total=params["generations"]
+            )
+            scored = _score_part(
+                maps,
+                detections,
+                part,
+                views,
+                boxes,
+                geometry,
+                params,
+                input_size,
+                progress=lambda generation: progress(generation, params["generations"]),
+            )
             np.savez(directory / f"part-{done}.npz", **scored.pop("arrays"))
-            results.append(PartDetectionResult(
-                position=done, object_class=boxes.concepts[class_id],
-                part=boxes.concepts[part["part_id"]], name=part["name"], relative_size=part["relative_size"],
-                mean_size=part["mean_size"], **scored))
+            results.append(
+                PartDetectionResult(
+                    position=done,
+                    object_class=boxes.concepts[class_id],
+                    part=boxes.concepts[part["part_id"]],
+                    name=part["name"],
+                    relative_size=part["relative_size"],
+                    mean_size=part["mean_size"],
+                    **scored,
+                )
+            )
             done += 1
         del maps
     emerged = sum(result.ga_ap > params["ap_criterion"] for result in results)
@@ -443,23 +584,41 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     publish(directory)  # in the store before the study row points at it
     with transaction.atomic():  # the study appears with all its results or not at all
         study = PartDetectionStudy.objects.create(
-            run=run, layer=layer, dataset=dataset, inputs=params["inputs"], split=params["split"], params=params,
-            directory=stored_path(directory), n_parts=len(results), n_emerged=emerged, n_emerged_above_prior=above_prior,
-            n_covered=covered, mean_prior_ap=mean(r.prior_ap for r in results),
-            mean_best_ap=mean(r.best_ap for r in results), mean_ga_ap=mean(r.ga_ap for r in results),
-            mean_top_ap=mean(r.top_ap for r in results), mean_all_ap=mean(r.all_ap for r in results))
+            run=run,
+            layer=layer,
+            dataset=dataset,
+            inputs=params["inputs"],
+            split=params["split"],
+            params=params,
+            directory=stored_path(directory),
+            n_parts=len(results),
+            n_emerged=emerged,
+            n_emerged_above_prior=above_prior,
+            n_covered=covered,
+            mean_prior_ap=mean(r.prior_ap for r in results),
+            mean_best_ap=mean(r.best_ap for r in results),
+            mean_ga_ap=mean(r.ga_ap for r in results),
+            mean_top_ap=mean(r.top_ap for r in results),
+            mean_all_ap=mean(r.all_ap for r in results),
+        )
         for result in results:
             result.study = study
         PartDetectionResult.objects.bulk_create(results)
-    return {"part_detection_study": study.pk, "layer": layer.name, "dataset": dataset.name, "inputs": params["inputs"],
-            "parts": len(results), "emerged_ap": f"{emerged} of {len(results)} (GA AP > {params['ap_criterion']:g})",
-            "emerged_above_prior": f"{above_prior} of {len(results)} (and above the location-prior floor)",
-            "covered": f"{covered} of {len(results)} (GA recall > {params['recall_criterion']:g})",
-            "mAP": f"best single {100 * mean(r.best_ap for r in results):.1f} · "
-                   f"GA {100 * mean(r.ga_ap for r in results):.1f} · "
-                   f"TopFilters {100 * mean(r.top_ap for r in results):.1f} · "
-                   f"all {100 * mean(r.all_ap for r in results):.1f} · "
-                   f"location-prior floor {100 * mean(r.prior_ap for r in results):.1f}"}
+    return {
+        "part_detection_study": study.pk,
+        "layer": layer.name,
+        "dataset": dataset.name,
+        "inputs": params["inputs"],
+        "parts": len(results),
+        "emerged_ap": f"{emerged} of {len(results)} (GA AP > {params['ap_criterion']:g})",
+        "emerged_above_prior": f"{above_prior} of {len(results)} (and above the location-prior floor)",
+        "covered": f"{covered} of {len(results)} (GA recall > {params['recall_criterion']:g})",
+        "mAP": f"best single {100 * mean(r.best_ap for r in results):.1f} · "
+        f"GA {100 * mean(r.ga_ap for r in results):.1f} · "
+        f"TopFilters {100 * mean(r.top_ap for r in results):.1f} · "
+        f"all {100 * mean(r.all_ap for r in results):.1f} · "
+        f"location-prior floor {100 * mean(r.prior_ap for r in results):.1f}",
+    }
 
 
 def part_detection_arrays(result: PartDetectionResult) -> dict[str, np.ndarray]:
@@ -470,13 +629,13 @@ def part_detection_arrays(result: PartDetectionResult) -> dict[str, np.ndarray]:
 
 # -- ablate -----------------------------------------------------------------------------------------------
 
+
 def _class_index(network: Network, name: str) -> int | None:
     names = list(network.class_names or [])
     return names.index(name) if name in names else None
 
 
-def _instance_part_mask(images: _Images, boxes: DatasetBoxes, view: View, class_id: int, part_id: int,
-                        number: int):
+def _instance_part_mask(images: _Images, boxes: DatasetBoxes, view: View, class_id: int, part_id: int, number: int):
     """``bool [ih, iw]``: the part's pixels that belong to the object ``view`` shows, inside the view's frame; None
     when there are none (GG'18 §6 blacks out the part of the object being recognised, so a view whose part lies
     outside its crop, or belongs to another object of the image, says nothing about the part).
@@ -490,12 +649,14 @@ def _instance_part_mask(images: _Images, boxes: DatasetBoxes, view: View, class_
     own = torch.zeros((height, width), dtype=torch.bool, device=images.device)
     for image, obj, (x1, y1, x2, y2) in boxes.parts.get((class_id, part_id), []):
         if image == view.image and view.object_index in (-1, obj):
-            own[max(0, int(np.floor(y1))):int(np.ceil(y2)), max(0, int(np.floor(x1))):int(np.ceil(x2))] = True
+            own[max(0, int(np.floor(y1))) : int(np.ceil(y2)), max(0, int(np.floor(x1))) : int(np.ceil(x2))] = True
     if not bool(own.any()):
         return None
     fx1, fy1, fx2, fy2 = view.frame
     inside = torch.zeros_like(own)
-    inside[max(0, int(np.floor(fy1))):max(0, int(np.ceil(fy2))), max(0, int(np.floor(fx1))):max(0, int(np.ceil(fx2)))] = True
+    inside[
+        max(0, int(np.floor(fy1))) : max(0, int(np.ceil(fy2))), max(0, int(np.floor(fx1))) : max(0, int(np.ceil(fx2)))
+    ] = True
     mask = images.part_mask(view.image, number) & own & inside
     return mask if bool(mask.any()) else None
 
@@ -517,12 +678,16 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
         raise RunInputError(str(error)) from None
     progress.phase(f"Reading the boxes of {dataset.name}")
     boxes = _dataset_boxes(dataset, params["split"])
-    classes = [(class_id, _class_index(network, boxes.concepts[class_id].name)) for class_id in sorted(
-        boxes.objects, key=lambda cid: boxes.concepts[cid].name)]
+    classes = [
+        (class_id, _class_index(network, boxes.concepts[class_id].name))
+        for class_id in sorted(boxes.objects, key=lambda cid: boxes.concepts[cid].name)
+    ]
     classes = [(class_id, index) for class_id, index in classes if index is not None]
     if not classes:
-        raise RunInputError(f"None of {dataset.name}'s object classes is an output class of {network.name} "
-                            f"({', '.join(network.class_names[:10]) or 'no class names'}).")
+        raise RunInputError(
+            f"None of {dataset.name}'s object classes is an output class of {network.name} "
+            f"({', '.join(network.class_names[:10]) or 'no class names'})."
+        )
     parts = _part_classes(boxes, min_part_size=0.0, min_instances=1)
     images = _Images(dataset, network, dev)
     n_filters = layer.units
@@ -532,12 +697,14 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     class_rows, part_rows = [], []
     for class_id, output in classes:
         concept = boxes.concepts[class_id]
-        views = _sample(_views(boxes, class_id, params["inputs"], params["context"]), params["max_images"],
-                        params["seed"], class_id)
+        views = _sample(
+            _views(boxes, class_id, params["inputs"], params["context"]), params["max_images"], params["seed"], class_id
+        )
         if not views:
             continue
-        progress.phase(f"Ablating {n_filters} filters of {layer.name} on {len(views)} {concept.name} views",
-                       total=len(views))
+        progress.phase(
+            f"Ablating {n_filters} filters of {layer.name} on {len(views)} {concept.name} views", total=len(views)
+        )
         totals = torch.zeros(1 + n_filters, dtype=torch.float64, device=dev)
         # The second pass reuses the prefix outputs while they fit FRONTIER_BUDGET_BYTES, else recomputes them: memory
         # stays bounded however many views a class has.
@@ -546,7 +713,7 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
         kept_bytes = 0
         with torch.no_grad():
             for start in range(0, len(views), params["batch_size"]):
-                x = images.inputs(views[start:start + params["batch_size"]], params["inputs"])
+                x = images.inputs(views[start : start + params["batch_size"]], params["inputs"])
                 frontier = ablator.prefix(x)
                 if frontiers is not None:
                     kept_bytes += sum(t.numel() * t.element_size() for t in frontier)
@@ -555,9 +722,10 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
                     else:
                         frontiers = None
                 for m in range(0, 1 + n_filters, chunk_masks):
-                    scores = class_scores(ablator.logits(frontier, single[m:m + chunk_masks]), output,
-                                          params["score"])
-                    totals[m:m + chunk_masks] += scores.sum(dim=1)
+                    scores = class_scores(
+                        ablator.logits(frontier, single[m : m + chunk_masks]), output, params["score"]
+                    )
+                    totals[m : m + chunk_masks] += scores.sum(dim=1)
                     if m == 0:
                         base.append(scores[0])
                 progress(min(len(views), start + params["batch_size"]), len(views))
@@ -570,58 +738,87 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
             sets[1, ~flag_t] = 0  # every other filter zeroed
             set_totals = torch.zeros(2, dtype=torch.float64, device=dev)
             for k, start in enumerate(range(0, len(views), params["batch_size"])):
-                frontier = (frontiers[k] if frontiers is not None else
-                            ablator.prefix(images.inputs(views[start:start + params["batch_size"]], params["inputs"])))
+                frontier = (
+                    frontiers[k]
+                    if frontiers is not None
+                    else ablator.prefix(images.inputs(views[start : start + params["batch_size"]], params["inputs"]))
+                )
                 set_totals += class_scores(ablator.logits(frontier, sets), output, params["score"]).sum(dim=1)
             del frontiers
         set_deltas = (mean_scores[0] - (set_totals / len(views)).cpu().numpy()).tolist()
         order = np.lexsort((np.arange(n_filters), -deltas))
-        class_rows.append(ClassDiscriminativeness(
-            object_class=concept, n_images=len(views), mean_score=float(mean_scores[0]),
-            deltas=[float(value) for value in deltas], sigma=sigma,
-            discriminative=[int(f) for f in order if flags[f]],
-            delta_discriminative_set=set_deltas[0] if flags.any() else None,
-            delta_other_set=set_deltas[1] if (~flags).any() else None))
+        class_rows.append(
+            ClassDiscriminativeness(
+                object_class=concept,
+                n_images=len(views),
+                mean_score=float(mean_scores[0]),
+                deltas=[float(value) for value in deltas],
+                sigma=sigma,
+                discriminative=[int(f) for f in order if flags[f]],
+                delta_discriminative_set=set_deltas[0] if flags.any() else None,
+                delta_other_set=set_deltas[1] if (~flags).any() else None,
+            )
+        )
 
         if params["blackout"]:
             base_scores = torch.cat(base)  # each view's score with every filter (the prefix/suffix pass above)
             class_parts = [part for part in parts if part["class_id"] == class_id]
-            for done, part in enumerate(class_parts):
+            for _done, part in enumerate(class_parts):
                 number = boxes.concepts[part["part_id"]].number
                 progress.phase(f"Blacking out {part['name']}", total=len(views))
-                masks = [_instance_part_mask(images, boxes, view, class_id, part["part_id"], number)
-                         for view in views]
+                masks = [_instance_part_mask(images, boxes, view, class_id, part["part_id"], number) for view in views]
                 holding = [k for k, mask in enumerate(masks) if mask is not None]
                 if not holding:
                     continue
                 total = 0.0
                 with torch.no_grad():
                     for start in range(0, len(holding), params["batch_size"]):
-                        batch = holding[start:start + params["batch_size"]]
-                        x = images.inputs([views[k] for k in batch], params["inputs"],
-                                          masks=[masks[k] for k in batch])
+                        batch = holding[start : start + params["batch_size"]]
+                        x = images.inputs([views[k] for k in batch], params["inputs"], masks=[masks[k] for k in batch])
                         blacked = class_scores(model(x), output, params["score"])
                         total += float((base_scores[batch] - blacked).sum())
                         progress(start + len(batch), len(holding))
-                part_rows.append(PartDiscriminativeness(
-                    object_class=concept, part=boxes.concepts[part["part_id"]], name=part["name"],
-                    n_images=len(holding), delta=total / len(holding), relative_size=part["relative_size"]))
+                part_rows.append(
+                    PartDiscriminativeness(
+                        object_class=concept,
+                        part=boxes.concepts[part["part_id"]],
+                        name=part["name"],
+                        n_images=len(holding),
+                        delta=total / len(holding),
+                        relative_size=part["relative_size"],
+                    )
+                )
     mean_disc = float(np.mean([len(row.discriminative) for row in class_rows])) if class_rows else 0.0
     with transaction.atomic():  # the study appears with all its results or not at all
-        study = AblationStudy.objects.create(run=run, layer=layer, dataset=dataset, inputs=params["inputs"],
-                                             split=params["split"], score=params["score"],
-                                             sigma_factor=params["sigma_factor"], params=params,
-                                             n_classes=len(class_rows), mean_discriminative=mean_disc)
+        study = AblationStudy.objects.create(
+            run=run,
+            layer=layer,
+            dataset=dataset,
+            inputs=params["inputs"],
+            split=params["split"],
+            score=params["score"],
+            sigma_factor=params["sigma_factor"],
+            params=params,
+            n_classes=len(class_rows),
+            mean_discriminative=mean_disc,
+        )
         for row in [*class_rows, *part_rows]:
             row.study = study
         ClassDiscriminativeness.objects.bulk_create(class_rows)
         PartDiscriminativeness.objects.bulk_create(part_rows)
-    return {"ablation_study": study.pk, "layer": layer.name, "dataset": dataset.name, "classes": len(class_rows),
-            "discriminative_per_class": f"{mean_disc:.1f} of {n_filters}", "parts_blacked_out": len(part_rows),
-            "split_network": "torch.fx split at the layer" if ablator.traced else "forward hook (model not traceable)"}
+    return {
+        "ablation_study": study.pk,
+        "layer": layer.name,
+        "dataset": dataset.name,
+        "classes": len(class_rows),
+        "discriminative_per_class": f"{mean_disc:.1f} of {n_filters}",
+        "parts_blacked_out": len(part_rows),
+        "split_network": "torch.fx split at the layer" if ablator.traced else "forward hook (model not traceable)",
+    }
 
 
 # -- reading results ------------------------------------------------------------------------------------
+
 
 def part_correlations(*, parts: PartDetectionStudy | None, ablation: AblationStudy | None) -> dict[str, Any]:
     """GG'18 Fig. 3 and Fig. 15: per part class its relative size, GA AP (``parts``) and blackout δ (``ablation``),
@@ -648,11 +845,17 @@ def part_correlations(*, parts: PartDetectionStudy | None, ablation: AblationStu
         chosen = [row for row in common if row[a] is not None and row[b] is not None]
         return [row[a] for row in chosen], [row[b] for row in chosen]
 
-    return {"rows": table, "n_common": len(common), "size_ap": pearson(*pairs("size", "ap")),
-            "size_delta": pearson(*pairs("size", "delta")), "ap_delta": pearson(*pairs("ap", "delta"))}
+    return {
+        "rows": table,
+        "n_common": len(common),
+        "size_ap": pearson(*pairs("size", "ap")),
+        "size_delta": pearson(*pairs("size", "delta")),
+        "ap_delta": pearson(*pairs("ap", "delta")),
+    }
 
 
 # -- export -----------------------------------------------------------------------------------------------
+
 
 def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
     """``detections.csv`` (``filter,part,image,x1,y1,x2,y2,score``: every detection after regression and NMS, boxes
@@ -664,16 +867,19 @@ def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
         raise RunInputError(f"Run {run.pk} holds no part-detection study.")
     results = list(study.part_results.order_by("position"))
     paths = {name: out_dir / name for name in ("detections.csv", "ground_truth.csv", "ap.csv", "ga.csv")}
-    with open(paths["detections.csv"], "w", newline="") as det_file, \
-            open(paths["ground_truth.csv"], "w", newline="") as gt_file:
+    with (
+        open(paths["detections.csv"], "w", newline="") as det_file,
+        open(paths["ground_truth.csv"], "w", newline="") as gt_file,
+    ):
         det_file.write("filter,part,image,x1,y1,x2,y2,score\n")
         gt_file.write("part,image,x1,y1,x2,y2\n")
         for result in results:
             data = part_detection_arrays(result)
             name = csv_field(result.name).replace("%", "%%")
             image = data["view_image"][data["det_view"]]
-            table = np.column_stack([data["det_filter"], image, data["det_box"].astype(np.float64),
-                                     data["det_score"].astype(np.float64)])
+            table = np.column_stack(
+                [data["det_filter"], image, data["det_box"].astype(np.float64), data["det_score"].astype(np.float64)]
+            )
             np.savetxt(det_file, table, fmt=f"%d,{name},%d,%.9g,%.9g,%.9g,%.9g,%.9g")
             gt = np.column_stack([data["view_image"][data["gt_view"]], data["gt_box"].astype(np.float64)])
             np.savetxt(gt_file, gt, fmt=f"{name},%d,%.9g,%.9g,%.9g,%.9g")
@@ -681,28 +887,58 @@ def part_detection_export(run: Run, out_dir: Path) -> list[Path]:
         writer = csv_writer(handle)
         writer.writerow(["filter", "part", "ap", "recall_max"])
         for result in results:
-            writer.writerows((f, result.name, repr(float(ap)), repr(float(recall)))
-                             for f, (ap, recall) in enumerate(zip(result.single_ap, result.single_recall)))
+            writer.writerows(
+                (f, result.name, repr(float(ap)), repr(float(recall)))
+                for f, (ap, recall) in enumerate(zip(result.single_ap, result.single_recall))
+            )
     with open(paths["ga.csv"], "w", newline="") as handle:
         writer = csv_writer(handle)
         writer.writerow(["part", "filters", "ap"])
-        writer.writerows((result.name, " ".join(str(f) for f in result.ga_filters), repr(float(result.ga_ap)))
-                         for result in results)
+        writer.writerows(
+            (result.name, " ".join(str(f) for f in result.ga_filters), repr(float(result.ga_ap))) for result in results
+        )
     meta = out_dir / "run.json"
-    meta.write_text(json.dumps({
-        "run": run.pk, "kind": run.kind, "params": run.params, "network": study.layer.network.name,
-        "weights_sha256": study.layer.network.weights_sha256, "layer": study.layer.name,
-        "dataset": study.dataset.name, "inputs": study.inputs, "split": study.split,
-        "parts": [{"part": r.name, "instances": r.n_instances, "views": r.n_views, "best_filter": r.best_filter,
-                   "best_ap": r.best_ap, "ga_ap": r.ga_ap, "ga_recall": r.ga_recall, "top_filters": r.top_filters,
-                   "top_ap": r.top_ap, "all_ap": r.all_ap, "location_prior_ap": r.prior_ap,
-                   "emerges_above_prior": r.emerges_above_prior(study.params.get("ap_criterion", 0.3))}
-                  for r in results],
-        "rules": {"correct": f"IoU >= {study.params.get('iou_threshold')} (VOC greedy matching)",
-                  "ap": "VOC 2010+ all-point interpolated", "nms": f"{study.nms_rule} per filter and view",
-                  "location_prior": "an activation-blind detector scored by how often a part covers each map "
-                                    "position, boxes regressed from the position alone (the floor)",
-                  "boxes": "continuous image pixels (x1, y1, x2, y2)"}}, indent=2))
+    meta.write_text(
+        json.dumps(
+            {
+                "run": run.pk,
+                "kind": run.kind,
+                "params": run.params,
+                "network": study.layer.network.name,
+                "weights_sha256": study.layer.network.weights_sha256,
+                "layer": study.layer.name,
+                "dataset": study.dataset.name,
+                "inputs": study.inputs,
+                "split": study.split,
+                "parts": [
+                    {
+                        "part": r.name,
+                        "instances": r.n_instances,
+                        "views": r.n_views,
+                        "best_filter": r.best_filter,
+                        "best_ap": r.best_ap,
+                        "ga_ap": r.ga_ap,
+                        "ga_recall": r.ga_recall,
+                        "top_filters": r.top_filters,
+                        "top_ap": r.top_ap,
+                        "all_ap": r.all_ap,
+                        "location_prior_ap": r.prior_ap,
+                        "emerges_above_prior": r.emerges_above_prior(study.params.get("ap_criterion", 0.3)),
+                    }
+                    for r in results
+                ],
+                "rules": {
+                    "correct": f"IoU >= {study.params.get('iou_threshold')} (VOC greedy matching)",
+                    "ap": "VOC 2010+ all-point interpolated",
+                    "nms": f"{study.nms_rule} per filter and view",
+                    "location_prior": "an activation-blind detector scored by how often a part covers each map "
+                    "position, boxes regressed from the position alone (the floor)",
+                    "boxes": "continuous image pixels (x1, y1, x2, y2)",
+                },
+            },
+            indent=2,
+        )
+    )
     return [*paths.values(), meta]
 
 
@@ -719,40 +955,81 @@ def ablation_export(run: Run, out_dir: Path) -> list[Path]:
         writer.writerow(["object_class", "filter", "delta", "discriminative"])
         for row in rows:
             flagged = set(row.discriminative)
-            writer.writerows((row.object_class.name, f, repr(float(delta)), int(f in flagged))
-                             for f, delta in enumerate(row.deltas))
+            writer.writerows(
+                (row.object_class.name, f, repr(float(delta)), int(f in flagged)) for f, delta in enumerate(row.deltas)
+            )
     parts_path = out_dir / "parts.csv"
     with open(parts_path, "w", newline="") as handle:
         writer = csv_writer(handle)
         writer.writerow(["object_class", "part", "images", "delta", "relative_size"])
-        writer.writerows((r.object_class.name, r.part.name, r.n_images, repr(float(r.delta)), repr(r.relative_size))
-                         for r in study.part_results.select_related("object_class", "part").order_by("name"))
+        writer.writerows(
+            (r.object_class.name, r.part.name, r.n_images, repr(float(r.delta)), repr(r.relative_size))
+            for r in study.part_results.select_related("object_class", "part").order_by("name")
+        )
     meta = out_dir / "run.json"
-    meta.write_text(json.dumps({
-        "run": run.pk, "kind": run.kind, "params": run.params, "network": study.layer.network.name,
-        "layer": study.layer.name, "dataset": study.dataset.name, "score": study.score,
-        "classes": [{"object_class": r.object_class.name, "images": r.n_images, "mean_score": r.mean_score,
-                     "sigma": r.sigma, "discriminative": r.discriminative,
-                     "delta_discriminative_set": r.delta_discriminative_set, "delta_other_set": r.delta_other_set}
-                    for r in rows],
-        "rules": {"delta": "mean over the class's views of (score - score with the filter's map zeroed)",
-                  "discriminative": f"delta > {study.sigma_factor:g} sigma (population std of delta over the layer)"}},
-        indent=2))
+    meta.write_text(
+        json.dumps(
+            {
+                "run": run.pk,
+                "kind": run.kind,
+                "params": run.params,
+                "network": study.layer.network.name,
+                "layer": study.layer.name,
+                "dataset": study.dataset.name,
+                "score": study.score,
+                "classes": [
+                    {
+                        "object_class": r.object_class.name,
+                        "images": r.n_images,
+                        "mean_score": r.mean_score,
+                        "sigma": r.sigma,
+                        "discriminative": r.discriminative,
+                        "delta_discriminative_set": r.delta_discriminative_set,
+                        "delta_other_set": r.delta_other_set,
+                    }
+                    for r in rows
+                ],
+                "rules": {
+                    "delta": "mean over the class's views of (score - score with the filter's map zeroed)",
+                    "discriminative": f"delta > {study.sigma_factor:g} sigma (population std of delta over the layer)",
+                },
+            },
+            indent=2,
+        )
+    )
     return [path, parts_path, meta]
 
 
 # -- job kinds --------------------------------------------------------------------------------------------
 
-SCORE_PARTS = register_job_kind(JobKind(
-    name="score_parts", label="Part detection (GG'18)", queue=GPU_QUEUE, execute=part_detection_run_execute,
-    params=PART_PARAMS, exporter=part_detection_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
-    description="Every filter of a layer as a detector of every part class: box regression, NMS, VOC AP, "
-                "GA filter combinations, TopFilters and all filters (GG'18 §3)."))
-ABLATE = register_job_kind(JobKind(
-    name="ablate", label="Filter and part ablations (GG'18)", queue=GPU_QUEUE, execute=ablation_run_execute,
-    params=ABLATION_PARAMS, exporter=ablation_export, soft_time_limit=12 * 3600, time_limit=12 * 3600 + 300,
-    description="Discriminativeness of every filter per object class (δ, 2σ rule, set ablations) and of every "
-                "part by blackout (GG'18 §5–6)."))
+SCORE_PARTS = register_job_kind(
+    JobKind(
+        name="score_parts",
+        label="Part detection (GG'18)",
+        queue=GPU_QUEUE,
+        execute=part_detection_run_execute,
+        params=PART_PARAMS,
+        exporter=part_detection_export,
+        soft_time_limit=12 * 3600,
+        time_limit=12 * 3600 + 300,
+        description="Every filter of a layer as a detector of every part class: box regression, NMS, VOC AP, "
+        "GA filter combinations, TopFilters and all filters (GG'18 §3).",
+    )
+)
+ABLATE = register_job_kind(
+    JobKind(
+        name="ablate",
+        label="Filter and part ablations (GG'18)",
+        queue=GPU_QUEUE,
+        execute=ablation_run_execute,
+        params=ABLATION_PARAMS,
+        exporter=ablation_export,
+        soft_time_limit=12 * 3600,
+        time_limit=12 * 3600 + 300,
+        description="Discriminativeness of every filter per object class (δ, 2σ rule, set ablations) and of every "
+        "part by blackout (GG'18 §5–6).",
+    )
+)
 
 
 def part_examples(result: PartDetectionResult, *, count: int = 6, per_view: int = 3) -> list[dict[str, Any]]:
@@ -788,15 +1065,28 @@ def part_examples(result: PartDetectionResult, *, count: int = 6, per_view: int 
         gt = data["gt_box"][data["gt_view"] == view]
         boxes = np.concatenate([gt, det_box[mine]]) if len(gt) else det_box[mine]
         colours = [GROUND_TRUTH_COLOUR] * len(gt) + [colour_of[int(f)] for f in det_filter[mine]]
-        picture = draw_boxes(reader.load_image(rows[image_index]), boxes, colours,
-                             crop=tuple(float(v) for v in data["view_frame"][view]))
+        picture = draw_boxes(
+            reader.load_image(rows[image_index]), boxes, colours, crop=tuple(float(v) for v in data["view_frame"][view])
+        )
         buffer = io.BytesIO()
         Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
-        examples.append({
-            "png": base64.b64encode(buffer.getvalue()).decode(), "image": image_index,
-            "width": picture.shape[1], "height": picture.shape[0],
-            "detections": [{"filter": int(det_filter[k]), "score": float(det_score[k]), "hit": bool(det_gt[k] >= 0),
-                            "colour": "#%02x%02x%02x" % colour_of[int(det_filter[k])]} for k in mine],
-            "alt": f"Image {image_index}: {len(gt)} ground-truth {result.part.name} box(es) in green and the "
-                   f"{len(mine)} strongest detections of the GA filters"})
+        examples.append(
+            {
+                "png": base64.b64encode(buffer.getvalue()).decode(),
+                "image": image_index,
+                "width": picture.shape[1],
+                "height": picture.shape[0],
+                "detections": [
+                    {
+                        "filter": int(det_filter[k]),
+                        "score": float(det_score[k]),
+                        "hit": bool(det_gt[k] >= 0),
+                        "colour": "#{:02x}{:02x}{:02x}".format(*colour_of[int(det_filter[k])]),
+                    }
+                    for k in mine
+                ],
+                "alt": f"Image {image_index}: {len(gt)} ground-truth {result.part.name} box(es) in green and the "
+                f"{len(mine)} strongest detections of the GA filters",
+            }
+        )
     return examples

@@ -4,6 +4,7 @@ Every job is a :class:`~analysis.models.Run` row created before its task is queu
 the run id only, claims the run with a conditional UPDATE (queued → running), calls the kind's
 executor with a progress reporter, and always leaves a final state.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,7 @@ def run_layers(network: Network, names: list[str]) -> dict[str, Layer]:
     missing = [name for name in names if name not in found]
     if missing:
         available = ", ".join(network.layers.values_list("name", flat=True)[:30])
-        raise RunInputError(f"{network.name} has no layer {', '.join(missing)}; its layers: {available}",
-                            field="layer")
+        raise RunInputError(f"{network.name} has no layer {', '.join(missing)}; its layers: {available}", field="layer")
     return found
 
 
@@ -72,10 +72,15 @@ def run_check_references(*, params: dict[str, Any]) -> None:
     layers = params.get("layers") or ([params["layer"]] if "layer" in params else [])
     if network is not None and layers:
         run_layers(network, layers)
-    if "extraction_run" in params and not LayerExtraction.objects.filter(
-            run_id=params["extraction_run"], layer__name=params.get("layer")).exists():
-        raise RunInputError(f"Run {params['extraction_run']} extracted no layer {params.get('layer')!r}.",
-                            field="extraction_run")
+    if (
+        "extraction_run" in params
+        and not LayerExtraction.objects.filter(
+            run_id=params["extraction_run"], layer__name=params.get("layer")
+        ).exists()
+    ):
+        raise RunInputError(
+            f"Run {params['extraction_run']} extracted no layer {params.get('layer')!r}.", field="extraction_run"
+        )
 
 
 def params_hash(params: dict[str, Any]) -> str:
@@ -96,8 +101,9 @@ def resolve_device(requested: str | None = None) -> str:
     return requested
 
 
-def run_start(*, kind: str, params: dict[str, Any], created_by=None, inline: bool = False,
-              reuse: bool = True) -> tuple[Run, bool]:
+def run_start(
+    *, kind: str, params: dict[str, Any], created_by=None, inline: bool = False, reuse: bool = True
+) -> tuple[Run, bool]:
     """Create a run of ``kind`` with ``params`` validated by the kind's schema (:class:`~analysis.params.ParamsError`,
     a :class:`RunInputError`, names every parameter at fault) and enqueue it once the transaction commits.
 
@@ -114,8 +120,14 @@ def run_start(*, kind: str, params: dict[str, Any], created_by=None, inline: boo
         found = existing.filter(status__in=reusable_statuses).order_by("-created_at").first()
         if found is not None and not (inline and found.is_active):
             return found, False
-    run = Run.objects.create(kind=kind, params=params, params_hash=digest, queue=kind_spec.queue,
-                             created_by=created_by, phase="Waiting for a worker")
+    run = Run.objects.create(
+        kind=kind,
+        params=params,
+        params_hash=digest,
+        queue=kind_spec.queue,
+        created_by=created_by,
+        phase="Waiting for a worker",
+    )
     if inline:
         run_execute(run_id=run.pk)
         run.refresh_from_db()
@@ -168,8 +180,11 @@ def run_recover_orphans(*, now=None) -> dict[str, int]:
     """
     now = now or timezone.now()
     older = now - timedelta(seconds=settings.UNITSCOPE_ORPHAN_AFTER_SECONDS)
-    candidates = list(Run.objects.filter(status=RunStatus.QUEUED).filter(
-        Q(requeued_at__isnull=True, created_at__lte=older) | Q(requeued_at__lte=older)).order_by("created_at"))
+    candidates = list(
+        Run.objects.filter(status=RunStatus.QUEUED)
+        .filter(Q(requeued_at__isnull=True, created_at__lte=older) | Q(requeued_at__lte=older))
+        .order_by("created_at")
+    )
     counts = {"requeued": 0, "failed": 0}
     waiting_by_queue: dict[str, set[int] | None] = {}
     for run in candidates:
@@ -185,16 +200,23 @@ def run_recover_orphans(*, now=None) -> dict[str, int]:
                     run_enqueue(run=run, kind_spec=job_kind(run.kind))
                 except KeyError:
                     Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
-                        status=RunStatus.FAILED, finished_at=now, phase="Stopped",
-                        error=f"This version of UnitScope has no job kind {run.kind!r}; the run cannot start.")
+                        status=RunStatus.FAILED,
+                        finished_at=now,
+                        phase="Stopped",
+                        error=f"This version of UnitScope has no job kind {run.kind!r}; the run cannot start.",
+                    )
                     counts["failed"] += 1
                     continue
                 logger.warning("run %s was queued but its message was gone: sent again", run.pk)
                 counts["requeued"] += 1
-        elif same.update(status=RunStatus.FAILED, finished_at=now, phase=WORKER_LOST_PHASE,
-                         error="The run's message to the workers was lost twice (a worker stopped after taking it, "
-                               "or the broker lost it), so it never started. Start it again; if this repeats, "
-                               "look at the worker's log."):
+        elif same.update(
+            status=RunStatus.FAILED,
+            finished_at=now,
+            phase=WORKER_LOST_PHASE,
+            error="The run's message to the workers was lost twice (a worker stopped after taking it, "
+            "or the broker lost it), so it never started. Start it again; if this repeats, "
+            "look at the worker's log.",
+        ):
             logger.warning("run %s lost its message again: failed", run.pk)
             counts["failed"] += 1
     return counts
@@ -240,7 +262,10 @@ def run_claim(*, run_id: int) -> bool:
     """Move a queued run to running. False when another worker has it, or it was cancelled."""
     now = timezone.now()
     claimed = Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker_name(),
+        status=RunStatus.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        worker=worker_name(),
         phase="Starting",
     )
     return claimed == 1
@@ -271,8 +296,7 @@ class RunProgress:
         self._last_write = now
 
     def phase(self, name: str, total: int = 0) -> None:
-        self._write({"phase": name[:200], "progress_done": 0, "progress_total": total,
-                     "heartbeat_at": timezone.now()})
+        self._write({"phase": name[:200], "progress_done": 0, "progress_total": total, "heartbeat_at": timezone.now()})
         self._last_write = time.monotonic()
 
     def _write(self, fields: dict[str, Any]) -> None:
@@ -282,8 +306,7 @@ class RunProgress:
 
 
 def _finish(run_id: int, status: RunStatus, **fields: Any) -> None:
-    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
-        status=status, finished_at=timezone.now(), **fields)
+    Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(status=status, finished_at=timezone.now(), **fields)
 
 
 def run_execute(*, run_id: int, execute: Callable[..., dict[str, Any]] | None = None) -> None:
@@ -301,28 +324,39 @@ def run_execute(*, run_id: int, execute: Callable[..., dict[str, Any]] | None = 
         result = execute(run=run, progress=progress, device=device)
     except RunCancelled:
         Run.objects.filter(pk=run_id, status=RunStatus.CANCELLED, finished_at__isnull=True).update(
-            finished_at=timezone.now())
+            finished_at=timezone.now()
+        )
         logger.info("run %s stopped after cancellation", run_id)
     except SoftTimeLimitExceeded:
-        _finish(run_id, RunStatus.FAILED, phase="Stopped",
-                error=f"The run exceeded its time limit of {kind_spec.soft_time_limit} s and was stopped.")
+        _finish(
+            run_id,
+            RunStatus.FAILED,
+            phase="Stopped",
+            error=f"The run exceeded its time limit of {kind_spec.soft_time_limit} s and was stopped.",
+        )
     except RunInputError as error:
         _finish(run_id, RunStatus.FAILED, phase="Stopped", error=str(error))
     except Exception as error:  # any other failure must still leave a readable final state
         logger.exception("run %s failed", run_id)
-        _finish(run_id, RunStatus.FAILED, phase="Stopped",
-                error=f"{type(error).__name__}: {error}"[:2000], error_detail=traceback.format_exc())
+        _finish(
+            run_id,
+            RunStatus.FAILED,
+            phase="Stopped",
+            error=f"{type(error).__name__}: {error}"[:2000],
+            error_detail=traceback.format_exc(),
+        )
     else:
-        _finish(run_id, RunStatus.SUCCEEDED, phase="Done", result=result or {},
-                progress_done=F("progress_total"))
+        _finish(run_id, RunStatus.SUCCEEDED, phase="Done", result=result or {}, progress_done=F("progress_total"))
 
 
 def run_cancel(*, run: Run) -> bool:
     """Cancel a queued or running run. A running job stops at its next progress report."""
     updated = Run.objects.filter(pk=run.pk, status__in=ACTIVE_RUN_STATUSES).update(
-        status=RunStatus.CANCELLED, phase="Cancelled")
+        status=RunStatus.CANCELLED, phase="Cancelled"
+    )
     Run.objects.filter(pk=run.pk, status=RunStatus.CANCELLED, started_at__isnull=True).update(
-        finished_at=timezone.now())
+        finished_at=timezone.now()
+    )
     return updated == 1
 
 
@@ -340,9 +374,12 @@ def run_fail_stale(*, now: datetime | None = None) -> int:
     for run in Run.objects.filter(status=RunStatus.RUNNING).only("pk", "kind", "heartbeat_at", "worker"):
         if worker_gone(run.worker):
             marked += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, worker=run.worker).update(
-                status=RunStatus.FAILED, finished_at=now, phase=WORKER_LOST_PHASE,
+                status=RunStatus.FAILED,
+                finished_at=now,
+                phase=WORKER_LOST_PHASE,
                 error=f"The worker process executing this run ({run.worker}) stopped before it finished (killed "
-                      "or crashed); the run's results, if any, were not saved. Start it again.")
+                "or crashed); the run's results, if any, were not saved. Start it again.",
+            )
             continue
         try:
             limit = job_kind(run.kind).time_limit
@@ -350,7 +387,10 @@ def run_fail_stale(*, now: datetime | None = None) -> int:
             continue
         if run.heartbeat_at is not None and now - run.heartbeat_at > timedelta(seconds=limit + 60):
             marked += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-                status=RunStatus.FAILED, finished_at=now, phase=WORKER_LOST_PHASE,
+                status=RunStatus.FAILED,
+                finished_at=now,
+                phase=WORKER_LOST_PHASE,
                 error=f"The worker stopped reporting progress for more than {limit + 60} s "
-                      "(it was probably killed); the run's results, if any, were not saved.")
+                "(it was probably killed); the run's results, if any, were not saved.",
+            )
     return marked

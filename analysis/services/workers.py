@@ -6,6 +6,7 @@ those need broadcast, which the embedded broker leaves off), and deletes it when
 thread runs the job system's checks (:func:`analysis.services.runs.runs_reconcile`): runs of dead
 workers are failed and lost messages sent again while a worker is up, with nobody watching a page.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,10 +31,13 @@ def worker_heartbeat_record(*, hostname: str, queues: list[str], pid: int, start
     now = timezone.now()
     WorkerHeartbeat.objects.filter(last_seen__lt=now - FORGET_AFTER).delete()
     updated = WorkerHeartbeat.objects.filter(hostname=hostname, pid=pid).update(
-        last_seen=now, queues=",".join(queues)[:255])
+        last_seen=now, queues=",".join(queues)[:255]
+    )
     if not updated:
-        WorkerHeartbeat.objects.update_or_create(hostname=hostname, defaults={
-            "queues": ",".join(queues)[:255], "pid": pid, "started_at": started_at or now, "last_seen": now})
+        WorkerHeartbeat.objects.update_or_create(
+            hostname=hostname,
+            defaults={"queues": ",".join(queues)[:255], "pid": pid, "started_at": started_at or now, "last_seen": now},
+        )
 
 
 def worker_heartbeat_remove(*, hostname: str, pid: int) -> None:
@@ -67,19 +71,21 @@ class WorkerMonitor:
             self._thread.join(timeout=30)
         try:
             worker_heartbeat_remove(hostname=self.hostname, pid=self.pid)
-        except Exception:  # noqa: BLE001 - shutting down: the row then simply grows old
+        except Exception:
             logger.warning("could not remove the heartbeat of %s", self.hostname, exc_info=True)
 
     def beat(self) -> None:
         from analysis.services.runs import runs_reconcile
 
         try:
-            worker_heartbeat_record(hostname=self.hostname, queues=self.queues, pid=self.pid,
-                                    started_at=self.started_at)
+            worker_heartbeat_record(
+                hostname=self.hostname, queues=self.queues, pid=self.pid, started_at=self.started_at
+            )
             runs_reconcile()
-        except Exception:  # noqa: BLE001 - a heartbeat must never kill the worker
-            logger.warning("worker heartbeat of %s failed; trying again in %.0f s", self.hostname, self.interval,
-                           exc_info=True)
+        except Exception:
+            logger.warning(
+                "worker heartbeat of %s failed; trying again in %.0f s", self.hostname, self.interval, exc_info=True
+            )
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

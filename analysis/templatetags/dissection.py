@@ -3,6 +3,7 @@
 The layer and unit pages are rendered by their own views; these tags read the newest dissection through the
 selectors so those pages can show labels and IoU without knowing about dissection.
 """
+
 from __future__ import annotations
 
 from django import template
@@ -27,8 +28,13 @@ def layer_dissection(layer, extraction=None):
         counts = selectors.dissection_live_detectors(dissection, dead)
     else:
         counts = {"detectors": dissection.n_detectors, "unique": dissection.n_unique_detectors}
-    return {"dissection": dissection, "baseline": selectors.latest_baseline_for(dissection),
-            "detectors": counts["detectors"], "unique": counts["unique"], "dead": len(dead)}
+    return {
+        "dissection": dissection,
+        "baseline": selectors.latest_baseline_for(dissection),
+        "detectors": counts["detectors"],
+        "unique": counts["unique"],
+        "dead": len(dead),
+    }
 
 
 @register.simple_tag
@@ -38,8 +44,10 @@ def unit_dissection(unit, extraction=None):
     result = selectors.unit_dissection_result(unit, dataset=extraction.dataset if extraction else None)
     if result is not None:
         best = max((concept["iou"] for concept in result.top_concepts), default=0) or 1
-        result.top_rows = [{**concept, "width": round(100 * concept["iou"] / best),
-                            "colour": category_colour(concept["category"])} for concept in result.top_concepts]
+        result.top_rows = [
+            {**concept, "width": round(100 * concept["iou"] / best), "colour": category_colour(concept["category"])}
+            for concept in result.top_concepts
+        ]
     return result
 
 

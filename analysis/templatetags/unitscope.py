@@ -1,4 +1,5 @@
 """Small presentation filters shared by every page."""
+
 from __future__ import annotations
 
 from django import template

@@ -1,4 +1,5 @@
 """Dataset pages: the list (with generate/import forms), a dataset's concepts, its images with masks."""
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,14 @@ from accounts.permissions import ResearcherRequiredMixin
 from analysis import selectors
 from analysis.forms import BrodenImportForm, PascalPartImportForm, ProbeWorldForm
 from analysis.models import Dataset
-from analysis.services.datasets import (BRODEN_IMPORT, PASCAL_PART_IMPORT, PROBE_WORLD, broden_import_run_start,
-                                       pascal_part_import_run_start, probe_world_run_start)
+from analysis.services.datasets import (
+    BRODEN_IMPORT,
+    PASCAL_PART_IMPORT,
+    PROBE_WORLD,
+    broden_import_run_start,
+    pascal_part_import_run_start,
+    probe_world_run_start,
+)
 from analysis.views.starting import StartRunFormMixin
 
 
@@ -29,7 +36,8 @@ class DatasetListView(ResearcherRequiredMixin, TemplateView):
         context["broden_form"] = BrodenImportForm()
         context["pascal_form"] = PascalPartImportForm()
         context["recent_runs"] = selectors.runs_for_list().filter(
-            kind__in=[kind.name for kind in (PROBE_WORLD, BRODEN_IMPORT, PASCAL_PART_IMPORT)])[:5]
+            kind__in=[kind.name for kind in (PROBE_WORLD, BRODEN_IMPORT, PASCAL_PART_IMPORT)]
+        )[:5]
         return context
 
 
@@ -132,14 +140,24 @@ class DatasetImageView(ResearcherRequiredMixin, TemplateView):
             entry = segmentation.get(category)
             if entry is None or not entry.has_labels:
                 continue
-            labels = [{"name": names.get(int(number), f"#{number}"), "colour": "#%02x%02x%02x" % label_colour(int(number))}
-                      for number in entry.label_ids()]
-            categories.append({"name": category, "labels": labels, "whole_image": bool(entry.image_labels)
-                               and not entry.layers.size})
-        context.update(dataset=dataset, image=image, categories=categories,
-                       boxes=image.boxes.select_related("concept").order_by("kind", "concept__name", "instance"),
-                       previous=dataset.images.filter(index__lt=image.index).order_by("-index").first(),
-                       next=dataset.images.filter(index__gt=image.index).order_by("index").first())
+            labels = [
+                {
+                    "name": names.get(int(number), f"#{number}"),
+                    "colour": "#{:02x}{:02x}{:02x}".format(*label_colour(int(number))),
+                }
+                for number in entry.label_ids()
+            ]
+            categories.append(
+                {"name": category, "labels": labels, "whole_image": bool(entry.image_labels) and not entry.layers.size}
+            )
+        context.update(
+            dataset=dataset,
+            image=image,
+            categories=categories,
+            boxes=image.boxes.select_related("concept").order_by("kind", "concept__name", "instance"),
+            previous=dataset.images.filter(index__lt=image.index).order_by("-index").first(),
+            next=dataset.images.filter(index__gt=image.index).order_by("index").first(),
+        )
         return context
 
 

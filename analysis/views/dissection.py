@@ -1,5 +1,6 @@
 """Network Dissection pages: a layer's dissection, a network's summary, the rotation test, a concept's best units,
 and the forms that start these runs. Thin: reads through selectors, starts runs through services."""
+
 from __future__ import annotations
 
 from django.http import Http404
@@ -39,10 +40,16 @@ def _category_rows(dissection, baseline=None, per_category: dict | None = None) 
     rows = []
     for position, category in enumerate(dissection.categories):
         entry = (dissection.per_category if per_category is None else per_category).get(category, {})
-        rows.append({"category": category, "colour": category_colour(category, position),
-                     "detectors": entry.get("detectors", 0), "unique": entry.get("unique", 0),
-                     "concepts": entry.get("concepts", []),
-                     "baseline": baseline.per_category.get(category, {}).get("detectors", 0) if baseline else None})
+        rows.append(
+            {
+                "category": category,
+                "colour": category_colour(category, position),
+                "detectors": entry.get("detectors", 0),
+                "unique": entry.get("unique", 0),
+                "concepts": entry.get("concepts", []),
+                "baseline": baseline.per_category.get(category, {}).get("detectors", 0) if baseline else None,
+            }
+        )
     return rows
 
 
@@ -62,26 +69,42 @@ class LayerDissectionView(ResearcherRequiredMixin, LayerMixin, TemplateView):
         if dissection is None:  # nothing but baselines yet: show the newest baseline
             dissection = selectors.latest_dissection(layer, baseline="shuffled")
         baseline = selectors.latest_baseline_for(dissection) if dissection and dissection.baseline == "none" else None
-        counterpart = (selectors.latest_dissection(layer, dataset=dissection.dataset)
-                       if dissection and dissection.baseline != "none" else None)
-        context.update(network=network, layer=layer, dissection=dissection, baseline=baseline, counterpart=counterpart,
-                       dissections=selectors.layer_dissections(layer),
-                       rotation_test=selectors.latest_rotation_test(layer),
-                       form=DissectionForm(initial={"dataset": dissection.dataset.name if dissection
-                                                    else _default_dataset(layer)}))
+        counterpart = (
+            selectors.latest_dissection(layer, dataset=dissection.dataset)
+            if dissection and dissection.baseline != "none"
+            else None
+        )
+        context.update(
+            network=network,
+            layer=layer,
+            dissection=dissection,
+            baseline=baseline,
+            counterpart=counterpart,
+            dissections=selectors.layer_dissections(layer),
+            rotation_test=selectors.latest_rotation_test(layer),
+            form=DissectionForm(
+                initial={"dataset": dissection.dataset.name if dissection else _default_dataset(layer)}
+            ),
+        )
         if dissection is not None:
             statuses = selectors.unit_statuses(dissection.extraction)
             dead = {index for index, status in statuses.items() if status != "live"}
             detectors = selectors.dissection_units(dissection, detectors_only=True)
             dead_detectors = [result for result in detectors if result.unit.index in dead]
             counts = selectors.dissection_live_detectors(dissection, dead) if dead_detectors else None
-            context.update(statuses=statuses, dead_count=len(dead), dead_detectors=dead_detectors,
-                           n_detectors=counts["detectors"] if counts else dissection.n_detectors,
-                           n_unique=counts["unique"] if counts else dissection.n_unique_detectors)
+            context.update(
+                statuses=statuses,
+                dead_count=len(dead),
+                dead_detectors=dead_detectors,
+                n_detectors=counts["detectors"] if counts else dissection.n_detectors,
+                n_unique=counts["unique"] if counts else dissection.n_unique_detectors,
+            )
             rows = _category_rows(dissection, baseline, counts["per_category"] if counts else None)
             context["category_rows"] = rows
-            series = {"detector units": [row["detectors"] for row in rows],
-                      "unique concepts": [row["unique"] for row in rows]}
+            series = {
+                "detector units": [row["detectors"] for row in rows],
+                "unique concepts": [row["unique"] for row in rows],
+            }
             if baseline is not None:
                 series["detectors, shuffled masks"] = [row["baseline"] for row in rows]
             context["category_chart"] = category_bars([row["category"] for row in rows], series, ylabel="count")
@@ -90,8 +113,12 @@ class LayerDissectionView(ResearcherRequiredMixin, LayerMixin, TemplateView):
             context["other_units"] = sorted(others, key=lambda result: (result.unit.index in dead, -result.iou))
             context["iou_threshold"] = dissection.iou_threshold
             test = context["rotation_test"]
-            if (test is not None and test.dataset_id == dissection.dataset_id and test.alphas
-                    and dissection.baseline == "none"):
+            if (
+                test is not None
+                and test.dataset_id == dissection.dataset_id
+                and test.alphas
+                and dissection.baseline == "none"
+            ):
                 alpha = max(test.alphas)
                 points = [point["unique"] for point in test.points if point["alpha"] == alpha]
                 context.update(rotated_alpha=alpha, rotated_unique=sum(points) / len(points) if points else None)
@@ -113,8 +140,9 @@ class DissectionStartView(ResearcherRequiredMixin, LayerMixin, StartRunFormMixin
 
     def start_run(self, form):
         network, layer = self.get_layer()
-        return dissection_run_start(network=network.name, layer=layer.name, created_by=self.request.user,
-                                    **form.cleaned_data)
+        return dissection_run_start(
+            network=network.name, layer=layer.name, created_by=self.request.user, **form.cleaned_data
+        )
 
 
 class NetworkDissectionView(ResearcherRequiredMixin, TemplateView):
@@ -130,21 +158,38 @@ class NetworkDissectionView(ResearcherRequiredMixin, TemplateView):
         if self.request.GET.get("dataset"):
             dataset = get_object_or_404(Dataset, name=self.request.GET["dataset"])
         dissections = selectors.network_dissections(network, dataset=dataset)
-        rows = [{"dissection": dissection, "baseline": selectors.latest_baseline_for(dissection),
-                 "categories": _category_rows(dissection)} for dissection in dissections]
+        rows = [
+            {
+                "dissection": dissection,
+                "baseline": selectors.latest_baseline_for(dissection),
+                "categories": _category_rows(dissection),
+            }
+            for dissection in dissections
+        ]
         context.update(network=network, rows=rows, layers=network.layers.all())
         if dissections:
             categories = dissections[0].categories
-            context["categories"] = [{"name": name, "colour": category_colour(name, position)}
-                                     for position, name in enumerate(categories)]
+            context["categories"] = [
+                {"name": name, "colour": category_colour(name, position)} for position, name in enumerate(categories)
+            ]
             context["unique_chart"] = stacked_category_bars(
-                [dissection.layer.name for dissection in dissections], categories,
-                [[dissection.per_category.get(name, {}).get("unique", 0) for name in categories]
-                 for dissection in dissections], ylabel="unique concepts")
+                [dissection.layer.name for dissection in dissections],
+                categories,
+                [
+                    [dissection.per_category.get(name, {}).get("unique", 0) for name in categories]
+                    for dissection in dissections
+                ],
+                ylabel="unique concepts",
+            )
             context["detector_chart"] = stacked_category_bars(
-                [dissection.layer.name for dissection in dissections], categories,
-                [[dissection.per_category.get(name, {}).get("detectors", 0) for name in categories]
-                 for dissection in dissections], ylabel="detector units")
+                [dissection.layer.name for dissection in dissections],
+                categories,
+                [
+                    [dissection.per_category.get(name, {}).get("detectors", 0) for name in categories]
+                    for dissection in dissections
+                ],
+                ylabel="detector units",
+            )
         return context
 
 
@@ -160,19 +205,33 @@ class RotationView(ResearcherRequiredMixin, LayerMixin, TemplateView):
         test = selectors.latest_rotation_test(layer, run_id=run_id)
         if run_id is not None and test is None:
             raise Http404("No rotation test of this layer in that run.")
-        context.update(network=network, layer=layer, test=test,
-                       tests=layer.rotation_tests.select_related("dataset", "run").order_by("-created_at"),
-                       form=RotationForm(initial={"dataset": test.dataset.name if test else _default_dataset(layer)}))
+        context.update(
+            network=network,
+            layer=layer,
+            test=test,
+            tests=layer.rotation_tests.select_related("dataset", "run").order_by("-created_at"),
+            form=RotationForm(initial={"dataset": test.dataset.name if test else _default_dataset(layer)}),
+        )
         if test is not None:
             alphas = test.alphas
-            by_seed = {str(seed): [next(p["unique"] for p in test.points if p["seed"] == seed and p["alpha"] == alpha)
-                                   for alpha in alphas] for seed in test.seeds}
-            detectors = {str(seed): [next(p["detectors"] for p in test.points
-                                          if p["seed"] == seed and p["alpha"] == alpha) for alpha in alphas]
-                         for seed in test.seeds}
+            by_seed = {
+                str(seed): [
+                    next(p["unique"] for p in test.points if p["seed"] == seed and p["alpha"] == alpha)
+                    for alpha in alphas
+                ]
+                for seed in test.seeds
+            }
+            detectors = {
+                str(seed): [
+                    next(p["detectors"] for p in test.points if p["seed"] == seed and p["alpha"] == alpha)
+                    for alpha in alphas
+                ]
+                for seed in test.seeds
+            }
             mean = [sum(values[i] for values in by_seed.values()) / len(by_seed) for i in range(len(alphas))]
-            mean_detectors = [sum(values[i] for values in detectors.values()) / len(detectors)
-                              for i in range(len(alphas))]
+            mean_detectors = [
+                sum(values[i] for values in detectors.values()) / len(detectors) for i in range(len(alphas))
+            ]
             baseline = None
             real = selectors.latest_dissection(layer, dataset=test.dataset)
             shuffled = selectors.latest_baseline_for(real) if real else None
@@ -181,9 +240,13 @@ class RotationView(ResearcherRequiredMixin, LayerMixin, TemplateView):
             context.update(
                 unique_chart=rotation_chart(alphas, by_seed, mean, ylabel="unique detectors", baseline=baseline),
                 detector_chart=rotation_chart(alphas, detectors, mean_detectors, ylabel="detector units"),
-                table=[{"alpha": alpha, "unique": by_seed_values, "mean": m, "mean_detectors": md}
-                       for alpha, by_seed_values, m, md in zip(alphas, zip(*by_seed.values()), mean, mean_detectors)],
-                shuffled=shuffled, real=real)
+                table=[
+                    {"alpha": alpha, "unique": by_seed_values, "mean": m, "mean_detectors": md}
+                    for alpha, by_seed_values, m, md in zip(alphas, zip(*by_seed.values()), mean, mean_detectors)
+                ],
+                shuffled=shuffled,
+                real=real,
+            )
         return context
 
 
@@ -198,13 +261,16 @@ class RotationStartView(ResearcherRequiredMixin, LayerMixin, StartRunFormMixin, 
 
     def get_context_data(self, **kwargs):
         network, layer = self.get_layer()
-        return {**super().get_context_data(**kwargs),
-                "heading": f"Random-rotation test of {network.name} · {layer.name}"}
+        return {
+            **super().get_context_data(**kwargs),
+            "heading": f"Random-rotation test of {network.name} · {layer.name}",
+        }
 
     def start_run(self, form):
         network, layer = self.get_layer()
-        return rotation_run_start(network=network.name, layer=layer.name, created_by=self.request.user,
-                                  **form.cleaned_data)
+        return rotation_run_start(
+            network=network.name, layer=layer.name, created_by=self.request.user, **form.cleaned_data
+        )
 
 
 class ConceptDetailView(ResearcherRequiredMixin, TemplateView):
@@ -218,9 +284,13 @@ class ConceptDetailView(ResearcherRequiredMixin, TemplateView):
         dataset = get_object_or_404(Dataset, name=kwargs["name"])
         concept = get_object_or_404(Concept, dataset=dataset, number=kwargs["number"])
         labelled = list(selectors.concept_labelled_units(concept))
-        context.update(dataset=dataset, concept=concept, labelled=labelled,
-                       detectors=[result for result in labelled if result.is_detector],
-                       best=selectors.concept_best_units(concept),
-                       colour=category_colour(concept.category, 0),
-                       iou_threshold=DISSECTION_DEFAULTS["iou_threshold"])
+        context.update(
+            dataset=dataset,
+            concept=concept,
+            labelled=labelled,
+            detectors=[result for result in labelled if result.is_detector],
+            best=selectors.concept_best_units(concept),
+            colour=category_colour(concept.category, 0),
+            iou_threshold=DISSECTION_DEFAULTS["iou_threshold"],
+        )
         return context

@@ -1,6 +1,7 @@
 """Explanatory-graph pages (Zhang et al. AAAI'18): a network's graphs and the form that learns one, a graph's layers
 with node counts per filter, location instability against raw filters and a compact drawing of part of the graph,
 a layer's nodes, a node's top patches and edges. Thin: reads rows and the service's reads, starts runs through it."""
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,15 @@ from accounts.permissions import ResearcherRequiredMixin
 from analysis import selectors
 from analysis.models import Dataset, ExplanatoryGraph, GraphEdge, GraphInstability, GraphNode, Network
 from analysis.params import form_field
-from analysis.services.explanatory_graph import (GRAPH_DEFAULTS, GRAPH_PARAMS, graph_filter_inferences,
-                                                 graph_node_inferences, graph_purity_candidates, graph_run_start,
-                                                 purity_patch_picture)
+from analysis.services.explanatory_graph import (
+    GRAPH_DEFAULTS,
+    GRAPH_PARAMS,
+    graph_filter_inferences,
+    graph_node_inferences,
+    graph_purity_candidates,
+    graph_run_start,
+    purity_patch_picture,
+)
 from analysis.services.runs import RunInputError
 from analysis.views.starting import StartRunFormMixin
 
@@ -32,24 +39,31 @@ DIAGRAM_ROW = 110
 
 class GraphForm(forms.Form):
     dataset = forms.ChoiceField(help_text="Images whose activations the graph explains (extracted first if needed).")
-    layers = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple,
-                                       help_text="Two or three top conv layers (the paper: the top conv layers).")
-    nodes_per_filter = forms.CharField(required=False, label="Nodes per filter N",
-                                       help_text="One count per layer from the top, e.g. 10, 20, 40 (the paper's "
-                                                 "three-layer values; empty = these).")
+    layers = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple, help_text="Two or three top conv layers (the paper: the top conv layers)."
+    )
+    nodes_per_filter = forms.CharField(
+        required=False,
+        label="Nodes per filter N",
+        help_text="One count per layer from the top, e.g. 10, 20, 40 (the paper's three-layer values; empty = these).",
+    )
     iterations = form_field(GRAPH_PARAMS, "iterations", label="EM iterations T")
     neighbours = form_field(GRAPH_PARAMS, "neighbours", label="Upper-layer neighbours M")
     tau = form_field(GRAPH_PARAMS, "tau", label="Noise density τ")
     max_learn_images = form_field(GRAPH_PARAMS, "max_learn_images", label="Learning images (0 = all training images)")
-    landmarks = forms.CharField(initial=", ".join(GRAPH_DEFAULTS["landmarks"]),
-                                help_text="Part classes whose box centres are the landmarks of location instability.")
+    landmarks = forms.CharField(
+        initial=", ".join(GRAPH_DEFAULTS["landmarks"]),
+        help_text="Part classes whose box centres are the landmarks of location instability.",
+    )
 
     def __init__(self, *args, network: Network, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["dataset"].choices = [(name, name) for name in
-                                          Dataset.objects.order_by("name").values_list("name", flat=True)]
-        self.fields["layers"].choices = [(name, name) for name in
-                                         network.layers.order_by("-order").values_list("name", flat=True)]
+        self.fields["dataset"].choices = [
+            (name, name) for name in Dataset.objects.order_by("name").values_list("name", flat=True)
+        ]
+        self.fields["layers"].choices = [
+            (name, name) for name in network.layers.order_by("-order").values_list("name", flat=True)
+        ]
 
     def clean_nodes_per_filter(self):
         text = self.cleaned_data["nodes_per_filter"].replace(" ", "")
@@ -99,8 +113,9 @@ class GraphMixin:
     nav_section = "networks"
 
     def get_graph(self) -> ExplanatoryGraph:
-        return get_object_or_404(ExplanatoryGraph.objects.select_related("network", "dataset", "run"),
-                                 run_id=self.kwargs["run"])
+        return get_object_or_404(
+            ExplanatoryGraph.objects.select_related("network", "dataset", "run"), run_id=self.kwargs["run"]
+        )
 
 
 def _instability_rows(graph: ExplanatoryGraph) -> list[dict]:
@@ -134,8 +149,7 @@ def _diagram(graph: ExplanatoryGraph, *, bottom: int = 10, per_level: int = 10, 
     edges: list[GraphEdge] = []
     for _ in range(depth - 1):
         below = [node.pk for node in levels[0]]
-        up_edges = list(GraphEdge.objects.filter(child_id__in=below, order__lt=parents_each)
-                        .select_related("parent"))
+        up_edges = list(GraphEdge.objects.filter(child_id__in=below, order__lt=parents_each).select_related("parent"))
         counts = Counter(edge.parent_id for edge in up_edges)
         parents = {edge.parent_id: edge.parent for edge in up_edges}
         chosen = sorted(counts, key=lambda pk: (-counts[pk], parents[pk].rank))[:per_level]
@@ -147,14 +161,33 @@ def _diagram(graph: ExplanatoryGraph, *, bottom: int = 10, per_level: int = 10, 
         for position, node in enumerate(nodes, start=1):
             x, y = round(gap * position, 1), 30 + level * DIAGRAM_ROW
             placed[node.pk] = (x, y)
-            circles.append({"node": node, "x": x, "y": y, "r": round(5 + 9 * min(1.0, node.mass ** 0.5), 1),
-                            "url": reverse("analysis:graph_node", args=[graph.run_id, node.pk]),
-                            "layer": graph.layers[level]})
-    lines = [{"x1": placed[e.parent_id][0], "y1": placed[e.parent_id][1], "x2": placed[e.child_id][0],
-              "y2": placed[e.child_id][1]} for e in edges if e.parent_id in placed and e.child_id in placed]
-    return {"circles": circles, "lines": lines, "width": DIAGRAM_WIDTH,
-            "height": 30 + DIAGRAM_ROW * (len(levels) - 1) + 40,
-            "levels": [(graph.layers[level], len(nodes)) for level, nodes in enumerate(levels)]}
+            circles.append(
+                {
+                    "node": node,
+                    "x": x,
+                    "y": y,
+                    "r": round(5 + 9 * min(1.0, node.mass**0.5), 1),
+                    "url": reverse("analysis:graph_node", args=[graph.run_id, node.pk]),
+                    "layer": graph.layers[level],
+                }
+            )
+    lines = [
+        {
+            "x1": placed[e.parent_id][0],
+            "y1": placed[e.parent_id][1],
+            "x2": placed[e.child_id][0],
+            "y2": placed[e.child_id][1],
+        }
+        for e in edges
+        if e.parent_id in placed and e.child_id in placed
+    ]
+    return {
+        "circles": circles,
+        "lines": lines,
+        "width": DIAGRAM_WIDTH,
+        "height": 30 + DIAGRAM_ROW * (len(levels) - 1) + 40,
+        "levels": [(graph.layers[level], len(nodes)) for level, nodes in enumerate(levels)],
+    }
 
 
 class GraphDetailView(ResearcherRequiredMixin, GraphMixin, TemplateView):
@@ -167,20 +200,38 @@ class GraphDetailView(ResearcherRequiredMixin, GraphMixin, TemplateView):
         graph = self.get_graph()
         layer_rows = []
         counts = dict(GraphNode.objects.filter(graph=graph).values_list("layer__name").annotate(n=Count("id")))
-        edge_counts = dict(GraphEdge.objects.filter(graph=graph).values_list("child__layer__name")
-                           .annotate(n=Count("id")))
+        edge_counts = dict(
+            GraphEdge.objects.filter(graph=graph).values_list("child__layer__name").annotate(n=Count("id"))
+        )
         per_filter = graph.params.get("nodes_per_filter", [])
         for level, name in enumerate(graph.layers):
-            layer_rows.append({"name": name, "level": level, "nodes": counts.get(name, 0),
-                               "edges": edge_counts.get(name, 0),
-                               "per_filter": per_filter[level] if level < len(per_filter) else None})
+            layer_rows.append(
+                {
+                    "name": name,
+                    "level": level,
+                    "nodes": counts.get(name, 0),
+                    "edges": edge_counts.get(name, 0),
+                    "per_filter": per_filter[level] if level < len(per_filter) else None,
+                }
+            )
         top_nodes = []
         for name in graph.layers:
-            top_nodes += _best_per_filter(GraphNode.objects.filter(graph=graph, layer__name=name)
-                                          .select_related("layer").order_by("rank").iterator(), 8)
-        context.update(graph=graph, network=graph.network, layer_rows=layer_rows,
-                       sanity_warnings=selectors.graph_sanity_warnings(graph),
-                       instability_rows=_instability_rows(graph), diagram=_diagram(graph), top_nodes=top_nodes)
+            top_nodes += _best_per_filter(
+                GraphNode.objects.filter(graph=graph, layer__name=name)
+                .select_related("layer")
+                .order_by("rank")
+                .iterator(),
+                8,
+            )
+        context.update(
+            graph=graph,
+            network=graph.network,
+            layer_rows=layer_rows,
+            sanity_warnings=selectors.graph_sanity_warnings(graph),
+            instability_rows=_instability_rows(graph),
+            diagram=_diagram(graph),
+            top_nodes=top_nodes,
+        )
         return context
 
 
@@ -205,16 +256,25 @@ class GraphLayerView(ResearcherRequiredMixin, GraphMixin, TemplateView):
             filters.append({"filter": index, "active": active.get(index, 0)})
         histogram = Counter(row["active"] for row in filters)
         instabilities = GraphInstability.objects.filter(graph=graph, layer=layer).select_related("node")
-        context.update(graph=graph, network=graph.network, layer=layer,
-                       sanity_warnings=selectors.graph_sanity_warnings(graph, layer_name=name),
-                       purity_candidates=graph_purity_candidates(graph, layer=name, count=10),
-                       nodes=nodes.order_by("rank")[:100], node_count=nodes.count(),
-                       per_filter=graph.params.get("nodes_per_filter", [None] * len(graph.layers))[
-                           graph.layers.index(name)],
-                       histogram=sorted(histogram.items()), threshold=threshold,
-                       summary=(graph.instability or {}).get(name),
-                       instability_pairs=list(zip_longest(instabilities.filter(kind="node").order_by("rank")[:20],
-                                                          instabilities.filter(kind="filter").order_by("rank")[:20])))
+        context.update(
+            graph=graph,
+            network=graph.network,
+            layer=layer,
+            sanity_warnings=selectors.graph_sanity_warnings(graph, layer_name=name),
+            purity_candidates=graph_purity_candidates(graph, layer=name, count=10),
+            nodes=nodes.order_by("rank")[:100],
+            node_count=nodes.count(),
+            per_filter=graph.params.get("nodes_per_filter", [None] * len(graph.layers))[graph.layers.index(name)],
+            histogram=sorted(histogram.items()),
+            threshold=threshold,
+            summary=(graph.instability or {}).get(name),
+            instability_pairs=list(
+                zip_longest(
+                    instabilities.filter(kind="node").order_by("rank")[:20],
+                    instabilities.filter(kind="filter").order_by("rank")[:20],
+                )
+            ),
+        )
         return context
 
 
@@ -230,15 +290,25 @@ class GraphNodeView(ResearcherRequiredMixin, GraphMixin, TemplateView):
         inferences = graph_node_inferences(node, limit=PATCHES_SHOWN)
         purity = graph_node_inferences(node, fraction=0.3)
         parents = GraphEdge.objects.filter(child=node).select_related("parent__layer").order_by("order")
-        children = (GraphEdge.objects.filter(parent=node).select_related("child__layer")
-                    .order_by("child__rank")[:20])
+        children = GraphEdge.objects.filter(parent=node).select_related("child__layer").order_by("child__rank")[:20]
         siblings = GraphNode.objects.filter(graph=graph, layer=node.layer, filter=node.filter).order_by("node")
         instability = GraphInstability.objects.filter(graph=graph, node=node).first()
-        filter_instability = GraphInstability.objects.filter(graph=graph, layer=node.layer, kind="filter",
-                                                             filter=node.filter).first()
-        context.update(graph=graph, network=graph.network, node=node, inferences=inferences, purity_k=len(purity),
-                       parents=parents, children=children, siblings=siblings, instability=instability,
-                       filter_instability=filter_instability, patches_shown=PATCHES_SHOWN)
+        filter_instability = GraphInstability.objects.filter(
+            graph=graph, layer=node.layer, kind="filter", filter=node.filter
+        ).first()
+        context.update(
+            graph=graph,
+            network=graph.network,
+            node=node,
+            inferences=inferences,
+            purity_k=len(purity),
+            parents=parents,
+            children=children,
+            siblings=siblings,
+            instability=instability,
+            filter_instability=filter_instability,
+            patches_shown=PATCHES_SHOWN,
+        )
         return context
 
 

@@ -1,4 +1,5 @@
 """Downloads of run exports (``export_run``) from the run page."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -22,5 +23,6 @@ class RunExportView(ResearcherRequiredMixin, View):
         except RunInputError as error:
             messages.error(request, str(error))
             return redirect(run)
-        return FileResponse(archive, as_attachment=True, filename=f"run-{run.pk}-{run.kind}.zip",
-                            content_type="application/zip")
+        return FileResponse(
+            archive, as_attachment=True, filename=f"run-{run.pk}-{run.kind}.zip", content_type="application/zip"
+        )

@@ -1,4 +1,5 @@
 """Network pages: the list (with the demo-training form), a network's layers, a layer's units."""
+
 from __future__ import annotations
 
 from django.core.paginator import Paginator
@@ -59,12 +60,21 @@ class NetworkDetailView(ResearcherRequiredMixin, DetailView):
         if epochs:
             numbers = [epoch["epoch"] for epoch in epochs]
             context["accuracy_chart"] = line_chart(
-                numbers, {"validation accuracy": [epoch.get("val_accuracy") for epoch in epochs]},
-                xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+                numbers,
+                {"validation accuracy": [epoch.get("val_accuracy") for epoch in epochs]},
+                xlabel="epoch",
+                ylabel="accuracy",
+                ylim=(0, 1),
+            )
             context["loss_chart"] = line_chart(
-                numbers, {"train loss": [epoch.get("train_loss") for epoch in epochs],
-                          "validation loss": [epoch.get("val_loss") for epoch in epochs]},
-                xlabel="epoch", ylabel="cross-entropy")
+                numbers,
+                {
+                    "train loss": [epoch.get("train_loss") for epoch in epochs],
+                    "validation loss": [epoch.get("val_loss") for epoch in epochs],
+                },
+                xlabel="epoch",
+                ylabel="cross-entropy",
+            )
         return context
 
 
@@ -81,18 +91,30 @@ class LayerDetailView(ResearcherRequiredMixin, TemplateView):
         layer = get_object_or_404(Layer, network=network, name=kwargs["layer"])
         extraction = selectors.latest_extraction(layer, run_id=query_id(self.request.GET, "extraction"))
         sort = self.request.GET.get("sort", "unit")
-        context.update(network=network, layer=layer, extraction=extraction, sort=sort, sorts=selectors.UNIT_SORTS,
-                       units=layer.unit_set.all(),
-                       extractions=layer.extractions.select_related("run", "dataset").order_by("-created_at"))
+        context.update(
+            network=network,
+            layer=layer,
+            extraction=extraction,
+            sort=sort,
+            sorts=selectors.UNIT_SORTS,
+            units=layer.unit_set.all(),
+            extractions=layer.extractions.select_related("run", "dataset").order_by("-created_at"),
+        )
         if extraction:
             dissection = selectors.latest_dissection(layer, dataset=extraction.dataset)
             labels, categories = selectors.unit_label_choices(dissection)
             form = UnitFilterForm(self.request.GET, labels=labels, categories=categories)
             rows = selectors.unit_rows(extraction, sort=sort, dissection=dissection, **form.filters())
             page = Paginator(rows, selectors.UNIT_PAGE_SIZE).get_page(self.request.GET.get("page"))
-            context.update(dissection=dissection, filter_form=form, page_obj=page, unit_rows=page.object_list,
-                           filtered=any(form.filters().values()), matching=page.paginator.count,
-                           dead_count=extraction.unit_summaries.dead().count())
+            context.update(
+                dissection=dissection,
+                filter_form=form,
+                page_obj=page,
+                unit_rows=page.object_list,
+                filtered=any(form.filters().values()),
+                matching=page.paginator.count,
+                dead_count=extraction.unit_summaries.dead().count(),
+            )
         return context
 
 
@@ -108,14 +130,21 @@ class UnitDetailView(ResearcherRequiredMixin, TemplateView):
         layer = get_object_or_404(Layer, network=network, name=kwargs["layer"])
         unit = get_object_or_404(layer.unit_set, index=kwargs["index"])
         extraction = selectors.latest_extraction(layer, run_id=query_id(self.request.GET, "extraction"))
-        context.update(network=network, layer=layer, unit=unit, extraction=extraction,
-                       previous=layer.unit_set.filter(index=unit.index - 1).first(),
-                       next=layer.unit_set.filter(index=unit.index + 1).first())
+        context.update(
+            network=network,
+            layer=layer,
+            unit=unit,
+            extraction=extraction,
+            previous=layer.unit_set.filter(index=unit.index - 1).first(),
+            next=layer.unit_set.filter(index=unit.index + 1).first(),
+        )
         if extraction:
             context["summary"] = selectors.unit_summary(extraction, unit)
             context.update(selectors.unit_exemplars(extraction, unit))
-        context.update(machine=selectors.unit_machine_figures(unit, extraction=extraction),
-                       human_panels=unit_panels(unit=unit, request=self.request))
+        context.update(
+            machine=selectors.unit_machine_figures(unit, extraction=extraction),
+            human_panels=unit_panels(unit=unit, request=self.request),
+        )
         return context
 
 
@@ -136,9 +165,13 @@ class ExtractionStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
         return {**super().get_context_data(**kwargs), "heading": f"Extract activations of {self.network.name}"}
 
     def start_run(self, form):
-        return extraction_run_start(network=self.network.name, dataset=form.cleaned_data["dataset"],
-                                    layers=form.cleaned_data["layers"], quantile=form.cleaned_data["quantile"],
-                                    created_by=self.request.user)
+        return extraction_run_start(
+            network=self.network.name,
+            dataset=form.cleaned_data["dataset"],
+            layers=form.cleaned_data["layers"],
+            quantile=form.cleaned_data["quantile"],
+            created_by=self.request.user,
+        )
 
 
 class GridsStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
@@ -151,5 +184,9 @@ class GridsStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
     http_method_names = ["post"]
 
     def start_run(self, form):
-        return grids_run_start(extraction_run=form.cleaned_data["extraction_run"], layer=form.cleaned_data["layer"],
-                               units=form.cleaned_data["units"], created_by=self.request.user)
+        return grids_run_start(
+            extraction_run=form.cleaned_data["extraction_run"],
+            layer=form.cleaned_data["layer"],
+            units=form.cleaned_data["units"],
+            created_by=self.request.user,
+        )

@@ -1,6 +1,7 @@
 """Part detection and discriminativeness pages (GG'18 §3, §5–6): a layer's part summary with emergence verdicts, a
 part's filters, curves and example detections, a layer's ablations, a class's δ chart, the correlation plots, and
 the forms that start these runs. Thin: reads stored results, starts runs through services."""
+
 from __future__ import annotations
 
 from django import forms
@@ -10,21 +11,34 @@ from django.views.generic import FormView, TemplateView
 
 from accounts.permissions import ResearcherRequiredMixin
 from analysis import selectors
-from analysis.models import (AblationStudy, ClassDiscriminativeness, Dataset, PartDetectionResult, PartDetectionStudy,
-                             PartInputs)
-from analysis.plots import delta_bars, horizontal_bars, line_chart, pr_chart, scatter_chart
+from analysis.models import (
+    AblationStudy,
+    ClassDiscriminativeness,
+    Dataset,
+    PartDetectionResult,
+    PartDetectionStudy,
+    PartInputs,
+)
 from analysis.params import form_field
-from analysis.services.parts import (ABLATION_PARAMS, PART_DEFAULTS, PART_PARAMS, ablation_run_start,
-                                     part_correlations, part_detection_run_start, part_examples)
+from analysis.plots import delta_bars, horizontal_bars, line_chart, pr_chart, scatter_chart
+from analysis.services.parts import (
+    ABLATION_PARAMS,
+    PART_DEFAULTS,
+    PART_PARAMS,
+    ablation_run_start,
+    part_correlations,
+    part_detection_run_start,
+    part_examples,
+)
 from analysis.views.dissection import LayerMixin, _default_dataset
 from analysis.views.starting import StartRunFormMixin
 from unitscope.queries import query_id
 
 
 def _datasets():
-    return [(name, name) for name in Dataset.objects.filter(has_boxes=True).order_by("name").values_list("name",
-                                                                                                        flat=True)]
-
+    return [
+        (name, name) for name in Dataset.objects.filter(has_boxes=True).order_by("name").values_list("name", flat=True)
+    ]
 
 
 def _percentages(result) -> dict:
@@ -34,13 +48,17 @@ def _percentages(result) -> dict:
     pct["recall"] = 100 * result.ga_recall
     return pct
 
+
 class PartDetectionForm(forms.Form):
     dataset = forms.ChoiceField(help_text="A dataset with object and part boxes.")
     inputs = form_field(PART_PARAMS, "inputs", choice_labels=dict(PartInputs.choices))
     split = form_field(PART_PARAMS, "split", help_text="GG'18 evaluates on the train split the network was trained on.")
     regression = form_field(PART_PARAMS, "regression", label="Box regression (GG'18 §3.1.1)")
-    min_part_size = form_field(PART_PARAMS, "min_part_size", help_text="Drop parts whose mean box side is at most "
-                                                                       "this many pixels (GG'18: 15).")
+    min_part_size = form_field(
+        PART_PARAMS,
+        "min_part_size",
+        help_text="Drop parts whose mean box side is at most this many pixels (GG'18: 15).",
+    )
     population = form_field(PART_PARAMS, "population")
     generations = form_field(PART_PARAMS, "generations")
     seed = form_field(PART_PARAMS, "seed")
@@ -82,8 +100,13 @@ class LayerPartsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
         network, layer = self.get_layer()
         studies = PartDetectionStudy.objects.filter(layer=layer).select_related("dataset", "run")
         study = _pick(studies, self.request, "part-detection study")
-        context.update(network=network, layer=layer, study=study, studies=studies,
-                       form=PartDetectionForm(initial={"dataset": _default_dataset(layer)}))
+        context.update(
+            network=network,
+            layer=layer,
+            study=study,
+            studies=studies,
+            form=PartDetectionForm(initial={"dataset": _default_dataset(layer)}),
+        )
         if study is not None:
             ap_criterion = study.params.get("ap_criterion", PART_DEFAULTS["ap_criterion"])
             recall_criterion = study.params.get("recall_criterion", PART_DEFAULTS["recall_criterion"])
@@ -96,11 +119,17 @@ class LayerPartsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
             context["mean_pct"] = {key: 100 * getattr(study, f"mean_{key}_ap") for key in ("best", "ga", "top", "all")}
             context["mean_pct"]["prior"] = None if study.mean_prior_ap is None else 100 * study.mean_prior_ap
             ordered = sorted(results, key=lambda r: r.name)
-            context.update(results=results, ap_criterion=ap_criterion, recall_criterion=recall_criterion,
-                           ap_chart=horizontal_bars([r.name for r in ordered],
-                                                    {"best single filter": [r.best_ap for r in ordered],
-                                                     "GA combination": [r.ga_ap for r in ordered]},
-                                                    xlabel="average precision", reference=ap_criterion))
+            context.update(
+                results=results,
+                ap_criterion=ap_criterion,
+                recall_criterion=recall_criterion,
+                ap_chart=horizontal_bars(
+                    [r.name for r in ordered],
+                    {"best single filter": [r.best_ap for r in ordered], "GA combination": [r.ga_ap for r in ordered]},
+                    xlabel="average precision",
+                    reference=ap_criterion,
+                ),
+            )
         return context
 
 
@@ -113,29 +142,47 @@ class PartDetailView(ResearcherRequiredMixin, LayerMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         network, layer = self.get_layer()
-        result = get_object_or_404(PartDetectionResult.objects.select_related("study__dataset", "study__run",
-                                                                              "object_class", "part"),
-                                   pk=kwargs["pk"], study__layer=layer)
+        result = get_object_or_404(
+            PartDetectionResult.objects.select_related("study__dataset", "study__run", "object_class", "part"),
+            pk=kwargs["pk"],
+            study__layer=layer,
+        )
         study = result.study
         ranked = sorted(range(len(result.single_ap)), key=lambda f: (-result.single_ap[f], f))
-        curves = {label: (curve["recall"], curve["precision"]) for label, curve in result.curves.items()
-                  if label != "TopFilters"}
+        curves = {
+            label: (curve["recall"], curve["precision"])
+            for label, curve in result.curves.items()
+            if label != "TopFilters"
+        }
         if "TopFilters" in result.curves:
-            curves = {"TopFilters": (result.curves["TopFilters"]["recall"], result.curves["TopFilters"]["precision"]),
-                      **{k: v for k, v in curves.items() if k != "GA combination"},
-                      "GA combination": curves.get("GA combination", ([0], [1]))}
+            curves = {
+                "TopFilters": (result.curves["TopFilters"]["recall"], result.curves["TopFilters"]["precision"]),
+                **{k: v for k, v in curves.items() if k != "GA combination"},
+                "GA combination": curves.get("GA combination", ([0], [1])),
+            }
         result.pct = _percentages(result)
         context.update(
-            network=network, layer=layer, result=result, study=study,
-            top_single=[{"filter": f, "ap": result.single_ap[f], "recall": result.single_recall[f]}
-                        for f in ranked[:10]],
+            network=network,
+            layer=layer,
+            result=result,
+            study=study,
+            top_single=[
+                {"filter": f, "ap": result.single_ap[f], "recall": result.single_recall[f]} for f in ranked[:10]
+            ],
             ap_criterion=study.params.get("ap_criterion", PART_DEFAULTS["ap_criterion"]),
             recall_criterion=study.params.get("recall_criterion", PART_DEFAULTS["recall_criterion"]),
             pr_chart=pr_chart(curves),
-            ga_chart=line_chart(list(range(1, len(result.ga_history) + 1)), {"best AP so far": result.ga_history},
-                                xlabel="generation", ylabel="AP") if result.ga_history else None,
+            ga_chart=line_chart(
+                list(range(1, len(result.ga_history) + 1)),
+                {"best AP so far": result.ga_history},
+                xlabel="generation",
+                ylabel="AP",
+            )
+            if result.ga_history
+            else None,
             examples=part_examples(result),
-            siblings=study.part_results.order_by("name").only("pk", "name"))
+            siblings=study.part_results.order_by("name").only("pk", "name"),
+        )
         return context
 
 
@@ -154,8 +201,9 @@ class PartsStartView(ResearcherRequiredMixin, LayerMixin, StartRunFormMixin, For
 
     def start_run(self, form):
         network, layer = self.get_layer()
-        return part_detection_run_start(network=network.name, layer=layer.name, created_by=self.request.user,
-                                        **form.cleaned_data)
+        return part_detection_run_start(
+            network=network.name, layer=layer.name, created_by=self.request.user, **form.cleaned_data
+        )
 
 
 class LayerAblationView(ResearcherRequiredMixin, LayerMixin, TemplateView):
@@ -168,18 +216,25 @@ class LayerAblationView(ResearcherRequiredMixin, LayerMixin, TemplateView):
         network, layer = self.get_layer()
         studies = AblationStudy.objects.filter(layer=layer).select_related("dataset", "run")
         study = _pick(studies, self.request, "ablation study")
-        context.update(network=network, layer=layer, study=study, studies=studies,
-                       form=AblationForm(initial={"dataset": _default_dataset(layer)}))
+        context.update(
+            network=network,
+            layer=layer,
+            study=study,
+            studies=studies,
+            form=AblationForm(initial={"dataset": _default_dataset(layer)}),
+        )
         if study is not None:
             classes = list(study.class_results.select_related("object_class"))
             parts = list(study.part_results.select_related("object_class", "part"))
             context.update(classes=classes, parts=parts, near_chance=selectors.ablation_sanity_warning(study, network))
             if parts:
                 ordered = sorted(parts, key=lambda p: p.name)
-                context["blackout_chart"] = horizontal_bars([p.name for p in ordered],
-                                                            {"δ (blackout)": [p.delta for p in ordered]},
-                                                            xlabel=f"δ of the class score ({study.score})",
-                                                            unit_interval=False)
+                context["blackout_chart"] = horizontal_bars(
+                    [p.name for p in ordered],
+                    {"δ (blackout)": [p.delta for p in ordered]},
+                    xlabel=f"δ of the class score ({study.score})",
+                    unit_interval=False,
+                )
         return context
 
 
@@ -191,14 +246,20 @@ class AblationClassView(ResearcherRequiredMixin, LayerMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         network, layer = self.get_layer()
-        row = get_object_or_404(ClassDiscriminativeness.objects.select_related("study__dataset", "study__run",
-                                                                               "object_class"),
-                                pk=kwargs["pk"], study__layer=layer)
-        context.update(network=network, layer=layer, row=row, study=row.study,
-                       chart=delta_bars(row.deltas, row.threshold, highlight=row.discriminative,
-                                        ylabel=f"δ ({row.study.score})"),
-                       discriminative=[{"filter": f, "delta": row.deltas[f]} for f in row.discriminative],
-                       siblings=row.study.class_results.select_related("object_class"))
+        row = get_object_or_404(
+            ClassDiscriminativeness.objects.select_related("study__dataset", "study__run", "object_class"),
+            pk=kwargs["pk"],
+            study__layer=layer,
+        )
+        context.update(
+            network=network,
+            layer=layer,
+            row=row,
+            study=row.study,
+            chart=delta_bars(row.deltas, row.threshold, highlight=row.discriminative, ylabel=f"δ ({row.study.score})"),
+            discriminative=[{"filter": f, "delta": row.deltas[f]} for f in row.discriminative],
+            siblings=row.study.class_results.select_related("object_class"),
+        )
         return context
 
 
@@ -217,8 +278,9 @@ class AblationStartView(ResearcherRequiredMixin, LayerMixin, StartRunFormMixin, 
 
     def start_run(self, form):
         network, layer = self.get_layer()
-        return ablation_run_start(network=network.name, layer=layer.name, created_by=self.request.user,
-                                  **form.cleaned_data)
+        return ablation_run_start(
+            network=network.name, layer=layer.name, created_by=self.request.user, **form.cleaned_data
+        )
 
 
 class PartCorrelationsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
@@ -233,8 +295,11 @@ class PartCorrelationsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
         parts = PartDetectionStudy.objects.filter(layer=layer).select_related("dataset", "run").first()
         # Part blackouts do not depend on the layer: the newest study with blackouts on the network (this layer's
         # first) on the part study's dataset.
-        candidates = (AblationStudy.objects.filter(layer__network=network, part_results__isnull=False).distinct()
-                      .select_related("dataset", "run", "layer"))
+        candidates = (
+            AblationStudy.objects.filter(layer__network=network, part_results__isnull=False)
+            .distinct()
+            .select_related("dataset", "run", "layer")
+        )
         if parts is not None:
             candidates = candidates.filter(dataset=parts.dataset)
         ablation = candidates.filter(layer=layer).first() or candidates.first()
@@ -242,18 +307,40 @@ class PartCorrelationsView(ResearcherRequiredMixin, LayerMixin, TemplateView):
         rows = table["rows"]
         charts = []
         for key, (a, b), (xlabel, ylabel) in (
-                ("size_ap", ("size", "ap"), ("part size / object size", "AP (GA combination)")),
-                ("size_delta", ("size", "delta"), ("part size / object size", "δ (part blackout)")),
-                ("ap_delta", ("ap", "delta"), ("AP (GA combination)", "δ (part blackout)"))):
+            ("size_ap", ("size", "ap"), ("part size / object size", "AP (GA combination)")),
+            ("size_delta", ("size", "delta"), ("part size / object size", "δ (part blackout)")),
+            ("ap_delta", ("ap", "delta"), ("AP (GA combination)", "δ (part blackout)")),
+        ):
             chosen = [row for row in rows if row["in_common"] and row[a] is not None and row[b] is not None]
             stats = table[key]
             if len(chosen) >= 2:
-                title = (f"Pearson r = {stats['r']:.2f}, p = {stats['p']:.2g} (n = {stats['n']})"
-                         if stats["r"] is not None else f"n = {stats['n']}: too few points for r")
-                charts.append({"title": f"{ylabel} vs {xlabel}", "stats": stats,
-                               "svg": scatter_chart([row[a] for row in chosen], [row[b] for row in chosen],
-                                                    [row["name"] for row in chosen], xlabel=xlabel, ylabel=ylabel,
-                                                    title=title)})
-        context.update(network=network, layer=layer, parts=parts, ablation=ablation, rows=rows, charts=charts,
-                       n_common=table["n_common"], left_out=[row["name"] for row in rows if not row["in_common"]])
+                title = (
+                    f"Pearson r = {stats['r']:.2f}, p = {stats['p']:.2g} (n = {stats['n']})"
+                    if stats["r"] is not None
+                    else f"n = {stats['n']}: too few points for r"
+                )
+                charts.append(
+                    {
+                        "title": f"{ylabel} vs {xlabel}",
+                        "stats": stats,
+                        "svg": scatter_chart(
+                            [row[a] for row in chosen],
+                            [row[b] for row in chosen],
+                            [row["name"] for row in chosen],
+                            xlabel=xlabel,
+                            ylabel=ylabel,
+                            title=title,
+                        ),
+                    }
+                )
+        context.update(
+            network=network,
+            layer=layer,
+            parts=parts,
+            ablation=ablation,
+            rows=rows,
+            charts=charts,
+            n_common=table["n_common"],
+            left_out=[row["name"] for row in rows if not row["in_common"]],
+        )
         return context

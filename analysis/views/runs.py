@@ -1,4 +1,5 @@
 """Researcher pages of the machine side. Thin: reads through selectors, writes through services."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -38,8 +39,9 @@ class RunListView(ResearcherRequiredMixin, ListView):
 
     def get_queryset(self):
         runs_reconcile()
-        return selectors.runs_for_list(kind=self.request.GET.get("kind") or None,
-                                       status=self.request.GET.get("status") or None)
+        return selectors.runs_for_list(
+            kind=self.request.GET.get("kind") or None, status=self.request.GET.get("status") or None
+        )
 
     def get_template_names(self):
         if self.request.htmx:
@@ -79,10 +81,12 @@ class RunDetailView(ResearcherRequiredMixin, DetailView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["layer_extractions"] = self.object.layer_extractions.select_related("layer__network").annotate(
-            missing_grids=Count("exemplar_sets", filter=Q(exemplar_sets__grid__isnull=True)))
+            missing_grids=Count("exemplar_sets", filter=Q(exemplar_sets__grid__isnull=True))
+        )
         kind = self.object.job_kind
-        context["exportable"] = (self.object.status == RunStatus.SUCCEEDED and kind is not None
-                                 and kind.exporter is not None)
+        context["exportable"] = (
+            self.object.status == RunStatus.SUCCEEDED and kind is not None and kind.exporter is not None
+        )
         return context
 
 

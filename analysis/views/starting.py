@@ -1,4 +1,5 @@
 """A small mixin for pages whose form starts a run: validate, call the service, show the run."""
+
 from __future__ import annotations
 
 from django.contrib import messages

@@ -19,6 +19,7 @@ A visit sees only the assignments leased in it, and a visit whose gold answers f
 no more HITs without blocking the worker (someone else's answers under a known id cannot block the real
 worker). Own links are different: the worker code is a secret the worker was given, their personal link.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -30,8 +31,14 @@ from urllib.parse import urlsplit
 from django.core import signing
 from django.utils.crypto import salted_hmac
 
-from ..models import (MTURK_PREVIEW_ASSIGNMENT, CrowdAdapter, CrowdAssignment, CrowdAssignmentState, CrowdStudy,
-                      CrowdWorker)
+from ..models import (
+    MTURK_PREVIEW_ASSIGNMENT,
+    CrowdAdapter,
+    CrowdAssignment,
+    CrowdAssignmentState,
+    CrowdStudy,
+    CrowdWorker,
+)
 
 VISIT_SALT = "annotation.crowd-visit"
 VISIT_KEYS = ("external_assignment_id", "external_session")
@@ -134,14 +141,24 @@ class MTurkAdapter(Adapter):
             return Entry(error="This link lacks workerId or turkSubmitTo: open it from the HIT.")
         if not submit_to_allowed(study=study, submit_to=submit_to):
             return Entry(error="This HIT's turkSubmitTo is not a host this study hands work back to.")
-        return Entry(external_id=worker_id, external={"external_assignment_id": assignment_id[:128],
-                                                      "external_hit_id": hit_id[:128], "submit_to": submit_to})
+        return Entry(
+            external_id=worker_id,
+            external={
+                "external_assignment_id": assignment_id[:128],
+                "external_hit_id": hit_id[:128],
+                "submit_to": submit_to,
+            },
+        )
 
     def session_done(self, *, worker, context):
         """One UnitScope HIT per MTurk assignment: done once that assignment was submitted."""
         assignment_id = context.get("external_assignment_id")
-        return bool(assignment_id) and CrowdAssignment.objects.filter(
-            worker=worker, external_assignment_id=assignment_id, state__in=HANDED_IN).exists()
+        return (
+            bool(assignment_id)
+            and CrowdAssignment.objects.filter(
+                worker=worker, external_assignment_id=assignment_id, state__in=HANDED_IN
+            ).exists()
+        )
 
     def after_submit(self, *, assignment):
         fields = [("assignmentId", assignment.external_assignment_id), ("hitId", assignment.external_hit_id)]
@@ -166,14 +183,15 @@ class ProlificAdapter(Adapter):
     context_keys = ("external_session",)
 
     def entry(self, params, *, study, user=None):
-        pid, study_id, session = (params.get(key, "").strip() for key in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID"))
+        pid, _study_id, session = (params.get(key, "").strip() for key in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID"))
         if not pid or not session:
             return Entry(error="This link lacks PROLIFIC_PID or SESSION_ID: open it from Prolific.")
         return Entry(external_id=pid, external={"external_session": session[:128]})
 
     def _submitted(self, worker, context) -> int:
-        return CrowdAssignment.objects.filter(worker=worker, external_session=context.get("external_session", ""),
-                                              state__in=HANDED_IN).count()
+        return CrowdAssignment.objects.filter(
+            worker=worker, external_session=context.get("external_session", ""), state__in=HANDED_IN
+        ).count()
 
     def session_done(self, *, worker, context):
         return self._submitted(worker, context) >= worker.study.hits_per_session
@@ -188,8 +206,10 @@ class ProlificAdapter(Adapter):
         return Handoff("code", url=PROLIFIC_COMPLETE_URL.format(code=code), code=code)
 
     def entry_url_template(self, study, base):
-        return (f"{base}/crowd/s/{study.token}/prolific/?PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}"
-                f"&STUDY_ID={{{{%STUDY_ID%}}}}&SESSION_ID={{{{%SESSION_ID%}}}}")
+        return (
+            f"{base}/crowd/s/{study.token}/prolific/?PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}"
+            f"&STUDY_ID={{{{%STUDY_ID%}}}}&SESSION_ID={{{{%SESSION_ID%}}}}"
+        )
 
 
 def session_completion_code(study: CrowdStudy, session: str) -> str:

@@ -22,6 +22,7 @@ Not here, to keep one way of doing each: the canonical description of a unit is
 :func:`annotation.crowd.selectors.canonical_description`; per-worker gold accuracy comes from the gold HITs'
 ``gold_correct`` (:func:`annotation.crowd.selectors.crowd_worker_rows`).
 """
+
 from __future__ import annotations
 
 import enum
@@ -37,24 +38,25 @@ from analysis.engine import agreement as agreement_engine
 
 __all__ = [
     "COLUMNS",
-    "answers_frame",
-    "label_order",
-    "majority_vote",
     "DawidSkeneResult",
-    "dawid_skene",
-    "agreement",
-    "OverlapRules",
     "OverlapAction",
     "OverlapDecision",
+    "OverlapRules",
+    "agreement",
+    "answers_frame",
+    "dawid_skene",
+    "label_order",
+    "majority_vote",
+    "mean_purity",
     "overlap_decision",
     "overlap_decisions",
-    "mean_purity",
 ]
 
 COLUMNS = ("task", "worker", "label")
 
 
 # -- shaping -------------------------------------------------------------------------------------------------
+
 
 def answers_frame(rows: Iterable[Sequence[Hashable]] | pd.DataFrame) -> pd.DataFrame:
     """``(task, worker, label)`` rows (or a DataFrame with those columns) → the answers DataFrame.
@@ -96,6 +98,7 @@ def _label_counts(answers: pd.DataFrame) -> dict[Hashable, Counter]:
 
 # -- majority vote -------------------------------------------------------------------------------------------
 
+
 def majority_vote(answers: pd.DataFrame, *, labels: Sequence[Hashable] | None = None) -> pd.DataFrame:
     """The most frequent label of each task.
 
@@ -116,6 +119,7 @@ def majority_vote(answers: pd.DataFrame, *, labels: Sequence[Hashable] | None = 
 
 
 # -- Dawid-Skene ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class DawidSkeneResult:
@@ -138,8 +142,9 @@ class DawidSkeneResult:
     iterations: int
 
 
-def dawid_skene(answers: pd.DataFrame, *, n_iter: int = 100, tol: float = 1e-5,
-                gold: Mapping[Hashable, Hashable] | None = None) -> DawidSkeneResult:
+def dawid_skene(
+    answers: pd.DataFrame, *, n_iter: int = 100, tol: float = 1e-5, gold: Mapping[Hashable, Hashable] | None = None
+) -> DawidSkeneResult:
     """Dawid & Skene's EM (crowd-kit ``DawidSkene(n_iter, tol)``; its defaults), initialised by majority vote.
 
     ``gold``: task → known label; when given, those tasks' posteriors are fixed to the known label on every
@@ -161,8 +166,11 @@ def dawid_skene(answers: pd.DataFrame, *, n_iter: int = 100, tol: float = 1e-5,
     true_labels = None
     if gold:
         task_code, label_code = {t: i for i, t in enumerate(tasks)}, {v: i for i, v in enumerate(labels)}
-        known = {task_code[task]: label_code[label] for task, label in gold.items()
-                 if task in task_code and label in label_code}
+        known = {
+            task_code[task]: label_code[label]
+            for task, label in gold.items()
+            if task in task_code and label in label_code
+        }
         true_labels = pd.Series(known, dtype=np.int64) if known else None
     model = DawidSkene(n_iter=n_iter, tol=tol)
     with warnings.catch_warnings():
@@ -177,27 +185,39 @@ def dawid_skene(answers: pd.DataFrame, *, n_iter: int = 100, tol: float = 1e-5,
     priors = model.priors_.astype(float)
     priors.index = pd.Index([label_of[code] for code in priors.index], name="label")
     confusion = model.errors_.astype(float)
-    confusion.index = pd.MultiIndex.from_tuples([(workers[w], label_of[l]) for w, l in confusion.index],
-                                                names=["worker", "label"])
+    confusion.index = pd.MultiIndex.from_tuples(
+        [(workers[w], label_of[code]) for w, code in confusion.index], names=["worker", "label"]
+    )
     confusion.columns = [label_of[code] for code in confusion.columns]
     skills = {}
     for worker, block in confusion.groupby(level="worker", sort=False):
         observed = block.droplevel("worker")
-        skills[worker] = float(sum(priors[label] * observed.at[label, label]
-                                   for label in priors.index if label in observed.index))
+        skills[worker] = float(
+            sum(priors[label] * observed.at[label, label] for label in priors.index if label in observed.index)
+        )
     return DawidSkeneResult(
-        labels=probas.idxmax(axis=1).rename("label"), probas=probas,
-        confidence=probas.max(axis=1).rename("confidence"), priors=priors.rename("prior"), confusion=confusion,
+        labels=probas.idxmax(axis=1).rename("label"),
+        probas=probas,
+        confidence=probas.max(axis=1).rename("confidence"),
+        priors=priors.rename("prior"),
+        confusion=confusion,
         skills=pd.Series(skills, dtype=float, name="skill").rename_axis("worker"),
-        iterations=len(model.loss_history_))
+        iterations=len(model.loss_history_),
+    )
 
 
 # -- agreement -----------------------------------------------------------------------------------------------
 
-def agreement(answers: pd.DataFrame, *, labels: Sequence[Hashable] | None = None,
-              replicates: int = agreement_engine.DEFAULT_REPLICATES,
-              confidence: float = agreement_engine.DEFAULT_CONFIDENCE,
-              seed: int = 0, interval: bool = False) -> agreement_engine.AgreementSummary:
+
+def agreement(
+    answers: pd.DataFrame,
+    *,
+    labels: Sequence[Hashable] | None = None,
+    replicates: int = agreement_engine.DEFAULT_REPLICATES,
+    confidence: float = agreement_engine.DEFAULT_CONFIDENCE,
+    seed: int = 0,
+    interval: bool = False,
+) -> agreement_engine.AgreementSummary:
     """Fleiss' κ, Krippendorff's α (nominal; ``interval``: interval α on numeric labels, e.g. purity counts) and
     percent agreement over the tasks with two or more answers,
     each with a ``confidence`` percentile bootstrap interval from ``replicates`` resamples of tasks seeded by
@@ -210,20 +230,38 @@ def agreement(answers: pd.DataFrame, *, labels: Sequence[Hashable] | None = None
     answers = answers_frame(answers)
     order = label_order(answers, labels)
     codes = {label: code for code, label in enumerate(order)}
-    triples = [(task, worker, codes[label]) for task, worker, label in
-               zip(answers["task"], answers["worker"], answers["label"])]
+    triples = [
+        (task, worker, codes[label])
+        for task, worker, label in zip(answers["task"], answers["worker"], answers["label"])
+    ]
     if not triples:
-        return agreement_engine.AgreementSummary(None, None, None, None, n_items=0, n_raters=0, n_answers=0,
-                                                 confidence=confidence, replicates=replicates, seed=seed)
+        return agreement_engine.AgreementSummary(
+            None,
+            None,
+            None,
+            None,
+            n_items=0,
+            n_raters=0,
+            n_answers=0,
+            confidence=confidence,
+            replicates=replicates,
+            seed=seed,
+        )
     matrix, _, _ = agreement_engine.ratings_matrix(triples)
-    return agreement_engine.agreement_summary(matrix, n_categories=max(len(order), 1), replicates=replicates,
-                                              confidence=confidence, seed=seed,
-                                              values=[float(label) for label in order] if interval else None)
+    return agreement_engine.agreement_summary(
+        matrix,
+        n_categories=max(len(order), 1),
+        replicates=replicates,
+        confidence=confidence,
+        seed=seed,
+        values=[float(label) for label in order] if interval else None,
+    )
 
 
 # -- dynamic overlap -----------------------------------------------------------------------------------------
 
-class OverlapAction(str, enum.Enum):
+
+class OverlapAction(str, enum.Enum):  # noqa: UP042 — str() stays as it was
     """What the overlap policy says about one HIT."""
 
     COLLECT = "collect"
@@ -282,8 +320,11 @@ class OverlapRules:
         study's planned N is raised to it: the rules add raters beyond the plan, they never cut it."""
         settle = int(study.overlap_settle_after)
         planned = int(getattr(study, "assignments_per_hit", 0) or 0)
-        return cls(min_raters=settle, extend_below=float(study.overlap_min_agreement),
-                   max_raters=max(int(study.overlap_max_assignments), settle, planned))
+        return cls(
+            min_raters=settle,
+            extend_below=float(study.overlap_min_agreement),
+            max_raters=max(int(study.overlap_max_assignments), settle, planned),
+        )
 
 
 @dataclass(frozen=True)
@@ -298,8 +339,9 @@ class OverlapDecision:
     leading_share: float | None
 
 
-def overlap_decision(task: Hashable, counts: Mapping[Hashable, int], planned: int,
-                     rules: OverlapRules = OverlapRules()) -> OverlapDecision:
+def overlap_decision(
+    task: Hashable, counts: Mapping[Hashable, int], planned: int, rules: OverlapRules = OverlapRules()
+) -> OverlapDecision:
     """Apply ``rules`` to one HIT with answer ``counts`` (label → answers) and ``planned`` answers (its N,
     possibly raised by earlier extensions).
 
@@ -331,9 +373,13 @@ def overlap_decision(task: Hashable, counts: Mapping[Hashable, int], planned: in
     return decide(OverlapAction.EXTEND, min(n + rules.add, rules.max_raters))
 
 
-def overlap_decisions(answers: pd.DataFrame, planned: int | Mapping[Hashable, int],
-                      rules: OverlapRules = OverlapRules(), *,
-                      tasks: Iterable[Hashable] = ()) -> dict[Hashable, OverlapDecision]:
+def overlap_decisions(
+    answers: pd.DataFrame,
+    planned: int | Mapping[Hashable, int],
+    rules: OverlapRules = OverlapRules(),
+    *,
+    tasks: Iterable[Hashable] = (),
+) -> dict[Hashable, OverlapDecision]:
     """:func:`overlap_decision` for every task of ``answers`` (and every task in ``tasks``, answered or not).
 
     ``planned``: one N for all, or task → N (a task missing from the mapping takes ``rules.min_raters``).
@@ -349,6 +395,7 @@ def overlap_decisions(answers: pd.DataFrame, planned: int | Mapping[Hashable, in
 
 
 # -- purity (Explanatory Graph) -------------------------------------------------------------------------------
+
 
 def mean_purity(counts: Iterable[tuple[Hashable, int, int]]) -> tuple[float | None, int]:
     """Explanatory Graph purity: ``(pattern, same_part_count, K)`` per rater answer → (mean over patterns of
@@ -385,4 +432,3 @@ def longest_run_p_value(n: int, run: int, shares: Sequence[float]) -> float:
         grown[:, 1] = p * (per_value.sum() - per_value)  # another answer starts a new run
         state = grown
     return float(min(max(1.0 - state.sum(), 0.0), 1.0))
-

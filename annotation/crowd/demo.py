@@ -1,5 +1,6 @@
 """The demo's crowd side: a simulated crowd's finished description and validation studies (and a purity study
 when the demo learnt an Explanatory Graph), opened to people through printed links."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,9 +32,16 @@ DEMO_FORCED_CHOICE_STUDY = "demo-crowd-forced-choice"
 DEMO_FORCED_CHOICE_LAYERS = ("conv5", "conv3")
 
 
-def demo_crowd_studies_ensure(*, network: str = "demo-net", dataset: str = "probe-world",
-                              layers: Sequence[str] = DEMO_LAYERS, units: Sequence[int] | None = None,
-                              real_places: int = 2, seed: int = 0, researcher: str = "researcher") -> dict[str, Any]:
+def demo_crowd_studies_ensure(
+    *,
+    network: str = "demo-net",
+    dataset: str = "probe-world",
+    layers: Sequence[str] = DEMO_LAYERS,
+    units: Sequence[int] | None = None,
+    real_places: int = 2,
+    seed: int = 0,
+    researcher: str = "researcher",
+) -> dict[str, Any]:
     """The demo's crowd side (idempotent): a description study over ``layers`` answered by a simulated crowd
     (so units have human canonical descriptions), then a blind validation study (dissection labels, those
     descriptions and controls) answered by the simulated crowd too, so the ND'18 Table 3 report is populated.
@@ -55,20 +63,34 @@ def demo_crowd_studies_ensure(*, network: str = "demo-net", dataset: str = "prob
         except InputError as error:
             raise CrowdInputError(str(error)) from None
     graph = ExplanatoryGraph.objects.filter(network__name=network, dataset__name=dataset).first()  # the newest
-    plans = [(DEMO_DESCRIPTION_STUDY, CrowdTaskKind.DESCRIPTION, extractions),
-             (DEMO_VALIDATION_STUDY, CrowdTaskKind.VALIDATION, extractions)]
+    plans = [
+        (DEMO_DESCRIPTION_STUDY, CrowdTaskKind.DESCRIPTION, extractions),
+        (DEMO_VALIDATION_STUDY, CrowdTaskKind.VALIDATION, extractions),
+    ]
     if graph is not None:
-        plans.append((DEMO_PURITY_STUDY, CrowdTaskKind.PURITY,
-                      [study_extraction_for(network=network, layer=layer, dataset=dataset) for layer in graph.layers]))
+        plans.append(
+            (
+                DEMO_PURITY_STUDY,
+                CrowdTaskKind.PURITY,
+                [study_extraction_for(network=network, layer=layer, dataset=dataset) for layer in graph.layers],
+            )
+        )
     studies: dict[str, CrowdStudy] = {}
     truths: dict[tuple[int, ...], Any] = {}  # the pixel truth of a set of layers, read once
     for name, kind, study_extractions in plans:
         study = CrowdStudy.objects.filter(name=name).first()
         if study is None:
             study = crowd_study_create(
-                name=name, kind=kind, extractions=study_extractions, units=units, seed=seed,
-                created_by=researcher_user, description_study=studies.get(DEMO_DESCRIPTION_STUDY), graph=graph,
-                description="The demo's crowd study: a simulated crowd (flagged simulated) answered every HIT.")
+                name=name,
+                kind=kind,
+                extractions=study_extractions,
+                units=units,
+                seed=seed,
+                created_by=researcher_user,
+                description_study=studies.get(DEMO_DESCRIPTION_STUDY),
+                graph=graph,
+                description="The demo's crowd study: a simulated crowd (flagged simulated) answered every HIT.",
+            )
         tasks = study.hits.filter(role=HitRole.TASK)
         reopened = kind != CrowdTaskKind.DESCRIPTION and real_places
         # Places for people are opened once the simulated crowd is done: opened places mean nothing is left to
@@ -85,12 +107,22 @@ def demo_crowd_studies_ensure(*, network: str = "demo-net", dataset: str = "prob
             study_open_set(study=study, is_open=False)
         studies[name] = study
     forced_layers = [layer for layer in DEMO_FORCED_CHOICE_LAYERS if layer in layers] or list(layers)[-1:]
-    forced = demo_forced_choice_study_ensure(network=network, dataset=dataset, layers=forced_layers, units=units,
-                                             real_places=real_places, seed=seed, created_by=researcher_user)
+    forced = demo_forced_choice_study_ensure(
+        network=network,
+        dataset=dataset,
+        layers=forced_layers,
+        units=units,
+        real_places=real_places,
+        seed=seed,
+        created_by=researcher_user,
+    )
     studies[forced.name] = forced
     validation = studies[DEMO_VALIDATION_STUDY]
-    return {"credentials": credentials, "studies": {name: study.pk for name, study in studies.items()},
-            "links": crowd_links(validation)}
+    return {
+        "credentials": credentials,
+        "studies": {name: study.pk for name, study in studies.items()},
+        "links": crowd_links(validation),
+    }
 
 
 def demo_trial_params(n_images: int) -> dict[str, Any]:
@@ -103,14 +135,25 @@ def demo_trial_params(n_images: int) -> dict[str, Any]:
     if n_images >= 38:
         return {"conditions": ["natural", "overlay", "none"]}
     reference = max(2, n_images // 10)
-    return {"conditions": ["natural", "overlay", "none"], "reference_count": reference,
-            "query_ranks": (reference + 1, 2 * reference), "trials_per_unit": min(2, reference)}
+    return {
+        "conditions": ["natural", "overlay", "none"],
+        "reference_count": reference,
+        "query_ranks": (reference + 1, 2 * reference),
+        "trials_per_unit": min(2, reference),
+    }
 
 
-def demo_forced_choice_study_ensure(*, network: str = "demo-net", dataset: str = "probe-world",
-                                    layers: Sequence[str] = DEMO_FORCED_CHOICE_LAYERS,
-                                    units: Sequence[int] | None = None, real_places: int = 2, seed: int = 0,
-                                    created_by=None, **overrides: Any) -> CrowdStudy:
+def demo_forced_choice_study_ensure(
+    *,
+    network: str = "demo-net",
+    dataset: str = "probe-world",
+    layers: Sequence[str] = DEMO_FORCED_CHOICE_LAYERS,
+    units: Sequence[int] | None = None,
+    real_places: int = 2,
+    seed: int = 0,
+    created_by=None,
+    **overrides: Any,
+) -> CrowdStudy:
     """The demo's forced-choice study (issue 17, idempotent): conv5 and conv3 for contrast, conditions compared
     between trials, answered by a simulated crowd of planted per-unit readability (flagged simulated, left out of
     reports unless asked), then ``real_places`` more places per HIT for people."""
@@ -122,9 +165,15 @@ def demo_forced_choice_study_ensure(*, network: str = "demo-net", dataset: str =
             raise CrowdInputError(str(error)) from None
         params = {**demo_trial_params(extractions[0].n_images), **overrides}
         study = forced_choice_study_create(
-            name=DEMO_FORCED_CHOICE_STUDY, extractions=extractions, units=units, seed=seed, created_by=created_by,
+            name=DEMO_FORCED_CHOICE_STUDY,
+            extractions=extractions,
+            units=units,
+            seed=seed,
+            created_by=created_by,
             description="The demo's forced-choice study: a simulated crowd of planted per-unit readability "
-                        "(flagged simulated) answered every HIT; places are open for people.", **params)
+            "(flagged simulated) answered every HIT; places are open for people.",
+            **params,
+        )
     tasks = study.hits.filter(role=HitRole.TASK)
     opened = real_places and not tasks.filter(max_assignments=study.assignments_per_hit).exists()
     if not opened:

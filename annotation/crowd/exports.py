@@ -1,27 +1,65 @@
 """Researchers' exports of a crowd study (votes, descriptions, purity counts): every assignment with full
 provenance, and the aggregated results per HIT. Reads only; the site's download view and the API both use these
 functions, so a file downloaded from either is the same."""
+
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
 from typing import Any
 
-from ..common import iso, rows_csv, simulated_check
 from analysis.models import ExplanatoryGraph
 
+from ..common import iso, rows_csv, simulated_check
 from ..models import RAW_FILTER_PEAKS, CrowdAdapter, CrowdAssignment, CrowdTaskKind, Hit, HitRole
 from .adapters import HANDED_IN, session_completion_code
 from .aggregation import answers_frame, majority_vote
 from .selectors import canonical_description
 
 CROWD_ANSWER_FIELDS = (
-    "assignment", "study", "hit", "hit_token", "hit_kind", "hit_role", "network", "layer", "unit", "label",
-    "label_origin", "validation_round", "label_category", "grid_sha256", "worker", "worker_adapter", "worker_external_id",
-    "worker_simulated", "user", "state", "answer", "description", "confidence", "count", "pasted", "gold_correct",
-    "leased_at", "shown_at", "submitted_at", "seconds", "returned_at", "reason", "reviewed_by", "reviewed_at",
-    "external_assignment_id", "external_hit_id", "external_session", "pattern_source", "pattern", "graph",
-    "purity_k", "purity_shown", "completion_code",
+    "assignment",
+    "study",
+    "hit",
+    "hit_token",
+    "hit_kind",
+    "hit_role",
+    "network",
+    "layer",
+    "unit",
+    "label",
+    "label_origin",
+    "validation_round",
+    "label_category",
+    "grid_sha256",
+    "worker",
+    "worker_adapter",
+    "worker_external_id",
+    "worker_simulated",
+    "user",
+    "state",
+    "answer",
+    "description",
+    "confidence",
+    "count",
+    "pasted",
+    "gold_correct",
+    "leased_at",
+    "shown_at",
+    "submitted_at",
+    "seconds",
+    "returned_at",
+    "reason",
+    "reviewed_by",
+    "reviewed_at",
+    "external_assignment_id",
+    "external_hit_id",
+    "external_session",
+    "pattern_source",
+    "pattern",
+    "graph",
+    "purity_k",
+    "purity_shown",
+    "completion_code",
 )
 """Columns of a crowd study's raw answers export: every assignment (leased, returned, submitted, approved,
 rejected; task, gold and qualification HITs), with the HIT it answered (kind, role, unit, label and — for
@@ -34,11 +72,31 @@ purity table can be recomputed from the export. ``completion_code``: on a Prolif
 session's own code, to match against Prolific's submissions."""
 
 
-CROWD_RESULT_FIELDS = ("hit", "hit_kind", "network", "layer", "unit", "label", "label_origin", "validation_round",
-                       "label_category",
-                       "answers", "n_yes", "n_no", "majority", "majority_share", "tied", "canonical_description",
-                       "canonical_agreed", "mean_count", "purity_shown", "purity_k", "pattern_source", "pattern",
-                       "graph")
+CROWD_RESULT_FIELDS = (
+    "hit",
+    "hit_kind",
+    "network",
+    "layer",
+    "unit",
+    "label",
+    "label_origin",
+    "validation_round",
+    "label_category",
+    "answers",
+    "n_yes",
+    "n_no",
+    "majority",
+    "majority_share",
+    "tied",
+    "canonical_description",
+    "canonical_agreed",
+    "mean_count",
+    "purity_shown",
+    "purity_k",
+    "pattern_source",
+    "pattern",
+    "graph",
+)
 """Columns of a crowd study's aggregated results: per task HIT, the answers that count (submitted or approved)."""
 
 
@@ -53,44 +111,82 @@ def pattern_of(hit: Hit) -> dict[str, Any]:
     if kind == RAW_FILTER_PEAKS and hit.unit_id:  # older HITs named the unit by its row id
         pattern = f"{hit.unit.layer.name}/{hit.unit.index}"
     graph = source.get("graph")
-    return {"pattern_source": kind, "pattern": pattern, "purity_k": hit.purity_k, "purity_shown": hit.purity_shown,
-            "graph": ExplanatoryGraph.objects.filter(pk=graph).values_list("run_id", flat=True).first()
-            if graph else None}
+    return {
+        "pattern_source": kind,
+        "pattern": pattern,
+        "purity_k": hit.purity_k,
+        "purity_shown": hit.purity_shown,
+        "graph": ExplanatoryGraph.objects.filter(pk=graph).values_list("run_id", flat=True).first() if graph else None,
+    }
 
 
 def crowd_answer_rows(study) -> list[dict[str, Any]]:
     """Every assignment of crowd ``study`` as a dict of :data:`CROWD_ANSWER_FIELDS`, in lease order."""
-    assignments = (CrowdAssignment.objects.filter(hit__study=study)
-                   .select_related("hit__unit__layer__network", "hit__grid", "worker", "reviewed_by")
-                   .order_by("leased_at", "id"))
-    earned = {session for session, count in Counter(
-        assignments.filter(worker__adapter=CrowdAdapter.PROLIFIC, state__in=HANDED_IN)
-        .exclude(external_session="").values_list("external_session", flat=True)).items()
-        if count >= study.hits_per_session}
+    assignments = (
+        CrowdAssignment.objects.filter(hit__study=study)
+        .select_related("hit__unit__layer__network", "hit__grid", "worker", "reviewed_by")
+        .order_by("leased_at", "id")
+    )
+    earned = {
+        session
+        for session, count in Counter(
+            assignments.filter(worker__adapter=CrowdAdapter.PROLIFIC, state__in=HANDED_IN)
+            .exclude(external_session="")
+            .values_list("external_session", flat=True)
+        ).items()
+        if count >= study.hits_per_session
+    }
     rows, patterns = [], {}
     for assignment in assignments:
         hit, worker = assignment.hit, assignment.worker
         unit = hit.unit
-        rows.append({
-            "assignment": assignment.pk, "study": study.pk, "hit": hit.pk, "hit_token": hit.token, "hit_kind": hit.kind,
-            "hit_role": hit.role, "network": unit.layer.network.name if unit else None,
-            "layer": unit.layer.name if unit else None, "unit": unit.index if unit else None, "label": hit.label,
-            "label_origin": hit.label_origin, "validation_round": hit.validation_round,
-            "label_category": hit.label_category, "grid_sha256": hit.grid.sha256 if hit.grid_id else None, "worker": worker.pk,
-            "worker_adapter": worker.adapter, "worker_external_id": worker.external_id,
-            "worker_simulated": worker.simulated, "user": worker.user_id, "state": assignment.state,
-            "answer": assignment.answer, "description": assignment.description, "confidence": assignment.confidence,
-            "count": assignment.count, "pasted": assignment.pasted, "gold_correct": assignment.gold_correct,
-            "leased_at": iso(assignment.leased_at), "shown_at": iso(assignment.shown_at),
-            "submitted_at": iso(assignment.submitted_at), "seconds": assignment.seconds,
-            "returned_at": iso(assignment.returned_at), "reason": assignment.reason,
-            "reviewed_by": assignment.reviewed_by.get_username() if assignment.reviewed_by_id else None,
-            "reviewed_at": iso(assignment.reviewed_at), "external_assignment_id": assignment.external_assignment_id,
-            "external_hit_id": assignment.external_hit_id, "external_session": assignment.external_session,
-            **patterns.setdefault(hit.pk, pattern_of(hit)),
-            "completion_code": (session_completion_code(study, assignment.external_session)
-                                if assignment.external_session in earned else None),
-        })
+        rows.append(
+            {
+                "assignment": assignment.pk,
+                "study": study.pk,
+                "hit": hit.pk,
+                "hit_token": hit.token,
+                "hit_kind": hit.kind,
+                "hit_role": hit.role,
+                "network": unit.layer.network.name if unit else None,
+                "layer": unit.layer.name if unit else None,
+                "unit": unit.index if unit else None,
+                "label": hit.label,
+                "label_origin": hit.label_origin,
+                "validation_round": hit.validation_round,
+                "label_category": hit.label_category,
+                "grid_sha256": hit.grid.sha256 if hit.grid_id else None,
+                "worker": worker.pk,
+                "worker_adapter": worker.adapter,
+                "worker_external_id": worker.external_id,
+                "worker_simulated": worker.simulated,
+                "user": worker.user_id,
+                "state": assignment.state,
+                "answer": assignment.answer,
+                "description": assignment.description,
+                "confidence": assignment.confidence,
+                "count": assignment.count,
+                "pasted": assignment.pasted,
+                "gold_correct": assignment.gold_correct,
+                "leased_at": iso(assignment.leased_at),
+                "shown_at": iso(assignment.shown_at),
+                "submitted_at": iso(assignment.submitted_at),
+                "seconds": assignment.seconds,
+                "returned_at": iso(assignment.returned_at),
+                "reason": assignment.reason,
+                "reviewed_by": assignment.reviewed_by.get_username() if assignment.reviewed_by_id else None,
+                "reviewed_at": iso(assignment.reviewed_at),
+                "external_assignment_id": assignment.external_assignment_id,
+                "external_hit_id": assignment.external_hit_id,
+                "external_session": assignment.external_session,
+                **patterns.setdefault(hit.pk, pattern_of(hit)),
+                "completion_code": (
+                    session_completion_code(study, assignment.external_session)
+                    if assignment.external_session in earned
+                    else None
+                ),
+            }
+        )
     return rows
 
 
@@ -111,15 +207,33 @@ def crowd_results(study, *, simulated: str = "exclude") -> list[dict[str, Any]]:
     votes = [(hit_id, a.worker_id, a.answer) for hit_id, items in by_hit.items() for a in items if a.answer]
     majority = majority_vote(answers_frame(votes), labels=["yes", "no"]) if votes else None
     rows = []
-    for hit in (Hit.objects.filter(study=study, role=HitRole.TASK).select_related("unit__layer__network")
-                .order_by("position", "id")):
+    for hit in (
+        Hit.objects.filter(study=study, role=HitRole.TASK)
+        .select_related("unit__layer__network")
+        .order_by("position", "id")
+    ):
         items = by_hit.get(hit.pk, [])
-        row = {"hit": hit.pk, "hit_kind": hit.kind, "network": hit.unit.layer.network.name if hit.unit else None,
-               "layer": hit.unit.layer.name if hit.unit else None, "unit": hit.unit.index if hit.unit else None,
-               "label": hit.label, "label_origin": hit.label_origin, "validation_round": hit.validation_round,
-               "label_category": hit.label_category, "answers": len(items), "n_yes": None, "n_no": None, "majority": None, "majority_share": None,
-               "tied": None, "canonical_description": None, "canonical_agreed": None, "mean_count": None,
-               **pattern_of(hit)}
+        row = {
+            "hit": hit.pk,
+            "hit_kind": hit.kind,
+            "network": hit.unit.layer.network.name if hit.unit else None,
+            "layer": hit.unit.layer.name if hit.unit else None,
+            "unit": hit.unit.index if hit.unit else None,
+            "label": hit.label,
+            "label_origin": hit.label_origin,
+            "validation_round": hit.validation_round,
+            "label_category": hit.label_category,
+            "answers": len(items),
+            "n_yes": None,
+            "n_no": None,
+            "majority": None,
+            "majority_share": None,
+            "tied": None,
+            "canonical_description": None,
+            "canonical_agreed": None,
+            "mean_count": None,
+            **pattern_of(hit),
+        }
         if hit.kind == CrowdTaskKind.VALIDATION:
             row["n_yes"] = sum(a.answer == "yes" for a in items)
             row["n_no"] = sum(a.answer == "no" for a in items)
@@ -154,8 +268,21 @@ def crowd_export_file(study, name: str, *, simulated: str = "exclude") -> tuple[
         rows, fields, key = crowd_answer_rows(study), CROWD_ANSWER_FIELDS, "answers"
     else:
         rows, fields, key = crowd_results(study, simulated=simulated), CROWD_RESULT_FIELDS, "results"
-    text = rows_csv(rows, fields) if suffix == "csv" else json.dumps(
-        {"crowd_study": study.name, "crowd_study_id": study.pk, "kind": study.kind, "fields": list(fields),
-         **({"simulated": simulated} if stem == "results" else {}), key: rows}, ensure_ascii=False, indent=1)
+    text = (
+        rows_csv(rows, fields)
+        if suffix == "csv"
+        else json.dumps(
+            {
+                "crowd_study": study.name,
+                "crowd_study_id": study.pk,
+                "kind": study.kind,
+                "fields": list(fields),
+                **({"simulated": simulated} if stem == "results" else {}),
+                key: rows,
+            },
+            ensure_ascii=False,
+            indent=1,
+        )
+    )
     qualifier = "" if stem == "answers" or simulated == "exclude" else f"-simulated-{simulated}"
     return text, content_type, f"crowd-study-{study.pk}-{stem}{qualifier}.{suffix}"

@@ -6,12 +6,22 @@ Blindness: a page shows the two query images as "1" and "2" in the order ``Force
 fixed at planning (random, balanced); every image is a content-hash PNG; URLs carry only random tokens. Which query
 is strong lives only in ``ForcedChoiceTrial`` rows (and, for catch and practice trials, ``Hit.gold_answer``).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from ..models import (FORCED_CHOICE_CONFIDENCE, FORCED_CHOICE_QUESTION, ConditionAssignment, CrowdTaskKind,
-                      CrowdWorker, ForcedChoiceCondition, ForcedChoiceReference, ForcedChoiceTrial, Hit)
+from ..models import (
+    FORCED_CHOICE_CONFIDENCE,
+    FORCED_CHOICE_QUESTION,
+    ConditionAssignment,
+    CrowdTaskKind,
+    CrowdWorker,
+    ForcedChoiceCondition,
+    ForcedChoiceReference,
+    ForcedChoiceTrial,
+    Hit,
+)
 
 ANSWERS = ("1", "2")
 INSTRUCTIONS = (
@@ -20,7 +30,8 @@ INSTRUCTIONS = (
     "the middle: one of them makes the unit respond strongly, the other weakly. Pick the strong one — click it or "
     "press 1 or 2 — and, if you like, say how sure you are (1 = a guess, 3 = sure). Some trials show no "
     "reference images: then go by your best guess. A few trials are easy checks. You start with practice trials "
-    "that tell you the right answer.")
+    "that tell you the right answer."
+)
 
 
 def condition_for(*, worker: CrowdWorker, hit: Hit, trial: ForcedChoiceTrial) -> str:
@@ -47,20 +58,29 @@ def trial_context(*, hit: Hit, condition: str) -> dict[str, Any]:
     queries = [strong, weak] if trial.strong_position == 1 else [weak, strong]
     reference = None
     if condition != ForcedChoiceCondition.NONE:
-        reference = (ForcedChoiceReference.objects.select_related("top_grid", "bottom_grid")
-                     .filter(study_id=hit.study_id, unit_id=hit.unit_id, condition=condition).first())
-    return {"hit_kind": CrowdTaskKind.FORCED_CHOICE, "question": FORCED_CHOICE_QUESTION, "fc_condition": condition,
-            "fc_reference": reference, "fc_queries": [{"number": number, "grid": grid}
-                                                      for number, grid in enumerate(queries, start=1)],
-            "fc_confidence": FORCED_CHOICE_CONFIDENCE, "overlay": condition == ForcedChoiceCondition.OVERLAY}
+        reference = (
+            ForcedChoiceReference.objects.select_related("top_grid", "bottom_grid")
+            .filter(study_id=hit.study_id, unit_id=hit.unit_id, condition=condition)
+            .first()
+        )
+    return {
+        "hit_kind": CrowdTaskKind.FORCED_CHOICE,
+        "question": FORCED_CHOICE_QUESTION,
+        "fc_condition": condition,
+        "fc_reference": reference,
+        "fc_queries": [{"number": number, "grid": grid} for number, grid in enumerate(queries, start=1)],
+        "fc_confidence": FORCED_CHOICE_CONFIDENCE,
+        "overlay": condition == ForcedChoiceCondition.OVERLAY,
+    }
 
 
 def is_correct(*, trial: ForcedChoiceTrial, answer: str) -> bool:
     return answer == str(trial.strong_position)
 
 
-def clean_answer(*, answer: str | None, confidence: int | str | None, client_ms: int | str | None
-                 ) -> dict[str, Any] | str:
+def clean_answer(
+    *, answer: str | None, confidence: int | str | None, client_ms: int | str | None
+) -> dict[str, Any] | str:
     """The validated answer fields of a forced-choice HIT, or the error to show (a string)."""
     if answer not in ANSWERS:
         return "Pick image 1 or image 2."

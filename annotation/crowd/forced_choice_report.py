@@ -8,6 +8,7 @@ Which answers count: submitted or approved assignments (rejected ones are out) o
 HITs) only decide exclusions; practice answers never count. Simulated workers follow ``simulated`` (exclude by
 default, as every crowd report).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,27 @@ from typing import Any
 
 import numpy as np
 
-from analysis.engine.psychophysics import (CHANCE, binomial_test_p, clopper_pearson, paired_condition_test,
-                                           rank_correlation)
+from analysis.engine.psychophysics import (
+    CHANCE,
+    binomial_test_p,
+    clopper_pearson,
+    paired_condition_test,
+    rank_correlation,
+)
 from analysis.models import Net2VecConcept, PartDetectionResult, UnitDissection
 
 from ..common import iso, rows_csv, simulated_check
-from ..models import (CrowdAssignment, CrowdAssignmentState, CrowdTaskKind, ForcedChoiceCondition,
-                      ForcedChoiceReference, ForcedChoiceTrial, HitRole, Judgment, YES_ANSWERS)
+from ..models import (
+    YES_ANSWERS,
+    CrowdAssignment,
+    CrowdAssignmentState,
+    CrowdTaskKind,
+    ForcedChoiceCondition,
+    ForcedChoiceReference,
+    ForcedChoiceTrial,
+    HitRole,
+    Judgment,
+)
 from .hits import dissection_for
 
 
@@ -46,11 +61,43 @@ class ExclusionRule:
 
 
 TRIAL_FIELDS = (
-    "assignment", "study", "hit", "hit_token", "hit_role", "network", "layer", "unit", "worker", "worker_adapter",
-    "worker_external_id", "worker_simulated", "state", "condition", "catch", "top_references", "top_reference_ranks",
-    "bottom_references", "bottom_reference_ranks", "strong_image", "strong_rank", "strong_score", "weak_image",
-    "weak_rank", "weak_score", "strong_position", "answer", "chosen_image", "correct", "confidence", "shown_at",
-    "submitted_at", "seconds", "client_ms", "proxy_margin", "excluded", "exclusion_reason",
+    "assignment",
+    "study",
+    "hit",
+    "hit_token",
+    "hit_role",
+    "network",
+    "layer",
+    "unit",
+    "worker",
+    "worker_adapter",
+    "worker_external_id",
+    "worker_simulated",
+    "state",
+    "condition",
+    "catch",
+    "top_references",
+    "top_reference_ranks",
+    "bottom_references",
+    "bottom_reference_ranks",
+    "strong_image",
+    "strong_rank",
+    "strong_score",
+    "weak_image",
+    "weak_rank",
+    "weak_score",
+    "strong_position",
+    "answer",
+    "chosen_image",
+    "correct",
+    "confidence",
+    "shown_at",
+    "submitted_at",
+    "seconds",
+    "client_ms",
+    "proxy_margin",
+    "excluded",
+    "exclusion_reason",
 )
 """Trial-level export: every submitted, approved or rejected forced-choice answer (task and catch trials) with the
 worker, the condition shown, the reference and query images (dataset indices) with their activation ranks (from the
@@ -58,21 +105,54 @@ top for strong images, from the bottom for weak ones), which position the strong
 the answer and the image it names, correctness, confidence, times (server seconds, the page's ``client_ms``), the
 proxy's margin on that trial, and whether and why the worker is excluded from the analysis."""
 
-UNIT_FIELDS = ("network", "layer", "unit", "condition", "n", "correct", "proportion", "ci_low", "ci_high", "p_chance",
-               "proxy")
-COMPARISON_FIELDS = ("network", "layer", "unit", "human", "human_n", "proxy", "iou", "label", "part_ap",
-                     "net2vec_iou", "expert_systematicity", "planted_readability")
-AUTOMATIC_SCORES = {"iou": "ND'18 IoU", "part_ap": "best part AP (GG'18)", "net2vec_iou": "Net2Vec single-filter IoU",
-                    "expert_systematicity": "expert systematicity (share of yes)", "proxy": "machine proxy"}
+UNIT_FIELDS = (
+    "network",
+    "layer",
+    "unit",
+    "condition",
+    "n",
+    "correct",
+    "proportion",
+    "ci_low",
+    "ci_high",
+    "p_chance",
+    "proxy",
+)
+COMPARISON_FIELDS = (
+    "network",
+    "layer",
+    "unit",
+    "human",
+    "human_n",
+    "proxy",
+    "iou",
+    "label",
+    "part_ap",
+    "net2vec_iou",
+    "expert_systematicity",
+    "planted_readability",
+)
+AUTOMATIC_SCORES = {
+    "iou": "ND'18 IoU",
+    "part_ap": "best part AP (GG'18)",
+    "net2vec_iou": "Net2Vec single-filter IoU",
+    "expert_systematicity": "expert systematicity (share of yes)",
+    "proxy": "machine proxy",
+}
 
 
 def _answered(study, simulated: str):
     simulated_check(simulated)
-    rows = (CrowdAssignment.objects.filter(hit__study=study, hit__kind=CrowdTaskKind.FORCED_CHOICE,
-                                           state__in=(CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED,
-                                                      CrowdAssignmentState.REJECTED))
-            .exclude(hit__role=HitRole.QUALIFICATION)
-            .select_related("hit__fc_trial", "hit__unit__layer__network", "worker").order_by("submitted_at", "id"))
+    rows = (
+        CrowdAssignment.objects.filter(
+            hit__study=study,
+            hit__kind=CrowdTaskKind.FORCED_CHOICE,
+            state__in=(CrowdAssignmentState.SUBMITTED, CrowdAssignmentState.APPROVED, CrowdAssignmentState.REJECTED),
+        )
+        .exclude(hit__role=HitRole.QUALIFICATION)
+        .select_related("hit__fc_trial", "hit__unit__layer__network", "worker")
+        .order_by("submitted_at", "id")
+    )
     if simulated == "exclude":
         rows = rows.filter(worker__simulated=False)
     elif simulated == "only":
@@ -118,28 +198,53 @@ def trial_rows(study, *, simulated: str = "exclude", rule: ExclusionRule = Exclu
     for a in assignments:
         hit, trial, worker = a.hit, a.hit.fc_trial, a.worker
         reference = references.get((hit.unit_id, a.condition))
-        chosen = (trial.strong_image if a.answer == str(trial.strong_position) else trial.weak_image) \
-            if a.answer else None
+        chosen = (
+            (trial.strong_image if a.answer == str(trial.strong_position) else trial.weak_image) if a.answer else None
+        )
         reason = excluded.get(worker.pk, "")
         if a.state == CrowdAssignmentState.REJECTED:
             reason = f"rejected: {a.reason}"
-        rows.append({
-            "assignment": a.pk, "study": study.pk, "hit": hit.pk, "hit_token": hit.token, "hit_role": hit.role,
-            "network": hit.unit.layer.network.name, "layer": hit.unit.layer.name, "unit": hit.unit.index,
-            "worker": worker.pk, "worker_adapter": worker.adapter, "worker_external_id": worker.external_id,
-            "worker_simulated": worker.simulated, "state": a.state, "condition": a.condition, "catch": trial.catch,
-            "top_references": reference.top_images if reference else [],
-            "top_reference_ranks": reference.top_ranks if reference else [],
-            "bottom_references": reference.bottom_images if reference else [],
-            "bottom_reference_ranks": reference.bottom_ranks if reference else [],
-            "strong_image": trial.strong_image, "strong_rank": trial.strong_rank, "strong_score": trial.strong_score,
-            "weak_image": trial.weak_image, "weak_rank": trial.weak_rank, "weak_score": trial.weak_score,
-            "strong_position": trial.strong_position, "answer": a.answer, "chosen_image": chosen,
-            "correct": a.answer == str(trial.strong_position), "confidence": a.confidence,
-            "shown_at": iso(a.shown_at), "submitted_at": iso(a.submitted_at), "seconds": a.seconds,
-            "client_ms": a.client_ms, "proxy_margin": trial.proxy_margin, "excluded": bool(reason),
-            "exclusion_reason": reason,
-        })
+        rows.append(
+            {
+                "assignment": a.pk,
+                "study": study.pk,
+                "hit": hit.pk,
+                "hit_token": hit.token,
+                "hit_role": hit.role,
+                "network": hit.unit.layer.network.name,
+                "layer": hit.unit.layer.name,
+                "unit": hit.unit.index,
+                "worker": worker.pk,
+                "worker_adapter": worker.adapter,
+                "worker_external_id": worker.external_id,
+                "worker_simulated": worker.simulated,
+                "state": a.state,
+                "condition": a.condition,
+                "catch": trial.catch,
+                "top_references": reference.top_images if reference else [],
+                "top_reference_ranks": reference.top_ranks if reference else [],
+                "bottom_references": reference.bottom_images if reference else [],
+                "bottom_reference_ranks": reference.bottom_ranks if reference else [],
+                "strong_image": trial.strong_image,
+                "strong_rank": trial.strong_rank,
+                "strong_score": trial.strong_score,
+                "weak_image": trial.weak_image,
+                "weak_rank": trial.weak_rank,
+                "weak_score": trial.weak_score,
+                "strong_position": trial.strong_position,
+                "answer": a.answer,
+                "chosen_image": chosen,
+                "correct": a.answer == str(trial.strong_position),
+                "confidence": a.confidence,
+                "shown_at": iso(a.shown_at),
+                "submitted_at": iso(a.submitted_at),
+                "seconds": a.seconds,
+                "client_ms": a.client_ms,
+                "proxy_margin": trial.proxy_margin,
+                "excluded": bool(reason),
+                "exclusion_reason": reason,
+            }
+        )
     return rows
 
 
@@ -148,18 +253,26 @@ def _proportions(groups: dict[tuple, list[bool]]) -> dict[tuple, dict[str, Any]]
     n = np.array([len(groups[key]) for key in keys])
     k = np.array([sum(groups[key]) for key in keys])
     low, high = clopper_pearson(k, n)
-    return {key: {"n": int(n[i]), "correct": int(k[i]), "proportion": float(k[i] / n[i]) if n[i] else None,
-                  "ci_low": float(low[i]), "ci_high": float(high[i]), "p_chance": binomial_test_p(int(k[i]), int(n[i]))}
-            for i, key in enumerate(keys)}
+    return {
+        key: {
+            "n": int(n[i]),
+            "correct": int(k[i]),
+            "proportion": float(k[i] / n[i]) if n[i] else None,
+            "ci_low": float(low[i]),
+            "ci_high": float(high[i]),
+            "p_chance": binomial_test_p(int(k[i]), int(n[i])),
+        }
+        for i, key in enumerate(keys)
+    }
 
 
 def proxy_scores(study) -> dict[int, float]:
     """The machine proxy's proportion correct per unit (by unit id) over the study's distinct task query pairs (a
     tie counts half): a score for every planned unit, without people."""
     pairs: dict[int, dict[tuple[int, int], float]] = defaultdict(dict)
-    for unit_id, strong, weak, margin in (ForcedChoiceTrial.objects.filter(
-            hit__study=study, hit__role=HitRole.TASK, proxy_margin__isnull=False)
-            .values_list("hit__unit_id", "strong_image", "weak_image", "proxy_margin")):
+    for unit_id, strong, weak, margin in ForcedChoiceTrial.objects.filter(
+        hit__study=study, hit__role=HitRole.TASK, proxy_margin__isnull=False
+    ).values_list("hit__unit_id", "strong_image", "weak_image", "proxy_margin"):
         pairs[unit_id][(strong, weak)] = 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
     return {unit: sum(values.values()) / len(values) for unit, values in pairs.items()}
 
@@ -189,16 +302,18 @@ def automatic_scores(study) -> dict[int, dict[str, Any]]:
                 if unit is not None:
                     scores[unit]["net2vec_iou"] = max(scores[unit].get("net2vec_iou", -1.0), result.single_val_iou)
         votes: dict[int, list[bool]] = defaultdict(list)
-        for unit_id, answer in (Judgment.objects.current().human().filter(task__unit__layer=layer)
-                                .values_list("task__unit_id", "answer")):
+        for unit_id, answer in (
+            Judgment.objects.current().human().filter(task__unit__layer=layer).values_list("task__unit_id", "answer")
+        ):
             votes[unit_id].append(answer in YES_ANSWERS)
         for unit_id, answers in votes.items():
             scores[unit_id]["expert_systematicity"] = sum(answers) / len(answers)
     return scores
 
 
-def forced_choice_report(study, *, simulated: str = "exclude", rule: ExclusionRule = ExclusionRule(),
-                         human_condition: str | None = None) -> dict[str, Any]:
+def forced_choice_report(
+    study, *, simulated: str = "exclude", rule: ExclusionRule = ExclusionRule(), human_condition: str | None = None
+) -> dict[str, Any]:
     """The whole analysis of a forced-choice ``study`` (see the module docstring). ``human_condition`` is the
     condition whose per-unit proportion correct is "the" human score set beside the automatic ones (default: the
     study's first condition, natural exemplars unless the study compares others)."""
@@ -207,19 +322,32 @@ def forced_choice_report(study, *, simulated: str = "exclude", rule: ExclusionRu
     conditions = list(study.conditions or [ForcedChoiceCondition.NATURAL])
     human_condition = human_condition or conditions[0]
     proxy = proxy_scores(study)
-    units = {(hit_unit.layer.network.name, hit_unit.layer.name, hit_unit.index): hit_unit.pk
-             for hit_unit in {hit.unit for hit in study.hits.select_related("unit__layer__network")
-                              .filter(role=HitRole.TASK)}}
+    units = {
+        (hit_unit.layer.network.name, hit_unit.layer.name, hit_unit.index): hit_unit.pk
+        for hit_unit in {
+            hit.unit for hit in study.hits.select_related("unit__layer__network").filter(role=HitRole.TASK)
+        }
+    }
     by_unit: dict[tuple, list[bool]] = defaultdict(list)
     by_layer: dict[tuple, list[bool]] = defaultdict(list)
     for row in counted:
         by_unit[(row["network"], row["layer"], row["unit"], row["condition"])].append(row["correct"])
         by_layer[(row["network"], row["layer"], row["condition"])].append(row["correct"])
-    unit_rows = [{"network": key[0], "layer": key[1], "unit": key[2], "condition": key[3], **value,
-                  "proxy": proxy.get(units.get(key[:3]))}
-                 for key, value in sorted(_proportions(by_unit).items(), key=lambda item: item[0])]
-    layer_rows = [{"network": key[0], "layer": key[1], "condition": key[2], **value}
-                  for key, value in sorted(_proportions(by_layer).items(), key=lambda item: item[0])]
+    unit_rows = [
+        {
+            "network": key[0],
+            "layer": key[1],
+            "unit": key[2],
+            "condition": key[3],
+            **value,
+            "proxy": proxy.get(units.get(key[:3])),
+        }
+        for key, value in sorted(_proportions(by_unit).items(), key=lambda item: item[0])
+    ]
+    layer_rows = [
+        {"network": key[0], "layer": key[1], "condition": key[2], **value}
+        for key, value in sorted(_proportions(by_layer).items(), key=lambda item: item[0])
+    ]
     per_condition: dict[str, dict[tuple, float]] = defaultdict(dict)
     for row in unit_rows:
         per_condition[row["condition"]][(row["network"], row["layer"], row["unit"])] = row["proportion"]
@@ -240,11 +368,22 @@ def forced_choice_report(study, *, simulated: str = "exclude", rule: ExclusionRu
         human = per_condition[human_condition].get(key)
         n = len(by_unit.get((*key, human_condition), []))
         extra = automatic.get(unit_id, {})
-        comparison.append({"network": key[0], "layer": key[1], "unit": key[2], "human": human, "human_n": n,
-                           "proxy": proxy.get(unit_id), "iou": extra.get("iou"), "label": extra.get("label", ""),
-                           "part_ap": extra.get("part_ap"), "net2vec_iou": extra.get("net2vec_iou"),
-                           "expert_systematicity": extra.get("expert_systematicity"),
-                           "planted_readability": planted.get(unit_id)})
+        comparison.append(
+            {
+                "network": key[0],
+                "layer": key[1],
+                "unit": key[2],
+                "human": human,
+                "human_n": n,
+                "proxy": proxy.get(unit_id),
+                "iou": extra.get("iou"),
+                "label": extra.get("label", ""),
+                "part_ap": extra.get("part_ap"),
+                "net2vec_iou": extra.get("net2vec_iou"),
+                "expert_systematicity": extra.get("expert_systematicity"),
+                "planted_readability": planted.get(unit_id),
+            }
+        )
 
     def values(name):
         return [math.nan if row[name] is None else row[name] for row in comparison]
@@ -257,13 +396,26 @@ def forced_choice_report(study, *, simulated: str = "exclude", rule: ExclusionRu
             row["proxy_rho"], row["proxy_p"], row["proxy_n"] = rank_correlation(values(name), values("proxy"))
         correlations.append(row)
     planted_rho = rank_correlation(values("planted_readability"), values("human")) if planted else None
-    return {"trials": rows, "counted": len(counted), "planted_rho": planted_rho, "units": unit_rows,
-            "layers": layer_rows, "tests": tests,
-            "comparison": comparison, "correlations": correlations, "human_condition": human_condition,
-            "conditions": conditions, "chance": CHANCE, "rule": asdict(rule), "simulated": simulated,
-            "excluded_workers": sorted({(row["worker_external_id"], row["exclusion_reason"]) for row in rows
-                                        if row["excluded"]}),
-            "proxy_units": len(proxy), "proxy_mean": (sum(proxy.values()) / len(proxy)) if proxy else None}
+    return {
+        "trials": rows,
+        "counted": len(counted),
+        "planted_rho": planted_rho,
+        "units": unit_rows,
+        "layers": layer_rows,
+        "tests": tests,
+        "comparison": comparison,
+        "correlations": correlations,
+        "human_condition": human_condition,
+        "conditions": conditions,
+        "chance": CHANCE,
+        "rule": asdict(rule),
+        "simulated": simulated,
+        "excluded_workers": sorted(
+            {(row["worker_external_id"], row["exclusion_reason"]) for row in rows if row["excluded"]}
+        ),
+        "proxy_units": len(proxy),
+        "proxy_mean": (sum(proxy.values()) / len(proxy)) if proxy else None,
+    }
 
 
 FORCED_CHOICE_EXPORT_FILES: dict[str, tuple[str, str]] = {
@@ -283,13 +435,33 @@ def forced_choice_export_file(study, name: str, *, simulated: str = "exclude") -
     content_type, _ = FORCED_CHOICE_EXPORT_FILES[name]
     stem, suffix = name.rsplit(".", 1)
     report = forced_choice_report(study, simulated=simulated)
-    rows, fields = {"trials": (report["trials"], TRIAL_FIELDS), "units": (report["units"], UNIT_FIELDS),
-                    "comparison": (report["comparison"], COMPARISON_FIELDS)}[stem]
-    extra = {"correlations": report["correlations"], "tests": report["tests"],
-             "human_condition": report["human_condition"]} if stem != "trials" else {"rule": report["rule"]}
-    text = rows_csv(rows, fields) if suffix == "csv" else json.dumps(
-        {"crowd_study": study.name, "crowd_study_id": study.pk, "kind": study.kind, "simulated": simulated,
-         "trial_params": study.trial_params, "fields": list(fields), **extra, stem: rows}, ensure_ascii=False,
-        indent=1)
+    rows, fields = {
+        "trials": (report["trials"], TRIAL_FIELDS),
+        "units": (report["units"], UNIT_FIELDS),
+        "comparison": (report["comparison"], COMPARISON_FIELDS),
+    }[stem]
+    extra = (
+        {"correlations": report["correlations"], "tests": report["tests"], "human_condition": report["human_condition"]}
+        if stem != "trials"
+        else {"rule": report["rule"]}
+    )
+    text = (
+        rows_csv(rows, fields)
+        if suffix == "csv"
+        else json.dumps(
+            {
+                "crowd_study": study.name,
+                "crowd_study_id": study.pk,
+                "kind": study.kind,
+                "simulated": simulated,
+                "trial_params": study.trial_params,
+                "fields": list(fields),
+                **extra,
+                stem: rows,
+            },
+            ensure_ascii=False,
+            indent=1,
+        )
+    )
     qualifier = "" if simulated == "exclude" else f"-simulated-{simulated}"
     return text, content_type, f"forced-choice-{study.pk}-{stem}{qualifier}.{suffix}"

@@ -7,6 +7,7 @@ Blindness (ND'18 §3.1: "the origin of the labels was not revealed to the raters
 random order with a random ``position`` and a random hex ``token`` (hex cannot spell an origin); grids are
 the analysis app's content-hash PNGs; the label's origin is written only to server-side fields.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -17,20 +18,30 @@ import numpy as np
 from django.db import transaction
 
 from analysis.engine.broden import BrodenFormatError
-from analysis.models import (Concept, ExemplarKind, ExemplarSet, LayerDissection, LayerExtraction, Unit,
-                             UnitDissection)
-from analysis.services.explanatory_graph import graph_purity_candidates, graph_purity_inferences, purity_patch_picture
+from analysis.models import Concept, ExemplarKind, ExemplarSet, LayerDissection, LayerExtraction, Unit, UnitDissection
 from analysis.selectors import dead_unit_ids
+from analysis.services.explanatory_graph import graph_purity_candidates, graph_purity_inferences, purity_patch_picture
 from analysis.services.extraction import open_activation_cache
 from analysis.services.grids import UnitGridRenderer, store_grid
 
 from ..common import new_token
-from ..models import (DESCRIPTION_MAX_LENGTH, EXPLANATORY_GRAPH, RAW_FILTER_PEAKS, CrowdStudy, CrowdTaskKind, Hit,
-                      HitRole, LabelOrigin, OverlapRule, ValidationRound)
+from ..models import (
+    DESCRIPTION_MAX_LENGTH,
+    EXPLANATORY_GRAPH,
+    RAW_FILTER_PEAKS,
+    CrowdStudy,
+    CrowdTaskKind,
+    Hit,
+    HitRole,
+    LabelOrigin,
+    OverlapRule,
+    ValidationRound,
+)
 from ..naming import label_text, normalise_concept_name
 from .selectors import canonical_descriptions_for
 from .services import NO, ORDER_MODULUS, YES, CrowdInputError
 from .truth import absent_concepts, peak_concepts, truth_concepts
+
 
 @dataclass
 class HitSpec:
@@ -65,36 +76,50 @@ def _clean_study_name(name: str) -> str:
     return name
 
 
-def _overall_sets(extraction: LayerExtraction, units: Sequence[int] | None, *,
-                  include_dead_units: bool = False) -> list[ExemplarSet]:
+def _overall_sets(
+    extraction: LayerExtraction, units: Sequence[int] | None, *, include_dead_units: bool = False
+) -> list[ExemplarSet]:
     """The top-15 sets of ``units`` (default: all) of the extraction; dead and saturated units (see
     ``analysis.models.UnitStatus``) left out unless ``include_dead_units``."""
-    sets = (ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL)
-            .select_related("unit").order_by("unit__index"))
+    sets = (
+        ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL)
+        .select_related("unit")
+        .order_by("unit__index")
+    )
     if units is not None:
         sets = sets.filter(unit__index__in=list(units))
     if not include_dead_units:
         dead = dead_unit_ids(extraction)
         if dead and sets.exists() and not sets.exclude(unit_id__in=dead).exists():
-            raise CrowdInputError(f"{extraction.layer}: every chosen unit is dead or saturated (it never fires, or "
-                                  "its threshold is 0): choose live units, or include dead units on purpose.")
+            raise CrowdInputError(
+                f"{extraction.layer}: every chosen unit is dead or saturated (it never fires, or "
+                "its threshold is 0): choose live units, or include dead units on purpose."
+            )
         sets = sets.exclude(unit_id__in=dead)
     sets = list(sets)
     if not sets:
         raise CrowdInputError(f"{extraction.layer}: no top-15 exemplar sets (extract the layer first).")
     if any(exemplar.grid_id is None for exemplar in sets):
-        raise CrowdInputError(f"Some grids of {extraction.layer.name} are not rendered yet: render the layer's "
-                              "grids first (python manage.py render_grids).")
+        raise CrowdInputError(
+            f"Some grids of {extraction.layer.name} are not rendered yet: render the layer's "
+            "grids first (python manage.py render_grids)."
+        )
     return sets
 
 
 def dissection_for(extraction: LayerExtraction) -> LayerDissection | None:
     """The newest complete ND'18 dissection (no null baseline) of the extraction's layer on its dataset."""
-    return (LayerDissection.objects.complete().real().newest_first()
-            .filter(layer_id=extraction.layer_id, dataset_id=extraction.dataset_id).first())
+    return (
+        LayerDissection.objects.complete()
+        .real()
+        .newest_first()
+        .filter(layer_id=extraction.layer_id, dataset_id=extraction.dataset_id)
+        .first()
+    )
 
 
 # -- labels to validate ----------------------------------------------------------------------------------------------
+
 
 def _control_concept(rng: np.random.Generator, pool: list[Concept], avoid: set[str]) -> Concept | None:
     """ND'18-style control: a random concept of the dataset whose name matches none of the unit's labels."""
@@ -105,10 +130,18 @@ def _control_concept(rng: np.random.Generator, pool: list[Concept], avoid: set[s
     return None
 
 
-def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, rng: np.random.Generator,
-                      include_dissection: bool, include_human: bool, controls: bool,
-                      description_study: CrowdStudy | None, detectors_only: bool,
-                      selection_round: bool) -> list[HitSpec]:
+def _validation_specs(
+    extraction: LayerExtraction,
+    sets: list[ExemplarSet],
+    *,
+    rng: np.random.Generator,
+    include_dissection: bool,
+    include_human: bool,
+    controls: bool,
+    description_study: CrowdStudy | None,
+    detectors_only: bool,
+    selection_round: bool,
+) -> list[HitSpec]:
     """Validation HITs of one layer: per unit, the blind comparison round (its dissection label, its human
     canonical description and a control, as comparison HITs) and, with ``selection_round``, the ND'18 selection
     round (its canonical description again, as a HIT of its own whose votes decide whether the unit is
@@ -116,35 +149,53 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
     dissection = dissection_for(extraction) if include_dissection else None
     results = {}
     if dissection is not None:
-        results = {result.unit_id: result for result in
-                   UnitDissection.objects.filter(dissection=dissection).select_related("concept")}
-    human = canonical_descriptions_for(unit_ids=[s.unit_id for s in sets], study=description_study) \
-        if include_human else {}
-    pool = list(Concept.objects.filter(dataset_id=extraction.dataset_id, image_count__gt=0)
-                .exclude(category="object_class").order_by("number"))
+        results = {
+            result.unit_id: result
+            for result in UnitDissection.objects.filter(dissection=dissection).select_related("concept")
+        }
+    human = (
+        canonical_descriptions_for(unit_ids=[s.unit_id for s in sets], study=description_study) if include_human else {}
+    )
+    pool = list(
+        Concept.objects.filter(dataset_id=extraction.dataset_id, image_count__gt=0)
+        .exclude(category="object_class")
+        .order_by("number")
+    )
     specs = []
     for exemplar in sets:
         result = results.get(exemplar.unit_id)
         unit_category = result.concept.category if result is not None and result.concept_id else ""
-        common = dict(kind=CrowdTaskKind.VALIDATION, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
-                      grid_id=exemplar.grid_id, unit_category=unit_category,
-                      validation_round=ValidationRound.COMPARISON)
+        common = dict(
+            kind=CrowdTaskKind.VALIDATION,
+            unit_id=exemplar.unit_id,
+            extraction_id=extraction.pk,
+            grid_id=exemplar.grid_id,
+            unit_category=unit_category,
+            validation_round=ValidationRound.COMPARISON,
+        )
         avoid: set[str] = set()
         dissection_spec = None
         if result is not None and result.concept_id and (result.is_detector or not detectors_only):
             avoid.add(normalise_concept_name(result.concept.name))
-            dissection_spec = HitSpec(**common, label=label_text(result.concept.name),
-                                      label_origin=LabelOrigin.DISSECTION, label_concept_id=result.concept_id,
-                                      label_category=result.concept.category,
-                                      source={"dissection": dissection.pk, "iou": result.iou,
-                                              "is_detector": result.is_detector})
+            dissection_spec = HitSpec(
+                **common,
+                label=label_text(result.concept.name),
+                label_origin=LabelOrigin.DISSECTION,
+                label_concept_id=result.concept_id,
+                label_category=result.concept.category,
+                source={"dissection": dissection.pk, "iou": result.iou, "is_detector": result.is_detector},
+            )
             specs.append(dissection_spec)
         description = human.get(exemplar.unit_id)
         if description is not None:
-            human_label = dict(label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH],
-                               label_origin=LabelOrigin.HUMAN)
-            source = {"description_study": description["study"], "description_hit": description["hit"],
-                      "agreed": description["agreed"]}
+            human_label = dict(
+                label=description["text"].strip().lower()[:DESCRIPTION_MAX_LENGTH], label_origin=LabelOrigin.HUMAN
+            )
+            source = {
+                "description_study": description["study"],
+                "description_hit": description["hit"],
+                "agreed": description["agreed"],
+            }
             if dissection_spec is not None and normalise_concept_name(description["text"]) in avoid:
                 # The same text twice would let a worker see one question twice and know the other label is the
                 # control: one HIT, its answers credited to both origins (``also_origins``).
@@ -153,31 +204,41 @@ def _validation_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, r
                 avoid.add(normalise_concept_name(description["text"]))
                 specs.append(HitSpec(**common, **human_label, source=source))
             if selection_round:
-                specs.append(HitSpec(**{**common, "validation_round": ValidationRound.SELECTION}, **human_label,
-                                     source=source))
+                specs.append(
+                    HitSpec(**{**common, "validation_round": ValidationRound.SELECTION}, **human_label, source=source)
+                )
         if controls and pool and avoid:
             concept = _control_concept(rng, pool, avoid)
             if concept is not None:
-                specs.append(HitSpec(**common, label=label_text(concept.name), label_origin=LabelOrigin.CONTROL,
-                                     label_concept_id=concept.pk, label_category=concept.category,
-                                     source={"control_of": sorted(avoid)}))
+                specs.append(
+                    HitSpec(
+                        **common,
+                        label=label_text(concept.name),
+                        label_origin=LabelOrigin.CONTROL,
+                        label_concept_id=concept.pk,
+                        label_category=concept.category,
+                        source={"control_of": sorted(avoid)},
+                    )
+                )
     return specs
 
 
 # -- purity HITs (grids rendered here from the activation cache) -----------------------------------------------------
+
 
 def unit_image_scores(extraction: LayerExtraction, *, chunk: int = 256) -> np.ndarray:
     """``float32[images, units]``: each unit's map maximum on every image of the extraction (read in chunks)."""
     maps = open_activation_cache(extraction)
     out = np.empty(maps.shape[:2], dtype=np.float32)
     for start in range(0, maps.shape[0], chunk):
-        block = np.asarray(maps[start:start + chunk], dtype=np.float32)
-        out[start:start + chunk] = block.reshape(block.shape[0], block.shape[1], -1).max(axis=2)
+        block = np.asarray(maps[start : start + chunk], dtype=np.float32)
+        out[start : start + chunk] = block.reshape(block.shape[0], block.shape[1], -1).max(axis=2)
     return out
 
 
-def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass: float,
-                  max_shown: int) -> list[HitSpec]:
+def _purity_specs(
+    extraction: LayerExtraction, sets: list[ExemplarSet], *, mass: float, max_shown: int
+) -> list[HitSpec]:
     """One purity HIT per unit: ``max_shown`` images by map maximum drawn from its top K (K by the 30% mass rule) by
     :func:`analysis.engine.explanatory_graph.purity_sample`, the rule every purity pattern is judged by."""
     from analysis.engine.explanatory_graph import purity_sample  # local: imports torch, kept out of web processes
@@ -191,19 +252,33 @@ def _purity_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, mass:
         shown = len(order)
         if k == 0:
             continue
-        picture = renderer.picture(exemplar.unit.index, order, vmax=max(float(unit_scores.max()), 1e-6), columns=5,
-                                   num_slots=shown)
+        picture = renderer.picture(
+            exemplar.unit.index, order, vmax=max(float(unit_scores.max()), 1e-6), columns=5, num_slots=shown
+        )
         grid = store_grid(picture, style="purity")
-        specs.append(HitSpec(kind=CrowdTaskKind.PURITY, unit_id=exemplar.unit_id, extraction_id=extraction.pk,
-                             grid_id=grid.pk, purity_k=k, purity_shown=shown,
-                             source={"pattern_source": RAW_FILTER_PEAKS, "pattern": exemplar.unit_id,
-                                     "images": [int(index) for index in order], "mass": mass,
-                                     "score": "map maximum per image, whole images with the peak marked"}))
+        specs.append(
+            HitSpec(
+                kind=CrowdTaskKind.PURITY,
+                unit_id=exemplar.unit_id,
+                extraction_id=extraction.pk,
+                grid_id=grid.pk,
+                purity_k=k,
+                purity_shown=shown,
+                source={
+                    "pattern_source": RAW_FILTER_PEAKS,
+                    "pattern": exemplar.unit_id,
+                    "images": [int(index) for index in order],
+                    "mass": mass,
+                    "score": "map maximum per image, whole images with the peak marked",
+                },
+            )
+        )
     return specs
 
 
-def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_shown: int,
-                        include_dead_units: bool = False) -> list[HitSpec]:
+def _graph_purity_specs(
+    extraction: LayerExtraction, graph, *, mass: float, max_shown: int, include_dead_units: bool = False
+) -> list[HitSpec]:
     """Explanatory Graph purity (AAAI'18 Fig. 8) for one layer of ``graph``: a HIT per top-D graph node
     (:func:`analysis.services.explanatory_graph.graph_purity_candidates`) and per raw filter (the "raw filter
     peaks" baseline), both drawn the same way — patches of the same number of inferences, ``max_shown``, drawn from
@@ -219,32 +294,63 @@ def _graph_purity_specs(extraction: LayerExtraction, graph, *, mass: float, max_
         if not shown or not k:
             return None
         grid = store_grid(purity_patch_picture(graph, shown, columns=5), style="purity")
-        return HitSpec(kind=CrowdTaskKind.PURITY, unit_id=units[unit_index].pk, extraction_id=extraction.pk,
-                       grid_id=grid.pk, purity_k=k, purity_shown=len(shown),
-                       source={"pattern_source": source, "pattern": pattern, "graph": graph.pk, "mass": mass,
-                               "images": [int(group[0].image_index) for group in shown]})
+        return HitSpec(
+            kind=CrowdTaskKind.PURITY,
+            unit_id=units[unit_index].pk,
+            extraction_id=extraction.pk,
+            grid_id=grid.pk,
+            purity_k=k,
+            purity_shown=len(shown),
+            source={
+                "pattern_source": source,
+                "pattern": pattern,
+                "graph": graph.pk,
+                "mass": mass,
+                "images": [int(group[0].image_index) for group in shown],
+            },
+        )
 
     specs = []
     for node, _ in graph_purity_candidates(graph, layer=layer.name):
         if node.filter not in units:
             continue
         common = dict(layer=layer.name, filter_index=node.filter, node=node.node, mode="node", fraction=mass)
-        specs.append(spec(graph_purity_inferences(graph, **common, shown=max_shown),
-                          len(graph_purity_inferences(graph, **common)), node.filter, EXPLANATORY_GRAPH,
-                          f"{layer.name}/{node.filter}/{node.node}"))
+        specs.append(
+            spec(
+                graph_purity_inferences(graph, **common, shown=max_shown),
+                len(graph_purity_inferences(graph, **common)),
+                node.filter,
+                EXPLANATORY_GRAPH,
+                f"{layer.name}/{node.filter}/{node.node}",
+            )
+        )
     for index in sorted(units):
         common = dict(layer=layer.name, filter_index=index, mode="peaks", fraction=mass)
-        specs.append(spec(graph_purity_inferences(graph, **common, shown=max_shown),
-                          len(graph_purity_inferences(graph, **common)), index, RAW_FILTER_PEAKS,
-                          f"{layer.name}/{index}"))
+        specs.append(
+            spec(
+                graph_purity_inferences(graph, **common, shown=max_shown),
+                len(graph_purity_inferences(graph, **common)),
+                index,
+                RAW_FILTER_PEAKS,
+                f"{layer.name}/{index}",
+            )
+        )
     return [item for item in specs if item is not None]
 
 
 # -- gold items and qualification questions --------------------------------------------------------------------------
 
-def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: str, rng: np.random.Generator,
-                gold_count: int, qualification_count: int,
-                avoid: set[tuple[int, str]] = frozenset()) -> list[HitSpec]:
+
+def _gold_specs(
+    extraction: LayerExtraction,
+    sets: list[ExemplarSet],
+    *,
+    kind: str,
+    rng: np.random.Generator,
+    gold_count: int,
+    qualification_count: int,
+    avoid: set[tuple[int, str]] = frozenset(),
+) -> list[HitSpec]:
     """Gold and qualification items with answers known from the dataset's pixel truth (see
     :mod:`annotation.crowd.truth`): "yes" for a concept under the peak of most of the 15 images, "no" for a
     concept under none of them. Qualification questions match the study's kind: descriptions (of units whose
@@ -257,9 +363,13 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
     try:
         per_image = peak_concepts(extraction, chosen)
     except BrodenFormatError as error:
-        raise CrowdInputError(f"Gold items and qualification questions come from the dataset's pixel truth, which "
-                              f"cannot be read ({error}): create the study without them.") from None
-    concepts = Concept.objects.filter(dataset_id=extraction.dataset_id, image_count__gt=0).exclude(category="object_class")
+        raise CrowdInputError(
+            f"Gold items and qualification questions come from the dataset's pixel truth, which "
+            f"cannot be read ({error}): create the study without them."
+        ) from None
+    concepts = Concept.objects.filter(dataset_id=extraction.dataset_id, image_count__gt=0).exclude(
+        category="object_class"
+    )
     names = {normalise_concept_name(concept.name): concept for concept in concepts}
     specs: list[HitSpec] = []
     candidates = []
@@ -267,16 +377,20 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
         truth = truth_concepts(per_image.get(exemplar.unit_id, []))
         truth = [name for name in truth if name in names]
         askable = [name for name in truth if (exemplar.unit_id, name) not in avoid]
-        absent = [name for name in absent_concepts(per_image.get(exemplar.unit_id, []), names)
-                  if name in names and (exemplar.unit_id, name) not in avoid]
+        absent = [
+            name
+            for name in absent_concepts(per_image.get(exemplar.unit_id, []), names)
+            if name in names and (exemplar.unit_id, name) not in avoid
+        ]
         if askable:
             candidates.append((exemplar, YES, askable[0], truth))
         if absent:
             candidates.append((exemplar, NO, absent[int(rng.integers(len(absent)))], truth))
     rng.shuffle(candidates)
     yes_first = sorted(candidates, key=lambda c: c[1] != YES)  # qualification takes a mix: alternate yes/no
-    mixed = [c for pair in zip([c for c in yes_first if c[1] == YES], [c for c in yes_first if c[1] == NO])
-             for c in pair]
+    mixed = [
+        c for pair in zip([c for c in yes_first if c[1] == YES], [c for c in yes_first if c[1] == NO]) for c in pair
+    ]
     mixed += [c for c in candidates if c not in mixed]
     # A description study's qualification and gold items ask for descriptions of units whose answer is known.
     pool = [c for c in mixed if c[1] == YES] if kind == CrowdTaskKind.DESCRIPTION else mixed
@@ -286,35 +400,79 @@ def _gold_specs(extraction: LayerExtraction, sets: list[ExemplarSet], *, kind: s
     for role, (exemplar, answer, name, truth) in picked:
         concept = names[name]
         shown = label_text(concept.name)
-        common = dict(unit_id=exemplar.unit_id, extraction_id=extraction.pk, grid_id=exemplar.grid_id, role=role,
-                      source={"truth": truth}, label_concept_id=concept.pk, label_category=concept.category)
+        common = dict(
+            unit_id=exemplar.unit_id,
+            extraction_id=extraction.pk,
+            grid_id=exemplar.grid_id,
+            role=role,
+            source={"truth": truth},
+            label_concept_id=concept.pk,
+            label_category=concept.category,
+        )
         if kind == CrowdTaskKind.VALIDATION or (role == HitRole.QUALIFICATION and kind == CrowdTaskKind.PURITY):
-            explanation = (f"“{shown}” is under the highlighted patch in most of these images." if answer == YES else
-                           f"“{shown}” is under none of the highlighted patches.")
-            specs.append(HitSpec(kind=CrowdTaskKind.VALIDATION, label=shown, gold_answer=answer,
-                                 gold_explanation=explanation, **common))
+            explanation = (
+                f"“{shown}” is under the highlighted patch in most of these images."
+                if answer == YES
+                else f"“{shown}” is under none of the highlighted patches."
+            )
+            specs.append(
+                HitSpec(
+                    kind=CrowdTaskKind.VALIDATION,
+                    label=shown,
+                    gold_answer=answer,
+                    gold_explanation=explanation,
+                    **common,
+                )
+            )
         elif kind == CrowdTaskKind.DESCRIPTION and answer == YES:
-            specs.append(HitSpec(kind=CrowdTaskKind.DESCRIPTION, gold_answer="|".join(truth),
-                                 gold_explanation="Most highlighted patches show: "
-                                                  + ", ".join(label_text(names[t].name) for t in truth) + ".",
-                                 **common))
+            specs.append(
+                HitSpec(
+                    kind=CrowdTaskKind.DESCRIPTION,
+                    gold_answer="|".join(truth),
+                    gold_explanation="Most highlighted patches show: "
+                    + ", ".join(label_text(names[t].name) for t in truth)
+                    + ".",
+                    **common,
+                )
+            )
     return specs
 
 
 # -- the study -------------------------------------------------------------------------------------------------------
 
-def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtraction],
-                       units: Sequence[int] | None = None, assignments_per_hit: int = 3, lease_seconds: int = 900,
-                       gold_rate: float = 0.1, gold_count: int = 12, qualification_required: bool = True,
-                       qualification_size: int = 4, qualification_pass_rate: float = 0.75,
-                       block_below: float = 0.6, block_min_gold: int = 8, include_dissection: bool = True,
-                       include_human: bool = True, controls: bool = True, detectors_only: bool = False,
-                       description_study: CrowdStudy | None = None, selection_round: bool = True,
-                       include_dead_units: bool = False,
-                       purity_mass: float = 0.3,
-                       purity_max_shown: int = 20, graph=None, overlap_rule: str = OverlapRule.FIXED,
-                       external_submit_hosts: str | None = None, hits_per_session: int = 10, seed: int = 0,
-                       description: str = "", created_by=None) -> CrowdStudy:
+
+def crowd_study_create(
+    *,
+    name: str,
+    kind: str,
+    extractions: Sequence[LayerExtraction],
+    units: Sequence[int] | None = None,
+    assignments_per_hit: int = 3,
+    lease_seconds: int = 900,
+    gold_rate: float = 0.1,
+    gold_count: int = 12,
+    qualification_required: bool = True,
+    qualification_size: int = 4,
+    qualification_pass_rate: float = 0.75,
+    block_below: float = 0.6,
+    block_min_gold: int = 8,
+    include_dissection: bool = True,
+    include_human: bool = True,
+    controls: bool = True,
+    detectors_only: bool = False,
+    description_study: CrowdStudy | None = None,
+    selection_round: bool = True,
+    include_dead_units: bool = False,
+    purity_mass: float = 0.3,
+    purity_max_shown: int = 20,
+    graph=None,
+    overlap_rule: str = OverlapRule.FIXED,
+    external_submit_hosts: str | None = None,
+    hits_per_session: int = 10,
+    seed: int = 0,
+    description: str = "",
+    created_by=None,
+) -> CrowdStudy:
     """Create a crowd study of ``kind`` over the units of ``extractions`` (one per layer), with its HITs.
 
     * validation (ND'18 §3.1): per unit, a HIT for its dissection label (newest complete dissection of the
@@ -343,8 +501,9 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
     if kind not in CrowdTaskKind.values:
         raise CrowdInputError(f"Unknown task kind {kind!r}; choose one of {', '.join(CrowdTaskKind.values)}.")
     if kind == CrowdTaskKind.FORCED_CHOICE:
-        raise CrowdInputError("Forced-choice studies are planned by "
-                              "annotation.crowd.forced_choice_plan.forced_choice_study_create.")
+        raise CrowdInputError(
+            "Forced-choice studies are planned by annotation.crowd.forced_choice_plan.forced_choice_study_create."
+        )
     extractions = list(dict.fromkeys(extractions))
     if not extractions:
         raise CrowdInputError("Choose at least one layer.")
@@ -361,16 +520,32 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
     for extraction in extractions:
         sets = _overall_sets(extraction, units, include_dead_units=include_dead_units)
         if kind == CrowdTaskKind.VALIDATION:
-            specs += _validation_specs(extraction, sets, rng=rng, include_dissection=include_dissection,
-                                       include_human=include_human, controls=controls,
-                                       description_study=description_study, detectors_only=detectors_only,
-                                       selection_round=selection_round)
+            specs += _validation_specs(
+                extraction,
+                sets,
+                rng=rng,
+                include_dissection=include_dissection,
+                include_human=include_human,
+                controls=controls,
+                description_study=description_study,
+                detectors_only=detectors_only,
+                selection_round=selection_round,
+            )
         elif kind == CrowdTaskKind.DESCRIPTION:
-            specs += [HitSpec(kind=kind, unit_id=s.unit_id, extraction_id=extraction.pk, grid_id=s.grid_id,
-                              unit_category=_unit_category(extraction, s.unit_id)) for s in sets]
+            specs += [
+                HitSpec(
+                    kind=kind,
+                    unit_id=s.unit_id,
+                    extraction_id=extraction.pk,
+                    grid_id=s.grid_id,
+                    unit_category=_unit_category(extraction, s.unit_id),
+                )
+                for s in sets
+            ]
         elif graph is not None and extraction.layer.name in graph.layers:
-            specs += _graph_purity_specs(extraction, graph, mass=purity_mass, max_shown=purity_max_shown,
-                                         include_dead_units=include_dead_units)
+            specs += _graph_purity_specs(
+                extraction, graph, mass=purity_mass, max_shown=purity_max_shown, include_dead_units=include_dead_units
+            )
         else:
             specs += _purity_specs(extraction, sets, mass=purity_mass, max_shown=purity_max_shown)
     if not any(spec.role == HitRole.TASK for spec in specs):
@@ -382,37 +557,79 @@ def crowd_study_create(*, name: str, kind: str, extractions: Sequence[LayerExtra
     task_units = {spec.unit_id for spec in specs if spec.role == HitRole.TASK}
     task_pairs = {(spec.unit_id, normalise_concept_name(spec.label)) for spec in specs if spec.role == HitRole.TASK}
     for extraction in extractions:
-        spare = (ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL, grid__isnull=False)
-                 .exclude(unit_id__in=task_units).select_related("unit").order_by("unit__index"))
+        spare = (
+            ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL, grid__isnull=False)
+            .exclude(unit_id__in=task_units)
+            .select_related("unit")
+            .order_by("unit__index")
+        )
         if not include_dead_units:
             spare = spare.exclude(unit_id__in=dead_unit_ids(extraction))
         spare = list(spare) or _overall_sets(extraction, units, include_dead_units=include_dead_units)
-        specs += _gold_specs(extraction, spare, kind=kind, rng=rng,
-                             gold_count=per_layer_gold if gold_rate > 0 else 0,
-                             qualification_count=per_layer_qualification, avoid=task_pairs)
+        specs += _gold_specs(
+            extraction,
+            spare,
+            kind=kind,
+            rng=rng,
+            gold_count=per_layer_gold if gold_rate > 0 else 0,
+            qualification_count=per_layer_qualification,
+            avoid=task_pairs,
+        )
     n_qualification = sum(spec.role == HitRole.QUALIFICATION for spec in specs)
     with transaction.atomic():
         study = CrowdStudy.objects.create(
-            name=name, token=new_token(), kind=kind, description=description,
-            assignments_per_hit=assignments_per_hit, lease_seconds=lease_seconds, gold_rate=gold_rate,
+            name=name,
+            token=new_token(),
+            kind=kind,
+            description=description,
+            assignments_per_hit=assignments_per_hit,
+            lease_seconds=lease_seconds,
+            gold_rate=gold_rate,
             qualification_required=qualification_required and n_qualification >= qualification_size,
-            qualification_size=qualification_size, qualification_pass_rate=qualification_pass_rate,
-            block_below=block_below, block_min_gold=block_min_gold, overlap_rule=overlap_rule,
-            purity_mass=purity_mass, purity_max_shown=purity_max_shown, hits_per_session=hits_per_session,
-            completion_code=secrets.token_hex(4).upper(), seed=seed, include_dead_units=include_dead_units,
+            qualification_size=qualification_size,
+            qualification_pass_rate=qualification_pass_rate,
+            block_below=block_below,
+            block_min_gold=block_min_gold,
+            overlap_rule=overlap_rule,
+            purity_mass=purity_mass,
+            purity_max_shown=purity_max_shown,
+            hits_per_session=hits_per_session,
+            completion_code=secrets.token_hex(4).upper(),
+            seed=seed,
+            include_dead_units=include_dead_units,
             created_by=created_by,
-            **({"external_submit_hosts": external_submit_hosts} if external_submit_hosts is not None else {}))
+            **({"external_submit_hosts": external_submit_hosts} if external_submit_hosts is not None else {}),
+        )
         study.extractions.set(extractions)
         order = rng.permutation(len(specs))
-        Hit.objects.bulk_create([
-            Hit(study=study, token=new_token(), position=position, kind=spec.kind, role=spec.role,
-                unit_id=spec.unit_id, extraction_id=spec.extraction_id, grid_id=spec.grid_id, label=spec.label,
-                label_origin=spec.label_origin, validation_round=spec.validation_round,
-                label_concept_id=spec.label_concept_id,
-                label_category=spec.label_category, unit_category=spec.unit_category, source=spec.source or {},
-                gold_answer=spec.gold_answer, gold_explanation=spec.gold_explanation, purity_k=spec.purity_k,
-                purity_shown=spec.purity_shown, max_assignments=assignments_per_hit)
-            for position, spec in enumerate(specs[int(i)] for i in order)], batch_size=500)
+        Hit.objects.bulk_create(
+            [
+                Hit(
+                    study=study,
+                    token=new_token(),
+                    position=position,
+                    kind=spec.kind,
+                    role=spec.role,
+                    unit_id=spec.unit_id,
+                    extraction_id=spec.extraction_id,
+                    grid_id=spec.grid_id,
+                    label=spec.label,
+                    label_origin=spec.label_origin,
+                    validation_round=spec.validation_round,
+                    label_concept_id=spec.label_concept_id,
+                    label_category=spec.label_category,
+                    unit_category=spec.unit_category,
+                    source=spec.source or {},
+                    gold_answer=spec.gold_answer,
+                    gold_explanation=spec.gold_explanation,
+                    purity_k=spec.purity_k,
+                    purity_shown=spec.purity_shown,
+                    max_assignments=assignments_per_hit,
+                )
+                for position, spec in enumerate(specs[int(i)] for i in order)
+            ],
+            batch_size=500,
+        )
     return study
 
 
@@ -424,8 +641,9 @@ def _unit_category(extraction: LayerExtraction, unit_id: int) -> str:
     return result.concept.category if result is not None and result.concept_id else ""
 
 
-def gold_item_add(*, study: CrowdStudy, unit_hit: Hit, label: str, answer: str, explanation: str = "",
-                  role: str = HitRole.GOLD) -> Hit:
+def gold_item_add(
+    *, study: CrowdStudy, unit_hit: Hit, label: str, answer: str, explanation: str = "", role: str = HitRole.GOLD
+) -> Hit:
     """A researcher's own gold (or qualification) yes/no question about the unit shown by ``unit_hit``."""
     if answer not in (YES, NO):
         raise CrowdInputError("A gold answer is yes or no.")
@@ -433,10 +651,20 @@ def gold_item_add(*, study: CrowdStudy, unit_hit: Hit, label: str, answer: str, 
     if not label:
         raise CrowdInputError("A gold item needs a label.")
     position = int(np.random.default_rng().integers(ORDER_MODULUS - 1))
-    return Hit.objects.create(study=study, token=new_token(), position=position, kind=CrowdTaskKind.VALIDATION,
-                              role=role, unit_id=unit_hit.unit_id, extraction_id=unit_hit.extraction_id,
-                              grid_id=unit_hit.grid_id, label=label, gold_answer=answer,
-                              gold_explanation=explanation, max_assignments=study.assignments_per_hit)
+    return Hit.objects.create(
+        study=study,
+        token=new_token(),
+        position=position,
+        kind=CrowdTaskKind.VALIDATION,
+        role=role,
+        unit_id=unit_hit.unit_id,
+        extraction_id=unit_hit.extraction_id,
+        grid_id=unit_hit.grid_id,
+        label=label,
+        gold_answer=answer,
+        gold_explanation=explanation,
+        max_assignments=study.assignments_per_hit,
+    )
 
 
 def study_open_set(*, study: CrowdStudy, is_open: bool) -> CrowdStudy:

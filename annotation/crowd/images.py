@@ -7,6 +7,7 @@ node's patches against a raw filter's peaks, rendered at different times). Here 
 assignment's own URL, without ``Last-Modified`` or ``ETag``, and a purity picture is padded (an ancillary PNG
 chunk before ``IEND``, ignored by every decoder) to the size of the study's largest purity picture.
 """
+
 from __future__ import annotations
 
 import struct
@@ -43,9 +44,12 @@ def pad_png(data: bytes, size: int) -> bytes:
 
 def study_purity_size(study_id: int) -> int:
     """The largest purity picture of a study, in bytes (what every purity picture of it is padded to)."""
-    paths = [Path(settings.MEDIA_ROOT) / path for path in Hit.objects.filter(
-        study_id=study_id, kind=CrowdTaskKind.PURITY, grid__isnull=False).values_list("grid__path", flat=True)
-        .distinct()]
+    paths = [
+        Path(settings.MEDIA_ROOT) / path
+        for path in Hit.objects.filter(study_id=study_id, kind=CrowdTaskKind.PURITY, grid__isnull=False)
+        .values_list("grid__path", flat=True)
+        .distinct()
+    ]
     return max((path.stat().st_size for path in paths if path.exists()), default=0)
 
 

@@ -9,10 +9,12 @@
   The counting itself is the pure :func:`table3_from_votes` (tests compare it with hand-computed values).
 * :func:`purity_table` — the Explanatory Graph Fig. 8 purity table: mean purity per pattern source and layer.
 
-Which answers count (the reading guide above the crowd models in ``annotation/models.py``): submitted or approved assignments of task HITs (gold and
+Which answers count (the reading guide above the crowd models in ``annotation/models.py``): submitted or approved
+assignments of task HITs (gold and
 qualification HITs are quality control; rejected answers are out). ``simulated``: ``exclude`` leaves the
 simulated crowd out, ``include`` adds it, ``only`` shows it alone (:data:`annotation.common.SIMULATED_CHOICES`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +30,19 @@ from django.core.cache import cache
 from analysis.engine import agreement as agreement_engine
 
 from ..common import SIMULATED_CHOICES
-from ..models import (EXPLANATORY_GRAPH, RAW_FILTER_PEAKS, SUBMITTED_STATES, CrowdAssignment, CrowdStudy, CrowdTaskKind,
-                      Hit, HitRole, LabelOrigin, OverlapRule, ValidationRound)
+from ..models import (
+    EXPLANATORY_GRAPH,
+    RAW_FILTER_PEAKS,
+    SUBMITTED_STATES,
+    CrowdAssignment,
+    CrowdStudy,
+    CrowdTaskKind,
+    Hit,
+    HitRole,
+    LabelOrigin,
+    OverlapRule,
+    ValidationRound,
+)
 from . import aggregation
 from .selectors import answer_key, canonical_description, crowd_worker_rows
 
@@ -38,13 +51,17 @@ VALIDATION_LABELS = (YES, NO)
 ND18_CATEGORIES = ("color", "texture", "material", "part", "object", "scene")
 """Table 3's category rows, in the paper's order; other categories follow by name."""
 NO_CATEGORY_LABEL = "no dissection label"
-ORIGIN_SHORT = {LabelOrigin.DISSECTION: "dissection labels", LabelOrigin.HUMAN: "human labels",
-                LabelOrigin.CONTROL: "control labels"}
+ORIGIN_SHORT = {
+    LabelOrigin.DISSECTION: "dissection labels",
+    LabelOrigin.HUMAN: "human labels",
+    LabelOrigin.CONTROL: "control labels",
+}
 INTERPRETABLE_RULES = ("validated", "all")
 DS_CACHE_SECONDS = 24 * 3600
 
 
 # -- answers -------------------------------------------------------------------------------------------------------
+
 
 def has_human_answers(study: CrowdStudy) -> bool:
     return CrowdAssignment.objects.answered().tasks().human().filter(hit__study=study).exists()
@@ -61,8 +78,9 @@ def simulated_default(study: CrowdStudy) -> str:
 def _answered(study: CrowdStudy, *, simulated: str, roles: Sequence[str] = (HitRole.TASK,)):
     if simulated not in SIMULATED_CHOICES:
         raise ValueError(f"simulated must be one of {SIMULATED_CHOICES}")
-    assignments = CrowdAssignment.objects.filter(hit__study=study, hit__role__in=list(roles),
-                                                 state__in=SUBMITTED_STATES)
+    assignments = CrowdAssignment.objects.filter(
+        hit__study=study, hit__role__in=list(roles), state__in=SUBMITTED_STATES
+    )
     if simulated == "exclude":
         assignments = assignments.filter(worker__simulated=False)
     elif simulated == "only":
@@ -70,13 +88,17 @@ def _answered(study: CrowdStudy, *, simulated: str, roles: Sequence[str] = (HitR
     return assignments
 
 
-def study_answers(study: CrowdStudy, *, simulated: str = "exclude",
-                  roles: Sequence[str] = (HitRole.TASK,)) -> pd.DataFrame:
+def study_answers(
+    study: CrowdStudy, *, simulated: str = "exclude", roles: Sequence[str] = (HitRole.TASK,)
+) -> pd.DataFrame:
     """The study's counted answers as an answers frame: ``task`` = HIT id, ``worker`` = worker id, ``label`` =
     :func:`annotation.crowd.selectors.answer_key` (yes/no, the normalised phrase, the count)."""
-    rows = [(a.hit_id, a.worker_id, answer_key(a, study.kind)) for a in
-            _answered(study, simulated=simulated, roles=roles)
-            .only("hit_id", "worker_id", "answer", "description", "count").order_by("submitted_at", "id")]
+    rows = [
+        (a.hit_id, a.worker_id, answer_key(a, study.kind))
+        for a in _answered(study, simulated=simulated, roles=roles)
+        .only("hit_id", "worker_id", "answer", "description", "count")
+        .order_by("submitted_at", "id")
+    ]
     return aggregation.answers_frame([row for row in rows if row[2] not in (None, "")])
 
 
@@ -103,19 +125,30 @@ def _estimate_dict(estimate: agreement_engine.Estimate | None) -> dict | None:
 
 
 def _agreement_dict(summary: agreement_engine.AgreementSummary) -> dict[str, Any]:
-    return {"fleiss_kappa": _estimate_dict(summary.fleiss_kappa),
-            "krippendorff_alpha": _estimate_dict(summary.krippendorff_alpha),
-            "krippendorff_alpha_level": summary.alpha_level,
-            "percent_agreement": _estimate_dict(summary.percent_agreement),
-            "n_items": summary.n_items, "n_raters": summary.n_raters, "n_answers": summary.n_answers,
-            "fleiss_raters_per_item": summary.fleiss_raters_per_item}
+    return {
+        "fleiss_kappa": _estimate_dict(summary.fleiss_kappa),
+        "krippendorff_alpha": _estimate_dict(summary.krippendorff_alpha),
+        "krippendorff_alpha_level": summary.alpha_level,
+        "percent_agreement": _estimate_dict(summary.percent_agreement),
+        "n_items": summary.n_items,
+        "n_raters": summary.n_raters,
+        "n_answers": summary.n_answers,
+        "fleiss_raters_per_item": summary.fleiss_raters_per_item,
+    }
 
 
 # -- aggregated results, worker skill, agreement --------------------------------------------------------------------
 
-def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold: bool = True,
-                      replicates: int = agreement_engine.DEFAULT_REPLICATES, seed: int = 0,
-                      confidence: float = agreement_engine.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+
+def crowd_aggregation(
+    study: CrowdStudy,
+    *,
+    simulated: str = "exclude",
+    use_gold: bool = True,
+    replicates: int = agreement_engine.DEFAULT_REPLICATES,
+    seed: int = 0,
+    confidence: float = agreement_engine.DEFAULT_CONFIDENCE,
+) -> dict[str, Any]:
     """Everything the study's report shows, from the counted answers.
 
     * ``hits``: one row per task HIT with answers — its layer, unit, label and origin (researchers only),
@@ -126,7 +159,8 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
     * ``workers``: :func:`annotation.crowd.selectors.crowd_worker_rows` (gold accuracy, times, signals) of the
       workers shown, plus ``skill`` (Dawid-Skene) and ``agrees_with_majority`` (share of their task answers equal
       to the HIT's majority label).
-    * ``agreement``: Fleiss' κ and Krippendorff's α (nominal; interval for purity counts) with ``confidence`` percentile bootstrap intervals
+    * ``agreement``: Fleiss' κ and Krippendorff's α (nominal; interval for purity counts) with ``confidence``
+    percentile bootstrap intervals
       (``replicates`` resamples of HITs, ``seed``); for validation also per label origin.
     * ``overlap``: per HIT the dynamic-overlap decision (:func:`annotation.crowd.aggregation.overlap_decision`
       with the study's rules, on all the HIT's counted answers, as
@@ -144,8 +178,11 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
         fit_answers, gold = answers, None
         if use_gold and study.kind == CrowdTaskKind.VALIDATION:
             gold_answers = study_answers(study, simulated=simulated, roles=(HitRole.GOLD,))
-            gold = dict(study.hits.filter(role=HitRole.GOLD, pk__in=list(set(gold_answers["task"])))
-                        .values_list("pk", "gold_answer"))
+            gold = dict(
+                study.hits.filter(role=HitRole.GOLD, pk__in=list(set(gold_answers["task"]))).values_list(
+                    "pk", "gold_answer"
+                )
+            )
             if gold:
                 fit_answers, gold_used = pd.concat([answers, gold_answers], ignore_index=True), True
         ds = _dawid_skene_cached(fit_answers, gold)
@@ -153,13 +190,20 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
     # purity counts are numbers: Krippendorff's α at the interval level (a near miss is near agreement)
     summary = aggregation.agreement(answers, labels=order, interval=study.kind == CrowdTaskKind.PURITY, **common)
 
-    hits = {hit.pk: hit for hit in Hit.objects.filter(pk__in=list(majority.index))
-            .select_related("unit__layer__network", "label_concept", "grid")}
+    hits = {
+        hit.pk: hit
+        for hit in Hit.objects.filter(pk__in=list(majority.index)).select_related(
+            "unit__layer__network", "label_concept", "grid"
+        )
+    }
     descriptions: dict[int, list[tuple[str, int]]] = defaultdict(list)
     counts: dict[int, list[int]] = defaultdict(list)
     if study.kind == CrowdTaskKind.DESCRIPTION:
-        for hit_id, text, confidence_given in (_answered(study, simulated=simulated).order_by("submitted_at", "id")
-                                               .values_list("hit_id", "description", "confidence")):
+        for hit_id, text, confidence_given in (
+            _answered(study, simulated=simulated)
+            .order_by("submitted_at", "id")
+            .values_list("hit_id", "description", "confidence")
+        ):
             descriptions[hit_id].append((text, confidence_given or 1))
     if study.kind == CrowdTaskKind.PURITY:
         for hit_id, count in _answered(study, simulated=simulated).values_list("hit_id", "count"):
@@ -177,12 +221,21 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
     rows = []
     for hit_id, vote in majority.iterrows():
         hit = hits[hit_id]
-        row = {"hit": hit, "layer": hit.unit.layer.name if hit.unit_id else "", "unit": hit.unit.index if hit.unit_id
-               else None, "label": hit.label, "origin": hit.get_label_origin_display() if hit.label_origin else "",
-               "origin_key": hit.label_origin, "round": hit.validation_round, "category": hit.unit_category,
-               "n": int(vote["n_answers"]),
-               "majority": vote["label"], "majority_share": float(vote["share"]), "tied": bool(vote["tied"]),
-               "layer_order": hit.unit.layer.order if hit.unit_id else 0}
+        row = {
+            "hit": hit,
+            "layer": hit.unit.layer.name if hit.unit_id else "",
+            "unit": hit.unit.index if hit.unit_id else None,
+            "label": hit.label,
+            "origin": hit.get_label_origin_display() if hit.label_origin else "",
+            "origin_key": hit.label_origin,
+            "round": hit.validation_round,
+            "category": hit.unit_category,
+            "n": int(vote["n_answers"]),
+            "majority": vote["label"],
+            "majority_share": float(vote["share"]),
+            "tied": bool(vote["tied"]),
+            "layer_order": hit.unit.layer.order if hit.unit_id else 0,
+        }
         if ds is not None and hit_id in ds.labels.index:
             row["ds"] = ds.labels[hit_id]
             row["ds_confidence"] = float(ds.confidence[hit_id])
@@ -198,21 +251,36 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
             row["overlap"] = aggregation.overlap_decision(hit_id, label_counts[hit_id], hit.max_assignments, rules)
         rows.append(row)
     nominal = study.kind != CrowdTaskKind.PURITY  # a purity count's "majority" is not a result worth sorting by
-    rows.sort(key=lambda row: (not row.get("differs", False), not (nominal and row["tied"]), row["layer_order"],
-                               row["unit"] if row["unit"] is not None else -1, row["origin_key"]))
+    rows.sort(
+        key=lambda row: (
+            not row.get("differs", False),
+            not (nominal and row["tied"]),
+            row["layer_order"],
+            row["unit"] if row["unit"] is not None else -1,
+            row["origin_key"],
+        )
+    )
 
     agreement_by_origin = []
     if study.kind == CrowdTaskKind.VALIDATION and not answers.empty:
         # Per origin over the blind comparison round (the selection round shows only canonical descriptions); a
         # HIT whose label was both a human description and the dissection label counts for both.
-        origins_of = {pk: hit_origins(origin, source) for pk, origin, source in
-                      study.hits.filter(role=HitRole.TASK).exclude(validation_round=ValidationRound.SELECTION)
-                      .values_list("pk", "label_origin", "source")}
+        origins_of = {
+            pk: hit_origins(origin, source)
+            for pk, origin, source in study.hits.filter(role=HitRole.TASK)
+            .exclude(validation_round=ValidationRound.SELECTION)
+            .values_list("pk", "label_origin", "source")
+        }
         for origin in LabelOrigin:
             subset = answers[answers["task"].map(lambda task: origin.value in origins_of.get(task, ()))]
             if not subset.empty:
-                agreement_by_origin.append({"origin": ORIGIN_SHORT[origin], "origin_key": origin.value,
-                                            **_agreement_dict(aggregation.agreement(subset, labels=order, **common))})
+                agreement_by_origin.append(
+                    {
+                        "origin": ORIGIN_SHORT[origin],
+                        "origin_key": origin.value,
+                        **_agreement_dict(aggregation.agreement(subset, labels=order, **common)),
+                    }
+                )
 
     shown = {"exclude": {False}, "include": {False, True}, "only": {True}}[simulated]
     worker_rows = [row for row in crowd_worker_rows(study) if row["worker"].simulated in shown]
@@ -226,20 +294,36 @@ def crowd_aggregation(study: CrowdStudy, *, simulated: str = "exclude", use_gold
 
     overlap_counts = Counter(row["overlap"].action.value for row in rows if "overlap" in row)
     return {
-        "study": study, "simulated": simulated, "kind": study.kind, "n_answers": len(answers),
-        "n_hits": len(rows), "n_workers": int(answers["worker"].nunique()) if not answers.empty else 0,
-        "hits": rows, "differ": sum(row.get("differs", False) for row in rows),
-        "ties": sum(row["tied"] for row in rows) if nominal else 0, "workers": worker_rows,
-        "dawid_skene": ({"iterations": ds.iterations, "priors": {str(k): float(v) for k, v in ds.priors.items()},
-                         "gold_used": gold_used}
-                        if ds is not None else None),
-        "agreement": _agreement_dict(summary), "agreement_by_origin": agreement_by_origin,
-        "confidence": confidence, "replicates": replicates, "seed": seed,
+        "study": study,
+        "simulated": simulated,
+        "kind": study.kind,
+        "n_answers": len(answers),
+        "n_hits": len(rows),
+        "n_workers": int(answers["worker"].nunique()) if not answers.empty else 0,
+        "hits": rows,
+        "differ": sum(row.get("differs", False) for row in rows),
+        "ties": sum(row["tied"] for row in rows) if nominal else 0,
+        "workers": worker_rows,
+        "dawid_skene": (
+            {
+                "iterations": ds.iterations,
+                "priors": {str(k): float(v) for k, v in ds.priors.items()},
+                "gold_used": gold_used,
+            }
+            if ds is not None
+            else None
+        ),
+        "agreement": _agreement_dict(summary),
+        "agreement_by_origin": agreement_by_origin,
+        "confidence": confidence,
+        "replicates": replicates,
+        "seed": seed,
         "overlap": {"dynamic": dynamic, "rules": rules, "counts": dict(overlap_counts)},
     }
 
 
 # -- ND'18 Table 3 --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class UnitVotes:
@@ -265,8 +349,7 @@ def _category_order(categories: Iterable[str]) -> list[str]:
     return ordered
 
 
-def _mean_with_interval(values: Sequence[float], *, replicates: int, seed: int,
-                        confidence: float) -> dict[str, Any]:
+def _mean_with_interval(values: Sequence[float], *, replicates: int, seed: int, confidence: float) -> dict[str, Any]:
     """The mean of per-unit shares with a percentile bootstrap interval over units (None when no unit)."""
     if not values:
         return {"value": None, "ci": None, "n_units": 0}
@@ -282,9 +365,15 @@ def _mean_with_interval(values: Sequence[float], *, replicates: int, seed: int,
     return {"value": value, "ci": ci, "n_units": len(array)}
 
 
-def table3_from_votes(votes: Iterable[UnitVotes], layers: Sequence[tuple[str, int]], *,
-                      interpretable: str = "validated", replicates: int = 1000, seed: int = 0,
-                      confidence: float = agreement_engine.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+def table3_from_votes(
+    votes: Iterable[UnitVotes],
+    layers: Sequence[tuple[str, int]],
+    *,
+    interpretable: str = "validated",
+    replicates: int = 1000,
+    seed: int = 0,
+    confidence: float = agreement_engine.DEFAULT_CONFIDENCE,
+) -> dict[str, Any]:
     """ND'18 Table 3 from validation votes (pure).
 
     ``layers``: ``(name, number of units)`` in the network's order. ``interpretable``:
@@ -319,8 +408,11 @@ def table3_from_votes(votes: Iterable[UnitVotes], layers: Sequence[tuple[str, in
             raise ValueError(f"unknown validation round {vote.round!r}")
         used[vote.round][0] += 1
         used[vote.round][1] += vote.n
-        tally = selection[(vote.layer, vote.unit)] if vote.round == selection_round else \
-            tallies[(vote.layer, vote.unit, vote.origin)]
+        tally = (
+            selection[(vote.layer, vote.unit)]
+            if vote.round == selection_round
+            else tallies[(vote.layer, vote.unit, vote.origin)]
+        )
         tally[0] += vote.yes
         tally[1] += vote.n
         category_of[(vote.layer, vote.unit)] = vote.category or category_of.get((vote.layer, vote.unit), "")
@@ -342,23 +434,38 @@ def table3_from_votes(votes: Iterable[UnitVotes], layers: Sequence[tuple[str, in
 
         def mean(origin: str, members: Sequence[Any], salt: int) -> dict[str, Any]:
             values = [shares[(layer, unit, origin)] for unit in members if (layer, unit, origin) in shares]
-            return _mean_with_interval(values, replicates=replicates, seed=seed * 7919 + number * 101 + salt,
-                                       confidence=confidence)
+            return _mean_with_interval(
+                values, replicates=replicates, seed=seed * 7919 + number * 101 + salt, confidence=confidence
+            )
 
-        entry = {"layer": layer, "units": total, "units_judged": len(units), "interpretable": len(chosen),
-                 "by_category": dict(by_category)}
-        for salt, (name, origin) in enumerate((("human", LabelOrigin.HUMAN), ("dissection", LabelOrigin.DISSECTION),
-                                               ("control", LabelOrigin.CONTROL))):
+        entry = {
+            "layer": layer,
+            "units": total,
+            "units_judged": len(units),
+            "interpretable": len(chosen),
+            "by_category": dict(by_category),
+        }
+        for salt, (name, origin) in enumerate(
+            (("human", LabelOrigin.HUMAN), ("dissection", LabelOrigin.DISSECTION), ("control", LabelOrigin.CONTROL))
+        ):
             entry[name] = mean(origin.value, chosen, salt)
             entry[f"{name}_by_category"] = {
                 category: mean(origin.value, [u for u in chosen if category_of[(layer, u)] == category], 10 + salt)
-                for category in by_category}
+                for category in by_category
+            }
         result_layers.append(entry)
     categories = _category_order(all_categories)
-    return {"layers": result_layers, "categories": categories, "interpretable_rule": interpretable,
-            "confidence": confidence, "replicates": replicates,
-            "selection_hits": used[selection_round][0], "selection_votes": used[selection_round][1],
-            "comparison_hits": used[comparison_round][0], "comparison_votes": used[comparison_round][1]}
+    return {
+        "layers": result_layers,
+        "categories": categories,
+        "interpretable_rule": interpretable,
+        "confidence": confidence,
+        "replicates": replicates,
+        "selection_hits": used[selection_round][0],
+        "selection_votes": used[selection_round][1],
+        "comparison_hits": used[comparison_round][0],
+        "comparison_votes": used[comparison_round][1],
+    }
 
 
 def _percent(share: dict[str, Any] | None) -> str:
@@ -373,22 +480,51 @@ def table3_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
     def category_label(category: str) -> str:
         return category or NO_CATEGORY_LABEL
 
-    rows = [{"label": "Interpretable units", "kind": "count",
-             "cells": [{"text": f"{entry['interpretable']}/{entry['units']}"} for entry in layers]}]
+    rows = [
+        {
+            "label": "Interpretable units",
+            "kind": "count",
+            "cells": [{"text": f"{entry['interpretable']}/{entry['units']}"} for entry in layers],
+        }
+    ]
     for category in categories:
-        rows.append({"label": f"{category_label(category)} units", "kind": "category", "category": category,
-                     "cells": [{"text": str(entry["by_category"].get(category, 0))} for entry in layers]})
-    for name, label in (("human", "Human consistency"), ("dissection", "Network Dissection"),
-                        ("control", "Control labels (not in ND'18)")):
-        rows.append({"label": label, "kind": "share", "cells": [
-            {"text": _percent(entry[name]), "share": entry[name]} for entry in layers]})
+        rows.append(
+            {
+                "label": f"{category_label(category)} units",
+                "kind": "category",
+                "category": category,
+                "cells": [{"text": str(entry["by_category"].get(category, 0))} for entry in layers],
+            }
+        )
+    for name, label in (
+        ("human", "Human consistency"),
+        ("dissection", "Network Dissection"),
+        ("control", "Control labels (not in ND'18)"),
+    ):
+        rows.append(
+            {
+                "label": label,
+                "kind": "share",
+                "cells": [{"text": _percent(entry[name]), "share": entry[name]} for entry in layers],
+            }
+        )
         if name == "control":
             break
         for category in categories:
-            rows.append({"label": f"on {category_label(category)} units", "kind": "share-category",
-                         "category": category, "cells": [
-                             {"text": _percent(entry[f"{name}_by_category"].get(category)),
-                              "share": entry[f"{name}_by_category"].get(category)} for entry in layers]})
+            rows.append(
+                {
+                    "label": f"on {category_label(category)} units",
+                    "kind": "share-category",
+                    "category": category,
+                    "cells": [
+                        {
+                            "text": _percent(entry[f"{name}_by_category"].get(category)),
+                            "share": entry[f"{name}_by_category"].get(category),
+                        }
+                        for entry in layers
+                    ],
+                }
+            )
     return rows
 
 
@@ -399,14 +535,24 @@ def study_validation_votes(study: CrowdStudy, *, simulated: str = "exclude") -> 
         tallies[hit_id][0] += answer == YES
         tallies[hit_id][1] += 1
     votes = []
-    for hit in (Hit.objects.filter(pk__in=list(tallies)).select_related("unit__layer")
-                .only("pk", "unit_category", "label_origin", "source", "validation_round", "unit__index",
-                      "unit__layer__name")):
+    for hit in (
+        Hit.objects.filter(pk__in=list(tallies))
+        .select_related("unit__layer")
+        .only("pk", "unit_category", "label_origin", "source", "validation_round", "unit__index", "unit__layer__name")
+    ):
         yes, n = tallies[hit.pk]
         for origin in hit_origins(hit.label_origin, hit.source):  # one HIT may stand for two origins' same label
-            votes.append(UnitVotes(layer=hit.unit.layer.name, unit=hit.unit.index, category=hit.unit_category,
-                                   origin=origin, yes=yes, n=n,
-                                   round=hit.validation_round or ValidationRound.COMPARISON.value))
+            votes.append(
+                UnitVotes(
+                    layer=hit.unit.layer.name,
+                    unit=hit.unit.index,
+                    category=hit.unit_category,
+                    origin=origin,
+                    yes=yes,
+                    n=n,
+                    round=hit.validation_round or ValidationRound.COMPARISON.value,
+                )
+            )
     return votes
 
 
@@ -416,16 +562,28 @@ def hit_origins(label_origin: str, source: dict | None) -> list[str]:
     return [label_origin, *((source or {}).get("also_origins") or [])]
 
 
-def nd18_table3(study: CrowdStudy, *, simulated: str = "exclude", interpretable: str = "validated",
-                replicates: int = 1000, seed: int = 0) -> dict[str, Any]:
+def nd18_table3(
+    study: CrowdStudy,
+    *,
+    simulated: str = "exclude",
+    interpretable: str = "validated",
+    replicates: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """ND'18 Table 3 from a validation study's live answers: :func:`table3_from_votes` over the study's layers
     (network order; each layer's unit count is the denominator of "interpretable units", as in the paper), plus
     the rows in the paper's layout (:func:`table3_rows`)."""
-    layers = sorted({e.layer for e in study.extractions.select_related("layer__network")},
-                    key=lambda layer: (layer.network.name, layer.order))
-    table = table3_from_votes(study_validation_votes(study, simulated=simulated),
-                              [(layer.name, layer.units) for layer in layers], interpretable=interpretable,
-                              replicates=replicates, seed=seed)
+    layers = sorted(
+        {e.layer for e in study.extractions.select_related("layer__network")},
+        key=lambda layer: (layer.network.name, layer.order),
+    )
+    table = table3_from_votes(
+        study_validation_votes(study, simulated=simulated),
+        [(layer.name, layer.units) for layer in layers],
+        interpretable=interpretable,
+        replicates=replicates,
+        seed=seed,
+    )
     table["rows"] = table3_rows(table)
     table["network"] = ", ".join(sorted({layer.network.name for layer in layers}))
     return table
@@ -457,8 +615,11 @@ def purity_source(hit: Hit) -> tuple[str, Any]:
 def purity_studies(study: CrowdStudy) -> list[CrowdStudy]:
     """The purity studies compared with ``study``: itself and every purity study sharing one of its layers."""
     layers = list(study.extractions.values_list("layer_id", flat=True))
-    others = (CrowdStudy.objects.filter(kind=CrowdTaskKind.PURITY, extractions__layer_id__in=layers)
-              .distinct().order_by("created_at", "id"))
+    others = (
+        CrowdStudy.objects.filter(kind=CrowdTaskKind.PURITY, extractions__layer_id__in=layers)
+        .distinct()
+        .order_by("created_at", "id")
+    )
     return list(dict.fromkeys([study, *others])) if study.kind == CrowdTaskKind.PURITY else list(others)
 
 
@@ -476,8 +637,12 @@ def purity_table(study: CrowdStudy, *, simulated: str = "exclude") -> dict[str, 
     order = {key: position for position, key in enumerate(PURITY_SOURCES)}
     rows = []
     for other in studies:
-        hits = {hit.pk: hit for hit in Hit.objects.filter(study=other, role=HitRole.TASK, kind=CrowdTaskKind.PURITY)
-                .select_related("unit__layer__network")}
+        hits = {
+            hit.pk: hit
+            for hit in Hit.objects.filter(study=other, role=HitRole.TASK, kind=CrowdTaskKind.PURITY).select_related(
+                "unit__layer__network"
+            )
+        }
         sources: set[str] = set()
         for hit_id, count in _answered(other, simulated=simulated).values_list("hit_id", "count"):
             hit = hits.get(hit_id)
@@ -499,7 +664,13 @@ def purity_table(study: CrowdStudy, *, simulated: str = "exclude") -> dict[str, 
         for layer in layers:
             value, patterns = aggregation.mean_purity(triples.get((*key, layer), []))
             ks = k_values.get((*key, layer), [])
-            row["cells"].append({"layer": layer, "purity": value, "patterns": patterns,
-                                 "answers": len(triples.get((*key, layer), [])),
-                                 "median_k": float(np.median(ks)) if ks else None})
+            row["cells"].append(
+                {
+                    "layer": layer,
+                    "purity": value,
+                    "patterns": patterns,
+                    "answers": len(triples.get((*key, layer), [])),
+                    "median_k": float(np.median(ks)) if ks else None,
+                }
+            )
     return {"layers": layers, "rows": rows, "studies": studies}

@@ -3,6 +3,7 @@ signals of careless or automated answering (issue 8 items 2 and 4), and a HIT's 
 
 Pure helpers (:func:`canonical_description`, :func:`longest_streak`, :func:`careless_signals`) need no database.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -13,8 +14,16 @@ from typing import Any
 
 from django.db.models import Count, F, Q, Sum
 
-from ..models import (SUBMITTED_STATES, CrowdAssignment, CrowdAssignmentState, CrowdStudy, CrowdTaskKind, CrowdWorker,
-                      Hit, HitRole)
+from ..models import (
+    SUBMITTED_STATES,
+    CrowdAssignment,
+    CrowdAssignmentState,
+    CrowdStudy,
+    CrowdTaskKind,
+    CrowdWorker,
+    Hit,
+    HitRole,
+)
 from ..naming import normalise_concept_name
 from . import aggregation
 
@@ -33,6 +42,7 @@ SIGNAL_MIN_ANSWERS = 3
 
 # -- canonical descriptions (ND'18 §3.1) -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Canonical:
     text: str
@@ -50,8 +60,11 @@ def canonical_description(answers: Sequence[tuple[str, int]]) -> Canonical | Non
     group's highest-confidence phrase (the earliest among equals). Without agreement: the highest-confidence
     phrase, the earliest among equals. None without any non-empty phrase.
     """
-    items = [(position, " ".join(text.split()), int(confidence)) for position, (text, confidence)
-             in enumerate(answers) if text and text.strip()]
+    items = [
+        (position, " ".join(text.split()), int(confidence))
+        for position, (text, confidence) in enumerate(answers)
+        if text and text.strip()
+    ]
     if not items:
         return None
     groups: dict[str, list[tuple[int, str, int]]] = {}
@@ -59,9 +72,9 @@ def canonical_description(answers: Sequence[tuple[str, int]]) -> Canonical | Non
         groups.setdefault(normalise_concept_name(item[1]) or item[1].lower(), []).append(item)
     best = max(groups.values(), key=lambda group: (len(group), sum(c for _, _, c in group), -group[0][0]))
     if len(best) >= 2:
-        position, text, confidence = max(best, key=lambda item: (item[2], -item[0]))
+        _position, text, confidence = max(best, key=lambda item: (item[2], -item[0]))
         return Canonical(text=text, agreed=True, confidence=confidence, votes=len(best))
-    position, text, confidence = max(items, key=lambda item: (item[2], -item[0]))
+    _position, text, confidence = max(items, key=lambda item: (item[2], -item[0]))
     return Canonical(text=text, agreed=False, confidence=confidence, votes=1)
 
 
@@ -69,14 +82,20 @@ def canonical_descriptions_for(*, unit_ids: Iterable[int], study: CrowdStudy | N
     """Per unit: the canonical description from a description study (the given one, else the newest covering
     the unit), as ``{unit_id: {"text", "study", "hit", "agreed", "confidence"}}``. Units without answers are left
     out. Uses :func:`canonical_description` (ND'18 §3.1's rule)."""
-    hits = (Hit.objects.filter(kind=CrowdTaskKind.DESCRIPTION, role=HitRole.TASK, unit_id__in=list(unit_ids))
-            .select_related("study").order_by("-study__created_at", "-study_id"))
+    hits = (
+        Hit.objects.filter(kind=CrowdTaskKind.DESCRIPTION, role=HitRole.TASK, unit_id__in=list(unit_ids))
+        .select_related("study")
+        .order_by("-study__created_at", "-study_id")
+    )
     if study is not None:
         hits = hits.filter(study=study)
     answers: dict[int, list[tuple[str, int]]] = {}
-    for hit_id, text, confidence in (CrowdAssignment.objects.answered().filter(hit__in=hits)
-                                     .order_by("submitted_at", "id")
-                                     .values_list("hit_id", "description", "confidence")):
+    for hit_id, text, confidence in (
+        CrowdAssignment.objects.answered()
+        .filter(hit__in=hits)
+        .order_by("submitted_at", "id")
+        .values_list("hit_id", "description", "confidence")
+    ):
         answers.setdefault(hit_id, []).append((text, confidence or 1))
     result: dict[int, dict] = {}
     for hit in hits:
@@ -84,13 +103,18 @@ def canonical_descriptions_for(*, unit_ids: Iterable[int], study: CrowdStudy | N
             continue
         chosen = canonical_description(answers[hit.pk])
         if chosen is not None:
-            result[hit.unit_id] = {"text": chosen.text, "study": hit.study_id, "hit": hit.pk, "agreed": chosen.agreed,
-                                   "confidence": chosen.confidence}
+            result[hit.unit_id] = {
+                "text": chosen.text,
+                "study": hit.study_id,
+                "hit": hit.pk,
+                "agreed": chosen.agreed,
+                "confidence": chosen.confidence,
+            }
     return result
 
 
-
 # -- careless / automated answering ------------------------------------------------------------------------------
+
 
 def longest_streak(values: Sequence[Any]) -> int:
     """The longest run of equal consecutive values (0 for none)."""
@@ -112,9 +136,17 @@ def answer_key(assignment: CrowdAssignment, kind: str) -> Any:
     return assignment.count
 
 
-def careless_signals(*, seconds: Sequence[float], study_median: float | None, answers: Sequence[Any],
-                     pasted: int, fast_fraction: float = FAST_FRACTION, streak_min: int = STREAK_MIN,
-                     answer_shares: Sequence[float] | None = None, streak_p: float = STREAK_P) -> list[str]:
+def careless_signals(
+    *,
+    seconds: Sequence[float],
+    study_median: float | None,
+    answers: Sequence[Any],
+    pasted: int,
+    fast_fraction: float = FAST_FRACTION,
+    streak_min: int = STREAK_MIN,
+    answer_shares: Sequence[float] | None = None,
+    streak_p: float = STREAK_P,
+) -> list[str]:
     """Readable flags of careless or automated answering for one worker (REFERENCE.md: 33–46% of MTurk workers
     used language models on text tasks): time on task far below the study's median, long streaks of identical
     answers, descriptions pasted rather than typed. With ``answer_shares`` (the study's shares of each distinct
@@ -138,16 +170,28 @@ def careless_signals(*, seconds: Sequence[float], study_median: float | None, an
 
 # -- researchers ---------------------------------------------------------------------------------------------------
 
+
 def crowd_study_rows() -> list[dict[str, Any]]:
     """Every crowd study with its numbers of task HITs, workers and answers."""
     studies = CrowdStudy.objects.annotate(
         task_hits=Count("hits", filter=Q(hits__role=HitRole.TASK), distinct=True),
-        worker_count=Count("workers", distinct=True)).prefetch_related("extractions__layer__network")
-    answered = dict(CrowdAssignment.objects.answered().tasks().values("hit__study").annotate(n=Count("id"))
-                    .values_list("hit__study", "n"))
-    return [{"study": study, "answers": answered.get(study.pk, 0),
-             "layers": ", ".join(sorted(f"{e.layer.network.name}/{e.layer.name}" for e in study.extractions.all()))}
-            for study in studies]
+        worker_count=Count("workers", distinct=True),
+    ).prefetch_related("extractions__layer__network")
+    answered = dict(
+        CrowdAssignment.objects.answered()
+        .tasks()
+        .values("hit__study")
+        .annotate(n=Count("id"))
+        .values_list("hit__study", "n")
+    )
+    return [
+        {
+            "study": study,
+            "answers": answered.get(study.pk, 0),
+            "layers": ", ".join(sorted(f"{e.layer.network.name}/{e.layer.name}" for e in study.extractions.all())),
+        }
+        for study in studies
+    ]
 
 
 def crowd_study_progress(study: CrowdStudy) -> dict[str, Any]:
@@ -155,29 +199,50 @@ def crowd_study_progress(study: CrowdStudy) -> dict[str, Any]:
     hits = dict(study.hits.values("role").annotate(n=Count("id")).values_list("role", "n"))
     tasks = study.hits.filter(role=HitRole.TASK)
     places = tasks.aggregate(total=Sum("max_assignments"))["total"] or 0
-    states = dict(CrowdAssignment.objects.filter(hit__study=study).values("state").annotate(n=Count("id"))
-                  .values_list("state", "n"))
+    states = dict(
+        CrowdAssignment.objects.filter(hit__study=study)
+        .values("state")
+        .annotate(n=Count("id"))
+        .values_list("state", "n")
+    )
     answered = CrowdAssignment.objects.answered().tasks().filter(hit__study=study).count()
-    return {"hits": {role.label: hits.get(role.value, 0) for role in HitRole}, "task_hits": hits.get(HitRole.TASK, 0),
-            "places": places, "answered": answered, "percent": int(100 * answered / places) if places else 0,
-            "complete_hits": tasks.annotate(n=Count("assignments", filter=Q(assignments__state__in=SUBMITTED_STATES)))
-            .filter(Q(n__gte=F("max_assignments")) | Q(retired=True)).count(),
-            "states": {state.label: states.get(state.value, 0) for state in CrowdAssignmentState},
-            "workers": study.workers.filter(simulated=False).count(),
-            "simulated_workers": study.workers.filter(simulated=True).count(),
-            "blocked": study.workers.filter(blocked=True).count()}
+    return {
+        "hits": {role.label: hits.get(role.value, 0) for role in HitRole},
+        "task_hits": hits.get(HitRole.TASK, 0),
+        "places": places,
+        "answered": answered,
+        "percent": int(100 * answered / places) if places else 0,
+        "complete_hits": tasks.annotate(n=Count("assignments", filter=Q(assignments__state__in=SUBMITTED_STATES)))
+        .filter(Q(n__gte=F("max_assignments")) | Q(retired=True))
+        .count(),
+        "states": {state.label: states.get(state.value, 0) for state in CrowdAssignmentState},
+        "workers": study.workers.filter(simulated=False).count(),
+        "simulated_workers": study.workers.filter(simulated=True).count(),
+        "blocked": study.workers.filter(blocked=True).count(),
+    }
 
 
 CROWD_PAGE_SIZE = 50
 HIT_STATES = {"open": "Still collecting answers", "complete": "All answers in", "retired": "Retired early"}
 
 
-def crowd_hits_for_list(study: CrowdStudy, *, role: str = HitRole.TASK, layer: str = "", unit: int | None = None,
-                        origin: str = "", state: str = "", label: str = ""):
+def crowd_hits_for_list(
+    study: CrowdStudy,
+    *,
+    role: str = HitRole.TASK,
+    layer: str = "",
+    unit: int | None = None,
+    origin: str = "",
+    state: str = "",
+    label: str = "",
+):
     """A study's HITs of ``role`` in list order (layer, unit, origin), filtered by layer name, unit index, label
     origin, ``state`` (a key of :data:`HIT_STATES`) and a label substring."""
-    hits = (study.hits.filter(role=role).select_related("unit__layer__network", "label_concept", "grid")
-            .order_by("unit__layer__order", "unit__index", "label_origin", "id"))
+    hits = (
+        study.hits.filter(role=role)
+        .select_related("unit__layer__network", "label_concept", "grid")
+        .order_by("unit__layer__order", "unit__index", "label_origin", "id")
+    )
     if layer:
         hits = hits.filter(unit__layer__name=layer)
     if unit is not None:
@@ -191,8 +256,11 @@ def crowd_hits_for_list(study: CrowdStudy, *, role: str = HitRole.TASK, layer: s
     elif state in ("open", "complete"):
         answered = Count("assignments", filter=Q(assignments__state__in=SUBMITTED_STATES))
         hits = hits.annotate(n_answered=answered).filter(retired=False)
-        hits = (hits.filter(n_answered__lt=F("max_assignments")) if state == "open"
-                else hits.filter(n_answered__gte=F("max_assignments")))
+        hits = (
+            hits.filter(n_answered__lt=F("max_assignments"))
+            if state == "open"
+            else hits.filter(n_answered__gte=F("max_assignments"))
+        )
     return hits
 
 
@@ -201,8 +269,12 @@ def crowd_hit_rows(hits: Iterable[Hit]) -> list[dict[str, Any]]:
     shown here)."""
     hits = list(hits)
     answers: dict[int, list[CrowdAssignment]] = {}
-    for assignment in (CrowdAssignment.objects.filter(hit__in=hits).exclude(state=CrowdAssignmentState.RETURNED)
-                       .select_related("worker").order_by("submitted_at", "id")):
+    for assignment in (
+        CrowdAssignment.objects.filter(hit__in=hits)
+        .exclude(state=CrowdAssignmentState.RETURNED)
+        .select_related("worker")
+        .order_by("submitted_at", "id")
+    ):
         answers.setdefault(assignment.hit_id, []).append(assignment)
     rows = []
     for hit in hits:
@@ -216,17 +288,28 @@ def crowd_hit_rows(hits: Iterable[Hit]) -> list[dict[str, Any]]:
             summary = f"“{chosen.text}”{how}" if chosen else ""
         else:
             counts = [a.count for a in done if a.count is not None]
-            summary = (f"{statistics.median(counts):g} of {hit.purity_shown} (K = {hit.purity_k})" if counts else "")
+            summary = f"{statistics.median(counts):g} of {hit.purity_shown} (K = {hit.purity_k})" if counts else ""
         rows.append({"hit": hit, "assignments": given, "answered": len(done), "summary": summary})
     return rows
 
 
-def crowd_assignment_rows(study: CrowdStudy, *, state: str | None = None, worker: CrowdWorker | None = None,
-                          layer: str = "", unit: int | None = None, role: str = ""):
+def crowd_assignment_rows(
+    study: CrowdStudy,
+    *,
+    state: str | None = None,
+    worker: CrowdWorker | None = None,
+    layer: str = "",
+    unit: int | None = None,
+    role: str = "",
+):
     """Submitted work to review, newest first (a query set: the page pages it), filtered by state, worker, layer
     name, unit index and HIT role."""
-    assignments = (CrowdAssignment.objects.filter(hit__study=study).exclude(state=CrowdAssignmentState.LEASED)
-                   .select_related("hit__unit__layer__network", "hit__grid", "worker").order_by("-submitted_at", "-id"))
+    assignments = (
+        CrowdAssignment.objects.filter(hit__study=study)
+        .exclude(state=CrowdAssignmentState.LEASED)
+        .select_related("hit__unit__layer__network", "hit__grid", "worker")
+        .order_by("-submitted_at", "-id")
+    )
     if state:
         assignments = assignments.filter(state=state)
     if worker is not None:
@@ -242,19 +325,23 @@ def crowd_assignment_rows(study: CrowdStudy, *, state: str | None = None, worker
 
 def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
     """Per worker: adapter, answers, gold accuracy, qualification, median time, bonuses and careless signals."""
-    assignments = list(CrowdAssignment.objects.filter(hit__study=study, state__in=[*SUBMITTED_STATES,
-                                                                                   CrowdAssignmentState.REJECTED])
-                       .select_related("hit").order_by("submitted_at", "id"))
+    assignments = list(
+        CrowdAssignment.objects.filter(hit__study=study, state__in=[*SUBMITTED_STATES, CrowdAssignmentState.REJECTED])
+        .select_related("hit")
+        .order_by("submitted_at", "id")
+    )
     task_seconds = [a.seconds for a in assignments if a.seconds is not None and a.hit.role == HitRole.TASK]
     study_median = statistics.median(task_seconds) if task_seconds else None
     by_worker: dict[int, list[CrowdAssignment]] = {}
     for assignment in assignments:
         by_worker.setdefault(assignment.worker_id, []).append(assignment)
-    pooled = Counter(answer_key(a, a.hit.kind) for a in assignments
-                     if a.hit.role == HitRole.TASK and a.state in SUBMITTED_STATES)
+    pooled = Counter(
+        answer_key(a, a.hit.kind) for a in assignments if a.hit.role == HitRole.TASK and a.state in SUBMITTED_STATES
+    )
     shares = [count / sum(pooled.values()) for count in pooled.values()] if pooled else None
-    bonuses = dict(CrowdWorker.objects.filter(study=study).annotate(total=Sum("bonuses__amount_cents"))
-                   .values_list("pk", "total"))
+    bonuses = dict(
+        CrowdWorker.objects.filter(study=study).annotate(total=Sum("bonuses__amount_cents")).values_list("pk", "total")
+    )
     rows = []
     for worker in study.workers.select_related("user").order_by("simulated", "created_at", "id"):
         done = by_worker.get(worker.pk, [])
@@ -262,22 +349,33 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
         gold = [a for a in done if a.gold_correct is not None]
         seconds = [a.seconds for a in tasks if a.seconds is not None]
         states = Counter(a.state for a in done)
-        rows.append({
-            "worker": worker, "answered": len(tasks), "approved": states.get(CrowdAssignmentState.APPROVED, 0),
-            "rejected": states.get(CrowdAssignmentState.REJECTED, 0),
-            "submitted": states.get(CrowdAssignmentState.SUBMITTED, 0),
-            "gold_right": sum(a.gold_correct for a in gold), "gold_total": len(gold),
-            "gold_accuracy": sum(a.gold_correct for a in gold) / len(gold) if gold else None,
-            "median_seconds": statistics.median(seconds) if seconds else None,
-            "pasted": sum(a.pasted for a in tasks), "bonus_cents": bonuses.get(worker.pk) or 0,
-            "signals": careless_signals(seconds=seconds, study_median=study_median,
-                                        answers=[answer_key(a, a.hit.kind) for a in tasks],
-                                        pasted=sum(a.pasted for a in tasks), answer_shares=shares),
-        })
+        rows.append(
+            {
+                "worker": worker,
+                "answered": len(tasks),
+                "approved": states.get(CrowdAssignmentState.APPROVED, 0),
+                "rejected": states.get(CrowdAssignmentState.REJECTED, 0),
+                "submitted": states.get(CrowdAssignmentState.SUBMITTED, 0),
+                "gold_right": sum(a.gold_correct for a in gold),
+                "gold_total": len(gold),
+                "gold_accuracy": sum(a.gold_correct for a in gold) / len(gold) if gold else None,
+                "median_seconds": statistics.median(seconds) if seconds else None,
+                "pasted": sum(a.pasted for a in tasks),
+                "bonus_cents": bonuses.get(worker.pk) or 0,
+                "signals": careless_signals(
+                    seconds=seconds,
+                    study_median=study_median,
+                    answers=[answer_key(a, a.hit.kind) for a in tasks],
+                    pasted=sum(a.pasted for a in tasks),
+                    answer_shares=shares,
+                ),
+            }
+        )
     return rows
 
 
 # -- workers -------------------------------------------------------------------------------------------------------
+
 
 def worker_by_code(code: str) -> CrowdWorker | None:
     try:
@@ -289,8 +387,11 @@ def worker_by_code(code: str) -> CrowdWorker | None:
 def worker_progress(worker: CrowdWorker) -> dict[str, int]:
     """The worker's answered HITs (gold included: to them every HIT is alike) and their gold score."""
     done = CrowdAssignment.objects.filter(worker=worker, state__in=[*SUBMITTED_STATES, CrowdAssignmentState.REJECTED])
-    return done.aggregate(answered=Count("id"), gold_right=Count("id", filter=Q(gold_correct=True)),
-                          gold_total=Count("id", filter=Q(gold_correct__isnull=False)))
+    return done.aggregate(
+        answered=Count("id"),
+        gold_right=Count("id", filter=Q(gold_correct=True)),
+        gold_total=Count("id", filter=Q(gold_correct__isnull=False)),
+    )
 
 
 def preview_hit(study: CrowdStudy) -> Hit | None:
@@ -303,12 +404,14 @@ def crowd_open_study_rows(user) -> list[dict[str, Any]]:
     rows = []
     for study in CrowdStudy.objects.filter(is_open=True).order_by("-created_at"):
         worker = study.workers.filter(user=user).first()
-        rows.append({"study": study, "worker": worker,
-                     "answered": worker_progress(worker)["answered"] if worker else 0})
+        rows.append(
+            {"study": study, "worker": worker, "answered": worker_progress(worker)["answered"] if worker else 0}
+        )
     return rows
 
 
 # -- answers for aggregation and reports (issue 8 items 5–6) ----------------------------------------------------
+
 
 def crowd_answer_rows(study: CrowdStudy, *, simulated: str = "include", role: str = HitRole.TASK) -> list[dict]:
     """Every counted answer (submitted or approved; rejected ones are out) of the study's HITs of ``role``, as
@@ -316,23 +419,57 @@ def crowd_answer_rows(study: CrowdStudy, *, simulated: str = "include", role: st
     label came from), ``label``, ``label_category``, ``unit_category``, ``worker`` (id), ``simulated``, ``answer``
     ("yes"/"no"), ``description``, ``confidence``, ``count``, ``shown`` (purity: images shown), ``seconds``.
     ``simulated``: "include", "exclude" or "only" (the demo's simulated crowd)."""
-    answers = (CrowdAssignment.objects.answered().filter(hit__study=study, hit__role=role)
-               .order_by("hit_id", "submitted_at", "id"))
+    answers = (
+        CrowdAssignment.objects.answered()
+        .filter(hit__study=study, hit__role=role)
+        .order_by("hit_id", "submitted_at", "id")
+    )
     if simulated == "exclude":
         answers = answers.filter(worker__simulated=False)
     elif simulated == "only":
         answers = answers.filter(worker__simulated=True)
-    return [{"hit": row[0], "unit": row[1], "unit_index": row[2], "layer": row[3], "origin": row[4], "label": row[5],
-             "label_category": row[6], "unit_category": row[7], "worker": row[8], "simulated": row[9],
-             "answer": row[10], "description": row[11], "confidence": row[12], "count": row[13], "shown": row[14],
-             "seconds": row[15]}
-            for row in answers.values_list("hit_id", "hit__unit_id", "hit__unit__index", "hit__unit__layer__name",
-                                           "hit__label_origin", "hit__label", "hit__label_category",
-                                           "hit__unit_category", "worker_id", "worker__simulated", "answer",
-                                           "description", "confidence", "count", "hit__purity_shown", "seconds")]
+    return [
+        {
+            "hit": row[0],
+            "unit": row[1],
+            "unit_index": row[2],
+            "layer": row[3],
+            "origin": row[4],
+            "label": row[5],
+            "label_category": row[6],
+            "unit_category": row[7],
+            "worker": row[8],
+            "simulated": row[9],
+            "answer": row[10],
+            "description": row[11],
+            "confidence": row[12],
+            "count": row[13],
+            "shown": row[14],
+            "seconds": row[15],
+        }
+        for row in answers.values_list(
+            "hit_id",
+            "hit__unit_id",
+            "hit__unit__index",
+            "hit__unit__layer__name",
+            "hit__label_origin",
+            "hit__label",
+            "hit__label_category",
+            "hit__unit_category",
+            "worker_id",
+            "worker__simulated",
+            "answer",
+            "description",
+            "confidence",
+            "count",
+            "hit__purity_shown",
+            "seconds",
+        )
+    ]
 
 
 # -- dynamic overlap (issue 8 item 5) -------------------------------------------------------------------------
+
 
 def hit_overlap_decision(hit: Hit) -> aggregation.OverlapDecision:
     """What the study's dynamic-overlap rules (:meth:`annotation.crowd.aggregation.OverlapRules.from_study`) say about
@@ -341,9 +478,12 @@ def hit_overlap_decision(hit: Hit) -> aggregation.OverlapDecision:
     For the writer: ``hit_overlap_set(hit=hit, max_assignments=decision.target, retired=decision.action.closes)``
     after each submission to a task HIT of a study whose ``overlap_rule`` is dynamic."""
     study = hit.study
-    labels = Counter(answer_key(a, hit.kind) for a in
-                     CrowdAssignment.objects.filter(hit=hit, state__in=SUBMITTED_STATES)
-                     .only("answer", "description", "count"))
+    labels = Counter(
+        answer_key(a, hit.kind)
+        for a in CrowdAssignment.objects.filter(hit=hit, state__in=SUBMITTED_STATES).only(
+            "answer", "description", "count"
+        )
+    )
     labels.pop("", None)
     labels.pop(None, None)
     return aggregation.overlap_decision(hit.pk, labels, hit.max_assignments, aggregation.OverlapRules.from_study(study))
@@ -353,30 +493,50 @@ def unit_crowd_answers(unit) -> list[dict[str, Any]]:
     """Every crowd study's counted answers about ``unit`` (task HITs only; rejected answers left out), study by
     study (newest first): validation labels with their origin and yes/no votes, descriptions with confidence,
     purity counts out of the images shown. ``simulated`` counts the simulated crowd's share of each."""
-    hits = (Hit.objects.filter(unit=unit, role=HitRole.TASK).select_related("study")
-            .order_by("-study__created_at", "kind", "label"))
-    answered = (CrowdAssignment.objects.answered().filter(hit__unit=unit, hit__role=HitRole.TASK)
-                .select_related("worker").order_by("submitted_at", "id"))
+    hits = (
+        Hit.objects.filter(unit=unit, role=HitRole.TASK)
+        .select_related("study")
+        .order_by("-study__created_at", "kind", "label")
+    )
+    answered = (
+        CrowdAssignment.objects.answered()
+        .filter(hit__unit=unit, hit__role=HitRole.TASK)
+        .select_related("worker")
+        .order_by("submitted_at", "id")
+    )
     by_hit: dict[int, list[CrowdAssignment]] = {}
     for assignment in answered:
         by_hit.setdefault(assignment.hit_id, []).append(assignment)
     studies: dict[int, dict[str, Any]] = {}
     for hit in hits:
-        entry = studies.setdefault(hit.study_id, {"study": hit.study, "labels": [], "descriptions": [],
-                                                  "purity": []})
+        entry = studies.setdefault(hit.study_id, {"study": hit.study, "labels": [], "descriptions": [], "purity": []})
         answers = by_hit.get(hit.pk, [])
         simulated = sum(1 for a in answers if a.worker.simulated)
         if hit.kind == CrowdTaskKind.VALIDATION:
             yes = sum(1 for a in answers if a.answer == "yes")
-            entry["labels"].append({"label": hit.label, "origin": hit.get_label_origin_display(), "yes": yes,
-                                    "no": len(answers) - yes, "simulated": simulated})
+            entry["labels"].append(
+                {
+                    "label": hit.label,
+                    "origin": hit.get_label_origin_display(),
+                    "yes": yes,
+                    "no": len(answers) - yes,
+                    "simulated": simulated,
+                }
+            )
         elif hit.kind == CrowdTaskKind.DESCRIPTION:
-            entry["descriptions"] += [{"text": a.description, "confidence": a.confidence,
-                                       "simulated": a.worker.simulated} for a in answers]
+            entry["descriptions"] += [
+                {"text": a.description, "confidence": a.confidence, "simulated": a.worker.simulated} for a in answers
+            ]
         else:
             counts = [a.count for a in answers if a.count is not None]
-            entry["purity"].append({"pattern": (hit.source or {}).get("pattern", ""),
-                                    "source": (hit.source or {}).get("pattern_source", ""), "shown": hit.purity_shown,
-                                    "mean": statistics.fmean(counts) if counts else None, "answers": len(counts),
-                                    "simulated": simulated})
+            entry["purity"].append(
+                {
+                    "pattern": (hit.source or {}).get("pattern", ""),
+                    "source": (hit.source or {}).get("pattern_source", ""),
+                    "shown": hit.purity_shown,
+                    "mean": statistics.fmean(counts) if counts else None,
+                    "answers": len(counts),
+                    "simulated": simulated,
+                }
+            )
     return list(studies.values())

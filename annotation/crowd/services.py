@@ -6,6 +6,7 @@ Studies and their HITs are planned in :mod:`annotation.crowd.hits`; gold answers
 reports. Every function is keyword-only and typed. Expected user errors raise :class:`CrowdInputError` with a
 readable message.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,9 +24,21 @@ from django.utils.crypto import salted_hmac
 
 from .. import claims
 from ..common import InputError, new_token
-from ..models import (DESCRIPTION_MAX_LENGTH, REVIEWABLE_STATES, CrowdAdapter, CrowdAssignment, CrowdAssignmentState,
-                      CrowdBonus, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole, OverlapRule,
-                      QualificationAttempt)
+from ..models import (
+    DESCRIPTION_MAX_LENGTH,
+    REVIEWABLE_STATES,
+    CrowdAdapter,
+    CrowdAssignment,
+    CrowdAssignmentState,
+    CrowdBonus,
+    CrowdStudy,
+    CrowdTaskKind,
+    CrowdWorker,
+    Hit,
+    HitRole,
+    OverlapRule,
+    QualificationAttempt,
+)
 from . import forced_choice
 from .selectors import hit_overlap_decision
 from .truth import gold_check, worker_gold_accuracy
@@ -44,8 +57,16 @@ class CrowdInputError(InputError):
 
 # -- workers -----------------------------------------------------------------------------------------------------
 
-def worker_enter(*, study: CrowdStudy, adapter: str, external_id: str | None = None, user=None,
-                 simulated: bool = False, params: dict | None = None) -> tuple[CrowdWorker, bool]:
+
+def worker_enter(
+    *,
+    study: CrowdStudy,
+    adapter: str,
+    external_id: str | None = None,
+    user=None,
+    simulated: bool = False,
+    params: dict | None = None,
+) -> tuple[CrowdWorker, bool]:
     """The study's worker for (adapter, external id), created on first entry; ``(worker, created)``.
 
     Own links without an external id: a signed-in user is known by their account, others get a new worker.
@@ -64,10 +85,17 @@ def worker_enter(*, study: CrowdStudy, adapter: str, external_id: str | None = N
     try:
         with transaction.atomic():
             worker = CrowdWorker.objects.create(
-                study=study, adapter=adapter, external_id=external_id, code=new_token() + new_token(), user=user,
-                simulated=simulated, params=params or {}, order_a=int(rng.integers(1, ORDER_MODULUS)),
+                study=study,
+                adapter=adapter,
+                external_id=external_id,
+                code=new_token() + new_token(),
+                user=user,
+                simulated=simulated,
+                params=params or {},
+                order_a=int(rng.integers(1, ORDER_MODULUS)),
                 order_b=int(rng.integers(0, ORDER_MODULUS)),
-                qualified=None if study.qualification_required else True)
+                qualified=None if study.qualification_required else True,
+            )
     except IntegrityError:  # entered twice at once: the other request created it
         return CrowdWorker.objects.get(study=study, adapter=adapter, external_id=external_id), False
     return worker, True
@@ -79,8 +107,9 @@ def worker_block(*, worker: CrowdWorker, reason: str, blocked: bool = True) -> C
     if blocked and not reason:
         raise CrowdInputError("Say why the worker is blocked.")
     with transaction.atomic():
-        CrowdWorker.objects.filter(pk=worker.pk).update(blocked=blocked, blocked_reason=reason if blocked else "",
-                                                        blocked_at=timezone.now() if blocked else None)
+        CrowdWorker.objects.filter(pk=worker.pk).update(
+            blocked=blocked, blocked_reason=reason if blocked else "", blocked_at=timezone.now() if blocked else None
+        )
         if blocked:
             for assignment in CrowdAssignment.objects.filter(worker=worker, state=CrowdAssignmentState.LEASED):
                 _release(assignment, reason="worker blocked", now=timezone.now())
@@ -90,10 +119,12 @@ def worker_block(*, worker: CrowdWorker, reason: str, blocked: bool = True) -> C
 
 # -- the next HIT (atomic) -----------------------------------------------------------------------------------------
 
+
 def _release(assignment: CrowdAssignment, *, reason: str, now: datetime) -> bool:
     """leased → returned, freeing the HIT's place (conditional: exactly one caller wins)."""
     released = CrowdAssignment.objects.filter(pk=assignment.pk, state=CrowdAssignmentState.LEASED).update(
-        state=CrowdAssignmentState.RETURNED, returned_at=now, reason=reason)
+        state=CrowdAssignmentState.RETURNED, returned_at=now, reason=reason
+    )
     if released:
         Hit.objects.filter(pk=assignment.hit_id, role=HitRole.TASK).update(assigned_count=F("assigned_count") - 1)
     return bool(released)
@@ -105,17 +136,24 @@ def leases_expire(*, study: CrowdStudy, now: datetime | None = None, limit: int 
     now = now or timezone.now()
     if claims.claims_in_sql():
         return claims.leases_expire(study_id=study.pk, now=now, reason=LEASE_EXPIRED)
-    expired = list(CrowdAssignment.objects.filter(hit__study=study, state=CrowdAssignmentState.LEASED,
-                                                  lease_expires_at__lt=now).only("pk", "hit_id")[:limit])
+    expired = list(
+        CrowdAssignment.objects.filter(
+            hit__study=study, state=CrowdAssignmentState.LEASED, lease_expires_at__lt=now
+        ).only("pk", "hit_id")[:limit]
+    )
     return sum(_release(assignment, reason=LEASE_EXPIRED, now=now) for assignment in expired)
 
 
 def _ordered_for(queryset, worker: CrowdWorker):
     """``queryset`` of HITs in the worker's own order: ``(position · a + b) mod p``."""
     big = BigIntegerField()
-    order = ExpressionWrapper(Mod(Cast("position", big) * Value(worker.order_a, output_field=big)
-                                  + Value(worker.order_b, output_field=big), Value(ORDER_MODULUS, output_field=big)),
-                              output_field=big)
+    order = ExpressionWrapper(
+        Mod(
+            Cast("position", big) * Value(worker.order_a, output_field=big) + Value(worker.order_b, output_field=big),
+            Value(ORDER_MODULUS, output_field=big),
+        ),
+        output_field=big,
+    )
     return queryset.annotate(worker_rank=order).order_by("worker_rank", "id")
 
 
@@ -130,8 +168,15 @@ def _gold_due(worker: CrowdWorker, number: int, rate: float) -> bool:
 
 
 def _lease_unsaved(worker: CrowdWorker, now: datetime, hit: Hit | None = None, **external: str) -> CrowdAssignment:
-    return CrowdAssignment(hit=hit, worker=worker, token=new_token(), leased_at=now, simulated=worker.simulated,
-                           lease_expires_at=now + timedelta(seconds=worker.study.lease_seconds), **external)
+    return CrowdAssignment(
+        hit=hit,
+        worker=worker,
+        token=new_token(),
+        leased_at=now,
+        simulated=worker.simulated,
+        lease_expires_at=now + timedelta(seconds=worker.study.lease_seconds),
+        **external,
+    )
 
 
 def _lease(hit: Hit, worker: CrowdWorker, now: datetime, **external: str) -> CrowdAssignment:
@@ -144,8 +189,7 @@ def submission_visit(assignment: CrowdAssignment) -> dict[str, str]:
     """The platform visit an assignment was leased in (empty for own-link workers)."""
     if assignment.worker.adapter == CrowdAdapter.LINK:
         return {}
-    return {key: value for key in ("external_assignment_id", "external_session")
-            if (value := getattr(assignment, key))}
+    return {key: value for key in ("external_assignment_id", "external_session") if (value := getattr(assignment, key))}
 
 
 def visit_gold_failed(*, worker: CrowdWorker, visit: dict[str, str]) -> bool:
@@ -161,8 +205,9 @@ def worker_needs_qualification(worker: CrowdWorker) -> bool:
     return worker.study.qualification_required and worker.qualified is not True
 
 
-def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
-                        external: dict[str, str] | None = None) -> CrowdAssignment | None:
+def hit_next_for_worker(
+    *, worker: CrowdWorker, now: datetime | None = None, external: dict[str, str] | None = None
+) -> CrowdAssignment | None:
     """The assignment ``worker`` should do now: the one they hold (lease still running), or a newly leased one.
 
     Atomic, as the expert claim (:func:`annotation.expert.services.task_next_for_rater`): the worker row is locked,
@@ -192,18 +237,27 @@ def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
             return None
         leases_expire(study=study, now=now)
         gold_due = study.gold_rate > 0 and _gold_due(
-            worker, CrowdAssignment.objects.filter(worker=worker).count() + 1, study.gold_rate)
+            worker, CrowdAssignment.objects.filter(worker=worker).count() + 1, study.gold_rate
+        )
         if in_sql and not gold_due:
             for _ in range(CLAIM_RETRIES):
                 assignment = claims.worker_next(
-                    _lease_unsaved(worker, now, **external), study_id=study.pk, may_lease=study.is_open,
-                    order_a=worker.order_a, order_b=worker.order_b, modulus=ORDER_MODULUS, now=now, external=external)
+                    _lease_unsaved(worker, now, **external),
+                    study_id=study.pk,
+                    may_lease=study.is_open,
+                    order_a=worker.order_a,
+                    order_b=worker.order_b,
+                    modulus=ORDER_MODULUS,
+                    now=now,
+                    external=external,
+                )
                 if assignment is not None or not study.is_open or not _open_hits(study, worker).exists():
                     return assignment
                 time.sleep(CLAIM_BACKOFF_SECONDS)  # every open HIT is locked by other claims: wait, holding none
             return None
-        held = CrowdAssignment.objects.filter(worker=worker, state=CrowdAssignmentState.LEASED,
-                                              lease_expires_at__gte=now)
+        held = CrowdAssignment.objects.filter(
+            worker=worker, state=CrowdAssignmentState.LEASED, lease_expires_at__gte=now
+        )
         # A platform's assignment or session is its own visit: what the worker holds elsewhere stays there.
         for key in ("external_assignment_id", "external_session"):
             if external.get(key):
@@ -214,8 +268,10 @@ def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
         if not study.is_open:
             return None
         if gold_due:
-            gold = _ordered_for(Hit.objects.filter(study=study, role=HitRole.GOLD, kind=study.kind)
-                                .exclude(assignments__worker=worker), worker).first()
+            gold = _ordered_for(
+                Hit.objects.filter(study=study, role=HitRole.GOLD, kind=study.kind).exclude(assignments__worker=worker),
+                worker,
+            ).first()
             if gold is not None:
                 return _lease(gold, worker, now, **external)
         open_hits = _open_hits(study, worker)
@@ -227,7 +283,8 @@ def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
             hit = candidates.first()
             if hit is not None:
                 claimed = Hit.objects.filter(pk=hit.pk, assigned_count__lt=F("max_assignments")).update(
-                    assigned_count=F("assigned_count") + 1)
+                    assigned_count=F("assigned_count") + 1
+                )
                 if claimed:
                     return _lease(hit, worker, now, **external)
                 continue
@@ -241,8 +298,9 @@ def hit_next_for_worker(*, worker: CrowdWorker, now: datetime | None = None,
 
 def _open_hits(study: CrowdStudy, worker: CrowdWorker):
     """The study's task HITs with a free place that ``worker`` never had (not retired)."""
-    return (Hit.objects.filter(study=study, role=HitRole.TASK, retired=False, assigned_count__lt=F("max_assignments"))
-            .exclude(assignments__worker=worker))
+    return Hit.objects.filter(
+        study=study, role=HitRole.TASK, retired=False, assigned_count__lt=F("max_assignments")
+    ).exclude(assignments__worker=worker)
 
 
 def assignment_return(*, assignment: CrowdAssignment, reason: str = "returned by the worker") -> bool:
@@ -276,6 +334,7 @@ def hit_overlap_set(*, hit: Hit, max_assignments: int | None = None, retired: bo
 
 # -- submissions ------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SubmitResult:
     """What a submission did: the assignment, and for gold items the feedback to show at once."""
@@ -296,9 +355,15 @@ def clean_description(text: str | None) -> str:
     return text
 
 
-def answer_fields(*, hit: Hit, answer: str | None = None, description: str | None = None,
-                  confidence: int | str | None = None, count: int | str | None = None,
-                  client_ms: int | str | None = None) -> dict[str, Any]:
+def answer_fields(
+    *,
+    hit: Hit,
+    answer: str | None = None,
+    description: str | None = None,
+    confidence: int | str | None = None,
+    count: int | str | None = None,
+    client_ms: int | str | None = None,
+) -> dict[str, Any]:
     """The validated answer fields for ``hit``'s kind (raises :class:`CrowdInputError`)."""
     if hit.kind == CrowdTaskKind.FORCED_CHOICE:
         fields = forced_choice.clean_answer(answer=answer, confidence=confidence, client_ms=client_ms)
@@ -326,10 +391,18 @@ def answer_fields(*, hit: Hit, answer: str | None = None, description: str | Non
     return {"count": count}
 
 
-def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None, description: str | None = None,
-                      confidence: int | str | None = None, count: int | str | None = None, pasted: bool = False,
-                      now: datetime | None = None, shown_at: datetime | None = None,
-                      client_ms: int | str | None = None) -> SubmitResult:
+def assignment_submit(
+    *,
+    assignment: CrowdAssignment,
+    answer: str | None = None,
+    description: str | None = None,
+    confidence: int | str | None = None,
+    count: int | str | None = None,
+    pasted: bool = False,
+    now: datetime | None = None,
+    shown_at: datetime | None = None,
+    client_ms: int | str | None = None,
+) -> SubmitResult:
     """Record the answer of a leased assignment (leased → submitted, conditional: a double submit is a no-op).
 
     A lease that ran out is still accepted while nobody else took the place; once released it is refused.
@@ -339,8 +412,9 @@ def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None,
     page's own response time ``client_ms``; catch trials are their gold items.
     """
     hit = assignment.hit
-    fields = answer_fields(hit=hit, answer=answer, description=description, confidence=confidence, count=count,
-                           client_ms=client_ms)
+    fields = answer_fields(
+        hit=hit, answer=answer, description=description, confidence=confidence, count=count, client_ms=client_ms
+    )
     now = now or timezone.now()
     with transaction.atomic():
         # Lock order as in the claim (worker, then assignment): a worker's submits and claims never deadlock.
@@ -349,16 +423,26 @@ def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None,
         current.hit, current.worker = hit, worker
         if current.state != CrowdAssignmentState.LEASED:
             if current.state in REVIEWABLE_STATES:
-                return SubmitResult(current, gold=hit.role == HitRole.GOLD, correct=current.gold_correct,
-                                    explanation=hit.gold_explanation)
+                return SubmitResult(
+                    current,
+                    gold=hit.role == HitRole.GOLD,
+                    correct=current.gold_correct,
+                    explanation=hit.gold_explanation,
+                )
             raise CrowdInputError("This HIT is no longer yours (its time ran out or it was returned).")
         shown = shown_at or current.shown_at or current.leased_at
         if hit.kind == CrowdTaskKind.FORCED_CHOICE:
             fields["condition"] = forced_choice.condition_for(worker=worker, hit=hit, trial=hit.fc_trial)
         correct = gold_check(hit, fields) if hit.role == HitRole.GOLD else None
-        submitted = dict(state=CrowdAssignmentState.SUBMITTED, submitted_at=now, shown_at=shown,
-                         seconds=round(max((now - shown).total_seconds(), 0.0), 3), pasted=bool(pasted),
-                         gold_correct=correct, **fields)
+        submitted = dict(
+            state=CrowdAssignmentState.SUBMITTED,
+            submitted_at=now,
+            shown_at=shown,
+            seconds=round(max((now - shown).total_seconds(), 0.0), 3),
+            pasted=bool(pasted),
+            gold_correct=correct,
+            **fields,
+        )
         CrowdAssignment.objects.filter(pk=current.pk).update(**submitted)
         for field, value in submitted.items():
             setattr(current, field, value)
@@ -371,13 +455,15 @@ def assignment_submit(*, assignment: CrowdAssignment, answer: str | None = None,
             else:
                 right, answered = worker_gold_accuracy(worker)
                 if answered >= study.block_min_gold and right / answered < study.block_below:
-                    worker_block(worker=worker,
-                                 reason=f"gold accuracy {right}/{answered} below {study.block_below:.0%}")
+                    worker_block(
+                        worker=worker, reason=f"gold accuracy {right}/{answered} below {study.block_below:.0%}"
+                    )
                     blocked = True
     if hit.role == HitRole.TASK and study.overlap_rule == OverlapRule.DYNAMIC:
         hit_overlap_apply(hit=hit)
-    return SubmitResult(current, gold=hit.role == HitRole.GOLD, correct=correct, explanation=hit.gold_explanation,
-                        blocked=blocked)
+    return SubmitResult(
+        current, gold=hit.role == HitRole.GOLD, correct=correct, explanation=hit.gold_explanation, blocked=blocked
+    )
 
 
 def hit_overlap_apply(*, hit: Hit) -> Hit:
@@ -389,6 +475,7 @@ def hit_overlap_apply(*, hit: Hit) -> Hit:
 
 # -- qualification ------------------------------------------------------------------------------------------------
 
+
 def qualification_start(*, worker: CrowdWorker, visit: str = "") -> QualificationAttempt | None:
     """The worker's open qualification attempt, or a new one (None when no attempts are left).
 
@@ -398,22 +485,27 @@ def qualification_start(*, worker: CrowdWorker, visit: str = "") -> Qualificatio
     study = worker.study
     with transaction.atomic():
         CrowdWorker.objects.select_for_update().filter(pk=worker.pk).first()
-        attempts = list(worker.qualification_attempts.filter(visit=visit) if visit
-                        else worker.qualification_attempts.all())
+        attempts = list(
+            worker.qualification_attempts.filter(visit=visit) if visit else worker.qualification_attempts.all()
+        )
         open_attempt = next((attempt for attempt in attempts if attempt.passed is None), None)
         if open_attempt is not None:
             return open_attempt
         if len(attempts) >= study.qualification_max_attempts or worker.qualified is True:
             return None
         asked = {token for attempt in attempts for token in attempt.questions}
-        tokens = list(_ordered_for(Hit.objects.filter(study=study, role=HitRole.QUALIFICATION), worker)
-                      .values_list("token", flat=True))
+        tokens = list(
+            _ordered_for(Hit.objects.filter(study=study, role=HitRole.QUALIFICATION), worker).values_list(
+                "token", flat=True
+            )
+        )
         tokens = [t for t in tokens if t not in asked] + [t for t in tokens if t in asked]
         questions = tokens[: study.qualification_size]
         if not questions:
             return None
-        return QualificationAttempt.objects.create(worker=worker, visit=visit, questions=questions,
-                                                   total=len(questions))
+        return QualificationAttempt.objects.create(
+            worker=worker, visit=visit, questions=questions, total=len(questions)
+        )
 
 
 def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, str]) -> QualificationAttempt:
@@ -423,23 +515,42 @@ def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, st
     own-link worker only: a platform visit that used up its attempts is refused by :func:`qualification_failed`,
     the worker id stays open."""
     kinds = dict(Hit.objects.filter(token__in=attempt.questions).values_list("token", "kind"))
-    missing = [token for token in attempt.questions
-               if not ((answers.get(token) or "").strip() if kinds.get(token) == CrowdTaskKind.DESCRIPTION
-                       else answers.get(token) in (YES, NO))]
+    missing = [
+        token
+        for token in attempt.questions
+        if not (
+            (answers.get(token) or "").strip()
+            if kinds.get(token) == CrowdTaskKind.DESCRIPTION
+            else answers.get(token) in (YES, NO)
+        )
+    ]
     if missing:
         raise CrowdInputError(f"Answer every question ({len(missing)} left).")
     with transaction.atomic():
         CrowdWorker.objects.select_for_update().filter(pk=attempt.worker_id).first()
-        attempt = (QualificationAttempt.objects.select_for_update(of=("self",)).select_related("worker__study")
-                   .get(pk=attempt.pk))
+        attempt = (
+            QualificationAttempt.objects.select_for_update(of=("self",))
+            .select_related("worker__study")
+            .get(pk=attempt.pk)
+        )
         if attempt.passed is not None:
             return attempt
         worker, study = attempt.worker, attempt.worker.study
         hits = {hit.token: hit for hit in Hit.objects.filter(study=study, token__in=attempt.questions)}
-        given = {token: (clean_description(answers[token]) if hits[token].kind == CrowdTaskKind.DESCRIPTION
-                         else answers[token]) for token in attempt.questions if token in hits}
-        correct = sum(gold_check(hits[token], {"description": value} if hits[token].kind == CrowdTaskKind.DESCRIPTION
-                                 else {"answer": value}) for token, value in given.items())
+        given = {
+            token: (
+                clean_description(answers[token]) if hits[token].kind == CrowdTaskKind.DESCRIPTION else answers[token]
+            )
+            for token in attempt.questions
+            if token in hits
+        }
+        correct = sum(
+            gold_check(
+                hits[token],
+                {"description": value} if hits[token].kind == CrowdTaskKind.DESCRIPTION else {"answer": value},
+            )
+            for token, value in given.items()
+        )
         attempt.answers = given
         attempt.correct, attempt.total = correct, len(attempt.questions)
         attempt.passed = correct >= study.qualification_pass_rate * attempt.total - 1e-9
@@ -493,8 +604,10 @@ def practice_answer(*, attempt: QualificationAttempt, token: str, answer: str) -
 
 # -- review, bonuses --------------------------------------------------------------------------------------------
 
-def assignment_review(*, assignment: CrowdAssignment, approve: bool, reason: str = "",
-                      reviewer=None) -> CrowdAssignment:
+
+def assignment_review(
+    *, assignment: CrowdAssignment, approve: bool, reason: str = "", reviewer=None
+) -> CrowdAssignment:
     """Approve or reject (with a reason) a submitted assignment. A rejected answer leaves the aggregates and frees
     its place on the HIT, so another worker can take it. Reviewing again may change the decision."""
     reason = " ".join((reason or "").split())[:300]
@@ -507,13 +620,14 @@ def assignment_review(*, assignment: CrowdAssignment, approve: bool, reason: str
         new_state = CrowdAssignmentState.APPROVED if approve else CrowdAssignmentState.REJECTED
         if current.state != new_state:
             if new_state == CrowdAssignmentState.REJECTED:
-                Hit.objects.filter(pk=current.hit_id, role=HitRole.TASK).update(
-                    assigned_count=F("assigned_count") - 1)
+                Hit.objects.filter(pk=current.hit_id, role=HitRole.TASK).update(assigned_count=F("assigned_count") - 1)
             elif current.state == CrowdAssignmentState.REJECTED:
                 Hit.objects.filter(pk=current.hit_id, role=HitRole.TASK).update(
-                    assigned_count=F("assigned_count") + 1, max_assignments=_greatest_places(current.hit_id))
-        CrowdAssignment.objects.filter(pk=current.pk).update(state=new_state, reason=reason, reviewed_by=reviewer,
-                                                             reviewed_at=timezone.now())
+                    assigned_count=F("assigned_count") + 1, max_assignments=_greatest_places(current.hit_id)
+                )
+        CrowdAssignment.objects.filter(pk=current.pk).update(
+            state=new_state, reason=reason, reviewed_by=reviewer, reviewed_at=timezone.now()
+        )
     current.refresh_from_db()
     return current
 
@@ -524,8 +638,9 @@ def _greatest_places(hit_id: int) -> int:
     return max(hit.max_assignments, hit.assigned_count + 1)
 
 
-def assignments_review(*, assignments: Iterable[CrowdAssignment], approve: bool, reason: str = "",
-                       reviewer=None) -> int:
+def assignments_review(
+    *, assignments: Iterable[CrowdAssignment], approve: bool, reason: str = "", reviewer=None
+) -> int:
     done = 0
     for assignment in assignments:
         assignment_review(assignment=assignment, approve=approve, reason=reason, reviewer=reviewer)
@@ -533,8 +648,9 @@ def assignments_review(*, assignments: Iterable[CrowdAssignment], approve: bool,
     return done
 
 
-def bonus_grant(*, worker: CrowdWorker, amount_cents: int, reason: str, assignment: CrowdAssignment | None = None,
-                created_by=None) -> CrowdBonus:
+def bonus_grant(
+    *, worker: CrowdWorker, amount_cents: int, reason: str, assignment: CrowdAssignment | None = None, created_by=None
+) -> CrowdBonus:
     """Record a bonus (the payment itself happens on the worker's platform)."""
     reason = " ".join((reason or "").split())[:300]
     if amount_cents <= 0:
@@ -543,5 +659,6 @@ def bonus_grant(*, worker: CrowdWorker, amount_cents: int, reason: str, assignme
         raise CrowdInputError("Say what the bonus is for.")
     if assignment is not None and assignment.worker_id != worker.pk:
         raise CrowdInputError("That assignment is another worker's.")
-    return CrowdBonus.objects.create(worker=worker, assignment=assignment, amount_cents=int(amount_cents),
-                                     reason=reason, created_by=created_by)
+    return CrowdBonus.objects.create(
+        worker=worker, assignment=assignment, amount_cents=int(amount_cents), reason=reason, created_by=created_by
+    )

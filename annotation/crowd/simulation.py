@@ -8,6 +8,7 @@ confidence; purity: a count off by a random amount). Each (worker, HIT) draws fr
 ``simulated``. Purity counts are approximated from the unit's top-15 truth (the share of images whose peak
 shows the unit's most common concept, times the number shown): the simulation reads no extra masks.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,16 +22,23 @@ from django.utils import timezone
 
 from ..models import CrowdAdapter, CrowdStudy, CrowdTaskKind, CrowdWorker, Hit, HitRole
 from ..naming import normalise_concept_name
-from .services import (assignment_submit, hit_next_for_worker, qualification_start, qualification_submit, worker_enter,
-                       worker_needs_qualification)
+from .services import (
+    assignment_submit,
+    hit_next_for_worker,
+    qualification_start,
+    qualification_submit,
+    worker_enter,
+    worker_needs_qualification,
+)
 from .truth import study_unit_truth, truth_concepts
 
 DEFAULT_RELIABILITIES = (0.95, 0.92, 0.9, 0.85, 0.8, 0.75, 0.55)
 """The demo crowd: mostly careful workers and one poor one (whom the gold rule may block)."""
 
 
-def simulated_fields(hit: Hit, per_image: Sequence[set[str]], *, reliability: float, rng: np.random.Generator,
-                     vocabulary: Sequence[str]) -> dict[str, Any]:
+def simulated_fields(
+    hit: Hit, per_image: Sequence[set[str]], *, reliability: float, rng: np.random.Generator, vocabulary: Sequence[str]
+) -> dict[str, Any]:
     """A simulated worker's answer to ``hit`` (keyword arguments of ``assignment_submit``)."""
     truthful = rng.random() < reliability
     truth = truth_concepts(per_image)
@@ -51,8 +59,14 @@ def simulated_fields(hit: Hit, per_image: Sequence[set[str]], *, reliability: fl
     return {"count": int(min(max(count, 0), shown))}
 
 
-def crowd_simulate(*, study: CrowdStudy, reliabilities: Sequence[float] = DEFAULT_RELIABILITIES, seed: int = 0,
-                   seconds: float = 9.0, truth: dict[int, list[set[str]]] | None = None) -> dict[str, Any]:
+def crowd_simulate(
+    *,
+    study: CrowdStudy,
+    reliabilities: Sequence[float] = DEFAULT_RELIABILITIES,
+    seed: int = 0,
+    seconds: float = 9.0,
+    truth: dict[int, list[set[str]]] | None = None,
+) -> dict[str, Any]:
     """Let a simulated crowd (workers ``simulated-1`` …, one per reliability) work until no HIT is left for any
     of them: qualification, then HITs through the atomic claim, answered from the pixel truth. Idempotent: run
     again, it only does what is left. Time on task is drawn around ``seconds`` (log-normal) on a simulated clock
@@ -61,22 +75,32 @@ def crowd_simulate(*, study: CrowdStudy, reliabilities: Sequence[float] = DEFAUL
     vocabulary = sorted({name for sets in truth.values() for names in sets for name in names})
     qualification_truth = dict(study.hits.filter(role=HitRole.QUALIFICATION).values_list("token", "gold_answer"))
     # The simulated clock ends about now: it starts as long ago as the open places take the crowd to fill.
-    open_places = sum(max(hit.max_assignments - hit.assigned_count, 0) for hit in
-                      study.hits.filter(role=HitRole.TASK, retired=False).only("max_assignments", "assigned_count"))
-    clock = timezone.now() - timedelta(seconds=open_places * seconds * (1 + study.gold_rate)
-                                       / max(len(reliabilities), 1))
+    open_places = sum(
+        max(hit.max_assignments - hit.assigned_count, 0)
+        for hit in study.hits.filter(role=HitRole.TASK, retired=False).only("max_assignments", "assigned_count")
+    )
+    clock = timezone.now() - timedelta(
+        seconds=open_places * seconds * (1 + study.gold_rate) / max(len(reliabilities), 1)
+    )
     workers: list[tuple[int, CrowdWorker, float]] = []
     for number, reliability in enumerate(reliabilities, start=1):
-        worker, _ = worker_enter(study=study, adapter=CrowdAdapter.LINK, external_id=f"simulated-{number}",
-                                 simulated=True, params={"reliability": float(reliability), "seed": seed})
+        worker, _ = worker_enter(
+            study=study,
+            adapter=CrowdAdapter.LINK,
+            external_id=f"simulated-{number}",
+            simulated=True,
+            params={"reliability": float(reliability), "seed": seed},
+        )
         reliability = float(worker.params.get("reliability", reliability))
         rng = np.random.default_rng([seed, number, 0])
         while worker_needs_qualification(worker):
             attempt = qualification_start(worker=worker)
             if attempt is None:
                 break
-            answers = {token: _qualification_answer(qualification_truth[token], right=rng.random() < reliability)
-                       for token in attempt.questions}
+            answers = {
+                token: _qualification_answer(qualification_truth[token], right=rng.random() < reliability)
+                for token in attempt.questions
+            }
             qualification_submit(attempt=attempt, answers=answers)
             worker.refresh_from_db()
         workers.append((number, worker, reliability))
@@ -90,11 +114,11 @@ def crowd_simulate(*, study: CrowdStudy, reliabilities: Sequence[float] = DEFAUL
                 continue
             hit = assignment.hit
             rng = np.random.default_rng([seed, number, hit.position])
-            fields = simulated_fields(hit, truth.get(hit.unit_id, []), reliability=reliability, rng=rng,
-                                      vocabulary=vocabulary)
+            fields = simulated_fields(
+                hit, truth.get(hit.unit_id, []), reliability=reliability, rng=rng, vocabulary=vocabulary
+            )
             duration = float(np.exp(rng.normal(math.log(seconds), 0.4)))
-            assignment_submit(assignment=assignment, shown_at=clock, now=clock + timedelta(seconds=duration),
-                              **fields)
+            assignment_submit(assignment=assignment, shown_at=clock, now=clock + timedelta(seconds=duration), **fields)
             clock += timedelta(seconds=duration / len(active))
             submitted += 1
             still.append((number, worker, reliability))
@@ -110,4 +134,3 @@ def _qualification_answer(truth: str, *, right: bool) -> str:
     if truth in ("yes", "no"):
         return truth if right else ("no" if truth == "yes" else "yes")
     return truth.split("|")[0] if right else "something else entirely"
-

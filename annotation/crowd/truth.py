@@ -10,6 +10,7 @@ Gold items and qualification questions (planned in :mod:`annotation.crowd.hits`)
 truth, as does the simulated crowd (:mod:`annotation.crowd.simulation`); :func:`gold_check` and
 :func:`worker_gold_accuracy` score workers' answers to them.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,9 @@ def peak_concepts(extraction, exemplar_sets) -> dict[int, list[set[str]]]:
         points = []
         for index, position in zip(exemplar.image_indices, exemplar.peaks):
             row = rows[index]
-            (y, x), = peak_pixels(layer, network, [position], row.ih, row.iw,
-                                  (extraction.map_height, extraction.map_width))
+            ((y, x),) = peak_pixels(
+                layer, network, [position], row.ih, row.iw, (extraction.map_height, extraction.map_width)
+            )
             pixel = (min(int(y * row.sh / row.ih), row.sh - 1), min(int(x * row.sw / row.iw), row.sw - 1))
             wanted.setdefault(index, set()).add(pixel)
             points.append((index, *pixel))
@@ -91,6 +93,7 @@ def study_unit_truth(study: CrowdStudy) -> dict[int, list[set[str]]]:
 
 # -- gold answers ----------------------------------------------------------------------------------------------
 
+
 def gold_check(hit: Hit, fields: dict[str, Any]) -> bool:
     """Whether an answer to a gold (or qualification) HIT is right: the yes/no, or for descriptions a phrase
     that normalises to one of the accepted names."""
@@ -104,6 +107,9 @@ def gold_check(hit: Hit, fields: dict[str, Any]) -> bool:
 def worker_gold_accuracy(worker: CrowdWorker, *, visit: dict[str, str] | None = None) -> tuple[int, int]:
     """``(correct, answered)`` over the worker's gold items (only those of one platform ``visit``, as
     :func:`annotation.crowd.adapters.visit_filter` gives it, when one is named)."""
-    rows = list(CrowdAssignment.objects.filter(worker=worker, hit__role=HitRole.GOLD, gold_correct__isnull=False,
-                                               **(visit or {})).values_list("gold_correct", flat=True))
+    rows = list(
+        CrowdAssignment.objects.filter(
+            worker=worker, hit__role=HitRole.GOLD, gold_correct__isnull=False, **(visit or {})
+        ).values_list("gold_correct", flat=True)
+    )
     return sum(rows), len(rows)

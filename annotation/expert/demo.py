@@ -1,5 +1,6 @@
 """The demo's expert side: two expert accounts and a GG'18-plan study of one layer, already answered by a
 simulated pair of raters so that its report is populated while the experts start."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,11 +18,20 @@ DEMO_STUDY = "demo-conv5"
 DEMO_EXPERTS = ("expert1", "expert2")
 
 
-def demo_expert_study_ensure(*, network: str = "demo-net", layer: str = "conv5", dataset: str = "probe-world",
-                             study_name: str = DEMO_STUDY, experts: Sequence[str] = DEMO_EXPERTS,
-                             overlap_class: str | None = "car", units: Sequence[int] | None = None,
-                             simulated_raters: int = 2, error_rate: float = 0.15, seed: int = 0,
-                             researcher: str = "researcher") -> dict[str, Any]:
+def demo_expert_study_ensure(
+    *,
+    network: str = "demo-net",
+    layer: str = "conv5",
+    dataset: str = "probe-world",
+    study_name: str = DEMO_STUDY,
+    experts: Sequence[str] = DEMO_EXPERTS,
+    overlap_class: str | None = "car",
+    units: Sequence[int] | None = None,
+    simulated_raters: int = 2,
+    error_rate: float = 0.15,
+    seed: int = 0,
+    researcher: str = "researcher",
+) -> dict[str, Any]:
     """The demo's expert study (idempotent): two expert accounts, a GG'18-plan study of ``layer`` and a
     simulated pair that has answered every task, so the report is populated while the experts start.
 
@@ -41,11 +51,23 @@ def demo_expert_study_ensure(*, network: str = "demo-net", layer: str = "conv5",
         extraction = study_extraction_for(network=network, layer=layer, dataset=dataset)
         classes = list(extraction.class_names)
         study = study_create(
-            name=study_name, extraction=extraction, experts=users, plan=StudyPlan.PAPER, object_classes=classes,
-            overlap_class=overlap_class if overlap_class in classes else None, units=units, seed=seed,
+            name=study_name,
+            extraction=extraction,
+            experts=users,
+            plan=StudyPlan.PAPER,
+            object_classes=classes,
+            overlap_class=overlap_class if overlap_class in classes else None,
+            units=units,
+            seed=seed,
             description="The demo's GG'18 expert study: two experts split the classes and share one; a simulated "
-                        "pair answers everything from the probe world's truth.",
-            created_by=User.objects.filter(username=researcher).first())
+            "pair answers everything from the probe world's truth.",
+            created_by=User.objects.filter(username=researcher).first(),
+        )
     simulated = simulated_raters_run(study=study, raters=simulated_raters, error_rate=error_rate, seed=seed)
-    return {"study": study.name, "study_id": study.pk, "credentials": credentials, "created": created,
-            "simulated": simulated}
+    return {
+        "study": study.name,
+        "study_id": study.pk,
+        "credentials": credentials,
+        "created": created,
+        "simulated": simulated,
+    }

@@ -9,6 +9,7 @@ content hash = the task's version), the answer and concept name, when it was sho
 seconds on task, the simulated flag, and its place in the revision chain (the judgment it revises, the one
 that revised it, its version number, the chain's first judgment, whether it is current).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,18 +29,55 @@ from ..models import ANSWER_ORDER, YES_ANSWERS, Answer, Study
 from . import selectors
 
 JUDGMENT_FIELDS = (
-    "judgment", "study", "task", "item", "unit", "object_class", "exemplar_set", "grid_sha256", "grid_style",
-    "rater", "rater_id", "rater_kind", "user", "adapter", "answer", "concept", "started_at", "submitted_at",
-    "seconds", "simulated", "source_line", "revision_of", "revised_by", "version", "chain_first", "current",
+    "judgment",
+    "study",
+    "task",
+    "item",
+    "unit",
+    "object_class",
+    "exemplar_set",
+    "grid_sha256",
+    "grid_style",
+    "rater",
+    "rater_id",
+    "rater_kind",
+    "user",
+    "adapter",
+    "answer",
+    "concept",
+    "started_at",
+    "submitted_at",
+    "seconds",
+    "simulated",
+    "source_line",
+    "revision_of",
+    "revised_by",
+    "version",
+    "chain_first",
+    "current",
 )
 """Columns of the raw judgments export (CSV header, JSON keys), in order."""
 
-RESULT_FIELDS = ("task", "item", "unit", "object_class", "raters", *[f"n_{answer}" for answer in ANSWER_ORDER],
-                 "majority", "majority_share", "names", "top_name")
+RESULT_FIELDS = (
+    "task",
+    "item",
+    "unit",
+    "object_class",
+    "raters",
+    *[f"n_{answer}" for answer in ANSWER_ORDER],
+    "majority",
+    "majority_share",
+    "names",
+    "top_name",
+)
 """Columns of the aggregated (per task) results export."""
 
-STATISTIC_LABELS = {"percent_agreement": "Percent agreement", "cohen_kappa": "Cohen's κ",
-                    "fleiss_kappa": "Fleiss' κ", "krippendorff_alpha": "Krippendorff's α (nominal)"}
+STATISTIC_LABELS = {
+    "percent_agreement": "Percent agreement",
+    "cohen_kappa": "Cohen's κ",
+    "fleiss_kappa": "Fleiss' κ",
+    "krippendorff_alpha": "Krippendorff's α (nominal)",
+}
 TYPE_COLOURS = {Answer.PART: "#2450a6", Answer.BACKGROUND: "#1f7a4d", Answer.OTHER: "#c2410c", Answer.NO: "#c9d0db"}
 
 
@@ -56,19 +94,36 @@ def study_judgment_rows(study: Study) -> list[dict[str, Any]]:
             version += 1
             first = by_id[first.revision_of_id]
         task, rater = judgment.task, judgment.rater
-        rows.append({
-            "judgment": judgment.pk, "study": study.pk, "task": task.pk, "item": task.item,
-            "unit": task.unit.index if task.unit_id else None,
-            "object_class": task.object_class.name if task.object_class_id else None,
-            "exemplar_set": task.exemplar_set_id, "grid_sha256": judgment.grid.sha256 if judgment.grid_id else None,
-            "grid_style": judgment.grid.style if judgment.grid_id else None,
-            "rater": rater.name, "rater_id": rater.pk, "rater_kind": rater.kind, "user": rater.user_id,
-            "adapter": judgment.origin, "answer": judgment.answer, "concept": judgment.concept,
-            "started_at": iso(judgment.started_at), "submitted_at": iso(judgment.submitted_at),
-            "seconds": judgment.seconds, "simulated": judgment.simulated, "source_line": judgment.source_line,
-            "revision_of": judgment.revision_of_id, "revised_by": revised_by.get(judgment.pk), "version": version,
-            "chain_first": first.pk, "current": judgment.pk not in revised_by,
-        })
+        rows.append(
+            {
+                "judgment": judgment.pk,
+                "study": study.pk,
+                "task": task.pk,
+                "item": task.item,
+                "unit": task.unit.index if task.unit_id else None,
+                "object_class": task.object_class.name if task.object_class_id else None,
+                "exemplar_set": task.exemplar_set_id,
+                "grid_sha256": judgment.grid.sha256 if judgment.grid_id else None,
+                "grid_style": judgment.grid.style if judgment.grid_id else None,
+                "rater": rater.name,
+                "rater_id": rater.pk,
+                "rater_kind": rater.kind,
+                "user": rater.user_id,
+                "adapter": judgment.origin,
+                "answer": judgment.answer,
+                "concept": judgment.concept,
+                "started_at": iso(judgment.started_at),
+                "submitted_at": iso(judgment.submitted_at),
+                "seconds": judgment.seconds,
+                "simulated": judgment.simulated,
+                "source_line": judgment.source_line,
+                "revision_of": judgment.revision_of_id,
+                "revised_by": revised_by.get(judgment.pk),
+                "version": version,
+                "chain_first": first.pk,
+                "current": judgment.pk not in revised_by,
+            }
+        )
     return rows
 
 
@@ -91,15 +146,24 @@ def study_results(study: Study, *, simulated: str = "exclude") -> list[dict[str,
             ranked = kept.most_common()
             if len(ranked) == 1 or ranked[0][1] > ranked[1][1]:
                 majority, share = ranked[0][0], ranked[0][1] / sum(kept.values())
-        names = Counter(key(judgment.concept) for judgment in judgments
-                        if judgment.answer in YES_ANSWERS and key(judgment.concept))
+        names = Counter(
+            key(judgment.concept) for judgment in judgments if judgment.answer in YES_ANSWERS and key(judgment.concept)
+        )
         ranked_names = sorted(names.items(), key=lambda item: (-item[1], item[0]))
-        rows.append({"task": task.pk, "item": task.item, "unit": task.unit.index if task.unit_id else None,
-                     "object_class": task.object_class.name if task.object_class_id else None,
-                     "raters": len(judgments), **{f"n_{answer}": counts[answer] for answer in ANSWER_ORDER},
-                     "majority": majority, "majority_share": share,
-                     "names": [{"name": name, "count": count} for name, count in ranked_names],
-                     "top_name": ranked_names[0][0] if ranked_names else None})
+        rows.append(
+            {
+                "task": task.pk,
+                "item": task.item,
+                "unit": task.unit.index if task.unit_id else None,
+                "object_class": task.object_class.name if task.object_class_id else None,
+                "raters": len(judgments),
+                **{f"n_{answer}": counts[answer] for answer in ANSWER_ORDER},
+                "majority": majority,
+                "majority_share": share,
+                "names": [{"name": name, "count": count} for name, count in ranked_names],
+                "top_name": ranked_names[0][0] if ranked_names else None,
+            }
+        )
     return rows
 
 
@@ -117,21 +181,31 @@ def _jsonable(value: Any) -> Any:
 
 
 def study_agreement_report(study: Study, *, simulated: str = "exclude") -> dict[str, Any]:
-    """The study's agreement statistics (GG'18: all five answers; and the variant with "not sure" rejected) with bootstrap
+    """The study's agreement statistics (GG'18: all five answers; and the variant with "not sure" rejected) with
+    bootstrap
     intervals, the filter-type distribution per class (GG'18 Fig. 9), answers per rater, and the comparisons
     of human names with the dataset's vocabulary and with dissection labels — JSON-ready."""
     dissection = selectors.study_dissection_agreement(study, simulated=simulated)
     return {
-        "study": study.name, "study_id": study.pk, "simulated": simulated,
+        "study": study.name,
+        "study_id": study.pk,
+        "simulated": simulated,
         "generated_at": timezone.now().isoformat(),
         "agreement": selectors.study_agreement(study, simulated=simulated),
         "type_distribution": _jsonable(selectors.study_type_distribution(study, simulated=simulated)),
-        "answers_per_rater": [{"rater": row["rater"].name, "kind": row["rater"].kind,
-                               "counts": dict(zip(ANSWER_ORDER, row["counts"])), "total": row["total"]}
-                              for row in selectors.study_rater_answer_counts(study, simulated=simulated)],
+        "answers_per_rater": [
+            {
+                "rater": row["rater"].name,
+                "kind": row["rater"].kind,
+                "counts": dict(zip(ANSWER_ORDER, row["counts"])),
+                "total": row["total"],
+            }
+            for row in selectors.study_rater_answer_counts(study, simulated=simulated)
+        ],
         "names_vs_vocabulary": _jsonable(selectors.study_names_vs_vocabulary(study, simulated=simulated)),
-        "dissection_agreement": ({"summary": dissection["summary"], "rows": _jsonable(dissection["rows"])}
-                                 if dissection else None),
+        "dissection_agreement": (
+            {"summary": dissection["summary"], "rows": _jsonable(dissection["rows"])} if dissection else None
+        ),
     }
 
 
@@ -139,40 +213,65 @@ def study_report_context(study: Study, *, simulated: str = "exclude") -> dict[st
     """What the study report shows (the page and the downloadable file): agreement rows and chart, the
     filter-type distribution and chart, answers per rater, items with several raters."""
     agreement = selectors.study_agreement(study, simulated=simulated)
-    rows = [{"label": label, "paper": agreement[name], "alternative": agreement["alternative"][name],
-             "is_cohen": name == "cohen_kappa"} for name, label in STATISTIC_LABELS.items()]
+    rows = [
+        {
+            "label": label,
+            "paper": agreement[name],
+            "alternative": agreement["alternative"][name],
+            "is_cohen": name == "cohen_kappa",
+        }
+        for name, label in STATISTIC_LABELS.items()
+    ]
     distribution = selectors.study_type_distribution(study, simulated=simulated)
-    context = {"study": study, "simulated": simulated, "agreement": agreement, "statistic_rows": rows,
-               "distribution": distribution, "answer_labels": [Answer(value).label for value in ANSWER_ORDER],
-               "rater_counts": selectors.study_rater_answer_counts(study, simulated=simulated),
-               "overlap_items": selectors.study_overlap_items(study, simulated=simulated),
-               "has_simulated": study.raters.filter(kind="simulated").exists()}
+    context = {
+        "study": study,
+        "simulated": simulated,
+        "agreement": agreement,
+        "statistic_rows": rows,
+        "distribution": distribution,
+        "answer_labels": [Answer(value).label for value in ANSWER_ORDER],
+        "rater_counts": selectors.study_rater_answer_counts(study, simulated=simulated),
+        "overlap_items": selectors.study_overlap_items(study, simulated=simulated),
+        "has_simulated": study.raters.filter(kind="simulated").exists(),
+    }
     shown = [row for row in rows if row["paper"] and row["paper"]["value"] is not None]
     if shown:
         context["agreement_chart"] = interval_chart(
-            [row["label"] for row in shown], [row["paper"]["value"] for row in shown],
+            [row["label"] for row in shown],
+            [row["paper"]["value"] for row in shown],
             [row["paper"]["ci"][0] if row["paper"]["ci"] else None for row in shown],
             [row["paper"]["ci"][1] if row["paper"]["ci"] else None for row in shown],
-            xlabel=f"agreement, {int(agreement['confidence'] * 100)}% bootstrap interval", xlim=(-0.2, 1.0))
+            xlabel=f"agreement, {int(agreement['confidence'] * 100)}% bootstrap interval",
+            xlim=(-0.2, 1.0),
+        )
     kept = [row for row in distribution["classes"] if row["kept"]]
     if kept:
         labels = [row["class"] for row in kept] + ["average"]
-        segments = {distribution["labels"][answer]: [row["shares"][answer] for row in kept]
-                    + [distribution["average"][answer]] for answer in distribution["average"]}
+        segments = {
+            distribution["labels"][answer]: [row["shares"][answer] for row in kept] + [distribution["average"][answer]]
+            for answer in distribution["average"]
+        }
         context["distribution_chart"] = stacked_bar_chart(
-            labels, segments, colours=[TYPE_COLOURS[answer] for answer in distribution["average"]],
-            xlabel="share of the class's units (not sure rejected)")
+            labels,
+            segments,
+            colours=[TYPE_COLOURS[answer] for answer in distribution["average"]],
+            xlabel="share of the class's units (not sure rejected)",
+        )
     return context
 
 
 def study_report_html(study: Study, *, simulated: str = "exclude") -> str:
     """The study report as one self-contained HTML file: styles inline, plots inline SVG, no links to fetch."""
     context = study_report_context(study, simulated=simulated)
-    context.update(names_vs_vocabulary=selectors.study_names_vs_vocabulary(study, simulated=simulated),
-                   dissection_agreement=selectors.study_dissection_agreement(study, simulated=simulated),
-                   synonyms=list(study.synonyms.all()), classes=list(study.object_classes.values_list("name", flat=True)),
-                   task_progress=selectors.study_task_progress(study), generated_at=timezone.now(),
-                   stylesheet=(Path(settings.BASE_DIR) / "static" / "css" / "unitscope.css").read_text())
+    context.update(
+        names_vs_vocabulary=selectors.study_names_vs_vocabulary(study, simulated=simulated),
+        dissection_agreement=selectors.study_dissection_agreement(study, simulated=simulated),
+        synonyms=list(study.synonyms.all()),
+        classes=list(study.object_classes.values_list("name", flat=True)),
+        task_progress=selectors.study_task_progress(study),
+        generated_at=timezone.now(),
+        stylesheet=(Path(settings.BASE_DIR) / "static" / "css" / "unitscope.css").read_text(),
+    )
     return render_to_string("annotation/study_report_file.html", context)
 
 
@@ -197,17 +296,28 @@ def study_export_file(study: Study, name: str, *, simulated: str = "exclude") ->
     stem, suffix = name.rsplit(".", 1)
     if stem == "judgments":
         rows = study_judgment_rows(study)
-        text = rows_csv(rows, JUDGMENT_FIELDS) if suffix == "csv" else json.dumps(
-            {"study": study.name, "study_id": study.pk, "fields": list(JUDGMENT_FIELDS), "judgments": rows},
-            ensure_ascii=False, indent=1)
+        text = (
+            rows_csv(rows, JUDGMENT_FIELDS)
+            if suffix == "csv"
+            else json.dumps(
+                {"study": study.name, "study_id": study.pk, "fields": list(JUDGMENT_FIELDS), "judgments": rows},
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
     elif stem == "results":
         rows = study_results(study, simulated=simulated)
-        text = rows_csv(rows, RESULT_FIELDS) if suffix == "csv" else json.dumps(
-            {"study": study.name, "study_id": study.pk, "simulated": simulated, "results": rows},
-            ensure_ascii=False, indent=1)
+        text = (
+            rows_csv(rows, RESULT_FIELDS)
+            if suffix == "csv"
+            else json.dumps(
+                {"study": study.name, "study_id": study.pk, "simulated": simulated, "results": rows},
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
     elif stem == "agreement":
-        text = json.dumps(study_agreement_report(study, simulated=simulated), ensure_ascii=False, indent=1,
-                          default=str)
+        text = json.dumps(study_agreement_report(study, simulated=simulated), ensure_ascii=False, indent=1, default=str)
     else:
         text = study_report_html(study, simulated=simulated)
     qualifier = "" if stem == "judgments" or simulated == "exclude" else f"-simulated-{simulated}"

@@ -3,6 +3,7 @@
 Every function is keyword-only and typed. Expected user errors raise :class:`StudyInputError` with a
 readable message (pages show it on the form, commands as their error).
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,22 @@ from unitscope.spreadsheets import spreadsheet_unquote
 
 from .. import claims
 from ..common import InputError
-from ..models import (ANSWER_ORDER, CONCEPT_MAX_LENGTH, DEFAULT_INSTRUCTIONS, YES_ANSWERS, Assignment,
-                      ConceptSynonym, Judgment, JudgmentOrigin, RaterKind, Study, StudyKind, StudyPlan, StudyRater,
-                      StudyTask)
+from ..models import (
+    ANSWER_ORDER,
+    CONCEPT_MAX_LENGTH,
+    DEFAULT_INSTRUCTIONS,
+    YES_ANSWERS,
+    Assignment,
+    ConceptSynonym,
+    Judgment,
+    JudgmentOrigin,
+    RaterKind,
+    Study,
+    StudyKind,
+    StudyPlan,
+    StudyRater,
+    StudyTask,
+)
 from ..naming import normalise_concept_name, strip_broden_suffix
 from . import simulation
 
@@ -46,6 +60,7 @@ class StudyInputError(InputError):
 
 
 # -- studies --------------------------------------------------------------------------------------------
+
 
 def _clean_name(name: str) -> str:
     name = " ".join(str(name).split())
@@ -70,12 +85,24 @@ def _split_classes(classes: Sequence[str], overlap: str, n_experts: int) -> dict
 
 
 @transaction.atomic
-def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[Any], plan: str = StudyPlan.PAPER,
-                 object_classes: Sequence[str] | None = None, overlap_class: str | None = None,
-                 raters_per_task: int = 2, instructions: str = DEFAULT_INSTRUCTIONS,
-                 units: Sequence[int] | None = None, seed: int = 0, description: str = "",
-                 claim_hours: int = 24, suggest_given_names: bool = True, include_dead_units: bool = False,
-                 created_by=None) -> Study:
+def study_create(
+    *,
+    name: str,
+    extraction: LayerExtraction,
+    experts: Sequence[Any],
+    plan: str = StudyPlan.PAPER,
+    object_classes: Sequence[str] | None = None,
+    overlap_class: str | None = None,
+    raters_per_task: int = 2,
+    instructions: str = DEFAULT_INSTRUCTIONS,
+    units: Sequence[int] | None = None,
+    seed: int = 0,
+    description: str = "",
+    claim_hours: int = 24,
+    suggest_given_names: bool = True,
+    include_dead_units: bool = False,
+    created_by=None,
+) -> Study:
     """Create a study of one layer's units: one task per (unit, object class) showing its top-10 grid.
 
     ``object_classes``: names among the extraction's classes (default: all). ``units``: unit indices
@@ -103,8 +130,9 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
     classes = list(dict.fromkeys(object_classes)) if object_classes else available
     unknown = [name for name in classes if name not in available]
     if unknown:
-        raise StudyInputError(f"{', '.join(unknown)}: not an object class of this extraction "
-                              f"(classes: {', '.join(available) or 'none'}).")
+        raise StudyInputError(
+            f"{', '.join(unknown)}: not an object class of this extraction (classes: {', '.join(available) or 'none'})."
+        )
     if not classes:
         raise StudyInputError("This extraction has no object classes: GG'18 studies need one class per image.")
     if plan == StudyPlan.PAPER:
@@ -118,37 +146,54 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
     if plan == StudyPlan.N_RATERS and not 1 <= raters_per_task <= len(experts):
         raise StudyInputError(f"Raters per task must lie between 1 and the number of experts ({len(experts)}).")
 
-    sets = (ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_CLASS,
-                                       object_class__name__in=classes)
-            .select_related("unit", "object_class").order_by("unit__index"))
+    sets = (
+        ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_CLASS, object_class__name__in=classes)
+        .select_related("unit", "object_class")
+        .order_by("unit__index")
+    )
     if units is not None:
         sets = sets.filter(unit__index__in=list(units))
     if not include_dead_units:
         dead = dead_unit_ids(extraction)
         if dead and not sets.exclude(unit_id__in=dead).exists() and sets.exists():
-            raise StudyInputError("Every chosen unit is dead or saturated (it never fires, or its threshold is 0): "
-                                  "choose live units, or include dead units on purpose.")
+            raise StudyInputError(
+                "Every chosen unit is dead or saturated (it never fires, or its threshold is 0): "
+                "choose live units, or include dead units on purpose."
+            )
         sets = sets.exclude(unit_id__in=dead)
     sets = list(sets)
     if not sets:
         raise StudyInputError("No top-10 exemplar sets match these classes and units.")
     if any(exemplar.grid_id is None for exemplar in sets):
-        raise StudyInputError(f"Some grids of {extraction.layer.name} are not rendered yet: render the layer's "
-                              "grids first (python manage.py render_grids).")
+        raise StudyInputError(
+            f"Some grids of {extraction.layer.name} are not rendered yet: render the layer's "
+            "grids first (python manage.py render_grids)."
+        )
 
     study = Study.objects.create(
-        name=name, kind=StudyKind.NETWORK, layer=extraction.layer, extraction=extraction, plan=plan,
+        name=name,
+        kind=StudyKind.NETWORK,
+        layer=extraction.layer,
+        extraction=extraction,
+        plan=plan,
         raters_per_task=raters_per_task if plan == StudyPlan.N_RATERS else len(experts),
-        instructions=instructions.strip() or DEFAULT_INSTRUCTIONS, seed=seed, description=description,
-        claim_hours=claim_hours, suggest_given_names=suggest_given_names, include_dead_units=include_dead_units,
-        created_by=created_by)
+        instructions=instructions.strip() or DEFAULT_INSTRUCTIONS,
+        seed=seed,
+        description=description,
+        claim_hours=claim_hours,
+        suggest_given_names=suggest_given_names,
+        include_dead_units=include_dead_units,
+        created_by=created_by,
+    )
     concepts = {exemplar.object_class.name: exemplar.object_class for exemplar in sets}
     study.object_classes.set([concepts[name] for name in classes if name in concepts])
     if overlap_class:
         study.overlap_class = concepts.get(overlap_class)
         study.save(update_fields=["overlap_class"])
-    raters = [StudyRater.objects.create(study=study, kind=RaterKind.EXPERT, user=user, name=user.get_username())
-              for user in experts]
+    raters = [
+        StudyRater.objects.create(study=study, kind=RaterKind.EXPERT, user=user, name=user.get_username())
+        for user in experts
+    ]
     owners = _split_classes(classes, overlap_class, len(raters)) if plan == StudyPlan.PAPER else {}
     class_order = [overlap_class] + [c for c in classes if c != overlap_class] if overlap_class else classes
     by_class: dict[str, list[ExemplarSet]] = {}
@@ -166,15 +211,25 @@ def study_create(*, name: str, extraction: LayerExtraction, experts: Sequence[An
                 capacity = 1 if owner is not None else len(raters)
             else:
                 owner, capacity = None, study.raters_per_task
-            tasks.append(StudyTask(study=study, position=position, item=f"{exemplar.unit.index}/{class_name}",
-                                   unit=exemplar.unit, object_class=exemplar.object_class, exemplar_set=exemplar,
-                                   owner=owner, capacity=capacity))
+            tasks.append(
+                StudyTask(
+                    study=study,
+                    position=position,
+                    item=f"{exemplar.unit.index}/{class_name}",
+                    unit=exemplar.unit,
+                    object_class=exemplar.object_class,
+                    exemplar_set=exemplar,
+                    owner=owner,
+                    capacity=capacity,
+                )
+            )
             position += 1
     StudyTask.objects.bulk_create(tasks, batch_size=1000)
     return study
 
 
 # -- the next task (atomic) -------------------------------------------------------------------------------
+
 
 def task_next_for_rater(*, rater: StudyRater, now: datetime | None = None) -> StudyTask | None:
     """The task ``rater`` should answer now: the one they hold unanswered, or a newly claimed one.
@@ -201,19 +256,26 @@ def _task_claim(rater: StudyRater) -> StudyTask | None:
         return claims.task_claim(rater)
     with transaction.atomic():
         StudyRater.objects.select_for_update().filter(pk=rater.pk).first()
-        held = (Assignment.objects.filter(rater=rater, completed_at__isnull=True)
-                .select_related("task").order_by("task__position", "task_id").first())
+        held = (
+            Assignment.objects.filter(rater=rater, completed_at__isnull=True)
+            .select_related("task")
+            .order_by("task__position", "task_id")
+            .first()
+        )
         if held is not None:
             return held.task
-        candidates = (StudyTask.objects.filter(study_id=rater.study_id, assigned_count__lt=F("capacity"))
-                      .filter(Q(owner__isnull=True) | Q(owner=rater))
-                      .exclude(assignments__rater=rater)
-                      .order_by("position", "id"))
+        candidates = (
+            StudyTask.objects.filter(study_id=rater.study_id, assigned_count__lt=F("capacity"))
+            .filter(Q(owner__isnull=True) | Q(owner=rater))
+            .exclude(assignments__rater=rater)
+            .order_by("position", "id")
+        )
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True, of=("self",))
         for task in candidates[:8]:
             claimed = StudyTask.objects.filter(pk=task.pk, assigned_count__lt=F("capacity")).update(
-                assigned_count=F("assigned_count") + 1)
+                assigned_count=F("assigned_count") + 1
+            )
             if claimed:
                 Assignment.objects.create(task=task, rater=rater)
                 task.assigned_count += 1
@@ -251,7 +313,8 @@ def task_reclaim(*, rater: StudyRater, task: StudyTask) -> bool:
             if Assignment.objects.filter(task=task, rater=rater).exists():
                 return True
             if not StudyTask.objects.filter(pk=task.pk, assigned_count__lt=F("capacity")).update(
-                    assigned_count=F("assigned_count") + 1):
+                assigned_count=F("assigned_count") + 1
+            ):
                 return False
             Assignment.objects.create(task=task, rater=rater)
     except IntegrityError:  # they hold another task (one open assignment per rater)
@@ -260,6 +323,7 @@ def task_reclaim(*, rater: StudyRater, task: StudyTask) -> bool:
 
 
 # -- judgments -------------------------------------------------------------------------------------------
+
 
 def concept_clean(text: str | None) -> str:
     """Trim, collapse whitespace, drop control characters; at most CONCEPT_MAX_LENGTH characters."""
@@ -284,8 +348,10 @@ def answer_validate(answer: str, concept: str | None) -> tuple[str, str]:
 
 def task_shown_token(*, task: StudyTask, rater: StudyRater, now: float | None = None) -> str:
     """A signed note of when ``task`` was shown to ``rater`` (sent back with the answer to time it)."""
-    return signing.dumps({"task": task.pk, "rater": rater.pk, "t": round(now if now is not None else time.time(), 3)},
-                         salt=SHOWN_TOKEN_SALT)
+    return signing.dumps(
+        {"task": task.pk, "rater": rater.pk, "t": round(now if now is not None else time.time(), 3)},
+        salt=SHOWN_TOKEN_SALT,
+    )
 
 
 def task_shown_at(*, token: str | None, task: StudyTask, rater: StudyRater) -> datetime | None:
@@ -298,12 +364,19 @@ def task_shown_at(*, token: str | None, task: StudyTask, rater: StudyRater) -> d
         return None
     if data.get("task") != task.pk or data.get("rater") != rater.pk:
         return None
-    return datetime.fromtimestamp(float(data["t"]), tz=dt_timezone.utc)
+    return datetime.fromtimestamp(float(data["t"]), tz=UTC)
 
 
-def judgment_submit(*, rater: StudyRater, task: StudyTask, answer: str, concept: str | None = "",
-                    started_at: datetime | None = None, submitted_at: datetime | None = None,
-                    origin: str = JudgmentOrigin.WEB) -> Judgment:
+def judgment_submit(
+    *,
+    rater: StudyRater,
+    task: StudyTask,
+    answer: str,
+    concept: str | None = "",
+    started_at: datetime | None = None,
+    submitted_at: datetime | None = None,
+    origin: str = JudgmentOrigin.WEB,
+) -> Judgment:
     """Record ``rater``'s answer to ``task``: a first judgment, or a revision (a new row) of their current one.
 
     Experts may only answer tasks they hold (an assignment). Submitting the same answer and name again
@@ -327,9 +400,18 @@ def judgment_submit(*, rater: StudyRater, task: StudyTask, answer: str, concept:
             seconds = round((submitted_at - started_at).total_seconds(), 3)
         grid_id = task.exemplar_set.grid_id if task.exemplar_set_id else None
         judgment = Judgment.objects.create(
-            task=task, rater=rater, answer=answer, concept=concept, started_at=started_at,
-            submitted_at=submitted_at, seconds=seconds, revision_of=current,
-            simulated=rater.kind == RaterKind.SIMULATED, origin=origin, grid_id=grid_id)
+            task=task,
+            rater=rater,
+            answer=answer,
+            concept=concept,
+            started_at=started_at,
+            submitted_at=submitted_at,
+            seconds=seconds,
+            revision_of=current,
+            simulated=rater.kind == RaterKind.SIMULATED,
+            origin=origin,
+            grid_id=grid_id,
+        )
         if assignment is not None and assignment.completed_at is None:
             Assignment.objects.filter(pk=assignment.pk).update(completed_at=submitted_at)
     return judgment
@@ -385,8 +467,9 @@ def _judgment_rows(reader) -> list[ImportRow]:
     missing = [column for column in IMPORT_COLUMNS if column not in columns]
     unknown = [column for column in columns if column not in IMPORT_COLUMNS + ("concept",)]
     if missing or unknown or len(set(columns)) != len(columns):
-        raise ImportProblems([(1, "the header must be item,rater,answer[,concept] (found "
-                                  f"{','.join(header) or 'nothing'})")])
+        raise ImportProblems(
+            [(1, f"the header must be item,rater,answer[,concept] (found {','.join(header) or 'nothing'})")]
+        )
     position = {column: columns.index(column) for column in columns}
     rows: list[ImportRow] = []
     seen: dict[tuple[str, str], int] = {}
@@ -434,8 +517,9 @@ IMPORT_BATCH = 1000
 """Rows per INSERT statement of a judgment import."""
 
 
-def judgments_import(*, study_name: str, path: str | Path | None = None, text: str | None = None,
-                     created_by=None) -> dict[str, Any]:
+def judgments_import(
+    *, study_name: str, path: str | Path | None = None, text: str | None = None, created_by=None
+) -> dict[str, Any]:
     """Import judgments collected elsewhere into a study of imported items (created if absent).
 
     Every row is validated first; on any problem nothing is imported and :class:`ImportProblems`
@@ -456,9 +540,14 @@ def judgments_import(*, study_name: str, path: str | Path | None = None, text: s
         study = Study.objects.select_for_update().filter(name=name).first()
         created_study = study is None
         if study is None:
-            study = Study.objects.create(name=name, kind=StudyKind.IMPORTED, plan=StudyPlan.FULL,
-                                         instructions=DEFAULT_INSTRUCTIONS, created_by=created_by,
-                                         description="Judgments imported from a file.")
+            study = Study.objects.create(
+                name=name,
+                kind=StudyKind.IMPORTED,
+                plan=StudyPlan.FULL,
+                instructions=DEFAULT_INSTRUCTIONS,
+                created_by=created_by,
+                description="Judgments imported from a file.",
+            )
         elif study.kind != StudyKind.IMPORTED:
             raise StudyInputError(f"Study {name!r} is a study of network units; import into a new name.")
         # In bulk (a few statements whatever the file's size: 10,000 rows once took longer than a request may):
@@ -467,18 +556,28 @@ def judgments_import(*, study_name: str, path: str | Path | None = None, text: s
         tasks = {task.item: task for task in study.tasks.all()}
         next_position = max((task.position for task in tasks.values()), default=-1) + 1
         new_raters = list(dict.fromkeys(row.rater for row in rows if row.rater not in raters))
-        StudyRater.objects.bulk_create([StudyRater(study=study, kind=RaterKind.IMPORTED, name=name)
-                                        for name in new_raters], batch_size=IMPORT_BATCH)
+        StudyRater.objects.bulk_create(
+            [StudyRater(study=study, kind=RaterKind.IMPORTED, name=name) for name in new_raters],
+            batch_size=IMPORT_BATCH,
+        )
         new_items = list(dict.fromkeys(row.item for row in rows if row.item not in tasks))
-        StudyTask.objects.bulk_create([StudyTask(study=study, position=next_position + offset, item=item, capacity=0)
-                                       for offset, item in enumerate(new_items)], batch_size=IMPORT_BATCH)
+        StudyTask.objects.bulk_create(
+            [
+                StudyTask(study=study, position=next_position + offset, item=item, capacity=0)
+                for offset, item in enumerate(new_items)
+            ],
+            batch_size=IMPORT_BATCH,
+        )
         if new_raters:
             raters = {rater.name: rater for rater in study.raters.all()}
         if new_items:
             tasks = {task.item: task for task in study.tasks.all()}
-        current = {(judgment.task_id, judgment.rater_id): judgment
-                   for judgment in Judgment.objects.current().filter(task__study=study)
-                   .only("pk", "task_id", "rater_id", "answer", "concept")}
+        current = {
+            (judgment.task_id, judgment.rater_id): judgment
+            for judgment in Judgment.objects.current()
+            .filter(task__study=study)
+            .only("pk", "task_id", "rater_id", "answer", "concept")
+        }
         counts = {"created": 0, "revised": 0, "unchanged": 0}
         judgments = []
         for row in rows:  # an (item, rater) pair appears once per file (judgments_parse refuses repeats)
@@ -487,19 +586,42 @@ def judgments_import(*, study_name: str, path: str | Path | None = None, text: s
             if previous is not None and (previous.answer, previous.concept) == (row.answer, row.concept):
                 counts["unchanged"] += 1
                 continue
-            judgments.append(Judgment(task=task, rater=rater, answer=row.answer, concept=row.concept,
-                                      submitted_at=now, revision_of=previous, origin=JudgmentOrigin.IMPORTED,
-                                      source_line=row.line))
+            judgments.append(
+                Judgment(
+                    task=task,
+                    rater=rater,
+                    answer=row.answer,
+                    concept=row.concept,
+                    submitted_at=now,
+                    revision_of=previous,
+                    origin=JudgmentOrigin.IMPORTED,
+                    source_line=row.line,
+                )
+            )
             counts["revised" if previous else "created"] += 1
         Judgment.objects.bulk_create(judgments, batch_size=IMPORT_BATCH)
-    return {"study": study.name, "study_id": study.pk, "created_study": created_study, "rows": len(rows),
-            "items": len(tasks), "raters": len(raters), **counts}
+    return {
+        "study": study.name,
+        "study_id": study.pk,
+        "created_study": created_study,
+        "rows": len(rows),
+        "items": len(tasks),
+        "raters": len(raters),
+        **counts,
+    }
 
 
 # -- simulated raters -------------------------------------------------------------------------------------
 
-def simulated_raters_run(*, study: Study, raters: int = 2, error_rate: float | None = None, seed: int = 0,
-                         truth: dict[int, tuple[str, str]] | None = None) -> dict[str, Any]:
+
+def simulated_raters_run(
+    *,
+    study: Study,
+    raters: int = 2,
+    error_rate: float | None = None,
+    seed: int = 0,
+    truth: dict[int, tuple[str, str]] | None = None,
+) -> dict[str, Any]:
     """Let ``raters`` simulated raters answer every task of a network study from the dataset's truth.
 
     Raters are named ``simulated-1`` … and keep the error rate and seed they were created with; running
@@ -514,24 +636,42 @@ def simulated_raters_run(*, study: Study, raters: int = 2, error_rate: float | N
         raise StudyInputError("The error rate lies between 0 and 1.")
     names = [f"simulated-{number}" for number in range(1, raters + 1)]
     n_tasks = study.tasks.filter(exemplar_set__isnull=False).count()
-    finished = (StudyRater.objects.filter(study=study, kind=RaterKind.SIMULATED, name__in=names)
-                .annotate(answered=Count("judgments", filter=Q(judgments__revision_of__isnull=True)))
-                .filter(answered__gte=n_tasks).count())
+    finished = (
+        StudyRater.objects.filter(study=study, kind=RaterKind.SIMULATED, name__in=names)
+        .annotate(answered=Count("judgments", filter=Q(judgments__revision_of__isnull=True)))
+        .filter(answered__gte=n_tasks)
+        .count()
+    )
     if truth is None and finished == raters:  # every task answered already: skip reading the truth
-        return {"study": study.name, "raters": raters, "error_rate": error_rate, "seed": seed,
-                "judgments_created": 0, "tasks": n_tasks, "truth_counts": {}}
+        return {
+            "study": study.name,
+            "raters": raters,
+            "error_rate": error_rate,
+            "seed": seed,
+            "judgments_created": 0,
+            "tasks": n_tasks,
+            "truth_counts": {},
+        }
     truth = truth if truth is not None else simulation.study_ground_truth(study)
     tasks = list(study.tasks.filter(pk__in=list(truth)).order_by("position"))
     dataset = study.extraction.dataset
-    wrong_names = sorted({strip_broden_suffix(name) for name in dataset.concepts.filter(
-        category__in=["part", "material", "color"]).values_list("name", flat=True)}) or ["something"]
+    wrong_names = sorted(
+        {
+            strip_broden_suffix(name)
+            for name in dataset.concepts.filter(category__in=["part", "material", "color"]).values_list(
+                "name", flat=True
+            )
+        }
+    ) or ["something"]
     answered = 0
     now = timezone.now()
     with transaction.atomic():
         for number in range(1, raters + 1):
             rater, _ = StudyRater.objects.get_or_create(
-                study=study, name=f"simulated-{number}",
-                defaults={"kind": RaterKind.SIMULATED, "params": {"error_rate": error_rate, "seed": seed}})
+                study=study,
+                name=f"simulated-{number}",
+                defaults={"kind": RaterKind.SIMULATED, "params": {"error_rate": error_rate, "seed": seed}},
+            )
             if rater.kind != RaterKind.SIMULATED:
                 raise StudyInputError(f"A rater named {rater.name} exists and is not simulated.")
             rate, rater_seed = rater.params.get("error_rate", error_rate), rater.params.get("seed", seed)
@@ -541,20 +681,39 @@ def simulated_raters_run(*, study: Study, raters: int = 2, error_rate: float | N
                 if task.pk in done:
                     continue
                 rng = np.random.default_rng([int(rater_seed), number, task.position])
-                answer, concept = simulation.simulated_answer(truth[task.pk], error_rate=rate, rng=rng, wrong_names=wrong_names)
-                rows.append(Judgment(task=task, rater=rater, answer=answer, concept=concept, submitted_at=now,
-                                     simulated=True, origin=JudgmentOrigin.SIMULATED,
-                                     grid_id=task.exemplar_set.grid_id if task.exemplar_set_id else None))
+                answer, concept = simulation.simulated_answer(
+                    truth[task.pk], error_rate=rate, rng=rng, wrong_names=wrong_names
+                )
+                rows.append(
+                    Judgment(
+                        task=task,
+                        rater=rater,
+                        answer=answer,
+                        concept=concept,
+                        submitted_at=now,
+                        simulated=True,
+                        origin=JudgmentOrigin.SIMULATED,
+                        grid_id=task.exemplar_set.grid_id if task.exemplar_set_id else None,
+                    )
+                )
             Judgment.objects.bulk_create(rows, batch_size=1000)
             answered += len(rows)
     counts: dict[str, int] = {}
     for answer, _ in truth.values():
         counts[answer] = counts.get(answer, 0) + 1
-    return {"study": study.name, "raters": raters, "error_rate": error_rate, "seed": seed,
-            "judgments_created": answered, "tasks": len(tasks), "truth_counts": counts}
+    return {
+        "study": study.name,
+        "raters": raters,
+        "error_rate": error_rate,
+        "seed": seed,
+        "judgments_created": answered,
+        "tasks": len(tasks),
+        "truth_counts": counts,
+    }
 
 
 # -- name matching -----------------------------------------------------------------------------------------
+
 
 def synonym_set(*, study: Study, name: str, maps_to: str, user=None) -> ConceptSynonym:
     """Make ``name`` count as ``maps_to`` when the study's names are matched (creates or replaces the entry).
@@ -569,8 +728,9 @@ def synonym_set(*, study: Study, name: str, maps_to: str, user=None) -> ConceptS
         raise StudyInputError(f"Names have at most {CONCEPT_MAX_LENGTH} characters.")
     if key == target:
         raise StudyInputError(f"{name!r} and {maps_to!r} already match (both normalise to {key!r}).")
-    synonym, _ = ConceptSynonym.objects.update_or_create(study=study, name=key,
-                                                        defaults={"maps_to": target, "created_by": user})
+    synonym, _ = ConceptSynonym.objects.update_or_create(
+        study=study, name=key, defaults={"maps_to": target, "created_by": user}
+    )
     return synonym
 
 

@@ -15,6 +15,7 @@ answers, uniformly (with a plausible name when that answer is a yes). Answers ar
 
 :func:`true_answer` is pure; :func:`study_ground_truth` reads the study's dataset to feed it.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,9 @@ def true_answer(peaks: Sequence[PeakTruth], *, min_fraction: float = MIN_AGREEIN
     return Answer.NO, ""
 
 
-def simulated_answer(truth: tuple[str, str], *, error_rate: float, rng: np.random.Generator,
-                     wrong_names: Sequence[str]) -> tuple[str, str]:
+def simulated_answer(
+    truth: tuple[str, str], *, error_rate: float, rng: np.random.Generator, wrong_names: Sequence[str]
+) -> tuple[str, str]:
     """The true answer, or with probability ``error_rate`` another of the five, uniformly."""
     answer, concept = truth
     if rng.random() >= error_rate:
@@ -137,10 +139,9 @@ def study_ground_truth(study) -> dict[int, tuple[str, str]]:
     needed = sorted({index for task in tasks for index in task.exemplar_set.image_indices})
     images = {image.index: image for image in dataset.images.filter(index__in=needed)}
     boxes: dict[int, list[PartBox]] = defaultdict(list)
-    for image_index, name, x1, y1, x2, y2 in (AnnotatedBox.objects
-                                              .filter(image__dataset=dataset, image__index__in=needed,
-                                                      kind=AnnotatedBox.Kind.PART)
-                                              .values_list("image__index", "concept__name", "x1", "y1", "x2", "y2")):
+    for image_index, name, x1, y1, x2, y2 in AnnotatedBox.objects.filter(
+        image__dataset=dataset, image__index__in=needed, kind=AnnotatedBox.Kind.PART
+    ).values_list("image__index", "concept__name", "x1", "y1", "x2", "y2"):
         boxes[image_index].append(PartBox(name, x1, y1, x2, y2))
     segmentation = _Segmentation(dataset)
     truth = {}
@@ -149,8 +150,9 @@ def study_ground_truth(study) -> dict[int, tuple[str, str]]:
         peaks = []
         for index, position in zip(exemplar.image_indices, exemplar.peaks):
             image = images[index]
-            (y, x), = peak_pixels(layer, network, [position], image.height, image.width,
-                                  (extraction.map_height, extraction.map_width))
+            ((y, x),) = peak_pixels(
+                layer, network, [position], image.height, image.width, (extraction.map_height, extraction.map_width)
+            )
             parts = tuple(box for box in boxes[index] if box.contains(x, y))
             peaks.append(PeakTruth(parts=parts, background=segmentation.background_at(index, x, y)))
         truth[task.pk] = true_answer(peaks)

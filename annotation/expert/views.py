@@ -1,5 +1,6 @@
 """Pages of expert studies: the expert's home, the annotation page, an expert's answers; researchers' studies, their
 reports, synonyms and export files."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -30,6 +31,7 @@ class ExpertHomeView(ExpertRequiredMixin, TemplateView):
 
 
 # -- experts ---------------------------------------------------------------------------------------------
+
 
 class ExpertStudyMixin(ExpertRequiredMixin):
     """Resolves ``self.rater`` (the user's rater in study ``pk``); 404 if they are not in it."""
@@ -78,7 +80,8 @@ class AnnotateView(ExpertStudyMixin, FormView):
         if self.task is None:
             rater = self.get_rater()
             tasks = StudyTask.objects.select_related("object_class", "exemplar_set__grid").filter(
-                pk=self.kwargs["task_pk"], study_id=rater.study_id)
+                pk=self.kwargs["task_pk"], study_id=rater.study_id
+            )
             self.task = tasks.filter(assignments__rater=rater).first()
             if self.task is None and self.request.method == "POST":
                 self.task = self.released_task(tasks.first())
@@ -90,8 +93,10 @@ class AnnotateView(ExpertStudyMixin, FormView):
     def released_task(self, task: StudyTask | None) -> StudyTask | None:
         """An answer from a page shown to this expert (its signed token says so) for a task that went back to the
         pool meanwhile (``Study.claim_hours``): the task, if it could be taken back, else :class:`TaskReleased`."""
-        if task is None or services.task_shown_at(token=self.request.POST.get("shown"), task=task,
-                                                  rater=self.rater) is None:
+        if (
+            task is None
+            or services.task_shown_at(token=self.request.POST.get("shown"), task=task, rater=self.rater) is None
+        ):
             return None
         if services.task_reclaim(rater=self.rater, task=task):
             return task
@@ -119,12 +124,28 @@ class AnnotateView(ExpertStudyMixin, FormView):
         form = context["form"]
         chosen = form["answer"].value()
         context.update(
-            study=rater.study, task=task, grid=grid, grid_width=grid.width * scale if grid else 0,
-            grid_height=grid.height * scale if grid else 0, current=self.current,
-            number=selectors.task_number(task, rater), progress=selectors.rater_progress(rater), rule=RULE,
-            answers=[{"key": key, "value": value, "label": Answer(value).label, "yes": value in YES_ANSWERS,
-                      "checked": chosen == value} for key, value in ANSWER_KEYS.items()],
-            needs_concept=chosen in YES_ANSWERS, suggestions=selectors.concept_suggestions(rater.study, rater=rater))
+            study=rater.study,
+            task=task,
+            grid=grid,
+            grid_width=grid.width * scale if grid else 0,
+            grid_height=grid.height * scale if grid else 0,
+            current=self.current,
+            number=selectors.task_number(task, rater),
+            progress=selectors.rater_progress(rater),
+            rule=RULE,
+            answers=[
+                {
+                    "key": key,
+                    "value": value,
+                    "label": Answer(value).label,
+                    "yes": value in YES_ANSWERS,
+                    "checked": chosen == value,
+                }
+                for key, value in ANSWER_KEYS.items()
+            ],
+            needs_concept=chosen in YES_ANSWERS,
+            suggestions=selectors.concept_suggestions(rater.study, rater=rater),
+        )
         return context
 
     def form_valid(self, form):
@@ -132,8 +153,12 @@ class AnnotateView(ExpertStudyMixin, FormView):
         revising = self.current is not None
         try:
             judgment = services.judgment_submit(
-                rater=rater, task=task, answer=form.cleaned_data["answer"], concept=form.cleaned_data["concept"],
-                started_at=services.task_shown_at(token=form.cleaned_data.get("shown"), task=task, rater=rater))
+                rater=rater,
+                task=task,
+                answer=form.cleaned_data["answer"],
+                concept=form.cleaned_data["concept"],
+                started_at=services.task_shown_at(token=form.cleaned_data.get("shown"), task=task, rater=rater),
+            )
         except services.StudyInputError as error:
             form.add_error(None, str(error))
             return self.form_invalid(form)
@@ -152,15 +177,22 @@ class MyAnswersView(ExpertStudyMixin, TemplateView):
     def get_context_data(self, **kwargs):
         rater = self.get_rater()
         answers = selectors.rater_answers(rater)
-        numbers = {assignment.task_id: position for position, assignment in
-                   enumerate(rater.assignments.order_by("task__position", "task_id"), start=1)}
+        numbers = {
+            assignment.task_id: position
+            for position, assignment in enumerate(rater.assignments.order_by("task__position", "task_id"), start=1)
+        }
         for judgment in answers:
             judgment.number = numbers.get(judgment.task_id)
-        return {**super().get_context_data(**kwargs), "study": rater.study, "answers": answers,
-                "progress": selectors.rater_progress(rater)}
+        return {
+            **super().get_context_data(**kwargs),
+            "study": rater.study,
+            "answers": answers,
+            "progress": selectors.rater_progress(rater),
+        }
 
 
 # -- researchers -------------------------------------------------------------------------------------------
+
 
 class StudyListView(ResearcherRequiredMixin, TemplateView):
     nav_section = "studies"
@@ -179,11 +211,21 @@ class StudyCreateView(ResearcherRequiredMixin, FormView):
         data = form.cleaned_data
         try:
             study = services.study_create(
-                name=data["name"], extraction=data["extraction"], experts=list(data["experts"]), plan=data["plan"],
-                object_classes=data["object_classes"] or None, overlap_class=data["overlap_class"] or None,
-                raters_per_task=data["raters_per_task"], instructions=data["instructions"], units=data["units"],
-                seed=data["seed"], claim_hours=data["claim_hours"], suggest_given_names=data["suggest_given_names"],
-                include_dead_units=data["include_dead_units"], created_by=self.request.user)
+                name=data["name"],
+                extraction=data["extraction"],
+                experts=list(data["experts"]),
+                plan=data["plan"],
+                object_classes=data["object_classes"] or None,
+                overlap_class=data["overlap_class"] or None,
+                raters_per_task=data["raters_per_task"],
+                instructions=data["instructions"],
+                units=data["units"],
+                seed=data["seed"],
+                claim_hours=data["claim_hours"],
+                suggest_given_names=data["suggest_given_names"],
+                include_dead_units=data["include_dead_units"],
+                created_by=self.request.user,
+            )
         except services.StudyInputError as error:
             form.add_error(None, str(error))
             return self.form_invalid(form)
@@ -196,8 +238,10 @@ class StudyMixin(ResearcherRequiredMixin):
 
     def get_study(self) -> Study:
         """The study of the URL; a write request on it must come from its creator (403 otherwise)."""
-        study = get_object_or_404(Study.objects.select_related("layer__network", "extraction__dataset", "created_by",
-                                                               "overlap_class"), pk=self.kwargs["pk"])
+        study = get_object_or_404(
+            Study.objects.select_related("layer__network", "extraction__dataset", "created_by", "overlap_class"),
+            pk=self.kwargs["pk"],
+        )
         study_write_check(self.request, study)
         return study
 
@@ -207,9 +251,13 @@ class StudyDetailView(StudyMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         study = self.get_study()
-        return {**super().get_context_data(**kwargs), "study": study,
-                "classes": list(study.object_classes.values_list("name", flat=True)),
-                "rater_rows": selectors.study_rater_rows(study), "task_progress": selectors.study_task_progress(study)}
+        return {
+            **super().get_context_data(**kwargs),
+            "study": study,
+            "classes": list(study.object_classes.values_list("name", flat=True)),
+            "rater_rows": selectors.study_rater_rows(study),
+            "task_progress": selectors.study_task_progress(study),
+        }
 
 
 class StudyReportView(StudyMixin, TemplateView):
@@ -227,13 +275,17 @@ class StudyReportView(StudyMixin, TemplateView):
     def comparison_context(self, study: Study, simulated: str) -> dict:
         """Issue 7 item 4: human names vs the dataset's part vocabulary and vs dissection labels, the synonym
         table and its form."""
-        context = {"names_vs_vocabulary": selectors.study_names_vs_vocabulary(study, simulated=simulated),
-                   "dissection_agreement": selectors.study_dissection_agreement(study, simulated=simulated),
-                   "synonyms": list(study.synonyms.all()), "synonym_form": SynonymForm()}
+        context = {
+            "names_vs_vocabulary": selectors.study_names_vs_vocabulary(study, simulated=simulated),
+            "dissection_agreement": selectors.study_dissection_agreement(study, simulated=simulated),
+            "synonyms": list(study.synonyms.all()),
+            "synonym_form": SynonymForm(),
+        }
         if study.layer_id:
             context["unit_grids"] = selectors.study_unit_grids(study)
-            context["layer_dissection_url"] = reverse("analysis:layer_dissection",
-                                                      args=[study.layer.network.name, study.layer.name])
+            context["layer_dissection_url"] = reverse(
+                "analysis:layer_dissection", args=[study.layer.network.name, study.layer.name]
+            )
         return context
 
 
@@ -259,8 +311,9 @@ class StudySynonymsView(StudyMixin, View):
             messages.error(request, f"Synonym not saved — {problems}")
             return redirect(back)
         try:
-            synonym = services.synonym_set(study=study, name=form.cleaned_data["name"],
-                                           maps_to=form.cleaned_data["maps_to"], user=request.user)
+            synonym = services.synonym_set(
+                study=study, name=form.cleaned_data["name"], maps_to=form.cleaned_data["maps_to"], user=request.user
+            )
         except services.StudyInputError as error:
             messages.error(request, f"Synonym not saved — {error}")
             return redirect(back)
@@ -282,13 +335,10 @@ class StudyExportView(StudyMixin, View):
         return attachment_response(*exports.study_export_file(study, name, simulated=simulated))
 
 
-
-
 def unit_expert_panel(*, unit, request) -> str | None:
     """The unit page's expert panel (registered in ``AnnotationConfig.ready``): every expert study's answers
     about the unit, with links to the studies; None when no expert answered about it."""
     studies = selectors.unit_expert_answers(unit)
     if not studies:
         return None
-    return render_to_string("annotation/_unit_expert_panel.html", {"studies": studies, "unit": unit},
-                            request=request)
+    return render_to_string("annotation/_unit_expert_panel.html", {"studies": studies, "unit": unit}, request=request)

@@ -43,9 +43,7 @@ def write_small_broden(root: Path, write_threads: int = 0) -> SmallBroden:
     rng = np.random.default_rng(0)
     labels: dict[str, int] = {}
     images: list[dict] = []
-    with BrodenWriter(
-        root, ["object", "part", "color", "scene"], write_threads=write_threads
-    ) as writer:
+    with BrodenWriter(root, ["object", "part", "color", "scene"], write_threads=write_threads) as writer:
         for name in ["car", "wheel", "window", "red-c", "street-s"]:
             labels[name] = writer.add_label(name)
         _filler_labels(writer, 300)

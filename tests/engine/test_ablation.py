@@ -1,5 +1,6 @@
 """Discriminativeness (GG'18 §5–6): δ of a filter that feeds nothing is 0; a planted discriminative filter is found;
 the fx split reproduces the model; set ablations, blackout and Pearson correlations."""
+
 from __future__ import annotations
 
 import numpy as np

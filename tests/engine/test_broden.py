@@ -29,7 +29,7 @@ from tests.engine.fixtures_formats import (
 )
 
 
-@pytest.fixture()
+@pytest.fixture
 def small(tmp_path):
     return write_small_broden(tmp_path / "broden")
 
@@ -131,7 +131,15 @@ def test_round_trip_rows_images_and_masks(small):
 
 def _same_row(a, b) -> bool:
     return (a.line, a.image, a.split, a.ih, a.iw, a.sh, a.sw, dict(a.cells)) == (
-        b.line, b.image, b.split, b.ih, b.iw, b.sh, b.sw, dict(b.cells))
+        b.line,
+        b.image,
+        b.split,
+        b.ih,
+        b.iw,
+        b.sh,
+        b.sw,
+        dict(b.cells),
+    )
 
 
 def test_indexed_rows_equal_the_streamed_rows_and_are_one_lookup(small, monkeypatch):
@@ -257,9 +265,7 @@ def test_writer_rejects_bad_input(tmp_path):
         assert writer.add_label("car") == car
         image = np.zeros((4, 4, 3), np.uint8)
         with pytest.raises(ValueError, match="add_label"):
-            writer.add_image(
-                "x", image, split="train", segmentations={"object": np.full((2, 2), 9)}
-            )
+            writer.add_image("x", image, split="train", segmentations={"object": np.full((2, 2), 9)})
         with pytest.raises(ValueError, match="unknown category"):
             writer.add_image("x", image, split="train", image_labels={"scene": [car]})
         writer.add_image("x", image, split="train", segmentations={"object": np.full((2, 2), car)})
@@ -290,9 +296,7 @@ def test_writer_drops_empty_layers(tmp_path):
         wheel = writer.add_label("wheel")
         layers = np.zeros((3, 2, 2), np.int32)
         layers[1, 0, 0] = wheel
-        writer.add_image(
-            "x", np.zeros((4, 4, 3), np.uint8), split="train", segmentations={"part": layers}
-        )
+        writer.add_image("x", np.zeros((4, 4, 3), np.uint8), split="train", segmentations={"part": layers})
     row = next(BrodenReader(tmp_path / "w").rows())
     assert row.cells["part"].mask_files == ("x_part.png",)
 

@@ -25,8 +25,7 @@ from tests.devices import cpu_and_cuda
 torch.set_num_threads(1)
 
 DEVICES = cpu_and_cuda()
-COUNTS = ("intersection", "activation_cat", "truth", "activation", "category_images",
-          "label_images")
+COUNTS = ("intersection", "activation_cat", "truth", "activation", "category_images", "label_images")
 
 
 def random_probe(seed: int, n_images: int = 7, n_units: int = 6, size: tuple[int, int] = (5, 6)):
@@ -59,8 +58,12 @@ def to_torch(acts, thr, pixel, whole, label_category, device="cpu"):
         torch.as_tensor(pixel, device=device),
         torch.as_tensor(np.array(whole, dtype=np.int64).reshape(-1, 2), device=device),
     )
-    return (torch.as_tensor(acts, device=device), torch.as_tensor(thr, device=device), labels,
-            torch.as_tensor(label_category, device=device))
+    return (
+        torch.as_tensor(acts, device=device),
+        torch.as_tensor(thr, device=device),
+        labels,
+        torch.as_tensor(label_category, device=device),
+    )
 
 
 def assert_counts_equal(tally: DissectionTally, ref: dict[str, np.ndarray]) -> None:
@@ -81,8 +84,7 @@ def assert_counts_equal(tally: DissectionTally, ref: dict[str, np.ndarray]) -> N
 def test_matches_reference(seed, strict, chunk_elements, method, device):
     acts, thr, pixel, whole, cats, n_cat = random_probe(seed)
     a, t, labels, lc = to_torch(acts, thr, pixel, whole, cats, device)
-    tally = DissectionTally(t, lc, n_cat, strict_threshold=strict, chunk_elements=chunk_elements,
-                            method=method)
+    tally = DissectionTally(t, lc, n_cat, strict_threshold=strict, chunk_elements=chunk_elements, method=method)
     tally.add(a, labels)
     ref = reference_tally(acts, thr, pixel, whole, cats, n_cat, strict=strict)
     assert_counts_equal(tally, ref)
@@ -257,8 +259,12 @@ def test_invalid_inputs_are_rejected():
 
 
 def test_iou_from_counts_zero_union():
-    iou = iou_from_counts(torch.zeros(1, 2, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64),
-                          torch.zeros(2, dtype=torch.int64), torch.tensor([-1, 0]))
+    iou = iou_from_counts(
+        torch.zeros(1, 2, dtype=torch.int64),
+        torch.zeros(1, 1, dtype=torch.int64),
+        torch.zeros(2, dtype=torch.int64),
+        torch.tensor([-1, 0]),
+    )
     assert iou.tolist() == [[0.0, 0.0]]
 
 
@@ -295,7 +301,7 @@ def test_shard_merge_equals_single_pass_and_state_round_trips():
 
 
 def test_select_reorders_pixel_and_whole_image_labels():
-    acts, thr, pixel, whole, cats, n_cat = random_probe(3)
+    acts, thr, pixel, whole, cats, _n_cat = random_probe(3)
     _, _, labels, _ = to_torch(acts, thr, pixel, whole, cats)
     order = torch.tensor([3, 0, 0, 6])
     sel = labels.select(order)
@@ -314,9 +320,15 @@ def test_dissect_driver_upsamples_and_transforms():
         return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
     seen = []
-    tally = dissect([(raw[:4], _split(labels, 0, 4)), (raw[4:], _split(labels, 4, 7))],
-                    thresholds=t, label_category=lc, n_categories=n_cat, upsample=up,
-                    transform=lambda m: 2 * m, progress=seen.append)
+    tally = dissect(
+        [(raw[:4], _split(labels, 0, 4)), (raw[4:], _split(labels, 4, 7))],
+        thresholds=t,
+        label_category=lc,
+        n_categories=n_cat,
+        upsample=up,
+        transform=lambda m: 2 * m,
+        progress=seen.append,
+    )
     manual = DissectionTally(t, lc, n_cat)
     manual.add(up(2 * raw, (5, 6)), labels)
     assert seen == [4, 7]
@@ -352,9 +364,7 @@ def planted(n_images=40, size=16, n_units=6, seed=0):
             acts[i, lab - 1, y : y + 5, x : x + 5] += 1.0
     flat = acts.transpose(0, 1).reshape(n_units, -1).numpy()
     thr = torch.from_numpy(np.quantile(flat, 0.995, axis=1)).float()
-    return acts, thr, BatchLabels(pixel, torch.zeros(0, 2, dtype=torch.int64)), torch.tensor(
-        [-1, 0, 0, 0, 0]
-    )
+    return acts, thr, BatchLabels(pixel, torch.zeros(0, 2, dtype=torch.int64)), torch.tensor([-1, 0, 0, 0, 0])
 
 
 def test_shuffled_baseline_removes_a_planted_detector():

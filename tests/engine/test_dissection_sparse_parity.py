@@ -2,6 +2,7 @@
 dense path's active pixels, for both upsamplers, on geometries whose scale is not an integer (113 px from a
 14-cell map, 57 from 6) and on float16-rounded maps as the activation cache holds them. The module docstring of
 :mod:`analysis.engine.dissection_sparse` claims bit-identical values; this is the check, across shapes."""
+
 from __future__ import annotations
 
 import itertools
@@ -28,8 +29,10 @@ def test_sparse_active_pixels_equal_the_dense_ones(seed, geometry, strict):
     raw = (raw * torch.rand(1, 24, 1, 1, generator=generator) * 40).half().float()
     thresholds = torch.quantile(raw.transpose(0, 1).reshape(24, -1), 0.995, dim=1)
     checked = 0
-    for upsampler in (AnchoredUpsample(rf_stride=(stride, stride), rf_offset=(offset, offset), input_size=(224, 224)),
-                      PlainUpsample()):
+    for upsampler in (
+        AnchoredUpsample(rf_stride=(stride, stride), rf_offset=(offset, offset), input_size=(224, 224)),
+        PlainUpsample(),
+    ):
         sparse = upsampler.active(raw, thresholds, (out, out), strict=strict)
         if sparse is None:  # too dense for the sparse path: the tally falls back to the dense one itself
             continue

@@ -5,6 +5,7 @@ layer's filter 0 fires at ``c + O1`` and ``c + O2`` (two part patterns at fixed 
 one noise unit anywhere, often stronger than the parts; every unit carries a little background noise. The lower
 layer's filter 1 is noise only.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,10 +14,21 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.engine.explanatory_graph import (FilterPeakTally, GraphLayer, LayerConfig, LayerSource, crop_patch,
-                                               default_nodes_per_filter, energy_top_k, infer_layer, learn_graph,
-                                               location_instability, pattern_instability, raw_filter_peaks,
-                                               render_patch_grid)
+from analysis.engine.explanatory_graph import (
+    FilterPeakTally,
+    GraphLayer,
+    LayerConfig,
+    LayerSource,
+    crop_patch,
+    default_nodes_per_filter,
+    energy_top_k,
+    infer_layer,
+    learn_graph,
+    location_instability,
+    pattern_instability,
+    raw_filter_peaks,
+    render_patch_grid,
+)
 
 torch.set_num_threads(1)
 SIDE = 12
@@ -52,20 +64,25 @@ def planted_world(seed: int = 3, images: int = IMAGES):
 
 def sources(upper, lower):
     positions = grid_positions()
-    return [LayerSource("upper", lambda rows: upper[rows], positions, 1),
-            LayerSource("lower", lambda rows: lower[rows], positions, 2)]
+    return [
+        LayerSource("upper", lambda rows: upper[rows], positions, 1),
+        LayerSource("lower", lambda rows: lower[rows], positions, 2),
+    ]
 
 
 def configs(iterations: int = 8):
-    return [LayerConfig(nodes_per_filter=2, iterations=iterations),
-            LayerConfig(nodes_per_filter=4, neighbours=2, iterations=iterations)]
+    return [
+        LayerConfig(nodes_per_filter=2, iterations=iterations),
+        LayerConfig(nodes_per_filter=4, neighbours=2, iterations=iterations),
+    ]
 
 
 @pytest.fixture(scope="module")
 def learned():
     upper, lower, centres, noise = planted_world()
-    result = learn_graph(sources(upper, lower), configs(), learn_rows=np.arange(IMAGES), n_images=IMAGES, seed=0,
-                         batch_size=16)
+    result = learn_graph(
+        sources(upper, lower), configs(), learn_rows=np.arange(IMAGES), n_images=IMAGES, seed=0, batch_size=16
+    )
     return result, (upper, lower, centres, noise)
 
 
@@ -104,7 +121,7 @@ def test_learning_recovers_both_planted_patterns_relative_to_the_upper_pattern(l
 
 
 def test_learning_separates_patterns_from_noise(learned):
-    result, (_, lower, centres, noise) = learned
+    result, (_, lower, _centres, noise) = learned
     bottom = result.layers[1]
     # The raw filter's peak is the noise unit on a good share of images (the noise is often the strongest)...
     raw_units, _ = raw_filter_peaks(torch.from_numpy(lower))
@@ -129,8 +146,9 @@ def test_learning_separates_patterns_from_noise(learned):
 
 def test_learning_and_inference_are_deterministic(learned):
     result, (upper, lower, _, _) = learned
-    again = learn_graph(sources(upper, lower), configs(), learn_rows=np.arange(IMAGES), n_images=IMAGES, seed=0,
-                        batch_size=16)
+    again = learn_graph(
+        sources(upper, lower), configs(), learn_rows=np.arange(IMAGES), n_images=IMAGES, seed=0, batch_size=16
+    )
     for first, second in zip(result.layers, again.layers):
         assert torch.equal(first.mu, second.mu) and torch.equal(first.edges, second.edges)
         assert torch.equal(first.sigma2, second.sigma2)
@@ -149,9 +167,18 @@ def test_inference_score_is_f_times_compatibility_squared():
     """Hand-computed: one filter, one top node at μ with σ²: S = F(x) N(p_x | μ, σ²)², argmax over x."""
     positions = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.5, 0.5]])
     config = LayerConfig(nodes_per_filter=1, iterations=1)
-    layer = GraphLayer(name="t", config=config, positions=positions, normalizer=torch.ones(1),
-                       mu=torch.tensor([[[0.0, 0.4]]]), sigma2=torch.ones(1, 1), fit_sigma2=torch.full((1, 1), 0.04),
-                       edges=torch.zeros(1, 0, dtype=torch.int64), mass=torch.zeros(1, 1), noise_mass=torch.zeros(1))
+    layer = GraphLayer(
+        name="t",
+        config=config,
+        positions=positions,
+        normalizer=torch.ones(1),
+        mu=torch.tensor([[[0.0, 0.4]]]),
+        sigma2=torch.ones(1, 1),
+        fit_sigma2=torch.full((1, 1), 0.04),
+        edges=torch.zeros(1, 0, dtype=torch.int64),
+        mass=torch.zeros(1, 1),
+        noise_mass=torch.zeros(1),
+    )
     maps = torch.tensor([[[[2.0, 1.0, 3.0]]]]).reshape(1, 1, 3)
     units, scores, _ = infer_layer(layer, maps.reshape(1, 1, 1, 3))
 
@@ -174,20 +201,36 @@ def test_inference_penalises_a_node_whose_neighbours_disagree_as_eq_3_does():
     and the score (compatibility squared) by exp(−2D)."""
     positions = torch.tensor([[0.5, 0.5], [0.5, 0.7]])
     up_positions = torch.tensor([[0.3, 0.3], [0.5, 0.3], [0.1, 0.3]])
-    upper = GraphLayer(name="up", config=LayerConfig(nodes_per_filter=2), positions=up_positions,
-                       normalizer=torch.ones(1), mu=torch.tensor([[[0.3, 0.3], [0.3, 0.3]]]),
-                       sigma2=torch.full((1, 2), 0.01), fit_sigma2=torch.ones(1, 2),
-                       edges=torch.zeros(2, 0, dtype=torch.int64), mass=torch.zeros(1, 2), noise_mass=torch.zeros(1))
-    lower = GraphLayer(name="low", config=LayerConfig(nodes_per_filter=1), positions=positions,
-                       normalizer=torch.ones(1), mu=torch.tensor([[[0.5, 0.5]]]), sigma2=torch.ones(1, 1),
-                       fit_sigma2=torch.ones(1, 1), edges=torch.tensor([[0, 1]]), mass=torch.zeros(1, 1),
-                       noise_mass=torch.zeros(1))
+    upper = GraphLayer(
+        name="up",
+        config=LayerConfig(nodes_per_filter=2),
+        positions=up_positions,
+        normalizer=torch.ones(1),
+        mu=torch.tensor([[[0.3, 0.3], [0.3, 0.3]]]),
+        sigma2=torch.full((1, 2), 0.01),
+        fit_sigma2=torch.ones(1, 2),
+        edges=torch.zeros(2, 0, dtype=torch.int64),
+        mass=torch.zeros(1, 2),
+        noise_mass=torch.zeros(1),
+    )
+    lower = GraphLayer(
+        name="low",
+        config=LayerConfig(nodes_per_filter=1),
+        positions=positions,
+        normalizer=torch.ones(1),
+        mu=torch.tensor([[[0.5, 0.5]]]),
+        sigma2=torch.ones(1, 1),
+        fit_sigma2=torch.ones(1, 1),
+        edges=torch.tensor([[0, 1]]),
+        mass=torch.zeros(1, 1),
+        noise_mass=torch.zeros(1),
+    )
     upper_pos = torch.stack([up_positions[[0, 0]], up_positions[[1, 2]]])  # image 1: (+0.2, 0) and (−0.2, 0)
     maps = torch.tensor([[2.0, 0.0]]).expand(2, 2).reshape(2, 1, 1, 2)
     _, scores, _ = infer_layer(lower, maps, upper=upper, upper_pos=upper_pos)
     gaussian = 1.0 / (2 * math.pi * 0.01)  # N(μ | μ, σ̃² = 0.01) at the node's own prior position
-    assert float(scores[0, 0]) == pytest.approx(2.0 * gaussian ** 2, rel=1e-5)
-    assert float(scores[1, 0]) == pytest.approx(2.0 * gaussian ** 2 * math.exp(-4.0), rel=1e-5)
+    assert float(scores[0, 0]) == pytest.approx(2.0 * gaussian**2, rel=1e-5)
+    assert float(scores[1, 0]) == pytest.approx(2.0 * gaussian**2 * math.exp(-4.0), rel=1e-5)
     off = GraphLayer(**{**lower.__dict__, "config": LayerConfig(nodes_per_filter=1, neighbour_penalty=False)})
     _, scores, _ = infer_layer(off, maps, upper=upper, upper_pos=upper_pos)
     assert float(scores[1, 0]) == pytest.approx(float(scores[0, 0]), rel=1e-6)  # the named variant: no penalty
@@ -195,7 +238,7 @@ def test_inference_penalises_a_node_whose_neighbours_disagree_as_eq_3_does():
 
 def test_instability_of_a_perfectly_stable_pattern_is_zero_and_raw_filters_are_worse(learned):
     result, (_, lower, centres, _) = learned
-    top, bottom = result.layers
+    _top, bottom = result.layers
     # Landmark: the upper pattern's centre (image pixels = map units here); images 12 × 12, diagonal 12√2.
     landmarks = torch.tensor(centres + 0.5, dtype=torch.float64).unsqueeze(1)  # [I, 1, 2]
     diagonals = torch.full((IMAGES,), SIDE * math.sqrt(2), dtype=torch.float64)
@@ -241,11 +284,17 @@ def test_location_instability_matches_a_naive_loop(combine):
     landmarks[:, 2] = np.nan
     landmarks[4, 2] = (1.0, 1.0)  # one image only: that landmark is left out
     diagonals = rng.random(30) * 10 + 40
-    value, stds = location_instability(torch.from_numpy(positions), torch.from_numpy(scores),
-                                       torch.from_numpy(landmarks), torch.from_numpy(diagonals), top_images=7,
-                                       combine=combine)
-    np.testing.assert_allclose(value.numpy(), naive_instability(positions, scores, landmarks, diagonals, 7, combine),
-                               rtol=1e-12)
+    value, stds = location_instability(
+        torch.from_numpy(positions),
+        torch.from_numpy(scores),
+        torch.from_numpy(landmarks),
+        torch.from_numpy(diagonals),
+        top_images=7,
+        combine=combine,
+    )
+    np.testing.assert_allclose(
+        value.numpy(), naive_instability(positions, scores, landmarks, diagonals, 7, combine), rtol=1e-12
+    )
     assert torch.isnan(stds[:, 2]).all()
 
 
@@ -298,11 +347,18 @@ def test_em_and_the_greedy_neighbour_choice_equal_a_naive_reference(penalty):
     maps = np.maximum(rng.standard_normal((images, filters, side, side)), 0).astype(np.float32)
     positions = grid_positions(side)
     upper_positions = grid_positions(3)
-    upper = GraphLayer(name="up", config=LayerConfig(nodes_per_filter=2), positions=upper_positions,
-                       normalizer=torch.ones(2), mu=torch.from_numpy(rng.random((2, 2, 2))).float(),
-                       sigma2=torch.from_numpy(rng.uniform(0.005, 0.05, (2, 2))).float(),
-                       fit_sigma2=torch.ones(2, 2), edges=torch.zeros(4, 0, dtype=torch.int64),
-                       mass=torch.zeros(2, 2), noise_mass=torch.zeros(2))
+    upper = GraphLayer(
+        name="up",
+        config=LayerConfig(nodes_per_filter=2),
+        positions=upper_positions,
+        normalizer=torch.ones(2),
+        mu=torch.from_numpy(rng.random((2, 2, 2))).float(),
+        sigma2=torch.from_numpy(rng.uniform(0.005, 0.05, (2, 2))).float(),
+        fit_sigma2=torch.ones(2, 2),
+        edges=torch.zeros(4, 0, dtype=torch.int64),
+        mass=torch.zeros(2, 2),
+        noise_mass=torch.zeros(2),
+    )
     upper_units = rng.integers(0, 9, size=(images, 4)).astype(np.int32)
     config = LayerConfig(nodes_per_filter=per, neighbours=2, iterations=2, init_sigma=0.2, neighbour_penalty=penalty)
     source = LayerSource("low", lambda rows: maps[rows], positions, filters)
@@ -311,10 +367,19 @@ def test_em_and_the_greedy_neighbour_choice_equal_a_naive_reference(penalty):
     normalizer = filter_normalizer(source.read_maps, rows, filters, batch_size=5, device="cpu")
     mu0 = _initial_layer(source, config, normalizer, seed=4, level=1, device="cpu").mu.numpy()
     mu, edges = reference_learn_lower_layer(
-        maps.reshape(images, filters, -1).astype(np.float64), positions.numpy().astype(np.float64), mu0,
-        upper.mu.reshape(-1, 2).numpy().astype(np.float64), upper.sigma2.reshape(-1).numpy().astype(np.float64),
-        upper_positions.numpy()[upper_units].astype(np.float64), iterations=2, neighbours=2, tau=config.tau,
-        beta=config.beta, init_sigma=config.init_sigma, neighbour_penalty=penalty)
+        maps.reshape(images, filters, -1).astype(np.float64),
+        positions.numpy().astype(np.float64),
+        mu0,
+        upper.mu.reshape(-1, 2).numpy().astype(np.float64),
+        upper.sigma2.reshape(-1).numpy().astype(np.float64),
+        upper_positions.numpy()[upper_units].astype(np.float64),
+        iterations=2,
+        neighbours=2,
+        tau=config.tau,
+        beta=config.beta,
+        init_sigma=config.init_sigma,
+        neighbour_penalty=penalty,
+    )
     np.testing.assert_allclose(learned.mu.numpy(), mu, atol=2e-5)
     np.testing.assert_array_equal(learned.edges.numpy(), edges)
 
@@ -340,12 +405,13 @@ def test_top_layer_em_with_fitted_sigma_equals_a_naive_gaussian_mixture():
         total = w.sum((1, 2))
         mu = (w.sum(1) @ p) / total[:, None]
         s2 = np.array([(w[n].sum(0) * ((p - mu[n]) ** 2).sum(1)).sum() / (2 * total[n]) for n in range(2)])
-        s2 = np.maximum(s2, config.min_sigma ** 2)
+        s2 = np.maximum(s2, config.min_sigma**2)
     np.testing.assert_allclose(learned.mu[0].numpy(), mu, atol=1e-5)
     np.testing.assert_allclose(learned.fit_sigma2[0].numpy(), s2, rtol=1e-4)
 
 
 # -- the instability measure over a dataset pass ------------------------------------------------------------------
+
 
 def _filter_maps(n_images=11, filters=4, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -359,7 +425,7 @@ def test_filter_peak_tally_shards_merge_exactly_and_match_a_naive_loop():
     eval_rows = np.array([1, 2, 5, 9])
     whole = FilterPeakTally(11, 4, eval_rows)
     for start in range(0, 11, 3):
-        whole.add(np.arange(start, min(11, start + 3)), maps[start:start + 3])
+        whole.add(np.arange(start, min(11, start + 3)), maps[start : start + 3])
     first, second = FilterPeakTally(11, 4, eval_rows), FilterPeakTally(11, 4, eval_rows)
     first.add(np.arange(0, 6), maps[:6])
     second.add(np.arange(6, 11), maps[6:])
@@ -390,8 +456,9 @@ def test_pattern_instability_is_location_instability_of_the_units_scaled_to_each
     diagonals = torch.from_numpy(g.random(9) * 50 + 10)
     value, stds = pattern_instability(unit_pos, units, scores, scale, landmarks, diagonals, top_images=5, chunk=6)
     positions = torch.from_numpy(unit_pos[units] * scale[:, None, :])
-    want_value, want_stds = location_instability(positions, torch.from_numpy(scores), landmarks, diagonals,
-                                                 top_images=5)
+    want_value, want_stds = location_instability(
+        positions, torch.from_numpy(scores), landmarks, diagonals, top_images=5
+    )
     np.testing.assert_array_equal(value, want_value.numpy())
     np.testing.assert_array_equal(stds, want_stds.numpy())
     one, _ = pattern_instability(unit_pos, units, scores, scale, landmarks, diagonals, top_images=5, chunk=1)

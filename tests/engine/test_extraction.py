@@ -119,7 +119,7 @@ def test_saturation_ties_are_broken_by_the_map_sum(device):
     ids = torch.arange(n)
     acc = TopKPerUnit(k, 2, device=device)
     for start in range(0, n, 5):
-        acc.add(acts[start:start + 5].to(device), ids[start:start + 5].to(device))
+        acc.add(acts[start : start + 5].to(device), ids[start : start + 5].to(device))
     res = acc.result()
     assert res.images[0].tolist() == [5, 3, 9, 7]  # 16, 9, 8, 7 pixels at the ceiling
     assert res.scores[0].tolist() == [6.0] * k
@@ -316,7 +316,9 @@ def test_decile_exemplars_random_mode_draws_inside_each_decile_deterministically
             assert len(set(picks)) == 2
             for img in picks:
                 assert bin_ * n // 10 <= rank[img] < (bin_ + 1) * n // 10
-        assert torch.equal(a.scores[u].cpu(), scores[:, u][[list(ids).index(i) for i in a.images[u].flatten().tolist()]].view(10, 2))
+        assert torch.equal(
+            a.scores[u].cpu(), scores[:, u][[list(ids).index(i) for i in a.images[u].flatten().tolist()]].view(10, 2)
+        )
 
 
 def test_decile_exemplars_pads_when_too_few_images():
@@ -328,7 +330,7 @@ def test_decile_exemplars_pads_when_too_few_images():
 
 
 def test_activation_cache_round_trip(tmp_path):
-    acts, ids, _ = tied_dataset(n=10)
+    acts, _ids, _ = tied_dataset(n=10)
     acts = acts * 1.37 - 2.0
     mm = np.lib.format.open_memmap(tmp_path / "cache.npy", mode="w+", dtype=np.float16, shape=(10, 4, 3, 3))
     writer = ActivationCacheWriter(mm, row_offset=100)
@@ -381,8 +383,17 @@ def test_extract_statistics_is_one_pass_and_matches_accumulators(device, tmp_pat
     cache = {"conv": np.zeros((14, 6, 4, 4), dtype=np.float16)}
     seen = []
     stats = extract_statistics(
-        net, batches, ["conv", "pool"], total_images=14, num_classes=3, device=device,
-        k_overall=5, k_per_class=2, quantile=0.9, cache=cache, progress=seen.append,
+        net,
+        batches,
+        ["conv", "pool"],
+        total_images=14,
+        num_classes=3,
+        device=device,
+        k_overall=5,
+        k_per_class=2,
+        quantile=0.9,
+        cache=cache,
+        progress=seen.append,
     )
     assert net.calls == 4 and seen == [4, 8, 12, 14]
     all_acts = FakeNet(device)(images.to(device))
@@ -409,7 +420,9 @@ def test_extract_statistics_shards_merge_to_the_single_pass(device):
     kw = dict(total_images=10, num_classes=2, device=device, k_overall=3, k_per_class=2, quantile=0.8)
     single = extract_statistics(FakeNet(device), [(images, ids, cls)], ["conv"], **kw)["conv"]
     shard_states = [
-        extract_statistics(FakeNet(device), [(images[lo:hi], ids[lo:hi], cls[lo:hi])], ["conv"], **kw)["conv"].to_state()
+        extract_statistics(FakeNet(device), [(images[lo:hi], ids[lo:hi], cls[lo:hi])], ["conv"], **kw)[
+            "conv"
+        ].to_state()
         for lo, hi in [(6, 10), (0, 6)]
     ]
     merged = LayerStatistics.from_state(shard_states[0], device=device)

@@ -1,6 +1,7 @@
 """GA filter combinations (GG'18 §3.1.2): never worse than the best single filter when seeded with it, finding a
 planted complementary combination when not seeded, deterministic under a seed,
 TopFilters = the top individual filters; SUS draws proportionally."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,12 @@ def synthetic_matching(seed: int, n_filters: int = 40, n_gt: int = 60) -> Detect
 def test_ga_is_never_worse_than_the_best_single_filter(seed):
     matching = synthetic_matching(seed)
     singles, _ = matching.single_aps()
-    result = run_ga(lambda z: matching.ap(z)[0], matching.n_filters,
-                    GAConfig(population=40, generations=15, seed=seed), best_single=int(np.argmax(singles)))
+    result = run_ga(
+        lambda z: matching.ap(z)[0],
+        matching.n_filters,
+        GAConfig(population=40, generations=15, seed=seed),
+        best_single=int(np.argmax(singles)),
+    )
     assert result.fitness >= singles.max()
     assert result.fitness == pytest.approx(matching.ap(result.chromosome)[0])
     assert result.history == sorted(result.history)  # best-so-far never decreases
@@ -38,8 +43,12 @@ def test_ga_is_never_worse_than_the_best_single_filter(seed):
 def test_ga_finds_complementary_filters():
     matching = synthetic_matching(7)
     singles, _ = matching.single_aps()
-    result = run_ga(lambda z: matching.ap(z)[0], matching.n_filters, GAConfig(population=60, generations=30),
-                    best_single=int(np.argmax(singles)))
+    result = run_ga(
+        lambda z: matching.ap(z)[0],
+        matching.n_filters,
+        GAConfig(population=60, generations=30),
+        best_single=int(np.argmax(singles)),
+    )
     assert result.fitness > singles.max() + 0.05  # here combining does help
     assert len(result.filters) > 1
 
@@ -72,8 +81,7 @@ def test_unseeded_ga_finds_a_planted_combination_that_beats_every_single_filter(
     matching = planted_complementary_matching(seed=seed)
     singles, _ = matching.single_aps()
     assert singles.max() < 0.4
-    result = run_ga(lambda z: matching.ap(z)[0], matching.n_filters,
-                    GAConfig(seed_best_single=False, seed=seed))
+    result = run_ga(lambda z: matching.ap(z)[0], matching.n_filters, GAConfig(seed_best_single=False, seed=seed))
     assert {5, 23, 41} <= set(result.filters)
     assert result.fitness > singles.max() + 0.4
 
@@ -100,8 +108,7 @@ def test_top_filters_picks_the_top_individual_aps():
 
 def test_sus_is_proportional():
     rng = np.random.default_rng(0)
-    picks = np.concatenate([stochastic_universal_sampling(np.array([1.0, 3.0, 0.0, 4.0]), 8, rng)
-                            for _ in range(200)])
+    picks = np.concatenate([stochastic_universal_sampling(np.array([1.0, 3.0, 0.0, 4.0]), 8, rng) for _ in range(200)])
     counts = np.bincount(picks, minlength=4) / len(picks)
     assert counts == pytest.approx([1 / 8, 3 / 8, 0, 4 / 8], abs=1e-12)  # SUS has minimal spread
     assert set(stochastic_universal_sampling(np.zeros(3), 6, rng).tolist()) <= {0, 1, 2}

@@ -1,5 +1,6 @@
 """Net2Vec's dataset passes as accumulators: shards merge exactly (integer sums and per-image rows, so bit for bit,
 in any order), state dicts round-trip, and every count equals a per-image, per-pixel loop."""
+
 from __future__ import annotations
 
 import io
@@ -7,8 +8,16 @@ import io
 import pytest
 import torch
 
-from analysis.engine.net2vec import (TRAIN, VAL, Net2VecTally, ProbeTally, UnitMaskBatch, best_single_filters,
-                                     classification_concepts, sample_pixels)
+from analysis.engine.net2vec import (
+    TRAIN,
+    VAL,
+    Net2VecTally,
+    ProbeTally,
+    UnitMaskBatch,
+    best_single_filters,
+    classification_concepts,
+    sample_pixels,
+)
 from tests.devices import cpu_and_cuda
 
 torch.set_num_threads(1)
@@ -20,8 +29,16 @@ N_IMAGES, UNITS, LABELS, PIXELS = 14, 5, 7, 30
 
 def on(batches, valid, device):
     """The batches' tensors and the valid labels on ``device`` (rows stay on the CPU)."""
-    moved = [UnitMaskBatch(rows=b.rows, features=b.features.to(device), pixel=b.pixel.to(device),
-                           pooled=b.pooled.to(device), image_labels=b.image_labels) for b in batches]
+    moved = [
+        UnitMaskBatch(
+            rows=b.rows,
+            features=b.features.to(device),
+            pixel=b.pixel.to(device),
+            pooled=b.pooled.to(device),
+            image_labels=b.image_labels,
+        )
+        for b in batches
+    ]
     return moved, valid.to(device)
 
 
@@ -41,8 +58,15 @@ def make_batches(seed: int = 0, batch_size: int = 4) -> tuple[list[UnitMaskBatch
         if start == 4:
             pixel[0, 0, :4] = 3
         image_labels = torch.tensor([[0, 5], [b - 1, 6]])
-        batches.append(UnitMaskBatch(rows=rows, features=torch.rand(b, UNITS, PIXELS, generator=g) < 0.3,
-                                     pixel=pixel, pooled=torch.rand(b, UNITS, generator=g), image_labels=image_labels))
+        batches.append(
+            UnitMaskBatch(
+                rows=rows,
+                features=torch.rand(b, UNITS, PIXELS, generator=g) < 0.3,
+                pixel=pixel,
+                pooled=torch.rand(b, UNITS, generator=g),
+                image_labels=image_labels,
+            )
+        )
     return batches, split, valid
 
 
@@ -77,8 +101,9 @@ def test_two_shards_merged_equal_one_pass_exactly(order, device):
         merged = second
     assert_same_state(merged.state_dict(), whole.state_dict())
     for number in range(1, LABELS):
-        for got, want in zip(merged.training_pixels(number, max_pixels=20),
-                             whole.training_pixels(number, max_pixels=20)):
+        for got, want in zip(
+            merged.training_pixels(number, max_pixels=20), whole.training_pixels(number, max_pixels=20)
+        ):
             assert torch.equal(got, want)
     with pytest.raises(ValueError, match="share images"):
         merged.merge(tally_of(batches[:1], split, valid))
@@ -145,7 +170,9 @@ def test_counts_presence_and_training_pixels_equal_a_per_pixel_loop():
     assert train_iou[2, k] == pytest.approx(float(inter[TRAIN, 2, k]) / float(union[TRAIN, 2, k]))
     excluded = torch.zeros(UNITS, dtype=torch.bool)
     excluded[k] = True
-    assert best_single_filters(train_iou, [2])[0] == k and best_single_filters(train_iou, [2], excluded=excluded)[0] != k
+    assert (
+        best_single_filters(train_iou, [2])[0] == k and best_single_filters(train_iou, [2], excluded=excluded)[0] != k
+    )
 
 
 def test_training_pixels_are_cut_to_a_seeded_subset():
@@ -159,7 +186,7 @@ def test_training_pixels_are_cut_to_a_seeded_subset():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_probe_tally_merges_exactly_and_equals_per_image_set_iou(device):
-    batches, split, valid = make_batches(seed=5)
+    batches, _split, valid = make_batches(seed=5)
     weights = torch.randn(3, UNITS, generator=torch.Generator().manual_seed(0))
     bias = torch.tensor([-0.5, 0.0, 0.5])
     concepts = torch.tensor([1, 2, 4])
@@ -201,6 +228,7 @@ def test_classification_concepts_need_positives_and_negatives_in_both_splits():
 
 # -- #16.3: the paper's mask rule, per-image IoU, non-extremal exemplars ------------------------------------------
 
+
 def numpy_bilinear(grid, out_h, out_w):
     """Bilinear resize with half-pixel centres (align_corners=False), by its formula, one output pixel at a time."""
     import numpy as np
@@ -214,8 +242,12 @@ def numpy_bilinear(grid, out_h, out_w):
             y0, x0 = min(int(np.floor(y)), h - 1), min(int(np.floor(x)), w - 1)
             y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
             dy, dx = y - y0, x - x0
-            out[i, j] = ((1 - dy) * (1 - dx) * grid[y0, x0] + (1 - dy) * dx * grid[y0, x1]
-                         + dy * (1 - dx) * grid[y1, x0] + dy * dx * grid[y1, x1])
+            out[i, j] = (
+                (1 - dy) * (1 - dx) * grid[y0, x0]
+                + (1 - dy) * dx * grid[y0, x1]
+                + dy * (1 - dx) * grid[y1, x0]
+                + dy * dx * grid[y1, x1]
+            )
     return out
 
 
@@ -249,10 +281,22 @@ def test_net2vec_rule_thresholds_strictly_on_the_map_then_upsamples_plainly():
 def test_float_indicators_count_their_half_level_masks_and_the_sample_keeps_the_values():
     batches, split, valid = make_batches(seed=6)
     g = torch.Generator().manual_seed(1)
-    floats = [UnitMaskBatch(rows=b.rows, features=torch.rand(b.features.shape, generator=g), pixel=b.pixel,
-                            pooled=b.pooled, image_labels=b.image_labels) for b in batches]
-    binary = [UnitMaskBatch(rows=b.rows, features=b.features >= 0.5, pixel=b.pixel, pooled=b.pooled,
-                            image_labels=b.image_labels) for b in floats]
+    floats = [
+        UnitMaskBatch(
+            rows=b.rows,
+            features=torch.rand(b.features.shape, generator=g),
+            pixel=b.pixel,
+            pooled=b.pooled,
+            image_labels=b.image_labels,
+        )
+        for b in batches
+    ]
+    binary = [
+        UnitMaskBatch(
+            rows=b.rows, features=b.features >= 0.5, pixel=b.pixel, pooled=b.pooled, image_labels=b.image_labels
+        )
+        for b in floats
+    ]
     float_tally, bool_tally = tally_of(floats, split, valid), tally_of(binary, split, valid)
     assert torch.equal(float_tally.intersection, bool_tally.intersection)
     assert torch.equal(float_tally.union, bool_tally.union)
@@ -265,10 +309,18 @@ def test_float_indicators_count_their_half_level_masks_and_the_sample_keeps_the_
 def test_probe_tally_keeps_each_tracked_pairs_per_image_iou_and_merges_it_exactly():
     from analysis.engine.net2vec import single_filter_probe, stack_probes
 
-    batches, split, valid = make_batches(seed=7)
+    batches, _split, _valid = make_batches(seed=7)
     g = torch.Generator().manual_seed(2)
-    batches = [UnitMaskBatch(rows=b.rows, features=torch.rand(b.features.shape, generator=g), pixel=b.pixel,
-                             pooled=b.pooled, image_labels=b.image_labels) for b in batches]
+    batches = [
+        UnitMaskBatch(
+            rows=b.rows,
+            features=torch.rand(b.features.shape, generator=g),
+            pixel=b.pixel,
+            pooled=b.pooled,
+            image_labels=b.image_labels,
+        )
+        for b in batches
+    ]
     weights, bias = stack_probes([single_filter_probe(2), single_filter_probe(4)], UNITS)
     weights = torch.cat([weights, torch.randn(1, UNITS, generator=g)])
     bias = torch.cat([bias, torch.zeros(1)])

@@ -25,9 +25,7 @@ class TwoConv(nn.Module):
 
     def __init__(self, num_classes: int = 3) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 5, 3)
-        )
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 5, 3))
         self.head = nn.Linear(5, num_classes)
         self.num_classes = num_classes
 
@@ -129,7 +127,9 @@ def test_plain_state_dict_under_model_key(tmp_path) -> None:
     path = tmp_path / "demo.pt"
     torch.save({"model": source.state_dict()}, path)
     spec = N.NetworkSpec(
-        "callable", demo_network_target(), weights=str(path),
+        "callable",
+        demo_network_target(),
+        weights=str(path),
         kwargs={"num_classes": 5, "widths": list(SMALL)},
     )
     model = N.load_network(spec, device="cpu")
@@ -392,12 +392,16 @@ def test_state_dict_hash_is_the_weights_identity(tmp_path) -> None:
 
 def test_torchvision_preprocessing_defaults_and_channel_order() -> None:
     assert N.torchvision_preprocessing("resnet18") == {
-        "input_size": (224, 224), "mean": N.IMAGENET_MEAN, "std": N.IMAGENET_STD}
+        "input_size": (224, 224),
+        "mean": N.IMAGENET_MEAN,
+        "std": N.IMAGENET_STD,
+    }
     assert N.torchvision_preprocessing("inception_v3")["input_size"] == (299, 299)
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
-    torch.testing.assert_close(N.normalize_images(images, mean, std, "BGR"),
-                               N.normalize_images(images.flip(1), mean, std))
+    torch.testing.assert_close(
+        N.normalize_images(images, mean, std, "BGR"), N.normalize_images(images.flip(1), mean, std)
+    )
     with pytest.raises(ValueError, match="channel_order"):
         N.NetworkSpec("torchvision", "alexnet", channel_order="GBR")
 

@@ -1,5 +1,6 @@
 """Part detection engine (GG'18 §3.1): VOC AP against a straightforward devkit-style implementation, the
 precomputed matching against both, box regression on synthetic activations, NMS against a naive loop."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,11 +9,26 @@ import torch
 from torchvision.ops import nms
 
 from analysis.engine.genetic import GAConfig
-from analysis.engine.part_detection import (DetectionConfig, DetectionMatching, apply_box_regressors,
-                                            average_precision, best_ground_truth, boxes_to_image, boxes_to_view,
-                                            class_detections, context_frame, fit_box_regressors, fit_part_regressors,
-                                            grouped_nms, local_maxima, location_prior_score,
-                                            neighbourhood_features, part_size, regression_pairs, score_part)
+from analysis.engine.part_detection import (
+    DetectionConfig,
+    DetectionMatching,
+    apply_box_regressors,
+    average_precision,
+    best_ground_truth,
+    boxes_to_image,
+    boxes_to_view,
+    class_detections,
+    context_frame,
+    fit_box_regressors,
+    fit_part_regressors,
+    grouped_nms,
+    local_maxima,
+    location_prior_score,
+    neighbourhood_features,
+    part_size,
+    regression_pairs,
+    score_part,
+)
 from tests.devices import cpu_and_cuda
 
 DEVICES = cpu_and_cuda()
@@ -92,8 +108,9 @@ def engine_ap(det, det_image, score, gt, gt_image, device="cpu"):
 @pytest.mark.parametrize("seed", range(6))
 def test_ap_equals_the_devkit_on_random_detections(seed, device):
     gt, gt_image, det, det_image, score, _ = random_problem(seed)
-    expected = naive_voc_ap([(det_image[k], score[k], det[k]) for k in range(len(det))],
-                            [(gt_image[j], gt[j]) for j in range(len(gt))])
+    expected = naive_voc_ap(
+        [(det_image[k], score[k], det[k]) for k in range(len(det))], [(gt_image[j], gt[j]) for j in range(len(gt))]
+    )
     ap, recall = engine_ap(det, det_image, score, gt, gt_image, device)
     assert ap == pytest.approx(expected, abs=1e-12)
     assert expected > 0.05  # the case is not trivial
@@ -103,15 +120,17 @@ def test_ap_equals_the_devkit_on_random_detections(seed, device):
 @pytest.mark.parametrize("seed", range(6))
 def test_precomputed_matching_equals_the_devkit_for_every_union(seed):
     gt, gt_image, det, det_image, score, det_filter = random_problem(seed, n_det=80)
-    best = best_ground_truth(torch.tensor(det), torch.tensor(det_image), torch.tensor(gt), torch.tensor(gt_image),
-                             0.4).numpy()
+    best = best_ground_truth(
+        torch.tensor(det), torch.tensor(det_image), torch.tensor(gt), torch.tensor(gt_image), 0.4
+    ).numpy()
     matching = DetectionMatching(det_filter, score, best, len(gt), 4)
     looping = DetectionMatching(det_filter, score, best, len(gt), 4, max_table_cells=0)  # no table: binary searches
     for bits in range(1, 16):
         chosen = np.array([(bits >> f) & 1 for f in range(4)], dtype=bool)
         picked = np.flatnonzero(chosen[det_filter])  # the union in input order
-        expected = naive_voc_ap([(det_image[k], score[k], det[k]) for k in picked],
-                                [(gt_image[j], gt[j]) for j in range(len(gt))])
+        expected = naive_voc_ap(
+            [(det_image[k], score[k], det[k]) for k in picked], [(gt_image[j], gt[j]) for j in range(len(gt))]
+        )
         assert matching.ap(chosen)[0] == pytest.approx(expected, abs=1e-12)
         assert looping.ap(chosen) == matching.ap(chosen)
         assert engine_ap(det[picked], det_image[picked], score[picked], gt, gt_image)[0] == pytest.approx(expected)
@@ -153,9 +172,9 @@ def test_regression_recovers_a_known_affine_offset():
     col = torch.arange(w).repeat(h).repeat(views)
     true_w = torch.zeros(12, 4, dtype=torch.float64)
     true_w[11] = torch.tensor([3.0, -2.0, 12.0, 20.0])  # constant offsets and sizes
-    true_w[0, 0] = 0.05   # d_x grows with c_x
-    true_w[6, 2] = 1.5    # width grows with the centre activation
-    true_w[3, 3] = -0.5   # height shrinks with the activation above
+    true_w[0, 0] = 0.05  # d_x grows with c_x
+    true_w[6, 2] = 1.5  # width grows with the centre activation
+    true_w[3, 3] = -0.5  # height shrinks with the activation above
     for f in range(2):
         feats = neighbourhood_features(maps, view, torch.full_like(view, f), row, col, cy, cx)
         design = torch.cat([feats.double(), torch.ones(len(feats), 1, dtype=torch.float64)], 1)
@@ -173,13 +192,14 @@ def test_regression_pairs_and_unfitted_filters_keep_receptive_fields():
     cy = torch.tensor([2.0, 6.0, 10.0])
     cx = torch.tensor([2.0, 6.0, 10.0])
     gt = torch.tensor([[0.0, 0.0, 6.0, 7.0]])  # x in [0, 6) holds column 0 only; y in [0, 7) rows 0, 1
-    box, row, col = regression_pairs(cy, cx, gt, torch.tensor([0]))
+    _box, row, col = regression_pairs(cy, cx, gt, torch.tensor([0]))
     assert sorted(zip(row.tolist(), col.tolist())) == [(0, 0), (1, 0)]
     feats = torch.zeros(1, 2, 11)
     weights, fitted = fit_box_regressors(feats, torch.zeros(1, 2), torch.ones(2, 4))
     assert not bool(fitted[0])
-    boxes = apply_box_regressors(weights, fitted, torch.tensor([0]), torch.tensor([[6.0, 2.0] + [0.0] * 9]), (8, 4),
-                                 frame=(12, 12))
+    boxes = apply_box_regressors(
+        weights, fitted, torch.tensor([0]), torch.tensor([[6.0, 2.0] + [0.0] * 9]), (8, 4), frame=(12, 12)
+    )
     assert boxes.tolist() == [[4.0, 0.0, 8.0, 6.0]]
 
 
@@ -221,8 +241,14 @@ def test_grouped_nms_area_rule_matches_felzenszwalbs_nms(seed, device):
     boxes = np.concatenate([xy, xy + rng.uniform(2, 15, (n, 2))], 1)
     scores = rng.random(n)
     groups = rng.integers(0, 20, n)
-    kept = grouped_nms(torch.tensor(boxes, device=device), torch.tensor(scores, device=device),
-                       torch.tensor(groups, device=device), 0.5, "suppressed_area", max_cells=400).tolist()
+    kept = grouped_nms(
+        torch.tensor(boxes, device=device),
+        torch.tensor(scores, device=device),
+        torch.tensor(groups, device=device),
+        0.5,
+        "suppressed_area",
+        max_cells=400,
+    ).tolist()
     expected = []
     for g in range(20):
         members = np.flatnonzero(groups == g)
@@ -254,10 +280,10 @@ def _planted_part_views(rng, n_views: int, fixed: bool, size: int = 64):
 def test_location_prior_is_high_for_parts_at_fixed_places_and_low_for_parts_anywhere():
     rng = np.random.default_rng(0)
     cy = cx = 4.0 + 8.0 * torch.arange(8, dtype=torch.float32)  # stride 8, 8x8 map on 64 px
-    fixed = location_prior_score(60, cy, cx, *_planted_part_views(rng, 60, True), rf_size=(20, 20),
-                                 input_size=(64, 64))
-    anywhere = location_prior_score(60, cy, cx, *_planted_part_views(rng, 60, False), rf_size=(20, 20),
-                                    input_size=(64, 64))
+    fixed = location_prior_score(60, cy, cx, *_planted_part_views(rng, 60, True), rf_size=(20, 20), input_size=(64, 64))
+    anywhere = location_prior_score(
+        60, cy, cx, *_planted_part_views(rng, 60, False), rf_size=(20, 20), input_size=(64, 64)
+    )
     assert fixed.ap > 0.95 and fixed.recall == 1.0  # the floor finds a part that never moves, blind
     assert anywhere.ap < 0.3
     assert fixed.prior.shape == (8, 8) and fixed.prior.max() == 1.0
@@ -284,8 +310,12 @@ def naive_location_prior_ap(n_views, cy, cx, gt_boxes, gt_view, threshold=0.5, i
         for i, y in enumerate(cy):
             for j, x in enumerate(cx):
                 dx, dy, w, h = np.array([x, y, 1.0]) @ weights
-                box = [min(max(x + dx - w / 2, 0), 64), min(max(y + dy - h / 2, 0), 64),
-                       min(max(x + dx + w / 2, 0), 64), min(max(y + dy + h / 2, 0), 64)]
+                box = [
+                    min(max(x + dx - w / 2, 0), 64),
+                    min(max(y + dy - h / 2, 0), 64),
+                    min(max(x + dx + w / 2, 0), 64),
+                    min(max(y + dy + h / 2, 0), 64),
+                ]
                 boxes.append(box)
                 scores.append(float(np.float32(prior[i, j])))
         for k in felzenszwalb_nms(boxes, scores, threshold):
@@ -304,8 +334,9 @@ def test_location_prior_matches_a_plain_implementation(seed):
         boxes.append([max(x, 0.0), max(y, 0.0), min(x + 14, 64.0), min(y + 18, 64.0)])
     gt_boxes, gt_view = torch.tensor(boxes, dtype=torch.float32), torch.arange(n_views)
     cy = cx = 4.0 + 8.0 * torch.arange(8, dtype=torch.float32)
-    ours = location_prior_score(n_views, cy, cx, gt_boxes, gt_view, rf_size=(20, 20), input_size=(64, 64),
-                                config=DetectionConfig(ridge=0.0))
+    ours = location_prior_score(
+        n_views, cy, cx, gt_boxes, gt_view, rf_size=(20, 20), input_size=(64, 64), config=DetectionConfig(ridge=0.0)
+    )
     assert ours.ap == pytest.approx(naive_location_prior_ap(n_views, cy, cx, gt_boxes, gt_view), abs=1e-9)
 
 
@@ -318,15 +349,21 @@ def test_grouped_nms_matches_a_naive_loop_and_torchvision(seed, device):
     boxes = np.concatenate([xy, xy + rng.uniform(4, 15, (n, 2))], 1)
     scores = rng.random(n)
     groups = rng.integers(0, 25, n)
-    kept = grouped_nms(torch.tensor(boxes, device=device), torch.tensor(scores, device=device),
-                       torch.tensor(groups, device=device), 0.3, max_cells=500).tolist()
+    kept = grouped_nms(
+        torch.tensor(boxes, device=device),
+        torch.tensor(scores, device=device),
+        torch.tensor(groups, device=device),
+        0.3,
+        max_cells=500,
+    ).tolist()
     expected = []
     for g in range(25):
         members = np.flatnonzero(groups == g)
         expected += members[naive_nms(boxes[members].tolist(), scores[members].tolist(), 0.3)].tolist()
         tv = nms(torch.tensor(boxes[members]), torch.tensor(scores[members]), 0.3)
-        assert sorted(members[tv.numpy()].tolist()) == sorted(members[naive_nms(boxes[members].tolist(),
-                                                                              scores[members].tolist(), 0.3)].tolist())
+        assert sorted(members[tv.numpy()].tolist()) == sorted(
+            members[naive_nms(boxes[members].tolist(), scores[members].tolist(), 0.3)].tolist()
+        )
     assert kept == sorted(expected)
 
 
@@ -342,6 +379,7 @@ def test_local_maxima():
 
 
 # -- one part class over its views (the maths the score_parts run drives) -----------------------------------------
+
 
 def test_boxes_move_between_image_and_view_pixels_and_back():
     frames = np.array([[10.0, 20.0, 50.0, 100.0], [0.0, 0.0, 64.0, 32.0]])
@@ -374,18 +412,38 @@ def test_score_part_finds_the_planted_filter_and_its_aps_agree_with_the_from_scr
     maps, geometry, gt_boxes, gt_view = _planted_views()
     detections = class_detections(maps, geometry)
     config = DetectionConfig(regression=False)
-    scored = score_part(maps, detections, gt_boxes, gt_view, rf_size=geometry.size, input_size=(48, 48),
-                        config=config, ga=GAConfig(population=10, generations=3))
+    scored = score_part(
+        maps,
+        detections,
+        gt_boxes,
+        gt_view,
+        rf_size=geometry.size,
+        input_size=(48, 48),
+        config=config,
+        ga=GAConfig(population=10, generations=3),
+    )
     assert scored.best_filter == 1 and scored.single_ap[1] == pytest.approx(1.0) and scored.ga_ap >= 1.0 - 1e-12
     mine = scored.det_filter == 1
     assert np.allclose(scored.det_box[mine][:, 2] - scored.det_box[mine][:, 0], 8.0)  # unregressed: RF boxes
     for f in range(3):
         chosen = scored.det_filter == f
-        ap, _ = average_precision(torch.from_numpy(scored.det_box[chosen]), torch.from_numpy(scored.det_score[chosen]),
-                                  torch.from_numpy(scored.det_view[chosen]), gt_boxes, gt_view, 0.4)
+        ap, _ = average_precision(
+            torch.from_numpy(scored.det_box[chosen]),
+            torch.from_numpy(scored.det_score[chosen]),
+            torch.from_numpy(scored.det_view[chosen]),
+            gt_boxes,
+            gt_view,
+            0.4,
+        )
         assert scored.single_ap[f] == pytest.approx(ap)
-    ap_all, _ = average_precision(torch.from_numpy(scored.det_box), torch.from_numpy(scored.det_score),
-                                  torch.from_numpy(scored.det_view), gt_boxes, gt_view, 0.4)
+    ap_all, _ = average_precision(
+        torch.from_numpy(scored.det_box),
+        torch.from_numpy(scored.det_score),
+        torch.from_numpy(scored.det_view),
+        gt_boxes,
+        gt_view,
+        0.4,
+    )
     assert scored.all_ap == pytest.approx(ap_all)
     summary = scored.summary()
     assert summary["n_detections"] == len(scored.det_filter) and summary["best_ap"] == pytest.approx(1.0)
@@ -396,10 +454,18 @@ def test_part_regressors_learn_a_constant_offset_and_size():
     maps, geometry, gt_boxes, gt_view = _planted_views()
     shifted = gt_boxes + torch.tensor([2.0, 1.0, 6.0, 5.0])  # centre +4, +3 from the RF centre; size 12 x 12
     detections = class_detections(maps, geometry)
-    weights, fitted = fit_part_regressors(maps, detections, shifted, gt_view)
+    _weights, fitted = fit_part_regressors(maps, detections, shifted, gt_view)
     assert fitted.all()
-    scored = score_part(maps, detections, shifted, gt_view, rf_size=geometry.size, input_size=(48, 48),
-                        config=DetectionConfig(), ga=GAConfig(population=10, generations=2))
+    scored = score_part(
+        maps,
+        detections,
+        shifted,
+        gt_view,
+        rf_size=geometry.size,
+        input_size=(48, 48),
+        config=DetectionConfig(),
+        ga=GAConfig(population=10, generations=2),
+    )
     top = scored.det_filter == 1
     best = np.argmax(np.where(top, scored.det_score, -np.inf))
     assert scored.det_gt[best] >= 0 and scored.single_ap[1] == pytest.approx(1.0)

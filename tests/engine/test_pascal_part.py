@@ -29,7 +29,7 @@ def _ind(name: str) -> int:
     return VOC_CLASSES.index(name) + 1
 
 
-@pytest.fixture()
+@pytest.fixture
 def scene(tmp_path):
     """cat (with parts), boat (no parts, []), person (upper+lower arm) over the cat, chair (1x0)."""
     cat_parts = [
@@ -159,9 +159,7 @@ def test_normalise_part_name(raw, expected):
 
 
 def _write_bad(path, mutate):
-    objects = [
-        ("cat", _ind("cat"), box_mask(H, W, 1, 1, 5, 5), [("head", box_mask(H, W, 1, 1, 3, 3))])
-    ]
+    objects = [("cat", _ind("cat"), box_mask(H, W, 1, 1, 5, 5), [("head", box_mask(H, W, 1, 1, 3, 3))])]
     write_pascal_part_mat(path, "x", objects)
     mutate(path)
 
@@ -203,9 +201,7 @@ def _set_part_mask(anno):
         ),
         (_resave(_set_part_mask), "mask is 21x30, expected 20x30"),
         (
-            lambda p: scipy.io.savemat(
-                p, {"anno": np.zeros((1, 1), dtype=[("imname", "O"), ("objs", "O")])}
-            ),
+            lambda p: scipy.io.savemat(p, {"anno": np.zeros((1, 1), dtype=[("imname", "O"), ("objs", "O")])}),
             "lacks field(s) objects",
         ),
     ],

@@ -1,5 +1,6 @@
 """Forced-choice maths checked against statsmodels and scipy on seeded data, trial plans' invariants, and the
 machine proxy observer on planted embeddings."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,14 @@ from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
 from analysis.engine.machine_proxy import penultimate_embeddings, proxy_correct, proxy_observer
-from analysis.engine.psychophysics import (binomial_test_p, clopper_pearson, paired_condition_test, plan_unit_trials,
-                                           rank_correlation, ranked_images)
+from analysis.engine.psychophysics import (
+    binomial_test_p,
+    clopper_pearson,
+    paired_condition_test,
+    plan_unit_trials,
+    rank_correlation,
+    ranked_images,
+)
 
 
 def test_clopper_pearson_matches_statsmodels_beta_interval():
@@ -58,8 +65,15 @@ def test_rank_correlation_matches_spearman():
 def test_trial_plan_keeps_queries_out_of_the_references():
     rng = np.random.default_rng(6)
     scores = rng.normal(size=80)
-    plan = plan_unit_trials(scores, rng=np.random.default_rng(1), n_trials=5, n_catch=2, reference_count=9,
-                            query_ranks=(10, 19), non_extremal_ranks=(20, 35))
+    plan = plan_unit_trials(
+        scores,
+        rng=np.random.default_rng(1),
+        n_trials=5,
+        n_catch=2,
+        reference_count=9,
+        query_ranks=(10, 19),
+        non_extremal_ranks=(20, 35),
+    )
     order = ranked_images(scores)
     assert list(plan.top) == list(order[:9]) and list(plan.bottom) == list(order[::-1][:9])
     assert scores[plan.top].min() > scores[np.setdiff1d(np.arange(80), plan.top)].max()
@@ -72,8 +86,7 @@ def test_trial_plan_keeps_queries_out_of_the_references():
     assert len(set(plan.queries[real, 0])) == 5  # without replacement
     for (strong, weak), (rank_strong, rank_weak) in zip(plan.queries, plan.query_ranks):
         assert order[rank_strong - 1] == strong and order[::-1][rank_weak - 1] == weak
-    again = plan_unit_trials(scores, rng=np.random.default_rng(1), n_trials=5, n_catch=2,
-                             non_extremal_ranks=(20, 35))
+    again = plan_unit_trials(scores, rng=np.random.default_rng(1), n_trials=5, n_catch=2, non_extremal_ranks=(20, 35))
     assert (again.queries == plan.queries).all()
     with pytest.raises(ValueError):
         plan_unit_trials(scores[:30], rng=rng, n_trials=2)  # 2 × 19 ranks > 30 images
@@ -81,8 +94,10 @@ def test_trial_plan_keeps_queries_out_of_the_references():
         plan_unit_trials(scores, rng=rng, n_trials=11)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
 def test_proxy_observer_reads_a_planted_direction_and_matches_a_loop(device):
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(40, 8, generator=generator)
@@ -92,8 +107,9 @@ def test_proxy_observer_reads_a_planted_direction_and_matches_a_loop(device):
     bottom = torch.tensor([[30, 31, 32], [33, 34, 35]])
     query_a = torch.tensor([6, 20])
     query_b = torch.tensor([36, 7])
-    margins = proxy_observer(embeddings.to(device), top.to(device), bottom.to(device), query_a.to(device),
-                             query_b.to(device))
+    margins = proxy_observer(
+        embeddings.to(device), top.to(device), bottom.to(device), query_a.to(device), query_b.to(device)
+    )
     assert margins.device.type == device
     for t in range(2):
         mt, mb = embeddings[top[t]].mean(0), embeddings[bottom[t]].mean(0)
@@ -101,6 +117,7 @@ def test_proxy_observer_reads_a_planted_direction_and_matches_a_loop(device):
         def ev(q):
             e = embeddings[q]
             return float(torch.cosine_similarity(e, mt, 0) - torch.cosine_similarity(e, mb, 0))
+
         assert float(margins[t]) == pytest.approx(ev(query_a[t]) - ev(query_b[t]), abs=1e-5)
     correct = proxy_correct(margins.cpu(), torch.tensor([True, False]))
     assert correct.tolist() == [1.0, 1.0]
@@ -108,8 +125,13 @@ def test_proxy_observer_reads_a_planted_direction_and_matches_a_loop(device):
 
 
 def test_penultimate_embeddings_are_the_classifier_input_or_a_named_pooled_layer():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
-                                torch.nn.Flatten(1), torch.nn.Linear(16, 5))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(1),
+        torch.nn.Linear(16, 5),
+    )
     inputs = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     features = penultimate_embeddings(model, inputs)
     assert torch.allclose(features, model[:4](inputs))

@@ -75,8 +75,13 @@ def test_known_published_sizes(alexnet: nn.Module) -> None:
     assert rf["features.12"].stride == (32, 32)
 
 
-def _check_against_probe(model: nn.Module, layers: list[str], analytic_size: tuple[int, int],
-                         analytic_device: str, probe_size: tuple[int, int]) -> None:
+def _check_against_probe(
+    model: nn.Module,
+    layers: list[str],
+    analytic_size: tuple[int, int],
+    analytic_device: str,
+    probe_size: tuple[int, int],
+) -> None:
     analytic = receptive_fields(model, analytic_size, analytic_device, layers=layers)
     assert list(analytic) == layers
     for name in layers:
@@ -98,9 +103,7 @@ def test_vgg16_conv_layers_match_probe(vgg16_meta: nn.Module) -> None:
 def test_resnet18_blocks_match_probe(resnet18: nn.Module) -> None:
     layers = ["conv1", "maxpool", "layer1", "layer2", "layer3", "layer4", "layer3.1.conv2"]
     _check_against_probe(resnet18, layers, (64, 64), "cpu", (320, 320))
-    assert receptive_field(resnet18, "layer4", (64, 64), "cpu") == LayerGeometry(
-        (435, 435), (32, 32), (0.5, 0.5)
-    )
+    assert receptive_field(resnet18, "layer4", (64, 64), "cpu") == LayerGeometry((435, 435), (32, 32), (0.5, 0.5))
 
 
 def test_demo_network_matches_probe_both_probe_modes() -> None:
@@ -381,13 +384,16 @@ def test_sampled_check_catches_a_wrong_geometry() -> None:
     assert checks["depthwise.conv2d"].verified is False and "expected" in checks["depthwise.conv2d"].detail
 
 
-@pytest.mark.parametrize(("arch", "layer", "expected"), [
-    # well-known theoretical receptive fields at 224 px
-    ("resnet18", "layer4", LayerGeometry((435, 435), (32, 32), (0.5, 0.5))),
-    ("resnet18", "layer1.0.relu_1", LayerGeometry((27, 27), (4, 4), (0.5, 0.5))),  # 7, pool 11, 19, 27
-    ("alexnet", "features.12", LayerGeometry((195, 195), (32, 32), (31.5, 31.5))),
-    ("vgg16", "features.30", LayerGeometry((212, 212), (32, 32), (16.0, 16.0))),
-])
+@pytest.mark.parametrize(
+    ("arch", "layer", "expected"),
+    [
+        # well-known theoretical receptive fields at 224 px
+        ("resnet18", "layer4", LayerGeometry((435, 435), (32, 32), (0.5, 0.5))),
+        ("resnet18", "layer1.0.relu_1", LayerGeometry((27, 27), (4, 4), (0.5, 0.5))),  # 7, pool 11, 19, 27
+        ("alexnet", "features.12", LayerGeometry((195, 195), (32, 32), (31.5, 31.5))),
+        ("vgg16", "features.30", LayerGeometry((212, 212), (32, 32), (16.0, 16.0))),
+    ],
+)
 def test_torchvision_receptive_fields_are_the_known_values(arch: str, layer: str, expected: LayerGeometry) -> None:
     with torch.device("meta"):
         model = torchvision.models.get_model(arch, weights=None).eval()

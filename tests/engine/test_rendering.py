@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.engine.receptive_field import LayerGeometry
 from analysis.engine.rendering import (
     BACKGROUND,
     EMPTY_TILE,
@@ -16,7 +17,6 @@ from analysis.engine.rendering import (
     render_unit_grid,
     tile_origin,
 )
-from analysis.engine.receptive_field import LayerGeometry
 from analysis.engine.upsample import ANCHORED, PLAIN, peak_coordinates, upsample_anchored, upsampler_for
 
 torch.set_num_threads(1)
@@ -171,13 +171,27 @@ def test_unit_grid_is_the_anchored_upsampling_with_peaks_at_receptive_field_cent
     images, maps = _unit_inputs()
     upsample = upsampler_for(UNIT_GEOMETRY, ANCHORED, (24, 24))
     peaks = np.array([[2, 3], [0, 0], [5, 1]])
-    got = render_unit_grid(images, maps, upsample=upsample, geometry=UNIT_GEOMETRY, input_size=(24, 24), vmax=1.0,
-                           columns=3, num_slots=3, peaks=peaks)
+    got = render_unit_grid(
+        images,
+        maps,
+        upsample=upsample,
+        geometry=UNIT_GEOMETRY,
+        input_size=(24, 24),
+        vmax=1.0,
+        columns=3,
+        num_slots=3,
+        peaks=peaks,
+    )
     centres = peak_coordinates(torch.from_numpy(peaks), rf_stride=(4, 4), rf_offset=(1.5, 1.5)).numpy()
     centres[1] = np.nan  # the silent image has no square
-    expected = render_activation_grid(images, upsample_anchored(maps, (24, 24), rf_stride=4, rf_offset=1.5,
-                                                                 input_size=24).numpy(),
-                                      centres, vmax=1.0, columns=3, num_slots=3)
+    expected = render_activation_grid(
+        images,
+        upsample_anchored(maps, (24, 24), rf_stride=4, rf_offset=1.5, input_size=24).numpy(),
+        centres,
+        vmax=1.0,
+        columns=3,
+        num_slots=3,
+    )
     assert np.array_equal(np.asarray(got), np.asarray(expected))
 
 
@@ -185,8 +199,11 @@ def test_unit_grid_is_the_anchored_upsampling_with_peaks_at_receptive_field_cent
 def test_a_silent_image_gets_no_square_with_or_without_geometry(geometry):
     images, maps = _unit_inputs()
     upsample = upsampler_for(geometry, ANCHORED if geometry else PLAIN, (24, 24))
-    grid = np.asarray(render_unit_grid(images, maps, upsample=upsample, geometry=geometry, input_size=(24, 24),
-                                       vmax=1.0, columns=3, num_slots=3))
+    grid = np.asarray(
+        render_unit_grid(
+            images, maps, upsample=upsample, geometry=geometry, input_size=(24, 24), vmax=1.0, columns=3, num_slots=3
+        )
+    )
     green = [bool(np.all(tile_of(grid, slot, 3, 24, 24) == PEAK_COLOUR, axis=-1).any()) for slot in range(3)]
     assert green == [True, False, True]
     top, bottom, left, right = green_box(tile_of(grid, 0, 3, 24, 24))
@@ -201,8 +218,19 @@ def test_unit_threshold_grid_lights_only_where_a_zero_threshold_unit_fires():
     images = grey(1, 8, 8, 200)
     maps = torch.zeros(1, 2, 2)
     maps[0, 0, 0] = 1.0
-    grid = np.asarray(render_unit_grid(images, maps, upsample=upsampler_for(None, PLAIN, (8, 8)), geometry=None,
-                                       input_size=(8, 8), vmax=1.0, columns=1, num_slots=1, threshold=0.0))
+    grid = np.asarray(
+        render_unit_grid(
+            images,
+            maps,
+            upsample=upsampler_for(None, PLAIN, (8, 8)),
+            geometry=None,
+            input_size=(8, 8),
+            vmax=1.0,
+            columns=1,
+            num_slots=1,
+            threshold=0.0,
+        )
+    )
     tile = tile_of(grid, 0, 1, 8, 8)
     assert (tile == 200).all(axis=-1).any() and (tile == 50).all(axis=-1).any()  # lit where > 0, dimmed elsewhere
     assert (tile[7, 7] == 50).all()

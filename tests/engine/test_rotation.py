@@ -53,8 +53,9 @@ def test_fractional_powers(n):
         torch.testing.assert_close(qa @ qa.T, eye(n), atol=1e-12, rtol=0)
         assert torch.linalg.det(qa).item() == pytest.approx(1.0, abs=1e-10)
     # one-parameter subgroup: Q^a Q^b = Q^(a+b); geodesic: distance from I grows linearly
-    torch.testing.assert_close(rotation_power(q, 0.3) @ rotation_power(q, 0.5),
-                               rotation_power(q, 0.8), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        rotation_power(q, 0.3) @ rotation_power(q, 0.5), rotation_power(q, 0.8), atol=1e-12, rtol=0
+    )
     log = rotation_log(q)
     torch.testing.assert_close(log, -log.T, atol=0, rtol=0)
     d = torch.linalg.matrix_norm(rotation_log(rotation_power(q, 0.5)))
@@ -65,8 +66,7 @@ def test_fractional_power_of_a_plane_rotation_is_the_angle_fraction():
     t = 2.0
     q = torch.tensor([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]], dtype=torch.float64)
     qa = rotation_power(q, 0.25)
-    want = torch.tensor([[np.cos(t / 4), -np.sin(t / 4)], [np.sin(t / 4), np.cos(t / 4)]],
-                        dtype=torch.float64)
+    want = torch.tensor([[np.cos(t / 4), -np.sin(t / 4)], [np.sin(t / 4), np.cos(t / 4)]], dtype=torch.float64)
     torch.testing.assert_close(qa, want, atol=1e-13, rtol=0)
 
 
@@ -93,8 +93,7 @@ def test_rotate_activations_matches_a_naive_loop(device):
     torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
     # a rotation preserves the norm of the unit vector at every position
     torch.testing.assert_close(out.norm(dim=1), acts.norm(dim=1), atol=1e-12, rtol=0)
-    assert torch.equal(rotate_activations(acts, torch.eye(4, dtype=torch.float64, device=device)),
-                       acts)
+    assert torch.equal(rotate_activations(acts, torch.eye(4, dtype=torch.float64, device=device)), acts)
 
 
 def test_alpha_zero_reproduces_unrotated_counts_exactly():

@@ -63,7 +63,15 @@ def test_training_learns_the_shapes(shapes) -> None:
     _, acc_before, _ = evaluate_classifier(model, val(0), device="cpu", mean=MEAN, std=STD)
     calls: list[tuple[int, int]] = []
     report = train_classifier(
-        model, train, val, epochs=6, lr=1e-3, seed=0, device="cpu", mean=MEAN, std=STD,
+        model,
+        train,
+        val,
+        epochs=6,
+        lr=1e-3,
+        seed=0,
+        device="cpu",
+        mean=MEAN,
+        std=STD,
         progress=lambda done, total: calls.append((done, total)),
     )
     assert len(report.epochs) == 6
@@ -110,8 +118,16 @@ def test_factory_sources_and_no_augmentation(shapes) -> None:
 
     model = build_demo_network(4, widths=(8, 8, 8, 8, 8), hidden=16)
     report = train_classifier(
-        model, train_factory, [(images[400:420], labels[400:420])], epochs=3, lr=1e-3, seed=0,
-        device="cpu", mean=MEAN, std=STD, augment=False,
+        model,
+        train_factory,
+        [(images[400:420], labels[400:420])],
+        epochs=3,
+        lr=1e-3,
+        seed=0,
+        device="cpu",
+        mean=MEAN,
+        std=STD,
+        augment=False,
     )
     assert seen_epochs == [0, 1, 2]
     assert report.augment is False and report.epochs[0].val_accuracy is not None
@@ -139,8 +155,9 @@ def test_diverging_loss_is_an_error(shapes) -> None:
     with torch.no_grad():
         model.classifier[-1].weight.fill_(math.inf)
     with pytest.raises(TrainingError, match="loss became"):
-        train_classifier(model, [(images[:8], labels[:8])], None, epochs=1, lr=1e-3, seed=0,
-                         device="cpu", mean=MEAN, std=STD)
+        train_classifier(
+            model, [(images[:8], labels[:8])], None, epochs=1, lr=1e-3, seed=0, device="cpu", mean=MEAN, std=STD
+        )
 
 
 def test_augment_images_matches_naive_loop() -> None:

@@ -143,8 +143,9 @@ def test_peak_pixels_are_y_then_x_on_a_non_square_layer_and_image():
     assert points[0].tolist() == pytest.approx([y, x])
     assert points[1].tolist() == pytest.approx([3.5 * 2, 1.5 / 2])
     assert torch.isnan(points[2]).all()
-    clipped = peak_pixels(torch.tensor([[6, 20]]), GEOMETRY, input_size=(40, 36), image_size=(80, 18),
-                          map_size=(5, 9), clip=True)[0]  # centre (103, 40.75): past both edges
+    clipped = peak_pixels(
+        torch.tensor([[6, 20]]), GEOMETRY, input_size=(40, 36), image_size=(80, 18), map_size=(5, 9), clip=True
+    )[0]  # centre (103, 40.75): past both edges
     assert clipped.tolist() == pytest.approx([80 - 1e-6, 18 - 1e-6], abs=1e-9)
     cells = peak_pixels(torch.tensor([[1, 3]]), None, input_size=(40, 36), image_size=(80, 18), map_size=(5, 9))
     assert cells[0].tolist() == pytest.approx([1.5 * 80 / 5, 3.5 * 18 / 9])

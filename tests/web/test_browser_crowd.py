@@ -1,5 +1,6 @@
 """In Debian's Chromium on a phone-sized screen: a crowd worker takes the qualification test and does three HITs
 through an own link; an MTurk worker's result is posted to turkSubmitTo with its assignmentId."""
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,11 @@ def crowd_study(transactional_db):
 
 def loaded_width(image) -> int:
     """The image's natural width once it has loaded (waits for the load: a visible heading does not mean that)."""
-    return image.evaluate("img => img.complete ? img.naturalWidth : new Promise(resolve => { "
-                          "img.addEventListener('load', () => resolve(img.naturalWidth), {once: true}); "
-                          "img.addEventListener('error', () => resolve(0), {once: true}); })")
+    return image.evaluate(
+        "img => img.complete ? img.naturalWidth : new Promise(resolve => { "
+        "img.addEventListener('load', () => resolve(img.naturalWidth), {once: true}); "
+        "img.addEventListener('error', () => resolve(0), {once: true}); })"
+    )
 
 
 def fits_the_screen(page: Page) -> bool:
@@ -78,8 +81,9 @@ def test_a_worker_on_a_phone_qualifies_and_does_three_hits(browser, live_server,
     expect(page.get_by_role("heading", name="HIT 4")).to_be_visible()
     worker = CrowdWorker.objects.get(study=crowd_study)
     assert worker.qualified is True and worker.qualification_attempts.get().correct == 4
-    done = list(CrowdAssignment.objects.filter(worker=worker, state=CrowdAssignmentState.SUBMITTED)
-                .order_by("submitted_at"))
+    done = list(
+        CrowdAssignment.objects.filter(worker=worker, state=CrowdAssignmentState.SUBMITTED).order_by("submitted_at")
+    )
     assert [a.answer for a in done] == ["yes", "no", "yes"]
     assert all(a.seconds is not None and a.seconds >= 0 for a in done)
     page.screenshot(path=str(Path(os.environ["UNITSCOPE_DATA_DIR"]) / "crowd-phone.png"), full_page=True)
@@ -91,7 +95,7 @@ class Recorder(BaseHTTPRequestHandler):
 
     posts: list[tuple[str, dict]] = []
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
         Recorder.posts.append((self.path, {key: values[0] for key, values in parse_qs(body).items()}))
         self.send_response(200)
@@ -113,13 +117,17 @@ def test_an_mturk_worker_result_is_posted_to_turk_submit_to(browser, live_server
         study = validation_study("turk-browser", units=2, external_submit_hosts=f"127.0.0.1:{server.server_port}")
         page = browser.new_context(viewport=PHONE).new_page()
         page.set_default_timeout(20_000)
-        page.goto(f"{live_server.url}/crowd/s/{study.token}/mturk/?" + urlencode(
-            {"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "HIT-1"}))
+        page.goto(
+            f"{live_server.url}/crowd/s/{study.token}/mturk/?"
+            + urlencode({"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "HIT-1"})
+        )
         expect(page.get_by_text("This is a preview")).to_be_visible()
         assert page.locator("form[method=post]").count() == 0
         expect(page.get_by_role("button", name="Yes")).to_be_disabled()
-        page.goto(f"{live_server.url}/crowd/s/{study.token}/mturk/?" + urlencode(
-            {"assignmentId": "ASSIGN-77", "hitId": "HIT-1", "workerId": "AW1", "turkSubmitTo": submit_to}))
+        page.goto(
+            f"{live_server.url}/crowd/s/{study.token}/mturk/?"
+            + urlencode({"assignmentId": "ASSIGN-77", "hitId": "HIT-1", "workerId": "AW1", "turkSubmitTo": submit_to})
+        )
         page.locator("label[for=answer-yes]").click()
         page.get_by_role("button", name="Submit").click()
         expect(page.get_by_role("heading", name="Received")).to_be_visible()  # the form went to turkSubmitTo
@@ -137,8 +145,14 @@ def test_a_pasted_description_is_flagged(browser, live_server, transactional_db)
     from tests.test_crowd_study import build_crowd_world
 
     extractions = build_crowd_world(name="paste", units=2, tile=30)
-    study = crowd_hits.crowd_study_create(name="paste", kind="description", extractions=extractions, gold_count=0,
-                                        gold_rate=0.0, qualification_required=False)
+    study = crowd_hits.crowd_study_create(
+        name="paste",
+        kind="description",
+        extractions=extractions,
+        gold_count=0,
+        gold_rate=0.0,
+        qualification_required=False,
+    )
     page = browser.new_context(viewport=PHONE).new_page()
     page.set_default_timeout(20_000)
     page.goto(f"{live_server.url}/crowd/s/{study.token}/")
@@ -156,5 +170,5 @@ def test_a_pasted_description_is_flagged(browser, live_server, transactional_db)
     expect(page.get_by_role("heading", name="No more HITs right now")).to_be_visible()
     answers = list(CrowdAssignment.objects.order_by("submitted_at").values_list("description", "confidence", "pasted"))
     assert answers == [("wheels", 4, False), ("a wheel of a car, round and black", 5, True)]
-    row, = crowd_worker_rows(study)
+    (row,) = crowd_worker_rows(study)
     assert row["pasted"] == 1 and any(signal.startswith("pasted") for signal in row["signals"])

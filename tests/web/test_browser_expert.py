@@ -1,5 +1,6 @@
 """In Debian's Chromium: an expert annotates five tasks with the keyboard alone, revises one, and the
 researcher's report follows."""
+
 import re
 
 import pytest
@@ -15,8 +16,13 @@ from tests.test_expert_study import build_study_world
 pytestmark = [pytest.mark.browser]
 
 # The colleague's answers on the five overlap (car) tasks, in task order.
-COLLEAGUE = [(Answer.PART, "wheel"), (Answer.NO, ""), (Answer.BACKGROUND, "grass"), (Answer.OTHER, "white"),
-             (Answer.NO, "")]
+COLLEAGUE = [
+    (Answer.PART, "wheel"),
+    (Answer.NO, ""),
+    (Answer.BACKGROUND, "grass"),
+    (Answer.OTHER, "white"),
+    (Answer.NO, ""),
+]
 # The expert's keystrokes for the same five tasks: key, then the name typed for a yes.
 KEYSTROKES = [("1", "wheel"), ("4", None), ("2", "grass"), ("3", "white"), ("5", None)]
 
@@ -27,12 +33,12 @@ def expert_study(transactional_db):
     ed = user_create(username="ed", password=PASSWORD, role=Role.EXPERT)
     colleague = user_create(username="cleo", password=PASSWORD, role=Role.EXPERT)
     user_create(username="rita", password=PASSWORD, role=Role.RESEARCHER)
-    study = services.study_create(name="Browser study", extraction=world, experts=[ed, colleague],
-                                  overlap_class="car")
+    study = services.study_create(name="Browser study", extraction=world, experts=[ed, colleague], overlap_class="car")
     rater = study.raters.get(name="cleo")
     for answer, concept in COLLEAGUE:
-        services.judgment_submit(rater=rater, task=services.task_next_for_rater(rater=rater), answer=answer,
-                                 concept=concept)
+        services.judgment_submit(
+            rater=rater, task=services.task_next_for_rater(rater=rater), answer=answer, concept=concept
+        )
     return study
 
 
@@ -81,7 +87,7 @@ def test_expert_annotates_with_the_keyboard_and_the_report_follows(page: Page, l
         expect(grid).to_be_visible()
         page.wait_for_function("document.querySelector('.annotate-grid img').naturalWidth > 0")  # served, decoded
         page.keyboard.press(key)
-        expect(page.locator(f"input[name=answer]:nth-of-type(1)").nth(int(key) - 1)).to_be_checked()
+        expect(page.locator("input[name=answer]:nth-of-type(1)").nth(int(key) - 1)).to_be_checked()
         if name is not None:
             concept = page.get_by_label(re.compile("Concept name"))
             expect(concept).to_be_focused()

@@ -1,6 +1,8 @@
 """In Debian's Chromium: a researcher creates an API token on the API page, and downloads a study's report file
 from the study page's exports."""
+
 import os
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -15,8 +17,13 @@ def test_token_page_and_study_exports(page: Page, live_server, researcher):
     from annotation.expert import services
     from tests.test_expert_study import answer_all, build_study_world, make_experts
 
-    study = services.study_create(name="browsed", extraction=build_study_world(units=2), experts=make_experts(2),
-                                  overlap_class="car", created_by=researcher)
+    study = services.study_create(
+        name="browsed",
+        extraction=build_study_world(units=2),
+        experts=make_experts(2),
+        overlap_class="car",
+        created_by=researcher,
+    )
     for rater in study.raters.all():
         answer_all(rater, answer="part", concept="wheel")
     page.set_viewport_size({"width": 1280, "height": 800})
@@ -42,7 +49,7 @@ def test_token_page_and_study_exports(page: Page, live_server, researcher):
         exports.get_by_role("link", name="report.html").click()
     download = download_info.value
     assert download.suggested_filename == f"study-{study.pk}-report.html"
-    html = open(download.path(), encoding="utf-8").read()
+    html = Path(download.path()).read_text(encoding="utf-8")
     assert "<svg" in html and "browsed" in html
     if SHOTS:
         copy = os.path.join(SHOTS, "report.html")

@@ -2,6 +2,7 @@
 (390 × 844, taps) and on a desktop (1280 × 800, keys 1/2) — practice with feedback, then real trials with the
 references beside (desktop) or around (phone) the two queries — and an MTurk worker's result goes back to
 turkSubmitTo, practice included; a Prolific worker gets the completion code after a session."""
+
 from __future__ import annotations
 
 import threading
@@ -24,9 +25,21 @@ DESKTOP = {"width": 1280, "height": 800}
 def study_for(run, name, **kwargs):
     extraction = LayerExtraction.objects.get(run=run, layer__name="conv5")
     return forced_choice_study_create(
-        name=name, extractions=[extraction], units=range(6), conditions=["natural", "overlay"], trials_per_unit=2,
-        reference_count=4, query_ranks=(5, 9), practice_trials=2, catch_rate=0.0, assignments_per_hit=2, seed=1,
-        hits_per_session=50, proxy=False, **kwargs)
+        name=name,
+        extractions=[extraction],
+        units=range(6),
+        conditions=["natural", "overlay"],
+        trials_per_unit=2,
+        reference_count=4,
+        query_ranks=(5, 9),
+        practice_trials=2,
+        catch_rate=0.0,
+        assignments_per_hit=2,
+        seed=1,
+        hits_per_session=50,
+        proxy=False,
+        **kwargs,
+    )
 
 
 def do_practice(page, tap: bool):
@@ -43,8 +56,9 @@ def do_practice(page, tap: bool):
 def test_a_worker_practises_and_does_forced_choice_trials(browser, live_server, tiny_layer_with_grids, viewport):
     phone = viewport == "phone"
     study = study_for(tiny_layer_with_grids, f"fc-{viewport}")
-    options = dict(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2) if phone else \
-        dict(viewport=DESKTOP)
+    options = (
+        dict(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2) if phone else dict(viewport=DESKTOP)
+    )
     context = browser.new_context(**options)
     page = context.new_page()
     page.set_default_timeout(20_000)
@@ -74,11 +88,13 @@ def test_a_worker_practises_and_does_forced_choice_trials(browser, live_server, 
     expect(page.get_by_role("heading", name="HIT 4")).to_be_visible()
     worker = CrowdWorker.objects.get(study=study)
     assert worker.qualified is True and worker.qualification_attempts.get().passed is True
-    done = list(CrowdAssignment.objects.filter(worker=worker, state=CrowdAssignmentState.SUBMITTED)
-                .order_by("submitted_at"))
+    done = list(
+        CrowdAssignment.objects.filter(worker=worker, state=CrowdAssignmentState.SUBMITTED).order_by("submitted_at")
+    )
     assert [a.answer for a in done] == ["2", "1", "2"] and done[0].confidence == 3 and done[1].confidence is None
-    assert all(a.client_ms is not None and a.seconds is not None and a.condition in ("natural", "overlay")
-               for a in done)
+    assert all(
+        a.client_ms is not None and a.seconds is not None and a.condition in ("natural", "overlay") for a in done
+    )
     context.close()
 
 
@@ -92,13 +108,17 @@ def test_an_mturk_worker_practises_and_the_result_goes_to_turk_submit_to(browser
         study = study_for(tiny_layer_with_grids, "fc-turk", external_submit_hosts=f"127.0.0.1:{server.server_port}")
         page = browser.new_context(viewport=PHONE).new_page()
         page.set_default_timeout(20_000)
-        page.goto(f"{live_server.url}/crowd/s/{study.token}/mturk/?" + urlencode(
-            {"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "HIT-1"}))
+        page.goto(
+            f"{live_server.url}/crowd/s/{study.token}/mturk/?"
+            + urlencode({"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "HIT-1"})
+        )
         expect(page.get_by_text("This is a preview")).to_be_visible()
         assert page.locator("form[method=post]").count() == 0
         expect(page.locator("#answer-1")).to_be_disabled()
-        page.goto(f"{live_server.url}/crowd/s/{study.token}/mturk/?" + urlencode(
-            {"assignmentId": "ASSIGN-9", "hitId": "HIT-1", "workerId": "AW9", "turkSubmitTo": submit_to}))
+        page.goto(
+            f"{live_server.url}/crowd/s/{study.token}/mturk/?"
+            + urlencode({"assignmentId": "ASSIGN-9", "hitId": "HIT-1", "workerId": "AW9", "turkSubmitTo": submit_to})
+        )
         do_practice(page, tap=False)
         page.locator("label[for=answer-2]").click()
         page.get_by_role("button", name="Submit").click()
@@ -112,15 +132,18 @@ def test_an_mturk_worker_practises_and_the_result_goes_to_turk_submit_to(browser
         server.shutdown()
 
 
-def test_a_prolific_worker_practises_does_a_session_and_gets_the_completion_code(browser, live_server,
-                                                                                tiny_layer_with_grids):
+def test_a_prolific_worker_practises_does_a_session_and_gets_the_completion_code(
+    browser, live_server, tiny_layer_with_grids
+):
     study = study_for(tiny_layer_with_grids, "fc-prolific")
     study.hits_per_session = 2
     study.save()
     page = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True).new_page()
     page.set_default_timeout(20_000)
-    page.goto(f"{live_server.url}/crowd/s/{study.token}/prolific/?" + urlencode(
-        {"PROLIFIC_PID": "P-1", "STUDY_ID": "S-1", "SESSION_ID": "SESSION-1"}))
+    page.goto(
+        f"{live_server.url}/crowd/s/{study.token}/prolific/?"
+        + urlencode({"PROLIFIC_PID": "P-1", "STUDY_ID": "S-1", "SESSION_ID": "SESSION-1"})
+    )
     do_practice(page, tap=True)
     for number in (1, 2):
         expect(page.get_by_role("heading", name=f"HIT {number}")).to_be_visible()

@@ -1,4 +1,5 @@
 """In Debian's Chromium: a researcher filters and pages a layer's units; thumbnails keep their place."""
+
 import os
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from tests.web.test_layer_units import DEAD, SATURATED, dissected  # noqa: F401 
 pytestmark = pytest.mark.browser
 
 
-def test_researcher_filters_and_pages_a_layer(page: Page, live_server, researcher, dissected):  # noqa: F811
+def test_researcher_filters_and_pages_a_layer(page: Page, live_server, researcher, dissected):
     page.set_default_timeout(20_000)
     page.set_viewport_size({"width": 1280, "height": 800})
     page.goto(f"{live_server.url}/login/")

@@ -1,4 +1,5 @@
 """In Debian's Chromium: a researcher logs in, starts a job, and watches its progress bar reach 100%."""
+
 import re
 
 import pytest
@@ -9,8 +10,9 @@ from tests.conftest import PASSWORD
 pytestmark = [pytest.mark.browser, pytest.mark.worker]
 
 
-def test_researcher_starts_a_selfcheck_and_watches_it_finish(page: Page, live_server, researcher,
-                                                             celery_worker_process):
+def test_researcher_starts_a_selfcheck_and_watches_it_finish(
+    page: Page, live_server, researcher, celery_worker_process
+):
     page.set_default_timeout(20_000)
     page.goto(f"{live_server.url}/login/")
     page.get_by_label("Username").fill("rita")

@@ -1,4 +1,5 @@
 """In Debian's Chromium: a researcher opens a unit and sees its grids, every image loaded."""
+
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -28,5 +29,7 @@ def test_researcher_opens_a_unit_and_sees_its_grids(page: Page, live_server, res
         images.nth(index).scroll_into_view_if_needed()
         loaded = images.nth(index).evaluate("img => img.complete && img.naturalWidth > 0")
         assert loaded, f"grid image {index} did not load"
-    page.screenshot(path=str(__import__("pathlib").Path(__import__("os").environ["UNITSCOPE_DATA_DIR"]) / "unit.png"),
-                    full_page=True)
+    page.screenshot(
+        path=str(__import__("pathlib").Path(__import__("os").environ["UNITSCOPE_DATA_DIR"]) / "unit.png"),
+        full_page=True,
+    )

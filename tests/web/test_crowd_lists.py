@@ -1,5 +1,6 @@
 """Crowd task lists and review pages scale: paged, filtered by layer, unit, label, origin and state, each unit
 linked to its page with a thumbnail of the grid the HIT shows."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,8 @@ pytestmark = pytest.mark.django_db
 
 
 def rows(html: str, table_start: str = '<table class="table compact">') -> list[str]:
-    table = html[html.index(table_start):]
-    table = table[:table.index("</table>")]
+    table = html[html.index(table_start) :]
+    table = table[: table.index("</table>")]
     return re.findall(r"<tr[ >].*?</tr>", table, flags=re.S)[1:]  # the header row left out
 
 

@@ -1,14 +1,24 @@
 """The unit page's humans-vs-machine panel: the machine's figures (status, dissection label and IoU, best part AP,
 Net2Vec) beside the experts' answers and the crowd's votes and descriptions, linked to their studies; and the
 studies' comparison tables link back to the units, with thumbnails."""
+
 from __future__ import annotations
 
 import pytest
 from django.urls import reverse
 from PIL import Image
 
-from analysis.models import (DissectionBaseline, ExemplarKind, ExemplarSet, LayerDissection, Net2VecConcept,
-                             Net2VecStudy, PartDetectionResult, PartDetectionStudy, UnitDissection)
+from analysis.models import (
+    DissectionBaseline,
+    ExemplarKind,
+    ExemplarSet,
+    LayerDissection,
+    Net2VecConcept,
+    Net2VecStudy,
+    PartDetectionResult,
+    PartDetectionStudy,
+    UnitDissection,
+)
 from analysis.services.grids import store_grid
 from annotation.expert import services as expert_services
 from annotation.models import Answer
@@ -26,7 +36,7 @@ def unit_page(client, unit) -> str:
 
 
 def panel(html: str) -> str:
-    return html[html.index('id="humans-vs-machine"'):html.index("</section>\n", html.index('class="hvm-humans"'))]
+    return html[html.index('id="humans-vs-machine"') : html.index("</section>\n", html.index('class="hvm-humans"'))]
 
 
 def test_experts_beside_the_machine(client, researcher):
@@ -36,22 +46,59 @@ def test_experts_beside_the_machine(client, researcher):
     for row in layer.unit_set.all():
         extraction.unit_summaries.create(unit=row, max_activation=4.0, threshold=1.0, active_images=20)
     wheel = dataset.concepts.get(name="wheel")
-    dissection = LayerDissection.objects.create(run=extraction.run, layer=layer, dataset=dataset, extraction=extraction,
-                                                baseline=DissectionBaseline.NONE, quantile=0.995, iou_threshold=0.04,
-                                                directory="/nonexistent", complete=True)
-    UnitDissection.objects.create(dissection=dissection, unit=unit, concept=wheel, iou=0.123, is_detector=True,
-                                  threshold=1.0)
+    dissection = LayerDissection.objects.create(
+        run=extraction.run,
+        layer=layer,
+        dataset=dataset,
+        extraction=extraction,
+        baseline=DissectionBaseline.NONE,
+        quantile=0.995,
+        iou_threshold=0.04,
+        directory="/nonexistent",
+        complete=True,
+    )
+    UnitDissection.objects.create(
+        dissection=dissection, unit=unit, concept=wheel, iou=0.123, is_detector=True, threshold=1.0
+    )
     parts = PartDetectionStudy.objects.create(run=extraction.run, layer=layer, dataset=dataset)
     car = dataset.concepts.get(name="car")
     PartDetectionResult.objects.create(
-        study=parts, position=0, object_class=car, part=wheel, name="car-wheel", n_views=10, n_instances=20,
-        relative_size=0.1, mean_size=9.0, best_filter=1, best_ap=0.61, best_recall=0.8, ga_filters=[0, 1], ga_ap=0.7,
-        ga_recall=0.9, top_filters=[1], top_ap=0.6, top_recall=0.8, all_ap=0.5, all_recall=0.9, single_ap=[0.2, 0.61],
-        single_recall=[0.5, 0.8])
+        study=parts,
+        position=0,
+        object_class=car,
+        part=wheel,
+        name="car-wheel",
+        n_views=10,
+        n_instances=20,
+        relative_size=0.1,
+        mean_size=9.0,
+        best_filter=1,
+        best_ap=0.61,
+        best_recall=0.8,
+        ga_filters=[0, 1],
+        ga_ap=0.7,
+        ga_recall=0.9,
+        top_filters=[1],
+        top_ap=0.6,
+        top_recall=0.8,
+        all_ap=0.5,
+        all_recall=0.9,
+        single_ap=[0.2, 0.61],
+        single_recall=[0.5, 0.8],
+    )
     net2vec = Net2VecStudy.objects.create(run=extraction.run, layer=layer, dataset=dataset, quantile=0.995)
-    Net2VecConcept.objects.create(study=net2vec, concept=wheel, train_images=10, val_images=5, alpha=0.9, best_unit=1,
-                                  best_unit_train_iou=0.2, single_val_iou=0.18, combination_val_iou=0.31,
-                                  all_pixels_val_iou=0.01)
+    Net2VecConcept.objects.create(
+        study=net2vec,
+        concept=wheel,
+        train_images=10,
+        val_images=5,
+        alpha=0.9,
+        best_unit=1,
+        best_unit_train_iou=0.2,
+        single_val_iou=0.18,
+        combination_val_iou=0.31,
+        all_pixels_val_iou=0.01,
+    )
     experts = make_experts(2, prefix="hvm")
     study = expert_services.study_create(name="humans", extraction=extraction, experts=experts, plan="full")
     for rater, (answer, concept) in zip(study.raters.order_by("name"), [(Answer.PART, "wheel"), (Answer.NO, "")]):
@@ -72,11 +119,18 @@ def test_experts_beside_the_machine(client, researcher):
 
     # ... and back: the report's comparison table links each unit to its page, with its top-images thumbnail.
     grid = store_grid(Image.new("RGB", (40, 24), (200, 30, 30)), style=ExemplarKind.TOP_OVERALL)
-    ExemplarSet.objects.create(extraction=extraction, unit=unit, kind=ExemplarKind.TOP_OVERALL, image_indices=[0],
-                               scores=[1.0], peaks=[[0, 0]], grid=grid)
+    ExemplarSet.objects.create(
+        extraction=extraction,
+        unit=unit,
+        kind=ExemplarKind.TOP_OVERALL,
+        image_indices=[0],
+        scores=[1.0],
+        peaks=[[0, 0]],
+        grid=grid,
+    )
     report = client.get(reverse("annotation:study_report", args=[study.pk])).content.decode()
-    table = report[report.index('id="dissection-units"'):]
-    table = table[:table.index("</table>")]
+    table = report[report.index('id="dissection-units"') :]
+    table = table[: table.index("</table>")]
     url = reverse("analysis:unit_detail", args=[layer.network.name, layer.name, 1]) + "#humans-vs-machine"
     assert f'href="{url}"' in table and f'class="unit-thumb" src="{grid.url}"' in table
     assert 'width="40" height="24"' in table
@@ -100,7 +154,7 @@ def test_crowd_votes_beside_the_machine_and_nothing_asked_yet(client, researcher
     assert "No expert or crowd study has asked about this unit yet." not in humans
 
     report = client.get(reverse("annotation:crowd_report", args=[study.pk])).content.decode()
-    table = report[report.index('id="hit-results"'):]
+    table = report[report.index('id="hit-results"') :]
     unit = hit.unit
     url = reverse("analysis:unit_detail", args=[unit.layer.network.name, unit.layer.name, unit.index])
     assert f'href="{url}#humans-vs-machine"' in table and f'class="unit-thumb" src="{hit.grid.url}"' in table

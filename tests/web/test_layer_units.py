@@ -1,5 +1,6 @@
 """The layer page scales (paging, search, filters, thumbnails) and treats dead and saturated units as such,
 on the layer page, the unit page and in the selectors behind them."""
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,8 @@ def layer_url(**query):
 
 def unit_table(html: str) -> str:
     """The layer page's table of units."""
-    table = html[html.index('class="table compact unit-table"'):]
-    return table[:table.index("</table>")]
+    table = html[html.index('class="table compact unit-table"') :]
+    return table[: table.index("</table>")]
 
 
 def unit_numbers(html: str) -> list[int]:
@@ -66,7 +67,8 @@ def test_status_is_computed_from_the_summary(dissected):
         expected = "dead" if summary.max_activation <= 0 else "saturated" if summary.threshold == 0 else "live"
         assert statuses[summary.unit.index] == expected == summary.unit_status
     assert set(extraction.unit_summaries.dead().values_list("unit__index", flat=True)) == {
-        index for index, status in statuses.items() if status != "live"}
+        index for index, status in statuses.items() if status != "live"
+    }
 
 
 def test_layer_page_is_paged_with_thumbnails_of_fixed_size(researcher_client, dissected):
@@ -81,10 +83,13 @@ def test_layer_page_is_paged_with_thumbnails_of_fixed_size(researcher_client, di
     for thumb in thumbs:  # lazy, and sized by the grid's own pixels so nothing shifts while it loads
         assert 'loading="lazy"' in thumb and re.search(r'width="\d+" height="\d+"', thumb)
     last = researcher_client.get(layer_url(page=3)).content.decode()
-    assert unit_numbers(last)[-len(dead):] == dead  # dead and saturated units last
+    assert unit_numbers(last)[-len(dead) :] == dead  # dead and saturated units last
     assert "Page 3 of 3" in last and "Next" not in last.split("Page 3 of 3")[1].split("</nav>")[0]
-    everything = unit_numbers(first) + unit_numbers(researcher_client.get(layer_url(page=2)).content.decode()) \
+    everything = (
+        unit_numbers(first)
+        + unit_numbers(researcher_client.get(layer_url(page=2)).content.decode())
         + unit_numbers(last)
+    )
     assert sorted(everything) == list(range(128))
 
 
@@ -97,8 +102,8 @@ def test_dead_units_sort_last_under_every_sort_and_never_read_as_detectors(resea
     assert DEAD not in unit_numbers(page) and SATURATED not in unit_numbers(page)  # IoU 0.9, yet not first
     table = unit_table(researcher_client.get(layer_url(status="dead")).content.decode())
     for index in (DEAD, SATURATED):
-        row = table[table.index(f">unit {index}</a>"):]
-        row = row[:row.index("</tr>")]
+        row = table[table.index(f">unit {index}</a>") :]
+        row = row[: row.index("</tr>")]
         assert "no label" in row and "detector" not in row and "0.900" not in row
     assert 'class="badge badge-dead"' in table and ">saturated</span>" in table and ">dead</span>" in table
 
@@ -106,24 +111,38 @@ def test_dead_units_sort_last_under_every_sort_and_never_read_as_detectors(resea
 def test_filters_search_status_label_category_and_iou_range(researcher_client, dissected):
     extraction, dissection = dissected
     dead = {i for i, s in selectors.unit_statuses(extraction).items() if s != "live"}
-    assert set(every_unit(researcher_client, status="dead")) == dead and "units match" in researcher_client.get(layer_url(status="dead")).content.decode()
+    assert (
+        set(every_unit(researcher_client, status="dead")) == dead
+        and "units match" in researcher_client.get(layer_url(status="dead")).content.decode()
+    )
     assert every_unit(researcher_client, status="saturated") == sorted(
-        i for i, s in selectors.unit_statuses(extraction).items() if s == "saturated")
+        i for i, s in selectors.unit_statuses(extraction).items() if s == "saturated"
+    )
     assert set(every_unit(researcher_client, status="live")) == set(range(128)) - dead
     assert unit_numbers(researcher_client.get(layer_url(q="12")).content.decode()) == [12]
 
-    result = (dissection.unit_results.exclude(concept=None).exclude(unit__index__in=dead)
-              .select_related("concept").order_by("-iou").first())
+    result = (
+        dissection.unit_results.exclude(concept=None)
+        .exclude(unit__index__in=dead)
+        .select_related("concept")
+        .order_by("-iou")
+        .first()
+    )
     name, category = result.concept.name, result.concept.category
-    expected = sorted(r.unit.index for r in UnitDissection.objects.filter(dissection=dissection, concept__name=name)
-                      .select_related("unit"))
+    expected = sorted(
+        r.unit.index
+        for r in UnitDissection.objects.filter(dissection=dissection, concept__name=name).select_related("unit")
+    )
     by_label = researcher_client.get(layer_url(label=name, status="live")).content.decode()
     assert sorted(unit_numbers(by_label)) == sorted(set(expected) - dead)
     assert f'<option value="{name}" selected>' in by_label
     assert set(expected) - dead <= set(every_unit(researcher_client, q=name[:-1], status="live"))
     in_category = every_unit(researcher_client, category=category, status="live")
-    assert set(in_category) == {r.unit.index for r in dissection.unit_results.filter(concept__category=category)
-                                .select_related("unit")} - dead
+    assert (
+        set(in_category)
+        == {r.unit.index for r in dissection.unit_results.filter(concept__category=category).select_related("unit")}
+        - dead
+    )
     low, high = 0.05, 0.2
     ranged = researcher_client.get(layer_url(iou_min=low, iou_max=high, status="live")).content.decode()
     want = {r.unit.index for r in dissection.unit_results.filter(iou__gte=low, iou__lte=high).select_related("unit")}
@@ -140,7 +159,7 @@ def test_unit_page_marks_dead_and_saturated_units(researcher_client, dissected):
     label = dissection.unit_results.get(unit__index=DEAD).concept.name
     dead = researcher_client.get(reverse("analysis:unit_detail", args=["seeded", "conv5", DEAD])).content.decode()
     assert "Dead unit." in dead and "it never fires" in dead and "No label" in dead
-    assert "badge-ok" not in dead and f"Label <" not in dead  # never a detector, never "Label X"
+    assert "badge-ok" not in dead and "Label <" not in dead  # never a detector, never "Label X"
     assert f"Its top concept by IoU, {label} (0.900)" in dead
     saturated = researcher_client.get(reverse("analysis:unit_detail", args=["seeded", "conv5", SATURATED]))
     html = saturated.content.decode()
@@ -154,15 +173,18 @@ def test_dissection_page_never_shows_dead_units_as_detectors(researcher_client, 
     extraction, dissection = dissected
     page = researcher_client.get(reverse("analysis:layer_dissection", args=["seeded", "conv5"]))
     html = page.content.decode()
-    detectors = html[html.index("Detector units"):html.index('<details class="more-units">')]
+    detectors = html[html.index("Detector units") : html.index('<details class="more-units">')]
     assert f">unit {DEAD}</a>" not in detectors and f">unit {SATURATED}</a>" not in detectors
-    live_detectors = dissection.unit_results.filter(is_detector=True).exclude(
-        unit__index__in=[i for i, s in selectors.unit_statuses(extraction).items() if s != "live"]).count()
+    live_detectors = (
+        dissection.unit_results.filter(is_detector=True)
+        .exclude(unit__index__in=[i for i, s in selectors.unit_statuses(extraction).items() if s != "live"])
+        .count()
+    )
     assert page.context["n_detectors"] == live_detectors
     assert f'<span class="stat-value">{live_detectors}</span><span class="stat-label">detector units' in html
     assert "counted 2 dead or saturated units as detectors (unit 5, unit 7)" in html
-    others = html[html.index('<details class="more-units">'):]
-    row = others[others.index(f">unit {DEAD}</a>"):]
-    assert row[:row.index("</tr>")].count("no label") == 1 and "never fires" in row[:row.index("</tr>")]
+    others = html[html.index('<details class="more-units">') :]
+    row = others[others.index(f">unit {DEAD}</a>") :]
+    assert row[: row.index("</tr>")].count("no label") == 1 and "never fires" in row[: row.index("</tr>")]
     layer_page = researcher_client.get(layer_url()).content.decode()
     assert f"{live_detectors} of 128 units are detectors" in layer_page and "never count" in layer_page

@@ -10,6 +10,7 @@ Roles: anonymous, researcher, expert (an annotator of the study), another expert
   URL is the credential (MTurk frames them cross-site, so they are CSRF-exempt); a wrong token is 404;
 - the few public pages (login, logout, home, media) listed in PUBLIC.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,9 +29,16 @@ ANON, RESEARCHER, EXPERT, OTHER_EXPERT, CROWD = "anonymous", "researcher", "expe
 ROLES = [ANON, RESEARCHER, EXPERT, OTHER_EXPERT, CROWD]
 PUBLIC = {"accounts:login", "accounts:logout", "accounts:home", "media"}
 """Pages anyone may open (home sends each role to its own home, anonymous users to log in)."""
-CAPABILITY = {"annotation:crowd_entry", "annotation:crowd_entry_adapter", "annotation:crowd_next",
-              "annotation:crowd_qualification", "annotation:crowd_task", "annotation:crowd_after",
-              "annotation:crowd_return", "annotation:crowd_image"}
+CAPABILITY = {
+    "annotation:crowd_entry",
+    "annotation:crowd_entry_adapter",
+    "annotation:crowd_next",
+    "annotation:crowd_qualification",
+    "annotation:crowd_task",
+    "annotation:crowd_after",
+    "annotation:crowd_return",
+    "annotation:crowd_image",
+}
 """Crowd worker pages: the random token or code in the URL is the credential."""
 EXPERT_STUDY_PAGES = {"annotation:expert_next", "annotation:annotate", "annotation:my_answers"}
 """Expert pages of one study: an expert who is not its annotator gets 404 (nothing is revealed)."""
@@ -41,16 +49,46 @@ MAY_404 = {"analysis:dataset_image", "analysis:dataset_image_file"}
 GUESSED: set[str] = set()
 """URLs whose parameters this test had to guess (added after it): allowed roles may get 404 there."""
 OBJECT_PAGES = {
-    "analysis:run_detail", "analysis:run_status", "analysis:run_export", "analysis:dataset_detail",
-    "analysis:dataset_images", "analysis:network_detail", "analysis:extraction_start", "analysis:layer_detail",
-    "analysis:unit_detail", "analysis:network_dissection", "analysis:layer_dissection", "analysis:dissection_start",
-    "analysis:rotation_test", "analysis:rotation_start", "analysis:layer_net2vec", "analysis:concept_detail",
-    "annotation:expert_next", "annotation:annotate", "annotation:my_answers", "annotation:crowd_study_detail",
-    "annotation:crowd_workers", "annotation:crowd_review", "annotation:study_detail", "annotation:study_report",
-    "annotation:study_export", "annotation:study_export_file", "api:network-detail", "api:dataset-detail",
-    "api:dataset-concepts", "api:layer-detail", "api:unit-detail", "api:study-detail", "api:study-agreement",
-    "api:study-files", "api:study-results", "api:task-detail", "annotation:crowd_study_export",
-    "api:crowd-study-detail", "api:crowd-study-files"}
+    "analysis:run_detail",
+    "analysis:run_status",
+    "analysis:run_export",
+    "analysis:dataset_detail",
+    "analysis:dataset_images",
+    "analysis:network_detail",
+    "analysis:extraction_start",
+    "analysis:layer_detail",
+    "analysis:unit_detail",
+    "analysis:network_dissection",
+    "analysis:layer_dissection",
+    "analysis:dissection_start",
+    "analysis:rotation_test",
+    "analysis:rotation_start",
+    "analysis:layer_net2vec",
+    "analysis:concept_detail",
+    "annotation:expert_next",
+    "annotation:annotate",
+    "annotation:my_answers",
+    "annotation:crowd_study_detail",
+    "annotation:crowd_workers",
+    "annotation:crowd_review",
+    "annotation:study_detail",
+    "annotation:study_report",
+    "annotation:study_export",
+    "annotation:study_export_file",
+    "api:network-detail",
+    "api:dataset-detail",
+    "api:dataset-concepts",
+    "api:layer-detail",
+    "api:unit-detail",
+    "api:study-detail",
+    "api:study-agreement",
+    "api:study-files",
+    "api:study-results",
+    "api:task-detail",
+    "annotation:crowd_study_export",
+    "api:crowd-study-detail",
+    "api:crowd-study-files",
+}
 """Pages of objects the world has: an allowed role must not get 404 there (elsewhere — pages of kinds of results
 the world does not hold, such as part detection — 404 is the honest answer)."""
 
@@ -64,8 +102,9 @@ def iter_patterns(patterns=None, prefix: str = "", namespace: str | None = None)
         elif isinstance(pattern, URLPattern):
             name = f"{namespace}:{pattern.name}" if namespace and pattern.name else (pattern.name or "media")
             converters = getattr(pattern.pattern, "converters", {})
-            keys = ({key: type(converter).__name__ for key, converter in converters.items()}
-                    or {key: "regex" for key in re.compile(str(pattern.pattern)).groupindex})
+            keys = {key: type(converter).__name__ for key, converter in converters.items()} or {
+                key: "regex" for key in re.compile(str(pattern.pattern)).groupindex
+            }
             yield name, prefix + str(pattern.pattern), pattern.callback, keys
 
 
@@ -99,11 +138,13 @@ def world(make_user, researcher):
 
     extraction = build_study_world(units=2)
     dataset = extraction.dataset
-    DatasetImage.objects.create(dataset=dataset, index=0, path="none.png", split="train", height=8, width=8,
-                                seg_height=4, seg_width=4)
+    DatasetImage.objects.create(
+        dataset=dataset, index=0, path="none.png", split="train", height=8, width=8, seg_height=4, seg_width=4
+    )
     expert, other_expert = make_experts(2)
-    study = services.study_create(name="matrix", extraction=extraction, experts=[expert], plan="full",
-                                  created_by=researcher)
+    study = services.study_create(
+        name="matrix", extraction=extraction, experts=[expert], plan="full", created_by=researcher
+    )
     rater = study.raters.get(user=expert)
     task = services.task_next_for_rater(rater=rater)
     crowd_study = validation_study(name="mx", units=2, created_by=researcher)
@@ -121,8 +162,16 @@ def world(make_user, researcher):
     dataset.concepts.filter(category="part").update(name=MARKER)
     services.judgment_submit(rater=rater, task=task, answer="part", concept=MARKER)
     users = {RESEARCHER: researcher, EXPERT: expert, OTHER_EXPERT: other_expert, CROWD: make_user("cora", "crowd")}
-    return {"extraction": extraction, "study": study, "task": task, "crowd_study": crowd_study, "worker": worker,
-            "assignment": assignment, "run": run, "users": users}
+    return {
+        "extraction": extraction,
+        "study": study,
+        "task": task,
+        "crowd_study": crowd_study,
+        "worker": worker,
+        "assignment": assignment,
+        "run": run,
+        "users": users,
+    }
 
 
 def url_kwargs(name: str, keys: list[str], world) -> dict:
@@ -230,8 +279,11 @@ def check(name: str, rule, role: str, response, method: str) -> str | None:
     allowed = rule
     role_name = EXPERT if role == OTHER_EXPERT else role
     if role == ANON:
-        return None if status == 302 and response["Location"].startswith(reverse("accounts:login")) \
+        return (
+            None
+            if status == 302 and response["Location"].startswith(reverse("accounts:login"))
             else f"anonymous: expected login redirect, got {status}"
+        )
     if role_name not in allowed:
         return None if status == 403 else f"expected 403, got {status}"
     if role == OTHER_EXPERT and name in EXPERT_STUDY_PAGES:
@@ -256,7 +308,7 @@ def test_every_url_for_every_role(world, role):
         if problem:
             problems.append(f"GET {url} ({name}): {problem}")
         cls = view_class(callback)
-        posts = cls is not None and (hasattr(cls, "post") or hasattr(cls, "create")) or name.endswith("_add")
+        posts = (cls is not None and (hasattr(cls, "post") or hasattr(cls, "create"))) or name.endswith("_add")
         if posts and name not in ("accounts:logout", "accounts:login") and rule not in ("public",):
             response = client.post(url, {})
             problem = check(name, rule, role, response, "POST")
@@ -275,8 +327,12 @@ def test_wrong_capability_tokens_are_404(world, client):
     # Another worker's assignment, reached with one's own code: not theirs.
     for name in ("annotation:crowd_task", "annotation:crowd_after"):
         assert client.get(reverse(name, args=[other.code, assignment.token])).status_code == 404
-    assert client.post(reverse("annotation:crowd_task", args=[other.code, assignment.token]),
-                       {"answer": "yes"}).status_code == 404
+    assert (
+        client.post(
+            reverse("annotation:crowd_task", args=[other.code, assignment.token]), {"answer": "yes"}
+        ).status_code
+        == 404
+    )
     assert client.post(reverse("annotation:crowd_return", args=[other.code, assignment.token])).status_code == 404
     assignment.refresh_from_db()
     assert assignment.state == "leased" and worker.assignments.count() == 1
@@ -292,8 +348,11 @@ def test_every_post_needs_a_csrf_token(world):
             continue
         rule = access_rule(name, callback)
         role = RESEARCHER if rule in ("api", "capability", "public") else sorted(rule)[0]
-        client = login_client(world, role, enforce_csrf_checks=True) if name != "accounts:login" \
+        client = (
+            login_client(world, role, enforce_csrf_checks=True)
+            if name != "accounts:login"
             else Client(enforce_csrf_checks=True)
+        )
         response = client.post(url, {})
         if response.status_code == 403 and (b"CSRF" in response.content or rule == "api"):
             continue
@@ -326,7 +385,7 @@ def test_every_page_escapes_stored_text_and_protects_its_forms(world):
             if name.startswith("admin:") or access_rule(name, callback) == "capability":
                 continue
             for form in form_re.findall(text):
-                opening = form[:form.index(">")]
+                opening = form[: form.index(">")]
                 if not re.search(r"method=[\"']?post", opening, re.I):
                     continue
                 forms += 1

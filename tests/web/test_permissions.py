@@ -1,4 +1,5 @@
 """Each role × each page: who may open it (200), who is sent to log in (302), who is refused (403)."""
+
 import pytest
 from django.urls import reverse
 
@@ -38,8 +39,10 @@ def test_page_access_by_role(client, make_user, run, role, name, args, allowed):
         assert response.status_code == 403
 
 
-@pytest.mark.parametrize("role,expected", [(RESEARCHER, "analysis:dashboard"), (EXPERT, "annotation:expert_home"),
-                                           (CROWD, "annotation:crowd_home")])
+@pytest.mark.parametrize(
+    "role,expected",
+    [(RESEARCHER, "analysis:dashboard"), (EXPERT, "annotation:expert_home"), (CROWD, "annotation:crowd_home")],
+)
 def test_each_role_lands_on_its_home(client, make_user, role, expected):
     client.force_login(make_user(f"user-{role}", role))
     response = client.get(reverse("accounts:home"))
@@ -83,7 +86,8 @@ def test_login_and_logout(client, researcher):
 def test_selfcheck_form_rejects_bad_input(researcher_client):
     from analysis.models import Run
 
-    response = researcher_client.post(reverse("analysis:selfcheck"), {"matmul_size": 0, "conv_batch": 2,
-                                                                      "conv_image_size": 32, "repeats": 1})
+    response = researcher_client.post(
+        reverse("analysis:selfcheck"), {"matmul_size": 0, "conv_batch": 2, "conv_image_size": 32, "repeats": 1}
+    )
     assert response.status_code == 200 and b"greater than or equal to 16" in response.content
     assert not Run.objects.exists()

@@ -1,4 +1,5 @@
 """Long jobs: a running run's progress bar says about how long is left; its parameters read as a table."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -14,9 +15,15 @@ pytestmark = pytest.mark.django_db
 
 
 def running(done: int, total: int, elapsed: float, **fields) -> Run:
-    return Run.objects.create(kind="extract", params_hash=f"p{done}-{total}-{elapsed}", status=RunStatus.RUNNING,
-                              progress_done=done, progress_total=total,
-                              started_at=timezone.now() - timedelta(seconds=elapsed), **fields)
+    return Run.objects.create(
+        kind="extract",
+        params_hash=f"p{done}-{total}-{elapsed}",
+        status=RunStatus.RUNNING,
+        progress_done=done,
+        progress_total=total,
+        started_at=timezone.now() - timedelta(seconds=elapsed),
+        **fields,
+    )
 
 
 def test_time_left_from_the_pace_so_far():
@@ -34,9 +41,18 @@ def test_time_left_from_the_pace_so_far():
 
 
 def test_run_page_shows_time_left_and_a_parameter_table(researcher_client):
-    run = running(25, 100, 60, params={"network": "demo-net", "layers": ["conv4", "conv5"], "quantile": 0.995,
-                                       "training": {"epochs": 8, "learning_rate": 0.01},
-                                       "steps": [{"name": "crop", "size": 224}]})
+    run = running(
+        25,
+        100,
+        60,
+        params={
+            "network": "demo-net",
+            "layers": ["conv4", "conv5"],
+            "quantile": 0.995,
+            "training": {"epochs": 8, "learning_rate": 0.01},
+            "steps": [{"name": "crop", "size": 224}],
+        },
+    )
     page = researcher_client.get(reverse("analysis:run_detail", args=[run.pk])).content.decode()
     assert "25% · about 3 min left" in page
     status = researcher_client.get(reverse("analysis:run_status", args=[run.pk])).content.decode()
@@ -49,5 +65,4 @@ def test_run_page_shows_time_left_and_a_parameter_table(researcher_client):
 
 
 def test_param_rows_by_hand():
-    assert param_rows({"a_b": {"c": True, "d": None}, "e": []}) == [("A b · C", "yes"), ("A b · D", "—"),
-                                                                   ("E", "—")]
+    assert param_rows({"a_b": {"c": True, "d": None}, "e": []}) == [("A b · C", "yes"), ("A b · D", "—"), ("E", "—")]

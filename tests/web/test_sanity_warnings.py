@@ -1,13 +1,23 @@
 """Sanity warnings on results: a degenerate explanatory graph is flagged on its pages, a network that scores
 its own inputs near chance is flagged on the ablation page; healthy results carry no warning."""
+
 from __future__ import annotations
 
 import pytest
 from django.urls import reverse
 
 from analysis import selectors
-from analysis.models import (AblationStudy, ClassDiscriminativeness, Concept, Dataset, ExplanatoryGraph, GraphNode,
-                             Layer, Network, Run)
+from analysis.models import (
+    AblationStudy,
+    ClassDiscriminativeness,
+    Concept,
+    Dataset,
+    ExplanatoryGraph,
+    GraphNode,
+    Layer,
+    Network,
+    Run,
+)
 
 pytestmark = pytest.mark.django_db
 CLASSES = ["bird", "car", "cat", "chair", "dog", "person", "tree"]
@@ -19,8 +29,9 @@ def world():
     dataset = Dataset.objects.create(name="probe", kind="probe_world", root_dir="/nonexistent")
     for number, name in enumerate(CLASSES, start=1):
         Concept.objects.create(dataset=dataset, number=number, name=name, category="object")
-    network = Network.objects.create(name="net", source="module", input_height=64, input_width=64, mean=[0],
-                                     std=[1], class_names=CLASSES)
+    network = Network.objects.create(
+        name="net", source="module", input_height=64, input_width=64, mean=[0], std=[1], class_names=CLASSES
+    )
     for order, name in enumerate(["conv4", "conv5"], start=4):
         Layer.objects.create(network=network, name=name, order=order, units=8, out_height=4, out_width=4)
     return network, dataset
@@ -28,11 +39,18 @@ def world():
 
 def make_graph(network, dataset, place) -> ExplanatoryGraph:
     """A graph over conv5 (top) and conv4, 3 nodes per filter, node positions from ``place(filter, node)``."""
-    run = Run.objects.create(kind="explanatory_graph", params={}, params_hash=f"g{Run.objects.count()}",
-                             status="succeeded")
-    graph = ExplanatoryGraph.objects.create(run=run, network=network, dataset=dataset, layers=["conv5", "conv4"],
-                                            params={"nodes_per_filter": [3, 3]}, directory="/nonexistent",
-                                            n_nodes=48)
+    run = Run.objects.create(
+        kind="explanatory_graph", params={}, params_hash=f"g{Run.objects.count()}", status="succeeded"
+    )
+    graph = ExplanatoryGraph.objects.create(
+        run=run,
+        network=network,
+        dataset=dataset,
+        layers=["conv5", "conv4"],
+        params={"nodes_per_filter": [3, 3]},
+        directory="/nonexistent",
+        n_nodes=48,
+    )
     for level, name in enumerate(graph.layers):
         layer = network.layers.get(name=name)
         rank = 0
@@ -40,9 +58,20 @@ def make_graph(network, dataset, place) -> ExplanatoryGraph:
             for node in range(3):
                 rank += 1
                 x, y = place(filter_index, node)
-                GraphNode.objects.create(graph=graph, layer=layer, level=level, filter=filter_index, node=node,
-                                         flat=filter_index * 3 + node, mu_x=x, mu_y=y, sigma=3.0, mass=0.3,
-                                         score_total=100.0 - rank, rank=rank)
+                GraphNode.objects.create(
+                    graph=graph,
+                    layer=layer,
+                    level=level,
+                    filter=filter_index,
+                    node=node,
+                    flat=filter_index * 3 + node,
+                    mu_x=x,
+                    mu_y=y,
+                    sigma=3.0,
+                    mass=0.3,
+                    score_total=100.0 - rank,
+                    rank=rank,
+                )
     return graph
 
 
@@ -74,8 +103,15 @@ def make_ablation(network, dataset, scores: dict[str, float]) -> AblationStudy:
     run = Run.objects.create(kind="ablate", params={}, params_hash=f"a{Run.objects.count()}", status="succeeded")
     study = AblationStudy.objects.create(run=run, layer=layer, dataset=dataset, score="softmax", n_classes=len(scores))
     for name, score in scores.items():
-        ClassDiscriminativeness.objects.create(study=study, object_class=dataset.concepts.get(name=name), n_images=10,
-                                               mean_score=score, deltas=[0.001] * 8, sigma=0.001, discriminative=[])
+        ClassDiscriminativeness.objects.create(
+            study=study,
+            object_class=dataset.concepts.get(name=name),
+            n_images=10,
+            mean_score=score,
+            deltas=[0.001] * 8,
+            sigma=0.001,
+            discriminative=[],
+        )
     return study
 
 

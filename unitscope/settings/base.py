@@ -1,4 +1,5 @@
 """Settings shared by every environment. Every machine-specific value comes from the environment."""
+
 from __future__ import annotations
 
 import os
@@ -164,14 +165,21 @@ def object_store_media(url: str) -> dict:
     if not url.startswith("s3://") or not url[5:].split("/")[0]:
         raise ImproperlyConfigured(f"UNITSCOPE_STORAGE_URL must look like s3://bucket/prefix, not {url!r}")
     bucket, _, prefix = url[5:].partition("/")
-    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
-        "bucket_name": bucket, "location": "/".join(p for p in (prefix.strip("/"), "media") if p),
-        "endpoint_url": UNITSCOPE_STORAGE_ENDPOINT_URL or None, "region_name": UNITSCOPE_STORAGE_REGION or None,
-        # names are content hashes: the same name is the same bytes, so overwriting is harmless
-        "file_overwrite": True, "custom_domain": UNITSCOPE_MEDIA_PUBLIC_URL or None,
-        "querystring_auth": not UNITSCOPE_MEDIA_PUBLIC_URL, "querystring_expire": UNITSCOPE_MEDIA_URL_EXPIRY,
-        "object_parameters": {"CacheControl": "public, max-age=31536000, immutable"},
-    }}
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "location": "/".join(p for p in (prefix.strip("/"), "media") if p),
+            "endpoint_url": UNITSCOPE_STORAGE_ENDPOINT_URL or None,
+            "region_name": UNITSCOPE_STORAGE_REGION or None,
+            # names are content hashes: the same name is the same bytes, so overwriting is harmless
+            "file_overwrite": True,
+            "custom_domain": UNITSCOPE_MEDIA_PUBLIC_URL or None,
+            "querystring_auth": not UNITSCOPE_MEDIA_PUBLIC_URL,
+            "querystring_expire": UNITSCOPE_MEDIA_URL_EXPIRY,
+            "object_parameters": {"CacheControl": "public, max-age=31536000, immutable"},
+        },
+    }
 
 
 if UNITSCOPE_STORAGE_URL:
@@ -233,21 +241,27 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"},
-                # The filesystem broker has no host; kombu warns about that on every connection.
-                "kombu.connection": {"level": "ERROR"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # The filesystem broker has no host; kombu warns about that on every connection.
+        "kombu.connection": {"level": "ERROR"},
+    },
 }
 
 # The researchers' REST API (api/): token or session auth, researchers only, OpenAPI 3 at /api/schema/.
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication",
-                                       "rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["api.permissions.IsResearcher"],
     "DEFAULT_PAGINATION_CLASS": "api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
-                                 "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "UnitScope API",
@@ -274,6 +288,8 @@ UNITSCOPE_LOGIN_THROTTLE = {
 # Rate-limit and login counters live in the default cache, which every web process must share: the database
 # cache by default (no server; `migrate` makes its table), Redis with CACHE_URL=redis://… (faster, atomic counts).
 _cache_url = env("CACHE_URL")
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
-          if _cache_url else {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
-                              "LOCATION": "unitscope_cache"}}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+    if _cache_url
+    else {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "unitscope_cache"}
+}

@@ -1,5 +1,6 @@
 """Local use on one machine: the embedded defaults (SQLite, filesystem broker), debug on."""
-from .base import *  # noqa: F401,F403
+
+from .base import *  # noqa: F403
 from .base import env, env_bool
 
 DEBUG = env_bool("DEBUG", True)

@@ -1,7 +1,8 @@
 """Production: no default secret, no debug, HTTPS-only cookies. Fails at start-up when misconfigured."""
+
 from django.core.exceptions import ImproperlyConfigured
 
-from .base import *  # noqa: F401,F403
+from .base import *  # noqa: F403
 from .base import env, env_bool, env_list
 
 SECRET_KEY = env("SECRET_KEY")

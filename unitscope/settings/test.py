@@ -3,20 +3,24 @@
 Every test session gets its own data directory (SQLite file, filesystem broker folders, generated
 data), shared with the worker processes the tests start through the environment.
 """
+
 import os
 import tempfile
 
 os.environ.setdefault("UNITSCOPE_DATA_DIR", tempfile.mkdtemp(prefix="unitscope-test-"))
 
-from .base import *  # noqa: E402,F401,F403
-from .base import DATABASES, UNITSCOPE_DATA_DIR, UNITSCOPE_STORAGE_URL, env, env_bool, object_store_media  # noqa: E402
+from .base import *  # noqa: F403
+from .base import DATABASES, UNITSCOPE_DATA_DIR, UNITSCOPE_STORAGE_URL, env, env_bool, object_store_media
 
 DEBUG = False
 SECRET_KEY = env("SECRET_KEY", "unitscope-test-key")
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
-    "default": (object_store_media(UNITSCOPE_STORAGE_URL) if UNITSCOPE_STORAGE_URL
-                else {"BACKEND": "django.core.files.storage.FileSystemStorage"}),
+    "default": (
+        object_store_media(UNITSCOPE_STORAGE_URL)
+        if UNITSCOPE_STORAGE_URL
+        else {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    ),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

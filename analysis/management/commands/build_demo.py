@@ -6,8 +6,10 @@ from analysis.services.demo import DemoSize, demo_build, demo_credentials_ensure
 
 
 class Command(BaseCommand):
-    help = ("Build the demo synchronously, without a server or worker (idempotent: finished steps are reused). "
-            "For scripts and CI; `make demo` runs the same steps through the worker.")
+    help = (
+        "Build the demo synchronously, without a server or worker (idempotent: finished steps are reused). "
+        "For scripts and CI; `make demo` runs the same steps through the worker."
+    )
 
     def add_arguments(self, parser):
         default = DemoSize()

@@ -10,8 +10,9 @@ class Command(RunCommand):
         super().add_arguments(parser)
         add_argument(parser, EXTRACTION_PARAMS, "network")
         add_argument(parser, EXTRACTION_PARAMS, "dataset")
-        parser.add_argument("--layer", action="append", required=True, dest="layers",
-                            help="dotted layer name; repeat for more")
+        parser.add_argument(
+            "--layer", action="append", required=True, dest="layers", help="dotted layer name; repeat for more"
+        )
         add_argument(parser, EXTRACTION_PARAMS, "quantile")
         add_argument(parser, EXTRACTION_PARAMS, "batch_size")
 

@@ -8,8 +8,10 @@ from analysis.services.datasets import PROBE_WORLD_PARAMS, probe_world_generate,
 
 
 class Command(RunCommand):
-    help = ("Generate the probe world (object-centred images with pixel masks, Broden format). With --out DIR, "
-            "write the files there and stop; otherwise start a run that generates and registers it as --name.")
+    help = (
+        "Generate the probe world (object-centred images with pixel masks, Broden format). With --out DIR, "
+        "write the files there and stop; otherwise start a run that generates and registers it as --name."
+    )
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -26,10 +28,12 @@ class Command(RunCommand):
             params = PROBE_WORLD_PARAMS.validate(self.params_of(PROBE_WORLD_PARAMS, options))
         except ParamsError as error:
             raise CommandError(str(error)) from error
-        summary = probe_world_generate(out_dir=Path(out), n_images=params["n_images"], seed=params["seed"],
-                                       size=params["size"])
-        self.stdout.write(f"wrote {summary['n_images']} images to {summary['out_dir']} "
-                          f"in {summary['generation_seconds']} s")
+        summary = probe_world_generate(
+            out_dir=Path(out), n_images=params["n_images"], seed=params["seed"], size=params["size"]
+        )
+        self.stdout.write(
+            f"wrote {summary['n_images']} images to {summary['out_dir']} in {summary['generation_seconds']} s"
+        )
 
     def start_run(self, *, inline, **options):
         return probe_world_run_start(inline=inline, **self.params_of(PROBE_WORLD_PARAMS, options))

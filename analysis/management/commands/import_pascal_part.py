@@ -3,8 +3,10 @@ from analysis.services.datasets import pascal_part_import_run_start
 
 
 class Command(RunCommand):
-    help = ("Import PASCAL-Part (PATH holds Annotations_Part/, or is it; VOC JPEGImages/ beside it or via --images) "
-            "as a dataset in the Broden format (a run: prints its id; --wait or --inline).")
+    help = (
+        "Import PASCAL-Part (PATH holds Annotations_Part/, or is it; VOC JPEGImages/ beside it or via --images) "
+        "as a dataset in the Broden format (a run: prints its id; --wait or --inline)."
+    )
 
     def add_arguments(self, parser):
         super().add_arguments(parser)

@@ -4,8 +4,10 @@ from analysis.services.grids import GRIDS_PARAMS, grids_run_start
 
 
 class Command(RunCommand):
-    help = ("Render the exemplar grids of one layer of an extraction run, of every unit or of --units only "
-            "(a run; prints its id).")
+    help = (
+        "Render the exemplar grids of one layer of an extraction run, of every unit or of --units only "
+        "(a run; prints its id)."
+    )
 
     def add_arguments(self, parser):
         super().add_arguments(parser)

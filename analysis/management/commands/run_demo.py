@@ -3,6 +3,7 @@ URL as soon as the site answers, then queue the demo build steps for the worker 
 
 Both children are supervised (:mod:`unitscope.supervisor`): one that exits is reported with the last lines
 of its log and restarted (at most 5 times in 10 minutes); Ctrl-C or SIGTERM stops their process groups."""
+
 from __future__ import annotations
 
 import os
@@ -41,14 +42,33 @@ class Command(BaseCommand):
         supervisor = Supervisor(cwd=Path(settings.BASE_DIR), logs=logs, say=self.stdout.write)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop as on Ctrl-C: the finally below
         try:
-            supervisor.start("worker", [sys.executable, "-m", "celery", "-A", "unitscope", "worker", "-Q", "default,gpu",
-                                        "-c", "1", "--loglevel", "INFO", "-n", "demo@%h"],
-                             advice="The site stays up: queued runs wait, and the Runs page says that no worker is "
-                                    f"running. Fix the cause (see {logs / 'worker.log'}), then press Ctrl-C and run "
-                                    "`make demo` again, or start a worker yourself with `"
-                                    + worker_start_command("default,gpu") + "`.")
-            supervisor.start("web", [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
-                             advice=f"See {logs / 'web.log'}.")
+            supervisor.start(
+                "worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "unitscope",
+                    "worker",
+                    "-Q",
+                    "default,gpu",
+                    "-c",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                    "-n",
+                    "demo@%h",
+                ],
+                advice="The site stays up: queued runs wait, and the Runs page says that no worker is "
+                f"running. Fix the cause (see {logs / 'worker.log'}), then press Ctrl-C and run "
+                "`make demo` again, or start a worker yourself with `" + worker_start_command("default,gpu") + "`.",
+            )
+            supervisor.start(
+                "web",
+                [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
+                advice=f"See {logs / 'web.log'}.",
+            )
             url = f"http://{host}:{port}/"
             self._wait_until_up(url, supervisor, logs / "web.log")
             supervisor.watch()
@@ -64,8 +84,11 @@ class Command(BaseCommand):
                 elif event == "retry":
                     self.stdout.write(f"  {run.status}: {run.error}\n  Starting this step again.")
                 elif event == "end":
-                    self.stdout.write(f"  {run.status}" + ("" if created else " (already done)")
-                                      + (f": {run.error}" if run.error else ""))
+                    self.stdout.write(
+                        f"  {run.status}"
+                        + ("" if created else " (already done)")
+                        + (f": {run.error}" if run.error else "")
+                    )
 
             size = DemoSize(images=images, image_size=image_size, epochs=epochs)
             runs = demo_build(inline=False, size=size, on_step=report, worker_loss_retries=2)
@@ -88,8 +111,9 @@ class Command(BaseCommand):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not supervisor.alive("web"):
-                raise CommandError(f"the web server exited; last lines of {log}:\n"
-                                   + "\n".join(log.read_text().splitlines()[-15:]))
+                raise CommandError(
+                    f"the web server exited; last lines of {log}:\n" + "\n".join(log.read_text().splitlines()[-15:])
+                )
             try:
                 with urllib.request.urlopen(url + "login/", timeout=2) as response:
                     if response.status == 200:

@@ -1,4 +1,5 @@
 """``python manage.py create_api_token NAME [--regenerate]``: print a researcher's API token."""
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
