@@ -15,7 +15,8 @@ def test_build_demo_is_complete_and_idempotent(capsys):
     assert "Log in as researcher / " in output
     assert "Log in as expert1 / " in output and "Log in as expert2 / " in output
     assert "Expert study " in output and ": http://127.0.0.1:8000/" in output  # every study's links, full URLs
-    assert output.count("  worker link (mturk): http://127.0.0.1:8000/crowd/s/") == 3  # descriptions, labels, purity
+    # descriptions, labels, purity, forced choice
+    assert output.count("  worker link (mturk): http://127.0.0.1:8000/crowd/s/") == 4
     kinds = list(Run.objects.exclude(kind="dissect_shard").order_by("pk").values_list("kind", "status"))
     assert [kind for kind, _ in kinds] == [
         "probe_world",

@@ -134,5 +134,7 @@ def test_pascal_part_tree_runs_the_probe_world_pipeline(tmp_path, make_user):
 
     experts = [make_user("ann", "expert"), make_user("bob", "expert")]
     layer_extraction = extraction.layer_extractions.get(layer__name="conv5")
-    study = study_create(name="pascal study", extraction=layer_extraction, experts=experts, units=[0, 1, 2])
+    study = study_create(
+        name="pascal study", extraction=layer_extraction, experts=experts, units=[0, 1, 2], include_dead_units=True
+    )
     assert study.tasks.count() == 3 * len(CLASSES)

@@ -237,7 +237,7 @@ def test_efficientnet_lite0_as_shipped_goes_through_the_whole_pipeline(tmp_path,
     from analysis.services.extraction import extraction_run_start
     from analysis.services.grids import grids_run_start
     from analysis.services.parts import ablation_run_start, part_detection_run_start
-    from annotation import services as study_services
+    from annotation.expert import services as study_services
 
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(PROBE_AT_IMAGENET.get(i, f"imagenet-{i}") for i in range(1000)) + "\n")

@@ -716,7 +716,8 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
                 x = images.inputs(views[start : start + params["batch_size"]], params["inputs"])
                 frontier = ablator.prefix(x)
                 if frontiers is not None:
-                    kept_bytes += sum(t.numel() * t.element_size() for t in frontier)
+                    # a split graph's frontier may hold plain values (a batch size) beside its tensors
+                    kept_bytes += sum(t.numel() * t.element_size() for t in frontier if isinstance(t, torch.Tensor))
                     if kept_bytes <= FRONTIER_BUDGET_BYTES:
                         frontiers.append(frontier)
                     else:

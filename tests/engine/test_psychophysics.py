@@ -18,6 +18,7 @@ from analysis.engine.psychophysics import (
     rank_correlation,
     ranked_images,
 )
+from tests.devices import cpu_and_cuda
 
 
 def test_clopper_pearson_matches_statsmodels_beta_interval():
@@ -94,10 +95,7 @@ def test_trial_plan_keeps_queries_out_of_the_references():
         plan_unit_trials(scores, rng=rng, n_trials=11)
 
 
-@pytest.mark.parametrize(
-    "device",
-    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
-)
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_proxy_observer_reads_a_planted_direction_and_matches_a_loop(device):
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(40, 8, generator=generator)

@@ -38,6 +38,7 @@ CAPABILITY = {
     "annotation:crowd_after",
     "annotation:crowd_return",
     "annotation:crowd_image",
+    "annotation:crowd_practice",
 }
 """Crowd worker pages: the random token or code in the URL is the credential."""
 EXPERT_STUDY_PAGES = {"annotation:expert_next", "annotation:annotate", "annotation:my_answers"}
