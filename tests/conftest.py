@@ -94,6 +94,28 @@ def _database_url_for_subprocess() -> str:
     return f"postgres://{credentials}{host}{port}/{settings['NAME']}"
 
 
+def celery_worker_command(node: str) -> list[str]:
+    """The command line of one test worker process on both queues, one task at a time, named ``node``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "unitscope",
+        "worker",
+        "-Q",
+        "default,gpu",
+        "-c",
+        "1",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+        "-n",
+        node,
+    ]
+
+
 @pytest.fixture
 def celery_worker_process(transactional_db):
     """A real ``celery worker`` process (not eager, not a thread) on the configured broker and the test DB."""
@@ -107,24 +129,7 @@ def celery_worker_process(transactional_db):
     log_path = Path(os.environ["UNITSCOPE_DATA_DIR"]) / f"worker-{time.monotonic_ns()}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "unitscope",
-                "worker",
-                "-Q",
-                "default,gpu",
-                "-c",
-                "1",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-                "-n",
-                f"test-{os.getpid()}@%h",
-            ],
+            celery_worker_command(f"test-{os.getpid()}@%h"),
             cwd=PROJECT_DIR,
             env=env,
             stdout=log,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -20,7 +19,7 @@ import pytest
 from django.urls import reverse
 
 from benchmarks.loadkit import HIDDEN_SHOWN, Server, Session, ThrowawayPostgres, django_env, location, setup_world
-from tests.conftest import PROJECT_DIR, _database_url_for_subprocess
+from tests.conftest import PROJECT_DIR, _database_url_for_subprocess, celery_worker_command
 
 # -- a worker killed during a dissection ----------------------------------------------------------------------
 
@@ -32,24 +31,7 @@ def start_worker(log_path: Path) -> subprocess.Popen:
     )
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "unitscope",
-                "worker",
-                "-Q",
-                "default,gpu",
-                "-c",
-                "1",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-                "-n",
-                f"fault-{time.monotonic_ns()}@%h",
-            ],
+            celery_worker_command(f"fault-{time.monotonic_ns()}@%h"),
             cwd=PROJECT_DIR,
             env=env,
             stdout=log,

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +26,7 @@ from analysis.services.dissection import dissection_run_start, dissection_tally_
 from analysis.services.extraction import extraction_run_start, open_activation_cache
 from analysis.services.runs import run_fail_stale
 from analysis.storage import artifact_store
-from tests.conftest import PROJECT_DIR, _database_url_for_subprocess
+from tests.conftest import PROJECT_DIR, _database_url_for_subprocess, celery_worker_command
 
 pytestmark = pytest.mark.worker
 
@@ -56,24 +55,7 @@ class ScratchWorker:
     def __init__(self, name: str, scratch: Path, env: dict[str, str], hidden: list[Path], log_path: Path):
         self.scratch, self.log_path = scratch, log_path
         scratch.mkdir(parents=True)
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "unitscope",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "-c",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-            "-n",
-            f"{name}-{uuid.uuid4().hex[:6]}@%h",
-        ]
+        command = celery_worker_command(f"{name}-{uuid.uuid4().hex[:6]}@%h")
         if hidden:
             mounts = " && ".join(f"mount -t tmpfs none '{folder}'" for folder in hidden)
             command = [
