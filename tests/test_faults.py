@@ -57,7 +57,7 @@ def kill_group(process: subprocess.Popen) -> None:
 
 @pytest.mark.worker
 def test_killed_worker_leaves_a_failed_run_never_a_half_written_success(
-    transactional_db, tiny_layer, tmp_path, researcher_client
+    transactional_db, clean_broker, tiny_layer, tmp_path, researcher_client
 ):
     from analysis.models import LayerDissection, Run, RunStatus, UnitDissection
     from analysis.services.dissection import dissection_run_start

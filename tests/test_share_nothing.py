@@ -26,7 +26,7 @@ from analysis.services.dissection import dissection_run_start, dissection_tally_
 from analysis.services.extraction import extraction_run_start, open_activation_cache
 from analysis.services.runs import run_fail_stale
 from analysis.storage import artifact_store
-from tests.conftest import PROJECT_DIR, _database_url_for_subprocess, celery_worker_command
+from tests.conftest import PROJECT_DIR, _database_url_for_subprocess, broker_purge, celery_worker_command
 
 pytestmark = pytest.mark.worker
 
@@ -115,14 +115,6 @@ class ScratchWorker:
                 self.kill()
 
 
-def _purge_broker() -> None:
-    from unitscope.celery import app
-
-    with app.connection_for_write() as connection:
-        for queue in ("default", "gpu"):
-            connection.default_channel.queue_purge(queue)
-
-
 def _wait_final(runs: list[Run], timeout: float = 300) -> list[Run]:
     """Wait until every run has a final state, failing runs of dead workers as the web's pages do."""
     deadline = time.monotonic() + timeout
@@ -145,7 +137,7 @@ def worker_environment(transactional_db, object_store, settings, tmp_path):
     """The environment of a worker elsewhere: the broker, the database, the store; nothing of the web's files."""
     from unitscope.celery import app
 
-    _purge_broker()
+    broker_purge()
     env = dict(
         os.environ,
         DATABASE_URL=_database_url_for_subprocess(),
@@ -158,7 +150,7 @@ def worker_environment(transactional_db, object_store, settings, tmp_path):
     if app.conf.broker_url.startswith("filesystem"):  # the embedded broker's folders are this machine's broker
         env["UNITSCOPE_BROKER_DIR"] = str(Path(app.conf.broker_transport_options["data_folder_in"]).parent)
     yield env
-    _purge_broker()
+    broker_purge()
 
 
 def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_shard_fails_whole(

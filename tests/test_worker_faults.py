@@ -39,22 +39,6 @@ def fast_liveness(settings):
     settings.UNITSCOPE_ORPHAN_AFTER_SECONDS = 2
 
 
-def purge_broker() -> None:
-    from unitscope.celery import app
-
-    with app.connection_for_write() as connection:
-        for queue in ("default", "gpu"):
-            connection.default_channel.queue_purge(queue)
-
-
-@pytest.fixture
-def clean_broker():
-    """No message before or after: the messages sent here name runs of this test's database only."""
-    purge_broker()
-    yield
-    purge_broker()
-
-
 @pytest.fixture
 def broker_folder(clean_broker):
     """The queue folder of the embedded broker (a half-written file is a fault of that broker only)."""

@@ -16,6 +16,7 @@ from analysis import selectors
 from analysis.models import Run, RunStatus, WorkerHeartbeat
 from analysis.services.runs import ORPHAN_REQUEUED_PHASE, run_ids_waiting_in_broker, run_recover_orphans, runs_reconcile
 from analysis.services.workers import WorkerMonitor, worker_heartbeat_record, worker_heartbeat_remove
+from tests.conftest import broker_purge
 
 
 def queued_run(*, queue: str = "gpu", age: float = 0.0, kind: str = "selfcheck") -> Run:
@@ -30,22 +31,6 @@ def queued_run(*, queue: str = "gpu", age: float = 0.0, kind: str = "selfcheck")
 def beat(hostname: str, queues: list[str], *, age: float = 0.0) -> None:
     worker_heartbeat_record(hostname=hostname, queues=queues, pid=4242)
     WorkerHeartbeat.objects.filter(hostname=hostname).update(last_seen=timezone.now() - timedelta(seconds=age))
-
-
-def purge(queues=("default", "gpu")) -> None:
-    from unitscope.celery import app
-
-    with app.connection_for_write() as connection:
-        for queue in queues:
-            connection.default_channel.queue_purge(queue)
-
-
-@pytest.fixture
-def purge_broker():
-    """Messages sent here name runs of this test's database: none may outlive it for a later worker test."""
-    purge()
-    yield
-    purge()
 
 
 @pytest.mark.django_db
@@ -130,7 +115,7 @@ def test_runs_page_run_page_overview_and_api_say_that_no_worker_is_running(resea
 
 
 @pytest.mark.django_db
-def test_a_run_whose_message_is_lost_is_sent_again_once_then_failed_with_the_reason(settings, purge_broker):
+def test_a_run_whose_message_is_lost_is_sent_again_once_then_failed_with_the_reason(settings, clean_broker):
     settings.UNITSCOPE_ORPHAN_AFTER_SECONDS = 60
     lost = queued_run(age=120)
     assert run_ids_waiting_in_broker("gpu") == set()
@@ -141,7 +126,7 @@ def test_a_run_whose_message_is_lost_is_sent_again_once_then_failed_with_the_rea
     # While its message waits, nothing happens, however long.
     assert run_recover_orphans(now=timezone.now() + timedelta(hours=2)) == {"requeued": 0, "failed": 0}
     young = queued_run(age=5)
-    purge()  # lost again
+    broker_purge()  # lost again
     assert run_recover_orphans(now=timezone.now() + timedelta(seconds=30)) == {"requeued": 0, "failed": 0}
     counts = run_recover_orphans(now=timezone.now() + timedelta(seconds=90))
     lost.refresh_from_db()
@@ -153,7 +138,7 @@ def test_a_run_whose_message_is_lost_is_sent_again_once_then_failed_with_the_rea
 
 
 @pytest.mark.django_db
-def test_a_duplicate_message_never_runs_a_job_twice(settings, purge_broker):
+def test_a_duplicate_message_never_runs_a_job_twice(settings, clean_broker):
     """Sending again is safe because the claim is a conditional UPDATE: the second task finds no queued run."""
     from analysis.services.runs import run_execute
 
@@ -171,7 +156,7 @@ def test_a_duplicate_message_never_runs_a_job_twice(settings, purge_broker):
 
 
 @pytest.mark.django_db
-def test_the_worker_monitor_beats_reconciles_and_removes_its_row_when_stopped(settings, purge_broker):
+def test_the_worker_monitor_beats_reconciles_and_removes_its_row_when_stopped(settings, clean_broker):
     settings.UNITSCOPE_ORPHAN_AFTER_SECONDS = 60
     lost = queued_run(age=120)
     monitor = WorkerMonitor(hostname="m@host", queues=["default", "gpu"], interval=3600)
@@ -185,7 +170,7 @@ def test_the_worker_monitor_beats_reconciles_and_removes_its_row_when_stopped(se
 
 
 @pytest.mark.django_db
-def test_reconcile_is_quiet_when_every_message_is_there(settings, purge_broker):
+def test_reconcile_is_quiet_when_every_message_is_there(settings, clean_broker):
     from analysis.jobs import job_kind
     from analysis.services.runs import run_enqueue
 
