@@ -60,8 +60,9 @@ class RotationForm(forms.Form):
     )
     seeds = forms.CharField(
         initial=", ".join(str(seed) for seed in ROTATION_DEFAULTS["seeds"]),
-        help_text="One random rotation Q per seed (ND'18 repeats α = 1 ten times).",
+        help_text="One random rotation Q per seed, for every α of the curve.",
     )
+    full_rotation_repeats = form_field(ROTATION_PARAMS, "full_rotation_repeats", label="Repeats at α = 1")
     upsample = form_field(
         ROTATION_PARAMS, "upsample", choice_labels=dict(UpsampleMethod.choices), label="Upsampling to mask resolution"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from analysis.models import Concept, LayerDissection, LayerExtraction, RotationT
 from analysis.services.dissection import dissection_run_start, dissection_tally_load, rotation_run_start
 from analysis.services.extraction import open_activation_cache
 from analysis.services.networks import network_register
+from analysis.services.runs import RunInputError
 from analysis.storage import local_path
 from benchmarks.dissection_reference import reference_iou, reference_tally
 from tests.worlds import probe_world_register
@@ -318,10 +320,18 @@ def test_shuffled_masks_undo_the_planted_detections_and_saturated_units_are_not_
 
 def test_rotation_alpha_zero_reproduces_the_unrotated_counts(world):
     dissection = LayerDissection.objects.get(run=dissect())
-    run = rotation_run_start(network="seeded", dataset="tiny", layer="conv5", alphas=[0, 1], seeds=[3, 4], inline=True)
+    run = rotation_run_start(
+        network="seeded",
+        dataset="tiny",
+        layer="conv5",
+        alphas=[0, 1],
+        seeds=[3, 4],
+        full_rotation_repeats=2,
+        inline=True,
+    )
     assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
     test = RotationTest.objects.get(run=run)
-    assert [(p["seed"], p["alpha"]) for p in test.points] == [(3, 0.0), (3, 1.0), (4, 0.0), (4, 1.0)]
+    assert [(p["seed"], p["alpha"]) for p in test.points] == [(3, 0.0), (4, 0.0), (3, 1.0), (4, 1.0)]
     for point in test.points:
         if point["alpha"] == 0:
             assert point["detectors"] == dissection.n_detectors
@@ -339,6 +349,36 @@ def test_rotation_alpha_zero_reproduces_the_unrotated_counts(world):
         assert not np.array_equal(data["thresholds"][1], tally["thresholds"])  # rotated units: other thresholds
         assert not np.array_equal(data["thresholds"][1], data["thresholds"][2])  # another seed, another Q
         assert data["images"] == 36 and data["truth"][2].sum() == tally["truth"].sum()
+
+
+def test_rotation_repeats_the_complete_rotation_ten_times_by_default(world, client, make_user):
+    """ND'18 §3.2 / Fig. 8: α = 1 is measured on 10 random rotations; the curve's other α on the run's seeds."""
+    run = rotation_run_start(
+        network="seeded", dataset="tiny", layer="conv5", alphas=[0, 0.5, 1], seeds=[2], inline=True
+    )
+    assert run.status == RunStatus.SUCCEEDED, run.error + run.error_detail
+    assert run.params["full_rotation_repeats"] == 10
+    test = RotationTest.objects.get(run=run)
+    at = {alpha: [p["seed"] for p in test.points if p["alpha"] == alpha] for alpha in (0.0, 0.5, 1.0)}
+    assert at == {0.0: [2], 0.5: [2], 1.0: list(range(2, 12))}
+    with np.load(local_path(test.directory) / "rotation.npz") as data:
+        assert len(data["alpha"]) == 1 + 1 + 10 and len(set(map(bytes, data["thresholds"][2:]))) == 10
+    complete = [p["unique"] for p in test.points if p["alpha"] == 1.0]
+    client.force_login(make_user("rita", "researcher"))
+    page = client.get(reverse("analysis:rotation_test", args=["seeded", "conv5"])).content.decode()
+    mean = f"{statistics.fmean(complete):.1f}".rstrip("0").rstrip(".")
+    assert "Complete rotation (α = 1), 10 random rotations" in page and f"<strong>{mean}</strong>" in page
+    assert f"± {statistics.stdev(complete):.1f} (sd)" in page
+    assert "seeds 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" in page
+    with pytest.raises(RunInputError, match="these ask for 65"):  # 64 curve rotations plus 1 more at α = 1
+        rotation_run_start(
+            network="seeded",
+            dataset="tiny",
+            layer="conv5",
+            alphas=[0.5, 1],
+            seeds=list(range(32)),
+            full_rotation_repeats=33,
+        )
 
 
 def test_export_files_are_exact(world, tmp_path):

@@ -707,6 +707,7 @@ def decile_exemplars(
     min_score: float | None = 0.0,
     mode: str = "random",
     seed: int = 0,
+    max_elements: int = 1 << 22,
 ) -> DecileExemplars:
     """Exemplars drawn from every decile of each unit's score distribution (Net2Vec §5.1).
 
@@ -726,10 +727,14 @@ def decile_exemplars(
       rank of each stratum, no randomness.
     * Random numbers come from a CPU ``torch.Generator`` seeded with ``seed`` and are moved to the
       scores' device, so the choice is the same on every device.
+    * Units are ranked a chunk at a time, so the working memory (an int64 rank and a float32 key per image
+      and unit) is about ``12 * max_elements`` bytes whatever the number of images, not ``12 N C`` (full
+      Broden's 63,305 images × 512 units would be 390 MB at once). The result does not depend on it.
 
     Args:
         scores: ``Tensor[N, C]`` (or ``Tensor[N]`` for one unit) per-image scores.
         image_indices: ``LongTensor[N]`` their image ids (unique).
+        max_elements: images × units ranked at once (at least one unit).
 
     Returns:
         :class:`DecileExemplars` with ``[C, num_bins, per_bin]`` tensors (``C = 1`` for 1-D input).
@@ -750,35 +755,43 @@ def decile_exemplars(
     ids = image_indices.to(dev, torch.int64)
     by_id = torch.argsort(ids, stable=True)
     ids = ids[by_id]
-    s = scores[by_id].t()  # [C, N], columns in ascending image id
-    ok = ~torch.isnan(s)
-    if min_score is not None:
-        ok &= s > min_score
-    key = s.masked_fill(~ok, -math.inf)
-    order = torch.argsort(key, dim=1, stable=True)  # ineligible first, then ascending score, id
-    n = ok.sum(dim=1)  # [C]
-    b = torch.arange(nb, device=dev)
-    j = torch.arange(pb, device=dev)
-    n_ = n.view(c, 1, 1)
-    lo = (b.view(1, nb, 1) * n_) // nb
-    hi = ((b.view(1, nb, 1) + 1) * n_) // nb
-    s_lo = lo + (j.view(1, 1, pb) * (hi - lo)) // pb
-    s_hi = lo + ((j.view(1, 1, pb) + 1) * (hi - lo)) // pb
-    width = s_hi - s_lo  # [C, nb, pb]
-    if mode == "random":
+    if mode == "random":  # drawn for all units at once: the same picks whatever the chunking
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         u = torch.rand((c, nb, pb), generator=gen, dtype=torch.float64).to(dev)
-        offset = torch.floor(u * width.to(torch.float64)).to(torch.int64)
-    else:
-        offset = (width - 1).clamp(min=0) // 2
-    rank = s_lo + torch.minimum(offset, (width - 1).clamp(min=0))
-    pos = (n_img - n_) + rank  # position in the ascending order
-    empty = width == 0
-    pos = pos.masked_fill(empty, 0)
-    col = torch.gather(order, 1, pos.view(c, -1)).view(c, nb, pb)
-    images = ids[col].masked_fill(empty, -1)
-    chosen = torch.gather(s, 1, col.view(c, -1)).view(c, nb, pb).masked_fill(empty, math.nan)
-    return DecileExemplars(images, chosen, n)
+    chunk = max(1, int(max_elements) // n_img)
+    parts = []
+    for first in range(0, c, chunk):
+        units = slice(first, min(c, first + chunk))
+        s = scores[by_id, units].t()  # [chunk, N], columns in ascending image id
+        m = s.shape[0]
+        ok = ~torch.isnan(s)
+        if min_score is not None:
+            ok &= s > min_score
+        key = s.to(torch.float32).masked_fill(~ok, -math.inf)
+        order = torch.argsort(key, dim=1, stable=True)  # ineligible first, then ascending score, id
+        del key
+        n = ok.sum(dim=1)  # [chunk]
+        b = torch.arange(nb, device=dev)
+        j = torch.arange(pb, device=dev)
+        n_ = n.view(m, 1, 1)
+        lo = (b.view(1, nb, 1) * n_) // nb
+        hi = ((b.view(1, nb, 1) + 1) * n_) // nb
+        s_lo = lo + (j.view(1, 1, pb) * (hi - lo)) // pb
+        s_hi = lo + ((j.view(1, 1, pb) + 1) * (hi - lo)) // pb
+        width = s_hi - s_lo  # [chunk, nb, pb]
+        if mode == "random":
+            offset = torch.floor(u[units] * width.to(torch.float64)).to(torch.int64)
+        else:
+            offset = (width - 1).clamp(min=0) // 2
+        rank = s_lo + torch.minimum(offset, (width - 1).clamp(min=0))
+        pos = (n_img - n_) + rank  # position in the ascending order
+        empty = width == 0
+        pos = pos.masked_fill(empty, 0)
+        col = torch.gather(order, 1, pos.view(m, -1)).view(m, nb, pb)
+        images = ids[col].masked_fill(empty, -1)
+        chosen = torch.gather(s, 1, col.view(m, -1)).view(m, nb, pb).masked_fill(empty, math.nan)
+        parts.append((images, chosen, n))
+    return DecileExemplars(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -952,6 +965,9 @@ def extract_statistics(
         quantile: dissection quantile level (ND'18 §2.2: 0.995, i.e. the top 0.005).
         cache: optional ``{layer: float16 memmap [rows, C, h, w]}``; written batch by batch.
         cache_row_offset: image id of the caches' first row.
+
+    Per-image scores (``image_scores``) are kept as float16: exact for the canonical float16-rounded maps the
+    extraction service passes in, rounded otherwise (they only rank images for decile exemplars).
         progress: called after each batch with the number of images processed so far.
 
     Returns:
@@ -978,7 +994,9 @@ def extract_statistics(
                     shape=(c, h, w),
                     topk=TopKPerUnit(k_overall, c, num_classes, k_per_class=k_per_class, device=acts.device),
                     quantile=UpperQuantile(c, quantile, total_count=total_images * h * w, device=acts.device),
-                    image_scores=ImageMaxScores(c, device=acts.device),
+                    # float16 is exact here (the canonical maps are float16-rounded) and halves the one
+                    # accumulator that grows with the dataset (images × units).
+                    image_scores=ImageMaxScores(c, device=acts.device, dtype=torch.float16),
                 )
             st = stats[name]
             scores, peaks = map_max_and_peak(acts)

@@ -135,11 +135,28 @@ DISSECTION_PARAMS = p.ParamSchema(
 DISSECTION_DEFAULTS = DISSECTION_PARAMS.defaults
 
 
+def rotation_seeds(params: dict[str, Any], alpha: float) -> list[int]:
+    """The seeds (one random rotation Q each) measured at ``alpha``: the run's ``seeds`` for every α of the
+    curve (ND'18 Fig. 6) and, at α = 1, as many more as make ``full_rotation_repeats`` (Fig. 8 repeats the
+    complete rotation 10 times; the extra seeds follow the largest of the run's, our choice)."""
+    if alpha == 0:
+        return list(params["seeds"])
+    seeds = list(params["seeds"])
+    if alpha == 1.0:
+        extra = params["full_rotation_repeats"] - len(seeds)
+        seeds += [max(seeds) + 1 + k for k in range(max(0, extra))]
+    return seeds
+
+
 def _rotation_rules(params: dict[str, Any]) -> None:
     params["alphas"] = sorted({round(alpha, 6) for alpha in params["alphas"]})
-    if len(params["seeds"]) * sum(alpha > 0 for alpha in params["alphas"]) > MAX_ROTATIONS:
+    rotated = sum(len(rotation_seeds(params, alpha)) for alpha in params["alphas"] if alpha > 0)
+    if rotated > MAX_ROTATIONS:
         raise p.ParamsError(
-            {"seeds": f"at most {MAX_ROTATIONS} rotated representations (seeds × nonzero alphas) per run"}
+            {
+                "seeds": f"at most {MAX_ROTATIONS} rotated representations per run (seeds × nonzero alphas, "
+                f"and the repeats at α = 1); these ask for {rotated}"
+            }
         )
 
 
@@ -163,6 +180,13 @@ ROTATION_PARAMS = p.ParamSchema(
             min_items=1,
             unique_sorted=True,
             help="one random rotation Q per seed",
+        ),
+        full_rotation_repeats=p.integers(
+            1,
+            MAX_ROTATIONS,
+            10,
+            help="random rotations measured at α = 1 (ND'18 §3.2 repeats the complete rotation 10 times); "
+            "seeds after the largest of the run's are added to reach it",
         ),
     ),
     rules=_rotation_rules,
@@ -615,10 +639,11 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
         views.append((0.0, None))
         identity = rotation_power(random_rotation(layer.units, seed=params["seeds"][0]), 0.0)
         transforms.append(partial(rotate_activations, rotation=identity.to(dev)))
-    for seed in params["seeds"]:
+    measured = {alpha: rotation_seeds(params, alpha) for alpha in params["alphas"]}
+    for seed in sorted({seed for seeds in measured.values() for seed in seeds}):
         q = random_rotation(layer.units, seed=seed)
         for alpha in params["alphas"]:
-            if alpha > 0:
+            if alpha > 0 and seed in measured[alpha]:
                 views.append((alpha, seed))
                 transforms.append(partial(rotate_activations, rotation=rotation_power(q, alpha).to(dev)))
 
@@ -668,8 +693,8 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
             }
         )
     points = []
-    for seed in params["seeds"]:
-        for alpha in params["alphas"]:
+    for alpha in params["alphas"]:
+        for seed in measured[alpha]:
             position = views.index((alpha, None if alpha == 0 else seed))
             points.append({"seed": seed, "alpha": alpha, **view_points[position]})
 
@@ -705,8 +730,7 @@ def rotation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     publish(directory)
     RotationTest.objects.filter(pk=test.pk).update(directory=stored_path(directory))
     mean_unique = [
-        sum(point["unique"] for point in points if point["alpha"] == alpha) / len(params["seeds"])
-        for alpha in params["alphas"]
+        float(np.mean([point["unique"] for point in points if point["alpha"] == alpha])) for alpha in params["alphas"]
     ]
     return {
         "rotation_test": test.pk,

@@ -3,6 +3,8 @@ and the forms that start these runs. Thin: reads through selectors, starts runs 
 
 from __future__ import annotations
 
+import statistics
+
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.views.generic import FormView, TemplateView
@@ -228,10 +230,12 @@ class RotationView(ResearcherRequiredMixin, LayerMixin, TemplateView):
                 ]
                 for seed in test.seeds
             }
-            mean = [sum(values[i] for values in by_seed.values()) / len(by_seed) for i in range(len(alphas))]
+            # Means over every rotation measured at α (at α = 1 that includes the repeats of ND'18 Fig. 8).
+            mean = [statistics.fmean(p["unique"] for p in test.points if p["alpha"] == alpha) for alpha in alphas]
             mean_detectors = [
-                sum(values[i] for values in detectors.values()) / len(detectors) for i in range(len(alphas))
+                statistics.fmean(p["detectors"] for p in test.points if p["alpha"] == alpha) for alpha in alphas
             ]
+            complete = [p["unique"] for p in test.points if p["alpha"] == 1.0]
             baseline = None
             real = selectors.latest_dissection(layer, dataset=test.dataset)
             shuffled = selectors.latest_baseline_for(real) if real else None
@@ -246,6 +250,14 @@ class RotationView(ResearcherRequiredMixin, LayerMixin, TemplateView):
                 ],
                 shuffled=shuffled,
                 real=real,
+                complete_rotation={
+                    "values": complete,
+                    "seeds": [p["seed"] for p in test.points if p["alpha"] == 1.0],
+                    "mean": statistics.fmean(complete),
+                    "sd": statistics.stdev(complete) if len(complete) > 1 else None,
+                }
+                if complete
+                else None,
             )
         return context
 

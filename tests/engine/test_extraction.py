@@ -321,6 +321,22 @@ def test_decile_exemplars_random_mode_draws_inside_each_decile_deterministically
         )
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_decile_exemplars_rank_units_a_chunk_at_a_time_with_the_same_result(device):
+    """The working memory is bounded by ``max_elements`` (images × units ranked at once); the picks are not."""
+    g = torch.Generator().manual_seed(11)
+    scores = torch.rand(300, 7, generator=g).to(torch.float16)
+    scores[:90, 2] = 0.0
+    scores[5, 4] = float("nan")
+    ids = torch.randperm(5_000, generator=g)[:300]
+    whole = decile_exemplars(scores.to(device), ids.to(device), per_bin=2, seed=3, max_elements=10**9)
+    for max_elements in (1, 300, 650, 2_100):  # one unit, one unit, two units, all seven
+        chunked = decile_exemplars(scores.to(device), ids.to(device), per_bin=2, seed=3, max_elements=max_elements)
+        assert torch.equal(chunked.images, whole.images) and torch.equal(chunked.eligible, whole.eligible)
+        assert torch.equal(chunked.scores.isnan(), whole.scores.isnan())
+        assert torch.equal(chunked.scores.nan_to_num(), whole.scores.nan_to_num())
+
+
 def test_decile_exemplars_pads_when_too_few_images():
     scores = torch.tensor([[0.0], [0.3], [0.1], [0.2]])
     got = decile_exemplars(scores, torch.tensor([4, 5, 6, 7]), num_bins=5, mode="median")

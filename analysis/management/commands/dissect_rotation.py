@@ -30,8 +30,9 @@ class Command(RunCommand):
         parser.add_argument(
             "--seeds",
             default=",".join(str(s) for s in ROTATION_DEFAULTS["seeds"]),
-            help="comma-separated seeds of Q (ND'18 repeats α = 1 ten times)",
+            help="comma-separated seeds of Q, one rotation each for every α of the curve",
         )
+        add_argument(parser, ROTATION_PARAMS, "full_rotation_repeats")
         add_argument(parser, ROTATION_PARAMS, "upsample")
         add_argument(parser, ROTATION_PARAMS, "iou_threshold")
 
