@@ -50,7 +50,6 @@ from torch import Tensor
 
 __all__ = [
     "NMS_OVERLAPS",
-    "ClassDetections",
     "DetectionConfig",
     "DetectionMatching",
     "PartScore",
@@ -59,9 +58,9 @@ __all__ = [
     "apply_box_regressors",
     "average_precision",
     "best_ground_truth",
+    "box_normal_equations",
     "boxes_to_image",
     "boxes_to_view",
-    "class_detections",
     "context_frame",
     "fit_box_regressors",
     "fit_part_regressors",
@@ -75,7 +74,9 @@ __all__ = [
     "precision_recall",
     "regression_pairs",
     "score_part",
+    "solve_box_regressors",
     "tp_flags",
+    "views_per_chunk",
     "voc_ap",
 ]
 
@@ -180,18 +181,35 @@ def fit_box_regressors(
         ``(W float64 [F, D (+1), 4], fitted bool [F])``; filters whose weights sum to 0 get W = 0 and
         ``fitted`` False.
     """
+    return solve_box_regressors(*box_normal_equations(features, weights, targets, intercept=intercept), ridge=ridge)
+
+
+@torch.no_grad()
+def box_normal_equations(
+    features: Tensor, weights: Tensor, targets: Tensor, *, intercept: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The weighted least-squares sums of :func:`fit_box_regressors` (arguments alike): ``(Σ a γ γᵀ float64
+    [F, D, D], Σ a γ tᵀ [F, D, 4], Σ a [F])``. Sums over disjoint sets of pairs add up, so pairs can come a
+    chunk of views at a time (:func:`fit_part_regressors`)."""
     x = _design(features, intercept)
     w = weights.to(torch.float64).clamp_min(0)
     t = targets.to(torch.float64)
     if t.dim() == 2:
         t = t.expand(x.shape[0], -1, -1)
-    normal = torch.einsum("fkd,fk,fke->fde", x, w, x)
-    rhs = torch.einsum("fkd,fk,fke->fde", x, w, t)
+    return torch.einsum("fkd,fk,fke->fde", x, w, x), torch.einsum("fkd,fk,fke->fde", x, w, t), w.sum(dim=1)
+
+
+@torch.no_grad()
+def solve_box_regressors(
+    normal: Tensor, rhs: Tensor, weight_sum: Tensor, *, ridge: float = 1e-6
+) -> tuple[Tensor, Tensor]:
+    """``(W float64 [F, D, 4], fitted bool [F])`` from :func:`box_normal_equations`' sums (see
+    :func:`fit_box_regressors`)."""
     diagonal = normal.diagonal(dim1=1, dim2=2)
     scale = diagonal.mean(dim=1, keepdim=True).clamp_min(1e-12)
     damping = torch.diag_embed(ridge * diagonal + 1e-12 * scale)  # Marquardt-style: relative to each feature
     solution = torch.linalg.solve(normal + damping, rhs)
-    fitted = w.sum(dim=1) > 0
+    fitted = weight_sum > 0
     return torch.where(fitted[:, None, None], solution, torch.zeros_like(solution)), fitted
 
 
@@ -557,51 +575,50 @@ def part_size(part_boxes: np.ndarray, object_boxes: np.ndarray) -> tuple[float, 
     return float(np.mean((widths + heights) / 2)), relative
 
 
-@dataclass(frozen=True)
-class ClassDetections:
-    """The stimulus detections of a stack of views' maps ``[V, F, h, w]``: every local maximum (:class:`Peaks`),
-    its ``γ`` ``features`` ``float32 [D, 11]`` and the receptive-field centres ``cy [h]``, ``cx [w]``."""
-
-    peaks: Peaks
-    features: Tensor
-    cy: Tensor
-    cx: Tensor
+def views_per_chunk(shape, max_bytes: int = 1 << 28) -> int:
+    """Views of maps ``shape`` ``(V, F, h, w)`` worked on at once: their float32 copy, padded copy and pooled
+    map (about three copies) fit in ``max_bytes`` (256 MiB by default), at least one view."""
+    _, n_filters, h, w = (int(v) for v in shape)
+    return max(1, int(max_bytes) // max(1, 3 * 4 * n_filters * (h + 2) * (w + 2)))
 
 
-@torch.no_grad()
-def class_detections(maps: Tensor, geometry, *, include_zero_peaks: bool = False) -> ClassDetections:
-    """Local maxima of ``maps`` ``[V, F, h, w]`` and their regression features, units placed by ``geometry`` (a
-    ``LayerGeometry``); on ``maps``' device."""
-    from analysis.engine.receptive_field import unit_centers
-
-    peaks = local_maxima(maps, include_zero_peaks=include_zero_peaks)
-    cy, cx = unit_centers(geometry, maps.shape[2], maps.shape[3], device=maps.device)
-    return ClassDetections(
-        peaks, neighbourhood_features(maps, peaks.view, peaks.filter, peaks.row, peaks.col, cy, cx), cy, cx
-    )
+def _views_on(maps, start: int, stop: int, device) -> Tensor:
+    """``float32 [stop - start, F, h, w]`` on ``device``: views ``start:stop`` of ``maps`` (a tensor, or any array
+    indexable by a slice of views, such as a memory map, so the whole stack never needs to be in memory)."""
+    chunk = maps[start:stop]
+    if not isinstance(chunk, Tensor):
+        chunk = torch.from_numpy(np.ascontiguousarray(chunk))
+    return chunk.to(device=device, dtype=torch.float32)
 
 
 @torch.no_grad()
 def fit_part_regressors(
-    maps: Tensor,
-    detections: ClassDetections,
+    maps,
+    cy: Tensor,
+    cx: Tensor,
     gt_boxes: Tensor,
     gt_view: Tensor,
     *,
     intercept: bool = True,
     ridge: float = 1e-6,
     max_design: int = 1_000_000,
+    view_chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Box regressors of every filter for one part (§3.1.1): ``(W float64 [F, 11 (+1), 4], fitted bool [F])``
     trained on the :func:`regression_pairs` of ground truth ``gt_boxes`` ``[G, 4]`` (view pixels) in views
-    ``gt_view`` ``[G]``, filters in chunks so that the ``[chunk, K, 12]`` float64 design holds at most
-    ``max_design`` pairs."""
-    n_filters = maps.shape[1]
-    weights = torch.zeros((n_filters, FEATURES + int(intercept), 4), dtype=torch.float64, device=maps.device)
-    fitted = torch.zeros(n_filters, dtype=torch.bool, device=maps.device)
+    ``gt_view`` ``[G]``, on ``gt_boxes``' device. ``maps`` ``[V, F, h, w]`` (a tensor or a memory map) are read
+    ``view_chunk`` views at a time (:func:`views_per_chunk` by default) and the weighted least-squares sums added
+    up, so memory does not grow with the views; filters go in chunks so that the ``[chunk, K, 12]`` float64
+    design of a view chunk's ``K`` pairs holds at most ``max_design`` pairs. ``cy [h]``, ``cx [w]``: the
+    receptive-field centres of map rows and columns."""
+    device = gt_boxes.device
+    n_views, n_filters = (int(v) for v in maps.shape[:2])
+    dims = FEATURES + int(intercept)
+    normal = torch.zeros((n_filters, dims, dims), dtype=torch.float64, device=device)
+    rhs = torch.zeros((n_filters, dims, 4), dtype=torch.float64, device=device)
+    weight_sum = torch.zeros(n_filters, dtype=torch.float64, device=device)
     if not len(gt_view):
-        return weights, fitted
-    cy, cx = detections.cy, detections.cx
+        return rhs, weight_sum > 0
     box, row, col = regression_pairs(cy, cx, gt_boxes, gt_view)
     pair_view = gt_view[box]
     g = gt_boxes[box].to(torch.float64)
@@ -609,15 +626,26 @@ def fit_part_regressors(
         [(g[:, 0] + g[:, 2]) / 2 - cx[col], (g[:, 1] + g[:, 3]) / 2 - cy[row], g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]],
         dim=1,
     )
-    chunk = max(1, int(max_design // max(1, len(box))))
-    for start in range(0, n_filters, chunk):
-        stop = min(n_filters, start + chunk)
-        features = neighbourhood_features_all(maps[:, start:stop], pair_view, row, col, cy, cx)
-        activations = maps[pair_view, start:stop, row, col].T
-        weights[start:stop], fitted[start:stop] = fit_box_regressors(
-            features, activations, targets, intercept=intercept, ridge=ridge
-        )
-    return weights, fitted
+    view_chunk = view_chunk or views_per_chunk(maps.shape)
+    for first in range(0, n_views, view_chunk):
+        last = min(n_views, first + view_chunk)
+        inside = torch.nonzero((pair_view >= first) & (pair_view < last)).flatten()
+        if not len(inside):
+            continue
+        views = _views_on(maps, first, last, device)
+        p_view, p_row, p_col = pair_view[inside] - first, row[inside], col[inside]
+        chunk = max(1, int(max_design // len(inside)))
+        for start in range(0, n_filters, chunk):
+            stop = min(n_filters, start + chunk)
+            sums = box_normal_equations(
+                neighbourhood_features_all(views[:, start:stop], p_view, p_row, p_col, cy, cx),
+                views[p_view, start:stop, p_row, p_col].T,
+                targets[inside],
+                intercept=intercept,
+            )
+            for total, part in zip((normal, rhs, weight_sum), sums, strict=True):
+                total[start:stop] += part
+    return solve_box_regressors(normal, rhs, weight_sum, ridge=ridge)
 
 
 @dataclass
@@ -670,8 +698,8 @@ class PartScore:
 
 @torch.no_grad()
 def score_part(
-    maps: Tensor,
-    detections: ClassDetections,
+    maps,
+    geometry,
     gt_boxes: Tensor,
     gt_view: Tensor,
     *,
@@ -681,37 +709,67 @@ def score_part(
     ga=None,
     curve_points: int = 150,
     progress=None,
+    view_chunk: int | None = None,
 ) -> PartScore:
-    """GG'18 §3.1 for one part class over the views of ``maps`` ``[V, F, h, w]`` with their ``detections``
-    (:func:`class_detections`) and ground truth ``gt_boxes`` ``float32 [G, 4]`` (view pixels) in views
-    ``gt_view`` ``[G]``: regressors per filter trained on the views themselves (``config.regression``), regressed
-    boxes (unfitted filters keep their ``rf_size`` ``(h, w)`` box) clipped to ``input_size``, NMS per (filter,
-    view), matching at ``config.iou_threshold``, VOC AP per filter, the GA (:mod:`analysis.engine.genetic`,
-    ``ga`` a ``GAConfig``; ``progress(generation)``), TopFilters and all filters."""
+    """GG'18 §3.1 for one part class over the views of ``maps`` ``[V, F, h, w]`` (a tensor or a memory map, read
+    ``view_chunk`` views at a time, :func:`views_per_chunk` by default), units placed by ``geometry`` (a
+    ``LayerGeometry``), with ground truth ``gt_boxes`` ``float32 [G, 4]`` (view pixels) in views ``gt_view``
+    ``[G]``; computed on ``gt_boxes``' device. Regressors per filter are trained on the views themselves
+    (``config.regression``, one pass over the views); a second pass takes each view chunk's stimulus detections
+    (every local maximum), regresses their boxes (unfitted filters keep their ``rf_size`` ``(h, w)`` box) clipped
+    to ``input_size``, applies NMS per (filter, view) and finds each kept detection's ground truth, so only the
+    kept detections stay in memory. Then VOC AP per filter, the GA (:mod:`analysis.engine.genetic`, ``ga`` a
+    ``GAConfig``; ``progress(generation)``), TopFilters and all filters. Chunking changes nothing but the
+    summation order of the regression sums: detections keep their global (view, filter, row, column) order."""
     from analysis.engine.genetic import GAConfig, run_ga, top_filters
+    from analysis.engine.receptive_field import unit_centers
 
-    n_views, n_filters = maps.shape[:2]
-    peaks = detections.peaks
+    device = gt_boxes.device
+    n_views, n_filters, h, w = (int(v) for v in maps.shape)
+    cy, cx = unit_centers(geometry, h, w, device=device)
+    view_chunk = view_chunk or views_per_chunk(maps.shape)
     used = slice(None) if config.regression else slice(0)  # without regression every filter keeps its RF boxes
     weights, fitted = fit_part_regressors(
-        maps, detections, gt_boxes[used], gt_view[used], intercept=config.intercept, ridge=config.ridge
-    )
-    boxes = apply_box_regressors(
-        weights,
-        fitted,
-        peaks.filter,
-        detections.features,
-        (rf_size[0], rf_size[1]),
+        maps,
+        cy,
+        cx,
+        gt_boxes[used],
+        gt_view[used],
         intercept=config.intercept,
-        frame=input_size,
-        min_box_size=config.min_box_size,
+        ridge=config.ridge,
+        view_chunk=view_chunk,
     )
-    keep = grouped_nms(
-        boxes, peaks.score, peaks.filter * n_views + peaks.view, config.nms_threshold, config.nms_overlap
-    )
-    det_boxes, det_view = boxes[keep], peaks.view[keep]
-    det_filter, det_score = peaks.filter[keep].cpu().numpy(), peaks.score[keep].cpu().numpy()
-    best = best_ground_truth(det_boxes, det_view, gt_boxes, gt_view, config.iou_threshold).cpu().numpy()
+    kept = {"box": [], "view": [], "filter": [], "score": [], "gt": []}
+    for first in range(0, n_views, view_chunk):
+        views = _views_on(maps, first, min(n_views, first + view_chunk), device)
+        peaks = local_maxima(views, include_zero_peaks=config.include_zero_peaks)
+        boxes = apply_box_regressors(
+            weights,
+            fitted,
+            peaks.filter,
+            neighbourhood_features(views, peaks.view, peaks.filter, peaks.row, peaks.col, cy, cx),
+            (rf_size[0], rf_size[1]),
+            intercept=config.intercept,
+            frame=input_size,
+            min_box_size=config.min_box_size,
+        )
+        del views
+        view = peaks.view + first
+        keep = grouped_nms(boxes, peaks.score, peaks.filter * n_views + view, config.nms_threshold, config.nms_overlap)
+        kept["box"].append(boxes[keep])
+        kept["view"].append(view[keep])
+        kept["filter"].append(peaks.filter[keep])
+        kept["score"].append(peaks.score[keep])
+        kept["gt"].append(best_ground_truth(boxes[keep], view[keep], gt_boxes, gt_view, config.iou_threshold))
+    if not kept["box"]:  # no views
+        kept = {
+            "box": [torch.zeros((0, 4))],
+            **{k: [torch.zeros(0, dtype=torch.int64)] for k in ("view", "filter", "gt")},
+        }
+        kept["score"] = [torch.zeros(0)]
+    det_boxes, det_view = torch.cat(kept["box"]), torch.cat(kept["view"])
+    det_filter, det_score = torch.cat(kept["filter"]).cpu().numpy(), torch.cat(kept["score"]).cpu().numpy()
+    best = torch.cat(kept["gt"]).cpu().numpy()
     matching = DetectionMatching(det_filter, det_score, best, len(gt_view), n_filters)
     singles, single_recall = matching.single_aps()
     ranked = np.lexsort((np.arange(n_filters), -singles))

@@ -33,12 +33,14 @@ whose image contains the part). :mod:`analysis.engine.ablation` documents the sc
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.db import transaction
 
 from analysis import params as p
@@ -388,26 +390,42 @@ def _part_classes(boxes: DatasetBoxes, *, min_part_size: float, min_instances: i
 # -- score_parts ------------------------------------------------------------------------------------------
 
 
-def _class_maps(views, images: _Images, model, layer: Layer, params, extraction, device):
-    """``float32 [V, F, h, w]`` of the views: forward passes on the crops, or rows of the activation cache."""
+class _CachedViews:
+    """Rows ``rows`` of an activation cache (float16 memory map ``[N, F, h, w]``) as a stack of views ``[V, F, h,
+    w]`` read a slice at a time (what :func:`analysis.engine.part_detection.score_part` needs), never all at once."""
+
+    def __init__(self, cache: np.ndarray, rows: list[int]):
+        self.cache, self.rows = cache, np.asarray(rows, dtype=np.int64)
+        self.shape = (len(rows), *cache.shape[1:])
+
+    def __getitem__(self, views: slice) -> np.ndarray:
+        return np.asarray(self.cache[self.rows[views]], dtype=np.float32)
+
+
+def _class_maps(views, images: _Images, model, layer: Layer, params, extraction, scratch: Path):
+    """The views' maps ``[V, F, h, w]``, never whole in memory: rows of the activation cache (whole images), or
+    the forward passes on the crops written batch by batch to a float32 memory map in ``scratch``."""
     import torch
 
     from analysis.engine.networks import capture_forward
 
     if params["inputs"] == PartInputs.WHOLE_IMAGES:
-        maps = open_activation_cache(extraction)
-        rows = [view.image for view in views]
-        return torch.from_numpy(np.asarray(maps[rows], dtype=np.float32)).to(device)
-    out = []
+        return _CachedViews(open_activation_cache(extraction), [view.image for view in views])
+    maps = None
     with torch.no_grad():
         for start in range(0, len(views), params["batch_size"]):
             batch = images.inputs(views[start : start + params["batch_size"]], params["inputs"])
-            out.append(capture_forward(model, batch, [layer.name])[layer.name].to(torch.float32))
-    return torch.cat(out)
+            out = capture_forward(model, batch, [layer.name])[layer.name].to(torch.float32).cpu().numpy()
+            if maps is None:
+                maps = np.lib.format.open_memmap(
+                    scratch / "maps.npy", mode="w+", dtype=np.float32, shape=(len(views), *out.shape[1:])
+                )
+            maps[start : start + len(out)] = out
+    return maps
 
 
 def _score_part(
-    maps, detections, part: dict, views: list[View], boxes: DatasetBoxes, geometry, params, input_size, progress=None
+    maps, part: dict, views: list[View], boxes: DatasetBoxes, geometry, params, input_size, device, progress=None
 ) -> dict[str, Any]:
     """Detections, APs and filter combinations of one part class over its object class's views
     (:func:`analysis.engine.part_detection.score_part`), boxes saved in image pixels."""
@@ -421,6 +439,7 @@ def _score_part(
         location_prior_score,
         score_part,
     )
+    from analysis.engine.receptive_field import unit_centers
 
     index_of = defaultdict(list)
     for position, view in enumerate(views):
@@ -449,11 +468,11 @@ def _score_part(
         init_probability=params["init_probability"],
         seed=params["seed"],
     )
-    gt_boxes = torch.tensor(gt_in_view, dtype=torch.float32, device=maps.device)
-    gt_views = torch.tensor(gt_view, dtype=torch.int64, device=maps.device)
+    gt_boxes = torch.tensor(gt_in_view, dtype=torch.float32, device=device)
+    gt_views = torch.tensor(gt_view, dtype=torch.int64, device=device)
     scored = score_part(
         maps,
-        detections,
+        geometry,
         gt_boxes,
         gt_views,
         rf_size=geometry.size,
@@ -463,10 +482,11 @@ def _score_part(
         curve_points=CURVE_POINTS,
         progress=progress,
     )
+    cy, cx = unit_centers(geometry, maps.shape[2], maps.shape[3], device=device)
     prior = location_prior_score(
         len(views),
-        detections.cy,
-        detections.cx,
+        cy,
+        cx,
         gt_boxes,
         gt_views,
         rf_size=geometry.size,
@@ -497,8 +517,6 @@ def _score_part(
 
 def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
-
-    from analysis.engine.part_detection import class_detections
 
     params = part_detection_params(**run.params)
     inputs = run_inputs(params, progress=progress, extraction=False)
@@ -536,43 +554,45 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
         by_class[part["class_id"]].append(part)
     results = []
     done = 0
+    scratch = settings.UNITSCOPE_DATA_DIR / "tmp"  # crop maps of one class at a time, on disk
     for class_id, class_parts in by_class.items():
         name = boxes.concepts[class_id].name
         views = _sample(
             _views(boxes, class_id, params["inputs"], params["context"]), params["max_views"], params["seed"], class_id
         )
         progress.phase(f"Activations of {len(views)} {name} views", total=len(views))
-        maps = _class_maps(views, images, model, layer, params, extraction, dev)
-        detections = class_detections(maps, geometry)
-        for part in class_parts:
-            progress.phase(
-                f"Part {done + 1} of {len(parts)}: {part['name']} (GA generations)", total=params["generations"]
-            )
-            scored = _score_part(
-                maps,
-                detections,
-                part,
-                views,
-                boxes,
-                geometry,
-                params,
-                input_size,
-                progress=lambda generation: progress(generation, params["generations"]),
-            )
-            np.savez(directory / f"part-{done}.npz", **scored.pop("arrays"))
-            results.append(
-                PartDetectionResult(
-                    position=done,
-                    object_class=boxes.concepts[class_id],
-                    part=boxes.concepts[part["part_id"]],
-                    name=part["name"],
-                    relative_size=part["relative_size"],
-                    mean_size=part["mean_size"],
-                    **scored,
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch) as class_scratch:
+            maps = _class_maps(views, images, model, layer, params, extraction, Path(class_scratch))
+            for part in class_parts:
+                progress.phase(
+                    f"Part {done + 1} of {len(parts)}: {part['name']} (GA generations)", total=params["generations"]
                 )
-            )
-            done += 1
-        del maps
+                scored = _score_part(
+                    maps,
+                    part,
+                    views,
+                    boxes,
+                    geometry,
+                    params,
+                    input_size,
+                    dev,
+                    progress=lambda generation: progress(generation, params["generations"]),
+                )
+                np.savez(directory / f"part-{done}.npz", **scored.pop("arrays"))
+                results.append(
+                    PartDetectionResult(
+                        position=done,
+                        object_class=boxes.concepts[class_id],
+                        part=boxes.concepts[part["part_id"]],
+                        name=part["name"],
+                        relative_size=part["relative_size"],
+                        mean_size=part["mean_size"],
+                        **scored,
+                    )
+                )
+                done += 1
+            del maps
     emerged = sum(result.ga_ap > params["ap_criterion"] for result in results)
     above_prior = sum(result.emerges_above_prior(params["ap_criterion"]) for result in results)
     covered = sum(result.ga_recall > params["recall_criterion"] for result in results)

@@ -17,7 +17,6 @@ from analysis.engine.part_detection import (
     best_ground_truth,
     boxes_to_image,
     boxes_to_view,
-    class_detections,
     context_frame,
     fit_box_regressors,
     fit_part_regressors,
@@ -29,6 +28,7 @@ from analysis.engine.part_detection import (
     regression_pairs,
     score_part,
 )
+from analysis.engine.receptive_field import unit_centers
 from tests.devices import cpu_and_cuda
 
 DEVICES = cpu_and_cuda()
@@ -410,11 +410,10 @@ def _planted_views():
 
 def test_score_part_finds_the_planted_filter_and_its_aps_agree_with_the_from_scratch_ap():
     maps, geometry, gt_boxes, gt_view = _planted_views()
-    detections = class_detections(maps, geometry)
     config = DetectionConfig(regression=False)
     scored = score_part(
         maps,
-        detections,
+        geometry,
         gt_boxes,
         gt_view,
         rf_size=geometry.size,
@@ -453,12 +452,12 @@ def test_score_part_finds_the_planted_filter_and_its_aps_agree_with_the_from_scr
 def test_part_regressors_learn_a_constant_offset_and_size():
     maps, geometry, gt_boxes, gt_view = _planted_views()
     shifted = gt_boxes + torch.tensor([2.0, 1.0, 6.0, 5.0])  # centre +4, +3 from the RF centre; size 12 x 12
-    detections = class_detections(maps, geometry)
-    _weights, fitted = fit_part_regressors(maps, detections, shifted, gt_view)
+    cy, cx = unit_centers(geometry, 6, 6, device="cpu")
+    _weights, fitted = fit_part_regressors(maps, cy, cx, shifted, gt_view)
     assert fitted.all()
     scored = score_part(
         maps,
-        detections,
+        geometry,
         shifted,
         gt_view,
         rf_size=geometry.size,
@@ -469,3 +468,31 @@ def test_part_regressors_learn_a_constant_offset_and_size():
     top = scored.det_filter == 1
     best = np.argmax(np.where(top, scored.det_score, -np.inf))
     assert scored.det_gt[best] >= 0 and scored.single_ap[1] == pytest.approx(1.0)
+
+
+def test_score_part_reads_views_a_chunk_at_a_time_from_a_memory_map_with_the_same_result(tmp_path):
+    """Bounded memory: the maps can be a memory map read a few views at a time. The detections, their order and
+    every AP are those of the whole stack at once; the regressors differ only in the sums' order."""
+    from analysis.engine.receptive_field import LayerGeometry
+
+    geometry = LayerGeometry(size=(12, 12), stride=(4, 4), offset=(2.0, 2.0))
+    g = torch.Generator().manual_seed(3)
+    maps = torch.relu(torch.randn(23, 6, 9, 9, generator=g))
+    gt_view = torch.arange(23).repeat_interleave(2)[:40]
+    corner = torch.randint(0, 24, (40, 2), generator=g).to(torch.float32)
+    gt_boxes = torch.cat([corner, corner + 10 + torch.rand(40, 2, generator=g) * 6], dim=1)
+    stored = np.lib.format.open_memmap(tmp_path / "maps.npy", mode="w+", dtype=np.float32, shape=tuple(maps.shape))
+    stored[:] = maps.numpy()
+    kwargs = dict(rf_size=geometry.size, input_size=(36, 36), ga=GAConfig(population=12, generations=4, seed=1))
+    whole = score_part(maps, geometry, gt_boxes, gt_view, view_chunk=23, **kwargs)
+    cy, cx = unit_centers(geometry, 9, 9, device="cpu")
+    reference_w, reference_fitted = fit_part_regressors(maps, cy, cx, gt_boxes, gt_view, view_chunk=23)
+    for view_chunk in (1, 5, 22):
+        w, fitted = fit_part_regressors(stored, cy, cx, gt_boxes, gt_view, view_chunk=view_chunk)
+        assert torch.equal(fitted, reference_fitted) and torch.allclose(w, reference_w, rtol=1e-9, atol=1e-9)
+        chunked = score_part(stored, geometry, gt_boxes, gt_view, view_chunk=view_chunk, **kwargs)
+        assert np.array_equal(chunked.det_view, whole.det_view) and np.array_equal(chunked.det_filter, whole.det_filter)
+        assert np.array_equal(chunked.det_gt, whole.det_gt) and np.array_equal(chunked.det_score, whole.det_score)
+        assert np.allclose(chunked.det_box, whole.det_box, atol=1e-4)
+        assert np.array_equal(chunked.single_ap, whole.single_ap) and chunked.ga_ap == whole.ga_ap
+    assert len(whole.det_filter) > 100 and whole.det_gt.max() >= 0  # a case with something to find
