@@ -787,25 +787,32 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
             for _done, part in enumerate(class_parts):
                 number = boxes.concepts[part["part_id"]].number
                 progress.phase(f"Blacking out {part['name']}", total=len(views))
-                masks = [_instance_part_mask(images, boxes, view, class_id, part["part_id"], number) for view in views]
-                holding = [k for k, mask in enumerate(masks) if mask is not None]
+                total, holding = 0.0, 0
+                with torch.no_grad():
+                    # Masks a batch at a time (an image-sized mask per view would grow with the views).
+                    for start in range(0, len(views), params["batch_size"]):
+                        masks = {
+                            k: _instance_part_mask(images, boxes, views[k], class_id, part["part_id"], number)
+                            for k in range(start, min(len(views), start + params["batch_size"]))
+                        }
+                        batch = [k for k, mask in masks.items() if mask is not None]
+                        if batch:
+                            x = images.inputs(
+                                [views[k] for k in batch], params["inputs"], masks=[masks[k] for k in batch]
+                            )
+                            blacked = class_scores(model(x), output, params["score"])
+                            total += float((base_scores[batch] - blacked).sum())
+                            holding += len(batch)
+                        progress(min(len(views), start + params["batch_size"]), len(views))
                 if not holding:
                     continue
-                total = 0.0
-                with torch.no_grad():
-                    for start in range(0, len(holding), params["batch_size"]):
-                        batch = holding[start : start + params["batch_size"]]
-                        x = images.inputs([views[k] for k in batch], params["inputs"], masks=[masks[k] for k in batch])
-                        blacked = class_scores(model(x), output, params["score"])
-                        total += float((base_scores[batch] - blacked).sum())
-                        progress(start + len(batch), len(holding))
                 part_rows.append(
                     PartDiscriminativeness(
                         object_class=concept,
                         part=boxes.concepts[part["part_id"]],
                         name=part["name"],
-                        n_images=len(holding),
-                        delta=total / len(holding),
+                        n_images=holding,
+                        delta=total / holding,
                         relative_size=part["relative_size"],
                     )
                 )
