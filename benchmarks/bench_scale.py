@@ -13,6 +13,8 @@ Per size, measured in that process:
   and per class, exact quantile, per-image scores, the float16 cache write to disk), decoding excluded;
 * dissection: both layers' dissection runs from the float16 cache on disk (masks decoded, anchored
   upsampling, threshold, tally; the thresholds come from the extraction's exact quantile);
+* as every ``gpu`` run does, glibc's mmap threshold is fixed (:mod:`analysis.engine.allocator`; without it the
+  heap grows with the images through fragmentation — ``BENCH_GLIBC_DYNAMIC_MMAP=1`` measures that);
 * peak RSS (``ru_maxrss``: includes the pages of the memory-mapped activation cache the kernel keeps
   resident, which it may drop at any time) and peak anonymous RSS (``RssAnon`` sampled every 20 ms: the
   process's own heap, what cannot be dropped).
@@ -188,6 +190,7 @@ def _child(root: str, n: int, threads: int, cache_dir: str) -> None:
     import torch
     from torchvision.models import resnet18
 
+    from analysis.engine.allocator import fix_mmap_threshold
     from analysis.engine.broden import BrodenReader
     from analysis.engine.dissection import DissectionTally
     from analysis.engine.dissection_data import TallyView, label_category_table, tally_cached_maps
@@ -195,6 +198,8 @@ def _child(root: str, n: int, threads: int, cache_dir: str) -> None:
     from analysis.engine.extraction import extract_statistics
     from analysis.engine.networks import capture_forward, normalize_images
 
+    if os.environ.get("BENCH_GLIBC_DYNAMIC_MMAP") != "1":  # what every gpu run does (analysis.services.runs)
+        fix_mmap_threshold()
     anon = _AnonPeak()
     torch.set_num_threads(threads)
     torch.manual_seed(0)

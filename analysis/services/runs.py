@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from analysis.engine.allocator import fix_mmap_threshold
 from analysis.jobs import JobKind, RunInputError, job_kind
 from analysis.models import ACTIVE_RUN_STATUSES, Dataset, Layer, LayerExtraction, Network, Run, RunStatus
 
@@ -320,6 +321,8 @@ def run_execute(*, run_id: int, execute: Callable[..., dict[str, Any]] | None = 
     progress = RunProgress(run_id)
     try:
         device = resolve_device() if kind_spec.queue == "gpu" else "cpu"
+        if kind_spec.queue == "gpu":
+            fix_mmap_threshold()  # else a long pass's heap grows with the dataset (see analysis.engine.allocator)
         Run.objects.filter(pk=run_id).update(device=device)
         result = execute(run=run, progress=progress, device=device)
     except RunCancelled:
