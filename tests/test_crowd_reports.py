@@ -640,20 +640,24 @@ def test_reports_of_the_demo_crowd_studies(tiny_layer_with_grids, researcher_cli
     assert reports.simulated_default(study) == "only"
     table = reports.nd18_table3(study, simulated="only", replicates=0)
     (conv5,) = table["layers"]
-    # Naive recount: per unit, yes share of each origin's HIT; interpretable = human HIT with a yes majority.
-    # A HIT whose label was both the human description and the dissection label counts for both origins.
+    # Naive recount (ND'18 §3.1's two rounds): a unit is interpretable when its selection-round HIT (the human
+    # canonical description) has a yes majority; the table's shares come from the comparison round only. A HIT
+    # whose label was both the human description and the dissection label counts for both origins.
     shares: dict[tuple[int, str], list[int]] = {}
-    for unit, origin, source, vote in CrowdAssignment.objects.filter(
+    selection: dict[int, list[int]] = {}
+    for unit, origin, source, vote, round_ in CrowdAssignment.objects.filter(
         hit__study=study, hit__role=HitRole.TASK, state__in=["submitted", "approved"]
-    ).values_list("hit__unit__index", "hit__label_origin", "hit__source", "answer"):
+    ).values_list("hit__unit__index", "hit__label_origin", "hit__source", "answer", "hit__validation_round"):
+        if round_ == ValidationRound.SELECTION:
+            selection.setdefault(unit, []).append(vote == "yes")
+            continue
         for each in [origin, *(source or {}).get("also_origins", [])]:
             shares.setdefault((unit, each), []).append(vote == "yes")
-    interpretable = [
-        unit for (unit, origin), votes in shares.items() if origin == HUMAN and 2 * sum(votes) > len(votes)
-    ]
+    assert selection, "the demo's validation study runs a selection round"
+    interpretable = [unit for unit, votes in selection.items() if 2 * sum(votes) > len(votes)]
     assert conv5["interpretable"] == len(interpretable)
     assert conv5["units"] == study.extractions.get().layer.units and conv5["units_judged"] == 4
-    human = [np.mean(shares[(unit, HUMAN)]) for unit in interpretable]
+    human = [np.mean(shares[(unit, HUMAN)]) for unit in interpretable if (unit, HUMAN) in shares]
     dissection = [np.mean(shares[(unit, DISSECTION)]) for unit in interpretable if (unit, DISSECTION) in shares]
     assert conv5["human"]["value"] == pytest.approx(np.mean(human) if human else None)
     assert conv5["dissection"]["value"] == pytest.approx(np.mean(dissection) if dissection else None)
