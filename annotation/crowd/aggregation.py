@@ -46,6 +46,7 @@ __all__ = [
     "answers_frame",
     "dawid_skene",
     "label_order",
+    "majority_support",
     "majority_vote",
     "mean_purity",
     "overlap_decision",
@@ -412,6 +413,23 @@ def mean_purity(counts: Iterable[tuple[Hashable, int, int]]) -> tuple[float | No
     if not per_pattern:
         return None, 0
     return float(np.mean([np.mean(values) for values in per_pattern.values()])), len(per_pattern)
+
+
+PURITY_COUNT_TOLERANCE = 1
+"""Two purity counts are "the same answer" when they differ by at most this many images (our choice; the papers
+fix none): counting 10–20 small images by eye is rarely exact, and ±1 still tells a pure pattern (13 of 15) from a
+mixed one (8 of 15). Used for the agreement of a purity HIT's counts and to judge purity qualification answers."""
+
+
+def majority_support(answers: Sequence[Hashable], *, tolerance: int = 0) -> int:
+    """How many of one HIT's ``answers`` give its best-supported answer: the largest number of answers equal to
+    one of them or, for counts with a ``tolerance``, within ± ``tolerance`` of one of them: at ±1 the counts 7, 8, 9
+    give 3 (all within 1 of 8), the counts 7, 9 give 1 (they differ by 2). 0 without answers."""
+    if not answers:
+        return 0
+    if tolerance:
+        return max(sum(abs(other - answer) <= tolerance for other in answers) for answer in answers)
+    return max(Counter(answers).values())
 
 
 def longest_run_p_value(n: int, run: int, shares: Sequence[float]) -> float:

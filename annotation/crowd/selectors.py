@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, FloatField, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Cast, Coalesce, NullIf
 
 from ..models import (
     SUBMITTED_STATES,
@@ -224,6 +225,133 @@ def crowd_study_progress(study: CrowdStudy) -> dict[str, Any]:
 
 CROWD_PAGE_SIZE = 50
 HIT_STATES = {"open": "Still collecting answers", "complete": "All answers in", "retired": "Retired early"}
+HIT_AGREEMENT = {
+    "none": "No answers yet",
+    "unanimous": "Unanimous (2+ answers, all alike)",
+    "majority": "Majority, not unanimous",
+    "split": "Split (no majority)",
+}
+"""Agreement levels of a HIT's counted answers (see :func:`agreement_level`), as the HIT list filters them."""
+
+
+def agreement_level(support: int, answers: int) -> str:
+    """A HIT's agreement level from ``answers`` (its counted answers) and ``support`` (how many of them give its
+    best-supported answer, :func:`annotation.crowd.aggregation.majority_support`): a key of :data:`HIT_AGREEMENT`,
+    or "single" for one answer (neither agreement nor disagreement yet). "Majority" means more than half."""
+    if answers == 0:
+        return "none"
+    if answers == 1:
+        return "single"
+    if support == answers:
+        return "unanimous"
+    return "majority" if 2 * support > answers else "split"
+
+
+def agreement_matches(
+    support: int, answers: int, *, level: str = "", low: float | None = None, high: float | None = None
+) -> bool:
+    """Whether a HIT passes the HIT list's agreement filter: its :func:`agreement_level` is ``level`` (when given)
+    and the share of answers giving its best-supported answer lies in [``low``, ``high``] (each when given; a HIT
+    without answers has no share). The SQL twin is :func:`_agreement_filter`."""
+    if level and agreement_level(support, answers) != level:
+        return False
+    if low is None and high is None:
+        return True
+    if not answers:
+        return False
+    share = support / answers
+    return (low is None or share >= low - 1e-9) and (high is None or share <= high + 1e-9)
+
+
+def hit_answer_keys(hit: Hit, assignments: Iterable[CrowdAssignment]) -> list[Any]:
+    """The comparable answers of a HIT's counted ``assignments``: yes/no or the image picked (validation, forced
+    choice), the count (purity), the normalised phrase (descriptions, grouped as
+    :func:`canonical_description` groups them); blanks left out."""
+    if hit.kind == CrowdTaskKind.PURITY:
+        return [a.count for a in assignments if a.count is not None]
+    if hit.kind == CrowdTaskKind.DESCRIPTION:
+        return [description_key(a.description) for a in assignments if a.description and a.description.strip()]
+    return [a.answer for a in assignments if a.answer]
+
+
+def description_key(text: str) -> str:
+    """What "the same description" means (as in :func:`canonical_description`): the normalised concept name, or
+    the lower-cased phrase where normalising leaves nothing."""
+    text = " ".join(text.split())
+    return normalise_concept_name(text) or text.lower()
+
+
+def _counted_answers(queryset):
+    """The number of rows of an assignments subquery (0 for none), for one outer HIT or assignment."""
+    return Coalesce(Subquery(queryset.values("hit").annotate(n=Count("id")).values("n")[:1]), 0)
+
+
+def _with_agreement(hits):
+    """``hits`` with the aliases ``agreement_answers`` (counted answers) and ``agreement_support`` (how many give the
+    best-supported answer: :func:`annotation.crowd.aggregation.majority_support` in SQL, as the largest number of a
+    HIT's answers alike to one of them), ``agreement_twice`` (twice the support) and ``agreement_share`` (support over
+    answers; NULL without answers). Answers are alike when they give the same ``answer`` (validation, forced choice)
+    or counts within :data:`~annotation.crowd.aggregation.PURITY_COUNT_TOLERANCE` (purity; each kind fills
+    only its own field). Description phrases are alike only after :func:`annotation.naming.normalise_concept_name`,
+    which SQL cannot do: their support here is 0 (see :func:`crowd_hits_for_list`)."""
+    counted = CrowdAssignment.objects.filter(state__in=SUBMITTED_STATES).filter(
+        ~Q(answer="") | Q(count__isnull=False) | ~Q(description="")
+    )
+    tolerance = aggregation.PURITY_COUNT_TOLERANCE
+    alike = counted.filter(hit=OuterRef("hit")).filter(
+        (Q(answer=OuterRef("answer")) & ~Q(answer=""))
+        | Q(count__gte=OuterRef("count") - tolerance, count__lte=OuterRef("count") + tolerance)
+    )
+    support = counted.filter(hit=OuterRef("pk")).annotate(alike=_counted_answers(alike)).order_by("-alike")
+    hits = hits.alias(
+        agreement_answers=_counted_answers(counted.filter(hit=OuterRef("pk"))),
+        agreement_support=Coalesce(Subquery(support.values("alike")[:1]), 0),
+    )
+    return hits.alias(
+        agreement_twice=F("agreement_support") * 2,
+        agreement_share=Cast("agreement_support", FloatField())
+        / NullIf(Cast("agreement_answers", FloatField()), Value(0.0)),
+    )
+
+
+def _agreement_filter(level: str, low: float | None, high: float | None) -> Q:
+    """The SQL twin of :func:`agreement_matches` on the aliases of :func:`_with_agreement`."""
+    condition = Q()
+    if level == "none":
+        condition &= Q(agreement_answers=0)
+    elif level == "unanimous":
+        condition &= Q(agreement_answers__gte=2, agreement_support=F("agreement_answers"))
+    elif level == "majority":
+        answers = F("agreement_answers")
+        condition &= Q(agreement_answers__gte=2, agreement_support__lt=answers, agreement_twice__gt=answers)
+    elif level == "split":
+        condition &= Q(agreement_answers__gte=2, agreement_twice__lte=F("agreement_answers"))
+    if low is not None:
+        condition &= Q(agreement_answers__gte=1, agreement_share__gte=low - 1e-9)
+    if high is not None:
+        condition &= Q(agreement_answers__gte=1, agreement_share__lte=high + 1e-9)
+    return condition
+
+
+def _description_agreement_ids(hits, *, level: str, low: float | None, high: float | None) -> list[int]:
+    """The description HITs of ``hits`` with answers that pass the agreement filter, judged in Python
+    (:func:`agreement_matches` on :func:`description_key`s): one query over the answers of the description HITs
+    the other filters leave."""
+    keys: dict[int, list[str]] = {}
+    for hit_id, text in (
+        CrowdAssignment.objects.filter(
+            hit__in=hits.filter(kind=CrowdTaskKind.DESCRIPTION).values("pk"), state__in=SUBMITTED_STATES
+        )
+        .exclude(description="")
+        .values_list("hit_id", "description")
+    ):
+        if text.strip():
+            keys.setdefault(hit_id, []).append(description_key(text))
+    return [
+        hit_id
+        for hit_id, answers in keys.items()
+        if agreement_matches(aggregation.majority_support(answers), len(answers), level=level, low=low, high=high)
+    ]
 
 
 def crowd_hits_for_list(
@@ -235,9 +363,19 @@ def crowd_hits_for_list(
     origin: str = "",
     state: str = "",
     label: str = "",
+    agreement: str = "",
+    agreement_min: float | None = None,
+    agreement_max: float | None = None,
 ):
     """A study's HITs of ``role`` in list order (layer, unit, origin), filtered by layer name, unit index, label
-    origin, ``state`` (a key of :data:`HIT_STATES`) and a label substring."""
+    origin, ``state`` (a key of :data:`HIT_STATES`), a label substring, and the agreement of the HIT's counted
+    answers: ``agreement`` (a key of :data:`HIT_AGREEMENT`) and the share of answers that give the HIT's
+    best-supported answer between ``agreement_min`` and ``agreement_max`` (fractions, each optional; see
+    :func:`agreement_matches`). Answers are alike when equal (yes/no, the image picked), within ±1 image for purity
+    counts (:data:`~annotation.crowd.aggregation.PURITY_COUNT_TOLERANCE`) and after normalising for descriptions.
+
+    All in SQL but the description phrases' agreement, which is judged in Python over the answers of the
+    description HITs the other filters leave (:func:`_description_agreement_ids`) and comes back as a list of ids."""
     hits = (
         study.hits.filter(role=role)
         .select_related("unit__layer__network", "label_concept", "grid")
@@ -260,6 +398,17 @@ def crowd_hits_for_list(
             hits.filter(n_answered__lt=F("max_assignments"))
             if state == "open"
             else hits.filter(n_answered__gte=F("max_assignments"))
+        )
+    if agreement or agreement_min is not None or agreement_max is not None:
+        condition = _agreement_filter(agreement, agreement_min, agreement_max)
+        if agreement == "none" and agreement_min is None and agreement_max is None:
+            described = condition  # "no answers yet" needs no phrase compared
+        else:
+            described = Q(
+                pk__in=_description_agreement_ids(hits, level=agreement, low=agreement_min, high=agreement_max)
+            )
+        hits = _with_agreement(hits).filter(
+            (~Q(kind=CrowdTaskKind.DESCRIPTION) & condition) | (Q(kind=CrowdTaskKind.DESCRIPTION) & described)
         )
     return hits
 
@@ -289,7 +438,19 @@ def crowd_hit_rows(hits: Iterable[Hit]) -> list[dict[str, Any]]:
         else:
             counts = [a.count for a in done if a.count is not None]
             summary = f"{statistics.median(counts):g} of {hit.purity_shown} (K = {hit.purity_k})" if counts else ""
-        rows.append({"hit": hit, "assignments": given, "answered": len(done), "summary": summary})
+        keys = hit_answer_keys(hit, done)
+        support = aggregation.majority_support(
+            keys, tolerance=aggregation.PURITY_COUNT_TOLERANCE if hit.kind == CrowdTaskKind.PURITY else 0
+        )
+        agreement = {
+            "support": support,
+            "answers": len(keys),
+            "share": support / len(keys) if keys else None,
+            "level": agreement_level(support, len(keys)),
+        }
+        rows.append(
+            {"hit": hit, "assignments": given, "answered": len(done), "summary": summary, "agreement": agreement}
+        )
     return rows
 
 

@@ -46,6 +46,7 @@ from ..models import (
 from ..naming import label_text
 from . import exports, forced_choice, forced_choice_report, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, visit_dumps, visit_filter, visit_loads
+from .aggregation import PURITY_COUNT_TOLERANCE
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
 from .images import hit_picture
 from .truth import gold_check
@@ -613,6 +614,13 @@ def study_links(request, study: CrowdStudy) -> list[dict]:
     return [{"adapter": adapter, "url": adapter.entry_url_template(study, base)} for adapter in ADAPTERS.values()]
 
 
+def query_percent(query, name: str) -> float | None:
+    """``query[name]`` read as a whole percentage 0–100 and returned as a fraction; None when absent or malformed
+    (a filter left out, never an error)."""
+    value = query_id(query, name)
+    return value / 100 if value is not None and value <= 100 else None
+
+
 class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
     template_name = "annotation/crowd/study_detail.html"
 
@@ -628,6 +636,9 @@ class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
             "origin": query.get("origin", "") if query.get("origin") in LabelOrigin.values else "",
             "state": query.get("state", "") if query.get("state") in selectors.HIT_STATES else "",
             "label": query.get("label", "").strip()[:100],
+            "agreement": query.get("agreement", "") if query.get("agreement") in selectors.HIT_AGREEMENT else "",
+            "agreement_min": query_percent(query, "agreement_min"),
+            "agreement_max": query_percent(query, "agreement_max"),
         }
         page = Paginator(
             selectors.crowd_hits_for_list(study, role=role, **filters), selectors.CROWD_PAGE_SIZE
@@ -645,6 +656,12 @@ class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
             "filtered": any(value not in ("", None) for value in filters.values()),
             "origins": LabelOrigin.choices,
             "hit_states": selectors.HIT_STATES,
+            "agreement_levels": selectors.HIT_AGREEMENT,
+            "agreement_percent": {
+                end: round(100 * filters[f"agreement_{end}"]) if filters[f"agreement_{end}"] is not None else ""
+                for end in ("min", "max")
+            },
+            "count_tolerance": PURITY_COUNT_TOLERANCE,
             "layers": study.extractions.select_related("layer__network", "dataset"),
         }
 
