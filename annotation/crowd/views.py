@@ -49,7 +49,7 @@ from .adapters import ADAPTERS, adapter_for, visit_dumps, visit_filter, visit_lo
 from .aggregation import PURITY_COUNT_TOLERANCE
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
 from .images import hit_picture
-from .truth import gold_check
+from .truth import count_tolerance, gold_check
 
 QUESTIONS = {
     CrowdTaskKind.VALIDATION: VALIDATION_QUESTION,
@@ -281,7 +281,9 @@ class CrowdNextView(WorkerMixin, View):
 
 @method_decorator(worker_page, name="dispatch")
 class CrowdQualificationView(WorkerMixin, View):
-    """The qualification test: yes/no label questions with known answers, before the first HIT."""
+    """The qualification test before the first HIT, questions of the study's own kind with known answers: yes/no
+    labels (validation), descriptions, or counts of marked images showing one part (purity); then feedback
+    question by question (the answer given, the right one, why)."""
 
     template_name = "annotation/crowd/qualification.html"
 
@@ -302,18 +304,20 @@ class CrowdQualificationView(WorkerMixin, View):
         for question in self.questions(attempt):
             hit = question["hit"]
             given = attempt.answers.get(hit.token) or ""
-            described = hit.kind == CrowdTaskKind.DESCRIPTION
-            rows.append(
-                {
-                    **question,
-                    "given": given,
-                    "explanation": hit.gold_explanation,
-                    "right": " or ".join(label_text(name) for name in hit.gold_answer.split("|"))
-                    if described
-                    else hit.gold_answer,
-                    "correct": gold_check(hit, {"description": given} if described else {"answer": given}),
-                }
-            )
+            fields = services.qualification_fields(hit, given)
+            row = {
+                **question,
+                "given": given,
+                "explanation": hit.gold_explanation,
+                "right": hit.gold_answer,
+                "correct": fields is not None and gold_check(hit, fields),
+            }
+            if hit.kind == CrowdTaskKind.DESCRIPTION:
+                row["right"] = " or ".join(label_text(name) for name in hit.gold_answer.split("|"))
+            elif hit.kind == CrowdTaskKind.PURITY:  # counts: the known one and the range judged right
+                known, tolerance = int(hit.gold_answer), count_tolerance(hit)
+                row["accepted"] = (max(known - tolerance, 0), min(known + tolerance, hit.purity_shown or known))
+            rows.append(row)
         return rows
 
     def get(self, request, code, error: str = "", answers: dict | None = None):
@@ -366,11 +370,7 @@ class CrowdQualificationView(WorkerMixin, View):
             self.template_name,
             {
                 **self.base_context(),
-                "instructions": INSTRUCTIONS[
-                    CrowdTaskKind.DESCRIPTION
-                    if self.study.kind == CrowdTaskKind.DESCRIPTION
-                    else CrowdTaskKind.VALIDATION
-                ],
+                "instructions": INSTRUCTIONS[self.study.kind],
                 "attempt": attempt,
                 "questions": self.questions(attempt),
                 "error": error,
