@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +33,12 @@ FAST_FRACTION = 0.3
 STREAK_MIN = 8
 """An identical-answer streak shorter than this is never flagged (our choice)."""
 STREAK_P = 0.001
-"""A streak is flagged only when an honest worker answering independently with the study's answer shares would
-reach it with probability below this (:func:`annotation.crowd.aggregation.longest_run_p_value`): a study whose
-right answer is mostly "yes" gives honest workers long runs of "yes" (our choice; calibrated so that none of the
-demo's simulated workers, who answer from the pixel truth, is flagged)."""
+"""A streak is flagged only when an honest worker would reach it with probability below this
+(:func:`streak_test`): a study whose right answer is mostly "yes" gives honest workers long runs of "yes" (our
+choice; 60 honest workers expect at most 0.06 false flags; checked at scale in ``tests/test_crowd_streaks.py``)."""
+STREAK_RELIABILITY_MIN = 0.6
+"""The streak signal's honest worker is right at least this often (our choice: the default ``block_below``, the
+gold accuracy under which a study blocks a worker anyway); see :func:`streak_test`."""
 SIGNAL_MIN_ANSWERS = 3
 """Signals need at least this many answers of the worker."""
 
@@ -129,12 +131,94 @@ def longest_streak(values: Sequence[Any]) -> int:
 
 
 def answer_key(assignment: CrowdAssignment, kind: str) -> Any:
-    """What "the same answer" means per kind: yes/no, the normalised phrase, the count."""
-    if kind == CrowdTaskKind.VALIDATION:
+    """What "the same answer" means per kind: yes/no or the image picked (forced choice), the normalised phrase,
+    the count."""
+    if kind in (CrowdTaskKind.VALIDATION, CrowdTaskKind.FORCED_CHOICE):
         return assignment.answer
     if kind == CrowdTaskKind.DESCRIPTION:
         return normalise_concept_name(assignment.description)
     return assignment.count
+
+
+def longest_streaks(values: Sequence[Any]) -> dict[Any, int]:
+    """The longest run of each distinct value among consecutive ``values``."""
+    best: dict[Any, int] = {}
+    run, previous = 0, object()
+    for value in values:
+        run = run + 1 if value == previous else 1
+        previous = value
+        best[value] = max(best.get(value, 0), run)
+    return best
+
+
+@dataclass(frozen=True)
+class Streak:
+    """A worker's most improbable run of one answer: the answer, the run's length, and how probable so long a run
+    of it is for an honest worker (:func:`streak_test`)."""
+
+    value: Any
+    length: int
+    p_value: float
+
+
+def honest_share_bound(*, consensus: float, pooled: float, reliability_min: float) -> float:
+    """The largest probability with which an honest worker gives one answer, from its share of the HITs'
+    consensus answers (``consensus``) and of all answers (``pooled``): a worker right with probability r ≥
+    ``reliability_min`` gives it on the HITs where it is right (r · consensus) and at most on every HIT where it is
+    not when wrong ((1 − r) · (1 − consensus)), the most at r = 1 or r = ``reliability_min``; the pooled share
+    stays in for a sample whose consensus is odd. Exact for yes/no answers."""
+    low = reliability_min * consensus + (1 - reliability_min) * (1 - consensus)
+    return max(consensus, low, pooled)
+
+
+def streak_test(
+    answers: Sequence[Any],
+    *,
+    answer_shares: Mapping[Any, float],
+    consensus_shares: Mapping[Any, float] | None = None,
+    reliability_min: float = STREAK_RELIABILITY_MIN,
+    min_length: int = 1,
+) -> Streak | None:
+    """The most improbable of a worker's streaks (their longest run of each answer, of at least ``min_length``) for
+    an honest worker — one who answers the HITs in a random order, independently, right with a probability of at
+    least ``reliability_min``. Per answer v with longest run L_v: p_v = P(a run of v of L_v or more in as many
+    answers) (:func:`annotation.crowd.aggregation.value_run_p_value`) at the largest share an honest worker may
+    give v (:func:`honest_share_bound`, from ``consensus_shares``, each answer's share of the HITs' consensus
+    answers, :func:`consensus_shares`, and ``answer_shares``, its share of all the study's answers); the p-value
+    is min(1, k · min_v p_v) over the study's k distinct answers (Bonferroni: valid whichever answer the streak is
+    of). None without a run of ``min_length``.
+
+    Why not one share per answer, as this signal first had (found by ``tests/test_crowd_streaks.py``): an honest
+    yes/no worker of reliability r says "yes" with a probability between the consensus share of "yes" (r = 1) and
+    nearer ½ (smaller r), and the pooled share lies in between. The most careful workers have the most lopsided
+    shares and so the longest runs of the common answer, the least careful the longest of the rare one: under
+    the pooled shares, in a study whose consensus is "yes" for 85% of its HITs, 0.3–1% of honest workers of
+    reliability 0.6–0.98 reached p < 0.001 and 2.5–4% p < 0.01 (1,200 simulated workers, three seeds), 3 to 10
+    times the nominal rate. Why per answer: the longest run of any answer is mostly one of the common answer, so a
+    worker stuck on the rare one hid behind their ordinary runs of the common one."""
+    runs = {value: length for value, length in longest_streaks(answers).items() if length >= min_length}
+    if not runs:
+        return None
+    consensus = consensus_shares or answer_shares
+    values = set(answer_shares) | set(consensus) | set(runs)
+    found = [
+        Streak(
+            value,
+            length,
+            aggregation.value_run_p_value(
+                len(answers),
+                length,
+                honest_share_bound(
+                    consensus=consensus.get(value, 0.0),
+                    pooled=answer_shares.get(value, 0.0),
+                    reliability_min=reliability_min,
+                ),
+            ),
+        )
+        for value, length in runs.items()
+    ]
+    most = min(found, key=lambda streak: (streak.p_value, -streak.length))
+    return Streak(most.value, most.length, min(1.0, len(values) * most.p_value))
 
 
 def careless_signals(
@@ -145,28 +229,60 @@ def careless_signals(
     pasted: int,
     fast_fraction: float = FAST_FRACTION,
     streak_min: int = STREAK_MIN,
-    answer_shares: Sequence[float] | None = None,
+    answer_shares: Mapping[Any, float] | None = None,
+    consensus_shares: Mapping[Any, float] | None = None,
+    reliability_min: float = STREAK_RELIABILITY_MIN,
     streak_p: float = STREAK_P,
 ) -> list[str]:
     """Readable flags of careless or automated answering for one worker (REFERENCE.md: 33–46% of MTurk workers
     used language models on text tasks): time on task far below the study's median, long streaks of identical
-    answers, descriptions pasted rather than typed. With ``answer_shares`` (the study's shares of each distinct
-    answer) a streak of at least ``streak_min`` is flagged only when it is improbable (p < ``streak_p``) for an
-    honest worker answering as the crowd does; without them every such streak is."""
+    answers, descriptions pasted rather than typed. With ``answer_shares`` (the study's share of each distinct
+    answer) and ``consensus_shares`` (of each HIT's consensus answer) a streak of at least ``streak_min`` is
+    flagged only when it is improbable (p < ``streak_p``, :func:`streak_test`) for an honest worker; without
+    them every such streak is."""
     flags = []
     if len(seconds) >= SIGNAL_MIN_ANSWERS and study_median:
         median = statistics.median(seconds)
         if median < fast_fraction * study_median:
             flags.append(f"fast: median {median:.1f} s vs study median {study_median:.1f} s")
-    streak = longest_streak(answers)
-    if len(answers) >= SIGNAL_MIN_ANSWERS and streak >= streak_min:
+    if len(answers) >= SIGNAL_MIN_ANSWERS:
         if answer_shares is None:
-            flags.append(f"streak: {streak} identical answers in a row")
-        elif (p_value := aggregation.longest_run_p_value(len(answers), streak, answer_shares)) < streak_p:
-            flags.append(f"streak: {streak} identical answers in a row (p = {p_value:.1g} for an honest worker)")
+            if (streak := longest_streak(answers)) >= streak_min:
+                flags.append(f"streak: {streak} identical answers in a row")
+        else:
+            found = streak_test(
+                answers,
+                answer_shares=answer_shares,
+                consensus_shares=consensus_shares,
+                reliability_min=reliability_min,
+                min_length=streak_min,
+            )
+            if found is not None and found.p_value < streak_p:
+                flags.append(
+                    f"streak: {found.length} identical answers in a row (p = {found.p_value:.1g} for an honest "
+                    f"worker): “{found.value}”"
+                )
     if pasted:
         flags.append(f"pasted: {pasted} description{'s' if pasted != 1 else ''} pasted")
     return flags
+
+
+def answer_shares(answers: Iterable[Any]) -> dict[Any, float]:
+    """Each distinct answer's share of ``answers``."""
+    counts = Counter(answers)
+    total = sum(counts.values())
+    return {value: count / total for value, count in counts.items()}
+
+
+def consensus_shares(answers_by_hit: Iterable[Sequence[Any]]) -> dict[Any, float]:
+    """Each distinct consensus answer's share of the HITs (a HIT's consensus: its most common answer; HITs tied
+    for it are left out): how a worker who answers every HIT as the crowd agrees would answer."""
+    consensus = []
+    for answers in answers_by_hit:
+        top = Counter(answers).most_common(2)
+        if top and (len(top) == 1 or top[0][1] > top[1][1]):
+            consensus.append(top[0][0])
+    return answer_shares(consensus)
 
 
 # -- researchers ---------------------------------------------------------------------------------------------------
@@ -496,10 +612,12 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
     by_worker: dict[int, list[CrowdAssignment]] = {}
     for assignment in assignments:
         by_worker.setdefault(assignment.worker_id, []).append(assignment)
-    pooled = Counter(
-        answer_key(a, a.hit.kind) for a in assignments if a.hit.role == HitRole.TASK and a.state in SUBMITTED_STATES
-    )
-    shares = [count / sum(pooled.values()) for count in pooled.values()] if pooled else None
+    counted = [a for a in assignments if a.hit.role == HitRole.TASK and a.state in SUBMITTED_STATES]
+    shares = answer_shares(answer_key(a, a.hit.kind) for a in counted) or None
+    by_hit: dict[int, list[Any]] = {}
+    for assignment in counted:
+        by_hit.setdefault(assignment.hit_id, []).append(answer_key(assignment, assignment.hit.kind))
+    consensus = consensus_shares(by_hit.values())
     bonuses = dict(
         CrowdWorker.objects.filter(study=study).annotate(total=Sum("bonuses__amount_cents")).values_list("pk", "total")
     )
@@ -529,6 +647,7 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
                     answers=[answer_key(a, a.hit.kind) for a in tasks],
                     pasted=sum(a.pasted for a in tasks),
                     answer_shares=shares,
+                    consensus_shares=consensus,
                 ),
             }
         )

@@ -686,6 +686,7 @@ class CrowdWorkersView(CrowdStudyMixin, TemplateView):
             "fast_fraction": selectors.FAST_FRACTION,
             "streak_min": selectors.STREAK_MIN,
             "streak_p": selectors.STREAK_P,
+            "streak_reliability": selectors.STREAK_RELIABILITY_MIN,
         }
 
     def post(self, request, *args, **kwargs):
