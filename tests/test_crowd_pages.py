@@ -578,7 +578,7 @@ def test_count_questions_have_known_counts_by_construction():
     assert crowd_hits.count_question_points([points[-1]], target=5, shown=10, rng=np.random.default_rng(5)) is None
 
 
-def test_a_purity_study_qualifies_workers_with_count_questions(purity_study):
+def test_a_purity_study_qualifies_workers_with_count_questions(purity_study, researcher_client):
     study = purity_study
     questions = list(study.hits.filter(role=HitRole.QUALIFICATION).select_related("grid"))
     assert study.qualification_required and len(questions) == 6
@@ -593,6 +593,8 @@ def test_a_purity_study_qualifies_workers_with_count_questions(purity_study):
         assert f"{shows} {hit.source['part']}" in hit.gold_explanation
         knowns.append(known)
     assert sorted(knowns) == [2, 3, 5, 7, 8, 10]  # spread: 80%, 30%, 100%, 50%, 20%, 70% of ten
+    listed = researcher_client.get(reverse("annotation:crowd_study_detail", args=[study.pk]), {"role": "qualification"})
+    assert listed.status_code == 200 and len(listed.context["hit_rows"]) == 6  # the researcher's list shows them
     from annotation.crowd.truth import gold_check
 
     hit = questions[0]

@@ -188,7 +188,7 @@ def streak_test(
     is min(1, k · min_v p_v) over the study's k distinct answers (Bonferroni: valid whichever answer the streak is
     of). None without a run of ``min_length``.
 
-    Why not one share per answer, as this signal first had (found by ``tests/test_crowd_streaks.py``): an honest
+    Why not the pooled shares alone, as this signal first had (found by ``tests/test_crowd_streaks.py``): an honest
     yes/no worker of reliability r says "yes" with a probability between the consensus share of "yes" (r = 1) and
     nearer ½ (smaller r), and the pooled share lies in between. The most careful workers have the most lopsided
     shares and so the longest runs of the common answer, the least careful the longest of the rare one: under
