@@ -371,8 +371,9 @@ class CrowdStudy(models.Model):
       immediate feedback; ``block_below`` / ``block_min_gold``: a worker whose gold accuracy falls below
       ``block_below`` once they answered at least ``block_min_gold`` gold items is blocked automatically.
     * ``qualification_required`` / ``qualification_size`` / ``qualification_pass_rate`` /
-      ``qualification_max_attempts``: a qualification test of yes/no label questions with known answers,
-      taken before a worker's first HIT.
+      ``qualification_max_attempts``: a qualification test of questions of the study's own kind with known
+      answers (yes/no labels, descriptions, or purity counts; practice trials for forced choice), taken before a
+      worker's first HIT, with feedback question by question.
     * dynamic overlap (used when ``overlap_rule`` is dynamic; the rules themselves live in
       ``annotation.crowd.aggregation``): a HIT whose N answers agree less than ``overlap_min_agreement`` (share of the
       majority answer) gets one more worker at a time up to ``overlap_max_assignments``; a HIT whose first
@@ -521,9 +522,10 @@ class Hit(models.Model):
     study and HIT of a human label, …).
 
     Gold and qualification HITs (``role``) carry ``gold_answer`` ("yes"/"no" for validation, a normalised phrase
-    for descriptions) and ``gold_explanation`` (the feedback); they have no capacity limit. Task HITs hold at most
-    ``max_assignments`` live assignments (``assigned_count``, kept by conditional UPDATEs); ``retired`` stops a
-    HIT early (dynamic overlap).
+    for descriptions, the known count for a purity qualification question, which shows no unit: its marked images
+    and their parts are in ``source``) and ``gold_explanation`` (the feedback); they have no capacity limit. Task
+    HITs hold at most ``max_assignments`` live assignments (``assigned_count``, kept by conditional UPDATEs);
+    ``retired`` stops a HIT early (dynamic overlap).
     """
 
     study = models.ForeignKey(CrowdStudy, on_delete=models.CASCADE, related_name="hits")

@@ -5,6 +5,7 @@ assignmentId); Prolific completion codes only after a submission; researcher pag
 from __future__ import annotations
 
 import re
+from collections import Counter
 from html.parser import HTMLParser
 from urllib.parse import urlencode
 
@@ -503,3 +504,128 @@ def test_a_description_study_qualifies_workers_with_descriptions(monkeypatch):
     wrong = html[html.index('id="feedback-2"') :]
     assert "Your answer: <strong>a cloud</strong> · the right answer: <strong>wheel</strong>" in wrong
     assert "Most highlighted patches show: wheel." in wrong
+
+
+# -- purity studies qualify workers with counts (issue 21 item 5) ----------------------------------------------
+
+
+def synthetic_part_points():
+    """Marked points of 40 images: wheels in 12, wings in 6, heads in 4, one other part each in 18, and a point on
+    no part in every image."""
+    from annotation.crowd.truth import MarkedPoint
+
+    parts = ["wheel"] * 12 + ["wing"] * 6 + ["head"] * 4 + [f"part {n}" for n in range(18)]
+    return [MarkedPoint(image, 0.4, 0.6, part) for image, part in enumerate(parts)] + [
+        MarkedPoint(image, 0.1, 0.1, "") for image in range(40)
+    ]
+
+
+@pytest.fixture
+def purity_study(monkeypatch):
+    """A purity study planned by ``crowd_study_create`` over a tiny world, its task HITs and the dataset's part
+    masks and images stood in for (the world has no activation cache or dataset files)."""
+    import numpy as np
+
+    (extraction,) = build_crowd_world(name="purq", units=3)
+    monkeypatch.setattr(
+        crowd_hits,
+        "_purity_specs",
+        lambda extraction, sets, mass, max_shown: [
+            crowd_hits.HitSpec(
+                kind=CrowdTaskKind.PURITY,
+                unit_id=s.unit_id,
+                extraction_id=extraction.pk,
+                grid_id=s.grid_id,
+                purity_k=15,
+                purity_shown=10,
+            )
+            for s in sets
+        ],
+    )
+    monkeypatch.setattr(crowd_hits, "part_points", lambda root, rng: synthetic_part_points())
+
+    class Images:
+        def __init__(self, dataset):
+            pass
+
+        def __getitem__(self, index):
+            return np.full((24, 24, 3), (index * 5) % 256, dtype=np.uint8)
+
+    monkeypatch.setattr(crowd_hits, "DatasetImageCache", Images)
+    return crowd_hits.crowd_study_create(
+        name="purq", kind=CrowdTaskKind.PURITY, extractions=[extraction], qualification_size=3
+    )
+
+
+def test_count_questions_have_known_counts_by_construction():
+    import numpy as np
+
+    points = synthetic_part_points()
+    image_part = {(p.image, p.y, p.x): p.part for p in points}
+    images_of = Counter(p.part for p in points)
+    for target, seed in ((8, 0), (3, 1), (10, 2), (2, 3)):
+        part, marked = crowd_hits.count_question_points(
+            points, target=target, shown=10, rng=np.random.default_rng(seed)
+        )
+        assert len(marked) == 10 and len({p.image for p in marked}) == 10
+        assert sum(p.part == part for p in marked) == target and part and images_of[part] >= target
+        others = [p.part for p in marked if p.part not in ("", part)]
+        assert all(others.count(name) <= max((target - 1) // 2, 1) for name in others)  # the part is clearly "most"
+        assert all(image_part[(p.image, p.y, p.x)] == p.part for p in marked)
+    # Never more alike than any part allows (12 wheels at most), never a question of fewer than two alike.
+    part, marked = crowd_hits.count_question_points(points, target=15, shown=15, rng=np.random.default_rng(4))
+    assert part == "wheel" and sum(p.part == "wheel" for p in marked) == 12
+    assert crowd_hits.count_question_points([points[-1]], target=5, shown=10, rng=np.random.default_rng(5)) is None
+
+
+def test_a_purity_study_qualifies_workers_with_count_questions(purity_study, researcher_client):
+    study = purity_study
+    questions = list(study.hits.filter(role=HitRole.QUALIFICATION).select_related("grid"))
+    assert study.qualification_required and len(questions) == 6
+    assert not study.hits.filter(role=HitRole.GOLD).exists()  # no unit's count is known: no gold items
+    knowns = []
+    for hit in questions:
+        assert hit.kind == CrowdTaskKind.PURITY and hit.unit_id is None and hit.grid.style == "purity"
+        assert hit.purity_shown == 10 == len(set(hit.source["images"])) and hit.source["tolerance"] == 1
+        known = int(hit.gold_answer)
+        assert known == sum(part == hit.source["part"] for part in hit.source["parts"])
+        shows = "All 10 marked patches show" if known == 10 else f"{known} of the 10 marked patches show"
+        assert f"{shows} {hit.source['part']}" in hit.gold_explanation
+        knowns.append(known)
+    assert sorted(knowns) == [2, 3, 5, 7, 8, 10]  # spread: 80%, 30%, 100%, 50%, 20%, 70% of ten
+    listed = researcher_client.get(reverse("annotation:crowd_study_detail", args=[study.pk]), {"role": "qualification"})
+    assert listed.status_code == 200 and len(listed.context["hit_rows"]) == 6  # the researcher's list shows them
+    from annotation.crowd.truth import gold_check
+
+    hit = questions[0]
+    known = int(hit.gold_answer)
+    assert gold_check(hit, {"count": known}) and gold_check(hit, {"count": known - 1 if known else 1})
+    assert not gold_check(hit, {"count": known + 2 if known <= 8 else known - 2})
+
+
+def test_purity_qualification_page_asks_counts_and_gives_feedback_per_question(purity_study):
+    client = Client()
+    url = reverse("annotation:crowd_qualification", kwargs={"code": enter(purity_study, 1).code})
+    page = client.get(url).content.decode()
+    assert "Count in these 3 sets of images" in page and 'type="radio"' not in page
+    tokens = list(dict.fromkeys(re.findall(r'name="q-([0-9a-f]+)"', page)))
+    assert len(tokens) == 3 and page.count('type="number"') == 3 and 'max="10"' in page
+    known = {hit.token: int(hit.gold_answer) for hit in purity_study.hits.filter(token__in=tokens)}
+    # Malformed counts (a word, more than the images shown) are refused, not scored.
+    refused = client.post(url, {f"q-{tokens[0]}": "seven", f"q-{tokens[1]}": "11", f"q-{tokens[2]}": "3"})
+    assert refused.status_code == 200 and "Answer every question (2 left)." in refused.content.decode()
+    wrong = known[tokens[1]] + 2 if known[tokens[1]] <= 8 else known[tokens[1]] - 2
+    given = {tokens[0]: min(known[tokens[0]] + 1, 10), tokens[1]: wrong, tokens[2]: known[tokens[2]]}
+    html = client.post(url, {f"q-{token}": str(count) for token, count in given.items()}, follow=True)
+    html = html.content.decode()
+    assert "Qualification: 2 of 3 right" in html  # 2 of 3 is below the 75% needed
+    blocks = [html[html.index(f'id="feedback-{n}"') :] for n in (1, 2, 3)]
+    blocks = [block[: block.index("</section>")] for block in blocks]
+    for block, token in zip(blocks, tokens):
+        low, high = max(known[token] - 1, 0), min(known[token] + 1, 10)
+        assert (
+            f"Your count: <strong>{given[token]}</strong> · the known count: <strong>{known[token]}</strong> "
+            f"(any count from {low} to {high} is right)"
+        ) in block
+        assert "marked patches show" in block  # the explanation
+    assert "badge-ok" in blocks[0] and "badge-warn" in blocks[1] and "badge-ok" in blocks[2]

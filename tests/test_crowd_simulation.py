@@ -41,6 +41,7 @@ def test_gold_purity_and_the_command_on_a_real_probe_world(tiny_dissected, capsy
     """One world for three checks (building it and dissecting take most of the time)."""
     check_gold_and_qualification_items_come_from_the_pixel_truth(tiny_dissected)
     check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(tiny_dissected)
+    check_purity_qualification_counts_marked_parts_and_sorts_the_simulated_crowd(tiny_dissected)
     check_crowd_study_command_creates_and_simulates(tiny_dissected, capsys)
     check_graph_nodes_and_raw_filters_as_purity_sources(tiny_dissected)
 
@@ -164,6 +165,42 @@ def check_purity_hits_show_the_top_k_holding_thirty_percent_of_the_score_mass(ti
     with pytest.raises(services.CrowdInputError, match="between 0 and"):
         services.assignment_submit(assignment=assignment, count=assignment.hit.purity_shown + 1)
     services.assignment_submit(assignment=assignment, count=assignment.hit.purity_shown)
+
+
+def check_purity_qualification_counts_marked_parts_and_sorts_the_simulated_crowd(tiny_dissected):
+    """Issue 21 item 5: a purity study's qualification asks counts (not yes/no labels) whose known answers are
+    what the dataset's part masks show under the marked points; a careful simulated worker qualifies, a careless
+    one does not."""
+    from analysis.engine.broden import BrodenReader
+    from annotation.crowd.simulation import crowd_simulate
+
+    study = crowd_hits.crowd_study_create(
+        name="purity-qualification",
+        kind=CrowdTaskKind.PURITY,
+        extractions=[tiny_dissected],
+        units=[0, 1, 2, 3],
+        qualification_size=2,
+        purity_max_shown=6,
+    )
+    questions = list(study.hits.filter(role=HitRole.QUALIFICATION).select_related("grid"))
+    assert study.qualification_required and len(questions) == 4
+    reader = BrodenReader(tiny_dissected.dataset.root)
+    for hit in questions:
+        assert hit.kind == CrowdTaskKind.PURITY and hit.purity_shown == 6 and hit.grid.style == "purity"
+        for image, (y, x), part in zip(hit.source["images"], hit.source["points"], hit.source["parts"]):
+            row = reader.row(image)
+            layers = reader.load_segmentation(row)["part"].layers
+            pixel = (int(y * row.sh), int(x * row.sw))
+            under = layers[0][pixel]
+            if part:
+                assert normalise_concept_name(reader.label_name(int(under))) == part
+            else:
+                assert not layers[:, pixel[0], pixel[1]].any()  # on no part at all
+        assert int(hit.gold_answer) == hit.source["parts"].count(hit.source["part"]) >= 2
+    crowd_simulate(study=study, reliabilities=(1.0, 0.0), truth={})
+    careful, careless = study.workers.order_by("external_id")
+    assert careful.qualified is True and careless.qualified is False
+    assert careful.assignments.exists() and not careless.assignments.exists()
 
 
 def test_simulated_crowd_finishes_a_study_and_the_demo_builds_both_studies(tiny_dissected, capsys):

@@ -448,14 +448,14 @@ def test_streaks_are_flagged_only_when_improbable_for_an_honest_worker():
     # By hand: 3 fair coin flips hold a run of 3 with probability 2/8; of 2 with 6/8 (all but HTH and THT).
     assert longest_run_p_value(3, 3, [0.5, 0.5]) == pytest.approx(0.25)
     assert longest_run_p_value(3, 2, [0.5, 0.5]) == pytest.approx(0.75)
-    assert longest_run_p_value(5, 1, [0.5, 0.5]) == 1.0 and longest_run_p_value(4, 5, [0.5, 0.5]) == 1.0
+    assert longest_run_p_value(5, 1, [0.5, 0.5]) == 1.0 and longest_run_p_value(4, 5, [0.5, 0.5]) == 0.0
     rng = np.random.default_rng(3)  # against a simulation: runs of ≥ 6 in 40 answers at shares 0.7 / 0.3
     draws = rng.random((20000, 40)) < 0.7
     hits = np.mean([crowd_selectors.longest_streak(row.tolist()) >= 6 for row in draws])
     assert longest_run_p_value(40, 6, [0.7, 0.3]) == pytest.approx(hits, abs=0.01)
     # An honest worker in a mostly-"yes" study: 9 "yes" in a row among 60 answers is ordinary; not flagged.
     honest = ["yes"] * 9 + ["no", "yes", "yes", "no"] * 12 + ["yes"] * 3
-    shares = [0.75, 0.25]
+    shares = {"yes": 0.75, "no": 0.25}
     assert (
         crowd_selectors.careless_signals(
             seconds=[9.0] * 60, study_median=9.0, answers=honest, pasted=0, answer_shares=shares

@@ -46,10 +46,12 @@ __all__ = [
     "answers_frame",
     "dawid_skene",
     "label_order",
+    "majority_support",
     "majority_vote",
     "mean_purity",
     "overlap_decision",
     "overlap_decisions",
+    "value_run_p_value",
 ]
 
 COLUMNS = ("task", "worker", "label")
@@ -414,13 +416,52 @@ def mean_purity(counts: Iterable[tuple[Hashable, int, int]]) -> tuple[float | No
     return float(np.mean([np.mean(values) for values in per_pattern.values()])), len(per_pattern)
 
 
+PURITY_COUNT_TOLERANCE = 1
+"""Two purity counts are "the same answer" when they differ by at most this many images (our choice; the papers
+fix none): counting 10–20 small images by eye is rarely exact, and ±1 still tells a pure pattern (13 of 15) from a
+mixed one (8 of 15). Used for the agreement of a purity HIT's counts and to judge purity qualification answers."""
+
+
+def majority_support(answers: Sequence[Hashable], *, tolerance: int = 0) -> int:
+    """How many of one HIT's ``answers`` give its best-supported answer: the largest number of answers equal to
+    one of them or, for counts with a ``tolerance``, within ± ``tolerance`` of one of them: at ±1 the counts 7, 8, 9
+    give 3 (all within 1 of 8), the counts 7, 9 give 1 (they differ by 2). 0 without answers."""
+    if not answers:
+        return 0
+    if tolerance:
+        return max(sum(abs(other - answer) <= tolerance for other in answers) for answer in answers)
+    return max(Counter(answers).values())
+
+
+def value_run_p_value(n: int, run: int, share: float) -> float:
+    """P(a sequence of ``n`` answers drawn independently holds a run of ``run`` or more of one given answer whose
+    probability is ``share``): exact, by dynamic programming over the current run's length, O(n · run). 0.0 when
+    ``n`` < ``run`` or the answer is never given; 1.0 when ``run`` ≤ 0 or it is the only answer."""
+    if n < run or (share <= 0 and run > 0):
+        return 0.0
+    if run <= 0 or share >= 1:
+        return 1.0
+    state = np.zeros(run)  # state[r]: no run of ``run`` yet, the sequence ends in r of the answer
+    state[0] = 1.0
+    for _ in range(n):
+        grown = np.empty_like(state)
+        grown[0] = state.sum() * (1.0 - share)  # another answer ends the run
+        grown[1:] = state[:-1] * share  # the run goes on (one reaching ``run`` leaves the count)
+        state = grown
+    return float(min(max(1.0 - state.sum(), 0.0), 1.0))
+
+
 def longest_run_p_value(n: int, run: int, shares: Sequence[float]) -> float:
     """P(a sequence of ``n`` answers drawn independently with probabilities ``shares`` holds a run of ``run`` or
-    more identical answers): how surprising a worker's longest streak is for an honest worker answering as the
-    study's crowd does. Exact, by dynamic programming over (last answer, current run length): O(n · len(shares) ·
-    run). 1.0 when ``run`` ≤ 1 or ``n`` < ``run``."""
+    more identical answers, whichever answer): the rule the streak signal first had; it now tests each answer's
+    own runs (:func:`value_run_p_value`, :func:`annotation.crowd.selectors.streak_test`). Exact, by dynamic
+    programming over (last answer, current run length): O(n · len(shares) · run); checked against enumeration and
+    Monte Carlo in ``tests/test_crowd_streaks.py``. 0.0 when ``n`` < ``run`` (no sequence that short holds the
+    run; it used to say 1.0), 1.0 when ``run`` ≤ 1 otherwise or without shares (no evidence either way)."""
     p = np.asarray([share for share in shares if share > 0], dtype=np.float64)
-    if run <= 1 or n < run or p.size == 0:
+    if n < run:
+        return 0.0
+    if run <= 1 or p.size == 0:
         return 1.0
     p = p / p.sum()
     state = np.zeros((p.size, run))  # state[v, r]: no run ≥ ``run`` yet, the last answer v repeated r times

@@ -22,7 +22,7 @@ from analysis.models import Concept, ExemplarKind, ExemplarSet, LayerDissection,
 from analysis.selectors import dead_unit_ids
 from analysis.services.explanatory_graph import graph_purity_candidates, graph_purity_inferences, purity_patch_picture
 from analysis.services.extraction import open_activation_cache
-from analysis.services.grids import UnitGridRenderer, store_grid
+from analysis.services.grids import GRID_TILE_MAX, DatasetImageCache, UnitGridRenderer, store_grid
 
 from ..common import new_token
 from ..models import (
@@ -38,9 +38,16 @@ from ..models import (
     ValidationRound,
 )
 from ..naming import label_text, normalise_concept_name
+from .aggregation import PURITY_COUNT_TOLERANCE
 from .selectors import canonical_descriptions_for
 from .services import NO, ORDER_MODULUS, YES, CrowdInputError
-from .truth import absent_concepts, peak_concepts, truth_concepts
+from .truth import MarkedPoint, absent_concepts, part_points, peak_concepts, truth_concepts
+
+COUNT_QUESTION_SHOWN = 10
+"""Images per purity qualification question (our choice: two rows of five, quicker to count than a task's 20)."""
+COUNT_QUESTION_SHARES = (0.8, 0.3, 1.0, 0.5, 0.2, 0.7)
+"""The known counts of successive purity qualification questions as shares of the images shown, from nearly
+all alike to mostly different, so that answering one number every time fails the test (our choice)."""
 
 
 @dataclass
@@ -354,8 +361,10 @@ def _gold_specs(
     """Gold and qualification items with answers known from the dataset's pixel truth (see
     :mod:`annotation.crowd.truth`): "yes" for a concept under the peak of most of the 15 images, "no" for a
     concept under none of them. Qualification questions match the study's kind: descriptions (of units whose
-    answer is known) for a description study, yes/no label questions otherwise (purity too: no count is known
-    from the truth). Never a ``(unit id, normalised label)`` pair of ``avoid`` (the study's task questions)."""
+    answer is known) for a description study, yes/no label questions for a validation study (purity studies get
+    count questions from :func:`_purity_qualification_specs` instead, and no gold items: no unit's count is
+    known from the truth). Never a ``(unit id, normalised label)`` pair of ``avoid`` (the study's task
+    questions)."""
     wanted = gold_count + qualification_count
     if wanted == 0:
         return []
@@ -409,7 +418,7 @@ def _gold_specs(
             label_concept_id=concept.pk,
             label_category=concept.category,
         )
-        if kind == CrowdTaskKind.VALIDATION or (role == HitRole.QUALIFICATION and kind == CrowdTaskKind.PURITY):
+        if kind == CrowdTaskKind.VALIDATION:
             explanation = (
                 f"“{shown}” is under the highlighted patch in most of these images."
                 if answer == YES
@@ -435,6 +444,125 @@ def _gold_specs(
                     **common,
                 )
             )
+    return specs
+
+
+def count_question_picture(images: Sequence[np.ndarray], points: Sequence[tuple[float, float]], *, shown: int):
+    """A purity-style grid of ``images`` (``uint8[h, w, 3]``, resized to the first one's size) with the green
+    square and a bright patch at each ``(y, x)`` point (fractions of the image), the rest shaded: what a purity HIT
+    shows (:func:`analysis.engine.rendering.render_activation_grid`), for points we chose instead of a unit's
+    peaks. The patch is a Gaussian of σ = 15% of the image's shorter side (our choice: about a part's size)."""
+    from PIL import Image
+
+    from analysis.engine.rendering import render_activation_grid  # local: imports torch, kept out of web processes
+
+    height, width = images[0].shape[:2]
+    pictures = np.stack(
+        [
+            image
+            if image.shape[:2] == (height, width)
+            else np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+            for image in images
+        ]
+    )
+    centres = np.asarray([(y * height, x * width) for y, x in points], dtype=np.float64)
+    rows, columns = np.mgrid[0:height, 0:width] + 0.5
+    sigma = 0.15 * min(height, width)
+    distance = (rows[None] - centres[:, 0, None, None]) ** 2 + (columns[None] - centres[:, 1, None, None]) ** 2
+    patches = np.exp(-distance / (2 * sigma**2)).astype(np.float32)
+    return render_activation_grid(
+        pictures, patches, centres, vmax=1.0, columns=5, num_slots=shown, tile=min(GRID_TILE_MAX, max(height, width))
+    )
+
+
+def count_question_points(
+    points: Sequence[MarkedPoint], *, target: int, shown: int, rng: np.random.Generator
+) -> tuple[str, list[MarkedPoint]] | None:
+    """The marked images of one purity qualification question whose known count is ``target`` (lowered to the
+    most images any part has, never below 2): ``target`` images marked on one part drawn at random, the other
+    ``shown - target`` on other parts — none of them marked more than ``(target - 1) // 2`` times, so the chosen
+    part is clearly "the same part as most of the others" — or on no part, each image used once, in a random
+    order. ``(part, points)``, or None when the images do not allow such a question."""
+    by_part: dict[str, dict[int, MarkedPoint]] = {}
+    for point in points:
+        by_part.setdefault(point.part, {}).setdefault(point.image, point)
+    parts = sorted(name for name in by_part if name)
+    if not parts:
+        return None
+    target = min(target, max(len(by_part[name]) for name in parts))
+    if target < 2:
+        return None
+    part = rng.choice([name for name in parts if len(by_part[name]) >= target])
+    chosen = [by_part[part][int(i)] for i in sorted(rng.permutation(sorted(by_part[part]))[:target])]
+    used = {point.image for point in chosen}
+    cap, marked = max((target - 1) // 2, 1), {}
+    others = [point for point in points if point.part != part and point.image not in by_part[part]]
+    for point in (others[int(i)] for i in rng.permutation(len(others))):
+        if len(chosen) == shown:
+            break
+        if point.image in used or (point.part and marked.get(point.part, 0) >= cap):
+            continue
+        chosen.append(point)
+        used.add(point.image)
+        marked[point.part] = marked.get(point.part, 0) + 1
+    if len(chosen) < shown:
+        return None
+    return str(part), [chosen[int(i)] for i in rng.permutation(shown)]
+
+
+def _purity_qualification_specs(
+    extraction: LayerExtraction, *, count: int, max_shown: int, rng: np.random.Generator
+) -> list[HitSpec]:
+    """Purity qualification questions: ``count`` count questions over the extraction's dataset whose answers are
+    known by construction (:func:`count_question_points` on :func:`annotation.crowd.truth.part_points`), shown as
+    purity HITs are (:func:`count_question_picture`) with :data:`COUNT_QUESTION_SHOWN` images (at most the study's
+    ``max_shown``) and known counts spread by :data:`COUNT_QUESTION_SHARES`. A count within
+    :data:`~annotation.crowd.aggregation.PURITY_COUNT_TOLERANCE` of the known one is right
+    (:func:`annotation.crowd.truth.gold_check`). They show no unit: they test counting, not a unit."""
+    if count == 0:
+        return []
+    shown = min(COUNT_QUESTION_SHOWN, max_shown)
+    try:
+        points = part_points(extraction.dataset.root, rng=rng)
+        images = DatasetImageCache(extraction.dataset)
+        specs = []
+        for number in range(count):
+            share = COUNT_QUESTION_SHARES[number % len(COUNT_QUESTION_SHARES)]
+            question = count_question_points(points, target=max(2, round(share * shown)), shown=shown, rng=rng)
+            if question is None:
+                continue
+            part, marked = question
+            known = sum(point.part == part for point in marked)
+            picture = count_question_picture(
+                [images[point.image] for point in marked], [(point.y, point.x) for point in marked], shown=shown
+            )
+            specs.append(
+                HitSpec(
+                    kind=CrowdTaskKind.PURITY,
+                    role=HitRole.QUALIFICATION,
+                    extraction_id=extraction.pk,
+                    grid_id=store_grid(picture, style="purity").pk,
+                    purity_shown=shown,
+                    gold_answer=str(known),
+                    gold_explanation=f"All {shown} marked patches show {label_text(part)}."
+                    if known == shown
+                    else f"{known} of the {shown} marked patches show {label_text(part)}; the others show other "
+                    "parts, each fewer times, or no part.",
+                    source={
+                        "question": "constructed count",
+                        "part": part,
+                        "images": [point.image for point in marked],
+                        "points": [[round(point.y, 4), round(point.x, 4)] for point in marked],
+                        "parts": [point.part for point in marked],
+                        "tolerance": PURITY_COUNT_TOLERANCE,
+                    },
+                )
+            )
+    except BrodenFormatError as error:
+        raise CrowdInputError(
+            f"Purity qualification questions come from the dataset's part masks, which cannot be read ({error}): "
+            "create the study without a qualification."
+        ) from None
     return specs
 
 
@@ -494,8 +622,9 @@ def crowd_study_create(
     unless ``include_dead_units``.
 
     Gold items (``gold_count``) and qualification questions (2 × ``qualification_size``, so a retake can differ)
-    come from the dataset's pixel truth; without enough of them the qualification is not required. All HITs are
-    created in one random order.
+    come from the dataset's pixel truth; without enough of them the qualification is not required. Qualification
+    questions ask what the study's HITs ask: yes/no labels, descriptions, or (purity) counts of marked images
+    showing one part (:func:`_purity_qualification_specs`). All HITs are created in one random order.
     """
     name = _clean_study_name(name)
     if kind not in CrowdTaskKind.values:
@@ -556,6 +685,11 @@ def crowd_study_create(
     # them, else from task units but never with one of that unit's task labels.
     task_units = {spec.unit_id for spec in specs if spec.role == HitRole.TASK}
     task_pairs = {(spec.unit_id, normalise_concept_name(spec.label)) for spec in specs if spec.role == HitRole.TASK}
+    if kind == CrowdTaskKind.PURITY and per_layer_qualification:
+        specs += _purity_qualification_specs(
+            extractions[0], count=2 * qualification_size, max_shown=purity_max_shown, rng=rng
+        )
+        per_layer_qualification = 0
     for extraction in extractions:
         spare = (
             ExemplarSet.objects.filter(extraction=extraction, kind=ExemplarKind.TOP_OVERALL, grid__isnull=False)
@@ -571,7 +705,7 @@ def crowd_study_create(
             spare,
             kind=kind,
             rng=rng,
-            gold_count=per_layer_gold if gold_rate > 0 else 0,
+            gold_count=per_layer_gold if gold_rate > 0 and kind != CrowdTaskKind.PURITY else 0,
             qualification_count=per_layer_qualification,
             avoid=task_pairs,
         )

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, FloatField, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Cast, Coalesce, NullIf
 
 from ..models import (
     SUBMITTED_STATES,
@@ -32,10 +33,12 @@ FAST_FRACTION = 0.3
 STREAK_MIN = 8
 """An identical-answer streak shorter than this is never flagged (our choice)."""
 STREAK_P = 0.001
-"""A streak is flagged only when an honest worker answering independently with the study's answer shares would
-reach it with probability below this (:func:`annotation.crowd.aggregation.longest_run_p_value`): a study whose
-right answer is mostly "yes" gives honest workers long runs of "yes" (our choice; calibrated so that none of the
-demo's simulated workers, who answer from the pixel truth, is flagged)."""
+"""A streak is flagged only when an honest worker would reach it with probability below this
+(:func:`streak_test`): a study whose right answer is mostly "yes" gives honest workers long runs of "yes" (our
+choice; 60 honest workers expect at most 0.06 false flags; checked at scale in ``tests/test_crowd_streaks.py``)."""
+STREAK_RELIABILITY_MIN = 0.6
+"""The streak signal's honest worker is right at least this often (our choice: the default ``block_below``, the
+gold accuracy under which a study blocks a worker anyway); see :func:`streak_test`."""
 SIGNAL_MIN_ANSWERS = 3
 """Signals need at least this many answers of the worker."""
 
@@ -128,12 +131,94 @@ def longest_streak(values: Sequence[Any]) -> int:
 
 
 def answer_key(assignment: CrowdAssignment, kind: str) -> Any:
-    """What "the same answer" means per kind: yes/no, the normalised phrase, the count."""
-    if kind == CrowdTaskKind.VALIDATION:
+    """What "the same answer" means per kind: yes/no or the image picked (forced choice), the normalised phrase,
+    the count."""
+    if kind in (CrowdTaskKind.VALIDATION, CrowdTaskKind.FORCED_CHOICE):
         return assignment.answer
     if kind == CrowdTaskKind.DESCRIPTION:
         return normalise_concept_name(assignment.description)
     return assignment.count
+
+
+def longest_streaks(values: Sequence[Any]) -> dict[Any, int]:
+    """The longest run of each distinct value among consecutive ``values``."""
+    best: dict[Any, int] = {}
+    run, previous = 0, object()
+    for value in values:
+        run = run + 1 if value == previous else 1
+        previous = value
+        best[value] = max(best.get(value, 0), run)
+    return best
+
+
+@dataclass(frozen=True)
+class Streak:
+    """A worker's most improbable run of one answer: the answer, the run's length, and how probable so long a run
+    of it is for an honest worker (:func:`streak_test`)."""
+
+    value: Any
+    length: int
+    p_value: float
+
+
+def honest_share_bound(*, consensus: float, pooled: float, reliability_min: float) -> float:
+    """The largest probability with which an honest worker gives one answer, from its share of the HITs'
+    consensus answers (``consensus``) and of all answers (``pooled``): a worker right with probability r ≥
+    ``reliability_min`` gives it on the HITs where it is right (r · consensus) and at most on every HIT where it is
+    not when wrong ((1 − r) · (1 − consensus)), the most at r = 1 or r = ``reliability_min``; the pooled share
+    stays in for a sample whose consensus is odd. Exact for yes/no answers."""
+    low = reliability_min * consensus + (1 - reliability_min) * (1 - consensus)
+    return max(consensus, low, pooled)
+
+
+def streak_test(
+    answers: Sequence[Any],
+    *,
+    answer_shares: Mapping[Any, float],
+    consensus_shares: Mapping[Any, float] | None = None,
+    reliability_min: float = STREAK_RELIABILITY_MIN,
+    min_length: int = 1,
+) -> Streak | None:
+    """The most improbable of a worker's streaks (their longest run of each answer, of at least ``min_length``) for
+    an honest worker — one who answers the HITs in a random order, independently, right with a probability of at
+    least ``reliability_min``. Per answer v with longest run L_v: p_v = P(a run of v of L_v or more in as many
+    answers) (:func:`annotation.crowd.aggregation.value_run_p_value`) at the largest share an honest worker may
+    give v (:func:`honest_share_bound`, from ``consensus_shares``, each answer's share of the HITs' consensus
+    answers, :func:`consensus_shares`, and ``answer_shares``, its share of all the study's answers); the p-value
+    is min(1, k · min_v p_v) over the study's k distinct answers (Bonferroni: valid whichever answer the streak is
+    of). None without a run of ``min_length``.
+
+    Why not the pooled shares alone, as this signal first had (found by ``tests/test_crowd_streaks.py``): an honest
+    yes/no worker of reliability r says "yes" with a probability between the consensus share of "yes" (r = 1) and
+    nearer ½ (smaller r), and the pooled share lies in between. The most careful workers have the most lopsided
+    shares and so the longest runs of the common answer, the least careful the longest of the rare one: under
+    the pooled shares, in a study whose consensus is "yes" for 85% of its HITs, 0.3–1% of honest workers of
+    reliability 0.6–0.98 reached p < 0.001 and 2.5–4% p < 0.01 (1,200 simulated workers, three seeds), 3 to 10
+    times the nominal rate. Why per answer: the longest run of any answer is mostly one of the common answer, so a
+    worker stuck on the rare one hid behind their ordinary runs of the common one."""
+    runs = {value: length for value, length in longest_streaks(answers).items() if length >= min_length}
+    if not runs:
+        return None
+    consensus = consensus_shares or answer_shares
+    values = set(answer_shares) | set(consensus) | set(runs)
+    found = [
+        Streak(
+            value,
+            length,
+            aggregation.value_run_p_value(
+                len(answers),
+                length,
+                honest_share_bound(
+                    consensus=consensus.get(value, 0.0),
+                    pooled=answer_shares.get(value, 0.0),
+                    reliability_min=reliability_min,
+                ),
+            ),
+        )
+        for value, length in runs.items()
+    ]
+    most = min(found, key=lambda streak: (streak.p_value, -streak.length))
+    return Streak(most.value, most.length, min(1.0, len(values) * most.p_value))
 
 
 def careless_signals(
@@ -144,28 +229,60 @@ def careless_signals(
     pasted: int,
     fast_fraction: float = FAST_FRACTION,
     streak_min: int = STREAK_MIN,
-    answer_shares: Sequence[float] | None = None,
+    answer_shares: Mapping[Any, float] | None = None,
+    consensus_shares: Mapping[Any, float] | None = None,
+    reliability_min: float = STREAK_RELIABILITY_MIN,
     streak_p: float = STREAK_P,
 ) -> list[str]:
     """Readable flags of careless or automated answering for one worker (REFERENCE.md: 33–46% of MTurk workers
     used language models on text tasks): time on task far below the study's median, long streaks of identical
-    answers, descriptions pasted rather than typed. With ``answer_shares`` (the study's shares of each distinct
-    answer) a streak of at least ``streak_min`` is flagged only when it is improbable (p < ``streak_p``) for an
-    honest worker answering as the crowd does; without them every such streak is."""
+    answers, descriptions pasted rather than typed. With ``answer_shares`` (the study's share of each distinct
+    answer) and ``consensus_shares`` (of each HIT's consensus answer) a streak of at least ``streak_min`` is
+    flagged only when it is improbable (p < ``streak_p``, :func:`streak_test`) for an honest worker; without
+    them every such streak is."""
     flags = []
     if len(seconds) >= SIGNAL_MIN_ANSWERS and study_median:
         median = statistics.median(seconds)
         if median < fast_fraction * study_median:
             flags.append(f"fast: median {median:.1f} s vs study median {study_median:.1f} s")
-    streak = longest_streak(answers)
-    if len(answers) >= SIGNAL_MIN_ANSWERS and streak >= streak_min:
+    if len(answers) >= SIGNAL_MIN_ANSWERS:
         if answer_shares is None:
-            flags.append(f"streak: {streak} identical answers in a row")
-        elif (p_value := aggregation.longest_run_p_value(len(answers), streak, answer_shares)) < streak_p:
-            flags.append(f"streak: {streak} identical answers in a row (p = {p_value:.1g} for an honest worker)")
+            if (streak := longest_streak(answers)) >= streak_min:
+                flags.append(f"streak: {streak} identical answers in a row")
+        else:
+            found = streak_test(
+                answers,
+                answer_shares=answer_shares,
+                consensus_shares=consensus_shares,
+                reliability_min=reliability_min,
+                min_length=streak_min,
+            )
+            if found is not None and found.p_value < streak_p:
+                flags.append(
+                    f"streak: {found.length} identical answers in a row (p = {found.p_value:.1g} for an honest "
+                    f"worker): “{found.value}”"
+                )
     if pasted:
         flags.append(f"pasted: {pasted} description{'s' if pasted != 1 else ''} pasted")
     return flags
+
+
+def answer_shares(answers: Iterable[Any]) -> dict[Any, float]:
+    """Each distinct answer's share of ``answers``."""
+    counts = Counter(answers)
+    total = sum(counts.values())
+    return {value: count / total for value, count in counts.items()}
+
+
+def consensus_shares(answers_by_hit: Iterable[Sequence[Any]]) -> dict[Any, float]:
+    """Each distinct consensus answer's share of the HITs (a HIT's consensus: its most common answer; HITs tied
+    for it are left out): how a worker who answers every HIT as the crowd agrees would answer."""
+    consensus = []
+    for answers in answers_by_hit:
+        top = Counter(answers).most_common(2)
+        if top and (len(top) == 1 or top[0][1] > top[1][1]):
+            consensus.append(top[0][0])
+    return answer_shares(consensus)
 
 
 # -- researchers ---------------------------------------------------------------------------------------------------
@@ -224,6 +341,133 @@ def crowd_study_progress(study: CrowdStudy) -> dict[str, Any]:
 
 CROWD_PAGE_SIZE = 50
 HIT_STATES = {"open": "Still collecting answers", "complete": "All answers in", "retired": "Retired early"}
+HIT_AGREEMENT = {
+    "none": "No answers yet",
+    "unanimous": "Unanimous (2+ answers, all alike)",
+    "majority": "Majority, not unanimous",
+    "split": "Split (no majority)",
+}
+"""Agreement levels of a HIT's counted answers (see :func:`agreement_level`), as the HIT list filters them."""
+
+
+def agreement_level(support: int, answers: int) -> str:
+    """A HIT's agreement level from ``answers`` (its counted answers) and ``support`` (how many of them give its
+    best-supported answer, :func:`annotation.crowd.aggregation.majority_support`): a key of :data:`HIT_AGREEMENT`,
+    or "single" for one answer (neither agreement nor disagreement yet). "Majority" means more than half."""
+    if answers == 0:
+        return "none"
+    if answers == 1:
+        return "single"
+    if support == answers:
+        return "unanimous"
+    return "majority" if 2 * support > answers else "split"
+
+
+def agreement_matches(
+    support: int, answers: int, *, level: str = "", low: float | None = None, high: float | None = None
+) -> bool:
+    """Whether a HIT passes the HIT list's agreement filter: its :func:`agreement_level` is ``level`` (when given)
+    and the share of answers giving its best-supported answer lies in [``low``, ``high``] (each when given; a HIT
+    without answers has no share). The SQL twin is :func:`_agreement_filter`."""
+    if level and agreement_level(support, answers) != level:
+        return False
+    if low is None and high is None:
+        return True
+    if not answers:
+        return False
+    share = support / answers
+    return (low is None or share >= low - 1e-9) and (high is None or share <= high + 1e-9)
+
+
+def hit_answer_keys(hit: Hit, assignments: Iterable[CrowdAssignment]) -> list[Any]:
+    """The comparable answers of a HIT's counted ``assignments``: yes/no or the image picked (validation, forced
+    choice), the count (purity), the normalised phrase (descriptions, grouped as
+    :func:`canonical_description` groups them); blanks left out."""
+    if hit.kind == CrowdTaskKind.PURITY:
+        return [a.count for a in assignments if a.count is not None]
+    if hit.kind == CrowdTaskKind.DESCRIPTION:
+        return [description_key(a.description) for a in assignments if a.description and a.description.strip()]
+    return [a.answer for a in assignments if a.answer]
+
+
+def description_key(text: str) -> str:
+    """What "the same description" means (as in :func:`canonical_description`): the normalised concept name, or
+    the lower-cased phrase where normalising leaves nothing."""
+    text = " ".join(text.split())
+    return normalise_concept_name(text) or text.lower()
+
+
+def _counted_answers(queryset):
+    """The number of rows of an assignments subquery (0 for none), for one outer HIT or assignment."""
+    return Coalesce(Subquery(queryset.values("hit").annotate(n=Count("id")).values("n")[:1]), 0)
+
+
+def _with_agreement(hits):
+    """``hits`` with the aliases ``agreement_answers`` (counted answers) and ``agreement_support`` (how many give the
+    best-supported answer: :func:`annotation.crowd.aggregation.majority_support` in SQL, as the largest number of a
+    HIT's answers alike to one of them), ``agreement_twice`` (twice the support) and ``agreement_share`` (support over
+    answers; NULL without answers). Answers are alike when they give the same ``answer`` (validation, forced choice)
+    or counts within :data:`~annotation.crowd.aggregation.PURITY_COUNT_TOLERANCE` (purity; each kind fills
+    only its own field). Description phrases are alike only after :func:`annotation.naming.normalise_concept_name`,
+    which SQL cannot do: their support here is 0 (see :func:`crowd_hits_for_list`)."""
+    counted = CrowdAssignment.objects.filter(state__in=SUBMITTED_STATES).filter(
+        ~Q(answer="") | Q(count__isnull=False) | ~Q(description="")
+    )
+    tolerance = aggregation.PURITY_COUNT_TOLERANCE
+    alike = counted.filter(hit=OuterRef("hit")).filter(
+        (Q(answer=OuterRef("answer")) & ~Q(answer=""))
+        | Q(count__gte=OuterRef("count") - tolerance, count__lte=OuterRef("count") + tolerance)
+    )
+    support = counted.filter(hit=OuterRef("pk")).annotate(alike=_counted_answers(alike)).order_by("-alike")
+    hits = hits.alias(
+        agreement_answers=_counted_answers(counted.filter(hit=OuterRef("pk"))),
+        agreement_support=Coalesce(Subquery(support.values("alike")[:1]), 0),
+    )
+    return hits.alias(
+        agreement_twice=F("agreement_support") * 2,
+        agreement_share=Cast("agreement_support", FloatField())
+        / NullIf(Cast("agreement_answers", FloatField()), Value(0.0)),
+    )
+
+
+def _agreement_filter(level: str, low: float | None, high: float | None) -> Q:
+    """The SQL twin of :func:`agreement_matches` on the aliases of :func:`_with_agreement`."""
+    condition = Q()
+    if level == "none":
+        condition &= Q(agreement_answers=0)
+    elif level == "unanimous":
+        condition &= Q(agreement_answers__gte=2, agreement_support=F("agreement_answers"))
+    elif level == "majority":
+        answers = F("agreement_answers")
+        condition &= Q(agreement_answers__gte=2, agreement_support__lt=answers, agreement_twice__gt=answers)
+    elif level == "split":
+        condition &= Q(agreement_answers__gte=2, agreement_twice__lte=F("agreement_answers"))
+    if low is not None:
+        condition &= Q(agreement_answers__gte=1, agreement_share__gte=low - 1e-9)
+    if high is not None:
+        condition &= Q(agreement_answers__gte=1, agreement_share__lte=high + 1e-9)
+    return condition
+
+
+def _description_agreement_ids(hits, *, level: str, low: float | None, high: float | None) -> list[int]:
+    """The description HITs of ``hits`` with answers that pass the agreement filter, judged in Python
+    (:func:`agreement_matches` on :func:`description_key`s): one query over the answers of the description HITs
+    the other filters leave."""
+    keys: dict[int, list[str]] = {}
+    for hit_id, text in (
+        CrowdAssignment.objects.filter(
+            hit__in=hits.filter(kind=CrowdTaskKind.DESCRIPTION).values("pk"), state__in=SUBMITTED_STATES
+        )
+        .exclude(description="")
+        .values_list("hit_id", "description")
+    ):
+        if text.strip():
+            keys.setdefault(hit_id, []).append(description_key(text))
+    return [
+        hit_id
+        for hit_id, answers in keys.items()
+        if agreement_matches(aggregation.majority_support(answers), len(answers), level=level, low=low, high=high)
+    ]
 
 
 def crowd_hits_for_list(
@@ -235,9 +479,19 @@ def crowd_hits_for_list(
     origin: str = "",
     state: str = "",
     label: str = "",
+    agreement: str = "",
+    agreement_min: float | None = None,
+    agreement_max: float | None = None,
 ):
     """A study's HITs of ``role`` in list order (layer, unit, origin), filtered by layer name, unit index, label
-    origin, ``state`` (a key of :data:`HIT_STATES`) and a label substring."""
+    origin, ``state`` (a key of :data:`HIT_STATES`), a label substring, and the agreement of the HIT's counted
+    answers: ``agreement`` (a key of :data:`HIT_AGREEMENT`) and the share of answers that give the HIT's
+    best-supported answer between ``agreement_min`` and ``agreement_max`` (fractions, each optional; see
+    :func:`agreement_matches`). Answers are alike when equal (yes/no, the image picked), within ±1 image for purity
+    counts (:data:`~annotation.crowd.aggregation.PURITY_COUNT_TOLERANCE`) and after normalising for descriptions.
+
+    All in SQL but the description phrases' agreement, which is judged in Python over the answers of the
+    description HITs the other filters leave (:func:`_description_agreement_ids`) and comes back as a list of ids."""
     hits = (
         study.hits.filter(role=role)
         .select_related("unit__layer__network", "label_concept", "grid")
@@ -260,6 +514,17 @@ def crowd_hits_for_list(
             hits.filter(n_answered__lt=F("max_assignments"))
             if state == "open"
             else hits.filter(n_answered__gte=F("max_assignments"))
+        )
+    if agreement or agreement_min is not None or agreement_max is not None:
+        condition = _agreement_filter(agreement, agreement_min, agreement_max)
+        if agreement == "none" and agreement_min is None and agreement_max is None:
+            described = condition  # "no answers yet" needs no phrase compared
+        else:
+            described = Q(
+                pk__in=_description_agreement_ids(hits, level=agreement, low=agreement_min, high=agreement_max)
+            )
+        hits = _with_agreement(hits).filter(
+            (~Q(kind=CrowdTaskKind.DESCRIPTION) & condition) | (Q(kind=CrowdTaskKind.DESCRIPTION) & described)
         )
     return hits
 
@@ -289,7 +554,19 @@ def crowd_hit_rows(hits: Iterable[Hit]) -> list[dict[str, Any]]:
         else:
             counts = [a.count for a in done if a.count is not None]
             summary = f"{statistics.median(counts):g} of {hit.purity_shown} (K = {hit.purity_k})" if counts else ""
-        rows.append({"hit": hit, "assignments": given, "answered": len(done), "summary": summary})
+        keys = hit_answer_keys(hit, done)
+        support = aggregation.majority_support(
+            keys, tolerance=aggregation.PURITY_COUNT_TOLERANCE if hit.kind == CrowdTaskKind.PURITY else 0
+        )
+        agreement = {
+            "support": support,
+            "answers": len(keys),
+            "share": support / len(keys) if keys else None,
+            "level": agreement_level(support, len(keys)),
+        }
+        rows.append(
+            {"hit": hit, "assignments": given, "answered": len(done), "summary": summary, "agreement": agreement}
+        )
     return rows
 
 
@@ -335,10 +612,12 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
     by_worker: dict[int, list[CrowdAssignment]] = {}
     for assignment in assignments:
         by_worker.setdefault(assignment.worker_id, []).append(assignment)
-    pooled = Counter(
-        answer_key(a, a.hit.kind) for a in assignments if a.hit.role == HitRole.TASK and a.state in SUBMITTED_STATES
-    )
-    shares = [count / sum(pooled.values()) for count in pooled.values()] if pooled else None
+    counted = [a for a in assignments if a.hit.role == HitRole.TASK and a.state in SUBMITTED_STATES]
+    shares = answer_shares(answer_key(a, a.hit.kind) for a in counted) or None
+    by_hit: dict[int, list[Any]] = {}
+    for assignment in counted:
+        by_hit.setdefault(assignment.hit_id, []).append(answer_key(assignment, assignment.hit.kind))
+    consensus = consensus_shares(by_hit.values())
     bonuses = dict(
         CrowdWorker.objects.filter(study=study).annotate(total=Sum("bonuses__amount_cents")).values_list("pk", "total")
     )
@@ -368,6 +647,7 @@ def crowd_worker_rows(study: CrowdStudy) -> list[dict[str, Any]]:
                     answers=[answer_key(a, a.hit.kind) for a in tasks],
                     pasted=sum(a.pasted for a in tasks),
                     answer_shares=shares,
+                    consensus_shares=consensus,
                 ),
             }
         )

@@ -508,22 +508,35 @@ def qualification_start(*, worker: CrowdWorker, visit: str = "") -> Qualificatio
         )
 
 
+def qualification_fields(hit: Hit, value: str | None) -> dict[str, Any] | None:
+    """One qualification answer as the fields :func:`annotation.crowd.truth.gold_check` reads: yes or no for a
+    label question, the phrase for a description question (raises :class:`CrowdInputError` when too long), a
+    whole number from 0 to the images shown for a purity count question; None when missing or malformed."""
+    value = (value or "").strip()
+    if hit.kind == CrowdTaskKind.DESCRIPTION:
+        return {"description": clean_description(value)} if value else None
+    if hit.kind == CrowdTaskKind.PURITY:
+        if not value.isascii() or not value.isdigit() or int(value) > (hit.purity_shown or 0):
+            return None
+        return {"count": int(value)}
+    return {"answer": value} if value in (YES, NO) else None
+
+
+def qualification_given(fields: dict[str, Any]) -> str:
+    """How an answer of :func:`qualification_fields` is kept in ``QualificationAttempt.answers`` (and shown)."""
+    return str(next(iter(fields.values())))
+
+
 def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, str]) -> QualificationAttempt:
-    """Score an attempt (every question answered: yes or no for a label question, a phrase for a description
-    question, right when it names one of the accepted names; :func:`annotation.crowd.truth.gold_check`); the
-    worker qualifies at the study's pass rate, and is marked unqualified once their attempts are used up — an
-    own-link worker only: a platform visit that used up its attempts is refused by :func:`qualification_failed`,
-    the worker id stays open."""
-    kinds = dict(Hit.objects.filter(token__in=attempt.questions).values_list("token", "kind"))
-    missing = [
-        token
-        for token in attempt.questions
-        if not (
-            (answers.get(token) or "").strip()
-            if kinds.get(token) == CrowdTaskKind.DESCRIPTION
-            else answers.get(token) in (YES, NO)
-        )
-    ]
+    """Score an attempt (every question answered, :func:`qualification_fields`: yes or no for a label question,
+    right when it is the known one; a phrase for a description question, right when it names one of the accepted
+    names; a count for a purity question, right within the question's tolerance of the known count;
+    :func:`annotation.crowd.truth.gold_check`); the worker qualifies at the study's pass rate, and is marked
+    unqualified once their attempts are used up — an own-link worker only: a platform visit that used up its
+    attempts is refused by :func:`qualification_failed`, the worker id stays open."""
+    hits = {hit.token: hit for hit in Hit.objects.filter(study_id=attempt.worker.study_id, token__in=attempt.questions)}
+    fields = {token: qualification_fields(hit, answers.get(token)) for token, hit in hits.items()}
+    missing = [token for token in attempt.questions if token in fields and fields[token] is None]
     if missing:
         raise CrowdInputError(f"Answer every question ({len(missing)} left).")
     with transaction.atomic():
@@ -536,22 +549,8 @@ def qualification_submit(*, attempt: QualificationAttempt, answers: dict[str, st
         if attempt.passed is not None:
             return attempt
         worker, study = attempt.worker, attempt.worker.study
-        hits = {hit.token: hit for hit in Hit.objects.filter(study=study, token__in=attempt.questions)}
-        given = {
-            token: (
-                clean_description(answers[token]) if hits[token].kind == CrowdTaskKind.DESCRIPTION else answers[token]
-            )
-            for token in attempt.questions
-            if token in hits
-        }
-        correct = sum(
-            gold_check(
-                hits[token],
-                {"description": value} if hits[token].kind == CrowdTaskKind.DESCRIPTION else {"answer": value},
-            )
-            for token, value in given.items()
-        )
-        attempt.answers = given
+        attempt.answers = {token: qualification_given(fields[token]) for token in attempt.questions if token in hits}
+        correct = sum(gold_check(hits[token], fields[token]) for token in attempt.answers)
         attempt.correct, attempt.total = correct, len(attempt.questions)
         attempt.passed = correct >= study.qualification_pass_rate * attempt.total - 1e-9
         attempt.submitted_at = timezone.now()

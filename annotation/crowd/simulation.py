@@ -30,7 +30,7 @@ from .services import (
     worker_enter,
     worker_needs_qualification,
 )
-from .truth import study_unit_truth, truth_concepts
+from .truth import count_tolerance, study_unit_truth, truth_concepts
 
 DEFAULT_RELIABILITIES = (0.95, 0.92, 0.9, 0.85, 0.8, 0.75, 0.55)
 """The demo crowd: mostly careful workers and one poor one (whom the gold rule may block)."""
@@ -73,7 +73,7 @@ def crowd_simulate(
     that ends about now. Returns counts."""
     truth = truth if truth is not None else study_unit_truth(study)
     vocabulary = sorted({name for sets in truth.values() for names in sets for name in names})
-    qualification_truth = dict(study.hits.filter(role=HitRole.QUALIFICATION).values_list("token", "gold_answer"))
+    questions = {hit.token: hit for hit in study.hits.filter(role=HitRole.QUALIFICATION)}
     # The simulated clock ends about now: it starts as long ago as the open places take the crowd to fill.
     open_places = sum(
         max(hit.max_assignments - hit.assigned_count, 0)
@@ -98,7 +98,7 @@ def crowd_simulate(
             if attempt is None:
                 break
             answers = {
-                token: _qualification_answer(qualification_truth[token], right=rng.random() < reliability)
+                token: _qualification_answer(questions[token], right=rng.random() < reliability, rng=rng)
                 for token in attempt.questions
             }
             qualification_submit(attempt=attempt, answers=answers)
@@ -127,10 +127,16 @@ def crowd_simulate(
     return {"study": study.name, "workers": len(workers), "submitted": submitted, "blocked": blocked}
 
 
-def _qualification_answer(truth: str, *, right: bool) -> str:
-    """A simulated worker's answer to a qualification question whose known answer is ``truth``: yes/no flipped
-    when wrong; for a description question (``truth`` lists accepted names, ``a|b``) the first name, or a phrase
-    naming none of them."""
+def _qualification_answer(hit: Hit, *, right: bool, rng: np.random.Generator) -> str:
+    """A simulated worker's answer to the qualification question ``hit`` (known answer ``hit.gold_answer``): yes/no
+    flipped when wrong; for a description question (accepted names ``a|b``) the first name, or a phrase naming none
+    of them; for a purity count question a count within the question's tolerance of the known one (a careful
+    worker may be off by one too), or, when wrong, any count outside it."""
+    truth = hit.gold_answer
+    if hit.kind == CrowdTaskKind.PURITY:
+        known, tolerance, shown = int(truth), count_tolerance(hit), hit.purity_shown or 0
+        counts = [c for c in range(shown + 1) if (abs(c - known) <= tolerance) == right]
+        return str(counts[int(rng.integers(len(counts)))] if counts else known)
     if truth in ("yes", "no"):
         return truth if right else ("no" if truth == "yes" else "yes")
     return truth.split("|")[0] if right else "something else entirely"

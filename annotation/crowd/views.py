@@ -46,9 +46,10 @@ from ..models import (
 from ..naming import label_text
 from . import exports, forced_choice, forced_choice_report, hits, selectors, services
 from .adapters import ADAPTERS, adapter_for, visit_dumps, visit_filter, visit_loads
+from .aggregation import PURITY_COUNT_TOLERANCE
 from .forms import BlockForm, BonusForm, CrowdStudyCreateForm, HitAnswerForm, ReviewForm
 from .images import hit_picture
-from .truth import gold_check
+from .truth import count_tolerance, gold_check
 
 QUESTIONS = {
     CrowdTaskKind.VALIDATION: VALIDATION_QUESTION,
@@ -280,7 +281,9 @@ class CrowdNextView(WorkerMixin, View):
 
 @method_decorator(worker_page, name="dispatch")
 class CrowdQualificationView(WorkerMixin, View):
-    """The qualification test: yes/no label questions with known answers, before the first HIT."""
+    """The qualification test before the first HIT, questions of the study's own kind with known answers: yes/no
+    labels (validation), descriptions, or counts of marked images showing one part (purity); then feedback
+    question by question (the answer given, the right one, why)."""
 
     template_name = "annotation/crowd/qualification.html"
 
@@ -301,18 +304,20 @@ class CrowdQualificationView(WorkerMixin, View):
         for question in self.questions(attempt):
             hit = question["hit"]
             given = attempt.answers.get(hit.token) or ""
-            described = hit.kind == CrowdTaskKind.DESCRIPTION
-            rows.append(
-                {
-                    **question,
-                    "given": given,
-                    "explanation": hit.gold_explanation,
-                    "right": " or ".join(label_text(name) for name in hit.gold_answer.split("|"))
-                    if described
-                    else hit.gold_answer,
-                    "correct": gold_check(hit, {"description": given} if described else {"answer": given}),
-                }
-            )
+            fields = services.qualification_fields(hit, given)
+            row = {
+                **question,
+                "given": given,
+                "explanation": hit.gold_explanation,
+                "right": hit.gold_answer,
+                "correct": fields is not None and gold_check(hit, fields),
+            }
+            if hit.kind == CrowdTaskKind.DESCRIPTION:
+                row["right"] = " or ".join(label_text(name) for name in hit.gold_answer.split("|"))
+            elif hit.kind == CrowdTaskKind.PURITY:  # counts: the known one and the range judged right
+                known, tolerance = int(hit.gold_answer), count_tolerance(hit)
+                row["accepted"] = (max(known - tolerance, 0), min(known + tolerance, hit.purity_shown or known))
+            rows.append(row)
         return rows
 
     def get(self, request, code, error: str = "", answers: dict | None = None):
@@ -365,11 +370,7 @@ class CrowdQualificationView(WorkerMixin, View):
             self.template_name,
             {
                 **self.base_context(),
-                "instructions": INSTRUCTIONS[
-                    CrowdTaskKind.DESCRIPTION
-                    if self.study.kind == CrowdTaskKind.DESCRIPTION
-                    else CrowdTaskKind.VALIDATION
-                ],
+                "instructions": INSTRUCTIONS[self.study.kind],
                 "attempt": attempt,
                 "questions": self.questions(attempt),
                 "error": error,
@@ -613,6 +614,13 @@ def study_links(request, study: CrowdStudy) -> list[dict]:
     return [{"adapter": adapter, "url": adapter.entry_url_template(study, base)} for adapter in ADAPTERS.values()]
 
 
+def query_percent(query, name: str) -> float | None:
+    """``query[name]`` read as a whole percentage 0–100 and returned as a fraction; None when absent or malformed
+    (a filter left out, never an error)."""
+    value = query_id(query, name)
+    return value / 100 if value is not None and value <= 100 else None
+
+
 class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
     template_name = "annotation/crowd/study_detail.html"
 
@@ -628,6 +636,9 @@ class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
             "origin": query.get("origin", "") if query.get("origin") in LabelOrigin.values else "",
             "state": query.get("state", "") if query.get("state") in selectors.HIT_STATES else "",
             "label": query.get("label", "").strip()[:100],
+            "agreement": query.get("agreement", "") if query.get("agreement") in selectors.HIT_AGREEMENT else "",
+            "agreement_min": query_percent(query, "agreement_min"),
+            "agreement_max": query_percent(query, "agreement_max"),
         }
         page = Paginator(
             selectors.crowd_hits_for_list(study, role=role, **filters), selectors.CROWD_PAGE_SIZE
@@ -645,6 +656,12 @@ class CrowdStudyDetailView(CrowdStudyMixin, TemplateView):
             "filtered": any(value not in ("", None) for value in filters.values()),
             "origins": LabelOrigin.choices,
             "hit_states": selectors.HIT_STATES,
+            "agreement_levels": selectors.HIT_AGREEMENT,
+            "agreement_percent": {
+                end: round(100 * filters[f"agreement_{end}"]) if filters[f"agreement_{end}"] is not None else ""
+                for end in ("min", "max")
+            },
+            "count_tolerance": PURITY_COUNT_TOLERANCE,
             "layers": study.extractions.select_related("layer__network", "dataset"),
         }
 
@@ -669,6 +686,7 @@ class CrowdWorkersView(CrowdStudyMixin, TemplateView):
             "fast_fraction": selectors.FAST_FRACTION,
             "streak_min": selectors.STREAK_MIN,
             "streak_p": selectors.STREAK_P,
+            "streak_reliability": selectors.STREAK_RELIABILITY_MIN,
         }
 
     def post(self, request, *args, **kwargs):
