@@ -80,8 +80,14 @@ urlpatterns = [
     ),
     path("networks/<slug:name>/graphs/", explanatory_graph.NetworkGraphsView.as_view(), name="network_graphs"),
     path("explanatory-graphs/<int:graph>/", explanatory_graph.GraphDetailView.as_view(), name="graph_detail"),
-    path("explanatory-graphs/<int:graph>/layers/<str:layer>/", explanatory_graph.GraphLayerView.as_view(), name="graph_layer"),
-    path("explanatory-graphs/<int:graph>/nodes/<int:pk>/", explanatory_graph.GraphNodeView.as_view(), name="graph_node"),
+    path(
+        "explanatory-graphs/<int:graph>/layers/<str:layer>/",
+        explanatory_graph.GraphLayerView.as_view(),
+        name="graph_layer",
+    ),
+    path(
+        "explanatory-graphs/<int:graph>/nodes/<int:pk>/", explanatory_graph.GraphNodeView.as_view(), name="graph_node"
+    ),
     path(
         "explanatory-graphs/<int:graph>/nodes/<int:pk>/patches.png",
         explanatory_graph.GraphNodePatchesView.as_view(),

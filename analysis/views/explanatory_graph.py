@@ -1,6 +1,7 @@
 """Explanatory-graph pages (Zhang et al. AAAI'18): a network's graphs (one per object category of a run, each named by
-its category and inputs) and the form that learns them, a graph's layers with node counts per filter, location instability against raw filters and a compact drawing of part of the graph,
-a layer's nodes, a node's top patches and edges. Thin: reads rows and the service's reads, starts runs through it."""
+its category and inputs) and the form that learns them, a graph's layers with node counts per filter, location
+instability against raw filters and a compact drawing of part of the graph, a layer's nodes, a node's top patches
+and edges. Thin: reads rows and the service's reads, starts runs through it."""
 
 from __future__ import annotations
 
