@@ -943,12 +943,17 @@ class PartDiscriminativeness(models.Model):
 
 
 class ExplanatoryGraph(models.Model):
-    """An explanatory graph learned over some conv layers of a network (see analysis.engine.explanatory_graph).
+    """An explanatory graph learned over some conv layers of a network (see analysis.engine.explanatory_graph and
+    analysis.services.explanatory_graph): one per object ``category`` (AAAI'18), a run learning one per category
+    of its dataset by default.
 
-    Bulk arrays live under ``directory`` (``UNITSCOPE_DATA_DIR/explanatory_graphs/<run id>/``): per layer
-    ``<layer>.npz`` (μ, σ², edges, normaliser, masses, log-likelihoods) and the inference of every node on every
-    image, ``<layer>-units.i32`` and ``<layer>-scores.f32`` (memory maps ``[images, nodes]``). ``layers`` lists the
-    layer names top first; positions in rows are in network-input pixels.
+    The graph's ``n_images`` inputs are object crops of its category or whole images (``inputs``); ``views.npz``
+    in ``directory`` (``UNITSCOPE_DATA_DIR/explanatory_graphs/<run id>/<graph>/``) names each input's dataset image,
+    object and frame (the image region warped to the network input). Per layer ``<layer>.npz`` (μ, σ², edges,
+    normaliser, masses, log-likelihoods), the inference of every node on every input, ``<layer>-units.i32`` and
+    ``<layer>-scores.f32`` (memory maps ``[inputs, nodes]``), and for crops the maps the graph read,
+    ``<layer>-maps.f16``. ``layers`` lists the layer names top first; positions in rows are in network-input
+    pixels. Graphs made before per-category graphs have no ``views.npz``: their inputs are the dataset's images.
     """
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="explanatory_graphs")
@@ -957,9 +962,23 @@ class ExplanatoryGraph(models.Model):
     layers = models.JSONField(default=list, help_text="Layer names, top layer first.")
     extraction_runs = models.JSONField(default=dict, help_text="{layer: extraction run id} whose cache was read.")
     params = models.JSONField(default=dict)
+    category = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The object category whose inputs the graph learned from; blank: one graph pooled over every "
+        "category (or every image).",
+    )
+    inputs = models.CharField(
+        max_length=16,
+        choices=PartInputs.choices,
+        default=PartInputs.OBJECT_CROPS,
+        help_text="Object crops of the category (the paper's) or whole images.",
+    )
     directory = models.CharField(max_length=500)
-    n_images = models.PositiveIntegerField(default=0)
-    n_learn_images = models.PositiveIntegerField(default=0)
+    n_images = models.PositiveIntegerField(
+        default=0, help_text="Inputs (object crops or images) every node was inferred on: the rows of its arrays."
+    )
+    n_learn_images = models.PositiveIntegerField(default=0, help_text="Inputs the graph learned from.")
     n_nodes = models.PositiveIntegerField(default=0)
     n_edges = models.PositiveIntegerField(default=0)
     plane_unit = models.FloatField(default=1.0, help_text="Input pixels per plane unit (the input's longer side).")
@@ -973,12 +992,19 @@ class ExplanatoryGraph(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["run", "category"], name="unique_graph_category")]
 
     def __str__(self) -> str:
-        return f"explanatory graph of {self.network} on {self.dataset} (run {self.run_id})"
+        return f"explanatory graph of {self.network} on {self.dataset}, {self.scope} (run {self.run_id})"
+
+    @property
+    def scope(self) -> str:
+        """What the graph describes, for labels: its category and inputs."""
+        what = self.category or "every category"
+        return f"{what}, {'object crops' if self.inputs == PartInputs.OBJECT_CROPS else 'whole images'}"
 
     def get_absolute_url(self) -> str:
-        return reverse("analysis:graph_detail", args=[self.run_id])
+        return reverse("analysis:graph_detail", args=[self.pk])
 
 
 class GraphNode(models.Model):
@@ -1007,7 +1033,7 @@ class GraphNode(models.Model):
         return f"{self.layer.name} filter {self.filter} node {self.node}"
 
     def get_absolute_url(self) -> str:
-        return reverse("analysis:graph_node", args=[self.graph.run_id, self.pk])
+        return reverse("analysis:graph_node", args=[self.graph_id, self.pk])
 
 
 class GraphEdge(models.Model):

@@ -79,16 +79,22 @@ urlpatterns = [
         name="ablation_class",
     ),
     path("networks/<slug:name>/graphs/", explanatory_graph.NetworkGraphsView.as_view(), name="network_graphs"),
-    path("graphs/<int:run>/", explanatory_graph.GraphDetailView.as_view(), name="graph_detail"),
-    path("graphs/<int:run>/layers/<str:layer>/", explanatory_graph.GraphLayerView.as_view(), name="graph_layer"),
-    path("graphs/<int:run>/nodes/<int:pk>/", explanatory_graph.GraphNodeView.as_view(), name="graph_node"),
+    path("explanatory-graphs/<int:graph>/", explanatory_graph.GraphDetailView.as_view(), name="graph_detail"),
     path(
-        "graphs/<int:run>/nodes/<int:pk>/patches.png",
+        "explanatory-graphs/<int:graph>/layers/<str:layer>/",
+        explanatory_graph.GraphLayerView.as_view(),
+        name="graph_layer",
+    ),
+    path(
+        "explanatory-graphs/<int:graph>/nodes/<int:pk>/", explanatory_graph.GraphNodeView.as_view(), name="graph_node"
+    ),
+    path(
+        "explanatory-graphs/<int:graph>/nodes/<int:pk>/patches.png",
         explanatory_graph.GraphNodePatchesView.as_view(),
         name="graph_node_patches",
     ),
     path(
-        "graphs/<int:run>/layers/<str:layer>/filters/<int:index>/patches.png",
+        "explanatory-graphs/<int:graph>/layers/<str:layer>/filters/<int:index>/patches.png",
         explanatory_graph.GraphFilterPatchesView.as_view(),
         name="graph_filter_patches",
     ),

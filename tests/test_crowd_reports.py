@@ -668,3 +668,53 @@ def test_reports_of_the_demo_crowd_studies(tiny_layer_with_grids, researcher_cli
     description = CrowdStudy.objects.get(name=crowd_demo.DEMO_DESCRIPTION_STUDY)
     page = researcher_client.get(reverse("annotation:crowd_report", args=[description.pk]))
     assert page.status_code == 200 and "Canonical description" in page.content.decode()
+
+
+def test_a_graph_purity_study_names_the_graph_category_its_patterns_were_drawn_on(layers, researcher_client):
+    """Per-category graphs: a purity study over one category's graph says which graph (run and category) and which
+    inputs its rows were drawn on, in the report and in both exports."""
+    from analysis.models import ExplanatoryGraph, Run
+    from annotation.crowd import exports
+
+    _, extraction = layers["conv5"]
+    run = Run.objects.create(kind="explanatory_graph", params={}, params_hash="per-category", status="succeeded")
+    graphs = {
+        category: ExplanatoryGraph.objects.create(
+            run=run,
+            network=extraction.layer.network,
+            dataset=extraction.dataset,
+            category=category,
+            inputs="object_crops",
+            layers=["conv5"],
+        )
+        for category in ("bird", "car")
+    }
+    study = make_study(layers, kind=CrowdTaskKind.PURITY, name="car graph")
+    w1 = make_worker(study, "w1")
+    car = graphs["car"].pk
+    purity_hit(
+        study,
+        layers,
+        "conv5",
+        0,
+        {w1: 7},
+        source={"pattern_source": "explanatory_graph", "pattern": "conv5/0/1", "graph": car},
+    )
+    purity_hit(
+        study,
+        layers,
+        "conv5",
+        0,
+        {w1: 3},
+        source={"pattern_source": "raw_filter_peaks", "pattern": "conv5/0", "graph": car},
+    )
+    rows = reports.purity_table(study)["rows"]
+    assert [row["source"] for row in rows] == ["raw_filter_peaks", "explanatory_graph"]
+    assert {row["inputs"] for row in rows} == {f"graph of car, object crops (run {run.pk})"}
+    page = researcher_client.get(reverse("annotation:crowd_report_purity", args=[study.pk])).content.decode()
+    assert f"on the graph of car, object crops (run {run.pk})" in page
+    for row in exports.crowd_answer_rows(study) + exports.crowd_results(study, simulated="include"):
+        assert (row["graph"], row["graph_category"]) == (run.pk, "car")
+    unrelated = make_study(layers, kind=CrowdTaskKind.PURITY, name="whole images")
+    purity_hit(unrelated, layers, "conv5", 1, {make_worker(unrelated, "w2"): 5})
+    assert [row["inputs"] for row in reports.purity_table(unrelated)["rows"] if row["study"] == unrelated] == [None]

@@ -47,8 +47,16 @@ def test_gold_purity_and_the_command_on_a_real_probe_world(tiny_dissected, capsy
 
 
 def check_graph_nodes_and_raw_filters_as_purity_sources(extraction):
+    """A default graph run learns one graph per category on its object crops; a purity study over one category's
+    graph judges its top nodes and the raw filters on that category's crops."""
     from analysis.models import ExplanatoryGraph
-    from analysis.services.explanatory_graph import graph_purity_candidates, graph_run_start
+    from analysis.services.explanatory_graph import (
+        graph_inputs,
+        graph_layer_maps,
+        graph_purity_candidates,
+        graph_run_start,
+    )
+    from annotation.crowd.exports import pattern_of
 
     run = graph_run_start(
         network="seeded",
@@ -63,7 +71,11 @@ def check_graph_nodes_and_raw_filters_as_purity_sources(extraction):
         inline=True,
     )
     assert run.status == "succeeded", run.error
-    graph = ExplanatoryGraph.objects.get(run=run)
+    graphs = list(ExplanatoryGraph.objects.filter(run=run))
+    assert len(graphs) > 1 and {graph.inputs for graph in graphs} == {"object_crops"}
+    graph = min(graphs, key=lambda item: (-item.n_images, item.category))
+    assert crowd_demo._demo_purity_graph("seeded", "tiny") == graph  # the demo's purity study judges this one
+    crop_images = set(graph_inputs(graph).images.tolist())
     study = crowd_hits.crowd_study_create(
         name="eg-purity",
         kind=CrowdTaskKind.PURITY,
@@ -78,13 +90,16 @@ def check_graph_nodes_and_raw_filters_as_purity_sources(extraction):
     for hit in hits:
         by_source.setdefault(hit.source["pattern_source"], []).append(hit)
         assert hit.grid.style == "purity" and hit.purity_shown == len(hit.source["images"])
-    # nodes and raw filters are judged on the same number of images (8), whatever their K, unless fewer images
-    # score above 0 (recounted from the inference arrays and the cached maps)
+        assert hit.source["graph_category"] == graph.category and set(hit.source["images"]) <= crop_images
+        assert pattern_of(hit)["graph_category"] == graph.category and pattern_of(hit)["graph"] == run.pk
+    # nodes and raw filters are judged on the same number of crops (8), whatever their K, unless fewer crops
+    # score above 0 (recounted from the inference arrays and the crops' maps)
     from analysis.services.explanatory_graph import graph_inference_arrays
 
     _, node_scores = graph_inference_arrays(graph, "conv5")
     node_scores = np.asarray(node_scores)
-    maps = np.asarray(open_activation_cache(extraction), dtype=np.float32)
+    maps = np.asarray(graph_layer_maps(graph, extraction.layer), dtype=np.float32)
+    assert maps.shape[0] == graph.n_images < open_activation_cache(extraction).shape[0]
     nodes_per_filter = 2
     for hit in hits:
         parts = hit.source["pattern"].split("/")

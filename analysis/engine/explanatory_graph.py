@@ -54,6 +54,11 @@ Evaluation helpers: :func:`location_instability` (the paper's Table 1) and :func
 inference-energy rule that sets K for the purity counts). Patch helpers crop fixed-size patches at inferred
 positions (Fig. 5: 70 × 70 px on 224 px inputs).
 
+Images. An "image" here is one input of the graph: a row of ``read_maps`` — the paper's cropped object images of
+one category (the service's default: object crops, each warped to the network input), or whole images. Positions
+stay on the network input's plane either way; mapping them back to a dataset image is the caller's (through the
+crop's frame).
+
 Streaming: maps are read per batch of images through ``read_maps(rows)``; memory is bounded by the batch size, the
 graph's parameters, the ``[nodes, upper nodes]`` selection statistics and the inference arrays the caller
 allocates (memory maps in the service). Deterministic under ``seed`` on a given device.
@@ -354,10 +359,10 @@ def learn_layer(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> GraphLayer:
-    """Algorithm 1 for one layer: T EM iterations over the learning images ``rows`` (int64 dataset indices).
+    """Algorithm 1 for one layer: T EM iterations over the learning images ``rows`` (int64 rows of ``read_maps``).
 
     ``upper``/``upper_units``: the learned layer above and its inferred units ``int [I, U]`` on every image
-    (indexed by dataset index); None for the top layer. Returns the layer with μ_V, E_V and its σ_fit; its
+    (indexed by row); None for the top layer. Returns the layer with μ_V, E_V and its σ_fit; its
     ``sigma2`` (for the layer below) is set by :func:`infer_layer` statistics in :func:`learn_graph`.
     """
     rows = np.asarray(rows, dtype=np.int64)
@@ -481,9 +486,9 @@ def learn_graph(
 ) -> GraphResult:
     """Learn the graph top-down over ``sources`` (top layer first), then infer every node on all ``n_images``.
 
-    Each layer is learned on ``learn_rows`` (dataset indices), then inferred on every image (its results feed the
-    next layer's learning and are returned). ``allocate(name, shape, dtype)`` supplies the result arrays
-    (memory maps in the service; plain arrays by default).
+    Each layer is learned on ``learn_rows`` (rows of the sources' ``read_maps``), then inferred on every image (its
+    results feed the next layer's learning and are returned). ``allocate(name, shape, dtype)`` supplies the result
+    arrays (memory maps in the service; plain arrays by default).
     """
     if len(sources) != len(configs) or not sources:
         raise ValueError("one LayerConfig per layer source, at least one layer")

@@ -251,7 +251,7 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
                 model, normalize_images(images, network.mean, network.std, network.channel_order), to_compute
             )
             for name, value in computed.items():
-                _refuse_float16_overflow(name, value, current["indices"])
+                refuse_float16_overflow(name, value, current["indices"])
             outputs.update({name: value.to(torch.float16).to(torch.float32) for name, value in computed.items()})
         rows = current["indices"].numpy()
         for name in layer_order:
@@ -420,7 +420,7 @@ def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, de
     ExemplarSet.objects.bulk_create(sets, batch_size=2000)
 
 
-def _refuse_float16_overflow(layer: str, acts, image_indices) -> None:
+def refuse_float16_overflow(layer: str, acts, image_indices) -> None:
     """Stop the run, naming the units, when a layer's activations leave float16's range: the cache stores maps as
     float16 and every statistic is computed from the cached values (DESIGN §5), so a value beyond ±65504 would
     silently become ±inf (and its unit's threshold undefined). Our choice over keeping such units in float32: one

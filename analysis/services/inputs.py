@@ -6,18 +6,41 @@ upsampler (:func:`analysis.engine.upsample.upsampler_for`, from :attr:`analysis.
 parameters name an ``upsample`` method — so an impossible anchoring fails before any work — finds or runs the
 layer's extraction, and reads its exact thresholds and the dataset's label table when asked. The pieces are
 public too, for runs that need them in another order (part detection reads its boxes before it may extract).
+
+Views (what part detection, ablation and the explanatory graph feed the network): :func:`dataset_boxes` reads
+every object and part box, :func:`object_views` turns an object class into views — each object box enlarged by
+R-CNN's context (``RCNN_CONTEXT``), or each image holding the class — and :class:`ViewImages` turns views into
+normalised network inputs (crops warped to the input with ``roi_align``, or whole images resized as the
+extraction does).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
-from analysis.models import Dataset, Layer, LayerExtraction, Network, RunStatus, UnitActivationSummary
+import numpy as np
+
+from analysis.models import (
+    AnnotatedBox,
+    Concept,
+    Dataset,
+    Layer,
+    LayerExtraction,
+    Network,
+    PartInputs,
+    RunStatus,
+    UnitActivationSummary,
+)
 from analysis.storage import artifact_exists
 
 from .extraction import EXTRACTION_DEFAULTS, activation_cache_key, extraction_run_start
+from .networks import network_spec
 from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset
+
+RCNN_CONTEXT = 16 / 227
+"""Context around an object box in a crop, as a share of the warped input on each side (R-CNN: 16 of 227 px)."""
 
 
 @dataclass(frozen=True)
@@ -146,3 +169,165 @@ def label_table(dataset: Dataset):
     categories = list(dataset.categories)
     categories += sorted({name for name in primary.values() if name and name not in categories})
     return label_category_table(primary, categories), categories
+
+
+# -- views: object crops or whole images ----------------------------------------------------------------
+
+
+@dataclass
+class View:
+    """One network input: image ``image`` (dataset index), the region ``frame`` (image pixels, x1 y1 x2 y2) warped
+    to the input, and the object it shows (``object_index``; -1 for a whole image)."""
+
+    image: int
+    frame: tuple[float, float, float, float]
+    object_index: int
+    object_box: tuple[float, float, float, float]
+
+
+@dataclass
+class DatasetBoxes:
+    """Every object and part box of a dataset, grouped for the runs."""
+
+    sizes: dict[int, tuple[int, int]]  # image -> (height, width)
+    objects: dict[int, list[tuple[int, int, tuple]]] = field(default_factory=dict)  # class id -> [(image, obj, box)]
+    parts: dict[tuple[int, int], list[tuple[int, int, tuple]]] = field(default_factory=dict)  # (class, part) -> [...]
+    concepts: dict[int, Concept] = field(default_factory=dict)
+
+
+def dataset_boxes(dataset: Dataset, split: str) -> DatasetBoxes:
+    """The object and part boxes of the ``split`` images (``"all"``: every image); a part box belongs to the object
+    box of the same image and ``object_index``."""
+    images = dataset.images.all()
+    if split != "all":
+        images = images.filter(split=split)
+    sizes = {index: (height, width) for index, height, width in images.values_list("index", "height", "width")}
+    boxes = DatasetBoxes(sizes=sizes)
+    rows = AnnotatedBox.objects.filter(image__dataset=dataset)
+    if split != "all":
+        rows = rows.filter(image__split=split)
+    rows = rows.values_list("image__index", "kind", "concept_id", "object_index", "x1", "y1", "x2", "y2")
+    object_class: dict[tuple[int, int], int] = {}
+    part_rows = []
+    for image, kind, concept, obj, x1, y1, x2, y2 in rows:
+        if kind == AnnotatedBox.Kind.OBJECT:
+            object_class[(image, obj)] = concept
+            boxes.objects.setdefault(concept, []).append((image, obj, (x1, y1, x2, y2)))
+        else:
+            part_rows.append((image, concept, obj, (x1, y1, x2, y2)))
+    for image, concept, obj, box in part_rows:
+        owner = object_class.get((image, obj))
+        if owner is not None:
+            boxes.parts.setdefault((owner, concept), []).append((image, obj, box))
+    ids = set(boxes.objects) | {part for _, part in boxes.parts}
+    boxes.concepts = Concept.objects.in_bulk(ids)
+    for entries in boxes.objects.values():
+        entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return boxes
+
+
+def object_views(boxes: DatasetBoxes, class_id: int, inputs: str, context: float) -> list[View]:
+    """The views of an object class (object crops with context, or the images holding it), by image order."""
+    from analysis.engine.part_detection import context_frame
+
+    views = []
+    if inputs == PartInputs.OBJECT_CROPS:
+        for image, obj, box in boxes.objects.get(class_id, []):
+            views.append(View(image, context_frame(box, context), obj, box))
+    else:
+        first_box: dict[int, tuple] = {}
+        for image, _obj, box in boxes.objects.get(class_id, []):
+            first_box.setdefault(image, box)
+        for image, box in sorted(first_box.items()):
+            height, width = boxes.sizes[image]
+            views.append(View(image, (0.0, 0.0, float(width), float(height)), -1, box))
+    return views
+
+
+class ViewImages:
+    """Loads dataset images by index (rows read once) and turns views into normalised network inputs."""
+
+    def __init__(self, dataset: Dataset, network: Network, device):
+        from analysis.engine.broden import BrodenReader
+
+        self.reader = BrodenReader(dataset.root)
+        self.rows = self.reader.indexed_rows
+        self.network = network
+        self.device = device
+        self.input_size = (network.input_height, network.input_width)
+
+    def part_mask(self, image: int, number: int):
+        """``bool [ih, iw]``: pixels labelled ``number`` in any layer of the image's ``part`` masks (nearest)."""
+        import torch
+        import torch.nn.functional as F
+
+        entry = self.reader.load_segmentation(self.rows[image]).get("part")
+        row = self.rows[image]
+        if entry is None or entry.layers.shape[0] == 0:
+            return torch.zeros((row.ih, row.iw), dtype=torch.bool, device=self.device)
+        mask = torch.from_numpy((entry.layers == number).any(axis=0)).to(self.device)
+        return F.interpolate(mask[None, None].float(), size=(row.ih, row.iw), mode="nearest")[0, 0] > 0.5
+
+    def inputs(self, views: list[View], mode: str, masks: dict[int, Any] | None = None):
+        """``float32 [V, 3, H, W]``: each view's crop warped to the input (or the whole image resized as the
+        extraction does: bilinear, antialiased, rounded to uint8), after mean subtraction; with ``masks`` (one
+        ``bool [ih, iw]`` per view, in ``views``' order) those pixels of the view's image are set to 0 first, so two
+        views of one image can black out different pixels. Images of one size are processed together."""
+        import torch
+        import torch.nn.functional as F
+        from torchvision.ops import roi_align
+
+        from analysis.engine.networks import normalize_images
+
+        out = torch.zeros((len(views), 3, *self.input_size), device=self.device)
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        arrays = {image: self.reader.load_image(self.rows[image]) for image in dict.fromkeys(v.image for v in views)}
+        for position, view in enumerate(views):
+            by_size[arrays[view.image].shape[:2]].append(position)
+        for size, positions in by_size.items():
+            # one slot per image, or per view when each view blacks out its own pixels
+            keys = list(positions) if masks is not None else list(dict.fromkeys(views[p].image for p in positions))
+            slot = {key: k for k, key in enumerate(keys)}
+            slot_of = [slot[p] if masks is not None else slot[views[p].image] for p in positions]
+            batch = (
+                torch.from_numpy(
+                    np.stack([arrays[views[key].image] if masks is not None else arrays[key] for key in keys])
+                )
+                .permute(0, 3, 1, 2)
+                .to(self.device)
+            )
+            if mode == PartInputs.OBJECT_CROPS:
+                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
+                if masks is not None:
+                    x = x.masked_fill(torch.stack([masks[p] for p in positions])[:, None], 0.0)
+                boxes = torch.tensor(
+                    [[k, *views[p].frame] for k, p in zip(slot_of, positions)], dtype=torch.float32, device=self.device
+                )
+                out[positions] = roi_align(
+                    x, boxes, output_size=self.input_size, spatial_scale=1.0, sampling_ratio=2, aligned=True
+                )
+            else:
+                if tuple(size) != self.input_size:
+                    batch = (
+                        F.interpolate(
+                            batch.float(), size=self.input_size, mode="bilinear", align_corners=False, antialias=True
+                        )
+                        .round()
+                        .clamp(0, 255)
+                        .byte()
+                    )
+                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
+                if masks is not None:
+                    mask = torch.stack([masks[p] for p in positions])[:, None].float()
+                    x = x.masked_fill(F.interpolate(mask, size=self.input_size, mode="nearest") > 0.5, 0.0)
+                out[positions] = x[slot_of]
+        return out
+
+
+def load_model(network: Network, device):
+    from analysis.engine.networks import NetworkError, load_network
+
+    try:
+        return load_network(network_spec(network), device=device)
+    except NetworkError as error:
+        raise RunInputError(str(error)) from None

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +46,7 @@ from analysis import params as p
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (
     AblationStudy,
-    AnnotatedBox,
     ClassDiscriminativeness,
-    Concept,
-    Dataset,
     Layer,
     Network,
     PartDetectionResult,
@@ -63,11 +59,20 @@ from analysis.storage import artifact_store, fetch, publish, stored_path
 from unitscope.spreadsheets import csv_field, csv_writer
 
 from .extraction import EXTRACTION_DEFAULTS, open_activation_cache
-from .inputs import ensure_extraction, layer_geometry, run_inputs
-from .networks import network_spec
+from .inputs import (
+    RCNN_CONTEXT,
+    DatasetBoxes,
+    View,
+    ViewImages,
+    dataset_boxes,
+    ensure_extraction,
+    layer_geometry,
+    load_model,
+    object_views,
+    run_inputs,
+)
 from .runs import RunInputError, RunProgress, run_start
 
-RCNN_CONTEXT = 16 / 227
 SPLITS = ("train", "val", "all")
 # The demo (analysis.services.demo): the paper's settings on a seeded sample of views per class, so that the two
 # layers' part studies and ablations add a few minutes to the default build on two CPU cores.
@@ -195,172 +200,12 @@ def ablation_run_start(
     return run
 
 
-# -- views: object crops or whole images ----------------------------------------------------------------
-
-
-@dataclass
-class View:
-    """One network input: image ``image`` (dataset index), the region ``frame`` (image pixels, x1 y1 x2 y2) warped
-    to the input, and the object it shows (``object_index``; -1 for a whole image)."""
-
-    image: int
-    frame: tuple[float, float, float, float]
-    object_index: int
-    object_box: tuple[float, float, float, float]
-
-
-@dataclass
-class DatasetBoxes:
-    """Every object and part box of a dataset, grouped for the runs."""
-
-    sizes: dict[int, tuple[int, int]]  # image -> (height, width)
-    objects: dict[int, list[tuple[int, int, tuple]]] = field(default_factory=dict)  # class id -> [(image, obj, box)]
-    parts: dict[tuple[int, int], list[tuple[int, int, tuple]]] = field(default_factory=dict)  # (class, part) -> [...]
-    concepts: dict[int, Concept] = field(default_factory=dict)
-
-
-def _dataset_boxes(dataset: Dataset, split: str) -> DatasetBoxes:
-    images = dataset.images.all()
-    if split != "all":
-        images = images.filter(split=split)
-    sizes = {index: (height, width) for index, height, width in images.values_list("index", "height", "width")}
-    boxes = DatasetBoxes(sizes=sizes)
-    rows = AnnotatedBox.objects.filter(image__dataset=dataset)
-    if split != "all":
-        rows = rows.filter(image__split=split)
-    rows = rows.values_list("image__index", "kind", "concept_id", "object_index", "x1", "y1", "x2", "y2")
-    object_class: dict[tuple[int, int], int] = {}
-    part_rows = []
-    for image, kind, concept, obj, x1, y1, x2, y2 in rows:
-        if kind == AnnotatedBox.Kind.OBJECT:
-            object_class[(image, obj)] = concept
-            boxes.objects.setdefault(concept, []).append((image, obj, (x1, y1, x2, y2)))
-        else:
-            part_rows.append((image, concept, obj, (x1, y1, x2, y2)))
-    for image, concept, obj, box in part_rows:
-        owner = object_class.get((image, obj))
-        if owner is not None:
-            boxes.parts.setdefault((owner, concept), []).append((image, obj, box))
-    ids = set(boxes.objects) | {part for _, part in boxes.parts}
-    boxes.concepts = Concept.objects.in_bulk(ids)
-    for entries in boxes.objects.values():
-        entries.sort(key=lambda entry: (entry[0], entry[1]))
-    return boxes
-
-
-def _views(boxes: DatasetBoxes, class_id: int, inputs: str, context: float) -> list[View]:
-    """The views of an object class (object crops with context, or the images holding it), by image order."""
-    from analysis.engine.part_detection import context_frame
-
-    views = []
-    if inputs == PartInputs.OBJECT_CROPS:
-        for image, obj, box in boxes.objects.get(class_id, []):
-            views.append(View(image, context_frame(box, context), obj, box))
-    else:
-        first_box: dict[int, tuple] = {}
-        for image, _obj, box in boxes.objects.get(class_id, []):
-            first_box.setdefault(image, box)
-        for image, box in sorted(first_box.items()):
-            height, width = boxes.sizes[image]
-            views.append(View(image, (0.0, 0.0, float(width), float(height)), -1, box))
-    return views
-
-
 def _sample(views: list[View], limit: int, seed: int, salt: int) -> list[View]:
     if limit <= 0 or len(views) <= limit:
         return views
     rng = np.random.default_rng([seed, salt])
     keep = np.sort(rng.choice(len(views), size=limit, replace=False))
     return [views[k] for k in keep]
-
-
-class _Images:
-    """Loads dataset images by index (rows read once) and turns views into normalised network inputs."""
-
-    def __init__(self, dataset: Dataset, network: Network, device):
-        from analysis.engine.broden import BrodenReader
-
-        self.reader = BrodenReader(dataset.root)
-        self.rows = self.reader.indexed_rows
-        self.network = network
-        self.device = device
-        self.input_size = (network.input_height, network.input_width)
-
-    def part_mask(self, image: int, number: int):
-        """``bool [ih, iw]``: pixels labelled ``number`` in any layer of the image's ``part`` masks (nearest)."""
-        import torch
-        import torch.nn.functional as F
-
-        entry = self.reader.load_segmentation(self.rows[image]).get("part")
-        row = self.rows[image]
-        if entry is None or entry.layers.shape[0] == 0:
-            return torch.zeros((row.ih, row.iw), dtype=torch.bool, device=self.device)
-        mask = torch.from_numpy((entry.layers == number).any(axis=0)).to(self.device)
-        return F.interpolate(mask[None, None].float(), size=(row.ih, row.iw), mode="nearest")[0, 0] > 0.5
-
-    def inputs(self, views: list[View], mode: str, masks: dict[int, Any] | None = None):
-        """``float32 [V, 3, H, W]``: each view's crop warped to the input (or the whole image resized as the
-        extraction does: bilinear, antialiased, rounded to uint8), after mean subtraction; with ``masks`` (one
-        ``bool [ih, iw]`` per view, in ``views``' order) those pixels of the view's image are set to 0 first, so two
-        views of one image can black out different pixels. Images of one size are processed together."""
-        import torch
-        import torch.nn.functional as F
-        from torchvision.ops import roi_align
-
-        from analysis.engine.networks import normalize_images
-
-        out = torch.zeros((len(views), 3, *self.input_size), device=self.device)
-        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-        arrays = {image: self.reader.load_image(self.rows[image]) for image in dict.fromkeys(v.image for v in views)}
-        for position, view in enumerate(views):
-            by_size[arrays[view.image].shape[:2]].append(position)
-        for size, positions in by_size.items():
-            # one slot per image, or per view when each view blacks out its own pixels
-            keys = list(positions) if masks is not None else list(dict.fromkeys(views[p].image for p in positions))
-            slot = {key: k for k, key in enumerate(keys)}
-            slot_of = [slot[p] if masks is not None else slot[views[p].image] for p in positions]
-            batch = (
-                torch.from_numpy(
-                    np.stack([arrays[views[key].image] if masks is not None else arrays[key] for key in keys])
-                )
-                .permute(0, 3, 1, 2)
-                .to(self.device)
-            )
-            if mode == PartInputs.OBJECT_CROPS:
-                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
-                if masks is not None:
-                    x = x.masked_fill(torch.stack([masks[p] for p in positions])[:, None], 0.0)
-                boxes = torch.tensor(
-                    [[k, *views[p].frame] for k, p in zip(slot_of, positions)], dtype=torch.float32, device=self.device
-                )
-                out[positions] = roi_align(
-                    x, boxes, output_size=self.input_size, spatial_scale=1.0, sampling_ratio=2, aligned=True
-                )
-            else:
-                if tuple(size) != self.input_size:
-                    batch = (
-                        F.interpolate(
-                            batch.float(), size=self.input_size, mode="bilinear", align_corners=False, antialias=True
-                        )
-                        .round()
-                        .clamp(0, 255)
-                        .byte()
-                    )
-                x = normalize_images(batch, self.network.mean, self.network.std, self.network.channel_order)
-                if masks is not None:
-                    mask = torch.stack([masks[p] for p in positions])[:, None].float()
-                    x = x.masked_fill(F.interpolate(mask, size=self.input_size, mode="nearest") > 0.5, 0.0)
-                out[positions] = x[slot_of]
-        return out
-
-
-def _load_model(network: Network, device):
-    from analysis.engine.networks import NetworkError, load_network
-
-    try:
-        return load_network(network_spec(network), device=device)
-    except NetworkError as error:
-        raise RunInputError(str(error)) from None
 
 
 def _part_classes(boxes: DatasetBoxes, *, min_part_size: float, min_instances: int) -> list[dict[str, Any]]:
@@ -402,7 +247,7 @@ class _CachedViews:
         return np.asarray(self.cache[self.rows[views]], dtype=np.float32)
 
 
-def _class_maps(views, images: _Images, model, layer: Layer, params, extraction, scratch: Path):
+def _class_maps(views, images: ViewImages, model, layer: Layer, params, extraction, scratch: Path):
     """The views' maps ``[V, F, h, w]``, never whole in memory: rows of the activation cache (whole images), or
     the forward passes on the crops written batch by batch to a float32 memory map in ``scratch``."""
     import torch
@@ -525,7 +370,7 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     if not dataset.has_boxes:
         raise RunInputError(f"{dataset.name} has no object and part boxes (boxes.csv), which part detection needs.")
     progress.phase(f"Reading the boxes of {dataset.name}")
-    boxes = _dataset_boxes(dataset, params["split"])
+    boxes = dataset_boxes(dataset, params["split"])
     parts = [
         part
         for part in _part_classes(boxes, min_part_size=params["min_part_size"], min_instances=params["min_instances"])
@@ -543,8 +388,8 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
         progress.phase(f"Finding the activations of {layer.name} on {dataset.name}")
         extraction = ensure_extraction(network, dataset, layer, EXTRACTION_DEFAULTS["quantile"], progress)
     else:
-        model = _load_model(network, dev)
-    images = _Images(dataset, network, dev)
+        model = load_model(network, dev)
+    images = ViewImages(dataset, network, dev)
     key = f"part_detection/run-{run.pk}"
     artifact_store().remove(key)
     directory = artifact_store().path(key)
@@ -558,7 +403,10 @@ def part_detection_run_execute(*, run: Run, progress: RunProgress, device: str) 
     for class_id, class_parts in by_class.items():
         name = boxes.concepts[class_id].name
         views = _sample(
-            _views(boxes, class_id, params["inputs"], params["context"]), params["max_views"], params["seed"], class_id
+            object_views(boxes, class_id, params["inputs"], params["context"]),
+            params["max_views"],
+            params["seed"],
+            class_id,
         )
         progress.phase(f"Activations of {len(views)} {name} views", total=len(views))
         scratch.mkdir(parents=True, exist_ok=True)
@@ -655,7 +503,7 @@ def _class_index(network: Network, name: str) -> int | None:
     return names.index(name) if name in names else None
 
 
-def _instance_part_mask(images: _Images, boxes: DatasetBoxes, view: View, class_id: int, part_id: int, number: int):
+def _instance_part_mask(images: ViewImages, boxes: DatasetBoxes, view: View, class_id: int, part_id: int, number: int):
     """``bool [ih, iw]``: the part's pixels that belong to the object ``view`` shows, inside the view's frame; None
     when there are none (GG'18 §6 blacks out the part of the object being recognised, so a view whose part lies
     outside its crop, or belongs to another object of the image, says nothing about the part).
@@ -691,13 +539,13 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     inputs = run_inputs(params, progress=progress, extraction=False)
     network, dataset, layer = inputs.network, inputs.dataset, inputs.layer
     dev = torch.device(device)
-    model = _load_model(network, dev)
+    model = load_model(network, dev)
     try:
         ablator = LayerAblator(model, layer.name)
     except UnknownLayerError as error:  # the engine's readable error
         raise RunInputError(str(error)) from None
     progress.phase(f"Reading the boxes of {dataset.name}")
-    boxes = _dataset_boxes(dataset, params["split"])
+    boxes = dataset_boxes(dataset, params["split"])
     classes = [
         (class_id, _class_index(network, boxes.concepts[class_id].name))
         for class_id in sorted(boxes.objects, key=lambda cid: boxes.concepts[cid].name)
@@ -709,7 +557,7 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
             f"({', '.join(network.class_names[:10]) or 'no class names'})."
         )
     parts = _part_classes(boxes, min_part_size=0.0, min_instances=1)
-    images = _Images(dataset, network, dev)
+    images = ViewImages(dataset, network, dev)
     n_filters = layer.units
     single = torch.ones(1 + n_filters, n_filters, device=dev)
     single[1:] -= torch.eye(n_filters, device=dev)
@@ -718,7 +566,10 @@ def ablation_run_execute(*, run: Run, progress: RunProgress, device: str) -> dic
     for class_id, output in classes:
         concept = boxes.concepts[class_id]
         views = _sample(
-            _views(boxes, class_id, params["inputs"], params["context"]), params["max_images"], params["seed"], class_id
+            object_views(boxes, class_id, params["inputs"], params["context"]),
+            params["max_images"],
+            params["seed"],
+            class_id,
         )
         if not views:
             continue

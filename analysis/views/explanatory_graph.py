@@ -1,6 +1,7 @@
-"""Explanatory-graph pages (Zhang et al. AAAI'18): a network's graphs and the form that learns one, a graph's layers
-with node counts per filter, location instability against raw filters and a compact drawing of part of the graph,
-a layer's nodes, a node's top patches and edges. Thin: reads rows and the service's reads, starts runs through it."""
+"""Explanatory-graph pages (Zhang et al. AAAI'18): a network's graphs (one per object category of a run, each named by
+its category and inputs) and the form that learns them, a graph's layers with node counts per filter, location
+instability against raw filters and a compact drawing of part of the graph, a layer's nodes, a node's top patches
+and edges. Thin: reads rows and the service's reads, starts runs through it."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ DIAGRAM_ROW = 110
 
 
 class GraphForm(forms.Form):
-    dataset = forms.ChoiceField(help_text="Images whose activations the graph explains (extracted first if needed).")
+    dataset = forms.ChoiceField(help_text="The dataset whose objects (or images) the graphs explain.")
     layers = forms.MultipleChoiceField(
         widget=forms.CheckboxSelectMultiple, help_text="Two or three top conv layers (the paper: the top conv layers)."
     )
@@ -50,7 +51,28 @@ class GraphForm(forms.Form):
     iterations = form_field(GRAPH_PARAMS, "iterations", label="EM iterations T")
     neighbours = form_field(GRAPH_PARAMS, "neighbours", label="Upper-layer neighbours M")
     tau = form_field(GRAPH_PARAMS, "tau", label="Noise density τ")
-    max_learn_images = form_field(GRAPH_PARAMS, "max_learn_images", label="Learning images (0 = all training images)")
+    inputs = form_field(
+        GRAPH_PARAMS,
+        "inputs",
+        label="Inputs",
+        choice_labels={
+            "object_crops": "Object crops of each category (the paper's; forward passes)",
+            "whole_images": "Whole images holding the category (the cached activations)",
+        },
+    )
+    graphs = form_field(
+        GRAPH_PARAMS,
+        "graphs",
+        label="Graphs",
+        choice_labels={
+            "per_category": "One graph per object category (the paper's)",
+            "pooled": "One graph pooled over every category (not the paper's)",
+        },
+    )
+    category = form_field(GRAPH_PARAMS, "category", label="Only this category (blank: every category)")
+    max_learn_images = form_field(
+        GRAPH_PARAMS, "max_learn_images", label="Learning inputs per graph (0 = all of its training inputs)"
+    )
     landmarks = forms.CharField(
         initial=", ".join(GRAPH_DEFAULTS["landmarks"]),
         help_text="Part classes whose box centres are the landmarks of location instability.",
@@ -101,7 +123,11 @@ class NetworkGraphsView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
 
     def get_context_data(self, **kwargs):
         network = self.network()
-        graphs = ExplanatoryGraph.objects.filter(network=network).select_related("dataset", "run")
+        graphs = (
+            ExplanatoryGraph.objects.filter(network=network)
+            .select_related("dataset", "run")
+            .order_by("-run__created_at", "-run_id", "category", "id")
+        )
         return {**super().get_context_data(**kwargs), "network": network, "graphs": graphs}
 
     def start_run(self, form):
@@ -114,7 +140,7 @@ class GraphMixin:
 
     def get_graph(self) -> ExplanatoryGraph:
         return get_object_or_404(
-            ExplanatoryGraph.objects.select_related("network", "dataset", "run"), run_id=self.kwargs["run"]
+            ExplanatoryGraph.objects.select_related("network", "dataset", "run"), pk=self.kwargs["graph"]
         )
 
 
@@ -167,7 +193,7 @@ def _diagram(graph: ExplanatoryGraph, *, bottom: int = 10, per_level: int = 10, 
                     "x": x,
                     "y": y,
                     "r": round(5 + 9 * min(1.0, node.mass**0.5), 1),
-                    "url": reverse("analysis:graph_node", args=[graph.run_id, node.pk]),
+                    "url": reverse("analysis:graph_node", args=[graph.pk, node.pk]),
                     "layer": graph.layers[level],
                 }
             )
@@ -226,6 +252,7 @@ class GraphDetailView(ResearcherRequiredMixin, GraphMixin, TemplateView):
         context.update(
             graph=graph,
             network=graph.network,
+            run_graphs=ExplanatoryGraph.objects.filter(run_id=graph.run_id).order_by("category", "id"),
             layer_rows=layer_rows,
             sanity_warnings=selectors.graph_sanity_warnings(graph),
             instability_rows=_instability_rows(graph),
@@ -323,7 +350,7 @@ def _png(picture) -> HttpResponse:
 class GraphNodePatchesView(ResearcherRequiredMixin, GraphMixin, View):
     """PNG: the node's top-scoring fixed-size patches at its inferred positions, best first."""
 
-    def get(self, request, run: int, pk: int):
+    def get(self, request, graph: int, pk: int):
         graph = self.get_graph()
         node = get_object_or_404(GraphNode.objects.select_related("layer"), graph=graph, pk=pk)
         inferences = graph_node_inferences(node, limit=PATCHES_SHOWN)
@@ -333,7 +360,7 @@ class GraphNodePatchesView(ResearcherRequiredMixin, GraphMixin, View):
 class GraphFilterPatchesView(ResearcherRequiredMixin, GraphMixin, View):
     """PNG: a raw filter's top patches at its peaks (the baseline beside a node's)."""
 
-    def get(self, request, run: int, layer: str, index: int):
+    def get(self, request, graph: int, layer: str, index: int):
         graph = self.get_graph()
         layer_row = graph.network.layers.filter(name=layer).first()
         if layer_row is None or layer not in graph.layers or index >= layer_row.units:

@@ -32,6 +32,16 @@ DEMO_FORCED_CHOICE_STUDY = "demo-crowd-forced-choice"
 DEMO_FORCED_CHOICE_LAYERS = ("conv5", "conv3")
 
 
+def _demo_purity_graph(network: str, dataset: str) -> ExplanatoryGraph | None:
+    """The graph the demo's purity study judges: of the newest graph run of ``network`` on ``dataset`` (one graph
+    per object category), the graph of the category with the most inputs (ties by name) — a study compares one
+    graph's nodes with the raw filters on the same inputs, as AAAI'18 reports purity per graph."""
+    newest = ExplanatoryGraph.objects.filter(network__name=network, dataset__name=dataset).first()
+    if newest is None:
+        return None
+    return ExplanatoryGraph.objects.filter(run_id=newest.run_id).order_by("-n_images", "category", "id").first()
+
+
 def demo_crowd_studies_ensure(
     *,
     network: str = "demo-net",
@@ -46,8 +56,9 @@ def demo_crowd_studies_ensure(
     (so units have human canonical descriptions), then a blind validation study (dissection labels, those
     descriptions and controls) answered by the simulated crowd too, so the ND'18 Table 3 report is populated.
     Each validation HIT then gets ``real_places`` more places so people entering through the printed links
-    still find work; the finished description study is closed. When the demo has learnt an explanatory graph of
-    ``network``, a purity study compares its top nodes with the raw filters of the graph's layers (AAAI'18 Fig. 8),
+    still find work; the finished description study is closed. When the demo has learnt explanatory graphs of
+    ``network`` (one per object category), a purity study compares the top nodes of one category's graph
+    (:func:`_demo_purity_graph`) with the raw filters of the graph's layers on the same crops (AAAI'18 Fig. 8),
     answered by the simulated crowd and then opened to people the same way. A forced-choice study over conv5 and
     conv3 (those of ``layers``; :func:`demo_forced_choice_study_ensure`) is answered and opened the same way.
     Returns the crowd account's credentials, the studies and their links."""
@@ -62,7 +73,7 @@ def demo_crowd_studies_ensure(
             extractions.append(study_extraction_for(network=network, layer=layer, dataset=dataset))
         except InputError as error:
             raise CrowdInputError(str(error)) from None
-    graph = ExplanatoryGraph.objects.filter(network__name=network, dataset__name=dataset).first()  # the newest
+    graph = _demo_purity_graph(network, dataset)
     plans = [
         (DEMO_DESCRIPTION_STUDY, CrowdTaskKind.DESCRIPTION, extractions),
         (DEMO_VALIDATION_STUDY, CrowdTaskKind.VALIDATION, extractions),

@@ -57,6 +57,7 @@ CROWD_ANSWER_FIELDS = (
     "pattern_source",
     "pattern",
     "graph",
+    "graph_category",
     "purity_k",
     "purity_shown",
     "completion_code",
@@ -67,9 +68,10 @@ researchers only — the label's origin and, for validation, the ND'18 round who
 (adapter, external id, simulated), the answer by kind, times, seconds on task, review, and the platform's hand-off
 ids. Purity HITs say what they showed (:func:`pattern_of`): ``pattern_source`` (``raw_filter_peaks``: a filter's
 top images by map maximum; ``explanatory_graph``: a graph node's top inferences), ``pattern`` (``layer/filter`` or
-``layer/filter/node``), the ``graph`` (its run id), ``purity_k`` (the 30%-mass K) and ``purity_shown``, so the
-purity table can be recomputed from the export. ``completion_code``: on a Prolific session that earned one, the
-session's own code, to match against Prolific's submissions."""
+``layer/filter/node``), the ``graph`` (its run id) and ``graph_category`` (the graph's object category; a run
+learns one graph per category, so the pair names the graph; blank for a pooled graph), ``purity_k`` (the 30%-mass
+K) and ``purity_shown``, so the purity table can be recomputed from the export. ``completion_code``: on a Prolific
+session that earned one, the session's own code, to match against Prolific's submissions."""
 
 
 CROWD_RESULT_FIELDS = (
@@ -96,27 +98,38 @@ CROWD_RESULT_FIELDS = (
     "pattern_source",
     "pattern",
     "graph",
+    "graph_category",
 )
 """Columns of a crowd study's aggregated results: per task HIT, the answers that count (submitted or approved)."""
 
 
 def pattern_of(hit: Hit) -> dict[str, Any]:
-    """What a purity HIT showed: ``{"pattern_source", "pattern", "graph", "purity_k", "purity_shown"}`` (all None
-    for other kinds). ``pattern`` is ``layer/filter`` for a raw filter, ``layer/filter/node`` for a graph node."""
+    """What a purity HIT showed: ``{"pattern_source", "pattern", "graph", "graph_category", "purity_k",
+    "purity_shown"}`` (all None for other kinds). ``pattern`` is ``layer/filter`` for a raw filter,
+    ``layer/filter/node`` for a graph node; ``graph`` is the graph's run and ``graph_category`` its category."""
     if hit.kind != CrowdTaskKind.PURITY:
-        return {"pattern_source": None, "pattern": None, "graph": None, "purity_k": None, "purity_shown": None}
+        return {
+            "pattern_source": None,
+            "pattern": None,
+            "graph": None,
+            "graph_category": None,
+            "purity_k": None,
+            "purity_shown": None,
+        }
     source = hit.source or {}
     kind = source.get("pattern_source", RAW_FILTER_PEAKS)
     pattern = source.get("pattern")
     if kind == RAW_FILTER_PEAKS and hit.unit_id:  # older HITs named the unit by its row id
         pattern = f"{hit.unit.layer.name}/{hit.unit.index}"
     graph = source.get("graph")
+    row = ExplanatoryGraph.objects.filter(pk=graph).values_list("run_id", "category").first() if graph else None
     return {
         "pattern_source": kind,
         "pattern": pattern,
         "purity_k": hit.purity_k,
         "purity_shown": hit.purity_shown,
-        "graph": ExplanatoryGraph.objects.filter(pk=graph).values_list("run_id", flat=True).first() if graph else None,
+        "graph": row[0] if row else None,
+        "graph_category": row[1] if row else None,
     }
 
 

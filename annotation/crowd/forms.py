@@ -82,7 +82,8 @@ class CrowdStudyCreateForm(forms.Form):
         required=False,
         label="Explanatory graph (purity)",
         help_text="Purity: compare the graph's top nodes with the raw filters, both drawn "
-        "as the patches of their top-K inferences. Empty: raw filters only.",
+        "as the patches of their top-K inferences on the graph's inputs (a category's object crops, for the "
+        "paper's per-category graphs). Empty: raw filters only, on whole images.",
     )
     purity_mass = forms.FloatField(
         initial=0.3,
@@ -124,7 +125,9 @@ class CrowdStudyCreateForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["extractions"].queryset = extractions_with_overall_grids()
         self.fields["description_study"].queryset = CrowdStudy.objects.filter(kind=CrowdTaskKind.DESCRIPTION)
-        self.fields["graph"].queryset = ExplanatoryGraph.objects.select_related("network").order_by("-created_at")
+        self.fields["graph"].queryset = ExplanatoryGraph.objects.select_related("network", "dataset").order_by(
+            "-created_at", "category"
+        )
 
     def clean_units(self):
         return parse_units(self.cleaned_data.get("units", ""))

@@ -286,13 +286,13 @@ def _purity_specs(
 def _graph_purity_specs(
     extraction: LayerExtraction, graph, *, mass: float, max_shown: int, include_dead_units: bool = False
 ) -> list[HitSpec]:
-    """Explanatory Graph purity (AAAI'18 Fig. 8) for one layer of ``graph``: a HIT per top-D graph node
-    (:func:`analysis.services.explanatory_graph.graph_purity_candidates`) and per raw filter (the "raw filter
-    peaks" baseline), both drawn the same way — patches of the same number of inferences, ``max_shown``, drawn from
-    each pattern's top K (K by the 30% rule, ``mass``) by the same rule
-    (:func:`analysis.engine.explanatory_graph.purity_sample`), so that raters cannot tell the sources apart and a
-    pattern with a long top K is not judged on its purest head only. Nodes and filters of dead or saturated
-    units are left out unless ``include_dead_units``."""
+    """Explanatory Graph purity (AAAI'18 Fig. 8) for one layer of ``graph`` (one category's graph, by default on its
+    object crops): a HIT per top-D graph node (:func:`analysis.services.explanatory_graph.graph_purity_candidates`)
+    and per raw filter (the "raw filter peaks" baseline, on the same inputs as the nodes), both drawn the same way
+    — patches of the same number of inferences, ``max_shown``, drawn from each pattern's top K (K by the 30% rule,
+    ``mass``) by the same rule (:func:`analysis.engine.explanatory_graph.purity_sample`), so that raters cannot tell
+    the sources apart and a pattern with a long top K is not judged on its purest head only. Nodes and filters of
+    dead or saturated units are left out unless ``include_dead_units``."""
     layer = extraction.layer
     dead = set() if include_dead_units else dead_unit_ids(extraction)
     units = {unit.index: unit for unit in Unit.objects.filter(layer=layer) if unit.pk not in dead}
@@ -312,6 +312,8 @@ def _graph_purity_specs(
                 "pattern_source": source,
                 "pattern": pattern,
                 "graph": graph.pk,
+                "graph_category": graph.category,
+                "graph_inputs": graph.inputs,
                 "mass": mass,
                 "images": [int(group[0].image_index) for group in shown],
             },

@@ -28,6 +28,7 @@ import pandas as pd
 from django.core.cache import cache
 
 from analysis.engine import agreement as agreement_engine
+from analysis.models import ExplanatoryGraph
 
 from ..common import SIMULATED_CHOICES
 from ..models import (
@@ -629,7 +630,9 @@ def purity_table(study: CrowdStudy, *, simulated: str = "exclude") -> dict[str, 
     (:func:`annotation.crowd.aggregation.mean_purity`). K is the 30%-mass K (``Hit.purity_k``); when a HIT shows fewer
     (``purity_max_shown``), purity is over the images shown. Every purity study sharing a layer with ``study``
     (:func:`purity_studies`) adds its rows: sources are compared within a study, where their HITs were drawn
-    alike and answered by the same crowd, and the rows of other studies sit beside them."""
+    alike and answered by the same crowd, and the rows of other studies sit beside them. A study over an explanatory
+    graph names it in ``inputs`` (its category and inputs: the graph's nodes and the raw filters beside them were
+    drawn on that category's crops or images); otherwise ``inputs`` is None (raw filters on whole images)."""
     studies = purity_studies(study)
     triples: dict[tuple[int, str, str], list[tuple[Any, int, int]]] = defaultdict(list)
     k_values: dict[tuple[int, str, str], list[int]] = defaultdict(list)
@@ -644,6 +647,9 @@ def purity_table(study: CrowdStudy, *, simulated: str = "exclude") -> dict[str, 
             )
         }
         sources: set[str] = set()
+        graph_ids = {(hit.source or {}).get("graph") for hit in hits.values()} - {None}
+        graphs = ExplanatoryGraph.objects.filter(pk__in=graph_ids).order_by("category")
+        shown_on = "; ".join(f"graph of {graph.scope} (run {graph.run_id})" for graph in graphs) or None
         for hit_id, count in _answered(other, simulated=simulated).values_list("hit_id", "count"):
             hit = hits.get(hit_id)
             if hit is None or count is None or not hit.purity_shown:
@@ -656,7 +662,9 @@ def purity_table(study: CrowdStudy, *, simulated: str = "exclude") -> dict[str, 
             k_values[(other.pk, source, name)].append(hit.purity_k or hit.purity_shown)
             sources.add(source)
         for source in sorted(sources, key=lambda key: (order.get(key, len(order)), key)):
-            rows.append({"study": other, "source": source, "label": PURITY_SOURCES.get(source, source)})
+            rows.append(
+                {"study": other, "source": source, "label": PURITY_SOURCES.get(source, source), "inputs": shown_on}
+            )
     layers = sorted(layer_order, key=layer_order.__getitem__)
     for row in rows:
         key = (row["study"].pk, row["source"])

@@ -82,14 +82,14 @@ def test_degenerate_graph_is_flagged_on_its_pages(client, researcher, world):
     assert len(warnings) == 4  # both layers: collapsed nodes and corner nodes
     assert warnings[0].startswith("conv5: in 8 of 8 filters every node sits at the same position")
     assert "20 of its 20 best nodes sit in a corner" in warnings[1]
-    page = client.get(reverse("analysis:graph_detail", args=[collapsed.run_id])).content.decode()
+    page = client.get(reverse("analysis:graph_detail", args=[collapsed.pk])).content.decode()
     assert "This graph looks degenerate." in page and "in 8 of 8 filters every node sits at the same" in page
     assert "sit in a corner of the 64×64 input" in page
     assert selectors.graph_sanity_warnings(collapsed, layer_name="conv4") == warnings[2:]
 
     healthy = make_graph(*world, place=lambda f, n: (16.0 + 4 * f, 20.0 + 10 * n))  # spread over the middle
     assert selectors.graph_sanity_warnings(healthy) == []
-    page = client.get(reverse("analysis:graph_detail", args=[healthy.run_id])).content.decode()
+    page = client.get(reverse("analysis:graph_detail", args=[healthy.pk])).content.decode()
     assert "This graph looks degenerate." not in page and "sanity-warning" not in page
 
 

@@ -5,9 +5,9 @@ from analysis.services.explanatory_graph import GRAPH_DEFAULTS, GRAPH_PARAMS, gr
 
 class Command(RunCommand):
     help = (
-        "Learn an explanatory graph (Zhang et al. AAAI'18) over some conv layers of a network and measure its "
-        "location instability against raw filters: a run; prints its id. Reuses the layers' extractions (or runs "
-        "them first)."
+        "Learn explanatory graphs (Zhang et al. AAAI'18) over some conv layers of a network — one per object category, "
+        "on its object crops, by default — and measure their location instability against raw filters: a run; prints "
+        "its id. With --inputs whole_images, reuses the layers' extractions (or runs them first)."
     )
 
     def add_arguments(self, parser):
@@ -29,6 +29,8 @@ class Command(RunCommand):
             help="nodes per filter N, once per --layer in the same order (default 10, 20, 40 from "
             "the top, the paper's three-layer values)",
         )
+        for name in ("inputs", "graphs", "category", "context"):
+            add_argument(parser, GRAPH_PARAMS, name)
         for name in ("iterations", "neighbours", "tau", "beta", "seed", "max_learn_images"):
             add_argument(parser, GRAPH_PARAMS, name)
         parser.add_argument(
