@@ -180,6 +180,7 @@ def test_defaults_are_unchanged():
     assert ROTATION_DEFAULTS == {
         "alphas": [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0],
         "seeds": [0],
+        "full_rotation_repeats": 10,  # ND'18 §3.2 repeats the complete rotation 10 times
         "upsample": "anchored",
         "quantile": 0.995,
         "iou_threshold": 0.04,
