@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from analysis.engine.allocator import release_mapped_rows
 from analysis.engine.broden import BrodenIndexRow, BrodenReader, SegmentationEntry
 from analysis.engine.dissection import BatchLabels, DissectionTally
 from analysis.engine.dissection_sparse import prepare_labels, tally_add_sparse
@@ -142,7 +143,15 @@ def iter_map_batches(
 ) -> Iterator[tuple[int, Tensor]]:
     """``(first row, float32 Tensor[B, U, h, w] on device)`` for rows ``[start, stop)`` of ``maps``."""
     for first in range(start, stop, batch_size):
-        yield first, _float32(maps[first : min(stop, first + batch_size)], device)
+        yield first, _read_rows(maps, first, min(stop, first + batch_size), device)
+
+
+def _read_rows(maps: np.ndarray, first: int, last: int, device: torch.device | str) -> Tensor:
+    """Rows ``[first, last)`` of ``maps`` as float32 on ``device``; a memory map's pages are handed back once
+    copied (a pass reads each row once: the resident set must not grow with the dataset)."""
+    block = _float32(maps[first:last], device)
+    release_mapped_rows(maps, first, last)
+    return block
 
 
 def _float32(block: np.ndarray, device: torch.device | str) -> Tensor:
@@ -203,7 +212,7 @@ def tally_cached_maps(
         groups.append(index)
     done = 0
     for first, last, labels in iter_label_batches(reader, rows, mask_rows, batch_size=batch_size):
-        acts = _float32(maps[start + first : start + last], device)
+        acts = _read_rows(maps, start + first, start + last, device)
         labels = BatchLabels(labels.pixel.to(device), labels.image.to(device))
         # the label side is reduced once per batch and label table, and shared by the views
         prepared = (

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from analysis.engine.allocator import release_mapped_rows
+
 __all__ = [
     "ActivationCacheWriter",
     "DecileExemplars",
@@ -848,6 +850,8 @@ class ActivationCacheWriter:
         else:
             self.memmap[rows] = data
         self.written[rows] = True
+        if rows.size:  # written once: the pages go to the kernel (page cache), not the resident set
+            release_mapped_rows(self.memmap, int(rows.min()), int(rows.max()) + 1)
 
     @property
     def complete(self) -> bool:

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from analysis.engine.allocator import release_mapped_rows
+
 __all__ = [
     "NMS_OVERLAPS",
     "DetectionConfig",
@@ -587,7 +589,8 @@ def _views_on(maps, start: int, stop: int, device) -> Tensor:
     indexable by a slice of views, such as a memory map, so the whole stack never needs to be in memory)."""
     chunk = maps[start:stop]
     if not isinstance(chunk, Tensor):
-        chunk = torch.from_numpy(np.ascontiguousarray(chunk))
+        chunk = torch.from_numpy(np.array(chunk))  # a copy: a memory map's pages can then go back
+        release_mapped_rows(maps, start, stop)
     return chunk.to(device=device, dtype=torch.float32)
 
 

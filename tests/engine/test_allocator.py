@@ -63,3 +63,39 @@ def test_an_extraction_pass_keeps_flat_anonymous_memory_from_1000_to_4000_images
         peaks[n] = int(out.stdout.strip().splitlines()[-1])
     # What grows by design: ~4 MB of quantile buffer and 6 MB of per-image maxima at 3,968 images.
     assert peaks[3968] < peaks[992] * 1.15 + 16 * 2**20, {n: f"{p / 2**20:.0f} MB" for n, p in peaks.items()}
+
+
+def _rss_file_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RssFile and madvise are Linux")
+def test_a_cache_written_and_read_once_leaves_the_resident_set_and_keeps_its_data(tmp_path):
+    """The activation cache writer and the dissection's batch reader hand each row's pages back: a 100 MB cache
+    passes through without the resident set growing by it, and what was written is what is read."""
+    import numpy as np
+    import torch
+
+    from analysis.engine.dissection_data import iter_map_batches
+    from analysis.engine.extraction import ActivationCacheWriter
+
+    shape = (1000, 256, 14, 14)  # 100 MB of float16
+    cache = np.memmap(tmp_path / "maps.f16", dtype=np.float16, mode="w+", shape=shape)
+    writer = ActivationCacheWriter(cache)
+    before = _rss_file_mb()
+    for first in range(0, shape[0], 50):
+        batch = torch.full((50, *shape[1:]), float(first % 13 + 1))
+        writer.write(batch, torch.arange(first, first + 50))
+    written = _rss_file_mb() - before
+    writer.flush()
+    del writer, cache
+    cache = np.memmap(tmp_path / "maps.f16", dtype=np.float16, mode="r", shape=shape)
+    before = _rss_file_mb()
+    for first, block in iter_map_batches(cache, 0, shape[0], 50, device="cpu"):
+        assert bool((block == float(first % 13 + 1)).all()), first
+    read = _rss_file_mb() - before
+    assert written < 20 and read < 20, (written, read)  # of 100 MB passed through each way
