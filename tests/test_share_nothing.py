@@ -162,7 +162,8 @@ def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_
     store_url, store_settings = settings.UNITSCOPE_STORAGE_URL, settings.STORAGES
     settings.UNITSCOPE_STORAGE_URL = ""
     settings.STORAGES = {**store_settings, "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"}}
-    make_probe_world("reference-world")
+    # 120 images: shards of 20 take long enough that the second worker's broker poll finds shards left for it
+    make_probe_world("reference-world", n_images=120)
     seeded_network(name="seeded", input_size=(64, 64))
     reference_extraction = extraction_run_start(
         network="seeded", dataset="reference-world", layers=[LAYER], batch_size=12, inline=True
@@ -175,7 +176,7 @@ def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_
 
     # Production: the store. Registering publishes the dataset there (the workers never see its folder).
     settings.UNITSCOPE_STORAGE_URL, settings.STORAGES = store_url, store_settings
-    dataset = make_probe_world("world")
+    dataset = make_probe_world("world", n_images=120)
     assert dataset.root_dir == "datasets/world" and artifact_store().exists("datasets/world/index.csv")
     hide_why = _can_hide_folders()
     hidden = [] if hide_why else [settings.UNITSCOPE_DATA_DIR, probe_world_files()]

@@ -110,7 +110,9 @@ class Worker:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=30)
+                # A warm shutdown joins the heartbeat thread for up to 30 s (its last write may wait on SQLite's lock
+                # on a loaded machine) before the row goes: give it more than that before killing.
+                self.process.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 self.kill()
 

@@ -407,8 +407,9 @@ def _run_shards(run: Run, dissection: LayerDissection, bounds: list[int], progre
     """Create one run per image range and see them all finish.
 
     On a worker each shard is queued (other workers may take them) and this run then executes, one after the
-    other, every shard nobody has claimed yet; then it waits for the shards others hold. Elsewhere (inline)
-    the shards execute here in order.
+    other, every shard nobody has claimed yet — from the last, since the queue hands the first ones out, so the
+    shards spread over the workers instead of the parent racing them for the same ones; then it waits for the
+    shards others hold. Elsewhere (inline) the shards execute here in order. Either way the merge is the same.
     """
     total = bounds[-1]
     distributed = _in_worker()
@@ -434,7 +435,7 @@ def _run_shards(run: Run, dissection: LayerDissection, bounds: list[int], progre
                 if shard.status != RunStatus.SUCCEEDED:
                     break
         if distributed:
-            for shard in shard_runs:
+            for shard in reversed(shard_runs):
                 run_execute(run_id=shard.pk)  # a no-op when another worker claimed it first
                 progress(_shards_done(shard_runs), total)
             while Run.objects.filter(pk__in=[shard.pk for shard in shard_runs]).active().exists():
