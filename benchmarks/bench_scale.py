@@ -15,9 +15,9 @@ Per size, measured in that process:
   upsampling, threshold, tally; the thresholds come from the extraction's exact quantile);
 * as every ``gpu`` run does, glibc's mmap threshold is fixed (:mod:`analysis.engine.allocator`; without it the
   heap grows with the images through fragmentation — ``BENCH_GLIBC_DYNAMIC_MMAP=1`` measures that);
-* peak RSS (``ru_maxrss``: includes the pages of the memory-mapped activation cache the kernel keeps
-  resident, which it may drop at any time) and peak anonymous RSS (``RssAnon`` sampled every 20 ms: the
-  process's own heap, what cannot be dropped).
+* peak RSS (``ru_maxrss``: with the pages of the memory-mapped activation cache mapped at the time — the cache
+  writer and the batch readers hand each batch's pages back, :func:`analysis.engine.allocator.release_mapped_rows`)
+  and peak anonymous RSS (``RssAnon`` sampled every 20 ms: the process's own heap, what cannot be dropped).
 
 Printed: seconds per image, the ratios to the plain forward pass (targets: extraction ≤ 1.3, dissection
 ≤ 1.0), the spread of seconds per image and of peak memory across sizes (target: within ±15 % of their
