@@ -2,6 +2,7 @@
 researcher's report follows."""
 
 import re
+import time
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -56,6 +57,16 @@ def report_text(page: Page, url: str, study_pk: int) -> str:
     return page.locator("#agreement").inner_text()
 
 
+def wait_until_decoded(page: Page, selector: str, timeout: float = 20.0) -> None:
+    """Wait until the image at ``selector`` is served and decoded. Polled from here: ``page.wait_for_function``
+    polls by evaluating its string inside the page, which the site's CSP (no 'unsafe-eval') refuses whenever the
+    first check is not already true."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(f"document.querySelector({selector!r})?.naturalWidth > 0"):
+        assert time.monotonic() < deadline, f"{selector} was never decoded"
+        time.sleep(0.05)
+
+
 def test_expert_annotates_with_the_keyboard_and_the_report_follows(page: Page, live_server, browser, expert_study):
     page.set_default_timeout(20_000)
     researcher = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
@@ -85,7 +96,7 @@ def test_expert_annotates_with_the_keyboard_and_the_report_follows(page: Page, l
         expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", str(number - 1))
         grid = page.get_by_role("img", name=re.compile("ten images of class car"))
         expect(grid).to_be_visible()
-        page.wait_for_function("document.querySelector('.annotate-grid img').naturalWidth > 0")  # served, decoded
+        wait_until_decoded(page, ".annotate-grid img")
         page.keyboard.press(key)
         expect(page.locator("input[name=answer]:nth-of-type(1)").nth(int(key) - 1)).to_be_checked()
         if name is not None:
