@@ -532,16 +532,21 @@ def _prolific(study, pid: str, session: str) -> str:
 
 def _work_through(client, url: str, answer: str, limit: int = 40) -> str:
     """Follow a visit from ``url``, answering every HIT with ``answer``; the last page's text."""
-    response = client.get(url, follow=True)
+
+    def visit(method, address, **data):
+        response = getattr(client, method)(address, data, follow=True)
+        # The page shown is at the last redirect's target, or at the address itself when none was followed.
+        return response, (response.redirect_chain[-1][0] if response.redirect_chain else address)
+
+    response, location = visit("get", url)
     for _ in range(limit):
-        location = response.redirect_chain[-1][0] if response.redirect_chain else url
         if location.endswith("/done/"):  # gold feedback: on to the visit's next HIT
-            response = client.get(location.rsplit("/a/", 1)[0] + "/", follow=True)
+            response, location = visit("get", location.rsplit("/a/", 1)[0] + "/")
             continue
         if "/a/" not in location:
             return response.content.decode()
-        response = client.post(location, {"answer": answer}, follow=True)
-    return response.content.decode()
+        response, location = visit("post", location, answer=answer)
+    raise AssertionError(f"the visit did not end within {limit} pages")
 
 
 @pytest.mark.django_db
