@@ -73,6 +73,12 @@ class ExtractionForm(forms.Form):
     quantile = form_field(
         EXTRACTION_PARAMS, "quantile", help_text="Per-unit threshold level T_k (ND'18: 0.995, the top 0.005)."
     )
+    shards = form_field(
+        EXTRACTION_PARAMS,
+        "shards",
+        help_text="Image ranges run through the network as separate tasks (more GPU workers, faster); merged bit "
+        "for bit.",
+    )
 
     def __init__(self, *args, network, **kwargs):
         from analysis.models import Dataset

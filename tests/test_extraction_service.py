@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,15 @@ import pytest
 import torch
 from django.core.management import call_command
 
-from analysis.models import ExemplarKind, ExemplarSet, LayerExtraction, RenderedGrid, RunStatus, UnitActivationSummary
+from analysis.models import (
+    ExemplarKind,
+    ExemplarSet,
+    LayerExtraction,
+    RenderedGrid,
+    Run,
+    RunStatus,
+    UnitActivationSummary,
+)
 from analysis.services.extraction import extraction_run_start, open_activation_cache
 from analysis.services.grids import grids_run_start
 from tests.worlds import seeded_network
@@ -85,6 +94,74 @@ def test_identical_activations_are_reused_without_a_forward_pass(world, monkeypa
     # A changed input (another layer) invalidates: a forward pass for it.
     third = extract(layers=["conv4"])
     assert third.result["forward_pass"] and third.result["computed_layers"] == ["conv4"]
+
+
+def _extraction_outcome(run) -> dict:
+    """Everything an extraction run leaves per layer: cached maps, saved statistics, summaries, exemplar sets."""
+    from analysis.storage import local_path
+
+    outcome = {}
+    for extraction in LayerExtraction.objects.filter(run=run).select_related("layer"):
+        summaries = UnitActivationSummary.objects.filter(extraction=extraction).order_by("unit__index")
+        sets = ExemplarSet.objects.filter(extraction=extraction).order_by("unit__index", "kind", "object_class_id")
+        outcome[extraction.layer.name] = {
+            "maps": np.asarray(open_activation_cache(extraction)).tobytes(),
+            "statistics": torch.load(local_path(extraction.stats_path), weights_only=True),
+            "summaries": list(
+                summaries.values_list("unit__index", "threshold", "max_activation", "active_images", "ceiling_ties")
+            ),
+            "exemplars": list(
+                sets.values_list("unit__index", "kind", "object_class_id", "image_indices", "scores", "peaks")
+            ),
+        }
+    return outcome
+
+
+def _assert_same_state(left, right, where="statistics"):
+    if isinstance(left, dict):
+        assert left.keys() == right.keys(), where
+        for key in left:
+            _assert_same_state(left[key], right[key], f"{where}.{key}")
+    elif isinstance(left, torch.Tensor):
+        assert left.dtype == right.dtype and torch.equal(left, right), where
+    else:
+        assert left == right, where
+
+
+def test_a_sharded_extraction_equals_one_pass_bit_for_bit(world):
+    """Shards cut on batch boundaries, run one after another here (on workers, by any of them), merge into exactly
+    the maps, statistics, thresholds and exemplars of one pass; a layer already cached is read, not recomputed."""
+    from analysis.storage import local_path
+
+    single = extract()
+    reference = _extraction_outcome(single)
+    conv5 = LayerExtraction.objects.get(run=single, layer__name="conv5")
+    shutil.rmtree(local_path(conv5.cache_path))  # conv5 must be computed again; conv3 stays cached
+    sharded = extract(shards=3)
+    assert sharded.result["shards"] == 3
+    assert sharded.result["computed_layers"] == ["conv5"] and sharded.result["reused_layers"] == ["conv3"]
+    shard_runs = Run.objects.filter(kind="extract_shard", params__extraction_run=sharded.pk).order_by("params__shard")
+    # 36 images in batches of 8 are 5 batches: the shards hold 1, 2 and 2 of them
+    assert [(run.params["start"], run.params["stop"], run.status) for run in shard_runs] == [
+        (0, 8, RunStatus.SUCCEEDED),
+        (8, 24, RunStatus.SUCCEEDED),
+        (24, 36, RunStatus.SUCCEEDED),
+    ]
+    outcome = _extraction_outcome(sharded)
+    assert outcome.keys() == reference.keys() == {"conv3", "conv5"}
+    for layer in reference:
+        assert outcome[layer]["maps"] == reference[layer]["maps"], layer
+        _assert_same_state(outcome[layer]["statistics"], reference[layer]["statistics"], layer)
+        assert outcome[layer]["summaries"] == reference[layer]["summaries"], layer
+        assert outcome[layer]["exemplars"] == reference[layer]["exemplars"], layer
+    assert not local_path(f"extractions/{sharded.pk}/shards").exists()  # the shards' files are merged and gone
+
+
+def test_more_shards_than_batches_are_refused_naming_the_limit(world):
+    run = extraction_run_start(network="seeded", dataset="tiny", layers=["conv5"], batch_size=8, shards=6, inline=True)
+    assert run.status == RunStatus.FAILED
+    assert run.error == "6 shards for 5 batches of 8 images: use at most 5 shards, or a smaller batch size."
+    assert not Run.objects.filter(kind="extract_shard").exists()
 
 
 def test_unknown_layer_fails_with_the_layers_listed(world):

@@ -29,6 +29,7 @@ ALL_KINDS = {
     "import_pascal_part",
     "train_demo_network",
     "extract",
+    "extract_shard",
     "render_grids",
     "dissect",
     "dissect_shard",
@@ -55,6 +56,7 @@ REQUIRED = {
     "import_broden": {"path": "/data/broden", "name": "broden"},
     "import_pascal_part": {"path": "/data/pascal", "name": "pascal"},
     "dissect_shard": {"dissection": 1, "shard": 0, "start": 0, "stop": 10},
+    "extract_shard": {"extraction_run": 1, "shard": 0, "start": 0, "stop": 10, "compute": ["conv5"]},
 }
 #: Per kind, one bad value of each class (wrong type, out of range, not a choice, a string for a list, unknown key,
 #: a rule across parameters): the parameter that must be named, and the value. Every one passed some interface before.
@@ -107,6 +109,8 @@ BAD = [
     ("import_broden", "name", ""),
     ("import_pascal_part", "images", 3),
     ("dissect_shard", "stop", 0),
+    ("extract_shard", "compute", []),
+    ("extract", "shards", 0),
 ]
 for kind in ALL_KINDS:
     BAD.append((kind, "no_such_parameter", 1))
@@ -280,6 +284,7 @@ def test_defaults_are_unchanged():
         "k_per_class": 10,
         "batch_size": 64,
         "decile_seed": 0,
+        "shards": 1,
     }
     assert SELFCHECK_DEFAULTS == {"matmul_size": 512, "conv_batch": 16, "conv_image_size": 112, "repeats": 10}
     assert PROBE_WORLD_DEFAULTS == {"name": "probe-world", "n_images": 3000, "seed": 0, "size": 112}
@@ -324,7 +329,7 @@ def test_the_api_refuses_each_bad_value_with_400_naming_it(researcher):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=researcher).key}")
     startable = {kind.name for kind in job_kinds() if kind.api_startable}
-    assert startable == ALL_KINDS - {"dissect_shard", "import_broden", "import_pascal_part"}
+    assert startable == ALL_KINDS - {"dissect_shard", "extract_shard", "import_broden", "import_pascal_part"}
     for kind, name, value in BAD:
         response = api.post(
             reverse("api:run-list"), {"kind": kind, "params": _kind_params(kind, name, value)}, format="json"

@@ -3,9 +3,10 @@
 moto's S3-compatible server stands in for the object store. Two real Celery workers each start with their own empty
 scratch ``UNITSCOPE_DATA_DIR`` and, where the test runs as root and may unshare its mount namespace, with the web's
 data dir and the dataset's original folder hidden under empty tmpfs mounts: whatever they read, they fetch from the
-store. An extraction and a dissection split into shards run across them; the merged counts, the cached maps and the
-thresholds equal a single-process run on the local default bit for bit. Then one worker is killed while it tallies
-a shard: the dissection ends failed with a message naming the lost shard, and no merged tally is ever written.
+store. An extraction and a dissection split into shards run across them; the merged counts, the cached maps, the
+thresholds and the exemplars equal a single-process run on the local default bit for bit. Then one worker is killed
+while it tallies a shard: the dissection ends failed with a message naming the lost shard, and no merged tally is
+ever written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.models import LayerDissection, LayerExtraction, Run, RunStatus, UnitActivationSummary
+from analysis.models import ExemplarSet, LayerDissection, LayerExtraction, Run, RunStatus, UnitActivationSummary
 from analysis.services.dissection import dissection_run_start, dissection_tally_load
 from analysis.services.extraction import extraction_run_start, open_activation_cache
 from analysis.services.runs import run_fail_stale
@@ -185,10 +186,15 @@ def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_
         for name in ("gpu-a", "gpu-b")
     ]
     try:
-        extraction = extraction_run_start(network="seeded", dataset="world", layers=[LAYER], batch_size=12)
+        extraction = extraction_run_start(network="seeded", dataset="world", layers=[LAYER], batch_size=12, shards=5)
         _wait_final([extraction])
         assert extraction.status == RunStatus.SUCCEEDED, extraction.error + extraction.error_detail
         assert extraction.result["forward_pass"]  # computed on a worker, not reused from the reference's cache
+        extraction_shards = Run.objects.filter(kind="extract_shard", params__extraction_run=extraction.pk)
+        assert sorted((shard.params["start"], shard.status) for shard in extraction_shards) == [
+            (start, RunStatus.SUCCEEDED) for start in range(0, 120, 24)
+        ]
+        assert not artifact_store().exists(f"extractions/{extraction.pk}/shards")  # merged, then removed
         dissection = dissection_run_start(network="seeded", dataset="world", layer=LAYER, upsample="plain", shards=6)
         _wait_final([dissection])
         assert dissection.status == RunStatus.SUCCEEDED, dissection.error + dissection.error_detail
@@ -218,6 +224,15 @@ def test_sharded_runs_across_two_scratch_workers_equal_one_process_and_a_killed_
             )
 
         assert thresholds(remote) == thresholds(local)
+
+        def exemplars(extraction_row):
+            return list(
+                ExemplarSet.objects.filter(extraction=extraction_row)
+                .order_by("unit__index", "kind", "object_class__name")
+                .values_list("unit__index", "kind", "object_class__name", "image_indices", "scores", "peaks")
+            )
+
+        assert exemplars(remote) == exemplars(local)
         # The workers read their inputs from their own scratch copies, fetched from the store.
         for worker in workers:
             assert (worker.scratch / "datasets" / "world" / "index.csv").is_file(), worker.log[-2000:]

@@ -580,12 +580,14 @@ class UpperQuantile:
         return out.masked_fill(self._has_nan, math.nan)
 
     def state_dict(self) -> dict[str, Any]:
+        """The kept values sorted (descending) per unit: the buffer's order depends on the batches and shards it
+        came through, its sorted values do not, so a merged state saves exactly as a single pass's."""
         return {
             "num_units": self.num_units,
             "quantile": self.quantile,
             "total_count": self.total_count,
             "count": self.count,
-            "top": self._top.clone(),
+            "top": torch.sort(self._top, dim=1, descending=True).values,
             "has_nan": self._has_nan.clone(),
         }
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,6 @@ from analysis.models import (
     LayerDissection,
     RotationTest,
     Run,
-    RunStatus,
     UnitDissection,
     UnitStatus,
     UpsampleMethod,
@@ -78,13 +76,20 @@ from unitscope.spreadsheets import csv_writer
 
 from .extraction import open_activation_cache
 from .inputs import layer_upsampler, run_inputs
-from .runs import RunCancelled, RunInputError, RunProgress, run_cancel, run_execute, run_start
+from .runs import (
+    MAX_SHARDS,
+    RunInputError,
+    RunProgress,
+    refuse_failed_shards,
+    run_shards,
+    run_start,
+    shard_param_fields,
+    shard_range_rules,
+)
 
 logger = logging.getLogger(__name__)
 
-MAX_SHARDS = 256
 MAX_ROTATIONS = 64
-SHARD_POLL_SECONDS = 1.0
 TALLY_FILE = "tally.npz"
 PLAN_FILE = "plan.npz"
 ROTATION_FILE = "rotation.npz"
@@ -314,13 +319,6 @@ def _category_summary(result, categories: list[str], concept_names: dict[int, st
 # -- dissect: the parent run --------------------------------------------------------------------------
 
 
-def _in_worker() -> bool:
-    """True when this code runs inside a Celery task on a worker (then shards are queued for other workers)."""
-    from celery import current_task
-
-    return bool(current_task) and not getattr(current_task.request, "called_directly", True)
-
-
 def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
     import torch
 
@@ -375,11 +373,16 @@ def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
         + (f" in {shards} shards" if shards > 1 else ""),
         total=n_images,
     )
-    shard_runs = _run_shards(run, dissection, bounds, progress)
-    failed = [(index, shard) for index, shard in enumerate(shard_runs) if shard.status != RunStatus.SUCCEEDED]
-    if failed:
-        index, shard = failed[0]
-        raise RunInputError(f"Shard {index} (run {shard.pk}) ended {shard.status}: {shard.error or 'no message'}")
+    shard_runs = run_shards(
+        run=run,
+        kind=DISSECTION_SHARD.name,
+        shard_params=[
+            {"dissection": dissection.pk, "shard": index, "start": bounds[index], "stop": bounds[index + 1]}
+            for index in range(shards)
+        ],
+        progress=progress,
+    )
+    refuse_failed_shards(shard_runs)
     _dissection_merge_claim(dissection.pk)  # a no-op when the last shard merged, as it normally does
     dissection.refresh_from_db()
     if not dissection.complete:
@@ -401,62 +404,6 @@ def dissection_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
             f"{name} {value['unique']}" for name, value in dissection.per_category.items()
         ),
     }
-
-
-def _run_shards(run: Run, dissection: LayerDissection, bounds: list[int], progress: RunProgress) -> list[Run]:
-    """Create one run per image range and see them all finish.
-
-    On a worker each shard is queued (other workers may take them) and this run then executes, one after the
-    other, every shard nobody has claimed yet — from the last, since the queue hands the first ones out, so the
-    shards spread over the workers instead of the parent racing them for the same ones; then it waits for the
-    shards others hold. Elsewhere (inline) the shards execute here in order. Either way the merge is the same.
-    """
-    total = bounds[-1]
-    distributed = _in_worker()
-    shard_runs: list[Run] = []
-    try:
-        for index in range(len(bounds) - 1):
-            shard_params = {
-                "dissection": dissection.pk,
-                "shard": index,
-                "start": bounds[index],
-                "stop": bounds[index + 1],
-            }
-            shard, _ = run_start(
-                kind=DISSECTION_SHARD.name,
-                params=shard_params,
-                created_by=run.created_by,
-                inline=not distributed,
-                reuse=False,
-            )
-            shard_runs.append(shard)
-            if not distributed:
-                progress(bounds[index + 1], total)
-                if shard.status != RunStatus.SUCCEEDED:
-                    break
-        if distributed:
-            for shard in reversed(shard_runs):
-                run_execute(run_id=shard.pk)  # a no-op when another worker claimed it first
-                progress(_shards_done(shard_runs), total)
-            while Run.objects.filter(pk__in=[shard.pk for shard in shard_runs]).active().exists():
-                progress(_shards_done(shard_runs), total)
-                time.sleep(SHARD_POLL_SECONDS)
-    except RunCancelled:
-        for shard in shard_runs:
-            run_cancel(run=shard)
-        raise
-    for shard in shard_runs:
-        shard.refresh_from_db()
-    return shard_runs
-
-
-def _shards_done(shard_runs: list[Run]) -> int:
-    rows = Run.objects.filter(pk__in=[shard.pk for shard in shard_runs]).values_list(
-        "status", "progress_done", "params"
-    )
-    return sum(
-        params["stop"] - params["start"] if status == RunStatus.SUCCEEDED else done for status, done, params in rows
-    )
 
 
 # -- dissect_shard ------------------------------------------------------------------------------------
@@ -949,26 +896,13 @@ DISSECTION = register_job_kind(
 )
 
 
-def _shard_rules(params: dict[str, Any]) -> None:
-    if params["start"] >= params["stop"]:
-        raise p.ParamsError({"stop": "must lie after start"})
-
-
 DISSECTION_SHARD = register_job_kind(
     JobKind(
         name="dissect_shard",
         label="Network Dissection shard",
         queue=GPU_QUEUE,
         execute=dissection_shard_run_execute,
-        params=p.ParamSchema(
-            {
-                "dissection": p.integers(1, 2**63 - 1),
-                "shard": p.integers(0, MAX_SHARDS - 1),
-                "start": p.integers(0, 2**63 - 1),
-                "stop": p.integers(1, 2**63 - 1),
-            },
-            rules=_shard_rules,
-        ),
+        params=p.ParamSchema(shard_param_fields("dissection"), rules=shard_range_rules),
         exporter=None,  # its tally is merged into the dissection, which exports it
         soft_time_limit=12 * 3600,
         time_limit=12 * 3600 + 300,

@@ -2,6 +2,13 @@
 unit (overall and per object class, with peaks), the exact per-unit top quantile and per-image scores,
 and caches the maps as float16 memory maps reused by every later run with the same inputs.
 
+Shards (``shards=K``): the images are cut into K ranges on batch boundaries, each an ``extract_shard`` run that
+any GPU worker may take (:func:`~.runs.run_shards`, as the dissection's shards). A shard writes its range's maps and
+its statistics under ``extractions/<run>/shards/<k>/`` and publishes them; the parent then folds the statistics in
+image order (every accumulator merges exactly) and copies the maps into the one cache every later run reads, so
+K shards leave bit for bit what one pass leaves. A shard that fails or whose worker dies fails the run, naming it;
+nothing is published under the cache's key until the merge is whole.
+
 Our choice: the canonical activations are the float16-rounded maps. Statistics are computed from the
 rounded values, so the cache, the statistics and ``export_run``'s float32 maps agree exactly, and a
 run that reuses the cache reproduces a fresh run bit for bit.
@@ -21,6 +28,7 @@ from django.conf import settings
 from django.db import transaction
 
 from analysis import params as p
+from analysis import storage
 from analysis.jobs import GPU_QUEUE, JobKind, register_job_kind
 from analysis.models import (
     Concept,
@@ -33,11 +41,23 @@ from analysis.models import (
     Run,
     UnitActivationSummary,
 )
+from analysis.storage import artifact_store, local_path, publish
 from unitscope.spreadsheets import csv_writer
 
 from .exports import write_run_json
 from .networks import network_check_weights, network_spec
-from .runs import RunInputError, RunProgress, run_layers, run_network_and_dataset, run_start
+from .runs import (
+    MAX_SHARDS,
+    RunInputError,
+    RunProgress,
+    refuse_failed_shards,
+    run_layers,
+    run_network_and_dataset,
+    run_shards,
+    run_start,
+    shard_param_fields,
+    shard_range_rules,
+)
 
 EXTRACTION_PARAMS = p.ParamSchema(
     {
@@ -49,6 +69,13 @@ EXTRACTION_PARAMS = p.ParamSchema(
         "k_per_class": p.integers(1, 100, 10, help="top images per unit and object class"),
         "batch_size": p.integers(1, 4096, 64),
         "decile_seed": p.seed(),
+        "shards": p.integers(
+            1,
+            MAX_SHARDS,
+            1,
+            help="split the forward pass into this many image ranges (on batch boundaries), each its own task for "
+            "any GPU worker; merged bit for bit",
+        ),
     }
 )
 EXTRACTION_DEFAULTS = EXTRACTION_PARAMS.defaults
@@ -145,9 +172,16 @@ def image_class_ids(dataset: Dataset) -> tuple[list[str], np.ndarray | None]:
 
 
 def dataset_image_batches(
-    dataset: Dataset, *, batch_size: int, input_size: tuple[int, int], load_images: bool = True
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    input_size: tuple[int, int],
+    load_images: bool = True,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[tuple[Any, Any]]:
-    """``(uint8 images [B, 3, H, W] resized to input_size, image indices [B])`` in index order, streamed."""
+    """``(uint8 images [B, 3, H, W] resized to input_size, image indices [B])`` in index order, streamed; images
+    ``[start, stop)`` only when given (each row one indexed lookup, :meth:`BrodenReader.row`)."""
     import torch
     import torch.nn.functional as F
 
@@ -181,7 +215,14 @@ def dataset_image_batches(
             )
         return batch, index_tensor
 
-    for position, row in enumerate(reader.rows()):
+    if start == 0 and stop is None:
+        positioned_rows: Iterator[tuple[int, Any]] = enumerate(reader.rows())
+    else:
+        indexed = reader.indexed_rows
+        positioned_rows = (
+            (position, indexed[position]) for position in range(start, len(indexed) if stop is None else stop)
+        )
+    for position, row in positioned_rows:
         if load_images:
             pending.append(reader.load_image(row))
         indices.append(position)
@@ -192,37 +233,51 @@ def dataset_image_batches(
         yield flush()
 
 
-def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+def extraction_shard_bounds(n_images: int, batch_size: int, shards: int) -> list[int]:
+    """The image ranges of ``shards`` shards, ``bounds[k]:bounds[k + 1]``, cut on batch boundaries: every image
+    is then computed in the same batch as in one pass (a convolution's float32 result can depend on the batch it
+    runs in, and the cache keeps it to float16), so the shards' maps equal one pass's bit for bit."""
+    batches = -(-n_images // batch_size)
+    if shards > batches:
+        raise RunInputError(
+            f"{shards} shards for {batches} batch{'es' if batches != 1 else ''} of {batch_size} images: use at most "
+            f"{batches} shards, or a smaller batch size.",
+            field="shards",
+        )
+    return [min(n_images, (index * batches // shards) * batch_size) for index in range(shards + 1)]
+
+
+def _complete_caches_or_none(network: Network, dataset: Dataset, layers: dict[str, Layer], names: list[str]):
+    return {name: _complete_cache(activation_cache_key(network, dataset, layers[name])) for name in names}
+
+
+def _extract_range(
+    *,
+    params: dict[str, Any],
+    network: Network,
+    dataset: Dataset,
+    layers: dict[str, Layer],
+    targets: dict[str, np.memmap],
+    start: int,
+    stop: int,
+    device: str,
+    progress: RunProgress,
+) -> dict[str, Any]:
+    """One streamed pass over images ``[start, stop)``: ``{layer: LayerStatistics}`` of every layer of the run.
+    The layers of ``targets`` go through the network and their float16 maps are written there (row 0 = image
+    ``start``); the others are read back from their complete caches (no forward pass for them)."""
     import torch
 
-    from analysis.engine.extraction import decile_exemplars, extract_statistics
+    from analysis.engine.extraction import extract_statistics
     from analysis.engine.networks import NetworkError, capture_forward, load_network, normalize_images
 
-    params = extraction_params(**run.params)
-    network, dataset = run_network_and_dataset(params)
-    layers = run_layers(network, params["layers"])
     layer_order = params["layers"]
+    to_compute = [name for name in layer_order if name in targets]
+    cached = _complete_caches_or_none(network, dataset, layers, [name for name in layer_order if name not in targets])
+    missing = [name for name, cache in cached.items() if cache is None]
+    if missing:
+        raise RunInputError(f"The activation cache of {', '.join(missing)} is gone (deleted while this run waited).")
     class_names, class_ids = image_class_ids(dataset)
-    n_images = dataset.image_count
-    input_size = (network.input_height, network.input_width)
-
-    caches: dict[str, np.memmap] = {}
-    fresh: dict[str, Path] = {}
-    for name in layer_order:
-        key = activation_cache_key(network, dataset, layers[name])
-        existing = _complete_cache(key)
-        if existing is not None:
-            caches[name] = existing
-            continue
-        directory = activation_cache_dir(key)
-        partial = directory.with_name(directory.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        shape = (n_images, layers[name].units, layers[name].out_height, layers[name].out_width)
-        caches[name] = np.memmap(partial / "maps.f16", dtype=np.float16, mode="w+", shape=shape)
-        fresh[name] = partial
-    to_compute = [name for name in layer_order if name in fresh]
-
     dev = torch.device(device)
     model = None
     if to_compute:
@@ -238,7 +293,12 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
 
     def batches():
         for images, indices in dataset_image_batches(
-            dataset, batch_size=params["batch_size"], input_size=input_size, load_images=bool(to_compute)
+            dataset,
+            batch_size=params["batch_size"],
+            input_size=(network.input_height, network.input_width),
+            load_images=bool(to_compute),
+            start=start,
+            stop=stop,
         ):
             current["indices"] = indices
             yield images, indices, (class_tensor[indices] if class_tensor is not None else None)
@@ -254,33 +314,92 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
                 refuse_float16_overflow(name, value, current["indices"])
             outputs.update({name: value.to(torch.float16).to(torch.float32) for name, value in computed.items()})
         rows = current["indices"].numpy()
-        for name in layer_order:
-            if name not in fresh:  # read back from the cache: no forward pass for this layer
-                outputs[name] = torch.from_numpy(np.asarray(caches[name][rows], dtype=np.float32)).to(dev)
+        for name, cache in cached.items():  # read back from the cache: no forward pass for this layer
+            outputs[name] = torch.from_numpy(np.asarray(cache[rows], dtype=np.float32)).to(dev)
         return outputs
 
-    verb = "Extracting" if to_compute else "Reading cached activations of"
-    progress.phase(f"{verb} {', '.join(layer_order)} on {n_images} images", total=n_images)
-    statistics = extract_statistics(
+    return extract_statistics(
         forward,
         batches(),
         layer_order,
-        total_images=n_images,
+        total_images=dataset.image_count,  # the whole dataset's: shard states merge exactly
         num_classes=len(class_names) or None,
         device=dev,
         k_overall=params["k_overall"],
         k_per_class=params["k_per_class"],
         quantile=params["quantile"],
-        cache={name: caches[name] for name in to_compute},
+        cache=targets,
+        cache_row_offset=start,
         progress=progress,
     )
 
-    for name, partial in fresh.items():  # publish the finished caches
-        caches[name].flush()
+
+def _layer_map_shape(layer: Layer) -> tuple[int, int, int]:
+    return (layer.units, layer.out_height, layer.out_width)
+
+
+def _shards_key(run_id: int) -> str:
+    return f"extractions/{run_id}/shards"
+
+
+def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    import torch
+
+    from analysis.engine.extraction import decile_exemplars
+
+    params = extraction_params(**run.params)
+    network, dataset = run_network_and_dataset(params)
+    layers = run_layers(network, params["layers"])
+    layer_order = params["layers"]
+    class_names, _ = image_class_ids(dataset)
+    n_images = dataset.image_count
+    existing = _complete_caches_or_none(network, dataset, layers, layer_order)
+    to_compute = [name for name in layer_order if existing[name] is None]
+    # Shards split the forward pass; a run whose every layer is cached reads the caches in one pass.
+    bounds = extraction_shard_bounds(n_images, params["batch_size"], params["shards"] if to_compute else 1)
+    partials: dict[str, Path] = {}
+    targets: dict[str, np.memmap] = {}
+    for name in to_compute:
+        partial = activation_cache_dir(activation_cache_key(network, dataset, layers[name]))
+        partial = partial.with_name(partial.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        partials[name] = partial
+        shape = (n_images, *_layer_map_shape(layers[name]))
+        targets[name] = np.memmap(partial / "maps.f16", dtype=np.float16, mode="w+", shape=shape)
+
+    verb = "Extracting" if to_compute else "Reading cached activations of"
+    shards = len(bounds) - 1
+    progress.phase(
+        f"{verb} {', '.join(layer_order)} on {n_images} images" + (f" in {shards} shards" if shards > 1 else ""),
+        total=n_images,
+    )
+    if shards == 1:
+        statistics = _extract_range(
+            params=params,
+            network=network,
+            dataset=dataset,
+            layers=layers,
+            targets=targets,
+            start=0,
+            stop=n_images,
+            device=device,
+            progress=progress,
+        )
+    else:
+        try:
+            statistics = _extraction_shards_run_and_merge(
+                run=run, params=params, bounds=bounds, targets=targets, device=device, progress=progress
+            )
+        finally:
+            artifact_store().remove(_shards_key(run.pk))
+
+    for name, partial in partials.items():  # publish the finished caches
+        targets[name].flush()
         (partial / "meta.json").write_text(
             json.dumps(
                 {
-                    "shape": list(caches[name].shape),
+                    "shape": list(targets[name].shape),
                     "dtype": "float16",
                     "layer": name,
                     "network": network.name,
@@ -294,8 +413,6 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
         publish_cache(final)
 
     progress.phase("Saving exemplars and statistics", total=len(layer_order))
-    from analysis import storage
-
     stats_dir = settings.UNITSCOPE_DATA_DIR / "extractions" / str(run.pk)
     stats_dir.mkdir(parents=True, exist_ok=True)
     class_concepts = {
@@ -339,8 +456,122 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
         "images": n_images,
         "forward_pass": bool(to_compute),
         "computed_layers": to_compute,
-        "reused_layers": [name for name in layer_order if name not in fresh],
+        "reused_layers": [name for name in layer_order if name not in targets],
+        "shards": shards,
     }
+
+
+def _extraction_shards_run_and_merge(
+    *,
+    run: Run,
+    params: dict[str, Any],
+    bounds: list[int],
+    targets: dict[str, np.memmap],
+    device: str,
+    progress: RunProgress,
+) -> dict[str, Any]:
+    """Run the shards of an extraction (:func:`~.runs.run_shards`), then merge: each shard's statistics fold in
+    (exact, :meth:`LayerStatistics.merge`) and its maps are copied into ``targets`` at its rows, shard by shard in
+    image order; each shard's files leave the scratch and the store once copied."""
+    import torch
+
+    from analysis.engine.allocator import release_mapped_rows
+    from analysis.engine.extraction import LayerStatistics
+
+    shard_runs = run_shards(
+        run=run,
+        kind=EXTRACTION_SHARD.name,
+        shard_params=[
+            {
+                "extraction_run": run.pk,
+                "shard": index,
+                "start": bounds[index],
+                "stop": bounds[index + 1],
+                "compute": sorted(targets),
+            }
+            for index in range(len(bounds) - 1)
+        ],
+        progress=progress,
+    )
+    refuse_failed_shards(shard_runs)
+    progress.phase(f"Merging the maps and statistics of {len(shard_runs)} shards", total=len(shard_runs))
+    store = artifact_store()
+    statistics: dict[str, Any] = {}
+    for index in range(len(shard_runs)):
+        start, stop = bounds[index], bounds[index + 1]
+        key = f"{_shards_key(run.pk)}/{index:04d}"
+        states = torch.load(store.fetch(f"{key}/{SHARD_STATISTICS_FILE}"), map_location=device, weights_only=True)
+        for name in params["layers"]:
+            part = LayerStatistics.from_state(states[name], device=device)
+            if name in statistics:
+                statistics[name].merge(part)
+            else:
+                statistics[name] = part
+        for name, target in targets.items():
+            maps = np.memmap(
+                store.fetch(f"{key}/{name}.f16"), dtype=np.float16, mode="r", shape=(stop - start, *target.shape[1:])
+            )
+            for row in range(0, stop - start, EXPORT_CHUNK_IMAGES):  # bounded memory
+                end = min(row + EXPORT_CHUNK_IMAGES, stop - start)
+                target[start + row : start + end] = maps[row:end]
+                release_mapped_rows(target, start + row, start + end)
+            del maps
+        store.remove(key)
+        progress(index + 1, len(shard_runs))
+    return statistics
+
+
+# -- extract_shard ------------------------------------------------------------------------------------
+
+SHARD_STATISTICS_FILE = "statistics.pt"
+
+
+def extraction_shard_run_execute(*, run: Run, progress: RunProgress, device: str) -> dict[str, Any]:
+    """One image range of a sharded extraction: the layers named in ``compute`` go through the network (maps
+    written to ``extractions/<parent>/shards/<k>/<layer>.f16``, this range's rows only), the others are read
+    from their caches; every layer's statistics of the range go to ``statistics.pt``. Published maps first,
+    statistics last, before the run counts as done: the parent may merge on another machine."""
+    import torch
+
+    parent = Run.objects.filter(pk=run.params["extraction_run"]).first()
+    if parent is None:
+        raise RunInputError(f"The extraction run {run.params['extraction_run']} no longer exists.")
+    params = extraction_params(**parent.params)
+    network, dataset = run_network_and_dataset(params)
+    layers = run_layers(network, params["layers"])
+    index, start, stop = int(run.params["shard"]), int(run.params["start"]), int(run.params["stop"])
+    if stop > dataset.image_count:
+        raise RunInputError(f"Shard {index} reaches image {stop - 1}, but {dataset.name} has {dataset.image_count}.")
+    directory = local_path(f"{_shards_key(parent.pk)}/{index:04d}")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    targets = {
+        name: np.memmap(
+            directory / f"{name}.f16",
+            dtype=np.float16,
+            mode="w+",
+            shape=(stop - start, *_layer_map_shape(layers[name])),
+        )
+        for name in run.params["compute"]
+    }
+    progress.phase(f"Extracting images {start}–{stop - 1} of {', '.join(params['layers'])}", total=stop - start)
+    statistics = _extract_range(
+        params=params,
+        network=network,
+        dataset=dataset,
+        layers=layers,
+        targets=targets,
+        start=start,
+        stop=stop,
+        device=device,
+        progress=progress,
+    )
+    for name, target in targets.items():
+        target.flush()
+        publish(directory / f"{name}.f16")
+    torch.save({name: stats.to_state() for name, stats in statistics.items()}, directory / SHARD_STATISTICS_FILE)
+    publish(directory / SHARD_STATISTICS_FILE)
+    return {"extraction_run": parent.pk, "shard": index, "images": stop - start}
 
 
 def _save_layer_exemplars(extraction: LayerExtraction, stats, class_concepts, decile_exemplars, seed: int) -> None:
@@ -536,5 +767,28 @@ EXTRACTION = register_job_kind(
         time_limit=12 * 3600 + 300,
         description="Streams a dataset through a network: top images per unit (overall and per class), exact "
         "top quantiles, decile samples; caches the maps.",
+    )
+)
+
+
+EXTRACTION_SHARD = register_job_kind(
+    JobKind(
+        name="extract_shard",
+        label="Extraction shard",
+        queue=GPU_QUEUE,
+        execute=extraction_shard_run_execute,
+        params=p.ParamSchema(
+            {
+                **shard_param_fields("extraction_run"),
+                "compute": p.Param(str, min_items=1, many=True, help="layers that go through the network"),
+            },
+            rules=shard_range_rules,
+        ),
+        exporter=None,  # its maps and statistics are merged into the extraction, which exports them
+        soft_time_limit=12 * 3600,
+        time_limit=12 * 3600 + 300,
+        reuse_finished=False,
+        api_startable=False,
+        description="Runs one image range of an extraction through the network; the extraction merges.",
     )
 )

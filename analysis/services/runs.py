@@ -397,3 +397,91 @@ def run_fail_stale(*, now: datetime | None = None) -> int:
                 "(it was probably killed); the run's results, if any, were not saved.",
             )
     return marked
+
+
+# -- shards: one run split over image ranges --------------------------------------------------------------
+
+MAX_SHARDS = 256
+SHARD_POLL_SECONDS = 1.0
+
+
+def in_worker() -> bool:
+    """True when this code runs inside a Celery task on a worker (then shards are queued for other workers)."""
+    from celery import current_task
+
+    return bool(current_task) and not getattr(current_task.request, "called_directly", True)
+
+
+def shard_param_fields(parent: str) -> dict[str, Any]:
+    """The parameters of a shard run: its parent (``parent``, a row id), its number and its image range."""
+    from analysis import params as p
+
+    return {
+        parent: p.integers(1, 2**63 - 1),
+        "shard": p.integers(0, MAX_SHARDS - 1),
+        "start": p.integers(0, 2**63 - 1),
+        "stop": p.integers(1, 2**63 - 1),
+    }
+
+
+def shard_range_rules(params: dict[str, Any]) -> None:
+    from analysis import params as p
+
+    if params["start"] >= params["stop"]:
+        raise p.ParamsError({"stop": "must lie after start"})
+
+
+def run_shards(*, run: Run, kind: str, shard_params: list[dict[str, Any]], progress: RunProgress) -> list[Run]:
+    """Create one run of ``kind`` per image range (``shard_params``: each with ``start`` and ``stop``) and see them
+    all finish; the shard runs, refreshed, in order.
+
+    On a worker each shard is queued (other workers may take them) and this run then executes, one after the
+    other, every shard nobody has claimed yet — from the last, since the queue hands the first ones out, so the
+    shards spread over the workers instead of the parent racing them for the same ones; then it waits for the
+    shards others hold. Elsewhere (inline) the shards execute here in order, stopping at the first that fails.
+    Cancelling the parent cancels its shards.
+    """
+    total = sum(params["stop"] - params["start"] for params in shard_params)
+    distributed = in_worker()
+    shard_runs: list[Run] = []
+    try:
+        for params in shard_params:
+            shard, _ = run_start(
+                kind=kind, params=params, created_by=run.created_by, inline=not distributed, reuse=False
+            )
+            shard_runs.append(shard)
+            if not distributed:
+                progress(_shards_done(shard_runs), total)
+                if shard.status != RunStatus.SUCCEEDED:
+                    break
+        if distributed:
+            for shard in reversed(shard_runs):
+                run_execute(run_id=shard.pk)  # a no-op when another worker claimed it first
+                progress(_shards_done(shard_runs), total)
+            while Run.objects.filter(pk__in=[shard.pk for shard in shard_runs]).active().exists():
+                progress(_shards_done(shard_runs), total)
+                time.sleep(SHARD_POLL_SECONDS)
+    except RunCancelled:
+        for shard in shard_runs:
+            run_cancel(run=shard)
+        raise
+    for shard in shard_runs:
+        shard.refresh_from_db()
+    return shard_runs
+
+
+def refuse_failed_shards(shard_runs: list[Run]) -> None:
+    """Fail the parent, naming the first shard that did not succeed (its own message quoted)."""
+    for index, shard in enumerate(shard_runs):
+        if shard.status != RunStatus.SUCCEEDED:
+            raise RunInputError(f"Shard {index} (run {shard.pk}) ended {shard.status}: {shard.error or 'no message'}")
+
+
+def _shards_done(shard_runs: list[Run]) -> int:
+    """Images done over the shards: a finished shard's whole range, a running one's progress."""
+    rows = Run.objects.filter(pk__in=[shard.pk for shard in shard_runs]).values_list(
+        "status", "progress_done", "params"
+    )
+    return sum(
+        params["stop"] - params["start"] if status == RunStatus.SUCCEEDED else done for status, done, params in rows
+    )

@@ -170,6 +170,7 @@ class ExtractionStartView(ResearcherRequiredMixin, StartRunFormMixin, FormView):
             dataset=form.cleaned_data["dataset"],
             layers=form.cleaned_data["layers"],
             quantile=form.cleaned_data["quantile"],
+            shards=form.cleaned_data["shards"],
             created_by=self.request.user,
         )
 

@@ -62,10 +62,11 @@ def test_extraction_and_grids_start_from_their_pages(
     with django_capture_on_commit_callbacks(execute=False):
         response = researcher_client.post(
             reverse("analysis:extraction_start", args=["seeded"]),
-            {"dataset": "tiny", "layers": ["conv3", "conv4"], "quantile": "0.995"},
+            {"dataset": "tiny", "layers": ["conv3", "conv4"], "quantile": "0.995", "shards": "2"},
         )
     run = Run.objects.get(kind="extract", params__layers=["conv3", "conv4"])
     assert response.status_code == 302 and response["Location"] == run.get_absolute_url()
+    assert run.params["shards"] == 2
     bad = researcher_client.post(
         reverse("analysis:extraction_start", args=["seeded"]),
         {"dataset": "nope", "layers": ["conv3"], "quantile": "0.995"},

@@ -15,6 +15,7 @@ class Command(RunCommand):
         )
         add_argument(parser, EXTRACTION_PARAMS, "quantile")
         add_argument(parser, EXTRACTION_PARAMS, "batch_size")
+        add_argument(parser, EXTRACTION_PARAMS, "shards")
 
     def start_run(self, *, inline, **options):
         return extraction_run_start(inline=inline, **self.params_of(EXTRACTION_PARAMS, options))
