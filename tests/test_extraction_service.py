@@ -157,6 +157,29 @@ def test_a_sharded_extraction_equals_one_pass_bit_for_bit(world):
     assert not local_path(f"extractions/{sharded.pk}/shards").exists()  # the shards' files are merged and gone
 
 
+def test_a_failed_shard_fails_the_extraction_naming_it_and_leaves_no_cache(world, monkeypatch):
+    """Nothing half-written: no complete cache under the run's key, no extraction rows, the shards' files gone."""
+    from analysis.services import extraction as service
+    from analysis.storage import local_path
+
+    extract_range = service._extract_range
+
+    def failing_second_range(**kwargs):
+        if kwargs["start"] == 8:
+            raise RuntimeError("the GPU fell off the bus")
+        return extract_range(**kwargs)
+
+    monkeypatch.setattr(service, "_extract_range", failing_second_range)
+    run = extraction_run_start(network="seeded", dataset="tiny", layers=["conv5"], batch_size=8, shards=3, inline=True)
+    assert run.status == RunStatus.FAILED
+    shards = list(Run.objects.filter(kind="extract_shard").order_by("pk"))
+    assert [shard.status for shard in shards] == [RunStatus.SUCCEEDED, RunStatus.FAILED]  # inline: stops at the first
+    assert run.error == f"Shard 1 (run {shards[1].pk}) ended failed: RuntimeError: the GPU fell off the bus"
+    assert not LayerExtraction.objects.filter(run=run).exists()
+    assert not list(local_path("activations").glob("*"))  # no cache, complete or partial
+    assert not local_path(f"extractions/{run.pk}/shards").exists()
+
+
 def test_more_shards_than_batches_are_refused_naming_the_limit(world):
     run = extraction_run_start(network="seeded", dataset="tiny", layers=["conv5"], batch_size=8, shards=6, inline=True)
     assert run.status == RunStatus.FAILED

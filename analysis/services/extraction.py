@@ -374,25 +374,31 @@ def extraction_run_execute(*, run: Run, progress: RunProgress, device: str) -> d
         f"{verb} {', '.join(layer_order)} on {n_images} images" + (f" in {shards} shards" if shards > 1 else ""),
         total=n_images,
     )
-    if shards == 1:
-        statistics = _extract_range(
-            params=params,
-            network=network,
-            dataset=dataset,
-            layers=layers,
-            targets=targets,
-            start=0,
-            stop=n_images,
-            device=device,
-            progress=progress,
-        )
-    else:
-        try:
-            statistics = _extraction_shards_run_and_merge(
-                run=run, params=params, bounds=bounds, targets=targets, device=device, progress=progress
+    try:
+        if shards == 1:
+            statistics = _extract_range(
+                params=params,
+                network=network,
+                dataset=dataset,
+                layers=layers,
+                targets=targets,
+                start=0,
+                stop=n_images,
+                device=device,
+                progress=progress,
             )
-        finally:
-            artifact_store().remove(_shards_key(run.pk))
+        else:
+            try:
+                statistics = _extraction_shards_run_and_merge(
+                    run=run, params=params, bounds=bounds, targets=targets, device=device, progress=progress
+                )
+            finally:
+                artifact_store().remove(_shards_key(run.pk))
+    except BaseException:  # failed, cancelled, out of time: the unfinished caches go (they can be large)
+        targets.clear()
+        for partial in partials.values():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
 
     for name, partial in partials.items():  # publish the finished caches
         targets[name].flush()
