@@ -64,6 +64,18 @@ def queue_liveness(queue: str, *, now: datetime | None = None) -> QueueLiveness:
     return queues_liveness(now=now).get(queue) or QueueLiveness(queue=queue, alive=False, workers=(), last_seen=None)
 
 
+def worker_argv(queues: str, *, python: str = sys.executable, node: str = "", quiet_cluster: bool = False) -> list[str]:
+    """The command line of one Celery worker on ``queues`` (comma-separated), one task at a time: the one
+    `make demo` starts, the one the pages advise, the one the tests start. ``node`` names it (``-n``);
+    ``quiet_cluster`` drops gossip and mingle (test workers that need not know each other start faster)."""
+    argv = [python, "-m", "celery", "-A", "unitscope", "worker", "-Q", queues, "-c", "1", "--loglevel", "INFO"]
+    if quiet_cluster:
+        argv += ["--without-gossip", "--without-mingle"]
+    if node:
+        argv += ["-n", node]
+    return argv
+
+
 def worker_start_command(queue: str) -> str:
     """The command that starts a worker for ``queue`` here: ``UNITSCOPE_WORKER_COMMAND``, else this
     installation's Python running Celery (relative to the project folder when the venv lives there)."""
@@ -74,7 +86,7 @@ def worker_start_command(queue: str) -> str:
         python = python.relative_to(Path(settings.BASE_DIR))
     except ValueError:
         pass
-    return f"{shlex.quote(str(python))} -m celery -A unitscope worker -Q {queue} -c 1 --loglevel INFO"
+    return shlex.join(worker_argv(queue, python=str(python)))
 
 
 @dataclass(frozen=True)

@@ -117,24 +117,9 @@ def clean_broker():
 
 def celery_worker_command(node: str) -> list[str]:
     """The command line of one test worker process on both queues, one task at a time, named ``node``."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "unitscope",
-        "worker",
-        "-Q",
-        "default,gpu",
-        "-c",
-        "1",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        "INFO",
-        "-n",
-        node,
-    ]
+    from analysis.selectors import worker_argv
+
+    return worker_argv("default,gpu", node=node, quiet_cluster=True)
 
 
 @pytest.fixture

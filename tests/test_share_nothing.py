@@ -109,7 +109,7 @@ class ScratchWorker:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)  # the leader stops its pool (see test_worker_faults.Worker)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:

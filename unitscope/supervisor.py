@@ -139,13 +139,15 @@ class Supervisor:
         self._thread.start()
 
     def stop_all(self, timeout: float = 15.0) -> None:
-        """Stop every child's process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        """Stop every child: SIGTERM to the process it started, then SIGKILL to its whole process group after
+        ``timeout`` seconds. The SIGTERM goes to the leader only: a Celery worker stops its own pool, and a pool
+        process killed from outside can die holding the pool's queue lock, hanging the leader's shutdown."""
         self._stopping.set()
         with self._lock:
             processes = [child.process for child in self.children.values() if child.process is not None]
         for process in processes:
             if process.poll() is None:
-                kill_group(process.pid, signal.SIGTERM)
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for process in processes:
             try:

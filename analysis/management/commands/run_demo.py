@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from analysis.models import RunStatus
-from analysis.selectors import worker_start_command
+from analysis.selectors import worker_argv, worker_start_command
 from analysis.services.demo import DemoSize, demo_build, demo_credentials_ensure, demo_hooks_run
 from unitscope.supervisor import Supervisor
 
@@ -44,22 +44,7 @@ class Command(BaseCommand):
         try:
             supervisor.start(
                 "worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "unitscope",
-                    "worker",
-                    "-Q",
-                    "default,gpu",
-                    "-c",
-                    "1",
-                    "--loglevel",
-                    "INFO",
-                    "-n",
-                    "demo@%h",
-                ],
+                worker_argv("default,gpu", node="demo@%h"),
                 advice="The site stays up: queued runs wait, and the Runs page says that no worker is "
                 f"running. Fix the cause (see {logs / 'worker.log'}), then press Ctrl-C and run "
                 "`make demo` again, or start a worker yourself with `" + worker_start_command("default,gpu") + "`.",
