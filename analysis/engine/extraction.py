@@ -47,6 +47,7 @@ __all__ = [
     "TopKPerUnit",
     "TopKResult",
     "UpperQuantile",
+    "copy_cache_rows",
     "decile_exemplars",
     "extract_statistics",
     "iter_activation_cache",
@@ -864,6 +865,19 @@ class ActivationCacheWriter:
         flush = getattr(self.memmap, "flush", None)
         if flush is not None:
             flush()
+
+
+def copy_cache_rows(source: np.ndarray, target: np.ndarray, *, row_offset: int, chunk_rows: int = 256) -> None:
+    """Copy every row of ``source`` (``float16[R, C, h, w]``, e.g. one shard's maps) into ``target`` at rows
+    ``row_offset .. row_offset + R``, ``chunk_rows`` at a time: memory stays a chunk, and each chunk's pages of
+    ``target`` go back to the kernel once written (:func:`release_mapped_rows`)."""
+    rows = source.shape[0]
+    if tuple(source.shape[1:]) != tuple(target.shape[1:]) or not 0 <= row_offset <= target.shape[0] - rows:
+        raise ValueError(f"rows of {tuple(source.shape)} do not fit {tuple(target.shape)} at row {row_offset}")
+    for start in range(0, rows, chunk_rows):
+        stop = min(start + chunk_rows, rows)
+        target[row_offset + start : row_offset + stop] = source[start:stop]
+        release_mapped_rows(target, row_offset + start, row_offset + stop)
 
 
 def iter_activation_cache(

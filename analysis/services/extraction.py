@@ -481,8 +481,7 @@ def _extraction_shards_run_and_merge(
     image order; each shard's files leave the scratch and the store once copied."""
     import torch
 
-    from analysis.engine.allocator import release_mapped_rows
-    from analysis.engine.extraction import LayerStatistics
+    from analysis.engine.extraction import LayerStatistics, copy_cache_rows
 
     shard_runs = run_shards(
         run=run,
@@ -517,10 +516,7 @@ def _extraction_shards_run_and_merge(
             maps = np.memmap(
                 store.fetch(f"{key}/{name}.f16"), dtype=np.float16, mode="r", shape=(stop - start, *target.shape[1:])
             )
-            for row in range(0, stop - start, EXPORT_CHUNK_IMAGES):  # bounded memory
-                end = min(row + EXPORT_CHUNK_IMAGES, stop - start)
-                target[start + row : start + end] = maps[row:end]
-                release_mapped_rows(target, start + row, start + end)
+            copy_cache_rows(maps, target, row_offset=start, chunk_rows=EXPORT_CHUNK_IMAGES)
             del maps
         store.remove(key)
         progress(index + 1, len(shard_runs))

@@ -14,6 +14,7 @@ from analysis.engine.extraction import (
     LayerStatistics,
     TopKPerUnit,
     UpperQuantile,
+    copy_cache_rows,
     decile_exemplars,
     extract_statistics,
     iter_activation_cache,
@@ -233,6 +234,19 @@ def test_upper_quantile_shard_merge_equals_single_pass(device):
     values = acts.transpose(0, 1).reshape(4, -1).numpy()
     expected = [np.float32(np.quantile(values[u], 0.95)) for u in range(4)]
     assert parts[1].result().cpu().tolist() == expected
+    # The saved state does not depend on the shards or their order (its kept values are sorted).
+    assert torch.equal(parts[1].state_dict()["top"], single.state_dict()["top"])
+
+
+def test_copy_cache_rows_places_a_shard_at_its_rows_and_refuses_a_misfit(tmp_path):
+    target = np.lib.format.open_memmap(tmp_path / "all.npy", mode="w+", dtype=np.float16, shape=(10, 3, 2, 2))
+    shard = np.arange(4 * 12, dtype=np.float16).reshape(4, 3, 2, 2)
+    copy_cache_rows(shard, target, row_offset=5, chunk_rows=3)  # chunks of 3 and 1
+    assert np.array_equal(target[5:9], shard) and not target[:5].any() and not target[9:].any()
+    with pytest.raises(ValueError, match="do not fit"):
+        copy_cache_rows(shard, target, row_offset=7)
+    with pytest.raises(ValueError, match="do not fit"):
+        copy_cache_rows(shard[:, :2], target, row_offset=0)
 
 
 def test_upper_quantile_refuses_partial_or_excess_data():
