@@ -162,6 +162,28 @@ def queues_without_worker() -> list[RunWorkerState]:
     return sorted((state for state in states if state.state == "no_worker"), key=lambda state: state.queue)
 
 
+def run_shards_of(run: Run) -> list[Run]:
+    """The shard runs of an extraction or dissection run split into image ranges, in image order (empty for
+    any other run, and for one that ran whole)."""
+    if run.kind == "extract":
+        shards = Run.objects.filter(kind="extract_shard", params__extraction_run=run.pk)
+    elif run.kind == "dissect":
+        dissections = list(run.layer_dissections.values_list("pk", flat=True))
+        shards = Run.objects.filter(kind="dissect_shard", params__dissection__in=dissections) if dissections else None
+    else:
+        shards = None
+    return [] if shards is None else sorted(shards, key=lambda shard: (shard.params["start"], shard.pk))
+
+
+def run_shard_parent(run: Run) -> Run | None:
+    """The extraction or dissection run a shard run belongs to (None for any other run, or when it is gone)."""
+    if run.kind == "extract_shard":
+        return Run.objects.filter(pk=run.params.get("extraction_run")).first()
+    if run.kind == "dissect_shard":
+        return Run.objects.filter(layer_dissections__pk=run.params.get("dissection")).first()
+    return None
+
+
 def datasets_for_list():
     from analysis.models import Dataset
 

@@ -16,6 +16,7 @@ from django.core.management import call_command
 from django.urls import reverse
 from torch import nn
 
+from analysis import selectors
 from analysis.engine.demo_network import demo_network_target
 from analysis.engine.dissection import BatchLabels, DissectionTally
 from analysis.engine.dissection_sparse import (
@@ -267,6 +268,9 @@ def test_two_shards_equal_one(world):
     assert [shard.params["start"] for shard in shard_runs] == [0, 18]
     assert all(shard.status == RunStatus.SUCCEEDED for shard in shard_runs)
     assert [shard.result["merged_here"] for shard in shard_runs] == [False, True]  # the last one merged
+    # the run pages' links between a dissection and its shards
+    assert selectors.run_shards_of(run) == list(shard_runs) and selectors.run_shards_of(shard_runs[0]) == []
+    assert all(selectors.run_shard_parent(shard) == run for shard in shard_runs)
     a, b = dissection_tally_load(one), dissection_tally_load(two)
     assert set(a) == set(b)
     for name in a:

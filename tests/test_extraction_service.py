@@ -157,6 +157,19 @@ def test_a_sharded_extraction_equals_one_pass_bit_for_bit(world):
     assert not local_path(f"extractions/{sharded.pk}/shards").exists()  # the shards' files are merged and gone
 
 
+def test_run_pages_link_a_sharded_extraction_and_its_shards(world, researcher_client):
+    run = extract(shards=2)
+    shards = list(Run.objects.filter(kind="extract_shard").order_by("params__shard"))
+    page = researcher_client.get(run.get_absolute_url()).content.decode()
+    assert "<h2>Shards</h2>" in page
+    for shard, images in zip(shards, ("0–15", "16–35")):  # 5 batches of 8: 2 and 3 of them
+        assert f'<a href="{shard.get_absolute_url()}">{shard.params["shard"]} · run {shard.pk}</a>' in page
+        assert f"<td>{images}</td>" in page
+    shard_page = researcher_client.get(shards[1].get_absolute_url()).content.decode()
+    assert f'Shard 1 (images 16–35) of <a href="{run.get_absolute_url()}">run {run.pk}</a>' in shard_page
+    assert "<h2>Shards</h2>" not in researcher_client.get(extract().get_absolute_url()).content.decode()
+
+
 def test_a_failed_shard_fails_the_extraction_naming_it_and_leaves_no_cache(world, monkeypatch):
     """Nothing half-written: no complete cache under the run's key, no extraction rows, the shards' files gone."""
     from analysis.services import extraction as service

@@ -83,6 +83,8 @@ class RunDetailView(ResearcherRequiredMixin, DetailView):
         context["layer_extractions"] = self.object.layer_extractions.select_related("layer__network").annotate(
             missing_grids=Count("exemplar_sets", filter=Q(exemplar_sets__grid__isnull=True))
         )
+        context["shard_runs"] = selectors.run_shards_of(self.object)
+        context["shard_parent"] = selectors.run_shard_parent(self.object)
         kind = self.object.job_kind
         context["exportable"] = (
             self.object.status == RunStatus.SUCCEEDED and kind is not None and kind.exporter is not None
