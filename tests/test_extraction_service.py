@@ -193,6 +193,24 @@ def test_a_failed_shard_fails_the_extraction_naming_it_and_leaves_no_cache(world
     assert not local_path(f"extractions/{run.pk}/shards").exists()
 
 
+def test_a_failed_shard_leaves_nothing_in_its_workers_scratch(world, monkeypatch):
+    from analysis.services import extraction as service
+    from analysis.services.runs import run_start
+    from analysis.storage import local_path
+
+    parent = extract(layers=["conv5"])
+
+    def fails_after_writing(**kwargs):
+        kwargs["targets"]["conv5"][:] = 1.0  # its maps half-written
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(service, "_extract_range", fails_after_writing)
+    params = {"extraction_run": parent.pk, "shard": 0, "start": 0, "stop": 8, "compute": ["conv5"]}
+    shard, _ = run_start(kind="extract_shard", params=params, inline=True, reuse=False)
+    assert shard.status == RunStatus.FAILED and shard.error == "RuntimeError: out of memory"
+    assert not local_path(f"extractions/{parent.pk}/shards/0000").exists()
+
+
 def test_more_shards_than_batches_are_refused_naming_the_limit(world):
     run = extraction_run_start(network="seeded", dataset="tiny", layers=["conv5"], batch_size=8, shards=6, inline=True)
     assert run.status == RunStatus.FAILED

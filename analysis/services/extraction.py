@@ -557,22 +557,27 @@ def extraction_shard_run_execute(*, run: Run, progress: RunProgress, device: str
         for name in run.params["compute"]
     }
     progress.phase(f"Extracting images {start}–{stop - 1} of {', '.join(params['layers'])}", total=stop - start)
-    statistics = _extract_range(
-        params=params,
-        network=network,
-        dataset=dataset,
-        layers=layers,
-        targets=targets,
-        start=start,
-        stop=stop,
-        device=device,
-        progress=progress,
-    )
-    for name, target in targets.items():
-        target.flush()
-        publish(directory / f"{name}.f16")
-    torch.save({name: stats.to_state() for name, stats in statistics.items()}, directory / SHARD_STATISTICS_FILE)
-    publish(directory / SHARD_STATISTICS_FILE)
+    try:
+        statistics = _extract_range(
+            params=params,
+            network=network,
+            dataset=dataset,
+            layers=layers,
+            targets=targets,
+            start=start,
+            stop=stop,
+            device=device,
+            progress=progress,
+        )
+        for name, target in targets.items():
+            target.flush()
+            publish(directory / f"{name}.f16")
+        torch.save({name: stats.to_state() for name, stats in statistics.items()}, directory / SHARD_STATISTICS_FILE)
+        publish(directory / SHARD_STATISTICS_FILE)
+    except BaseException:  # failed or cancelled (its extraction was): nothing of it stays in this scratch
+        targets.clear()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return {"extraction_run": parent.pk, "shard": index, "images": stop - start}
 
 
