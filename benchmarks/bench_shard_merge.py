@@ -26,7 +26,13 @@ import torch
 
 from analysis.engine.broden import BrodenReader
 from analysis.engine.demo_network import build_demo_network
-from analysis.engine.extraction import LayerStatistics, copy_cache_rows, extract_statistics
+from analysis.engine.extraction import (
+    LayerStatistics,
+    batch_aligned_bounds,
+    copy_cache_rows,
+    extract_statistics,
+    fold_statistics,
+)
 from analysis.engine.networks import capture_forward, normalize_images
 from analysis.engine.probe_world import generate_probe_world
 
@@ -97,8 +103,7 @@ def main() -> None:
         single = extract(0, N_IMAGES, single_cache)
         single_seconds = time.perf_counter() - started
 
-        batches_total = -(-N_IMAGES // BATCH)
-        bounds = [min(N_IMAGES, (k * batches_total // SHARDS) * BATCH) for k in range(SHARDS + 1)]
+        bounds = batch_aligned_bounds(N_IMAGES, BATCH, SHARDS)
         started = time.perf_counter()
         for k in range(SHARDS):
             shard_cache = caches(f"shard{k}", bounds[k + 1] - bounds[k])
@@ -113,13 +118,7 @@ def main() -> None:
         started = time.perf_counter()
         merged: dict[str, LayerStatistics] = {}
         for k in range(SHARDS):
-            states = torch.load(folder / f"shard{k}.pt", weights_only=True)
-            for name in LAYERS:
-                part = LayerStatistics.from_state(states[name], device="cpu")
-                if name in merged:
-                    merged[name].merge(part)
-                else:
-                    merged[name] = part
+            fold_statistics(merged, torch.load(folder / f"shard{k}.pt", weights_only=True), device="cpu")
             for name, shape in shapes.items():
                 source = np.memmap(
                     folder / f"shard{k}-{name}.f16",

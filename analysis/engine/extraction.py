@@ -47,9 +47,11 @@ __all__ = [
     "TopKPerUnit",
     "TopKResult",
     "UpperQuantile",
+    "batch_aligned_bounds",
     "copy_cache_rows",
     "decile_exemplars",
     "extract_statistics",
+    "fold_statistics",
     "iter_activation_cache",
     "map_max_and_peak",
     "map_sums",
@@ -950,6 +952,29 @@ class LayerStatistics:
             quantile=UpperQuantile.from_state_dict(state["quantile"], device=device),
             image_scores=ImageMaxScores.from_state_dict(state["image_scores"], device=device),
         )
+
+
+def batch_aligned_bounds(n_images: int, batch_size: int, shards: int) -> list[int]:
+    """Image ranges of ``shards`` shards, ``bounds[k]:bounds[k + 1]``, cut on batch boundaries, so each image is
+    computed in the same batch as in one pass (a convolution's float32 result can depend on the batch it runs
+    in). ValueError when there are fewer batches than shards."""
+    batches = -(-n_images // batch_size)
+    if not 1 <= shards <= batches:
+        raise ValueError(f"{shards} shards for {batches} batches of {batch_size} images")
+    return [min(n_images, (index * batches // shards) * batch_size) for index in range(shards + 1)]
+
+
+def fold_statistics(
+    statistics: dict[str, LayerStatistics], states: Mapping[str, Mapping[str, Any]], *, device: torch.device | str
+) -> None:
+    """Fold one shard's saved states (``{layer: LayerStatistics.to_state()}``) into ``statistics`` (in place; the
+    first shard's become the accumulators). Exact, as :meth:`LayerStatistics.merge`."""
+    for name, state in states.items():
+        part = LayerStatistics.from_state(state, device=device)
+        if name in statistics:
+            statistics[name].merge(part)
+        else:
+            statistics[name] = part
 
 
 @torch.no_grad()

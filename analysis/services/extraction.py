@@ -234,17 +234,20 @@ def dataset_image_batches(
 
 
 def extraction_shard_bounds(n_images: int, batch_size: int, shards: int) -> list[int]:
-    """The image ranges of ``shards`` shards, ``bounds[k]:bounds[k + 1]``, cut on batch boundaries: every image
-    is then computed in the same batch as in one pass (a convolution's float32 result can depend on the batch it
-    runs in, and the cache keeps it to float16), so the shards' maps equal one pass's bit for bit."""
-    batches = -(-n_images // batch_size)
-    if shards > batches:
+    """The image ranges of ``shards`` shards, on batch boundaries (:func:`analysis.engine.extraction.
+    batch_aligned_bounds`), so the shards' maps equal one pass's bit for bit; refused, naming the limit, when there
+    are fewer batches than shards."""
+    from analysis.engine.extraction import batch_aligned_bounds
+
+    try:
+        return batch_aligned_bounds(n_images, batch_size, shards)
+    except ValueError:
+        batches = -(-n_images // batch_size)
         raise RunInputError(
             f"{shards} shards for {batches} batch{'es' if batches != 1 else ''} of {batch_size} images: use at most "
             f"{batches} shards, or a smaller batch size.",
             field="shards",
-        )
-    return [min(n_images, (index * batches // shards) * batch_size) for index in range(shards + 1)]
+        ) from None
 
 
 def _complete_caches_or_none(network: Network, dataset: Dataset, layers: dict[str, Layer], names: list[str]):
@@ -481,7 +484,7 @@ def _extraction_shards_run_and_merge(
     image order; each shard's files leave the scratch and the store once copied."""
     import torch
 
-    from analysis.engine.extraction import LayerStatistics, copy_cache_rows
+    from analysis.engine.extraction import copy_cache_rows, fold_statistics
 
     shard_runs = run_shards(
         run=run,
@@ -506,12 +509,7 @@ def _extraction_shards_run_and_merge(
         start, stop = bounds[index], bounds[index + 1]
         key = f"{_shards_key(run.pk)}/{index:04d}"
         states = torch.load(store.fetch(f"{key}/{SHARD_STATISTICS_FILE}"), map_location=device, weights_only=True)
-        for name in params["layers"]:
-            part = LayerStatistics.from_state(states[name], device=device)
-            if name in statistics:
-                statistics[name].merge(part)
-            else:
-                statistics[name] = part
+        fold_statistics(statistics, states, device=device)
         for name, target in targets.items():
             maps = np.memmap(
                 store.fetch(f"{key}/{name}.f16"), dtype=np.float16, mode="r", shape=(stop - start, *target.shape[1:])

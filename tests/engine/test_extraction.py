@@ -14,6 +14,7 @@ from analysis.engine.extraction import (
     LayerStatistics,
     TopKPerUnit,
     UpperQuantile,
+    batch_aligned_bounds,
     copy_cache_rows,
     decile_exemplars,
     extract_statistics,
@@ -236,6 +237,14 @@ def test_upper_quantile_shard_merge_equals_single_pass(device):
     assert parts[1].result().cpu().tolist() == expected
     # The saved state does not depend on the shards or their order (its kept values are sorted).
     assert torch.equal(parts[1].state_dict()["top"], single.state_dict()["top"])
+
+
+def test_batch_aligned_bounds_cut_on_batch_boundaries_and_cover_every_image():
+    assert batch_aligned_bounds(36, 8, 3) == [0, 8, 24, 36]  # 5 batches: 1, 2 and 2 of them
+    assert batch_aligned_bounds(120, 12, 5) == [0, 24, 48, 72, 96, 120]
+    assert batch_aligned_bounds(7, 8, 1) == [0, 7]
+    with pytest.raises(ValueError, match="6 shards for 5 batches"):
+        batch_aligned_bounds(36, 8, 6)
 
 
 def test_copy_cache_rows_places_a_shard_at_its_rows_and_refuses_a_misfit(tmp_path):
